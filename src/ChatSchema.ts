@@ -1,0 +1,233 @@
+/**
+ * Schemas of the OpenAI-compatible chat completions API as DeepSeek speaks it.
+ *
+ * Every struct keeps fields it does not model (`onExcessProperty: "preserve"`), so a field the
+ * API adds tomorrow passes through a decode/encode round trip untouched.
+ *
+ * @since 0.1.0
+ */
+import * as Schema from "effect/Schema"
+
+const preserve = { parseOptions: { onExcessProperty: "preserve" } } as const
+
+const open = <Fields extends Schema.Struct.Fields>(fields: Fields) =>
+  Schema.Struct(fields).annotations(preserve)
+
+/**
+ * Why a choice stopped. `insufficient_system_resource` means DeepSeek cut inference short:
+ * the transport turns it into a retryable `InsufficientResource` error, never a success.
+ *
+ * @since 0.1.0
+ */
+export const FinishReason = Schema.Literal(
+  "stop",
+  "length",
+  "content_filter",
+  "tool_calls",
+  "insufficient_system_resource"
+)
+/** @since 0.1.0 */
+export type FinishReason = typeof FinishReason.Type
+
+/** A function call made by the model. @since 0.1.0 */
+export const ToolCall = open({
+  id: Schema.String,
+  type: Schema.Literal("function"),
+  function: open({ name: Schema.String, arguments: Schema.String })
+})
+/** @since 0.1.0 */
+export type ToolCall = typeof ToolCall.Type
+
+/** A part of a multi-part user message. @since 0.1.0 */
+export const ContentPart = open({ type: Schema.String, text: Schema.optional(Schema.String) })
+
+/** @since 0.1.0 */
+export const SystemMessage = open({
+  role: Schema.Literal("system"),
+  content: Schema.String,
+  name: Schema.optional(Schema.String)
+})
+
+/** @since 0.1.0 */
+export const UserMessage = open({
+  role: Schema.Literal("user"),
+  content: Schema.Union(Schema.String, Schema.Array(ContentPart)),
+  name: Schema.optional(Schema.String)
+})
+
+/**
+ * An assistant turn. On turns that made tool calls DeepSeek requires `reasoning_content` to be
+ * sent back in thinking mode, so it is part of the model, not an extra.
+ *
+ * @since 0.1.0
+ */
+export const AssistantMessage = open({
+  role: Schema.Literal("assistant"),
+  content: Schema.optional(Schema.NullOr(Schema.String)),
+  reasoning_content: Schema.optional(Schema.NullOr(Schema.String)),
+  tool_calls: Schema.optional(Schema.Array(ToolCall)),
+  name: Schema.optional(Schema.String),
+  prefix: Schema.optional(Schema.Boolean)
+})
+
+/** @since 0.1.0 */
+export const ToolMessage = open({
+  role: Schema.Literal("tool"),
+  content: Schema.String,
+  tool_call_id: Schema.String
+})
+
+/** @since 0.1.0 */
+export const Message = Schema.Union(SystemMessage, UserMessage, AssistantMessage, ToolMessage)
+/** @since 0.1.0 */
+export type Message = typeof Message.Type
+
+/** A tool the model may call. @since 0.1.0 */
+export const Tool = open({
+  type: Schema.Literal("function"),
+  function: open({
+    name: Schema.String,
+    description: Schema.optional(Schema.String),
+    parameters: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.Unknown })),
+    strict: Schema.optional(Schema.Boolean)
+  })
+})
+
+/** Thinking mode switch. @since 0.1.0 */
+export const Thinking = open({ type: Schema.Literal("enabled", "disabled") })
+
+/**
+ * A chat completion request. Only `model` and `messages` are required; everything else is
+ * forwarded as given. `stream` is set by the transport (`create` vs `stream`).
+ *
+ * @since 0.1.0
+ */
+export const ChatCompletionRequest = open({
+  model: Schema.String,
+  messages: Schema.NonEmptyArray(Message),
+  thinking: Schema.optional(Thinking),
+  reasoning_effort: Schema.optional(Schema.String),
+  response_format: Schema.optional(open({ type: Schema.Literal("text", "json_object") })),
+  stream: Schema.optional(Schema.Boolean),
+  stream_options: Schema.optional(open({ include_usage: Schema.optional(Schema.Boolean) })),
+  max_tokens: Schema.optional(Schema.Int.pipe(Schema.positive())),
+  temperature: Schema.optional(Schema.Number),
+  top_p: Schema.optional(Schema.Number),
+  frequency_penalty: Schema.optional(Schema.Number),
+  presence_penalty: Schema.optional(Schema.Number),
+  stop: Schema.optional(Schema.Union(Schema.String, Schema.Array(Schema.String))),
+  tools: Schema.optional(Schema.Array(Tool)),
+  tool_choice: Schema.optional(Schema.Unknown),
+  logprobs: Schema.optional(Schema.Boolean),
+  top_logprobs: Schema.optional(Schema.Int),
+  user_id: Schema.optional(Schema.String)
+})
+/** @since 0.1.0 */
+export type ChatCompletionRequest = typeof ChatCompletionRequest.Type
+
+/**
+ * Token usage. `prompt_tokens = prompt_cache_hit_tokens + prompt_cache_miss_tokens`;
+ * `completion_tokens` includes `completion_tokens_details.reasoning_tokens`.
+ *
+ * @since 0.1.0
+ */
+export const Usage = open({
+  prompt_tokens: Schema.Number,
+  completion_tokens: Schema.Number,
+  total_tokens: Schema.Number,
+  prompt_cache_hit_tokens: Schema.optional(Schema.Number),
+  prompt_cache_miss_tokens: Schema.optional(Schema.Number),
+  prompt_tokens_details: Schema.optional(
+    Schema.NullOr(open({ cached_tokens: Schema.optional(Schema.Number) }))
+  ),
+  completion_tokens_details: Schema.optional(
+    Schema.NullOr(open({ reasoning_tokens: Schema.optional(Schema.Number) }))
+  )
+})
+/** @since 0.1.0 */
+export type Usage = typeof Usage.Type
+
+/** The assistant message of a non-streaming choice. @since 0.1.0 */
+export const ResponseMessage = open({
+  role: Schema.Literal("assistant"),
+  content: Schema.NullOr(Schema.String),
+  reasoning_content: Schema.optional(Schema.NullOr(Schema.String)),
+  tool_calls: Schema.optional(Schema.Array(ToolCall))
+})
+
+/** @since 0.1.0 */
+export const Choice = open({
+  index: Schema.Number,
+  message: ResponseMessage,
+  finish_reason: Schema.NullOr(FinishReason),
+  logprobs: Schema.optional(Schema.Unknown)
+})
+
+/** A non-streaming chat completion. @since 0.1.0 */
+export const ChatCompletion = open({
+  id: Schema.String,
+  object: Schema.String,
+  created: Schema.Number,
+  model: Schema.String,
+  choices: Schema.Array(Choice),
+  usage: Schema.optional(Usage),
+  system_fingerprint: Schema.optional(Schema.NullOr(Schema.String))
+})
+/** @since 0.1.0 */
+export type ChatCompletion = typeof ChatCompletion.Type
+
+/** A tool call fragment in a stream delta; `arguments` arrives in pieces. @since 0.1.0 */
+export const DeltaToolCall = open({
+  index: Schema.Number,
+  id: Schema.optional(Schema.String),
+  type: Schema.optional(Schema.Literal("function")),
+  function: Schema.optional(
+    open({ name: Schema.optional(Schema.String), arguments: Schema.optional(Schema.String) })
+  )
+})
+
+/** @since 0.1.0 */
+export const Delta = open({
+  role: Schema.optional(Schema.String),
+  content: Schema.optional(Schema.NullOr(Schema.String)),
+  reasoning_content: Schema.optional(Schema.NullOr(Schema.String)),
+  tool_calls: Schema.optional(Schema.Array(DeltaToolCall))
+})
+
+/** @since 0.1.0 */
+export const ChunkChoice = open({
+  index: Schema.Number,
+  delta: Delta,
+  finish_reason: Schema.optional(Schema.NullOr(FinishReason)),
+  logprobs: Schema.optional(Schema.Unknown)
+})
+
+/**
+ * One streamed `chat.completion.chunk`. With `stream_options.include_usage` the usage arrives in
+ * a final chunk with `choices: []`; DeepSeek may also put it on the last content chunk.
+ *
+ * @since 0.1.0
+ */
+export const ChatCompletionChunk = open({
+  id: Schema.String,
+  object: Schema.String,
+  created: Schema.Number,
+  model: Schema.String,
+  choices: Schema.Array(ChunkChoice),
+  usage: Schema.optional(Schema.NullOr(Usage)),
+  system_fingerprint: Schema.optional(Schema.NullOr(Schema.String))
+})
+/** @since 0.1.0 */
+export type ChatCompletionChunk = typeof ChatCompletionChunk.Type
+
+/** The error body of a failed call: `{"error":{"message","type","param","code"}}`. @since 0.1.0 */
+export const ErrorBody = open({
+  error: open({
+    message: Schema.optional(Schema.String),
+    type: Schema.optional(Schema.NullOr(Schema.String)),
+    param: Schema.optional(Schema.NullOr(Schema.String)),
+    code: Schema.optional(Schema.NullOr(Schema.Union(Schema.String, Schema.Number)))
+  })
+})
+/** @since 0.1.0 */
+export type ErrorBody = typeof ErrorBody.Type
