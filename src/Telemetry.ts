@@ -11,6 +11,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Ref from "effect/Ref"
 import type { ApiError } from "./ApiError.js"
+import type { Classified } from "./RetryPolicy.js"
 
 /**
  * @since 0.1.0
@@ -20,7 +21,7 @@ export interface Service {
   /** An attempt failed with `error` (whether or not it will be retried). */
   readonly attemptFailed: (error: ApiError) => Effect.Effect<void>
   /** A retry was scheduled after `delay`. */
-  readonly retrying: (error: ApiError, delay: Duration.Duration) => Effect.Effect<void>
+  readonly retrying: (error: Classified, delay: Duration.Duration) => Effect.Effect<void>
 }
 
 /**

@@ -1,0 +1,154 @@
+/**
+ * When and how long to wait before retrying a failed call, as Effect `Schedule`s that users
+ * compose with their own.
+ *
+ * The default: exponential backoff with full jitter (`U(0,1) · min(cap, base · 2^n)`, AWS's
+ * formula, which spreads a burst of failures instead of retrying them in lock-step), a maximum
+ * number of retries, only for errors whose `retryable` is true, and never sooner than a server's
+ * `Retry-After`. A `Retry-After` longer than `maxRetryAfter` ends the retries instead of being
+ * cut short: retrying sooner than asked only draws another 429.
+ *
+ * @since 0.1.0
+ */
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Random from "effect/Random"
+import * as Schedule from "effect/Schedule"
+
+/**
+ * The part of an error a retry decision reads: `retryable`, and an optional server-requested
+ * wait. Every `ApiError` (and `CircuitOpen`) is one.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Classified {
+  readonly _tag: string
+  readonly retryable: boolean
+  readonly retryAfter?: Option.Option<Duration.Duration> | undefined
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  /** First backoff step. Default 500 ms. */
+  readonly base?: Duration.DurationInput | undefined
+  /** Largest backoff step before jitter. Default 30 s. */
+  readonly cap?: Duration.DurationInput | undefined
+  /** Retries after the first attempt. Default 5. */
+  readonly maxRetries?: number | undefined
+  /** A server-requested wait longer than this ends the retries. Default 60 s. */
+  readonly maxRetryAfter?: Duration.DurationInput | undefined
+}
+
+/**
+ * @since 0.1.0
+ */
+export const defaults = {
+  base: Duration.millis(500),
+  cap: Duration.seconds(30),
+  maxRetries: 5,
+  maxRetryAfter: Duration.seconds(60)
+} as const
+
+/**
+ * The wait a server asked for, zero when it did not.
+ *
+ * @since 0.1.0
+ */
+export const retryAfterOf = (error: Classified): Duration.Duration =>
+  error.retryAfter === undefined ? Duration.zero : Option.getOrElse(error.retryAfter, () => Duration.zero)
+
+/**
+ * Exponential backoff from `base`, capped at `cap`, with full jitter drawn from Effect's
+ * `Random` (so tests can seed it). Recurs forever: bound it with `Schedule.recurs`.
+ *
+ * @since 0.1.0
+ * @category schedules
+ */
+export const exponentialFullJitter = (
+  base: Duration.DurationInput,
+  cap: Duration.DurationInput
+): Schedule.Schedule<Duration.Duration> =>
+  Schedule.exponential(base).pipe(
+    Schedule.modifyDelayEffect((_, delay) =>
+      Effect.map(Random.next, (u) => Duration.times(Duration.min(delay, cap), u))
+    )
+  )
+
+/**
+ * Keeps a schedule's delay at least as long as the server's `Retry-After`, and stops when that
+ * is longer than `max`. The schedule's input must be the error.
+ *
+ * @since 0.1.0
+ * @category combinators
+ */
+export const honoringRetryAfter = (max: Duration.DurationInput) =>
+<Out, E extends Classified, R>(self: Schedule.Schedule<Out, E, R>): Schedule.Schedule<[E, Out], E, R> =>
+  Schedule.identity<E>().pipe(
+    Schedule.whileInput((error: E) => Duration.lessThanOrEqualTo(retryAfterOf(error), max)),
+    Schedule.intersect(self),
+    Schedule.modifyDelay(([error], delay) => Duration.max(delay, retryAfterOf(error)))
+  )
+
+/**
+ * The full policy as a schedule whose input and output are the error being retried: only
+ * retryable errors, full-jitter backoff, at most `maxRetries`, honouring `Retry-After`.
+ *
+ * @since 0.1.0
+ * @category schedules
+ */
+export const schedule = <E extends Classified = Classified>(options: Options = {}): Schedule.Schedule<E, E> =>
+  exponentialFullJitter(options.base ?? defaults.base, options.cap ?? defaults.cap).pipe(
+    Schedule.intersect(Schedule.recurs(options.maxRetries ?? defaults.maxRetries)),
+    Schedule.whileInput((error: E) => error.retryable),
+    honoringRetryAfter(options.maxRetryAfter ?? defaults.maxRetryAfter),
+    Schedule.map(([error]) => error)
+  )
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Service {
+  /** The schedule retries follow; its input and output are the failed attempt's error. */
+  readonly schedule: Schedule.Schedule<Classified, Classified>
+}
+
+/**
+ * @since 0.1.0
+ * @category tags
+ */
+export class RetryPolicy extends Context.Tag("weatherproof/RetryPolicy")<RetryPolicy, Service>() {}
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (options: Options = {}): Layer.Layer<RetryPolicy> =>
+  Layer.succeed(RetryPolicy, { schedule: schedule(options) })
+
+/**
+ * Never retries: for tests and for callers that retry themselves.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerNone: Layer.Layer<RetryPolicy> = Layer.succeed(RetryPolicy, {
+  schedule: Schedule.whileInput(Schedule.identity<Classified>(), () => false)
+})
+
+/**
+ * Reports every retry the schedule decides on, with the delay it will wait, to `onRetry`.
+ *
+ * @since 0.1.0
+ * @category combinators
+ */
+export const tapRetries = <E, R2>(onRetry: (error: E, delay: Duration.Duration) => Effect.Effect<void, never, R2>) =>
+<R>(self: Schedule.Schedule<E, E, R>): Schedule.Schedule<E, E, R | R2> =>
+  Schedule.modifyDelayEffect(self, (error, delay) => Effect.as(onRetry(error, delay), delay))

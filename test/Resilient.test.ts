@@ -1,0 +1,142 @@
+import { describe, expect, it } from "@effect/vitest"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
+import * as Stream from "effect/Stream"
+import * as TestClock from "effect/TestClock"
+import { emptyPartial, InvalidRequest, RateLimited, StreamTruncated } from "../src/ApiError.js"
+import type { ApiError } from "../src/ApiError.js"
+import type { ChatCompletionChunk, ChatCompletionRequest } from "../src/ChatSchema.js"
+import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
+import * as wire from "../src/internal/wire.js"
+import * as Resilient from "../src/Resilient.js"
+import * as RetryPolicy from "../src/RetryPolicy.js"
+import * as Telemetry from "../src/Telemetry.js"
+import { Transport } from "../src/Transport.js"
+
+const request: ChatCompletionRequest = { model: "deepseek-v4-flash", messages: [{ role: "user", content: "hi" }] }
+const generation: wire.Generation = {
+  id: "cmpl-1",
+  model: "deepseek-v4-flash",
+  content: "hello there",
+  usage: wire.usage({ promptTokens: 3, completionTokens: 4 })
+}
+const rateLimited = (seconds: number) =>
+  new RateLimited({ message: "busy", retryAfter: Option.some(Duration.seconds(seconds)) })
+
+type Step = ApiError | "ok" | { readonly chunksThen: ApiError }
+
+/** A transport that plays `steps` in order, one per call, and counts calls. */
+const scriptedTransport = (steps: ReadonlyArray<Step>) =>
+  Layer.effect(
+    Transport,
+    Effect.map(Ref.make(0), (calls) => {
+      const next = Ref.getAndUpdate(calls, (n) => n + 1).pipe(Effect.map((n) => steps[n] ?? "ok"))
+      return Transport.of({
+        create: () =>
+          Effect.flatMap(next, (step) =>
+            step === "ok" ? Effect.succeed(wire.completion(generation)) : Effect.fail(step as ApiError)
+          ),
+        stream: () =>
+          Stream.unwrap(Effect.map(next, (step): Stream.Stream<ChatCompletionChunk, ApiError> => {
+            if (step === "ok") return Stream.fromIterable(wire.chunks(generation))
+            if ("chunksThen" in step) {
+              return Stream.concat(Stream.fromIterable(wire.chunks(generation).slice(0, 2)), Stream.fail(step.chunksThen))
+            }
+            return Stream.fail(step)
+          }))
+      })
+    })
+  )
+
+const pipeline = (steps: ReadonlyArray<Step>, permits = 4) => {
+  const { telemetry, counts } = Effect.runSync(Telemetry.makeCounters)
+  const limiter = Effect.runSync(ConcurrencyLimiter.makeFixed(permits))
+  const layer = Resilient.layer.pipe(
+    Layer.provide([
+      scriptedTransport(steps),
+      Layer.succeed(ConcurrencyLimiter.ConcurrencyLimiter, limiter),
+      RetryPolicy.layer({ base: "100 millis", cap: "1 second" }),
+      Layer.succeed(Telemetry.Telemetry, telemetry)
+    ])
+  )
+  return { layer, counts, limiter }
+}
+
+describe("Resilient", () => {
+  it.effect("retries a 429 after its Retry-After and returns the completion", () => {
+    const { layer, counts, limiter } = pipeline([rateLimited(2)])
+    return Effect.gen(function*() {
+      const client = yield* Resilient.Resilient
+      const fiber = yield* Effect.fork(client.create(request))
+      yield* TestClock.adjust("1999 millis")
+      expect(fiber.unsafePoll()).toBeNull()
+      yield* TestClock.adjust("1 millis")
+      const completion = yield* Fiber.join(fiber)
+      expect(completion.choices[0]?.message.content).toBe("hello there")
+      const c = yield* counts
+      expect([c.failedAttempts, c.rateLimited, c.retries]).toEqual([1, 1, 1])
+      expect((yield* limiter.snapshot).inFlight).toBe(0)
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.effect("does not retry a request the server refused as invalid", () => {
+    const { layer, counts } = pipeline([new InvalidRequest({ status: 400, message: "bad" })])
+    return Effect.gen(function*() {
+      const client = yield* Resilient.Resilient
+      const error = yield* Effect.flip(client.create(request))
+      expect(error._tag).toBe("InvalidRequest")
+      expect((yield* counts).retries).toBe(0)
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.effect("gives the permit back while a call backs off", () => {
+    const { layer, limiter } = pipeline([rateLimited(10)], 1)
+    return Effect.gen(function*() {
+      const client = yield* Resilient.Resilient
+      const first = yield* Effect.fork(client.create(request))
+      yield* TestClock.adjust("1 millis")
+      // The first call waits 10 s for its retry; the second must not wait behind it.
+      const second = yield* client.create(request)
+      expect(second.id).toBe("cmpl-1")
+      expect(first.unsafePoll()).toBeNull()
+      yield* TestClock.adjust("10 seconds")
+      yield* Fiber.join(first)
+      expect((yield* limiter.snapshot).inFlight).toBe(0)
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.effect("retries a stream that failed before its first chunk", () => {
+    const { layer, counts } = pipeline([rateLimited(1)])
+    return Effect.gen(function*() {
+      const client = yield* Resilient.Resilient
+      const fiber = yield* Effect.fork(Stream.runCollect(client.stream(request)))
+      yield* TestClock.adjust("1 second")
+      const chunks = yield* Fiber.join(fiber)
+      const text = Array.from(chunks).map((c) => c.choices[0]?.delta.content ?? "").join("")
+      expect(text).toBe("hello there")
+      expect((yield* counts).retries).toBe(1)
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.effect("never retries a stream once content reached the caller", () => {
+    const truncated = new StreamTruncated({ partial: { ...emptyPartial, content: "hello th", events: 2 } })
+    const { layer, counts, limiter } = pipeline([{ chunksThen: truncated }])
+    return Effect.gen(function*() {
+      const client = yield* Resilient.Resilient
+      const received = yield* Ref.make(0)
+      const error = yield* client.stream(request).pipe(
+        Stream.runForEach(() => Ref.update(received, (n) => n + 1)),
+        Effect.flip
+      )
+      expect(error._tag).toBe("StreamTruncated")
+      expect(error._tag === "StreamTruncated" && error.partial.content).toBe("hello th")
+      expect(yield* Ref.get(received)).toBe(2)
+      expect((yield* counts).retries).toBe(0)
+      expect((yield* limiter.snapshot).inFlight).toBe(0)
+    }).pipe(Effect.provide(layer))
+  })
+})

@@ -1,0 +1,129 @@
+import { describe, expect, it } from "@effect/vitest"
+import * as Chunk from "effect/Chunk"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
+import * as Schedule from "effect/Schedule"
+import * as TestClock from "effect/TestClock"
+import { InvalidRequest, RateLimited, ServerError } from "../src/ApiError.js"
+import type { ApiError } from "../src/ApiError.js"
+import * as RetryPolicy from "../src/RetryPolicy.js"
+
+const rateLimited = (retryAfter?: Duration.DurationInput) =>
+  new RateLimited({
+    message: "busy",
+    retryAfter: retryAfter === undefined ? Option.none() : Option.some(Duration.decode(retryAfter))
+  })
+
+/** Runs a call that fails with `errors` in turn (then succeeds), retried by `schedule`; counts attempts. */
+const flaky = (errors: ReadonlyArray<ApiError>, schedule: RetryPolicy.Service["schedule"]) =>
+  Effect.gen(function*() {
+    const attempts = yield* Ref.make(0)
+    const call = Ref.getAndUpdate(attempts, (n) => n + 1).pipe(
+      Effect.flatMap((n) => (n < errors.length ? Effect.fail(errors[n]!) : Effect.succeed("ok")))
+    )
+    const fiber = yield* Effect.fork(Effect.either(Effect.retry(call, schedule)))
+    return { attempts, fiber }
+  })
+
+describe("RetryPolicy", () => {
+  it.effect("retries retryable errors until success", () =>
+    Effect.gen(function*() {
+      const { attempts, fiber } = yield* flaky(
+        [rateLimited(), new ServerError({ status: 503, message: "overloaded", retryAfter: Option.none() })],
+        RetryPolicy.schedule({ base: "100 millis", cap: "1 second" })
+      )
+      yield* TestClock.adjust("10 seconds")
+      const result = yield* Fiber.join(fiber)
+      expect(result._tag).toBe("Right")
+      expect(yield* Ref.get(attempts)).toBe(3)
+    }))
+
+  it.effect("gives up after maxRetries with the last error", () =>
+    Effect.gen(function*() {
+      const errors = Array.from({ length: 10 }, () => rateLimited())
+      const { attempts, fiber } = yield* flaky(errors, RetryPolicy.schedule({ maxRetries: 2, base: "10 millis" }))
+      yield* TestClock.adjust("1 minute")
+      const result = yield* Fiber.join(fiber)
+      expect(result._tag).toBe("Left")
+      expect(yield* Ref.get(attempts)).toBe(3)
+    }))
+
+  it.effect("never retries errors that are not retryable", () =>
+    Effect.gen(function*() {
+      const { attempts, fiber } = yield* flaky(
+        [new InvalidRequest({ status: 400, message: "bad" })],
+        RetryPolicy.schedule()
+      )
+      yield* TestClock.adjust("1 minute")
+      const result = yield* Fiber.join(fiber)
+      expect(result._tag === "Left" && result.left._tag).toBe("InvalidRequest")
+      expect(yield* Ref.get(attempts)).toBe(1)
+    }))
+
+  it.effect("waits at least the server's Retry-After, never sooner", () =>
+    Effect.gen(function*() {
+      const { attempts, fiber } = yield* flaky(
+        [rateLimited("5 seconds")],
+        RetryPolicy.schedule({ base: "10 millis", cap: "20 millis" })
+      )
+      yield* TestClock.adjust("4999 millis")
+      expect(yield* Ref.get(attempts)).toBe(1)
+      yield* TestClock.adjust("1 millis")
+      expect((yield* Fiber.join(fiber))._tag).toBe("Right")
+      expect(yield* Ref.get(attempts)).toBe(2)
+    }))
+
+  it.effect("stops instead of retrying early when Retry-After exceeds maxRetryAfter", () =>
+    Effect.gen(function*() {
+      const { attempts, fiber } = yield* flaky(
+        [rateLimited("10 minutes")],
+        RetryPolicy.schedule({ maxRetryAfter: "1 minute" })
+      )
+      const result = yield* Fiber.join(fiber)
+      expect(result._tag).toBe("Left")
+      expect(yield* Ref.get(attempts)).toBe(1)
+    }))
+
+  it.effect("full jitter keeps each delay within [0, min(cap, base·2^n)] and spreads them", () =>
+    Effect.gen(function*() {
+      const delays = yield* RetryPolicy.exponentialFullJitter("100 millis", "2 seconds").pipe(
+        Schedule.delays,
+        Schedule.run(0, Array.from({ length: 12 }, (_, i) => i))
+      ).pipe(Effect.map(Chunk.toReadonlyArray))
+      expect(delays.length).toBe(12)
+      delays.forEach((delay, n) => {
+        const ceiling = Math.min(2000, 100 * 2 ** n)
+        expect(Duration.toMillis(delay)).toBeGreaterThanOrEqual(0)
+        expect(Duration.toMillis(delay)).toBeLessThanOrEqual(ceiling)
+      })
+      expect(new Set(delays.map(Duration.toMillis)).size).toBeGreaterThan(1)
+    }))
+
+  it.effect("tapRetries reports each retry with the delay it waits", () =>
+    Effect.gen(function*() {
+      const seen = yield* Ref.make<ReadonlyArray<[string, number]>>([])
+      const schedule = RetryPolicy.schedule({ base: "10 millis", cap: "10 millis" }).pipe(
+        RetryPolicy.tapRetries((error, delay) =>
+          Ref.update(seen, (xs) => [...xs, [error._tag, Duration.toMillis(delay)] as [string, number]])
+        )
+      )
+      const { fiber } = yield* flaky([rateLimited("3 seconds"), rateLimited()], schedule)
+      yield* TestClock.adjust("1 minute")
+      yield* Fiber.join(fiber)
+      const events = yield* Ref.get(seen)
+      expect(events.map(([tag]) => tag)).toEqual(["RateLimited", "RateLimited"])
+      expect(events[0]![1]).toBe(3000)
+      expect(events[1]![1]).toBeLessThanOrEqual(20)
+    }))
+
+  it.effect("layerNone never retries", () =>
+    Effect.gen(function*() {
+      const policy = yield* RetryPolicy.RetryPolicy
+      const { attempts, fiber } = yield* flaky([rateLimited()], policy.schedule)
+      yield* Fiber.join(fiber)
+      expect(yield* Ref.get(attempts)).toBe(1)
+    }).pipe(Effect.provide(RetryPolicy.layerNone)))
+})
