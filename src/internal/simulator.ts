@@ -1,0 +1,746 @@
+/**
+ * The Simulator's server: accounts and their limits, answers derived from requests, seeded
+ * faults, and the `node:http` handler that speaks DeepSeek's wire (see `Simulator.ts`).
+ *
+ * State is plain mutable data: handlers run as fibers on one JavaScript thread and change it
+ * only in synchronous steps, so no update can interleave with another.
+ */
+import * as Http from "node:http"
+import type { AddressInfo } from "node:net"
+import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as FiberSet from "effect/FiberSet"
+import * as Hash from "effect/Hash"
+import * as ParseResult from "effect/ParseResult"
+import * as Random from "effect/Random"
+import * as Schema from "effect/Schema"
+import type * as Scope from "effect/Scope"
+import type { ChatCompletionChunk, Message, Usage } from "../ChatSchema.js"
+import { ChatCompletionRequest } from "../ChatSchema.js"
+import type * as Simulator from "../Simulator.js"
+import * as Wire from "./wire.js"
+
+/** @internal */
+export const allFaults: ReadonlyArray<Simulator.Fault> = [
+  "serverError",
+  "overloaded",
+  "dropBeforeResponse",
+  "dropWhileQueued",
+  "cut",
+  "blank",
+  "insufficientResource",
+  "errorEvent",
+  "stall"
+]
+
+/** @internal */
+export const defaultKey = "sk-sim-default"
+
+// --- Answers and usage ----------------------------------------------------------------------
+
+const charsPerToken = 4
+
+/** @internal */
+export const tokens = (text: string): number => Math.ceil(text.length / charsPerToken)
+
+const textOf = (message: Message): string => {
+  const content = message.content
+  if (typeof content === "string") return content
+  return (content ?? []).map((part) => part.text ?? "").join("")
+}
+
+/** What the simulator answers to a request. @internal */
+export interface Answer {
+  readonly marker: string
+  readonly content: string
+  readonly reasoning: string | undefined
+  readonly promptTokens: number
+}
+
+/** @internal */
+export const answerOf = (request: ChatCompletionRequest): Answer => {
+  const lastUser = request.messages.filter((message) => message.role === "user").at(-1)
+  const marker = lastUser === undefined ? "" : textOf(lastUser)
+  return {
+    marker,
+    content: `echo:${marker}`,
+    reasoning: request.thinking?.type === "enabled" ? `think:${marker}` : undefined,
+    promptTokens: tokens(request.messages.map(textOf).join(""))
+  }
+}
+
+/** The usage reported (and billed) for the given reasoning and content. @internal */
+export const usageOf = (promptTokens: number, cacheHitRatio: number, reasoning: string, content: string): Usage =>
+  Wire.usage({
+    promptTokens,
+    completionTokens: tokens(reasoning) + tokens(content),
+    cacheHitTokens: Math.floor(promptTokens * cacheHitRatio),
+    reasoningTokens: tokens(reasoning)
+  })
+
+// --- Limits, delays, faults -----------------------------------------------------------------
+
+/** @internal */
+export const limitAt = (limit: Simulator.Limit, elapsedMs: number): number => {
+  const value = typeof limit === "number"
+    ? limit
+    : typeof limit === "function"
+    ? limit(elapsedMs)
+    : limit.reduce<number | undefined>(
+      (current, step) => current === undefined || step.atMs <= elapsedMs ? step.limit : current,
+      undefined
+    ) ?? 0
+  return Math.max(0, Math.floor(value))
+}
+
+const millis = (duration: Duration.DurationInput): number => Duration.toMillis(duration)
+
+/** @internal */
+export const queueDelayMs = (delay: Simulator.QueueDelay, load: Simulator.Load): number => {
+  if (typeof delay === "function") return millis(delay(load))
+  if (typeof delay === "object" && "min" in delay) {
+    const min = millis(delay.min)
+    return min + (millis(delay.max) - min) * load.random
+  }
+  return millis(delay)
+}
+
+/** The fault whose slice of [0, 1) holds `draw`, slices laid out in `allFaults` order. @internal */
+export const pickFault = (
+  probabilities: Readonly<Partial<Record<Simulator.Fault, number>>>,
+  draw: number
+): Simulator.Fault | undefined => {
+  let bound = 0
+  for (const fault of allFaults) {
+    bound += probabilities[fault] ?? 0
+    if (draw < bound) return fault
+  }
+  return undefined
+}
+
+const hasText = (chunk: ChatCompletionChunk): boolean =>
+  chunk.choices.some((choice) => Boolean(choice.delta.content) || Boolean(choice.delta.reasoning_content))
+
+/** How many chunks an early-ending stream sends: up to half of its text pieces, rounded up. @internal */
+export const cutPoint = (chunks: ReadonlyArray<ChatCompletionChunk>): number => {
+  const withText = chunks.flatMap((chunk, index) => hasText(chunk) ? [index] : [])
+  return (withText[Math.ceil(withText.length / 2) - 1] ?? 0) + 1
+}
+
+/** DeepSeek echoes a rejected key masked to its last four characters. @internal */
+export const maskKey = (key: string): string => key.length > 8 ? `****${key.slice(-4)}` : "****"
+
+// --- State ----------------------------------------------------------------------------------
+
+interface Settings {
+  readonly queueDelay: Simulator.QueueDelay
+  readonly keepAliveMs: number
+  readonly scheduleTimeoutMs: number
+  readonly chunkDelayMs: number
+  readonly pieceSize: number
+  readonly cacheHitRatio: number
+  readonly idleTimeoutMs: number
+  readonly dropAfterKeepAlives: number
+  readonly retryAfterMs: number | undefined
+  readonly seed: string
+}
+
+interface Account {
+  readonly name: string
+  readonly keys: ReadonlyArray<string>
+  limit: Simulator.Limit
+  balance: number
+  requests: number
+  accepted: number
+  rateLimited: number
+  completed: number
+  inFlight: number
+  maxInFlight: number
+  readonly billed: { prompt: number; completion: number; cacheHit: number; reasoning: number }
+  readonly timeline: Array<Simulator.Sample>
+}
+
+interface State {
+  readonly settings: Settings
+  readonly accounts: ReadonlyMap<string, Account>
+  readonly byKey: ReadonlyMap<string, Account>
+  readonly nowMs: () => number
+  readonly elapsedMs: () => number
+  readonly totals: {
+    requests: number
+    accepted: number
+    rateLimited: number
+    completed: number
+    unscheduled: number
+    clientClosed: number
+  }
+  readonly byStatus: Record<number, number>
+  readonly injected: Partial<Record<Simulator.Fault, number>>
+  readonly completions: Array<Simulator.Completion>
+  /** Accepted attempts per request body (by hash), so the n-th attempt of a body draws the same. */
+  readonly attemptsByBody: Map<number, number>
+  /** The attempt a response serves, finished before its last byte so stats are current when a client reads them. */
+  readonly serving: WeakMap<Http.ServerResponse, Attempt>
+  /** Responses the server dropped on purpose: their close is not the client's doing. */
+  readonly dropped: WeakSet<Http.ServerResponse>
+  faults: Simulator.Faults
+  scriptCursor: number
+}
+
+const settingsOf = (options: Simulator.Options): Settings => ({
+  queueDelay: options.queueDelay ?? { min: 0, max: 20 },
+  keepAliveMs: millis(options.keepAliveInterval ?? 10),
+  scheduleTimeoutMs: millis(options.scheduleTimeout ?? Duration.minutes(10)),
+  chunkDelayMs: millis(options.chunkDelay ?? 1),
+  pieceSize: options.pieceSize ?? 8,
+  cacheHitRatio: options.cacheHitRatio ?? 0,
+  idleTimeoutMs: millis(options.idleTimeout ?? Duration.seconds(5)),
+  dropAfterKeepAlives: options.dropAfterKeepAlives ?? 2,
+  retryAfterMs: options.retryAfter === undefined ? undefined : millis(options.retryAfter),
+  seed: String(options.seed ?? 0)
+})
+
+const accountOf = (name: string, options: Simulator.AccountOptions, defaultLimit: Simulator.Limit): Account => ({
+  name,
+  keys: options.keys,
+  limit: options.limit ?? defaultLimit,
+  balance: options.balance ?? 100,
+  requests: 0,
+  accepted: 0,
+  rateLimited: 0,
+  completed: 0,
+  inFlight: 0,
+  maxInFlight: 0,
+  billed: { prompt: 0, completion: 0, cacheHit: 0, reasoning: 0 },
+  timeline: []
+})
+
+const initialState = (options: Simulator.Options, clock: Clock.Clock): State => {
+  const startedAt = clock.unsafeCurrentTimeMillis()
+  const accounts = new Map(
+    Object.entries(options.accounts ?? { default: { keys: [defaultKey] } }).map(([name, account]) =>
+      [name, accountOf(name, account, options.limit ?? 16)] as const
+    )
+  )
+  return {
+    settings: settingsOf(options),
+    accounts,
+    byKey: new Map([...accounts.values()].flatMap((account) => account.keys.map((key) => [key, account] as const))),
+    nowMs: () => clock.unsafeCurrentTimeMillis(),
+    elapsedMs: () => clock.unsafeCurrentTimeMillis() - startedAt,
+    totals: { requests: 0, accepted: 0, rateLimited: 0, completed: 0, unscheduled: 0, clientClosed: 0 },
+    byStatus: {},
+    injected: {},
+    completions: [],
+    attemptsByBody: new Map(),
+    serving: new WeakMap(),
+    dropped: new WeakSet(),
+    faults: options.faults ?? {},
+    scriptCursor: 0
+  }
+}
+
+const currentLimit = (state: State, account: Account): number => limitAt(account.limit, state.elapsedMs())
+
+const sample = (state: State, account: Account): void => {
+  const t = state.elapsedMs()
+  account.timeline.push({ t, limit: limitAt(account.limit, t), inFlight: account.inFlight })
+}
+
+/** Takes a slot of the account if it is under its limit. */
+const admit = (state: State, account: Account): boolean => {
+  if (account.inFlight >= currentLimit(state, account)) return false
+  state.totals.accepted++
+  account.accepted++
+  account.inFlight++
+  account.maxInFlight = Math.max(account.maxInFlight, account.inFlight)
+  sample(state, account)
+  return true
+}
+
+const bill = (account: Account, usage: Usage): void => {
+  account.billed.prompt += usage.prompt_tokens
+  account.billed.completion += usage.completion_tokens
+  account.billed.cacheHit += usage.prompt_cache_hit_tokens ?? 0
+  account.billed.reasoning += usage.completion_tokens_details?.reasoning_tokens ?? 0
+}
+
+const snapshot = (state: State): Simulator.Stats => ({
+  ...state.totals,
+  byStatus: { ...state.byStatus },
+  faults: { ...state.injected },
+  accounts: Object.fromEntries(
+    [...state.accounts.values()].map((account) => [account.name, {
+      requests: account.requests,
+      accepted: account.accepted,
+      rateLimited: account.rateLimited,
+      completed: account.completed,
+      limit: currentLimit(state, account),
+      inFlight: account.inFlight,
+      maxInFlight: account.maxInFlight,
+      billed: { ...account.billed },
+      timeline: [...account.timeline]
+    }])
+  )
+})
+
+// --- Attempts -------------------------------------------------------------------------------
+
+/** An accepted request, holding a slot of its account until it is finished. */
+interface Attempt {
+  readonly id: string
+  readonly createdMs: number
+  readonly account: Account
+  readonly request: ChatCompletionRequest
+  readonly answer: Answer
+  readonly fault: Simulator.Fault | undefined
+  readonly queueDelayMs: number
+  /** The generated text delivered so far: the base of billing. */
+  readonly sent: { reasoning: string; content: string }
+  finished: boolean
+}
+
+const nextFault = (state: State, draw: number): Simulator.Fault | undefined => {
+  const scripted = state.faults.script?.[state.scriptCursor++]
+  if (scripted === undefined) return pickFault(state.faults.probabilities ?? {}, draw)
+  return scripted === "none" ? undefined : scripted
+}
+
+const startAttempt = (
+  state: State,
+  account: Account,
+  request: ChatCompletionRequest,
+  body: string
+): Effect.Effect<Attempt> =>
+  Effect.gen(function*() {
+    const fingerprint = Hash.string(body)
+    const previous = state.attemptsByBody.get(fingerprint) ?? 0
+    state.attemptsByBody.set(fingerprint, previous + 1)
+    const random = Random.make(`${state.settings.seed}/${previous}/${fingerprint}`)
+    const faultDraw = yield* random.next
+    const delayDraw = yield* random.next
+    const fault = nextFault(state, faultDraw)
+    if (fault !== undefined) state.injected[fault] = (state.injected[fault] ?? 0) + 1
+    return {
+      id: `chatcmpl-sim-${state.totals.accepted}`,
+      createdMs: state.nowMs(),
+      account,
+      request,
+      answer: answerOf(request),
+      fault,
+      queueDelayMs: queueDelayMs(state.settings.queueDelay, {
+        account: account.name,
+        inFlight: account.inFlight,
+        limit: currentLimit(state, account),
+        elapsedMs: state.elapsedMs(),
+        random: delayDraw
+      }),
+      sent: { reasoning: "", content: "" },
+      finished: false
+    }
+  })
+
+/** Releases the slot and bills what was delivered, once. */
+const finish = (state: State, attempt: Attempt): void => {
+  if (attempt.finished) return
+  attempt.finished = true
+  const { account, answer, sent } = attempt
+  account.inFlight--
+  sample(state, account)
+  if (sent.reasoning !== "" || sent.content !== "") {
+    bill(account, usageOf(answer.promptTokens, state.settings.cacheHitRatio, sent.reasoning, sent.content))
+  }
+}
+
+const markSent = (attempt: Attempt, reasoning: string, content: string): void => {
+  attempt.sent.reasoning += reasoning
+  attempt.sent.content += content
+}
+
+const complete = (state: State, attempt: Attempt): void => {
+  state.totals.completed++
+  attempt.account.completed++
+  state.completions.push({
+    id: attempt.id,
+    account: attempt.account.name,
+    marker: attempt.answer.marker,
+    stream: attempt.request.stream === true
+  })
+}
+
+const generationOf = (state: State, attempt: Attempt): Wire.Generation => {
+  const { answer, fault } = attempt
+  const cut = fault === "insufficientResource"
+  const content = cut ? answer.content.slice(0, Math.ceil(answer.content.length / 2)) : answer.content
+  return {
+    id: attempt.id,
+    model: attempt.request.model,
+    content,
+    reasoningContent: answer.reasoning,
+    finishReason: cut ? "insufficient_system_resource" : "stop",
+    usage: usageOf(answer.promptTokens, state.settings.cacheHitRatio, answer.reasoning ?? "", content),
+    created: Math.floor(attempt.createdMs / 1000)
+  }
+}
+
+// --- HTTP -----------------------------------------------------------------------------------
+
+const writeHead = (state: State, res: Http.ServerResponse, status: number, headers: Http.OutgoingHttpHeaders) => {
+  state.byStatus[status] = (state.byStatus[status] ?? 0) + 1
+  res.writeHead(status, headers)
+}
+
+const write = (res: Http.ServerResponse, text: string): void => {
+  if (!res.destroyed && !res.writableEnded) res.write(text)
+}
+
+const settle = (state: State, res: Http.ServerResponse): void => {
+  const attempt = state.serving.get(res)
+  if (attempt !== undefined) finish(state, attempt)
+}
+
+const end = (state: State, res: Http.ServerResponse, text?: string): void => {
+  settle(state, res)
+  if (!res.destroyed && !res.writableEnded) res.end(text)
+}
+
+const drop = (state: State, res: Http.ServerResponse): void => {
+  settle(state, res)
+  state.dropped.add(res)
+  res.destroy()
+}
+
+const respondJson = (
+  state: State,
+  res: Http.ServerResponse,
+  status: number,
+  body: string,
+  headers: Http.OutgoingHttpHeaders = {}
+): Effect.Effect<void> =>
+  Effect.sync(() => {
+    writeHead(state, res, status, {
+      "content-type": "application/json",
+      "content-length": Buffer.byteLength(body),
+      ...headers
+    })
+    end(state, res, body)
+  })
+
+const retryAfterHeaders = (settings: Settings): Http.OutgoingHttpHeaders =>
+  settings.retryAfterMs === undefined ? {} : {
+    "retry-after": String(Math.ceil(settings.retryAfterMs / 1000)),
+    "retry-after-ms": String(settings.retryAfterMs)
+  }
+
+const upstreamError = Wire.errorBody("Simulated upstream error", "server_error", "internal_error")
+
+const readBody = (req: Http.IncomingMessage): Effect.Effect<string> =>
+  Effect.async<string>((resume) => {
+    const parts: Array<Buffer> = []
+    req.on("data", (part: Buffer) => parts.push(part))
+    req.on("end", () => resume(Effect.succeed(Buffer.concat(parts).toString("utf8"))))
+  })
+
+const bearer = (req: Http.IncomingMessage): string | undefined =>
+  /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? "")?.[1]
+
+/** The account of the request's key, or a 401 sent and `undefined`. */
+const authenticate = (state: State, req: Http.IncomingMessage, res: Http.ServerResponse) => {
+  const key = bearer(req)
+  const account = key === undefined ? undefined : state.byKey.get(key)
+  if (account !== undefined) return Effect.succeed(account)
+  const message = key === undefined
+    ? "Authentication Fails, no api key provided"
+    : `Authentication Fails, Your api key: ${maskKey(key)} is invalid`
+  return Effect.as(
+    respondJson(state, res, 401, Wire.errorBody(message, "authentication_error", "invalid_request_error")),
+    undefined
+  )
+}
+
+const balance = (state: State, req: Http.IncomingMessage, res: Http.ServerResponse) =>
+  Effect.flatMap(authenticate(state, req, res), (account) => {
+    if (account === undefined) return Effect.void
+    const usd = account.balance.toFixed(2)
+    return respondJson(
+      state,
+      res,
+      200,
+      JSON.stringify({
+        is_available: account.balance > 0,
+        balance_infos: [{ currency: "USD", total_balance: usd, granted_balance: "0.00", topped_up_balance: usd }]
+      })
+    )
+  })
+
+/** Keeps the connection busy with `line` every interval, as DeepSeek does while a request waits. */
+const keepAlive = (state: State, res: Http.ServerResponse, line: string): Effect.Effect<void> =>
+  Effect.zipRight(Effect.sleep(state.settings.keepAliveMs), Effect.sync(() => write(res, line)))
+
+/**
+ * Waits for the request to be scheduled (then `workMs` more) sending keep-alives; or drops it
+ * (`dropWhileQueued`), or closes it unanswered when its delay reaches the schedule timeout.
+ */
+const waitInQueue = (
+  state: State,
+  attempt: Attempt,
+  res: Http.ServerResponse,
+  line: string,
+  workMs: number
+): Effect.Effect<boolean> => {
+  const { dropAfterKeepAlives, scheduleTimeoutMs } = state.settings
+  if (attempt.fault === "dropWhileQueued") {
+    return Effect.replicateEffect(keepAlive(state, res, line), dropAfterKeepAlives, { discard: true }).pipe(
+      Effect.zipRight(Effect.sync(() => drop(state, res))),
+      Effect.as(false)
+    )
+  }
+  const wait = attempt.queueDelayMs >= scheduleTimeoutMs
+    ? Effect.sleep(scheduleTimeoutMs).pipe(
+      Effect.zipRight(Effect.sync(() => {
+        state.totals.unscheduled++
+        end(state, res)
+      })),
+      Effect.as(false)
+    )
+    : Effect.as(Effect.sleep(attempt.queueDelayMs + workMs), true)
+  return Effect.raceFirst(wait, Effect.forever(keepAlive(state, res, line)))
+}
+
+const startResponse = (state: State, res: Http.ServerResponse, contentType: string) =>
+  Effect.sync(() => {
+    writeHead(state, res, 200, { "content-type": contentType, "cache-control": "no-cache" })
+    res.flushHeaders()
+  })
+
+const serveCompletion = (state: State, attempt: Attempt, res: Http.ServerResponse) =>
+  Effect.gen(function*() {
+    const generation = generationOf(state, attempt)
+    const body = JSON.stringify(Wire.completion(generation))
+    const workMs = Wire.chunks(generation, state.settings.pieceSize).length * state.settings.chunkDelayMs
+    yield* startResponse(state, res, "application/json")
+    if (!(yield* waitInQueue(state, attempt, res, "\n", workMs))) return
+    switch (attempt.fault) {
+      case "blank":
+        return end(state, res)
+      case "stall":
+        return yield* Effect.never
+      case "errorEvent":
+        return end(state, res, upstreamError)
+      case "cut":
+        markSent(attempt, generation.reasoningContent ?? "", generation.content)
+        return end(state, res, body.slice(0, Math.floor(body.length / 2)))
+      default:
+        markSent(attempt, generation.reasoningContent ?? "", generation.content)
+        if (attempt.fault === undefined) complete(state, attempt)
+        end(state, res, body)
+    }
+  })
+
+const sendChunk = (attempt: Attempt, res: Http.ServerResponse, chunk: ChatCompletionChunk): void => {
+  write(res, Wire.sseData(chunk))
+  const delta = chunk.choices[0]?.delta
+  markSent(attempt, delta?.reasoning_content ?? "", delta?.content ?? "")
+}
+
+const endsEarly = (fault: Simulator.Fault | undefined): boolean =>
+  fault === "cut" || fault === "errorEvent" || fault === "stall"
+
+const serveStream = (state: State, attempt: Attempt, res: Http.ServerResponse) =>
+  Effect.gen(function*() {
+    yield* startResponse(state, res, "text/event-stream; charset=utf-8")
+    if (!(yield* waitInQueue(state, attempt, res, Wire.sseKeepAlive, 0))) return
+    if (attempt.fault === "blank") return end(state, res)
+    const chunks = Wire.chunks(generationOf(state, attempt), state.settings.pieceSize)
+    yield* Effect.forEach(
+      endsEarly(attempt.fault) ? chunks.slice(0, cutPoint(chunks)) : chunks,
+      (chunk, index) =>
+        Effect.zipRight(
+          index === 0 ? Effect.void : Effect.sleep(state.settings.chunkDelayMs),
+          Effect.sync(() => sendChunk(attempt, res, chunk))
+        ),
+      { discard: true }
+    )
+    switch (attempt.fault) {
+      case "cut":
+        return end(state, res)
+      case "errorEvent":
+        return end(state, res, Wire.sseData(upstreamError))
+      case "stall":
+        return yield* Effect.never
+      default:
+        if (attempt.fault === undefined) complete(state, attempt)
+        end(state, res, Wire.sseDone)
+    }
+  })
+
+const serve = (state: State, attempt: Attempt, res: Http.ServerResponse): Effect.Effect<void> => {
+  switch (attempt.fault) {
+    case "serverError":
+      return respondJson(state, res, 500, Wire.errorBody("Internal Server Error", "server_error", "internal_error"))
+    case "overloaded":
+      return respondJson(
+        state,
+        res,
+        503,
+        Wire.errorBody("Server overloaded, please try again later", "server_error", "server_overloaded"),
+        retryAfterHeaders(state.settings)
+      )
+    case "dropBeforeResponse":
+      return Effect.sync(() => drop(state, res))
+    default:
+      return attempt.request.stream === true ? serveStream(state, attempt, res) : serveCompletion(state, attempt, res)
+  }
+}
+
+const rateLimited = (state: State, account: Account, res: Http.ServerResponse) =>
+  Effect.suspend(() => {
+    state.totals.rateLimited++
+    account.rateLimited++
+    return respondJson(
+      state,
+      res,
+      429,
+      Wire.errorBody("Rate Limit Reached", "rate_limit_error", "rate_limit_exceeded"),
+      retryAfterHeaders(state.settings)
+    )
+  })
+
+const decodeRequest = Schema.decodeUnknownEither(Schema.parseJson(ChatCompletionRequest))
+
+const chat = (state: State, req: Http.IncomingMessage, res: Http.ServerResponse, body: string) =>
+  Effect.gen(function*() {
+    state.totals.requests++
+    const account = yield* authenticate(state, req, res)
+    if (account === undefined) return
+    account.requests++
+    if (account.balance <= 0) {
+      return yield* respondJson(
+        state,
+        res,
+        402,
+        Wire.errorBody("Insufficient Balance", "unknown_error", "invalid_request_error")
+      )
+    }
+    const request = decodeRequest(body)
+    if (Either.isLeft(request)) {
+      const reason = ParseResult.TreeFormatter.formatErrorSync(request.left)
+      return yield* respondJson(
+        state,
+        res,
+        400,
+        Wire.errorBody(`Invalid request: ${reason}`, "invalid_request_error")
+      )
+    }
+    yield* Effect.acquireUseRelease(
+      Effect.suspend(() =>
+        admit(state, account)
+          ? Effect.tap(startAttempt(state, account, request.right, body), (attempt) => state.serving.set(res, attempt))
+          : Effect.succeed(undefined)
+      ),
+      (attempt) => attempt === undefined ? rateLimited(state, account, res) : serve(state, attempt, res),
+      (attempt) => attempt === undefined ? Effect.void : Effect.sync(() => finish(state, attempt))
+    )
+  })
+
+const chatPaths: ReadonlySet<string> = new Set(["/chat/completions", "/v1/chat/completions"])
+
+const route = (state: State, req: Http.IncomingMessage, res: Http.ServerResponse) =>
+  Effect.flatMap(readBody(req), (body) => {
+    const path = new URL(req.url ?? "/", "http://127.0.0.1").pathname
+    if (req.method === "POST" && chatPaths.has(path)) return chat(state, req, res, body)
+    if (req.method === "GET" && path === "/user/balance") return balance(state, req, res)
+    return respondJson(state, res, 404, Wire.errorBody(`No route ${req.method} ${path}`, "invalid_request_error"))
+  })
+
+/** Completes when the client closes the connection before the response ended. */
+const clientGone = (state: State, res: Http.ServerResponse): Effect.Effect<void> =>
+  Effect.async<void>((resume) => {
+    const onClose = () => {
+      if (!res.writableFinished && !state.dropped.has(res)) resume(Effect.void)
+    }
+    res.on("close", onClose)
+    return Effect.sync(() => res.off("close", onClose))
+  }).pipe(Effect.zipRight(Effect.sync(() => state.totals.clientClosed++)))
+
+const handle = (state: State, req: Http.IncomingMessage, res: Http.ServerResponse): Effect.Effect<void> =>
+  route(state, req, res).pipe(
+    Effect.raceFirst(clientGone(state, res)),
+    Effect.catchAllDefect((defect) => Effect.logError("Simulator: request handler failed", defect)),
+    Effect.ensuring(Effect.sync(() => {
+      if (!res.writableEnded) res.destroy()
+    }))
+  )
+
+/**
+ * Closes the connection once it has been idle `idleMs` after a response. Node's own keep-alive
+ * timeout adds a second and advertises itself in a `Keep-Alive` header a client's pool honours;
+ * an unannounced close is what leaves stale sockets in a pool.
+ */
+const closeWhenIdle = (req: Http.IncomingMessage, res: Http.ServerResponse, idleMs: number): void => {
+  const socket = req.socket
+  socket.setTimeout(0)
+  res.once("finish", () => socket.setTimeout(idleMs))
+}
+
+const listen = (server: Http.Server, port: number): Effect.Effect<void> =>
+  Effect.async<void>((resume) => {
+    server.once("error", (error) => resume(Effect.die(error)))
+    server.listen(port, "127.0.0.1", () => resume(Effect.void))
+  })
+
+/** Stops listening and destroys every connection, idle or busy. */
+const close = (server: Http.Server): Effect.Effect<void> =>
+  Effect.async<void>((resume) => {
+    if (!server.listening) return resume(Effect.void)
+    server.close(() => resume(Effect.void))
+    server.closeAllConnections()
+  })
+
+const accountNamed = (state: State, name: string): Effect.Effect<Account> => {
+  const account = state.accounts.get(name)
+  return account === undefined ? Effect.dieMessage(`Simulator: no account named "${name}"`) : Effect.succeed(account)
+}
+
+/** @internal */
+export const make = (options: Simulator.Options): Effect.Effect<Simulator.Service, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    // A real server runs on real time, even when the caller's clock is a TestClock.
+    const clock = Clock.make()
+    const state = initialState(options, clock)
+    const fibers = yield* FiberSet.make<void, never>()
+    const run = yield* FiberSet.runtime(fibers)<never>()
+    const server = Http.createServer({ noDelay: true }, (req, res) => {
+      closeWhenIdle(req, res, state.settings.idleTimeoutMs)
+      run(Effect.withClock(handle(state, req, res), clock))
+    })
+    // Idle connections are closed by `closeWhenIdle`, unannounced, instead of Node's own timer.
+    server.keepAliveTimeout = 0
+    yield* listen(server, options.port ?? 0)
+    const stop = Effect.zipRight(FiberSet.clear(fibers), close(server))
+    yield* Effect.addFinalizer(() => stop)
+    const { port } = server.address() as AddressInfo
+    return {
+      baseUrl: `http://127.0.0.1:${port}`,
+      accounts: [...state.accounts.values()].map(({ keys, name }) => ({ name, keys })),
+      stats: Effect.sync(() => snapshot(state)),
+      completions: Effect.sync(() => [...state.completions]),
+      setLimit: (name, limit) =>
+        Effect.map(accountNamed(state, name), (account) => {
+          account.limit = limit
+          sample(state, account)
+        }),
+      setBalance: (name, usd) =>
+        Effect.map(accountNamed(state, name), (account) => {
+          account.balance = usd
+        }),
+      setFaults: (faults) =>
+        Effect.sync(() => {
+          state.faults = faults
+          state.scriptCursor = 0
+        }),
+      stop
+    }
+  })
