@@ -1,0 +1,135 @@
+/**
+ * The token bucket's pure core: which buckets the options describe, and their balances as an
+ * immutable value, so the service draws from every bucket at once with one `Ref.modify`.
+ *
+ * A balance refills continuously (one unit every `refillMillis`, fractions included) up to the
+ * bucket's capacity, and may go below zero: that debt is what waiting callers have drawn ahead
+ * of time, and the time to repay it is exactly how long the last of them waits.
+ *
+ * @internal
+ */
+import * as Cause from "effect/Cause"
+import * as Duration from "effect/Duration"
+import type { Cost, Dimension, Options, Rate } from "../TokenBucket.js"
+
+/** A resolved bucket: holds up to `capacity` units and regains one every `refillMillis`. */
+export interface Bucket {
+  readonly dimension: Dimension
+  readonly capacity: number
+  readonly refillMillis: number
+}
+
+/** A bucket's units as of `at` (Clock millis). */
+export interface Balance {
+  readonly bucket: Bucket
+  readonly units: number
+  readonly at: number
+}
+
+/** A bucket short of a call's cost, and how long until it holds it. */
+export interface Wait {
+  readonly dimension: Dimension
+  readonly millis: number
+}
+
+const dimensions: ReadonlyArray<Dimension> = ["requests", "tokens"]
+
+const illegal = (message: string): never => {
+  throw new Cause.IllegalArgumentException(`TokenBucket: ${message}`)
+}
+
+const intervalMillis = (rate: Rate): number => Duration.toMillis(rate.interval)
+
+const validRate = (rate: Rate, name: string): Rate => {
+  if (!(rate.limit > 0)) illegal(`${name} limit must be positive`)
+  if (!(intervalMillis(rate) > 0)) illegal(`${name} interval must be positive`)
+  return rate
+}
+
+/** `utilization` of the provider's published limit for `dimension`, if one is known. */
+const knownRate = (options: Options, dimension: Dimension, utilization: number): Rate | undefined => {
+  const known = options.knownLimit
+  const limit = known?.[dimension]
+  return known === undefined || limit === undefined
+    ? undefined
+    : validRate({ limit: limit * utilization, interval: known.interval }, `knownLimit.${dimension}`)
+}
+
+/** The stricter of two rates: the one that allows fewer units per millisecond. */
+const stricter = (a: Rate, b: Rate): Rate => (a.limit / intervalMillis(a) <= b.limit / intervalMillis(b) ? a : b)
+
+const bucketOf = (options: Options, dimension: Dimension, utilization: number): Bucket | undefined => {
+  const explicit = options[dimension]
+  const candidates = [
+    explicit === undefined ? undefined : validRate(explicit, dimension),
+    knownRate(options, dimension, utilization)
+  ].filter((rate): rate is Rate => rate !== undefined)
+  if (candidates.length === 0) return undefined
+  const rate = candidates.reduce(stricter)
+  const capacity = options.burst?.[dimension] ?? rate.limit
+  if (!(capacity > 0)) illegal(`burst.${dimension} must be positive`)
+  return { dimension, capacity, refillMillis: intervalMillis(rate) / rate.limit }
+}
+
+/**
+ * The buckets the options describe, one per limited dimension. Throws
+ * `IllegalArgumentException` on a non-positive limit, interval or burst, or a utilization
+ * outside (0, 1].
+ */
+export const bucketsOf = (options: Options, defaultUtilization: number): ReadonlyArray<Bucket> => {
+  const utilization = options.utilization ?? defaultUtilization
+  if (!(utilization > 0 && utilization <= 1)) illegal("utilization must be in (0, 1]")
+  return dimensions.flatMap((dimension) => bucketOf(options, dimension, utilization) ?? [])
+}
+
+/** Full buckets. */
+export const full = (buckets: ReadonlyArray<Bucket>, now: number): ReadonlyArray<Balance> =>
+  buckets.map((bucket) => ({ bucket, units: bucket.capacity, at: now }))
+
+const unitsOf = (cost: Cost, dimension: Dimension): number =>
+  dimension === "requests" ? cost.requests ?? 1 : cost.tokens ?? 0
+
+const refill = (balance: Balance, now: number): Balance => {
+  // A clock that moved backwards adds nothing.
+  const elapsed = Math.max(0, now - balance.at)
+  return {
+    bucket: balance.bucket,
+    units: Math.min(balance.bucket.capacity, balance.units + elapsed / balance.bucket.refillMillis),
+    at: Math.max(now, balance.at)
+  }
+}
+
+/** The longest wait before every bucket holds the cost, `undefined` when they all do now. */
+const shortfall = (refilled: ReadonlyArray<Balance>, cost: Cost): Wait | undefined =>
+  refilled.reduce<Wait | undefined>((longest, { bucket, units }) => {
+    const wanted = unitsOf(cost, bucket.dimension)
+    const millis = wanted > 0 ? Math.max(0, wanted - units) * bucket.refillMillis : 0
+    return millis > (longest?.millis ?? 0) ? { dimension: bucket.dimension, millis } : longest
+  }, undefined)
+
+/** The first dimension whose cost exceeds its bucket's capacity: such a call never fits. */
+export const oversized = (balances: ReadonlyArray<Balance>, cost: Cost): Dimension | undefined =>
+  balances.find(({ bucket }) => unitsOf(cost, bucket.dimension) > bucket.capacity)?.bucket.dimension
+
+/** Draws the cost from every bucket, into debt if need be; answers how long the caller must wait. */
+export const draw = (
+  balances: ReadonlyArray<Balance>,
+  cost: Cost,
+  now: number
+): readonly [Wait | undefined, ReadonlyArray<Balance>] => {
+  const refilled = balances.map((balance) => refill(balance, now))
+  return [
+    shortfall(refilled, cost),
+    refilled.map((balance) => ({ ...balance, units: balance.units - unitsOf(cost, balance.bucket.dimension) }))
+  ]
+}
+
+/** Gives back a cost drawn by a caller that gave up waiting. */
+export const refund = (balances: ReadonlyArray<Balance>, cost: Cost, now: number): ReadonlyArray<Balance> =>
+  balances.map((balance) => {
+    const refilled = refill(balance, now)
+    return {
+      ...refilled,
+      units: Math.min(refilled.bucket.capacity, refilled.units + unitsOf(cost, refilled.bucket.dimension))
+    }
+  })

@@ -1,0 +1,200 @@
+import { describe, expect, it } from "@effect/vitest"
+import * as Clock from "effect/Clock"
+import * as Effect from "effect/Effect"
+import * as FastCheck from "effect/FastCheck"
+import * as Fiber from "effect/Fiber"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
+import * as TestClock from "effect/TestClock"
+import { InvalidRequest, ServerError } from "../src/ApiError.js"
+import type { ApiError } from "../src/ApiError.js"
+import * as RetryBudget from "../src/RetryBudget.js"
+import * as RetryPolicy from "../src/RetryPolicy.js"
+
+const overloaded = new ServerError({ status: 503, message: "overloaded", retryAfter: Option.none() })
+
+/** Asks for `n` retries; answers how many the budget allowed. */
+const askRetries = (budget: RetryBudget.Service, n: number) =>
+  Effect.map(Effect.replicateEffect(budget.tryRetry, n), (answers) => answers.filter(Boolean).length)
+
+const recordRequests = (budget: RetryBudget.Service, n: number) =>
+  Effect.replicateEffect(budget.recordRequest, n, { discard: true })
+
+/**
+ * `calls` concurrent calls that each fail with `error` on every attempt, counted once by the
+ * budget and retried by `RetryPolicy.schedule` guarded by it. Answers the total attempts.
+ */
+const storm = (budget: RetryBudget.Service, calls: number, error: ApiError, policy: RetryPolicy.Options = {}) =>
+  Effect.gen(function*() {
+    const attempts = yield* Ref.make(0)
+    const call = Effect.zipRight(Ref.update(attempts, (n) => n + 1), Effect.fail(error))
+    const schedule = RetryBudget.guard(budget)(RetryPolicy.schedule({ base: "10 millis", cap: "100 millis", ...policy }))
+    const fiber = yield* Effect.fork(
+      Effect.forEach(
+        Array.from({ length: calls }),
+        () => Effect.zipRight(budget.recordRequest, Effect.flip(Effect.retry(call, schedule))),
+        { concurrency: "unbounded" }
+      )
+    )
+    yield* TestClock.adjust("5 seconds")
+    const errors = yield* Fiber.join(fiber)
+    expect(errors.every((e) => e._tag === error._tag)).toBe(true)
+    return yield* Ref.get(attempts)
+  })
+
+describe("RetryBudget", () => {
+  it.effect("under a failure storm allows ratio · requests + the reserve, then refuses", () =>
+    Effect.gen(function*() {
+      const budget = yield* RetryBudget.make()
+      yield* recordRequests(budget, 100)
+      // 0.2 · 100 + 1/s · 10 s
+      expect(yield* askRetries(budget, 100)).toBe(30)
+      expect(yield* budget.snapshot).toEqual({ requests: 100, retries: 30, refused: 70, available: 0 })
+    }))
+
+  it.effect("the reserve lets low traffic retry; without it no traffic means no retries", () =>
+    Effect.gen(function*() {
+      const quiet = yield* RetryBudget.make({ minRetriesPerSecond: 0.5, window: "4 seconds" })
+      expect(yield* askRetries(quiet, 5)).toBe(2)
+      const strict = yield* RetryBudget.make({ minRetriesPerSecond: 0 })
+      expect(yield* askRetries(strict, 5)).toBe(0)
+      yield* recordRequests(strict, 10)
+      expect(yield* askRetries(strict, 5)).toBe(2)
+    }))
+
+  it.effect("refills as the window rolls: calls and retries both age out", () =>
+    Effect.gen(function*() {
+      const budget = yield* RetryBudget.make()
+      yield* recordRequests(budget, 100)
+      yield* TestClock.adjust("5 seconds")
+      expect(yield* askRetries(budget, 40)).toBe(30)
+      // The calls of t=0 leave the window at 10 s; the retries of t=5 s still count.
+      yield* TestClock.adjust("4999 millis")
+      expect((yield* budget.snapshot).requests).toBe(100)
+      yield* TestClock.adjust("1 millis")
+      expect(yield* budget.snapshot).toMatchObject({ requests: 0, retries: 30, available: 0 })
+      yield* recordRequests(budget, 100)
+      expect(yield* askRetries(budget, 1)).toBe(0)
+      // At 15 s the retries leave too: the new calls fund 20 retries plus the reserve.
+      yield* TestClock.adjust("5 seconds")
+      expect(yield* budget.snapshot).toMatchObject({ requests: 100, retries: 0, available: 30 })
+      expect(yield* askRetries(budget, 40)).toBe(30)
+    }))
+
+  it.effect("guarding RetryPolicy.schedule: 100 failing calls make only the budget's retries", () =>
+    Effect.gen(function*() {
+      const budget = yield* RetryBudget.make()
+      expect(yield* storm(budget, 100, overloaded)).toBe(100 + 30)
+      const snapshot = yield* budget.snapshot
+      expect(snapshot.retries).toBe(30)
+      expect(snapshot.refused).toBeGreaterThan(0)
+    }))
+
+  it.effect("the same storm without a budget retries every call to maxRetries", () =>
+    Effect.gen(function*() {
+      const budget = yield* RetryBudget.RetryBudget
+      expect(yield* storm(budget, 30, overloaded)).toBe(30 * 6)
+    }).pipe(Effect.provide(RetryBudget.layerUnlimited)))
+
+  it.effect("is asked only for retries the policy decides on", () =>
+    Effect.gen(function*() {
+      const budget = yield* RetryBudget.make()
+      yield* recordRequests(budget, 100)
+      yield* storm(budget, 1, new InvalidRequest({ status: 400, message: "bad" }))
+      expect(yield* budget.snapshot).toMatchObject({ retries: 0, refused: 0 })
+      yield* storm(budget, 1, overloaded, { maxRetries: 2 })
+      expect(yield* budget.snapshot).toMatchObject({ retries: 2, refused: 0 })
+    }))
+
+  it.effect("reports a refusal to onRefused with the error that surfaces, and to the metrics", () =>
+    Effect.gen(function*() {
+      const refusedBefore = (yield* Metric.value(RetryBudget.retriesRefused)).count
+      const allowedBefore = (yield* Metric.value(RetryBudget.retriesAllowed)).count
+      const budget = yield* RetryBudget.make({ minRetriesPerSecond: 0 })
+      yield* recordRequests(budget, 5)
+      const refusals = yield* Ref.make<ReadonlyArray<string>>([])
+      const schedule = RetryBudget.guard(budget, {
+        onRefused: (error: ApiError) => Ref.update(refusals, (tags) => [...tags, error._tag])
+      })(RetryPolicy.schedule({ base: "10 millis" }))
+      const fiber = yield* Effect.fork(Effect.flip(Effect.retry(Effect.fail(overloaded), schedule)))
+      yield* TestClock.adjust("1 minute")
+      expect((yield* Fiber.join(fiber))._tag).toBe("ServerError")
+      expect(yield* Ref.get(refusals)).toEqual(["ServerError"])
+      expect((yield* Metric.value(RetryBudget.retriesAllowed)).count - allowedBefore).toBe(1)
+      expect((yield* Metric.value(RetryBudget.retriesRefused)).count - refusedBefore).toBe(1)
+    }))
+
+  it.effect("layerUnlimited allows every retry", () =>
+    Effect.gen(function*() {
+      const budget = yield* RetryBudget.RetryBudget
+      expect(yield* askRetries(budget, 1000)).toBe(1000)
+    }).pipe(Effect.provide(RetryBudget.layerUnlimited)))
+
+  it.effect("rejects invalid options with a defect", () =>
+    Effect.gen(function*() {
+      const invalid: ReadonlyArray<RetryBudget.Options> = [
+        { ratio: -0.1 },
+        { minRetriesPerSecond: -1 },
+        { window: 0 },
+        { buckets: 0 },
+        { buckets: 2.5 }
+      ]
+      for (const options of invalid) {
+        const exit = yield* Effect.exit(RetryBudget.make(options))
+        expect(exit._tag === "Failure" && exit.cause._tag).toBe("Die")
+      }
+    }))
+
+  // Dense enough that windows fill up and decisions often sit at the budget's edge.
+  const operation = FastCheck.oneof(
+    { arbitrary: FastCheck.constant({ _tag: "request" } as const), weight: 3 },
+    { arbitrary: FastCheck.constant({ _tag: "retry" } as const), weight: 3 },
+    {
+      arbitrary: FastCheck.record({
+        _tag: FastCheck.constant("advance" as const),
+        millis: FastCheck.integer({ min: 0, max: 3000 })
+      }),
+      weight: 1
+    }
+  )
+
+  it.effect.prop(
+    "allows a retry exactly when the window's retries stay within ratio · requests + reserve",
+    {
+      operations: FastCheck.array(operation, { maxLength: 120, size: "max" }),
+      ratio: FastCheck.constantFrom(0, 0.1, 0.2, 0.25, 0.5),
+      minRetriesPerSecond: FastCheck.constantFrom(0, 0.5, 1),
+      buckets: FastCheck.integer({ min: 1, max: 10 })
+    },
+    ({ buckets, minRetriesPerSecond, operations, ratio }) =>
+      Effect.gen(function*() {
+        const windowMillis = 10_000
+        const bucketMillis = windowMillis / buckets
+        const reserve = minRetriesPerSecond * windowMillis / 1000
+        const budget = yield* RetryBudget.make({ ratio, minRetriesPerSecond, window: windowMillis, buckets })
+        const events: Array<{ readonly at: number; readonly kind: "request" | "retry" }> = []
+        for (const op of operations) {
+          if (op._tag === "advance") {
+            yield* TestClock.adjust(op.millis)
+            continue
+          }
+          const now = yield* Clock.currentTimeMillis
+          if (op._tag === "request") {
+            yield* budget.recordRequest
+            events.push({ at: now, kind: "request" })
+            continue
+          }
+          // The window the budget measures: the buckets that end after now − window.
+          const oldest = Math.floor(now / bucketMillis) - buckets + 1
+          const inWindow = events.filter((e) => Math.floor(e.at / bucketMillis) >= oldest)
+          const requests = inWindow.filter((e) => e.kind === "request").length
+          const retries = inWindow.length - requests
+          const allowed = yield* budget.tryRetry
+          expect(allowed).toBe(retries + 1 <= ratio * requests + reserve)
+          if (allowed) events.push({ at: now, kind: "retry" })
+        }
+      }),
+    { fastCheck: { numRuns: 40 } }
+  )
+})

@@ -1,0 +1,284 @@
+import { describe, expect, it } from "@effect/vitest"
+import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as FastCheck from "effect/FastCheck"
+import * as Fiber from "effect/Fiber"
+import * as Option from "effect/Option"
+import * as TestClock from "effect/TestClock"
+import type { ChatCompletionRequest } from "../src/ChatSchema.js"
+import * as TokenBucket from "../src/TokenBucket.js"
+
+const bucket = (options: TokenBucket.Options) =>
+  Effect.provide(TokenBucket.TokenBucket, TokenBucket.layer(options))
+
+/** Forks one `take` per cost, in order; each fiber answers the clock time its take returned at. */
+const forkTakes = (limiter: TokenBucket.Service, costs: ReadonlyArray<TokenBucket.Cost>) =>
+  Effect.forEach(costs, (cost) => Effect.fork(Effect.zipRight(limiter.take(cost), Clock.currentTimeMillis)))
+
+const joinAll = <A, E>(fibers: ReadonlyArray<Fiber.Fiber<A, E>>) => Effect.forEach(fibers, Fiber.join)
+
+const failure = <A>(effect: Effect.Effect<A, TokenBucket.RateLimitExceeded>) => Effect.flip(effect)
+
+const millisOf = (error: TokenBucket.RateLimitExceeded) => Option.map(error.retryAfter, Duration.toMillis)
+
+describe("TokenBucket", () => {
+  it.effect("spreads requests beyond the burst at the limit's rate, in arrival order", () =>
+    Effect.gen(function*() {
+      const limiter = yield* bucket({ requests: { limit: 2, interval: "1 second" } })
+      const fibers = yield* forkTakes(limiter, [{}, {}, {}, {}, {}])
+      yield* TestClock.adjust("2 seconds")
+      expect(yield* joinAll(fibers)).toEqual([0, 0, 500, 1000, 1500])
+    }))
+
+  it.effect("a waiter is not let through before its turn", () =>
+    Effect.gen(function*() {
+      const limiter = yield* bucket({ requests: { limit: 1, interval: "1 second" } })
+      yield* limiter.take()
+      const fiber = yield* Effect.fork(limiter.take())
+      yield* TestClock.adjust("999 millis")
+      expect(fiber.unsafePoll()).toBeNull()
+      yield* TestClock.adjust("1 millis")
+      yield* Fiber.join(fiber)
+    }))
+
+  it.effect("charges a call's token cost", () =>
+    Effect.gen(function*() {
+      // 1000 tokens a minute: one token every 60 ms.
+      const limiter = yield* bucket({ tokens: { limit: 1000, interval: "1 minute" } })
+      const fibers = yield* forkTakes(limiter, [{ tokens: 800 }, { tokens: 400 }, { tokens: 100 }])
+      yield* TestClock.adjust("1 minute")
+      expect(yield* joinAll(fibers)).toEqual([0, 200 * 60, 300 * 60])
+    }))
+
+  it.effect("draws requests and tokens together: the scarcer bucket sets the wait", () =>
+    Effect.gen(function*() {
+      const limiter = yield* bucket({
+        requests: { limit: 10, interval: "1 second" },
+        tokens: { limit: 100, interval: "1 second" }
+      })
+      const fibers = yield* forkTakes(limiter, [{ tokens: 100 }, { tokens: 50 }, { requests: 8 }, {}])
+      yield* TestClock.adjust("5 seconds")
+      // The second call is 50 tokens short (10 ms each); the fourth is one request short (100 ms)
+      // and, drawing no tokens, does not queue behind the token debt.
+      expect(yield* joinAll(fibers)).toEqual([0, 500, 0, 100])
+    }))
+
+  it.effect("burst sets how much goes at once; the rate is unchanged", () =>
+    Effect.gen(function*() {
+      const limiter = yield* bucket({ requests: { limit: 1, interval: "1 second" }, burst: { requests: 3 } })
+      const fibers = yield* forkTakes(limiter, [{}, {}, {}, {}, {}])
+      yield* TestClock.adjust("3 seconds")
+      expect(yield* joinAll(fibers)).toEqual([0, 0, 0, 1000, 2000])
+    }))
+
+  it.effect("refills no further than the burst after a quiet spell", () =>
+    Effect.gen(function*() {
+      const limiter = yield* bucket({
+        requests: { limit: 10, interval: "1 second" },
+        burst: { requests: 2 },
+        onExhausted: "fail"
+      })
+      yield* limiter.take()
+      yield* TestClock.adjust("1 minute")
+      yield* limiter.take({ requests: 2 })
+      const error = yield* failure(limiter.take())
+      expect(millisOf(error)).toEqual(Option.some(100))
+    }))
+
+  it.effect("fail mode refuses at once, saying when there will be room", () =>
+    Effect.gen(function*() {
+      const limiter = yield* bucket({ requests: { limit: 2, interval: "1 second" }, onExhausted: "fail" })
+      yield* limiter.take()
+      yield* limiter.take()
+      const error = yield* failure(limiter.take())
+      expect(error._tag).toBe("RateLimitExceeded")
+      expect(error.dimension).toBe("requests")
+      expect(error.retryable).toBe(true)
+      expect(millisOf(error)).toEqual(Option.some(500))
+      // The refusal drew nothing: after exactly retryAfter there is room for one call.
+      yield* TestClock.adjust("500 millis")
+      yield* limiter.take()
+      expect(millisOf(yield* failure(limiter.take()))).toEqual(Option.some(500))
+    }))
+
+  it.effect("fail mode: a token refusal gives back the request it drew", () =>
+    Effect.gen(function*() {
+      const limiter = yield* bucket({
+        requests: { limit: 1, interval: "1 second" },
+        tokens: { limit: 1000, interval: "1 second" },
+        onExhausted: "fail"
+      })
+      yield* limiter.take({ requests: 0, tokens: 900 })
+      const error = yield* failure(limiter.take({ tokens: 300 }))
+      expect(error.dimension).toBe("tokens")
+      expect(millisOf(error)).toEqual(Option.some(200))
+      yield* limiter.take({ tokens: 100 })
+    }))
+
+  it.effect("fail mode: a cost above the burst never fits, so it is not retryable", () =>
+    Effect.gen(function*() {
+      const limiter = yield* bucket({ tokens: { limit: 1000, interval: "1 minute" }, onExhausted: "fail" })
+      const error = yield* failure(limiter.take({ tokens: 1001 }))
+      expect(error.dimension).toBe("tokens")
+      expect(Option.isNone(error.retryAfter)).toBe(true)
+      expect(error.retryable).toBe(false)
+      yield* limiter.take({ tokens: 1000 })
+    }))
+
+  it.effect("a waiter interrupted before its turn gives its units back", () =>
+    Effect.gen(function*() {
+      const limiter = yield* bucket({ requests: { limit: 1, interval: "1 second" } })
+      yield* limiter.take()
+      const abandoned = yield* Effect.fork(limiter.take())
+      yield* TestClock.adjust("10 millis")
+      yield* Fiber.interrupt(abandoned)
+      const fibers = yield* forkTakes(limiter, [{}])
+      yield* TestClock.adjust("5 seconds")
+      expect(yield* joinAll(fibers)).toEqual([1000])
+    }))
+
+  it.effect("caps the rates at utilization of a known limit", () =>
+    Effect.gen(function*() {
+      const limiter = yield* bucket({
+        knownLimit: { requests: 100, tokens: 1_000_000, interval: "1 minute" },
+        utilization: 0.5,
+        onExhausted: "fail"
+      })
+      yield* Effect.repeatN(limiter.take(), 49)
+      const error = yield* failure(limiter.take())
+      expect(error.dimension).toBe("requests")
+      expect(millisOf(error)).toEqual(Option.some(1200))
+      yield* TestClock.adjust("1200 millis")
+      const tooMany = yield* failure(limiter.take({ tokens: 500_001 }))
+      expect(Option.isNone(tooMany.retryAfter)).toBe(true)
+    }))
+
+  it.effect("utilization defaults to 0.8, and a stricter explicit rate wins", () =>
+    Effect.gen(function*() {
+      const known = yield* bucket({ knownLimit: { requests: 10, interval: "1 second" }, onExhausted: "fail" })
+      yield* Effect.repeatN(known.take(), 7)
+      expect(millisOf(yield* failure(known.take()))).toEqual(Option.some(125))
+
+      const stricter = yield* bucket({
+        requests: { limit: 60, interval: "1 minute" },
+        knownLimit: { requests: 10, interval: "1 second" },
+        onExhausted: "fail"
+      })
+      yield* Effect.repeatN(stricter.take(), 59)
+      expect(millisOf(yield* failure(stricter.take()))).toEqual(Option.some(1000))
+    }))
+
+  it.effect("rejects invalid options with a defect", () =>
+    Effect.gen(function*() {
+      const invalid = [
+        { requests: { limit: 0, interval: "1 second" } },
+        { tokens: { limit: 10, interval: 0 } },
+        { knownLimit: { requests: 10, interval: "1 second" }, utilization: 1.5 },
+        { requests: { limit: 10, interval: "1 second" }, burst: { requests: 0 } }
+      ] satisfies ReadonlyArray<TokenBucket.Options>
+      for (const options of invalid) {
+        const exit = yield* Effect.exit(bucket(options))
+        expect(exit._tag === "Failure" && exit.cause._tag).toBe("Die")
+      }
+    }))
+
+  it.effect("layerUnlimited never waits", () =>
+    Effect.gen(function*() {
+      const limiter = yield* TokenBucket.TokenBucket
+      yield* Effect.repeatN(limiter.take({ requests: 1000, tokens: 1e9 }), 100)
+    }).pipe(Effect.provide(TokenBucket.layerUnlimited)))
+
+  // Powers of two keep the refill arithmetic exact: a request every 256 ms, a token every 1 ms.
+  const propertyOptions = {
+    requests: { limit: 4, interval: "1024 millis" },
+    tokens: { limit: 1000, interval: "1 second" },
+    onExhausted: "fail"
+  } as const
+  const step = FastCheck.oneof(
+    FastCheck.record({ advance: FastCheck.integer({ min: 0, max: 1500 }) }),
+    FastCheck.record({ requests: FastCheck.integer({ min: 1, max: 3 }), tokens: FastCheck.integer({ min: 0, max: 600 }) })
+  )
+
+  it.effect.prop(
+    "fail mode: grants in any span stay within burst + rate · span, and retryAfter is exact",
+    { steps: FastCheck.array(step, { maxLength: 40, size: "max" }) },
+    ({ steps }) =>
+      Effect.gen(function*() {
+        const limiter = yield* bucket(propertyOptions)
+        const grants: Array<{ readonly at: number; readonly requests: number; readonly tokens: number }> = []
+        const grant = (cost: { readonly requests: number; readonly tokens: number }) =>
+          Effect.map(Clock.currentTimeMillis, (at) => grants.push({ at, ...cost }))
+        for (const next of steps) {
+          if ("advance" in next) {
+            yield* TestClock.adjust(next.advance)
+            continue
+          }
+          const result = yield* Effect.either(limiter.take(next))
+          if (Either.isRight(result)) {
+            yield* grant(next)
+            continue
+          }
+          // Refused: still refused 1 ms before retryAfter, granted exactly at it.
+          const wait = Option.getOrThrow(millisOf(result.left))
+          expect(wait).toBeGreaterThan(0)
+          yield* TestClock.adjust(wait - 1)
+          expect(Either.isLeft(yield* Effect.either(limiter.take(next)))).toBe(true)
+          yield* TestClock.adjust(1)
+          yield* limiter.take(next)
+          yield* grant(next)
+        }
+        for (const from of grants) {
+          const span = grants.filter((g) => g.at >= from.at)
+          for (const to of span) {
+            const inSpan = span.filter((g) => g.at <= to.at)
+            const elapsed = to.at - from.at
+            expect(inSpan.reduce((n, g) => n + g.requests, 0)).toBeLessThanOrEqual(4 + elapsed / 256)
+            expect(inSpan.reduce((n, g) => n + g.tokens, 0)).toBeLessThanOrEqual(1000 + elapsed)
+          }
+        }
+      }),
+    { fastCheck: { numRuns: 25 } }
+  )
+
+  describe("estimateTokens", () => {
+    const request = (extra: Partial<ChatCompletionRequest>): ChatCompletionRequest => ({
+      model: "deepseek-v4-flash",
+      messages: [{ role: "user", content: "a".repeat(400) }],
+      ...extra
+    })
+
+    it("counts about 4 characters per token of message text", () => {
+      expect(TokenBucket.estimateTokens(request({}))).toBe(100)
+      expect(TokenBucket.estimateTokens(request({ messages: [{ role: "user", content: "abcde" }] }))).toBe(2)
+    })
+
+    it("adds max_tokens when given", () => {
+      expect(TokenBucket.estimateTokens(request({ max_tokens: 50 }))).toBe(150)
+      expect(TokenBucket.costOf(request({ max_tokens: 50 }))).toEqual({ requests: 1, tokens: 150 })
+    })
+
+    it("counts every message, content parts, reasoning sent back and tool calls", () => {
+      const estimate = TokenBucket.estimateTokens(request({
+        messages: [
+          { role: "system", content: "s".repeat(40) },
+          { role: "user", content: [{ type: "text", text: "u".repeat(40) }, { type: "image_url" }] },
+          {
+            role: "assistant",
+            content: null,
+            reasoning_content: "r".repeat(40),
+            tool_calls: [{ id: "1", type: "function", function: { name: "n".repeat(20), arguments: "x".repeat(20) } }]
+          },
+          { role: "tool", content: "t".repeat(40), tool_call_id: "1" }
+        ]
+      }))
+      expect(estimate).toBe(50)
+    })
+
+    it("counts tool definitions", () => {
+      const tools = [{ type: "function" as const, function: { name: "lookup", description: "d".repeat(100) } }]
+      expect(TokenBucket.estimateTokens(request({ tools }))).toBe(100 + Math.ceil(JSON.stringify(tools).length / 4))
+    })
+  })
+})
