@@ -1,0 +1,390 @@
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Metric from "effect/Metric"
+import type * as Scope from "effect/Scope"
+import type {
+  AcquireOptions,
+  AdaptiveOptions,
+  LimiterOptions,
+  Outcome,
+  Permit,
+  Priority,
+  Service,
+  Snapshot
+} from "../ConcurrencyLimiter.js"
+import { droppedCounter, inFlightGauge, limitGauge, QueueFull, queuedGauge } from "../ConcurrencyLimiter.js"
+
+// -----------------------------------------------------------------------------
+// Gate: the permit ledger with its two FIFO lanes
+// -----------------------------------------------------------------------------
+
+/** A caller waiting in a lane. `stamp` is set when it is granted. */
+export interface Waiter {
+  readonly wake: Deferred.Deferred<void>
+  granted: boolean
+  stamp: number
+}
+
+/** What `Gate.enter` decided. */
+export type Entry =
+  | { readonly _tag: "Granted"; readonly stamp: number }
+  | { readonly _tag: "Queued"; readonly waiter: Waiter }
+  | { readonly _tag: "Full" }
+
+/**
+ * Counts permits in flight against a movable limit and hands freed permits to waiters,
+ * interactive lane first, FIFO within a lane. Every method is synchronous, so each one is atomic
+ * on the JavaScript thread. Lowering the limit below what is in flight revokes nothing: new
+ * grants wait until enough permits come back (as `Semaphore.resize` does).
+ *
+ * `stamp` is read at each grant so the policy can tell which permits were sent under which limit.
+ */
+export class Gate {
+  inFlight = 0
+  private readonly lanes: Record<Priority, Set<Waiter>> = { interactive: new Set(), batch: new Set() }
+
+  constructor(
+    private limit: number,
+    private readonly maxQueued: number,
+    private readonly stamp: () => number
+  ) {}
+
+  get queued(): number {
+    return this.lanes.interactive.size + this.lanes.batch.size
+  }
+
+  get permits(): number {
+    return this.limit
+  }
+
+  enter(priority: Priority, wake: Deferred.Deferred<void>): Entry {
+    if (this.inFlight < this.limit && this.queued === 0) {
+      this.inFlight++
+      return { _tag: "Granted", stamp: this.stamp() }
+    }
+    if (this.queued >= this.maxQueued) return { _tag: "Full" }
+    const waiter: Waiter = { wake, granted: false, stamp: 0 }
+    this.lanes[priority].add(waiter)
+    return { _tag: "Queued", waiter }
+  }
+
+  /** The waiter gave up (interrupted): leave its lane, or hand back a permit granted meanwhile. */
+  cancel(waiter: Waiter): void {
+    if (waiter.granted) this.release()
+    else this.lanes.interactive.delete(waiter) || this.lanes.batch.delete(waiter)
+  }
+
+  release(): void {
+    this.inFlight--
+    this.dispatch()
+  }
+
+  resize(limit: number): void {
+    this.limit = limit
+    this.dispatch()
+  }
+
+  private dispatch(): void {
+    while (this.inFlight < this.limit) {
+      const next = firstOf(this.lanes.interactive) ?? firstOf(this.lanes.batch)
+      if (next === undefined) return
+      this.lanes.interactive.delete(next) || this.lanes.batch.delete(next)
+      this.inFlight++
+      next.granted = true
+      next.stamp = this.stamp()
+      Deferred.unsafeDone(next.wake, Exit.void)
+    }
+  }
+}
+
+const firstOf = <A>(set: Set<A>): A | undefined => set.values().next().value
+
+// -----------------------------------------------------------------------------
+// Policies: how outcomes move the limit
+// -----------------------------------------------------------------------------
+
+/** Moves the limit from outcomes. `stamp` marks a permit at grant; `record` gets it back. */
+export interface Policy {
+  readonly limit: number
+  readonly stamp: number
+  readonly record: (stamp: number, outcome: Outcome, inFlight: number) => void
+}
+
+export const fixedPolicy = (permits: number): Policy => ({ limit: permits, stamp: 0, record: () => {} })
+
+/** `AdaptiveOptions` with every default filled in (queue delay floor in milliseconds). */
+interface AimdConfig {
+  readonly initial: number
+  readonly min: number
+  readonly max: number
+  readonly backoff: number
+  readonly fallBackoff: number
+  readonly holdRounds: number
+  readonly holdRequests: number
+  readonly queueDelayRise: number
+  readonly queueDelayWindows: number
+  readonly queueDelayFloorMillis: number
+}
+
+const aimdConfig = (options: AdaptiveOptions = {}): AimdConfig => {
+  const min = Math.max(1, Math.floor(options.min ?? 1))
+  const max = Math.max(min, Math.floor(options.max ?? 256))
+  return {
+    min,
+    max,
+    initial: clamp(Math.floor(options.initial ?? 8), min, max),
+    backoff: options.backoff ?? 0.9,
+    fallBackoff: options.fallBackoff ?? 0.25,
+    holdRounds: options.holdRounds ?? 6,
+    holdRequests: options.holdRequests ?? 36,
+    queueDelayRise: options.queueDelayRise ?? 2,
+    queueDelayWindows: options.queueDelayWindows ?? 3,
+    queueDelayFloorMillis: Duration.toMillis(options.queueDelayFloor ?? "250 millis")
+  }
+}
+
+const clamp = (n: number, min: number, max: number): number => Math.min(max, Math.max(min, n))
+
+/** Where the controller is in its cycle; see the module doc of `ConcurrencyLimiter`. */
+type Phase = "slowStart" | "recover" | "hold"
+
+/** Keeps a round of fractional steps that sum to a whole from rounding down. */
+const epsilon = 1e-9
+
+/** How many past window means the queue-delay baseline (their minimum) looks back on. */
+const baselineWindows = 10
+
+/**
+ * Loss-based AIMD: slow start, a decrease per round of drops, a return to the last accepted level,
+ * a hold there, slow-start probes above it, and a queue-delay brake (the module doc of
+ * `ConcurrencyLimiter` gives the reasons). The limit is a real number, grown in fractions per
+ * success so in-flight rises one request at a time; the gate uses its floor.
+ */
+class Aimd implements Policy {
+  private phase: Phase = "slowStart"
+  /** The highest concurrency known to have been accepted at the last drop. */
+  private ceiling = Infinity
+  private value: number
+  private epoch = 0
+  /** Whether a permit granted since the last decrease has succeeded (false: the cap is falling). */
+  private succeededSinceDecrease = true
+  private roundSize: number
+  private roundSuccesses = 0
+  private holdLeft = 0
+  private delaySum = 0
+  private delayCount = 0
+  private readonly windowMeans: Array<number> = []
+  private congestedWindows = 0
+
+  constructor(private readonly config: AimdConfig) {
+    this.value = config.initial
+    this.roundSize = config.initial
+  }
+
+  get limit(): number {
+    return Math.floor(this.value + epsilon)
+  }
+
+  get stamp(): number {
+    return this.epoch
+  }
+
+  record(stamp: number, outcome: Outcome, inFlight: number): void {
+    if (stamp !== this.epoch) {
+      // Sent before the last decrease, at the old limit: it must not decrease again, but a drop
+      // sent alongside the one that did means fewer requests were accepted at that level.
+      if (outcome._tag === "Dropped" && stamp === this.epoch - 1) this.lowerCeiling(inFlight - 1)
+      return
+    }
+    if (outcome._tag === "Dropped") this.decrease(inFlight)
+    else if (outcome._tag === "Success") this.succeeded(inFlight, outcome.queueDelay)
+  }
+
+  private succeeded(inFlight: number, queueDelay: Duration.Duration | undefined): void {
+    this.succeededSinceDecrease = true
+    if (queueDelay !== undefined) {
+      this.delaySum += Duration.toMillis(queueDelay)
+      this.delayCount++
+    }
+    // An unused limit proves nothing about the upstream: neither grow it nor count the round.
+    if (inFlight < this.value / 2) return
+    if (this.congestedWindows === 0) this.grow()
+    if (++this.roundSuccesses >= this.roundSize) this.endRound()
+  }
+
+  /** One success's share of the round's growth, so in-flight climbs one request at a time. */
+  private grow(): void {
+    switch (this.phase) {
+      case "slowStart":
+        this.setValue(this.value + 1)
+        return
+      case "recover": {
+        const next = this.value + Math.max(1, this.ceiling - this.value) / this.roundSize
+        if (next < this.ceiling - epsilon) return this.setValue(next)
+        this.setValue(this.ceiling)
+        return this.startHold()
+      }
+      case "hold":
+        return
+    }
+  }
+
+  private endRound(): void {
+    this.judgeQueueDelay()
+    if (this.congestedWindows >= this.config.queueDelayWindows) this.easeOff()
+    else if (this.congestedWindows === 0) this.advancePhase()
+    this.startRound()
+  }
+
+  private advancePhase(): void {
+    // Probing is slow start: in-flight climbs one request per success above the ceiling, so an
+    // unchanged cap costs a single 429 while a risen one is found at full speed.
+    if (this.phase === "hold" && --this.holdLeft <= 0) this.phase = "slowStart"
+  }
+
+  /** Closes the round's queue-delay window and counts consecutive congested windows. */
+  private judgeQueueDelay(): void {
+    if (this.delayCount === 0) return
+    const mean = this.delaySum / this.delayCount
+    this.delaySum = 0
+    this.delayCount = 0
+    if (this.windowMeans.length > 0) {
+      const baseline = Math.max(Math.min(...this.windowMeans), this.config.queueDelayFloorMillis)
+      this.congestedWindows = mean >= this.config.queueDelayRise * baseline ? this.congestedWindows + 1 : 0
+    }
+    this.windowMeans.push(mean)
+    if (this.windowMeans.length > baselineWindows) this.windowMeans.shift()
+  }
+
+  /** Queue delay stayed high: the upstream is queueing us, so step back gently before it drops. */
+  private easeOff(): void {
+    this.setValue(this.value * this.config.backoff)
+    this.ceiling = this.value
+    this.congestedWindows = 0
+    this.startHold()
+  }
+
+  private decrease(inFlight: number): void {
+    const level = Math.min(this.value, inFlight)
+    if (this.succeededSinceDecrease) {
+      // An ordinary overshoot: everything but the dropped request was accepted.
+      this.ceiling = Math.max(this.config.min, inFlight - 1)
+      this.setValue(Math.min(this.ceiling, level * this.config.backoff))
+      if (this.value < this.ceiling) this.phase = "recover"
+      else this.startHold()
+    } else {
+      // Dropped again before anything sent at the lowered limit succeeded: the cap itself fell.
+      this.ceiling = Infinity
+      this.setValue(level * this.config.fallBackoff)
+      this.phase = "slowStart"
+    }
+    this.epoch++
+    this.succeededSinceDecrease = false
+    this.startRound()
+  }
+
+  private lowerCeiling(accepted: number): void {
+    if (accepted >= this.ceiling) return
+    this.ceiling = Math.max(this.config.min, accepted)
+    this.setValue(Math.min(this.value, this.ceiling))
+  }
+
+  /** Holds from a fresh round, for `holdRounds` rounds and at least `holdRequests` successes. */
+  private startHold(): void {
+    this.phase = "hold"
+    this.holdLeft = Math.max(this.config.holdRounds, Math.ceil(this.config.holdRequests / this.limit))
+    this.startRound()
+  }
+
+  private startRound(): void {
+    this.roundSize = this.limit
+    this.roundSuccesses = 0
+  }
+
+  private setValue(value: number): void {
+    this.value = clamp(value, this.config.min, this.config.max)
+  }
+}
+
+// -----------------------------------------------------------------------------
+// The service
+// -----------------------------------------------------------------------------
+
+export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effect<Service> =>
+  Effect.suspend(() => {
+    const gate = new Gate(policy.limit, options.maxQueued ?? Infinity, () => policy.stamp)
+    const tag = <Type, In, Out>(metric: Metric.Metric<Type, In, Out>) =>
+      options.name === undefined ? metric : Metric.tagged(metric, "limiter", options.name)
+    const gauges = { limit: tag(limitGauge), inFlight: tag(inFlightGauge), queued: tag(queuedGauge) }
+    const dropped = tag(droppedCounter)
+
+    const snapshot = Effect.sync((): Snapshot => ({ limit: gate.permits, inFlight: gate.inFlight, queued: gate.queued }))
+    const publish = Effect.flatMap(snapshot, (s) =>
+      Effect.all([
+        Metric.set(gauges.limit, s.limit),
+        Metric.set(gauges.inFlight, s.inFlight),
+        Metric.set(gauges.queued, s.queued)
+      ], { discard: true }))
+
+    const permitFor = (stamp: number): Effect.Effect<Permit, never, Scope.Scope> => {
+      let completed = false
+      const complete = (outcome: Outcome) =>
+        Effect.suspend(() => {
+          if (completed) return Effect.void
+          completed = true
+          policy.record(stamp, outcome, gate.inFlight)
+          gate.resize(policy.limit)
+          return outcome._tag === "Dropped" ? Effect.zipRight(Metric.increment(dropped), publish) : publish
+        })
+      return Effect.as(
+        Effect.addFinalizer(() => Effect.zipRight(Effect.sync(() => gate.release()), publish)),
+        { complete }
+      )
+    }
+
+    const acquire = (acquireOptions?: AcquireOptions): Effect.Effect<Permit, QueueFull, Scope.Scope> =>
+      Effect.uninterruptibleMask((restore) =>
+        Effect.flatMap(Deferred.make<void>(), (wake) => {
+          const entry = gate.enter(acquireOptions?.priority ?? "interactive", wake)
+          switch (entry._tag) {
+            case "Full":
+              return Effect.fail(new QueueFull({ queued: gate.queued }))
+            case "Granted":
+              return Effect.zipRight(publish, permitFor(entry.stamp))
+            case "Queued": {
+              const { waiter } = entry
+              const wait = restore(Deferred.await(wake)).pipe(
+                Effect.onInterrupt(() => Effect.zipRight(Effect.sync(() => gate.cancel(waiter)), publish))
+              )
+              return Effect.zipRight(publish, wait).pipe(
+                Effect.zipRight(publish),
+                Effect.zipRight(Effect.suspend(() => permitFor(waiter.stamp)))
+              )
+            }
+          }
+        })
+      )
+
+    return Effect.as(publish, { acquire, snapshot })
+  })
+
+/** What is wrong with `options`, if anything: ratios that would not move the limit sensibly. */
+const invalidOption = (options: AdaptiveOptions): string | undefined => {
+  const ratio = (name: "backoff" | "fallBackoff") => {
+    const value = options[name]
+    return value === undefined || (value > 0 && value < 1) ? undefined : `${name} must be in (0, 1), got ${value}`
+  }
+  const rise = options.queueDelayRise
+  const windows = options.queueDelayWindows
+  return ratio("backoff") ?? ratio("fallBackoff") ??
+    (rise !== undefined && !(rise > 1) ? `queueDelayRise must be above 1, got ${rise}` : undefined) ??
+    (windows !== undefined && !(windows >= 1) ? `queueDelayWindows must be at least 1, got ${windows}` : undefined)
+}
+
+export const makeAdaptive = (options: AdaptiveOptions = {}): Effect.Effect<Service> =>
+  Effect.suspend(() => {
+    const problem = invalidOption(options)
+    return problem === undefined ? make(new Aimd(aimdConfig(options)), options) : Effect.dieMessage(problem)
+  })

@@ -1,0 +1,542 @@
+import { describe, expect, it } from "@effect/vitest"
+import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as FastCheck from "effect/FastCheck"
+import * as Fiber from "effect/Fiber"
+import * as FiberId from "effect/FiberId"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
+import * as Schedule from "effect/Schedule"
+import * as Scope from "effect/Scope"
+import * as TestClock from "effect/TestClock"
+import { RateLimited } from "../src/ApiError.js"
+import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
+import { Gate, type Waiter } from "../src/internal/concurrencyLimiter.js"
+
+type Service = ConcurrencyLimiter.Service
+type Outcome = ConcurrencyLimiter.Outcome
+
+const success: Outcome = { _tag: "Success" }
+const dropped: Outcome = { _tag: "Dropped" }
+const withQueueDelay = (millis: number): Outcome => ({ _tag: "Success", queueDelay: Duration.millis(millis) })
+
+/** Lets forked fibers run until each is done or waiting, without moving the clock. */
+const settle = TestClock.adjust(0)
+
+const limitOf = (limiter: Service) => Effect.map(limiter.snapshot, (s) => s.limit)
+
+interface Held {
+  readonly permit: ConcurrencyLimiter.Permit
+  readonly scope: Scope.CloseableScope
+}
+
+/** Takes `n` permits, each in its own scope so the test decides when each comes back. */
+const hold = (limiter: Service, n: number, options?: ConcurrencyLimiter.AcquireOptions) =>
+  Effect.replicateEffect(
+    Effect.gen(function*() {
+      const scope = yield* Scope.make()
+      const permit = yield* Scope.extend(limiter.acquire(options), scope)
+      return { permit, scope } satisfies Held
+    }),
+    n
+  )
+
+const release = (held: ReadonlyArray<Held>) => Effect.forEach(held, (h) => Scope.close(h.scope, Exit.void))
+
+/** One full round: `limit` permits, all completed with `outcome` while held, then released. */
+const round = (limiter: Service, outcome: Outcome = success) =>
+  Effect.gen(function*() {
+    const held = yield* hold(limiter, yield* limitOf(limiter))
+    yield* Effect.forEach(held, (h) => h.permit.complete(outcome))
+    yield* release(held)
+    return yield* limitOf(limiter)
+  })
+
+const rounds = (limiter: Service, n: number, outcome: Outcome = success) =>
+  Effect.replicateEffect(round(limiter, outcome), n)
+
+describe("ConcurrencyLimiter", () => {
+  describe("makeFixed", () => {
+    it.effect("never has more than `permits` in flight, and waiters run as permits come back", () =>
+      Effect.gen(function*() {
+        const limiter = yield* ConcurrencyLimiter.makeFixed(3)
+        let peak = 0
+        const call = ConcurrencyLimiter.withPermit(limiter)(
+          Effect.flatMap(limiter.snapshot, (s) => {
+            peak = Math.max(peak, s.inFlight)
+            return Effect.sleep("1 second")
+          })
+        )
+        const fiber = yield* Effect.fork(Effect.all(Array.from({ length: 10 }, () => call), { concurrency: "unbounded" }))
+        yield* settle
+        expect(yield* limiter.snapshot).toEqual({ limit: 3, inFlight: 3, queued: 7 })
+        yield* TestClock.adjust("1 second")
+        expect(yield* limiter.snapshot).toEqual({ limit: 3, inFlight: 3, queued: 4 })
+        yield* TestClock.adjust("3 seconds")
+        expect(Exit.isSuccess(yield* Fiber.await(fiber))).toBe(true)
+        expect(peak).toBe(3)
+        expect(yield* limiter.snapshot).toEqual({ limit: 3, inFlight: 0, queued: 0 })
+      }))
+
+    it.effect("fails with QueueFull when `maxQueued` callers already wait", () =>
+      Effect.gen(function*() {
+        const limiter = yield* ConcurrencyLimiter.makeFixed(1, { maxQueued: 2 })
+        const held = yield* hold(limiter, 1)
+        const waiters = yield* Effect.fork(
+          Effect.all([Effect.scoped(limiter.acquire()), Effect.scoped(limiter.acquire())], { concurrency: "unbounded" })
+        )
+        yield* settle
+        const rejected = yield* Effect.flip(Effect.scoped(limiter.acquire({ priority: "batch" })))
+        expect(rejected).toBeInstanceOf(ConcurrencyLimiter.QueueFull)
+        expect(rejected.queued).toBe(2)
+        yield* release(held)
+        expect(Exit.isSuccess(yield* Fiber.await(waiters))).toBe(true)
+        expect(yield* limiter.snapshot).toEqual({ limit: 1, inFlight: 0, queued: 0 })
+      }))
+
+    it.effect("serves interactive waiters before batch ones, FIFO within a lane", () =>
+      Effect.gen(function*() {
+        const limiter = yield* ConcurrencyLimiter.makeFixed(1)
+        const held = yield* hold(limiter, 1)
+        const order: Array<string> = []
+        const arrivals: Array<[string, ConcurrencyLimiter.Priority | undefined]> = [
+          ["b1", "batch"],
+          ["i1", "interactive"],
+          ["b2", "batch"],
+          ["default", undefined],
+          ["i2", "interactive"]
+        ]
+        const fibers = yield* Effect.forEach(arrivals, ([name, priority]) =>
+          Effect.zipLeft(
+            Effect.fork(ConcurrencyLimiter.withPermit(limiter, { priority })(Effect.sync(() => order.push(name)))),
+            settle
+          ))
+        expect((yield* limiter.snapshot).queued).toBe(5)
+        yield* release(held)
+        yield* Fiber.joinAll(fibers)
+        expect(order).toEqual(["i1", "default", "i2", "b1", "b2"])
+      }))
+
+    it.effect("publishes snapshot values as gauges tagged with its name", () =>
+      Effect.gen(function*() {
+        const limiter = yield* ConcurrencyLimiter.makeFixed(2, { name: "gauges-test" })
+        const held = yield* hold(limiter, 2)
+        yield* Effect.fork(Effect.scoped(limiter.acquire()))
+        yield* settle
+        expect(yield* limiter.snapshot).toEqual({ limit: 2, inFlight: 2, queued: 1 })
+        const gauge = (metric: Metric.Metric.Gauge<number>) =>
+          Effect.map(Metric.value(Metric.tagged(metric, "limiter", "gauges-test")), (state) => state.value)
+        expect(yield* gauge(ConcurrencyLimiter.limitGauge)).toBe(2)
+        expect(yield* gauge(ConcurrencyLimiter.inFlightGauge)).toBe(2)
+        expect(yield* gauge(ConcurrencyLimiter.queuedGauge)).toBe(1)
+        yield* release(held)
+        yield* settle
+        expect(yield* gauge(ConcurrencyLimiter.inFlightGauge)).toBe(0)
+        expect(yield* gauge(ConcurrencyLimiter.queuedGauge)).toBe(0)
+      }))
+  })
+
+  describe("interruption", () => {
+    it.effect("a waiter interrupted in the queue leaves it", () =>
+      Effect.gen(function*() {
+        const limiter = yield* ConcurrencyLimiter.makeFixed(1)
+        const held = yield* hold(limiter, 1)
+        const waiter = yield* Effect.fork(Effect.scoped(limiter.acquire()))
+        yield* settle
+        yield* Fiber.interrupt(waiter)
+        expect(yield* limiter.snapshot).toEqual({ limit: 1, inFlight: 1, queued: 0 })
+        yield* release(held)
+        expect(yield* limiter.snapshot).toEqual({ limit: 1, inFlight: 0, queued: 0 })
+      }))
+
+    it.effect("a waiter interrupted just after it was granted a permit hands it back", () =>
+      Effect.gen(function*() {
+        const limiter = yield* ConcurrencyLimiter.makeFixed(1)
+        const held = yield* hold(limiter, 1)
+        const waiter = yield* Effect.fork(Effect.scoped(Effect.zipRight(limiter.acquire(), Effect.never)))
+        yield* settle
+        // The release grants the waiter's permit; the interruption arrives before it resumes.
+        yield* release(held)
+        yield* Fiber.interrupt(waiter)
+        expect(yield* limiter.snapshot).toEqual({ limit: 1, inFlight: 0, queued: 0 })
+      }))
+
+    it.effect("a caller interrupted while it holds a permit releases it", () =>
+      Effect.gen(function*() {
+        const limiter = yield* ConcurrencyLimiter.makeFixed(1)
+        const caller = yield* Effect.fork(ConcurrencyLimiter.withPermit(limiter)(Effect.never))
+        yield* settle
+        expect((yield* limiter.snapshot).inFlight).toBe(1)
+        yield* Fiber.interrupt(caller)
+        expect(yield* limiter.snapshot).toEqual({ limit: 1, inFlight: 0, queued: 0 })
+      }))
+  })
+
+  describe("makeAdaptive", () => {
+    it.effect("slow start doubles the limit every round", () =>
+      Effect.gen(function*() {
+        const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 4 })
+        expect(yield* rounds(limiter, 3)).toEqual([8, 16, 32])
+      }))
+
+    it.effect("a drop decreases the limit once per round and is counted", () =>
+      Effect.gen(function*() {
+        const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 20, name: "drops-test" })
+        const held = yield* hold(limiter, 20)
+        yield* held[0]!.permit.complete(dropped)
+        // In-flight 20, so 19 were accepted: the ceiling; the limit is 20 × 0.9.
+        expect(yield* limitOf(limiter)).toBe(18)
+        // The others were sent at the old limit: they must not decrease it again.
+        yield* Effect.forEach(held.slice(1), (h) => h.permit.complete(dropped))
+        expect(yield* limitOf(limiter)).toBe(18)
+        yield* release(held)
+        const counted = yield* Metric.value(Metric.tagged(ConcurrencyLimiter.droppedCounter, "limiter", "drops-test"))
+        expect(counted.count).toBe(20)
+      }))
+
+    it.effect("a drop alongside the first lowers the ceiling to what was accepted", () =>
+      Effect.gen(function*() {
+        const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 20 })
+        const held = yield* hold(limiter, 20)
+        yield* held[0]!.permit.complete(dropped)
+        yield* release(held.slice(0, 1))
+        yield* held[1]!.permit.complete(dropped) // in flight 19: 18 accepted
+        yield* release(held.slice(1))
+        expect(yield* rounds(limiter, 2)).toEqual([18, 18]) // back at the ceiling, holding
+      }))
+
+    it.effect("a second drop before anything succeeds at the lowered limit means the cap fell", () =>
+      Effect.gen(function*() {
+        const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 20 })
+        expect(yield* round(limiter, dropped)).toBe(18)
+        const held = yield* hold(limiter, 18)
+        yield* held[0]!.permit.complete(dropped)
+        expect(yield* limitOf(limiter)).toBe(4) // 18 × 0.25
+        yield* release(held)
+        expect(yield* rounds(limiter, 2)).toEqual([8, 16]) // slow start again
+      }))
+
+    it.effect("after a drop: back to the ceiling, a hold there, then a slow-start probe", () =>
+      Effect.gen(function*() {
+        const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 20, holdRounds: 3, holdRequests: 0 })
+        expect(yield* round(limiter, dropped)).toBe(18) // ceiling 19
+        expect(yield* round(limiter)).toBe(19) // recovered within a round
+        // Held three rounds (counted from the success that reached the ceiling), then probing by
+        // slow start: its first step is the last success of the third round.
+        expect(yield* rounds(limiter, 4)).toEqual([19, 19, 20, 40])
+      }))
+
+    it.effect("holds for at least `holdRequests` successes at a small limit", () =>
+      Effect.gen(function*() {
+        const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 5, holdRounds: 2, holdRequests: 16 })
+        expect(yield* round(limiter, dropped)).toBe(4) // ceiling 4: four rounds to reach 16 successes
+        expect(yield* rounds(limiter, 5)).toEqual([4, 4, 4, 4, 8])
+      }))
+
+    it.effect("does not grow a limit that is less than half used", () =>
+      Effect.gen(function*() {
+        const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 10 })
+        const use = (n: number) =>
+          Effect.flatMap(hold(limiter, n), (held) =>
+            Effect.zipRight(Effect.forEach(held, (h) => h.permit.complete(success)), release(held)))
+        yield* Effect.replicateEffect(use(4), 50)
+        expect(yield* limitOf(limiter)).toBe(10)
+        yield* use(5) // the first success sees in-flight 5 of 10 and grows; the rest see 5 of 11
+        expect(yield* limitOf(limiter)).toBe(11)
+      }))
+
+    it.effect("stays within `min` and `max`", () =>
+      Effect.gen(function*() {
+        const capped = yield* ConcurrencyLimiter.makeAdaptive({ initial: 4, max: 12 })
+        expect(yield* rounds(capped, 3)).toEqual([8, 12, 12])
+        const floored = yield* ConcurrencyLimiter.makeAdaptive({ initial: 4, min: 3 })
+        expect(yield* round(floored, dropped)).toBe(3)
+        expect(yield* round(floored, dropped)).toBe(3) // a fall, but not below `min`
+        const clamped = yield* ConcurrencyLimiter.makeAdaptive({ initial: 500, max: 64 })
+        expect(yield* limitOf(clamped)).toBe(64)
+      }))
+
+    it.effect("dies on options that cannot work", () =>
+      Effect.gen(function*() {
+        for (
+          const options of [{ backoff: 1 }, { backoff: 0 }, { fallBackoff: 1.5 }, { queueDelayRise: 1 }, {
+            queueDelayWindows: 0
+          }]
+        ) {
+          const exit = yield* Effect.exit(ConcurrencyLimiter.makeAdaptive(options))
+          expect(Exit.isFailure(exit) && Cause.isDie(exit.cause), JSON.stringify(options)).toBe(true)
+        }
+      }))
+
+    it.effect("a rising queue delay pauses growth, and three such windows step the limit back", () =>
+      Effect.gen(function*() {
+        const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 4 })
+        expect(yield* round(limiter, withQueueDelay(300))).toBe(8) // baseline 300 ms
+        // Grows during the round; its window (700 ms ≥ 2 × 300 ms) is judged at its end.
+        expect(yield* round(limiter, withQueueDelay(700))).toBe(16)
+        expect(yield* round(limiter, withQueueDelay(700))).toBe(16)
+        expect(yield* round(limiter, withQueueDelay(700))).toBe(14) // third congested window: × 0.9
+        expect(yield* round(limiter, withQueueDelay(300))).toBe(14) // holding there
+      }))
+
+    it.effect("queue delays under the floor are noise", () =>
+      Effect.gen(function*() {
+        const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 4 })
+        expect(yield* round(limiter, withQueueDelay(20))).toBe(8)
+        expect(yield* rounds(limiter, 3, withQueueDelay(400))).toEqual([16, 32, 64]) // < 2 × 250 ms
+      }))
+  })
+
+  describe("properties", () => {
+    interface Caller {
+      readonly arriveAt: number
+      readonly holdFor: number
+      readonly outcome: Outcome | undefined
+      readonly priority: ConcurrencyLimiter.Priority
+      readonly interruptAt: number | undefined
+    }
+    const outcome = FastCheck.constantFrom<Outcome | undefined>(
+      success,
+      withQueueDelay(800),
+      dropped,
+      { _tag: "Ignored" },
+      undefined
+    )
+    const caller: FastCheck.Arbitrary<Caller> = FastCheck.record({
+      // Coarse times so that many callers arrive, finish and get interrupted at the same instant.
+      arriveAt: FastCheck.integer({ min: 0, max: 20 }).map((n) => n * 100),
+      holdFor: FastCheck.integer({ min: 0, max: 10 }).map((n) => n * 100),
+      outcome,
+      priority: FastCheck.constantFrom<ConcurrencyLimiter.Priority>("interactive", "batch"),
+      interruptAt: FastCheck.option(FastCheck.integer({ min: 0, max: 30 }).map((n) => n * 100), { nil: undefined })
+    })
+
+    it.effect.prop(
+      "no permit leaks and every caller ends, whatever the outcomes and interruptions",
+      {
+        adaptive: FastCheck.boolean(),
+        permits: FastCheck.integer({ min: 1, max: 4 }),
+        maxQueued: FastCheck.option(FastCheck.integer({ min: 0, max: 6 }), { nil: undefined }),
+        callers: FastCheck.array(caller, { maxLength: 25 })
+      },
+      ({ adaptive, callers, maxQueued, permits }) =>
+        Effect.gen(function*() {
+          const limiter = yield* (adaptive
+            ? ConcurrencyLimiter.makeAdaptive({ initial: permits, max: 8, maxQueued })
+            : ConcurrencyLimiter.makeFixed(permits, { maxQueued }))
+          const call = (c: Caller) =>
+            Effect.zipRight(
+              Effect.sleep(c.arriveAt),
+              Effect.scoped(Effect.gen(function*() {
+                const permit = yield* limiter.acquire({ priority: c.priority })
+                yield* Effect.sleep(c.holdFor)
+                if (c.outcome !== undefined) yield* permit.complete(c.outcome)
+              }))
+            )
+          const fibers = yield* Effect.forEach(callers, (c) => Effect.fork(call(c)))
+          yield* Effect.forEach(callers, (c, i) =>
+            c.interruptAt === undefined
+              ? Effect.void
+              : Effect.fork(Effect.zipRight(Effect.sleep(c.interruptAt), Fiber.interrupt(fibers[i]!))))
+          // Long enough for every caller to go through one permit at a time.
+          yield* TestClock.adjust("1 minute")
+
+          // (3) every caller ended: it ran, was refused by a full queue, or was interrupted.
+          for (const [i, fiber] of fibers.entries()) {
+            const exit = yield* fiber.poll
+            expect(Option.isSome(exit), `caller ${i} never ended`).toBe(true)
+            if (Option.isNone(exit) || Exit.isSuccess(exit.value)) continue
+            const cause = exit.value.cause
+            if (cause._tag === "Fail") {
+              expect(cause.error).toBeInstanceOf(ConcurrencyLimiter.QueueFull)
+              expect(maxQueued).toBeDefined()
+            } else {
+              expect(Exit.isInterrupted(exit.value), `caller ${i} failed: ${cause._tag}`).toBe(true)
+              expect(callers[i]!.interruptAt).toBeDefined()
+            }
+          }
+          // (1) nothing leaked: all `limit` permits can be taken at once, without waiting.
+          const end = yield* limiter.snapshot
+          expect(end.inFlight).toBe(0)
+          expect(end.queued).toBe(0)
+          const takeAll = yield* Effect.fork(
+            Effect.scoped(Effect.zipRight(
+              Effect.replicateEffect(limiter.acquire(), end.limit),
+              limiter.snapshot
+            ))
+          )
+          yield* settle
+          const all = yield* takeAll.poll
+          expect(Option.isSome(all) && Exit.isSuccess(all.value) ? all.value.value : undefined).toEqual({
+            limit: end.limit,
+            inFlight: end.limit,
+            queued: 0
+          })
+        }),
+      { fastCheck: { numRuns: 60 } }
+    )
+
+    type Op =
+      | { readonly _tag: "Enter"; readonly priority: ConcurrencyLimiter.Priority }
+      | { readonly _tag: "Cancel"; readonly pick: number }
+      | { readonly _tag: "Release"; readonly pick: number }
+      | { readonly _tag: "Resize"; readonly limit: number }
+    const op: FastCheck.Arbitrary<Op> = FastCheck.oneof(
+      FastCheck.record({
+        _tag: FastCheck.constant("Enter" as const),
+        priority: FastCheck.constantFrom<ConcurrencyLimiter.Priority>("interactive", "batch")
+      }),
+      FastCheck.record({ _tag: FastCheck.constant("Cancel" as const), pick: FastCheck.nat() }),
+      FastCheck.record({ _tag: FastCheck.constant("Release" as const), pick: FastCheck.nat() }),
+      FastCheck.record({ _tag: FastCheck.constant("Resize" as const), limit: FastCheck.integer({ min: 0, max: 6 }) })
+    )
+
+    it.prop(
+      "(2) the gate grants only under the limit, interactive first and FIFO, and never loses count",
+      {
+        limit: FastCheck.integer({ min: 0, max: 4 }),
+        maxQueued: FastCheck.integer({ min: 0, max: 8 }),
+        ops: FastCheck.array(op, { maxLength: 80 })
+      },
+      ({ limit, maxQueued, ops }) => {
+        let currentLimit = limit
+        const gate = new Gate(limit, maxQueued, () => 0)
+        let enteredSeq = 0
+        const waiting: Array<{ readonly waiter: Waiter; readonly lane: ConcurrencyLimiter.Priority; readonly seq: number }> =
+          []
+        const grantedWaiters: Array<Waiter> = []
+        let held = 0 // granted permits not yet given back, whoever holds them
+        for (const o of ops) {
+          switch (o._tag) {
+            case "Enter": {
+              const entry = gate.enter(o.priority, Deferred.unsafeMake<void>(FiberId.none))
+              if (entry._tag === "Granted") held++
+              if (entry._tag === "Queued") waiting.push({ waiter: entry.waiter, lane: o.priority, seq: enteredSeq++ })
+              if (entry._tag === "Full") expect(gate.queued).toBe(maxQueued)
+              break
+            }
+            case "Cancel": {
+              const live = [...waiting.map((w) => w.waiter), ...grantedWaiters]
+              const waiter = live[o.pick % Math.max(1, live.length)]
+              if (waiter === undefined) break
+              if (waiter.granted) {
+                grantedWaiters.splice(grantedWaiters.indexOf(waiter), 1)
+                held--
+              } else waiting.splice(waiting.findIndex((w) => w.waiter === waiter), 1)
+              gate.cancel(waiter)
+              break
+            }
+            case "Release":
+              if (held === 0) break
+              // Give back a permit held by a granted waiter, or one granted at once.
+              if (grantedWaiters.length > 0 && o.pick % 2 === 0) grantedWaiters.splice(o.pick % grantedWaiters.length, 1)
+              held--
+              gate.release()
+              break
+            case "Resize":
+              currentLimit = o.limit
+              gate.resize(o.limit)
+              break
+          }
+          const granted = waiting.filter((w) => w.waiter.granted)
+          for (const g of granted) {
+            const still = waiting.filter((w) => !w.waiter.granted)
+            // Interactive first: no interactive waiter is left behind a granted batch one.
+            if (g.lane === "batch") expect(still.some((w) => w.lane === "interactive")).toBe(false)
+            // FIFO within a lane: no earlier waiter of the same lane is left behind.
+            expect(still.some((w) => w.lane === g.lane && w.seq < g.seq)).toBe(false)
+            waiting.splice(waiting.indexOf(g), 1)
+            grantedWaiters.push(g.waiter)
+            held++
+          }
+          if (granted.length > 0) expect(gate.inFlight).toBeLessThanOrEqual(currentLimit)
+          expect(gate.inFlight).toBe(held)
+          expect(gate.queued).toBe(waiting.length)
+          expect(gate.queued).toBeLessThanOrEqual(maxQueued)
+          // Work-conserving: nobody waits while a permit is free.
+          if (gate.queued > 0) expect(gate.inFlight).toBeGreaterThanOrEqual(currentLimit)
+        }
+      },
+      { fastCheck: { numRuns: 300 } }
+    )
+  })
+
+  describe("simulation", () => {
+    /** A deterministic stream of numbers in [0, 1). */
+    const lcg = (seed: number) => () => {
+      seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0
+      return seed / 2 ** 32
+    }
+
+    it.effect("converges near an account cap that moves 24 → 6 → 32, with few 429s", () =>
+      Effect.gen(function*() {
+        const caps = [24, 6, 32]
+        const perPhase = 200
+        const total = perPhase * caps.length
+        const random = lcg(7)
+        const serviceMillis = Array.from({ length: total }, () => 2000 + 4000 * random())
+        const limiter = yield* ConcurrencyLimiter.makeAdaptive()
+
+        // The fake upstream: an account cap on requests in flight; over it, an immediate 429.
+        let accepted = 0
+        let inFlight = 0
+        let drops = 0
+        const capOf = (n: number) => caps[Math.min(caps.length - 1, Math.floor(n / perPhase))]!
+        // Every change of in-flight, and when each request was accepted.
+        const log: Array<{ readonly at: number; readonly inFlight: number }> = []
+        const acceptedAt: Array<number> = []
+        const change = (by: number) =>
+          Effect.map(Clock.currentTimeMillis, (at) => {
+            inFlight += by
+            log.push({ at, inFlight })
+            if (by > 0) acceptedAt.push(at)
+          })
+        const upstream = Effect.suspend(() => {
+          if (inFlight >= capOf(accepted)) {
+            drops++
+            return Effect.zipRight(
+              Effect.sleep("50 millis"),
+              Effect.fail(new RateLimited({ message: "over the account's concurrency", retryAfter: Option.none() }))
+            )
+          }
+          const took = serviceMillis[accepted++]!
+          return Effect.acquireUseRelease(change(1), () => Effect.sleep(took), () => change(-1))
+        })
+        const request = ConcurrencyLimiter.withPermit(limiter, { priority: "batch" })(upstream).pipe(
+          Effect.retry({
+            while: (error) => error._tag === "RateLimited",
+            schedule: Schedule.spaced("1 second")
+          })
+        )
+        const run = yield* Effect.fork(
+          Effect.all(Array.from({ length: total }, () => request), { concurrency: "unbounded", discard: true })
+        )
+        yield* TestClock.adjust("1 hour")
+        expect(Exit.isSuccess(yield* Fiber.await(run))).toBe(true)
+        expect(accepted).toBe(total)
+        expect(drops / total).toBeLessThanOrEqual(0.03) // 11 of 600 as tuned; the benchmark wants ≤ 2%
+
+        // Over the second half of each phase (by the time its requests were accepted), the
+        // time-weighted in-flight is near the phase's cap.
+        const averageInFlight = (from: number, to: number) => {
+          let area = 0
+          for (const [i, e] of log.entries()) {
+            const since = Math.max(e.at, from)
+            const until = Math.min(log[i + 1]?.at ?? to, to)
+            if (until > since) area += e.inFlight * (until - since)
+          }
+          return area / (to - from)
+        }
+        for (const [phase, cap] of caps.entries()) {
+          const start = acceptedAt[phase * perPhase]!
+          const end = acceptedAt[Math.min((phase + 1) * perPhase, total - 1)]!
+          const average = averageInFlight((start + end) / 2, end)
+          expect(average / cap, `phase ${phase} (cap ${cap})`).toBeGreaterThanOrEqual(0.8)
+        }
+      }), 60_000)
+  })
+})
