@@ -4,12 +4,20 @@
  *
  * @since 0.1.0
  */
+import type * as HttpClient from "@effect/platform/HttpClient"
+import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
+import * as Config from "effect/Config"
+import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
-import type * as Effect from "effect/Effect"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import type * as Stream from "effect/Stream"
+import { Agent } from "undici"
 import type { ApiError } from "./ApiError.js"
 import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from "./ChatSchema.js"
+import * as internal from "./internal/transport.js"
+import * as KeyPool from "./KeyPool.js"
 
 /**
  * Deadlines of one call, all measured with Effect's `Clock`.
@@ -46,7 +54,14 @@ export const defaultDeadlines: Deadlines = {
  * @category models
  */
 export interface CallOptions {
+  /** Override the layer's deadlines for this call. */
   readonly deadlines?: Partial<Deadlines> | undefined
+  /**
+   * Called once when the first content arrives (the first non-whitespace byte of a body, the
+   * first event of a stream) with the time since the response headers: DeepSeek's own queueing
+   * time, a delay signal for an adaptive concurrency limit.
+   */
+  readonly onFirstContent?: ((queueDelay: Duration.Duration) => Effect.Effect<void>) | undefined
 }
 
 /**
@@ -80,10 +95,101 @@ export class Transport extends Context.Tag("weatherproof/Transport")<Transport, 
  * @category models
  */
 export interface Options {
-  /** Default `https://api.deepseek.com`. */
+  /** Default `https://api.deepseek.com`; a trailing slash is ignored. */
   readonly baseUrl?: string | undefined
+  /** Default `defaultDeadlines`; `CallOptions.deadlines` override these per call. */
   readonly deadlines?: Partial<Deadlines> | undefined
+  /**
+   * How many times a request that failed before any status arrived with a reset, closed or
+   * broken connection (a pooled socket the server had closed while idle) is resent at once,
+   * silently. Default 1.
+   */
+  readonly staleConnectionRetries?: number | undefined
 }
 
 /** @since 0.1.0 */
 export const defaultBaseUrl = "https://api.deepseek.com"
+
+/**
+ * A transport over the `HttpClient` and `KeyPool` in context.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = (options?: Options): Effect.Effect<Service, never, HttpClient.HttpClient | KeyPool.KeyPool> =>
+  internal.make({
+    baseUrl: options?.baseUrl ?? defaultBaseUrl,
+    defaultDeadlines,
+    deadlines: options?.deadlines,
+    staleConnectionRetries: options?.staleConnectionRetries ?? 1
+  })
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (options?: Options): Layer.Layer<Transport, never, HttpClient.HttpClient | KeyPool.KeyPool> =>
+  Layer.effect(Transport, make(options))
+
+/**
+ * A transport configured from the environment: base URL from `DEEPSEEK_BASE_URL` (default
+ * `https://api.deepseek.com`), keys from `DEEPSEEK_API_KEY` (one key, or several separated by
+ * commas).
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerConfig: Layer.Layer<Transport, ConfigError.ConfigError, HttpClient.HttpClient> = Layer.unwrapEffect(
+  Effect.map(
+    Config.string("DEEPSEEK_BASE_URL").pipe(Config.withDefault(defaultBaseUrl)),
+    (baseUrl) => layer({ baseUrl })
+  )
+).pipe(Layer.provide(KeyPool.layerConfig))
+
+/**
+ * Options of `nodeHttpClient`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface NodeHttpClientOptions {
+  /** Most sockets per origin. Default unlimited (bound concurrency with a limiter instead). */
+  readonly connections?: number | undefined
+  /**
+   * How long an idle pooled socket is kept when the server gives no `Keep-Alive` hint. Default
+   * 4 seconds: shorter than common server idle timeouts (5 s and up), so the client drops a
+   * socket before the server does.
+   */
+  readonly keepAliveTimeout?: Duration.DurationInput | undefined
+  /** Upper bound on a server's `Keep-Alive: timeout` hint. Default 30 seconds. */
+  readonly keepAliveMaxTimeout?: Duration.DurationInput | undefined
+}
+
+/**
+ * An `HttpClient` on an undici `Agent` of its own, destroyed (anything still pending aborted)
+ * when the layer's scope closes. Keep-alive with early idle eviction; undici's own header and
+ * body timeouts are off because the transport's deadlines decide (undici's 300 s default would
+ * kill a request DeepSeek legitimately keeps queued for 10 minutes). `@effect/platform-node`
+ * still caps the wait for response headers at one hour per request.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const nodeHttpClient = (options?: NodeHttpClientOptions): Layer.Layer<HttpClient.HttpClient> =>
+  NodeHttpClient.layerUndiciWithoutDispatcher.pipe(
+    Layer.provide(Layer.scoped(
+      NodeHttpClient.Dispatcher,
+      Effect.acquireRelease(
+        Effect.sync(() =>
+          new Agent({
+            keepAliveTimeout: Duration.toMillis(options?.keepAliveTimeout ?? Duration.seconds(4)),
+            keepAliveMaxTimeout: Duration.toMillis(options?.keepAliveMaxTimeout ?? Duration.seconds(30)),
+            headersTimeout: 0,
+            bodyTimeout: 0,
+            ...(options?.connections === undefined ? {} : { connections: options.connections })
+          })
+        ),
+        (agent) => Effect.promise(() => agent.destroy())
+      )
+    ))
+  )

@@ -1,0 +1,612 @@
+import { describe, expect, it } from "@effect/vitest"
+import * as Chunk from "effect/Chunk"
+import * as ConfigProvider from "effect/ConfigProvider"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import * as Ref from "effect/Ref"
+import * as Stream from "effect/Stream"
+import * as TestClock from "effect/TestClock"
+import type * as Tracer from "effect/Tracer"
+import type * as ApiError from "../src/ApiError.js"
+import type { ChatCompletionChunk, ChatCompletionRequest } from "../src/ChatSchema.js"
+import * as Wire from "../src/internal/wire.js"
+import * as KeyPool from "../src/KeyPool.js"
+import * as MockUpstream from "../src/MockUpstream.js"
+import * as Transport from "../src/Transport.js"
+import { destroySocket, type Handler, type RawServer, rawServer, reply, writeByteByByte, writeSlowly } from "./support/rawServer.js"
+
+const keys = ["sk-test-aaaa1111", "sk-test-bbbb2222"]
+
+const request: ChatCompletionRequest = { model: "deepseek-v4-flash", messages: [{ role: "user", content: "hi" }] }
+
+const generation: MockUpstream.Generation = {
+  id: "cmpl-1",
+  model: "deepseek-v4-flash",
+  content: "Sunny with a chance of retries.",
+  reasoningContent: "Look at the sky.",
+  usage: MockUpstream.usage({ promptTokens: 12, completionTokens: 9, reasoningTokens: 4 })
+}
+
+const cutGeneration: MockUpstream.Generation = { ...generation, finishReason: "insufficient_system_resource" }
+
+const setup = (script: MockUpstream.Script, options?: Transport.Options, keyList: ReadonlyArray<string> = keys) =>
+  Transport.layer({ baseUrl: "https://upstream.test/", ...options }).pipe(
+    Layer.provideMerge(Layer.merge(MockUpstream.layer(script), KeyPool.layer(keyList.map(Redacted.make))))
+  )
+
+const create = (options?: Transport.CallOptions) =>
+  Effect.flatMap(Transport.Transport, (transport) => transport.create(request, options))
+
+/** Every chunk a stream emitted, and the error it ended with. */
+const drain = (options?: Transport.CallOptions) =>
+  Effect.flatMap(Transport.Transport, (transport) =>
+    Effect.map(Stream.runCollect(Stream.either(transport.stream(request, options))), (items) => {
+      const all = Chunk.toReadonlyArray(items)
+      return {
+        chunks: all.flatMap((item) => Either.isRight(item) ? [item.right] : []),
+        error: all.flatMap((item) => Either.isLeft(item) ? [item.left] : [])[0]
+      }
+    }))
+
+const contentOf = (chunks: ReadonlyArray<ChatCompletionChunk>) =>
+  chunks.map((chunk) => chunk.choices[0]?.delta.content ?? "").join("")
+
+/** No key, whole or in part, leaks into what an error shows. */
+const expectNoSecret = (error: unknown) => {
+  const shown = [String(error), JSON.stringify(error), (error as Error).message].join("\n")
+  for (const key of keys) {
+    expect(shown).not.toContain(key)
+    expect(shown).not.toContain(key.slice(3))
+  }
+}
+
+const failure = <A>(effect: Effect.Effect<A, ApiError.ApiError, Transport.Transport>) =>
+  Effect.tap(Effect.flip(effect), expectNoSecret)
+
+const echoKeyBody = (status: number, type: string) =>
+  MockUpstream.status(status, {
+    body: { error: { message: `key ${keys[0]} says no`, type, param: "messages", code: "bad_thing" } }
+  })
+
+describe("Transport.create", () => {
+  it.effect("skips keep-alive blank lines before the JSON and sends a non-streaming request", () =>
+    Effect.gen(function*() {
+      const completion = yield* create()
+      expect(completion.choices[0]?.message.content).toBe(generation.content)
+      expect(completion.usage).toEqual(generation.usage)
+      const [sent] = yield* Effect.flatMap(MockUpstream.MockUpstream, (m) => m.requests)
+      expect(sent?.url).toBe("https://upstream.test/chat/completions")
+      expect(sent?.headers["authorization"]).toBe("<redacted>")
+      expect(sent?.bearer && Redacted.value(sent.bearer)).toBe(keys[0])
+      expect(sent?.body).toEqual({ ...request, stream: false })
+    }).pipe(Effect.provide(setup([MockUpstream.completion(generation, { leadingBlankLines: 5 })]))))
+
+  it.effect("a blank 200 is MalformedResponse blank", () =>
+    Effect.gen(function*() {
+      const error = yield* failure(create())
+      expect(error).toMatchObject({ _tag: "MalformedResponse", reason: "blank", retryable: true })
+    }).pipe(Effect.provide(setup([MockUpstream.parts(["\n", "\n\r\n", "  "])]))))
+
+  it.effect("JSON cut before its end is MalformedResponse cut", () =>
+    Effect.gen(function*() {
+      const error = yield* failure(create())
+      expect(error).toMatchObject({ _tag: "MalformedResponse", reason: "cut" })
+    }).pipe(Effect.provide(setup([MockUpstream.parts(["\n\n", "{\"id\":\"x\",\"obj"])]))))
+
+  it.effect("JSON of the wrong shape is MalformedResponse schema, not retryable", () =>
+    Effect.gen(function*() {
+      const error = yield* failure(create())
+      expect(error).toMatchObject({ _tag: "MalformedResponse", reason: "schema", retryable: false })
+    }).pipe(Effect.provide(setup([MockUpstream.json({ id: "x", choices: "none" })]))))
+
+  it.effect("a 200 whose JSON is an error is UpstreamError", () =>
+    Effect.gen(function*() {
+      const error = yield* failure(create())
+      expect(error).toMatchObject({ _tag: "UpstreamError", type: "server_error", code: "42" })
+      expect(error.message).toContain("says no")
+    }).pipe(Effect.provide(setup([
+      MockUpstream.json({ error: { message: `key ${keys[1]} says no`, type: "server_error", code: 42 } })
+    ]))))
+
+  it.effect("finish_reason insufficient_system_resource is InsufficientResource with the partial", () =>
+    Effect.gen(function*() {
+      const error = yield* failure(create())
+      expect(error._tag).toBe("InsufficientResource")
+      expect(error).toMatchObject({
+        partial: {
+          content: generation.content,
+          reasoningContent: generation.reasoningContent,
+          usage: generation.usage,
+          finishReason: "insufficient_system_resource"
+        }
+      })
+    }).pipe(Effect.provide(setup([MockUpstream.completion(cutGeneration)]))))
+
+  it.effect("a body broken mid-way is TransportError body", () =>
+    Effect.gen(function*() {
+      const error = yield* failure(create())
+      expect(error).toMatchObject({ _tag: "TransportError", reason: "body" })
+    }).pipe(Effect.provide(setup([MockUpstream.parts(["\n", "{\"id\":"], { cut: true })]))))
+})
+
+describe("Transport status mapping", () => {
+  const cases: ReadonlyArray<{
+    readonly name: string
+    readonly reply: MockUpstream.Reply
+    readonly expected: Record<string, unknown>
+    readonly retryAfter?: Duration.DurationInput
+  }> = [
+    {
+      name: "400",
+      reply: echoKeyBody(400, "invalid_request_error"),
+      expected: { _tag: "InvalidRequest", status: 400, param: "messages", code: "bad_thing", retryable: false }
+    },
+    { name: "422", reply: echoKeyBody(422, "invalid_request_error"), expected: { _tag: "InvalidRequest", status: 422 } },
+    { name: "402", reply: echoKeyBody(402, "payment"), expected: { _tag: "InsufficientBalance", status: 402 } },
+    {
+      name: "429 with retry-after-ms",
+      reply: MockUpstream.status(429, { headers: { "retry-after-ms": "1500", "retry-after": "9" } }),
+      expected: { _tag: "RateLimited", retryable: true },
+      retryAfter: Duration.millis(1500)
+    },
+    {
+      name: "429 with Retry-After seconds",
+      reply: MockUpstream.status(429, { headers: { "Retry-After": "7" } }),
+      expected: { _tag: "RateLimited" },
+      retryAfter: Duration.seconds(7)
+    },
+    {
+      name: "503 with an HTTP date (relative to the Clock, here 0)",
+      reply: MockUpstream.status(503, { headers: { "retry-after": new Date(30_000).toUTCString() } }),
+      expected: { _tag: "ServerError", status: 503 },
+      retryAfter: Duration.seconds(30)
+    },
+    { name: "500", reply: echoKeyBody(500, "server_error"), expected: { _tag: "ServerError", status: 500 } },
+    { name: "404", reply: MockUpstream.status(404), expected: { _tag: "UnexpectedStatus", status: 404, retryable: false } },
+    { name: "409", reply: MockUpstream.status(409), expected: { _tag: "UnexpectedStatus", status: 409, retryable: true } }
+  ]
+
+  for (const { expected, name, reply, retryAfter } of cases) {
+    it.effect(name, () =>
+      Effect.gen(function*() {
+        const error = yield* failure(create())
+        expect(error).toMatchObject(expected)
+        if ("retryAfter" in error) {
+          expect(error.retryAfter).toEqual(retryAfter === undefined ? Option.none() : Option.some(Duration.decode(retryAfter)))
+        }
+      }).pipe(Effect.provide(setup([reply]))))
+  }
+
+  it.effect("an unparsable Retry-After is ignored", () =>
+    Effect.gen(function*() {
+      const error = yield* failure(create())
+      expect(error).toMatchObject({ _tag: "RateLimited", retryAfter: Option.none() })
+    }).pipe(Effect.provide(setup([MockUpstream.status(429, { headers: { "retry-after": "soon" } })]))))
+
+  it.effect("a non-JSON error body becomes the message, scrubbed", () =>
+    Effect.gen(function*() {
+      const error = yield* failure(create())
+      expect(error).toMatchObject({ _tag: "ServerError", status: 502 })
+      expect(error.message).toContain("Bad gateway")
+    }).pipe(Effect.provide(setup([MockUpstream.status(502, { body: `<html>Bad gateway for ${keys[0]}</html>` })]))))
+})
+
+describe("Transport layers and spans", () => {
+  it.effect("layerConfig reads the base URL and comma-separated keys from the environment", () =>
+    Effect.gen(function*() {
+      yield* create()
+      const sent = yield* Effect.flatMap(MockUpstream.MockUpstream, (m) => m.requests)
+      expect(sent.map((r) => r.url)).toEqual(Array(2).fill("https://config.test/v1/chat/completions"))
+      expect(sent.map((r) => r.bearer && Redacted.value(r.bearer))).toEqual(keys)
+    }).pipe(Effect.provide(
+      Transport.layerConfig.pipe(
+        Layer.provideMerge(MockUpstream.layer([echoKeyBody(401, "authentication_error"), MockUpstream.completion(generation)])),
+        Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map([
+          ["DEEPSEEK_BASE_URL", "https://config.test/v1/"],
+          ["DEEPSEEK_API_KEY", ` ${keys[0]}, ${keys[1]} `]
+        ]))))
+      )
+    )))
+
+  it.effect("a call runs in a weatherproof.Transport span that carries the model and no key", () =>
+    Effect.gen(function*() {
+      const seen: Array<Tracer.AnySpan> = []
+      const onFirstContent = () => Effect.map(Effect.currentSpan, (span) => void seen.push(span)).pipe(Effect.orDie)
+      yield* create({ onFirstContent })
+      yield* drain({ onFirstContent })
+      expect(seen.map((span) => span._tag === "Span" && span.name)).toEqual([
+        "weatherproof.Transport.create",
+        "weatherproof.Transport.stream"
+      ])
+      for (const span of seen) {
+        const attributes = span._tag === "Span" ? Object.fromEntries(span.attributes) : {}
+        expect(attributes).toEqual({ model: request.model })
+      }
+    }).pipe(Effect.provide(setup([MockUpstream.completion(generation), MockUpstream.streamed(generation)]))))
+})
+
+describe("Transport keys", () => {
+  it.effect("a 401 drops the key and the call goes on with the next one", () =>
+    Effect.gen(function*() {
+      const completion = yield* create()
+      expect(completion.id).toBe(generation.id)
+      const sent = yield* Effect.flatMap(MockUpstream.MockUpstream, (m) => m.requests)
+      expect(sent.map((r) => r.bearer && Redacted.value(r.bearer))).toEqual(keys)
+      expect(yield* Effect.flatMap(KeyPool.KeyPool, (pool) => pool.available)).toBe(1)
+    }).pipe(Effect.provide(setup([echoKeyBody(401, "authentication_error"), MockUpstream.completion(generation)]))))
+
+  it.effect("all keys rejected: KeyRejected for that call, then NoUsableKey without a request", () =>
+    Effect.gen(function*() {
+      const rejected = yield* failure(create())
+      expect(rejected).toMatchObject({ _tag: "KeyRejected", keyId: "key#2", status: 401 })
+      const none = yield* failure(create())
+      expect(none).toMatchObject({ _tag: "NoUsableKey", rejected: 2 })
+      const streamed = yield* drain()
+      expect(streamed.error).toMatchObject({ _tag: "NoUsableKey" })
+      expect((yield* Effect.flatMap(MockUpstream.MockUpstream, (m) => m.requests)).length).toBe(2)
+    }).pipe(Effect.provide(setup([echoKeyBody(401, "authentication_error"), echoKeyBody(401, "authentication_error")]))))
+})
+
+describe("Transport stale connections", () => {
+  it.effect("a connection dropped before any status is retried once, silently", () =>
+    Effect.gen(function*() {
+      const completion = yield* create()
+      expect(completion.id).toBe(generation.id)
+      expect((yield* Effect.flatMap(MockUpstream.MockUpstream, (m) => m.requests)).length).toBe(2)
+    }).pipe(Effect.provide(setup([MockUpstream.drop(), MockUpstream.completion(generation)]))))
+
+  it.effect("two drops are a TransportError", () =>
+    Effect.gen(function*() {
+      const error = yield* failure(create())
+      expect(error).toMatchObject({ _tag: "TransportError", reason: "request", retryable: true })
+      expect(error.message).toContain("other side closed")
+    }).pipe(Effect.provide(setup([MockUpstream.drop(), MockUpstream.drop(), MockUpstream.completion(generation)]))))
+
+  it.effect("staleConnectionRetries: 0 turns off the silent retry", () =>
+    Effect.gen(function*() {
+      const error = yield* failure(create())
+      expect(error).toMatchObject({ _tag: "TransportError", reason: "request" })
+    }).pipe(Effect.provide(setup([MockUpstream.drop(), MockUpstream.completion(generation)], {
+      staleConnectionRetries: 0
+    }))))
+})
+
+describe("Transport.stream", () => {
+  it.effect("skips keep-alive comments and forces stream options", () =>
+    Effect.gen(function*() {
+      const transport = yield* Transport.Transport
+      const chunks = yield* Stream.runCollect(transport.stream({
+        ...request,
+        stream: false,
+        stream_options: { include_usage: false, other: 1 } as { include_usage: boolean }
+      }))
+      expect(contentOf(Chunk.toReadonlyArray(chunks))).toBe(generation.content)
+      expect(Chunk.toReadonlyArray(chunks).at(-1)?.usage).toEqual(generation.usage)
+      const [sent] = yield* Effect.flatMap(MockUpstream.MockUpstream, (m) => m.requests)
+      expect(sent?.body).toMatchObject({ stream: true, stream_options: { include_usage: true, other: 1 } })
+    }).pipe(Effect.provide(setup([
+      MockUpstream.sse([
+        Wire.sseKeepAlive,
+        ":keep-alive\r\n\r\n",
+        ...MockUpstream.events(generation).flatMap((part) => [part, { text: ": keep-alive\n\n" }])
+      ])
+    ]))))
+
+  it.effect("a stream without [DONE] is StreamTruncated carrying what arrived", () =>
+    Effect.gen(function*() {
+      const { chunks, error } = yield* drain()
+      expect(contentOf(chunks)).toBe(generation.content)
+      expect(error?._tag).toBe("StreamTruncated")
+      expectNoSecret(error)
+      expect(error).toMatchObject({
+        partial: {
+          content: generation.content,
+          reasoningContent: generation.reasoningContent,
+          usage: generation.usage,
+          finishReason: "stop",
+          events: Wire.chunks(generation).length
+        }
+      })
+    }).pipe(Effect.provide(setup([MockUpstream.streamed(generation, { done: false })]))))
+
+  it.effect("a connection broken mid-stream is TransportError body with the partial", () =>
+    Effect.gen(function*() {
+      const { error } = yield* drain()
+      expect(error).toMatchObject({ _tag: "TransportError", reason: "body", partial: { events: 3 } })
+    }).pipe(Effect.provide(setup([
+      MockUpstream.sse(MockUpstream.events(generation).slice(0, 3), { cut: true })
+    ]))))
+
+  it.effect("an in-stream error event is UpstreamError after the chunks before it", () =>
+    Effect.gen(function*() {
+      const { chunks, error } = yield* drain()
+      expect(chunks.length).toBe(2)
+      expect(error).toMatchObject({ _tag: "UpstreamError", type: "overloaded", partial: { events: 2 } })
+      expectNoSecret(error)
+    }).pipe(Effect.provide(setup([
+      MockUpstream.sse([
+        ...MockUpstream.events(generation).slice(0, 2),
+        Wire.sseData({ error: { message: `overloaded, ${keys[0]}`, type: "overloaded" } }),
+        ...MockUpstream.events(generation).slice(2)
+      ])
+    ]))))
+
+  it.effect("insufficient_system_resource emits the chunks before it, then fails with the partial", () =>
+    Effect.gen(function*() {
+      const { chunks, error } = yield* drain()
+      const all = Wire.chunks(cutGeneration)
+      const finishAt = all.findIndex((c) => c.choices[0]?.finish_reason === "insufficient_system_resource")
+      expect(chunks).toEqual(all.slice(0, finishAt))
+      expect(error).toMatchObject({
+        _tag: "InsufficientResource",
+        partial: {
+          content: generation.content,
+          reasoningContent: generation.reasoningContent,
+          finishReason: "insufficient_system_resource",
+          events: finishAt + 1
+        }
+      })
+    }).pipe(Effect.provide(setup([MockUpstream.streamed(cutGeneration)]))))
+
+  it.effect("an undecodable event is MalformedResponse schema", () =>
+    Effect.gen(function*() {
+      const { chunks, error } = yield* drain()
+      expect(chunks.length).toBe(1)
+      expect(error).toMatchObject({ _tag: "MalformedResponse", reason: "schema" })
+    }).pipe(Effect.provide(setup([
+      MockUpstream.sse([MockUpstream.events(generation)[0]!, Wire.sseData({ id: 1 }), Wire.sseDone])
+    ]))))
+
+  it.effect("an error status fails the stream with the mapped error", () =>
+    Effect.gen(function*() {
+      const { chunks, error } = yield* drain()
+      expect(chunks).toEqual([])
+      expect(error).toMatchObject({ _tag: "RateLimited", retryAfter: Option.some(Duration.seconds(2)) })
+    }).pipe(Effect.provide(setup([MockUpstream.status(429, { headers: { "retry-after": "2" } })]))))
+
+  it.effect("a body that lingers after [DONE] still ends the stream cleanly", () =>
+    Effect.gen(function*() {
+      const fiber = yield* Effect.fork(drain())
+      yield* TestClock.adjust("1 second")
+      const { chunks, error } = yield* Fiber.join(fiber)
+      expect(error).toBeUndefined()
+      expect(contentOf(chunks)).toBe(generation.content)
+    }).pipe(Effect.provide(setup([
+      MockUpstream.sse([...MockUpstream.events(generation), { delay: "1 hour", text: Wire.sseKeepAlive }])
+    ]))))
+
+  it.effect("a dropped connection is retried for streams too", () =>
+    Effect.gen(function*() {
+      const { chunks, error } = yield* drain()
+      expect(error).toBeUndefined()
+      expect(contentOf(chunks)).toBe(generation.content)
+    }).pipe(Effect.provide(setup([MockUpstream.drop(), MockUpstream.streamed(generation)]))))
+})
+
+/** Keep-alive comments every 30 s for an hour: a queued request that never gets scheduled. */
+const keepAlivesForAnHour = Array.from({ length: 120 }, (): MockUpstream.Part => ({ delay: "30 seconds", text: Wire.sseKeepAlive }))
+
+describe("Transport deadlines (TestClock)", () => {
+  it.effect("first content: fires at 10 minutes while keep-alives flow", () =>
+    Effect.gen(function*() {
+      const fiber = yield* Effect.fork(drain())
+      yield* TestClock.adjust("599 seconds")
+      expect(Option.isNone(yield* Fiber.poll(fiber))).toBe(true)
+      yield* TestClock.adjust("1 second")
+      const { error } = yield* Fiber.join(fiber)
+      expect(error).toMatchObject({ _tag: "DeadlineExceeded", reason: "first_content", partial: { events: 0 } })
+      expect(error && "after" in error && Duration.toMinutes(error.after)).toBe(10)
+    }).pipe(Effect.provide(setup([MockUpstream.sse(keepAlivesForAnHour)]))))
+
+  it.effect("first content: blank lines before a JSON body do not reset it either", () =>
+    Effect.gen(function*() {
+      const fiber = yield* Effect.fork(Effect.flip(create({ deadlines: { firstContent: "2 minutes" } })))
+      yield* TestClock.adjust("2 minutes")
+      const error = yield* Fiber.join(fiber)
+      expect(error).toMatchObject({ _tag: "DeadlineExceeded", reason: "first_content" })
+    }).pipe(Effect.provide(setup([
+      MockUpstream.parts([...Array.from({ length: 20 }, (): MockUpstream.Part => ({ delay: "10 seconds", text: "\n" })), "{}"])
+    ]))))
+
+  it.effect("first content: counts the wait for the response headers", () =>
+    Effect.gen(function*() {
+      const fiber = yield* Effect.fork(drain())
+      yield* TestClock.adjust("10 minutes")
+      const { error } = yield* Fiber.join(fiber)
+      expect(error).toMatchObject({ _tag: "DeadlineExceeded", reason: "first_content" })
+    }).pipe(Effect.provide(setup([MockUpstream.sse(MockUpstream.events(generation), { latency: "11 minutes" })]))))
+
+  it.effect("idle: fires when content stops for 120 s, carrying what arrived", () =>
+    Effect.gen(function*() {
+      const fiber = yield* Effect.fork(drain())
+      yield* TestClock.adjust("119 seconds")
+      expect(Option.isNone(yield* Fiber.poll(fiber))).toBe(true)
+      yield* TestClock.adjust("1 second")
+      const { chunks, error } = yield* Fiber.join(fiber)
+      expect(chunks.length).toBe(3)
+      expect(error).toMatchObject({ _tag: "DeadlineExceeded", reason: "idle", partial: { events: 3 } })
+      expect(error && "after" in error && Duration.toSeconds(error.after)).toBe(120)
+    }).pipe(Effect.provide(setup([
+      MockUpstream.sse([
+        ...MockUpstream.events(generation).slice(0, 3),
+        ...keepAlivesForAnHour.slice(0, 10),
+        ...MockUpstream.events(generation).slice(3)
+      ])
+    ]))))
+
+  it.effect("idle: a slow consumer is not mistaken for a stalled upstream", () =>
+    Effect.gen(function*() {
+      const transport = yield* Transport.Transport
+      const fiber = yield* transport.stream(request).pipe(
+        Stream.tap(() => Effect.sleep("150 seconds")),
+        Stream.runCollect,
+        Effect.fork
+      )
+      yield* TestClock.adjust("1 hour")
+      const chunks = yield* Fiber.join(fiber)
+      expect(contentOf(Chunk.toReadonlyArray(chunks))).toBe(generation.content)
+    }).pipe(Effect.provide(setup([MockUpstream.streamed(generation)], { deadlines: { total: "2 hours" } }))))
+
+  it.effect("idle: a per-call deadline overrides the layer's", () =>
+    Effect.gen(function*() {
+      const fiber = yield* Effect.fork(drain({ deadlines: { idle: "30 seconds" } }))
+      yield* TestClock.adjust("70 seconds")
+      const { error } = yield* Fiber.join(fiber)
+      expect(error).toMatchObject({ _tag: "DeadlineExceeded", reason: "idle" })
+    }).pipe(Effect.provide(setup(
+      [MockUpstream.sse(MockUpstream.events(generation, { delay: "40 seconds" }))],
+      { deadlines: { idle: "50 seconds" } }
+    ))))
+
+  it.effect("total: fires even while content keeps flowing", () =>
+    Effect.gen(function*() {
+      const fiber = yield* Effect.fork(drain())
+      yield* TestClock.adjust("5 minutes")
+      const { chunks, error } = yield* Fiber.join(fiber)
+      expect(chunks.length).toBe(4)
+      expect(error).toMatchObject({ _tag: "DeadlineExceeded", reason: "total", partial: { events: 4 } })
+      expect(error && "after" in error && Duration.toMinutes(error.after)).toBe(5)
+    }).pipe(Effect.provide(setup(
+      [MockUpstream.sse(MockUpstream.events({ ...generation, content: "x".repeat(100) }, { delay: "70 seconds" }))],
+      { deadlines: { total: "5 minutes" } }
+    ))))
+
+  it.effect("total: bounds a non-streaming call", () =>
+    Effect.gen(function*() {
+      const fiber = yield* Effect.fork(Effect.flip(create({ deadlines: { total: "1 minute" } })))
+      yield* TestClock.adjust("1 minute")
+      expect(yield* Fiber.join(fiber)).toMatchObject({ _tag: "DeadlineExceeded", reason: "total" })
+    }).pipe(Effect.provide(setup([MockUpstream.completion(generation, { delay: "2 minutes" })]))))
+})
+
+describe("Transport onFirstContent", () => {
+  const recorder = Effect.map(Ref.make<ReadonlyArray<Duration.Duration>>([]), (ref) => ({
+    delays: Ref.get(ref),
+    options: { onFirstContent: (delay: Duration.Duration) => Ref.update(ref, (all) => [...all, delay]) }
+  }))
+
+  it.effect("create: reports the time from headers to the first non-whitespace byte", () =>
+    Effect.gen(function*() {
+      const { delays, options } = yield* recorder
+      const fiber = yield* Effect.fork(create(options))
+      yield* TestClock.adjust("2 minutes")
+      yield* Fiber.join(fiber)
+      expect(yield* delays).toEqual([Duration.seconds(45)])
+    }).pipe(Effect.provide(setup([
+      MockUpstream.parts(
+        ["\n", { delay: "45 seconds", text: JSON.stringify(Wire.completion(generation)) }],
+        { latency: "5 seconds" }
+      )
+    ]))))
+
+  it.effect("stream: reports the queueing time once, keep-alives excluded", () =>
+    Effect.gen(function*() {
+      const { delays, options } = yield* recorder
+      const fiber = yield* Effect.fork(drain(options))
+      yield* TestClock.adjust("5 minutes")
+      const { error } = yield* Fiber.join(fiber)
+      expect(error).toBeUndefined()
+      expect(yield* delays).toEqual([Duration.seconds(90)])
+    }).pipe(Effect.provide(setup([
+      MockUpstream.sse([
+        ...keepAlivesForAnHour.slice(0, 3),
+        ...MockUpstream.events(generation)
+      ], { latency: "1 minute" })
+    ]))))
+})
+
+describe("Transport over loopback (undici, 127.0.0.1)", () => {
+  const wireGeneration: MockUpstream.Generation = { ...generation, content: "Rain ☔ then sun ☀, 晴れ — done." }
+
+  const loopback = (server: RawServer, client?: Transport.NodeHttpClientOptions) =>
+    Transport.layer({ baseUrl: `${server.url}/` }).pipe(
+      Layer.provide(Layer.merge(Transport.nodeHttpClient(client), KeyPool.layer([Redacted.make(keys[0]!)])))
+    )
+
+  const completionJson = JSON.stringify(Wire.completion(wireGeneration))
+
+  it.scopedLive("parses a CRLF stream written byte by byte, keep-alives included", () =>
+    Effect.gen(function*() {
+      const server = yield* rawServer([async (_, response) => {
+        response.writeHead(200, { "content-type": "text/event-stream" })
+        await writeByteByByte(response, (Wire.sseKeepAlive + Wire.sseBody(wireGeneration)).replace(/\n/g, "\r\n"))
+        response.end()
+      }])
+      const { chunks, error } = yield* Effect.provide(drain(), loopback(server))
+      expect(error).toBeUndefined()
+      expect(contentOf(chunks)).toBe(wireGeneration.content)
+      const [received] = server.received()
+      expect(received?.authorization).toBe(`Bearer ${keys[0]}`)
+      expect(JSON.parse(received?.body ?? "")).toMatchObject({ stream: true, stream_options: { include_usage: true } })
+    }))
+
+  it.scopedLive("skips blank keep-alive lines before a JSON body and reports the first content once", () =>
+    Effect.gen(function*() {
+      const server = yield* rawServer([async (_, response) => {
+        response.writeHead(200, { "content-type": "application/json" })
+        await writeSlowly(response, ["\n", "\n", "\r\n"])
+        response.end(completionJson)
+      }])
+      let reports = 0
+      const completion = yield* Effect.provide(create({ onFirstContent: () => Effect.sync(() => reports++) }), loopback(server))
+      expect(completion.choices[0]?.message.content).toBe(wireGeneration.content)
+      expect(reports).toBe(1)
+    }))
+
+  it.scopedLive("a socket destroyed mid-stream is TransportError body with the partial", () =>
+    Effect.gen(function*() {
+      const sent = MockUpstream.events(wireGeneration).slice(0, 3)
+      const server = yield* rawServer([async (request, response) => {
+        response.writeHead(200, { "content-type": "text/event-stream" })
+        await writeSlowly(response, sent.map((part) => part.text))
+        request.socket.destroy()
+      }])
+      const { chunks, error } = yield* Effect.provide(drain(), loopback(server))
+      expect(chunks.length).toBe(3)
+      expect(error).toMatchObject({ _tag: "TransportError", reason: "body", partial: { events: 3 } })
+      expectNoSecret(error)
+    }))
+
+  it.scopedLive("a pooled socket the server closes on the next request costs a silent retry", () =>
+    Effect.gen(function*() {
+      const server = yield* rawServer([reply(200, completionJson), destroySocket, reply(200, completionJson)])
+      // One connection per origin, so the second call surely goes out on the pooled socket.
+      const ids = yield* Effect.provide(Effect.zip(create(), create()), loopback(server, { connections: 1 }))
+      expect(ids.map((c) => c.id)).toEqual([wireGeneration.id, wireGeneration.id])
+      expect(server.received().map((r) => r.connection)).toEqual([1, 1, 2])
+    }))
+
+  it.scopedLive("a stream read to [DONE] gives its connection back to the pool", () =>
+    Effect.gen(function*() {
+      // The chunked terminator comes a little after [DONE], as it may behind a proxy.
+      const lateEnd: Handler = async (_, response) => {
+        response.writeHead(200, { "content-type": "text/event-stream" })
+        await writeSlowly(response, [Wire.sseBody(wireGeneration)], 20)
+        response.end()
+      }
+      const server = yield* rawServer([lateEnd, lateEnd, lateEnd])
+      yield* Effect.provide(Effect.repeatN(drain(), 2), loopback(server, { connections: 1 }))
+      expect(server.received().map((r) => r.connection)).toEqual([1, 1, 1])
+    }))
+
+  it.scopedLive("a refused connection is TransportError connect", () =>
+    Effect.gen(function*() {
+      const closed = yield* Effect.scoped(rawServer([]))
+      const error = yield* Effect.provide(failure(create()), loopback(closed))
+      expect(error).toMatchObject({ _tag: "TransportError", reason: "connect" })
+    }))
+
+  it.scopedLive("a 429 over the wire keeps Retry-After and never shows the key", () =>
+    Effect.gen(function*() {
+      const server = yield* rawServer([
+        reply(429, Wire.errorBody(`Rate limited for ${keys[0]}`, "rate_limit"), { "retry-after": "3" })
+      ])
+      const error = yield* Effect.provide(failure(create()), loopback(server))
+      expect(error).toMatchObject({ _tag: "RateLimited", retryAfter: Option.some(Duration.seconds(3)) })
+    }))
+})
