@@ -1,0 +1,189 @@
+/**
+ * The line formats of a batch: OpenAI Batch API input lines in, result lines out, and the reading
+ * of result lines already written by an earlier run (for resume).
+ */
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as ParseResult from "effect/ParseResult"
+import * as Random from "effect/Random"
+import * as Schema from "effect/Schema"
+import { scrubSecrets } from "../ApiError.js"
+import { ChatCompletionRequest } from "../ChatSchema.js"
+import type { ChatCompletion } from "../ChatSchema.js"
+import type { ResilientError } from "../Resilient.js"
+
+/** One input line of the OpenAI Batch API format, restricted to chat completions. */
+export const InputLine = Schema.Struct({
+  custom_id: Schema.NonEmptyString,
+  method: Schema.Literal("POST"),
+  url: Schema.Literal("/v1/chat/completions", "/chat/completions"),
+  body: ChatCompletionRequest
+})
+
+/**
+ * What an input line asks for: a request to send, or a line that cannot be sent (its
+ * `customId` is `line-<n>` when the line has none).
+ */
+export type InputItem =
+  | {
+    readonly _tag: "Request"
+    readonly lineNumber: number
+    readonly customId: string
+    readonly body: ChatCompletionRequest
+  }
+  | {
+    readonly _tag: "Invalid"
+    readonly lineNumber: number
+    readonly customId: string
+    /** Whether `customId` came from the line itself, so it claims that id. */
+    readonly hasOwnId: boolean
+    readonly message: string
+  }
+
+const decodeJson = Schema.decodeUnknownEither(Schema.parseJson())
+const decodeInputLine = Schema.decodeUnknownEither(InputLine, { errors: "all" })
+
+const ownCustomId = (value: unknown): string | undefined => {
+  if (typeof value !== "object" || value === null || !("custom_id" in value)) return undefined
+  const id = value.custom_id
+  return typeof id === "string" && id.length > 0 ? id : undefined
+}
+
+/** The longest schema complaint written to a result line; a huge body is not echoed back. */
+const maxMessageLength = 500
+
+const truncate = (text: string): string =>
+  text.length <= maxMessageLength ? text : `${text.slice(0, maxMessageLength)}…`
+
+const describeIssues = (error: ParseResult.ParseError): string =>
+  ParseResult.ArrayFormatter.formatErrorSync(error)
+    .map((issue) => `${issue.path.length === 0 ? "line" : issue.path.join(".")}: ${issue.message}`)
+    .join("; ")
+
+/** Parses one non-blank input line (`lineNumber` is 1-based). Never fails: a bad line is `Invalid`. */
+export const parseInputLine = (text: string, lineNumber: number): InputItem => {
+  const json = decodeJson(text)
+  if (Either.isLeft(json)) {
+    return { _tag: "Invalid", lineNumber, customId: `line-${lineNumber}`, hasOwnId: false, message: "line is not valid JSON" }
+  }
+  const ownId = ownCustomId(json.right)
+  const decoded = decodeInputLine(json.right)
+  if (Either.isRight(decoded)) {
+    return { _tag: "Request", lineNumber, customId: decoded.right.custom_id, body: decoded.right.body }
+  }
+  return {
+    _tag: "Invalid",
+    lineNumber,
+    customId: ownId ?? `line-${lineNumber}`,
+    hasOwnId: ownId !== undefined,
+    message: truncate(`invalid batch request: ${describeIssues(decoded.left)}`)
+  }
+}
+
+/** The `error.code` of a result line that was never sent. */
+export const invalidLineCode = "invalid_line"
+/** The `error.code` of a later line that reuses an earlier line's `custom_id`. */
+export const duplicateCode = "duplicate_custom_id"
+
+/** The `error` of a failed result line. */
+export interface LineError {
+  readonly code: string
+  readonly message: string
+}
+
+/** A result line, as written. */
+export interface ResultLine {
+  readonly id: string
+  readonly custom_id: string
+  readonly response: {
+    readonly status_code: number
+    readonly request_id: string | null
+    readonly body: unknown
+  } | null
+  readonly error: LineError | null
+}
+
+/** `batch_req_` and 32 random hex digits, from Effect's `Random`. */
+export const makeRequestId: Effect.Effect<string> = Effect.map(
+  Effect.all(Array.from({ length: 4 }, () => Random.nextIntBetween(0, 0x1_0000_0000))),
+  (words) => `batch_req_${words.map((w) => w.toString(16).padStart(8, "0")).join("")}`
+)
+
+/** The result line of an answered request. */
+export const succeeded = (id: string, customId: string, completion: ChatCompletion): ResultLine => ({
+  id,
+  custom_id: customId,
+  response: { status_code: 200, request_id: completion.id, body: completion },
+  error: null
+})
+
+/** The result line of a line that was not sent (invalid or duplicate). */
+export const rejected = (id: string, customId: string, error: LineError): ResultLine => ({
+  id,
+  custom_id: customId,
+  response: null,
+  error: { code: error.code, message: scrubSecrets(error.message) }
+})
+
+const statusOf = (error: ResilientError): number | undefined =>
+  "status" in error && typeof error.status === "number" ? error.status : undefined
+
+const errorTypeOf = (status: number): string =>
+  status === 400 || status === 422
+    ? "invalid_request_error"
+    : status === 401
+    ? "authentication_error"
+    : status === 402
+    ? "insufficient_balance_error"
+    : status === 429
+    ? "rate_limit_error"
+    : status >= 500
+    ? "server_error"
+    : "api_error"
+
+/**
+ * The result line of a request whose call failed. The message is the typed error's own (already
+ * scrubbed by the transport, scrubbed again here); the HTTP response is described only when the
+ * failure had a status.
+ */
+export const failed = (id: string, customId: string, error: ResilientError): ResultLine => {
+  const message = scrubSecrets(error.message)
+  const status = statusOf(error)
+  const code = "code" in error && error.code !== undefined ? error.code : null
+  return {
+    id,
+    custom_id: customId,
+    response: status === undefined ? null : {
+      status_code: status,
+      request_id: null,
+      body: { error: { message, type: errorTypeOf(status), code } }
+    },
+    error: { code: error._tag, message }
+  }
+}
+
+/** Serialises a result line, newline included. */
+export const encodeResultLine = (line: ResultLine): string => `${JSON.stringify(line)}\n`
+
+const ExistingLine = Schema.Struct({
+  custom_id: Schema.String,
+  response: Schema.NullOr(Schema.Struct({ status_code: Schema.Number })),
+  error: Schema.NullOr(Schema.Unknown)
+})
+const decodeExistingLine = Schema.decodeUnknownEither(Schema.parseJson(ExistingLine))
+
+/** A line of an output file written earlier: kept on resume only when it `Succeeded`. */
+export type ExistingResult =
+  | { readonly _tag: "Succeeded"; readonly customId: string }
+  | { readonly _tag: "Failed" }
+  | { readonly _tag: "Unrecognized" }
+
+/** Classifies a line of an existing output file. */
+export const classifyExisting = (text: string): ExistingResult => {
+  const decoded = decodeExistingLine(text)
+  if (Either.isLeft(decoded)) return { _tag: "Unrecognized" }
+  const line = decoded.right
+  return line.error === null && line.response?.status_code === 200
+    ? { _tag: "Succeeded", customId: line.custom_id }
+    : { _tag: "Failed" }
+}

@@ -1,0 +1,459 @@
+import * as FileSystem from "@effect/platform/FileSystem"
+import * as NodeFileSystem from "@effect/platform-node/NodeFileSystem"
+import { describe, expect, it } from "@effect/vitest"
+import * as Duration from "effect/Duration"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as FastCheck from "effect/FastCheck"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
+import * as Stream from "effect/Stream"
+import { InvalidRequest, KeyRejected, NoUsableKey, RateLimited, ServerError } from "../src/ApiError.js"
+import type { ApiError } from "../src/ApiError.js"
+import * as Batch from "../src/Batch.js"
+import type { ChatCompletionRequest } from "../src/ChatSchema.js"
+import * as Demo from "../src/internal/batchDemo.js"
+import * as wire from "../src/internal/wire.js"
+import * as ResilientModule from "../src/Resilient.js"
+import { Resilient } from "../src/Resilient.js"
+import * as Simulator from "../src/Simulator.js"
+import { Telemetry } from "../src/Telemetry.js"
+
+const secret = "sk-batch-test-SECRET-0123456789"
+
+const lastUserText = (request: ChatCompletionRequest): string => {
+  const last = request.messages[request.messages.length - 1]
+  return last !== undefined && typeof last.content === "string" ? last.content : ""
+}
+
+/** The double's answer to a request: it echoes the last user message. */
+const answerOf = (request: ChatCompletionRequest) =>
+  wire.completion({
+    id: `cmpl-${lastUserText(request)}`,
+    model: request.model,
+    content: `echo:${lastUserText(request)}`,
+    usage: wire.usage({ promptTokens: 10, completionTokens: 5, cacheHitTokens: 4, reasoningTokens: 2 })
+  })
+
+type Script = (request: ChatCompletionRequest) => ApiError | "ok"
+
+/**
+ * A `Resilient` double scripted per request, counting calls and reporting each failure to the
+ * telemetry the way the real client does.
+ */
+const double = (script: Script) =>
+  Effect.gen(function*() {
+    const calls = yield* Ref.make(0)
+    const layer = Layer.effect(
+      Resilient,
+      Effect.map(Telemetry, (telemetry) => ({
+        create: (request: ChatCompletionRequest) =>
+          Effect.zipRight(
+            Ref.update(calls, (n) => n + 1),
+            Effect.suspend(() => {
+              const step = script(request)
+              return step === "ok"
+                ? Effect.succeed(answerOf(request))
+                : Effect.zipRight(telemetry.attemptFailed(step), Effect.fail(step))
+            })
+          ),
+        stream: () => Stream.die("the batch never streams")
+      }))
+    ).pipe(Layer.provideMerge(Batch.layerTelemetryCounts))
+    return { calls, layer }
+  })
+
+const request = (customId: string, text = customId) =>
+  JSON.stringify({
+    custom_id: customId,
+    method: "POST",
+    url: "/v1/chat/completions",
+    body: { model: "deepseek-v4-flash", messages: [{ role: "user", content: text }] }
+  })
+
+interface Parsed {
+  readonly id: string
+  readonly custom_id: string
+  readonly response: {
+    readonly status_code: number
+    readonly request_id: string | null
+    readonly body: any
+  } | null
+  readonly error: { readonly code: string; readonly message: string } | null
+}
+
+const workspace = Effect.gen(function*() {
+  const fs = yield* FileSystem.FileSystem
+  const dir = yield* fs.makeTempDirectoryScoped({ prefix: "batch-test-" })
+  const input = `${dir}/input.jsonl`
+  const output = `${dir}/output.jsonl`
+  return {
+    fs,
+    input,
+    output,
+    writeInput: (lines: ReadonlyArray<string>) => fs.writeFileString(input, lines.map((l) => `${l}\n`).join("")),
+    readOutput: Effect.map(fs.readFileString(output), (text) => {
+      expect(text.endsWith("\n")).toBe(true)
+      return text.split("\n").filter((l) => l.length > 0).map((l) => JSON.parse(l) as Parsed)
+    })
+  }
+})
+
+const runWith = (script: Script, options: Omit<Batch.Options, "input" | "output"> & { input: string; output: string }) =>
+  Effect.gen(function*() {
+    const { calls, layer } = yield* double(script)
+    const summary = yield* Batch.run(options).pipe(Effect.provide(layer))
+    return { summary, calls: yield* Ref.get(calls) }
+  })
+
+const ok: Script = () => "ok"
+const byCustomId = (lines: ReadonlyArray<Parsed>) => new Map(lines.map((l) => [l.custom_id, l]))
+const countBy = (lines: ReadonlyArray<Parsed>) => {
+  const counts = new Map<string, number>()
+  for (const l of lines) counts.set(l.custom_id, (counts.get(l.custom_id) ?? 0) + 1)
+  return counts
+}
+
+describe("Batch.run", () => {
+  it.scoped("answers every request line with one result line carrying the completion", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput(["a", "b", "c"].map((id) => request(id)))
+      const { calls, summary } = yield* runWith(ok, ws)
+      const lines = yield* ws.readOutput
+      expect(calls).toBe(3)
+      expect(lines.map((l) => l.custom_id).sort()).toEqual(["a", "b", "c"])
+      for (const line of lines) {
+        expect(line.id).toMatch(/^batch_req_[0-9a-f]{32}$/)
+        expect(line.error).toBeNull()
+        expect(line.response?.status_code).toBe(200)
+        expect(line.response?.request_id).toBe(`cmpl-${line.custom_id}`)
+        expect(line.response?.body.choices[0].message.content).toBe(`echo:${line.custom_id}`)
+      }
+      expect(new Set(lines.map((l) => l.id)).size).toBe(3)
+      expect(summary).toMatchObject({
+        requests: 3,
+        succeeded: 3,
+        failed: 0,
+        skipped: 0,
+        failures: {},
+        tokens: { prompt: 30, completion: 15, cacheHit: 12, reasoning: 6 }
+      })
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it.scoped("turns every malformed line into an error line and sends the rest", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      const good = request("good")
+      const malformed = [
+        "{not json",
+        JSON.stringify({ method: "POST", url: "/v1/chat/completions", body: { model: "m", messages: [{ role: "user", content: "x" }] } }),
+        JSON.stringify({ custom_id: "bad-body", method: "POST", url: "/v1/chat/completions", body: { model: "m", messages: [] } }),
+        JSON.stringify({ custom_id: "bad-method", method: "GET", url: "/v1/chat/completions", body: JSON.parse(good).body }),
+        JSON.stringify({ custom_id: "bad-url", method: "POST", url: "/v1/embeddings", body: JSON.parse(good).body }),
+        "[1, 2, 3]",
+        JSON.stringify({ custom_id: 42, method: "POST", url: "/v1/chat/completions", body: JSON.parse(good).body })
+      ]
+      const shortUrl = JSON.stringify({ ...JSON.parse(request("short-url")), url: "/chat/completions" })
+      yield* ws.writeInput([good, ...malformed, "", "   ", shortUrl])
+      const { calls, summary } = yield* runWith(ok, ws)
+      const lines = byCustomId(yield* ws.readOutput)
+
+      expect(calls).toBe(2)
+      expect(lines.size).toBe(9)
+      expect(lines.get("good")?.error).toBeNull()
+      expect(lines.get("short-url")?.error).toBeNull()
+      // Line numbers are the file's: the good line is line 1, so malformed lines are 2-8.
+      for (const id of ["line-2", "line-3", "bad-body", "bad-method", "bad-url", "line-7", "line-8"]) {
+        const line = lines.get(id)
+        expect(line?.error?.code, id).toBe("invalid_line")
+        expect(line?.response, id).toBeNull()
+      }
+      expect(lines.get("line-2")?.error?.message).toBe("line is not valid JSON")
+      expect(lines.get("bad-body")?.error?.message).toContain("body.messages")
+      expect(lines.get("bad-method")?.error?.message).toContain("method")
+      expect(lines.get("bad-url")?.error?.message).toContain("url")
+      expect(summary).toMatchObject({ requests: 9, succeeded: 2, failed: 7, failures: { invalid_line: 7 } })
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it.scoped("sends a custom_id once and answers a later line reusing it with an error line", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput([request("x", "first"), request("y"), request("x", "second")])
+      const { calls, summary } = yield* runWith(ok, ws)
+      const lines = yield* ws.readOutput
+      expect(calls).toBe(2)
+      const xs = lines.filter((l) => l.custom_id === "x")
+      expect(xs).toHaveLength(2)
+      const answered = xs.find((l) => l.error === null)
+      expect(answered?.response?.body.choices[0].message.content).toBe("echo:first")
+      const duplicate = xs.find((l) => l.error !== null)
+      expect(duplicate?.error?.code).toBe("duplicate_custom_id")
+      expect(duplicate?.error?.message).toBe(`custom_id "x" is already used by line 1`)
+      expect(summary).toMatchObject({ requests: 3, succeeded: 2, failed: 1, failures: { duplicate_custom_id: 1 } })
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it.scoped("writes a failed call's typed error and, when it had a status, its HTTP response", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput(["limited", "broken", "invalid", "fine"].map((id) => request(id)))
+      const script: Script = (r) => {
+        switch (lastUserText(r)) {
+          case "limited":
+            return new RateLimited({ message: "too many requests", retryAfter: Option.none() })
+          case "broken":
+            return new ServerError({ status: 503, message: "overloaded", retryAfter: Option.none() })
+          case "invalid":
+            return new InvalidRequest({ status: 422, message: "bad temperature", code: "invalid_parameter" })
+          default:
+            return "ok"
+        }
+      }
+      const { summary } = yield* runWith(script, ws)
+      const lines = byCustomId(yield* ws.readOutput)
+      expect(lines.get("limited")?.error).toEqual({ code: "RateLimited", message: "too many requests" })
+      expect(lines.get("limited")?.response).toEqual({
+        status_code: 429,
+        request_id: null,
+        body: { error: { message: "too many requests", type: "rate_limit_error", code: null } }
+      })
+      expect(lines.get("broken")?.response?.status_code).toBe(503)
+      expect(lines.get("broken")?.response?.body.error.type).toBe("server_error")
+      expect(lines.get("invalid")?.response?.body.error).toEqual({
+        message: "bad temperature",
+        type: "invalid_request_error",
+        code: "invalid_parameter"
+      })
+      expect(lines.get("fine")?.error).toBeNull()
+      expect(summary).toMatchObject({
+        succeeded: 1,
+        failed: 3,
+        failures: { RateLimited: 1, ServerError: 1, InvalidRequest: 1 },
+        rateLimited: 1,
+        failedAttempts: 3
+      })
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it.scoped("resumes: skips what succeeded, retries what failed, keeps one line per custom_id", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      const ids = Array.from({ length: 20 }, (_, i) => `req-${i}`)
+      yield* ws.writeInput(ids.map((id) => request(id)))
+      const failFirstTime: Script = (r) =>
+        Number(lastUserText(r).slice(4)) % 3 === 0
+          ? new ServerError({ status: 500, message: "boom", retryAfter: Option.none() })
+          : "ok"
+
+      const first = yield* runWith(failFirstTime, ws)
+      expect(first.summary).toMatchObject({ requests: 20, succeeded: 13, failed: 7, skipped: 0 })
+
+      const second = yield* runWith(ok, ws)
+      expect(second.calls).toBe(7)
+      expect(second.summary).toMatchObject({ requests: 20, succeeded: 7, failed: 0, skipped: 13 })
+      const lines = yield* ws.readOutput
+      expect(lines).toHaveLength(20)
+      expect([...countBy(lines).values()].every((n) => n === 1)).toBe(true)
+      expect(lines.every((l) => l.error === null)).toBe(true)
+      expect(new Set(lines.map((l) => l.custom_id))).toEqual(new Set(ids))
+
+      const third = yield* runWith(ok, ws)
+      expect(third.calls).toBe(0)
+      expect(third.summary).toMatchObject({ requests: 20, succeeded: 0, failed: 0, skipped: 20 })
+      expect(yield* ws.readOutput).toEqual(lines)
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it.scoped("drops a last line torn by a crash and sends its request again", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput(["a", "b", "c"].map((id) => request(id)))
+      yield* runWith(ok, ws)
+      const complete = yield* ws.fs.readFileString(ws.output)
+      const [first, second] = complete.split("\n")
+      // A crash in the middle of writing the second line.
+      yield* ws.fs.writeFileString(ws.output, `${first}\n${second!.slice(0, 40)}`)
+      const { calls, summary } = yield* runWith(ok, ws)
+      expect(calls).toBe(2)
+      expect(summary).toMatchObject({ succeeded: 2, skipped: 1 })
+      const lines = yield* ws.readOutput
+      expect(lines).toHaveLength(3)
+      expect([...countBy(lines).keys()].sort()).toEqual(["a", "b", "c"])
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it.scoped("refuses to rewrite an output file that holds lines no batch wrote", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput([request("a")])
+      const foreign = "precious data\nmore precious data\n"
+      yield* ws.fs.writeFileString(ws.output, foreign)
+      const error = yield* Effect.flip(runWith(ok, ws))
+      expect(error).toMatchObject({ _tag: "BatchError", file: "output" })
+      expect(error.message).toContain("line 1")
+      expect(yield* ws.fs.readFileString(ws.output)).toBe(foreign)
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it.scoped("fails with BatchError for an unreadable input, an unwritable output, or output = input", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      const missingInput = yield* Effect.flip(runWith(ok, { input: `${ws.input}.missing`, output: ws.output }))
+      expect(missingInput).toMatchObject({ _tag: "BatchError", file: "input" })
+      yield* ws.writeInput([request("a")])
+      const badOutput = yield* Effect.flip(runWith(ok, { input: ws.input, output: `${ws.output}/no/such/dir.jsonl` }))
+      expect(badOutput).toMatchObject({ _tag: "BatchError", file: "output" })
+      const same = yield* Effect.flip(runWith(ok, { input: ws.input, output: ws.input }))
+      expect(same).toMatchObject({ _tag: "BatchError", file: "output" })
+      expect(yield* ws.fs.readFileString(ws.input)).toBe(`${request("a")}\n`)
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it.scoped("after NoUsableKey fails the remaining lines fast without calling", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput(Array.from({ length: 40 }, (_, i) => request(`k-${i}`)))
+      const { calls, summary } = yield* runWith(() => new NoUsableKey({ rejected: 1 }), { ...ws, concurrency: 4 })
+      // Only the lines already in flight when the first NoUsableKey arrived were sent.
+      expect(calls).toBeGreaterThanOrEqual(1)
+      expect(calls).toBeLessThanOrEqual(4)
+      const lines = yield* ws.readOutput
+      expect(lines).toHaveLength(40)
+      for (const line of lines) {
+        expect(line.error).toEqual({ code: "NoUsableKey", message: "no usable API key: 1 rejected" })
+        expect(line.response).toBeNull()
+      }
+      expect(summary).toMatchObject({ failed: 40, failures: { NoUsableKey: 40 } })
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it.scoped("never writes a key, even one echoed in an upstream message", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput(["rejected", "invalid"].map((id) => request(id)))
+      const script: Script = (r) =>
+        lastUserText(r) === "rejected"
+          ? new KeyRejected({ message: `Incorrect API key provided: ${secret}`, keyId: "key#1" })
+          : new InvalidRequest({ status: 400, message: `bad request for ${secret}` })
+      yield* runWith(script, ws)
+      const text = yield* ws.fs.readFileString(ws.output)
+      expect(text).not.toContain(secret)
+      expect(text).toContain("sk-***")
+      const lines = byCustomId(yield* ws.readOutput)
+      expect(lines.get("rejected")?.response?.status_code).toBe(401)
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it.scoped("reports progress up to the totals of the run", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput([request("a"), "oops", request("b")])
+      const seen: Array<Batch.Progress> = []
+      yield* runWith(ok, { ...ws, onProgress: (p) => Effect.sync(() => seen.push(p)) })
+      expect(seen[0]).toEqual({ total: 3, succeeded: 0, failed: 0, skipped: 0 })
+      expect(seen[seen.length - 1]).toEqual({ total: 3, succeeded: 2, failed: 1, skipped: 0 })
+      expect(seen).toHaveLength(4)
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it("formats a summary for people", () => {
+    const text = Batch.formatSummary({
+      requests: 5,
+      succeeded: 3,
+      failed: 1,
+      skipped: 1,
+      failures: { RateLimited: 1 },
+      rateLimited: 4,
+      retries: 1,
+      failedAttempts: 5,
+      tokens: { prompt: 100, completion: 50, cacheHit: 20, reasoning: 10 },
+      elapsed: Duration.seconds(2)
+    })
+    expect(text).toContain("5 (3 succeeded, 1 failed, 1 skipped")
+    expect(text).toContain("RateLimited 1")
+    expect(text).toContain("4 429s met, 1 retry, 5 failed attempts")
+    expect(text).toContain("100 prompt (20 cache hit), 50 completion (10 reasoning)")
+  })
+
+  // Line kinds of a generated input: a request (answered or failed by the double), a malformed
+  // line, a reuse of an earlier id.
+  const lineKind = FastCheck.constantFrom("ok", "fail", "malformed", "duplicate")
+
+  it.scoped.prop(
+    "writes exactly one result line per request line, across a crash and a resume",
+    [FastCheck.array(lineKind, { minLength: 1, maxLength: 30 }), FastCheck.nat({ max: 40 })],
+    ([kinds, keepBytes]) =>
+      Effect.gen(function*() {
+        const ws = yield* workspace
+        const input = kinds.map((kind, i) =>
+          kind === "malformed" ? `{"custom_id":"m-${i}"` : kind === "duplicate" && i > 0 ? request("r-0") : request(`r-${i}`, kind)
+        )
+        yield* ws.writeInput(input)
+        const failing: Script = (r) =>
+          lastUserText(r) === "fail" ? new ServerError({ status: 500, message: "x", retryAfter: Option.none() }) : "ok"
+
+        yield* runWith(failing, ws)
+        // Tear the file as a crash would, somewhere in its last line.
+        const text = yield* ws.fs.readFileString(ws.output)
+        yield* ws.fs.writeFileString(ws.output, text.slice(0, Math.max(0, text.length - 1 - keepBytes)))
+        const { summary } = yield* runWith(failing, ws)
+
+        const lines = yield* ws.readOutput
+        expect(lines).toHaveLength(input.length)
+        expect(summary.requests).toBe(input.length)
+        expect(summary.succeeded + summary.failed + summary.skipped).toBe(input.length)
+        const expected = new Map<string, number>()
+        input.forEach((line, i) => {
+          // A malformed line is not JSON, so its result is named after its line number.
+          const id = line.startsWith(`{"custom_id":"m-`) ? `line-${i + 1}` : JSON.parse(line).custom_id
+          expected.set(id, (expected.get(id) ?? 0) + 1)
+        })
+        expect(countBy(lines)).toEqual(expected)
+      }).pipe(Effect.provide(NodeFileSystem.layer)),
+    { fastCheck: { numRuns: 25 } }
+  )
+})
+
+// End to end: the real resilient stack over HTTP against the loopback simulator, on real time.
+describe("Batch.run against the simulator", () => {
+  it.live("answers a few hundred requests right through faults and 429s, and a rerun sends nothing", () =>
+    Effect.gen(function*() {
+      const report = yield* Demo.run({ requests: 200 })
+      expect(report.problems).toEqual([])
+      expect(report.first).toMatchObject({ requests: 200, succeeded: 200, failed: 0, skipped: 0 })
+      expect(report.first.retries).toBeGreaterThan(0)
+      expect(report.first.tokens.prompt).toBeGreaterThan(0)
+      expect(Object.values(report.simulator.faults).reduce((a, b) => a + (b ?? 0), 0)).toBeGreaterThan(0)
+      expect(report.resumed).toMatchObject({ requests: 200, succeeded: 0, failed: 0, skipped: 200 })
+      expect(report.requestsOnResume).toBe(0)
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+
+  it.live("loses nothing to a crash mid-run: the rerun sends only what was not written", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      const simulator = yield* Simulator.make(Demo.simulatorOptions)
+      const ids = Array.from({ length: 150 }, (_, i) => `c-${i}`)
+      yield* ws.writeInput(ids.map((id) => request(id, `marker ${id}`)))
+      const stack = ResilientModule.layerDefault(Demo.resilientOptions(simulator.baseUrl)).pipe(
+        Layer.provideMerge(Batch.layerTelemetryCounts)
+      )
+
+      // The "crash": the run is interrupted once 60 lines are written.
+      const crashed = yield* Deferred.make<void>()
+      const crashing = Batch.run({
+        ...ws,
+        onProgress: (p) => p.succeeded + p.failed >= 60 ? Deferred.succeed(crashed, undefined) : Effect.void
+      }).pipe(Effect.provide(stack))
+      yield* Effect.raceFirst(Effect.asVoid(crashing), Deferred.await(crashed))
+      const written = (yield* ws.readOutput).length
+      expect(written).toBeGreaterThanOrEqual(60)
+      expect(written).toBeLessThan(150)
+
+      const before = yield* simulator.stats
+      const resumed = yield* Batch.run(ws).pipe(Effect.provide(stack))
+      expect(resumed).toMatchObject({ requests: 150, succeeded: 150 - written, failed: 0, skipped: written })
+      const after = yield* simulator.stats
+      expect(after.completed - before.completed).toBe(150 - written)
+
+      const lines = yield* ws.readOutput
+      expect(lines).toHaveLength(150)
+      expect([...countBy(lines).values()].every((n) => n === 1)).toBe(true)
+      for (const line of lines) {
+        expect(line.error).toBeNull()
+        expect(line.response?.body.choices[0].message.content).toBe(`echo:marker ${line.custom_id}`)
+      }
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+})
