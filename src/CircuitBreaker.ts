@@ -1,0 +1,450 @@
+/**
+ * A circuit breaker: stops sending calls to an upstream that is failing, so a 429 storm or an
+ * outage costs one quick local error per call instead of a slow remote one, and gives the
+ * upstream room to recover.
+ *
+ * - **Closed**: calls pass. Their outcomes are counted over a rolling window (`buckets` buckets
+ *   over `window`, advanced by Effect's `Clock`). Once the window holds at least
+ *   `minimumThroughput` calls and the share of failures reaches `failureRatio`, the circuit trips.
+ * - **Open**: calls fail at once with `CircuitOpen`, which says when calls resume. The period is
+ *   `openFor`, doubled on each consecutive trip up to `maxOpenFor`.
+ * - **HalfOpen**: after the period, `canaries` calls go through. When all succeed the circuit
+ *   closes (and the period shrinks back to `openFor`); when one fails it opens again for longer.
+ *   Other callers wait for the verdict or are rejected, per `halfOpenPolicy`.
+ * - **Isolated**: forced open by `isolate` until `reset`.
+ *
+ * What counts as a failure is `isFailure` (by default `isUpstreamFailure`: 429, 5xx, transport
+ * errors, deadlines and truncated output). Any other error counts as a success: the upstream
+ * answered, the request was the caller's problem. Interruptions and defects are ignored.
+ *
+ * @since 0.1.0
+ */
+import * as Cause from "effect/Cause"
+import * as Context from "effect/Context"
+import * as Data from "effect/Data"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as MetricLabel from "effect/MetricLabel"
+import * as Option from "effect/Option"
+import * as PubSub from "effect/PubSub"
+import type * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import type { ApiError } from "./ApiError.js"
+import * as internal from "./internal/circuitBreaker.js"
+
+/**
+ * Calls pass and are counted.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Closed {
+  readonly _tag: "Closed"
+}
+
+/**
+ * Calls are rejected until `until`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Open {
+  readonly _tag: "Open"
+  /** Epoch millis (Effect `Clock`) when the circuit tripped. */
+  readonly since: number
+  /** Epoch millis when the circuit turns half-open: show "we'll resume in (until − now)". */
+  readonly until: number
+  /** Consecutive trips since the circuit last closed (1 on the first). */
+  readonly trips: number
+}
+
+/**
+ * Canary calls are testing the upstream.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface HalfOpen {
+  readonly _tag: "HalfOpen"
+  /** Epoch millis when the open period ended. */
+  readonly since: number
+  /** Consecutive trips so far; one more if a canary fails. */
+  readonly trips: number
+}
+
+/**
+ * Forced open by `isolate`; only `reset` closes it.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Isolated {
+  readonly _tag: "Isolated"
+  /** Epoch millis when `isolate` was called. */
+  readonly since: number
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type State = Closed | Open | HalfOpen | Isolated
+
+/**
+ * What callers beyond the canaries do while the circuit is half-open:
+ * - `"wait"`: wait for the canaries' verdict, then run (circuit closed) or fail with
+ *   `CircuitOpen` (circuit re-opened);
+ * - `"reject"`: fail at once with `CircuitOpen` (`reason: "half_open"`, zero `retryAfter`).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type HalfOpenPolicy = "wait" | "reject"
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  /** Tags the metrics (`circuit_breaker` label) and `CircuitOpen` errors. Default none. */
+  readonly name?: string | undefined
+  /** Span of the rolling window. Default 60 seconds. */
+  readonly window?: Duration.DurationInput | undefined
+  /** Buckets the window is divided into; the window rolls one bucket at a time. Default 10. */
+  readonly buckets?: number | undefined
+  /** Share of failed calls in the window, in (0, 1], that trips the circuit. Default 0.25. */
+  readonly failureRatio?: number | undefined
+  /** Calls the window must hold before the ratio is considered. Default 20. */
+  readonly minimumThroughput?: number | undefined
+  /** Open period after the first trip; doubles on each consecutive trip. Default 30 seconds. */
+  readonly openFor?: Duration.DurationInput | undefined
+  /** Cap of the open period (set it to `openFor` for a fixed period). Default 120 seconds. */
+  readonly maxOpenFor?: Duration.DurationInput | undefined
+  /** Calls admitted in half-open; all must succeed to close. Default 1. */
+  readonly canaries?: number | undefined
+  /** Default `"wait"`. */
+  readonly halfOpenPolicy?: HalfOpenPolicy | undefined
+  /** Whether a call's error says the upstream is unhealthy. Default `isUpstreamFailure`. */
+  readonly isFailure?: ((error: unknown) => boolean) | undefined
+}
+
+/**
+ * Counters of the breaker at one instant.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Snapshot {
+  readonly state: State
+  /** Calls counted in the rolling window (reset when the circuit closes). */
+  readonly calls: number
+  /** Failed calls among them. */
+  readonly failures: number
+  /** Trips since the breaker was made. */
+  readonly trips: number
+  /** Canary calls running now (0 unless half-open). */
+  readonly canariesInFlight: number
+}
+
+/**
+ * The call was not sent because the circuit is open. `retryAfter` says when calls resume, as an
+ * `Option` like the `retryAfter` of `ApiError`s (so `RetryPolicy` honours it):
+ * - `reason: "open"`: at `until`, the open period's end; `retryAfter` is the time left;
+ * - `reason: "half_open"`: canaries are testing the upstream (policy `"reject"`); the verdict
+ *   time is unknown, `retryAfter` is none: retry with a backoff;
+ * - `reason: "isolated"`: only after a manual `reset`; `retryAfter` is none, not retryable.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class CircuitOpen extends Data.TaggedError("CircuitOpen")<{
+  readonly reason: "open" | "half_open" | "isolated"
+  /** Epoch millis when calls resume (the rejection time in half-open, `Infinity` while isolated). */
+  readonly until: number
+  readonly retryAfter: Option.Option<Duration.Duration>
+  /** Consecutive trips since the circuit last closed. */
+  readonly trips: number
+  /** The breaker's `name` option. */
+  readonly name?: string | undefined
+}> {
+  /** @since 0.1.0 */
+  get retryable(): boolean {
+    return this.reason !== "isolated"
+  }
+  /** @since 0.1.0 */
+  override get message(): string {
+    const breaker = this.name === undefined ? "circuit breaker" : `circuit breaker ${this.name}`
+    switch (this.reason) {
+      case "open":
+        return `${breaker} is open (trip ${this.trips}): calls resume in ${Duration.format(Option.getOrElse(this.retryAfter, () => Duration.zero))}`
+      case "half_open":
+        return `${breaker} is half-open: canary calls are testing the upstream`
+      case "isolated":
+        return `${breaker} is isolated: calls resume after a reset`
+    }
+  }
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Service {
+  /**
+   * Runs `effect` if the circuit admits it, and counts its outcome. Fails with `CircuitOpen`
+   * without running it otherwise. Cheap when closed: a state check, a clock read, two counters.
+   */
+  readonly protect: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | CircuitOpen, R>
+  /** The state now. */
+  readonly state: Effect.Effect<State>
+  /** The current state, then every transition in order. Never ends. */
+  readonly changes: Stream.Stream<State>
+  /** Forces the circuit open until `reset`. Calls in flight finish; their outcomes are ignored. */
+  readonly isolate: Effect.Effect<void>
+  /** Closes the circuit with an empty window and a fresh open period. */
+  readonly reset: Effect.Effect<void>
+  readonly snapshot: Effect.Effect<Snapshot>
+}
+
+/**
+ * @since 0.1.0
+ * @category tags
+ */
+export class CircuitBreaker extends Context.Tag("weatherproof/CircuitBreaker")<CircuitBreaker, Service>() {}
+
+const upstreamFailureTags: ReadonlySet<string> = new Set<ApiError["_tag"]>([
+  "RateLimited",
+  "ServerError",
+  "TransportError",
+  "DeadlineExceeded",
+  "StreamTruncated",
+  "InsufficientResource",
+  "UpstreamError",
+  "MalformedResponse"
+])
+
+/**
+ * The default failure classifier: an `ApiError` that says the upstream is overloaded or broken
+ * (429, 5xx, a transport error, a deadline, a stream cut short, a blank or cut body, an error
+ * event). A wrong request, key or balance (400, 401, 402, 422), a schema mismatch and anything
+ * that is not an `ApiError` are the caller's problem and count as successes.
+ *
+ * @since 0.1.0
+ * @category classifiers
+ */
+export const isUpstreamFailure = (error: unknown): boolean => {
+  const candidate = error as Partial<ApiError> | null | undefined
+  return typeof candidate?._tag === "string" && upstreamFailureTags.has(candidate._tag) && candidate.retryable === true
+}
+
+/**
+ * The defaults, from what DeepSeek users run in production: trip when a quarter of at least 20
+ * calls in a rolling minute failed, cool off 30 s growing to 120 s, resume after one canary.
+ *
+ * Half-open callers `"wait"` by default: LLM calls are long, so a rejected caller would either
+ * poll (a retry storm in miniature) or give up on an upstream that is probably back. A waiter
+ * waits at most one canary call, and is released into a circuit that just proved healthy.
+ *
+ * @since 0.1.0
+ */
+export const defaults = {
+  window: Duration.seconds(60),
+  buckets: 10,
+  failureRatio: 0.25,
+  minimumThroughput: 20,
+  openFor: Duration.seconds(30),
+  maxOpenFor: Duration.seconds(120),
+  canaries: 1,
+  halfOpenPolicy: "wait",
+  isFailure: isUpstreamFailure
+} as const satisfies Required<Omit<Options, "name">>
+
+/**
+ * The breaker's state: 0 closed, 1 half-open, 2 open or isolated. Labelled `circuit_breaker`
+ * with the `name` option when one is given.
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const stateGauge: Metric.Metric.Gauge<number> = Metric.gauge("weatherproof_circuit_breaker_state", {
+  description: "circuit breaker state: 0 closed, 1 half-open, 2 open or isolated"
+})
+
+/**
+ * Trips (transitions to open), labelled like `stateGauge`.
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const tripsCounter: Metric.Metric.Counter<number> = Metric.counter("weatherproof_circuit_breaker_trips", {
+  description: "circuit breaker trips",
+  incremental: true
+})
+
+const gaugeValue = (state: State): number => {
+  switch (state._tag) {
+    case "Closed":
+      return 0
+    case "HalfOpen":
+      return 1
+    case "Open":
+    case "Isolated":
+      return 2
+  }
+}
+
+const illegal = (message: string): never => {
+  throw new Cause.IllegalArgumentException(`CircuitBreaker: ${message}`)
+}
+
+const settingsOf = (options: Options): internal.Settings => {
+  const windowMillis = Duration.toMillis(options.window ?? defaults.window)
+  const buckets = options.buckets ?? defaults.buckets
+  const failureRatio = options.failureRatio ?? defaults.failureRatio
+  const minimumThroughput = options.minimumThroughput ?? defaults.minimumThroughput
+  const openForMillis = Duration.toMillis(options.openFor ?? defaults.openFor)
+  const canaries = options.canaries ?? defaults.canaries
+  if (!(windowMillis > 0)) illegal("window must be positive")
+  if (!Number.isInteger(buckets) || buckets < 1) illegal("buckets must be a positive integer")
+  if (!(failureRatio > 0 && failureRatio <= 1)) illegal("failureRatio must be in (0, 1]")
+  if (!(minimumThroughput >= 1)) illegal("minimumThroughput must be at least 1")
+  if (!(openForMillis > 0)) illegal("openFor must be positive")
+  if (!Number.isInteger(canaries) || canaries < 1) illegal("canaries must be a positive integer")
+  return {
+    windowMillis,
+    buckets,
+    failureRatio,
+    minimumThroughput,
+    openForMillis,
+    maxOpenForMillis: Duration.toMillis(options.maxOpenFor ?? defaults.maxOpenFor),
+    canaries,
+    halfOpenPolicy: options.halfOpenPolicy ?? defaults.halfOpenPolicy
+  }
+}
+
+const outcomeOf = (isFailure: (error: unknown) => boolean, exit: Exit.Exit<unknown, unknown>): internal.Outcome => {
+  if (Exit.isSuccess(exit)) return "success"
+  const failure = Cause.failureOption(exit.cause)
+  if (Option.isNone(failure)) return "ignored"
+  return isFailure(failure.value) ? "failure" : "success"
+}
+
+/**
+ * Wakes at the end of each open period to move the circuit to half-open, so `changes` and the
+ * gauge show it even when no call arrives. (Admission checks the period too, so a call never
+ * depends on this fiber's timing.)
+ */
+const halfOpenTimer = (machine: internal.Machine, now: () => number): Effect.Effect<never> =>
+  Effect.suspend(() => {
+    const transitioned = Deferred.await(machine.signal)
+    const state = machine.state
+    return state._tag === "Open"
+      ? Effect.race(Effect.sleep(Duration.millis(state.until - now())), transitioned).pipe(
+        Effect.zipRight(Effect.sync(() => machine.poll(now())))
+      )
+      : transitioned
+  }).pipe(Effect.forever)
+
+/**
+ * A breaker. It runs a fiber in the scope that turns the circuit half-open when an open period
+ * ends. Dies with `IllegalArgumentException` on invalid options.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = (options: Options = {}): Effect.Effect<Service, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const settings = yield* Effect.sync(() => settingsOf(options))
+    const isFailure = options.isFailure ?? defaults.isFailure
+    const clock = yield* Effect.clock
+    const now = () => clock.unsafeCurrentTimeMillis()
+    const labels = options.name === undefined ? [] : [MetricLabel.make("circuit_breaker", options.name)]
+    // Replays the latest state to each new subscriber, so `changes` starts with the current one.
+    const states = yield* Effect.acquireRelease(PubSub.unbounded<State>({ replay: 1 }), PubSub.shutdown)
+    const announce = (state: State) => {
+      states.unsafeOffer(state)
+      stateGauge.unsafeUpdate(gaugeValue(state), labels)
+      if (state._tag === "Open") tripsCounter.unsafeUpdate(1, labels)
+    }
+    const machine = new internal.Machine(settings, now(), announce)
+    announce(machine.state)
+    yield* Effect.forkScoped(halfOpenTimer(machine, now))
+
+    const reject = (rejection: internal.Rejection) =>
+      new CircuitOpen({
+        reason: rejection.reason,
+        until: rejection.until,
+        retryAfter: rejection.reason === "open"
+          ? Option.some(Duration.millis(Math.max(0, rejection.until - now())))
+          : Option.none(),
+        trips: rejection.trips,
+        name: options.name
+      })
+
+    const settleAfter = <A, E, R>(ticket: number, effect: Effect.Effect<A, E, R>) =>
+      Effect.flatMap(Effect.exit(effect), (exit) => {
+        machine.settle(ticket, outcomeOf(isFailure, exit), now())
+        return exit
+      })
+
+    // Admission in half-open takes a canary slot, so it is uninterruptible up to the verdict:
+    // an admitted canary always settles and frees or fills its slot.
+    const admitGuarded = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | CircuitOpen, R> =>
+      Effect.uninterruptibleMask((restore) => {
+        const attempt: Effect.Effect<A, E | CircuitOpen, R> = Effect.suspend(() => {
+          const admission = machine.admit(now())
+          if (typeof admission === "number") return settleAfter(admission, restore(effect))
+          return "reason" in admission
+            ? Effect.fail(reject(admission))
+            : Effect.zipRight(restore(Deferred.await(admission)), attempt)
+        })
+        return attempt
+      })
+
+    // Closed admission has no side effect: a call interrupted anywhere is simply not counted,
+    // which is what the breaker does with interruptions anyway. So the hot path needs no mask.
+    const protect = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | CircuitOpen, R> =>
+      Effect.suspend(() => {
+        const ticket = machine.closedTicket()
+        return ticket === undefined ? admitGuarded(effect) : settleAfter(ticket, effect)
+      })
+
+    return {
+      protect,
+      state: Effect.sync(() => {
+        machine.poll(now())
+        return machine.state
+      }),
+      changes: Stream.fromPubSub(states),
+      isolate: Effect.sync(() => machine.isolate(now())),
+      reset: Effect.sync(() => machine.close()),
+      snapshot: Effect.sync(() => machine.snapshot(now()))
+    }
+  })
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (options?: Options): Layer.Layer<CircuitBreaker> =>
+  Layer.scoped(CircuitBreaker, make(options))
+
+/**
+ * A breaker that never opens: `protect` runs every call unchanged, `isolate` and `reset` do
+ * nothing. For tests and for apps that opt out.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerNoop: Layer.Layer<CircuitBreaker> = Layer.succeed(CircuitBreaker, {
+  protect: (effect) => effect,
+  state: Effect.succeed(internal.closed),
+  changes: Stream.concat(Stream.succeed(internal.closed), Stream.never),
+  isolate: Effect.void,
+  reset: Effect.void,
+  snapshot: Effect.succeed({ state: internal.closed, calls: 0, failures: 0, trips: 0, canariesInFlight: 0 })
+})

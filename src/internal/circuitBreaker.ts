@@ -1,0 +1,254 @@
+/**
+ * The synchronous core of the circuit breaker: a bucketed rolling window and the state machine.
+ *
+ * Every method runs to completion without yielding. JavaScript runs one fiber at a time and a
+ * fiber only switches at an Effect boundary, so each admission, verdict and transition is atomic
+ * however many fibers call the breaker, without a lock on the hot path.
+ *
+ * @internal
+ */
+import * as Deferred from "effect/Deferred"
+import * as Exit from "effect/Exit"
+import * as FiberId from "effect/FiberId"
+import type { HalfOpenPolicy, Snapshot, State } from "../CircuitBreaker.js"
+
+/** Resolved, validated options, in milliseconds. */
+export interface Settings {
+  readonly windowMillis: number
+  readonly buckets: number
+  readonly failureRatio: number
+  readonly minimumThroughput: number
+  readonly openForMillis: number
+  readonly maxOpenForMillis: number
+  readonly canaries: number
+  readonly halfOpenPolicy: HalfOpenPolicy
+}
+
+/** How a protected call ended, as far as the breaker is concerned. */
+export type Outcome = "success" | "failure" | "ignored"
+
+/** Why a call is refused, and until when. */
+export interface Rejection {
+  readonly reason: "open" | "half_open" | "isolated"
+  /** Epoch millis; `Infinity` while isolated. */
+  readonly until: number
+  readonly trips: number
+}
+
+/**
+ * What `admit` answers: a ticket (the generation the call was admitted in) to hand back to
+ * `settle`, a rejection, or a signal to await before asking again.
+ */
+export type Admission = number | Rejection | Deferred.Deferred<void>
+
+export const closed: State = { _tag: "Closed" }
+
+/**
+ * Calls and failures over the last `buckets` buckets of `bucketMillis` each. Old buckets are
+ * cleared lazily when time moves past them, so recording is O(1) amortised and allocation free.
+ */
+class RollingWindow {
+  calls = 0
+  failures = 0
+  private readonly bucketCalls: Float64Array
+  private readonly bucketFailures: Float64Array
+  /** Absolute index (time / bucketMillis) of the newest bucket. */
+  private newest: number
+
+  constructor(private readonly buckets: number, private readonly bucketMillis: number, now: number) {
+    this.bucketCalls = new Float64Array(buckets)
+    this.bucketFailures = new Float64Array(buckets)
+    this.newest = this.indexAt(now)
+  }
+
+  record(now: number, failed: boolean): void {
+    this.advance(now)
+    const slot = this.newest % this.buckets
+    this.bucketCalls[slot]! += 1
+    this.calls += 1
+    if (failed) {
+      this.bucketFailures[slot]! += 1
+      this.failures += 1
+    }
+  }
+
+  /** Drops the buckets that fell out of the window by `now`. */
+  advance(now: number): void {
+    const index = this.indexAt(now)
+    const expired = Math.min(index - this.newest, this.buckets)
+    for (let i = 1; i <= expired; i++) this.clearSlot((this.newest + i) % this.buckets)
+    // A clock that moved backwards keeps recording into the newest bucket.
+    this.newest = Math.max(index, this.newest)
+  }
+
+  clear(): void {
+    for (let slot = 0; slot < this.buckets; slot++) this.clearSlot(slot)
+  }
+
+  private clearSlot(slot: number): void {
+    this.calls -= this.bucketCalls[slot]!
+    this.failures -= this.bucketFailures[slot]!
+    this.bucketCalls[slot] = 0
+    this.bucketFailures[slot] = 0
+  }
+
+  private indexAt(now: number): number {
+    return Math.floor(now / this.bucketMillis)
+  }
+}
+
+/**
+ * How long the `trips`-th consecutive trip keeps the circuit open: `openFor` doubled on each
+ * trip, capped at `maxOpenFor` (and never shorter than `openFor`).
+ */
+const openPeriodMillis = (settings: Settings, trips: number): number =>
+  Math.min(Math.max(settings.openForMillis, settings.maxOpenForMillis), settings.openForMillis * 2 ** (trips - 1))
+
+/**
+ * The state machine. Each transition bumps `generation`, which voids the tickets of calls
+ * admitted before it (their verdict is about a state that is gone), and completes `signal`, which
+ * wakes the callers waiting in half-open.
+ */
+export class Machine {
+  state: State = closed
+  /** Trips since the make, for the snapshot. */
+  totalTrips = 0
+  /** Completed (and replaced) on every transition and whenever a canary slot frees up. */
+  signal: Deferred.Deferred<void> = Deferred.unsafeMake(FiberId.none)
+  private generation = 0
+  /** Trips since the circuit last closed; sets the length of the next open period. */
+  private consecutiveTrips = 0
+  private canariesInFlight = 0
+  private canariesSucceeded = 0
+  private readonly window: RollingWindow
+
+  constructor(
+    private readonly settings: Settings,
+    now: number,
+    private readonly onTransition: (state: State) => void
+  ) {
+    this.window = new RollingWindow(settings.buckets, settings.windowMillis / settings.buckets, now)
+  }
+
+  admit(now: number): Admission {
+    this.poll(now)
+    const state = this.state
+    switch (state._tag) {
+      case "Closed":
+        return this.generation
+      case "HalfOpen":
+        if (this.canariesInFlight + this.canariesSucceeded < this.settings.canaries) {
+          this.canariesInFlight++
+          return this.generation
+        }
+        return this.settings.halfOpenPolicy === "wait"
+          ? this.signal
+          : { reason: "half_open", until: now, trips: state.trips }
+      case "Open":
+        return { reason: "open", until: state.until, trips: state.trips }
+      case "Isolated":
+        return { reason: "isolated", until: Infinity, trips: this.consecutiveTrips }
+    }
+  }
+
+  /** The ticket of a call admitted without side effects, i.e. while closed. */
+  closedTicket(): number | undefined {
+    return this.state._tag === "Closed" ? this.generation : undefined
+  }
+
+  /** Takes the verdict of a call admitted with `ticket`. */
+  settle(ticket: number, outcome: Outcome, now: number): void {
+    if (ticket !== this.generation) return
+    switch (this.state._tag) {
+      case "Closed":
+        return this.recordClosed(outcome, now)
+      case "HalfOpen":
+        return this.settleCanary(outcome, now)
+    }
+  }
+
+  /** Moves an open circuit whose period is over to half-open. */
+  poll(now: number): void {
+    const state = this.state
+    if (state._tag === "Open" && now >= state.until) {
+      this.canariesInFlight = 0
+      this.canariesSucceeded = 0
+      this.enter({ _tag: "HalfOpen", since: now, trips: state.trips })
+    }
+  }
+
+  isolate(now: number): void {
+    if (this.state._tag !== "Isolated") this.enter({ _tag: "Isolated", since: now })
+  }
+
+  /** Closes the circuit with an empty window and forgets past trips. */
+  close(): void {
+    this.consecutiveTrips = 0
+    this.window.clear()
+    this.enter(closed)
+  }
+
+  snapshot(now: number): Snapshot {
+    this.poll(now)
+    this.window.advance(now)
+    return {
+      state: this.state,
+      calls: this.window.calls,
+      failures: this.window.failures,
+      trips: this.totalTrips,
+      canariesInFlight: this.state._tag === "HalfOpen" ? this.canariesInFlight : 0
+    }
+  }
+
+  private recordClosed(outcome: Outcome, now: number): void {
+    if (outcome === "ignored") return
+    const failed = outcome === "failure"
+    this.window.record(now, failed)
+    if (failed && this.overThreshold()) this.trip(now)
+  }
+
+  private overThreshold(): boolean {
+    const { calls, failures } = this.window
+    return calls >= this.settings.minimumThroughput && failures / calls >= this.settings.failureRatio
+  }
+
+  private settleCanary(outcome: Outcome, now: number): void {
+    this.canariesInFlight--
+    switch (outcome) {
+      case "failure":
+        return this.trip(now)
+      case "success":
+        if (++this.canariesSucceeded === this.settings.canaries) this.close()
+        return
+      case "ignored":
+        // An interrupted canary proved nothing: its slot goes to a waiting caller.
+        return this.wake()
+    }
+  }
+
+  private trip(now: number): void {
+    this.consecutiveTrips++
+    this.totalTrips++
+    this.enter({
+      _tag: "Open",
+      since: now,
+      until: now + openPeriodMillis(this.settings, this.consecutiveTrips),
+      trips: this.consecutiveTrips
+    })
+  }
+
+  private enter(next: State): void {
+    const previous = this.state
+    this.state = next
+    this.generation++
+    // A reset of a closed circuit only clears its window: nothing to announce.
+    if (next._tag !== previous._tag) this.onTransition(next)
+    this.wake()
+  }
+
+  private wake(): void {
+    const signal = this.signal
+    this.signal = Deferred.unsafeMake(FiberId.none)
+    Deferred.unsafeDone(signal, Exit.void)
+  }
+}
