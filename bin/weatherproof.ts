@@ -19,7 +19,6 @@ import * as ValidationError from "@effect/cli/ValidationError"
 import * as NodeContext from "@effect/platform-node/NodeContext"
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { defaultTeardown } from "@effect/platform/Runtime"
-import * as Config from "effect/Config"
 import * as Console from "effect/Console"
 import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
@@ -31,9 +30,7 @@ import { fileURLToPath } from "node:url"
 import * as Batch from "../src/Batch.js"
 import * as Demo from "../src/internal/batchDemo.js"
 import { progressBar } from "../src/internal/batchProgress.js"
-import * as KeyPool from "../src/KeyPool.js"
 import * as Resilient from "../src/Resilient.js"
-import { defaultBaseUrl } from "../src/Transport.js"
 
 /**
  * Ends the program with `code` after `message` (if any) went to stderr.
@@ -55,10 +52,7 @@ const missingKey = "weatherproof: DEEPSEEK_API_KEY is not set or empty (one key,
 
 /** The resilient client's settings from the environment; a missing or empty key is exit 2. */
 const clientConfig = (concurrency: Option.Option<number>) =>
-  Config.all({
-    keys: KeyPool.keysConfig,
-    baseUrl: Config.string("DEEPSEEK_BASE_URL").pipe(Config.withDefault(defaultBaseUrl))
-  }).pipe(
+  Resilient.config.pipe(
     Effect.catchTag("ConfigError", () => fail(2, missingKey)),
     Effect.filterOrElse((config) => config.keys.length > 0, () => fail(2, missingKey)),
     Effect.map((config): Resilient.DefaultOptions => ({ ...config, concurrency: Option.getOrUndefined(concurrency) }))
@@ -70,7 +64,7 @@ const batch = Command.make(
     input: Args.file({ name: "input.jsonl" }),
     output: Options.file("output").pipe(Options.withAlias("o"), Options.withDescription("results JSONL, resumed when it exists")),
     concurrency: Options.integer("concurrency").pipe(
-      Options.withDescription("calls in flight at once (default 8)"),
+      Options.withDescription("a fixed number of calls in flight (default: adaptive, found from the server's 429s)"),
       Options.optional
     )
   },

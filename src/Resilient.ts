@@ -2,45 +2,79 @@
  * The resilient client: the transport wrapped in the resilience policies. This is what an
  * application calls.
  *
+ * ## Order of the policies, outermost first
+ *
+ * 1. **Retry** (`RetryPolicy`, guarded by the shared `RetryBudget`). It is outermost, so each
+ *    attempt passes every gate below again, and a call that is backing off holds nothing. The
+ *    budget caps retries at a share of recent traffic, so an incident cannot become a retry storm.
+ *    A retry the budget refuses waits up to `budgetWait` for room before its error surfaces, so a
+ *    burst of failures is paced at the budget's rate instead of losing the work.
+ * 2. **Token bucket** (`TokenBucket`). A call waiting for rate capacity holds no concurrency
+ *    permit.
+ * 3. **Concurrency limiter** (`ConcurrencyLimiter`, adaptive by default). A permit is held from
+ *    send until the response completes, as DeepSeek counts it. The limiter learns from each
+ *    attempt's outcome and from the queue delay the transport measured.
+ * 4. **Circuit breaker** (`CircuitBreaker`). It is innermost around the transport, so its
+ *    verdict depends only on what the upstream did: local refusals (a full queue, an exhausted
+ *    bucket) never reach it. Its half-open canaries are still bounded by the limiter.
+ * 5. **Transport**: one HTTP call, keep-alive parsing, deadlines.
+ *
+ * A stream is retried only until its first chunk reaches the caller. After that, a retry would
+ * show the caller the same content twice, so the error, with its partial output, is the answer.
+ *
+ * Every part is its own Layer: `layer` takes them all from the context, so a test or an app can
+ * swap any one of them.
+ *
  * @since 0.1.0
  */
 import * as Config from "effect/Config"
 import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
 import type * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
 import type { ApiError } from "./ApiError.js"
 import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from "./ChatSchema.js"
-import type { Outcome, Priority, QueueFull } from "./ConcurrencyLimiter.js"
-import { ConcurrencyLimiter, layerFixed, outcomeOf } from "./ConcurrencyLimiter.js"
+import * as CircuitBreakerModule from "./CircuitBreaker.js"
+import { CircuitBreaker, type CircuitOpen } from "./CircuitBreaker.js"
+import * as Limiter from "./ConcurrencyLimiter.js"
+import { ConcurrencyLimiter, type Outcome, type Priority, type QueueFull } from "./ConcurrencyLimiter.js"
 import * as KeyPool from "./KeyPool.js"
+import * as RetryBudgetModule from "./RetryBudget.js"
+import { RetryBudget } from "./RetryBudget.js"
 import * as RetryPolicyModule from "./RetryPolicy.js"
 import { RetryPolicy } from "./RetryPolicy.js"
 import { Telemetry } from "./Telemetry.js"
+import * as TokenBucketModule from "./TokenBucket.js"
+import { type RateLimitExceeded, TokenBucket } from "./TokenBucket.js"
 import * as TransportModule from "./Transport.js"
-import type { CallOptions as TransportCallOptions, Deadlines } from "./Transport.js"
-import { Transport } from "./Transport.js"
+import { type Deadlines, Transport } from "./Transport.js"
 
 /**
  * @since 0.1.0
  * @category models
  */
-export interface CallOptions extends TransportCallOptions {
+export interface CallOptions {
+  readonly deadlines?: Partial<Deadlines> | undefined
+  /** Interactive calls go before batch calls when both wait for a permit. Default "interactive". */
   readonly priority?: Priority | undefined
 }
 
 /**
- * Every failure a resilient call can end in.
+ * Every failure a resilient call can end in: the upstream's, and the local refusals of the
+ * policies.
  *
  * @since 0.1.0
  * @category models
  */
-export type ResilientError = ApiError | QueueFull
+export type ResilientError = ApiError | QueueFull | CircuitOpen | RateLimitExceeded
 
 /**
  * @since 0.1.0
@@ -64,69 +98,163 @@ export interface Service {
 export class Resilient extends Context.Tag("weatherproof/Resilient")<Resilient, Service>() {}
 
 /**
- * Builds the client from its parts. Each attempt takes its own permit from the limiter and gives
- * it back before the retry's backoff, so a call that waits does not hold capacity; the limiter
- * learns from each attempt's outcome and from the queue delay the transport measured.
+ * Calls started (not attempts).
  *
- * A stream is retried only until its first chunk reaches the caller: from then on a retry would
- * show the caller the same content twice, so the error (with its partial output) is the answer.
+ * @since 0.1.0
+ * @category metrics
+ */
+export const callsCounter = Metric.counter("weatherproof_calls", { incremental: true })
+
+/**
+ * Failed attempts, tagged with the error's `_tag` as `error`.
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const attemptFailuresCounter = Metric.counter("weatherproof_attempt_failures", { incremental: true })
+
+/**
+ * Retries scheduled.
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const retriesCounter = Metric.counter("weatherproof_retries", { incremental: true })
+
+/**
+ * Duration of whole calls (retries included), in milliseconds.
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const callDuration = Metric.timerWithBoundaries(
+  "weatherproof_call_duration",
+  [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 120_000, 300_000, 600_000]
+)
+
+/**
+ * How long a retry the budget refused waits for room before its error surfaces: as long as the
+ * longest `Retry-After` the default retry policy honours.
+ *
+ * @since 0.1.0
+ */
+export const budgetWait: Duration.Duration = RetryPolicyModule.defaults.maxRetryAfter
+
+/**
+ * The parts the client is built from.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Parts =
+  | Transport
+  | ConcurrencyLimiter
+  | RetryPolicy
+  | RetryBudget
+  | TokenBucket
+  | CircuitBreaker
+  | Telemetry
+
+/**
+ * Builds the client from its parts, in the order the module doc explains.
  *
  * @since 0.1.0
  * @category constructors
  */
-export const make: Effect.Effect<Service, never, Transport | ConcurrencyLimiter | RetryPolicy | Telemetry> = Effect
-  .gen(function*() {
-    const transport = yield* Transport
-    const limiter = yield* ConcurrencyLimiter
-    const { schedule } = yield* RetryPolicy
-    const telemetry = yield* Telemetry
-    const reported = RetryPolicyModule.tapRetries(telemetry.retrying)
+export const make: Effect.Effect<Service, never, Parts> = Effect.gen(function*() {
+  const transport = yield* Transport
+  const limiter = yield* ConcurrencyLimiter
+  const { schedule } = yield* RetryPolicy
+  const budget = yield* RetryBudget
+  const bucket = yield* TokenBucket
+  const breaker = yield* CircuitBreaker
+  const telemetry = yield* Telemetry
 
-    const transportOptions = (options: CallOptions | undefined, onFirstContent: TransportCallOptions["onFirstContent"]) => ({
-      deadlines: options?.deadlines,
-      onFirstContent
-    })
+  const onRetry = (error: RetryPolicyModule.Classified, delay: Duration.Duration) =>
+    Effect.zipRight(Metric.increment(retriesCounter), telemetry.retrying(error, delay))
+  /** The retry schedule as a call sees it: budget-guarded, and every retry reported. */
+  const retries = <R>(self: Schedule.Schedule<RetryPolicyModule.Classified, RetryPolicyModule.Classified, R>) =>
+    self.pipe(RetryBudgetModule.guard(budget, { waitFor: budgetWait }), RetryPolicyModule.tapRetries(onRetry))
+  const onFailure = (error: ResilientError) =>
+    isLocalRefusal(error)
+      ? Effect.void
+      : Effect.zipRight(
+        Metric.increment(Metric.tagged(attemptFailuresCounter, "error", error._tag)),
+        telemetry.attemptFailed(error)
+      )
 
-    const attempt = (request: ChatCompletionRequest, options: CallOptions | undefined) =>
-      Effect.scoped(
-        Effect.flatMap(limiter.acquire({ priority: options?.priority }), (permit) => {
-          const queueDelay = queueDelayProbe()
-          return transport.create(request, transportOptions(options, queueDelay.record)).pipe(
-            Effect.onExit((exit) => permit.complete(queueDelay.outcome(exit)))
-          )
-        })
-      ).pipe(Effect.tapError(reportFailure(telemetry)))
+  /** The gates every attempt passes before the transport: bucket, then a permit, then the breaker. */
+  const gated = <A, E, R>(
+    request: ChatCompletionRequest,
+    options: CallOptions | undefined,
+    use: (permit: Limiter.Permit) => Effect.Effect<A, E, R>
+  ) =>
+    Effect.zipRight(
+      bucket.take(TokenBucketModule.costOf(request)),
+      Effect.flatMap(limiter.acquire({ priority: options?.priority }), use)
+    )
 
-    const streamAttempt = (request: ChatCompletionRequest, options: CallOptions | undefined) =>
-      Stream.unwrapScoped(
-        Effect.map(limiter.acquire({ priority: options?.priority }), (permit) => {
-          const queueDelay = queueDelayProbe()
-          return transport.stream(request, transportOptions(options, queueDelay.record)).pipe(
-            Stream.onError((cause) => permit.complete(queueDelay.outcome(Exit.failCause(cause)))),
-            Stream.onDone(() => permit.complete(queueDelay.outcome(Exit.void)))
-          )
-        })
-      ).pipe(Stream.tapError(reportFailure(telemetry)))
+  const attempt = (request: ChatCompletionRequest, options: CallOptions | undefined) =>
+    Effect.scoped(gated(request, options, (permit) => {
+      const probe = queueDelayProbe()
+      return breaker.protect(transport.create(request, { deadlines: options?.deadlines, onFirstContent: probe.record }))
+        .pipe(Effect.onExit((exit) => permit.complete(probe.outcome(exit))))
+    })).pipe(Effect.tapError(onFailure))
 
-    return Resilient.of({
-      create: (request, options) =>
-        attempt(request, options).pipe(
-          Effect.retry(reported(schedule)),
-          Effect.withSpan("weatherproof.Resilient.create", { attributes: { model: request.model } })
-        ),
-      stream: (request, options) =>
-        Stream.suspend(() => {
-          let delivered = false
-          return streamAttempt(request, options).pipe(
-            Stream.tap(() => Effect.sync(() => (delivered = true))),
-            Stream.retry(reported(Schedule.whileInput(schedule, () => !delivered)))
-          )
-        })
-    })
+  const streamAttempt = (request: ChatCompletionRequest, options: CallOptions | undefined) =>
+    Stream.unwrapScoped(gated(request, options, (permit) => {
+      const probe = queueDelayProbe()
+      const chunks = transport.stream(request, { deadlines: options?.deadlines, onFirstContent: probe.record }).pipe(
+        Stream.onError((cause) => permit.complete(probe.outcome(Exit.failCause(cause)))),
+        Stream.onDone(() => permit.complete(probe.outcome(Exit.void)))
+      )
+      return Effect.succeed(protectStream(breaker, chunks))
+    })).pipe(Stream.tapError(onFailure))
+
+  const started = Effect.zipRight(Metric.increment(callsCounter), budget.recordRequest)
+
+  return Resilient.of({
+    create: (request, options) =>
+      Effect.zipRight(started, Effect.retry(attempt(request, options), retries(schedule))).pipe(
+        Metric.trackDuration(callDuration),
+        Effect.withSpan("weatherproof.Resilient.create", { attributes: { model: request.model } })
+      ),
+    stream: (request, options) =>
+      Stream.unwrap(Effect.map(started, () => {
+        let delivered = false
+        return streamAttempt(request, options).pipe(
+          Stream.tap(() => Effect.sync(() => (delivered = true))),
+          Stream.retry(retries(Schedule.whileInput(schedule, () => !delivered)))
+        )
+      })).pipe(Stream.withSpan("weatherproof.Resilient.stream", { attributes: { model: request.model } }))
   })
+})
 
-const reportFailure = (telemetry: Telemetry["Type"]) => (error: ResilientError) =>
-  error._tag === "QueueFull" ? Effect.void : telemetry.attemptFailed(error)
+/** Refusals by our own policies: not the upstream's doing, so not counted as its failures. */
+const isLocalRefusal = (error: ResilientError): error is QueueFull | RateLimitExceeded | CircuitOpen =>
+  error._tag === "QueueFull" || error._tag === "RateLimitExceeded" || error._tag === "CircuitOpen"
+
+/**
+ * A stream under the breaker: admitted before it opens, judged by how it ends, so a stream that
+ * runs for minutes counts once. No chunk flows before admission (a half-open breaker may hold it
+ * back until its canaries have answered).
+ */
+const protectStream = <A, E>(
+  breaker: CircuitBreaker["Type"],
+  chunks: Stream.Stream<A, E>
+): Stream.Stream<A, E | CircuitOpen> =>
+  Stream.unwrapScoped(Effect.gen(function*() {
+    const admitted = yield* Deferred.make<void>()
+    const ended = yield* Deferred.make<void, E>()
+    const judged = yield* breaker.protect(Effect.zipRight(Deferred.succeed(admitted, undefined), Deferred.await(ended)))
+      .pipe(Effect.forkScoped)
+    // Admission wins the race, or the breaker's rejection (CircuitOpen) fails the stream.
+    yield* Effect.raceFirst(Deferred.await(admitted), Fiber.join(judged))
+    return chunks.pipe(
+      Stream.onError((cause) => Deferred.failCause(ended, cause)),
+      Stream.onDone(() => Deferred.succeed(ended, undefined))
+    )
+  }))
 
 /** Holds the queue delay the transport reports, and turns an attempt's exit into an outcome. */
 const queueDelayProbe = () => {
@@ -134,7 +262,7 @@ const queueDelayProbe = () => {
   return {
     record: (delay: Duration.Duration) => Effect.sync(() => (queueDelay = delay)),
     outcome: (exit: Exit.Exit<unknown, unknown>): Outcome => {
-      const outcome = outcomeOf(exit)
+      const outcome = Limiter.outcomeOf(exit)
       return outcome._tag === "Success" ? { _tag: "Success", queueDelay } : outcome
     }
   }
@@ -144,8 +272,7 @@ const queueDelayProbe = () => {
  * @since 0.1.0
  * @category layers
  */
-export const layer: Layer.Layer<Resilient, never, Transport | ConcurrencyLimiter | RetryPolicy | Telemetry> =
-  Layer.effect(Resilient, make)
+export const layer: Layer.Layer<Resilient, never, Parts> = Layer.effect(Resilient, make)
 
 /**
  * @since 0.1.0
@@ -155,43 +282,72 @@ export interface DefaultOptions {
   /** Default `https://api.deepseek.com`. */
   readonly baseUrl?: string | undefined
   readonly keys: ReadonlyArray<Redacted.Redacted<string>>
-  /** In-flight bound. Default 8. */
-  readonly concurrency?: number | undefined
+  /** A fixed in-flight bound, or the adaptive limiter's options. Default: adaptive, starting at 8. */
+  readonly concurrency?: number | Limiter.AdaptiveOptions | undefined
   readonly retry?: RetryPolicyModule.Options | undefined
+  readonly retryBudget?: RetryBudgetModule.Options | undefined
+  /** A client-side rate limit. Default: none (the limiter bounds concurrency). */
+  readonly rate?: TokenBucketModule.Options | undefined
+  readonly breaker?: CircuitBreakerModule.Options | undefined
   readonly deadlines?: Partial<Deadlines> | undefined
 }
 
 /**
- * The whole pipeline over Node's HTTP client with DeepSeek-sensible defaults. Telemetry is left
- * to the caller (`Telemetry.layerNoop` when nothing listens).
+ * The policies with DeepSeek-sensible defaults, for a given limiter, around whatever
+ * `Transport` the context has.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerPolicies = (
+  options: Omit<DefaultOptions, "keys" | "baseUrl" | "deadlines"> = {}
+): Layer.Layer<Resilient, never, Transport | Telemetry> =>
+  layer.pipe(
+    Layer.provide([
+      typeof options.concurrency === "number"
+        ? Limiter.layerFixed(options.concurrency)
+        : Limiter.layerAdaptive(options.concurrency),
+      RetryPolicyModule.layer(options.retry),
+      RetryBudgetModule.layer(options.retryBudget),
+      options.rate === undefined ? TokenBucketModule.layerUnlimited : TokenBucketModule.layer(options.rate),
+      CircuitBreakerModule.layer(options.breaker)
+    ])
+  )
+
+/**
+ * The whole pipeline over Node's HTTP client. Telemetry is left to the caller
+ * (`Telemetry.layerNoop` when nothing listens).
  *
  * @since 0.1.0
  * @category layers
  */
 export const layerDefault = (options: DefaultOptions): Layer.Layer<Resilient, never, Telemetry> =>
-  layer.pipe(
-    Layer.provide([
+  layerPolicies(options).pipe(
+    Layer.provide(
       TransportModule.layer({ baseUrl: options.baseUrl, deadlines: options.deadlines }).pipe(
         Layer.provide([TransportModule.nodeHttpClient(), KeyPool.layer(options.keys)])
-      ),
-      layerFixed(options.concurrency ?? 8),
-      RetryPolicyModule.layer(options.retry)
-    ])
+      )
+    )
   )
 
 /**
- * `layerDefault` configured from the environment: `DEEPSEEK_API_KEY` (one key or several
- * separated by commas) and `DEEPSEEK_BASE_URL`.
+ * The settings `layerConfig` reads: `DEEPSEEK_API_KEY` (one key or several separated by commas)
+ * and `DEEPSEEK_BASE_URL` (default `https://api.deepseek.com`).
+ *
+ * @since 0.1.0
+ * @category config
+ */
+export const config: Config.Config<DefaultOptions> = Config.all({
+  keys: KeyPool.keysConfig,
+  baseUrl: Config.string("DEEPSEEK_BASE_URL").pipe(Config.withDefault(TransportModule.defaultBaseUrl))
+})
+
+/**
+ * `layerDefault` configured from the environment (see `config`).
  *
  * @since 0.1.0
  * @category layers
  */
 export const layerConfig: Layer.Layer<Resilient, ConfigError.ConfigError, Telemetry> = Layer.unwrapEffect(
-  Effect.map(
-    Config.all({
-      keys: KeyPool.keysConfig,
-      baseUrl: Config.string("DEEPSEEK_BASE_URL").pipe(Config.withDefault(TransportModule.defaultBaseUrl))
-    }),
-    layerDefault
-  )
+  Effect.map(config, layerDefault)
 )

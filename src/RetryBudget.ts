@@ -183,7 +183,25 @@ export const layerUnlimited: Layer.Layer<RetryBudget> = Layer.succeed(RetryBudge
 export interface GuardOptions<E, R> {
   /** Told the error that will surface because the budget refused its retry. */
   readonly onRefused?: ((error: E) => Effect.Effect<void, never, R>) | undefined
+  /**
+   * How long a refused retry waits for the budget to allow it before the error surfaces. Waiting
+   * paces retries at the budget's rate instead of dropping the work; the total stays within the
+   * budget either way. Default 0: refuse at once.
+   */
+  readonly waitFor?: Duration.DurationInput | undefined
+  /** How often a waiting retry asks the budget again. Default 1 second. */
+  readonly poll?: Duration.DurationInput | undefined
 }
+
+/**
+ * Withdraws a retry from `budget`, asking again every `poll` while it refuses, until `waitFor`
+ * has passed. Each refused ask counts as a refusal in the snapshot and the metric.
+ */
+const withdraw = (budget: Service, waitFor: Duration.Duration, poll: Duration.Duration): Effect.Effect<boolean> =>
+  Effect.flatMap(budget.tryRetry, (allowed) =>
+    allowed || Duration.lessThan(waitFor, poll)
+      ? Effect.succeed(allowed)
+      : Effect.zipRight(Effect.sleep(poll), withdraw(budget, Duration.subtract(waitFor, poll), poll)))
 
 /**
  * Asks `budget` before each retry `self` decides on, and stops the schedule when it refuses, so
@@ -201,5 +219,7 @@ export interface GuardOptions<E, R> {
 export const guard = <E = unknown, R2 = never>(budget: Service, options: GuardOptions<E, R2> = {}) =>
 <Out, In extends E, R>(self: Schedule.Schedule<Out, In, R>): Schedule.Schedule<Out, In, R | R2> =>
   Schedule.checkEffect(self, (error: In) =>
-    Effect.tap(budget.tryRetry, (allowed) =>
-      allowed || options.onRefused === undefined ? Effect.void : options.onRefused(error)))
+    Effect.tap(
+      withdraw(budget, Duration.decode(options.waitFor ?? 0), Duration.decode(options.poll ?? Duration.seconds(1))),
+      (allowed) => allowed || options.onRefused === undefined ? Effect.void : options.onRefused(error)
+    ))

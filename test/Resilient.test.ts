@@ -7,14 +7,17 @@ import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
-import { emptyPartial, InvalidRequest, RateLimited, StreamTruncated } from "../src/ApiError.js"
+import { emptyPartial, InvalidRequest, RateLimited, ServerError, StreamTruncated } from "../src/ApiError.js"
 import type { ApiError } from "../src/ApiError.js"
 import type { ChatCompletionChunk, ChatCompletionRequest } from "../src/ChatSchema.js"
+import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
 import * as wire from "../src/internal/wire.js"
 import * as Resilient from "../src/Resilient.js"
+import * as RetryBudget from "../src/RetryBudget.js"
 import * as RetryPolicy from "../src/RetryPolicy.js"
 import * as Telemetry from "../src/Telemetry.js"
+import * as TokenBucket from "../src/TokenBucket.js"
 import { Transport } from "../src/Transport.js"
 
 const request: ChatCompletionRequest = { model: "deepseek-v4-flash", messages: [{ role: "user", content: "hi" }] }
@@ -29,42 +32,54 @@ const rateLimited = (seconds: number) =>
 
 type Step = ApiError | "ok" | { readonly chunksThen: ApiError }
 
-/** A transport that plays `steps` in order, one per call, and counts calls. */
-const scriptedTransport = (steps: ReadonlyArray<Step>) =>
-  Layer.effect(
+/** A transport that plays `steps` in order, one per call, and counts calls in `calls`. */
+const scriptedTransport = (steps: ReadonlyArray<Step>, calls: Ref.Ref<number>) => {
+  const next = Ref.getAndUpdate(calls, (n) => n + 1).pipe(Effect.map((n) => steps[n] ?? "ok"))
+  return Layer.succeed(
     Transport,
-    Effect.map(Ref.make(0), (calls) => {
-      const next = Ref.getAndUpdate(calls, (n) => n + 1).pipe(Effect.map((n) => steps[n] ?? "ok"))
-      return Transport.of({
-        create: () =>
-          Effect.flatMap(next, (step) =>
-            step === "ok" ? Effect.succeed(wire.completion(generation)) : Effect.fail(step as ApiError)
-          ),
-        stream: () =>
-          Stream.unwrap(Effect.map(next, (step): Stream.Stream<ChatCompletionChunk, ApiError> => {
-            if (step === "ok") return Stream.fromIterable(wire.chunks(generation))
-            if ("chunksThen" in step) {
-              return Stream.concat(Stream.fromIterable(wire.chunks(generation).slice(0, 2)), Stream.fail(step.chunksThen))
-            }
-            return Stream.fail(step)
-          }))
-      })
+    Transport.of({
+      create: () =>
+        Effect.flatMap(next, (step) =>
+          step === "ok" ? Effect.succeed(wire.completion(generation)) : Effect.fail(step as ApiError)
+        ),
+      stream: () =>
+        Stream.unwrap(Effect.map(next, (step): Stream.Stream<ChatCompletionChunk, ApiError> => {
+          if (step === "ok") return Stream.fromIterable(wire.chunks(generation))
+          if ("chunksThen" in step) {
+            return Stream.concat(Stream.fromIterable(wire.chunks(generation).slice(0, 2)), Stream.fail(step.chunksThen))
+          }
+          return Stream.fail(step)
+        }))
     })
   )
+}
 
-const pipeline = (steps: ReadonlyArray<Step>, permits = 4) => {
+interface Overrides {
+  readonly permits?: number
+  readonly budget?: Layer.Layer<RetryBudget.RetryBudget>
+  readonly bucket?: Layer.Layer<TokenBucket.TokenBucket>
+  readonly breaker?: Layer.Layer<CircuitBreaker.CircuitBreaker>
+}
+
+const pipeline = (steps: ReadonlyArray<Step>, overrides: Overrides = {}) => {
   const { telemetry, counts } = Effect.runSync(Telemetry.makeCounters)
-  const limiter = Effect.runSync(ConcurrencyLimiter.makeFixed(permits))
+  const limiter = Effect.runSync(ConcurrencyLimiter.makeFixed(overrides.permits ?? 4))
+  const calls = Effect.runSync(Ref.make(0))
   const layer = Resilient.layer.pipe(
     Layer.provide([
-      scriptedTransport(steps),
+      scriptedTransport(steps, calls),
       Layer.succeed(ConcurrencyLimiter.ConcurrencyLimiter, limiter),
       RetryPolicy.layer({ base: "100 millis", cap: "1 second" }),
-      Layer.succeed(Telemetry.Telemetry, telemetry)
+      Layer.succeed(Telemetry.Telemetry, telemetry),
+      overrides.budget ?? RetryBudget.layerUnlimited,
+      overrides.bucket ?? TokenBucket.layerUnlimited,
+      overrides.breaker ?? CircuitBreaker.layerNoop
     ])
   )
-  return { layer, counts, limiter }
+  return { layer, counts, limiter, calls: Ref.get(calls) }
 }
+
+const overloaded = new ServerError({ status: 503, message: "overloaded", retryAfter: Option.none() })
 
 describe("Resilient", () => {
   it.effect("retries a 429 after its Retry-After and returns the completion", () => {
@@ -94,7 +109,7 @@ describe("Resilient", () => {
   })
 
   it.effect("gives the permit back while a call backs off", () => {
-    const { layer, limiter } = pipeline([rateLimited(10)], 1)
+    const { layer, limiter } = pipeline([rateLimited(10)], { permits: 1 })
     return Effect.gen(function*() {
       const client = yield* Resilient.Resilient
       const first = yield* Effect.fork(client.create(request))
@@ -137,6 +152,58 @@ describe("Resilient", () => {
       expect(yield* Ref.get(received)).toBe(2)
       expect((yield* counts).retries).toBe(0)
       expect((yield* limiter.snapshot).inFlight).toBe(0)
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.effect("an open breaker holds calls back without calling the upstream, then lets them through", () => {
+    const breaker = CircuitBreaker.layer({ minimumThroughput: 2, failureRatio: 0.5, openFor: "30 seconds" })
+    const { layer, calls, counts } = pipeline([overloaded, overloaded], { breaker })
+    return Effect.gen(function*() {
+      const client = yield* Resilient.Resilient
+      const first = yield* Effect.fork(client.create(request))
+      const second = yield* Effect.fork(client.create(request))
+      yield* TestClock.adjust("1 millis")
+      expect(yield* calls).toBe(2)
+      // Both retries, and a new stream, meet the open breaker: CircuitOpen says wait ~30 s.
+      yield* TestClock.adjust("5 seconds")
+      const streamed = yield* Effect.fork(Stream.runCollect(client.stream(request)))
+      yield* TestClock.adjust("1 millis")
+      expect(yield* calls).toBe(2)
+      yield* TestClock.adjust("30 seconds")
+      yield* Fiber.join(first)
+      yield* Fiber.join(second)
+      expect((yield* Fiber.join(streamed)).length).toBe(wire.chunks(generation).length)
+      expect(yield* calls).toBe(5)
+      // CircuitOpen is a local refusal: only the two 503s count as upstream failures.
+      expect((yield* counts).failedAttempts).toBe(2)
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.effect("a spent retry budget surfaces the error instead of retrying", () => {
+    const budget = RetryBudget.layer({ ratio: 0, minRetriesPerSecond: 0 })
+    const { layer, calls, counts } = pipeline([rateLimited(1)], { budget })
+    return Effect.gen(function*() {
+      const client = yield* Resilient.Resilient
+      const error = yield* Effect.flip(client.create(request))
+      expect(error._tag).toBe("RateLimited")
+      expect(yield* calls).toBe(1)
+      expect((yield* counts).retries).toBe(0)
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.effect("an exhausted token bucket in fail mode refuses locally, and the retry waits for capacity", () => {
+    const bucket = TokenBucket.layer({ requests: { limit: 1, interval: "1 minute" }, onExhausted: "fail" })
+    const { layer, calls, counts } = pipeline([], { bucket })
+    return Effect.gen(function*() {
+      const client = yield* Resilient.Resilient
+      yield* client.create(request)
+      const second = yield* Effect.fork(client.create(request))
+      yield* TestClock.adjust("59 seconds")
+      expect(yield* calls).toBe(1)
+      yield* TestClock.adjust("1 second")
+      yield* Fiber.join(second)
+      expect(yield* calls).toBe(2)
+      expect((yield* counts).failedAttempts).toBe(0)
     }).pipe(Effect.provide(layer))
   })
 })

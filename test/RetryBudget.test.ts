@@ -91,6 +91,43 @@ describe("RetryBudget", () => {
       expect(snapshot.refused).toBeGreaterThan(0)
     }))
 
+  it.effect("with waitFor, a refused retry waits for the window to free room instead of failing", () =>
+    Effect.gen(function*() {
+      // One retry per 10 s window: the second call's retry must wait for the first to age out.
+      const budget = yield* RetryBudget.make({ ratio: 0, minRetriesPerSecond: 0.1 })
+      const attempts = yield* Ref.make(0)
+      const call = Ref.updateAndGet(attempts, (n) => n + 1).pipe(
+        Effect.flatMap((n) => (n <= 2 ? Effect.fail(overloaded) : Effect.succeed(n)))
+      )
+      const schedule = RetryBudget.guard(budget, { waitFor: "30 seconds" })(
+        RetryPolicy.schedule({ base: "1 millis", cap: "1 millis" })
+      )
+      const calls = yield* Effect.fork(Effect.all([Effect.retry(call, schedule), Effect.retry(call, schedule)], {
+        concurrency: "unbounded"
+      }))
+      yield* TestClock.adjust("1 second")
+      expect(yield* Ref.get(attempts)).toBe(3)
+      yield* TestClock.adjust("8 seconds")
+      expect(yield* Ref.get(attempts)).toBe(3)
+      yield* TestClock.adjust("2 seconds")
+      expect(yield* Ref.get(attempts)).toBe(4)
+      expect((yield* Fiber.join(calls)).length).toBe(2)
+    }))
+
+  it.effect("with waitFor, the error surfaces once the wait is over", () =>
+    Effect.gen(function*() {
+      const budget = yield* RetryBudget.make({ ratio: 0, minRetriesPerSecond: 0 })
+      const attempts = yield* Ref.make(0)
+      const call = Effect.zipRight(Ref.update(attempts, (n) => n + 1), Effect.fail(overloaded))
+      const schedule = RetryBudget.guard(budget, { waitFor: "5 seconds" })(RetryPolicy.schedule())
+      const fiber = yield* Effect.fork(Effect.flip(Effect.retry(call, schedule)))
+      yield* TestClock.adjust("4 seconds")
+      expect(fiber.unsafePoll()).toBeNull()
+      yield* TestClock.adjust("1 second")
+      expect((yield* Fiber.join(fiber))._tag).toBe("ServerError")
+      expect(yield* Ref.get(attempts)).toBe(1)
+    }))
+
   it.effect("the same storm without a budget retries every call to maxRetries", () =>
     Effect.gen(function*() {
       const budget = yield* RetryBudget.RetryBudget

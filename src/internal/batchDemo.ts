@@ -13,11 +13,8 @@ import * as Resilient from "../Resilient.js"
 import * as Simulator from "../Simulator.js"
 import { classifyExisting } from "./batchLines.js"
 
-/** The account limit of the simulated account: small, so the client's bound is what keeps 429s rare. */
+/** The account limit of the simulated account: small and unknown to the client, whose adaptive limiter finds it. */
 export const accountLimit = 10
-
-/** The client's in-flight bound: above the account limit on purpose, so 429s are met and retried. */
-export const clientConcurrency = 12
 
 /** The simulator of the demo: deterministic faults of most kinds, keep-alives while queued. */
 export const simulatorOptions: Simulator.Options = {
@@ -45,7 +42,6 @@ export const simulatorOptions: Simulator.Options = {
 export const resilientOptions = (baseUrl: string): Resilient.DefaultOptions => ({
   baseUrl,
   keys: [Redacted.make(Simulator.defaultKey)],
-  concurrency: clientConcurrency,
   retry: { base: "20 millis", cap: "400 millis", maxRetries: 12 },
   deadlines: { firstContent: "1 second", idle: "1 second", total: "5 seconds" }
 })
@@ -189,7 +185,7 @@ const listCounts = (counts: Readonly<Record<string, number | undefined>>): strin
 /** The opening line of the demo. */
 export const introduction = (requests: number): string =>
   `weatherproof demo: ${requests} chat requests as an OpenAI-format batch against a local DeepSeek simulator\n` +
-  `(account limit ${accountLimit}, client bound ${clientConcurrency}, keep-alives while queued, seeded 5xx / drops / cut bodies / stalls)`
+  `(account limit ${accountLimit}, adaptive client limit, keep-alives while queued, seeded 5xx / drops / cut bodies / stalls)`
 
 /** The demo's findings for people. */
 export const formatReport = (report: DemoReport): string => {

@@ -1,0 +1,35 @@
+/**
+ * weatherproof: resilient calls to DeepSeek and other OpenAI-compatible chat APIs, as Effect
+ * services and Layers. Each module is re-exported as a namespace.
+ *
+ * @since 0.1.0
+ */
+
+/** @since 0.1.0 */
+export * as ApiError from "./ApiError.js"
+/** @since 0.1.0 */
+export * as Batch from "./Batch.js"
+/** @since 0.1.0 */
+export * as ChatSchema from "./ChatSchema.js"
+/** @since 0.1.0 */
+export * as CircuitBreaker from "./CircuitBreaker.js"
+/** @since 0.1.0 */
+export * as ConcurrencyLimiter from "./ConcurrencyLimiter.js"
+/** @since 0.1.0 */
+export * as KeyPool from "./KeyPool.js"
+/** @since 0.1.0 */
+export * as MockUpstream from "./MockUpstream.js"
+/** @since 0.1.0 */
+export * as Resilient from "./Resilient.js"
+/** @since 0.1.0 */
+export * as RetryBudget from "./RetryBudget.js"
+/** @since 0.1.0 */
+export * as RetryPolicy from "./RetryPolicy.js"
+/** @since 0.1.0 */
+export * as Simulator from "./Simulator.js"
+/** @since 0.1.0 */
+export * as Telemetry from "./Telemetry.js"
+/** @since 0.1.0 */
+export * as TokenBucket from "./TokenBucket.js"
+/** @since 0.1.0 */
+export * as Transport from "./Transport.js"
