@@ -179,13 +179,16 @@ describe("Resilient", () => {
     }).pipe(Effect.provide(layer))
   })
 
-  it.effect("a spent retry budget surfaces the error instead of retrying", () => {
+  it.effect("a spent retry budget holds a retry back, then surfaces the error", () => {
     const budget = RetryBudget.layer({ ratio: 0, minRetriesPerSecond: 0 })
     const { layer, calls, counts } = pipeline([rateLimited(1)], { budget })
     return Effect.gen(function*() {
       const client = yield* Resilient.Resilient
-      const error = yield* Effect.flip(client.create(request))
-      expect(error._tag).toBe("RateLimited")
+      const fiber = yield* Effect.fork(Effect.flip(client.create(request)))
+      yield* TestClock.adjust(Duration.subtract(Resilient.budgetWait, Duration.seconds(1)))
+      expect(fiber.unsafePoll()).toBeNull()
+      yield* TestClock.adjust("1 second")
+      expect((yield* Fiber.join(fiber))._tag).toBe("RateLimited")
       expect(yield* calls).toBe(1)
       expect((yield* counts).retries).toBe(0)
     }).pipe(Effect.provide(layer))

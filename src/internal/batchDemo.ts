@@ -43,6 +43,10 @@ export const resilientOptions = (baseUrl: string): Resilient.DefaultOptions => (
   baseUrl,
   keys: [Redacted.make(Simulator.defaultKey)],
   retry: { base: "20 millis", cap: "400 millis", maxRetries: 12 },
+  // The simulator fails ~15% of attempts on purpose, to show every failure path, and the adaptive
+  // limiter's probes draw a few 429s on top: near the default 25% trip ratio, where a real
+  // DeepSeek incident would rightly open the breaker for 30 s. The demo is about the other paths.
+  breaker: { failureRatio: 0.5 },
   deadlines: { firstContent: "1 second", idle: "1 second", total: "5 seconds" }
 })
 
