@@ -1,0 +1,539 @@
+/**
+ * What calls cost: a pricing table per model (configuration, never constants), the cost of one
+ * usage, and a ledger of every attempt with totals per run, per account and per model — including
+ * the retry tax (attempts billed and thrown away), the truncation rate and the share of output
+ * spent on reasoning — and an optional budget that stops new calls once spent.
+ *
+ * Money is exact: prices become integer pico-USD (1e-12 USD) per token, each attempt's cost is an
+ * integer (rounded to the nearest pico-USD only when a peak multiplier makes it fractional), and
+ * totals are integer sums, converted to USD when read. Totals therefore do not drift and do not
+ * depend on the order attempts were recorded in. Prices are kept to 6 decimals of USD per 1M
+ * tokens.
+ *
+ * @since 0.1.0
+ */
+import * as FileSystem from "@effect/platform/FileSystem"
+import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
+import * as Config from "effect/Config"
+import type * as ConfigError from "effect/ConfigError"
+import * as Context from "effect/Context"
+import * as Data from "effect/Data"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
+import * as Schema from "effect/Schema"
+import type { Usage } from "./ChatSchema.js"
+import * as internal from "./internal/costLedger.js"
+
+// ---------------------------------------------------------------------------------------------
+// Pricing table
+// ---------------------------------------------------------------------------------------------
+
+const UsdPerMillion = Schema.Number.pipe(
+  Schema.finite({ message: () => "expected a finite price in USD per 1M tokens" }),
+  Schema.nonNegative({ message: (issue) => `expected a price ≥ 0 in USD per 1M tokens, got ${String(issue.actual)}` })
+).annotations({ identifier: "UsdPerMillion" })
+
+/**
+ * USD per 1M tokens: prompt tokens served from the context cache, prompt tokens not in it, and
+ * output (completion, reasoning included).
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const Prices = Schema.Struct({
+  cacheHit: UsdPerMillion,
+  cacheMiss: UsdPerMillion,
+  output: UsdPerMillion
+}).annotations({ identifier: "Prices" })
+/** @since 0.1.0 @category models */
+export type Prices = typeof Prices.Type
+
+/**
+ * A time of day in UTC, `"HH:MM"`.
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const TimeOfDay = Schema.String.pipe(
+  Schema.pattern(/^([01]\d|2[0-3]):[0-5]\d$/, {
+    message: (issue) => `expected a UTC time of day "HH:MM" (00:00-23:59), got ${JSON.stringify(issue.actual)}`
+  })
+).annotations({ identifier: "TimeOfDay" })
+
+/**
+ * A daily UTC window `[start, end)` priced differently from the model's base prices: either its
+ * own `prices`, or the base prices times `multiplier` (2 for a peak at double, 0.5 for an
+ * off-peak half price). A window with `start` after `end` wraps past midnight (`"16:30"` to
+ * `"00:30"`).
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const PeakPricing = Schema.Struct({
+  start: TimeOfDay,
+  end: TimeOfDay,
+  multiplier: Schema.optionalWith(
+    Schema.Number.pipe(
+      Schema.finite(),
+      Schema.nonNegative({ message: (issue) => `expected a multiplier ≥ 0, got ${String(issue.actual)}` })
+    ),
+    { exact: true }
+  ),
+  prices: Schema.optionalWith(Prices, { exact: true })
+}).pipe(
+  Schema.filter((peak) => [
+    (peak.multiplier === undefined) === (peak.prices === undefined)
+      ? { path: [], message: "give exactly one of `multiplier` or `prices`" }
+      : undefined,
+    peak.start === peak.end ? { path: ["end"], message: "the window is empty: `end` equals `start`" } : undefined
+  ]),
+  Schema.annotations({ identifier: "PeakPricing" })
+)
+/** @since 0.1.0 @category models */
+export type PeakPricing = typeof PeakPricing.Type
+
+/**
+ * One model's prices, with an optional peak window.
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const ModelPricing = Schema.Struct({
+  ...Prices.fields,
+  peak: Schema.optionalWith(PeakPricing, { exact: true })
+}).annotations({ identifier: "ModelPricing" })
+/** @since 0.1.0 @category models */
+export type ModelPricing = typeof ModelPricing.Type
+
+/**
+ * Prices per model name, and aliases: other names billed as a priced model (`deepseek-chat` →
+ * `deepseek-v4-flash`). An alias must point to a model of `models` and must not shadow one.
+ * Model names are matched exactly.
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const PricingTable = Schema.Struct({
+  models: Schema.Record({ key: Schema.String, value: ModelPricing }),
+  aliases: Schema.optionalWith(Schema.Record({ key: Schema.String, value: Schema.String }), { exact: true })
+}).pipe(
+  Schema.filter((table) =>
+    Object.entries(table.aliases ?? {}).map(([alias, target]) =>
+      Object.hasOwn(table.models, alias)
+        ? { path: ["aliases", alias], message: `alias shadows the priced model ${JSON.stringify(alias)}` }
+        : Object.hasOwn(table.models, target)
+        ? undefined
+        : { path: ["aliases", alias], message: `alias points to ${JSON.stringify(target)}, which has no price in \`models\`` }
+    )
+  ),
+  Schema.annotations({ identifier: "PricingTable" })
+)
+/** @since 0.1.0 @category models */
+export type PricingTable = typeof PricingTable.Type
+
+/**
+ * DeepSeek's V4 launch prices (USD per 1M tokens, cache hit / miss / output): `deepseek-v4-flash`
+ * 0.0028 / 0.14 / 0.28 and `deepseek-v4-pro` 0.003625 / 0.435 / 0.87, with the legacy names
+ * `deepseek-chat` and `deepseek-reasoner` billed as flash. Prices change: pass your own table
+ * (`layer({ pricing })`, or a JSON file via `layerConfig`); spread `defaultPricing.models` to
+ * extend this one.
+ *
+ * @since 0.1.0
+ */
+export const defaultPricing: PricingTable = {
+  models: {
+    "deepseek-v4-flash": { cacheHit: 0.0028, cacheMiss: 0.14, output: 0.28 },
+    "deepseek-v4-pro": { cacheHit: 0.003625, cacheMiss: 0.435, output: 0.87 }
+  },
+  aliases: {
+    "deepseek-chat": "deepseek-v4-flash",
+    "deepseek-reasoner": "deepseek-v4-flash"
+  }
+}
+
+/**
+ * A pricing table that does not validate, or could not be read. `issues` are `path: message`
+ * lines, e.g. `models.deepseek-v4-pro.output: expected a price ≥ 0 in USD per 1M tokens, got -1`.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class PricingError extends Data.TaggedError("PricingError")<{
+  /** Where the table came from: a file path, or `"options"`. */
+  readonly source: string
+  readonly issues: ReadonlyArray<string>
+}> {
+  /** @since 0.1.0 */
+  override get message(): string {
+    return `invalid pricing table (${this.source}):\n  ${this.issues.join("\n  ")}`
+  }
+}
+
+/**
+ * Validates a pricing table (e.g. parsed JSON), reporting every issue with its path.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const decodePricing = (input: unknown, source = "input"): Either.Either<PricingTable, PricingError> =>
+  Either.mapLeft(
+    Schema.decodeUnknownEither(PricingTable, { errors: "all", onExcessProperty: "error" })(input),
+    (error) => new PricingError({ source, issues: internal.describeIssues(error) })
+  )
+
+/**
+ * Reads a pricing table from a JSON file.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const loadPricing = (path: string): Effect.Effect<PricingTable, PricingError, FileSystem.FileSystem> =>
+  Effect.flatMap(FileSystem.FileSystem, (fs) => fs.readFileString(path)).pipe(
+    Effect.mapError((error) => new PricingError({ source: path, issues: [`cannot read the file: ${error.message}`] })),
+    Effect.flatMap((text) =>
+      Either.try({
+        try: () => JSON.parse(text) as unknown,
+        catch: (error) => new PricingError({ source: path, issues: [`not JSON: ${String(error)}`] })
+      })
+    ),
+    Effect.flatMap((json) => decodePricing(json, path))
+  )
+
+// ---------------------------------------------------------------------------------------------
+// Cost of one usage
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * A usage's tokens by how they are billed. When the server reports no cache split
+ * (`prompt_cache_hit_tokens` / `_miss_tokens`), `prompt_tokens_details.cached_tokens` counts as
+ * hits; with neither, every prompt token is a miss. `completion` includes `reasoning`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type TokenSplit = internal.TokenSplit
+
+/**
+ * Splits a usage into billed token kinds.
+ *
+ * @since 0.1.0
+ */
+export const splitUsage: (usage: Usage) => TokenSplit = internal.splitUsage
+
+/**
+ * The cost of one usage. `Unpriced` when the table has no price for the model (its tokens are
+ * still counted, its cost is not).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Cost =
+  | {
+    readonly _tag: "Priced"
+    readonly model: string
+    /** The table entry used: `model` itself, or the model its alias points to. */
+    readonly pricedAs: string
+    readonly usd: number
+    /** Whether the model's peak window applied. */
+    readonly peak: boolean
+    readonly tokens: TokenSplit
+  }
+  | {
+    readonly _tag: "Unpriced"
+    readonly model: string
+    readonly tokens: TokenSplit
+  }
+
+const costOf = (model: string, tokens: TokenSplit, price: internal.Price | undefined): Cost =>
+  price === undefined
+    ? { _tag: "Unpriced", model, tokens }
+    : { _tag: "Priced", model, pricedAs: price.pricedAs, usd: internal.usdOfPico(price.pico), peak: price.peak, tokens }
+
+// ---------------------------------------------------------------------------------------------
+// Ledger
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * What became of an attempt's result:
+ * - `kept`: returned to the caller;
+ * - `discarded`: thrown away because the call was retried (billed usage here is retry tax);
+ * - `truncated`: a generation cut short whose partial output was returned or failed to the
+ *   caller (still billed).
+ *
+ * `kept` and `truncated` close a request; `discarded` does not.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Disposition = internal.Disposition
+
+/**
+ * One attempt to record.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Entry {
+  /** A non-secret account label (never a key). */
+  readonly account: string
+  readonly model: string
+  /** What the server billed; absent when the attempt failed before any usage arrived. */
+  readonly usage?: Usage | undefined
+  readonly disposition: Disposition
+}
+
+/**
+ * Totals of a group of attempts. Rates are 0 when their denominator is.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Totals {
+  /** Attempts whose outcome reached the caller (`kept` + `truncated`). */
+  readonly requests: number
+  /** Every attempt recorded. */
+  readonly attempts: number
+  readonly promptTokens: number
+  /** Includes `reasoningTokens`. */
+  readonly completionTokens: number
+  readonly cacheHitTokens: number
+  readonly cacheMissTokens: number
+  readonly reasoningTokens: number
+  /** Cost of the priced attempts. */
+  readonly costUsd: number
+  /** Attempts whose model has no price: their tokens are counted, their cost is not. */
+  readonly unpriced: number
+  /** What `discarded` attempts cost: how many, their prompt + completion tokens, their USD. */
+  readonly retryTax: { readonly attempts: number; readonly tokens: number; readonly costUsd: number }
+  readonly truncated: number
+  /** `truncated` / attempts that produced output (kept, truncated, or discarded with usage). */
+  readonly truncationRate: number
+  /** `reasoningTokens` / `completionTokens`. */
+  readonly reasoningShare: number
+}
+
+/**
+ * The ledger's totals: over the run, per account and per model (as recorded, aliases apart).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface LedgerSnapshot {
+  readonly total: Totals
+  readonly byAccount: Readonly<Record<string, Totals>>
+  readonly byModel: Readonly<Record<string, Totals>>
+  /** The budget, if any, and what is left of it (never below 0). */
+  readonly budget: { readonly budgetUsd: number; readonly remainingUsd: number } | undefined
+}
+
+/**
+ * The budget is spent: no new call may start. Not retryable.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class BudgetExceeded extends Data.TaggedError("BudgetExceeded")<{
+  readonly spentUsd: number
+  readonly budgetUsd: number
+}> {
+  /** @since 0.1.0 */
+  readonly retryable = false
+  /** @since 0.1.0 */
+  override get message(): string {
+    return `budget exceeded: spent $${this.spentUsd} of $${this.budgetUsd}`
+  }
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Service {
+  readonly pricing: PricingTable
+  /** The cost of `usage` on `model` now (by Effect's `Clock`, for peak windows). */
+  readonly cost: (model: string, usage: Usage) => Effect.Effect<Cost>
+  /**
+   * Records one attempt, priced now, and answers its cost. A model without a price is logged
+   * (once per model) and counted as `unpriced`.
+   */
+  readonly record: (entry: Entry) => Effect.Effect<Cost>
+  /**
+   * Fails with `BudgetExceeded` once the spent total reaches the budget; always succeeds without
+   * one. Call it before each call. It is a check, not a reservation: calls already in flight
+   * can take the total past the budget.
+   */
+  readonly guard: Effect.Effect<void, BudgetExceeded>
+  readonly snapshot: Effect.Effect<LedgerSnapshot>
+}
+
+/**
+ * @since 0.1.0
+ * @category tags
+ */
+export class CostLedger extends Context.Tag("weatherproof/CostLedger")<CostLedger, Service>() {}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  /** Default `defaultPricing`. Replaces it whole. */
+  readonly pricing?: PricingTable | undefined
+  /** USD; no budget when absent. */
+  readonly budgetUsd?: number | undefined
+}
+
+interface State {
+  readonly total: internal.Accumulator
+  readonly byAccount: ReadonlyMap<string, internal.Accumulator>
+  readonly byModel: ReadonlyMap<string, internal.Accumulator>
+}
+
+const emptyState: State = { total: internal.emptyAccumulator, byAccount: new Map(), byModel: new Map() }
+
+const addTo = (
+  groups: ReadonlyMap<string, internal.Accumulator>,
+  key: string,
+  attempt: internal.AttemptCost
+): ReadonlyMap<string, internal.Accumulator> =>
+  new Map(groups).set(key, internal.accumulate(groups.get(key) ?? internal.emptyAccumulator, attempt))
+
+const totalsOf = (acc: internal.Accumulator): Totals => ({
+  requests: acc.requests,
+  attempts: acc.attempts,
+  promptTokens: acc.tokens.prompt,
+  completionTokens: acc.tokens.completion,
+  cacheHitTokens: acc.tokens.cacheHit,
+  cacheMissTokens: acc.tokens.cacheMiss,
+  reasoningTokens: acc.tokens.reasoning,
+  costUsd: internal.usdOfPico(acc.pico),
+  unpriced: acc.unpriced,
+  retryTax: {
+    attempts: acc.retryTaxAttempts,
+    tokens: acc.retryTaxTokens,
+    costUsd: internal.usdOfPico(acc.retryTaxPico)
+  },
+  truncated: acc.truncated,
+  truncationRate: internal.ratio(acc.truncated, acc.withOutput),
+  reasoningShare: internal.ratio(acc.tokens.reasoning, acc.tokens.completion)
+})
+
+const groupTotals = (groups: ReadonlyMap<string, internal.Accumulator>): Readonly<Record<string, Totals>> =>
+  Object.fromEntries(Array.from(groups, ([key, acc]) => [key, totalsOf(acc)]))
+
+const illegal = (message: string): never => {
+  throw new Cause.IllegalArgumentException(`CostLedger: ${message}`)
+}
+
+const validatedPricing = (pricing: PricingTable): PricingTable =>
+  Either.getOrElse(decodePricing(pricing, "options"), (error) => illegal(error.message))
+
+const budgetPicoOf = (budgetUsd: number | undefined): bigint | undefined => {
+  if (budgetUsd === undefined) return undefined
+  if (!(budgetUsd >= 0) || !Number.isFinite(budgetUsd)) illegal("budgetUsd must be a finite number ≥ 0")
+  return internal.picoOfUsd(budgetUsd)
+}
+
+/**
+ * A ledger in memory. Dies with `IllegalArgumentException` on an invalid pricing table or budget
+ * (use `decodePricing` to validate untrusted input with typed errors first).
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = (options: Options = {}): Effect.Effect<Service> =>
+  Effect.gen(function*() {
+    const pricing = yield* Effect.sync(() => validatedPricing(options.pricing ?? defaultPricing))
+    const budgetPico = yield* Effect.sync(() => budgetPicoOf(options.budgetUsd))
+    const compiled = internal.compile(pricing)
+    const state = yield* Ref.make(emptyState)
+
+    const priceNow = (model: string, tokens: TokenSplit) =>
+      Effect.map(Clock.currentTimeMillis, (now) => internal.price(compiled, model, tokens, now))
+
+    const record = (entry: Entry) =>
+      Effect.gen(function*() {
+        const tokens = entry.usage === undefined ? internal.noTokens : internal.splitUsage(entry.usage)
+        const price = yield* priceNow(entry.model, tokens)
+        const attempt: internal.AttemptCost = {
+          disposition: entry.disposition,
+          billed: entry.usage !== undefined,
+          tokens,
+          pico: price?.pico
+        }
+        const firstUnpriced = yield* Ref.modify(state, (s): readonly [boolean, State] => [
+          price === undefined && (s.byModel.get(entry.model)?.unpriced ?? 0) === 0,
+          {
+            total: internal.accumulate(s.total, attempt),
+            byAccount: addTo(s.byAccount, entry.account, attempt),
+            byModel: addTo(s.byModel, entry.model, attempt)
+          }
+        ])
+        if (firstUnpriced) {
+          yield* Effect.logWarning(`CostLedger: no price for model ${JSON.stringify(entry.model)}; its cost is not counted`)
+        }
+        return costOf(entry.model, tokens, price)
+      })
+
+    const spentPico = Effect.map(Ref.get(state), (s) => s.total.pico)
+
+    return CostLedger.of({
+      pricing,
+      cost: (model, usage) => {
+        const tokens = internal.splitUsage(usage)
+        return Effect.map(priceNow(model, tokens), (price) => costOf(model, tokens, price))
+      },
+      record,
+      guard: budgetPico === undefined ? Effect.void : Effect.flatMap(spentPico, (spent) =>
+        spent >= budgetPico
+          ? Effect.fail(
+            new BudgetExceeded({ spentUsd: internal.usdOfPico(spent), budgetUsd: internal.usdOfPico(budgetPico) })
+          )
+          : Effect.void),
+      snapshot: Effect.map(Ref.get(state), (s) => ({
+        total: totalsOf(s.total),
+        byAccount: groupTotals(s.byAccount),
+        byModel: groupTotals(s.byModel),
+        budget: budgetPico === undefined ? undefined : {
+          budgetUsd: internal.usdOfPico(budgetPico),
+          remainingUsd: internal.usdOfPico(budgetPico > s.total.pico ? budgetPico - s.total.pico : 0n)
+        }
+      }))
+    })
+  })
+
+/**
+ * A ledger with the given table and budget; with a fixed table it is also the test double.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (options?: Options): Layer.Layer<CostLedger> => Layer.effect(CostLedger, make(options))
+
+/**
+ * A ledger configured from the environment:
+ * - `WEATHERPROOF_PRICING_FILE`: path of a JSON pricing table (see `PricingTable`); default
+ *   `defaultPricing`;
+ * - `WEATHERPROOF_BUDGET_USD`: a budget in USD; default none.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerConfig: Layer.Layer<CostLedger, ConfigError.ConfigError | PricingError, FileSystem.FileSystem> =
+  Layer.effect(
+    CostLedger,
+    Effect.gen(function*() {
+      const file = yield* Config.option(Config.nonEmptyString("WEATHERPROOF_PRICING_FILE"))
+      const budgetUsd = yield* Config.option(
+        Config.number("WEATHERPROOF_BUDGET_USD").pipe(
+          Config.validate({ message: "expected a budget ≥ 0 in USD", validation: (usd) => usd >= 0 })
+        )
+      )
+      const pricing = Option.isSome(file) ? yield* loadPricing(file.value) : defaultPricing
+      return yield* make({ pricing, budgetUsd: Option.getOrUndefined(budgetUsd) })
+    })
+  )

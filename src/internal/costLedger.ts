@@ -1,0 +1,252 @@
+/**
+ * The cost ledger's arithmetic: a pricing table compiled to integer prices, the split of a usage
+ * into billed token kinds, and the accumulators the ledger updates with one `Ref.modify`.
+ *
+ * Money is counted in integer pico-USD (1e-12 USD). A price of P USD per 1M tokens is P × 1e6
+ * pico-USD per token, an integer for any price with at most 6 decimals (DeepSeek's have at most
+ * 6: $0.003625). The cost of one attempt is an integer (rounded once, only when a peak
+ * multiplier makes it fractional) and totals are `bigint` sums, so they are exact whatever the
+ * order of the records; USD figures are converted from them only when read.
+ *
+ * @internal
+ */
+import * as ParseResult from "effect/ParseResult"
+import type { Usage } from "../ChatSchema.js"
+
+/** Integer pico-USD per token. */
+interface TokenPrices {
+  readonly cacheHit: number
+  readonly cacheMiss: number
+  readonly output: number
+}
+
+/** USD per 1M tokens, as configured. */
+export interface UsdPrices {
+  readonly cacheHit: number
+  readonly cacheMiss: number
+  readonly output: number
+}
+
+/** The shape of one model's configured pricing (validated by the public schema). */
+export interface ModelPricingInput extends UsdPrices {
+  readonly peak?: {
+    readonly start: string
+    readonly end: string
+    readonly multiplier?: number | undefined
+    readonly prices?: UsdPrices | undefined
+  } | undefined
+}
+
+/** The shape of a configured pricing table (validated by the public schema). */
+export interface PricingInput {
+  readonly models: Readonly<Record<string, ModelPricingInput>>
+  readonly aliases?: Readonly<Record<string, string>> | undefined
+}
+
+interface CompiledModel {
+  readonly base: TokenPrices
+  readonly peak: {
+    /** Minutes since 00:00 UTC; the window is `[start, end)` and wraps past midnight when start > end. */
+    readonly start: number
+    readonly end: number
+    readonly prices: TokenPrices
+    readonly multiplier: number
+  } | undefined
+}
+
+/** A pricing table ready for lookups. */
+export interface Compiled {
+  readonly models: ReadonlyMap<string, CompiledModel>
+  readonly aliases: ReadonlyMap<string, string>
+}
+
+const picoPerUsd = 1e12
+const picoPerTokenPerUsdPerMillion = 1e6
+
+const tokenPrices = (prices: UsdPrices): TokenPrices => ({
+  cacheHit: Math.round(prices.cacheHit * picoPerTokenPerUsdPerMillion),
+  cacheMiss: Math.round(prices.cacheMiss * picoPerTokenPerUsdPerMillion),
+  output: Math.round(prices.output * picoPerTokenPerUsdPerMillion)
+})
+
+/** `"HH:MM"` (already validated) to minutes since midnight. */
+export const minutesOfDay = (time: string): number => {
+  const [hours, minutes] = time.split(":").map(Number)
+  return (hours ?? 0) * 60 + (minutes ?? 0)
+}
+
+const compileModel = (pricing: ModelPricingInput): CompiledModel => {
+  const base = tokenPrices(pricing)
+  const peak = pricing.peak
+  return {
+    base,
+    peak: peak === undefined ? undefined : {
+      start: minutesOfDay(peak.start),
+      end: minutesOfDay(peak.end),
+      prices: peak.prices === undefined ? base : tokenPrices(peak.prices),
+      multiplier: peak.multiplier ?? 1
+    }
+  }
+}
+
+/** @internal */
+export const compile = (pricing: PricingInput): Compiled => ({
+  models: new Map(Object.entries(pricing.models).map(([model, prices]) => [model, compileModel(prices)])),
+  aliases: new Map(Object.entries(pricing.aliases ?? {}))
+})
+
+/** The priced model a name stands for: itself, or the model an alias points to. */
+export const resolve = (compiled: Compiled, model: string): string | undefined => {
+  if (compiled.models.has(model)) return model
+  const target = compiled.aliases.get(model)
+  return target !== undefined && compiled.models.has(target) ? target : undefined
+}
+
+/** A usage's tokens by how they are billed. */
+export interface TokenSplit {
+  readonly prompt: number
+  readonly cacheHit: number
+  readonly cacheMiss: number
+  /** Includes `reasoning`. */
+  readonly completion: number
+  readonly reasoning: number
+}
+
+/** @internal */
+export const noTokens: TokenSplit = { prompt: 0, cacheHit: 0, cacheMiss: 0, completion: 0, reasoning: 0 }
+
+const nonNegative = (n: number): number => Math.max(0, n)
+
+/**
+ * DeepSeek reports `prompt_cache_hit_tokens` / `prompt_cache_miss_tokens`; other servers report
+ * `prompt_tokens_details.cached_tokens`; a server that reports neither is billed as all miss,
+ * the dearer assumption.
+ */
+export const splitUsage = (usage: Usage): TokenSplit => {
+  const prompt = usage.prompt_tokens
+  const hit = usage.prompt_cache_hit_tokens
+  const miss = usage.prompt_cache_miss_tokens
+  const cached = usage.prompt_tokens_details?.cached_tokens
+  const cacheHit = hit ?? (miss !== undefined ? nonNegative(prompt - miss) : cached ?? 0)
+  return {
+    prompt,
+    cacheHit,
+    cacheMiss: miss ?? nonNegative(prompt - cacheHit),
+    completion: usage.completion_tokens,
+    reasoning: usage.completion_tokens_details?.reasoning_tokens ?? 0
+  }
+}
+
+const inWindow = (minute: number, start: number, end: number): boolean =>
+  start < end ? minute >= start && minute < end : minute >= start || minute < end
+
+const minutesPerDay = 24 * 60
+
+/** The price of one attempt of a priced model at `nowMillis`. */
+export interface Price {
+  readonly pricedAs: string
+  readonly peak: boolean
+  readonly pico: bigint
+}
+
+const minuteOfDay = (nowMillis: number): number =>
+  ((Math.floor(nowMillis / 60_000) % minutesPerDay) + minutesPerDay) % minutesPerDay
+
+/** Prices `tokens` of `model` at `nowMillis`; `undefined` when the table has no price for it. */
+export const price = (compiled: Compiled, model: string, tokens: TokenSplit, nowMillis: number): Price | undefined => {
+  const pricedAs = resolve(compiled, model)
+  const pricing = pricedAs === undefined ? undefined : compiled.models.get(pricedAs)
+  if (pricedAs === undefined || pricing === undefined) return undefined
+  const window = pricing.peak
+  const peak = window !== undefined && inWindow(minuteOfDay(nowMillis), window.start, window.end) ? window : undefined
+  const prices = peak?.prices ?? pricing.base
+  const pico = tokens.cacheHit * prices.cacheHit + tokens.cacheMiss * prices.cacheMiss + tokens.completion * prices.output
+  return { pricedAs, peak: peak !== undefined, pico: BigInt(Math.round(pico * (peak?.multiplier ?? 1))) }
+}
+
+/** @internal */
+export const usdOfPico = (pico: bigint): number => Number(pico) / picoPerUsd
+
+/** @internal */
+export const picoOfUsd = (usd: number): bigint => BigInt(Math.round(usd * picoPerUsd))
+
+/** What happened to an attempt's result. */
+export type Disposition = "kept" | "discarded" | "truncated"
+
+/** One recorded attempt, priced. */
+export interface AttemptCost {
+  readonly disposition: Disposition
+  /** Whether the attempt carried usage (it was billed). */
+  readonly billed: boolean
+  readonly tokens: TokenSplit
+  /** `undefined` when the model has no price. */
+  readonly pico: bigint | undefined
+}
+
+/** Running totals of one group of attempts. */
+export interface Accumulator {
+  readonly requests: number
+  readonly attempts: number
+  readonly withOutput: number
+  readonly truncated: number
+  readonly unpriced: number
+  readonly tokens: TokenSplit
+  readonly pico: bigint
+  readonly retryTaxAttempts: number
+  readonly retryTaxTokens: number
+  readonly retryTaxPico: bigint
+}
+
+/** @internal */
+export const emptyAccumulator: Accumulator = {
+  requests: 0,
+  attempts: 0,
+  withOutput: 0,
+  truncated: 0,
+  unpriced: 0,
+  tokens: noTokens,
+  pico: 0n,
+  retryTaxAttempts: 0,
+  retryTaxTokens: 0,
+  retryTaxPico: 0n
+}
+
+const addTokens = (a: TokenSplit, b: TokenSplit): TokenSplit => ({
+  prompt: a.prompt + b.prompt,
+  cacheHit: a.cacheHit + b.cacheHit,
+  cacheMiss: a.cacheMiss + b.cacheMiss,
+  completion: a.completion + b.completion,
+  reasoning: a.reasoning + b.reasoning
+})
+
+/**
+ * Adds one attempt. A kept or truncated attempt is the one whose outcome reached the caller, so
+ * it closes a request; a discarded one is retry tax. An attempt produced output when it was kept
+ * or truncated, or was billed.
+ */
+export const accumulate = (acc: Accumulator, attempt: AttemptCost): Accumulator => {
+  const discarded = attempt.disposition === "discarded"
+  const pico = attempt.pico ?? 0n
+  return {
+    requests: acc.requests + (discarded ? 0 : 1),
+    attempts: acc.attempts + 1,
+    withOutput: acc.withOutput + (!discarded || attempt.billed ? 1 : 0),
+    truncated: acc.truncated + (attempt.disposition === "truncated" ? 1 : 0),
+    unpriced: acc.unpriced + (attempt.pico === undefined ? 1 : 0),
+    tokens: addTokens(acc.tokens, attempt.tokens),
+    pico: acc.pico + pico,
+    retryTaxAttempts: acc.retryTaxAttempts + (discarded ? 1 : 0),
+    retryTaxTokens: acc.retryTaxTokens + (discarded ? attempt.tokens.prompt + attempt.tokens.completion : 0),
+    retryTaxPico: acc.retryTaxPico + (discarded ? pico : 0n)
+  }
+}
+
+/** `numerator / denominator`, 0 when there is nothing to divide. */
+export const ratio = (numerator: number, denominator: number): number =>
+  denominator === 0 ? 0 : numerator / denominator
+
+/** One line per schema issue, `path: message`, so a bad config points at its field. */
+export const describeIssues = (error: ParseResult.ParseError): ReadonlyArray<string> =>
+  ParseResult.ArrayFormatter.formatErrorSync(error).map((issue) =>
+    `${issue.path.length === 0 ? "(root)" : issue.path.map(String).join(".")}: ${issue.message}`
+  )

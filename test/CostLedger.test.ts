@@ -1,0 +1,405 @@
+import * as NodeFileSystem from "@effect/platform-node/NodeFileSystem"
+import { describe, expect, it } from "@effect/vitest"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import * as ConfigProvider from "effect/ConfigProvider"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Exit from "effect/Exit"
+import * as FastCheck from "effect/FastCheck"
+import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as Ref from "effect/Ref"
+import * as TestClock from "effect/TestClock"
+import type { Usage } from "../src/ChatSchema.js"
+import * as CostLedger from "../src/CostLedger.js"
+
+/** DeepSeek-style usage with the cache split and reasoning tokens. */
+const usage = (hit: number, miss: number, completion: number, reasoning = 0): Usage => ({
+  prompt_tokens: hit + miss,
+  completion_tokens: completion,
+  total_tokens: hit + miss + completion,
+  prompt_cache_hit_tokens: hit,
+  prompt_cache_miss_tokens: miss,
+  completion_tokens_details: { reasoning_tokens: reasoning }
+})
+
+// Flash 0.0028 / 0.14 / 0.28 per 1M: 800 × 0.0028 + 200 × 0.14 + 500 × 0.28 = 170.24 µUSD.
+const flashUsage = usage(800, 200, 500, 300)
+const flashUsd = 0.00017024
+// Pro 0.003625 / 0.435 / 0.87 per 1M: 1500 × 0.003625 + 500 × 0.435 + 1000 × 0.87 = 1092.9375 µUSD.
+const proUsage = usage(1500, 500, 1000, 800)
+const proUsd = 0.0010929375
+
+const utc = (hours: number, minutes: number) => Date.UTC(2026, 4, 12, hours, minutes)
+
+describe("CostLedger.cost", () => {
+  it.effect("prices cache hits, cache misses and output (reasoning included) per model", () =>
+    Effect.gen(function*() {
+      const ledger = yield* CostLedger.make()
+      expect(yield* ledger.cost("deepseek-v4-flash", flashUsage)).toEqual({
+        _tag: "Priced",
+        model: "deepseek-v4-flash",
+        pricedAs: "deepseek-v4-flash",
+        usd: flashUsd,
+        peak: false,
+        tokens: { prompt: 1000, cacheHit: 800, cacheMiss: 200, completion: 500, reasoning: 300 }
+      })
+      expect(yield* ledger.cost("deepseek-v4-pro", proUsage)).toMatchObject({ usd: proUsd })
+    }))
+
+  it.effect("bills legacy aliases as flash", () =>
+    Effect.gen(function*() {
+      const ledger = yield* CostLedger.make()
+      expect(yield* ledger.cost("deepseek-reasoner", flashUsage)).toMatchObject({
+        _tag: "Priced",
+        model: "deepseek-reasoner",
+        pricedAs: "deepseek-v4-flash",
+        usd: flashUsd
+      })
+    }))
+
+  it.effect("falls back to cached_tokens, then to all prompt tokens as misses", () =>
+    Effect.gen(function*() {
+      const ledger = yield* CostLedger.make()
+      const base = { prompt_tokens: 1000, completion_tokens: 100, total_tokens: 1100 }
+      // 600 × 0.0028 + 400 × 0.14 + 100 × 0.28 = 85.68 µUSD
+      const cached = yield* ledger.cost("deepseek-v4-flash", { ...base, prompt_tokens_details: { cached_tokens: 600 } })
+      expect(cached).toMatchObject({ usd: 0.00008568, tokens: { cacheHit: 600, cacheMiss: 400 } })
+      // 1000 × 0.14 + 100 × 0.28 = 168 µUSD
+      const bare = yield* ledger.cost("deepseek-v4-flash", base)
+      expect(bare).toMatchObject({ usd: 0.000168, tokens: { cacheHit: 0, cacheMiss: 1000, reasoning: 0 } })
+      // Only the hit count: the rest of the prompt is a miss.
+      const hitOnly = yield* ledger.cost("deepseek-v4-flash", { ...base, prompt_cache_hit_tokens: 600 })
+      expect(hitOnly).toMatchObject({ usd: 0.00008568 })
+    }))
+
+  it.effect("an unknown model is Unpriced, with its tokens still split", () =>
+    Effect.gen(function*() {
+      const ledger = yield* CostLedger.make()
+      expect(yield* ledger.cost("gpt-9", flashUsage)).toEqual({
+        _tag: "Unpriced",
+        model: "gpt-9",
+        tokens: { prompt: 1000, cacheHit: 800, cacheMiss: 200, completion: 500, reasoning: 300 }
+      })
+    }))
+
+  it.effect("applies a peak multiplier inside its UTC window, by the Clock", () =>
+    Effect.gen(function*() {
+      const ledger = yield* CostLedger.make({
+        pricing: {
+          models: {
+            flash: { cacheHit: 0.003, cacheMiss: 0.15, output: 0.6, peak: { start: "01:00", end: "09:00", multiplier: 2 } }
+          }
+        }
+      })
+      // 400 × 0.003 + 600 × 0.15 + 200 × 0.6 = 211.2 µUSD off-peak, double at peak.
+      const at = (millis: number) =>
+        Effect.zipRight(TestClock.setTime(millis), ledger.cost("flash", usage(400, 600, 200)))
+      expect(yield* at(utc(0, 59))).toMatchObject({ usd: 0.0002112, peak: false })
+      expect(yield* at(utc(1, 0))).toMatchObject({ usd: 0.0004224, peak: true })
+      expect(yield* at(utc(8, 59))).toMatchObject({ usd: 0.0004224, peak: true })
+      expect(yield* at(utc(9, 0))).toMatchObject({ usd: 0.0002112, peak: false })
+    }))
+
+  it.effect("a window with its own prices wraps past midnight", () =>
+    Effect.gen(function*() {
+      const ledger = yield* CostLedger.make({
+        pricing: {
+          models: {
+            flash: {
+              cacheHit: 0.0028,
+              cacheMiss: 0.14,
+              output: 0.28,
+              peak: { start: "16:30", end: "00:30", prices: { cacheHit: 0.0014, cacheMiss: 0.07, output: 0.14 } }
+            }
+          }
+        }
+      })
+      const at = (millis: number) =>
+        Effect.zipRight(TestClock.setTime(millis), ledger.record({
+          account: "a",
+          model: "flash",
+          usage: usage(0, 1000, 100),
+          disposition: "kept"
+        }))
+      // Discounted: 1000 × 0.07 + 100 × 0.14 = 84 µUSD; otherwise 168 µUSD.
+      expect(yield* at(utc(16, 29))).toMatchObject({ usd: 0.000168, peak: false })
+      expect(yield* at(utc(16, 30))).toMatchObject({ usd: 0.000084, peak: true })
+      expect(yield* at(utc(23, 59))).toMatchObject({ usd: 0.000084, peak: true })
+      expect(yield* at(utc(0, 29))).toMatchObject({ usd: 0.000084, peak: true })
+      expect(yield* at(utc(0, 30))).toMatchObject({ usd: 0.000168, peak: false })
+      expect((yield* ledger.snapshot).total.costUsd).toBe(0.000588)
+    }))
+})
+
+describe("CostLedger ledger", () => {
+  it.effect("totals per run, account and model, with retry tax, truncation rate and reasoning share", () =>
+    Effect.gen(function*() {
+      const ledger = yield* CostLedger.make()
+      const flash = "deepseek-v4-flash"
+      const pro = "deepseek-v4-pro"
+      // Account a: a billed attempt thrown away by a retry, then the kept one.
+      yield* ledger.record({ account: "a", model: flash, usage: flashUsage, disposition: "discarded" })
+      yield* ledger.record({ account: "a", model: flash, usage: flashUsage, disposition: "kept" })
+      // Account b: a truncated answer, a 429 (no usage) before a kept one.
+      yield* ledger.record({ account: "b", model: pro, usage: proUsage, disposition: "truncated" })
+      yield* ledger.record({ account: "b", model: flash, disposition: "discarded" })
+      yield* ledger.record({ account: "b", model: pro, usage: proUsage, disposition: "kept" })
+
+      const snapshot = yield* ledger.snapshot
+      expect(snapshot.total).toEqual({
+        requests: 3,
+        attempts: 5,
+        promptTokens: 6000,
+        completionTokens: 3000,
+        cacheHitTokens: 4600,
+        cacheMissTokens: 1400,
+        reasoningTokens: 2200,
+        costUsd: 0.002526355, // 2 × 170.24 + 2 × 1092.9375 µUSD
+        unpriced: 0,
+        retryTax: { attempts: 2, tokens: 1500, costUsd: flashUsd },
+        truncated: 1,
+        truncationRate: 0.25, // 1 of 4 attempts with output (the 429 produced none)
+        reasoningShare: 2200 / 3000
+      })
+      expect(snapshot.byAccount["a"]).toMatchObject({
+        requests: 1,
+        attempts: 2,
+        costUsd: 0.00034048,
+        retryTax: { attempts: 1, tokens: 1500, costUsd: flashUsd },
+        truncationRate: 0,
+        reasoningShare: 0.6
+      })
+      expect(snapshot.byAccount["b"]).toMatchObject({
+        requests: 2,
+        attempts: 3,
+        costUsd: 0.002185875,
+        retryTax: { attempts: 1, tokens: 0, costUsd: 0 },
+        truncated: 1,
+        truncationRate: 0.5,
+        reasoningShare: 0.8
+      })
+      expect(snapshot.byModel[flash]).toMatchObject({ requests: 1, attempts: 3, truncationRate: 0 })
+      expect(snapshot.byModel[pro]).toMatchObject({ requests: 2, attempts: 2, truncationRate: 0.5 })
+      expect(snapshot.budget).toBeUndefined()
+    }))
+
+  it.effect("an unpriced model is counted, not costed, logged once, and does not crash", () =>
+    Effect.gen(function*() {
+      const warnings: Array<unknown> = []
+      const logger = Logger.make(({ logLevel, message }) => {
+        if (logLevel._tag === "Warning") warnings.push(message)
+      })
+      const ledger = yield* CostLedger.make()
+      const mystery = ledger.record({ account: "a", model: "mystery", usage: flashUsage, disposition: "kept" })
+      const costs = yield* Effect.replicateEffect(mystery, 2).pipe(
+        Effect.provide(Logger.replace(Logger.defaultLogger, logger))
+      )
+      expect(costs.map((cost) => cost._tag)).toEqual(["Unpriced", "Unpriced"])
+      expect(warnings).toEqual([["CostLedger: no price for model \"mystery\"; its cost is not counted"]])
+      yield* ledger.record({ account: "a", model: "deepseek-v4-flash", usage: flashUsage, disposition: "kept" })
+      const { total, byModel } = yield* ledger.snapshot
+      expect(total).toMatchObject({ requests: 3, unpriced: 2, promptTokens: 3000, costUsd: flashUsd })
+      expect(byModel["mystery"]).toMatchObject({ unpriced: 2, costUsd: 0 })
+    }))
+
+  it.effect("totals are exact: three 0.1 USD attempts make 0.3, not 0.30000000000000004", () =>
+    Effect.gen(function*() {
+      const ledger = yield* CostLedger.make({ pricing: { models: { m: { cacheHit: 0, cacheMiss: 0, output: 0.1 } } } })
+      const attempt = ledger.record({ account: "a", model: "m", usage: usage(0, 0, 1_000_000), disposition: "kept" })
+      yield* Effect.replicateEffect(attempt, 3)
+      expect(0.1 + 0.1 + 0.1).not.toBe(0.3)
+      expect((yield* ledger.snapshot).total.costUsd).toBe(0.3)
+    }))
+
+  it("totals do not depend on the order attempts are recorded in", () => {
+    const entry = FastCheck.record({
+      account: FastCheck.constantFrom("a", "b"),
+      model: FastCheck.constantFrom("deepseek-v4-flash", "deepseek-v4-pro", "deepseek-chat", "unknown"),
+      usage: FastCheck.tuple(
+        FastCheck.nat(200_000),
+        FastCheck.nat(200_000),
+        FastCheck.nat(50_000),
+        FastCheck.nat(50_000)
+      ).map(([hit, miss, completion, reasoning]) => usage(hit, miss, completion + reasoning, reasoning)),
+      disposition: FastCheck.constantFrom("kept" as const, "discarded" as const, "truncated" as const)
+    })
+    const entriesAndShuffle = FastCheck.array(entry, { minLength: 1, maxLength: 30 }).chain((entries) =>
+      FastCheck.tuple(
+        FastCheck.constant(entries),
+        FastCheck.shuffledSubarray(entries, { minLength: entries.length, maxLength: entries.length })
+      )
+    )
+    const snapshotOf = (entries: ReadonlyArray<CostLedger.Entry>) =>
+      Effect.runSync(Effect.gen(function*() {
+        const ledger = yield* CostLedger.make()
+        yield* Effect.forEach(entries, ledger.record, { discard: true })
+        return yield* ledger.snapshot
+      }))
+    FastCheck.assert(
+      FastCheck.property(entriesAndShuffle, ([entries, shuffled]) => {
+        const inOrder = snapshotOf(entries)
+        expect(snapshotOf(shuffled)).toEqual(inOrder)
+        expect(inOrder.total.attempts).toBe(entries.length)
+        expect(inOrder.total.requests).toBe(entries.filter((e) => e.disposition !== "discarded").length)
+      }),
+      { numRuns: 50 }
+    )
+  })
+})
+
+describe("CostLedger budget", () => {
+  it.effect("once spent, guard stops new calls with a typed BudgetExceeded", () =>
+    Effect.gen(function*() {
+      const ledger = yield* CostLedger.make({ budgetUsd: 0.0003 })
+      const calls = yield* Ref.make(0)
+      const guardedCall = Effect.zipRight(ledger.guard, Ref.update(calls, (n) => n + 1))
+
+      yield* guardedCall
+      yield* ledger.record({ account: "a", model: "deepseek-v4-flash", usage: flashUsage, disposition: "kept" })
+      yield* guardedCall
+      // A discarded attempt spends money too: 2 × 170.24 µUSD ≥ 300 µUSD.
+      yield* ledger.record({ account: "a", model: "deepseek-v4-flash", usage: flashUsage, disposition: "discarded" })
+      const error = yield* Effect.flip(guardedCall)
+
+      expect(error).toBeInstanceOf(CostLedger.BudgetExceeded)
+      expect(error).toMatchObject({ _tag: "BudgetExceeded", spentUsd: 0.00034048, budgetUsd: 0.0003, retryable: false })
+      expect(error.message).toBe("budget exceeded: spent $0.00034048 of $0.0003")
+      expect(yield* Ref.get(calls)).toBe(2)
+      expect((yield* ledger.snapshot).budget).toEqual({ budgetUsd: 0.0003, remainingUsd: 0 })
+    }))
+
+  it.effect("reports what is left, and a zero budget allows no call", () =>
+    Effect.gen(function*() {
+      const ledger = yield* CostLedger.make({ budgetUsd: 0.001 })
+      yield* ledger.record({ account: "a", model: "deepseek-v4-flash", usage: flashUsage, disposition: "kept" })
+      expect((yield* ledger.snapshot).budget).toEqual({ budgetUsd: 0.001, remainingUsd: 0.00082976 })
+      const broke = yield* CostLedger.make({ budgetUsd: 0 })
+      expect((yield* Effect.flip(broke.guard))._tag).toBe("BudgetExceeded")
+      const unlimited = yield* CostLedger.make()
+      yield* unlimited.guard
+    }))
+})
+
+describe("CostLedger pricing table", () => {
+  const issuesOf = (input: unknown) =>
+    Either.match(CostLedger.decodePricing(input, "pricing.json"), {
+      onLeft: (error) => error.issues,
+      onRight: () => []
+    })
+
+  it("reports every bad field with its path", () => {
+    const issues = issuesOf({
+      models: {
+        "deepseek-v4-pro": { cacheHit: 0.003625, cacheMiss: "0.435", output: -1 },
+        "flash": {
+          cacheHit: 0.0028,
+          cacheMiss: 0.14,
+          output: 0.28,
+          peak: { start: "25:00", end: "09:00", multiplier: 2, prices: { cacheHit: 0, cacheMiss: 0, output: 0 } }
+        }
+      },
+      aliases: { "deepseek-chat": "deepseek-v3" }
+    })
+    expect(issues).toEqual(expect.arrayContaining([
+      expect.stringMatching(/^models\.deepseek-v4-pro\.cacheMiss: Expected number, actual "0\.435"$/),
+      "models.deepseek-v4-pro.output: expected a price ≥ 0 in USD per 1M tokens, got -1",
+      "models.flash.peak.start: expected a UTC time of day \"HH:MM\" (00:00-23:59), got \"25:00\""
+    ]))
+  })
+
+  it("checks the peak window and aliases once the fields are valid", () => {
+    const flash = { cacheHit: 0.0028, cacheMiss: 0.14, output: 0.28 }
+    expect(issuesOf({
+      models: { flash: { ...flash, peak: { start: "09:00", end: "09:00", multiplier: 2, prices: flash } } }
+    })).toEqual([
+      "models.flash.peak: give exactly one of `multiplier` or `prices`",
+      "models.flash.peak.end: the window is empty: `end` equals `start`"
+    ])
+    expect(issuesOf({ models: { flash }, aliases: { "deepseek-chat": "deepseek-v3", flash: "flash" } })).toEqual([
+      "aliases.deepseek-chat: alias points to \"deepseek-v3\", which has no price in `models`",
+      "aliases.flash: alias shadows the priced model \"flash\""
+    ])
+  })
+
+  it("rejects a misspelt field instead of ignoring it", () => {
+    expect(issuesOf({ models: { flash: { cache_hit: 0.0028, cacheHit: 0.0028, cacheMiss: 0.14, output: 0.28 } } }))
+      .toEqual(["models.flash.cache_hit: is unexpected, expected: \"cacheHit\" | \"cacheMiss\" | \"output\" | \"peak\""])
+  })
+
+  it("the default table validates and the error message names its source", () => {
+    expect(Either.isRight(CostLedger.decodePricing(CostLedger.defaultPricing))).toBe(true)
+    const error = Either.getLeft(CostLedger.decodePricing({ models: [] }, "pricing.json"))
+    expect(error.pipe(Either.fromOption(() => "none"), Either.map((e) => e.message))).toEqual(
+      Either.right("invalid pricing table (pricing.json):\n  models: Expected { readonly [x: string]: ModelPricing }, actual []")
+    )
+  })
+
+  it.effect("make dies on an invalid table or budget", () =>
+    Effect.gen(function*() {
+      const badTable = yield* Effect.exit(
+        CostLedger.make({ pricing: { models: { m: { cacheHit: -1, cacheMiss: 0, output: 0 } } } })
+      )
+      expect(Exit.isFailure(badTable) && String(badTable.cause)).toContain("models.m.cacheHit")
+      const badBudget = yield* Effect.exit(CostLedger.make({ budgetUsd: -1 }))
+      expect(Exit.isFailure(badBudget) && String(badBudget.cause)).toContain("budgetUsd")
+    }))
+})
+
+describe("CostLedger.layerConfig", () => {
+  const withEnv = (env: Record<string, string>) =>
+    Layer.provide(CostLedger.layerConfig, [
+      NodeFileSystem.layer,
+      Layer.setConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env))))
+    ])
+
+  const tempFile = (content: string) => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "weatherproof-pricing-"))
+    const file = path.join(dir, "pricing.json")
+    fs.writeFileSync(file, content)
+    return file
+  }
+
+  it.effect("reads the table from WEATHERPROOF_PRICING_FILE and the budget from WEATHERPROOF_BUDGET_USD", () => {
+    const file = tempFile(JSON.stringify({ models: { m: { cacheHit: 0, cacheMiss: 1, output: 2 } } }))
+    return Effect.gen(function*() {
+      const ledger = yield* CostLedger.CostLedger
+      // 1000 × 1 + 500 × 2 per 1M = 0.002 USD
+      expect(yield* ledger.cost("m", usage(0, 1000, 500))).toMatchObject({ usd: 0.002 })
+      expect(ledger.pricing.models["deepseek-v4-flash"]).toBeUndefined()
+      expect((yield* ledger.snapshot).budget).toEqual({ budgetUsd: 5, remainingUsd: 5 })
+    }).pipe(Effect.provide(withEnv({ WEATHERPROOF_PRICING_FILE: file, WEATHERPROOF_BUDGET_USD: "5" })))
+  })
+
+  it.effect("defaults to the default table and no budget", () =>
+    Effect.gen(function*() {
+      const ledger = yield* CostLedger.CostLedger
+      expect(ledger.pricing).toEqual(CostLedger.defaultPricing)
+      expect((yield* ledger.snapshot).budget).toBeUndefined()
+    }).pipe(Effect.provide(withEnv({}))))
+
+  it.effect("fails with a PricingError naming the file and the field", () => {
+    const file = tempFile(JSON.stringify({ models: { m: { cacheHit: 0, cacheMiss: 1 } } }))
+    return Effect.gen(function*() {
+      const error = yield* Effect.flip(Layer.build(withEnv({ WEATHERPROOF_PRICING_FILE: file })).pipe(Effect.scoped))
+      expect(error).toMatchObject({ _tag: "PricingError", source: file, issues: ["models.m.output: is missing"] })
+      const notJson = yield* Effect.flip(
+        Layer.build(withEnv({ WEATHERPROOF_PRICING_FILE: tempFile("{models:") })).pipe(Effect.scoped)
+      )
+      expect(notJson).toMatchObject({ _tag: "PricingError", issues: [expect.stringContaining("not JSON")] })
+      const missing = yield* Effect.flip(
+        Layer.build(withEnv({ WEATHERPROOF_PRICING_FILE: "/nonexistent/pricing.json" })).pipe(Effect.scoped)
+      )
+      expect(missing).toMatchObject({ _tag: "PricingError", issues: [expect.stringContaining("cannot read")] })
+    })
+  })
+
+  it.effect("a negative budget is a ConfigError", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(Layer.build(withEnv({ WEATHERPROOF_BUDGET_USD: "-2" })).pipe(Effect.scoped))
+      expect(error._tag).not.toBe("PricingError")
+      expect(String(error)).toContain("expected a budget ≥ 0 in USD")
+    }))
+})
