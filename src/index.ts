@@ -16,15 +16,21 @@ export * as CircuitBreaker from "./CircuitBreaker.js"
 /** @since 0.1.0 */
 export * as ConcurrencyLimiter from "./ConcurrencyLimiter.js"
 /** @since 0.1.0 */
+export * as CostLedger from "./CostLedger.js"
+/** @since 0.1.0 */
 export * as KeyPool from "./KeyPool.js"
 /** @since 0.1.0 */
 export * as MockUpstream from "./MockUpstream.js"
 /** @since 0.1.0 */
 export * as Resilient from "./Resilient.js"
 /** @since 0.1.0 */
+export * as ResponseCache from "./ResponseCache.js"
+/** @since 0.1.0 */
 export * as RetryBudget from "./RetryBudget.js"
 /** @since 0.1.0 */
 export * as RetryPolicy from "./RetryPolicy.js"
+/** @since 0.1.0 */
+export * as Router from "./Router.js"
 /** @since 0.1.0 */
 export * as Simulator from "./Simulator.js"
 /** @since 0.1.0 */
