@@ -101,7 +101,7 @@ export const retriesAllowed: Metric.Metric.Counter<number> = Metric.counter("wea
 })
 
 /**
- * Retries a budget refused: each one is a call that failed instead of retrying.
+ * Retries a budget refused: each refused ask (a retry that waits for room asks again every poll).
  *
  * @since 0.1.0
  * @category metrics
