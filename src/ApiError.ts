@@ -9,7 +9,7 @@
  * @since 0.1.0
  */
 import * as Data from "effect/Data"
-import type * as Duration from "effect/Duration"
+import * as Duration from "effect/Duration"
 import * as Option from "effect/Option"
 import type { FinishReason, Usage } from "./ChatSchema.js"
 
@@ -206,6 +206,58 @@ export class NoUsableKey extends Data.TaggedError("NoUsableKey")<{
 }
 
 /**
+ * Why one account of an `AccountPool` could not serve a call:
+ * - `circuit_open`: its circuit breaker is open (or isolated);
+ * - `out_of_balance`: it answered 402; it is back once a balance probe says so, or after a
+ *   cooldown when it cannot be probed;
+ * - `no_keys`: every key of it was rejected (401); keys are usable again after their cooldown;
+ * - `busy`: it refused this call for now (its wait queue is full, or canaries are testing it).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface AccountUnavailable {
+  readonly account: string
+  readonly reason: "circuit_open" | "out_of_balance" | "no_keys" | "busy"
+  /** Epoch millis (Effect `Clock`) when it may serve again; `Infinity` when unknown (an isolated breaker). */
+  readonly until: number
+}
+
+/**
+ * No account of an `AccountPool` can serve the call. `retryAfter` is the time until the first
+ * of them may serve again (none when no time is known), so a retry waits for it.
+ *
+ * When the pool's cost budget is spent, `budgetExceeded` holds what `CostLedger.BudgetExceeded`
+ * would (the pool is a `Transport`, whose errors are `ApiError`s); then no account may serve
+ * whatever the time, and the error is not retryable.
+ *
+ * @since 0.1.0
+ */
+export class NoAccountAvailable extends Data.TaggedError("NoAccountAvailable")<{
+  readonly retryAfter: Option.Option<Duration.Duration>
+  readonly accounts: ReadonlyArray<AccountUnavailable>
+  readonly budgetExceeded?: { readonly spentUsd: number; readonly budgetUsd: number } | undefined
+}> {
+  /** @since 0.1.0 */
+  get retryable(): boolean {
+    return this.budgetExceeded === undefined
+  }
+  /** @since 0.1.0 */
+  override get message(): string {
+    if (this.budgetExceeded !== undefined) {
+      const { budgetUsd, spentUsd } = this.budgetExceeded
+      return `no account may serve: budget exceeded: spent $${spentUsd} of $${budgetUsd}`
+    }
+    const reasons = this.accounts.map((a) => `${a.account}: ${a.reason}`).join(", ")
+    const wait = Option.match(this.retryAfter, {
+      onNone: () => "",
+      onSome: (d) => `; the first may serve again in ${Duration.format(d)}`
+    })
+    return `no account can serve (${reasons})${wait}`
+  }
+}
+
+/**
  * Every failure a call to the upstream can end in.
  *
  * @since 0.1.0
@@ -224,17 +276,21 @@ export type ApiError =
   | InsufficientResource
   | UpstreamError
   | NoUsableKey
+  | NoAccountAvailable
 
 /** @since 0.1.0 */
 export const isRetryable = (error: ApiError): boolean => error.retryable
 
 /**
- * The server's requested wait, if the error carries one.
+ * The wait the error asks for, if it carries one: the server's `Retry-After`, or when the first
+ * account of a pool may serve again.
  *
  * @since 0.1.0
  */
 export const retryAfter = (error: ApiError): Option.Option<Duration.Duration> =>
-  error._tag === "RateLimited" || error._tag === "ServerError" ? error.retryAfter : Option.none()
+  error._tag === "RateLimited" || error._tag === "ServerError" || error._tag === "NoAccountAvailable"
+    ? error.retryAfter
+    : Option.none()
 
 /**
  * What the caller already received when the call failed (empty for errors before any content).

@@ -309,3 +309,19 @@ export const makeAdaptive = (options?: AdaptiveOptions): Effect.Effect<Service> 
  */
 export const layerAdaptive = (options?: AdaptiveOptions): Layer.Layer<ConcurrencyLimiter> =>
   Layer.effect(ConcurrencyLimiter, makeAdaptive(options))
+
+/**
+ * A pass-through limiter: `acquire` never waits and never fails. Permits are still counted, so
+ * `snapshot` and the gauges show the calls in flight (its `limit` is `Infinity`). For a pipeline
+ * whose limits live elsewhere, e.g. per account in `AccountPool`.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makeUnbounded: Effect.Effect<Service> = internal.make(internal.fixedPolicy(Infinity))
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerUnbounded: Layer.Layer<ConcurrencyLimiter> = Layer.effect(ConcurrencyLimiter, makeUnbounded)

@@ -1,17 +1,23 @@
 /**
- * The API keys a transport may use, rotated per call. A key the server rejects with 401 is
- * dropped, and once every key is gone calls fail fast with `NoUsableKey` without touching the
- * network.
+ * The API keys a transport may use, rotated per call. A key the server rejects with 401 is set
+ * aside for a cooldown (15 minutes by default, on Effect's `Clock`) and is usable again after it:
+ * a key revoked by mistake, or rejected during an auth outage, comes back by itself, and nothing
+ * is disabled forever. While every key is cooling down, calls fail fast with `NoUsableKey`
+ * without touching the network.
  *
  * Keys are `Redacted` from the moment they are read: only the transport unwraps one, to set the
  * `Authorization` header. Everything else sees a `Credential`'s non-secret `id` (`key#1` …).
  *
  * @since 0.1.0
  */
+import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
 import * as Config from "effect/Config"
 import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Ref from "effect/Ref"
 import { NoUsableKey } from "./ApiError.js"
@@ -31,12 +37,14 @@ export interface Credential {
  * @category models
  */
 export interface Service {
-  /** The next usable key, round robin; fails with `NoUsableKey` when none is left. */
+  /** The next usable key, round robin; fails with `NoUsableKey` while none is usable. */
   readonly acquire: Effect.Effect<Credential, NoUsableKey>
-  /** Drops a key the server rejected (401). Idempotent. */
+  /** Sets aside a key the server rejected (401) for the cooldown. Idempotent while it cools down. */
   readonly reject: (credential: Credential) => Effect.Effect<void>
-  /** How many keys are still usable. */
+  /** How many keys are usable now. */
   readonly available: Effect.Effect<number>
+  /** Epoch millis (Effect `Clock`) when the first key cooling down is usable again; none when no key is. */
+  readonly cooldownEnd: Effect.Effect<Option.Option<number>>
 }
 
 /**
@@ -45,49 +53,83 @@ export interface Service {
  */
 export class KeyPool extends Context.Tag("weatherproof/KeyPool")<KeyPool, Service>() {}
 
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  /**
+   * How long a rejected key is set aside. Default 15 minutes. Keep it well above a call's
+   * duration: within one call the transport rotates through the usable keys on 401s.
+   */
+  readonly cooldown?: Duration.DurationInput | undefined
+}
+
+/** @since 0.1.0 */
+export const defaultCooldown: Duration.Duration = Duration.minutes(15)
+
 interface State {
-  readonly usable: ReadonlyArray<Credential>
+  /** Epoch millis until which each rejected key is set aside, by id. */
+  readonly rejectedUntil: ReadonlyMap<string, number>
   readonly next: number
-  readonly rejected: number
 }
 
 /**
- * A pool over the given keys, labelled `key#1`, `key#2` … in order.
+ * A pool over the given keys, labelled `key#1`, `key#2` … in order. Dies with
+ * `IllegalArgumentException` on a cooldown that is not positive.
  *
  * @since 0.1.0
  * @category constructors
  */
-export const make = (keys: ReadonlyArray<Redacted.Redacted<string>>): Effect.Effect<Service> =>
-  Effect.map(
-    Ref.make<State>({
-      usable: keys.map((key, i) => ({ id: `key#${i + 1}`, key })),
-      next: 0,
-      rejected: 0
-    }),
-    (state): Service => ({
-      acquire: Ref.modify(state, (s): readonly [Effect.Effect<Credential, NoUsableKey>, State] => {
-        if (s.usable.length === 0) {
-          return [Effect.fail(new NoUsableKey({ rejected: s.rejected })), s] as const
-        }
-        const index = s.next % s.usable.length
-        return [Effect.succeed(s.usable[index]!), { ...s, next: index + 1 }] as const
-      }).pipe(Effect.flatten),
+export const make = (
+  keys: ReadonlyArray<Redacted.Redacted<string>>,
+  options?: Options
+): Effect.Effect<Service> =>
+  Effect.gen(function*() {
+    const cooldownMillis = Duration.toMillis(options?.cooldown ?? defaultCooldown)
+    if (!(cooldownMillis > 0)) {
+      return yield* Effect.die(new Cause.IllegalArgumentException("KeyPool: cooldown must be positive"))
+    }
+    const credentials: ReadonlyArray<Credential> = keys.map((key, i) => ({ id: `key#${i + 1}`, key }))
+    const state = yield* Ref.make<State>({ rejectedUntil: new Map(), next: 0 })
+    const isCooling = (s: State, id: string, now: number) => (s.rejectedUntil.get(id) ?? 0) > now
+    const usableAt = (s: State, now: number) => credentials.filter((c) => !isCooling(s, c.id, now))
+    const withNow = <A, E>(f: (now: number) => Effect.Effect<A, E>) => Effect.flatMap(Clock.currentTimeMillis, f)
+
+    return {
+      acquire: withNow((now) =>
+        Ref.modify(state, (s): readonly [Effect.Effect<Credential, NoUsableKey>, State] => {
+          const usable = usableAt(s, now)
+          if (usable.length === 0) {
+            return [Effect.fail(new NoUsableKey({ rejected: credentials.length })), s] as const
+          }
+          const index = s.next % usable.length
+          return [Effect.succeed(usable[index]!), { ...s, next: index + 1 }] as const
+        }).pipe(Effect.flatten)
+      ),
       reject: (credential) =>
-        Ref.update(state, (s) =>
-          s.usable.some((c) => c.id === credential.id)
-            ? { ...s, usable: s.usable.filter((c) => c.id !== credential.id), rejected: s.rejected + 1 }
-            : s
+        withNow((now) =>
+          Ref.update(state, (s) =>
+            isCooling(s, credential.id, now)
+              ? s
+              : { ...s, rejectedUntil: new Map(s.rejectedUntil).set(credential.id, now + cooldownMillis) })
         ),
-      available: Ref.get(state).pipe(Effect.map((s) => s.usable.length))
-    })
-  )
+      available: withNow((now) => Effect.map(Ref.get(state), (s) => usableAt(s, now).length)),
+      cooldownEnd: withNow((now) =>
+        Effect.map(Ref.get(state), (s) => {
+          const ends = Array.from(s.rejectedUntil.values()).filter((until) => until > now)
+          return ends.length === 0 ? Option.none() : Option.some(Math.min(...ends))
+        })
+      )
+    }
+  })
 
 /**
  * @since 0.1.0
  * @category layers
  */
-export const layer = (keys: ReadonlyArray<Redacted.Redacted<string>>): Layer.Layer<KeyPool> =>
-  Layer.effect(KeyPool, make(keys))
+export const layer = (keys: ReadonlyArray<Redacted.Redacted<string>>, options?: Options): Layer.Layer<KeyPool> =>
+  Layer.effect(KeyPool, make(keys, options))
 
 /**
  * Parses a comma-separated list of keys, ignoring blanks around commas.

@@ -1,0 +1,331 @@
+/**
+ * The accounts an `AccountPool` calls: which provider, where, with which keys, whether it is a
+ * fallback, and how its model names and concurrency differ. Read from JSON:
+ *
+ * ```json
+ * { "accounts": [
+ *   { "name": "a", "provider": "deepseek", "baseUrl": "https://api.deepseek.com", "keys": ["env:DEEPSEEK_KEY_A"] },
+ *   { "name": "b", "provider": "deepseek", "baseUrl": "https://api.deepseek.com", "keys": ["env:DEEPSEEK_KEY_B"],
+ *     "concurrency": { "initial": 16 } },
+ *   { "name": "alt", "provider": "openai-compatible", "baseUrl": "https://llm.example.com/v1", "keys": ["env:ALT_KEY"],
+ *     "fallback": true, "models": { "deepseek-v4-flash": "other-model" } }
+ * ] }
+ * ```
+ *
+ * - `name`: unique; letters, digits, `.`, `_`, `-` (it labels metrics and the cost ledger);
+ * - `provider`: `"deepseek"` or `"openai-compatible"` (the latter has no balance endpoint);
+ * - `baseUrl`: an http(s) URL, `/chat/completions` is appended;
+ * - `keys`: at least one; `"env:NAME"` reads the environment variable `NAME` (one key, or
+ *   several separated by commas), anything else is the key itself. Keys of one account share
+ *   its concurrency limit (DeepSeek limits per account), so several keys add resilience to a
+ *   revoked key, not capacity;
+ * - `fallback` (default `false`): serves only when no other account can;
+ * - `models` (default none): model names to send instead of the requested ones, for a provider
+ *   whose names differ;
+ * - `concurrency` (default: adaptive, starting at 8): a fixed number of calls in flight, or the
+ *   adaptive limiter's options (`ConcurrencyLimiter.AdaptiveOptions`, `queueDelayFloor` in
+ *   milliseconds).
+ *
+ * At least one account must not be a fallback. Unknown fields are errors (a typo would
+ * otherwise be silently ignored). Every problem is reported with the path of its field, and no
+ * error ever quotes a value that might be a key (a key written in the wrong field included).
+ *
+ * @since 0.1.0
+ */
+import * as FileSystem from "@effect/platform/FileSystem"
+import * as Config from "effect/Config"
+import * as ConfigError from "effect/ConfigError"
+import * as Data from "effect/Data"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as ParseResult from "effect/ParseResult"
+import * as Redacted from "effect/Redacted"
+import * as Schema from "effect/Schema"
+import type { AdaptiveOptions } from "./ConcurrencyLimiter.js"
+import * as KeyPool from "./KeyPool.js"
+import { defaultBaseUrl } from "./Transport.js"
+
+/**
+ * One account, validated, its keys read and `Redacted`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Account {
+  readonly name: string
+  readonly provider: "deepseek" | "openai-compatible"
+  readonly baseUrl: string
+  readonly keys: ReadonlyArray<Redacted.Redacted<string>>
+  readonly fallback: boolean
+  /** Requested model name → the name this account's provider knows it by. */
+  readonly models: Readonly<Record<string, string>>
+  readonly concurrency?: number | AdaptiveOptions | undefined
+}
+
+/**
+ * Accounts that do not validate, or could not be read. `issues` are `path: message` lines, e.g.
+ * `accounts[1].keys[0]: environment variable DEEPSEEK_KEY_B is not set`.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class AccountsError extends Data.TaggedError("AccountsError")<{
+  /** Where the accounts came from: a file path, or `"input"`. */
+  readonly source: string
+  readonly issues: ReadonlyArray<string>
+}> {
+  /** @since 0.1.0 */
+  override get message(): string {
+    return `invalid accounts (${this.source}):\n  ${this.issues.join("\n  ")}`
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Schema. Every message describes what is expected without echoing the value, so that a key
+// written in the wrong place never reaches an error.
+// ---------------------------------------------------------------------------------------------
+
+const expecting = (description: string) => ({ message: () => description })
+
+const isHttpUrl = (text: string): boolean => {
+  try {
+    const url = new URL(text)
+    return url.protocol === "http:" || url.protocol === "https:"
+  } catch {
+    return false
+  }
+}
+
+const envPrefix = "env:"
+const envName = /^[A-Za-z_][A-Za-z0-9_]*$/
+
+const Name = Schema.String.annotations(expecting("expected a name")).pipe(
+  Schema.pattern(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/, expecting("expected a name of letters, digits, '.', '_' or '-'"))
+)
+
+const Provider = Schema.Literal("deepseek", "openai-compatible").annotations({
+  // One message for the union, not one per literal.
+  message: () => ({ message: `expected "deepseek" or "openai-compatible"`, override: true })
+})
+
+const BaseUrl = Schema.String.annotations(expecting("expected an http(s) URL")).pipe(
+  Schema.filter(isHttpUrl, expecting("expected an http(s) URL"))
+)
+
+/** A key, or `env:NAME`. */
+const KeyRef = Schema.String.annotations(expecting("expected a key, or env:NAME")).pipe(
+  Schema.filter((ref) => ref.trim().length > 0, expecting("expected a key, or env:NAME, not an empty string")),
+  Schema.filter(
+    (ref) => !ref.startsWith(envPrefix) || envName.test(ref.slice(envPrefix.length)),
+    expecting("expected env:NAME with NAME an environment variable name")
+  )
+)
+
+const Keys = Schema.Array(KeyRef).annotations(expecting("expected a list of keys")).pipe(
+  Schema.minItems(1, expecting("expected at least one key"))
+)
+
+const ModelName = Schema.String.annotations(expecting("expected a model name")).pipe(
+  Schema.nonEmptyString(expecting("expected a model name"))
+)
+
+const Models = Schema.Record({ key: Schema.String, value: ModelName }).annotations(
+  expecting("expected an object of model names")
+)
+
+const Flag = Schema.Boolean.annotations(expecting("expected true or false"))
+
+const number = (description: string, valid: (n: number) => boolean) =>
+  Schema.Number.annotations(expecting(`expected ${description}`)).pipe(
+    Schema.filter(valid, expecting(`expected ${description}`))
+  )
+
+const positiveInt = number("an integer ≥ 1", (n) => Number.isInteger(n) && n >= 1)
+const nonNegativeInt = number("an integer ≥ 0", (n) => Number.isInteger(n) && n >= 0)
+const ratio = number("a number between 0 and 1 (exclusive)", (n) => n > 0 && n < 1)
+const optional = <S extends Schema.Schema.Any>(schema: S) => Schema.optionalWith(schema, { exact: true })
+
+const Adaptive = Schema.Struct({
+  initial: optional(positiveInt),
+  min: optional(positiveInt),
+  max: optional(positiveInt),
+  backoff: optional(ratio),
+  fallBackoff: optional(ratio),
+  holdRounds: optional(nonNegativeInt),
+  holdRequests: optional(nonNegativeInt),
+  queueDelayRise: optional(number("a number > 1", (n) => n > 1)),
+  queueDelayWindows: optional(positiveInt),
+  queueDelayFloor: optional(number("milliseconds ≥ 0", (n) => n >= 0)),
+  maxQueued: optional(nonNegativeInt)
+}).annotations(expecting("expected adaptive limiter options"))
+
+const concurrencyExpected = "expected an integer ≥ 1 or adaptive limiter options"
+
+/**
+ * A number is a fixed limit, an object the adaptive limiter's options. The form is chosen by the
+ * value's type (not as a union) so an error names only what is wrong within the form meant.
+ */
+const Concurrency = Schema.transformOrFail(Schema.Unknown, Schema.Union(positiveInt, Adaptive), {
+  strict: true,
+  decode: (input, options, ast) =>
+    typeof input === "number"
+      ? ParseResult.decodeUnknown(positiveInt)(input, options)
+      : typeof input === "object" && input !== null && !Array.isArray(input)
+      ? ParseResult.decodeUnknown(Adaptive)(input, options)
+      : ParseResult.fail(new ParseResult.Type(ast, input, concurrencyExpected)),
+  encode: ParseResult.succeed
+})
+
+const AccountJson = Schema.Struct({
+  name: Name,
+  provider: Provider,
+  baseUrl: BaseUrl,
+  keys: Keys,
+  fallback: optional(Flag),
+  models: optional(Models),
+  concurrency: optional(Concurrency)
+}).annotations(expecting("expected an account object"))
+
+const AccountsJson = Schema.Struct({
+  accounts: Schema.Array(AccountJson).annotations(expecting("expected a list of accounts")).pipe(
+    Schema.minItems(1, expecting("expected at least one account"))
+  )
+}).annotations(expecting(`expected an object with an "accounts" list`))
+
+type AccountJson = typeof AccountJson.Type
+
+// ---------------------------------------------------------------------------------------------
+// Decoding
+// ---------------------------------------------------------------------------------------------
+
+const identifier = /^[A-Za-z_$][A-Za-z0-9_$]*$/
+
+/** `accounts[1].keys[0]`, `accounts[0].models["deepseek-v4-flash"]`. */
+const formatPath = (path: ReadonlyArray<PropertyKey>): string =>
+  path.length === 0 ? "(root)" : path.map((segment, i) =>
+    typeof segment === "number"
+      ? `[${segment}]`
+      : typeof segment === "string" && identifier.test(segment)
+      ? `${i === 0 ? "" : "."}${segment}`
+      : `[${JSON.stringify(String(segment))}]`
+  ).join("")
+
+const schemaIssues = (error: ParseResult.ParseError): ReadonlyArray<string> =>
+  ParseResult.ArrayFormatter.formatErrorSync(error).map((issue) => `${formatPath(issue.path)}: ${issue.message}`)
+
+const decodeJson = Schema.decodeUnknownEither(AccountsJson, { errors: "all", onExcessProperty: "error" })
+
+/** Problems the schema cannot see: names used twice, no account that is not a fallback. */
+const crossChecks = (accounts: ReadonlyArray<AccountJson>): ReadonlyArray<string> => {
+  const firstIndex = new Map<string, number>()
+  const issues: Array<string> = []
+  accounts.forEach((account, i) => {
+    const first = firstIndex.get(account.name)
+    if (first === undefined) firstIndex.set(account.name, i)
+    else issues.push(`accounts[${i}].name: duplicate name "${account.name}" (also accounts[${first}])`)
+  })
+  if (accounts.every((account) => account.fallback === true)) {
+    issues.push("accounts: expected at least one account that is not a fallback")
+  }
+  return issues
+}
+
+/** The keys a reference stands for: itself, or what its environment variable holds. */
+const resolveKey = (
+  ref: string,
+  path: string
+): Effect.Effect<ReadonlyArray<Redacted.Redacted<string>>, string> => {
+  if (!ref.startsWith(envPrefix)) return Effect.succeed([Redacted.make(ref.trim())])
+  const name = ref.slice(envPrefix.length)
+  return Config.redacted(name).pipe(
+    Effect.mapError((error) =>
+      ConfigError.isMissingDataOnly(error)
+        ? `${path}: environment variable ${name} is not set`
+        : `${path}: environment variable ${name} could not be read`
+    ),
+    Effect.map(KeyPool.parseKeyList),
+    Effect.filterOrFail((keys) => keys.length > 0, () => `${path}: environment variable ${name} is empty`)
+  )
+}
+
+const resolveAccount = (account: AccountJson, index: number): Effect.Effect<Account, ReadonlyArray<string>> =>
+  Effect.partition(account.keys, (ref, k) => resolveKey(ref, `accounts[${index}].keys[${k}]`)).pipe(
+    Effect.flatMap(([failures, keys]) =>
+      failures.length > 0
+        ? Effect.fail(failures)
+        : Effect.succeed({
+          ...account,
+          keys: keys.flat(),
+          fallback: account.fallback ?? false,
+          models: account.models ?? {}
+        })
+    )
+  )
+
+/**
+ * Validates accounts (e.g. parsed JSON) and reads the keys they reference from the environment
+ * through `Config.redacted`, so `ConfigProvider` decides where they come from. Every issue is
+ * reported with its path: all those of the JSON's shape at once, or, once the shape is right,
+ * every key that cannot be read and every name used twice.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const decode = (input: unknown, source = "input"): Effect.Effect<ReadonlyArray<Account>, AccountsError> =>
+  Effect.gen(function*() {
+    const fail = (issues: ReadonlyArray<string>) => Effect.fail(new AccountsError({ source, issues }))
+    const decoded = decodeJson(input)
+    if (Either.isLeft(decoded)) return yield* fail(schemaIssues(decoded.left))
+    const accounts = decoded.right.accounts
+    const [unresolved, resolved] = yield* Effect.partition(accounts, resolveAccount)
+    const issues = [...crossChecks(accounts), ...unresolved.flat()]
+    return issues.length > 0 ? yield* fail(issues) : resolved
+  })
+
+/** A JSON syntax error's position, without the excerpt of the text V8 may quote (it may hold a key). */
+const jsonErrorPosition = (error: unknown): string => {
+  const message = error instanceof Error ? error.message : ""
+  const position = /line \d+ column \d+/.exec(message) ?? /position \d+/.exec(message)
+  return position === null ? "" : ` (${position[0]})`
+}
+
+/**
+ * Reads accounts from a JSON file. An unreadable file or invalid JSON is an `AccountsError` too.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const load = (path: string): Effect.Effect<ReadonlyArray<Account>, AccountsError, FileSystem.FileSystem> =>
+  Effect.flatMap(FileSystem.FileSystem, (fs) => fs.readFileString(path)).pipe(
+    Effect.mapError((error) => new AccountsError({ source: path, issues: [`cannot read the file: ${error.message}`] })),
+    Effect.flatMap((text) =>
+      Effect.try({
+        try: () => JSON.parse(text) as unknown,
+        catch: (error) => new AccountsError({ source: path, issues: [`not valid JSON${jsonErrorPosition(error)}`] })
+      })
+    ),
+    Effect.flatMap((json) => decode(json, path))
+  )
+
+/**
+ * One DeepSeek account named `default` from the environment: keys from `DEEPSEEK_API_KEY` (one
+ * key, or several separated by commas), base URL from `DEEPSEEK_BASE_URL` (default
+ * `https://api.deepseek.com`).
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const fromEnv: Effect.Effect<ReadonlyArray<Account>, ConfigError.ConfigError> = Effect.map(
+  Config.all({
+    keys: KeyPool.keysConfig.pipe(
+      Config.validate({ message: "expected at least one key", validation: (keys) => keys.length > 0 })
+    ),
+    baseUrl: Config.string("DEEPSEEK_BASE_URL").pipe(
+      Config.validate({ message: "expected an http(s) URL", validation: isHttpUrl }),
+      Config.withDefault(defaultBaseUrl)
+    )
+  }),
+  ({ baseUrl, keys }): ReadonlyArray<Account> => [
+    { name: "default", provider: "deepseek", baseUrl, keys, fallback: false, models: {} }
+  ]
+)

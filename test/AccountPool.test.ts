@@ -1,0 +1,478 @@
+import { describe, expect, it } from "@effect/vitest"
+import * as Chunk from "effect/Chunk"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import * as Stream from "effect/Stream"
+import * as TestClock from "effect/TestClock"
+import type { Account } from "../src/Accounts.js"
+import * as AccountPool from "../src/AccountPool.js"
+import type { ChatCompletionChunk, ChatCompletionRequest } from "../src/ChatSchema.js"
+import * as CircuitBreaker from "../src/CircuitBreaker.js"
+import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
+import * as CostLedger from "../src/CostLedger.js"
+import * as MockUpstream from "../src/MockUpstream.js"
+import * as Resilient from "../src/Resilient.js"
+import * as RetryBudget from "../src/RetryBudget.js"
+import * as RetryPolicy from "../src/RetryPolicy.js"
+import * as Simulator from "../src/Simulator.js"
+import * as Telemetry from "../src/Telemetry.js"
+import * as TokenBucket from "../src/TokenBucket.js"
+import { Transport } from "../src/Transport.js"
+
+// ---------------------------------------------------------------------------------------------
+// An upstream per host (`a.test`, `b.test` …), each answered by a handler a test can swap.
+// ---------------------------------------------------------------------------------------------
+
+type Handler = (request: MockUpstream.RecordedRequest) => MockUpstream.Reply
+
+const hostOf = (request: MockUpstream.RecordedRequest) => new URL(request.url).host.replace(/\.test$/, "")
+const pathOf = (request: MockUpstream.RecordedRequest) => new URL(request.url).pathname
+const bearerOf = (request: MockUpstream.RecordedRequest) =>
+  request.bearer === undefined ? "" : Redacted.value(request.bearer)
+const bodyOf = (request: MockUpstream.RecordedRequest) => request.body as ChatCompletionRequest
+const isChat = (request: MockUpstream.RecordedRequest) => pathOf(request) === "/chat/completions"
+
+const usage = MockUpstream.usage({ promptTokens: 1000, completionTokens: 500 })
+
+const generation = (request: MockUpstream.RecordedRequest): MockUpstream.Generation => ({
+  id: `cmpl-${hostOf(request)}`,
+  model: bodyOf(request).model,
+  content: `hello from ${hostOf(request)}`,
+  usage
+})
+
+/** Answers chat like a healthy upstream (after `latency`), and the balance endpoint with 404. */
+const healthy = (latency?: Duration.DurationInput): Handler => (request) =>
+  !isChat(request)
+    ? MockUpstream.status(404)
+    : bodyOf(request).stream === true
+    ? MockUpstream.streamed(generation(request))
+    : MockUpstream.completion(generation(request), { delay: latency })
+
+const errorBody = (message: string) => ({ error: { message, type: "error" } })
+const status = (code: number): Handler => () => MockUpstream.status(code, { body: errorBody(`HTTP ${code}`) })
+const balance = (isAvailable: boolean) =>
+  MockUpstream.json({ is_available: isAvailable, balance_infos: [{ currency: "USD", total_balance: "0.00" }] })
+
+const account = (name: string, keys: ReadonlyArray<string>, extra: Partial<Account> = {}): Account => ({
+  name,
+  provider: "deepseek",
+  baseUrl: `https://${name}.test`,
+  keys: keys.map(Redacted.make),
+  fallback: false,
+  models: {},
+  ...extra
+})
+
+const fallbackAccount = account("alt", ["sk-alt"], {
+  provider: "openai-compatible",
+  fallback: true,
+  models: { "deepseek-v4-flash": "other-model" }
+})
+
+const request: ChatCompletionRequest = { model: "deepseek-v4-flash", messages: [{ role: "user", content: "hi" }] }
+
+interface Setup {
+  readonly accounts: ReadonlyArray<Account>
+  /** Handlers by host; a test may replace one while it runs. */
+  readonly handlers: Record<string, Handler>
+  readonly options?: AccountPool.Options
+  readonly ledger?: CostLedger.Options
+}
+
+/** The pool as a transport, over the mock upstreams and a ledger. */
+const poolLayer = (setup: Setup) =>
+  AccountPool.layerTransport(setup.accounts, setup.options).pipe(
+    Layer.provideMerge(
+      Layer.merge(
+        MockUpstream.layer((req) => (setup.handlers[hostOf(req)] ?? status(500))(req)),
+        CostLedger.layer(setup.ledger)
+      )
+    )
+  )
+
+/** The outer pipeline around the pool, as `layerResilient` builds it, with counting telemetry. */
+const stackLayer = (setup: Setup) => {
+  const { counts, telemetry } = Effect.runSync(Telemetry.makeCounters)
+  const layer = Resilient.layer.pipe(
+    Layer.provide([
+      ConcurrencyLimiter.layerUnbounded,
+      RetryPolicy.layer({ base: "100 millis", cap: "1 second" }),
+      RetryBudget.layerUnlimited,
+      TokenBucket.layerUnlimited,
+      CircuitBreaker.layerNoop,
+      Layer.succeed(Telemetry.Telemetry, telemetry)
+    ]),
+    Layer.provideMerge(poolLayer(setup))
+  )
+  return { layer, counts }
+}
+
+const create = Effect.flatMap(Transport, (transport) => transport.create(request))
+const resilientCreate = Effect.flatMap(Resilient.Resilient, (client) => client.create(request))
+
+/** Every chunk a stream emitted, and the error it ended with. */
+const drain = Effect.flatMap(Transport, (transport) =>
+  Effect.map(Stream.runCollect(Stream.either(transport.stream({ ...request, stream: true }))), (items) => {
+    const all = Chunk.toReadonlyArray(items)
+    return {
+      chunks: all.flatMap((item) => Either.isRight(item) ? [item.right] : []),
+      error: all.flatMap((item) => Either.isLeft(item) ? [item.left] : [])[0]
+    }
+  }))
+
+const contentOf = (chunks: ReadonlyArray<ChatCompletionChunk>) =>
+  chunks.map((chunk) => chunk.choices[0]?.delta.content ?? "").join("")
+
+/** Chat requests per host, in arrival order. */
+const chatHosts = Effect.flatMap(MockUpstream.MockUpstream, (upstream) =>
+  Effect.map(upstream.requests, (requests) => requests.filter(isChat).map(hostOf)))
+
+const countOf = (items: ReadonlyArray<string>, item: string) => items.filter((i) => i === item).length
+
+const states = Effect.flatMap(AccountPool.AccountPool, (pool) =>
+  Effect.map(pool.snapshot, (accounts) => Object.fromEntries(accounts.map((a) => [a.name, a.state]))))
+
+const concurrently = <A, E, R>(n: number, effect: Effect.Effect<A, E, R>) =>
+  Effect.all(Array.from({ length: n }, () => effect), { concurrency: "unbounded" })
+
+/** Lets forked fibers run until each is done or waiting, without moving the clock. */
+const settle = TestClock.adjust(0)
+
+describe("AccountPool", () => {
+  it.effect("spreads concurrent calls by load, in proportion to each account's limit", () => {
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"], { concurrency: 2 }), account("b", ["sk-b"], { concurrency: 6 })],
+      handlers: { a: healthy("1 second"), b: healthy("1 second") }
+    }
+    return Effect.gen(function*() {
+      const calls = yield* Effect.fork(concurrently(8, create))
+      yield* settle
+      const pool = yield* AccountPool.AccountPool
+      const busy = yield* pool.snapshot
+      expect(busy.map((a) => [a.name, a.inFlight, a.limit])).toEqual([["a", 2, 2], ["b", 6, 6]])
+      yield* TestClock.adjust("1 second")
+      const completions = yield* Fiber.join(calls)
+      expect(countOf(completions.map((c) => c.id), "cmpl-a")).toBe(2)
+      expect(countOf(yield* chatHosts, "b")).toBe(6)
+    }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
+  it.effect("alternates idle accounts by calls so far, in configuration order on ties", () => {
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"]), account("b", ["sk-b"])],
+      handlers: { a: healthy(), b: healthy() }
+    }
+    return Effect.gen(function*() {
+      yield* Effect.repeatN(create, 3)
+      expect(yield* chatHosts).toEqual(["a", "b", "a", "b"])
+      const pool = yield* AccountPool.AccountPool
+      expect((yield* pool.snapshot).map((a) => [a.name, a.calls, a.inFlight])).toEqual([["a", 2, 0], ["b", 2, 0]])
+    }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
+  it.effect("drops a bad key after its first 401 and uses it again only after the key cooldown", () => {
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a-bad", "sk-a-1", "sk-a-2"])],
+      handlers: { a: (req) => bearerOf(req) === "sk-a-bad" ? status(401)(req) : healthy()(req) },
+      options: { keyCooldown: "10 minutes" }
+    }
+    const bearers = Effect.flatMap(MockUpstream.MockUpstream, (upstream) =>
+      Effect.map(upstream.requests, (requests) => requests.map(bearerOf)))
+    return Effect.gen(function*() {
+      yield* Effect.repeatN(create, 5)
+      const used = yield* bearers
+      expect(countOf(used, "sk-a-bad")).toBe(1)
+      expect([countOf(used, "sk-a-1"), countOf(used, "sk-a-2")]).toEqual([3, 3])
+      const pool = yield* AccountPool.AccountPool
+      expect((yield* pool.snapshot)[0]).toMatchObject({ state: "serving", usableKeys: 2 })
+
+      // Nothing is disabled forever: after the cooldown the key is tried (and dropped) again.
+      yield* TestClock.adjust("10 minutes")
+      expect((yield* pool.snapshot)[0]?.usableKeys).toBe(3)
+      yield* Effect.repeatN(create, 2)
+      expect(countOf(yield* bearers, "sk-a-bad")).toBe(2)
+    }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
+  it.effect("fails over within one attempt on account-level errors, without a retry", () => {
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"]), account("b", ["sk-b"]), account("c", ["sk-c"])],
+      handlers: { a: status(401), b: status(402), c: healthy() }
+    }
+    const { counts, layer } = stackLayer(setup)
+    return Effect.gen(function*() {
+      const completion = yield* resilientCreate
+      expect(completion.id).toBe("cmpl-c")
+      expect(yield* chatHosts).toEqual(["a", "b", "c"])
+      expect(yield* counts).toMatchObject({ failedAttempts: 0, retries: 0 })
+      expect(yield* states).toEqual({ a: "no_keys", b: "out_of_balance", c: "serving" })
+      // The excluded accounts are not called again.
+      yield* Effect.repeatN(resilientCreate, 1)
+      expect(yield* chatHosts).toEqual(["a", "b", "c", "c", "c"])
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.effect("takes an account out on 402 and brings it back when a balance probe finds it funded", () => {
+    let funded = false
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"]), account("b", ["sk-b"])],
+      handlers: {
+        a: (req) => isChat(req) ? (funded ? healthy()(req) : status(402)(req)) : balance(funded),
+        b: healthy()
+      },
+      options: { balanceProbeInterval: "60 seconds" }
+    }
+    const probes = Effect.flatMap(MockUpstream.MockUpstream, (upstream) =>
+      Effect.map(upstream.requests, (requests) =>
+        requests.filter((r) => pathOf(r) === "/user/balance").map((r) => [r.method, bearerOf(r)])))
+    return Effect.gen(function*() {
+      expect((yield* create).id).toBe("cmpl-b")
+      yield* Effect.repeatN(create, 2)
+      expect(yield* chatHosts).toEqual(["a", "b", "b", "b", "b"])
+      expect(yield* states).toEqual({ a: "out_of_balance", b: "serving" })
+
+      yield* TestClock.adjust("59 seconds")
+      expect(yield* probes).toEqual([])
+      yield* TestClock.adjust("1 second")
+      expect(yield* probes).toEqual([["GET", "sk-a"]])
+      expect((yield* states).a).toBe("out_of_balance")
+
+      funded = true
+      yield* TestClock.adjust("60 seconds")
+      expect((yield* probes).length).toBe(2)
+      expect((yield* states).a).toBe("serving")
+      yield* Effect.repeatN(create, 1)
+      expect((yield* chatHosts).slice(5)).toContain("a")
+    }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
+  it.effect("does not send the calls that queued at an account while it ran out of balance", () => {
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"], { concurrency: 1 }), account("b", ["sk-b"], { concurrency: 1 })],
+      handlers: {
+        a: () => MockUpstream.parts([JSON.stringify(errorBody("no balance"))], { status: 402, latency: "1 second" }),
+        b: healthy("1 second")
+      }
+    }
+    return Effect.gen(function*() {
+      const calls = yield* Effect.fork(concurrently(4, create))
+      yield* settle
+      const pool = yield* AccountPool.AccountPool
+      expect((yield* pool.snapshot).map((a) => a.inFlight)).toEqual([1, 1])
+      yield* TestClock.adjust("5 seconds")
+      const completions = yield* Fiber.join(calls)
+      expect(completions.map((c) => c.id)).toEqual(["cmpl-b", "cmpl-b", "cmpl-b", "cmpl-b"])
+      expect(yield* chatHosts).toEqual(["a", "b", "b", "b", "b"])
+      const ledger = yield* CostLedger.CostLedger
+      expect((yield* ledger.snapshot).byAccount["a"]?.attempts).toBe(1)
+    }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
+  it.effect("brings back an account that cannot be probed after the fallback cooldown", () => {
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"]), account("b", ["sk-b"], { provider: "openai-compatible" })],
+      handlers: { a: (req) => isChat(req) ? status(402)(req) : status(404)(req), b: status(402) },
+      options: { balanceProbeInterval: "1 minute", fallbackCooldown: "5 minutes" }
+    }
+    return Effect.gen(function*() {
+      const error = yield* Effect.flip(create)
+      expect(error._tag).toBe("NoAccountAvailable")
+      expect(yield* states).toEqual({ a: "out_of_balance", b: "out_of_balance" })
+      // a's balance endpoint answers 404 at the first probe: a waits out the cooldown like b.
+      yield* TestClock.adjust("4 minutes")
+      expect(yield* states).toEqual({ a: "out_of_balance", b: "out_of_balance" })
+      yield* TestClock.adjust("1 minute")
+      expect(yield* states).toEqual({ a: "serving", b: "serving" })
+    }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
+  it.effect("uses the fallback only when no primary can serve, with its model names", () => {
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"]), account("b", ["sk-b"]), fallbackAccount],
+      handlers: { a: healthy(), b: healthy(), alt: healthy() },
+      options: { breaker: { minimumThroughput: 1, failureRatio: 0.25, openFor: "30 seconds" } }
+    }
+    const models = Effect.flatMap(MockUpstream.MockUpstream, (upstream) =>
+      Effect.map(upstream.requests, (requests) => requests.map((r) => [hostOf(r), bodyOf(r).model])))
+    return Effect.gen(function*() {
+      yield* Effect.repeatN(create, 3)
+      expect(countOf(yield* chatHosts, "alt")).toBe(0)
+
+      // One 503 opens a primary's breaker (the error goes back to the caller's retry).
+      setup.handlers.a = status(503)
+      setup.handlers.b = status(503)
+      expect((yield* Effect.flip(create))._tag).toBe("ServerError")
+      expect((yield* Effect.flip(create))._tag).toBe("ServerError")
+      expect(yield* states).toEqual({ a: "open", b: "open", alt: "serving" })
+
+      const completion = yield* create
+      expect(completion.id).toBe("cmpl-alt")
+      expect(completion.model).toBe("other-model")
+      expect((yield* models).slice(-1)).toEqual([["alt", "other-model"]])
+      expect((yield* models).filter(([host]) => host !== "alt").every(([, model]) => model === "deepseek-v4-flash"))
+        .toBe(true)
+
+      // Back to the primaries once their breakers let a canary through.
+      setup.handlers.a = healthy()
+      setup.handlers.b = healthy()
+      yield* TestClock.adjust("30 seconds")
+      yield* Effect.repeatN(create, 1)
+      expect((yield* chatHosts).slice(-2)).toEqual(["a", "b"])
+    }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
+  it.effect("answers NoAccountAvailable with the earliest recovery, which the outer retry waits for", () => {
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"]), account("b", ["sk-b"])],
+      handlers: { a: (req) => isChat(req) ? status(402)(req) : balance(false), b: status(503) },
+      options: {
+        balanceProbeInterval: "60 seconds",
+        breaker: { minimumThroughput: 1, failureRatio: 1, openFor: "20 seconds" }
+      }
+    }
+    const { layer } = stackLayer(setup)
+    return Effect.gen(function*() {
+      // a answers 402 (out, probed in 60 s), b 503 (its breaker opens for 20 s).
+      expect((yield* Effect.flip(create))._tag).toBe("ServerError")
+      const error = yield* Effect.flip(create)
+      if (error._tag !== "NoAccountAvailable") return expect.fail(`unexpected ${error._tag}`)
+      expect(error.retryable).toBe(true)
+      expect(error.retryAfter).toEqual(Option.some(Duration.seconds(20)))
+      expect(error.accounts.map((a) => [a.account, a.reason])).toEqual([["a", "out_of_balance"], ["b", "circuit_open"]])
+
+      setup.handlers.b = healthy()
+      const call = yield* Effect.fork(resilientCreate)
+      yield* TestClock.adjust("19 seconds")
+      expect(call.unsafePoll()).toBeNull()
+      yield* TestClock.adjust("1 second")
+      expect((yield* Fiber.join(call)).id).toBe("cmpl-b")
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.effect("fails over a stream before its first chunk, never after", () => {
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"]), account("b", ["sk-b"])],
+      handlers: { a: status(402), b: healthy() }
+    }
+    return Effect.gen(function*() {
+      const first = yield* drain
+      expect(first.error).toBeUndefined()
+      expect(contentOf(first.chunks)).toBe("hello from b")
+      expect(yield* chatHosts).toEqual(["a", "b"])
+
+      // b cuts its stream after two chunks: the caller saw content, so the error is the answer.
+      const cut: Handler = (req) =>
+        MockUpstream.sse(MockUpstream.events(generation(req), { done: false }).slice(0, 2), { cut: true })
+      setup.handlers.b = cut
+      const second = yield* drain
+      expect(second.chunks.length).toBe(2)
+      expect(second.error?._tag).toBe("TransportError")
+      expect(yield* chatHosts).toEqual(["a", "b", "b"])
+      const ledger = yield* CostLedger.CostLedger
+      expect((yield* ledger.snapshot).byAccount["b"]).toMatchObject({ attempts: 2, requests: 2, truncated: 1 })
+    }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
+  it.effect("records every attempt in the ledger per account: kept, and the retry tax of discarded ones", () => {
+    const cutShort: Handler = (req) =>
+      MockUpstream.completion({ ...generation(req), finishReason: "insufficient_system_resource" })
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"]), account("b", ["sk-b"]), account("c", ["sk-c"])],
+      handlers: { a: cutShort, b: status(402), c: healthy() }
+    }
+    const { layer } = stackLayer(setup)
+    return Effect.gen(function*() {
+      // a cuts the work short (billed, discarded, retried); the retry goes to b (402, failed over), then c.
+      const call = yield* Effect.fork(resilientCreate)
+      yield* TestClock.adjust("1 second")
+      expect((yield* Fiber.join(call)).id).toBe("cmpl-c")
+      expect(yield* chatHosts).toEqual(["a", "b", "c"])
+      const ledger = yield* CostLedger.CostLedger
+      const { byAccount, total } = yield* ledger.snapshot
+      expect(byAccount["a"]).toMatchObject({
+        attempts: 1,
+        requests: 0,
+        promptTokens: 1000,
+        retryTax: { attempts: 1, tokens: 1500 }
+      })
+      expect(byAccount["b"]).toMatchObject({ attempts: 1, requests: 0, promptTokens: 0 })
+      expect(byAccount["c"]).toMatchObject({ attempts: 1, requests: 1, promptTokens: 1000, retryTax: { attempts: 0 } })
+      expect(total.costUsd).toBeGreaterThan(0)
+      expect(total.requests).toBe(1)
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.effect("stops at a spent budget with a typed, non-retryable error, sending nothing", () => {
+    const setup: Setup = { accounts: [account("a", ["sk-a"])], handlers: { a: healthy() }, ledger: { budgetUsd: 0 } }
+    const { counts, layer } = stackLayer(setup)
+    return Effect.gen(function*() {
+      const error = yield* Effect.flip(resilientCreate)
+      if (error._tag !== "NoAccountAvailable") return expect.fail(`unexpected ${error._tag}`)
+      expect(error.budgetExceeded).toEqual({ spentUsd: 0, budgetUsd: 0 })
+      expect(error.retryable).toBe(false)
+      expect(error.message).toContain("budget exceeded")
+      expect((yield* counts).retries).toBe(0)
+      expect(yield* chatHosts).toEqual([])
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.effect("the outer pipeline's unbounded limiter never makes a caller wait", () =>
+    Effect.gen(function*() {
+      const limiter = yield* ConcurrencyLimiter.makeUnbounded
+      yield* Effect.scoped(Effect.gen(function*() {
+        yield* Effect.replicateEffect(limiter.acquire(), 1000)
+        expect(yield* limiter.snapshot).toEqual({ limit: Infinity, inFlight: 1000, queued: 0 })
+      }))
+      expect((yield* limiter.snapshot).inFlight).toBe(0)
+    }))
+
+  it.scopedLive("keeps each account of a loopback server within its own limit; a second server is the fallback", () =>
+    Effect.gen(function*() {
+      const primary = yield* Simulator.make({
+        accounts: { a: { keys: ["sk-sim-a"], limit: 3 }, b: { keys: ["sk-sim-b"], limit: 3 } },
+        queueDelay: "20 millis"
+      })
+      const secondary = yield* Simulator.make({ accounts: { alt: { keys: ["sk-sim-alt"] } } })
+      const accounts = [
+        account("a", ["sk-sim-a"], { baseUrl: primary.baseUrl, concurrency: 3 }),
+        account("b", ["sk-sim-b"], { baseUrl: primary.baseUrl, concurrency: 3 }),
+        account("alt", ["sk-sim-alt"], { baseUrl: secondary.baseUrl, fallback: true })
+      ]
+      const context = yield* Layer.build(
+        AccountPool.layerResilient(accounts).pipe(Layer.provide([Telemetry.layerNoop, CostLedger.layer()]))
+      )
+      const client = Effect.provide(Resilient.Resilient, context)
+      const pool = Effect.provide(AccountPool.AccountPool, context)
+      const ask = (i: number) =>
+        Effect.flatMap(client, (c) => c.create({ ...request, messages: [{ role: "user", content: `m${i}` }] }))
+
+      const answers = yield* Effect.forEach(Array.from({ length: 12 }, (_, i) => i), ask, { concurrency: "unbounded" })
+      expect(answers.map((a) => a.choices[0]?.message.content)).toEqual(answers.map((_, i) => `echo:m${i}`))
+      const stats = yield* primary.stats
+      // Half of the load each, never over the account's limit: the server never had to refuse one.
+      for (const name of ["a", "b"]) {
+        expect(stats.accounts[name]).toMatchObject({ requests: 6, rateLimited: 0 })
+        expect(stats.accounts[name]?.maxInFlight).toBeLessThanOrEqual(3)
+      }
+      expect((yield* secondary.stats).requests).toBe(0)
+
+      yield* primary.setBalance("a", 0)
+      yield* primary.setBalance("b", 0)
+      expect((yield* ask(12)).choices[0]?.message.content).toBe("echo:m12")
+      expect((yield* secondary.stats).requests).toBe(1)
+      const snapshot = yield* Effect.flatMap(pool, (p) => p.snapshot)
+      expect(snapshot.map((s) => [s.name, s.state])).toEqual([
+        ["a", "out_of_balance"],
+        ["b", "out_of_balance"],
+        ["alt", "serving"]
+      ])
+      // The pool the client runs on is the one `AccountPool` shows: 12 calls, then a and b failed over.
+      expect(snapshot.map((s) => s.calls).reduce((x, y) => x + y)).toBe(15)
+    }).pipe(Effect.timeout("20 seconds")))
+})

@@ -1,0 +1,192 @@
+import * as FileSystem from "@effect/platform/FileSystem"
+import * as NodeFileSystem from "@effect/platform-node/NodeFileSystem"
+import { describe, expect, it } from "@effect/vitest"
+import * as ConfigError from "effect/ConfigError"
+import * as ConfigProvider from "effect/ConfigProvider"
+import * as Effect from "effect/Effect"
+import * as Redacted from "effect/Redacted"
+import * as Accounts from "../src/Accounts.js"
+
+const secrets = ["sk-literal-aaaa", "sk-env-bbbb", "sk-env-cccc", "sk-misplaced-dddd"]
+
+const environment = ConfigProvider.fromMap(
+  new Map([
+    ["DEEPSEEK_KEY_A", "sk-env-bbbb"],
+    ["ALT_KEYS", "sk-env-cccc, sk-env-dddd"],
+    ["BLANK", " , "]
+  ])
+)
+
+const valid = {
+  accounts: [
+    {
+      name: "a",
+      provider: "deepseek",
+      baseUrl: "https://api.deepseek.com",
+      keys: ["sk-literal-aaaa", "env:DEEPSEEK_KEY_A"]
+    },
+    { name: "b", provider: "deepseek", baseUrl: "https://api.deepseek.com/", keys: ["env:ALT_KEYS"], concurrency: 4 },
+    {
+      name: "alt",
+      provider: "openai-compatible",
+      baseUrl: "http://127.0.0.1:8080/v1",
+      keys: ["env:ALT_KEYS"],
+      fallback: true,
+      models: { "deepseek-v4-flash": "other-model" },
+      concurrency: { initial: 16, max: 64, backoff: 0.8 }
+    }
+  ]
+}
+
+const withAccount = (patch: Record<string, unknown>, index = 0) => ({
+  accounts: valid.accounts.map((account, i) => (i === index ? { ...account, ...patch } : account))
+})
+
+/** The issues of a decode that must fail, checked to hold no key. */
+const issuesOf = (input: unknown) =>
+  Effect.gen(function*() {
+    const error = yield* Effect.flip(Accounts.decode(input, "accounts.json"))
+    expect(error._tag).toBe("AccountsError")
+    expect(error.source).toBe("accounts.json")
+    for (const secret of secrets) expect(error.message).not.toContain(secret)
+    return error.issues
+  }).pipe(Effect.withConfigProvider(environment))
+
+describe("Accounts", () => {
+  it.effect("decodes a valid file, reading env: keys as redacted values", () =>
+    Effect.gen(function*() {
+      const accounts = yield* Accounts.decode(valid)
+      expect(accounts.map((a) => [a.name, a.provider, a.fallback])).toEqual([
+        ["a", "deepseek", false],
+        ["b", "deepseek", false],
+        ["alt", "openai-compatible", true]
+      ])
+      expect(accounts.map((a) => a.keys.map(Redacted.value))).toEqual([
+        ["sk-literal-aaaa", "sk-env-bbbb"],
+        ["sk-env-cccc", "sk-env-dddd"],
+        ["sk-env-cccc", "sk-env-dddd"]
+      ])
+      expect(accounts[0]?.models).toEqual({})
+      expect(accounts[2]?.models).toEqual({ "deepseek-v4-flash": "other-model" })
+      expect(accounts.map((a) => a.concurrency)).toEqual([undefined, 4, { initial: 16, max: 64, backoff: 0.8 }])
+      expect(JSON.stringify(accounts)).not.toContain("sk-")
+    }).pipe(Effect.withConfigProvider(environment)))
+
+  it.effect("names the variable of a missing or empty env: key, with its path", () =>
+    Effect.gen(function*() {
+      const issues = yield* issuesOf(withAccount({ keys: ["env:DEEPSEEK_KEY_B", "sk-literal-aaaa", "env:BLANK"] }, 1))
+      expect(issues).toEqual([
+        "accounts[1].keys[0]: environment variable DEEPSEEK_KEY_B is not set",
+        "accounts[1].keys[2]: environment variable BLANK is empty"
+      ])
+    }))
+
+  it.effect("reports a bad URL, empty keys and an unknown provider with their paths", () =>
+    Effect.gen(function*() {
+      expect(yield* issuesOf(withAccount({ baseUrl: "ftp://example.com" }))).toEqual([
+        "accounts[0].baseUrl: expected an http(s) URL"
+      ])
+      expect(yield* issuesOf(withAccount({ baseUrl: "not a url" }, 2))).toEqual([
+        "accounts[2].baseUrl: expected an http(s) URL"
+      ])
+      expect(yield* issuesOf(withAccount({ keys: [] }, 1))).toEqual(["accounts[1].keys: expected at least one key"])
+      expect(yield* issuesOf(withAccount({ provider: "azure" }))).toEqual([
+        `accounts[0].provider: expected "deepseek" or "openai-compatible"`
+      ])
+    }))
+
+  it.effect("reports duplicate names and a pool of fallbacks only", () =>
+    Effect.gen(function*() {
+      expect(yield* issuesOf(withAccount({ name: "a" }, 2))).toEqual([
+        `accounts[2].name: duplicate name "a" (also accounts[0])`
+      ])
+      const onlyFallbacks = { accounts: [{ ...valid.accounts[0], fallback: true }] }
+      expect(yield* issuesOf(onlyFallbacks)).toEqual(["accounts: expected at least one account that is not a fallback"])
+    }))
+
+  it.effect("reports every wrong type at once, without echoing a value that may be a key", () =>
+    Effect.gen(function*() {
+      const issues = yield* issuesOf({
+        accounts: [
+          {
+            name: 7,
+            provider: "deepseek",
+            baseUrl: "https://api.deepseek.com",
+            keys: "sk-misplaced-dddd",
+            fallback: "yes",
+            models: { "deepseek-v4-flash": 3 },
+            concurrency: { initial: 0, limit: 3 },
+            key: "sk-misplaced-dddd"
+          },
+          "sk-misplaced-dddd",
+          { ...valid.accounts[1], keys: [42, "env:not a name", ""], concurrency: 2.5 }
+        ]
+      })
+      expect(issues).toEqual([
+        `accounts[0].key: is unexpected, expected: ` +
+        `"name" | "provider" | "baseUrl" | "keys" | "fallback" | "models" | "concurrency"`,
+        "accounts[0].name: expected a name",
+        "accounts[0].keys: expected a list of keys",
+        "accounts[0].fallback: expected true or false",
+        `accounts[0].models["deepseek-v4-flash"]: expected a model name`,
+        expect.stringMatching(/^accounts\[0\]\.concurrency\.limit: is unexpected/),
+        "accounts[0].concurrency.initial: expected an integer ≥ 1",
+        "accounts[1]: expected an account object",
+        "accounts[2].keys[0]: expected a key, or env:NAME",
+        "accounts[2].keys[1]: expected env:NAME with NAME an environment variable name",
+        "accounts[2].keys[2]: expected a key, or env:NAME, not an empty string",
+        "accounts[2].concurrency: expected an integer ≥ 1"
+      ])
+      expect(yield* issuesOf("sk-misplaced-dddd")).toEqual([`(root): expected an object with an "accounts" list`])
+      expect(yield* issuesOf({ accounts: [] })).toEqual(["accounts: expected at least one account"])
+    }))
+
+  it.scoped("loads a file, and reports an unreadable file or invalid JSON without quoting it", () =>
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const dir = yield* fs.makeTempDirectoryScoped()
+      yield* fs.writeFileString(`${dir}/ok.json`, JSON.stringify(valid))
+      yield* fs.writeFileString(`${dir}/bad.json`, `{"accounts": [{"keys": [sk-misplaced-dddd]}]}`)
+      expect((yield* Accounts.load(`${dir}/ok.json`)).map((a) => a.name)).toEqual(["a", "b", "alt"])
+      const bad = yield* Effect.flip(Accounts.load(`${dir}/bad.json`))
+      expect(bad.source).toBe(`${dir}/bad.json`)
+      expect(bad.issues[0]).toMatch(/^not valid JSON/)
+      expect(bad.message).not.toContain("sk-misplaced")
+      const missing = yield* Effect.flip(Accounts.load(`${dir}/missing.json`))
+      expect(missing.issues[0]).toMatch(/^cannot read the file/)
+    }).pipe(Effect.provide(NodeFileSystem.layer), Effect.withConfigProvider(environment)))
+
+  it.effect("fromEnv: one default account from DEEPSEEK_API_KEY and DEEPSEEK_BASE_URL", () =>
+    Effect.gen(function*() {
+      const [account, ...rest] = yield* Accounts.fromEnv.pipe(
+        Effect.withConfigProvider(
+          ConfigProvider.fromMap(
+            new Map([["DEEPSEEK_API_KEY", "sk-one,sk-two"], ["DEEPSEEK_BASE_URL", "http://127.0.0.1:9/"]])
+          )
+        )
+      )
+      expect(rest).toEqual([])
+      expect(account).toMatchObject({
+        name: "default",
+        provider: "deepseek",
+        baseUrl: "http://127.0.0.1:9/",
+        fallback: false
+      })
+      expect(account?.keys.map(Redacted.value)).toEqual(["sk-one", "sk-two"])
+
+      const defaulted = yield* Accounts.fromEnv.pipe(
+        Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["DEEPSEEK_API_KEY", "sk-one"]])))
+      )
+      expect(defaulted[0]?.baseUrl).toBe("https://api.deepseek.com")
+
+      const missing = yield* Effect.flip(
+        Accounts.fromEnv.pipe(Effect.withConfigProvider(ConfigProvider.fromMap(new Map())))
+      )
+      expect(ConfigError.isMissingDataOnly(missing)).toBe(true)
+      expect(String(missing)).toContain("DEEPSEEK_API_KEY")
+      const blank = yield* Effect.flip(
+        Accounts.fromEnv.pipe(Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["DEEPSEEK_API_KEY", " , "]]))))
+      )
+      expect(String(blank)).toContain("expected at least one key")
+    }))
+})
