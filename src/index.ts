@@ -6,6 +6,10 @@
  */
 
 /** @since 0.1.0 */
+export * as AccountPool from "./AccountPool.js"
+/** @since 0.1.0 */
+export * as Accounts from "./Accounts.js"
+/** @since 0.1.0 */
 export * as ApiError from "./ApiError.js"
 /** @since 0.1.0 */
 export * as Batch from "./Batch.js"

@@ -252,6 +252,31 @@ describe("Transport keys", () => {
     }).pipe(Effect.provide(setup([echoKeyBody(401, "authentication_error"), echoKeyBody(401, "authentication_error")]))))
 })
 
+describe("Transport key rotation with keys that come back", () => {
+  // A pool whose rejected key is usable again at once, as after a cooldown: one call must
+  // still try each key once, not loop.
+  const forgivingPool = Layer.succeed(KeyPool.KeyPool, {
+    acquire: Effect.succeed({ id: "key#1", key: Redacted.make(keys[0]!) }),
+    reject: () => Effect.void,
+    available: Effect.succeed(1),
+    cooldownEnd: Effect.succeedNone
+  })
+  const alwaysRejected: MockUpstream.Script = () => echoKeyBody(401, "authentication_error")
+
+  it.effect("a key refused once is not tried again within the same call", () =>
+    Effect.gen(function*() {
+      const rejected = yield* failure(create())
+      expect(rejected).toMatchObject({ _tag: "KeyRejected", keyId: "key#1" })
+      expect((yield* Effect.flatMap(MockUpstream.MockUpstream, (m) => m.requests)).length).toBe(1)
+    }).pipe(
+      Effect.provide(
+        Transport.layer({ baseUrl: "https://upstream.test/" }).pipe(
+          Layer.provideMerge(Layer.merge(MockUpstream.layer(alwaysRejected), forgivingPool))
+        )
+      )
+    ))
+})
+
 describe("Transport stale connections", () => {
   it.effect("a connection dropped before any status is retried once, silently", () =>
     Effect.gen(function*() {

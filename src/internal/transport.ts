@@ -400,12 +400,17 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
 
     const post = (body: unknown) => HttpClientRequest.bodyText(endpoint, JSON.stringify(body), "application/json")
 
-    /** Sends with `credential`, retrying a stale connection and rotating keys on 401. */
+    /**
+     * Sends with `credential`, retrying a stale connection and rotating keys on 401. `rejected`
+     * holds the keys this call already saw refused: a key back from its cooldown is not tried
+     * twice in one call.
+     */
     const attempt = (
       request: HttpClientRequest.HttpClientRequest,
       timeline: Timeline,
       credential: Credential,
-      staleRetries: number
+      staleRetries: number,
+      rejected: ReadonlySet<string> = new Set()
     ): Effect.Effect<Response, ApiError.ApiError> =>
       timeline.guard(
         client.execute(
@@ -416,14 +421,14 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
         Effect.catchTags({
           RequestError: (error) =>
             staleRetries > 0 && isStaleConnection(error.cause)
-              ? attempt(request, timeline, credential, staleRetries - 1)
+              ? attempt(request, timeline, credential, staleRetries - 1, rejected)
               : Effect.fail(requestFailed(error.cause)),
           ResponseError: (error) => Effect.fail(requestFailed(error.cause))
         }),
         Effect.flatMap((response) =>
           response.status >= 200 && response.status < 300
             ? Effect.as(timeline.headersArrived, response)
-            : refused(request, timeline, credential, staleRetries, response)
+            : refused(request, timeline, credential, staleRetries, rejected, response)
         )
       )
 
@@ -432,6 +437,7 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
       timeline: Timeline,
       credential: Credential,
       staleRetries: number,
+      rejected: ReadonlySet<string>,
       response: Response
     ): Effect.Effect<Response, ApiError.ApiError> =>
       timeline.guard(response.text, noPartial).pipe(
@@ -441,13 +447,16 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
           if (response.status !== 401) {
             return Effect.flatMap(Clock.currentTimeMillis, (now) => Effect.fail(statusError(response, problem, now)))
           }
-          // Each 401 drops a key for good, so this ends after at most as many tries as keys.
-          const rejected = new ApiError.KeyRejected({ message: problem.message, keyId: credential.id })
+          // Each 401 drops the key and tries another this call has not seen refused, so this
+          // ends after at most as many tries as keys.
+          const keyRejected = new ApiError.KeyRejected({ message: problem.message, keyId: credential.id })
+          const seen = new Set(rejected).add(credential.id)
           return keyPool.reject(credential).pipe(
             Effect.zipRight(keyPool.acquire),
             Effect.matchEffect({
-              onFailure: () => Effect.fail(rejected),
-              onSuccess: (next) => attempt(request, timeline, next, staleRetries)
+              onFailure: () => Effect.fail(keyRejected),
+              onSuccess: (next) =>
+                seen.has(next.id) ? Effect.fail(keyRejected) : attempt(request, timeline, next, staleRetries, seen)
             })
           )
         })
