@@ -69,8 +69,6 @@
  *
  * ## Limits of this design
  *
- * - `Transport.CallOptions` carries no priority, so the per-account limiters queue every call
- *   in the `interactive` lane.
  * - The pool does not call `CallOptions.onFirstContent`: queue delays feed the per-account
  *   limiters inside, and the outer limiter is unbounded.
  * - The inner clients update the same `Resilient` metrics as the outer one: with a pool,

@@ -197,14 +197,14 @@ export const make: Effect.Effect<Service, never, Parts> = Effect.gen(function*()
   const attempt = (request: ChatCompletionRequest, options: CallOptions | undefined) =>
     Effect.scoped(gated(request, options, (permit) => {
       const probe = queueDelayProbe()
-      return breaker.protect(transport.create(request, { deadlines: options?.deadlines, onFirstContent: probe.record }))
+      return breaker.protect(transport.create(request, transportOptions(options, probe)))
         .pipe(Effect.onExit((exit) => permit.complete(probe.outcome(exit))))
     })).pipe(Effect.tapError(onFailure))
 
   const streamAttempt = (request: ChatCompletionRequest, options: CallOptions | undefined) =>
     Stream.unwrapScoped(gated(request, options, (permit) => {
       const probe = queueDelayProbe()
-      const chunks = transport.stream(request, { deadlines: options?.deadlines, onFirstContent: probe.record }).pipe(
+      const chunks = transport.stream(request, transportOptions(options, probe)).pipe(
         Stream.onError((cause) => permit.complete(probe.outcome(Exit.failCause(cause)))),
         Stream.onDone(() => permit.complete(probe.outcome(Exit.void)))
       )
@@ -255,6 +255,15 @@ const protectStream = <A, E>(
       Stream.onDone(() => Deferred.succeed(ended, undefined))
     )
   }))
+
+const transportOptions = (
+  options: CallOptions | undefined,
+  probe: ReturnType<typeof queueDelayProbe>
+): TransportModule.CallOptions => ({
+  deadlines: options?.deadlines,
+  priority: options?.priority,
+  onFirstContent: probe.record
+})
 
 /** Holds the queue delay the transport reports, and turns an attempt's exit into an outcome. */
 const queueDelayProbe = () => {

@@ -15,6 +15,7 @@ import * as Layer from "effect/Layer"
 import type * as Stream from "effect/Stream"
 import { Agent } from "undici"
 import type { ApiError } from "./ApiError.js"
+import type { Priority } from "./ConcurrencyLimiter.js"
 import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from "./ChatSchema.js"
 import * as internal from "./internal/transport.js"
 import * as KeyPool from "./KeyPool.js"
@@ -62,6 +63,11 @@ export interface CallOptions {
    * time, a delay signal for an adaptive concurrency limit.
    */
   readonly onFirstContent?: ((queueDelay: Duration.Duration) => Effect.Effect<void>) | undefined
+  /**
+   * The call's priority. A plain transport ignores it; a transport that owns concurrency limits
+   * (the account pool) queues by it.
+   */
+  readonly priority?: Priority | undefined
 }
 
 /**

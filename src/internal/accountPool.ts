@@ -407,7 +407,7 @@ export const make = (
     const create: Transport.Service["create"] = (request, options) => {
       const on = (member: Member) => {
         const model = member.modelFor(request.model)
-        return member.client.create({ ...request, model }, { deadlines: options?.deadlines }).pipe(
+        return member.client.create({ ...request, model }, { deadlines: options?.deadlines, priority: options?.priority }).pipe(
           Effect.tapBoth({
             onSuccess: (completion) => record(member, model, completion.usage, "kept"),
             onFailure: (error) => recordFailure(member, model, error, false)
@@ -437,7 +437,7 @@ export const make = (
       const model = member.modelFor(request.model)
       let delivered = false
       let usage: Usage | undefined
-      return member.client.stream({ ...request, model }, { deadlines: options?.deadlines }).pipe(
+      return member.client.stream({ ...request, model }, { deadlines: options?.deadlines, priority: options?.priority }).pipe(
         Stream.tap((chunk) =>
           Effect.sync(() => {
             delivered = true
