@@ -2,13 +2,17 @@
 /**
  * The `weatherproof` command line: a thin shell over `Batch.run`.
  *
- * - `weatherproof batch <input.jsonl> --output <results.jsonl> [--concurrency N]` runs an
- *   OpenAI-format batch against DeepSeek (`DEEPSEEK_API_KEY`, optional `DEEPSEEK_BASE_URL`).
+ * - `weatherproof batch <input.jsonl> --output <results.jsonl> [--accounts <accounts.json>]
+ *   [--summary <summary.json>] [--concurrency N]` runs an OpenAI-format batch over the accounts of
+ *   the file (or one DeepSeek account from `DEEPSEEK_API_KEY` and optional `DEEPSEEK_BASE_URL`),
+ *   prices it (`WEATHERPROOF_PRICING_FILE`, `WEATHERPROOF_BUDGET_USD`), routes tasks
+ *   (`WEATHERPROOF_ROUTER`) and can write its summary as JSON.
  * - `weatherproof demo [--requests N]` runs the same batch path against an in-process simulator,
  *   with faults on, and verifies every answer. No key needed.
  *
  * Exit codes: 0 when every line succeeded (demo: verified), 1 when a line failed or the run could
- * not go on, 2 for a usage or configuration error (such as a missing key).
+ * not go on, 2 for a usage or configuration error (a missing key, a bad accounts file, pricing
+ * table or router setting).
  *
  * @since 0.1.0
  */
@@ -19,18 +23,21 @@ import * as ValidationError from "@effect/cli/ValidationError"
 import * as NodeContext from "@effect/platform-node/NodeContext"
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { defaultTeardown } from "@effect/platform/Runtime"
+import * as ConfigError from "effect/ConfigError"
 import * as Console from "effect/Console"
 import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
-import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import { realpathSync } from "node:fs"
 import { fileURLToPath } from "node:url"
+import * as Accounts from "../src/Accounts.js"
+import { scrubSecrets } from "../src/ApiError.js"
 import * as Batch from "../src/Batch.js"
+import * as CostLedger from "../src/CostLedger.js"
 import * as Demo from "../src/internal/batchDemo.js"
 import { progressBar } from "../src/internal/batchProgress.js"
-import * as Resilient from "../src/Resilient.js"
+import * as Router from "../src/Router.js"
 
 /**
  * Ends the program with `code` after `message` (if any) went to stderr.
@@ -48,42 +55,80 @@ const withProgress = <A, E, R>(
 ) => Effect.scoped(Effect.flatMap(progressBar(process.stderr), f))
 
 const missingKey = "weatherproof: DEEPSEEK_API_KEY is not set or empty (one key, or several separated by commas). " +
-  "Set it, or try `weatherproof demo`, which needs no key."
+  "Set it, pass --accounts FILE, or try `weatherproof demo`, which needs no key."
 
-/** The resilient client's settings from the environment; a missing or empty key is exit 2. */
-const clientConfig = (concurrency: Option.Option<number>) =>
-  Resilient.config.pipe(
-    Effect.catchTag("ConfigError", () => fail(2, missingKey)),
-    Effect.filterOrElse((config) => config.keys.length > 0, () => fail(2, missingKey)),
-    Effect.map((config): Resilient.DefaultOptions => ({ ...config, concurrency: Option.getOrUndefined(concurrency) }))
-  )
+const invalidConfig = (error: ConfigError.ConfigError) =>
+  `weatherproof: invalid configuration: ${scrubSecrets(String(error))}`
+
+/** Problems from a file or the environment, one per line, scrubbed of anything shaped like a key. */
+const listIssues = (issues: ReadonlyArray<string>) => issues.map((issue) => `  ${scrubSecrets(issue)}`).join("\n")
+
+/**
+ * The accounts of the run: the file's, or one DeepSeek account from the environment. A bad file
+ * or a missing key is exit 2.
+ */
+const loadAccounts = (path: Option.Option<string>) =>
+  Option.match(path, {
+    onSome: (file) =>
+      Accounts.load(file).pipe(
+        Effect.catchTag("AccountsError", (error) =>
+          fail(2, `weatherproof: invalid accounts file ${error.source}:\n${listIssues(error.issues)}`))
+      ),
+    onNone: () =>
+      Accounts.fromEnv.pipe(
+        Effect.catchTag("ConfigError", (error) => fail(2, ConfigError.isMissingDataOnly(error) ? missingKey : invalidConfig(error)))
+      )
+  })
+
+/** `--concurrency N` fixes every account's limit at N, instead of the file's or the adaptive default. */
+const withConcurrency = (accounts: ReadonlyArray<Accounts.Account>, concurrency: Option.Option<number>) =>
+  Option.match(concurrency, {
+    onNone: () => accounts,
+    onSome: (n) => accounts.map((account): Accounts.Account => ({ ...account, concurrency: n }))
+  })
 
 const batch = Command.make(
   "batch",
   {
     input: Args.file({ name: "input.jsonl" }),
     output: Options.file("output").pipe(Options.withAlias("o"), Options.withDescription("results JSONL, resumed when it exists")),
+    accounts: Options.file("accounts").pipe(
+      Options.withDescription("a JSON file of accounts (default: one DeepSeek account from DEEPSEEK_API_KEY)"),
+      Options.optional
+    ),
+    summary: Options.file("summary").pipe(
+      Options.withDescription("also write the run's summary (counts, tokens, cost, per account) as JSON to this file"),
+      Options.optional
+    ),
     concurrency: Options.integer("concurrency").pipe(
-      Options.withDescription("a fixed number of calls in flight (default: adaptive, found from the server's 429s)"),
+      Options.withDescription("a fixed number of calls in flight per account (default: the accounts file's, else adaptive)"),
       Options.optional
     )
   },
-  ({ concurrency, input, output }) =>
+  ({ accounts, concurrency, input, output, summary: summaryPath }) =>
     Effect.gen(function*() {
       if (Option.exists(concurrency, (n) => n < 1)) return yield* fail(2, "weatherproof: --concurrency must be at least 1")
-      const client = yield* clientConfig(concurrency)
-      const stack = Resilient.layerDefault(client).pipe(Layer.provideMerge(Batch.layerTelemetryCounts))
+      const pool = withConcurrency(yield* loadAccounts(accounts), concurrency)
       const summary = yield* withProgress((onProgress) => Batch.run({ input, output, onProgress })).pipe(
-        Effect.provide(stack),
-        Effect.catchTag("BatchError", (error) => fail(1, `weatherproof: ${error.message}`))
+        Effect.provide(Batch.layerAccounts(pool, { ledger: CostLedger.layerConfig, router: Router.layerConfig })),
+        Effect.catchTags({
+          BatchError: (error) => fail(1, `weatherproof: ${error.message}`),
+          PricingError: (error) => fail(2, `weatherproof: invalid pricing table ${error.source}:\n${listIssues(error.issues)}`),
+          ConfigError: (error) => fail(2, invalidConfig(error))
+        })
       )
       yield* Console.log(Batch.formatSummary(summary))
+      if (Option.isSome(summaryPath)) {
+        yield* Batch.writeSummary(summaryPath.value, summary).pipe(
+          Effect.catchTag("BatchError", (error) => fail(1, `weatherproof: ${error.message}`))
+        )
+      }
       if (summary.failed > 0) {
         return yield* fail(1, `weatherproof: ${summary.failed} of ${summary.requests} lines failed (their error is in the output); ` +
             "the same command again retries them and skips the lines already answered")
       }
     })
-).pipe(Command.withDescription("Run an OpenAI-format chat completions batch against DeepSeek"))
+).pipe(Command.withDescription("Run an OpenAI-format chat completions batch over DeepSeek (and fallback) accounts"))
 
 const demo = Command.make(
   "demo",

@@ -4,14 +4,23 @@
  *
  * - Input lines are `{"custom_id","method":"POST","url":"/v1/chat/completions","body":{…}}`
  *   (`/chat/completions` is accepted too). The file is streamed; blank lines are ignored.
- * - A line that cannot be sent (bad JSON, no `custom_id`, a bad body, another method or url, a
- *   `custom_id` already used by an earlier line) gets an error result line; it never stops the
- *   run. A line without a `custom_id` is named `line-<n>`.
+ * - A line may declare what it is for with a top-level `task` next to `custom_id`
+ *   (`"classification"`, `"extraction"`, `"summarisation"`, `"chat"`, `"reasoning"`); every body
+ *   goes through the `Router` before it is sent, which fills a `model` left as `"auto"` or `""`
+ *   and the thinking mode from the task (see `Router`). A request the router refuses gets an error
+ *   line (`RoutingRefused`); the router's warnings are counted in the summary.
+ * - A line that cannot be sent (bad JSON, no `custom_id`, a bad body or `task`, another method or
+ *   url, a `custom_id` already used by an earlier line) gets an error result line; it never stops
+ *   the run. A line without a `custom_id` is named `line-<n>`.
  * - Results are appended as they arrive, by one writer, so a crash loses nothing already
  *   answered. A rerun with the same output resumes: the output is first compacted to its
  *   successful lines (failed lines and a line torn by a crash go), succeeded ids are skipped and
  *   everything else is sent again, so the output keeps exactly one line per request. (Successful
  *   lines of ids no longer in the input are kept.) Only the ids seen are held in memory.
+ * - The summary's tokens and cost are what the client recorded in the `CostLedger` during the
+ *   run: every attempt, retried ones included, so they are what the upstreams billed
+ *   (`AccountPool.layerResilient` records every attempt; a client that records nothing leaves
+ *   them at 0). `toJson` / `writeSummary` give it as data.
  *
  * @since 0.1.0
  */
@@ -26,31 +35,38 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Stream from "effect/Stream"
-import type { NoUsableKey } from "./ApiError.js"
-import type { ChatCompletionRequest, Usage } from "./ChatSchema.js"
+import * as AccountPoolModule from "./AccountPool.js"
+import { AccountPool } from "./AccountPool.js"
+import type { AccountStatus } from "./AccountPool.js"
+import type { Account } from "./Accounts.js"
+import type { ChatCompletionRequest } from "./ChatSchema.js"
+import { CostLedger } from "./CostLedger.js"
 import { Resilient } from "./Resilient.js"
 import type { CallOptions } from "./Resilient.js"
+import { Router } from "./Router.js"
+import type { Task } from "./Router.js"
 import * as Telemetry from "./Telemetry.js"
 import { compactOutput, countLines, lines, writeText } from "./internal/batchFiles.js"
 import type { ForeignLine } from "./internal/batchFiles.js"
 import * as Lines from "./internal/batchLines.js"
+import * as SummaryInternal from "./internal/batchSummary.js"
 
 /**
  * The run itself could not go on: the input could not be read, or the output could not be
- * written (or is not a batch output file, or is the input). A problem with one line is never a
- * `BatchError`: it becomes that line's error result.
+ * written (or is not a batch output file, or is the input), or the summary file could not be
+ * written. A problem with one line is never a `BatchError`: it becomes that line's error result.
  *
  * @since 0.1.0
  * @category errors
  */
 export class BatchError extends Data.TaggedError("BatchError")<{
-  readonly file: "input" | "output"
+  readonly file: "input" | "output" | "summary"
   readonly path: string
   readonly message: string
 }> {}
 
 /**
- * Token totals of the requests answered in this run.
+ * Token totals.
  *
  * @since 0.1.0
  * @category models
@@ -60,8 +76,51 @@ export interface Tokens {
   readonly completion: number
   /** Prompt tokens served from DeepSeek's context cache. */
   readonly cacheHit: number
+  /** Prompt tokens not served from the cache. */
+  readonly cacheMiss: number
   /** Completion tokens spent on reasoning (included in `completion`). */
   readonly reasoning: number
+}
+
+/**
+ * What the attempts of a run cost, as the client recorded them in the `CostLedger`: every
+ * attempt, kept or thrown away, so the tokens are what the upstreams billed.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Spend {
+  /** Attempts sent upstream, retried ones included. */
+  readonly attempts: number
+  /**
+   * Attempts recorded `kept` or `truncated`: with `AccountPool`, which records a call's last
+   * failed attempt as `discarded`, the calls answered successfully.
+   */
+  readonly answered: number
+  readonly tokens: Tokens
+  /** USD of the priced attempts. */
+  readonly costUsd: number
+  /** Attempts of a model without a price: their tokens are counted, their cost is not. */
+  readonly unpriced: number
+  /** Attempts recorded `discarded` (thrown away for a retry, or a call's failed last attempt) and what they billed. */
+  readonly retryTax: { readonly attempts: number; readonly tokens: number; readonly costUsd: number }
+  /** Answered attempts whose generation was cut short. */
+  readonly truncated: number
+  /** `truncated / answered`: the share of answers that came back cut short. */
+  readonly truncationRate: number
+  /** `tokens.reasoning / tokens.completion`. */
+  readonly reasoningShare: number
+}
+
+/**
+ * One account's part of a run.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface AccountSummary extends Spend {
+  /** The pool's view of the account at the end of the run; absent when the client is not an `AccountPool`. */
+  readonly status: AccountStatus | undefined
 }
 
 /**
@@ -93,7 +152,10 @@ export interface Summary {
   readonly failed: number
   /** Lines already answered by an earlier run into the same output, not sent again. */
   readonly skipped: number
-  /** Failed lines by `error.code` (an error tag such as `RateLimited`, or `invalid_line` …). */
+  /**
+   * Failed lines by `error.code` (an error tag such as `RateLimited` or `RoutingRefused`, or
+   * `invalid_line` …).
+   */
   readonly failures: Readonly<Record<string, number>>
   /** 429 answers met on the way (retried or not). */
   readonly rateLimited: number
@@ -101,7 +163,12 @@ export interface Summary {
   readonly retries: number
   /** Attempts that failed, retried or not. */
   readonly failedAttempts: number
-  readonly tokens: Tokens
+  /** Warnings the router gave (thinking on a simple task, under its `"warn"` policy). */
+  readonly routingWarnings: number
+  /** The whole run's spend, over every account. */
+  readonly spend: Spend
+  /** Per account: every account the client has (when it is an `AccountPool`) and every account the ledger saw. */
+  readonly accounts: Readonly<Record<string, AccountSummary>>
   /** Measured with Effect's `Clock`. */
   readonly elapsed: Duration.Duration
 }
@@ -143,7 +210,7 @@ export class TelemetryCounts extends Context.Tag("weatherproof/Batch/TelemetryCo
 
 /**
  * A counting `Telemetry` for the resilient client and the `TelemetryCounts` that reads it:
- * `Resilient.layerDefault(…).pipe(Layer.provideMerge(Batch.layerTelemetryCounts))`.
+ * `AccountPool.layerResilient(…).pipe(Layer.provideMerge(Batch.layerTelemetryCounts))`.
  *
  * @since 0.1.0
  * @category layers
@@ -156,50 +223,78 @@ export const layerTelemetryCounts: Layer.Layer<TelemetryCounts | Telemetry.Telem
 /** @since 0.1.0 */
 export const defaultConcurrency = 256
 
+/**
+ * What a run needs: the client, the router its requests go through, the ledger the client
+ * records its attempts in, the telemetry counts, and files. An `AccountPool`, when there is one,
+ * adds each account's state to the summary.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Requirements = Resilient | Router | CostLedger | TelemetryCounts | FileSystem.FileSystem
+
+/**
+ * The client of a batch over accounts, as `weatherproof batch` builds it:
+ * `AccountPool.layerResilient(accounts, pool)` recording every attempt in `ledger`, the telemetry
+ * counts, and `router`. Everything `run` needs but files.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerAccounts = <E1, R1, E2, R2>(
+  accounts: ReadonlyArray<Account>,
+  options: {
+    readonly pool?: AccountPoolModule.PoolOptions | undefined
+    readonly ledger: Layer.Layer<CostLedger, E1, R1>
+    readonly router: Layer.Layer<Router, E2, R2>
+  }
+): Layer.Layer<Exclude<Requirements, FileSystem.FileSystem> | AccountPool | Telemetry.Telemetry, E1 | E2, R1 | R2> =>
+  AccountPoolModule.layerResilient(accounts, options.pool).pipe(
+    Layer.provideMerge(Layer.merge(options.ledger, layerTelemetryCounts)),
+    Layer.merge(options.router)
+  )
+
 /** What one input line asks the run to do, decided in input order. */
 type Work =
   | { readonly _tag: "Skip" }
   | { readonly _tag: "Reject"; readonly customId: string; readonly error: Lines.LineError }
-  | { readonly _tag: "Send"; readonly customId: string; readonly body: ChatCompletionRequest }
+  | {
+    readonly _tag: "Send"
+    readonly customId: string
+    readonly task: Task | undefined
+    readonly body: ChatCompletionRequest
+  }
 
 /** What became of one line. */
 type Outcome =
   | { readonly _tag: "Skipped" }
-  | { readonly _tag: "Written"; readonly line: Lines.ResultLine; readonly usage: Usage | undefined }
+  | { readonly _tag: "Written"; readonly line: Lines.ResultLine; readonly routingWarnings: number }
 
 interface Tally {
   readonly succeeded: number
   readonly failed: number
   readonly skipped: number
   readonly failures: Readonly<Record<string, number>>
-  readonly tokens: Tokens
+  readonly routingWarnings: number
 }
 
-const emptyTally: Tally = {
-  succeeded: 0,
-  failed: 0,
-  skipped: 0,
-  failures: {},
-  tokens: { prompt: 0, completion: 0, cacheHit: 0, reasoning: 0 }
-}
-
-const addUsage = (tokens: Tokens, usage: Usage | undefined): Tokens =>
-  usage === undefined ? tokens : {
-    prompt: tokens.prompt + usage.prompt_tokens,
-    completion: tokens.completion + usage.completion_tokens,
-    cacheHit: tokens.cacheHit + (usage.prompt_cache_hit_tokens ?? usage.prompt_tokens_details?.cached_tokens ?? 0),
-    reasoning: tokens.reasoning + (usage.completion_tokens_details?.reasoning_tokens ?? 0)
-  }
+const emptyTally: Tally = { succeeded: 0, failed: 0, skipped: 0, failures: {}, routingWarnings: 0 }
 
 const record = (tally: Tally, outcome: Outcome): Tally => {
   if (outcome._tag === "Skipped") return { ...tally, skipped: tally.skipped + 1 }
   const error = outcome.line.error
+  const routingWarnings = tally.routingWarnings + outcome.routingWarnings
   return error === null
-    ? { ...tally, succeeded: tally.succeeded + 1, tokens: addUsage(tally.tokens, outcome.usage) }
-    : { ...tally, failed: tally.failed + 1, failures: { ...tally.failures, [error.code]: (tally.failures[error.code] ?? 0) + 1 } }
+    ? { ...tally, succeeded: tally.succeeded + 1, routingWarnings }
+    : {
+      ...tally,
+      failed: tally.failed + 1,
+      failures: { ...tally.failures, [error.code]: (tally.failures[error.code] ?? 0) + 1 },
+      routingWarnings
+    }
 }
 
-const written = (line: Lines.ResultLine, usage?: Usage): Outcome => ({ _tag: "Written", line, usage })
+const written = (line: Lines.ResultLine, routingWarnings = 0): Outcome => ({ _tag: "Written", line, routingWarnings })
 
 const inputError = (path: string) => (error: { readonly message: string }) =>
   new BatchError({ file: "input", path, message: `cannot read input: ${error.message}` })
@@ -250,73 +345,88 @@ const decider = (alreadyAnswered: ReadonlySet<string>) => {
     }
     return item._tag === "Invalid"
       ? { _tag: "Reject", customId: item.customId, error: { code: Lines.invalidLineCode, message: item.message } }
-      : { _tag: "Send", customId: item.customId, body: item.body }
+      : { _tag: "Send", customId: item.customId, task: item.task, body: item.body }
   }
 }
 
-/**
- * Performs one line's work. After a `NoUsableKey` every later request fails with it unsent: no
- * key will come back during the run.
- */
-const performer = (resilient: Resilient["Type"], callOptions: CallOptions) =>
-  Effect.map(Ref.make(Option.none<NoUsableKey>()), (noUsableKey) => {
-    const send = (id: string, customId: string, body: ChatCompletionRequest): Effect.Effect<Outcome> =>
-      Effect.flatMap(Ref.get(noUsableKey), (latched) =>
-        Option.isSome(latched)
-          ? Effect.succeed(written(Lines.failed(id, customId, latched.value)))
-          : resilient.create(body, callOptions).pipe(
-            Effect.matchEffect({
-              onSuccess: (completion) =>
-                Effect.succeed(written(Lines.succeeded(id, customId, completion), completion.usage)),
-              onFailure: (error) =>
-                Effect.as(
-                  error._tag === "NoUsableKey" ? Ref.set(noUsableKey, Option.some(error)) : Effect.void,
-                  written(Lines.failed(id, customId, error))
-                )
-            })
-          ))
-    return (work: Work): Effect.Effect<Outcome> =>
-      work._tag === "Skip"
-        ? Effect.succeed({ _tag: "Skipped" })
-        : Effect.flatMap(Lines.makeRequestId, (id) =>
-          work._tag === "Reject"
-            ? Effect.succeed(written(Lines.rejected(id, work.customId, work.error)))
-            : send(id, work.customId, work.body))
-  })
+/** Performs one line's work: routes the body, then sends it. */
+const performer = (resilient: Resilient["Type"], router: Router["Type"], callOptions: CallOptions) => {
+  const call = (id: string, customId: string, body: ChatCompletionRequest, routingWarnings: number) =>
+    resilient.create(body, callOptions).pipe(
+      Effect.match({
+        onSuccess: (completion) => written(Lines.succeeded(id, customId, completion), routingWarnings),
+        onFailure: (error) => written(Lines.failed(id, customId, error), routingWarnings)
+      })
+    )
+  const send = (id: string, work: Extract<Work, { readonly _tag: "Send" }>): Effect.Effect<Outcome> =>
+    router.route(work.body, { task: work.task }).pipe(
+      Effect.matchEffect({
+        onFailure: (refused) =>
+          Effect.succeed(written(Lines.rejected(id, work.customId, { code: refused._tag, message: refused.message }))),
+        onSuccess: (routed) => call(id, work.customId, routed.request, routed.warnings.length)
+      })
+    )
+  return (work: Work): Effect.Effect<Outcome> =>
+    work._tag === "Skip"
+      ? Effect.succeed({ _tag: "Skipped" })
+      : Effect.flatMap(Lines.makeRequestId, (id) =>
+        work._tag === "Reject"
+          ? Effect.succeed(written(Lines.rejected(id, work.customId, work.error)))
+          : send(id, work))
+}
 
-const summarize = (tally: Tally, before: Telemetry.Counts, after: Telemetry.Counts, elapsed: Duration.Duration): Summary => ({
+/** What the run's counters say at one moment; the summary is the difference of two readings. */
+const readings = Effect.gen(function*() {
+  const counts = yield* Effect.flatten(TelemetryCounts)
+  const ledger = yield* Effect.flatMap(CostLedger, (ledger) => ledger.snapshot)
+  const millis = yield* Clock.currentTimeMillis
+  return { counts, ledger, millis }
+})
+
+type Reading = Effect.Effect.Success<typeof readings>
+
+/** The state of the pool's accounts, when the client is an `AccountPool`. */
+const poolStatuses: Effect.Effect<ReadonlyArray<AccountStatus>> = Effect.flatMap(
+  Effect.serviceOption(AccountPool),
+  Option.match({ onNone: () => Effect.succeed([]), onSome: (pool) => pool.snapshot })
+)
+
+const summarize = (tally: Tally, before: Reading, after: Reading, statuses: ReadonlyArray<AccountStatus>): Summary => ({
   requests: tally.succeeded + tally.failed + tally.skipped,
   succeeded: tally.succeeded,
   failed: tally.failed,
   skipped: tally.skipped,
   failures: tally.failures,
-  rateLimited: after.rateLimited - before.rateLimited,
-  retries: after.retries - before.retries,
-  failedAttempts: after.failedAttempts - before.failedAttempts,
-  tokens: tally.tokens,
-  elapsed
+  rateLimited: after.counts.rateLimited - before.counts.rateLimited,
+  retries: after.counts.retries - before.counts.retries,
+  failedAttempts: after.counts.failedAttempts - before.counts.failedAttempts,
+  routingWarnings: tally.routingWarnings,
+  spend: SummaryInternal.spendBetween(before.ledger.total, after.ledger.total),
+  accounts: SummaryInternal.accountsBetween(before.ledger.byAccount, after.ledger.byAccount, statuses),
+  elapsed: Duration.millis(after.millis - before.millis)
 })
 
 /**
- * Runs a batch: reads `input`, sends every new request through `Resilient` and appends one result
- * line per request line to `output`, resuming from what `output` already holds.
+ * Runs a batch: reads `input`, routes every new request through `Router`, sends it through
+ * `Resilient` and appends one result line per request line to `output`, resuming from what
+ * `output` already holds.
  *
  * Result lines: `{"id":"batch_req_…","custom_id",…,"response":{"status_code":200,"request_id",
  * "body":<completion>},"error":null}` for an answer; for a failure `error` is
  * `{"code":<error tag or invalid_line / duplicate_custom_id>,"message"}` and `response` is
  * `{"status_code","request_id":null,"body":{"error":{"message","type","code"}}}` when the
- * failure had an HTTP status, else `null`. Once a call fails with `NoUsableKey`, the remaining
- * requests fail with it without being sent.
+ * failure had an HTTP status, else `null`. (A client whose keys or accounts are all out fails
+ * each call at once, without the network, so a run over dead credentials ends fast.)
+ *
+ * The summary counts what happened between the start and the end of the run (the ledger and the
+ * telemetry counts may have seen earlier work).
  *
  * @since 0.1.0
  * @category constructors
  */
-export const run = (
-  options: Options
-): Effect.Effect<Summary, BatchError, Resilient | TelemetryCounts | FileSystem.FileSystem> =>
+export const run = (options: Options): Effect.Effect<Summary, BatchError, Requirements> =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
-    const readCounts = yield* TelemetryCounts
     const { input, output } = options
 
     yield* checkPaths(fs, input, output)
@@ -327,10 +437,9 @@ export const run = (
       Effect.mapError(compactionError(output))
     )
 
-    const countsBefore = yield* readCounts
-    const startedAt = yield* Clock.currentTimeMillis
+    const before = yield* readings
     const decide = decider(alreadyAnswered)
-    const perform = yield* performer(yield* Resilient, options.callOptions ?? { priority: "batch" })
+    const perform = performer(yield* Resilient, yield* Router, options.callOptions ?? { priority: "batch" })
     const tally = yield* Ref.make(emptyTally)
     const report = (t: Tally) =>
       options.onProgress?.({ total, succeeded: t.succeeded, failed: t.failed, skipped: t.skipped }) ?? Effect.void
@@ -355,30 +464,37 @@ export const run = (
       })
     )
 
-    const finishedAt = yield* Clock.currentTimeMillis
-    return summarize(yield* Ref.get(tally), countsBefore, yield* readCounts, Duration.millis(finishedAt - startedAt))
+    return summarize(yield* Ref.get(tally), before, yield* readings, yield* poolStatuses)
   })
 
-const counted = (count: number, one: string, many: string) => `${count} ${count === 1 ? one : many}`
+/**
+ * The summary as data, the shape `writeSummary` writes: snake_case figures of the whole run at
+ * the top level, and the same spend figures (with the pool's state of the account, when there is
+ * a pool) under `accounts.<name>`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type SummaryJson = SummaryInternal.SummaryJson
 
 /**
- * A summary as a few human-readable lines.
+ * @since 0.1.0
+ */
+export const toJson: (summary: Summary) => SummaryJson = SummaryInternal.toJson
+
+/**
+ * Writes `toJson(summary)` to `path` as indented JSON, replacing the file.
  *
  * @since 0.1.0
  */
-export const formatSummary = (summary: Summary): string => {
-  const failures = Object.entries(summary.failures)
-    .sort(([, a], [, b]) => b - a)
-    .map(([code, count]) => `${code} ${count}`)
-    .join(", ")
-  const { tokens } = summary
-  return [
-    `requests:  ${summary.requests} (${summary.succeeded} succeeded, ${summary.failed} failed, ${summary.skipped} skipped as already answered)`,
-    ...(failures.length === 0 ? [] : [`failures:  ${failures}`]),
-    `upstream:  ${summary.rateLimited} 429s met, ${counted(summary.retries, "retry", "retries")}, ${
-      counted(summary.failedAttempts, "failed attempt", "failed attempts")
-    }`,
-    `tokens:    ${tokens.prompt} prompt (${tokens.cacheHit} cache hit), ${tokens.completion} completion (${tokens.reasoning} reasoning)`,
-    `elapsed:   ${Duration.format(summary.elapsed)}`
-  ].join("\n")
-}
+export const writeSummary = (path: string, summary: Summary): Effect.Effect<void, BatchError, FileSystem.FileSystem> =>
+  Effect.flatMap(FileSystem.FileSystem, (fs) => fs.writeFileString(path, `${JSON.stringify(toJson(summary), null, 2)}\n`)).pipe(
+    Effect.mapError((error) => new BatchError({ file: "summary", path, message: `cannot write the summary: ${error.message}` }))
+  )
+
+/**
+ * A summary as a few human-readable lines, one per account among them.
+ *
+ * @since 0.1.0
+ */
+export const formatSummary: (summary: Summary) => string = SummaryInternal.format

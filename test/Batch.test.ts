@@ -9,14 +9,16 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Stream from "effect/Stream"
-import { InvalidRequest, KeyRejected, NoUsableKey, RateLimited, ServerError } from "../src/ApiError.js"
+import { InvalidRequest, KeyRejected, RateLimited, ServerError } from "../src/ApiError.js"
+import * as AccountPool from "../src/AccountPool.js"
 import type { ApiError } from "../src/ApiError.js"
 import * as Batch from "../src/Batch.js"
 import type { ChatCompletionRequest } from "../src/ChatSchema.js"
+import * as CostLedger from "../src/CostLedger.js"
 import * as Demo from "../src/internal/batchDemo.js"
 import * as wire from "../src/internal/wire.js"
-import * as ResilientModule from "../src/Resilient.js"
 import { Resilient } from "../src/Resilient.js"
+import * as Router from "../src/Router.js"
 import * as Simulator from "../src/Simulator.js"
 import { Telemetry } from "../src/Telemetry.js"
 
@@ -38,30 +40,60 @@ const answerOf = (request: ChatCompletionRequest) =>
 
 type Script = (request: ChatCompletionRequest) => ApiError | "ok"
 
+/** The account of the double that serves a request: `alpha` for markers starting with "a", else `beta`. */
+const accountOf = (request: ChatCompletionRequest) => lastUserText(request).startsWith("a") ? "alpha" : "beta"
+
+/** What the double bills for an attempt it throws away (a request whose marker contains "retried"). */
+const discardedUsage = wire.usage({ promptTokens: 10, completionTokens: 3 })
+
 /**
- * A `Resilient` double scripted per request, counting calls and reporting each failure to the
- * telemetry the way the real client does.
+ * A `Resilient` double scripted per request, counting calls, keeping the requests it was sent,
+ * reporting each failure to the telemetry and recording every attempt in the `CostLedger` the way
+ * `AccountPool` does (a success `kept`, a failure `discarded`): a request whose marker contains
+ * "retried" first has an attempt billed and thrown away (a retry).
  */
 const double = (script: Script) =>
   Effect.gen(function*() {
     const calls = yield* Ref.make(0)
+    const sent = yield* Ref.make<ReadonlyArray<ChatCompletionRequest>>([])
     const layer = Layer.effect(
       Resilient,
-      Effect.map(Telemetry, (telemetry) => ({
-        create: (request: ChatCompletionRequest) =>
-          Effect.zipRight(
-            Ref.update(calls, (n) => n + 1),
-            Effect.suspend(() => {
+      Effect.gen(function*() {
+        const telemetry = yield* Telemetry
+        const ledger = yield* CostLedger.CostLedger
+        const boom = new ServerError({ status: 500, message: "boom", retryAfter: Option.none() })
+        const retried = (request: ChatCompletionRequest) =>
+          lastUserText(request).includes("retried")
+            ? Effect.all([
+              ledger.record({ account: accountOf(request), model: request.model, usage: discardedUsage, disposition: "discarded" }),
+              telemetry.attemptFailed(boom),
+              telemetry.retrying(boom, Duration.zero)
+            ])
+            : Effect.void
+        return {
+          create: (request: ChatCompletionRequest) =>
+            Effect.gen(function*() {
+              yield* Ref.update(calls, (n) => n + 1)
+              yield* Ref.update(sent, (all) => [...all, request])
+              yield* retried(request)
               const step = script(request)
-              return step === "ok"
-                ? Effect.succeed(answerOf(request))
-                : Effect.zipRight(telemetry.attemptFailed(step), Effect.fail(step))
-            })
-          ),
-        stream: () => Stream.die("the batch never streams")
-      }))
+              const answer = answerOf(request)
+              // As the pool does: a success is kept, a failed last attempt discarded.
+              yield* ledger.record({
+                account: accountOf(request),
+                model: request.model,
+                usage: step === "ok" ? answer.usage : undefined,
+                disposition: step === "ok" ? "kept" : "discarded"
+              })
+              if (step === "ok") return answer
+              yield* telemetry.attemptFailed(step)
+              return yield* Effect.fail(step)
+            }),
+          stream: () => Stream.die("the batch never streams")
+        }
+      })
     ).pipe(Layer.provideMerge(Batch.layerTelemetryCounts))
-    return { calls, layer }
+    return { calls, sent, layer }
   })
 
 const request = (customId: string, text = customId) =>
@@ -100,11 +132,20 @@ const workspace = Effect.gen(function*() {
   }
 })
 
-const runWith = (script: Script, options: Omit<Batch.Options, "input" | "output"> & { input: string; output: string }) =>
+/** Runs a batch over the double, with the default router and a fresh ledger unless given others. */
+const runWith = (
+  script: Script,
+  options: Omit<Batch.Options, "input" | "output"> & { input: string; output: string },
+  services: { readonly router?: Layer.Layer<Router.Router>; readonly ledger?: Layer.Layer<CostLedger.CostLedger> } = {}
+) =>
   Effect.gen(function*() {
-    const { calls, layer } = yield* double(script)
-    const summary = yield* Batch.run(options).pipe(Effect.provide(layer))
-    return { summary, calls: yield* Ref.get(calls) }
+    const { calls, layer, sent } = yield* double(script)
+    const stack = layer.pipe(
+      Layer.provideMerge(services.ledger ?? CostLedger.layer()),
+      Layer.merge(services.router ?? Router.layerDefault)
+    )
+    const summary = yield* Batch.run(options).pipe(Effect.provide(stack))
+    return { summary, calls: yield* Ref.get(calls), sent: yield* Ref.get(sent) }
   })
 
 const ok: Script = () => "ok"
@@ -138,7 +179,16 @@ describe("Batch.run", () => {
         failed: 0,
         skipped: 0,
         failures: {},
-        tokens: { prompt: 30, completion: 15, cacheHit: 12, reasoning: 6 }
+        routingWarnings: 0,
+        spend: {
+          attempts: 3,
+          answered: 3,
+          tokens: { prompt: 30, completion: 15, cacheHit: 12, cacheMiss: 18, reasoning: 6 },
+          // deepseek-v4-flash at the default prices: per answer 4 hit, 6 miss and 5 output tokens,
+          // (4 × 0.0028 + 6 × 0.14 + 5 × 0.28) USD per 1M tokens = 2.2512e-6 USD.
+          costUsd: 6.7536e-6,
+          retryTax: { attempts: 0, tokens: 0, costUsd: 0 }
+        }
       })
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
@@ -305,23 +355,6 @@ describe("Batch.run", () => {
       expect(yield* ws.fs.readFileString(ws.input)).toBe(`${request("a")}\n`)
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
-  it.scoped("after NoUsableKey fails the remaining lines fast without calling", () =>
-    Effect.gen(function*() {
-      const ws = yield* workspace
-      yield* ws.writeInput(Array.from({ length: 40 }, (_, i) => request(`k-${i}`)))
-      const { calls, summary } = yield* runWith(() => new NoUsableKey({ rejected: 1 }), { ...ws, concurrency: 4 })
-      // Only the lines already in flight when the first NoUsableKey arrived were sent.
-      expect(calls).toBeGreaterThanOrEqual(1)
-      expect(calls).toBeLessThanOrEqual(4)
-      const lines = yield* ws.readOutput
-      expect(lines).toHaveLength(40)
-      for (const line of lines) {
-        expect(line.error).toEqual({ code: "NoUsableKey", message: "no usable API key: 1 rejected" })
-        expect(line.response).toBeNull()
-      }
-      expect(summary).toMatchObject({ failed: 40, failures: { NoUsableKey: 40 } })
-    }).pipe(Effect.provide(NodeFileSystem.layer)))
-
   it.scoped("never writes a key, even one echoed in an upstream message", () =>
     Effect.gen(function*() {
       const ws = yield* workspace
@@ -348,25 +381,6 @@ describe("Batch.run", () => {
       expect(seen[seen.length - 1]).toEqual({ total: 3, succeeded: 2, failed: 1, skipped: 0 })
       expect(seen).toHaveLength(4)
     }).pipe(Effect.provide(NodeFileSystem.layer)))
-
-  it("formats a summary for people", () => {
-    const text = Batch.formatSummary({
-      requests: 5,
-      succeeded: 3,
-      failed: 1,
-      skipped: 1,
-      failures: { RateLimited: 1 },
-      rateLimited: 4,
-      retries: 1,
-      failedAttempts: 5,
-      tokens: { prompt: 100, completion: 50, cacheHit: 20, reasoning: 10 },
-      elapsed: Duration.seconds(2)
-    })
-    expect(text).toContain("5 (3 succeeded, 1 failed, 1 skipped")
-    expect(text).toContain("RateLimited 1")
-    expect(text).toContain("4 429s met, 1 retry, 5 failed attempts")
-    expect(text).toContain("100 prompt (20 cache hit), 50 completion (10 reasoning)")
-  })
 
   // Line kinds of a generated input: a request (answered or failed by the double), a malformed
   // line, a reuse of an earlier id.
@@ -407,6 +421,236 @@ describe("Batch.run", () => {
   )
 })
 
+const routedLine = (customId: string, fields: { readonly task?: unknown; readonly body?: Record<string, unknown> }) =>
+  JSON.stringify({
+    custom_id: customId,
+    ...(fields.task === undefined ? {} : { task: fields.task }),
+    method: "POST",
+    url: "/v1/chat/completions",
+    body: { model: "auto", messages: [{ role: "user", content: customId }], ...fields.body }
+  })
+
+describe("Batch.run routing", () => {
+  it.scoped("routes each line by its task: the table fills model and thinking, what the line sets wins", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput([
+        routedLine("classify", { task: "classification" }),
+        routedLine("reason", { task: "reasoning", body: { model: "" } }),
+        routedLine("named", { task: "extraction", body: { model: "my-model" } }),
+        routedLine("plain", { body: { model: "deepseek-v4-flash" } })
+      ])
+      const { sent, summary } = yield* runWith(ok, ws)
+      const byMarker = new Map(sent.map((r) => [lastUserText(r), r]))
+      expect(byMarker.get("classify")).toMatchObject({ model: "deepseek-v4-flash", thinking: { type: "disabled" } })
+      expect(byMarker.get("reason")).toMatchObject({ model: "deepseek-v4-pro", thinking: { type: "enabled" } })
+      expect(byMarker.get("named")).toMatchObject({ model: "my-model", thinking: { type: "disabled" } })
+      // No task and a named model: sent untouched.
+      expect(byMarker.get("plain")).toEqual({ model: "deepseek-v4-flash", messages: [{ role: "user", content: "plain" }] })
+      // The task stays out of the body: nothing unknown is sent upstream.
+      for (const request of sent) expect(request).not.toHaveProperty("task")
+      const lines = byCustomId(yield* ws.readOutput)
+      expect(lines.get("reason")?.response?.body.model).toBe("deepseek-v4-pro")
+      expect(summary).toMatchObject({ succeeded: 4, failed: 0, routingWarnings: 0 })
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it.scoped("thinking on a simple task is counted as a warning, or refused as that line's error", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      const thinking = { thinking: { type: "enabled" } }
+      yield* ws.writeInput([routedLine("think", { task: "classification", body: thinking }), routedLine("fine", { task: "chat" })])
+
+      const warned = yield* runWith(ok, ws)
+      expect(warned.calls).toBe(2)
+      expect(warned.summary).toMatchObject({ succeeded: 2, routingWarnings: 1 })
+
+      yield* ws.fs.remove(ws.output)
+      const refused = yield* runWith(ok, ws, { router: Router.layer({ thinkingOnSimpleTask: "refuse" }) })
+      expect(refused.calls).toBe(1)
+      expect(refused.sent.map(lastUserText)).toEqual(["fine"])
+      const line = byCustomId(yield* ws.readOutput).get("think")
+      expect(line?.error).toEqual({
+        code: "RoutingRefused",
+        message: `thinking is enabled on deepseek-v4-flash for the simple task "classification"`
+      })
+      expect(line?.response).toBeNull()
+      expect(refused.summary).toMatchObject({ succeeded: 1, failed: 1, failures: { RoutingRefused: 1 }, routingWarnings: 0 })
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it.scoped("a task that is not one of the router's is a malformed line, never sent", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput([routedLine("poem", { task: "poetry" }), routedLine("number", { task: 7 }), routedLine("good", { task: "chat" })])
+      const { calls, summary } = yield* runWith(ok, ws)
+      expect(calls).toBe(1)
+      const lines = byCustomId(yield* ws.readOutput)
+      for (const id of ["poem", "number"]) {
+        expect(lines.get(id)?.error?.code, id).toBe("invalid_line")
+        expect(lines.get(id)?.error?.message, id).toContain("task")
+      }
+      expect(lines.get("poem")?.error?.message).toContain(`"poetry"`)
+      expect(summary).toMatchObject({ succeeded: 1, failed: 2, failures: { invalid_line: 2 } })
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+})
+
+describe("Batch summary", () => {
+  /** A run over two accounts of the double, on a ledger that already holds an earlier attempt. */
+  const ledgerRun = Effect.gen(function*() {
+    const ws = yield* workspace
+    yield* ws.writeInput([request("a-1"), request("a-2 retried"), request("b-1"), request("b-2")])
+    const ledger = yield* CostLedger.make()
+    yield* ledger.record({
+      account: "alpha",
+      model: "deepseek-v4-flash",
+      usage: wire.usage({ promptTokens: 1000, completionTokens: 1000 }),
+      disposition: "kept"
+    })
+    const limited: Script = (r) =>
+      lastUserText(r) === "b-2" ? new RateLimited({ message: "too many requests", retryAfter: Option.none() }) : "ok"
+    const { summary } = yield* runWith(limited, ws, { ledger: Layer.succeed(CostLedger.CostLedger, ledger) })
+    return { ws, summary }
+  })
+
+  it.scoped("takes tokens and cost from the ledger over the run only, discarded attempts included, per account", () =>
+    Effect.gen(function*() {
+      const { summary } = yield* ledgerRun
+      // Per answer 10 prompt (4 hit), 5 completion (2 reasoning): 2.2512e-6 USD; the discarded
+      // attempt of "a-2 retried" billed 10 prompt (all miss) and 3 completion: 2.24e-6 USD.
+      expect(summary).toMatchObject({
+        requests: 4,
+        succeeded: 3,
+        failed: 1,
+        rateLimited: 1,
+        retries: 1,
+        failedAttempts: 2,
+        spend: {
+          attempts: 5,
+          answered: 3,
+          tokens: { prompt: 40, completion: 18, cacheHit: 12, cacheMiss: 28, reasoning: 6 },
+          costUsd: 8.9936e-6,
+          // The attempt thrown away before "a-2 retried" was answered, and b-2's 429 (billed nothing).
+          retryTax: { attempts: 2, tokens: 13, costUsd: 2.24e-6 },
+          truncated: 0,
+          truncationRate: 0,
+          reasoningShare: 6 / 18
+        }
+      })
+      expect(Object.keys(summary.accounts).sort()).toEqual(["alpha", "beta"])
+      expect(summary.accounts["alpha"]).toMatchObject({
+        attempts: 3,
+        answered: 2,
+        tokens: { prompt: 30, completion: 13, cacheHit: 8, reasoning: 4 },
+        costUsd: 6.7424e-6,
+        retryTax: { attempts: 1, tokens: 13 },
+        status: undefined
+      })
+      // b-2 got a 429: an attempt that billed nothing.
+      expect(summary.accounts["beta"]).toMatchObject({
+        attempts: 2,
+        answered: 1,
+        tokens: { prompt: 10, completion: 5, cacheHit: 4, reasoning: 2 },
+        costUsd: 2.2512e-6
+      })
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it.scoped("writes the summary as JSON with the run's and each account's figures", () =>
+    Effect.gen(function*() {
+      const { summary, ws } = yield* ledgerRun
+      const path = `${ws.output}.summary.json`
+      yield* Batch.writeSummary(path, summary)
+      const json = JSON.parse(yield* ws.fs.readFileString(path))
+      expect(json).toEqual(Batch.toJson(summary))
+      expect(json).toMatchObject({
+        requests: 4,
+        succeeded: 3,
+        failed: 1,
+        skipped: 0,
+        failures: { RateLimited: 1 },
+        attempts: 5,
+        answered: 3,
+        failed_attempts: 2,
+        rate_limited: 1,
+        retries: 1,
+        prompt_tokens: 40,
+        completion_tokens: 18,
+        cache_hit_tokens: 12,
+        cache_miss_tokens: 28,
+        reasoning_tokens: 6,
+        cost_usd: 8.9936e-6,
+        unpriced_attempts: 0,
+        retry_tax: { attempts: 2, tokens: 13, cost_usd: 2.24e-6 },
+        truncated: 0,
+        truncation_rate: 0,
+        reasoning_share: 6 / 18,
+        routing_warnings: 0,
+        accounts: {
+          alpha: { attempts: 3, answered: 2, prompt_tokens: 30, completion_tokens: 13, cost_usd: 6.7424e-6 },
+          beta: { attempts: 2, answered: 1, prompt_tokens: 10, completion_tokens: 5, cost_usd: 2.2512e-6 }
+        }
+      })
+      expect(json.elapsed_ms).toBeGreaterThanOrEqual(0)
+      const unwritable = yield* Effect.flip(Batch.writeSummary(`${ws.output}/no/such/dir.json`, summary))
+      expect(unwritable).toMatchObject({ _tag: "BatchError", file: "summary" })
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it.scoped("with an AccountPool, lists every account with its state, used or not", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput([request("a-1"), request("b-1")])
+      const status = (name: string, fallback: boolean, calls: number): AccountPool.AccountStatus => ({
+        name,
+        provider: fallback ? "openai-compatible" : "deepseek",
+        fallback,
+        state: name === "beta" ? "out_of_balance" : "serving",
+        limit: 8,
+        inFlight: 0,
+        usableKeys: 2,
+        calls
+      })
+      const statuses = [status("alpha", false, 1), status("beta", false, 1), status("gamma", true, 0)]
+      const { calls, layer } = yield* double(ok)
+      const stack = layer.pipe(
+        Layer.provideMerge(CostLedger.layer()),
+        Layer.merge(Router.layerDefault),
+        Layer.merge(Layer.succeed(AccountPool.AccountPool, { snapshot: Effect.succeed(statuses) }))
+      )
+      const summary = yield* Batch.run(ws).pipe(Effect.provide(stack))
+      expect(yield* Ref.get(calls)).toBe(2)
+      expect(Object.keys(summary.accounts)).toEqual(["alpha", "beta", "gamma"])
+      expect(summary.accounts["gamma"]).toMatchObject({ attempts: 0, answered: 0, costUsd: 0, status: statuses[2] })
+      const json = Batch.toJson(summary)
+      expect(json.accounts["beta"]).toMatchObject({
+        attempts: 1,
+        prompt_tokens: 10,
+        provider: "deepseek",
+        fallback: false,
+        state: "out_of_balance",
+        limit: 8,
+        in_flight: 0,
+        usable_keys: 2,
+        calls: 1
+      })
+      expect(json.accounts["gamma"]).toMatchObject({ attempts: 0, prompt_tokens: 0, fallback: true, calls: 0 })
+      const text = Batch.formatSummary(summary)
+      expect(text).toContain("  beta: deepseek, out_of_balance, limit 8, 2 usable keys; 1 answered, 1 attempt, 15 tokens")
+      expect(text).toContain("  gamma: openai-compatible fallback, serving, limit 8, 2 usable keys; 0 answered, 0 attempts, 0 tokens, $0.000000")
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it.scoped("formats a summary for people, with cost and a line per account", () =>
+    Effect.gen(function*() {
+      const { summary } = yield* ledgerRun
+      const text = Batch.formatSummary(summary)
+      expect(text).toContain("4 (3 succeeded, 1 failed, 0 skipped")
+      expect(text).toContain("failures:  RateLimited 1")
+      expect(text).toContain("upstream:  5 attempts, 1 429s met, 1 retry, 2 failed attempts")
+      expect(text).toContain("tokens:    40 prompt (12 cache hit), 18 completion (6 reasoning)")
+      expect(text).toContain("cost:      $0.000009; retry tax $0.000002 (2 attempts, 13 tokens); 0 truncated (0.0%); reasoning 33.3% of output")
+      expect(text).toContain("  alpha: 2 answered, 3 attempts, 43 tokens, $0.000007")
+      expect(text).toContain("  beta: 1 answered, 2 attempts, 15 tokens, $0.000002")
+      expect(text).not.toContain("routing:")
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+})
+
 // End to end: the real resilient stack over HTTP against the loopback simulator, on real time.
 describe("Batch.run against the simulator", () => {
   it.live("answers a few hundred requests right through faults and 429s, and a rerun sends nothing", () =>
@@ -415,7 +659,9 @@ describe("Batch.run against the simulator", () => {
       expect(report.problems).toEqual([])
       expect(report.first).toMatchObject({ requests: 200, succeeded: 200, failed: 0, skipped: 0 })
       expect(report.first.retries).toBeGreaterThan(0)
-      expect(report.first.tokens.prompt).toBeGreaterThan(0)
+      expect(report.first.spend.tokens.prompt).toBeGreaterThan(0)
+      expect(report.first.spend.costUsd).toBeGreaterThan(0)
+      expect(Object.keys(report.first.accounts)).toEqual(["demo"])
       expect(Object.values(report.simulator.faults).reduce((a, b) => a + (b ?? 0), 0)).toBeGreaterThan(0)
       expect(report.resumed).toMatchObject({ requests: 200, succeeded: 0, failed: 0, skipped: 200 })
       expect(report.requestsOnResume).toBe(0)
@@ -427,9 +673,7 @@ describe("Batch.run against the simulator", () => {
       const simulator = yield* Simulator.make(Demo.simulatorOptions)
       const ids = Array.from({ length: 150 }, (_, i) => `c-${i}`)
       yield* ws.writeInput(ids.map((id) => request(id, `marker ${id}`)))
-      const stack = ResilientModule.layerDefault(Demo.resilientOptions(simulator.baseUrl)).pipe(
-        Layer.provideMerge(Batch.layerTelemetryCounts)
-      )
+      const stack = Demo.clientStack([Demo.demoAccount(simulator.baseUrl)])
 
       // The "crash": the run is interrupted once 60 lines are written.
       const crashed = yield* Deferred.make<void>()

@@ -60,7 +60,10 @@ describe("weatherproof CLI", () => {
       const lines = written.trim().split("\n").map((l) => JSON.parse(l))
       expect(lines).toHaveLength(30)
       expect(lines.every((l) => l.error !== null)).toBe(true)
-      expect(new Set(lines.map((l) => l.error.code))).toEqual(new Set(["KeyRejected", "NoUsableKey"]))
+      // The pool takes the account out once its only key is rejected; with no account left, every
+      // call fails at once (the keys' cooldown is beyond what a retry waits for).
+      expect(new Set(lines.map((l) => l.error.code))).toEqual(new Set(["NoAccountAvailable"]))
+      expect(lines[0].error.message).toContain("default: no_keys")
       // Fails fast: only the calls in flight before the key was dropped reached the server.
       expect((yield* simulator.stats).requests).toBeLessThanOrEqual(2)
       expect(result.stdout).toContain("30 failed")
@@ -93,6 +96,95 @@ describe("weatherproof CLI", () => {
       expect(zero.code).toBe(2)
       expect(zero.stderr).toContain("--concurrency must be at least 1")
     }).pipe(Effect.provide(NodeContext.layer)))
+
+  it.live("batch with a bad accounts file exits 2 naming the file and every bad field, never a key", () =>
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const dir = yield* fs.makeTempDirectoryScoped({ prefix: "cli-test-" })
+      const accounts = `${dir}/accounts.json`
+      yield* fs.writeFileString(
+        accounts,
+        JSON.stringify({
+          accounts: [
+            { name: "a", provider: "deepsick", baseUrl: badKey, keys: [badKey] },
+            { name: "b", provider: "deepseek", baseUrl: "http://127.0.0.1:1", keys: [badKey], extra: badKey, fallback: "yes" }
+          ]
+        })
+      )
+      const result = yield* runCli(["batch", `${dir}/in.jsonl`, "-o", `${dir}/out.jsonl`, "--accounts", accounts], {
+        DEEPSEEK_API_KEY: badKey
+      })
+      expect(result.code).toBe(2)
+      expect(result.stderr).toContain(`invalid accounts file ${accounts}`)
+      for (const field of ["accounts[0].provider", "accounts[0].baseUrl", "accounts[1].extra", "accounts[1].fallback"]) {
+        expect(result.stderr).toContain(field)
+      }
+      expect(result.stderr).not.toContain(badKey)
+      expect(result.stdout).not.toContain(badKey)
+
+      // Not JSON at all, with a key in the text: the position, not the text.
+      yield* fs.writeFileString(accounts, `{"accounts": [{"keys": ["${badKey}"`)
+      const broken = yield* runCli(["batch", `${dir}/in.jsonl`, "-o", `${dir}/out.jsonl`, "--accounts", accounts], {})
+      expect(broken.code).toBe(2)
+      expect(broken.stderr).toContain("not valid JSON")
+      expect(broken.stderr).not.toContain(badKey)
+      expect((yield* fs.exists(`${dir}/out.jsonl`))).toBe(false)
+    }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
+
+  it.live("batch over an accounts file writes the summary JSON: billed tokens, cost, per account; --concurrency fixes each limit", () =>
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const simulator = yield* Simulator.make({
+        accounts: { one: { keys: ["sk-sim-one"] }, two: { keys: ["sk-sim-two"] } },
+        limit: 50,
+        queueDelay: { min: "2 millis", max: "10 millis" },
+        cacheHitRatio: 0.5
+      })
+      const dir = yield* fs.makeTempDirectoryScoped({ prefix: "cli-test-" })
+      const input = `${dir}/in.jsonl`
+      const summaryPath = `${dir}/summary.json`
+      yield* fs.writeFileString(input, Array.from({ length: 60 }, (_, i) => `${chatLine(i)}\n`).join(""))
+      const account = (name: string) => ({ name, provider: "deepseek", baseUrl: simulator.baseUrl, keys: [`sk-sim-${name}`] })
+      yield* fs.writeFileString(`${dir}/accounts.json`, JSON.stringify({ accounts: [account("one"), account("two")] }))
+
+      const result = yield* runCli(
+        ["batch", input, "-o", `${dir}/out.jsonl`, "--accounts", `${dir}/accounts.json`, "--summary", summaryPath, "--concurrency", "2"],
+        {}
+      )
+      expect(result.code).toBe(0)
+      const stats = yield* simulator.stats
+      const summary = JSON.parse(yield* fs.readFileString(summaryPath))
+      const billed = (name: string) => stats.accounts[name]!.billed
+      expect(summary).toMatchObject({
+        requests: 60,
+        succeeded: 60,
+        failed: 0,
+        attempts: stats.requests,
+        rate_limited: 0,
+        prompt_tokens: billed("one").prompt + billed("two").prompt,
+        completion_tokens: billed("one").completion + billed("two").completion,
+        cache_hit_tokens: billed("one").cacheHit + billed("two").cacheHit,
+        reasoning_tokens: 0
+      })
+      expect(summary.prompt_tokens).toBeGreaterThan(0)
+      expect(summary.cache_hit_tokens).toBeGreaterThan(0)
+      expect(summary.cost_usd).toBeGreaterThan(0)
+      for (const name of ["one", "two"]) {
+        expect(summary.accounts[name]).toMatchObject({
+          provider: "deepseek",
+          fallback: false,
+          limit: 2,
+          attempts: stats.accounts[name]!.requests,
+          prompt_tokens: billed(name).prompt,
+          completion_tokens: billed(name).completion
+        })
+        // --concurrency 2 held: the server (limit 50) never saw more than 2 at once per account.
+        expect(stats.accounts[name]!.maxInFlight).toBeLessThanOrEqual(2)
+        expect(stats.accounts[name]!.completed).toBeGreaterThan(0)
+      }
+      expect(result.stdout).toContain("cost:      $")
+      expect(result.stdout).toMatch(/ {2}one: deepseek, serving, limit 2, 1 usable key; \d+ answered/)
+    }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 
   it.live("demo runs a verified batch against the simulator and exits 0", () =>
     Effect.gen(function*() {

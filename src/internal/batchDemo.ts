@@ -5,11 +5,13 @@
  */
 import * as FileSystem from "@effect/platform/FileSystem"
 import * as Effect from "effect/Effect"
-import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
+import type * as AccountPool from "../AccountPool.js"
+import type { Account } from "../Accounts.js"
 import * as Batch from "../Batch.js"
-import * as Resilient from "../Resilient.js"
+import * as CostLedger from "../CostLedger.js"
+import * as Router from "../Router.js"
 import * as Simulator from "../Simulator.js"
 import { classifyExisting } from "./batchLines.js"
 
@@ -38,17 +40,32 @@ export const simulatorOptions: Simulator.Options = {
   }
 }
 
-/** Fast retries and a short first-content deadline, fitted to the simulator's millisecond latencies. */
-export const resilientOptions = (baseUrl: string): Resilient.DefaultOptions => ({
+/** The one account of the demo, on the simulator's default account. */
+export const demoAccount = (baseUrl: string): Account => ({
+  name: "demo",
+  provider: "deepseek",
   baseUrl,
   keys: [Redacted.make(Simulator.defaultKey)],
+  fallback: false,
+  models: {}
+})
+
+/** Fast retries and a short first-content deadline, fitted to the simulator's millisecond latencies. */
+export const poolOptions: AccountPool.PoolOptions = {
   retry: { base: "20 millis", cap: "400 millis", maxRetries: 12 },
   // The simulator fails ~15% of attempts on purpose, to show every failure path, and the adaptive
   // limiter's probes draw a few 429s on top: near the default 25% trip ratio, where a real
   // DeepSeek incident would rightly open the breaker for 30 s. The demo is about the other paths.
   breaker: { failureRatio: 0.5 },
   deadlines: { firstContent: "1 second", idle: "1 second", total: "5 seconds" }
-})
+}
+
+/**
+ * The client of the demo, as the CLI builds it for a real run (adaptive limiter and breaker per
+ * account), with the default prices and router.
+ */
+export const clientStack = (accounts: ReadonlyArray<Account>) =>
+  Batch.layerAccounts(accounts, { pool: poolOptions, ledger: CostLedger.layer(), router: Router.layerDefault })
 
 interface DemoRequest {
   readonly customId: string
@@ -144,7 +161,7 @@ export interface DemoReport {
 
 /**
  * Runs the demo: simulator up, `requests` generated input lines written to a temporary
- * directory, `Batch.run` through `Resilient.layerDefault`, verification, rerun.
+ * directory, `Batch.run` through `clientStack`, verification, rerun.
  */
 export const run = (options: {
   readonly requests: number
@@ -159,9 +176,7 @@ export const run = (options: {
     const output = `${dir}/results.jsonl`
     yield* fs.writeFileString(input, requests.map((r) => `${inputLine(r)}\n`).join("")).pipe(Effect.orDie)
 
-    const stack = Resilient.layerDefault(resilientOptions(simulator.baseUrl)).pipe(
-      Layer.provideMerge(Batch.layerTelemetryCounts)
-    )
+    const stack = clientStack([demoAccount(simulator.baseUrl)])
     const batch = (onProgress: typeof options.onProgress) =>
       Batch.run({ input, output, onProgress }).pipe(Effect.provide(stack))
 
@@ -186,6 +201,9 @@ const listCounts = (counts: Readonly<Record<string, number | undefined>>): strin
     .map(([name, n]) => `${name} ${n}`)
     .join(", ") || "none"
 
+const billedTokens = (stats: Simulator.Stats): number =>
+  Object.values(stats.accounts).reduce((sum, account) => sum + account.billed.prompt + account.billed.completion, 0)
+
 /** The opening line of the demo. */
 export const introduction = (requests: number): string =>
   `weatherproof demo: ${requests} chat requests as an OpenAI-format batch against a local DeepSeek simulator\n` +
@@ -204,7 +222,7 @@ export const formatReport = (report: DemoReport): string => {
     Batch.formatSummary(report.first),
     `simulator: ${simulator.requests} HTTP requests, ${simulator.rateLimited} answered 429, peak in flight ${
       simulator.accounts["default"]?.maxInFlight ?? 0
-    }/${accountLimit}`,
+    }/${accountLimit}, billed ${billedTokens(simulator)} tokens`,
     `faults:    ${listCounts(simulator.faults)}`,
     ...verdict
   ].join("\n")

@@ -11,10 +11,15 @@ import { scrubSecrets } from "../ApiError.js"
 import { ChatCompletionRequest } from "../ChatSchema.js"
 import type { ChatCompletion } from "../ChatSchema.js"
 import type { ResilientError } from "../Resilient.js"
+import { Task } from "../Router.js"
 
-/** One input line of the OpenAI Batch API format, restricted to chat completions. */
+/**
+ * One input line of the OpenAI Batch API format, restricted to chat completions, with an optional
+ * top-level `task` for the router (kept out of `body`, so nothing unknown is sent upstream).
+ */
 export const InputLine = Schema.Struct({
   custom_id: Schema.NonEmptyString,
+  task: Schema.optionalWith(Task, { exact: true }),
   method: Schema.Literal("POST"),
   url: Schema.Literal("/v1/chat/completions", "/chat/completions"),
   body: ChatCompletionRequest
@@ -29,6 +34,7 @@ export type InputItem =
     readonly _tag: "Request"
     readonly lineNumber: number
     readonly customId: string
+    readonly task: Task | undefined
     readonly body: ChatCompletionRequest
   }
   | {
@@ -69,7 +75,8 @@ export const parseInputLine = (text: string, lineNumber: number): InputItem => {
   const ownId = ownCustomId(json.right)
   const decoded = decodeInputLine(json.right)
   if (Either.isRight(decoded)) {
-    return { _tag: "Request", lineNumber, customId: decoded.right.custom_id, body: decoded.right.body }
+    const { body, custom_id, task } = decoded.right
+    return { _tag: "Request", lineNumber, customId: custom_id, task, body }
   }
   return {
     _tag: "Invalid",

@@ -1,0 +1,223 @@
+/**
+ * The summary of a batch run: the cost ledger's figures over the run (the difference of two
+ * snapshots, per account too), as data (`toJson`) and for people (`format`).
+ */
+import * as Duration from "effect/Duration"
+import type { AccountStatus } from "../AccountPool.js"
+import type { AccountSummary, Spend, Summary } from "../Batch.js"
+import type { Totals } from "../CostLedger.js"
+
+const picoPerUsd = 1e12
+
+/**
+ * `after − before` in USD. The ledger's figures are integer pico-USD converted once, so the
+ * difference is rounded back to the pico-USD it is.
+ */
+const usdBetween = (before: number, after: number): number => Math.round((after - before) * picoPerUsd) / picoPerUsd
+
+const ratio = (numerator: number, denominator: number): number => denominator === 0 ? 0 : numerator / denominator
+
+/** What was recorded between two snapshots of a group of attempts (`before` absent: nothing yet). */
+export const spendBetween = (before: Totals | undefined, after: Totals): Spend => {
+  const delta = (field: (totals: Totals) => number) => field(after) - (before === undefined ? 0 : field(before))
+  const usd = (field: (totals: Totals) => number) => usdBetween(before === undefined ? 0 : field(before), field(after))
+  const answered = delta((t) => t.requests)
+  const truncated = delta((t) => t.truncated)
+  const completion = delta((t) => t.completionTokens)
+  const reasoning = delta((t) => t.reasoningTokens)
+  return {
+    attempts: delta((t) => t.attempts),
+    answered,
+    tokens: {
+      prompt: delta((t) => t.promptTokens),
+      completion,
+      cacheHit: delta((t) => t.cacheHitTokens),
+      cacheMiss: delta((t) => t.cacheMissTokens),
+      reasoning
+    },
+    costUsd: usd((t) => t.costUsd),
+    unpriced: delta((t) => t.unpriced),
+    retryTax: {
+      attempts: delta((t) => t.retryTax.attempts),
+      tokens: delta((t) => t.retryTax.tokens),
+      costUsd: usd((t) => t.retryTax.costUsd)
+    },
+    truncated,
+    truncationRate: ratio(truncated, answered),
+    reasoningShare: ratio(reasoning, completion)
+  }
+}
+
+/** A group with nothing recorded. */
+const noTotals: Totals = {
+  requests: 0,
+  attempts: 0,
+  promptTokens: 0,
+  completionTokens: 0,
+  cacheHitTokens: 0,
+  cacheMissTokens: 0,
+  reasoningTokens: 0,
+  costUsd: 0,
+  unpriced: 0,
+  retryTax: { attempts: 0, tokens: 0, costUsd: 0 },
+  truncated: 0,
+  truncationRate: 0,
+  reasoningShare: 0
+}
+
+/**
+ * Every account of the pool (in its order, with its state) and every other account the ledger
+ * saw, with what each spent between the snapshots.
+ */
+export const accountsBetween = (
+  before: Readonly<Record<string, Totals>>,
+  after: Readonly<Record<string, Totals>>,
+  statuses: ReadonlyArray<AccountStatus>
+): Readonly<Record<string, AccountSummary>> => {
+  const names = new Set([...statuses.map((status) => status.name), ...Object.keys(after)])
+  return Object.fromEntries(Array.from(names, (name) => [name, {
+    ...spendBetween(before[name], after[name] ?? noTotals),
+    status: statuses.find((status) => status.name === name)
+  }]))
+}
+
+/** The spend figures, as `toJson` writes them for the run and for each account. */
+export interface SpendJson {
+  readonly attempts: number
+  readonly answered: number
+  readonly prompt_tokens: number
+  readonly completion_tokens: number
+  readonly cache_hit_tokens: number
+  readonly cache_miss_tokens: number
+  readonly reasoning_tokens: number
+  readonly cost_usd: number
+  readonly unpriced_attempts: number
+  readonly retry_tax: { readonly attempts: number; readonly tokens: number; readonly cost_usd: number }
+  readonly truncated: number
+  readonly truncation_rate: number
+  readonly reasoning_share: number
+}
+
+/** An account in the summary JSON: its spend, and the pool's state of it when there is a pool. */
+export interface AccountJson extends SpendJson {
+  readonly provider?: string
+  readonly fallback?: boolean
+  readonly state?: string
+  readonly limit?: number
+  readonly in_flight?: number
+  readonly usable_keys?: number
+  readonly calls?: number
+}
+
+/** The summary JSON. */
+export interface SummaryJson extends SpendJson {
+  readonly requests: number
+  readonly succeeded: number
+  readonly failed: number
+  readonly skipped: number
+  readonly failures: Readonly<Record<string, number>>
+  readonly failed_attempts: number
+  readonly rate_limited: number
+  readonly retries: number
+  readonly routing_warnings: number
+  readonly elapsed_ms: number
+  readonly accounts: Readonly<Record<string, AccountJson>>
+}
+
+const spendJson = (spend: Spend): SpendJson => ({
+  attempts: spend.attempts,
+  answered: spend.answered,
+  prompt_tokens: spend.tokens.prompt,
+  completion_tokens: spend.tokens.completion,
+  cache_hit_tokens: spend.tokens.cacheHit,
+  cache_miss_tokens: spend.tokens.cacheMiss,
+  reasoning_tokens: spend.tokens.reasoning,
+  cost_usd: spend.costUsd,
+  unpriced_attempts: spend.unpriced,
+  retry_tax: { attempts: spend.retryTax.attempts, tokens: spend.retryTax.tokens, cost_usd: spend.retryTax.costUsd },
+  truncated: spend.truncated,
+  truncation_rate: spend.truncationRate,
+  reasoning_share: spend.reasoningShare
+})
+
+const accountJson = (account: AccountSummary): AccountJson => {
+  const { status } = account
+  return {
+    ...spendJson(account),
+    ...(status === undefined ? {} : {
+      provider: status.provider,
+      fallback: status.fallback,
+      state: status.state,
+      limit: status.limit,
+      in_flight: status.inFlight,
+      usable_keys: status.usableKeys,
+      calls: status.calls
+    })
+  }
+}
+
+/** The summary as data. */
+export const toJson = (summary: Summary): SummaryJson => ({
+  requests: summary.requests,
+  succeeded: summary.succeeded,
+  failed: summary.failed,
+  skipped: summary.skipped,
+  failures: summary.failures,
+  failed_attempts: summary.failedAttempts,
+  rate_limited: summary.rateLimited,
+  retries: summary.retries,
+  ...spendJson(summary.spend),
+  routing_warnings: summary.routingWarnings,
+  elapsed_ms: Duration.toMillis(summary.elapsed),
+  accounts: Object.fromEntries(Object.entries(summary.accounts).map(([name, account]) => [name, accountJson(account)]))
+})
+
+const counted = (count: number, one: string, many: string) => `${count} ${count === 1 ? one : many}`
+
+const usd = (amount: number) => `$${amount.toFixed(6)}`
+
+const percent = (share: number) => `${(share * 100).toFixed(1)}%`
+
+const costLine = (spend: Spend): string =>
+  [
+    usd(spend.costUsd),
+    ...(spend.unpriced === 0 ? [] : [`${counted(spend.unpriced, "attempt", "attempts")} of unpriced models not counted`]),
+    `retry tax ${usd(spend.retryTax.costUsd)} (${counted(spend.retryTax.attempts, "attempt", "attempts")}, ${spend.retryTax.tokens} tokens)`,
+    `${spend.truncated} truncated (${percent(spend.truncationRate)})`,
+    `reasoning ${percent(spend.reasoningShare)} of output`
+  ].join("; ")
+
+const statusText = (status: AccountStatus): string =>
+  `${status.provider}${status.fallback ? " fallback" : ""}, ${status.state}, limit ${status.limit}, ${
+    counted(status.usableKeys, "usable key", "usable keys")
+  }`
+
+const accountLine = (name: string, account: AccountSummary): string =>
+  `  ${name}: ${account.status === undefined ? "" : `${statusText(account.status)}; `}${account.answered} answered, ${
+    counted(account.attempts, "attempt", "attempts")
+  }, ${account.tokens.prompt + account.tokens.completion} tokens, ${usd(account.costUsd)}`
+
+/** The summary for people. */
+export const format = (summary: Summary): string => {
+  const failures = Object.entries(summary.failures)
+    .sort(([, a], [, b]) => b - a)
+    .map(([code, count]) => `${code} ${count}`)
+    .join(", ")
+  const { spend } = summary
+  const { tokens } = spend
+  const accounts = Object.entries(summary.accounts)
+  return [
+    `requests:  ${summary.requests} (${summary.succeeded} succeeded, ${summary.failed} failed, ${summary.skipped} skipped as already answered)`,
+    ...(failures.length === 0 ? [] : [`failures:  ${failures}`]),
+    `upstream:  ${counted(spend.attempts, "attempt", "attempts")}, ${summary.rateLimited} 429s met, ${
+      counted(summary.retries, "retry", "retries")
+    }, ${counted(summary.failedAttempts, "failed attempt", "failed attempts")}`,
+    ...(summary.routingWarnings === 0
+      ? []
+      : [`routing:   ${counted(summary.routingWarnings, "warning", "warnings")} (thinking on a simple task)`]),
+    `tokens:    ${tokens.prompt} prompt (${tokens.cacheHit} cache hit), ${tokens.completion} completion (${tokens.reasoning} reasoning)`,
+    `cost:      ${costLine(spend)}`,
+    ...(accounts.length === 0 ? [] : ["accounts:", ...accounts.map(([name, account]) => accountLine(name, account))]),
+    `elapsed:   ${Duration.format(summary.elapsed)}`
+  ].join("\n")
+}
