@@ -50,14 +50,18 @@ export const demoAccount = (baseUrl: string): Account => ({
   models: {}
 })
 
-/** Fast retries and a short first-content deadline, fitted to the simulator's millisecond latencies. */
+/**
+ * Fast retries, short deadlines and a short open period, fitted to the simulator's millisecond
+ * latencies, with headroom for a loaded machine: a deadline that trips because the test machine
+ * is busy must not open the breaker for long.
+ */
 export const poolOptions: AccountPool.PoolOptions = {
   retry: { base: "20 millis", cap: "400 millis", maxRetries: 12 },
   // The simulator fails ~15% of attempts on purpose, to show every failure path, and the adaptive
   // limiter's probes draw a few 429s on top: near the default 25% trip ratio, where a real
   // DeepSeek incident would rightly open the breaker for 30 s. The demo is about the other paths.
-  breaker: { failureRatio: 0.5 },
-  deadlines: { firstContent: "1 second", idle: "1 second", total: "5 seconds" }
+  breaker: { failureRatio: 0.5, openFor: "1 second", maxOpenFor: "4 seconds" },
+  deadlines: { firstContent: "3 seconds", idle: "2 seconds", total: "15 seconds" }
 }
 
 /**
