@@ -156,6 +156,14 @@ export interface AcquireOptions {
 export interface Service {
   /** Waits for a permit that is released when the scope closes. */
   readonly acquire: (options?: AcquireOptions) => Effect.Effect<Permit, QueueFull, Scope.Scope>
+  /**
+   * Runs `use` under a permit released when it ends: `acquire` without a `Scope`, for the hot
+   * path (a scope per call costs more than the limiter itself).
+   */
+  readonly withPermit: <A, E, R>(
+    use: (permit: Permit) => Effect.Effect<A, E, R>,
+    options?: AcquireOptions
+  ) => Effect.Effect<A, E | QueueFull, R>
   readonly snapshot: Effect.Effect<Snapshot>
 }
 
@@ -189,10 +197,7 @@ export const outcomeOf = (exit: Exit.Exit<unknown, unknown>): Outcome => {
  */
 export const withPermit = (limiter: Service, options?: AcquireOptions) =>
 <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | QueueFull, R> =>
-  Effect.scoped(
-    Effect.flatMap(limiter.acquire(options), (permit) =>
-      Effect.onExit(effect, (exit) => permit.complete(outcomeOf(exit))))
-  )
+  limiter.withPermit((permit) => Effect.onExit(effect, (exit) => permit.complete(outcomeOf(exit))), options)
 
 /**
  * Options every limiter takes.

@@ -194,12 +194,16 @@ export const make: Effect.Effect<Service, never, Parts> = Effect.gen(function*()
       Effect.flatMap(limiter.acquire({ priority: options?.priority }), use)
     )
 
+  // No `Effect.scoped` on the hot path: `withPermit` releases the permit without a scope.
   const attempt = (request: ChatCompletionRequest, options: CallOptions | undefined) =>
-    Effect.scoped(gated(request, options, (permit) => {
-      const probe = queueDelayProbe()
-      return breaker.protect(transport.create(request, transportOptions(options, probe)))
-        .pipe(Effect.onExit((exit) => permit.complete(probe.outcome(exit))))
-    })).pipe(Effect.tapError(onFailure))
+    Effect.zipRight(
+      bucket.take(TokenBucketModule.costOf(request)),
+      limiter.withPermit((permit) => {
+        const probe = queueDelayProbe()
+        return breaker.protect(transport.create(request, transportOptions(options, probe)))
+          .pipe(Effect.onExit((exit) => permit.complete(probe.outcome(exit))))
+      }, { priority: options?.priority })
+    ).pipe(Effect.tapError(onFailure))
 
   const streamAttempt = (request: ChatCompletionRequest, options: CallOptions | undefined) =>
     Stream.unwrapScoped(gated(request, options, (permit) => {
@@ -215,9 +219,9 @@ export const make: Effect.Effect<Service, never, Parts> = Effect.gen(function*()
 
   return Resilient.of({
     create: (request, options) =>
-      Effect.zipRight(started, Effect.retry(attempt(request, options), retries(schedule))).pipe(
+      Effect.zipRight(started, retryAfterFailure(attempt(request, options), retries(schedule))).pipe(
         Metric.trackDuration(callDuration),
-        Effect.withSpan("weatherproof.Resilient.create", { attributes: { model: request.model } })
+        Effect.withSpan("weatherproof.Resilient.create", { attributes: { model: request.model }, captureStackTrace: false })
       ),
     stream: (request, options) =>
       Stream.unwrap(Effect.map(started, () => {
@@ -229,6 +233,25 @@ export const make: Effect.Effect<Service, never, Parts> = Effect.gen(function*()
       })).pipe(Stream.withSpan("weatherproof.Resilient.stream", { attributes: { model: request.model } }))
   })
 })
+
+/**
+ * `Effect.retry`, but the schedule's driver is made only once an attempt has failed: most calls
+ * succeed at once, and a driver per call (refs, a clock read, a context update per attempt)
+ * costs more than all the policies together.
+ */
+const retryAfterFailure = <A, E, R, R2>(
+  attempt: Effect.Effect<A, E, R>,
+  schedule: Schedule.Schedule<unknown, E, R2>
+): Effect.Effect<A, E, R | R2> =>
+  Effect.catchAll(attempt, (first) =>
+    Effect.flatMap(Schedule.driver(schedule), (driver) => {
+      const retryFrom = (error: E): Effect.Effect<A, E, R | R2> =>
+        Effect.matchEffect(driver.next(error), {
+          onFailure: () => Effect.fail(error),
+          onSuccess: () => Effect.catchAll(attempt, retryFrom)
+        })
+      return retryFrom(first)
+    }))
 
 /** Refusals by our own policies: not the upstream's doing, so not counted as its failures. */
 const isLocalRefusal = (error: ResilientError): error is QueueFull | RateLimitExceeded | CircuitOpen =>

@@ -1,13 +1,11 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
-import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as FastCheck from "effect/FastCheck"
 import * as Fiber from "effect/Fiber"
-import * as FiberId from "effect/FiberId"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
@@ -413,7 +411,7 @@ describe("ConcurrencyLimiter", () => {
         for (const o of ops) {
           switch (o._tag) {
             case "Enter": {
-              const entry = gate.enter(o.priority, Deferred.unsafeMake<void>(FiberId.none))
+              const entry = gate.enter(o.priority)
               if (entry._tag === "Granted") held++
               if (entry._tag === "Queued") waiting.push({ waiter: entry.waiter, lane: o.priority, seq: enteredSeq++ })
               if (entry._tag === "Full") expect(gate.queued).toBe(maxQueued)

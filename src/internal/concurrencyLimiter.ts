@@ -2,8 +2,9 @@ import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as FiberId from "effect/FiberId"
 import * as Metric from "effect/Metric"
-import type * as Scope from "effect/Scope"
+import * as Scope from "effect/Scope"
 import type {
   AcquireOptions,
   AdaptiveOptions,
@@ -59,13 +60,14 @@ export class Gate {
     return this.limit
   }
 
-  enter(priority: Priority, wake: Deferred.Deferred<void>): Entry {
+  enter(priority: Priority): Entry {
     if (this.inFlight < this.limit && this.queued === 0) {
       this.inFlight++
       return { _tag: "Granted", stamp: this.stamp() }
     }
     if (this.queued >= this.maxQueued) return { _tag: "Full" }
-    const waiter: Waiter = { wake, granted: false, stamp: 0 }
+    // Only a caller that waits needs a Deferred: the common, uncontended grant allocates none.
+    const waiter: Waiter = { wake: Deferred.unsafeMake<void>(FiberId.none), granted: false, stamp: 0 }
     this.lanes[priority].add(waiter)
     return { _tag: "Queued", waiter }
   }
@@ -313,7 +315,7 @@ class Aimd implements Policy {
 // -----------------------------------------------------------------------------
 
 export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effect<Service> =>
-  Effect.suspend(() => {
+  Effect.sync(() => {
     const gate = new Gate(policy.limit, options.maxQueued ?? Infinity, () => policy.stamp)
     const tag = <Type, In, Out>(metric: Metric.Metric<Type, In, Out>) =>
       options.name === undefined ? metric : Metric.tagged(metric, "limiter", options.name)
@@ -321,53 +323,79 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
     const dropped = tag(droppedCounter)
 
     const snapshot = Effect.sync((): Snapshot => ({ limit: gate.permits, inFlight: gate.inFlight, queued: gate.queued }))
-    const publish = Effect.flatMap(snapshot, (s) =>
-      Effect.all([
-        Metric.set(gauges.limit, s.limit),
-        Metric.set(gauges.inFlight, s.inFlight),
-        Metric.set(gauges.queued, s.queued)
-      ], { discard: true }))
+    // Gauges are set in the same synchronous step as the ledger changes: on the hot path, three
+    // `Metric.set` effects per change cost more than the rest of the limiter.
+    const publish = (): void => {
+      gauges.limit.unsafeUpdate(gate.permits, [])
+      gauges.inFlight.unsafeUpdate(gate.inFlight, [])
+      gauges.queued.unsafeUpdate(gate.queued, [])
+    }
+    const release = Effect.sync(() => {
+      gate.release()
+      publish()
+    })
 
-    const permitFor = (stamp: number): Effect.Effect<Permit, never, Scope.Scope> => {
+    const permitFor = (stamp: number): Permit => {
       let completed = false
-      const complete = (outcome: Outcome) =>
-        Effect.suspend(() => {
-          if (completed) return Effect.void
-          completed = true
-          policy.record(stamp, outcome, gate.inFlight)
-          gate.resize(policy.limit)
-          return outcome._tag === "Dropped" ? Effect.zipRight(Metric.increment(dropped), publish) : publish
-        })
-      return Effect.as(
-        Effect.addFinalizer(() => Effect.zipRight(Effect.sync(() => gate.release()), publish)),
-        { complete }
-      )
+      return {
+        complete: (outcome) =>
+          Effect.sync(() => {
+            if (completed) return
+            completed = true
+            policy.record(stamp, outcome, gate.inFlight)
+            gate.resize(policy.limit)
+            if (outcome._tag === "Dropped") dropped.unsafeUpdate(1, [])
+            publish()
+          })
+      }
     }
 
+    /** Takes a permit, waiting in its lane if needed; the stamp it was granted with. Run uninterruptibly. */
+    const enter = (
+      acquireOptions: AcquireOptions | undefined,
+      restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+    ): Effect.Effect<number, QueueFull> =>
+      Effect.suspend(() => {
+        const entry = gate.enter(acquireOptions?.priority ?? "interactive")
+        publish()
+        switch (entry._tag) {
+          case "Full":
+            return Effect.fail(new QueueFull({ queued: gate.queued }))
+          case "Granted":
+            return Effect.succeed(entry.stamp)
+          case "Queued": {
+            const { waiter } = entry
+            return restore(Deferred.await(waiter.wake)).pipe(
+              Effect.onInterrupt(() =>
+                Effect.sync(() => {
+                  gate.cancel(waiter)
+                  publish()
+                })
+              ),
+              Effect.map(() => {
+                publish()
+                return waiter.stamp
+              })
+            )
+          }
+        }
+      })
+
+    // `Scope.addFinalizer`, not `Effect.addFinalizer`: releasing is one synchronous step that
+    // needs none of the fiber refs `Effect.addFinalizer` diffs and restores around it.
     const acquire = (acquireOptions?: AcquireOptions): Effect.Effect<Permit, QueueFull, Scope.Scope> =>
       Effect.uninterruptibleMask((restore) =>
-        Effect.flatMap(Deferred.make<void>(), (wake) => {
-          const entry = gate.enter(acquireOptions?.priority ?? "interactive", wake)
-          switch (entry._tag) {
-            case "Full":
-              return Effect.fail(new QueueFull({ queued: gate.queued }))
-            case "Granted":
-              return Effect.zipRight(publish, permitFor(entry.stamp))
-            case "Queued": {
-              const { waiter } = entry
-              const wait = restore(Deferred.await(wake)).pipe(
-                Effect.onInterrupt(() => Effect.zipRight(Effect.sync(() => gate.cancel(waiter)), publish))
-              )
-              return Effect.zipRight(publish, wait).pipe(
-                Effect.zipRight(publish),
-                Effect.zipRight(Effect.suspend(() => permitFor(waiter.stamp)))
-              )
-            }
-          }
-        })
+        Effect.flatMap(enter(acquireOptions, restore), (stamp) =>
+          Effect.flatMap(Effect.scope, (scope) => Effect.as(Scope.addFinalizer(scope, release), permitFor(stamp))))
       )
 
-    return Effect.as(publish, { acquire, snapshot })
+    const withPermit: Service["withPermit"] = (use, acquireOptions) =>
+      Effect.uninterruptibleMask((restore) =>
+        Effect.flatMap(enter(acquireOptions, restore), (stamp) => Effect.ensuring(restore(use(permitFor(stamp))), release))
+      )
+
+    publish()
+    return { acquire, withPermit, snapshot }
   })
 
 /** What is wrong with `options`, if anything: ratios that would not move the limit sensibly. */
