@@ -1,0 +1,194 @@
+/**
+ * `npm run bench`: the goodput and overhead benchmarks (see docs/benchmarks.md), printed as
+ * tables with a verdict per target. It always exits 0 when it ran: a missed target is a finding.
+ *
+ * Flags: `--only goodput`, `--only overhead`, or `--only weatherproof` (the goodput run of
+ * weatherproof alone, for tuning); `--write-docs` also writes docs/goodput.svg and
+ * docs/goodput-peers.svg and prints the tables as Markdown; `--json FILE` saves the goodput
+ * report (every timeline included) for a closer look.
+ */
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
+import * as Console from "effect/Console"
+import * as Effect from "effect/Effect"
+import { writeFileSync } from "node:fs"
+import * as Os from "node:os"
+import { goodputChart, peersChart } from "./chart.js"
+import * as Goodput from "./goodput.js"
+import * as Overhead from "./overhead.js"
+import { backoff } from "./peers.js"
+import * as Scenario from "./scenario.js"
+import * as Table from "./table.js"
+
+const targets = { makespanRatio: 1.15, rateLimitedShare: 0.02, overheadNs: 10_000 } as const
+
+const args = process.argv.slice(2)
+const only = args.includes("--only") ? args[args.indexOf("--only") + 1] : undefined
+const writeDocs = args.includes("--write-docs")
+const jsonFile = args.includes("--json") ? args[args.indexOf("--json") + 1] : undefined
+
+const seconds = (ms: number) => `${(ms / 1000).toFixed(2)} s`
+const percent = (share: number) => `${(share * 100).toFixed(1)} %`
+const micros = (ns: number) => `${(ns / 1000).toFixed(2)} µs`
+
+const machine = (): string => {
+  const cpus = Os.cpus()
+  return `${cpus.length} cores (${cpus[0]?.model.trim() ?? "unknown CPU"}), Node ${process.version}, ${Os.platform()} ${Os.arch()}, load average ${
+    Os.loadavg().map((load) => load.toFixed(2)).join(" ")
+  }`
+}
+
+/** A warning when other work competes for the cores: client and Simulator share them, so timings suffer. */
+const busyWarning = (): Effect.Effect<void> => {
+  const load = Os.loadavg()[0] ?? 0
+  const cores = Os.cpus().length
+  return load > cores
+    ? Console.log(`warning: load average ${load.toFixed(2)} on ${cores} cores: other work shares the machine, timings are unreliable`)
+    : Effect.void
+}
+
+const printTable = (header: Table.Row, rows: ReadonlyArray<Table.Row>) =>
+  Effect.zipRight(
+    Console.log(Table.text(header, rows)),
+    writeDocs ? Console.log(`\n${Table.markdown(header, rows)}`) : Effect.void
+  )
+
+// --- goodput ------------------------------------------------------------------------------------
+
+const goodputHeader = ["contender", "makespan", "× oracle", "429s", "429s / requests", "sent / request", "answered", "peak in flight"]
+
+const goodputRows = (report: Goodput.GoodputReport): ReadonlyArray<Table.Row> => {
+  const oracleMs = report.oracle.makespanMs
+  const n = Scenario.requestCount
+  return [
+    [
+      "oracle (simulated ideal)",
+      seconds(oracleMs),
+      "1.00",
+      "0",
+      percent(0),
+      "1.00",
+      `${n}/${n}`,
+      String(Math.max(...report.oracle.timeline.map((sample) => sample.inFlight)))
+    ],
+    ...[report.weatherproof, ...report.peers].map((r) => [
+      r.finished ? r.name : `${r.name} (stopped at ${seconds(Goodput.timeLimitMs)})`,
+      seconds(r.makespanMs),
+      (r.makespanMs / oracleMs).toFixed(2),
+      String(r.rateLimited),
+      percent(r.rateLimited / n),
+      (r.requestsReceived / n).toFixed(2),
+      `${r.completed}/${n}`,
+      String(r.maxInFlight)
+    ])
+  ]
+}
+
+const goodputVerdicts = (report: Goodput.GoodputReport): ReadonlyArray<string> => {
+  const wp = report.weatherproof
+  const ratio = wp.makespanMs / report.oracle.makespanMs
+  const share = wp.rateLimited / Scenario.requestCount
+  const slowerPeers = report.peers.filter((peer) => peer.finished && peer.makespanMs <= wp.makespanMs)
+  const complete = wp.finished && wp.completed === Scenario.requestCount
+  return [
+    `target: makespan within ${targets.makespanRatio}× the oracle: ${Table.verdict(ratio <= targets.makespanRatio)} (${ratio.toFixed(3)}×)`,
+    `target: at most ${percent(targets.rateLimitedShare)} of requests draw a 429: ${
+      Table.verdict(share <= targets.rateLimitedShare)
+    } (${percent(share)}, ${wp.rateLimited} of ${Scenario.requestCount})`,
+    report.peers.length === 0
+      ? "target: faster than every peer: not measured (peers not run)"
+      : `target: faster than every peer: ${Table.verdict(slowerPeers.length === 0)}${
+        slowerPeers.length === 0 ? "" : ` (not faster than ${slowerPeers.map((p) => p.name).join(", ")})`
+      }`,
+    `check: weatherproof answered all ${Scenario.requestCount}: ${complete ? "yes" : `NO (${wp.completed})`}`
+  ]
+}
+
+const warnings = (report: Goodput.GoodputReport): ReadonlyArray<string> =>
+  [report.weatherproof, ...report.peers].flatMap((r) => [
+    ...(r.sameServiceTimes
+      ? []
+      : [`warning: ${r.name}'s Simulator drew other service times than the oracle's (a request accepted twice?)`]),
+    ...(Object.keys(r.failures).length === 0
+      ? []
+      : [`warning: ${r.name} failed requests: ${Object.entries(r.failures).map(([error, n]) => `${error} ${n}`).join(", ")}`])
+  ])
+
+const goodput = Effect.gen(function*() {
+  yield* Console.log(
+    `\n== Goodput: ${Scenario.requestCount} requests, account cap ${
+      Scenario.phases.map((p) => p.limit).join(" → ")
+    } (each for ${Scenario.phases[0]!.accepted} accepted), ${Scenario.serviceTime.minMs}-${Scenario.serviceTime.maxMs} ms each ==`
+  )
+  yield* Console.log(
+    `peers: concurrency 16, backoff from ${backoff.baseMs} ms doubling to ${backoff.capMs} ms, up to ${backoff.maxRetries} retries`
+  )
+  const report = yield* Goodput.run((name) => Console.log(`running ${name}…`), only !== "weatherproof")
+  yield* Console.log("")
+  for (const r of [report.weatherproof, ...report.peers]) yield* Console.log(`${r.name}: ${r.policy}`)
+  yield* Console.log("")
+  yield* printTable(goodputHeader, goodputRows(report))
+  yield* Console.log(`\noracle lower bound (Σ work / cap per phase): ${seconds(report.lowerBoundMs)}`)
+  for (const line of [...goodputVerdicts(report), ...warnings(report)]) yield* Console.log(line)
+  yield* busyWarning()
+  if (jsonFile !== undefined) writeFileSync(jsonFile, JSON.stringify(report))
+  if (writeDocs) {
+    writeFileSync("docs/goodput.svg", goodputChart(report))
+    yield* Console.log("wrote docs/goodput.svg")
+    if (report.peers.length > 0) {
+      writeFileSync("docs/goodput-peers.svg", peersChart(report))
+      yield* Console.log("wrote docs/goodput-peers.svg")
+    }
+  }
+})
+
+// --- overhead -----------------------------------------------------------------------------------
+
+const overhead = Effect.gen(function*() {
+  const { calls, runs, warmUpRuns } = Overhead.settings
+  yield* Console.log(
+    `\n== Overhead: instant upstream, ${calls} sequential calls per run, median of ${runs} runs after ${warmUpRuns} warm-up ==`
+  )
+  const report = yield* Overhead.run
+  const row = (name: string, timing: Overhead.Timing, baseline?: Overhead.Timing): Table.Row => [
+    name,
+    micros(timing.wall),
+    baseline === undefined ? "–" : micros(timing.wall - baseline.wall),
+    micros(timing.cpu),
+    baseline === undefined ? "–" : micros(timing.cpu - baseline.cpu)
+  ]
+  yield* printTable(["loop", "wall / call", "overhead (wall)", "CPU / call", "overhead (CPU)"], [
+    row("bare Transport double (Effect)", report.bareEffect),
+    row("weatherproof Resilient, every policy", report.weatherproof, report.bareEffect),
+    row("bare async function", report.bareAsync),
+    row("cockatiel retry ∘ breaker ∘ bulkhead", report.cockatiel, report.bareAsync)
+  ])
+  yield* busyWarning()
+  const ours = report.weatherproof.wall - report.bareEffect.wall
+  yield* Console.log(
+    `target: under ${micros(targets.overheadNs)} overhead per call (wall): ${Table.verdict(ours < targets.overheadNs)} (${
+      micros(ours)
+    }; CPU ${micros(report.weatherproof.cpu - report.bareEffect.cpu)})\n`
+  )
+  const saved = (timing: Overhead.Timing): Table.Row => [
+    micros(report.weatherproof.wall - timing.wall),
+    micros(report.weatherproof.cpu - timing.cpu)
+  ]
+  yield* printTable(["what a call pays for (full pipeline minus it)", "wall", "CPU"], [
+    ...report.without.map(({ name, timing }) => [name, ...saved(timing)]),
+    ["Resilient.make itself (every policy a pass-through)", micros(report.skeleton.wall - report.bareEffect.wall), micros(report.skeleton.cpu - report.bareEffect.cpu)]
+  ])
+})
+
+const modes: ReadonlyArray<string | undefined> = [undefined, "goodput", "overhead", "weatherproof"]
+
+const main = Effect.gen(function*() {
+  if (!modes.includes(only)) {
+    yield* Console.error(`unknown --only ${only}: use goodput, overhead or weatherproof`)
+    return yield* Effect.sync(() => process.exit(2))
+  }
+  yield* Console.log(`machine: ${machine()}`)
+  if (only !== "overhead") yield* goodput
+  if (only === undefined || only === "overhead") yield* overhead
+})
+
+NodeRuntime.runMain(main)
