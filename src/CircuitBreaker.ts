@@ -242,6 +242,18 @@ export const isUpstreamFailure = (error: unknown): boolean => {
 }
 
 /**
+ * `isUpstreamFailure` without 429: the classifier for a breaker behind an adaptive concurrency
+ * limiter. The limiter owns the 429 signal (it backs off on each one, and draws a few on purpose
+ * when it probes for a higher cap), so a burst of 429s from one overshoot must not open the
+ * circuit; 5xx, transport errors, deadlines and cut output still do.
+ *
+ * @since 0.1.0
+ * @category classifiers
+ */
+export const isOutage = (error: unknown): boolean =>
+  isUpstreamFailure(error) && (error as { readonly _tag?: unknown })._tag !== "RateLimited"
+
+/**
  * The defaults, from what DeepSeek users run in production: trip when a quarter of at least 20
  * calls in a rolling minute failed, cool off 30 s growing to 120 s, resume after one canary.
  *

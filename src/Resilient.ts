@@ -342,9 +342,21 @@ export const layerPolicies = (
       RetryPolicyModule.layer(options.retry),
       RetryBudgetModule.layer(options.retryBudget),
       options.rate === undefined ? TokenBucketModule.layerUnlimited : TokenBucketModule.layer(options.rate),
-      CircuitBreakerModule.layer(options.breaker)
+      CircuitBreakerModule.layer(breakerOptions(options.concurrency, options.breaker))
     ])
   )
+
+/**
+ * The breaker's options for a given limiter: behind the adaptive limiter, which owns the 429
+ * signal, the breaker opens for outages only (`CircuitBreaker.isOutage`). Explicit options win.
+ *
+ * @since 0.1.0
+ */
+export const breakerOptions = (
+  concurrency: number | Limiter.AdaptiveOptions | undefined,
+  options: CircuitBreakerModule.Options | undefined
+): CircuitBreakerModule.Options =>
+  typeof concurrency === "number" ? { ...options } : { isFailure: CircuitBreakerModule.isOutage, ...options }
 
 /**
  * The whole pipeline over Node's HTTP client. Telemetry is left to the caller

@@ -206,6 +206,12 @@ describe("CircuitBreaker", () => {
         expect(CircuitBreaker.isUpstreamFailure(error), label).toBe(failure)
       }
     })
+    it("isOutage is the same but for 429, which an adaptive limiter handles", () => {
+      for (const [error, failure] of cases) {
+        const is429 = error instanceof RateLimited
+        expect(CircuitBreaker.isOutage(error), String(error)).toBe(failure && !is429)
+      }
+    })
   })
 
   describe("open", () => {

@@ -209,4 +209,29 @@ describe("Resilient", () => {
       expect((yield* counts).failedAttempts).toBe(0)
     }).pipe(Effect.provide(layer))
   })
+
+  it.scoped("behind the adaptive limiter a burst of 429s does not open the breaker; 503s do", () => {
+    const steps = (error: ApiError): ReadonlyArray<Step> => Array.from({ length: 6 }, () => error)
+    const run = (error: ApiError) =>
+      Effect.gen(function*() {
+        const calls = yield* Ref.make(0)
+        const { telemetry } = yield* Telemetry.makeCounters
+        const layer = Resilient.layerPolicies({
+          breaker: { minimumThroughput: 4, failureRatio: 0.5 },
+          retry: { base: "1 millis", cap: "1 millis", maxRetries: 10 }
+        }).pipe(Layer.provide([scriptedTransport(steps(error), calls), Layer.succeed(Telemetry.Telemetry, telemetry)]))
+        const client = yield* Effect.provide(Resilient.Resilient, layer)
+        const fiber = yield* Effect.fork(client.create(request))
+        yield* TestClock.adjust("1 second")
+        return { done: fiber.unsafePoll() !== null, calls: yield* Ref.get(calls) }
+      })
+    return Effect.gen(function*() {
+      const afterRateLimits = yield* run(rateLimited(0))
+      expect(afterRateLimits).toEqual({ done: true, calls: 7 })
+      // Six 503s trip it at the fourth: the call now waits out the open period.
+      const afterOutage = yield* run(overloaded)
+      expect(afterOutage.done).toBe(false)
+      expect(afterOutage.calls).toBe(4)
+    })
+  })
 })

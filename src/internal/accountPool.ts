@@ -130,7 +130,7 @@ const makeMember = (
   Effect.gen(function*() {
     const keys = yield* KeyPool.make(account.keys, { cooldown: settings.keyCooldown })
     const limiter = yield* limiterFor(account)
-    const breaker = yield* CircuitBreaker.make({ ...settings.breaker, name: account.name })
+    const breaker = yield* CircuitBreaker.make({ ...Resilient.breakerOptions(account.concurrency, settings.breaker), name: account.name })
     const transport = yield* Transport.make({ baseUrl: account.baseUrl, deadlines: settings.deadlines }).pipe(
       Effect.provideService(KeyPool.KeyPool, keys)
     )
