@@ -36,6 +36,7 @@ import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Stream from "effect/Stream"
 import * as AccountPoolModule from "./AccountPool.js"
+import * as ResponseCache from "./ResponseCache.js"
 import { AccountPool } from "./AccountPool.js"
 import type { AccountStatus } from "./AccountPool.js"
 import type { Account } from "./Accounts.js"
@@ -250,6 +251,8 @@ export const layerAccounts = <E1, R1, E2, R2>(
   }
 ): Layer.Layer<Exclude<Requirements, FileSystem.FileSystem> | AccountPool | Telemetry.Telemetry, E1 | E2, R1 | R2> =>
   AccountPoolModule.layerResilient(accounts, options.pool).pipe(
+    // Identical deterministic lines (temperature 0) are sent once and billed once.
+    Layer.provide(ResponseCache.layerMemory()),
     Layer.provideMerge(Layer.merge(options.ledger, layerTelemetryCounts)),
     Layer.merge(options.router)
   )

@@ -19,6 +19,10 @@
  *    bucket) never reach it. Its half-open canaries are still bounded by the limiter.
  * 5. **Transport**: one HTTP call, keep-alive parsing, deadlines.
  *
+ * When the context holds a `ResponseCache`, `create` asks it first, outside everything above: a
+ * hit costs no permit, no token and no retry budget. Only deterministic requests are cached
+ * (temperature 0, or `cache: "force"`); streams are never cached.
+ *
  * A stream is retried only until its first chunk reaches the caller. After that, a retry would
  * show the caller the same content twice, so the error, with its partial output, is the answer.
  *
@@ -37,6 +41,7 @@ import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
 import type * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
@@ -55,6 +60,7 @@ import { Telemetry } from "./Telemetry.js"
 import * as TokenBucketModule from "./TokenBucket.js"
 import { type RateLimitExceeded, TokenBucket } from "./TokenBucket.js"
 import * as TransportModule from "./Transport.js"
+import * as ResponseCacheModule from "./ResponseCache.js"
 import { type Deadlines, Transport } from "./Transport.js"
 
 /**
@@ -65,6 +71,8 @@ export interface CallOptions {
   readonly deadlines?: Partial<Deadlines> | undefined
   /** Interactive calls go before batch calls when both wait for a permit. Default "interactive". */
   readonly priority?: Priority | undefined
+  /** How a `ResponseCache` in the context treats this call. Default "auto" (deterministic requests only). */
+  readonly cache?: ResponseCacheModule.CacheMode | undefined
 }
 
 /**
@@ -169,6 +177,7 @@ export const make: Effect.Effect<Service, never, Parts> = Effect.gen(function*()
   const bucket = yield* TokenBucket
   const breaker = yield* CircuitBreaker
   const telemetry = yield* Telemetry
+  const cache = yield* Effect.serviceOption(ResponseCacheModule.ResponseCache)
 
   const onRetry = (error: RetryPolicyModule.Classified, delay: Duration.Duration) =>
     Effect.zipRight(Metric.increment(retriesCounter), telemetry.retrying(error, delay))
@@ -217,9 +226,20 @@ export const make: Effect.Effect<Service, never, Parts> = Effect.gen(function*()
 
   const started = Effect.zipRight(Metric.increment(callsCounter), budget.recordRequest)
 
+  /** Answers from the `ResponseCache` when the context has one and the request is cacheable. */
+  const cached = <E>(
+    request: ChatCompletionRequest,
+    options: CallOptions | undefined,
+    call: Effect.Effect<ChatCompletion, E>
+  ): Effect.Effect<ChatCompletion, E> =>
+    Option.match(cache, {
+      onNone: () => call,
+      onSome: (responses) => responses.cached(request, call, { cache: options?.cache })
+    })
+
   return Resilient.of({
     create: (request, options) =>
-      Effect.zipRight(started, retryAfterFailure(attempt(request, options), retries(schedule))).pipe(
+      cached(request, options, Effect.zipRight(started, retryAfterFailure(attempt(request, options), retries(schedule)))).pipe(
         Metric.trackDuration(callDuration),
         Effect.withSpan("weatherproof.Resilient.create", { attributes: { model: request.model }, captureStackTrace: false })
       ),

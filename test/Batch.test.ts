@@ -700,4 +700,27 @@ describe("Batch.run against the simulator", () => {
         expect(line.response?.body.choices[0].message.content).toBe(`echo:marker ${line.custom_id}`)
       }
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+
+  it.live("sends identical deterministic lines once: the response cache answers the repeats", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      const simulator = yield* Simulator.make({ queueDelay: "1 millis" })
+      const line = (customId: string, temperature: number) =>
+        JSON.stringify({
+          custom_id: customId,
+          method: "POST",
+          url: "/v1/chat/completions",
+          body: { model: "deepseek-v4-flash", temperature, messages: [{ role: "user", content: "same question" }] }
+        })
+      // The repeat is answered by the first line's call: joined while in flight, or stored after.
+      yield* ws.writeInput([line("first", 0), line("repeat", 0), line("warm", 0.7), line("warm-again", 0.7)])
+      const summary = yield* Batch.run(ws).pipe(Effect.provide(Demo.clientStack([Demo.demoAccount(simulator.baseUrl)])))
+      expect(summary).toMatchObject({ requests: 4, succeeded: 4, failed: 0 })
+      const lines = yield* ws.readOutput
+      expect(lines.map((l) => l.response?.body.choices[0].message.content)).toEqual(
+        Array.from({ length: 4 }, () => "echo:same question")
+      )
+      // first + warm + warm-again: temperature 0.7 is not deterministic, so both warm lines went out.
+      expect((yield* simulator.stats).completed).toBe(3)
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
 })

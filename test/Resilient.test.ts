@@ -14,6 +14,7 @@ import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
 import * as wire from "../src/internal/wire.js"
 import * as Resilient from "../src/Resilient.js"
+import * as ResponseCache from "../src/ResponseCache.js"
 import * as RetryBudget from "../src/RetryBudget.js"
 import * as RetryPolicy from "../src/RetryPolicy.js"
 import * as Telemetry from "../src/Telemetry.js"
@@ -59,6 +60,7 @@ interface Overrides {
   readonly budget?: Layer.Layer<RetryBudget.RetryBudget>
   readonly bucket?: Layer.Layer<TokenBucket.TokenBucket>
   readonly breaker?: Layer.Layer<CircuitBreaker.CircuitBreaker>
+  readonly cache?: Layer.Layer<ResponseCache.ResponseCache>
 }
 
 const pipeline = (steps: ReadonlyArray<Step>, overrides: Overrides = {}) => {
@@ -73,7 +75,8 @@ const pipeline = (steps: ReadonlyArray<Step>, overrides: Overrides = {}) => {
       Layer.succeed(Telemetry.Telemetry, telemetry),
       overrides.budget ?? RetryBudget.layerUnlimited,
       overrides.bucket ?? TokenBucket.layerUnlimited,
-      overrides.breaker ?? CircuitBreaker.layerNoop
+      overrides.breaker ?? CircuitBreaker.layerNoop,
+      overrides.cache ?? Layer.empty
     ])
   )
   return { layer, counts, limiter, calls: Ref.get(calls) }
@@ -233,5 +236,20 @@ describe("Resilient", () => {
       expect(afterOutage.done).toBe(false)
       expect(afterOutage.calls).toBe(4)
     })
+  })
+
+  it.effect("with a ResponseCache in the context, a repeated deterministic request is answered without a call", () => {
+    const { layer, calls } = pipeline([], { cache: ResponseCache.layerMemory() })
+    return Effect.gen(function*() {
+      const client = yield* Resilient.Resilient
+      const deterministic = { ...request, temperature: 0 }
+      yield* client.create(deterministic)
+      yield* client.create(deterministic)
+      expect(yield* calls).toBe(1)
+      yield* client.create(deterministic, { cache: "bypass" })
+      yield* client.create({ ...request, temperature: 0.7 })
+      yield* client.create({ ...request, temperature: 0.7 })
+      expect(yield* calls).toBe(4)
+    }).pipe(Effect.provide(layer))
   })
 })

@@ -31,6 +31,7 @@ import * as Limiter from "../ConcurrencyLimiter.js"
 import { CostLedger, type Disposition } from "../CostLedger.js"
 import * as KeyPool from "../KeyPool.js"
 import * as Resilient from "../Resilient.js"
+import * as ResponseCache from "../ResponseCache.js"
 import * as RetryBudget from "../RetryBudget.js"
 import * as RetryPolicy from "../RetryPolicy.js"
 import * as Telemetry from "../Telemetry.js"
@@ -143,7 +144,9 @@ const makeMember = (
         RetryPolicy.layerNone,
         RetryBudget.layerUnlimited,
         TokenBucket.layerUnlimited,
-        Telemetry.layerNoop
+        Telemetry.layerNoop,
+        // The outer client answers from a cache, if any: an account must not cache again.
+        ResponseCache.layerDisabled
       ))
     )
     const member: Member = new Member(index, account, client, limiter, breaker, keys)
