@@ -119,7 +119,16 @@ export interface AccountStatus {
   readonly limit: number
   readonly inFlight: number
   readonly usableKeys: number
+  /** Attempts routed to the account, including those refused before sending. */
   readonly calls: number
+  /** Attempts sent to the account that answered. */
+  readonly succeeded: number
+  /** Attempts sent to the account that failed. */
+  readonly failed: number
+  /** Of those, the 429s. */
+  readonly rateLimited: number
+  /** Attempts sent to the account that re-sent a request already sent once (here or elsewhere). */
+  readonly retries: number
 }
 
 /**

@@ -605,7 +605,11 @@ describe("Batch summary", () => {
         limit: 8,
         inFlight: 0,
         usableKeys: 2,
-        calls
+        calls,
+        succeeded: calls,
+        failed: 0,
+        rateLimited: name === "alpha" ? 3 : 0,
+        retries: name === "alpha" ? 3 : 0
       })
       const statuses = [status("alpha", false, 1), status("beta", false, 1), status("gamma", true, 0)]
       const { calls, layer } = yield* double(ok)
@@ -628,8 +632,13 @@ describe("Batch summary", () => {
         limit: 8,
         in_flight: 0,
         usable_keys: 2,
-        calls: 1
+        calls: 1,
+        succeeded: 1,
+        failed: 0,
+        rate_limited: 0,
+        retries: 0
       })
+      expect(json.accounts["alpha"]).toMatchObject({ rate_limited: 3, retries: 3 })
       expect(json.accounts["gamma"]).toMatchObject({ attempts: 0, prompt_tokens: 0, fallback: true, calls: 0 })
       const text = Batch.formatSummary(summary)
       expect(text).toContain("  beta: deepseek, out_of_balance, limit 8, 2 usable keys; 1 answered, 1 attempt, 15 tokens")

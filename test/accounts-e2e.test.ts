@@ -260,6 +260,16 @@ describe("weatherproof batch over accounts (acceptance)", () => {
       expect(summary.attempts).toBe(primaryStats.requests - wrongKeySeen + fallbackStats.requests)
       for (const name of ["A", "B", "C"]) expect(summary.accounts[name].attempts, name).toBe(primaryStats.accounts[name]!.requests)
       expect(summary.accounts["F"].attempts).toBe(fallbackStats.requests)
+      // Per account, the same outcome counts as the whole: answers, 503s met, retries, no 429s.
+      const perAccount = (field: "succeeded" | "failed" | "retries" | "rate_limited") =>
+        ["A", "B", "C", "F"].reduce((total, name) => total + (summary.accounts[name][field] ?? 0), 0)
+      expect(perAccount("succeeded")).toBe(requests)
+      expect(perAccount("rate_limited")).toBe(0)
+      expect(perAccount("retries")).toBe(summary.retries)
+      // C's 402s fail over within their attempt: the outer client never saw them fail.
+      expect(summary.accounts["C"].failed).toBe(primaryStats.accounts["C"]!.requests)
+      expect(["A", "B", "F"].reduce((total, name) => total + (summary.accounts[name].failed ?? 0), 0))
+        .toBe(summary.failed_attempts)
       // And the cost is those tokens at the run's prices (no cache hits in this run).
       const usdOf = (tokens: Simulator.Tokens, prices: CostLedger.Prices) =>
         (tokens.prompt * prices.cacheMiss + tokens.completion * prices.output) / 1e6

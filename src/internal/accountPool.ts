@@ -70,6 +70,11 @@ class Member {
   active = 0
   /** Attempts routed here so far. */
   calls = 0
+  /** Attempts sent here that answered, that failed, that drew a 429, that re-sent a request. */
+  succeeded = 0
+  failed = 0
+  rateLimited = 0
+  retries = 0
   balance: Balance = balanceOk
 
   constructor(
@@ -400,10 +405,34 @@ export const make = (
       disposition: Disposition
     ): Effect.Effect<void> => Effect.asVoid(ledger.record({ account: member.name, model, usage, disposition }))
 
-    const recordFailure = (member: Member, model: string, error: Resilient.ResilientError, delivered: boolean) =>
-      wasNotSent(error)
-        ? Effect.void
-        : record(member, model, ApiError.partialOf(error).usage, delivered ? "truncated" : "discarded")
+    const recordFailure = (
+      member: Member,
+      request: ChatCompletionRequest,
+      model: string,
+      error: Resilient.ResilientError,
+      delivered: boolean
+    ) =>
+      wasNotSent(error) ? Effect.void : Effect.zipRight(
+        countSent(member, request, error),
+        record(member, model, ApiError.partialOf(error).usage, delivered ? "truncated" : "discarded")
+      )
+
+    /**
+     * Counts an attempt that reached `member`'s upstream. The outer client hands every attempt of
+     * a call the same request object, so one sent before makes this a retry; an account-level
+     * failure fails over within the attempt, so the next account's send is not a retry.
+     */
+    const sent = new WeakSet<ChatCompletionRequest>()
+    const countSent = (member: Member, request: ChatCompletionRequest, error?: Resilient.ResilientError) =>
+      Effect.sync(() => {
+        if (sent.has(request)) member.retries++
+        else if (error === undefined || !isAccountLevel(error)) sent.add(request)
+        if (error === undefined) member.succeeded++
+        else {
+          member.failed++
+          if (error._tag === "RateLimited") member.rateLimited++
+        }
+      })
 
     // -- calls: each account is tried at most once per attempt ---------------------------------
 
@@ -412,8 +441,9 @@ export const make = (
         const model = member.modelFor(request.model)
         return member.client.create({ ...request, model }, { deadlines: options?.deadlines, priority: options?.priority }).pipe(
           Effect.tapBoth({
-            onSuccess: (completion) => record(member, model, completion.usage, "kept"),
-            onFailure: (error) => recordFailure(member, model, error, false)
+            onSuccess: (completion) =>
+              Effect.zipRight(countSent(member, request), record(member, model, completion.usage, "kept")),
+            onFailure: (error) => recordFailure(member, request, model, error, false)
           }),
           Effect.catchIf(isAccountLevel, (error) => failOver(member, error))
         )
@@ -447,10 +477,10 @@ export const make = (
             usage = chunk.usage ?? usage
           })
         ),
-        Stream.onDone(() => record(member, model, usage, "kept")),
+        Stream.onDone(() => Effect.zipRight(countSent(member, request), record(member, model, usage, "kept"))),
         Stream.catchAll((error) =>
           Stream.fromEffect(
-            Effect.zipRight(recordFailure(member, model, error, delivered), streamFailure(member, error, delivered))
+            Effect.zipRight(recordFailure(member, request, model, error, delivered), streamFailure(member, error, delivered))
           )
         )
       )
@@ -476,7 +506,11 @@ export const make = (
           limit,
           inFlight,
           usableKeys: yield* member.keys.available,
-          calls: member.calls
+          calls: member.calls,
+          succeeded: member.succeeded,
+          failed: member.failed,
+          rateLimited: member.rateLimited,
+          retries: member.retries
         } satisfies AccountStatus
       }))
 

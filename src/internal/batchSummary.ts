@@ -107,6 +107,11 @@ export interface AccountJson extends SpendJson {
   readonly in_flight?: number
   readonly usable_keys?: number
   readonly calls?: number
+  /** Attempts sent to the account that answered, that failed, that drew a 429, that were retries. */
+  readonly succeeded?: number
+  readonly failed?: number
+  readonly rate_limited?: number
+  readonly retries?: number
 }
 
 /** The summary JSON. */
@@ -151,7 +156,11 @@ const accountJson = (account: AccountSummary): AccountJson => {
       limit: status.limit,
       in_flight: status.inFlight,
       usable_keys: status.usableKeys,
-      calls: status.calls
+      calls: status.calls,
+      succeeded: status.succeeded,
+      failed: status.failed,
+      rate_limited: status.rateLimited,
+      retries: status.retries
     })
   }
 }
