@@ -33,12 +33,14 @@
  */
 import * as Config from "effect/Config"
 import type * as ConfigError from "effect/ConfigError"
+import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
-import type * as Duration from "effect/Duration"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
+import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
@@ -184,6 +186,8 @@ export const make: Effect.Effect<Service, never, Parts> = Effect.gen(function*()
   /** The retry schedule as a call sees it: budget-guarded, and every retry reported. */
   const retries = <R>(self: Schedule.Schedule<RetryPolicyModule.Classified, RetryPolicyModule.Classified, R>) =>
     self.pipe(RetryBudgetModule.guard(budget, { waitFor: budgetWait }), RetryPolicyModule.tapRetries(onRetry))
+  // Built once: `create` needs the same schedule for every call.
+  const createRetries = retries(schedule)
   const onFailure = (error: ResilientError) =>
     isLocalRefusal(error)
       ? Effect.void
@@ -212,7 +216,7 @@ export const make: Effect.Effect<Service, never, Parts> = Effect.gen(function*()
         return breaker.protect(transport.create(request, transportOptions(options, probe)))
           .pipe(Effect.onExit((exit) => permit.complete(probe.outcome(exit))))
       }, { priority: options?.priority })
-    ).pipe(Effect.tapError(onFailure))
+    )
 
   const streamAttempt = (request: ChatCompletionRequest, options: CallOptions | undefined) =>
     Stream.unwrapScoped(gated(request, options, (permit) => {
@@ -224,7 +228,11 @@ export const make: Effect.Effect<Service, never, Parts> = Effect.gen(function*()
       return Effect.succeed(protectStream(breaker, chunks))
     })).pipe(Stream.tapError(onFailure))
 
-  const started = Effect.zipRight(Metric.increment(callsCounter), budget.recordRequest)
+  // `Metric.increment` in one synchronous step, with the fiber's metric labels as it would.
+  const started = Effect.withFiberRuntime<void>((fiber) => {
+    callsCounter.unsafeUpdate(1, fiber.getFiberRef(FiberRef.currentMetricLabels))
+    return budget.recordRequest
+  })
 
   /** Answers from the `ResponseCache` when the context has one and the request is cacheable. */
   const cached = <E>(
@@ -239,8 +247,7 @@ export const make: Effect.Effect<Service, never, Parts> = Effect.gen(function*()
 
   return Resilient.of({
     create: (request, options) =>
-      cached(request, options, Effect.zipRight(started, retryAfterFailure(attempt(request, options), retries(schedule)))).pipe(
-        Metric.trackDuration(callDuration),
+      timed(cached(request, options, Effect.zipRight(started, retryAfterFailure(attempt(request, options), onFailure, createRetries)))).pipe(
         Effect.withSpan("weatherproof.Resilient.create", { attributes: { model: request.model }, captureStackTrace: false })
       ),
     stream: (request, options) =>
@@ -255,23 +262,42 @@ export const make: Effect.Effect<Service, never, Parts> = Effect.gen(function*()
 })
 
 /**
- * `Effect.retry`, but the schedule's driver is made only once an attempt has failed: most calls
- * succeed at once, and a driver per call (refs, a clock read, a context update per attempt)
- * costs more than all the policies together.
+ * `Effect.retry` of `Effect.tapError(attempt, onFailure)`, but the schedule's driver is made only
+ * once an attempt has failed: most calls succeed at once, and a driver per call (refs, a clock
+ * read, a context update per attempt) costs more than all the policies together. `onFailure` runs
+ * in the same handler, so a call that succeeds pays for no error tap either.
  */
 const retryAfterFailure = <A, E, R, R2>(
   attempt: Effect.Effect<A, E, R>,
+  onFailure: (error: E) => Effect.Effect<void>,
   schedule: Schedule.Schedule<unknown, E, R2>
 ): Effect.Effect<A, E, R | R2> =>
   Effect.catchAll(attempt, (first) =>
-    Effect.flatMap(Schedule.driver(schedule), (driver) => {
-      const retryFrom = (error: E): Effect.Effect<A, E, R | R2> =>
-        Effect.matchEffect(driver.next(error), {
-          onFailure: () => Effect.fail(error),
-          onSuccess: () => Effect.catchAll(attempt, retryFrom)
-        })
-      return retryFrom(first)
-    }))
+    Effect.zipRight(
+      onFailure(first),
+      Effect.flatMap(Schedule.driver(schedule), (driver) => {
+        const retryFrom = (error: E): Effect.Effect<A, E, R | R2> =>
+          Effect.matchEffect(driver.next(error), {
+            onFailure: () => Effect.fail(error),
+            onSuccess: () => Effect.catchAll(attempt, (next) => Effect.zipRight(onFailure(next), retryFrom(next)))
+          })
+        return retryFrom(first)
+      })
+    ))
+
+/**
+ * `Metric.trackDuration(callDuration)` in one synchronous step each side (same clock, same
+ * metric labels): on the hot path, its effect chain costs more than a policy.
+ */
+const timed = <A, E, R>(call: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+  Effect.withFiberRuntime((fiber) => {
+    const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
+    const start = clock.unsafeCurrentTimeNanos()
+    return Effect.tap(call, () => {
+      const elapsed = Duration.nanos(clock.unsafeCurrentTimeNanos() - start)
+      callDuration.unsafeUpdate(elapsed, fiber.getFiberRef(FiberRef.currentMetricLabels))
+    })
+  })
 
 /** Refusals by our own policies: not the upstream's doing, so not counted as its failures. */
 const isLocalRefusal = (error: ResilientError): error is QueueFull | RateLimitExceeded | CircuitOpen =>

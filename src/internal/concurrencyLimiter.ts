@@ -350,48 +350,60 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
       }
     }
 
-    /** Takes a permit, waiting in its lane if needed; the stamp it was granted with. Run uninterruptibly. */
-    const enter = (
-      acquireOptions: AcquireOptions | undefined,
+    /** Waits in its lane for the permit `entry` queued for; the stamp it was granted with. */
+    const awaitTurn = (
+      entry: Exclude<Entry, { readonly _tag: "Granted" }>,
       restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
-    ): Effect.Effect<number, QueueFull> =>
+    ): Effect.Effect<number, QueueFull> => {
+      if (entry._tag === "Full") return Effect.fail(new QueueFull({ queued: gate.queued }))
+      const { waiter } = entry
+      return restore(Deferred.await(waiter.wake)).pipe(
+        Effect.onInterrupt(() =>
+          Effect.sync(() => {
+            gate.cancel(waiter)
+            publish()
+          })
+        ),
+        Effect.map(() => {
+          publish()
+          return waiter.stamp
+        })
+      )
+    }
+
+    /**
+     * Takes a permit, waiting in its lane if needed, then runs `use` with the stamp it was granted
+     * with. Run uninterruptibly. An uncontended grant is decided in the same synchronous step.
+     */
+    const enter = <A, E, R>(
+      acquireOptions: AcquireOptions | undefined,
+      restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>,
+      use: (stamp: number) => Effect.Effect<A, E, R>
+    ): Effect.Effect<A, E | QueueFull, R> =>
       Effect.suspend(() => {
         const entry = gate.enter(acquireOptions?.priority ?? "interactive")
         publish()
-        switch (entry._tag) {
-          case "Full":
-            return Effect.fail(new QueueFull({ queued: gate.queued }))
-          case "Granted":
-            return Effect.succeed(entry.stamp)
-          case "Queued": {
-            const { waiter } = entry
-            return restore(Deferred.await(waiter.wake)).pipe(
-              Effect.onInterrupt(() =>
-                Effect.sync(() => {
-                  gate.cancel(waiter)
-                  publish()
-                })
-              ),
-              Effect.map(() => {
-                publish()
-                return waiter.stamp
-              })
-            )
-          }
-        }
+        return entry._tag === "Granted" ? use(entry.stamp) : Effect.flatMap(awaitTurn(entry, restore), use)
       })
 
     // `Scope.addFinalizer`, not `Effect.addFinalizer`: releasing is one synchronous step that
     // needs none of the fiber refs `Effect.addFinalizer` diffs and restores around it.
     const acquire = (acquireOptions?: AcquireOptions): Effect.Effect<Permit, QueueFull, Scope.Scope> =>
       Effect.uninterruptibleMask((restore) =>
-        Effect.flatMap(enter(acquireOptions, restore), (stamp) =>
+        enter(acquireOptions, restore, (stamp) =>
           Effect.flatMap(Effect.scope, (scope) => Effect.as(Scope.addFinalizer(scope, release), permitFor(stamp))))
       )
 
+    // Already uninterruptible, so `Effect.exit` then the release is `Effect.ensuring` without the
+    // second mask and the extra steps it takes.
     const withPermit: Service["withPermit"] = (use, acquireOptions) =>
       Effect.uninterruptibleMask((restore) =>
-        Effect.flatMap(enter(acquireOptions, restore), (stamp) => Effect.ensuring(restore(use(permitFor(stamp))), release))
+        enter(acquireOptions, restore, (stamp) =>
+          Effect.flatMap(Effect.exit(restore(use(permitFor(stamp)))), (exit) => {
+            gate.release()
+            publish()
+            return exit
+          }))
       )
 
     publish()

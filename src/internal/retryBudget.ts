@@ -36,20 +36,32 @@ export const empty: Window = []
 
 const indexAt = (settings: Settings, now: number): number => Math.floor(now / settings.bucketMillis)
 
-/** The buckets still inside the window at `now`. */
+/** The buckets still inside the window at `now`: the same array when none has expired. */
 const live = (settings: Settings, window: Window, now: number): Window => {
   const oldest = indexAt(settings, now) - settings.buckets + 1
-  return window.filter((bucket) => bucket.index >= oldest)
+  const first = window[0]
+  return first === undefined || first.index >= oldest ? window : window.filter((bucket) => bucket.index >= oldest)
 }
 
+const bump = (bucket: Bucket, field: keyof Totals): Bucket => ({
+  index: bucket.index,
+  requests: field === "requests" ? bucket.requests + 1 : bucket.requests,
+  retries: field === "retries" ? bucket.retries + 1 : bucket.retries,
+  refused: field === "refused" ? bucket.refused + 1 : bucket.refused
+})
+
+// Called on every request: one copy of the window and one bucket allocated, nothing more.
 const count = (settings: Settings, window: Window, now: number, field: keyof Totals): Window => {
   const index = indexAt(settings, now)
   const current = live(settings, window, now)
   const newest = current[current.length - 1]
   // A clock that moved backwards keeps counting into the newest bucket.
-  return newest !== undefined && newest.index >= index
-    ? [...current.slice(0, -1), { ...newest, [field]: newest[field] + 1 }]
-    : [...current, { index, requests: 0, retries: 0, refused: 0, [field]: 1 }]
+  if (newest !== undefined && newest.index >= index) {
+    const next = current.slice()
+    next[next.length - 1] = bump(newest, field)
+    return next
+  }
+  return [...current, bump({ index, requests: 0, retries: 0, refused: 0 }, field)]
 }
 
 /** @internal */
