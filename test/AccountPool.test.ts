@@ -1,17 +1,14 @@
 import { describe, expect, it } from "@effect/vitest"
-import * as Chunk from "effect/Chunk"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Either from "effect/Either"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
-import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
 import type { Account } from "../src/Accounts.js"
 import * as AccountPool from "../src/AccountPool.js"
-import type { ChatCompletionChunk, ChatCompletionRequest } from "../src/ChatSchema.js"
+import type { ChatCompletionRequest } from "../src/ChatSchema.js"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
 import * as CostLedger from "../src/CostLedger.js"
@@ -23,6 +20,7 @@ import * as Simulator from "../src/Simulator.js"
 import * as Telemetry from "../src/Telemetry.js"
 import * as TokenBucket from "../src/TokenBucket.js"
 import { Transport } from "../src/Transport.js"
+import { contentOf, settle as settleStream } from "./support/streams.js"
 
 // ---------------------------------------------------------------------------------------------
 // An upstream per host (`a.test`, `b.test` …), each answered by a handler a test can swap.
@@ -117,17 +115,7 @@ const create = Effect.flatMap(Transport, (transport) => transport.create(request
 const resilientCreate = Effect.flatMap(Resilient.Resilient, (client) => client.create(request))
 
 /** Every chunk a stream emitted, and the error it ended with. */
-const drain = Effect.flatMap(Transport, (transport) =>
-  Effect.map(Stream.runCollect(Stream.either(transport.stream({ ...request, stream: true }))), (items) => {
-    const all = Chunk.toReadonlyArray(items)
-    return {
-      chunks: all.flatMap((item) => Either.isRight(item) ? [item.right] : []),
-      error: all.flatMap((item) => Either.isLeft(item) ? [item.left] : [])[0]
-    }
-  }))
-
-const contentOf = (chunks: ReadonlyArray<ChatCompletionChunk>) =>
-  chunks.map((chunk) => chunk.choices[0]?.delta.content ?? "").join("")
+const drain = Effect.flatMap(Transport, (transport) => settleStream(transport.stream({ ...request, stream: true })))
 
 /** Chat requests per host, in arrival order. */
 const chatHosts = Effect.flatMap(MockUpstream.MockUpstream, (upstream) =>

@@ -3,7 +3,6 @@ import * as Chunk from "effect/Chunk"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Either from "effect/Either"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
@@ -13,11 +12,12 @@ import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
 import type * as Tracer from "effect/Tracer"
 import type * as ApiError from "../src/ApiError.js"
-import type { ChatCompletionChunk, ChatCompletionRequest } from "../src/ChatSchema.js"
+import type { ChatCompletionRequest } from "../src/ChatSchema.js"
 import * as Wire from "../src/internal/wire.js"
 import * as KeyPool from "../src/KeyPool.js"
 import * as MockUpstream from "../src/MockUpstream.js"
 import * as Transport from "../src/Transport.js"
+import { contentOf, settle } from "./support/streams.js"
 import { destroySocket, type Handler, type RawServer, rawServer, reply, writeByteByByte, writeSlowly } from "./support/rawServer.js"
 
 const keys = ["sk-test-aaaa1111", "sk-test-bbbb2222"]
@@ -44,17 +44,7 @@ const create = (options?: Transport.CallOptions) =>
 
 /** Every chunk a stream emitted, and the error it ended with. */
 const drain = (options?: Transport.CallOptions) =>
-  Effect.flatMap(Transport.Transport, (transport) =>
-    Effect.map(Stream.runCollect(Stream.either(transport.stream(request, options))), (items) => {
-      const all = Chunk.toReadonlyArray(items)
-      return {
-        chunks: all.flatMap((item) => Either.isRight(item) ? [item.right] : []),
-        error: all.flatMap((item) => Either.isLeft(item) ? [item.left] : [])[0]
-      }
-    }))
-
-const contentOf = (chunks: ReadonlyArray<ChatCompletionChunk>) =>
-  chunks.map((chunk) => chunk.choices[0]?.delta.content ?? "").join("")
+  Effect.flatMap(Transport.Transport, (transport) => settle(transport.stream(request, options)))
 
 /** No key, whole or in part, leaks into what an error shows. */
 const expectNoSecret = (error: unknown) => {
