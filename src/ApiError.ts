@@ -278,20 +278,6 @@ export type ApiError =
   | NoUsableKey
   | NoAccountAvailable
 
-/** @since 0.1.0 */
-export const isRetryable = (error: ApiError): boolean => error.retryable
-
-/**
- * The wait the error asks for, if it carries one: the server's `Retry-After`, or when the first
- * account of a pool may serve again.
- *
- * @since 0.1.0
- */
-export const retryAfter = (error: ApiError): Option.Option<Duration.Duration> =>
-  error._tag === "RateLimited" || error._tag === "ServerError" || error._tag === "NoAccountAvailable"
-    ? error.retryAfter
-    : Option.none()
-
 /**
  * What the caller already received when the call failed (empty for errors before any content).
  *
