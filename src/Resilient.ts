@@ -52,7 +52,7 @@ import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from 
 import * as CircuitBreakerModule from "./CircuitBreaker.js"
 import { CircuitBreaker, type CircuitOpen } from "./CircuitBreaker.js"
 import * as Limiter from "./ConcurrencyLimiter.js"
-import { ConcurrencyLimiter, type Outcome, type Priority, type QueueFull } from "./ConcurrencyLimiter.js"
+import { ConcurrencyLimiter, type Outcome, type QueueFull } from "./ConcurrencyLimiter.js"
 import * as KeyPool from "./KeyPool.js"
 import * as RetryBudgetModule from "./RetryBudget.js"
 import { RetryBudget } from "./RetryBudget.js"
@@ -69,10 +69,7 @@ import { type Deadlines, Transport } from "./Transport.js"
  * @since 0.1.0
  * @category models
  */
-export interface CallOptions {
-  readonly deadlines?: Partial<Deadlines> | undefined
-  /** Interactive calls go before batch calls when both wait for a permit. Default "interactive". */
-  readonly priority?: Priority | undefined
+export interface CallOptions extends Pick<TransportModule.CallOptions, "deadlines" | "priority"> {
   /** How a `ResponseCache` in the context treats this call. Default "auto" (deterministic requests only). */
   readonly cache?: ResponseCacheModule.CacheMode | undefined
 }
@@ -196,21 +193,14 @@ export const make: Effect.Effect<Service, never, Parts> = Effect.gen(function*()
         telemetry.attemptFailed(error)
       )
 
-  /** The gates every attempt passes before the transport: bucket, then a permit, then the breaker. */
-  const gated = <A, E, R>(
-    request: ChatCompletionRequest,
-    options: CallOptions | undefined,
-    use: (permit: Limiter.Permit) => Effect.Effect<A, E, R>
-  ) =>
-    Effect.zipRight(
-      bucket.take(TokenBucketModule.costOf(request)),
-      Effect.flatMap(limiter.acquire({ priority: options?.priority }), use)
-    )
+  // Every attempt passes the gates in the module doc's order: the bucket, then a permit (held to
+  // the end of the response), then the breaker around the transport.
+  const takeRate = (request: ChatCompletionRequest) => bucket.take(TokenBucketModule.costOf(request))
 
   // No `Effect.scoped` on the hot path: `withPermit` releases the permit without a scope.
   const attempt = (request: ChatCompletionRequest, options: CallOptions | undefined) =>
     Effect.zipRight(
-      bucket.take(TokenBucketModule.costOf(request)),
+      takeRate(request),
       limiter.withPermit((permit) => {
         const probe = queueDelayProbe()
         return breaker.protect(transport.create(request, transportOptions(options, probe)))
@@ -218,15 +208,19 @@ export const make: Effect.Effect<Service, never, Parts> = Effect.gen(function*()
       }, { priority: options?.priority })
     )
 
+  // A stream holds its permit until it ends, so the permit lives in the stream's scope.
   const streamAttempt = (request: ChatCompletionRequest, options: CallOptions | undefined) =>
-    Stream.unwrapScoped(gated(request, options, (permit) => {
-      const probe = queueDelayProbe()
-      const chunks = transport.stream(request, transportOptions(options, probe)).pipe(
-        Stream.onError((cause) => permit.complete(probe.outcome(Exit.failCause(cause)))),
-        Stream.onDone(() => permit.complete(probe.outcome(Exit.void)))
-      )
-      return Effect.succeed(protectStream(breaker, chunks))
-    })).pipe(Stream.tapError(onFailure))
+    Stream.unwrapScoped(Effect.zipRight(
+      takeRate(request),
+      Effect.map(limiter.acquire({ priority: options?.priority }), (permit) => {
+        const probe = queueDelayProbe()
+        const chunks = transport.stream(request, transportOptions(options, probe)).pipe(
+          Stream.onError((cause) => permit.complete(probe.outcome(Exit.failCause(cause)))),
+          Stream.onDone(() => permit.complete(probe.outcome(Exit.void)))
+        )
+        return protectStream(breaker, chunks)
+      })
+    )).pipe(Stream.tapError(onFailure))
 
   // `Metric.increment` in one synchronous step, with the fiber's metric labels as it would.
   const started = Effect.withFiberRuntime<void>((fiber) => {
