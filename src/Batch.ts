@@ -42,6 +42,7 @@ import type { AccountStatus } from "./AccountPool.js"
 import type { Account } from "./Accounts.js"
 import type { ChatCompletionRequest } from "./ChatSchema.js"
 import { CostLedger } from "./CostLedger.js"
+import type * as CostLedgerModule from "./CostLedger.js"
 import { Resilient } from "./Resilient.js"
 import type { CallOptions } from "./Resilient.js"
 import { Router } from "./Router.js"
@@ -90,27 +91,17 @@ export interface Tokens {
  * @since 0.1.0
  * @category models
  */
-export interface Spend {
-  /** Attempts sent upstream, retried ones included. */
-  readonly attempts: number
+export interface Spend extends
+  Pick<CostLedgerModule.Totals, "attempts" | "costUsd" | "unpriced" | "retryTax" | "truncated" | "reasoningShare">
+{
   /**
    * Attempts recorded `kept` or `truncated`: with `AccountPool`, which records a call's last
    * failed attempt as `discarded`, the calls answered successfully.
    */
   readonly answered: number
   readonly tokens: Tokens
-  /** USD of the priced attempts. */
-  readonly costUsd: number
-  /** Attempts of a model without a price: their tokens are counted, their cost is not. */
-  readonly unpriced: number
-  /** Attempts recorded `discarded` (thrown away for a retry, or a call's failed last attempt) and what they billed. */
-  readonly retryTax: { readonly attempts: number; readonly tokens: number; readonly costUsd: number }
-  /** Answered attempts whose generation was cut short. */
-  readonly truncated: number
   /** `truncated / answered`: the share of answers that came back cut short. */
   readonly truncationRate: number
-  /** `tokens.reasoning / tokens.completion`. */
-  readonly reasoningShare: number
 }
 
 /**
