@@ -57,9 +57,10 @@ export const demoAccount = (baseUrl: string): Account => ({
  */
 export const poolOptions: AccountPool.PoolOptions = {
   retry: { base: "20 millis", cap: "400 millis", maxRetries: 12 },
-  // The simulator fails ~15% of attempts on purpose, to show every failure path, and the adaptive
-  // limiter's probes draw a few 429s on top: near the default 25% trip ratio, where a real
-  // DeepSeek incident would rightly open the breaker for 30 s. The demo is about the other paths.
+  // The simulator fails ~15% of attempts on purpose, to show every failure path; on a busy test
+  // machine the short deadlines trip now and then on top, which comes close to the default 25%
+  // trip ratio, where a real DeepSeek incident would rightly open the breaker. The demo is about
+  // the other paths, so it trips at 50% and reopens within seconds.
   breaker: { failureRatio: 0.5, openFor: "1 second", maxOpenFor: "4 seconds" },
   deadlines: { firstContent: "3 seconds", idle: "2 seconds", total: "15 seconds" }
 }
