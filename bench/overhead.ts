@@ -2,13 +2,14 @@
  * The overhead benchmark: what our policies cost per call when the upstream costs nothing.
  *
  * - **weatherproof**: `Resilient.layerPolicies()` (every policy at its default: retry schedule
- *   and budget, unlimited token bucket, adaptive limiter, circuit breaker, metrics, span) around
- *   an instant `Transport` double that returns a prebuilt completion synchronously, against a
- *   bare call of the same double.
+ *   and budget, unlimited token bucket, adaptive limiter, circuit breaker, metrics) around an
+ *   instant `Transport` double that returns a prebuilt completion synchronously, against a bare
+ *   call of the same double. With Effect's built-in tracer, which sends spans nowhere, the
+ *   pipeline makes none; the **traced** row installs a tracer, so every call makes its span.
  * - **cockatiel**: its `wrap(retry, breaker, bulkhead)` (the goodput peer's policy) around an
  *   instant async function, against a bare `await` of that function.
- * - **breakdown**: the same pipeline with one part at a time made a pass-through (or tracing
- *   off), so the cost of each part is the difference.
+ * - **breakdown**: the same pipeline with one part at a time made a pass-through, so the cost of
+ *   each part is the difference.
  *
  * Calls run one after another, `calls` per run, in one `runPromise` (or one `async` loop), so the
  * figure is the latency added to a call, not throughput. After warm-up runs, the loops run
@@ -16,10 +17,12 @@
  * per call (the process's user + system time, steadier when other work shares the cores).
  */
 import * as Context from "effect/Context"
+import * as DefaultServices from "effect/DefaultServices"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as ManagedRuntime from "effect/ManagedRuntime"
 import * as Stream from "effect/Stream"
+import * as Tracer from "effect/Tracer"
 import type { ChatCompletion, ChatCompletionRequest } from "../src/ChatSchema.js"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
@@ -79,7 +82,7 @@ const overriding = <I, S extends object>(
   override: (service: S) => Partial<S>
 ): Layer.Layer<I> => Layer.effect(tag, Effect.map(tag, (service) => ({ ...service, ...override(service) }))).pipe(Layer.provide(layer))
 
-const grantAtOnce: ConcurrencyLimiter.Permit = { complete: () => Effect.void }
+const grantAtOnce: ConcurrencyLimiter.Permit = { complete: () => Effect.void, recordQueueDelay: () => Effect.void }
 
 const passThrough: PartLayers = {
   limiter: overriding(ConcurrencyLimiter.ConcurrencyLimiter, defaultParts.limiter, () => ({
@@ -105,11 +108,19 @@ const variants: ReadonlyArray<{ readonly name: string; readonly layer: Layer.Lay
   { name: "adaptive limiter", layer: pipeline({ limiter: passThrough.limiter }) },
   { name: "circuit breaker", layer: pipeline({ breaker: passThrough.breaker }) },
   { name: "retry schedule (RetryPolicy.layerNone)", layer: pipeline({ retry: passThrough.retry }) },
-  { name: "retry budget", layer: pipeline({ budget: passThrough.budget }) },
-  { name: "tracing (Layer.setTracerEnabled(false))", layer: Layer.merge(pipeline(), Layer.setTracerEnabled(false)) }
+  { name: "retry budget", layer: pipeline({ budget: passThrough.budget }) }
 ]
 
-/** Every policy a pass-through: what `Resilient.make` itself costs (span, metrics, retry, scope). */
+/**
+ * A tracer installed in place of Effect's built-in one: it makes the built-in tracer's spans, so
+ * the pipeline makes its span per call, with the cheapest spans a tracer can make.
+ */
+const installedTracer = Layer.setTracer(Tracer.make({
+  span: (...args) => Context.get(DefaultServices.liveServices, Tracer.Tracer).span(...args),
+  context: (f) => f()
+}))
+
+/** Every policy a pass-through: what `Resilient.make` itself costs (metrics, retry, the gates' calls). */
 const skeleton = pipeline(passThrough)
 
 // --- timing -------------------------------------------------------------------------------------
@@ -190,6 +201,8 @@ const withRuntimes = async <A>(
 export interface OverheadReport {
   readonly bareEffect: Timing
   readonly weatherproof: Timing
+  /** The same pipeline with a tracer installed: a span per call. */
+  readonly traced: Timing
   readonly bareAsync: Timing
   readonly cockatiel: Timing
   /** The pipeline with every policy a pass-through. */
@@ -202,6 +215,7 @@ export const run: Effect.Effect<OverheadReport> = Effect.promise(() => {
   const policy = makeCockatielPolicy()
   const layers = {
     full: pipeline(),
+    traced: Layer.merge(pipeline(), installedTracer),
     skeleton,
     ...Object.fromEntries(variants.map((variant) => [variant.name, variant.layer]))
   }
@@ -209,6 +223,7 @@ export const run: Effect.Effect<OverheadReport> = Effect.promise(() => {
     const timings = await measure({
       bareEffect: loops["full"]!.bare,
       weatherproof: loops["full"]!.resilient,
+      traced: loops["traced"]!.resilient,
       bareAsync: promiseLoop(instantAsync),
       cockatiel: promiseLoop(() => policy.execute(instantAsync)),
       skeleton: loops["skeleton"]!.resilient,
@@ -217,6 +232,7 @@ export const run: Effect.Effect<OverheadReport> = Effect.promise(() => {
     return {
       bareEffect: timings["bareEffect"]!,
       weatherproof: timings["weatherproof"]!,
+      traced: timings["traced"]!,
       bareAsync: timings["bareAsync"]!,
       cockatiel: timings["cockatiel"]!,
       skeleton: timings["skeleton"]!,

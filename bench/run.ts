@@ -159,6 +159,7 @@ const overhead = Effect.gen(function*() {
   yield* printTable(["loop", "wall / call", "overhead (wall)", "CPU / call", "overhead (CPU)"], [
     row("bare Transport double (Effect)", report.bareEffect),
     row("weatherproof Resilient, every policy", report.weatherproof, report.bareEffect),
+    row("  the same, a tracer installed (span)", report.traced, report.bareEffect),
     row("bare async function", report.bareAsync),
     row("cockatiel retry ∘ breaker ∘ bulkhead", report.cockatiel, report.bareAsync)
   ])

@@ -102,14 +102,19 @@ export type Outcome =
   | { readonly _tag: "Ignored" }
 
 /**
- * A held permit. It is released when its scope closes; `complete` records the outcome first
- * (a permit released without one counts as `Ignored`).
+ * A held permit. `complete` reports how the call went (the first report counts); a permit
+ * released without one counts as `Ignored`, or, under `withPermit`, as `outcomeOf` its exit.
  *
  * @since 0.1.0
  * @category models
  */
 export interface Permit {
   readonly complete: (outcome: Outcome) => Effect.Effect<void>
+  /**
+   * Records the queue delay the transport measured (headers to first content). A `Success`
+   * reported without a `queueDelay` carries this one.
+   */
+  readonly recordQueueDelay: (delay: Duration.Duration) => Effect.Effect<void>
 }
 
 /**
@@ -158,7 +163,8 @@ export interface Service {
   readonly acquire: (options?: AcquireOptions) => Effect.Effect<Permit, QueueFull, Scope.Scope>
   /**
    * Runs `use` under a permit released when it ends: `acquire` without a `Scope`, for the hot
-   * path (a scope per call costs more than the limiter itself).
+   * path (a scope per call costs more than the limiter itself). A permit `use` did not complete
+   * is completed with `outcomeOf` its exit.
    */
   readonly withPermit: <A, E, R>(
     use: (permit: Permit) => Effect.Effect<A, E, R>,
@@ -197,7 +203,7 @@ export const outcomeOf = (exit: Exit.Exit<unknown, unknown>): Outcome => {
  */
 export const withPermit = (limiter: Service, options?: AcquireOptions) =>
 <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | QueueFull, R> =>
-  limiter.withPermit((permit) => Effect.onExit(effect, (exit) => permit.complete(outcomeOf(exit))), options)
+  limiter.withPermit(() => effect, options)
 
 /**
  * Options every limiter takes.

@@ -29,6 +29,15 @@
  * Every part is its own Layer: `layer` takes them all from the context, so a test or an app can
  * swap any one of them.
  *
+ * ## Telemetry
+ *
+ * Calls, failed attempts, retries and call durations are `Metric`s (below); the limiter and the
+ * breaker publish their own gauges. Each call runs in a span, `weatherproof.Resilient.create` or
+ * `weatherproof.Resilient.stream` with the model as an attribute, the parent of the transport's
+ * spans. `create` makes its span only when a tracer is installed (`Layer.setTracer`, or an
+ * OpenTelemetry layer): Effect's built-in tracer sends spans nowhere, and making and parenting one
+ * costs more than every policy of a call together.
+ *
  * @since 0.1.0
  */
 import * as Config from "effect/Config"
@@ -52,7 +61,7 @@ import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from 
 import * as CircuitBreakerModule from "./CircuitBreaker.js"
 import { CircuitBreaker, type CircuitOpen } from "./CircuitBreaker.js"
 import * as Limiter from "./ConcurrencyLimiter.js"
-import { ConcurrencyLimiter, type Outcome, type QueueFull } from "./ConcurrencyLimiter.js"
+import { ConcurrencyLimiter, type QueueFull } from "./ConcurrencyLimiter.js"
 import * as KeyPool from "./KeyPool.js"
 import * as RetryBudgetModule from "./RetryBudget.js"
 import { RetryBudget } from "./RetryBudget.js"
@@ -64,6 +73,7 @@ import { type RateLimitExceeded, TokenBucket } from "./TokenBucket.js"
 import * as TransportModule from "./Transport.js"
 import * as ResponseCacheModule from "./ResponseCache.js"
 import { type Deadlines, Transport } from "./Transport.js"
+import { withSpanWhenTraced } from "./internal/tracing.js"
 
 /**
  * @since 0.1.0
@@ -197,15 +207,15 @@ export const make: Effect.Effect<Service, never, Parts> = Effect.gen(function*()
   // the end of the response), then the breaker around the transport.
   const takeRate = (request: ChatCompletionRequest) => bucket.take(TokenBucketModule.costOf(request))
 
-  // No `Effect.scoped` on the hot path: `withPermit` releases the permit without a scope.
+  // No `Effect.scoped` on the hot path: `withPermit` releases the permit without a scope, and
+  // completes it with the attempt's outcome and the queue delay the transport recorded on it.
   const attempt = (request: ChatCompletionRequest, options: CallOptions | undefined) =>
     Effect.zipRight(
       takeRate(request),
-      limiter.withPermit((permit) => {
-        const probe = queueDelayProbe()
-        return breaker.protect(transport.create(request, transportOptions(options, probe)))
-          .pipe(Effect.onExit((exit) => permit.complete(probe.outcome(exit))))
-      }, { priority: options?.priority })
+      limiter.withPermit(
+        (permit) => breaker.protect(transport.create(request, transportOptions(options, permit))),
+        { priority: options?.priority }
+      )
     )
 
   // A stream holds its permit until it ends, so the permit lives in the stream's scope.
@@ -213,10 +223,9 @@ export const make: Effect.Effect<Service, never, Parts> = Effect.gen(function*()
     Stream.unwrapScoped(Effect.zipRight(
       takeRate(request),
       Effect.map(limiter.acquire({ priority: options?.priority }), (permit) => {
-        const probe = queueDelayProbe()
-        const chunks = transport.stream(request, transportOptions(options, probe)).pipe(
-          Stream.onError((cause) => permit.complete(probe.outcome(Exit.failCause(cause)))),
-          Stream.onDone(() => permit.complete(probe.outcome(Exit.void)))
+        const chunks = transport.stream(request, transportOptions(options, permit)).pipe(
+          Stream.onError((cause) => permit.complete(Limiter.outcomeOf(Exit.failCause(cause)))),
+          Stream.onDone(() => permit.complete(Limiter.outcomeOf(Exit.void)))
         )
         return protectStream(breaker, chunks)
       })
@@ -241,8 +250,10 @@ export const make: Effect.Effect<Service, never, Parts> = Effect.gen(function*()
 
   return Resilient.of({
     create: (request, options) =>
-      timed(cached(request, options, Effect.zipRight(started, retryAfterFailure(attempt(request, options), onFailure, createRetries)))).pipe(
-        Effect.withSpan("weatherproof.Resilient.create", { attributes: { model: request.model }, captureStackTrace: false })
+      withSpanWhenTraced(
+        timed(cached(request, options, Effect.zipRight(started, retryAfterFailure(attempt(request, options), onFailure, createRetries)))),
+        "weatherproof.Resilient.create",
+        { model: request.model }
       ),
     stream: (request, options) =>
       Stream.unwrap(Effect.map(started, () => {
@@ -319,26 +330,11 @@ const protectStream = <A, E>(
     )
   }))
 
-const transportOptions = (
-  options: CallOptions | undefined,
-  probe: ReturnType<typeof queueDelayProbe>
-): TransportModule.CallOptions => ({
+const transportOptions = (options: CallOptions | undefined, permit: Limiter.Permit): TransportModule.CallOptions => ({
   deadlines: options?.deadlines,
   priority: options?.priority,
-  onFirstContent: probe.record
+  onFirstContent: permit.recordQueueDelay
 })
-
-/** Holds the queue delay the transport reports, and turns an attempt's exit into an outcome. */
-const queueDelayProbe = () => {
-  let queueDelay: Duration.Duration | undefined
-  return {
-    record: (delay: Duration.Duration) => Effect.sync(() => (queueDelay = delay)),
-    outcome: (exit: Exit.Exit<unknown, unknown>): Outcome => {
-      const outcome = Limiter.outcomeOf(exit)
-      return outcome._tag === "Success" ? { _tag: "Success", queueDelay } : outcome
-    }
-  }
-}
 
 /**
  * @since 0.1.0

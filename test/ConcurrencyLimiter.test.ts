@@ -281,6 +281,43 @@ describe("ConcurrencyLimiter", () => {
         expect(yield* round(limiter, withQueueDelay(300))).toBe(14) // holding there
       }))
 
+    it.effect("withPermit completes a permit `use` left open with the outcome of its exit", () =>
+      Effect.gen(function*() {
+        const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 20 })
+        const held = yield* hold(limiter, 19)
+        const rateLimited = new RateLimited({ message: "busy", retryAfter: Option.none() })
+        yield* Effect.flip(limiter.withPermit(() => Effect.fail(rateLimited)))
+        // As `permit.complete(dropped)` with 20 in flight: 19 accepted, the limit 20 × 0.9.
+        expect(yield* limitOf(limiter)).toBe(18)
+        yield* release(held)
+      }))
+
+    it.effect("a queue delay recorded on a withPermit permit goes with its success", () =>
+      Effect.gen(function*() {
+        /** Rounds of withPermit calls, each given `delays[i]` of queue delay by `report`. */
+        const limits = (report: (permit: ConcurrencyLimiter.Permit, delay: Duration.Duration) => Effect.Effect<void>) =>
+          Effect.gen(function*() {
+            const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 4, max: 30 })
+            const seen: Array<number> = []
+            for (const millis of [300, 300, 700, 700, 700, 700, 700, 700, 700, 700]) {
+              const calls = Array.from({ length: yield* limitOf(limiter) }, () =>
+                limiter.withPermit((permit) => Effect.zipRight(Effect.sleep(1), report(permit, Duration.millis(millis)))))
+              yield* Effect.fork(Effect.all(calls, { concurrency: "unbounded" }))
+              yield* settle
+              yield* TestClock.adjust(1)
+              seen.push(yield* limitOf(limiter))
+            }
+            return seen
+          })
+        const recorded = yield* limits((permit, delay) => permit.recordQueueDelay(delay))
+        const inOutcome = yield* limits((permit, delay) => permit.complete({ _tag: "Success", queueDelay: delay }))
+        const unreported = yield* limits(() => Effect.void)
+        expect(recorded).toEqual(inOutcome)
+        // Growth pauses once the delay has doubled, and three congested windows step it back.
+        expect(recorded).toEqual([6, 9, 13, 16, 16, 16, 16, 14, 14, 14])
+        expect(unreported).toEqual([6, 9, 13, 18, 25, 30, 30, 30, 30, 30])
+      }))
+
     it.effect("queue delays under the floor are noise", () =>
       Effect.gen(function*() {
         const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 4 })

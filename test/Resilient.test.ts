@@ -1,4 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
+import * as Context from "effect/Context"
+import * as DefaultServices from "effect/DefaultServices"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
@@ -7,6 +9,7 @@ import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
+import * as Tracer from "effect/Tracer"
 import { emptyPartial, InvalidRequest, RateLimited, ServerError, StreamTruncated } from "../src/ApiError.js"
 import type { ApiError } from "../src/ApiError.js"
 import type { ChatCompletionChunk, ChatCompletionRequest } from "../src/ChatSchema.js"
@@ -251,5 +254,57 @@ describe("Resilient", () => {
       yield* client.create({ ...request, temperature: 0.7 })
       expect(yield* calls).toBe(4)
     }).pipe(Effect.provide(layer))
+  })
+
+  describe("spans", () => {
+    /** A pipeline whose transport reports the span it runs in. */
+    const spanPipeline = (seen: Array<Tracer.AnySpan | undefined>) =>
+      Resilient.layerPolicies().pipe(
+        Layer.provide([
+          Layer.succeed(Transport, Transport.of({
+            create: () =>
+              Effect.map(Effect.option(Effect.currentSpan), (span) => {
+                seen.push(Option.getOrUndefined(span))
+                return wire.completion(generation)
+              }),
+            stream: () => Stream.empty
+          })),
+          Telemetry.layerNoop
+        ])
+      )
+    const nameOf = (span: Tracer.AnySpan | undefined) => span?._tag === "Span" ? span.name : undefined
+
+    it.effect("with a tracer installed, a call runs in a span with the model, parent of the transport's", () => {
+      const seen: Array<Tracer.AnySpan | undefined> = []
+      const made: Array<Tracer.Span> = []
+      const builtIn = Context.get(DefaultServices.liveServices, Tracer.Tracer)
+      const recording = Tracer.make({
+        span: (...args) => {
+          const span = builtIn.span(...args)
+          made.push(span)
+          return span
+        },
+        context: (f) => f()
+      })
+      return Effect.gen(function*() {
+        const client = yield* Resilient.Resilient
+        yield* client.create(request).pipe(Effect.withSpan("app"))
+        expect(made.map((span) => span.name)).toEqual(["app", "weatherproof.Resilient.create"])
+        const [app, call] = made
+        expect(seen).toEqual([call])
+        expect(Object.fromEntries(call!.attributes)).toEqual({ model: request.model })
+        expect(call!.parent).toEqual(Option.some(app))
+        expect(call!.status._tag).toBe("Ended")
+      }).pipe(Effect.provide(spanPipeline(seen)), Effect.withTracer(recording))
+    })
+
+    it.effect("with Effect's built-in tracer, which exports nowhere, no span is made per call", () => {
+      const seen: Array<Tracer.AnySpan | undefined> = []
+      return Effect.gen(function*() {
+        const client = yield* Resilient.Resilient
+        yield* client.create(request).pipe(Effect.withSpan("app"))
+        expect(seen.map(nameOf)).toEqual(["app"])
+      }).pipe(Effect.provide(spanPipeline(seen)))
+    })
   })
 })

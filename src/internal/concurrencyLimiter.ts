@@ -15,7 +15,7 @@ import type {
   Service,
   Snapshot
 } from "../ConcurrencyLimiter.js"
-import { droppedCounter, inFlightGauge, limitGauge, QueueFull, queuedGauge } from "../ConcurrencyLimiter.js"
+import { droppedCounter, inFlightGauge, limitGauge, outcomeOf, QueueFull, queuedGauge } from "../ConcurrencyLimiter.js"
 
 // -----------------------------------------------------------------------------
 // Gate: the permit ledger with its two FIFO lanes
@@ -335,19 +335,29 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
       publish()
     })
 
-    const permitFor = (stamp: number): Permit => {
+    /**
+     * The permit granted with `stamp`, and `settle` to report an outcome synchronously: the first
+     * report counts. A success reported without a queue delay takes the one the holder recorded.
+     */
+    const permitFor = (stamp: number) => {
       let completed = false
-      return {
-        complete: (outcome) =>
-          Effect.sync(() => {
-            if (completed) return
-            completed = true
-            policy.record(stamp, outcome, gate.inFlight)
-            gate.resize(policy.limit)
-            if (outcome._tag === "Dropped") dropped.unsafeUpdate(1, [])
-            publish()
-          })
+      let queueDelay: Duration.Duration | undefined
+      const settle = (outcome: Outcome): void => {
+        if (completed) return
+        completed = true
+        const observed = outcome._tag === "Success" && outcome.queueDelay === undefined && queueDelay !== undefined
+          ? { _tag: "Success" as const, queueDelay }
+          : outcome
+        policy.record(stamp, observed, gate.inFlight)
+        gate.resize(policy.limit)
+        if (outcome._tag === "Dropped") dropped.unsafeUpdate(1, [])
+        publish()
       }
+      const permit: Permit = {
+        complete: (outcome) => Effect.sync(() => settle(outcome)),
+        recordQueueDelay: (delay) => Effect.sync(() => (queueDelay = delay))
+      }
+      return { permit, settle }
     }
 
     /** Waits in its lane for the permit `entry` queued for; the stamp it was granted with. */
@@ -391,19 +401,22 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
     const acquire = (acquireOptions?: AcquireOptions): Effect.Effect<Permit, QueueFull, Scope.Scope> =>
       Effect.uninterruptibleMask((restore) =>
         enter(acquireOptions, restore, (stamp) =>
-          Effect.flatMap(Effect.scope, (scope) => Effect.as(Scope.addFinalizer(scope, release), permitFor(stamp))))
+          Effect.flatMap(Effect.scope, (scope) => Effect.as(Scope.addFinalizer(scope, release), permitFor(stamp).permit)))
       )
 
-    // Already uninterruptible, so `Effect.exit` then the release is `Effect.ensuring` without the
-    // second mask and the extra steps it takes.
+    // Already uninterruptible, so `Effect.exit` then settling and releasing is `Effect.onExit`
+    // without the second mask and the extra steps it takes.
     const withPermit: Service["withPermit"] = (use, acquireOptions) =>
       Effect.uninterruptibleMask((restore) =>
-        enter(acquireOptions, restore, (stamp) =>
-          Effect.flatMap(Effect.exit(restore(use(permitFor(stamp)))), (exit) => {
+        enter(acquireOptions, restore, (stamp) => {
+          const { permit, settle } = permitFor(stamp)
+          return Effect.flatMap(Effect.exit(restore(use(permit))), (exit) => {
+            settle(outcomeOf(exit))
             gate.release()
             publish()
             return exit
-          }))
+          })
+        })
       )
 
     publish()
