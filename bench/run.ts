@@ -128,6 +128,9 @@ const goodput = Effect.gen(function*() {
   yield* Console.log("")
   yield* printTable(goodputHeader, goodputRows(report))
   yield* Console.log(`\noracle lower bound (Σ work / cap per phase): ${seconds(report.lowerBoundMs)}`)
+  yield* Console.log(`set-up before the first request, not in the makespans: ${
+    [report.weatherproof, ...report.peers].map((r) => `${r.name} ${seconds(r.startUpMs)}`).join(", ")
+  }`)
   for (const line of [...goodputVerdicts(report), ...warnings(report)]) yield* Console.log(line)
   yield* busyWarning()
   if (jsonFile !== undefined) writeFileSync(jsonFile, JSON.stringify(report))
