@@ -82,7 +82,11 @@ const overriding = <I, S extends object>(
   override: (service: S) => Partial<S>
 ): Layer.Layer<I> => Layer.effect(tag, Effect.map(tag, (service) => ({ ...service, ...override(service) }))).pipe(Layer.provide(layer))
 
-const grantAtOnce: ConcurrencyLimiter.Permit = { complete: () => Effect.void, recordQueueDelay: () => Effect.void }
+const grantAtOnce: ConcurrencyLimiter.Permit = {
+  complete: () => Effect.void,
+  accepted: Effect.void,
+  recordQueueDelay: () => Effect.void
+}
 
 const passThrough: PartLayers = {
   limiter: overriding(ConcurrencyLimiter.ConcurrencyLimiter, defaultParts.limiter, () => ({

@@ -19,29 +19,35 @@
  * outcomes: loss-based AIMD on 429/503 (`Dropped`), the only reliable signal (latency varies
  * with output length). A *round* is `limit` successes of permits granted since the last
  * decrease, each while in-flight was at least half the limit (an unused limit proves nothing,
- * so it neither grows nor counts rounds). Growth is spread over a round's successes, so
- * in-flight climbs one request at a time and an overshoot costs about one 429 however fast the
- * limit grows.
+ * so it neither grows nor counts rounds).
  *
- * 1. **Slow start**: +1 per success (doubling per round) from `initial` (8) until the first
- *    drop: the cap is found in log2(cap/8) rounds.
+ * 1. **Slow start**, from `initial` (8) until the first drop. DeepSeek answers a request over the
+ *    cap with an immediate 429 and takes one under it with an immediate 200 (then keep-alives),
+ *    so whether a request got a slot is known one round trip after it was sent: a permit's
+ *    `accepted` says so. When the transport reports acceptances, each acceptance of the request
+ *    at the top of the limit lets one more request go: the limit climbs one per round trip, with
+ *    a single request at a time above what was accepted, so the overshoot that finds the cap
+ *    costs one 429 and a risen cap is climbed in milliseconds on a local network (a round trip
+ *    per step elsewhere), not in response times. Without acceptances, +1 per success: the limit
+ *    doubles per round and in-flight still climbs one request at a time.
  * 2. **Decrease, once per round**: on a drop, the *ceiling* becomes in-flight − 1 (everything
  *    but the dropped request was accepted) and the limit `min(ceiling, in-flight × backoff)`
  *    (0.9: a gentle step, since the cap was just measured). Drops of permits granted before
  *    that decrease were sent at the old limit and move nothing, except that one sent alongside
  *    the first lowers the ceiling to what was accepted.
- * 3. **Fall**: a drop of a permit granted after a decrease, before any such permit succeeded,
- *    means the cap itself fell below what we hold. It can be anywhere below, so the limit
- *    becomes in-flight × `fallBackoff` (0.25: a 24 → 6 fall ends in one more drop, where
- *    halving costs two, and a mild fall is climbed back in two rounds) and slow start resumes.
+ * 3. **Fall**: a drop while holding at the ceiling (nothing was sent above a level already
+ *    accepted), or a drop of a permit granted after a decrease before any such permit was
+ *    accepted or succeeded, means the cap itself fell below what we hold. It can be anywhere
+ *    below, so the limit becomes in-flight × `fallBackoff` (0.25: a 24 → 6 fall costs one 429,
+ *    and a mild fall is climbed back by slow start) and slow start resumes.
  * 4. **Recover**: back to the ceiling by `max(1, ceiling − limit)` per round, about a round.
- * 5. **Hold** at the ceiling for `holdRounds` (6) rounds and at least `holdRequests` (36)
+ * 5. **Hold** at the ceiling for `holdRounds` (6) rounds and at least `holdRequests` (48)
  *    successes, then **probe** with slow start: above an unchanged cap the first extra request
  *    draws the one 429 a probe costs (and step 2 returns to the ceiling); a risen cap is found
  *    at full speed. Probing is the only way to see a cap rise, and each probe of a cap that did
- *    not move costs a 429, so the hold sets the trade: with these values about one request in
- *    `6·limit` (at least 36) draws a probe's 429, and a risen cap is noticed within about
- *    seven rounds.
+ *    not move costs a 429, so the hold sets the trade: about one request in `6·limit` (at least
+ *    48, so about 2% at a small steady cap) draws a probe's 429, and a risen cap is noticed within
+ *    about seven rounds.
  * 6. **Queue-delay brake**: `Success.queueDelay` (response headers to first content: DeepSeek's
  *    own queueing) is averaged per round. A window whose mean is `queueDelayRise` (2) times the
  *    baseline (the lowest of the last 10 window means, never under `queueDelayFloor`, 250 ms)
@@ -50,11 +56,11 @@
  *    stays high for ten windows becomes the new baseline.
  *
  * The limit stays within [`min`, `max`] (1, 256). Tuned on the benchmark's scenario (600
- * requests, a cap moving 24 → 6 → 32 every 200 accepted, 2-6 s per request, 429s retried after
- * about a second), over ten seeds: 1.10-1.14× the time of an oracle that always holds the
- * current cap, 9-12 requests (1.5-2%) drawing a 429. Against a constant cap the 429s are the
- * probes' (about 1% at a cap of 24, 2.5% at 6). A cap far above `initial` takes log2(cap/initial)
- * rounds to reach: raise `initial` when the cap is known to be large.
+ * requests, a cap moving 24 → 6 → 32 every 200 accepted, 200-600 ms per request, over loopback):
+ * 1.05-1.07× the time of an oracle that always holds the current cap, 7-9 requests (1.2-1.5%)
+ * drawing a 429 (docs/benchmarks.md). A cap far above `initial` takes one round trip per request
+ * of difference to reach with acceptances (log2(cap/initial) rounds without): raise `initial`
+ * when the cap is known to be large.
  *
  * ## Why not `Effect.makeSemaphore`
  *
@@ -110,6 +116,11 @@ export type Outcome =
  */
 export interface Permit {
   readonly complete: (outcome: Outcome) => Effect.Effect<void>
+  /**
+   * Reports that the upstream accepted the request (a success status arrived): it holds a slot
+   * now, long before it ends. The adaptive limiter clocks slow start by these.
+   */
+  readonly accepted: Effect.Effect<void>
   /**
    * Records the queue delay the transport measured (headers to first content). A `Success`
    * reported without a `queueDelay` carries this one.
@@ -233,11 +244,11 @@ export interface AdaptiveOptions extends LimiterOptions {
   readonly max?: number | undefined
   /** On an ordinary drop the limit becomes in-flight × `backoff`. Default 0.9. */
   readonly backoff?: number | undefined
-  /** When the cap falls (a drop again before any success since the last), in-flight × this. Default 0.25. */
+  /** When the cap falls (see the module doc), in-flight × this. Default 0.25. */
   readonly fallBackoff?: number | undefined
   /** Rounds to hold at the last accepted level before probing above it. Default 6. */
   readonly holdRounds?: number | undefined
-  /** Successes to hold there at least (bounds the probes' 429s at small limits). Default 36. */
+  /** Successes to hold there at least (bounds the probes' 429s at small limits). Default 48. */
   readonly holdRequests?: number | undefined
   /** A window whose mean queue delay is this many times the baseline is congested. Default 2. */
   readonly queueDelayRise?: number | undefined

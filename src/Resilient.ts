@@ -333,6 +333,7 @@ const protectStream = <A, E>(
 const transportOptions = (options: CallOptions | undefined, permit: Limiter.Permit): TransportModule.CallOptions => ({
   deadlines: options?.deadlines,
   priority: options?.priority,
+  onAccepted: permit.accepted,
   onFirstContent: permit.recordQueueDelay
 })
 

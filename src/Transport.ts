@@ -64,6 +64,13 @@ export interface CallOptions {
    */
   readonly onFirstContent?: ((queueDelay: Duration.Duration) => Effect.Effect<void>) | undefined
   /**
+   * Called once when a success status and its headers arrive, before the body: DeepSeek answers
+   * a request over the account's concurrency cap with an immediate 429 and an accepted one with
+   * 200 at once (then keep-alives while it queues), so this says the request holds a slot, one
+   * round trip after it was sent.
+   */
+  readonly onAccepted?: Effect.Effect<void> | undefined
+  /**
    * The call's priority. A plain transport ignores it; a transport that owns concurrency limits
    * (the account pool) queues by it.
    */

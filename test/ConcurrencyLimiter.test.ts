@@ -218,6 +218,18 @@ describe("ConcurrencyLimiter", () => {
         expect(yield* rounds(limiter, 2)).toEqual([8, 16]) // slow start again
       }))
 
+    it.effect("a drop while holding at the ceiling means the cap fell: one 429 is enough", () =>
+      Effect.gen(function*() {
+        const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 20 })
+        expect(yield* round(limiter, dropped)).toBe(18) // ceiling 19
+        expect(yield* rounds(limiter, 2)).toEqual([19, 19]) // recovered, then holding
+        const held = yield* hold(limiter, 19)
+        yield* held[0]!.permit.complete(dropped)
+        expect(yield* limitOf(limiter)).toBe(4) // 19 × 0.25, not 19 × 0.9
+        yield* release(held)
+        expect(yield* rounds(limiter, 2)).toEqual([8, 16]) // slow start again
+      }))
+
     it.effect("after a drop: back to the ceiling, a hold there, then a slow-start probe", () =>
       Effect.gen(function*() {
         const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 20, holdRounds: 3, holdRequests: 0 })
@@ -226,6 +238,60 @@ describe("ConcurrencyLimiter", () => {
         // Held three rounds (counted from the success that reached the ceiling), then probing by
         // slow start: its first step is the last success of the third round.
         expect(yield* rounds(limiter, 4)).toEqual([19, 19, 20, 40])
+      }))
+
+    it.effect("with acceptances, slow start lets one request at a time go above what was accepted", () =>
+      Effect.gen(function*() {
+        const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 4 })
+        const held = yield* hold(limiter, 4)
+        yield* Effect.forEach(held.slice(0, 3), (h) => h.permit.accepted)
+        expect(yield* limitOf(limiter)).toBe(4) // below the top: nothing new is proven
+        yield* held[3]!.permit.accepted
+        yield* held[3]!.permit.accepted // reported twice, counted once
+        expect(yield* limitOf(limiter)).toBe(5)
+        const fifth = yield* hold(limiter, 1)
+        yield* fifth[0]!.permit.accepted
+        expect(yield* limitOf(limiter)).toBe(6)
+        // Accepted requests that succeed do not grow slow start a second time.
+        yield* Effect.forEach([...held, ...fifth], (h) => h.permit.complete(success))
+        expect(yield* limitOf(limiter)).toBe(6)
+        const sixth = yield* hold(limiter, 1)
+        yield* sixth[0]!.permit.complete(dropped) // the one overshoot: 5 were accepted
+        expect(yield* limitOf(limiter)).toBe(5)
+        yield* release([...held, ...fifth, ...sixth])
+      }))
+
+    it.effect("with acceptances, a probe from the hold is one request above the ceiling", () =>
+      Effect.gen(function*() {
+        const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 4, holdRounds: 1, holdRequests: 0 })
+        const first = yield* hold(limiter, 4)
+        yield* first[3]!.permit.accepted // the top one: a fifth may go
+        const fifth = yield* hold(limiter, 1)
+        yield* fifth[0]!.permit.complete(dropped) // ceiling 4, holding there
+        expect(yield* limitOf(limiter)).toBe(4)
+        yield* release([...first, ...fifth])
+        const acceptedRound = Effect.gen(function*() {
+          const held = yield* hold(limiter, yield* limitOf(limiter))
+          yield* Effect.forEach(held, (h) => Effect.zipRight(h.permit.accepted, h.permit.complete(success)))
+          yield* release(held)
+          return yield* limitOf(limiter)
+        })
+        expect(yield* acceptedRound).toBe(5) // the hold's round ends: one request above 4
+      }))
+
+    it.effect("a permit that ended lets the next one in only when it is released", () =>
+      Effect.gen(function*() {
+        const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 2 })
+        const held = yield* hold(limiter, 2)
+        const waiter = yield* Effect.fork(Effect.scoped(limiter.acquire()))
+        yield* settle
+        yield* held[0]!.permit.complete(success) // slow start: the limit is 3 now
+        yield* settle
+        // Granting now would count the ended request and place the next one a level too high.
+        expect(yield* limiter.snapshot).toEqual({ limit: 3, inFlight: 2, queued: 1 })
+        yield* release(held.slice(0, 1))
+        yield* Fiber.join(waiter)
+        yield* release(held.slice(1))
       }))
 
     it.effect("holds for at least `holdRequests` successes at a small limit", () =>

@@ -535,6 +535,35 @@ describe("Transport onFirstContent", () => {
     ]))))
 })
 
+describe("Transport onAccepted", () => {
+  const counter = Effect.map(Ref.make(0), (ref) => ({ count: Ref.get(ref), options: { onAccepted: Ref.update(ref, (n) => n + 1) } }))
+
+  it.effect("is reported once when the success headers arrive, long before the body", () =>
+    Effect.gen(function*() {
+      const { count, options } = yield* counter
+      const fiber = yield* Effect.fork(create(options))
+      yield* TestClock.adjust("6 seconds")
+      expect(fiber.unsafePoll()).toBeNull()
+      expect(yield* count).toBe(1)
+      yield* TestClock.adjust("1 minute")
+      yield* Fiber.join(fiber)
+      expect(yield* count).toBe(1)
+    }).pipe(Effect.provide(setup([
+      MockUpstream.parts(
+        ["\n", { delay: "45 seconds", text: JSON.stringify(Wire.completion(generation)) }],
+        { latency: "5 seconds" }
+      )
+    ]))))
+
+  it.effect("is not reported for a 429", () =>
+    Effect.gen(function*() {
+      const { count, options } = yield* counter
+      const error = yield* Effect.flip(create(options))
+      expect(error._tag).toBe("RateLimited")
+      expect(yield* count).toBe(0)
+    }).pipe(Effect.provide(setup([MockUpstream.status(429, { body: "{}" })]))))
+})
+
 describe("Transport over loopback (undici, 127.0.0.1)", () => {
   const wireGeneration: MockUpstream.Generation = { ...generation, content: "Rain ☔ then sun ☀, 晴れ — done." }
 

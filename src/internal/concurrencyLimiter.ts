@@ -21,16 +21,23 @@ import { droppedCounter, inFlightGauge, limitGauge, outcomeOf, QueueFull, queued
 // Gate: the permit ledger with its two FIFO lanes
 // -----------------------------------------------------------------------------
 
-/** A caller waiting in a lane. `stamp` is set when it is granted. */
+/** A caller waiting in a lane. `stamp` and `level` are set when it is granted. */
 export interface Waiter {
   readonly wake: Deferred.Deferred<void>
   granted: boolean
   stamp: number
+  level: number
+}
+
+/** A granted permit's marks: the policy's stamp, and in-flight with this permit counted. */
+export interface Grant {
+  readonly stamp: number
+  readonly level: number
 }
 
 /** What `Gate.enter` decided. */
 export type Entry =
-  | { readonly _tag: "Granted"; readonly stamp: number }
+  | { readonly _tag: "Granted" } & Grant
   | { readonly _tag: "Queued"; readonly waiter: Waiter }
   | { readonly _tag: "Full" }
 
@@ -40,7 +47,9 @@ export type Entry =
  * on the JavaScript thread. Lowering the limit below what is in flight revokes nothing: new
  * grants wait until enough permits come back (as `Semaphore.resize` does).
  *
- * `stamp` is read at each grant so the policy can tell which permits were sent under which limit.
+ * `stamp` is read at each grant so the policy can tell which permits were sent under which limit,
+ * and each grant records its `level` (in-flight with it counted) so the policy knows which level
+ * an accepted request proves.
  */
 export class Gate {
   inFlight = 0
@@ -63,11 +72,11 @@ export class Gate {
   enter(priority: Priority): Entry {
     if (this.inFlight < this.limit && this.queued === 0) {
       this.inFlight++
-      return { _tag: "Granted", stamp: this.stamp() }
+      return { _tag: "Granted", stamp: this.stamp(), level: this.inFlight }
     }
     if (this.queued >= this.maxQueued) return { _tag: "Full" }
     // Only a caller that waits needs a Deferred: the common, uncontended grant allocates none.
-    const waiter: Waiter = { wake: Deferred.unsafeMake<void>(FiberId.none), granted: false, stamp: 0 }
+    const waiter: Waiter = { wake: Deferred.unsafeMake<void>(FiberId.none), granted: false, stamp: 0, level: 0 }
     this.lanes[priority].add(waiter)
     return { _tag: "Queued", waiter }
   }
@@ -88,6 +97,14 @@ export class Gate {
     this.dispatch()
   }
 
+  /**
+   * Sets the limit for the next grants without granting now: for a permit that has ended
+   * upstream but is still counted until its release, which then grants under the new limit.
+   */
+  relimit(limit: number): void {
+    this.limit = limit
+  }
+
   private dispatch(): void {
     while (this.inFlight < this.limit) {
       const next = firstOf(this.lanes.interactive) ?? firstOf(this.lanes.batch)
@@ -96,6 +113,7 @@ export class Gate {
       this.inFlight++
       next.granted = true
       next.stamp = this.stamp()
+      next.level = this.inFlight
       Deferred.unsafeDone(next.wake, Exit.void)
     }
   }
@@ -107,14 +125,24 @@ const firstOf = <A>(set: Set<A>): A | undefined => set.values().next().value
 // Policies: how outcomes move the limit
 // -----------------------------------------------------------------------------
 
-/** Moves the limit from outcomes. `stamp` marks a permit at grant; `record` gets it back. */
+/**
+ * Moves the limit from outcomes. `stamp` marks a permit at grant; `accepted` and `record` get it
+ * back with the permit's grant level (`accepted` when the upstream took the request, before it
+ * ends; `record` when it ends, `acceptedEarly` if `accepted` came first).
+ */
 export interface Policy {
   readonly limit: number
   readonly stamp: number
-  readonly record: (stamp: number, outcome: Outcome, inFlight: number) => void
+  readonly accepted: (stamp: number, level: number) => void
+  readonly record: (stamp: number, outcome: Outcome, inFlight: number, acceptedEarly: boolean) => void
 }
 
-export const fixedPolicy = (permits: number): Policy => ({ limit: permits, stamp: 0, record: () => {} })
+export const fixedPolicy = (permits: number): Policy => ({
+  limit: permits,
+  stamp: 0,
+  accepted: () => {},
+  record: () => {}
+})
 
 /** `AdaptiveOptions` with every default filled in (queue delay floor in milliseconds). */
 interface AimdConfig {
@@ -140,7 +168,7 @@ const aimdConfig = (options: AdaptiveOptions = {}): AimdConfig => {
     backoff: options.backoff ?? 0.9,
     fallBackoff: options.fallBackoff ?? 0.25,
     holdRounds: options.holdRounds ?? 6,
-    holdRequests: options.holdRequests ?? 36,
+    holdRequests: options.holdRequests ?? 48,
     queueDelayRise: options.queueDelayRise ?? 2,
     queueDelayWindows: options.queueDelayWindows ?? 3,
     queueDelayFloorMillis: Duration.toMillis(options.queueDelayFloor ?? "250 millis")
@@ -170,8 +198,15 @@ class Aimd implements Policy {
   private ceiling = Infinity
   private value: number
   private epoch = 0
-  /** Whether a permit granted since the last decrease has succeeded (false: the cap is falling). */
+  /**
+   * Whether a permit granted since the last decrease has been accepted or has succeeded (false:
+   * the cap is falling).
+   */
   private succeededSinceDecrease = true
+  /** Whether the transport reports acceptances: then they, not successes, clock slow start. */
+  private acceptanceClocked = false
+  /** The highest grant level accepted since the last decrease. */
+  private confirmed = 0
   private roundSize: number
   private roundSuccesses = 0
   private holdLeft = 0
@@ -193,7 +228,21 @@ class Aimd implements Policy {
     return this.epoch
   }
 
-  record(stamp: number, outcome: Outcome, inFlight: number): void {
+  /**
+   * A request granted at `level` holds a slot upstream. In slow start, the one at the top of the
+   * limit lets one more request go above it: growth clocked by round trips, not by responses,
+   * with a single request at a time in untried territory, so an overshoot costs one 429.
+   */
+  accepted(stamp: number, level: number): void {
+    this.acceptanceClocked = true
+    if (stamp !== this.epoch) return
+    this.succeededSinceDecrease = true
+    if (level <= this.confirmed) return
+    this.confirmed = level
+    if (this.phase === "slowStart" && this.congestedWindows === 0 && level >= this.limit) this.setValue(level + 1)
+  }
+
+  record(stamp: number, outcome: Outcome, inFlight: number, acceptedEarly: boolean): void {
     if (stamp !== this.epoch) {
       // Sent before the last decrease, at the old limit: it must not decrease again, but a drop
       // sent alongside the one that did means fewer requests were accepted at that level.
@@ -201,10 +250,10 @@ class Aimd implements Policy {
       return
     }
     if (outcome._tag === "Dropped") this.decrease(inFlight)
-    else if (outcome._tag === "Success") this.succeeded(inFlight, outcome.queueDelay)
+    else if (outcome._tag === "Success") this.succeeded(inFlight, outcome.queueDelay, acceptedEarly)
   }
 
-  private succeeded(inFlight: number, queueDelay: Duration.Duration | undefined): void {
+  private succeeded(inFlight: number, queueDelay: Duration.Duration | undefined, acceptedEarly: boolean): void {
     this.succeededSinceDecrease = true
     if (queueDelay !== undefined) {
       this.delaySum += Duration.toMillis(queueDelay)
@@ -212,7 +261,8 @@ class Aimd implements Policy {
     }
     // An unused limit proves nothing about the upstream: neither grow it nor count the round.
     if (inFlight < this.value / 2) return
-    if (this.congestedWindows === 0) this.grow()
+    // An accepted request already moved slow start when it was accepted.
+    if (this.congestedWindows === 0 && !(acceptedEarly && this.phase === "slowStart")) this.grow()
     if (++this.roundSuccesses >= this.roundSize) this.endRound()
   }
 
@@ -241,9 +291,13 @@ class Aimd implements Policy {
   }
 
   private advancePhase(): void {
-    // Probing is slow start: in-flight climbs one request per success above the ceiling, so an
-    // unchanged cap costs a single 429 while a risen one is found at full speed.
-    if (this.phase === "hold" && --this.holdLeft <= 0) this.phase = "slowStart"
+    // Probing is slow start: in-flight climbs one request at a time above the ceiling, so an
+    // unchanged cap costs a single 429 while a risen one is found at full speed. Clocked by
+    // acceptances, it starts with the one request that probes.
+    if (this.phase === "hold" && --this.holdLeft <= 0) {
+      this.phase = "slowStart"
+      if (this.acceptanceClocked) this.setValue(this.value + 1)
+    }
   }
 
   /** Closes the round's queue-delay window and counts consecutive congested windows. */
@@ -270,20 +324,22 @@ class Aimd implements Policy {
 
   private decrease(inFlight: number): void {
     const level = Math.min(this.value, inFlight)
-    if (this.succeededSinceDecrease) {
+    if (this.succeededSinceDecrease && this.phase !== "hold") {
       // An ordinary overshoot: everything but the dropped request was accepted.
       this.ceiling = Math.max(this.config.min, inFlight - 1)
       this.setValue(Math.min(this.ceiling, level * this.config.backoff))
       if (this.value < this.ceiling) this.phase = "recover"
       else this.startHold()
     } else {
-      // Dropped again before anything sent at the lowered limit succeeded: the cap itself fell.
+      // Dropped while holding at a level already accepted, or again before anything sent at the
+      // lowered limit succeeded: the cap itself fell.
       this.ceiling = Infinity
       this.setValue(level * this.config.fallBackoff)
       this.phase = "slowStart"
     }
     this.epoch++
     this.succeededSinceDecrease = false
+    this.confirmed = 0
     this.startRound()
   }
 
@@ -339,8 +395,9 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
      * The permit granted with `stamp`, and `settle` to report an outcome synchronously: the first
      * report counts. A success reported without a queue delay takes the one the holder recorded.
      */
-    const permitFor = (stamp: number) => {
+    const permitFor = ({ level, stamp }: Grant) => {
       let completed = false
+      let acceptedEarly = false
       let queueDelay: Duration.Duration | undefined
       const settle = (outcome: Outcome): void => {
         if (completed) return
@@ -348,23 +405,32 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
         const observed = outcome._tag === "Success" && outcome.queueDelay === undefined && queueDelay !== undefined
           ? { _tag: "Success" as const, queueDelay }
           : outcome
-        policy.record(stamp, observed, gate.inFlight)
-        gate.resize(policy.limit)
+        policy.record(stamp, observed, gate.inFlight, acceptedEarly)
+        // The request no longer holds a slot upstream, but its permit is counted until released:
+        // granting now would place the next request one level too high.
+        gate.relimit(policy.limit)
         if (outcome._tag === "Dropped") dropped.unsafeUpdate(1, [])
         publish()
       }
       const permit: Permit = {
         complete: (outcome) => Effect.sync(() => settle(outcome)),
+        accepted: Effect.sync(() => {
+          if (completed || acceptedEarly) return
+          acceptedEarly = true
+          policy.accepted(stamp, level)
+          gate.resize(policy.limit)
+          publish()
+        }),
         recordQueueDelay: (delay) => Effect.sync(() => (queueDelay = delay))
       }
       return { permit, settle }
     }
 
-    /** Waits in its lane for the permit `entry` queued for; the stamp it was granted with. */
+    /** Waits in its lane for the permit `entry` queued for; what it was granted with. */
     const awaitTurn = (
       entry: Exclude<Entry, { readonly _tag: "Granted" }>,
       restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
-    ): Effect.Effect<number, QueueFull> => {
+    ): Effect.Effect<Grant, QueueFull> => {
       if (entry._tag === "Full") return Effect.fail(new QueueFull({ queued: gate.queued }))
       const { waiter } = entry
       return restore(Deferred.await(waiter.wake)).pipe(
@@ -376,40 +442,40 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
         ),
         Effect.map(() => {
           publish()
-          return waiter.stamp
+          return waiter
         })
       )
     }
 
     /**
-     * Takes a permit, waiting in its lane if needed, then runs `use` with the stamp it was granted
-     * with. Run uninterruptibly. An uncontended grant is decided in the same synchronous step.
+     * Takes a permit, waiting in its lane if needed, then runs `use` with what it was granted with.
+     * Run uninterruptibly. An uncontended grant is decided in the same synchronous step.
      */
     const enter = <A, E, R>(
       acquireOptions: AcquireOptions | undefined,
       restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>,
-      use: (stamp: number) => Effect.Effect<A, E, R>
+      use: (grant: Grant) => Effect.Effect<A, E, R>
     ): Effect.Effect<A, E | QueueFull, R> =>
       Effect.suspend(() => {
         const entry = gate.enter(acquireOptions?.priority ?? "interactive")
         publish()
-        return entry._tag === "Granted" ? use(entry.stamp) : Effect.flatMap(awaitTurn(entry, restore), use)
+        return entry._tag === "Granted" ? use(entry) : Effect.flatMap(awaitTurn(entry, restore), use)
       })
 
     // `Scope.addFinalizer`, not `Effect.addFinalizer`: releasing is one synchronous step that
     // needs none of the fiber refs `Effect.addFinalizer` diffs and restores around it.
     const acquire = (acquireOptions?: AcquireOptions): Effect.Effect<Permit, QueueFull, Scope.Scope> =>
       Effect.uninterruptibleMask((restore) =>
-        enter(acquireOptions, restore, (stamp) =>
-          Effect.flatMap(Effect.scope, (scope) => Effect.as(Scope.addFinalizer(scope, release), permitFor(stamp).permit)))
+        enter(acquireOptions, restore, (grant) =>
+          Effect.flatMap(Effect.scope, (scope) => Effect.as(Scope.addFinalizer(scope, release), permitFor(grant).permit)))
       )
 
     // Already uninterruptible, so `Effect.exit` then settling and releasing is `Effect.onExit`
     // without the second mask and the extra steps it takes.
     const withPermit: Service["withPermit"] = (use, acquireOptions) =>
       Effect.uninterruptibleMask((restore) =>
-        enter(acquireOptions, restore, (stamp) => {
-          const { permit, settle } = permitFor(stamp)
+        enter(acquireOptions, restore, (grant) => {
+          const { permit, settle } = permitFor(grant)
           return Effect.flatMap(Effect.exit(restore(use(permit))), (exit) => {
             settle(outcomeOf(exit))
             gate.release()

@@ -26,8 +26,13 @@ export const resolveLimits = (
   return { firstContent: millis("firstContent"), idle: millis("idle"), total: millis("total") }
 }
 
-/** Called once with the time from response headers to the first content. */
-export type OnFirstContent = (queueDelay: Duration.Duration) => Effect.Effect<void>
+/** Who is told when the headers and the first content of a success arrive. */
+export interface Observers {
+  /** Once, when the success status and headers arrive. */
+  readonly onAccepted?: Effect.Effect<void> | undefined
+  /** Once, with the time from the response headers to the first content. */
+  readonly onFirstContent?: ((queueDelay: Duration.Duration) => Effect.Effect<void>) | undefined
+}
 
 /**
  * Mutable, owned by one call's fiber. Keep-alive bytes never touch it: only `contentArrived`
@@ -41,17 +46,18 @@ export class Timeline {
   constructor(
     private readonly limits: Limits,
     private readonly startedAt: number,
-    private readonly onFirstContent: OnFirstContent | undefined
+    private readonly observers: Observers | undefined
   ) {}
 
   /** Starts the timeline of a call now. */
-  static start(limits: Limits, onFirstContent: OnFirstContent | undefined): Effect.Effect<Timeline> {
-    return Effect.map(Clock.currentTimeMillis, (now) => new Timeline(limits, now, onFirstContent))
+  static start(limits: Limits, observers: Observers | undefined): Effect.Effect<Timeline> {
+    return Effect.map(Clock.currentTimeMillis, (now) => new Timeline(limits, now, observers))
   }
 
-  /** The response status and headers arrived. */
-  readonly headersArrived: Effect.Effect<void> = Effect.map(Clock.currentTimeMillis, (now) => {
+  /** The success status and headers arrived. */
+  readonly headersArrived: Effect.Effect<void> = Effect.flatMap(Clock.currentTimeMillis, (now) => {
     this.headersAt = now
+    return this.observers?.onAccepted ?? Effect.void
   })
 
   /** Content (not keep-alive) arrived: the first one ends the queueing phase. */
@@ -59,9 +65,10 @@ export class Timeline {
     this.idleFrom = now
     if (this.firstContentAt !== undefined) return Effect.void
     this.firstContentAt = now
-    return this.onFirstContent === undefined || this.headersAt === undefined
+    const onFirstContent = this.observers?.onFirstContent
+    return onFirstContent === undefined || this.headersAt === undefined
       ? Effect.void
-      : this.onFirstContent(Duration.millis(now - this.headersAt))
+      : onFirstContent(Duration.millis(now - this.headersAt))
   })
 
   /**

@@ -395,7 +395,7 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
         options?.deadlines === undefined
           ? layerLimits
           : resolveLimits(settings.defaultDeadlines, settings.deadlines, options.deadlines),
-        options?.onFirstContent
+        options
       )
 
     const post = (body: unknown) => HttpClientRequest.bodyText(endpoint, JSON.stringify(body), "application/json")
