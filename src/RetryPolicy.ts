@@ -5,7 +5,8 @@
  * The default: exponential backoff with full jitter (`U(0,1) · min(cap, base · 2^n)`, AWS's
  * formula, which spreads a burst of failures instead of retrying them in lock-step), a maximum
  * number of retries, only for errors whose `retryable` is true, and never sooner than a server's
- * `Retry-After`. A `Retry-After` longer than `maxRetryAfter` ends the retries instead of being
+ * `Retry-After`. `jitter: "decorrelated"` takes Polly's decorrelated jitter instead: as spread
+ * out, with a median first delay of `base` and a total wait that grows smoothly, retry by retry. A `Retry-After` longer than `maxRetryAfter` ends the retries instead of being
  * cut short: retrying sooner than asked only draws another 429.
  *
  * @since 0.1.0
@@ -17,6 +18,8 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Random from "effect/Random"
 import * as Schedule from "effect/Schedule"
+import * as ScheduleDecision from "effect/ScheduleDecision"
+import * as ScheduleInterval from "effect/ScheduleInterval"
 
 /**
  * The part of an error a retry decision reads: `retryable`, and an optional server-requested
@@ -44,6 +47,8 @@ export interface Options {
   readonly maxRetries?: number | undefined
   /** A server-requested wait longer than this ends the retries. Default 60 s. */
   readonly maxRetryAfter?: Duration.DurationInput | undefined
+  /** `exponentialFullJitter` or `decorrelatedJitter`. Default "full". */
+  readonly jitter?: "full" | "decorrelated" | undefined
 }
 
 /**
@@ -82,6 +87,34 @@ export const exponentialFullJitter = (
   )
 
 /**
+ * Polly's decorrelated jitter (V2): at retry `n`, with `t = n + U(0,1)` and
+ * `f(t) = 2^t · tanh(√(4t))`, the delay is `(f(t) − f(t_prev)) / 1.4 · base`, capped at `cap`.
+ * The delays telescope: the total wait after `n` retries is `f(t_n) / 1.4 · base`, between
+ * `f(n − 1)` and `f(n)` of that, so it grows exponentially without lock-step, and the first
+ * delay has a median of `base`. The draws come from Effect's `Random`. Recurs forever: bound it
+ * with `Schedule.recurs`.
+ *
+ * @since 0.1.0
+ * @category schedules
+ */
+export const decorrelatedJitter = (
+  base: Duration.DurationInput,
+  cap: Duration.DurationInput
+): Schedule.Schedule<Duration.Duration> => {
+  const baseMillis = Duration.toMillis(base)
+  const capMillis = Duration.toMillis(cap)
+  const curve = (t: number) => Math.pow(2, t) * Math.tanh(Math.sqrt(4 * t))
+  return Schedule.makeWithState({ retry: 0, previous: 0 }, (now, _: unknown, state) =>
+    Effect.map(Random.next, (u) => {
+      const next = curve(state.retry + u)
+      const millis = ((next - state.previous) / 1.4) * baseMillis
+      // Far out, both curve values overflow to Infinity: the cap is what is left.
+      const delay = Duration.millis(Number.isFinite(millis) ? Math.min(millis, capMillis) : capMillis)
+      return [{ retry: state.retry + 1, previous: next }, delay, ScheduleDecision.continueWith(ScheduleInterval.after(now))] as const
+    })).pipe(Schedule.addDelay((delay) => delay))
+}
+
+/**
  * Keeps a schedule's delay at least as long as the server's `Retry-After`, and stops when that
  * is longer than `max`. The schedule's input must be the error.
  *
@@ -98,13 +131,16 @@ export const honoringRetryAfter = (max: Duration.DurationInput) =>
 
 /**
  * The full policy as a schedule whose input and output are the error being retried: only
- * retryable errors, full-jitter backoff, at most `maxRetries`, honouring `Retry-After`.
+ * retryable errors, jittered backoff, at most `maxRetries`, honouring `Retry-After`.
  *
  * @since 0.1.0
  * @category schedules
  */
 export const schedule = <E extends Classified = Classified>(options: Options = {}): Schedule.Schedule<E, E> =>
-  exponentialFullJitter(options.base ?? defaults.base, options.cap ?? defaults.cap).pipe(
+  (options.jitter === "decorrelated" ? decorrelatedJitter : exponentialFullJitter)(
+    options.base ?? defaults.base,
+    options.cap ?? defaults.cap
+  ).pipe(
     Schedule.intersect(Schedule.recurs(options.maxRetries ?? defaults.maxRetries)),
     Schedule.whileInput((error: E) => error.retryable),
     honoringRetryAfter(options.maxRetryAfter ?? defaults.maxRetryAfter),

@@ -102,6 +102,43 @@ describe("RetryPolicy", () => {
       expect(new Set(delays.map(Duration.toMillis)).size).toBeGreaterThan(1)
     }))
 
+  it.effect("decorrelated jitter: a total wait between f(n − 1) and f(n), capped, a median first delay of base", () =>
+    Effect.gen(function*() {
+      const delaysOf = (schedule: Schedule.Schedule<Duration.Duration>, n: number) =>
+        schedule.pipe(Schedule.delays, Schedule.run(0, Array.from({ length: n }, (_, i) => i)))
+          .pipe(Effect.map((delays) => Chunk.toReadonlyArray(delays).map(Duration.toMillis)))
+      const f = (t: number) => Math.pow(2, t) * Math.tanh(Math.sqrt(4 * t))
+      const uncapped = yield* delaysOf(RetryPolicy.decorrelatedJitter("100 millis", "1 hour"), 10)
+      let total = 0
+      for (const [n, ms] of uncapped.entries()) {
+        total += ms
+        expect(total).toBeGreaterThanOrEqual((f(n) / 1.4) * 100 - 1e-6)
+        expect(total).toBeLessThanOrEqual((f(n + 1) / 1.4) * 100 + 1e-6)
+      }
+      const delays = yield* delaysOf(RetryPolicy.decorrelatedJitter("100 millis", "2 seconds"), 2000)
+      expect(delays.every((ms) => ms >= 0 && ms <= 2000)).toBe(true)
+      expect(delays.slice(1100)).toEqual(Array(900).fill(2000)) // far out, the curve overflows: the cap
+      // Over many independent first retries, half wait less than base.
+      const firsts = yield* Effect.forEach(
+        Array.from({ length: 400 }, () => delaysOf(RetryPolicy.decorrelatedJitter("100 millis", "2 seconds"), 1)),
+        (first) => Effect.map(first, ([ms]) => ms!)
+      )
+      const shorter = firsts.filter((ms) => ms < 100).length / firsts.length
+      expect(shorter).toBeGreaterThan(0.4)
+      expect(shorter).toBeLessThan(0.6)
+    }))
+
+  it.effect("schedule with jitter: decorrelated retries with those delays", () =>
+    Effect.gen(function*() {
+      const { attempts, fiber } = yield* flaky(
+        [rateLimited(), rateLimited()],
+        RetryPolicy.schedule({ jitter: "decorrelated", base: "1 second", cap: "10 seconds" })
+      )
+      yield* TestClock.adjust("1 minute")
+      expect(yield* Fiber.join(fiber)).toMatchObject({ _tag: "Right", right: "ok" })
+      expect(yield* Ref.get(attempts)).toBe(3)
+    }))
+
   it.effect("tapRetries reports each retry with the delay it waits", () =>
     Effect.gen(function*() {
       const seen = yield* Ref.make<ReadonlyArray<[string, number]>>([])
