@@ -6,7 +6,8 @@
  * formula, which spreads a burst of failures instead of retrying them in lock-step), a maximum
  * number of retries, only for errors whose `retryable` is true, and never sooner than a server's
  * `Retry-After`. `jitter: "decorrelated"` takes Polly's decorrelated jitter instead: as spread
- * out, with a median first delay of `base` and a total wait that grows smoothly, retry by retry. A `Retry-After` longer than `maxRetryAfter` ends the retries instead of being
+ * out, with a first delay around `base` (its median is 0.9 × `base`) and a total wait that grows
+ * smoothly, retry by retry. A `Retry-After` longer than `maxRetryAfter` ends the retries instead of being
  * cut short: retrying sooner than asked only draws another 429.
  *
  * @since 0.1.0
@@ -91,8 +92,8 @@ export const exponentialFullJitter = (
  * `f(t) = 2^t · tanh(√(4t))`, the delay is `(f(t) − f(t_prev)) / 1.4 · base`, capped at `cap`.
  * The delays telescope: the total wait after `n` retries is `f(t_n) / 1.4 · base`, between
  * `f(n − 1)` and `f(n)` of that, so it grows exponentially without lock-step, and the first
- * delay has a median of `base`. The draws come from Effect's `Random`. Recurs forever: bound it
- * with `Schedule.recurs`.
+ * delay is around `base` (median 0.9 × `base`, as Polly's `medianFirstRetryDelay`). The draws
+ * come from Effect's `Random`. Recurs forever: bound it with `Schedule.recurs`.
  *
  * @since 0.1.0
  * @category schedules
