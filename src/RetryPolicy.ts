@@ -90,8 +90,8 @@ export const exponentialFullJitter = (
 /**
  * Polly's decorrelated jitter (V2): at retry `n`, with `t = n + U(0,1)` and
  * `f(t) = 2^t · tanh(√(4t))`, the delay is `(f(t) − f(t_prev)) / 1.4 · base`, capped at `cap`.
- * The delays telescope: the total wait after `n` retries is `f(t_n) / 1.4 · base`, between
- * `f(n − 1)` and `f(n)` of that, so it grows exponentially without lock-step, and the first
+ * The delays telescope: the total wait after `n` retries is `f(t) / 1.4 · base` for its last `t`,
+ * between `f(n − 1)` and `f(n)` of that, so it grows exponentially without lock-step; the first
  * delay is around `base` (median 0.9 × `base`, as Polly's `medianFirstRetryDelay`). The draws
  * come from Effect's `Random`. Recurs forever: bound it with `Schedule.recurs`.
  *
