@@ -647,18 +647,19 @@ describe("ConcurrencyLimiter", () => {
         return { dropShare: drops / total, phaseUse }
       })
 
-    it.effect("converges near an account cap that moves 24 → 6 → 32, with few 429s", () =>
-      Effect.gen(function*() {
-        const { dropShare, phaseUse } = yield* simulate(false)
-        expect(dropShare).toBeLessThanOrEqual(0.02) // 7 of 600 as tuned
-        for (const [phase, use] of phaseUse.entries()) expect(use, `phase ${phase}`).toBeGreaterThanOrEqual(0.8)
-      }), 60_000)
-
-    it.effect("clocked by acceptances, it converges nearer, with as few 429s", () =>
-      Effect.gen(function*() {
-        const { dropShare, phaseUse } = yield* simulate(true)
-        expect(dropShare).toBeLessThanOrEqual(0.02) // 8 of 600 as tuned
-        for (const [phase, use] of phaseUse.entries()) expect(use, `phase ${phase}`).toBeGreaterThanOrEqual(0.9)
-      }), 60_000)
+    // 7 and 8 of 600 drew a 429 as tuned; acceptances let it hold nearer the cap.
+    for (
+      const { minimumUse, name, reportAcceptance } of [
+        { name: "converges near an account cap that moves 24 → 6 → 32, with few 429s", reportAcceptance: false, minimumUse: 0.8 },
+        { name: "clocked by acceptances, it converges nearer, with as few 429s", reportAcceptance: true, minimumUse: 0.9 }
+      ]
+    ) {
+      it.effect(name, () =>
+        Effect.gen(function*() {
+          const { dropShare, phaseUse } = yield* simulate(reportAcceptance)
+          expect(dropShare).toBeLessThanOrEqual(0.02)
+          for (const [phase, use] of phaseUse.entries()) expect(use, `phase ${phase}`).toBeGreaterThanOrEqual(minimumUse)
+        }), 60_000)
+    }
   })
 })

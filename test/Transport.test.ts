@@ -499,6 +499,12 @@ describe("Transport deadlines (TestClock)", () => {
     }).pipe(Effect.provide(setup([MockUpstream.completion(generation, { delay: "2 minutes" })]))))
 })
 
+/** Headers after 5 s, a keep-alive line, then the body 45 s later. */
+const queuedFor45Seconds = MockUpstream.parts(
+  ["\n", { delay: "45 seconds", text: JSON.stringify(Wire.completion(generation)) }],
+  { latency: "5 seconds" }
+)
+
 describe("Transport onFirstContent", () => {
   const recorder = Effect.map(Ref.make<ReadonlyArray<Duration.Duration>>([]), (ref) => ({
     delays: Ref.get(ref),
@@ -512,12 +518,7 @@ describe("Transport onFirstContent", () => {
       yield* TestClock.adjust("2 minutes")
       yield* Fiber.join(fiber)
       expect(yield* delays).toEqual([Duration.seconds(45)])
-    }).pipe(Effect.provide(setup([
-      MockUpstream.parts(
-        ["\n", { delay: "45 seconds", text: JSON.stringify(Wire.completion(generation)) }],
-        { latency: "5 seconds" }
-      )
-    ]))))
+    }).pipe(Effect.provide(setup([queuedFor45Seconds]))))
 
   it.effect("stream: reports the queueing time once, keep-alives excluded", () =>
     Effect.gen(function*() {
@@ -548,12 +549,7 @@ describe("Transport onAccepted", () => {
       yield* TestClock.adjust("1 minute")
       yield* Fiber.join(fiber)
       expect(yield* count).toBe(1)
-    }).pipe(Effect.provide(setup([
-      MockUpstream.parts(
-        ["\n", { delay: "45 seconds", text: JSON.stringify(Wire.completion(generation)) }],
-        { latency: "5 seconds" }
-      )
-    ]))))
+    }).pipe(Effect.provide(setup([queuedFor45Seconds]))))
 
   it.effect("is not reported for a 429", () =>
     Effect.gen(function*() {
