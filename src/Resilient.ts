@@ -7,8 +7,9 @@
  * 1. **Retry** (`RetryPolicy`, guarded by the shared `RetryBudget`). It is outermost, so each
  *    attempt passes every gate below again, and a call that is backing off holds nothing. The
  *    budget caps retries at a share of recent traffic, so an incident cannot become a retry storm.
- *    A retry the budget refuses waits up to `budgetWait` for room before its error surfaces, so a
- *    burst of failures is paced at the budget's rate instead of losing the work.
+ *    A retry the budget refuses waits for room, up to the policy's `maxRetryAfter` (the longest
+ *    wait it honours anyway), before its error surfaces, so a burst of failures is paced at the
+ *    budget's rate instead of losing the work.
  * 2. **Token bucket** (`TokenBucket`). A call waiting for rate capacity holds no concurrency
  *    permit.
  * 3. **Concurrency limiter** (`ConcurrencyLimiter`, adaptive by default). A permit is held from
@@ -150,14 +151,6 @@ export const callDuration = Metric.timerWithBoundaries(
 )
 
 /**
- * How long a retry the budget refused waits for room before its error surfaces: as long as the
- * longest `Retry-After` the default retry policy honours.
- *
- * @since 0.1.0
- */
-export const budgetWait: Duration.Duration = RetryPolicyModule.defaults.maxRetryAfter
-
-/**
  * The parts the client is built from.
  *
  * @since 0.1.0
@@ -181,7 +174,7 @@ export type Parts =
 export const make: Effect.Effect<Service, never, Parts> = Effect.gen(function*() {
   const transport = yield* Transport
   const limiter = yield* ConcurrencyLimiter
-  const { schedule } = yield* RetryPolicy
+  const { maxRetryAfter, schedule } = yield* RetryPolicy
   const budget = yield* RetryBudget
   const bucket = yield* TokenBucket
   const breaker = yield* CircuitBreaker
@@ -192,7 +185,7 @@ export const make: Effect.Effect<Service, never, Parts> = Effect.gen(function*()
     Effect.zipRight(Metric.increment(retriesCounter), telemetry.retrying(error, delay))
   /** The retry schedule as a call sees it: budget-guarded, and every retry reported. */
   const retries = <R>(self: Schedule.Schedule<RetryPolicyModule.Classified, RetryPolicyModule.Classified, R>) =>
-    self.pipe(RetryBudgetModule.guard(budget, { waitFor: budgetWait }), RetryPolicyModule.tapRetries(onRetry))
+    self.pipe(RetryBudgetModule.guard(budget, { waitFor: maxRetryAfter }), RetryPolicyModule.tapRetries(onRetry))
   // Built once: `create` needs the same schedule for every call.
   const createRetries = retries(schedule)
   const onFailure = (error: ResilientError) =>

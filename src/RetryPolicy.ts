@@ -155,6 +155,11 @@ export const schedule = <E extends Classified = Classified>(options: Options = {
 export interface Service {
   /** The schedule retries follow; its input and output are the failed attempt's error. */
   readonly schedule: Schedule.Schedule<Classified, Classified>
+  /**
+   * The longest wait the policy honours before a retry (`Options.maxRetryAfter`): a retry that
+   * `Resilient`'s retry budget refuses waits as long for room.
+   */
+  readonly maxRetryAfter: Duration.Duration
 }
 
 /**
@@ -168,7 +173,10 @@ export class RetryPolicy extends Context.Tag("weatherproof/RetryPolicy")<RetryPo
  * @category layers
  */
 export const layer = (options: Options = {}): Layer.Layer<RetryPolicy> =>
-  Layer.succeed(RetryPolicy, { schedule: schedule(options) })
+  Layer.succeed(RetryPolicy, {
+    schedule: schedule(options),
+    maxRetryAfter: Duration.decode(options.maxRetryAfter ?? defaults.maxRetryAfter)
+  })
 
 /**
  * Never retries: for tests and for callers that retry themselves.
@@ -177,7 +185,8 @@ export const layer = (options: Options = {}): Layer.Layer<RetryPolicy> =>
  * @category layers
  */
 export const layerNone: Layer.Layer<RetryPolicy> = Layer.succeed(RetryPolicy, {
-  schedule: Schedule.whileInput(Schedule.identity<Classified>(), () => false)
+  schedule: Schedule.whileInput(Schedule.identity<Classified>(), () => false),
+  maxRetryAfter: Duration.zero
 })
 
 /**

@@ -64,6 +64,7 @@ interface Overrides {
   readonly bucket?: Layer.Layer<TokenBucket.TokenBucket>
   readonly breaker?: Layer.Layer<CircuitBreaker.CircuitBreaker>
   readonly cache?: Layer.Layer<ResponseCache.ResponseCache>
+  readonly retry?: RetryPolicy.Options
 }
 
 const pipeline = (steps: ReadonlyArray<Step>, overrides: Overrides = {}) => {
@@ -74,7 +75,7 @@ const pipeline = (steps: ReadonlyArray<Step>, overrides: Overrides = {}) => {
     Layer.provide([
       scriptedTransport(steps, calls),
       Layer.succeed(ConcurrencyLimiter.ConcurrencyLimiter, limiter),
-      RetryPolicy.layer({ base: "100 millis", cap: "1 second" }),
+      RetryPolicy.layer({ base: "100 millis", cap: "1 second", ...overrides.retry }),
       Layer.succeed(Telemetry.Telemetry, telemetry),
       overrides.budget ?? RetryBudget.layerUnlimited,
       overrides.bucket ?? TokenBucket.layerUnlimited,
@@ -185,13 +186,13 @@ describe("Resilient", () => {
     }).pipe(Effect.provide(layer))
   })
 
-  it.effect("a spent retry budget holds a retry back, then surfaces the error", () => {
+  it.effect("a spent retry budget holds a retry back for the policy's maxRetryAfter, then surfaces the error", () => {
     const budget = RetryBudget.layer({ ratio: 0, minRetriesPerSecond: 0 })
-    const { layer, calls, counts } = pipeline([rateLimited(1)], { budget })
+    const { layer, calls, counts } = pipeline([rateLimited(1)], { budget, retry: { maxRetryAfter: "20 seconds" } })
     return Effect.gen(function*() {
       const client = yield* Resilient.Resilient
       const fiber = yield* Effect.fork(Effect.flip(client.create(request)))
-      yield* TestClock.adjust(Duration.subtract(Resilient.budgetWait, Duration.seconds(1)))
+      yield* TestClock.adjust("19 seconds")
       expect(fiber.unsafePoll()).toBeNull()
       yield* TestClock.adjust("1 second")
       expect((yield* Fiber.join(fiber))._tag).toBe("RateLimited")
