@@ -69,12 +69,12 @@
  *
  * ## Limits of this design
  *
- * - The pool does not call `CallOptions.onFirstContent`: queue delays feed the per-account
- *   limiters inside, and the outer limiter is unbounded.
- * - The inner clients update the same `Resilient` metrics as the outer one: with a pool,
- *   `weatherproof_calls` and `weatherproof_attempt_failures` count each account attempt besides
- *   each call. Per-account numbers are in the limiters' and breakers' labelled metrics,
- *   `failoversCounter`, `snapshot` and the ledger.
+ * - The pool does not call `CallOptions.onFirstContent` or `onAccepted`: queue delays and
+ *   acceptances feed the per-account limiters inside, and the outer limiter is unbounded.
+ * - The inner clients update the `Resilient` metrics labelled `account=<name>`: unlabelled,
+ *   `weatherproof_calls` and `weatherproof_attempt_failures` count the pool's calls once; per
+ *   account they count the attempts each served. The limiters' and breakers' labelled metrics,
+ *   `failoversCounter`, `snapshot` and the ledger give the rest.
  *
  * @since 0.1.0
  */

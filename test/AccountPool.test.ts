@@ -3,6 +3,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as TestClock from "effect/TestClock"
@@ -203,6 +204,24 @@ describe("AccountPool", () => {
       // The excluded accounts are not called again.
       yield* Effect.repeatN(resilientCreate, 1)
       expect(yield* chatHosts).toEqual(["a", "b", "c", "c", "c"])
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.effect("counts each call once in the pipeline's metrics, and each account's attempts under its label", () => {
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"]), account("b", ["sk-b"])],
+      handlers: { a: status(402), b: healthy() }
+    }
+    const { layer } = stackLayer(setup)
+    const count = (metric: typeof Resilient.callsCounter) => Effect.map(Metric.value(metric), (state) => state.count)
+    const calls = count(Resilient.callsCounter)
+    const callsOn = (name: string) => count(Metric.tagged(Resilient.callsCounter, "account", name))
+    return Effect.gen(function*() {
+      const before = yield* Effect.all([calls, callsOn("a"), callsOn("b")])
+      yield* resilientCreate // a answers 402, b serves: one call, two account attempts
+      yield* resilientCreate // b only
+      const after = yield* Effect.all([calls, callsOn("a"), callsOn("b")])
+      expect(after.map((n, i) => n - before[i]!)).toEqual([2, 1, 2])
     }).pipe(Effect.provide(layer))
   })
 

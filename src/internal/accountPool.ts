@@ -154,9 +154,20 @@ const makeMember = (
         ResponseCache.layerDisabled
       ))
     )
-    const member: Member = new Member(index, account, client, limiter, breaker, keys)
+    const member: Member = new Member(index, account, labelledMetrics(account.name, client), limiter, breaker, keys)
     return member
   })
+
+/**
+ * The account's client with its metrics (`weatherproof_calls`, failed attempts, durations)
+ * labelled `account=<name>`: the pool's outer client counts each call once, unlabelled, and
+ * these count the attempts each account served.
+ */
+const labelledMetrics = (account: string, client: Resilient.Service): Resilient.Service => ({
+  create: (request, options) => Effect.tagMetrics(client.create(request, options), "account", account),
+  stream: (request, options) =>
+    Stream.unwrapScoped(Effect.as(Effect.tagMetricsScoped("account", account), client.stream(request, options)))
+})
 
 // ---------------------------------------------------------------------------------------------
 // Availability and selection
