@@ -252,13 +252,25 @@ describe("ConcurrencyLimiter", () => {
         const fifth = yield* hold(limiter, 1)
         yield* fifth[0]!.permit.accepted
         expect(yield* limitOf(limiter)).toBe(6)
-        // Accepted requests that succeed do not grow slow start a second time.
+        // Each permit grows slow start once: the three below the top grow it as they succeed.
         yield* Effect.forEach([...held, ...fifth], (h) => h.permit.complete(success))
-        expect(yield* limitOf(limiter)).toBe(6)
+        expect(yield* limitOf(limiter)).toBe(9)
         const sixth = yield* hold(limiter, 1)
         yield* sixth[0]!.permit.complete(dropped) // the one overshoot: 5 were accepted
         expect(yield* limitOf(limiter)).toBe(5)
         yield* release([...held, ...fifth, ...sixth])
+      }))
+
+    it.effect("where acceptance comes only with the response, slow start still doubles every round", () =>
+      Effect.gen(function*() {
+        const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 4 })
+        const acceptedAsItEnds = Effect.gen(function*() {
+          const held = yield* hold(limiter, yield* limitOf(limiter))
+          yield* Effect.forEach(held, (h) => Effect.zipRight(h.permit.accepted, h.permit.complete(success)))
+          yield* release(held)
+          return yield* limitOf(limiter)
+        })
+        expect(yield* Effect.replicateEffect(acceptedAsItEnds, 3)).toEqual([8, 16, 32])
       }))
 
     it.effect("with acceptances, a probe from the hold is one request above the ceiling", () =>

@@ -126,21 +126,22 @@ const firstOf = <A>(set: Set<A>): A | undefined => set.values().next().value
 // -----------------------------------------------------------------------------
 
 /**
- * Moves the limit from outcomes. `stamp` marks a permit at grant; `accepted` and `record` get it
- * back with the permit's grant level (`accepted` when the upstream took the request, before it
- * ends; `record` when it ends, `acceptedEarly` if `accepted` came first).
+ * Moves the limit from outcomes. `stamp` marks a permit at grant; `accepted` gets it back with
+ * the permit's grant level when the upstream took the request, before it ends, and says whether
+ * that grew the limit; `record` gets it when the request ends (`grewOnAcceptance`: what
+ * `accepted` said, so a permit grows slow start once).
  */
 export interface Policy {
   readonly limit: number
   readonly stamp: number
-  readonly accepted: (stamp: number, level: number) => void
-  readonly record: (stamp: number, outcome: Outcome, inFlight: number, acceptedEarly: boolean) => void
+  readonly accepted: (stamp: number, level: number) => boolean
+  readonly record: (stamp: number, outcome: Outcome, inFlight: number, grewOnAcceptance: boolean) => void
 }
 
 export const fixedPolicy = (permits: number): Policy => ({
   limit: permits,
   stamp: 0,
-  accepted: () => {},
+  accepted: () => false,
   record: () => {}
 })
 
@@ -230,19 +231,22 @@ class Aimd implements Policy {
 
   /**
    * A request granted at `level` holds a slot upstream. In slow start, the one at the top of the
-   * limit lets one more request go above it: growth clocked by round trips, not by responses,
-   * with a single request at a time in untried territory, so an overshoot costs one 429.
+   * limit lets one more request go above it at once: growth clocked by round trips, not by
+   * responses, with a single request at a time in untried territory, so an overshoot costs one
+   * 429. Where acceptance only comes with the response, this is classic slow start again.
    */
-  accepted(stamp: number, level: number): void {
+  accepted(stamp: number, level: number): boolean {
     this.acceptanceClocked = true
-    if (stamp !== this.epoch) return
+    if (stamp !== this.epoch) return false
     this.succeededSinceDecrease = true
-    if (level <= this.confirmed) return
+    if (level <= this.confirmed) return false
     this.confirmed = level
-    if (this.phase === "slowStart" && this.congestedWindows === 0 && level >= this.limit) this.setValue(level + 1)
+    if (this.phase !== "slowStart" || this.congestedWindows > 0 || level < this.limit) return false
+    this.setValue(level + 1)
+    return true
   }
 
-  record(stamp: number, outcome: Outcome, inFlight: number, acceptedEarly: boolean): void {
+  record(stamp: number, outcome: Outcome, inFlight: number, grewOnAcceptance: boolean): void {
     if (stamp !== this.epoch) {
       // Sent before the last decrease, at the old limit: it must not decrease again, but a drop
       // sent alongside the one that did means fewer requests were accepted at that level.
@@ -250,10 +254,10 @@ class Aimd implements Policy {
       return
     }
     if (outcome._tag === "Dropped") this.decrease(inFlight)
-    else if (outcome._tag === "Success") this.succeeded(inFlight, outcome.queueDelay, acceptedEarly)
+    else if (outcome._tag === "Success") this.succeeded(inFlight, outcome.queueDelay, grewOnAcceptance)
   }
 
-  private succeeded(inFlight: number, queueDelay: Duration.Duration | undefined, acceptedEarly: boolean): void {
+  private succeeded(inFlight: number, queueDelay: Duration.Duration | undefined, grewOnAcceptance: boolean): void {
     this.succeededSinceDecrease = true
     if (queueDelay !== undefined) {
       this.delaySum += Duration.toMillis(queueDelay)
@@ -261,8 +265,8 @@ class Aimd implements Policy {
     }
     // An unused limit proves nothing about the upstream: neither grow it nor count the round.
     if (inFlight < this.value / 2) return
-    // An accepted request already moved slow start when it was accepted.
-    if (this.congestedWindows === 0 && !(acceptedEarly && this.phase === "slowStart")) this.grow()
+    // A request that grew slow start when it was accepted does not grow it again.
+    if (this.congestedWindows === 0 && !(grewOnAcceptance && this.phase === "slowStart")) this.grow()
     if (++this.roundSuccesses >= this.roundSize) this.endRound()
   }
 
@@ -397,7 +401,8 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
      */
     const permitFor = ({ level, stamp }: Grant) => {
       let completed = false
-      let acceptedEarly = false
+      let accepted = false
+      let grewOnAcceptance = false
       let queueDelay: Duration.Duration | undefined
       const settle = (outcome: Outcome): void => {
         if (completed) return
@@ -405,7 +410,7 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
         const observed = outcome._tag === "Success" && outcome.queueDelay === undefined && queueDelay !== undefined
           ? { _tag: "Success" as const, queueDelay }
           : outcome
-        policy.record(stamp, observed, gate.inFlight, acceptedEarly)
+        policy.record(stamp, observed, gate.inFlight, grewOnAcceptance)
         // The request no longer holds a slot upstream, but its permit is counted until released:
         // granting now would place the next request one level too high.
         gate.relimit(policy.limit)
@@ -415,9 +420,9 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
       const permit: Permit = {
         complete: (outcome) => Effect.sync(() => settle(outcome)),
         accepted: Effect.sync(() => {
-          if (completed || acceptedEarly) return
-          acceptedEarly = true
-          policy.accepted(stamp, level)
+          if (completed || accepted) return
+          accepted = true
+          grewOnAcceptance = policy.accepted(stamp, level)
           gate.resize(policy.limit)
           publish()
         }),
