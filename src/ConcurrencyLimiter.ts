@@ -28,8 +28,9 @@
  *    at the top of the limit lets one more request go: the limit climbs one per round trip, with
  *    a single request at a time above what was accepted, so the overshoot that finds the cap
  *    costs one 429 and a risen cap is climbed in milliseconds on a local network (a round trip
- *    per step elsewhere), not in response times. Every other permit grows the limit by one when
- *    it succeeds, so where acceptance only comes with the response (or is not reported), this is
+ *    per step elsewhere), not in response times. The limiter learns whether acceptances come
+ *    ahead of their responses (nearer the send than the end, over about the last ten): where
+ *    they come with the response, or are not reported, successes clock it instead, +1 each, as
  *    classic slow start: the limit doubles per round and in-flight climbs one request at a time.
  * 2. **Decrease, once per round**: on a drop, the *ceiling* becomes in-flight − 1 (everything
  *    but the dropped request was accepted) and the limit `min(ceiling, in-flight × backoff)`

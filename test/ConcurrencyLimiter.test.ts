@@ -244,33 +244,38 @@ describe("ConcurrencyLimiter", () => {
       Effect.gen(function*() {
         const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 4 })
         const held = yield* hold(limiter, 4)
+        yield* TestClock.adjust("10 millis") // a round trip
         yield* Effect.forEach(held.slice(0, 3), (h) => h.permit.accepted)
         expect(yield* limitOf(limiter)).toBe(4) // below the top: nothing new is proven
         yield* held[3]!.permit.accepted
         yield* held[3]!.permit.accepted // reported twice, counted once
         expect(yield* limitOf(limiter)).toBe(5)
         const fifth = yield* hold(limiter, 1)
+        yield* TestClock.adjust("10 millis")
         yield* fifth[0]!.permit.accepted
         expect(yield* limitOf(limiter)).toBe(6)
-        // Each permit grows slow start once: the three below the top grow it as they succeed.
+        // Responses long after their acceptances: acceptances clock growth, successes do not.
+        yield* TestClock.adjust("2 seconds")
         yield* Effect.forEach([...held, ...fifth], (h) => h.permit.complete(success))
-        expect(yield* limitOf(limiter)).toBe(9)
+        expect(yield* limitOf(limiter)).toBe(6)
         const sixth = yield* hold(limiter, 1)
         yield* sixth[0]!.permit.complete(dropped) // the one overshoot: 5 were accepted
         expect(yield* limitOf(limiter)).toBe(5)
         yield* release([...held, ...fifth, ...sixth])
       }))
 
-    it.effect("where acceptance comes only with the response, slow start still doubles every round", () =>
+    it.effect("where acceptance comes only with the response, slow start learns it and doubles every round", () =>
       Effect.gen(function*() {
         const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 4 })
         const acceptedAsItEnds = Effect.gen(function*() {
           const held = yield* hold(limiter, yield* limitOf(limiter))
+          yield* TestClock.adjust("2 seconds")
           yield* Effect.forEach(held, (h) => Effect.zipRight(h.permit.accepted, h.permit.complete(success)))
           yield* release(held)
           return yield* limitOf(limiter)
         })
-        expect(yield* Effect.replicateEffect(acceptedAsItEnds, 3)).toEqual([8, 16, 32])
+        // It takes a few responses to learn that acceptances come with them, then doubles.
+        expect(yield* Effect.replicateEffect(acceptedAsItEnds, 5)).toEqual([5, 8, 16, 32, 64])
       }))
 
     it.effect("with acceptances, a probe from the hold is one request above the ceiling", () =>

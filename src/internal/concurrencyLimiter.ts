@@ -126,16 +126,24 @@ const firstOf = <A>(set: Set<A>): A | undefined => set.values().next().value
 // -----------------------------------------------------------------------------
 
 /**
+ * How a permit's acceptance went: not reported, reported nearer the send than the response
+ * (`ahead`), or with the response. `grew`: reporting it grew the limit.
+ */
+export interface Acceptance {
+  readonly timing: "unreported" | "ahead" | "withResponse"
+  readonly grew: boolean
+}
+
+/**
  * Moves the limit from outcomes. `stamp` marks a permit at grant; `accepted` gets it back with
  * the permit's grant level when the upstream took the request, before it ends, and says whether
- * that grew the limit; `record` gets it when the request ends (`grewOnAcceptance`: what
- * `accepted` said, so a permit grows slow start once).
+ * that grew the limit; `record` gets it when the request ends, with how its acceptance went.
  */
 export interface Policy {
   readonly limit: number
   readonly stamp: number
   readonly accepted: (stamp: number, level: number) => boolean
-  readonly record: (stamp: number, outcome: Outcome, inFlight: number, grewOnAcceptance: boolean) => void
+  readonly record: (stamp: number, outcome: Outcome, inFlight: number, acceptance: Acceptance) => void
 }
 
 export const fixedPolicy = (permits: number): Policy => ({
@@ -204,8 +212,15 @@ class Aimd implements Policy {
    * the cap is falling).
    */
   private succeededSinceDecrease = true
-  /** Whether the transport reports acceptances: then they, not successes, clock slow start. */
+  /** Whether the transport reports acceptances: then probes start with one request. */
   private acceptanceClocked = false
+  /**
+   * The recent share of acceptances that came ahead of their responses (an average over about
+   * ten): while most do, acceptances clock slow start and successes do not grow it as well,
+   * since two clocks would put several requests at a time above what was accepted. Where they
+   * come with the response, successes clock it (classic slow start).
+   */
+  private aheadShare = 1
   /** The highest grant level accepted since the last decrease. */
   private confirmed = 0
   private roundSize: number
@@ -233,7 +248,7 @@ class Aimd implements Policy {
    * A request granted at `level` holds a slot upstream. In slow start, the one at the top of the
    * limit lets one more request go above it at once: growth clocked by round trips, not by
    * responses, with a single request at a time in untried territory, so an overshoot costs one
-   * 429. Where acceptance only comes with the response, this is classic slow start again.
+   * 429.
    */
   accepted(stamp: number, level: number): boolean {
     this.acceptanceClocked = true
@@ -246,7 +261,10 @@ class Aimd implements Policy {
     return true
   }
 
-  record(stamp: number, outcome: Outcome, inFlight: number, grewOnAcceptance: boolean): void {
+  record(stamp: number, outcome: Outcome, inFlight: number, acceptance: Acceptance): void {
+    if (acceptance.timing !== "unreported") {
+      this.aheadShare += 0.1 * ((acceptance.timing === "ahead" ? 1 : 0) - this.aheadShare)
+    }
     if (stamp !== this.epoch) {
       // Sent before the last decrease, at the old limit: it must not decrease again, but a drop
       // sent alongside the one that did means fewer requests were accepted at that level.
@@ -254,10 +272,13 @@ class Aimd implements Policy {
       return
     }
     if (outcome._tag === "Dropped") this.decrease(inFlight)
-    else if (outcome._tag === "Success") this.succeeded(inFlight, outcome.queueDelay, grewOnAcceptance)
+    else if (outcome._tag === "Success") {
+      const clocked = acceptance.grew || (acceptance.timing !== "unreported" && this.aheadShare >= 0.5)
+      this.succeeded(inFlight, outcome.queueDelay, clocked)
+    }
   }
 
-  private succeeded(inFlight: number, queueDelay: Duration.Duration | undefined, grewOnAcceptance: boolean): void {
+  private succeeded(inFlight: number, queueDelay: Duration.Duration | undefined, clockedByAcceptance: boolean): void {
     this.succeededSinceDecrease = true
     if (queueDelay !== undefined) {
       this.delaySum += Duration.toMillis(queueDelay)
@@ -265,8 +286,7 @@ class Aimd implements Policy {
     }
     // An unused limit proves nothing about the upstream: neither grow it nor count the round.
     if (inFlight < this.value / 2) return
-    // A request that grew slow start when it was accepted does not grow it again.
-    if (this.congestedWindows === 0 && !(grewOnAcceptance && this.phase === "slowStart")) this.grow()
+    if (this.congestedWindows === 0 && !(clockedByAcceptance && this.phase === "slowStart")) this.grow()
     if (++this.roundSuccesses >= this.roundSize) this.endRound()
   }
 
@@ -375,7 +395,7 @@ class Aimd implements Policy {
 // -----------------------------------------------------------------------------
 
 export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effect<Service> =>
-  Effect.sync(() => {
+  Effect.clockWith((clock) => Effect.sync(() => {
     const gate = new Gate(policy.limit, options.maxQueued ?? Infinity, () => policy.stamp)
     const tag = <Type, In, Out>(metric: Metric.Metric<Type, In, Out>) =>
       options.name === undefined ? metric : Metric.tagged(metric, "limiter", options.name)
@@ -398,19 +418,29 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
     /**
      * The permit granted with `stamp`, and `settle` to report an outcome synchronously: the first
      * report counts. A success reported without a queue delay takes the one the holder recorded.
+     * An acceptance is ahead of its response when it came nearer the send than the end.
      */
     const permitFor = ({ level, stamp }: Grant) => {
+      const grantedAt = clock.unsafeCurrentTimeMillis()
       let completed = false
-      let accepted = false
+      let acceptedAt: number | undefined
       let grewOnAcceptance = false
       let queueDelay: Duration.Duration | undefined
+      const acceptance = (): Acceptance => ({
+        timing: acceptedAt === undefined
+          ? "unreported"
+          : clock.unsafeCurrentTimeMillis() - acceptedAt > acceptedAt - grantedAt
+          ? "ahead"
+          : "withResponse",
+        grew: grewOnAcceptance
+      })
       const settle = (outcome: Outcome): void => {
         if (completed) return
         completed = true
         const observed = outcome._tag === "Success" && outcome.queueDelay === undefined && queueDelay !== undefined
           ? { _tag: "Success" as const, queueDelay }
           : outcome
-        policy.record(stamp, observed, gate.inFlight, grewOnAcceptance)
+        policy.record(stamp, observed, gate.inFlight, acceptance())
         // The request no longer holds a slot upstream, but its permit is counted until released:
         // granting now would place the next request one level too high.
         gate.relimit(policy.limit)
@@ -420,8 +450,8 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
       const permit: Permit = {
         complete: (outcome) => Effect.sync(() => settle(outcome)),
         accepted: Effect.sync(() => {
-          if (completed || accepted) return
-          accepted = true
+          if (completed || acceptedAt !== undefined) return
+          acceptedAt = clock.unsafeCurrentTimeMillis()
           grewOnAcceptance = policy.accepted(stamp, level)
           gate.resize(policy.limit)
           publish()
@@ -492,7 +522,7 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
 
     publish()
     return { acquire, withPermit, snapshot }
-  })
+  }))
 
 /** What is wrong with `options`, if anything: ratios that would not move the limit sensibly. */
 const invalidOption = (options: AdaptiveOptions): string | undefined => {
