@@ -59,7 +59,7 @@
  *
  * The limit stays within [`min`, `max`] (1, 256). Tuned on the benchmark's scenario (600
  * requests, a cap moving 24 → 6 → 32 every 200 accepted, 200-600 ms per request, over loopback):
- * 1.06-1.07× the time of an oracle that always holds the current cap, 7-9 requests (1.2-1.5%)
+ * 1.06-1.07× the time of an oracle that always holds the current cap, 7-10 requests (1.2-1.7%)
  * drawing a 429 (docs/benchmarks.md). A cap far above `initial` takes one round trip per request
  * of difference to reach with acceptances (log2(cap/initial) rounds without): raise `initial`
  * when the cap is known to be large.
