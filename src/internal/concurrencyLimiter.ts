@@ -134,6 +134,8 @@ export interface Acceptance {
   readonly grew: boolean
 }
 
+const unreported: Acceptance = { timing: "unreported", grew: false }
+
 /**
  * Moves the limit from outcomes. `stamp` marks a permit at grant; `accepted` gets it back with
  * the permit's grant level when the upstream took the request, before it ends, and says whether
@@ -426,14 +428,11 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
       let acceptedAt: number | undefined
       let grewOnAcceptance = false
       let queueDelay: Duration.Duration | undefined
-      const acceptance = (): Acceptance => ({
-        timing: acceptedAt === undefined
-          ? "unreported"
-          : clock.unsafeCurrentTimeMillis() - acceptedAt > acceptedAt - grantedAt
-          ? "ahead"
-          : "withResponse",
-        grew: grewOnAcceptance
-      })
+      const acceptance = (): Acceptance =>
+        acceptedAt === undefined ? unreported : {
+          timing: clock.unsafeCurrentTimeMillis() - acceptedAt > acceptedAt - grantedAt ? "ahead" : "withResponse",
+          grew: grewOnAcceptance
+        }
       const settle = (outcome: Outcome): void => {
         if (completed) return
         completed = true
