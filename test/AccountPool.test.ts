@@ -334,6 +334,30 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 
+  it.effect("calls queued at the fallback go back to a primary as soon as it may serve again", () => {
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"], { concurrency: 1 }), { ...fallbackAccount, concurrency: 1 }],
+      handlers: { a: status(503), alt: healthy("1 minute") },
+      options: { breaker: { minimumThroughput: 1, failureRatio: 0.25, openFor: "30 seconds" } }
+    }
+    return Effect.gen(function*() {
+      expect((yield* Effect.flip(create))._tag).toBe("ServerError") // a's breaker opens for 30 s
+      // The first call holds the fallback's one permit for a minute; two more queue behind it.
+      const calls = yield* Effect.forEach([1, 2, 3], () => Effect.fork(create))
+      yield* settle
+      expect(yield* chatHosts).toEqual(["a", "alt"])
+      setup.handlers.a = healthy()
+      yield* TestClock.adjust("30 seconds") // a's breaker half-opens: the queued calls move to it
+      expect(calls.slice(1).map((call) => call.unsafePoll()?._tag)).toEqual(["Success", "Success"])
+      const moved = yield* Effect.forEach(calls.slice(1), Fiber.join)
+      expect(moved.map((completion) => completion.id)).toEqual(["cmpl-a", "cmpl-a"])
+      expect(calls[0]!.unsafePoll()).toBeNull() // the call the fallback serves keeps its permit
+      expect(yield* chatHosts).toEqual(["a", "alt", "a", "a"])
+      yield* TestClock.adjust("30 seconds")
+      expect((yield* Fiber.join(calls[0]!)).id).toBe("cmpl-alt")
+    }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
   it.effect("answers NoAccountAvailable with the earliest recovery, which the outer retry waits for", () => {
     const setup: Setup = {
       accounts: [account("a", ["sk-a"]), account("b", ["sk-b"])],

@@ -13,8 +13,11 @@ import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
 import * as Data from "effect/Data"
+import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as FiberId from "effect/FiberId"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
@@ -127,11 +130,46 @@ const whileFunded = (account: string, balanceOf: () => Balance, transport: Trans
   }
 }
 
+/** Fires each time a primary account may serve again; `next` waits for the next time. */
+class PrimaryBack {
+  private signal = Deferred.unsafeMake<void>(FiberId.none)
+
+  readonly next: Effect.Effect<void> = Effect.suspend(() => Deferred.await(this.signal))
+
+  fire(): void {
+    const fired = this.signal
+    this.signal = Deferred.unsafeMake<void>(FiberId.none)
+    Deferred.unsafeDone(fired, Exit.void)
+  }
+}
+
+/**
+ * A fallback's limiter whose waiters give up their place when a primary may serve again: the
+ * call fails over (a local refusal, before anything is sent) and the pool selects again, so a
+ * backlog that queued at the fallback during an outage returns to the primaries. A call that
+ * holds its permit keeps it.
+ */
+const yieldingToPrimaries = (limiter: Limiter.Service, primaryBack: PrimaryBack): Limiter.Service => {
+  const acquire: Limiter.Service["acquire"] = (options) =>
+    Effect.raceFirst(
+      limiter.acquire(options),
+      Effect.zipRight(primaryBack.next, Effect.flatMap(limiter.snapshot, ({ queued }) => new Limiter.QueueFull({ queued })))
+    )
+  return {
+    ...limiter,
+    acquire,
+    withPermit: (use, options) =>
+      Effect.scoped(Effect.flatMap(acquire(options), (permit) =>
+        Effect.onExit(use(permit), (exit) => permit.complete(Limiter.outcomeOf(exit)))))
+  }
+}
+
 /** The account's inner pipeline: one gated attempt per call, no retry, no budget, no bucket. */
 const makeMember = (
   account: Account,
   index: number,
-  settings: Settings
+  settings: Settings,
+  primaryBack: PrimaryBack
 ): Effect.Effect<Member, never, HttpClient.HttpClient | Scope.Scope> =>
   Effect.gen(function*() {
     const keys = yield* KeyPool.make(account.keys, { cooldown: settings.keyCooldown })
@@ -144,7 +182,7 @@ const makeMember = (
       Effect.provide(Layer.mergeAll(
         // Read at each call, once the member below exists.
         Layer.succeed(Transport.Transport, whileFunded(account.name, () => member.balance, transport)),
-        Layer.succeed(Limiter.ConcurrencyLimiter, limiter),
+        Layer.succeed(Limiter.ConcurrencyLimiter, account.fallback ? yieldingToPrimaries(limiter, primaryBack) : limiter),
         Layer.succeed(CircuitBreaker.CircuitBreaker, breaker),
         RetryPolicy.layerNone,
         RetryBudget.layerUnlimited,
@@ -333,7 +371,19 @@ export const make = (
     const client = yield* HttpClient.HttpClient
     const ledger = yield* CostLedger
     const scope = yield* Effect.scope
-    const members = yield* Effect.forEach(accounts, (account, i) => makeMember(account, i, settings))
+    const primaryBack = new PrimaryBack()
+    const members = yield* Effect.forEach(accounts, (account, i) => makeMember(account, i, settings, primaryBack))
+    const primaries = members.filter((member) => !member.account.fallback)
+    // A primary's breaker letting calls through again (half-open or closed) may end an outage.
+    yield* Effect.forEach(primaries, (member) =>
+      member.breaker.changes.pipe(
+        Stream.runForEach((state) =>
+          Effect.sync(() => {
+            if (state._tag === "Closed" || state._tag === "HalfOpen") primaryBack.fire()
+          })
+        ),
+        Effect.forkScoped
+      ), { discard: true })
 
     // -- recovery from 402 ------------------------------------------------------------------
 
@@ -357,6 +407,7 @@ export const make = (
             ? balanceOk
             : { _tag: "Out", nextCheck: nextCheck(probing, yield* Clock.currentTimeMillis, outSince) }
         }
+        if (!member.account.fallback) primaryBack.fire()
         yield* Effect.logInfo(`AccountPool: account ${member.name} is serving again`)
       })
 
