@@ -25,9 +25,10 @@
  * its limiter's current limit); ties go to the account with the fewest calls so far, then to
  * the first in configuration order. Fallback accounts serve only when no primary can, and calls
  * waiting for a fallback's permit give their place up as soon as a primary may serve again (its
- * breaker half-opens or closes, or its balance is back): they are selected again (a failover
- * counted as `QueueFull`), so the backlog of an outage returns to the primaries while the calls
- * the fallback already serves finish there.
+ * breaker half-opens or closes, its balance is back, or a rested key returns): they are selected
+ * again, among every account but that fallback (a failover counted as `QueueFull`), so the
+ * backlog of an outage returns to the primaries while the calls the fallback already serves
+ * finish there.
  * When no account can, the attempt fails with `NoAccountAvailable`, whose `retryAfter` is the earliest
  * time one may serve again (its breaker's `until`, its next balance probe, its keys' cooldown),
  * so the outer retry waits for it, or gives up when that is beyond its `maxRetryAfter`.

@@ -358,6 +358,26 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 
+  it.effect("a call queued at the fallback goes back to a primary whose rested key returns", () => {
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"]), { ...fallbackAccount, concurrency: 1 }],
+      handlers: { a: status(401), alt: healthy("10 minutes") },
+      options: { keyCooldown: "1 minute" }
+    }
+    return Effect.gen(function*() {
+      // Both calls meet a's only key rejected, and fail over to the fallback: the second waits there.
+      const [served, queued] = yield* Effect.forEach([1, 2], () => Effect.fork(create))
+      yield* settle
+      expect(yield* states).toEqual({ a: "no_keys", alt: "serving" })
+      setup.handlers.a = healthy()
+      yield* TestClock.adjust("1 minute")
+      expect(queued!.unsafePoll()?._tag).toBe("Success")
+      expect((yield* Fiber.join(queued!)).id).toBe("cmpl-a")
+      expect(served!.unsafePoll()).toBeNull()
+      expect(yield* chatHosts).toEqual(["a", "a", "alt", "a"])
+    }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
   it.effect("answers NoAccountAvailable with the earliest recovery, which the outer retry waits for", () => {
     const setup: Setup = {
       accounts: [account("a", ["sk-a"]), account("b", ["sk-b"])],

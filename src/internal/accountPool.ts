@@ -307,7 +307,15 @@ const wasNotSent = (
   error._tag === "NoUsableKey" || error._tag === "NoAccountAvailable" || isLocalRefusal(error)
 
 /** An account-level failure, carried out of the account's scope to the next selection. */
-class FailedOver extends Data.TaggedError("FailedOver")<{ readonly member: Member }> {}
+class FailedOver extends Data.TaggedError("FailedOver")<{ readonly member: Member; readonly yielded: boolean }> {
+  /**
+   * The accounts the attempt's next selection leaves out: every one tried so far, or only this
+   * fallback when its waiter yielded to a primary that may serve again (even one tried before).
+   */
+  exclusions(excluded: ReadonlySet<Member>): ReadonlySet<Member> {
+    return this.yielded ? new Set([this.member]) : new Set(excluded).add(this.member)
+  }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Balance recovery
@@ -426,11 +434,27 @@ export const make = (
         )
       }))
 
+    /** When a primary's keys all rest, its first key back may end an outage: a time, not an event. */
+    const signalWhenKeysReturn = (member: Member) =>
+      member.account.fallback ? Effect.void : Effect.gen(function*() {
+        if ((yield* member.keys.available) > 0) return
+        const back = yield* member.keys.cooldownEnd
+        if (Option.isNone(back)) return
+        const wait = Duration.millis(Math.max(0, back.value - (yield* Clock.currentTimeMillis)))
+        yield* Effect.forkIn(Effect.zipRight(Effect.sleep(wait), Effect.sync(() => primaryBack.fire())), scope)
+      })
+
     const failOver = (member: Member, error: AccountLevel) =>
       Effect.zipRight(
         Metric.increment(Metric.tagged(Metric.tagged(failoversCounter, "account", member.name), "error", error._tag)),
-        error._tag === "InsufficientBalance" ? takeOutOfBalance(member) : Effect.void
-      ).pipe(Effect.zipRight(Effect.fail(new FailedOver({ member }))))
+        error._tag === "InsufficientBalance"
+          ? takeOutOfBalance(member)
+          : error._tag === "KeyRejected" || error._tag === "NoUsableKey"
+          ? signalWhenKeysReturn(member)
+          : Effect.void
+      ).pipe(Effect.zipRight(
+        Effect.fail(new FailedOver({ member, yielded: member.account.fallback && error._tag === "QueueFull" }))
+      ))
 
     // -- selection ----------------------------------------------------------------------------
 
@@ -512,7 +536,7 @@ export const make = (
       }
       const attempt = (excluded: ReadonlySet<Member>): Effect.Effect<ChatCompletion, ApiError.ApiError> =>
         Effect.acquireUseRelease(select(excluded), on, release).pipe(
-          Effect.catchTag("FailedOver", ({ member }) => attempt(new Set(excluded).add(member)))
+          Effect.catchTag("FailedOver", (failedOver) => attempt(failedOver.exclusions(excluded)))
         )
       return attempt(new Set())
     }
@@ -552,7 +576,7 @@ export const make = (
       const attempt = (excluded: ReadonlySet<Member>): Stream.Stream<ChatCompletionChunk, ApiError.ApiError> =>
         Stream.unwrapScoped(
           Effect.map(Effect.acquireRelease(select(excluded), release), (member) => streamOn(member, request, options))
-        ).pipe(Stream.catchTag("FailedOver", ({ member }) => attempt(new Set(excluded).add(member))))
+        ).pipe(Stream.catchTag("FailedOver", (failedOver) => attempt(failedOver.exclusions(excluded))))
       return attempt(new Set())
     }
 
