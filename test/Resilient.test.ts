@@ -65,15 +65,17 @@ interface Overrides {
   readonly breaker?: Layer.Layer<CircuitBreaker.CircuitBreaker>
   readonly cache?: Layer.Layer<ResponseCache.ResponseCache>
   readonly retry?: RetryPolicy.Options
+  readonly limiter?: ConcurrencyLimiter.Service
+  readonly transport?: Layer.Layer<Transport>
 }
 
 const pipeline = (steps: ReadonlyArray<Step>, overrides: Overrides = {}) => {
   const { telemetry, counts } = Effect.runSync(Telemetry.makeCounters)
-  const limiter = Effect.runSync(ConcurrencyLimiter.makeFixed(overrides.permits ?? 4))
+  const limiter = overrides.limiter ?? Effect.runSync(ConcurrencyLimiter.makeFixed(overrides.permits ?? 4))
   const calls = Effect.runSync(Ref.make(0))
   const layer = Resilient.layer.pipe(
     Layer.provide([
-      scriptedTransport(steps, calls),
+      overrides.transport ?? scriptedTransport(steps, calls),
       Layer.succeed(ConcurrencyLimiter.ConcurrencyLimiter, limiter),
       RetryPolicy.layer({ base: "100 millis", cap: "1 second", ...overrides.retry }),
       Layer.succeed(Telemetry.Telemetry, telemetry),
@@ -254,6 +256,26 @@ describe("Resilient", () => {
       yield* client.create({ ...request, temperature: 0.7 })
       yield* client.create({ ...request, temperature: 0.7 })
       expect(yield* calls).toBe(4)
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.effect("reports each acceptance to the limiter: slow start climbs before any response", () => {
+    const limiter = Effect.runSync(ConcurrencyLimiter.makeAdaptive({ initial: 2 }))
+    // A transport that is accepted at once and answers a second later.
+    const transport = Layer.succeed(Transport, Transport.of({
+      create: (_, options) =>
+        Effect.zipRight(options?.onAccepted ?? Effect.void, Effect.as(Effect.sleep("1 second"), wire.completion(generation))),
+      stream: () => Stream.empty
+    }))
+    const { layer } = pipeline([], { limiter, transport })
+    return Effect.gen(function*() {
+      const client = yield* Resilient.Resilient
+      const calls = yield* Effect.fork(Effect.all(Array.from({ length: 4 }, () => client.create(request)), { concurrency: "unbounded" }))
+      yield* TestClock.adjust(0)
+      // Each acceptance of the top request let one more go: all four are in flight at once.
+      expect(yield* limiter.snapshot).toEqual({ limit: 5, inFlight: 4, queued: 0 })
+      yield* TestClock.adjust("1 second")
+      yield* Fiber.join(calls)
     }).pipe(Effect.provide(layer))
   })
 
