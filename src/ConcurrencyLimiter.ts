@@ -68,10 +68,11 @@
  *
  * `Semaphore.resize` has the right semantics (shrinking below in-flight revokes nothing; new
  * takes wait until enough permits come back), but a semaphore's waiters are one set woken in
- * arrival order, with no lanes, no bound and no count. The limiter keeps its own small ledger
- * instead (synchronous, so atomic on the JavaScript thread) with the same resize semantics; a
- * waiter interrupted after it was granted a permit hands the permit back, so no interruption
- * point leaks one.
+ * arrival order, with no lanes, no bound and no count, and a take does not say at which
+ * in-flight level it was granted, which acceptance-clocked slow start needs. The limiter keeps its
+ * own small ledger instead (synchronous, so atomic on the JavaScript thread) with the same resize
+ * semantics; a waiter interrupted after it was granted a permit hands the permit back, so no
+ * interruption point leaks one.
  *
  * @since 0.1.0
  */
