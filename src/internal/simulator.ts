@@ -434,6 +434,14 @@ const retryAfterHeaders = (settings: Settings): Http.OutgoingHttpHeaders =>
     "retry-after-ms": String(settings.retryAfterMs)
   }
 
+/** A "try again later" error (429, 503), with the configured `Retry-After` when there is one. */
+const respondRetryLater = (
+  state: State,
+  res: Http.ServerResponse,
+  status: number,
+  ...error: Parameters<typeof Wire.errorBody>
+): Effect.Effect<void> => respondJson(state, res, status, Wire.errorBody(...error), retryAfterHeaders(state.settings))
+
 const upstreamError = Wire.errorBody("Simulated upstream error", "server_error", "internal_error")
 
 const readBody = (req: Http.IncomingMessage): Effect.Effect<string> =>
@@ -581,12 +589,13 @@ const serve = (state: State, attempt: Attempt, res: Http.ServerResponse): Effect
     case "serverError":
       return respondJson(state, res, 500, Wire.errorBody("Internal Server Error", "server_error", "internal_error"))
     case "overloaded":
-      return respondJson(
+      return respondRetryLater(
         state,
         res,
         503,
-        Wire.errorBody("Server overloaded, please try again later", "server_error", "server_overloaded"),
-        retryAfterHeaders(state.settings)
+        "Server overloaded, please try again later",
+        "server_error",
+        "server_overloaded"
       )
     case "dropBeforeResponse":
       return Effect.sync(() => drop(state, res))
@@ -599,13 +608,7 @@ const rateLimited = (state: State, account: Account, res: Http.ServerResponse) =
   Effect.suspend(() => {
     state.totals.rateLimited++
     account.rateLimited++
-    return respondJson(
-      state,
-      res,
-      429,
-      Wire.errorBody("Rate Limit Reached", "rate_limit_error", "rate_limit_exceeded"),
-      retryAfterHeaders(state.settings)
-    )
+    return respondRetryLater(state, res, 429, "Rate Limit Reached", "rate_limit_error", "rate_limit_exceeded")
   })
 
 const decodeRequest = Schema.decodeUnknownEither(Schema.parseJson(ChatCompletionRequest))
