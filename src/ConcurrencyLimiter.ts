@@ -166,6 +166,11 @@ export class QueueFull extends Data.TaggedError("QueueFull")<{ readonly queued: 
 export interface AcquireOptions {
   /** Default `interactive`. */
   readonly priority?: Priority | undefined
+  /**
+   * While the caller waits in the queue, completing this gives its place up: it fails with
+   * `QueueFull` at once. A permit already granted is kept. Default: never.
+   */
+  readonly abandonWhen?: Effect.Effect<void> | undefined
 }
 
 /**

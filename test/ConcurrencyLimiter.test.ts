@@ -1,6 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
+import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -161,6 +162,22 @@ describe("ConcurrencyLimiter", () => {
         yield* release(held)
         yield* Fiber.interrupt(waiter)
         expect(yield* limiter.snapshot).toEqual({ limit: 1, inFlight: 0, queued: 0 })
+      }))
+
+    it.effect("abandonWhen gives a waiter's place up with QueueFull; a granted permit is kept", () =>
+      Effect.gen(function*() {
+        const limiter = yield* ConcurrencyLimiter.makeFixed(1)
+        const abandon = yield* Deferred.make<void>()
+        const options = { abandonWhen: Deferred.await(abandon) }
+        const holder = yield* Effect.fork(limiter.withPermit(() => Effect.never, options))
+        const waiter = yield* Effect.fork(Effect.flip(limiter.withPermit(() => Effect.void, options)))
+        yield* settle
+        expect(yield* limiter.snapshot).toEqual({ limit: 1, inFlight: 1, queued: 1 })
+        yield* Deferred.succeed(abandon, undefined)
+        expect((yield* Fiber.join(waiter))._tag).toBe("QueueFull")
+        expect(yield* limiter.snapshot).toEqual({ limit: 1, inFlight: 1, queued: 0 })
+        yield* Fiber.interrupt(holder)
+        expect((yield* limiter.snapshot).inFlight).toBe(0)
       }))
 
     it.effect("a caller interrupted while it holds a permit releases it", () =>

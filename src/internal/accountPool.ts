@@ -149,20 +149,11 @@ class PrimaryBack {
  * backlog that queued at the fallback during an outage returns to the primaries. A call that
  * holds its permit keeps it.
  */
-const yieldingToPrimaries = (limiter: Limiter.Service, primaryBack: PrimaryBack): Limiter.Service => {
-  const acquire: Limiter.Service["acquire"] = (options) =>
-    Effect.raceFirst(
-      limiter.acquire(options),
-      Effect.zipRight(primaryBack.next, Effect.flatMap(limiter.snapshot, ({ queued }) => new Limiter.QueueFull({ queued })))
-    )
-  return {
-    ...limiter,
-    acquire,
-    withPermit: (use, options) =>
-      Effect.scoped(Effect.flatMap(acquire(options), (permit) =>
-        Effect.onExit(use(permit), (exit) => permit.complete(Limiter.outcomeOf(exit)))))
-  }
-}
+const yieldingToPrimaries = (limiter: Limiter.Service, primaryBack: PrimaryBack): Limiter.Service => ({
+  ...limiter,
+  acquire: (options) => limiter.acquire({ ...options, abandonWhen: primaryBack.next }),
+  withPermit: (use, options) => limiter.withPermit(use, { ...options, abandonWhen: primaryBack.next })
+})
 
 /** The account's inner pipeline: one gated attempt per call, no retry, no budget, no bucket. */
 const makeMember = (

@@ -463,13 +463,19 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
     /** Waits in its lane for the permit `entry` queued for; what it was granted with. */
     const awaitTurn = (
       entry: Exclude<Entry, { readonly _tag: "Granted" }>,
-      restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+      restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>,
+      abandonWhen: Effect.Effect<void> | undefined
     ): Effect.Effect<Grant, QueueFull> => {
-      if (entry._tag === "Full") return Effect.fail(new QueueFull({ queued: gate.queued }))
+      const full = Effect.suspend(() => Effect.fail(new QueueFull({ queued: gate.queued })))
+      if (entry._tag === "Full") return full
       const { waiter } = entry
-      return restore(Deferred.await(waiter.wake)).pipe(
-        Effect.onInterrupt(() =>
-          Effect.sync(() => {
+      const turn = abandonWhen === undefined
+        ? Deferred.await(waiter.wake)
+        : Effect.raceFirst(Deferred.await(waiter.wake), Effect.zipRight(abandonWhen, full))
+      return restore(turn).pipe(
+        // Interrupted or abandoned: leave the lane, or hand back a permit granted meanwhile.
+        Effect.onExit((exit) =>
+          Exit.isSuccess(exit) ? Effect.void : Effect.sync(() => {
             gate.cancel(waiter)
             publish()
           })
@@ -493,7 +499,9 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
       Effect.suspend(() => {
         const entry = gate.enter(acquireOptions?.priority ?? "interactive")
         publish()
-        return entry._tag === "Granted" ? use(entry) : Effect.flatMap(awaitTurn(entry, restore), use)
+        return entry._tag === "Granted"
+          ? use(entry)
+          : Effect.flatMap(awaitTurn(entry, restore, acquireOptions?.abandonWhen), use)
       })
 
     // `Scope.addFinalizer`, not `Effect.addFinalizer`: releasing is one synchronous step that
