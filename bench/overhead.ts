@@ -1,7 +1,7 @@
 /**
  * The overhead benchmark: what our policies cost per call when the upstream costs nothing.
  *
- * - **weatherproof**: `Resilient.layerPolicies()` (every policy at its default: retry schedule
+ * - **weatherproof**: `Policy.layer()` (every policy at its default: retry schedule
  *   and budget, unlimited token bucket, adaptive limiter, circuit breaker, metrics) around an
  *   instant `Transport` double that returns a prebuilt completion synchronously, against a bare
  *   call of the same double. With Effect's built-in tracer, which sends spans nowhere, the
@@ -29,7 +29,7 @@ import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
 import * as Resilient from "../src/Resilient.js"
 import * as RetryBudget from "../src/RetryBudget.js"
 import * as RetryPolicy from "../src/RetryPolicy.js"
-import * as Telemetry from "../src/Telemetry.js"
+import * as Policy from "../src/Policy.js"
 import * as TokenBucket from "../src/TokenBucket.js"
 import { Transport } from "../src/Transport.js"
 import { makeCockatielPolicy } from "./peers.js"
@@ -60,7 +60,7 @@ const instantAsync = async (): Promise<ChatCompletion> => completion
 
 // --- the pipeline and its pass-through variants ---------------------------------------------------
 
-/** A part of `Resilient.layer`, by default what `layerPolicies()` uses. */
+/** A part of the policy, by default what `Policy.layer()` uses. */
 interface PartLayers {
   readonly limiter: Layer.Layer<ConcurrencyLimiter.ConcurrencyLimiter>
   readonly retry: Layer.Layer<RetryPolicy.RetryPolicy>
@@ -85,7 +85,8 @@ const overriding = <I, S extends object>(
 const grantAtOnce: ConcurrencyLimiter.Permit = {
   complete: () => Effect.void,
   accepted: Effect.void,
-  recordQueueDelay: () => Effect.void
+  recordQueueDelay: () => Effect.void,
+  settle: () => Effect.void
 }
 
 const passThrough: PartLayers = {
@@ -103,7 +104,10 @@ const passThrough: PartLayers = {
 const pipeline = (parts: Partial<PartLayers> = {}) => {
   const { breaker, budget, limiter, retry } = { ...defaultParts, ...parts }
   return Resilient.layer.pipe(
-    Layer.provide([instantTransport, Telemetry.layerNoop, TokenBucket.layerUnlimited, limiter, retry, budget, breaker])
+    Layer.provide([
+      instantTransport,
+      Policy.layerFromContext.pipe(Layer.provide([TokenBucket.layerUnlimited, limiter, retry, budget, breaker]))
+    ])
   )
 }
 

@@ -75,14 +75,15 @@
  * ## Limits of this design
  *
  * - The pool does not call `CallOptions.onFirstContent` or `onAccepted`: queue delays and
- *   acceptances feed the per-account limiters inside, and the outer limiter is unbounded.
- * - The inner clients update the `Resilient` metrics labelled `account=<name>`: unlabelled,
+ *   acceptances feed the per-account limiters inside, and the outer policy has no limiter.
+ * - The per-account policies update the `Policy` metrics labelled `account=<name>`: unlabelled,
  *   `weatherproof_calls` and `weatherproof_attempt_failures` count the pool's calls once; per
  *   account they count the attempts each served. The limiters' and breakers' labelled metrics,
  *   `failoversCounter`, `snapshot` and the ledger give the rest.
  *
  * @since 0.1.0
  */
+
 import type * as HttpClient from "@effect/platform/HttpClient"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
@@ -92,16 +93,15 @@ import type * as Metric from "effect/Metric"
 import type * as Scope from "effect/Scope"
 import type { Account } from "./Accounts.js"
 import * as CircuitBreakerModule from "./CircuitBreaker.js"
-import * as Limiter from "./ConcurrencyLimiter.js"
 import type { CostLedger } from "./CostLedger.js"
 import * as internal from "./internal/accountPool.js"
 import * as KeyPool from "./KeyPool.js"
+import * as PolicyModule from "./Policy.js"
 import * as ResilientModule from "./Resilient.js"
 import type { Resilient } from "./Resilient.js"
-import * as RetryBudgetModule from "./RetryBudget.js"
-import * as RetryPolicyModule from "./RetryPolicy.js"
-import type { Telemetry } from "./Telemetry.js"
-import * as TokenBucketModule from "./TokenBucket.js"
+import type * as RetryBudgetModule from "./RetryBudget.js"
+import type * as RetryPolicyModule from "./RetryPolicy.js"
+import type * as TokenBucketModule from "./TokenBucket.js"
 import * as TransportModule from "./Transport.js"
 import { type Deadlines, Transport } from "./Transport.js"
 
@@ -241,10 +241,9 @@ export const layerTransport = (
   )
 
 /**
- * The whole stack over `Transport.nodeHttpClient()`: the outer pipeline (retry, retry budget,
- * optional rate limit; unbounded limiter and no breaker, since those live per account) around
- * the pool. Telemetry and the cost ledger are left to the caller (`Telemetry.layerNoop`,
- * `CostLedger.layer()`).
+ * The whole stack over `Transport.nodeHttpClient()`: the outer policy (retry, retry budget,
+ * optional rate limit; no limiter and no breaker, since those live per account) around the
+ * pool. The cost ledger is left to the caller (`CostLedger.layer()`).
  *
  * @since 0.1.0
  * @category layers
@@ -252,18 +251,16 @@ export const layerTransport = (
 export const layerResilient = (
   accounts: ReadonlyArray<Account>,
   options: PoolOptions = {}
-): Layer.Layer<Resilient | AccountPool, never, Telemetry | CostLedger> => {
+): Layer.Layer<Resilient | AccountPool, never, CostLedger> => {
   // One pool, shared (layers are memoised by reference) by the pipeline and the AccountPool output.
   const pool = layerTransport(accounts, options).pipe(Layer.provide(TransportModule.nodeHttpClient()))
-  const pipeline = ResilientModule.layer.pipe(
-    Layer.provide([
-      pool,
-      Limiter.layerUnbounded,
-      RetryPolicyModule.layer(options.retry),
-      RetryBudgetModule.layer(options.retryBudget),
-      options.rate === undefined ? TokenBucketModule.layerUnlimited : TokenBucketModule.layer(options.rate),
-      CircuitBreakerModule.layerNoop
-    ])
-  )
+  const outerPolicy = PolicyModule.layer({
+    retry: options.retry ?? {},
+    retryBudget: options.retryBudget ?? {},
+    rate: options.rate ?? false,
+    concurrency: false,
+    breaker: false
+  })
+  const pipeline = ResilientModule.layer.pipe(Layer.provide([pool, outerPolicy]))
   return Layer.merge(pipeline, Layer.effect(AccountPool, AccountPool).pipe(Layer.provide(pool)))
 }

@@ -32,6 +32,7 @@
  *
  * @since 0.1.0
  */
+
 import * as FileSystem from "@effect/platform/FileSystem"
 import * as Config from "effect/Config"
 import * as ConfigError from "effect/ConfigError"

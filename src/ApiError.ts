@@ -1,17 +1,42 @@
 /**
  * The error taxonomy of a call to an OpenAI-compatible chat API.
  *
- * Every error is a tagged class (so `Effect.catchTag` works), carries what a caller acts on
- * (status, `retryAfter`, the partial output and usage received so far) and says whether a retry
- * can help through `retryable`. Messages that come from the server are scrubbed of anything that
- * looks like an API key before they are stored here.
+ * Every error is a tagged class (so `Effect.catchTag` works) and carries what a caller acts on
+ * (status, `retryAfter`, the partial output and usage received so far). Messages that come from
+ * the server are scrubbed of anything that looks like an API key before they are stored here.
+ *
+ * ## What an error means: one classification
+ *
+ * `classify` is the one place that says what an error means, as a small `Verdict`:
+ *
+ * | verdict | errors | retry | limiter | breaker |
+ * | --- | --- | --- | --- | --- |
+ * | `LoadShed` | 429, 503, `insufficient_system_resource` | yes, never sooner than `retryAfter` | lowers the limit | a failure (unless it leaves load to the limiter) |
+ * | `Outage` | other 5xx, 408/409, transport errors, deadlines, truncated streams, a blank or cut 200, an error event, **any error it does not know** | yes | ignored | a failure |
+ * | `Account` | 401, 402, 403 | no (an account pool fails over) | ignored | a success: the upstream answered |
+ * | `Caller` | 400, 404, 422 and other 4xx, a reply of the wrong shape, a routing refusal | no | ignored | a success |
+ * | `Refused` | our own gates: a full queue, an exhausted bucket, an open circuit, a spent budget, no account | when it says so, after `retryAfter` | ignored | ignored |
+ *
+ * Every policy (`RetryPolicy`, `ConcurrencyLimiter`, `CircuitBreaker`, and `Policy`, which
+ * composes them) reads errors only through a `Classifier` it is given, this one by default, so
+ * they agree by construction. `classify` also knows `@effect/platform`'s `HttpClientError` (by
+ * status and `Retry-After`). For errors of your own, `classifyWith` puts your reading first and
+ * falls back to `classify`.
  *
  * @since 0.1.0
  */
+
+import * as HttpClientError from "@effect/platform/HttpClientError"
 import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
 import * as Option from "effect/Option"
 import type { FinishReason, Usage } from "./ChatSchema.js"
+import type { CircuitOpen } from "./CircuitBreaker.js"
+import type { QueueFull } from "./ConcurrencyLimiter.js"
+import type { BudgetExceeded } from "./CostLedger.js"
+import { retryAfterFromHeaders } from "./internal/retryAfter.js"
+import type { RoutingRefused } from "./Router.js"
+import type { RateLimitExceeded } from "./TokenBucket.js"
 
 /**
  * What a call produced before it failed: text and reasoning already received, usage if the
@@ -43,10 +68,7 @@ export class InvalidRequest extends Data.TaggedError("InvalidRequest")<{
   readonly message: string
   readonly param?: string | undefined
   readonly code?: string | undefined
-}> {
-  /** @since 0.1.0 */
-  readonly retryable = false
-}
+}> {}
 
 /** 401: the key was rejected. The key itself is never stored. @since 0.1.0 */
 export class KeyRejected extends Data.TaggedError("KeyRejected")<{
@@ -56,8 +78,6 @@ export class KeyRejected extends Data.TaggedError("KeyRejected")<{
 }> {
   /** @since 0.1.0 */
   readonly status = 401
-  /** @since 0.1.0 */
-  readonly retryable = false
 }
 
 /** 402: the account is out of balance; every key of the account is affected. @since 0.1.0 */
@@ -66,8 +86,6 @@ export class InsufficientBalance extends Data.TaggedError("InsufficientBalance")
 }> {
   /** @since 0.1.0 */
   readonly status = 402
-  /** @since 0.1.0 */
-  readonly retryable = false
 }
 
 /** 429: over the account's concurrency limit. @since 0.1.0 */
@@ -78,8 +96,6 @@ export class RateLimited extends Data.TaggedError("RateLimited")<{
 }> {
   /** @since 0.1.0 */
   readonly status = 429
-  /** @since 0.1.0 */
-  readonly retryable = true
 }
 
 /** 500, 503 or another 5xx: the server failed or is overloaded; retry after a wait. @since 0.1.0 */
@@ -87,21 +103,13 @@ export class ServerError extends Data.TaggedError("ServerError")<{
   readonly status: number
   readonly message: string
   readonly retryAfter: Option.Option<Duration.Duration>
-}> {
-  /** @since 0.1.0 */
-  readonly retryable = true
-}
+}> {}
 
-/** Any other status (404, 408, 409 …). Retryable only for 408 and 409. @since 0.1.0 */
+/** Any other status (404, 408, 409 …); `classifyStatus` says what it means. @since 0.1.0 */
 export class UnexpectedStatus extends Data.TaggedError("UnexpectedStatus")<{
   readonly status: number
   readonly message: string
-}> {
-  /** @since 0.1.0 */
-  get retryable(): boolean {
-    return this.status === 408 || this.status === 409
-  }
-}
+}> {}
 
 /**
  * The connection failed: refused, reset, closed while the request was in flight or while the
@@ -114,27 +122,19 @@ export class TransportError extends Data.TaggedError("TransportError")<{
   readonly message: string
   readonly partial: PartialOutput
   readonly cause?: unknown
-}> {
-  /** @since 0.1.0 */
-  readonly retryable = true
-}
+}> {}
 
 /**
  * A 200 whose body is not a usable completion: blank (only keep-alive whitespace), cut before
- * the JSON ended, or JSON of the wrong shape. The first two are retryable; a shape mismatch is
- * not (a retry returns the same shape).
+ * the JSON ended, or JSON of the wrong shape. The first two are outages (retried); a shape
+ * mismatch is final (a retry returns the same shape).
  *
  * @since 0.1.0
  */
 export class MalformedResponse extends Data.TaggedError("MalformedResponse")<{
   readonly reason: "blank" | "cut" | "schema"
   readonly message: string
-}> {
-  /** @since 0.1.0 */
-  get retryable(): boolean {
-    return this.reason !== "schema"
-  }
-}
+}> {}
 
 /**
  * A deadline passed, measured by Effect's `Clock`:
@@ -151,8 +151,6 @@ export class DeadlineExceeded extends Data.TaggedError("DeadlineExceeded")<{
   readonly partial: PartialOutput
 }> {
   /** @since 0.1.0 */
-  readonly retryable = true
-  /** @since 0.1.0 */
   override get message(): string {
     return `deadline ${this.reason} exceeded after ${this.after.toString()}`
   }
@@ -163,8 +161,6 @@ export class StreamTruncated extends Data.TaggedError("StreamTruncated")<{
   readonly partial: PartialOutput
 }> {
   /** @since 0.1.0 */
-  readonly retryable = true
-  /** @since 0.1.0 */
   override get message(): string {
     return `stream ended without [DONE] after ${this.partial.events} events`
   }
@@ -174,8 +170,6 @@ export class StreamTruncated extends Data.TaggedError("StreamTruncated")<{
 export class InsufficientResource extends Data.TaggedError("InsufficientResource")<{
   readonly partial: PartialOutput
 }> {
-  /** @since 0.1.0 */
-  readonly retryable = true
   /** @since 0.1.0 */
   override get message(): string {
     return "inference was cut: insufficient_system_resource"
@@ -188,17 +182,12 @@ export class UpstreamError extends Data.TaggedError("UpstreamError")<{
   readonly type?: string | undefined
   readonly code?: string | undefined
   readonly partial: PartialOutput
-}> {
-  /** @since 0.1.0 */
-  readonly retryable = true
-}
+}> {}
 
 /** Every key was rejected (401), so no call can be made. @since 0.1.0 */
 export class NoUsableKey extends Data.TaggedError("NoUsableKey")<{
   readonly rejected: number
 }> {
-  /** @since 0.1.0 */
-  readonly retryable = false
   /** @since 0.1.0 */
   override get message(): string {
     return `no usable API key: ${this.rejected} rejected`
@@ -238,10 +227,6 @@ export class NoAccountAvailable extends Data.TaggedError("NoAccountAvailable")<{
   readonly accounts: ReadonlyArray<AccountUnavailable>
   readonly budgetExceeded?: { readonly spentUsd: number; readonly budgetUsd: number } | undefined
 }> {
-  /** @since 0.1.0 */
-  get retryable(): boolean {
-    return this.budgetExceeded === undefined
-  }
   /** @since 0.1.0 */
   override get message(): string {
     if (this.budgetExceeded !== undefined) {
@@ -295,3 +280,258 @@ const secretPattern = /\b(sk|pk|key)-[A-Za-z0-9_\-*]{4,}/g
  * @since 0.1.0
  */
 export const scrubSecrets = (text: string): string => text.replace(secretPattern, "$1-***")
+
+// ---------------------------------------------------------------------------------------------
+// Classification
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * The upstream is shedding load: over a concurrency cap (429), overloaded (503), or it cut the
+ * work for lack of resources. Retried no sooner than `retryAfter`; an adaptive limiter lowers its
+ * limit.
+ *
+ * @since 0.1.0
+ * @category verdicts
+ */
+export interface LoadShed {
+  readonly _tag: "LoadShed"
+  readonly retryAfter: Option.Option<Duration.Duration>
+}
+
+/**
+ * The upstream (or the way to it) is failing: retried, and counted by a circuit breaker.
+ *
+ * @since 0.1.0
+ * @category verdicts
+ */
+export interface Outage {
+  readonly _tag: "Outage"
+  readonly retryAfter: Option.Option<Duration.Duration>
+}
+
+/**
+ * The account cannot serve (a rejected key, no balance, no permission): not retried; an account
+ * pool fails over to another account.
+ *
+ * @since 0.1.0
+ * @category verdicts
+ */
+export interface Account {
+  readonly _tag: "Account"
+}
+
+/**
+ * The request itself is wrong (or the reply has a shape no retry will change): final.
+ *
+ * @since 0.1.0
+ * @category verdicts
+ */
+export interface Caller {
+  readonly _tag: "Caller"
+}
+
+/**
+ * One of our own gates refused before anything was sent. Retried only when `retryable`, no
+ * sooner than `retryAfter`; never counted as the upstream's doing.
+ *
+ * @since 0.1.0
+ * @category verdicts
+ */
+export interface Refused {
+  readonly _tag: "Refused"
+  readonly retryable: boolean
+  readonly retryAfter: Option.Option<Duration.Duration>
+}
+
+/**
+ * What an error means to the policies.
+ *
+ * @since 0.1.0
+ * @category verdicts
+ */
+export type Verdict = LoadShed | Outage | Account | Caller | Refused
+
+/**
+ * Reads an error as a `Verdict`. It must be total: an error it does not know still gets a
+ * verdict (the safe one is `outage()`).
+ *
+ * @since 0.1.0
+ * @category verdicts
+ */
+export type Classifier = (error: unknown) => Verdict
+
+/** @since 0.1.0 @category verdicts */
+export const loadShed = (retryAfter: Option.Option<Duration.Duration> = Option.none()): Verdict => ({
+  _tag: "LoadShed",
+  retryAfter
+})
+
+/** @since 0.1.0 @category verdicts */
+export const outage = (retryAfter: Option.Option<Duration.Duration> = Option.none()): Verdict => ({
+  _tag: "Outage",
+  retryAfter
+})
+
+/** @since 0.1.0 @category verdicts */
+export const account: Verdict = { _tag: "Account" }
+
+/** @since 0.1.0 @category verdicts */
+export const caller: Verdict = { _tag: "Caller" }
+
+/** @since 0.1.0 @category verdicts */
+export const refused = (
+  retryable: boolean,
+  retryAfter: Option.Option<Duration.Duration> = Option.none()
+): Verdict => ({ _tag: "Refused", retryable, retryAfter })
+
+/**
+ * Whether a retry may help: load shed and outages, and refusals that say so.
+ *
+ * @since 0.1.0
+ * @category verdicts
+ */
+export const isRetryable = (verdict: Verdict): boolean => {
+  switch (verdict._tag) {
+    case "LoadShed":
+    case "Outage":
+      return true
+    case "Refused":
+      return verdict.retryable
+    case "Account":
+    case "Caller":
+      return false
+  }
+}
+
+/**
+ * The wait the verdict asks for before a retry (zero when none).
+ *
+ * @since 0.1.0
+ * @category verdicts
+ */
+export const retryAfterOf = (verdict: Verdict): Duration.Duration =>
+  "retryAfter" in verdict ? Option.getOrElse(verdict.retryAfter, () => Duration.zero) : Duration.zero
+
+/**
+ * The verdict of an HTTP status: 429 and 503 are load shed, other 5xx, 408 and 409 outages,
+ * 401-403 account problems, any other status the caller's.
+ *
+ * @since 0.1.0
+ * @category verdicts
+ */
+export const classifyStatus = (
+  status: number,
+  retryAfter: Option.Option<Duration.Duration> = Option.none()
+): Verdict =>
+  status === 429 || status === 503
+    ? loadShed(retryAfter)
+    : status >= 500 || status === 408 || status === 409
+    ? outage(retryAfter)
+    : status >= 401 && status <= 403
+    ? account
+    : caller
+
+/**
+ * Every error this package defines, by tag: each one's verdict. Typed as a total record, so an
+ * error added to the package without a reading here does not compile.
+ */
+const sdkVerdicts: { readonly [Tag in SdkError["_tag"]]: (error: Extract<SdkError, { _tag: Tag }>) => Verdict } = {
+  InvalidRequest: () => caller,
+  KeyRejected: () => account,
+  InsufficientBalance: () => account,
+  NoUsableKey: () => account,
+  RateLimited: (error) => loadShed(error.retryAfter),
+  InsufficientResource: () => loadShed(),
+  ServerError: (error) => classifyStatus(error.status, error.retryAfter),
+  UnexpectedStatus: (error) => classifyStatus(error.status),
+  TransportError: () => outage(),
+  DeadlineExceeded: () => outage(),
+  StreamTruncated: () => outage(),
+  UpstreamError: () => outage(),
+  MalformedResponse: (error) => error.reason === "schema" ? caller : outage(),
+  NoAccountAvailable: (error) => refused(error.budgetExceeded === undefined, error.retryAfter),
+  QueueFull: () => refused(false),
+  CircuitOpen: (error) => refused(error.reason !== "isolated", error.retryAfter),
+  RateLimitExceeded: (error) => refused(Option.isSome(error.retryAfter), error.retryAfter),
+  BudgetExceeded: () => refused(false),
+  RoutingRefused: () => caller
+}
+
+/**
+ * The errors of this package: the upstream's (`ApiError`) and the refusals of its own gates.
+ *
+ * @since 0.1.0
+ */
+export type SdkError = ApiError | QueueFull | CircuitOpen | RateLimitExceeded | BudgetExceeded | RoutingRefused
+
+/**
+ * An error's `_tag`, when it has one.
+ *
+ * @since 0.1.0
+ */
+export const tagOf = (error: unknown): string | undefined =>
+  typeof error === "object" && error !== null && "_tag" in error && typeof error._tag === "string"
+    ? error._tag
+    : undefined
+
+/**
+ * The verdict of an `@effect/platform` `HttpClientError`: a response's status (with its
+ * `retry-after-ms` or `Retry-After`, a date read against the response's own `Date` header) as
+ * `classifyStatus` reads it; a request that never got a response, or a body that failed
+ * mid-read, is an outage; a request that could not be built is the caller's.
+ *
+ * @since 0.1.0
+ * @category verdicts
+ */
+export const classifyHttpClientError = (error: HttpClientError.HttpClientError): Verdict => {
+  if (error._tag === "RequestError") {
+    // A `Policy` wrapping an `HttpClient` reports its own refusals as transport errors.
+    return error.reason === "Transport" ? sdkVerdictOf(error.cause) ?? outage() : caller
+  }
+  if (error.reason !== "StatusCode") return outage()
+  const headers = error.response.headers
+  const serverNow = Date.parse(headers["date"] ?? "")
+  return classifyStatus(error.response.status, retryAfterFromHeaders(headers, serverNow))
+}
+
+/** The verdict of one of this package's errors; `undefined` for any other value. */
+const sdkVerdictOf = (error: unknown): Verdict | undefined => {
+  const tag = tagOf(error)
+  return tag !== undefined && Object.hasOwn(sdkVerdicts, tag)
+    ? (sdkVerdicts as Record<string, (error: unknown) => Verdict>)[tag]!(error)
+    : undefined
+}
+
+/**
+ * The default classifier: this package's errors by the table in the module doc,
+ * `HttpClientError`s by `classifyHttpClientError`, and any other error as an outage (retried and
+ * counted by a breaker, never read as a success or as load).
+ *
+ * @since 0.1.0
+ * @category verdicts
+ */
+export const classify: Classifier = (error) =>
+  HttpClientError.isHttpClientError(error) ? classifyHttpClientError(error) : sdkVerdictOf(error) ?? outage()
+
+/**
+ * A classifier that reads errors with `custom` first and falls back to `classify` where it
+ * answers `undefined`: the way to teach the policies an error type of your own.
+ *
+ * @example
+ * ```ts
+ * import { Data } from "effect"
+ * import { ApiError } from "weatherproof"
+ *
+ * class DbBusy extends Data.TaggedError("DbBusy")<{}> {}
+ * class DbRejected extends Data.TaggedError("DbRejected")<{}> {}
+ *
+ * const classify = ApiError.classifyWith((error) =>
+ *   error instanceof DbBusy ? ApiError.loadShed() : error instanceof DbRejected ? ApiError.caller : undefined
+ * )
+ * ```
+ *
+ * @since 0.1.0
+ * @category verdicts
+ */
+export const classifyWith = (custom: (error: unknown) => Verdict | undefined): Classifier => (error) =>
+  custom(error) ?? classify(error)

@@ -24,6 +24,7 @@
  *
  * @since 0.1.0
  */
+
 import type { PlatformError } from "@effect/platform/Error"
 import * as FileSystem from "@effect/platform/FileSystem"
 import * as Clock from "effect/Clock"

@@ -6,6 +6,7 @@
  *
  * @since 0.1.0
  */
+
 import * as Schema from "effect/Schema"
 
 const preserve = { parseOptions: { onExcessProperty: "preserve" } } as const
@@ -98,13 +99,15 @@ export const Thinking = open({ type: Schema.Literal("enabled", "disabled") })
 
 /**
  * A chat completion request. Only `model` and `messages` are required; everything else is
- * forwarded as given. `stream` is set by the transport (`create` vs `stream`).
+ * forwarded as given. `stream` is set by the transport (`create` vs `stream`). `messages` is any
+ * array, so chat history typed `Array<Message>` fits; the transport refuses an empty one locally
+ * (`InvalidRequest`) before anything is sent.
  *
  * @since 0.1.0
  */
 export const ChatCompletionRequest = open({
   model: Schema.String,
-  messages: Schema.NonEmptyArray(Message),
+  messages: Schema.Array(Message),
   thinking: Schema.optional(Thinking),
   reasoning_effort: Schema.optional(Schema.String),
   response_format: Schema.optional(open({ type: Schema.Literal("text", "json_object") })),

@@ -13,12 +13,15 @@
  *   Other callers wait for the verdict or are rejected, per `halfOpenPolicy`.
  * - **Isolated**: forced open by `isolate` until `reset`.
  *
- * What counts as a failure is `isFailure` (by default `isUpstreamFailure`: 429, 5xx, transport
- * errors, deadlines and truncated output). Any other error counts as a success: the upstream
- * answered, the request was the caller's problem. Interruptions and defects are ignored.
+ * What a call's error means is read through `classify` (default `ApiError.classify`): outages
+ * (5xx, transport errors, deadlines, truncated output, and any error the classifier does not
+ * know) are failures, and so is load shed (429, 503) unless `countLoadShed` is false (behind an
+ * adaptive limiter, which owns that signal). An account or caller problem counts as a success:
+ * the upstream answered. Our own refusals, interruptions and defects are ignored.
  *
  * @since 0.1.0
  */
+
 import * as Cause from "effect/Cause"
 import * as Context from "effect/Context"
 import * as Data from "effect/Data"
@@ -26,6 +29,7 @@ import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as FiberId from "effect/FiberId"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as MetricLabel from "effect/MetricLabel"
@@ -33,7 +37,8 @@ import * as Option from "effect/Option"
 import * as PubSub from "effect/PubSub"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
-import type { ApiError } from "./ApiError.js"
+import * as ApiError from "./ApiError.js"
+import type { Classifier } from "./ApiError.js"
 import * as internal from "./internal/circuitBreaker.js"
 
 /**
@@ -128,8 +133,14 @@ export interface Options {
   readonly canaries?: number | undefined
   /** Default `"wait"`. */
   readonly halfOpenPolicy?: HalfOpenPolicy | undefined
-  /** Whether a call's error says the upstream is unhealthy. Default `isUpstreamFailure`. */
-  readonly isFailure?: ((error: unknown) => boolean) | undefined
+  /** What a call's error means. Default `ApiError.classify`. */
+  readonly classify?: Classifier | undefined
+  /**
+   * Whether load shed (429, 503, `insufficient_system_resource`) counts as a failure. Default
+   * true; false behind an adaptive concurrency limiter, which owns that signal (it backs off on
+   * each one, and draws a few on purpose when it probes for a higher cap).
+   */
+  readonly countLoadShed?: boolean | undefined
 }
 
 /**
@@ -172,10 +183,6 @@ export class CircuitOpen extends Data.TaggedError("CircuitOpen")<{
   readonly name?: string | undefined
 }> {
   /** @since 0.1.0 */
-  get retryable(): boolean {
-    return this.reason !== "isolated"
-  }
-  /** @since 0.1.0 */
   override get message(): string {
     const breaker = this.name === undefined ? "circuit breaker" : `circuit breaker ${this.name}`
     switch (this.reason) {
@@ -199,6 +206,12 @@ export interface Service {
    * without running it otherwise. Cheap when closed: a state check, a clock read, two counters.
    */
   readonly protect: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | CircuitOpen, R>
+  /**
+   * Admits one call whose outcome is known later (a stream, a response body read after the
+   * response), or fails with `CircuitOpen`. Report the outcome with the returned `settle` (the
+   * first report counts); a call whose scope closes first counts as interrupted (ignored).
+   */
+  readonly admit: Effect.Effect<(exit: Exit.Exit<unknown, unknown>) => Effect.Effect<void>, CircuitOpen, Scope.Scope>
   /** The state now. */
   readonly state: Effect.Effect<State>
   /** The current state, then every transition in order. Never ends. */
@@ -215,43 +228,6 @@ export interface Service {
  * @category tags
  */
 export class CircuitBreaker extends Context.Tag("weatherproof/CircuitBreaker")<CircuitBreaker, Service>() {}
-
-const upstreamFailureTags: ReadonlySet<string> = new Set<ApiError["_tag"]>([
-  "RateLimited",
-  "ServerError",
-  "TransportError",
-  "DeadlineExceeded",
-  "StreamTruncated",
-  "InsufficientResource",
-  "UpstreamError",
-  "MalformedResponse"
-])
-
-/**
- * The default failure classifier: an `ApiError` that says the upstream is overloaded or broken
- * (429, 5xx, a transport error, a deadline, a stream cut short, a blank or cut body, an error
- * event). A wrong request, key or balance (400, 401, 402, 422), a schema mismatch and anything
- * that is not an `ApiError` are the caller's problem and count as successes.
- *
- * @since 0.1.0
- * @category classifiers
- */
-export const isUpstreamFailure = (error: unknown): boolean => {
-  const candidate = error as Partial<ApiError> | null | undefined
-  return typeof candidate?._tag === "string" && upstreamFailureTags.has(candidate._tag) && candidate.retryable === true
-}
-
-/**
- * `isUpstreamFailure` without 429: the classifier for a breaker behind an adaptive concurrency
- * limiter. The limiter owns the 429 signal (it backs off on each one, and draws a few on purpose
- * when it probes for a higher cap), so a burst of 429s from one overshoot must not open the
- * circuit; 5xx, transport errors, deadlines and cut output still do.
- *
- * @since 0.1.0
- * @category classifiers
- */
-export const isOutage = (error: unknown): boolean =>
-  isUpstreamFailure(error) && (error as { readonly _tag?: unknown })._tag !== "RateLimited"
 
 /**
  * The defaults, from what DeepSeek users run in production: trip when a quarter of at least 20
@@ -272,8 +248,8 @@ export const defaults = {
   maxOpenFor: Duration.seconds(120),
   canaries: 1,
   halfOpenPolicy: "wait",
-  isFailure: isUpstreamFailure
-} as const satisfies Required<Omit<Options, "name">>
+  countLoadShed: true
+} as const satisfies Required<Omit<Options, "name" | "classify">>
 
 /**
  * The breaker's state: 0 closed, 1 half-open, 2 open or isolated. Labelled `circuit_breaker`
@@ -338,11 +314,26 @@ const settingsOf = (options: Options): internal.Settings => {
   }
 }
 
-const outcomeOf = (isFailure: (error: unknown) => boolean, exit: Exit.Exit<unknown, unknown>): internal.Outcome => {
+/** How a call ended, as the breaker counts it. */
+const outcomeOf = (
+  classify: Classifier,
+  countLoadShed: boolean,
+  exit: Exit.Exit<unknown, unknown>
+): internal.Outcome => {
   if (Exit.isSuccess(exit)) return "success"
   const failure = Cause.failureOption(exit.cause)
   if (Option.isNone(failure)) return "ignored"
-  return isFailure(failure.value) ? "failure" : "success"
+  switch (classify(failure.value)._tag) {
+    case "Outage":
+      return "failure"
+    case "LoadShed":
+      return countLoadShed ? "failure" : "ignored"
+    case "Account":
+    case "Caller":
+      return "success"
+    case "Refused":
+      return "ignored"
+  }
 }
 
 /**
@@ -371,7 +362,8 @@ const halfOpenTimer = (machine: internal.Machine, now: () => number): Effect.Eff
 export const make = (options: Options = {}): Effect.Effect<Service, never, Scope.Scope> =>
   Effect.gen(function*() {
     const settings = yield* Effect.sync(() => settingsOf(options))
-    const isFailure = options.isFailure ?? defaults.isFailure
+    const judge = (exit: Exit.Exit<unknown, unknown>) =>
+      outcomeOf(options.classify ?? ApiError.classify, options.countLoadShed ?? defaults.countLoadShed, exit)
     const clock = yield* Effect.clock
     const now = () => clock.unsafeCurrentTimeMillis()
     const labels = options.name === undefined ? [] : [MetricLabel.make("circuit_breaker", options.name)]
@@ -399,7 +391,7 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Scope
 
     const settleAfter = <A, E, R>(ticket: number, effect: Effect.Effect<A, E, R>) =>
       Effect.flatMap(Effect.exit(effect), (exit) => {
-        machine.settle(ticket, outcomeOf(isFailure, exit), now())
+        machine.settle(ticket, judge(exit), now())
         return exit
       })
 
@@ -425,8 +417,31 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Scope
         return ticket === undefined ? admitGuarded(effect) : settleAfter(ticket, effect)
       })
 
+    // Waits out a half-open verdict like `protect`; the ticket is settled once, by the caller or
+    // as interrupted when the scope closes first.
+    const admit = Effect.uninterruptibleMask((restore) => {
+      const enter: Effect.Effect<number, CircuitOpen> = Effect.suspend(() => {
+        const admission = machine.admit(now())
+        if (typeof admission === "number") return Effect.succeed(admission)
+        return "reason" in admission
+          ? Effect.fail(reject(admission))
+          : Effect.zipRight(restore(Deferred.await(admission)), enter)
+      })
+      return Effect.flatMap(enter, (ticket) => {
+        let settled = false
+        const settle = (exit: Exit.Exit<unknown, unknown>) =>
+          Effect.sync(() => {
+            if (settled) return
+            settled = true
+            machine.settle(ticket, judge(exit), now())
+          })
+        return Effect.as(Effect.addFinalizer(() => settle(Exit.interrupt(FiberId.none))), settle)
+      })
+    })
+
     return {
       protect,
+      admit,
       state: Effect.sync(() => {
         machine.poll(now())
         return machine.state
@@ -454,6 +469,7 @@ export const layer = (options?: Options): Layer.Layer<CircuitBreaker> =>
  */
 export const layerNoop: Layer.Layer<CircuitBreaker> = Layer.succeed(CircuitBreaker, {
   protect: (effect) => effect,
+  admit: Effect.succeed(() => Effect.void),
   state: Effect.succeed(internal.closed),
   changes: Stream.concat(Stream.succeed(internal.closed), Stream.never),
   isolate: Effect.void,

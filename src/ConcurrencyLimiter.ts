@@ -76,15 +76,15 @@
  *
  * @since 0.1.0
  */
+
 import * as Context from "effect/Context"
-import * as Data from "effect/Data"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Exit from "effect/Exit"
+import type * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
-import * as Metric from "effect/Metric"
+import type * as Metric from "effect/Metric"
 import type * as Scope from "effect/Scope"
-import type { ApiError } from "./ApiError.js"
+import type { Classifier } from "./ApiError.js"
 import * as internal from "./internal/concurrencyLimiter.js"
 
 /**
@@ -129,6 +129,8 @@ export interface Permit {
    * reported without a `queueDelay` carries this one.
    */
   readonly recordQueueDelay: (delay: Duration.Duration) => Effect.Effect<void>
+  /** Completes the permit with `outcomeOf` the call's exit, read through the limiter's classifier. */
+  readonly settle: (exit: Exit.Exit<unknown, unknown>) => Effect.Effect<void>
 }
 
 /**
@@ -150,14 +152,13 @@ export interface Snapshot {
  * @since 0.1.0
  * @category errors
  */
-export class QueueFull extends Data.TaggedError("QueueFull")<{ readonly queued: number }> {
-  /** @since 0.1.0 */
-  readonly retryable = false
-  /** @since 0.1.0 */
-  override get message(): string {
-    return `concurrency limiter queue full (${this.queued} waiting)`
-  }
-}
+export const QueueFull: typeof internal.QueueFull = internal.QueueFull
+
+/**
+ * @since 0.1.0
+ * @category errors
+ */
+export type QueueFull = internal.QueueFull
 
 /**
  * @since 0.1.0
@@ -202,18 +203,14 @@ export class ConcurrencyLimiter extends Context.Tag("weatherproof/ConcurrencyLim
 >() {}
 
 /**
- * Classifies a call's exit for the limiter: 429 and 503 are load drops, a success is a success,
- * anything else says nothing about capacity.
+ * What a call's exit teaches the limiter, read through `classify` (default `ApiError.classify`):
+ * a load-shed verdict (429, 503, `insufficient_system_resource`) is a drop, a success a success,
+ * anything else (outages included: they are the breaker's and the retry's business) says
+ * nothing about capacity.
  *
  * @since 0.1.0
  */
-export const outcomeOf = (exit: Exit.Exit<unknown, unknown>): Outcome => {
-  if (Exit.isSuccess(exit)) return { _tag: "Success" }
-  const failure = exit.cause._tag === "Fail" ? (exit.cause.error as Partial<ApiError>) : undefined
-  return failure?._tag === "RateLimited" || (failure?._tag === "ServerError" && failure.status === 503)
-    ? { _tag: "Dropped" }
-    : { _tag: "Ignored" }
-}
+export const outcomeOf: (exit: Exit.Exit<unknown, unknown>, classify?: Classifier) => Outcome = internal.outcomeOf
 
 /**
  * Runs `effect` under a permit of `limiter`, reporting its outcome.
@@ -235,6 +232,8 @@ export interface LimiterOptions {
   readonly maxQueued?: number | undefined
   /** Tags the limiter's metrics with `limiter=<name>` so several limiters can be told apart. */
   readonly name?: string | undefined
+  /** What a failed call means for capacity (`outcomeOf`). Default `ApiError.classify`. */
+  readonly classify?: Classifier | undefined
 }
 
 /**
@@ -272,9 +271,7 @@ export interface AdaptiveOptions extends LimiterOptions {
  * @since 0.1.0
  * @category metrics
  */
-export const limitGauge: Metric.Metric.Gauge<number> = Metric.gauge("weatherproof_concurrency_limit", {
-  description: "Permits the concurrency limiter currently grants"
-})
+export const limitGauge: Metric.Metric.Gauge<number> = internal.limitGauge
 
 /**
  * Permits held right now.
@@ -282,9 +279,7 @@ export const limitGauge: Metric.Metric.Gauge<number> = Metric.gauge("weatherproo
  * @since 0.1.0
  * @category metrics
  */
-export const inFlightGauge: Metric.Metric.Gauge<number> = Metric.gauge("weatherproof_concurrency_in_flight", {
-  description: "Calls holding a concurrency permit"
-})
+export const inFlightGauge: Metric.Metric.Gauge<number> = internal.inFlightGauge
 
 /**
  * Callers waiting for a permit.
@@ -292,9 +287,7 @@ export const inFlightGauge: Metric.Metric.Gauge<number> = Metric.gauge("weatherp
  * @since 0.1.0
  * @category metrics
  */
-export const queuedGauge: Metric.Metric.Gauge<number> = Metric.gauge("weatherproof_concurrency_queued", {
-  description: "Callers waiting for a concurrency permit"
-})
+export const queuedGauge: Metric.Metric.Gauge<number> = internal.queuedGauge
 
 /**
  * Permits that completed `Dropped` (the upstream refused for load).
@@ -302,10 +295,7 @@ export const queuedGauge: Metric.Metric.Gauge<number> = Metric.gauge("weatherpro
  * @since 0.1.0
  * @category metrics
  */
-export const droppedCounter: Metric.Metric.Counter<number> = Metric.counter("weatherproof_concurrency_dropped", {
-  description: "Calls the upstream refused for load (429/503)",
-  incremental: true
-})
+export const droppedCounter: Metric.Metric.Counter<number> = internal.droppedCounter
 
 /**
  * A fixed bound of `permits` calls in flight.

@@ -12,6 +12,7 @@
  *
  * @since 0.1.0
  */
+
 import * as FileSystem from "@effect/platform/FileSystem"
 import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
@@ -340,8 +341,6 @@ export class BudgetExceeded extends Data.TaggedError("BudgetExceeded")<{
   readonly spentUsd: number
   readonly budgetUsd: number
 }> {
-  /** @since 0.1.0 */
-  readonly retryable = false
   /** @since 0.1.0 */
   override get message(): string {
     return `budget exceeded: spent $${this.spentUsd} of $${this.budgetUsd}`

@@ -15,6 +15,7 @@
  *
  * @since 0.1.0
  */
+
 import * as Cookies from "@effect/platform/Cookies"
 import type * as HttpBody from "@effect/platform/HttpBody"
 import * as HttpClient from "@effect/platform/HttpClient"

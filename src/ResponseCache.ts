@@ -49,6 +49,7 @@
  *
  * @since 0.1.0
  */
+
 import { createHash } from "node:crypto"
 import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"

@@ -4,36 +4,25 @@
  *
  * The default: exponential backoff with full jitter (`U(0,1) · min(cap, base · 2^n)`, AWS's
  * formula, which spreads a burst of failures instead of retrying them in lock-step), a maximum
- * number of retries, only for errors whose `retryable` is true, and never sooner than a server's
- * `Retry-After`. `jitter: "decorrelated"` takes Polly's decorrelated jitter instead: as spread
- * out, with a first delay around `base` (its median is 0.9 × `base`) and a total wait that grows
- * smoothly, retry by retry. A `Retry-After` longer than `maxRetryAfter` ends the retries instead of being
- * cut short: retrying sooner than asked only draws another 429.
+ * number of retries, only for errors whose verdict is retryable (`ApiError.classify`, or the
+ * classifier you give), and never sooner than a server's `Retry-After`. `jitter: "decorrelated"`
+ * takes Polly's decorrelated jitter instead: as spread out, with a first delay around `base` (its
+ * median is 0.9 × `base`) and a total wait that grows smoothly, retry by retry. A `Retry-After`
+ * longer than `maxRetryAfter` ends the retries instead of being cut short: retrying sooner than
+ * asked only draws another 429.
  *
  * @since 0.1.0
  */
+
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import * as Option from "effect/Option"
 import * as Random from "effect/Random"
 import * as Schedule from "effect/Schedule"
 import * as ScheduleDecision from "effect/ScheduleDecision"
 import * as ScheduleInterval from "effect/ScheduleInterval"
-
-/**
- * The part of an error a retry decision reads: `retryable`, and an optional server-requested
- * wait. Every `ApiError` (and `CircuitOpen`) is one.
- *
- * @since 0.1.0
- * @category models
- */
-export interface Classified {
-  readonly _tag: string
-  readonly retryable: boolean
-  readonly retryAfter?: Option.Option<Duration.Duration> | undefined
-}
+import * as ApiError from "./ApiError.js"
 
 /**
  * @since 0.1.0
@@ -50,6 +39,8 @@ export interface Options {
   readonly maxRetryAfter?: Duration.DurationInput | undefined
   /** `exponentialFullJitter` or `decorrelatedJitter`. Default "full". */
   readonly jitter?: "full" | "decorrelated" | undefined
+  /** What each failure means: only retryable verdicts are retried. Default `ApiError.classify`. */
+  readonly classify?: ApiError.Classifier | undefined
 }
 
 /**
@@ -61,14 +52,6 @@ export const defaults = {
   maxRetries: 5,
   maxRetryAfter: Duration.seconds(60)
 } as const
-
-/**
- * The wait a server asked for, zero when it did not.
- *
- * @since 0.1.0
- */
-export const retryAfterOf = (error: Classified): Duration.Duration =>
-  error.retryAfter === undefined ? Duration.zero : Option.getOrElse(error.retryAfter, () => Duration.zero)
 
 /**
  * Exponential backoff from `base`, capped at `cap`, with full jitter drawn from Effect's
@@ -116,37 +99,52 @@ export const decorrelatedJitter = (
 }
 
 /**
- * Keeps a schedule's delay at least as long as the server's `Retry-After`, and stops when that
- * is longer than `max`. The schedule's input must be the error.
+ * Keeps a schedule's delay at least as long as the wait the error's verdict asks for
+ * (`Retry-After`), and stops when that is longer than `max`. The schedule's input must be the
+ * error.
  *
  * @since 0.1.0
  * @category combinators
  */
-export const honoringRetryAfter = (max: Duration.DurationInput) =>
-<Out, E extends Classified, R>(self: Schedule.Schedule<Out, E, R>): Schedule.Schedule<[E, Out], E, R> =>
-  Schedule.identity<E>().pipe(
-    Schedule.whileInput((error: E) => Duration.lessThanOrEqualTo(retryAfterOf(error), max)),
-    Schedule.intersect(self),
-    Schedule.modifyDelay(([error], delay) => Duration.max(delay, retryAfterOf(error)))
+export const honoringRetryAfter = (max: Duration.DurationInput, classify: ApiError.Classifier = ApiError.classify) =>
+<Out, E, R>(self: Schedule.Schedule<Out, E, R>): Schedule.Schedule<Out, E, R> =>
+  Schedule.recurWhile(([wait]: readonly [Duration.Duration, E]) => Duration.lessThanOrEqualTo(wait, max)).pipe(
+    Schedule.intersect(Schedule.mapInput(self, ([, error]: readonly [Duration.Duration, E]) => error)),
+    Schedule.modifyDelay(([[wait]], delay) => Duration.max(delay, wait)),
+    Schedule.map(([, out]) => out),
+    Schedule.mapInput((error: E) => [ApiError.retryAfterOf(classify(error)), error] as const)
   )
 
 /**
- * The full policy as a schedule whose input and output are the error being retried: only
- * retryable errors, jittered backoff, at most `maxRetries`, honouring `Retry-After`.
+ * The full policy as a schedule whose input and output are the error being retried: only errors
+ * whose verdict is retryable (`ApiError.isRetryable`), jittered backoff, at most `maxRetries`,
+ * honouring `Retry-After`. It accepts any error type: `classify` says what each one means.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { RetryPolicy } from "weatherproof"
+ *
+ * declare const call: Effect.Effect<string, Error>
+ * const retried = Effect.retry(call, RetryPolicy.schedule({ maxRetries: 3 }))
+ * ```
  *
  * @since 0.1.0
  * @category schedules
  */
-export const schedule = <E extends Classified = Classified>(options: Options = {}): Schedule.Schedule<E, E> =>
-  (options.jitter === "decorrelated" ? decorrelatedJitter : exponentialFullJitter)(
+export const schedule = <E = unknown>(options: Options = {}): Schedule.Schedule<E, E> => {
+  const classify = options.classify ?? ApiError.classify
+  return (options.jitter === "decorrelated" ? decorrelatedJitter : exponentialFullJitter)(
     options.base ?? defaults.base,
     options.cap ?? defaults.cap
   ).pipe(
     Schedule.intersect(Schedule.recurs(options.maxRetries ?? defaults.maxRetries)),
-    Schedule.whileInput((error: E) => error.retryable),
-    honoringRetryAfter(options.maxRetryAfter ?? defaults.maxRetryAfter),
-    Schedule.map(([error]) => error)
+    Schedule.intersect(Schedule.identity<E>()),
+    Schedule.whileInput((error: E) => ApiError.isRetryable(classify(error))),
+    honoringRetryAfter(options.maxRetryAfter ?? defaults.maxRetryAfter, classify),
+    Schedule.map(([, error]) => error)
   )
+}
 
 /**
  * @since 0.1.0
@@ -154,7 +152,7 @@ export const schedule = <E extends Classified = Classified>(options: Options = {
  */
 export interface Service {
   /** The schedule retries follow; its input and output are the failed attempt's error. */
-  readonly schedule: Schedule.Schedule<Classified, Classified>
+  readonly schedule: Schedule.Schedule<unknown, unknown>
   /**
    * The longest wait the policy honours before a retry (`Options.maxRetryAfter`): a retry that
    * `Resilient`'s retry budget refuses waits as long for room.
@@ -169,14 +167,28 @@ export interface Service {
 export class RetryPolicy extends Context.Tag("weatherproof/RetryPolicy")<RetryPolicy, Service>() {}
 
 /**
+ * The policy as a service.
+ *
+ * @example
+ * ```ts
+ * import { RetryPolicy } from "weatherproof"
+ *
+ * const retry = RetryPolicy.make({ base: "1 second", maxRetries: 4, jitter: "decorrelated" })
+ * ```
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = (options: Options = {}): Service => ({
+  schedule: schedule(options),
+  maxRetryAfter: Duration.decode(options.maxRetryAfter ?? defaults.maxRetryAfter)
+})
+
+/**
  * @since 0.1.0
  * @category layers
  */
-export const layer = (options: Options = {}): Layer.Layer<RetryPolicy> =>
-  Layer.succeed(RetryPolicy, {
-    schedule: schedule(options),
-    maxRetryAfter: Duration.decode(options.maxRetryAfter ?? defaults.maxRetryAfter)
-  })
+export const layer = (options: Options = {}): Layer.Layer<RetryPolicy> => Layer.succeed(RetryPolicy, make(options))
 
 /**
  * Never retries: for tests and for callers that retry themselves.
@@ -185,7 +197,7 @@ export const layer = (options: Options = {}): Layer.Layer<RetryPolicy> =>
  * @category layers
  */
 export const layerNone: Layer.Layer<RetryPolicy> = Layer.succeed(RetryPolicy, {
-  schedule: Schedule.whileInput(Schedule.identity<Classified>(), () => false),
+  schedule: Schedule.stop,
   maxRetryAfter: Duration.zero
 })
 

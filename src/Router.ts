@@ -19,6 +19,7 @@
  *
  * @since 0.1.0
  */
+
 import * as Cause from "effect/Cause"
 import * as Config from "effect/Config"
 import type * as ConfigError from "effect/ConfigError"
@@ -185,8 +186,6 @@ export class RoutingRefused extends Data.TaggedError("RoutingRefused")<{
   readonly model: string
   readonly reason: ThinkingReason
 }> {
-  /** @since 0.1.0 */
-  readonly retryable = false
   /** @since 0.1.0 */
   override get message(): string {
     return thinkingMessage(this.task, this.model, this.reason)

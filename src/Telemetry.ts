@@ -1,17 +1,20 @@
 /**
- * Observes what the resilient pipeline does on the way to a result: failed attempts (with their
- * typed error) and the retries it schedules. The batch CLI counts them for its summary; an app
- * can forward them anywhere. Effect `Metric`s are updated by the pipeline regardless.
+ * Observes what a `Policy` does on the way to a result: failed attempts (with their typed error;
+ * our own gates' refusals are not the upstream's doing and are not reported) and the retries it
+ * schedules. The batch CLI counts them for its summary; an app can forward them anywhere.
+ *
+ * Optional: a policy reports to the `Telemetry` in its context when there is one, and to nobody
+ * otherwise. Effect `Metric`s are updated regardless.
  *
  * @since 0.1.0
  */
+
 import * as Context from "effect/Context"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Ref from "effect/Ref"
-import type { ApiError } from "./ApiError.js"
-import type { Classified } from "./RetryPolicy.js"
+import * as ApiError from "./ApiError.js"
 
 /**
  * @since 0.1.0
@@ -19,9 +22,9 @@ import type { Classified } from "./RetryPolicy.js"
  */
 export interface Service {
   /** An attempt failed with `error` (whether or not it will be retried). */
-  readonly attemptFailed: (error: ApiError) => Effect.Effect<void>
-  /** A retry was scheduled after `delay`. */
-  readonly retrying: (error: Classified, delay: Duration.Duration) => Effect.Effect<void>
+  readonly attemptFailed: (error: unknown) => Effect.Effect<void>
+  /** A retry of `error` was scheduled after `delay`. */
+  readonly retrying: (error: unknown, delay: Duration.Duration) => Effect.Effect<void>
 }
 
 /**
@@ -34,12 +37,20 @@ export class Telemetry extends Context.Tag("weatherproof/Telemetry")<Telemetry, 
  * Ignores every event.
  *
  * @since 0.1.0
- * @category layers
+ * @category constructors
  */
-export const layerNoop: Layer.Layer<Telemetry> = Layer.succeed(Telemetry, {
+export const noop: Service = {
   attemptFailed: () => Effect.void,
   retrying: () => Effect.void
-})
+}
+
+/**
+ * Ignores every event.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerNoop: Layer.Layer<Telemetry> = Layer.succeed(Telemetry, noop)
 
 /**
  * Totals counted by `makeCounters`.
@@ -54,6 +65,9 @@ export interface Counts {
   /** Failed attempts by error tag. */
   readonly byTag: Readonly<Record<string, number>>
 }
+
+/** An error's `_tag`, or `"unknown"` for an untagged one. */
+const tagOf = (error: unknown): string => ApiError.tagOf(error) ?? "unknown"
 
 /**
  * A telemetry that counts events, and a way to read the counts.
@@ -70,8 +84,8 @@ export const makeCounters: Effect.Effect<{ readonly telemetry: Service; readonly
           Ref.update(ref, (c) => ({
             ...c,
             failedAttempts: c.failedAttempts + 1,
-            rateLimited: c.rateLimited + (error._tag === "RateLimited" ? 1 : 0),
-            byTag: { ...c.byTag, [error._tag]: (c.byTag[error._tag] ?? 0) + 1 }
+            rateLimited: c.rateLimited + (tagOf(error) === "RateLimited" ? 1 : 0),
+            byTag: { ...c.byTag, [tagOf(error)]: (c.byTag[tagOf(error)] ?? 0) + 1 }
           })),
         retrying: () => Ref.update(ref, (c) => ({ ...c, retries: c.retries + 1 }))
       },

@@ -23,6 +23,7 @@
  *
  * @since 0.1.0
  */
+
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Data from "effect/Data"
@@ -125,10 +126,6 @@ export class RateLimitExceeded extends Data.TaggedError("RateLimitExceeded")<{
   readonly dimension: Dimension
   readonly retryAfter: Option.Option<Duration.Duration>
 }> {
-  /** @since 0.1.0 */
-  get retryable(): boolean {
-    return Option.isSome(this.retryAfter)
-  }
   /** @since 0.1.0 */
   override get message(): string {
     return Option.match(this.retryAfter, {

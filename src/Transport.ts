@@ -4,6 +4,7 @@
  *
  * @since 0.1.0
  */
+
 import type * as HttpClient from "@effect/platform/HttpClient"
 import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import * as Config from "effect/Config"

@@ -26,6 +26,8 @@ export * as KeyPool from "./KeyPool.js"
 /** @since 0.1.0 */
 export * as MockUpstream from "./MockUpstream.js"
 /** @since 0.1.0 */
+export * as Policy from "./Policy.js"
+/** @since 0.1.0 */
 export * as Resilient from "./Resilient.js"
 /** @since 0.1.0 */
 export * as ResponseCache from "./ResponseCache.js"

@@ -10,18 +10,16 @@ import * as TestClock from "effect/TestClock"
 import type { Account } from "../src/Accounts.js"
 import * as AccountPool from "../src/AccountPool.js"
 import type { ChatCompletionRequest } from "../src/ChatSchema.js"
-import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
 import * as CostLedger from "../src/CostLedger.js"
 import * as MockUpstream from "../src/MockUpstream.js"
 import * as Resilient from "../src/Resilient.js"
-import * as RetryBudget from "../src/RetryBudget.js"
-import * as RetryPolicy from "../src/RetryPolicy.js"
 import * as Simulator from "../src/Simulator.js"
 import * as Telemetry from "../src/Telemetry.js"
-import * as TokenBucket from "../src/TokenBucket.js"
 import { Transport } from "../src/Transport.js"
 import { contentOf, settle as settleStream } from "./support/streams.js"
+import * as ApiError from "../src/ApiError.js"
+import * as Policy from "../src/Policy.js"
 
 // ---------------------------------------------------------------------------------------------
 // An upstream per host (`a.test`, `b.test` …), each answered by a handler a test can swap.
@@ -98,15 +96,9 @@ const poolLayer = (setup: Setup) =>
 /** The outer pipeline around the pool, as `layerResilient` builds it, with counting telemetry. */
 const stackLayer = (setup: Setup) => {
   const { counts, telemetry } = Effect.runSync(Telemetry.makeCounters)
+  const policy = Policy.layer({ retry: { base: "100 millis", cap: "1 second" }, retryBudget: false, concurrency: false, breaker: false })
   const layer = Resilient.layer.pipe(
-    Layer.provide([
-      ConcurrencyLimiter.layerUnbounded,
-      RetryPolicy.layer({ base: "100 millis", cap: "1 second" }),
-      RetryBudget.layerUnlimited,
-      TokenBucket.layerUnlimited,
-      CircuitBreaker.layerNoop,
-      Layer.succeed(Telemetry.Telemetry, telemetry)
-    ]),
+    Layer.provide(policy.pipe(Layer.provide(Layer.succeed(Telemetry.Telemetry, telemetry)))),
     Layer.provideMerge(poolLayer(setup))
   )
   return { layer, counts }
@@ -213,9 +205,9 @@ describe("AccountPool", () => {
       handlers: { a: status(402), b: healthy() }
     }
     const { layer } = stackLayer(setup)
-    const count = (metric: typeof Resilient.callsCounter) => Effect.map(Metric.value(metric), (state) => state.count)
-    const calls = count(Resilient.callsCounter)
-    const callsOn = (name: string) => count(Metric.tagged(Resilient.callsCounter, "account", name))
+    const count = (metric: typeof Policy.callsCounter) => Effect.map(Metric.value(metric), (state) => state.count)
+    const calls = count(Policy.callsCounter)
+    const callsOn = (name: string) => count(Metric.tagged(Policy.callsCounter, "account", name))
     return Effect.gen(function*() {
       const before = yield* Effect.all([calls, callsOn("a"), callsOn("b")])
       yield* resilientCreate // a answers 402, b serves: one call, two account attempts
@@ -311,9 +303,9 @@ describe("AccountPool", () => {
       yield* Effect.repeatN(create, 3)
       expect(countOf(yield* chatHosts, "alt")).toBe(0)
 
-      // One 503 opens a primary's breaker (the error goes back to the caller's retry).
-      setup.handlers.a = status(503)
-      setup.handlers.b = status(503)
+      // One 500 (an outage) opens a primary's breaker (the error goes back to the caller's retry).
+      setup.handlers.a = status(500)
+      setup.handlers.b = status(500)
       expect((yield* Effect.flip(create))._tag).toBe("ServerError")
       expect((yield* Effect.flip(create))._tag).toBe("ServerError")
       expect(yield* states).toEqual({ a: "open", b: "open", alt: "serving" })
@@ -337,7 +329,7 @@ describe("AccountPool", () => {
   it.effect("calls queued at the fallback go back to a primary as soon as it may serve again", () => {
     const setup: Setup = {
       accounts: [account("a", ["sk-a"], { concurrency: 1 }), { ...fallbackAccount, concurrency: 1 }],
-      handlers: { a: status(503), alt: healthy("1 minute") },
+      handlers: { a: status(500), alt: healthy("1 minute") },
       options: { breaker: { minimumThroughput: 1, failureRatio: 0.25, openFor: "30 seconds" } }
     }
     return Effect.gen(function*() {
@@ -381,7 +373,7 @@ describe("AccountPool", () => {
   it.effect("answers NoAccountAvailable with the earliest recovery, which the outer retry waits for", () => {
     const setup: Setup = {
       accounts: [account("a", ["sk-a"]), account("b", ["sk-b"])],
-      handlers: { a: (req) => isChat(req) ? status(402)(req) : balance(false), b: status(503) },
+      handlers: { a: (req) => isChat(req) ? status(402)(req) : balance(false), b: status(500) },
       options: {
         balanceProbeInterval: "60 seconds",
         breaker: { minimumThroughput: 1, failureRatio: 1, openFor: "20 seconds" }
@@ -389,11 +381,11 @@ describe("AccountPool", () => {
     }
     const { layer } = stackLayer(setup)
     return Effect.gen(function*() {
-      // a answers 402 (out, probed in 60 s), b 503 (its breaker opens for 20 s).
+      // a answers 402 (out, probed in 60 s), b 500 (its breaker opens for 20 s).
       expect((yield* Effect.flip(create))._tag).toBe("ServerError")
       const error = yield* Effect.flip(create)
       if (error._tag !== "NoAccountAvailable") return expect.fail(`unexpected ${error._tag}`)
-      expect(error.retryable).toBe(true)
+      expect(ApiError.isRetryable(ApiError.classify(error))).toBe(true)
       expect(error.retryAfter).toEqual(Option.some(Duration.seconds(20)))
       expect(error.accounts.map((a) => [a.account, a.reason])).toEqual([["a", "out_of_balance"], ["b", "circuit_open"]])
 
@@ -466,7 +458,7 @@ describe("AccountPool", () => {
       const error = yield* Effect.flip(resilientCreate)
       if (error._tag !== "NoAccountAvailable") return expect.fail(`unexpected ${error._tag}`)
       expect(error.budgetExceeded).toEqual({ spentUsd: 0, budgetUsd: 0 })
-      expect(error.retryable).toBe(false)
+      expect(ApiError.isRetryable(ApiError.classify(error))).toBe(false)
       expect(error.message).toContain("budget exceeded")
       expect((yield* counts).retries).toBe(0)
       expect(yield* chatHosts).toEqual([])

@@ -27,8 +27,9 @@ import {
   UnexpectedStatus,
   UpstreamError
 } from "../src/ApiError.js"
+import * as ApiError from "../src/ApiError.js"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
-import * as RetryPolicy from "../src/RetryPolicy.js"
+import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
 
 const serverError = (message = "overloaded") => new ServerError({ status: 503, message, retryAfter: Option.none() })
 const badRequest = (status = 400) => new InvalidRequest({ status, message: "bad request" })
@@ -138,7 +139,8 @@ describe("CircuitBreaker", () => {
 
     it.scoped("uses a custom classifier", () =>
       Effect.gen(function*() {
-        const breaker = yield* CircuitBreaker.make({ minimumThroughput: 2, isFailure: (error) => error === "boom" })
+        const classify = (error: unknown) => error === "boom" ? ApiError.outage() : ApiError.caller
+        const breaker = yield* CircuitBreaker.make({ minimumThroughput: 2, classify })
         yield* fail(breaker, 10, serverError())
         expect((yield* breaker.state)._tag).toBe("Closed")
         yield* fail(breaker, 10, "boom")
@@ -176,42 +178,47 @@ describe("CircuitBreaker", () => {
       }))
   })
 
-  describe("isUpstreamFailure", () => {
-    const cases: ReadonlyArray<readonly [error: unknown, failure: boolean]> = [
-      [new RateLimited({ message: "busy", retryAfter: Option.none() }), true],
-      [serverError(), true],
-      [new ServerError({ status: 500, message: "boom", retryAfter: Option.none() }), true],
-      [new TransportError({ reason: "connect", message: "refused", partial: emptyPartial }), true],
-      [new DeadlineExceeded({ reason: "idle", after: Duration.seconds(120), partial: emptyPartial }), true],
-      [new StreamTruncated({ partial: emptyPartial }), true],
-      [new InsufficientResource({ partial: emptyPartial }), true],
-      [new UpstreamError({ message: "oops", partial: emptyPartial }), true],
-      [new MalformedResponse({ reason: "cut", message: "cut" }), true],
-      [new MalformedResponse({ reason: "blank", message: "blank" }), true],
-      [new MalformedResponse({ reason: "schema", message: "shape" }), false],
-      [badRequest(400), false],
-      [badRequest(422), false],
-      [new KeyRejected({ message: "no", keyId: "key#1" }), false],
-      [new InsufficientBalance({ message: "pay" }), false],
-      [new UnexpectedStatus({ status: 404, message: "missing" }), false],
-      [new NoUsableKey({ rejected: 2 }), false],
-      [new Error("plain"), false],
-      ["RateLimited", false],
-      [null, false],
-      [undefined, false]
+  describe("what counts as a failure", () => {
+    type Counted = "failure" | "success" | "ignored"
+    const cases: ReadonlyArray<readonly [error: unknown, counted: Counted, loadShed: boolean]> = [
+      [new RateLimited({ message: "busy", retryAfter: Option.none() }), "failure", true],
+      [serverError(), "failure", true],
+      [new InsufficientResource({ partial: emptyPartial }), "failure", true],
+      [new ServerError({ status: 500, message: "boom", retryAfter: Option.none() }), "failure", false],
+      [new TransportError({ reason: "connect", message: "refused", partial: emptyPartial }), "failure", false],
+      [new DeadlineExceeded({ reason: "idle", after: Duration.seconds(120), partial: emptyPartial }), "failure", false],
+      [new StreamTruncated({ partial: emptyPartial }), "failure", false],
+      [new UpstreamError({ message: "oops", partial: emptyPartial }), "failure", false],
+      [new MalformedResponse({ reason: "cut", message: "cut" }), "failure", false],
+      [new MalformedResponse({ reason: "blank", message: "blank" }), "failure", false],
+      [new UnexpectedStatus({ status: 409, message: "conflict" }), "failure", false],
+      // Errors it does not know are outages: never silently a success.
+      [new Error("plain"), "failure", false],
+      ["RateLimited", "failure", false],
+      [null, "failure", false],
+      [new MalformedResponse({ reason: "schema", message: "shape" }), "success", false],
+      [badRequest(400), "success", false],
+      [badRequest(422), "success", false],
+      [new KeyRejected({ message: "no", keyId: "key#1" }), "success", false],
+      [new InsufficientBalance({ message: "pay" }), "success", false],
+      [new UnexpectedStatus({ status: 404, message: "missing" }), "success", false],
+      [new NoUsableKey({ rejected: 2 }), "success", false],
+      [new ConcurrencyLimiter.QueueFull({ queued: 3 }), "ignored", false]
     ]
-    it("counts only the errors that say the upstream is unhealthy", () => {
-      for (const [error, failure] of cases) {
-        const label = error instanceof Error ? `${error.name} ${JSON.stringify(error)}` : String(error)
-        expect(CircuitBreaker.isUpstreamFailure(error), label).toBe(failure)
-      }
-    })
-    it("isOutage is the same but for 429, which an adaptive limiter handles", () => {
-      for (const [error, failure] of cases) {
-        const is429 = error instanceof RateLimited
-        expect(CircuitBreaker.isOutage(error), String(error)).toBe(failure && !is429)
-      }
-    })
+    const countedBy = (options: CircuitBreaker.Options, error: unknown) =>
+      Effect.gen(function*() {
+        const breaker = yield* CircuitBreaker.make(options)
+        yield* fail(breaker, 1, error)
+        const { calls, failures } = yield* breaker.snapshot
+        return calls === 0 ? "ignored" : failures === 1 ? "failure" : "success"
+      })
+    it.scoped("reads each error through ApiError.classify: outages and load shed fail, account and caller errors succeed", () =>
+      Effect.forEach(cases, ([error, counted]) =>
+        Effect.map(countedBy({}, error), (actual) => expect(actual, String(error)).toBe(counted))))
+    it.scoped("with countLoadShed false (behind an adaptive limiter) load shed is ignored, outages still fail", () =>
+      Effect.forEach(cases, ([error, counted, loadShed]) =>
+        Effect.map(countedBy({ countLoadShed: false }, error), (actual) =>
+          expect(actual, String(error)).toBe(loadShed ? "ignored" : counted))))
   })
 
   describe("open", () => {
@@ -223,9 +230,10 @@ describe("CircuitBreaker", () => {
         let ran = false
         const error = yield* rejection(breaker, Effect.sync(() => (ran = true)))
         expect(ran).toBe(false)
-        expect(error).toMatchObject({ reason: "open", until: 30_000, trips: 1, name: "deepseek", retryable: true })
+        expect(error).toMatchObject({ reason: "open", until: 30_000, trips: 1, name: "deepseek" })
         expect(error.retryAfter).toEqual(Option.some(Duration.seconds(20)))
-        expect(RetryPolicy.retryAfterOf(error)).toEqual(Duration.seconds(20)) // a retry waits for it
+        // A retry waits for it.
+        expect(ApiError.classify(error)).toEqual(ApiError.refused(true, Option.some(Duration.seconds(20))))
         expect(error.message).toBe("circuit breaker deepseek is open (trip 1): calls resume in 20s")
       }))
 
@@ -320,7 +328,8 @@ describe("CircuitBreaker", () => {
         yield* TestClock.adjust("30 seconds")
         const canary = yield* forkStarted(breaker, Effect.as(Effect.sleep("5 seconds"), "canary"))
         const error = yield* rejection(breaker, Effect.succeed("never runs"))
-        expect(error).toMatchObject({ reason: "half_open", until: 30_000, trips: 1, retryable: true })
+        expect(error).toMatchObject({ reason: "half_open", until: 30_000, trips: 1 })
+        expect(ApiError.isRetryable(ApiError.classify(error))).toBe(true)
         expect(error.retryAfter).toEqual(Option.none())
         yield* TestClock.adjust("5 seconds")
         expect(yield* Fiber.join(canary)).toBe("canary")
@@ -372,7 +381,8 @@ describe("CircuitBreaker", () => {
         yield* TestClock.adjust("10 minutes")
         expect(yield* breaker.state).toEqual({ _tag: "Isolated", since: 0 })
         const error = yield* rejection(breaker)
-        expect(error).toMatchObject({ reason: "isolated", until: Infinity, retryable: false })
+        expect(error).toMatchObject({ reason: "isolated", until: Infinity })
+        expect(ApiError.isRetryable(ApiError.classify(error))).toBe(false)
         expect(error.retryAfter).toEqual(Option.none())
         yield* breaker.reset
         expect(yield* breaker.protect(Effect.succeed("ok"))).toBe("ok")

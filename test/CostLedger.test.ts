@@ -14,6 +14,7 @@ import * as Ref from "effect/Ref"
 import * as TestClock from "effect/TestClock"
 import type { Usage } from "../src/ChatSchema.js"
 import * as CostLedger from "../src/CostLedger.js"
+import * as ApiError from "../src/ApiError.js"
 
 /** DeepSeek-style usage with the cache split and reasoning tokens. */
 const usage = (hit: number, miss: number, completion: number, reasoning = 0): Usage => ({
@@ -265,7 +266,8 @@ describe("CostLedger budget", () => {
       const error = yield* Effect.flip(guardedCall)
 
       expect(error).toBeInstanceOf(CostLedger.BudgetExceeded)
-      expect(error).toMatchObject({ _tag: "BudgetExceeded", spentUsd: 0.00034048, budgetUsd: 0.0003, retryable: false })
+      expect(error).toMatchObject({ _tag: "BudgetExceeded", spentUsd: 0.00034048, budgetUsd: 0.0003 })
+      expect(ApiError.isRetryable(ApiError.classify(error))).toBe(false)
       expect(error.message).toBe("budget exceeded: spent $0.00034048 of $0.0003")
       expect(yield* Ref.get(calls)).toBe(2)
       expect((yield* ledger.snapshot).budget).toEqual({ budgetUsd: 0.0003, remainingUsd: 0 })

@@ -16,6 +16,7 @@ import type { ChatCompletionChunk, ChatCompletionRequest } from "../src/ChatSche
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
 import * as wire from "../src/internal/wire.js"
+import * as Policy from "../src/Policy.js"
 import * as Resilient from "../src/Resilient.js"
 import * as ResponseCache from "../src/ResponseCache.js"
 import * as RetryBudget from "../src/RetryBudget.js"
@@ -73,17 +74,18 @@ const pipeline = (steps: ReadonlyArray<Step>, overrides: Overrides = {}) => {
   const { telemetry, counts } = Effect.runSync(Telemetry.makeCounters)
   const limiter = overrides.limiter ?? Effect.runSync(ConcurrencyLimiter.makeFixed(overrides.permits ?? 4))
   const calls = Effect.runSync(Ref.make(0))
-  const layer = Resilient.layer.pipe(
+  const policy = Policy.layerFromContext.pipe(
     Layer.provide([
-      overrides.transport ?? scriptedTransport(steps, calls),
       Layer.succeed(ConcurrencyLimiter.ConcurrencyLimiter, limiter),
       RetryPolicy.layer({ base: "100 millis", cap: "1 second", ...overrides.retry }),
       Layer.succeed(Telemetry.Telemetry, telemetry),
       overrides.budget ?? RetryBudget.layerUnlimited,
       overrides.bucket ?? TokenBucket.layerUnlimited,
-      overrides.breaker ?? CircuitBreaker.layerNoop,
-      overrides.cache ?? Layer.empty
+      overrides.breaker ?? CircuitBreaker.layerNoop
     ])
+  )
+  const layer = Resilient.layer.pipe(
+    Layer.provide([overrides.transport ?? scriptedTransport(steps, calls), policy, overrides.cache ?? Layer.empty])
   )
   return { layer, counts, limiter, calls: Ref.get(calls) }
 }
@@ -219,16 +221,17 @@ describe("Resilient", () => {
     }).pipe(Effect.provide(layer))
   })
 
-  it.scoped("behind the adaptive limiter a burst of 429s does not open the breaker; 503s do", () => {
+  it.scoped("behind the adaptive limiter a burst of 429s or 503s (load shed) does not open the breaker; 500s do", () => {
     const steps = (error: ApiError): ReadonlyArray<Step> => Array.from({ length: 6 }, () => error)
     const run = (error: ApiError) =>
       Effect.gen(function*() {
         const calls = yield* Ref.make(0)
         const { telemetry } = yield* Telemetry.makeCounters
-        const layer = Resilient.layerPolicies({
+        const policy = Policy.layer({
           breaker: { minimumThroughput: 4, failureRatio: 0.5 },
           retry: { base: "1 millis", cap: "1 millis", maxRetries: 10 }
-        }).pipe(Layer.provide([scriptedTransport(steps(error), calls), Layer.succeed(Telemetry.Telemetry, telemetry)]))
+        }).pipe(Layer.provide(Layer.succeed(Telemetry.Telemetry, telemetry)))
+        const layer = Resilient.layer.pipe(Layer.provide([scriptedTransport(steps(error), calls), policy]))
         const client = yield* Effect.provide(Resilient.Resilient, layer)
         const fiber = yield* Effect.fork(client.create(request))
         yield* TestClock.adjust("1 second")
@@ -237,8 +240,10 @@ describe("Resilient", () => {
     return Effect.gen(function*() {
       const afterRateLimits = yield* run(rateLimited(0))
       expect(afterRateLimits).toEqual({ done: true, calls: 7 })
-      // Six 503s trip it at the fourth: the call now waits out the open period.
-      const afterOutage = yield* run(overloaded)
+      const afterOverloads = yield* run(overloaded)
+      expect(afterOverloads).toEqual({ done: true, calls: 7 })
+      // Six 500s trip it at the fourth: the call now waits out the open period.
+      const afterOutage = yield* run(new ServerError({ status: 500, message: "down", retryAfter: Option.none() }))
       expect(afterOutage.done).toBe(false)
       expect(afterOutage.calls).toBe(4)
     })
@@ -282,8 +287,9 @@ describe("Resilient", () => {
   describe("spans", () => {
     /** A pipeline whose transport reports the span it runs in. */
     const spanPipeline = (seen: Array<Tracer.AnySpan | undefined>) =>
-      Resilient.layerPolicies().pipe(
+      Resilient.layer.pipe(
         Layer.provide([
+          Policy.layer(),
           Layer.succeed(Transport, Transport.of({
             create: () =>
               Effect.map(Effect.option(Effect.currentSpan), (span) => {
@@ -291,8 +297,7 @@ describe("Resilient", () => {
                 return wire.completion(generation)
               }),
             stream: () => Stream.empty
-          })),
-          Telemetry.layerNoop
+          }))
         ])
       )
     const nameOf = (span: Tracer.AnySpan | undefined) => span?._tag === "Span" ? span.name : undefined

@@ -19,7 +19,7 @@ const rateLimited = (retryAfter?: Duration.DurationInput) =>
   })
 
 /** Runs a call that fails with `errors` in turn (then succeeds), retried by `schedule`; counts attempts. */
-const flaky = (errors: ReadonlyArray<ApiError>, schedule: RetryPolicy.Service["schedule"]) =>
+const flaky = (errors: ReadonlyArray<ApiError>, schedule: Schedule.Schedule<unknown, ApiError>) =>
   Effect.gen(function*() {
     const attempts = yield* Ref.make(0)
     const call = Ref.getAndUpdate(attempts, (n) => n + 1).pipe(
@@ -143,7 +143,7 @@ describe("RetryPolicy", () => {
   it.effect("tapRetries reports each retry with the delay it waits", () =>
     Effect.gen(function*() {
       const seen = yield* Ref.make<ReadonlyArray<[string, number]>>([])
-      const schedule = RetryPolicy.schedule({ base: "10 millis", cap: "10 millis" }).pipe(
+      const schedule = RetryPolicy.schedule<ApiError>({ base: "10 millis", cap: "10 millis" }).pipe(
         RetryPolicy.tapRetries((error, delay) =>
           Ref.update(seen, (xs) => [...xs, [error._tag, Duration.toMillis(delay)] as [string, number]])
         )

@@ -9,6 +9,7 @@ import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
 import * as Schema from "effect/Schema"
 import * as Router from "../src/Router.js"
+import * as ApiError from "../src/ApiError.js"
 
 const messages = [{ role: "user" as const, content: "Is this spam?" }] as const
 
@@ -144,9 +145,9 @@ describe("Router thinking on a simple task", () => {
         _tag: "RoutingRefused",
         task: "classification",
         model: "deepseek-v4-flash",
-        reason: "thinking-enabled",
-        retryable: false
+        reason: "thinking-enabled"
       })
+      expect(ApiError.classify(error)._tag).toBe("Caller")
       expect(error.message).toBe("thinking is enabled on deepseek-v4-flash for the simple task \"classification\"")
 
       const allowing = yield* Router.make({ thinkingOnSimpleTask: "allow" })

@@ -9,6 +9,7 @@ import * as Option from "effect/Option"
 import * as TestClock from "effect/TestClock"
 import type { ChatCompletionRequest } from "../src/ChatSchema.js"
 import * as TokenBucket from "../src/TokenBucket.js"
+import * as ApiError from "../src/ApiError.js"
 
 const bucket = (options: TokenBucket.Options) =>
   Effect.provide(TokenBucket.TokenBucket, TokenBucket.layer(options))
@@ -95,7 +96,7 @@ describe("TokenBucket", () => {
       const error = yield* failure(limiter.take())
       expect(error._tag).toBe("RateLimitExceeded")
       expect(error.dimension).toBe("requests")
-      expect(error.retryable).toBe(true)
+      expect(ApiError.isRetryable(ApiError.classify(error))).toBe(true)
       expect(millisOf(error)).toEqual(Option.some(500))
       // The refusal drew nothing: after exactly retryAfter there is room for one call.
       yield* TestClock.adjust("500 millis")
@@ -123,7 +124,7 @@ describe("TokenBucket", () => {
       const error = yield* failure(limiter.take({ tokens: 1001 }))
       expect(error.dimension).toBe("tokens")
       expect(Option.isNone(error.retryAfter)).toBe(true)
-      expect(error.retryable).toBe(false)
+      expect(ApiError.isRetryable(ApiError.classify(error))).toBe(false)
       yield* limiter.take({ tokens: 1000 })
     }))
 

@@ -11,7 +11,8 @@ import * as Ref from "effect/Ref"
 import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
 import type * as Tracer from "effect/Tracer"
-import type * as ApiError from "../src/ApiError.js"
+import * as ApiError from "../src/ApiError.js"
+import type * as ChatSchema from "../src/ChatSchema.js"
 import type { ChatCompletionRequest } from "../src/ChatSchema.js"
 import * as Wire from "../src/internal/wire.js"
 import * as KeyPool from "../src/KeyPool.js"
@@ -79,7 +80,8 @@ describe("Transport.create", () => {
   it.effect("a blank 200 is MalformedResponse blank", () =>
     Effect.gen(function*() {
       const error = yield* failure(create())
-      expect(error).toMatchObject({ _tag: "MalformedResponse", reason: "blank", retryable: true })
+      expect(error).toMatchObject({ _tag: "MalformedResponse", reason: "blank" })
+      expect(ApiError.classify(error)._tag).toBe("Outage")
     }).pipe(Effect.provide(setup([MockUpstream.parts(["\n", "\n\r\n", "  "])]))))
 
   it.effect("JSON cut before its end is MalformedResponse cut", () =>
@@ -88,11 +90,23 @@ describe("Transport.create", () => {
       expect(error).toMatchObject({ _tag: "MalformedResponse", reason: "cut" })
     }).pipe(Effect.provide(setup([MockUpstream.parts(["\n\n", "{\"id\":\"x\",\"obj"])]))))
 
-  it.effect("JSON of the wrong shape is MalformedResponse schema, not retryable", () =>
+  it.effect("JSON of the wrong shape is MalformedResponse schema, final", () =>
     Effect.gen(function*() {
       const error = yield* failure(create())
-      expect(error).toMatchObject({ _tag: "MalformedResponse", reason: "schema", retryable: false })
+      expect(error).toMatchObject({ _tag: "MalformedResponse", reason: "schema" })
+      expect(ApiError.classify(error)._tag).toBe("Caller")
     }).pipe(Effect.provide(setup([MockUpstream.json({ id: "x", choices: "none" })]))))
+
+  it.effect("an empty conversation is refused locally as InvalidRequest: nothing is sent", () =>
+    Effect.gen(function*() {
+      const history: Array<ChatSchema.Message> = []
+      const transport = yield* Transport.Transport
+      const error = yield* failure(transport.create({ model: "deepseek-v4-flash", messages: history }))
+      expect(error).toMatchObject({ _tag: "InvalidRequest", param: "messages", code: "empty_messages" })
+      const streamed = yield* Effect.flip(Stream.runDrain(transport.stream({ model: "deepseek-v4-flash", messages: history })))
+      expect(streamed._tag).toBe("InvalidRequest")
+      expect(yield* Effect.flatMap(MockUpstream.MockUpstream, (m) => m.requests)).toEqual([])
+    }).pipe(Effect.provide(setup([]))))
 
   it.effect("a 200 whose JSON is an error is UpstreamError", () =>
     Effect.gen(function*() {
@@ -129,43 +143,54 @@ describe("Transport status mapping", () => {
     readonly name: string
     readonly reply: MockUpstream.Reply
     readonly expected: Record<string, unknown>
+    readonly verdict: ApiError.Verdict["_tag"]
     readonly retryAfter?: Duration.DurationInput
   }> = [
     {
       name: "400",
       reply: echoKeyBody(400, "invalid_request_error"),
-      expected: { _tag: "InvalidRequest", status: 400, param: "messages", code: "bad_thing", retryable: false }
+      expected: { _tag: "InvalidRequest", status: 400, param: "messages", code: "bad_thing" },
+      verdict: "Caller"
     },
-    { name: "422", reply: echoKeyBody(422, "invalid_request_error"), expected: { _tag: "InvalidRequest", status: 422 } },
-    { name: "402", reply: echoKeyBody(402, "payment"), expected: { _tag: "InsufficientBalance", status: 402 } },
+    {
+      name: "422",
+      reply: echoKeyBody(422, "invalid_request_error"),
+      expected: { _tag: "InvalidRequest", status: 422 },
+      verdict: "Caller"
+    },
+    { name: "402", reply: echoKeyBody(402, "payment"), expected: { _tag: "InsufficientBalance", status: 402 }, verdict: "Account" },
     {
       name: "429 with retry-after-ms",
       reply: MockUpstream.status(429, { headers: { "retry-after-ms": "1500", "retry-after": "9" } }),
-      expected: { _tag: "RateLimited", retryable: true },
+      expected: { _tag: "RateLimited" },
+      verdict: "LoadShed",
       retryAfter: Duration.millis(1500)
     },
     {
       name: "429 with Retry-After seconds",
       reply: MockUpstream.status(429, { headers: { "Retry-After": "7" } }),
       expected: { _tag: "RateLimited" },
+      verdict: "LoadShed",
       retryAfter: Duration.seconds(7)
     },
     {
       name: "503 with an HTTP date (relative to the Clock, here 0)",
       reply: MockUpstream.status(503, { headers: { "retry-after": new Date(30_000).toUTCString() } }),
       expected: { _tag: "ServerError", status: 503 },
+      verdict: "LoadShed",
       retryAfter: Duration.seconds(30)
     },
-    { name: "500", reply: echoKeyBody(500, "server_error"), expected: { _tag: "ServerError", status: 500 } },
-    { name: "404", reply: MockUpstream.status(404), expected: { _tag: "UnexpectedStatus", status: 404, retryable: false } },
-    { name: "409", reply: MockUpstream.status(409), expected: { _tag: "UnexpectedStatus", status: 409, retryable: true } }
+    { name: "500", reply: echoKeyBody(500, "server_error"), expected: { _tag: "ServerError", status: 500 }, verdict: "Outage" },
+    { name: "404", reply: MockUpstream.status(404), expected: { _tag: "UnexpectedStatus", status: 404 }, verdict: "Caller" },
+    { name: "409", reply: MockUpstream.status(409), expected: { _tag: "UnexpectedStatus", status: 409 }, verdict: "Outage" }
   ]
 
-  for (const { expected, name, reply, retryAfter } of cases) {
+  for (const { expected, name, reply, retryAfter, verdict } of cases) {
     it.effect(name, () =>
       Effect.gen(function*() {
         const error = yield* failure(create())
         expect(error).toMatchObject(expected)
+        expect(ApiError.classify(error)._tag).toBe(verdict)
         if ("retryAfter" in error) {
           expect(error.retryAfter).toEqual(retryAfter === undefined ? Option.none() : Option.some(Duration.decode(retryAfter)))
         }
@@ -278,7 +303,8 @@ describe("Transport stale connections", () => {
   it.effect("two drops are a TransportError", () =>
     Effect.gen(function*() {
       const error = yield* failure(create())
-      expect(error).toMatchObject({ _tag: "TransportError", reason: "request", retryable: true })
+      expect(error).toMatchObject({ _tag: "TransportError", reason: "request" })
+      expect(ApiError.classify(error)._tag).toBe("Outage")
       expect(error.message).toContain("other side closed")
     }).pipe(Effect.provide(setup([MockUpstream.drop(), MockUpstream.drop(), MockUpstream.completion(generation)]))))
 

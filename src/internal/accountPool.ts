@@ -18,7 +18,6 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as FiberId from "effect/FiberId"
-import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
@@ -33,12 +32,9 @@ import * as CircuitBreaker from "../CircuitBreaker.js"
 import * as Limiter from "../ConcurrencyLimiter.js"
 import { CostLedger, type Disposition } from "../CostLedger.js"
 import * as KeyPool from "../KeyPool.js"
-import * as Resilient from "../Resilient.js"
-import * as ResponseCache from "../ResponseCache.js"
-import * as RetryBudget from "../RetryBudget.js"
-import * as RetryPolicy from "../RetryPolicy.js"
+import * as Policy from "../Policy.js"
 import * as Telemetry from "../Telemetry.js"
-import * as TokenBucket from "../TokenBucket.js"
+import type * as Resilient from "../Resilient.js"
 import * as Transport from "../Transport.js"
 
 /** `AccountPool.Options` with defaults applied. */
@@ -83,7 +79,7 @@ class Member {
   constructor(
     readonly index: number,
     readonly account: Account,
-    readonly client: Resilient.Service,
+    readonly client: AccountClient,
     readonly limiter: Limiter.Service,
     readonly breaker: CircuitBreaker.Service,
     readonly keys: KeyPool.Service
@@ -144,18 +140,50 @@ class PrimaryBack {
 }
 
 /**
- * A fallback's limiter whose waiters give up their place when a primary may serve again: the
- * call fails over (a local refusal, before anything is sent) and the pool selects again, so a
- * backlog that queued at the fallback during an outage returns to the primaries. A call that
- * holds its permit keeps it.
+ * The account's calls: one gated attempt each (its limiter, then its breaker, around its
+ * transport; no retry, budget or bucket: those are the outer client's). A fallback's waiters give
+ * up their place when a primary may serve again: the call fails over (a local refusal, before
+ * anything is sent) and the pool selects again, so a backlog that queued at the fallback during
+ * an outage returns to the primaries. A call that holds its permit keeps it. Metrics are labelled
+ * `account=<name>`: the outer client counts each call once, unlabelled, and these count the
+ * attempts each account served.
  */
-const yieldingToPrimaries = (limiter: Limiter.Service, primaryBack: PrimaryBack): Limiter.Service => ({
-  ...limiter,
-  acquire: (options) => limiter.acquire({ ...options, abandonWhen: primaryBack.next }),
-  withPermit: (use, options) => limiter.withPermit(use, { ...options, abandonWhen: primaryBack.next })
-})
+const accountClient = (
+  account: Account,
+  policy: Policy.Service,
+  transport: Transport.Service,
+  primaryBack: PrimaryBack
+): AccountClient => {
+  const applyOptions = (options: Resilient.CallOptions | undefined): Policy.ApplyOptions => ({
+    priority: options?.priority,
+    abandonWhen: account.fallback ? primaryBack.next : undefined
+  })
+  const callOptions = (options: Resilient.CallOptions | undefined, permit: Limiter.Permit): Transport.CallOptions => ({
+    deadlines: options?.deadlines,
+    onAccepted: permit.accepted,
+    onFirstContent: permit.recordQueueDelay
+  })
+  return {
+    create: (request, options) =>
+      Effect.tagMetrics(
+        policy.apply((permit) => transport.create(request, callOptions(options, permit)), applyOptions(options)),
+        "account",
+        account.name
+      ),
+    stream: (request, options) =>
+      Stream.unwrapScoped(
+        Effect.as(
+          Effect.tagMetricsScoped("account", account.name),
+          policy.applyStream((permit) => transport.stream(request, callOptions(options, permit)), applyOptions(options))
+        )
+      )
+  }
+}
 
-/** The account's inner pipeline: one gated attempt per call, no retry, no budget, no bucket. */
+/** What the pool calls on one account. */
+type AccountClient = Resilient.Service
+
+/** One account's parts: its keys, limiter and breaker, composed into one policy around its transport. */
 const makeMember = (
   account: Account,
   index: number,
@@ -165,38 +193,22 @@ const makeMember = (
   Effect.gen(function*() {
     const keys = yield* KeyPool.make(account.keys, { cooldown: settings.keyCooldown })
     const limiter = yield* limiterFor(account)
-    const breaker = yield* CircuitBreaker.make({ ...Resilient.breakerOptions(account.concurrency, settings.breaker), name: account.name })
+    // Behind the adaptive limiter, which owns the load signal, the breaker counts outages only.
+    const breaker = yield* CircuitBreaker.make({
+      countLoadShed: typeof account.concurrency === "number",
+      ...settings.breaker,
+      name: account.name
+    })
     const transport = yield* Transport.make({ baseUrl: account.baseUrl, deadlines: settings.deadlines }).pipe(
       Effect.provideService(KeyPool.KeyPool, keys)
     )
-    const client = yield* Resilient.make.pipe(
-      Effect.provide(Layer.mergeAll(
-        // Read at each call, once the member below exists.
-        Layer.succeed(Transport.Transport, whileFunded(account.name, () => member.balance, transport)),
-        Layer.succeed(Limiter.ConcurrencyLimiter, account.fallback ? yieldingToPrimaries(limiter, primaryBack) : limiter),
-        Layer.succeed(CircuitBreaker.CircuitBreaker, breaker),
-        RetryPolicy.layerNone,
-        RetryBudget.layerUnlimited,
-        TokenBucket.layerUnlimited,
-        Telemetry.layerNoop,
-        // The outer client answers from a cache, if any: an account must not cache again.
-        ResponseCache.layerDisabled
-      ))
-    )
-    const member: Member = new Member(index, account, labelledMetrics(account.name, client), limiter, breaker, keys)
+    // The outer client reports failed attempts and retries, once per call.
+    const policy = yield* Policy.fromParts({ limiter, breaker, telemetry: Telemetry.noop })
+    // The funding check reads the member, which exists once the client below is made.
+    const funded = whileFunded(account.name, () => member.balance, transport)
+    const member: Member = new Member(index, account, accountClient(account, policy, funded, primaryBack), limiter, breaker, keys)
     return member
   })
-
-/**
- * The account's client with its metrics (`weatherproof_calls`, failed attempts, durations)
- * labelled `account=<name>`: the pool's outer client counts each call once, unlabelled, and
- * these count the attempts each account served.
- */
-const labelledMetrics = (account: string, client: Resilient.Service): Resilient.Service => ({
-  create: (request, options) => Effect.tagMetrics(client.create(request, options), "account", account),
-  stream: (request, options) =>
-    Stream.unwrapScoped(Effect.as(Effect.tagMetricsScoped("account", account), client.stream(request, options)))
-})
 
 // ---------------------------------------------------------------------------------------------
 // Availability and selection

@@ -22,7 +22,10 @@ export const InputLine = Schema.Struct({
   task: Schema.optionalWith(Task, { exact: true }),
   method: Schema.Literal("POST"),
   url: Schema.Literal("/v1/chat/completions", "/chat/completions"),
-  body: ChatCompletionRequest
+  // An empty conversation is refused here, as the line's own error, rather than sent.
+  body: ChatCompletionRequest.pipe(
+    Schema.filter((body) => body.messages.length > 0 || { path: ["messages"], message: "must not be empty" })
+  )
 })
 
 /**

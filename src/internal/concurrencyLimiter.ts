@@ -1,10 +1,15 @@
+import * as Cause from "effect/Cause"
+import * as Data from "effect/Data"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as FiberId from "effect/FiberId"
 import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
 import * as Scope from "effect/Scope"
+import * as ApiError from "../ApiError.js"
+import type { Classifier } from "../ApiError.js"
 import type {
   AcquireOptions,
   AdaptiveOptions,
@@ -15,7 +20,43 @@ import type {
   Service,
   Snapshot
 } from "../ConcurrencyLimiter.js"
-import { droppedCounter, inFlightGauge, limitGauge, outcomeOf, QueueFull, queuedGauge } from "../ConcurrencyLimiter.js"
+
+// -----------------------------------------------------------------------------
+// Errors, metrics, outcomes
+// -----------------------------------------------------------------------------
+
+export class QueueFull extends Data.TaggedError("QueueFull")<{ readonly queued: number }> {
+  override get message(): string {
+    return `concurrency limiter queue full (${this.queued} waiting)`
+  }
+}
+
+export const limitGauge = Metric.gauge("weatherproof_concurrency_limit", {
+  description: "Permits the concurrency limiter currently grants"
+})
+
+export const inFlightGauge = Metric.gauge("weatherproof_concurrency_in_flight", {
+  description: "Calls holding a concurrency permit"
+})
+
+export const queuedGauge = Metric.gauge("weatherproof_concurrency_queued", {
+  description: "Callers waiting for a concurrency permit"
+})
+
+export const droppedCounter = Metric.counter("weatherproof_concurrency_dropped", {
+  description: "Calls the upstream refused for load (429/503)",
+  incremental: true
+})
+
+const success: Outcome = { _tag: "Success" }
+const dropped: Outcome = { _tag: "Dropped" }
+const ignored: Outcome = { _tag: "Ignored" }
+
+export const outcomeOf = (exit: Exit.Exit<unknown, unknown>, classify: Classifier = ApiError.classify): Outcome => {
+  if (Exit.isSuccess(exit)) return success
+  const failure = Cause.failureOption(exit.cause)
+  return Option.isSome(failure) && classify(failure.value)._tag === "LoadShed" ? dropped : ignored
+}
 
 // -----------------------------------------------------------------------------
 // Gate: the permit ledger with its two FIFO lanes
@@ -402,7 +443,7 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
     const tag = <Type, In, Out>(metric: Metric.Metric<Type, In, Out>) =>
       options.name === undefined ? metric : Metric.tagged(metric, "limiter", options.name)
     const gauges = { limit: tag(limitGauge), inFlight: tag(inFlightGauge), queued: tag(queuedGauge) }
-    const dropped = tag(droppedCounter)
+    const droppedCount = tag(droppedCounter)
 
     const snapshot = Effect.sync((): Snapshot => ({ limit: gate.permits, inFlight: gate.inFlight, queued: gate.queued }))
     // Gauges are set in the same synchronous step as the ledger changes: on the hot path, three
@@ -433,7 +474,7 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
           timing: clock.unsafeCurrentTimeMillis() - acceptedAt > acceptedAt - grantedAt ? "ahead" : "withResponse",
           grew: grewOnAcceptance
         }
-      const settle = (outcome: Outcome): void => {
+      const report = (outcome: Outcome): void => {
         if (completed) return
         completed = true
         const observed = outcome._tag === "Success" && outcome.queueDelay === undefined && queueDelay !== undefined
@@ -443,11 +484,13 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
         // The request no longer holds a slot upstream, but its permit is counted until released:
         // granting now would place the next request one level too high.
         gate.relimit(policy.limit)
-        if (outcome._tag === "Dropped") dropped.unsafeUpdate(1, [])
+        if (outcome._tag === "Dropped") droppedCount.unsafeUpdate(1, [])
         publish()
       }
+      const settle = (exit: Exit.Exit<unknown, unknown>): void => report(outcomeOf(exit, options.classify))
       const permit: Permit = {
-        complete: (outcome) => Effect.sync(() => settle(outcome)),
+        complete: (outcome) => Effect.sync(() => report(outcome)),
+        settle: (exit) => Effect.sync(() => settle(exit)),
         accepted: Effect.sync(() => {
           if (completed || acceptedAt !== undefined) return
           acceptedAt = clock.unsafeCurrentTimeMillis()
@@ -519,7 +562,7 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
         enter(acquireOptions, restore, (grant) => {
           const { permit, settle } = permitFor(grant)
           return Effect.flatMap(Effect.exit(restore(use(permit))), (exit) => {
-            settle(outcomeOf(exit))
+            settle(exit)
             gate.release()
             publish()
             return exit

@@ -24,6 +24,7 @@ import * as ChatSchema from "../ChatSchema.js"
 import { type Credential, KeyPool } from "../KeyPool.js"
 import type { CallOptions, Deadlines, Service } from "../Transport.js"
 import { resolveLimits, Timeline } from "./deadlines.js"
+import { retryAfterFromHeaders } from "./retryAfter.js"
 import * as Sse from "./sse.js"
 
 /** What `make` needs: `Transport.Options` with defaults applied. */
@@ -128,25 +129,6 @@ const problemOf = (json: Option.Option<unknown>, text: string, fallback: string)
   }
 }
 
-const secondsPattern = /^\d+(\.\d+)?$/
-
-/**
- * The server's requested wait: `retry-after-ms` (milliseconds), else `Retry-After` in seconds or
- * as an HTTP date relative to `now`.
- */
-const parseRetryAfter = (
-  headers: Readonly<Record<string, string | undefined>>,
-  now: number
-): Option.Option<Duration.Duration> => {
-  const millis = Number(headers["retry-after-ms"] ?? Number.NaN)
-  if (Number.isFinite(millis) && millis >= 0) return Option.some(Duration.millis(millis))
-  const value = headers["retry-after"]?.trim()
-  if (value === undefined || value === "") return Option.none()
-  if (secondsPattern.test(value)) return Option.some(Duration.seconds(Number(value)))
-  const date = Date.parse(value)
-  return Number.isNaN(date) ? Option.none() : Option.some(Duration.millis(Math.max(0, date - now)))
-}
-
 /** The typed error of a non-2xx status other than 401 (which rotates keys). */
 const statusError = (response: Response, problem: Problem, now: number): ApiError.ApiError => {
   const { message } = problem
@@ -156,10 +138,10 @@ const statusError = (response: Response, problem: Problem, now: number): ApiErro
   }
   if (status === 402) return new ApiError.InsufficientBalance({ message })
   if (status === 429) {
-    return new ApiError.RateLimited({ message, retryAfter: parseRetryAfter(response.headers, now) })
+    return new ApiError.RateLimited({ message, retryAfter: retryAfterFromHeaders(response.headers, now) })
   }
   if (status >= 500) {
-    return new ApiError.ServerError({ status, message, retryAfter: parseRetryAfter(response.headers, now) })
+    return new ApiError.ServerError({ status, message, retryAfter: retryAfterFromHeaders(response.headers, now) })
   }
   return new ApiError.UnexpectedStatus({ status, message })
 }
@@ -382,6 +364,14 @@ const chunkReader = (
 // The service
 // ---------------------------------------------------------------------------------------------
 
+/** Refused locally: every provider answers 400 to an empty conversation. */
+const noMessages = new ApiError.InvalidRequest({
+  status: 400,
+  message: "messages must not be empty",
+  param: "messages",
+  code: "empty_messages"
+})
+
 /** A transport over the `HttpClient` and `KeyPool` in context. */
 export const make = (settings: Settings): Effect.Effect<Service, never, HttpClient.HttpClient | KeyPool> =>
   Effect.gen(function*() {
@@ -469,7 +459,7 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
       )
 
     const create: Service["create"] = (request, options) =>
-      Effect.scoped(
+      request.messages.length === 0 ? Effect.fail(noMessages) : Effect.scoped(
         Effect.flatMap(startTimeline(options), (timeline) =>
           send(post({ ...request, stream: false }), timeline).pipe(
             Effect.flatMap((response) => readCompletionBody(response, timeline)),
@@ -478,7 +468,7 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
       ).pipe(Effect.withSpan("weatherproof.Transport.create", { attributes: { model: request.model } }))
 
     const stream: Service["stream"] = (request, options) =>
-      Stream.unwrapScoped(
+      request.messages.length === 0 ? Stream.fail(noMessages) : Stream.unwrapScoped(
         Effect.flatMap(startTimeline(options), (timeline) =>
           send(
             post({ ...request, stream: true, stream_options: { ...request.stream_options, include_usage: true } }),

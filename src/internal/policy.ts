@@ -1,0 +1,305 @@
+/**
+ * The composed policy: retry (with its budget) → token bucket → concurrency permit → circuit
+ * breaker, around an effect, a stream or an HTTP response whose body is read later.
+ *
+ * @internal
+ */
+import * as HttpClient from "@effect/platform/HttpClient"
+import * as HttpClientError from "@effect/platform/HttpClientError"
+import type * as HttpClientRequest from "@effect/platform/HttpClientRequest"
+import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as FiberId from "effect/FiberId"
+import * as FiberRef from "effect/FiberRef"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
+import * as Predicate from "effect/Predicate"
+import * as Schedule from "effect/Schedule"
+import * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import * as ApiError from "../ApiError.js"
+import type { Classifier } from "../ApiError.js"
+import type * as CircuitBreaker from "../CircuitBreaker.js"
+import type * as ConcurrencyLimiter from "../ConcurrencyLimiter.js"
+import type { ApplyOptions, Refusal, Service } from "../Policy.js"
+import * as RetryBudget from "../RetryBudget.js"
+import type * as RetryPolicy from "../RetryPolicy.js"
+import type * as Telemetry from "../Telemetry.js"
+import type * as TokenBucket from "../TokenBucket.js"
+
+/** The parts of a policy, each optional, and what reads their errors. */
+export interface Parts {
+  readonly classify: Classifier
+  readonly retry: RetryPolicy.Service | undefined
+  readonly budget: RetryBudget.Service | undefined
+  readonly bucket: TokenBucket.Service | undefined
+  readonly limiter: ConcurrencyLimiter.Service | undefined
+  readonly breaker: CircuitBreaker.Service | undefined
+  readonly telemetry: Telemetry.Service | undefined
+}
+
+// -----------------------------------------------------------------------------
+// Metrics
+// -----------------------------------------------------------------------------
+
+export const callsCounter = Metric.counter("weatherproof_calls", {
+  description: "Calls made through a policy (not attempts)",
+  incremental: true
+})
+
+export const attemptFailuresCounter = Metric.counter("weatherproof_attempt_failures", {
+  description: "Attempts that failed, tagged with the error's _tag as `error`",
+  incremental: true
+})
+
+export const retriesCounter = Metric.counter("weatherproof_retries", {
+  description: "Retries a policy scheduled",
+  incremental: true
+})
+
+export const callDuration = Metric.timerWithBoundaries(
+  "weatherproof_call_duration",
+  [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 120_000, 300_000, 600_000]
+)
+
+// -----------------------------------------------------------------------------
+// Pieces
+// -----------------------------------------------------------------------------
+
+/** A permit that reports to nobody: what a call sees when the policy has no limiter. */
+const freePermit: ConcurrencyLimiter.Permit = {
+  complete: () => Effect.void,
+  accepted: Effect.void,
+  recordQueueDelay: () => Effect.void,
+  settle: () => Effect.void
+}
+
+const noCost: TokenBucket.Cost = {}
+
+/**
+ * `Effect.retry(attempt, schedule)` with `onFailure` told each failure, but the schedule's
+ * driver is made only once an attempt has failed: most calls succeed at once, and a driver per
+ * call (refs, a clock read, a context update per attempt) costs more than all the policies
+ * together. `onFailure` runs in the same handler, so a call that succeeds pays for no error tap.
+ */
+const retryAfterFailure = <A, E, R, R2>(
+  attempt: Effect.Effect<A, E, R>,
+  onFailure: (error: E) => Effect.Effect<void>,
+  schedule: Schedule.Schedule<unknown, E, R2> | undefined
+): Effect.Effect<A, E, R | R2> =>
+  Effect.catchAll(attempt, (first) =>
+    schedule === undefined ? Effect.zipRight(onFailure(first), Effect.fail(first)) : Effect.zipRight(
+      onFailure(first),
+      Effect.flatMap(Schedule.driver(schedule), (driver) => {
+        const retryFrom = (error: E): Effect.Effect<A, E, R | R2> =>
+          Effect.matchEffect(driver.next(error), {
+            onFailure: () => Effect.fail(error),
+            onSuccess: () => Effect.catchAll(attempt, (next) => Effect.zipRight(onFailure(next), retryFrom(next)))
+          })
+        return retryFrom(first)
+      })
+    ))
+
+/**
+ * `Metric.trackDuration(callDuration)` in one synchronous step each side (same clock, same
+ * metric labels): on the hot path, its effect chain costs more than a policy.
+ */
+const timed = <A, E, R>(call: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+  Effect.withFiberRuntime((fiber) => {
+    const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
+    const start = clock.unsafeCurrentTimeNanos()
+    return Effect.onExit(call, () =>
+      Effect.sync(() => {
+        const elapsed = Duration.nanos(clock.unsafeCurrentTimeNanos() - start)
+        callDuration.unsafeUpdate(elapsed, fiber.getFiberRef(FiberRef.currentMetricLabels))
+      }))
+  })
+
+type UsePermit<A> = (permit: ConcurrencyLimiter.Permit) => A
+
+/** An effect given as it is, or as a function of the permit. */
+const effectUse = <A, E, R>(
+  self: Effect.Effect<A, E, R> | UsePermit<Effect.Effect<A, E, R>>
+): UsePermit<Effect.Effect<A, E, R>> => Effect.isEffect(self) ? () => self : self
+
+/** A stream given as it is, or as a function of the permit. */
+const streamUse = <A, E, R>(
+  self: Stream.Stream<A, E, R> | UsePermit<Stream.Stream<A, E, R>>
+): UsePermit<Stream.Stream<A, E, R>> => Predicate.hasProperty(self, Stream.StreamTypeId) ? () => self : self
+
+// -----------------------------------------------------------------------------
+// The policy
+// -----------------------------------------------------------------------------
+
+export const make = (parts: Parts): Service => {
+  const { breaker, budget, bucket, classify, limiter, retry, telemetry } = parts
+
+  const onRetry = (error: unknown, delay: Duration.Duration) =>
+    Effect.zipRight(Metric.increment(retriesCounter), telemetry?.retrying(error, delay) ?? Effect.void)
+
+  /** The retry schedule as a call sees it: budget-guarded, every retry reported. */
+  const retries = (schedule: Schedule.Schedule<unknown, unknown>): Schedule.Schedule<unknown, unknown> => {
+    const guarded = budget === undefined
+      ? schedule
+      : schedule.pipe(RetryBudget.guard(budget, { waitFor: retry?.maxRetryAfter ?? Duration.zero }))
+    return Schedule.modifyDelayEffect(guarded, (error, delay) => Effect.as(onRetry(error, delay), delay))
+  }
+  // Built once: every call of `apply` follows the same schedule.
+  const effectRetries = retry === undefined ? undefined : retries(retry.schedule)
+
+  const onFailure = (error: unknown): Effect.Effect<void> =>
+    classify(error)._tag === "Refused"
+      ? Effect.void
+      : Effect.zipRight(
+        Metric.increment(Metric.tagged(attemptFailuresCounter, "error", ApiError.tagOf(error) ?? "unknown")),
+        telemetry?.attemptFailed(error) ?? Effect.void
+      )
+
+  // `Metric.increment` in one synchronous step, with the fiber's metric labels as it would.
+  const started = Effect.withFiberRuntime<void>((fiber) => {
+    callsCounter.unsafeUpdate(1, fiber.getFiberRef(FiberRef.currentMetricLabels))
+    return budget?.recordRequest ?? Effect.void
+  })
+
+  const takeRate = (options: ApplyOptions | undefined) =>
+    bucket === undefined ? Effect.void : bucket.take(options?.cost ?? noCost)
+
+  const acquireOptions = (options: ApplyOptions | undefined): ConcurrencyLimiter.AcquireOptions => ({
+    priority: options?.priority,
+    abandonWhen: options?.abandonWhen
+  })
+
+  // One attempt passes the gates in order: the bucket, a permit (no scope on the hot path:
+  // `withPermit` releases it and completes it from the attempt's exit), then the breaker.
+  const attempt = <A, E, R>(
+    use: (permit: ConcurrencyLimiter.Permit) => Effect.Effect<A, E, R>,
+    options: ApplyOptions | undefined
+  ): Effect.Effect<A, E | Refusal, R> => {
+    const guarded = (permit: ConcurrencyLimiter.Permit) =>
+      breaker === undefined ? use(permit) : breaker.protect(use(permit))
+    const permitted = limiter === undefined ? guarded(freePermit) : limiter.withPermit(guarded, acquireOptions(options))
+    return bucket === undefined ? permitted : Effect.zipRight(takeRate(options), permitted)
+  }
+
+  /**
+   * The gates of one attempt whose end is known later (a stream, a response body): the bucket, a
+   * permit and the breaker's admission, held in the scope; `settle` reports how it ended to both.
+   */
+  const gate = (options: ApplyOptions | undefined) =>
+    Effect.gen(function*() {
+      yield* takeRate(options)
+      const permit = limiter === undefined ? freePermit : yield* limiter.acquire(acquireOptions(options))
+      const admitted = breaker === undefined ? undefined : yield* breaker.admit
+      const settle = (exit: Exit.Exit<unknown, unknown>) =>
+        admitted === undefined ? permit.settle(exit) : Effect.zipRight(permit.settle(exit), admitted(exit))
+      return { permit, settle }
+    })
+
+  const apply: Service["apply"] = (self, options) => {
+    const use = effectUse(self)
+    return timed(Effect.zipRight(started, retryAfterFailure(attempt(use, options), onFailure, effectRetries)))
+  }
+
+  const applyStream: Service["applyStream"] = (self, options) => {
+    const use = streamUse(self)
+    // Settled as the stream ends, before the scope's finalizers: a stream its consumer abandons
+    // is settled by the scope closing, as interrupted.
+    const streamAttempt = Stream.unwrapScoped(
+      Effect.map(gate(options), ({ permit, settle }) =>
+        use(permit).pipe(
+          Stream.onError((cause) => settle(Exit.failCause(cause))),
+          Stream.onDone(() => settle(Exit.void))
+        ))
+    ).pipe(Stream.tapError(onFailure))
+    if (retry === undefined) return Stream.unwrap(Effect.as(started, streamAttempt))
+    // Retried only until the first element reaches the caller: after that a retry would show
+    // the same output twice, so the error is the answer.
+    return Stream.unwrap(Effect.map(started, () => {
+      let delivered = false
+      return streamAttempt.pipe(
+        Stream.tap(() => Effect.sync(() => (delivered = true))),
+        Stream.retry(retries(Schedule.whileInput(retry.schedule, () => !delivered)))
+      )
+    }))
+  }
+
+  /**
+   * One request through the gates, its permit and the breaker's admission held until the body
+   * has been read (or the caller's scope, when it has one, closes). A status other than 2xx is
+   * a failure, read by the classifier like any other.
+   */
+  const respond = <E, R>(
+    effect: Effect.Effect<HttpClientResponse.HttpClientResponse, E, R>,
+    options: ApplyOptions | undefined
+  ): Effect.Effect<HttpClientResponse.HttpClientResponse, E | HttpClientError.ResponseError | Refusal, R> =>
+    Effect.uninterruptibleMask((restore) =>
+      Effect.gen(function*() {
+        const scope = yield* Scope.make()
+        const close = (exit: Exit.Exit<unknown, unknown>) => Scope.close(scope, exit)
+        const { settle } = yield* restore(Scope.extend(gate(options), scope)).pipe(
+          Effect.onError((cause) => close(Exit.failCause(cause)))
+        )
+        const finish = (exit: Exit.Exit<unknown, unknown>) => Effect.zipRight(settle(exit), close(exit))
+        const response = yield* restore(Effect.flatMap(effect, HttpClientResponse.filterStatusOk)).pipe(
+          Effect.onError((cause) => finish(Exit.failCause(cause)))
+        )
+        yield* Effect.serviceOption(Scope.Scope).pipe(
+          Effect.flatMap(Option.match({
+            onNone: () => Effect.void,
+            onSome: (outer) => Scope.addFinalizer(outer, finish(Exit.interrupt(FiberId.none)))
+          }))
+        )
+        return holdUntilRead(response, finish)
+      })
+    )
+
+  const isRefusal = (error: unknown): error is Refusal =>
+    !HttpClientError.isHttpClientError(error) && classify(error)._tag === "Refused"
+
+  /** A refusal of the gates, as the transport error an `HttpClient`'s callers expect. */
+  const refusedRequest = (request: HttpClientRequest.HttpClientRequest, refusal: Refusal) =>
+    new HttpClientError.RequestError({
+      request,
+      reason: "Transport",
+      cause: refusal,
+      description: `refused by the policy: ${refusal.message}`
+    })
+
+  const wrapHttpClient: Service["wrapHttpClient"] = (options) => (client) =>
+    HttpClient.transform(client, (effect, request) =>
+      timed(Effect.zipRight(started, retryAfterFailure(respond(effect, options), onFailure, effectRetries))).pipe(
+        Effect.catchIf(isRefusal, (refusal) => Effect.fail(refusedRequest(request, refusal)))
+      ))
+
+  return { apply, applyStream, wrapHttpClient }
+}
+
+/**
+ * The response, whose body reads report their exit to `done` once (the first read to end).
+ * Getters of the original are reached through the prototype, so its lazy caches still work.
+ */
+const holdUntilRead = (
+  response: HttpClientResponse.HttpClientResponse,
+  done: (exit: Exit.Exit<unknown, unknown>) => Effect.Effect<void>
+): HttpClientResponse.HttpClientResponse => {
+  let ended = false
+  const once = (exit: Exit.Exit<unknown, unknown>) =>
+    Effect.suspend(() => {
+      if (ended) return Effect.void
+      ended = true
+      return done(exit)
+    })
+  const read = <A, E>(body: () => Effect.Effect<A, E>) => ({ get: () => Effect.onExit(body(), once) })
+  return Object.create(response, {
+    text: read(() => response.text),
+    json: read(() => response.json),
+    arrayBuffer: read(() => response.arrayBuffer),
+    formData: read(() => response.formData),
+    urlParamsBody: read(() => response.urlParamsBody),
+    stream: { get: () => Stream.ensuringWith(response.stream, once) }
+  }) as HttpClientResponse.HttpClientResponse
+}

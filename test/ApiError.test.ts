@@ -1,0 +1,195 @@
+import * as HttpClientError from "@effect/platform/HttpClientError"
+import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
+import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
+import { describe, expect, it } from "@effect/vitest"
+import * as Data from "effect/Data"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as FastCheck from "effect/FastCheck"
+import * as Fiber from "effect/Fiber"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
+import * as TestClock from "effect/TestClock"
+import * as ApiError from "../src/ApiError.js"
+import * as CircuitBreaker from "../src/CircuitBreaker.js"
+import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
+import * as CostLedger from "../src/CostLedger.js"
+import * as Policy from "../src/Policy.js"
+import * as RetryBudget from "../src/RetryBudget.js"
+import * as RetryPolicy from "../src/RetryPolicy.js"
+import * as Router from "../src/Router.js"
+import * as TokenBucket from "../src/TokenBucket.js"
+
+const none = Option.none<Duration.Duration>()
+const seconds = (n: number) => Option.some(Duration.seconds(n))
+
+const request = HttpClientRequest.get("http://127.0.0.1/x")
+const responseOf = (status: number, headers: Record<string, string> = {}) =>
+  HttpClientResponse.fromWeb(request, new Response(null, { status, headers }))
+const statusError = (status: number, headers: Record<string, string> = {}) =>
+  new HttpClientError.ResponseError({ request, response: responseOf(status, headers), reason: "StatusCode" })
+
+class UserBusy extends Data.TaggedError("UserBusy")<{}> {}
+class UserRejected extends Data.TaggedError("UserRejected")<{}> {}
+
+/** Every error shape the policies meet, with the verdict `ApiError.classify` must give it. */
+const table: ReadonlyArray<readonly [name: string, error: unknown, verdict: ApiError.Verdict]> = [
+  ["429", new ApiError.RateLimited({ message: "busy", retryAfter: seconds(2) }), ApiError.loadShed(seconds(2))],
+  ["503", new ApiError.ServerError({ status: 503, message: "overloaded", retryAfter: none }), ApiError.loadShed()],
+  ["insufficient_system_resource", new ApiError.InsufficientResource({ partial: ApiError.emptyPartial }), ApiError.loadShed()],
+  ["500", new ApiError.ServerError({ status: 500, message: "boom", retryAfter: seconds(1) }), ApiError.outage(seconds(1))],
+  ["502", new ApiError.ServerError({ status: 502, message: "gateway", retryAfter: none }), ApiError.outage()],
+  ["408", new ApiError.UnexpectedStatus({ status: 408, message: "timeout" }), ApiError.outage()],
+  ["transport", new ApiError.TransportError({ reason: "connect", message: "refused", partial: ApiError.emptyPartial }), ApiError.outage()],
+  ["deadline", new ApiError.DeadlineExceeded({ reason: "first_content", after: Duration.minutes(10), partial: ApiError.emptyPartial }), ApiError.outage()],
+  ["truncated", new ApiError.StreamTruncated({ partial: ApiError.emptyPartial }), ApiError.outage()],
+  ["error event", new ApiError.UpstreamError({ message: "x", partial: ApiError.emptyPartial }), ApiError.outage()],
+  ["blank 200", new ApiError.MalformedResponse({ reason: "blank", message: "blank" }), ApiError.outage()],
+  ["cut 200", new ApiError.MalformedResponse({ reason: "cut", message: "cut" }), ApiError.outage()],
+  ["wrong shape", new ApiError.MalformedResponse({ reason: "schema", message: "shape" }), ApiError.caller],
+  ["400", new ApiError.InvalidRequest({ status: 400, message: "bad" }), ApiError.caller],
+  ["422", new ApiError.InvalidRequest({ status: 422, message: "bad" }), ApiError.caller],
+  ["404", new ApiError.UnexpectedStatus({ status: 404, message: "missing" }), ApiError.caller],
+  ["routing", new Router.RoutingRefused({ task: "classification", model: "m", reason: "thinking-enabled" }), ApiError.caller],
+  ["401", new ApiError.KeyRejected({ message: "no", keyId: "key#1" }), ApiError.account],
+  ["no key", new ApiError.NoUsableKey({ rejected: 2 }), ApiError.account],
+  ["402", new ApiError.InsufficientBalance({ message: "pay" }), ApiError.account],
+  ["queue full", new ConcurrencyLimiter.QueueFull({ queued: 9 }), ApiError.refused(false)],
+  [
+    "circuit open",
+    new CircuitBreaker.CircuitOpen({ reason: "open", until: 1, retryAfter: seconds(5), trips: 1 }),
+    ApiError.refused(true, seconds(5))
+  ],
+  ["circuit half-open", new CircuitBreaker.CircuitOpen({ reason: "half_open", until: 1, retryAfter: none, trips: 1 }), ApiError.refused(true)],
+  [
+    "circuit isolated",
+    new CircuitBreaker.CircuitOpen({ reason: "isolated", until: Infinity, retryAfter: none, trips: 0 }),
+    ApiError.refused(false)
+  ],
+  ["bucket, room later", new TokenBucket.RateLimitExceeded({ dimension: "tokens", retryAfter: seconds(1) }), ApiError.refused(true, seconds(1))],
+  ["bucket, never fits", new TokenBucket.RateLimitExceeded({ dimension: "tokens", retryAfter: none }), ApiError.refused(false)],
+  ["budget", new CostLedger.BudgetExceeded({ spentUsd: 2, budgetUsd: 1 }), ApiError.refused(false)],
+  ["no account", new ApiError.NoAccountAvailable({ retryAfter: seconds(3), accounts: [] }), ApiError.refused(true, seconds(3))],
+  [
+    "no account, budget spent",
+    new ApiError.NoAccountAvailable({ retryAfter: none, accounts: [], budgetExceeded: { spentUsd: 1, budgetUsd: 1 } }),
+    ApiError.refused(false)
+  ],
+  ["HTTP 429 Retry-After seconds", statusError(429, { "retry-after": "7" }), ApiError.loadShed(seconds(7))],
+  ["HTTP 503 retry-after-ms", statusError(503, { "retry-after-ms": "250" }), ApiError.loadShed(Option.some(Duration.millis(250)))],
+  [
+    "HTTP 429 Retry-After date, read against the response's Date",
+    statusError(429, { "retry-after": "Thu, 01 Jan 2026 00:00:30 GMT", date: "Thu, 01 Jan 2026 00:00:00 GMT" }),
+    ApiError.loadShed(seconds(30))
+  ],
+  ["HTTP 500", statusError(500), ApiError.outage()],
+  ["HTTP 401", statusError(401), ApiError.account],
+  ["HTTP 403", statusError(403), ApiError.account],
+  ["HTTP 400", statusError(400), ApiError.caller],
+  ["HTTP decode", new HttpClientError.ResponseError({ request, response: responseOf(200), reason: "Decode" }), ApiError.outage()],
+  ["HTTP transport", new HttpClientError.RequestError({ request, reason: "Transport", cause: new Error("reset") }), ApiError.outage()],
+  ["HTTP bad URL", new HttpClientError.RequestError({ request, reason: "InvalidUrl" }), ApiError.caller],
+  [
+    "HTTP refused by a policy",
+    new HttpClientError.RequestError({ request, reason: "Transport", cause: new ConcurrencyLimiter.QueueFull({ queued: 1 }) }),
+    ApiError.refused(false)
+  ],
+  ["a user's tagged error", new UserBusy(), ApiError.outage()],
+  ["a plain Error", new Error("?"), ApiError.outage()],
+  ["a string", "RateLimited", ApiError.outage()],
+  ["a tag that is an Object method name", { _tag: "constructor" }, ApiError.outage()],
+  ["null", null, ApiError.outage()]
+]
+
+describe("ApiError.classify", () => {
+  it("gives every error shape its verdict", () => {
+    for (const [name, error, verdict] of table) expect(ApiError.classify(error), name).toEqual(verdict)
+  })
+
+  it("classifyWith reads an error of your own first and falls back to classify", () => {
+    const classify = ApiError.classifyWith((error) =>
+      error instanceof UserBusy ? ApiError.loadShed() : error instanceof UserRejected ? ApiError.caller : undefined
+    )
+    expect(classify(new UserBusy())).toEqual(ApiError.loadShed())
+    expect(classify(new UserRejected())).toEqual(ApiError.caller)
+    expect(classify(statusError(429))).toEqual(ApiError.loadShed())
+    expect(classify(new Error("?"))).toEqual(ApiError.outage())
+  })
+
+  it("isRetryable and retryAfterOf read the verdict", () => {
+    expect(table.filter(([, , v]) => ApiError.isRetryable(v)).map(([name]) => name)).not.toContain("400")
+    expect(ApiError.isRetryable(ApiError.refused(true))).toBe(true)
+    expect(ApiError.retryAfterOf(ApiError.loadShed(seconds(4)))).toEqual(Duration.seconds(4))
+    expect(ApiError.retryAfterOf(ApiError.caller)).toEqual(Duration.zero)
+  })
+})
+
+/** What one failure did to each part of one composed policy. */
+interface Observed {
+  readonly retried: boolean
+  readonly budgetRetries: number
+  readonly dropped: number
+  readonly breaker: "failure" | "success" | "ignored"
+}
+
+/** What each part must do with an error of `verdict`, by the module docs. */
+const expected = (verdict: ApiError.Verdict, countLoadShed: boolean): Observed => {
+  const retried = ApiError.isRetryable(verdict)
+  const breaker = verdict._tag === "Outage" || (verdict._tag === "LoadShed" && countLoadShed)
+    ? "failure"
+    : verdict._tag === "Refused" || verdict._tag === "LoadShed"
+    ? "ignored"
+    : "success"
+  return { retried, budgetRetries: retried ? 1 : 0, dropped: verdict._tag === "LoadShed" ? 1 : 0, breaker }
+}
+
+let limiterNames = 0
+
+/**
+ * Runs one call that fails once with `error`, then succeeds, through one policy whose parts are
+ * all observable, and reads what each part did.
+ */
+const observe = (error: unknown, countLoadShed: boolean) =>
+  Effect.scoped(Effect.gen(function*() {
+    const name = `agree-${++limiterNames}`
+    const budget = yield* RetryBudget.make({ minRetriesPerSecond: 10, window: "1 day" })
+    const limiter = yield* ConcurrencyLimiter.makeAdaptive({ name })
+    // Windows longer than the test and a huge minimum: the parts only count, the breaker never trips.
+    const breaker = yield* CircuitBreaker.make({ countLoadShed, minimumThroughput: 1_000, window: "1 day" })
+    const policy = yield* Policy.fromParts({
+      retry: RetryPolicy.make({ base: "1 millis", cap: "1 millis", maxRetries: 1, maxRetryAfter: "1 hour" }),
+      budget,
+      limiter,
+      breaker
+    })
+    const attempts = yield* Ref.make(0)
+    const call = Effect.flatMap(Ref.getAndUpdate(attempts, (n) => n + 1), (n) => n === 0 ? Effect.fail(error) : Effect.void)
+    const fiber = yield* Effect.fork(Effect.either(policy.apply(call)))
+    yield* TestClock.adjust("2 hours")
+    yield* Fiber.join(fiber)
+    const { calls, failures } = yield* breaker.snapshot
+    const attemptsMade = yield* Ref.get(attempts)
+    // The second attempt, when there is one, succeeded and counts as a breaker success too.
+    const firstCounted = calls - (attemptsMade - 1)
+    return {
+      retried: attemptsMade === 2,
+      budgetRetries: (yield* budget.snapshot).retries,
+      dropped: (yield* Metric.value(Metric.tagged(ConcurrencyLimiter.droppedCounter, "limiter", name))).count,
+      breaker: failures > 0 ? "failure" : firstCounted === 1 ? "success" : "ignored"
+    } satisfies Observed
+  }))
+
+describe("one classification, every policy", () => {
+  const anyError = FastCheck.constantFrom(...table.map(([, error]) => error))
+  it.effect.prop(
+    "retry, budget, limiter and breaker agree on every error shape through the shared classifier",
+    { error: anyError, countLoadShed: FastCheck.boolean() },
+    ({ countLoadShed, error }) =>
+      Effect.gen(function*() {
+        const observed = yield* observe(error, countLoadShed)
+        expect(observed, String(error)).toEqual(expected(ApiError.classify(error), countLoadShed))
+      }),
+    { fastCheck: { numRuns: 120 } }
+  )
+})

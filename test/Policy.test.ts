@@ -1,0 +1,239 @@
+import * as HttpClient from "@effect/platform/HttpClient"
+import * as HttpClientError from "@effect/platform/HttpClientError"
+import { describe, expect, it } from "@effect/vitest"
+import * as Data from "effect/Data"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
+import * as Ref from "effect/Ref"
+import * as Stream from "effect/Stream"
+import * as TestClock from "effect/TestClock"
+import * as ApiError from "../src/ApiError.js"
+import * as CircuitBreaker from "../src/CircuitBreaker.js"
+import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
+import * as Policy from "../src/Policy.js"
+import * as RetryPolicy from "../src/RetryPolicy.js"
+import * as Telemetry from "../src/Telemetry.js"
+import * as Transport from "../src/Transport.js"
+import { destroySocket, rawServer, reply } from "./support/rawServer.js"
+
+class DbBusy extends Data.TaggedError("DbBusy")<{}> {}
+class DbDown extends Data.TaggedError("DbDown")<{}> {}
+class DbConstraint extends Data.TaggedError("DbConstraint")<{}> {}
+
+const classifyDb = ApiError.classifyWith((error) =>
+  error instanceof DbBusy
+    ? ApiError.loadShed()
+    : error instanceof DbDown
+    ? ApiError.outage()
+    : error instanceof DbConstraint
+    ? ApiError.caller
+    : undefined
+)
+
+/** A call that fails with `errors` in turn, then answers; counts its attempts. */
+const scripted = <E>(errors: ReadonlyArray<E>) =>
+  Effect.map(Ref.make(0), (attempts) => ({
+    attempts: Ref.get(attempts),
+    call: Effect.flatMap(Ref.getAndUpdate(attempts, (n) => n + 1), (n) =>
+      n < errors.length ? Effect.fail(errors[n]!) : Effect.succeed(`answer after ${n}`))
+  }))
+
+const fast = { base: "10 millis", cap: "10 millis", maxRetries: 5 } as const
+
+describe("Policy around any effect", () => {
+  it.scoped("retries a user's load-shed and outage errors, not its caller errors, through its own classifier", () =>
+    Effect.gen(function*() {
+      const policy = yield* Policy.make({ classify: classifyDb, retry: fast })
+      const retried = yield* scripted([new DbBusy(), new DbDown()])
+      const fiber = yield* Effect.fork(policy.apply(retried.call))
+      yield* TestClock.adjust("1 second")
+      expect(yield* Fiber.join(fiber)).toBe("answer after 2")
+
+      const final = yield* scripted([new DbConstraint()])
+      const error = yield* Effect.flip(policy.apply(final.call))
+      expect(error).toBeInstanceOf(DbConstraint)
+      expect(yield* final.attempts).toBe(1)
+    }))
+
+  it.scoped("load shed lowers the adaptive limit; outages open the breaker; the limiter ignores outages", () =>
+    Effect.gen(function*() {
+      const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 10, classify: classifyDb })
+      const breaker = yield* CircuitBreaker.make({ classify: classifyDb, countLoadShed: false, minimumThroughput: 4 })
+      const policy = yield* Policy.fromParts({ classify: classifyDb, limiter, breaker })
+      const outage = yield* scripted(Array.from({ length: 4 }, () => new DbDown()))
+      yield* Effect.forEach(Array.from({ length: 4 }), () => Effect.either(policy.apply(outage.call)))
+      expect((yield* limiter.snapshot).limit).toBe(10)
+      expect((yield* breaker.state)._tag).toBe("Open")
+
+      yield* breaker.reset
+      const busy = yield* scripted(Array.from({ length: 4 }, () => new DbBusy()))
+      yield* Effect.forEach(Array.from({ length: 4 }), () => Effect.either(policy.apply(busy.call)))
+      expect((yield* limiter.snapshot).limit).toBeLessThan(10)
+      expect((yield* breaker.state)._tag).toBe("Closed")
+    }))
+
+  it.scoped("an error its classifier does not know is an outage: retried and counted by the breaker, never a success", () =>
+    Effect.gen(function*() {
+      const breaker = yield* CircuitBreaker.make({ minimumThroughput: 5 })
+      const policy = yield* Policy.fromParts({ retry: RetryPolicy.make(fast), breaker })
+      const unknown = yield* scripted([new Error("?"), new Error("?")])
+      const fiber = yield* Effect.fork(policy.apply(unknown.call))
+      yield* TestClock.adjust("1 second")
+      expect(yield* Fiber.join(fiber)).toBe("answer after 2")
+      expect(yield* breaker.snapshot).toMatchObject({ calls: 3, failures: 2 })
+    }))
+
+  it.scoped("refusals of its own gates are not retried unless they say so, and not reported as the upstream's", () =>
+    Effect.gen(function*() {
+      const { counts, telemetry } = yield* Telemetry.makeCounters
+      const limiter = yield* ConcurrencyLimiter.makeFixed(1, { maxQueued: 0 })
+      const policy = yield* Policy.fromParts({ retry: RetryPolicy.make(fast), limiter, telemetry })
+      const latch = yield* Deferred.make<void>()
+      const holder = yield* Effect.fork(policy.apply(Deferred.await(latch)))
+      yield* TestClock.adjust(0)
+      const refused = yield* Effect.flip(policy.apply(Effect.void))
+      expect(refused).toBeInstanceOf(ConcurrencyLimiter.QueueFull)
+      expect(yield* counts).toMatchObject({ failedAttempts: 0, retries: 0 })
+      yield* Deferred.succeed(latch, undefined)
+      yield* Fiber.join(holder)
+    }))
+
+  it.effect("needs no Telemetry: without one nothing is reported; with one, failed attempts and retries are", () =>
+    Effect.gen(function*() {
+      const { counts, telemetry } = yield* Telemetry.makeCounters
+      const run = (layer: Layer.Layer<Policy.Policy>) =>
+        Effect.gen(function*() {
+          const { call } = yield* scripted([new DbBusy()])
+          const fiber = yield* Effect.fork(Effect.flatMap(Policy.Policy, (policy) => policy.apply(call)).pipe(Effect.provide(layer)))
+          yield* TestClock.adjust("1 second")
+          return yield* Fiber.join(fiber)
+        })
+      const policy = Policy.layer({ classify: classifyDb, retry: fast })
+      yield* run(policy)
+      expect(yield* counts).toMatchObject({ failedAttempts: 0, retries: 0 })
+      yield* run(policy.pipe(Layer.provide(Layer.succeed(Telemetry.Telemetry, telemetry))))
+      expect(yield* counts).toMatchObject({ failedAttempts: 1, retries: 1, byTag: { DbBusy: 1 } })
+    }))
+})
+
+describe("Policy around a stream", () => {
+  it.scoped("holds the permit and the breaker's admission for the whole stream, judged by how it ends", () =>
+    Effect.gen(function*() {
+      const limiter = yield* ConcurrencyLimiter.makeFixed(2)
+      const breaker = yield* CircuitBreaker.make({ minimumThroughput: 2, failureRatio: 0.5 })
+      const policy = yield* Policy.fromParts({ limiter, breaker })
+      const gate = yield* Deferred.make<void>()
+      const stream = Stream.concat(Stream.make(1, 2), Stream.fromEffect(Effect.as(Deferred.await(gate), 3)))
+      const fiber = yield* Effect.fork(Stream.runCollect(policy.applyStream(stream)))
+      yield* TestClock.adjust(0)
+      expect((yield* limiter.snapshot).inFlight).toBe(1)
+      yield* Deferred.succeed(gate, undefined)
+      expect(Array.from(yield* Fiber.join(fiber))).toEqual([1, 2, 3])
+      expect((yield* limiter.snapshot).inFlight).toBe(0)
+      expect(yield* breaker.snapshot).toMatchObject({ calls: 1, failures: 0 })
+
+      // A stream that fails after its first elements counts once, as a failure, and is not retried.
+      const cut = Stream.concat(Stream.make(1), Stream.fail(new ApiError.StreamTruncated({ partial: ApiError.emptyPartial })))
+      const result = yield* Effect.either(Stream.runCollect(policy.applyStream(cut)))
+      expect(Either.isLeft(result)).toBe(true)
+      expect((yield* breaker.state)._tag).toBe("Open")
+      expect((yield* limiter.snapshot).inFlight).toBe(0)
+    }))
+
+  it.scoped("retries a stream only until its first element reached the caller", () =>
+    Effect.gen(function*() {
+      const policy = yield* Policy.make({ retry: fast })
+      const attempts = yield* Ref.make(0)
+      const flaky = (failFirst: boolean) =>
+        Stream.unwrap(Effect.map(Ref.getAndUpdate(attempts, (n) => n + 1), (n) =>
+          n === 0
+            ? failFirst
+              ? Stream.fail(new DbDown())
+              : Stream.concat(Stream.make("a"), Stream.fail(new DbDown()))
+            : Stream.make("b")))
+      const before = yield* Effect.fork(Stream.runCollect(policy.applyStream(flaky(true))))
+      yield* TestClock.adjust("1 second")
+      expect(Array.from(yield* Fiber.join(before))).toEqual(["b"])
+      yield* Ref.set(attempts, 0)
+      const after = yield* Effect.fork(Effect.either(Stream.runCollect(policy.applyStream(flaky(false)))))
+      yield* TestClock.adjust("1 second")
+      expect(Either.isLeft(yield* Fiber.join(after))).toBe(true)
+      expect(yield* Ref.get(attempts)).toBe(1)
+    }))
+})
+
+describe("Policy around an HttpClient (loopback)", () => {
+  const client = HttpClient.HttpClient
+  const withPolicy = (options: Policy.Options) =>
+    Effect.gen(function*() {
+      const limiter = yield* ConcurrencyLimiter.makeFixed(4)
+      const policy = yield* Policy.make({ ...options, concurrency: false })
+      const limited = yield* Policy.fromParts({ limiter })
+      return { limiter, wrap: (c: HttpClient.HttpClient) => c.pipe(policy.wrapHttpClient(), limited.wrapHttpClient()) }
+    })
+
+  it.scopedLive("retries a 429 no sooner than its Retry-After, and a 503, then reads the body", () =>
+    Effect.gen(function*() {
+      const server = yield* rawServer([
+        reply(429, "{}", { "retry-after-ms": "120" }),
+        reply(503, "{}"),
+        reply(200, "{\"ok\":true}")
+      ])
+      const { wrap } = yield* withPolicy({ retry: fast })
+      const http = wrap(yield* client)
+      const started = Date.now()
+      const response = yield* http.get(`${server.url}/x`)
+      expect(yield* response.json).toEqual({ ok: true })
+      expect(Date.now() - started).toBeGreaterThanOrEqual(120)
+      expect(server.received()).toHaveLength(3)
+    }).pipe(Effect.provide(Transport.nodeHttpClient())))
+
+  it.scopedLive("retries a dropped connection as an outage; a 400 is final and fails with its ResponseError", () =>
+    Effect.gen(function*() {
+      const server = yield* rawServer([destroySocket, destroySocket, reply(200, "fine"), reply(400, "{\"error\":{}}")])
+      const { wrap } = yield* withPolicy({ retry: fast })
+      const http = wrap(yield* client)
+      expect(yield* Effect.flatMap(http.get(`${server.url}/a`), (r) => r.text)).toBe("fine")
+      const error = yield* Effect.flip(http.get(`${server.url}/b`))
+      expect(error).toMatchObject({ _tag: "ResponseError", reason: "StatusCode" })
+      expect(server.received()).toHaveLength(4)
+    }).pipe(Effect.provide(Transport.nodeHttpClient())))
+
+  it.scopedLive("holds the permit until the response body has been read", () =>
+    Effect.gen(function*() {
+      const server = yield* rawServer([reply(200, "{\"n\":1}")])
+      const { limiter, wrap } = yield* withPolicy({ retry: false })
+      const http = wrap(yield* client)
+      const response = yield* http.get(`${server.url}/x`)
+      expect((yield* limiter.snapshot).inFlight).toBe(1)
+      yield* response.json
+      expect((yield* limiter.snapshot).inFlight).toBe(0)
+    }).pipe(Effect.provide(Transport.nodeHttpClient())))
+
+  it.scopedLive("a caller's Scope releases the permit of a response whose body is never read", () =>
+    Effect.gen(function*() {
+      const server = yield* rawServer([reply(200, "unread")])
+      const { limiter, wrap } = yield* withPolicy({ retry: false })
+      const http = wrap(yield* client)
+      yield* Effect.scoped(http.get(`${server.url}/x`))
+      expect((yield* limiter.snapshot).inFlight).toBe(0)
+    }).pipe(Effect.provide(Transport.nodeHttpClient())))
+
+  it.scopedLive("a refusal of its gates keeps the client's error type: a transport RequestError caused by the refusal", () =>
+    Effect.gen(function*() {
+      const server = yield* rawServer([reply(200, "slow")])
+      const limiter = yield* ConcurrencyLimiter.makeFixed(1, { maxQueued: 0 })
+      const policy = yield* Policy.fromParts({ limiter })
+      const http = (yield* client).pipe(policy.wrapHttpClient())
+      const held = yield* http.get(`${server.url}/x`)
+      const error = yield* Effect.flip(http.get(`${server.url}/y`))
+      expect(HttpClientError.isHttpClientError(error)).toBe(true)
+      expect(error).toMatchObject({ _tag: "RequestError", reason: "Transport" })
+      expect((error as HttpClientError.RequestError).cause).toBeInstanceOf(ConcurrencyLimiter.QueueFull)
+      expect(ApiError.classify(error)).toEqual(ApiError.refused(false))
+      yield* held.text
+    }).pipe(Effect.provide(Transport.nodeHttpClient())))
+})
