@@ -1,0 +1,122 @@
+/**
+ * The docs' examples compile as written: every TypeScript block of README.md and docs/ is a
+ * complete module, type-checked in one program inside a project set up like a user's (the packed
+ * package with its peers, plus the test tools an example may import), strict, with
+ * `exactOptionalPropertyTypes`, NodeNext. A failure names the markdown file and line.
+ */
+import { beforeAll, describe, expect, it } from "@effect/vitest"
+import * as fs from "node:fs/promises"
+import * as path from "node:path"
+import ts from "typescript"
+import { blocksOf, type DocBlock, docBlocks } from "./support/docBlocks.js"
+import { docsProject, repoRoot } from "./support/packedPackage.js"
+
+const blocks = docBlocks(repoRoot)
+
+/** What a user's project would set (no lint-like options such as `noUnusedLocals`). */
+const compilerOptions = {
+  target: "ES2022",
+  lib: ["ES2022"],
+  module: "NodeNext",
+  moduleResolution: "NodeNext",
+  moduleDetection: "force",
+  strict: true,
+  exactOptionalPropertyTypes: true,
+  noUncheckedIndexedAccess: true,
+  types: ["node"],
+  skipLibCheck: true,
+  noEmit: true
+}
+
+/** `README.md:67:5 TS2304: Cannot find name 'Layer'.`, at the position in the markdown file. */
+const describeDiagnostic = (block: DocBlock | undefined, diagnostic: ts.Diagnostic): string => {
+  const message = `TS${diagnostic.code}: ${ts.flattenDiagnosticMessageText(diagnostic.messageText, "\n")}`
+  if (diagnostic.file === undefined || diagnostic.start === undefined) return message
+  const { line, character } = diagnostic.file.getLineAndCharacterOfPosition(diagnostic.start)
+  const where = block === undefined
+    ? `${diagnostic.file.fileName}:${line + 1}:${character + 1}`
+    : `${block.file}:${block.line + 1 + line}:${character + 1}`
+  return `${where} ${message}`
+}
+
+interface Checked {
+  /** Each type-checked block's diagnostics. */
+  readonly byBlock: ReadonlyMap<DocBlock, ReadonlyArray<string>>
+  /** Diagnostics outside the blocks (options, the project's set-up). */
+  readonly elsewhere: ReadonlyArray<string>
+}
+
+/** Writes each block to its own module in a fresh directory of `projectDir` and type-checks them all at once. */
+const typeCheck = async (projectDir: string): Promise<Checked> => {
+  const dir = await fs.mkdtemp(path.join(projectDir, "blocks-"))
+  try {
+    const fileOf = (block: DocBlock) => path.resolve(dir, `${block.file.replace(/\W+/g, "_")}_${block.line}.ts`)
+    const files = new Map(
+      blocks.filter((block) => block.notTypeChecked === undefined).map((block) => [fileOf(block), block] as const)
+    )
+    for (const [file, block] of files) await fs.writeFile(file, `${block.code}\n`)
+    const { errors, options } = ts.convertCompilerOptionsFromJson(compilerOptions, dir)
+    const program = ts.createProgram([...files.keys()], options)
+    const byBlock = new Map<DocBlock, Array<string>>([...files.values()].map((block) => [block, []]))
+    const elsewhere = errors.map((error) => describeDiagnostic(undefined, error))
+    for (const diagnostic of ts.getPreEmitDiagnostics(program)) {
+      const block = diagnostic.file === undefined ? undefined : files.get(path.resolve(diagnostic.file.fileName))
+      const described = describeDiagnostic(block, diagnostic)
+      if (block === undefined) elsewhere.push(described)
+      else byBlock.get(block)!.push(described)
+    }
+    return { byBlock, elsewhere }
+  } finally {
+    await fs.rm(dir, { recursive: true, force: true })
+  }
+}
+
+describe("blocksOf", () => {
+  it("finds ts and typescript fences with their lines, and the opt-out marker right above one", () => {
+    const markdown = [
+      "# Title",
+      "```ts",
+      "const a = 1",
+      "```",
+      "<!-- not-typechecked: a fragment -->",
+      "",
+      "````typescript",
+      "```",
+      "````",
+      "```sh",
+      "```ts inside a shell block is not a block",
+      "```",
+      "  ~~~TS",
+      "  const b = 2",
+      "  ~~~"
+    ].join("\n")
+    expect(blocksOf("x.md", markdown)).toEqual([
+      { file: "x.md", line: 2, code: "const a = 1", notTypeChecked: undefined },
+      { file: "x.md", line: 7, code: "```", notTypeChecked: "a fragment" },
+      { file: "x.md", line: 13, code: "const b = 2", notTypeChecked: undefined }
+    ])
+  })
+})
+
+describe("the TypeScript blocks of README.md and docs/", () => {
+  let checked: Checked
+  beforeAll(async () => {
+    checked = await typeCheck(await docsProject())
+  }, 240_000)
+
+  it("are found, and type-check in a project with no errors of its own", () => {
+    expect(blocks.length).toBeGreaterThan(0)
+    expect(checked.elsewhere).toEqual([])
+  })
+
+  for (const block of blocks) {
+    const name = `${block.file}:${block.line}`
+    if (block.notTypeChecked !== undefined) {
+      it.skip(`${name} (not type-checked: ${block.notTypeChecked})`, () => {})
+    } else {
+      it(`${name} type-checks as written`, () => {
+        expect(checked.byBlock.get(block), `tsc on ${name}`).toEqual([])
+      })
+    }
+  }
+})

@@ -1,0 +1,227 @@
+/**
+ * The package as users install it: `exports` lists the public modules and nothing else, the
+ * tarball ships the compiled library, CLI and docs (no sources, tests or benchmarks), and in a
+ * fresh project with only the peer dependencies beside it every public module imports, first or
+ * after any other, while `internal/` cannot be imported at all.
+ */
+import { beforeAll, describe, expect, it } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as fs from "node:fs/promises"
+import * as os from "node:os"
+import * as path from "node:path"
+import ts from "typescript"
+import {
+  expectedExports,
+  packageName,
+  type PackedPackage,
+  packedPackage,
+  publicModules,
+  repoRoot,
+  run
+} from "./support/packedPackage.js"
+
+const readJson = async (file: string) => JSON.parse(await fs.readFile(file, "utf8"))
+
+/** Runs `script` as an ES module in a fresh `node` in `cwd`, with `args` as `process.argv.slice(1)`. */
+const node = (cwd: string, script: string, args: ReadonlyArray<string>) =>
+  Effect.tryPromise({
+    try: () => run(process.execPath, ["--input-type=module", "-e", script, ...args], { cwd, timeoutMs: 30_000 }),
+    catch: (error) => error as Error
+  }).pipe(Effect.map(({ stdout }) => stdout))
+
+describe("package.json", () => {
+  it("exports '.' and every public module of src/, and nothing else", async () => {
+    const { exports } = await readJson(path.join(repoRoot, "package.json"))
+    const expected = expectedExports(await publicModules())
+    const names = (entries: object) => Object.keys(entries)
+    expect({
+      missing: names(expected).filter((name) => !(name in exports)),
+      unexpected: names(exports).filter((name) => !(name in expected)),
+      wrongTargets: names(expected).filter((name) =>
+        name in exports && JSON.stringify(exports[name]) !== JSON.stringify(expected[name])
+      )
+    }).toEqual({ missing: [], unexpected: [], wrongTargets: [] })
+  })
+})
+
+// -----------------------------------------------------------------------------
+// Import order: each entry point first, in a fresh process, then all the others
+// -----------------------------------------------------------------------------
+
+/**
+ * Imports `process.argv.slice(1)` in order and prints `{}`, or, at the first that fails, which
+ * one threw what and where in the package.
+ */
+const importInOrder = String.raw`
+let failure = {}
+for (const specifier of process.argv.slice(1)) {
+  try {
+    await import(specifier)
+  } catch (error) {
+    const where = String(error?.stack ?? "").match(/node_modules\/weatherproof\/([^\s)]+?:\d+):\d+/)
+    failure = { specifier, error: String(error) + (where === null ? "" : " at " + where[1]) }
+    break
+  }
+}
+console.log(JSON.stringify(failure))
+`
+
+const specifierOf = (exportName: string) =>
+  exportName === "." ? packageName : `${packageName}/${exportName.slice("./".length)}`
+
+/** What went wrong importing `first` first, then `rest`; undefined when nothing did. */
+const importFirst = (projectDir: string, first: string, rest: ReadonlyArray<string>) =>
+  node(projectDir, importInOrder, [first, ...rest]).pipe(
+    Effect.flatMap((output) =>
+      Effect.try({
+        try: () => JSON.parse(output.trim().split("\n").at(-1) ?? "") as { specifier?: string; error?: string },
+        catch: () => new Error(`printed ${output}`)
+      })
+    ),
+    Effect.map(({ error, specifier }) =>
+      error === undefined ? undefined : `${first} first: importing ${specifier} threw ${error}`
+    ),
+    Effect.catchAll((error) => Effect.succeed(`${first} first: ${error.message}`))
+  )
+
+// -----------------------------------------------------------------------------
+// Module graph of the shipped JavaScript
+// -----------------------------------------------------------------------------
+
+/** Each module of `dir` (relative path) with the modules of `dir` it imports. */
+const moduleGraph = async (dir: string): Promise<ReadonlyMap<string, ReadonlyArray<string>>> => {
+  const files = (await fs.readdir(dir, { recursive: true })).filter((file) => file.endsWith(".js")).sort()
+  const graph = new Map<string, ReadonlyArray<string>>()
+  for (const file of files) {
+    const { importedFiles } = ts.preProcessFile(await fs.readFile(path.join(dir, file), "utf8"), true, false)
+    graph.set(
+      file,
+      importedFiles
+        .map((imported) => imported.fileName)
+        .filter((name) => name.startsWith("."))
+        .map((name) => path.posix.join(path.posix.dirname(file), name))
+    )
+  }
+  return graph
+}
+
+/** The shortest import chain from `start` back to itself, if there is one. */
+const cycleThrough = (graph: ReadonlyMap<string, ReadonlyArray<string>>, start: string) => {
+  const cameFrom = new Map<string, string>()
+  const queue = [start]
+  for (let at = queue.shift(); at !== undefined; at = queue.shift()) {
+    for (const next of graph.get(at) ?? []) {
+      if (next === start) {
+        const chain = [at]
+        while (chain[0] !== start) chain.unshift(cameFrom.get(chain[0]!)!)
+        return [...chain, start]
+      }
+      if (!cameFrom.has(next)) {
+        cameFrom.set(next, at)
+        queue.push(next)
+      }
+    }
+  }
+  return undefined
+}
+
+/** Every import cycle, once, as `a.js → b.js → a.js` (starting from its first module in order). */
+const importCycles = (graph: ReadonlyMap<string, ReadonlyArray<string>>): ReadonlyArray<string> => {
+  const seen = new Set<string>()
+  const cycles: Array<string> = []
+  for (const module of graph.keys()) {
+    const cycle = seen.has(module) ? undefined : cycleThrough(graph, module)
+    if (cycle === undefined) continue
+    cycle.forEach((member) => seen.add(member))
+    cycles.push(cycle.join(" → "))
+  }
+  return cycles
+}
+
+/** The files under docs/, as paths in the package. */
+const docFiles = async (): Promise<ReadonlyArray<string>> => {
+  const dir = path.join(repoRoot, "docs")
+  const entries = await fs.readdir(dir, { recursive: true })
+  const isFile = await Promise.all(entries.map((entry) => fs.stat(path.join(dir, entry)).then((stat) => stat.isFile())))
+  return entries.filter((_, i) => isFile[i]).map((entry) => `docs/${entry.split(path.sep).join("/")}`)
+}
+
+/** The doc comment a file starts with, if any. */
+const leadingDoc = (text: string): string | undefined =>
+  (ts.getLeadingCommentRanges(text, 0) ?? [])
+    .map((range) => text.slice(range.pos, range.end))
+    .find((comment) => comment.startsWith("/**"))
+
+// -----------------------------------------------------------------------------
+
+describe("the packed package, installed with only its peer dependencies", () => {
+  let packed: PackedPackage
+  beforeAll(async () => {
+    packed = await packedPackage()
+  }, 240_000)
+
+  it("ships dist/src, dist/bin, the docs, README.md and LICENSE, and no sources, tests or benchmarks", async () => {
+    const { exports } = await readJson(path.join(packed.packageDir, "package.json"))
+    const targets = Object.values(exports as Record<string, Record<string, string>>)
+      .flatMap((conditions) => Object.values(conditions))
+      .map((target) => target.replace(/^\.\//, ""))
+    const docs = await docFiles()
+    const required = ["package.json", "README.md", "LICENSE", "dist/bin/weatherproof.js", ...targets, ...docs]
+    const forbidden = /^(src|test|bench|bin|dist\/bench|dist\/test)\//
+    expect({
+      missing: required.filter((file) => !packed.files.includes(file)),
+      unwanted: packed.files.filter((file) => forbidden.test(file))
+    }).toEqual({ missing: [], unwanted: [] })
+  })
+
+  it.live("imports every public entry point first, then all the others, without an error", () =>
+    Effect.gen(function*() {
+      const { exports } = yield* Effect.promise(() => readJson(path.join(packed.packageDir, "package.json")))
+      const entries = Object.keys(exports).map(specifierOf)
+      const failures = yield* Effect.forEach(
+        entries,
+        (first) => importFirst(packed.projectDir, first, entries.filter((entry) => entry !== first)),
+        { concurrency: Math.max(2, Math.min(8, os.availableParallelism())) }
+      )
+      expect(failures.filter((failure) => failure !== undefined)).toEqual([])
+    }), 90_000)
+
+  it("has no import cycle among its modules (an internal imports only types from its public module)", async () => {
+    expect(importCycles(await moduleGraph(path.join(packed.packageDir, "dist", "src")))).toEqual([])
+  })
+
+  it.live("cannot import internal/ or any other path that exports does not list", () =>
+    Effect.gen(function*() {
+      const attempts = [
+        `${packageName}/internal/concurrencyLimiter`,
+        `${packageName}/internal/anything`,
+        `${packageName}/dist/src/internal/concurrencyLimiter.js`,
+        `${packageName}/dist/src/ConcurrencyLimiter.js`
+      ]
+      const script = String.raw`
+        const codes = {}
+        for (const specifier of process.argv.slice(1)) {
+          codes[specifier] = await import(specifier).then(() => "imported", (error) => error.code ?? String(error))
+        }
+        console.log(JSON.stringify(codes))
+      `
+      const output = yield* Effect.orDie(node(packed.projectDir, script, attempts))
+      expect(JSON.parse(output)).toEqual(
+        Object.fromEntries(attempts.map((specifier) => [specifier, "ERR_PACKAGE_PATH_NOT_EXPORTED"]))
+      )
+    }))
+
+  it("keeps each module's leading doc comment in its .d.ts", async () => {
+    const problems: Array<string> = []
+    for (const name of ["index", ...(await publicModules())]) {
+      const doc = leadingDoc(await fs.readFile(path.join(repoRoot, "src", `${name}.ts`), "utf8"))
+      const declarations = path.join(packed.packageDir, "dist", "src", `${name}.d.ts`)
+      const shipped = leadingDoc(await fs.readFile(declarations, "utf8").catch(() => ""))
+      if (doc === undefined) problems.push(`${name}: src/${name}.ts starts with no doc comment`)
+      else if (shipped !== doc) problems.push(`${name}: dist/src/${name}.d.ts lacks the module's doc comment`)
+    }
+    // TypeScript drops a file's first comment from the .d.ts with the import it is attached to
+    // when that import is elided; a blank line after the comment detaches it, and it is kept.
+    expect(problems, "a blank line between the doc comment and the first import keeps it").toEqual([])
+  })
+})
