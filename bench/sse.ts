@@ -85,12 +85,12 @@ const cutEvery = (sizes: ReadonlyArray<number>, bytes = body): ReadonlyArray<Uin
   return reads
 }
 
-export interface Split {
+interface Split {
   readonly name: string
   readonly reads: ReadonlyArray<Uint8Array>
 }
 
-export const splits: ReadonlyArray<Split> = [
+const splits: ReadonlyArray<Split> = [
   { name: "16 KiB reads", reads: cutEvery([16 * 1024]) },
   { name: "one event per read", reads: lfWrites },
   { name: "irregular 61-509 B reads", reads: cutEvery([61, 509, 127, 257, 89, 383, 197, 449, 73, 311]) },
