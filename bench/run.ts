@@ -1,9 +1,10 @@
 /**
- * `npm run bench`: the goodput and overhead benchmarks (see docs/benchmarks.md), printed as
- * tables with a verdict per target. It always exits 0 when it ran: a missed target is a finding.
+ * `npm run bench`: the goodput, overhead and SSE decoder benchmarks (see docs/benchmarks.md),
+ * printed as tables with a verdict per target. It always exits 0 when it ran: a missed target is
+ * a finding.
  *
- * Flags: `--only goodput`, `--only overhead`, or `--only weatherproof` (the goodput run of
- * weatherproof alone, for tuning); `--write-docs` also writes docs/goodput.svg and
+ * Flags: `--only goodput`, `--only overhead`, `--only sse`, or `--only weatherproof` (the goodput
+ * run of weatherproof alone, for tuning); `--write-docs` also writes docs/goodput.svg and
  * docs/goodput-peers.svg and prints the tables as Markdown; `--json FILE` saves the goodput
  * report (every timeline included) for a closer look.
  */
@@ -17,9 +18,10 @@ import * as Goodput from "./goodput.js"
 import * as Overhead from "./overhead.js"
 import { backoff } from "./peers.js"
 import * as Scenario from "./scenario.js"
+import * as Sse from "./sse.js"
 import * as Table from "./table.js"
 
-const targets = { makespanRatio: 1.15, rateLimitedShare: 0.02, overheadNs: 10_000 } as const
+const targets = { makespanRatio: 1.15, rateLimitedShare: 0.02, overheadNs: 10_000, sseRatio: 1.0 } as const
 
 const args = process.argv.slice(2)
 const only = args.includes("--only") ? args[args.indexOf("--only") + 1] : undefined
@@ -183,16 +185,65 @@ const overhead = Effect.gen(function*() {
   ])
 })
 
-const modes: ReadonlyArray<string | undefined> = [undefined, "goodput", "overhead", "weatherproof"]
+// --- SSE decoder --------------------------------------------------------------------------------
+
+const megabytes = (mbPerSecond: number) => `${mbPerSecond.toFixed(0)} MB/s`
+
+const sse = Effect.gen(function*() {
+  const { rounds, responsesPerRound, warmUpRounds } = Sse.settings
+  const { contentChunks, keepAlives, reasoningChunks } = Sse.shape
+  yield* Console.log(
+    `\n== SSE decoder: a DeepSeek-shaped stream (${keepAlives} keep-alives, role, ${reasoningChunks} reasoning, ${contentChunks} content, usage, [DONE]) decoded ${responsesPerRound}× a round, median of ${rounds} rounds after ${warmUpRounds} warm-up ==`
+  )
+  const report = yield* Effect.sync(Sse.run)
+  yield* Console.log(`${report.bodyBytes} bytes with LF line ends, ${report.events} events`)
+  yield* printTable(
+    ["reads", "count", "weatherproof", "eventsource-parser", "× e-p", "e-p + StringDecoder", "× e-p + SD", "e-p on decoded text"],
+    report.results.map((r) => [
+      r.split,
+      String(r.reads),
+      megabytes(r.mbPerSecond.weatherproof),
+      megabytes(r.mbPerSecond.withTextDecoder),
+      Sse.ratio(r, "withTextDecoder").toFixed(2),
+      megabytes(r.mbPerSecond.withStringDecoder),
+      Sse.ratio(r, "withStringDecoder").toFixed(2),
+      megabytes(r.mbPerSecond.onText)
+    ])
+  )
+  yield* Console.log(
+    "eventsource-parser (e-p) behind a streaming TextDecoder, as documented; the last three columns for reference, no target"
+  )
+  yield* busyWarning()
+  const lowest = (peer: Sse.Peer) =>
+    report.results.reduce((low, r) => Sse.ratio(r, peer) < Sse.ratio(low, peer) ? r : low)
+  const target = lowest("withTextDecoder")
+  yield* Console.log(
+    `target: at least ${targets.sseRatio.toFixed(1)}× eventsource-parser's MB/s on every split: ${
+      Table.verdict(Sse.ratio(target, "withTextDecoder") >= targets.sseRatio)
+    } (lowest ${Sse.ratio(target, "withTextDecoder").toFixed(2)}×, ${target.split})`
+  )
+  const reference = lowest("withStringDecoder")
+  yield* Console.log(
+    `reference: against e-p + StringDecoder, lowest ${Sse.ratio(reference, "withStringDecoder").toFixed(2)}× (${reference.split})`
+  )
+  yield* Console.log(
+    `check: every decoder gave the stream's ${report.events} events on every split: ${
+      report.mismatches.length === 0 ? "yes" : `NO (${report.mismatches.join(", ")})`
+    }`
+  )
+})
+
+const modes: ReadonlyArray<string | undefined> = [undefined, "goodput", "overhead", "sse", "weatherproof"]
 
 const main = Effect.gen(function*() {
   if (!modes.includes(only)) {
-    yield* Console.error(`unknown --only ${only}: use goodput, overhead or weatherproof`)
+    yield* Console.error(`unknown --only ${only}: use goodput, overhead, sse or weatherproof`)
     return yield* Effect.sync(() => process.exit(2))
   }
   yield* Console.log(`machine: ${machine()}`)
-  if (only !== "overhead") yield* goodput
+  if (only === undefined || only === "goodput" || only === "weatherproof") yield* goodput
   if (only === undefined || only === "overhead") yield* overhead
+  if (only === undefined || only === "sse") yield* sse
 })
 
 NodeRuntime.runMain(main)

@@ -78,7 +78,58 @@ const stream = FastCheck.record({
   return { text, expected }
 })
 
+/**
+ * The WHATWG algorithm on the whole body at once, the way the standard states it: decode the
+ * bytes (one leading BOM dropped), split the lines, process every line a line end finished.
+ */
+const reference = (bytes: Uint8Array): ReadonlyArray<string> => {
+  const lines = new TextDecoder().decode(bytes).split(/\r\n|\r|\n/)
+  lines.pop() // what follows the last line end is an unfinished line
+  const events: Array<string> = []
+  let data: Array<string> = []
+  for (const line of lines) {
+    if (line === "") {
+      if (data.length > 0) events.push(data.join("\n"))
+      data = []
+      continue
+    }
+    const colon = line.indexOf(":")
+    if (colon === 0) continue
+    const [field, value] = colon < 0 ? [line, ""] : [line.slice(0, colon), line.slice(colon + 1).replace(/^ /, "")]
+    if (field === "data") data.push(value)
+  }
+  return events
+}
+
+/** Pieces of SSE text and bytes that meet at the edges a byte-level decoder must get right. */
+const fragment = FastCheck.oneof(
+  FastCheck.constantFrom("data", ":", " ", "data:", "data: ", "dat", "datax:", ": keep-alive", "event: e", "id: 1", "x", "{\"a\":1}"),
+  FastCheck.constantFrom("\n", "\r", "\r\n", "\n\n", "\r\r", "\r\n\r\n"),
+  FastCheck.constantFrom("深", "🌧", "é", "\uFEFF"),
+  lineText
+).map((text) => utf8.encode(text))
+
+/** Arbitrary bytes that look like SSE: fragments, invalid UTF-8 bytes, sometimes a leading BOM. */
+const sseLikeBytes = FastCheck.record({
+  bom: FastCheck.boolean(),
+  pieces: FastCheck.array(
+    FastCheck.oneof({ arbitrary: fragment, weight: 9 }, { arbitrary: FastCheck.constantFrom(0x80, 0xe6, 0xef, 0xff).map((b) => Uint8Array.of(b)), weight: 1 }),
+    { maxLength: 60 }
+  )
+}).map(({ bom, pieces }) => Buffer.concat([bom ? Uint8Array.of(0xef, 0xbb, 0xbf) : new Uint8Array(0), ...pieces]))
+
 describe("Sse.makeDecoder", () => {
+  it("decodes any SSE-like bytes, cut anywhere, as the whole-body reference does", () => {
+    FastCheck.assert(
+      FastCheck.property(sseLikeBytes, FastCheck.array(FastCheck.nat(), { maxLength: 40 }), (bytes, offsets) => {
+        const expected = reference(bytes)
+        expect(decode(splitAt(bytes, offsets))).toEqual(expected)
+        expect(decode([...bytes].map((b) => Uint8Array.of(b)))).toEqual(expected)
+      }),
+      { numRuns: 1000 }
+    )
+  })
+
   it("decodes any chunking of a valid stream into the same events", () => {
     FastCheck.assert(
       FastCheck.property(stream, FastCheck.array(FastCheck.nat(), { maxLength: 40 }), ({ expected, text }, offsets) => {
@@ -121,5 +172,30 @@ describe("Sse.makeDecoder", () => {
 
   it("drops a byte order mark at the start", () => {
     expect(decode([Uint8Array.of(0xef, 0xbb), Uint8Array.of(0xbf), "data: x\n\n"])).toEqual(["x"])
+  })
+
+  it("keeps a byte order mark anywhere else", () => {
+    expect(decode(["\uFEFF\uFEFFdata: x\n\ndata: \uFEFFy\n\n"])).toEqual(["\uFEFFy"])
+  })
+
+  it("reads a short line after a longer cut one as itself", () => {
+    // The bytes of the longer line stay behind the short one in the decoder's line buffer.
+    expect(decode(["data: xy", "z\n\nd", "\n\nda", "ta\n\n"])).toEqual(["xyz", ""])
+  })
+
+  it("decodes a long line cut into many small reads", () => {
+    const value = "深🌧 retry-after ".repeat(4000)
+    const bytes = utf8.encode(`: keep-alive\n\ndata: ${value}\ndata: ${value}\r\n\r\n`)
+    const expected = [`${value}\n${value}`]
+    expect(decode([bytes])).toEqual(expected)
+    expect(decode(splitAt(bytes, Array.from({ length: bytes.length / 7 }, (_, i) => i * 7)))).toEqual(expected)
+  })
+
+  it("reads a Buffer or any view of a larger buffer", () => {
+    const event = utf8.encode("data: 深\n\n")
+    const backing = Buffer.concat([utf8.encode("data: no\n\n"), event, utf8.encode("data: no\n\n")])
+    const view = new Uint8Array(backing.buffer, backing.byteOffset + 10, event.length)
+    expect(decode([view])).toEqual(["深"])
+    expect(decode([Buffer.from(view)])).toEqual(["深"])
   })
 })
