@@ -18,17 +18,12 @@ import { join } from "node:path"
 import { fileURLToPath } from "node:url"
 import * as AiLanguageModel from "../src/AiLanguageModel.js"
 import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from "../src/ChatSchema.js"
-import * as CircuitBreaker from "../src/CircuitBreaker.js"
-import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
 import * as Wire from "../src/internal/wire.js"
 import * as KeyPool from "../src/KeyPool.js"
 import * as MockUpstream from "../src/MockUpstream.js"
+import * as Policy from "../src/Policy.js"
 import * as Resilient from "../src/Resilient.js"
-import * as RetryBudget from "../src/RetryBudget.js"
-import * as RetryPolicy from "../src/RetryPolicy.js"
 import * as Simulator from "../src/Simulator.js"
-import * as Telemetry from "../src/Telemetry.js"
-import * as TokenBucket from "../src/TokenBucket.js"
 import * as Transport from "../src/Transport.js"
 import { settle } from "./support/streams.js"
 
@@ -39,12 +34,7 @@ const stack = (script: MockUpstream.Script, config?: AiLanguageModel.Options["co
   const resilient = Resilient.layer.pipe(
     Layer.provide([
       Transport.layer({ baseUrl: "https://upstream.test/" }).pipe(Layer.provide(KeyPool.layer([Redacted.make("sk-test")]))),
-      ConcurrencyLimiter.layerFixed(4),
-      RetryPolicy.layer({ base: "100 millis", cap: "1 second" }),
-      RetryBudget.layerUnlimited,
-      TokenBucket.layerUnlimited,
-      CircuitBreaker.layerNoop,
-      Telemetry.layerNoop
+      Policy.layer({ retry: { base: "100 millis", cap: "1 second" }, retryBudget: false, concurrency: 4, breaker: false })
     ])
   )
   return AiLanguageModel.layer({ model, config }).pipe(
@@ -366,8 +356,7 @@ describe("AiLanguageModel", () => {
     Effect.gen(function*() {
       const simulator = yield* Simulator.make({ queueDelay: "1 millis", chunkDelay: 0 })
       const live = AiLanguageModel.layer({ model, config: { thinking: { type: "enabled" } } }).pipe(
-        Layer.provide(Resilient.layerDefault({ baseUrl: simulator.baseUrl, keys: [Redacted.make(Simulator.defaultKey)] })),
-        Layer.provide(Telemetry.layerNoop)
+        Layer.provide(Resilient.layerDefault({ baseUrl: simulator.baseUrl, keys: [Redacted.make(Simulator.defaultKey)] }))
       )
       const parts = Chunk.toReadonlyArray(
         yield* Stream.runCollect(LanguageModel.streamText({ prompt: "umbrella?" })).pipe(Effect.provide(live))

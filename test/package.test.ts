@@ -11,7 +11,9 @@ import * as os from "node:os"
 import * as path from "node:path"
 import ts from "typescript"
 import {
+  docsProject,
   expectedExports,
+  optionalPeerEntries,
   packageName,
   type PackedPackage,
   packedPackage,
@@ -177,14 +179,34 @@ describe("the packed package, installed with only its peer dependencies", () => 
   it.live("imports every public entry point first, then all the others, without an error", () =>
     Effect.gen(function*() {
       const { exports } = yield* Effect.promise(() => readJson(path.join(packed.packageDir, "package.json")))
-      const entries = Object.keys(exports).map(specifierOf)
+      const names = Object.keys(exports)
+      // An entry point that needs an optional peer is imported where that peer is installed.
+      const entries = names.filter((name) => !(name in optionalPeerEntries)).map(specifierOf)
+      const withPeers = names.map(specifierOf)
+      const docsDir = yield* Effect.promise(docsProject)
       const failures = yield* Effect.forEach(
-        entries,
-        (first) => importFirst(packed.projectDir, first, entries.filter((entry) => entry !== first)),
+        [
+          ...entries.map((first) => importFirst(packed.projectDir, first, entries.filter((entry) => entry !== first))),
+          ...Object.keys(optionalPeerEntries).map(specifierOf).map((first) =>
+            importFirst(docsDir, first, withPeers.filter((entry) => entry !== first))
+          )
+        ],
+        (check) => check,
         { concurrency: Math.max(2, Math.min(8, os.availableParallelism())) }
       )
       expect(failures.filter((failure) => failure !== undefined)).toEqual([])
-    }), 90_000)
+    }), 120_000)
+
+  it.live("loads an optional peer only for the entry point that needs it", () =>
+    Effect.gen(function*() {
+      const { exports } = yield* Effect.promise(() => readJson(path.join(packed.packageDir, "package.json")))
+      for (const [entry, peer] of Object.entries(optionalPeerEntries)) {
+        const failure = yield* importFirst(packed.projectDir, specifierOf(entry), [])
+        expect(failure, entry).toContain(peer)
+      }
+      const others = Object.keys(exports).filter((name) => !(name in optionalPeerEntries)).map(specifierOf)
+      expect(yield* importFirst(packed.projectDir, others[0]!, others.slice(1))).toBeUndefined()
+    }), 60_000)
 
   it("has no import cycle among its modules (an internal imports only types from its public module)", async () => {
     expect(importCycles(await moduleGraph(path.join(packed.packageDir, "dist", "src")))).toEqual([])

@@ -39,8 +39,14 @@ export const expectedExports = (modules: ReadonlyArray<string>) =>
 /** The peer dependencies a user installs beside the package. */
 const peers = ["effect", "@effect/platform", "@effect/platform-node"]
 
-/** What the docs' examples import besides the package and its peers: test tools and Node's types. */
-const docsTools = ["@effect/vitest", "vitest", "@types/node"]
+/**
+ * What the docs' examples import besides the package and its peers: test tools, Node's types,
+ * and the optional peer `@effect/ai` (with its own peers) of `weatherproof/AiLanguageModel`.
+ */
+const docsTools = ["@effect/vitest", "vitest", "@types/node", "@effect/ai", "@effect/experimental", "@effect/rpc"]
+
+/** Entry points that need an optional peer dependency, and that peer. */
+export const optionalPeerEntries: Readonly<Record<string, string>> = { "./AiLanguageModel": "@effect/ai" }
 
 export interface PackedPackage {
   /** Paths inside the tarball, relative to the package root. */
@@ -265,10 +271,9 @@ let packedOnce: Promise<PackedPackage> | undefined
 export const packedPackage = (): Promise<PackedPackage> => (packedOnce ??= packAndInstall())
 
 /**
- * A project for the docs' examples: `docs/` inside the packed package's project, with the test
- * tools installed there on their own. Node and TypeScript resolve `weatherproof` and its peers
- * from the parent project, so there is one copy of `effect` (the tools' peer dependency on it is
- * left to that parent: `--legacy-peer-deps`).
+ * A project for the docs' examples and the entry points that need an optional peer: `docs/`
+ * inside the packed package's project, with the tarball, its peers and the tools of `docsTools`
+ * installed there on their own (so the package resolves its optional peers from there).
  */
 const installDocsProject = async (): Promise<string> => {
   const { projectDir } = await packedPackage()
@@ -276,7 +281,8 @@ const installDocsProject = async (): Promise<string> => {
   await withLock(async () => {
     if (await isReady(docsDir)) return markReady(docsDir)
     await emptyDir(docsDir)
-    return installProject(docsDir, "weatherproof-docs", await versionsOf(docsTools), ["--legacy-peer-deps"])
+    const dependencies = { [packageName]: "file:../weatherproof.tgz", ...(await versionsOf([...peers, ...docsTools])) }
+    return installProject(docsDir, "weatherproof-docs", dependencies)
   })
   return docsDir
 }
