@@ -40,6 +40,7 @@ import * as Stream from "effect/Stream"
 import * as ApiError from "./ApiError.js"
 import type { Classifier } from "./ApiError.js"
 import * as internal from "./internal/circuitBreaker.js"
+import { assertValid, atLeast, positive, positiveInteger, ratio } from "./internal/options.js"
 
 /**
  * Calls pass and are counted.
@@ -285,10 +286,6 @@ const gaugeValue = (state: State): number => {
   }
 }
 
-const illegal = (message: string): never => {
-  throw new Cause.IllegalArgumentException(`CircuitBreaker: ${message}`)
-}
-
 const settingsOf = (options: Options): internal.Settings => {
   const windowMillis = Duration.toMillis(options.window ?? defaults.window)
   const buckets = options.buckets ?? defaults.buckets
@@ -296,12 +293,14 @@ const settingsOf = (options: Options): internal.Settings => {
   const minimumThroughput = options.minimumThroughput ?? defaults.minimumThroughput
   const openForMillis = Duration.toMillis(options.openFor ?? defaults.openFor)
   const canaries = options.canaries ?? defaults.canaries
-  if (!(windowMillis > 0)) illegal("window must be positive")
-  if (!Number.isInteger(buckets) || buckets < 1) illegal("buckets must be a positive integer")
-  if (!(failureRatio > 0 && failureRatio <= 1)) illegal("failureRatio must be in (0, 1]")
-  if (!(minimumThroughput >= 1)) illegal("minimumThroughput must be at least 1")
-  if (!(openForMillis > 0)) illegal("openFor must be positive")
-  if (!Number.isInteger(canaries) || canaries < 1) illegal("canaries must be a positive integer")
+  assertValid("CircuitBreaker", [
+    positive("window", windowMillis),
+    positiveInteger("buckets", buckets),
+    ratio("failureRatio", failureRatio),
+    atLeast("minimumThroughput", minimumThroughput, 1),
+    positive("openFor", openForMillis),
+    positiveInteger("canaries", canaries)
+  ])
   return {
     windowMillis,
     buckets,

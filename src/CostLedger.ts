@@ -14,7 +14,6 @@
  */
 
 import * as FileSystem from "@effect/platform/FileSystem"
-import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
 import * as Config from "effect/Config"
 import type * as ConfigError from "effect/ConfigError"
@@ -28,6 +27,7 @@ import * as Ref from "effect/Ref"
 import * as Schema from "effect/Schema"
 import type { Usage } from "./ChatSchema.js"
 import * as internal from "./internal/costLedger.js"
+import { assertValid, finiteAtLeast } from "./internal/options.js"
 
 // ---------------------------------------------------------------------------------------------
 // Pricing table
@@ -424,16 +424,15 @@ const totalsOf = (acc: internal.Accumulator): Totals => ({
 const groupTotals = (groups: ReadonlyMap<string, internal.Accumulator>): Readonly<Record<string, Totals>> =>
   Object.fromEntries(Array.from(groups, ([key, acc]) => [key, totalsOf(acc)]))
 
-const illegal = (message: string): never => {
-  throw new Cause.IllegalArgumentException(`CostLedger: ${message}`)
-}
-
 const validatedPricing = (pricing: PricingTable): PricingTable =>
-  Either.getOrElse(decodePricing(pricing, "options"), (error) => illegal(error.message))
+  Either.getOrElse(decodePricing(pricing, "options"), (error) => {
+    assertValid("CostLedger", [error.message])
+    return pricing
+  })
 
 const budgetPicoOf = (budgetUsd: number | undefined): bigint | undefined => {
   if (budgetUsd === undefined) return undefined
-  if (!(budgetUsd >= 0) || !Number.isFinite(budgetUsd)) illegal("budgetUsd must be a finite number ≥ 0")
+  assertValid("CostLedger", [finiteAtLeast("budgetUsd", budgetUsd, 0)])
   return internal.picoOfUsd(budgetUsd)
 }
 

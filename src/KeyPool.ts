@@ -11,7 +11,6 @@
  * @since 0.1.0
  */
 
-import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
 import * as Config from "effect/Config"
 import * as Context from "effect/Context"
@@ -22,6 +21,7 @@ import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Ref from "effect/Ref"
 import { NoUsableKey } from "./ApiError.js"
+import { assertValid, positive } from "./internal/options.js"
 
 /**
  * One key and its public label.
@@ -88,9 +88,7 @@ export const make = (
 ): Effect.Effect<Service> =>
   Effect.gen(function*() {
     const cooldownMillis = Duration.toMillis(options?.cooldown ?? defaultCooldown)
-    if (!(cooldownMillis > 0)) {
-      return yield* Effect.die(new Cause.IllegalArgumentException("KeyPool: cooldown must be positive"))
-    }
+    yield* Effect.sync(() => assertValid("KeyPool", [positive("cooldown", cooldownMillis)]))
     const credentials: ReadonlyArray<Credential> = keys.map((key, i) => ({ id: `key#${i + 1}`, key }))
     const state = yield* Ref.make<State>({ rejectedUntil: new Map(), next: 0 })
     const isCooling = (s: State, id: string, now: number) => (s.rejectedUntil.get(id) ?? 0) > now

@@ -51,7 +51,6 @@
  */
 
 import { createHash } from "node:crypto"
-import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Data from "effect/Data"
@@ -65,6 +64,7 @@ import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import type { ChatCompletion, ChatCompletionRequest } from "./ChatSchema.js"
 import * as internal from "./internal/responseCache.js"
+import { assertValid, positiveInteger } from "./internal/options.js"
 
 /**
  * A store failed (a shared store's connection, say). `ResponseCache` treats it as a miss or as
@@ -269,10 +269,6 @@ const completeReasons: ReadonlySet<string | null> = new Set(["stop", "length", "
 export const isStorable = (completion: ChatCompletion): boolean =>
   completion.choices.length > 0 && completion.choices.every((choice) => completeReasons.has(choice.finish_reason))
 
-const illegal = (message: string): never => {
-  throw new Cause.IllegalArgumentException(`ResponseCache: ${message}`)
-}
-
 /**
  * An in-memory LRU store of at most `capacity` entries (default 1000), expiring entries by
  * Effect's `Clock`. Dies with `IllegalArgumentException` when `capacity` is not a positive
@@ -283,11 +279,10 @@ const illegal = (message: string): never => {
  */
 export const makeMemoryStore = (capacity: number = defaults.capacity): Effect.Effect<Store> =>
   Effect.gen(function*() {
-    const lru = yield* Effect.sync(() =>
-      new internal.Lru<ChatCompletion>(
-        Number.isInteger(capacity) && capacity >= 1 ? capacity : illegal("capacity must be a positive integer")
-      )
-    )
+    const lru = yield* Effect.sync(() => {
+      assertValid("ResponseCache", [positiveInteger("capacity", capacity)])
+      return new internal.Lru<ChatCompletion>(capacity)
+    })
     const evictions = yield* Ref.make(0)
     return CacheStore.of({
       get: (key) => Effect.map(Clock.currentTimeMillis, (now) => Option.fromNullable(lru.get(key, now))),

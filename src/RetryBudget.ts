@@ -11,23 +11,25 @@
  *
  * Count each call once with `recordRequest` (not each attempt, or retries would fund more
  * retries), and let `guard` ask the budget before each retry a schedule decides on: when the
- * budget refuses, the schedule stops and the call fails with its last error. Refusals are counted
- * by `retriesRefused`, in `snapshot`, and reported to `guard`'s `onRefused`.
+ * budget refuses, the schedule stops and the call fails with its last error, or, with
+ * `waitFor`, the retry waits for room: until buckets leaving the window make room (a time the
+ * budget computes exactly) or the next call is recorded, whichever comes first, then asks
+ * again. Refusals are counted by `retriesRefused`, in `snapshot`, and reported to `guard`'s
+ * `onRefused`.
  *
  * Effect has no retry budget, so this module is written from scratch.
  *
  * @since 0.1.0
  */
 
-import * as Cause from "effect/Cause"
-import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
+import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
-import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
+import { assertValid, atLeast, positive, positiveInteger } from "./internal/options.js"
 import * as internal from "./internal/retryBudget.js"
 
 /**
@@ -81,6 +83,11 @@ export interface Service {
   readonly recordRequest: Effect.Effect<void>
   /** Withdraws one retry if the budget allows it; `false` means do not retry. */
   readonly tryRetry: Effect.Effect<boolean>
+  /**
+   * Waits until a retry may be allowed: until buckets leaving the window make room, or the next
+   * call is recorded, whichever comes first. Another waiter may take the room first.
+   */
+  readonly awaitRoom: Effect.Effect<void>
   readonly snapshot: Effect.Effect<Snapshot>
 }
 
@@ -102,7 +109,8 @@ export const retriesAllowed: Metric.Metric.Counter<number> = Metric.counter("wea
 })
 
 /**
- * Retries a budget refused: each refused ask (a retry that waits for room asks again every poll).
+ * Retries a budget refused: each refused ask (a retry that waits for room asks again when there
+ * may be room).
  *
  * @since 0.1.0
  * @category metrics
@@ -112,19 +120,17 @@ export const retriesRefused: Metric.Metric.Counter<number> = Metric.counter("wea
   incremental: true
 })
 
-const illegal = (message: string): never => {
-  throw new Cause.IllegalArgumentException(`RetryBudget: ${message}`)
-}
-
 const settingsOf = (options: Options): internal.Settings => {
   const windowMillis = Duration.toMillis(options.window ?? defaults.window)
   const buckets = options.buckets ?? defaults.buckets
   const ratio = options.ratio ?? defaults.ratio
   const minRetriesPerSecond = options.minRetriesPerSecond ?? defaults.minRetriesPerSecond
-  if (!(windowMillis > 0)) illegal("window must be positive")
-  if (!Number.isInteger(buckets) || buckets < 1) illegal("buckets must be a positive integer")
-  if (!(ratio >= 0)) illegal("ratio must be at least 0")
-  if (!(minRetriesPerSecond >= 0)) illegal("minRetriesPerSecond must be at least 0")
+  assertValid("RetryBudget", [
+    positive("window", windowMillis),
+    positiveInteger("buckets", buckets),
+    atLeast("ratio", ratio, 0),
+    atLeast("minRetriesPerSecond", minRetriesPerSecond, 0)
+  ])
   return {
     bucketMillis: windowMillis / buckets,
     buckets,
@@ -136,28 +142,39 @@ const settingsOf = (options: Options): internal.Settings => {
 /**
  * A budget in memory. Dies with `IllegalArgumentException` on invalid options.
  *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { RetryBudget } from "weatherproof"
+ *
+ * const budget = RetryBudget.make({ ratio: 0.1, window: "30 seconds" })
+ * ```
+ *
  * @since 0.1.0
  * @category constructors
  */
 export const make = (options: Options = {}): Effect.Effect<Service> =>
-  Effect.gen(function*() {
-    const settings = yield* Effect.sync(() => settingsOf(options))
-    const window = yield* Ref.make(internal.empty)
-    const modifyNow = <A>(f: (window: internal.Window, now: number) => readonly [A, internal.Window]) =>
-      Effect.flatMap(Clock.currentTimeMillis, (now) => Ref.modify(window, (current) => f(current, now)))
-
-    return RetryBudget.of({
-      recordRequest: modifyNow((current, now) => [undefined, internal.recordRequest(settings, current, now)]),
-      tryRetry: modifyNow((current, now) => internal.tryRetry(settings, current, now)).pipe(
-        Effect.tap((allowed) => Metric.increment(allowed ? retriesAllowed : retriesRefused))
-      ),
-      snapshot: Effect.flatMap(Clock.currentTimeMillis, (now) =>
-        Effect.map(Ref.get(window), (current) => {
-          const sums = internal.totals(settings, current, now)
-          return { ...sums, available: internal.available(settings, sums) }
-        }))
+  Effect.clockWith((clock) =>
+    Effect.sync(() => {
+      const budget = new internal.Budget(settingsOf(options), clock.unsafeCurrentTimeMillis())
+      const now = () => clock.unsafeCurrentTimeMillis()
+      const awaitRoom = Effect.suspend(() => {
+        const deposit = Deferred.await(budget.nextDeposit())
+        const room = budget.roomIn(now())
+        return room === undefined ? deposit : Effect.raceFirst(Effect.sleep(Duration.millis(room)), deposit)
+      })
+      return RetryBudget.of({
+        recordRequest: Effect.sync(() => budget.recordRequest(now())),
+        tryRetry: Effect.sync(() => {
+          const allowed = budget.tryRetry(now())
+          ;(allowed ? retriesAllowed : retriesRefused).unsafeUpdate(1, [])
+          return allowed
+        }),
+        awaitRoom,
+        snapshot: Effect.sync(() => budget.snapshot(now()))
+      })
     })
-  })
+  )
 
 /**
  * @since 0.1.0
@@ -174,6 +191,7 @@ export const layer = (options?: Options): Layer.Layer<RetryBudget> => Layer.effe
 export const layerUnlimited: Layer.Layer<RetryBudget> = Layer.succeed(RetryBudget, {
   recordRequest: Effect.void,
   tryRetry: Effect.succeed(true),
+  awaitRoom: Effect.void,
   snapshot: Effect.succeed({ requests: 0, retries: 0, refused: 0, available: Infinity })
 })
 
@@ -190,19 +208,19 @@ export interface GuardOptions<E, R> {
    * budget either way. Default 0: refuse at once.
    */
   readonly waitFor?: Duration.DurationInput | undefined
-  /** How often a waiting retry asks the budget again. Default 1 second. */
-  readonly poll?: Duration.DurationInput | undefined
 }
 
-/**
- * Withdraws a retry from `budget`, asking again every `poll` while it refuses, until `waitFor`
- * has passed. Each refused ask counts as a refusal in the snapshot and the metric.
- */
-const withdraw = (budget: Service, waitFor: Duration.Duration, poll: Duration.Duration): Effect.Effect<boolean> =>
-  Effect.flatMap(budget.tryRetry, (allowed) =>
-    allowed || Duration.lessThan(waitFor, poll)
+/** Withdraws a retry from `budget`, waiting for room up to `waitFor` while it refuses. */
+const withdraw = (budget: Service, waitFor: Duration.Duration): Effect.Effect<boolean> => {
+  const untilAllowed: Effect.Effect<void> = Effect.flatMap(
+    budget.awaitRoom,
+    () => Effect.flatMap(budget.tryRetry, (allowed) => allowed ? Effect.void : untilAllowed)
+  )
+  return Effect.flatMap(budget.tryRetry, (allowed) =>
+    allowed || Duration.isZero(waitFor)
       ? Effect.succeed(allowed)
-      : Effect.zipRight(Effect.sleep(poll), withdraw(budget, Duration.subtract(waitFor, poll), poll)))
+      : Effect.timeoutTo(untilAllowed, { duration: waitFor, onSuccess: () => true, onTimeout: () => false }))
+}
 
 /**
  * Asks `budget` before each retry `self` decides on, and stops the schedule when it refuses, so
@@ -211,7 +229,12 @@ const withdraw = (budget: Service, waitFor: Duration.Duration, poll: Duration.Du
  *
  * @example
  * ```ts
- * Effect.retry(call, RetryBudget.guard(budget)(RetryPolicy.schedule()))
+ * import { Effect } from "effect"
+ * import { RetryBudget, RetryPolicy } from "weatherproof"
+ *
+ * declare const call: Effect.Effect<string, Error>
+ * const guarded = Effect.flatMap(RetryBudget.make(), (budget) =>
+ *   Effect.retry(call, RetryPolicy.schedule<Error>().pipe(RetryBudget.guard(budget))))
  * ```
  *
  * @since 0.1.0
@@ -221,6 +244,6 @@ export const guard = <E = unknown, R2 = never>(budget: Service, options: GuardOp
 <Out, In extends E, R>(self: Schedule.Schedule<Out, In, R>): Schedule.Schedule<Out, In, R | R2> =>
   Schedule.checkEffect(self, (error: In) =>
     Effect.tap(
-      withdraw(budget, Duration.decode(options.waitFor ?? 0), Duration.decode(options.poll ?? Duration.seconds(1))),
+      withdraw(budget, Duration.decode(options.waitFor ?? 0)),
       (allowed) => allowed || options.onRefused === undefined ? Effect.void : options.onRefused(error)
     ))

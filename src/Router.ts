@@ -20,7 +20,6 @@
  * @since 0.1.0
  */
 
-import * as Cause from "effect/Cause"
 import * as Config from "effect/Config"
 import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
@@ -33,6 +32,7 @@ import * as ParseResult from "effect/ParseResult"
 import * as Record from "effect/Record"
 import * as Schema from "effect/Schema"
 import type { ChatCompletionRequest } from "./ChatSchema.js"
+import { assertValid } from "./internal/options.js"
 
 /**
  * What a request is for.
@@ -288,7 +288,8 @@ const decodeOptions = Schema.decodeUnknownEither(Options, { errors: "all" })
 
 const settingsOf = (options: Options): Settings => {
   const valid = Either.getOrElse(decodeOptions(options), (error) => {
-    throw new Cause.IllegalArgumentException(`Router: ${ParseResult.TreeFormatter.formatErrorSync(error)}`)
+    assertValid("Router", [ParseResult.TreeFormatter.formatErrorSync(error)])
+    return options
   })
   return {
     routes: mergeRoutes(valid.routes ?? {}),

@@ -114,6 +114,30 @@ describe("RetryBudget", () => {
       expect((yield* Fiber.join(calls)).length).toBe(2)
     }))
 
+  it.effect("a waiting retry goes the moment the bucket holding the last retry leaves the window, not a poll later", () =>
+    Effect.gen(function*() {
+      // One retry per 10 s window, in 1 s buckets: the retry taken at 0.5 s counts until 10 s.
+      const budget = yield* RetryBudget.make({ ratio: 0, minRetriesPerSecond: 0.1 })
+      yield* TestClock.adjust("500 millis")
+      expect(yield* budget.tryRetry).toBe(true)
+      const waiting = yield* Effect.fork(Effect.zipRight(budget.awaitRoom, budget.tryRetry))
+      yield* TestClock.adjust(9_499)
+      expect(waiting.unsafePoll()).toBeNull()
+      yield* TestClock.adjust(1)
+      expect(yield* Fiber.join(waiting)).toBe(true)
+    }))
+
+  it.effect("a waiting retry is woken by the next call recorded, whose deposit makes room", () =>
+    Effect.gen(function*() {
+      const budget = yield* RetryBudget.make({ ratio: 1, minRetriesPerSecond: 0 })
+      expect(yield* budget.tryRetry).toBe(false)
+      const waiting = yield* Effect.fork(Effect.zipRight(budget.awaitRoom, budget.tryRetry))
+      yield* TestClock.adjust("1 minute")
+      expect(waiting.unsafePoll()).toBeNull()
+      yield* budget.recordRequest
+      expect(yield* Fiber.join(waiting)).toBe(true)
+    }))
+
   it.effect("with waitFor, the error surfaces once the wait is over", () =>
     Effect.gen(function*() {
       const budget = yield* RetryBudget.make({ ratio: 0, minRetriesPerSecond: 0 })

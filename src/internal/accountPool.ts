@@ -10,7 +10,6 @@
  */
 import * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
-import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
 import * as Data from "effect/Data"
 import * as Deferred from "effect/Deferred"
@@ -36,6 +35,7 @@ import * as Policy from "../Policy.js"
 import * as Telemetry from "../Telemetry.js"
 import type * as Resilient from "../Resilient.js"
 import * as Transport from "../Transport.js"
+import { assertValid, positive } from "./options.js"
 
 /** `AccountPool.Options` with defaults applied. */
 export interface Settings {
@@ -348,23 +348,13 @@ const probeBalance = (client: HttpClient.HttpClient, member: Member): Effect.Eff
 // The pool
 // ---------------------------------------------------------------------------------------------
 
-const illegal = (message: string): never => {
-  throw new Cause.IllegalArgumentException(`AccountPool: ${message}`)
-}
-
-const validate = (accounts: ReadonlyArray<Account>, settings: Settings): void => {
-  if (new Set(accounts.map((account) => account.name)).size !== accounts.length) {
-    illegal("account names must be unique")
-  }
-  const durations = {
-    balanceProbeInterval: settings.balanceProbeInterval,
-    keyCooldown: settings.keyCooldown,
-    fallbackCooldown: settings.fallbackCooldown
-  }
-  for (const [name, duration] of Object.entries(durations)) {
-    if (!Duration.greaterThan(duration, Duration.zero)) illegal(`${name} must be positive`)
-  }
-}
+const validate = (accounts: ReadonlyArray<Account>, settings: Settings): void =>
+  assertValid("AccountPool", [
+    new Set(accounts.map((account) => account.name)).size === accounts.length ? undefined : "account names must be unique",
+    positive("balanceProbeInterval", Duration.toMillis(settings.balanceProbeInterval)),
+    positive("keyCooldown", Duration.toMillis(settings.keyCooldown)),
+    positive("fallbackCooldown", Duration.toMillis(settings.fallbackCooldown))
+  ])
 
 const stateOf = (availability: Availability): AccountStatus["state"] =>
   availability._tag === "Serving"

@@ -11,6 +11,7 @@ import * as Deferred from "effect/Deferred"
 import * as Exit from "effect/Exit"
 import * as FiberId from "effect/FiberId"
 import type { HalfOpenPolicy, Snapshot, State } from "../CircuitBreaker.js"
+import { RollingWindow } from "./rollingWindow.js"
 
 /** Resolved, validated options, in milliseconds. */
 export interface Settings {
@@ -44,60 +45,6 @@ export type Admission = number | Rejection | Deferred.Deferred<void>
 export const closed: State = { _tag: "Closed" }
 
 /**
- * Calls and failures over the last `buckets` buckets of `bucketMillis` each. Old buckets are
- * cleared lazily when time moves past them, so recording is O(1) amortised and allocation free.
- */
-class RollingWindow {
-  calls = 0
-  failures = 0
-  private readonly bucketCalls: Float64Array
-  private readonly bucketFailures: Float64Array
-  /** Absolute index (time / bucketMillis) of the newest bucket. */
-  private newest: number
-
-  constructor(private readonly buckets: number, private readonly bucketMillis: number, now: number) {
-    this.bucketCalls = new Float64Array(buckets)
-    this.bucketFailures = new Float64Array(buckets)
-    this.newest = this.indexAt(now)
-  }
-
-  record(now: number, failed: boolean): void {
-    this.advance(now)
-    const slot = this.newest % this.buckets
-    this.bucketCalls[slot]! += 1
-    this.calls += 1
-    if (failed) {
-      this.bucketFailures[slot]! += 1
-      this.failures += 1
-    }
-  }
-
-  /** Drops the buckets that fell out of the window by `now`. */
-  advance(now: number): void {
-    const index = this.indexAt(now)
-    const expired = Math.min(index - this.newest, this.buckets)
-    for (let i = 1; i <= expired; i++) this.clearSlot((this.newest + i) % this.buckets)
-    // A clock that moved backwards keeps recording into the newest bucket.
-    this.newest = Math.max(index, this.newest)
-  }
-
-  clear(): void {
-    for (let slot = 0; slot < this.buckets; slot++) this.clearSlot(slot)
-  }
-
-  private clearSlot(slot: number): void {
-    this.calls -= this.bucketCalls[slot]!
-    this.failures -= this.bucketFailures[slot]!
-    this.bucketCalls[slot] = 0
-    this.bucketFailures[slot] = 0
-  }
-
-  private indexAt(now: number): number {
-    return Math.floor(now / this.bucketMillis)
-  }
-}
-
-/**
  * How long the `trips`-th consecutive trip keeps the circuit open: `openFor` doubled on each
  * trip, capped at `maxOpenFor` (and never shorter than `openFor`).
  */
@@ -120,14 +67,14 @@ export class Machine {
   private consecutiveTrips = 0
   private canariesInFlight = 0
   private canariesSucceeded = 0
-  private readonly window: RollingWindow
+  private readonly window: RollingWindow<"calls" | "failures">
 
   constructor(
     private readonly settings: Settings,
     now: number,
     private readonly onTransition: (state: State) => void
   ) {
-    this.window = new RollingWindow(settings.buckets, settings.windowMillis / settings.buckets, now)
+    this.window = new RollingWindow(["calls", "failures"], settings.buckets, settings.windowMillis / settings.buckets, now)
   }
 
   admit(now: number): Admission {
@@ -193,8 +140,8 @@ export class Machine {
     this.window.advance(now)
     return {
       state: this.state,
-      calls: this.window.calls,
-      failures: this.window.failures,
+      calls: this.window.totals.calls,
+      failures: this.window.totals.failures,
       trips: this.totalTrips,
       canariesInFlight: this.state._tag === "HalfOpen" ? this.canariesInFlight : 0
     }
@@ -202,13 +149,14 @@ export class Machine {
 
   private recordClosed(outcome: Outcome, now: number): void {
     if (outcome === "ignored") return
-    const failed = outcome === "failure"
-    this.window.record(now, failed)
-    if (failed && this.overThreshold()) this.trip(now)
+    this.window.add(now, "calls")
+    if (outcome === "success") return
+    this.window.add(now, "failures")
+    if (this.overThreshold()) this.trip(now)
   }
 
   private overThreshold(): boolean {
-    const { calls, failures } = this.window
+    const { calls, failures } = this.window.totals
     return calls >= this.settings.minimumThroughput && failures / calls >= this.settings.failureRatio
   }
 

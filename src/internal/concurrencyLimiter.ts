@@ -10,6 +10,7 @@ import * as Option from "effect/Option"
 import * as Scope from "effect/Scope"
 import * as ApiError from "../ApiError.js"
 import type { Classifier } from "../ApiError.js"
+import { assertValid, atLeast, ratio } from "./options.js"
 import type {
   AcquireOptions,
   AdaptiveOptions,
@@ -574,21 +575,18 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
     return { acquire, withPermit, snapshot }
   }))
 
-/** What is wrong with `options`, if anything: ratios that would not move the limit sensibly. */
-const invalidOption = (options: AdaptiveOptions): string | undefined => {
-  const ratio = (name: "backoff" | "fallBackoff") => {
-    const value = options[name]
-    return value === undefined || (value > 0 && value < 1) ? undefined : `${name} must be in (0, 1), got ${value}`
-  }
-  const rise = options.queueDelayRise
-  const windows = options.queueDelayWindows
-  return ratio("backoff") ?? ratio("fallBackoff") ??
-    (rise !== undefined && !(rise > 1) ? `queueDelayRise must be above 1, got ${rise}` : undefined) ??
-    (windows !== undefined && !(windows >= 1) ? `queueDelayWindows must be at least 1, got ${windows}` : undefined)
-}
+/** Ratios that would not move the limit sensibly are refused; `initial`, `min` and `max` are brought into order. */
+const validateAdaptive = (config: AimdConfig): void =>
+  assertValid("ConcurrencyLimiter", [
+    ratio("backoff", config.backoff, true),
+    ratio("fallBackoff", config.fallBackoff, true),
+    config.queueDelayRise > 1 ? undefined : `queueDelayRise must be above 1, got ${config.queueDelayRise}`,
+    atLeast("queueDelayWindows", config.queueDelayWindows, 1)
+  ])
 
 export const makeAdaptive = (options: AdaptiveOptions = {}): Effect.Effect<Service> =>
-  Effect.suspend(() => {
-    const problem = invalidOption(options)
-    return problem === undefined ? make(new Aimd(aimdConfig(options)), options) : Effect.dieMessage(problem)
-  })
+  Effect.flatMap(Effect.sync(() => {
+    const config = aimdConfig(options)
+    validateAdaptive(config)
+    return new Aimd(config)
+  }), (policy) => make(policy, options))

@@ -1,9 +1,14 @@
 /**
- * The retry budget's rolling window: calls, retries and refusals counted in `buckets` buckets of
- * `bucketMillis` each, as an immutable value so the service updates it with one `Ref.modify`.
+ * The retry budget's state: calls, retries and refusals counted over a rolling window, and who
+ * waits for room.
  *
  * @internal
  */
+import * as Deferred from "effect/Deferred"
+import * as Exit from "effect/Exit"
+import * as FiberId from "effect/FiberId"
+import type { Snapshot } from "../RetryBudget.js"
+import { RollingWindow } from "./rollingWindow.js"
 
 /** Resolved, validated options. */
 export interface Settings {
@@ -14,77 +19,61 @@ export interface Settings {
   readonly reserve: number
 }
 
-interface Bucket {
-  readonly index: number
-  readonly requests: number
-  readonly retries: number
-  readonly refused: number
-}
+type Field = "requests" | "retries" | "refused"
 
-/** Buckets with something counted in them, oldest first. */
-export type Window = ReadonlyArray<Bucket>
+export class Budget {
+  private readonly window: RollingWindow<Field>
+  /** Completed at the next recorded call, for retries waiting for room; made only when one waits. */
+  private deposit: Deferred.Deferred<void> | undefined
 
-/** Totals over the window. */
-export interface Totals {
-  readonly requests: number
-  readonly retries: number
-  readonly refused: number
-}
-
-/** @internal */
-export const empty: Window = []
-
-const indexAt = (settings: Settings, now: number): number => Math.floor(now / settings.bucketMillis)
-
-/** The buckets still inside the window at `now`: the same array when none has expired. */
-const live = (settings: Settings, window: Window, now: number): Window => {
-  const oldest = indexAt(settings, now) - settings.buckets + 1
-  const first = window[0]
-  return first === undefined || first.index >= oldest ? window : window.filter((bucket) => bucket.index >= oldest)
-}
-
-const bump = (bucket: Bucket, field: keyof Totals): Bucket => ({
-  index: bucket.index,
-  requests: field === "requests" ? bucket.requests + 1 : bucket.requests,
-  retries: field === "retries" ? bucket.retries + 1 : bucket.retries,
-  refused: field === "refused" ? bucket.refused + 1 : bucket.refused
-})
-
-// Called on every request: one copy of the window and one bucket allocated, nothing more.
-const count = (settings: Settings, window: Window, now: number, field: keyof Totals): Window => {
-  const index = indexAt(settings, now)
-  const current = live(settings, window, now)
-  const newest = current[current.length - 1]
-  // A clock that moved backwards keeps counting into the newest bucket.
-  if (newest !== undefined && newest.index >= index) {
-    const next = current.slice()
-    next[next.length - 1] = bump(newest, field)
-    return next
+  constructor(private readonly settings: Settings, now: number) {
+    this.window = new RollingWindow(["requests", "retries", "refused"], settings.buckets, settings.bucketMillis, now)
   }
-  return [...current, bump({ index, requests: 0, retries: 0, refused: 0 }, field)]
-}
 
-/** @internal */
-export const totals = (settings: Settings, window: Window, now: number): Totals =>
-  live(settings, window, now).reduce(
-    (sum, bucket) => ({
-      requests: sum.requests + bucket.requests,
-      retries: sum.retries + bucket.retries,
-      refused: sum.refused + bucket.refused
-    }),
-    { requests: 0, retries: 0, refused: 0 }
-  )
+  recordRequest(now: number): void {
+    this.window.add(now, "requests")
+    if (this.deposit === undefined) return
+    Deferred.unsafeDone(this.deposit, Exit.void)
+    this.deposit = undefined
+  }
 
-/** Retries still allowed: `ratio` of the calls plus the reserve, less the retries already made. */
-export const available = (settings: Settings, sums: Totals): number =>
-  Math.max(0, Math.floor(settings.ratio * sums.requests + settings.reserve) - sums.retries)
+  /** Withdraws one retry if the window allows it; counts a refusal otherwise. */
+  tryRetry(now: number): boolean {
+    this.window.advance(now)
+    const allowed = this.available(this.window.totals) >= 1
+    this.window.add(now, allowed ? "retries" : "refused")
+    return allowed
+  }
 
-/** @internal */
-export const recordRequest = (settings: Settings, window: Window, now: number): Window =>
-  count(settings, window, now, "requests")
+  snapshot(now: number): Snapshot {
+    this.window.advance(now)
+    const { refused, requests, retries } = this.window.totals
+    return { requests, retries, refused, available: this.available(this.window.totals) }
+  }
 
-/** Withdraws one retry if the window allows it; counts a refusal otherwise. */
-export const tryRetry = (settings: Settings, window: Window, now: number): readonly [boolean, Window] => {
-  const allowed = available(settings, totals(settings, window, now)) >= 1
-  return [allowed, count(settings, window, now, allowed ? "retries" : "refused")]
+  /**
+   * Millis until buckets leaving the window alone make room for a retry (0 when there is room
+   * now): the retries they hold stop counting, and so do the calls that funded them. `undefined`
+   * when even an empty window has no room (a reserve below one retry).
+   */
+  roomIn(now: number): number | undefined {
+    const left = { ...this.window.totals }
+    if (this.available(left) >= 1) return 0
+    for (const { at, counts } of this.window.expiries(now)) {
+      left.requests -= counts.requests
+      left.retries -= counts.retries
+      if (this.available(left) >= 1) return at - now
+    }
+    return undefined
+  }
+
+  /** Completed at the next recorded call. */
+  nextDeposit(): Deferred.Deferred<void> {
+    return (this.deposit ??= Deferred.unsafeMake<void>(FiberId.none))
+  }
+
+  /** Retries still allowed: `ratio` of the calls plus the reserve, less the retries already made. */
+  private available(totals: Readonly<Record<Field, number>>): number {
+    return Math.max(0, Math.floor(this.settings.ratio * totals.requests + this.settings.reserve) - totals.retries)
+  }
 }

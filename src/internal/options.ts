@@ -1,0 +1,34 @@
+/**
+ * The one way options are validated: each check names its option and says what is wrong, and
+ * `assertValid` throws every problem at once as an `IllegalArgumentException` naming its owner.
+ * Called inside `Effect.sync` (or a Layer's construction), an invalid option is a defect: a
+ * programming error, not a failure a caller could handle.
+ *
+ * @internal
+ */
+import * as Cause from "effect/Cause"
+
+/** What is wrong with one option; `undefined` when nothing is. */
+export type Problem = string | undefined
+
+export const positive = (name: string, value: number): Problem =>
+  value > 0 ? undefined : `${name} must be positive, got ${value}`
+
+export const positiveInteger = (name: string, value: number): Problem =>
+  Number.isInteger(value) && value >= 1 ? undefined : `${name} must be a positive integer, got ${value}`
+
+export const atLeast = (name: string, value: number, min: number): Problem =>
+  value >= min ? undefined : `${name} must be at least ${min}, got ${value}`
+
+export const finiteAtLeast = (name: string, value: number, min: number): Problem =>
+  Number.isFinite(value) && value >= min ? undefined : `${name} must be a finite number ≥ ${min}, got ${value}`
+
+/** A ratio in (0, 1], or in (0, 1) when `below1`. */
+export const ratio = (name: string, value: number, below1 = false): Problem =>
+  value > 0 && (below1 ? value < 1 : value <= 1) ? undefined : `${name} must be in (0, 1${below1 ? ")" : "]"}, got ${value}`
+
+/** Throws `IllegalArgumentException` naming `owner` and every problem found. */
+export const assertValid = (owner: string, problems: ReadonlyArray<Problem>): void => {
+  const found = problems.filter((problem): problem is string => problem !== undefined)
+  if (found.length > 0) throw new Cause.IllegalArgumentException(`${owner}: ${found.join("; ")}`)
+}

@@ -1,0 +1,81 @@
+/**
+ * Counts over a rolling window: `buckets` buckets of `bucketMillis` each, advanced by the time
+ * given to each call. Old buckets are cleared lazily when time moves past them, so counting is
+ * O(1) amortised and allocation free. Every method is synchronous, so each update is atomic on
+ * the JavaScript thread. The circuit breaker (calls, failures) and the retry budget (requests,
+ * retries, refusals) count with it.
+ *
+ * @internal
+ */
+
+/** A bucket about to leave the window: when it leaves, and what it holds. */
+export interface Expiry<Field extends string> {
+  readonly at: number
+  readonly counts: Readonly<Record<Field, number>>
+}
+
+export class RollingWindow<Field extends string> {
+  /** Totals over the live buckets, as of the last `advance`. */
+  readonly totals: Record<Field, number>
+  private readonly slots: Record<Field, Float64Array>
+  /** Absolute index (time / bucketMillis) of the newest bucket. */
+  private newest: number
+
+  constructor(
+    private readonly fields: ReadonlyArray<Field>,
+    private readonly buckets: number,
+    private readonly bucketMillis: number,
+    now: number
+  ) {
+    this.totals = this.record(() => 0)
+    this.slots = this.record(() => new Float64Array(buckets))
+    this.newest = this.indexAt(now)
+  }
+
+  add(now: number, field: Field, n = 1): void {
+    this.advance(now)
+    this.slots[field][this.newest % this.buckets]! += n
+    this.totals[field] += n
+  }
+
+  /** Drops the buckets that fell out of the window by `now`. */
+  advance(now: number): void {
+    const index = this.indexAt(now)
+    const expired = Math.min(index - this.newest, this.buckets)
+    for (let i = 1; i <= expired; i++) this.clearSlot((this.newest + i) % this.buckets)
+    // A clock that moved backwards keeps counting into the newest bucket.
+    this.newest = Math.max(index, this.newest)
+  }
+
+  clear(): void {
+    for (let slot = 0; slot < this.buckets; slot++) this.clearSlot(slot)
+  }
+
+  /** The live buckets, oldest first, with the time each one leaves the window. */
+  expiries(now: number): ReadonlyArray<Expiry<Field>> {
+    this.advance(now)
+    const out: Array<Expiry<Field>> = []
+    for (let index = this.newest - this.buckets + 1; index <= this.newest; index++) {
+      const slot = ((index % this.buckets) + this.buckets) % this.buckets
+      out.push({ at: (index + this.buckets) * this.bucketMillis, counts: this.record((field) => this.slots[field][slot]!) })
+    }
+    return out
+  }
+
+  private clearSlot(slot: number): void {
+    for (const field of this.fields) {
+      this.totals[field] -= this.slots[field][slot]!
+      this.slots[field][slot] = 0
+    }
+  }
+
+  private record<A>(f: (field: Field) => A): Record<Field, A> {
+    const out = {} as Record<Field, A>
+    for (const field of this.fields) out[field] = f(field)
+    return out
+  }
+
+  private indexAt(now: number): number {
+    return Math.floor(now / this.bucketMillis)
+  }
+}
