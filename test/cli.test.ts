@@ -4,6 +4,7 @@ import { describe, expect, it } from "@effect/vitest"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
+import { layerNone } from "../app/cli/signals.js"
 import { main } from "../bin/weatherproof.js"
 import * as Simulator from "../src/Simulator.js"
 
@@ -26,6 +27,7 @@ const runCli = (args: ReadonlyArray<string>, env: Record<string, string>) =>
       warn: capture(stderr)
     }
     const code = yield* main(["node", "weatherproof", ...args]).pipe(
+      Effect.provide(layerNone),
       Effect.withConsole(console),
       Effect.withConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env))))
     )
