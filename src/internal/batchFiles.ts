@@ -100,15 +100,19 @@ const lineSplitter = () => {
   }
 }
 
-/** The non-blank lines of a file, streamed (the file is never held whole in memory). */
-export const lines = (fs: FileSystem.FileSystem, path: string): Stream.Stream<NumberedLine, PlatformError> =>
+/** The non-blank lines of a stream of bytes, however it is cut into reads. */
+export const splitLines = <E, R>(bytes: Stream.Stream<Uint8Array, E, R>): Stream.Stream<NumberedLine, E, R> =>
   Stream.suspend(() => {
     const splitter = lineSplitter()
-    return fs.stream(path).pipe(
+    return bytes.pipe(
       Stream.mapConcat(splitter.feed),
       Stream.concat(Stream.suspend(() => Stream.fromIterable(splitter.end())))
     )
   })
+
+/** The non-blank lines of a file, streamed (the file is never held whole in memory). */
+export const lines = (fs: FileSystem.FileSystem, path: string): Stream.Stream<NumberedLine, PlatformError> =>
+  splitLines(fs.stream(path))
 
 /** How many non-blank lines a file has (a first pass, for a progress bar's total). */
 export const countLines = (fs: FileSystem.FileSystem, path: string): Effect.Effect<number, PlatformError> =>
