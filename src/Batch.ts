@@ -535,13 +535,30 @@ const summarize = (
  *
  * Result lines: `{"id":"batch_req_…","custom_id",…,"response":{"status_code":200,"request_id",
  * "body":<completion>},"error":null}` for an answer; for a failure `error` is
- * `{"code":<error tag or invalid_line / duplicate_custom_id>,"message"}` and `response` is
+ * `{"code":<error tag or invalid_line / duplicate_custom_id>,"message"}` (plus `"partial"` for a
+ * stream cut after some chunks) and `response` is
  * `{"status_code","request_id":null,"body":{"error":{"message","type","code"}}}` when the
  * failure had an HTTP status, else `null`. (A client whose keys or accounts are all out fails
  * each call at once, without the network, so a run over dead credentials ends fast.)
  *
+ * Before anything is read or sent, the run takes the output's lock (another run holding it fails
+ * the run with `OutputLocked`) and refuses a read-only output (`BatchError`). When
+ * `options.stop` completes, the run drains (see `Options.stop`) and its summary is `interrupted`.
+ *
  * The summary counts what happened between the start and the end of the run (the ledger and the
  * telemetry counts may have seen earlier work).
+ *
+ * @example
+ * ```ts
+ * import { Deferred, Effect } from "effect"
+ * import { Batch } from "weatherproof"
+ *
+ * const program = Effect.gen(function*() {
+ *   const stop = yield* Deferred.make<void>()
+ *   // Complete `stop` (a signal, a deadline…) to end the run cleanly.
+ *   return yield* Batch.run({ input: "requests.jsonl", output: "results.jsonl", stop: Deferred.await(stop) })
+ * })
+ * ```
  *
  * @since 0.1.0
  * @category constructors

@@ -7,6 +7,7 @@ import * as Effect from "effect/Effect"
 import { layerNone } from "../app/cli/signals.js"
 import { main } from "../bin/weatherproof.js"
 import * as Simulator from "../src/Simulator.js"
+import { chatLine } from "./support/chatLine.js"
 
 const badKey = "sk-cli-test-WRONG-7f3a9c1d2e"
 
@@ -32,14 +33,6 @@ const runCli = (args: ReadonlyArray<string>, env: Record<string, string>) =>
       Effect.withConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env))))
     )
     return { code, stdout: stdout.join("\n"), stderr: stderr.join("\n") }
-  })
-
-const chatLine = (i: number) =>
-  JSON.stringify({
-    custom_id: `q-${i}`,
-    method: "POST",
-    url: "/v1/chat/completions",
-    body: { model: "deepseek-v4-flash", messages: [{ role: "user", content: `question ${i}` }] }
   })
 
 describe("weatherproof CLI", () => {

@@ -13,6 +13,7 @@ import { hostname, tmpdir } from "node:os"
 import * as NodePath from "node:path"
 import { fileURLToPath } from "node:url"
 import * as Simulator from "../src/Simulator.js"
+import { chatLine } from "./support/chatLine.js"
 
 const root = fileURLToPath(new URL("..", import.meta.url))
 let build = ""
@@ -94,14 +95,6 @@ const waitFor = (what: string, condition: Effect.Effect<boolean, unknown>, timeo
     }
   })
 
-const chatLine = (i: number) =>
-  JSON.stringify({
-    custom_id: `q-${i}`,
-    method: "POST",
-    url: "/v1/chat/completions",
-    body: { model: "deepseek-v4-flash", messages: [{ role: "user", content: `question ${i}` }] }
-  })
-
 interface Line {
   readonly custom_id: string
   readonly error: unknown
@@ -112,7 +105,7 @@ const setup = (count: number, options: Simulator.Options) =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const simulator = yield* Simulator.make(options)
-    const dir = yield* fs.makeTempDirectoryScoped({ prefix: "cli-process-" })
+    const dir = yield* fs.realPath(yield* fs.makeTempDirectoryScoped({ prefix: "cli-process-" }))
     const input = `${dir}/in.jsonl`
     const output = `${dir}/out.jsonl`
     yield* fs.writeFileString(input, Array.from({ length: count }, (_, i) => `${chatLine(i)}\n`).join(""))
@@ -135,14 +128,21 @@ const expectOnceEach = (lines: ReadonlyArray<Line>) => {
 describe("weatherproof batch as a process", () => {
   it.live("a second run on the same output is refused at once with exit 2 and sends nothing; the first completes", () =>
     Effect.gen(function*() {
-      const ws = yield* setup(30, { queueDelay: { min: "60 millis", max: "90 millis" } })
-      const args = ["batch", ws.input, "--output", ws.output, "--concurrency", "2"]
-      const first = start(args, ws.env)
+      // Each run has its own account, so the simulator tells their requests apart. The first run's
+      // calls are slow until the second has ended, so the first is surely still running then.
+      let secondEnded = false
+      const ws = yield* setup(30, {
+        accounts: { first: { keys: ["sk-sim-first"] }, second: { keys: ["sk-sim-second"] } },
+        queueDelay: () => secondEnded ? "5 millis" : "1 second"
+      })
+      const env = (key: string) => ({ ...ws.env, DEEPSEEK_API_KEY: key })
+      const first = start(["batch", ws.input, "--output", ws.output, "--concurrency", "2"], env("sk-sim-first"))
       yield* waitFor("the first run's lock", ws.fs.exists(ws.lock))
       // The second names the output through a symlink: the same file, the same lock.
       const alias = `${ws.dir}/alias.jsonl`
       yield* ws.fs.symlink(ws.output, alias)
-      const second = yield* start(["batch", ws.input, "--output", alias], ws.env).ended(15_000)
+      const second = yield* start(["batch", ws.input, "--output", alias], env("sk-sim-second")).ended(15_000)
+      secondEnded = true
       expect(second.code).toBe(2)
       expect(second.stderr).toContain(`is in use by another batch run (pid ${first.child.pid} on host ${hostname()}, since `)
       expect(second.stderr).toContain("nothing was sent")
@@ -151,8 +151,9 @@ describe("weatherproof batch as a process", () => {
       const ended = yield* first.ended(30_000)
       expect(ended.code).toBe(0)
       expect(expectOnceEach(yield* ws.readOutput)).toBe(30)
-      // Every request the simulator saw was the first run's: one per line.
-      expect((yield* ws.simulator.stats).requests).toBe(30)
+      const stats = yield* ws.simulator.stats
+      expect(stats.accounts["second"]?.requests).toBe(0)
+      expect(stats.accounts["first"]?.completed).toBe(30)
       expect(yield* ws.fs.exists(ws.lock)).toBe(false)
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
 
@@ -173,13 +174,16 @@ describe("weatherproof batch as a process", () => {
     Effect.gen(function*() {
       // More lines than the batch reads ahead (256): the lines read before the stop drain (they
       // may still wait in the client's limiter), the rest are left for the resume.
+      // Calls are slow until the signal, so the run cannot end before it whatever the machine's load.
       const count = 400
-      const ws = yield* setup(count, { queueDelay: { min: "10 millis", max: "30 millis" } })
+      let signalled = false
+      const ws = yield* setup(count, { queueDelay: () => signalled ? "10 millis" : "150 millis" })
       const summaryPath = `${ws.dir}/summary.json`
       const args = ["batch", ws.input, "--output", ws.output, "--concurrency", "8", "--summary", summaryPath]
       const run = start(args, ws.env)
       yield* waitFor("a few answers", Effect.map(ws.readOutput, (lines) => lines.length >= 4))
       run.child.kill("SIGTERM")
+      signalled = true
       const ended = yield* run.ended(20_000)
       expect(ended.code).toBe(143)
       expect(ended.stderr).toContain("SIGTERM: stopping; no new line is sent")
@@ -224,10 +228,12 @@ describe("weatherproof batch as a process", () => {
 
   it.live("SIGINT mid-run exits 130 after writing what was answered", () =>
     Effect.gen(function*() {
-      const ws = yield* setup(30, { queueDelay: { min: "100 millis", max: "150 millis" } })
+      let signalled = false
+      const ws = yield* setup(30, { queueDelay: () => signalled ? "5 millis" : "300 millis" })
       const run = start(["batch", ws.input, "-o", ws.output, "--concurrency", "3", "--drain-timeout", "5s"], ws.env)
       yield* waitFor("an answer", Effect.map(ws.readOutput, (lines) => lines.length >= 1))
       run.child.kill("SIGINT")
+      signalled = true
       const ended = yield* run.ended(20_000)
       expect(ended.code).toBe(130)
       expect(ended.stderr).toContain("get up to 5s to finish")
