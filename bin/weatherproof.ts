@@ -25,8 +25,11 @@ import * as Command from "@effect/cli/Command"
 import * as HelpDoc from "@effect/cli/HelpDoc"
 import * as Options from "@effect/cli/Options"
 import * as ValidationError from "@effect/cli/ValidationError"
-import * as NodeContext from "@effect/platform-node/NodeContext"
+import type * as CliApp from "@effect/cli/CliApp"
+import * as NodeFileSystem from "@effect/platform-node/NodeFileSystem"
+import * as NodePath from "@effect/platform-node/NodePath"
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
+import * as NodeTerminal from "@effect/platform-node/NodeTerminal"
 import { defaultTeardown } from "@effect/platform/Runtime"
 import * as Console from "effect/Console"
 import * as Duration from "effect/Duration"
@@ -110,7 +113,7 @@ const logToStderr = Logger.replace(Logger.defaultLogger, Logger.prettyLogger({ s
  *
  * @since 0.1.0
  */
-export const main = (argv: ReadonlyArray<string>): Effect.Effect<number, never, NodeContext.NodeContext | StopSignals> =>
+export const main = (argv: ReadonlyArray<string>): Effect.Effect<number, never, CliApp.CliApp.Environment | StopSignals> =>
   cli(argv).pipe(
     Effect.as(0),
     Effect.catchAll((error) =>
@@ -132,7 +135,9 @@ if (isEntryPoint()) {
   // A signal that interrupts the program outside a batch (which catches its own) exits as 128 + n.
   let signal: StopSignal | undefined
   for (const name of ["SIGINT", "SIGTERM"] as const) process.on(name, () => (signal ??= name))
-  NodeRuntime.runMain(main(process.argv).pipe(Effect.provide([NodeContext.layer, layerProcess])), {
+  // Only the services the commands use: all of NodeContext takes longer to load.
+  const services = [NodeFileSystem.layer, NodePath.layer, NodeTerminal.layer, layerProcess] as const
+  NodeRuntime.runMain(main(process.argv).pipe(Effect.provide(services)), {
     disablePrettyLogger: true,
     teardown: (exit, onExit) =>
       Exit.isSuccess(exit) && typeof exit.value === "number"
