@@ -69,6 +69,7 @@ const batch = Command.make(
       Options.optional
     ),
     drainTimeout: Options.text("drain-timeout").pipe(
+      Options.withPseudoName("duration"),
       Options.mapEffect(parseDuration),
       Options.withDescription("on SIGINT or SIGTERM, how long the calls in flight may finish (default 30s)"),
       Options.optional

@@ -594,7 +594,7 @@ export const run = (options: Options): Effect.Effect<Summary, BatchError | Outpu
         yield* report(yield* Ref.updateAndGet(tally, (t) => record(t, outcome)))
       }))
 
-    const { stopped, stoppedNow } = yield* stopSignals(options)
+    const { stopped, stoppedNow } = yield* watchStops(options)
     // A line starts only while the run is not stopped; once its answer is in, it is written
     // whatever happens, so an interrupt never loses an answer nor tears a line.
     const handle = (work: Work) =>
@@ -622,7 +622,7 @@ export const run = (options: Options): Effect.Effect<Summary, BatchError | Outpu
   }))
 
 /** `stopped` completes with `stop` or `stopNow`, `stoppedNow` with `stopNow`; both watched for the scope. */
-const stopSignals = (options: Pick<Options, "stop" | "stopNow">) =>
+const watchStops = (options: Pick<Options, "stop" | "stopNow">) =>
   Effect.gen(function*() {
     const stopped = yield* Deferred.make<void>()
     const stoppedNow = yield* Deferred.make<void>()
