@@ -12,11 +12,27 @@
  * - A line that cannot be sent (bad JSON, no `custom_id`, a bad body or `task`, another method or
  *   url, a `custom_id` already used by an earlier line) gets an error result line; it never stops
  *   the run. A line without a `custom_id` is named `line-<n>`.
+ * - A line that is not valid UTF-8 is an error line (`invalid_line`); it is never altered and sent.
+ * - A body with `"stream": true` is sent as a stream (so the first-content and idle deadlines see
+ *   real content) and its result body is the completion folded from the chunks (`ChatStream`),
+ *   as a non-streaming answer would look. A stream cut after some chunks gives an error line whose
+ *   `error.partial` holds what arrived.
  * - Results are appended as they arrive, by one writer, so a crash loses nothing already
  *   answered. A rerun with the same output resumes: the output is first compacted to its
  *   successful lines (failed lines and a line torn by a crash go), succeeded ids are skipped and
  *   everything else is sent again, so the output keeps exactly one line per request. (Successful
  *   lines of ids no longer in the input are kept.) Only the ids seen are held in memory.
+ * - One run at a time per output: a run holds `<output>.lock` (created exclusively, naming its pid,
+ *   host and start) from before compaction to its end, on the output's real path, so every
+ *   spelling of one file shares the lock. Another run on it fails at once with `OutputLocked`,
+ *   before anything is sent. A lock left by a dead process of this host is taken over (logged as
+ *   a warning); one from another host, or from a live process, is respected.
+ * - Compaction keeps the output's identity: it rewrites the real file behind a symlink (which
+ *   stays a symlink), beside it, with its mode. A read-only output is refused before anything is
+ *   sent (`BatchError`).
+ * - `Options.stop` ends a run early and cleanly: no new line is read or sent, the calls in flight
+ *   get `drainTimeout` to finish and their answers are written, the rest write nothing (a resume
+ *   sends them), and the summary says `interrupted`.
  * - The summary's tokens and cost are what the client recorded in the `CostLedger` during the
  *   run: every attempt, retried ones included, so they are what the upstreams billed
  *   (`AccountPool.layerResilient` records every attempt; a client that records nothing leaves
@@ -30,6 +46,7 @@ import * as FileSystem from "@effect/platform/FileSystem"
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Data from "effect/Data"
+import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -42,6 +59,7 @@ import { AccountPool } from "./AccountPool.js"
 import type { AccountStatus } from "./AccountPool.js"
 import type { Account } from "./Accounts.js"
 import type { ChatCompletionRequest } from "./ChatSchema.js"
+import * as ChatStream from "./ChatStream.js"
 import { CostLedger } from "./CostLedger.js"
 import type * as CostLedgerModule from "./CostLedger.js"
 import { Resilient } from "./Resilient.js"
@@ -49,8 +67,7 @@ import type { CallOptions } from "./Resilient.js"
 import { Router } from "./Router.js"
 import type { Task } from "./Router.js"
 import * as Telemetry from "./Telemetry.js"
-import { compactOutput, countLines, lines, writeText } from "./internal/batchFiles.js"
-import type { ForeignLine } from "./internal/batchFiles.js"
+import * as Files from "./internal/batchFiles.js"
 import * as Lines from "./internal/batchLines.js"
 import * as SummaryInternal from "./internal/batchSummary.js"
 
@@ -67,6 +84,41 @@ export class BatchError extends Data.TaggedError("BatchError")<{
   readonly path: string
   readonly message: string
 }> {}
+
+/**
+ * Who holds an output's lock: a process (`pid`) on a `host`, since an ISO time.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface LockHolder {
+  readonly pid: number
+  readonly host: string
+  readonly since: string
+}
+
+/**
+ * Another run holds the output's lock (`<output>.lock`): nothing was read, written or sent.
+ * `holder` is `undefined` when the lock file names none.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class OutputLocked extends Data.TaggedError("OutputLocked")<{
+  /** The output as given. */
+  readonly path: string
+  readonly lockPath: string
+  readonly holder: LockHolder | undefined
+}> {
+  /** @since 0.1.0 */
+  override get message(): string {
+    const holder = this.holder === undefined
+      ? `a lock file that names no holder`
+      : `pid ${this.holder.pid} on host ${this.holder.host}, since ${this.holder.since}`
+    return `the output ${this.path} is in use by another batch run (${holder}); ` +
+      `wait for that run to end, or remove ${this.lockPath} if it is gone`
+  }
+}
 
 /**
  * Token totals.
@@ -164,6 +216,11 @@ export interface Summary {
   readonly accounts: Readonly<Record<string, AccountSummary>>
   /** Measured with Effect's `Clock`. */
   readonly elapsed: Duration.Duration
+  /**
+   * The run was stopped (`Options.stop`) before the end of its input: the lines it did not answer
+   * are absent from the output, and a rerun sends them.
+   */
+  readonly interrupted: boolean
 }
 
 /**
@@ -187,6 +244,19 @@ export interface Options {
    * more beforehand to count its lines.
    */
   readonly onProgress?: ((progress: Progress) => Effect.Effect<void>) | undefined
+  /**
+   * When it completes, the run stops: no new line is read or sent, the calls in flight get
+   * `drainTimeout` to finish (their answers are written), then the others are interrupted and
+   * write nothing. The run then returns its summary, `interrupted`. Default: never.
+   */
+  readonly stop?: Effect.Effect<void> | undefined
+  /** How long the calls in flight may finish after `stop`. Default 30 seconds (`defaultDrainTimeout`). */
+  readonly drainTimeout?: Duration.DurationInput | undefined
+  /**
+   * When it completes, the run stops as with `stop`, but the calls in flight are interrupted at
+   * once (a drain under way ends now). Default: never.
+   */
+  readonly stopNow?: Effect.Effect<void> | undefined
 }
 
 /**
@@ -215,6 +285,9 @@ export const layerTelemetryCounts: Layer.Layer<TelemetryCounts | Telemetry.Telem
 
 /** @since 0.1.0 */
 export const defaultConcurrency = 256
+
+/** @since 0.1.0 */
+export const defaultDrainTimeout: Duration.Duration = Duration.seconds(30)
 
 /**
  * What a run needs: the client, the router its requests go through, the ledger the client
@@ -297,20 +370,58 @@ const inputError = (path: string) => (error: { readonly message: string }) =>
 const outputError = (path: string) => (error: { readonly message: string }) =>
   new BatchError({ file: "output", path, message: `cannot write output: ${error.message}` })
 
-/** Fails unless the input is readable and is not also the output (compaction would eat it). */
-const checkPaths = (fs: FileSystem.FileSystem, input: string, output: string) =>
+/**
+ * The real path of the output (see `Files.resolveOutput`), once the input is known readable and
+ * not the output itself (compaction would eat it).
+ */
+const resolvePaths = (fs: FileSystem.FileSystem, input: string, output: string) =>
   Effect.gen(function*() {
     yield* fs.access(input, { readable: true }).pipe(Effect.mapError(inputError(input)))
-    if (!(yield* fs.exists(output).pipe(Effect.mapError(outputError(output))))) return
-    const [inputReal, outputReal] = yield* Effect.all([fs.realPath(input), fs.realPath(output)]).pipe(
-      Effect.mapError(outputError(output))
-    )
+    const [inputReal, outputReal] = yield* Effect.all([
+      fs.realPath(input).pipe(Effect.mapError(inputError(input))),
+      Files.resolveOutput(fs, output).pipe(Effect.mapError(outputError(output)))
+    ])
     if (inputReal === outputReal) {
       return yield* new BatchError({ file: "output", path: output, message: `the output file ${output} is the input file` })
     }
+    return outputReal
   })
 
-const compactionError = (output: string) => (error: PlatformError | ForeignLine): BatchError =>
+/** Takes `<real output>.lock` for the run's scope; another run's lock fails with `OutputLocked`. */
+const lockOutput = (fs: FileSystem.FileSystem, output: string, real: string) => {
+  const lockPath = `${real}.lock`
+  return Files.acquireLock(fs, lockPath).pipe(
+    Effect.catchAll((error): Effect.Effect<never, OutputLocked | BatchError> =>
+      error._tag === "Locked"
+        ? new OutputLocked({ path: output, lockPath, holder: error.holder })
+        : new BatchError({ file: "output", path: output, message: `cannot take the lock ${lockPath}: ${error.message}` })
+    ),
+    Effect.tap(Option.match({
+      onNone: () => Effect.void,
+      onSome: (stale) =>
+        Effect.logWarning(
+          `Batch: took over the lock ${lockPath} left by pid ${stale.pid} on ${stale.host} (since ${stale.since}), which is no longer running`
+        )
+    }))
+  )
+}
+
+/** Refuses an output that compaction would have to replace against its mode. */
+const refuseReadOnly = (fs: FileSystem.FileSystem, output: string, real: string) =>
+  Files.readOnlyReason(fs, real).pipe(
+    Effect.mapError(outputError(output)),
+    Effect.flatMap(Option.match({
+      onNone: () => Effect.void,
+      onSome: (reason) =>
+        new BatchError({
+          file: "output",
+          path: output,
+          message: `refusing to write the output file ${output}: ${reason}; make it writable or choose another output`
+        })
+    }))
+  )
+
+const compactionError = (output: string) => (error: PlatformError | Files.ForeignLine): BatchError =>
   error._tag === "ForeignLine"
     ? new BatchError({
       file: "output",
@@ -344,21 +455,31 @@ const decider = (alreadyAnswered: ReadonlySet<string>) => {
   }
 }
 
-/** Performs one line's work: routes the body, then sends it. */
+/** Performs one line's work: routes the body, then sends it (as a stream when it asks for one). */
 const performer = (resilient: Resilient["Type"], router: Router["Type"], callOptions: CallOptions) => {
-  const call = (id: string, customId: string, body: ChatCompletionRequest, routingWarnings: number) =>
+  const create = (id: string, customId: string, body: ChatCompletionRequest) =>
     resilient.create(body, callOptions).pipe(
       Effect.match({
-        onSuccess: (completion) => written(Lines.succeeded(id, customId, completion), routingWarnings),
-        onFailure: (error) => written(Lines.failed(id, customId, error), routingWarnings)
+        onSuccess: (completion) => Lines.succeeded(id, customId, completion),
+        onFailure: (error) => Lines.failed(id, customId, error)
       })
     )
+  const stream = (id: string, customId: string, body: ChatCompletionRequest) =>
+    Effect.map(ChatStream.foldPartial(resilient.stream(body, callOptions)), (folded) =>
+      Option.match(folded.error, {
+        onNone: () => Lines.succeeded(id, customId, folded.completion),
+        onSome: (error) => folded.chunks === 0 ? Lines.failed(id, customId, error) : Lines.cut(id, customId, error, folded)
+      }))
   const send = (id: string, work: Extract<Work, { readonly _tag: "Send" }>): Effect.Effect<Outcome> =>
     router.route(work.body, { task: work.task }).pipe(
       Effect.matchEffect({
         onFailure: (refused) =>
           Effect.succeed(written(Lines.rejected(id, work.customId, { code: refused._tag, message: refused.message }))),
-        onSuccess: (routed) => call(id, work.customId, routed.request, routed.warnings.length)
+        onSuccess: (routed) =>
+          Effect.map(
+            (routed.request.stream === true ? stream : create)(id, work.customId, routed.request),
+            (line) => written(line, routed.warnings.length)
+          )
       })
     )
   return (work: Work): Effect.Effect<Outcome> =>
@@ -386,7 +507,13 @@ const poolStatuses: Effect.Effect<ReadonlyArray<AccountStatus>> = Effect.flatMap
   Option.match({ onNone: () => Effect.succeed([]), onSome: (pool) => pool.snapshot })
 )
 
-const summarize = (tally: Tally, before: Reading, after: Reading, statuses: ReadonlyArray<AccountStatus>): Summary => ({
+const summarize = (
+  tally: Tally,
+  before: Reading,
+  after: Reading,
+  statuses: ReadonlyArray<AccountStatus>,
+  interrupted: boolean
+): Summary => ({
   requests: tally.succeeded + tally.failed + tally.skipped,
   succeeded: tally.succeeded,
   failed: tally.failed,
@@ -398,7 +525,8 @@ const summarize = (tally: Tally, before: Reading, after: Reading, statuses: Read
   routingWarnings: tally.routingWarnings,
   spend: SummaryInternal.spendBetween(before.ledger.total, after.ledger.total),
   accounts: SummaryInternal.accountsBetween(before.ledger.byAccount, after.ledger.byAccount, statuses),
-  elapsed: Duration.millis(after.millis - before.millis)
+  elapsed: Duration.millis(after.millis - before.millis),
+  interrupted
 })
 
 /**
@@ -408,29 +536,46 @@ const summarize = (tally: Tally, before: Reading, after: Reading, statuses: Read
  *
  * Result lines: `{"id":"batch_req_…","custom_id",…,"response":{"status_code":200,"request_id",
  * "body":<completion>},"error":null}` for an answer; for a failure `error` is
- * `{"code":<error tag or invalid_line / duplicate_custom_id>,"message"}` and `response` is
+ * `{"code":<error tag or invalid_line / duplicate_custom_id>,"message"}` (plus `"partial"` for a
+ * stream cut after some chunks) and `response` is
  * `{"status_code","request_id":null,"body":{"error":{"message","type","code"}}}` when the
  * failure had an HTTP status, else `null`. (A client whose keys or accounts are all out fails
  * each call at once, without the network, so a run over dead credentials ends fast.)
  *
+ * Before anything is read or sent, the run takes the output's lock (another run holding it fails
+ * the run with `OutputLocked`) and refuses a read-only output (`BatchError`). When
+ * `options.stop` completes, the run drains (see `Options.stop`) and its summary is `interrupted`.
+ *
  * The summary counts what happened between the start and the end of the run (the ledger and the
  * telemetry counts may have seen earlier work).
+ *
+ * @example
+ * ```ts
+ * import { Deferred, Effect } from "effect"
+ * import { Batch } from "weatherproof"
+ *
+ * const program = Effect.gen(function*() {
+ *   const stop = yield* Deferred.make<void>()
+ *   // Complete `stop` (a signal, a deadline…) to end the run cleanly.
+ *   return yield* Batch.run({ input: "requests.jsonl", output: "results.jsonl", stop: Deferred.await(stop) })
+ * })
+ * ```
  *
  * @since 0.1.0
  * @category constructors
  */
-export const run = (options: Options): Effect.Effect<Summary, BatchError, Requirements> =>
-  Effect.gen(function*() {
+export const run = (options: Options): Effect.Effect<Summary, BatchError | OutputLocked, Requirements> =>
+  Effect.scoped(Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
-    const { input, output } = options
+    const { input } = options
 
-    yield* checkPaths(fs, input, output)
+    const output = yield* resolvePaths(fs, input, options.output)
+    yield* lockOutput(fs, options.output, output)
+    yield* refuseReadOnly(fs, options.output, output)
     const total = options.onProgress === undefined
       ? 0
-      : yield* countLines(fs, input).pipe(Effect.mapError(inputError(input)))
-    const alreadyAnswered = yield* compactOutput(fs, output, `${output}.compacting`).pipe(
-      Effect.mapError(compactionError(output))
-    )
+      : yield* Files.countLines(fs, input).pipe(Effect.mapError(inputError(input)))
+    const alreadyAnswered = yield* Files.compactOutput(fs, output).pipe(Effect.mapError(compactionError(options.output)))
 
     const before = yield* readings
     const decide = decider(alreadyAnswered)
@@ -438,28 +583,57 @@ export const run = (options: Options): Effect.Effect<Summary, BatchError, Requir
     const tally = yield* Ref.make(emptyTally)
     const report = (t: Tally) =>
       options.onProgress?.({ total, succeeded: t.succeeded, failed: t.failed, skipped: t.skipped }) ?? Effect.void
-
     yield* report(emptyTally)
-    yield* Effect.scoped(
-      Effect.gen(function*() {
-        const file = yield* fs.open(output, { flag: "a" }).pipe(Effect.mapError(outputError(output)))
-        const writeOutcome = (outcome: Outcome) =>
-          Effect.gen(function*() {
-            if (outcome._tag === "Written") {
-              yield* writeText(file, Lines.encodeResultLine(outcome.line)).pipe(Effect.mapError(outputError(output)))
-            }
-            yield* report(yield* Ref.updateAndGet(tally, (t) => record(t, outcome)))
-          })
-        yield* lines(fs, input).pipe(
-          Stream.mapError(inputError(input)),
-          Stream.map(({ lineNumber, text }) => decide(Lines.parseInputLine(text, lineNumber))),
-          Stream.mapEffect(perform, { concurrency: options.concurrency ?? defaultConcurrency, unordered: true }),
-          Stream.runForEach(writeOutcome)
-        )
-      })
-    )
 
-    return summarize(yield* Ref.get(tally), before, yield* readings, yield* poolStatuses)
+    const file = yield* fs.open(output, { flag: "a" }).pipe(Effect.mapError(outputError(options.output)))
+    const writer = yield* Effect.makeSemaphore(1)
+    const settle = (outcome: Outcome) =>
+      writer.withPermits(1)(Effect.gen(function*() {
+        if (outcome._tag === "Written") {
+          yield* Files.writeText(file, Lines.encodeResultLine(outcome.line)).pipe(Effect.mapError(outputError(options.output)))
+        }
+        yield* report(yield* Ref.updateAndGet(tally, (t) => record(t, outcome)))
+      }))
+
+    const { stopped, stoppedNow } = yield* watchStops(options)
+    // A line starts only while the run is not stopped; once its answer is in, it is written
+    // whatever happens, so an interrupt never loses an answer nor tears a line.
+    const handle = (work: Work) =>
+      Effect.uninterruptibleMask((restore) =>
+        Effect.flatMap(
+          Deferred.isDone(stopped),
+          (isStopped) => isStopped ? Effect.void : Effect.flatMap(restore(perform(work)), settle)
+        )
+      )
+    const processing = Files.lines(fs, input).pipe(
+      Stream.mapError(inputError(input)),
+      Stream.interruptWhen(Deferred.await(stopped)),
+      Stream.map(({ lineNumber, text }) => decide(Lines.parseInputLine(text, lineNumber))),
+      Stream.mapEffect(handle, { concurrency: options.concurrency ?? defaultConcurrency, unordered: true }),
+      Stream.runDrain
+    )
+    const drainEnds = Effect.zipRight(
+      Deferred.await(stopped),
+      Effect.raceFirst(Effect.sleep(options.drainTimeout ?? defaultDrainTimeout), Deferred.await(stoppedNow))
+    )
+    yield* Effect.raceFirst(processing, drainEnds)
+
+    const interrupted = yield* Deferred.isDone(stopped)
+    return summarize(yield* Ref.get(tally), before, yield* readings, yield* poolStatuses, interrupted)
+  }))
+
+/** `stopped` completes with `stop` or `stopNow`, `stoppedNow` with `stopNow`; both watched for the scope. */
+const watchStops = (options: Pick<Options, "stop" | "stopNow">) =>
+  Effect.gen(function*() {
+    const stopped = yield* Deferred.make<void>()
+    const stoppedNow = yield* Deferred.make<void>()
+    if (options.stop !== undefined) yield* Effect.forkScoped(Effect.zipRight(options.stop, Deferred.succeed(stopped, undefined)))
+    if (options.stopNow !== undefined) {
+      yield* Effect.forkScoped(
+        Effect.zipRight(options.stopNow, Effect.zipRight(Deferred.succeed(stopped, undefined), Deferred.succeed(stoppedNow, undefined)))
+      )
+    }
+    return { stopped, stoppedNow }
   })
 
 /**

@@ -16,6 +16,8 @@ export * as Batch from "./Batch.js"
 /** @since 0.1.0 */
 export * as ChatSchema from "./ChatSchema.js"
 /** @since 0.1.0 */
+export * as ChatStream from "./ChatStream.js"
+/** @since 0.1.0 */
 export * as CircuitBreaker from "./CircuitBreaker.js"
 /** @since 0.1.0 */
 export * as ConcurrencyLimiter from "./ConcurrencyLimiter.js"

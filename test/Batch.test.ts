@@ -5,17 +5,22 @@ import * as Duration from "effect/Duration"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as FastCheck from "effect/FastCheck"
+import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Stream from "effect/Stream"
-import { InvalidRequest, KeyRejected, RateLimited, ServerError } from "../src/ApiError.js"
+import * as TestClock from "effect/TestClock"
+import { spawnSync } from "node:child_process"
+import { hostname } from "node:os"
+import { emptyPartial, InvalidRequest, KeyRejected, RateLimited, ServerError, StreamTruncated } from "../src/ApiError.js"
 import * as AccountPool from "../src/AccountPool.js"
 import type { ApiError } from "../src/ApiError.js"
 import * as Batch from "../src/Batch.js"
 import type { ChatCompletionRequest } from "../src/ChatSchema.js"
 import * as CostLedger from "../src/CostLedger.js"
-import * as Demo from "../src/internal/batchDemo.js"
+import * as Files from "../src/internal/batchFiles.js"
+import * as Demo from "../app/cli/batchDemo.js"
 import * as wire from "../src/internal/wire.js"
 import { Resilient } from "../src/Resilient.js"
 import * as Router from "../src/Router.js"
@@ -29,14 +34,16 @@ const lastUserText = (request: ChatCompletionRequest): string => {
   return last !== undefined && typeof last.content === "string" ? last.content : ""
 }
 
-/** The double's answer to a request: it echoes the last user message. */
-const answerOf = (request: ChatCompletionRequest) =>
-  wire.completion({
-    id: `cmpl-${lastUserText(request)}`,
-    model: request.model,
-    content: `echo:${lastUserText(request)}`,
-    usage: wire.usage({ promptTokens: 10, completionTokens: 5, cacheHitTokens: 4, reasoningTokens: 2 })
-  })
+/** The double's answer to a request: it echoes the last user message, and reasons when thinking. */
+const generationOf = (request: ChatCompletionRequest): wire.Generation => ({
+  id: `cmpl-${lastUserText(request)}`,
+  model: request.model,
+  content: `echo:${lastUserText(request)}`,
+  reasoningContent: request.thinking?.type === "enabled" ? `think:${lastUserText(request)}` : undefined,
+  usage: wire.usage({ promptTokens: 10, completionTokens: 5, cacheHitTokens: 4, reasoningTokens: 2 })
+})
+
+const answerOf = (request: ChatCompletionRequest) => wire.completion(generationOf(request))
 
 type Script = (request: ChatCompletionRequest) => ApiError | "ok"
 
@@ -50,9 +57,11 @@ const discardedUsage = wire.usage({ promptTokens: 10, completionTokens: 3 })
  * A `Resilient` double scripted per request, counting calls, keeping the requests it was sent,
  * reporting each failure to the telemetry and recording every attempt in the `CostLedger` the way
  * `AccountPool` does (a success `kept`, a failure `discarded`): a request whose marker contains
- * "retried" first has an attempt billed and thrown away (a retry).
+ * "retried" first has an attempt billed and thrown away (a retry). `before` runs at the start of
+ * every call (a test holds calls in flight with it). A stream sends the answer's chunks; one whose
+ * marker contains "cut" stops after its first half with `StreamTruncated`.
  */
-const double = (script: Script) =>
+const double = (script: Script, before: (request: ChatCompletionRequest) => Effect.Effect<void> = () => Effect.void) =>
   Effect.gen(function*() {
     const calls = yield* Ref.make(0)
     const sent = yield* Ref.make<ReadonlyArray<ChatCompletionRequest>>([])
@@ -73,6 +82,7 @@ const double = (script: Script) =>
         return {
           create: (request: ChatCompletionRequest) =>
             Effect.gen(function*() {
+              yield* before(request)
               yield* Ref.update(calls, (n) => n + 1)
               yield* Ref.update(sent, (all) => [...all, request])
               yield* retried(request)
@@ -89,7 +99,18 @@ const double = (script: Script) =>
               yield* telemetry.attemptFailed(step)
               return yield* Effect.fail(step)
             }),
-          stream: () => Stream.die("the batch never streams")
+          stream: (request: ChatCompletionRequest) =>
+            Stream.unwrap(Effect.gen(function*() {
+              yield* before(request)
+              yield* Ref.update(calls, (n) => n + 1)
+              yield* Ref.update(sent, (all) => [...all, request])
+              const step = script(request)
+              if (step !== "ok") return Stream.fail(step)
+              const chunks = wire.chunks(generationOf(request), 4)
+              if (!lastUserText(request).includes("cut")) return Stream.fromIterable(chunks)
+              const half = chunks.slice(0, Math.ceil(chunks.length / 2))
+              return Stream.concat(Stream.fromIterable(half), Stream.fail(new StreamTruncated({ partial: emptyPartial })))
+            }))
         }
       })
     ).pipe(Layer.provideMerge(Batch.layerTelemetryCounts))
@@ -117,7 +138,8 @@ interface Parsed {
 
 const workspace = Effect.gen(function*() {
   const fs = yield* FileSystem.FileSystem
-  const dir = yield* fs.makeTempDirectoryScoped({ prefix: "batch-test-" })
+  // The real path, so that `<output>.lock` is the lock's path even where the temp dir is a symlink.
+  const dir = yield* fs.realPath(yield* fs.makeTempDirectoryScoped({ prefix: "batch-test-" }))
   const input = `${dir}/input.jsonl`
   const output = `${dir}/output.jsonl`
   return {
@@ -136,10 +158,14 @@ const workspace = Effect.gen(function*() {
 const runWith = (
   script: Script,
   options: Omit<Batch.Options, "input" | "output"> & { input: string; output: string },
-  services: { readonly router?: Layer.Layer<Router.Router>; readonly ledger?: Layer.Layer<CostLedger.CostLedger> } = {}
+  services: {
+    readonly router?: Layer.Layer<Router.Router>
+    readonly ledger?: Layer.Layer<CostLedger.CostLedger>
+    readonly before?: (request: ChatCompletionRequest) => Effect.Effect<void>
+  } = {}
 ) =>
   Effect.gen(function*() {
-    const { calls, layer, sent } = yield* double(script)
+    const { calls, layer, sent } = yield* double(script, services.before)
     const stack = layer.pipe(
       Layer.provideMerge(services.ledger ?? CostLedger.layer()),
       Layer.merge(services.router ?? Router.layerDefault)
@@ -731,5 +757,355 @@ describe("Batch.run against the simulator", () => {
       )
       // first + warm + warm-again: temperature 0.7 is not deterministic, so both warm lines went out.
       expect((yield* simulator.stats).completed).toBe(3)
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+})
+
+describe("Batch.run input decoding", () => {
+  it.scoped("a line that is not valid UTF-8 becomes an error line, never sent; the lines around it are", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      const text = (line: string) => new TextEncoder().encode(`${line}\n`)
+      // A lone continuation byte and a truncated two-byte sequence, inside an otherwise valid line.
+      const bad = Uint8Array.from([...new TextEncoder().encode(request("bad", "caf")), 0xc3, 0x28, 0x80, 0x0a])
+      const bytes = [text(request("before")), bad, text(request("after", "naïve café ✓"))]
+      yield* ws.fs.writeFile(ws.input, Uint8Array.from(bytes.flatMap((b) => [...b])))
+      const { calls, sent, summary } = yield* runWith(ok, ws)
+      expect(calls).toBe(2)
+      expect(sent.map(lastUserText).sort()).toEqual(["before", "naïve café ✓"])
+      const lines = byCustomId(yield* ws.readOutput)
+      expect(lines.get("line-2")?.error).toEqual({ code: "invalid_line", message: "line is not valid UTF-8" })
+      expect(lines.get("after")?.response?.body.choices[0].message.content).toBe("echo:naïve café ✓")
+      expect(summary).toMatchObject({ requests: 3, succeeded: 2, failed: 1, failures: { invalid_line: 1 } })
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it.effect.prop(
+    "splits any chunking of the bytes into the same lines, each decoded fatally",
+    [
+      FastCheck.array(
+        FastCheck.oneof(
+          FastCheck.string({ unit: "grapheme", maxLength: 12 }).map((t) => new TextEncoder().encode(t)),
+          FastCheck.uint8Array({ maxLength: 6 }).filter((b) => !b.includes(0x0a)),
+          FastCheck.constant(Uint8Array.of(0x0d))
+        ),
+        { maxLength: 12 }
+      ),
+      FastCheck.array(FastCheck.integer({ min: 1, max: 7 }), { minLength: 1, maxLength: 8 })
+    ],
+    ([lineBytes, cuts]) =>
+      Effect.gen(function*() {
+        const noNewline = lineBytes.map((b) => b.filter((x) => x !== 0x0a))
+        const all = Uint8Array.from(noNewline.flatMap((b) => [...b, 0x0a]))
+        const reads: Array<Uint8Array> = []
+        for (let at = 0, i = 0; at < all.length; i++) {
+          const size = cuts[i % cuts.length]!
+          reads.push(all.slice(at, at + size))
+          at += size
+        }
+        const split = yield* Stream.runCollect(Files.splitLines(Stream.fromIterable(reads)))
+        const fatal = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true })
+        const expected = noNewline.flatMap((bytes, i) => {
+          let text: string | undefined
+          try {
+            text = fatal.decode(bytes).replace(/\r$/, "")
+            if (i === 0) text = text.replace(/^\uFEFF/, "")
+          } catch {
+            text = undefined
+          }
+          return text !== undefined && text.trim().length === 0 ? [] : [{ text, lineNumber: i + 1 }]
+        })
+        expect([...split]).toEqual(expected)
+      })
+  )
+})
+
+describe("Batch.run stream lines", () => {
+  const streamLine = (customId: string, body: Record<string, unknown> = {}) =>
+    JSON.stringify({
+      custom_id: customId,
+      method: "POST",
+      url: "/v1/chat/completions",
+      body: { model: "deepseek-v4-flash", messages: [{ role: "user", content: customId }], stream: true, ...body }
+    })
+
+  it.scoped("sends a line with stream: true as a stream and writes the folded completion, as a non-stream answer looks", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput([streamLine("s-1", { thinking: { type: "enabled" } }), request("plain")])
+      const { sent, summary } = yield* runWith(ok, ws)
+      const lines = byCustomId(yield* ws.readOutput)
+      const streamed = sent.find((r) => lastUserText(r) === "s-1")!
+      expect(lines.get("s-1")?.response).toEqual({ status_code: 200, request_id: "cmpl-s-1", body: answerOf(streamed) })
+      expect(lines.get("s-1")?.response?.body.choices[0].message.reasoning_content).toBe("think:s-1")
+      expect(summary).toMatchObject({ succeeded: 2, failed: 0 })
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it.scoped("a stream cut mid-way gives an error line saying how much arrived, with the partial output", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput([streamLine("cut-short-answer")])
+      const { summary } = yield* runWith(ok, ws)
+      const line = byCustomId(yield* ws.readOutput).get("cut-short-answer")
+      expect(line?.response).toBeNull()
+      expect(line?.error?.code).toBe("StreamTruncated")
+      const partial = (line?.error as any).partial
+      expect(partial).toMatchObject({ finish_reason: null, usage: null, reasoning_content: null })
+      expect(partial.chunks).toBeGreaterThan(1)
+      expect("echo:cut-short-answer".startsWith(partial.content)).toBe(true)
+      expect(partial.content.length).toBeGreaterThan(0)
+      expect(line?.error?.message).toContain(`cut after ${partial.chunks} chunks (${partial.content.length} characters of content`)
+      expect(summary).toMatchObject({ succeeded: 0, failed: 1, failures: { StreamTruncated: 1 } })
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+})
+
+describe("Batch.run output file", () => {
+  it.scoped("a second run on the same output is refused at once, naming the holder, and sends nothing", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput(["a", "b"].map((id) => request(id)))
+      const release = yield* Deferred.make<void>()
+      const first = yield* Effect.fork(runWith(ok, ws, { before: () => Deferred.await(release) }))
+      const lockPath = `${ws.output}.lock`
+      yield* waitUntil(ws.fs.exists(lockPath))
+      // Another spelling of the same file: a symlink to it.
+      const alias = `${ws.output}.alias`
+      yield* ws.fs.symlink(ws.output, alias)
+      const second = yield* Effect.flip(runWith(ok, { input: ws.input, output: alias }))
+      expect(second).toMatchObject({ _tag: "OutputLocked", holder: { pid: process.pid, host: hostname() } })
+      expect(second.message).toContain(`pid ${process.pid} on host ${hostname()}`)
+      yield* Deferred.succeed(release, undefined)
+      const done = yield* Fiber.join(first)
+      expect(done.summary).toMatchObject({ succeeded: 2 })
+      expect(yield* ws.fs.exists(lockPath)).toBe(false)
+      expect(yield* ws.readOutput).toHaveLength(2)
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it.scoped("takes over the lock of a dead process of this host, respects one of another host, and removes its own", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput([request("a")])
+      const lockPath = `${ws.output}.lock`
+      const lock = (pid: number, host: string) => ws.fs.writeFileString(lockPath, JSON.stringify({ pid, host, since: "2020-01-01T00:00:00.000Z" }))
+      yield* lock(deadPid(), hostname())
+      const taken = yield* runWith(ok, ws)
+      expect(taken.calls).toBe(1)
+      expect(yield* ws.fs.exists(lockPath)).toBe(false)
+
+      yield* lock(process.pid, "another-host")
+      const refused = yield* Effect.flip(runWith(ok, ws))
+      expect(refused).toMatchObject({ _tag: "OutputLocked", lockPath, holder: { host: "another-host" } })
+      yield* ws.fs.writeFileString(lockPath, "")
+      const unnamed = yield* Effect.flip(runWith(ok, ws))
+      expect(unnamed.message).toContain("a lock file that names no holder")
+      expect(yield* ws.fs.readFileString(lockPath)).toBe("")
+
+      // A run that fails after taking the lock leaves none.
+      yield* ws.fs.remove(lockPath)
+      yield* ws.fs.writeFileString(ws.output, "not a result\nnor this\n")
+      yield* Effect.flip(runWith(ok, ws))
+      expect(yield* ws.fs.exists(lockPath)).toBe(false)
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it.scoped("compacts through a symlink: the link stays a link to the compacted file, whose mode is kept", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput(["a", "b", "c"].map((id) => request(id)))
+      const failB: Script = (r) => lastUserText(r) === "b" ? new ServerError({ status: 500, message: "x", retryAfter: Option.none() }) : "ok"
+      const real = `${ws.output}.real`
+      const link = `${ws.output}.link`
+      yield* ws.fs.symlink(real, link) // dangling until the first run writes it
+      yield* runWith(failB, { input: ws.input, output: link })
+      yield* ws.fs.chmod(real, 0o640)
+      const { calls } = yield* runWith(ok, { input: ws.input, output: link })
+      expect(calls).toBe(1)
+      expect(yield* ws.fs.readLink(link)).toBe(real)
+      expect(Number((yield* ws.fs.stat(real)).mode) & 0o777).toBe(0o640)
+      const lines = (yield* ws.fs.readFileString(real)).trim().split("\n").map((l) => JSON.parse(l) as Parsed)
+      expect(lines.map((l) => l.custom_id).sort()).toEqual(["a", "b", "c"])
+      expect(lines.every((l) => l.error === null)).toBe(true)
+      expect(yield* ws.fs.exists(`${real}.lock`)).toBe(false)
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it.scoped("refuses a read-only output before sending anything, and leaves it as it was", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput([request("a")])
+      yield* ws.fs.writeFileString(ws.output, "")
+      yield* ws.fs.chmod(ws.output, 0o444)
+      const result = yield* Effect.either(runWith(ok, ws))
+      expect(result._tag).toBe("Left")
+      const error = (result as any).left
+      expect(error).toMatchObject({ _tag: "BatchError", file: "output" })
+      expect(error.message).toBe(
+        `refusing to write the output file ${ws.output}: it is read-only (mode 0444); make it writable or choose another output`
+      )
+      expect(Number((yield* ws.fs.stat(ws.output)).mode) & 0o777).toBe(0o444)
+      expect(yield* ws.fs.exists(`${ws.output}.lock`)).toBe(false)
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+})
+
+/** Polls `condition` (real IO progresses between polls), at most `polls` times. */
+const waitUntil = (condition: Effect.Effect<boolean, unknown>, polls = 5_000) =>
+  Effect.gen(function*() {
+    for (let i = 0; i < polls; i++) {
+      if (yield* Effect.orElseSucceed(condition, () => false)) return
+      yield* Effect.promise(() => new Promise((resolve) => setImmediate(resolve)))
+    }
+    return yield* Effect.die(new Error("waitUntil: the condition never held"))
+  })
+
+/** The pid of a process that has ended. */
+const deadPid = (): number => {
+  const child = spawnSync(process.execPath, ["-e", ""])
+  return child.pid!
+}
+
+describe("Batch.run stop and drain", () => {
+  /**
+   * A run over `ids` whose calls wait for their marker's gate (`hold` lists the markers held until
+   * the test opens their gate; the others answer at once), with `stop` / `stopNow` the test fires.
+   */
+  const stoppable = (ids: ReadonlyArray<string>, hold: ReadonlySet<string>, concurrency: number) =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput(ids.map((id) => request(id)))
+      const gates = new Map(yield* Effect.forEach(ids, (id) => Effect.map(Deferred.make<void>(), (gate) => [id, gate] as const)))
+      const inFlight = yield* Ref.make(0)
+      const written = yield* Ref.make(0)
+      const stop = yield* Deferred.make<void>()
+      const stopNow = yield* Deferred.make<void>()
+      const before = (r: ChatCompletionRequest) =>
+        hold.has(lastUserText(r))
+          ? Effect.ensuring(Effect.zipRight(Ref.update(inFlight, (n) => n + 1), Deferred.await(gates.get(lastUserText(r))!)), Ref.update(inFlight, (n) => n - 1))
+          : Effect.void
+      const run = yield* Effect.fork(runWith(ok, {
+        ...ws,
+        concurrency,
+        stop: Deferred.await(stop),
+        stopNow: Deferred.await(stopNow),
+        onProgress: (p) => Ref.set(written, p.succeeded + p.failed)
+      }, { before }))
+      return { ws, gates, inFlight, written, stop, stopNow, run }
+    })
+
+  const drainSleepRegistered = waitUntil(Effect.map(TestClock.sleeps(), (sleeps) => sleeps.length > 0))
+
+  it.scoped("stops reading at stop, lets the calls in flight finish and writes their answers", () =>
+    Effect.gen(function*() {
+      const ids = Array.from({ length: 10 }, (_, i) => `l-${i}`)
+      const { gates, inFlight, run, stop, ws } = yield* stoppable(ids, new Set(ids), 3)
+      yield* waitUntil(Effect.map(Ref.get(inFlight), (n) => n === 3))
+      yield* Deferred.succeed(stop, undefined)
+      yield* drainSleepRegistered
+      for (const id of ["l-0", "l-1", "l-2"]) yield* Deferred.succeed(gates.get(id)!, undefined)
+      const { calls, summary } = yield* Fiber.join(run)
+      expect(calls).toBe(3)
+      expect(summary).toMatchObject({ requests: 3, succeeded: 3, failed: 0, interrupted: true })
+      expect(Batch.toJson(summary).interrupted).toBe(true)
+      expect(Batch.formatSummary(summary)).toContain("stopped:   interrupted before the end of the input")
+      expect((yield* ws.readOutput).map((l) => l.custom_id).sort()).toEqual(["l-0", "l-1", "l-2"])
+      expect(yield* ws.fs.exists(`${ws.output}.lock`)).toBe(false)
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it.scoped("interrupts the calls still in flight when the drain timeout passes: they write nothing", () =>
+    Effect.gen(function*() {
+      const ids = ["fast", "slow-1", "slow-2"]
+      const { run, stop, written, ws } = yield* stoppable(ids, new Set(["slow-1", "slow-2"]), 4)
+      yield* waitUntil(Effect.map(Ref.get(written), (n) => n === 1))
+      yield* Deferred.succeed(stop, undefined)
+      yield* drainSleepRegistered
+      yield* TestClock.adjust("29 seconds")
+      yield* Effect.promise(() => new Promise((resolve) => setTimeout(resolve, 20)))
+      expect(run.unsafePoll()).toBeNull()
+      yield* TestClock.adjust("1 second")
+      const { summary } = yield* Fiber.join(run)
+      expect(summary).toMatchObject({ requests: 1, succeeded: 1, interrupted: true })
+      expect((yield* ws.readOutput).map((l) => l.custom_id)).toEqual(["fast"])
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it.scoped("stopNow ends a drain at once", () =>
+    Effect.gen(function*() {
+      const { run, stop, stopNow, written, ws } = yield* stoppable(["fast", "slow"], new Set(["slow"]), 4)
+      yield* waitUntil(Effect.map(Ref.get(written), (n) => n === 1))
+      yield* Deferred.succeed(stop, undefined)
+      yield* Deferred.succeed(stopNow, undefined)
+      const { summary } = yield* Fiber.join(run)
+      expect(summary).toMatchObject({ succeeded: 1, interrupted: true })
+      expect(yield* ws.readOutput).toHaveLength(1)
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it.scoped.prop(
+    "a run stopped anywhere, then resumed, writes every line exactly once and sends each answered line once",
+    [FastCheck.integer({ min: 1, max: 25 }), FastCheck.integer({ min: 0, max: 25 }), FastCheck.integer({ min: 1, max: 6 })],
+    ([count, answeredFirst, concurrency]) =>
+      Effect.gen(function*() {
+        const ids = Array.from({ length: count }, (_, i) => `p-${i}`)
+        const answered = Math.min(answeredFirst, count)
+        // Lines from `answered` on are held (in flight until the drain timeout interrupts them).
+        const held = new Set(ids.slice(answered))
+        const { run, stop, written, ws } = yield* stoppable(ids, held, concurrency)
+        yield* waitUntil(Effect.map(Ref.get(written), (n) => n === answered))
+        yield* Deferred.succeed(stop, undefined)
+        if (held.size > 0) {
+          yield* drainSleepRegistered
+          yield* TestClock.adjust(Batch.defaultDrainTimeout)
+        }
+        const first = yield* Fiber.join(run)
+        expect(first.summary.succeeded).toBe(answered)
+        if (held.size > 0) expect(first.summary.interrupted).toBe(true)
+
+        const second = yield* runWith(ok, ws)
+        expect(second.calls).toBe(count - answered)
+        expect(second.summary).toMatchObject({ succeeded: count - answered, skipped: answered, interrupted: false })
+        const lines = yield* ws.readOutput
+        expect(countBy(lines)).toEqual(new Map(ids.map((id) => [id, 1])))
+      }).pipe(Effect.provide(NodeFileSystem.layer)),
+    { fastCheck: { numRuns: 30 } }
+  )
+})
+
+describe("Batch.run stream lines against the simulator", () => {
+  it.live("answers stream lines with the completion a non-stream call gets, and a cut stream with its partial output", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      // The first accepted request is cut mid-stream (the simulator sends half its pieces, no [DONE]).
+      const simulator = yield* Simulator.make({ queueDelay: "1 millis", faults: { script: ["cut"] } })
+      const line = (customId: string, stream: boolean) =>
+        JSON.stringify({
+          custom_id: customId,
+          method: "POST",
+          url: "/v1/chat/completions",
+          body: {
+            model: "deepseek-v4-flash",
+            thinking: { type: "enabled" },
+            messages: [{ role: "user", content: `tell me about ${customId.split("-")[1]}` }],
+            ...(stream ? { stream: true } : {})
+          }
+        })
+      yield* ws.writeInput([line("cut-first", true)])
+      const stack = Demo.clientStack([Demo.demoAccount(simulator.baseUrl)])
+      const first = yield* Batch.run(ws).pipe(Effect.provide(stack))
+      expect(first).toMatchObject({ failed: 1, failures: { StreamTruncated: 1 } })
+      const cut = (yield* ws.readOutput)[0]!
+      const partial = (cut.error as any).partial
+      expect(partial.reasoning_content).toBe("think:tell me about first")
+      expect("echo:tell me about first".startsWith(partial.content ?? "")).toBe(true)
+      expect(cut.error?.message).toMatch(/^the stream was cut after \d+ chunks \(\d+ characters of content and 25 of reasoning arrived/)
+
+      yield* ws.writeInput([line("cut-first", true), line("s-two", true), line("n-two", false)])
+      const second = yield* Batch.run(ws).pipe(Effect.provide(stack))
+      expect(second).toMatchObject({ succeeded: 3, failed: 0 })
+      const lines = byCustomId(yield* ws.readOutput)
+      const body = (id: string) => lines.get(id)?.response?.body
+      // Same request, streamed or not: the same body but for the id.
+      expect({ ...body("s-two"), id: "" }).toEqual({ ...body("n-two"), id: "" })
+      expect(body("s-two").choices[0].message).toEqual({
+        role: "assistant",
+        content: "echo:tell me about two",
+        reasoning_content: "think:tell me about two"
+      })
+      expect(body("s-two").usage.completion_tokens).toBeGreaterThan(0)
+      expect((yield* simulator.completions).map((c) => [c.marker, c.stream])).toEqual(
+        expect.arrayContaining([["tell me about two", true], ["tell me about two", false], ["tell me about first", true]])
+      )
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
 })

@@ -4,8 +4,10 @@ import { describe, expect, it } from "@effect/vitest"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
+import { layerNone } from "../app/cli/signals.js"
 import { main } from "../bin/weatherproof.js"
 import * as Simulator from "../src/Simulator.js"
+import { chatLine } from "./support/chatLine.js"
 
 const badKey = "sk-cli-test-WRONG-7f3a9c1d2e"
 
@@ -26,18 +28,11 @@ const runCli = (args: ReadonlyArray<string>, env: Record<string, string>) =>
       warn: capture(stderr)
     }
     const code = yield* main(["node", "weatherproof", ...args]).pipe(
+      Effect.provide(layerNone),
       Effect.withConsole(console),
       Effect.withConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env))))
     )
     return { code, stdout: stdout.join("\n"), stderr: stderr.join("\n") }
-  })
-
-const chatLine = (i: number) =>
-  JSON.stringify({
-    custom_id: `q-${i}`,
-    method: "POST",
-    url: "/v1/chat/completions",
-    body: { model: "deepseek-v4-flash", messages: [{ role: "user", content: `question ${i}` }] }
   })
 
 describe("weatherproof CLI", () => {

@@ -1,31 +1,118 @@
 /**
- * The files of a batch: the input read as a stream of lines, and the output compacted for resume
- * then appended to by a single writer.
+ * The files of a batch: the input read as a stream of lines, the output resolved to the file it
+ * really is, locked for one run at a time, compacted for resume, then appended to by one writer.
  */
 import * as FileSystem from "@effect/platform/FileSystem"
 import type { PlatformError } from "@effect/platform/Error"
 import * as Chunk from "effect/Chunk"
+import * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
+import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
+import { hostname } from "node:os"
+import * as NodePath from "node:path"
+import type { LockHolder } from "../Batch.js"
 import { classifyExisting } from "./batchLines.js"
 
-/** A non-blank line and its 1-based line number. */
+// ---------------------------------------------------------------------------------------------
+// Lines
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * A non-blank line and its 1-based line number. `text` is `undefined` for a line that is not
+ * valid UTF-8: it is never decoded lossily.
+ */
 export interface NumberedLine {
-  readonly text: string
+  readonly text: string | undefined
   readonly lineNumber: number
 }
 
+const newline = 0x0a
+
+/**
+ * Splits bytes into lines on `\n` and decodes each line with a fatal UTF-8 decoder. The complete
+ * lines of a read are decoded in one call, and one by one only when that call finds a bad byte,
+ * so valid input costs what a single decode of it does.
+ */
+const lineSplitter = () => {
+  const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true })
+  let pending: Uint8Array | undefined
+  let lineNumber = 0
+
+  const push = (out: Array<NumberedLine>, text: string | undefined): void => {
+    lineNumber++
+    if (text === undefined) return void out.push({ text, lineNumber })
+    let line = text.endsWith("\r") ? text.slice(0, -1) : text
+    if (lineNumber === 1 && line.startsWith("\uFEFF")) line = line.slice(1)
+    if (line.trim().length > 0) out.push({ text: line, lineNumber })
+  }
+
+  const decode = (bytes: Uint8Array): string | undefined => {
+    try {
+      return utf8.decode(bytes)
+    } catch {
+      return undefined
+    }
+  }
+
+  /** The lines of `bytes`, which holds whole lines separated by `\n` (no final one). */
+  const pushLines = (out: Array<NumberedLine>, bytes: Uint8Array): void => {
+    const text = decode(bytes)
+    if (text !== undefined) {
+      for (const line of text.split("\n")) push(out, line)
+      return
+    }
+    let start = 0
+    for (let end = bytes.indexOf(newline); ; end = bytes.indexOf(newline, start)) {
+      push(out, decode(bytes.subarray(start, end < 0 ? bytes.length : end)))
+      if (end < 0) return
+      start = end + 1
+    }
+  }
+
+  const concat = (head: Uint8Array | undefined, tail: Uint8Array): Uint8Array => {
+    if (head === undefined) return tail
+    const joined = new Uint8Array(head.length + tail.length)
+    joined.set(head)
+    joined.set(tail, head.length)
+    return joined
+  }
+
+  return {
+    feed: (bytes: Uint8Array): Array<NumberedLine> => {
+      const out: Array<NumberedLine> = []
+      const last = bytes.lastIndexOf(newline)
+      if (last < 0) {
+        pending = concat(pending, bytes)
+        return out
+      }
+      pushLines(out, concat(pending, bytes.subarray(0, last)))
+      pending = last + 1 < bytes.length ? bytes.slice(last + 1) : undefined
+      return out
+    },
+    end: (): Array<NumberedLine> => {
+      const out: Array<NumberedLine> = []
+      if (pending !== undefined) pushLines(out, pending)
+      pending = undefined
+      return out
+    }
+  }
+}
+
+/** The non-blank lines of a stream of bytes, however it is cut into reads. */
+export const splitLines = <E, R>(bytes: Stream.Stream<Uint8Array, E, R>): Stream.Stream<NumberedLine, E, R> =>
+  Stream.suspend(() => {
+    const splitter = lineSplitter()
+    return bytes.pipe(
+      Stream.mapConcat(splitter.feed),
+      Stream.concat(Stream.suspend(() => Stream.fromIterable(splitter.end())))
+    )
+  })
+
 /** The non-blank lines of a file, streamed (the file is never held whole in memory). */
 export const lines = (fs: FileSystem.FileSystem, path: string): Stream.Stream<NumberedLine, PlatformError> =>
-  fs.stream(path).pipe(
-    Stream.decodeText(),
-    Stream.splitLines,
-    Stream.zipWithIndex,
-    Stream.filterMap(([text, index]) =>
-      text.trim().length === 0 ? Option.none() : Option.some({ text, lineNumber: index + 1 })
-    )
-  )
+  splitLines(fs.stream(path))
 
 /** How many non-blank lines a file has (a first pass, for a progress bar's total). */
 export const countLines = (fs: FileSystem.FileSystem, path: string): Effect.Effect<number, PlatformError> =>
@@ -37,6 +124,157 @@ const encoder = new TextEncoder()
 export const writeText = (file: FileSystem.File, text: string): Effect.Effect<void, PlatformError> =>
   text.length === 0 ? Effect.void : Effect.uninterruptible(file.writeAll(encoder.encode(text)))
 
+// ---------------------------------------------------------------------------------------------
+// The output's identity
+// ---------------------------------------------------------------------------------------------
+
+const isNotFound = (error: PlatformError): boolean => error._tag === "SystemError" && error.reason === "NotFound"
+
+/** Symlinks followed before giving up, as the kernel does (ELOOP). */
+const maxSymlinks = 40
+
+/**
+ * The real path of the file written through `path`: symlinks are followed, even to a target that
+ * does not exist yet, so every spelling of one file resolves alike. The file need not exist; its
+ * directory must.
+ */
+export const resolveOutput = (fs: FileSystem.FileSystem, path: string): Effect.Effect<string, PlatformError> => {
+  const resolve = (at: string, hops: number): Effect.Effect<string, PlatformError> =>
+    fs.realPath(at).pipe(
+      Effect.catchIf(isNotFound, (notFound) =>
+        fs.readLink(at).pipe(
+          Effect.matchEffect({
+            // A dangling symlink: resolve what it points to.
+            onSuccess: (target) =>
+              hops >= maxSymlinks ? Effect.fail(notFound) : resolve(NodePath.resolve(NodePath.dirname(at), target), hops + 1),
+            // Not there at all: the real directory and the name.
+            onFailure: () =>
+              Effect.map(fs.realPath(NodePath.dirname(at)), (directory) => NodePath.join(directory, NodePath.basename(at)))
+          })
+        ))
+    )
+  return resolve(NodePath.resolve(path), 0)
+}
+
+/** Why an existing output cannot be rewritten in place of itself, if it cannot. */
+export const readOnlyReason = (fs: FileSystem.FileSystem, path: string): Effect.Effect<Option.Option<string>, PlatformError> =>
+  Effect.gen(function*() {
+    if (!(yield* fs.exists(path))) return Option.none()
+    const { mode } = yield* fs.stat(path)
+    // No write bit at all means "keep this" even to root, whom `access` would let through.
+    if ((mode & 0o222) === 0) return Option.some(`it is read-only (mode ${modeText(mode)})`)
+    const writable = yield* Effect.isSuccess(fs.access(path, { writable: true }))
+    return writable ? Option.none() : Option.some(`it is not writable by this user (mode ${modeText(mode)})`)
+  })
+
+const modeText = (mode: number): string => `0${(mode & 0o7777).toString(8).padStart(3, "0")}`
+
+// ---------------------------------------------------------------------------------------------
+// The lock
+// ---------------------------------------------------------------------------------------------
+
+/** Another run holds the lock; `holder` is `undefined` when the lock file names none. */
+export interface Locked {
+  readonly _tag: "Locked"
+  readonly holder: LockHolder | undefined
+}
+
+const parseHolder = (text: string): LockHolder | undefined => {
+  try {
+    const value: unknown = JSON.parse(text)
+    if (typeof value !== "object" || value === null) return undefined
+    const { host, pid, since } = value as Record<string, unknown>
+    return typeof pid === "number" && typeof host === "string" && typeof since === "string" ? { pid, host, since } : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/** Whether a process of this host is alive; one of another user (EPERM) is. */
+const isAlive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (error) {
+    return (error as { readonly code?: unknown }).code === "EPERM"
+  }
+}
+
+const isStale = (holder: LockHolder | undefined, host: string): holder is LockHolder =>
+  holder !== undefined && holder.host === host && !isAlive(holder.pid)
+
+/** Attempts at the lock before giving up, when stale locks keep being replaced under us. */
+const lockAttempts = 3
+
+/**
+ * Takes the lock file `lockPath` for this process, created exclusively, until the scope closes
+ * (then it is removed if it is still ours). A lock whose holder is a dead process of this host is
+ * taken over (its holder is returned); any other lock fails with `Locked`.
+ *
+ * A stale lock is renamed aside, not removed: only the run whose rename moved that very file goes
+ * on, so two runs that find the same stale lock cannot both take it.
+ */
+export const acquireLock = (
+  fs: FileSystem.FileSystem,
+  lockPath: string
+): Effect.Effect<Option.Option<LockHolder>, PlatformError | Locked, Scope.Scope> =>
+  Effect.gen(function*() {
+    const host = hostname()
+    const since = new Date(yield* Clock.currentTimeMillis).toISOString()
+    const ours = `${JSON.stringify({ pid: process.pid, host, since })}\n`
+    const aside = `${lockPath}.stale-${process.pid}`
+
+    const readHolder = (path: string) => Effect.map(fs.readFileString(path), (text) => ({ text, holder: parseHolder(text) }))
+
+    /** Moves the stale lock whose text is `stale` out of the way; fails if the lock changed meanwhile. */
+    const takeOver = (stale: string) =>
+      Effect.gen(function*() {
+        yield* fs.rename(lockPath, aside)
+        const moved = yield* readHolder(aside)
+        if (moved.text !== stale) {
+          // Another run took the lock over between our read and our rename: give it back.
+          yield* Effect.ignore(fs.link(aside, lockPath))
+          yield* Effect.ignore(fs.remove(aside))
+          return yield* Effect.fail<Locked>({ _tag: "Locked", holder: moved.holder })
+        }
+        yield* fs.remove(aside)
+      })
+
+    const attempt = (left: number, tookOver: Option.Option<LockHolder>): Effect.Effect<
+      Option.Option<LockHolder>,
+      PlatformError | Locked
+    > =>
+      fs.writeFileString(lockPath, ours, { flag: "wx" }).pipe(
+        Effect.as(tookOver),
+        Effect.catchIf(
+          (error) => error._tag === "SystemError" && error.reason === "AlreadyExists" && left > 1,
+          () =>
+            readHolder(lockPath).pipe(
+              Effect.flatMap(({ holder, text }) =>
+                isStale(holder, host)
+                  ? Effect.zipRight(takeOver(text), attempt(left - 1, Option.some(holder)))
+                  : Effect.fail<Locked>({ _tag: "Locked", holder })
+              ),
+              // Released between our create and our read: try again.
+              Effect.catchIf(
+                (error) => error._tag !== "Locked" && isNotFound(error),
+                () => attempt(left - 1, tookOver)
+              )
+            )
+        )
+      )
+
+    const release = fs.readFileString(lockPath).pipe(
+      Effect.flatMap((text) => text === ours ? fs.remove(lockPath) : Effect.void),
+      Effect.ignore
+    )
+    return yield* Effect.acquireRelease(attempt(lockAttempts, Option.none()), () => release)
+  })
+
+// ---------------------------------------------------------------------------------------------
+// Compaction
+// ---------------------------------------------------------------------------------------------
+
 /** An existing output file holds a line that no batch run wrote. */
 export interface ForeignLine {
   readonly _tag: "ForeignLine"
@@ -47,19 +285,20 @@ export interface ForeignLine {
  * Rewrites an existing output file so it holds only its successful lines, one per custom id, and
  * returns those ids. Failed lines go (they are retried), and so does an unreadable last line: the
  * line a crash tore. An unreadable line before the last means the file is not batch output, and
- * it is left untouched. The rewrite goes through a temporary file renamed over the original, so a
- * crash during it loses nothing.
+ * it is left untouched. The rewrite goes to `<path>.compacting` beside it, given the file's mode,
+ * then renamed over it, so a crash during it loses nothing. `path` must be the real path (see
+ * `resolveOutput`), so a symlink to the output stays a symlink to the compacted file.
  */
 export const compactOutput = (
   fs: FileSystem.FileSystem,
-  path: string,
-  temporaryPath: string
+  path: string
 ): Effect.Effect<ReadonlySet<string>, PlatformError | ForeignLine> =>
   Effect.gen(function*() {
     if (!(yield* fs.exists(path))) return new Set<string>()
+    const temporaryPath = `${path}.compacting`
     const succeeded = new Set<string>()
     const keep = ([line, next]: readonly [NumberedLine, Option.Option<NumberedLine>]) => {
-      const result = classifyExisting(line.text)
+      const result = line.text === undefined ? { _tag: "Unrecognized" as const } : classifyExisting(line.text)
       switch (result._tag) {
         case "Succeeded":
           if (succeeded.has(result.customId)) return Effect.succeed(Option.none<string>())
@@ -73,6 +312,7 @@ export const compactOutput = (
             : Effect.fail<ForeignLine>({ _tag: "ForeignLine", lineNumber: line.lineNumber })
       }
     }
+    const { mode } = yield* fs.stat(path)
     yield* Effect.scoped(
       Effect.gen(function*() {
         const file = yield* fs.open(temporaryPath, { flag: "w" })
@@ -84,6 +324,7 @@ export const compactOutput = (
           Stream.runForEach((text) => writeText(file, text))
         )
         yield* file.sync
+        yield* fs.chmod(temporaryPath, mode & 0o7777)
       })
     ).pipe(Effect.onError(() => Effect.ignore(fs.remove(temporaryPath))))
     yield* fs.rename(temporaryPath, path)

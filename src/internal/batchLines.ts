@@ -9,7 +9,7 @@ import * as Random from "effect/Random"
 import * as Schema from "effect/Schema"
 import { scrubSecrets } from "../ApiError.js"
 import { ChatCompletionRequest } from "../ChatSchema.js"
-import type { ChatCompletion } from "../ChatSchema.js"
+import type { ChatCompletion, FinishReason, ToolCall, Usage } from "../ChatSchema.js"
 import type { ResilientError } from "../Resilient.js"
 import { Task } from "../Router.js"
 
@@ -69,8 +69,17 @@ const describeIssues = (error: ParseResult.ParseError): string =>
     .map((issue) => `${issue.path.length === 0 ? "line" : issue.path.join(".")}: ${issue.message}`)
     .join("; ")
 
-/** Parses one non-blank input line (`lineNumber` is 1-based). Never fails: a bad line is `Invalid`. */
-export const parseInputLine = (text: string, lineNumber: number): InputItem => {
+/** The message of a line whose bytes are not UTF-8: it is not sent, altered or not. */
+export const invalidUtf8Message = "line is not valid UTF-8"
+
+/**
+ * Parses one non-blank input line (`lineNumber` is 1-based; `text` is `undefined` when the line is
+ * not valid UTF-8). Never fails: a bad line is `Invalid`.
+ */
+export const parseInputLine = (text: string | undefined, lineNumber: number): InputItem => {
+  if (text === undefined) {
+    return { _tag: "Invalid", lineNumber, customId: `line-${lineNumber}`, hasOwnId: false, message: invalidUtf8Message }
+  }
   const json = decodeJson(text)
   if (Either.isLeft(json)) {
     return { _tag: "Invalid", lineNumber, customId: `line-${lineNumber}`, hasOwnId: false, message: "line is not valid JSON" }
@@ -95,10 +104,22 @@ export const invalidLineCode = "invalid_line"
 /** The `error.code` of a later line that reuses an earlier line's `custom_id`. */
 export const duplicateCode = "duplicate_custom_id"
 
+/** What a stream delivered before it was cut, as a result line's `error.partial` shows it. */
+export interface PartialJson {
+  readonly chunks: number
+  readonly content: string | null
+  readonly reasoning_content: string | null
+  readonly tool_calls?: ReadonlyArray<ToolCall>
+  readonly finish_reason: FinishReason | null
+  readonly usage: Usage | null
+}
+
 /** The `error` of a failed result line. */
 export interface LineError {
   readonly code: string
   readonly message: string
+  /** A stream cut after some chunks arrived: what they held. */
+  readonly partial?: PartialJson
 }
 
 /** A result line, as written. */
@@ -169,6 +190,36 @@ export const failed = (id: string, customId: string, error: ResilientError): Res
       body: { error: { message, type: errorTypeOf(status), code } }
     },
     error: { code: error._tag, message }
+  }
+}
+
+const charactersOf = (text: string | null | undefined): number => text?.length ?? 0
+
+/**
+ * The result line of a streamed request cut after some chunks arrived: the call's failure, with
+ * what arrived in `error.partial` and counted in the message.
+ */
+export const cut = (id: string, customId: string, error: ResilientError, folded: { readonly completion: ChatCompletion; readonly chunks: number }): ResultLine => {
+  const choice = folded.completion.choices[0]
+  const message = choice?.message
+  const partial: PartialJson = {
+    chunks: folded.chunks,
+    content: message?.content ?? null,
+    reasoning_content: message?.reasoning_content ?? null,
+    ...(message?.tool_calls === undefined ? {} : { tool_calls: message.tool_calls }),
+    finish_reason: choice?.finish_reason ?? null,
+    usage: folded.completion.usage ?? null
+  }
+  const arrived = `${charactersOf(partial.content)} characters of content and ${charactersOf(partial.reasoning_content)} of reasoning`
+  return {
+    ...failed(id, customId, error),
+    error: {
+      code: error._tag,
+      message: `the stream was cut after ${folded.chunks} chunks (${arrived} arrived, kept in error.partial): ${
+        scrubSecrets(error.message)
+      }`,
+      partial
+    }
   }
 }
 

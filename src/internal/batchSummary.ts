@@ -126,6 +126,8 @@ export interface SummaryJson extends SpendJson {
   readonly retries: number
   readonly routing_warnings: number
   readonly elapsed_ms: number
+  /** The run was stopped before the end of its input. */
+  readonly interrupted: boolean
   readonly accounts: Readonly<Record<string, AccountJson>>
 }
 
@@ -178,6 +180,7 @@ export const toJson = (summary: Summary): SummaryJson => ({
   ...spendJson(summary.spend),
   routing_warnings: summary.routingWarnings,
   elapsed_ms: Duration.toMillis(summary.elapsed),
+  interrupted: summary.interrupted,
   accounts: Object.fromEntries(Object.entries(summary.accounts).map(([name, account]) => [name, accountJson(account)]))
 })
 
@@ -227,6 +230,9 @@ export const format = (summary: Summary): string => {
     `tokens:    ${tokens.prompt} prompt (${tokens.cacheHit} cache hit), ${tokens.completion} completion (${tokens.reasoning} reasoning)`,
     `cost:      ${costLine(spend)}`,
     ...(accounts.length === 0 ? [] : ["accounts:", ...accounts.map(([name, account]) => accountLine(name, account))]),
-    `elapsed:   ${Duration.format(summary.elapsed)}`
+    `elapsed:   ${Duration.format(summary.elapsed)}`,
+    ...(summary.interrupted
+      ? ["stopped:   interrupted before the end of the input; lines not answered are not in the output"]
+      : [])
   ].join("\n")
 }

@@ -4,16 +4,18 @@
  * the simulator's answer rule, then rerun to show that a resume sends nothing.
  */
 import * as FileSystem from "@effect/platform/FileSystem"
+import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
-import type * as AccountPool from "../AccountPool.js"
-import type { Account } from "../Accounts.js"
-import * as Batch from "../Batch.js"
-import * as CostLedger from "../CostLedger.js"
-import * as Router from "../Router.js"
-import * as Simulator from "../Simulator.js"
-import { classifyExisting } from "./batchLines.js"
+import type * as AccountPool from "../../src/AccountPool.js"
+import type { Account } from "../../src/Accounts.js"
+import * as Batch from "../../src/Batch.js"
+import * as CostLedger from "../../src/CostLedger.js"
+import * as Router from "../../src/Router.js"
+import * as Simulator from "../../src/Simulator.js"
+import { withProgress } from "./batchProgress.js"
+import { ExitCode, fail } from "./exit.js"
 
 /** The account limit of the simulated account: small and unknown to the client, whose adaptive limiter finds it. */
 export const accountLimit = 10
@@ -113,18 +115,26 @@ interface ResultLine {
   } | null
 }
 
+const parseResultLine = (text: string): ResultLine | undefined => {
+  try {
+    const line: unknown = JSON.parse(text)
+    return typeof line === "object" && line !== null && "custom_id" in line ? line as ResultLine : undefined
+  } catch {
+    return undefined
+  }
+}
+
 /** Checks the output against the requests: one successful line each, with the simulator's answer. */
 const verify = (requests: ReadonlyArray<DemoRequest>, outputText: string): ReadonlyArray<string> => {
   const problems: Array<string> = []
   const linesById = new Map<string, Array<ResultLine>>()
   for (const text of outputText.split("\n")) {
     if (text.length === 0) continue
-    const existing = classifyExisting(text)
-    if (existing._tag === "Unrecognized") {
+    const line = parseResultLine(text)
+    if (line === undefined) {
       problems.push(`unreadable output line: ${text.slice(0, 80)}`)
       continue
     }
-    const line = JSON.parse(text) as ResultLine
     linesById.set(line.custom_id, [...(linesById.get(line.custom_id) ?? []), line])
   }
   for (const request of requests) {
@@ -171,7 +181,7 @@ export interface DemoReport {
 export const run = (options: {
   readonly requests: number
   readonly onProgress?: ((progress: Batch.Progress) => Effect.Effect<void>) | undefined
-}): Effect.Effect<DemoReport, Batch.BatchError, FileSystem.FileSystem | Scope.Scope> =>
+}): Effect.Effect<DemoReport, Batch.BatchError | Batch.OutputLocked, FileSystem.FileSystem | Scope.Scope> =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const simulator = yield* Simulator.make(simulatorOptions)
@@ -232,3 +242,18 @@ export const formatReport = (report: DemoReport): string => {
     ...verdict
   ].join("\n")
 }
+
+/** The `demo` command: the demo with a progress bar on a terminal, its report, exit 1 on any problem. */
+export const main = (options: { readonly requests: number }) =>
+  Effect.gen(function*() {
+    if (options.requests < 1) return yield* fail(2, "weatherproof: --requests must be at least 1")
+    yield* Console.log(introduction(options.requests))
+    const report = yield* withProgress((onProgress) => run({ requests: options.requests, onProgress })).pipe(
+      Effect.catchTags({
+        BatchError: (error) => fail(1, `weatherproof: ${error.message}`),
+        OutputLocked: (error) => fail(1, `weatherproof: ${error.message}`)
+      })
+    )
+    yield* Console.log(formatReport(report))
+    if (report.problems.length > 0) return yield* new ExitCode({ code: 1 })
+  })

@@ -1,0 +1,241 @@
+/**
+ * Folds a streamed chat completion back into the completion a non-streaming call returns: the
+ * chunks' deltas joined per choice (`content`, `reasoning_content`, `tool_calls` whose `arguments`
+ * arrive in pieces), the last `finish_reason` of each choice, and the usage, which DeepSeek sends
+ * on a final `choices: []` chunk or on the last content chunk.
+ *
+ * `step` is the pure fold of one chunk; `fold` runs it over a stream; `foldPartial` keeps what
+ * arrived when the stream fails, so a cut stream still shows (and accounts for) its partial output.
+ * `logprobs` are not folded.
+ *
+ * @since 0.1.0
+ */
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Option from "effect/Option"
+import * as Stream from "effect/Stream"
+import type { ChatCompletion, ChatCompletionChunk, FinishReason, ToolCall, Usage } from "./ChatSchema.js"
+
+/**
+ * A tool call being assembled: `name` is set by the delta that carries it, `arguments` are joined.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface ToolCallState {
+  readonly index: number
+  readonly id: string
+  readonly name: string
+  readonly arguments: string
+}
+
+/**
+ * One choice being assembled. `content` stays `null` until a content delta arrives (a choice that
+ * only calls tools has `content: null`, as in a non-streaming answer); `reasoningContent` likewise.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface ChoiceState {
+  readonly index: number
+  readonly content: string | null
+  readonly reasoningContent: string | null
+  readonly toolCalls: ReadonlyArray<ToolCallState>
+  readonly finishReason: FinishReason | null
+}
+
+/**
+ * What the chunks so far add up to. `id`, `created` and `model` come from the first chunk.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface State {
+  readonly id: string
+  readonly created: number
+  readonly model: string
+  /** The last one sent. */
+  readonly systemFingerprint: string | null | undefined
+  /** In order of `index`. */
+  readonly choices: ReadonlyArray<ChoiceState>
+  /** The last usage any chunk carried. */
+  readonly usage: Usage | undefined
+  /** Chunks folded. */
+  readonly chunks: number
+}
+
+/**
+ * The state before any chunk.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const empty: State = {
+  id: "",
+  created: 0,
+  model: "",
+  systemFingerprint: undefined,
+  choices: [],
+  usage: undefined,
+  chunks: 0
+}
+
+const emptyChoice = (index: number): ChoiceState => ({
+  index,
+  content: null,
+  reasoningContent: null,
+  toolCalls: [],
+  finishReason: null
+})
+
+const join = (sofar: string | null, piece: string | null | undefined): string | null =>
+  piece === undefined || piece === null ? sofar : (sofar ?? "") + piece
+
+type Delta = ChatCompletionChunk["choices"][number]["delta"]
+type DeltaToolCall = NonNullable<Delta["tool_calls"]>[number]
+
+/** Replaces the element with `index` (or inserts a new one from `make`), keeping the order by index. */
+const upsert = <A extends { readonly index: number }>(
+  items: ReadonlyArray<A>,
+  index: number,
+  make: (index: number) => A,
+  update: (item: A) => A
+): ReadonlyArray<A> => {
+  const at = items.findIndex((item) => item.index === index)
+  if (at >= 0) return items.map((item, i) => i === at ? update(item) : item)
+  return [...items, update(make(index))].sort((a, b) => a.index - b.index)
+}
+
+const stepToolCall = (call: ToolCallState, delta: DeltaToolCall): ToolCallState => ({
+  index: call.index,
+  id: delta.id ?? call.id,
+  name: delta.function?.name ?? call.name,
+  arguments: call.arguments + (delta.function?.arguments ?? "")
+})
+
+const emptyToolCall = (index: number): ToolCallState => ({ index, id: "", name: "", arguments: "" })
+
+const stepChoice = (choice: ChoiceState, chunkChoice: ChatCompletionChunk["choices"][number]): ChoiceState => {
+  const { delta } = chunkChoice
+  return {
+    index: choice.index,
+    content: join(choice.content, delta.content),
+    reasoningContent: join(choice.reasoningContent, delta.reasoning_content),
+    toolCalls: (delta.tool_calls ?? []).reduce(
+      (calls, part) => upsert(calls, part.index, emptyToolCall, (call) => stepToolCall(call, part)),
+      choice.toolCalls
+    ),
+    finishReason: chunkChoice.finish_reason ?? choice.finishReason
+  }
+}
+
+/**
+ * Folds one chunk into the state. Pure.
+ *
+ * @since 0.1.0
+ * @category folding
+ */
+export const step = (state: State, chunk: ChatCompletionChunk): State => {
+  const first = state.chunks === 0
+  return {
+    id: first ? chunk.id : state.id,
+    created: first ? chunk.created : state.created,
+    model: first ? chunk.model : state.model,
+    systemFingerprint: chunk.system_fingerprint === undefined ? state.systemFingerprint : chunk.system_fingerprint,
+    choices: chunk.choices.reduce(
+      (choices, chunkChoice) => upsert(choices, chunkChoice.index, emptyChoice, (c) => stepChoice(c, chunkChoice)),
+      state.choices
+    ),
+    usage: chunk.usage ?? state.usage,
+    chunks: state.chunks + 1
+  }
+}
+
+const toolCallOf = (call: ToolCallState): ToolCall => ({
+  id: call.id,
+  type: "function",
+  function: { name: call.name, arguments: call.arguments }
+})
+
+/**
+ * The `chat.completion` the state stands for, shaped as a non-streaming answer: `reasoning_content`
+ * and `tool_calls` only when some arrived, `usage` and `system_fingerprint` only when sent.
+ *
+ * @since 0.1.0
+ * @category folding
+ */
+export const toCompletion = (state: State): ChatCompletion => ({
+  id: state.id,
+  object: "chat.completion",
+  created: state.created,
+  model: state.model,
+  choices: state.choices.map((choice) => ({
+    index: choice.index,
+    message: {
+      role: "assistant",
+      content: choice.content,
+      ...(choice.reasoningContent === null ? {} : { reasoning_content: choice.reasoningContent }),
+      ...(choice.toolCalls.length === 0 ? {} : { tool_calls: choice.toolCalls.map(toolCallOf) })
+    },
+    finish_reason: choice.finishReason
+  })),
+  ...(state.usage === undefined ? {} : { usage: state.usage }),
+  ...(state.systemFingerprint === undefined ? {} : { system_fingerprint: state.systemFingerprint })
+})
+
+/**
+ * Runs a stream of chunks to the completion they add up to.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { ChatStream, Resilient } from "weatherproof"
+ *
+ * const completion = Effect.flatMap(Resilient.Resilient, (client) =>
+ *   ChatStream.fold(client.stream({ model: "deepseek-v4-flash", messages: [{ role: "user", content: "Hi" }] }))
+ * )
+ * ```
+ *
+ * @since 0.1.0
+ * @category folding
+ */
+export const fold = <E, R>(chunks: Stream.Stream<ChatCompletionChunk, E, R>): Effect.Effect<ChatCompletion, E, R> =>
+  Effect.map(Stream.runFold(chunks, empty, step), toCompletion)
+
+/**
+ * What a stream delivered: the completion of every chunk that arrived, how many chunks that was,
+ * and the failure that ended the stream early, if one did.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Folded<E> {
+  readonly completion: ChatCompletion
+  readonly chunks: number
+  readonly error: Option.Option<E>
+}
+
+/**
+ * Like `fold`, but a failure does not lose what arrived before it: the result holds both.
+ *
+ * @example
+ * ```ts
+ * const folded = yield* ChatStream.foldPartial(client.stream(request))
+ * if (Option.isSome(folded.error)) {
+ *   console.log(`cut after ${folded.chunks} chunks:`, folded.completion.choices[0]?.message.content)
+ * }
+ * ```
+ *
+ * @since 0.1.0
+ * @category folding
+ */
+export const foldPartial = <E, R>(chunks: Stream.Stream<ChatCompletionChunk, E, R>): Effect.Effect<Folded<E>, never, R> =>
+  Effect.map(
+    Stream.runFold(
+      Stream.either(chunks),
+      { state: empty, error: Option.none<E>() },
+      (acc, item) =>
+        Either.isRight(item) ? { state: step(acc.state, item.right), error: acc.error } : { state: acc.state, error: Option.some(item.left) }
+    ),
+    ({ error, state }) => ({ completion: toCompletion(state), chunks: state.chunks, error })
+  )

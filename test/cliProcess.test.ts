@@ -1,0 +1,283 @@
+/**
+ * The CLI as a real process: two runs on one output, signals, lazy loading. The CLI is compiled
+ * once (tsc without type checking: `npm test` type-checks) into a temporary directory that sees
+ * this checkout's `node_modules`, and every child is waited for with a bound.
+ */
+import * as FileSystem from "@effect/platform/FileSystem"
+import * as NodeFileSystem from "@effect/platform-node/NodeFileSystem"
+import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process"
+import * as NodeFs from "node:fs"
+import { hostname, tmpdir } from "node:os"
+import * as NodePath from "node:path"
+import { fileURLToPath } from "node:url"
+import * as Simulator from "../src/Simulator.js"
+import { chatLine } from "./support/chatLine.js"
+
+const root = fileURLToPath(new URL("..", import.meta.url))
+let build = ""
+let entry = ""
+
+beforeAll(() => {
+  build = NodeFs.mkdtempSync(NodePath.join(tmpdir(), "weatherproof-cli-"))
+  execFileSync(
+    process.execPath,
+    [
+      NodePath.join(root, "node_modules/typescript/bin/tsc"),
+      ...["-p", NodePath.join(root, "tsconfig.build.json"), "--outDir", build],
+      ...["--noCheck", "--declaration", "false", "--sourceMap", "false"]
+    ],
+    { stdio: "inherit" }
+  )
+  NodeFs.symlinkSync(NodePath.join(root, "node_modules"), NodePath.join(build, "node_modules"))
+  entry = NodePath.join(build, "bin/weatherproof.js")
+}, 120_000)
+
+afterAll(() => {
+  if (build !== "") NodeFs.rmSync(build, { recursive: true, force: true })
+})
+
+interface Ended {
+  readonly code: number | null
+  readonly signal: NodeJS.Signals | null
+  readonly stdout: string
+  readonly stderr: string
+}
+
+interface Running {
+  readonly child: ChildProcess
+  readonly stdout: () => string
+  readonly stderr: () => string
+  /** The end of the process, or a failure (and the process killed) after `timeoutMs`. */
+  readonly ended: (timeoutMs: number) => Effect.Effect<Ended>
+}
+
+/** Starts the CLI with `args`; the environment names the simulator's account and nothing else of ours. */
+const start = (args: ReadonlyArray<string>, env: Record<string, string>, nodeOptions: ReadonlyArray<string> = []): Running => {
+  const child = spawn(process.execPath, [...nodeOptions, entry, ...args], {
+    env: { PATH: process.env["PATH"] ?? "", ...env },
+    stdio: ["ignore", "pipe", "pipe"]
+  })
+  let stdout = ""
+  let stderr = ""
+  child.stdout!.on("data", (data: Buffer) => (stdout += data.toString()))
+  child.stderr!.on("data", (data: Buffer) => (stderr += data.toString()))
+  const exit = new Promise<Ended>((resolve) =>
+    child.on("close", (code, signal) => resolve({ code, signal, stdout, stderr }))
+  )
+  return {
+    child,
+    stdout: () => stdout,
+    stderr: () => stderr,
+    ended: (timeoutMs) =>
+      Effect.promise(() =>
+        Promise.race([
+          exit,
+          new Promise<never>((_, reject) =>
+            setTimeout(() => {
+              child.kill("SIGKILL")
+              reject(new Error(`the CLI did not end within ${timeoutMs} ms; stderr: ${stderr}`))
+            }, timeoutMs).unref()
+          )
+        ])
+      )
+  }
+}
+
+/** Polls `condition` every 20 ms, failing after `timeoutMs`. */
+const waitFor = (what: string, condition: Effect.Effect<boolean, unknown>, timeoutMs = 15_000) =>
+  Effect.gen(function*() {
+    const deadline = Date.now() + timeoutMs
+    while (!(yield* Effect.orElseSucceed(condition, () => false))) {
+      if (Date.now() > deadline) return yield* Effect.die(new Error(`timed out waiting for ${what}`))
+      yield* Effect.sleep("20 millis")
+    }
+  })
+
+interface Line {
+  readonly custom_id: string
+  readonly error: unknown
+}
+
+/** A simulator, a workspace with `count` input lines, and what the CLI needs to reach the simulator. */
+const setup = (count: number, options: Simulator.Options) =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const simulator = yield* Simulator.make(options)
+    const dir = yield* fs.realPath(yield* fs.makeTempDirectoryScoped({ prefix: "cli-process-" }))
+    const input = `${dir}/in.jsonl`
+    const output = `${dir}/out.jsonl`
+    yield* fs.writeFileString(input, Array.from({ length: count }, (_, i) => `${chatLine(i)}\n`).join(""))
+    const readOutput = Effect.map(
+      Effect.orElseSucceed(fs.readFileString(output), () => ""),
+      (text) => text.split("\n").filter((l) => l.length > 0).map((l) => JSON.parse(l) as Line)
+    )
+    const env = { DEEPSEEK_API_KEY: Simulator.defaultKey, DEEPSEEK_BASE_URL: simulator.baseUrl }
+    return { fs, simulator, dir, input, output, readOutput, env, lock: `${output}.lock` }
+  })
+
+/** Each id once; returns how many. */
+const expectOnceEach = (lines: ReadonlyArray<Line>) => {
+  const ids = lines.map((l) => l.custom_id)
+  expect(new Set(ids).size).toBe(ids.length)
+  expect(lines.every((l) => l.error === null)).toBe(true)
+  return ids.length
+}
+
+describe("weatherproof batch as a process", () => {
+  it.live("a second run on the same output is refused at once with exit 2 and sends nothing; the first completes", () =>
+    Effect.gen(function*() {
+      // Each run has its own account, so the simulator tells their requests apart. The first run's
+      // calls are slow until the second has ended, so the first is surely still running then.
+      let secondEnded = false
+      const ws = yield* setup(30, {
+        accounts: { first: { keys: ["sk-sim-first"] }, second: { keys: ["sk-sim-second"] } },
+        queueDelay: () => secondEnded ? "5 millis" : "1 second"
+      })
+      const env = (key: string) => ({ ...ws.env, DEEPSEEK_API_KEY: key })
+      const first = start(["batch", ws.input, "--output", ws.output, "--concurrency", "2"], env("sk-sim-first"))
+      yield* waitFor("the first run's lock", ws.fs.exists(ws.lock))
+      // The second names the output through a symlink: the same file, the same lock.
+      const alias = `${ws.dir}/alias.jsonl`
+      yield* ws.fs.symlink(ws.output, alias)
+      const second = yield* start(["batch", ws.input, "--output", alias], env("sk-sim-second")).ended(15_000)
+      secondEnded = true
+      expect(second.code).toBe(2)
+      expect(second.stderr).toContain(`is in use by another batch run (pid ${first.child.pid} on host ${hostname()}, since `)
+      expect(second.stderr).toContain("nothing was sent")
+      expect(first.child.exitCode).toBeNull()
+
+      const ended = yield* first.ended(30_000)
+      expect(ended.code).toBe(0)
+      expect(expectOnceEach(yield* ws.readOutput)).toBe(30)
+      const stats = yield* ws.simulator.stats
+      expect(stats.accounts["second"]?.requests).toBe(0)
+      expect(stats.accounts["first"]?.completed).toBe(30)
+      expect(yield* ws.fs.exists(ws.lock)).toBe(false)
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+
+  it.live("takes over a stale lock of a process that is gone, saying so on stderr", () =>
+    Effect.gen(function*() {
+      const ws = yield* setup(3, { queueDelay: "1 millis" })
+      const dead = spawnSync(process.execPath, ["-e", ""]).pid!
+      yield* ws.fs.writeFileString(ws.lock, JSON.stringify({ pid: dead, host: hostname(), since: "2020-01-01T00:00:00.000Z" }))
+      const ended = yield* start(["batch", ws.input, "-o", ws.output], ws.env).ended(20_000)
+      expect(ended.code).toBe(0)
+      expect(ended.stderr).toContain(`took over the lock ${ws.lock} left by pid ${dead}`)
+      expect(ended.stdout).not.toContain("took over")
+      expect(expectOnceEach(yield* ws.readOutput)).toBe(3)
+      expect(yield* ws.fs.exists(ws.lock)).toBe(false)
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+
+  it.live("SIGTERM drains the calls in flight, exits 143 with an interrupted summary; the same command resumes", () =>
+    Effect.gen(function*() {
+      // More lines than the batch reads ahead (256): the lines read before the stop drain (they
+      // may still wait in the client's limiter), the rest are left for the resume.
+      // Calls are slow until the signal, so the run cannot end before it whatever the machine's load.
+      const count = 400
+      let signalled = false
+      const ws = yield* setup(count, { queueDelay: () => signalled ? "10 millis" : "150 millis" })
+      const summaryPath = `${ws.dir}/summary.json`
+      const args = ["batch", ws.input, "--output", ws.output, "--concurrency", "8", "--summary", summaryPath]
+      const run = start(args, ws.env)
+      yield* waitFor("a few answers", Effect.map(ws.readOutput, (lines) => lines.length >= 4))
+      run.child.kill("SIGTERM")
+      signalled = true
+      const ended = yield* run.ended(20_000)
+      expect(ended.code).toBe(143)
+      expect(ended.stderr).toContain("SIGTERM: stopping; no new line is sent")
+      expect(ended.stderr).toContain(`to resume, run the same command again:\n  weatherproof batch ${ws.input} --output ${ws.output}`)
+      expect(ended.stdout).toContain("stopped:   interrupted before the end of the input")
+      const summary = JSON.parse(yield* ws.fs.readFileString(summaryPath))
+      const written = expectOnceEach(yield* ws.readOutput)
+      expect(summary).toMatchObject({ interrupted: true, succeeded: written, failed: 0 })
+      expect(written).toBeLessThan(count)
+      // Drained: every request sent was answered and written, none billed for nothing.
+      expect((yield* ws.simulator.stats).completed).toBe(written)
+      expect(yield* ws.fs.exists(ws.lock)).toBe(false)
+
+      const resumed = yield* start(args, ws.env).ended(30_000)
+      expect(resumed.code).toBe(0)
+      expect(JSON.parse(yield* ws.fs.readFileString(summaryPath))).toMatchObject({
+        interrupted: false,
+        skipped: written,
+        succeeded: count - written
+      })
+      expect(expectOnceEach(yield* ws.readOutput)).toBe(count)
+      expect((yield* ws.simulator.stats).completed).toBe(count)
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+
+  it.live("a second signal stops at once: the calls in flight are dropped, the lock removed", () =>
+    Effect.gen(function*() {
+      const ws = yield* setup(8, { queueDelay: "20 seconds" })
+      const run = start(["batch", ws.input, "-o", ws.output, "--concurrency", "4"], ws.env)
+      yield* waitFor("4 calls in flight", Effect.map(ws.simulator.stats, (s) => s.accepted >= 4))
+      run.child.kill("SIGINT")
+      yield* waitFor("the drain to start", Effect.sync(() => run.stderr().includes("stopping;")))
+      const signalled = Date.now()
+      run.child.kill("SIGINT")
+      const ended = yield* run.ended(10_000)
+      expect(Date.now() - signalled).toBeLessThan(5_000)
+      expect(ended.code).toBe(130)
+      expect(ended.stderr).toContain("stopping now")
+      expect(ended.stderr).toContain("interrupted by SIGINT: 0 lines written")
+      expect(yield* ws.readOutput).toEqual([])
+      expect(yield* ws.fs.exists(ws.lock)).toBe(false)
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+
+  it.live("SIGINT mid-run exits 130 after writing what was answered", () =>
+    Effect.gen(function*() {
+      let signalled = false
+      const ws = yield* setup(30, { queueDelay: () => signalled ? "5 millis" : "300 millis" })
+      const run = start(["batch", ws.input, "-o", ws.output, "--concurrency", "3", "--drain-timeout", "5s"], ws.env)
+      yield* waitFor("an answer", Effect.map(ws.readOutput, (lines) => lines.length >= 1))
+      run.child.kill("SIGINT")
+      signalled = true
+      const ended = yield* run.ended(20_000)
+      expect(ended.code).toBe(130)
+      expect(ended.stderr).toContain("get up to 5s to finish")
+      expect(ended.stderr).toContain("--drain-timeout 5000ms")
+      const written = expectOnceEach(yield* ws.readOutput)
+      expect((yield* ws.simulator.stats).completed).toBe(written)
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+})
+
+describe("weatherproof loads lazily", () => {
+  /** The files of this checkout and the packages a run of the CLI loaded. */
+  const loaded = (args: ReadonlyArray<string>, env: Record<string, string> = {}) =>
+    Effect.gen(function*() {
+      const hooks = NodePath.join(build, "record-loads.mjs")
+      const log = NodePath.join(build, `loads-${Date.now()}.txt`)
+      NodeFs.writeFileSync(
+        hooks,
+        `import { appendFileSync } from "node:fs"\n` +
+          `export async function resolve(specifier, context, next) {\n` +
+          `  const resolved = await next(specifier, context)\n` +
+          `  appendFileSync(${JSON.stringify(log)}, resolved.url + "\\n")\n` +
+          `  return resolved\n}\n`
+      )
+      const register = `data:text/javascript,import{register}from"node:module";register(${JSON.stringify(`file://${hooks}`)})`
+      const ended = yield* start(args, env, ["--import", register]).ended(20_000)
+      return { ended, urls: NodeFs.readFileSync(log, "utf8") }
+    })
+
+  it.live("--version loads no command, no simulator, no progress bar", () =>
+    Effect.gen(function*() {
+      const { ended, urls } = yield* loaded(["--version"])
+      expect(ended.stdout.trim()).toBe("0.1.0")
+      expect(ended.code).toBe(0)
+      for (const heavy of ["/app/cli/batch.js", "/app/cli/batchDemo.js", "/src/Simulator.js", "/src/Batch.js", "cli-progress", "undici"]) {
+        expect(urls, heavy).not.toContain(heavy)
+      }
+    }))
+
+  it.live("batch loads its command but not the demo, the simulator or (stderr not a TTY) the progress bar", () =>
+    Effect.gen(function*() {
+      const ws = yield* setup(2, { queueDelay: "1 millis" })
+      const { ended, urls } = yield* loaded(["batch", ws.input, "-o", ws.output], ws.env)
+      expect(ended.code).toBe(0)
+      expect(urls).toContain("/app/cli/batch.js")
+      for (const heavy of ["/app/cli/batchDemo.js", "/src/Simulator.js", "cli-progress"]) expect(urls, heavy).not.toContain(heavy)
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+})
