@@ -944,9 +944,14 @@ describe("Batch.run output file", () => {
 })
 
 /** Polls `condition` (real IO progresses between polls), at most `polls` times. */
-const waitUntil = (condition: Effect.Effect<boolean, unknown>, polls = 5_000) =>
+/**
+ * Waits, a macrotask at a time, for `condition`: the run's file work is real I/O, which the
+ * TestClock does not drive. Bounded by 10 s of real time (a loaded machine can take a while).
+ */
+const waitUntil = (condition: Effect.Effect<boolean, unknown>, withinMillis = 10_000) =>
   Effect.gen(function*() {
-    for (let i = 0; i < polls; i++) {
+    const deadline = performance.now() + withinMillis
+    while (performance.now() < deadline) {
       if (yield* Effect.orElseSucceed(condition, () => false)) return
       yield* Effect.promise(() => new Promise((resolve) => setImmediate(resolve)))
     }

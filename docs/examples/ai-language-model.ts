@@ -12,7 +12,7 @@
 import { LanguageModel, Prompt, Tool, Toolkit } from "@effect/ai"
 import { NodeRuntime } from "@effect/platform-node"
 import { Chunk, Console, Effect, Layer, Schema, Stream } from "effect"
-import { Resilient, Telemetry } from "weatherproof"
+import { Resilient } from "weatherproof"
 import * as AiLanguageModel from "weatherproof/AiLanguageModel"
 
 const GetForecast = Tool.make("GetForecast", {
@@ -70,8 +70,7 @@ const program = Effect.gen(function*() {
 
 // DeepSeek in thinking mode, through the resilient client configured from the environment.
 const DeepSeek = AiLanguageModel.model("deepseek-v4-flash", { thinking: { type: "enabled" } }).pipe(
-  Layer.provide(Resilient.layerConfig),
-  Layer.provide(Telemetry.layerNoop)
+  Layer.provide(Resilient.layerConfig)
 )
 
 NodeRuntime.runMain(program.pipe(Effect.provide([DeepSeek, ForecastsLive])))
