@@ -67,6 +67,15 @@ export interface State {
 /**
  * The state before any chunk.
  *
+ * @example
+ * ```ts
+ * import { ChatSchema, ChatStream } from "weatherproof"
+ *
+ * declare const chunks: ReadonlyArray<ChatSchema.ChatCompletionChunk> // e.g. replayed from a log
+ *
+ * const completion = ChatStream.toCompletion(chunks.reduce(ChatStream.step, ChatStream.empty))
+ * ```
+ *
  * @since 0.1.0
  * @category constructors
  */
