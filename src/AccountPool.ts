@@ -211,6 +211,20 @@ export const failoversCounter: Metric.Metric.Counter<number> = internal.failover
  * `AccountPool` service. Its probe fibers and breakers live in the scope. Dies with
  * `IllegalArgumentException` on two accounts of one name or a duration that is not positive.
  *
+ * @example
+ * ```ts
+ * import { NodeFileSystem } from "@effect/platform-node"
+ * import { Effect } from "effect"
+ * import { AccountPool, Accounts, CostLedger, Transport } from "weatherproof"
+ *
+ * const program = Effect.scoped(Effect.gen(function*() {
+ *   const pool = yield* AccountPool.make(yield* Accounts.load("accounts.json"), { keyCooldown: "5 minutes" })
+ *   // One attempt, on the least-loaded account that can serve; account-level errors fail over.
+ *   yield* pool.create({ model: "deepseek-v4-flash", messages: [{ role: "user", content: "Hi" }] })
+ *   return yield* pool.snapshot
+ * })).pipe(Effect.provide([Transport.nodeHttpClient(), CostLedger.layer(), NodeFileSystem.layer]))
+ * ```
+ *
  * @since 0.1.0
  * @category constructors
  */

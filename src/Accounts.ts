@@ -269,6 +269,19 @@ const resolveAccount = (account: AccountJson, index: number): Effect.Effect<Acco
  * reported with its path: all those of the JSON's shape at once, or, once the shape is right,
  * every key that cannot be read and every name used twice.
  *
+ * @example
+ * ```ts
+ * import { Console, Effect } from "effect"
+ * import { Accounts } from "weatherproof"
+ *
+ * declare const settings: { readonly accounts: unknown } // your app's configuration, parsed
+ *
+ * const accounts = Accounts.decode({ accounts: settings.accounts }, "settings.json").pipe(
+ *   // Every problem with its path, e.g. "accounts[1].keys[0]: environment variable ALT_KEY is not set"
+ *   Effect.tapError((error) => Console.error(error.message))
+ * )
+ * ```
+ *
  * @since 0.1.0
  * @category constructors
  */
@@ -293,6 +306,19 @@ const jsonErrorPosition = (error: unknown): string => {
 /**
  * Reads accounts from a JSON file. An unreadable file or invalid JSON is an `AccountsError` too.
  *
+ * @example
+ * ```ts
+ * import { NodeFileSystem } from "@effect/platform-node"
+ * import { Effect, Layer } from "effect"
+ * import { AccountPool, Accounts, CostLedger } from "weatherproof"
+ *
+ * const client = Accounts.load("accounts.json").pipe(
+ *   Effect.map((accounts) => AccountPool.layerResilient(accounts)),
+ *   Layer.unwrapEffect,
+ *   Layer.provide([CostLedger.layer(), NodeFileSystem.layer])
+ * )
+ * ```
+ *
  * @since 0.1.0
  * @category constructors
  */
@@ -312,6 +338,19 @@ export const load = (path: string): Effect.Effect<ReadonlyArray<Account>, Accoun
  * One DeepSeek account named `default` from the environment: keys from `DEEPSEEK_API_KEY` (one
  * key, or several separated by commas), base URL from `DEEPSEEK_BASE_URL` (default
  * `https://api.deepseek.com`).
+ *
+ * @example
+ * ```ts
+ * import { Effect, Layer } from "effect"
+ * import { AccountPool, Accounts, CostLedger } from "weatherproof"
+ *
+ * // The account pool, over the single account DEEPSEEK_API_KEY and DEEPSEEK_BASE_URL describe.
+ * const client = Accounts.fromEnv.pipe(
+ *   Effect.map((accounts) => AccountPool.layerResilient(accounts)),
+ *   Layer.unwrapEffect,
+ *   Layer.provide(CostLedger.layer())
+ * )
+ * ```
  *
  * @since 0.1.0
  * @category constructors

@@ -126,8 +126,14 @@ export interface Options {
  *
  * @example
  * ```ts
- * const model = yield* AiLanguageModel.make({ model: "deepseek-v4-flash" })
- * const response = yield* model.generateText({ prompt: "Say hi" })
+ * import { Effect } from "effect"
+ * import * as AiLanguageModel from "weatherproof/AiLanguageModel"
+ *
+ * const program = Effect.gen(function*() {
+ *   const model = yield* AiLanguageModel.make({ model: "deepseek-v4-flash" })
+ *   const response = yield* model.generateText({ prompt: "Say hi" })
+ *   return response.text
+ * })
  * ```
  *
  * @since 0.1.0
@@ -139,6 +145,10 @@ export const make = (options: Options): Effect.Effect<LanguageModel.Service, nev
 /**
  * @example
  * ```ts
+ * import { Layer } from "effect"
+ * import { Resilient, Telemetry } from "weatherproof"
+ * import * as AiLanguageModel from "weatherproof/AiLanguageModel"
+ *
  * const live = AiLanguageModel.layer({ model: "deepseek-v4-pro", config: { thinking: { type: "enabled" } } }).pipe(
  *   Layer.provide(Resilient.layerConfig),
  *   Layer.provide(Telemetry.layerNoop)
@@ -157,8 +167,14 @@ export const layer = (options: Options): Layer.Layer<LanguageModel.LanguageModel
  *
  * @example
  * ```ts
+ * import { LanguageModel } from "@effect/ai"
+ * import { Effect } from "effect"
+ * import { Resilient } from "weatherproof"
+ * import * as AiLanguageModel from "weatherproof/AiLanguageModel"
+ *
+ * const program = LanguageModel.generateText({ prompt: "Say hi" })
  * const flash = AiLanguageModel.model("deepseek-v4-flash", { thinking: { type: "disabled" } })
- * program.pipe(Effect.provide(flash), Effect.provide(resilient))
+ * const runnable = program.pipe(Effect.provide(flash), Effect.provide(Resilient.layerConfig))
  * ```
  *
  * @since 0.1.0
@@ -176,7 +192,10 @@ export const model = (
  *
  * @example
  * ```ts
- * LanguageModel.generateText({ prompt }).pipe(
+ * import { LanguageModel } from "@effect/ai"
+ * import * as AiLanguageModel from "weatherproof/AiLanguageModel"
+ *
+ * const proof = LanguageModel.generateText({ prompt: "Prove that the square root of 2 is irrational." }).pipe(
  *   AiLanguageModel.withConfigOverride({ thinking: { type: "enabled" }, reasoning_effort: "max" })
  * )
  * ```
@@ -202,7 +221,13 @@ export const withConfigOverride: {
  *
  * @example
  * ```ts
- * Effect.catchAll(call, (error) => {
+ * import type { AiError } from "@effect/ai"
+ * import { Effect } from "effect"
+ * import * as AiLanguageModel from "weatherproof/AiLanguageModel"
+ *
+ * declare const call: Effect.Effect<string, AiError.AiError>
+ *
+ * const atLeastPartial = Effect.catchAll(call, (error) => {
  *   const cause = AiLanguageModel.resilientError(error)
  *   return cause?._tag === "StreamTruncated" ? Effect.succeed(cause.partial.content) : Effect.fail(error)
  * })

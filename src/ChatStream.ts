@@ -67,6 +67,15 @@ export interface State {
 /**
  * The state before any chunk.
  *
+ * @example
+ * ```ts
+ * import { ChatSchema, ChatStream } from "weatherproof"
+ *
+ * declare const chunks: ReadonlyArray<ChatSchema.ChatCompletionChunk> // e.g. replayed from a log
+ *
+ * const completion = ChatStream.toCompletion(chunks.reduce(ChatStream.step, ChatStream.empty))
+ * ```
+ *
  * @since 0.1.0
  * @category constructors
  */
@@ -220,10 +229,18 @@ export interface Folded<E> {
  *
  * @example
  * ```ts
- * const folded = yield* ChatStream.foldPartial(client.stream(request))
- * if (Option.isSome(folded.error)) {
- *   console.log(`cut after ${folded.chunks} chunks:`, folded.completion.choices[0]?.message.content)
- * }
+ * import { Effect, Option } from "effect"
+ * import { ChatSchema, ChatStream, Resilient } from "weatherproof"
+ *
+ * declare const request: ChatSchema.ChatCompletionRequest
+ *
+ * const program = Effect.gen(function*() {
+ *   const client = yield* Resilient.Resilient
+ *   const folded = yield* ChatStream.foldPartial(client.stream(request))
+ *   if (Option.isSome(folded.error)) {
+ *     console.log(`cut after ${folded.chunks} chunks:`, folded.completion.choices[0]?.message.content)
+ *   }
+ * })
  * ```
  *
  * @since 0.1.0

@@ -355,6 +355,20 @@ const halfOpenTimer = (machine: internal.Machine, now: () => number): Effect.Eff
  * A breaker. It runs a fiber in the scope that turns the circuit half-open when an open period
  * ends. Dies with `IllegalArgumentException` on invalid options.
  *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { CircuitBreaker } from "weatherproof"
+ *
+ * declare const search: (query: string) => Effect.Effect<ReadonlyArray<string>, Error>
+ *
+ * const program = Effect.scoped(Effect.gen(function*() {
+ *   const breaker = yield* CircuitBreaker.make({ name: "search", failureRatio: 0.5, openFor: "10 seconds" })
+ *   // While the circuit is open, calls fail at once with CircuitOpen, which says when they resume.
+ *   return yield* breaker.protect(search("weather in Oslo"))
+ * }))
+ * ```
+ *
  * @since 0.1.0
  * @category constructors
  */

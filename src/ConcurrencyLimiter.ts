@@ -300,6 +300,23 @@ export const droppedCounter: Metric.Metric.Counter<number> = internal.droppedCou
 /**
  * A fixed bound of `permits` calls in flight.
  *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { ConcurrencyLimiter } from "weatherproof"
+ *
+ * declare const pages: ReadonlyArray<string>
+ * declare const summarise: (page: string) => Effect.Effect<string, Error>
+ *
+ * const summaries = Effect.gen(function*() {
+ *   // At most 4 in flight; a call that would be the 101st waiting fails at once with QueueFull.
+ *   const limiter = yield* ConcurrencyLimiter.makeFixed(4, { maxQueued: 100, name: "summaries" })
+ *   return yield* Effect.forEach(pages, (page) => summarise(page).pipe(ConcurrencyLimiter.withPermit(limiter)), {
+ *     concurrency: "unbounded"
+ *   })
+ * })
+ * ```
+ *
  * @since 0.1.0
  * @category constructors
  */
@@ -318,6 +335,23 @@ export const layerFixed = (permits: number, options?: LimiterOptions): Layer.Lay
  * options that cannot work (a backoff outside (0, 1), a queue-delay rise not above 1, fewer than
  * one queue-delay window); `initial`, `min` and `max` are brought into order instead.
  *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { ChatSchema, ConcurrencyLimiter, Transport } from "weatherproof"
+ *
+ * declare const request: ChatSchema.ChatCompletionRequest
+ *
+ * const program = Effect.gen(function*() {
+ *   const transport = yield* Transport.Transport
+ *   const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 16, max: 64 })
+ *   // 429s lower the limit; acceptances and queue delays, reported through the permit, steer its growth.
+ *   return yield* limiter.withPermit((permit) =>
+ *     transport.create(request, { onAccepted: permit.accepted, onFirstContent: permit.recordQueueDelay })
+ *   )
+ * })
+ * ```
+ *
  * @since 0.1.0
  * @category constructors
  */
@@ -334,6 +368,18 @@ export const layerAdaptive = (options?: AdaptiveOptions): Layer.Layer<Concurrenc
  * A pass-through limiter: `acquire` never waits and never fails. Permits are still counted, so
  * `snapshot` and the gauges show the calls in flight (its `limit` is `Infinity`). For a pipeline
  * whose limits live elsewhere, e.g. per account in `AccountPool`.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { ConcurrencyLimiter } from "weatherproof"
+ *
+ * declare const calls: ReadonlyArray<Effect.Effect<string, Error>>
+ *
+ * // No call ever waits, but `snapshot` and the gauges count the calls in flight.
+ * const program = Effect.flatMap(ConcurrencyLimiter.makeUnbounded, (limiter) =>
+ *   Effect.all(calls.map(ConcurrencyLimiter.withPermit(limiter)), { concurrency: "unbounded" }))
+ * ```
  *
  * @since 0.1.0
  * @category constructors

@@ -177,6 +177,20 @@ export class PricingError extends Data.TaggedError("PricingError")<{
 /**
  * Validates a pricing table (e.g. parsed JSON), reporting every issue with its path.
  *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { CostLedger } from "weatherproof"
+ *
+ * declare const body: unknown // a pricing table from an untrusted source
+ *
+ * const ledger = Effect.gen(function*() {
+ *   // A PricingError lists every problem with its path, e.g. "models.my-model.output: expected a price ≥ 0 …"
+ *   const pricing = yield* CostLedger.decodePricing(body, "admin request")
+ *   return yield* CostLedger.make({ pricing })
+ * })
+ * ```
+ *
  * @since 0.1.0
  * @category constructors
  */
@@ -188,6 +202,18 @@ export const decodePricing = (input: unknown, source = "input"): Either.Either<P
 
 /**
  * Reads a pricing table from a JSON file.
+ *
+ * @example
+ * ```ts
+ * import { NodeFileSystem } from "@effect/platform-node"
+ * import { Effect } from "effect"
+ * import { CostLedger } from "weatherproof"
+ *
+ * const ledger = CostLedger.loadPricing("pricing.json").pipe(
+ *   Effect.flatMap((pricing) => CostLedger.make({ pricing, budgetUsd: 5 })),
+ *   Effect.provide(NodeFileSystem.layer)
+ * )
+ * ```
  *
  * @since 0.1.0
  * @category constructors
@@ -439,6 +465,22 @@ const budgetPicoOf = (budgetUsd: number | undefined): bigint | undefined => {
 /**
  * A ledger in memory. Dies with `IllegalArgumentException` on an invalid pricing table or budget
  * (use `decodePricing` to validate untrusted input with typed errors first).
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { ChatSchema, CostLedger } from "weatherproof"
+ *
+ * declare const usage: ChatSchema.Usage // what a completion reported
+ *
+ * const program = Effect.gen(function*() {
+ *   const ledger = yield* CostLedger.make({ budgetUsd: 20 })
+ *   yield* ledger.guard // fails with BudgetExceeded once $20 are spent
+ *   yield* ledger.record({ account: "main", model: "deepseek-v4-flash", usage, disposition: "kept" })
+ *   const { total } = yield* ledger.snapshot
+ *   return total.costUsd
+ * })
+ * ```
  *
  * @since 0.1.0
  * @category constructors

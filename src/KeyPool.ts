@@ -79,6 +79,20 @@ interface State {
  * A pool over the given keys, labelled `key#1`, `key#2` … in order. Dies with
  * `IllegalArgumentException` on a cooldown that is not positive.
  *
+ * @example
+ * ```ts
+ * import { Effect, Redacted } from "effect"
+ * import { KeyPool } from "weatherproof"
+ *
+ * declare const keys: ReadonlyArray<Redacted.Redacted<string>> // e.g. from your secret store
+ *
+ * const program = Effect.gen(function*() {
+ *   const pool = yield* KeyPool.make(keys, { cooldown: "5 minutes" })
+ *   const credential = yield* pool.acquire // key#1, then key#2, …; a rejected key sits out 5 minutes
+ *   return credential.id
+ * })
+ * ```
+ *
  * @since 0.1.0
  * @category constructors
  */

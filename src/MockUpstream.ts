@@ -49,6 +49,19 @@ export type Generation = Wire.Generation
 /**
  * A usage block that adds up the way DeepSeek's does.
  *
+ * @example
+ * ```ts
+ * import { MockUpstream } from "weatherproof"
+ *
+ * // prompt_cache_hit_tokens 80, prompt_cache_miss_tokens 20, total_tokens 150, reasoning_tokens 20
+ * const usage = MockUpstream.usage({
+ *   promptTokens: 100,
+ *   cacheHitTokens: 80,
+ *   completionTokens: 50,
+ *   reasoningTokens: 20
+ * })
+ * ```
+ *
  * @since 0.1.0
  * @category constructors
  */
@@ -148,6 +161,14 @@ export class MockUpstream extends Context.Tag("weatherproof/MockUpstream")<MockU
  * The general reply: `body` pieces (a string is a piece without delay), optionally ending in a
  * broken connection.
  *
+ * @example
+ * ```ts
+ * import { MockUpstream } from "weatherproof"
+ *
+ * // A keep-alive line, a minute later half a JSON body, then the connection breaks.
+ * const cut = MockUpstream.parts(["\n", { delay: "1 minute", text: '{"id":"1","choices":[{"mess' }], { cut: true })
+ * ```
+ *
  * @since 0.1.0
  * @category constructors
  */
@@ -172,6 +193,14 @@ export const parts = (
  * A JSON body, after `leadingBlankLines` keep-alive lines (sent at once) and a `delay` (the
  * queueing time before the JSON).
  *
+ * @example
+ * ```ts
+ * import { MockUpstream } from "weatherproof"
+ *
+ * // What `GET /user/balance` answers for an account whose balance is back.
+ * const balance = MockUpstream.json({ is_available: true, balance_infos: [] })
+ * ```
+ *
  * @since 0.1.0
  * @category constructors
  */
@@ -195,6 +224,25 @@ export const json = (
 /**
  * A successful non-streaming completion of `generation`.
  *
+ * @example
+ * ```ts
+ * import { Layer, Redacted } from "effect"
+ * import { KeyPool, MockUpstream, Transport } from "weatherproof"
+ *
+ * const generation = {
+ *   id: "chatcmpl-1",
+ *   model: "deepseek-v4-flash",
+ *   content: "Hello!",
+ *   usage: MockUpstream.usage({ promptTokens: 12, completionTokens: 3 })
+ * }
+ *
+ * // The first call meets a 429; the second is answered after three keep-alive lines.
+ * const transport = Transport.layer().pipe(Layer.provide([
+ *   MockUpstream.layer([MockUpstream.status(429), MockUpstream.completion(generation, { leadingBlankLines: 3 })]),
+ *   KeyPool.layer([Redacted.make("sk-test")])
+ * ]))
+ * ```
+ *
  * @since 0.1.0
  * @category constructors
  */
@@ -205,6 +253,18 @@ export const completion = (
 
 /**
  * An event-stream body of raw SSE pieces.
+ *
+ * @example
+ * ```ts
+ * import { MockUpstream } from "weatherproof"
+ *
+ * // Keep-alive comments while queued, then an error event inside the 200.
+ * const failing = MockUpstream.sse([
+ *   ": keep-alive\n\n",
+ *   { delay: "30 seconds", text: ": keep-alive\n\n" },
+ *   'data: {"error":{"message":"Service is too busy","type":"server_error"}}\n\n'
+ * ])
+ * ```
  *
  * @since 0.1.0
  * @category constructors
@@ -221,6 +281,19 @@ export const sse = (
 /**
  * The SSE pieces of a streamed `generation`, one event per piece, each after `delay`, ended by
  * `data: [DONE]` (unless `done: false`).
+ *
+ * @example
+ * ```ts
+ * import { MockUpstream } from "weatherproof"
+ *
+ * declare const generation: MockUpstream.Generation
+ *
+ * // Queued behind a keep-alive comment, then the generation 4 characters an event, 50 ms apart.
+ * const slow = MockUpstream.sse([
+ *   ": keep-alive\n\n",
+ *   ...MockUpstream.events(generation, { pieceSize: 4, delay: "50 millis" })
+ * ])
+ * ```
  *
  * @since 0.1.0
  * @category constructors
@@ -240,6 +313,16 @@ export const events = (
 /**
  * A streamed completion of `generation`.
  *
+ * @example
+ * ```ts
+ * import { MockUpstream } from "weatherproof"
+ *
+ * declare const generation: MockUpstream.Generation
+ *
+ * // Ends without `data: [DONE]`: the transport fails with StreamTruncated, carrying what arrived.
+ * const truncated = MockUpstream.streamed(generation, { done: false })
+ * ```
+ *
  * @since 0.1.0
  * @category constructors
  */
@@ -250,6 +333,16 @@ export const streamed = (
 
 /**
  * An error status; an object `body` is sent as JSON (e.g. `{"error": {...}}`).
+ *
+ * @example
+ * ```ts
+ * import { MockUpstream } from "weatherproof"
+ *
+ * const rateLimited = MockUpstream.status(429, { headers: { "retry-after": "2" } })
+ * const outOfBalance = MockUpstream.status(402, {
+ *   body: { error: { message: "Insufficient Balance", type: "unknown_error" } }
+ * })
+ * ```
  *
  * @since 0.1.0
  * @category constructors
@@ -267,6 +360,16 @@ export const status = (
 
 /**
  * The connection is reset before any status: what a stale pooled socket looks like.
+ *
+ * @example
+ * ```ts
+ * import { MockUpstream } from "weatherproof"
+ *
+ * declare const generation: MockUpstream.Generation
+ *
+ * // A stale pooled socket, then the answer: the transport resends once, silently.
+ * const upstream = MockUpstream.layer([MockUpstream.drop(), MockUpstream.completion(generation)])
+ * ```
  *
  * @since 0.1.0
  * @category constructors

@@ -167,6 +167,24 @@ export interface Options {
 /**
  * Composes built parts.
  *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { CircuitBreaker, ConcurrencyLimiter, Policy, RetryPolicy } from "weatherproof"
+ *
+ * declare const call: Effect.Effect<string, Error>
+ *
+ * const program = Effect.scoped(Effect.gen(function*() {
+ *   // No retry budget and no rate limit: the parts left out are not applied.
+ *   const policy = yield* Policy.fromParts({
+ *     retry: RetryPolicy.make({ maxRetries: 2 }),
+ *     limiter: yield* ConcurrencyLimiter.makeFixed(8),
+ *     breaker: yield* CircuitBreaker.make()
+ *   })
+ *   return yield* policy.apply(call)
+ * }))
+ * ```
+ *
  * @since 0.1.0
  * @category constructors
  */

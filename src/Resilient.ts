@@ -87,6 +87,21 @@ export class Resilient extends Context.Tag("weatherproof/Resilient")<Resilient, 
 /**
  * Builds the client from a `Policy` and a `Transport`.
  *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Policy, Resilient } from "weatherproof"
+ *
+ * const withPolicy = (options: Policy.Options) =>
+ *   Effect.flatMap(Policy.make(options), (policy) => Effect.provideService(Resilient.make, Policy.Policy, policy))
+ *
+ * // Two clients over the `Transport` in context (its connections and keys), each with its own policy.
+ * const clients = Effect.all({
+ *   interactive: withPolicy({ retry: { maxRetries: 4 } }),
+ *   batch: withPolicy({ retry: { maxRetries: 1 }, concurrency: 4 })
+ * })
+ * ```
+ *
  * @since 0.1.0
  * @category constructors
  */

@@ -274,6 +274,16 @@ export const isStorable = (completion: ChatCompletion): boolean =>
  * Effect's `Clock`. Dies with `IllegalArgumentException` when `capacity` is not a positive
  * integer.
  *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { ResponseCache } from "weatherproof"
+ *
+ * const cache = ResponseCache.make({ timeToLive: "10 minutes" }).pipe(
+ *   Effect.provideServiceEffect(ResponseCache.CacheStore, ResponseCache.makeMemoryStore(10_000))
+ * )
+ * ```
+ *
  * @since 0.1.0
  * @category constructors
  */
@@ -305,6 +315,21 @@ const emptyCounts = { hits: 0, misses: 0, coalesced: 0, stores: 0 }
 
 /**
  * A response cache on the `CacheStore` in context.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { ChatSchema, ResponseCache, Transport } from "weatherproof"
+ *
+ * declare const sharedStore: ResponseCache.Store // e.g. on Redis
+ * declare const request: ChatSchema.ChatCompletionRequest
+ *
+ * const answer = Effect.gen(function*() {
+ *   const cache = yield* ResponseCache.make({ timeToLive: "1 day" })
+ *   const transport = yield* Transport.Transport
+ *   return yield* cache.cached(request, transport.create(request))
+ * }).pipe(Effect.provideService(ResponseCache.CacheStore, sharedStore))
+ * ```
  *
  * @since 0.1.0
  * @category constructors

@@ -304,6 +304,24 @@ const settingsOf = (options: Options): Settings => {
  * A router over `defaultRoutes` with `options` applied. Dies with `IllegalArgumentException` on
  * invalid options.
  *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Resilient, Router } from "weatherproof"
+ *
+ * const program = Effect.gen(function*() {
+ *   // Thinking on a simple task fails with RoutingRefused instead of a warning.
+ *   const router = yield* Router.make({ thinkingOnSimpleTask: "refuse" })
+ *   // No model named: the table picks deepseek-v4-flash, without thinking, for an extraction.
+ *   const { request } = yield* router.route(
+ *     { messages: [{ role: "user", content: "Extract the dates: …" }] },
+ *     { task: "extraction" }
+ *   )
+ *   const client = yield* Resilient.Resilient
+ *   return yield* client.create(request)
+ * })
+ * ```
+ *
  * @since 0.1.0
  * @category constructors
  */

@@ -311,6 +311,23 @@ export const defaultKey: string = internal.defaultKey
 /**
  * Starts a simulator on 127.0.0.1; it stops when the scope closes.
  *
+ * @example
+ * ```ts
+ * import { Effect, Redacted } from "effect"
+ * import { Resilient, Simulator } from "weatherproof"
+ *
+ * const program = Effect.scoped(Effect.gen(function*() {
+ *   const simulator = yield* Simulator.make({ limit: 4, faults: { probabilities: { overloaded: 0.05 } } })
+ *   const keys = [Redacted.make(Simulator.defaultKey)]
+ *   const client = Resilient.layerDefault({ baseUrl: simulator.baseUrl, keys })
+ *   const ask = Effect.flatMap(Resilient.Resilient, (resilient) =>
+ *     resilient.create({ model: "deepseek-v4-flash", messages: [{ role: "user", content: "ping" }] }))
+ *   const asks = Array.from({ length: 20 }, () => ask)
+ *   yield* Effect.all(asks, { concurrency: "unbounded" }).pipe(Effect.provide(client))
+ *   return yield* simulator.stats // requests, 429s, faults, billed tokens, per account
+ * }))
+ * ```
+ *
  * @since 0.1.0
  * @category constructors
  */

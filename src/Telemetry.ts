@@ -36,6 +36,20 @@ export class Telemetry extends Context.Tag("weatherproof/Telemetry")<Telemetry, 
 /**
  * Ignores every event.
  *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Policy, RetryPolicy, Telemetry } from "weatherproof"
+ *
+ * declare const call: Effect.Effect<string, Error>
+ *
+ * const program = Effect.gen(function*() {
+ *   // This policy reports to nobody, whatever `Telemetry` the app provides.
+ *   const policy = yield* Policy.fromParts({ retry: RetryPolicy.make({ maxRetries: 2 }), telemetry: Telemetry.noop })
+ *   return yield* policy.apply(call)
+ * })
+ * ```
+ *
  * @since 0.1.0
  * @category constructors
  */
@@ -71,6 +85,21 @@ const tagOf = (error: unknown): string => ApiError.tagOf(error) ?? "unknown"
 
 /**
  * A telemetry that counts events, and a way to read the counts.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Policy, Telemetry } from "weatherproof"
+ *
+ * declare const calls: ReadonlyArray<Effect.Effect<string, Error>>
+ *
+ * const program = Effect.scoped(Effect.gen(function*() {
+ *   const { counts, telemetry } = yield* Telemetry.makeCounters
+ *   const policy = yield* Policy.make().pipe(Effect.provideService(Telemetry.Telemetry, telemetry))
+ *   yield* Effect.forEach(calls, (call) => Effect.either(policy.apply(call)), { concurrency: 8 })
+ *   return yield* counts // failedAttempts, rateLimited, retries, byTag
+ * }))
+ * ```
  *
  * @since 0.1.0
  * @category constructors

@@ -197,6 +197,23 @@ const exceeded = (dimension: Dimension, retryAfter: Option.Option<Duration.Durat
  * A bucket in memory, full at the start. Dies with `IllegalArgumentException` on a non-positive
  * limit, interval or burst, or a utilization outside (0, 1].
  *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { ChatSchema, TokenBucket } from "weatherproof"
+ *
+ * declare const request: ChatSchema.ChatCompletionRequest
+ *
+ * const program = Effect.gen(function*() {
+ *   // 80% of the provider's published limits; a call that does not fit fails instead of waiting.
+ *   const bucket = yield* TokenBucket.make({
+ *     knownLimit: { requests: 500, tokens: 2_000_000, interval: "1 minute" },
+ *     onExhausted: "fail"
+ *   })
+ *   yield* bucket.take(TokenBucket.costOf(request)) // RateLimitExceeded says when there will be room
+ * })
+ * ```
+ *
  * @since 0.1.0
  * @category constructors
  */

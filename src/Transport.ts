@@ -127,6 +127,20 @@ export const defaultBaseUrl = "https://api.deepseek.com"
 /**
  * A transport over the `HttpClient` and `KeyPool` in context.
  *
+ * @example
+ * ```ts
+ * import { Effect, Redacted } from "effect"
+ * import { KeyPool, Transport } from "weatherproof"
+ *
+ * const program = Effect.gen(function*() {
+ *   const transport = yield* Transport.make({
+ *     baseUrl: "https://llm.example.com/v1",
+ *     deadlines: { idle: "30 seconds" }
+ *   })
+ *   return yield* transport.create({ model: "deepseek-v4-flash", messages: [{ role: "user", content: "Hi" }] })
+ * }).pipe(Effect.provide([Transport.nodeHttpClient(), KeyPool.layer([Redacted.make("sk-...")])]))
+ * ```
+ *
  * @since 0.1.0
  * @category constructors
  */

@@ -1,14 +1,15 @@
 /**
- * The docs' examples compile as written: every TypeScript block of README.md and docs/ is a
- * complete module, type-checked in one program inside a project set up like a user's (the packed
- * package with its peers, plus the test tools an example may import), strict, with
- * `exactOptionalPropertyTypes`, NodeNext. A failure names the markdown file and line.
+ * The docs' examples compile as written: every TypeScript block of README.md and docs/, and of the
+ * `@example`s in the JSDoc of the public modules (src/*.ts), is a complete module, type-checked in
+ * one program inside a project set up like a user's (the packed package with its peers, plus the
+ * test tools an example may import), strict, with `exactOptionalPropertyTypes`, NodeNext. A
+ * failure names the markdown or source file and line.
  */
 import { beforeAll, describe, expect, it } from "@effect/vitest"
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import ts from "typescript"
-import { blocksOf, type DocBlock, docBlocks } from "./support/docBlocks.js"
+import { blocksOf, type DocBlock, docBlocks, exampleBlocksOf } from "./support/docBlocks.js"
 import { docsProject, repoRoot } from "./support/packedPackage.js"
 
 const blocks = docBlocks(repoRoot)
@@ -28,14 +29,14 @@ const compilerOptions = {
   noEmit: true
 }
 
-/** `README.md:67:5 TS2304: Cannot find name 'Layer'.`, at the position in the markdown file. */
+/** `README.md:67:5 TS2304: Cannot find name 'Layer'.`, at the position in the markdown or source file. */
 const describeDiagnostic = (block: DocBlock | undefined, diagnostic: ts.Diagnostic): string => {
   const message = `TS${diagnostic.code}: ${ts.flattenDiagnosticMessageText(diagnostic.messageText, "\n")}`
   if (diagnostic.file === undefined || diagnostic.start === undefined) return message
   const { line, character } = diagnostic.file.getLineAndCharacterOfPosition(diagnostic.start)
   const where = block === undefined
     ? `${diagnostic.file.fileName}:${line + 1}:${character + 1}`
-    : `${block.file}:${block.line + 1 + line}:${character + 1}`
+    : `${block.file}:${block.line + 1 + line}:${block.indent + character + 1}`
   return `${where} ${message}`
 }
 
@@ -91,21 +92,67 @@ describe("blocksOf", () => {
       "  ~~~"
     ].join("\n")
     expect(blocksOf("x.md", markdown)).toEqual([
-      { file: "x.md", line: 2, code: "const a = 1", notTypeChecked: undefined },
-      { file: "x.md", line: 7, code: "```", notTypeChecked: "a fragment" },
-      { file: "x.md", line: 13, code: "const b = 2", notTypeChecked: undefined }
+      { file: "x.md", line: 2, indent: 0, code: "const a = 1", notTypeChecked: undefined },
+      { file: "x.md", line: 7, indent: 0, code: "```", notTypeChecked: "a fragment" },
+      { file: "x.md", line: 13, indent: 2, code: "const b = 2", notTypeChecked: undefined }
     ])
   })
 })
 
-describe("the TypeScript blocks of README.md and docs/", () => {
+describe("exampleBlocksOf", () => {
+  it("finds the blocks of @example tags in JSDoc comments, at their lines in the source, without ` * `", () => {
+    const source = [
+      "/**",
+      " * Not an example:",
+      " * ```ts",
+      " * const a = 1",
+      " * ```",
+      " *",
+      " * @example",
+      " * ```ts",
+      " * const b = 2",
+      " *",
+      " *   const c = 3",
+      " * ```",
+      " *",
+      " * @since 0.1.0",
+      " */",
+      "export const x = \"/** @example\"",
+      "",
+      "export const y = {",
+      "  /**",
+      "   * @example ```ts inside the tag's line is not a block",
+      "   * ```typescript",
+      "   * const d = 4",
+      "   * ```",
+      "   * @category constructors",
+      "   * ```ts",
+      "   * const e = 5",
+      "   * ```",
+      "   */",
+      "  z: 1",
+      "}",
+      "// /**",
+      "// * @example",
+      "// * ```ts",
+      "// * ```"
+    ].join("\n")
+    expect(exampleBlocksOf("src/X.ts", source)).toEqual([
+      { file: "src/X.ts", line: 8, indent: 3, code: "const b = 2\n\n  const c = 3", notTypeChecked: undefined },
+      { file: "src/X.ts", line: 21, indent: 5, code: "const d = 4", notTypeChecked: undefined }
+    ])
+  })
+})
+
+describe("the TypeScript blocks of README.md, docs/ and the @examples of src/", () => {
   let checked: Checked
   beforeAll(async () => {
     checked = await typeCheck(await docsProject())
   }, 240_000)
 
   it("are found, and type-check in a project with no errors of its own", () => {
-    expect(blocks.length).toBeGreaterThan(0)
+    expect(blocks.filter((block) => block.file.endsWith(".md")).length).toBeGreaterThan(0)
+    expect(blocks.filter((block) => block.file.startsWith("src/")).length).toBeGreaterThan(0)
     expect(checked.elsewhere).toEqual([])
   })
 
