@@ -167,3 +167,24 @@ describe("the TypeScript blocks of README.md, docs/ and the @examples of src/", 
     }
   }
 })
+
+describe("the public modules' constructors", () => {
+  it("each carry an @example (which the blocks above type-check)", async () => {
+    const dir = path.join(repoRoot, "src")
+    const files = (await fs.readdir(dir)).filter((file) => file.endsWith(".ts"))
+    const lacking: Array<string> = []
+    for (const file of files) {
+      const source = ts.createSourceFile(file, await fs.readFile(path.join(dir, file), "utf8"), ts.ScriptTarget.Latest, true)
+      for (const statement of source.statements) {
+        const docs = ts.getJSDocCommentsAndTags(statement).filter(ts.isJSDoc)
+        const tags = docs.flatMap((doc) => doc.tags ?? [])
+        const isConstructor = tags.some((tag) => tag.tagName.text === "category" && String(tag.comment).trim() === "constructors")
+        if (isConstructor && !tags.some((tag) => tag.tagName.text === "example")) {
+          const { line } = source.getLineAndCharacterOfPosition(statement.getStart())
+          lacking.push(`src/${file}:${line + 1}`)
+        }
+      }
+    }
+    expect(lacking).toEqual([])
+  })
+})
