@@ -1,4 +1,5 @@
 import * as Cause from "effect/Cause"
+import type * as Clock from "effect/Clock"
 import * as Data from "effect/Data"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
@@ -435,6 +436,74 @@ class Aimd implements Policy {
 }
 
 // -----------------------------------------------------------------------------
+// Permits
+// -----------------------------------------------------------------------------
+
+/** What a permit reports to: the permits held, and how a new limit applies. */
+export interface Ledger {
+  readonly inFlight: number
+  /** Applies `limit` now (granting to waiters if it grew). */
+  resize(limit: number): void
+  /**
+   * Applies `limit` to the next grants without granting now: for a permit that has ended
+   * upstream but is still counted until its release, which then grants under the new limit.
+   */
+  relimit(limit: number): void
+}
+
+/** What a permit tells its owner besides the ledger: reading errors, and changes to publish. */
+export interface PermitHooks {
+  readonly classify: Classifier | undefined
+  readonly changed: () => void
+  readonly dropped: () => void
+}
+
+/**
+ * The permit granted with `grant`, and `settle` to report an exit synchronously: the first
+ * report counts. A success reported without a queue delay takes the one the holder recorded.
+ * An acceptance is ahead of its response when it came nearer the send than the end.
+ */
+export const makePermit = (policy: Policy, ledger: Ledger, { level, stamp }: Grant, clock: Clock.Clock, hooks: PermitHooks) => {
+  const grantedAt = clock.unsafeCurrentTimeMillis()
+  let completed = false
+  let acceptedAt: number | undefined
+  let grewOnAcceptance = false
+  let queueDelay: Duration.Duration | undefined
+  const acceptance = (): Acceptance =>
+    acceptedAt === undefined ? unreported : {
+      timing: clock.unsafeCurrentTimeMillis() - acceptedAt > acceptedAt - grantedAt ? "ahead" : "withResponse",
+      grew: grewOnAcceptance
+    }
+  const report = (outcome: Outcome): void => {
+    if (completed) return
+    completed = true
+    const observed = outcome._tag === "Success" && outcome.queueDelay === undefined && queueDelay !== undefined
+      ? { _tag: "Success" as const, queueDelay }
+      : outcome
+    policy.record(stamp, observed, ledger.inFlight, acceptance())
+    // The request no longer holds a slot upstream, but its permit is counted until released:
+    // granting now would place the next request one level too high.
+    ledger.relimit(policy.limit)
+    if (outcome._tag === "Dropped") hooks.dropped()
+    hooks.changed()
+  }
+  const settle = (exit: Exit.Exit<unknown, unknown>): void => report(outcomeOf(exit, hooks.classify))
+  const permit: Permit = {
+    complete: (outcome) => Effect.sync(() => report(outcome)),
+    settle: (exit) => Effect.sync(() => settle(exit)),
+    accepted: Effect.sync(() => {
+      if (completed || acceptedAt !== undefined) return
+      acceptedAt = clock.unsafeCurrentTimeMillis()
+      grewOnAcceptance = policy.accepted(stamp, level)
+      ledger.resize(policy.limit)
+      hooks.changed()
+    }),
+    recordQueueDelay: (delay) => Effect.sync(() => (queueDelay = delay))
+  }
+  return { permit, settle }
+}
+
+// -----------------------------------------------------------------------------
 // The service
 // -----------------------------------------------------------------------------
 
@@ -459,50 +528,12 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
       publish()
     })
 
-    /**
-     * The permit granted with `stamp`, and `settle` to report an outcome synchronously: the first
-     * report counts. A success reported without a queue delay takes the one the holder recorded.
-     * An acceptance is ahead of its response when it came nearer the send than the end.
-     */
-    const permitFor = ({ level, stamp }: Grant) => {
-      const grantedAt = clock.unsafeCurrentTimeMillis()
-      let completed = false
-      let acceptedAt: number | undefined
-      let grewOnAcceptance = false
-      let queueDelay: Duration.Duration | undefined
-      const acceptance = (): Acceptance =>
-        acceptedAt === undefined ? unreported : {
-          timing: clock.unsafeCurrentTimeMillis() - acceptedAt > acceptedAt - grantedAt ? "ahead" : "withResponse",
-          grew: grewOnAcceptance
-        }
-      const report = (outcome: Outcome): void => {
-        if (completed) return
-        completed = true
-        const observed = outcome._tag === "Success" && outcome.queueDelay === undefined && queueDelay !== undefined
-          ? { _tag: "Success" as const, queueDelay }
-          : outcome
-        policy.record(stamp, observed, gate.inFlight, acceptance())
-        // The request no longer holds a slot upstream, but its permit is counted until released:
-        // granting now would place the next request one level too high.
-        gate.relimit(policy.limit)
-        if (outcome._tag === "Dropped") droppedCount.unsafeUpdate(1, [])
-        publish()
-      }
-      const settle = (exit: Exit.Exit<unknown, unknown>): void => report(outcomeOf(exit, options.classify))
-      const permit: Permit = {
-        complete: (outcome) => Effect.sync(() => report(outcome)),
-        settle: (exit) => Effect.sync(() => settle(exit)),
-        accepted: Effect.sync(() => {
-          if (completed || acceptedAt !== undefined) return
-          acceptedAt = clock.unsafeCurrentTimeMillis()
-          grewOnAcceptance = policy.accepted(stamp, level)
-          gate.resize(policy.limit)
-          publish()
-        }),
-        recordQueueDelay: (delay) => Effect.sync(() => (queueDelay = delay))
-      }
-      return { permit, settle }
+    const hooks: PermitHooks = {
+      classify: options.classify,
+      changed: publish,
+      dropped: () => droppedCount.unsafeUpdate(1, [])
     }
+    const permitFor = (grant: Grant) => makePermit(policy, gate, grant, clock, hooks)
 
     /** Waits in its lane for the permit `entry` queued for; what it was granted with. */
     const awaitTurn = (
