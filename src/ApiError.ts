@@ -296,6 +296,12 @@ export const scrubSecrets = (text: string): string => text.replace(secretPattern
 export interface LoadShed {
   readonly _tag: "LoadShed"
   readonly retryAfter: Option.Option<Duration.Duration>
+  /**
+   * `cap`: over a concurrency cap (429): a precise signal of where the cap is. `overload`: the
+   * server as a whole is overloaded (503, cut for lack of resources): it may come at any level,
+   * so an adaptive limit steps down only when it dominates (`AdaptiveOptions.overloadShare`).
+   */
+  readonly signal: "cap" | "overload"
 }
 
 /**
@@ -361,10 +367,10 @@ export type Verdict = LoadShed | Outage | Account | Caller | Refused
 export type Classifier = (error: unknown) => Verdict
 
 /** @since 0.1.0 @category verdicts */
-export const loadShed = (retryAfter: Option.Option<Duration.Duration> = Option.none()): Verdict => ({
-  _tag: "LoadShed",
-  retryAfter
-})
+export const loadShed = (
+  retryAfter: Option.Option<Duration.Duration> = Option.none(),
+  signal: LoadShed["signal"] = "cap"
+): Verdict => ({ _tag: "LoadShed", retryAfter, signal })
 
 /** @since 0.1.0 @category verdicts */
 export const outage = (retryAfter: Option.Option<Duration.Duration> = Option.none()): Verdict => ({
@@ -413,7 +419,7 @@ export const retryAfterOf = (verdict: Verdict): Duration.Duration =>
   "retryAfter" in verdict ? Option.getOrElse(verdict.retryAfter, () => Duration.zero) : Duration.zero
 
 /**
- * The verdict of an HTTP status: 429 and 503 are load shed, other 5xx, 408 and 409 outages,
+ * The verdict of an HTTP status: 429 (over a cap) and 503 (overloaded) are load shed, other 5xx, 408 and 409 outages,
  * 401-403 account problems, any other status the caller's.
  *
  * @since 0.1.0
@@ -423,8 +429,10 @@ export const classifyStatus = (
   status: number,
   retryAfter: Option.Option<Duration.Duration> = Option.none()
 ): Verdict =>
-  status === 429 || status === 503
-    ? loadShed(retryAfter)
+  status === 429
+    ? loadShed(retryAfter, "cap")
+    : status === 503
+    ? loadShed(retryAfter, "overload")
     : status >= 500 || status === 408 || status === 409
     ? outage(retryAfter)
     : status >= 401 && status <= 403
@@ -441,7 +449,7 @@ const sdkVerdicts: { readonly [Tag in SdkError["_tag"]]: (error: Extract<SdkErro
   InsufficientBalance: () => account,
   NoUsableKey: () => account,
   RateLimited: (error) => loadShed(error.retryAfter),
-  InsufficientResource: () => loadShed(),
+  InsufficientResource: () => loadShed(Option.none(), "overload"),
   ServerError: (error) => classifyStatus(error.status, error.retryAfter),
   UnexpectedStatus: (error) => classifyStatus(error.status),
   TransportError: () => outage(),

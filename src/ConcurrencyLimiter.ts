@@ -16,7 +16,7 @@
  * ## The adaptive limit (`makeAdaptive`)
  *
  * DeepSeek's cap is unpublished and moves with server load, so the limiter learns it from
- * outcomes: loss-based AIMD on 429/503 (`Dropped`), the only reliable signal (latency varies
+ * outcomes: loss-based AIMD on 429s (`Dropped`, `signal: "cap"`), the only reliable signal (latency varies
  * with output length). A *round* is `limit` successes of permits granted since the last
  * decrease, each while in-flight was at least half the limit (an unused limit proves nothing,
  * so it neither grows nor counts rounds).
@@ -50,7 +50,14 @@
  *    not move costs a 429, so the hold sets the trade: about one request in `6·limit` (at least
  *    48, so about 2% at a small steady cap) draws a probe's 429, and a risen cap is noticed within
  *    about seven rounds.
- * 6. **Queue-delay brake**: `Success.queueDelay` (response headers to first content: DeepSeek's
+ * 6. **Overload is noise until it dominates.** A 503 (or `insufficient_system_resource`) says the
+ *    server as a whole is shedding load, at whatever level we run, so it neither sets the
+ *    ceiling nor counts as a fall. A round in which overload drops are at least `overloadShare`
+ *    (0.5) of the outcomes steps the limit back by `backoff`, never below `overloadFloor` (0.5)
+ *    of the highest limit held since the cap was last measured; it grows back once overload
+ *    stops dominating. So 20% random 503s leave the limit at the cap the account serves, where
+ *    reading each one as a drop collapsed it to 1-2.
+ * 7. **Queue-delay brake**: `Success.queueDelay` (response headers to first content: DeepSeek's
  *    own queueing) is averaged per round. A window whose mean is `queueDelayRise` (2) times the
  *    baseline (the lowest of the last 10 window means, never under `queueDelayFloor`, 250 ms)
  *    pauses growth; `queueDelayWindows` (3) such windows in a row, the practitioners' guard
@@ -97,7 +104,8 @@ export type Priority = "interactive" | "batch"
 
 /**
  * What the call made under a permit taught us about the upstream's capacity:
- * - `Dropped`: the upstream refused for load (429, 503);
+ * - `Dropped`: the upstream refused for load: over a cap (429, `signal: "cap"`, the default) or
+ *   overloaded as a whole (503, `signal: "overload"`);
  * - `Success`: it answered; `queueDelay` is the time from response headers to the first
  *   content event, i.e. DeepSeek's own queueing, when it was measured;
  * - `Ignored`: nothing about capacity (a 400, an interruption, a client-side error).
@@ -107,7 +115,7 @@ export type Priority = "interactive" | "batch"
  */
 export type Outcome =
   | { readonly _tag: "Success"; readonly queueDelay?: Duration.Duration | undefined }
-  | { readonly _tag: "Dropped" }
+  | { readonly _tag: "Dropped"; readonly signal?: "cap" | "overload" | undefined }
   | { readonly _tag: "Ignored" }
 
 /**
@@ -261,6 +269,18 @@ export interface AdaptiveOptions extends LimiterOptions {
   readonly queueDelayRise?: number | undefined
   /** Consecutive congested windows that make the limit step back by `backoff`. Default 3. */
   readonly queueDelayWindows?: number | undefined
+  /**
+   * Share of a round's outcomes that must be overload drops (503) for the limit to step back by
+   * `backoff`: below it they are noise (a server shedding load at random, whatever our level).
+   * Default 0.5.
+   */
+  readonly overloadShare?: number | undefined
+  /**
+   * Overload never takes the limit below this share of the highest limit held since the cap was
+   * last measured (a 429): random 503s cannot collapse a limit the account actually serves.
+   * Default 0.5.
+   */
+  readonly overloadFloor?: number | undefined
   /** Queue delays below this are noise: the baseline is never taken lower. Default 250 millis. */
   readonly queueDelayFloor?: Duration.DurationInput | undefined
 }

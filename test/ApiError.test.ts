@@ -36,8 +36,8 @@ class UserRejected extends Data.TaggedError("UserRejected")<{}> {}
 /** Every error shape the policies meet, with the verdict `ApiError.classify` must give it. */
 const table: ReadonlyArray<readonly [name: string, error: unknown, verdict: ApiError.Verdict]> = [
   ["429", new ApiError.RateLimited({ message: "busy", retryAfter: seconds(2) }), ApiError.loadShed(seconds(2))],
-  ["503", new ApiError.ServerError({ status: 503, message: "overloaded", retryAfter: none }), ApiError.loadShed()],
-  ["insufficient_system_resource", new ApiError.InsufficientResource({ partial: ApiError.emptyPartial }), ApiError.loadShed()],
+  ["503", new ApiError.ServerError({ status: 503, message: "overloaded", retryAfter: none }), ApiError.loadShed(none, "overload")],
+  ["insufficient_system_resource", new ApiError.InsufficientResource({ partial: ApiError.emptyPartial }), ApiError.loadShed(none, "overload")],
   ["500", new ApiError.ServerError({ status: 500, message: "boom", retryAfter: seconds(1) }), ApiError.outage(seconds(1))],
   ["502", new ApiError.ServerError({ status: 502, message: "gateway", retryAfter: none }), ApiError.outage()],
   ["408", new ApiError.UnexpectedStatus({ status: 408, message: "timeout" }), ApiError.outage()],
@@ -77,7 +77,7 @@ const table: ReadonlyArray<readonly [name: string, error: unknown, verdict: ApiE
     ApiError.refused(false)
   ],
   ["HTTP 429 Retry-After seconds", statusError(429, { "retry-after": "7" }), ApiError.loadShed(seconds(7))],
-  ["HTTP 503 retry-after-ms", statusError(503, { "retry-after-ms": "250" }), ApiError.loadShed(Option.some(Duration.millis(250)))],
+  ["HTTP 503 retry-after-ms", statusError(503, { "retry-after-ms": "250" }), ApiError.loadShed(Option.some(Duration.millis(250)), "overload")],
   [
     "HTTP 429 Retry-After date, read against the response's Date",
     statusError(429, { "retry-after": "Thu, 01 Jan 2026 00:00:30 GMT", date: "Thu, 01 Jan 2026 00:00:00 GMT" }),

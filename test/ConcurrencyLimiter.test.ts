@@ -12,7 +12,7 @@ import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
 import * as TestClock from "effect/TestClock"
-import { RateLimited } from "../src/ApiError.js"
+import { RateLimited, ServerError } from "../src/ApiError.js"
 import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
 import { Gate, type Waiter } from "../src/internal/concurrencyLimiter.js"
 
@@ -598,6 +598,55 @@ describe("ConcurrencyLimiter", () => {
       },
       { fastCheck: { numRuns: 300 } }
     )
+  })
+
+  describe("overload (503) is noise until it dominates", () => {
+    /**
+     * `total` requests of 100 ms against a fake account with a cap of 16 that answers a share of
+     * requests 503 (`overloadedShare(n)` for the n-th request taken) and 429 over its cap. Each
+     * request is retried until it is answered; the limit is sampled after every answer.
+     */
+    const run = (total: number, overloadedShare: (n: number) => number) =>
+      Effect.gen(function*() {
+        const limiter = yield* ConcurrencyLimiter.makeAdaptive()
+        let seed = 11
+        const random = () => (seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32
+        let inFlight = 0
+        let taken = 0
+        const limits: Array<number> = []
+        const upstream = Effect.suspend((): Effect.Effect<void, RateLimited | ServerError> => {
+          if (inFlight >= 16) return Effect.fail(new RateLimited({ message: "over the cap", retryAfter: Option.none() }))
+          if (random() < overloadedShare(taken++)) {
+            return Effect.fail(new ServerError({ status: 503, message: "overloaded", retryAfter: Option.none() }))
+          }
+          inFlight++
+          return Effect.ensuring(Effect.sleep("100 millis"), Effect.sync(() => inFlight--))
+        })
+        const request = limiter.withPermit(() => upstream).pipe(
+          Effect.retry(Schedule.spaced("10 millis")),
+          Effect.zipRight(Effect.flatMap(limiter.snapshot, ({ limit }) => Effect.sync(() => limits.push(limit))))
+        )
+        const fiber = yield* Effect.fork(Effect.all(Array.from({ length: total }, () => request), { concurrency: 64, discard: true }))
+        yield* TestClock.adjust("1 hour")
+        yield* Fiber.join(fiber)
+        return limits
+      })
+
+    it.effect("20% random 503s do not bring the limit down from the cap the account serves", () =>
+      Effect.gen(function*() {
+        const limits = yield* run(1000, () => 0.2)
+        const settled = limits.slice(300)
+        expect(Math.min(...settled)).toBeGreaterThanOrEqual(12)
+      }))
+
+    it.effect("503s that dominate step the limit down, never below half the cap, and it climbs back after", () =>
+      Effect.gen(function*() {
+        // Answers 503 to nearly everything from the 300th request taken to the 1000th.
+        const limits = yield* run(1200, (n) => n >= 300 && n < 1000 ? 0.9 : 0)
+        expect(Math.min(...limits.slice(200))).toBeGreaterThanOrEqual(8)
+        expect(Math.min(...limits.slice(200, 500))).toBeLessThan(14)
+        expect(limits.at(-1)).toBeGreaterThanOrEqual(14)
+      }))
   })
 
   describe("simulation", () => {

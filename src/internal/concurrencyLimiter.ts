@@ -51,13 +51,16 @@ export const droppedCounter = Metric.counter("weatherproof_concurrency_dropped",
 })
 
 const success: Outcome = { _tag: "Success" }
-const dropped: Outcome = { _tag: "Dropped" }
+const overCap: Outcome = { _tag: "Dropped", signal: "cap" }
+const overloaded: Outcome = { _tag: "Dropped", signal: "overload" }
 const ignored: Outcome = { _tag: "Ignored" }
 
 export const outcomeOf = (exit: Exit.Exit<unknown, unknown>, classify: Classifier = ApiError.classify): Outcome => {
   if (Exit.isSuccess(exit)) return success
   const failure = Cause.failureOption(exit.cause)
-  return Option.isSome(failure) && classify(failure.value)._tag === "LoadShed" ? dropped : ignored
+  if (Option.isNone(failure)) return ignored
+  const verdict = classify(failure.value)
+  return verdict._tag !== "LoadShed" ? ignored : verdict.signal === "overload" ? overloaded : overCap
 }
 
 // -----------------------------------------------------------------------------
@@ -210,6 +213,8 @@ interface AimdConfig {
   readonly queueDelayRise: number
   readonly queueDelayWindows: number
   readonly queueDelayFloorMillis: number
+  readonly overloadShare: number
+  readonly overloadFloor: number
 }
 
 const aimdConfig = (options: AdaptiveOptions = {}): AimdConfig => {
@@ -225,7 +230,9 @@ const aimdConfig = (options: AdaptiveOptions = {}): AimdConfig => {
     holdRequests: options.holdRequests ?? 48,
     queueDelayRise: options.queueDelayRise ?? 2,
     queueDelayWindows: options.queueDelayWindows ?? 3,
-    queueDelayFloorMillis: Duration.toMillis(options.queueDelayFloor ?? "250 millis")
+    queueDelayFloorMillis: Duration.toMillis(options.queueDelayFloor ?? "250 millis"),
+    overloadShare: options.overloadShare ?? 0.5,
+    overloadFloor: options.overloadFloor ?? 0.5
   }
 }
 
@@ -270,6 +277,10 @@ class Aimd implements Policy {
   private confirmed = 0
   private roundSize: number
   private roundSuccesses = 0
+  /** Overload drops (503) of the round's permits. */
+  private roundOverloads = 0
+  /** The highest limit held since the cap was last measured: overload steps stop at a share of it. */
+  private peak: number
   private holdLeft = 0
   private delaySum = 0
   private delayCount = 0
@@ -278,6 +289,7 @@ class Aimd implements Policy {
 
   constructor(private readonly config: AimdConfig) {
     this.value = config.initial
+    this.peak = config.initial
     this.roundSize = config.initial
   }
 
@@ -310,13 +322,15 @@ class Aimd implements Policy {
     if (acceptance.timing !== "unreported") {
       this.aheadShare += 0.1 * ((acceptance.timing === "ahead" ? 1 : 0) - this.aheadShare)
     }
+    const overload = outcome._tag === "Dropped" && outcome.signal === "overload"
     if (stamp !== this.epoch) {
       // Sent before the last decrease, at the old limit: it must not decrease again, but a drop
       // sent alongside the one that did means fewer requests were accepted at that level.
-      if (outcome._tag === "Dropped" && stamp === this.epoch - 1) this.lowerCeiling(inFlight - 1)
+      if (outcome._tag === "Dropped" && !overload && stamp === this.epoch - 1) this.lowerCeiling(inFlight - 1)
       return
     }
-    if (outcome._tag === "Dropped") this.decrease(inFlight)
+    if (overload) this.overloaded(inFlight)
+    else if (outcome._tag === "Dropped") this.decrease(inFlight)
     else if (outcome._tag === "Success") {
       const clocked = acceptance.grew || (acceptance.timing !== "unreported" && this.aheadShare >= 0.5)
       this.succeeded(inFlight, outcome.queueDelay, clocked)
@@ -332,7 +346,19 @@ class Aimd implements Policy {
     // An unused limit proves nothing about the upstream: neither grow it nor count the round.
     if (inFlight < this.value / 2) return
     if (this.congestedWindows === 0 && !(clockedByAcceptance && this.phase === "slowStart")) this.grow()
-    if (++this.roundSuccesses >= this.roundSize) this.endRound()
+    this.roundSuccesses++
+    this.countTowardsRound()
+  }
+
+  /** An overload drop counts towards its round; whether the round steps down is judged at its end. */
+  private overloaded(inFlight: number): void {
+    if (inFlight < this.value / 2) return
+    this.roundOverloads++
+    this.countTowardsRound()
+  }
+
+  private countTowardsRound(): void {
+    if (this.roundSuccesses + this.roundOverloads >= this.roundSize) this.endRound()
   }
 
   /** One success's share of the round's growth, so in-flight climbs one request at a time. */
@@ -354,9 +380,22 @@ class Aimd implements Policy {
 
   private endRound(): void {
     this.judgeQueueDelay()
-    if (this.congestedWindows >= this.config.queueDelayWindows) this.easeOff()
+    if (this.roundOverloads >= this.config.overloadShare * (this.roundOverloads + this.roundSuccesses)) this.stepDownForOverload()
+    else if (this.congestedWindows >= this.config.queueDelayWindows) this.easeOff()
     else if (this.congestedWindows === 0) this.advancePhase()
     this.startRound()
+  }
+
+  /**
+   * Overload dominated the round: the server as a whole is shedding load, so step back gently,
+   * never below `overloadFloor` of the highest limit held since the cap was measured, and grow back
+   * (to the ceiling, or by slow start) once it stops dominating. The ceiling is kept: overload says
+   * nothing about the account's cap.
+   */
+  private stepDownForOverload(): void {
+    const floor = Math.max(this.config.min, this.peak * this.config.overloadFloor)
+    this.setValue(Math.max(floor, this.value * this.config.backoff))
+    if (this.phase === "hold") this.phase = "recover"
   }
 
   private advancePhase(): void {
@@ -409,6 +448,8 @@ class Aimd implements Policy {
     this.epoch++
     this.succeededSinceDecrease = false
     this.confirmed = 0
+    // The cap was just measured: overload steps are bounded by it from here.
+    this.peak = Number.isFinite(this.ceiling) ? this.ceiling : this.value
     this.startRound()
   }
 
@@ -428,10 +469,12 @@ class Aimd implements Policy {
   private startRound(): void {
     this.roundSize = this.limit
     this.roundSuccesses = 0
+    this.roundOverloads = 0
   }
 
   private setValue(value: number): void {
     this.value = clamp(value, this.config.min, this.config.max)
+    this.peak = Math.max(this.peak, this.value)
   }
 }
 
@@ -612,7 +655,9 @@ const validateAdaptive = (config: AimdConfig): void =>
     ratio("backoff", config.backoff, true),
     ratio("fallBackoff", config.fallBackoff, true),
     config.queueDelayRise > 1 ? undefined : `queueDelayRise must be above 1, got ${config.queueDelayRise}`,
-    atLeast("queueDelayWindows", config.queueDelayWindows, 1)
+    atLeast("queueDelayWindows", config.queueDelayWindows, 1),
+    ratio("overloadShare", config.overloadShare),
+    ratio("overloadFloor", config.overloadFloor)
   ])
 
 export const makeAdaptive = (options: AdaptiveOptions = {}): Effect.Effect<Service> =>
