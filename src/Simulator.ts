@@ -1,17 +1,33 @@
 /**
  * A loopback HTTP server that behaves like DeepSeek's chat API, for tests, demos and benchmarks:
- * per-account concurrency limits that answer 429, queueing with keep-alive bytes, deterministic
- * answers, seeded fault injection and the accounting to check a client against.
+ * concurrency caps per account and per model that answer 429, queueing with keep-alive bytes,
+ * deterministic answers, model aliases, seeded fault injection and the accounting to check a
+ * client against.
  *
  * It is a real `node:http` server on 127.0.0.1 and runs on real time (Effect's live `Clock`,
  * whatever clock the caller uses), so it behaves the same under `TestClock`. Closing its scope
  * (or `stop`) destroys every open socket: a test never hangs on it.
  *
+ * **Caps**, as DeepSeek's: an account's keys share its caps, and a request over any cap that
+ * applies to it is refused at once with 429 (it never queues for a slot). A request holds its slot
+ * from arrival until its response ends, queue wait included.
+ * - An account `limit` that is a `Limit` is one cap shared by every model (the default: the
+ *   server's `limit`, 16).
+ * - A `ModelLimits` record gives each model its own cap, moving on its own: a model without an
+ *   entry takes the `"*"` entry, else the server's `limit` (for a `ModelLimits` there, its entry for
+ *   the model, its `"*"`, else 16). Filling one model's cap never refuses another's requests.
+ * - `accountLimit` adds an account-wide cap on top: a request must be under both.
+ *
+ * A request's model is the serving model: the `model` it names, or what `aliases` maps that name
+ * to. Caps, stats and the answer's `model` are the serving model's. Stats count each account and,
+ * under its `byModel`, each of its serving models.
+ *
  * **Answers** are derived from the request so a client can check them:
  * - `content` is `"echo:" + marker`, where the marker is the text of the last user message
  *   (the `text` of its parts joined, for a multi-part message; `""` without a user message);
  * - with `thinking: { type: "enabled" }`, `reasoning_content` is `"think:" + marker`;
- * - `model` is echoed; `id` is `chatcmpl-sim-<n>`, n counting accepted requests from 1.
+ * - `model` is the serving model (the requested name without `aliases`); `id` is
+ *   `chatcmpl-sim-<n>`, n counting accepted requests from 1.
  *
  * **Usage**: a token is 4 characters, rounded up (`tokens(text) = ceil(length / 4)`):
  * `prompt_tokens` = tokens of the text of every message concatenated; `prompt_cache_hit_tokens`
@@ -49,6 +65,15 @@ export type Limit =
   | ReadonlyArray<{ readonly atMs: number; readonly limit: number }>
 
 /**
+ * A cap for each model, by the model's name; the `"*"` entry is the cap of every model without
+ * its own entry. Each model's cap is its own and moves on its own.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type ModelLimits = Readonly<Record<string, Limit>>
+
+/**
  * What a queue-delay function sees when a request is accepted.
  *
  * @since 0.1.0
@@ -58,7 +83,14 @@ export interface Load {
   readonly account: string
   /** Requests in flight on the account, this one included. */
   readonly inFlight: number
+  /** The account-wide cap; `Infinity` when only per-model caps apply. */
   readonly limit: number
+  /** The serving model. */
+  readonly model: string
+  /** Requests of the model in flight on the account, this one included. */
+  readonly modelInFlight: number
+  /** The model's cap on the account (the shared one under a plain `limit`). */
+  readonly modelLimit: number
   readonly elapsedMs: number
   /** A uniform draw in [0, 1) from the request's seeded generator. */
   readonly random: number
@@ -130,7 +162,7 @@ export interface Faults {
 }
 
 /**
- * An account: its keys share its concurrency limit and its balance.
+ * An account: its keys share its concurrency caps and its balance.
  *
  * @since 0.1.0
  * @category models
@@ -138,9 +170,18 @@ export interface Faults {
 export interface AccountOptions {
   /** Bearer keys of the account; unique across accounts. */
   readonly keys: ReadonlyArray<string>
-  /** Default: the server's `limit`. */
-  readonly limit?: Limit | undefined
-  /** USD. At or below 0 every call answers 402. Default 100. Calls do not spend it. */
+  /**
+   * A `Limit`: one cap shared by every model. `ModelLimits`: a cap per model (see the module's
+   * caps). Default: the server's `limit`.
+   */
+  readonly limit?: Limit | ModelLimits | undefined
+  /** An account-wide cap on top of the per-model ones: a request must be under both. Default: none. */
+  readonly accountLimit?: Limit | undefined
+  /**
+   * USD. At or below 0 every call answers 402 and `GET /user/balance` answers
+   * `is_available: false` (from the start, so a preflight sees it before any 402). Default 100.
+   * Calls do not spend it.
+   */
   readonly balance?: number | undefined
 }
 
@@ -151,8 +192,16 @@ export interface AccountOptions {
 export interface Options {
   /** Default `{ default: { keys: ["sk-sim-default"] } }`. */
   readonly accounts?: Readonly<Record<string, AccountOptions>> | undefined
-  /** Limit of accounts that do not set one. Default 16. */
-  readonly limit?: Limit | undefined
+  /**
+   * Limit of accounts that do not set one, and of models a `ModelLimits` of an account gives no
+   * entry (not even `"*"`). Default 16.
+   */
+  readonly limit?: Limit | ModelLimits | undefined
+  /**
+   * Requested model name → the model that serves it (one step, not chained), as DeepSeek serves
+   * old names with new models, e.g. `{ "deepseek-v4-flash": "deepseek-flash" }`. Default: none.
+   */
+  readonly aliases?: Readonly<Record<string, string>> | undefined
   /** When set, 429 and 503 answers carry `Retry-After` (whole seconds, rounded up) and `retry-after-ms`. Default: none. */
   readonly retryAfter?: Duration.DurationInput | undefined
   /** Default uniform in 0-20 ms. */
@@ -197,7 +246,8 @@ export interface Tokens {
 }
 
 /**
- * The state of an account when something changed: `t` in milliseconds since the server started.
+ * The state of an account, or of one model of an account, when something changed: `t` in
+ * milliseconds since the server started, the cap then and the requests in flight.
  *
  * @since 0.1.0
  * @category models
@@ -209,23 +259,51 @@ export interface Sample {
 }
 
 /**
+ * What an account, or one model of an account, did with its slots.
+ *
  * @since 0.1.0
  * @category models
  */
-export interface AccountStats {
-  /** Chat requests authenticated with one of the account's keys. */
-  readonly requests: number
+export interface SlotStats {
   /** Requests that got a slot. */
   readonly accepted: number
+  /** Requests answered 429, over this cap or another one that applied to them. */
   readonly rateLimited: number
   /** Clean answers delivered in full (see `Stats.completed`). */
   readonly completed: number
-  readonly limit: number
   readonly inFlight: number
   readonly maxInFlight: number
   readonly billed: Tokens
-  /** One sample per admission, release and `setLimit`. */
+}
+
+/**
+ * One model of an account, under its serving name.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface ModelStats extends SlotStats {
+  /** Chat requests for the model that reached its caps (authenticated, in balance, well formed). */
+  readonly requests: number
+  /** The model's cap now: its own, or the account's shared one under a plain `limit`. */
+  readonly limit: number
+  /** One sample per admission and release of the model's requests, and per `setLimit` of the model or its account. */
   readonly timeline: ReadonlyArray<Sample>
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface AccountStats extends SlotStats {
+  /** Chat requests authenticated with one of the account's keys. */
+  readonly requests: number
+  /** The account-wide cap now: a plain `limit` or `accountLimit`, the lower of both; `Infinity` without one. */
+  readonly limit: number
+  /** One sample per admission, release and `setLimit` on the account, whatever the model. */
+  readonly timeline: ReadonlyArray<Sample>
+  /** Every model the account was asked for, or given a cap with `setLimit`, by serving name. */
+  readonly byModel: Readonly<Record<string, ModelStats>>
 }
 
 /**
@@ -259,6 +337,8 @@ export interface Stats {
 export interface Completion {
   readonly id: string
   readonly account: string
+  /** The serving model. */
+  readonly model: string
   /** The text of the request's last user message. */
   readonly marker: string
   readonly stream: boolean
@@ -286,8 +366,14 @@ export interface Service {
   readonly stats: Effect.Effect<Stats>
   /** Clean answers delivered in full, in completion order. */
   readonly completions: Effect.Effect<ReadonlyArray<Completion>>
-  /** Fixes the account's limit from now on (replacing its function or schedule). */
-  readonly setLimit: (account: string, limit: number) => Effect.Effect<void>
+  /**
+   * Fixes a cap from now on (replacing its function or schedule). Without `model`, the
+   * account-wide cap: it replaces a plain `limit` and `accountLimit` (and gives an account with
+   * per-model caps only an account-wide one). With `model` (a requested name resolves through
+   * `aliases`), that model's own cap on the account: under a plain `limit`, a cap on top of the
+   * shared one.
+   */
+  readonly setLimit: (account: string, limit: number, model?: string) => Effect.Effect<void>
   readonly setBalance: (account: string, balance: number) => Effect.Effect<void>
   /** Replaces the faults and restarts the script. */
   readonly setFaults: (faults: Faults) => Effect.Effect<void>
@@ -324,8 +410,14 @@ export const defaultKey: string = internal.defaultKey
  *     resilient.create({ model: "deepseek-v4-flash", messages: [{ role: "user", content: "ping" }] }))
  *   const asks = Array.from({ length: 20 }, () => ask)
  *   yield* Effect.all(asks, { concurrency: "unbounded" }).pipe(Effect.provide(client))
- *   return yield* simulator.stats // requests, 429s, faults, billed tokens, per account
+ *   return yield* simulator.stats // requests, 429s, faults, billed tokens, per account and model
  * }))
+ *
+ * // One account with a cap per model, as DeepSeek's, the old flash name served by the new model.
+ * const deepseekLike = Simulator.make({
+ *   limit: { "deepseek-v4-pro": 6, "deepseek-flash": 12 },
+ *   aliases: { "deepseek-v4-flash": "deepseek-flash" }
+ * })
  * ```
  *
  * @since 0.1.0

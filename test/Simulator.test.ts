@@ -447,6 +447,199 @@ describe("Simulator", () => {
       expect(received.toLowerCase()).not.toContain("keep-alive: timeout")
     }))
 
+  describe("caps per model", () => {
+    const pro = "deepseek-v4-pro"
+    const flash = "deepseek-flash"
+
+    /** The status of a request for `model` that stays in flight (with a `stall` fault) until the scope closes. */
+    const hold = (sim: Simulator.Service, forModel: string, key = Simulator.defaultKey) =>
+      Effect.map(open(sim, { body: chatBody(`held by ${forModel}`, { model: forModel }), key }), (r) => r.status)
+
+    const ask = (sim: Simulator.Service, forModel: string, key = Simulator.defaultKey) =>
+      Effect.map(chat(sim, `for ${forModel}`, { model: forModel }, key), (reply) => reply.status)
+
+    const modelStats = (stats: Simulator.Stats, forModel: string, account = "default"): Simulator.ModelStats => {
+      const found = accountStats(stats, account).byModel[forModel]
+      if (found === undefined) throw new Error(`no stats for ${forModel} on ${account}`)
+      return found
+    }
+
+    it.scopedLive("gives each model its own cap: filling one never refuses another's requests", () =>
+      Effect.gen(function*() {
+        const sim = yield* Simulator.make({
+          ...quick,
+          limit: 1,
+          accounts: { team: { keys: ["sk-team-one", "sk-team-two"], limit: { [pro]: 1, [flash]: 2 } } },
+          faults: { script: ["stall", "stall", "stall", "stall"] }
+        })
+        expect(yield* hold(sim, pro, "sk-team-one")).toBe(200)
+        expect(yield* ask(sim, pro, "sk-team-two")).toBe(429)
+        expect(yield* hold(sim, flash, "sk-team-one")).toBe(200)
+        expect(yield* hold(sim, flash, "sk-team-two")).toBe(200)
+        expect(yield* ask(sim, flash, "sk-team-one")).toBe(429)
+        // a model without an entry (and no "*") takes the server's limit, a cap of its own
+        expect(yield* hold(sim, "deepseek-other", "sk-team-one")).toBe(200)
+        expect(yield* ask(sim, "deepseek-other", "sk-team-one")).toBe(429)
+        const stats = yield* sim.stats
+        const team = accountStats(stats, "team")
+        expect([team.inFlight, team.maxInFlight, team.rateLimited, team.limit]).toEqual([4, 4, 3, Infinity])
+        expect(
+          Object.fromEntries(
+            Object.entries(team.byModel).map(([name, m]) => [name, [m.requests, m.inFlight, m.limit, m.rateLimited]])
+          )
+        ).toEqual({ [pro]: [2, 1, 1, 1], [flash]: [3, 2, 2, 1], "deepseek-other": [2, 1, 1, 1] })
+        expect(stats.rateLimited).toBe(3)
+      }))
+
+    it.scopedLive("keeps a plain limit one cap that every model shares", () =>
+      Effect.gen(function*() {
+        const loads: Array<Simulator.Load> = []
+        const sim = yield* Simulator.make({
+          ...quick,
+          limit: 2,
+          queueDelay: (load) => {
+            loads.push(load)
+            return 0
+          },
+          faults: { script: ["stall", "stall"] }
+        })
+        expect(yield* hold(sim, pro)).toBe(200)
+        expect(yield* hold(sim, flash)).toBe(200)
+        expect(yield* ask(sim, flash)).toBe(429)
+        expect(yield* ask(sim, pro)).toBe(429)
+        const stats = yield* sim.stats
+        expect([modelStats(stats, pro).limit, modelStats(stats, flash).limit, accountStats(stats).limit])
+          .toEqual([2, 2, 2])
+        expect([modelStats(stats, pro).rateLimited, modelStats(stats, flash).rateLimited]).toEqual([1, 1])
+        expect(loads.map((l) => [l.model, l.inFlight, l.limit, l.modelInFlight, l.modelLimit])).toEqual([
+          [pro, 1, 2, 1, 2],
+          [flash, 2, 2, 1, 2]
+        ])
+      }))
+
+    it.scopedLive("puts an account-wide cap on top of the per-model ones", () =>
+      Effect.gen(function*() {
+        const sim = yield* Simulator.make({
+          ...quick,
+          accounts: { default: { keys: [Simulator.defaultKey], limit: { [pro]: 2, [flash]: 2 }, accountLimit: 3 } },
+          faults: { script: ["stall", "stall", "stall", "stall"] }
+        })
+        expect(yield* hold(sim, pro)).toBe(200)
+        expect(yield* hold(sim, pro)).toBe(200)
+        expect(yield* hold(sim, flash)).toBe(200)
+        // flash is under its own cap but the account is full
+        expect(yield* ask(sim, flash)).toBe(429)
+        expect([accountStats(yield* sim.stats).limit, modelStats(yield* sim.stats, flash).rateLimited]).toEqual([3, 1])
+        yield* sim.setLimit("default", 4)
+        expect(yield* hold(sim, flash)).toBe(200)
+        expect(yield* ask(sim, flash)).toBe(429)
+        const account = accountStats(yield* sim.stats)
+        expect([account.limit, account.inFlight, modelStats(yield* sim.stats, flash).limit]).toEqual([4, 4, 2])
+      }))
+
+    it.scopedLive("moves each model's cap on its own, by function, schedule or setLimit", () =>
+      Effect.gen(function*() {
+        let flashCap = 1
+        const sim = yield* Simulator.make({
+          ...quick,
+          limit: { [flash]: () => flashCap, "*": [{ atMs: 0, limit: 1 }] },
+          faults: { script: ["stall", "stall", "stall", "stall"] }
+        })
+        expect(yield* hold(sim, flash)).toBe(200)
+        expect(yield* ask(sim, flash)).toBe(429)
+        flashCap = 2
+        expect(yield* hold(sim, flash)).toBe(200)
+        // pro takes the "*" entry: 1, whatever flash's cap
+        expect(yield* hold(sim, pro)).toBe(200)
+        expect(yield* ask(sim, pro)).toBe(429)
+        yield* sim.setLimit("default", 2, pro)
+        expect(yield* hold(sim, pro)).toBe(200)
+        expect(yield* ask(sim, flash)).toBe(429)
+        const stats = yield* sim.stats
+        const samples = (forModel: string) => modelStats(stats, forModel).timeline.map((s) => [s.limit, s.inFlight])
+        expect(samples(flash)).toEqual([[1, 1], [2, 2]])
+        expect(samples(pro)).toEqual([[1, 1], [2, 1], [2, 2]])
+        expect(accountStats(stats).timeline.map((s) => [s.limit, s.inFlight])).toEqual([
+          [Infinity, 1],
+          [Infinity, 2],
+          [Infinity, 3],
+          [Infinity, 3],
+          [Infinity, 4]
+        ])
+      }))
+
+    it.scopedLive("serves an alias with its serving model: its cap, its stats, its name in the answer", () =>
+      Effect.gen(function*() {
+        const oldName = "deepseek-v4-flash"
+        const sim = yield* Simulator.make({
+          ...quick,
+          aliases: { [oldName]: flash },
+          limit: { [flash]: 1 },
+          faults: { script: ["none", "none", "stall"] }
+        })
+        const answer = JSON.parse((yield* chat(sim, "old name", { model: oldName })).text) as ChatCompletion
+        expect(answer.model).toBe(flash)
+        const stream = chunksOf((yield* chat(sim, "old name, streamed", { model: oldName, stream: true })).text)
+        expect(new Set(stream.map((chunk) => chunk.model))).toEqual(new Set([flash]))
+        expect(yield* hold(sim, oldName)).toBe(200)
+        expect(yield* ask(sim, flash)).toBe(429)
+        yield* sim.setLimit("default", 2, oldName)
+        expect(yield* ask(sim, oldName)).toBe(200)
+        const stats = yield* sim.stats
+        expect(Object.keys(accountStats(stats).byModel)).toEqual([flash])
+        const served = modelStats(stats, flash)
+        expect([served.requests, served.accepted, served.rateLimited, served.completed, served.limit]).toEqual([
+          5,
+          4,
+          1,
+          3,
+          2
+        ])
+        expect(new Set((yield* sim.completions).map((c) => c.model))).toEqual(new Set([flash]))
+      }))
+
+    it.scopedLive("counts and bills each model apart, adding up to the account's figures", () =>
+      Effect.gen(function*() {
+        const sim = yield* Simulator.make({ ...quick, limit: { "*": 4 }, cacheHitRatio: 0.5 })
+        const usageOf = (content: string, forModel: string, extra: Record<string, unknown> = {}) =>
+          Effect.map(
+            chat(sim, content, { model: forModel, ...extra }),
+            (reply) => (JSON.parse(reply.text) as ChatCompletion).usage!
+          )
+        const flashUsage = [
+          yield* usageOf("a flash question", flash),
+          yield* usageOf("a longer flash question, thought about", flash, { thinking: { type: "enabled" } })
+        ]
+        const proUsage = [yield* usageOf("a pro question", pro)]
+        const billedOf = (usages: ReadonlyArray<NonNullable<ChatCompletion["usage"]>>): Simulator.Tokens => ({
+          prompt: usages.reduce((sum, u) => sum + u.prompt_tokens, 0),
+          completion: usages.reduce((sum, u) => sum + u.completion_tokens, 0),
+          cacheHit: usages.reduce((sum, u) => sum + (u.prompt_cache_hit_tokens ?? 0), 0),
+          reasoning: usages.reduce((sum, u) => sum + (u.completion_tokens_details?.reasoning_tokens ?? 0), 0)
+        })
+        const stats = yield* sim.stats
+        expect(modelStats(stats, flash).billed).toEqual(billedOf(flashUsage))
+        expect(modelStats(stats, pro).billed).toEqual(billedOf(proUsage))
+        expect(accountStats(stats).billed).toEqual(billedOf([...flashUsage, ...proUsage]))
+        expect([flash, pro].map((m) => [modelStats(stats, m).completed, modelStats(stats, m).maxInFlight])).toEqual([
+          [2, 1],
+          [1, 1]
+        ])
+        expect((yield* sim.completions).map((c) => c.model)).toEqual([flash, flash, pro])
+      }))
+
+    it.scopedLive("answers is_available false on /user/balance for an account out of balance from the start", () =>
+      Effect.gen(function*() {
+        const sim = yield* Simulator.make({ ...quick, accounts: { broke: { keys: ["sk-broke"], balance: 0 } } })
+        const reply = yield* call(sim, { path: "/user/balance", method: "GET", key: "sk-broke" })
+        expect([reply.status, JSON.parse(reply.text).is_available]).toEqual([200, false])
+        expect(accountStats(yield* sim.stats, "broke").requests).toBe(0)
+        expect(yield* ask(sim, flash, "sk-broke")).toBe(402)
+        // refused before its model is read: no model is charged with it
+        expect(accountStats(yield* sim.stats, "broke").byModel).toEqual({})
+      }))
+  })
+
   describe("pure parts", () => {
     const schedule = FastCheck.array(
       FastCheck.record({ atMs: FastCheck.nat(10_000), limit: FastCheck.nat(100) }),

@@ -1,5 +1,5 @@
 /**
- * The Simulator's server: accounts and their limits, answers derived from requests, seeded
+ * The Simulator's server: accounts and their caps, answers derived from requests, seeded
  * faults, and the `node:http` handler that speaks DeepSeek's wire (see `Simulator.ts`).
  *
  * State is plain mutable data: handlers run as fibers on one JavaScript thread and change it
@@ -132,6 +132,26 @@ export const cutPoint = (chunks: ReadonlyArray<ChatCompletionChunk>): number => 
 /** DeepSeek echoes a rejected key masked to its last four characters. @internal */
 export const maskKey = (key: string): string => key.length > 8 ? `****${key.slice(-4)}` : "****"
 
+// --- Caps -----------------------------------------------------------------------------------
+
+const defaultLimit = 16
+
+const isPerModel = (limit: Simulator.Limit | Simulator.ModelLimits): limit is Simulator.ModelLimits =>
+  typeof limit === "object" && !Array.isArray(limit)
+
+/** A record's own entry: a model named `constructor` finds no cap on `Object.prototype`. */
+const entry = <A>(record: Readonly<Record<string, A>>, key: string): A | undefined =>
+  Object.hasOwn(record, key) ? record[key] : undefined
+
+/** A model's own cap under per-model limits: its entry, else the `"*"` entry, else the server's cap for it. */
+const modelCapIn = (
+  limits: Simulator.ModelLimits,
+  model: string,
+  serverLimit: Simulator.Limit | Simulator.ModelLimits
+): Simulator.Limit =>
+  entry(limits, model) ?? entry(limits, "*") ??
+    (isPerModel(serverLimit) ? modelCapIn(serverLimit, model, defaultLimit) : serverLimit)
+
 // --- State ----------------------------------------------------------------------------------
 
 interface Settings {
@@ -147,11 +167,8 @@ interface Settings {
   readonly seed: string
 }
 
-interface Account {
-  readonly name: string
-  readonly keys: ReadonlyArray<string>
-  limit: Simulator.Limit
-  balance: number
+/** The counters of an account, or of one model of an account. */
+interface Tally {
   requests: number
   accepted: number
   rateLimited: number
@@ -162,10 +179,28 @@ interface Account {
   readonly timeline: Array<Simulator.Sample>
 }
 
+interface Model extends Tally {
+  readonly name: string
+  /** Its own cap; `undefined` under a plain account `limit`, which it shares. */
+  cap: Simulator.Limit | undefined
+}
+
+interface Account extends Tally {
+  readonly name: string
+  readonly keys: ReadonlyArray<string>
+  /** Account-wide caps, a request must be under every one: a plain `limit`, `accountLimit`. */
+  caps: ReadonlyArray<Simulator.Limit>
+  /** The own cap of a model met for the first time. */
+  readonly capOf: (model: string) => Simulator.Limit | undefined
+  readonly models: Map<string, Model>
+  balance: number
+}
+
 interface State {
   readonly settings: Settings
   readonly accounts: ReadonlyMap<string, Account>
   readonly byKey: ReadonlyMap<string, Account>
+  readonly aliases: Readonly<Record<string, string>>
   readonly nowMs: () => number
   readonly elapsedMs: () => number
   readonly totals: {
@@ -202,11 +237,7 @@ const settingsOf = (options: Simulator.Options): Settings => ({
   seed: String(options.seed ?? 0)
 })
 
-const accountOf = (name: string, options: Simulator.AccountOptions, defaultLimit: Simulator.Limit): Account => ({
-  name,
-  keys: options.keys,
-  limit: options.limit ?? defaultLimit,
-  balance: options.balance ?? 100,
+const emptyTally = (): Tally => ({
   requests: 0,
   accepted: 0,
   rateLimited: 0,
@@ -217,17 +248,36 @@ const accountOf = (name: string, options: Simulator.AccountOptions, defaultLimit
   timeline: []
 })
 
+const accountOf = (
+  name: string,
+  options: Simulator.AccountOptions,
+  serverLimit: Simulator.Limit | Simulator.ModelLimits
+): Account => {
+  const limit = options.limit ?? serverLimit
+  const shared = isPerModel(limit) ? [] : [limit]
+  return {
+    ...emptyTally(),
+    name,
+    keys: options.keys,
+    caps: options.accountLimit === undefined ? shared : [...shared, options.accountLimit],
+    capOf: (model) => isPerModel(limit) ? modelCapIn(limit, model, serverLimit) : undefined,
+    models: new Map(),
+    balance: options.balance ?? 100
+  }
+}
+
 const initialState = (options: Simulator.Options, clock: Clock.Clock): State => {
   const startedAt = clock.unsafeCurrentTimeMillis()
   const accounts = new Map(
     Object.entries(options.accounts ?? { default: { keys: [defaultKey] } }).map(([name, account]) =>
-      [name, accountOf(name, account, options.limit ?? 16)] as const
+      [name, accountOf(name, account, options.limit ?? defaultLimit)] as const
     )
   )
   return {
     settings: settingsOf(options),
     accounts,
     byKey: new Map([...accounts.values()].flatMap((account) => account.keys.map((key) => [key, account] as const))),
+    aliases: options.aliases ?? {},
     nowMs: () => clock.unsafeCurrentTimeMillis(),
     elapsedMs: () => clock.unsafeCurrentTimeMillis() - startedAt,
     totals: { requests: 0, accepted: 0, rateLimited: 0, completed: 0, unscheduled: 0, clientClosed: 0 },
@@ -242,29 +292,101 @@ const initialState = (options: Simulator.Options, clock: Clock.Clock): State => 
   }
 }
 
-const currentLimit = (state: State, account: Account): number => limitAt(account.limit, state.elapsedMs())
+/** The serving model of a requested name. */
+const servingModel = (state: State, requested: string): string => entry(state.aliases, requested) ?? requested
 
-const sample = (state: State, account: Account): void => {
-  const t = state.elapsedMs()
-  account.timeline.push({ t, limit: limitAt(account.limit, t), inFlight: account.inFlight })
+/** The account's counters for a serving model, made when it is first asked for. */
+const modelOf = (account: Account, name: string): Model => {
+  const known = account.models.get(name)
+  if (known !== undefined) return known
+  const model: Model = { ...emptyTally(), name, cap: account.capOf(name) }
+  account.models.set(name, model)
+  return model
 }
 
-/** Takes a slot of the account if it is under its limit. */
-const admit = (state: State, account: Account): boolean => {
-  if (account.inFlight >= currentLimit(state, account)) return false
+/** The lowest account-wide cap at `t`; `Infinity` without one. */
+const accountLimitAt = (account: Account, t: number): number =>
+  Math.min(...account.caps.map((cap) => limitAt(cap, t)))
+
+/** A model's cap at `t`, given its account's: each limit function is read once per moment. */
+const modelLimitAt = (model: Model, accountLimit: number, t: number): number =>
+  model.cap === undefined ? accountLimit : limitAt(model.cap, t)
+
+interface Limits {
+  readonly account: number
+  readonly model: number
+}
+
+const limitsAt = (account: Account, model: Model, t: number): Limits => {
+  const accountLimit = accountLimitAt(account, t)
+  return { account: accountLimit, model: modelLimitAt(model, accountLimit, t) }
+}
+
+const record = (tally: Tally, t: number, limit: number): void => {
+  tally.timeline.push({ t, limit, inFlight: tally.inFlight })
+}
+
+const sample = (state: State, account: Account, model: Model): void => {
+  const t = state.elapsedMs()
+  const limits = limitsAt(account, model, t)
+  record(account, t, limits.account)
+  record(model, t, limits.model)
+}
+
+/** Samples the account and each of its models, after a change of caps. */
+const sampleAll = (state: State, account: Account): void => {
+  const t = state.elapsedMs()
+  const accountLimit = accountLimitAt(account, t)
+  record(account, t, accountLimit)
+  for (const model of account.models.values()) record(model, t, modelLimitAt(model, accountLimit, t))
+}
+
+const occupy = (tally: Tally): void => {
+  tally.accepted++
+  tally.inFlight++
+  tally.maxInFlight = Math.max(tally.maxInFlight, tally.inFlight)
+}
+
+/** Takes a slot of the account and of the model if both are under their caps. */
+const admit = (state: State, account: Account, model: Model): boolean => {
+  const t = state.elapsedMs()
+  const limits = limitsAt(account, model, t)
+  if (account.inFlight >= limits.account || model.inFlight >= limits.model) return false
   state.totals.accepted++
-  account.accepted++
-  account.inFlight++
-  account.maxInFlight = Math.max(account.maxInFlight, account.inFlight)
-  sample(state, account)
+  occupy(account)
+  occupy(model)
+  record(account, t, limits.account)
+  record(model, t, limits.model)
   return true
 }
 
-const bill = (account: Account, usage: Usage): void => {
-  account.billed.prompt += usage.prompt_tokens
-  account.billed.completion += usage.completion_tokens
-  account.billed.cacheHit += usage.prompt_cache_hit_tokens ?? 0
-  account.billed.reasoning += usage.completion_tokens_details?.reasoning_tokens ?? 0
+const bill = (tally: Tally, usage: Usage): void => {
+  tally.billed.prompt += usage.prompt_tokens
+  tally.billed.completion += usage.completion_tokens
+  tally.billed.cacheHit += usage.prompt_cache_hit_tokens ?? 0
+  tally.billed.reasoning += usage.completion_tokens_details?.reasoning_tokens ?? 0
+}
+
+const statsOf = (tally: Tally, limit: number): Simulator.ModelStats => ({
+  requests: tally.requests,
+  accepted: tally.accepted,
+  rateLimited: tally.rateLimited,
+  completed: tally.completed,
+  limit,
+  inFlight: tally.inFlight,
+  maxInFlight: tally.maxInFlight,
+  billed: { ...tally.billed },
+  timeline: [...tally.timeline]
+})
+
+const accountStatsOf = (account: Account, t: number): Simulator.AccountStats => {
+  const accountLimit = accountLimitAt(account, t)
+  return {
+    ...statsOf(account, accountLimit),
+    byModel: Object.fromEntries(
+      [...account.models.values()].map((model) => [model.name, statsOf(model, modelLimitAt(model, accountLimit, t))])
+    )
+  }
 }
 
 const snapshot = (state: State): Simulator.Stats => ({
@@ -272,27 +394,18 @@ const snapshot = (state: State): Simulator.Stats => ({
   byStatus: { ...state.byStatus },
   faults: { ...state.injected },
   accounts: Object.fromEntries(
-    [...state.accounts.values()].map((account) => [account.name, {
-      requests: account.requests,
-      accepted: account.accepted,
-      rateLimited: account.rateLimited,
-      completed: account.completed,
-      limit: currentLimit(state, account),
-      inFlight: account.inFlight,
-      maxInFlight: account.maxInFlight,
-      billed: { ...account.billed },
-      timeline: [...account.timeline]
-    }])
+    [...state.accounts.values()].map((account) => [account.name, accountStatsOf(account, state.elapsedMs())])
   )
 })
 
 // --- Attempts -------------------------------------------------------------------------------
 
-/** An accepted request, holding a slot of its account until it is finished. */
+/** An accepted request, holding a slot of its account and of its model until it is finished. */
 interface Attempt {
   readonly id: string
   readonly createdMs: number
   readonly account: Account
+  readonly model: Model
   readonly request: ChatCompletionRequest
   readonly answer: Answer
   readonly fault: Simulator.Fault | undefined
@@ -311,6 +424,7 @@ const nextFault = (state: State, draw: number): Simulator.Fault | undefined => {
 const startAttempt = (
   state: State,
   account: Account,
+  model: Model,
   request: ChatCompletionRequest,
   body: string
 ): Effect.Effect<Attempt> =>
@@ -323,18 +437,24 @@ const startAttempt = (
     const delayDraw = yield* random.next
     const fault = nextFault(state, faultDraw)
     if (fault !== undefined) state.injected[fault] = (state.injected[fault] ?? 0) + 1
+    const elapsedMs = state.elapsedMs()
+    const limits = limitsAt(account, model, elapsedMs)
     return {
       id: `chatcmpl-sim-${state.totals.accepted}`,
       createdMs: state.nowMs(),
       account,
+      model,
       request,
       answer: answerOf(request),
       fault,
       queueDelayMs: queueDelayMs(state.settings.queueDelay, {
         account: account.name,
         inFlight: account.inFlight,
-        limit: currentLimit(state, account),
-        elapsedMs: state.elapsedMs(),
+        limit: limits.account,
+        model: model.name,
+        modelInFlight: model.inFlight,
+        modelLimit: limits.model,
+        elapsedMs,
         random: delayDraw
       }),
       sent: { reasoning: "", content: "" },
@@ -346,11 +466,14 @@ const startAttempt = (
 const finish = (state: State, attempt: Attempt): void => {
   if (attempt.finished) return
   attempt.finished = true
-  const { account, answer, sent } = attempt
+  const { account, answer, model, sent } = attempt
   account.inFlight--
-  sample(state, account)
+  model.inFlight--
+  sample(state, account, model)
   if (sent.reasoning !== "" || sent.content !== "") {
-    bill(account, usageOf(answer.promptTokens, state.settings.cacheHitRatio, sent.reasoning, sent.content))
+    const usage = usageOf(answer.promptTokens, state.settings.cacheHitRatio, sent.reasoning, sent.content)
+    bill(account, usage)
+    bill(model, usage)
   }
 }
 
@@ -362,9 +485,11 @@ const markSent = (attempt: Attempt, reasoning: string, content: string): void =>
 const complete = (state: State, attempt: Attempt): void => {
   state.totals.completed++
   attempt.account.completed++
+  attempt.model.completed++
   state.completions.push({
     id: attempt.id,
     account: attempt.account.name,
+    model: attempt.model.name,
     marker: attempt.answer.marker,
     stream: attempt.request.stream === true
   })
@@ -376,7 +501,7 @@ const generationOf = (state: State, attempt: Attempt): Wire.Generation => {
   const content = cut ? answer.content.slice(0, Math.ceil(answer.content.length / 2)) : answer.content
   return {
     id: attempt.id,
-    model: attempt.request.model,
+    model: attempt.model.name,
     content,
     reasoningContent: answer.reasoning,
     finishReason: cut ? "insufficient_system_resource" : "stop",
@@ -604,10 +729,11 @@ const serve = (state: State, attempt: Attempt, res: Http.ServerResponse): Effect
   }
 }
 
-const rateLimited = (state: State, account: Account, res: Http.ServerResponse) =>
+const rateLimited = (state: State, account: Account, model: Model, res: Http.ServerResponse) =>
   Effect.suspend(() => {
     state.totals.rateLimited++
     account.rateLimited++
+    model.rateLimited++
     return respondRetryLater(state, res, 429, "Rate Limit Reached", "rate_limit_error", "rate_limit_exceeded")
   })
 
@@ -637,13 +763,18 @@ const chat = (state: State, req: Http.IncomingMessage, res: Http.ServerResponse,
         Wire.errorBody(`Invalid request: ${reason}`, "invalid_request_error")
       )
     }
+    const model = modelOf(account, servingModel(state, request.right.model))
+    model.requests++
     yield* Effect.acquireUseRelease(
       Effect.suspend(() =>
-        admit(state, account)
-          ? Effect.tap(startAttempt(state, account, request.right, body), (attempt) => state.serving.set(res, attempt))
+        admit(state, account, model)
+          ? Effect.tap(
+            startAttempt(state, account, model, request.right, body),
+            (attempt) => state.serving.set(res, attempt)
+          )
           : Effect.succeed(undefined)
       ),
-      (attempt) => attempt === undefined ? rateLimited(state, account, res) : serve(state, attempt, res),
+      (attempt) => attempt === undefined ? rateLimited(state, account, model, res) : serve(state, attempt, res),
       (attempt) => attempt === undefined ? Effect.void : Effect.sync(() => finish(state, attempt))
     )
   })
@@ -730,10 +861,15 @@ export const make = (options: Simulator.Options): Effect.Effect<Simulator.Servic
       accounts: [...state.accounts.values()].map(({ keys, name }) => ({ name, keys })),
       stats: Effect.sync(() => snapshot(state)),
       completions: Effect.sync(() => [...state.completions]),
-      setLimit: (name, limit) =>
+      setLimit: (name, limit, modelName) =>
         Effect.map(accountNamed(state, name), (account) => {
-          account.limit = limit
-          sample(state, account)
+          if (modelName === undefined) {
+            account.caps = [limit]
+            return sampleAll(state, account)
+          }
+          const model = modelOf(account, servingModel(state, modelName))
+          model.cap = limit
+          sample(state, account, model)
         }),
       setBalance: (name, usd) =>
         Effect.map(accountNamed(state, name), (account) => {
