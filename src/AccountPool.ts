@@ -1,85 +1,76 @@
 /**
- * Several accounts (and providers) behind one client. DeepSeek limits concurrency per
- * **account**, whichever key is used, so more keys of one account buy nothing; more accounts, or
- * a second provider, add capacity and survive an outage of one.
+ * Several accounts (and providers) behind one client. DeepSeek limits concurrency per **account
+ * and per model**, whichever key is used (its rate-limit page: `deepseek-v4-pro` 500 and
+ * `deepseek-flash` 2500 concurrent per account, summed over all keys), so more keys of one
+ * account buy nothing; more accounts, or a second provider, add capacity and survive an outage of
+ * one.
  *
  * ## Architecture, outermost first
  *
- * 1. The outer `Resilient`: retry with its budget and the token bucket. Its concurrency limiter
- *    is `ConcurrencyLimiter.layerUnbounded` and its breaker `CircuitBreaker.layerNoop`: both live
- *    per account.
- * 2. **The pool**, a `Transport`: each attempt of the outer pipeline selects an account, fails
- *    over to another on account-level errors, and records its cost in the `CostLedger`.
- * 3. Per account, an inner `Resilient` over the account's own `Transport` (its `baseUrl`, a
- *    `KeyPool` of its keys, the shared `HttpClient`), its own limiter (adaptive, unless the
- *    account fixes its `concurrency`) and its own breaker (both named after the account, which
- *    labels their metrics), without retries, retry budget or rate limit: each inner call is
- *    exactly one gated attempt.
+ * 1. `layerResilient`'s client: a `Policy` with the retry, its budget and the token bucket
+ *    (`Resilient.makeWith`), around the pool. No limiter and no breaker there: both live in the
+ *    pool, per account.
+ * 2. **The pool**, its own service: each attempt waits for a permit on an (account, model) lane,
+ *    runs under that account's circuit breaker on its transport (its `baseUrl`, a `KeyPool` of
+ *    its keys, the shared `HttpClient`), fails over to another account on account-level errors,
+ *    and records its cost in the `CostLedger`.
  *
- * ## Selection
+ * ## One adaptive limit per (account, model)
  *
- * An account can serve when its breaker is not open or isolated (half-open is fine: the breaker
- * admits its canaries and holds the others), it is not out of balance, and it has a usable key.
- * Among the primary (non-fallback) accounts that can, the **least loaded** serves: the lowest
- * share of its limit in use (attempts routed to it and not finished, queued ones included, over
- * its limiter's current limit); ties go to the account with the fewest calls so far, then to
- * the first in configuration order. Fallback accounts serve only when no primary can, and calls
- * waiting for a fallback's permit give their place up as soon as a primary may serve again (its
- * breaker half-opens or closes, its balance is back, or a rested key returns): they are selected
- * again, among every account but that fallback (a failover counted as `QueueFull`), so the
- * backlog of an outage returns to the primaries while the calls the fallback already serves
- * finish there.
- * When no account can, the attempt fails with `NoAccountAvailable`, whose `retryAfter` is the earliest
- * time one may serve again (its breaker's `until`, its next balance probe, its keys' cooldown),
- * so the outer retry waits for it, or gives up when that is beyond its `maxRetryAfter`.
+ * Each account has a lane per model it is asked for, with its own limit: adaptive (each lane
+ * discovers its own moving cap from 429s and acceptances; see `ConcurrencyLimiter`), or fixed by
+ * the account's `concurrency`. For a provider that limits the account as a whole, its
+ * `accountConcurrency` caps the permits of all its lanes together.
  *
- * `ExecutionPlan` (effect) was considered for primary → fallback: its steps are tried in a fixed
- * order, each on errors of the previous one, whereas here the tier is chosen by the accounts'
- * state before anything is sent (a fallback never serves while a primary can, even one that
- * has not failed yet), the account within a tier by load, and an exhausted pool must answer
- * with the earliest recovery time. A plan cannot express those, so selection is explicit.
+ * ## Placement when a permit is free
+ *
+ * A call waits at the pool, per model in two priority lanes (interactive before batch, arrival
+ * order within each), until an account that may serve it has a free permit for its model; it is
+ * then placed on the least loaded such lane (the lowest share of its limit in use; ties to the
+ * lane used least, then configuration order). An account may serve when its breaker is not open
+ * or isolated (half-open is fine: the breaker admits its canaries and holds the others back), it
+ * is not out of balance, and it has a usable key; a fallback account may serve only when no
+ * primary may. A call therefore never queues behind the account it would have picked first, and
+ * the backlog of an outage returns to the primaries as soon as they serve again.
+ *
+ * ## Waiting beats failing
+ *
+ * When no account may serve for now (breakers open, balances out), a call waits until one may,
+ * up to its `maxWait` (`CallOptions.maxWait`, default 30 minutes), then fails with
+ * `NoAccountAvailable`: each account's reason and the earliest time one may serve again. It
+ * fails at once only when nothing will serve without a change of configuration: every key
+ * rejected (a wrong key is not transient) or every breaker isolated.
  *
  * ## Failover and recovery
  *
- * Errors that say "this account cannot serve" fail over at once to another account, within the
- * same attempt (each account is tried at most once), and do not count as a retry:
- * - `KeyRejected` / `NoUsableKey`: no key of the account is left (a 401 with other keys left
- *   is handled by the account's transport, which drops the key and uses the next). Rejected
- *   keys come back after `keyCooldown`;
- * - `InsufficientBalance` (402): the whole account is taken out. Calls already waiting for one
- *   of its permits are not sent when they get it: they fail over too. A fiber of the pool probes
- *   `GET {baseUrl}/user/balance` with one of its keys every `balanceProbeInterval` and brings
- *   the account back when `is_available` is true. An account that cannot be probed (provider
+ * Errors that say "this account cannot serve" (the `Account` verdict, and the refusal of an
+ * account's breaker) fail over within the same attempt, and do not count as a retry:
+ * - `KeyRejected` / `NoUsableKey`: no key of the account is left (a 401 with other keys left is
+ *   handled by the account's transport, which drops the key and uses the next). Rejected keys
+ *   come back after `keyCooldown`;
+ * - `InsufficientBalance` (402): the whole account is taken out. A fiber of the pool probes
+ *   `GET {baseUrl}/user/balance` with one of its keys every `balanceProbeInterval` and brings the
+ *   account back when `is_available` is true. An account that cannot be probed (provider
  *   `openai-compatible`, or an endpoint answering 404) comes back `fallbackCooldown` after the
  *   402;
- * - `CircuitOpen` (the account's breaker opened meanwhile), `QueueFull` (its limiter's queue is
- *   bounded and full).
+ * - `CircuitOpen`: the account's breaker opened meanwhile.
  *
- * Every exclusion has a cooldown and a way back: nothing is disabled forever. Other errors
- * (429, 5xx, transport errors, deadlines …) go back to the outer retry, whose next attempt
- * selects again: the account's limiter has shrunk and its breaker may have opened, so the load
- * moves. A stream fails over only before its first chunk reached the caller, never after.
+ * **Balance preflight**: at start each DeepSeek account's balance is asked once, in the
+ * background; until it answers the account takes no call, and an account whose balance is
+ * unavailable gets no call until a probe says otherwise.
+ *
+ * Other errors (429, 5xx, transport errors, deadlines …) go back to the client's retry, whose
+ * next attempt is placed again: the lane's limit has shrunk and the breaker may have opened, so
+ * the load moves. A stream fails over only before its first chunk reached the caller.
  *
  * ## Models and cost
  *
- * A request's `model` is renamed through the account's `models` before it is sent. Every
- * attempt that reached an upstream is recorded in the `CostLedger` under the account's name and
- * the model sent: a success as `kept`; a failure as `discarded` with the usage it carried (the
- * retry tax; the pool cannot tell whether the outer pipeline retries, so a call's last failed
- * attempt is `discarded` too), or `truncated` for a stream whose content had reached the caller
- * (a stream its consumer abandons is not recorded: its usage never arrived).
- * `CostLedger.guard` runs before each attempt. A `Transport` fails with `ApiError`s only, so a
- * spent budget surfaces as `NoAccountAvailable` with `budgetExceeded` set, which is not
- * retryable.
- *
- * ## Limits of this design
- *
- * - The pool does not call `CallOptions.onFirstContent` or `onAccepted`: queue delays and
- *   acceptances feed the per-account limiters inside, and the outer policy has no limiter.
- * - The per-account policies update the `Policy` metrics labelled `account=<name>`: unlabelled,
- *   `weatherproof_calls` and `weatherproof_attempt_failures` count the pool's calls once; per
- *   account they count the attempts each served. The limiters' and breakers' labelled metrics,
- *   `failoversCounter`, `snapshot` and the ledger give the rest.
+ * A request's `model` is renamed through the account's `models` before it is sent. Every attempt
+ * that reached an upstream is recorded in the `CostLedger` under the account's name and **the
+ * model the response named** (DeepSeek serves old names with new models, priced as the new
+ * ones): a success as `kept`; a failure as `discarded` with the usage it carried (the retry tax),
+ * or `truncated` for a stream whose content had reached the caller. The ledger's budget is asked
+ * before each attempt: once spent, calls fail with `CostLedger.BudgetExceeded`.
  *
  * @since 0.1.0
  */
@@ -91,9 +82,12 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import type * as Metric from "effect/Metric"
 import type * as Scope from "effect/Scope"
+import type * as Stream from "effect/Stream"
 import type { Account } from "./Accounts.js"
-import * as CircuitBreakerModule from "./CircuitBreaker.js"
-import type { CostLedger } from "./CostLedger.js"
+import type { ApiError } from "./ApiError.js"
+import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from "./ChatSchema.js"
+import type * as CircuitBreakerModule from "./CircuitBreaker.js"
+import type { BudgetExceeded, CostLedger } from "./CostLedger.js"
 import * as internal from "./internal/accountPool.js"
 import * as KeyPool from "./KeyPool.js"
 import * as PolicyModule from "./Policy.js"
@@ -103,15 +97,32 @@ import type * as RetryBudgetModule from "./RetryBudget.js"
 import type * as RetryPolicyModule from "./RetryPolicy.js"
 import type * as TokenBucketModule from "./TokenBucket.js"
 import * as TransportModule from "./Transport.js"
-import { type Deadlines, Transport } from "./Transport.js"
+import type { Deadlines } from "./Transport.js"
+
+/**
+ * One model's lane of an account.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface ModelStatus {
+  readonly model: string
+  /** The lane's current limit. */
+  readonly limit: number
+  /** Permits it holds. */
+  readonly inFlight: number
+  /** Calls waiting at the pool for this model (on any account). */
+  readonly queued: number
+}
 
 /**
  * One account as the pool sees it now:
  * - `state`: `serving` (breaker closed), `half_open` (serving its breaker's canaries), `open`
- *   (breaker open or isolated), `out_of_balance` (402, waiting for its balance to return),
- *   `no_keys` (every key rejected, cooling down);
- * - `limit`, `inFlight`: its limiter's current limit and permits held;
- * - `usableKeys`: keys not cooling down; `calls`: attempts routed to it so far.
+ *   (breaker open or isolated), `out_of_balance` (402, or an unavailable balance at preflight,
+ *   waiting for its balance to return), `checking_balance` (its balance is being asked at start:
+ *   no call until it answers), `no_keys` (every key rejected, cooling down);
+ * - `limit`, `inFlight`: summed over its model lanes, each in `models`;
+ * - `usableKeys`: keys not cooling down; `calls`: attempts placed on it so far.
  *
  * @since 0.1.0
  * @category models
@@ -120,11 +131,12 @@ export interface AccountStatus {
   readonly name: string
   readonly provider: Account["provider"]
   readonly fallback: boolean
-  readonly state: "serving" | "open" | "half_open" | "out_of_balance" | "no_keys"
+  readonly state: "serving" | "open" | "half_open" | "out_of_balance" | "checking_balance" | "no_keys"
   readonly limit: number
   readonly inFlight: number
+  readonly models: ReadonlyArray<ModelStatus>
   readonly usableKeys: number
-  /** Attempts routed to the account, including those refused before sending. */
+  /** Attempts placed on the account, including those refused before sending. */
   readonly calls: number
   /** Attempts sent to the account that answered. */
   readonly succeeded: number
@@ -137,10 +149,31 @@ export interface AccountStatus {
 }
 
 /**
+ * Options of one call.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type CallOptions = Pick<ResilientModule.CallOptions, "deadlines" | "priority" | "maxWait">
+
+/**
+ * Every failure a call of the pool can end in: the upstream's (`NoAccountAvailable` when no
+ * account could take it in time) and a spent budget.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type PoolError = ApiError | BudgetExceeded
+
+/**
  * @since 0.1.0
  * @category models
  */
 export interface Service {
+  /** One attempt, placed on an account, failed over on account-level errors. */
+  readonly create: (request: ChatCompletionRequest, options?: CallOptions) => Effect.Effect<ChatCompletion, PoolError>
+  /** One streaming attempt; it fails over only before its first chunk. */
+  readonly stream: (request: ChatCompletionRequest, options?: CallOptions) => Stream.Stream<ChatCompletionChunk, PoolError>
   /** Every account, in configuration order. */
   readonly snapshot: Effect.Effect<ReadonlyArray<AccountStatus>>
 }
@@ -152,7 +185,7 @@ export interface Service {
 export class AccountPool extends Context.Tag("weatherproof/AccountPool")<AccountPool, Service>() {}
 
 /**
- * Options of the pool itself (`make`, `layerTransport`).
+ * Options of the pool itself (`make`, `layer`).
  *
  * @since 0.1.0
  * @category models
@@ -162,7 +195,14 @@ export interface Options {
   readonly breaker?: Omit<CircuitBreakerModule.Options, "name"> | undefined
   /** Deadlines of every account's transport. Default `Transport.defaultDeadlines`. */
   readonly deadlines?: Partial<Deadlines> | undefined
-  /** Between two balance probes of an account that answered 402. Default 60 seconds. */
+  /** How long an attempt waits for an account that may take it. Default 30 minutes. */
+  readonly maxWait?: Duration.DurationInput | undefined
+  /**
+   * Ask each DeepSeek account's balance once at start, in the background; until it answers (30 s
+   * at most) the account takes no call. Default true.
+   */
+  readonly preflight?: boolean | undefined
+  /** Between two balance probes of an account that is out of balance. Default 60 seconds. */
   readonly balanceProbeInterval?: Duration.DurationInput | undefined
   /** How long a key rejected with 401 is set aside. Default 15 minutes. */
   readonly keyCooldown?: Duration.DurationInput | undefined
@@ -174,14 +214,14 @@ export interface Options {
 }
 
 /**
- * Options of the whole stack (`layerResilient`): the pool's, and the outer pipeline's.
+ * Options of the whole stack (`layerResilient`): the pool's, and the outer policy's.
  *
  * @since 0.1.0
  * @category models
  */
 export interface PoolOptions extends Options {
   /** The outer retry. Default `RetryPolicy.defaults`. */
-  readonly retry?: RetryPolicyModule.Options | undefined
+  readonly retry?: Omit<RetryPolicyModule.Options, "classify"> | undefined
   /** Default `RetryBudget.defaults`. */
   readonly retryBudget?: RetryBudgetModule.Options | undefined
   /** A client-side rate limit over all accounts. Default: none. */
@@ -192,6 +232,7 @@ export interface PoolOptions extends Options {
  * @since 0.1.0
  */
 export const defaults = {
+  maxWait: Duration.minutes(30),
   balanceProbeInterval: Duration.seconds(60),
   keyCooldown: KeyPool.defaultCooldown,
   fallbackCooldown: Duration.minutes(10)
@@ -207,9 +248,18 @@ export const defaults = {
 export const failoversCounter: Metric.Metric.Counter<number> = internal.failoversCounter
 
 /**
- * The pool: a `Transport` over the accounts (what the outer `Resilient` calls) and the
- * `AccountPool` service. Its probe fibers and breakers live in the scope. Dies with
- * `IllegalArgumentException` on two accounts of one name or a duration that is not positive.
+ * Calls waiting at the pool for a permit, tagged `model`. Each lane publishes the limiter's
+ * gauges (`ConcurrencyLimiter.limitGauge`, `inFlightGauge`) and drop counter, tagged `account`
+ * and `model`.
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const queuedGauge: Metric.Metric.Gauge<number> = internal.queuedGauge
+
+/**
+ * The pool. Its probe fibers and breakers live in the scope. Dies with `IllegalArgumentException` on two accounts of one name or a duration
+ * that is not positive.
  *
  * @example
  * ```ts
@@ -219,7 +269,7 @@ export const failoversCounter: Metric.Metric.Counter<number> = internal.failover
  *
  * const program = Effect.scoped(Effect.gen(function*() {
  *   const pool = yield* AccountPool.make(yield* Accounts.load("accounts.json"), { keyCooldown: "5 minutes" })
- *   // One attempt, on the least-loaded account that can serve; account-level errors fail over.
+ *   // One attempt, on the least loaded account that can take the model; account-level errors fail over.
  *   yield* pool.create({ model: "deepseek-v4-flash", messages: [{ role: "user", content: "Hi" }] })
  *   return yield* pool.snapshot
  * })).pipe(Effect.provide([Transport.nodeHttpClient(), CostLedger.layer(), NodeFileSystem.layer]))
@@ -231,33 +281,54 @@ export const failoversCounter: Metric.Metric.Counter<number> = internal.failover
 export const make = (
   accounts: ReadonlyArray<Account>,
   options: Options = {}
-): Effect.Effect<TransportModule.Service & Service, never, HttpClient.HttpClient | CostLedger | Scope.Scope> =>
+): Effect.Effect<Service, never, HttpClient.HttpClient | CostLedger | Scope.Scope> =>
   internal.make(accounts, {
     breaker: options.breaker,
     deadlines: options.deadlines,
+    maxWait: Duration.decode(options.maxWait ?? defaults.maxWait),
+    preflight: options.preflight ?? true,
     balanceProbeInterval: Duration.decode(options.balanceProbeInterval ?? defaults.balanceProbeInterval),
     keyCooldown: Duration.decode(options.keyCooldown ?? defaults.keyCooldown),
     fallbackCooldown: Duration.decode(options.fallbackCooldown ?? defaults.fallbackCooldown)
   })
 
 /**
- * The pool as the `Transport` of a `Resilient` pipeline, and as `AccountPool`.
- *
  * @since 0.1.0
  * @category layers
  */
-export const layerTransport = (
+export const layer = (
   accounts: ReadonlyArray<Account>,
   options?: Options
-): Layer.Layer<Transport | AccountPool, never, HttpClient.HttpClient | CostLedger> =>
-  Layer.scopedContext(
-    Effect.map(make(accounts, options), (pool) => Context.make(Transport, pool).pipe(Context.add(AccountPool, pool)))
-  )
+): Layer.Layer<AccountPool, never, HttpClient.HttpClient | CostLedger> => Layer.scoped(AccountPool, make(accounts, options))
 
 /**
- * The whole stack over `Transport.nodeHttpClient()`: the outer policy (retry, retry budget,
- * optional rate limit; no limiter and no breaker, since those live per account) around the
- * pool. The cost ledger is left to the caller (`CostLedger.layer()`).
+ * The pool as the upstream of a `Resilient` client: its attempts are the pool's, whose permits
+ * are its own (the client's policy has no limiter).
+ *
+ * @since 0.1.0
+ * @category constructors
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { AccountPool, Policy, Resilient } from "weatherproof"
+ *
+ * const client = Effect.gen(function*() {
+ *   const pool = yield* AccountPool.AccountPool
+ *   const policy = yield* Policy.make({ retry: { maxRetries: 3 }, concurrency: false, breaker: false })
+ *   return yield* Resilient.makeWith(policy, AccountPool.upstream(pool))
+ * })
+ * ```
+ */
+export const upstream = (pool: Service): ResilientModule.Upstream => ({
+  create: (request, options) => pool.create(request, options),
+  stream: (request, options) => pool.stream(request, options)
+})
+
+/**
+ * The whole stack over `Transport.nodeHttpClient()`: a `Resilient` client whose policy has the
+ * retry, its budget and an optional rate limit (no limiter and no breaker: those live in the pool,
+ * per account) around the pool, and the pool itself. The cost ledger is left to the caller
+ * (`CostLedger.layer()`).
  *
  * @since 0.1.0
  * @category layers
@@ -266,15 +337,22 @@ export const layerResilient = (
   accounts: ReadonlyArray<Account>,
   options: PoolOptions = {}
 ): Layer.Layer<Resilient | AccountPool, never, CostLedger> => {
-  // One pool, shared (layers are memoised by reference) by the pipeline and the AccountPool output.
-  const pool = layerTransport(accounts, options).pipe(Layer.provide(TransportModule.nodeHttpClient()))
-  const outerPolicy = PolicyModule.layer({
-    retry: options.retry ?? {},
-    retryBudget: options.retryBudget ?? {},
-    rate: options.rate ?? false,
-    concurrency: false,
-    breaker: false
-  })
-  const pipeline = ResilientModule.layer.pipe(Layer.provide([pool, outerPolicy]))
-  return Layer.merge(pipeline, Layer.effect(AccountPool, AccountPool).pipe(Layer.provide(pool)))
+  // One pool, shared (layers are memoised by reference) by the client and the AccountPool output.
+  const pool = layer(accounts, options).pipe(Layer.provide(TransportModule.nodeHttpClient()))
+  const client = Layer.effect(
+    ResilientModule.Resilient,
+    Effect.gen(function*() {
+      const outer = yield* PolicyModule.Policy
+      return yield* ResilientModule.makeWith(outer, upstream(yield* AccountPool))
+    })
+  ).pipe(
+    Layer.provide(PolicyModule.layer({
+      retry: options.retry ?? {},
+      retryBudget: options.retryBudget ?? {},
+      rate: options.rate ?? false,
+      concurrency: false,
+      breaker: false
+    }))
+  )
+  return Layer.provideMerge(client, pool)
 }

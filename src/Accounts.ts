@@ -22,9 +22,12 @@
  * - `fallback` (default `false`): serves only when no other account can;
  * - `models` (default none): model names to send instead of the requested ones, for a provider
  *   whose names differ;
- * - `concurrency` (default: adaptive, starting at 8): a fixed number of calls in flight, or the
- *   adaptive limiter's options (`ConcurrencyLimiter.AdaptiveOptions`, `queueDelayFloor` in
- *   milliseconds).
+ * - `concurrency` (default: adaptive, starting at 8): the limit of each (account, model) lane,
+ *   since DeepSeek caps concurrency per account and per model: a fixed number of calls in flight,
+ *   or the adaptive limiter's options (`ConcurrencyLimiter.AdaptiveOptions`, `queueDelayFloor` in
+ *   milliseconds), each model's lane discovering its own cap;
+ * - `accountConcurrency` (default none): a fixed cap on the calls in flight of every model
+ *   together, for a provider that limits the account as a whole.
  *
  * At least one account must not be a fallback. Unknown fields are errors (a typo would
  * otherwise be silently ignored). Every problem is reported with the path of its field, and no
@@ -60,7 +63,10 @@ export interface Account {
   readonly fallback: boolean
   /** Requested model name → the name this account's provider knows it by. */
   readonly models: Readonly<Record<string, string>>
+  /** The limit of each of its (account, model) lanes: fixed, or adaptive with these options. */
   readonly concurrency?: number | AdaptiveOptions | undefined
+  /** A cap on the calls in flight of every model together. */
+  readonly accountConcurrency?: number | undefined
 }
 
 /**
@@ -184,7 +190,8 @@ const AccountJson = Schema.Struct({
   keys: Keys,
   fallback: optional(Flag),
   models: optional(Models),
-  concurrency: optional(Concurrency)
+  concurrency: optional(Concurrency),
+  accountConcurrency: optional(positiveInt)
 }).annotations(expecting("expected an account object"))
 
 const AccountsJson = Schema.Struct({

@@ -199,40 +199,34 @@ export class NoUsableKey extends Data.TaggedError("NoUsableKey")<{
  * - `circuit_open`: its circuit breaker is open (or isolated);
  * - `out_of_balance`: it answered 402; it is back once a balance probe says so, or after a
  *   cooldown when it cannot be probed;
+ * - `checking_balance`: its balance is being asked, once at start (`until` is when the probe
+ *   gives up, after which it serves);
  * - `no_keys`: every key of it was rejected (401); keys are usable again after their cooldown;
- * - `busy`: it refused this call for now (its wait queue is full, or canaries are testing it).
+ * - `busy`: it serves, but had no free permit for the call in time (or refused this call).
  *
  * @since 0.1.0
  * @category models
  */
 export interface AccountUnavailable {
   readonly account: string
-  readonly reason: "circuit_open" | "out_of_balance" | "no_keys" | "busy"
+  readonly reason: "circuit_open" | "out_of_balance" | "checking_balance" | "no_keys" | "busy"
   /** Epoch millis (Effect `Clock`) when it may serve again; `Infinity` when unknown (an isolated breaker). */
   readonly until: number
 }
 
 /**
- * No account of an `AccountPool` can serve the call. `retryAfter` is the time until the first
- * of them may serve again (none when no time is known), so a retry waits for it.
- *
- * When the pool's cost budget is spent, `budgetExceeded` holds what `CostLedger.BudgetExceeded`
- * would (the pool is a `Transport`, whose errors are `ApiError`s); then no account may serve
- * whatever the time, and the error is not retryable.
+ * No account of an `AccountPool` could take the call: each account's reason, and `retryAfter`,
+ * the time until the first of them may serve again (none when no time is known). The pool has
+ * already waited as long as the call allows (its `maxWait`), so it is final.
  *
  * @since 0.1.0
  */
 export class NoAccountAvailable extends Data.TaggedError("NoAccountAvailable")<{
   readonly retryAfter: Option.Option<Duration.Duration>
   readonly accounts: ReadonlyArray<AccountUnavailable>
-  readonly budgetExceeded?: { readonly spentUsd: number; readonly budgetUsd: number } | undefined
 }> {
   /** @since 0.1.0 */
   override get message(): string {
-    if (this.budgetExceeded !== undefined) {
-      const { budgetUsd, spentUsd } = this.budgetExceeded
-      return `no account may serve: budget exceeded: spent $${spentUsd} of $${budgetUsd}`
-    }
     const reasons = this.accounts.map((a) => `${a.account}: ${a.reason}`).join(", ")
     const wait = Option.match(this.retryAfter, {
       onNone: () => "",
@@ -457,7 +451,7 @@ const sdkVerdicts: { readonly [Tag in SdkError["_tag"]]: (error: Extract<SdkErro
   StreamTruncated: () => outage(),
   UpstreamError: () => outage(),
   MalformedResponse: (error) => error.reason === "schema" ? caller : outage(),
-  NoAccountAvailable: (error) => refused(error.budgetExceeded === undefined, error.retryAfter),
+  NoAccountAvailable: (error) => refused(false, error.retryAfter),
   QueueFull: () => refused(false),
   CircuitOpen: (error) => refused(error.reason !== "isolated", error.retryAfter),
   RateLimitExceeded: (error) => refused(Option.isSome(error.retryAfter), error.retryAfter),

@@ -28,6 +28,7 @@
 import * as Config from "effect/Config"
 import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
+import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
@@ -35,6 +36,7 @@ import type * as Redacted from "effect/Redacted"
 import * as Stream from "effect/Stream"
 import type { ApiError } from "./ApiError.js"
 import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from "./ChatSchema.js"
+import type { BudgetExceeded } from "./CostLedger.js"
 import type * as Limiter from "./ConcurrencyLimiter.js"
 import * as KeyPool from "./KeyPool.js"
 import * as PolicyModule from "./Policy.js"
@@ -49,7 +51,14 @@ import { withSpanWhenTraced } from "./internal/tracing.js"
  * @since 0.1.0
  * @category models
  */
-export interface CallOptions extends Pick<TransportModule.CallOptions, "deadlines" | "priority"> {
+export interface CallOptions extends Pick<TransportModule.CallOptions, "deadlines"> {
+  /** Interactive calls get permits before batch calls. Default `"interactive"`. */
+  readonly priority?: Limiter.Priority | undefined
+  /**
+   * How long an attempt may wait for a permit (with an `AccountPool`: for an account that can
+   * take it) before it fails. Default: as long as it takes (the pool's `maxWait`, 30 minutes).
+   */
+  readonly maxWait?: Duration.DurationInput | undefined
   /** How a `ResponseCache` in the context treats this call. Default "auto" (deterministic requests only). */
   readonly cache?: ResponseCacheModule.CacheMode | undefined
 }
@@ -61,7 +70,7 @@ export interface CallOptions extends Pick<TransportModule.CallOptions, "deadline
  * @since 0.1.0
  * @category models
  */
-export type ResilientError = ApiError | PolicyModule.Refusal
+export type ResilientError = ApiError | PolicyModule.Refusal | BudgetExceeded
 
 /**
  * @since 0.1.0
@@ -85,7 +94,97 @@ export interface Service {
 export class Resilient extends Context.Tag("weatherproof/Resilient")<Resilient, Service>() {}
 
 /**
- * Builds the client from a `Policy` and a `Transport`.
+ * What a client calls once per attempt, under the permit of its policy: a `Transport`, or an
+ * `AccountPool` (whose permits are its own).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Upstream {
+  readonly create: (
+    request: ChatCompletionRequest,
+    options: CallOptions | undefined,
+    permit: Limiter.Permit
+  ) => Effect.Effect<ChatCompletion, ResilientError>
+  readonly stream: (
+    request: ChatCompletionRequest,
+    options: CallOptions | undefined,
+    permit: Limiter.Permit
+  ) => Stream.Stream<ChatCompletionChunk, ResilientError>
+}
+
+/**
+ * A `Transport` as an upstream: it reports to the permit when the upstream accepted the request
+ * and how long it queued it.
+ *
+ * @since 0.1.0
+ * @category constructors
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Resilient, Transport } from "weatherproof"
+ *
+ * const upstream = Effect.map(Transport.Transport, Resilient.transportUpstream)
+ * ```
+ */
+export const transportUpstream = (transport: TransportModule.Service): Upstream => ({
+  create: (request, options, permit) => transport.create(request, transportOptions(options, permit)),
+  stream: (request, options, permit) => transport.stream(request, transportOptions(options, permit))
+})
+
+/**
+ * The client of `upstream` called through `policy`, answering from a `ResponseCache` when the
+ * context has one.
+ *
+ * @since 0.1.0
+ * @category constructors
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Policy, Resilient, Transport } from "weatherproof"
+ *
+ * const client = Effect.gen(function*() {
+ *   const policy = yield* Policy.Policy
+ *   const transport = yield* Transport.Transport
+ *   return yield* Resilient.makeWith(policy, Resilient.transportUpstream(transport))
+ * })
+ * ```
+ */
+export const makeWith = (policy: PolicyModule.Service, upstream: Upstream): Effect.Effect<Service> =>
+  Effect.map(Effect.serviceOption(ResponseCacheModule.ResponseCache), (cache) => {
+    const applyOptions = (request: ChatCompletionRequest, options: CallOptions | undefined): PolicyModule.ApplyOptions => ({
+      priority: options?.priority,
+      cost: TokenBucket.costOf(request),
+      abandonWhen: options?.maxWait === undefined ? undefined : Effect.sleep(options.maxWait)
+    })
+
+    /** Answers from the `ResponseCache` when the context has one and the request is cacheable. */
+    const cached = <E>(
+      request: ChatCompletionRequest,
+      options: CallOptions | undefined,
+      call: Effect.Effect<ChatCompletion, E>
+    ): Effect.Effect<ChatCompletion, E> =>
+      Option.match(cache, {
+        onNone: () => call,
+        onSome: (responses) => responses.cached(request, call, { cache: options?.cache })
+      })
+
+    return Resilient.of({
+      create: (request, options) =>
+        withSpanWhenTraced(
+          cached(request, options, policy.apply((permit) => upstream.create(request, options, permit), applyOptions(request, options))),
+          "weatherproof.Resilient.create",
+          { model: request.model }
+        ),
+      stream: (request, options) =>
+        policy.applyStream((permit) => upstream.stream(request, options, permit), applyOptions(request, options)).pipe(
+          Stream.withSpan("weatherproof.Resilient.stream", { attributes: { model: request.model } })
+        )
+    })
+  })
+
+/**
+ * Builds the client from the `Policy` and the `Transport` in the context.
  *
  * @example
  * ```ts
@@ -106,48 +205,11 @@ export class Resilient extends Context.Tag("weatherproof/Resilient")<Resilient, 
  * @category constructors
  */
 export const make: Effect.Effect<Service, never, Transport | Policy> = Effect.gen(function*() {
-  const transport = yield* Transport
-  const policy = yield* Policy
-  const cache = yield* Effect.serviceOption(ResponseCacheModule.ResponseCache)
-
-  const applyOptions = (request: ChatCompletionRequest, options: CallOptions | undefined): PolicyModule.ApplyOptions => ({
-    priority: options?.priority,
-    cost: TokenBucket.costOf(request)
-  })
-
-  /** Answers from the `ResponseCache` when the context has one and the request is cacheable. */
-  const cached = <E>(
-    request: ChatCompletionRequest,
-    options: CallOptions | undefined,
-    call: Effect.Effect<ChatCompletion, E>
-  ): Effect.Effect<ChatCompletion, E> =>
-    Option.match(cache, {
-      onNone: () => call,
-      onSome: (responses) => responses.cached(request, call, { cache: options?.cache })
-    })
-
-  return Resilient.of({
-    create: (request, options) =>
-      withSpanWhenTraced(
-        cached(
-          request,
-          options,
-          policy.apply((permit) => transport.create(request, transportOptions(options, permit)), applyOptions(request, options))
-        ),
-        "weatherproof.Resilient.create",
-        { model: request.model }
-      ),
-    stream: (request, options) =>
-      policy.applyStream(
-        (permit) => transport.stream(request, transportOptions(options, permit)),
-        applyOptions(request, options)
-      ).pipe(Stream.withSpan("weatherproof.Resilient.stream", { attributes: { model: request.model } }))
-  })
+  return yield* makeWith(yield* Policy, transportUpstream(yield* Transport))
 })
 
 const transportOptions = (options: CallOptions | undefined, permit: Limiter.Permit): TransportModule.CallOptions => ({
   deadlines: options?.deadlines,
-  priority: options?.priority,
   onAccepted: permit.accepted,
   onFirstContent: permit.recordQueueDelay
 })

@@ -124,7 +124,7 @@ describe("Accounts", () => {
       })
       expect(issues).toEqual([
         `accounts[0].key: is unexpected, expected: ` +
-        `"name" | "provider" | "baseUrl" | "keys" | "fallback" | "models" | "concurrency"`,
+        `"name" | "provider" | "baseUrl" | "keys" | "fallback" | "models" | "concurrency" | "accountConcurrency"`,
         "accounts[0].name: expected a name",
         "accounts[0].keys: expected a list of keys",
         "accounts[0].fallback: expected true or false",

@@ -70,12 +70,7 @@ const table: ReadonlyArray<readonly [name: string, error: unknown, verdict: ApiE
   ["bucket, room later", new TokenBucket.RateLimitExceeded({ dimension: "tokens", retryAfter: seconds(1) }), ApiError.refused(true, seconds(1))],
   ["bucket, never fits", new TokenBucket.RateLimitExceeded({ dimension: "tokens", retryAfter: none }), ApiError.refused(false)],
   ["budget", new CostLedger.BudgetExceeded({ spentUsd: 2, budgetUsd: 1 }), ApiError.refused(false)],
-  ["no account", new ApiError.NoAccountAvailable({ retryAfter: seconds(3), accounts: [] }), ApiError.refused(true, seconds(3))],
-  [
-    "no account, budget spent",
-    new ApiError.NoAccountAvailable({ retryAfter: none, accounts: [], budgetExceeded: { spentUsd: 1, budgetUsd: 1 } }),
-    ApiError.refused(false)
-  ],
+  ["no account (the pool waited as long as the call allows)", new ApiError.NoAccountAvailable({ retryAfter: seconds(3), accounts: [] }), ApiError.refused(false, seconds(3))],
   ["HTTP 429 Retry-After seconds", statusError(429, { "retry-after": "7" }), ApiError.loadShed(seconds(7))],
   ["HTTP 503 retry-after-ms", statusError(503, { "retry-after-ms": "250" }), ApiError.loadShed(Option.some(Duration.millis(250)), "overload")],
   [

@@ -630,6 +630,7 @@ describe("Batch summary", () => {
         state: name === "beta" ? "out_of_balance" : "serving",
         limit: 8,
         inFlight: 0,
+        models: [{ model: "deepseek-v4-flash", limit: 8, inFlight: 0, queued: 0 }],
         usableKeys: 2,
         calls,
         succeeded: calls,
@@ -642,7 +643,7 @@ describe("Batch summary", () => {
       const stack = layer.pipe(
         Layer.provideMerge(CostLedger.layer()),
         Layer.merge(Router.layerDefault),
-        Layer.merge(Layer.succeed(AccountPool.AccountPool, { snapshot: Effect.succeed(statuses) }))
+        Layer.merge(Layer.succeed(AccountPool.AccountPool, { create: () => Effect.die("unused"), stream: () => Stream.die("unused"), snapshot: Effect.succeed(statuses) }))
       )
       const summary = yield* Batch.run(ws).pipe(Effect.provide(stack))
       expect(yield* Ref.get(calls)).toBe(2)

@@ -1,40 +1,37 @@
 /**
- * The account pool's implementation: one inner pipeline and a little state per account,
- * selection by load, failover within an attempt, balance recovery, and cost records.
+ * The account pool's implementation: the accounts' state, the dispatcher that places each call
+ * on an (account, model) lane when a permit is free, failover within an attempt, balance
+ * preflight and recovery, and cost records.
  *
  * The mutable fields of a `Member` are read and written only in synchronous blocks, so each
- * selection (read the loads, pick, count the call) and each exclusion is atomic on the
- * JavaScript thread.
+ * change of state and what the dispatcher makes of it is atomic on the JavaScript thread.
  *
  * @internal
  */
 import * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
-import * as Clock from "effect/Clock"
 import * as Data from "effect/Data"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
-import * as FiberId from "effect/FiberId"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
-import type * as Scope from "effect/Scope"
+import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import type { Account } from "../Accounts.js"
-import type { AccountStatus, Service } from "../AccountPool.js"
+import type { AccountStatus, CallOptions, PoolError, Service } from "../AccountPool.js"
 import * as ApiError from "../ApiError.js"
 import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Usage } from "../ChatSchema.js"
 import * as CircuitBreaker from "../CircuitBreaker.js"
-import * as Limiter from "../ConcurrencyLimiter.js"
+import type * as Limiter from "../ConcurrencyLimiter.js"
 import { CostLedger, type Disposition } from "../CostLedger.js"
 import * as KeyPool from "../KeyPool.js"
-import * as Policy from "../Policy.js"
-import * as Telemetry from "../Telemetry.js"
-import type * as Resilient from "../Resilient.js"
 import * as Transport from "../Transport.js"
+import * as LimiterInternal from "./concurrencyLimiter.js"
+import { AccountSlot, Dispatcher, Lane, type LaneGrant, type Waiter } from "./dispatcher.js"
 import { assertValid, positive } from "./options.js"
 
 /** `AccountPool.Options` with defaults applied. */
@@ -44,11 +41,17 @@ export interface Settings {
   readonly balanceProbeInterval: Duration.Duration
   readonly keyCooldown: Duration.Duration
   readonly fallbackCooldown: Duration.Duration
+  readonly maxWait: Duration.Duration
+  readonly preflight: boolean
 }
 
 export const failoversCounter = Metric.counter("weatherproof_account_failovers", {
   description: "Account-level failures the account pool failed over from",
   incremental: true
+})
+
+export const queuedGauge = Metric.gauge("weatherproof_account_pool_queued", {
+  description: "Calls waiting at the account pool for a permit, by model"
 })
 
 /** A balance probe gets this long to answer. */
@@ -58,31 +61,42 @@ const probeTimeout = Duration.seconds(30)
 // Accounts
 // ---------------------------------------------------------------------------------------------
 
-/** Serving, or out of balance until `nextCheck` (the next probe, or the return without one). */
-type Balance = { readonly _tag: "Ok" } | { readonly _tag: "Out"; readonly nextCheck: number }
+/**
+ * Serving, out of balance until `nextCheck` (the next probe, or the return without one), or
+ * not yet known: the preflight probe has not answered (it takes at most `until`).
+ */
+type Balance =
+  | { readonly _tag: "Ok" }
+  | { readonly _tag: "Out"; readonly nextCheck: number }
+  | { readonly _tag: "Checking"; readonly until: number }
 
 const balanceOk: Balance = { _tag: "Ok" }
 
-/** One account: its inner pipeline, the parts the pool reads, and the pool's own counts. */
+/** Why an account cannot serve now, and until when (`busy` is a refusal of one attempt, not a state). */
+type Unavailable = {
+  readonly reason: Exclude<ApiError.AccountUnavailable["reason"], "busy">
+  readonly until: number
+}
+
+/** One account: its parts, the dispatcher's view of it, and the pool's own counts. */
 class Member {
-  /** Attempts routed here and not finished (waiting for a permit or holding one). */
-  active = 0
-  /** Attempts routed here so far. */
+  /** Why it cannot serve, when it cannot: kept in step with `slot.available`. */
+  unavailable: Unavailable | undefined
+  balance: Balance = balanceOk
+  /** Attempts placed on the account so far. */
   calls = 0
-  /** Attempts sent here that answered, that failed, that drew a 429, that re-sent a request. */
+  /** Attempts sent to the account that answered, that failed, that drew a 429, that re-sent a request. */
   succeeded = 0
   failed = 0
   rateLimited = 0
   retries = 0
-  balance: Balance = balanceOk
 
   constructor(
-    readonly index: number,
     readonly account: Account,
-    readonly client: AccountClient,
-    readonly limiter: Limiter.Service,
+    readonly slot: AccountSlot,
+    readonly keys: KeyPool.Service,
     readonly breaker: CircuitBreaker.Service,
-    readonly keys: KeyPool.Service
+    readonly transport: Transport.Service
   ) {}
 
   get name(): string {
@@ -94,234 +108,25 @@ class Member {
   }
 }
 
-const limiterFor = (account: Account): Effect.Effect<Limiter.Service> =>
+/** A lane's policy: the account's fixed limit, or an adaptive one of its options. */
+const policyFor = (account: Account): LimiterInternal.Policy =>
   typeof account.concurrency === "number"
-    ? Limiter.makeFixed(account.concurrency, { name: account.name })
-    : Limiter.makeAdaptive({ ...account.concurrency, name: account.name })
-
-/**
- * The account's transport, sending only while the account is funded: a call that waited for a
- * permit while its account ran out of balance is refused (as the account's own refusal, so it
- * fails over) instead of drawing another 402.
- */
-const whileFunded = (account: string, balanceOf: () => Balance, transport: Transport.Service): Transport.Service => {
-  const refusal = (): Option.Option<ApiError.NoAccountAvailable> => {
-    const balance = balanceOf()
-    return balance._tag === "Ok" ? Option.none() : Option.some(
-      new ApiError.NoAccountAvailable({
-        retryAfter: Option.none(),
-        accounts: [{ account, reason: "out_of_balance", until: balance.nextCheck }]
-      })
-    )
-  }
-  return {
-    create: (request, options) =>
-      Effect.suspend(() =>
-        Option.match(refusal(), { onNone: () => transport.create(request, options), onSome: Effect.fail })
-      ),
-    stream: (request, options) =>
-      Stream.suspend(() =>
-        Option.match(refusal(), { onNone: () => transport.stream(request, options), onSome: Stream.fail })
-      )
-  }
-}
-
-/** Fires each time a primary account may serve again; `next` waits for the next time. */
-class PrimaryBack {
-  private signal = Deferred.unsafeMake<void>(FiberId.none)
-
-  readonly next: Effect.Effect<void> = Effect.suspend(() => Deferred.await(this.signal))
-
-  fire(): void {
-    const fired = this.signal
-    this.signal = Deferred.unsafeMake<void>(FiberId.none)
-    Deferred.unsafeDone(fired, Exit.void)
-  }
-}
-
-/**
- * The account's calls: one gated attempt each (its limiter, then its breaker, around its
- * transport; no retry, budget or bucket: those are the outer client's). A fallback's waiters give
- * up their place when a primary may serve again: the call fails over (a local refusal, before
- * anything is sent) and the pool selects again, so a backlog that queued at the fallback during
- * an outage returns to the primaries. A call that holds its permit keeps it. Metrics are labelled
- * `account=<name>`: the outer client counts each call once, unlabelled, and these count the
- * attempts each account served.
- */
-const accountClient = (
-  account: Account,
-  policy: Policy.Service,
-  transport: Transport.Service,
-  primaryBack: PrimaryBack
-): AccountClient => {
-  const applyOptions = (options: Resilient.CallOptions | undefined): Policy.ApplyOptions => ({
-    priority: options?.priority,
-    abandonWhen: account.fallback ? primaryBack.next : undefined
-  })
-  const callOptions = (options: Resilient.CallOptions | undefined, permit: Limiter.Permit): Transport.CallOptions => ({
-    deadlines: options?.deadlines,
-    onAccepted: permit.accepted,
-    onFirstContent: permit.recordQueueDelay
-  })
-  return {
-    create: (request, options) =>
-      Effect.tagMetrics(
-        policy.apply((permit) => transport.create(request, callOptions(options, permit)), applyOptions(options)),
-        "account",
-        account.name
-      ),
-    stream: (request, options) =>
-      Stream.unwrapScoped(
-        Effect.as(
-          Effect.tagMetricsScoped("account", account.name),
-          policy.applyStream((permit) => transport.stream(request, callOptions(options, permit)), applyOptions(options))
-        )
-      )
-  }
-}
-
-/** What the pool calls on one account. */
-type AccountClient = Resilient.Service
-
-/** One account's parts: its keys, limiter and breaker, composed into one policy around its transport. */
-const makeMember = (
-  account: Account,
-  index: number,
-  settings: Settings,
-  primaryBack: PrimaryBack
-): Effect.Effect<Member, never, HttpClient.HttpClient | Scope.Scope> =>
-  Effect.gen(function*() {
-    const keys = yield* KeyPool.make(account.keys, { cooldown: settings.keyCooldown })
-    const limiter = yield* limiterFor(account)
-    // Behind the adaptive limiter, which owns the load signal, the breaker counts outages only.
-    const breaker = yield* CircuitBreaker.make({
-      countLoadShed: typeof account.concurrency === "number",
-      ...settings.breaker,
-      name: account.name
-    })
-    const transport = yield* Transport.make({ baseUrl: account.baseUrl, deadlines: settings.deadlines }).pipe(
-      Effect.provideService(KeyPool.KeyPool, keys)
-    )
-    // The outer client reports failed attempts and retries, once per call.
-    const policy = yield* Policy.fromParts({ limiter, breaker, telemetry: Telemetry.noop })
-    // The funding check reads the member, which exists once the client below is made.
-    const funded = whileFunded(account.name, () => member.balance, transport)
-    const member: Member = new Member(index, account, accountClient(account, policy, funded, primaryBack), limiter, breaker, keys)
-    return member
-  })
-
-// ---------------------------------------------------------------------------------------------
-// Availability and selection
-// ---------------------------------------------------------------------------------------------
-
-/** Why an account cannot serve, by its state (`busy` is a refusal of one attempt, not a state). */
-type Unavailability = Exclude<ApiError.AccountUnavailable["reason"], "busy">
-
-type Availability =
-  | { readonly _tag: "Serving"; readonly halfOpen: boolean; readonly limit: number }
-  | { readonly _tag: "Unavailable"; readonly reason: Unavailability; readonly until: number }
-
-const unavailable = (reason: Unavailability, until: number): Availability => ({
-  _tag: "Unavailable",
-  reason,
-  until
-})
-
-const availabilityOf = (member: Member): Effect.Effect<Availability> =>
-  Effect.gen(function*() {
-    if (member.balance._tag === "Out") return unavailable("out_of_balance", member.balance.nextCheck)
-    if ((yield* member.keys.available) === 0) {
-      return unavailable("no_keys", Option.getOrElse(yield* member.keys.cooldownEnd, () => Infinity))
-    }
-    const state = yield* member.breaker.state
-    if (state._tag === "Open") return unavailable("circuit_open", state.until)
-    if (state._tag === "Isolated") return unavailable("circuit_open", Infinity)
-    const { limit } = yield* member.limiter.snapshot
-    return { _tag: "Serving", halfOpen: state._tag === "HalfOpen", limit }
-  })
-
-interface View {
-  readonly member: Member
-  readonly availability: Availability
-}
-
-/** Lower is better: the share of the limit in use, then calls so far, then configuration order. */
-const byLoad = (a: Member, aLimit: number, b: Member, bLimit: number): number =>
-  a.active / aLimit - b.active / bLimit || a.calls - b.calls || a.index - b.index
-
-/** Picks the least loaded candidate and counts the call on it, in one synchronous step. */
-const pickLeastLoaded = (candidates: ReadonlyArray<{ readonly member: Member; readonly limit: number }>) =>
-  Effect.sync(() => {
-    const best = candidates.reduce((a, b) => byLoad(b.member, b.limit, a.member, a.limit) < 0 ? b : a).member
-    best.active++
-    best.calls++
-    return best
-  })
-
-/** Why each account cannot serve: its state, or `busy` for one that refused this attempt. */
-const noAccount = (views: ReadonlyArray<View>, now: number): ApiError.NoAccountAvailable => {
-  const accounts = views.map(({ availability, member }): ApiError.AccountUnavailable =>
-    availability._tag === "Unavailable"
-      ? { account: member.name, reason: availability.reason, until: availability.until }
-      : { account: member.name, reason: "busy", until: now }
-  )
-  const first = Math.min(...accounts.map((a) => a.until))
-  return new ApiError.NoAccountAvailable({
-    retryAfter: Number.isFinite(first) ? Option.some(Duration.millis(Math.max(0, first - now))) : Option.none(),
-    accounts
-  })
-}
+    ? LimiterInternal.fixedPolicy(account.concurrency)
+    : LimiterInternal.adaptivePolicy(account.concurrency ?? {})
 
 // ---------------------------------------------------------------------------------------------
 // Errors
 // ---------------------------------------------------------------------------------------------
 
-/** Refusals of the account's own gates (breaker, limiter): they come before anything is sent. */
-type LocalRefusal = Exclude<Resilient.ResilientError, ApiError.ApiError>
+/** An account-level failure, carried out of the account's attempt to the next placement. */
+class FailedOver extends Data.TaggedError("FailedOver")<{ readonly member: Member }> {}
 
-/** Errors that say this account cannot serve now: the attempt moves to another account. */
-type AccountLevel =
-  | LocalRefusal
-  | Extract<
-    ApiError.ApiError,
-    { readonly _tag: "KeyRejected" | "NoUsableKey" | "InsufficientBalance" | "NoAccountAvailable" }
-  >
-
-const localRefusalTags = ["CircuitOpen", "QueueFull", "RateLimitExceeded"] as const satisfies ReadonlyArray<
-  LocalRefusal["_tag"]
->
-const accountLevelTags: ReadonlySet<string> = new Set<AccountLevel["_tag"]>([
-  ...localRefusalTags,
-  "KeyRejected",
-  "NoUsableKey",
-  "InsufficientBalance",
-  "NoAccountAvailable"
-])
-
-const isLocalRefusal = (error: Resilient.ResilientError): error is LocalRefusal =>
-  (localRefusalTags as ReadonlyArray<string>).includes(error._tag)
-
-const isAccountLevel = (error: Resilient.ResilientError): error is AccountLevel => accountLevelTags.has(error._tag)
-
-/** Failures that never reached an upstream (a gate refused, no key to send with, out of balance): not recorded. */
-const wasNotSent = (
-  error: Resilient.ResilientError
-): error is LocalRefusal | ApiError.NoUsableKey | ApiError.NoAccountAvailable =>
-  error._tag === "NoUsableKey" || error._tag === "NoAccountAvailable" || isLocalRefusal(error)
-
-/** An account-level failure, carried out of the account's scope to the next selection. */
-class FailedOver extends Data.TaggedError("FailedOver")<{ readonly member: Member; readonly yielded: boolean }> {
-  /**
-   * The accounts the attempt's next selection leaves out: every one tried so far, or only this
-   * fallback when its waiter yielded to a primary that may serve again (even one tried before).
-   */
-  exclusions(excluded: ReadonlySet<Member>): ReadonlySet<Member> {
-    return this.yielded ? new Set([this.member]) : new Set(excluded).add(this.member)
-  }
-}
+/** Failures that never reached an upstream: not recorded as spend. */
+const wasNotSent = (verdict: ApiError.Verdict, error: unknown): boolean =>
+  verdict._tag === "Refused" || ApiError.tagOf(error) === "NoUsableKey"
 
 // ---------------------------------------------------------------------------------------------
-// Balance recovery
+// Balance
 // ---------------------------------------------------------------------------------------------
 
 const BalanceBody = Schema.Struct({ is_available: Schema.Boolean })
@@ -356,234 +161,433 @@ const validate = (accounts: ReadonlyArray<Account>, settings: Settings): void =>
     positive("fallbackCooldown", Duration.toMillis(settings.fallbackCooldown))
   ])
 
-const stateOf = (availability: Availability): AccountStatus["state"] =>
-  availability._tag === "Serving"
-    ? availability.halfOpen ? "half_open" : "serving"
-    : availability.reason === "circuit_open"
+const stateOf = (member: Member, breakerState: CircuitBreaker.State): AccountStatus["state"] =>
+  member.unavailable === undefined
+    ? breakerState._tag === "HalfOpen" ? "half_open" : "serving"
+    : member.unavailable.reason === "circuit_open"
     ? "open"
-    : availability.reason
+    : member.unavailable.reason
 
 export const make = (
   accounts: ReadonlyArray<Account>,
   settings: Settings
-): Effect.Effect<Transport.Service & Service, never, HttpClient.HttpClient | CostLedger | Scope.Scope> =>
+): Effect.Effect<Service, never, HttpClient.HttpClient | CostLedger | Scope.Scope> =>
   Effect.gen(function*() {
     yield* Effect.sync(() => validate(accounts, settings))
     const client = yield* HttpClient.HttpClient
     const ledger = yield* CostLedger
     const scope = yield* Effect.scope
-    const primaryBack = new PrimaryBack()
-    const members = yield* Effect.forEach(accounts, (account, i) => makeMember(account, i, settings, primaryBack))
-    const primaries = members.filter((member) => !member.account.fallback)
-    // A primary's breaker letting calls through again (half-open or closed) may end an outage.
-    yield* Effect.forEach(primaries, (member) =>
-      member.breaker.changes.pipe(
-        Stream.runForEach((state) =>
-          Effect.sync(() => {
-            if (state._tag === "Closed" || state._tag === "HalfOpen") primaryBack.fire()
-          })
-        ),
-        Effect.forkScoped
-      ), { discard: true })
+    const clock = yield* Effect.clock
+    const now = () => clock.unsafeCurrentTimeMillis()
 
-    // -- recovery from 402 ------------------------------------------------------------------
+    // -- the accounts and their lanes ---------------------------------------------------------
+
+    const limitLabels = (account: Account, model: string) =>
+      <Type, In, Out>(metric: Metric.Metric<Type, In, Out>) =>
+        Metric.tagged(Metric.tagged(metric, "account", account.name), "model", model)
+
+    const members: ReadonlyArray<Member> = yield* Effect.forEach(accounts, (account, index) =>
+      Effect.gen(function*() {
+        const keys = yield* KeyPool.make(account.keys, { cooldown: settings.keyCooldown })
+        // Behind an adaptive limit, which owns the load signal, the breaker counts outages only.
+        const breaker = yield* CircuitBreaker.make({
+          countLoadShed: typeof account.concurrency === "number",
+          ...settings.breaker,
+          name: account.name
+        })
+        const transport = yield* Transport.make({ baseUrl: account.baseUrl, deadlines: settings.deadlines }).pipe(
+          Effect.provideService(KeyPool.KeyPool, keys)
+        )
+        const slot = new AccountSlot(index, account.fallback, account.accountConcurrency ?? Infinity)
+        return new Member(account, slot, keys, breaker, transport)
+      }))
+
+    interface LaneMetrics {
+      readonly publish: () => void
+      readonly dropped: () => void
+    }
+    const laneMetrics = new Map<Lane, LaneMetrics>()
+    const dispatcher: Dispatcher = new Dispatcher(members.map((member) => member.slot), (slot, model) => {
+      const account = members[slot.index]!.account
+      const lane = new Lane(slot, model, policyFor(account), (grown) => dispatcher.dispatch(grown.model))
+      const tag = limitLabels(account, model)
+      const gauges = { limit: tag(LimiterInternal.limitGauge), inFlight: tag(LimiterInternal.inFlightGauge) }
+      const droppedCount = tag(LimiterInternal.droppedCounter)
+      laneMetrics.set(lane, {
+        publish: () => {
+          gauges.limit.unsafeUpdate(lane.limit, [])
+          gauges.inFlight.unsafeUpdate(lane.inFlight, [])
+        },
+        dropped: () => droppedCount.unsafeUpdate(1, [])
+      })
+      return lane
+    })
+
+    const publishQueued = (model: string) =>
+      Metric.tagged(queuedGauge, "model", model).unsafeUpdate(dispatcher.queued(model), [])
+    const publishLane = (lane: Lane) => {
+      laneMetrics.get(lane)?.publish()
+      publishQueued(lane.model)
+    }
+
+    // -- availability -------------------------------------------------------------------------
+
+    /** Why `member` cannot serve now, if it cannot: out of balance, every key resting, breaker open. */
+    const unavailability = (member: Member): Effect.Effect<Unavailable | undefined> =>
+      Effect.gen(function*() {
+        if (member.balance._tag === "Out") return { reason: "out_of_balance", until: member.balance.nextCheck }
+        if (member.balance._tag === "Checking") return { reason: "checking_balance", until: member.balance.until }
+        if ((yield* member.keys.available) === 0) {
+          return { reason: "no_keys", until: Option.getOrElse(yield* member.keys.cooldownEnd, () => Infinity) }
+        }
+        const state = yield* member.breaker.state
+        if (state._tag === "Open") return { reason: "circuit_open", until: state.until }
+        if (state._tag === "Isolated") return { reason: "circuit_open", until: Infinity }
+        return undefined
+      })
+
+    /**
+     * Reads `member`'s state into the dispatcher: the queues are served if it may take calls
+     * again, and the calls nothing will ever take are refused if it went out for good.
+     */
+    const refresh = (member: Member): Effect.Effect<void> =>
+      Effect.flatMap(unavailability(member), (unavailable) =>
+        Effect.sync(() => {
+          const cameBack = member.unavailable !== undefined && unavailable === undefined
+          member.unavailable = unavailable
+          member.slot.available = unavailable === undefined
+          member.slot.pending = unavailable?.reason === "checking_balance"
+          if (cameBack) dispatcher.dispatchAll()
+          else if (unavailable !== undefined) dispatcher.refuse((waiter) => !mayBePlaced(waiter.excluded))
+        }))
+
+    /** When every key of `member` rests, the first one back is a time, not an event: wake then. */
+    const refreshWhenKeysReturn = (member: Member) =>
+      Effect.gen(function*() {
+        if ((yield* member.keys.available) > 0) return
+        const back = yield* member.keys.cooldownEnd
+        if (Option.isNone(back)) return
+        const wait = Duration.millis(Math.max(0, back.value - now()))
+        yield* Effect.forkIn(Effect.zipRight(Effect.sleep(wait), refresh(member)), scope)
+      })
+
+    // -- balance: preflight and recovery ------------------------------------------------------
 
     const probeInterval = Duration.toMillis(settings.balanceProbeInterval)
     const cooldown = Duration.toMillis(settings.fallbackCooldown)
 
     /** The next probe, or the return (`fallbackCooldown` after the 402) of an account that cannot be probed. */
-    const nextCheck = (probing: boolean, now: number, outSince: number) =>
-      probing ? now + probeInterval : Math.max(now, outSince + cooldown)
+    const nextCheck = (probing: boolean, at: number, outSince: number) =>
+      probing ? at + probeInterval : Math.max(at, outSince + cooldown)
 
     /** Waits for each check, probes when it can, until the balance is back; then the account serves again. */
     const recover = (member: Member, outSince: number): Effect.Effect<void> =>
       Effect.gen(function*() {
         let probing = member.account.provider === "deepseek"
         while (member.balance._tag === "Out") {
-          const now = yield* Clock.currentTimeMillis
-          yield* Effect.sleep(Duration.millis(Math.max(0, member.balance.nextCheck - now)))
+          yield* Effect.sleep(Duration.millis(Math.max(0, member.balance.nextCheck - now())))
           const result: ProbeResult = probing ? yield* probeBalance(client, member) : "available"
           probing &&= result !== "no_endpoint"
-          member.balance = result === "available"
-            ? balanceOk
-            : { _tag: "Out", nextCheck: nextCheck(probing, yield* Clock.currentTimeMillis, outSince) }
+          member.balance = result === "available" ? balanceOk : { _tag: "Out", nextCheck: nextCheck(probing, now(), outSince) }
+          yield* refresh(member)
         }
-        if (!member.account.fallback) primaryBack.fire()
         yield* Effect.logInfo(`AccountPool: account ${member.name} is serving again`)
       })
 
     // Uninterruptible: an account marked out always gets its recovery fiber.
-    const takeOutOfBalance = (member: Member) =>
-      Effect.uninterruptible(Effect.flatMap(Clock.currentTimeMillis, (now) => {
+    const takeOutOfBalance = (member: Member, why: string) =>
+      Effect.uninterruptible(Effect.suspend(() => {
         if (member.balance._tag === "Out") return Effect.void
+        const at = now()
         const probing = member.account.provider === "deepseek"
-        member.balance = { _tag: "Out", nextCheck: nextCheck(probing, now, now) }
+        member.balance = { _tag: "Out", nextCheck: nextCheck(probing, at, at) }
         const comeback = probing
           ? `probing its balance every ${Duration.format(settings.balanceProbeInterval)}`
           : `back in ${Duration.format(settings.fallbackCooldown)}`
-        return Effect.logWarning(`AccountPool: account ${member.name} is out of balance (402); ${comeback}`).pipe(
+        return Effect.logWarning(`AccountPool: account ${member.name} is out of balance (${why}); ${comeback}`).pipe(
+          Effect.zipRight(refresh(member)),
           // A fiber forked here would inherit the mask: the pool's scope must be able to end it.
-          Effect.zipRight(Effect.forkIn(Effect.interruptible(recover(member, now)), scope))
+          Effect.zipRight(Effect.forkIn(Effect.interruptible(recover(member, at)), scope))
         )
       }))
 
-    /** When a primary's keys all rest, its first key back may end an outage: a time, not an event. */
-    const signalWhenKeysReturn = (member: Member) =>
-      member.account.fallback ? Effect.void : Effect.gen(function*() {
-        if ((yield* member.keys.available) > 0) return
-        const back = yield* member.keys.cooldownEnd
-        if (Option.isNone(back)) return
-        const wait = Duration.millis(Math.max(0, back.value - (yield* Clock.currentTimeMillis)))
-        yield* Effect.forkIn(Effect.zipRight(Effect.sleep(wait), Effect.sync(() => primaryBack.fire())), scope)
-      })
-
-    const failOver = (member: Member, error: AccountLevel) =>
-      Effect.zipRight(
-        Metric.increment(Metric.tagged(Metric.tagged(failoversCounter, "account", member.name), "error", error._tag)),
-        error._tag === "InsufficientBalance"
-          ? takeOutOfBalance(member)
-          : error._tag === "KeyRejected" || error._tag === "NoUsableKey"
-          ? signalWhenKeysReturn(member)
-          : Effect.void
-      ).pipe(Effect.zipRight(
-        Effect.fail(new FailedOver({ member, yielded: member.account.fallback && error._tag === "QueueFull" }))
-      ))
-
-    // -- selection ----------------------------------------------------------------------------
-
-    const budgetGuard = Effect.mapError(ledger.guard, ({ budgetUsd, spentUsd }) =>
-      new ApiError.NoAccountAvailable({
-        retryAfter: Option.none(),
-        accounts: [],
-        budgetExceeded: { spentUsd, budgetUsd }
-      }))
-
-    const select = (excluded: ReadonlySet<Member>): Effect.Effect<Member, ApiError.NoAccountAvailable> =>
+    /**
+     * Asks `member`'s balance once, in the background: until it answers, the account takes no call
+     * (calls wait, or go to another account); an unavailable balance takes it out until a probe
+     * says otherwise. A probe that fails proves nothing: the account serves.
+     */
+    const preflight = (member: Member) =>
       Effect.gen(function*() {
-        yield* budgetGuard
-        const views = yield* Effect.forEach(members, (member) =>
-          Effect.map(availabilityOf(member), (availability): View => ({ member, availability })))
-        const serving = views.flatMap(({ availability, member }) =>
-          availability._tag === "Serving" && !excluded.has(member) ? [{ member, limit: availability.limit }] : []
+        member.balance = { _tag: "Checking", until: now() + Duration.toMillis(probeTimeout) }
+        yield* Effect.forkIn(
+          Effect.flatMap(probeBalance(client, member), (result) => {
+            if (result === "unavailable") {
+              member.balance = balanceOk
+              return takeOutOfBalance(member, "its balance is unavailable")
+            }
+            member.balance = balanceOk
+            return refresh(member)
+          }),
+          scope
         )
-        const primaries = serving.filter(({ member }) => !member.account.fallback)
-        const candidates = primaries.length > 0 ? primaries : serving
-        return candidates.length > 0
-          ? yield* pickLeastLoaded(candidates)
-          : yield* Effect.fail(noAccount(views, yield* Clock.currentTimeMillis))
       })
 
-    const release = (member: Member) => Effect.sync(() => member.active--)
+
+    // -- placing a call ------------------------------------------------------------------------
+
+    /** Why each account cannot serve `excluded`-free, and the earliest time one may. */
+    const noAccount = (excluded: ReadonlySet<number>): ApiError.NoAccountAvailable => {
+      const at = now()
+      const reasons = members.map((member): ApiError.AccountUnavailable =>
+        member.unavailable !== undefined
+          ? { account: member.name, reason: member.unavailable.reason, until: member.unavailable.until }
+          : { account: member.name, reason: "busy", until: excluded.has(member.slot.index) ? Infinity : at }
+      )
+      const first = Math.min(...reasons.map((reason) => reason.until))
+      return new ApiError.NoAccountAvailable({
+        retryAfter: Number.isFinite(first) ? Option.some(Duration.millis(Math.max(0, first - at))) : Option.none(),
+        accounts: reasons
+      })
+    }
+
+    /**
+     * Whether a call leaving out `excluded` may ever be placed: some account it may use is
+     * available (busy or not), or will be at a known time. Keys rejected by 401 are not waited
+     * for: a wrong key is not transient, and its cooldown is a safety valve, not a forecast.
+     */
+    const mayBePlaced = (excluded: ReadonlySet<number>): boolean =>
+      members.some((member) =>
+        !excluded.has(member.slot.index) &&
+        (member.unavailable === undefined ||
+          (member.unavailable.reason !== "no_keys" && Number.isFinite(member.unavailable.until)))
+      )
+
+    /** A grant's permit, reporting to its lane and releasing it with the scope. */
+    const permitOf = (grant: LaneGrant) => {
+      const lane = grant.lane
+      const metrics = laneMetrics.get(lane)!
+      return LimiterInternal.makePermit(lane.policy, lane, grant, clock, {
+        classify: undefined,
+        changed: () => publishLane(lane),
+        dropped: metrics.dropped
+      })
+    }
+
+    const release = (lane: Lane) =>
+      Effect.sync(() => {
+        dispatcher.release(lane)
+        publishLane(lane)
+      })
+
+    /**
+     * Waits (at most `maxWait`) for a permit of `model` on an account that may serve it, then
+     * answers it with its member; the permit is released when the scope closes.
+     */
+    const place = (
+      model: string,
+      options: CallOptions | undefined,
+      excluded: ReadonlySet<number>
+    ): Effect.Effect<{ readonly member: Member; readonly permit: Limiter.Permit }, ApiError.NoAccountAvailable, Scope.Scope> =>
+      Effect.uninterruptibleMask((restore) =>
+        Effect.gen(function*() {
+          if (!mayBePlaced(excluded)) return yield* Effect.fail(noAccount(excluded))
+          const entry = dispatcher.enter(model, options?.priority ?? "interactive", excluded)
+          publishQueued(model)
+          const grant = entry._tag === "Granted" ? entry.grant : yield* awaitGrant(entry.waiter, restore, options, excluded)
+          const lane = grant.lane
+          publishLane(lane)
+          yield* Effect.flatMap(Effect.scope, (s) => Scope.addFinalizer(s, release(lane)))
+          const member = members[lane.account.index]!
+          member.calls++
+          return { member, permit: permitOf(grant).permit }
+        })
+      )
+
+    const awaitGrant = (
+      waiter: Waiter,
+      restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>,
+      options: CallOptions | undefined,
+      excluded: ReadonlySet<number>
+    ): Effect.Effect<LaneGrant, ApiError.NoAccountAvailable> => {
+      const maxWait = options?.maxWait === undefined ? settings.maxWait : Duration.decode(options.maxWait)
+      const gaveUp = Effect.zipRight(Effect.sleep(maxWait), Effect.suspend(() => Effect.fail(noAccount(excluded))))
+      return restore(Effect.raceFirst(Deferred.await(waiter.wake), gaveUp)).pipe(
+        // Interrupted or out of time: leave the queue, or hand back a permit granted meanwhile.
+        Effect.onExit((exit) =>
+          Exit.isSuccess(exit) ? Effect.void : Effect.sync(() => {
+            dispatcher.cancel(waiter)
+            publishQueued(waiter.model)
+          })
+        ),
+        Effect.flatMap(() => waiter.grant === undefined ? Effect.fail(noAccount(excluded)) : Effect.succeed(waiter.grant))
+      )
+    }
+
+    // -- failover -----------------------------------------------------------------------------
+
+    /**
+     * Accounts a failed-over attempt leaves out: only the member if its state still lets it serve
+     * (an error that changed nothing the pool tracks, such as a 403, must not be met twice). An
+     * account out of balance, keyless or with its breaker open is out by its state, and comes back
+     * with it.
+     */
+    const failOver = (member: Member, error: unknown) =>
+      Effect.gen(function*() {
+        const tag = ApiError.tagOf(error) ?? "unknown"
+        yield* Metric.increment(Metric.tagged(Metric.tagged(failoversCounter, "account", member.name), "error", tag))
+        if (tag === "InsufficientBalance") yield* takeOutOfBalance(member, "402")
+        if (tag === "KeyRejected" || tag === "NoUsableKey") yield* refreshWhenKeysReturn(member)
+        yield* refresh(member)
+        return yield* Effect.fail(new FailedOver({ member }))
+      })
+
+    /** The next exclusions after failing over from `member`. */
+    const excludeAfter = (excluded: ReadonlySet<number>, member: Member): ReadonlySet<number> =>
+      member.slot.available ? new Set(excluded).add(member.slot.index) : excluded
+
+    /** Account problems move the attempt to another account (and so does the refusal of its breaker). */
+    const isAccountLevel = (verdict: ApiError.Verdict) => verdict._tag === "Account"
 
     // -- cost ---------------------------------------------------------------------------------
 
-    const record = (
-      member: Member,
-      model: string,
-      usage: Usage | undefined,
-      disposition: Disposition
-    ): Effect.Effect<void> => Effect.asVoid(ledger.record({ account: member.name, model, usage, disposition }))
+    const record = (member: Member, model: string, usage: Usage | undefined, disposition: Disposition) =>
+      Effect.asVoid(ledger.record({ account: member.name, model, usage, disposition }))
 
+    /**
+     * Counts an attempt that reached `member`'s upstream. The outer client hands every attempt of a
+     * call the same request object, so one sent before makes this a retry; an account-level
+     * failure fails over within the attempt, so the next account's send is not a retry.
+     */
+    const sent = new WeakSet<ChatCompletionRequest>()
+    const countSent = (member: Member, request: ChatCompletionRequest, verdict?: ApiError.Verdict, error?: unknown) =>
+      Effect.sync(() => {
+        if (sent.has(request)) member.retries++
+        else if (verdict === undefined || !isAccountLevel(verdict)) sent.add(request)
+        if (verdict === undefined) member.succeeded++
+        else {
+          member.failed++
+          if (ApiError.tagOf(error) === "RateLimited") member.rateLimited++
+        }
+      })
+
+    /**
+     * Records an attempt that failed after it reached the upstream, priced by the model the
+     * response named when one arrived: `discarded` with what it carried (the retry tax), or
+     * `truncated` for a stream whose content had reached the caller.
+     */
     const recordFailure = (
       member: Member,
       request: ChatCompletionRequest,
       model: string,
-      error: Resilient.ResilientError,
+      error: unknown,
       delivered: boolean
-    ) =>
-      wasNotSent(error) ? Effect.void : Effect.zipRight(
-        countSent(member, request, error),
-        record(member, model, ApiError.partialOf(error).usage, delivered ? "truncated" : "discarded")
+    ) => {
+      const verdict = ApiError.classify(error)
+      if (wasNotSent(verdict, error)) return Effect.void
+      const partial = ApiError.partialOf(error as ApiError.ApiError)
+      return Effect.zipRight(
+        countSent(member, request, verdict, error),
+        record(member, model, partial.usage, delivered ? "truncated" : "discarded")
       )
+    }
 
-    /**
-     * Counts an attempt that reached `member`'s upstream. The outer client hands every attempt of
-     * a call the same request object, so one sent before makes this a retry; an account-level
-     * failure fails over within the attempt, so the next account's send is not a retry.
-     */
-    const sent = new WeakSet<ChatCompletionRequest>()
-    const countSent = (member: Member, request: ChatCompletionRequest, error?: Resilient.ResilientError) =>
-      Effect.sync(() => {
-        if (sent.has(request)) member.retries++
-        else if (error === undefined || !isAccountLevel(error)) sent.add(request)
-        if (error === undefined) member.succeeded++
-        else {
-          member.failed++
-          if (error._tag === "RateLimited") member.rateLimited++
-        }
-      })
+    const callOptions = (options: CallOptions | undefined, permit: Limiter.Permit): Transport.CallOptions => ({
+      deadlines: options?.deadlines,
+      onAccepted: permit.accepted,
+      onFirstContent: permit.recordQueueDelay
+    })
 
-    // -- calls: each account is tried at most once per attempt ---------------------------------
+    const budget = ledger.guard
 
-    const create: Transport.Service["create"] = (request, options) => {
-      const on = (member: Member) => {
+    // -- calls --------------------------------------------------------------------------------
+
+    const create: Service["create"] = (request, options) => {
+      const attemptOn = (member: Member, permit: Limiter.Permit) => {
         const model = member.modelFor(request.model)
-        return member.client.create({ ...request, model }, { deadlines: options?.deadlines, priority: options?.priority }).pipe(
+        return member.breaker.protect(member.transport.create({ ...request, model }, callOptions(options, permit))).pipe(
+          Effect.onExit((exit) => permit.settle(exit)),
           Effect.tapBoth({
             onSuccess: (completion) =>
-              Effect.zipRight(countSent(member, request), record(member, model, completion.usage, "kept")),
+              Effect.zipRight(countSent(member, request), record(member, completion.model, completion.usage, "kept")),
             onFailure: (error) => recordFailure(member, request, model, error, false)
           }),
-          Effect.catchIf(isAccountLevel, (error) => failOver(member, error))
+          Effect.catchTag("CircuitOpen", (open) => failOver(member, open)),
+          Effect.catchIf((error) => isAccountLevel(ApiError.classify(error)), (error) => failOver(member, error))
         )
       }
-      const attempt = (excluded: ReadonlySet<Member>): Effect.Effect<ChatCompletion, ApiError.ApiError> =>
-        Effect.acquireUseRelease(select(excluded), on, release).pipe(
-          Effect.catchTag("FailedOver", (failedOver) => attempt(failedOver.exclusions(excluded)))
+      const attempt = (excluded: ReadonlySet<number>): Effect.Effect<ChatCompletion, PoolError> =>
+        Effect.scoped(Effect.flatMap(place(request.model, options, excluded), ({ member, permit }) => attemptOn(member, permit))).pipe(
+          Effect.catchTag("FailedOver", ({ member }) => attempt(excludeAfter(excluded, member)))
         )
-      return attempt(new Set())
+      return Effect.zipRight(budget, attempt(new Set()))
     }
 
-    /**
-     * Local refusals come before anything is sent; other account-level errors fail over only
-     * while the caller has seen nothing.
-     */
-    const streamFailure = (
-      member: Member,
-      error: Resilient.ResilientError,
-      delivered: boolean
-    ): Effect.Effect<never, ApiError.ApiError | FailedOver> =>
-      isLocalRefusal(error) || (!delivered && isAccountLevel(error)) ? failOver(member, error) : Effect.fail(error)
+    /** Before any chunk reached the caller an account-level failure fails over; after, it is the answer. */
+    const answerOrFailOver = (member: Member, error: PoolError, delivered: boolean): Effect.Effect<never, PoolError | FailedOver> =>
+      !delivered && isAccountLevel(ApiError.classify(error)) ? failOver(member, error) : Effect.fail(error)
 
-    const streamOn = (member: Member, request: ChatCompletionRequest, options: Transport.CallOptions | undefined) => {
-      const model = member.modelFor(request.model)
-      let delivered = false
-      let usage: Usage | undefined
-      return member.client.stream({ ...request, model }, { deadlines: options?.deadlines, priority: options?.priority }).pipe(
-        Stream.tap((chunk) =>
-          Effect.sync(() => {
-            delivered = true
-            usage = chunk.usage ?? usage
-          })
-        ),
-        Stream.onDone(() => Effect.zipRight(countSent(member, request), record(member, model, usage, "kept"))),
-        Stream.catchAll((error) =>
-          Stream.fromEffect(
-            Effect.zipRight(recordFailure(member, request, model, error, delivered), streamFailure(member, error, delivered))
+    /** The breaker's admission of a stream; an open breaker fails the attempt over. */
+    const admitted = (member: Member, permit: Limiter.Permit) =>
+      Effect.catchAll(member.breaker.admit, (open) => Effect.zipRight(permit.settle(Exit.fail(open)), failOver(member, open)))
+
+    /** A stream on `member`: its breaker's admission and the permit for as long as it runs. */
+    const streamOn = (member: Member, permit: Limiter.Permit, request: ChatCompletionRequest, options: CallOptions | undefined) =>
+      Stream.unwrapScoped(Effect.map(admitted(member, permit), (settleBreaker) => {
+        const model = member.modelFor(request.model)
+        let delivered = false
+        let usage: Usage | undefined
+        let servedModel = model
+        const settle = (exit: Exit.Exit<unknown, unknown>) => Effect.zipRight(permit.settle(exit), settleBreaker(exit))
+        return member.transport.stream({ ...request, model }, callOptions(options, permit)).pipe(
+          Stream.tap((chunk) =>
+            Effect.sync(() => {
+              delivered = true
+              usage = chunk.usage ?? usage
+              servedModel = chunk.model
+            })
+          ),
+          Stream.onDone(() =>
+            Effect.zipRight(settle(Exit.void), Effect.zipRight(countSent(member, request), record(member, servedModel, usage, "kept")))
+          ),
+          Stream.catchAll((error) =>
+            Stream.fromEffect(
+              settle(Exit.fail(error)).pipe(
+                Effect.zipRight(recordFailure(member, request, servedModel, error, delivered)),
+                Effect.zipRight(answerOrFailOver(member, error, delivered))
+              )
+            )
           )
         )
-      )
+      }))
+
+    const stream: Service["stream"] = (request, options) => {
+      const attempt = (excluded: ReadonlySet<number>): Stream.Stream<ChatCompletionChunk, PoolError> =>
+        Stream.unwrapScoped(
+          Effect.map(place(request.model, options, excluded), ({ member, permit }) => streamOn(member, permit, request, options))
+        ).pipe(Stream.catchTag("FailedOver", ({ member }) => attempt(excludeAfter(excluded, member))))
+      return Stream.unwrap(Effect.as(budget, attempt(new Set())))
     }
 
-    const stream: Transport.Service["stream"] = (request, options) => {
-      const attempt = (excluded: ReadonlySet<Member>): Stream.Stream<ChatCompletionChunk, ApiError.ApiError> =>
-        Stream.unwrapScoped(
-          Effect.map(Effect.acquireRelease(select(excluded), release), (member) => streamOn(member, request, options))
-        ).pipe(Stream.catchTag("FailedOver", (failedOver) => attempt(failedOver.exclusions(excluded))))
-      return attempt(new Set())
-    }
+    // -- state --------------------------------------------------------------------------------
 
     const snapshot = Effect.forEach(members, (member) =>
       Effect.gen(function*() {
-        const availability = yield* availabilityOf(member)
-        const { inFlight, limit } = yield* member.limiter.snapshot
+        yield* refresh(member)
+        const breakerState = yield* member.breaker.state
+        const models = Array.from(member.slot.lanes.values(), (lane) => ({
+          model: lane.model,
+          limit: lane.limit,
+          inFlight: lane.inFlight,
+          queued: dispatcher.queued(lane.model)
+        }))
         return {
           name: member.name,
           provider: member.account.provider,
           fallback: member.account.fallback,
-          state: stateOf(availability),
-          limit,
-          inFlight,
+          state: stateOf(member, breakerState),
+          limit: models.reduce((sum, lane) => sum + lane.limit, 0),
+          inFlight: member.slot.inFlight,
+          models,
           usableKeys: yield* member.keys.available,
           calls: member.calls,
           succeeded: member.succeeded,
@@ -593,5 +597,12 @@ export const make = (
         } satisfies AccountStatus
       }))
 
+    // A breaker's transitions (open, half-open, closed) change what its account may take.
+    yield* Effect.forEach(members, (member) =>
+      member.breaker.changes.pipe(Stream.runForEach(() => refresh(member)), Effect.forkScoped), { discard: true })
+    if (settings.preflight) {
+      yield* Effect.forEach(members.filter((member) => member.account.provider === "deepseek"), preflight, { discard: true })
+    }
+    yield* Effect.forEach(members, refresh, { discard: true })
     return { create, stream, snapshot }
   })

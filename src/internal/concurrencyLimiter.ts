@@ -660,9 +660,12 @@ const validateAdaptive = (config: AimdConfig): void =>
     ratio("overloadFloor", config.overloadFloor)
   ])
 
+/** The adaptive policy of `options`; throws `IllegalArgumentException` on options that cannot work. */
+export const adaptivePolicy = (options: AdaptiveOptions): Policy => {
+  const config = aimdConfig(options)
+  validateAdaptive(config)
+  return new Aimd(config)
+}
+
 export const makeAdaptive = (options: AdaptiveOptions = {}): Effect.Effect<Service> =>
-  Effect.flatMap(Effect.sync(() => {
-    const config = aimdConfig(options)
-    validateAdaptive(config)
-    return new Aimd(config)
-  }), (policy) => make(policy, options))
+  Effect.flatMap(Effect.sync(() => adaptivePolicy(options)), (policy) => make(policy, options))

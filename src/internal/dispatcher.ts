@@ -1,0 +1,242 @@
+/**
+ * The account pool's permits: one lane per (account, model), each with its own limit (adaptive or
+ * fixed), an optional account-wide cap on top, and calls waiting at the pool, per model in two
+ * priority lanes, until an account that may serve them has room. A call is placed when a permit is
+ * free, on the least loaded account that can take its model, not queued behind the account it would
+ * have picked first: a backlog goes wherever room opens, and back to the primaries as soon as they
+ * serve again.
+ *
+ * Every method is synchronous, so each grant, release and change of state is atomic on the
+ * JavaScript thread.
+ *
+ * @internal
+ */
+import * as Deferred from "effect/Deferred"
+import * as Exit from "effect/Exit"
+import * as FiberId from "effect/FiberId"
+import type { Priority } from "../ConcurrencyLimiter.js"
+import type { Grant, Ledger, Policy } from "./concurrencyLimiter.js"
+
+/** One account as the dispatcher sees it. */
+export class AccountSlot {
+  /** Whether it may take calls now (breaker not open, funded, a usable key): set by the pool. */
+  available = true
+  /**
+   * Whether it is about to serve (its balance is being checked at start): a fallback does not
+   * take over from a primary that is only pending.
+   */
+  pending = false
+  /** Permits held on the account, every model together. */
+  inFlight = 0
+  readonly lanes = new Map<string, Lane>()
+
+  constructor(
+    readonly index: number,
+    readonly fallback: boolean,
+    /** Permits the account may hold in all, every model together; `Infinity` for none. */
+    readonly cap: number
+  ) {}
+}
+
+/** One (account, model): its policy and the permits it holds. */
+export class Lane implements Ledger {
+  inFlight = 0
+  /** Permits granted so far: ties between equally loaded lanes go to the one used least. */
+  granted = 0
+  private current: number
+
+  constructor(
+    readonly account: AccountSlot,
+    readonly model: string,
+    readonly policy: Policy,
+    private readonly onGrew: (lane: Lane) => void
+  ) {
+    this.current = policy.limit
+  }
+
+  get limit(): number {
+    return this.current
+  }
+
+  get hasRoom(): boolean {
+    return this.inFlight < this.current && this.account.inFlight < this.account.cap
+  }
+
+  /** Share of its limit in use: lower is less loaded. */
+  get load(): number {
+    return this.inFlight / this.current
+  }
+
+  resize(limit: number): void {
+    const grew = limit > this.current
+    this.current = limit
+    if (grew) this.onGrew(this)
+  }
+
+  relimit(limit: number): void {
+    this.current = limit
+  }
+}
+
+/** What a waiting call was granted: the lane, with the policy's stamp and the in-flight level. */
+export interface LaneGrant extends Grant {
+  readonly lane: Lane
+}
+
+/** A call waiting for a permit of `model` on any account not in `excluded`; woken with a grant, or refused without one. */
+export interface Waiter {
+  readonly model: string
+  readonly excluded: ReadonlySet<number>
+  readonly wake: Deferred.Deferred<void>
+  grant: LaneGrant | undefined
+}
+
+/** What `enter` decided. */
+export type Entry =
+  | { readonly _tag: "Granted"; readonly grant: LaneGrant }
+  | { readonly _tag: "Queued"; readonly waiter: Waiter }
+
+type Lanes = Record<Priority, Set<Waiter>>
+
+export class Dispatcher {
+  private readonly waiting = new Map<string, Lanes>()
+
+  constructor(
+    readonly accounts: ReadonlyArray<AccountSlot>,
+    /** Makes the lane of an account for a model it has not served yet. */
+    private readonly makeLane: (account: AccountSlot, model: string) => Lane
+  ) {}
+
+  /** Calls waiting for `model` (every model when none is given). */
+  queued(model?: string): number {
+    const count = (lanes: Lanes) => lanes.interactive.size + lanes.batch.size
+    if (model !== undefined) {
+      const lanes = this.waiting.get(model)
+      return lanes === undefined ? 0 : count(lanes)
+    }
+    let total = 0
+    for (const lanes of this.waiting.values()) total += count(lanes)
+    return total
+  }
+
+  /** A permit now on the best lane for `model`, or a place in the queue. */
+  enter(model: string, priority: Priority, excluded: ReadonlySet<number>): Entry {
+    const lanes = this.lanesOf(model)
+    if (lanes.interactive.size + lanes.batch.size === 0) {
+      const lane = this.bestLane(model, excluded)
+      if (lane !== undefined) return { _tag: "Granted", grant: this.take(lane) }
+    }
+    const waiter: Waiter = { model, excluded, wake: Deferred.unsafeMake<void>(FiberId.none), grant: undefined }
+    lanes[priority].add(waiter)
+    return { _tag: "Queued", waiter }
+  }
+
+  /** The waiter gave up: it leaves its queue, or hands back a permit granted meanwhile. */
+  cancel(waiter: Waiter): void {
+    if (waiter.grant !== undefined) return this.release(waiter.grant.lane)
+    const lanes = this.waiting.get(waiter.model)
+    if (lanes !== undefined) lanes.interactive.delete(waiter) || lanes.batch.delete(waiter)
+  }
+
+  release(lane: Lane): void {
+    lane.inFlight--
+    lane.account.inFlight--
+    // Under an account-wide cap the freed permit may serve any of the account's models.
+    if (Number.isFinite(lane.account.cap)) this.dispatchAll()
+    else this.dispatch(lane.model)
+  }
+
+  /**
+   * Wakes without a permit the waiters `hopeless` says no account will ever take (they find no
+   * grant, and give up): after an account went out for good.
+   */
+  refuse(hopeless: (waiter: Waiter) => boolean): void {
+    for (const lanes of this.waiting.values()) {
+      for (const queue of [lanes.interactive, lanes.batch]) {
+        for (const waiter of queue) {
+          if (!hopeless(waiter)) continue
+          queue.delete(waiter)
+          Deferred.unsafeDone(waiter.wake, Exit.void)
+        }
+      }
+    }
+  }
+
+  /** Serves every queue: after an account became available, or its cap or a limit grew. */
+  dispatchAll(): void {
+    for (const model of this.waiting.keys()) this.dispatch(model)
+  }
+
+  /** Grants free permits of `model` to its waiters, interactive first, in arrival order. */
+  dispatch(model: string): void {
+    const lanes = this.waiting.get(model)
+    if (lanes === undefined) return
+    for (const queue of [lanes.interactive, lanes.batch]) {
+      for (const waiter of queue) {
+        if (!this.anyRoom(model)) return
+        const lane = this.bestLane(model, waiter.excluded)
+        if (lane === undefined) continue
+        queue.delete(waiter)
+        waiter.grant = this.take(lane)
+        Deferred.unsafeDone(waiter.wake, Exit.void)
+      }
+    }
+  }
+
+  /** The lane of `account` for `model`, made on first use. */
+  laneOf(account: AccountSlot, model: string): Lane {
+    let lane = account.lanes.get(model)
+    if (lane === undefined) {
+      lane = this.makeLane(account, model)
+      account.lanes.set(model, lane)
+    }
+    return lane
+  }
+
+  /**
+   * Whether `account` may serve a call that leaves out `excluded`: it is available, and it is a
+   * primary, or no primary it may use is available or about to be (fallbacks serve only when no
+   * primary can).
+   */
+  mayServe(account: AccountSlot, excluded: ReadonlySet<number>): boolean {
+    if (!account.available || excluded.has(account.index)) return false
+    return !account.fallback ||
+      !this.accounts.some((other) => !other.fallback && (other.available || other.pending) && !excluded.has(other.index))
+  }
+
+  /** The queues of `model`; a model seen for the first time gets a lane on every account. */
+  private lanesOf(model: string): Lanes {
+    let lanes = this.waiting.get(model)
+    if (lanes === undefined) {
+      lanes = { interactive: new Set(), batch: new Set() }
+      this.waiting.set(model, lanes)
+      for (const account of this.accounts) this.laneOf(account, model)
+    }
+    return lanes
+  }
+
+  private anyRoom(model: string): boolean {
+    return this.accounts.some((account) => account.available && this.laneOf(account, model).hasRoom)
+  }
+
+  /** The least loaded lane with room that may serve; ties to the lane used least, then the first account. */
+  private bestLane(model: string, excluded: ReadonlySet<number>): Lane | undefined {
+    let best: Lane | undefined
+    for (const account of this.accounts) {
+      if (!this.mayServe(account, excluded)) continue
+      const lane = this.laneOf(account, model)
+      if (!lane.hasRoom) continue
+      if (best === undefined || lane.load < best.load || (lane.load === best.load && lane.granted < best.granted)) {
+        best = lane
+      }
+    }
+    return best
+  }
+
+  private take(lane: Lane): LaneGrant {
+    lane.inFlight++
+    lane.account.inFlight++
+    lane.granted++
+    return { lane, stamp: lane.policy.stamp, level: lane.inFlight }
+  }
+}
