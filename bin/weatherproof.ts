@@ -5,7 +5,8 @@
  * none of the library. One subcommand is one entry of `subcommands`.
  *
  * - `weatherproof batch <input.jsonl> --output <results.jsonl> [--accounts <accounts.json>]
- *   [--summary <summary.json>] [--concurrency N] [--drain-timeout 30s]` runs an OpenAI-format
+ *   [--summary <summary.json>] [--concurrency N] [--drain-timeout 30s] [--max-wait 30m]
+ *   [--first-content-timeout 10m] [--idle-timeout 2m] [--timeout 30m]` runs an OpenAI-format
  *   batch over the accounts of the file (or one DeepSeek account from `DEEPSEEK_API_KEY` and
  *   optional `DEEPSEEK_BASE_URL`), prices it (`WEATHERPROOF_PRICING_FILE`,
  *   `WEATHERPROOF_BUDGET_USD`), routes tasks (`WEATHERPROOF_ROUTER`) and can write its summary as
@@ -39,17 +40,23 @@ import * as Logger from "effect/Logger"
 import { realpathSync } from "node:fs"
 import { fileURLToPath } from "node:url"
 import { exitCodeOf, layerProcess, type StopSignal, type StopSignals } from "../app/cli/signals.js"
-
-const durationPattern = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)$/
-const unitMillis = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 } as const
+import * as DurationText from "../src/internal/durationText.js"
 
 /** `30s`, `500ms`, `2m`, `1h`. */
 const parseDuration = (text: string): Effect.Effect<Duration.Duration, ValidationError.ValidationError> => {
-  const match = durationPattern.exec(text.trim())
-  return match === null
-    ? Effect.fail(ValidationError.invalidValue(HelpDoc.p(`expected a duration such as 30s, 500ms or 2m, got ${JSON.stringify(text)}`)))
-    : Effect.succeed(Duration.millis(Number(match[1]) * unitMillis[match[2] as keyof typeof unitMillis]))
+  const duration = DurationText.parse(text)
+  return duration === undefined
+    ? Effect.fail(ValidationError.invalidValue(HelpDoc.p(`expected ${DurationText.expected}, got ${JSON.stringify(text)}`)))
+    : Effect.succeed(duration)
 }
+
+const durationOption = (name: string, description: string) =>
+  Options.text(name).pipe(
+    Options.withPseudoName("duration"),
+    Options.mapEffect(parseDuration),
+    Options.withDescription(description),
+    Options.optional
+  )
 
 const batch = Command.make(
   "batch",
@@ -68,12 +75,17 @@ const batch = Command.make(
       Options.withDescription("a fixed number of calls in flight per account (default: the accounts file's, else adaptive)"),
       Options.optional
     ),
-    drainTimeout: Options.text("drain-timeout").pipe(
-      Options.withPseudoName("duration"),
-      Options.mapEffect(parseDuration),
-      Options.withDescription("on SIGINT or SIGTERM, how long the calls in flight may finish (default 30s)"),
-      Options.optional
-    )
+    drainTimeout: durationOption("drain-timeout", "on SIGINT or SIGTERM, how long the calls in flight may finish (default 30s)"),
+    maxWait: durationOption(
+      "max-wait",
+      "how long a line may wait for an account that can take it (all breakers open, balances out) before it fails (default 30m)"
+    ),
+    firstContentTimeout: durationOption(
+      "first-content-timeout",
+      "per attempt, from sending to the first content (keep-alives do not count; default 10m, DeepSeek's)"
+    ),
+    idleTimeout: durationOption("idle-timeout", "per attempt, the longest gap between two content events (default 2m)"),
+    timeout: durationOption("timeout", "per attempt, the whole call (default 30m); a line's own `deadlines` override these three")
   },
   (args) => Effect.flatMap(Effect.promise(() => import("../app/cli/batch.js")), (cli) => cli.batch(args))
 ).pipe(Command.withDescription("Run an OpenAI-format chat completions batch over DeepSeek (and fallback) accounts"))

@@ -4,6 +4,9 @@
  *
  * - Input lines are `{"custom_id","method":"POST","url":"/v1/chat/completions","body":{…}}`
  *   (`/chat/completions` is accepted too). The file is streamed; blank lines are ignored.
+ * - A line may carry its own `deadlines` next to `custom_id` (`{"firstContent": "20s", "idle":
+ *   "1m", "total": "10m"}`, each optional, durations as `500ms`, `30s`, `2m`, `1h`), which
+ *   override the run's for its calls: per-workload timeouts in one file.
  * - A line may declare what it is for with a top-level `task` next to `custom_id`
  *   (`"classification"`, `"extraction"`, `"summarisation"`, `"chat"`, `"reasoning"`); every body
  *   goes through the `Router` before it is sent, which fills a `model` left as `"auto"` or `""`
@@ -64,6 +67,7 @@ import { CostLedger } from "./CostLedger.js"
 import type * as CostLedgerModule from "./CostLedger.js"
 import { Resilient } from "./Resilient.js"
 import type { CallOptions } from "./Resilient.js"
+import type { Deadlines } from "./Transport.js"
 import { Router } from "./Router.js"
 import type { Task } from "./Router.js"
 import * as Telemetry from "./Telemetry.js"
@@ -330,6 +334,7 @@ type Work =
     readonly _tag: "Send"
     readonly customId: string
     readonly task: Task | undefined
+    readonly deadlines: Partial<Deadlines> | undefined
     readonly body: ChatCompletionRequest
   }
 
@@ -451,20 +456,23 @@ const decider = (alreadyAnswered: ReadonlySet<string>) => {
     }
     return item._tag === "Invalid"
       ? { _tag: "Reject", customId: item.customId, error: { code: Lines.invalidLineCode, message: item.message } }
-      : { _tag: "Send", customId: item.customId, task: item.task, body: item.body }
+      : { _tag: "Send", customId: item.customId, task: item.task, deadlines: item.deadlines, body: item.body }
   }
 }
 
 /** Performs one line's work: routes the body, then sends it (as a stream when it asks for one). */
-const performer = (resilient: Resilient["Type"], router: Router["Type"], callOptions: CallOptions) => {
-  const create = (id: string, customId: string, body: ChatCompletionRequest) =>
+const performer = (resilient: Resilient["Type"], router: Router["Type"], runOptions: CallOptions) => {
+  /** The run's options, with the line's own deadlines over the run's. */
+  const optionsOf = (work: Extract<Work, { readonly _tag: "Send" }>): CallOptions =>
+    work.deadlines === undefined ? runOptions : { ...runOptions, deadlines: { ...runOptions.deadlines, ...work.deadlines } }
+  const create = (id: string, customId: string, body: ChatCompletionRequest, callOptions: CallOptions) =>
     resilient.create(body, callOptions).pipe(
       Effect.match({
         onSuccess: (completion) => Lines.succeeded(id, customId, completion),
         onFailure: (error) => Lines.failed(id, customId, error)
       })
     )
-  const stream = (id: string, customId: string, body: ChatCompletionRequest) =>
+  const stream = (id: string, customId: string, body: ChatCompletionRequest, callOptions: CallOptions) =>
     Effect.map(ChatStream.foldPartial(resilient.stream(body, callOptions)), (folded) =>
       Option.match(folded.error, {
         onNone: () => Lines.succeeded(id, customId, folded.completion),
@@ -477,7 +485,7 @@ const performer = (resilient: Resilient["Type"], router: Router["Type"], callOpt
           Effect.succeed(written(Lines.rejected(id, work.customId, { code: refused._tag, message: refused.message }))),
         onSuccess: (routed) =>
           Effect.map(
-            (routed.request.stream === true ? stream : create)(id, work.customId, routed.request),
+            (routed.request.stream === true ? stream : create)(id, work.customId, routed.request, optionsOf(work)),
             (line) => written(line, routed.warnings.length)
           )
       })

@@ -1115,3 +1115,34 @@ describe("Batch.run stream lines against the simulator", () => {
       )
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
 })
+
+describe("Batch.run per-line deadlines", () => {
+  it.live("a line's own deadlines override the run's: its first-content deadline trips while the others wait", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      // Every request is queued 300 ms (keep-alives meanwhile) before its content.
+      const simulator = yield* Simulator.make({ queueDelay: "300 millis" })
+      const line = (customId: string, deadlines?: Record<string, string>) =>
+        JSON.stringify({
+          custom_id: customId,
+          ...(deadlines === undefined ? {} : { deadlines }),
+          method: "POST",
+          url: "/v1/chat/completions",
+          body: { model: "deepseek-v4-flash", messages: [{ role: "user", content: customId }] }
+        })
+      yield* ws.writeInput([line("patient"), line("hasty", { firstContent: "50ms" }), line("bad", { idle: "soon" })])
+      const stack = Batch.layerAccounts([Demo.demoAccount(simulator.baseUrl)], {
+        pool: { retry: { maxRetries: 0 } },
+        ledger: CostLedger.layer(),
+        router: Router.layerDefault
+      })
+      const summary = yield* Batch.run(ws).pipe(Effect.provide(stack))
+      const lines = byCustomId(yield* ws.readOutput)
+      expect(lines.get("patient")?.error).toBeNull()
+      expect(lines.get("hasty")?.error).toMatchObject({ code: "DeadlineExceeded" })
+      expect(lines.get("hasty")?.error?.message).toContain("first_content")
+      expect(lines.get("bad")?.error).toMatchObject({ code: "invalid_line" })
+      expect(lines.get("bad")?.error?.message).toContain("deadlines.idle: expected a duration such as 30s")
+      expect(summary).toMatchObject({ succeeded: 1, failed: 2 })
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+})

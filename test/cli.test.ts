@@ -190,3 +190,27 @@ describe("weatherproof CLI", () => {
       expect(result.stdout).toContain("a rerun sent 0 requests and skipped 40 lines")
     }).pipe(Effect.provide(NodeContext.layer)))
 })
+
+describe("weatherproof batch deadlines", () => {
+  it.scopedLive("--first-content-timeout shortens every attempt's wait for content; a bad duration is a usage error", () =>
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const simulator = yield* Simulator.make({ queueDelay: "400 millis" })
+      const dir = yield* fs.makeTempDirectoryScoped({ prefix: "cli-deadlines-" })
+      const input = `${dir}/in.jsonl`
+      yield* fs.writeFileString(input, `${chatLine(1)}\n`)
+      const env = { DEEPSEEK_API_KEY: Simulator.defaultKey, DEEPSEEK_BASE_URL: simulator.baseUrl }
+
+      const bad = yield* runCli(["batch", input, "--output", `${dir}/bad.jsonl`, "--max-wait", "soon"], env)
+      expect(bad.code).toBe(2)
+      expect(bad.stderr).toContain("expected a duration such as 30s")
+
+      const started = Date.now()
+      const cut = yield* runCli(["batch", input, "--output", `${dir}/out.jsonl`, "--first-content-timeout", "50ms"], env)
+      expect(cut.code).toBe(1)
+      const [line] = (yield* fs.readFileString(`${dir}/out.jsonl`)).trim().split("\n").map((l) => JSON.parse(l))
+      expect(line.error.code).toBe("DeadlineExceeded")
+      // Each attempt gave up at 50 ms: the run ended in the retries' backoff, not in waits for content.
+      expect(Date.now() - started).toBeLessThan(20_000)
+    }).pipe(Effect.provide(NodeContext.layer)))
+})

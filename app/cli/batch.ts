@@ -7,6 +7,7 @@ import * as Console from "effect/Console"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
+import type * as AccountPool from "../../src/AccountPool.js"
 import * as Accounts from "../../src/Accounts.js"
 import { scrubSecrets } from "../../src/ApiError.js"
 import * as Batch from "../../src/Batch.js"
@@ -24,6 +25,10 @@ export interface BatchArgs {
   readonly summary: Option.Option<string>
   readonly concurrency: Option.Option<number>
   readonly drainTimeout: Option.Option<Duration.Duration>
+  readonly maxWait: Option.Option<Duration.Duration>
+  readonly firstContentTimeout: Option.Option<Duration.Duration>
+  readonly idleTimeout: Option.Option<Duration.Duration>
+  readonly timeout: Option.Option<Duration.Duration>
 }
 
 const missingKey = "weatherproof: DEEPSEEK_API_KEY is not set or empty (one key, or several separated by commas). " +
@@ -59,6 +64,19 @@ const withConcurrency = (accounts: ReadonlyArray<Accounts.Account>, concurrency:
     onSome: (n) => accounts.map((account): Accounts.Account => ({ ...account, concurrency: n }))
   })
 
+const durationFlag = (flag: string, duration: Option.Option<Duration.Duration>): ReadonlyArray<string> =>
+  Option.match(duration, { onNone: () => [], onSome: (d) => [flag, `${Duration.toMillis(d)}ms`] })
+
+/** The pool's options the flags set: how long a line waits for an account, and each attempt's deadlines. */
+const poolOptions = (args: BatchArgs): AccountPool.Options => ({
+  ...Option.match(args.maxWait, { onNone: () => ({}), onSome: (maxWait) => ({ maxWait }) }),
+  deadlines: {
+    ...Option.match(args.firstContentTimeout, { onNone: () => ({}), onSome: (firstContent) => ({ firstContent }) }),
+    ...Option.match(args.idleTimeout, { onNone: () => ({}), onSome: (idle) => ({ idle }) }),
+    ...Option.match(args.timeout, { onNone: () => ({}), onSome: (total) => ({ total }) })
+  }
+})
+
 const shellWord = (word: string): string => /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`
 
 /** The command line that runs the same batch again, which resumes it. */
@@ -72,7 +90,11 @@ export const commandLine = (args: BatchArgs): string =>
     ...Option.match(args.accounts, { onNone: () => [], onSome: (path) => ["--accounts", path] }),
     ...Option.match(args.summary, { onNone: () => [], onSome: (path) => ["--summary", path] }),
     ...Option.match(args.concurrency, { onNone: () => [], onSome: (n) => ["--concurrency", String(n)] }),
-    ...Option.match(args.drainTimeout, { onNone: () => [], onSome: (d) => ["--drain-timeout", `${Duration.toMillis(d)}ms`] })
+    ...durationFlag("--drain-timeout", args.drainTimeout),
+    ...durationFlag("--max-wait", args.maxWait),
+    ...durationFlag("--first-content-timeout", args.firstContentTimeout),
+    ...durationFlag("--idle-timeout", args.idleTimeout),
+    ...durationFlag("--timeout", args.timeout)
   ].map(shellWord).join(" ")
 
 /**
@@ -95,7 +117,7 @@ const runCaught = (args: BatchArgs, accounts: ReadonlyArray<Accounts.Account>) =
     )
     return { summary, signal: yield* signals.received }
   })).pipe(
-    Effect.provide(Batch.layerAccounts(accounts, { ledger: CostLedger.layerConfig, router: Router.layerConfig })),
+    Effect.provide(Batch.layerAccounts(accounts, { pool: poolOptions(args), ledger: CostLedger.layerConfig, router: Router.layerConfig })),
     Effect.catchTags({
       BatchError: (error) => fail(1, `weatherproof: ${error.message}`),
       OutputLocked: (error) => fail(2, `weatherproof: ${error.message}; nothing was sent`),

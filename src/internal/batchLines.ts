@@ -2,6 +2,7 @@
  * The line formats of a batch: OpenAI Batch API input lines in, result lines out, and the reading
  * of result lines already written by an earlier run (for resume).
  */
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as ParseResult from "effect/ParseResult"
@@ -12,14 +13,37 @@ import { ChatCompletionRequest } from "../ChatSchema.js"
 import type { ChatCompletion, FinishReason, ToolCall, Usage } from "../ChatSchema.js"
 import type { ResilientError } from "../Resilient.js"
 import { Task } from "../Router.js"
+import type { Deadlines } from "../Transport.js"
+import * as DurationTexts from "./durationText.js"
+
+/** A duration as `30s`, `500ms`, `2m` or `1h`. */
+const DurationText = Schema.transformOrFail(Schema.String, Schema.DurationFromSelf, {
+  strict: true,
+  decode: (text, _, ast) => {
+    const duration = DurationTexts.parse(text)
+    return duration === undefined
+      ? ParseResult.fail(new ParseResult.Type(ast, text, `expected ${DurationTexts.expected}`))
+      : ParseResult.succeed(duration)
+  },
+  encode: (duration) => ParseResult.succeed(`${Duration.toMillis(duration)}ms`)
+})
+
+/** A line's own deadlines, over the run's. */
+const LineDeadlines = Schema.Struct({
+  firstContent: Schema.optionalWith(DurationText, { exact: true }),
+  idle: Schema.optionalWith(DurationText, { exact: true }),
+  total: Schema.optionalWith(DurationText, { exact: true })
+})
 
 /**
  * One input line of the OpenAI Batch API format, restricted to chat completions, with an optional
- * top-level `task` for the router (kept out of `body`, so nothing unknown is sent upstream).
+ * top-level `task` for the router and `deadlines` for its calls (kept out of `body`, so nothing
+ * unknown is sent upstream).
  */
 export const InputLine = Schema.Struct({
   custom_id: Schema.NonEmptyString,
   task: Schema.optionalWith(Task, { exact: true }),
+  deadlines: Schema.optionalWith(LineDeadlines, { exact: true }),
   method: Schema.Literal("POST"),
   url: Schema.Literal("/v1/chat/completions", "/chat/completions"),
   // An empty conversation is refused here, as the line's own error, rather than sent.
@@ -38,6 +62,7 @@ export type InputItem =
     readonly lineNumber: number
     readonly customId: string
     readonly task: Task | undefined
+    readonly deadlines: Partial<Deadlines> | undefined
     readonly body: ChatCompletionRequest
   }
   | {
@@ -87,8 +112,8 @@ export const parseInputLine = (text: string | undefined, lineNumber: number): In
   const ownId = ownCustomId(json.right)
   const decoded = decodeInputLine(json.right)
   if (Either.isRight(decoded)) {
-    const { body, custom_id, task } = decoded.right
-    return { _tag: "Request", lineNumber, customId: custom_id, task, body }
+    const { body, custom_id, deadlines, task } = decoded.right
+    return { _tag: "Request", lineNumber, customId: custom_id, task, deadlines, body }
   }
   return {
     _tag: "Invalid",

@@ -1,0 +1,19 @@
+/**
+ * Durations as people write them on a command line or in a batch line: `30s`, `500ms`, `2m`,
+ * `1h`. Shared by the CLI's flags and the batch lines' `deadlines`, so both read the same text.
+ *
+ * @internal
+ */
+import * as Duration from "effect/Duration"
+
+const pattern = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)$/
+const unitMillis = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 } as const
+
+/** What a valid text looks like, for error messages. */
+export const expected = "a duration such as 30s, 500ms, 2m or 1h"
+
+/** The duration `text` says, or `undefined` when it is not one. */
+export const parse = (text: string): Duration.Duration | undefined => {
+  const match = pattern.exec(text.trim())
+  return match === null ? undefined : Duration.millis(Number(match[1]) * unitMillis[match[2] as keyof typeof unitMillis])
+}
