@@ -23,6 +23,7 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import * as ParseResult from "effect/ParseResult"
 import * as Ref from "effect/Ref"
 import * as Schema from "effect/Schema"
 import type { Usage } from "./ChatSchema.js"
@@ -66,10 +67,28 @@ export const TimeOfDay = Schema.String.pipe(
 ).annotations({ identifier: "TimeOfDay" })
 
 /**
+ * A UTC date, `"YYYY-MM-DD"`.
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const DateOfYear = Schema.String.pipe(
+  Schema.pattern(/^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$/, {
+    message: (issue) => `expected a UTC date "YYYY-MM-DD", got ${JSON.stringify(issue.actual)}`
+  })
+).annotations({ identifier: "DateOfYear" })
+
+const DayOfWeek = Schema.Int.pipe(
+  Schema.between(0, 6, { message: (issue) => `expected a day of the week, 0 (Sunday) to 6, got ${String(issue.actual)}` })
+)
+
+/**
  * A daily UTC window `[start, end)` priced differently from the model's base prices: either its
  * own `prices`, or the base prices times `multiplier` (2 for a peak at double, 0.5 for an
  * off-peak half price). A window with `start` after `end` wraps past midnight (`"16:30"` to
- * `"00:30"`).
+ * `"00:30"`). `days` limits it to some days of the week (UTC, 0 Sunday to 6 Saturday; default
+ * every day), and `except` skips dates (holidays: DeepSeek's peak hours do not apply on Chinese
+ * public holidays).
  *
  * @since 0.1.0
  * @category schemas
@@ -77,6 +96,8 @@ export const TimeOfDay = Schema.String.pipe(
 export const PeakPricing = Schema.Struct({
   start: TimeOfDay,
   end: TimeOfDay,
+  days: Schema.optionalWith(Schema.Array(DayOfWeek), { exact: true }),
+  except: Schema.optionalWith(Schema.Array(DateOfYear), { exact: true }),
   multiplier: Schema.optionalWith(
     Schema.Number.pipe(
       Schema.finite(),
@@ -98,14 +119,32 @@ export const PeakPricing = Schema.Struct({
 export type PeakPricing = typeof PeakPricing.Type
 
 /**
- * One model's prices, with an optional peak window.
+ * One window, or a list of them. The form is chosen by the value's type (not as a union), so an
+ * error names only what is wrong within the form meant.
+ */
+const Windows = Schema.transformOrFail(
+  Schema.Unknown,
+  Schema.Union(PeakPricing, Schema.NonEmptyArray(PeakPricing)),
+  {
+    strict: true,
+    decode: (input, options) =>
+      Array.isArray(input)
+        ? ParseResult.decodeUnknown(Schema.NonEmptyArray(PeakPricing))(input, options)
+        : ParseResult.decodeUnknown(PeakPricing)(input, options),
+    encode: ParseResult.succeed
+  }
+)
+
+/**
+ * One model's prices, with optional windows priced otherwise (one, or several: the first that
+ * holds applies).
  *
  * @since 0.1.0
  * @category schemas
  */
 export const ModelPricing = Schema.Struct({
   ...Prices.fields,
-  peak: Schema.optionalWith(PeakPricing, { exact: true })
+  peak: Schema.optionalWith(Windows, { exact: true })
 }).annotations({ identifier: "ModelPricing" })
 /** @since 0.1.0 @category models */
 export type ModelPricing = typeof ModelPricing.Type
@@ -136,23 +175,33 @@ export const PricingTable = Schema.Struct({
 /** @since 0.1.0 @category models */
 export type PricingTable = typeof PricingTable.Type
 
+/** DeepSeek's peak hours: 01:00-04:00 and 06:00-10:00 UTC on weekdays, at twice the off-peak price. */
+const deepseekPeak: ReadonlyArray<PeakPricing> = [
+  { start: "01:00", end: "04:00", days: [1, 2, 3, 4, 5], multiplier: 2 },
+  { start: "06:00", end: "10:00", days: [1, 2, 3, 4, 5], multiplier: 2 }
+]
+
 /**
- * DeepSeek's V4 launch prices (USD per 1M tokens, cache hit / miss / output): `deepseek-v4-flash`
- * 0.0028 / 0.14 / 0.28 and `deepseek-v4-pro` 0.003625 / 0.435 / 0.87, with the legacy names
- * `deepseek-chat` and `deepseek-reasoner` billed as flash. Prices change: pass your own table
- * (`layer({ pricing })`, or a JSON file via `layerConfig`); spread `defaultPricing.models` to
- * extend this one.
+ * DeepSeek's published prices since 2026-08-16 (USD per 1M tokens, cache hit / miss / output,
+ * off-peak; peak is twice that): `deepseek-flash` 0.003 / 0.15 / 0.60 and `deepseek-v4-pro`
+ * 0.022 / 0.66 / 1.98, peak 01:00-04:00 and 06:00-10:00 UTC on weekdays. `deepseek-flash` also
+ * serves the old `deepseek-v4-flash` name (and `deepseek-chat` / `deepseek-reasoner`, retired),
+ * at flash rates; an `AccountPool` prices each attempt by the model the response names. DeepSeek
+ * exempts Chinese public holidays from peak hours: list their dates in each window's `except`.
+ * Prices change: pass your own table (`layer({ pricing })`, or a JSON file via `layerConfig`);
+ * spread `defaultPricing.models` to extend this one.
  *
  * @since 0.1.0
  */
 export const defaultPricing: PricingTable = {
   models: {
-    "deepseek-v4-flash": { cacheHit: 0.0028, cacheMiss: 0.14, output: 0.28 },
-    "deepseek-v4-pro": { cacheHit: 0.003625, cacheMiss: 0.435, output: 0.87 }
+    "deepseek-flash": { cacheHit: 0.003, cacheMiss: 0.15, output: 0.6, peak: [deepseekPeak[0]!, deepseekPeak[1]!] },
+    "deepseek-v4-pro": { cacheHit: 0.022, cacheMiss: 0.66, output: 1.98, peak: [deepseekPeak[0]!, deepseekPeak[1]!] }
   },
   aliases: {
-    "deepseek-chat": "deepseek-v4-flash",
-    "deepseek-reasoner": "deepseek-v4-flash"
+    "deepseek-v4-flash": "deepseek-flash",
+    "deepseek-chat": "deepseek-flash",
+    "deepseek-reasoner": "deepseek-flash"
   }
 }
 

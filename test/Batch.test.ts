@@ -26,6 +26,7 @@ import { Resilient } from "../src/Resilient.js"
 import * as Router from "../src/Router.js"
 import * as Simulator from "../src/Simulator.js"
 import { Telemetry } from "../src/Telemetry.js"
+import { flatPricing } from "./support/pricing.js"
 
 const secret = "sk-batch-test-SECRET-0123456789"
 
@@ -167,7 +168,7 @@ const runWith = (
   Effect.gen(function*() {
     const { calls, layer, sent } = yield* double(script, services.before)
     const stack = layer.pipe(
-      Layer.provideMerge(services.ledger ?? CostLedger.layer()),
+      Layer.provideMerge(services.ledger ?? CostLedger.layer({ pricing: flatPricing })),
       Layer.merge(services.router ?? Router.layerDefault)
     )
     const summary = yield* Batch.run(options).pipe(Effect.provide(stack))
@@ -524,7 +525,7 @@ describe("Batch summary", () => {
   const ledgerRun = Effect.gen(function*() {
     const ws = yield* workspace
     yield* ws.writeInput([request("a-1"), request("a-2 retried"), request("b-1"), request("b-2")])
-    const ledger = yield* CostLedger.make()
+    const ledger = yield* CostLedger.make({ pricing: flatPricing })
     yield* ledger.record({
       account: "alpha",
       model: "deepseek-v4-flash",
@@ -641,7 +642,7 @@ describe("Batch summary", () => {
       const statuses = [status("alpha", false, 1), status("beta", false, 1), status("gamma", true, 0)]
       const { calls, layer } = yield* double(ok)
       const stack = layer.pipe(
-        Layer.provideMerge(CostLedger.layer()),
+        Layer.provideMerge(CostLedger.layer({ pricing: flatPricing })),
         Layer.merge(Router.layerDefault),
         Layer.merge(Layer.succeed(AccountPool.AccountPool, { create: () => Effect.die("unused"), stream: () => Stream.die("unused"), snapshot: Effect.succeed(statuses) }))
       )

@@ -15,6 +15,7 @@ import * as TestClock from "effect/TestClock"
 import type { Usage } from "../src/ChatSchema.js"
 import * as CostLedger from "../src/CostLedger.js"
 import * as ApiError from "../src/ApiError.js"
+import { flatPricing } from "./support/pricing.js"
 
 /** DeepSeek-style usage with the cache split and reasoning tokens. */
 const usage = (hit: number, miss: number, completion: number, reasoning = 0): Usage => ({
@@ -35,10 +36,60 @@ const proUsd = 0.0010929375
 
 const utc = (hours: number, minutes: number) => Date.UTC(2026, 4, 12, hours, minutes)
 
+describe("CostLedger.defaultPricing: DeepSeek's published prices with peak hours", () => {
+  const usage = { prompt_tokens: 1_000_000, completion_tokens: 1_000_000, total_tokens: 2_000_000, prompt_cache_hit_tokens: 0 }
+  /** The cost of 1M cache-miss prompt tokens and 1M output tokens of `model` at `iso` (UTC). */
+  const costAt = (model: string, iso: string) =>
+    Effect.gen(function*() {
+      yield* TestClock.setTime(Date.parse(iso))
+      const ledger = yield* CostLedger.make()
+      const cost = yield* ledger.cost(model, usage)
+      return cost._tag === "Priced" ? { usd: cost.usd, peak: cost.peak, pricedAs: cost.pricedAs } : cost._tag
+    })
+
+  it.effect("off-peak is the base price, peak (01-04 and 06-10 UTC, weekdays) twice it; weekends are off-peak", () =>
+    Effect.gen(function*() {
+      // 2026-11-30 is a Monday, 2026-11-29 a Sunday.
+      expect(yield* costAt("deepseek-flash", "2026-11-30T05:00:00Z")).toEqual({ usd: 0.75, peak: false, pricedAs: "deepseek-flash" })
+      expect(yield* costAt("deepseek-flash", "2026-11-30T01:00:00Z")).toEqual({ usd: 1.5, peak: true, pricedAs: "deepseek-flash" })
+      expect(yield* costAt("deepseek-flash", "2026-11-30T09:59:00Z")).toMatchObject({ peak: true })
+      expect(yield* costAt("deepseek-flash", "2026-11-30T10:00:00Z")).toMatchObject({ peak: false })
+      expect(yield* costAt("deepseek-flash", "2026-11-29T02:00:00Z")).toMatchObject({ peak: false })
+      expect(yield* costAt("deepseek-v4-pro", "2026-11-30T07:00:00Z")).toEqual({ usd: 5.28, peak: true, pricedAs: "deepseek-v4-pro" })
+    }))
+
+  it.effect("the old flash names are billed as deepseek-flash", () =>
+    Effect.gen(function*() {
+      for (const model of ["deepseek-v4-flash", "deepseek-chat", "deepseek-reasoner"]) {
+        expect(yield* costAt(model, "2026-11-30T05:00:00Z"), model).toEqual({ usd: 0.75, peak: false, pricedAs: "deepseek-flash" })
+      }
+    }))
+
+  it.effect("a window applies only on its days, and never on its excepted dates (holidays)", () =>
+    Effect.gen(function*() {
+      const pricing: CostLedger.PricingTable = {
+        models: {
+          m: { cacheHit: 0, cacheMiss: 1, output: 0, peak: { start: "01:00", end: "04:00", days: [1], except: ["2026-12-07"], multiplier: 2 } }
+        }
+      }
+      const costOn = (iso: string) =>
+        Effect.gen(function*() {
+          yield* TestClock.setTime(Date.parse(iso))
+          const ledger = yield* CostLedger.make({ pricing })
+          return yield* ledger.cost("m", { prompt_tokens: 1_000_000, completion_tokens: 0, total_tokens: 1_000_000 })
+        })
+      expect(yield* costOn("2026-11-30T02:00:00Z")).toMatchObject({ usd: 2, peak: true }) // a Monday
+      expect(yield* costOn("2026-12-01T02:00:00Z")).toMatchObject({ usd: 1, peak: false }) // a Tuesday
+      expect(yield* costOn("2026-12-07T02:00:00Z")).toMatchObject({ usd: 1, peak: false }) // an excepted Monday
+      expect(Either.isLeft(CostLedger.decodePricing({ models: { m: { ...pricing.models.m, peak: { start: "01:00", end: "02:00", days: [7], multiplier: 2 } } } })))
+        .toBe(true)
+    }))
+})
+
 describe("CostLedger.cost", () => {
   it.effect("prices cache hits, cache misses and output (reasoning included) per model", () =>
     Effect.gen(function*() {
-      const ledger = yield* CostLedger.make()
+      const ledger = yield* CostLedger.make({ pricing: flatPricing })
       expect(yield* ledger.cost("deepseek-v4-flash", flashUsage)).toEqual({
         _tag: "Priced",
         model: "deepseek-v4-flash",
@@ -52,7 +103,7 @@ describe("CostLedger.cost", () => {
 
   it.effect("bills legacy aliases as flash", () =>
     Effect.gen(function*() {
-      const ledger = yield* CostLedger.make()
+      const ledger = yield* CostLedger.make({ pricing: flatPricing })
       expect(yield* ledger.cost("deepseek-reasoner", flashUsage)).toMatchObject({
         _tag: "Priced",
         model: "deepseek-reasoner",
@@ -63,7 +114,7 @@ describe("CostLedger.cost", () => {
 
   it.effect("falls back to cached_tokens, then to all prompt tokens as misses", () =>
     Effect.gen(function*() {
-      const ledger = yield* CostLedger.make()
+      const ledger = yield* CostLedger.make({ pricing: flatPricing })
       const base = { prompt_tokens: 1000, completion_tokens: 100, total_tokens: 1100 }
       // 600 × 0.0028 + 400 × 0.14 + 100 × 0.28 = 85.68 µUSD
       const cached = yield* ledger.cost("deepseek-v4-flash", { ...base, prompt_tokens_details: { cached_tokens: 600 } })
@@ -78,7 +129,7 @@ describe("CostLedger.cost", () => {
 
   it.effect("an unknown model is Unpriced, with its tokens still split", () =>
     Effect.gen(function*() {
-      const ledger = yield* CostLedger.make()
+      const ledger = yield* CostLedger.make({ pricing: flatPricing })
       expect(yield* ledger.cost("gpt-9", flashUsage)).toEqual({
         _tag: "Unpriced",
         model: "gpt-9",
@@ -138,7 +189,7 @@ describe("CostLedger.cost", () => {
 describe("CostLedger ledger", () => {
   it.effect("totals per run, account and model, with retry tax, truncation rate and reasoning share", () =>
     Effect.gen(function*() {
-      const ledger = yield* CostLedger.make()
+      const ledger = yield* CostLedger.make({ pricing: flatPricing })
       const flash = "deepseek-v4-flash"
       const pro = "deepseek-v4-pro"
       // Account a: a billed attempt thrown away by a retry, then the kept one.
@@ -193,7 +244,7 @@ describe("CostLedger ledger", () => {
       const logger = Logger.make(({ logLevel, message }) => {
         if (logLevel._tag === "Warning") warnings.push(message)
       })
-      const ledger = yield* CostLedger.make()
+      const ledger = yield* CostLedger.make({ pricing: flatPricing })
       const mystery = ledger.record({ account: "a", model: "mystery", usage: flashUsage, disposition: "kept" })
       const costs = yield* Effect.replicateEffect(mystery, 2).pipe(
         Effect.provide(Logger.replace(Logger.defaultLogger, logger))
@@ -235,7 +286,7 @@ describe("CostLedger ledger", () => {
     )
     const snapshotOf = (entries: ReadonlyArray<CostLedger.Entry>) =>
       Effect.runSync(Effect.gen(function*() {
-        const ledger = yield* CostLedger.make()
+        const ledger = yield* CostLedger.make({ pricing: flatPricing })
         yield* Effect.forEach(entries, ledger.record, { discard: true })
         return yield* ledger.snapshot
       }))
@@ -254,7 +305,7 @@ describe("CostLedger ledger", () => {
 describe("CostLedger budget", () => {
   it.effect("once spent, guard stops new calls with a typed BudgetExceeded", () =>
     Effect.gen(function*() {
-      const ledger = yield* CostLedger.make({ budgetUsd: 0.0003 })
+      const ledger = yield* CostLedger.make({ pricing: flatPricing, budgetUsd: 0.0003 })
       const calls = yield* Ref.make(0)
       const guardedCall = Effect.zipRight(ledger.guard, Ref.update(calls, (n) => n + 1))
 
@@ -275,12 +326,12 @@ describe("CostLedger budget", () => {
 
   it.effect("reports what is left, and a zero budget allows no call", () =>
     Effect.gen(function*() {
-      const ledger = yield* CostLedger.make({ budgetUsd: 0.001 })
+      const ledger = yield* CostLedger.make({ pricing: flatPricing, budgetUsd: 0.001 })
       yield* ledger.record({ account: "a", model: "deepseek-v4-flash", usage: flashUsage, disposition: "kept" })
       expect((yield* ledger.snapshot).budget).toEqual({ budgetUsd: 0.001, remainingUsd: 0.00082976 })
-      const broke = yield* CostLedger.make({ budgetUsd: 0 })
+      const broke = yield* CostLedger.make({ pricing: flatPricing, budgetUsd: 0 })
       expect((yield* Effect.flip(broke.guard))._tag).toBe("BudgetExceeded")
-      const unlimited = yield* CostLedger.make()
+      const unlimited = yield* CostLedger.make({ pricing: flatPricing })
       yield* unlimited.guard
     }))
 })
@@ -345,7 +396,7 @@ describe("CostLedger pricing table", () => {
         CostLedger.make({ pricing: { models: { m: { cacheHit: -1, cacheMiss: 0, output: 0 } } } })
       )
       expect(Exit.isFailure(badTable) && String(badTable.cause)).toContain("models.m.cacheHit")
-      const badBudget = yield* Effect.exit(CostLedger.make({ budgetUsd: -1 }))
+      const badBudget = yield* Effect.exit(CostLedger.make({ pricing: flatPricing, budgetUsd: -1 }))
       expect(Exit.isFailure(badBudget) && String(badBudget.cause)).toContain("budgetUsd")
     }))
 })

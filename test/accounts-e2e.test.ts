@@ -28,6 +28,7 @@ import * as Batch from "../src/Batch.js"
 import * as CostLedger from "../src/CostLedger.js"
 import * as Router from "../src/Router.js"
 import * as Simulator from "../src/Simulator.js"
+import { flatPricing } from "./support/pricing.js"
 
 const requests = 300
 /** The fixed limits in the accounts file, of A, B, C and of F; the simulators would accept far more. */
@@ -124,8 +125,8 @@ describe("weatherproof batch over accounts (acceptance)", () => {
       )
       const pricingFile = `${dir}/pricing.json`
       const pricing: CostLedger.PricingTable = {
-        ...CostLedger.defaultPricing,
-        models: { ...CostLedger.defaultPricing.models, [fallbackModel]: fallbackPrices }
+        ...flatPricing,
+        models: { ...flatPricing.models, [fallbackModel]: fallbackPrices }
       }
       yield* fs.writeFileString(pricingFile, JSON.stringify(pricing))
       const input = `${dir}/input.jsonl`
@@ -272,7 +273,7 @@ describe("weatherproof batch over accounts (acceptance)", () => {
       // And the cost is those tokens at the run's prices (no cache hits in this run).
       const usdOf = (tokens: Simulator.Tokens, prices: CostLedger.Prices) =>
         (tokens.prompt * prices.cacheMiss + tokens.completion * prices.output) / 1e6
-      const flash = CostLedger.defaultPricing.models["deepseek-v4-flash"]!
+      const flash = flatPricing.models["deepseek-v4-flash"]!
       expect(summary.accounts["F"].cost_usd).toBeCloseTo(usdOf(billed.F, fallbackPrices), 12)
       expect(summary.cost_usd).toBeCloseTo(usdOf(billed.A, flash) + usdOf(billed.B, flash) + usdOf(billed.F, fallbackPrices), 12)
     }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)), 60_000) // ~3 s of CPU: seconds, unless the machine is shared

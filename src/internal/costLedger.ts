@@ -27,14 +27,19 @@ export interface UsdPrices {
   readonly output: number
 }
 
+/** One configured window (validated by the public schema). */
+interface WindowInput {
+  readonly start: string
+  readonly end: string
+  readonly days?: ReadonlyArray<number> | undefined
+  readonly except?: ReadonlyArray<string> | undefined
+  readonly multiplier?: number | undefined
+  readonly prices?: UsdPrices | undefined
+}
+
 /** The shape of one model's configured pricing (validated by the public schema). */
 export interface ModelPricingInput extends UsdPrices {
-  readonly peak?: {
-    readonly start: string
-    readonly end: string
-    readonly multiplier?: number | undefined
-    readonly prices?: UsdPrices | undefined
-  } | undefined
+  readonly peak?: WindowInput | ReadonlyArray<WindowInput> | undefined
 }
 
 /** The shape of a configured pricing table (validated by the public schema). */
@@ -43,16 +48,24 @@ export interface PricingInput {
   readonly aliases?: Readonly<Record<string, string>> | undefined
 }
 
+interface CompiledWindow {
+  /** Minutes since 00:00 UTC; the window is `[start, end)` and wraps past midnight when start > end. */
+  readonly start: number
+  readonly end: number
+  /** UTC days of the week it applies on (0 Sunday). */
+  readonly days: ReadonlySet<number>
+  /** UTC dates it does not apply on, `YYYY-MM-DD`. */
+  readonly except: ReadonlySet<string>
+  readonly prices: TokenPrices
+  readonly multiplier: number
+}
+
 interface CompiledModel {
   readonly base: TokenPrices
-  readonly peak: {
-    /** Minutes since 00:00 UTC; the window is `[start, end)` and wraps past midnight when start > end. */
-    readonly start: number
-    readonly end: number
-    readonly prices: TokenPrices
-    readonly multiplier: number
-  } | undefined
+  readonly windows: ReadonlyArray<CompiledWindow>
 }
+
+const everyDay: ReadonlySet<number> = new Set([0, 1, 2, 3, 4, 5, 6])
 
 /** A pricing table ready for lookups. */
 export interface Compiled {
@@ -78,14 +91,17 @@ export const minutesOfDay = (time: string): number => {
 const compileModel = (pricing: ModelPricingInput): CompiledModel => {
   const base = tokenPrices(pricing)
   const peak = pricing.peak
+  const windows: ReadonlyArray<WindowInput> = peak === undefined ? [] : "start" in peak ? [peak] : peak
   return {
     base,
-    peak: peak === undefined ? undefined : {
-      start: minutesOfDay(peak.start),
-      end: minutesOfDay(peak.end),
-      prices: peak.prices === undefined ? base : tokenPrices(peak.prices),
-      multiplier: peak.multiplier ?? 1
-    }
+    windows: windows.map((window) => ({
+      start: minutesOfDay(window.start),
+      end: minutesOfDay(window.end),
+      days: window.days === undefined ? everyDay : new Set(window.days),
+      except: new Set(window.except ?? []),
+      prices: window.prices === undefined ? base : tokenPrices(window.prices),
+      multiplier: window.multiplier ?? 1
+    }))
   }
 }
 
@@ -137,8 +153,15 @@ export const splitUsage = (usage: Usage): TokenSplit => {
   }
 }
 
-const inWindow = (minute: number, start: number, end: number): boolean =>
+const inMinutes = (minute: number, start: number, end: number): boolean =>
   start < end ? minute >= start && minute < end : minute >= start || minute < end
+
+/** Whether `window` applies at `nowMillis`: its time of day, on one of its days, not an excepted date. */
+const applies = (window: CompiledWindow, nowMillis: number): boolean => {
+  if (!inMinutes(minuteOfDay(nowMillis), window.start, window.end)) return false
+  const date = new Date(nowMillis)
+  return window.days.has(date.getUTCDay()) && !window.except.has(date.toISOString().slice(0, 10))
+}
 
 const minutesPerDay = 24 * 60
 
@@ -157,8 +180,7 @@ export const price = (compiled: Compiled, model: string, tokens: TokenSplit, now
   const pricedAs = resolve(compiled, model)
   const pricing = pricedAs === undefined ? undefined : compiled.models.get(pricedAs)
   if (pricedAs === undefined || pricing === undefined) return undefined
-  const window = pricing.peak
-  const peak = window !== undefined && inWindow(minuteOfDay(nowMillis), window.start, window.end) ? window : undefined
+  const peak = pricing.windows.find((window) => applies(window, nowMillis))
   const prices = peak?.prices ?? pricing.base
   const pico = tokens.cacheHit * prices.cacheHit + tokens.cacheMiss * prices.cacheMiss + tokens.completion * prices.output
   return { pricedAs, peak: peak !== undefined, pico: BigInt(Math.round(pico * (peak?.multiplier ?? 1))) }
