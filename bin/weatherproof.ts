@@ -31,6 +31,7 @@ import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
 import { realpathSync } from "node:fs"
 import { fileURLToPath } from "node:url"
+import { serve } from "../app/gateway/command.js"
 import * as Accounts from "../src/Accounts.js"
 import { scrubSecrets } from "../src/ApiError.js"
 import * as Batch from "../src/Batch.js"
@@ -152,7 +153,7 @@ const demo = Command.make(
 
 const weatherproof = Command.make("weatherproof").pipe(
   Command.withDescription("Resilient batch calls to DeepSeek and other OpenAI-compatible chat APIs"),
-  Command.withSubcommands([batch, demo])
+  Command.withSubcommands([batch, demo, serve])
 )
 
 /**
