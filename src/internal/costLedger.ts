@@ -10,6 +10,8 @@
  *
  * @internal
  */
+import * as Effect from "effect/Effect"
+import * as Metric from "effect/Metric"
 import * as ParseResult from "effect/ParseResult"
 import type { Usage } from "../ChatSchema.js"
 
@@ -239,6 +241,71 @@ export const accumulate = (acc: Accumulator, attempt: AttemptCost): Accumulator 
     retryTaxTokens: acc.retryTaxTokens + (discarded ? attempt.tokens.prompt + attempt.tokens.completion : 0),
     retryTaxPico: acc.retryTaxPico + (discarded ? pico : 0n)
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics
+// ---------------------------------------------------------------------------------------------
+
+/** @internal */
+export const tokensCounter = Metric.counter("weatherproof_tokens", {
+  description: "Tokens billed, by account, model and kind (prompt_cache_hit, prompt_cache_miss, completion, reasoning; " +
+    "completion includes reasoning, as in the API's usage)",
+  incremental: true
+})
+
+/** @internal */
+export const costCounter = Metric.counter("weatherproof_cost_usd", {
+  description: "Cost of the priced attempts in USD, by account and model",
+  incremental: true
+})
+
+interface SpendCounters {
+  readonly cacheHit: Metric.Metric.Counter<number>
+  readonly cacheMiss: Metric.Metric.Counter<number>
+  readonly completion: Metric.Metric.Counter<number>
+  readonly reasoning: Metric.Metric.Counter<number>
+  readonly cost: Metric.Metric.Counter<number>
+}
+
+const spendCounters = (account: string, model: string): SpendCounters => {
+  const tokens = Metric.tagged(Metric.tagged(tokensCounter, "account", account), "model", model)
+  return {
+    cacheHit: Metric.tagged(tokens, "kind", "prompt_cache_hit"),
+    cacheMiss: Metric.tagged(tokens, "kind", "prompt_cache_miss"),
+    completion: Metric.tagged(tokens, "kind", "completion"),
+    reasoning: Metric.tagged(tokens, "kind", "reasoning"),
+    cost: Metric.tagged(Metric.tagged(costCounter, "account", account), "model", model)
+  }
+}
+
+/**
+ * Adds an attempt's tokens and cost to the metrics of its (account, model); an unpriced attempt
+ * adds no cost. The tagged counters are made once per (account, model): tagging is not free, and
+ * this runs on every attempt.
+ */
+export const makeSpendMetrics = () => {
+  const byKey = new Map<string, SpendCounters>()
+  const countersOf = (account: string, model: string): SpendCounters => {
+    const key = `${account}\u0000${model}`
+    let counters = byKey.get(key)
+    if (counters === undefined) {
+      counters = spendCounters(account, model)
+      byKey.set(key, counters)
+    }
+    return counters
+  }
+  return (account: string, model: string, tokens: TokenSplit, pico: bigint | undefined): Effect.Effect<void> =>
+    Effect.suspend(() => {
+      const counters = countersOf(account, model)
+      return Effect.all([
+        Metric.incrementBy(counters.cacheHit, tokens.cacheHit),
+        Metric.incrementBy(counters.cacheMiss, tokens.cacheMiss),
+        Metric.incrementBy(counters.completion, tokens.completion),
+        Metric.incrementBy(counters.reasoning, tokens.reasoning),
+        pico === undefined ? Effect.void : Metric.incrementBy(counters.cost, usdOfPico(pico))
+      ], { discard: true })
+    })
 }
 
 /** `numerator / denominator`, 0 when there is nothing to divide. */
