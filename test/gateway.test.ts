@@ -14,7 +14,7 @@ import type { Handler } from "./support/rawServer.js"
 
 const model = "deepseek-v4-flash"
 const ask = (content: string) => [{ role: "user" as const, content }]
-const upstreamKey = "upstream-secret-Zq81xV3"
+const upstreamKey = "Zq81xV3pLmRt4wQe"
 const noRetries = { retry: { maxRetries: 0 } } as const
 
 const generation = (content: string, extra: Partial<Wire.Generation> = {}): Wire.Generation => ({

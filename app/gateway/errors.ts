@@ -146,19 +146,44 @@ export const internalError: ErrorReply = {
 /** Removes text that must not leave the process from an outgoing message. */
 export type Scrubber = (text: string) => string
 
+/** A run this long of a key's characters counts as the key: the transport may have masked the rest. */
+const keyFragment = 8
+
 /**
- * A scrubber of the upstream keys, verbatim wherever they appear, and of anything else shaped
- * like a key (`scrubSecrets`).
+ * A scrubber of the upstream keys and of anything shaped like a key (`scrubSecrets`). A key is
+ * found whole or in part: every run of at least 8 of its characters is masked, since a message
+ * may hold a key another scrubber already cut (the transport masks `key-…` and `sk-…` shapes).
  */
 export const makeScrubber = (keys: ReadonlyArray<Redacted.Redacted<string>>): Scrubber => {
-  // Longest first, so a key that contains another is removed whole.
-  const secrets = keys.map(Redacted.value).filter((key) => key.length > 0).sort((a, b) => b.length - a.length)
-  return (text) => scrubSecrets(secrets.reduce((scrubbed, key) => scrubbed.split(key).join("***"), text))
+  const fragments = new Set(keys.map(Redacted.value).filter((key) => key.length > 0).flatMap((key) =>
+    key.length <= keyFragment
+      ? [key]
+      : Array.from({ length: key.length - keyFragment + 1 }, (_, i) => key.slice(i, i + keyFragment))
+  ))
+  return (text) => {
+    const masked = new Array<boolean>(text.length).fill(false)
+    for (const fragment of fragments) {
+      for (let at = text.indexOf(fragment); at >= 0; at = text.indexOf(fragment, at + 1)) {
+        masked.fill(true, at, at + fragment.length)
+      }
+    }
+    let out = ""
+    for (let i = 0; i < text.length; i++) {
+      if (!masked[i]) out += text[i]
+      else if (i === 0 || !masked[i - 1]) out += "***"
+    }
+    return scrubSecrets(out)
+  }
 }
 
-/** The OpenAI error body of a reply. */
+/** The OpenAI error body of a reply, every text scrubbed (some come from the upstream). */
 export const errorBody = (reply: ErrorReply, scrub: Scrubber) => ({
-  error: { message: scrub(reply.message), type: reply.type, param: reply.param ?? null, code: reply.code }
+  error: {
+    message: scrub(reply.message),
+    type: scrub(reply.type),
+    param: reply.param === undefined ? null : scrub(reply.param),
+    code: scrub(reply.code)
+  }
 })
 
 /** Headers of an error answer: `Retry-After` in whole seconds when a wait is known. */

@@ -8,11 +8,13 @@
  * non-loopback host without gateway keys).
  */
 import type * as FileSystem from "@effect/platform/FileSystem"
+import * as Config from "effect/Config"
 import * as ConfigError from "effect/ConfigError"
 import * as Console from "effect/Console"
 import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Accounts from "../../src/Accounts.js"
 import { scrubSecrets } from "../../src/ApiError.js"
@@ -21,6 +23,7 @@ import * as CostLedger from "../../src/CostLedger.js"
 import * as Router from "../../src/Router.js"
 import { gatewayKeysConfig } from "./auth.js"
 import * as Gateway from "./server.js"
+import * as Telemetry from "./telemetry.js"
 
 /** The parsed options of the command (see `command.ts`). */
 export interface ServeOptions {
@@ -92,7 +95,14 @@ export const run = (options: ServeOptions): Effect.Effect<void, ExitCode, FileSy
     if (problem !== undefined) return yield* fail(2, `weatherproof: ${problem}`)
     const gatewayKeys = yield* Effect.catchTag(gatewayKeysConfig, "ConfigError", invalidConfig)
     const accounts = yield* loadAccounts(options)
-    const stack = Batch.layerAccounts(accounts, { ledger: CostLedger.layerConfig, router: Router.layerConfig })
+    const otlp = yield* Config.option(Config.nonEmptyString("OTEL_EXPORTER_OTLP_ENDPOINT")).pipe(
+      Effect.catchTag("ConfigError", invalidConfig)
+    )
+
+    const stack = Layer.mergeAll(
+      Batch.layerAccounts(accounts, { ledger: CostLedger.layerConfig, router: Router.layerConfig }),
+      Telemetry.layer({ otlp: Option.isSome(otlp) })
+    )
 
     yield* Effect.scoped(Effect.gen(function*() {
       const gateway = yield* Gateway.make({
@@ -106,7 +116,8 @@ export const run = (options: ServeOptions): Effect.Effect<void, ExitCode, FileSy
       })
       yield* Console.log(
         `weatherproof gateway listening on ${gateway.url} (${accounts.length} account${accounts.length === 1 ? "" : "s"}` +
-          `${gatewayKeys.length === 0 ? ", no gateway keys" : ""}): OpenAI base URL ${gateway.url}/v1`
+          `${gatewayKeys.length === 0 ? ", no gateway keys" : ""}): ` +
+          `OpenAI base URL ${gateway.url}/v1, metrics ${gateway.url}/metrics`
       )
       // Runs first on SIGTERM/SIGINT (finalizers run last-added first), before the drain.
       yield* Effect.addFinalizer(() =>

@@ -8,6 +8,7 @@
  * | `GET /v1/models` (and `/models`) | the models the configured accounts serve |
  * | `GET /healthz` | 200 while the process serves; 503 once it drains |
  * | `GET /readyz` | 200 when an account can serve; 503 otherwise, or while draining |
+ * | `GET /metrics` | every metric, Prometheus text format |
  *
  * The drain (`Gateway.drain`, and the finalizer of `make`'s scope): `/healthz` and `/readyz` answer
  * 503 and new chat requests get a 503 (`shutting_down`, `Connection: close`), so a load balancer
@@ -15,6 +16,7 @@
  * to `drainTimeout` to finish, then the rest end with an error (an error event, an error body, or
  * a 503 when nothing was sent yet); then the listening socket and every connection close.
  */
+import * as HttpMiddleware from "@effect/platform/HttpMiddleware"
 import * as HttpRouter from "@effect/platform/HttpRouter"
 import * as HttpServer from "@effect/platform/HttpServer"
 import type { ServeError } from "@effect/platform/HttpServerError"
@@ -37,6 +39,7 @@ import type { Router } from "../../src/Router.js"
 import { isLoopback, makeAuthorizer } from "./auth.js"
 import * as Chat from "./chat.js"
 import { errorBody, errorHeaders, makeScrubber, replyOf } from "./errors.js"
+import { prometheusContentType, Telemetry } from "./telemetry.js"
 import { Traffic } from "./traffic.js"
 
 export interface Options {
@@ -86,8 +89,8 @@ export interface Gateway {
   readonly traffic: Traffic
 }
 
-/** Everything the gateway calls: the client, its router, the pool, the ledger. */
-export type Requirements = Resilient | Router | AccountPool | CostLedger
+/** Everything the gateway calls: the client, its router, the pool, the ledger, telemetry. */
+export type Requirements = Resilient | Router | AccountPool | CostLedger | Telemetry
 
 /** The models clients may ask for: the pricing table's (DeepSeek's by default) and every account's own names. */
 const modelList = (accounts: ReadonlyArray<Account>, priced: ReadonlyArray<string>) => {
@@ -109,6 +112,7 @@ export const make = (
 
     const pool = yield* AccountPool
     const ledger = yield* CostLedger
+    const telemetry = yield* Telemetry
     const traffic = new Traffic()
     const scrub = makeScrubber(options.accounts.flatMap((account) => account.keys))
     const authorize = makeAuthorizer(gatewayKeys)
@@ -152,6 +156,10 @@ export const make = (
         Effect.sync(() => traffic.draining ? draining : HttpServerResponse.unsafeJson({ status: "ok" }))
       ),
       HttpRouter.get("/readyz", readiness),
+      HttpRouter.get(
+        "/metrics",
+        Effect.map(telemetry.scrape, (text) => HttpServerResponse.text(text, { contentType: prometheusContentType }))
+      ),
       HttpRouter.all(
         "*",
         Effect.succeed(HttpServerResponse.unsafeJson(
@@ -165,7 +173,8 @@ export const make = (
     yield* NodeHttpServer.make(() => server, { port: options.port ?? defaults.port, host }).pipe(
       Effect.flatMap((httpServer) =>
         HttpServer.serveEffect(app).pipe(Effect.provideService(HttpServer.HttpServer, httpServer))
-      )
+      ),
+      HttpMiddleware.withTracerDisabledWhenEffect(() => !telemetry.traced)
     )
     const { port } = server.address() as AddressInfo
 

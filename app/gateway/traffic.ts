@@ -53,6 +53,13 @@ export class Traffic {
   readonly cut: Deferred.Deferred<void> = Deferred.unsafeMake(FiberId.none)
   private idle: Deferred.Deferred<void> | undefined
 
+  constructor() {
+    // Every series exists from the start, at 0, as Prometheus expects of counters.
+    for (const metric of [keepAlivesCounter, streamsCutCounter, clientsWaitingGauge, requestsInFlightGauge]) {
+      metric.unsafeUpdate(0, noLabels)
+    }
+  }
+
   enter(): void {
     this.active++
     this.requests++

@@ -9,6 +9,7 @@ import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
 import OpenAI from "openai"
 import * as Gateway from "../../app/gateway/server.js"
+import * as GatewayTelemetry from "../../app/gateway/telemetry.js"
 import { AccountPool, type PoolOptions } from "../../src/AccountPool.js"
 import type { Account } from "../../src/Accounts.js"
 import * as Batch from "../../src/Batch.js"
@@ -43,7 +44,8 @@ export const upstreamLayer = (accounts: ReadonlyArray<Account>, options: TestGat
       pool: options.pool,
       ledger: CostLedger.layer(options.ledger),
       router: Router.layerDefault
-    })
+    }),
+    GatewayTelemetry.layer({ otlp: false })
   )
 
 /** Starts a gateway over `accounts`; it drains and stops with the scope. */
