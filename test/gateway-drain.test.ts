@@ -4,8 +4,11 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
+import * as Scope from "effect/Scope"
 import OpenAI, { APIError } from "openai"
 import { type ChildProcess, spawn } from "node:child_process"
 import * as Simulator from "../src/Simulator.js"
@@ -99,6 +102,25 @@ describe("weatherproof serve, shutting down", () => {
       expect((refused as APIError).status).toBe(503)
       expect(gateway.traffic.active).toBe(0)
       expect(gateway.traffic.streamsCut).toBe(1)
+    }))
+
+  it.scopedLive("closing the gateway's scope drains it the same way, the drain timeout included", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make({ chunkDelay: 100, pieceSize: 2 })
+      const scope = yield* Scope.make()
+      const gateway = yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])], { drainTimeout: "300 millis" }).pipe(
+        Scope.extend(scope)
+      )
+      const started = yield* Deferred.make<void>()
+      const stream = yield* attempt(() =>
+        openai(gateway.url).chat.completions.create({ model, messages: [{ role: "user", content: longText }], stream: true })
+      )
+      const reading = yield* Effect.fork(consume(stream, started))
+      yield* Deferred.await(started)
+      const closing = yield* Effect.timed(Scope.close(scope, Exit.void))
+      expect(Duration.toMillis(closing[0])).toBeLessThan(2_000)
+      const { error } = yield* Fiber.join(reading)
+      expect((error as APIError).code).toBe("shutting_down")
     }))
 
   it.scopedLive("SIGTERM: `weatherproof serve` drains a running stream, answers 503 to health checks meanwhile, and exits 0", () =>

@@ -183,11 +183,12 @@ export const make = (
       if (traffic.active > 0) {
         yield* Effect.logInfo(`gateway: draining ${requests(traffic.active)} (at most ${Duration.format(drainTimeout)})`)
       }
-      const finished = yield* Effect.timeoutOption(traffic.awaitIdle, drainTimeout)
+      // The drain runs as a finalizer, uninterruptible: the waits must be interruptible for their timeouts to cut them.
+      const finished = yield* Effect.timeoutOption(Effect.interruptible(traffic.awaitIdle), drainTimeout)
       if (Option.isNone(finished)) {
         yield* Effect.logWarning(`gateway: drain timeout: ending ${requests(traffic.active)} with an error`)
         yield* traffic.cutRemaining
-        yield* Effect.timeoutOption(traffic.awaitIdle, cutGrace)
+        yield* Effect.timeoutOption(Effect.interruptible(traffic.awaitIdle), cutGrace)
       }
       server.close(() => undefined)
       server.closeAllConnections()
