@@ -43,4 +43,4 @@ export const serve = Command.make(
     )
   },
   (options) => Effect.flatMap(Effect.promise(() => import("./serve.js")), (gateway) => gateway.run(options))
-).pipe(Command.withDescription("Serve an OpenAI-compatible gateway over DeepSeek (and fallback) accounts, with metrics"))
+).pipe(Command.withDescription("Serve an OpenAI-compatible gateway over DeepSeek (and fallback) accounts, with a status page and metrics"))

@@ -117,7 +117,7 @@ export const run = (options: ServeOptions): Effect.Effect<void, ExitCode, FileSy
       yield* Console.log(
         `weatherproof gateway listening on ${gateway.url} (${accounts.length} account${accounts.length === 1 ? "" : "s"}` +
           `${gatewayKeys.length === 0 ? ", no gateway keys" : ""}): ` +
-          `OpenAI base URL ${gateway.url}/v1, metrics ${gateway.url}/metrics`
+          `OpenAI base URL ${gateway.url}/v1, status page ${gateway.url}/, metrics ${gateway.url}/metrics`
       )
       // Runs first on SIGTERM/SIGINT (finalizers run last-added first), before the drain.
       yield* Effect.addFinalizer(() =>

@@ -1,6 +1,6 @@
 /**
  * The gateway's HTTP server: `@effect/platform`'s `HttpServer` over `NodeHttpServer`, its routes,
- * and the drain.
+ * the status monitor, and the drain.
  *
  * | route | what |
  * | --- | --- |
@@ -9,6 +9,7 @@
  * | `GET /healthz` | 200 while the process serves; 503 once it drains |
  * | `GET /readyz` | 200 when an account can serve; 503 otherwise, or while draining |
  * | `GET /metrics` | every metric, Prometheus text format |
+ * | `GET /` | the status page; `GET /status.json` its samples; `GET /status/events` its feed (SSE) |
  *
  * The drain (`Gateway.drain`, and the finalizer of `make`'s scope): `/healthz` and `/readyz` answer
  * 503 and new chat requests get a 503 (`shutting_down`, `Connection: close`), so a load balancer
@@ -29,8 +30,11 @@ import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import type * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import { readFileSync } from "node:fs"
 import * as Http from "node:http"
 import type { AddressInfo } from "node:net"
+import { createRequire } from "node:module"
 import { AccountPool } from "../../src/AccountPool.js"
 import type { Account } from "../../src/Accounts.js"
 import { CostLedger } from "../../src/CostLedger.js"
@@ -39,6 +43,8 @@ import type { Router } from "../../src/Router.js"
 import { isLoopback, makeAuthorizer } from "./auth.js"
 import * as Chat from "./chat.js"
 import { errorBody, errorHeaders, makeScrubber, replyOf } from "./errors.js"
+import { html } from "./page.js"
+import * as Status from "./status.js"
 import { prometheusContentType, Telemetry } from "./telemetry.js"
 import { Traffic } from "./traffic.js"
 
@@ -57,6 +63,12 @@ export interface Options {
   readonly drainTimeout?: Duration.DurationInput | undefined
   /** Clients that may wait for their first content at once; one more gets a 429. Default 4096. */
   readonly maxWaiting?: number | undefined
+  /** Between two status samples. Default 1 second. */
+  readonly statusInterval?: Duration.DurationInput | undefined
+  /** Samples kept for the page. Default 300. */
+  readonly statusSamples?: number | undefined
+  /** How long after a 429 the page's throttling banner stays up. Default 10 seconds. */
+  readonly throttleWindow?: Duration.DurationInput | undefined
 }
 
 export const defaults = {
@@ -64,7 +76,10 @@ export const defaults = {
   host: "127.0.0.1",
   keepAliveInterval: Duration.seconds(10),
   drainTimeout: Duration.seconds(30),
-  maxWaiting: 4096
+  maxWaiting: 4096,
+  statusInterval: Duration.seconds(1),
+  statusSamples: 300,
+  throttleWindow: Duration.seconds(10)
 } as const
 
 /** "1 request", "2 requests". */
@@ -87,10 +102,19 @@ export interface Gateway {
   /** Starts the drain (see the module doc) and waits for its end; idempotent. */
   readonly drain: Effect.Effect<void>
   readonly traffic: Traffic
+  readonly monitor: Status.Monitor
 }
 
 /** Everything the gateway calls: the client, its router, the pool, the ledger, telemetry. */
 export type Requirements = Resilient | Router | AccountPool | CostLedger | Telemetry
+
+const requireAsset = createRequire(import.meta.url)
+const asset = (path: string, contentType: string) => {
+  const bytes = readFileSync(requireAsset.resolve(path))
+  return HttpServerResponse.uint8Array(bytes, { contentType, headers: { "cache-control": "public, max-age=3600" } })
+}
+
+const utf8 = new TextEncoder()
 
 /** The models clients may ask for: the pricing table's (DeepSeek's by default) and every account's own names. */
 const modelList = (accounts: ReadonlyArray<Account>, priced: ReadonlyArray<string>) => {
@@ -117,6 +141,12 @@ export const make = (
     const scrub = makeScrubber(options.accounts.flatMap((account) => account.keys))
     const authorize = makeAuthorizer(gatewayKeys)
     const drainTimeout = Duration.decode(options.drainTimeout ?? defaults.drainTimeout)
+
+    const monitor = yield* Status.make(traffic, {
+      interval: Duration.decode(options.statusInterval ?? defaults.statusInterval),
+      keep: options.statusSamples ?? defaults.statusSamples,
+      throttleWindow: Duration.decode(options.throttleWindow ?? defaults.throttleWindow)
+    })
 
     const chat = yield* Chat.make({
       keepAliveInterval: Duration.decode(options.keepAliveInterval ?? defaults.keepAliveInterval),
@@ -146,6 +176,10 @@ export const make = (
       return HttpServerResponse.unsafeJson({ status: ready ? "ready" : "unavailable", accounts }, { status: ready ? 200 : 503 })
     })
 
+    const feed = Stream.unwrapScoped(monitor.subscribe).pipe(
+      Stream.map((sample) => utf8.encode(`data: ${JSON.stringify(sample)}\n\n`))
+    )
+
     const app = HttpRouter.empty.pipe(
       HttpRouter.post("/v1/chat/completions", chat),
       HttpRouter.post("/chat/completions", chat),
@@ -160,6 +194,19 @@ export const make = (
         "/metrics",
         Effect.map(telemetry.scrape, (text) => HttpServerResponse.text(text, { contentType: prometheusContentType }))
       ),
+      HttpRouter.get("/", Effect.succeed(HttpServerResponse.html(html))),
+      HttpRouter.get(
+        "/status.json",
+        Effect.map(monitor.history, (samples) => HttpServerResponse.unsafeJson({ samples }))
+      ),
+      HttpRouter.get(
+        "/status/events",
+        Effect.succeed(
+          HttpServerResponse.stream(feed, { contentType: "text/event-stream", headers: { "cache-control": "no-cache" } })
+        )
+      ),
+      HttpRouter.get("/assets/uPlot.iife.min.js", Effect.sync(() => asset("uplot/dist/uPlot.iife.min.js", "text/javascript"))),
+      HttpRouter.get("/assets/uPlot.min.css", Effect.sync(() => asset("uplot/dist/uPlot.min.css", "text/css"))),
       HttpRouter.all(
         "*",
         Effect.succeed(HttpServerResponse.unsafeJson(
@@ -196,5 +243,5 @@ export const make = (
     yield* Effect.addFinalizer(() => drain)
 
     const shownHost = host.includes(":") ? `[${host}]` : host
-    return { url: `http://${shownHost}:${port}`, port, drain, traffic }
+    return { url: `http://${shownHost}:${port}`, port, drain, traffic, monitor }
   })
