@@ -40,6 +40,10 @@ export const serve = Command.make(
     maxWaiting: Options.integer("max-waiting").pipe(
       Options.withDescription("clients that may wait for their first content at once; one more gets a 429"),
       Options.withDefault(4096)
+    ),
+    alertWebhook: Options.text("alert-webhook").pipe(
+      Options.withDescription("a URL to POST alerts to (breaker, balance, rejected key, budget)"),
+      Options.optional
     )
   },
   (options) => Effect.flatMap(Effect.promise(() => import("./serve.js")), (gateway) => gateway.run(options))

@@ -21,6 +21,7 @@ import { scrubSecrets } from "../../src/ApiError.js"
 import * as Batch from "../../src/Batch.js"
 import * as CostLedger from "../../src/CostLedger.js"
 import * as Router from "../../src/Router.js"
+import * as Transport from "../../src/Transport.js"
 import { gatewayKeysConfig } from "./auth.js"
 import * as Gateway from "./server.js"
 import * as Telemetry from "./telemetry.js"
@@ -36,6 +37,7 @@ export interface ServeOptions {
   /** Seconds. */
   readonly drainTimeout: number
   readonly maxWaiting: number
+  readonly alertWebhook: Option.Option<string>
 }
 
 /** Ends the program with `code`; the CLI's `main` turns it into the exit code. */
@@ -84,6 +86,8 @@ const optionProblem = (options: ServeOptions): string | undefined =>
     ? "--max-waiting must be at least 1"
     : Option.exists(options.concurrency, (n) => n < 1)
     ? "--concurrency must be at least 1"
+    : Option.exists(options.alertWebhook, (url) => !/^https?:\/\/\S+$/.test(url))
+    ? "--alert-webhook must be an http(s) URL"
     : undefined
 
 /**
@@ -101,7 +105,8 @@ export const run = (options: ServeOptions): Effect.Effect<void, ExitCode, FileSy
 
     const stack = Layer.mergeAll(
       Batch.layerAccounts(accounts, { ledger: CostLedger.layerConfig, router: Router.layerConfig }),
-      Telemetry.layer({ otlp: Option.isSome(otlp) })
+      Telemetry.layer({ otlp: Option.isSome(otlp) }),
+      Transport.nodeHttpClient()
     )
 
     yield* Effect.scoped(Effect.gen(function*() {
@@ -112,7 +117,8 @@ export const run = (options: ServeOptions): Effect.Effect<void, ExitCode, FileSy
         gatewayKeys,
         keepAliveInterval: Duration.seconds(options.keepAliveInterval),
         drainTimeout: Duration.seconds(options.drainTimeout),
-        maxWaiting: options.maxWaiting
+        maxWaiting: options.maxWaiting,
+        alerts: Option.match(options.alertWebhook, { onNone: () => undefined, onSome: (url) => ({ url }) })
       })
       yield* Console.log(
         `weatherproof gateway listening on ${gateway.url} (${accounts.length} account${accounts.length === 1 ? "" : "s"}` +

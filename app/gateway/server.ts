@@ -1,6 +1,6 @@
 /**
  * The gateway's HTTP server: `@effect/platform`'s `HttpServer` over `NodeHttpServer`, its routes,
- * the status monitor, and the drain.
+ * the status monitor, the alerts, and the drain.
  *
  * | route | what |
  * | --- | --- |
@@ -17,6 +17,7 @@
  * to `drainTimeout` to finish, then the rest end with an error (an error event, an error body, or
  * a 503 when nothing was sent yet); then the listening socket and every connection close.
  */
+import type * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpMiddleware from "@effect/platform/HttpMiddleware"
 import * as HttpRouter from "@effect/platform/HttpRouter"
 import * as HttpServer from "@effect/platform/HttpServer"
@@ -40,6 +41,7 @@ import type { Account } from "../../src/Accounts.js"
 import { CostLedger } from "../../src/CostLedger.js"
 import type { Resilient } from "../../src/Resilient.js"
 import type { Router } from "../../src/Router.js"
+import * as Alerts from "./alerts.js"
 import { isLoopback, makeAuthorizer } from "./auth.js"
 import * as Chat from "./chat.js"
 import { errorBody, errorHeaders, makeScrubber, replyOf } from "./errors.js"
@@ -69,6 +71,8 @@ export interface Options {
   readonly statusSamples?: number | undefined
   /** How long after a 429 the page's throttling banner stays up. Default 10 seconds. */
   readonly throttleWindow?: Duration.DurationInput | undefined
+  /** Where to POST alerts; none by default. */
+  readonly alerts?: Alerts.Options | undefined
 }
 
 export const defaults = {
@@ -105,8 +109,8 @@ export interface Gateway {
   readonly monitor: Status.Monitor
 }
 
-/** Everything the gateway calls: the client, its router, the pool, the ledger, telemetry. */
-export type Requirements = Resilient | Router | AccountPool | CostLedger | Telemetry
+/** Everything the gateway calls: the client, its router, the pool, the ledger, telemetry, HTTP for alerts. */
+export type Requirements = Resilient | Router | AccountPool | CostLedger | Telemetry | HttpClient.HttpClient
 
 const requireAsset = createRequire(import.meta.url)
 const asset = (path: string, contentType: string) => {
@@ -147,6 +151,7 @@ export const make = (
       keep: options.statusSamples ?? defaults.statusSamples,
       throttleWindow: Duration.decode(options.throttleWindow ?? defaults.throttleWindow)
     })
+    if (options.alerts !== undefined) yield* Alerts.run(monitor, options.alerts, scrub)
 
     const chat = yield* Chat.make({
       keepAliveInterval: Duration.decode(options.keepAliveInterval ?? defaults.keepAliveInterval),

@@ -15,6 +15,7 @@ import type { Account } from "../../src/Accounts.js"
 import * as Batch from "../../src/Batch.js"
 import * as CostLedger from "../../src/CostLedger.js"
 import * as Router from "../../src/Router.js"
+import * as Transport from "../../src/Transport.js"
 
 /** One DeepSeek account at `baseUrl` with `keys`. */
 export const account = (
@@ -45,7 +46,8 @@ export const upstreamLayer = (accounts: ReadonlyArray<Account>, options: TestGat
       ledger: CostLedger.layer(options.ledger),
       router: Router.layerDefault
     }),
-    GatewayTelemetry.layer({ otlp: false })
+    GatewayTelemetry.layer({ otlp: false }),
+    Transport.nodeHttpClient()
   )
 
 /** Starts a gateway over `accounts`; it drains and stops with the scope. */
