@@ -19,7 +19,7 @@ import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
-import * as Metric from "effect/Metric"
+import type * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
 import * as ParseResult from "effect/ParseResult"
 import * as Schema from "effect/Schema"
@@ -43,7 +43,7 @@ import {
   ShuttingDown
 } from "./errors.js"
 import { awaitFirst, jsonKeepAlive, sseKeepAlive } from "./keepAlive.js"
-import { requestsCounter, type Traffic } from "./traffic.js"
+import type { Traffic } from "./traffic.js"
 import type { Unauthorized } from "./errors.js"
 
 export interface Settings {
@@ -61,15 +61,19 @@ const sseHeaders = { "cache-control": "no-cache", "x-accel-buffering": "no" } as
 
 // --- answers ----------------------------------------------------------------------------------
 
-const answeredWith = (response: HttpServerResponse.HttpServerResponse) =>
-  Metric.increment(Metric.tagged(requestsCounter, "status", String(response.status)))
+const shuttingDown = replyOf(new ShuttingDown())
 
-/** The reply a failed call gets; a defect is logged (scrubbed) and answered as a 500. */
+/**
+ * The reply a failed call gets. An interrupted call was cut by the drain (a client that went away
+ * reads nothing); a defect is logged (scrubbed) and answered as a 500.
+ */
 const replyOfCause = (cause: Cause.Cause<GatewayError>, scrub: Scrubber): Effect.Effect<ErrorReply> =>
   Option.match(Cause.failureOption(cause), {
     onSome: (error) => Effect.succeed(replyOf(error)),
     onNone: () =>
-      Effect.as(Effect.logError(`gateway: request failed: ${scrub(Cause.pretty(cause))}`), internalError)
+      Cause.isInterruptedOnly(cause)
+        ? Effect.succeed(shuttingDown)
+        : Effect.as(Effect.logError(`gateway: request failed: ${scrub(Cause.pretty(cause))}`), internalError)
   })
 
 const errorResponse = (reply: ErrorReply, scrub: Scrubber, headers: Record<string, string> = {}) =>
@@ -133,10 +137,6 @@ export const make = (settings: Settings, traffic: Traffic) =>
         () => Effect.sync(() => traffic.stopWaiting())
       )
 
-    /** `first`, or `ShuttingDown` once the drain deadline passed. */
-    const untilCut = <A, E>(first: Effect.Effect<A, E>): Effect.Effect<A, E | ShuttingDown> =>
-      Effect.raceFirst(first, Effect.zipRight(Deferred.await(traffic.cut), Effect.fail(new ShuttingDown())))
-
     const failed = (cause: Cause.Cause<GatewayError>) =>
       Effect.map(replyOfCause(cause, scrub), (reply) => errorResponse(reply, scrub))
 
@@ -146,11 +146,12 @@ export const make = (settings: Settings, traffic: Traffic) =>
 
     const keepAliveSettings = {
       interval: settings.keepAliveInterval,
+      track: (fiber: Fiber.RuntimeFiber<unknown, unknown>) => traffic.track(fiber),
       onKeepAlive: () => traffic.keptAlive()
     }
 
     const completion = (request: ChatCompletionRequest, options: CallOptions) =>
-      awaitFirst(untilCut(waiting(resilient.create(request, options))), {
+      awaitFirst(waiting(resilient.create(request, options)), {
         ...keepAliveSettings,
         keepAlive: jsonKeepAlive,
         contentType: "application/json",
@@ -178,11 +179,14 @@ export const make = (settings: Settings, traffic: Traffic) =>
           Effect.repeat({ until: Chunk.isNonEmpty }),
           Effect.catchAll(Option.match({ onNone: () => Effect.succeed(Chunk.empty()), onSome: Effect.fail }))
         )
-        // After the first content: the rest, `[DONE]` on a clean end, an error event (and no
-        // `[DONE]`) on a failure, the drain deadline included.
+        // The rest of the stream, until the drain deadline.
+        const rest = Stream.repeatEffectChunkOption(pull).pipe(
+          Stream.interruptWhen(Effect.zipRight(Deferred.await(traffic.cut), Effect.failSync(() => new ShuttingDown())))
+        )
+        // After the first content (written at once): the rest, `[DONE]` on a clean end, an error
+        // event (and no `[DONE]`) on a failure, the drain deadline included.
         const events = (head: Chunk.Chunk<ChatCompletionChunk>): Stream.Stream<Uint8Array> =>
-          Stream.concat(Stream.fromChunk(head), Stream.repeatEffectChunkOption(pull)).pipe(
-            Stream.interruptWhen(Effect.zipRight(Deferred.await(traffic.cut), Effect.fail(new ShuttingDown()))),
+          Stream.concat(Stream.fromChunk(head), rest).pipe(
             Stream.map(sseEvent),
             Stream.concat(Stream.succeed(done)),
             Stream.catchAllCause((cause) =>
@@ -192,7 +196,7 @@ export const make = (settings: Settings, traffic: Traffic) =>
               )
             )
           )
-        return yield* awaitFirst(untilCut(waiting(first)), {
+        return yield* awaitFirst(waiting(first), {
           ...keepAliveSettings,
           keepAlive: sseKeepAlive,
           contentType: "text/event-stream",
@@ -241,6 +245,6 @@ export const make = (settings: Settings, traffic: Traffic) =>
               request.stream === true ? stream(request, options) : completion(request, options)
           })
         )
-      }).pipe(Effect.tap(answeredWith))
+      }).pipe(Effect.tap((response) => Effect.sync(() => traffic.answered(response.status))))
     return handle
   })

@@ -33,6 +33,8 @@ export const sseKeepAlive: Uint8Array = utf8.encode(": keep-alive\n\n")
  */
 export interface Waiter<A, E> {
   readonly interval: Duration.Duration
+  /** Told of the call's fiber as soon as it runs. */
+  readonly track: (fiber: Fiber.RuntimeFiber<A, E>) => void
   readonly keepAlive: Uint8Array
   /** Called for each keep-alive written. */
   readonly onKeepAlive: () => void
@@ -53,6 +55,7 @@ export const awaitFirst = <A, E>(
 ): Effect.Effect<HttpServerResponse.HttpServerResponse, never, Scope.Scope> =>
   Effect.gen(function*() {
     const fiber = yield* Effect.forkScoped(first)
+    waiter.track(fiber)
     const early = yield* Effect.timeoutOption(Fiber.await(fiber), waiter.interval)
     if (Option.isSome(early)) return yield* waiter.ready(early.value)
     const keepAlives = Stream.repeatEffectWithSchedule(

@@ -16,6 +16,8 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import * as RuntimeFlags from "effect/RuntimeFlags"
+import * as RuntimeFlagsPatch from "effect/RuntimeFlagsPatch"
 import * as Accounts from "../../src/Accounts.js"
 import { scrubSecrets } from "../../src/ApiError.js"
 import * as Batch from "../../src/Batch.js"
@@ -132,6 +134,9 @@ export const run = (options: ServeOptions): Effect.Effect<void, ExitCode, FileSy
       return yield* Effect.never
     })).pipe(
       Effect.provide(stack),
+      // Effect's own per-fiber metrics (effect_fiber_*): a cost on every fiber of every request,
+      // and series no gateway operator reads.
+      Effect.withRuntimeFlagsPatch(RuntimeFlagsPatch.disable(RuntimeFlags.RuntimeMetrics)),
       Effect.catchTags({
         InsecureHost: (error) => fail(2, `weatherproof: ${error.message}`),
         ServeError: (error) => fail(1, `weatherproof: cannot listen on ${options.host}:${options.port}: ${String(error.cause)}`),

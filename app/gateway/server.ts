@@ -17,7 +17,7 @@
  * to `drainTimeout` to finish, then the rest end with an error (an error event, an error body, or
  * a 503 when nothing was sent yet); then the listening socket and every connection close.
  */
-import type * as HttpClient from "@effect/platform/HttpClient"
+import * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpMiddleware from "@effect/platform/HttpMiddleware"
 import * as HttpRouter from "@effect/platform/HttpRouter"
 import * as HttpServer from "@effect/platform/HttpServer"
@@ -226,7 +226,10 @@ export const make = (
       Effect.flatMap((httpServer) =>
         HttpServer.serveEffect(app).pipe(Effect.provideService(HttpServer.HttpServer, httpServer))
       ),
-      HttpMiddleware.withTracerDisabledWhenEffect(() => !telemetry.traced)
+      // Without a span exporter, spans (the server's and the HTTP client's) cost time for nothing.
+      HttpMiddleware.withTracerDisabledWhenEffect(() => !telemetry.traced),
+      Effect.locally(HttpClient.currentTracerDisabledWhen, () => !telemetry.traced),
+      Effect.locally(HttpClient.currentTracerPropagation, telemetry.traced)
     )
     const { port } = server.address() as AddressInfo
 

@@ -6,8 +6,11 @@
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
 import * as FiberId from "effect/FiberId"
 import * as Metric from "effect/Metric"
+import * as MetricKey from "effect/MetricKey"
+import * as MetricLabel from "effect/MetricLabel"
 
 /** Requests waiting for their first content: in the gateway's queue, a retry backoff, or the upstream's queue. */
 export const clientsWaitingGauge = Metric.gauge("weatherproof_gateway_clients_waiting", {
@@ -31,11 +34,13 @@ export const streamsCutCounter = Metric.counter("weatherproof_gateway_streams_cu
   incremental: true
 })
 
-/** Chat requests answered, tagged with the HTTP `status` they got. */
-export const requestsCounter = Metric.counter("weatherproof_gateway_requests", {
+const requestsKey = MetricKey.counter("weatherproof_gateway_requests", {
   description: "Chat requests answered, by HTTP status",
   incremental: true
 })
+
+/** Chat requests answered, tagged with the HTTP `status` they got. */
+export const requestsCounter = Metric.fromMetricKey(requestsKey)
 
 const noLabels: ReadonlyArray<never> = []
 
@@ -52,6 +57,10 @@ export class Traffic {
   /** Fires at the drain deadline: requests still running end with an error. */
   readonly cut: Deferred.Deferred<void> = Deferred.unsafeMake(FiberId.none)
   private idle: Deferred.Deferred<void> | undefined
+  /** The calls still waiting for their first content, interrupted at the drain deadline. */
+  private readonly waiters = new Set<Fiber.RuntimeFiber<unknown, unknown>>()
+  /** Requests by status, each with its own counter: tagging at every update would build its key again. */
+  private readonly byStatus = new Map<number, Metric.Metric.Counter<number>>()
 
   constructor() {
     // Every series exists from the start, at 0, as Prometheus expects of counters.
@@ -85,6 +94,22 @@ export class Traffic {
     clientsWaitingGauge.unsafeUpdate(this.waiting, noLabels)
   }
 
+  /** Counts an answer with `status`. */
+  answered(status: number): void {
+    let counter = this.byStatus.get(status)
+    if (counter === undefined) {
+      counter = Metric.fromMetricKey(MetricKey.taggedWithLabels(requestsKey, [MetricLabel.make("status", String(status))]))
+      this.byStatus.set(status, counter)
+    }
+    counter.unsafeUpdate(1, noLabels)
+  }
+
+  /** Tracks a call waiting for its first content until it ends, so the drain deadline can cut it. */
+  track(fiber: Fiber.RuntimeFiber<unknown, unknown>): void {
+    this.waiters.add(fiber)
+    fiber.addObserver(() => this.waiters.delete(fiber))
+  }
+
   keptAlive(): void {
     this.keepAlives++
     keepAlivesCounter.unsafeUpdate(1, noLabels)
@@ -102,6 +127,11 @@ export class Traffic {
     return Effect.zipRight(Deferred.await(this.idle), this.awaitIdle)
   })
 
-  /** Ends the requests still running: each gets its error event, or a 503 when nothing was sent yet. */
-  readonly cutRemaining: Effect.Effect<void> = Effect.asVoid(Deferred.succeed(this.cut, undefined))
+  /**
+   * Ends the requests still running: a stream gets its error event; a call still waiting is
+   * interrupted, and gets an error body, or a 503 when nothing was sent yet.
+   */
+  readonly cutRemaining: Effect.Effect<void> = Effect.suspend(() =>
+    Effect.zipRight(Deferred.succeed(this.cut, undefined), Fiber.interruptAll(Array.from(this.waiters)))
+  )
 }

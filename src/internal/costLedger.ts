@@ -12,6 +12,8 @@
  */
 import * as Effect from "effect/Effect"
 import * as Metric from "effect/Metric"
+import * as MetricKey from "effect/MetricKey"
+import * as MetricLabel from "effect/MetricLabel"
 import * as ParseResult from "effect/ParseResult"
 import type { Usage } from "../ChatSchema.js"
 
@@ -247,18 +249,22 @@ export const accumulate = (acc: Accumulator, attempt: AttemptCost): Accumulator 
 // Metrics
 // ---------------------------------------------------------------------------------------------
 
-/** @internal */
-export const tokensCounter = Metric.counter("weatherproof_tokens", {
+const tokensKey = MetricKey.counter("weatherproof_tokens", {
   description: "Tokens billed, by account, model and kind (prompt_cache_hit, prompt_cache_miss, completion, reasoning; " +
     "completion includes reasoning, as in the API's usage)",
   incremental: true
 })
 
-/** @internal */
-export const costCounter = Metric.counter("weatherproof_cost_usd", {
+const costKey = MetricKey.counter("weatherproof_cost_usd", {
   description: "Cost of the priced attempts in USD, by account and model",
   incremental: true
 })
+
+/** @internal */
+export const tokensCounter = Metric.fromMetricKey(tokensKey)
+
+/** @internal */
+export const costCounter = Metric.fromMetricKey(costKey)
 
 interface SpendCounters {
   readonly cacheHit: Metric.Metric.Counter<number>
@@ -268,21 +274,29 @@ interface SpendCounters {
   readonly cost: Metric.Metric.Counter<number>
 }
 
+/**
+ * A counter of `key` with `labels` in its key: `Metric.tagged` would build the tagged key again
+ * at every update, and a key costs more than the update.
+ */
+const labelled = (key: MetricKey.MetricKey.Counter<number>, labels: Readonly<Record<string, string>>) =>
+  Metric.fromMetricKey(
+    MetricKey.taggedWithLabels(key, Object.entries(labels).map(([name, value]) => MetricLabel.make(name, value)))
+  )
+
 const spendCounters = (account: string, model: string): SpendCounters => {
-  const tokens = Metric.tagged(Metric.tagged(tokensCounter, "account", account), "model", model)
+  const tokens = (kind: string) => labelled(tokensKey, { account, model, kind })
   return {
-    cacheHit: Metric.tagged(tokens, "kind", "prompt_cache_hit"),
-    cacheMiss: Metric.tagged(tokens, "kind", "prompt_cache_miss"),
-    completion: Metric.tagged(tokens, "kind", "completion"),
-    reasoning: Metric.tagged(tokens, "kind", "reasoning"),
-    cost: Metric.tagged(Metric.tagged(costCounter, "account", account), "model", model)
+    cacheHit: tokens("prompt_cache_hit"),
+    cacheMiss: tokens("prompt_cache_miss"),
+    completion: tokens("completion"),
+    reasoning: tokens("reasoning"),
+    cost: labelled(costKey, { account, model })
   }
 }
 
 /**
  * Adds an attempt's tokens and cost to the metrics of its (account, model); an unpriced attempt
- * adds no cost. The tagged counters are made once per (account, model): tagging is not free, and
- * this runs on every attempt.
+ * adds no cost. The counters are made once per (account, model): this runs on every attempt.
  */
 export const makeSpendMetrics = () => {
   const byKey = new Map<string, SpendCounters>()
