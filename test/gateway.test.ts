@@ -313,6 +313,24 @@ describe("weatherproof serve, with the openai client", () => {
       expect(missing.status).toBe(404)
     }))
 
+  it.scopedLive("identical deterministic requests are answered from the cache unless x-weatherproof-cache: bypass; a bad header is a 400", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make()
+      const gateway = yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])])
+      const client = openai(gateway.url)
+      const ask0 = (headers: Record<string, string> = {}) =>
+        attempt(() => client.chat.completions.create({ model, messages: ask("same"), temperature: 0 }, { headers }))
+      const first = yield* ask0()
+      const second = yield* ask0()
+      expect(second.id).toBe(first.id)
+      expect((yield* sim.stats).requests).toBe(1)
+      yield* ask0({ "x-weatherproof-cache": "bypass", "x-weatherproof-priority": "batch" })
+      expect((yield* sim.stats).requests).toBe(2)
+      const bad = yield* Effect.flip(ask0({ "x-weatherproof-cache": "sometimes" }))
+      expect(bad).toBeInstanceOf(OpenAI.BadRequestError)
+      expect((bad as APIError).message).toContain("x-weatherproof-cache must be one of auto, force, bypass")
+    }))
+
   it.scopedLive("an upstream that drops the connection before answering is retried before the client sees anything", () =>
     Effect.gen(function*() {
       const upstream = yield* rawServer([destroySocket, reply(200, JSON.stringify(Wire.completion(generation("second try"))))])

@@ -4,7 +4,8 @@
  *
  * - Clients authenticate with a gateway key; the upstream keys stay in the process.
  * - `x-weatherproof-priority: interactive | batch` (default interactive) chooses the lane of the
- *   per-account queues; `x-weatherproof-task` routes the request (see `Router`).
+ *   per-account queues; `x-weatherproof-task` routes the request (see `Router`);
+ *   `x-weatherproof-cache: auto | force | bypass` (default auto) is the call's `ResponseCache` mode.
  * - A client waiting for its first content is kept alive (see `keepAlive.ts`); when more clients
  *   wait than `maxWaiting`, a new one gets a 429 with `Retry-After`.
  * - A stream is retried and fails over only before its first content reaches the client. A
@@ -14,13 +15,13 @@ import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import * as Cause from "effect/Cause"
 import * as Chunk from "effect/Chunk"
-import * as Deferred from "effect/Deferred"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
 import type * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
+import * as Queue from "effect/Queue"
 import * as ParseResult from "effect/ParseResult"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
@@ -105,10 +106,22 @@ const taskOf = (header: string | undefined): Either.Either<Task | undefined, Bad
       param: "x-weatherproof-task"
     }))
 
-const priorityOf = (header: string | undefined): Either.Either<NonNullable<CallOptions["priority"]>, BadRequest> =>
-  header === undefined || header === "interactive" || header === "batch"
-    ? Either.right(header ?? "interactive")
-    : Either.left(new BadRequest({ message: "x-weatherproof-priority must be interactive or batch", param: "x-weatherproof-priority" }))
+/** A header that must be one of `values`, `fallback` when absent. */
+const oneOf = <const A extends string>(name: string, values: ReadonlyArray<A>, fallback: A) =>
+(header: string | undefined): Either.Either<A, BadRequest> =>
+  header === undefined
+    ? Either.right(fallback)
+    : values.includes(header as A)
+    ? Either.right(header as A)
+    : Either.left(new BadRequest({ message: `${name} must be one of ${values.join(", ")}`, param: name }))
+
+const priorityOf = oneOf("x-weatherproof-priority", ["interactive", "batch"], "interactive")
+const cacheModeOf = oneOf("x-weatherproof-cache", ["auto", "force", "bypass"], "auto")
+
+/** What the pump queues for the answer: chunks, then how the upstream stream ended. */
+type Item =
+  | { readonly _tag: "Chunks"; readonly chunks: Chunk.Chunk<ChatCompletionChunk> }
+  | { readonly _tag: "Ended"; readonly exit: Exit.Exit<void, GatewayError> }
 
 /**
  * DeepSeek's usage arrives in a last chunk with `choices: []` because the transport always asks
@@ -142,7 +155,7 @@ export const make = (settings: Settings, traffic: Traffic) =>
 
     /** The error body that ends a committed answer: a JSON body, or a stream's error event. */
     const lateError = (cause: Cause.Cause<GatewayError>, encode: (body: unknown) => Uint8Array) =>
-      Stream.fromEffect(Effect.map(replyOfCause(cause, scrub), (reply) => encode(errorBody(reply, scrub))))
+      Effect.map(replyOfCause(cause, scrub), (reply) => encode(errorBody(reply, scrub)))
 
     const keepAliveSettings = {
       interval: settings.keepAliveInterval,
@@ -163,39 +176,57 @@ export const make = (settings: Settings, traffic: Traffic) =>
           }),
         late: (exit) =>
           Exit.match(exit, {
-            onFailure: (cause) => lateError(cause, (body) => utf8.encode(JSON.stringify(body))),
+            onFailure: (cause) => Stream.fromEffect(lateError(cause, (body) => utf8.encode(JSON.stringify(body)))),
             onSuccess: (answer) => Stream.succeed(utf8.encode(JSON.stringify(answer)))
           })
       })
 
+    /**
+     * Runs the upstream stream in a fiber of its own, tracked so the drain deadline can interrupt
+     * it, queueing its chunks, then how it ended. The queue is unbounded: an answer's rest waits
+     * there while a slow client reads (an answer is bounded by its `max_tokens`).
+     */
+    const pump = (upstream: Stream.Stream<ChatCompletionChunk, GatewayError>, wantsUsage: boolean) =>
+      Effect.gen(function*() {
+        const items = yield* Queue.unbounded<Item>()
+        const keep = (chunk: ChatCompletionChunk) => !isUnaskedUsage(wantsUsage)(chunk)
+        const fiber = yield* Effect.forkScoped(
+          Stream.runForEachChunk(upstream, (chunks) => {
+            const kept = Chunk.filter(chunks, keep)
+            return Chunk.isEmpty(kept) ? Effect.void : Queue.offer(items, { _tag: "Chunks", chunks: kept })
+          }).pipe(Effect.onExit((exit) => Queue.offer(items, { _tag: "Ended", exit })))
+        )
+        traffic.track(fiber)
+        return items
+      })
+
     const stream = (request: ChatCompletionRequest, options: CallOptions) =>
       Effect.gen(function*() {
-        const wantsUsage = request.stream_options?.include_usage === true
-        const pull = yield* Stream.toPull(
-          Stream.filter(resilient.stream(request, options), (chunk) => !isUnaskedUsage(wantsUsage)(chunk))
+        const items = yield* pump(resilient.stream(request, options), request.stream_options?.include_usage === true)
+        // The first content, or nothing when the stream ended without any.
+        const first: Effect.Effect<Chunk.Chunk<ChatCompletionChunk>, GatewayError> = Effect.flatMap(
+          Queue.take(items),
+          (item) =>
+            item._tag === "Chunks"
+              ? Effect.succeed(item.chunks)
+              : Exit.match(item.exit, { onFailure: Effect.failCause, onSuccess: () => Effect.succeed(Chunk.empty()) })
         )
-        // The first content, or an empty chunk when the stream ended without any.
-        const first: Effect.Effect<Chunk.Chunk<ChatCompletionChunk>, GatewayError> = pull.pipe(
-          Effect.repeat({ until: Chunk.isNonEmpty }),
-          Effect.catchAll(Option.match({ onNone: () => Effect.succeed(Chunk.empty()), onSome: Effect.fail }))
-        )
-        // The rest of the stream, until the drain deadline.
-        const rest = Stream.repeatEffectChunkOption(pull).pipe(
-          Stream.interruptWhen(Effect.zipRight(Deferred.await(traffic.cut), Effect.failSync(() => new ShuttingDown())))
-        )
-        // After the first content (written at once): the rest, `[DONE]` on a clean end, an error
+        // From the first content (written at once): the rest, `[DONE]` on a clean end, an error
         // event (and no `[DONE]`) on a failure, the drain deadline included.
-        const events = (head: Chunk.Chunk<ChatCompletionChunk>): Stream.Stream<Uint8Array> =>
-          Stream.concat(Stream.fromChunk(head), rest).pipe(
-            Stream.map(sseEvent),
-            Stream.concat(Stream.succeed(done)),
-            Stream.catchAllCause((cause) =>
-              Stream.concat(
-                Stream.execute(Effect.sync(() => traffic.streamCut())),
-                lateError(cause, sseEvent)
-              )
-            )
+        const events = (head: Chunk.Chunk<ChatCompletionChunk>): Stream.Stream<Uint8Array> => {
+          if (Chunk.isEmpty(head)) return Stream.make(done)
+          let ended = false
+          const next: Effect.Effect<Chunk.Chunk<Uint8Array>, Option.Option<never>> = Effect.suspend(() =>
+            ended ? Effect.fail(Option.none()) : Effect.flatMap(Queue.take(items), (item) => {
+              if (item._tag === "Chunks") return Effect.succeed(Chunk.map(item.chunks, sseEvent))
+              ended = true
+              if (Exit.isSuccess(item.exit)) return Effect.succeed(Chunk.of(done))
+              traffic.streamCut()
+              return Effect.map(lateError(item.exit.cause, sseEvent), Chunk.of)
+            })
           )
+          return Stream.concat(Stream.fromChunk(Chunk.map(head, sseEvent)), Stream.repeatEffectChunkOption(next))
+        }
         return yield* awaitFirst(waiting(first), {
           ...keepAliveSettings,
           keepAlive: sseKeepAlive,
@@ -211,7 +242,7 @@ export const make = (settings: Settings, traffic: Traffic) =>
             }),
           late: (exit) =>
             Exit.match(exit, {
-              onFailure: (cause) => lateError(cause, sseEvent),
+              onFailure: (cause) => Stream.fromEffect(lateError(cause, sseEvent)),
               onSuccess: events
             })
         })
@@ -225,9 +256,10 @@ export const make = (settings: Settings, traffic: Traffic) =>
         const body = yield* parseBody(json)
         const task = yield* taskOf(request.headers["x-weatherproof-task"])
         const priority = yield* priorityOf(request.headers["x-weatherproof-priority"])
+        const cache = yield* cacheModeOf(request.headers["x-weatherproof-cache"])
         const routed = yield* router.route(body, { task })
         if (traffic.waiting >= settings.maxWaiting) return yield* new GatewayBusy({ waiting: traffic.waiting })
-        return { request: routed.request, options: { priority } satisfies CallOptions }
+        return { request: routed.request, options: { priority, cache } satisfies CallOptions }
       })
 
     const handle: Effect.Effect<HttpServerResponse.HttpServerResponse, never, HttpServerRequest.HttpServerRequest | Scope.Scope> =

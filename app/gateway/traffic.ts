@@ -54,11 +54,9 @@ export class Traffic {
   requests = 0
   /** Set when the drain starts: health checks fail and new requests are refused. */
   draining = false
-  /** Fires at the drain deadline: requests still running end with an error. */
-  readonly cut: Deferred.Deferred<void> = Deferred.unsafeMake(FiberId.none)
   private idle: Deferred.Deferred<void> | undefined
-  /** The calls still waiting for their first content, interrupted at the drain deadline. */
-  private readonly waiters = new Set<Fiber.RuntimeFiber<unknown, unknown>>()
+  /** The calls still running (a stream's pump, a call waiting for its first content), interrupted at the drain deadline. */
+  private readonly calls = new Set<Fiber.RuntimeFiber<unknown, unknown>>()
   /** Requests by status, each with its own counter: tagging at every update would build its key again. */
   private readonly byStatus = new Map<number, Metric.Metric.Counter<number>>()
 
@@ -104,10 +102,10 @@ export class Traffic {
     counter.unsafeUpdate(1, noLabels)
   }
 
-  /** Tracks a call waiting for its first content until it ends, so the drain deadline can cut it. */
+  /** Tracks a call until it ends, so the drain deadline can cut it. */
   track(fiber: Fiber.RuntimeFiber<unknown, unknown>): void {
-    this.waiters.add(fiber)
-    fiber.addObserver(() => this.waiters.delete(fiber))
+    this.calls.add(fiber)
+    fiber.addObserver(() => this.calls.delete(fiber))
   }
 
   keptAlive(): void {
@@ -128,10 +126,8 @@ export class Traffic {
   })
 
   /**
-   * Ends the requests still running: a stream gets its error event; a call still waiting is
-   * interrupted, and gets an error body, or a 503 when nothing was sent yet.
+   * Ends the requests still running by interrupting their calls: a stream gets its error event, a
+   * call still waiting an error body, or a 503 when nothing was sent yet.
    */
-  readonly cutRemaining: Effect.Effect<void> = Effect.suspend(() =>
-    Effect.zipRight(Deferred.succeed(this.cut, undefined), Fiber.interruptAll(Array.from(this.waiters)))
-  )
+  readonly cutRemaining: Effect.Effect<void> = Effect.suspend(() => Fiber.interruptAll(Array.from(this.calls)))
 }
