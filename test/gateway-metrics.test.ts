@@ -85,7 +85,7 @@ describe("weatherproof serve, metrics and traces", () => {
       expect(text).not.toContain("sk-sim-account")
     }))
 
-  it.scopedLive("no upstream key leaves the process: not in answers, headers, metrics or logs, even when the upstream echoes it", () =>
+  it.scopedLive("no upstream key leaves the process: not in answers, headers, metrics, the page, its feed or logs, even when the upstream echoes it", () =>
     Effect.gen(function*() {
       const secret = "Zq81xV3pLm-key-9TrW4aaQ"
       const echo = (status: number): Handler => async (_, response) => {
@@ -101,7 +101,10 @@ describe("weatherproof serve, metrics and traces", () => {
       const upstream = yield* rawServer([streamEcho, echo(400), echo(401)])
       const logs: Array<string> = []
       const logger = Logger.make(({ message }) => logs.push(String(message)))
-      const gateway = yield* startGateway([account("a", upstream.url, [secret])], { pool: { retry: { maxRetries: 0 } } }).pipe(
+      const gateway = yield* startGateway([account("a", upstream.url, [secret])], {
+        pool: { retry: { maxRetries: 0 } },
+        statusInterval: "50 millis"
+      }).pipe(
         Effect.provide(Logger.replace(Logger.defaultLogger, logger))
       )
       const seen: Array<string> = []
@@ -117,6 +120,17 @@ describe("weatherproof serve, metrics and traces", () => {
       yield* record(`${gateway.url}/v1/chat/completions`, { model, messages: ask("b") })
       seen.push((yield* scrape(gateway.url)).text)
       seen.push(yield* rawText(`${gateway.url}/v1/chat/completions`, { model, messages: ask("d") }))
+      for (const path of ["/", "/status.json", "/readyz", "/v1/models"]) {
+        seen.push(yield* attempt(() => fetch(`${gateway.url}${path}`).then((response) => response.text())))
+      }
+      seen.push(yield* attempt(async () => {
+        const controller = new AbortController()
+        const response = await fetch(`${gateway.url}/status/events`, { signal: controller.signal })
+        const reader = response.body!.getReader()
+        const { value } = await reader.read()
+        controller.abort()
+        return new TextDecoder().decode(value)
+      }))
       for (const text of [...seen, ...logs]) expect(text).not.toContain(secret)
       expect(seen.join("\n")).toMatch(/key \*+ is not valid here/)
       expect(seen.join("\n")).toMatch(/failure for \*+/)
