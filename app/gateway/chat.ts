@@ -41,11 +41,11 @@ import {
   internalError,
   replyOf,
   type Scrubber,
-  ShuttingDown
+  ShuttingDown,
+  type Unauthorized
 } from "./errors.js"
 import { awaitFirst, jsonKeepAlive, sseKeepAlive } from "./keepAlive.js"
 import type { Traffic } from "./traffic.js"
-import type { Unauthorized } from "./errors.js"
 
 export interface Settings {
   readonly keepAliveInterval: Duration.Duration
@@ -77,11 +77,8 @@ const replyOfCause = (cause: Cause.Cause<GatewayError>, scrub: Scrubber): Effect
         : Effect.as(Effect.logError(`gateway: request failed: ${scrub(Cause.pretty(cause))}`), internalError)
   })
 
-const errorResponse = (reply: ErrorReply, scrub: Scrubber, headers: Record<string, string> = {}) =>
-  HttpServerResponse.unsafeJson(errorBody(reply, scrub), {
-    status: reply.status,
-    headers: { ...errorHeaders(reply), ...headers }
-  })
+const errorResponse = (reply: ErrorReply, scrub: Scrubber) =>
+  HttpServerResponse.unsafeJson(errorBody(reply, scrub), { status: reply.status, headers: errorHeaders(reply) })
 
 const sseEvent = (data: unknown): Uint8Array => utf8.encode(`data: ${JSON.stringify(data)}\n\n`)
 
