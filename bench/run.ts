@@ -3,7 +3,7 @@
  * printed as tables with a verdict per target. It always exits 0 when it ran: a missed target is
  * a finding.
  *
- * Flags: `--only goodput`, `--only overhead`, `--only sse`, or `--only weatherproof` (the goodput
+ * Flags: `--only goodput`, `--only overhead`, `--only sse`, `--only gateway`, or `--only weatherproof` (the goodput
  * run of weatherproof alone, for tuning); `--write-docs` also writes docs/goodput.svg and
  * docs/goodput-peers.svg and prints the tables as Markdown; `--json FILE` saves the goodput
  * report (every timeline included) for a closer look.
@@ -14,6 +14,7 @@ import * as Effect from "effect/Effect"
 import { writeFileSync } from "node:fs"
 import * as Os from "node:os"
 import { goodputChart, peersChart } from "./chart.js"
+import * as Gateway from "./gateway.js"
 import * as Goodput from "./goodput.js"
 import * as Overhead from "./overhead.js"
 import { backoff } from "./peers.js"
@@ -233,17 +234,110 @@ const sse = Effect.gen(function*() {
   )
 })
 
-const modes: ReadonlyArray<string | undefined> = [undefined, "goodput", "overhead", "sse", "weatherproof"]
+// --- gateway ------------------------------------------------------------------------------------
+
+const gatewayTargets = { addedP50Ms: 1, addedFirstEventMs: 2, throughputRatio: 0.8 } as const
+
+const ms = (value: number) => Number.isNaN(value) ? "–" : `${value.toFixed(2)} ms`
+const signedMs = (value: number) => Number.isNaN(value) ? "–" : `${value >= 0 ? "+" : ""}${value.toFixed(2)} ms`
+
+const gatewayRows = (cells: ReadonlyArray<Gateway.Cell>): ReadonlyArray<Table.Row> =>
+  cells.map((cell) => {
+    const base = cells.find((c) => c.clients === cell.clients && c.contender === "direct")!
+    const isBase = cell === base
+    return [
+      String(cell.clients),
+      cell.contender,
+      ms(cell.p50Ms),
+      isBase ? "–" : signedMs(cell.p50Ms - base.p50Ms),
+      ms(cell.p99Ms),
+      isBase ? "–" : signedMs(cell.p99Ms - base.p99Ms),
+      ms(cell.firstEventP50Ms),
+      isBase ? "–" : signedMs(cell.firstEventP50Ms - base.firstEventP50Ms),
+      cell.perSecond.toFixed(0),
+      (cell.perSecond / base.perSecond).toFixed(2),
+      Number.isNaN(cell.cpuMsPerAnswer) ? "–" : `${cell.cpuMsPerAnswer.toFixed(2)} ms`,
+      `${cell.failures} / ${cell.streamFailures}`
+    ]
+  })
+
+const gatewayVerdicts = (cells: ReadonlyArray<Gateway.Cell>): ReadonlyArray<string> =>
+  Gateway.settings.clients.flatMap((clients) => {
+    const at = (contender: string) => cells.find((c) => c.clients === clients && c.contender.startsWith(contender))!
+    const [base, ours, theirs] = [at("direct"), at("weatherproof"), at("Portkey")]
+    const added = ours.p50Ms - base.p50Ms
+    const firstEvent = ours.firstEventP50Ms - base.firstEventP50Ms
+    const ratio = ours.perSecond / base.perSecond
+    // A figure Portkey could not produce (every stream failed) counts as one it loses.
+    const behind = [
+      ours.p50Ms < theirs.p50Ms ? undefined : "p50",
+      ours.p99Ms < theirs.p99Ms ? undefined : "p99",
+      ours.firstEventP50Ms < theirs.firstEventP50Ms || Number.isNaN(theirs.firstEventP50Ms) ? undefined : "first event",
+      ours.perSecond > theirs.perSecond ? undefined : "throughput"
+    ].filter((figure) => figure !== undefined)
+    return [
+      `${clients} client${clients === 1 ? "" : "s"}: p50 added ≤ ${gatewayTargets.addedP50Ms} ms: ${
+        Table.verdict(added <= gatewayTargets.addedP50Ms)
+      } (${signedMs(added)}); first stream event added ≤ ${gatewayTargets.addedFirstEventMs} ms: ${
+        Table.verdict(firstEvent <= gatewayTargets.addedFirstEventMs)
+      } (${signedMs(firstEvent)}); throughput ≥ ${gatewayTargets.throughputRatio}× direct: ${
+        Table.verdict(ratio >= gatewayTargets.throughputRatio)
+      } (${ratio.toFixed(2)}×); ahead of Portkey on every figure: ${Table.verdict(behind.length === 0)}${
+        behind.length === 0 ? "" : ` (not on ${behind.join(", ")})`
+      }`
+    ]
+  })
+
+const gateway = Effect.gen(function*() {
+  const { clients, rounds, seconds, serviceMs, streamSeconds } = Gateway.settings
+  yield* Console.log(
+    `\n== Gateway: direct vs weatherproof serve vs Portkey ${Gateway.portkeyVersion}, loopback upstream answering in ${serviceMs} ms, ` +
+      `${clients.join(" / ")} clients; ${seconds} s non-stream + ${streamSeconds} s stream per cell, median of ${rounds} rounds ==`
+  )
+  const report = yield* Gateway.run((line) => console.log(line))
+  yield* Console.log("")
+  yield* printTable(
+    [
+      "clients",
+      "contender",
+      "p50",
+      "added",
+      "p99",
+      "added",
+      "first event p50",
+      "added",
+      "answers/s",
+      "× direct",
+      "CPU / answer",
+      "failed (json / stream)"
+    ],
+    gatewayRows(report.cells)
+  )
+  for (const line of gatewayVerdicts(report.cells)) yield* Console.log(line)
+  yield* busyWarning()
+  yield* Console.log("")
+  yield* printTable(
+    ["probe", "weatherproof", `Portkey ${Gateway.portkeyVersion}`],
+    report.probes.map((probe) => [
+      probe.name,
+      `${probe.weatherproof.ok ? "ok" : "FAIL"}: ${probe.weatherproof.detail}`,
+      `${probe.portkey.ok ? "ok" : "FAIL"}: ${probe.portkey.detail}`
+    ])
+  )
+})
+
+const modes: ReadonlyArray<string | undefined> = [undefined, "goodput", "overhead", "sse", "gateway", "weatherproof"]
 
 const main = Effect.gen(function*() {
   if (!modes.includes(only)) {
-    yield* Console.error(`unknown --only ${only}: use goodput, overhead, sse or weatherproof`)
+    yield* Console.error(`unknown --only ${only}: use goodput, overhead, sse, gateway or weatherproof`)
     return yield* Effect.sync(() => process.exit(2))
   }
   yield* Console.log(`machine: ${machine()}`)
   if (only === undefined || only === "goodput" || only === "weatherproof") yield* goodput
   if (only === undefined || only === "overhead") yield* overhead
   if (only === undefined || only === "sse") yield* sse
+  if (only === undefined || only === "gateway") yield* gateway
 })
 
 NodeRuntime.runMain(main)

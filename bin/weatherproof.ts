@@ -40,6 +40,7 @@ import * as Logger from "effect/Logger"
 import { realpathSync } from "node:fs"
 import { fileURLToPath } from "node:url"
 import { exitCodeOf, layerProcess, type StopSignal, type StopSignals } from "../app/cli/signals.js"
+import { serve } from "../app/gateway/command.js"
 import * as DurationText from "../src/internal/durationText.js"
 
 /** `30s`, `500ms`, `2m`, `1h`. */
@@ -103,7 +104,8 @@ const demo = Command.make(
 
 const subcommands = [
   batch,
-  demo
+  demo,
+  serve
 ] as const
 
 const weatherproof = Command.make("weatherproof").pipe(

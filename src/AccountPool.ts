@@ -258,6 +258,32 @@ export const failoversCounter: Metric.Metric.Counter<number> = internal.failover
 export const queuedGauge: Metric.Metric.Gauge<number> = internal.queuedGauge
 
 /**
+ * Attempts sent, tagged `account`, `model` (the lane's: the model requested) and `result`
+ * (`ok`, or the error's `_tag`): the 429s of an (account, model) are `result="RateLimited"`.
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const attemptsCounter: Metric.Metric.Counter<number> = internal.attemptsCounter
+
+/**
+ * Attempts that re-sent a request already sent once (here or on another account), tagged
+ * `account` and `model`.
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const retriesCounter: Metric.Metric.Counter<number> = internal.retriesCounter
+
+/**
+ * Seconds from an attempt's placement to its end, tagged `account` and `model`.
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const attemptDuration: Metric.Metric.Histogram<number> = internal.attemptDuration
+
+/**
  * The pool. Its probe fibers and breakers live in the scope. Dies with `IllegalArgumentException` on two accounts of one name or a duration
  * that is not positive.
  *

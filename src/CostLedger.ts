@@ -22,6 +22,7 @@ import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
+import type * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as ParseResult from "effect/ParseResult"
 import * as Ref from "effect/Ref"
@@ -432,7 +433,8 @@ export interface Service {
   readonly cost: (model: string, usage: Usage) => Effect.Effect<Cost>
   /**
    * Records one attempt, priced now, and answers its cost. A model without a price is logged
-   * (once per model) and counted as `unpriced`.
+   * (once per model) and counted as `unpriced`. Its tokens and cost also go to `tokensCounter`
+   * and `costCounter`.
    */
   readonly record: (entry: Entry) => Effect.Effect<Cost>
   /**
@@ -512,6 +514,25 @@ const budgetPicoOf = (budgetUsd: number | undefined): bigint | undefined => {
 }
 
 /**
+ * Tokens of every recorded attempt, tagged `account`, `model` and `kind`: `prompt_cache_hit`,
+ * `prompt_cache_miss`, `completion` and `reasoning` (`completion` includes `reasoning`, as in the
+ * API's usage). Exported to Prometheus as `weatherproof_tokens_total`.
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const tokensCounter: Metric.Metric.Counter<number> = internal.tokensCounter
+
+/**
+ * Cost in USD of every recorded attempt whose model has a price, tagged `account` and `model`.
+ * Exported to Prometheus as `weatherproof_cost_usd_total`.
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const costCounter: Metric.Metric.Counter<number> = internal.costCounter
+
+/**
  * A ledger in memory. Dies with `IllegalArgumentException` on an invalid pricing table or budget
  * (use `decodePricing` to validate untrusted input with typed errors first).
  *
@@ -540,6 +561,7 @@ export const make = (options: Options = {}): Effect.Effect<Service> =>
     const budgetPico = yield* Effect.sync(() => budgetPicoOf(options.budgetUsd))
     const compiled = internal.compile(pricing)
     const state = yield* Ref.make(emptyState)
+    const countSpend = internal.makeSpendMetrics()
 
     const priceNow = (model: string, tokens: TokenSplit) =>
       Effect.map(Clock.currentTimeMillis, (now) => internal.price(compiled, model, tokens, now))
@@ -565,6 +587,7 @@ export const make = (options: Options = {}): Effect.Effect<Service> =>
         if (firstUnpriced) {
           yield* Effect.logWarning(`CostLedger: no price for model ${JSON.stringify(entry.model)}; its cost is not counted`)
         }
+        yield* countSpend(entry.account, entry.model, tokens, price?.pico)
         return costOf(entry.model, tokens, price)
       })
 

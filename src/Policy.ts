@@ -306,9 +306,9 @@ export const attemptFailuresCounter: Metric.Metric.Counter<number> = internal.at
 export const retriesCounter: Metric.Metric.Counter<number> = internal.retriesCounter
 
 /**
- * Duration of whole calls (retries included), in milliseconds.
+ * Duration of whole calls (retries included), in seconds.
  *
  * @since 0.1.0
  * @category metrics
  */
-export const callDuration = internal.callDuration
+export const callDuration: Metric.Metric.Histogram<number> = internal.callDuration

@@ -33,6 +33,7 @@ import * as Transport from "../Transport.js"
 import * as LimiterInternal from "./concurrencyLimiter.js"
 import { AccountSlot, Dispatcher, Lane, type LaneGrant, type Waiter } from "./dispatcher.js"
 import { assertValid, positive } from "./options.js"
+import { secondsBoundaries } from "./policy.js"
 
 /** `AccountPool.Options` with defaults applied. */
 export interface Settings {
@@ -53,6 +54,22 @@ export const failoversCounter = Metric.counter("weatherproof_account_failovers",
 export const queuedGauge = Metric.gauge("weatherproof_account_pool_queued", {
   description: "Calls waiting at the account pool for a permit, by model"
 })
+
+export const attemptsCounter = Metric.counter("weatherproof_account_pool_attempts", {
+  description: "Attempts the account pool sent, by account, model and result (ok, or the error's _tag)",
+  incremental: true
+})
+
+export const retriesCounter = Metric.counter("weatherproof_account_pool_retries", {
+  description: "Attempts the account pool sent that re-sent a request already sent once, by account and model",
+  incremental: true
+})
+
+export const attemptDuration = Metric.histogram(
+  "weatherproof_account_pool_attempt_duration_seconds",
+  secondsBoundaries,
+  "Duration of attempts the account pool sent, from placement to their end, by account and model"
+)
 
 /** A balance probe gets this long to answer. */
 const probeTimeout = Duration.seconds(30)
@@ -106,6 +123,14 @@ class Member {
   modelFor(model: string): string {
     return this.account.models[model] ?? model
   }
+}
+
+/** An attempt placed on an account: its permit, the lane's model, and when it was placed (Clock millis). */
+interface Placed {
+  readonly member: Member
+  readonly permit: Limiter.Permit
+  readonly model: string
+  readonly placedAt: number
 }
 
 /** A lane's policy: the account's fixed limit, or an adaptive one of its options. */
@@ -182,7 +207,7 @@ export const make = (
 
     // -- the accounts and their lanes ---------------------------------------------------------
 
-    const limitLabels = (account: Account, model: string) =>
+    const laneLabels = (account: Account, model: string) =>
       <Type, In, Out>(metric: Metric.Metric<Type, In, Out>) =>
         Metric.tagged(Metric.tagged(metric, "account", account.name), "model", model)
 
@@ -210,7 +235,7 @@ export const make = (
     const dispatcher: Dispatcher = new Dispatcher(members.map((member) => member.slot), (slot, model) => {
       const account = members[slot.index]!.account
       const lane = new Lane(slot, model, policyFor(account), (grown) => dispatcher.dispatch(grown.model))
-      const tag = limitLabels(account, model)
+      const tag = laneLabels(account, model)
       const gauges = { limit: tag(LimiterInternal.limitGauge), inFlight: tag(LimiterInternal.inFlightGauge) }
       const droppedCount = tag(LimiterInternal.droppedCounter)
       laneMetrics.set(lane, {
@@ -387,7 +412,7 @@ export const make = (
       model: string,
       options: CallOptions | undefined,
       excluded: ReadonlySet<number>
-    ): Effect.Effect<{ readonly member: Member; readonly permit: Limiter.Permit }, ApiError.NoAccountAvailable, Scope.Scope> =>
+    ): Effect.Effect<Placed, ApiError.NoAccountAvailable, Scope.Scope> =>
       Effect.uninterruptibleMask((restore) =>
         Effect.gen(function*() {
           if (!mayBePlaced(excluded)) return yield* Effect.fail(noAccount(excluded))
@@ -399,7 +424,7 @@ export const make = (
           yield* Effect.flatMap(Effect.scope, (s) => Scope.addFinalizer(s, release(lane)))
           const member = members[lane.account.index]!
           member.calls++
-          return { member, permit: permitOf(grant).permit }
+          return { member, permit: permitOf(grant).permit, model, placedAt: now() }
         })
       )
 
@@ -454,20 +479,29 @@ export const make = (
       Effect.asVoid(ledger.record({ account: member.name, model, usage, disposition }))
 
     /**
-     * Counts an attempt that reached `member`'s upstream. The outer client hands every attempt of a
-     * call the same request object, so one sent before makes this a retry; an account-level
-     * failure fails over within the attempt, so the next account's send is not a retry.
+     * Counts an attempt that reached its account's upstream, in the account's figures and the
+     * metrics of its (account, model). The outer client hands every attempt of a call the same
+     * request object, so one sent before makes this a retry; an account-level failure fails over
+     * within the attempt, so the next account's send is not a retry.
      */
     const sent = new WeakSet<ChatCompletionRequest>()
-    const countSent = (member: Member, request: ChatCompletionRequest, verdict?: ApiError.Verdict, error?: unknown) =>
+    const countSent = (placed: Placed, request: ChatCompletionRequest, verdict?: ApiError.Verdict, error?: unknown) =>
       Effect.sync(() => {
-        if (sent.has(request)) member.retries++
-        else if (verdict === undefined || !isAccountLevel(verdict)) sent.add(request)
+        const { member } = placed
+        const labels = laneLabels(member.account, placed.model)
+        const retry = sent.has(request)
+        if (retry) {
+          member.retries++
+          labels(retriesCounter).unsafeUpdate(1, [])
+        } else if (verdict === undefined || !isAccountLevel(verdict)) sent.add(request)
         if (verdict === undefined) member.succeeded++
         else {
           member.failed++
           if (ApiError.tagOf(error) === "RateLimited") member.rateLimited++
         }
+        Metric.tagged(labels(attemptsCounter), "result", verdict === undefined ? "ok" : ApiError.tagOf(error) ?? "unknown")
+          .unsafeUpdate(1, [])
+        labels(attemptDuration).unsafeUpdate((now() - placed.placedAt) / 1000, [])
       })
 
     /**
@@ -476,7 +510,7 @@ export const make = (
      * `truncated` for a stream whose content had reached the caller.
      */
     const recordFailure = (
-      member: Member,
+      placed: Placed,
       request: ChatCompletionRequest,
       model: string,
       error: unknown,
@@ -486,8 +520,8 @@ export const make = (
       if (wasNotSent(verdict, error)) return Effect.void
       const partial = ApiError.partialOf(error as ApiError.ApiError)
       return Effect.zipRight(
-        countSent(member, request, verdict, error),
-        record(member, model, partial.usage, delivered ? "truncated" : "discarded")
+        countSent(placed, request, verdict, error),
+        record(placed.member, model, partial.usage, delivered ? "truncated" : "discarded")
       )
     }
 
@@ -502,21 +536,22 @@ export const make = (
     // -- calls --------------------------------------------------------------------------------
 
     const create: Service["create"] = (request, options) => {
-      const attemptOn = (member: Member, permit: Limiter.Permit) => {
+      const attemptOn = (placed: Placed) => {
+        const { member, permit } = placed
         const model = member.modelFor(request.model)
         return member.breaker.protect(member.transport.create({ ...request, model }, callOptions(options, permit))).pipe(
           Effect.onExit((exit) => permit.settle(exit)),
           Effect.tapBoth({
             onSuccess: (completion) =>
-              Effect.zipRight(countSent(member, request), record(member, completion.model, completion.usage, "kept")),
-            onFailure: (error) => recordFailure(member, request, model, error, false)
+              Effect.zipRight(countSent(placed, request), record(member, completion.model, completion.usage, "kept")),
+            onFailure: (error) => recordFailure(placed, request, model, error, false)
           }),
           Effect.catchTag("CircuitOpen", (open) => failOver(member, open)),
           Effect.catchIf((error) => isAccountLevel(ApiError.classify(error)), (error) => failOver(member, error))
         )
       }
       const attempt = (excluded: ReadonlySet<number>): Effect.Effect<ChatCompletion, PoolError> =>
-        Effect.scoped(Effect.flatMap(place(request.model, options, excluded), ({ member, permit }) => attemptOn(member, permit))).pipe(
+        Effect.scoped(Effect.flatMap(place(request.model, options, excluded), attemptOn)).pipe(
           Effect.catchTag("FailedOver", ({ member }) => attempt(excludeAfter(excluded, member)))
         )
       return Effect.zipRight(budget, attempt(new Set()))
@@ -531,8 +566,9 @@ export const make = (
       Effect.catchAll(member.breaker.admit, (open) => Effect.zipRight(permit.settle(Exit.fail(open)), failOver(member, open)))
 
     /** A stream on `member`: its breaker's admission and the permit for as long as it runs. */
-    const streamOn = (member: Member, permit: Limiter.Permit, request: ChatCompletionRequest, options: CallOptions | undefined) =>
-      Stream.unwrapScoped(Effect.map(admitted(member, permit), (settleBreaker) => {
+    const streamOn = (placed: Placed, request: ChatCompletionRequest, options: CallOptions | undefined) =>
+      Stream.unwrapScoped(Effect.map(admitted(placed.member, placed.permit), (settleBreaker) => {
+        const { member, permit } = placed
         const model = member.modelFor(request.model)
         let delivered = false
         let usage: Usage | undefined
@@ -547,12 +583,12 @@ export const make = (
             })
           ),
           Stream.onDone(() =>
-            Effect.zipRight(settle(Exit.void), Effect.zipRight(countSent(member, request), record(member, servedModel, usage, "kept")))
+            Effect.zipRight(settle(Exit.void), Effect.zipRight(countSent(placed, request), record(member, servedModel, usage, "kept")))
           ),
           Stream.catchAll((error) =>
             Stream.fromEffect(
               settle(Exit.fail(error)).pipe(
-                Effect.zipRight(recordFailure(member, request, servedModel, error, delivered)),
+                Effect.zipRight(recordFailure(placed, request, servedModel, error, delivered)),
                 Effect.zipRight(answerOrFailOver(member, error, delivered))
               )
             )
@@ -563,7 +599,7 @@ export const make = (
     const stream: Service["stream"] = (request, options) => {
       const attempt = (excluded: ReadonlySet<number>): Stream.Stream<ChatCompletionChunk, PoolError> =>
         Stream.unwrapScoped(
-          Effect.map(place(request.model, options, excluded), ({ member, permit }) => streamOn(member, permit, request, options))
+          Effect.map(place(request.model, options, excluded), (placed) => streamOn(placed, request, options))
         ).pipe(Stream.catchTag("FailedOver", ({ member }) => attempt(excludeAfter(excluded, member))))
       return Stream.unwrap(Effect.as(budget, attempt(new Set())))
     }

@@ -10,6 +10,10 @@
  *
  * @internal
  */
+import * as Effect from "effect/Effect"
+import * as Metric from "effect/Metric"
+import * as MetricKey from "effect/MetricKey"
+import * as MetricLabel from "effect/MetricLabel"
 import * as ParseResult from "effect/ParseResult"
 import type { Usage } from "../ChatSchema.js"
 
@@ -261,6 +265,83 @@ export const accumulate = (acc: Accumulator, attempt: AttemptCost): Accumulator 
     retryTaxTokens: acc.retryTaxTokens + (discarded ? attempt.tokens.prompt + attempt.tokens.completion : 0),
     retryTaxPico: acc.retryTaxPico + (discarded ? pico : 0n)
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics
+// ---------------------------------------------------------------------------------------------
+
+const tokensKey = MetricKey.counter("weatherproof_tokens", {
+  description: "Tokens billed, by account, model and kind (prompt_cache_hit, prompt_cache_miss, completion, reasoning; " +
+    "completion includes reasoning, as in the API's usage)",
+  incremental: true
+})
+
+const costKey = MetricKey.counter("weatherproof_cost_usd", {
+  description: "Cost of the priced attempts in USD, by account and model",
+  incremental: true
+})
+
+/** @internal */
+export const tokensCounter = Metric.fromMetricKey(tokensKey)
+
+/** @internal */
+export const costCounter = Metric.fromMetricKey(costKey)
+
+interface SpendCounters {
+  readonly cacheHit: Metric.Metric.Counter<number>
+  readonly cacheMiss: Metric.Metric.Counter<number>
+  readonly completion: Metric.Metric.Counter<number>
+  readonly reasoning: Metric.Metric.Counter<number>
+  readonly cost: Metric.Metric.Counter<number>
+}
+
+/**
+ * A counter of `key` with `labels` in its key: `Metric.tagged` would build the tagged key again
+ * at every update, and a key costs more than the update.
+ */
+const labelled = (key: MetricKey.MetricKey.Counter<number>, labels: Readonly<Record<string, string>>) =>
+  Metric.fromMetricKey(
+    MetricKey.taggedWithLabels(key, Object.entries(labels).map(([name, value]) => MetricLabel.make(name, value)))
+  )
+
+const spendCounters = (account: string, model: string): SpendCounters => {
+  const tokens = (kind: string) => labelled(tokensKey, { account, model, kind })
+  return {
+    cacheHit: tokens("prompt_cache_hit"),
+    cacheMiss: tokens("prompt_cache_miss"),
+    completion: tokens("completion"),
+    reasoning: tokens("reasoning"),
+    cost: labelled(costKey, { account, model })
+  }
+}
+
+/**
+ * Adds an attempt's tokens and cost to the metrics of its (account, model); an unpriced attempt
+ * adds no cost. The counters are made once per (account, model): this runs on every attempt.
+ */
+export const makeSpendMetrics = () => {
+  const byKey = new Map<string, SpendCounters>()
+  const countersOf = (account: string, model: string): SpendCounters => {
+    const key = `${account}\u0000${model}`
+    let counters = byKey.get(key)
+    if (counters === undefined) {
+      counters = spendCounters(account, model)
+      byKey.set(key, counters)
+    }
+    return counters
+  }
+  return (account: string, model: string, tokens: TokenSplit, pico: bigint | undefined): Effect.Effect<void> =>
+    Effect.suspend(() => {
+      const counters = countersOf(account, model)
+      return Effect.all([
+        Metric.incrementBy(counters.cacheHit, tokens.cacheHit),
+        Metric.incrementBy(counters.cacheMiss, tokens.cacheMiss),
+        Metric.incrementBy(counters.completion, tokens.completion),
+        Metric.incrementBy(counters.reasoning, tokens.reasoning),
+        pico === undefined ? Effect.void : Metric.incrementBy(counters.cost, usdOfPico(pico))
+      ], { discard: true })
+    })
 }
 
 /** `numerator / denominator`, 0 when there is nothing to divide. */

@@ -16,6 +16,7 @@ import * as Exit from "effect/Exit"
 import * as FiberId from "effect/FiberId"
 import * as FiberRef from "effect/FiberRef"
 import * as Metric from "effect/Metric"
+import * as MetricBoundaries from "effect/MetricBoundaries"
 import * as Option from "effect/Option"
 import * as Predicate from "effect/Predicate"
 import * as Schedule from "effect/Schedule"
@@ -61,9 +62,13 @@ export const retriesCounter = Metric.counter("weatherproof_retries", {
   incremental: true
 })
 
-export const callDuration = Metric.timerWithBoundaries(
-  "weatherproof_call_duration",
-  [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 120_000, 300_000, 600_000]
+/** Seconds, the bucket bounds a call to an LLM API spans (50 ms to 10 minutes). */
+export const secondsBoundaries = MetricBoundaries.fromIterable([0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600])
+
+export const callDuration = Metric.histogram(
+  "weatherproof_call_duration_seconds",
+  secondsBoundaries,
+  "Duration of whole calls through a policy (retries included), in seconds"
 )
 
 // -----------------------------------------------------------------------------
@@ -114,8 +119,8 @@ const timed = <A, E, R>(call: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
     const start = clock.unsafeCurrentTimeNanos()
     return Effect.onExit(call, () =>
       Effect.sync(() => {
-        const elapsed = Duration.nanos(clock.unsafeCurrentTimeNanos() - start)
-        callDuration.unsafeUpdate(elapsed, fiber.getFiberRef(FiberRef.currentMetricLabels))
+        const seconds = Number(clock.unsafeCurrentTimeNanos() - start) / 1e9
+        callDuration.unsafeUpdate(seconds, fiber.getFiberRef(FiberRef.currentMetricLabels))
       }))
   })
 

@@ -1,6 +1,7 @@
 /**
  * A tiny scripted HTTP server on 127.0.0.1 for loopback tests: the n-th request is answered by
- * the n-th handler, which writes whatever bytes it likes (or kills the socket). Real timers are
+ * the n-th handler, which writes whatever bytes it likes (or kills the socket); `/user/balance`
+ * (an account pool's balance preflight) answers 404 outside the script. Real timers are
  * fine here: this is a real server, kept short and bounded.
  */
 import * as Effect from "effect/Effect"
@@ -39,6 +40,12 @@ export const rawServer = (script: ReadonlyArray<Handler>): Effect.Effect<RawServ
       const connections = new WeakMap<Socket, number>()
       let opened = 0
       const server = Http.createServer((request, response) => {
+        // An account pool asks a DeepSeek account's balance at start: this server has no such
+        // endpoint, and the question takes no turn of the script.
+        if (request.url?.endsWith("/user/balance")) {
+          response.writeHead(404).end()
+          return
+        }
         void readBody(request).then((body) => {
           received.push({
             body,

@@ -1,0 +1,125 @@
+/**
+ * Alerts: a JSON POST to a webhook when something happens that people otherwise watch a status
+ * page for. Found by comparing consecutive status samples, so they cost a request nothing:
+ * - `breaker_opened` / `breaker_closed`: an account's circuit breaker opened, or closed again;
+ * - `balance_exhausted` / `balance_restored`: an account answered 402, or its balance is back;
+ * - `key_rejected`: an account has fewer usable keys (the upstream rejected one);
+ * - `budget_spent`: the cost budget is spent; new calls are refused.
+ *
+ * Alerts wait in a bounded queue (the oldest are kept when it is full) and are sent one after
+ * another, each retried with jittered exponential backoff; one that still fails is logged and
+ * dropped.
+ */
+import * as HttpClient from "@effect/platform/HttpClient"
+import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Queue from "effect/Queue"
+import * as Schedule from "effect/Schedule"
+import type * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import type { Scrubber } from "./errors.js"
+import type { AccountSample, Monitor, Sample } from "./status.js"
+
+export type AlertEvent =
+  | "breaker_opened"
+  | "breaker_closed"
+  | "balance_exhausted"
+  | "balance_restored"
+  | "key_rejected"
+  | "budget_spent"
+
+/** The webhook's JSON body. */
+export interface Alert {
+  readonly event: AlertEvent
+  /** The account concerned; `null` for the budget. */
+  readonly account: string | null
+  readonly message: string
+  /** ISO 8601, when the sample that showed it was taken. */
+  readonly at: string
+  readonly source: "weatherproof-gateway"
+}
+
+export interface Options {
+  readonly url: string
+  /** First retry delay; doubles, jittered. Default 1 second. */
+  readonly retryBase?: Duration.DurationInput | undefined
+  /** Default 5. */
+  readonly retries?: number | undefined
+}
+
+const alert = (sample: Sample, event: AlertEvent, account: string | null, message: string): Alert => ({
+  event,
+  account,
+  message,
+  at: new Date(sample.t).toISOString(),
+  source: "weatherproof-gateway"
+})
+
+const accountAlerts = (sample: Sample, before: AccountSample, after: AccountSample): ReadonlyArray<Alert> => {
+  const name = after.name
+  const alerts: Array<Alert> = []
+  if (before.state !== "open" && after.state === "open") {
+    alerts.push(alert(sample, "breaker_opened", name, `account ${name}: circuit breaker opened; its calls go elsewhere or wait`))
+  }
+  if ((before.state === "open" || before.state === "half_open") && after.state === "serving") {
+    alerts.push(alert(sample, "breaker_closed", name, `account ${name}: circuit breaker closed; serving again`))
+  }
+  if (before.state !== "out_of_balance" && after.state === "out_of_balance") {
+    alerts.push(alert(sample, "balance_exhausted", name, `account ${name} is out of balance (402); top it up`))
+  }
+  if (before.state === "out_of_balance" && after.state !== "out_of_balance") {
+    alerts.push(alert(sample, "balance_restored", name, `account ${name}: balance is back; serving again`))
+  }
+  if (after.usableKeys < before.usableKeys) {
+    alerts.push(
+      alert(sample, "key_rejected", name, `account ${name}: the upstream rejected a key (${after.usableKeys} usable left)`)
+    )
+  }
+  return alerts
+}
+
+/** What changed from one sample to the next, as alerts. */
+export const alertsBetween = (before: Sample, after: Sample): ReadonlyArray<Alert> => [
+  ...after.accounts.flatMap((account) => {
+    const previous = before.accounts.find((a) => a.name === account.name)
+    return previous === undefined ? [] : accountAlerts(after, previous, account)
+  }),
+  ...(!before.banner.budgetSpent && after.banner.budgetSpent
+    ? [alert(after, "budget_spent", null, `the budget of $${after.spend.budgetUsd} is spent; new calls are refused`)]
+    : [])
+]
+
+/** Watches the monitor's samples and posts their alerts to the webhook, until the scope closes. */
+export const run = (
+  monitor: Monitor,
+  options: Options,
+  scrub: Scrubber
+): Effect.Effect<void, never, HttpClient.HttpClient | Scope.Scope> =>
+  Effect.gen(function*() {
+    const samples = yield* monitor.subscribe
+    const first = yield* monitor.latest
+    const client = (yield* HttpClient.HttpClient).pipe(HttpClient.filterStatusOk)
+    const queue = yield* Queue.dropping<Alert>(256)
+    const retry = Schedule.exponential(options.retryBase ?? Duration.seconds(1)).pipe(
+      Schedule.jittered,
+      Schedule.intersect(Schedule.recurs(options.retries ?? 5))
+    )
+    const post = (body: Alert) =>
+      HttpClientRequest.post(options.url).pipe(
+        HttpClientRequest.bodyUnsafeJson(body),
+        client.execute,
+        Effect.scoped,
+        Effect.timeout(Duration.seconds(10)),
+        Effect.retry(retry),
+        Effect.catchAll((error) =>
+          Effect.logWarning(`gateway: alert ${body.event} not delivered: ${scrub(String(error))}`)
+        )
+      )
+    yield* samples.pipe(
+      Stream.mapAccum(first, (before, after) => [after, alertsBetween(before, after)] as const),
+      Stream.runForEach((alerts) => Queue.offerAll(queue, alerts)),
+      Effect.forkScoped
+    )
+    yield* Effect.forkScoped(Effect.forever(Effect.flatMap(Queue.take(queue), post)))
+  })

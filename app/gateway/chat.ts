@@ -1,0 +1,279 @@
+/**
+ * `POST /v1/chat/completions`: an OpenAI chat completion request in, through the resilient
+ * client, the upstream's answer out, every field as the upstream sent it.
+ *
+ * - Clients authenticate with a gateway key; the upstream keys stay in the process.
+ * - `x-weatherproof-priority: interactive | batch` (default interactive) chooses the lane of the
+ *   per-account queues; `x-weatherproof-task` routes the request (see `Router`);
+ *   `x-weatherproof-cache: auto | force | bypass` (default auto) is the call's `ResponseCache` mode.
+ * - A client waiting for its first content is kept alive (see `keepAlive.ts`); when more clients
+ *   wait than `maxWaiting`, a new one gets a 429 with `Retry-After`.
+ * - A stream is retried and fails over only before its first content reaches the client. A
+ *   failure after it ends the stream with a `data: {"error": …}` event and no `[DONE]`.
+ */
+import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
+import * as Cause from "effect/Cause"
+import * as Chunk from "effect/Chunk"
+import type * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Exit from "effect/Exit"
+import type * as Fiber from "effect/Fiber"
+import * as Option from "effect/Option"
+import * as Queue from "effect/Queue"
+import * as ParseResult from "effect/ParseResult"
+import * as Schema from "effect/Schema"
+import type * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import type { ChatCompletionChunk } from "../../src/ChatSchema.js"
+import { ChatCompletionRequest } from "../../src/ChatSchema.js"
+import { Resilient } from "../../src/Resilient.js"
+import type { CallOptions } from "../../src/Resilient.js"
+import { Router, Task } from "../../src/Router.js"
+import {
+  BadRequest,
+  errorBody,
+  errorHeaders,
+  type ErrorReply,
+  type GatewayError,
+  GatewayBusy,
+  internalError,
+  replyOf,
+  type Scrubber,
+  ShuttingDown,
+  type Unauthorized
+} from "./errors.js"
+import { awaitFirst, jsonKeepAlive, sseKeepAlive } from "./keepAlive.js"
+import type { Traffic } from "./traffic.js"
+
+export interface Settings {
+  readonly keepAliveInterval: Duration.Duration
+  /** More clients than this waiting for their first content: a new request gets a 429. */
+  readonly maxWaiting: number
+  readonly authorize: (authorization: string | undefined) => Effect.Effect<void, Unauthorized>
+  readonly scrub: Scrubber
+}
+
+const utf8 = new TextEncoder()
+const done = utf8.encode("data: [DONE]\n\n")
+
+const sseHeaders = { "cache-control": "no-cache", "x-accel-buffering": "no" } as const
+
+// --- answers ----------------------------------------------------------------------------------
+
+const shuttingDown = replyOf(new ShuttingDown())
+
+/**
+ * The reply a failed call gets. An interrupted call was cut by the drain (a client that went away
+ * reads nothing); a defect is logged (scrubbed) and answered as a 500.
+ */
+const replyOfCause = (cause: Cause.Cause<GatewayError>, scrub: Scrubber): Effect.Effect<ErrorReply> =>
+  Option.match(Cause.failureOption(cause), {
+    onSome: (error) => Effect.succeed(replyOf(error)),
+    onNone: () =>
+      Cause.isInterruptedOnly(cause)
+        ? Effect.succeed(shuttingDown)
+        : Effect.as(Effect.logError(`gateway: request failed: ${scrub(Cause.pretty(cause))}`), internalError)
+  })
+
+const errorResponse = (reply: ErrorReply, scrub: Scrubber) =>
+  HttpServerResponse.unsafeJson(errorBody(reply, scrub), { status: reply.status, headers: errorHeaders(reply) })
+
+const sseEvent = (data: unknown): Uint8Array => utf8.encode(`data: ${JSON.stringify(data)}\n\n`)
+
+// --- the request ------------------------------------------------------------------------------
+
+const decodeRequest = Schema.decodeUnknownEither(ChatCompletionRequest)
+const decodeTask = Schema.decodeUnknownEither(Task)
+
+/** The body as a chat completion request; a missing `model` is left to the router (as `""`). */
+const parseBody = (body: unknown): Either.Either<ChatCompletionRequest, BadRequest> => {
+  const withModel = typeof body === "object" && body !== null && !("model" in body) ? { ...body, model: "" } : body
+  return Either.mapLeft(decodeRequest(withModel), (error) =>
+    new BadRequest({
+      message: `not a chat completion request: ${ParseResult.TreeFormatter.formatErrorSync(error)}`.slice(0, 2000)
+    }))
+}
+
+const taskOf = (header: string | undefined): Either.Either<Task | undefined, BadRequest> =>
+  header === undefined ? Either.right(undefined) : Either.mapLeft(decodeTask(header), () =>
+    new BadRequest({
+      message: `x-weatherproof-task must be one of ${Task.literals.join(", ")}`,
+      param: "x-weatherproof-task"
+    }))
+
+/** A header that must be one of `values`, `fallback` when absent. */
+const oneOf = <const A extends string>(name: string, values: ReadonlyArray<A>, fallback: A) =>
+(header: string | undefined): Either.Either<A, BadRequest> =>
+  header === undefined
+    ? Either.right(fallback)
+    : values.includes(header as A)
+    ? Either.right(header as A)
+    : Either.left(new BadRequest({ message: `${name} must be one of ${values.join(", ")}`, param: name }))
+
+const priorityOf = oneOf("x-weatherproof-priority", ["interactive", "batch"], "interactive")
+const cacheModeOf = oneOf("x-weatherproof-cache", ["auto", "force", "bypass"], "auto")
+
+/** What the pump queues for the answer: chunks, then how the upstream stream ended. */
+type Item =
+  | { readonly _tag: "Chunks"; readonly chunks: Chunk.Chunk<ChatCompletionChunk> }
+  | { readonly _tag: "Ended"; readonly exit: Exit.Exit<void, GatewayError> }
+
+/**
+ * DeepSeek's usage arrives in a last chunk with `choices: []` because the transport always asks
+ * for it (the ledger needs it); a client that did not ask does not get that chunk.
+ */
+const isUnaskedUsage = (wantsUsage: boolean) => (chunk: ChatCompletionChunk): boolean =>
+  !wantsUsage && chunk.choices.length === 0 && chunk.usage !== undefined && chunk.usage !== null
+
+// --- the handler ------------------------------------------------------------------------------
+
+/**
+ * The chat completions handler. Runs in the request's scope: the call, its permit and its
+ * stream live until the answer's last byte, or until the client disconnects.
+ */
+export const make = (settings: Settings, traffic: Traffic) =>
+  Effect.gen(function*() {
+    const resilient = yield* Resilient
+    const router = yield* Router
+    const { scrub } = settings
+
+    /** Counts the call as waiting for its first content while `first` runs. */
+    const waiting = <A, E>(first: Effect.Effect<A, E>): Effect.Effect<A, E> =>
+      Effect.acquireUseRelease(
+        Effect.sync(() => traffic.startWaiting()),
+        () => first,
+        () => Effect.sync(() => traffic.stopWaiting())
+      )
+
+    const failed = (cause: Cause.Cause<GatewayError>) =>
+      Effect.map(replyOfCause(cause, scrub), (reply) => errorResponse(reply, scrub))
+
+    /** The error body that ends a committed answer: a JSON body, or a stream's error event. */
+    const lateError = (cause: Cause.Cause<GatewayError>, encode: (body: unknown) => Uint8Array) =>
+      Effect.map(replyOfCause(cause, scrub), (reply) => encode(errorBody(reply, scrub)))
+
+    const keepAliveSettings = {
+      interval: settings.keepAliveInterval,
+      track: (fiber: Fiber.RuntimeFiber<unknown, unknown>) => traffic.track(fiber),
+      onKeepAlive: () => traffic.keptAlive()
+    }
+
+    const completion = (request: ChatCompletionRequest, options: CallOptions) =>
+      awaitFirst(waiting(resilient.create(request, options)), {
+        ...keepAliveSettings,
+        keepAlive: jsonKeepAlive,
+        contentType: "application/json",
+        headers: {},
+        ready: (exit) =>
+          Exit.match(exit, {
+            onFailure: (cause) => failed(cause),
+            onSuccess: (answer) => Effect.succeed(HttpServerResponse.unsafeJson(answer))
+          }),
+        late: (exit) =>
+          Exit.match(exit, {
+            onFailure: (cause) => Stream.fromEffect(lateError(cause, (body) => utf8.encode(JSON.stringify(body)))),
+            onSuccess: (answer) => Stream.succeed(utf8.encode(JSON.stringify(answer)))
+          })
+      })
+
+    /**
+     * Runs the upstream stream in a fiber of its own, tracked so the drain deadline can interrupt
+     * it, queueing its chunks, then how it ended. The queue is unbounded: an answer's rest waits
+     * there while a slow client reads (an answer is bounded by its `max_tokens`).
+     */
+    const pump = (upstream: Stream.Stream<ChatCompletionChunk, GatewayError>, wantsUsage: boolean) =>
+      Effect.gen(function*() {
+        const items = yield* Queue.unbounded<Item>()
+        const keep = (chunk: ChatCompletionChunk) => !isUnaskedUsage(wantsUsage)(chunk)
+        const fiber = yield* Effect.forkScoped(
+          Stream.runForEachChunk(upstream, (chunks) => {
+            const kept = Chunk.filter(chunks, keep)
+            return Chunk.isEmpty(kept) ? Effect.void : Queue.offer(items, { _tag: "Chunks", chunks: kept })
+          }).pipe(Effect.onExit((exit) => Queue.offer(items, { _tag: "Ended", exit })))
+        )
+        traffic.track(fiber)
+        return items
+      })
+
+    const stream = (request: ChatCompletionRequest, options: CallOptions) =>
+      Effect.gen(function*() {
+        const items = yield* pump(resilient.stream(request, options), request.stream_options?.include_usage === true)
+        // The first content, or nothing when the stream ended without any.
+        const first: Effect.Effect<Chunk.Chunk<ChatCompletionChunk>, GatewayError> = Effect.flatMap(
+          Queue.take(items),
+          (item) =>
+            item._tag === "Chunks"
+              ? Effect.succeed(item.chunks)
+              : Exit.match(item.exit, { onFailure: Effect.failCause, onSuccess: () => Effect.succeed(Chunk.empty()) })
+        )
+        // From the first content (written at once): the rest, `[DONE]` on a clean end, an error
+        // event (and no `[DONE]`) on a failure, the drain deadline included.
+        const events = (head: Chunk.Chunk<ChatCompletionChunk>): Stream.Stream<Uint8Array> => {
+          if (Chunk.isEmpty(head)) return Stream.make(done)
+          let ended = false
+          const next: Effect.Effect<Chunk.Chunk<Uint8Array>, Option.Option<never>> = Effect.suspend(() =>
+            ended ? Effect.fail(Option.none()) : Effect.flatMap(Queue.take(items), (item) => {
+              if (item._tag === "Chunks") return Effect.succeed(Chunk.map(item.chunks, sseEvent))
+              ended = true
+              if (Exit.isSuccess(item.exit)) return Effect.succeed(Chunk.of(done))
+              traffic.streamCut()
+              return Effect.map(lateError(item.exit.cause, sseEvent), Chunk.of)
+            })
+          )
+          return Stream.concat(Stream.fromChunk(Chunk.map(head, sseEvent)), Stream.repeatEffectChunkOption(next))
+        }
+        return yield* awaitFirst(waiting(first), {
+          ...keepAliveSettings,
+          keepAlive: sseKeepAlive,
+          contentType: "text/event-stream",
+          headers: sseHeaders,
+          ready: (exit) =>
+            Exit.match(exit, {
+              onFailure: (cause) => failed(cause),
+              onSuccess: (head) =>
+                Effect.succeed(
+                  HttpServerResponse.stream(events(head), { contentType: "text/event-stream", headers: sseHeaders })
+                )
+            }),
+          late: (exit) =>
+            Exit.match(exit, {
+              onFailure: (cause) => Stream.fromEffect(lateError(cause, sseEvent)),
+              onSuccess: events
+            })
+        })
+      })
+
+    /** Everything that can refuse a request before any call: auth, the body, headers, routing, the queue. */
+    const admit = (request: HttpServerRequest.HttpServerRequest) =>
+      Effect.gen(function*() {
+        yield* settings.authorize(request.headers.authorization)
+        const json = yield* Effect.mapError(request.json, () => new BadRequest({ message: "the request body is not JSON" }))
+        const body = yield* parseBody(json)
+        const task = yield* taskOf(request.headers["x-weatherproof-task"])
+        const priority = yield* priorityOf(request.headers["x-weatherproof-priority"])
+        const cache = yield* cacheModeOf(request.headers["x-weatherproof-cache"])
+        const routed = yield* router.route(body, { task })
+        if (traffic.waiting >= settings.maxWaiting) return yield* new GatewayBusy({ waiting: traffic.waiting })
+        return { request: routed.request, options: { priority, cache } satisfies CallOptions }
+      })
+
+    const handle: Effect.Effect<HttpServerResponse.HttpServerResponse, never, HttpServerRequest.HttpServerRequest | Scope.Scope> =
+      Effect.gen(function*() {
+        if (traffic.draining) return yield* failed(Cause.fail(new ShuttingDown())).pipe(
+          Effect.map(HttpServerResponse.setHeader("connection", "close"))
+        )
+        traffic.enter()
+        yield* Effect.addFinalizer(() => Effect.sync(() => traffic.leave()))
+        const request = yield* HttpServerRequest.HttpServerRequest
+        return yield* admit(request).pipe(
+          Effect.matchCauseEffect({
+            onFailure: failed,
+            onSuccess: ({ options, request }) =>
+              request.stream === true ? stream(request, options) : completion(request, options)
+          })
+        )
+      }).pipe(Effect.tap((response) => Effect.sync(() => traffic.answered(response.status))))
+    return handle
+  })

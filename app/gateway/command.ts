@@ -1,0 +1,50 @@
+/**
+ * `weatherproof serve`: an OpenAI-compatible gateway in front of the resilient client (see
+ * docs/gateway.md). This module only declares the command: its handler loads the gateway
+ * (`./serve.js`) when it runs, so `weatherproof --version` and `batch` never load it.
+ *
+ * @since 0.1.0
+ */
+import * as Command from "@effect/cli/Command"
+import * as Options from "@effect/cli/Options"
+import * as Effect from "effect/Effect"
+
+/**
+ * @since 0.1.0
+ * @category commands
+ */
+export const serve = Command.make(
+  "serve",
+  {
+    port: Options.integer("port").pipe(Options.withDescription("port to listen on (0: any free port)"), Options.withDefault(8787)),
+    host: Options.text("host").pipe(
+      Options.withDescription("address to listen on; any but a loopback one needs WEATHERPROOF_GATEWAY_KEYS"),
+      Options.withDefault("127.0.0.1")
+    ),
+    accounts: Options.file("accounts").pipe(
+      Options.withDescription("a JSON file of accounts (default: one DeepSeek account from DEEPSEEK_API_KEY)"),
+      Options.optional
+    ),
+    concurrency: Options.integer("concurrency").pipe(
+      Options.withDescription("a fixed number of calls in flight per account (default: the accounts file's, else adaptive)"),
+      Options.optional
+    ),
+    keepAliveInterval: Options.float("keep-alive-interval").pipe(
+      Options.withDescription("seconds between keep-alives while a client waits"),
+      Options.withDefault(10)
+    ),
+    drainTimeout: Options.float("drain-timeout").pipe(
+      Options.withDescription("seconds requests in flight get to finish on SIGTERM/SIGINT"),
+      Options.withDefault(30)
+    ),
+    maxWaiting: Options.integer("max-waiting").pipe(
+      Options.withDescription("clients that may wait for their first content at once; one more gets a 429"),
+      Options.withDefault(4096)
+    ),
+    alertWebhook: Options.text("alert-webhook").pipe(
+      Options.withDescription("a URL to POST alerts to (breaker, balance, rejected key, budget)"),
+      Options.optional
+    )
+  },
+  (options) => Effect.flatMap(Effect.promise(() => import("./serve.js")), (gateway) => gateway.run(options))
+).pipe(Command.withDescription("Serve an OpenAI-compatible gateway over DeepSeek (and fallback) accounts, with a status page and metrics"))

@@ -1,0 +1,193 @@
+/**
+ * What the gateway answers when a call fails: the OpenAI error shape
+ * `{"error":{"message","type","param","code"}}`, with the status an OpenAI client maps to its own
+ * error classes (400 `BadRequestError`, 401 `AuthenticationError`, 429 `RateLimitError`, 5xx
+ * `InternalServerError`), and `Retry-After` where a wait is known.
+ *
+ * Every message passes through a scrubber that removes the upstream keys (and anything shaped
+ * like a key) before it leaves the process.
+ */
+import { scrubSecrets } from "../../src/ApiError.js"
+import type { RoutingRefused } from "../../src/Router.js"
+import type { ResilientError } from "../../src/Resilient.js"
+import * as Data from "effect/Data"
+import * as Duration from "effect/Duration"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+
+/** The client sent no gateway key, or a wrong one. */
+export class Unauthorized extends Data.TaggedError("Unauthorized")<{ readonly message: string }> {}
+
+/** The request body is not a chat completion request. */
+export class BadRequest extends Data.TaggedError("BadRequest")<{
+  readonly message: string
+  readonly param?: string | undefined
+}> {}
+
+/** Too many clients wait already: the gateway's queue is full. */
+export class GatewayBusy extends Data.TaggedError("GatewayBusy")<{ readonly waiting: number }> {
+  override get message(): string {
+    return `the gateway's queue is full (${this.waiting} requests waiting); try again shortly`
+  }
+}
+
+/** The gateway is shutting down: it takes no new request, and cut the calls still running at the drain deadline. */
+export class ShuttingDown extends Data.TaggedError("ShuttingDown")<{}> {
+  override get message(): string {
+    return "the gateway is shutting down"
+  }
+}
+
+/**
+ * Every failure a chat request can end in.
+ */
+export type GatewayError = ResilientError | RoutingRefused | Unauthorized | BadRequest | GatewayBusy | ShuttingDown
+
+/** An error as the client sees it. */
+export interface ErrorReply {
+  readonly status: number
+  readonly type: string
+  readonly code: string
+  readonly message: string
+  readonly param?: string | undefined
+  /** Sent as `Retry-After` (whole seconds, rounded up). */
+  readonly retryAfter?: Duration.Duration | undefined
+}
+
+/** `RateLimited` → `rate_limited`: the error's tag, as OpenAI-style codes are written. */
+const codeOf = (tag: string): string => tag.replace(/(?<=[a-z])([A-Z])/g, "_$1").toLowerCase()
+
+/** When a queue is full and nothing better is known, come back in a second. */
+const busyRetryAfter = Duration.seconds(1)
+
+const upstream = (error: { readonly _tag: string; readonly message: string }, status = 502): ErrorReply => ({
+  status,
+  type: "upstream_error",
+  code: codeOf(error._tag),
+  message: error.message
+})
+
+/** The status, type and code of each failure; see docs/gateway.md for the table. */
+export const replyOf = (error: GatewayError): ErrorReply => {
+  switch (error._tag) {
+    case "Unauthorized":
+      return { status: 401, type: "invalid_request_error", code: "invalid_api_key", message: error.message }
+    case "BadRequest":
+      return { status: 400, type: "invalid_request_error", code: "invalid_request", message: error.message, param: error.param }
+    case "RoutingRefused":
+      return { status: 400, type: "invalid_request_error", code: "routing_refused", message: error.message }
+    case "InvalidRequest":
+      return {
+        status: error.status,
+        type: "invalid_request_error",
+        code: error.code ?? codeOf(error._tag),
+        message: error.message,
+        param: error.param
+      }
+    case "GatewayBusy":
+    case "QueueFull":
+      return { status: 429, type: "rate_limit_error", code: codeOf(error._tag), message: error.message, retryAfter: busyRetryAfter }
+    case "RateLimited":
+    case "RateLimitExceeded":
+      return {
+        status: 429,
+        type: "rate_limit_error",
+        code: codeOf(error._tag),
+        message: error.message,
+        retryAfter: Option.getOrElse(error.retryAfter, () => busyRetryAfter)
+      }
+    case "NoAccountAvailable":
+      return {
+        status: 503,
+        type: "service_unavailable",
+        code: "no_account_available",
+        message: error.message,
+        retryAfter: Option.getOrUndefined(error.retryAfter)
+      }
+    case "BudgetExceeded":
+      return { status: 402, type: "insufficient_quota", code: "budget_exceeded", message: error.message }
+    case "CircuitOpen":
+      return {
+        status: 503,
+        type: "service_unavailable",
+        code: "circuit_open",
+        message: error.message,
+        retryAfter: Option.getOrUndefined(error.retryAfter)
+      }
+    case "ShuttingDown":
+      return { status: 503, type: "service_unavailable", code: "shutting_down", message: error.message }
+    case "DeadlineExceeded":
+      return { ...upstream(error, 504), type: "timeout" }
+    case "ServerError":
+      return upstream(error, error.status === 503 ? 503 : 502)
+    case "UpstreamError":
+      // An `{"error": …}` event or body: the upstream's own type and code reach the client.
+      return { status: 502, type: error.type ?? "upstream_error", code: error.code ?? "upstream_error", message: error.message }
+    case "KeyRejected":
+    case "NoUsableKey":
+    case "InsufficientBalance":
+    case "UnexpectedStatus":
+    case "TransportError":
+    case "MalformedResponse":
+    case "StreamTruncated":
+    case "InsufficientResource":
+      return upstream(error)
+  }
+}
+
+/** A defect (a bug): the client learns only that the gateway failed. */
+export const internalError: ErrorReply = {
+  status: 500,
+  type: "server_error",
+  code: "internal_error",
+  message: "the gateway failed to handle the request"
+}
+
+/** Removes text that must not leave the process from an outgoing message. */
+export type Scrubber = (text: string) => string
+
+/** A run this long of a key's characters counts as the key: the transport may have masked the rest. */
+const keyFragment = 8
+
+/**
+ * A scrubber of the upstream keys and of anything shaped like a key (`scrubSecrets`). A key is
+ * found whole or in part: every run of at least 8 of its characters is masked, since a message
+ * may hold a key another scrubber already cut (the transport masks `key-…` and `sk-…` shapes).
+ */
+export const makeScrubber = (keys: ReadonlyArray<Redacted.Redacted<string>>): Scrubber => {
+  const fragments = new Set(keys.map(Redacted.value).filter((key) => key.length > 0).flatMap((key) =>
+    key.length <= keyFragment
+      ? [key]
+      : Array.from({ length: key.length - keyFragment + 1 }, (_, i) => key.slice(i, i + keyFragment))
+  ))
+  return (text) => {
+    const masked = new Array<boolean>(text.length).fill(false)
+    for (const fragment of fragments) {
+      for (let at = text.indexOf(fragment); at >= 0; at = text.indexOf(fragment, at + 1)) {
+        masked.fill(true, at, at + fragment.length)
+      }
+    }
+    let out = ""
+    for (let i = 0; i < text.length; i++) {
+      if (!masked[i]) out += text[i]
+      else if (i === 0 || !masked[i - 1]) out += "***"
+    }
+    return scrubSecrets(out)
+  }
+}
+
+/** The OpenAI error body of a reply, every text scrubbed (some come from the upstream). */
+export const errorBody = (reply: ErrorReply, scrub: Scrubber) => ({
+  error: {
+    message: scrub(reply.message),
+    type: scrub(reply.type),
+    param: reply.param === undefined ? null : scrub(reply.param),
+    code: scrub(reply.code)
+  }
+})
+
+/** Headers of an error answer: `Retry-After` in whole seconds when a wait is known. */
+export const errorHeaders = (reply: ErrorReply): Record<string, string> =>
+  reply.retryAfter === undefined
+    ? {}
+    : { "retry-after": String(Math.max(1, Math.ceil(Duration.toSeconds(reply.retryAfter)))) }

@@ -1,0 +1,255 @@
+/**
+ * The gateway's HTTP server: `@effect/platform`'s `HttpServer` over `NodeHttpServer`, its routes,
+ * the status monitor, the alerts, and the drain.
+ *
+ * | route | what |
+ * | --- | --- |
+ * | `POST /v1/chat/completions` (and `/chat/completions`) | chat completions, stream and non-stream (`chat.ts`) |
+ * | `GET /v1/models` (and `/models`) | the models the configured accounts serve |
+ * | `GET /healthz` | 200 while the process serves; 503 once it drains |
+ * | `GET /readyz` | 200 when an account can serve; 503 otherwise, or while draining |
+ * | `GET /metrics` | every metric, Prometheus text format |
+ * | `GET /` | the status page; `GET /status.json` its samples; `GET /status/events` its feed (SSE) |
+ *
+ * The drain (`Gateway.drain`, and the finalizer of `make`'s scope): `/healthz` and `/readyz` answer
+ * 503 and new chat requests get a 503 (`shutting_down`, `Connection: close`), so a load balancer
+ * sees the gateway go down while it still answers; requests in flight (streams included) get up
+ * to `drainTimeout` to finish, then the rest end with an error (an error event, an error body, or
+ * a 503 when nothing was sent yet); then the listening socket and every connection close.
+ */
+import * as HttpClient from "@effect/platform/HttpClient"
+import * as HttpMiddleware from "@effect/platform/HttpMiddleware"
+import * as HttpRouter from "@effect/platform/HttpRouter"
+import * as HttpServer from "@effect/platform/HttpServer"
+import type { ServeError } from "@effect/platform/HttpServerError"
+import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
+import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
+import * as Data from "effect/Data"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import type * as Redacted from "effect/Redacted"
+import type * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import { readFileSync } from "node:fs"
+import * as Http from "node:http"
+import type { AddressInfo } from "node:net"
+import { createRequire } from "node:module"
+import { AccountPool } from "../../src/AccountPool.js"
+import type { Account } from "../../src/Accounts.js"
+import { CostLedger } from "../../src/CostLedger.js"
+import type { Resilient } from "../../src/Resilient.js"
+import type { Router } from "../../src/Router.js"
+import * as Alerts from "./alerts.js"
+import { isLoopback, makeAuthorizer } from "./auth.js"
+import * as Chat from "./chat.js"
+import { errorBody, errorHeaders, makeScrubber, replyOf } from "./errors.js"
+import { html } from "./page.js"
+import * as Status from "./status.js"
+import { prometheusContentType, Telemetry } from "./telemetry.js"
+import { Traffic } from "./traffic.js"
+
+export interface Options {
+  /** Default 8787; 0 picks a free port. */
+  readonly port?: number | undefined
+  /** Default 127.0.0.1. Any other host than a loopback one needs `gatewayKeys`. */
+  readonly host?: string | undefined
+  /** The accounts behind the client: their models are listed, their keys scrubbed from every answer. */
+  readonly accounts: ReadonlyArray<Account>
+  /** Keys clients must present. Default none: any client on the loopback host is served. */
+  readonly gatewayKeys?: ReadonlyArray<Redacted.Redacted<string>> | undefined
+  /** Between keep-alives while a client waits. Default 10 seconds. */
+  readonly keepAliveInterval?: Duration.DurationInput | undefined
+  /** How long requests in flight get to finish on shutdown. Default 30 seconds. */
+  readonly drainTimeout?: Duration.DurationInput | undefined
+  /** Clients that may wait for their first content at once; one more gets a 429. Default 4096. */
+  readonly maxWaiting?: number | undefined
+  /** Between two status samples. Default 1 second. */
+  readonly statusInterval?: Duration.DurationInput | undefined
+  /** Samples kept for the page. Default 300. */
+  readonly statusSamples?: number | undefined
+  /** How long after a 429 the page's throttling banner stays up. Default 10 seconds. */
+  readonly throttleWindow?: Duration.DurationInput | undefined
+  /** Where to POST alerts; none by default. */
+  readonly alerts?: Alerts.Options | undefined
+}
+
+export const defaults = {
+  port: 8787,
+  host: "127.0.0.1",
+  keepAliveInterval: Duration.seconds(10),
+  drainTimeout: Duration.seconds(30),
+  maxWaiting: 4096,
+  statusInterval: Duration.seconds(1),
+  statusSamples: 300,
+  throttleWindow: Duration.seconds(10)
+} as const
+
+/** "1 request", "2 requests". */
+export const requests = (n: number): string => `${n} request${n === 1 ? "" : "s"}`
+
+/** After the drain deadline, how long the cut requests get to send their error. */
+const cutGrace = Duration.seconds(5)
+
+/** A non-loopback host without gateway keys: anyone could spend the upstream accounts. */
+export class InsecureHost extends Data.TaggedError("InsecureHost")<{ readonly host: string }> {
+  override get message(): string {
+    return `refusing to serve on ${this.host} without gateway keys: set WEATHERPROOF_GATEWAY_KEYS, or serve on 127.0.0.1`
+  }
+}
+
+export interface Gateway {
+  /** `http://host:port`. */
+  readonly url: string
+  readonly port: number
+  /** Starts the drain (see the module doc) and waits for its end; idempotent. */
+  readonly drain: Effect.Effect<void>
+  readonly traffic: Traffic
+  readonly monitor: Status.Monitor
+}
+
+/** Everything the gateway calls: the client, its router, the pool, the ledger, telemetry, HTTP for alerts. */
+export type Requirements = Resilient | Router | AccountPool | CostLedger | Telemetry | HttpClient.HttpClient
+
+const requireAsset = createRequire(import.meta.url)
+const asset = (path: string, contentType: string) => {
+  const bytes = readFileSync(requireAsset.resolve(path))
+  return HttpServerResponse.uint8Array(bytes, { contentType, headers: { "cache-control": "public, max-age=3600" } })
+}
+
+const utf8 = new TextEncoder()
+
+/** The models clients may ask for: the pricing table's (DeepSeek's by default) and every account's own names. */
+const modelList = (accounts: ReadonlyArray<Account>, priced: ReadonlyArray<string>) => {
+  const ids = new Set([...priced, ...accounts.flatMap((account) => Object.keys(account.models))])
+  return {
+    object: "list",
+    data: Array.from(ids).sort().map((id) => ({ id, object: "model", created: 0, owned_by: "weatherproof" }))
+  }
+}
+
+/** Starts the gateway; it drains and stops when the scope closes. */
+export const make = (
+  options: Options
+): Effect.Effect<Gateway, ServeError | InsecureHost, Scope.Scope | Requirements> =>
+  Effect.gen(function*() {
+    const host = options.host ?? defaults.host
+    const gatewayKeys = options.gatewayKeys ?? []
+    if (gatewayKeys.length === 0 && !isLoopback(host)) return yield* new InsecureHost({ host })
+
+    const pool = yield* AccountPool
+    const ledger = yield* CostLedger
+    const telemetry = yield* Telemetry
+    const traffic = new Traffic()
+    const scrub = makeScrubber(options.accounts.flatMap((account) => account.keys))
+    const authorize = makeAuthorizer(gatewayKeys)
+    const drainTimeout = Duration.decode(options.drainTimeout ?? defaults.drainTimeout)
+
+    const monitor = yield* Status.make(traffic, {
+      interval: Duration.decode(options.statusInterval ?? defaults.statusInterval),
+      keep: options.statusSamples ?? defaults.statusSamples,
+      throttleWindow: Duration.decode(options.throttleWindow ?? defaults.throttleWindow)
+    })
+    if (options.alerts !== undefined) yield* Alerts.run(monitor, options.alerts, scrub)
+
+    const chat = yield* Chat.make({
+      keepAliveInterval: Duration.decode(options.keepAliveInterval ?? defaults.keepAliveInterval),
+      maxWaiting: options.maxWaiting ?? defaults.maxWaiting,
+      authorize,
+      scrub
+    }, traffic)
+
+    const models = modelList(options.accounts, [
+      ...Object.keys(ledger.pricing.models),
+      ...Object.keys(ledger.pricing.aliases ?? {})
+    ])
+    const listModels = Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) =>
+      authorize(request.headers.authorization).pipe(
+        Effect.as(HttpServerResponse.unsafeJson(models)),
+        Effect.catchAll((error) => {
+          const reply = replyOf(error)
+          return Effect.succeed(HttpServerResponse.unsafeJson(errorBody(reply, scrub), { status: reply.status, headers: errorHeaders(reply) }))
+        })
+      ))
+
+    const draining = HttpServerResponse.unsafeJson({ status: "draining" }, { status: 503 })
+    const readiness = Effect.gen(function*() {
+      if (traffic.draining) return draining
+      const accounts = (yield* pool.snapshot).map(({ name, state }) => ({ name, state }))
+      const ready = accounts.some(({ state }) => state === "serving" || state === "half_open")
+      return HttpServerResponse.unsafeJson({ status: ready ? "ready" : "unavailable", accounts }, { status: ready ? 200 : 503 })
+    })
+
+    const feed = Stream.unwrapScoped(monitor.subscribe).pipe(
+      Stream.map((sample) => utf8.encode(`data: ${JSON.stringify(sample)}\n\n`))
+    )
+
+    const app = HttpRouter.empty.pipe(
+      HttpRouter.post("/v1/chat/completions", chat),
+      HttpRouter.post("/chat/completions", chat),
+      HttpRouter.get("/v1/models", listModels),
+      HttpRouter.get("/models", listModels),
+      HttpRouter.get(
+        "/healthz",
+        Effect.sync(() => traffic.draining ? draining : HttpServerResponse.unsafeJson({ status: "ok" }))
+      ),
+      HttpRouter.get("/readyz", readiness),
+      HttpRouter.get(
+        "/metrics",
+        Effect.map(telemetry.scrape, (text) => HttpServerResponse.text(text, { contentType: prometheusContentType }))
+      ),
+      HttpRouter.get("/", Effect.succeed(HttpServerResponse.html(html))),
+      HttpRouter.get(
+        "/status.json",
+        Effect.map(monitor.history, (samples) => HttpServerResponse.unsafeJson({ samples }))
+      ),
+      HttpRouter.get(
+        "/status/events",
+        Effect.succeed(
+          HttpServerResponse.stream(feed, { contentType: "text/event-stream", headers: { "cache-control": "no-cache" } })
+        )
+      ),
+      HttpRouter.get("/assets/uPlot.iife.min.js", Effect.sync(() => asset("uplot/dist/uPlot.iife.min.js", "text/javascript"))),
+      HttpRouter.get("/assets/uPlot.min.css", Effect.sync(() => asset("uplot/dist/uPlot.min.css", "text/css"))),
+      HttpRouter.all(
+        "*",
+        Effect.succeed(HttpServerResponse.unsafeJson(
+          { error: { message: "no such route", type: "invalid_request_error", param: null, code: "not_found" } },
+          { status: 404 }
+        ))
+      )
+    )
+
+    const server = Http.createServer()
+    yield* NodeHttpServer.make(() => server, { port: options.port ?? defaults.port, host }).pipe(
+      Effect.flatMap((httpServer) =>
+        HttpServer.serveEffect(app).pipe(Effect.provideService(HttpServer.HttpServer, httpServer))
+      ),
+      // Without a span exporter, spans (the server's and the HTTP client's) cost time for nothing.
+      HttpMiddleware.withTracerDisabledWhenEffect(() => !telemetry.traced),
+      Effect.locally(HttpClient.currentTracerDisabledWhen, () => !telemetry.traced),
+      Effect.locally(HttpClient.currentTracerPropagation, telemetry.traced)
+    )
+    const { port } = server.address() as AddressInfo
+
+    const drain = yield* Effect.cached(Effect.gen(function*() {
+      traffic.draining = true
+      if (traffic.active > 0) {
+        yield* Effect.logInfo(`gateway: draining ${requests(traffic.active)} (at most ${Duration.format(drainTimeout)})`)
+      }
+      // The drain runs as a finalizer, uninterruptible: the waits must be interruptible for their timeouts to cut them.
+      const finished = yield* Effect.timeoutOption(Effect.interruptible(traffic.awaitIdle), drainTimeout)
+      if (Option.isNone(finished)) {
+        yield* Effect.logWarning(`gateway: drain timeout: ending ${requests(traffic.active)} with an error`)
+        yield* traffic.cutRemaining
+        yield* Effect.timeoutOption(Effect.interruptible(traffic.awaitIdle), cutGrace)
+      }
+      server.close(() => undefined)
+      server.closeAllConnections()
+    }))
+    yield* Effect.addFinalizer(() => drain)
+
+    const shownHost = host.includes(":") ? `[${host}]` : host
+    return { url: `http://${shownHost}:${port}`, port, drain, traffic, monitor }
+  })

@@ -1,0 +1,193 @@
+/**
+ * The gateway's status, sampled every `interval`: each account as the pool sees it (state,
+ * limit, in flight, queued, 429s and their rate, spend), the spend and tokens per (account,
+ * model), the gateway's own traffic, and the banners the status page shows. The last samples are
+ * kept for the page's charts (`GET /status.json`); each new one is published to the page's feed
+ * and to the alerts.
+ *
+ * Samples read only public interfaces: `AccountPool.snapshot`, `CostLedger.snapshot` and the
+ * Effect metric registry (queued callers per limiter, tokens and cost per account and model).
+ */
+import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Metric from "effect/Metric"
+import type * as MetricPair from "effect/MetricPair"
+import * as MetricState from "effect/MetricState"
+import * as PubSub from "effect/PubSub"
+import * as Schedule from "effect/Schedule"
+import type * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import { AccountPool, type AccountStatus } from "../../src/AccountPool.js"
+import { CostLedger } from "../../src/CostLedger.js"
+import type { Traffic } from "./traffic.js"
+
+/** One account, as the page draws it. */
+export interface AccountSample extends AccountStatus {
+  /** Callers waiting for one of its permits. */
+  readonly queued: number
+  /** 429s per second since the previous sample. */
+  readonly rateLimitedPerSecond: number
+  /** Breaker state as a number: 0 closed, 1 half-open, 2 open (the breaker gauge's scale). */
+  readonly breaker: number
+  readonly costUsd: number
+}
+
+/** Tokens and cost of one (account, model). */
+export interface ModelSpend {
+  readonly account: string
+  readonly model: string
+  readonly costUsd: number
+  /** By kind: `prompt_cache_hit`, `prompt_cache_miss`, `completion` (reasoning included), `reasoning`. */
+  readonly tokens: Readonly<Record<string, number>>
+}
+
+export interface Sample {
+  /** Epoch milliseconds. */
+  readonly t: number
+  readonly draining: boolean
+  readonly gateway: {
+    readonly active: number
+    readonly waiting: number
+    readonly keepAlives: number
+    readonly streamsCut: number
+    readonly requests: number
+  }
+  readonly accounts: ReadonlyArray<AccountSample>
+  readonly models: ReadonlyArray<ModelSpend>
+  readonly spend: { readonly costUsd: number; readonly budgetUsd: number | null; readonly remainingUsd: number | null }
+  readonly banner: {
+    /** An account drew a 429 within the throttle window. */
+    readonly throttling: boolean
+    readonly outOfBalance: ReadonlyArray<string>
+    readonly budgetSpent: boolean
+  }
+}
+
+export interface Monitor {
+  readonly latest: Effect.Effect<Sample>
+  /** The kept samples, oldest first. */
+  readonly history: Effect.Effect<ReadonlyArray<Sample>>
+  /** Subscribes now (samples are not missed between this and the stream's start): every sample from now on. */
+  readonly subscribe: Effect.Effect<Stream.Stream<Sample>, never, Scope.Scope>
+}
+
+export interface Options {
+  readonly interval: Duration.Duration
+  /** Samples kept for the page. */
+  readonly keep: number
+  /** How long after a 429 the throttling banner stays up. */
+  readonly throttleWindow: Duration.Duration
+}
+
+const breakerLevel = (state: AccountStatus["state"]): number =>
+  state === "open" ? 2 : state === "half_open" ? 1 : 0
+
+const tagOf = (pair: MetricPair.MetricPair.Untyped, key: string): string | undefined =>
+  pair.metricKey.tags.find((tag) => tag.key === key)?.value
+
+const valueOf = (pair: MetricPair.MetricPair.Untyped): number => {
+  const state = pair.metricState
+  return MetricState.isGaugeState(state) ? Number(state.value) : MetricState.isCounterState(state) ? Number(state.count) : 0
+}
+
+/** Queued callers by limiter name, and tokens and cost by (account, model), from the registry. */
+const fromMetrics = (pairs: ReadonlyArray<MetricPair.MetricPair.Untyped>) => {
+  const queued = new Map<string, number>()
+  const spend = new Map<string, { account: string; model: string; costUsd: number; tokens: Record<string, number> }>()
+  const spendOf = (pair: MetricPair.MetricPair.Untyped) => {
+    const account = tagOf(pair, "account") ?? ""
+    const model = tagOf(pair, "model") ?? ""
+    const key = `${account}\u0000${model}`
+    let entry = spend.get(key)
+    if (entry === undefined) {
+      entry = { account, model, costUsd: 0, tokens: {} }
+      spend.set(key, entry)
+    }
+    return entry
+  }
+  for (const pair of pairs) {
+    switch (pair.metricKey.name) {
+      case "weatherproof_concurrency_queued": {
+        const limiter = tagOf(pair, "limiter")
+        if (limiter !== undefined) queued.set(limiter, (queued.get(limiter) ?? 0) + valueOf(pair))
+        break
+      }
+      case "weatherproof_tokens": {
+        const kind = tagOf(pair, "kind")
+        if (kind !== undefined) spendOf(pair).tokens[kind] = valueOf(pair)
+        break
+      }
+      case "weatherproof_cost_usd":
+        spendOf(pair).costUsd = valueOf(pair)
+        break
+    }
+  }
+  return { queued, models: Array.from(spend.values()) }
+}
+
+export const make = (traffic: Traffic, options: Options): Effect.Effect<Monitor, never, AccountPool | CostLedger | Scope.Scope> =>
+  Effect.gen(function*() {
+    const pool = yield* AccountPool
+    const ledger = yield* CostLedger
+    const changes = yield* PubSub.sliding<Sample>(64)
+    const throttleWindowMs = Duration.toMillis(options.throttleWindow)
+    const history: Array<Sample> = []
+    const last429 = new Map<string, number>()
+
+    const take = Effect.gen(function*() {
+      const t = yield* Clock.currentTimeMillis
+      const statuses = yield* pool.snapshot
+      const totals = yield* ledger.snapshot
+      const { models, queued } = fromMetrics(yield* Metric.snapshot)
+      const previous = history.at(-1)
+      const seconds = previous === undefined ? 1 : Math.max((t - previous.t) / 1000, 0.001)
+      const accounts = statuses.map((status): AccountSample => {
+        const before = previous?.accounts.find((a) => a.name === status.name)
+        const new429s = before === undefined ? 0 : status.rateLimited - before.rateLimited
+        if (new429s > 0) last429.set(status.name, t)
+        return {
+          ...status,
+          queued: queued.get(status.name) ?? 0,
+          rateLimitedPerSecond: new429s / seconds,
+          breaker: breakerLevel(status.state),
+          costUsd: totals.byAccount[status.name]?.costUsd ?? 0
+        }
+      })
+      const sample: Sample = {
+        t,
+        draining: traffic.draining,
+        gateway: {
+          active: traffic.active,
+          waiting: traffic.waiting,
+          keepAlives: traffic.keepAlives,
+          streamsCut: traffic.streamsCut,
+          requests: traffic.requests
+        },
+        accounts,
+        models,
+        spend: {
+          costUsd: totals.total.costUsd,
+          budgetUsd: totals.budget?.budgetUsd ?? null,
+          remainingUsd: totals.budget?.remainingUsd ?? null
+        },
+        banner: {
+          throttling: Array.from(last429.values()).some((at) => t - at <= throttleWindowMs),
+          outOfBalance: statuses.filter((s) => s.state === "out_of_balance").map((s) => s.name),
+          budgetSpent: totals.budget !== undefined && totals.budget.remainingUsd <= 0
+        }
+      }
+      history.push(sample)
+      if (history.length > options.keep) history.shift()
+      yield* PubSub.publish(changes, sample)
+      return sample
+    })
+
+    const first = yield* take
+    yield* Effect.forkScoped(Effect.repeat(take, Schedule.spaced(options.interval)))
+    return {
+      latest: Effect.sync(() => history.at(-1) ?? first),
+      history: Effect.sync(() => history.slice()),
+      subscribe: Effect.map(PubSub.subscribe(changes), Stream.fromQueue)
+    }
+  })

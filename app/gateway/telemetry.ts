@@ -1,0 +1,59 @@
+/**
+ * Metrics and traces in the ecosystem's convention. Every Effect `Metric` of the process (the
+ * library's and the gateway's, whatever their labels) is exported through `@effect/opentelemetry`'s
+ * metric producer:
+ * - to `@opentelemetry/exporter-prometheus`'s `PrometheusExporter`, with its own server off, whose
+ *   text the gateway serves on `GET /metrics`;
+ * - when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, also over OTLP/HTTP every 10 s, with the spans
+ *   (the gateway's server spans and the client's `weatherproof.*` spans).
+ */
+import * as NodeSdk from "@effect/opentelemetry/NodeSdk"
+import { OTLPMetricExporter } from "@opentelemetry/exporter-metrics-otlp-http"
+import { PrometheusExporter, PrometheusSerializer } from "@opentelemetry/exporter-prometheus"
+import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http"
+import { type MetricReader, PeriodicExportingMetricReader } from "@opentelemetry/sdk-metrics"
+import { BatchSpanProcessor } from "@opentelemetry/sdk-trace-base"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+
+export interface Service {
+  /** The metrics now, in the Prometheus text format. */
+  readonly scrape: Effect.Effect<string>
+  /** Whether spans are exported (so the server makes them). */
+  readonly traced: boolean
+}
+
+export class Telemetry extends Context.Tag("weatherproof/gateway/Telemetry")<Telemetry, Service>() {}
+
+/** The content type of the Prometheus text format. */
+export const prometheusContentType = "text/plain; version=0.0.4; charset=utf-8"
+
+const resource = { serviceName: "weatherproof-gateway", serviceVersion: "0.1.0" }
+
+/**
+ * The exporters: Prometheus always, OTLP (metrics and traces) when `otlp` is set (the
+ * exporters read `OTEL_EXPORTER_OTLP_*` themselves).
+ */
+export const layer = (options: { readonly otlp: boolean }): Layer.Layer<Telemetry> => {
+  const prometheus = new PrometheusExporter({ preventServerStart: true, withoutScopeInfo: true })
+  const serializer = new PrometheusSerializer(undefined, false, undefined, false, true)
+  // exporter-prometheus 0.223.0 pins its own copy of sdk-metrics (2.12.0, beside 2.12.1): the
+  // same reader at run time, a different class to the type checker.
+  const readers: Array<MetricReader> = [prometheus as unknown as MetricReader]
+  if (options.otlp) {
+    readers.push(new PeriodicExportingMetricReader({ exporter: new OTLPMetricExporter(), exportIntervalMillis: 10_000 }))
+  }
+  const sdk = NodeSdk.layer(() => ({
+    resource,
+    metricReader: readers,
+    spanProcessor: options.otlp ? new BatchSpanProcessor(new OTLPTraceExporter()) : undefined
+  }))
+  const service: Service = {
+    scrape: Effect.promise(() => prometheus.collect()).pipe(
+      Effect.map(({ resourceMetrics }) => serializer.serialize(resourceMetrics))
+    ),
+    traced: options.otlp
+  }
+  return Layer.merge(Layer.succeed(Telemetry, service), sdk)
+}

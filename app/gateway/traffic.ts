@@ -1,0 +1,133 @@
+/**
+ * What the gateway is doing now: requests in flight, clients waiting for their first content,
+ * keep-alives sent, streams cut, and the drain. Its counters are plain fields changed in
+ * synchronous steps (one JavaScript thread), mirrored to the gateway's metrics.
+ */
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as FiberId from "effect/FiberId"
+import * as Metric from "effect/Metric"
+import * as MetricKey from "effect/MetricKey"
+import * as MetricLabel from "effect/MetricLabel"
+
+/** Requests waiting for their first content: in the gateway's queue, a retry backoff, or the upstream's queue. */
+export const clientsWaitingGauge = Metric.gauge("weatherproof_gateway_clients_waiting", {
+  description: "Requests waiting for their first content (queued here, backing off, or queued upstream)"
+})
+
+/** Chat requests being answered. */
+export const requestsInFlightGauge = Metric.gauge("weatherproof_gateway_requests_in_flight", {
+  description: "Chat requests the gateway is answering"
+})
+
+/** Keep-alive writes: a blank line before a JSON body, a `: keep-alive` comment in a stream. */
+export const keepAlivesCounter = Metric.counter("weatherproof_gateway_keep_alives", {
+  description: "Keep-alive writes sent to waiting clients",
+  incremental: true
+})
+
+/** Streams that failed after their first content reached the client (ended with an error event). */
+export const streamsCutCounter = Metric.counter("weatherproof_gateway_streams_cut", {
+  description: "Streams that failed after their first content reached the client",
+  incremental: true
+})
+
+const requestsKey = MetricKey.counter("weatherproof_gateway_requests", {
+  description: "Chat requests answered, by HTTP status",
+  incremental: true
+})
+
+/** Chat requests answered, tagged with the HTTP `status` they got. */
+export const requestsCounter = Metric.fromMetricKey(requestsKey)
+
+const noLabels: ReadonlyArray<never> = []
+
+export class Traffic {
+  /** Chat requests being answered (until their last byte). */
+  active = 0
+  /** Requests waiting for their first content. */
+  waiting = 0
+  keepAlives = 0
+  streamsCut = 0
+  requests = 0
+  /** Set when the drain starts: health checks fail and new requests are refused. */
+  draining = false
+  private idle: Deferred.Deferred<void> | undefined
+  /** The calls still running (a stream's pump, a call waiting for its first content), interrupted at the drain deadline. */
+  private readonly calls = new Set<Fiber.RuntimeFiber<unknown, unknown>>()
+  /** Requests by status, each with its own counter: tagging at every update would build its key again. */
+  private readonly byStatus = new Map<number, Metric.Metric.Counter<number>>()
+
+  constructor() {
+    // Every series exists from the start, at 0, as Prometheus expects of counters.
+    for (const metric of [keepAlivesCounter, streamsCutCounter, clientsWaitingGauge, requestsInFlightGauge]) {
+      metric.unsafeUpdate(0, noLabels)
+    }
+  }
+
+  enter(): void {
+    this.active++
+    this.requests++
+    requestsInFlightGauge.unsafeUpdate(this.active, noLabels)
+  }
+
+  leave(): void {
+    this.active--
+    requestsInFlightGauge.unsafeUpdate(this.active, noLabels)
+    if (this.active === 0 && this.idle !== undefined) {
+      Deferred.unsafeDone(this.idle, Exit.void)
+      this.idle = undefined
+    }
+  }
+
+  startWaiting(): void {
+    this.waiting++
+    clientsWaitingGauge.unsafeUpdate(this.waiting, noLabels)
+  }
+
+  stopWaiting(): void {
+    this.waiting--
+    clientsWaitingGauge.unsafeUpdate(this.waiting, noLabels)
+  }
+
+  /** Counts an answer with `status`. */
+  answered(status: number): void {
+    let counter = this.byStatus.get(status)
+    if (counter === undefined) {
+      counter = Metric.fromMetricKey(MetricKey.taggedWithLabels(requestsKey, [MetricLabel.make("status", String(status))]))
+      this.byStatus.set(status, counter)
+    }
+    counter.unsafeUpdate(1, noLabels)
+  }
+
+  /** Tracks a call until it ends, so the drain deadline can cut it. */
+  track(fiber: Fiber.RuntimeFiber<unknown, unknown>): void {
+    this.calls.add(fiber)
+    fiber.addObserver(() => this.calls.delete(fiber))
+  }
+
+  keptAlive(): void {
+    this.keepAlives++
+    keepAlivesCounter.unsafeUpdate(1, noLabels)
+  }
+
+  streamCut(): void {
+    this.streamsCut++
+    streamsCutCounter.unsafeUpdate(1, noLabels)
+  }
+
+  /** Waits until no chat request is being answered. */
+  readonly awaitIdle: Effect.Effect<void> = Effect.suspend(() => {
+    if (this.active === 0) return Effect.void
+    this.idle ??= Deferred.unsafeMake(FiberId.none)
+    return Effect.zipRight(Deferred.await(this.idle), this.awaitIdle)
+  })
+
+  /**
+   * Ends the requests still running by interrupting their calls: a stream gets its error event, a
+   * call still waiting an error body, or a 503 when nothing was sent yet.
+   */
+  readonly cutRemaining: Effect.Effect<void> = Effect.suspend(() => Fiber.interruptAll(Array.from(this.calls)))
+}

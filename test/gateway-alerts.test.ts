@@ -1,0 +1,100 @@
+/**
+ * Alerts: what changes between two status samples, and the webhook that hears of it, retried
+ * with backoff when it fails.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import { type Alert, alertsBetween } from "../app/gateway/alerts.js"
+import type { AccountSample, Sample } from "../app/gateway/status.js"
+import * as Simulator from "../src/Simulator.js"
+import { account, attempt, openai, startGateway } from "./support/gateway.js"
+import { rawServer, reply } from "./support/rawServer.js"
+
+const accountSample = (name: string, changes: Partial<AccountSample> = {}): AccountSample => ({
+  name,
+  provider: "deepseek",
+  fallback: false,
+  state: "serving",
+  limit: 8,
+  inFlight: 0,
+  models: [],
+  usableKeys: 2,
+  calls: 0,
+  succeeded: 0,
+  failed: 0,
+  rateLimited: 0,
+  retries: 0,
+  queued: 0,
+  rateLimitedPerSecond: 0,
+  breaker: 0,
+  costUsd: 0,
+  ...changes
+})
+
+const sample = (accounts: ReadonlyArray<AccountSample>, budgetSpent = false): Sample => ({
+  t: Date.UTC(2026, 0, 1),
+  draining: false,
+  gateway: { active: 0, waiting: 0, keepAlives: 0, streamsCut: 0, requests: 0 },
+  accounts,
+  models: [],
+  spend: { costUsd: 1, budgetUsd: 1, remainingUsd: budgetSpent ? 0 : 1 },
+  banner: { throttling: false, outOfBalance: [], budgetSpent }
+})
+
+const events = (alerts: ReadonlyArray<Alert>) => alerts.map((alert) => `${alert.event}:${alert.account ?? "-"}`)
+
+describe("gateway alerts", () => {
+  it("are the changes between two samples: breaker, balance, keys, budget", () => {
+    const before = sample([accountSample("a"), accountSample("b", { state: "open" }), accountSample("c", { state: "out_of_balance" })])
+    const after = sample([
+      accountSample("a", { state: "open", usableKeys: 1 }),
+      accountSample("b", { state: "serving" }),
+      accountSample("c")
+    ], true)
+    expect(events(alertsBetween(before, after))).toEqual([
+      "breaker_opened:a",
+      "key_rejected:a",
+      "breaker_closed:b",
+      "balance_restored:c",
+      "budget_spent:-"
+    ])
+    expect(events(alertsBetween(after, before))).toEqual(["breaker_closed:a", "breaker_opened:b", "balance_exhausted:c"])
+    expect(alertsBetween(before, before)).toEqual([])
+    const [first] = alertsBetween(before, after)
+    expect(first).toEqual({
+      event: "breaker_opened",
+      account: "a",
+      message: "account a: circuit breaker opened; its calls go elsewhere or wait",
+      at: "2026-01-01T00:00:00.000Z",
+      source: "weatherproof-gateway"
+    })
+  })
+
+  it.scopedLive("go to the webhook as JSON, retried with backoff after a failure: an account out of balance and back", () =>
+    Effect.gen(function*() {
+      const webhook = yield* rawServer([reply(503, "busy"), reply(200, "{}"), reply(200, "{}")])
+      const sim = yield* Simulator.make({ accounts: { a: { keys: ["sk-alert-a"] }, b: { keys: ["sk-alert-b"] } } })
+      const gateway = yield* startGateway([account("a", sim.baseUrl, ["sk-alert-a"]), account("b", sim.baseUrl, ["sk-alert-b"])], {
+        statusInterval: "50 millis",
+        alerts: { url: `${webhook.url}/hooks/weatherproof`, retryBase: "20 millis" },
+        pool: { balanceProbeInterval: "200 millis" }
+      })
+      yield* sim.setBalance("a", 0)
+      // Both accounts serve in turn, so a few calls reach a and draw its 402.
+      const client = openai(gateway.url)
+      yield* Effect.forEach([1, 2, 3, 4], (i) => attempt(() => client.chat.completions.create({ model: "deepseek-v4-flash", messages: [{ role: "user", content: `q${i}` }] })))
+      yield* Effect.sleep("300 millis")
+      yield* sim.setBalance("a", 100)
+      yield* Effect.sleep("600 millis")
+
+      const received = webhook.received().map((r) => JSON.parse(r.body) as Alert)
+      expect(received.map((alert) => `${alert.event}:${alert.account}`)).toEqual([
+        "balance_exhausted:a",
+        "balance_exhausted:a",
+        "balance_restored:a"
+      ])
+      expect(received[0]).toEqual(received[1])
+      expect(received[0]?.source).toBe("weatherproof-gateway")
+      expect(webhook.received().every((r) => !r.body.includes("sk-alert"))).toBe(true)
+    }))
+})

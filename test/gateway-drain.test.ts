@@ -1,0 +1,182 @@
+/**
+ * Graceful shutdown: the drain at library level, and `weatherproof serve` in a process of its own
+ * receiving SIGTERM.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Scope from "effect/Scope"
+import OpenAI, { APIError } from "openai"
+import { type ChildProcess, spawn } from "node:child_process"
+import * as Simulator from "../src/Simulator.js"
+import * as Wire from "../src/internal/wire.js"
+import { account, attempt, openai, startGateway } from "./support/gateway.js"
+import { rawServer } from "./support/rawServer.js"
+import type { Handler } from "./support/rawServer.js"
+
+const model = "deepseek-v4-flash"
+const longText = "a long answer that streams slowly, piece after piece, so that it is still running when the drain starts"
+
+/** Reads an `openai` stream, resolving `started` at its first content; the text and the error it ended with. */
+const consume = (stream: AsyncIterable<OpenAI.ChatCompletionChunk>, started: Deferred.Deferred<void>) =>
+  Effect.promise(async () => {
+    let text = ""
+    try {
+      for await (const chunk of stream) {
+        text += chunk.choices[0]?.delta.content ?? ""
+        if (text.length > 0) Effect.runSync(Deferred.succeed(started, undefined))
+      }
+      return { text, error: undefined }
+    } catch (error) {
+      return { text, error }
+    }
+  })
+
+const statusOf = (url: string) => attempt(() => fetch(url).then((response) => response.status))
+
+describe("weatherproof serve, shutting down", () => {
+  it.scopedLive("drain: health checks and new requests get 503 while a running stream finishes whole", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make({ chunkDelay: 25, pieceSize: 4 })
+      const gateway = yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])], { drainTimeout: "10 seconds" })
+      const client = openai(gateway.url)
+      const started = yield* Deferred.make<void>()
+      const stream = yield* attempt(() => client.chat.completions.create({ model, messages: [{ role: "user", content: longText }], stream: true }))
+      const reading = yield* Effect.fork(consume(stream, started))
+      yield* Deferred.await(started)
+
+      const draining = yield* Effect.fork(gateway.drain)
+      yield* Effect.sleep("50 millis")
+      expect(yield* statusOf(`${gateway.url}/healthz`)).toBe(503)
+      expect(yield* statusOf(`${gateway.url}/readyz`)).toBe(503)
+      const refused = yield* Effect.flip(attempt(() => client.chat.completions.create({ model, messages: [{ role: "user", content: "late" }] })))
+      expect(refused).toBeInstanceOf(OpenAI.InternalServerError)
+      expect((refused as APIError).status).toBe(503)
+      expect((refused as APIError).code).toBe("shutting_down")
+
+      const { error, text } = yield* Fiber.join(reading)
+      expect(error).toBeUndefined()
+      expect(text).toBe(`echo:${longText}`)
+      yield* Fiber.join(draining)
+      const closed = yield* Effect.either(statusOf(`${gateway.url}/healthz`))
+      expect(closed._tag).toBe("Left")
+    }))
+
+  it.scopedLive("past the drain timeout, a running stream ends with an error event and a waiting request gets a 503", () =>
+    Effect.gen(function*() {
+      const g: Wire.Generation = { id: "chatcmpl-slow", model, content: longText, usage: Wire.usage({ promptTokens: 5, completionTokens: 30 }) }
+      const slowStream: Handler = async (request, response) => {
+        response.writeHead(200, { "content-type": "text/event-stream" })
+        for (const event of Wire.chunks(g, 4).map(Wire.sseData)) {
+          if (request.socket.destroyed) return
+          response.write(event)
+          await new Promise((resolve) => setTimeout(resolve, 100))
+        }
+        response.end(Wire.sseDone)
+      }
+      const neverAnswers: Handler = () => new Promise(() => {})
+      const upstream = yield* rawServer([slowStream, neverAnswers])
+      const gateway = yield* startGateway([account("a", upstream.url, ["upstream-key"])], {
+        drainTimeout: "300 millis",
+        keepAliveInterval: "30 seconds"
+      })
+      const client = openai(gateway.url)
+      const started = yield* Deferred.make<void>()
+      const stream = yield* attempt(() => client.chat.completions.create({ model, messages: [{ role: "user", content: "x" }], stream: true }))
+      const reading = yield* Effect.fork(consume(stream, started))
+      yield* Deferred.await(started)
+      const waiting = yield* Effect.fork(Effect.flip(attempt(() => client.chat.completions.create({ model, messages: [{ role: "user", content: "y" }] }))))
+      yield* Effect.sleep("100 millis")
+      expect(gateway.traffic.active).toBe(2)
+
+      yield* gateway.drain
+      const { error, text } = yield* Fiber.join(reading)
+      expect(error).toBeInstanceOf(APIError)
+      expect((error as APIError).code).toBe("shutting_down")
+      expect(text.length).toBeGreaterThan(0)
+      expect(text.length).toBeLessThan(longText.length)
+      const refused = yield* Fiber.join(waiting)
+      expect((refused as APIError).status).toBe(503)
+      expect(gateway.traffic.active).toBe(0)
+      expect(gateway.traffic.streamsCut).toBe(1)
+    }))
+
+  it.scopedLive("closing the gateway's scope drains it the same way, the drain timeout included", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make({ chunkDelay: 100, pieceSize: 2 })
+      const scope = yield* Scope.make()
+      const gateway = yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])], { drainTimeout: "300 millis" }).pipe(
+        Scope.extend(scope)
+      )
+      const started = yield* Deferred.make<void>()
+      const stream = yield* attempt(() =>
+        openai(gateway.url).chat.completions.create({ model, messages: [{ role: "user", content: longText }], stream: true })
+      )
+      const reading = yield* Effect.fork(consume(stream, started))
+      yield* Deferred.await(started)
+      const closing = yield* Effect.timed(Scope.close(scope, Exit.void))
+      expect(Duration.toMillis(closing[0])).toBeLessThan(2_000)
+      const { error } = yield* Fiber.join(reading)
+      expect((error as APIError).code).toBe("shutting_down")
+    }))
+
+  it.scopedLive("SIGTERM: `weatherproof serve` drains a running stream, answers 503 to health checks meanwhile, and exits 0", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make({ chunkDelay: 25, pieceSize: 4 })
+      const child = yield* serveProcess(["serve", "--port", "0", "--drain-timeout", "10"], {
+        DEEPSEEK_API_KEY: Simulator.defaultKey,
+        DEEPSEEK_BASE_URL: sim.baseUrl
+      })
+      const url = yield* child.url
+      const started = yield* Deferred.make<void>()
+      const stream = yield* attempt(() =>
+        openai(url).chat.completions.create({ model, messages: [{ role: "user", content: longText }], stream: true })
+      )
+      const reading = yield* Effect.fork(consume(stream, started))
+      yield* Deferred.await(started)
+
+      child.process.kill("SIGTERM")
+      yield* Effect.sleep("100 millis")
+      expect(yield* statusOf(`${url}/healthz`)).toBe(503)
+      const { error, text } = yield* Fiber.join(reading)
+      expect(error).toBeUndefined()
+      expect(text).toBe(`echo:${longText}`)
+      expect(yield* child.exitCode).toBe(0)
+      expect(child.output()).toContain("shutting down; 1 request in flight")
+    }), { timeout: 60_000 })
+})
+
+/** `weatherproof <args>` from the sources in a child process; killed with the scope. */
+const serveProcess = (args: ReadonlyArray<string>, env: Record<string, string>) =>
+  Effect.gen(function*() {
+    const process_: ChildProcess = yield* Effect.acquireRelease(
+      Effect.sync(() =>
+        spawn(
+          "node_modules/.bin/vite-node",
+          ["test/support/serveProcess.ts", "--", ...args],
+          { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] }
+        )
+      ),
+      (child) => Effect.sync(() => child.exitCode === null && child.kill("SIGKILL"))
+    )
+    let output = ""
+    const listening = yield* Deferred.make<string>()
+    const exited = yield* Deferred.make<number | null>()
+    const onData = (data: Buffer) => {
+      output += data.toString("utf8")
+      const match = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(output)
+      if (match?.[1] !== undefined) Effect.runSync(Deferred.succeed(listening, match[1]))
+    }
+    process_.stdout?.on("data", onData)
+    process_.stderr?.on("data", onData)
+    process_.on("exit", (code) => Effect.runSync(Deferred.succeed(exited, code)))
+    return {
+      process: process_,
+      url: Deferred.await(listening).pipe(Effect.timeoutFail({ duration: "30 seconds", onTimeout: () => new Error(output) })),
+      exitCode: Deferred.await(exited).pipe(Effect.timeoutFail({ duration: "20 seconds", onTimeout: () => new Error(output) })),
+      output: () => output
+    }
+  })

@@ -1,0 +1,176 @@
+/**
+ * `GET /metrics` as Prometheus scrapes it, OTLP traces, and upstream keys: never in an answer,
+ * a header, a metric, a span or a log line.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as Redacted from "effect/Redacted"
+import * as Scope from "effect/Scope"
+import * as Exit from "effect/Exit"
+import * as Gateway from "../app/gateway/server.js"
+import * as Telemetry from "../app/gateway/telemetry.js"
+import { CostLedger } from "../src/CostLedger.js"
+import * as Simulator from "../src/Simulator.js"
+import * as Wire from "../src/internal/wire.js"
+import { account, attempt, collect, openai, rawText, startGateway, upstreamLayer } from "./support/gateway.js"
+import { rawServer, reply } from "./support/rawServer.js"
+import type { Handler } from "./support/rawServer.js"
+
+const model = "deepseek-v4-flash"
+const ask = (content: string) => [{ role: "user" as const, content }]
+
+/** A sample line of the Prometheus text format: a name, optional labels, a value. */
+const sampleLine = /^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? (-?[0-9.e+-]+|[+-]Inf|NaN)$/
+
+const scrape = (url: string) =>
+  attempt(async () => {
+    const response = await fetch(`${url}/metrics`)
+    return { contentType: response.headers.get("content-type"), text: await response.text() }
+  })
+
+/** The value of the series `name{labels}` exactly as written. */
+const valueOf = (text: string, series: string): number | undefined => {
+  const line = text.split("\n").find((l) => l.startsWith(`${series} `))
+  return line === undefined ? undefined : Number(line.slice(series.length + 1))
+}
+
+describe("weatherproof serve, metrics and traces", () => {
+  it.scopedLive("/metrics is Prometheus text with series per (account, model) and the gateway's own", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make({
+        accounts: { a: { keys: ["sk-sim-account-a"] }, b: { keys: ["sk-sim-account-b"] } },
+        cacheHitRatio: 0.25
+      })
+      const gateway = yield* startGateway([
+        account("a", sim.baseUrl, ["sk-sim-account-a"]),
+        account("b", sim.baseUrl, ["sk-sim-account-b"], { models: { "deepseek-v4-flash": "deepseek-v4-pro" } })
+      ])
+      const client = openai(gateway.url)
+      const call = (i: number): Effect.Effect<unknown, unknown> =>
+        i % 3 === 0
+          ? Effect.flatMap(attempt(() => client.chat.completions.create({ model, messages: ask(`q${i}`), stream: true })), collect)
+          : attempt(() =>
+            client.chat.completions.create({ model, messages: ask(`question number ${i}`), ...{ thinking: { type: "enabled" } } })
+          )
+      yield* Effect.forEach(Array.from({ length: 12 }, (_, i) => i), call, { concurrency: 4, discard: true })
+
+      const { contentType, text } = yield* scrape(gateway.url)
+      expect(contentType).toBe("text/plain; version=0.0.4; charset=utf-8")
+      for (const line of text.split("\n").filter((l) => l.length > 0 && !l.startsWith("#"))) {
+        expect(line).toMatch(sampleLine)
+      }
+      // Per (account, model): tokens by kind and cost, under the model each account was sent.
+      for (const [name, sent] of [["a", "deepseek-v4-flash"], ["b", "deepseek-v4-pro"]] as const) {
+        for (const kind of ["prompt_cache_hit", "prompt_cache_miss", "completion", "reasoning"]) {
+          expect(valueOf(text, `weatherproof_tokens_total{account="${name}",model="${sent}",kind="${kind}"}`)).toBeGreaterThan(0)
+        }
+        expect(valueOf(text, `weatherproof_cost_usd_total{account="${name}",model="${sent}"}`)).toBeGreaterThan(0)
+        // Each account's lane for the requested model: its limit, in flight, attempts and durations.
+        const lane = `account="${name}",model="${model}"`
+        expect(valueOf(text, `weatherproof_concurrency_limit{${lane}}`)).toBeGreaterThan(0)
+        expect(valueOf(text, `weatherproof_concurrency_in_flight{${lane}}`)).toBe(0)
+        expect(valueOf(text, `weatherproof_account_pool_attempts_total{${lane},result="ok"}`)).toBeGreaterThan(0)
+        expect(text).toMatch(new RegExp(`^weatherproof_account_pool_attempt_duration_seconds_bucket\\{${lane},le="\\+Inf"\\} \\d+$`, "m"))
+        expect(valueOf(text, `weatherproof_circuit_breaker_state{circuit_breaker="${name}"}`)).toBe(0)
+      }
+      expect(valueOf(text, `weatherproof_account_pool_queued{model="${model}"}`)).toBe(0)
+      expect(text).toContain("# TYPE weatherproof_tokens_total counter")
+      expect(text).toContain("# TYPE weatherproof_cost_usd_total counter")
+      expect(text).toMatch(/^weatherproof_call_duration_seconds_bucket\{[^}]*le="\+Inf"\} \d+$/m)
+      // The gateway's own.
+      expect(valueOf(text, "weatherproof_gateway_requests_total{status=\"200\"}")).toBeGreaterThanOrEqual(12)
+      expect(valueOf(text, "weatherproof_gateway_clients_waiting")).toBe(0)
+      expect(valueOf(text, "weatherproof_gateway_requests_in_flight")).toBe(0)
+      expect(valueOf(text, "weatherproof_gateway_keep_alives_total")).toBeGreaterThanOrEqual(0)
+      expect(valueOf(text, "weatherproof_gateway_streams_cut_total")).toBeGreaterThanOrEqual(0)
+      expect(text).not.toContain("sk-sim-account")
+    }))
+
+  it.scopedLive("no upstream key leaves the process: not in answers, headers, metrics, the page, its feed or logs, even when the upstream echoes it", () =>
+    Effect.gen(function*() {
+      const secret = "Zq81xV3pLm-key-9TrW4aaQ"
+      const echo = (status: number): Handler => async (_, response) => {
+        response.writeHead(status, { "content-type": "application/json", "x-upstream-echo": secret })
+        response.end(Wire.errorBody(`key ${secret} is not valid here`, "invalid_request_error", secret))
+      }
+      const streamEcho: Handler = async (_, response) => {
+        response.writeHead(200, { "content-type": "text/event-stream" })
+        response.write(Wire.sseData(Wire.chunks({ id: "x", model, content: "first words", usage: Wire.usage({ promptTokens: 1, completionTokens: 1 }) })[1]))
+        response.end(Wire.sseData({ error: { message: `failure for ${secret}`, type: "server_error", code: secret } }))
+      }
+      // The 401 comes last: it takes the only key out of service.
+      const upstream = yield* rawServer([streamEcho, echo(400), echo(401)])
+      const logs: Array<string> = []
+      const logger = Logger.make(({ message }) => logs.push(String(message)))
+      const gateway = yield* startGateway([account("a", upstream.url, [secret])], {
+        pool: { retry: { maxRetries: 0 } },
+        statusInterval: "50 millis"
+      }).pipe(
+        Effect.provide(Logger.replace(Logger.defaultLogger, logger))
+      )
+      const seen: Array<string> = []
+      const record = (url: string, body: unknown) =>
+        attempt(async () => {
+          const response = await fetch(url, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) })
+          const headers: Array<string> = []
+          response.headers.forEach((value, name) => headers.push(`${name}: ${value}`))
+          seen.push(headers.join("\n"), await response.text())
+        })
+      yield* record(`${gateway.url}/v1/chat/completions`, { model, messages: ask("c"), stream: true })
+      yield* record(`${gateway.url}/v1/chat/completions`, { model, messages: ask("a") })
+      yield* record(`${gateway.url}/v1/chat/completions`, { model, messages: ask("b") })
+      seen.push((yield* scrape(gateway.url)).text)
+      seen.push(yield* rawText(`${gateway.url}/v1/chat/completions`, { model, messages: ask("d") }))
+      for (const path of ["/", "/status.json", "/readyz", "/v1/models"]) {
+        seen.push(yield* attempt(() => fetch(`${gateway.url}${path}`).then((response) => response.text())))
+      }
+      seen.push(yield* attempt(async () => {
+        const controller = new AbortController()
+        const response = await fetch(`${gateway.url}/status/events`, { signal: controller.signal })
+        const reader = response.body!.getReader()
+        const { value } = await reader.read()
+        controller.abort()
+        return new TextDecoder().decode(value)
+      }))
+      for (const text of [...seen, ...logs]) expect(text).not.toContain(secret)
+      expect(seen.join("\n")).toMatch(/key \*+ is not valid here/)
+      expect(seen.join("\n")).toMatch(/failure for \*+/)
+    }))
+
+  it.scopedLive("with OTEL_EXPORTER_OTLP_ENDPOINT, spans go out over OTLP: the server's and the client's, keys redacted", () =>
+    Effect.gen(function*() {
+      const collector = yield* rawServer(Array.from({ length: 8 }, () => reply(200, "{}")))
+      const previous = process.env.OTEL_EXPORTER_OTLP_ENDPOINT
+      process.env.OTEL_EXPORTER_OTLP_ENDPOINT = collector.url
+      yield* Effect.addFinalizer(() =>
+        Effect.sync(() => {
+          if (previous === undefined) delete process.env.OTEL_EXPORTER_OTLP_ENDPOINT
+          else process.env.OTEL_EXPORTER_OTLP_ENDPOINT = previous
+        })
+      )
+      const sim = yield* Simulator.make()
+      const accounts = [account("a", sim.baseUrl, [Simulator.defaultKey])]
+      const scope = yield* Scope.make()
+      const context = yield* Layer.buildWithScope(
+        Layer.merge(upstreamLayer(accounts), Telemetry.layer({ otlp: true })),
+        scope
+      )
+      const gateway = yield* Gateway.make({ port: 0, accounts, gatewayKeys: [Redacted.make("gw-otlp-key")] }).pipe(
+        Effect.provide(context),
+        Scope.extend(scope)
+      )
+      yield* attempt(() => openai(gateway.url, { apiKey: "gw-otlp-key" }).chat.completions.create({ model, messages: ask("traced") }))
+      // Closing the scope flushes the exporters.
+      yield* Scope.close(scope, Exit.void)
+      const bodies = collector.received().map((r) => r.body).join("\n")
+      expect(bodies).toContain("weatherproof.Resilient.create")
+      expect(bodies).toContain("weatherproof.Transport.create")
+      expect(bodies).toContain("/v1/chat/completions")
+      expect(bodies).not.toContain("gw-otlp-key")
+      expect(bodies).not.toContain(Simulator.defaultKey)
+      const ledger = yield* Effect.provide(CostLedger, context)
+      expect((yield* ledger.snapshot).total.requests).toBe(1)
+    }))
+})

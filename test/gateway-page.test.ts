@@ -1,0 +1,112 @@
+/**
+ * The status page in headless Chromium (Debian's `chromium`, driven by playwright-core): it loads
+ * without console errors, its charts render and follow a burst live, and the throttling banner
+ * shows during a 429 storm. `GATEWAY_SCREENSHOT=docs/gateway-status.png` also saves a screenshot,
+ * taken after a longer storm so the charts have a history to show.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import { existsSync } from "node:fs"
+import { chromium, type Page } from "playwright-core"
+import * as Simulator from "../src/Simulator.js"
+import { account, attempt, collect, openai, startGateway } from "./support/gateway.js"
+
+const executablePath = "/usr/bin/chromium"
+const present = existsSync(executablePath)
+const title = present
+  ? "the status page in headless Chromium"
+  : "the status page in headless Chromium: SKIPPED, /usr/bin/chromium is absent (install the Debian package chromium)"
+
+const browser = Effect.acquireRelease(
+  Effect.promise(() =>
+    chromium.launch({
+      executablePath,
+      args: [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync"
+      ]
+    })
+  ),
+  (b) => Effect.promise(() => b.close())
+)
+
+/** Waits until `predicate` holds in the page (polled), failing with `what` after `timeout` ms. */
+const waitFor = (page: Page, what: string, predicate: string, timeout = 10_000) =>
+  attempt(() => page.waitForFunction(predicate, undefined, { timeout, polling: 100 })).pipe(
+    Effect.mapError((error) => new Error(`${what}: ${String(error)}`))
+  )
+
+describe.skipIf(!present)(title, () => {
+  it.scopedLive("renders live charts without console errors, follows a burst, and shows the banner in a 429 storm", () =>
+    Effect.gen(function*() {
+      // Account a's upstream cap is 3 but its limit is fixed at 12: a 429 storm. Account b adapts.
+      const sim = yield* Simulator.make({
+        accounts: { a: { keys: ["sk-page-a"], limit: 3 }, b: { keys: ["sk-page-b"], limit: 6 } },
+        queueDelay: { min: 150, max: 400 },
+        cacheHitRatio: 0.3
+      })
+      const gateway = yield* startGateway([
+        account("a", sim.baseUrl, ["sk-page-a"], { concurrency: 12 }),
+        account("b", sim.baseUrl, ["sk-page-b"])
+      ], {
+        statusInterval: "200 millis",
+        keepAliveInterval: "300 millis",
+        throttleWindow: "3 seconds",
+        pool: { retry: { base: "100 millis", maxRetries: 10 } },
+        drainTimeout: "500 millis"
+      })
+
+      const page = yield* Effect.flatMap(browser, (b) => Effect.promise(() => b.newPage({ viewport: { width: 1400, height: 1100 } })))
+      const problems: Array<string> = []
+      page.on("console", (message) => {
+        if (message.type() === "error") problems.push(message.text())
+      })
+      page.on("pageerror", (error) => problems.push(String(error)))
+
+      yield* attempt(() => page.goto(`${gateway.url}/`))
+      yield* waitFor(page, "charts drawn", "window.__gateway.updates > 0 && document.querySelectorAll('.uplot canvas').length >= 8")
+      const before = yield* attempt(() => page.evaluate(() => (window as unknown as { __gateway: { updates: number } }).__gateway.updates))
+      expect(yield* attempt(() => page.locator("#banner").isHidden())).toBe(true)
+
+      const client = openai(gateway.url)
+      const screenshot = process.env.GATEWAY_SCREENSHOT
+      const messages = (i: number) => [
+        { role: "system" as const, content: "You answer questions about the weather, briefly and precisely." },
+        { role: "user" as const, content: `burst request ${i}: will it rain tomorrow?` }
+      ]
+      const call = (i: number): Effect.Effect<unknown, unknown> =>
+        i % 4 === 0
+          ? Effect.flatMap(attempt(() => client.chat.completions.create({ model: "deepseek-v4-flash", messages: messages(i), stream: true })), collect)
+          : attempt(() =>
+            client.chat.completions.create({ model: "deepseek-v4-flash", messages: messages(i), ...(i % 3 === 0 ? { thinking: { type: "enabled" } } : {}) })
+          )
+      // Clients arrive over a while, a few at a time.
+      const burst = yield* Effect.fork(Effect.forEach(
+        Array.from({ length: screenshot === undefined ? 48 : 400 }, (_, i) => i),
+        (i) => Effect.zipRight(Effect.sleep(`${(i % 200) * (screenshot === undefined ? 5 : 40)} millis`), Effect.either(call(i))),
+        { concurrency: "unbounded" }
+      ))
+
+      yield* waitFor(page, "throttling banner", "document.getElementById('banner').textContent.includes('DeepSeek is throttling')")
+      expect(yield* attempt(() => page.locator("#banner").isVisible())).toBe(true)
+      yield* waitFor(page, "in-flight chart follows the burst", "window.__gateway.samples.some((s) => s.gateway.active > 0)")
+      const after = yield* attempt(() => page.evaluate(() => (window as unknown as { __gateway: { updates: number } }).__gateway.updates))
+      expect(after).toBeGreaterThan(before)
+      if (screenshot !== undefined) {
+        yield* Effect.sleep("15 seconds")
+        yield* waitFor(page, "throttling banner", "document.getElementById('banner').textContent.includes('DeepSeek is throttling')")
+        yield* attempt(() => page.screenshot({ path: screenshot, fullPage: true }))
+      }
+      const badges = yield* attempt(() => page.locator(".card[data-account] .badge").allTextContents())
+      expect(badges.length).toBe(2)
+      expect(problems).toEqual([])
+      yield* Fiber.interrupt(burst)
+    }), { timeout: 120_000 })
+})

@@ -1,0 +1,343 @@
+/**
+ * `weatherproof serve` with the real `openai` client, only `baseURL` changed, against loopback
+ * upstreams: the Simulator, or `rawServer` for byte-exact upstream behaviour.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as Redacted from "effect/Redacted"
+import OpenAI, { APIError, AuthenticationError, RateLimitError } from "openai"
+import * as Simulator from "../src/Simulator.js"
+import * as Wire from "../src/internal/wire.js"
+import { account, attempt, collect, openai, rawText, startGateway } from "./support/gateway.js"
+import { destroySocket, rawServer, reply, writeByteByByte, writeSlowly } from "./support/rawServer.js"
+import type { Handler } from "./support/rawServer.js"
+
+const model = "deepseek-v4-flash"
+const ask = (content: string) => [{ role: "user" as const, content }]
+const upstreamKey = "Zq81xV3pLmRt4wQe"
+const noRetries = { retry: { maxRetries: 0 } } as const
+
+const generation = (content: string, extra: Partial<Wire.Generation> = {}): Wire.Generation => ({
+  id: "chatcmpl-raw",
+  model,
+  content,
+  usage: Wire.usage({ promptTokens: 10, completionTokens: 6, cacheHitTokens: 4, reasoningTokens: 2 }),
+  ...extra
+})
+
+const sseHead = (response: Parameters<Handler>[1]) =>
+  response.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" })
+
+/** A stream handler: the SSE of `g`, transformed by `shape`, written by `write`. */
+const sseHandler = (
+  g: Wire.Generation,
+  shape: (body: string) => string = (body) => body,
+  write: (response: Parameters<Handler>[1], text: string) => Promise<void> = async (response, text) => {
+    response.write(text)
+  }
+): Handler =>
+async (_, response) => {
+  sseHead(response)
+  await write(response, shape(Wire.sseBody(g)))
+  response.end()
+}
+
+describe("weatherproof serve, with the openai client", () => {
+  it.scopedLive("non-stream: reasoning_content and the full usage (cache hits and misses, reasoning tokens) reach the client", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make({ cacheHitRatio: 0.5 })
+      const gateway = yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])])
+      const answer = yield* attempt(() =>
+        openai(gateway.url).chat.completions.create({
+          model,
+          messages: ask("a question worth thinking about"),
+          // DeepSeek's own field, unknown to the openai types: passed through as given.
+          ...{ thinking: { type: "enabled" } }
+        })
+      )
+      const message = answer.choices[0]?.message as OpenAI.ChatCompletionMessage & { readonly reasoning_content?: string }
+      expect(message.content).toBe("echo:a question worth thinking about")
+      expect(message.reasoning_content).toBe("think:a question worth thinking about")
+      const usage = answer.usage as OpenAI.CompletionUsage & Record<string, unknown>
+      expect(usage.prompt_cache_hit_tokens).toBeGreaterThan(0)
+      expect(usage.prompt_cache_miss_tokens).toBeGreaterThan(0)
+      expect(usage.completion_tokens_details?.reasoning_tokens).toBeGreaterThan(0)
+      expect(usage.prompt_tokens).toBe(Number(usage.prompt_cache_hit_tokens) + Number(usage.prompt_cache_miss_tokens))
+    }))
+
+  it.scopedLive("stream: reasoning_content deltas, content deltas and the usage chunk", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make({ cacheHitRatio: 0.5 })
+      const gateway = yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])])
+      const stream = yield* attempt(() =>
+        openai(gateway.url).chat.completions.create({
+          model,
+          messages: ask("stream me a long enough answer"),
+          stream: true,
+          stream_options: { include_usage: true },
+          ...{ thinking: { type: "enabled" } }
+        })
+      )
+      const chunks = yield* collect(stream)
+      const deltas = chunks.flatMap((chunk) => chunk.choices.map((choice) => choice.delta as Record<string, unknown>))
+      expect(deltas.map((delta) => delta.reasoning_content ?? "").join("")).toBe("think:stream me a long enough answer")
+      expect(deltas.map((delta) => delta.content ?? "").join("")).toBe("echo:stream me a long enough answer")
+      const last = chunks.at(-1)
+      expect(last?.choices).toEqual([])
+      const usage = last?.usage as OpenAI.CompletionUsage & Record<string, unknown>
+      expect(usage.prompt_cache_hit_tokens).toBeGreaterThan(0)
+      expect(usage.completion_tokens_details?.reasoning_tokens).toBeGreaterThan(0)
+    }))
+
+  it.scopedLive("a stream that did not ask for usage gets no usage chunk (the gateway asks upstream for its ledger)", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make()
+      const gateway = yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])])
+      const chunks = yield* collect(
+        yield* attempt(() => openai(gateway.url).chat.completions.create({ model, messages: ask("hi"), stream: true }))
+      )
+      expect(chunks.length).toBeGreaterThan(0)
+      expect(chunks.every((chunk) => chunk.choices.length > 0)).toBe(true)
+    }))
+
+  it.scopedLive("unknown fields and tool calls pass through untouched, both ways", () =>
+    Effect.gen(function*() {
+      const toolCall = { id: "call_1", type: "function", function: { name: "lookup", arguments: "{\"q\":\"x\"}" } }
+      const body = {
+        ...Wire.completion(generation("")),
+        choices: [{ index: 0, message: { role: "assistant", content: null, tool_calls: [toolCall], x_note: "kept" }, finish_reason: "tool_calls" }],
+        x_provider: { region: "eu", served_by: [1, 2] }
+      }
+      const upstream = yield* rawServer([reply(200, JSON.stringify(body))])
+      const gateway = yield* startGateway([account("a", upstream.url, [upstreamKey])])
+      const answer = yield* attempt(() =>
+        openai(gateway.url).chat.completions.create({
+          model,
+          messages: ask("use the tool"),
+          tools: [{ type: "function", function: { name: "lookup", parameters: { type: "object" } } }],
+          ...{ user_id: "u-42", x_client_field: { nested: true } }
+        })
+      )
+      expect(answer.choices[0]?.message.tool_calls).toEqual([toolCall])
+      expect((answer.choices[0]?.message as unknown as Record<string, unknown>).x_note).toBe("kept")
+      expect((answer as unknown as Record<string, unknown>).x_provider).toEqual({ region: "eu", served_by: [1, 2] })
+      const sent = JSON.parse(upstream.received()[0]!.body)
+      expect(sent.user_id).toBe("u-42")
+      expect(sent.x_client_field).toEqual({ nested: true })
+      expect(sent.tools[0].function.name).toBe("lookup")
+      expect(upstream.received()[0]!.authorization).toBe(`Bearer ${upstreamKey}`)
+    }))
+
+  it.scopedLive("CRLF, no-space and byte-split SSE from upstream arrive whole", () =>
+    Effect.gen(function*() {
+      const g = generation("the whole answer, intact", { reasoningContent: "a thought" })
+      const crlf = (body: string) => body.replace(/\n/g, "\r\n")
+      const noSpace = (body: string) => body.replace(/^data: /gm, "data:")
+      const upstream = yield* rawServer([
+        sseHandler(g, crlf),
+        sseHandler(g, noSpace),
+        sseHandler(g, (body) => crlf(noSpace(body)), writeByteByByte)
+      ])
+      const gateway = yield* startGateway([account("a", upstream.url, [upstreamKey])])
+      for (let i = 0; i < 3; i++) {
+        const chunks = yield* collect(
+          yield* attempt(() => openai(gateway.url).chat.completions.create({ model, messages: ask("x"), stream: true }))
+        )
+        const deltas = chunks.flatMap((chunk) => chunk.choices.map((choice) => choice.delta as Record<string, unknown>))
+        expect(deltas.map((delta) => delta.content ?? "").join("")).toBe("the whole answer, intact")
+        expect(deltas.map((delta) => delta.reasoning_content ?? "").join("")).toBe("a thought")
+      }
+    }))
+
+  it.scopedLive("a stream cut upstream after its first bytes ends in an error the client raises, never in [DONE]", () =>
+    Effect.gen(function*() {
+      const g = generation("this answer will be cut in the middle of its text")
+      const cut: Handler = async (request, response) => {
+        sseHead(response)
+        const events = Wire.chunks(g).map(Wire.sseData)
+        await writeSlowly(response, events.slice(0, 3))
+        request.socket.destroy()
+      }
+      const upstream = yield* rawServer([cut, cut])
+      const gateway = yield* startGateway([account("a", upstream.url, [upstreamKey])])
+      const client = openai(gateway.url)
+
+      const seen: Array<string> = []
+      const failure = yield* Effect.flip(Effect.flatMap(
+        attempt(() => client.chat.completions.create({ model, messages: ask("x"), stream: true })),
+        (stream) =>
+          attempt(async () => {
+            for await (const chunk of stream) seen.push(chunk.choices[0]?.delta.content ?? "")
+          })
+      ))
+      expect(failure).toBeInstanceOf(OpenAI.APIError)
+      expect(seen.join("")).toBe("this answer will")
+      expect((failure as APIError).code).toBe("transport_error")
+
+      // On the wire: the chunks, then one error event, and no [DONE].
+      const text = yield* rawText(`${gateway.url}/v1/chat/completions`, { model, messages: ask("x"), stream: true })
+      const events = text.split("\n\n").filter((event) => event.length > 0)
+      expect(events.at(-1)).toMatch(/^data: \{"error":\{"message":"[^"]+","type":"upstream_error","param":null,"code":"transport_error"\}\}$/)
+      expect(text).not.toContain("[DONE]")
+    }))
+
+  it.scopedLive("an upstream {\"error\": …} event is forwarded as an error the client raises, not dropped", () =>
+    Effect.gen(function*() {
+      const g = generation("partial text before the upstream fails")
+      const inBandError: Handler = async (_, response) => {
+        sseHead(response)
+        response.write(Wire.chunks(g).slice(0, 2).map(Wire.sseData).join(""))
+        response.end(Wire.sseData({ error: { message: "model overloaded mid-stream", type: "server_error", code: "overloaded" } }))
+      }
+      const upstream = yield* rawServer([inBandError])
+      const gateway = yield* startGateway([account("a", upstream.url, [upstreamKey])])
+      const failure = yield* Effect.flip(Effect.flatMap(
+        attempt(() => openai(gateway.url).chat.completions.create({ model, messages: ask("x"), stream: true })),
+        collect
+      ))
+      expect(failure).toBeInstanceOf(OpenAI.APIError)
+      expect((failure as APIError).message).toContain("model overloaded mid-stream")
+      expect((failure as APIError).code).toBe("overloaded")
+      expect((failure as APIError).type).toBe("server_error")
+    }))
+
+  it.scopedLive("a missing or wrong gateway key gets an OpenAI-shaped 401: AuthenticationError", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make()
+      const gateway = yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])], {
+        gatewayKeys: [Redacted.make("gw-key-one"), Redacted.make("gw-key-two")]
+      })
+      const wrong = yield* Effect.flip(
+        attempt(() => openai(gateway.url, { apiKey: "gw-key-wrong" }).chat.completions.create({ model, messages: ask("x") }))
+      )
+      expect(wrong).toBeInstanceOf(OpenAI.AuthenticationError)
+      expect((wrong as AuthenticationError).code).toBe("invalid_api_key")
+      const models = yield* Effect.flip(attempt(() => openai(gateway.url, { apiKey: "nope" }).models.list()))
+      expect(models).toBeInstanceOf(OpenAI.AuthenticationError)
+
+      const answer = yield* attempt(() =>
+        openai(gateway.url, { apiKey: "gw-key-two" }).chat.completions.create({ model, messages: ask("right key") })
+      )
+      expect(answer.choices[0]?.message.content).toBe("echo:right key")
+      const stats = yield* sim.stats
+      expect(stats.requests).toBe(1)
+    }))
+
+  it.scopedLive("upstream failures surface as the client's classes: a 400 as BadRequestError, a 500 as InternalServerError", () =>
+    Effect.gen(function*() {
+      const upstream = yield* rawServer([
+        reply(400, Wire.errorBody("messages: content must not be empty", "invalid_request_error", "invalid_messages")),
+        reply(500, Wire.errorBody("internal failure", "server_error"))
+      ])
+      const gateway = yield* startGateway([account("a", upstream.url, [upstreamKey])], { pool: noRetries })
+      const client = openai(gateway.url)
+      const invalid = yield* Effect.flip(attempt(() => client.chat.completions.create({ model, messages: ask("") })))
+      expect(invalid).toBeInstanceOf(OpenAI.BadRequestError)
+      expect((invalid as APIError).code).toBe("invalid_messages")
+      expect((invalid as APIError).message).toContain("content must not be empty")
+      const failed = yield* Effect.flip(attempt(() => client.chat.completions.create({ model, messages: ask("x") })))
+      expect(failed).toBeInstanceOf(OpenAI.InternalServerError)
+      expect((failed as APIError).status).toBe(502)
+      expect((failed as APIError).code).toBe("server_error")
+    }))
+
+  it.scopedLive("when more clients wait than the queue holds, the next gets a 429 with Retry-After: RateLimitError", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make({ queueDelay: 600 })
+      const gateway = yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])], { maxWaiting: 1 })
+      const client = openai(gateway.url)
+      const first = yield* Effect.fork(attempt(() => client.chat.completions.create({ model, messages: ask("first") })))
+      yield* Effect.sleep("150 millis")
+      const refused = yield* Effect.flip(attempt(() => client.chat.completions.create({ model, messages: ask("second") })))
+      expect(refused).toBeInstanceOf(OpenAI.RateLimitError)
+      expect((refused as RateLimitError).headers.get("retry-after")).toBe("1")
+      expect((refused as RateLimitError).code).toBe("gateway_busy")
+      const answer = yield* first.await.pipe(Effect.flatten)
+      expect(answer.choices[0]?.message.content).toBe("echo:first")
+    }))
+
+  it.scopedLive("a failure after the 200 was committed: blank lines then an OpenAI error body; a stream's error event and no [DONE]", () =>
+    Effect.gen(function*() {
+      const late = (status: number): Handler => async (_, response) => {
+        await new Promise((resolve) => setTimeout(resolve, 300))
+        response.writeHead(status, { "content-type": "application/json" })
+        response.end(Wire.errorBody("refused after a wait", "invalid_request_error", "late_refusal"))
+      }
+      const upstream = yield* rawServer([late(400), late(400)])
+      const gateway = yield* startGateway([account("a", upstream.url, [upstreamKey])], {
+        pool: noRetries,
+        keepAliveInterval: "100 millis"
+      })
+      const body = yield* rawText(`${gateway.url}/v1/chat/completions`, { model, messages: ask("x") })
+      expect(body).toMatch(/^\n+\{"error":\{"message":"refused after a wait","type":"invalid_request_error","param":null,"code":"late_refusal"\}\}$/)
+      const stream = yield* rawText(`${gateway.url}/v1/chat/completions`, { model, messages: ask("x"), stream: true })
+      expect(stream).toMatch(/^(: keep-alive\n\n)+data: \{"error":\{[^\n]*"code":"late_refusal"\}\}\n\n$/)
+    }))
+
+  it.scopedLive("a client that disconnects cancels its upstream call and frees its permit", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make({ queueDelay: 2_000, keepAliveInterval: 20 })
+      const gateway = yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])], { keepAliveInterval: "50 millis" })
+      const controller = new AbortController()
+      const call = yield* Effect.fork(Effect.either(Effect.flatMap(
+        attempt(() =>
+          openai(gateway.url).chat.completions.create({ model, messages: ask("x"), stream: true }, { signal: controller.signal })
+        ),
+        collect
+      )))
+      yield* Effect.sleep("300 millis")
+      expect((yield* gateway.pool.snapshot)[0]?.inFlight).toBe(1)
+      controller.abort()
+      yield* call.await
+      yield* Effect.sleep("200 millis")
+      expect((yield* gateway.pool.snapshot)[0]?.inFlight).toBe(0)
+      expect((yield* sim.stats).clientClosed).toBe(1)
+      expect(gateway.traffic.waiting).toBe(0)
+      expect(gateway.traffic.active).toBe(0)
+    }))
+
+  it.scopedLive("GET /v1/models lists the models the accounts serve; /healthz and /readyz", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make()
+      const gateway = yield* startGateway([
+        account("a", sim.baseUrl, [Simulator.defaultKey], { models: { "house-model": "deepseek-v4-pro" } })
+      ])
+      const models = yield* attempt(() => openai(gateway.url).models.list())
+      const ids = models.data.map((m) => m.id)
+      expect(ids).toEqual(expect.arrayContaining(["deepseek-v4-flash", "deepseek-v4-pro", "house-model"]))
+      const health = yield* attempt(() => fetch(`${gateway.url}/healthz`))
+      expect(health.status).toBe(200)
+      const ready = yield* attempt(() => fetch(`${gateway.url}/readyz`).then((r) => r.json()))
+      expect(ready).toEqual({ status: "ready", accounts: [{ name: "a", state: "serving" }] })
+      const missing = yield* attempt(() => fetch(`${gateway.url}/v1/embeddings`, { method: "POST" }))
+      expect(missing.status).toBe(404)
+    }))
+
+  it.scopedLive("identical deterministic requests are answered from the cache unless x-weatherproof-cache: bypass; a bad header is a 400", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make()
+      const gateway = yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])])
+      const client = openai(gateway.url)
+      const ask0 = (headers: Record<string, string> = {}) =>
+        attempt(() => client.chat.completions.create({ model, messages: ask("same"), temperature: 0 }, { headers }))
+      const first = yield* ask0()
+      const second = yield* ask0()
+      expect(second.id).toBe(first.id)
+      expect((yield* sim.stats).requests).toBe(1)
+      yield* ask0({ "x-weatherproof-cache": "bypass", "x-weatherproof-priority": "batch" })
+      expect((yield* sim.stats).requests).toBe(2)
+      const bad = yield* Effect.flip(ask0({ "x-weatherproof-cache": "sometimes" }))
+      expect(bad).toBeInstanceOf(OpenAI.BadRequestError)
+      expect((bad as APIError).message).toContain("x-weatherproof-cache must be one of auto, force, bypass")
+    }))
+
+  it.scopedLive("an upstream that drops the connection before answering is retried before the client sees anything", () =>
+    Effect.gen(function*() {
+      const upstream = yield* rawServer([destroySocket, reply(200, JSON.stringify(Wire.completion(generation("second try"))))])
+      const gateway = yield* startGateway([account("a", upstream.url, [upstreamKey])], {
+        pool: { retry: { base: "10 millis" } }
+      })
+      const answer = yield* attempt(() => openai(gateway.url).chat.completions.create({ model, messages: ask("x") }))
+      expect(answer.choices[0]?.message.content).toBe("second try")
+    }))
+})
