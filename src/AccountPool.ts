@@ -224,6 +224,8 @@ export interface PoolOptions extends Options {
   readonly retry?: Omit<RetryPolicyModule.Options, "classify"> | undefined
   /** Default `RetryBudget.defaults`. */
   readonly retryBudget?: RetryBudgetModule.Options | undefined
+  /** How long a retry the budget refuses waits for room (`Policy.Parts.budgetWait`). Default 60 s. */
+  readonly budgetWait?: Duration.DurationInput | undefined
   /** A client-side rate limit over all accounts. Default: none. */
   readonly rate?: TokenBucketModule.Options | undefined
 }
@@ -377,7 +379,8 @@ export const layerResilient = (
       retryBudget: options.retryBudget ?? {},
       rate: options.rate ?? false,
       concurrency: false,
-      breaker: false
+      breaker: false,
+      budgetWait: options.budgetWait
     }))
   )
   return Layer.provideMerge(client, pool)

@@ -11,8 +11,8 @@
  *
  * | verdict | errors | retry | limiter | breaker |
  * | --- | --- | --- | --- | --- |
- * | `LoadShed` | 429, 503, `insufficient_system_resource` | yes, never sooner than `retryAfter` | lowers the limit | a failure (unless it leaves load to the limiter) |
- * | `Outage` | other 5xx, 408/409, transport errors, deadlines, truncated streams, a blank or cut 200, an error event, **any error it does not know** | yes | ignored | a failure |
+ * | `LoadShed` | 429, 503, `insufficient_system_resource`, a request closed while queued (after its 200 and keep-alives, before any content) | yes, never sooner than `retryAfter` | lowers the limit | a failure (unless it leaves load to the limiter) |
+ * | `Outage` | other 5xx, 408/409, other transport errors, deadlines, truncated streams, a blank or cut 200, an error event, **any error it does not know** | yes | ignored | a failure |
  * | `Account` | 401, 402, 403 | no (an account pool fails over) | ignored | a success: the upstream answered |
  * | `Caller` | 400, 404, 422 and other 4xx, a reply of the wrong shape, a routing refusal | no | ignored | a success |
  * | `Refused` | our own gates: a full queue, an exhausted bucket, an open circuit, a spent budget, no account | when it says so, after `retryAfter` | ignored | ignored |
@@ -446,7 +446,10 @@ const sdkVerdicts: { readonly [Tag in SdkError["_tag"]]: (error: Extract<SdkErro
   InsufficientResource: () => loadShed(Option.none(), "overload"),
   ServerError: (error) => classifyStatus(error.status, error.retryAfter),
   UnexpectedStatus: (error) => classifyStatus(error.status),
-  TransportError: () => outage(),
+  // Closed after the 200 and its keep-alives, before any content: DeepSeek closes a request it
+  // could not schedule in time. The server is shedding load, not failing.
+  TransportError: (error) =>
+    error.reason === "body" && error.partial.events === 0 ? loadShed(Option.none(), "overload") : outage(),
   DeadlineExceeded: () => outage(),
   StreamTruncated: () => outage(),
   UpstreamError: () => outage(),

@@ -50,6 +50,7 @@
 import type * as HttpClient from "@effect/platform/HttpClient"
 import type * as HttpClientError from "@effect/platform/HttpClientError"
 import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import type * as Metric from "effect/Metric"
@@ -137,6 +138,12 @@ export interface Parts {
   readonly breaker?: CircuitBreakerModule.Service | undefined
   /** Told failed attempts and retries. Default: the `Telemetry` in the context, if any. */
   readonly telemetry?: TelemetryModule.Service | undefined
+  /**
+   * How long a retry the budget refuses waits for room before its error surfaces. Default the
+   * retry policy's `maxRetryAfter` (60 s). Batch work, which would rather wait than fail, sets it
+   * to as long as a call may take.
+   */
+  readonly budgetWait?: Duration.DurationInput | undefined
 }
 
 /**
@@ -153,6 +160,8 @@ export interface Options {
   readonly retry?: Omit<RetryPolicyModule.Options, "classify"> | false | undefined
   /** Default `RetryBudget.defaults`. */
   readonly retryBudget?: RetryBudgetModule.Options | false | undefined
+  /** How long a retry the budget refuses waits for room (see `Parts.budgetWait`). */
+  readonly budgetWait?: Duration.DurationInput | undefined
   /** A client-side rate limit. Default none. */
   readonly rate?: TokenBucketModule.Options | false | undefined
   /** A fixed number of calls in flight, or the adaptive limiter's options. Default adaptive. */
@@ -197,7 +206,8 @@ export const fromParts = (parts: Parts): Effect.Effect<Service> =>
       bucket: parts.bucket,
       limiter: parts.limiter,
       breaker: parts.breaker,
-      telemetry: parts.telemetry ?? Option.getOrUndefined(telemetry)
+      telemetry: parts.telemetry ?? Option.getOrUndefined(telemetry),
+      budgetWait: parts.budgetWait === undefined ? undefined : Duration.decode(parts.budgetWait)
     }))
 
 const unlessFalse = <O, A, R>(
@@ -245,7 +255,8 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Scope
           ? Limiter.makeFixed(limit, { classify })
           : Limiter.makeAdaptive({ ...limit, classify })),
       breaker: yield* unlessFalse(options.breaker, (breaker) =>
-        CircuitBreakerModule.make({ countLoadShed: !adaptive, ...breaker, classify }))
+        CircuitBreakerModule.make({ countLoadShed: !adaptive, ...breaker, classify })),
+      budgetWait: options.budgetWait
     })
   })
 

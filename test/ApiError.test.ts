@@ -42,6 +42,16 @@ const table: ReadonlyArray<readonly [name: string, error: unknown, verdict: ApiE
   ["502", new ApiError.ServerError({ status: 502, message: "gateway", retryAfter: none }), ApiError.outage()],
   ["408", new ApiError.UnexpectedStatus({ status: 408, message: "timeout" }), ApiError.outage()],
   ["transport", new ApiError.TransportError({ reason: "connect", message: "refused", partial: ApiError.emptyPartial }), ApiError.outage()],
+  [
+    "closed while queued, before any content",
+    new ApiError.TransportError({ reason: "body", message: "closed", partial: ApiError.emptyPartial }),
+    ApiError.loadShed(none, "overload")
+  ],
+  [
+    "closed after some content",
+    new ApiError.TransportError({ reason: "body", message: "closed", partial: { ...ApiError.emptyPartial, events: 3 } }),
+    ApiError.outage()
+  ],
   ["deadline", new ApiError.DeadlineExceeded({ reason: "first_content", after: Duration.minutes(10), partial: ApiError.emptyPartial }), ApiError.outage()],
   ["truncated", new ApiError.StreamTruncated({ partial: ApiError.emptyPartial }), ApiError.outage()],
   ["error event", new ApiError.UpstreamError({ message: "x", partial: ApiError.emptyPartial }), ApiError.outage()],

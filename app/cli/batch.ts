@@ -7,7 +7,7 @@ import * as Console from "effect/Console"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
-import type * as AccountPool from "../../src/AccountPool.js"
+import * as AccountPool from "../../src/AccountPool.js"
 import * as Accounts from "../../src/Accounts.js"
 import { scrubSecrets } from "../../src/ApiError.js"
 import * as Batch from "../../src/Batch.js"
@@ -64,12 +64,22 @@ const withConcurrency = (accounts: ReadonlyArray<Accounts.Account>, concurrency:
     onSome: (n) => accounts.map((account): Accounts.Account => ({ ...account, concurrency: n }))
   })
 
+/** Retries of a batch line: twice an interactive call's, paced by the retry budget. */
+const batchRetries = 10
+
 const durationFlag = (flag: string, duration: Option.Option<Duration.Duration>): ReadonlyArray<string> =>
   Option.match(duration, { onNone: () => [], onSome: (d) => [flag, `${Duration.toMillis(d)}ms`] })
 
-/** The pool's options the flags set: how long a line waits for an account, and each attempt's deadlines. */
-const poolOptions = (args: BatchArgs): AccountPool.Options => ({
-  ...Option.match(args.maxWait, { onNone: () => ({}), onSome: (maxWait) => ({ maxWait }) }),
+/**
+ * The client's options for batch work, which would rather wait than fail: each line waits for an
+ * account (and a retry for the retry budget's room) up to `--max-wait`, and has more retries
+ * than an interactive call (the budget paces them), so a transient outage never leaves failed
+ * lines to rerun. The deadline flags set each attempt's deadlines.
+ */
+const poolOptions = (args: BatchArgs): AccountPool.PoolOptions => ({
+  maxWait: Option.getOrElse(args.maxWait, () => AccountPool.defaults.maxWait),
+  budgetWait: Option.getOrElse(args.maxWait, () => AccountPool.defaults.maxWait),
+  retry: { maxRetries: batchRetries },
   deadlines: {
     ...Option.match(args.firstContentTimeout, { onNone: () => ({}), onSome: (firstContent) => ({ firstContent }) }),
     ...Option.match(args.idleTimeout, { onNone: () => ({}), onSome: (idle) => ({ idle }) }),

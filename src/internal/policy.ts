@@ -41,6 +41,8 @@ export interface Parts {
   readonly limiter: ConcurrencyLimiter.Service | undefined
   readonly breaker: CircuitBreaker.Service | undefined
   readonly telemetry: Telemetry.Service | undefined
+  /** How long a retry the budget refuses waits for room; by default the retry policy's `maxRetryAfter`. */
+  readonly budgetWait: Duration.Duration | undefined
 }
 
 // -----------------------------------------------------------------------------
@@ -150,7 +152,7 @@ export const make = (parts: Parts): Service => {
   const retries = (schedule: Schedule.Schedule<unknown, unknown>): Schedule.Schedule<unknown, unknown> => {
     const guarded = budget === undefined
       ? schedule
-      : schedule.pipe(RetryBudget.guard(budget, { waitFor: retry?.maxRetryAfter ?? Duration.zero }))
+      : schedule.pipe(RetryBudget.guard(budget, { waitFor: parts.budgetWait ?? retry?.maxRetryAfter ?? Duration.zero }))
     return Schedule.modifyDelayEffect(guarded, (error, delay) => Effect.as(onRetry(error, delay), delay))
   }
   // Built once: every call of `apply` follows the same schedule.
