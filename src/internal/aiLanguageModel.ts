@@ -19,6 +19,7 @@ import type { Span } from "effect/Tracer"
 import type { Config, Options } from "../AiLanguageModel.js"
 import type * as Chat from "../ChatSchema.js"
 import { Resilient, type ResilientError } from "../Resilient.js"
+import { ATTR_GEN_AI_PROVIDER_NAME, GEN_AI_PROVIDER_NAME_VALUE_DEEPSEEK } from "./genAi.js"
 
 const moduleName = "weatherproof/AiLanguageModel"
 
@@ -428,7 +429,12 @@ const fromResilient = (method: string) => (error: ResilientError): AiError.AiErr
 // Telemetry
 // =============================================================================
 
-const annotateRequest = (span: Span, request: Chat.ChatCompletionRequest): void =>
+/**
+ * `@effect/ai`'s annotations, which name the provider `gen_ai.system` (the conventions' older
+ * name), and `gen_ai.provider.name`, which replaced it.
+ */
+const annotateRequest = (span: Span, request: Chat.ChatCompletionRequest): void => {
+  span.attribute(ATTR_GEN_AI_PROVIDER_NAME, GEN_AI_PROVIDER_NAME_VALUE_DEEPSEEK)
   addGenAIAnnotations(span, {
     system: "deepseek",
     operation: { name: "chat" },
@@ -442,6 +448,7 @@ const annotateRequest = (span: Span, request: Chat.ChatCompletionRequest): void 
       stopSequences: typeof request.stop === "string" ? [request.stop] : request.stop
     }
   })
+}
 
 const annotatePart = (span: Span, part: Response.StreamPartEncoded | Response.PartEncoded): void => {
   if (part.type === "response-metadata") {
