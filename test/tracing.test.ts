@@ -4,6 +4,7 @@
  * account, the transport's under each; the GenAI semantic conventions' attributes and
  * weatherproof's; no key and no prompt or completion text unless the caller opted in.
  */
+import * as LanguageModel from "@effect/ai/LanguageModel"
 import * as NodeSdk from "@effect/opentelemetry/NodeSdk"
 import type * as HttpClient from "@effect/platform/HttpClient"
 import { describe, expect, it } from "@effect/vitest"
@@ -14,8 +15,10 @@ import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
+import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
 import type { Account } from "../src/Accounts.js"
+import * as AiLanguageModel from "../src/AiLanguageModel.js"
 import * as AccountPool from "../src/AccountPool.js"
 import type { ChatCompletionRequest } from "../src/ChatSchema.js"
 import * as ChatStream from "../src/ChatStream.js"
@@ -241,46 +244,38 @@ describe("the span tree of a retried, failed-over call", () => {
     })
   }
 
-  it.effect("records the prompt and the completion on the client's span only with CaptureContent", () => {
+  /** The spans of `call` with `CaptureContent` set, its 429's wait run on the `TestClock`. */
+  const capturing = <A, E, R>(call: Effect.Effect<A, E, R>) => {
     const exporter = new InMemorySpanExporter()
     return Effect.gen(function*() {
-      const fiber = yield* Effect.fork(calls.create.pipe(Effect.provideService(Resilient.CaptureContent, true)))
+      const fiber = yield* Effect.fork(call.pipe(Effect.provideService(Resilient.CaptureContent, true)))
       yield* TestClock.adjust("5 seconds")
       yield* Fiber.join(fiber)
-      const spans = exporter.getFinishedSpans()
+      return exporter.getFinishedSpans()
+    }).pipe(Effect.provide(Layer.merge(stack(accounts, upstream()), tracing(exporter))))
+  }
+  const outputMessages = [
+    { role: "assistant", parts: [{ type: "reasoning", content: reasoning }, { type: "text", content: answer }], finish_reason: "stop" }
+  ]
+
+  it.effect("records the prompt and the completion on the client's span only with CaptureContent", () =>
+    Effect.gen(function*() {
+      const spans = yield* capturing(calls.create)
       const [client] = byName(spans, "weatherproof.Resilient.create")
       expect(JSON.parse(String(client!.attributes[semconv.ATTR_GEN_AI_INPUT_MESSAGES]))).toEqual([
         { role: "system", parts: [{ type: "text", content: "Answer briefly." }] },
         { role: "user", parts: [{ type: "text", content: prompt }] }
       ])
-      expect(JSON.parse(String(client!.attributes[semconv.ATTR_GEN_AI_OUTPUT_MESSAGES]))).toEqual([
-        {
-          role: "assistant",
-          parts: [{ type: "reasoning", content: reasoning }, { type: "text", content: answer }],
-          finish_reason: "stop"
-        }
-      ])
+      expect(JSON.parse(String(client!.attributes[semconv.ATTR_GEN_AI_OUTPUT_MESSAGES]))).toEqual(outputMessages)
       expect(leaks(spans.filter((span) => span !== client), [...Object.values(keys), prompt, answer])).toEqual([])
       expect(leaks([client!], Object.values(keys))).toEqual([])
-    }).pipe(Effect.provide(Layer.merge(stack(accounts, upstream()), tracing(exporter))))
-  })
+    }))
 
-  it.effect("a stream's completion is recorded too, folded from its chunks", () => {
-    const exporter = new InMemorySpanExporter()
-    return Effect.gen(function*() {
-      const fiber = yield* Effect.fork(calls.stream.pipe(Effect.provideService(Resilient.CaptureContent, true)))
-      yield* TestClock.adjust("5 seconds")
-      yield* Fiber.join(fiber)
-      const [client] = byName(exporter.getFinishedSpans(), "weatherproof.Resilient.stream")
-      expect(JSON.parse(String(client!.attributes[semconv.ATTR_GEN_AI_OUTPUT_MESSAGES]))).toEqual([
-        {
-          role: "assistant",
-          parts: [{ type: "reasoning", content: reasoning }, { type: "text", content: answer }],
-          finish_reason: "stop"
-        }
-      ])
-    }).pipe(Effect.provide(Layer.merge(stack(accounts, upstream()), tracing(exporter))))
-  })
+  it.effect("a stream's completion is recorded too, folded from its chunks", () =>
+    Effect.gen(function*() {
+      const [client] = byName(yield* capturing(calls.stream), "weatherproof.Resilient.stream")
+      expect(JSON.parse(String(client!.attributes[semconv.ATTR_GEN_AI_OUTPUT_MESSAGES]))).toEqual(outputMessages)
+    }))
 })
 
 describe("an attempt's queue wait", () => {
@@ -298,4 +293,38 @@ describe("an attempt's queue wait", () => {
       expect(waits("weatherproof.Resilient.create")).toEqual([0, 3])
     }).pipe(Effect.provide(Layer.merge(stack([account("b", { concurrency: 1 })], slow), tracing(exporter))))
   })
+})
+
+describe("under @effect/ai", () => {
+  const modelCalls = {
+    generateText: { method: "create", reply: MockUpstream.completion(generation), run: LanguageModel.generateText({ prompt }) },
+    streamText: { method: "stream", reply: MockUpstream.streamed(generation), run: Stream.runDrain(LanguageModel.streamText({ prompt })) }
+  }
+
+  for (const [name, { method, reply, run }] of Object.entries(modelCalls)) {
+    it.effect(`LanguageModel.${name}'s span names the provider as the conventions now do, and is the client's parent`, () => {
+      const exporter = new InMemorySpanExporter()
+      const model = AiLanguageModel.layer({ model: "deepseek-v4-flash" }).pipe(
+        Layer.provideMerge(stack([account("b")], MockUpstream.layer([reply])))
+      )
+      return Effect.gen(function*() {
+        yield* run
+        const spans = exporter.getFinishedSpans()
+        expect(render(spans)).toEqual([
+          `LanguageModel.${name}`,
+          `  weatherproof.Resilient.${method}`,
+          `    weatherproof.AccountPool.${method} [b]`,
+          `      weatherproof.Transport.${method}`,
+          "        http.client POST"
+        ])
+        expect(byName(spans, `LanguageModel.${name}`)[0]!.attributes).toMatchObject({
+          [semconv.ATTR_GEN_AI_PROVIDER_NAME]: "deepseek",
+          [semconv.ATTR_GEN_AI_OPERATION_NAME]: "chat",
+          [semconv.ATTR_GEN_AI_REQUEST_MODEL]: "deepseek-v4-flash",
+          [semconv.ATTR_GEN_AI_USAGE_INPUT_TOKENS]: 120
+        })
+        expect(leaks(spans, [keys.b, prompt, answer])).toEqual([])
+      }).pipe(Effect.provide(Layer.merge(model, tracing(exporter))))
+    })
+  }
 })

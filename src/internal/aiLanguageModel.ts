@@ -15,7 +15,7 @@ import * as Encoding from "effect/Encoding"
 import * as Option from "effect/Option"
 import * as Predicate from "effect/Predicate"
 import * as Stream from "effect/Stream"
-import type { Span } from "effect/Tracer"
+import { ParentSpan, type Span } from "effect/Tracer"
 import type { Config, Options } from "../AiLanguageModel.js"
 import type * as Chat from "../ChatSchema.js"
 import { Resilient, type ResilientError } from "../Resilient.js"
@@ -53,10 +53,15 @@ export const make = (options: Options, contextConfig: Effect.Effect<Config.Servi
           Effect.flatMap(completionParts),
           Effect.tap((parts) => parts.forEach((part) => annotatePart(provider.span, part)))
         ),
+      // `@effect/ai` makes the span of `streamText` without making it the stream's parent (as it
+      // does for `generateText`): the client's spans belong under it.
       streamText: (provider) =>
         Stream.unwrap(Effect.map(prepare(provider), ({ callOptions, request }) =>
           streamParts(Stream.mapError(resilient.stream(request, callOptions), fromResilient("streamText")))
-        )).pipe(Stream.tap((part) => Effect.sync(() => annotatePart(provider.span, part))))
+        )).pipe(
+          Stream.tap((part) => Effect.sync(() => annotatePart(provider.span, part))),
+          Stream.provideService(ParentSpan, provider.span)
+        )
     })
   })
 

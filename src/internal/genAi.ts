@@ -85,7 +85,7 @@ const setDefined = (attributes: Attributes, name: string, value: unknown): void 
 }
 
 /** What a request asks for (never what it says): the operation, the provider, the model, the sampling. */
-export const requestAttributes = (request: ChatCompletionRequest, provider: string, stream: boolean): Attributes => {
+const requestAttributes = (request: ChatCompletionRequest, provider: string, stream: boolean): Attributes => {
   const attributes: Attributes = {
     [ATTR_GEN_AI_OPERATION_NAME]: GEN_AI_OPERATION_NAME_VALUE_CHAT,
     [ATTR_GEN_AI_PROVIDER_NAME]: provider,
@@ -135,6 +135,13 @@ const errorType = (error: unknown): string => {
 }
 
 const annotateError = (span: Tracer.Span, error: unknown): void => span.attribute(ATTR_ERROR_TYPE, errorType(error))
+
+/** `self`, its completion or its error's type read into `span`. */
+const annotateResult = <E, R>(self: Effect.Effect<ChatCompletion, E, R>, span: Tracer.Span, content: boolean) =>
+  Effect.tapBoth(self, {
+    onSuccess: (completion) => Effect.sync(() => annotateCompletion(span, completion, content)),
+    onFailure: (error) => Effect.sync(() => annotateError(span, error))
+  })
 
 /** A response's attributes as its chunks arrive: each is set once known, so the span has them however it ends. */
 class StreamResponse {
@@ -302,11 +309,11 @@ export const traceCreate = <E, R>(
   content: boolean,
   call: (trace: Trace) => Effect.Effect<ChatCompletion, E, R>
 ): Effect.Effect<ChatCompletion, E, R> =>
-  inSpan(name, { kind: "client", attributes: callAttributes(request, content, false) }, (span) =>
-    Effect.tapBoth(call(new CallTrace(span)), {
-      onSuccess: (completion) => Effect.sync(() => annotateCompletion(span, completion, content)),
-      onFailure: (error) => Effect.sync(() => annotateError(span, error))
-    }))
+  inSpan(
+    name,
+    { kind: "client", attributes: callAttributes(request, content, false) },
+    (span) => annotateResult(call(new CallTrace(span)), span, content)
+  )
 
 /** A client's `stream` in its span `name` (kind client), as `traceCreate`. */
 export const traceStream = <E, R>(
@@ -378,10 +385,7 @@ export const attemptSpan = <E, R>(
 ): Effect.Effect<ChatCompletion, E, R> =>
   inSpan(name, { attributes: placementAttributes(request, placement, false) }, (span) => {
     startAttempt(span, placement)
-    return Effect.tapBoth(self, {
-      onSuccess: (completion) => Effect.sync(() => annotateCompletion(span, completion, false)),
-      onFailure: (error) => Effect.sync(() => annotateError(span, error))
-    })
+    return annotateResult(self, span, false)
   })
 
 /** One attempt of the pool's `stream` on its account, in its span `name`. */
