@@ -190,7 +190,6 @@ describe("the span tree of a retried, failed-over call", () => {
           [semconv.ATTR_GEN_AI_REQUEST_MODEL]: "deepseek-v4-flash",
           [semconv.ATTR_GEN_AI_REQUEST_TEMPERATURE]: 0.3,
           [semconv.ATTR_GEN_AI_REQUEST_MAX_TOKENS]: 200,
-          [semconv.ATTR_GEN_AI_OUTPUT_TYPE]: "text",
           ...(method === "stream" ? { [semconv.ATTR_GEN_AI_REQUEST_STREAM]: true } : {}),
           [semconv.ATTR_GEN_AI_RESPONSE_ID]: "cmpl-b",
           [semconv.ATTR_GEN_AI_RESPONSE_MODEL]: "deepseek-v4-flash",

@@ -89,12 +89,15 @@ const requestAttributes = (request: ChatCompletionRequest, provider: string, str
   const attributes: Attributes = {
     [ATTR_GEN_AI_OPERATION_NAME]: GEN_AI_OPERATION_NAME_VALUE_CHAT,
     [ATTR_GEN_AI_PROVIDER_NAME]: provider,
-    [ATTR_GEN_AI_REQUEST_MODEL]: request.model,
-    [ATTR_GEN_AI_OUTPUT_TYPE]: request.response_format?.type === "json_object"
+    [ATTR_GEN_AI_REQUEST_MODEL]: request.model
+  }
+  if (stream) attributes[ATTR_GEN_AI_REQUEST_STREAM] = true
+  // Set only when the request asks for a format, as the conventions say.
+  if (request.response_format !== undefined) {
+    attributes[ATTR_GEN_AI_OUTPUT_TYPE] = request.response_format.type === "json_object"
       ? GEN_AI_OUTPUT_TYPE_VALUE_JSON
       : GEN_AI_OUTPUT_TYPE_VALUE_TEXT
   }
-  if (stream) attributes[ATTR_GEN_AI_REQUEST_STREAM] = true
   setDefined(attributes, ATTR_GEN_AI_REQUEST_MAX_TOKENS, request.max_tokens)
   setDefined(attributes, ATTR_GEN_AI_REQUEST_TEMPERATURE, request.temperature)
   setDefined(attributes, ATTR_GEN_AI_REQUEST_TOP_P, request.top_p)
@@ -238,6 +241,21 @@ const outputMessages = (completion: ChatCompletion) =>
 // The client's span: one per call, over its attempts
 // ---------------------------------------------------------------------------------------------
 
+/** Adds `amount` to the number attribute `name` of `span`. */
+const add = (span: Tracer.Span, name: string, amount: number): void =>
+  span.attribute(name, ((span.attributes.get(name) as number | undefined) ?? 0) + amount)
+
+/**
+ * The client's span of a call, parent of `span`. The call's totals are its span's own attributes
+ * (`callAttributes` starts them): its attempts add to them, the pool's attempt spans (its
+ * children) too. No registry of spans: a `WeakMap` entry per call cost ~6 µs a call in the
+ * garbage collector.
+ */
+const callSpanOf = (span: Tracer.Span): Tracer.Span | undefined => {
+  const parent = Option.getOrUndefined(span.parent)
+  return parent?._tag === "Span" && parent.attributes.has(weatherproofAttributes.attempts) ? parent : undefined
+}
+
 /** What a call of the client wraps each attempt in: nothing untraced; a count of it, traced. */
 export interface Trace {
   readonly attempt: <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
@@ -246,61 +264,37 @@ export interface Trace {
 
 export const untraced: Trace = { attempt: (self) => self, attemptStream: (self) => self }
 
-/** Traced calls by their span, for the pool's attempt spans (their children) to report to. */
-const calls = new WeakMap<Tracer.AnySpan, CallTrace>()
-
-class CallTrace implements Trace {
-  attempts = 0
-  private rateLimited = 0
-  private queueWait = 0
-  private costUsd = 0
-
-  constructor(private readonly span: Tracer.Span) {
-    calls.set(span, this)
+/** Counts each attempt of the call of `span`, and the 429s they meet. */
+const callTrace = (span: Tracer.Span): Trace => {
+  const started = () => {
+    add(span, weatherproofAttributes.attempts, 1)
+    span.attribute(weatherproofAttributes.retries, (span.attributes.get(weatherproofAttributes.attempts) as number) - 1)
   }
-
-  private started() {
-    this.attempts++
-    this.span.attribute(weatherproofAttributes.attempts, this.attempts)
-    this.span.attribute(weatherproofAttributes.retries, this.attempts - 1)
-  }
-
-  private failed(error: unknown) {
-    if (ApiError.tagOf(error) !== "RateLimited") return
-    this.rateLimited++
-    this.span.attribute(weatherproofAttributes.rateLimited, this.rateLimited)
-  }
-
-  readonly attempt = <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
-    Effect.suspend(() => {
-      this.started()
-      return Effect.tapError(self, (error) => Effect.sync(() => this.failed(error)))
+  const failed = (error: unknown) =>
+    Effect.sync(() => {
+      if (ApiError.tagOf(error) === "RateLimited") add(span, weatherproofAttributes.rateLimited, 1)
     })
-
-  readonly attemptStream = <A, E, R>(self: Stream.Stream<A, E, R>): Stream.Stream<A, E, R> =>
-    Stream.suspend(() => {
-      this.started()
-      return Stream.tapError(self, (error) => Effect.sync(() => this.failed(error)))
-    })
-
-  placed(queueWaitMillis: number) {
-    this.queueWait += queueWaitMillis
-    this.span.attribute(weatherproofAttributes.queueWait, this.queueWait / 1000)
-  }
-
-  cost(usd: number) {
-    this.costUsd += usd
-    this.span.attribute(weatherproofAttributes.costUsd, this.costUsd)
+  return {
+    attempt: (self) =>
+      Effect.suspend(() => {
+        started()
+        return Effect.tapError(self, failed)
+      }),
+    attemptStream: (self) =>
+      Stream.suspend(() => {
+        started()
+        return Stream.tapError(self, failed)
+      })
   }
 }
 
-const callAttributes = (request: ChatCompletionRequest, content: boolean, stream: boolean): Attributes => ({
-  ...requestAttributes(request, GEN_AI_PROVIDER_NAME_VALUE_DEEPSEEK, stream),
-  [weatherproofAttributes.attempts]: 0,
-  [weatherproofAttributes.retries]: 0,
-  [weatherproofAttributes.rateLimited]: 0,
-  ...(content ? { [ATTR_GEN_AI_INPUT_MESSAGES]: JSON.stringify(request.messages.map(inputMessage)) } : {})
-})
+const callAttributes = (request: ChatCompletionRequest, content: boolean, stream: boolean): Attributes => {
+  const attributes = requestAttributes(request, GEN_AI_PROVIDER_NAME_VALUE_DEEPSEEK, stream)
+  attributes[weatherproofAttributes.attempts] = 0
+  attributes[weatherproofAttributes.rateLimited] = 0
+  if (content) attributes[ATTR_GEN_AI_INPUT_MESSAGES] = JSON.stringify(request.messages.map(inputMessage))
+  return attributes
+}
 
 /** A client's `create` in its span `name` (kind client): `call` gets the trace to wrap each attempt in. */
 export const traceCreate = <E, R>(
@@ -312,7 +306,7 @@ export const traceCreate = <E, R>(
   inSpan(
     name,
     { kind: "client", attributes: callAttributes(request, content, false) },
-    (span) => annotateResult(call(new CallTrace(span)), span, content)
+    (span) => annotateResult(call(callTrace(span)), span, content)
   )
 
 /** A client's `stream` in its span `name` (kind client), as `traceCreate`. */
@@ -325,7 +319,7 @@ export const traceStream = <E, R>(
   inStreamSpan(
     name,
     { kind: "client", attributes: callAttributes(request, content, true) },
-    (span) => annotateStream(call(new CallTrace(span)), span, content)
+    (span) => annotateStream(call(callTrace(span)), span, content)
   )
 
 // ---------------------------------------------------------------------------------------------
@@ -349,9 +343,6 @@ const parseUrl = (url: string): URL | undefined => {
   }
 }
 
-/** Traced attempts by their placement: a cost recorded for one is added to its span and to its call's. */
-const attempts = new WeakMap<object, { readonly span: Tracer.Span; readonly call: CallTrace | undefined; costUsd: number }>()
-
 const serverAttributes = (baseUrl: string): Attributes => {
   const url = parseUrl(baseUrl)
   if (url === undefined) return {}
@@ -366,15 +357,24 @@ const placementAttributes = (request: ChatCompletionRequest, placement: Placemen
   [weatherproofAttributes.queueWait]: placement.queueWaitMillis / 1000
 })
 
-/** Links an attempt's span to its call's, when it has one (the client's span is its parent). */
+/**
+ * The spans of the attempts in flight, by placement, for the costs recorded for them: the pool
+ * records a stream's in a finalizer, which runs without the stream's context (so not by the
+ * current span). Each entry is removed as its attempt ends.
+ */
+const attempts = new Map<object, Tracer.Span>()
+
+/** Numbers the attempt as its call's current one, and adds its wait to the call's. */
 const startAttempt = (span: Tracer.Span, placement: Placement): void => {
-  const call = Option.getOrUndefined(Option.flatMap(span.parent, (parent) => Option.fromNullable(calls.get(parent))))
+  const call = callSpanOf(span)
   if (call !== undefined) {
-    span.attribute(weatherproofAttributes.attempt, call.attempts)
-    call.placed(placement.queueWaitMillis)
+    span.attribute(weatherproofAttributes.attempt, call.attributes.get(weatherproofAttributes.attempts))
+    add(call, weatherproofAttributes.queueWait, placement.queueWaitMillis / 1000)
   }
-  attempts.set(placement.placed, { span, call, costUsd: 0 })
+  attempts.set(placement.placed, span)
 }
+
+const endAttempt = (placement: Placement) => Effect.sync(() => attempts.delete(placement.placed))
 
 /** One attempt of the pool's `create` on its account, in its span `name`. */
 export const attemptSpan = <E, R>(
@@ -385,7 +385,7 @@ export const attemptSpan = <E, R>(
 ): Effect.Effect<ChatCompletion, E, R> =>
   inSpan(name, { attributes: placementAttributes(request, placement, false) }, (span) => {
     startAttempt(span, placement)
-    return annotateResult(self, span, false)
+    return Effect.ensuring(annotateResult(self, span, false), endAttempt(placement))
   })
 
 /** One attempt of the pool's `stream` on its account, in its span `name`. */
@@ -397,19 +397,15 @@ export const attemptStreamSpan = <E, R>(
 ): Stream.Stream<ChatCompletionChunk, E, R> =>
   inStreamSpan(name, { attributes: placementAttributes(request, placement, true) }, (span) => {
     startAttempt(span, placement)
-    return annotateStream(self, span, false)
+    return Stream.ensuring(annotateStream(self, span, false), endAttempt(placement))
   })
 
-/**
- * Adds the cost the ledger recorded for an attempt to its span, and to its call's; nothing for an
- * attempt that is not traced. (Looked up by placement, not by the current span: a stream records
- * its cost in a finalizer, which runs without the stream's context.)
- */
+/** Adds the cost the ledger recorded for an attempt to its span and its call's; nothing for an attempt not traced. */
 export const noteCost = (placed: object, cost: Cost): Effect.Effect<void> =>
   cost._tag === "Unpriced" ? Effect.void : Effect.sync(() => {
-    const attempt = attempts.get(placed)
-    if (attempt === undefined) return
-    attempt.costUsd += cost.usd
-    attempt.span.attribute(weatherproofAttributes.costUsd, attempt.costUsd)
-    attempt.call?.cost(cost.usd)
+    const span = attempts.get(placed)
+    if (span === undefined) return
+    add(span, weatherproofAttributes.costUsd, cost.usd)
+    const call = callSpanOf(span)
+    if (call !== undefined) add(call, weatherproofAttributes.costUsd, cost.usd)
   })
