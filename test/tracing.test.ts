@@ -277,6 +277,42 @@ describe("the span tree of a retried, failed-over call", () => {
     }))
 })
 
+describe("content, when captured", () => {
+  it.effect("a tool round trip's turns as the conventions' parts: reasoning, text, tool calls, tool results", () => {
+    const exporter = new InMemorySpanExporter()
+    const roundTrip: ChatCompletionRequest = {
+      model: "deepseek-v4-flash",
+      messages: [
+        { role: "user", content: [{ type: "text", text: prompt }, { type: "image_url" }] },
+        {
+          role: "assistant",
+          content: null,
+          reasoning_content: reasoning,
+          tool_calls: [{ id: "call-1", type: "function", function: { name: "GetForecast", arguments: "{\"city\":\"Oslo\"}" } }]
+        },
+        { role: "tool", tool_call_id: "call-1", content: "{\"sky\":\"rain\"}" }
+      ]
+    }
+    return Effect.gen(function*() {
+      yield* Effect.flatMap(Resilient.Resilient, (client) => client.create(roundTrip)).pipe(
+        Effect.provideService(Resilient.CaptureContent, true)
+      )
+      const [client] = byName(exporter.getFinishedSpans(), "weatherproof.Resilient.create")
+      expect(JSON.parse(String(client!.attributes[semconv.ATTR_GEN_AI_INPUT_MESSAGES]))).toEqual([
+        { role: "user", parts: [{ type: "text", content: prompt }, { type: "image_url" }] },
+        {
+          role: "assistant",
+          parts: [
+            { type: "reasoning", content: reasoning },
+            { type: "tool_call", id: "call-1", name: "GetForecast", arguments: "{\"city\":\"Oslo\"}" }
+          ]
+        },
+        { role: "tool", parts: [{ type: "tool_call_response", id: "call-1", response: "{\"sky\":\"rain\"}" }] }
+      ])
+    }).pipe(Effect.provide(Layer.merge(stack([account("b")], MockUpstream.layer([MockUpstream.completion(generation)])), tracing(exporter))))
+  })
+})
+
 describe("an attempt's queue wait", () => {
   it.effect("is the time it waited for a permit on an account, on its span and summed on the client's", () => {
     const exporter = new InMemorySpanExporter()
