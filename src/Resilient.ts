@@ -16,11 +16,20 @@
  * A stream is retried only until its first chunk reaches the caller. After that, a retry would
  * show the caller the same content twice, so the error, with its partial output, is the answer.
  *
- * Each call runs in a span, `weatherproof.Resilient.create` or `weatherproof.Resilient.stream`
- * with the model as an attribute, the parent of the transport's spans. `create` makes its span
- * only when a tracer is installed (`Layer.setTracer`, or an OpenTelemetry layer): Effect's
- * built-in tracer sends spans nowhere, and making and parenting one costs more than every policy
- * of a call together.
+ * When a tracer is installed (`Layer.setTracer`, or an OpenTelemetry layer such as
+ * `@effect/opentelemetry`'s `NodeSdk`), each call runs in a span of kind client,
+ * `weatherproof.Resilient.create` or `weatherproof.Resilient.stream`, the parent of its attempts'
+ * spans (the transport's, or the `AccountPool`'s, one per attempt on an account). Its attributes
+ * follow the OpenTelemetry GenAI semantic conventions: `gen_ai.operation.name` (`chat`),
+ * `gen_ai.provider.name` (`deepseek`), `gen_ai.request.model` and the sampling fields,
+ * `gen_ai.response.id` / `.model` / `.finish_reasons`, `gen_ai.usage.input_tokens` /
+ * `output_tokens` (and the cache-read and reasoning tokens), `error.type`; and weatherproof's:
+ * `weatherproof.attempts`, `.retries`, `.rate_limited` (429s met), and with an `AccountPool`
+ * `.queue_wait` (seconds waited for an account) and `.cost_usd` (the attempts' cost as the
+ * `CostLedger` recorded it). The prompt and the completion (`gen_ai.input.messages`,
+ * `gen_ai.output.messages`) are recorded only with `CaptureContent` set; keys never are. With
+ * Effect's built-in tracer, which sends spans nowhere, no span is made: making and parenting one
+ * costs more than every policy of a call together.
  *
  * @since 0.1.0
  */
@@ -45,7 +54,8 @@ import * as ResponseCacheModule from "./ResponseCache.js"
 import * as TokenBucket from "./TokenBucket.js"
 import * as TransportModule from "./Transport.js"
 import { type Deadlines, Transport } from "./Transport.js"
-import { withSpanWhenTraced } from "./internal/tracing.js"
+import * as GenAi from "./internal/genAi.js"
+import { streamWhenTraced, whenTraced } from "./internal/tracing.js"
 
 /**
  * @since 0.1.0
@@ -92,6 +102,28 @@ export interface Service {
  * @category tags
  */
 export class Resilient extends Context.Tag("weatherproof/Resilient")<Resilient, Service>() {}
+
+/**
+ * Whether the client's spans record the prompt and the completion, as the GenAI conventions'
+ * `gen_ai.input.messages` and `gen_ai.output.messages` (JSON). Default `false`: they may hold
+ * personal data, and the conventions leave recording them to the user's choice. The pool's spans
+ * and the transport's never record them.
+ *
+ * @example
+ * ```ts
+ * import { Layer } from "effect"
+ * import { Resilient } from "weatherproof"
+ *
+ * // The calls of a program given this layer record their prompt and completion on their spans.
+ * const client = Layer.merge(Resilient.layerConfig, Layer.succeed(Resilient.CaptureContent, true))
+ * ```
+ *
+ * @since 0.1.0
+ * @category tracing
+ */
+export class CaptureContent extends Context.Reference<CaptureContent>()("weatherproof/Resilient/CaptureContent", {
+  defaultValue: () => false
+}) {}
 
 /**
  * What a client calls once per attempt, under the permit of its policy: a `Transport`, or an
@@ -169,17 +201,38 @@ export const makeWith = (policy: PolicyModule.Service, upstream: Upstream): Effe
         onSome: (responses) => responses.cached(request, call, { cache: options?.cache })
       })
 
+    /** One call; `trace` wraps each attempt (and counts it, when traced). */
+    const create = (request: ChatCompletionRequest, options: CallOptions | undefined, trace: GenAi.Trace) =>
+      cached(
+        request,
+        options,
+        policy.apply((permit) => trace.attempt(upstream.create(request, options, permit)), applyOptions(request, options))
+      )
+    const stream = (request: ChatCompletionRequest, options: CallOptions | undefined, trace: GenAi.Trace) =>
+      policy.applyStream(
+        (permit) => trace.attemptStream(upstream.stream(request, options, permit)),
+        applyOptions(request, options)
+      )
+
     return Resilient.of({
       create: (request, options) =>
-        withSpanWhenTraced(
-          cached(request, options, policy.apply((permit) => upstream.create(request, options, permit), applyOptions(request, options))),
-          "weatherproof.Resilient.create",
-          { model: request.model }
-        ),
+        whenTraced(create(request, options, GenAi.untraced), () =>
+          Effect.flatMap(CaptureContent, (content) =>
+            GenAi.traceCreate(
+              "weatherproof.Resilient.create",
+              request,
+              content,
+              (trace) => create(request, options, trace)
+            ))),
       stream: (request, options) =>
-        policy.applyStream((permit) => upstream.stream(request, options, permit), applyOptions(request, options)).pipe(
-          Stream.withSpan("weatherproof.Resilient.stream", { attributes: { model: request.model } })
-        )
+        streamWhenTraced(stream(request, options, GenAi.untraced), () =>
+          Stream.unwrap(Effect.map(CaptureContent, (content) =>
+            GenAi.traceStream(
+              "weatherproof.Resilient.stream",
+              request,
+              content,
+              (trace) => stream(request, options, trace)
+            ))))
     })
   })
 

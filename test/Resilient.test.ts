@@ -320,7 +320,12 @@ describe("Resilient", () => {
         expect(made.map((span) => span.name)).toEqual(["app", "weatherproof.Resilient.create"])
         const [app, call] = made
         expect(seen).toEqual([call])
-        expect(Object.fromEntries(call!.attributes)).toEqual({ model: request.model })
+        expect(Object.fromEntries(call!.attributes)).toMatchObject({
+          "gen_ai.operation.name": "chat",
+          "gen_ai.provider.name": "deepseek",
+          "gen_ai.request.model": request.model,
+          "gen_ai.response.model": generation.model
+        })
         expect(call!.parent).toEqual(Option.some(app))
         expect(call!.status._tag).toBe("Ended")
       }).pipe(Effect.provide(spanPipeline(seen)), Effect.withTracer(recording))

@@ -1,6 +1,7 @@
 /**
- * The docs' examples compile as written: every TypeScript block of README.md and docs/, and of the
- * `@example`s in the JSDoc of the public modules (src/*.ts), is a complete module, type-checked in
+ * The docs' examples compile as written: every TypeScript block of README.md and docs/, every
+ * example program of docs/examples/, and the `@example`s in the JSDoc of the public modules
+ * (src/*.ts), is a complete module, type-checked in
  * one program inside a project set up like a user's (the packed package with its peers, plus the
  * test tools an example may import), strict, with `exactOptionalPropertyTypes`, NodeNext. A
  * failure names the markdown or source file and line.
@@ -144,7 +145,7 @@ describe("exampleBlocksOf", () => {
   })
 })
 
-describe("the TypeScript blocks of README.md, docs/ and the @examples of src/", () => {
+describe("the TypeScript blocks of README.md and docs/, the programs of docs/examples/, the @examples of src/", () => {
   let checked: Checked
   beforeAll(async () => {
     checked = await typeCheck(await docsProject())
@@ -152,6 +153,7 @@ describe("the TypeScript blocks of README.md, docs/ and the @examples of src/", 
 
   it("are found, and type-check in a project with no errors of its own", () => {
     expect(blocks.filter((block) => block.file.endsWith(".md")).length).toBeGreaterThan(0)
+    expect(blocks.filter((block) => block.file.startsWith("docs/examples/")).length).toBeGreaterThan(0)
     expect(blocks.filter((block) => block.file.startsWith("src/")).length).toBeGreaterThan(0)
     expect(checked.elsewhere).toEqual([])
   })

@@ -32,8 +32,10 @@ import * as KeyPool from "../KeyPool.js"
 import * as Transport from "../Transport.js"
 import * as LimiterInternal from "./concurrencyLimiter.js"
 import { AccountSlot, Dispatcher, Lane, type LaneGrant, type Waiter } from "./dispatcher.js"
+import * as GenAi from "./genAi.js"
 import { assertValid, positive } from "./options.js"
 import { secondsBoundaries } from "./policy.js"
+import { whenTraced } from "./tracing.js"
 
 /** `AccountPool.Options` with defaults applied. */
 export interface Settings {
@@ -143,8 +145,12 @@ const policyFor = (account: Account): LimiterInternal.Policy =>
 // Errors
 // ---------------------------------------------------------------------------------------------
 
-/** An account-level failure, carried out of the account's attempt to the next placement. */
-class FailedOver extends Data.TaggedError("FailedOver")<{ readonly member: Member }> {}
+/** An account-level failure (`cause`), carried out of the account's attempt to the next placement. */
+class FailedOver extends Data.TaggedError("FailedOver")<{ readonly member: Member; readonly cause: unknown }> {
+  override get message(): string {
+    return `failed over from account ${this.member.name}: ${this.cause instanceof Error ? this.cause.message : String(this.cause)}`
+  }
+}
 
 /** Failures that never reached an upstream: not recorded as spend. */
 const wasNotSent = (verdict: ApiError.Verdict, error: unknown): boolean =>
@@ -463,7 +469,7 @@ export const make = (
         if (tag === "InsufficientBalance") yield* takeOutOfBalance(member, "402")
         if (tag === "KeyRejected" || tag === "NoUsableKey") yield* refreshWhenKeysReturn(member)
         yield* refresh(member)
-        return yield* Effect.fail(new FailedOver({ member }))
+        return yield* Effect.fail(new FailedOver({ member, cause: error }))
       })
 
     /** The next exclusions after failing over from `member`. */
@@ -475,8 +481,11 @@ export const make = (
 
     // -- cost ---------------------------------------------------------------------------------
 
-    const record = (member: Member, model: string, usage: Usage | undefined, disposition: Disposition) =>
-      Effect.asVoid(ledger.record({ account: member.name, model, usage, disposition }))
+    const record = (placed: Placed, model: string, usage: Usage | undefined, disposition: Disposition) =>
+      Effect.flatMap(
+        ledger.record({ account: placed.member.name, model, usage, disposition }),
+        (cost) => GenAi.noteCost(placed, cost)
+      )
 
     /**
      * Counts an attempt that reached its account's upstream, in the account's figures and the
@@ -521,7 +530,7 @@ export const make = (
       const partial = ApiError.partialOf(error as ApiError.ApiError)
       return Effect.zipRight(
         countSent(placed, request, verdict, error),
-        record(placed.member, model, partial.usage, delivered ? "truncated" : "discarded")
+        record(placed, model, partial.usage, delivered ? "truncated" : "discarded")
       )
     }
 
@@ -533,6 +542,16 @@ export const make = (
 
     const budget = ledger.guard
 
+    // -- spans, when traced: one per attempt placed on an account -----------------------------
+
+    /** What the span of an attempt placed on an account says of it, queued since `enteredAt`. */
+    const placementOf = (placed: Placed, request: ChatCompletionRequest, enteredAt: number): GenAi.Placement => ({
+      placed,
+      account: placed.member.account,
+      model: placed.member.modelFor(request.model),
+      queueWaitMillis: placed.placedAt - enteredAt
+    })
+
     // -- calls --------------------------------------------------------------------------------
 
     const create: Service["create"] = (request, options) => {
@@ -543,17 +562,21 @@ export const make = (
           Effect.onExit((exit) => permit.settle(exit)),
           Effect.tapBoth({
             onSuccess: (completion) =>
-              Effect.zipRight(countSent(placed, request), record(member, completion.model, completion.usage, "kept")),
+              Effect.zipRight(countSent(placed, request), record(placed, completion.model, completion.usage, "kept")),
             onFailure: (error) => recordFailure(placed, request, model, error, false)
           }),
           Effect.catchTag("CircuitOpen", (open) => failOver(member, open)),
           Effect.catchIf((error) => isAccountLevel(ApiError.classify(error)), (error) => failOver(member, error))
         )
       }
-      const attempt = (excluded: ReadonlySet<number>): Effect.Effect<ChatCompletion, PoolError> =>
-        Effect.scoped(Effect.flatMap(place(request.model, options, excluded), attemptOn)).pipe(
-          Effect.catchTag("FailedOver", ({ member }) => attempt(excludeAfter(excluded, member)))
-        )
+      const attempt = (excluded: ReadonlySet<number>): Effect.Effect<ChatCompletion, PoolError> => {
+        const placement = place(request.model, options, excluded)
+        return Effect.scoped(whenTraced(Effect.flatMap(placement, attemptOn), () => {
+          const enteredAt = now()
+          return Effect.flatMap(placement, (placed) =>
+            GenAi.attemptSpan("weatherproof.AccountPool.create", request, placementOf(placed, request, enteredAt), attemptOn(placed)))
+        })).pipe(Effect.catchTag("FailedOver", ({ member }) => attempt(excludeAfter(excluded, member))))
+      }
       return Effect.zipRight(budget, attempt(new Set()))
     }
 
@@ -583,7 +606,7 @@ export const make = (
             })
           ),
           Stream.onDone(() =>
-            Effect.zipRight(settle(Exit.void), Effect.zipRight(countSent(placed, request), record(member, servedModel, usage, "kept")))
+            Effect.zipRight(settle(Exit.void), Effect.zipRight(countSent(placed, request), record(placed, servedModel, usage, "kept")))
           ),
           Stream.catchAll((error) =>
             Stream.fromEffect(
@@ -597,10 +620,15 @@ export const make = (
       }))
 
     const stream: Service["stream"] = (request, options) => {
-      const attempt = (excluded: ReadonlySet<number>): Stream.Stream<ChatCompletionChunk, PoolError> =>
-        Stream.unwrapScoped(
-          Effect.map(place(request.model, options, excluded), (placed) => streamOn(placed, request, options))
-        ).pipe(Stream.catchTag("FailedOver", ({ member }) => attempt(excludeAfter(excluded, member))))
+      const attempt = (excluded: ReadonlySet<number>): Stream.Stream<ChatCompletionChunk, PoolError> => {
+        const placement = place(request.model, options, excluded)
+        const run = (placed: Placed) => streamOn(placed, request, options)
+        return Stream.unwrapScoped(whenTraced(Effect.map(placement, run), () => {
+          const enteredAt = now()
+          return Effect.map(placement, (placed) =>
+            GenAi.attemptStreamSpan("weatherproof.AccountPool.stream", request, placementOf(placed, request, enteredAt), run(placed)))
+        })).pipe(Stream.catchTag("FailedOver", ({ member }) => attempt(excludeAfter(excluded, member))))
+      }
       return Stream.unwrap(Effect.as(budget, attempt(new Set())))
     }
 

@@ -15,10 +15,11 @@ import * as Encoding from "effect/Encoding"
 import * as Option from "effect/Option"
 import * as Predicate from "effect/Predicate"
 import * as Stream from "effect/Stream"
-import type { Span } from "effect/Tracer"
+import { ParentSpan, type Span } from "effect/Tracer"
 import type { Config, Options } from "../AiLanguageModel.js"
 import type * as Chat from "../ChatSchema.js"
 import { Resilient, type ResilientError } from "../Resilient.js"
+import { ATTR_GEN_AI_PROVIDER_NAME, GEN_AI_PROVIDER_NAME_VALUE_DEEPSEEK } from "./genAi.js"
 
 const moduleName = "weatherproof/AiLanguageModel"
 
@@ -52,10 +53,15 @@ export const make = (options: Options, contextConfig: Effect.Effect<Config.Servi
           Effect.flatMap(completionParts),
           Effect.tap((parts) => parts.forEach((part) => annotatePart(provider.span, part)))
         ),
+      // `@effect/ai` makes the span of `streamText` without making it the stream's parent (as it
+      // does for `generateText`): the client's spans belong under it.
       streamText: (provider) =>
         Stream.unwrap(Effect.map(prepare(provider), ({ callOptions, request }) =>
           streamParts(Stream.mapError(resilient.stream(request, callOptions), fromResilient("streamText")))
-        )).pipe(Stream.tap((part) => Effect.sync(() => annotatePart(provider.span, part))))
+        )).pipe(
+          Stream.tap((part) => Effect.sync(() => annotatePart(provider.span, part))),
+          Stream.provideService(ParentSpan, provider.span)
+        )
     })
   })
 
@@ -428,7 +434,12 @@ const fromResilient = (method: string) => (error: ResilientError): AiError.AiErr
 // Telemetry
 // =============================================================================
 
-const annotateRequest = (span: Span, request: Chat.ChatCompletionRequest): void =>
+/**
+ * `@effect/ai`'s annotations, which name the provider `gen_ai.system` (the conventions' older
+ * name), and `gen_ai.provider.name`, which replaced it.
+ */
+const annotateRequest = (span: Span, request: Chat.ChatCompletionRequest): void => {
+  span.attribute(ATTR_GEN_AI_PROVIDER_NAME, GEN_AI_PROVIDER_NAME_VALUE_DEEPSEEK)
   addGenAIAnnotations(span, {
     system: "deepseek",
     operation: { name: "chat" },
@@ -442,6 +453,7 @@ const annotateRequest = (span: Span, request: Chat.ChatCompletionRequest): void 
       stopSequences: typeof request.stop === "string" ? [request.stop] : request.stop
     }
   })
+}
 
 const annotatePart = (span: Span, part: Response.StreamPartEncoded | Response.PartEncoded): void => {
   if (part.type === "response-metadata") {

@@ -1,25 +1,44 @@
 import * as Context from "effect/Context"
 import * as DefaultServices from "effect/DefaultServices"
 import * as Effect from "effect/Effect"
+import * as Stream from "effect/Stream"
 import * as Tracer from "effect/Tracer"
 
 /** Effect's built-in tracer: the one a fiber has when no other is installed. */
 const builtInTracer = Context.get(DefaultServices.liveServices, Tracer.Tracer)
 
 /**
- * `Effect.withSpan(self, name, { attributes, captureStackTrace: false })` when a tracer is
- * installed, and `self` unchanged while the fiber has Effect's built-in tracer, which sends spans
- * nowhere (as OpenTelemetry's API is a no-op until an SDK is registered). On the hot path, making
- * a span and setting it as the parent costs more than every policy together; with nothing to
- * receive the span, that is all it would be.
+ * `untraced` while the fiber has Effect's built-in tracer, which sends spans nowhere (as
+ * OpenTelemetry's API is a no-op until an SDK is registered), and `traced()` when another tracer
+ * is installed. On the hot path, making a span and setting it as the parent costs more than every
+ * policy together; with nothing to receive the span, that is all it would be.
  */
-export const withSpanWhenTraced = <A, E, R>(
-  self: Effect.Effect<A, E, R>,
-  name: string,
-  attributes: Record<string, unknown>
+export const whenTraced = <A, E, R>(
+  untraced: Effect.Effect<A, E, R>,
+  traced: () => Effect.Effect<A, E, R>
 ): Effect.Effect<A, E, R> =>
-  Effect.withFiberRuntime((fiber) =>
-    fiber.currentTracer === builtInTracer
-      ? self
-      : Effect.withSpan(self, name, { attributes, captureStackTrace: false })
+  Effect.withFiberRuntime((fiber) => fiber.currentTracer === builtInTracer ? untraced : traced())
+
+/** `whenTraced` for a stream. */
+export const streamWhenTraced = <A, E, R>(
+  untraced: Stream.Stream<A, E, R>,
+  traced: () => Stream.Stream<A, E, R>
+): Stream.Stream<A, E, R> => Stream.unwrap(whenTraced(Effect.succeed(untraced), () => Effect.sync(traced)))
+
+/** `self(span)` in a new span `name`, its parent: `Effect.withSpan` that hands the span over. */
+export const inSpan = <A, E, R>(
+  name: string,
+  options: Tracer.SpanOptions,
+  self: (span: Tracer.Span) => Effect.Effect<A, E, R>
+): Effect.Effect<A, E, R> =>
+  Effect.useSpan(name, { ...options, captureStackTrace: false }, (span) => Effect.withParentSpan(self(span), span))
+
+/** `self(span)` in a new span `name` open while the stream runs: `Stream.withSpan` that hands the span over. */
+export const inStreamSpan = <A, E, R>(
+  name: string,
+  options: Tracer.SpanOptions,
+  self: (span: Tracer.Span) => Stream.Stream<A, E, R>
+): Stream.Stream<A, E, R> =>
+  Stream.unwrap(Effect.map(Effect.orDie(Effect.currentSpan), self)).pipe(
+    Stream.withSpan(name, { ...options, captureStackTrace: false })
   )

@@ -1,8 +1,8 @@
 /**
  * The TypeScript blocks of the docs (```ts / ```typescript fences in README.md and docs/**.md, and
  * in the `@example`s of the JSDoc comments of the public modules, src/*.ts), each with where it is
- * in its file. A block is a complete module unless the line right above its fence says why not:
- * `<!-- not-typechecked: <reason> -->`.
+ * in its file, and the example programs of docs/examples/*.ts, each whole. A block is a complete
+ * module unless the line right above its fence says why not: `<!-- not-typechecked: <reason> -->`.
  */
 import * as fs from "node:fs"
 import * as path from "node:path"
@@ -11,7 +11,7 @@ import ts from "typescript"
 export interface DocBlock {
   /** The markdown or source file, relative to the repository root, with `/` separators. */
   readonly file: string
-  /** The 1-based line of the opening fence. */
+  /** The 1-based line of the opening fence; 0 for a whole file (its code starts on line 1). */
   readonly line: number
   /** Characters cut from the start of each line of `code`: the fence's indentation, a JSDoc comment's ` * `. */
   readonly indent: number
@@ -111,10 +111,24 @@ const sourceFiles = (root: string): ReadonlyArray<string> =>
     .map((file) => `src/${file}`)
     .sort()
 
+/** The example programs: docs/examples/*.ts, sorted. */
+const exampleFiles = (root: string): ReadonlyArray<string> =>
+  fs.readdirSync(path.join(root, "docs", "examples"))
+    .filter((file) => file.endsWith(".ts"))
+    .map((file) => `docs/examples/${file}`)
+    .sort()
+
 const read = (root: string, file: string) => fs.readFileSync(path.join(root, file), "utf8")
 
-/** Every TypeScript block of the docs under `root`, then of the `@example`s of its public modules. */
+/** An example program as one block: the whole file. */
+const wholeFile = (file: string, code: string): DocBlock => ({ file, line: 0, indent: 0, code, notTypeChecked: undefined })
+
+/**
+ * Every TypeScript block of the docs under `root`, then the example programs, then the blocks of
+ * the `@example`s of its public modules.
+ */
 export const docBlocks = (root: string): ReadonlyArray<DocBlock> => [
   ...docFiles(root).flatMap((file) => blocksOf(file, read(root, file))),
+  ...exampleFiles(root).map((file) => wholeFile(file, read(root, file))),
   ...sourceFiles(root).flatMap((file) => exampleBlocksOf(file, read(root, file)))
 ]

@@ -41,9 +41,23 @@ const peers = ["effect", "@effect/platform", "@effect/platform-node"]
 
 /**
  * What the docs' examples import besides the package and its peers: test tools, Node's types,
- * and the optional peer `@effect/ai` (with its own peers) of `weatherproof/AiLanguageModel`.
+ * the optional peer `@effect/ai` (with its own peers) of `weatherproof/AiLanguageModel`, the
+ * OpenTelemetry SDK and OTLP exporters of the tracing set-up, and the plain `openai` client.
  */
-const docsTools = ["@effect/vitest", "vitest", "@types/node", "@effect/ai", "@effect/experimental", "@effect/rpc"]
+const docsTools = [
+  "@effect/vitest",
+  "vitest",
+  "@types/node",
+  "@effect/ai",
+  "@effect/experimental",
+  "@effect/rpc",
+  "@effect/opentelemetry",
+  "@opentelemetry/sdk-trace-base",
+  "@opentelemetry/sdk-metrics",
+  "@opentelemetry/exporter-trace-otlp-http",
+  "@opentelemetry/exporter-metrics-otlp-http",
+  "openai"
+]
 
 /** Entry points that need an optional peer dependency, and that peer. */
 export const optionalPeerEntries: Readonly<Record<string, string>> = { "./AiLanguageModel": "@effect/ai" }
