@@ -76,6 +76,10 @@ const batch = Command.make(
       Options.withDescription("a fixed number of calls in flight per account (default: the accounts file's, else adaptive)"),
       Options.optional
     ),
+    retries: Options.integer("retries").pipe(
+      Options.withDescription("how many times a failed attempt of a line is retried (default 10; the retry budget paces them)"),
+      Options.optional
+    ),
     drainTimeout: durationOption("drain-timeout", "on SIGINT or SIGTERM, how long the calls in flight may finish (default 30s)"),
     maxWait: durationOption(
       "max-wait",

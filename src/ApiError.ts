@@ -152,7 +152,7 @@ export class DeadlineExceeded extends Data.TaggedError("DeadlineExceeded")<{
 }> {
   /** @since 0.1.0 */
   override get message(): string {
-    return `deadline ${this.reason} exceeded after ${this.after.toString()}`
+    return `deadline ${this.reason} exceeded after ${Duration.format(this.after)}`
   }
 }
 

@@ -192,7 +192,7 @@ describe("weatherproof CLI", () => {
 })
 
 describe("weatherproof batch deadlines", () => {
-  it.scopedLive("--first-content-timeout shortens every attempt's wait for content; a bad duration is a usage error", () =>
+  it.scopedLive("--first-content-timeout cuts every attempt's wait for content, --retries bounds them; bad values are usage errors", () =>
     Effect.gen(function*() {
       const fs = yield* FileSystem.FileSystem
       const simulator = yield* Simulator.make({ queueDelay: "400 millis" })
@@ -201,16 +201,24 @@ describe("weatherproof batch deadlines", () => {
       yield* fs.writeFileString(input, `${chatLine(1)}\n`)
       const env = { DEEPSEEK_API_KEY: Simulator.defaultKey, DEEPSEEK_BASE_URL: simulator.baseUrl }
 
-      const bad = yield* runCli(["batch", input, "--output", `${dir}/bad.jsonl`, "--max-wait", "soon"], env)
-      expect(bad.code).toBe(2)
-      expect(bad.stderr).toContain("expected a duration such as 30s")
+      const badWait = yield* runCli(["batch", input, "--output", `${dir}/bad.jsonl`, "--max-wait", "soon"], env)
+      expect(badWait.code).toBe(2)
+      expect(badWait.stderr).toContain("expected a duration such as 30s")
+      const badRetries = yield* runCli(["batch", input, "--output", `${dir}/bad.jsonl`, "--retries", "-1"], env)
+      expect(badRetries.code).toBe(2)
+      expect(badRetries.stderr).toContain("--retries must be at least 0")
 
-      const started = Date.now()
-      const cut = yield* runCli(["batch", input, "--output", `${dir}/out.jsonl`, "--first-content-timeout", "50ms"], env)
+      const cut = yield* runCli(
+        ["batch", input, "--output", `${dir}/out.jsonl`, "--first-content-timeout", "50ms", "--retries", "2"],
+        env
+      )
       expect(cut.code).toBe(1)
       const [line] = (yield* fs.readFileString(`${dir}/out.jsonl`)).trim().split("\n").map((l) => JSON.parse(l))
-      expect(line.error.code).toBe("DeadlineExceeded")
-      // Each attempt gave up at 50 ms: the run ended in the retries' backoff, not in waits for content.
-      expect(Date.now() - started).toBeLessThan(20_000)
+      expect(line.error).toEqual({ code: "DeadlineExceeded", message: "deadline first_content exceeded after 50ms" })
+      // Three attempts, each given up by the client before the simulator's 400 ms queue let it answer.
+      const stats = yield* simulator.stats
+      expect(stats.requests).toBe(3)
+      expect(stats.clientClosed).toBe(3)
+      expect(stats.completed).toBe(0)
     }).pipe(Effect.provide(NodeContext.layer)))
 })

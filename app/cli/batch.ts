@@ -24,6 +24,7 @@ export interface BatchArgs {
   readonly accounts: Option.Option<string>
   readonly summary: Option.Option<string>
   readonly concurrency: Option.Option<number>
+  readonly retries: Option.Option<number>
   readonly drainTimeout: Option.Option<Duration.Duration>
   readonly maxWait: Option.Option<Duration.Duration>
   readonly firstContentTimeout: Option.Option<Duration.Duration>
@@ -64,7 +65,7 @@ const withConcurrency = (accounts: ReadonlyArray<Accounts.Account>, concurrency:
     onSome: (n) => accounts.map((account): Accounts.Account => ({ ...account, concurrency: n }))
   })
 
-/** Retries of a batch line: twice an interactive call's, paced by the retry budget. */
+/** Retries of a batch line by default: twice an interactive call's, paced by the retry budget. */
 const batchRetries = 10
 
 const durationFlag = (flag: string, duration: Option.Option<Duration.Duration>): ReadonlyArray<string> =>
@@ -79,7 +80,7 @@ const durationFlag = (flag: string, duration: Option.Option<Duration.Duration>):
 const poolOptions = (args: BatchArgs): AccountPool.PoolOptions => ({
   maxWait: Option.getOrElse(args.maxWait, () => AccountPool.defaults.maxWait),
   budgetWait: Option.getOrElse(args.maxWait, () => AccountPool.defaults.maxWait),
-  retry: { maxRetries: batchRetries },
+  retry: { maxRetries: Option.getOrElse(args.retries, () => batchRetries) },
   deadlines: {
     ...Option.match(args.firstContentTimeout, { onNone: () => ({}), onSome: (firstContent) => ({ firstContent }) }),
     ...Option.match(args.idleTimeout, { onNone: () => ({}), onSome: (idle) => ({ idle }) }),
@@ -100,6 +101,7 @@ export const commandLine = (args: BatchArgs): string =>
     ...Option.match(args.accounts, { onNone: () => [], onSome: (path) => ["--accounts", path] }),
     ...Option.match(args.summary, { onNone: () => [], onSome: (path) => ["--summary", path] }),
     ...Option.match(args.concurrency, { onNone: () => [], onSome: (n) => ["--concurrency", String(n)] }),
+    ...Option.match(args.retries, { onNone: () => [], onSome: (n) => ["--retries", String(n)] }),
     ...durationFlag("--drain-timeout", args.drainTimeout),
     ...durationFlag("--max-wait", args.maxWait),
     ...durationFlag("--first-content-timeout", args.firstContentTimeout),
@@ -144,6 +146,7 @@ const runCaught = (args: BatchArgs, accounts: ReadonlyArray<Accounts.Account>) =
 export const batch = (args: BatchArgs) =>
   Effect.gen(function*() {
     if (Option.exists(args.concurrency, (n) => n < 1)) return yield* fail(2, "weatherproof: --concurrency must be at least 1")
+    if (Option.exists(args.retries, (n) => n < 0)) return yield* fail(2, "weatherproof: --retries must be at least 0")
     const accounts = withConcurrency(yield* loadAccounts(args.accounts), args.concurrency)
     const { signal, summary } = yield* runCaught(args, accounts)
     yield* Console.log(Batch.formatSummary(summary))
