@@ -30,6 +30,8 @@ export * as MockUpstream from "./MockUpstream.js"
 /** @since 0.1.0 */
 export * as Policy from "./Policy.js"
 /** @since 0.1.0 */
+export * as Redis from "./Redis.js"
+/** @since 0.1.0 */
 export * as Resilient from "./Resilient.js"
 /** @since 0.1.0 */
 export * as ResponseCache from "./ResponseCache.js"

@@ -1,0 +1,169 @@
+/**
+ * The Redis connection behind `Redis.make`: ioredis with commands that fail instead of queueing
+ * while the connection is down, scripts by SHA-1, and one subscriber connection shared by every
+ * subscription.
+ *
+ * @internal
+ */
+import { createHash } from "node:crypto"
+import * as Data from "effect/Data"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Redacted from "effect/Redacted"
+import type * as Scope from "effect/Scope"
+import * as SubscriptionRef from "effect/SubscriptionRef"
+import { Redis as IORedis } from "ioredis"
+import type { Options, Service } from "../Redis.js"
+import { assertValid } from "./options.js"
+
+export class RedisUnavailable extends Data.TaggedError("RedisUnavailable")<{
+  readonly url: string
+  readonly reason: string
+}> {
+  override get message(): string {
+    return `Redis at ${this.url} is unavailable: ${this.reason}`
+  }
+}
+
+export class RedisError extends Data.TaggedError("RedisError")<{
+  readonly operation: string
+  readonly reason: string
+}> {
+  override get message(): string {
+    return `Redis ${this.operation} failed: ${this.reason}`
+  }
+}
+
+export const defaults = {
+  prefix: "weatherproof",
+  connectTimeout: Duration.seconds(5),
+  commandTimeout: Duration.seconds(2)
+} as const
+
+/** The URL with its user and password removed, or a placeholder when it does not parse. */
+export const displayUrl = (url: string): string => {
+  try {
+    const parsed = new URL(url)
+    parsed.username = ""
+    parsed.password = ""
+    return parsed.toString()
+  } catch {
+    return "(an unparsable URL)"
+  }
+}
+
+const reasonOf = (cause: unknown): string => cause instanceof Error ? cause.message : String(cause)
+
+/** Reconnection delays: 100 ms more each time, at most 2 seconds, forever. */
+const reconnectDelay = (attempt: number): number => Math.min(attempt * 100, 2000)
+
+const clientOptions = (options: Options) => ({
+  lazyConnect: true,
+  enableOfflineQueue: false,
+  maxRetriesPerRequest: 0,
+  connectTimeout: Duration.toMillis(options.connectTimeout ?? defaults.connectTimeout),
+  commandTimeout: Duration.toMillis(options.commandTimeout ?? defaults.commandTimeout),
+  retryStrategy: reconnectDelay
+})
+
+const escapePart = (part: string): string => encodeURIComponent(part)
+
+/** Opens a connection; the scope closes it. */
+const connect = (url: string, options: Options): Effect.Effect<IORedis, RedisUnavailable, Scope.Scope> =>
+  Effect.acquireRelease(
+    Effect.tryPromise({
+      try: async () => {
+        const client = new IORedis(url, clientOptions(options))
+        // Errors reach callers through their commands; without a listener ioredis prints them.
+        client.on("error", () => {})
+        try {
+          await client.connect()
+          return client
+        } catch (cause) {
+          client.disconnect()
+          throw cause
+        }
+      },
+      catch: (cause) => new RedisUnavailable({ url: displayUrl(url), reason: reasonOf(cause) })
+    }),
+    (client) => Effect.sync(() => client.disconnect())
+  )
+
+export const make = (options: Options): Effect.Effect<Service, RedisUnavailable, Scope.Scope> =>
+  Effect.gen(function*() {
+    const prefix = options.prefix ?? defaults.prefix
+    assertValid("Redis", [/^[^{}]+$/.test(prefix) ? undefined : `prefix must be non-empty, without braces, got "${prefix}"`])
+    const url = Redacted.isRedacted(options.url) ? Redacted.value(options.url) : options.url
+    const client = yield* connect(url, options)
+    const subscriptions = yield* subscriberOf(url, options)
+    const ready = yield* SubscriptionRef.make(true)
+    const setReady = (value: boolean) => () => Effect.runSync(SubscriptionRef.set(ready, value))
+    client.on("ready", setReady(true))
+    client.on("close", setReady(false))
+
+    const run = <A>(operation: string, send: () => Promise<A>): Effect.Effect<A, RedisError> =>
+      Effect.tryPromise({ try: send, catch: (cause) => new RedisError({ operation, reason: reasonOf(cause) }) })
+
+    const script = (lua: string) => {
+      const sha = createHash("sha1").update(lua).digest("hex")
+      return (keys: ReadonlyArray<string>, args: ReadonlyArray<string | number>) =>
+        run("EVALSHA", async () => {
+          try {
+            return await client.evalsha(sha, keys.length, ...keys, ...args)
+          } catch (cause) {
+            if (!reasonOf(cause).startsWith("NOSCRIPT")) throw cause
+            return await client.eval(lua, keys.length, ...keys, ...args)
+          }
+        })
+    }
+
+    return {
+      url: displayUrl(url),
+      key: (...parts) => `{${prefix}}:${parts.map(escapePart).join(":")}`,
+      script,
+      command: (name, args) => run(name, () => client.call(name, ...args)),
+      publish: (channel, message) => Effect.asVoid(run("PUBLISH", () => client.publish(channel, message))),
+      subscribe: subscriptions.add,
+      isReady: SubscriptionRef.get(ready),
+      readiness: ready.changes
+    } satisfies Service
+  })
+
+/**
+ * The subscriber connection (a connection in pub/sub mode takes no other command) and its handlers
+ * by channel: one SUBSCRIBE per channel, however many handlers.
+ */
+const subscriberOf = (url: string, options: Options) =>
+  Effect.gen(function*() {
+    const connection = yield* connect(url, options)
+    const handlers = new Map<string, Set<(message: string) => void>>()
+    connection.on("message", (channel: string, message: string) => {
+      for (const handler of handlers.get(channel) ?? []) handler(message)
+    })
+    const remove = (channel: string, onMessage: (message: string) => void) => {
+      const set = handlers.get(channel)
+      set?.delete(onMessage)
+      if (set?.size !== 0) return
+      handlers.delete(channel)
+      connection.unsubscribe(channel).catch(() => {})
+    }
+    const add = (channel: string, onMessage: (message: string) => void) =>
+      Effect.acquireRelease(
+        Effect.tryPromise({
+          try: async () => {
+            const set = handlers.get(channel)
+            if (set !== undefined) return void set.add(onMessage)
+            handlers.set(channel, new Set([onMessage]))
+            try {
+              await connection.subscribe(channel)
+            } catch (cause) {
+              remove(channel, onMessage)
+              throw cause
+            }
+          },
+          catch: (cause) => new RedisError({ operation: "SUBSCRIBE", reason: reasonOf(cause) })
+        }),
+        () => Effect.sync(() => remove(channel, onMessage))
+      ).pipe(Effect.asVoid)
+    return { add }
+  })

@@ -1,0 +1,91 @@
+import { describe, expect, it } from "@effect/vitest"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Redacted from "effect/Redacted"
+import * as Stream from "effect/Stream"
+import * as Redis from "../src/Redis.js"
+import { redisServer, redisServerPresent, skipMessage } from "./support/redisServer.js"
+
+/** Waits (bounded, 5 s) until `isReady` is `value`. */
+const awaitReady = (redis: Redis.Service, value: boolean) =>
+  redis.readiness.pipe(Stream.filter((ready) => ready === value), Stream.take(1), Stream.runDrain, Effect.timeout("5 seconds"))
+
+describe.skipIf(!redisServerPresent)(skipMessage("Redis"), () => {
+  it.scopedLive("keys are namespaced under a hash tag, with their parts escaped", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const redis = yield* Redis.make({ url: server.url, prefix: "tenant-a" })
+      expect(redis.key("lane", "main account", "deepseek-v4-flash")).toBe("{tenant-a}:lane:main%20account:deepseek-v4-flash")
+      expect(redis.key("a:b{c}")).toBe("{tenant-a}:a%3Ab%7Bc%7D")
+      yield* redis.command("SET", [redis.key("hello"), "world"])
+      expect(yield* redis.command("GET", [redis.key("hello")])).toBe("world")
+    }))
+
+  it.scopedLive("an unreachable server fails with RedisUnavailable naming the URL without its credentials", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      yield* server.stop
+      const url = `redis://admin:s3cret-password@127.0.0.1:${server.port}/2`
+      const exit = yield* Effect.exit(Redis.make({ url: Redacted.make(url), connectTimeout: "1 second" }))
+      expect(Exit.isFailure(exit)).toBe(true)
+      const error = Exit.isFailure(exit) ? exit.cause : undefined
+      const text = JSON.stringify(error) + String(error)
+      expect(text).not.toContain("s3cret")
+      expect(text).not.toContain("admin")
+      expect(text).toContain(`RedisUnavailable`)
+      expect(text).toContain(`redis://127.0.0.1:${server.port}/2`)
+    }))
+
+  it.scopedLive("a script survives a restart of the server, which forgets every script", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const redis = yield* Redis.make({ url: server.url })
+      const incr = redis.script(`return redis.call("INCRBY", KEYS[1], ARGV[1])`)
+      expect(yield* incr([redis.key("n")], [2])).toBe(2)
+      expect(yield* incr([redis.key("n")], [3])).toBe(5)
+      yield* server.restart
+      yield* awaitReady(redis, true)
+      // NOSCRIPT: the client sends the script in full and goes on by its SHA-1.
+      expect(yield* Effect.retry(incr([redis.key("n")], [4]), { times: 50 })).toBe(4)
+    }))
+
+  it.scopedLive("commands fail at once while the server is down, and work again once it is back", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const redis = yield* Redis.make({ url: server.url })
+      yield* server.stop
+      yield* awaitReady(redis, false)
+      const failed = yield* Effect.flip(redis.command("GET", [redis.key("x")]))
+      expect(failed._tag).toBe("RedisError")
+      expect(failed.operation).toBe("GET")
+      yield* server.start
+      yield* awaitReady(redis, true)
+      expect(yield* redis.command("GET", [redis.key("x")])).toBe(null)
+    }))
+
+  it.scopedLive("subscriptions deliver messages, and are renewed after the server restarts", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const redis = yield* Redis.make({ url: server.url })
+      const received: Array<string> = []
+      let next = yield* Deferred.make<void>()
+      const channel = redis.key("wake")
+      yield* redis.subscribe(channel, (message) => {
+        received.push(message)
+        Deferred.unsafeDone(next, Exit.void)
+      })
+      yield* redis.publish(channel, "one")
+      yield* Deferred.await(next).pipe(Effect.timeout("5 seconds"))
+      yield* server.restart
+      yield* awaitReady(redis, true)
+      next = yield* Deferred.make<void>()
+      // The subscriber reconnects on its own schedule: publish until a message gets through (bounded).
+      yield* redis.publish(channel, "two").pipe(
+        Effect.zipRight(Deferred.await(next).pipe(Effect.timeout("100 millis"))),
+        Effect.retry({ times: 50 })
+      )
+      expect(received[0]).toBe("one")
+      expect(received.at(-1)).toBe("two")
+    }))
+})

@@ -1,0 +1,93 @@
+/**
+ * A real `redis-server` for the tests, on a free loopback port, without persistence, stopped with
+ * the scope. `restart` stops it and starts a fresh one on the same port (every key lost, as after
+ * a crash without persistence). Where the binary is absent the Redis tests are skipped with
+ * `skipMessage`; CI installs it (.ci/run).
+ */
+import { type ChildProcess, execFileSync, spawn } from "node:child_process"
+import * as net from "node:net"
+import * as Effect from "effect/Effect"
+import type * as Scope from "effect/Scope"
+
+const binary = "redis-server"
+
+/** Whether `redis-server` is on the PATH. */
+export const redisServerPresent: boolean = (() => {
+  try {
+    execFileSync(binary, ["--version"], { stdio: "ignore" })
+    return true
+  } catch {
+    return false
+  }
+})()
+
+export const skipMessage = (title: string): string =>
+  redisServerPresent ? title : `${title}: SKIPPED, redis-server is absent (install the package redis-server)`
+
+export interface RedisServer {
+  readonly port: number
+  readonly url: string
+  /** Stops the server (SIGKILL: no shutdown save) and starts an empty one on the same port. */
+  readonly restart: Effect.Effect<void>
+  /** Stops the server until `start`. */
+  readonly stop: Effect.Effect<void>
+  readonly start: Effect.Effect<void>
+}
+
+const freePort = (): Promise<number> =>
+  new Promise((resolve, reject) => {
+    const server = net.createServer()
+    server.once("error", reject)
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as net.AddressInfo
+      server.close(() => resolve(port))
+    })
+  })
+
+/** Resolves once the port accepts a connection and answers PING with PONG; bounded to 5 seconds. */
+const awaitPong = async (port: number): Promise<void> => {
+  for (let attempt = 0; attempt < 250; attempt++) {
+    const pong = await new Promise<boolean>((resolve) => {
+      const socket = net.connect(port, "127.0.0.1")
+      socket.once("error", () => resolve(false))
+      socket.once("connect", () => socket.write("PING\r\n"))
+      socket.once("data", (data) => {
+        socket.destroy()
+        resolve(data.toString().startsWith("+PONG"))
+      })
+    })
+    if (pong) return
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+  throw new Error(`redis-server did not answer on port ${port} within 5 seconds`)
+}
+
+const launch = async (port: number): Promise<ChildProcess> => {
+  const child = spawn(binary, ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
+    stdio: "ignore"
+  })
+  await awaitPong(port)
+  return child
+}
+
+const kill = (child: ChildProcess): Promise<void> =>
+  new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve()
+    child.once("exit", () => resolve())
+    child.kill("SIGKILL")
+  })
+
+/** A server for the scope. */
+export const redisServer: Effect.Effect<RedisServer, never, Scope.Scope> = Effect.gen(function*() {
+  const port = yield* Effect.promise(freePort)
+  let child: ChildProcess | undefined = yield* Effect.promise(() => launch(port))
+  const stop = Effect.promise(async () => {
+    if (child !== undefined) await kill(child)
+    child = undefined
+  })
+  const start = Effect.promise(async () => {
+    child ??= await launch(port)
+  })
+  yield* Effect.addFinalizer(() => stop)
+  return { port, url: `redis://127.0.0.1:${port}`, stop, start, restart: Effect.zipRight(stop, start) }
+})
