@@ -5,7 +5,7 @@
 import type { Sample } from "../src/Simulator.js"
 import type { ClientLimitSample, GoodputReport } from "./goodput.js"
 import { timeLimitMs } from "./goodput.js"
-import { describeCaps } from "./scenario.js"
+import { capAt, describeCaps, type Model, nextChangeAfter } from "./scenario.js"
 
 interface Point {
   readonly t: number
@@ -111,7 +111,19 @@ const svg = (width: number, height: number, body: ReadonlyArray<string>): string
 
 type Timeline = ReadonlyArray<Sample>
 
-const capPoints = (timeline: Timeline): ReadonlyArray<Point> => timeline.map((sample) => ({ t: sample.t, value: sample.limit }))
+/**
+ * A model's cap over a run: a cap that moves by time drawn from its schedule (the Simulator
+ * samples it only when something happens, so a quiet spell would hide its steps), any other from
+ * the samples.
+ */
+const capPoints = (model: Model, timeline: Timeline, endMs: number): ReadonlyArray<Point> => {
+  if (model.caps._tag !== "ByTime") return timeline.map((sample) => ({ t: sample.t, value: sample.limit }))
+  const points: Array<Point> = []
+  for (let t: number | undefined = 0; t !== undefined && t < endMs; t = nextChangeAfter(model.caps, t)) {
+    points.push({ t, value: capAt(model.caps, t, 0) })
+  }
+  return points
+}
 
 const inFlightPoints = (timeline: Timeline): ReadonlyArray<Point> =>
   timeline.map((sample) => ({ t: sample.t, value: sample.inFlight }))
@@ -140,16 +152,17 @@ export const goodputChart = (report: GoodputReport): string => {
   const panelHeight = models.length === 1 ? 320 : 200
   const gap = 40
   const endMs = Math.max(wp.makespanMs, report.oracle.makespanMs)
-  const seriesOf = (serving: string): ReadonlyArray<Series> => {
+  const seriesOf = (model: Model): ReadonlyArray<Series> => {
+    const serving = model.serving
     const result = wp.byModel[serving]!
     return [
-      { label: "cap (Simulator)", color: "#222", width: 2.5, points: capPoints(result.timeline) },
+      { label: "cap (Simulator)", color: "#222", width: 2.5, points: capPoints(model, result.timeline, endMs) },
       { label: "oracle in flight", color: "#aaa", width: 1.5, dash: "5 3", points: inFlightPoints(report.oracle.byModel[serving]!.timeline) },
       { label: "weatherproof limiter's limit", color: "#e08a00", width: 1.5, points: limiterPoints(result.clientLimit) },
       { label: "weatherproof in flight (Simulator)", color: "#1f6fd1", width: 1.2, points: inFlightPoints(result.timeline) }
     ]
   }
-  const maxValue = topOf(Math.max(...models.map((model) => maxOf(seriesOf(model.serving)))))
+  const maxValue = topOf(Math.max(...models.map((model) => maxOf(seriesOf(model)))))
   const panelTop = (i: number) => (models.length === 1 ? 56 : 76) + i * (panelHeight + gap)
   const panels = models.flatMap((model, i) => {
     const frame: Frame = { left: 60, top: panelTop(i), width: 840, height: panelHeight, maxSeconds: Math.ceil(endMs / 1000), maxValue }
@@ -161,7 +174,7 @@ export const goodputChart = (report: GoodputReport): string => {
           seconds(report.oracle.byModel[model.serving]!.doneMs)
         })`
       )}</text>`]
-    return [...heading, axes(frame, "requests in flight"), seriesPaths(frame, seriesOf(model.serving), endMs)]
+    return [...heading, axes(frame, "requests in flight"), seriesPaths(frame, seriesOf(model), endMs)]
   })
   const bottom = panelTop(models.length) - gap
   const subtitle = `weatherproof ${seconds(wp.makespanMs)} (oracle ${seconds(report.oracle.makespanMs)}), ${
@@ -172,7 +185,7 @@ export const goodputChart = (report: GoodputReport): string => {
     `<text x="60" y="40">${escape(subtitle)}</text>`,
     ...panels,
     `<text x="${60 + 840 / 2}" y="${bottom + 34}" text-anchor="middle">seconds since the first request</text>`,
-    legend(60, bottom + 60, 215, seriesOf(models[0]!.serving))
+    legend(60, bottom + 60, 215, seriesOf(models[0]!))
   ])
 }
 
@@ -202,9 +215,9 @@ export const peersChart = (report: GoodputReport): string => {
   const panelHeight = 110
   const gap = 44
   const maxValue = topOf(Math.max(...panels.flatMap((p) => p.timelines.flat().map((s) => Math.max(s.limit, s.inFlight)))))
-  const seriesOf = (timelines: ReadonlyArray<Timeline>): ReadonlyArray<Series> =>
+  const seriesOf = (timelines: ReadonlyArray<Timeline>, endMs: number): ReadonlyArray<Series> =>
     models.flatMap((model, i) => [
-      { label: `${model.serving} cap`, color: "#222", width: 2, dash: capDashes[i], points: capPoints(timelines[i]!) },
+      { label: `${model.serving} cap`, color: "#222", width: 2, dash: capDashes[i], points: capPoints(model, timelines[i]!, endMs) },
       { label: `${model.serving} in flight`, color: modelColors[i]!, width: 1.1, points: inFlightPoints(timelines[i]!) }
     ])
   const top = models.length === 1 ? 76 : 100
@@ -220,7 +233,7 @@ export const peersChart = (report: GoodputReport): string => {
     return [
       `<text x="${frame.left}" y="${frame.top - 8}" font-weight="600">${escape(panel.title)}</text>`,
       axes(frame, "in flight"),
-      seriesPaths(frame, seriesOf(panel.timelines), panel.endMs)
+      seriesPaths(frame, seriesOf(panel.timelines, panel.endMs), panel.endMs)
     ]
   })
   const height = top + panels.length * (panelHeight + gap) + 10
@@ -230,7 +243,7 @@ export const peersChart = (report: GoodputReport): string => {
   return svg(960, height, [
     `<text x="60" y="24" font-size="14" font-weight="600">${escape(title(report))}</text>`,
     `<text x="60" y="42">${escape(subtitle)}</text>`,
-    ...(models.length === 1 ? [] : [legend(60, 66, 215, seriesOf(panels[0]!.timelines))]),
+    ...(models.length === 1 ? [] : [legend(60, 66, 215, seriesOf(panels[0]!.timelines, panels[0]!.endMs))]),
     ...body
   ])
 }
