@@ -139,8 +139,8 @@ export interface Scenario {
 export interface ScenarioOptions extends Omit<Scenario, "requests" | "mix"> {
   /** Names the requests' markers: `request 12 of the <marker> benchmark`. */
   readonly marker: string
-  /** The models of requests 1, 2, … in turn, repeated. */
-  readonly pattern: ReadonlyArray<Model>
+  /** The models of requests 1, 2, … in turn, repeated. Default: `models`. */
+  readonly pattern?: ReadonlyArray<Model>
   readonly count: number
 }
 
@@ -164,7 +164,8 @@ const firstServiceMs = (options: ScenarioOptions, wire: string): number =>
 const makeRequest = (options: ScenarioOptions, index: number): BenchRequest => {
   const customId = `bench-${String(index + 1).padStart(4, "0")}`
   const marker = `request ${index + 1} of the ${options.marker} benchmark`
-  const model = options.pattern[index % options.pattern.length]!
+  const pattern = options.pattern ?? options.models
+  const model = pattern[index % pattern.length]!
   const body = { model: model.requested, messages: [{ role: "user", content: marker }] }
   const wire = JSON.stringify({ ...decodeRequest(body), stream: false })
   return {
@@ -190,7 +191,7 @@ export const make = (options: ScenarioOptions): Scenario => {
   const { count, marker, pattern, ...scenario } = options
   return {
     ...scenario,
-    mix: describeMix(pattern),
+    mix: describeMix(pattern ?? scenario.models),
     requests: Array.from({ length: count }, (_, i) => makeRequest(options, i))
   }
 }
