@@ -4,7 +4,7 @@
  */
 import type { Sample } from "../src/Simulator.js"
 import type { ClientLimitSample, GoodputReport } from "./goodput.js"
-import { timeLimitMs } from "./goodput.js"
+import { results, timeLimitMs } from "./goodput.js"
 import { capAt, describeCaps, type Model, nextChangeAfter } from "./scenario.js"
 
 interface Point {
@@ -196,14 +196,13 @@ const capDashes = [undefined, "6 3"]
 /** One panel per contender (and the oracle), on a shared time axis: each model's cap and its requests in flight. */
 export const peersChart = (report: GoodputReport): string => {
   const models = report.scenario.models
-  const contenders = [report.weatherproof, ...(report.library === undefined ? [] : [report.library]), ...report.peers]
   const panels: ReadonlyArray<{ readonly title: string; readonly timelines: ReadonlyArray<Timeline>; readonly endMs: number }> = [
     {
       title: `oracle: ${seconds(report.oracle.makespanMs)}`,
       timelines: models.map((model) => report.oracle.byModel[model.serving]!.timeline),
       endMs: report.oracle.makespanMs
     },
-    ...contenders.map((result) => ({
+    ...results(report).map((result) => ({
       title: `${result.name}: ${result.finished ? seconds(result.makespanMs) : `unfinished after ${seconds(timeLimitMs)}`}, ${
         result.rateLimited
       } × 429, ${result.requestsReceived} requests sent`,

@@ -83,6 +83,13 @@ export interface GoodputReport {
   readonly peers: ReadonlyArray<ContenderResult>
 }
 
+/** Every contender's result, in the order they ran. */
+export const results = (report: GoodputReport): ReadonlyArray<ContenderResult> => [
+  report.weatherproof,
+  ...(report.library === undefined ? [] : [report.library]),
+  ...report.peers
+]
+
 /** How a contender's run ended. */
 interface RunOutcome {
   /** Within the time limit. */

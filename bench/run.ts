@@ -63,12 +63,6 @@ const printTable = (header: Table.Row, rows: ReadonlyArray<Table.Row>, leftColum
 
 const requestShare = (report: Goodput.GoodputReport, count: number) => percent(count / report.scenario.requests.length)
 
-const contendersOf = (report: Goodput.GoodputReport): ReadonlyArray<Goodput.ContenderResult> => [
-  report.weatherproof,
-  ...(report.library === undefined ? [] : [report.library]),
-  ...report.peers
-]
-
 const contenderName = (r: Goodput.ContenderResult) => r.finished ? r.name : `${r.name} (stopped at ${seconds(Goodput.timeLimitMs)})`
 
 const goodputHeader = ["contender", "makespan", "× oracle", "429s", "429s / requests", "sent / request", "answered", "peak in flight"]
@@ -78,7 +72,7 @@ const goodputRows = (report: Goodput.GoodputReport): ReadonlyArray<Table.Row> =>
   const n = report.scenario.requests.length
   return [
     ["oracle (simulated ideal)", seconds(oracleMs), "1.00", "0", percent(0), "1.00", `${n}/${n}`, String(report.oracle.maxInFlight)],
-    ...contendersOf(report).map((r) => [
+    ...Goodput.results(report).map((r) => [
       contenderName(r),
       seconds(r.makespanMs),
       (r.makespanMs / oracleMs).toFixed(2),
@@ -101,7 +95,7 @@ const modelRows = (report: Goodput.GoodputReport): ReadonlyArray<Table.Row> =>
     const oracle = report.oracle.byModel[model.serving]!
     return [
       ["oracle (simulated ideal)", model.serving, cap, String(Math.max(...oracle.timeline.map((s) => s.inFlight))), "0", `${n}/${n}`, seconds(oracle.doneMs)],
-      ...contendersOf(report).map((r) => {
+      ...Goodput.results(report).map((r) => {
         const result = r.byModel[model.serving]!
         return [
           contenderName(r),
@@ -141,7 +135,7 @@ const goodputVerdicts = (report: Goodput.GoodputReport): ReadonlyArray<string> =
 }
 
 const warnings = (report: Goodput.GoodputReport): ReadonlyArray<string> =>
-  contendersOf(report).flatMap((r) => [
+  Goodput.results(report).flatMap((r) => [
     ...(r.sameServiceTimes
       ? []
       : [`warning: ${r.name}'s Simulator drew other service times than the oracle's (a request accepted twice?)`]),
@@ -177,7 +171,7 @@ const goodputScenario = (scenario: Scenario.Scenario, others: Goodput.Others) =>
       yield* Console.log(`oracle lower bound (Σ work / cap per phase): ${seconds(report.lowerBoundMs)}`)
     }
     yield* Console.log(`set-up before the first request, not in the makespans: ${
-      contendersOf(report).map((r) => `${r.name} ${seconds(r.startUpMs)}`).join(", ")
+      Goodput.results(report).map((r) => `${r.name} ${seconds(r.startUpMs)}`).join(", ")
     }`)
     for (const line of [...goodputVerdicts(report), ...warnings(report)]) yield* Console.log(line)
     yield* Console.log(`after the run: ${loadLine()}`)
