@@ -1,9 +1,11 @@
 /**
- * Hand-made SVG charts of the goodput run, from the Simulator's timeline samples: the account's
- * cap and the requests in flight over time, as step lines (a sample holds until the next).
+ * Hand-made SVG charts of a goodput scenario's runs, from the Simulator's timeline samples: each
+ * model's cap and its requests in flight over time, as step lines (a sample holds until the next).
  */
-import type { ClientLimitSample, ContenderResult, GoodputReport } from "./goodput.js"
-import { timeLimitMs } from "./goodput.js"
+import type { Sample } from "../src/Simulator.js"
+import type { ClientLimitSample, GoodputReport } from "./goodput.js"
+import { results, timeLimitMs } from "./goodput.js"
+import { capAt, describeCaps, type Model, nextChangeAfter } from "./scenario.js"
 
 interface Point {
   readonly t: number
@@ -107,11 +109,24 @@ const svg = (width: number, height: number, body: ReadonlyArray<string>): string
     ""
   ].join("\n")
 
-const capPoints = (result: { readonly timeline: ContenderResult["timeline"] }): ReadonlyArray<Point> =>
-  result.timeline.map((sample) => ({ t: sample.t, value: sample.limit }))
+type Timeline = ReadonlyArray<Sample>
 
-const inFlightPoints = (result: { readonly timeline: ContenderResult["timeline"] }): ReadonlyArray<Point> =>
-  result.timeline.map((sample) => ({ t: sample.t, value: sample.inFlight }))
+/**
+ * A model's cap over a run: a cap that moves by time drawn from its schedule (the Simulator
+ * samples it only when something happens, so a quiet spell would hide its steps), any other from
+ * the samples.
+ */
+const capPoints = (model: Model, timeline: Timeline, endMs: number): ReadonlyArray<Point> => {
+  if (model.caps._tag !== "ByTime") return timeline.map((sample) => ({ t: sample.t, value: sample.limit }))
+  const points: Array<Point> = []
+  for (let t: number | undefined = 0; t !== undefined && t < endMs; t = nextChangeAfter(model.caps, t)) {
+    points.push({ t, value: capAt(model.caps, t, 0) })
+  }
+  return points
+}
+
+const inFlightPoints = (timeline: Timeline): ReadonlyArray<Point> =>
+  timeline.map((sample) => ({ t: sample.t, value: sample.inFlight }))
 
 const limiterPoints = (samples: ReadonlyArray<ClientLimitSample>): ReadonlyArray<Point> =>
   samples.map((sample) => ({ t: sample.t, value: sample.limit }))
@@ -121,75 +136,113 @@ const maxOf = (series: ReadonlyArray<Series>): number =>
 
 const seconds = (ms: number): string => `${(ms / 1000).toFixed(1)} s`
 
-/** weatherproof's run: the account cap, its requests in flight, its limiter's limit, and the oracle's. */
+/** A scale top above `max` with some room, in steps of 8. */
+const topOf = (max: number): number => Math.ceil((max + 2) / 8) * 8
+
+const title = (report: GoodputReport): string =>
+  `Goodput, ${report.scenario.title}: ${report.scenario.requests.length} requests`
+
+/**
+ * weatherproof's run, a panel per model: the model's cap, its requests in flight, its limiter's
+ * limit, and the oracle's in flight.
+ */
 export const goodputChart = (report: GoodputReport): string => {
   const wp = report.weatherproof
-  const series: ReadonlyArray<Series> = [
-    { label: "account cap (Simulator)", color: "#222", width: 2.5, points: capPoints(wp) },
-    { label: "oracle in flight", color: "#aaa", width: 1.5, dash: "5 3", points: inFlightPoints(report.oracle) },
-    { label: "weatherproof limiter's limit", color: "#e08a00", width: 1.5, points: limiterPoints(wp.clientLimit) },
-    { label: "weatherproof in flight (Simulator)", color: "#1f6fd1", width: 1.2, points: inFlightPoints(wp) }
-  ]
+  const models = report.scenario.models
+  const panelHeight = models.length === 1 ? 320 : 200
+  const gap = 40
   const endMs = Math.max(wp.makespanMs, report.oracle.makespanMs)
-  const frame: Frame = {
-    left: 60,
-    top: 56,
-    width: 840,
-    height: 320,
-    maxSeconds: Math.ceil(endMs / 1000),
-    maxValue: Math.ceil((maxOf(series) + 2) / 8) * 8
+  const seriesOf = (model: Model): ReadonlyArray<Series> => {
+    const serving = model.serving
+    const result = wp.byModel[serving]!
+    return [
+      { label: "cap (Simulator)", color: "#222", width: 2.5, points: capPoints(model, result.timeline, endMs) },
+      { label: "oracle in flight", color: "#aaa", width: 1.5, dash: "5 3", points: inFlightPoints(report.oracle.byModel[serving]!.timeline) },
+      { label: "weatherproof limiter's limit", color: "#e08a00", width: 1.5, points: limiterPoints(result.clientLimit) },
+      { label: "weatherproof in flight (Simulator)", color: "#1f6fd1", width: 1.2, points: inFlightPoints(result.timeline) }
+    ]
   }
+  const maxValue = topOf(Math.max(...models.map((model) => maxOf(seriesOf(model)))))
+  const panelTop = (i: number) => (models.length === 1 ? 56 : 76) + i * (panelHeight + gap)
+  const panels = models.flatMap((model, i) => {
+    const frame: Frame = { left: 60, top: panelTop(i), width: 840, height: panelHeight, maxSeconds: Math.ceil(endMs / 1000), maxValue }
+    const result = wp.byModel[model.serving]!
+    const heading = models.length === 1
+      ? []
+      : [`<text x="${frame.left}" y="${frame.top - 8}" font-weight="600">${escape(
+        `${model.serving}: cap ${describeCaps(model.caps)}, ${result.rateLimited} × 429, last answer ${seconds(result.doneMs)} (oracle ${
+          seconds(report.oracle.byModel[model.serving]!.doneMs)
+        })`
+      )}</text>`]
+    return [...heading, axes(frame, "requests in flight"), seriesPaths(frame, seriesOf(model), endMs)]
+  })
+  const bottom = panelTop(models.length) - gap
   const subtitle = `weatherproof ${seconds(wp.makespanMs)} (oracle ${seconds(report.oracle.makespanMs)}), ${
     wp.rateLimited
   } requests answered 429, ${wp.requestsReceived} sent for ${wp.completed} answers`
-  return svg(960, 450, [
-    `<text x="${frame.left}" y="22" font-size="14" font-weight="600">Goodput: 600 requests, account cap 24 → 6 → 32 (a step every 200 accepted)</text>`,
-    `<text x="${frame.left}" y="40">${escape(subtitle)}</text>`,
-    axes(frame, "requests in flight"),
-    seriesPaths(frame, series, endMs),
-    `<text x="${frame.left + frame.width / 2}" y="${frame.top + frame.height + 34}" text-anchor="middle">seconds since the first request</text>`,
-    legend(frame.left, frame.top + frame.height + 60, 215, series)
+  return svg(960, bottom + 74, [
+    `<text x="60" y="22" font-size="14" font-weight="600">${escape(title(report))}</text>`,
+    `<text x="60" y="40">${escape(subtitle)}</text>`,
+    ...panels,
+    `<text x="${60 + 840 / 2}" y="${bottom + 34}" text-anchor="middle">seconds since the first request</text>`,
+    legend(60, bottom + 60, 215, seriesOf(models[0]!))
   ])
 }
 
-/** One panel per contender (and the oracle), on a shared time axis. */
+/** Colours of a panel's models, in the scenario's order. */
+const modelColors = ["#1f6fd1", "#2a9d3a"]
+const capDashes = [undefined, "6 3"]
+
+/** One panel per contender (and the oracle), on a shared time axis: each model's cap and its requests in flight. */
 export const peersChart = (report: GoodputReport): string => {
-  const panels: ReadonlyArray<{ readonly title: string; readonly timeline: ContenderResult["timeline"]; readonly endMs: number }> = [
-    { title: `oracle: ${seconds(report.oracle.makespanMs)}`, timeline: report.oracle.timeline, endMs: report.oracle.makespanMs },
-    ...[report.weatherproof, ...report.peers].map((result) => ({
+  const models = report.scenario.models
+  const panels: ReadonlyArray<{ readonly title: string; readonly timelines: ReadonlyArray<Timeline>; readonly endMs: number }> = [
+    {
+      title: `oracle: ${seconds(report.oracle.makespanMs)}`,
+      timelines: models.map((model) => report.oracle.byModel[model.serving]!.timeline),
+      endMs: report.oracle.makespanMs
+    },
+    ...results(report).map((result) => ({
       title: `${result.name}: ${result.finished ? seconds(result.makespanMs) : `unfinished after ${seconds(timeLimitMs)}`}, ${
         result.rateLimited
       } × 429, ${result.requestsReceived} requests sent`,
-      timeline: result.timeline,
+      timelines: models.map((model) => result.byModel[model.serving]!.timeline),
       endMs: result.makespanMs
     }))
   ]
   const maxMs = Math.max(...panels.map((panel) => panel.endMs))
   const panelHeight = 110
   const gap = 44
-  const maxValue = Math.ceil((Math.max(...panels.flatMap((p) => p.timeline.map((s) => Math.max(s.limit, s.inFlight)))) + 2) / 8) * 8
+  const maxValue = topOf(Math.max(...panels.flatMap((p) => p.timelines.flat().map((s) => Math.max(s.limit, s.inFlight)))))
+  const seriesOf = (timelines: ReadonlyArray<Timeline>, endMs: number): ReadonlyArray<Series> =>
+    models.flatMap((model, i) => [
+      { label: `${model.serving} cap`, color: "#222", width: 2, dash: capDashes[i], points: capPoints(model, timelines[i]!, endMs) },
+      { label: `${model.serving} in flight`, color: modelColors[i]!, width: 1.1, points: inFlightPoints(timelines[i]!) }
+    ])
+  const top = models.length === 1 ? 76 : 100
   const body = panels.flatMap((panel, i) => {
     const frame: Frame = {
       left: 60,
-      top: 60 + i * (panelHeight + gap),
+      top: top + i * (panelHeight + gap),
       width: 840,
       height: panelHeight,
       maxSeconds: Math.ceil(maxMs / 1000),
       maxValue
     }
-    const series: ReadonlyArray<Series> = [
-      { label: "account cap", color: "#222", width: 2, points: capPoints(panel) },
-      { label: "in flight", color: "#1f6fd1", width: 1.1, points: inFlightPoints(panel) }
-    ]
     return [
       `<text x="${frame.left}" y="${frame.top - 8}" font-weight="600">${escape(panel.title)}</text>`,
       axes(frame, "in flight"),
-      seriesPaths(frame, series, panel.endMs)
+      seriesPaths(frame, seriesOf(panel.timelines, panel.endMs), panel.endMs)
     ]
   })
-  const height = 60 + panels.length * (panelHeight + gap) + 10
+  const height = top + panels.length * (panelHeight + gap) + 10
+  const subtitle = models.length === 1
+    ? "every contender: the cap (black) and requests in flight (blue); seconds since the first request"
+    : "every contender: each model's cap and requests in flight; seconds since the first request"
   return svg(960, height, [
-    `<text x="60" y="24" font-size="14" font-weight="600">Goodput, every contender: account cap (black) and requests in flight (blue); seconds since the first request</text>`,
+    `<text x="60" y="24" font-size="14" font-weight="600">${escape(title(report))}</text>`,
+    `<text x="60" y="42">${escape(subtitle)}</text>`,
+    ...(models.length === 1 ? [] : [legend(60, 66, 215, seriesOf(panels[0]!.timelines, panels[0]!.endMs))]),
     ...body
   ])
 }

@@ -1,6 +1,6 @@
 /**
- * The peers: plain Node clients built from popular libraries, each sending the scenario's 600
- * requests over undici to the Simulator, as a user of that library would write it.
+ * The peers: plain Node clients built from popular libraries, each sending a scenario's requests
+ * over undici to the Simulator, as a user of that library would write it.
  *
  * Shared by all of them, so only the policy differs:
  * - one undici `Agent` per run (keep-alive, unlimited sockets, idle sockets dropped after 4 s,
@@ -9,7 +9,9 @@
  *   5xx and connection errors are retried;
  * - backoff: exponential from 500 ms, doubling, capped at 8 s (openai-node's numbers), with
  *   each library's own jitter, and up to 30 retries, so that every peer can finish the batch;
- * - a run stops retrying when its `signal` aborts (the bench's time limit).
+ * - a run stops retrying when its `signal` aborts (the bench's time limit);
+ * - one bound of 16 in flight over every model of a mixed batch: none of these libraries knows
+ *   of per-model caps, and a user would put the batch behind one limiter.
  */
 import Bottleneck from "bottleneck"
 import {
@@ -94,7 +96,7 @@ const settleAll = (requests: ReadonlyArray<BenchRequest>, call: (request: BenchR
 /** Every request at once, each retried on its own with full-jitter backoff. */
 const naive: Peer = {
   name: "naive fan-out",
-  policy: "all 600 at once; full-jitter exponential backoff",
+  policy: "every request at once; full-jitter exponential backoff",
   run: (requests, send, signal) =>
     settleAll(requests, async (benchRequest) => {
       for (let retryIndex = 0;; retryIndex++) {

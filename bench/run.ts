@@ -3,10 +3,11 @@
  * printed as tables with a verdict per target. It always exits 0 when it ran: a missed target is
  * a finding.
  *
- * Flags: `--only goodput`, `--only overhead`, `--only sse`, `--only gateway`, or `--only weatherproof` (the goodput
- * run of weatherproof alone, for tuning); `--write-docs` also writes docs/goodput.svg and
- * docs/goodput-peers.svg and prints the tables as Markdown; `--json FILE` saves the goodput
- * report (every timeline included) for a closer look.
+ * Flags: `--only goodput`, `--only overhead`, `--only sse`, `--only gateway`, or `--only weatherproof`
+ * (the goodput runs of weatherproof's CLI path alone, for tuning); `--scenario steps,fast-cap` runs
+ * only those goodput scenarios (`bench/scenarios.ts`); `--write-docs` also writes each scenario's
+ * charts in docs/ and prints the tables as Markdown; `--json FILE` saves the goodput reports
+ * (every timeline included) for a closer look.
  */
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import * as Console from "effect/Console"
@@ -19,25 +20,29 @@ import * as Goodput from "./goodput.js"
 import * as Overhead from "./overhead.js"
 import { backoff } from "./peers.js"
 import * as Scenario from "./scenario.js"
+import * as Scenarios from "./scenarios.js"
 import * as Sse from "./sse.js"
 import * as Table from "./table.js"
 
-const targets = { makespanRatio: 1.15, rateLimitedShare: 0.02, overheadNs: 10_000, sseRatio: 1.0 } as const
+const targets = { overheadNs: 10_000, sseRatio: 1.0 } as const
 
 const args = process.argv.slice(2)
-const only = args.includes("--only") ? args[args.indexOf("--only") + 1] : undefined
+const valueOf = (flag: string) => args.includes(flag) ? args[args.indexOf(flag) + 1] : undefined
+const only = valueOf("--only")
+const scenarioIds = valueOf("--scenario")?.split(",")
+const scenarios = scenarioIds === undefined ? Scenarios.all : Scenarios.all.filter((scenario) => scenarioIds.includes(scenario.id))
 const writeDocs = args.includes("--write-docs")
-const jsonFile = args.includes("--json") ? args[args.indexOf("--json") + 1] : undefined
+const jsonFile = valueOf("--json")
 
 const seconds = (ms: number) => `${(ms / 1000).toFixed(2)} s`
 const percent = (share: number) => `${(share * 100).toFixed(1)} %`
 const micros = (ns: number) => `${(ns / 1000).toFixed(2)} µs`
 
+const loadLine = (): string => `load average ${Os.loadavg().map((load) => load.toFixed(2)).join(" ")}`
+
 const machine = (): string => {
   const cpus = Os.cpus()
-  return `${cpus.length} cores (${cpus[0]?.model.trim() ?? "unknown CPU"}), Node ${process.version}, ${Os.platform()} ${Os.arch()}, load average ${
-    Os.loadavg().map((load) => load.toFixed(2)).join(" ")
-  }`
+  return `${cpus.length} cores (${cpus[0]?.model.trim() ?? "unknown CPU"}), Node ${process.version}, ${Os.platform()} ${Os.arch()}, ${loadLine()}`
 }
 
 /** A warning when other work competes for the cores: client and Simulator share them, so timings suffer. */
@@ -49,36 +54,31 @@ const busyWarning = (): Effect.Effect<void> => {
     : Effect.void
 }
 
-const printTable = (header: Table.Row, rows: ReadonlyArray<Table.Row>) =>
+const printTable = (header: Table.Row, rows: ReadonlyArray<Table.Row>, leftColumns = 1) =>
   Effect.zipRight(
-    Console.log(Table.text(header, rows)),
-    writeDocs ? Console.log(`\n${Table.markdown(header, rows)}`) : Effect.void
+    Console.log(Table.text(header, rows, leftColumns)),
+    writeDocs ? Console.log(`\n${Table.markdown(header, rows, leftColumns)}`) : Effect.void
   )
 
 // --- goodput ------------------------------------------------------------------------------------
+
+const requestShare = (report: Goodput.GoodputReport, count: number) => percent(count / report.scenario.requests.length)
+
+const contenderName = (r: Goodput.ContenderResult) => r.finished ? r.name : `${r.name} (stopped at ${seconds(Goodput.timeLimitMs)})`
 
 const goodputHeader = ["contender", "makespan", "× oracle", "429s", "429s / requests", "sent / request", "answered", "peak in flight"]
 
 const goodputRows = (report: Goodput.GoodputReport): ReadonlyArray<Table.Row> => {
   const oracleMs = report.oracle.makespanMs
-  const n = Scenario.requestCount
+  const n = report.scenario.requests.length
   return [
-    [
-      "oracle (simulated ideal)",
-      seconds(oracleMs),
-      "1.00",
-      "0",
-      percent(0),
-      "1.00",
-      `${n}/${n}`,
-      String(Math.max(...report.oracle.timeline.map((sample) => sample.inFlight)))
-    ],
-    ...[report.weatherproof, ...report.peers].map((r) => [
-      r.finished ? r.name : `${r.name} (stopped at ${seconds(Goodput.timeLimitMs)})`,
+    ["oracle (simulated ideal)", seconds(oracleMs), "1.00", "0", percent(0), "1.00", `${n}/${n}`, String(report.oracle.maxInFlight)],
+    ...Goodput.results(report).map((r) => [
+      contenderName(r),
       seconds(r.makespanMs),
       (r.makespanMs / oracleMs).toFixed(2),
       String(r.rateLimited),
-      percent(r.rateLimited / n),
+      requestShare(report, r.rateLimited),
       (r.requestsReceived / n).toFixed(2),
       `${r.completed}/${n}`,
       String(r.maxInFlight)
@@ -86,28 +86,57 @@ const goodputRows = (report: Goodput.GoodputReport): ReadonlyArray<Table.Row> =>
   ]
 }
 
+const modelHeader = ["contender", "model", "cap", "peak in flight", "429s", "answered", "last answer"]
+
+/** Per model: peak in flight against its cap, 429s, answers, and when its last answer came. */
+const modelRows = (report: Goodput.GoodputReport): ReadonlyArray<Table.Row> =>
+  report.scenario.models.flatMap((model) => {
+    const n = Scenario.requestsOf(report.scenario, model).length
+    const cap = Scenario.describeCaps(model.caps)
+    const oracle = report.oracle.byModel[model.serving]!
+    return [
+      ["oracle (simulated ideal)", model.serving, cap, String(Math.max(...oracle.timeline.map((s) => s.inFlight))), "0", `${n}/${n}`, seconds(oracle.doneMs)],
+      ...Goodput.results(report).map((r) => {
+        const result = r.byModel[model.serving]!
+        return [
+          contenderName(r),
+          model.serving,
+          cap,
+          String(result.maxInFlight),
+          String(result.rateLimited),
+          `${result.completed}/${n}`,
+          seconds(result.doneMs)
+        ]
+      })
+    ]
+  })
+
 const goodputVerdicts = (report: Goodput.GoodputReport): ReadonlyArray<string> => {
+  const { targets } = report.scenario
+  const n = report.scenario.requests.length
   const wp = report.weatherproof
   const ratio = wp.makespanMs / report.oracle.makespanMs
-  const share = wp.rateLimited / Scenario.requestCount
-  const slowerPeers = report.peers.filter((peer) => peer.finished && peer.makespanMs <= wp.makespanMs)
-  const complete = wp.finished && wp.completed === Scenario.requestCount
+  const share = wp.rateLimited / n
+  const notSlower = report.peers.filter((peer) => peer.finished && peer.makespanMs <= wp.makespanMs)
+  const peersLine = (label: string) =>
+    report.peers.length === 0
+      ? `${label}: faster than every peer: not measured (peers not run)`
+      : `${label}: faster than every peer: ${targets.beatPeers ? Table.verdict(notSlower.length === 0) : notSlower.length === 0 ? "yes" : "no"}${
+        notSlower.length === 0 ? "" : ` (not faster than ${notSlower.map((p) => p.name).join(", ")})`
+      }`
+  const complete = wp.finished && wp.completed === n
   return [
     `target: makespan within ${targets.makespanRatio}× the oracle: ${Table.verdict(ratio <= targets.makespanRatio)} (${ratio.toFixed(3)}×)`,
     `target: at most ${percent(targets.rateLimitedShare)} of requests draw a 429: ${
       Table.verdict(share <= targets.rateLimitedShare)
-    } (${percent(share)}, ${wp.rateLimited} of ${Scenario.requestCount})`,
-    report.peers.length === 0
-      ? "target: faster than every peer: not measured (peers not run)"
-      : `target: faster than every peer: ${Table.verdict(slowerPeers.length === 0)}${
-        slowerPeers.length === 0 ? "" : ` (not faster than ${slowerPeers.map((p) => p.name).join(", ")})`
-      }`,
-    `check: weatherproof answered all ${Scenario.requestCount}: ${complete ? "yes" : `NO (${wp.completed})`}`
+    } (${percent(share)}, ${wp.rateLimited} of ${n})`,
+    peersLine(targets.beatPeers ? "target" : "reference"),
+    `check: weatherproof answered all ${n}: ${complete ? "yes" : `NO (${wp.completed})`}`
   ]
 }
 
 const warnings = (report: Goodput.GoodputReport): ReadonlyArray<string> =>
-  [report.weatherproof, ...report.peers].flatMap((r) => [
+  Goodput.results(report).flatMap((r) => [
     ...(r.sameServiceTimes
       ? []
       : [`warning: ${r.name}'s Simulator drew other service times than the oracle's (a request accepted twice?)`]),
@@ -116,34 +145,60 @@ const warnings = (report: Goodput.GoodputReport): ReadonlyArray<string> =>
       : [`warning: ${r.name} failed requests: ${Object.entries(r.failures).map(([error, n]) => `${error} ${n}`).join(", ")}`])
   ])
 
-const goodput = Effect.gen(function*() {
-  yield* Console.log(
-    `\n== Goodput: ${Scenario.requestCount} requests, account cap ${
-      Scenario.phases.map((p) => p.limit).join(" → ")
-    } (each for ${Scenario.phases[0]!.accepted} accepted), ${Scenario.serviceTime.minMs}-${Scenario.serviceTime.maxMs} ms each ==`
-  )
-  yield* Console.log(
-    `peers: concurrency 16, backoff from ${backoff.baseMs} ms doubling to ${backoff.capMs} ms, up to ${backoff.maxRetries} retries`
-  )
-  const report = yield* Goodput.run((name) => Console.log(`running ${name}…`), only !== "weatherproof")
-  yield* Console.log("")
-  for (const r of [report.weatherproof, ...report.peers]) yield* Console.log(`${r.name}: ${r.policy}`)
-  yield* Console.log("")
-  yield* printTable(goodputHeader, goodputRows(report))
-  yield* Console.log(`\noracle lower bound (Σ work / cap per phase): ${seconds(report.lowerBoundMs)}`)
-  yield* Console.log(`set-up before the first request, not in the makespans: ${
-    [report.weatherproof, ...report.peers].map((r) => `${r.name} ${seconds(r.startUpMs)}`).join(", ")
-  }`)
-  for (const line of [...goodputVerdicts(report), ...warnings(report)]) yield* Console.log(line)
-  yield* busyWarning()
-  if (jsonFile !== undefined) writeFileSync(jsonFile, JSON.stringify(report))
-  if (writeDocs) {
-    writeFileSync("docs/goodput.svg", goodputChart(report))
-    yield* Console.log("wrote docs/goodput.svg")
-    if (report.peers.length > 0) {
-      writeFileSync("docs/goodput-peers.svg", peersChart(report))
-      yield* Console.log("wrote docs/goodput-peers.svg")
+const capsLine = (scenario: Scenario.Scenario): string =>
+  scenario.models.length === 1
+    ? `account cap ${Scenario.describeCaps(scenario.models[0]!.caps)}`
+    : scenario.models.map((model) =>
+      `${model.serving} cap ${Scenario.describeCaps(model.caps)}${model.requested === model.serving ? "" : ` (requested as ${model.requested})`}`
+    ).join(", ")
+
+const goodputScenario = (scenario: Scenario.Scenario, others: Goodput.Others) =>
+  Effect.gen(function*() {
+    const { maxMs, minMs } = scenario.serviceTime
+    yield* Console.log(
+      `\n== Goodput, ${scenario.id}: ${scenario.title}. ${scenario.requests.length} requests (${scenario.mix}), ${
+        capsLine(scenario)
+      }, ${minMs}-${maxMs} ms each ==`
+    )
+    const report = yield* Goodput.run(scenario, (name) => Console.log(`running ${name}…`), others)
+    yield* Console.log("")
+    yield* printTable(goodputHeader, goodputRows(report))
+    if (scenario.models.length > 1) {
+      yield* Console.log("")
+      yield* printTable(modelHeader, modelRows(report), 2)
     }
+    yield* Console.log("")
+    if (report.lowerBoundMs !== undefined) {
+      yield* Console.log(`oracle lower bound (Σ work / cap per phase): ${seconds(report.lowerBoundMs)}`)
+    }
+    yield* Console.log(`set-up before the first request, not in the makespans: ${
+      Goodput.results(report).map((r) => `${r.name} ${seconds(r.startUpMs)}`).join(", ")
+    }`)
+    for (const line of [...goodputVerdicts(report), ...warnings(report)]) yield* Console.log(line)
+    yield* Console.log(`after the run: ${loadLine()}`)
+    yield* busyWarning()
+    if (writeDocs) {
+      writeFileSync(`docs/${scenario.charts.weatherproof}`, goodputChart(report))
+      yield* Console.log(`wrote docs/${scenario.charts.weatherproof}`)
+      if (report.peers.length > 0) {
+        writeFileSync(`docs/${scenario.charts.peers}`, peersChart(report))
+        yield* Console.log(`wrote docs/${scenario.charts.peers}`)
+      }
+    }
+    return report
+  })
+
+const goodput = Effect.gen(function*() {
+  const others: Goodput.Others = { library: only !== "weatherproof", peers: only !== "weatherproof" }
+  yield* Console.log("\n== Goodput: the contenders ==")
+  for (const contender of Goodput.contenders(others)) yield* Console.log(`${contender.name}: ${contender.policy}`)
+  yield* Console.log(
+    `peers: one bound of 16 in flight over every model, backoff from ${backoff.baseMs} ms doubling to ${backoff.capMs} ms, up to ${backoff.maxRetries} retries`
+  )
+  const reports = yield* Effect.forEach(scenarios, (scenario) => goodputScenario(scenario, others))
+  if (jsonFile !== undefined) {
+    // Each scenario's report with every timeline; its requests are rebuilt by bench/scenarios.ts.
+    writeFileSync(jsonFile, JSON.stringify(reports.map(({ scenario, ...report }) => ({ scenario: scenario.id, ...report }))))
   }
 })
 
@@ -331,6 +386,10 @@ const modes: ReadonlyArray<string | undefined> = [undefined, "goodput", "overhea
 const main = Effect.gen(function*() {
   if (!modes.includes(only)) {
     yield* Console.error(`unknown --only ${only}: use goodput, overhead, sse, gateway or weatherproof`)
+    return yield* Effect.sync(() => process.exit(2))
+  }
+  if (scenarios.length === 0 || (scenarioIds !== undefined && scenarios.length !== scenarioIds.length)) {
+    yield* Console.error(`unknown --scenario ${scenarioIds?.join(",")}: use ${Scenarios.all.map((s) => s.id).join(", ")}, or several, comma-separated`)
     return yield* Effect.sync(() => process.exit(2))
   }
   yield* Console.log(`machine: ${machine()}`)

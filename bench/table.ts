@@ -4,19 +4,19 @@
 
 export type Row = ReadonlyArray<string>
 
-/** Columns padded to their widest cell; the first column left-aligned, the others right. */
-export const text = (header: Row, rows: ReadonlyArray<Row>): string => {
+/** Columns padded to their widest cell; the first `leftColumns` left-aligned, the others right. */
+export const text = (header: Row, rows: ReadonlyArray<Row>, leftColumns = 1): string => {
   const widths = header.map((_, column) => Math.max(...[header, ...rows].map((row) => (row[column] ?? "").length)))
   const line = (row: Row) =>
-    row.map((cell, column) => column === 0 ? cell.padEnd(widths[column]!) : cell.padStart(widths[column]!)).join("  ")
+    row.map((cell, column) => column < leftColumns ? cell.padEnd(widths[column]!) : cell.padStart(widths[column]!)).join("  ")
   return [line(header), widths.map((width) => "-".repeat(width)).join("  "), ...rows.map(line)].join("\n")
 }
 
-/** A GitHub-flavoured Markdown table, numbers right-aligned. */
-export const markdown = (header: Row, rows: ReadonlyArray<Row>): string =>
+/** A GitHub-flavoured Markdown table, the first `leftColumns` left-aligned, the others (numbers) right. */
+export const markdown = (header: Row, rows: ReadonlyArray<Row>, leftColumns = 1): string =>
   [
     `| ${header.join(" | ")} |`,
-    `| ${header.map((_, column) => column === 0 ? "---" : "---:").join(" | ")} |`,
+    `| ${header.map((_, column) => column < leftColumns ? "---" : "---:").join(" | ")} |`,
     ...rows.map((row) => `| ${row.join(" | ")} |`)
   ].join("\n")
 
