@@ -265,6 +265,12 @@ export interface AdaptiveOptions extends LimiterOptions {
   readonly holdRounds?: number | undefined
   /** Successes to hold there at least (bounds the probes' 429s at small limits). Default 48. */
   readonly holdRequests?: number | undefined
+  /**
+   * After the cap fell, holds last this share of their length, doubling with each probe that finds
+   * the cap unchanged (back to full after three at the default): a cap that moved is probed sooner
+   * for its return. Default 0.125.
+   */
+  readonly fallHoldShare?: number | undefined
   /** A window whose mean queue delay is this many times the baseline is congested. Default 2. */
   readonly queueDelayRise?: number | undefined
   /** Consecutive congested windows that make the limit step back by `backoff`. Default 3. */

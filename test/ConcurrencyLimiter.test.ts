@@ -335,6 +335,48 @@ describe("ConcurrencyLimiter", () => {
         expect(yield* rounds(limiter, 5)).toEqual([4, 4, 4, 4, 8])
       }))
 
+    it.effect("after the cap fell, probes come sooner, and back to the full hold as they find it unchanged", () =>
+      Effect.gen(function*() {
+        const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 5, holdRounds: 2, holdRequests: 32 })
+        /** Rounds until the limit first goes above `ceiling`: the hold's length (a probe is the round's +1). */
+        const roundsHeldAt = (ceiling: number) =>
+          Effect.gen(function*() {
+            let held = 0
+            while ((yield* round(limiter)) <= ceiling) held++
+            return held
+          })
+        /** The probe above `ceiling` draws its 429: back to the ceiling, holding again. */
+        const probeFindsUnchanged = (ceiling: number) =>
+          Effect.gen(function*() {
+            const held = yield* hold(limiter, ceiling + 1)
+            yield* held[ceiling]!.permit.complete(dropped)
+            yield* release(held)
+            expect(yield* limitOf(limiter)).toBe(ceiling)
+          })
+        expect(yield* round(limiter, dropped)).toBe(4) // ceiling 4: a full hold is 8 rounds (32 successes)
+        expect(yield* roundsHeldAt(4)).toBe(8)
+        yield* probeFindsUnchanged(4)
+        // Holding at 4, the cap falls: × 0.25, then slow start finds it at 2.
+        const atFour = yield* hold(limiter, 4)
+        yield* atFour[0]!.permit.complete(dropped)
+        yield* release(atFour)
+        expect(yield* limitOf(limiter)).toBe(1)
+        expect(yield* round(limiter)).toBe(2)
+        const two = yield* hold(limiter, 2)
+        yield* two[0]!.permit.complete(success) // slow start: a third may go
+        const third = yield* hold(limiter, 1)
+        yield* third[0]!.permit.complete(dropped) // ceiling 2
+        yield* release([...two, ...third])
+        expect(yield* limitOf(limiter)).toBe(2)
+        // A full hold at 2 is 16 rounds (32 successes): an eighth of it, then a quarter, a half, all.
+        const holds: Array<number> = []
+        for (let probe = 0; probe < 4; probe++) {
+          holds.push(yield* roundsHeldAt(2))
+          yield* probeFindsUnchanged(2)
+        }
+        expect(holds).toEqual([2, 4, 8, 16])
+      }))
+
     it.effect("does not grow a limit that is less than half used", () =>
       Effect.gen(function*() {
         const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 10 })

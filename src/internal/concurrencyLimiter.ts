@@ -210,6 +210,7 @@ interface AimdConfig {
   readonly fallBackoff: number
   readonly holdRounds: number
   readonly holdRequests: number
+  readonly fallHoldShare: number
   readonly queueDelayRise: number
   readonly queueDelayWindows: number
   readonly queueDelayFloorMillis: number
@@ -228,6 +229,7 @@ const aimdConfig = (options: AdaptiveOptions = {}): AimdConfig => {
     fallBackoff: options.fallBackoff ?? 0.25,
     holdRounds: options.holdRounds ?? 6,
     holdRequests: options.holdRequests ?? 48,
+    fallHoldShare: options.fallHoldShare ?? 0.125,
     queueDelayRise: options.queueDelayRise ?? 2,
     queueDelayWindows: options.queueDelayWindows ?? 3,
     queueDelayFloorMillis: Duration.toMillis(options.queueDelayFloor ?? "250 millis"),
@@ -282,6 +284,11 @@ class Aimd implements Policy {
   /** The highest limit held since the cap was last measured: overload steps stop at a share of it. */
   private peak: number
   private holdLeft = 0
+  /**
+   * The share of a full hold the next holds last: `fallHoldShare` after the cap fell (a cap that
+   * moves may well come back), doubled by each probe that finds it where it was, up to 1.
+   */
+  private holdShare = 1
   private delaySum = 0
   private delayCount = 0
   private readonly windowMeans: Array<number> = []
@@ -434,7 +441,9 @@ class Aimd implements Policy {
     const level = Math.min(this.value, inFlight)
     if (this.succeededSinceDecrease && this.phase !== "hold") {
       // An ordinary overshoot: everything but the dropped request was accepted.
-      this.ceiling = Math.max(this.config.min, inFlight - 1)
+      const ceiling = Math.max(this.config.min, inFlight - 1)
+      if (Number.isFinite(this.ceiling) && ceiling <= this.ceiling) this.holdShare = Math.min(1, this.holdShare * 2)
+      this.ceiling = ceiling
       this.setValue(Math.min(this.ceiling, level * this.config.backoff))
       if (this.value < this.ceiling) this.phase = "recover"
       else this.startHold()
@@ -444,6 +453,7 @@ class Aimd implements Policy {
       this.ceiling = Infinity
       this.setValue(level * this.config.fallBackoff)
       this.phase = "slowStart"
+      this.holdShare = this.config.fallHoldShare
     }
     this.epoch++
     this.succeededSinceDecrease = false
@@ -459,10 +469,14 @@ class Aimd implements Policy {
     this.setValue(Math.min(this.value, this.ceiling))
   }
 
-  /** Holds from a fresh round, for `holdRounds` rounds and at least `holdRequests` successes. */
+  /**
+   * Holds from a fresh round, for `holdRounds` rounds and at least `holdRequests` successes (their
+   * `holdShare` after a fall), and at least one round.
+   */
   private startHold(): void {
     this.phase = "hold"
-    this.holdLeft = Math.max(this.config.holdRounds, Math.ceil(this.config.holdRequests / this.limit))
+    const { holdRequests, holdRounds } = this.config
+    this.holdLeft = Math.max(1, Math.ceil(this.holdShare * Math.max(holdRounds, holdRequests / this.limit)))
     this.startRound()
   }
 
@@ -654,6 +668,7 @@ const validateAdaptive = (config: AimdConfig): void =>
   assertValid("ConcurrencyLimiter", [
     ratio("backoff", config.backoff, true),
     ratio("fallBackoff", config.fallBackoff, true),
+    ratio("fallHoldShare", config.fallHoldShare),
     config.queueDelayRise > 1 ? undefined : `queueDelayRise must be above 1, got ${config.queueDelayRise}`,
     atLeast("queueDelayWindows", config.queueDelayWindows, 1),
     ratio("overloadShare", config.overloadShare),
