@@ -49,7 +49,9 @@
  *    at full speed. Probing is the only way to see a cap rise, and each probe of a cap that did
  *    not move costs a 429, so the hold sets the trade: about one request in `6·limit` (at least
  *    48, so about 2% at a small steady cap) draws a probe's 429, and a risen cap is noticed within
- *    about seven rounds.
+ *    about seven rounds. After a fall the holds last `fallHoldShare` (an eighth) of that, doubling
+ *    with each probe that finds the cap where it was: a cap that moved often comes back, so it is
+ *    probed for sooner, and a steady one costs three probes more.
  * 6. **Overload is noise until it dominates.** A 503 (or `insufficient_system_resource`) says the
  *    server as a whole is shedding load, at whatever level we run, so it neither sets the
  *    ceiling nor counts as a fall. A round in which overload drops are at least `overloadShare`
