@@ -150,7 +150,7 @@ const timed = async (run: () => Promise<unknown>): Promise<Timing> => {
   return { wall: wallNs / settings.calls, cpu: ((cpu.user + cpu.system) * 1e3) / settings.calls }
 }
 
-const effectLoop = <R>(runtime: ManagedRuntime.ManagedRuntime<R, never>, call: () => Effect.Effect<unknown, unknown, R>): Loop => () =>
+export const effectLoop = <R>(runtime: ManagedRuntime.ManagedRuntime<R, never>, call: () => Effect.Effect<unknown, unknown, R>): Loop => () =>
   timed(() =>
     runtime.runPromise(Effect.suspend(() => {
       let i = 0
@@ -170,7 +170,7 @@ const median = (values: ReadonlyArray<number>): number => {
 }
 
 /** Runs the loops interleaved, warm-up first, and returns each one's median timing. */
-const measure = async (loops: Readonly<Record<string, Loop>>): Promise<Record<string, Timing>> => {
+export const measure = async (loops: Readonly<Record<string, Loop>>): Promise<Record<string, Timing>> => {
   const samples: Record<string, Array<Timing>> = Object.fromEntries(Object.keys(loops).map((name) => [name, []]))
   for (let round = 0; round < settings.warmUpRuns + settings.runs; round++) {
     for (const [name, loop] of Object.entries(loops)) {

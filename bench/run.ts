@@ -3,11 +3,11 @@
  * printed as tables with a verdict per target. It always exits 0 when it ran: a missed target is
  * a finding.
  *
- * Flags: `--only goodput`, `--only overhead`, `--only sse`, `--only gateway`, or `--only weatherproof`
- * (the goodput runs of weatherproof's CLI path alone, for tuning); `--scenario steps,fast-cap` runs
- * only those goodput scenarios (`bench/scenarios.ts`); `--write-docs` also writes each scenario's
- * charts in docs/ and prints the tables as Markdown; `--json FILE` saves the goodput reports
- * (every timeline included) for a closer look.
+ * Flags: `--only goodput`, `--only overhead`, `--only sse`, `--only gateway`, `--only redis`, or
+ * `--only weatherproof` (the goodput runs of weatherproof's CLI path alone, for tuning);
+ * `--scenario steps,fast-cap` runs only those goodput scenarios (`bench/scenarios.ts`);
+ * `--write-docs` also writes each scenario's charts in docs/ and prints the tables as Markdown;
+ * `--json FILE` saves the goodput reports (every timeline included) for a closer look.
  */
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import * as Console from "effect/Console"
@@ -19,6 +19,7 @@ import * as Gateway from "./gateway.js"
 import * as Goodput from "./goodput.js"
 import * as Overhead from "./overhead.js"
 import { backoff } from "./peers.js"
+import * as RedisState from "./redis.js"
 import * as Scenario from "./scenario.js"
 import * as Scenarios from "./scenarios.js"
 import * as Sse from "./sse.js"
@@ -381,11 +382,36 @@ const gateway = Effect.gen(function*() {
   )
 })
 
-const modes: ReadonlyArray<string | undefined> = [undefined, "goodput", "overhead", "sse", "gateway", "weatherproof"]
+// --- Redis state --------------------------------------------------------------------------------
+
+const redisState = Effect.gen(function*() {
+  const { calls, runs, warmUpRuns } = Overhead.settings
+  yield* Console.log(
+    `\n== Redis state: per operation, in memory vs on a loopback redis-server, ${calls} sequential operations per run, median of ${runs} runs after ${warmUpRuns} warm-up ==`
+  )
+  if (RedisState.skipped !== undefined) return yield* Console.log(RedisState.skipped)
+  const rows = yield* RedisState.run
+  yield* printTable(
+    ["operation", "in memory", "on Redis", "× memory", "added (wall)", "CPU in memory", "CPU on Redis"],
+    rows.map(({ memory, operation, redis }) => [
+      operation,
+      memory === undefined ? "–" : micros(memory.wall),
+      micros(redis.wall),
+      memory === undefined ? "–" : (redis.wall / memory.wall).toFixed(1),
+      memory === undefined ? "–" : micros(redis.wall - memory.wall),
+      memory === undefined ? "–" : micros(memory.cpu),
+      micros(redis.cpu)
+    ])
+  )
+  yield* Console.log("no target: the figures are reported")
+  yield* busyWarning()
+})
+
+const modes: ReadonlyArray<string | undefined> = [undefined, "goodput", "overhead", "sse", "gateway", "redis", "weatherproof"]
 
 const main = Effect.gen(function*() {
   if (!modes.includes(only)) {
-    yield* Console.error(`unknown --only ${only}: use goodput, overhead, sse, gateway or weatherproof`)
+    yield* Console.error(`unknown --only ${only}: use goodput, overhead, sse, gateway, redis or weatherproof`)
     return yield* Effect.sync(() => process.exit(2))
   }
   if (scenarios.length === 0 || (scenarioIds !== undefined && scenarios.length !== scenarioIds.length)) {
@@ -397,6 +423,7 @@ const main = Effect.gen(function*() {
   if (only === undefined || only === "overhead") yield* overhead
   if (only === undefined || only === "sse") yield* sse
   if (only === undefined || only === "gateway") yield* gateway
+  if (only === undefined || only === "redis") yield* redisState
 })
 
 NodeRuntime.runMain(main)

@@ -140,9 +140,9 @@ export interface Service {
 export class Redis extends Context.Tag("weatherproof/Redis")<Redis, Service>() {}
 
 /**
- * Opens the connection (and, on first `subscribe`, a second one for pub/sub) and closes both with
- * the scope. Fails with `RedisUnavailable` when the server cannot be reached within
- * `connectTimeout`.
+ * Opens the connection and a second one for pub/sub (a connection in pub/sub mode takes no other
+ * command), and closes both with the scope. Fails with `RedisUnavailable` when the server cannot
+ * be reached within `connectTimeout`.
  *
  * @example
  * ```ts

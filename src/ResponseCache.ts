@@ -38,11 +38,21 @@
  * own call: a failure belongs to the call that made it (its deadlines, its key), not to callers
  * that merely asked the same question.
  *
+ * Single flight is per process, also on a shared store: two processes that miss the same key at
+ * once each call upstream (and the second write wins). Extending it across processes (an
+ * in-flight marker with `SET NX PX`, waiters woken by pub/sub) was left out: the cache does not
+ * know how long the call it wraps may take (DeepSeek may queue a request for ten minutes), so a
+ * marker's expiry would either lapse under a slow call, making the duplicate anyway, or hold
+ * waiters behind a crashed process; and every miss would pay two more round trips for a case a
+ * shared store already shrinks to one call per process.
+ *
  * ## Stores
  *
- * `ResponseCache` runs on a `CacheStore` (`get`, `set` with a time to live), so a shared store
- * such as Redis can replace the in-memory one. A store that fails never fails a call: a failed
- * read is a miss, a failed write stores nothing, and both are logged. The memory store is an LRU
+ * `ResponseCache` runs on a `CacheStore` (`get`, `set` with a time to live): in memory
+ * (`layerMemory`) or on Redis (`layerRedis`, shared by every process on the same prefix). A
+ * store that fails never fails a call: a failed read is a miss, a failed write stores nothing,
+ * and both are logged, so a Redis server that goes away mid-run only costs upstream calls until
+ * it is back (nothing to rejoin: each call tries the store again). The memory store is an LRU
  * bounded by `capacity` with expiry read from Effect's `Clock`. Effect's `Cache` was not used: it
  * computes values through a lookup fixed at construction, with no per-entry time to live on
  * `set` and no eviction count.
@@ -62,9 +72,11 @@ import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
-import type { ChatCompletion, ChatCompletionRequest } from "./ChatSchema.js"
+import * as Schema from "effect/Schema"
+import { ChatCompletion, type ChatCompletionRequest } from "./ChatSchema.js"
 import * as internal from "./internal/responseCache.js"
 import { assertValid, positiveInteger } from "./internal/options.js"
+import * as Redis from "./Redis.js"
 
 /**
  * A store failed (a shared store's connection, say). `ResponseCache` treats it as a miss or as
@@ -310,6 +322,73 @@ export const makeMemoryStore = (capacity: number = defaults.capacity): Effect.Ef
 export const layerMemoryStore = (capacity?: number): Layer.Layer<CacheStore> =>
   Layer.effect(CacheStore, makeMemoryStore(capacity))
 
+const decodeStored = Schema.decodeUnknownOption(Schema.parseJson(ChatCompletion))
+
+/**
+ * A store on Redis, shared by every process on the same prefix: each entry is the completion's
+ * JSON under `{prefix}:cache:<key>` (the key is the request's SHA-256, never its text), written
+ * with `SET … PX <time to live>`, so Redis expires it. A value that does not decode as a
+ * completion is a miss: it is deleted (only if it is still that value) and logged by the process
+ * that deleted it, so once however many processes read it. An infinite time to live is refused
+ * (`CacheStoreError`, so nothing is stored): every key expires. `evictions` is always 0: Redis
+ * counts evicted keys for the whole server (`INFO stats`), not for this store.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Redis, ResponseCache } from "weatherproof"
+ *
+ * const store = ResponseCache.makeRedisStore.pipe(Effect.provide(Redis.layer({ url: "redis://127.0.0.1:6379" })))
+ * ```
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makeRedisStore: Effect.Effect<Store, never, Redis.Redis> = Effect.gen(function*() {
+  const redis = yield* Redis.Redis
+  const deleteIfUnchanged = redis.script(internal.deleteIfUnchanged)
+  const entryKey = (key: string) => redis.key("cache", key)
+  const storeError = (operation: CacheStoreError["operation"]) => (error: Redis.RedisError) =>
+    new CacheStoreError({ operation, message: error.message, cause: error })
+
+  const discard = (key: string, stored: string) =>
+    deleteIfUnchanged([entryKey(key)], [stored]).pipe(
+      Effect.flatMap((deleted) =>
+        deleted === 1
+          ? Effect.logWarning(`response cache: deleted entry ${key}, which does not decode as a completion`)
+          : Effect.void
+      ),
+      // Still there: the next read tries again.
+      Effect.ignore
+    )
+
+  return CacheStore.of({
+    get: (key) =>
+      redis.command("GET", [entryKey(key)]).pipe(
+        Effect.mapError(storeError("get")),
+        Effect.flatMap((stored) => {
+          if (typeof stored !== "string") return Effect.succeedNone
+          const completion = decodeStored(stored)
+          return Option.isSome(completion) ? Effect.succeed(completion) : Effect.as(discard(key, stored), Option.none())
+        })
+      ),
+    set: (key, value, timeToLive) =>
+      Duration.isFinite(timeToLive)
+        ? redis.command("SET", [entryKey(key), JSON.stringify(value), "PX", Math.max(1, Math.ceil(Duration.toMillis(timeToLive)))])
+          .pipe(Effect.asVoid, Effect.mapError(storeError("set")))
+        : Effect.fail(new CacheStoreError({ operation: "set", message: "an infinite time to live: every Redis key expires" })),
+    evictions: Effect.succeed(0)
+  })
+})
+
+/**
+ * `makeRedisStore` as a layer.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerRedisStore: Layer.Layer<CacheStore, never, Redis.Redis> = Layer.effect(CacheStore, makeRedisStore)
+
 const emptyCounts = { hits: 0, misses: 0, coalesced: 0, stores: 0 }
 
 
@@ -428,6 +507,24 @@ export const layer = (options?: Options): Layer.Layer<ResponseCache, never, Cach
  */
 export const layerMemory = (options: MemoryOptions = {}): Layer.Layer<ResponseCache> =>
   layer(options).pipe(Layer.provide(layerMemoryStore(options.capacity)))
+
+/**
+ * A response cache on Redis (`layerRedisStore`), shared by every process on the same prefix;
+ * entries live `timeToLive` (default 1 hour).
+ *
+ * @example
+ * ```ts
+ * import { Layer } from "effect"
+ * import { Redis, ResponseCache } from "weatherproof"
+ *
+ * const cache = ResponseCache.layerRedis({ timeToLive: "1 day" }).pipe(Layer.provide(Redis.layerConfig))
+ * ```
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerRedis = (options?: Options): Layer.Layer<ResponseCache, never, Redis.Redis> =>
+  layer(options).pipe(Layer.provide(layerRedisStore))
 
 /**
  * Caches nothing: every call goes upstream and nothing is counted.

@@ -18,8 +18,34 @@
  * - `@effect/experimental/RateLimiter` has a fail mode and memory and Redis stores, but refills
  *   in whole units, so waits and `retryAfter` come up to one unit late (a second at 60 requests a
  *   minute); it draws one key at a time, so a call refused for tokens would keep the request it
- *   drew; and its `consume` has no capacity separate from the limit and no refund. Its
- *   `RateLimiterStore` is the way to share a limit between processes when that is needed.
+ *   drew; and its `consume` has no capacity separate from the limit and no refund.
+ *
+ * ## Shared on Redis
+ *
+ * `makeRedis` / `layerRedis` keep the balances on Redis, so every process (and every service)
+ * with the same `name` and prefix draws from one bucket, with the same options and semantics as
+ * in memory: one Lua script refills and draws both dimensions at once, timed by the Redis
+ * server's `TIME` (so the processes' clocks never matter), and the wait it answers is slept on
+ * Effect's `Clock`. Waiters of every process are served in the order their draws reached the
+ * server. State: a hash `{prefix}:bucket:<name>` that expires when the bucket would be full again
+ * (plus a second), and a sorted set `{prefix}:bucket:<name>:processes` of the services that drew
+ * in the last minute; nothing else, nothing that grows.
+ *
+ * `@effect/experimental`'s Redis `RateLimiterStore` was read and does not fit, beyond the reasons
+ * above: its token bucket is timed by the caller's clock (`now` is passed in, so processes with
+ * skewed clocks refill the bucket differently), its keys never expire, and it opens its own
+ * connection instead of sharing the program's `Redis`.
+ *
+ * When a draw fails on Redis mid-run (`RedisError`), the service falls back to a bucket in memory
+ * holding its share of the limit: each rate and burst divided by the number of processes the last
+ * draw counted (1 when no draw has succeeded yet), full at the start. It logs a warning naming the
+ * server's URL once, and returns to Redis on the first draw after the connection is ready again,
+ * logging that once too (a restarted server without persistence starts the bucket full). A call
+ * draws from one place only: a draw that failed on Redis draws locally instead; one whose reply
+ * was lost may have been counted on the server as well, which only slows callers down. A
+ * waiter's refund that Redis cannot take is dropped, with the same effect. While on the share, a
+ * cost above the divided burst waits for its debt (`"wait"`) or is refused as oversized
+ * (`"fail"`).
  *
  * @since 0.1.0
  */
@@ -32,8 +58,11 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
+import * as SynchronizedRef from "effect/SynchronizedRef"
 import type { ChatCompletionRequest, Message } from "./ChatSchema.js"
 import * as internal from "./internal/tokenBucket.js"
+import * as internalRedis from "./internal/tokenBucketRedis.js"
+import * as Redis from "./Redis.js"
 
 /**
  * What a bucket counts.
@@ -111,7 +140,8 @@ export interface Options {
  */
 export const defaults = {
   utilization: 0.8,
-  onExhausted: "wait"
+  onExhausted: "wait",
+  name: "default"
 } as const
 
 /**
@@ -218,34 +248,59 @@ const exceeded = (dimension: Dimension, retryAfter: Option.Option<Duration.Durat
  * @category constructors
  */
 export const make = (options: Options): Effect.Effect<Service> =>
+  Effect.flatMap(
+    Effect.sync(() => internal.bucketsOf(options, defaults.utilization)),
+    (buckets) => makeOf(buckets, options.onExhausted ?? defaults.onExhausted)
+  )
+
+/** A bucket in memory over resolved buckets, full at the start. */
+const makeOf = (buckets: ReadonlyArray<internal.Bucket>, onExhausted: OnExhausted): Effect.Effect<Service> =>
   Effect.gen(function*() {
-    const buckets = yield* Effect.sync(() => internal.bucketsOf(options, defaults.utilization))
     const balances = yield* Ref.make(internal.full(buckets, yield* Clock.currentTimeMillis))
     const modifyNow = <A>(
       f: (current: ReadonlyArray<internal.Balance>, now: number) => readonly [A, ReadonlyArray<internal.Balance>]
     ) => Effect.flatMap(Clock.currentTimeMillis, (now) => Ref.modify(balances, (current) => f(current, now)))
-
-    const waitForRoom = (cost: Cost) =>
-      Effect.uninterruptibleMask((restore) =>
-        Effect.flatMap(modifyNow((current, now) => internal.draw(current, cost, now)), (wait) =>
-          wait === undefined ? Effect.void : restore(Effect.sleep(Duration.millis(wait.millis))).pipe(
-            Effect.onInterrupt(() => modifyNow((current, now) => [undefined, internal.refund(current, cost, now)]))
-          ))
-      )
-
-    const failWhenShort = (cost: Cost) =>
-      Effect.flatten(modifyNow((current, now): readonly [Effect.Effect<void, RateLimitExceeded>, typeof current] => {
-        const oversized = internal.oversized(current, cost)
-        if (oversized !== undefined) return [Effect.fail(exceeded(oversized, Option.none())), current]
-        const [wait, drawn] = internal.draw(current, cost, now)
-        return wait === undefined
-          ? [Effect.void, drawn]
-          : [Effect.fail(exceeded(wait.dimension, Option.some(Duration.millis(wait.millis)))), current]
-      }))
-
-    const take = (options.onExhausted ?? defaults.onExhausted) === "wait" ? waitForRoom : failWhenShort
+    const take = taker(buckets, onExhausted, {
+      draw: (mode, cost) =>
+        modifyNow((current, now) => {
+          const [wait, drawn] = internal.draw(current, cost, now)
+          return [wait, mode === "fail" && wait !== undefined ? current : drawn]
+        }),
+      refund: (cost) => modifyNow((current, now) => [undefined, internal.refund(current, cost, now)])
+    })
     return TokenBucket.of({ take: (cost = {}) => take(cost) })
   })
+
+type OnExhausted = NonNullable<Options["onExhausted"]>
+
+/** Where balances live: in memory, or on Redis. */
+interface Ledger<E> {
+  /**
+   * Draws `cost` from every bucket at once and answers how long its caller must wait. `"wait"`
+   * draws into debt; `"fail"` draws nothing when a bucket is short.
+   */
+  readonly draw: (mode: OnExhausted, cost: Cost) => Effect.Effect<internal.Wait | undefined, E>
+  /** Gives back what a waiter that gave up had drawn. */
+  readonly refund: (cost: Cost) => Effect.Effect<void>
+}
+
+/** `take` on a ledger: waits out its debt (giving the cost back when interrupted) or fails when short. */
+const taker = <E>(buckets: ReadonlyArray<internal.Bucket>, onExhausted: OnExhausted, ledger: Ledger<E>) => {
+  const waitForRoom = (cost: Cost): Effect.Effect<void, E> =>
+    Effect.uninterruptibleMask((restore) =>
+      Effect.flatMap(ledger.draw("wait", cost), (wait) =>
+        wait === undefined ? Effect.void : restore(Effect.sleep(Duration.millis(wait.millis))).pipe(
+          Effect.onInterrupt(() => ledger.refund(cost))
+        ))
+    )
+  const failWhenShort = (cost: Cost): Effect.Effect<void, RateLimitExceeded | E> => {
+    const oversized = internal.oversized(buckets, cost)
+    if (oversized !== undefined) return Effect.fail(exceeded(oversized, Option.none()))
+    return Effect.flatMap(ledger.draw("fail", cost), (wait) =>
+      wait === undefined ? Effect.void : Effect.fail(exceeded(wait.dimension, Option.some(Duration.millis(wait.millis)))))
+  }
+  return onExhausted === "wait" ? waitForRoom : failWhenShort
+}
 
 /**
  * @since 0.1.0
@@ -254,9 +309,112 @@ export const make = (options: Options): Effect.Effect<Service> =>
 export const layer = (options: Options): Layer.Layer<TokenBucket> => Layer.effect(TokenBucket, make(options))
 
 /**
+ * @since 0.1.0
+ * @category models
+ */
+export interface RedisOptions extends Options {
+  /**
+   * The bucket's name: every service of this name on the same Redis prefix, in any process,
+   * draws from one bucket. They must be given the same rates. Default `"default"`.
+   */
+  readonly name?: string | undefined
+}
+
+/** Where a Redis bucket draws: on Redis, or, while Redis fails, from its local share. */
+type Route = { readonly _tag: "Redis" } | { readonly _tag: "Local"; readonly bucket: Service }
+
+const onRedis: Route = { _tag: "Redis" }
+
+/**
+ * A bucket on Redis, shared by every service of the same `name` (see the module's documentation
+ * for the state it keeps, and what happens when Redis fails). Same options and semantics as
+ * `make`. Dies with `IllegalArgumentException` on the options `make` refuses.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Redis, TokenBucket } from "weatherproof"
+ *
+ * // Every replica holds the account to 80% of its published limits, together.
+ * const program = Effect.gen(function*() {
+ *   const bucket = yield* TokenBucket.makeRedis({
+ *     name: "deepseek-main",
+ *     knownLimit: { requests: 500, tokens: 2_000_000, interval: "1 minute" }
+ *   })
+ *   yield* bucket.take({ requests: 1, tokens: 1_200 })
+ * }).pipe(Effect.provide(Redis.layer({ url: "redis://127.0.0.1:6379" })))
+ * ```
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makeRedis = (options: RedisOptions): Effect.Effect<Service, never, Redis.Redis> =>
+  Effect.gen(function*() {
+    const redis = yield* Redis.Redis
+    const buckets = yield* Effect.sync(() => internal.bucketsOf(options, defaults.utilization))
+    if (buckets.length === 0) return unlimited
+    const name = options.name ?? defaults.name
+    const onExhausted = options.onExhausted ?? defaults.onExhausted
+    const run = internalRedis.shared(redis, name, buckets)
+    const processes = yield* Ref.make(1)
+    const route = yield* SynchronizedRef.make<Route>(onRedis)
+
+    const toLocal = (error: Redis.RedisError) =>
+      SynchronizedRef.modifyEffect(route, (current) =>
+        current._tag === "Local" ? Effect.succeed([current.bucket, current] as const) : Effect.gen(function*() {
+          const sharing = yield* Ref.get(processes)
+          const bucket = yield* makeOf(internal.share(buckets, sharing), onExhausted)
+          yield* Effect.logWarning(
+            `TokenBucket "${name}": Redis at ${redis.url} failed (${error.reason}); ` +
+              `limiting locally to 1/${sharing} of the rate until it is back`
+          )
+          return [bucket, { _tag: "Local", bucket }] as const
+        }))
+
+    const rejoin = SynchronizedRef.updateEffect(route, (current) =>
+      current._tag === "Redis"
+        ? Effect.succeed(current)
+        : Effect.as(Effect.logInfo(`TokenBucket "${name}": back on Redis at ${redis.url}`), onRedis))
+    const isLocal = Effect.map(SynchronizedRef.get(route), (current) => current._tag === "Local")
+
+    const takeShared = taker(buckets, onExhausted, {
+      // Uninterruptible: a draw the server may have made is always known (and given back if need be).
+      draw: (mode, cost) =>
+        Effect.uninterruptible(run(mode, cost)).pipe(
+          Effect.tap((reply) => Ref.set(processes, reply.processes)),
+          Effect.tap(() => Effect.whenEffect(rejoin, isLocal)),
+          Effect.map((reply) => reply.wait)
+        ),
+      // A refund Redis did not take leaves the cost drawn: fewer calls, never more.
+      refund: (cost) => Effect.ignore(run("refund", cost))
+    })
+    const takeOnRedis = (cost: Cost) =>
+      Effect.catchTag(takeShared(cost), "RedisError", (error) => Effect.flatMap(toLocal(error), (bucket) => bucket.take(cost)))
+
+    return TokenBucket.of({
+      take: (cost = {}) =>
+        Effect.flatMap(SynchronizedRef.get(route), (current) =>
+          current._tag === "Redis"
+            ? takeOnRedis(cost)
+            : Effect.flatMap(redis.isReady, (ready) => ready ? takeOnRedis(cost) : current.bucket.take(cost)))
+    })
+  })
+
+/**
+ * `makeRedis` as a layer.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerRedis = (options: RedisOptions): Layer.Layer<TokenBucket, never, Redis.Redis> =>
+  Layer.effect(TokenBucket, makeRedis(options))
+
+const unlimited: Service = { take: () => Effect.void }
+
+/**
  * Never limits: for tests and for callers that limit elsewhere.
  *
  * @since 0.1.0
  * @category layers
  */
-export const layerUnlimited: Layer.Layer<TokenBucket> = Layer.succeed(TokenBucket, { take: () => Effect.void })
+export const layerUnlimited: Layer.Layer<TokenBucket> = Layer.succeed(TokenBucket, unlimited)

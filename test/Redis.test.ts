@@ -3,13 +3,8 @@ import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Redacted from "effect/Redacted"
-import * as Stream from "effect/Stream"
 import * as Redis from "../src/Redis.js"
-import { redisServer, redisServerPresent, skipMessage } from "./support/redisServer.js"
-
-/** Waits (bounded, 5 s) until `isReady` is `value`. */
-const awaitReady = (redis: Redis.Service, value: boolean) =>
-  redis.readiness.pipe(Stream.filter((ready) => ready === value), Stream.take(1), Stream.runDrain, Effect.timeout("5 seconds"))
+import { awaitReady, redisServer, redisServerPresent, skipMessage } from "./support/redisServer.js"
 
 describe.skipIf(!redisServerPresent)(skipMessage("Redis"), () => {
   it.scopedLive("keys are namespaced under a hash tag, with their parts escaped", () =>

@@ -1,6 +1,6 @@
 /**
- * The response cache's pure parts: the canonical JSON a request key hashes, and the in-memory
- * LRU with per-entry expiry behind the memory store.
+ * The response cache's pure parts: the canonical JSON a request key hashes, the in-memory LRU
+ * with per-entry expiry behind the memory store, and the Redis store's script.
  *
  * @internal
  */
@@ -69,3 +69,12 @@ export class Lru<A> {
     return evicted
   }
 }
+
+/**
+ * Deletes `KEYS[1]` only while it still holds `ARGV[1]` (a value that failed to decode), so a
+ * good value another process wrote meanwhile stays; answers 1 when it deleted.
+ */
+export const deleteIfUnchanged = `
+if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end
+return 0
+`

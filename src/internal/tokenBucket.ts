@@ -86,7 +86,7 @@ export const bucketsOf = (options: Options, defaultUtilization: number): Readonl
 export const full = (buckets: ReadonlyArray<Bucket>, now: number): ReadonlyArray<Balance> =>
   buckets.map((bucket) => ({ bucket, units: bucket.capacity, at: now }))
 
-const unitsOf = (cost: Cost, dimension: Dimension): number =>
+export const unitsOf = (cost: Cost, dimension: Dimension): number =>
   dimension === "requests" ? cost.requests ?? 1 : cost.tokens ?? 0
 
 const refill = (balance: Balance, now: number): Balance => {
@@ -108,8 +108,16 @@ const shortfall = (refilled: ReadonlyArray<Balance>, cost: Cost): Wait | undefin
   }, undefined)
 
 /** The first dimension whose cost exceeds its bucket's capacity: such a call never fits. */
-export const oversized = (balances: ReadonlyArray<Balance>, cost: Cost): Dimension | undefined =>
-  balances.find(({ bucket }) => unitsOf(cost, bucket.dimension) > bucket.capacity)?.bucket.dimension
+export const oversized = (buckets: ReadonlyArray<Bucket>, cost: Cost): Dimension | undefined =>
+  buckets.find((bucket) => unitsOf(cost, bucket.dimension) > bucket.capacity)?.dimension
+
+/** One of `processes` equal shares of each bucket: its capacity and its rate divided by their number. */
+export const share = (buckets: ReadonlyArray<Bucket>, processes: number): ReadonlyArray<Bucket> =>
+  buckets.map((bucket) => ({
+    dimension: bucket.dimension,
+    capacity: bucket.capacity / processes,
+    refillMillis: bucket.refillMillis * processes
+  }))
 
 /** Draws the cost from every bucket, into debt if need be; answers how long the caller must wait. */
 export const draw = (

@@ -8,6 +8,8 @@ import { type ChildProcess, execFileSync, spawn } from "node:child_process"
 import * as net from "node:net"
 import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import type * as Redis from "../../src/Redis.js"
 
 const binary = "redis-server"
 
@@ -91,3 +93,20 @@ export const redisServer: Effect.Effect<RedisServer, never, Scope.Scope> = Effec
   yield* Effect.addFinalizer(() => stop)
   return { port, url: `redis://127.0.0.1:${port}`, stop, start, restart: Effect.zipRight(stop, start) }
 })
+
+/** Waits (bounded, 5 s) until the connection's `isReady` is `value`. */
+export const awaitReady = (redis: Redis.Service, value: boolean) =>
+  redis.readiness.pipe(Stream.filter((ready) => ready === value), Stream.take(1), Stream.runDrain, Effect.timeout("5 seconds"))
+
+/** Every key on the server with its PTTL (-1: no expiry), listed by SCAN. */
+export const keysWithTtl = (redis: Redis.Service) =>
+  Effect.gen(function*() {
+    const keys: Array<{ readonly key: string; readonly ttl: number }> = []
+    let cursor = "0"
+    do {
+      const [next, batch] = (yield* redis.command("SCAN", [cursor, "COUNT", 100])) as [string, ReadonlyArray<string>]
+      for (const key of batch) keys.push({ key, ttl: (yield* redis.command("PTTL", [key])) as number })
+      cursor = next
+    } while (cursor !== "0")
+    return keys
+  })

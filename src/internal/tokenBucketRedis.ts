@@ -1,0 +1,124 @@
+/**
+ * The token bucket's shared state on Redis: one Lua script that refills, draws (or refunds) every
+ * bucket of a call at once, timed by the server's `TIME`, and keeps a record of the processes
+ * drawing from it.
+ *
+ * State, under the bucket's name:
+ * - `{prefix}:bucket:<name>`: a hash, per dimension its units (`<dimension>`, fractional, below
+ *   zero while waiters are in debt) and the server time they were counted at (`<dimension>:at`,
+ *   ms). It expires when it would be full again (plus a margin): a bucket that nobody drew from
+ *   for that long is full, and a missing one reads as full.
+ * - `{prefix}:bucket:<name>:processes`: a sorted set of the drawing services' ids, scored by the
+ *   server time at which each is no longer counted (`presenceMillis` after its last draw).
+ *   Expired ids are dropped on every draw, and the set itself expires with the last of them.
+ *
+ * @internal
+ */
+import { randomUUID } from "node:crypto"
+import * as Effect from "effect/Effect"
+import type { Service } from "../Redis.js"
+import type { Cost } from "../TokenBucket.js"
+import { RedisError } from "./redis.js"
+import type { Bucket, Wait } from "./tokenBucket.js"
+import { unitsOf } from "./tokenBucket.js"
+
+/**
+ * KEYS: the balances, the processes. ARGV: the operation (`wait` draws into debt, `fail` draws
+ * only when every bucket holds its cost, `refund` gives a cost back), the service's id,
+ * presence ms, expiry margin ms, then for each bucket its dimension, capacity, ms per unit, cost.
+ * Answers `{wait ms (a string: Lua numbers come back as integers), the short bucket's index
+ * (1-based, 0 when none), the processes counted}`.
+ */
+export const script = `
+if redis.replicate_commands then redis.replicate_commands() end
+local time = redis.call("TIME")
+local now = tonumber(time[1]) * 1000 + tonumber(time[2]) / 1000
+local operation, id = ARGV[1], ARGV[2]
+local presence, margin = tonumber(ARGV[3]), tonumber(ARGV[4])
+local buckets, fields = {}, {}
+for i = 5, #ARGV, 4 do
+  buckets[#buckets + 1] = {
+    dimension = ARGV[i], capacity = tonumber(ARGV[i + 1]), refill = tonumber(ARGV[i + 2]), cost = tonumber(ARGV[i + 3])
+  }
+  fields[#fields + 1] = ARGV[i]
+  fields[#fields + 1] = ARGV[i] .. ":at"
+end
+local stored = redis.call("HMGET", KEYS[1], unpack(fields))
+local wait, short = 0, 0
+for i, bucket in ipairs(buckets) do
+  local units = tonumber(stored[2 * i - 1]) or bucket.capacity
+  local at = tonumber(stored[2 * i]) or now
+  -- A clock that moved backwards adds nothing.
+  bucket.units = math.min(bucket.capacity, units + math.max(0, now - at) / bucket.refill)
+  bucket.at = math.max(now, at)
+  if bucket.cost > 0 then
+    local millis = math.max(0, bucket.cost - bucket.units) * bucket.refill
+    if millis > wait then wait, short = millis, i end
+  end
+end
+if operation == "refund" then wait, short = 0, 0 end
+if not (operation == "fail" and short > 0) then
+  local refilled = 0
+  for _, bucket in ipairs(buckets) do
+    if operation == "refund" then
+      bucket.units = math.min(bucket.capacity, bucket.units + bucket.cost)
+    else
+      bucket.units = bucket.units - bucket.cost
+    end
+    redis.call("HSET", KEYS[1], bucket.dimension, bucket.units, bucket.dimension .. ":at", bucket.at)
+    refilled = math.max(refilled, (bucket.capacity - bucket.units) * bucket.refill)
+  end
+  redis.call("PEXPIRE", KEYS[1], math.ceil(refilled) + margin)
+end
+redis.call("ZADD", KEYS[2], now + presence, id)
+redis.call("ZREMRANGEBYSCORE", KEYS[2], "-inf", now)
+redis.call("PEXPIRE", KEYS[2], presence)
+return { tostring(wait), short, redis.call("ZCARD", KEYS[2]) }
+`
+
+export type Operation = "wait" | "fail" | "refund"
+
+/** How long a service counts among the processes sharing a bucket after its last draw. */
+const presenceMillis = 60_000
+
+/** How long a bucket's state outlives the time it takes to refill fully. */
+const expiryMarginMillis = 1_000
+
+/** What a draw learnt: how long its caller must wait (if at all), and how many processes share the bucket. */
+export interface Reply {
+  readonly wait: Wait | undefined
+  readonly processes: number
+}
+
+const replyOf = (buckets: ReadonlyArray<Bucket>, reply: unknown): Effect.Effect<Reply, RedisError> => {
+  if (!Array.isArray(reply) || reply.length !== 3) {
+    return Effect.fail(new RedisError({ operation: "EVALSHA", reason: "the token bucket script answered an unexpected reply" }))
+  }
+  const [millis, short, processes] = reply as [string, number, number]
+  const bucket = buckets[short - 1]
+  return Effect.succeed({
+    wait: bucket === undefined ? undefined : { dimension: bucket.dimension, millis: Number(millis) },
+    processes
+  })
+}
+
+/**
+ * The buckets named `name` on `redis`, for one service (one id among the processes): runs an
+ * operation for a cost and answers what it learnt.
+ */
+export const shared = (redis: Service, name: string, buckets: ReadonlyArray<Bucket>) => {
+  const run = redis.script(script)
+  const keys = [redis.key("bucket", name), redis.key("bucket", name, "processes")]
+  const id = randomUUID()
+  return (operation: Operation, cost: Cost): Effect.Effect<Reply, RedisError> =>
+    Effect.flatMap(
+      run(keys, [
+        operation,
+        id,
+        presenceMillis,
+        expiryMarginMillis,
+        ...buckets.flatMap((bucket) => [bucket.dimension, bucket.capacity, bucket.refillMillis, unitsOf(cost, bucket.dimension)])
+      ]),
+      (reply) => replyOf(buckets, reply)
+    )
+}

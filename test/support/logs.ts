@@ -1,0 +1,22 @@
+/**
+ * The messages an effect logs, with their levels, instead of printing them.
+ */
+import * as Effect from "effect/Effect"
+import * as Logger from "effect/Logger"
+
+export interface Logged {
+  readonly level: string
+  readonly message: string
+}
+
+/** Runs `effect` with a logger that appends each message to `into`. */
+export const capturingLogs = (into: Array<Logged>) => <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+  Effect.provide(
+    effect,
+    Logger.replace(
+      Logger.defaultLogger,
+      Logger.make(({ logLevel, message }) => {
+        into.push({ level: logLevel.label, message: (Array.isArray(message) ? message : [message]).map(String).join(" ") })
+      })
+    )
+  )
