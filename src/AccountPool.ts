@@ -149,6 +149,33 @@ export interface AccountStatus {
 }
 
 /**
+ * How many calls the pool may have in flight now, how many more it could take at once, and when
+ * that may grow.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Capacity {
+  /**
+   * The sum of the limits of the model lanes of the accounts that may serve now (an account's
+   * `accountConcurrency` caps its own lanes together; a fallback counts only while no primary may
+   * serve). Lanes open on a model's first call.
+   */
+  readonly permits: number
+  /**
+   * Of those, the permits a new call could take at once: per model, the free ones less the calls
+   * waiting for one, summed.
+   */
+  readonly free: number
+  /**
+   * Completes when the pool may have more room than at this reading (a lane's limit rose, a lane
+   * opened, an account came back, a permit was released with no call waiting for it); at once if
+   * it already has.
+   */
+  readonly changed: Effect.Effect<void>
+}
+
+/**
  * Options of one call.
  *
  * @since 0.1.0
@@ -176,6 +203,8 @@ export interface Service {
   readonly stream: (request: ChatCompletionRequest, options?: CallOptions) => Stream.Stream<ChatCompletionChunk, PoolError>
   /** Every account, in configuration order. */
   readonly snapshot: Effect.Effect<ReadonlyArray<AccountStatus>>
+  /** What the pool may hold in flight now, and what it could take at once: a batch reads ahead by it (`Batch.run`). */
+  readonly capacity: Effect.Effect<Capacity>
 }
 
 /**
