@@ -231,6 +231,12 @@ export interface Options {
    * at most) the account takes no call. Default true.
    */
   readonly preflight?: boolean | undefined
+  /**
+   * Connections opened to each account's origin at start, alongside the balance preflight, so the
+   * first burst of calls pays no TCP or TLS handshake (see `Transport.Options.warmUp`). Default
+   * `Transport.defaultWarmUp` (4); 0 for none.
+   */
+  readonly warmUp?: number | undefined
   /** Between two balance probes of an account that is out of balance. Default 60 seconds. */
   readonly balanceProbeInterval?: Duration.DurationInput | undefined
   /** How long a key rejected with 401 is set aside. Default 15 minutes. */
@@ -344,6 +350,7 @@ export const make = (
     deadlines: options.deadlines,
     maxWait: Duration.decode(options.maxWait ?? defaults.maxWait),
     preflight: options.preflight ?? true,
+    warmUp: options.warmUp ?? TransportModule.defaultWarmUp,
     balanceProbeInterval: Duration.decode(options.balanceProbeInterval ?? defaults.balanceProbeInterval),
     keyCooldown: Duration.decode(options.keyCooldown ?? defaults.keyCooldown),
     fallbackCooldown: Duration.decode(options.fallbackCooldown ?? defaults.fallbackCooldown)

@@ -36,6 +36,7 @@ import * as LimiterInternal from "./concurrencyLimiter.js"
 import { AccountSlot, Dispatcher, Lane, type LaneGrant, type Waiter } from "./dispatcher.js"
 import { assertValid, positive } from "./options.js"
 import { secondsBoundaries } from "./policy.js"
+import { undiciOf } from "./transportWires.js"
 
 /** `AccountPool.Options` with defaults applied. */
 export interface Settings {
@@ -46,6 +47,7 @@ export interface Settings {
   readonly fallbackCooldown: Duration.Duration
   readonly maxWait: Duration.Duration
   readonly preflight: boolean
+  readonly warmUp: number
 }
 
 export const failoversCounter = Metric.counter("weatherproof_account_failovers", {
@@ -176,6 +178,15 @@ const probeBalance = (client: HttpClient.HttpClient, member: Member): Effect.Eff
     return body.is_available ? "available" : "unavailable"
   }).pipe(Effect.scoped, Effect.timeout(probeTimeout), Effect.orElseSucceed((): ProbeResult => "failed"))
 
+/** Opens `connections` to each account's origin, over `nodeHttpClient` (see `Transport.Options.warmUp`). */
+const warmUp = (client: HttpClient.HttpClient, members: ReadonlyArray<Member>, connections: number): void =>
+  Option.match(undiciOf(client), {
+    onNone: () => {},
+    onSome: ({ preconnect }) => {
+      for (const member of members) preconnect(new URL(member.account.baseUrl).origin, connections)
+    }
+  })
+
 // ---------------------------------------------------------------------------------------------
 // The pool
 // ---------------------------------------------------------------------------------------------
@@ -229,7 +240,8 @@ export const make = (
           ...settings.breaker,
           name: account.name
         })
-        const transport = yield* Transport.make({ baseUrl: account.baseUrl, deadlines: settings.deadlines }).pipe(
+        // The pool opens the transport's connections itself, after its balance preflight is sent.
+        const transport = yield* Transport.make({ baseUrl: account.baseUrl, deadlines: settings.deadlines, warmUp: 0 }).pipe(
           Effect.provideService(KeyPool.KeyPool, keys)
         )
         const slot = new AccountSlot(index, account.fallback, account.accountConcurrency ?? Infinity)
@@ -663,6 +675,8 @@ export const make = (
       yield* Effect.forEach(members.filter((member) => member.account.provider === "deepseek"), preflight, { discard: true })
     }
     yield* Effect.forEach(members, refresh, { discard: true })
+    // Each account's connections open alongside its preflight, once that request is on its way.
+    yield* Effect.forkIn(Effect.zipRight(Effect.yieldNow(), Effect.sync(() => warmUp(client, members, settings.warmUp))), scope)
     const capacity = Effect.sync((): Capacity => ({ ...dispatcher.capacity(), changed: Deferred.await(roomLatch) }))
 
     return { create, stream, snapshot, capacity }

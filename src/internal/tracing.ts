@@ -1,6 +1,7 @@
 import * as Context from "effect/Context"
 import * as DefaultServices from "effect/DefaultServices"
 import * as Effect from "effect/Effect"
+import type * as Fiber from "effect/Fiber"
 import * as Tracer from "effect/Tracer"
 
 /** Effect's built-in tracer: the one a fiber has when no other is installed. */
@@ -23,3 +24,6 @@ export const withSpanWhenTraced = <A, E, R>(
       ? self
       : Effect.withSpan(self, name, { attributes, captureStackTrace: false })
   )
+
+/** Whether `fiber` has a tracer of its own: not Effect's built-in one, which sends spans nowhere. */
+export const isTraced = (fiber: Fiber.RuntimeFiber<unknown, unknown>): boolean => fiber.currentTracer !== builtInTracer
