@@ -245,11 +245,13 @@ export const defaultMax = 10_000
 
 /**
  * How far an acceptance at the top of the limit lets it grow in slow start: one request while
- * the limit is small (a cap found costs a single 429), then a share of it, so a cap of thousands
- * is reached in about 180 round trips instead of one per request (8 → 2,500: 56 steps of one to
- * 64, then 3 % a round trip), at the price of at most that share of 429s when it is found.
+ * the limit is small, so a small cap costs a single 429 to find. Above that, before any cap was
+ * measured (no ceiling), an eighth of the level: 8 → 2,500 in about 60 round trips, at the price
+ * of at most an eighth of the cap in 429s, once, when it is found; above a measured ceiling,
+ * where a cap that has not moved is the likely finding, 1/32 of it from 64 on.
  */
-const slowStartStep = (level: number): number => level < 64 ? 1 : Math.floor(level / 32)
+const slowStartStep = (level: number, ceiling: number): number =>
+  Number.isFinite(ceiling) ? (level < 64 ? 1 : Math.floor(level / 32)) : (level < 32 ? 1 : Math.floor(level / 8))
 
 /** Where the controller is in its cycle; see the module doc of `ConcurrencyLimiter`. */
 type Phase = "slowStart" | "recover" | "hold"
@@ -321,10 +323,9 @@ class Aimd implements Policy {
 
   /**
    * A request granted at `level` holds a slot upstream. In slow start, the one at the top of the
-   * limit lets more requests go above it at once (`slowStartStep`: one while the limit is under
-   * 64): growth clocked by round trips, not by responses, with few requests at a time in untried
-   * territory, so an overshoot costs one 429 at small limits and a few percent of the cap at
-   * large ones.
+   * limit lets more requests go above it at once (`slowStartStep`): growth clocked by round
+   * trips, not by responses, with few requests at a time in untried territory, so an overshoot
+   * costs one 429 at small limits and at most an eighth of the cap at large ones.
    */
   accepted(stamp: number, level: number): boolean {
     this.acceptanceClocked = true
@@ -333,7 +334,7 @@ class Aimd implements Policy {
     if (level <= this.confirmed) return false
     this.confirmed = level
     if (this.phase !== "slowStart" || this.congestedWindows > 0 || level < this.limit) return false
-    this.setValue(level + slowStartStep(level))
+    this.setValue(level + slowStartStep(level, this.ceiling))
     return true
   }
 
