@@ -340,16 +340,116 @@ const outcomeOf = (
  * gauge show it even when no call arrives. (Admission checks the period too, so a call never
  * depends on this fiber's timing.)
  */
-const halfOpenTimer = (machine: internal.Machine, now: () => number): Effect.Effect<never> =>
+const halfOpenTimer = (core: internal.Core): Effect.Effect<never> =>
   Effect.suspend(() => {
-    const transitioned = Deferred.await(machine.signal)
-    const state = machine.state
+    const transitioned = Deferred.await(core.machine.signal)
+    const state = core.machine.state
     return state._tag === "Open"
-      ? Effect.race(Effect.sleep(Duration.millis(state.until - now())), transitioned).pipe(
-        Effect.zipRight(Effect.sync(() => machine.poll(now())))
-      )
+      ? Effect.race(Effect.zipRight(Effect.sleep(Duration.millis(state.until - core.now())), core.poll), transitioned)
       : transitioned
   }).pipe(Effect.forever)
+
+/** Where a breaker's transitions go: `changes` (replaying the latest to each new subscriber) and the metrics. */
+interface Transitions {
+  readonly states: PubSub.PubSub<State>
+  readonly announce: (state: State) => void
+  /** Counts trips this service made. */
+  readonly tripped: (trips: number) => void
+}
+
+const transitionsOf = (options: Options): Effect.Effect<Transitions, never, Scope.Scope> =>
+  Effect.map(Effect.acquireRelease(PubSub.unbounded<State>({ replay: 1 }), PubSub.shutdown), (states) => {
+    const labels = options.name === undefined ? [] : [MetricLabel.make("circuit_breaker", options.name)]
+    return {
+      states,
+      announce: (state) => {
+        states.unsafeOffer(state)
+        stateGauge.unsafeUpdate(gaugeValue(state), labels)
+      },
+      tripped: (trips) => tripsCounter.unsafeUpdate(trips, labels)
+    }
+  })
+
+/**
+ * The service over `core`: `protect` and `admit` admit through it and report each outcome to it,
+ * and `changes` replays what `transitions` announced. Runs the half-open timer in the scope.
+ */
+const serve = (core: internal.Core, options: Options, transitions: Transitions): Effect.Effect<Service, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const judge = (exit: Exit.Exit<unknown, unknown>) =>
+      outcomeOf(options.classify ?? ApiError.classify, options.countLoadShed ?? defaults.countLoadShed, exit)
+    transitions.announce(core.machine.state)
+    yield* Effect.forkScoped(halfOpenTimer(core))
+
+    const reject = (rejection: internal.Rejection) =>
+      new CircuitOpen({
+        reason: rejection.reason,
+        until: rejection.until,
+        retryAfter: rejection.reason === "open"
+          ? Option.some(Duration.millis(Math.max(0, rejection.until - core.now())))
+          : Option.none(),
+        trips: rejection.trips,
+        name: options.name
+      })
+
+    const settleAfter = <A, E, R>(ticket: number, effect: Effect.Effect<A, E, R>) =>
+      Effect.flatMap(Effect.exit(effect), (exit) => {
+        core.settle(ticket, judge(exit))
+        return exit
+      })
+
+    // Admission in half-open takes a canary slot, so it is uninterruptible up to the verdict:
+    // an admitted canary always settles and frees or fills its slot.
+    const admitGuarded = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | CircuitOpen, R> =>
+      Effect.uninterruptibleMask((restore) => {
+        const attempt: Effect.Effect<A, E | CircuitOpen, R> = Effect.flatMap(core.admit, (admission) => {
+          if (typeof admission === "number") return settleAfter(admission, restore(effect))
+          return "reason" in admission
+            ? Effect.fail(reject(admission))
+            : Effect.zipRight(restore(Deferred.await(admission)), attempt)
+        })
+        return attempt
+      })
+
+    // Closed admission has no side effect: a call interrupted anywhere is simply not counted,
+    // which is what the breaker does with interruptions anyway. So the hot path needs no mask.
+    const protect = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | CircuitOpen, R> =>
+      Effect.suspend(() => {
+        const ticket = core.machine.closedTicket()
+        return ticket === undefined ? admitGuarded(effect) : settleAfter(ticket, effect)
+      })
+
+    // Waits out a half-open verdict like `protect`; the ticket is settled once, by the caller or
+    // as interrupted when the scope closes first.
+    const admit = Effect.uninterruptibleMask((restore) => {
+      const enter: Effect.Effect<number, CircuitOpen> = Effect.flatMap(core.admit, (admission) => {
+        if (typeof admission === "number") return Effect.succeed(admission)
+        return "reason" in admission
+          ? Effect.fail(reject(admission))
+          : Effect.zipRight(restore(Deferred.await(admission)), enter)
+      })
+      return Effect.flatMap(enter, (ticket) => {
+        let settled = false
+        const settle = (exit: Exit.Exit<unknown, unknown>) =>
+          Effect.sync(() => {
+            if (settled) return
+            settled = true
+            core.settle(ticket, judge(exit))
+          })
+        return Effect.as(Effect.addFinalizer(() => settle(Exit.interrupt(FiberId.none))), settle)
+      })
+    })
+
+    return {
+      protect,
+      admit,
+      state: core.state,
+      changes: Stream.fromPubSub(transitions.states),
+      isolate: core.isolate,
+      reset: core.reset,
+      snapshot: core.snapshot
+    }
+  })
 
 /**
  * A breaker. It runs a fiber in the scope that turns the circuit half-open when an open period
@@ -375,95 +475,14 @@ const halfOpenTimer = (machine: internal.Machine, now: () => number): Effect.Eff
 export const make = (options: Options = {}): Effect.Effect<Service, never, Scope.Scope> =>
   Effect.gen(function*() {
     const settings = yield* Effect.sync(() => settingsOf(options))
-    const judge = (exit: Exit.Exit<unknown, unknown>) =>
-      outcomeOf(options.classify ?? ApiError.classify, options.countLoadShed ?? defaults.countLoadShed, exit)
     const clock = yield* Effect.clock
     const now = () => clock.unsafeCurrentTimeMillis()
-    const labels = options.name === undefined ? [] : [MetricLabel.make("circuit_breaker", options.name)]
-    // Replays the latest state to each new subscriber, so `changes` starts with the current one.
-    const states = yield* Effect.acquireRelease(PubSub.unbounded<State>({ replay: 1 }), PubSub.shutdown)
-    const announce = (state: State) => {
-      states.unsafeOffer(state)
-      stateGauge.unsafeUpdate(gaugeValue(state), labels)
-      if (state._tag === "Open") tripsCounter.unsafeUpdate(1, labels)
-    }
-    const machine = new internal.Machine(settings, now(), announce)
-    announce(machine.state)
-    yield* Effect.forkScoped(halfOpenTimer(machine, now))
-
-    const reject = (rejection: internal.Rejection) =>
-      new CircuitOpen({
-        reason: rejection.reason,
-        until: rejection.until,
-        retryAfter: rejection.reason === "open"
-          ? Option.some(Duration.millis(Math.max(0, rejection.until - now())))
-          : Option.none(),
-        trips: rejection.trips,
-        name: options.name
-      })
-
-    const settleAfter = <A, E, R>(ticket: number, effect: Effect.Effect<A, E, R>) =>
-      Effect.flatMap(Effect.exit(effect), (exit) => {
-        machine.settle(ticket, judge(exit), now())
-        return exit
-      })
-
-    // Admission in half-open takes a canary slot, so it is uninterruptible up to the verdict:
-    // an admitted canary always settles and frees or fills its slot.
-    const admitGuarded = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | CircuitOpen, R> =>
-      Effect.uninterruptibleMask((restore) => {
-        const attempt: Effect.Effect<A, E | CircuitOpen, R> = Effect.suspend(() => {
-          const admission = machine.admit(now())
-          if (typeof admission === "number") return settleAfter(admission, restore(effect))
-          return "reason" in admission
-            ? Effect.fail(reject(admission))
-            : Effect.zipRight(restore(Deferred.await(admission)), attempt)
-        })
-        return attempt
-      })
-
-    // Closed admission has no side effect: a call interrupted anywhere is simply not counted,
-    // which is what the breaker does with interruptions anyway. So the hot path needs no mask.
-    const protect = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | CircuitOpen, R> =>
-      Effect.suspend(() => {
-        const ticket = machine.closedTicket()
-        return ticket === undefined ? admitGuarded(effect) : settleAfter(ticket, effect)
-      })
-
-    // Waits out a half-open verdict like `protect`; the ticket is settled once, by the caller or
-    // as interrupted when the scope closes first.
-    const admit = Effect.uninterruptibleMask((restore) => {
-      const enter: Effect.Effect<number, CircuitOpen> = Effect.suspend(() => {
-        const admission = machine.admit(now())
-        if (typeof admission === "number") return Effect.succeed(admission)
-        return "reason" in admission
-          ? Effect.fail(reject(admission))
-          : Effect.zipRight(restore(Deferred.await(admission)), enter)
-      })
-      return Effect.flatMap(enter, (ticket) => {
-        let settled = false
-        const settle = (exit: Exit.Exit<unknown, unknown>) =>
-          Effect.sync(() => {
-            if (settled) return
-            settled = true
-            machine.settle(ticket, judge(exit), now())
-          })
-        return Effect.as(Effect.addFinalizer(() => settle(Exit.interrupt(FiberId.none))), settle)
-      })
+    const transitions = yield* transitionsOf(options)
+    const machine = new internal.Machine(settings, now(), (state) => {
+      transitions.announce(state)
+      if (state._tag === "Open") transitions.tripped(1)
     })
-
-    return {
-      protect,
-      admit,
-      state: Effect.sync(() => {
-        machine.poll(now())
-        return machine.state
-      }),
-      changes: Stream.fromPubSub(states),
-      isolate: Effect.sync(() => machine.isolate(now())),
-      reset: Effect.sync(() => machine.close()),
-      snapshot: Effect.sync(() => machine.snapshot(now()))
-    }
+    return yield* serve(internal.localCore(machine, now), options, transitions)
   })
 
 /**
