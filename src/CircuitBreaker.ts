@@ -19,6 +19,22 @@
  * adaptive limiter, which owns that signal). An account or caller problem counts as a success:
  * the upstream answered. Our own refusals, interruptions and defects are ignored.
  *
+ * ## Shared on Redis
+ *
+ * `makeRedis` / `layerRedis` share one breaker between every service of the same `name` on the
+ * same Redis prefix, in any process: a trip in one opens all, `changes` emits every transition
+ * whoever made it, `isolate` and `reset` apply to all, and half-open admits `canaries` calls in
+ * total. It is the same state machine, stored as plain data in `{prefix}:breaker:<name>` and
+ * changed by optimistic concurrency (read with the server's `TIME`, apply, write if the version
+ * is unchanged, else again), so open periods are timed by the Redis server's clock. Each service
+ * keeps a mirror of it: a closed circuit admits and an open one refuses without a round trip, and
+ * outcomes are written in batches by one fiber, off the call's path. Transitions are published on
+ * `{prefix}:breaker:<name>:changes`; a service re-reads on a message and on a reconnection.
+ *
+ * While Redis fails, each service goes on from its last known state, alone (one warning naming
+ * the server's URL), and rejoins once the connection is ready again (one note): an Open or
+ * Isolated state on either side wins, of two open periods the later end.
+ *
  * @since 0.1.0
  */
 
@@ -40,7 +56,9 @@ import * as Stream from "effect/Stream"
 import * as ApiError from "./ApiError.js"
 import type { Classifier } from "./ApiError.js"
 import * as internal from "./internal/circuitBreaker.js"
+import * as internalRedis from "./internal/circuitBreakerRedis.js"
 import { assertValid, atLeast, positive, positiveInteger, ratio } from "./internal/options.js"
+import * as Redis from "./Redis.js"
 
 /**
  * Calls pass and are counted.
@@ -491,6 +509,54 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Scope
  */
 export const layer = (options?: Options): Layer.Layer<CircuitBreaker> =>
   Layer.scoped(CircuitBreaker, make(options))
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface RedisOptions extends Options {
+  /** Every breaker of this name on the same Redis prefix, in any process, is one breaker. Give them the same options. */
+  readonly name: string
+}
+
+/**
+ * A breaker shared on Redis by every service of the same `name` (see "Shared on Redis" above):
+ * same options and semantics as `make`. Dies with `IllegalArgumentException` on invalid options.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { CircuitBreaker, Redis } from "weatherproof"
+ *
+ * declare const search: (query: string) => Effect.Effect<ReadonlyArray<string>, Error>
+ *
+ * // Every replica's calls count toward one breaker; when it trips, all of them stop.
+ * const program = Effect.scoped(Effect.gen(function*() {
+ *   const breaker = yield* CircuitBreaker.makeRedis({ name: "search", openFor: "10 seconds" })
+ *   return yield* breaker.protect(search("weather in Oslo"))
+ * })).pipe(Effect.provide(Redis.layer({ url: "redis://127.0.0.1:6379" })))
+ * ```
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makeRedis = (options: RedisOptions): Effect.Effect<Service, never, Redis.Redis | Scope.Scope> =>
+  Effect.gen(function*() {
+    const settings = yield* Effect.sync(() => settingsOf(options))
+    const redis = yield* Redis.Redis
+    const transitions = yield* transitionsOf(options)
+    const core = yield* internalRedis.core(redis, options.name, settings, transitions.announce, transitions.tripped)
+    return yield* serve(core, options, transitions)
+  })
+
+/**
+ * `makeRedis` as a layer.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerRedis = (options: RedisOptions): Layer.Layer<CircuitBreaker, never, Redis.Redis> =>
+  Layer.scoped(CircuitBreaker, makeRedis(options))
 
 /**
  * A breaker that never opens: `protect` runs every call unchanged, `isolate` and `reset` do
