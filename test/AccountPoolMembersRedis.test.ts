@@ -2,7 +2,6 @@ import { describe, expect, it } from "@effect/vitest"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
-import * as Schedule from "effect/Schedule"
 import type { Account } from "../src/Accounts.js"
 import type { ChatCompletionRequest } from "../src/ChatSchema.js"
 import * as CostLedger from "../src/CostLedger.js"
@@ -10,7 +9,7 @@ import * as internal from "../src/internal/accountPool.js"
 import * as MemberState from "../src/internal/memberState.js"
 import * as MockUpstream from "../src/MockUpstream.js"
 import * as Redis from "../src/Redis.js"
-import { redisServer, redisServerPresent, skipMessage } from "./support/redisServer.js"
+import { redisServer, redisServerPresent, skipMessage, until } from "./support/redisServer.js"
 
 const account = (name: string): Account => ({
   name,
@@ -22,10 +21,6 @@ const account = (name: string): Account => ({
 })
 
 const request: ChatCompletionRequest = { model: "deepseek-v4-flash", messages: [{ role: "user", content: "hi" }] }
-
-/** `effect` repeated until `done` holds of its result, every 10 ms for at most 5 s. */
-const until = <A, E>(effect: Effect.Effect<A, E>, done: (a: A) => boolean) =>
-  effect.pipe(Effect.filterOrFail(done), Effect.retry(Schedule.spaced("10 millis")), Effect.timeout("5 seconds"))
 
 describe.skipIf(!redisServerPresent)(skipMessage("AccountPool members on Redis"), () => {
   it.scopedLive("two pools: one preflight probe for both; a 402 in one takes the account out in the other", () =>

@@ -1,12 +1,11 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
-import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as Redis from "../src/Redis.js"
 import { capturingLogs, type Logged } from "./support/logs.js"
-import { awaitReady, keysWithTtl, redisServer, redisServerPresent, type RedisServer, skipMessage } from "./support/redisServer.js"
+import { awaitReady, keysWithTtl, redisServer, redisServerPresent, type RedisServer, skipMessage, until } from "./support/redisServer.js"
 
 const connect = (server: RedisServer) => Redis.make({ url: server.url })
 
@@ -30,10 +29,6 @@ const twoBreakers = (server: RedisServer, overrides: Partial<CircuitBreaker.Redi
     const theirs = yield* connect(server)
     return { mine, theirs, a: yield* breakerOn(mine, overrides), b: yield* breakerOn(theirs, overrides) }
   })
-
-/** `effect` repeated until `done` holds of its result, every 10 ms for at most 5 s. */
-const until = <A, E>(effect: Effect.Effect<A, E>, done: (a: A) => boolean) =>
-  effect.pipe(Effect.filterOrFail(done), Effect.retry(Schedule.spaced("10 millis")), Effect.timeout("5 seconds"))
 
 const stateIs = (breaker: CircuitBreaker.Service, tag: CircuitBreaker.State["_tag"]) =>
   until(breaker.state, (state) => state._tag === tag)

@@ -2,11 +2,10 @@ import { describe, expect, it } from "@effect/vitest"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
-import * as Schedule from "effect/Schedule"
 import * as KeyPool from "../src/KeyPool.js"
 import * as Redis from "../src/Redis.js"
 import { capturingLogs, type Logged } from "./support/logs.js"
-import { awaitReady, keysWithTtl, redisServer, redisServerPresent, type RedisServer, skipMessage } from "./support/redisServer.js"
+import { awaitReady, keysWithTtl, redisServer, redisServerPresent, type RedisServer, skipMessage, until } from "./support/redisServer.js"
 
 const secrets = ["sk-first-0123456789abcdef0123456789", "sk-second-abcdef0123456789abcdef0123"]
 const keys = secrets.map(Redacted.make)
@@ -20,10 +19,6 @@ const twoPools = (server: RedisServer) =>
     const theirs = yield* Redis.make({ url: server.url })
     return { mine, theirs, a: yield* poolOn(mine), b: yield* poolOn(theirs) }
   })
-
-/** `effect` repeated until `done` holds of its result, every 10 ms for at most 5 s. */
-const until = <A, E>(effect: Effect.Effect<A, E>, done: (a: A) => boolean) =>
-  effect.pipe(Effect.filterOrFail(done), Effect.retry(Schedule.spaced("10 millis")), Effect.timeout("5 seconds"))
 
 describe.skipIf(!redisServerPresent)(skipMessage("KeyPool on Redis"), () => {
   it.scopedLive("a key rejected in one rests in both, comes back after the cooldown; its fingerprint is its only trace", () =>

@@ -3,13 +3,12 @@ import * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
-import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as Redis from "../src/Redis.js"
 import * as SharedBalance from "../src/internal/sharedBalance.js"
 import { capturingLogs, type Logged } from "./support/logs.js"
-import { awaitReady, keysWithTtl, redisServer, redisServerPresent, type RedisServer, skipMessage } from "./support/redisServer.js"
+import { awaitReady, keysWithTtl, redisServer, redisServerPresent, type RedisServer, skipMessage, until } from "./support/redisServer.js"
 
 const options = { leaseMillis: 300, verdictMillis: 200 }
 
@@ -24,10 +23,6 @@ const twoProcesses = (server: RedisServer) =>
       b: yield* SharedBalance.onRedis(theirs, "main", options)
     }
   })
-
-/** `effect` repeated until `done` holds of its result, every 10 ms for at most 5 s. */
-const until = <A, E>(effect: Effect.Effect<A, E>, done: (a: A) => boolean) =>
-  effect.pipe(Effect.filterOrFail(done), Effect.retry(Schedule.spaced("10 millis")), Effect.timeout("5 seconds"))
 
 /** A probe that counts its runs and answers `verdict` after 100 ms. */
 const countingProbe = (verdict: SharedBalance.Verdict) => {
