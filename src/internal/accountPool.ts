@@ -267,13 +267,22 @@ export const make = (
     }
     const laneMetrics = new Map<Lane, LaneMetrics>()
 
-    // The capacity's latch: completed, and replaced, whenever the pool may have more room.
-    let roomLatch = Deferred.unsafeMake<void>(FiberId.none)
+    // The capacity's latch: completed, and replaced, whenever the pool may have more room. Made
+    // when a reader waits on it, so a release with nobody waiting allocates nothing; `roomChanges`
+    // counts the changes, so a reading's wait sees one that came after the reading.
+    let roomLatch: Deferred.Deferred<void> | undefined
+    let roomChanges = 0
     const roomMayHaveGrown = () => {
+      roomChanges++
       const last = roomLatch
-      roomLatch = Deferred.unsafeMake<void>(FiberId.none)
-      Deferred.unsafeDone(last, Exit.void)
+      roomLatch = undefined
+      if (last !== undefined) Deferred.unsafeDone(last, Exit.void)
     }
+    /** Completes at the first change after the `seen`-th. */
+    const roomChangedSince = (seen: number): Effect.Effect<void> =>
+      Effect.suspend(() =>
+        roomChanges !== seen ? Effect.void : Deferred.await(roomLatch ??= Deferred.unsafeMake<void>(FiberId.none))
+      )
 
     const dispatcher: Dispatcher = new Dispatcher(members.map((member) => member.slot), (slot, model) => {
       const account = members[slot.index]!.account
@@ -732,7 +741,7 @@ export const make = (
     yield* Effect.forEach(members, refresh, { discard: true })
     // Each account's connections open alongside its preflight, once that request is on its way.
     yield* Effect.forkIn(Effect.zipRight(Effect.yieldNow(), Effect.sync(() => warmUp(client, members, settings.warmUp))), scope)
-    const capacity = Effect.sync((): Capacity => ({ ...dispatcher.capacity(), changed: Deferred.await(roomLatch) }))
+    const capacity = Effect.sync((): Capacity => ({ ...dispatcher.capacity(), changed: roomChangedSince(roomChanges) }))
 
     return { create, stream, snapshot, capacity }
   })
