@@ -80,7 +80,15 @@ const replyOfCause = (cause: Cause.Cause<GatewayError>, scrub: Scrubber): Effect
 const errorResponse = (reply: ErrorReply, scrub: Scrubber) =>
   HttpServerResponse.unsafeJson(errorBody(reply, scrub), { status: reply.status, headers: errorHeaders(reply) })
 
-const sseEvent = (data: unknown): Uint8Array => utf8.encode(`data: ${JSON.stringify(data)}\n\n`)
+const eventText = (data: unknown): string => `data: ${JSON.stringify(data)}\n\n`
+
+const sseEvent = (data: unknown): Uint8Array => utf8.encode(eventText(data))
+
+/**
+ * A batch of chunks (one upstream read) as one buffer of SSE events: one allocation and one
+ * write to the client's socket per read, whatever the number of events in it.
+ */
+const sseEvents = (chunks: ReadonlyArray<ChatCompletionChunk>): Uint8Array => utf8.encode(chunks.map(eventText).join(""))
 
 // --- the request ------------------------------------------------------------------------------
 
@@ -115,9 +123,9 @@ const oneOf = <const A extends string>(name: string, values: ReadonlyArray<A>, f
 const priorityOf = oneOf("x-weatherproof-priority", ["interactive", "batch"], "interactive")
 const cacheModeOf = oneOf("x-weatherproof-cache", ["auto", "force", "bypass"], "auto")
 
-/** What the pump queues for the answer: chunks, then how the upstream stream ended. */
+/** What the pump queues for the answer: the SSE events of each batch of chunks, then how the upstream stream ended. */
 type Item =
-  | { readonly _tag: "Chunks"; readonly chunks: Chunk.Chunk<ChatCompletionChunk> }
+  | { readonly _tag: "Events"; readonly bytes: Uint8Array }
   | { readonly _tag: "Ended"; readonly exit: Exit.Exit<void, GatewayError> }
 
 /**
@@ -180,17 +188,17 @@ export const make = (settings: Settings, traffic: Traffic) =>
 
     /**
      * Runs the upstream stream in a fiber of its own, tracked so the drain deadline can interrupt
-     * it, queueing its chunks, then how it ended. The queue is unbounded: an answer's rest waits
-     * there while a slow client reads (an answer is bounded by its `max_tokens`).
+     * it, queueing the events of each read, then how it ended. The queue is unbounded: an answer's
+     * rest waits there while a slow client reads (an answer is bounded by its `max_tokens`).
      */
     const pump = (upstream: Stream.Stream<ChatCompletionChunk, GatewayError>, wantsUsage: boolean) =>
       Effect.gen(function*() {
         const items = yield* Queue.unbounded<Item>()
-        const keep = (chunk: ChatCompletionChunk) => !isUnaskedUsage(wantsUsage)(chunk)
+        const unasked = isUnaskedUsage(wantsUsage)
         const fiber = yield* Effect.forkScoped(
           Stream.runForEachChunk(upstream, (chunks) => {
-            const kept = Chunk.filter(chunks, keep)
-            return Chunk.isEmpty(kept) ? Effect.void : Queue.offer(items, { _tag: "Chunks", chunks: kept })
+            const kept = Chunk.toReadonlyArray(chunks).filter((chunk) => !unasked(chunk))
+            return kept.length === 0 ? Effect.void : Queue.offer(items, { _tag: "Events", bytes: sseEvents(kept) })
           }).pipe(Effect.onExit((exit) => Queue.offer(items, { _tag: "Ended", exit })))
         )
         traffic.track(fiber)
@@ -200,29 +208,29 @@ export const make = (settings: Settings, traffic: Traffic) =>
     const stream = (request: ChatCompletionRequest, options: CallOptions) =>
       Effect.gen(function*() {
         const items = yield* pump(resilient.stream(request, options), request.stream_options?.include_usage === true)
-        // The first content, or nothing when the stream ended without any.
-        const first: Effect.Effect<Chunk.Chunk<ChatCompletionChunk>, GatewayError> = Effect.flatMap(
+        // The first content's events, or nothing when the stream ended without any.
+        const first: Effect.Effect<Uint8Array | undefined, GatewayError> = Effect.flatMap(
           Queue.take(items),
           (item) =>
-            item._tag === "Chunks"
-              ? Effect.succeed(item.chunks)
-              : Exit.match(item.exit, { onFailure: Effect.failCause, onSuccess: () => Effect.succeed(Chunk.empty()) })
+            item._tag === "Events"
+              ? Effect.succeed(item.bytes)
+              : Exit.match(item.exit, { onFailure: Effect.failCause, onSuccess: () => Effect.succeed(undefined) })
         )
         // From the first content (written at once): the rest, `[DONE]` on a clean end, an error
         // event (and no `[DONE]`) on a failure, the drain deadline included.
-        const events = (head: Chunk.Chunk<ChatCompletionChunk>): Stream.Stream<Uint8Array> => {
-          if (Chunk.isEmpty(head)) return Stream.make(done)
+        const events = (head: Uint8Array | undefined): Stream.Stream<Uint8Array> => {
+          if (head === undefined) return Stream.make(done)
           let ended = false
-          const next: Effect.Effect<Chunk.Chunk<Uint8Array>, Option.Option<never>> = Effect.suspend(() =>
+          const next: Effect.Effect<Uint8Array, Option.Option<never>> = Effect.suspend(() =>
             ended ? Effect.fail(Option.none()) : Effect.flatMap(Queue.take(items), (item) => {
-              if (item._tag === "Chunks") return Effect.succeed(Chunk.map(item.chunks, sseEvent))
+              if (item._tag === "Events") return Effect.succeed(item.bytes)
               ended = true
-              if (Exit.isSuccess(item.exit)) return Effect.succeed(Chunk.of(done))
+              if (Exit.isSuccess(item.exit)) return Effect.succeed(done)
               traffic.streamCut()
-              return Effect.map(lateError(item.exit.cause, sseEvent), Chunk.of)
+              return lateError(item.exit.cause, sseEvent)
             })
           )
-          return Stream.concat(Stream.fromChunk(Chunk.map(head, sseEvent)), Stream.repeatEffectChunkOption(next))
+          return Stream.concat(Stream.succeed(head), Stream.repeatEffectOption(next))
         }
         return yield* awaitFirst(waiting(first), {
           ...keepAliveSettings,
