@@ -19,7 +19,6 @@ import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
-import type * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as ParseResult from "effect/ParseResult"
@@ -44,7 +43,7 @@ import {
   ShuttingDown,
   type Unauthorized
 } from "./errors.js"
-import { awaitFirst, jsonKeepAlive, sseKeepAlive } from "./keepAlive.js"
+import { awaitFirst, jsonKeepAlive, Latch, sseKeepAlive } from "./keepAlive.js"
 import type { Traffic } from "./traffic.js"
 
 export interface Settings {
@@ -164,65 +163,80 @@ export const make = (settings: Settings, traffic: Traffic) =>
 
     const keepAliveSettings = {
       interval: settings.keepAliveInterval,
-      track: (fiber: Fiber.RuntimeFiber<unknown, unknown>) => traffic.track(fiber),
       onKeepAlive: () => traffic.keptAlive()
     }
 
+    /** Runs `effect` in a fiber of the request's scope, tracked so the drain deadline can interrupt it. */
+    const forkTracked = <A, E>(effect: Effect.Effect<A, E>) =>
+      Effect.tap(Effect.forkScoped(effect), (fiber) => traffic.track(fiber))
+
     const completion = (request: ChatCompletionRequest, options: CallOptions) =>
-      awaitFirst(waiting(resilient.create(request, options)), {
-        ...keepAliveSettings,
-        keepAlive: jsonKeepAlive,
-        contentType: "application/json",
-        headers: {},
-        ready: (exit) =>
-          Exit.match(exit, {
-            onFailure: (cause) => failed(cause),
-            onSuccess: (answer) => Effect.succeed(HttpServerResponse.unsafeJson(answer))
-          }),
-        late: (exit) =>
-          Exit.match(exit, {
-            onFailure: (cause) => Stream.fromEffect(lateError(cause, (body) => utf8.encode(JSON.stringify(body)))),
-            onSuccess: (answer) => Stream.succeed(utf8.encode(JSON.stringify(answer)))
-          })
-      })
+      Effect.flatMap(forkTracked(waiting(resilient.create(request, options))), (call) =>
+        awaitFirst(call, {
+          ...keepAliveSettings,
+          keepAlive: jsonKeepAlive,
+          contentType: "application/json",
+          headers: {},
+          ready: (exit) =>
+            Exit.match(exit, {
+              onFailure: (cause) => failed(cause),
+              onSuccess: (answer) => Effect.succeed(HttpServerResponse.unsafeJson(answer))
+            }),
+          late: (exit) =>
+            Exit.match(exit, {
+              onFailure: (cause) => Stream.fromEffect(lateError(cause, (body) => utf8.encode(JSON.stringify(body)))),
+              onSuccess: (answer) => Stream.succeed(utf8.encode(JSON.stringify(answer)))
+            })
+        }))
 
     /**
      * Runs the upstream stream in a fiber of its own, tracked so the drain deadline can interrupt
-     * it, queueing the events of each read, then how it ended. The queue is unbounded: an answer's
-     * rest waits there while a slow client reads (an answer is bounded by its `max_tokens`).
+     * it. The events of its first read (or how it ended without any) go to `first`, counted as
+     * waiting until then; those of each later read to `rest`, then how it ended. The queue is
+     * unbounded: an answer's rest waits there while a slow client reads (an answer is bounded by
+     * its `max_tokens`).
      */
     const pump = (upstream: Stream.Stream<ChatCompletionChunk, GatewayError>, wantsUsage: boolean) =>
       Effect.gen(function*() {
-        const items = yield* Queue.unbounded<Item>()
+        const first = new Latch<Uint8Array | undefined, GatewayError>()
+        const rest = yield* Queue.unbounded<Item>()
         const unasked = isUnaskedUsage(wantsUsage)
-        const fiber = yield* Effect.forkScoped(
-          Stream.runForEachChunk(upstream, (chunks) => {
+        let counted = false
+        const arrived = (exit: Exit.Exit<Uint8Array | undefined, GatewayError>) => {
+          if (counted) traffic.stopWaiting()
+          counted = false
+          first.done(exit)
+        }
+        const run = Effect.suspend(() => {
+          counted = true
+          traffic.startWaiting()
+          return Stream.runForEachChunk(upstream, (chunks) => {
             const kept = Chunk.toReadonlyArray(chunks).filter((chunk) => !unasked(chunk))
-            return kept.length === 0 ? Effect.void : Queue.offer(items, { _tag: "Events", bytes: sseEvents(kept) })
-          }).pipe(Effect.onExit((exit) => Queue.offer(items, { _tag: "Ended", exit })))
+            if (kept.length === 0) return Effect.void
+            const bytes = sseEvents(kept)
+            return first.isDone ? Queue.offer(rest, { _tag: "Events", bytes }) : Effect.sync(() => arrived(Exit.succeed(bytes)))
+          })
+        })
+        const fiber = yield* forkTracked(run)
+        // A fiber tells its exit even when interrupted before it ran.
+        fiber.addObserver((exit) =>
+          first.isDone
+            ? Queue.unsafeOffer(rest, { _tag: "Ended", exit })
+            : arrived(Exit.map(exit, () => undefined))
         )
-        traffic.track(fiber)
-        return items
+        return { first, rest }
       })
 
     const stream = (request: ChatCompletionRequest, options: CallOptions) =>
       Effect.gen(function*() {
-        const items = yield* pump(resilient.stream(request, options), request.stream_options?.include_usage === true)
-        // The first content's events, or nothing when the stream ended without any.
-        const first: Effect.Effect<Uint8Array | undefined, GatewayError> = Effect.flatMap(
-          Queue.take(items),
-          (item) =>
-            item._tag === "Events"
-              ? Effect.succeed(item.bytes)
-              : Exit.match(item.exit, { onFailure: Effect.failCause, onSuccess: () => Effect.succeed(undefined) })
-        )
+        const { first, rest } = yield* pump(resilient.stream(request, options), request.stream_options?.include_usage === true)
         // From the first content (written at once): the rest, `[DONE]` on a clean end, an error
         // event (and no `[DONE]`) on a failure, the drain deadline included.
         const events = (head: Uint8Array | undefined): Stream.Stream<Uint8Array> => {
           if (head === undefined) return Stream.make(done)
           let ended = false
           const next: Effect.Effect<Uint8Array, Option.Option<never>> = Effect.suspend(() =>
-            ended ? Effect.fail(Option.none()) : Effect.flatMap(Queue.take(items), (item) => {
+            ended ? Effect.fail(Option.none()) : Effect.flatMap(Queue.take(rest), (item) => {
               if (item._tag === "Events") return Effect.succeed(item.bytes)
               ended = true
               if (Exit.isSuccess(item.exit)) return Effect.succeed(done)
@@ -232,7 +246,7 @@ export const make = (settings: Settings, traffic: Traffic) =>
           )
           return Stream.concat(Stream.succeed(head), Stream.repeatEffectOption(next))
         }
-        return yield* awaitFirst(waiting(first), {
+        return yield* awaitFirst(first, {
           ...keepAliveSettings,
           keepAlive: sseKeepAlive,
           contentType: "text/event-stream",
