@@ -11,9 +11,14 @@
  *   `DEEPSEEK_BASE_URL`, exactly as a user runs it, with `--concurrency 1024` (a known cap);
  * - Portkey: `@portkey-ai/gateway`'s `build/start-server.js --headless` with `NODE_ENV=production`,
  *   forced onto 127.0.0.1 by a preload (it listens on every interface); requests name the
- *   upstream with `x-portkey-provider: openai` and `x-portkey-custom-host`.
+ *   upstream with `x-portkey-provider: openai` and `x-portkey-custom-host`;
+ * - a bare Node proxy (`node gateway.js proxy <upstream>`): `node:http` in, one undici request out,
+ *   the body piped back untouched. No gateway does less per request, so it is the floor of what
+ *   any gateway adds on this machine (two more loopback hops, an HTTP server and an HTTP client
+ *   sharing the cores with the load and the upstream).
  * The load comes from this process: `clients` loops, each sending its next request when the last
- * answer ended, over one undici keep-alive `Agent` per cell.
+ * answer ended, over one undici keep-alive `Agent` per cell, so the warm-up opens the connections
+ * the measured requests use.
  *
  * Each cell runs `seconds` of non-stream requests (latency to the last byte; throughput: answers
  * per second; the CPU time the contender's own process spent per answer, from /proc) and
@@ -23,6 +28,7 @@
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import { readFileSync, realpathSync } from "node:fs"
+import * as Http from "node:http"
 import { createRequire } from "node:module"
 import * as Net from "node:net"
 import { performance } from "node:perf_hooks"
@@ -121,6 +127,10 @@ const nodeModule = createRequire(import.meta.url)
 const startUpstream = (options: Simulator.Options): Promise<Server> =>
   startProcess(process.execPath, [here, "upstream", JSON.stringify(options)], {}, /upstream (http:\/\/\S+)/, (m) => m[1]!)
 
+/** The bare Node proxy in front of `upstream`, in a process of its own. */
+const startProxy = (upstream: string): Promise<Server> =>
+  startProcess(process.execPath, [here, "proxy", upstream], {}, /proxy (http:\/\/\S+)/, (m) => m[1]!)
+
 /** `weatherproof serve` over one account at `upstream`, with `flags`. */
 const startWeatherproof = (upstream: string, flags: ReadonlyArray<string> = []): Promise<Server> =>
   startProcess(
@@ -183,6 +193,12 @@ const throughWeatherproof = (gateway: string): Target => ({
   headers: { authorization: "Bearer any-client" }
 })
 
+const throughProxy = (proxy: string): Target => ({
+  name: "bare Node proxy",
+  url: `${proxy}/v1/chat/completions`,
+  headers: { authorization: `Bearer ${Simulator.defaultKey}` }
+})
+
 const throughPortkey = (portkey: string, upstream: string, config?: unknown): Target => ({
   name: `Portkey ${portkeyVersion}`,
   url: `${portkey}/v1/chat/completions`,
@@ -241,9 +257,8 @@ interface Run {
   readonly perSecond: number
 }
 
-/** `clients` loops sending for `seconds`. */
-const load = async (target: Target, clients: number, seconds: number, stream: boolean): Promise<Run> => {
-  const dispatcher = new Agent({ keepAliveTimeout: 30_000, connections: clients })
+/** `clients` loops sending for `seconds` over `dispatcher`. */
+const load = async (target: Target, clients: number, seconds: number, stream: boolean, dispatcher: Agent): Promise<Run> => {
   const latencies: Array<number> = []
   const firstEvents: Array<number> = []
   let failures = 0
@@ -267,7 +282,6 @@ const load = async (target: Target, clients: number, seconds: number, stream: bo
   }
   await Promise.all(Array.from({ length: clients }, loop))
   const elapsed = (performance.now() - start) / 1000
-  await dispatcher.close()
   return { latencies, firstEvents, failures, perSecond: latencies.length / elapsed }
 }
 
@@ -304,12 +318,18 @@ interface Round {
 
 /** `server` is the process whose CPU the round reports: the gateway's, or the upstream's for direct. */
 const measureRound = async (target: Target, server: Server, clients: number): Promise<Round> => {
-  await load(target, clients, settings.warmUpSeconds, false)
-  const cpuBefore = server.cpuMs()
-  const json = await load(target, clients, settings.seconds, false)
-  const cpuMsPerAnswer = (server.cpuMs() - cpuBefore) / json.latencies.length
-  const stream = await load(target, clients, settings.streamSeconds, true)
-  return { json, stream, cpuMsPerAnswer }
+  // One pool for the cell: the warm-up opens the connections the measured requests then reuse.
+  const dispatcher = new Agent({ keepAliveTimeout: 30_000, connections: clients })
+  try {
+    await load(target, clients, settings.warmUpSeconds, false, dispatcher)
+    const cpuBefore = server.cpuMs()
+    const json = await load(target, clients, settings.seconds, false, dispatcher)
+    const cpuMsPerAnswer = (server.cpuMs() - cpuBefore) / json.latencies.length
+    const stream = await load(target, clients, settings.streamSeconds, true, dispatcher)
+    return { json, stream, cpuMsPerAnswer }
+  } finally {
+    await dispatcher.close()
+  }
 }
 
 const cellOf = (runs: ReadonlyArray<Round>): Omit<Cell, "contender" | "clients"> => {
@@ -343,11 +363,13 @@ const performance_ = async (log: (line: string) => void): Promise<ReadonlyArray<
   // A known cap far above the load: the adaptive limiter's search is not what is measured here.
   const weatherproof = await startWeatherproof(upstream.url, ["--concurrency", "1024"])
   const portkey = await startPortkey()
+  const proxy = await startProxy(upstream.url)
   try {
     const contenders: ReadonlyArray<readonly [Target, Server]> = [
       [direct(upstream.url), upstream],
       [throughWeatherproof(weatherproof.url), weatherproof],
-      [throughPortkey(portkey.url, upstream.url), portkey]
+      [throughPortkey(portkey.url, upstream.url), portkey],
+      [throughProxy(proxy.url), proxy]
     ]
     const cells: Array<Cell> = []
     for (const clients of settings.clients) {
@@ -360,7 +382,7 @@ const performance_ = async (log: (line: string) => void): Promise<ReadonlyArray<
     }
     return cells
   } finally {
-    await Promise.all([weatherproof.stop(), portkey.stop(), upstream.stop()])
+    await Promise.all([weatherproof.stop(), portkey.stop(), proxy.stop(), upstream.stop()])
   }
 }
 
@@ -543,7 +565,23 @@ export const run = (log: (line: string) => void): Effect.Effect<GatewayReport> =
     return { cells, probes: probesRun }
   })
 
-// --- `node gateway.js upstream <options>`: the upstream's process ---------------------------------
+// --- `node gateway.js upstream <options>` and `node gateway.js proxy <upstream>`: their processes ------
+
+/** The bare proxy: each request sent on to `upstream` as it came, its answer piped back untouched. */
+const serveProxy = (upstream: string): void => {
+  const dispatcher = new Agent({ keepAliveTimeout: 30_000 })
+  const server = Http.createServer((incoming, outgoing) => {
+    const { connection: _, host: __, ...headers } = incoming.headers
+    request(`${upstream}${incoming.url ?? "/"}`, { method: incoming.method as "POST", headers, body: incoming, dispatcher }).then(
+      (answer) => {
+        outgoing.writeHead(answer.statusCode, answer.headers as Http.OutgoingHttpHeaders)
+        answer.body.pipe(outgoing)
+      },
+      () => outgoing.writeHead(502).end()
+    )
+  })
+  server.listen(0, "127.0.0.1", () => console.log(`proxy http://127.0.0.1:${(server.address() as Net.AddressInfo).port}`))
+}
 
 const isEntryPoint = (): boolean => {
   const script = process.argv[1]
@@ -557,5 +595,10 @@ if (isEntryPoint() && process.argv[2] === "upstream") {
     console.log(`upstream ${sim.baseUrl}`)
     yield* Effect.never
   })))
+  process.once("SIGTERM", () => process.exit(0))
+}
+
+if (isEntryPoint() && process.argv[2] === "proxy") {
+  serveProxy(process.argv[3]!)
   process.once("SIGTERM", () => process.exit(0))
 }

@@ -353,7 +353,7 @@ const gatewayVerdicts = (cells: ReadonlyArray<Gateway.Cell>): ReadonlyArray<stri
 const gateway = Effect.gen(function*() {
   const { clients, rounds, seconds, serviceMs, streamSeconds } = Gateway.settings
   yield* Console.log(
-    `\n== Gateway: direct vs weatherproof serve vs Portkey ${Gateway.portkeyVersion}, loopback upstream answering in ${serviceMs} ms, ` +
+    `\n== Gateway: direct vs weatherproof serve vs Portkey ${Gateway.portkeyVersion} vs a bare Node proxy, loopback upstream answering in ${serviceMs} ms, ` +
       `${clients.join(" / ")} clients; ${seconds} s non-stream + ${streamSeconds} s stream per cell, median of ${rounds} rounds ==`
   )
   const report = yield* Gateway.run((line) => console.log(line))

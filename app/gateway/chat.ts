@@ -19,7 +19,6 @@ import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
-import type * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as ParseResult from "effect/ParseResult"
@@ -44,7 +43,7 @@ import {
   ShuttingDown,
   type Unauthorized
 } from "./errors.js"
-import { awaitFirst, jsonKeepAlive, sseKeepAlive } from "./keepAlive.js"
+import { awaitFirst, jsonKeepAlive, Latch, sseKeepAlive } from "./keepAlive.js"
 import type { Traffic } from "./traffic.js"
 
 export interface Settings {
@@ -80,7 +79,15 @@ const replyOfCause = (cause: Cause.Cause<GatewayError>, scrub: Scrubber): Effect
 const errorResponse = (reply: ErrorReply, scrub: Scrubber) =>
   HttpServerResponse.unsafeJson(errorBody(reply, scrub), { status: reply.status, headers: errorHeaders(reply) })
 
-const sseEvent = (data: unknown): Uint8Array => utf8.encode(`data: ${JSON.stringify(data)}\n\n`)
+const eventText = (data: unknown): string => `data: ${JSON.stringify(data)}\n\n`
+
+const sseEvent = (data: unknown): Uint8Array => utf8.encode(eventText(data))
+
+/**
+ * A batch of chunks (one upstream read) as one buffer of SSE events: one allocation and one
+ * write to the client's socket per read, whatever the number of events in it.
+ */
+const sseEvents = (chunks: ReadonlyArray<ChatCompletionChunk>): Uint8Array => utf8.encode(chunks.map(eventText).join(""))
 
 // --- the request ------------------------------------------------------------------------------
 
@@ -115,9 +122,9 @@ const oneOf = <const A extends string>(name: string, values: ReadonlyArray<A>, f
 const priorityOf = oneOf("x-weatherproof-priority", ["interactive", "batch"], "interactive")
 const cacheModeOf = oneOf("x-weatherproof-cache", ["auto", "force", "bypass"], "auto")
 
-/** What the pump queues for the answer: chunks, then how the upstream stream ended. */
+/** What the pump queues for the answer: the SSE events of each batch of chunks, then how the upstream stream ended. */
 type Item =
-  | { readonly _tag: "Chunks"; readonly chunks: Chunk.Chunk<ChatCompletionChunk> }
+  | { readonly _tag: "Events"; readonly bytes: Uint8Array }
   | { readonly _tag: "Ended"; readonly exit: Exit.Exit<void, GatewayError> }
 
 /**
@@ -156,75 +163,90 @@ export const make = (settings: Settings, traffic: Traffic) =>
 
     const keepAliveSettings = {
       interval: settings.keepAliveInterval,
-      track: (fiber: Fiber.RuntimeFiber<unknown, unknown>) => traffic.track(fiber),
       onKeepAlive: () => traffic.keptAlive()
     }
 
+    /** Runs `effect` in a fiber of the request's scope, tracked so the drain deadline can interrupt it. */
+    const forkTracked = <A, E>(effect: Effect.Effect<A, E>) =>
+      Effect.tap(Effect.forkScoped(effect), (fiber) => traffic.track(fiber))
+
     const completion = (request: ChatCompletionRequest, options: CallOptions) =>
-      awaitFirst(waiting(resilient.create(request, options)), {
-        ...keepAliveSettings,
-        keepAlive: jsonKeepAlive,
-        contentType: "application/json",
-        headers: {},
-        ready: (exit) =>
-          Exit.match(exit, {
-            onFailure: (cause) => failed(cause),
-            onSuccess: (answer) => Effect.succeed(HttpServerResponse.unsafeJson(answer))
-          }),
-        late: (exit) =>
-          Exit.match(exit, {
-            onFailure: (cause) => Stream.fromEffect(lateError(cause, (body) => utf8.encode(JSON.stringify(body)))),
-            onSuccess: (answer) => Stream.succeed(utf8.encode(JSON.stringify(answer)))
-          })
-      })
+      Effect.flatMap(forkTracked(waiting(resilient.create(request, options))), (call) =>
+        awaitFirst(call, {
+          ...keepAliveSettings,
+          keepAlive: jsonKeepAlive,
+          contentType: "application/json",
+          headers: {},
+          ready: (exit) =>
+            Exit.match(exit, {
+              onFailure: (cause) => failed(cause),
+              onSuccess: (answer) => Effect.succeed(HttpServerResponse.unsafeJson(answer))
+            }),
+          late: (exit) =>
+            Exit.match(exit, {
+              onFailure: (cause) => Stream.fromEffect(lateError(cause, (body) => utf8.encode(JSON.stringify(body)))),
+              onSuccess: (answer) => Stream.succeed(utf8.encode(JSON.stringify(answer)))
+            })
+        }))
 
     /**
      * Runs the upstream stream in a fiber of its own, tracked so the drain deadline can interrupt
-     * it, queueing its chunks, then how it ended. The queue is unbounded: an answer's rest waits
-     * there while a slow client reads (an answer is bounded by its `max_tokens`).
+     * it. The events of its first read (or how it ended without any) go to `first`, counted as
+     * waiting until then; those of each later read to `rest`, then how it ended. The queue is
+     * unbounded: an answer's rest waits there while a slow client reads (an answer is bounded by
+     * its `max_tokens`).
      */
     const pump = (upstream: Stream.Stream<ChatCompletionChunk, GatewayError>, wantsUsage: boolean) =>
       Effect.gen(function*() {
-        const items = yield* Queue.unbounded<Item>()
-        const keep = (chunk: ChatCompletionChunk) => !isUnaskedUsage(wantsUsage)(chunk)
-        const fiber = yield* Effect.forkScoped(
-          Stream.runForEachChunk(upstream, (chunks) => {
-            const kept = Chunk.filter(chunks, keep)
-            return Chunk.isEmpty(kept) ? Effect.void : Queue.offer(items, { _tag: "Chunks", chunks: kept })
-          }).pipe(Effect.onExit((exit) => Queue.offer(items, { _tag: "Ended", exit })))
+        const first = new Latch<Uint8Array | undefined, GatewayError>()
+        const rest = yield* Queue.unbounded<Item>()
+        const unasked = isUnaskedUsage(wantsUsage)
+        let counted = false
+        const arrived = (exit: Exit.Exit<Uint8Array | undefined, GatewayError>) => {
+          if (counted) traffic.stopWaiting()
+          counted = false
+          first.done(exit)
+        }
+        const run = Effect.suspend(() => {
+          counted = true
+          traffic.startWaiting()
+          return Stream.runForEachChunk(upstream, (chunks) => {
+            const kept = Chunk.toReadonlyArray(chunks).filter((chunk) => !unasked(chunk))
+            if (kept.length === 0) return Effect.void
+            const bytes = sseEvents(kept)
+            return first.isDone ? Queue.offer(rest, { _tag: "Events", bytes }) : Effect.sync(() => arrived(Exit.succeed(bytes)))
+          })
+        })
+        const fiber = yield* forkTracked(run)
+        // A fiber tells its exit even when interrupted before it ran.
+        fiber.addObserver((exit) =>
+          first.isDone
+            ? Queue.unsafeOffer(rest, { _tag: "Ended", exit })
+            : arrived(Exit.map(exit, () => undefined))
         )
-        traffic.track(fiber)
-        return items
+        return { first, rest }
       })
 
     const stream = (request: ChatCompletionRequest, options: CallOptions) =>
       Effect.gen(function*() {
-        const items = yield* pump(resilient.stream(request, options), request.stream_options?.include_usage === true)
-        // The first content, or nothing when the stream ended without any.
-        const first: Effect.Effect<Chunk.Chunk<ChatCompletionChunk>, GatewayError> = Effect.flatMap(
-          Queue.take(items),
-          (item) =>
-            item._tag === "Chunks"
-              ? Effect.succeed(item.chunks)
-              : Exit.match(item.exit, { onFailure: Effect.failCause, onSuccess: () => Effect.succeed(Chunk.empty()) })
-        )
+        const { first, rest } = yield* pump(resilient.stream(request, options), request.stream_options?.include_usage === true)
         // From the first content (written at once): the rest, `[DONE]` on a clean end, an error
         // event (and no `[DONE]`) on a failure, the drain deadline included.
-        const events = (head: Chunk.Chunk<ChatCompletionChunk>): Stream.Stream<Uint8Array> => {
-          if (Chunk.isEmpty(head)) return Stream.make(done)
+        const events = (head: Uint8Array | undefined): Stream.Stream<Uint8Array> => {
+          if (head === undefined) return Stream.make(done)
           let ended = false
-          const next: Effect.Effect<Chunk.Chunk<Uint8Array>, Option.Option<never>> = Effect.suspend(() =>
-            ended ? Effect.fail(Option.none()) : Effect.flatMap(Queue.take(items), (item) => {
-              if (item._tag === "Chunks") return Effect.succeed(Chunk.map(item.chunks, sseEvent))
+          const next: Effect.Effect<Uint8Array, Option.Option<never>> = Effect.suspend(() =>
+            ended ? Effect.fail(Option.none()) : Effect.flatMap(Queue.take(rest), (item) => {
+              if (item._tag === "Events") return Effect.succeed(item.bytes)
               ended = true
-              if (Exit.isSuccess(item.exit)) return Effect.succeed(Chunk.of(done))
+              if (Exit.isSuccess(item.exit)) return Effect.succeed(done)
               traffic.streamCut()
-              return Effect.map(lateError(item.exit.cause, sseEvent), Chunk.of)
+              return lateError(item.exit.cause, sseEvent)
             })
           )
-          return Stream.concat(Stream.fromChunk(Chunk.map(head, sseEvent)), Stream.repeatEffectChunkOption(next))
+          return Stream.concat(Stream.succeed(head), Stream.repeatEffectOption(next))
         }
-        return yield* awaitFirst(waiting(first), {
+        return yield* awaitFirst(first, {
           ...keepAliveSettings,
           keepAlive: sseKeepAlive,
           contentType: "text/event-stream",

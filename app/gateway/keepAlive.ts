@@ -12,10 +12,8 @@ import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import type * as Exit from "effect/Exit"
-import * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
-import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 
 const utf8 = new TextEncoder()
@@ -27,14 +25,21 @@ export const jsonKeepAlive: Uint8Array = utf8.encode("\n")
 export const sseKeepAlive: Uint8Array = utf8.encode(": keep-alive\n\n")
 
 /**
+ * What a client waits for, already running: it tells each observer its result once (at once when
+ * it has it). A call's fiber is one (its exit); a stream's first events are another.
+ */
+export interface Pending<A, E> {
+  readonly addObserver: (observer: (exit: Exit.Exit<A, E>) => void) => void
+  readonly removeObserver: (observer: (exit: Exit.Exit<A, E>) => void) => void
+}
+
+/**
  * How one request waits and answers:
  * - `ready`: the answer when the call ended within the interval, with the status that fits;
  * - `late`: the body that follows the keep-alives of a committed 200, once the call ended.
  */
 export interface Waiter<A, E> {
   readonly interval: Duration.Duration
-  /** Told of the call's fiber as soon as it runs. */
-  readonly track: (fiber: Fiber.RuntimeFiber<A, E>) => void
   readonly keepAlive: Uint8Array
   /** Called for each keep-alive written. */
   readonly onKeepAlive: () => void
@@ -46,12 +51,14 @@ export interface Waiter<A, E> {
 }
 
 /**
- * `fiber`'s exit if it ends within `interval`. A timer and an observer rather than
+ * `pending`'s result if it comes within `interval`. A timer and an observer rather than
  * `Effect.timeoutOption(Fiber.await(fiber))`: that races two more fibers, which on this path (every
- * request) cost more than the rest of the wait (measured: about 0.2 ms of CPU a request).
+ * request) cost more than the rest of the wait (measured: about 0.2 ms of CPU a request). Node
+ * keeps the timers of one duration in one list under one native timer, so a timer per request
+ * is already one ticker per interval.
  */
 const exitWithin = <A, E>(
-  fiber: Fiber.RuntimeFiber<A, E>,
+  pending: Pending<A, E>,
   interval: Duration.Duration
 ): Effect.Effect<Option.Option<Exit.Exit<A, E>>> =>
   Effect.async((resume) => {
@@ -60,28 +67,34 @@ const exitWithin = <A, E>(
       resume(Effect.succeed(Option.some(exit)))
     }
     const timer = setTimeout(() => {
-      fiber.removeObserver(onExit)
+      pending.removeObserver(onExit)
       resume(Effect.succeed(Option.none()))
     }, Duration.toMillis(interval))
-    fiber.addObserver(onExit)
+    pending.addObserver(onExit)
     return Effect.sync(() => {
       clearTimeout(timer)
-      fiber.removeObserver(onExit)
+      pending.removeObserver(onExit)
     })
   })
 
+/** Waits for `pending`'s result. */
+const exitOf = <A, E>(pending: Pending<A, E>): Effect.Effect<Exit.Exit<A, E>> =>
+  Effect.async((resume) => {
+    const onExit = (exit: Exit.Exit<A, E>) => resume(Effect.succeed(exit))
+    pending.addObserver(onExit)
+    return Effect.sync(() => pending.removeObserver(onExit))
+  })
+
 /**
- * Runs `first` in the request's scope (a client that disconnects closes it, which interrupts the
- * call and frees its permit) and answers as the module doc says.
+ * Waits for `pending` (running in the request's scope: a client that disconnects closes it, which
+ * interrupts the call and frees its permit) and answers as the module doc says.
  */
 export const awaitFirst = <A, E>(
-  first: Effect.Effect<A, E>,
+  pending: Pending<A, E>,
   waiter: Waiter<A, E>
-): Effect.Effect<HttpServerResponse.HttpServerResponse, never, Scope.Scope> =>
+): Effect.Effect<HttpServerResponse.HttpServerResponse> =>
   Effect.gen(function*() {
-    const fiber = yield* Effect.forkScoped(first)
-    waiter.track(fiber)
-    const early = yield* exitWithin(fiber, waiter.interval)
+    const early = yield* exitWithin(pending, waiter.interval)
     if (Option.isSome(early)) return yield* waiter.ready(early.value)
     const keepAlives = Stream.repeatEffectWithSchedule(
       Effect.sync(() => {
@@ -90,9 +103,38 @@ export const awaitFirst = <A, E>(
       }),
       Schedule.spaced(waiter.interval)
     )
-    const body = Stream.concat(
-      Stream.interruptWhen(keepAlives, Fiber.await(fiber)),
-      Stream.unwrap(Effect.map(Fiber.await(fiber), waiter.late))
-    )
+    const ended = exitOf(pending)
+    const body = Stream.concat(Stream.interruptWhen(keepAlives, ended), Stream.unwrap(Effect.map(ended, waiter.late)))
     return HttpServerResponse.stream(body, { contentType: waiter.contentType, headers: waiter.headers })
   })
+
+/**
+ * A result told once to each observer, as a fiber tells its exit: for what is not a fiber's
+ * exit (a stream's first events). Effect's `Deferred` is awaited by a fiber, not observed.
+ */
+export class Latch<A, E> implements Pending<A, E> {
+  private result: Exit.Exit<A, E> | undefined
+  private observers: Array<(exit: Exit.Exit<A, E>) => void> = []
+
+  get isDone(): boolean {
+    return this.result !== undefined
+  }
+
+  /** Sets the result and tells the observers; the first call wins. */
+  done(exit: Exit.Exit<A, E>): void {
+    if (this.result !== undefined) return
+    this.result = exit
+    const observers = this.observers
+    this.observers = []
+    for (const observer of observers) observer(exit)
+  }
+
+  addObserver(observer: (exit: Exit.Exit<A, E>) => void): void {
+    if (this.result !== undefined) observer(this.result)
+    else this.observers.push(observer)
+  }
+
+  removeObserver(observer: (exit: Exit.Exit<A, E>) => void): void {
+    this.observers = this.observers.filter((o) => o !== observer)
+  }
+}
