@@ -1,6 +1,7 @@
 /**
- * The batch CLI's start-up: the time from spawning `node dist/bin/weatherproof.js batch` (a
- * one-line input, one account from the environment) to its first request at the upstream, beside
+ * The batch CLI's start-up: the time from spawning the bundled CLI as installed,
+ * `node dist/cli/weatherproof.js batch` (a one-line input, one account from the environment), to
+ * its first request at the upstream, beside
  * the plain client (`plainClient.ts`: Node, p-limit and undici, nothing else) doing the same, and
  * `weatherproof --version` to its exit. The upstream is a minimal `node:http` server in this
  * process that notes when each request arrives: it answers the pool's balance preflight
