@@ -157,6 +157,16 @@ describe("weatherproof batch as a process", () => {
       expect(yield* ws.fs.exists(ws.lock)).toBe(false)
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
 
+  it.live("sends the balance preflight before its calls (the bundle's undici has its request API)", () =>
+    Effect.gen(function*() {
+      const ws = yield* setup(2, { queueDelay: "1 millis" })
+      const ended = yield* start(["batch", ws.input, "-o", ws.output], ws.env).ended(20_000)
+      expect(ended.code).toBe(0)
+      const stats = yield* ws.simulator.stats
+      // A failed preflight proves nothing and the account serves: only the count of 200s tells.
+      expect({ completed: stats.completed, ok: stats.byStatus[200] }).toEqual({ completed: 2, ok: 3 })
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+
   it.live("takes over a stale lock of a process that is gone, saying so on stderr", () =>
     Effect.gen(function*() {
       const ws = yield* setup(3, { queueDelay: "1 millis" })
