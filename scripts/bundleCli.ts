@@ -8,8 +8,9 @@
  * unbundled).
  *
  * Everything is bundled but Node's builtins: the CLI does not depend on which versions of its
- * dependencies sit beside it. The library (`dist/src`, `exports`) is not bundled: users' bundlers
- * take it as it is.
+ * dependencies sit beside it (only the gateway's status page reads uPlot's files from the installed
+ * `uplot` when it serves them). The library (`dist/src`, `exports`) is not bundled: users'
+ * bundlers take it as it is.
  *
  * `npm run build` runs this after `tsc` (`node dist/scripts/bundleCli.js`); the tests that run the
  * CLI as a process call `bundleCli` with an output directory of their own.
