@@ -1,6 +1,6 @@
 /**
  * The processes the batch CLI's benchmarks measure (`batchCost`, `startup`, `scale`): the CLI as a
- * user runs it (`node dist/bin/weatherproof.js batch …`) and the plain client beside it
+ * user runs it (the bundle, `node dist/cli/weatherproof.js batch …`) and the plain client beside it
  * (`plainClient.ts`), each a child process measured from outside: CPU time and peak RSS by
  * `/usr/bin/time` (Debian package `time`; without it, the child's own `process.resourceUsage()`
  * at exit), event-loop lag by the `loopLag.ts` preload.
@@ -13,7 +13,7 @@ import { performance } from "node:perf_hooks"
 import { fileURLToPath } from "node:url"
 import type { ProcessReport } from "./loopLag.js"
 
-export const cliEntry = fileURLToPath(new URL("../bin/weatherproof.js", import.meta.url))
+export const cliEntry = fileURLToPath(new URL("../cli/weatherproof.js", import.meta.url))
 export const plainClientEntry = fileURLToPath(new URL("./plainClient.js", import.meta.url))
 const loopLagPreload = fileURLToPath(new URL("./loopLag.js", import.meta.url))
 

@@ -1,12 +1,12 @@
 /**
- * The batch CLI's start-up: the time from spawning `node dist/bin/weatherproof.js batch` (a
- * one-line input, one account from the environment) to its first request at the upstream, beside
- * the plain client (`plainClient.ts`: Node, p-limit and undici, nothing else) doing the same, and
- * `weatherproof --version` to its exit. The upstream is a minimal `node:http` server in this
- * process that notes when each request arrives: it answers the pool's balance preflight
- * (`GET /user/balance`) and every chat request at once. The CLI's first request is that preflight;
- * its first chat request follows the preflight's answer. Contenders run interleaved, `runs` times;
- * each figure is the median.
+ * The batch CLI's start-up: the time from spawning the bundled CLI as installed,
+ * `node dist/cli/weatherproof.js batch` (a one-line input, one account from the environment), to
+ * its first request at the upstream, beside the plain client (`plainClient.ts`: Node, p-limit and
+ * undici, nothing else) doing the same, and `weatherproof --version` to its exit. The upstream is
+ * a minimal `node:http` server in this process that notes when each request arrives: it answers
+ * the pool's balance preflight (`GET /user/balance`) and every chat request at once. The CLI's
+ * first request is that preflight; its first chat request follows the preflight's answer.
+ * Contenders run interleaved, `runs` times; each figure is the median.
  */
 import * as Effect from "effect/Effect"
 import * as Http from "node:http"

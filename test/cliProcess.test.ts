@@ -1,37 +1,37 @@
 /**
- * The CLI as a real process: two runs on one output, signals, lazy loading. The CLI is compiled
- * once (tsc without type checking: `npm test` type-checks) into a temporary directory that sees
- * this checkout's `node_modules`, and every child is waited for with a bound.
+ * The CLI as a real process: two runs on one output, signals, lazy loading. The CLI is bundled
+ * once, as `npm run build` bundles it, into a temporary directory with no `node_modules` (the
+ * bundle needs none), and every child is waited for with a bound.
  */
 import * as FileSystem from "@effect/platform/FileSystem"
 import * as NodeFileSystem from "@effect/platform-node/NodeFileSystem"
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
-import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process"
+import { type ChildProcess, spawn, spawnSync } from "node:child_process"
 import * as NodeFs from "node:fs"
 import { hostname, tmpdir } from "node:os"
 import * as NodePath from "node:path"
 import { fileURLToPath } from "node:url"
+import { bundleCli } from "../scripts/bundleCli.js"
 import * as Simulator from "../src/Simulator.js"
 import { chatLine } from "./support/chatLine.js"
 
 const root = fileURLToPath(new URL("..", import.meta.url))
 let build = ""
 let entry = ""
+/** The sources (`src/Batch.ts`, `node_modules/undici/…`) in each file of the bundle, by its URL. */
+let sourcesByUrl = new Map<string, ReadonlyArray<string>>()
 
-beforeAll(() => {
+beforeAll(async () => {
   build = NodeFs.mkdtempSync(NodePath.join(tmpdir(), "weatherproof-cli-"))
-  execFileSync(
-    process.execPath,
-    [
-      NodePath.join(root, "node_modules/typescript/bin/tsc"),
-      ...["-p", NodePath.join(root, "tsconfig.build.json"), "--outDir", build],
-      ...["--noCheck", "--declaration", "false", "--sourceMap", "false"]
-    ],
-    { stdio: "inherit" }
+  const { metafile } = await bundleCli(build)
+  entry = NodePath.join(build, "weatherproof.js")
+  sourcesByUrl = new Map(
+    Object.entries(metafile.outputs).map(([file, output]) => [
+      `file://${NodePath.resolve(root, file)}`,
+      Object.keys(output.inputs)
+    ])
   )
-  NodeFs.symlinkSync(NodePath.join(root, "node_modules"), NodePath.join(build, "node_modules"))
-  entry = NodePath.join(build, "bin/weatherproof.js")
 }, 120_000)
 
 afterAll(() => {
@@ -157,6 +157,16 @@ describe("weatherproof batch as a process", () => {
       expect(yield* ws.fs.exists(ws.lock)).toBe(false)
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
 
+  it.live("sends the balance preflight before its calls (the bundle's undici has its request API)", () =>
+    Effect.gen(function*() {
+      const ws = yield* setup(2, { queueDelay: "1 millis" })
+      const ended = yield* start(["batch", ws.input, "-o", ws.output], ws.env).ended(20_000)
+      expect(ended.code).toBe(0)
+      const stats = yield* ws.simulator.stats
+      // A failed preflight proves nothing and the account serves: only the count of 200s tells.
+      expect({ completed: stats.completed, ok: stats.byStatus[200] }).toEqual({ completed: 2, ok: 3 })
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+
   it.live("takes over a stale lock of a process that is gone, saying so on stderr", () =>
     Effect.gen(function*() {
       const ws = yield* setup(3, { queueDelay: "1 millis" })
@@ -244,7 +254,7 @@ describe("weatherproof batch as a process", () => {
 })
 
 describe("weatherproof loads lazily", () => {
-  /** The files of this checkout and the packages a run of the CLI loaded. */
+  /** The sources (files of this checkout, files of packages) in the bundle's files a run of the CLI loaded. */
   const loaded = (args: ReadonlyArray<string>, env: Record<string, string> = {}) =>
     Effect.gen(function*() {
       const hooks = NodePath.join(build, "record-loads.mjs")
@@ -259,25 +269,31 @@ describe("weatherproof loads lazily", () => {
       )
       const register = `data:text/javascript,import{register}from"node:module";register(${JSON.stringify(`file://${hooks}`)})`
       const ended = yield* start(args, env, ["--import", register]).ended(20_000)
-      return { ended, urls: NodeFs.readFileSync(log, "utf8") }
+      const urls = new Set(NodeFs.readFileSync(log, "utf8").split("\n"))
+      return { ended, sources: [...urls].flatMap((url) => sourcesByUrl.get(url) ?? []).join("\n") }
     })
+
+  /** What no command but the one that needs it loads: fast-check only a test would use. */
+  const neverLoaded = ["node_modules/fast-check/", "node_modules/pure-rand/", "node_modules/ioredis/"]
 
   it.live("--version loads no command, no simulator, no progress bar", () =>
     Effect.gen(function*() {
-      const { ended, urls } = yield* loaded(["--version"])
+      const { ended, sources } = yield* loaded(["--version"])
       expect(ended.stdout.trim()).toBe("0.1.0")
       expect(ended.code).toBe(0)
-      for (const heavy of ["/app/cli/batch.js", "/app/cli/batchDemo.js", "/src/Simulator.js", "/src/Batch.js", "cli-progress", "undici"]) {
-        expect(urls, heavy).not.toContain(heavy)
-      }
+      expect(sources).toContain("bin/weatherproof.ts")
+      const heavy = ["app/cli/batch.ts", "app/cli/batchDemo.ts", "src/Simulator.ts", "src/Batch.ts", "node_modules/cli-progress/", "node_modules/undici/"]
+      for (const source of [...heavy, ...neverLoaded]) expect(sources, source).not.toContain(source)
     }))
 
-  it.live("batch loads its command but not the demo, the simulator or (stderr not a TTY) the progress bar", () =>
+  it.live("batch loads its command but not the demo, the simulator, ioredis or (stderr not a TTY) the progress bar", () =>
     Effect.gen(function*() {
       const ws = yield* setup(2, { queueDelay: "1 millis" })
-      const { ended, urls } = yield* loaded(["batch", ws.input, "-o", ws.output], ws.env)
+      const { ended, sources } = yield* loaded(["batch", ws.input, "-o", ws.output], ws.env)
       expect(ended.code).toBe(0)
-      expect(urls).toContain("/app/cli/batch.js")
-      for (const heavy of ["/app/cli/batchDemo.js", "/src/Simulator.js", "cli-progress"]) expect(urls, heavy).not.toContain(heavy)
+      expect(sources).toContain("app/cli/batch.ts")
+      for (const source of ["app/cli/batchDemo.ts", "src/Simulator.ts", "node_modules/cli-progress/", ...neverLoaded]) {
+        expect(sources, source).not.toContain(source)
+      }
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
 })

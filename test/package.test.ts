@@ -162,19 +162,31 @@ describe("the packed package, installed with only its peer dependencies", () => 
     packed = await packedPackage()
   }, 240_000)
 
-  it("ships dist/src, dist/bin, the docs, README.md and LICENSE, and no sources, tests or benchmarks", async () => {
-    const { exports } = await readJson(path.join(packed.packageDir, "package.json"))
+  it("ships dist/src, the bundled CLI, the docs, README.md and LICENSE, and no sources, tests, benchmarks or unbundled CLI", async () => {
+    const { exports, bin } = await readJson(path.join(packed.packageDir, "package.json"))
     const targets = Object.values(exports as Record<string, Record<string, string>>)
       .flatMap((conditions) => Object.values(conditions))
       .map((target) => target.replace(/^\.\//, ""))
     const docs = await docFiles()
-    const required = ["package.json", "README.md", "LICENSE", "dist/bin/weatherproof.js", ...targets, ...docs]
-    const forbidden = /^(src|test|bench|bin|dist\/bench|dist\/test)\//
+    const cli = `${bin.weatherproof}`
+    const required = ["package.json", "README.md", "LICENSE", cli, `${cli}.map`, ...targets, ...docs]
+    const forbidden = /^(src|test|bench|bin|app|scripts|dist\/(bench|test|bin|app|scripts))\//
     expect({
       missing: required.filter((file) => !packed.files.includes(file)),
       unwanted: packed.files.filter((file) => forbidden.test(file))
     }).toEqual({ missing: [], unwanted: [] })
   })
+
+  it.live("runs its bin as installed: --version, and the demo (the whole batch path) verified", () =>
+    Effect.gen(function*() {
+      const bin = path.join(packed.projectDir, "node_modules", ".bin", "weatherproof")
+      const weatherproof = (args: ReadonlyArray<string>) =>
+        Effect.promise(() => run(process.execPath, [bin, ...args], { cwd: packed.projectDir, timeoutMs: 60_000 }))
+      expect((yield* weatherproof(["--version"])).stdout.trim()).toBe("0.1.0")
+      const demo = yield* weatherproof(["demo", "--requests", "40"])
+      expect(demo.stdout).toContain("requests:  40 (40 succeeded, 0 failed")
+      expect(demo.stdout).toContain("verified:  every answer matches its request")
+    }), 90_000)
 
   it.live("imports every public entry point first, then all the others, without an error", () =>
     Effect.gen(function*() {

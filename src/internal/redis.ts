@@ -12,7 +12,7 @@ import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
 import * as SubscriptionRef from "effect/SubscriptionRef"
-import { Redis as IORedis } from "ioredis"
+import type { Redis as IORedis } from "ioredis"
 import type { Options, Service } from "../Redis.js"
 import { assertValid } from "./options.js"
 
@@ -73,7 +73,9 @@ const connect = (url: string, options: Options): Effect.Effect<IORedis, RedisUna
   Effect.acquireRelease(
     Effect.tryPromise({
       try: async () => {
-        const client = new IORedis(url, clientOptions(options))
+        // Loaded here, when a connection opens, so that a program that never uses Redis never loads ioredis.
+        const { Redis } = await import("ioredis")
+        const client: IORedis = new Redis(url, clientOptions(options))
         // Errors reach callers through their commands; without a listener ioredis prints them.
         client.on("error", () => {})
         try {

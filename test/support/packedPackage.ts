@@ -15,6 +15,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { setTimeout as sleep } from "node:timers/promises"
 import { fileURLToPath } from "node:url"
+import { bundleCli, defaultOutdir as bundleDir } from "../../scripts/bundleCli.js"
 
 /** The repository's root directory. */
 export const repoRoot = fileURLToPath(new URL("../..", import.meta.url))
@@ -177,8 +178,12 @@ const filesUnder = async (dir: string, extension: string): Promise<ReadonlyArray
 
 const mtimeOf = (file: string) => fs.stat(file).then((stat) => stat.mtimeMs, () => undefined)
 
-/** Whether dist/ misses a source's output, has an output older than its source, or one without a source. */
+/**
+ * Whether dist/ misses a source's output, has an output older than its source, or one without a
+ * source, or the CLI's bundle (built from all of them) is older than a source.
+ */
 const isStale = async (): Promise<boolean> => {
+  let newestSource = 0
   for (const dir of builtDirs) {
     const sources = (await filesUnder(path.join(repoRoot, dir), ".ts")).map((file) => path.relative(repoRoot, file))
     const outputs = new Set(
@@ -188,11 +193,12 @@ const isStale = async (): Promise<boolean> => {
     for (const source of sources) {
       const output = source.replace(/\.ts$/, ".js")
       if (!outputs.has(output)) return true
-      const sourceTime = await mtimeOf(path.join(repoRoot, source))
-      if ((sourceTime ?? 0) > ((await mtimeOf(path.join(distDir, output))) ?? 0)) return true
+      const sourceTime = (await mtimeOf(path.join(repoRoot, source))) ?? 0
+      if (sourceTime > ((await mtimeOf(path.join(distDir, output))) ?? 0)) return true
+      newestSource = Math.max(newestSource, sourceTime)
     }
   }
-  return false
+  return ((await mtimeOf(path.join(bundleDir, "weatherproof.js"))) ?? 0) < newestSource
 }
 
 const ensureBuilt = async (): Promise<void> => {
@@ -200,6 +206,7 @@ const ensureBuilt = async (): Promise<void> => {
   for (const dir of builtDirs) await fs.rm(path.join(distDir, dir), { recursive: true, force: true })
   const tsc = path.join(repoRoot, "node_modules", "typescript", "bin", "tsc")
   await run(process.execPath, [tsc, "-p", "tsconfig.build.json"], { cwd: repoRoot, timeoutMs: 120_000 })
+  await bundleCli()
 }
 
 // -----------------------------------------------------------------------------
