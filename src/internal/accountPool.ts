@@ -31,7 +31,7 @@ import { CostLedger, type Disposition } from "../CostLedger.js"
 import * as KeyPool from "../KeyPool.js"
 import * as Transport from "../Transport.js"
 import * as LimiterInternal from "./concurrencyLimiter.js"
-import { AccountSlot, Dispatcher, Lane, type LaneGrant, type Waiter } from "./dispatcher.js"
+import { AccountSlot, Dispatcher, Lane, type LaneGrant, type Lanes, type Waiter } from "./dispatcher.js"
 import * as GenAi from "./genAi.js"
 import { assertValid, positive } from "./options.js"
 import { secondsBoundaries } from "./policy.js"
@@ -141,6 +141,27 @@ const policyFor = (account: Account): LimiterInternal.Policy =>
     ? LimiterInternal.fixedPolicy(account.concurrency)
     : LimiterInternal.adaptivePolicy(account.concurrency ?? {})
 
+/**
+ * Makes what grants the pool's permits over the accounts' slots (in configuration order).
+ * `changed` publishes a lane's gauges: a coordinator calls it when a lane's limit or in-flight
+ * count changes other than by the pool's own grants and releases.
+ */
+export type Coordinate<R> = (
+  accounts: ReadonlyArray<Account>,
+  slots: ReadonlyArray<AccountSlot>,
+  changed: (lane: Lane) => void
+) => Effect.Effect<Lanes, never, R | Scope.Scope>
+
+/** Each lane's permits in this process only. */
+const inMemory: Coordinate<never> = (accounts, slots) =>
+  Effect.sync(() => {
+    const dispatcher: Dispatcher = new Dispatcher(
+      slots,
+      (slot, model) => new Lane(slot, model, policyFor(accounts[slot.index]!), (grown) => dispatcher.dispatch(grown.model))
+    )
+    return dispatcher
+  })
+
 // ---------------------------------------------------------------------------------------------
 // Errors
 // ---------------------------------------------------------------------------------------------
@@ -202,7 +223,14 @@ const stateOf = (member: Member, breakerState: CircuitBreaker.State): AccountSta
 export const make = (
   accounts: ReadonlyArray<Account>,
   settings: Settings
-): Effect.Effect<Service, never, HttpClient.HttpClient | CostLedger | Scope.Scope> =>
+): Effect.Effect<Service, never, HttpClient.HttpClient | CostLedger | Scope.Scope> => makeWith(accounts, settings, inMemory)
+
+/** The pool, its permits granted by what `coordinate` makes. */
+export const makeWith = <R>(
+  accounts: ReadonlyArray<Account>,
+  settings: Settings,
+  coordinate: Coordinate<R>
+): Effect.Effect<Service, never, HttpClient.HttpClient | CostLedger | Scope.Scope | R> =>
   Effect.gen(function*() {
     yield* Effect.sync(() => validate(accounts, settings))
     const client = yield* HttpClient.HttpClient
@@ -238,28 +266,31 @@ export const make = (
       readonly dropped: () => void
     }
     const laneMetrics = new Map<Lane, LaneMetrics>()
-    const dispatcher: Dispatcher = new Dispatcher(members.map((member) => member.slot), (slot, model) => {
-      const account = members[slot.index]!.account
-      const lane = new Lane(slot, model, policyFor(account), (grown) => dispatcher.dispatch(grown.model))
-      const tag = laneLabels(account, model)
+    /** The gauges and drop counter of `lane`, made on its first use. */
+    const metricsOf = (lane: Lane): LaneMetrics => {
+      let metrics = laneMetrics.get(lane)
+      if (metrics !== undefined) return metrics
+      const tag = laneLabels(members[lane.account.index]!.account, lane.model)
       const gauges = { limit: tag(LimiterInternal.limitGauge), inFlight: tag(LimiterInternal.inFlightGauge) }
       const droppedCount = tag(LimiterInternal.droppedCounter)
-      laneMetrics.set(lane, {
+      metrics = {
         publish: () => {
           gauges.limit.unsafeUpdate(lane.limit, [])
           gauges.inFlight.unsafeUpdate(lane.inFlight, [])
         },
         dropped: () => droppedCount.unsafeUpdate(1, [])
-      })
-      return lane
-    })
+      }
+      laneMetrics.set(lane, metrics)
+      return metrics
+    }
 
     const publishQueued = (model: string) =>
       Metric.tagged(queuedGauge, "model", model).unsafeUpdate(dispatcher.queued(model), [])
     const publishLane = (lane: Lane) => {
-      laneMetrics.get(lane)?.publish()
+      metricsOf(lane).publish()
       publishQueued(lane.model)
     }
+    const dispatcher: Lanes = yield* coordinate(accounts, members.map((member) => member.slot), publishLane)
 
     // -- availability -------------------------------------------------------------------------
 
@@ -396,18 +427,17 @@ export const make = (
     /** A grant's permit, reporting to its lane and releasing it with the scope. */
     const permitOf = (grant: LaneGrant) => {
       const lane = grant.lane
-      const metrics = laneMetrics.get(lane)!
       return LimiterInternal.makePermit(lane.policy, lane, grant, clock, {
         classify: undefined,
         changed: () => publishLane(lane),
-        dropped: metrics.dropped
+        dropped: metricsOf(lane).dropped
       })
     }
 
-    const release = (lane: Lane) =>
+    const release = (grant: LaneGrant) =>
       Effect.sync(() => {
-        dispatcher.release(lane)
-        publishLane(lane)
+        dispatcher.release(grant)
+        publishLane(grant.lane)
       })
 
     /**
@@ -427,7 +457,7 @@ export const make = (
           const grant = entry._tag === "Granted" ? entry.grant : yield* awaitGrant(entry.waiter, restore, options, excluded)
           const lane = grant.lane
           publishLane(lane)
-          yield* Effect.flatMap(Effect.scope, (s) => Scope.addFinalizer(s, release(lane)))
+          yield* Effect.flatMap(Effect.scope, (s) => Scope.addFinalizer(s, release(grant)))
           const member = members[lane.account.index]!
           member.calls++
           return { member, permit: permitOf(grant).permit, model, placedAt: now() }

@@ -202,7 +202,7 @@ export const fixedPolicy = (permits: number): Policy => ({
 })
 
 /** `AdaptiveOptions` with every default filled in (queue delay floor in milliseconds). */
-interface AimdConfig {
+export interface AimdConfig {
   readonly initial: number
   readonly min: number
   readonly max: number
@@ -243,6 +243,31 @@ const clamp = (n: number, min: number, max: number): number => Math.min(max, Mat
 /** Where the controller is in its cycle; see the module doc of `ConcurrencyLimiter`. */
 type Phase = "slowStart" | "recover" | "hold"
 
+/**
+ * Every field of an `Aimd`, as plain data that survives JSON (`ceiling` is `null` when there is
+ * none): what processes sharing one limit keep on Redis and apply their outcomes to.
+ */
+export interface AimdState {
+  readonly phase: Phase
+  readonly ceiling: number | null
+  readonly value: number
+  readonly epoch: number
+  readonly succeededSinceDecrease: boolean
+  readonly acceptanceClocked: boolean
+  readonly aheadShare: number
+  readonly confirmed: number
+  readonly roundSize: number
+  readonly roundSuccesses: number
+  readonly roundOverloads: number
+  readonly peak: number
+  readonly holdLeft: number
+  readonly holdShare: number
+  readonly delaySum: number
+  readonly delayCount: number
+  readonly windowMeans: ReadonlyArray<number>
+  readonly congestedWindows: number
+}
+
 /** Keeps a round of fractional steps that sum to a whole from rounding down. */
 const epsilon = 1e-9
 
@@ -255,7 +280,7 @@ const baselineWindows = 10
  * `ConcurrencyLimiter` gives the reasons). The limit is a real number, grown in fractions per
  * success so in-flight rises one request at a time; the gate uses its floor.
  */
-class Aimd implements Policy {
+export class Aimd implements Policy {
   private phase: Phase = "slowStart"
   /** The highest concurrency known to have been accepted at the last drop. */
   private ceiling = Infinity
@@ -298,6 +323,53 @@ class Aimd implements Policy {
     this.value = config.initial
     this.peak = config.initial
     this.roundSize = config.initial
+  }
+
+  /** A controller of `config` in `state`, its limit brought within `config`'s bounds. */
+  static fromState(config: AimdConfig, state: AimdState): Aimd {
+    const aimd = new Aimd(config)
+    aimd.phase = state.phase
+    aimd.ceiling = state.ceiling ?? Infinity
+    aimd.value = clamp(state.value, config.min, config.max)
+    aimd.epoch = state.epoch
+    aimd.succeededSinceDecrease = state.succeededSinceDecrease
+    aimd.acceptanceClocked = state.acceptanceClocked
+    aimd.aheadShare = state.aheadShare
+    aimd.confirmed = state.confirmed
+    aimd.roundSize = state.roundSize
+    aimd.roundSuccesses = state.roundSuccesses
+    aimd.roundOverloads = state.roundOverloads
+    aimd.peak = state.peak
+    aimd.holdLeft = state.holdLeft
+    aimd.holdShare = state.holdShare
+    aimd.delaySum = state.delaySum
+    aimd.delayCount = state.delayCount
+    aimd.windowMeans.push(...state.windowMeans)
+    aimd.congestedWindows = state.congestedWindows
+    return aimd
+  }
+
+  toState(): AimdState {
+    return {
+      phase: this.phase,
+      ceiling: Number.isFinite(this.ceiling) ? this.ceiling : null,
+      value: this.value,
+      epoch: this.epoch,
+      succeededSinceDecrease: this.succeededSinceDecrease,
+      acceptanceClocked: this.acceptanceClocked,
+      aheadShare: this.aheadShare,
+      confirmed: this.confirmed,
+      roundSize: this.roundSize,
+      roundSuccesses: this.roundSuccesses,
+      roundOverloads: this.roundOverloads,
+      peak: this.peak,
+      holdLeft: this.holdLeft,
+      holdShare: this.holdShare,
+      delaySum: this.delaySum,
+      delayCount: this.delayCount,
+      windowMeans: [...this.windowMeans],
+      congestedWindows: this.congestedWindows
+    }
   }
 
   get limit(): number {
@@ -675,12 +747,15 @@ const validateAdaptive = (config: AimdConfig): void =>
     ratio("overloadFloor", config.overloadFloor)
   ])
 
-/** The adaptive policy of `options`; throws `IllegalArgumentException` on options that cannot work. */
-export const adaptivePolicy = (options: AdaptiveOptions): Policy => {
+/** `options` with every default filled in; throws `IllegalArgumentException` on options that cannot work. */
+export const adaptiveConfig = (options: AdaptiveOptions): AimdConfig => {
   const config = aimdConfig(options)
   validateAdaptive(config)
-  return new Aimd(config)
+  return config
 }
+
+/** The adaptive policy of `options`; throws `IllegalArgumentException` on options that cannot work. */
+export const adaptivePolicy = (options: AdaptiveOptions): Policy => new Aimd(adaptiveConfig(options))
 
 export const makeAdaptive = (options: AdaptiveOptions = {}): Effect.Effect<Service> =>
   Effect.flatMap(Effect.sync(() => adaptivePolicy(options)), (policy) => make(policy, options))

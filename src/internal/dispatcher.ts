@@ -9,6 +9,9 @@
  * Every method is synchronous, so each grant, release and change of state is atomic on the
  * JavaScript thread.
  *
+ * `Lanes` is what the pool asks of whatever grants its permits: this in-memory `Dispatcher`, or the
+ * coordinator that shares the lanes through Redis (`redisDispatcher.ts`).
+ *
  * @internal
  */
 import * as Deferred from "effect/Deferred"
@@ -29,13 +32,17 @@ export class AccountSlot {
   /** Permits held on the account, every model together. */
   inFlight = 0
   readonly lanes = new Map<string, Lane>()
+  /** What `cap` is while it is not lowered to this process's share (the Redis coordinator's local mode). */
+  readonly configuredCap: number
 
   constructor(
     readonly index: number,
     readonly fallback: boolean,
     /** Permits the account may hold in all, every model together; `Infinity` for none. */
-    readonly cap: number
-  ) {}
+    public cap: number
+  ) {
+    this.configuredCap = cap
+  }
 }
 
 /** One (account, model): its policy and the permits it holds. */
@@ -96,10 +103,27 @@ export type Entry =
   | { readonly _tag: "Granted"; readonly grant: LaneGrant }
   | { readonly _tag: "Queued"; readonly waiter: Waiter }
 
-type Lanes = Record<Priority, Set<Waiter>>
+/** What the pool asks of the permits' coordinator; each method is synchronous. */
+export interface Lanes {
+  /** Calls waiting for `model` in this process (every model when none is given). */
+  queued(model?: string): number
+  /** A permit now on the best lane for `model`, or a place in the queue. */
+  enter(model: string, priority: Priority, excluded: ReadonlySet<number>): Entry
+  /** The waiter gave up: it leaves its queue, or hands back a permit granted meanwhile. */
+  cancel(waiter: Waiter): void
+  release(grant: LaneGrant): void
+  /** Wakes without a permit the waiters `hopeless` says no account will ever take. */
+  refuse(hopeless: (waiter: Waiter) => boolean): void
+  /** Serves every queue: after an account became available, or its cap or a limit grew. */
+  dispatchAll(): void
+  /** The lane of `account` for `model`, made on first use. */
+  laneOf(account: AccountSlot, model: string): Lane
+}
 
-export class Dispatcher {
-  private readonly waiting = new Map<string, Lanes>()
+type Queues = Record<Priority, Set<Waiter>>
+
+export class Dispatcher implements Lanes {
+  private readonly waiting = new Map<string, Queues>()
 
   constructor(
     readonly accounts: ReadonlyArray<AccountSlot>,
@@ -109,7 +133,7 @@ export class Dispatcher {
 
   /** Calls waiting for `model` (every model when none is given). */
   queued(model?: string): number {
-    const count = (lanes: Lanes) => lanes.interactive.size + lanes.batch.size
+    const count = (lanes: Queues) => lanes.interactive.size + lanes.batch.size
     if (model !== undefined) {
       const lanes = this.waiting.get(model)
       return lanes === undefined ? 0 : count(lanes)
@@ -133,12 +157,13 @@ export class Dispatcher {
 
   /** The waiter gave up: it leaves its queue, or hands back a permit granted meanwhile. */
   cancel(waiter: Waiter): void {
-    if (waiter.grant !== undefined) return this.release(waiter.grant.lane)
+    if (waiter.grant !== undefined) return this.release(waiter.grant)
     const lanes = this.waiting.get(waiter.model)
     if (lanes !== undefined) lanes.interactive.delete(waiter) || lanes.batch.delete(waiter)
   }
 
-  release(lane: Lane): void {
+  release(grant: LaneGrant): void {
+    const lane = grant.lane
     lane.inFlight--
     lane.account.inFlight--
     // Under an account-wide cap the freed permit may serve any of the account's models.
@@ -160,6 +185,24 @@ export class Dispatcher {
         }
       }
     }
+  }
+
+  /** Queues a waiter made elsewhere, behind those already waiting, and serves its model. */
+  requeue(waiter: Waiter, priority: Priority): void {
+    this.lanesOf(waiter.model)[priority].add(waiter)
+    this.dispatch(waiter.model)
+  }
+
+  /** Takes every waiter out of the queues, in arrival order within each model and priority. */
+  takeWaiting(): Array<{ readonly waiter: Waiter; readonly priority: Priority }> {
+    const taken: Array<{ readonly waiter: Waiter; readonly priority: Priority }> = []
+    for (const lanes of this.waiting.values()) {
+      for (const priority of ["interactive", "batch"] as const) {
+        for (const waiter of lanes[priority]) taken.push({ waiter, priority })
+        lanes[priority].clear()
+      }
+    }
+    return taken
   }
 
   /** Serves every queue: after an account became available, or its cap or a limit grew. */
@@ -205,7 +248,7 @@ export class Dispatcher {
   }
 
   /** The queues of `model`; a model seen for the first time gets a lane on every account. */
-  private lanesOf(model: string): Lanes {
+  private lanesOf(model: string): Queues {
     let lanes = this.waiting.get(model)
     if (lanes === undefined) {
       lanes = { interactive: new Set(), batch: new Set() }
@@ -233,7 +276,8 @@ export class Dispatcher {
     return best
   }
 
-  private take(lane: Lane): LaneGrant {
+  /** Counts a permit of `lane`; a subclass may note each grant. */
+  protected take(lane: Lane): LaneGrant {
     lane.inFlight++
     lane.account.inFlight++
     lane.granted++
