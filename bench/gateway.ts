@@ -428,7 +428,7 @@ const probes: ReadonlyArray<ProbeSpec> = [
   {
     name: "keep-alive: a call queued 1.5 s upstream, the client's idle timeout 0.5 s (non-stream)",
     simulator: { queueDelay: 1_500, keepAliveInterval: 50 },
-    weatherproofFlags: ["--keep-alive-interval", "0.2"],
+    weatherproofFlags: ["--keep-alive-interval", "200ms"],
     probe: async (target) => {
       const answer = await send(target, ask("patience"), impatient(500))
       return answered(answer, false) ? verdict(true, "answered, kept alive meanwhile") : verdict(false, describeFailure(answer))
@@ -437,7 +437,7 @@ const probes: ReadonlyArray<ProbeSpec> = [
   {
     name: "keep-alive: the same, streamed",
     simulator: { queueDelay: 1_500, keepAliveInterval: 50 },
-    weatherproofFlags: ["--keep-alive-interval", "0.2"],
+    weatherproofFlags: ["--keep-alive-interval", "200ms"],
     probe: async (target) => {
       const answer = await send(target, ask("patience", { stream: true }), impatient(500))
       return answered(answer, true) ? verdict(true, "whole stream, kept alive meanwhile") : verdict(false, describeFailure(answer))

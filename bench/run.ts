@@ -3,11 +3,12 @@
  * printed as tables with a verdict per target. It always exits 0 when it ran: a missed target is
  * a finding.
  *
- * Flags: `--only goodput`, `--only overhead`, `--only sse`, `--only gateway`, `--only redis`, or
- * `--only weatherproof` (the goodput runs of weatherproof's CLI path alone, for tuning);
- * `--scenario steps,fast-cap` runs only those goodput scenarios (`bench/scenarios.ts`);
- * `--write-docs` also writes each scenario's charts in docs/ and prints the tables as Markdown;
- * `--json FILE` saves the goodput reports (every timeline included) for a closer look.
+ * Flags: `--only goodput`, `--only overhead`, `--only sse`, `--only gateway`, `--only redis`,
+ * `--only batch-cost`, `--only startup`, `--only scale`, or `--only weatherproof` (the goodput
+ * runs of weatherproof's CLI path alone, for tuning); `--scenario steps,fast-cap` runs only those
+ * goodput scenarios (`bench/scenarios.ts`); `--write-docs` also writes each scenario's charts in
+ * docs/ and prints the tables as Markdown; `--json FILE` saves the goodput reports (every
+ * timeline included) for a closer look.
  */
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import * as Console from "effect/Console"
@@ -15,14 +16,18 @@ import * as Effect from "effect/Effect"
 import { writeFileSync } from "node:fs"
 import * as Os from "node:os"
 import { goodputChart, peersChart } from "./chart.js"
+import * as BatchCost from "./batchCost.js"
 import * as Gateway from "./gateway.js"
 import * as Goodput from "./goodput.js"
 import * as Overhead from "./overhead.js"
 import { backoff } from "./peers.js"
+import { measuredBy } from "./processes.js"
 import * as RedisState from "./redis.js"
+import * as Scale from "./scale.js"
 import * as Scenario from "./scenario.js"
 import * as Scenarios from "./scenarios.js"
 import * as Sse from "./sse.js"
+import * as Startup from "./startup.js"
 import * as Table from "./table.js"
 
 const targets = { overheadNs: 10_000, sseRatio: 1.0 } as const
@@ -407,11 +412,137 @@ const redisState = Effect.gen(function*() {
   yield* busyWarning()
 })
 
-const modes: ReadonlyArray<string | undefined> = [undefined, "goodput", "overhead", "sse", "gateway", "redis", "weatherproof"]
+// --- the batch CLI's cost per request ------------------------------------------------------------
+
+const batchTargets = { cpuRatio: 1.5, rssRatio: 1.5, startupMs: 250, makespanRatio: 1.1, scaleRssRatio: 1.0, lagP99Ms: 100 } as const
+
+const mb = (value: number) => `${value.toFixed(0)} MB`
+const msText = (value: number) => Number.isNaN(value) ? "–" : `${value.toFixed(0)} ms`
+
+const batchCost = Effect.gen(function*() {
+  const { cap, plainConcurrency, requests, runs } = BatchCost.settings
+  yield* Console.log(
+    `\n== Batch cost: ${requests} requests to a fast loopback Simulator (account cap ${cap}, answers at once), ` +
+      `the batch CLI beside p-limit(${plainConcurrency}) + undici, each a child process, median of ${runs} interleaved runs ==`
+  )
+  yield* Console.log(`CPU and peak RSS measured by ${measuredBy}`)
+  const report = yield* BatchCost.run((line) => console.log(line))
+  const row = (c: BatchCost.Contender): Table.Row => [
+    c.name,
+    seconds(c.wallMs),
+    seconds(c.cpuMs),
+    `${(c.cpuMs / requests).toFixed(3)} ms`,
+    mb(c.maxRssMb),
+    String(c.received),
+    String(c.rateLimited),
+    `${c.completed}/${requests}`,
+    String(c.maxInFlight)
+  ]
+  yield* printTable(
+    ["client", "wall", "CPU", "CPU / request", "peak RSS", "sent", "429s", "answered", "peak in flight"],
+    [row(report.weatherproof), row(report.plain)]
+  )
+  yield* busyWarning()
+  const cpuRatio = report.weatherproof.cpuMs / report.plain.cpuMs
+  const rssRatio = report.weatherproof.maxRssMb / report.plain.maxRssMb
+  yield* Console.log(
+    `target: CPU per request ≤ ${batchTargets.cpuRatio}× the plain client's: ${Table.verdict(cpuRatio <= batchTargets.cpuRatio)} (${
+      cpuRatio.toFixed(2)
+    }×)`
+  )
+  yield* Console.log(
+    `target: peak RSS ≤ ${batchTargets.rssRatio}× the plain client's: ${Table.verdict(rssRatio <= batchTargets.rssRatio)} (${rssRatio.toFixed(2)}×)`
+  )
+  for (const c of [report.weatherproof, report.plain]) {
+    for (const failure of c.failures) yield* Console.log(`warning: ${c.name}: ${failure}`)
+  }
+})
+
+const startup = Effect.gen(function*() {
+  yield* Console.log(
+    `\n== Start-up: spawn to the first request at a loopback upstream, one-line batch, median of ${Startup.settings.runs} interleaved runs ==`
+  )
+  const report = yield* Startup.run
+  yield* printTable(
+    ["command", "first request", "first chat request", "exit"],
+    [report.weatherproof, report.plain, report.version].map((t) => [t.name, msText(t.firstRequestMs), msText(t.firstChatMs), msText(t.exitMs)])
+  )
+  yield* Console.log("the CLI's first request is the balance preflight; its first chat request waits for the answer")
+  yield* busyWarning()
+  yield* Console.log(
+    `target: the CLI's first chat request within ${batchTargets.startupMs} ms of its start: ${
+      Table.verdict(report.weatherproof.firstChatMs <= batchTargets.startupMs)
+    } (${msText(report.weatherproof.firstChatMs)})`
+  )
+})
+
+const scale = Effect.gen(function*() {
+  const { cap, keepAliveMs, requests, serviceMs } = Scale.settings
+  yield* Console.log(
+    `\n== Scale: ${requests} requests of ${serviceMs.min / 1000}-${serviceMs.max / 1000} s (a keep-alive line every ${
+      keepAliveMs / 1000
+    } s) against an account cap of ${cap}, the batch CLI beside p-limit(${cap}) + fetch ==`
+  )
+  yield* Console.log(`CPU and peak RSS measured by ${measuredBy}; event-loop lag beyond a 10 ms sampling interval`)
+  const report = yield* Scale.run((line) => console.log(line))
+  const row = (c: Scale.Contender): Table.Row => [
+    c.name,
+    seconds(c.makespanMs),
+    (c.makespanMs / report.idealMs).toFixed(2),
+    Number.isNaN(c.to90Ms) ? "never" : seconds(c.to90Ms),
+    String(c.maxInFlight),
+    String(c.rateLimited),
+    `${c.completed}/${requests}`,
+    seconds(c.measured.wallMs),
+    seconds(c.measured.cpuMs),
+    mb(c.measured.maxRssMb),
+    `${c.measured.lag.p50.toFixed(1)} / ${c.measured.lag.p99.toFixed(1)} / ${c.measured.lag.max.toFixed(0)} ms`
+  ]
+  yield* printTable(
+    ["client", "makespan", "× ideal", `to ${0.9 * cap} in flight`, "peak in flight", "429s", "answered", "process wall", "CPU", "peak RSS", "lag p50 / p99 / max"],
+    [row(report.weatherproof), row(report.plain)]
+  )
+  yield* Console.log(`ideal (Σ service time / cap): ${seconds(report.idealMs)}`)
+  yield* busyWarning()
+  const { plain, weatherproof } = report
+  const makespanRatio = weatherproof.makespanMs / plain.makespanMs
+  const rssRatio = weatherproof.measured.maxRssMb / plain.measured.maxRssMb
+  yield* Console.log(
+    `target: makespan ≤ ${batchTargets.makespanRatio}× the plain client's: ${Table.verdict(makespanRatio <= batchTargets.makespanRatio)} (${
+      makespanRatio.toFixed(2)
+    }×)`
+  )
+  yield* Console.log(
+    `target: peak RSS ≤ ${batchTargets.scaleRssRatio}× the plain client's: ${Table.verdict(rssRatio <= batchTargets.scaleRssRatio)} (${
+      rssRatio.toFixed(2)
+    }×)`
+  )
+  yield* Console.log(
+    `target: event-loop lag p99 ≤ ${batchTargets.lagP99Ms} ms in the CLI: ${Table.verdict(weatherproof.measured.lag.p99 <= batchTargets.lagP99Ms)} (${
+      weatherproof.measured.lag.p99.toFixed(1)
+    } ms)`
+  )
+  for (const c of [weatherproof, plain]) {
+    if (c.failure !== undefined) yield* Console.log(`warning: ${c.name}: ${c.failure}`)
+  }
+})
+
+const modes: ReadonlyArray<string | undefined> = [
+  undefined,
+  "goodput",
+  "overhead",
+  "sse",
+  "gateway",
+  "redis",
+  "batch-cost",
+  "startup",
+  "scale",
+  "weatherproof"
+]
 
 const main = Effect.gen(function*() {
   if (!modes.includes(only)) {
-    yield* Console.error(`unknown --only ${only}: use goodput, overhead, sse, gateway, redis or weatherproof`)
+    yield* Console.error(`unknown --only ${only}: use goodput, overhead, sse, gateway, redis, batch-cost, startup, scale or weatherproof`)
     return yield* Effect.sync(() => process.exit(2))
   }
   if (scenarios.length === 0 || (scenarioIds !== undefined && scenarios.length !== scenarioIds.length)) {
@@ -424,6 +555,9 @@ const main = Effect.gen(function*() {
   if (only === undefined || only === "sse") yield* sse
   if (only === undefined || only === "gateway") yield* gateway
   if (only === undefined || only === "redis") yield* redisState
+  if (only === undefined || only === "batch-cost") yield* batchCost
+  if (only === undefined || only === "startup") yield* startup
+  if (only === undefined || only === "scale") yield* scale
 })
 
 NodeRuntime.runMain(main)

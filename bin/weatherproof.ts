@@ -5,8 +5,8 @@
  * none of the library. One subcommand is one entry of `subcommands`.
  *
  * - `weatherproof batch <input.jsonl> --output <results.jsonl> [--accounts <accounts.json>]
- *   [--summary <summary.json>] [--concurrency N] [--drain-timeout 30s] [--max-wait 30m]
- *   [--first-content-timeout 10m] [--idle-timeout 2m] [--timeout 30m]` runs an OpenAI-format
+ *   [--summary <summary.json>] [--concurrency N] [--retries 10] [--drain-timeout 30s]
+ *   [--max-wait 30m] [--first-content-timeout 10m] [--idle-timeout 2m] [--timeout 30m]` runs an OpenAI-format
  *   batch over the accounts of the file (or one DeepSeek account from `DEEPSEEK_API_KEY` and
  *   optional `DEEPSEEK_BASE_URL`), prices it (`WEATHERPROOF_PRICING_FILE`,
  *   `WEATHERPROOF_BUDGET_USD`), routes tasks (`WEATHERPROOF_ROUTER`) and can write its summary as
@@ -23,7 +23,6 @@
  */
 import * as Args from "@effect/cli/Args"
 import * as Command from "@effect/cli/Command"
-import * as HelpDoc from "@effect/cli/HelpDoc"
 import * as Options from "@effect/cli/Options"
 import * as ValidationError from "@effect/cli/ValidationError"
 import type * as CliApp from "@effect/cli/CliApp"
@@ -33,7 +32,6 @@ import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import * as NodeTerminal from "@effect/platform-node/NodeTerminal"
 import { defaultTeardown } from "@effect/platform/Runtime"
 import * as Console from "effect/Console"
-import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Logger from "effect/Logger"
@@ -41,56 +39,20 @@ import { realpathSync } from "node:fs"
 import { fileURLToPath } from "node:url"
 import { exitCodeOf, layerProcess, type StopSignal, type StopSignals } from "../app/cli/signals.js"
 import { serve } from "../app/gateway/command.js"
-import * as DurationText from "../src/internal/durationText.js"
-
-/** `30s`, `500ms`, `2m`, `1h`. */
-const parseDuration = (text: string): Effect.Effect<Duration.Duration, ValidationError.ValidationError> => {
-  const duration = DurationText.parse(text)
-  return duration === undefined
-    ? Effect.fail(ValidationError.invalidValue(HelpDoc.p(`expected ${DurationText.expected}, got ${JSON.stringify(text)}`)))
-    : Effect.succeed(duration)
-}
-
-const durationOption = (name: string, description: string) =>
-  Options.text(name).pipe(
-    Options.withPseudoName("duration"),
-    Options.mapEffect(parseDuration),
-    Options.withDescription(description),
-    Options.optional
-  )
+import * as Flags from "../app/cli/flags.js"
 
 const batch = Command.make(
   "batch",
   {
     input: Args.file({ name: "input.jsonl" }),
     output: Options.file("output").pipe(Options.withAlias("o"), Options.withDescription("results JSONL, resumed when it exists")),
-    accounts: Options.file("accounts").pipe(
-      Options.withDescription("a JSON file of accounts (default: one DeepSeek account from DEEPSEEK_API_KEY)"),
-      Options.optional
-    ),
     summary: Options.file("summary").pipe(
       Options.withDescription("also write the run's summary (counts, tokens, cost, per account) as JSON to this file"),
       Options.optional
     ),
-    concurrency: Options.integer("concurrency").pipe(
-      Options.withDescription("a fixed number of calls in flight per account (default: the accounts file's, else adaptive)"),
-      Options.optional
-    ),
-    retries: Options.integer("retries").pipe(
-      Options.withDescription("how many times a failed attempt of a line is retried (default 10; the retry budget paces them)"),
-      Options.optional
-    ),
-    drainTimeout: durationOption("drain-timeout", "on SIGINT or SIGTERM, how long the calls in flight may finish (default 30s)"),
-    maxWait: durationOption(
-      "max-wait",
-      "how long a line may wait for an account that can take it (all breakers open, balances out) before it fails (default 30m)"
-    ),
-    firstContentTimeout: durationOption(
-      "first-content-timeout",
-      "per attempt, from sending to the first content (keep-alives do not count; default 10m, DeepSeek's)"
-    ),
-    idleTimeout: durationOption("idle-timeout", "per attempt, the longest gap between two content events (default 2m)"),
-    timeout: durationOption("timeout", "per attempt, the whole call (default 30m); a line's own `deadlines` override these three")
+    ...Flags.accountFlags,
+    ...Flags.callFlags(10),
+    drainTimeout: Flags.drainTimeout("the calls in flight")
   },
   (args) => Effect.flatMap(Effect.promise(() => import("../app/cli/batch.js")), (cli) => cli.batch(args))
 ).pipe(Command.withDescription("Run an OpenAI-format chat completions batch over DeepSeek (and fallback) accounts"))

@@ -149,6 +149,33 @@ export interface AccountStatus {
 }
 
 /**
+ * How many calls the pool may have in flight now, how many more it could take at once, and when
+ * that may grow.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Capacity {
+  /**
+   * The sum of the limits of the model lanes of the accounts that may serve now (an account's
+   * `accountConcurrency` caps its own lanes together; a fallback counts only while no primary may
+   * serve). Lanes open on a model's first call.
+   */
+  readonly permits: number
+  /**
+   * Of those, the permits a new call could take at once: per model, the free ones less the calls
+   * waiting for one, summed.
+   */
+  readonly free: number
+  /**
+   * Completes when the pool may have more room than at this reading (a lane's limit rose, a lane
+   * opened, an account came back, a permit was released with no call waiting for it); at once if
+   * it already has.
+   */
+  readonly changed: Effect.Effect<void>
+}
+
+/**
  * Options of one call.
  *
  * @since 0.1.0
@@ -176,6 +203,8 @@ export interface Service {
   readonly stream: (request: ChatCompletionRequest, options?: CallOptions) => Stream.Stream<ChatCompletionChunk, PoolError>
   /** Every account, in configuration order. */
   readonly snapshot: Effect.Effect<ReadonlyArray<AccountStatus>>
+  /** What the pool may hold in flight now, and what it could take at once: a batch reads ahead by it (`Batch.run`). */
+  readonly capacity: Effect.Effect<Capacity>
 }
 
 /**
@@ -202,6 +231,12 @@ export interface Options {
    * at most) the account takes no call. Default true.
    */
   readonly preflight?: boolean | undefined
+  /**
+   * Connections opened to each account's origin at start, alongside the balance preflight, so the
+   * first burst of calls pays no TCP or TLS handshake (see `Transport.Options.warmUp`). Default
+   * `Transport.defaultWarmUp` (4); 0 for none.
+   */
+  readonly warmUp?: number | undefined
   /** Between two balance probes of an account that is out of balance. Default 60 seconds. */
   readonly balanceProbeInterval?: Duration.DurationInput | undefined
   /** How long a key rejected with 401 is set aside. Default 15 minutes. */
@@ -315,6 +350,7 @@ export const make = (
     deadlines: options.deadlines,
     maxWait: Duration.decode(options.maxWait ?? defaults.maxWait),
     preflight: options.preflight ?? true,
+    warmUp: options.warmUp ?? TransportModule.defaultWarmUp,
     balanceProbeInterval: Duration.decode(options.balanceProbeInterval ?? defaults.balanceProbeInterval),
     keyCooldown: Duration.decode(options.keyCooldown ?? defaults.keyCooldown),
     fallbackCooldown: Duration.decode(options.fallbackCooldown ?? defaults.fallbackCooldown)

@@ -52,9 +52,10 @@ import * as Data from "effect/Data"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as FiberSet from "effect/FiberSet"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
-import * as Ref from "effect/Ref"
+import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as AccountPoolModule from "./AccountPool.js"
 import * as ResponseCache from "./ResponseCache.js"
@@ -73,6 +74,7 @@ import type { Task } from "./Router.js"
 import * as Telemetry from "./Telemetry.js"
 import * as Files from "./internal/batchFiles.js"
 import * as Lines from "./internal/batchLines.js"
+import * as ReadAhead from "./internal/batchReadAhead.js"
 import * as SummaryInternal from "./internal/batchSummary.js"
 
 /**
@@ -237,8 +239,12 @@ export interface Options {
   /** Path of the output JSONL; appended to, and resumed from when it exists. */
   readonly output: string
   /**
-   * Lines handled at once. Default 256: generous on purpose, since the resilient client's
-   * concurrency limiter bounds the calls actually in flight; this only bounds the read-ahead.
+   * Lines read ahead of their answers (in flight, waiting for a permit, or backing off), so
+   * memory stays bounded whatever the input's size; the client's limits bound the calls actually
+   * in flight. Default: with an `AccountPool` in the context, as many as the pool has free
+   * permits, following its limits as they grow (so the read-ahead never caps what the upstream
+   * admits), at most its capacity (the sum of its lanes' limits) plus `defaultConcurrency`;
+   * without one, `defaultConcurrency` (raise it to the upstream's cap when that is higher).
    */
   readonly concurrency?: number | undefined
   /** Options of every call. Default `{ priority: "batch" }`. */
@@ -287,7 +293,12 @@ export const layerTelemetryCounts: Layer.Layer<TelemetryCounts | Telemetry.Telem
     Context.make(Telemetry.Telemetry, telemetry).pipe(Context.add(TelemetryCounts, counts)))
 )
 
-/** @since 0.1.0 */
+/**
+ * The read-ahead of a run without an `AccountPool`, and the lines a run with one keeps waiting
+ * beyond the pool's capacity.
+ *
+ * @since 0.1.0
+ */
 export const defaultConcurrency = 256
 
 /** @since 0.1.0 */
@@ -326,17 +337,20 @@ export const layerAccounts = <E1, R1, E2, R2>(
     Layer.merge(options.router)
   )
 
+/** A line to send. */
+interface Send {
+  readonly _tag: "Send"
+  readonly customId: string
+  readonly task: Task | undefined
+  readonly deadlines: Partial<Deadlines> | undefined
+  readonly body: ChatCompletionRequest
+}
+
 /** What one input line asks the run to do, decided in input order. */
 type Work =
   | { readonly _tag: "Skip" }
   | { readonly _tag: "Reject"; readonly customId: string; readonly error: Lines.LineError }
-  | {
-    readonly _tag: "Send"
-    readonly customId: string
-    readonly task: Task | undefined
-    readonly deadlines: Partial<Deadlines> | undefined
-    readonly body: ChatCompletionRequest
-  }
+  | Send
 
 /** What became of one line. */
 type Outcome =
@@ -368,6 +382,10 @@ const record = (tally: Tally, outcome: Outcome): Tally => {
 }
 
 const written = (line: Lines.ResultLine, routingWarnings = 0): Outcome => ({ _tag: "Written", line, routingWarnings })
+
+const skipped: Outcome = { _tag: "Skipped" }
+
+const encodeOutcome = (outcome: Outcome): string => outcome._tag === "Written" ? Lines.encodeResultLine(outcome.line) : ""
 
 const inputError = (path: string) => (error: { readonly message: string }) =>
   new BatchError({ file: "input", path, message: `cannot read input: ${error.message}` })
@@ -460,10 +478,10 @@ const decider = (alreadyAnswered: ReadonlySet<string>) => {
   }
 }
 
-/** Performs one line's work: routes the body, then sends it (as a stream when it asks for one). */
-const performer = (resilient: Resilient["Type"], router: Router["Type"], runOptions: CallOptions) => {
+/** Sends a line: routes its body, then sends it (as a stream when it asks for one). */
+const sender = (resilient: Resilient["Type"], router: Router["Type"], runOptions: CallOptions) => {
   /** The run's options, with the line's own deadlines over the run's. */
-  const optionsOf = (work: Extract<Work, { readonly _tag: "Send" }>): CallOptions =>
+  const optionsOf = (work: Send): CallOptions =>
     work.deadlines === undefined ? runOptions : { ...runOptions, deadlines: { ...runOptions.deadlines, ...work.deadlines } }
   const create = (id: string, customId: string, body: ChatCompletionRequest, callOptions: CallOptions) =>
     resilient.create(body, callOptions).pipe(
@@ -478,26 +496,49 @@ const performer = (resilient: Resilient["Type"], router: Router["Type"], runOpti
         onNone: () => Lines.succeeded(id, customId, folded.completion),
         onSome: (error) => folded.chunks === 0 ? Lines.failed(id, customId, error) : Lines.cut(id, customId, error, folded)
       }))
-  const send = (id: string, work: Extract<Work, { readonly _tag: "Send" }>): Effect.Effect<Outcome> =>
-    router.route(work.body, { task: work.task }).pipe(
-      Effect.matchEffect({
-        onFailure: (refused) =>
-          Effect.succeed(written(Lines.rejected(id, work.customId, { code: refused._tag, message: refused.message }))),
-        onSuccess: (routed) =>
-          Effect.map(
-            (routed.request.stream === true ? stream : create)(id, work.customId, routed.request, optionsOf(work)),
-            (line) => written(line, routed.warnings.length)
-          )
-      })
-    )
-  return (work: Work): Effect.Effect<Outcome> =>
-    work._tag === "Skip"
-      ? Effect.succeed({ _tag: "Skipped" })
-      : Effect.flatMap(Lines.makeRequestId, (id) =>
-        work._tag === "Reject"
-          ? Effect.succeed(written(Lines.rejected(id, work.customId, work.error)))
-          : send(id, work))
+  return (work: Send): Effect.Effect<Outcome> =>
+    Effect.flatMap(Lines.makeRequestId, (id) =>
+      router.route(work.body, { task: work.task }).pipe(
+        Effect.matchEffect({
+          onFailure: (refused) =>
+            Effect.succeed(written(Lines.rejected(id, work.customId, { code: refused._tag, message: refused.message }))),
+          onSuccess: (routed) =>
+            Effect.map(
+              (routed.request.stream === true ? stream : create)(id, work.customId, routed.request, optionsOf(work)),
+              (line) => written(line, routed.warnings.length)
+            )
+        })
+      ))
 }
+
+/**
+ * The run's read-ahead: `concurrency` lines when given. Else, with an `AccountPool`, a line
+ * starts while the pool has a free permit for it (or none is running), up to the pool's
+ * capacity plus `defaultConcurrency`, looked at again whenever the pool may have more room (a
+ * fiber of the scope watches it): lines wait for permits only when the pool's limits drop, never
+ * as a standing queue, whose every call would pay the pool's wait. Else `defaultConcurrency`.
+ */
+const readAheadOf = (concurrency: number | undefined): Effect.Effect<ReadAhead.ReadAhead, never, Scope.Scope> =>
+  Effect.flatMap(Effect.serviceOption(AccountPool), (pool) => {
+    if (concurrency !== undefined || Option.isNone(pool)) {
+      const fixed = concurrency ?? defaultConcurrency
+      return Effect.succeed(ReadAhead.make((running) => Effect.succeed(running < fixed)))
+    }
+    const { capacity } = pool.value
+    const readAhead = ReadAhead.make((running) =>
+      Effect.map(capacity, ({ free, permits }) => running === 0 || (free > 0 && running < permits + defaultConcurrency))
+    )
+    // The next reading is taken before the signal, so a change in between is never missed.
+    const watch = (changed: Effect.Effect<void>): Effect.Effect<never> =>
+      Effect.zipRight(
+        changed,
+        Effect.flatMap(capacity, (next) => {
+          readAhead.signal()
+          return watch(next.changed)
+        })
+      )
+    return Effect.as(Effect.forkScoped(Effect.flatMap(capacity, ({ changed }) => watch(changed))), readAhead)
+  })
 
 /** What the run's counters say at one moment; the summary is the difference of two readings. */
 const readings = Effect.gen(function*() {
@@ -587,39 +628,51 @@ export const run = (options: Options): Effect.Effect<Summary, BatchError | Outpu
 
     const before = yield* readings
     const decide = decider(alreadyAnswered)
-    const perform = performer(yield* Resilient, yield* Router, options.callOptions ?? { priority: "batch" })
-    const tally = yield* Ref.make(emptyTally)
+    const send = sender(yield* Resilient, yield* Router, options.callOptions ?? { priority: "batch" })
+    let tally = emptyTally
     const report = (t: Tally) =>
       options.onProgress?.({ total, succeeded: t.succeeded, failed: t.failed, skipped: t.skipped }) ?? Effect.void
     yield* report(emptyTally)
 
     const file = yield* fs.open(output, { flag: "a" }).pipe(Effect.mapError(outputError(options.output)))
-    const writer = yield* Effect.makeSemaphore(1)
-    const settle = (outcome: Outcome) =>
-      writer.withPermits(1)(Effect.gen(function*() {
-        if (outcome._tag === "Written") {
-          yield* Files.writeText(file, Lines.encodeResultLine(outcome.line)).pipe(Effect.mapError(outputError(options.output)))
-        }
-        yield* report(yield* Ref.updateAndGet(tally, (t) => record(t, outcome)))
-      }))
+    const append = Files.appender(file, encodeOutcome, (outcome: Outcome) => {
+      tally = record(tally, outcome)
+      return report(tally)
+    })
+    const settle = (outcome: Outcome) => Effect.mapError(append(outcome), outputError(options.output))
 
     const { stopped, stoppedNow } = yield* watchStops(options)
+    const readAhead = yield* readAheadOf(options.concurrency)
     // A line starts only while the run is not stopped; once its answer is in, it is written
     // whatever happens, so an interrupt never loses an answer nor tears a line.
-    const handle = (work: Work) =>
+    const handle = (work: Send) =>
       Effect.uninterruptibleMask((restore) =>
         Effect.flatMap(
           Deferred.isDone(stopped),
-          (isStopped) => isStopped ? Effect.void : Effect.flatMap(restore(perform(work)), settle)
+          (isStopped) => isStopped ? Effect.void : Effect.flatMap(restore(send(work)), settle)
         )
+      ).pipe(Effect.ensuring(Effect.sync(readAhead.leave)))
+    // Lines sent run in fibers of their own, at most the read-ahead at once; the others are
+    // settled by the reader.
+    const processing = Effect.scoped(Effect.gen(function*() {
+      const sending = yield* FiberSet.make<void, BatchError>()
+      const take = (work: Work): Effect.Effect<void, BatchError> => {
+        switch (work._tag) {
+          case "Skip":
+            return settle(skipped)
+          case "Reject":
+            return Effect.flatMap(Lines.makeRequestId, (id) => settle(written(Lines.rejected(id, work.customId, work.error))))
+          case "Send":
+            return Effect.zipRight(readAhead.enter, FiberSet.run(sending, handle(work)))
+        }
+      }
+      yield* Files.lines(fs, input).pipe(
+        Stream.mapError(inputError(input)),
+        Stream.interruptWhen(Deferred.await(stopped)),
+        Stream.runForEach(({ lineNumber, text }) => take(decide(Lines.parseInputLine(text, lineNumber))))
       )
-    const processing = Files.lines(fs, input).pipe(
-      Stream.mapError(inputError(input)),
-      Stream.interruptWhen(Deferred.await(stopped)),
-      Stream.map(({ lineNumber, text }) => decide(Lines.parseInputLine(text, lineNumber))),
-      Stream.mapEffect(handle, { concurrency: options.concurrency ?? defaultConcurrency, unordered: true }),
-      Stream.runDrain
-    )
+      yield* Effect.raceFirst(readAhead.idle, FiberSet.join(sending))
+    }))
     const drainEnds = Effect.zipRight(
       Deferred.await(stopped),
       Effect.raceFirst(Effect.sleep(options.drainTimeout ?? defaultDrainTimeout), Deferred.await(stoppedNow))
@@ -627,7 +680,7 @@ export const run = (options: Options): Effect.Effect<Summary, BatchError | Outpu
     yield* Effect.raceFirst(processing, drainEnds)
 
     const interrupted = yield* Deferred.isDone(stopped)
-    return summarize(yield* Ref.get(tally), before, yield* readings, yield* poolStatuses, interrupted)
+    return summarize(tally, before, yield* readings, yield* poolStatuses, interrupted)
   }))
 
 /** `stopped` completes with `stop` or `stopNow`, `stoppedNow` with `stopNow`; both watched for the scope. */

@@ -25,13 +25,17 @@
  *    cap with an immediate 429 and takes one under it with an immediate 200 (then keep-alives),
  *    so whether a request got a slot is known one round trip after it was sent: a permit's
  *    `accepted` says so. When the transport reports acceptances, each acceptance of the request
- *    at the top of the limit lets one more request go: the limit climbs one per round trip, with
- *    a single request at a time above what was accepted, so the overshoot that finds the cap
- *    costs one 429 and a risen cap is climbed in milliseconds on a local network (a round trip
- *    per step elsewhere), not in response times. The limiter learns whether acceptances come
- *    ahead of their responses (nearer the send than the end, over about the last ten): where
- *    they come with the response, or are not reported, successes clock it instead, +1 each, as
- *    classic slow start: the limit doubles per round and in-flight climbs one request at a time.
+ *    at the top of the limit lets more go: one request while the limit is under 64, then 1/32 of
+ *    it, so the limit climbs a step per round trip with few requests at a time above what was
+ *    accepted. Finding a small cap costs one 429 and a large one at most 3 % of it; 8 → 2,500
+ *    takes about 180 round trips (one per request of difference would be 2,492); a risen cap is
+ *    climbed in milliseconds on a local network, not in response times. The limiter learns
+ *    whether acceptances come ahead of their responses (nearer the send than the end, over about
+ *    the last ten): where they come with the response, or are not reported, successes clock it
+ *    instead, +1 each, as classic slow start: the limit doubles per round and in-flight climbs
+ *    one request at a time. A probe above a ceiling (step 5) grows only by acceptances whenever
+ *    they are reported, so an unchanged cap costs it one 429 even when they come with the
+ *    response.
  * 2. **Decrease, once per round**: on a drop, the *ceiling* becomes in-flight − 1 (everything
  *    but the dropped request was accepted) and the limit `min(ceiling, in-flight × backoff)`
  *    (0.9: a gentle step, since the cap was just measured). Drops of permits granted before
@@ -66,12 +70,11 @@
  *    against "false stability", step the limit back by `backoff` and hold there. A delay that
  *    stays high for ten windows becomes the new baseline.
  *
- * The limit stays within [`min`, `max`] (1, 256). Tuned on the benchmark's scenario (600
- * requests, a cap moving 24 → 6 → 32 every 200 accepted, 200-600 ms per request, over loopback):
- * 1.06-1.07× the time of an oracle that always holds the current cap, 7-10 requests (1.2-1.7%)
- * drawing a 429 (docs/benchmarks.md). A cap far above `initial` takes one round trip per request
- * of difference to reach with acceptances (log2(cap/initial) rounds without): raise `initial`
- * when the cap is known to be large.
+ * The limit stays within [`min`, `max`] (1, 10,000: above DeepSeek's published caps, 2,500 for
+ * flash). Tuned on the benchmark's scenario (600 requests, a cap moving 24 → 6 → 32 every 200
+ * accepted, 200-600 ms per request, over loopback): 1.06-1.07× the time of an oracle that always
+ * holds the current cap, 7-10 requests (1.2-1.7%) drawing a 429 (docs/benchmarks.md). Under 64
+ * the climb is one request per round trip; raise `initial` when the cap is known to be large.
  *
  * ## Why not `Effect.makeSemaphore`
  *
@@ -257,7 +260,7 @@ export interface AdaptiveOptions extends LimiterOptions {
   readonly initial?: number | undefined
   /** The limit never goes below this. Default 1. */
   readonly min?: number | undefined
-  /** The limit never goes above this. Default 256. */
+  /** The limit never goes above this. Default 10,000 (above DeepSeek's published caps). */
   readonly max?: number | undefined
   /** On an ordinary drop the limit becomes in-flight × `backoff`. Default 0.9. */
   readonly backoff?: number | undefined

@@ -5,8 +5,7 @@
  * @since 0.1.0
  */
 
-import type * as HttpClient from "@effect/platform/HttpClient"
-import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
+import * as HttpClient from "@effect/platform/HttpClient"
 import * as Config from "effect/Config"
 import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
@@ -14,7 +13,6 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import type * as Stream from "effect/Stream"
-import { Agent } from "undici"
 import type { ApiError } from "./ApiError.js"
 import type { Priority } from "./ConcurrencyLimiter.js"
 import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from "./ChatSchema.js"
@@ -119,10 +117,21 @@ export interface Options {
    * silently. Default 1.
    */
   readonly staleConnectionRetries?: number | undefined
+  /**
+   * Connections opened to the base URL's origin when the transport is made, so the first burst of
+   * calls pays no TCP or TLS handshake. Only over `nodeHttpClient`, whose pool takes them for its
+   * next connections to that origin; no request is sent to open them, and one not taken within
+   * the pool's keep-alive timeout is closed, as its idle connections are. Default 4
+   * (`defaultWarmUp`); 0 for none.
+   */
+  readonly warmUp?: number | undefined
 }
 
 /** @since 0.1.0 */
 export const defaultBaseUrl = "https://api.deepseek.com"
+
+/** @since 0.1.0 */
+export const defaultWarmUp = 4
 
 /**
  * A transport over the `HttpClient` and `KeyPool` in context.
@@ -149,7 +158,8 @@ export const make = (options?: Options): Effect.Effect<Service, never, HttpClien
     baseUrl: options?.baseUrl ?? defaultBaseUrl,
     defaultDeadlines,
     deadlines: options?.deadlines,
-    staleConnectionRetries: options?.staleConnectionRetries ?? 1
+    staleConnectionRetries: options?.staleConnectionRetries ?? 1,
+    warmUp: options?.warmUp ?? defaultWarmUp
   })
 
 /**
@@ -197,27 +207,25 @@ export interface NodeHttpClientOptions {
  * An `HttpClient` on an undici `Agent` of its own, destroyed (anything still pending aborted)
  * when the layer's scope closes. Keep-alive with early idle eviction; undici's own header and
  * body timeouts are off because the transport's deadlines decide (undici's 300 s default would
- * kill a request DeepSeek legitimately keeps queued for 10 minutes). `@effect/platform-node`
- * still caps the wait for response headers at one hour per request.
+ * kill a request DeepSeek legitimately keeps queued for 10 minutes).
+ *
+ * It is `@effect/platform-node`'s undici client, which anything may use, and a transport made
+ * over it sends its own calls on the same `Agent` directly: one undici dispatch per request, its
+ * body handed over by undici's callbacks, and its deadlines kept by one watchdog per transport,
+ * with no fiber, Node stream or timer per call. (While a tracer is installed, the transport goes
+ * through the client, whose HTTP spans it then keeps; `@effect/platform-node` caps the wait for
+ * response headers at one hour per request there.) A transport over it opens its connections
+ * ahead of its first calls (`Options.warmUp`).
  *
  * @since 0.1.0
  * @category layers
  */
 export const nodeHttpClient = (options?: NodeHttpClientOptions): Layer.Layer<HttpClient.HttpClient> =>
-  NodeHttpClient.layerUndiciWithoutDispatcher.pipe(
-    Layer.provide(Layer.scoped(
-      NodeHttpClient.Dispatcher,
-      Effect.acquireRelease(
-        Effect.sync(() =>
-          new Agent({
-            keepAliveTimeout: Duration.toMillis(options?.keepAliveTimeout ?? Duration.seconds(4)),
-            keepAliveMaxTimeout: Duration.toMillis(options?.keepAliveMaxTimeout ?? Duration.seconds(30)),
-            headersTimeout: 0,
-            bodyTimeout: 0,
-            ...(options?.connections === undefined ? {} : { connections: options.connections })
-          })
-        ),
-        (agent) => Effect.promise(() => agent.destroy())
-      )
-    ))
+  Layer.scoped(
+    HttpClient.HttpClient,
+    internal.nodeHttpClient({
+      keepAliveTimeout: Duration.toMillis(options?.keepAliveTimeout ?? Duration.seconds(4)),
+      keepAliveMaxTimeout: Duration.toMillis(options?.keepAliveMaxTimeout ?? Duration.seconds(30)),
+      connections: options?.connections
+    })
   )

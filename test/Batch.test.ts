@@ -644,7 +644,12 @@ describe("Batch summary", () => {
       const stack = layer.pipe(
         Layer.provideMerge(CostLedger.layer({ pricing: flatPricing })),
         Layer.merge(Router.layerDefault),
-        Layer.merge(Layer.succeed(AccountPool.AccountPool, { create: () => Effect.die("unused"), stream: () => Stream.die("unused"), snapshot: Effect.succeed(statuses) }))
+        Layer.merge(Layer.succeed(AccountPool.AccountPool, {
+          create: () => Effect.die("unused"),
+          stream: () => Stream.die("unused"),
+          snapshot: Effect.succeed(statuses),
+          capacity: Effect.succeed({ permits: 24, free: 24, changed: Effect.never })
+        }))
       )
       const summary = yield* Batch.run(ws).pipe(Effect.provide(stack))
       expect(yield* Ref.get(calls)).toBe(2)

@@ -1,6 +1,8 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as Chunk from "effect/Chunk"
 import * as ConfigProvider from "effect/ConfigProvider"
+import * as Context from "effect/Context"
+import * as DefaultServices from "effect/DefaultServices"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
@@ -10,7 +12,7 @@ import * as Redacted from "effect/Redacted"
 import * as Ref from "effect/Ref"
 import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
-import type * as Tracer from "effect/Tracer"
+import * as Tracer from "effect/Tracer"
 import * as ApiError from "../src/ApiError.js"
 import type * as ChatSchema from "../src/ChatSchema.js"
 import type { ChatCompletionRequest } from "../src/ChatSchema.js"
@@ -228,7 +230,11 @@ describe("Transport layers and spans", () => {
       )
     )))
 
-  it.effect("a call runs in a weatherproof.Transport span that carries the model and no key", () =>
+  /** A tracer that makes Effect's own spans: a tracer is installed, so the transport makes its spans. */
+  const builtIn = Context.get(DefaultServices.liveServices, Tracer.Tracer)
+  const installed = Tracer.make({ span: (...args) => builtIn.span(...args), context: (f) => f() })
+
+  it.effect("with a tracer installed, a call runs in a weatherproof.Transport span that carries the model and no key", () =>
     Effect.gen(function*() {
       const seen: Array<Tracer.AnySpan> = []
       const onFirstContent = () => Effect.map(Effect.currentSpan, (span) => void seen.push(span)).pipe(Effect.orDie)
@@ -242,6 +248,15 @@ describe("Transport layers and spans", () => {
         const attributes = span._tag === "Span" ? Object.fromEntries(span.attributes) : {}
         expect(attributes).toEqual({ model: request.model })
       }
+    }).pipe(Effect.provide(setup([MockUpstream.completion(generation), MockUpstream.streamed(generation)])), Effect.withTracer(installed)))
+
+  it.effect("with Effect's built-in tracer, which exports nowhere, a call makes no span", () =>
+    Effect.gen(function*() {
+      const seen: Array<Option.Option<Tracer.AnySpan>> = []
+      const onFirstContent = () => Effect.map(Effect.option(Effect.currentSpan), (span) => void seen.push(span))
+      yield* create({ onFirstContent })
+      yield* drain({ onFirstContent })
+      expect(seen).toEqual([Option.none(), Option.none()])
     }).pipe(Effect.provide(setup([MockUpstream.completion(generation), MockUpstream.streamed(generation)]))))
 })
 
@@ -589,8 +604,9 @@ describe("Transport onAccepted", () => {
 describe("Transport over loopback (undici, 127.0.0.1)", () => {
   const wireGeneration: MockUpstream.Generation = { ...generation, content: "Rain ☔ then sun ☀, 晴れ — done." }
 
+  // The scripted server answers requests in order: no warm-up request may take a step.
   const loopback = (server: RawServer, client?: Transport.NodeHttpClientOptions) =>
-    Transport.layer({ baseUrl: `${server.url}/` }).pipe(
+    Transport.layer({ baseUrl: `${server.url}/`, warmUp: 0 }).pipe(
       Layer.provide(Layer.merge(Transport.nodeHttpClient(client), KeyPool.layer([Redacted.make(keys[0]!)])))
     )
 

@@ -126,7 +126,7 @@ describe("weatherproof serve, shutting down", () => {
   it.scopedLive("SIGTERM: `weatherproof serve` drains a running stream, answers 503 to health checks meanwhile, and exits 0", () =>
     Effect.gen(function*() {
       const sim = yield* Simulator.make({ chunkDelay: 25, pieceSize: 4 })
-      const child = yield* serveProcess(["serve", "--port", "0", "--drain-timeout", "10"], {
+      const child = yield* serveProcess(["serve", "--port", "0", "--drain-timeout", "10s"], {
         DEEPSEEK_API_KEY: Simulator.defaultKey,
         DEEPSEEK_BASE_URL: sim.baseUrl
       })

@@ -8,6 +8,7 @@
 import * as Command from "@effect/cli/Command"
 import * as Options from "@effect/cli/Options"
 import * as Effect from "effect/Effect"
+import * as Flags from "../cli/flags.js"
 
 /**
  * @since 0.1.0
@@ -21,22 +22,10 @@ export const serve = Command.make(
       Options.withDescription("address to listen on; any but a loopback one needs WEATHERPROOF_GATEWAY_KEYS"),
       Options.withDefault("127.0.0.1")
     ),
-    accounts: Options.file("accounts").pipe(
-      Options.withDescription("a JSON file of accounts (default: one DeepSeek account from DEEPSEEK_API_KEY)"),
-      Options.optional
-    ),
-    concurrency: Options.integer("concurrency").pipe(
-      Options.withDescription("a fixed number of calls in flight per account (default: the accounts file's, else adaptive)"),
-      Options.optional
-    ),
-    keepAliveInterval: Options.float("keep-alive-interval").pipe(
-      Options.withDescription("seconds between keep-alives while a client waits"),
-      Options.withDefault(10)
-    ),
-    drainTimeout: Options.float("drain-timeout").pipe(
-      Options.withDescription("seconds requests in flight get to finish on SIGTERM/SIGINT"),
-      Options.withDefault(30)
-    ),
+    ...Flags.accountFlags,
+    ...Flags.callFlags(5),
+    keepAliveInterval: Flags.duration("keep-alive-interval", "between keep-alives while a client waits (default 10s)"),
+    drainTimeout: Flags.drainTimeout("the requests in flight"),
     maxWaiting: Options.integer("max-waiting").pipe(
       Options.withDescription("clients that may wait for their first content at once; one more gets a 429"),
       Options.withDefault(4096)

@@ -9,89 +9,50 @@
  */
 import type * as FileSystem from "@effect/platform/FileSystem"
 import * as Config from "effect/Config"
-import * as ConfigError from "effect/ConfigError"
 import * as Console from "effect/Console"
-import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as RuntimeFlags from "effect/RuntimeFlags"
 import * as RuntimeFlagsPatch from "effect/RuntimeFlagsPatch"
-import * as Accounts from "../../src/Accounts.js"
-import { scrubSecrets } from "../../src/ApiError.js"
+import * as AccountPool from "../../src/AccountPool.js"
 import * as Batch from "../../src/Batch.js"
 import * as CostLedger from "../../src/CostLedger.js"
+import * as RetryPolicy from "../../src/RetryPolicy.js"
 import * as Router from "../../src/Router.js"
 import * as Transport from "../../src/Transport.js"
 import { gatewayKeysConfig } from "./auth.js"
 import * as Gateway from "./server.js"
 import * as Telemetry from "./telemetry.js"
+import { type AccountArgs, type CallArgs, flagsProblem, invalidConfig, listIssues, loadAccounts, poolOptions } from "../cli/accounts.js"
+import { type ExitCode, fail } from "../cli/exit.js"
 import { StopSignals } from "../cli/signals.js"
 
 /** The parsed options of the command (see `command.ts`). */
-export interface ServeOptions {
+export interface ServeOptions extends AccountArgs, CallArgs {
   readonly port: number
   readonly host: string
-  readonly accounts: Option.Option<string>
-  readonly concurrency: Option.Option<number>
-  /** Seconds. */
-  readonly keepAliveInterval: number
-  /** Seconds. */
-  readonly drainTimeout: number
+  readonly keepAliveInterval: Option.Option<Duration.Duration>
+  readonly drainTimeout: Option.Option<Duration.Duration>
   readonly maxWaiting: number
   readonly alertWebhook: Option.Option<string>
 }
 
-/** Ends the program with `code`; the CLI's `main` turns it into the exit code. */
-export class ExitCode extends Data.TaggedError("ExitCode")<{ readonly code: number }> {}
-
-const fail = (code: number, message: string) => Effect.zipRight(Console.error(message), new ExitCode({ code }))
-
-const listIssues = (issues: ReadonlyArray<string>) => issues.map((issue) => `  ${scrubSecrets(issue)}`).join("\n")
-
-const invalidConfig = (error: ConfigError.ConfigError) =>
-  fail(2, `weatherproof: invalid configuration: ${scrubSecrets(String(error))}`)
-
-const missingKey = "weatherproof: DEEPSEEK_API_KEY is not set or empty (one key, or several separated by commas). " +
-  "Set it, or pass --accounts FILE."
-
-/** The accounts to serve: the file's, or one DeepSeek account from the environment. */
-const loadAccounts = (options: ServeOptions) =>
-  Option.match(options.accounts, {
-    onSome: (file) =>
-      Accounts.load(file).pipe(
-        Effect.catchTag("AccountsError", (error) =>
-          fail(2, `weatherproof: invalid accounts file ${error.source}:\n${listIssues(error.issues)}`))
-      ),
-    onNone: () =>
-      Accounts.fromEnv.pipe(
-        Effect.catchTag("ConfigError", (error) => ConfigError.isMissingDataOnly(error) ? fail(2, missingKey) : invalidConfig(error))
-      )
-  }).pipe(
-    Effect.map((accounts) =>
-      Option.match(options.concurrency, {
-        onNone: () => accounts,
-        onSome: (n) => accounts.map((account): Accounts.Account => ({ ...account, concurrency: n }))
-      })
-    )
-  )
+/** An interactive client's retries and wait for an account, as `AccountPool.layerResilient`'s defaults. */
+const serveDefaults = { retries: RetryPolicy.defaults.maxRetries, maxWait: AccountPool.defaults.maxWait, waitForBudget: false }
 
 /** The first problem with the options, if any. */
 const optionProblem = (options: ServeOptions): string | undefined =>
   !Number.isInteger(options.port) || options.port < 0 || options.port > 65535
     ? "--port must be between 0 and 65535"
-    : !(options.keepAliveInterval > 0)
-    ? "--keep-alive-interval must be more than 0 seconds"
-    : !(options.drainTimeout >= 0)
-    ? "--drain-timeout must be 0 seconds or more"
+    : Option.exists(options.keepAliveInterval, Duration.isZero)
+    ? "--keep-alive-interval must be more than 0"
     : options.maxWaiting < 1
     ? "--max-waiting must be at least 1"
-    : Option.exists(options.concurrency, (n) => n < 1)
-    ? "--concurrency must be at least 1"
     : Option.exists(options.alertWebhook, (url) => !/^https?:\/\/\S+$/.test(url))
     ? "--alert-webhook must be an http(s) URL"
-    : undefined
+    : flagsProblem(options)
 
 /**
  * Serves until SIGTERM or SIGINT, then drains (the gateway's scope closing) and returns: exit 0.
@@ -107,7 +68,11 @@ export const run = (options: ServeOptions): Effect.Effect<void, ExitCode, FileSy
     )
 
     const stack = Layer.mergeAll(
-      Batch.layerAccounts(accounts, { ledger: CostLedger.layerConfig, router: Router.layerConfig }),
+      Batch.layerAccounts(accounts, {
+        pool: poolOptions(options, serveDefaults),
+        ledger: CostLedger.layerConfig,
+        router: Router.layerConfig
+      }),
       Telemetry.layer({ otlp: Option.isSome(otlp) }),
       Transport.nodeHttpClient()
     )
@@ -119,8 +84,8 @@ export const run = (options: ServeOptions): Effect.Effect<void, ExitCode, FileSy
         host: options.host,
         accounts,
         gatewayKeys,
-        keepAliveInterval: Duration.seconds(options.keepAliveInterval),
-        drainTimeout: Duration.seconds(options.drainTimeout),
+        keepAliveInterval: Option.getOrUndefined(options.keepAliveInterval),
+        drainTimeout: Option.getOrUndefined(options.drainTimeout),
         maxWaiting: options.maxWaiting,
         alerts: Option.match(options.alertWebhook, { onNone: () => undefined, onSome: (url) => ({ url }) })
       })

@@ -15,14 +15,16 @@ import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as FiberId from "effect/FiberId"
 import * as Metric from "effect/Metric"
+import * as MetricLabel from "effect/MetricLabel"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import type { Account } from "../Accounts.js"
-import type { AccountStatus, CallOptions, PoolError, Service } from "../AccountPool.js"
+import type { AccountStatus, CallOptions, Capacity, PoolError, Service } from "../AccountPool.js"
 import * as ApiError from "../ApiError.js"
 import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Usage } from "../ChatSchema.js"
 import * as CircuitBreaker from "../CircuitBreaker.js"
@@ -36,6 +38,7 @@ import * as GenAi from "./genAi.js"
 import { assertValid, positive } from "./options.js"
 import { secondsBoundaries } from "./policy.js"
 import { whenTraced } from "./tracing.js"
+import { undiciOf } from "./transportWires.js"
 
 /** `AccountPool.Options` with defaults applied. */
 export interface Settings {
@@ -46,6 +49,7 @@ export interface Settings {
   readonly fallbackCooldown: Duration.Duration
   readonly maxWait: Duration.Duration
   readonly preflight: boolean
+  readonly warmUp: number
 }
 
 export const failoversCounter = Metric.counter("weatherproof_account_failovers", {
@@ -141,24 +145,32 @@ const policyFor = (account: Account): LimiterInternal.Policy =>
     ? LimiterInternal.fixedPolicy(account.concurrency)
     : LimiterInternal.adaptivePolicy(account.concurrency ?? {})
 
-/**
- * Makes what grants the pool's permits over the accounts' slots (in configuration order).
- * `changed` publishes a lane's gauges: a coordinator calls it when a lane's limit or in-flight
- * count changes other than by the pool's own grants and releases.
- */
+/** What a coordinator tells the pool besides its grants. */
+export interface CoordinatorHooks {
+  /** Publishes a lane's gauges: when its limit or in-flight count changed other than by the pool's own grants and releases. */
+  readonly changed: (lane: Lane) => void
+  /** The pool may have more room than at the last reading of its capacity (a limit rose, a lane opened, permits came back). */
+  readonly roomMayHaveGrown: () => void
+}
+
+/** Makes what grants the pool's permits over the accounts' slots (in configuration order). */
 export type Coordinate<R> = (
   accounts: ReadonlyArray<Account>,
   slots: ReadonlyArray<AccountSlot>,
-  changed: (lane: Lane) => void
+  hooks: CoordinatorHooks
 ) => Effect.Effect<Lanes, never, R | Scope.Scope>
 
 /** Each lane's permits in this process only. */
-const inMemory: Coordinate<never> = (accounts, slots) =>
+const inMemory: Coordinate<never> = (accounts, slots, hooks) =>
   Effect.sync(() => {
-    const dispatcher: Dispatcher = new Dispatcher(
-      slots,
-      (slot, model) => new Lane(slot, model, policyFor(accounts[slot.index]!), (grown) => dispatcher.dispatch(grown.model))
-    )
+    const dispatcher: Dispatcher = new Dispatcher(slots, (slot, model) => {
+      const lane = new Lane(slot, model, policyFor(accounts[slot.index]!), (grew) => {
+        dispatcher.dispatch(grew.model)
+        hooks.roomMayHaveGrown()
+      })
+      hooks.roomMayHaveGrown()
+      return lane
+    })
     return dispatcher
   })
 
@@ -201,6 +213,15 @@ const probeBalance = (client: HttpClient.HttpClient, member: Member): Effect.Eff
     return body.is_available ? "available" : "unavailable"
   }).pipe(Effect.scoped, Effect.timeout(probeTimeout), Effect.orElseSucceed((): ProbeResult => "failed"))
 
+/** Opens `connections` to each account's origin, over `nodeHttpClient` (see `Transport.Options.warmUp`). */
+const warmUp = (client: HttpClient.HttpClient, members: ReadonlyArray<Member>, connections: number): void =>
+  Option.match(undiciOf(client), {
+    onNone: () => {},
+    onSome: ({ preconnect }) => {
+      for (const member of members) preconnect(new URL(member.account.baseUrl).origin, connections)
+    }
+  })
+
 // ---------------------------------------------------------------------------------------------
 // The pool
 // ---------------------------------------------------------------------------------------------
@@ -241,9 +262,16 @@ export const makeWith = <R>(
 
     // -- the accounts and their lanes ---------------------------------------------------------
 
-    const laneLabels = (account: Account, model: string) =>
-      <Type, In, Out>(metric: Metric.Metric<Type, In, Out>) =>
-        Metric.tagged(Metric.tagged(metric, "account", account.name), "model", model)
+    // One labels array per set of labels: a metric caches its series by the array it is given,
+    // where `Metric.tagged` builds and hashes the series' key again on every update.
+    const labelSets = new Map<string, ReadonlyArray<MetricLabel.MetricLabel>>()
+    const labels = (...pairs: ReadonlyArray<readonly [string, string]>): ReadonlyArray<MetricLabel.MetricLabel> => {
+      const key = pairs.map(([name, value]) => `${name}=${value}`).join("\n")
+      let set = labelSets.get(key)
+      if (set === undefined) labelSets.set(key, set = pairs.map(([name, value]) => MetricLabel.make(name, value)))
+      return set
+    }
+    const laneLabels = (account: Account, model: string) => labels(["account", account.name], ["model", model])
 
     const members: ReadonlyArray<Member> = yield* Effect.forEach(accounts, (account, index) =>
       Effect.gen(function*() {
@@ -254,7 +282,8 @@ export const makeWith = <R>(
           ...settings.breaker,
           name: account.name
         })
-        const transport = yield* Transport.make({ baseUrl: account.baseUrl, deadlines: settings.deadlines }).pipe(
+        // The pool opens the transport's connections itself, after its balance preflight is sent.
+        const transport = yield* Transport.make({ baseUrl: account.baseUrl, deadlines: settings.deadlines, warmUp: 0 }).pipe(
           Effect.provideService(KeyPool.KeyPool, keys)
         )
         const slot = new AccountSlot(index, account.fallback, account.accountConcurrency ?? Infinity)
@@ -270,27 +299,35 @@ export const makeWith = <R>(
     const metricsOf = (lane: Lane): LaneMetrics => {
       let metrics = laneMetrics.get(lane)
       if (metrics !== undefined) return metrics
-      const tag = laneLabels(members[lane.account.index]!.account, lane.model)
-      const gauges = { limit: tag(LimiterInternal.limitGauge), inFlight: tag(LimiterInternal.inFlightGauge) }
-      const droppedCount = tag(LimiterInternal.droppedCounter)
+      const tags = laneLabels(members[lane.account.index]!.account, lane.model)
       metrics = {
         publish: () => {
-          gauges.limit.unsafeUpdate(lane.limit, [])
-          gauges.inFlight.unsafeUpdate(lane.inFlight, [])
+          LimiterInternal.limitGauge.unsafeUpdate(lane.limit, tags)
+          LimiterInternal.inFlightGauge.unsafeUpdate(lane.inFlight, tags)
         },
-        dropped: () => droppedCount.unsafeUpdate(1, [])
+        dropped: () => LimiterInternal.droppedCounter.unsafeUpdate(1, tags)
       }
       laneMetrics.set(lane, metrics)
       return metrics
     }
 
-    const publishQueued = (model: string) =>
-      Metric.tagged(queuedGauge, "model", model).unsafeUpdate(dispatcher.queued(model), [])
+    // The capacity's latch: completed, and replaced, whenever the pool may have more room.
+    let roomLatch = Deferred.unsafeMake<void>(FiberId.none)
+    const roomMayHaveGrown = () => {
+      const last = roomLatch
+      roomLatch = Deferred.unsafeMake<void>(FiberId.none)
+      Deferred.unsafeDone(last, Exit.void)
+    }
+
+    const publishQueued = (model: string) => queuedGauge.unsafeUpdate(dispatcher.queued(model), labels(["model", model]))
     const publishLane = (lane: Lane) => {
       metricsOf(lane).publish()
       publishQueued(lane.model)
     }
-    const dispatcher: Lanes = yield* coordinate(accounts, members.map((member) => member.slot), publishLane)
+    const dispatcher: Lanes = yield* coordinate(accounts, members.map((member) => member.slot), {
+      changed: publishLane,
+      roomMayHaveGrown
+    })
 
     // -- availability -------------------------------------------------------------------------
 
@@ -316,9 +353,12 @@ export const makeWith = <R>(
       Effect.flatMap(unavailability(member), (unavailable) =>
         Effect.sync(() => {
           const cameBack = member.unavailable !== undefined && unavailable === undefined
+          const changed = member.slot.available !== (unavailable === undefined)
           member.unavailable = unavailable
           member.slot.available = unavailable === undefined
           member.slot.pending = unavailable?.reason === "checking_balance"
+          // An account going out may let a fallback count, so any change may grow the capacity.
+          if (changed) roomMayHaveGrown()
           if (cameBack) dispatcher.dispatchAll()
           else if (unavailable !== undefined) dispatcher.refuse((waiter) => !mayBePlaced(waiter.excluded))
         }))
@@ -438,6 +478,7 @@ export const makeWith = <R>(
       Effect.sync(() => {
         dispatcher.release(grant)
         publishLane(grant.lane)
+        if (grant.lane.hasRoom && dispatcher.queued(grant.lane.model) === 0) roomMayHaveGrown()
       })
 
     /**
@@ -527,20 +568,20 @@ export const makeWith = <R>(
     const countSent = (placed: Placed, request: ChatCompletionRequest, verdict?: ApiError.Verdict, error?: unknown) =>
       Effect.sync(() => {
         const { member } = placed
-        const labels = laneLabels(member.account, placed.model)
+        const tags = laneLabels(member.account, placed.model)
         const retry = sent.has(request)
         if (retry) {
           member.retries++
-          labels(retriesCounter).unsafeUpdate(1, [])
+          retriesCounter.unsafeUpdate(1, tags)
         } else if (verdict === undefined || !isAccountLevel(verdict)) sent.add(request)
         if (verdict === undefined) member.succeeded++
         else {
           member.failed++
           if (ApiError.tagOf(error) === "RateLimited") member.rateLimited++
         }
-        Metric.tagged(labels(attemptsCounter), "result", verdict === undefined ? "ok" : ApiError.tagOf(error) ?? "unknown")
-          .unsafeUpdate(1, [])
-        labels(attemptDuration).unsafeUpdate((now() - placed.placedAt) / 1000, [])
+        const result = verdict === undefined ? "ok" : ApiError.tagOf(error) ?? "unknown"
+        attemptsCounter.unsafeUpdate(1, labels(["account", member.name], ["model", placed.model], ["result", result]))
+        attemptDuration.unsafeUpdate((now() - placed.placedAt) / 1000, tags)
       })
 
     /**
@@ -698,5 +739,9 @@ export const makeWith = <R>(
       yield* Effect.forEach(members.filter((member) => member.account.provider === "deepseek"), preflight, { discard: true })
     }
     yield* Effect.forEach(members, refresh, { discard: true })
-    return { create, stream, snapshot }
+    // Each account's connections open alongside its preflight, once that request is on its way.
+    yield* Effect.forkIn(Effect.zipRight(Effect.yieldNow(), Effect.sync(() => warmUp(client, members, settings.warmUp))), scope)
+    const capacity = Effect.sync((): Capacity => ({ ...dispatcher.capacity(), changed: Deferred.await(roomLatch) }))
+
+    return { create, stream, snapshot, capacity }
   })

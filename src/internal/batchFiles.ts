@@ -124,6 +124,41 @@ const encoder = new TextEncoder()
 export const writeText = (file: FileSystem.File, text: string): Effect.Effect<void, PlatformError> =>
   text.length === 0 ? Effect.void : Effect.uninterruptible(file.writeAll(encoder.encode(text)))
 
+/**
+ * Appends items to `file` in the order they are submitted, as many in one write as are waiting
+ * (group commit): a submitter that finds no write under way writes every pending item, and those
+ * submitted meanwhile, until none is left; the others return at once. `written` follows each
+ * write for each of its items, in order. Nothing waits on a lock, and the writing is not
+ * interrupted, so a submitted item is written even when its submitter is interrupted.
+ */
+export const appender = <A>(
+  file: FileSystem.File,
+  encode: (item: A) => string,
+  written: (item: A) => Effect.Effect<void>
+): (item: A) => Effect.Effect<void, PlatformError> => {
+  let pending: Array<A> = []
+  let writing = false
+  const writePending: Effect.Effect<void, PlatformError> = Effect.suspend(() => {
+    if (pending.length === 0) {
+      writing = false
+      return Effect.void
+    }
+    const items = pending
+    pending = []
+    return writeText(file, items.map(encode).join("")).pipe(
+      Effect.zipRight(Effect.forEach(items, written, { discard: true })),
+      Effect.zipRight(writePending)
+    )
+  })
+  return (item) =>
+    Effect.suspend(() => {
+      pending.push(item)
+      if (writing) return Effect.void
+      writing = true
+      return Effect.uninterruptible(writePending)
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // The output's identity
 // ---------------------------------------------------------------------------------------------

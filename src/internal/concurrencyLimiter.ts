@@ -220,7 +220,7 @@ export interface AimdConfig {
 
 const aimdConfig = (options: AdaptiveOptions = {}): AimdConfig => {
   const min = Math.max(1, Math.floor(options.min ?? 1))
-  const max = Math.max(min, Math.floor(options.max ?? 256))
+  const max = Math.max(min, Math.floor(options.max ?? defaultMax))
   return {
     min,
     max,
@@ -239,6 +239,17 @@ const aimdConfig = (options: AdaptiveOptions = {}): AimdConfig => {
 }
 
 const clamp = (n: number, min: number, max: number): number => Math.min(max, Math.max(min, n))
+
+/** Above DeepSeek's published caps (2,500 concurrent requests per account for flash). */
+export const defaultMax = 10_000
+
+/**
+ * How far an acceptance at the top of the limit lets it grow in slow start: one request while
+ * the limit is small (a cap found costs a single 429), then a share of it, so a cap of thousands
+ * is reached in about 180 round trips instead of one per request (8 → 2,500: 56 steps of one to
+ * 64, then 3 % a round trip), at the price of at most that share of 429s when it is found.
+ */
+const slowStartStep = (level: number): number => level < 64 ? 1 : Math.floor(level / 32)
 
 /** Where the controller is in its cycle; see the module doc of `ConcurrencyLimiter`. */
 type Phase = "slowStart" | "recover" | "hold"
@@ -382,9 +393,10 @@ export class Aimd implements Policy {
 
   /**
    * A request granted at `level` holds a slot upstream. In slow start, the one at the top of the
-   * limit lets one more request go above it at once: growth clocked by round trips, not by
-   * responses, with a single request at a time in untried territory, so an overshoot costs one
-   * 429.
+   * limit lets more requests go above it at once (`slowStartStep`: one while the limit is under
+   * 64): growth clocked by round trips, not by responses, with few requests at a time in untried
+   * territory, so an overshoot costs one 429 at small limits and a few percent of the cap at
+   * large ones.
    */
   accepted(stamp: number, level: number): boolean {
     this.acceptanceClocked = true
@@ -393,7 +405,7 @@ export class Aimd implements Policy {
     if (level <= this.confirmed) return false
     this.confirmed = level
     if (this.phase !== "slowStart" || this.congestedWindows > 0 || level < this.limit) return false
-    this.setValue(level + 1)
+    this.setValue(level + slowStartStep(level))
     return true
   }
 
@@ -424,9 +436,19 @@ export class Aimd implements Policy {
     }
     // An unused limit proves nothing about the upstream: neither grow it nor count the round.
     if (inFlight < this.value / 2) return
-    if (this.congestedWindows === 0 && !(clockedByAcceptance && this.phase === "slowStart")) this.grow()
+    if (this.congestedWindows === 0 && !this.clockedOtherwise(clockedByAcceptance)) this.grow()
     this.roundSuccesses++
     this.countTowardsRound()
+  }
+
+  /**
+   * Whether slow start grows by acceptances rather than by this success: while they come ahead of
+   * their responses, and always when probing above a ceiling with acceptances reported (a success
+   * per request there would double the probe each round, and above an unchanged cap each extra
+   * request draws a 429).
+   */
+  private clockedOtherwise(clockedByAcceptance: boolean): boolean {
+    return this.phase === "slowStart" && (clockedByAcceptance || (this.acceptanceClocked && Number.isFinite(this.ceiling)))
   }
 
   /** An overload drop counts towards its round; whether the round steps down is judged at its end. */

@@ -1,12 +1,23 @@
 /**
  * The timeline of one call: when it started, when its response headers and its first content
- * arrived, and which deadline applies to the next read. Every wait is an `Effect.timeoutFail`
- * on Effect's `Clock`, so `TestClock` drives it.
+ * arrived, and which deadline applies while it waits; and the watchdog that enforces the
+ * deadlines of many calls with one timer.
+ *
+ * A deadline applies while the call waits for the upstream (its send, or a read the consumer
+ * asked for). It is enforced in one of two ways, both on Effect's `Clock` (so `TestClock` drives
+ * them):
+ * - `Timeline.guard`: one wait under an `Effect.timeoutFail`, for an exchange made through any
+ *   `HttpClient`;
+ * - `Watchdog`: calls register their timeline, and one fiber sleeps until the earliest deadline
+ *   among them and aborts the exchange of each call past its own. For the transport's own undici
+ *   exchanges, which an abort ends at once: no timer and no fiber per call or per read.
  */
-import * as Clock from "effect/Clock"
+import type * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import { DeadlineExceeded, type PartialOutput } from "../ApiError.js"
+import type * as Fiber from "effect/Fiber"
+import * as FiberId from "effect/FiberId"
+import { DeadlineExceeded, emptyPartial, type PartialOutput } from "../ApiError.js"
 import type { Deadlines } from "../Transport.js"
 
 /** Deadlines in milliseconds (`Infinity` for none). */
@@ -34,75 +45,220 @@ export interface Observers {
   readonly onFirstContent?: ((queueDelay: Duration.Duration) => Effect.Effect<void>) | undefined
 }
 
+/** The deadline of a wait: when it ends, and its error (with what arrived) if it passes. */
+interface Due {
+  readonly end: number
+  readonly exceeded: () => DeadlineExceeded
+}
+
+const noPartial = (): PartialOutput => emptyPartial
+
 /**
- * Mutable, owned by one call's fiber. Keep-alive bytes never touch it: only `contentArrived`
- * moves the first-content and idle anchors.
+ * Mutable, owned by one call. Keep-alive bytes never touch it: only content moves the
+ * first-content and idle anchors.
  */
 export class Timeline {
   private headersAt: number | undefined
   private firstContentAt: number | undefined
+  private firstContentReported = false
   private idleFrom = 0
+  /** Set after a stream's last event: its rest is read until `end`, then abandoned. */
+  private drain: { readonly end: number; readonly millis: number } | undefined
+  /** Whether the call waits for the upstream now; the watchdog applies the deadlines only then. */
+  waiting = true
+  /** What arrived so far, for the error of a deadline that passes. */
+  partial: () => PartialOutput = noPartial
+  /** Ends the exchange under way with a deadline's error: set by the exchange, called by the watchdog. */
+  abort: ((error: DeadlineExceeded) => void) | undefined
+  /** The deadline that passed, once one did (the watchdog's). */
+  expired: DeadlineExceeded | undefined
 
   constructor(
     private readonly limits: Limits,
     private readonly startedAt: number,
-    private readonly observers: Observers | undefined
+    private readonly observers: Observers | undefined,
+    private readonly clock: Clock.Clock
   ) {}
 
   /** Starts the timeline of a call now. */
   static start(limits: Limits, observers: Observers | undefined): Effect.Effect<Timeline> {
-    return Effect.map(Clock.currentTimeMillis, (now) => new Timeline(limits, now, observers))
+    return Effect.clockWith((clock) => Effect.sync(() => new Timeline(limits, clock.unsafeCurrentTimeMillis(), observers, clock)))
+  }
+
+  now(): number {
+    return this.clock.unsafeCurrentTimeMillis()
   }
 
   /** The success status and headers arrived. */
-  readonly headersArrived: Effect.Effect<void> = Effect.flatMap(Clock.currentTimeMillis, (now) => {
-    this.headersAt = now
+  readonly headersArrived: Effect.Effect<void> = Effect.suspend(() => {
+    this.headersAt = this.now()
     return this.observers?.onAccepted ?? Effect.void
   })
 
-  /** Content (not keep-alive) arrived: the first one ends the queueing phase. */
-  readonly contentArrived: Effect.Effect<void> = Effect.flatMap(Clock.currentTimeMillis, (now) => {
+  /** Content (not keep-alive) arrived at `now`: the first one ends the queueing phase. */
+  markContent(now: number): void {
     this.idleFrom = now
-    if (this.firstContentAt !== undefined) return Effect.void
-    this.firstContentAt = now
+    this.firstContentAt ??= now
+  }
+
+  /** Tells `onFirstContent` once, after the first content arrived. */
+  readonly reportFirstContent: Effect.Effect<void> = Effect.suspend(() => {
     const onFirstContent = this.observers?.onFirstContent
-    return onFirstContent === undefined || this.headersAt === undefined
-      ? Effect.void
-      : onFirstContent(Duration.millis(now - this.headersAt))
+    if (
+      this.firstContentReported || this.firstContentAt === undefined || this.headersAt === undefined ||
+      onFirstContent === undefined
+    ) return Effect.void
+    this.firstContentReported = true
+    return onFirstContent(Duration.millis(this.firstContentAt - this.headersAt))
+  })
+
+  /** Content (not keep-alive) arrived now. */
+  readonly contentArrived: Effect.Effect<void> = Effect.suspend(() => {
+    this.markContent(this.now())
+    return this.reportFirstContent
   })
 
   /**
    * The consumer asks for more: idle time counts from here, so a slow consumer is not mistaken
    * for a stalled upstream.
    */
-  readonly resumed: Effect.Effect<void> = Effect.map(Clock.currentTimeMillis, (now) => {
-    if (this.firstContentAt !== undefined) this.idleFrom = now
+  readonly resumed: Effect.Effect<void> = Effect.sync(() => {
+    if (this.firstContentAt !== undefined) this.idleFrom = this.now()
   })
 
-  /**
-   * Runs `effect` under whichever deadline comes first: the phase's (first content, or idle
-   * once content flows) or the total. `partial` is read only if the deadline passes.
-   */
-  guard<A, E>(
-    effect: Effect.Effect<A, E>,
-    partial: () => PartialOutput
-  ): Effect.Effect<A, E | DeadlineExceeded> {
-    return Effect.flatMap(Clock.currentTimeMillis, (now) => {
-      const waiting = this.firstContentAt === undefined
-      const phaseLimit = waiting ? this.limits.firstContent : this.limits.idle
-      const phaseEnd = (waiting ? this.startedAt : this.idleFrom) + phaseLimit
-      const totalEnd = this.startedAt + this.limits.total
-      const end = Math.min(phaseEnd, totalEnd)
-      if (end === Infinity) return effect
-      const exceeded = () =>
+  /** The rest of the body (after a stream's last event) is read for `millis` at most. */
+  drainFor(millis: number): void {
+    this.drain = { end: this.now() + millis, millis }
+  }
+
+  /** The deadline of a wait now: the phase's (first content, or idle once content flows) or the total. */
+  due(): Due {
+    const drain = this.drain
+    if (drain !== undefined) {
+      return { end: drain.end, exceeded: () => new DeadlineExceeded({ reason: "idle", after: Duration.millis(drain.millis), partial: this.partial() }) }
+    }
+    const beforeContent = this.firstContentAt === undefined
+    const phaseLimit = beforeContent ? this.limits.firstContent : this.limits.idle
+    const phaseEnd = (beforeContent ? this.startedAt : this.idleFrom) + phaseLimit
+    const totalEnd = this.startedAt + this.limits.total
+    const phaseFirst = phaseEnd <= totalEnd
+    return {
+      end: Math.min(phaseEnd, totalEnd),
+      exceeded: () =>
         new DeadlineExceeded({
-          reason: phaseEnd <= totalEnd ? (waiting ? "first_content" : "idle") : "total",
-          after: Duration.millis(phaseEnd <= totalEnd ? phaseLimit : this.limits.total),
-          partial: partial()
+          reason: phaseFirst ? (beforeContent ? "first_content" : "idle") : "total",
+          after: Duration.millis(phaseFirst ? phaseLimit : this.limits.total),
+          partial: this.partial()
         })
+    }
+  }
+
+  /** Runs `effect` under the deadline of a wait that starts now. */
+  guard<A, E>(effect: Effect.Effect<A, E>): Effect.Effect<A, E | DeadlineExceeded> {
+    return Effect.suspend(() => {
+      const now = this.now()
+      const { end, exceeded } = this.due()
+      if (end === Infinity) return effect
       return end <= now
         ? Effect.fail(exceeded())
         : Effect.timeoutFail(effect, { duration: Duration.millis(end - now), onTimeout: exceeded })
     })
+  }
+
+  /** The deadline passed: the exchange under way ends with its error. */
+  expire(): void {
+    this.expired ??= this.due().exceeded()
+    this.abort?.(this.expired)
+  }
+}
+
+/**
+ * The deadlines of many calls with one timer. A call registers its timeline (`watch`) for as
+ * long as it runs; one fiber sleeps until the earliest deadline among the timelines that wait,
+ * expires those past theirs, and sleeps again. The fiber starts with the first registration (on
+ * the clock of the fiber that registers) and stops when none is left, so an idle process can exit.
+ * A timeline that waits again asks to be looked at (`waits`), in case its deadline is the earliest.
+ */
+export class Watchdog {
+  private readonly watched = new Set<Timeline>()
+  private sleeper: Fiber.RuntimeFiber<void> | undefined
+  private wakeAt = Infinity
+  /** Bumped with each new sleeper: a sleeper of an older generation changes nothing. */
+  private generation = 0
+
+  /** Registers `timeline` until `unwatch`. */
+  watch(timeline: Timeline): Effect.Effect<void> {
+    return Effect.suspend(() => {
+      this.watched.add(timeline)
+      return this.lookAt(timeline.due().end)
+    })
+  }
+
+  unwatch(timeline: Timeline): void {
+    this.watched.delete(timeline)
+    if (this.watched.size === 0) this.stop()
+  }
+
+  /**
+   * `timeline` waits for the upstream again: fails at once if its deadline passed, else makes sure
+   * the watchdog wakes by then.
+   */
+  waits(timeline: Timeline): Effect.Effect<void, DeadlineExceeded> {
+    return Effect.suspend(() => {
+      if (timeline.expired !== undefined) return Effect.fail(timeline.expired)
+      const due = timeline.due()
+      if (due.end <= timeline.now()) return Effect.fail(timeline.expired = due.exceeded())
+      timeline.waiting = true
+      return this.lookAt(due.end)
+    })
+  }
+
+  /** Wakes by `end` at the latest: a new sleeper when the current one would wake later. */
+  private lookAt(end: number): Effect.Effect<void> {
+    if (end >= this.wakeAt) return Effect.void
+    this.stop()
+    this.wakeAt = end
+    const generation = this.generation
+    // Interruptible whatever the mask of the fiber that starts it (a scope's acquisition).
+    return Effect.asVoid(Effect.tap(Effect.forkDaemon(Effect.interruptible(this.sleepUntil(end, generation))), (fiber) => {
+      if (generation === this.generation) this.sleeper = fiber
+      else fiber.unsafeInterruptAsFork(FiberId.none)
+    }))
+  }
+
+  private stop(): void {
+    this.generation++
+    this.sleeper?.unsafeInterruptAsFork(FiberId.none)
+    this.sleeper = undefined
+    this.wakeAt = Infinity
+  }
+
+  private sleepUntil(end: number, generation: number): Effect.Effect<void> {
+    return Effect.clockWith((clock) => {
+      const wait = end - clock.unsafeCurrentTimeMillis()
+      const sweep = Effect.suspend(() => this.sweep(clock.unsafeCurrentTimeMillis(), generation))
+      return wait > 0 ? Effect.zipRight(Effect.sleep(Duration.millis(wait)), sweep) : sweep
+    })
+  }
+
+  /** Expires every waiting timeline past its deadline, then sleeps until the next deadline. */
+  private sweep(now: number, generation: number): Effect.Effect<void> {
+    if (generation !== this.generation) return Effect.void
+    let next = Infinity
+    for (const timeline of this.watched) {
+      if (!timeline.waiting) continue
+      const { end } = timeline.due()
+      if (end > now) next = Math.min(next, end)
+      else {
+        this.watched.delete(timeline)
+        timeline.expire()
+      }
+    }
+    this.wakeAt = next
+    if (next === Infinity) {
+      this.sleeper = undefined
+      return Effect.void
+    }
+    return this.sleepUntil(next, generation)
   }
 }

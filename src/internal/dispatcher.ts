@@ -107,6 +107,11 @@ export type Entry =
 export interface Lanes {
   /** Calls waiting for `model` in this process (every model when none is given). */
   queued(model?: string): number
+  /**
+   * Permits the accounts that may serve could hold at once, and how many a new call could take
+   * now (see `Dispatcher.capacity`).
+   */
+  capacity(): { readonly permits: number; readonly free: number }
   /** A permit now on the best lane for `model`, or a place in the queue. */
   enter(model: string, priority: Priority, excluded: ReadonlySet<number>): Entry
   /** The waiter gave up: it leaves its queue, or hands back a permit granted meanwhile. */
@@ -121,6 +126,8 @@ export interface Lanes {
 }
 
 type Queues = Record<Priority, Set<Waiter>>
+
+const noneExcluded: ReadonlySet<number> = new Set()
 
 export class Dispatcher implements Lanes {
   private readonly waiting = new Map<string, Queues>()
@@ -141,6 +148,29 @@ export class Dispatcher implements Lanes {
     let total = 0
     for (const lanes of this.waiting.values()) total += count(lanes)
     return total
+  }
+
+  /**
+   * Permits the accounts that may serve could hold at once (the limits of their lanes, each
+   * account's within its cap), and how many a new call could take now: per model, the free
+   * permits less the calls waiting for one (a model whose calls wait takes none from another's).
+   */
+  capacity(): { readonly permits: number; readonly free: number } {
+    let permits = 0
+    const room = new Map<string, number>()
+    for (const account of this.accounts) {
+      if (!this.mayServe(account, noneExcluded)) continue
+      let limits = 0
+      const accountRoom = Math.max(0, account.cap - account.inFlight)
+      for (const lane of account.lanes.values()) {
+        limits += lane.limit
+        room.set(lane.model, (room.get(lane.model) ?? 0) + Math.min(Math.max(0, lane.limit - lane.inFlight), accountRoom))
+      }
+      permits += Math.min(limits, account.cap)
+    }
+    let free = 0
+    for (const [model, permitsFree] of room) free += Math.max(0, permitsFree - this.queued(model))
+    return { permits, free }
   }
 
   /** A permit now on the best lane for `model`, or a place in the queue. */

@@ -1,6 +1,7 @@
 import * as Context from "effect/Context"
 import * as DefaultServices from "effect/DefaultServices"
 import * as Effect from "effect/Effect"
+import type * as Fiber from "effect/Fiber"
 import * as Stream from "effect/Stream"
 import * as Tracer from "effect/Tracer"
 
@@ -17,7 +18,7 @@ export const whenTraced = <A, E, R>(
   untraced: Effect.Effect<A, E, R>,
   traced: () => Effect.Effect<A, E, R>
 ): Effect.Effect<A, E, R> =>
-  Effect.withFiberRuntime((fiber) => fiber.currentTracer === builtInTracer ? untraced : traced())
+  Effect.withFiberRuntime((fiber) => isTraced(fiber) ? traced() : untraced)
 
 /** `whenTraced` for a stream. */
 export const streamWhenTraced = <A, E, R>(
@@ -42,3 +43,6 @@ export const inStreamSpan = <A, E, R>(
   Stream.unwrap(Effect.map(Effect.orDie(Effect.currentSpan), self)).pipe(
     Stream.withSpan(name, { ...options, captureStackTrace: false })
   )
+
+/** Whether `fiber` has a tracer of its own: not Effect's built-in one, which sends spans nowhere. */
+export const isTraced = (fiber: Fiber.RuntimeFiber<unknown, unknown>): boolean => fiber.currentTracer !== builtInTracer

@@ -5,13 +5,11 @@
  * content.
  */
 import * as HttpClient from "@effect/platform/HttpClient"
-import type * as HttpClientError from "@effect/platform/HttpClientError"
-import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
-import type * as HttpClientResponse from "@effect/platform/HttpClientResponse"
+import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import * as Chunk from "effect/Chunk"
 import * as Clock from "effect/Clock"
-import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import type * as Fiber from "effect/Fiber"
 import * as Either from "effect/Either"
 import * as Option from "effect/Option"
 import * as ParseResult from "effect/ParseResult"
@@ -19,13 +17,17 @@ import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
+import { Agent } from "undici"
 import * as ApiError from "../ApiError.js"
 import * as ChatSchema from "../ChatSchema.js"
 import { type Credential, KeyPool } from "../KeyPool.js"
 import type { CallOptions, Deadlines, Service } from "../Transport.js"
-import { resolveLimits, Timeline } from "./deadlines.js"
+import * as Connector from "./connector.js"
+import { resolveLimits, Timeline, Watchdog } from "./deadlines.js"
 import { retryAfterFromHeaders } from "./retryAfter.js"
 import * as Sse from "./sse.js"
+import { isTraced } from "./tracing.js"
+import { clientWire, type Reads, type Reply, undiciOf, undiciWire, type Wire, withUndici } from "./transportWires.js"
 
 /** What `make` needs: `Transport.Options` with defaults applied. */
 export interface Settings {
@@ -33,9 +35,8 @@ export interface Settings {
   readonly defaultDeadlines: Deadlines
   readonly deadlines: Partial<Deadlines> | undefined
   readonly staleConnectionRetries: number
+  readonly warmUp: number
 }
-
-type Response = HttpClientResponse.HttpClientResponse
 
 // ---------------------------------------------------------------------------------------------
 // Connection failures before a status arrived
@@ -130,18 +131,18 @@ const problemOf = (json: Option.Option<unknown>, text: string, fallback: string)
 }
 
 /** The typed error of a non-2xx status other than 401 (which rotates keys). */
-const statusError = (response: Response, problem: Problem, now: number): ApiError.ApiError => {
+const statusError = (reply: Reply, problem: Problem, now: number): ApiError.ApiError => {
   const { message } = problem
-  const status = response.status
+  const { headers, status } = reply
   if (status === 400 || status === 422) {
     return new ApiError.InvalidRequest({ status, message, param: problem.param, code: problem.code })
   }
   if (status === 402) return new ApiError.InsufficientBalance({ message })
   if (status === 429) {
-    return new ApiError.RateLimited({ message, retryAfter: retryAfterFromHeaders(response.headers, now) })
+    return new ApiError.RateLimited({ message, retryAfter: retryAfterFromHeaders(headers, now) })
   }
   if (status >= 500) {
-    return new ApiError.ServerError({ status, message, retryAfter: retryAfterFromHeaders(response.headers, now) })
+    return new ApiError.ServerError({ status, message, retryAfter: retryAfterFromHeaders(headers, now) })
   }
   return new ApiError.UnexpectedStatus({ status, message })
 }
@@ -167,15 +168,6 @@ const schemaMismatch = (what: string, error: ParseResult.ParseError) =>
     reason: "schema",
     message: ApiError.scrubSecrets(`${what}: ${ParseResult.TreeFormatter.formatErrorSync(error)}`.slice(0, 1000))
   })
-
-/** JSON whitespace: DeepSeek sends blank lines before the body while the request is queued. */
-const hasContent = (bytes: Uint8Array): boolean => {
-  for (let i = 0; i < bytes.length; i++) {
-    const b = bytes[i]
-    if (b !== 0x20 && b !== 0x0a && b !== 0x0d && b !== 0x09) return true
-  }
-  return false
-}
 
 const decodeCompletion = Schema.decodeUnknownEither(ChatSchema.ChatCompletion)
 
@@ -209,48 +201,11 @@ const parseCompletion = (text: string): Effect.Effect<ChatSchema.ChatCompletion,
   )
 }
 
-/** Reads a whole non-streaming body; non-whitespace reads are content for the deadlines. */
-const readCompletionBody = (
-  response: Response,
-  timeline: Timeline
-): Effect.Effect<string, ApiError.ApiError, Scope.Scope> =>
-  Effect.flatMap(Stream.toPull(response.stream), (pull) => {
-    const utf8 = new TextDecoder()
-    let text = ""
-    const read: Effect.Effect<string, ApiError.ApiError> = timeline.guard(pull, noPartial).pipe(
-      Effect.matchEffect({
-        onFailure: (error): Effect.Effect<string, ApiError.ApiError> => {
-          switch (error._tag) {
-            case "None":
-              return Effect.succeed(text + utf8.decode())
-            case "Some":
-              return Effect.fail(bodyFailed(error.value.cause, ApiError.emptyPartial))
-            default:
-              return Effect.fail(error)
-          }
-        },
-        onSuccess: (reads): Effect.Effect<string, ApiError.ApiError> => {
-          let content = false
-          for (const bytes of reads) {
-            content ||= hasContent(bytes)
-            text += utf8.decode(bytes, { stream: true })
-          }
-          return content ? Effect.zipRight(timeline.contentArrived, read) : read
-        }
-      })
-    )
-    return read
-  })
-
-const noPartial = () => ApiError.emptyPartial
-
 // ---------------------------------------------------------------------------------------------
 // Streams
 // ---------------------------------------------------------------------------------------------
 
 const decodeChunk = Schema.decodeUnknownEither(ChatSchema.ChatCompletionChunk)
-
-const drainAfterDone = Duration.seconds(1)
 
 /**
  * Pulls the chunks of an SSE body, one batch per consumer pull. Every data event is content for
@@ -258,7 +213,7 @@ const drainAfterDone = Duration.seconds(1)
  * those chunks are emitted.
  */
 const chunkReader = (
-  pull: Effect.Effect<Chunk.Chunk<Uint8Array>, Option.Option<HttpClientError.ResponseError>>,
+  reads: Reads,
   timeline: Timeline
 ): Effect.Effect<Chunk.Chunk<ChatSchema.ChatCompletionChunk>, Option.Option<ApiError.ApiError>> => {
   const sse = Sse.makeDecoder()
@@ -271,6 +226,7 @@ const chunkReader = (
   let ended: Option.Option<ApiError.ApiError> | undefined
 
   const partial = (): ApiError.PartialOutput => ({ content, reasoningContent, usage, finishReason, events })
+  timeline.partial = partial
 
   const record = (chunk: ChatSchema.ChatCompletionChunk): void => {
     events++
@@ -299,9 +255,9 @@ const chunkReader = (
   }
 
   /** Decodes a read into chunks; says whether any event (not just comments) arrived. */
-  const take = (reads: Chunk.Chunk<Uint8Array>, out: Array<ChatSchema.ChatCompletionChunk>): boolean => {
+  const take = (batch: ReadonlyArray<Uint8Array>, out: Array<ChatSchema.ChatCompletionChunk>): boolean => {
     let arrived = false
-    for (const bytes of reads) {
+    for (const bytes of batch) {
       for (const data of sse.feed(bytes)) {
         arrived = true
         if (data === "[DONE]") {
@@ -319,43 +275,30 @@ const chunkReader = (
     return arrived
   }
 
-  const read: Effect.Effect<Chunk.Chunk<ChatSchema.ChatCompletionChunk>, Option.Option<ApiError.ApiError>> = timeline
-    .guard(pull, partial)
-    .pipe(
-      Effect.matchEffect({
-        onFailure: (error) => {
-          switch (error._tag) {
-            case "None":
-              return Effect.fail(Option.some<ApiError.ApiError>(new ApiError.StreamTruncated({ partial: partial() })))
-            case "Some":
-              return Effect.fail(Option.some(bodyFailed(error.value.cause, partial())))
-            default:
-              return Effect.fail(Option.some(error))
-          }
-        },
-        onSuccess: (reads) => {
-          const out: Array<ChatSchema.ChatCompletionChunk> = []
-          return take(reads, out) ? Effect.zipRight(timeline.contentArrived, emit(out)) : emit(out)
+  const read: Effect.Effect<Chunk.Chunk<ChatSchema.ChatCompletionChunk>, Option.Option<ApiError.ApiError>> = reads.next.pipe(
+    Effect.matchEffect({
+      onFailure: (error) =>
+        Effect.fail(Option.some(error._tag === "BodyBroken" ? bodyFailed(error.cause, partial()) : error)),
+      onSuccess: (batch) => {
+        if (batch === undefined) {
+          return Effect.fail(Option.some<ApiError.ApiError>(new ApiError.StreamTruncated({ partial: partial() })))
         }
-      })
-    )
+        const out: Array<ChatSchema.ChatCompletionChunk> = []
+        return take(batch, out) ? Effect.zipRight(timeline.contentArrived, emit(out)) : emit(out)
+      }
+    })
+  )
 
   const emit = (
     out: Array<ChatSchema.ChatCompletionChunk>
   ): Effect.Effect<Chunk.Chunk<ChatSchema.ChatCompletionChunk>, Option.Option<ApiError.ApiError>> =>
     out.length > 0 ? Effect.succeed(Chunk.unsafeFromArray(out)) : ended === undefined ? read : close(ended)
 
-  /**
-   * After `[DONE]` the rest of the body (normally just the chunked-encoding terminator) is read
-   * for a moment: a body read to its end returns the connection to the pool, an aborted one
-   * destroys it (and the next call pays a new TLS handshake).
-   */
+  /** After `[DONE]` the rest of the body is read for a moment (`Reads.finish`), then the stream ends. */
   const close = (
     end: Option.Option<ApiError.ApiError>
   ): Effect.Effect<never, Option.Option<ApiError.ApiError>> =>
-    Option.isSome(end)
-      ? Effect.fail(end)
-      : pull.pipe(Effect.forever, Effect.timeout(drainAfterDone), Effect.ignore, Effect.zipRight(Effect.fail(end)))
+    Option.isSome(end) ? Effect.fail(end) : Effect.zipRight(reads.finish, Effect.fail(end))
 
   return Effect.suspend(() => ended === undefined ? Effect.zipRight(timeline.resumed, read) : close(ended))
 }
@@ -372,13 +315,64 @@ const noMessages = new ApiError.InvalidRequest({
   code: "empty_messages"
 })
 
+/** `Transport.NodeHttpClientOptions` in milliseconds. */
+export interface NodeHttpClientSettings {
+  readonly keepAliveTimeout: number
+  readonly keepAliveMaxTimeout: number
+  readonly connections: number | undefined
+}
+
+/**
+ * `@effect/platform-node`'s undici client on an `Agent` of its own (destroyed with the scope),
+ * marked so that a transport over it sends its own calls on that `Agent` directly and opens its
+ * connections ahead of need.
+ */
+export const nodeHttpClient = (settings: NodeHttpClientSettings): Effect.Effect<HttpClient.HttpClient, never, Scope.Scope> =>
+  Effect.map(
+    Effect.acquireRelease(
+      Effect.sync(() => {
+        const connector = Connector.make({ idleMillis: settings.keepAliveTimeout })
+        const agent = new Agent({
+          keepAliveTimeout: settings.keepAliveTimeout,
+          keepAliveMaxTimeout: settings.keepAliveMaxTimeout,
+          headersTimeout: 0,
+          bodyTimeout: 0,
+          connect: connector.connect,
+          ...(settings.connections === undefined ? {} : { connections: settings.connections })
+        })
+        return { agent, connector }
+      }),
+      ({ agent, connector }) =>
+        Effect.promise(() => {
+          connector.close()
+          return agent.destroy()
+        })
+    ),
+    ({ agent, connector }) =>
+      withUndici(NodeHttpClient.makeUndici(agent), { dispatcher: agent, preconnect: connector.preconnect })
+  )
+
 /** A transport over the `HttpClient` and `KeyPool` in context. */
 export const make = (settings: Settings): Effect.Effect<Service, never, HttpClient.HttpClient | KeyPool> =>
   Effect.gen(function*() {
     const client = yield* HttpClient.HttpClient
     const keyPool = yield* KeyPool
-    const endpoint = HttpClientRequest.post(`${settings.baseUrl.replace(/\/+$/, "")}/chat/completions`)
+    const url = `${settings.baseUrl.replace(/\/+$/, "")}/chat/completions`
     const layerLimits = resolveLimits(settings.defaultDeadlines, settings.deadlines)
+    const overClient = clientWire(client, url)
+    const undici = undiciOf(client)
+    const overUndici = Option.map(undici, ({ dispatcher }) => undiciWire(dispatcher, url, new Watchdog()))
+    if (Option.isSome(undici) && settings.warmUp > 0) undici.value.preconnect(new URL(url).origin, settings.warmUp)
+
+    /**
+     * A call's wire: its own undici exchanges when the client is `nodeHttpClient`'s and no tracer
+     * would receive the HTTP spans, else the client's requests (in a span of the transport's when
+     * traced; with the client's spans off when not, as they would go nowhere).
+     */
+    const wireOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>) =>
+      isTraced(fiber) ? undefined : Option.getOrElse(overUndici, () => overClient)
+
+    const attributesOf = (request: ChatSchema.ChatCompletionRequest) => ({ attributes: { model: request.model }, captureStackTrace: false })
 
     const startTimeline = (options: CallOptions | undefined) =>
       Timeline.start(
@@ -388,96 +382,105 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
         options
       )
 
-    const post = (body: unknown) => HttpClientRequest.bodyText(endpoint, JSON.stringify(body), "application/json")
-
     /**
      * Sends with `credential`, retrying a stale connection and rotating keys on 401. `rejected`
      * holds the keys this call already saw refused: a key back from its cooldown is not tried
      * twice in one call.
      */
     const attempt = (
-      request: HttpClientRequest.HttpClientRequest,
+      wire: Wire,
+      body: string,
       timeline: Timeline,
       credential: Credential,
       staleRetries: number,
       rejected: ReadonlySet<string> = new Set()
-    ): Effect.Effect<Response, ApiError.ApiError> =>
-      timeline.guard(
-        client.execute(
-          HttpClientRequest.setHeader(request, "authorization", `Bearer ${Redacted.value(credential.key)}`)
+    ): Effect.Effect<Reply, ApiError.ApiError> =>
+      wire.send(body, `Bearer ${Redacted.value(credential.key)}`, timeline).pipe(
+        Effect.catchAll((failure) =>
+          failure._tag === "DeadlineExceeded"
+            ? Effect.fail(failure)
+            : failure.fromRequest && staleRetries > 0 && isStaleConnection(failure.cause)
+            ? attempt(wire, body, timeline, credential, staleRetries - 1, rejected)
+            : Effect.fail(requestFailed(failure.cause))
         ),
-        noPartial
-      ).pipe(
-        Effect.catchTags({
-          RequestError: (error) =>
-            staleRetries > 0 && isStaleConnection(error.cause)
-              ? attempt(request, timeline, credential, staleRetries - 1, rejected)
-              : Effect.fail(requestFailed(error.cause)),
-          ResponseError: (error) => Effect.fail(requestFailed(error.cause))
-        }),
-        Effect.flatMap((response) =>
-          response.status >= 200 && response.status < 300
-            ? Effect.as(timeline.headersArrived, response)
-            : refused(request, timeline, credential, staleRetries, rejected, response)
+        Effect.flatMap((reply) =>
+          reply.status >= 200 && reply.status < 300
+            ? Effect.as(timeline.headersArrived, reply)
+            : refused(wire, body, timeline, credential, staleRetries, rejected, reply)
         )
       )
 
     const refused = (
-      request: HttpClientRequest.HttpClientRequest,
+      wire: Wire,
+      body: string,
       timeline: Timeline,
       credential: Credential,
       staleRetries: number,
       rejected: ReadonlySet<string>,
-      response: Response
-    ): Effect.Effect<Response, ApiError.ApiError> =>
-      timeline.guard(response.text, noPartial).pipe(
-        Effect.catchTag("ResponseError", () => Effect.succeed("")),
-        Effect.flatMap((text) => {
-          const problem = problemOf(parseJson(text), text, `HTTP ${response.status}`)
-          if (response.status !== 401) {
-            return Effect.flatMap(Clock.currentTimeMillis, (now) => Effect.fail(statusError(response, problem, now)))
-          }
-          // Each 401 drops the key and tries another this call has not seen refused, so this
-          // ends after at most as many tries as keys.
-          const keyRejected = new ApiError.KeyRejected({ message: problem.message, keyId: credential.id })
-          const seen = new Set(rejected).add(credential.id)
-          return keyPool.reject(credential).pipe(
-            Effect.zipRight(keyPool.acquire),
-            Effect.matchEffect({
-              onFailure: () => Effect.fail(keyRejected),
-              onSuccess: (next) =>
-                seen.has(next.id) ? Effect.fail(keyRejected) : attempt(request, timeline, next, staleRetries, seen)
-            })
-          )
-        })
-      )
+      reply: Reply
+    ): Effect.Effect<Reply, ApiError.ApiError> =>
+      Effect.flatMap(reply.errorText, (text) => {
+        const problem = problemOf(parseJson(text), text, `HTTP ${reply.status}`)
+        if (reply.status !== 401) {
+          return Effect.flatMap(Clock.currentTimeMillis, (now) => Effect.fail(statusError(reply, problem, now)))
+        }
+        // Each 401 drops the key and tries another this call has not seen refused, so this
+        // ends after at most as many tries as keys.
+        const keyRejected = new ApiError.KeyRejected({ message: problem.message, keyId: credential.id })
+        const seen = new Set(rejected).add(credential.id)
+        return keyPool.reject(credential).pipe(
+          Effect.zipRight(keyPool.acquire),
+          Effect.matchEffect({
+            onFailure: () => Effect.fail(keyRejected),
+            onSuccess: (next) =>
+              seen.has(next.id) ? Effect.fail(keyRejected) : attempt(wire, body, timeline, next, staleRetries, seen)
+          })
+        )
+      })
 
-    const send = (request: HttpClientRequest.HttpClientRequest, timeline: Timeline) =>
+    const send = (wire: Wire, body: unknown, timeline: Timeline) =>
       Effect.flatMap(
         keyPool.acquire,
-        (credential) => attempt(request, timeline, credential, settings.staleConnectionRetries)
+        (credential) => attempt(wire, JSON.stringify(body), timeline, credential, settings.staleConnectionRetries)
       )
 
-    const create: Service["create"] = (request, options) =>
-      request.messages.length === 0 ? Effect.fail(noMessages) : Effect.scoped(
-        Effect.flatMap(startTimeline(options), (timeline) =>
-          send(post({ ...request, stream: false }), timeline).pipe(
-            Effect.flatMap((response) => readCompletionBody(response, timeline)),
+    const createOn = (wire: Wire, request: ChatSchema.ChatCompletionRequest, options: CallOptions | undefined) =>
+      Effect.flatMap(startTimeline(options), (timeline) =>
+        wire.within(
+          timeline,
+          send(wire, { ...request, stream: false }, timeline).pipe(
+            Effect.flatMap((reply) => reply.completionText),
+            Effect.mapError((error) => error._tag === "BodyBroken" ? bodyFailed(error.cause, ApiError.emptyPartial) : error),
             Effect.flatMap(parseCompletion)
-          ))
-      ).pipe(Effect.withSpan("weatherproof.Transport.create", { attributes: { model: request.model } }))
+          )
+        ))
+
+    const create: Service["create"] = (request, options) =>
+      request.messages.length === 0 ? Effect.fail(noMessages) : Effect.withFiberRuntime((fiber) => {
+        const wire = wireOf(fiber)
+        return wire === undefined
+          ? Effect.withSpan(createOn(overClient, request, options), "weatherproof.Transport.create", attributesOf(request))
+          : Effect.withTracerEnabled(createOn(wire, request, options), false)
+      })
+
+    const streamOn = (wire: Wire, request: ChatSchema.ChatCompletionRequest, options: CallOptions | undefined) =>
+      Stream.unwrapScoped(Effect.gen(function*() {
+        const timeline = yield* startTimeline(options)
+        yield* wire.watchScoped(timeline)
+        const body = { ...request, stream: true, stream_options: { ...request.stream_options, include_usage: true } }
+        const reply = yield* send(wire, body, timeline)
+        return Stream.repeatEffectChunkOption(chunkReader(yield* reply.reads, timeline))
+      }))
 
     const stream: Service["stream"] = (request, options) =>
-      request.messages.length === 0 ? Stream.fail(noMessages) : Stream.unwrapScoped(
-        Effect.flatMap(startTimeline(options), (timeline) =>
-          send(
-            post({ ...request, stream: true, stream_options: { ...request.stream_options, include_usage: true } }),
-            timeline
-          ).pipe(
-            Effect.flatMap((response) => Stream.toPull(response.stream)),
-            Effect.map((pull) => Stream.repeatEffectChunkOption(chunkReader(pull, timeline)))
-          ))
-      ).pipe(Stream.withSpan("weatherproof.Transport.stream", { attributes: { model: request.model } }))
+      request.messages.length === 0 ? Stream.fail(noMessages) : Stream.unwrap(Effect.withFiberRuntime((fiber) => {
+        const wire = wireOf(fiber)
+        return Effect.succeed(
+          wire === undefined
+            ? Stream.withSpan(streamOn(overClient, request, options), "weatherproof.Transport.stream", attributesOf(request))
+            : streamOn(wire, request, options)
+        )
+      }))
 
     return { create, stream }
   })

@@ -1,0 +1,93 @@
+/**
+ * What `batch` and `serve` do with their shared flags (`flags.ts`): load the accounts, with a
+ * usage or configuration problem as exit 2, and turn the call flags into the pool's options.
+ */
+import type * as FileSystem from "@effect/platform/FileSystem"
+import * as ConfigError from "effect/ConfigError"
+import type * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import type * as AccountPool from "../../src/AccountPool.js"
+import * as Accounts from "../../src/Accounts.js"
+import { scrubSecrets } from "../../src/ApiError.js"
+import { type ExitCode, fail } from "./exit.js"
+
+/** The parsed `accountFlags`. */
+export interface AccountArgs {
+  readonly accounts: Option.Option<string>
+  readonly concurrency: Option.Option<number>
+}
+
+/** The parsed `callFlags`. */
+export interface CallArgs {
+  readonly retries: Option.Option<number>
+  readonly maxWait: Option.Option<Duration.Duration>
+  readonly firstContentTimeout: Option.Option<Duration.Duration>
+  readonly idleTimeout: Option.Option<Duration.Duration>
+  readonly timeout: Option.Option<Duration.Duration>
+}
+
+/** Problems from a file or the environment, one per line, scrubbed of anything shaped like a key. */
+export const listIssues = (issues: ReadonlyArray<string>): string => issues.map((issue) => `  ${scrubSecrets(issue)}`).join("\n")
+
+export const invalidConfig = (error: ConfigError.ConfigError): Effect.Effect<never, ExitCode> =>
+  fail(2, `weatherproof: invalid configuration: ${scrubSecrets(String(error))}`)
+
+const missingKey = "weatherproof: DEEPSEEK_API_KEY is not set or empty (one key, or several separated by commas). " +
+  "Set it, pass --accounts FILE, or try `weatherproof demo`, which needs no key."
+
+/** The first problem with the shared flags, if any. */
+export const flagsProblem = (args: AccountArgs & CallArgs): string | undefined =>
+  Option.exists(args.concurrency, (n) => n < 1)
+    ? "--concurrency must be at least 1"
+    : Option.exists(args.retries, (n) => n < 0)
+    ? "--retries must be at least 0"
+    : undefined
+
+/**
+ * The accounts of the run: the file's, or one DeepSeek account from the environment, each with
+ * `--concurrency` as its fixed limit when it is given. A bad file or a missing key is exit 2.
+ */
+export const loadAccounts = (
+  args: AccountArgs
+): Effect.Effect<ReadonlyArray<Accounts.Account>, ExitCode, FileSystem.FileSystem> =>
+  Option.match(args.accounts, {
+    onSome: (file) =>
+      Accounts.load(file).pipe(
+        Effect.catchTag("AccountsError", (error) =>
+          fail(2, `weatherproof: invalid accounts file ${error.source}:\n${listIssues(error.issues)}`))
+      ),
+    onNone: () =>
+      Accounts.fromEnv.pipe(
+        Effect.catchTag("ConfigError", (error) => ConfigError.isMissingDataOnly(error) ? fail(2, missingKey) : invalidConfig(error))
+      )
+  }).pipe(Effect.map((accounts) =>
+    Option.match(args.concurrency, {
+      onNone: () => accounts,
+      onSome: (n) => accounts.map((account): Accounts.Account => ({ ...account, concurrency: n }))
+    })
+  ))
+
+const given = <A, B>(option: Option.Option<A>, f: (a: A) => B): B | Record<never, never> =>
+  Option.match(option, { onNone: () => ({}), onSome: f })
+
+/**
+ * The pool's options from the call flags. `waitForBudget`: a retry the retry budget refuses waits
+ * for its room as long as a call may wait for an account (`--max-wait`), instead of failing.
+ */
+export const poolOptions = (
+  args: CallArgs,
+  defaults: { readonly retries: number; readonly maxWait: Duration.Duration; readonly waitForBudget: boolean }
+): AccountPool.PoolOptions => {
+  const maxWait = Option.getOrElse(args.maxWait, () => defaults.maxWait)
+  return {
+    maxWait,
+    ...(defaults.waitForBudget ? { budgetWait: maxWait } : {}),
+    retry: { maxRetries: Option.getOrElse(args.retries, () => defaults.retries) },
+    deadlines: {
+      ...given(args.firstContentTimeout, (firstContent) => ({ firstContent })),
+      ...given(args.idleTimeout, (idle) => ({ idle })),
+      ...given(args.timeout, (total) => ({ total }))
+    }
+  }
+}

@@ -1,0 +1,62 @@
+/**
+ * The flags `batch` and `serve` share, declared once: where the accounts come from, their limits,
+ * how long a call may wait and each attempt's deadlines, retries, the drain on a signal. Only
+ * @effect/cli and the duration parser are loaded here, so declaring the commands stays cheap.
+ */
+import * as HelpDoc from "@effect/cli/HelpDoc"
+import * as Options from "@effect/cli/Options"
+import * as ValidationError from "@effect/cli/ValidationError"
+import type * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as DurationText from "../../src/internal/durationText.js"
+
+/** `30s`, `500ms`, `2m`, `1h`. */
+const parseDuration = (text: string): Effect.Effect<Duration.Duration, ValidationError.ValidationError> => {
+  const duration = DurationText.parse(text)
+  return duration === undefined
+    ? Effect.fail(ValidationError.invalidValue(HelpDoc.p(`expected ${DurationText.expected}, got ${JSON.stringify(text)}`)))
+    : Effect.succeed(duration)
+}
+
+/** An optional duration flag, written as `30s`, `500ms`, `2m` or `1h`. */
+export const duration = (name: string, description: string) =>
+  Options.text(name).pipe(
+    Options.withPseudoName("duration"),
+    Options.mapEffect(parseDuration),
+    Options.withDescription(description),
+    Options.optional
+  )
+
+/** Where the accounts come from and how many calls each may have in flight. */
+export const accountFlags = {
+  accounts: Options.file("accounts").pipe(
+    Options.withDescription("a JSON file of accounts (default: one DeepSeek account from DEEPSEEK_API_KEY)"),
+    Options.optional
+  ),
+  concurrency: Options.integer("concurrency").pipe(
+    Options.withDescription("a fixed number of calls in flight per account (default: the accounts file's, else adaptive)"),
+    Options.optional
+  )
+}
+
+/** How long a call may wait for an account, how often it is retried, and each attempt's deadlines. */
+export const callFlags = (retriesDefault: number) => ({
+  retries: Options.integer("retries").pipe(
+    Options.withDescription(`how many times a failed attempt is retried (default ${retriesDefault}; the retry budget paces them)`),
+    Options.optional
+  ),
+  maxWait: duration(
+    "max-wait",
+    "how long a call may wait for an account that can take it (all breakers open, balances out) before it fails (default 30m)"
+  ),
+  firstContentTimeout: duration(
+    "first-content-timeout",
+    "per attempt, from sending to the first content (keep-alives do not count; default 10m, DeepSeek's)"
+  ),
+  idleTimeout: duration("idle-timeout", "per attempt, the longest gap between two content events (default 2m)"),
+  timeout: duration("timeout", "per attempt, the whole call (default 30m); a batch line's own `deadlines` override these three")
+})
+
+/** How long the calls in flight may finish after SIGINT or SIGTERM. */
+export const drainTimeout = (what: string) =>
+  duration("drain-timeout", `on SIGINT or SIGTERM, how long ${what} may finish (default 30s)`)

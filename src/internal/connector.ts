@@ -1,0 +1,86 @@
+/**
+ * undici's connector, able to open connections ahead of need. `preconnect(origin, n)` opens `n`
+ * sockets (TCP, and TLS for `https:`) to the origin and holds them; the next connections undici
+ * makes to that origin take them instead of connecting, so the first burst of calls pays no
+ * handshake. No request is sent to open them. A held socket the server closes is dropped; one
+ * not taken within `idleMillis` is closed, as the pool closes its idle connections. Held sockets
+ * do not keep the process alive.
+ *
+ * @internal
+ */
+import type { Socket } from "node:net"
+import { buildConnector } from "undici"
+
+export interface Connector {
+  /** What undici's `Agent` calls for each new connection. */
+  readonly connect: buildConnector.connector
+  /** Opens `count` connections to `origin` now and holds them for undici. */
+  readonly preconnect: (origin: string, count: number) => void
+  /** Closes the connections still held. */
+  readonly close: () => void
+}
+
+/** What undici hands its connector for an origin. */
+const optionsOf = (origin: URL): buildConnector.Options => ({
+  host: origin.host,
+  hostname: origin.hostname.startsWith("[") ? origin.hostname.slice(1, -1) : origin.hostname,
+  protocol: origin.protocol,
+  port: origin.port
+})
+
+const keyOf = (options: buildConnector.Options): string => `${options.protocol}//${options.host ?? options.hostname}`
+
+const ignore = (): void => {}
+
+export const make = (options: { readonly idleMillis: number }): Connector => {
+  const connectNow = buildConnector({})
+  /** Held sockets by origin, each with what undoes its holding. */
+  const held = new Map<string, Map<Socket, () => void>>()
+
+  const hold = (key: string, socket: Socket): void => {
+    let sockets = held.get(key)
+    if (sockets === undefined) held.set(key, sockets = new Map())
+    const drop = () => sockets.delete(socket)
+    const close = () => socket.destroy()
+    socket.on("error", ignore)
+    socket.once("close", drop)
+    socket.setTimeout(options.idleMillis, close)
+    socket.unref()
+    sockets.set(socket, () => {
+      drop()
+      socket.ref()
+      socket.setTimeout(0)
+      socket.removeListener("timeout", close)
+      socket.removeListener("close", drop)
+      socket.removeListener("error", ignore)
+    })
+  }
+
+  const connect: buildConnector.connector = (connectOptions, callback) => {
+    for (const [socket, release] of held.get(keyOf(connectOptions)) ?? []) {
+      release()
+      if (socket.destroyed || !socket.writable) continue
+      // Handed over on a later turn, as a fresh connection would be.
+      queueMicrotask(() => callback(null, socket))
+      return
+    }
+    connectNow(connectOptions, callback)
+  }
+
+  const preconnect = (origin: string, count: number): void => {
+    const connectOptions = optionsOf(new URL(origin))
+    const key = keyOf(connectOptions)
+    for (let i = 0; i < count; i++) {
+      connectNow(connectOptions, (error, socket) => {
+        if (error === null && socket !== null) hold(key, socket)
+      })
+    }
+  }
+
+  const close = (): void => {
+    for (const sockets of held.values()) for (const socket of sockets.keys()) socket.destroy()
+    held.clear()
+  }
+
+  return { connect, preconnect, close }
+}

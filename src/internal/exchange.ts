@@ -1,0 +1,148 @@
+/**
+ * One HTTP exchange on an undici dispatcher, awaited by effects without a Node stream or a fiber
+ * of its own: undici's handler callbacks hand over the status, the body's reads and its end, and
+ * resume the effect waiting for them. `abort` ends the exchange with a reason of the caller's (a
+ * deadline), which the waiting effect fails with. The transport's path over
+ * `Transport.nodeHttpClient`; anything else goes through `@effect/platform`'s `HttpClient`.
+ *
+ * @internal
+ */
+import * as Effect from "effect/Effect"
+import type { IncomingHttpHeaders } from "node:http"
+import type { Dispatcher } from "undici"
+
+/** Reads held before undici is asked to pause the socket (a consumer slower than the upstream). */
+const maxBuffered = 64
+
+/** What an interrupted wait aborts the exchange with. */
+const interrupted = new Error("the call was interrupted")
+
+/** The options of a request: where it goes and what it carries. */
+export interface Request {
+  readonly origin: string
+  readonly path: string
+  readonly method: "POST"
+  readonly headers: Readonly<Record<string, string>>
+  readonly body: string | null
+}
+
+export class Exchange implements Dispatcher.DispatchHandler {
+  status = 0
+  headers: IncomingHttpHeaders = {}
+  private controller: Dispatcher.DispatchController | undefined
+  private started = false
+  private ended = false
+  private reads: Array<Buffer> = []
+  private failure: { readonly cause: unknown } | undefined
+  private waiter: (() => void) | undefined
+  /** Set by `readAll`: each read goes to it as it arrives instead of being held for `take`. */
+  private onRead: ((bytes: Buffer) => void) | undefined
+
+  /** Sends `request` on `dispatcher`; the exchange follows it. */
+  static send(dispatcher: Dispatcher, request: Request): Exchange {
+    const exchange = new Exchange()
+    try {
+      dispatcher.dispatch(request, exchange)
+    } catch (error) {
+      exchange.fail(error)
+    }
+    return exchange
+  }
+
+  onRequestStart(controller: Dispatcher.DispatchController): void {
+    this.controller = controller
+    if (this.failure !== undefined) controller.abort(this.failure.cause as Error)
+  }
+
+  onResponseStart(_: Dispatcher.DispatchController, status: number, headers: IncomingHttpHeaders): void {
+    this.status = status
+    this.headers = headers
+    this.started = true
+    this.wake()
+  }
+
+  onResponseData(controller: Dispatcher.DispatchController, bytes: Buffer): void {
+    if (this.onRead !== undefined) return this.onRead(bytes)
+    this.reads.push(bytes)
+    if (this.reads.length >= maxBuffered) controller.pause()
+    this.wake()
+  }
+
+  onResponseEnd(): void {
+    this.ended = true
+    this.wake()
+  }
+
+  onResponseError(_: Dispatcher.DispatchController, error: Error): void {
+    this.fail(error)
+  }
+
+  /** Ends the exchange with `reason`: a wait under way, and every later one, fails with it. */
+  abort(reason: Error): void {
+    this.fail(reason)
+    if (!this.ended) this.controller?.abort(reason)
+  }
+
+  /** The status and headers arrived. */
+  readonly response: Effect.Effect<void, unknown> = this.waitFor(() => this.started ? true : undefined)
+
+  /** Every read that arrived since the last `take`, waiting for one; `undefined` once the body ended. */
+  readonly take: Effect.Effect<ReadonlyArray<Buffer> | undefined, unknown> = this.waitFor(() => {
+    if (this.reads.length > 0) {
+      const reads = this.reads
+      this.reads = []
+      this.controller?.resume()
+      return reads
+    }
+    return this.ended ? null : undefined
+  }).pipe(Effect.map((reads) => reads ?? undefined))
+
+  /** Hands every read to `add`, those held first, and waits for the body's end. */
+  readAll(add: (bytes: Buffer) => void): Effect.Effect<void, unknown> {
+    return Effect.suspend(() => {
+      const held = this.reads
+      this.reads = []
+      for (const bytes of held) add(bytes)
+      this.onRead = add
+      this.controller?.resume()
+      return this.end
+    })
+  }
+
+  private readonly end: Effect.Effect<void, unknown> = this.waitFor(() => this.ended ? true : undefined)
+
+  get isEnded(): boolean {
+    return this.ended
+  }
+
+  private fail(cause: unknown): void {
+    this.failure ??= { cause }
+    this.wake()
+  }
+
+  private wake(): void {
+    const waiter = this.waiter
+    this.waiter = undefined
+    waiter?.()
+  }
+
+  /**
+   * Waits until `ready` gives a value (reads are handed over before a failure that came after
+   * them); an interrupted wait aborts the exchange.
+   */
+  private waitFor<A>(ready: () => A | undefined): Effect.Effect<A, unknown> {
+    return Effect.async<A, unknown>((resume) => {
+      const check = (): void => {
+        const value = ready()
+        if (value !== undefined) resume(Effect.succeed(value))
+        else if (this.failure !== undefined) resume(Effect.fail(this.failure.cause))
+        else this.waiter = check
+      }
+      check()
+      return Effect.sync(() => {
+        this.waiter = undefined
+        this.abort(interrupted)
+      })
+    })
+  }
+}

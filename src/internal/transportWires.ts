@@ -1,0 +1,301 @@
+/**
+ * How the transport reaches the upstream: one exchange under the call's timeline, made either
+ * - over `Transport.nodeHttpClient`'s own undici dispatcher (`undiciWire`): the request is
+ *   dispatched with a handler whose callbacks resume the waiting effect (`Exchange`), with no
+ *   fiber, Node stream, abort controller or timer per call or per read; the deadlines are the
+ *   watchdog's, which aborts the exchange of a call past its own;
+ * - or over any `HttpClient` (`clientWire`): `@effect/platform`'s request and response, each wait
+ *   under its own timeout. This is the path of a client the transport cannot see through (a test
+ *   double, a client wrapped by the caller) and of every call while a tracer is installed, so its
+ *   HTTP spans are kept.
+ *
+ * @internal
+ */
+import type * as HttpClient from "@effect/platform/HttpClient"
+import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
+import type * as HttpClientResponse from "@effect/platform/HttpClientResponse"
+import * as Chunk from "effect/Chunk"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import type * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import type { Dispatcher } from "undici"
+import type { DeadlineExceeded } from "../ApiError.js"
+import type { Timeline, Watchdog } from "./deadlines.js"
+import { Exchange } from "./exchange.js"
+
+/** The request failed before a status arrived; `fromRequest` when the request itself did (a stale socket may be why). */
+export interface Unsent {
+  readonly _tag: "Unsent"
+  readonly cause: unknown
+  readonly fromRequest: boolean
+}
+
+/** The body stopped arriving before its end. */
+export interface BodyBroken {
+  readonly _tag: "BodyBroken"
+  readonly cause: unknown
+}
+
+/** The reads of a streamed body. */
+export interface Reads {
+  /** The reads that arrived (at least one), waiting for them; `undefined` at the body's end. */
+  readonly next: Effect.Effect<ReadonlyArray<Uint8Array> | undefined, BodyBroken | DeadlineExceeded>
+  /**
+   * After the last event, reads the rest for a moment (`drainAfterDone`, normally just the chunked
+   * terminator): a body read to its end gives its connection back to the pool, an aborted one
+   * destroys it (and the next call pays a new handshake).
+   */
+  readonly finish: Effect.Effect<void>
+}
+
+/** A response as the transport reads it. */
+export interface Reply {
+  readonly status: number
+  readonly headers: Readonly<Record<string, string | undefined>>
+  /** The whole body of an error status; `""` when it cannot be read. */
+  readonly errorText: Effect.Effect<string, DeadlineExceeded>
+  /**
+   * The whole body of a non-streaming answer. Reads holding more than JSON whitespace are
+   * content for the timeline; the keep-alive whitespace before the first one is not kept.
+   */
+  readonly completionText: Effect.Effect<string, BodyBroken | DeadlineExceeded>
+  /** The body as a stream's reads, for the scope. */
+  readonly reads: Effect.Effect<Reads, never, Scope.Scope>
+}
+
+export interface Wire {
+  /** Sends a POST of `body` with `authorization`; the reply once its status and headers arrived. */
+  readonly send: (body: string, authorization: string, timeline: Timeline) => Effect.Effect<Reply, Unsent | DeadlineExceeded>
+  /** Runs `call` with `timeline`'s deadlines enforced throughout. */
+  readonly within: <A, E, R>(timeline: Timeline, call: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+  /** Enforces `timeline`'s deadlines for the scope. */
+  readonly watchScoped: (timeline: Timeline) => Effect.Effect<void, never, Scope.Scope>
+}
+
+const drainAfterDone = Duration.seconds(1)
+
+/** JSON whitespace: DeepSeek sends blank lines before the body while the request is queued. */
+const hasContent = (bytes: Uint8Array): boolean => {
+  for (let i = 0; i < bytes.length; i++) {
+    const b = bytes[i]
+    if (b !== 0x20 && b !== 0x0a && b !== 0x0d && b !== 0x09) return true
+  }
+  return false
+}
+
+/**
+ * Collects a non-streaming body: the reads from the first one with content on, decoded; the
+ * time of each read with content goes to the timeline.
+ */
+const bodyCollector = (timeline: Timeline) => {
+  const utf8 = new TextDecoder()
+  let text = ""
+  let started = false
+  return {
+    /** Takes a read; whether it held content. */
+    add: (bytes: Uint8Array): boolean => {
+      const content = hasContent(bytes)
+      if (content) timeline.markContent(timeline.now())
+      started ||= content
+      if (started) text += utf8.decode(bytes, { stream: true })
+      return content
+    },
+    text: (): string => text + utf8.decode()
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Over undici
+// ---------------------------------------------------------------------------------------------
+
+/** What an abandoned exchange is aborted with. */
+const abandoned = new Error("the response was abandoned before its end")
+
+/** One header value: undici gives repeated headers as arrays. */
+const headerRecord = (headers: Exchange["headers"]): Record<string, string | undefined> => {
+  const record: Record<string, string | undefined> = {}
+  for (const [name, value] of Object.entries(headers)) record[name] = Array.isArray(value) ? value.join(", ") : value
+  return record
+}
+
+/** The error of a wait that failed: the deadline's own, or the exchange's. */
+const brokenOr = (timeline: Timeline) => (cause: unknown): BodyBroken | DeadlineExceeded =>
+  cause === timeline.expired && timeline.expired !== undefined ? timeline.expired : { _tag: "BodyBroken", cause }
+
+const undiciReply = (exchange: Exchange, timeline: Timeline, watchdog: Watchdog): Reply => {
+  let headers: Record<string, string | undefined> | undefined
+  const collect = (add: (bytes: Buffer) => unknown) => exchange.readAll(add)
+  return {
+    status: exchange.status,
+    get headers() {
+      return headers ??= headerRecord(exchange.headers)
+    },
+    errorText: Effect.suspend(() => {
+      let text = ""
+      const utf8 = new TextDecoder()
+      return collect((bytes) => (text += utf8.decode(bytes, { stream: true }))).pipe(
+        Effect.matchEffect({
+          onSuccess: () => Effect.succeed(text + utf8.decode()),
+          onFailure: (cause) =>
+            cause === timeline.expired && timeline.expired !== undefined ? Effect.fail(timeline.expired) : Effect.succeed("")
+        })
+      )
+    }),
+    completionText: Effect.suspend(() => {
+      const body = bodyCollector(timeline)
+      return collect(body.add).pipe(
+        Effect.mapError(brokenOr(timeline)),
+        Effect.zipRight(timeline.reportFirstContent),
+        Effect.map(body.text)
+      )
+    }),
+    reads: Effect.as(
+      Effect.addFinalizer(() => Effect.sync(() => exchange.isEnded || exchange.abort(abandoned))),
+      {
+        next: Effect.zipRight(
+          watchdog.waits(timeline),
+          Effect.mapBoth(exchange.take, {
+            onFailure: brokenOr(timeline),
+            onSuccess: (reads) => {
+              timeline.waiting = false
+              return reads
+            }
+          })
+        ),
+        finish: Effect.suspend(() => {
+          if (exchange.isEnded) return Effect.void
+          timeline.drainFor(Duration.toMillis(drainAfterDone))
+          return Effect.ignore(Effect.zipRight(watchdog.waits(timeline), collect(() => undefined)))
+        })
+      }
+    )
+  }
+}
+
+/**
+ * The transport's path over an undici dispatcher: POSTs to `url`, the deadlines enforced by
+ * `watchdog`.
+ */
+export const undiciWire = (dispatcher: Dispatcher, url: string, watchdog: Watchdog): Wire => {
+  const { origin, pathname, search } = new URL(url)
+  const path = pathname + search
+  return {
+    send: (body, authorization, timeline) =>
+      Effect.suspend(() => {
+        if (timeline.expired !== undefined) return Effect.fail(timeline.expired)
+        const exchange = Exchange.send(dispatcher, {
+          origin,
+          path,
+          method: "POST",
+          headers: { authorization, "content-type": "application/json" },
+          body
+        })
+        timeline.abort = (error) => exchange.abort(error)
+        return Effect.mapBoth(exchange.response, {
+          onFailure: (cause): Unsent | DeadlineExceeded =>
+            cause === timeline.expired && timeline.expired !== undefined ? timeline.expired : { _tag: "Unsent", cause, fromRequest: true },
+          onSuccess: () => undiciReply(exchange, timeline, watchdog)
+        })
+      }),
+    within: (timeline, call) =>
+      Effect.zipRight(watchdog.watch(timeline), call).pipe(Effect.ensuring(Effect.sync(() => watchdog.unwatch(timeline)))),
+    watchScoped: (timeline) => Effect.acquireRelease(watchdog.watch(timeline), () => Effect.sync(() => watchdog.unwatch(timeline)))
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Over any HttpClient
+// ---------------------------------------------------------------------------------------------
+
+type Response = HttpClientResponse.HttpClientResponse
+
+const broken = (error: { readonly cause?: unknown }): BodyBroken => ({ _tag: "BodyBroken", cause: error.cause })
+
+/** Reads a whole non-streaming body, each read under the deadline. */
+const readCompletionBody = (response: Response, timeline: Timeline): Effect.Effect<string, BodyBroken | DeadlineExceeded> =>
+  Effect.scoped(Effect.flatMap(Stream.toPull(response.stream), (pull) => {
+    const body = bodyCollector(timeline)
+    const read: Effect.Effect<string, BodyBroken | DeadlineExceeded> = timeline.guard(pull).pipe(
+      Effect.matchEffect({
+        onFailure: (error): Effect.Effect<string, BodyBroken | DeadlineExceeded> => {
+          switch (error._tag) {
+            case "None":
+              return Effect.succeed(body.text())
+            case "Some":
+              return Effect.fail(broken(error.value))
+            default:
+              return Effect.fail(error)
+          }
+        },
+        onSuccess: (reads): Effect.Effect<string, BodyBroken | DeadlineExceeded> => {
+          let content = false
+          for (const bytes of reads) content = body.add(bytes) || content
+          return content ? Effect.zipRight(timeline.reportFirstContent, read) : read
+        }
+      })
+    )
+    return read
+  }))
+
+const clientReply = (response: Response, timeline: Timeline): Reply => ({
+  status: response.status,
+  headers: response.headers,
+  errorText: timeline.guard(response.text).pipe(Effect.catchTag("ResponseError", () => Effect.succeed(""))),
+  completionText: readCompletionBody(response, timeline),
+  reads: Effect.map(Stream.toPull(response.stream), (pull): Reads => ({
+    next: timeline.guard(pull).pipe(
+      Effect.matchEffect({
+        onSuccess: (reads) => Effect.succeed(Chunk.toReadonlyArray(reads)),
+        onFailure: (error): Effect.Effect<undefined, BodyBroken | DeadlineExceeded> => {
+          switch (error._tag) {
+            case "None":
+              return Effect.succeed(undefined)
+            case "Some":
+              return Effect.fail(broken(error.value))
+            default:
+              return Effect.fail(error)
+          }
+        }
+      })
+    ),
+    finish: pull.pipe(Effect.forever, Effect.timeout(drainAfterDone), Effect.ignore)
+  }))
+})
+
+/** The transport's path over `client`: POSTs to `url`, each wait under its own timeout. */
+export const clientWire = (client: HttpClient.HttpClient, url: string): Wire => {
+  const endpoint = HttpClientRequest.post(url)
+  return {
+    send: (body, authorization, timeline) =>
+      timeline.guard(
+        client.execute(HttpClientRequest.setHeader(HttpClientRequest.bodyText(endpoint, body, "application/json"), "authorization", authorization))
+      ).pipe(
+        Effect.mapBoth({
+          onFailure: (error): Unsent | DeadlineExceeded =>
+            error._tag === "DeadlineExceeded" ? error : { _tag: "Unsent", cause: error.cause, fromRequest: error._tag === "RequestError" },
+          onSuccess: (response) => clientReply(response, timeline)
+        })
+      ),
+    within: (_, call) => call,
+    watchScoped: () => Effect.void
+  }
+}
+
+/** What a transport needs of an `HttpClient` over undici to make its exchanges itself. */
+export interface Undici {
+  readonly dispatcher: Dispatcher
+  /** Opens connections to an origin ahead of need (`Connector.preconnect`). */
+  readonly preconnect: (origin: string, count: number) => void
+}
+
+const undiciKey = Symbol.for("weatherproof/Transport/undici")
+
+/** Marks an `HttpClient` as one over `undici`, so a transport over it makes its exchanges there itself. */
+export const withUndici = (client: HttpClient.HttpClient, undici: Undici): HttpClient.HttpClient =>
+  Object.assign(client, { [undiciKey]: undici })
+
+/** What an `HttpClient` was marked with (`withUndici`), if anything. */
+export const undiciOf = (client: HttpClient.HttpClient): Option.Option<Undici> =>
+  Option.fromNullable((client as { readonly [undiciKey]?: Undici })[undiciKey])
