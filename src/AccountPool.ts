@@ -88,6 +88,7 @@ import type { ApiError } from "./ApiError.js"
 import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from "./ChatSchema.js"
 import type * as CircuitBreakerModule from "./CircuitBreaker.js"
 import type { BudgetExceeded, CostLedger } from "./CostLedger.js"
+import type { Redis } from "./Redis.js"
 import * as internal from "./internal/accountPool.js"
 import * as KeyPool from "./KeyPool.js"
 import * as PolicyModule from "./Policy.js"
@@ -272,7 +273,8 @@ export const defaults = {
   maxWait: Duration.minutes(30),
   balanceProbeInterval: Duration.seconds(60),
   keyCooldown: KeyPool.defaultCooldown,
-  fallbackCooldown: Duration.minutes(10)
+  fallbackCooldown: Duration.minutes(10),
+  leaseTtl: Duration.seconds(30)
 } as const
 
 /**
@@ -344,17 +346,18 @@ export const attemptDuration: Metric.Metric.Histogram<number> = internal.attempt
 export const make = (
   accounts: ReadonlyArray<Account>,
   options: Options = {}
-): Effect.Effect<Service, never, HttpClient.HttpClient | CostLedger | Scope.Scope> =>
-  internal.make(accounts, {
-    breaker: options.breaker,
-    deadlines: options.deadlines,
-    maxWait: Duration.decode(options.maxWait ?? defaults.maxWait),
-    preflight: options.preflight ?? true,
-    warmUp: options.warmUp ?? TransportModule.defaultWarmUp,
-    balanceProbeInterval: Duration.decode(options.balanceProbeInterval ?? defaults.balanceProbeInterval),
-    keyCooldown: Duration.decode(options.keyCooldown ?? defaults.keyCooldown),
-    fallbackCooldown: Duration.decode(options.fallbackCooldown ?? defaults.fallbackCooldown)
-  })
+): Effect.Effect<Service, never, HttpClient.HttpClient | CostLedger | Scope.Scope> => internal.make(accounts, settingsOf(options))
+
+const settingsOf = (options: Options): internal.Settings => ({
+  breaker: options.breaker,
+  deadlines: options.deadlines,
+  maxWait: Duration.decode(options.maxWait ?? defaults.maxWait),
+  preflight: options.preflight ?? true,
+  warmUp: options.warmUp ?? TransportModule.defaultWarmUp,
+  balanceProbeInterval: Duration.decode(options.balanceProbeInterval ?? defaults.balanceProbeInterval),
+  keyCooldown: Duration.decode(options.keyCooldown ?? defaults.keyCooldown),
+  fallbackCooldown: Duration.decode(options.fallbackCooldown ?? defaults.fallbackCooldown)
+})
 
 /**
  * @since 0.1.0
@@ -364,6 +367,68 @@ export const layer = (
   accounts: ReadonlyArray<Account>,
   options?: Options
 ): Layer.Layer<AccountPool, never, HttpClient.HttpClient | CostLedger> => Layer.scoped(AccountPool, make(accounts, options))
+
+/**
+ * Options of a pool whose lanes are shared through Redis (`makeRedis`).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface RedisOptions extends Options {
+  /**
+   * How long a permit's lease outlives its holder's last heartbeat (one every third of it): a
+   * process that dies without releasing its permits frees them after this long. Default 30 seconds.
+   */
+  readonly leaseTtl?: Duration.DurationInput | undefined
+}
+
+/**
+ * The pool, its lanes shared with every process whose pool uses the same `Redis` prefix and names
+ * the account alike (the account's `name`, never its keys): one count of permits per (account,
+ * model), queued calls served in arrival order within a priority across processes, and one
+ * adaptive limit learnt by all. A permit is a lease that expires `leaseTtl` after its holder's
+ * last heartbeat, so a crashed process's permits come back by themselves. Placement (which
+ * accounts may serve, failover, fallbacks) stays in each process, as in `make`.
+ *
+ * @example
+ * ```ts
+ * import { NodeFileSystem } from "@effect/platform-node"
+ * import { Effect, Layer } from "effect"
+ * import { AccountPool, Accounts, CostLedger, Redis, Transport } from "weatherproof"
+ *
+ * const program = Effect.scoped(Effect.gen(function*() {
+ *   const pool = yield* AccountPool.makeRedis(yield* Accounts.load("accounts.json"), { leaseTtl: "30 seconds" })
+ *   yield* pool.create({ model: "deepseek-v4-flash", messages: [{ role: "user", content: "Hi" }] })
+ * })).pipe(Effect.provide(Layer.mergeAll(
+ *   Transport.nodeHttpClient(),
+ *   CostLedger.layer(),
+ *   NodeFileSystem.layer,
+ *   Redis.layer({ url: "redis://127.0.0.1:6379" })
+ * )))
+ * ```
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makeRedis = (
+  accounts: ReadonlyArray<Account>,
+  options: RedisOptions = {}
+): Effect.Effect<Service, never, HttpClient.HttpClient | CostLedger | Redis | Scope.Scope> =>
+  internal.makeWith(
+    accounts,
+    settingsOf(options),
+    internal.coordinateRedis({ leaseTtl: Duration.decode(options.leaseTtl ?? defaults.leaseTtl) })
+  )
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerRedis = (
+  accounts: ReadonlyArray<Account>,
+  options?: RedisOptions
+): Layer.Layer<AccountPool, never, HttpClient.HttpClient | CostLedger | Redis> =>
+  Layer.scoped(AccountPool, makeRedis(accounts, options))
 
 /**
  * The pool as the upstream of a `Resilient` client: its attempts are the pool's, whose permits

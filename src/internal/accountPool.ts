@@ -32,10 +32,12 @@ import type * as Limiter from "../ConcurrencyLimiter.js"
 import { CostLedger, type Disposition } from "../CostLedger.js"
 import * as KeyPool from "../KeyPool.js"
 import * as Transport from "../Transport.js"
+import * as Redis from "../Redis.js"
 import * as LimiterInternal from "./concurrencyLimiter.js"
 import { AccountSlot, Dispatcher, Lane, type LaneGrant, type Lanes, type Waiter } from "./dispatcher.js"
 import * as GenAi from "./genAi.js"
 import { assertValid, positive } from "./options.js"
+import * as RedisLanes from "./redisDispatcher.js"
 import { secondsBoundaries } from "./policy.js"
 import { whenTraced } from "./tracing.js"
 import { undiciOf } from "./transportWires.js"
@@ -173,6 +175,25 @@ const inMemory: Coordinate<never> = (accounts, slots, hooks) =>
     })
     return dispatcher
   })
+
+/**
+ * Each lane's permits and adaptive limit shared through Redis with every process that names the
+ * account alike (`redisDispatcher.ts`).
+ */
+export const coordinateRedis = (settings: RedisLanes.Settings): Coordinate<Redis.Redis> => (accounts, slots, hooks) =>
+  Effect.flatMap(Redis.Redis, (redis) =>
+    RedisLanes.make(redis, slots, (slot, model) => {
+      const account = accounts[slot.index]!
+      return {
+        key: redis.key("pool", "lane", account.name, model),
+        account: account.accountConcurrency === undefined
+          ? undefined
+          : { key: redis.key("pool", "account", account.name), cap: account.accountConcurrency },
+        limit: typeof account.concurrency === "number"
+          ? account.concurrency
+          : LimiterInternal.adaptiveConfig(account.concurrency ?? {})
+      }
+    }, hooks, settings))
 
 // ---------------------------------------------------------------------------------------------
 // Errors

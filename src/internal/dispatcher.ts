@@ -129,6 +129,43 @@ type Queues = Record<Priority, Set<Waiter>>
 
 const noneExcluded: ReadonlySet<number> = new Set()
 
+/**
+ * Whether `account` may serve a call that leaves out `excluded`: it is available, and it is a
+ * primary, or no primary it may use is available or about to be (fallbacks serve only when no
+ * primary can).
+ */
+export const mayServe = (accounts: ReadonlyArray<AccountSlot>, account: AccountSlot, excluded: ReadonlySet<number>): boolean => {
+  if (!account.available || excluded.has(account.index)) return false
+  return !account.fallback ||
+    !accounts.some((other) => !other.fallback && (other.available || other.pending) && !excluded.has(other.index))
+}
+
+/**
+ * Permits the accounts that may serve could hold at once (the limits of their lanes, each
+ * account's within its cap), and how many a new call could take now: per model, the free
+ * permits less the calls waiting for one (a model whose calls wait takes none from another's).
+ */
+export const capacityOf = (
+  accounts: ReadonlyArray<AccountSlot>,
+  queued: (model: string) => number
+): { readonly permits: number; readonly free: number } => {
+  let permits = 0
+  const room = new Map<string, number>()
+  for (const account of accounts) {
+    if (!mayServe(accounts, account, noneExcluded)) continue
+    let limits = 0
+    const accountRoom = Math.max(0, account.cap - account.inFlight)
+    for (const lane of account.lanes.values()) {
+      limits += lane.limit
+      room.set(lane.model, (room.get(lane.model) ?? 0) + Math.min(Math.max(0, lane.limit - lane.inFlight), accountRoom))
+    }
+    permits += Math.min(limits, account.cap)
+  }
+  let free = 0
+  for (const [model, permitsFree] of room) free += Math.max(0, permitsFree - queued(model))
+  return { permits, free }
+}
+
 export class Dispatcher implements Lanes {
   private readonly waiting = new Map<string, Queues>()
 
@@ -150,27 +187,8 @@ export class Dispatcher implements Lanes {
     return total
   }
 
-  /**
-   * Permits the accounts that may serve could hold at once (the limits of their lanes, each
-   * account's within its cap), and how many a new call could take now: per model, the free
-   * permits less the calls waiting for one (a model whose calls wait takes none from another's).
-   */
   capacity(): { readonly permits: number; readonly free: number } {
-    let permits = 0
-    const room = new Map<string, number>()
-    for (const account of this.accounts) {
-      if (!this.mayServe(account, noneExcluded)) continue
-      let limits = 0
-      const accountRoom = Math.max(0, account.cap - account.inFlight)
-      for (const lane of account.lanes.values()) {
-        limits += lane.limit
-        room.set(lane.model, (room.get(lane.model) ?? 0) + Math.min(Math.max(0, lane.limit - lane.inFlight), accountRoom))
-      }
-      permits += Math.min(limits, account.cap)
-    }
-    let free = 0
-    for (const [model, permitsFree] of room) free += Math.max(0, permitsFree - this.queued(model))
-    return { permits, free }
+    return capacityOf(this.accounts, (model) => this.queued(model))
   }
 
   /** A permit now on the best lane for `model`, or a place in the queue. */
@@ -266,17 +284,6 @@ export class Dispatcher implements Lanes {
     return lane
   }
 
-  /**
-   * Whether `account` may serve a call that leaves out `excluded`: it is available, and it is a
-   * primary, or no primary it may use is available or about to be (fallbacks serve only when no
-   * primary can).
-   */
-  mayServe(account: AccountSlot, excluded: ReadonlySet<number>): boolean {
-    if (!account.available || excluded.has(account.index)) return false
-    return !account.fallback ||
-      !this.accounts.some((other) => !other.fallback && (other.available || other.pending) && !excluded.has(other.index))
-  }
-
   /** The queues of `model`; a model seen for the first time gets a lane on every account. */
   private lanesOf(model: string): Queues {
     let lanes = this.waiting.get(model)
@@ -296,7 +303,7 @@ export class Dispatcher implements Lanes {
   private bestLane(model: string, excluded: ReadonlySet<number>): Lane | undefined {
     let best: Lane | undefined
     for (const account of this.accounts) {
-      if (!this.mayServe(account, excluded)) continue
+      if (!mayServe(this.accounts, account, excluded)) continue
       const lane = this.laneOf(account, model)
       if (!lane.hasRoom) continue
       if (best === undefined || lane.load < best.load || (lane.load === best.load && lane.granted < best.granted)) {

@@ -1,0 +1,108 @@
+/**
+ * The account pool's lanes shared through a real redis-server: several pools over their own
+ * connections, in one test process, on one account of the loopback Simulator. Real time, short.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Redacted from "effect/Redacted"
+import * as AccountPool from "../src/AccountPool.js"
+import type { Account } from "../src/Accounts.js"
+import * as CostLedger from "../src/CostLedger.js"
+import * as Redis from "../src/Redis.js"
+import * as Simulator from "../src/Simulator.js"
+import * as Transport from "../src/Transport.js"
+import { flatPricing } from "./support/pricing.js"
+import { keysWithTtl, redisServer, redisServerPresent, type RedisServer, skipMessage } from "./support/redisServer.js"
+
+const flash = "deepseek-v4-flash"
+
+const account = (baseUrl: string, concurrency?: Account["concurrency"]): Account => ({
+  name: "shared",
+  provider: "deepseek",
+  baseUrl,
+  keys: [Redacted.make(Simulator.defaultKey)],
+  fallback: false,
+  models: {},
+  ...(concurrency === undefined ? {} : { concurrency })
+})
+
+/** A pool over its own connection to `server`. */
+const poolOn = (server: RedisServer, accounts: ReadonlyArray<Account>, options: AccountPool.RedisOptions = {}) =>
+  Effect.gen(function*() {
+    const redis = yield* Redis.make({ url: server.url })
+    return yield* AccountPool.makeRedis(accounts, { preflight: false, warmUp: 0, ...options }).pipe(
+      Effect.provideService(Redis.Redis, redis)
+    )
+  })
+
+/** What the pools need besides Redis: one HTTP client and one ledger for the test. */
+const services = Layer.merge(Transport.nodeHttpClient(), CostLedger.layer({ pricing: flatPricing }))
+
+const ask = (pool: AccountPool.Service, i: number) =>
+  pool.create({ model: flash, messages: [{ role: "user", content: `question ${i}` }] })
+
+/** `count` calls on each pool, `concurrency` at a time per pool; answers how many failed. */
+const load = (pools: ReadonlyArray<AccountPool.Service>, count: number, concurrency: number) =>
+  Effect.map(
+    Effect.all(
+      pools.map((pool) =>
+        Effect.forEach(Array.from({ length: count }, (_, i) => i), (i) => Effect.either(ask(pool, i)), { concurrency })
+      ),
+      { concurrency: "unbounded" }
+    ),
+    (results) => results.flat().filter((result) => result._tag === "Left").length
+  )
+
+describe.skipIf(!redisServerPresent)(skipMessage("AccountPool on Redis"), () => {
+  it.scopedLive("three pools with a fixed limit of 12 each share one account's 12: no 429", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const simulator = yield* Simulator.make({ limit: { [flash]: 12 }, queueDelay: { min: "20 millis", max: "60 millis" } })
+      const accounts = [account(simulator.baseUrl, 12)]
+      const pools = [yield* poolOn(server, accounts), yield* poolOn(server, accounts), yield* poolOn(server, accounts)]
+      const failed = yield* load(pools, 40, 20)
+      const stats = (yield* simulator.stats).accounts["default"]!.byModel[flash]!
+      expect(failed).toBe(0)
+      expect(stats.completed).toBe(120)
+      expect(stats.rateLimited).toBe(0)
+      expect(stats.maxInFlight).toBe(12)
+    }).pipe(Effect.provide(services)))
+
+  it.scopedLive("three adaptive pools learn one limit together: near the cap, few 429s", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const simulator = yield* Simulator.make({
+        limit: { [flash]: 12 },
+        queueDelay: { min: "40 millis", max: "80 millis" },
+        keepAliveInterval: "20 millis"
+      })
+      const accounts = [account(simulator.baseUrl)]
+      const pools = [yield* poolOn(server, accounts), yield* poolOn(server, accounts), yield* poolOn(server, accounts)]
+      const count = 100
+      const failed = yield* load(pools, count, 20)
+      const stats = (yield* simulator.stats).accounts["default"]!.byModel[flash]!
+      // The pool does not retry: its 429s are its only failures.
+      expect(failed).toBe(stats.rateLimited)
+      expect(stats.completed).toBe(3 * count - failed)
+      expect(stats.maxInFlight).toBeGreaterThanOrEqual(10)
+      expect(stats.rateLimited / (3 * count)).toBeLessThanOrEqual(0.05)
+      // Every pool sees the one shared limit.
+      const limits = yield* Effect.forEach(pools, (pool) => Effect.map(pool.snapshot, ([only]) => only!.models[0]!.limit))
+      expect(new Set(limits).size).toBe(1)
+      expect(limits[0]).toBeGreaterThanOrEqual(9)
+      expect(limits[0]).toBeLessThanOrEqual(14)
+    }).pipe(Effect.provide(services)))
+
+  it.scopedLive("every key it leaves has a TTL", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const simulator = yield* Simulator.make({ limit: { [flash]: 4 }, queueDelay: { min: "10 millis", max: "20 millis" } })
+      const accounts = [{ ...account(simulator.baseUrl), accountConcurrency: 3 }]
+      const pools = [yield* poolOn(server, accounts), yield* poolOn(server, accounts)]
+      expect(yield* load(pools, 20, 6)).toBe(0)
+      const keys = yield* keysWithTtl(yield* Redis.make({ url: server.url }))
+      expect(keys.length).toBeGreaterThan(0)
+      expect(keys.filter((key) => key.ttl < 0)).toEqual([])
+    }).pipe(Effect.provide(services)))
+})
