@@ -90,6 +90,7 @@ import type * as CircuitBreakerModule from "./CircuitBreaker.js"
 import type { BudgetExceeded, CostLedger } from "./CostLedger.js"
 import type { Redis } from "./Redis.js"
 import * as internal from "./internal/accountPool.js"
+import * as RedisLanes from "./internal/redisDispatcher.js"
 import * as KeyPool from "./KeyPool.js"
 import * as PolicyModule from "./Policy.js"
 import * as ResilientModule from "./Resilient.js"
@@ -274,7 +275,7 @@ export const defaults = {
   balanceProbeInterval: Duration.seconds(60),
   keyCooldown: KeyPool.defaultCooldown,
   fallbackCooldown: Duration.minutes(10),
-  leaseTtl: Duration.seconds(30)
+  leaseTtl: RedisLanes.defaultLeaseTtl
 } as const
 
 /**
@@ -465,9 +466,27 @@ export const upstream = (pool: Service): ResilientModule.Upstream => ({
 export const layerResilient = (
   accounts: ReadonlyArray<Account>,
   options: PoolOptions = {}
-): Layer.Layer<Resilient | AccountPool, never, CostLedger> => {
+): Layer.Layer<Resilient | AccountPool, never, CostLedger> => resilientOver(layer(accounts, options), options)
+
+/**
+ * `layerResilient` with the pool's lanes shared through Redis (`makeRedis`): the retry, its budget
+ * and the rate limit stay per process, the permits and adaptive limits are shared.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerResilientRedis = (
+  accounts: ReadonlyArray<Account>,
+  options: PoolOptions & RedisOptions = {}
+): Layer.Layer<Resilient | AccountPool, never, CostLedger | Redis> => resilientOver(layerRedis(accounts, options), options)
+
+/** A `Resilient` client over `pool`, with the pool's output beside it. */
+const resilientOver = <R>(
+  pool: Layer.Layer<AccountPool, never, HttpClient.HttpClient | R>,
+  options: PoolOptions
+): Layer.Layer<Resilient | AccountPool, never, Exclude<R, HttpClient.HttpClient>> => {
   // One pool, shared (layers are memoised by reference) by the client and the AccountPool output.
-  const pool = layer(accounts, options).pipe(Layer.provide(TransportModule.nodeHttpClient()))
+  const provided = pool.pipe(Layer.provide(TransportModule.nodeHttpClient()))
   const client = Layer.effect(
     ResilientModule.Resilient,
     Effect.gen(function*() {
@@ -484,5 +503,5 @@ export const layerResilient = (
       budgetWait: options.budgetWait
     }))
   )
-  return Layer.provideMerge(client, pool)
+  return Layer.provideMerge(client, provided)
 }

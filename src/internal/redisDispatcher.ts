@@ -54,6 +54,9 @@ export interface Hooks {
   readonly roomMayHaveGrown: () => void
 }
 
+/** How long a lease outlives its holder's last heartbeat, unless told otherwise. */
+export const defaultLeaseTtl = Duration.seconds(30)
+
 /** Shared state and queues idle this long expire. */
 const idleMillis = 60 * 60 * 1000
 

@@ -1,0 +1,127 @@
+/**
+ * `ConcurrencyLimiter.makeRedis` on a real redis-server: limiters of one name over their own
+ * connections share one limit, one queue order and the leases of a process that dies. Real time,
+ * short and bounded.
+ */
+import { type ChildProcess, spawn } from "node:child_process"
+import { describe, expect, it } from "@effect/vitest"
+import * as Deferred from "effect/Deferred"
+import type * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import * as Schedule from "effect/Schedule"
+import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
+import * as Redis from "../src/Redis.js"
+import { redisServer, redisServerPresent, type RedisServer, skipMessage } from "./support/redisServer.js"
+
+/** A limiter over its own connection to `server`. */
+const limiterOn = (server: RedisServer, options: ConcurrencyLimiter.RedisOptions) =>
+  Effect.flatMap(Redis.make({ url: server.url }), (redis) =>
+    Effect.provideService(ConcurrencyLimiter.makeRedis(options), Redis.Redis, redis))
+
+/** `effect` repeated until `done` holds of its result, every 10 ms for at most `within`. */
+const until = <A, E>(effect: Effect.Effect<A, E>, done: (a: A) => boolean, within: Duration.DurationInput = "5 seconds") =>
+  effect.pipe(Effect.filterOrFail(done), Effect.retry(Schedule.spaced("10 millis")), Effect.timeout(within))
+
+describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"), () => {
+  it.scopedLive("two limiters of one name never hold more than its permits together", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const limiters = [
+        yield* limiterOn(server, { name: "shared", permits: 3 }),
+        yield* limiterOn(server, { name: "shared", permits: 3 })
+      ]
+      let inFlight = 0
+      let most = 0
+      let done = 0
+      const work = Effect.acquireUseRelease(
+        Effect.sync(() => (most = Math.max(most, ++inFlight))),
+        () => Effect.sleep("15 millis"),
+        () => Effect.sync(() => (inFlight--, done++))
+      )
+      yield* Effect.forEach(limiters, (limiter) =>
+        Effect.forEach(Array.from({ length: 20 }), () => limiter.withPermit(() => work), { concurrency: "unbounded" }), {
+        concurrency: "unbounded"
+      })
+      expect(done).toBe(40)
+      expect(most).toBe(3)
+      expect((yield* limiters[0]!.snapshot).limit).toBe(3)
+    }))
+
+  it.scopedLive("callers are served in arrival order within a priority across limiters, interactive first", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const a = yield* limiterOn(server, { name: "order", permits: 1 })
+      const b = yield* limiterOn(server, { name: "order", permits: 1 })
+      const holding = yield* Deferred.make<void>()
+      const holder = yield* Effect.fork(a.withPermit(() => Effect.zipRight(Deferred.succeed(holding, undefined), Effect.never)))
+      yield* Deferred.await(holding)
+      const served: Array<string> = []
+      const waiters: Array<Fiber.RuntimeFiber<void, ConcurrencyLimiter.QueueFull>> = []
+      const queue = (limiter: ConcurrencyLimiter.Service, label: string, priority: ConcurrencyLimiter.Priority) =>
+        Effect.gen(function*() {
+          const before = (yield* a.snapshot).queued + (yield* b.snapshot).queued
+          waiters.push(yield* Effect.fork(limiter.withPermit(() => Effect.sync(() => void served.push(label)), { priority })))
+          // Its ticket is on the server before the next one arrives.
+          yield* until(Effect.zipWith(a.snapshot, b.snapshot, (x, y) => x.queued + y.queued), (n) => n > before)
+          yield* Effect.sleep("20 millis")
+        })
+      yield* queue(a, "a1", "batch")
+      yield* queue(b, "b1", "batch")
+      yield* queue(a, "a2", "interactive")
+      yield* queue(b, "b2", "batch")
+      yield* queue(b, "b3", "interactive")
+      yield* Fiber.interrupt(holder)
+      yield* Effect.forEach(waiters, Fiber.join)
+      expect(served).toEqual(["a2", "b3", "a1", "b1", "b2"])
+    }))
+
+  it.scopedLive("two limiters with equal demand on a small limit get shares within 20 % of each other", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const limiters = [
+        yield* limiterOn(server, { name: "fair", permits: 4 }),
+        yield* limiterOn(server, { name: "fair", permits: 4 })
+      ]
+      const served = [0, 0]
+      const stop = Date.now() + 1500
+      const worker = (i: number) =>
+        Effect.whileLoop({
+          while: () => Date.now() < stop,
+          body: () => limiters[i]!.withPermit(() => Effect.zipRight(Effect.sleep("10 millis"), Effect.sync(() => served[i]!++))),
+          step: () => {}
+        })
+      yield* Effect.all([0, 1].flatMap((i) => Array.from({ length: 8 }, () => worker(i))), { concurrency: "unbounded" })
+      const [x, y] = served as [number, number]
+      expect(x + y).toBeGreaterThan(100)
+      expect(Math.abs(x - y) / Math.max(x, y)).toBeLessThanOrEqual(0.2)
+    }))
+
+  it.scopedLive("the leases of a process killed with SIGKILL come back within their TTL", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const child: ChildProcess = yield* Effect.acquireRelease(
+        Effect.sync(() =>
+          spawn("node_modules/.bin/vite-node", ["test/support/leaseHolder.ts", "--", server.url, "crash", "4", "2000", "3"], {
+            stdio: ["ignore", "pipe", "inherit"]
+          })
+        ),
+        (child) => Effect.sync(() => child.exitCode === null && child.kill("SIGKILL"))
+      )
+      const holding = yield* Deferred.make<void>()
+      child.stdout?.on("data", (data: Buffer) => {
+        if (data.toString().includes("holding 3")) Effect.runSync(Deferred.succeed(holding, undefined))
+      })
+      yield* Deferred.await(holding).pipe(Effect.timeout("30 seconds"))
+      const limiter = yield* limiterOn(server, { name: "crash", permits: 4, leaseTtl: "2 seconds" })
+      // One permit is free while the child lives.
+      yield* Effect.scoped(limiter.acquire())
+      child.kill("SIGKILL")
+      const killedAt = Date.now()
+      // Then all four, once the child's leases expired (and a heartbeat or a release granted them).
+      yield* Effect.scoped(Effect.forEach(Array.from({ length: 4 }), () => limiter.acquire(), { concurrency: "unbounded" })).pipe(
+        Effect.timeout("4 seconds")
+      )
+      expect(Date.now() - killedAt).toBeLessThanOrEqual(2000 + 2000 / 3 + 500)
+    }), { timeout: 60_000 })
+})
