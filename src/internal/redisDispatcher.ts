@@ -26,11 +26,22 @@ import * as Exit from "effect/Exit"
 import * as FiberId from "effect/FiberId"
 import * as FiberSet from "effect/FiberSet"
 import * as Schedule from "effect/Schedule"
+import * as Stream from "effect/Stream"
 import type * as Scope from "effect/Scope"
 import type { Outcome, Priority } from "../ConcurrencyLimiter.js"
 import type { Script, Service as RedisService } from "../Redis.js"
 import { type Acceptance, Aimd, type AimdConfig, type AimdState, fixedPolicy, type Policy } from "./concurrencyLimiter.js"
-import { type AccountSlot, capacityOf, type Entry, Lane, type LaneGrant, type Lanes, mayServe, type Waiter } from "./dispatcher.js"
+import {
+  type AccountSlot,
+  capacityOf,
+  Dispatcher,
+  type Entry,
+  Lane,
+  type LaneGrant,
+  type Lanes,
+  mayServe,
+  type Waiter
+} from "./dispatcher.js"
 import type { RedisError } from "./redis.js"
 import { script } from "./redisLanesScript.js"
 
@@ -78,42 +89,105 @@ type Event =
   | { readonly _tag: "Recorded"; readonly stamp: number; readonly outcome: Outcome; readonly acceptance: Acceptance }
 
 /**
- * An adaptive limit learnt with the other processes: its permits' events wait here for the lane's
- * flush, which applies them to the shared state; between flushes the limit and stamp are the last
- * ones read. `accepted` answers false (the growth, if any, is the flush's).
+ * A lane's limit as this process applies it: the shared one (between flushes the last read), or
+ * in local mode (Redis away) a `local` policy bounded by this process's share of it.
+ *
+ * An adaptive limit is learnt with the other processes: its permits' events wait here for the
+ * lane's flush, which applies them to the shared state; `accepted` answers false (the growth, if
+ * any, is the flush's). A fixed one (`config` undefined) is the lane's limit on the server.
  */
-class SharedAimd implements Policy {
-  limit: number
-  stamp = 0
+class SharedLimit implements Policy {
+  sharedLimit: number
+  sharedStamp = 0
+  /** The policy of local mode. */
+  local: Policy | undefined
   readonly pending: Array<Event> = []
   /** The last state read or written: what seeds the server if it lost the lane's. */
-  state: AimdState
+  state: AimdState | undefined
 
-  constructor(readonly config: AimdConfig, private readonly eventAdded: () => void) {
-    const aimd = new Aimd(config)
-    this.limit = aimd.limit
-    this.state = aimd.toState()
+  constructor(readonly config: AimdConfig | undefined, readonly permits: number, private readonly eventAdded: () => void) {
+    const aimd = config === undefined ? undefined : new Aimd(config)
+    this.sharedLimit = aimd?.limit ?? permits
+    this.state = aimd?.toState()
+  }
+
+  get limit(): number {
+    return this.local?.limit ?? this.sharedLimit
+  }
+
+  get stamp(): number {
+    return this.local?.stamp ?? this.sharedStamp
   }
 
   accepted(stamp: number, level: number): boolean {
+    if (this.local !== undefined) return this.local.accepted(stamp, level)
+    if (this.config === undefined) return false
     this.pending.push({ _tag: "Accepted", stamp, level })
     this.eventAdded()
     return false
   }
 
-  record(stamp: number, outcome: Outcome, _inFlight: number, acceptance: Acceptance): void {
+  record(stamp: number, outcome: Outcome, inFlight: number, acceptance: Acceptance): void {
+    if (this.local !== undefined) return this.local.record(stamp, outcome, inFlight, acceptance)
+    if (this.config === undefined) return
     this.pending.push({ _tag: "Recorded", stamp, outcome, acceptance })
     this.eventAdded()
   }
 
   /** `events` applied to `state` (the server's, or the last known), outcomes at the global `inFlight`. */
   apply(state: AimdState | undefined, events: ReadonlyArray<Event>, inFlight: number): Aimd {
-    const aimd = Aimd.fromState(this.config, state ?? this.state)
-    for (const event of events) {
-      if (event._tag === "Accepted") aimd.accepted(event.stamp, event.level)
-      else aimd.record(event.stamp, event.outcome, inFlight, event.acceptance)
-    }
+    const aimd = Aimd.fromState(this.config!, state ?? this.state!)
+    applyEvents(aimd, events, inFlight)
     return aimd
+  }
+
+  /**
+   * Local mode: the last shared limit's `share`, as a maximum the local adaptation stays below
+   * (with the events not yet flushed applied), or as the fixed limit.
+   */
+  goLocal(share: (limit: number) => number, inFlight: number): void {
+    if (this.config === undefined) {
+      this.local = fixedPolicy(share(this.permits))
+      return
+    }
+    const max = share(this.sharedLimit)
+    const aimd = Aimd.fromState({ ...this.config, max, initial: Math.min(this.config.initial, max) }, this.state!)
+    applyEvents(aimd, this.pending.splice(0), inFlight)
+    this.local = aimd
+  }
+
+  /** Back to the shared limit; the local state is kept, to seed a server that lost the lane's. */
+  rejoin(): void {
+    if (this.local instanceof Aimd) this.state = this.local.toState()
+    this.local = undefined
+  }
+}
+
+const applyEvents = (aimd: Aimd, events: ReadonlyArray<Event>, inFlight: number): void => {
+  for (const event of events) {
+    if (event._tag === "Accepted") aimd.accepted(event.stamp, event.level)
+    else aimd.record(event.stamp, event.outcome, inFlight, event.acceptance)
+  }
+}
+
+/** In local mode, the in-memory dispatcher that notes each grant and release (leases to re-add on rejoin). */
+class LocalDispatcher extends Dispatcher {
+  constructor(
+    accounts: ReadonlyArray<AccountSlot>,
+    makeLane: (account: AccountSlot, model: string) => Lane,
+    private readonly granted: (grant: LaneGrant) => LaneGrant,
+    private readonly released: (grant: LaneGrant) => void
+  ) {
+    super(accounts, makeLane)
+  }
+
+  protected override take(lane: Lane): LaneGrant {
+    return this.granted(super.take(lane))
+  }
+
+  override release(grant: LaneGrant): void {
+    this.released(grant)
+    super.release(grant)
   }
 }
 
@@ -121,13 +195,21 @@ class SharedAimd implements Policy {
 interface LaneEntry {
   readonly lane: Lane
   readonly spec: LaneSpec
-  readonly shared: SharedAimd | undefined
+  readonly shared: SharedLimit
   flushing: boolean
 }
 
 /**
  * The coordinator over `slots` on `redis`; `specOf` names and limits each lane. Its heartbeat and
  * flushes run in the scope.
+ *
+ * When a script fails (`RedisError`), it goes to local mode: an in-memory `Dispatcher` over the
+ * same lanes, each limited to this process's share of the last shared limit (divided by the
+ * processes alive at the last heartbeat), the calls in flight keeping their permits and the
+ * tickets waiting on as local waiters in their order. The first heartbeat that succeeds again
+ * rejoins: the leases of the calls in flight are re-added (by that heartbeat), those released
+ * meanwhile handed back, the local waiters queued again as tickets, and a lane whose state the
+ * server lost is seeded with the local one.
  */
 export const make = (
   redis: RedisService,
@@ -151,63 +233,80 @@ export const make = (
     const held = new Map<string, LeaseGrant>()
     const lanes = new Map<string, LaneEntry>()
     const entryOf = new Map<Lane, LaneEntry>()
-    let ticketSeq = 0
-    let warned = false
+    let idSeq = 0
+    const nextId = () => `${owner}.${++idSeq}`
+    /** The processes alive at the last heartbeat. */
+    let processes = 1
+    /** The dispatcher of local mode, while Redis is away. */
+    let local: LocalDispatcher | undefined
+    /** Leases released in local mode (lease → lane key), handed back on rejoin. */
+    const releasedLocally = new Map<string, string>()
 
-    /** A failed script: logged once per outage; the heartbeat learns again what it missed. */
-    const failed = (error: RedisError) =>
-      Effect.suspend(() => {
-        if (warned) return Effect.void
-        warned = true
-        return Effect.logWarning(`AccountPool: Redis at ${redis.url} failed (${error.reason}); leases wait for it`)
-      })
+    const failed = (error: RedisError) => Effect.suspend(() => local === undefined ? goLocal(error) : Effect.void)
     const send = (effect: Effect.Effect<unknown, RedisError>) => fork(Effect.catchAll(effect, failed))
 
     // -- lanes and their shared limits ---------------------------------------------------------
+
+    const shareOf = (limit: number) => Math.max(1, Math.floor(limit / Math.max(1, processes)))
 
     const laneOf = (account: AccountSlot, model: string): Lane => {
       let lane = account.lanes.get(model)
       if (lane !== undefined) return lane
       const spec = specOf(account, model)
-      const shared = typeof spec.limit === "number" ? undefined : new SharedAimd(spec.limit, () => flush(entry))
-      const policy = shared ?? fixedPolicy(spec.limit as number)
-      lane = new Lane(account, model, policy, () => hooks.roomMayHaveGrown())
+      const shared = typeof spec.limit === "number"
+        ? new SharedLimit(undefined, spec.limit, () => flush(entry))
+        : new SharedLimit(spec.limit, 0, () => flush(entry))
+      lane = new Lane(account, model, shared, (grew) => {
+        local?.dispatch(grew.model)
+        hooks.roomMayHaveGrown()
+      })
       const entry: LaneEntry = { lane, spec, shared, flushing: false }
       account.lanes.set(model, lane)
       lanes.set(spec.key, entry)
       entryOf.set(lane, entry)
+      if (local !== undefined) {
+        shared.goLocal(shareOf, 0)
+        lane.relimit(shared.limit)
+      }
       hooks.roomMayHaveGrown()
       return lane
     }
 
     /** What the server says of a lane: its limit (-1: unknown), stamp and in-flight count. */
     const observe = (entry: LaneEntry, limit: number, epoch: number, inFlight: number) => {
+      if (local !== undefined) return
       entry.lane.inFlight = inFlight
-      if (entry.shared !== undefined && limit >= 0) {
-        entry.shared.limit = limit
-        entry.shared.stamp = epoch
+      if (limit >= 0) {
+        entry.shared.sharedLimit = limit
+        entry.shared.sharedStamp = epoch
         entry.lane.resize(limit)
       }
       hooks.changed(entry.lane)
     }
 
-    /** Applies the lane's pending events to the shared state, one flush at a time per lane. */
+    /**
+     * Applies an adaptive lane's pending events to the shared state (at least once: with none, it
+     * seeds a server that lost the state), one flush at a time per lane.
+     */
     const flush = (entry: LaneEntry) => {
-      if (entry.flushing) return
+      if (entry.flushing || local !== undefined || entry.shared.config === undefined) return
       entry.flushing = true
+      const once = Effect.suspend(() => commit(entry, entry.shared.pending.splice(0)))
       send(Effect.ensuring(
-        Effect.whileLoop({
-          while: () => entry.shared!.pending.length > 0,
-          body: () => commit(entry, entry.shared!.pending.splice(0)),
-          step: () => {}
-        }),
-        Effect.sync(() => (entry.flushing = false))
+        Effect.zipRight(
+          once,
+          Effect.whileLoop({ while: () => local === undefined && entry.shared.pending.length > 0, body: () => once, step: () => {} })
+        ),
+        Effect.sync(() => {
+          entry.flushing = false
+          if (entry.shared.pending.length > 0) flush(entry)
+        })
       ))
     }
 
     const commit = (entry: LaneEntry, events: ReadonlyArray<Event>): Effect.Effect<void, RedisError> =>
       Effect.gen(function*() {
-        const shared = entry.shared!
+        const { shared } = entry
         while (true) {
           const [version, stored, , , inFlight] = (yield* call("read", [entry.spec.key])) as [
             number,
@@ -223,7 +322,10 @@ export const make = (
           shared.state = state
           return observe(entry, aimd.limit, aimd.stamp, inFlight)
         }
-      })
+      }).pipe(
+        // Unapplied, they are local mode's to apply.
+        Effect.tapError(() => Effect.sync(() => entry.shared.pending.unshift(...events)))
+      )
 
     // -- tickets and grants --------------------------------------------------------------------
 
@@ -233,9 +335,9 @@ export const make = (
       slots.filter((slot) => mayServe(slots, slot, excluded)).map((slot) => laneOf(slot, model))
 
     const laneArgs = (lane: Lane) => {
-      const { spec } = entryOf.get(lane)!
-      const limit = typeof spec.limit === "number" ? spec.limit : lane.limit
-      return [spec.key, spec.account?.key ?? "", spec.account?.cap ?? -1, limit, typeof spec.limit === "number" ? 1 : 0]
+      const { shared, spec } = entryOf.get(lane)!
+      const fixed = shared.config === undefined
+      return [spec.key, spec.account?.key ?? "", spec.account?.cap ?? -1, fixed ? shared.permits : lane.limit, fixed ? 1 : 0]
     }
 
     /** Queues `ticket` on its lanes (keeping its arrival order if it waits already); a grant answered at once is taken. */
@@ -243,7 +345,12 @@ export const make = (
       if (ticket.lanes.length === 0) return
       send(Effect.flatMap(
         call("place", [owner, ticket.id, ticket.priority, ttl, ...ticket.lanes.flatMap(laneArgs)]),
-        (answer) => Effect.sync(() => typeof answer === "string" && granted(answer))
+        (reply) =>
+          Effect.sync(() => {
+            const [answer, alive] = reply as [string | null, number]
+            processes = alive
+            if (answer !== null) granted(answer)
+          })
       ))
     }
 
@@ -254,21 +361,21 @@ export const make = (
     }
 
     const open = (waiter: Waiter, priority: Priority) => {
-      const ticket: Ticket = {
-        id: `${owner}.${++ticketSeq}`,
-        waiter,
-        priority,
-        lanes: candidates(waiter.model, waiter.excluded)
-      }
+      if (local !== undefined) return local.requeue(waiter, priority)
+      const ticket: Ticket = { id: nextId(), waiter, priority, lanes: candidates(waiter.model, waiter.excluded) }
       tickets.set(ticket.id, ticket)
       ticketOf.set(waiter, ticket)
       count(waiter.model, 1)
       place(ticket)
     }
 
-    const releaseLease = (laneKey: string, lease: string) => send(call("release", [laneKey, lease]))
+    const releaseLease = (laneKey: string, lease: string) => {
+      if (local !== undefined) releasedLocally.set(lease, laneKey)
+      else send(call("release", [laneKey, lease]))
+    }
 
     const release = (grant: LaneGrant) => {
+      if (local !== undefined) return local.release(grant)
       const { lane, lease } = grant as LeaseGrant
       held.delete(lease)
       lane.inFlight = Math.max(0, lane.inFlight - 1)
@@ -309,6 +416,61 @@ export const make = (
       }
     }
 
+    // -- local mode ----------------------------------------------------------------------------
+
+    const goLocal = (error: RedisError) =>
+      Effect.suspend(() => {
+        local = new LocalDispatcher(slots, laneOf, (grant) => {
+          const leased: LeaseGrant = { ...grant, lease: nextId() }
+          held.set(leased.lease, leased)
+          return leased
+        }, (grant) => {
+          const { lane, lease } = grant as LeaseGrant
+          held.delete(lease)
+          releasedLocally.set(lease, entryOf.get(lane)!.spec.key)
+        })
+        // The calls in flight keep their permits, counted here.
+        for (const slot of slots) {
+          slot.inFlight = 0
+          slot.cap = Number.isFinite(slot.configuredCap) ? shareOf(slot.configuredCap) : slot.configuredCap
+        }
+        for (const entry of lanes.values()) entry.lane.inFlight = 0
+        for (const grant of held.values()) {
+          grant.lane.inFlight++
+          grant.lane.account.inFlight++
+        }
+        for (const entry of lanes.values()) {
+          entry.shared.goLocal(shareOf, entry.lane.inFlight)
+          entry.lane.relimit(entry.shared.limit)
+          hooks.changed(entry.lane)
+        }
+        const waiting = [...tickets.values()]
+        tickets.clear()
+        ticketOf.clear()
+        queuedByModel.clear()
+        for (const ticket of waiting) local.requeue(ticket.waiter, ticket.priority)
+        hooks.roomMayHaveGrown()
+        return Effect.logWarning(
+          `Redis at ${redis.url} failed (${error.reason}): each shared concurrency limit is counted in this process, ` +
+            `at its share (1/${Math.max(1, processes)}), until Redis is back`
+        )
+      })
+
+    /** After a heartbeat succeeded in local mode (it re-added the leases held). */
+    const rejoin = () => {
+      const dispatcher = local!
+      local = undefined
+      for (const slot of slots) slot.cap = slot.configuredCap
+      for (const entry of lanes.values()) {
+        entry.shared.rejoin()
+        entry.lane.resize(entry.shared.limit)
+      }
+      for (const [lease, laneKey] of releasedLocally) releaseLease(laneKey, lease)
+      releasedLocally.clear()
+      for (const { priority, waiter } of dispatcher.takeWaiting()) open(waiter, priority)
+      return Effect.logInfo(`Redis at ${redis.url} is back: concurrency limits are shared again`)
+    }
+
     // -- the heartbeat -------------------------------------------------------------------------
 
     const heartbeat = Effect.suspend(() => {
@@ -328,9 +490,10 @@ export const make = (
           ...used.map((entry) => entry.spec.key)
         ]),
         (reply) =>
-          Effect.sync(() => {
-            const [, states, laneStates] = reply as [number, ReadonlyArray<string>, ReadonlyArray<ReadonlyArray<number>>]
-            warned = false
+          Effect.suspend(() => {
+            const [alive, states, laneStates] = reply as [number, ReadonlyArray<string>, ReadonlyArray<ReadonlyArray<number>>]
+            processes = alive
+            const rejoined = local === undefined ? Effect.void : rejoin()
             waiting.forEach((id, i) => {
               const state = states[i]
               const ticket = tickets.get(id)
@@ -342,32 +505,38 @@ export const make = (
               const [limit, epoch, inFlight, accountInFlight] = laneStates[i] as [number, number, number, number]
               if (entry.spec.account !== undefined) entry.lane.account.inFlight = accountInFlight
               observe(entry, limit, epoch, inFlight)
-              // The server lost the lane's state (a restart): the next flush seeds it with ours.
-              if (limit < 0 && entry.shared !== undefined) flush(entry)
+              // The server lost the lane's state (a restart): seeded with ours.
+              if (limit < 0) flush(entry)
             })
             hooks.roomMayHaveGrown()
+            return rejoined
           })
       )
     })
+    const beat = Effect.catchAll(heartbeat, failed)
 
-    yield* Effect.catchAll(heartbeat, failed)
+    yield* beat
     yield* redis.subscribe(redis.key("lanes", "grants", owner), granted).pipe(Effect.catchAll(failed))
+    yield* Effect.forkScoped(Effect.repeat(beat, Schedule.spaced(Duration.millis(Math.max(1, Math.floor(ttl / 3))))))
+    // A connection back is tried at once, not at the next heartbeat.
     yield* Effect.forkScoped(
-      Effect.repeat(Effect.catchAll(heartbeat, failed), Schedule.spaced(Duration.millis(Math.max(1, Math.floor(ttl / 3)))))
+      Stream.runForEach(Stream.filter(redis.readiness, (ready) => ready), () => local === undefined ? Effect.void : beat)
     )
 
     return {
       queued: (model) => {
-        if (model !== undefined) return queuedByModel.get(model) ?? 0
-        return tickets.size
+        if (local !== undefined) return local.queued(model)
+        return model === undefined ? tickets.size : queuedByModel.get(model) ?? 0
       },
-      capacity: () => capacityOf(slots, (model) => queuedByModel.get(model) ?? 0),
+      capacity: () => local?.capacity() ?? capacityOf(slots, (model) => queuedByModel.get(model) ?? 0),
       enter: (model, priority, excluded): Entry => {
+        if (local !== undefined) return local.enter(model, priority, excluded)
         const waiter: Waiter = { model, excluded, wake: Deferred.unsafeMake<void>(FiberId.none), grant: undefined }
         open(waiter, priority)
         return { _tag: "Queued", waiter }
       },
       cancel: (waiter) => {
+        if (local !== undefined) return local.cancel(waiter)
         if (waiter.grant !== undefined) return release(waiter.grant)
         const ticket = ticketOf.get(waiter)
         if (ticket === undefined) return
@@ -376,6 +545,7 @@ export const make = (
       },
       release,
       refuse: (hopeless) => {
+        if (local !== undefined) return local.refuse(hopeless)
         for (const ticket of [...tickets.values()]) {
           if (!hopeless(ticket.waiter)) continue
           forget(ticket)
@@ -384,7 +554,7 @@ export const make = (
         }
         retarget()
       },
-      dispatchAll: retarget,
+      dispatchAll: () => (local === undefined ? retarget() : local.dispatchAll()),
       laneOf
     } satisfies Lanes
   })

@@ -122,11 +122,12 @@ end
 if op == "place" then
   -- ARGV: owner, ticket, priority, lease ttl, then per lane: lane, account (or ""), cap, limit,
   -- whether the limit is fixed (1) or a seed (0). Queues the ticket on exactly these lanes
-  -- (keeping its arrival order if it waits already) and grants what it can.
+  -- (keeping its arrival order if it waits already) and grants what it can. Answers its grant (or
+  -- false) and the processes alive.
   local owner, id, priority, ttl = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
   local key = ticketKey(id)
   local ticket = redis.call("HMGET", key, "granted", "order", "lanes")
-  if ticket[1] then return ticket[1] end
+  if ticket[1] then return { ticket[1], purge(base .. ":processes") } end
   local order = tonumber(ticket[2]) or redis.call("INCR", base .. ":seq")
   redis.call("PEXPIRE", base .. ":seq", idle)
   local lanes = {}
@@ -148,7 +149,7 @@ if op == "place" then
   for _, lane in ipairs(lanes) do redis.call("ZADD", lane .. ":q:" .. priority, order, id) end
   local answer = false
   for _, lane in ipairs(lanes) do answer = grant(lane, id) or answer end
-  return answer
+  return { answer, purge(base .. ":processes") }
 elseif op == "cancel" then
   -- ARGV: ticket. Leaves its queues, or hands back the permit granted meanwhile.
   local key = ticketKey(ARGV[4])
