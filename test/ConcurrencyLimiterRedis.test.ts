@@ -124,4 +124,23 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
       )
       expect(Date.now() - killedAt).toBeLessThanOrEqual(2000 + 2000 / 3 + 500)
     }), { timeout: 60_000 })
+
+  it.scopedLive("a 429 seen by one limiter lowers the limit the others grant by", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const a = yield* limiterOn(server, { name: "learn", initial: 8 })
+      const b = yield* limiterOn(server, { name: "learn", initial: 8 })
+      // Eight in flight (four each), one refused: the ceiling becomes 7, the limit min(7, 8 × 0.9).
+      yield* Effect.scoped(Effect.gen(function*() {
+        const permits = yield* Effect.forEach(Array.from({ length: 4 }), () => a.acquire())
+        yield* Effect.forEach(Array.from({ length: 4 }), () => b.acquire())
+        yield* permits[0]!.complete({ _tag: "Dropped" })
+        yield* until(a.snapshot, (snapshot) => snapshot.limit < 8)
+      }))
+      const lowered = (yield* a.snapshot).limit
+      expect(lowered).toBe(7)
+      // b learns it with its next grant.
+      yield* Effect.scoped(b.acquire())
+      expect((yield* b.snapshot).limit).toBe(lowered)
+    }))
 })

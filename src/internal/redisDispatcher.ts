@@ -272,15 +272,19 @@ export const make = (
       return lane
     }
 
-    /** What the server says of a lane: its limit (-1: unknown), stamp and in-flight count. */
+    /** What the server says of a lane: its limit (-1: unknown) and stamp. */
+    const observeLimit = (entry: LaneEntry, limit: number, epoch: number) => {
+      if (local !== undefined || limit < 0) return
+      entry.shared.sharedLimit = limit
+      entry.shared.sharedStamp = epoch
+      entry.lane.resize(limit)
+    }
+
+    /** What the server says of a lane: its limit, stamp and in-flight count. */
     const observe = (entry: LaneEntry, limit: number, epoch: number, inFlight: number) => {
       if (local !== undefined) return
       entry.lane.inFlight = inFlight
-      if (limit >= 0) {
-        entry.shared.sharedLimit = limit
-        entry.shared.sharedStamp = epoch
-        entry.lane.resize(limit)
-      }
+      observeLimit(entry, limit, epoch)
       hooks.changed(entry.lane)
     }
 
@@ -383,15 +387,16 @@ export const make = (
       releaseLease(entryOf.get(lane)!.spec.key, lease)
     }
 
-    /** A grant message: `<ticket> <lane> <level> <epoch>`. */
+    /** A grant message: `<ticket> <lane> <level> <epoch> <limit>`. */
     const granted = (message: string) => {
-      const [id, laneKey, level, epoch] = message.split(" ") as [string, string, string, string]
+      const [id, laneKey, level, epoch, limit] = message.split(" ") as [string, string, string, string, string]
       if (held.has(id)) return
       const ticket = tickets.get(id)
       const entry = lanes.get(laneKey)
       if (ticket === undefined || entry === undefined) return releaseLease(laneKey, id)
       forget(ticket)
       const { lane } = entry
+      observeLimit(entry, Number(limit), Number(epoch))
       if (!mayServe(slots, lane.account, ticket.waiter.excluded)) {
         // Its account went out meanwhile: the call waits on, as a new ticket.
         releaseLease(laneKey, id)

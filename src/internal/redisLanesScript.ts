@@ -16,7 +16,7 @@
  *   separated), `order`; once granted also `granted` (the grant's message) until it expires.
  * - `base:process:<owner>`: the owner's presence (a TTL refreshed by its heartbeat); `base:processes`
  *   a sorted set of owners scored by the expiry of their presence.
- * - Channel `base:grants:<owner>`: each grant, `<ticket> <lane> <level> <epoch>`.
+ * - Channel `base:grants:<owner>`: each grant, `<ticket> <lane> <level> <epoch> <limit>`.
  *
  * Every key has a TTL: leases, queues and state `idle` ms after their last use, tickets three
  * lease TTLs while waiting and one once granted, presence as the heartbeat says.
@@ -87,7 +87,7 @@ local function grant(lane, wanted)
       unqueue(id, split(ticket[3]))
       redis.call("ZADD", lane .. ":leases", expiry, id)
       if account then redis.call("ZADD", account .. ":leases", expiry, id) end
-      local message = id .. " " .. lane .. " " .. (inFlight + 1) .. " " .. epoch
+      local message = id .. " " .. lane .. " " .. (inFlight + 1) .. " " .. epoch .. " " .. limit
       redis.call("HSET", ticketKey(id), "granted", message)
       redis.call("PEXPIRE", ticketKey(id), tonumber(ticket[2]))
       redis.call("PUBLISH", base .. ":grants:" .. ticket[1], message)
