@@ -90,8 +90,8 @@ local function grant(lane, wanted)
       local message = id .. " " .. lane .. " " .. (inFlight + 1) .. " " .. epoch .. " " .. limit
       redis.call("HSET", ticketKey(id), "granted", message)
       redis.call("PEXPIRE", ticketKey(id), tonumber(ticket[2]))
-      redis.call("PUBLISH", base .. ":grants:" .. ticket[1], message)
-      if id == wanted then answer = message end
+      -- The ticket the caller placed learns of its grant in the reply.
+      if id == wanted then answer = message else redis.call("PUBLISH", base .. ":grants:" .. ticket[1], message) end
     end
   end
   touch(lane)
