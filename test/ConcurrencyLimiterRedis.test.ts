@@ -8,6 +8,7 @@ import { describe, expect, it } from "@effect/vitest"
 import * as Deferred from "effect/Deferred"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as FastCheck from "effect/FastCheck"
 import * as Fiber from "effect/Fiber"
 import * as Schedule from "effect/Schedule"
 import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
@@ -143,4 +144,75 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
       yield* Effect.scoped(b.acquire())
       expect((yield* b.snapshot).limit).toBe(lowered)
     }))
+
+  it.scopedLive("property: random acquires, releases and cancels on two limiters never exceed the limit, grant no one twice, leave no one waiting", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const connections = [yield* Redis.make({ url: server.url }), yield* Redis.make({ url: server.url })]
+      const step = FastCheck.record({
+        op: FastCheck.constantFrom("acquire", "acquire", "release", "cancel"),
+        who: FastCheck.integer({ min: 0, max: 1 }),
+        pick: FastCheck.nat()
+      })
+      let run = 0
+      yield* Effect.promise(() =>
+        FastCheck.assert(
+          FastCheck.asyncProperty(FastCheck.integer({ min: 1, max: 3 }), FastCheck.array(step, { maxLength: 24 }), (permits, steps) =>
+            Effect.runPromise(Effect.scoped(scenario(connections, `property-${run++}`, permits, steps)))),
+          { numRuns: 25 }
+        )
+      )
+    }), { timeout: 60_000 })
 })
+
+interface Caller {
+  readonly fiber: Fiber.RuntimeFiber<void, ConcurrencyLimiter.QueueFull>
+  readonly done: Deferred.Deferred<void>
+  grants: number
+}
+
+/** Plays `steps` on two limiters of `name`; fails on a broken invariant. */
+const scenario = (
+  connections: ReadonlyArray<Redis.Service>,
+  name: string,
+  permits: number,
+  steps: ReadonlyArray<{ readonly op: string; readonly who: number; readonly pick: number }>
+) =>
+  Effect.gen(function*() {
+    const limiters = yield* Effect.forEach(connections, (redis) =>
+      Effect.provideService(ConcurrencyLimiter.makeRedis({ name, permits }), Redis.Redis, redis))
+    let inFlight = 0
+    let most = 0
+    const callers: Array<Caller> = []
+    for (const { op, pick, who } of steps) {
+      const granted = callers.filter((caller) => caller.grants > 0 && caller.fiber.unsafePoll() === null)
+      const waiting = callers.filter((caller) => caller.grants === 0 && caller.fiber.unsafePoll() === null)
+      if (op === "acquire") {
+        const done = yield* Deferred.make<void>()
+        const caller: Caller = { done, grants: 0, fiber: undefined as never }
+        const use = Effect.acquireUseRelease(
+          Effect.sync(() => {
+            caller.grants++
+            most = Math.max(most, ++inFlight)
+          }),
+          () => Deferred.await(done),
+          () => Effect.sync(() => inFlight--)
+        )
+        callers.push(Object.assign(caller, { fiber: yield* Effect.fork(limiters[who]!.withPermit(() => use)) }))
+      } else if (op === "release" && granted.length > 0) {
+        yield* Deferred.succeed(granted[pick % granted.length]!.done, undefined)
+      } else if (op === "cancel" && waiting.length > 0) {
+        yield* Fiber.interrupt(waiting[pick % waiting.length]!.fiber)
+      }
+      yield* Effect.sleep("2 millis")
+    }
+    // Every caller still waiting is granted in turn once the others release.
+    yield* Effect.forEach(callers, (caller) => Deferred.succeed(caller.done, undefined))
+    yield* Effect.forEach(callers, (caller) => Fiber.await(caller.fiber)).pipe(Effect.timeout("5 seconds"))
+    expect(most).toBeLessThanOrEqual(permits)
+    for (const caller of callers) expect(caller.grants).toBeLessThanOrEqual(1)
+    expect(inFlight).toBe(0)
+    // Every lease handed back on the server too.
+    const redis = connections[0]!
+    yield* until(redis.command("ZCARD", [`${redis.key("limiter", name)}:leases`]), (leases) => leases === 0, "2 seconds")
+  })
