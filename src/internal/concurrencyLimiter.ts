@@ -338,26 +338,11 @@ export class Aimd implements Policy {
 
   /** A controller of `config` in `state`, its limit brought within `config`'s bounds. */
   static fromState(config: AimdConfig, state: AimdState): Aimd {
-    const aimd = new Aimd(config)
-    aimd.phase = state.phase
-    aimd.ceiling = state.ceiling ?? Infinity
-    aimd.value = clamp(state.value, config.min, config.max)
-    aimd.epoch = state.epoch
-    aimd.succeededSinceDecrease = state.succeededSinceDecrease
-    aimd.acceptanceClocked = state.acceptanceClocked
-    aimd.aheadShare = state.aheadShare
-    aimd.confirmed = state.confirmed
-    aimd.roundSize = state.roundSize
-    aimd.roundSuccesses = state.roundSuccesses
-    aimd.roundOverloads = state.roundOverloads
-    aimd.peak = state.peak
-    aimd.holdLeft = state.holdLeft
-    aimd.holdShare = state.holdShare
-    aimd.delaySum = state.delaySum
-    aimd.delayCount = state.delayCount
-    aimd.windowMeans.push(...state.windowMeans)
-    aimd.congestedWindows = state.congestedWindows
-    return aimd
+    return Object.assign(new Aimd(config), state, {
+      ceiling: state.ceiling ?? Infinity,
+      value: clamp(state.value, config.min, config.max),
+      windowMeans: [...state.windowMeans]
+    })
   }
 
   toState(): AimdState {
@@ -658,6 +643,32 @@ export const makePermit = (policy: Policy, ledger: Ledger, { level, stamp }: Gra
 // The service
 // -----------------------------------------------------------------------------
 
+/**
+ * Waits for `wake`, or gives the place up with `full` once `abandonWhen` completes; interrupted or
+ * abandoned, it `leave`s (the queue, or a permit granted meanwhile). `publish` after either.
+ */
+export const awaitWake = <E>(
+  wake: Deferred.Deferred<void>,
+  restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>,
+  abandonWhen: Effect.Effect<void> | undefined,
+  full: Effect.Effect<never, E>,
+  leave: () => void,
+  publish: () => void
+): Effect.Effect<void, E> => {
+  const turn = abandonWhen === undefined
+    ? Deferred.await(wake)
+    : Effect.raceFirst(Deferred.await(wake), Effect.zipRight(abandonWhen, full))
+  return restore(turn).pipe(
+    Effect.onExit((exit) =>
+      Exit.isSuccess(exit) ? Effect.void : Effect.sync(() => {
+        leave()
+        publish()
+      })
+    ),
+    Effect.tap(() => Effect.sync(publish))
+  )
+}
+
 export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effect<Service> =>
   Effect.clockWith((clock) => Effect.sync(() => {
     const gate = new Gate(policy.limit, options.maxQueued ?? Infinity, () => policy.stamp)
@@ -695,22 +706,7 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
       const full = Effect.suspend(() => Effect.fail(new QueueFull({ queued: gate.queued })))
       if (entry._tag === "Full") return full
       const { waiter } = entry
-      const turn = abandonWhen === undefined
-        ? Deferred.await(waiter.wake)
-        : Effect.raceFirst(Deferred.await(waiter.wake), Effect.zipRight(abandonWhen, full))
-      return restore(turn).pipe(
-        // Interrupted or abandoned: leave the lane, or hand back a permit granted meanwhile.
-        Effect.onExit((exit) =>
-          Exit.isSuccess(exit) ? Effect.void : Effect.sync(() => {
-            gate.cancel(waiter)
-            publish()
-          })
-        ),
-        Effect.map(() => {
-          publish()
-          return waiter
-        })
-      )
+      return Effect.as(awaitWake(waiter.wake, restore, abandonWhen, full, () => gate.cancel(waiter), publish), waiter)
     }
 
     /**

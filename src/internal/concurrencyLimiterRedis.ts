@@ -4,10 +4,8 @@
  *
  * @internal
  */
-import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Exit from "effect/Exit"
 import * as MetricLabel from "effect/MetricLabel"
 import * as Scope from "effect/Scope"
 import type { AcquireOptions, Permit, RedisOptions, Service, Snapshot } from "../ConcurrencyLimiter.js"
@@ -65,22 +63,8 @@ export const makeRedis = (
         if (entry._tag === "Granted") return Effect.succeed(entry.grant)
         const { waiter } = entry
         publish()
-        const abandonWhen = acquireOptions?.abandonWhen
-        const turn = abandonWhen === undefined
-          ? Deferred.await(waiter.wake)
-          : Effect.raceFirst(Deferred.await(waiter.wake), Effect.zipRight(abandonWhen, full))
-        return restore(turn).pipe(
-          Effect.onExit((exit) =>
-            Exit.isSuccess(exit) ? Effect.void : Effect.sync(() => {
-              lanes.cancel(waiter)
-              publish()
-            })
-          ),
-          Effect.map(() => {
-            publish()
-            return waiter.grant!
-          })
-        )
+        const leave = () => lanes.cancel(waiter)
+        return Effect.map(Limiter.awaitWake(waiter.wake, restore, acquireOptions?.abandonWhen, full, leave, publish), () => waiter.grant!)
       })
 
     const acquire = (acquireOptions?: AcquireOptions): Effect.Effect<Permit, Limiter.QueueFull, Scope.Scope> =>
