@@ -4,11 +4,11 @@
  * a finding.
  *
  * Flags: `--only goodput`, `--only overhead`, `--only sse`, `--only gateway`, `--only redis`,
- * `--only batch-cost`, `--only startup`, `--only scale`, or `--only weatherproof` (the goodput
- * runs of weatherproof's CLI path alone, for tuning); `--scenario steps,fast-cap` runs only those
- * goodput scenarios (`bench/scenarios.ts`); `--write-docs` also writes each scenario's charts in
- * docs/ and prints the tables as Markdown; `--json FILE` saves the goodput reports (every
- * timeline included) for a closer look.
+ * `--only batch-cost`, `--only startup`, `--only scale`, `--only shared-account`, or
+ * `--only weatherproof` (the goodput runs of weatherproof's CLI path alone, for tuning);
+ * `--scenario steps,fast-cap` runs only those goodput scenarios (`bench/scenarios.ts`);
+ * `--write-docs` also writes each scenario's charts in docs/ and prints the tables as Markdown;
+ * `--json FILE` saves the goodput reports (every timeline included) for a closer look.
  */
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import * as Console from "effect/Console"
@@ -26,6 +26,7 @@ import * as RedisState from "./redis.js"
 import * as Scale from "./scale.js"
 import * as Scenario from "./scenario.js"
 import * as Scenarios from "./scenarios.js"
+import * as SharedAccount from "./sharedAccount.js"
 import * as Sse from "./sse.js"
 import * as Startup from "./startup.js"
 import * as Table from "./table.js"
@@ -527,6 +528,51 @@ const scale = Effect.gen(function*() {
   }
 })
 
+// --- processes sharing one account ----------------------------------------------------------------
+
+const sharedAccount = Effect.gen(function*() {
+  const { processes, scenario } = SharedAccount.settings
+  const { makespanRatio, rateLimitedShare } = SharedAccount.targets
+  yield* Console.log(
+    `\n== Processes sharing one account: ${scenario.requests.length} requests, ${scenario.title}, ${scenario.serviceTime.minMs}-${scenario.serviceTime.maxMs} ms each; 1 process, ${processes} through Redis, ${processes} naive ==`
+  )
+  const report = yield* SharedAccount.run((line) => console.log(line))
+  const share = (c: SharedAccount.Contender) => c.rateLimited / report.requests
+  yield* printTable(
+    ["contender", "makespan", "× oracle", "429s", "429s / requests", "sent / request", "answered", "peak in flight"],
+    [
+      ["oracle (simulated ideal)", seconds(report.oracleMs), "1.00", "0", "0.0 %", "1.00", `${report.requests}/${report.requests}`, "–"],
+      ...report.contenders.map((c): Table.Row => [
+        c.name,
+        seconds(c.makespanMs),
+        (c.makespanMs / report.oracleMs).toFixed(2),
+        String(c.rateLimited),
+        `${(100 * share(c)).toFixed(1)} %`,
+        (c.received / report.requests).toFixed(2),
+        `${c.answered}/${report.requests}`,
+        String(c.maxInFlight)
+      ])
+    ]
+  )
+  yield* busyWarning()
+  if (report.skipped !== undefined) return yield* Console.log(report.skipped)
+  const shared = report.contenders.find((c) => c.name.includes("Redis"))!
+  const ratio = shared.makespanMs / report.oracleMs
+  // A run that lost lines meets nothing, however fast it was.
+  const ran = shared.failure === undefined
+  yield* Console.log(
+    `target: ${processes} processes through Redis within ${makespanRatio}× the oracle: ${Table.verdict(ran && ratio <= makespanRatio)} (${ratio.toFixed(2)}×)`
+  )
+  yield* Console.log(
+    `target: at most ${100 * rateLimitedShare} % of their requests draw a 429: ${Table.verdict(ran && share(shared) <= rateLimitedShare)} (${
+      (100 * share(shared)).toFixed(1)
+    } %)`
+  )
+  for (const c of report.contenders) {
+    if (c.failure !== undefined) yield* Console.log(`warning: ${c.name}: ${c.failure}`)
+  }
+})
+
 const modes: ReadonlyArray<string | undefined> = [
   undefined,
   "goodput",
@@ -537,12 +583,13 @@ const modes: ReadonlyArray<string | undefined> = [
   "batch-cost",
   "startup",
   "scale",
+  "shared-account",
   "weatherproof"
 ]
 
 const main = Effect.gen(function*() {
   if (!modes.includes(only)) {
-    yield* Console.error(`unknown --only ${only}: use goodput, overhead, sse, gateway, redis, batch-cost, startup, scale or weatherproof`)
+    yield* Console.error(`unknown --only ${only}: use goodput, overhead, sse, gateway, redis, batch-cost, startup, scale, shared-account or weatherproof`)
     return yield* Effect.sync(() => process.exit(2))
   }
   if (scenarios.length === 0 || (scenarioIds !== undefined && scenarios.length !== scenarioIds.length)) {
@@ -558,6 +605,7 @@ const main = Effect.gen(function*() {
   if (only === undefined || only === "batch-cost") yield* batchCost
   if (only === undefined || only === "startup") yield* startup
   if (only === undefined || only === "scale") yield* scale
+  if (only === undefined || only === "shared-account") yield* sharedAccount
 })
 
 NodeRuntime.runMain(main)

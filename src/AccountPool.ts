@@ -387,9 +387,9 @@ export interface RedisOptions extends Options {
  * The pool, its lanes shared with every process whose pool uses the same `Redis` prefix and names
  * the account alike (the account's `name`, never its keys): one count of permits per (account,
  * model), queued calls served in arrival order within a priority across processes, and one
- * adaptive limit learnt by all. A permit is a lease that expires `leaseTtl` after its holder's
- * last heartbeat, so a crashed process's permits come back by themselves. Placement (which
- * accounts may serve, failover, fallbacks) stays in each process, as in `make`.
+ * adaptive limit learnt by all. A permit is a lease that expires `leaseTtl` after its holder's last heartbeat,
+ * so a crashed process's permits come back by themselves. Placement (which accounts may serve,
+ * failover, fallbacks) stays in each process, as in `make`.
  *
  * @example
  * ```ts

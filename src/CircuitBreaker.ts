@@ -19,6 +19,22 @@
  * adaptive limiter, which owns that signal). An account or caller problem counts as a success:
  * the upstream answered. Our own refusals, interruptions and defects are ignored.
  *
+ * ## Shared on Redis
+ *
+ * `makeRedis` / `layerRedis` share one breaker between every service of the same `name` on the
+ * same Redis prefix, in any process: a trip in one opens all, `changes` emits every transition
+ * whoever made it, `isolate` and `reset` apply to all, and half-open admits `canaries` calls in
+ * total. It is the same state machine, stored as plain data in `{prefix}:breaker:<name>` and
+ * changed by optimistic concurrency (read with the server's `TIME`, apply, write if the version
+ * is unchanged, else again), so open periods are timed by the Redis server's clock. Each service
+ * keeps a mirror of it: a closed circuit admits and an open one refuses without a round trip, and
+ * outcomes are written in batches by one fiber, off the call's path. Transitions are published on
+ * `{prefix}:breaker:<name>:changes`; a service re-reads on a message and on a reconnection.
+ *
+ * While Redis fails, each service goes on from its last known state, alone (one warning naming
+ * the server's URL), and rejoins once the connection is ready again (one note): an Open or
+ * Isolated state on either side wins, of two open periods the later end.
+ *
  * @since 0.1.0
  */
 
@@ -40,7 +56,9 @@ import * as Stream from "effect/Stream"
 import * as ApiError from "./ApiError.js"
 import type { Classifier } from "./ApiError.js"
 import * as internal from "./internal/circuitBreaker.js"
+import * as internalRedis from "./internal/circuitBreakerRedis.js"
 import { assertValid, atLeast, positive, positiveInteger, ratio } from "./internal/options.js"
+import * as Redis from "./Redis.js"
 
 /**
  * Calls pass and are counted.
@@ -340,16 +358,116 @@ const outcomeOf = (
  * gauge show it even when no call arrives. (Admission checks the period too, so a call never
  * depends on this fiber's timing.)
  */
-const halfOpenTimer = (machine: internal.Machine, now: () => number): Effect.Effect<never> =>
+const halfOpenTimer = (core: internal.Core): Effect.Effect<never> =>
   Effect.suspend(() => {
-    const transitioned = Deferred.await(machine.signal)
-    const state = machine.state
+    const transitioned = Deferred.await(core.machine.signal)
+    const state = core.machine.state
     return state._tag === "Open"
-      ? Effect.race(Effect.sleep(Duration.millis(state.until - now())), transitioned).pipe(
-        Effect.zipRight(Effect.sync(() => machine.poll(now())))
-      )
+      ? Effect.race(Effect.zipRight(Effect.sleep(Duration.millis(state.until - core.now())), core.poll), transitioned)
       : transitioned
   }).pipe(Effect.forever)
+
+/** Where a breaker's transitions go: `changes` (replaying the latest to each new subscriber) and the metrics. */
+interface Transitions {
+  readonly states: PubSub.PubSub<State>
+  readonly announce: (state: State) => void
+  /** Counts trips this service made. */
+  readonly tripped: (trips: number) => void
+}
+
+const transitionsOf = (options: Options): Effect.Effect<Transitions, never, Scope.Scope> =>
+  Effect.map(Effect.acquireRelease(PubSub.unbounded<State>({ replay: 1 }), PubSub.shutdown), (states) => {
+    const labels = options.name === undefined ? [] : [MetricLabel.make("circuit_breaker", options.name)]
+    return {
+      states,
+      announce: (state) => {
+        states.unsafeOffer(state)
+        stateGauge.unsafeUpdate(gaugeValue(state), labels)
+      },
+      tripped: (trips) => tripsCounter.unsafeUpdate(trips, labels)
+    }
+  })
+
+/**
+ * The service over `core`: `protect` and `admit` admit through it and report each outcome to it,
+ * and `changes` replays what `transitions` announced. Runs the half-open timer in the scope.
+ */
+const serve = (core: internal.Core, options: Options, transitions: Transitions): Effect.Effect<Service, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const judge = (exit: Exit.Exit<unknown, unknown>) =>
+      outcomeOf(options.classify ?? ApiError.classify, options.countLoadShed ?? defaults.countLoadShed, exit)
+    transitions.announce(core.machine.state)
+    yield* Effect.forkScoped(halfOpenTimer(core))
+
+    const reject = (rejection: internal.Rejection) =>
+      new CircuitOpen({
+        reason: rejection.reason,
+        until: rejection.until,
+        retryAfter: rejection.reason === "open"
+          ? Option.some(Duration.millis(Math.max(0, rejection.until - core.now())))
+          : Option.none(),
+        trips: rejection.trips,
+        name: options.name
+      })
+
+    const settleAfter = <A, E, R>(ticket: number, effect: Effect.Effect<A, E, R>) =>
+      Effect.flatMap(Effect.exit(effect), (exit) => {
+        core.settle(ticket, judge(exit))
+        return exit
+      })
+
+    // Admission in half-open takes a canary slot, so it is uninterruptible up to the verdict:
+    // an admitted canary always settles and frees or fills its slot.
+    const admitGuarded = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | CircuitOpen, R> =>
+      Effect.uninterruptibleMask((restore) => {
+        const attempt: Effect.Effect<A, E | CircuitOpen, R> = Effect.flatMap(core.admit, (admission) => {
+          if (typeof admission === "number") return settleAfter(admission, restore(effect))
+          return "reason" in admission
+            ? Effect.fail(reject(admission))
+            : Effect.zipRight(restore(Deferred.await(admission)), attempt)
+        })
+        return attempt
+      })
+
+    // Closed admission has no side effect: a call interrupted anywhere is simply not counted,
+    // which is what the breaker does with interruptions anyway. So the hot path needs no mask.
+    const protect = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | CircuitOpen, R> =>
+      Effect.suspend(() => {
+        const ticket = core.machine.closedTicket()
+        return ticket === undefined ? admitGuarded(effect) : settleAfter(ticket, effect)
+      })
+
+    // Waits out a half-open verdict like `protect`; the ticket is settled once, by the caller or
+    // as interrupted when the scope closes first.
+    const admit = Effect.uninterruptibleMask((restore) => {
+      const enter: Effect.Effect<number, CircuitOpen> = Effect.flatMap(core.admit, (admission) => {
+        if (typeof admission === "number") return Effect.succeed(admission)
+        return "reason" in admission
+          ? Effect.fail(reject(admission))
+          : Effect.zipRight(restore(Deferred.await(admission)), enter)
+      })
+      return Effect.flatMap(enter, (ticket) => {
+        let settled = false
+        const settle = (exit: Exit.Exit<unknown, unknown>) =>
+          Effect.sync(() => {
+            if (settled) return
+            settled = true
+            core.settle(ticket, judge(exit))
+          })
+        return Effect.as(Effect.addFinalizer(() => settle(Exit.interrupt(FiberId.none))), settle)
+      })
+    })
+
+    return {
+      protect,
+      admit,
+      state: core.state,
+      changes: Stream.fromPubSub(transitions.states),
+      isolate: core.isolate,
+      reset: core.reset,
+      snapshot: core.snapshot
+    }
+  })
 
 /**
  * A breaker. It runs a fiber in the scope that turns the circuit half-open when an open period
@@ -375,95 +493,14 @@ const halfOpenTimer = (machine: internal.Machine, now: () => number): Effect.Eff
 export const make = (options: Options = {}): Effect.Effect<Service, never, Scope.Scope> =>
   Effect.gen(function*() {
     const settings = yield* Effect.sync(() => settingsOf(options))
-    const judge = (exit: Exit.Exit<unknown, unknown>) =>
-      outcomeOf(options.classify ?? ApiError.classify, options.countLoadShed ?? defaults.countLoadShed, exit)
     const clock = yield* Effect.clock
     const now = () => clock.unsafeCurrentTimeMillis()
-    const labels = options.name === undefined ? [] : [MetricLabel.make("circuit_breaker", options.name)]
-    // Replays the latest state to each new subscriber, so `changes` starts with the current one.
-    const states = yield* Effect.acquireRelease(PubSub.unbounded<State>({ replay: 1 }), PubSub.shutdown)
-    const announce = (state: State) => {
-      states.unsafeOffer(state)
-      stateGauge.unsafeUpdate(gaugeValue(state), labels)
-      if (state._tag === "Open") tripsCounter.unsafeUpdate(1, labels)
-    }
-    const machine = new internal.Machine(settings, now(), announce)
-    announce(machine.state)
-    yield* Effect.forkScoped(halfOpenTimer(machine, now))
-
-    const reject = (rejection: internal.Rejection) =>
-      new CircuitOpen({
-        reason: rejection.reason,
-        until: rejection.until,
-        retryAfter: rejection.reason === "open"
-          ? Option.some(Duration.millis(Math.max(0, rejection.until - now())))
-          : Option.none(),
-        trips: rejection.trips,
-        name: options.name
-      })
-
-    const settleAfter = <A, E, R>(ticket: number, effect: Effect.Effect<A, E, R>) =>
-      Effect.flatMap(Effect.exit(effect), (exit) => {
-        machine.settle(ticket, judge(exit), now())
-        return exit
-      })
-
-    // Admission in half-open takes a canary slot, so it is uninterruptible up to the verdict:
-    // an admitted canary always settles and frees or fills its slot.
-    const admitGuarded = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | CircuitOpen, R> =>
-      Effect.uninterruptibleMask((restore) => {
-        const attempt: Effect.Effect<A, E | CircuitOpen, R> = Effect.suspend(() => {
-          const admission = machine.admit(now())
-          if (typeof admission === "number") return settleAfter(admission, restore(effect))
-          return "reason" in admission
-            ? Effect.fail(reject(admission))
-            : Effect.zipRight(restore(Deferred.await(admission)), attempt)
-        })
-        return attempt
-      })
-
-    // Closed admission has no side effect: a call interrupted anywhere is simply not counted,
-    // which is what the breaker does with interruptions anyway. So the hot path needs no mask.
-    const protect = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | CircuitOpen, R> =>
-      Effect.suspend(() => {
-        const ticket = machine.closedTicket()
-        return ticket === undefined ? admitGuarded(effect) : settleAfter(ticket, effect)
-      })
-
-    // Waits out a half-open verdict like `protect`; the ticket is settled once, by the caller or
-    // as interrupted when the scope closes first.
-    const admit = Effect.uninterruptibleMask((restore) => {
-      const enter: Effect.Effect<number, CircuitOpen> = Effect.suspend(() => {
-        const admission = machine.admit(now())
-        if (typeof admission === "number") return Effect.succeed(admission)
-        return "reason" in admission
-          ? Effect.fail(reject(admission))
-          : Effect.zipRight(restore(Deferred.await(admission)), enter)
-      })
-      return Effect.flatMap(enter, (ticket) => {
-        let settled = false
-        const settle = (exit: Exit.Exit<unknown, unknown>) =>
-          Effect.sync(() => {
-            if (settled) return
-            settled = true
-            machine.settle(ticket, judge(exit), now())
-          })
-        return Effect.as(Effect.addFinalizer(() => settle(Exit.interrupt(FiberId.none))), settle)
-      })
+    const transitions = yield* transitionsOf(options)
+    const machine = new internal.Machine(settings, now(), (state) => {
+      transitions.announce(state)
+      if (state._tag === "Open") transitions.tripped(1)
     })
-
-    return {
-      protect,
-      admit,
-      state: Effect.sync(() => {
-        machine.poll(now())
-        return machine.state
-      }),
-      changes: Stream.fromPubSub(states),
-      isolate: Effect.sync(() => machine.isolate(now())),
-      reset: Effect.sync(() => machine.close()),
-      snapshot: Effect.sync(() => machine.snapshot(now()))
-    }
+    return yield* serve(internal.localCore(machine, now), options, transitions)
   })
 
 /**
@@ -472,6 +509,54 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Scope
  */
 export const layer = (options?: Options): Layer.Layer<CircuitBreaker> =>
   Layer.scoped(CircuitBreaker, make(options))
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface RedisOptions extends Options {
+  /** Every breaker of this name on the same Redis prefix, in any process, is one breaker. Give them the same options. */
+  readonly name: string
+}
+
+/**
+ * A breaker shared on Redis by every service of the same `name` (see "Shared on Redis" above):
+ * same options and semantics as `make`. Dies with `IllegalArgumentException` on invalid options.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { CircuitBreaker, Redis } from "weatherproof"
+ *
+ * declare const search: (query: string) => Effect.Effect<ReadonlyArray<string>, Error>
+ *
+ * // Every replica's calls count toward one breaker; when it trips, all of them stop.
+ * const program = Effect.scoped(Effect.gen(function*() {
+ *   const breaker = yield* CircuitBreaker.makeRedis({ name: "search", openFor: "10 seconds" })
+ *   return yield* breaker.protect(search("weather in Oslo"))
+ * })).pipe(Effect.provide(Redis.layer({ url: "redis://127.0.0.1:6379" })))
+ * ```
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makeRedis = (options: RedisOptions): Effect.Effect<Service, never, Redis.Redis | Scope.Scope> =>
+  Effect.gen(function*() {
+    const settings = yield* Effect.sync(() => settingsOf(options))
+    const redis = yield* Redis.Redis
+    const transitions = yield* transitionsOf(options)
+    const core = yield* internalRedis.core(redis, options.name, settings, transitions.announce, transitions.tripped)
+    return yield* serve(core, options, transitions)
+  })
+
+/**
+ * `makeRedis` as a layer.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerRedis = (options: RedisOptions): Layer.Layer<CircuitBreaker, never, Redis.Redis> =>
+  Layer.scoped(CircuitBreaker, makeRedis(options))
 
 /**
  * A breaker that never opens: `protect` runs every call unchanged, `isolate` and `reset` do

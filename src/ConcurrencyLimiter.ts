@@ -25,11 +25,12 @@
  *    cap with an immediate 429 and takes one under it with an immediate 200 (then keep-alives),
  *    so whether a request got a slot is known one round trip after it was sent: a permit's
  *    `accepted` says so. When the transport reports acceptances, each acceptance of the request
- *    at the top of the limit lets more go: one request while the limit is under 64, then 1/32 of
- *    it, so the limit climbs a step per round trip with few requests at a time above what was
- *    accepted. Finding a small cap costs one 429 and a large one at most 3 % of it; 8 → 2,500
- *    takes about 180 round trips (one per request of difference would be 2,492); a risen cap is
- *    climbed in milliseconds on a local network, not in response times. The limiter learns
+ *    at the top of the limit lets more go: one request while the limit is under 32, then an
+ *    eighth of it until a cap was measured (1/32 from 64 on when probing above a measured one),
+ *    so the limit climbs a step per round trip with few requests at a time above what was
+ *    accepted. Finding a small cap costs one 429 and a large one at most an eighth of it, once;
+ *    8 → 2,500 takes about 60 round trips (one per request of difference would be 2,492); a risen
+ *    cap is climbed in milliseconds on a local network, not in response times. The limiter learns
  *    whether acceptances come ahead of their responses (nearer the send than the end, over about
  *    the last ten): where they come with the response, or are not reported, successes clock it
  *    instead, +1 each, as classic slow start: the limit doubles per round and in-flight climbs
@@ -73,7 +74,7 @@
  * The limit stays within [`min`, `max`] (1, 10,000: above DeepSeek's published caps, 2,500 for
  * flash). Tuned on the benchmark's scenario (600 requests, a cap moving 24 → 6 → 32 every 200
  * accepted, 200-600 ms per request, over loopback): 1.06-1.07× the time of an oracle that always
- * holds the current cap, 7-10 requests (1.2-1.7%) drawing a 429 (docs/benchmarks.md). Under 64
+ * holds the current cap, 7-10 requests (1.2-1.7%) drawing a 429 (docs/benchmarks.md). Under 32
  * the climb is one request per round trip; raise `initial` when the cap is known to be large.
  *
  * ## Why not `Effect.makeSemaphore`

@@ -20,8 +20,11 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Ref from "effect/Ref"
+import type * as Scope from "effect/Scope"
 import { NoUsableKey } from "./ApiError.js"
+import * as internalRedis from "./internal/keyPoolRedis.js"
 import { assertValid, positive } from "./internal/options.js"
+import * as Redis from "./Redis.js"
 
 /**
  * One key and its public label.
@@ -76,30 +79,10 @@ interface State {
 }
 
 /**
- * A pool over the given keys, labelled `key#1`, `key#2` … in order. Dies with
- * `IllegalArgumentException` on a cooldown that is not positive.
- *
- * @example
- * ```ts
- * import { Effect, Redacted } from "effect"
- * import { KeyPool } from "weatherproof"
- *
- * declare const keys: ReadonlyArray<Redacted.Redacted<string>> // e.g. from your secret store
- *
- * const program = Effect.gen(function*() {
- *   const pool = yield* KeyPool.make(keys, { cooldown: "5 minutes" })
- *   const credential = yield* pool.acquire // key#1, then key#2, …; a rejected key sits out 5 minutes
- *   return credential.id
- * })
- * ```
- *
- * @since 0.1.0
- * @category constructors
+ * The pool in memory, and a way to set a key aside until a given time (epoch millis, Effect
+ * `Clock`): what a pool shared on Redis learns another process rejected.
  */
-export const make = (
-  keys: ReadonlyArray<Redacted.Redacted<string>>,
-  options?: Options
-): Effect.Effect<Service> =>
+const inMemory = (keys: ReadonlyArray<Redacted.Redacted<string>>, options: Options | undefined) =>
   Effect.gen(function*() {
     const cooldownMillis = Duration.toMillis(options?.cooldown ?? defaultCooldown)
     yield* Effect.sync(() => assertValid("KeyPool", [positive("cooldown", cooldownMillis)]))
@@ -108,8 +91,11 @@ export const make = (
     const isCooling = (s: State, id: string, now: number) => (s.rejectedUntil.get(id) ?? 0) > now
     const usableAt = (s: State, now: number) => credentials.filter((c) => !isCooling(s, c.id, now))
     const withNow = <A, E>(f: (now: number) => Effect.Effect<A, E>) => Effect.flatMap(Clock.currentTimeMillis, f)
+    const restUntil = (id: string, until: number) =>
+      Ref.update(state, (s) =>
+        (s.rejectedUntil.get(id) ?? 0) >= until ? s : { ...s, rejectedUntil: new Map(s.rejectedUntil).set(id, until) })
 
-    return {
+    const service: Service = {
       acquire: withNow((now) =>
         Ref.modify(state, (s): readonly [Effect.Effect<Credential, NoUsableKey>, State] => {
           const usable = usableAt(s, now)
@@ -135,6 +121,86 @@ export const make = (
         })
       )
     }
+    return { service, credentials, cooldownMillis, restUntil }
+  })
+
+/**
+ * A pool over the given keys, labelled `key#1`, `key#2` … in order. Dies with
+ * `IllegalArgumentException` on a cooldown that is not positive.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Redacted } from "effect"
+ * import { KeyPool } from "weatherproof"
+ *
+ * declare const keys: ReadonlyArray<Redacted.Redacted<string>> // e.g. from your secret store
+ *
+ * const program = Effect.gen(function*() {
+ *   const pool = yield* KeyPool.make(keys, { cooldown: "5 minutes" })
+ *   const credential = yield* pool.acquire // key#1, then key#2, …; a rejected key sits out 5 minutes
+ *   return credential.id
+ * })
+ * ```
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = (
+  keys: ReadonlyArray<Redacted.Redacted<string>>,
+  options?: Options
+): Effect.Effect<Service> => Effect.map(inMemory(keys, options), (pool) => pool.service)
+
+/**
+ * The fingerprint that stands for `key` on Redis (see `makeRedis`): 16 hex digits, never the key.
+ *
+ * @since 0.1.0
+ */
+export const fingerprintOf: (key: Redacted.Redacted<string>) => string = internalRedis.fingerprint
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface RedisOptions extends Options {
+  /** The account the keys belong to: the pools of one account, in every process, share their cooldowns. */
+  readonly account: string
+}
+
+/**
+ * A pool whose cooldowns are shared on Redis by every pool of the same `account` and prefix: a
+ * key one process saw rejected rests in all. `acquire` stays local (a mirror of the resting keys,
+ * re-read when another process rejects one and on a reconnection).
+ *
+ * On Redis a key is known by its fingerprint only: the first 16 hex digits of the SHA-256 of
+ * `"weatherproof/KeyPool/v1\n" + key`, in `{prefix}:keys:<account>:<fingerprint>`, set with the
+ * cooldown as its TTL. An API key is a long random string, so its hash tells nothing of it and
+ * cannot be reversed or guessed from it; the domain prefix keeps the hash from matching one
+ * computed for any other purpose. While Redis fails the cooldowns are local (one warning naming
+ * the server's URL, one note when it is back).
+ *
+ * @example
+ * ```ts
+ * import { Effect, Redacted } from "effect"
+ * import { KeyPool, Redis } from "weatherproof"
+ *
+ * declare const keys: ReadonlyArray<Redacted.Redacted<string>>
+ *
+ * const program = Effect.scoped(Effect.gen(function*() {
+ *   const pool = yield* KeyPool.makeRedis(keys, { account: "main", cooldown: "5 minutes" })
+ *   return (yield* pool.acquire).id
+ * })).pipe(Effect.provide(Redis.layer({ url: "redis://127.0.0.1:6379" })))
+ * ```
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makeRedis = (
+  keys: ReadonlyArray<Redacted.Redacted<string>>,
+  options: RedisOptions
+): Effect.Effect<Service, never, Redis.Redis | Scope.Scope> =>
+  Effect.gen(function*() {
+    const pool = yield* inMemory(keys, options)
+    return yield* internalRedis.shared(yield* Redis.Redis, options.account, pool)
   })
 
 /**

@@ -12,6 +12,7 @@ import * as FastCheck from "effect/FastCheck"
 import * as Fiber from "effect/Fiber"
 import * as Schedule from "effect/Schedule"
 import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
+import * as LimiterInternal from "../src/internal/concurrencyLimiter.js"
 import * as Redis from "../src/Redis.js"
 import { redisServer, redisServerPresent, type RedisServer, skipMessage } from "./support/redisServer.js"
 
@@ -23,6 +24,21 @@ const limiterOn = (server: RedisServer, options: ConcurrencyLimiter.RedisOptions
 /** `effect` repeated until `done` holds of its result, every 10 ms for at most `within`. */
 const until = <A, E>(effect: Effect.Effect<A, E>, done: (a: A) => boolean, within: Duration.DurationInput = "5 seconds") =>
   effect.pipe(Effect.filterOrFail(done), Effect.retry(Schedule.spaced("10 millis")), Effect.timeout(within))
+
+describe("the adaptive limit's shared state", () => {
+  it("toState holds every field of the controller, and fromState gives it back", () => {
+    const config = LimiterInternal.adaptiveConfig({})
+    const aimd = new LimiterInternal.Aimd(config)
+    aimd.accepted(0)
+    aimd.record(0, { _tag: "Dropped" }, 8, { timing: "ahead", grew: false })
+    const state = aimd.toState()
+    const fields = Object.keys(aimd).filter((field) => field !== "config")
+    expect(Object.keys(state).sort()).toEqual(fields.sort())
+    const back = LimiterInternal.Aimd.fromState(config, JSON.parse(JSON.stringify(state)))
+    expect(back.toState()).toEqual(state)
+    expect(back.limit).toBe(aimd.limit)
+  })
+})
 
 describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"), () => {
   it.scopedLive("two limiters of one name never hold more than its permits together", () =>

@@ -181,6 +181,33 @@ describe("weatherproof CLI", () => {
       expect(result.stdout).toMatch(/ {2}one: deepseek, serving, limit 2, 1 usable key; \d+ answered/)
     }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 
+  it.live("batch keeps in flight what the upstream admits: a cap of several hundred is reached and held, not 256", () =>
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const cap = 400
+      const lines = 1_600
+      // Long calls keep the CPU per second low: the simulator shares this process.
+      const simulator = yield* Simulator.make({ limit: cap, queueDelay: "3 seconds" })
+      const dir = yield* fs.makeTempDirectoryScoped({ prefix: "cli-scale-" })
+      const input = `${dir}/in.jsonl`
+      yield* fs.writeFileString(input, Array.from({ length: lines }, (_, i) => `${chatLine(i)}\n`).join(""))
+
+      const result = yield* runCli(["batch", input, "--output", `${dir}/out.jsonl`], {
+        DEEPSEEK_API_KEY: "sk-sim-default",
+        DEEPSEEK_BASE_URL: simulator.baseUrl
+      })
+
+      expect(result.code).toBe(0)
+      const stats = yield* simulator.stats
+      expect(stats.completed).toBe(lines)
+      // The adaptive limit climbs past the old fixed 256 to the cap and the read-ahead follows it.
+      expect(stats.accounts.default!.maxInFlight).toBeGreaterThanOrEqual(cap * 0.9)
+      // Finding a cap this size costs at most an eighth of it in 429s, once.
+      expect(stats.rateLimited).toBeLessThanOrEqual(cap / 8)
+      const written = (yield* fs.readFileString(`${dir}/out.jsonl`)).trim().split("\n")
+      expect(new Set(written.map((l) => JSON.parse(l).custom_id)).size).toBe(lines)
+    }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)), { timeout: 60_000 })
+
   it.live("demo runs a verified batch against the simulator and exits 0", () =>
     Effect.gen(function*() {
       const result = yield* runCli(["demo", "--requests", "40"], {})

@@ -36,9 +36,11 @@ import * as Redis from "../Redis.js"
 import * as LimiterInternal from "./concurrencyLimiter.js"
 import { AccountSlot, Dispatcher, Lane, type LaneGrant, type Lanes, type Waiter } from "./dispatcher.js"
 import * as GenAi from "./genAi.js"
+import * as MemberState from "./memberState.js"
 import { assertValid, positive } from "./options.js"
 import * as RedisLanes from "./redisDispatcher.js"
 import { secondsBoundaries } from "./policy.js"
+import type { SharedBalance, Verdict } from "./sharedBalance.js"
 import { whenTraced } from "./tracing.js"
 import { undiciOf } from "./transportWires.js"
 
@@ -52,6 +54,8 @@ export interface Settings {
   readonly maxWait: Duration.Duration
   readonly preflight: boolean
   readonly warmUp: number
+  /** Where each member's breaker, keys and balance state live. Default in memory. */
+  readonly memberState?: MemberState.MemberState | undefined
 }
 
 export const failoversCounter = Metric.counter("weatherproof_account_failovers", {
@@ -121,7 +125,9 @@ class Member {
     readonly slot: AccountSlot,
     readonly keys: KeyPool.Service,
     readonly breaker: CircuitBreaker.Service,
-    readonly transport: Transport.Service
+    readonly transport: Transport.Service,
+    /** The balance state other processes using the account see. */
+    readonly sharedBalance: SharedBalance
   ) {}
 
   get name(): string {
@@ -217,7 +223,7 @@ const wasNotSent = (verdict: ApiError.Verdict, error: unknown): boolean =>
 const BalanceBody = Schema.Struct({ is_available: Schema.Boolean })
 const decodeBalance = Schema.decodeUnknown(BalanceBody)
 
-type ProbeResult = "available" | "unavailable" | "no_endpoint" | "failed"
+type ProbeResult = Verdict
 
 /** `GET {baseUrl}/user/balance` with one of the account's keys. */
 const probeBalance = (client: HttpClient.HttpClient, member: Member): Effect.Effect<ProbeResult> =>
@@ -294,11 +300,12 @@ export const makeWith = <R>(
     }
     const laneLabels = (account: Account, model: string) => labels(["account", account.name], ["model", model])
 
+    const memberState = settings.memberState ?? MemberState.inMemory
     const members: ReadonlyArray<Member> = yield* Effect.forEach(accounts, (account, index) =>
       Effect.gen(function*() {
-        const keys = yield* KeyPool.make(account.keys, { cooldown: settings.keyCooldown })
+        const keys = yield* memberState.keys(account, { cooldown: settings.keyCooldown })
         // Behind an adaptive limit, which owns the load signal, the breaker counts outages only.
-        const breaker = yield* CircuitBreaker.make({
+        const breaker = yield* memberState.breaker({
           countLoadShed: typeof account.concurrency === "number",
           ...settings.breaker,
           name: account.name
@@ -308,7 +315,7 @@ export const makeWith = <R>(
           Effect.provideService(KeyPool.KeyPool, keys)
         )
         const slot = new AccountSlot(index, account.fallback, account.accountConcurrency ?? Infinity)
-        return new Member(account, slot, keys, breaker, transport)
+        return new Member(account, slot, keys, breaker, transport, yield* memberState.balance(account))
       }))
 
     interface LaneMetrics {
@@ -332,13 +339,22 @@ export const makeWith = <R>(
       return metrics
     }
 
-    // The capacity's latch: completed, and replaced, whenever the pool may have more room.
-    let roomLatch = Deferred.unsafeMake<void>(FiberId.none)
+    // The capacity's latch: completed, and replaced, whenever the pool may have more room. Made
+    // when a reader waits on it, so a release with nobody waiting allocates nothing; `roomChanges`
+    // counts the changes, so a reading's wait sees one that came after the reading.
+    let roomLatch: Deferred.Deferred<void> | undefined
+    let roomChanges = 0
     const roomMayHaveGrown = () => {
+      roomChanges++
       const last = roomLatch
-      roomLatch = Deferred.unsafeMake<void>(FiberId.none)
-      Deferred.unsafeDone(last, Exit.void)
+      roomLatch = undefined
+      if (last !== undefined) Deferred.unsafeDone(last, Exit.void)
     }
+    /** Completes at the first change after the `seen`-th. */
+    const roomChangedSince = (seen: number): Effect.Effect<void> =>
+      Effect.suspend(() =>
+        roomChanges !== seen ? Effect.void : Deferred.await(roomLatch ??= Deferred.unsafeMake<void>(FiberId.none))
+      )
 
     const publishQueued = (model: string) => queuedGauge.unsafeUpdate(dispatcher.queued(model), labels(["model", model]))
     const publishLane = (lane: Lane) => {
@@ -409,9 +425,12 @@ export const makeWith = <R>(
         let probing = member.account.provider === "deepseek"
         while (member.balance._tag === "Out") {
           yield* Effect.sleep(Duration.millis(Math.max(0, member.balance.nextCheck - now())))
-          const result: ProbeResult = probing ? yield* probeBalance(client, member) : "available"
+          // Another process's probe may have brought it back meanwhile.
+          if (member.balance._tag !== "Out") break
+          const result: ProbeResult = probing ? yield* member.sharedBalance.check(probeBalance(client, member)) : "available"
           probing &&= result !== "no_endpoint"
           member.balance = result === "available" ? balanceOk : { _tag: "Out", nextCheck: nextCheck(probing, now(), outSince) }
+          yield* member.balance._tag === "Out" ? member.sharedBalance.markOut(member.balance.nextCheck - now()) : member.sharedBalance.markOk
           yield* refresh(member)
         }
         yield* Effect.logInfo(`AccountPool: account ${member.name} is serving again`)
@@ -424,10 +443,12 @@ export const makeWith = <R>(
         const at = now()
         const probing = member.account.provider === "deepseek"
         member.balance = { _tag: "Out", nextCheck: nextCheck(probing, at, at) }
+        const marked = member.sharedBalance.markOut(member.balance.nextCheck - at)
         const comeback = probing
           ? `probing its balance every ${Duration.format(settings.balanceProbeInterval)}`
           : `back in ${Duration.format(settings.fallbackCooldown)}`
         return Effect.logWarning(`AccountPool: account ${member.name} is out of balance (${why}); ${comeback}`).pipe(
+          Effect.zipRight(marked),
           Effect.zipRight(refresh(member)),
           // A fiber forked here would inherit the mask: the pool's scope must be able to end it.
           Effect.zipRight(Effect.forkIn(Effect.interruptible(recover(member, at)), scope))
@@ -443,7 +464,7 @@ export const makeWith = <R>(
       Effect.gen(function*() {
         member.balance = { _tag: "Checking", until: now() + Duration.toMillis(probeTimeout) }
         yield* Effect.forkIn(
-          Effect.flatMap(probeBalance(client, member), (result) => {
+          Effect.flatMap(member.sharedBalance.check(probeBalance(client, member)), (result) => {
             if (result === "unavailable") {
               member.balance = balanceOk
               return takeOutOfBalance(member, "its balance is unavailable")
@@ -756,13 +777,28 @@ export const makeWith = <R>(
     // A breaker's transitions (open, half-open, closed) change what its account may take.
     yield* Effect.forEach(members, (member) =>
       member.breaker.changes.pipe(Stream.runForEach(() => refresh(member)), Effect.forkScoped), { discard: true })
+    // What other processes found of an account's balance holds here too.
+    yield* Effect.forEach(members, (member) =>
+      member.sharedBalance.changes.pipe(
+        Stream.runForEach((change) =>
+          change === "out" ? takeOutOfBalance(member, "another process found it out") : Effect.suspend(() => {
+            if (member.balance._tag !== "Out") return Effect.void
+            member.balance = balanceOk
+            return refresh(member)
+          })
+        ),
+        Effect.forkScoped
+      ), { discard: true })
+    const markedOut = yield* Effect.filter(members, (member) => member.sharedBalance.isOut)
+    yield* Effect.forEach(markedOut, (member) => takeOutOfBalance(member, "another process found it out"), { discard: true })
     if (settings.preflight) {
-      yield* Effect.forEach(members.filter((member) => member.account.provider === "deepseek"), preflight, { discard: true })
+      const toProbe = members.filter((member) => member.account.provider === "deepseek" && !markedOut.includes(member))
+      yield* Effect.forEach(toProbe, preflight, { discard: true })
     }
     yield* Effect.forEach(members, refresh, { discard: true })
     // Each account's connections open alongside its preflight, once that request is on its way.
     yield* Effect.forkIn(Effect.zipRight(Effect.yieldNow(), Effect.sync(() => warmUp(client, members, settings.warmUp))), scope)
-    const capacity = Effect.sync((): Capacity => ({ ...dispatcher.capacity(), changed: Deferred.await(roomLatch) }))
+    const capacity = Effect.sync((): Capacity => ({ ...dispatcher.capacity(), changed: roomChangedSince(roomChanges) }))
 
     return { create, stream, snapshot, capacity }
   })

@@ -28,13 +28,17 @@ export interface ReadAhead {
  */
 export const make = (mayStart: (running: number) => Effect.Effect<boolean>): ReadAhead => {
   let running = 0
-  let changed = Deferred.unsafeMake<void>(FiberId.none)
+  // The latch of the next change, made when a waiter first asks for it (at its check, so a
+  // signal after the check is never missed): a line that ends with nobody waiting allocates nothing.
+  let changed: Deferred.Deferred<void> | undefined
 
   const signal = (): void => {
     const waiting = changed
-    changed = Deferred.unsafeMake<void>(FiberId.none)
-    Deferred.unsafeDone(waiting, Exit.void)
+    changed = undefined
+    if (waiting !== undefined) Deferred.unsafeDone(waiting, Exit.void)
   }
+
+  const nextChange = (): Effect.Effect<void> => Deferred.await(changed ??= Deferred.unsafeMake<void>(FiberId.none))
 
   const enter: Effect.Effect<void> = Effect.zipRight(
     Effect.yieldNow(),
@@ -43,11 +47,11 @@ export const make = (mayStart: (running: number) => Effect.Effect<boolean>): Rea
         running++
         return Effect.void
       }
-      return Effect.zipRight(Deferred.await(changed), enter)
+      return Effect.zipRight(nextChange(), enter)
     })
   )
 
-  const idle: Effect.Effect<void> = Effect.suspend(() => running === 0 ? Effect.void : Effect.zipRight(Deferred.await(changed), idle))
+  const idle: Effect.Effect<void> = Effect.suspend(() => running === 0 ? Effect.void : Effect.zipRight(nextChange(), idle))
 
   return {
     enter,

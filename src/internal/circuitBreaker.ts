@@ -8,10 +8,11 @@
  * @internal
  */
 import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as FiberId from "effect/FiberId"
 import type { HalfOpenPolicy, Snapshot, State } from "../CircuitBreaker.js"
-import { RollingWindow } from "./rollingWindow.js"
+import { RollingWindow, type SavedWindow } from "./rollingWindow.js"
 
 /** Resolved, validated options, in milliseconds. */
 export interface Settings {
@@ -44,6 +45,17 @@ export type Admission = number | Rejection | Deferred.Deferred<void>
 
 export const closed: State = { _tag: "Closed" }
 
+/** The machine as plain data (no signal, no callback): what a breaker shared between processes stores. */
+export interface Saved {
+  readonly state: State
+  readonly generation: number
+  readonly consecutiveTrips: number
+  readonly totalTrips: number
+  readonly canariesInFlight: number
+  readonly canariesSucceeded: number
+  readonly window: SavedWindow<"calls" | "failures">
+}
+
 /**
  * How long the `trips`-th consecutive trip keeps the circuit open: `openFor` doubled on each
  * trip, capped at `maxOpenFor` (and never shorter than `openFor`).
@@ -62,7 +74,8 @@ export class Machine {
   totalTrips = 0
   /** Completed (and replaced) on every transition and whenever a canary slot frees up. */
   signal: Deferred.Deferred<void> = Deferred.unsafeMake(FiberId.none)
-  private generation = 0
+  /** Bumped by each transition; a ticket is the generation its call was admitted in. Read-only outside. */
+  generation = 0
   /** Trips since the circuit last closed; sets the length of the next open period. */
   private consecutiveTrips = 0
   private canariesInFlight = 0
@@ -92,10 +105,17 @@ export class Machine {
           ? this.signal
           : { reason: "half_open", until: now, trips: state.trips }
       case "Open":
-        return { reason: "open", until: state.until, trips: state.trips }
       case "Isolated":
-        return { reason: "isolated", until: Infinity, trips: this.consecutiveTrips }
+        return this.refusal(now)!
     }
+  }
+
+  /** The refusal of an isolated circuit, or of an open one before its period ends: no transition. */
+  refusal(now: number): Rejection | undefined {
+    const state = this.state
+    if (state._tag === "Open" && now < state.until) return { reason: "open", until: state.until, trips: state.trips }
+    if (state._tag === "Isolated") return { reason: "isolated", until: Infinity, trips: this.consecutiveTrips }
+    return undefined
   }
 
   /** The ticket of a call admitted without side effects, i.e. while closed. */
@@ -137,6 +157,11 @@ export class Machine {
 
   snapshot(now: number): Snapshot {
     this.poll(now)
+    return this.report(now)
+  }
+
+  /** The snapshot of the state as it is, without moving an open circuit whose period ended. */
+  report(now: number): Snapshot {
     this.window.advance(now)
     return {
       state: this.state,
@@ -145,6 +170,32 @@ export class Machine {
       trips: this.totalTrips,
       canariesInFlight: this.state._tag === "HalfOpen" ? this.canariesInFlight : 0
     }
+  }
+
+  save(): Saved {
+    return {
+      state: this.state,
+      generation: this.generation,
+      consecutiveTrips: this.consecutiveTrips,
+      totalTrips: this.totalTrips,
+      canariesInFlight: this.canariesInFlight,
+      canariesSucceeded: this.canariesSucceeded,
+      window: this.window.save()
+    }
+  }
+
+  /** Takes `saved` as its state, announcing a change of state and waking the callers that wait. */
+  load(saved: Saved): void {
+    const previous = this.state
+    this.state = saved.state
+    this.generation = saved.generation
+    this.consecutiveTrips = saved.consecutiveTrips
+    this.totalTrips = saved.totalTrips
+    this.canariesInFlight = saved.canariesInFlight
+    this.canariesSucceeded = saved.canariesSucceeded
+    this.window.load(saved.window)
+    if (saved.state._tag !== previous._tag) this.onTransition(saved.state)
+    this.wake()
   }
 
   private recordClosed(outcome: Outcome, now: number): void {
@@ -200,3 +251,40 @@ export class Machine {
     Deferred.unsafeDone(signal, Exit.void)
   }
 }
+
+/**
+ * What a breaker service runs on: its machine, in memory, or the local mirror of a machine shared
+ * on Redis, whose changes go through Redis. Callers read `machine` (its state, its ticket while
+ * closed, its signal) and change it only through the rest.
+ */
+export interface Core {
+  readonly machine: Machine
+  /** Epoch millis as the machine counts them. */
+  readonly now: () => number
+  /** Admits a call whatever the state (outside Closed, with side effects). */
+  readonly admit: Effect.Effect<Admission>
+  /** Reports the outcome of a call admitted with `ticket`. */
+  readonly settle: (ticket: number, outcome: Outcome) => void
+  /** Moves an open circuit whose period ended to half-open. */
+  readonly poll: Effect.Effect<void>
+  readonly state: Effect.Effect<State>
+  readonly isolate: Effect.Effect<void>
+  readonly reset: Effect.Effect<void>
+  readonly snapshot: Effect.Effect<Snapshot>
+}
+
+/** The core of a breaker in memory: every change applied to `machine` at once. */
+export const localCore = (machine: Machine, now: () => number): Core => ({
+  machine,
+  now,
+  admit: Effect.sync(() => machine.admit(now())),
+  settle: (ticket, outcome) => machine.settle(ticket, outcome, now()),
+  poll: Effect.sync(() => machine.poll(now())),
+  state: Effect.sync(() => {
+    machine.poll(now())
+    return machine.state
+  }),
+  isolate: Effect.sync(() => machine.isolate(now())),
+  reset: Effect.sync(() => machine.close()),
+  snapshot: Effect.sync(() => machine.snapshot(now()))
+})

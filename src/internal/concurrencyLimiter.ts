@@ -67,18 +67,16 @@ export const outcomeOf = (exit: Exit.Exit<unknown, unknown>, classify: Classifie
 // Gate: the permit ledger with its two FIFO lanes
 // -----------------------------------------------------------------------------
 
-/** A caller waiting in a lane. `stamp` and `level` are set when it is granted. */
+/** A caller waiting in a lane. `stamp` is set when it is granted. */
 export interface Waiter {
   readonly wake: Deferred.Deferred<void>
   granted: boolean
   stamp: number
-  level: number
 }
 
-/** A granted permit's marks: the policy's stamp, and in-flight with this permit counted. */
+/** A granted permit's mark: the policy's stamp. */
 export interface Grant {
   readonly stamp: number
-  readonly level: number
 }
 
 /** What `Gate.enter` decided. */
@@ -93,9 +91,7 @@ export type Entry =
  * on the JavaScript thread. Lowering the limit below what is in flight revokes nothing: new
  * grants wait until enough permits come back (as `Semaphore.resize` does).
  *
- * `stamp` is read at each grant so the policy can tell which permits were sent under which limit,
- * and each grant records its `level` (in-flight with it counted) so the policy knows which level
- * an accepted request proves.
+ * `stamp` is read at each grant so the policy can tell which permits were sent under which limit.
  */
 export class Gate {
   inFlight = 0
@@ -118,11 +114,11 @@ export class Gate {
   enter(priority: Priority): Entry {
     if (this.inFlight < this.limit && this.queued === 0) {
       this.inFlight++
-      return { _tag: "Granted", stamp: this.stamp(), level: this.inFlight }
+      return { _tag: "Granted", stamp: this.stamp() }
     }
     if (this.queued >= this.maxQueued) return { _tag: "Full" }
     // Only a caller that waits needs a Deferred: the common, uncontended grant allocates none.
-    const waiter: Waiter = { wake: Deferred.unsafeMake<void>(FiberId.none), granted: false, stamp: 0, level: 0 }
+    const waiter: Waiter = { wake: Deferred.unsafeMake<void>(FiberId.none), granted: false, stamp: 0 }
     this.lanes[priority].add(waiter)
     return { _tag: "Queued", waiter }
   }
@@ -159,7 +155,6 @@ export class Gate {
       this.inFlight++
       next.granted = true
       next.stamp = this.stamp()
-      next.level = this.inFlight
       Deferred.unsafeDone(next.wake, Exit.void)
     }
   }
@@ -183,14 +178,13 @@ export interface Acceptance {
 const unreported: Acceptance = { timing: "unreported", grew: false }
 
 /**
- * Moves the limit from outcomes. `stamp` marks a permit at grant; `accepted` gets it back with
- * the permit's grant level when the upstream took the request, before it ends, and says whether
- * that grew the limit; `record` gets it when the request ends, with how its acceptance went.
+ * Moves the limit from outcomes. `stamp` marks a permit at grant; `accepted` gets it back when
+ * the upstream took the request, before it ends, and says whether that grew the limit; `record` gets it when the request ends, with how its acceptance went.
  */
 export interface Policy {
   readonly limit: number
   readonly stamp: number
-  readonly accepted: (stamp: number, level: number) => boolean
+  readonly accepted: (stamp: number) => boolean
   readonly record: (stamp: number, outcome: Outcome, inFlight: number, acceptance: Acceptance) => void
 }
 
@@ -245,11 +239,13 @@ export const defaultMax = 10_000
 
 /**
  * How far an acceptance at the top of the limit lets it grow in slow start: one request while
- * the limit is small (a cap found costs a single 429), then a share of it, so a cap of thousands
- * is reached in about 180 round trips instead of one per request (8 → 2,500: 56 steps of one to
- * 64, then 3 % a round trip), at the price of at most that share of 429s when it is found.
+ * the limit is small, so a small cap costs a single 429 to find. Above that, before any cap was
+ * measured (no ceiling), an eighth of the level: 8 → 2,500 in about 60 round trips, at the price
+ * of at most an eighth of the cap in 429s, once, when it is found; above a measured ceiling,
+ * where a cap that has not moved is the likely finding, 1/32 of it from 64 on.
  */
-const slowStartStep = (level: number): number => level < 64 ? 1 : Math.floor(level / 32)
+const slowStartStep = (level: number, ceiling: number): number =>
+  Number.isFinite(ceiling) ? (level < 64 ? 1 : Math.floor(level / 32)) : (level < 32 ? 1 : Math.floor(level / 8))
 
 /** Where the controller is in its cycle; see the module doc of `ConcurrencyLimiter`. */
 type Phase = "slowStart" | "recover" | "hold"
@@ -267,6 +263,7 @@ export interface AimdState {
   readonly acceptanceClocked: boolean
   readonly aheadShare: number
   readonly confirmed: number
+  readonly acceptedOutstanding: number
   readonly roundSize: number
   readonly roundSuccesses: number
   readonly roundOverloads: number
@@ -313,6 +310,8 @@ export class Aimd implements Policy {
   private aheadShare = 1
   /** The highest grant level accepted since the last decrease. */
   private confirmed = 0
+  /** Requests accepted upstream and not ended: the concurrency the upstream is known to hold. */
+  private acceptedOutstanding = 0
   private roundSize: number
   private roundSuccesses = 0
   /** Overload drops (503) of the round's permits. */
@@ -355,6 +354,7 @@ export class Aimd implements Policy {
       acceptanceClocked: this.acceptanceClocked,
       aheadShare: this.aheadShare,
       confirmed: this.confirmed,
+      acceptedOutstanding: this.acceptedOutstanding,
       roundSize: this.roundSize,
       roundSuccesses: this.roundSuccesses,
       roundOverloads: this.roundOverloads,
@@ -377,25 +377,29 @@ export class Aimd implements Policy {
   }
 
   /**
-   * A request granted at `level` holds a slot upstream. In slow start, the one at the top of the
-   * limit lets more requests go above it at once (`slowStartStep`: one while the limit is under
-   * 64): growth clocked by round trips, not by responses, with few requests at a time in untried
-   * territory, so an overshoot costs one 429 at small limits and a few percent of the cap at
-   * large ones.
+   * A request accepted upstream proves the level the upstream holds: the requests accepted and
+   * not ended, with it. Not its grant's level, which counts requests still on their way (waiting
+   * for a connection, say): on a fast upstream they would let the limit outrun what was accepted
+   * by far. In slow start, the acceptance that brings that level to the top of the
+   * limit lets more requests go above it at once (`slowStartStep`): growth clocked by round
+   * trips, not by responses, with few requests at a time in untried territory, so an overshoot
+   * costs one 429 at small limits and at most an eighth of the cap at large ones.
    */
-  accepted(stamp: number, level: number): boolean {
+  accepted(stamp: number): boolean {
     this.acceptanceClocked = true
+    const level = ++this.acceptedOutstanding
     if (stamp !== this.epoch) return false
     this.succeededSinceDecrease = true
     if (level <= this.confirmed) return false
     this.confirmed = level
     if (this.phase !== "slowStart" || this.congestedWindows > 0 || level < this.limit) return false
-    this.setValue(level + slowStartStep(level))
+    this.setValue(level + slowStartStep(level, this.ceiling))
     return true
   }
 
   record(stamp: number, outcome: Outcome, inFlight: number, acceptance: Acceptance): void {
     if (acceptance.timing !== "unreported") {
+      this.acceptedOutstanding--
       this.aheadShare += 0.1 * ((acceptance.timing === "ahead" ? 1 : 0) - this.aheadShare)
     }
     const overload = outcome._tag === "Dropped" && outcome.signal === "overload"
@@ -599,7 +603,7 @@ export interface PermitHooks {
  * report counts. A success reported without a queue delay takes the one the holder recorded.
  * An acceptance is ahead of its response when it came nearer the send than the end.
  */
-export const makePermit = (policy: Policy, ledger: Ledger, { level, stamp }: Grant, clock: Clock.Clock, hooks: PermitHooks) => {
+export const makePermit = (policy: Policy, ledger: Ledger, { stamp }: Grant, clock: Clock.Clock, hooks: PermitHooks) => {
   const grantedAt = clock.unsafeCurrentTimeMillis()
   let completed = false
   let acceptedAt: number | undefined
@@ -630,7 +634,7 @@ export const makePermit = (policy: Policy, ledger: Ledger, { level, stamp }: Gra
     accepted: Effect.sync(() => {
       if (completed || acceptedAt !== undefined) return
       acceptedAt = clock.unsafeCurrentTimeMillis()
-      grewOnAcceptance = policy.accepted(stamp, level)
+      grewOnAcceptance = policy.accepted(stamp)
       ledger.resize(policy.limit)
       hooks.changed()
     }),

@@ -85,7 +85,7 @@ export class Lane implements Ledger {
   }
 }
 
-/** What a waiting call was granted: the lane, with the policy's stamp and the in-flight level. */
+/** What a waiting call was granted: the lane, with the policy's stamp. */
 export interface LaneGrant extends Grant {
   readonly lane: Lane
 }
@@ -318,6 +318,6 @@ export class Dispatcher implements Lanes {
     lane.inFlight++
     lane.account.inFlight++
     lane.granted++
-    return { lane, stamp: lane.policy.stamp, level: lane.inFlight }
+    return { lane, stamp: lane.policy.stamp }
   }
 }

@@ -85,7 +85,7 @@ interface Ticket {
 }
 
 type Event =
-  | { readonly _tag: "Accepted"; readonly stamp: number; readonly level: number }
+  | { readonly _tag: "Accepted"; readonly stamp: number }
   | { readonly _tag: "Recorded"; readonly stamp: number; readonly outcome: Outcome; readonly acceptance: Acceptance }
 
 /**
@@ -119,10 +119,10 @@ class SharedLimit implements Policy {
     return this.local?.stamp ?? this.sharedStamp
   }
 
-  accepted(stamp: number, level: number): boolean {
-    if (this.local !== undefined) return this.local.accepted(stamp, level)
+  accepted(stamp: number): boolean {
+    if (this.local !== undefined) return this.local.accepted(stamp)
     if (this.config === undefined) return false
-    this.pending.push({ _tag: "Accepted", stamp, level })
+    this.pending.push({ _tag: "Accepted", stamp })
     this.eventAdded()
     return false
   }
@@ -165,7 +165,7 @@ class SharedLimit implements Policy {
 
 const applyEvents = (aimd: Aimd, events: ReadonlyArray<Event>, inFlight: number): void => {
   for (const event of events) {
-    if (event._tag === "Accepted") aimd.accepted(event.stamp, event.level)
+    if (event._tag === "Accepted") aimd.accepted(event.stamp)
     else aimd.record(event.stamp, event.outcome, inFlight, event.acceptance)
   }
 }
@@ -387,9 +387,9 @@ export const make = (
       releaseLease(entryOf.get(lane)!.spec.key, lease)
     }
 
-    /** A grant message: `<ticket> <lane> <level> <epoch> <limit>`. */
+    /** A grant message: `<ticket> <lane> <in-flight> <epoch> <limit>`. */
     const granted = (message: string) => {
-      const [id, laneKey, level, epoch, limit] = message.split(" ") as [string, string, string, string, string]
+      const [id, laneKey, inFlight, epoch, limit] = message.split(" ") as [string, string, string, string, string]
       if (held.has(id)) return
       const ticket = tickets.get(id)
       const entry = lanes.get(laneKey)
@@ -402,9 +402,9 @@ export const make = (
         releaseLease(laneKey, id)
         return open(ticket.waiter, ticket.priority)
       }
-      const grant: LeaseGrant = { lane, stamp: Number(epoch), level: Number(level), lease: id }
+      const grant: LeaseGrant = { lane, stamp: Number(epoch), lease: id }
       held.set(id, grant)
-      lane.inFlight = Math.max(lane.inFlight + 1, grant.level)
+      lane.inFlight = Math.max(lane.inFlight + 1, Number(inFlight))
       lane.account.inFlight++
       lane.granted++
       ticket.waiter.grant = grant

@@ -16,7 +16,8 @@
  *   separated), `order`; once granted also `granted` (the grant's message) until it expires.
  * - `base:process:<owner>`: the owner's presence (a TTL refreshed by its heartbeat); `base:processes`
  *   a sorted set of owners scored by the expiry of their presence.
- * - Channel `base:grants:<owner>`: each grant, `<ticket> <lane> <level> <epoch> <limit>`.
+ * - Channel `base:grants:<owner>`: each grant, `<ticket> <lane> <in-flight> <epoch> <limit>` (the
+ *   lane's in-flight count with it).
  *
  * Every key has a TTL: leases, queues and state `idle` ms after their last use, tickets three
  * lease TTLs while waiting and one once granted, presence as the heartbeat says.

@@ -14,6 +14,12 @@ export interface Expiry<Field extends string> {
   readonly counts: Readonly<Record<Field, number>>
 }
 
+/** A window's counts as plain data: the newest bucket's absolute index and each field's buckets. */
+export interface SavedWindow<Field extends string> {
+  readonly newest: number
+  readonly slots: Readonly<Record<Field, ReadonlyArray<number>>>
+}
+
 export class RollingWindow<Field extends string> {
   /** Totals over the live buckets, as of the last `advance`. */
   readonly totals: Record<Field, number>
@@ -49,6 +55,21 @@ export class RollingWindow<Field extends string> {
 
   clear(): void {
     for (let slot = 0; slot < this.buckets; slot++) this.clearSlot(slot)
+  }
+
+  save(): SavedWindow<Field> {
+    return { newest: this.newest, slots: this.record((field) => Array.from(this.slots[field])) }
+  }
+
+  /** Takes the counts of `saved`; a window of another shape (other buckets) starts empty. */
+  load(saved: SavedWindow<Field>): void {
+    this.clear()
+    this.newest = saved.newest
+    if (this.fields.some((field) => saved.slots[field]?.length !== this.buckets)) return
+    for (const field of this.fields) {
+      this.slots[field].set(saved.slots[field])
+      for (const n of saved.slots[field]) this.totals[field] += n
+    }
   }
 
   /** The live buckets, oldest first, with the time each one leaves the window. */

@@ -151,28 +151,32 @@ const undiciReply = (exchange: Exchange, timeline: Timeline, watchdog: Watchdog)
         Effect.map(body.text)
       )
     }),
-    reads: Effect.as(
-      Effect.addFinalizer(() => Effect.sync(() => exchange.isEnded || exchange.abort(abandoned))),
-      {
-        next: Effect.zipRight(
-          watchdog.waits(timeline),
-          Effect.mapBoth(exchange.take, {
-            onFailure: brokenOr(timeline),
-            onSuccess: (reads) => {
-              timeline.waiting = false
-              return reads
-            }
-          })
-        ),
-        finish: Effect.suspend(() => {
-          if (exchange.isEnded) return Effect.void
-          timeline.drainFor(Duration.toMillis(drainAfterDone))
-          return Effect.ignore(Effect.zipRight(watchdog.waits(timeline), collect(() => undefined)))
-        })
-      }
-    )
+    // Built when asked for: a non-streaming answer never reads its body this way.
+    reads: Effect.suspend(() => undiciReads(exchange, timeline, watchdog))
   }
 }
+
+const undiciReads = (exchange: Exchange, timeline: Timeline, watchdog: Watchdog): Effect.Effect<Reads, never, Scope.Scope> =>
+  Effect.as(
+    Effect.addFinalizer(() => Effect.sync(() => exchange.isEnded || exchange.abort(abandoned))),
+    {
+      next: Effect.zipRight(
+        watchdog.waits(timeline),
+        Effect.mapBoth(exchange.take, {
+          onFailure: brokenOr(timeline),
+          onSuccess: (reads) => {
+            timeline.waiting = false
+            return reads
+          }
+        })
+      ),
+      finish: Effect.suspend(() => {
+        if (exchange.isEnded) return Effect.void
+        timeline.drainFor(Duration.toMillis(drainAfterDone))
+        return Effect.ignore(Effect.zipRight(watchdog.waits(timeline), exchange.readAll(() => undefined)))
+      })
+    }
+  )
 
 /**
  * The transport's path over an undici dispatcher: POSTs to `url`, the deadlines enforced by

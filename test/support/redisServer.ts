@@ -7,6 +7,7 @@
 import { type ChildProcess, execFileSync, spawn } from "node:child_process"
 import * as net from "node:net"
 import * as Effect from "effect/Effect"
+import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import type * as Redis from "../../src/Redis.js"
@@ -110,3 +111,7 @@ export const keysWithTtl = (redis: Redis.Service) =>
     } while (cursor !== "0")
     return keys
   })
+
+/** `effect` repeated until `done` holds of its result, every 10 ms for at most 5 s: for state that another process changes. */
+export const until = <A, E>(effect: Effect.Effect<A, E>, done: (a: A) => boolean) =>
+  effect.pipe(Effect.filterOrFail(done), Effect.retry(Schedule.spaced("10 millis")), Effect.timeout("5 seconds"))

@@ -1,0 +1,132 @@
+import { describe, expect, it } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Stream from "effect/Stream"
+import * as CircuitBreaker from "../src/CircuitBreaker.js"
+import * as Redis from "../src/Redis.js"
+import { capturingLogs, type Logged } from "./support/logs.js"
+import { awaitReady, keysWithTtl, redisServer, redisServerPresent, type RedisServer, skipMessage, until } from "./support/redisServer.js"
+
+const connect = (server: RedisServer) => Redis.make({ url: server.url })
+
+const options: CircuitBreaker.RedisOptions = {
+  name: "upstream",
+  minimumThroughput: 2,
+  failureRatio: 0.5,
+  openFor: "300 millis",
+  maxOpenFor: "300 millis",
+  canaries: 2,
+  halfOpenPolicy: "reject"
+}
+
+const breakerOn = (redis: Redis.Service, overrides: Partial<CircuitBreaker.RedisOptions> = {}) =>
+  Effect.provideService(CircuitBreaker.makeRedis({ ...options, ...overrides }), Redis.Redis, redis)
+
+/** Two breakers of one name on two connections. */
+const twoBreakers = (server: RedisServer, overrides: Partial<CircuitBreaker.RedisOptions> = {}) =>
+  Effect.gen(function*() {
+    const mine = yield* connect(server)
+    const theirs = yield* connect(server)
+    return { mine, theirs, a: yield* breakerOn(mine, overrides), b: yield* breakerOn(theirs, overrides) }
+  })
+
+const stateIs = (breaker: CircuitBreaker.Service, tag: CircuitBreaker.State["_tag"]) =>
+  until(breaker.state, (state) => state._tag === tag)
+
+const failing = Effect.fail(new Error("upstream down"))
+
+/** The tags `breaker.changes` emits, as they come. */
+const recordChanges = (breaker: CircuitBreaker.Service) =>
+  Effect.gen(function*() {
+    const seen: Array<string> = []
+    yield* Effect.forkScoped(Stream.runForEach(breaker.changes, (state) => Effect.sync(() => seen.push(state._tag))))
+    return seen
+  })
+
+describe.skipIf(!redisServerPresent)(skipMessage("CircuitBreaker on Redis"), () => {
+  it.scopedLive("a trip in one opens the other, half-open admits N canaries in total, a close in one closes the other", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const { a, b } = yield* twoBreakers(server)
+      const seenA = yield* recordChanges(a)
+      const seenB = yield* recordChanges(b)
+
+      yield* Effect.exit(a.protect(failing))
+      yield* Effect.exit(a.protect(failing))
+      yield* stateIs(b, "Open")
+      let ran = false
+      const refused = yield* Effect.flip(b.protect(Effect.sync(() => ran = true)))
+      expect(refused._tag).toBe("CircuitOpen")
+      expect(refused.reason).toBe("open")
+      expect(ran).toBe(false)
+
+      yield* stateIs(a, "HalfOpen")
+      yield* stateIs(b, "HalfOpen")
+      // Two canaries in all: of four admissions in two processes, two pass.
+      const admissions = yield* Effect.all([a.admit, b.admit, a.admit, b.admit].map(Effect.either))
+      const canaries = admissions.filter((admission) => admission._tag === "Right")
+      expect(canaries).toHaveLength(2)
+      for (const canary of canaries) if (canary._tag === "Right") yield* canary.right(Exit.void)
+
+      yield* stateIs(b, "Closed")
+      yield* stateIs(a, "Closed")
+      yield* until(Effect.sync(() => seenB.length), (n) => n >= 4)
+      expect(seenA).toEqual(["Closed", "Open", "HalfOpen", "Closed"])
+      expect(seenB).toEqual(["Closed", "Open", "HalfOpen", "Closed"])
+    }))
+
+  it.scopedLive("isolate and reset apply to every process", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const { a, b } = yield* twoBreakers(server)
+      yield* a.isolate
+      yield* stateIs(b, "Isolated")
+      expect((yield* Effect.flip(b.protect(Effect.void))).reason).toBe("isolated")
+      yield* b.reset
+      yield* stateIs(a, "Closed")
+      yield* a.protect(Effect.void)
+    }))
+
+  it.scopedLive("Redis lost: each goes on from its last state, one warning each; back: they rejoin, an isolation wins", () => {
+    const logs: Array<Logged> = []
+    return Effect.gen(function*() {
+      const server = yield* redisServer
+      const { a, b, mine, theirs } = yield* twoBreakers(server)
+      yield* server.stop
+      yield* awaitReady(mine, false)
+      yield* awaitReady(theirs, false)
+      // Each breaker goes on alone: a trips on its own, b still admits.
+      yield* Effect.exit(a.protect(failing))
+      yield* Effect.exit(a.protect(failing))
+      yield* stateIs(a, "Open")
+      yield* b.isolate
+      expect((yield* b.state)._tag).toBe("Isolated")
+      yield* Effect.exit(b.protect(failing))
+      const warnings = logs.filter((log) => log.level === "WARN")
+      expect(warnings).toHaveLength(2)
+      for (const warning of warnings) expect(warning.message).toContain(`Redis at redis://127.0.0.1:${server.port}`)
+
+      yield* server.start
+      yield* stateIs(a, "Isolated")
+      yield* stateIs(b, "Isolated")
+      yield* until(Effect.sync(() => logs.filter((log) => log.message.includes("back on Redis")).length), (n) => n === 2)
+      expect(logs.filter((log) => log.level === "WARN")).toHaveLength(2)
+      yield* a.reset
+      yield* stateIs(b, "Closed")
+    }).pipe(capturingLogs(logs))
+  })
+
+  it.scopedLive("its one key carries a TTL, refreshed while used", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const redis = yield* connect(server)
+      const breaker = yield* breakerOn(redis)
+      yield* breaker.protect(Effect.void)
+      yield* until(keysWithTtl(redis), (keys) => keys.length === 1)
+      const keys = yield* keysWithTtl(redis)
+      expect(keys.map(({ key }) => key)).toEqual([redis.key("breaker", "upstream")])
+      // Twice the longer of the window (60 s) and the longest open period.
+      expect(keys[0]!.ttl).toBeGreaterThan(100_000)
+      expect(keys[0]!.ttl).toBeLessThanOrEqual(120_000)
+    }))
+})
