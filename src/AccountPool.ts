@@ -88,8 +88,9 @@ import type { ApiError } from "./ApiError.js"
 import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from "./ChatSchema.js"
 import type * as CircuitBreakerModule from "./CircuitBreaker.js"
 import type { BudgetExceeded, CostLedger } from "./CostLedger.js"
-import type { Redis } from "./Redis.js"
+import { Redis } from "./Redis.js"
 import * as internal from "./internal/accountPool.js"
+import * as MemberState from "./internal/memberState.js"
 import * as RedisLanes from "./internal/redisDispatcher.js"
 import * as KeyPool from "./KeyPool.js"
 import * as PolicyModule from "./Policy.js"
@@ -384,10 +385,11 @@ export interface RedisOptions extends Options {
 }
 
 /**
- * The pool, its lanes shared with every process whose pool uses the same `Redis` prefix and names
- * the account alike (the account's `name`, never its keys): one count of permits per (account,
- * model), queued calls served in arrival order within a priority across processes, and one
- * adaptive limit learnt by all. A permit is a lease that expires `leaseTtl` after its holder's last heartbeat,
+ * The pool, shared with every process whose pool uses the same `Redis` prefix and names the
+ * account alike (the account's `name`, never its keys): its lanes (one count of permits per
+ * (account, model), queued calls served in arrival order within a priority across processes, one
+ * adaptive limit learnt by all) and its accounts' breakers, key cooldowns and balance state (see
+ * docs/redis.md). A permit is a lease that expires `leaseTtl` after its holder's last heartbeat,
  * so a crashed process's permits come back by themselves. Placement (which accounts may serve,
  * failover, fallbacks) stays in each process, as in `make`.
  *
@@ -415,11 +417,12 @@ export const makeRedis = (
   accounts: ReadonlyArray<Account>,
   options: RedisOptions = {}
 ): Effect.Effect<Service, never, HttpClient.HttpClient | CostLedger | Redis | Scope.Scope> =>
-  internal.makeWith(
-    accounts,
-    settingsOf(options),
-    internal.coordinateRedis({ leaseTtl: Duration.decode(options.leaseTtl ?? defaults.leaseTtl) })
-  )
+  Effect.flatMap(Redis, (redis) =>
+    internal.makeWith(
+      accounts,
+      { ...settingsOf(options), memberState: MemberState.onRedis(redis) },
+      internal.coordinateRedis({ leaseTtl: Duration.decode(options.leaseTtl ?? defaults.leaseTtl) })
+    ))
 
 /**
  * @since 0.1.0
