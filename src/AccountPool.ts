@@ -391,7 +391,8 @@ export interface RedisOptions extends Options {
  * adaptive limit learnt by all) and its accounts' breakers, key cooldowns and balance state (see
  * docs/redis.md). A permit is a lease that expires `leaseTtl` after its holder's last heartbeat,
  * so a crashed process's permits come back by themselves. Placement (which accounts may serve,
- * failover, fallbacks) stays in each process, as in `make`.
+ * failover, fallbacks) stays in each process, as in `make`. Give every process the same accounts
+ * configuration: a fixed `concurrency` is written to the shared lane by each process that uses it.
  *
  * @example
  * ```ts

@@ -13,7 +13,8 @@
  * - `L:q:interactive`, `L:q:batch`: sorted sets of waiting tickets scored by arrival order
  *   (`base:seq`, an `INCR` counter).
  * - `base:ticket:<id>`: a hash, `owner`, `ttl` (the lease's, ms), `priority`, `lanes` (space
- *   separated), `order`; once granted also `granted` (the grant's message) until it expires.
+ *   separated), `order`; once granted also `granted` (the grant's message) until its lease (whose
+ *   id is the ticket's) is released or it expires.
  * - `base:process:<owner>`: the owner's presence (a TTL refreshed by its heartbeat); `base:processes`
  *   a sorted set of owners scored by the expiry of their presence.
  * - Channel `base:grants:<owner>`: each grant, `<ticket> <lane> <in-flight> <epoch> <limit>` (the
@@ -114,6 +115,7 @@ local function granted(lane)
 end
 
 local function releaseLease(lane, id)
+  redis.call("DEL", ticketKey(id))
   redis.call("ZREM", lane .. ":leases", id)
   local account = redis.call("HGET", lane .. ":state", "account")
   if account then redis.call("ZREM", account .. ":leases", id) end
