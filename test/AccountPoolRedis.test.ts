@@ -16,7 +16,7 @@ import * as Simulator from "../src/Simulator.js"
 import * as Transport from "../src/Transport.js"
 import { flatPricing } from "./support/pricing.js"
 import { capturingLogs, type Logged } from "./support/logs.js"
-import { awaitReady, keysWithTtl, redisServer, redisServerPresent, type RedisServer, skipMessage } from "./support/redisServer.js"
+import { awaitReady, keysWithTtl, redisServer, redisServerPresent, type RedisServer, skipMessage, until } from "./support/redisServer.js"
 
 const flash = "deepseek-v4-flash"
 
@@ -95,11 +95,7 @@ describe.skipIf(!redisServerPresent)(skipMessage("AccountPool on Redis"), () => 
       expect(stats.rateLimited / (3 * count)).toBeLessThanOrEqual(0.1)
       // Every pool sees the one shared limit (by its next heartbeat at the latest).
       const limitsSeen = Effect.forEach(pools, (pool) => Effect.map(pool.snapshot, ([only]) => only!.models[0]!.limit))
-      const limits = yield* limitsSeen.pipe(
-        Effect.filterOrFail((limits) => new Set(limits).size === 1),
-        Effect.retry(Schedule.spaced("50 millis")),
-        Effect.timeout("2 seconds")
-      )
+      const limits = yield* until(limitsSeen, (limits) => new Set(limits).size === 1)
       expect(limits[0]).toBeGreaterThanOrEqual(9)
       expect(limits[0]).toBeLessThanOrEqual(14)
     }).pipe(Effect.provide(services)))

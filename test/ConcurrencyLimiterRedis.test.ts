@@ -6,24 +6,18 @@
 import { type ChildProcess, spawn } from "node:child_process"
 import { describe, expect, it } from "@effect/vitest"
 import * as Deferred from "effect/Deferred"
-import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as FastCheck from "effect/FastCheck"
 import * as Fiber from "effect/Fiber"
-import * as Schedule from "effect/Schedule"
 import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
 import * as LimiterInternal from "../src/internal/concurrencyLimiter.js"
 import * as Redis from "../src/Redis.js"
-import { redisServer, redisServerPresent, type RedisServer, skipMessage } from "./support/redisServer.js"
+import { redisServer, redisServerPresent, type RedisServer, skipMessage, until } from "./support/redisServer.js"
 
 /** A limiter over its own connection to `server`. */
 const limiterOn = (server: RedisServer, options: ConcurrencyLimiter.RedisOptions) =>
   Effect.flatMap(Redis.make({ url: server.url }), (redis) =>
     Effect.provideService(ConcurrencyLimiter.makeRedis(options), Redis.Redis, redis))
-
-/** `effect` repeated until `done` holds of its result, every 10 ms for at most `within`. */
-const until = <A, E>(effect: Effect.Effect<A, E>, done: (a: A) => boolean, within: Duration.DurationInput = "5 seconds") =>
-  effect.pipe(Effect.filterOrFail(done), Effect.retry(Schedule.spaced("10 millis")), Effect.timeout(within))
 
 describe("the adaptive limit's shared state", () => {
   it("toState holds every field of the controller, and fromState gives it back", () => {
@@ -230,5 +224,5 @@ const scenario = (
     expect(inFlight).toBe(0)
     // Every lease handed back on the server too.
     const redis = connections[0]!
-    yield* until(redis.command("ZCARD", [`${redis.key("limiter", name)}:leases`]), (leases) => leases === 0, "2 seconds")
+    yield* until(redis.command("ZCARD", [`${redis.key("limiter", name)}:leases`]), (leases) => leases === 0)
   })
