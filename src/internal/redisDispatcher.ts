@@ -404,7 +404,10 @@ export const make = (
       }
       const grant: LeaseGrant = { lane, stamp: Number(epoch), lease: id }
       held.set(id, grant)
-      lane.inFlight = Math.max(lane.inFlight + 1, Number(inFlight))
+      // The server's count at the grant: fresher than this process's view (room it did not know of).
+      const known = lane.inFlight
+      lane.inFlight = Number(inFlight)
+      if (lane.inFlight < known + 1) hooks.roomMayHaveGrown()
       lane.account.inFlight++
       lane.granted++
       ticket.waiter.grant = grant
