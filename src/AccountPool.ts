@@ -317,6 +317,15 @@ export const attemptsCounter: Metric.Metric.Counter<number> = internal.attemptsC
 export const retriesCounter: Metric.Metric.Counter<number> = internal.retriesCounter
 
 /**
+ * Times a pool or limiter on Redis (`makeRedis`) went to local mode because a Redis script failed
+ * (see docs/redis.md): each is also one warning in the log.
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const redisLocalModeCounter: Metric.Metric.Counter<number> = RedisLanes.localModeCounter
+
+/**
  * Seconds from an attempt's placement to its end, tagged `account` and `model`.
  *
  * @since 0.1.0

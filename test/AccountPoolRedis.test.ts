@@ -6,6 +6,7 @@ import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import * as AccountPool from "../src/AccountPool.js"
@@ -130,6 +131,7 @@ describe.skipIf(!redisServerPresent)(skipMessage("AccountPool on Redis"), () => 
           })
         ), { concurrency: "unbounded" })
       yield* run(0)
+      const localModeBefore = (yield* Metric.value(AccountPool.redisLocalModeCounter)).count
       yield* server.stop
       yield* awaitReady(watcher, false)
       yield* run(100)
@@ -138,6 +140,7 @@ describe.skipIf(!redisServerPresent)(skipMessage("AccountPool on Redis"), () => 
       const lanesDown = logs.filter((log) => log.level === "WARN" && log.message.includes("shared concurrency limit"))
       expect(lanesDown).toHaveLength(2)
       expect(lanesDown[0]?.message).toContain(`Redis at ${watcher.url}`)
+      expect((yield* Metric.value(AccountPool.redisLocalModeCounter)).count - localModeBefore).toBe(2)
       // Each pool at its share of 12: 6.
       const shares = yield* Effect.forEach(pools, (pool) => Effect.map(pool.snapshot, ([only]) => only!.models[0]!.limit))
       expect(shares).toEqual([6, 6])

@@ -25,6 +25,7 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as FiberId from "effect/FiberId"
 import * as FiberSet from "effect/FiberSet"
+import * as Metric from "effect/Metric"
 import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
 import type * as Scope from "effect/Scope"
@@ -64,6 +65,11 @@ export interface Hooks {
   readonly changed: (lane: Lane) => void
   readonly roomMayHaveGrown: () => void
 }
+
+export const localModeCounter = Metric.counter("weatherproof_redis_lanes_local_mode", {
+  description: "Times a process's shared concurrency limits went to local mode because Redis failed",
+  incremental: true
+})
 
 /** How long a lease outlives its holder's last heartbeat, unless told otherwise. */
 export const defaultLeaseTtl = Duration.seconds(30)
@@ -458,6 +464,7 @@ export const make = (
         queuedByModel.clear()
         for (const ticket of waiting) local.requeue(ticket.waiter, ticket.priority)
         hooks.roomMayHaveGrown()
+        localModeCounter.unsafeUpdate(1, [])
         return Effect.logWarning(
           `Redis at ${redis.url} failed (${error.reason}): each shared concurrency limit is counted in this process, ` +
             `at its share (1/${Math.max(1, processes)}), until Redis is back`
