@@ -88,7 +88,10 @@ import type { ApiError } from "./ApiError.js"
 import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from "./ChatSchema.js"
 import type * as CircuitBreakerModule from "./CircuitBreaker.js"
 import type { BudgetExceeded, CostLedger } from "./CostLedger.js"
+import { Redis } from "./Redis.js"
 import * as internal from "./internal/accountPool.js"
+import * as MemberState from "./internal/memberState.js"
+import * as RedisLanes from "./internal/redisDispatcher.js"
 import * as KeyPool from "./KeyPool.js"
 import * as PolicyModule from "./Policy.js"
 import * as ResilientModule from "./Resilient.js"
@@ -272,7 +275,8 @@ export const defaults = {
   maxWait: Duration.minutes(30),
   balanceProbeInterval: Duration.seconds(60),
   keyCooldown: KeyPool.defaultCooldown,
-  fallbackCooldown: Duration.minutes(10)
+  fallbackCooldown: Duration.minutes(10),
+  leaseTtl: RedisLanes.defaultLeaseTtl
 } as const
 
 /**
@@ -313,6 +317,15 @@ export const attemptsCounter: Metric.Metric.Counter<number> = internal.attemptsC
 export const retriesCounter: Metric.Metric.Counter<number> = internal.retriesCounter
 
 /**
+ * Times a pool or limiter on Redis (`makeRedis`) went to local mode because a Redis script failed
+ * (see docs/redis.md): each is also one warning in the log.
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const redisLocalModeCounter: Metric.Metric.Counter<number> = RedisLanes.localModeCounter
+
+/**
  * Seconds from an attempt's placement to its end, tagged `account` and `model`.
  *
  * @since 0.1.0
@@ -344,17 +357,18 @@ export const attemptDuration: Metric.Metric.Histogram<number> = internal.attempt
 export const make = (
   accounts: ReadonlyArray<Account>,
   options: Options = {}
-): Effect.Effect<Service, never, HttpClient.HttpClient | CostLedger | Scope.Scope> =>
-  internal.make(accounts, {
-    breaker: options.breaker,
-    deadlines: options.deadlines,
-    maxWait: Duration.decode(options.maxWait ?? defaults.maxWait),
-    preflight: options.preflight ?? true,
-    warmUp: options.warmUp ?? TransportModule.defaultWarmUp,
-    balanceProbeInterval: Duration.decode(options.balanceProbeInterval ?? defaults.balanceProbeInterval),
-    keyCooldown: Duration.decode(options.keyCooldown ?? defaults.keyCooldown),
-    fallbackCooldown: Duration.decode(options.fallbackCooldown ?? defaults.fallbackCooldown)
-  })
+): Effect.Effect<Service, never, HttpClient.HttpClient | CostLedger | Scope.Scope> => internal.make(accounts, settingsOf(options))
+
+const settingsOf = (options: Options): internal.Settings => ({
+  breaker: options.breaker,
+  deadlines: options.deadlines,
+  maxWait: Duration.decode(options.maxWait ?? defaults.maxWait),
+  preflight: options.preflight ?? true,
+  warmUp: options.warmUp ?? TransportModule.defaultWarmUp,
+  balanceProbeInterval: Duration.decode(options.balanceProbeInterval ?? defaults.balanceProbeInterval),
+  keyCooldown: Duration.decode(options.keyCooldown ?? defaults.keyCooldown),
+  fallbackCooldown: Duration.decode(options.fallbackCooldown ?? defaults.fallbackCooldown)
+})
 
 /**
  * @since 0.1.0
@@ -364,6 +378,71 @@ export const layer = (
   accounts: ReadonlyArray<Account>,
   options?: Options
 ): Layer.Layer<AccountPool, never, HttpClient.HttpClient | CostLedger> => Layer.scoped(AccountPool, make(accounts, options))
+
+/**
+ * Options of a pool whose lanes are shared through Redis (`makeRedis`).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface RedisOptions extends Options {
+  /**
+   * How long a permit's lease outlives its holder's last heartbeat (one every third of it): a
+   * process that dies without releasing its permits frees them after this long. Default 30 seconds.
+   */
+  readonly leaseTtl?: Duration.DurationInput | undefined
+}
+
+/**
+ * The pool, shared with every process whose pool uses the same `Redis` prefix and names the
+ * account alike (the account's `name`, never its keys): its lanes (one count of permits per
+ * (account, model), queued calls served in arrival order within a priority across processes, one
+ * adaptive limit learnt by all) and its accounts' breakers, key cooldowns and balance state (see
+ * docs/redis.md). A permit is a lease that expires `leaseTtl` after its holder's last heartbeat,
+ * so a crashed process's permits come back by themselves. Placement (which accounts may serve,
+ * failover, fallbacks) stays in each process, as in `make`. Give every process the same accounts
+ * configuration: a fixed `concurrency` is written to the shared lane by each process that uses it.
+ *
+ * @example
+ * ```ts
+ * import { NodeFileSystem } from "@effect/platform-node"
+ * import { Effect, Layer } from "effect"
+ * import { AccountPool, Accounts, CostLedger, Redis, Transport } from "weatherproof"
+ *
+ * const program = Effect.scoped(Effect.gen(function*() {
+ *   const pool = yield* AccountPool.makeRedis(yield* Accounts.load("accounts.json"), { leaseTtl: "30 seconds" })
+ *   yield* pool.create({ model: "deepseek-v4-flash", messages: [{ role: "user", content: "Hi" }] })
+ * })).pipe(Effect.provide(Layer.mergeAll(
+ *   Transport.nodeHttpClient(),
+ *   CostLedger.layer(),
+ *   NodeFileSystem.layer,
+ *   Redis.layer({ url: "redis://127.0.0.1:6379" })
+ * )))
+ * ```
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makeRedis = (
+  accounts: ReadonlyArray<Account>,
+  options: RedisOptions = {}
+): Effect.Effect<Service, never, HttpClient.HttpClient | CostLedger | Redis | Scope.Scope> =>
+  Effect.flatMap(Redis, (redis) =>
+    internal.makeWith(
+      accounts,
+      { ...settingsOf(options), memberState: MemberState.onRedis(redis) },
+      internal.coordinateRedis({ leaseTtl: Duration.decode(options.leaseTtl ?? defaults.leaseTtl) })
+    ))
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerRedis = (
+  accounts: ReadonlyArray<Account>,
+  options?: RedisOptions
+): Layer.Layer<AccountPool, never, HttpClient.HttpClient | CostLedger | Redis> =>
+  Layer.scoped(AccountPool, makeRedis(accounts, options))
 
 /**
  * The pool as the upstream of a `Resilient` client: its attempts are the pool's, whose permits
@@ -400,9 +479,27 @@ export const upstream = (pool: Service): ResilientModule.Upstream => ({
 export const layerResilient = (
   accounts: ReadonlyArray<Account>,
   options: PoolOptions = {}
-): Layer.Layer<Resilient | AccountPool, never, CostLedger> => {
+): Layer.Layer<Resilient | AccountPool, never, CostLedger> => resilientOver(layer(accounts, options), options)
+
+/**
+ * `layerResilient` with the pool's lanes shared through Redis (`makeRedis`): the retry, its budget
+ * and the rate limit stay per process, the permits and adaptive limits are shared.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerResilientRedis = (
+  accounts: ReadonlyArray<Account>,
+  options: PoolOptions & RedisOptions = {}
+): Layer.Layer<Resilient | AccountPool, never, CostLedger | Redis> => resilientOver(layerRedis(accounts, options), options)
+
+/** A `Resilient` client over `pool`, with the pool's output beside it. */
+const resilientOver = <R>(
+  pool: Layer.Layer<AccountPool, never, HttpClient.HttpClient | R>,
+  options: PoolOptions
+): Layer.Layer<Resilient | AccountPool, never, Exclude<R, HttpClient.HttpClient>> => {
   // One pool, shared (layers are memoised by reference) by the client and the AccountPool output.
-  const pool = layer(accounts, options).pipe(Layer.provide(TransportModule.nodeHttpClient()))
+  const provided = pool.pipe(Layer.provide(TransportModule.nodeHttpClient()))
   const client = Layer.effect(
     ResilientModule.Resilient,
     Effect.gen(function*() {
@@ -419,5 +516,5 @@ export const layerResilient = (
       budgetWait: options.budgetWait
     }))
   )
-  return Layer.provideMerge(client, pool)
+  return Layer.provideMerge(client, provided)
 }

@@ -91,7 +91,7 @@
  */
 
 import * as Context from "effect/Context"
-import type * as Duration from "effect/Duration"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import type * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
@@ -99,6 +99,9 @@ import type * as Metric from "effect/Metric"
 import type * as Scope from "effect/Scope"
 import type { Classifier } from "./ApiError.js"
 import * as internal from "./internal/concurrencyLimiter.js"
+import * as internalRedis from "./internal/concurrencyLimiterRedis.js"
+import * as RedisLanes from "./internal/redisDispatcher.js"
+import type { Redis } from "./Redis.js"
 
 /**
  * Interactive calls are served before batch calls when both wait.
@@ -423,3 +426,56 @@ export const makeUnbounded: Effect.Effect<Service> = internal.make(internal.fixe
  * @category layers
  */
 export const layerUnbounded: Layer.Layer<ConcurrencyLimiter> = Layer.effect(ConcurrencyLimiter, makeUnbounded)
+
+/**
+ * Options of a limiter shared through Redis (`makeRedis`): the adaptive limiter's, or a fixed
+ * number of `permits`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface RedisOptions extends AdaptiveOptions {
+  /** The shared limit's name: every limiter of this name on the same `Redis` prefix shares it. */
+  readonly name: string
+  /** A fixed limit instead of the adaptive one. Default: adaptive. */
+  readonly permits?: number | undefined
+  /**
+   * How long a permit's lease outlives its holder's last heartbeat (one every third of it): a
+   * process that dies without releasing its permits frees them after this long. Default 30 seconds.
+   */
+  readonly leaseTtl?: Duration.DurationInput | undefined
+}
+
+/**
+ * One limit shared by every process that names it alike: its permits are leases on Redis (a
+ * crashed process's expire after `leaseTtl`), callers wait in arrival order within a priority
+ * across processes, and the adaptive limit is learnt by all of them together from their outcomes.
+ * Every `acquire` waits for the server's answer (a round trip, granted by the script that queues
+ * the caller when there is room). For the account pool's own lanes, see `AccountPool.makeRedis`.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { ConcurrencyLimiter, Redis } from "weatherproof"
+ *
+ * declare const crawl: (url: string) => Effect.Effect<string, Error>
+ *
+ * const program = Effect.scoped(Effect.gen(function*() {
+ *   // At most 8 crawls in flight across every process sharing "crawler".
+ *   const limiter = yield* ConcurrencyLimiter.makeRedis({ name: "crawler", permits: 8 })
+ *   return yield* crawl("https://example.com").pipe(ConcurrencyLimiter.withPermit(limiter))
+ * })).pipe(Effect.provide(Redis.layer({ url: "redis://127.0.0.1:6379" })))
+ * ```
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makeRedis = (options: RedisOptions): Effect.Effect<Service, never, Redis | Scope.Scope> =>
+  internalRedis.makeRedis(options, Duration.decode(options.leaseTtl ?? RedisLanes.defaultLeaseTtl))
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerRedis = (options: RedisOptions): Layer.Layer<ConcurrencyLimiter, never, Redis> =>
+  Layer.scoped(ConcurrencyLimiter, makeRedis(options))

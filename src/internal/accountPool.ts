@@ -32,11 +32,13 @@ import type * as Limiter from "../ConcurrencyLimiter.js"
 import { CostLedger, type Disposition } from "../CostLedger.js"
 import * as KeyPool from "../KeyPool.js"
 import * as Transport from "../Transport.js"
+import * as Redis from "../Redis.js"
 import * as LimiterInternal from "./concurrencyLimiter.js"
-import { AccountSlot, Dispatcher, Lane, type LaneGrant, type Waiter } from "./dispatcher.js"
+import { AccountSlot, Dispatcher, Lane, type LaneGrant, type Lanes, type Waiter } from "./dispatcher.js"
 import * as GenAi from "./genAi.js"
 import * as MemberState from "./memberState.js"
 import { assertValid, positive } from "./options.js"
+import * as RedisLanes from "./redisDispatcher.js"
 import { secondsBoundaries } from "./policy.js"
 import type { SharedBalance, Verdict } from "./sharedBalance.js"
 import { whenTraced } from "./tracing.js"
@@ -151,6 +153,54 @@ const policyFor = (account: Account): LimiterInternal.Policy =>
     ? LimiterInternal.fixedPolicy(account.concurrency)
     : LimiterInternal.adaptivePolicy(account.concurrency ?? {})
 
+/** What a coordinator tells the pool besides its grants. */
+export interface CoordinatorHooks {
+  /** Publishes a lane's gauges: when its limit or in-flight count changed other than by the pool's own grants and releases. */
+  readonly changed: (lane: Lane) => void
+  /** The pool may have more room than at the last reading of its capacity (a limit rose, a lane opened, permits came back). */
+  readonly roomMayHaveGrown: () => void
+}
+
+/** Makes what grants the pool's permits over the accounts' slots (in configuration order). */
+export type Coordinate<R> = (
+  accounts: ReadonlyArray<Account>,
+  slots: ReadonlyArray<AccountSlot>,
+  hooks: CoordinatorHooks
+) => Effect.Effect<Lanes, never, R | Scope.Scope>
+
+/** Each lane's permits in this process only. */
+const inMemory: Coordinate<never> = (accounts, slots, hooks) =>
+  Effect.sync(() => {
+    const dispatcher: Dispatcher = new Dispatcher(slots, (slot, model) => {
+      const lane = new Lane(slot, model, policyFor(accounts[slot.index]!), (grew) => {
+        dispatcher.dispatch(grew.model)
+        hooks.roomMayHaveGrown()
+      })
+      hooks.roomMayHaveGrown()
+      return lane
+    })
+    return dispatcher
+  })
+
+/**
+ * Each lane's permits and adaptive limit shared through Redis with every process that names the
+ * account alike (`redisDispatcher.ts`).
+ */
+export const coordinateRedis = (settings: RedisLanes.Settings): Coordinate<Redis.Redis> => (accounts, slots, hooks) =>
+  Effect.flatMap(Redis.Redis, (redis) =>
+    RedisLanes.make(redis, slots, (slot, model) => {
+      const account = accounts[slot.index]!
+      return {
+        key: redis.key("pool", "lane", account.name, model),
+        account: account.accountConcurrency === undefined
+          ? undefined
+          : { key: redis.key("pool", "account", account.name), cap: account.accountConcurrency },
+        limit: typeof account.concurrency === "number"
+          ? account.concurrency
+          : LimiterInternal.adaptiveConfig(account.concurrency ?? {})
+      }
+    }, hooks, settings))
+
 // ---------------------------------------------------------------------------------------------
 // Errors
 // ---------------------------------------------------------------------------------------------
@@ -221,7 +271,14 @@ const stateOf = (member: Member, breakerState: CircuitBreaker.State): AccountSta
 export const make = (
   accounts: ReadonlyArray<Account>,
   settings: Settings
-): Effect.Effect<Service, never, HttpClient.HttpClient | CostLedger | Scope.Scope> =>
+): Effect.Effect<Service, never, HttpClient.HttpClient | CostLedger | Scope.Scope> => makeWith(accounts, settings, inMemory)
+
+/** The pool, its permits granted by what `coordinate` makes. */
+export const makeWith = <R>(
+  accounts: ReadonlyArray<Account>,
+  settings: Settings,
+  coordinate: Coordinate<R>
+): Effect.Effect<Service, never, HttpClient.HttpClient | CostLedger | Scope.Scope | R> =>
   Effect.gen(function*() {
     yield* Effect.sync(() => validate(accounts, settings))
     const client = yield* HttpClient.HttpClient
@@ -266,6 +323,21 @@ export const make = (
       readonly dropped: () => void
     }
     const laneMetrics = new Map<Lane, LaneMetrics>()
+    /** The gauges and drop counter of `lane`, made on its first use. */
+    const metricsOf = (lane: Lane): LaneMetrics => {
+      let metrics = laneMetrics.get(lane)
+      if (metrics !== undefined) return metrics
+      const tags = laneLabels(members[lane.account.index]!.account, lane.model)
+      metrics = {
+        publish: () => {
+          LimiterInternal.limitGauge.unsafeUpdate(lane.limit, tags)
+          LimiterInternal.inFlightGauge.unsafeUpdate(lane.inFlight, tags)
+        },
+        dropped: () => LimiterInternal.droppedCounter.unsafeUpdate(1, tags)
+      }
+      laneMetrics.set(lane, metrics)
+      return metrics
+    }
 
     // The capacity's latch: completed, and replaced, whenever the pool may have more room. Made
     // when a reader waits on it, so a release with nobody waiting allocates nothing; `roomChanges`
@@ -284,29 +356,15 @@ export const make = (
         roomChanges !== seen ? Effect.void : Deferred.await(roomLatch ??= Deferred.unsafeMake<void>(FiberId.none))
       )
 
-    const dispatcher: Dispatcher = new Dispatcher(members.map((member) => member.slot), (slot, model) => {
-      const account = members[slot.index]!.account
-      const lane = new Lane(slot, model, policyFor(account), (grew) => {
-        dispatcher.dispatch(grew.model)
-        roomMayHaveGrown()
-      })
-      roomMayHaveGrown()
-      const tags = laneLabels(account, model)
-      laneMetrics.set(lane, {
-        publish: () => {
-          LimiterInternal.limitGauge.unsafeUpdate(lane.limit, tags)
-          LimiterInternal.inFlightGauge.unsafeUpdate(lane.inFlight, tags)
-        },
-        dropped: () => LimiterInternal.droppedCounter.unsafeUpdate(1, tags)
-      })
-      return lane
-    })
-
     const publishQueued = (model: string) => queuedGauge.unsafeUpdate(dispatcher.queued(model), labels(["model", model]))
     const publishLane = (lane: Lane) => {
-      laneMetrics.get(lane)?.publish()
+      metricsOf(lane).publish()
       publishQueued(lane.model)
     }
+    const dispatcher: Lanes = yield* coordinate(accounts, members.map((member) => member.slot), {
+      changed: publishLane,
+      roomMayHaveGrown
+    })
 
     // -- availability -------------------------------------------------------------------------
 
@@ -451,19 +509,18 @@ export const make = (
     /** A grant's permit, reporting to its lane and releasing it with the scope. */
     const permitOf = (grant: LaneGrant) => {
       const lane = grant.lane
-      const metrics = laneMetrics.get(lane)!
       return LimiterInternal.makePermit(lane.policy, lane, grant, clock, {
         classify: undefined,
         changed: () => publishLane(lane),
-        dropped: metrics.dropped
+        dropped: metricsOf(lane).dropped
       })
     }
 
-    const release = (lane: Lane) =>
+    const release = (grant: LaneGrant) =>
       Effect.sync(() => {
-        dispatcher.release(lane)
-        publishLane(lane)
-        if (lane.hasRoom && dispatcher.queued(lane.model) === 0) roomMayHaveGrown()
+        dispatcher.release(grant)
+        publishLane(grant.lane)
+        if (grant.lane.hasRoom && dispatcher.queued(grant.lane.model) === 0) roomMayHaveGrown()
       })
 
     /**
@@ -483,7 +540,7 @@ export const make = (
           const grant = entry._tag === "Granted" ? entry.grant : yield* awaitGrant(entry.waiter, restore, options, excluded)
           const lane = grant.lane
           publishLane(lane)
-          yield* Effect.flatMap(Effect.scope, (s) => Scope.addFinalizer(s, release(lane)))
+          yield* Effect.flatMap(Effect.scope, (s) => Scope.addFinalizer(s, release(grant)))
           const member = members[lane.account.index]!
           member.calls++
           return { member, permit: permitOf(grant).permit, model, placedAt: now() }

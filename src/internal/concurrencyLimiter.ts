@@ -196,7 +196,7 @@ export const fixedPolicy = (permits: number): Policy => ({
 })
 
 /** `AdaptiveOptions` with every default filled in (queue delay floor in milliseconds). */
-interface AimdConfig {
+export interface AimdConfig {
   readonly initial: number
   readonly min: number
   readonly max: number
@@ -250,6 +250,32 @@ const slowStartStep = (level: number, ceiling: number): number =>
 /** Where the controller is in its cycle; see the module doc of `ConcurrencyLimiter`. */
 type Phase = "slowStart" | "recover" | "hold"
 
+/**
+ * Every field of an `Aimd`, as plain data that survives JSON (`ceiling` is `null` when there is
+ * none): what processes sharing one limit keep on Redis and apply their outcomes to.
+ */
+export interface AimdState {
+  readonly phase: Phase
+  readonly ceiling: number | null
+  readonly value: number
+  readonly epoch: number
+  readonly succeededSinceDecrease: boolean
+  readonly acceptanceClocked: boolean
+  readonly aheadShare: number
+  readonly confirmed: number
+  readonly acceptedOutstanding: number
+  readonly roundSize: number
+  readonly roundSuccesses: number
+  readonly roundOverloads: number
+  readonly peak: number
+  readonly holdLeft: number
+  readonly holdShare: number
+  readonly delaySum: number
+  readonly delayCount: number
+  readonly windowMeans: ReadonlyArray<number>
+  readonly congestedWindows: number
+}
+
 /** Keeps a round of fractional steps that sum to a whole from rounding down. */
 const epsilon = 1e-9
 
@@ -262,7 +288,7 @@ const baselineWindows = 10
  * `ConcurrencyLimiter` gives the reasons). The limit is a real number, grown in fractions per
  * success so in-flight rises one request at a time; the gate uses its floor.
  */
-class Aimd implements Policy {
+export class Aimd implements Policy {
   private phase: Phase = "slowStart"
   /** The highest concurrency known to have been accepted at the last drop. */
   private ceiling = Infinity
@@ -307,6 +333,39 @@ class Aimd implements Policy {
     this.value = config.initial
     this.peak = config.initial
     this.roundSize = config.initial
+  }
+
+  /** A controller of `config` in `state`, its limit brought within `config`'s bounds. */
+  static fromState(config: AimdConfig, state: AimdState): Aimd {
+    return Object.assign(new Aimd(config), state, {
+      ceiling: state.ceiling ?? Infinity,
+      value: clamp(state.value, config.min, config.max),
+      windowMeans: [...state.windowMeans]
+    })
+  }
+
+  toState(): AimdState {
+    return {
+      phase: this.phase,
+      ceiling: Number.isFinite(this.ceiling) ? this.ceiling : null,
+      value: this.value,
+      epoch: this.epoch,
+      succeededSinceDecrease: this.succeededSinceDecrease,
+      acceptanceClocked: this.acceptanceClocked,
+      aheadShare: this.aheadShare,
+      confirmed: this.confirmed,
+      acceptedOutstanding: this.acceptedOutstanding,
+      roundSize: this.roundSize,
+      roundSuccesses: this.roundSuccesses,
+      roundOverloads: this.roundOverloads,
+      peak: this.peak,
+      holdLeft: this.holdLeft,
+      holdShare: this.holdShare,
+      delaySum: this.delaySum,
+      delayCount: this.delayCount,
+      windowMeans: [...this.windowMeans],
+      congestedWindows: this.congestedWindows
+    }
   }
 
   get limit(): number {
@@ -590,6 +649,32 @@ export const makePermit = (policy: Policy, ledger: Ledger, { stamp }: Grant, clo
 // The service
 // -----------------------------------------------------------------------------
 
+/**
+ * Waits for `wake`, or gives the place up with `full` once `abandonWhen` completes; interrupted or
+ * abandoned, it `leave`s (the queue, or a permit granted meanwhile). `publish` after either.
+ */
+export const awaitWake = <E>(
+  wake: Deferred.Deferred<void>,
+  restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>,
+  abandonWhen: Effect.Effect<void> | undefined,
+  full: Effect.Effect<never, E>,
+  leave: () => void,
+  publish: () => void
+): Effect.Effect<void, E> => {
+  const turn = abandonWhen === undefined
+    ? Deferred.await(wake)
+    : Effect.raceFirst(Deferred.await(wake), Effect.zipRight(abandonWhen, full))
+  return restore(turn).pipe(
+    Effect.onExit((exit) =>
+      Exit.isSuccess(exit) ? Effect.void : Effect.sync(() => {
+        leave()
+        publish()
+      })
+    ),
+    Effect.tap(() => Effect.sync(publish))
+  )
+}
+
 export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effect<Service> =>
   Effect.clockWith((clock) => Effect.sync(() => {
     const gate = new Gate(policy.limit, options.maxQueued ?? Infinity, () => policy.stamp)
@@ -627,22 +712,7 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
       const full = Effect.suspend(() => Effect.fail(new QueueFull({ queued: gate.queued })))
       if (entry._tag === "Full") return full
       const { waiter } = entry
-      const turn = abandonWhen === undefined
-        ? Deferred.await(waiter.wake)
-        : Effect.raceFirst(Deferred.await(waiter.wake), Effect.zipRight(abandonWhen, full))
-      return restore(turn).pipe(
-        // Interrupted or abandoned: leave the lane, or hand back a permit granted meanwhile.
-        Effect.onExit((exit) =>
-          Exit.isSuccess(exit) ? Effect.void : Effect.sync(() => {
-            gate.cancel(waiter)
-            publish()
-          })
-        ),
-        Effect.map(() => {
-          publish()
-          return waiter
-        })
-      )
+      return Effect.as(awaitWake(waiter.wake, restore, abandonWhen, full, () => gate.cancel(waiter), publish), waiter)
     }
 
     /**
@@ -701,12 +771,15 @@ const validateAdaptive = (config: AimdConfig): void =>
     ratio("overloadFloor", config.overloadFloor)
   ])
 
-/** The adaptive policy of `options`; throws `IllegalArgumentException` on options that cannot work. */
-export const adaptivePolicy = (options: AdaptiveOptions): Policy => {
+/** `options` with every default filled in; throws `IllegalArgumentException` on options that cannot work. */
+export const adaptiveConfig = (options: AdaptiveOptions): AimdConfig => {
   const config = aimdConfig(options)
   validateAdaptive(config)
-  return new Aimd(config)
+  return config
 }
+
+/** The adaptive policy of `options`; throws `IllegalArgumentException` on options that cannot work. */
+export const adaptivePolicy = (options: AdaptiveOptions): Policy => new Aimd(adaptiveConfig(options))
 
 export const makeAdaptive = (options: AdaptiveOptions = {}): Effect.Effect<Service> =>
   Effect.flatMap(Effect.sync(() => adaptivePolicy(options)), (policy) => make(policy, options))

@@ -9,6 +9,9 @@
  * Every method is synchronous, so each grant, release and change of state is atomic on the
  * JavaScript thread.
  *
+ * `Lanes` is what the pool asks of whatever grants its permits: this in-memory `Dispatcher`, or the
+ * coordinator that shares the lanes through Redis (`redisDispatcher.ts`).
+ *
  * @internal
  */
 import * as Deferred from "effect/Deferred"
@@ -29,13 +32,17 @@ export class AccountSlot {
   /** Permits held on the account, every model together. */
   inFlight = 0
   readonly lanes = new Map<string, Lane>()
+  /** What `cap` is while it is not lowered to this process's share (the Redis coordinator's local mode). */
+  readonly configuredCap: number
 
   constructor(
     readonly index: number,
     readonly fallback: boolean,
     /** Permits the account may hold in all, every model together; `Infinity` for none. */
-    readonly cap: number
-  ) {}
+    public cap: number
+  ) {
+    this.configuredCap = cap
+  }
 }
 
 /** One (account, model): its policy and the permits it holds. */
@@ -96,12 +103,71 @@ export type Entry =
   | { readonly _tag: "Granted"; readonly grant: LaneGrant }
   | { readonly _tag: "Queued"; readonly waiter: Waiter }
 
-type Lanes = Record<Priority, Set<Waiter>>
+/** What the pool asks of the permits' coordinator; each method is synchronous. */
+export interface Lanes {
+  /** Calls waiting for `model` in this process (every model when none is given). */
+  queued(model?: string): number
+  /**
+   * Permits the accounts that may serve could hold at once, and how many a new call could take
+   * now (see `Dispatcher.capacity`).
+   */
+  capacity(): { readonly permits: number; readonly free: number }
+  /** A permit now on the best lane for `model`, or a place in the queue. */
+  enter(model: string, priority: Priority, excluded: ReadonlySet<number>): Entry
+  /** The waiter gave up: it leaves its queue, or hands back a permit granted meanwhile. */
+  cancel(waiter: Waiter): void
+  release(grant: LaneGrant): void
+  /** Wakes without a permit the waiters `hopeless` says no account will ever take. */
+  refuse(hopeless: (waiter: Waiter) => boolean): void
+  /** Serves every queue: after an account became available, or its cap or a limit grew. */
+  dispatchAll(): void
+  /** The lane of `account` for `model`, made on first use. */
+  laneOf(account: AccountSlot, model: string): Lane
+}
+
+type Queues = Record<Priority, Set<Waiter>>
 
 const noneExcluded: ReadonlySet<number> = new Set()
 
-export class Dispatcher {
-  private readonly waiting = new Map<string, Lanes>()
+/**
+ * Whether `account` may serve a call that leaves out `excluded`: it is available, and it is a
+ * primary, or no primary it may use is available or about to be (fallbacks serve only when no
+ * primary can).
+ */
+export const mayServe = (accounts: ReadonlyArray<AccountSlot>, account: AccountSlot, excluded: ReadonlySet<number>): boolean => {
+  if (!account.available || excluded.has(account.index)) return false
+  return !account.fallback ||
+    !accounts.some((other) => !other.fallback && (other.available || other.pending) && !excluded.has(other.index))
+}
+
+/**
+ * Permits the accounts that may serve could hold at once (the limits of their lanes, each
+ * account's within its cap), and how many a new call could take now: per model, the free
+ * permits less the calls waiting for one (a model whose calls wait takes none from another's).
+ */
+export const capacityOf = (
+  accounts: ReadonlyArray<AccountSlot>,
+  queued: (model: string) => number
+): { readonly permits: number; readonly free: number } => {
+  let permits = 0
+  const room = new Map<string, number>()
+  for (const account of accounts) {
+    if (!mayServe(accounts, account, noneExcluded)) continue
+    let limits = 0
+    const accountRoom = Math.max(0, account.cap - account.inFlight)
+    for (const lane of account.lanes.values()) {
+      limits += lane.limit
+      room.set(lane.model, (room.get(lane.model) ?? 0) + Math.min(Math.max(0, lane.limit - lane.inFlight), accountRoom))
+    }
+    permits += Math.min(limits, account.cap)
+  }
+  let free = 0
+  for (const [model, permitsFree] of room) free += Math.max(0, permitsFree - queued(model))
+  return { permits, free }
+}
+
+export class Dispatcher implements Lanes {
+  private readonly waiting = new Map<string, Queues>()
 
   constructor(
     readonly accounts: ReadonlyArray<AccountSlot>,
@@ -111,7 +177,7 @@ export class Dispatcher {
 
   /** Calls waiting for `model` (every model when none is given). */
   queued(model?: string): number {
-    const count = (lanes: Lanes) => lanes.interactive.size + lanes.batch.size
+    const count = (lanes: Queues) => lanes.interactive.size + lanes.batch.size
     if (model !== undefined) {
       const lanes = this.waiting.get(model)
       return lanes === undefined ? 0 : count(lanes)
@@ -121,27 +187,8 @@ export class Dispatcher {
     return total
   }
 
-  /**
-   * Permits the accounts that may serve could hold at once (the limits of their lanes, each
-   * account's within its cap), and how many a new call could take now: per model, the free
-   * permits less the calls waiting for one (a model whose calls wait takes none from another's).
-   */
   capacity(): { readonly permits: number; readonly free: number } {
-    let permits = 0
-    const room = new Map<string, number>()
-    for (const account of this.accounts) {
-      if (!this.mayServe(account, noneExcluded)) continue
-      let limits = 0
-      const accountRoom = Math.max(0, account.cap - account.inFlight)
-      for (const lane of account.lanes.values()) {
-        limits += lane.limit
-        room.set(lane.model, (room.get(lane.model) ?? 0) + Math.min(Math.max(0, lane.limit - lane.inFlight), accountRoom))
-      }
-      permits += Math.min(limits, account.cap)
-    }
-    let free = 0
-    for (const [model, permitsFree] of room) free += Math.max(0, permitsFree - this.queued(model))
-    return { permits, free }
+    return capacityOf(this.accounts, (model) => this.queued(model))
   }
 
   /** A permit now on the best lane for `model`, or a place in the queue. */
@@ -158,12 +205,13 @@ export class Dispatcher {
 
   /** The waiter gave up: it leaves its queue, or hands back a permit granted meanwhile. */
   cancel(waiter: Waiter): void {
-    if (waiter.grant !== undefined) return this.release(waiter.grant.lane)
+    if (waiter.grant !== undefined) return this.release(waiter.grant)
     const lanes = this.waiting.get(waiter.model)
     if (lanes !== undefined) lanes.interactive.delete(waiter) || lanes.batch.delete(waiter)
   }
 
-  release(lane: Lane): void {
+  release(grant: LaneGrant): void {
+    const lane = grant.lane
     lane.inFlight--
     lane.account.inFlight--
     // Under an account-wide cap the freed permit may serve any of the account's models.
@@ -185,6 +233,24 @@ export class Dispatcher {
         }
       }
     }
+  }
+
+  /** Queues a waiter made elsewhere, behind those already waiting, and serves its model. */
+  requeue(waiter: Waiter, priority: Priority): void {
+    this.lanesOf(waiter.model)[priority].add(waiter)
+    this.dispatch(waiter.model)
+  }
+
+  /** Takes every waiter out of the queues, in arrival order within each model and priority. */
+  takeWaiting(): Array<{ readonly waiter: Waiter; readonly priority: Priority }> {
+    const taken: Array<{ readonly waiter: Waiter; readonly priority: Priority }> = []
+    for (const lanes of this.waiting.values()) {
+      for (const priority of ["interactive", "batch"] as const) {
+        for (const waiter of lanes[priority]) taken.push({ waiter, priority })
+        lanes[priority].clear()
+      }
+    }
+    return taken
   }
 
   /** Serves every queue: after an account became available, or its cap or a limit grew. */
@@ -218,19 +284,8 @@ export class Dispatcher {
     return lane
   }
 
-  /**
-   * Whether `account` may serve a call that leaves out `excluded`: it is available, and it is a
-   * primary, or no primary it may use is available or about to be (fallbacks serve only when no
-   * primary can).
-   */
-  mayServe(account: AccountSlot, excluded: ReadonlySet<number>): boolean {
-    if (!account.available || excluded.has(account.index)) return false
-    return !account.fallback ||
-      !this.accounts.some((other) => !other.fallback && (other.available || other.pending) && !excluded.has(other.index))
-  }
-
   /** The queues of `model`; a model seen for the first time gets a lane on every account. */
-  private lanesOf(model: string): Lanes {
+  private lanesOf(model: string): Queues {
     let lanes = this.waiting.get(model)
     if (lanes === undefined) {
       lanes = { interactive: new Set(), batch: new Set() }
@@ -248,7 +303,7 @@ export class Dispatcher {
   private bestLane(model: string, excluded: ReadonlySet<number>): Lane | undefined {
     let best: Lane | undefined
     for (const account of this.accounts) {
-      if (!this.mayServe(account, excluded)) continue
+      if (!mayServe(this.accounts, account, excluded)) continue
       const lane = this.laneOf(account, model)
       if (!lane.hasRoom) continue
       if (best === undefined || lane.load < best.load || (lane.load === best.load && lane.granted < best.granted)) {
@@ -258,7 +313,8 @@ export class Dispatcher {
     return best
   }
 
-  private take(lane: Lane): LaneGrant {
+  /** Counts a permit of `lane`; a subclass may note each grant. */
+  protected take(lane: Lane): LaneGrant {
     lane.inFlight++
     lane.account.inFlight++
     lane.granted++

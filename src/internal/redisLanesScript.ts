@@ -1,0 +1,228 @@
+/**
+ * The Lua script behind the Redis lane coordinator (`redisDispatcher.ts`): one script, the
+ * operation its first argument, so every operation sees the same helpers and runs atomically.
+ * Time is the server's (`TIME`), never a client's.
+ *
+ * State, under `base` (`{prefix}:lanes`) and each lane's key `L` (`{prefix}:pool:lane:<account>:<model>`,
+ * or `{prefix}:limiter:<name>`):
+ * - `L:leases`, `A:leases` (`A` the lane's account key): sorted sets of lease ids scored by their
+ *   expiry (server ms). Every operation on a lane first drops the expired ones.
+ * - `L:state`: a hash, `limit` (the integer the grant reads), `epoch` (the adaptive limit's stamp),
+ *   `version` and `aimd` (its serialised state, compared and set by `commit`), `account` (`A`),
+ *   `cap` (the account's cap over all its lanes, -1 for none). `A:lanes` lists an account's lanes.
+ * - `L:q:interactive`, `L:q:batch`: sorted sets of waiting tickets scored by arrival order
+ *   (`base:seq`, an `INCR` counter).
+ * - `base:ticket:<id>`: a hash, `owner`, `ttl` (the lease's, ms), `priority`, `lanes` (space
+ *   separated), `order`; once granted also `granted` (the grant's message) until its lease (whose
+ *   id is the ticket's) is released or it expires.
+ * - `base:process:<owner>`: the owner's presence (a TTL refreshed by its heartbeat); `base:processes`
+ *   a sorted set of owners scored by the expiry of their presence.
+ * - Channel `base:grants:<owner>`: each grant, `<ticket> <lane> <in-flight> <epoch> <limit>` (the
+ *   lane's in-flight count with it).
+ *
+ * Every key has a TTL: leases, queues and state `idle` ms after their last use, tickets three
+ * lease TTLs while waiting and one once granted, presence as the heartbeat says.
+ *
+ * @internal
+ */
+export const script = `
+if redis.replicate_commands then redis.replicate_commands() end
+local time = redis.call("TIME")
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local op, base, idle = ARGV[1], ARGV[2], tonumber(ARGV[3])
+
+local function split(text)
+  local parts = {}
+  for part in string.gmatch(text or "", "%S+") do parts[#parts + 1] = part end
+  return parts
+end
+
+local function ticketKey(id) return base .. ":ticket:" .. id end
+
+local function touch(lane)
+  for _, suffix in ipairs({ ":leases", ":state", ":q:interactive", ":q:batch" }) do
+    redis.call("PEXPIRE", lane .. suffix, idle)
+  end
+end
+
+local function purge(key)
+  redis.call("ZREMRANGEBYSCORE", key, "-inf", now)
+  return redis.call("ZCARD", key)
+end
+
+-- Takes a ticket out of every queue it waits in.
+local function unqueue(id, lanes)
+  for _, lane in ipairs(lanes) do
+    redis.call("ZREM", lane .. ":q:interactive", id)
+    redis.call("ZREM", lane .. ":q:batch", id)
+  end
+end
+
+local function headOf(lane)
+  for _, queue in ipairs({ lane .. ":q:interactive", lane .. ":q:batch" }) do
+    local head = redis.call("ZRANGE", queue, 0, 0)
+    if #head > 0 then return head[1] end
+  end
+  return nil
+end
+
+-- Grants the lane's free permits to the heads of its queues, interactive first. Answers the
+-- grant message of \`wanted\` if it was granted.
+local function grant(lane, wanted)
+  local state = redis.call("HMGET", lane .. ":state", "limit", "epoch", "account", "cap")
+  local limit, epoch = tonumber(state[1]) or 1, state[2] or "0"
+  local account, cap = state[3], tonumber(state[4]) or -1
+  local answer = nil
+  while true do
+    local inFlight = purge(lane .. ":leases")
+    if inFlight >= limit then break end
+    if account and cap >= 0 and purge(account .. ":leases") >= cap then break end
+    local id = headOf(lane)
+    if id == nil then break end
+    local ticket = redis.call("HMGET", ticketKey(id), "owner", "ttl", "lanes", "granted")
+    if ticket[1] == false or ticket[4] ~= false or redis.call("EXISTS", base .. ":process:" .. ticket[1]) == 0 then
+      -- Gone, granted already, or its owner is dead: it waits nowhere any more.
+      unqueue(id, split(ticket[3] or lane))
+      unqueue(id, { lane })
+    else
+      local expiry = now + tonumber(ticket[2])
+      unqueue(id, split(ticket[3]))
+      redis.call("ZADD", lane .. ":leases", expiry, id)
+      if account then redis.call("ZADD", account .. ":leases", expiry, id) end
+      local message = id .. " " .. lane .. " " .. (inFlight + 1) .. " " .. epoch .. " " .. limit
+      redis.call("HSET", ticketKey(id), "granted", message)
+      redis.call("PEXPIRE", ticketKey(id), tonumber(ticket[2]))
+      -- The ticket the caller placed learns of its grant in the reply.
+      if id == wanted then answer = message else redis.call("PUBLISH", base .. ":grants:" .. ticket[1], message) end
+    end
+  end
+  touch(lane)
+  if account then
+    redis.call("PEXPIRE", account .. ":leases", idle)
+    redis.call("PEXPIRE", account .. ":lanes", idle)
+  end
+  return answer
+end
+
+-- After permits came back on a lane: under an account cap any lane of the account may take them.
+local function granted(lane)
+  local state = redis.call("HMGET", lane .. ":state", "account", "cap")
+  if state[1] and (tonumber(state[2]) or -1) >= 0 then
+    for _, other in ipairs(redis.call("SMEMBERS", state[1] .. ":lanes")) do grant(other) end
+  else
+    grant(lane)
+  end
+end
+
+local function releaseLease(lane, id)
+  redis.call("DEL", ticketKey(id))
+  redis.call("ZREM", lane .. ":leases", id)
+  local account = redis.call("HGET", lane .. ":state", "account")
+  if account then redis.call("ZREM", account .. ":leases", id) end
+  granted(lane)
+end
+
+if op == "place" then
+  -- ARGV: owner, ticket, priority, lease ttl, then per lane: lane, account (or ""), cap, limit,
+  -- whether the limit is fixed (1) or a seed (0). Queues the ticket on exactly these lanes
+  -- (keeping its arrival order if it waits already) and grants what it can. Answers its grant (or
+  -- false) and the processes alive.
+  local owner, id, priority, ttl = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
+  local key = ticketKey(id)
+  local ticket = redis.call("HMGET", key, "granted", "order", "lanes")
+  if ticket[1] then return { ticket[1], purge(base .. ":processes") } end
+  local order = tonumber(ticket[2]) or redis.call("INCR", base .. ":seq")
+  redis.call("PEXPIRE", base .. ":seq", idle)
+  local lanes = {}
+  for i = 8, #ARGV, 5 do
+    local lane, account, cap, limit, fixed = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+    lanes[#lanes + 1] = lane
+    local stateKey = lane .. ":state"
+    if fixed == "1" then redis.call("HSET", stateKey, "limit", limit) else redis.call("HSETNX", stateKey, "limit", limit) end
+    redis.call("HSETNX", stateKey, "epoch", 0)
+    redis.call("HSETNX", stateKey, "version", 0)
+    if account ~= "" then
+      redis.call("HSET", stateKey, "account", account, "cap", cap)
+      redis.call("SADD", account .. ":lanes", lane)
+    end
+  end
+  unqueue(id, split(ticket[3]))
+  redis.call("HSET", key, "owner", owner, "ttl", ttl, "priority", priority, "lanes", table.concat(lanes, " "), "order", order)
+  redis.call("PEXPIRE", key, 3 * ttl)
+  for _, lane in ipairs(lanes) do redis.call("ZADD", lane .. ":q:" .. priority, order, id) end
+  local answer = false
+  for _, lane in ipairs(lanes) do answer = grant(lane, id) or answer end
+  return { answer, purge(base .. ":processes") }
+elseif op == "cancel" then
+  -- ARGV: ticket. Leaves its queues, or hands back the permit granted meanwhile.
+  local key = ticketKey(ARGV[4])
+  local ticket = redis.call("HMGET", key, "lanes", "granted")
+  redis.call("DEL", key)
+  if ticket[2] then
+    releaseLease(split(ticket[2])[2], ARGV[4])
+  else
+    unqueue(ARGV[4], split(ticket[1]))
+  end
+  return false
+elseif op == "release" then
+  -- ARGV: lane, lease.
+  releaseLease(ARGV[4], ARGV[5])
+  return false
+elseif op == "heartbeat" then
+  -- ARGV: owner, lease ttl, presence ms, then counts and lists: leases as (lane, id) pairs,
+  -- waiting tickets, lanes in use. Refreshes (or re-adds) the leases, answers each ticket's state
+  -- ("w" waiting, its grant, or "" gone), grants on the lanes, and answers each lane's limit,
+  -- epoch, in-flight and its account's in-flight, and the processes alive.
+  local owner, ttl, presence = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+  redis.call("SET", base .. ":process:" .. owner, 1, "PX", presence)
+  redis.call("ZADD", base .. ":processes", now + presence, owner)
+  redis.call("PEXPIRE", base .. ":processes", presence)
+  local processes = purge(base .. ":processes")
+  local i = 7
+  local leases = tonumber(ARGV[i])
+  for j = 1, leases do
+    local lane, id = ARGV[i + 2 * j - 1], ARGV[i + 2 * j]
+    redis.call("ZADD", lane .. ":leases", now + ttl, id)
+    local account = redis.call("HGET", lane .. ":state", "account")
+    if account then redis.call("ZADD", account .. ":leases", now + ttl, id) end
+  end
+  i = i + 2 * leases + 1
+  local tickets = tonumber(ARGV[i])
+  local states = {}
+  for j = 1, tickets do
+    local key = ticketKey(ARGV[i + j])
+    local ticket = redis.call("HMGET", key, "granted", "owner")
+    if ticket[1] then states[j] = ticket[1]
+    elseif ticket[2] then
+      redis.call("PEXPIRE", key, 3 * ttl)
+      states[j] = "w"
+    else states[j] = "" end
+  end
+  i = i + tickets + 1
+  local lanes = {}
+  for j = 1, tonumber(ARGV[i]) do
+    local lane = ARGV[i + j]
+    grant(lane)
+    local state = redis.call("HMGET", lane .. ":state", "limit", "epoch", "account")
+    local accountInFlight = state[3] and purge(state[3] .. ":leases") or 0
+    lanes[j] = { tonumber(state[1]) or -1, tonumber(state[2]) or 0, purge(lane .. ":leases"), accountInFlight }
+  end
+  return { processes, states, lanes }
+elseif op == "read" then
+  -- ARGV: lane. Its shared adaptive state: version, state (or false), limit, epoch, in-flight.
+  local lane = ARGV[4]
+  local state = redis.call("HMGET", lane .. ":state", "version", "aimd", "limit", "epoch")
+  return { tonumber(state[1]) or 0, state[2], tonumber(state[3]) or -1, tonumber(state[4]) or 0, purge(lane .. ":leases") }
+elseif op == "commit" then
+  -- ARGV: lane, the version read, state, limit, epoch. Sets them if no one did since (1), or
+  -- answers 0; a limit that grew grants at once.
+  local lane = ARGV[4]
+  local stateKey = lane .. ":state"
+  local current = redis.call("HMGET", stateKey, "version", "limit")
+  if (tonumber(current[1]) or 0) ~= tonumber(ARGV[5]) then return 0 end
+  redis.call("HSET", stateKey, "version", tonumber(ARGV[5]) + 1, "aimd", ARGV[6], "limit", ARGV[7], "epoch", ARGV[8])
+  if tonumber(ARGV[7]) > (tonumber(current[2]) or 0) then granted(lane) else touch(lane) end
+  return 1
+end
+return redis.error_reply("unknown operation " .. tostring(op))
+`

@@ -1,0 +1,176 @@
+/**
+ * The account pool's lanes shared through a real redis-server: several pools over their own
+ * connections, in one test process, on one account of the loopback Simulator. Real time, short.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as Redacted from "effect/Redacted"
+import * as Schedule from "effect/Schedule"
+import * as AccountPool from "../src/AccountPool.js"
+import type { Account } from "../src/Accounts.js"
+import * as CostLedger from "../src/CostLedger.js"
+import * as Redis from "../src/Redis.js"
+import * as Simulator from "../src/Simulator.js"
+import * as Transport from "../src/Transport.js"
+import { flatPricing } from "./support/pricing.js"
+import { capturingLogs, type Logged } from "./support/logs.js"
+import { awaitReady, keysWithTtl, redisServer, redisServerPresent, type RedisServer, skipMessage, until } from "./support/redisServer.js"
+
+const flash = "deepseek-v4-flash"
+
+const account = (baseUrl: string, concurrency?: Account["concurrency"]): Account => ({
+  name: "shared",
+  provider: "deepseek",
+  baseUrl,
+  keys: [Redacted.make(Simulator.defaultKey)],
+  fallback: false,
+  models: {},
+  ...(concurrency === undefined ? {} : { concurrency })
+})
+
+/** A pool over its own connection to `server`. */
+const poolOn = (server: RedisServer, accounts: ReadonlyArray<Account>, options: AccountPool.RedisOptions = {}) =>
+  Effect.gen(function*() {
+    const redis = yield* Redis.make({ url: server.url })
+    return yield* AccountPool.makeRedis(accounts, { preflight: false, warmUp: 0, ...options }).pipe(
+      Effect.provideService(Redis.Redis, redis)
+    )
+  })
+
+/** What the pools need besides Redis: one HTTP client and one ledger for the test. */
+const services = Layer.merge(Transport.nodeHttpClient(), CostLedger.layer({ pricing: flatPricing }))
+
+const ask = (pool: AccountPool.Service, i: number) =>
+  pool.create({ model: flash, messages: [{ role: "user", content: `question ${i}` }] })
+
+/** `count` calls on each pool, `concurrency` at a time per pool; answers how many failed. */
+const load = (pools: ReadonlyArray<AccountPool.Service>, count: number, concurrency: number) =>
+  Effect.map(
+    Effect.all(
+      pools.map((pool) =>
+        Effect.forEach(Array.from({ length: count }, (_, i) => i), (i) => Effect.either(ask(pool, i)), { concurrency })
+      ),
+      { concurrency: "unbounded" }
+    ),
+    (results) => results.flat().filter((result) => result._tag === "Left").length
+  )
+
+describe.skipIf(!redisServerPresent)(skipMessage("AccountPool on Redis"), () => {
+  it.scopedLive("three pools with a fixed limit of 12 each share one account's 12: no 429", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const simulator = yield* Simulator.make({ limit: { [flash]: 12 }, queueDelay: { min: "20 millis", max: "60 millis" } })
+      const accounts = [account(simulator.baseUrl, 12)]
+      const pools = [yield* poolOn(server, accounts), yield* poolOn(server, accounts), yield* poolOn(server, accounts)]
+      const failed = yield* load(pools, 40, 20)
+      const stats = (yield* simulator.stats).accounts["default"]!.byModel[flash]!
+      expect(failed).toBe(0)
+      expect(stats.completed).toBe(120)
+      expect(stats.rateLimited).toBe(0)
+      expect(stats.maxInFlight).toBe(12)
+    }).pipe(Effect.provide(services)))
+
+  it.scopedLive("three adaptive pools learn one limit together: near the cap, few 429s", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const simulator = yield* Simulator.make({
+        limit: { [flash]: 12 },
+        queueDelay: { min: "40 millis", max: "80 millis" },
+        keepAliveInterval: "20 millis"
+      })
+      const accounts = [account(simulator.baseUrl)]
+      // A short lease TTL: a heartbeat every 500 ms tells each pool the last limit.
+      const options = { leaseTtl: "1500 millis" } as const
+      const pools = [yield* poolOn(server, accounts, options), yield* poolOn(server, accounts, options), yield* poolOn(server, accounts, options)]
+      const count = 100
+      const failed = yield* load(pools, count, 20)
+      const stats = (yield* simulator.stats).accounts["default"]!.byModel[flash]!
+      // The pool does not retry: its 429s are its only failures.
+      expect(failed).toBe(stats.rateLimited)
+      expect(stats.completed).toBe(3 * count - failed)
+      expect(stats.maxInFlight).toBeGreaterThanOrEqual(10)
+      // Typically 2–3 % (one run in five about 9 %, a cap fall misread while flushes lag).
+      expect(stats.rateLimited / (3 * count)).toBeLessThanOrEqual(0.1)
+      // Every pool sees the one shared limit (by its next heartbeat at the latest).
+      const limitsSeen = Effect.forEach(pools, (pool) => Effect.map(pool.snapshot, ([only]) => only!.models[0]!.limit))
+      const limits = yield* until(limitsSeen, (limits) => new Set(limits).size === 1)
+      expect(limits[0]).toBeGreaterThanOrEqual(9)
+      expect(limits[0]).toBeLessThanOrEqual(14)
+    }).pipe(Effect.provide(services)))
+
+  it.scopedLive("every key it leaves has a TTL", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const simulator = yield* Simulator.make({ limit: { [flash]: 4 }, queueDelay: { min: "10 millis", max: "20 millis" } })
+      const accounts = [{ ...account(simulator.baseUrl), accountConcurrency: 3 }]
+      const pools = [yield* poolOn(server, accounts), yield* poolOn(server, accounts)]
+      expect(yield* load(pools, 20, 6)).toBe(0)
+      const keys = yield* keysWithTtl(yield* Redis.make({ url: server.url }))
+      expect(keys.length).toBeGreaterThan(0)
+      expect(keys.filter((key) => key.ttl < 0)).toEqual([])
+    }).pipe(Effect.provide(services)))
+
+  it.scopedLive("Redis stopped mid-run: calls go on at each pool's share, every one answered once; back empty, the pools rejoin", () => {
+    const logs: Array<Logged> = []
+    return Effect.gen(function*() {
+      const server = yield* redisServer
+      const simulator = yield* Simulator.make({ limit: { [flash]: 12 }, queueDelay: { min: "20 millis", max: "40 millis" } })
+      const accounts = [account(simulator.baseUrl, 12)]
+      const pools = [yield* poolOn(server, accounts), yield* poolOn(server, accounts)]
+      const watcher = yield* Redis.make({ url: server.url })
+      // A call refused with 429 is sent again: at the switch, a pool above its share keeps its permits.
+      const askUntilAnswered = (pool: AccountPool.Service, i: number) =>
+        ask(pool, i).pipe(Effect.retry({ while: (error) => error._tag === "RateLimited", schedule: Schedule.spaced("20 millis") }))
+      const run = (from: number) =>
+        Effect.all(pools.map((pool, p) =>
+          Effect.forEach(Array.from({ length: 40 }, (_, i) => from + 1000 * p + i), (i) => askUntilAnswered(pool, i), {
+            concurrency: 16
+          })
+        ), { concurrency: "unbounded" })
+      yield* run(0)
+      const localModeBefore = (yield* Metric.value(AccountPool.redisLocalModeCounter)).count
+      yield* server.stop
+      yield* awaitReady(watcher, false)
+      yield* run(100)
+      const down = (yield* simulator.stats).accounts["default"]!.byModel[flash]!
+      // One warning per pool from its lanes (its breakers, keys and balance say so on their own).
+      const lanesDown = logs.filter((log) => log.level === "WARN" && log.message.includes("shared concurrency limit"))
+      expect(lanesDown).toHaveLength(2)
+      expect(lanesDown[0]?.message).toContain(`Redis at ${watcher.url}`)
+      expect((yield* Metric.value(AccountPool.redisLocalModeCounter)).count - localModeBefore).toBe(2)
+      // Each pool at its share of 12: 6.
+      const shares = yield* Effect.forEach(pools, (pool) => Effect.map(pool.snapshot, ([only]) => only!.models[0]!.limit))
+      expect(shares).toEqual([6, 6])
+      yield* server.start
+      yield* awaitReady(watcher, true)
+      yield* Effect.forEach(pools, (pool) =>
+        Effect.repeat(Effect.map(pool.snapshot, ([only]) => only!.models[0]!.limit), {
+          until: (limit) => limit === 12,
+          schedule: Schedule.spaced("20 millis")
+        }).pipe(Effect.timeout("10 seconds")))
+      expect(logs.filter((log) => log.level === "INFO" && log.message.includes("concurrency limits are shared again"))).toHaveLength(2)
+      yield* run(200)
+      const stats = (yield* simulator.stats).accounts["default"]!.byModel[flash]!
+      // Every call answered once; refusals only while the permits held at the switch came back.
+      expect(stats.completed).toBe(3 * 80)
+      expect(down.completed).toBe(2 * 80)
+      expect(stats.rateLimited).toBeLessThanOrEqual(6)
+      expect(stats.rateLimited).toBe(down.rateLimited)
+    }).pipe(capturingLogs(logs), Effect.provide(services))
+  }, { timeout: 60_000 })
+
+  it.scopedLive("a lease refresh that fails (the server stopped during a long call) crashes nothing: the call ends", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const simulator = yield* Simulator.make({ limit: { [flash]: 4 }, queueDelay: { min: "1500 millis", max: "1500 millis" } })
+      const pool = yield* poolOn(server, [account(simulator.baseUrl, 4)], { leaseTtl: "600 millis" })
+      const call = yield* Effect.fork(ask(pool, 1))
+      yield* Effect.sleep("300 millis")
+      yield* server.stop
+      const answer = yield* Fiber.join(call)
+      expect(answer.choices[0]?.message.content).toBe("echo:question 1")
+    }).pipe(Effect.provide(services)))
+})

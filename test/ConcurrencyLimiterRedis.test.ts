@@ -1,0 +1,228 @@
+/**
+ * `ConcurrencyLimiter.makeRedis` on a real redis-server: limiters of one name over their own
+ * connections share one limit, one queue order and the leases of a process that dies. Real time,
+ * short and bounded.
+ */
+import { type ChildProcess, spawn } from "node:child_process"
+import { describe, expect, it } from "@effect/vitest"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as FastCheck from "effect/FastCheck"
+import * as Fiber from "effect/Fiber"
+import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
+import * as LimiterInternal from "../src/internal/concurrencyLimiter.js"
+import * as Redis from "../src/Redis.js"
+import { redisServer, redisServerPresent, type RedisServer, skipMessage, until } from "./support/redisServer.js"
+
+/** A limiter over its own connection to `server`. */
+const limiterOn = (server: RedisServer, options: ConcurrencyLimiter.RedisOptions) =>
+  Effect.flatMap(Redis.make({ url: server.url }), (redis) =>
+    Effect.provideService(ConcurrencyLimiter.makeRedis(options), Redis.Redis, redis))
+
+describe("the adaptive limit's shared state", () => {
+  it("toState holds every field of the controller, and fromState gives it back", () => {
+    const config = LimiterInternal.adaptiveConfig({})
+    const aimd = new LimiterInternal.Aimd(config)
+    aimd.accepted(0)
+    aimd.record(0, { _tag: "Dropped" }, 8, { timing: "ahead", grew: false })
+    const state = aimd.toState()
+    const fields = Object.keys(aimd).filter((field) => field !== "config")
+    expect(Object.keys(state).sort()).toEqual(fields.sort())
+    const back = LimiterInternal.Aimd.fromState(config, JSON.parse(JSON.stringify(state)))
+    expect(back.toState()).toEqual(state)
+    expect(back.limit).toBe(aimd.limit)
+  })
+})
+
+describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"), () => {
+  it.scopedLive("two limiters of one name never hold more than its permits together", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const limiters = [
+        yield* limiterOn(server, { name: "shared", permits: 3 }),
+        yield* limiterOn(server, { name: "shared", permits: 3 })
+      ]
+      let inFlight = 0
+      let most = 0
+      let done = 0
+      const work = Effect.acquireUseRelease(
+        Effect.sync(() => (most = Math.max(most, ++inFlight))),
+        () => Effect.sleep("15 millis"),
+        () => Effect.sync(() => (inFlight--, done++))
+      )
+      yield* Effect.forEach(limiters, (limiter) =>
+        Effect.forEach(Array.from({ length: 20 }), () => limiter.withPermit(() => work), { concurrency: "unbounded" }), {
+        concurrency: "unbounded"
+      })
+      expect(done).toBe(40)
+      expect(most).toBe(3)
+      expect((yield* limiters[0]!.snapshot).limit).toBe(3)
+    }))
+
+  it.scopedLive("callers are served in arrival order within a priority across limiters, interactive first", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const a = yield* limiterOn(server, { name: "order", permits: 1 })
+      const b = yield* limiterOn(server, { name: "order", permits: 1 })
+      const holding = yield* Deferred.make<void>()
+      const holder = yield* Effect.fork(a.withPermit(() => Effect.zipRight(Deferred.succeed(holding, undefined), Effect.never)))
+      yield* Deferred.await(holding)
+      const served: Array<string> = []
+      const waiters: Array<Fiber.RuntimeFiber<void, ConcurrencyLimiter.QueueFull>> = []
+      const queue = (limiter: ConcurrencyLimiter.Service, label: string, priority: ConcurrencyLimiter.Priority) =>
+        Effect.gen(function*() {
+          const before = (yield* a.snapshot).queued + (yield* b.snapshot).queued
+          waiters.push(yield* Effect.fork(limiter.withPermit(() => Effect.sync(() => void served.push(label)), { priority })))
+          // Its ticket is on the server before the next one arrives.
+          yield* until(Effect.zipWith(a.snapshot, b.snapshot, (x, y) => x.queued + y.queued), (n) => n > before)
+          yield* Effect.sleep("20 millis")
+        })
+      yield* queue(a, "a1", "batch")
+      yield* queue(b, "b1", "batch")
+      yield* queue(a, "a2", "interactive")
+      yield* queue(b, "b2", "batch")
+      yield* queue(b, "b3", "interactive")
+      yield* Fiber.interrupt(holder)
+      yield* Effect.forEach(waiters, Fiber.join)
+      expect(served).toEqual(["a2", "b3", "a1", "b1", "b2"])
+    }))
+
+  it.scopedLive("two limiters with equal demand on a small limit get shares within 20 % of each other", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const limiters = [
+        yield* limiterOn(server, { name: "fair", permits: 4 }),
+        yield* limiterOn(server, { name: "fair", permits: 4 })
+      ]
+      const served = [0, 0]
+      const stop = Date.now() + 1500
+      const worker = (i: number) =>
+        Effect.whileLoop({
+          while: () => Date.now() < stop,
+          body: () => limiters[i]!.withPermit(() => Effect.zipRight(Effect.sleep("10 millis"), Effect.sync(() => served[i]!++))),
+          step: () => {}
+        })
+      yield* Effect.all([0, 1].flatMap((i) => Array.from({ length: 8 }, () => worker(i))), { concurrency: "unbounded" })
+      const [x, y] = served as [number, number]
+      expect(x + y).toBeGreaterThan(100)
+      expect(Math.abs(x - y) / Math.max(x, y)).toBeLessThanOrEqual(0.2)
+    }))
+
+  it.scopedLive("the leases of a process killed with SIGKILL come back within their TTL", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const child: ChildProcess = yield* Effect.acquireRelease(
+        Effect.sync(() =>
+          spawn("node_modules/.bin/vite-node", ["test/support/leaseHolder.ts", "--", server.url, "crash", "4", "2000", "3"], {
+            stdio: ["ignore", "pipe", "inherit"]
+          })
+        ),
+        (child) => Effect.sync(() => child.exitCode === null && child.kill("SIGKILL"))
+      )
+      const holding = yield* Deferred.make<void>()
+      child.stdout?.on("data", (data: Buffer) => {
+        if (data.toString().includes("holding 3")) Effect.runSync(Deferred.succeed(holding, undefined))
+      })
+      yield* Deferred.await(holding).pipe(Effect.timeout("30 seconds"))
+      const limiter = yield* limiterOn(server, { name: "crash", permits: 4, leaseTtl: "2 seconds" })
+      // One permit is free while the child lives.
+      yield* Effect.scoped(limiter.acquire())
+      child.kill("SIGKILL")
+      const killedAt = Date.now()
+      // Then all four, once the child's leases expired (and a heartbeat or a release granted them).
+      yield* Effect.scoped(Effect.forEach(Array.from({ length: 4 }), () => limiter.acquire(), { concurrency: "unbounded" })).pipe(
+        Effect.timeout("4 seconds")
+      )
+      expect(Date.now() - killedAt).toBeLessThanOrEqual(2000 + 2000 / 3 + 500)
+    }), { timeout: 60_000 })
+
+  it.scopedLive("a 429 seen by one limiter lowers the limit the others grant by", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const a = yield* limiterOn(server, { name: "learn", initial: 8 })
+      const b = yield* limiterOn(server, { name: "learn", initial: 8 })
+      // Eight in flight (four each), one refused: the ceiling becomes 7, the limit min(7, 8 × 0.9).
+      yield* Effect.scoped(Effect.gen(function*() {
+        const permits = yield* Effect.forEach(Array.from({ length: 4 }), () => a.acquire())
+        yield* Effect.forEach(Array.from({ length: 4 }), () => b.acquire())
+        yield* permits[0]!.complete({ _tag: "Dropped" })
+        yield* until(a.snapshot, (snapshot) => snapshot.limit < 8)
+      }))
+      const lowered = (yield* a.snapshot).limit
+      expect(lowered).toBe(7)
+      // b learns it with its next grant.
+      yield* Effect.scoped(b.acquire())
+      expect((yield* b.snapshot).limit).toBe(lowered)
+    }))
+
+  it.scopedLive("property: random acquires, releases and cancels on two limiters never exceed the limit, grant no one twice, leave no one waiting", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const connections = [yield* Redis.make({ url: server.url }), yield* Redis.make({ url: server.url })]
+      const step = FastCheck.record({
+        op: FastCheck.constantFrom("acquire", "acquire", "release", "cancel"),
+        who: FastCheck.integer({ min: 0, max: 1 }),
+        pick: FastCheck.nat()
+      })
+      let run = 0
+      yield* Effect.promise(() =>
+        FastCheck.assert(
+          FastCheck.asyncProperty(FastCheck.integer({ min: 1, max: 3 }), FastCheck.array(step, { maxLength: 24 }), (permits, steps) =>
+            Effect.runPromise(Effect.scoped(scenario(connections, `property-${run++}`, permits, steps)))),
+          { numRuns: 25 }
+        )
+      )
+    }), { timeout: 60_000 })
+})
+
+interface Caller {
+  readonly fiber: Fiber.RuntimeFiber<void, ConcurrencyLimiter.QueueFull>
+  readonly done: Deferred.Deferred<void>
+  grants: number
+}
+
+/** Plays `steps` on two limiters of `name`; fails on a broken invariant. */
+const scenario = (
+  connections: ReadonlyArray<Redis.Service>,
+  name: string,
+  permits: number,
+  steps: ReadonlyArray<{ readonly op: string; readonly who: number; readonly pick: number }>
+) =>
+  Effect.gen(function*() {
+    const limiters = yield* Effect.forEach(connections, (redis) =>
+      Effect.provideService(ConcurrencyLimiter.makeRedis({ name, permits }), Redis.Redis, redis))
+    let inFlight = 0
+    let most = 0
+    const callers: Array<Caller> = []
+    for (const { op, pick, who } of steps) {
+      const granted = callers.filter((caller) => caller.grants > 0 && caller.fiber.unsafePoll() === null)
+      const waiting = callers.filter((caller) => caller.grants === 0 && caller.fiber.unsafePoll() === null)
+      if (op === "acquire") {
+        const done = yield* Deferred.make<void>()
+        const caller: Caller = { done, grants: 0, fiber: undefined as never }
+        const use = Effect.acquireUseRelease(
+          Effect.sync(() => {
+            caller.grants++
+            most = Math.max(most, ++inFlight)
+          }),
+          () => Deferred.await(done),
+          () => Effect.sync(() => inFlight--)
+        )
+        callers.push(Object.assign(caller, { fiber: yield* Effect.fork(limiters[who]!.withPermit(() => use)) }))
+      } else if (op === "release" && granted.length > 0) {
+        yield* Deferred.succeed(granted[pick % granted.length]!.done, undefined)
+      } else if (op === "cancel" && waiting.length > 0) {
+        yield* Fiber.interrupt(waiting[pick % waiting.length]!.fiber)
+      }
+      yield* Effect.sleep("2 millis")
+    }
+    // Every caller still waiting is granted in turn once the others release.
+    yield* Effect.forEach(callers, (caller) => Deferred.succeed(caller.done, undefined))
+    yield* Effect.forEach(callers, (caller) => Fiber.await(caller.fiber)).pipe(Effect.timeout("5 seconds"))
+    expect(most).toBeLessThanOrEqual(permits)
+    for (const caller of callers) expect(caller.grants).toBeLessThanOrEqual(1)
+    expect(inFlight).toBe(0)
+    // Every lease handed back on the server too.
+    const redis = connections[0]!
+    yield* until(redis.command("ZCARD", [`${redis.key("limiter", name)}:leases`]), (leases) => leases === 0)
+  })
