@@ -58,6 +58,7 @@ import * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as AccountPoolModule from "./AccountPool.js"
+import type * as Redis from "./Redis.js"
 import * as ResponseCache from "./ResponseCache.js"
 import { AccountPool } from "./AccountPool.js"
 import type { AccountStatus } from "./AccountPool.js"
@@ -317,25 +318,38 @@ export type Requirements = Resilient | Router | CostLedger | TelemetryCounts | F
 /**
  * The client of a batch over accounts, as `weatherproof batch` builds it:
  * `AccountPool.layerResilient(accounts, pool)` recording every attempt in `ledger`, the telemetry
- * counts, and `router`. Everything `run` needs but files.
+ * counts, and `router`. Everything `run` needs but files. With `redis`, the pool's lanes, breakers,
+ * key cooldowns and balance (`AccountPool.layerResilientRedis`) and the response cache
+ * (`ResponseCache.layerRedis`) are shared with every process on that Redis and prefix, over one
+ * connection.
  *
  * @since 0.1.0
  * @category layers
  */
-export const layerAccounts = <E1, R1, E2, R2>(
+export const layerAccounts = <E1, R1, E2, R2, E3 = never, R3 = never>(
   accounts: ReadonlyArray<Account>,
   options: {
     readonly pool?: AccountPoolModule.PoolOptions | undefined
     readonly ledger: Layer.Layer<CostLedger, E1, R1>
     readonly router: Layer.Layer<Router, E2, R2>
+    readonly redis?: Layer.Layer<Redis.Redis, E3, R3> | undefined
   }
-): Layer.Layer<Exclude<Requirements, FileSystem.FileSystem> | AccountPool | Telemetry.Telemetry, E1 | E2, R1 | R2> =>
-  AccountPoolModule.layerResilient(accounts, options.pool).pipe(
-    // Identical deterministic lines (temperature 0) are sent once and billed once.
-    Layer.provide(ResponseCache.layerMemory()),
+): Layer.Layer<Exclude<Requirements, FileSystem.FileSystem> | AccountPool | Telemetry.Telemetry, E1 | E2 | E3, R1 | R2 | R3> =>
+  clientOf(accounts, options.pool, options.redis).pipe(
     Layer.provideMerge(Layer.merge(options.ledger, layerTelemetryCounts)),
     Layer.merge(options.router)
   )
+
+/** The pool and its client, in memory or shared through `redis`. */
+const clientOf = <E, R>(
+  accounts: ReadonlyArray<Account>,
+  pool: AccountPoolModule.PoolOptions | undefined,
+  redis: Layer.Layer<Redis.Redis, E, R> | undefined
+): Layer.Layer<Resilient | AccountPool, E, CostLedger | R> =>
+  redis === undefined
+    // Identical deterministic lines (temperature 0) are sent once and billed once.
+    ? AccountPoolModule.layerResilient(accounts, pool).pipe(Layer.provide(ResponseCache.layerMemory()))
+    : AccountPoolModule.layerResilientRedis(accounts, pool).pipe(Layer.provide(ResponseCache.layerRedis()), Layer.provide(redis))
 
 /** A line to send. */
 interface Send {

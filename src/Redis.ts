@@ -167,17 +167,29 @@ export const make: (options: Options) => Effect.Effect<Service, RedisUnavailable
 export const layer = (options: Options): Layer.Layer<Redis, RedisUnavailable> => Layer.scoped(Redis, make(options))
 
 /**
- * `WEATHERPROOF_REDIS_URL` (redacted: it may carry a password) and `WEATHERPROOF_REDIS_PREFIX`.
+ * `WEATHERPROOF_REDIS_URL`, redacted: it may carry a password.
+ *
+ * @since 0.1.0
+ * @category config
+ */
+export const urlConfig: Config.Config<Redacted.Redacted<string>> = Config.redacted("WEATHERPROOF_REDIS_URL")
+
+/**
+ * `WEATHERPROOF_REDIS_PREFIX`, default `defaults.prefix`.
+ *
+ * @since 0.1.0
+ * @category config
+ */
+export const prefixConfig: Config.Config<string> = Config.string("WEATHERPROOF_REDIS_PREFIX").pipe(
+  Config.withDefault(defaults.prefix)
+)
+
+/**
+ * `WEATHERPROOF_REDIS_URL` (`urlConfig`) and `WEATHERPROOF_REDIS_PREFIX` (`prefixConfig`).
  *
  * @since 0.1.0
  * @category layers
  */
 export const layerConfig: Layer.Layer<Redis, RedisUnavailable | ConfigError.ConfigError> = Layer.unwrapEffect(
-  Config.map(
-    Config.all({
-      url: Config.redacted("WEATHERPROOF_REDIS_URL"),
-      prefix: Config.string("WEATHERPROOF_REDIS_PREFIX").pipe(Config.withDefault(defaults.prefix))
-    }),
-    layer
-  )
+  Config.map(Config.all({ url: urlConfig, prefix: prefixConfig }), layer)
 )

@@ -3,19 +3,24 @@
  * usage or configuration problem as exit 2, and turn the call flags into the pool's options.
  */
 import type * as FileSystem from "@effect/platform/FileSystem"
+import * as Config from "effect/Config"
 import * as ConfigError from "effect/ConfigError"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import type * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
 import type * as AccountPool from "../../src/AccountPool.js"
 import * as Accounts from "../../src/Accounts.js"
 import { scrubSecrets } from "../../src/ApiError.js"
+import * as Redis from "../../src/Redis.js"
 import { type ExitCode, fail } from "./exit.js"
 
 /** The parsed `accountFlags`. */
 export interface AccountArgs {
   readonly accounts: Option.Option<string>
   readonly concurrency: Option.Option<number>
+  readonly redis: Option.Option<string>
 }
 
 /** The parsed `callFlags`. */
@@ -67,6 +72,21 @@ export const loadAccounts = (
       onSome: (n) => accounts.map((account): Accounts.Account => ({ ...account, concurrency: n }))
     })
   ))
+
+/**
+ * The Redis the run shares its accounts' state through: `--redis`, else `WEATHERPROOF_REDIS_URL`,
+ * else none (everything stays in this process); its prefix `WEATHERPROOF_REDIS_PREFIX`'s.
+ */
+export const redisOf = (
+  args: AccountArgs
+): Effect.Effect<Layer.Layer<Redis.Redis, Redis.RedisUnavailable> | undefined, ConfigError.ConfigError> =>
+  Option.match(args.redis, {
+    onSome: (url) => Effect.succeed(Option.some(Redacted.make(url))),
+    onNone: () => Config.option(Redis.urlConfig)
+  }).pipe(Effect.flatMap(Option.match({
+    onNone: () => Effect.succeed(undefined),
+    onSome: (url) => Effect.map(Redis.prefixConfig, (prefix) => Redis.layer({ url, prefix }))
+  })))
 
 const given = <A, B>(option: Option.Option<A>, f: (a: A) => B): B | Record<never, never> =>
   Option.match(option, { onNone: () => ({}), onSome: f })

@@ -5,13 +5,24 @@
 import * as Console from "effect/Console"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import type * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as AccountPool from "../../src/AccountPool.js"
 import type * as Accounts from "../../src/Accounts.js"
 import * as Batch from "../../src/Batch.js"
 import * as CostLedger from "../../src/CostLedger.js"
+import type * as Redis from "../../src/Redis.js"
 import * as Router from "../../src/Router.js"
-import { type AccountArgs, type CallArgs, flagsProblem, invalidConfig, listIssues, loadAccounts, poolOptions } from "./accounts.js"
+import {
+  type AccountArgs,
+  type CallArgs,
+  flagsProblem,
+  invalidConfig,
+  listIssues,
+  loadAccounts,
+  poolOptions,
+  redisOf
+} from "./accounts.js"
 import { withProgress } from "./batchProgress.js"
 import { fail } from "./exit.js"
 import { exitCodeOf, StopSignals } from "./signals.js"
@@ -36,6 +47,16 @@ const durationFlag = (flag: string, duration: Option.Option<Duration.Duration>):
 
 const shellWord = (word: string): string => /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`
 
+/** A Redis URL to print: one that carries credentials is shown as `URL`, for the user to give again. */
+const withoutPassword = (url: string): string => {
+  try {
+    const parsed = new URL(url)
+    return parsed.username === "" && parsed.password === "" ? url : "URL"
+  } catch {
+    return "URL"
+  }
+}
+
 /** The command line that runs the same batch again, which resumes it. */
 export const commandLine = (args: BatchArgs): string =>
   [
@@ -47,6 +68,7 @@ export const commandLine = (args: BatchArgs): string =>
     ...Option.match(args.accounts, { onNone: () => [], onSome: (path) => ["--accounts", path] }),
     ...Option.match(args.summary, { onNone: () => [], onSome: (path) => ["--summary", path] }),
     ...Option.match(args.concurrency, { onNone: () => [], onSome: (n) => ["--concurrency", String(n)] }),
+    ...Option.match(args.redis, { onNone: () => [], onSome: (url) => ["--redis", withoutPassword(url)] }),
     ...Option.match(args.retries, { onNone: () => [], onSome: (n) => ["--retries", String(n)] }),
     ...durationFlag("--drain-timeout", args.drainTimeout),
     ...durationFlag("--max-wait", args.maxWait),
@@ -59,7 +81,11 @@ export const commandLine = (args: BatchArgs): string =>
  * Runs the batch with the process's signals caught: the first stops it (no new line is sent, the
  * calls in flight drain), a second stops the drain. Returns the summary and the signal, if any.
  */
-const runCaught = (args: BatchArgs, accounts: ReadonlyArray<Accounts.Account>) =>
+const runCaught = (
+  args: BatchArgs,
+  accounts: ReadonlyArray<Accounts.Account>,
+  redis: Layer.Layer<Redis.Redis, Redis.RedisUnavailable> | undefined
+) =>
   Effect.scoped(Effect.gen(function*() {
     const signals = yield* Effect.flatMap(StopSignals, (service) => service.catch)
     const drainTimeout = Option.getOrElse(args.drainTimeout, () => Batch.defaultDrainTimeout)
@@ -78,11 +104,13 @@ const runCaught = (args: BatchArgs, accounts: ReadonlyArray<Accounts.Account>) =
     Effect.provide(Batch.layerAccounts(accounts, {
       pool: poolOptions(args, batchDefaults),
       ledger: CostLedger.layerConfig,
-      router: Router.layerConfig
+      router: Router.layerConfig,
+      redis
     })),
     Effect.catchTags({
       BatchError: (error) => fail(1, `weatherproof: ${error.message}`),
       OutputLocked: (error) => fail(2, `weatherproof: ${error.message}; nothing was sent`),
+      RedisUnavailable: (error) => fail(2, `weatherproof: ${error.message}; nothing was sent`),
       PricingError: (error) => fail(2, `weatherproof: invalid pricing table ${error.source}:\n${listIssues(error.issues)}`),
       ConfigError: invalidConfig
     })
@@ -98,7 +126,8 @@ export const batch = (args: BatchArgs) =>
     const problem = flagsProblem(args)
     if (problem !== undefined) return yield* fail(2, `weatherproof: ${problem}`)
     const accounts = yield* loadAccounts(args)
-    const { signal, summary } = yield* runCaught(args, accounts)
+    const redis = yield* Effect.catchTag(redisOf(args), "ConfigError", invalidConfig)
+    const { signal, summary } = yield* runCaught(args, accounts, redis)
     yield* Console.log(Batch.formatSummary(summary))
     if (Option.isSome(args.summary)) {
       yield* Batch.writeSummary(args.summary.value, summary).pipe(

@@ -1,5 +1,6 @@
 /**
- * The flags `batch` and `serve` share, declared once: where the accounts come from, their limits,
+ * The flags `batch` and `serve` share, declared once: where the accounts come from, their limits
+ * and the Redis they share them through,
  * how long a call may wait and each attempt's deadlines, retries, the drain on a signal. Only
  * @effect/cli and the duration parser are loaded here, so declaring the commands stays cheap.
  */
@@ -35,6 +36,13 @@ export const accountFlags = {
   ),
   concurrency: Options.integer("concurrency").pipe(
     Options.withDescription("a fixed number of calls in flight per account (default: the accounts file's, else adaptive)"),
+    Options.optional
+  ),
+  redis: Options.text("redis").pipe(
+    Options.withPseudoName("url"),
+    Options.withDescription(
+      "a Redis or Valkey server (redis://host:port; default WEATHERPROOF_REDIS_URL): every process given the same one, and the same WEATHERPROOF_REDIS_PREFIX, shares each account's limits, breaker, key cooldowns and balance, and the response cache"
+    ),
     Options.optional
   )
 }

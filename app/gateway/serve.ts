@@ -25,7 +25,16 @@ import * as Transport from "../../src/Transport.js"
 import { gatewayKeysConfig } from "./auth.js"
 import * as Gateway from "./server.js"
 import * as Telemetry from "./telemetry.js"
-import { type AccountArgs, type CallArgs, flagsProblem, invalidConfig, listIssues, loadAccounts, poolOptions } from "../cli/accounts.js"
+import {
+  type AccountArgs,
+  type CallArgs,
+  flagsProblem,
+  invalidConfig,
+  listIssues,
+  loadAccounts,
+  poolOptions,
+  redisOf
+} from "../cli/accounts.js"
 import { type ExitCode, fail } from "../cli/exit.js"
 import { StopSignals } from "../cli/signals.js"
 
@@ -63,6 +72,7 @@ export const run = (options: ServeOptions): Effect.Effect<void, ExitCode, FileSy
     if (problem !== undefined) return yield* fail(2, `weatherproof: ${problem}`)
     const gatewayKeys = yield* Effect.catchTag(gatewayKeysConfig, "ConfigError", invalidConfig)
     const accounts = yield* loadAccounts(options)
+    const redis = yield* Effect.catchTag(redisOf(options), "ConfigError", invalidConfig)
     const otlp = yield* Config.option(Config.nonEmptyString("OTEL_EXPORTER_OTLP_ENDPOINT")).pipe(
       Effect.catchTag("ConfigError", invalidConfig)
     )
@@ -71,7 +81,8 @@ export const run = (options: ServeOptions): Effect.Effect<void, ExitCode, FileSy
       Batch.layerAccounts(accounts, {
         pool: poolOptions(options, serveDefaults),
         ledger: CostLedger.layerConfig,
-        router: Router.layerConfig
+        router: Router.layerConfig,
+        redis
       }),
       Telemetry.layer({ otlp: Option.isSome(otlp) }),
       Transport.nodeHttpClient()
@@ -105,6 +116,7 @@ export const run = (options: ServeOptions): Effect.Effect<void, ExitCode, FileSy
       Effect.catchTags({
         InsecureHost: (error) => fail(2, `weatherproof: ${error.message}`),
         ServeError: (error) => fail(1, `weatherproof: cannot listen on ${options.host}:${options.port}: ${String(error.cause)}`),
+        RedisUnavailable: (error) => fail(2, `weatherproof: ${error.message}`),
         PricingError: (error) => fail(2, `weatherproof: invalid pricing table ${error.source}:\n${listIssues(error.issues)}`),
         ConfigError: invalidConfig
       })
