@@ -15,6 +15,7 @@ import { fileURLToPath } from "node:url"
 import { bundleCli } from "../scripts/bundleCli.js"
 import * as Simulator from "../src/Simulator.js"
 import { chatLine } from "./support/chatLine.js"
+import { redisServer, redisServerPresent, skipMessage } from "./support/redisServer.js"
 
 const root = fileURLToPath(new URL("..", import.meta.url))
 let build = ""
@@ -251,6 +252,85 @@ describe("weatherproof batch as a process", () => {
       const written = expectOnceEach(yield* ws.readOutput)
       expect((yield* ws.simulator.stats).completed).toBe(written)
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+})
+
+describe.skipIf(!redisServerPresent)(skipMessage("weatherproof batch processes sharing one account through Redis"), () => {
+  const processes = 3
+  const linesEach = 40
+  const cap = 8
+
+  /** `processes` runs on one account, each with its own input and output of `linesEach` lines. */
+  const startRuns = (ws: Effect.Effect.Success<ReturnType<typeof setup>>, redisUrl: string) =>
+    Effect.forEach(Array.from({ length: processes }, (_, p) => p), (p) =>
+      Effect.gen(function*() {
+        const input = `${ws.dir}/in-${p}.jsonl`
+        const output = `${ws.dir}/out-${p}.jsonl`
+        const lines = Array.from({ length: linesEach }, (_, i) => `${chatLine(p * linesEach + i)}\n`)
+        yield* ws.fs.writeFileString(input, lines.join(""))
+        const run = start(["batch", input, "--output", output, "--redis", redisUrl], ws.env)
+        const readOutput = Effect.map(
+          ws.fs.readFileString(output),
+          (text) => text.split("\n").filter((l) => l.length > 0).map((l) => JSON.parse(l) as Line)
+        )
+        return { run, readOutput }
+      }))
+
+  /** Every run exits 0 with each of its lines answered once. */
+  const expectAllAnswered = (runs: Effect.Effect.Success<ReturnType<typeof startRuns>>) =>
+    Effect.forEach(runs, ({ readOutput, run }) =>
+      Effect.gen(function*() {
+        const ended = yield* run.ended(60_000)
+        expect(ended.code, ended.stderr).toBe(0)
+        expect(expectOnceEach(yield* readOutput)).toBe(linesEach)
+        return ended
+      }))
+
+  it.live("three runs share the account's cap: every line answered once, almost no 429s", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const ws = yield* setup(0, { limit: cap, queueDelay: "100 millis" })
+      yield* expectAllAnswered(yield* startRuns(ws, server.url))
+      const stats = yield* ws.simulator.stats
+      expect(stats.completed).toBe(processes * linesEach)
+      // One adaptive limit learnt together: the cap is found once, not once per process (three
+      // runs without Redis draw about 23 here).
+      expect(stats.rateLimited).toBeLessThanOrEqual(2 * processes)
+      expect(stats.accounts["default"]!.maxInFlight).toBe(cap)
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)), 90_000)
+
+  it.live("a Redis restart mid-run loses and duplicates no line; a run that noticed warns once and rejoins", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const ws = yield* setup(0, { limit: cap, queueDelay: "300 millis" })
+      const runs = yield* startRuns(ws, server.url)
+      // Every run past its start (a Redis lost while a run connects is exit 2 with nothing sent).
+      yield* waitFor("an answer written by every run", Effect.map(Effect.forEach(runs, (r) => r.readOutput), (outputs) => outputs.every((lines) => lines.length > 0)))
+      yield* server.restart
+      const ended = yield* expectAllAnswered(runs)
+      const stats = yield* ws.simulator.stats
+      expect(stats.completed).toBe(processes * linesEach)
+      // A run's shared services that saw Redis fail (its lanes, its breaker) said so once each
+      // and rejoined; the others never noticed the gap.
+      const noticed = ended.filter(({ stderr }) => stderr.includes(" failed "))
+      expect(noticed.length).toBeGreaterThan(0)
+      for (const { stderr } of noticed) {
+        const warnings = stderr.match(/WARN .* failed /g) ?? []
+        expect(warnings.length).toBeLessThanOrEqual(2)
+        expect(stderr.match(/INFO .* back /g)).toHaveLength(warnings.length)
+      }
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)), 90_000)
+
+  it.live("a Redis that cannot be reached at start: exit 2 naming it without its password, nothing sent", () =>
+    Effect.gen(function*() {
+      const ws = yield* setup(5, {})
+      const ended = yield* start(["batch", ws.input, "--output", ws.output, "--redis", "redis://user:s3cret@127.0.0.1:1"], ws.env)
+        .ended(30_000)
+      expect(ended.code).toBe(2)
+      expect(ended.stderr).toContain("Redis at redis://127.0.0.1:1")
+      expect(ended.stderr).toContain("nothing was sent")
+      expect(ended.stderr).not.toContain("s3cret")
+      expect((yield* ws.simulator.stats).requests).toBe(0)
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)), 60_000)
 })
 
 describe("weatherproof loads lazily", () => {
