@@ -316,7 +316,7 @@ describe.skipIf(!redisServerPresent)(skipMessage("weatherproof batch processes s
       for (const { stderr } of noticed) {
         const warnings = stderr.match(/WARN .* failed /g) ?? []
         expect(warnings.length).toBeLessThanOrEqual(2)
-        expect(stderr.match(/INFO .* back /g)).toHaveLength(warnings.length)
+        expect(stderr.match(/INFO .* back\b/g)).toHaveLength(warnings.length)
       }
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)), 90_000)
 

@@ -73,8 +73,10 @@ const connect = (url: string, options: Options): Effect.Effect<IORedis, RedisUna
   Effect.acquireRelease(
     Effect.tryPromise({
       try: async () => {
-        // Loaded here, when a connection opens, so that a program that never uses Redis never loads ioredis.
-        const { Redis } = await import("ioredis")
+        // Loaded here, when a connection opens, so that a program that never uses Redis never loads
+        // ioredis. Imported from ESM, a CommonJS module is its `module.exports` under `default`
+        // (a bundle gives nothing else), and ioredis's `module.exports.default` is the client.
+        const Redis = (await import("ioredis")).default.default
         const client: IORedis = new Redis(url, clientOptions(options))
         // Errors reach callers through their commands; without a listener ioredis prints them.
         client.on("error", () => {})
