@@ -398,8 +398,6 @@ export class Aimd implements Policy {
   }
 
   record(stamp: number, outcome: Outcome, inFlight: number, acceptance: Acceptance): void {
-    // Accepted requests are among those in flight: a count that says more missed some ends.
-    this.acceptedOutstanding = Math.min(this.acceptedOutstanding, inFlight)
     if (acceptance.timing !== "unreported") {
       this.acceptedOutstanding--
       this.aheadShare += 0.1 * ((acceptance.timing === "ahead" ? 1 : 0) - this.aheadShare)
