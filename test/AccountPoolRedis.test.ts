@@ -101,6 +101,24 @@ describe.skipIf(!redisServerPresent)(skipMessage("AccountPool on Redis"), () => 
       expect(limits[0]).toBeLessThanOrEqual(14)
     }).pipe(Effect.provide(services)))
 
+  it.scopedLive("the shared limit follows a cap that falls and rises again: 12, then 3, then 12", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const simulator = yield* Simulator.make({
+        limit: { [flash]: [{ atMs: 0, limit: 12 }, { atMs: 1_000, limit: 3 }, { atMs: 2_500, limit: 12 }] },
+        queueDelay: { min: "40 millis", max: "80 millis" },
+        keepAliveInterval: "20 millis"
+      })
+      const accounts = [account(simulator.baseUrl)]
+      const options = { leaseTtl: "1500 millis" } as const
+      const pools = [yield* poolOn(server, accounts, options), yield* poolOn(server, accounts, options), yield* poolOn(server, accounts, options)]
+      yield* load(pools, 150, 20)
+      const timeline = (yield* simulator.stats).accounts["default"]!.byModel[flash]!.timeline
+      // Found again after the fall: the last phase holds near 12, not what the fall left.
+      const risen = timeline.filter((sample) => sample.t >= 3_500).map((sample) => sample.inFlight)
+      expect(Math.max(...risen)).toBeGreaterThanOrEqual(10)
+    }).pipe(Effect.provide(services)))
+
   it.scopedLive("every key it leaves has a TTL", () =>
     Effect.gen(function*() {
       const server = yield* redisServer
