@@ -175,7 +175,8 @@ export interface Acceptance {
   readonly grew: boolean
 }
 
-const unreported: Acceptance = { timing: "unreported", grew: false }
+/** An outcome whose acceptance was not reported (or is not to clock the limit). */
+export const unreported: Acceptance = { timing: "unreported", grew: false }
 
 /**
  * Moves the limit from outcomes. `stamp` marks a permit at grant; `accepted` gets it back when

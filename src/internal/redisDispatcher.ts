@@ -31,7 +31,7 @@ import * as Stream from "effect/Stream"
 import type * as Scope from "effect/Scope"
 import type { Outcome, Priority } from "../ConcurrencyLimiter.js"
 import type { Script, Service as RedisService } from "../Redis.js"
-import { type Acceptance, Aimd, type AimdConfig, type AimdState, fixedPolicy, type Policy } from "./concurrencyLimiter.js"
+import { type Acceptance, Aimd, type AimdConfig, type AimdState, fixedPolicy, type Policy, unreported } from "./concurrencyLimiter.js"
 import {
   type AccountSlot,
   capacityOf,
@@ -90,17 +90,24 @@ interface Ticket {
   lanes: ReadonlyArray<Lane>
 }
 
-type Event =
-  | { readonly _tag: "Accepted"; readonly stamp: number }
-  | { readonly _tag: "Recorded"; readonly stamp: number; readonly outcome: Outcome; readonly acceptance: Acceptance }
+/** A permit's outcome, waiting for the lane's flush. */
+interface Event {
+  readonly stamp: number
+  readonly outcome: Outcome
+  /** In flight when it ended, as this process saw the lane then. */
+  readonly inFlight: number
+}
 
 /**
  * A lane's limit as this process applies it: the shared one (between flushes the last read), or
  * in local mode (Redis away) a `local` policy bounded by this process's share of it.
  *
- * An adaptive limit is learnt with the other processes: its permits' events wait here for the
- * lane's flush, which applies them to the shared state; `accepted` answers false (the growth, if
- * any, is the flush's). A fixed one (`config` undefined) is the lane's limit on the server.
+ * An adaptive limit is learnt with the other processes: its permits' outcomes wait here for the
+ * lane's flush, which applies them to the shared state. Acceptances do not clock it: what one
+ * proves is the global count of requests accepted and not ended, which a state written at flushes,
+ * each process's late, never holds exactly (it lags by the acceptances not yet written, so growth
+ * by acceptances stalled); successes clock it, as where acceptances are not reported. A fixed one
+ * (`config` undefined) is the lane's limit on the server.
  */
 class SharedLimit implements Policy {
   sharedLimit: number
@@ -108,6 +115,8 @@ class SharedLimit implements Policy {
   /** The policy of local mode. */
   local: Policy | undefined
   readonly pending: Array<Event> = []
+  /** A drop is among the events not yet written: releases wait for the flush that writes it. */
+  dropPending = false
   /** The last state read or written: what seeds the server if it lost the lane's. */
   state: AimdState | undefined
 
@@ -126,21 +135,21 @@ class SharedLimit implements Policy {
   }
 
   accepted(stamp: number): boolean {
-    if (this.local !== undefined) return this.local.accepted(stamp)
-    if (this.config === undefined) return false
-    this.pending.push({ _tag: "Accepted", stamp })
-    this.eventAdded()
-    return false
+    return this.local?.accepted(stamp) ?? false
   }
 
   record(stamp: number, outcome: Outcome, inFlight: number, acceptance: Acceptance): void {
     if (this.local !== undefined) return this.local.record(stamp, outcome, inFlight, acceptance)
     if (this.config === undefined) return
-    this.pending.push({ _tag: "Recorded", stamp, outcome, acceptance })
+    this.pending.push({ stamp, outcome, inFlight })
+    if (outcome._tag === "Dropped") this.dropPending = true
     this.eventAdded()
   }
 
-  /** `events` applied to `state` (the server's, or the last known), outcomes at the global `inFlight`. */
+  /**
+   * `events` applied to `state` (the server's, or the last known), each outcome at the higher of
+   * the in-flight its process saw when it ended and the global `inFlight` now.
+   */
   apply(state: AimdState | undefined, events: ReadonlyArray<Event>, inFlight: number): Aimd {
     const aimd = Aimd.fromState(this.config!, state ?? this.state!)
     applyEvents(aimd, events, inFlight)
@@ -159,6 +168,7 @@ class SharedLimit implements Policy {
     const max = share(this.sharedLimit)
     const aimd = Aimd.fromState({ ...this.config, max, initial: Math.min(this.config.initial, max) }, this.state!)
     applyEvents(aimd, this.pending.splice(0), inFlight)
+    this.dropPending = false
     this.local = aimd
   }
 
@@ -171,8 +181,9 @@ class SharedLimit implements Policy {
 
 const applyEvents = (aimd: Aimd, events: ReadonlyArray<Event>, inFlight: number): void => {
   for (const event of events) {
-    if (event._tag === "Accepted") aimd.accepted(event.stamp)
-    else aimd.record(event.stamp, event.outcome, inFlight, event.acceptance)
+    // Not the count at the flush alone: by then the permits of a drop's round may have ended, and
+    // a ceiling taken that low makes every later probe look like a rise (short holds, many 429s).
+    aimd.record(event.stamp, event.outcome, Math.max(event.inFlight, inFlight), unreported)
   }
 }
 
@@ -203,6 +214,8 @@ interface LaneEntry {
   readonly spec: LaneSpec
   readonly shared: SharedLimit
   flushing: boolean
+  /** Leases released while a drop waited to be written, sent once it is. */
+  readonly releasesAfterFlush: Array<string>
 }
 
 /**
@@ -266,7 +279,7 @@ export const make = (
         local?.dispatch(grew.model)
         hooks.roomMayHaveGrown()
       })
-      const entry: LaneEntry = { lane, spec, shared, flushing: false }
+      const entry: LaneEntry = { lane, spec, shared, flushing: false, releasesAfterFlush: [] }
       account.lanes.set(model, lane)
       lanes.set(spec.key, entry)
       entryOf.set(lane, entry)
@@ -301,7 +314,10 @@ export const make = (
     const flush = (entry: LaneEntry) => {
       if (entry.flushing || local !== undefined || entry.shared.config === undefined) return
       entry.flushing = true
-      const once = Effect.suspend(() => commit(entry, entry.shared.pending.splice(0)))
+      const once = Effect.suspend(() => {
+        entry.shared.dropPending = false
+        return commit(entry, entry.shared.pending.splice(0))
+      })
       send(Effect.ensuring(
         Effect.zipRight(
           once,
@@ -309,6 +325,7 @@ export const make = (
         ),
         Effect.sync(() => {
           entry.flushing = false
+          for (const lease of entry.releasesAfterFlush.splice(0)) releaseLease(entry.spec.key, lease)
           if (entry.shared.pending.length > 0) flush(entry)
         })
       ))
@@ -390,7 +407,11 @@ export const make = (
       held.delete(lease)
       lane.inFlight = Math.max(0, lane.inFlight - 1)
       lane.account.inFlight = Math.max(0, lane.account.inFlight - 1)
-      releaseLease(entryOf.get(lane)!.spec.key, lease)
+      const entry = entryOf.get(lane)!
+      // After a drop, the server must lower the limit before this slot goes to the next ticket,
+      // or the next one is granted at the level that drew the 429 and draws another.
+      if (entry.shared.dropPending) entry.releasesAfterFlush.push(lease)
+      else releaseLease(entry.spec.key, lease)
     }
 
     /** A grant message: `<ticket> <lane> <in-flight> <epoch> <limit>`. */
