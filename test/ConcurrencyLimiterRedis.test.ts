@@ -12,7 +12,8 @@ import * as Fiber from "effect/Fiber"
 import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
 import * as LimiterInternal from "../src/internal/concurrencyLimiter.js"
 import * as Redis from "../src/Redis.js"
-import { redisServer, redisServerPresent, type RedisServer, skipMessage, until } from "./support/redisServer.js"
+import { capturingLogs, type Logged } from "./support/logs.js"
+import { awaitReady, redisServer, redisServerPresent, type RedisServer, skipMessage, until } from "./support/redisServer.js"
 
 /** A limiter over its own connection to `server`. */
 const limiterOn = (server: RedisServer, options: ConcurrencyLimiter.RedisOptions) =>
@@ -154,6 +155,48 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
       yield* Effect.scoped(b.acquire())
       expect((yield* b.snapshot).limit).toBe(lowered)
     }))
+
+  it.scopedLive("a Redis restarted empty that the limiter did not notice: the next caller is granted at once, not taken for a dead process's", () => {
+    const logs: Array<Logged> = []
+    return Effect.gen(function*() {
+      const server = yield* redisServer
+      const redis = yield* Redis.make({ url: server.url })
+      // The heartbeat (every 10 s) that would mark it alive again is far off.
+      const limiter = yield* Effect.provideService(ConcurrencyLimiter.makeRedis({ name: "restarted", permits: 2 }), Redis.Redis, redis)
+      yield* Effect.scoped(limiter.acquire())
+      yield* until(redis.command("ZCARD", [`${redis.key("limiter", "restarted")}:leases`]), (leases) => leases === 0)
+      // No command is on its way meanwhile: the limiter does not go local.
+      yield* server.restart
+      yield* awaitReady(redis, false).pipe(Effect.ignore)
+      yield* awaitReady(redis, true)
+      yield* Effect.scoped(limiter.acquire()).pipe(Effect.timeout("3 seconds"))
+      expect(logs.filter((log) => log.level === "WARN")).toEqual([])
+    }).pipe(capturingLogs(logs))
+  }, { timeout: 30_000 })
+
+  it.scopedLive("a waiting ticket dropped while its owner's presence had lapsed is placed again by the owner's heartbeat", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const options = { name: "lapsed", permits: 1, leaseTtl: "3 seconds" } as const
+      const a = yield* limiterOn(server, options)
+      const b = yield* limiterOn(server, options)
+      const redis = yield* Redis.make({ url: server.url })
+      const holding = yield* Deferred.make<void>()
+      const release = yield* Deferred.make<void>()
+      const holder = yield* Effect.fork(a.withPermit(() => Effect.zipRight(Deferred.succeed(holding, undefined), Deferred.await(release))))
+      yield* Deferred.await(holding)
+      const waiter = yield* Effect.fork(b.withPermit(() => Effect.void))
+      yield* until(b.snapshot, (snapshot) => snapshot.queued === 1)
+      const queue = `${redis.key("limiter", options.name)}:q:interactive`
+      const [ticket] = (yield* until(redis.command("ZRANGE", [queue, 0, -1]), (ids) => (ids as Array<string>).length === 1)) as [string]
+      // b's presence lapses (a heartbeat late past its TTL) just as a's permit comes back.
+      const owner = ticket.slice(0, ticket.lastIndexOf("."))
+      yield* redis.command("DEL", [redis.key("lanes", "process", owner)])
+      yield* Deferred.succeed(release, undefined)
+      yield* Fiber.join(holder)
+      // b's next heartbeat (within a second) finds its ticket gone and queues it again.
+      yield* Fiber.join(waiter).pipe(Effect.timeout("3 seconds"))
+    }), { timeout: 30_000 })
 
   it.scopedLive("property: random acquires, releases and cancels on two limiters never exceed the limit, grant no one twice, leave no one waiting", () =>
     Effect.gen(function*() {
