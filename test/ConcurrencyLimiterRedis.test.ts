@@ -7,18 +7,27 @@ import { type ChildProcess, spawn } from "node:child_process"
 import { describe, expect, it } from "@effect/vitest"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as FastCheck from "effect/FastCheck"
 import * as Fiber from "effect/Fiber"
+import * as Scope from "effect/Scope"
 import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
 import * as LimiterInternal from "../src/internal/concurrencyLimiter.js"
 import * as Redis from "../src/Redis.js"
 import { capturingLogs, type Logged } from "./support/logs.js"
-import { awaitReady, redisServer, redisServerPresent, type RedisServer, skipMessage, until } from "./support/redisServer.js"
+import { redisServer, redisServerPresent, type RedisServer, skipMessage, until } from "./support/redisServer.js"
 
 /** A limiter over its own connection to `server`. */
 const limiterOn = (server: RedisServer, options: ConcurrencyLimiter.RedisOptions) =>
   Effect.flatMap(Redis.make({ url: server.url }), (redis) =>
     Effect.provideService(ConcurrencyLimiter.makeRedis(options), Redis.Redis, redis))
+
+/** The one process the lanes know on `redis`. */
+const onlyProcess = (redis: Redis.Service) =>
+  Effect.map(
+    until(redis.command("ZRANGE", [redis.key("lanes", "processes"), 0, -1]), (owners) => (owners as Array<string>).length === 1),
+    (owners) => (owners as Array<string>)[0]!
+  )
 
 describe("the adaptive limit's shared state", () => {
   it("toState holds every field of the controller, and fromState gives it back", () => {
@@ -156,23 +165,37 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
       expect((yield* b.snapshot).limit).toBe(lowered)
     }))
 
-  it.scopedLive("a Redis restarted empty that the limiter did not notice: the next caller is granted at once, not taken for a dead process's", () => {
+  it.scopedLive("a Redis restarted empty while no script ran: one warning, and at once back with the lease held and the next caller granted", () => {
     const logs: Array<Logged> = []
     return Effect.gen(function*() {
       const server = yield* redisServer
       const redis = yield* Redis.make({ url: server.url })
-      // The heartbeat (every 10 s) that would mark it alive again is far off.
+      const leases = redis.command("ZCARD", [`${redis.key("limiter", "restarted")}:leases`])
+      // The heartbeat (every 10 s) that would find the lease and the process lost is far off.
       const limiter = yield* Effect.provideService(ConcurrencyLimiter.makeRedis({ name: "restarted", permits: 2 }), Redis.Redis, redis)
-      yield* Effect.scoped(limiter.acquire())
-      yield* until(redis.command("ZCARD", [`${redis.key("limiter", "restarted")}:leases`]), (leases) => leases === 0)
-      // No command is on its way meanwhile: the limiter does not go local.
+      const held = yield* Scope.make()
+      yield* Scope.extend(limiter.acquire(), held)
+      yield* until(leases, (n) => n === 1)
       yield* server.restart
-      yield* awaitReady(redis, false).pipe(Effect.ignore)
-      yield* awaitReady(redis, true)
+      yield* until(leases, (n) => n === 1)
       yield* Effect.scoped(limiter.acquire()).pipe(Effect.timeout("3 seconds"))
-      expect(logs.filter((log) => log.level === "WARN")).toEqual([])
+      yield* Scope.close(held, Exit.void)
+      yield* until(leases, (n) => n === 0)
+      expect(logs.map((log) => log.level)).toEqual(["WARN", "INFO"])
+      expect(logs[0]!.message).toContain(`Redis at redis://127.0.0.1:${server.port} failed (the connection closed)`)
     }).pipe(capturingLogs(logs))
   }, { timeout: 30_000 })
+
+  it.scopedLive("a ticket placed while the server has lost its process's presence is granted at once, not taken for a dead process's", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const redis = yield* Redis.make({ url: server.url })
+      const limiter = yield* Effect.provideService(ConcurrencyLimiter.makeRedis({ name: "absent", permits: 2 }), Redis.Redis, redis)
+      yield* Effect.scoped(limiter.acquire())
+      // As after a restart, or a heartbeat (the next one 10 s away) late past its TTL.
+      yield* redis.command("DEL", [redis.key("lanes", "process", (yield* onlyProcess(redis)))])
+      yield* Effect.scoped(limiter.acquire()).pipe(Effect.timeout("3 seconds"))
+    }), { timeout: 30_000 })
 
   it.scopedLive("a waiting ticket dropped while its owner's presence had lapsed is placed again by the owner's heartbeat", () =>
     Effect.gen(function*() {
