@@ -116,6 +116,44 @@ describe.skipIf(!redisServerPresent)(skipMessage("CircuitBreaker on Redis"), () 
     }).pipe(capturingLogs(logs))
   })
 
+  it.scopedLive("back on a server restarted empty, a rejoin that another process's write overtakes adopts that write: no warning", () => {
+    const logs: Array<Logged> = []
+    return Effect.gen(function*() {
+      const server = yield* redisServer
+      const redis = yield* connect(server)
+      const key = redis.key("breaker", options.name)
+      // Another process writes the machine between this one's read and write: the write script,
+      // sent with the version of an empty server, is preceded once by that write.
+      let overtaking: string | undefined
+      let overtaken = false
+      const racing: Redis.Service = {
+        ...redis,
+        script: (lua) => {
+          const run = redis.script(lua)
+          if (!lua.includes("PUBLISH")) return run
+          return (keys, args) => {
+            const machine = overtaking
+            if (machine === undefined || args[0] !== "0") return run(keys, args)
+            overtaking = undefined
+            overtaken = true
+            return Effect.zipRight(redis.command("HSET", [key, "version", "1", "machine", machine]), run(keys, args))
+          }
+        }
+      }
+      const breaker = yield* breakerOn(racing)
+      yield* breaker.protect(Effect.void)
+      overtaking = (yield* until(redis.command("HGET", [key, "machine"]), (raw) => typeof raw === "string")) as string
+      // No command is on its way meanwhile: the breaker does not go local.
+      yield* server.restart
+      yield* until(Effect.sync(() => overtaken), (done) => done)
+      yield* until(redis.command("HGET", [key, "version"]), (version) => version === "1")
+      yield* Effect.sleep("200 millis")
+      expect(logs).toEqual([])
+      yield* breaker.protect(Effect.void)
+      expect((yield* breaker.state)._tag).toBe("Closed")
+    }).pipe(capturingLogs(logs))
+  })
+
   it.scopedLive("its one key carries a TTL, refreshed while used", () =>
     Effect.gen(function*() {
       const server = yield* redisServer

@@ -7,17 +7,27 @@ import { type ChildProcess, spawn } from "node:child_process"
 import { describe, expect, it } from "@effect/vitest"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as FastCheck from "effect/FastCheck"
 import * as Fiber from "effect/Fiber"
+import * as Scope from "effect/Scope"
 import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
 import * as LimiterInternal from "../src/internal/concurrencyLimiter.js"
 import * as Redis from "../src/Redis.js"
+import { capturingLogs, type Logged } from "./support/logs.js"
 import { redisServer, redisServerPresent, type RedisServer, skipMessage, until } from "./support/redisServer.js"
 
 /** A limiter over its own connection to `server`. */
 const limiterOn = (server: RedisServer, options: ConcurrencyLimiter.RedisOptions) =>
   Effect.flatMap(Redis.make({ url: server.url }), (redis) =>
     Effect.provideService(ConcurrencyLimiter.makeRedis(options), Redis.Redis, redis))
+
+/** The one process the lanes know on `redis`. */
+const onlyProcess = (redis: Redis.Service) =>
+  Effect.map(
+    until(redis.command("ZRANGE", [redis.key("lanes", "processes"), 0, -1]), (owners) => (owners as Array<string>).length === 1),
+    (owners) => (owners as Array<string>)[0]!
+  )
 
 describe("the adaptive limit's shared state", () => {
   it("toState holds every field of the controller, and fromState gives it back", () => {
@@ -154,6 +164,62 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
       yield* Effect.scoped(b.acquire())
       expect((yield* b.snapshot).limit).toBe(lowered)
     }))
+
+  it.scopedLive("a Redis restarted empty while no script ran: one warning, and at once back with the lease held and the next caller granted", () => {
+    const logs: Array<Logged> = []
+    return Effect.gen(function*() {
+      const server = yield* redisServer
+      const redis = yield* Redis.make({ url: server.url })
+      const leases = redis.command("ZCARD", [`${redis.key("limiter", "restarted")}:leases`])
+      // The heartbeat (every 10 s) that would find the lease and the process lost is far off.
+      const limiter = yield* Effect.provideService(ConcurrencyLimiter.makeRedis({ name: "restarted", permits: 2 }), Redis.Redis, redis)
+      const held = yield* Scope.make()
+      yield* Scope.extend(limiter.acquire(), held)
+      yield* until(leases, (n) => n === 1)
+      yield* server.restart
+      yield* until(leases, (n) => n === 1)
+      yield* Effect.scoped(limiter.acquire()).pipe(Effect.timeout("3 seconds"))
+      yield* Scope.close(held, Exit.void)
+      yield* until(leases, (n) => n === 0)
+      expect(logs.map((log) => log.level)).toEqual(["WARN", "INFO"])
+      expect(logs[0]!.message).toContain(`Redis at redis://127.0.0.1:${server.port} failed (the connection closed)`)
+    }).pipe(capturingLogs(logs))
+  }, { timeout: 30_000 })
+
+  it.scopedLive("a ticket placed while the server has lost its process's presence is granted at once, not taken for a dead process's", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const redis = yield* Redis.make({ url: server.url })
+      const limiter = yield* Effect.provideService(ConcurrencyLimiter.makeRedis({ name: "absent", permits: 2 }), Redis.Redis, redis)
+      yield* Effect.scoped(limiter.acquire())
+      // As after a restart, or a heartbeat (the next one 10 s away) late past its TTL.
+      yield* redis.command("DEL", [redis.key("lanes", "process", (yield* onlyProcess(redis)))])
+      yield* Effect.scoped(limiter.acquire()).pipe(Effect.timeout("3 seconds"))
+    }), { timeout: 30_000 })
+
+  it.scopedLive("a waiting ticket dropped while its owner's presence had lapsed is placed again by the owner's heartbeat", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const options = { name: "lapsed", permits: 1, leaseTtl: "3 seconds" } as const
+      const a = yield* limiterOn(server, options)
+      const b = yield* limiterOn(server, options)
+      const redis = yield* Redis.make({ url: server.url })
+      const holding = yield* Deferred.make<void>()
+      const release = yield* Deferred.make<void>()
+      const holder = yield* Effect.fork(a.withPermit(() => Effect.zipRight(Deferred.succeed(holding, undefined), Deferred.await(release))))
+      yield* Deferred.await(holding)
+      const waiter = yield* Effect.fork(b.withPermit(() => Effect.void))
+      yield* until(b.snapshot, (snapshot) => snapshot.queued === 1)
+      const queue = `${redis.key("limiter", options.name)}:q:interactive`
+      const [ticket] = (yield* until(redis.command("ZRANGE", [queue, 0, -1]), (ids) => (ids as Array<string>).length === 1)) as [string]
+      // b's presence lapses (a heartbeat late past its TTL) just as a's permit comes back.
+      const owner = ticket.slice(0, ticket.lastIndexOf("."))
+      yield* redis.command("DEL", [redis.key("lanes", "process", owner)])
+      yield* Deferred.succeed(release, undefined)
+      yield* Fiber.join(holder)
+      // b's next heartbeat (within a second) finds its ticket gone and queues it again.
+      yield* Fiber.join(waiter).pipe(Effect.timeout("3 seconds"))
+    }), { timeout: 30_000 })
 
   it.scopedLive("property: random acquires, releases and cancels on two limiters never exceed the limit, grant no one twice, leave no one waiting", () =>
     Effect.gen(function*() {

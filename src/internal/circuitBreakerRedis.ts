@@ -174,20 +174,23 @@ export const core = (
     const refresh = fallback.run(lock.withPermits(1)(Effect.map(read, (current) => adopt(current.raw))), Effect.void)
 
     /**
-     * After a reconnection, or while local with the connection ready: a shared machine that lived
-     * on is read; one that was lost (an empty server), or one apart from which this service went
-     * on, is merged with the mirror and written back.
+     * A shared machine that lived on is read; one that was lost (an empty server), or one apart
+     * from which this service went on, is merged with the mirror and written back. Another
+     * process's write in between is no failure of Redis: it is read (and merged with) again.
      */
-    const resync = lock.withPermits(1)(
-      Effect.gen(function*() {
-        const current = yield* read
-        if (!fallback.isLocal() && current.version !== "0") return adopt(current.raw)
+    const rejoin: Effect.Effect<void, RedisError> = Effect.suspend(() =>
+      Effect.flatMap(read, (current) => {
+        if (!fallback.isLocal() && current.version !== "0") return Effect.sync(() => adopt(current.raw))
         const merged = merge(mirror.save(), savedOf(current.raw))
-        if ((yield* write(current.version, merged, true)) === 0) return yield* Effect.fail(new RedisError({ operation: "EVALSHA", reason: "the breaker changed during its rejoin" }))
-        adopt(JSON.stringify(merged))
-        yield* fallback.back
+        return Effect.flatMap(write(current.version, merged, true), (version) =>
+          version === 0 ? rejoin : Effect.sync(() => adopt(JSON.stringify(merged))))
       })
-    ).pipe(Effect.catchAll((error) => fallback.fail(error)))
+    )
+
+    /** After a reconnection, or while local with the connection ready. */
+    const resync = lock.withPermits(1)(Effect.zipRight(rejoin, fallback.back)).pipe(
+      Effect.catchAll((error) => fallback.fail(error))
+    )
 
     // -- outcomes, written by one fiber -------------------------------------------------------
 

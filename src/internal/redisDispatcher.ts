@@ -43,7 +43,7 @@ import {
   mayServe,
   type Waiter
 } from "./dispatcher.js"
-import type { RedisError } from "./redis.js"
+import { RedisError } from "./redis.js"
 import { script } from "./redisLanesScript.js"
 
 /** How a lane is named and limited on the server. */
@@ -73,6 +73,8 @@ export const localModeCounter = Metric.counter("weatherproof_redis_lanes_local_m
 
 /** How long a lease outlives its holder's last heartbeat, unless told otherwise. */
 export const defaultLeaseTtl = Duration.seconds(30)
+
+const connectionClosed = new RedisError({ operation: "connection", reason: "the connection closed" })
 
 /** Shared state and queues idle this long expire. */
 const idleMillis = 60 * 60 * 1000
@@ -222,7 +224,7 @@ interface LaneEntry {
  * The coordinator over `slots` on `redis`; `specOf` names and limits each lane. Its heartbeat and
  * flushes run in the scope.
  *
- * When a script fails (`RedisError`), it goes to local mode: an in-memory `Dispatcher` over the
+ * When a script fails (`RedisError`) or the connection closes, it goes to local mode: an in-memory `Dispatcher` over the
  * same lanes, each limited to this process's share of the last shared limit (divided by the
  * processes alive at the last heartbeat), the calls in flight keeping their permits and the
  * tickets waiting on as local waiters in their order. The first heartbeat that succeeds again
@@ -554,9 +556,11 @@ export const make = (
     yield* beat
     yield* redis.subscribe(redis.key("lanes", "grants", owner), granted).pipe(Effect.catchAll(failed))
     yield* Effect.forkScoped(Effect.repeat(beat, Schedule.spaced(Duration.millis(Math.max(1, Math.floor(ttl / 3))))))
+    // A connection that closed is Redis lost, whether or not a script failed meanwhile: a server
+    // back empty forgot this process's leases, tickets and presence, which the rejoin restores.
     // A connection back is tried at once, not at the next heartbeat.
     yield* Effect.forkScoped(
-      Stream.runForEach(Stream.filter(redis.readiness, (ready) => ready), () => local === undefined ? Effect.void : beat)
+      Stream.runForEach(redis.readiness, (ready) => ready ? (local === undefined ? Effect.void : beat) : failed(connectionClosed))
     )
 
     return {

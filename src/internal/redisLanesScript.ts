@@ -50,6 +50,14 @@ local function purge(key)
   return redis.call("ZCARD", key)
 end
 
+-- Marks \`owner\` alive for \`presence\` ms; answers the processes alive.
+local function present(owner, presence)
+  redis.call("SET", base .. ":process:" .. owner, 1, "PX", presence)
+  redis.call("ZADD", base .. ":processes", now + presence, owner)
+  redis.call("PEXPIRE", base .. ":processes", presence)
+  return purge(base .. ":processes")
+end
+
 -- Takes a ticket out of every queue it waits in.
 local function unqueue(id, lanes)
   for _, lane in ipairs(lanes) do
@@ -81,9 +89,11 @@ local function grant(lane, wanted)
     if id == nil then break end
     local ticket = redis.call("HMGET", ticketKey(id), "owner", "ttl", "lanes", "granted")
     if ticket[1] == false or ticket[4] ~= false or redis.call("EXISTS", base .. ":process:" .. ticket[1]) == 0 then
-      -- Gone, granted already, or its owner is dead: it waits nowhere any more.
+      -- Gone, granted already, or its owner is dead: it waits nowhere any more. A waiting ticket
+      -- goes too, so that an owner alive after all (its presence lapsed) finds it gone and queues it again.
       unqueue(id, split(ticket[3] or lane))
       unqueue(id, { lane })
+      if ticket[1] ~= false and ticket[4] == false then redis.call("DEL", ticketKey(id)) end
     else
       local expiry = now + tonumber(ticket[2])
       unqueue(id, split(ticket[3]))
@@ -123,14 +133,16 @@ local function releaseLease(lane, id)
 end
 
 if op == "place" then
-  -- ARGV: owner, ticket, priority, lease ttl, then per lane: lane, account (or ""), cap, limit,
-  -- whether the limit is fixed (1) or a seed (0). Queues the ticket on exactly these lanes
-  -- (keeping its arrival order if it waits already) and grants what it can. Answers its grant (or
-  -- false) and the processes alive.
+  -- ARGV: owner, ticket, priority, lease ttl (also the owner's presence), then per lane: lane,
+  -- account (or ""), cap, limit, whether the limit is fixed (1) or a seed (0). Marks the owner
+  -- alive (a server that restarted empty knows it again before its next heartbeat), queues the
+  -- ticket on exactly these lanes (keeping its arrival order if it waits already) and grants what
+  -- it can. Answers its grant (or false) and the processes alive.
   local owner, id, priority, ttl = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
+  local processes = present(owner, ttl)
   local key = ticketKey(id)
   local ticket = redis.call("HMGET", key, "granted", "order", "lanes")
-  if ticket[1] then return { ticket[1], purge(base .. ":processes") } end
+  if ticket[1] then return { ticket[1], processes } end
   local order = tonumber(ticket[2]) or redis.call("INCR", base .. ":seq")
   redis.call("PEXPIRE", base .. ":seq", idle)
   local lanes = {}
@@ -152,7 +164,7 @@ if op == "place" then
   for _, lane in ipairs(lanes) do redis.call("ZADD", lane .. ":q:" .. priority, order, id) end
   local answer = false
   for _, lane in ipairs(lanes) do answer = grant(lane, id) or answer end
-  return { answer, purge(base .. ":processes") }
+  return { answer, processes }
 elseif op == "cancel" then
   -- ARGV: ticket. Leaves its queues, or hands back the permit granted meanwhile.
   local key = ticketKey(ARGV[4])
@@ -174,10 +186,7 @@ elseif op == "heartbeat" then
   -- ("w" waiting, its grant, or "" gone), grants on the lanes, and answers each lane's limit,
   -- epoch, in-flight and its account's in-flight, and the processes alive.
   local owner, ttl, presence = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
-  redis.call("SET", base .. ":process:" .. owner, 1, "PX", presence)
-  redis.call("ZADD", base .. ":processes", now + presence, owner)
-  redis.call("PEXPIRE", base .. ":processes", presence)
-  local processes = purge(base .. ":processes")
+  local processes = present(owner, presence)
   local i = 7
   local leases = tonumber(ARGV[i])
   for j = 1, leases do
