@@ -175,8 +175,7 @@ export interface Acceptance {
   readonly grew: boolean
 }
 
-/** An outcome whose acceptance was not reported (or is not to clock the limit). */
-export const unreported: Acceptance = { timing: "unreported", grew: false }
+const unreported: Acceptance = { timing: "unreported", grew: false }
 
 /**
  * Moves the limit from outcomes. `stamp` marks a permit at grant; `accepted` gets it back when

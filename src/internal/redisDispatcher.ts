@@ -31,7 +31,7 @@ import * as Stream from "effect/Stream"
 import type * as Scope from "effect/Scope"
 import type { Outcome, Priority } from "../ConcurrencyLimiter.js"
 import type { Script, Service as RedisService } from "../Redis.js"
-import { type Acceptance, Aimd, type AimdConfig, type AimdState, fixedPolicy, type Policy, unreported } from "./concurrencyLimiter.js"
+import { type Acceptance, Aimd, type AimdConfig, type AimdState, fixedPolicy, type Policy } from "./concurrencyLimiter.js"
 import {
   type AccountSlot,
   capacityOf,
@@ -92,24 +92,25 @@ interface Ticket {
   lanes: ReadonlyArray<Lane>
 }
 
-/** A permit's outcome, waiting for the lane's flush. */
-interface Event {
-  readonly stamp: number
-  readonly outcome: Outcome
-  /** In flight when it ended, as this process saw the lane then. */
-  readonly inFlight: number
-}
+/** A permit's acceptance or outcome, waiting for the lane's flush. */
+type Event =
+  | { readonly _tag: "Accepted"; readonly stamp: number }
+  | {
+    readonly _tag: "Recorded"
+    readonly stamp: number
+    readonly outcome: Outcome
+    readonly acceptance: Acceptance
+    /** In flight when it ended, as this process saw the lane then. */
+    readonly inFlight: number
+  }
 
 /**
  * A lane's limit as this process applies it: the shared one (between flushes the last read), or
  * in local mode (Redis away) a `local` policy bounded by this process's share of it.
  *
- * An adaptive limit is learnt with the other processes: its permits' outcomes wait here for the
- * lane's flush, which applies them to the shared state. Acceptances do not clock it: what one
- * proves is the global count of requests accepted and not ended, which a state written at flushes,
- * each process's late, never holds exactly (it lags by the acceptances not yet written, so growth
- * by acceptances stalled); successes clock it, as where acceptances are not reported. A fixed one
- * (`config` undefined) is the lane's limit on the server.
+ * An adaptive limit is learnt with the other processes: its permits' events wait here for the
+ * lane's flush, which applies them to the shared state; `accepted` answers false (the growth, if
+ * any, is the flush's). A fixed one (`config` undefined) is the lane's limit on the server.
  */
 class SharedLimit implements Policy {
   sharedLimit: number
@@ -117,8 +118,6 @@ class SharedLimit implements Policy {
   /** The policy of local mode. */
   local: Policy | undefined
   readonly pending: Array<Event> = []
-  /** A drop is among the events not yet written: releases wait for the flush that writes it. */
-  dropPending = false
   /** The last state read or written: what seeds the server if it lost the lane's. */
   state: AimdState | undefined
 
@@ -137,14 +136,17 @@ class SharedLimit implements Policy {
   }
 
   accepted(stamp: number): boolean {
-    return this.local?.accepted(stamp) ?? false
+    if (this.local !== undefined) return this.local.accepted(stamp)
+    if (this.config === undefined) return false
+    this.pending.push({ _tag: "Accepted", stamp })
+    this.eventAdded()
+    return false
   }
 
   record(stamp: number, outcome: Outcome, inFlight: number, acceptance: Acceptance): void {
     if (this.local !== undefined) return this.local.record(stamp, outcome, inFlight, acceptance)
     if (this.config === undefined) return
-    this.pending.push({ stamp, outcome, inFlight })
-    if (outcome._tag === "Dropped") this.dropPending = true
+    this.pending.push({ _tag: "Recorded", stamp, outcome, acceptance, inFlight })
     this.eventAdded()
   }
 
@@ -170,7 +172,6 @@ class SharedLimit implements Policy {
     const max = share(this.sharedLimit)
     const aimd = Aimd.fromState({ ...this.config, max, initial: Math.min(this.config.initial, max) }, this.state!)
     applyEvents(aimd, this.pending.splice(0), inFlight)
-    this.dropPending = false
     this.local = aimd
   }
 
@@ -183,9 +184,10 @@ class SharedLimit implements Policy {
 
 const applyEvents = (aimd: Aimd, events: ReadonlyArray<Event>, inFlight: number): void => {
   for (const event of events) {
+    if (event._tag === "Accepted") aimd.accepted(event.stamp)
     // Not the count at the flush alone: by then the permits of a drop's round may have ended, and
     // a ceiling taken that low makes every later probe look like a rise (short holds, many 429s).
-    aimd.record(event.stamp, event.outcome, Math.max(event.inFlight, inFlight), unreported)
+    else aimd.record(event.stamp, event.outcome, Math.max(event.inFlight, inFlight), event.acceptance)
   }
 }
 
@@ -216,8 +218,6 @@ interface LaneEntry {
   readonly spec: LaneSpec
   readonly shared: SharedLimit
   flushing: boolean
-  /** Leases released while a drop waited to be written, sent once it is. */
-  readonly releasesAfterFlush: Array<string>
 }
 
 /**
@@ -281,7 +281,7 @@ export const make = (
         local?.dispatch(grew.model)
         hooks.roomMayHaveGrown()
       })
-      const entry: LaneEntry = { lane, spec, shared, flushing: false, releasesAfterFlush: [] }
+      const entry: LaneEntry = { lane, spec, shared, flushing: false }
       account.lanes.set(model, lane)
       lanes.set(spec.key, entry)
       entryOf.set(lane, entry)
@@ -316,10 +316,7 @@ export const make = (
     const flush = (entry: LaneEntry) => {
       if (entry.flushing || local !== undefined || entry.shared.config === undefined) return
       entry.flushing = true
-      const once = Effect.suspend(() => {
-        entry.shared.dropPending = false
-        return commit(entry, entry.shared.pending.splice(0))
-      })
+      const once = Effect.suspend(() => commit(entry, entry.shared.pending.splice(0)))
       send(Effect.ensuring(
         Effect.zipRight(
           once,
@@ -327,7 +324,6 @@ export const make = (
         ),
         Effect.sync(() => {
           entry.flushing = false
-          for (const lease of entry.releasesAfterFlush.splice(0)) releaseLease(entry.spec.key, lease)
           if (entry.shared.pending.length > 0) flush(entry)
         })
       ))
@@ -409,11 +405,7 @@ export const make = (
       held.delete(lease)
       lane.inFlight = Math.max(0, lane.inFlight - 1)
       lane.account.inFlight = Math.max(0, lane.account.inFlight - 1)
-      const entry = entryOf.get(lane)!
-      // After a drop, the server must lower the limit before this slot goes to the next ticket,
-      // or the next one is granted at the level that drew the 429 and draws another.
-      if (entry.shared.dropPending) entry.releasesAfterFlush.push(lease)
-      else releaseLease(entry.spec.key, lease)
+      releaseLease(entryOf.get(lane)!.spec.key, lease)
     }
 
     /** A grant message: `<ticket> <lane> <in-flight> <epoch> <limit>`. */
