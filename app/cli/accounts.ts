@@ -53,7 +53,7 @@ export const flagsProblem = (args: AccountArgs & CallArgs): string | undefined =
  * The accounts of the run: the file's, or one DeepSeek account from the environment, each with
  * `--concurrency` as its fixed limit when it is given. A bad file or a missing key is exit 2.
  */
-export const loadAccounts = (
+const accountsOf = (
   args: AccountArgs
 ): Effect.Effect<ReadonlyArray<Accounts.Account>, ExitCode, FileSystem.FileSystem> =>
   Option.match(args.accounts, {
@@ -77,16 +77,22 @@ export const loadAccounts = (
  * The Redis the run shares its accounts' state through: `--redis`, else `WEATHERPROOF_REDIS_URL`,
  * else none (everything stays in this process); its prefix `WEATHERPROOF_REDIS_PREFIX`'s.
  */
-export const redisOf = (
+const redisOf = (
   args: AccountArgs
-): Effect.Effect<Layer.Layer<Redis.Redis, Redis.RedisUnavailable> | undefined, ConfigError.ConfigError> =>
+): Effect.Effect<Layer.Layer<Redis.Redis, Redis.RedisUnavailable> | undefined, ExitCode> =>
   Option.match(args.redis, {
     onSome: (url) => Effect.succeed(Option.some(Redacted.make(url))),
     onNone: () => Config.option(Redis.urlConfig)
-  }).pipe(Effect.flatMap(Option.match({
-    onNone: () => Effect.succeed(undefined),
-    onSome: (url) => Effect.map(Redis.prefixConfig, (prefix) => Redis.layer({ url, prefix }))
-  })))
+  }).pipe(
+    Effect.flatMap(Option.match({
+      onNone: () => Effect.succeed(undefined),
+      onSome: (url) => Effect.map(Redis.prefixConfig, (prefix) => Redis.layer({ url, prefix }))
+    })),
+    Effect.catchTag("ConfigError", invalidConfig)
+  )
+
+/** The run's accounts (`accountsOf`) and the Redis it shares their state through, if any (`redisOf`). */
+export const loadAccounts = (args: AccountArgs) => Effect.zip(accountsOf(args), redisOf(args))
 
 const given = <A, B>(option: Option.Option<A>, f: (a: A) => B): B | Record<never, never> =>
   Option.match(option, { onNone: () => ({}), onSome: f })

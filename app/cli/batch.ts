@@ -13,16 +13,7 @@ import * as Batch from "../../src/Batch.js"
 import * as CostLedger from "../../src/CostLedger.js"
 import type * as Redis from "../../src/Redis.js"
 import * as Router from "../../src/Router.js"
-import {
-  type AccountArgs,
-  type CallArgs,
-  flagsProblem,
-  invalidConfig,
-  listIssues,
-  loadAccounts,
-  poolOptions,
-  redisOf
-} from "./accounts.js"
+import { type AccountArgs, type CallArgs, flagsProblem, invalidConfig, listIssues, loadAccounts, poolOptions } from "./accounts.js"
 import { withProgress } from "./batchProgress.js"
 import { fail } from "./exit.js"
 import { exitCodeOf, StopSignals } from "./signals.js"
@@ -125,8 +116,7 @@ export const batch = (args: BatchArgs) =>
   Effect.gen(function*() {
     const problem = flagsProblem(args)
     if (problem !== undefined) return yield* fail(2, `weatherproof: ${problem}`)
-    const accounts = yield* loadAccounts(args)
-    const redis = yield* Effect.catchTag(redisOf(args), "ConfigError", invalidConfig)
+    const [accounts, redis] = yield* loadAccounts(args)
     const { signal, summary } = yield* runCaught(args, accounts, redis)
     yield* Console.log(Batch.formatSummary(summary))
     if (Option.isSome(args.summary)) {

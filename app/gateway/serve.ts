@@ -25,16 +25,7 @@ import * as Transport from "../../src/Transport.js"
 import { gatewayKeysConfig } from "./auth.js"
 import * as Gateway from "./server.js"
 import * as Telemetry from "./telemetry.js"
-import {
-  type AccountArgs,
-  type CallArgs,
-  flagsProblem,
-  invalidConfig,
-  listIssues,
-  loadAccounts,
-  poolOptions,
-  redisOf
-} from "../cli/accounts.js"
+import { type AccountArgs, type CallArgs, flagsProblem, invalidConfig, listIssues, loadAccounts, poolOptions } from "../cli/accounts.js"
 import { type ExitCode, fail } from "../cli/exit.js"
 import { StopSignals } from "../cli/signals.js"
 
@@ -71,8 +62,7 @@ export const run = (options: ServeOptions): Effect.Effect<void, ExitCode, FileSy
     const problem = optionProblem(options)
     if (problem !== undefined) return yield* fail(2, `weatherproof: ${problem}`)
     const gatewayKeys = yield* Effect.catchTag(gatewayKeysConfig, "ConfigError", invalidConfig)
-    const accounts = yield* loadAccounts(options)
-    const redis = yield* Effect.catchTag(redisOf(options), "ConfigError", invalidConfig)
+    const [accounts, redis] = yield* loadAccounts(options)
     const otlp = yield* Config.option(Config.nonEmptyString("OTEL_EXPORTER_OTLP_ENDPOINT")).pipe(
       Effect.catchTag("ConfigError", invalidConfig)
     )
