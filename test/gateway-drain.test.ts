@@ -10,11 +10,11 @@ import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Scope from "effect/Scope"
 import OpenAI, { APIError } from "openai"
-import { type ChildProcess, spawn } from "node:child_process"
 import * as Simulator from "../src/Simulator.js"
 import * as Wire from "../src/internal/wire.js"
 import { account, attempt, openai, startGateway } from "./support/gateway.js"
 import { rawServer } from "./support/rawServer.js"
+import { serveProcess } from "./support/serveChild.js"
 import type { Handler } from "./support/rawServer.js"
 
 const model = "deepseek-v4-flash"
@@ -148,35 +148,3 @@ describe("weatherproof serve, shutting down", () => {
       expect(child.output()).toContain("shutting down; 1 request in flight")
     }), { timeout: 60_000 })
 })
-
-/** `weatherproof <args>` from the sources in a child process; killed with the scope. */
-const serveProcess = (args: ReadonlyArray<string>, env: Record<string, string>) =>
-  Effect.gen(function*() {
-    const process_: ChildProcess = yield* Effect.acquireRelease(
-      Effect.sync(() =>
-        spawn(
-          "node_modules/.bin/vite-node",
-          ["test/support/serveProcess.ts", "--", ...args],
-          { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] }
-        )
-      ),
-      (child) => Effect.sync(() => child.exitCode === null && child.kill("SIGKILL"))
-    )
-    let output = ""
-    const listening = yield* Deferred.make<string>()
-    const exited = yield* Deferred.make<number | null>()
-    const onData = (data: Buffer) => {
-      output += data.toString("utf8")
-      const match = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(output)
-      if (match?.[1] !== undefined) Effect.runSync(Deferred.succeed(listening, match[1]))
-    }
-    process_.stdout?.on("data", onData)
-    process_.stderr?.on("data", onData)
-    process_.on("exit", (code) => Effect.runSync(Deferred.succeed(exited, code)))
-    return {
-      process: process_,
-      url: Deferred.await(listening).pipe(Effect.timeoutFail({ duration: "30 seconds", onTimeout: () => new Error(output) })),
-      exitCode: Deferred.await(exited).pipe(Effect.timeoutFail({ duration: "20 seconds", onTimeout: () => new Error(output) })),
-      output: () => output
-    }
-  })
