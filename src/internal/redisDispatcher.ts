@@ -12,7 +12,9 @@
  *   and reads their limits and in-flight counts.
  * - An adaptive lane's limit is one `Aimd` state on the server, learnt together: each process
  *   queues its permits' events and a flush per lane applies them to the latest state, compared and
- *   set by version (re-read and re-applied on a conflict).
+ *   set by version (re-read and re-applied on a conflict). A 429 also lowers the limit on the
+ *   server at once, before its permit is released; the count of requests accepted and not ended
+ *   is the server's, kept in the order of grants and releases.
  *
  * Placement (which accounts may serve a call) stays here: the server only counts and orders.
  *
@@ -118,10 +120,19 @@ class SharedLimit implements Policy {
   /** The policy of local mode. */
   local: Policy | undefined
   readonly pending: Array<Event> = []
+  /**
+   * Requests of this process accepted upstream that ended since its last release: the next
+   * release takes them off the lane's accepted count on the server, before it grants their room.
+   */
+  ended = 0
   /** The last state read or written: what seeds the server if it lost the lane's. */
   state: AimdState | undefined
 
-  constructor(readonly config: AimdConfig | undefined, readonly permits: number, private readonly eventAdded: () => void) {
+  constructor(
+    readonly config: AimdConfig | undefined,
+    readonly permits: number,
+    private readonly eventAdded: (event: Event) => void
+  ) {
     const aimd = config === undefined ? undefined : new Aimd(config)
     this.sharedLimit = aimd?.limit ?? permits
     this.state = aimd?.toState()
@@ -138,16 +149,19 @@ class SharedLimit implements Policy {
   accepted(stamp: number): boolean {
     if (this.local !== undefined) return this.local.accepted(stamp)
     if (this.config === undefined) return false
-    this.pending.push({ _tag: "Accepted", stamp })
-    this.eventAdded()
+    const event: Event = { _tag: "Accepted", stamp }
+    this.pending.push(event)
+    this.eventAdded(event)
     return false
   }
 
   record(stamp: number, outcome: Outcome, inFlight: number, acceptance: Acceptance): void {
     if (this.local !== undefined) return this.local.record(stamp, outcome, inFlight, acceptance)
     if (this.config === undefined) return
-    this.pending.push({ _tag: "Recorded", stamp, outcome, acceptance, inFlight })
-    this.eventAdded()
+    if (acceptance.timing !== "unreported") this.ended++
+    const event: Event = { _tag: "Recorded", stamp, outcome, acceptance, inFlight }
+    this.pending.push(event)
+    this.eventAdded(event)
   }
 
   /**
@@ -155,9 +169,19 @@ class SharedLimit implements Policy {
    * the in-flight its process saw when it ended and the global `inFlight` now.
    */
   apply(state: AimdState | undefined, events: ReadonlyArray<Event>, inFlight: number): Aimd {
-    const aimd = Aimd.fromState(this.config!, state ?? this.state!)
+    const aimd = Aimd.fromState(this.config!, provable(this.config!, state ?? this.state!))
     applyEvents(aimd, events, inFlight)
     return aimd
+  }
+
+  /**
+   * The limit a 429 of `state`'s epoch would lead to at most (at any in-flight): what the server
+   * lowers the limit to at once when one comes.
+   */
+  afterDrop(state: AimdState): number {
+    const aimd = Aimd.fromState(this.config!, state)
+    aimd.record(state.epoch, capDrop, Number.MAX_SAFE_INTEGER, unreported)
+    return aimd.limit
   }
 
   /**
@@ -182,6 +206,20 @@ class SharedLimit implements Policy {
   }
 }
 
+/**
+ * `state` with the level its acceptances proved (`confirmed`) under its limit, as in one process,
+ * where no acceptance can count more than the limit: slow start grows only on a level above the
+ * one proved, so a level proved at or above the limit (an acceptance counted before an end applied
+ * late, or a limit the server lowered) would never let it grow again.
+ */
+const provable = (config: AimdConfig, state: AimdState): AimdState => {
+  const limit = Aimd.fromState(config, state).limit
+  return state.confirmed < limit ? state : { ...state, confirmed: limit - 1 }
+}
+
+const capDrop: Outcome = { _tag: "Dropped", signal: "cap" }
+const unreported: Acceptance = { timing: "unreported", grew: false }
+
 const applyEvents = (aimd: Aimd, events: ReadonlyArray<Event>, inFlight: number): void => {
   for (const event of events) {
     if (event._tag === "Accepted") aimd.accepted(event.stamp)
@@ -190,6 +228,9 @@ const applyEvents = (aimd: Aimd, events: ReadonlyArray<Event>, inFlight: number)
     else aimd.record(event.stamp, event.outcome, Math.max(event.inFlight, inFlight), event.acceptance)
   }
 }
+
+const isCapDrop = (event: Event): event is Extract<Event, { _tag: "Recorded" }> =>
+  event._tag === "Recorded" && event.outcome._tag === "Dropped" && event.outcome.signal !== "overload"
 
 /** In local mode, the in-memory dispatcher that notes each grant and release (leases to re-add on rejoin). */
 class LocalDispatcher extends Dispatcher {
@@ -276,7 +317,10 @@ export const make = (
       const spec = specOf(account, model)
       const shared = typeof spec.limit === "number"
         ? new SharedLimit(undefined, spec.limit, () => flush(entry))
-        : new SharedLimit(spec.limit, 0, () => flush(entry))
+        : new SharedLimit(spec.limit, 0, (event) => {
+          if (isCapDrop(event)) lower(entry, event)
+          flush(entry)
+        })
       lane = new Lane(account, model, shared, (grew) => {
         local?.dispatch(grew.model)
         hooks.roomMayHaveGrown()
@@ -329,23 +373,52 @@ export const make = (
       ))
     }
 
+    /**
+     * A 429 lowers the lane's limit on the server at once (under the level it was drawn at, and to
+     * where the last commit says a 429 leads), unless a decrease since its grant did already. Sent
+     * before its permit's release, so that neither that release nor any other process grants at the
+     * old limit while the flush that applies the 429 is on its way.
+     */
+    const lower = (entry: LaneEntry, drop: Extract<Event, { _tag: "Recorded" }>) =>
+      send(Effect.flatMap(
+        call("lower", [entry.spec.key, drop.stamp, drop.inFlight, entry.shared.config!.min, ttl]),
+        (reply) =>
+          Effect.sync(() => {
+            const [limit, epoch] = reply as [number, number]
+            observeLimit(entry, limit, epoch)
+          })
+      ))
+
     const commit = (entry: LaneEntry, events: ReadonlyArray<Event>): Effect.Effect<void, RedisError> =>
       Effect.gen(function*() {
         const { shared } = entry
         while (true) {
-          const [version, stored, , , inFlight] = (yield* call("read", [entry.spec.key])) as [
+          const [version, stored, , , inFlight, accepted] = (yield* call("read", [entry.spec.key])) as [
             number,
             string | null,
             number,
             number,
+            number,
             number
           ]
-          const aimd = shared.apply(stored === null ? undefined : JSON.parse(stored) as AimdState, events, inFlight)
+          // The accepted count is the server's: every process's acceptances committed, less the
+          // ends released, so an acceptance never counts a request another process ended.
+          const read = stored === null ? undefined : { ...JSON.parse(stored) as AimdState, acceptedOutstanding: accepted }
+          const aimd = shared.apply(read, events, inFlight)
           const state = aimd.toState()
-          const done = yield* call("commit", [entry.spec.key, version, JSON.stringify(state), aimd.limit, aimd.stamp])
-          if (done !== 1) continue
+          const acceptances = events.filter((event) => event._tag === "Accepted").length
+          const limit = (yield* call("commit", [
+            entry.spec.key,
+            version,
+            JSON.stringify(state),
+            aimd.limit,
+            aimd.stamp,
+            acceptances,
+            shared.afterDrop(state)
+          ])) as number
+          if (limit < 0) continue
           shared.state = state
-          return observe(entry, aimd.limit, aimd.stamp, inFlight)
+          return observe(entry, limit, aimd.stamp, inFlight)
         }
       }).pipe(
         // Unapplied, they are local mode's to apply.
@@ -394,9 +467,10 @@ export const make = (
       place(ticket)
     }
 
-    const releaseLease = (laneKey: string, lease: string) => {
+    /** Hands `lease` back; `ended`: requests accepted upstream that ended, off the lane's accepted count. */
+    const releaseLease = (laneKey: string, lease: string, ended = 0) => {
       if (local !== undefined) releasedLocally.set(lease, laneKey)
-      else send(call("release", [laneKey, lease]))
+      else send(call("release", [laneKey, lease, ended]))
     }
 
     const release = (grant: LaneGrant) => {
@@ -405,7 +479,9 @@ export const make = (
       held.delete(lease)
       lane.inFlight = Math.max(0, lane.inFlight - 1)
       lane.account.inFlight = Math.max(0, lane.account.inFlight - 1)
-      releaseLease(entryOf.get(lane)!.spec.key, lease)
+      const { shared, spec } = entryOf.get(lane)!
+      releaseLease(spec.key, lease, shared.ended)
+      shared.ended = 0
     }
 
     /** A grant message: `<ticket> <lane> <in-flight> <epoch> <limit>`. */

@@ -8,8 +8,11 @@
  * - `L:leases`, `A:leases` (`A` the lane's account key): sorted sets of lease ids scored by their
  *   expiry (server ms). Every operation on a lane first drops the expired ones.
  * - `L:state`: a hash, `limit` (the integer the grant reads), `epoch` (the adaptive limit's stamp),
- *   `version` and `aimd` (its serialised state, compared and set by `commit`), `account` (`A`),
- *   `cap` (the account's cap over all its lanes, -1 for none). `A:lanes` lists an account's lanes.
+ *   `version` and `aimd` (its serialised state, compared and set by `commit`), `accepted` (the
+ *   requests accepted upstream and not ended: acceptances added by `commit`, ends taken off by
+ *   `release`, so in the order of the grants), `account` (`A`), `cap` (the account's cap over all
+ *   its lanes, -1 for none), `dropTo` (the limit a 429 leads to at most, from the last commit),
+ *   and once a 429 came `lowered`, `loweredEpoch`, `loweredUntil` (see "lower"). `A:lanes` lists an account's lanes.
  * - `L:q:interactive`, `L:q:batch`: sorted sets of waiting tickets scored by arrival order
  *   (`base:seq`, an `INCR` counter).
  * - `base:ticket:<id>`: a hash, `owner`, `ttl` (the lease's, ms), `priority`, `lanes` (space
@@ -177,7 +180,10 @@ elseif op == "cancel" then
   end
   return false
 elseif op == "release" then
-  -- ARGV: lane, lease.
+  -- ARGV: lane, lease, requests accepted upstream that ended since the process's last release
+  -- (taken off the accepted count before the permit is granted again).
+  local ended = tonumber(ARGV[6]) or 0
+  if ended > 0 then redis.call("HINCRBY", ARGV[4] .. ":state", "accepted", -ended) end
   releaseLease(ARGV[4], ARGV[5])
   return false
 elseif op == "heartbeat" then
@@ -218,20 +224,58 @@ elseif op == "heartbeat" then
   end
   return { processes, states, lanes }
 elseif op == "read" then
-  -- ARGV: lane. Its shared adaptive state: version, state (or false), limit, epoch, in-flight.
-  local lane = ARGV[4]
-  local state = redis.call("HMGET", lane .. ":state", "version", "aimd", "limit", "epoch")
-  return { tonumber(state[1]) or 0, state[2], tonumber(state[3]) or -1, tonumber(state[4]) or 0, purge(lane .. ":leases") }
-elseif op == "commit" then
-  -- ARGV: lane, the version read, state, limit, epoch. Sets them if no one did since (1), or
-  -- answers 0; a limit that grew grants at once.
+  -- ARGV: lane. Its shared adaptive state: version, state (or false), limit, epoch, in-flight,
+  -- accepted. The accepted count is at most the in-flight (a request accepted holds its lease
+  -- until its end is released): one above it counts ends a process never released (it died), and
+  -- is brought down to it; one below zero counts ends released before their acceptances were
+  -- committed, and reads as zero.
   local lane = ARGV[4]
   local stateKey = lane .. ":state"
-  local current = redis.call("HMGET", stateKey, "version", "limit")
-  if (tonumber(current[1]) or 0) ~= tonumber(ARGV[5]) then return 0 end
-  redis.call("HSET", stateKey, "version", tonumber(ARGV[5]) + 1, "aimd", ARGV[6], "limit", ARGV[7], "epoch", ARGV[8])
-  if tonumber(ARGV[7]) > (tonumber(current[2]) or 0) then granted(lane) else touch(lane) end
-  return 1
+  local state = redis.call("HMGET", stateKey, "version", "aimd", "limit", "epoch", "accepted")
+  local inFlight = purge(lane .. ":leases")
+  local accepted = tonumber(state[5]) or 0
+  if accepted > inFlight then
+    accepted = inFlight
+    redis.call("HSET", stateKey, "accepted", accepted)
+  end
+  return { tonumber(state[1]) or 0, state[2], tonumber(state[3]) or -1, tonumber(state[4]) or 0, inFlight, math.max(0, accepted) }
+elseif op == "lower" then
+  -- ARGV: lane, the epoch a 429 was granted in, the in-flight its process saw, the limit's
+  -- minimum, how long the lowering holds (ms). Unless the epoch moved (a decrease was committed
+  -- since), the limit goes under the level of the 429 (the higher of that in-flight and the
+  -- lane's count) and to the last commit's \`dropTo\`, as the decrease that the 429's commit brings
+  -- would. Until that commit moves the epoch (or the time is up: its process died), commits of the
+  -- epoch keep the limit that low. Answers the limit and epoch.
+  local lane = ARGV[4]
+  local stateKey = lane .. ":state"
+  local state = redis.call("HMGET", stateKey, "limit", "epoch", "dropTo", "lowered", "loweredEpoch")
+  local limit, epoch = tonumber(state[1]), tonumber(state[2]) or 0
+  if limit and epoch == tonumber(ARGV[5]) then
+    local below = math.max(tonumber(ARGV[6]), purge(lane .. ":leases")) - 1
+    below = math.max(tonumber(ARGV[7]), math.min(below, tonumber(state[3]) or below))
+    if tonumber(state[5]) == epoch then below = math.min(below, tonumber(state[4])) end
+    redis.call("HSET", stateKey, "lowered", below, "loweredEpoch", epoch, "loweredUntil", now + tonumber(ARGV[8]))
+    if below < limit then
+      limit = below
+      redis.call("HSET", stateKey, "limit", limit)
+    end
+  end
+  return { limit or -1, epoch }
+elseif op == "commit" then
+  -- ARGV: lane, the version read, state, limit, epoch, acceptances applied (added to the accepted
+  -- count), the limit a 429 of that state leads to at most. Sets them if no one did since, the
+  -- limit within a lowering of the epoch (see "lower"), and answers the limit set, or -1; a limit
+  -- that grew grants at once.
+  local lane = ARGV[4]
+  local stateKey = lane .. ":state"
+  local current = redis.call("HMGET", stateKey, "version", "limit", "lowered", "loweredEpoch", "loweredUntil")
+  if (tonumber(current[1]) or 0) ~= tonumber(ARGV[5]) then return -1 end
+  local limit = tonumber(ARGV[7])
+  if current[4] == ARGV[8] and now < (tonumber(current[5]) or 0) then limit = math.min(limit, tonumber(current[3])) end
+  redis.call("HSET", stateKey, "version", tonumber(ARGV[5]) + 1, "aimd", ARGV[6], "limit", limit, "epoch", ARGV[8], "dropTo", ARGV[10])
+  redis.call("HINCRBY", stateKey, "accepted", tonumber(ARGV[9]) or 0)
+  if limit > (tonumber(current[2]) or 0) then granted(lane) else touch(lane) end
+  return limit
 end
 return redis.error_reply("unknown operation " .. tostring(op))
 `
