@@ -331,6 +331,28 @@ describe("weatherproof serve, with the openai client", () => {
       expect((bad as APIError).message).toContain("x-weatherproof-cache must be one of auto, force, bypass")
     }))
 
+  it.scopedLive("a body that is not JSON, or larger than 10 MiB, is a 400 and reaches no upstream", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make()
+      const gateway = yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])])
+      const post = (body: string) =>
+        attempt(async () => {
+          const response = await fetch(`${gateway.url}/v1/chat/completions`, {
+            method: "POST",
+            headers: { "content-type": "application/json" },
+            body
+          })
+          return { status: response.status, body: await response.json() as { error: { code: string; message: string } } }
+        })
+      const notJson = yield* post("{\"model\": ")
+      expect(notJson.status).toBe(400)
+      expect(notJson.body.error).toMatchObject({ code: "invalid_request", message: "the request body is not JSON" })
+      const large = yield* post(JSON.stringify({ model, messages: ask("x".repeat(10 * 1024 * 1024)) }))
+      expect(large.status).toBe(400)
+      expect(large.body.error.message).toBe("the request body is larger than 10 MiB")
+      expect((yield* sim.stats).requests).toBe(0)
+    }))
+
   it.scopedLive("an upstream that drops the connection before answering is retried before the client sees anything", () =>
     Effect.gen(function*() {
       const upstream = yield* rawServer([destroySocket, reply(200, JSON.stringify(Wire.completion(generation("second try"))))])

@@ -13,6 +13,7 @@
  */
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
+import * as NodeHttpServerRequest from "@effect/platform-node/NodeHttpServerRequest"
 import * as Cause from "effect/Cause"
 import * as Chunk from "effect/Chunk"
 import type * as Duration from "effect/Duration"
@@ -23,7 +24,7 @@ import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as ParseResult from "effect/ParseResult"
 import * as Schema from "effect/Schema"
-import type * as Scope from "effect/Scope"
+import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import type { ChatCompletionChunk } from "../../src/ChatSchema.js"
 import { ChatCompletionRequest } from "../../src/ChatSchema.js"
@@ -90,6 +91,53 @@ const sseEvent = (data: unknown): Uint8Array => utf8.encode(eventText(data))
 const sseEvents = (chunks: ReadonlyArray<ChatCompletionChunk>): Uint8Array => utf8.encode(chunks.map(eventText).join(""))
 
 // --- the request ------------------------------------------------------------------------------
+
+/** The largest request body read: `NodeHttpServer`'s own limit (`HttpIncomingMessage.MaxBodySize`). */
+const maxBodyBytes = 10 * 1024 * 1024
+
+const notJson = new BadRequest({ message: "the request body is not JSON" })
+
+/**
+ * The body as JSON, read from Node's request. `request.json` runs a fiber to build a cached
+ * effect and reads through a stream: a fifth of the gateway's time before its upstream call,
+ * at one client.
+ */
+const readJson = (request: HttpServerRequest.HttpServerRequest): Effect.Effect<unknown, BadRequest> =>
+  Effect.async((resume) => {
+    const incoming = NodeHttpServerRequest.toIncomingMessage(request)
+    const parts: Array<Buffer> = []
+    let size = 0
+    const onData = (part: Buffer) => {
+      size += part.length
+      if (size <= maxBodyBytes) parts.push(part)
+      else {
+        detach()
+        resume(Effect.fail(new BadRequest({ message: "the request body is larger than 10 MiB" })))
+      }
+    }
+    const onEnd = () => {
+      detach()
+      const text = Buffer.concat(parts, size).toString("utf8")
+      try {
+        resume(Effect.succeed(text === "" ? null : JSON.parse(text)))
+      } catch {
+        resume(Effect.fail(notJson))
+      }
+    }
+    const onError = () => {
+      detach()
+      resume(Effect.fail(notJson))
+    }
+    const detach = () => {
+      incoming.off("data", onData)
+      incoming.off("end", onEnd)
+      incoming.off("error", onError)
+    }
+    incoming.on("data", onData)
+    incoming.on("end", onEnd)
+    incoming.on("error", onError)
+    return Effect.sync(detach)
+  })
 
 const decodeRequest = Schema.decodeUnknownEither(ChatCompletionRequest)
 const decodeTask = Schema.decodeUnknownEither(Task)
@@ -271,7 +319,7 @@ export const make = (settings: Settings, traffic: Traffic) =>
     const admit = (request: HttpServerRequest.HttpServerRequest) =>
       Effect.gen(function*() {
         yield* settings.authorize(request.headers.authorization)
-        const json = yield* Effect.mapError(request.json, () => new BadRequest({ message: "the request body is not JSON" }))
+        const json = yield* readJson(request)
         const body = yield* parseBody(json)
         const task = yield* taskOf(request.headers["x-weatherproof-task"])
         const priority = yield* priorityOf(request.headers["x-weatherproof-priority"])
@@ -287,7 +335,9 @@ export const make = (settings: Settings, traffic: Traffic) =>
           Effect.map(HttpServerResponse.setHeader("connection", "close"))
         )
         traffic.enter()
-        yield* Effect.addFinalizer(() => Effect.sync(() => traffic.leave()))
+        // On the scope itself: `Effect.addFinalizer` diffs and restores the fiber's refs around
+        // a finalizer this one does not need.
+        yield* Effect.flatMap(Effect.scope, (scope) => Scope.addFinalizer(scope, Effect.sync(() => traffic.leave())))
         const request = yield* HttpServerRequest.HttpServerRequest
         return yield* admit(request).pipe(
           Effect.matchCauseEffect({
