@@ -54,9 +54,11 @@
  *    at full speed. Probing is the only way to see a cap rise, and each probe of a cap that did
  *    not move costs a 429, so the hold sets the trade: about one request in `6·limit` (at least
  *    48, so about 2% at a small steady cap) draws a probe's 429, and a risen cap is noticed within
- *    about seven rounds. After a fall the holds last `fallHoldShare` (an eighth) of that, doubling
- *    with each probe that finds the cap where it was: a cap that moved often comes back, so it is
- *    probed for sooner, and a steady one costs three probes more.
+ *    about seven rounds. After a fall the holds last `fallHoldShare` (an eighth) of that, each
+ *    `holdGrowth` (1.5) times the last while probes find the cap where it was: a cap that moved
+ *    often comes back, so it is probed for sooner (each hold about half the time since the fall,
+ *    so a return is noticed within that), and a steady one costs about four probes more before
+ *    the holds are full again.
  * 6. **Overload is noise until it dominates.** A 503 (or `insufficient_system_resource`) says the
  *    server as a whole is shedding load, at whatever level we run, so it neither sets the
  *    ceiling nor counts as a fall. A round in which overload drops are at least `overloadShare`
@@ -275,11 +277,17 @@ export interface AdaptiveOptions extends LimiterOptions {
   /** Successes to hold there at least (bounds the probes' 429s at small limits). Default 48. */
   readonly holdRequests?: number | undefined
   /**
-   * After the cap fell, holds last this share of their length, doubling with each probe that finds
-   * the cap unchanged (back to full after three at the default): a cap that moved is probed sooner
-   * for its return. Default 0.125.
+   * After the cap fell, holds last this share of their length, growing `holdGrowth` times with
+   * each probe that finds the cap unchanged (back to full after six at the defaults): a cap that
+   * moved is probed sooner for its return. Default 0.125.
    */
   readonly fallHoldShare?: number | undefined
+  /**
+   * How much longer each hold after a fall is than the one before it, when its probe found the cap
+   * unchanged (above 1). Larger: fewer 429s at a cap that fell and stays; smaller: a cap that
+   * comes back soon is found sooner. Default 1.5.
+   */
+  readonly holdGrowth?: number | undefined
   /** A window whose mean queue delay is this many times the baseline is congested. Default 2. */
   readonly queueDelayRise?: number | undefined
   /** Consecutive congested windows that make the limit step back by `backoff`. Default 3. */

@@ -205,6 +205,7 @@ export interface AimdConfig {
   readonly holdRounds: number
   readonly holdRequests: number
   readonly fallHoldShare: number
+  readonly holdGrowth: number
   readonly queueDelayRise: number
   readonly queueDelayWindows: number
   readonly queueDelayFloorMillis: number
@@ -224,6 +225,7 @@ const aimdConfig = (options: AdaptiveOptions = {}): AimdConfig => {
     holdRounds: options.holdRounds ?? 6,
     holdRequests: options.holdRequests ?? 48,
     fallHoldShare: options.fallHoldShare ?? 0.125,
+    holdGrowth: options.holdGrowth ?? 1.5,
     queueDelayRise: options.queueDelayRise ?? 2,
     queueDelayWindows: options.queueDelayWindows ?? 3,
     queueDelayFloorMillis: Duration.toMillis(options.queueDelayFloor ?? "250 millis"),
@@ -321,7 +323,8 @@ export class Aimd implements Policy {
   private holdLeft = 0
   /**
    * The share of a full hold the next holds last: `fallHoldShare` after the cap fell (a cap that
-   * moves may well come back), doubled by each probe that finds it where it was, up to 1.
+   * moves may well come back), grown `holdGrowth` times by each probe that finds it where it was,
+   * up to 1.
    */
   private holdShare = 1
   private delaySum = 0
@@ -525,7 +528,7 @@ export class Aimd implements Policy {
     if (this.succeededSinceDecrease && this.phase !== "hold") {
       // An ordinary overshoot: everything but the dropped request was accepted.
       const ceiling = Math.max(this.config.min, inFlight - 1)
-      if (Number.isFinite(this.ceiling) && ceiling <= this.ceiling) this.holdShare = Math.min(1, this.holdShare * 2)
+      if (Number.isFinite(this.ceiling) && ceiling <= this.ceiling) this.holdShare = Math.min(1, this.holdShare * this.config.holdGrowth)
       this.ceiling = ceiling
       this.setValue(Math.min(this.ceiling, level * this.config.backoff))
       if (this.value < this.ceiling) this.phase = "recover"
@@ -763,6 +766,7 @@ const validateAdaptive = (config: AimdConfig): void =>
     ratio("backoff", config.backoff, true),
     ratio("fallBackoff", config.fallBackoff, true),
     ratio("fallHoldShare", config.fallHoldShare),
+    config.holdGrowth > 1 ? undefined : `holdGrowth must be above 1, got ${config.holdGrowth}`,
     config.queueDelayRise > 1 ? undefined : `queueDelayRise must be above 1, got ${config.queueDelayRise}`,
     atLeast("queueDelayWindows", config.queueDelayWindows, 1),
     ratio("overloadShare", config.overloadShare),
