@@ -281,6 +281,27 @@ describe("ConcurrencyLimiter", () => {
         yield* release([...held, ...fifth, ...sixth])
       }))
 
+    it.effect("a limit stepped back in slow start grows again by acceptances at its top", () =>
+      Effect.gen(function*() {
+        const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 8 })
+        const first = yield* hold(limiter, 8)
+        yield* TestClock.adjust("10 millis")
+        yield* Effect.forEach(first, (h) => h.permit.accepted)
+        const ninth = yield* hold(limiter, 1)
+        yield* ninth[0]!.permit.accepted // 9 proved
+        expect(yield* limitOf(limiter)).toBe(10)
+        // Every one answers 503: overload dominates the round, and the limit steps back to 9.
+        yield* Effect.forEach([...first, ...ninth], (h) => h.permit.complete({ _tag: "Dropped", signal: "overload" }))
+        yield* release([...first, ...ninth])
+        expect(yield* limitOf(limiter)).toBe(9)
+        // 9 accepted again is the top of the limit now, though 9 was proved before.
+        const again = yield* hold(limiter, 9)
+        yield* TestClock.adjust("10 millis")
+        yield* Effect.forEach(again, (h) => h.permit.accepted)
+        expect(yield* limitOf(limiter)).toBe(10)
+        yield* release(again)
+      }))
+
     it.effect("where acceptance comes only with the response, slow start learns it and doubles every round", () =>
       Effect.gen(function*() {
         const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 4 })

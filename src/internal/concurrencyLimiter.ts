@@ -575,6 +575,9 @@ export class Aimd implements Policy {
   private setValue(value: number): void {
     this.value = clamp(value, this.config.min, this.config.max)
     this.peak = Math.max(this.peak, this.value)
+    // A level proved at or above a lowered limit would keep slow start from growing by the
+    // acceptances at its new top.
+    this.confirmed = Math.min(this.confirmed, this.limit - 1)
   }
 }
 
