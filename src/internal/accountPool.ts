@@ -139,9 +139,10 @@ class Member {
   }
 }
 
-/** An attempt placed on an account: its permit, the lane's model, and when it was placed (Clock millis). */
+/** An attempt placed on an account: its grant and permit, the lane's model, and when it was placed (Clock millis). */
 interface Placed {
   readonly member: Member
+  readonly grant: LaneGrant
   readonly permit: Limiter.Permit
   readonly model: string
   readonly placedAt: number
@@ -523,33 +524,64 @@ export const makeWith = <R>(
         if (grant.lane.hasRoom && dispatcher.queued(grant.lane.model) === 0) roomMayHaveGrown()
       })
 
+    type Restore = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+
     /**
-     * Waits (at most `maxWait`) for a permit of `model` on an account that may serve it, then
-     * answers it with its member; the permit is released when the scope closes.
+     * Waits (at most `maxWait`, interruptible by `restore`) for a permit of `model` on an account
+     * that may serve it, then answers it with its member. Runs uninterruptible: the caller owns
+     * the grant from here and releases it (`release`).
      */
     const place = (
+      model: string,
+      options: CallOptions | undefined,
+      excluded: ReadonlySet<number>,
+      restore: Restore
+    ): Effect.Effect<Placed, ApiError.NoAccountAvailable> => {
+      if (!mayBePlaced(excluded)) return Effect.fail(noAccount(excluded))
+      const entry = dispatcher.enter(model, options?.priority ?? "interactive", excluded)
+      publishQueued(model)
+      return entry._tag === "Granted"
+        ? Effect.sync(() => placedOn(entry.grant, model))
+        : Effect.map(awaitGrant(entry.waiter, restore, options, excluded), (grant) => placedOn(grant, model))
+    }
+
+    const placedOn = (grant: LaneGrant, model: string): Placed => {
+      publishLane(grant.lane)
+      const member = members[grant.lane.account.index]!
+      member.calls++
+      return { member, grant, permit: permitOf(grant).permit, model, placedAt: now() }
+    }
+
+    /**
+     * `use` of a placed attempt, its permit released as it ends: one exit handler, no scope per
+     * attempt.
+     */
+    const withPlacement = <A, E>(
+      model: string,
+      options: CallOptions | undefined,
+      excluded: ReadonlySet<number>,
+      use: (placed: Placed) => Effect.Effect<A, E>
+    ): Effect.Effect<A, E | ApiError.NoAccountAvailable> =>
+      Effect.uninterruptibleMask((restore) =>
+        Effect.flatMap(
+          place(model, options, excluded, restore),
+          (placed) => Effect.flatMap(Effect.exit(restore(use(placed))), (exit) => Effect.zipRight(release(placed.grant), exit))
+        )
+      )
+
+    /** A placed attempt whose permit is released when the scope closes (a stream's). */
+    const placeScoped = (
       model: string,
       options: CallOptions | undefined,
       excluded: ReadonlySet<number>
     ): Effect.Effect<Placed, ApiError.NoAccountAvailable, Scope.Scope> =>
       Effect.uninterruptibleMask((restore) =>
-        Effect.gen(function*() {
-          if (!mayBePlaced(excluded)) return yield* Effect.fail(noAccount(excluded))
-          const entry = dispatcher.enter(model, options?.priority ?? "interactive", excluded)
-          publishQueued(model)
-          const grant = entry._tag === "Granted" ? entry.grant : yield* awaitGrant(entry.waiter, restore, options, excluded)
-          const lane = grant.lane
-          publishLane(lane)
-          yield* Effect.flatMap(Effect.scope, (s) => Scope.addFinalizer(s, release(grant)))
-          const member = members[lane.account.index]!
-          member.calls++
-          return { member, permit: permitOf(grant).permit, model, placedAt: now() }
-        })
+        Effect.tap(place(model, options, excluded, restore), (placed) => Effect.addFinalizer(() => release(placed.grant)))
       )
 
     const awaitGrant = (
       waiter: Waiter,
-      restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>,
+      restore: Restore,
       options: CallOptions | undefined,
       excluded: ReadonlySet<number>
     ): Effect.Effect<LaneGrant, ApiError.NoAccountAvailable> => {
@@ -682,14 +714,12 @@ export const makeWith = <R>(
           Effect.catchIf((error) => isAccountLevel(ApiError.classify(error)), (error) => failOver(member, error))
         )
       }
-      const attempt = (excluded: ReadonlySet<number>): Effect.Effect<ChatCompletion, PoolError> => {
-        const placement = place(request.model, options, excluded)
-        return Effect.scoped(whenTraced(Effect.flatMap(placement, attemptOn), () => {
+      const attempt = (excluded: ReadonlySet<number>): Effect.Effect<ChatCompletion, PoolError> =>
+        whenTraced(withPlacement(request.model, options, excluded, attemptOn), () => {
           const enteredAt = now()
-          return Effect.flatMap(placement, (placed) =>
+          return withPlacement(request.model, options, excluded, (placed) =>
             GenAi.attemptSpan("weatherproof.AccountPool.create", request, placementOf(placed, request, enteredAt), attemptOn(placed)))
-        })).pipe(Effect.catchTag("FailedOver", ({ member }) => attempt(excludeAfter(excluded, member))))
-      }
+        }).pipe(Effect.catchTag("FailedOver", ({ member }) => attempt(excludeAfter(excluded, member))))
       return Effect.zipRight(budget, attempt(new Set()))
     }
 
@@ -734,7 +764,7 @@ export const makeWith = <R>(
 
     const stream: Service["stream"] = (request, options) => {
       const attempt = (excluded: ReadonlySet<number>): Stream.Stream<ChatCompletionChunk, PoolError> => {
-        const placement = place(request.model, options, excluded)
+        const placement = placeScoped(request.model, options, excluded)
         const run = (placed: Placed) => streamOn(placed, request, options)
         return Stream.unwrapScoped(whenTraced(Effect.map(placement, run), () => {
           const enteredAt = now()
