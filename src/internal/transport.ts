@@ -458,9 +458,11 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
     const create: Service["create"] = (request, options) =>
       request.messages.length === 0 ? Effect.fail(noMessages) : Effect.withFiberRuntime((fiber) => {
         const wire = wireOf(fiber)
-        return wire === undefined
-          ? Effect.withSpan(createOn(overClient, request, options), "weatherproof.Transport.create", attributesOf(request))
-          : Effect.withTracerEnabled(createOn(wire, request, options), false)
+        if (wire === undefined) {
+          return Effect.withSpan(createOn(overClient, request, options), "weatherproof.Transport.create", attributesOf(request))
+        }
+        // Only the client's requests make spans: the undici exchanges need no tracer turned off.
+        return wire === overClient ? Effect.withTracerEnabled(createOn(wire, request, options), false) : createOn(wire, request, options)
       })
 
     const streamOn = (wire: Wire, request: ChatSchema.ChatCompletionRequest, options: CallOptions | undefined) =>
