@@ -299,7 +299,6 @@ export const makeWith = <R>(
       if (set === undefined) labelSets.set(key, set = pairs.map(([name, value]) => MetricLabel.make(name, value)))
       return set
     }
-    const laneLabels = (account: Account, model: string) => labels(["account", account.name], ["model", model])
 
     const memberState = settings.memberState ?? MemberState.inMemory
     const members: ReadonlyArray<Member> = yield* Effect.forEach(accounts, (account, index) =>
@@ -320,16 +319,29 @@ export const makeWith = <R>(
       }))
 
     interface LaneMetrics {
+      readonly tags: ReadonlyArray<MetricLabel.MetricLabel>
+      /** The labels of an attempt on the lane that ended with `result`. */
+      readonly resultTags: (result: string) => ReadonlyArray<MetricLabel.MetricLabel>
       readonly publish: () => void
       readonly dropped: () => void
     }
     const laneMetrics = new Map<Lane, LaneMetrics>()
-    /** The gauges and drop counter of `lane`, made on its first use. */
+    /** The labels, gauges and drop counter of `lane`, made on its first use: they are used on every attempt. */
     const metricsOf = (lane: Lane): LaneMetrics => {
       let metrics = laneMetrics.get(lane)
       if (metrics !== undefined) return metrics
-      const tags = laneLabels(members[lane.account.index]!.account, lane.model)
+      const account = members[lane.account.index]!.account
+      const tags = labels(["account", account.name], ["model", lane.model])
+      const byResult = new Map<string, ReadonlyArray<MetricLabel.MetricLabel>>()
       metrics = {
+        tags,
+        resultTags: (result) => {
+          let resultTags = byResult.get(result)
+          if (resultTags === undefined) {
+            byResult.set(result, resultTags = labels(["account", account.name], ["model", lane.model], ["result", result]))
+          }
+          return resultTags
+        },
         publish: () => {
           LimiterInternal.limitGauge.unsafeUpdate(lane.limit, tags)
           LimiterInternal.inFlightGauge.unsafeUpdate(lane.inFlight, tags)
@@ -357,7 +369,12 @@ export const makeWith = <R>(
         roomChanges !== seen ? Effect.void : Deferred.await(roomLatch ??= Deferred.unsafeMake<void>(FiberId.none))
       )
 
-    const publishQueued = (model: string) => queuedGauge.unsafeUpdate(dispatcher.queued(model), labels(["model", model]))
+    const queuedTags = new Map<string, ReadonlyArray<MetricLabel.MetricLabel>>()
+    const publishQueued = (model: string) => {
+      let tags = queuedTags.get(model)
+      if (tags === undefined) queuedTags.set(model, tags = labels(["model", model]))
+      queuedGauge.unsafeUpdate(dispatcher.queued(model), tags)
+    }
     const publishLane = (lane: Lane) => {
       metricsOf(lane).publish()
       publishQueued(lane.model)
@@ -642,7 +659,8 @@ export const makeWith = <R>(
     const countSent = (placed: Placed, request: ChatCompletionRequest, verdict?: ApiError.Verdict, error?: unknown) =>
       Effect.sync(() => {
         const { member } = placed
-        const tags = laneLabels(member.account, placed.model)
+        const metrics = metricsOf(placed.grant.lane)
+        const { tags } = metrics
         const retry = sent.has(request)
         if (retry) {
           member.retries++
@@ -654,7 +672,7 @@ export const makeWith = <R>(
           if (ApiError.tagOf(error) === "RateLimited") member.rateLimited++
         }
         const result = verdict === undefined ? "ok" : ApiError.tagOf(error) ?? "unknown"
-        attemptsCounter.unsafeUpdate(1, labels(["account", member.name], ["model", placed.model], ["result", result]))
+        attemptsCounter.unsafeUpdate(1, metrics.resultTags(result))
         attemptDuration.unsafeUpdate((now() - placed.placedAt) / 1000, tags)
       })
 
