@@ -137,6 +137,12 @@ class Member {
   modelFor(model: string): string {
     return this.account.models[model] ?? model
   }
+
+  /** `request` as this account is sent it: the same object when its model needs no mapping. */
+  requestFor(request: ChatCompletionRequest): ChatCompletionRequest {
+    const model = this.modelFor(request.model)
+    return model === request.model ? request : { ...request, model }
+  }
 }
 
 /** An attempt placed on an account: its grant and permit, the lane's model, and when it was placed (Clock millis). */
@@ -721,7 +727,7 @@ export const makeWith = <R>(
       const attemptOn = (placed: Placed) => {
         const { member, permit } = placed
         const model = member.modelFor(request.model)
-        return member.breaker.protect(member.transport.create({ ...request, model }, callOptions(options, permit))).pipe(
+        return member.breaker.protect(member.transport.create(member.requestFor(request), callOptions(options, permit))).pipe(
           Effect.onExit((exit) => permit.settle(exit)),
           Effect.tapBoth({
             onSuccess: (completion) =>
@@ -758,7 +764,7 @@ export const makeWith = <R>(
         let usage: Usage | undefined
         let servedModel = model
         const settle = (exit: Exit.Exit<unknown, unknown>) => Effect.zipRight(permit.settle(exit), settleBreaker(exit))
-        return member.transport.stream({ ...request, model }, callOptions(options, permit)).pipe(
+        return member.transport.stream(member.requestFor(request), callOptions(options, permit)).pipe(
           Stream.tap((chunk) =>
             Effect.sync(() => {
               delivered = true

@@ -307,6 +307,9 @@ const chunkReader = (
 // The service
 // ---------------------------------------------------------------------------------------------
 
+/** The keys a call saw refused before its first 401: shared, as most calls never meet one. */
+const noneRejected: ReadonlySet<string> = new Set()
+
 /** Refused locally: every provider answers 400 to an empty conversation. */
 const noMessages = new ApiError.InvalidRequest({
   status: 400,
@@ -393,7 +396,7 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
       timeline: Timeline,
       credential: Credential,
       staleRetries: number,
-      rejected: ReadonlySet<string> = new Set()
+      rejected: ReadonlySet<string> = noneRejected
     ): Effect.Effect<Reply, ApiError.ApiError> =>
       wire.send(body, `Bearer ${Redacted.value(credential.key)}`, timeline).pipe(
         Effect.catchAll((failure) =>
