@@ -658,14 +658,15 @@ export const run = (options: Options): Effect.Effect<Summary, BatchError | Outpu
     const { stopped, stoppedNow } = yield* watchStops(options)
     const readAhead = yield* readAheadOf(options.concurrency)
     // A line starts only while the run is not stopped; once its answer is in, it is written
-    // whatever happens, so an interrupt never loses an answer nor tears a line.
+    // whatever happens, so an interrupt never loses an answer nor tears a line. It leaves the
+    // read-ahead however it ends (already uninterruptible: its exit, then leaving, is `ensuring`).
     const handle = (work: Send) =>
       Effect.uninterruptibleMask((restore) =>
         Effect.flatMap(
           Deferred.isDone(stopped),
           (isStopped) => isStopped ? Effect.void : Effect.flatMap(restore(send(work)), settle)
-        )
-      ).pipe(Effect.ensuring(Effect.sync(readAhead.leave)))
+        ).pipe(Effect.exit, Effect.flatMap((exit) => Effect.zipRight(Effect.sync(readAhead.leave), exit)))
+      )
     // Lines sent run in fibers of their own, at most the read-ahead at once; the others are
     // settled by the reader.
     const processing = Effect.scoped(Effect.gen(function*() {

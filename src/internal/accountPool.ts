@@ -137,11 +137,18 @@ class Member {
   modelFor(model: string): string {
     return this.account.models[model] ?? model
   }
+
+  /** `request` as this account is sent it: the same object when its model needs no mapping. */
+  requestFor(request: ChatCompletionRequest): ChatCompletionRequest {
+    const model = this.modelFor(request.model)
+    return model === request.model ? request : { ...request, model }
+  }
 }
 
-/** An attempt placed on an account: its permit, the lane's model, and when it was placed (Clock millis). */
+/** An attempt placed on an account: its grant and permit, the lane's model, and when it was placed (Clock millis). */
 interface Placed {
   readonly member: Member
+  readonly grant: LaneGrant
   readonly permit: Limiter.Permit
   readonly model: string
   readonly placedAt: number
@@ -298,7 +305,6 @@ export const makeWith = <R>(
       if (set === undefined) labelSets.set(key, set = pairs.map(([name, value]) => MetricLabel.make(name, value)))
       return set
     }
-    const laneLabels = (account: Account, model: string) => labels(["account", account.name], ["model", model])
 
     const memberState = settings.memberState ?? MemberState.inMemory
     const members: ReadonlyArray<Member> = yield* Effect.forEach(accounts, (account, index) =>
@@ -319,16 +325,29 @@ export const makeWith = <R>(
       }))
 
     interface LaneMetrics {
+      readonly tags: ReadonlyArray<MetricLabel.MetricLabel>
+      /** The labels of an attempt on the lane that ended with `result`. */
+      readonly resultTags: (result: string) => ReadonlyArray<MetricLabel.MetricLabel>
       readonly publish: () => void
       readonly dropped: () => void
     }
     const laneMetrics = new Map<Lane, LaneMetrics>()
-    /** The gauges and drop counter of `lane`, made on its first use. */
+    /** The labels, gauges and drop counter of `lane`, made on its first use: they are used on every attempt. */
     const metricsOf = (lane: Lane): LaneMetrics => {
       let metrics = laneMetrics.get(lane)
       if (metrics !== undefined) return metrics
-      const tags = laneLabels(members[lane.account.index]!.account, lane.model)
+      const account = members[lane.account.index]!.account
+      const tags = labels(["account", account.name], ["model", lane.model])
+      const byResult = new Map<string, ReadonlyArray<MetricLabel.MetricLabel>>()
       metrics = {
+        tags,
+        resultTags: (result) => {
+          let resultTags = byResult.get(result)
+          if (resultTags === undefined) {
+            byResult.set(result, resultTags = labels(["account", account.name], ["model", lane.model], ["result", result]))
+          }
+          return resultTags
+        },
         publish: () => {
           LimiterInternal.limitGauge.unsafeUpdate(lane.limit, tags)
           LimiterInternal.inFlightGauge.unsafeUpdate(lane.inFlight, tags)
@@ -356,7 +375,12 @@ export const makeWith = <R>(
         roomChanges !== seen ? Effect.void : Deferred.await(roomLatch ??= Deferred.unsafeMake<void>(FiberId.none))
       )
 
-    const publishQueued = (model: string) => queuedGauge.unsafeUpdate(dispatcher.queued(model), labels(["model", model]))
+    const queuedTags = new Map<string, ReadonlyArray<MetricLabel.MetricLabel>>()
+    const publishQueued = (model: string) => {
+      let tags = queuedTags.get(model)
+      if (tags === undefined) queuedTags.set(model, tags = labels(["model", model]))
+      queuedGauge.unsafeUpdate(dispatcher.queued(model), tags)
+    }
     const publishLane = (lane: Lane) => {
       metricsOf(lane).publish()
       publishQueued(lane.model)
@@ -523,33 +547,64 @@ export const makeWith = <R>(
         if (grant.lane.hasRoom && dispatcher.queued(grant.lane.model) === 0) roomMayHaveGrown()
       })
 
+    type Restore = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+
     /**
-     * Waits (at most `maxWait`) for a permit of `model` on an account that may serve it, then
-     * answers it with its member; the permit is released when the scope closes.
+     * Waits (at most `maxWait`, interruptible by `restore`) for a permit of `model` on an account
+     * that may serve it, then answers it with its member. Runs uninterruptible: the caller owns
+     * the grant from here and releases it (`release`).
      */
     const place = (
+      model: string,
+      options: CallOptions | undefined,
+      excluded: ReadonlySet<number>,
+      restore: Restore
+    ): Effect.Effect<Placed, ApiError.NoAccountAvailable> => {
+      if (!mayBePlaced(excluded)) return Effect.fail(noAccount(excluded))
+      const entry = dispatcher.enter(model, options?.priority ?? "interactive", excluded)
+      publishQueued(model)
+      return entry._tag === "Granted"
+        ? Effect.sync(() => placedOn(entry.grant, model))
+        : Effect.map(awaitGrant(entry.waiter, restore, options, excluded), (grant) => placedOn(grant, model))
+    }
+
+    const placedOn = (grant: LaneGrant, model: string): Placed => {
+      publishLane(grant.lane)
+      const member = members[grant.lane.account.index]!
+      member.calls++
+      return { member, grant, permit: permitOf(grant).permit, model, placedAt: now() }
+    }
+
+    /**
+     * `use` of a placed attempt, its permit released as it ends: one exit handler, no scope per
+     * attempt.
+     */
+    const withPlacement = <A, E>(
+      model: string,
+      options: CallOptions | undefined,
+      excluded: ReadonlySet<number>,
+      use: (placed: Placed) => Effect.Effect<A, E>
+    ): Effect.Effect<A, E | ApiError.NoAccountAvailable> =>
+      Effect.uninterruptibleMask((restore) =>
+        Effect.flatMap(
+          place(model, options, excluded, restore),
+          (placed) => Effect.flatMap(Effect.exit(restore(use(placed))), (exit) => Effect.zipRight(release(placed.grant), exit))
+        )
+      )
+
+    /** A placed attempt whose permit is released when the scope closes (a stream's). */
+    const placeScoped = (
       model: string,
       options: CallOptions | undefined,
       excluded: ReadonlySet<number>
     ): Effect.Effect<Placed, ApiError.NoAccountAvailable, Scope.Scope> =>
       Effect.uninterruptibleMask((restore) =>
-        Effect.gen(function*() {
-          if (!mayBePlaced(excluded)) return yield* Effect.fail(noAccount(excluded))
-          const entry = dispatcher.enter(model, options?.priority ?? "interactive", excluded)
-          publishQueued(model)
-          const grant = entry._tag === "Granted" ? entry.grant : yield* awaitGrant(entry.waiter, restore, options, excluded)
-          const lane = grant.lane
-          publishLane(lane)
-          yield* Effect.flatMap(Effect.scope, (s) => Scope.addFinalizer(s, release(grant)))
-          const member = members[lane.account.index]!
-          member.calls++
-          return { member, permit: permitOf(grant).permit, model, placedAt: now() }
-        })
+        Effect.tap(place(model, options, excluded, restore), (placed) => Effect.addFinalizer(() => release(placed.grant)))
       )
 
     const awaitGrant = (
       waiter: Waiter,
-      restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>,
+      restore: Restore,
       options: CallOptions | undefined,
       excluded: ReadonlySet<number>
     ): Effect.Effect<LaneGrant, ApiError.NoAccountAvailable> => {
@@ -610,7 +665,8 @@ export const makeWith = <R>(
     const countSent = (placed: Placed, request: ChatCompletionRequest, verdict?: ApiError.Verdict, error?: unknown) =>
       Effect.sync(() => {
         const { member } = placed
-        const tags = laneLabels(member.account, placed.model)
+        const metrics = metricsOf(placed.grant.lane)
+        const { tags } = metrics
         const retry = sent.has(request)
         if (retry) {
           member.retries++
@@ -622,7 +678,7 @@ export const makeWith = <R>(
           if (ApiError.tagOf(error) === "RateLimited") member.rateLimited++
         }
         const result = verdict === undefined ? "ok" : ApiError.tagOf(error) ?? "unknown"
-        attemptsCounter.unsafeUpdate(1, labels(["account", member.name], ["model", placed.model], ["result", result]))
+        attemptsCounter.unsafeUpdate(1, metrics.resultTags(result))
         attemptDuration.unsafeUpdate((now() - placed.placedAt) / 1000, tags)
       })
 
@@ -671,7 +727,7 @@ export const makeWith = <R>(
       const attemptOn = (placed: Placed) => {
         const { member, permit } = placed
         const model = member.modelFor(request.model)
-        return member.breaker.protect(member.transport.create({ ...request, model }, callOptions(options, permit))).pipe(
+        return member.breaker.protect(member.transport.create(member.requestFor(request), callOptions(options, permit))).pipe(
           Effect.onExit((exit) => permit.settle(exit)),
           Effect.tapBoth({
             onSuccess: (completion) =>
@@ -682,14 +738,12 @@ export const makeWith = <R>(
           Effect.catchIf((error) => isAccountLevel(ApiError.classify(error)), (error) => failOver(member, error))
         )
       }
-      const attempt = (excluded: ReadonlySet<number>): Effect.Effect<ChatCompletion, PoolError> => {
-        const placement = place(request.model, options, excluded)
-        return Effect.scoped(whenTraced(Effect.flatMap(placement, attemptOn), () => {
+      const attempt = (excluded: ReadonlySet<number>): Effect.Effect<ChatCompletion, PoolError> =>
+        whenTraced(withPlacement(request.model, options, excluded, attemptOn), () => {
           const enteredAt = now()
-          return Effect.flatMap(placement, (placed) =>
+          return withPlacement(request.model, options, excluded, (placed) =>
             GenAi.attemptSpan("weatherproof.AccountPool.create", request, placementOf(placed, request, enteredAt), attemptOn(placed)))
-        })).pipe(Effect.catchTag("FailedOver", ({ member }) => attempt(excludeAfter(excluded, member))))
-      }
+        }).pipe(Effect.catchTag("FailedOver", ({ member }) => attempt(excludeAfter(excluded, member))))
       return Effect.zipRight(budget, attempt(new Set()))
     }
 
@@ -710,7 +764,7 @@ export const makeWith = <R>(
         let usage: Usage | undefined
         let servedModel = model
         const settle = (exit: Exit.Exit<unknown, unknown>) => Effect.zipRight(permit.settle(exit), settleBreaker(exit))
-        return member.transport.stream({ ...request, model }, callOptions(options, permit)).pipe(
+        return member.transport.stream(member.requestFor(request), callOptions(options, permit)).pipe(
           Stream.tap((chunk) =>
             Effect.sync(() => {
               delivered = true
@@ -734,7 +788,7 @@ export const makeWith = <R>(
 
     const stream: Service["stream"] = (request, options) => {
       const attempt = (excluded: ReadonlySet<number>): Stream.Stream<ChatCompletionChunk, PoolError> => {
-        const placement = place(request.model, options, excluded)
+        const placement = placeScoped(request.model, options, excluded)
         const run = (placed: Placed) => streamOn(placed, request, options)
         return Stream.unwrapScoped(whenTraced(Effect.map(placement, run), () => {
           const enteredAt = now()

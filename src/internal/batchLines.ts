@@ -6,7 +6,6 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as ParseResult from "effect/ParseResult"
-import * as Random from "effect/Random"
 import * as Schema from "effect/Schema"
 import { scrubSecrets } from "../ApiError.js"
 import { ChatCompletionRequest } from "../ChatSchema.js"
@@ -159,11 +158,17 @@ export interface ResultLine {
   readonly error: LineError | null
 }
 
-/** `batch_req_` and 32 random hex digits, from Effect's `Random`. */
-export const makeRequestId: Effect.Effect<string> = Effect.map(
-  Effect.all(Array.from({ length: 4 }, () => Random.nextIntBetween(0, 0x1_0000_0000))),
-  (words) => `batch_req_${words.map((w) => w.toString(16).padStart(8, "0")).join("")}`
-)
+const hexWord = (word: number): string => word.toString(16).padStart(8, "0")
+
+/**
+ * `batch_req_` and 32 random hex digits, from Effect's `Random`: four 32-bit words, drawn in a
+ * plain chain (made for every line: `Effect.all` of them took four times the runtime steps).
+ */
+export const makeRequestId: Effect.Effect<string> = Effect.randomWith((random) => {
+  const word = random.nextIntBetween(0, 0x1_0000_0000)
+  const twoWords = Effect.zipWith(word, word, (a, b) => hexWord(a) + hexWord(b))
+  return Effect.zipWith(twoWords, twoWords, (a, b) => `batch_req_${a}${b}`)
+})
 
 /** The result line of an answered request. */
 export const succeeded = (id: string, customId: string, completion: ChatCompletion): ResultLine => ({

@@ -40,16 +40,17 @@ export const make = (mayStart: (running: number) => Effect.Effect<boolean>): Rea
 
   const nextChange = (): Effect.Effect<void> => Deferred.await(changed ??= Deferred.unsafeMake<void>(FiberId.none))
 
-  const enter: Effect.Effect<void> = Effect.zipRight(
-    Effect.yieldNow(),
-    Effect.flatMap(Effect.suspend(() => mayStart(running)), (start) => {
-      if (start) {
-        running++
-        return Effect.void
-      }
-      return Effect.zipRight(nextChange(), enter)
-    })
-  )
+  /** Counts a line in once `mayStart` says so, looking again at each change. */
+  const startWhenRoom: Effect.Effect<void> = Effect.flatMap(Effect.suspend(() => mayStart(running)), (start) => {
+    if (start) {
+      running++
+      return Effect.void
+    }
+    return Effect.zipRight(nextChange(), startWhenRoom)
+  })
+
+  // A wait for a change lets the lines started before it run too: only the first check yields.
+  const enter: Effect.Effect<void> = Effect.zipRight(Effect.yieldNow(), startWhenRoom)
 
   const idle: Effect.Effect<void> = Effect.suspend(() => running === 0 ? Effect.void : Effect.zipRight(nextChange(), idle))
 

@@ -11,6 +11,7 @@
  * @internal
  */
 import * as Effect from "effect/Effect"
+import * as FiberRef from "effect/FiberRef"
 import * as Metric from "effect/Metric"
 import * as MetricKey from "effect/MetricKey"
 import * as MetricLabel from "effect/MetricLabel"
@@ -318,7 +319,9 @@ const spendCounters = (account: string, model: string): SpendCounters => {
 
 /**
  * Adds an attempt's tokens and cost to the metrics of its (account, model); an unpriced attempt
- * adds no cost. The counters are made once per (account, model): this runs on every attempt.
+ * adds no cost. The counters are made once per (account, model), and updated in one synchronous
+ * step with the fiber's metric labels (as `Metric.incrementBy` would, at a sixth of the runtime's
+ * steps): this runs on every attempt.
  */
 export const makeSpendMetrics = () => {
   const byKey = new Map<string, SpendCounters>()
@@ -332,15 +335,15 @@ export const makeSpendMetrics = () => {
     return counters
   }
   return (account: string, model: string, tokens: TokenSplit, pico: bigint | undefined): Effect.Effect<void> =>
-    Effect.suspend(() => {
+    Effect.withFiberRuntime((fiber) => {
       const counters = countersOf(account, model)
-      return Effect.all([
-        Metric.incrementBy(counters.cacheHit, tokens.cacheHit),
-        Metric.incrementBy(counters.cacheMiss, tokens.cacheMiss),
-        Metric.incrementBy(counters.completion, tokens.completion),
-        Metric.incrementBy(counters.reasoning, tokens.reasoning),
-        pico === undefined ? Effect.void : Metric.incrementBy(counters.cost, usdOfPico(pico))
-      ], { discard: true })
+      const labels = fiber.getFiberRef(FiberRef.currentMetricLabels)
+      counters.cacheHit.unsafeUpdate(tokens.cacheHit, labels)
+      counters.cacheMiss.unsafeUpdate(tokens.cacheMiss, labels)
+      counters.completion.unsafeUpdate(tokens.completion, labels)
+      counters.reasoning.unsafeUpdate(tokens.reasoning, labels)
+      if (pico !== undefined) counters.cost.unsafeUpdate(usdOfPico(pico), labels)
+      return Effect.void
     })
 }
 

@@ -307,6 +307,9 @@ const chunkReader = (
 // The service
 // ---------------------------------------------------------------------------------------------
 
+/** The keys a call saw refused before its first 401: shared, as most calls never meet one. */
+const noneRejected: ReadonlySet<string> = new Set()
+
 /** Refused locally: every provider answers 400 to an empty conversation. */
 const noMessages = new ApiError.InvalidRequest({
   status: 400,
@@ -393,7 +396,7 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
       timeline: Timeline,
       credential: Credential,
       staleRetries: number,
-      rejected: ReadonlySet<string> = new Set()
+      rejected: ReadonlySet<string> = noneRejected
     ): Effect.Effect<Reply, ApiError.ApiError> =>
       wire.send(body, `Bearer ${Redacted.value(credential.key)}`, timeline).pipe(
         Effect.catchAll((failure) =>
@@ -458,9 +461,11 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
     const create: Service["create"] = (request, options) =>
       request.messages.length === 0 ? Effect.fail(noMessages) : Effect.withFiberRuntime((fiber) => {
         const wire = wireOf(fiber)
-        return wire === undefined
-          ? Effect.withSpan(createOn(overClient, request, options), "weatherproof.Transport.create", attributesOf(request))
-          : Effect.withTracerEnabled(createOn(wire, request, options), false)
+        if (wire === undefined) {
+          return Effect.withSpan(createOn(overClient, request, options), "weatherproof.Transport.create", attributesOf(request))
+        }
+        // Only the client's requests make spans: the undici exchanges need no tracer turned off.
+        return wire === overClient ? Effect.withTracerEnabled(createOn(wire, request, options), false) : createOn(wire, request, options)
       })
 
     const streamOn = (wire: Wire, request: ChatSchema.ChatCompletionRequest, options: CallOptions | undefined) =>
