@@ -317,6 +317,25 @@ describe("ConcurrencyLimiter", () => {
         expect(yield* Effect.replicateEffect(acceptedAsItEnds, 5)).toEqual([4, 6, 12, 24, 48])
       }))
 
+    it.effect("where acceptance comes only with the response, a probe above a ceiling grows by a request a round", () =>
+      Effect.gen(function*() {
+        const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 4, holdRounds: 1, holdRequests: 0 })
+        const acceptedAsItEnds = (outcomeOf: (index: number) => Outcome) =>
+          Effect.gen(function*() {
+            const held = yield* hold(limiter, yield* limitOf(limiter))
+            yield* TestClock.adjust("2 seconds")
+            yield* Effect.forEach(held, (h, index) => Effect.zipRight(h.permit.accepted, h.permit.complete(outcomeOf(index))))
+            yield* release(held)
+            return yield* limitOf(limiter)
+          })
+        expect(yield* Effect.replicateEffect(acceptedAsItEnds(() => success), 4)).toEqual([4, 6, 12, 24])
+        // The last of 24 draws a 429: the ceiling is 23.
+        yield* acceptedAsItEnds((index) => index === 23 ? dropped : success)
+        // Back to 23, a round's hold, then slow start above it: no acceptance ever reaches the
+        // top of the limit here, so successes must grow it (it stalled at 24), by one a round.
+        expect(yield* Effect.replicateEffect(acceptedAsItEnds(() => success), 8)).toEqual([22, 23, 24, 25, 26, 27, 28, 29])
+      }))
+
     it.effect("with acceptances, a probe from the hold is one request above the ceiling", () =>
       Effect.gen(function*() {
         const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 4, holdRounds: 1, holdRequests: 0 })

@@ -435,12 +435,14 @@ export class Aimd implements Policy {
 
   /**
    * Whether slow start grows by acceptances rather than by this success: while they come ahead of
-   * their responses, and always when probing above a ceiling with acceptances reported (a success
-   * per request there would double the probe each round, and above an unchanged cap each extra
-   * request draws a 429).
+   * their responses, and always when probing above a ceiling with acceptances reported ahead (a
+   * success per request there would double the probe each round, and above an unchanged cap each
+   * extra request draws a 429). Acceptances that come with their responses never reach the top of
+   * the limit: successes clock it then (a request a round above a ceiling), or nothing would.
    */
   private clockedOtherwise(clockedByAcceptance: boolean): boolean {
-    return this.phase === "slowStart" && (clockedByAcceptance || (this.acceptanceClocked && Number.isFinite(this.ceiling)))
+    return this.phase === "slowStart" &&
+      (clockedByAcceptance || (this.acceptanceClocked && this.aheadShare >= 0.5 && Number.isFinite(this.ceiling)))
   }
 
   /** An overload drop counts towards its round; whether the round steps down is judged at its end. */
@@ -458,7 +460,9 @@ export class Aimd implements Policy {
   private grow(): void {
     switch (this.phase) {
       case "slowStart":
-        this.setValue(this.value + 1)
+        // Above a ceiling, with acceptances that come with their responses (none reaches the
+        // top), a request a round: a success each would double the probe every round.
+        this.setValue(this.value + (this.acceptanceClocked && Number.isFinite(this.ceiling) ? 1 / this.roundSize : 1))
         return
       case "recover": {
         const next = this.value + Math.max(1, this.ceiling - this.value) / this.roundSize
