@@ -21,11 +21,11 @@ import * as Context from "effect/Context"
 import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
+import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
 import type * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as ParseResult from "effect/ParseResult"
-import * as Ref from "effect/Ref"
 import * as Schema from "effect/Schema"
 import type { Usage } from "./ChatSchema.js"
 import * as internal from "./internal/costLedger.js"
@@ -463,43 +463,28 @@ export interface Options {
   readonly budgetUsd?: number | undefined
 }
 
-interface State {
-  readonly total: internal.Accumulator
-  readonly byAccount: ReadonlyMap<string, internal.Accumulator>
-  readonly byModel: ReadonlyMap<string, internal.Accumulator>
-}
-
-const emptyState: State = { total: internal.emptyAccumulator, byAccount: new Map(), byModel: new Map() }
-
-const addTo = (
-  groups: ReadonlyMap<string, internal.Accumulator>,
-  key: string,
-  attempt: internal.AttemptCost
-): ReadonlyMap<string, internal.Accumulator> =>
-  new Map(groups).set(key, internal.accumulate(groups.get(key) ?? internal.emptyAccumulator, attempt))
-
-const totalsOf = (acc: internal.Accumulator): Totals => ({
-  requests: acc.requests,
-  attempts: acc.attempts,
-  promptTokens: acc.tokens.prompt,
-  completionTokens: acc.tokens.completion,
-  cacheHitTokens: acc.tokens.cacheHit,
-  cacheMissTokens: acc.tokens.cacheMiss,
-  reasoningTokens: acc.tokens.reasoning,
-  costUsd: internal.usdOfPico(acc.pico),
-  unpriced: acc.unpriced,
+const totalsOf = (tally: internal.Tally): Totals => ({
+  requests: tally.requests,
+  attempts: tally.attempts,
+  promptTokens: tally.prompt,
+  completionTokens: tally.completion,
+  cacheHitTokens: tally.cacheHit,
+  cacheMissTokens: tally.cacheMiss,
+  reasoningTokens: tally.reasoning,
+  costUsd: internal.usdOfPico(tally.pico.value),
+  unpriced: tally.unpriced,
   retryTax: {
-    attempts: acc.retryTaxAttempts,
-    tokens: acc.retryTaxTokens,
-    costUsd: internal.usdOfPico(acc.retryTaxPico)
+    attempts: tally.retryTaxAttempts,
+    tokens: tally.retryTaxTokens,
+    costUsd: internal.usdOfPico(tally.retryTaxPico.value)
   },
-  truncated: acc.truncated,
-  truncationRate: internal.ratio(acc.truncated, acc.withOutput),
-  reasoningShare: internal.ratio(acc.tokens.reasoning, acc.tokens.completion)
+  truncated: tally.truncated,
+  truncationRate: internal.ratio(tally.truncated, tally.withOutput),
+  reasoningShare: internal.ratio(tally.reasoning, tally.completion)
 })
 
-const groupTotals = (groups: ReadonlyMap<string, internal.Accumulator>): Readonly<Record<string, Totals>> =>
-  Object.fromEntries(Array.from(groups, ([key, acc]) => [key, totalsOf(acc)]))
+const groupTotals = (groups: ReadonlyMap<string, internal.Tally>): Readonly<Record<string, Totals>> =>
+  Object.fromEntries(Array.from(groups, ([key, tally]) => [key, totalsOf(tally)]))
 
 const validatedPricing = (pricing: PricingTable): PricingTable =>
   Either.getOrElse(decodePricing(pricing, "options"), (error) => {
@@ -560,38 +545,38 @@ export const make = (options: Options = {}): Effect.Effect<Service> =>
     const pricing = yield* Effect.sync(() => validatedPricing(options.pricing ?? defaultPricing))
     const budgetPico = yield* Effect.sync(() => budgetPicoOf(options.budgetUsd))
     const compiled = internal.compile(pricing)
-    const state = yield* Ref.make(emptyState)
-    const countSpend = internal.makeSpendMetrics()
+    const book = yield* Effect.sync(() => new internal.Book())
 
     const priceNow = (model: string, tokens: TokenSplit) =>
       Effect.map(Clock.currentTimeMillis, (now) => internal.price(compiled, model, tokens, now))
 
+    // One synchronous step on every attempt: the clock and the metric labels are read from the
+    // fiber, and only the first attempt of a model without a price goes on to log.
     const record = (entry: Entry) =>
-      Effect.gen(function*() {
+      Effect.withFiberRuntime<Cost>((fiber) => {
         const tokens = entry.usage === undefined ? internal.noTokens : internal.splitUsage(entry.usage)
-        const price = yield* priceNow(entry.model, tokens)
+        const now = Context.get(fiber.currentDefaultServices, Clock.Clock).unsafeCurrentTimeMillis()
+        const price = internal.price(compiled, entry.model, tokens, now)
         const attempt: internal.AttemptCost = {
           disposition: entry.disposition,
           billed: entry.usage !== undefined,
           tokens,
           pico: price?.pico
         }
-        const firstUnpriced = yield* Ref.modify(state, (s): readonly [boolean, State] => [
-          price === undefined && (s.byModel.get(entry.model)?.unpriced ?? 0) === 0,
-          {
-            total: internal.accumulate(s.total, attempt),
-            byAccount: addTo(s.byAccount, entry.account, attempt),
-            byModel: addTo(s.byModel, entry.model, attempt)
-          }
-        ])
-        if (firstUnpriced) {
-          yield* Effect.logWarning(`CostLedger: no price for model ${JSON.stringify(entry.model)}; its cost is not counted`)
-        }
-        yield* countSpend(entry.account, entry.model, tokens, price?.pico)
-        return costOf(entry.model, tokens, price)
+        const firstUnpriced = book.record(
+          entry.account,
+          entry.model,
+          attempt,
+          fiber.getFiberRef(FiberRef.currentMetricLabels)
+        )
+        const cost = costOf(entry.model, tokens, price)
+        return firstUnpriced
+          ? Effect.as(
+            Effect.logWarning(`CostLedger: no price for model ${JSON.stringify(entry.model)}; its cost is not counted`),
+            cost
+          )
+          : Effect.succeed(cost)
       })
-
-    const spentPico = Effect.map(Ref.get(state), (s) => s.total.pico)
 
     return CostLedger.of({
       pricing,
@@ -600,21 +585,27 @@ export const make = (options: Options = {}): Effect.Effect<Service> =>
         return Effect.map(priceNow(model, tokens), (price) => costOf(model, tokens, price))
       },
       record,
-      guard: budgetPico === undefined ? Effect.void : Effect.flatMap(spentPico, (spent) =>
-        spent >= budgetPico
+      guard: budgetPico === undefined ? Effect.void : Effect.suspend(() => {
+        const spent = book.spent.value
+        return spent >= budgetPico
           ? Effect.fail(
             new BudgetExceeded({ spentUsd: internal.usdOfPico(spent), budgetUsd: internal.usdOfPico(budgetPico) })
           )
-          : Effect.void),
-      snapshot: Effect.map(Ref.get(state), (s) => ({
-        total: totalsOf(s.total),
-        byAccount: groupTotals(s.byAccount),
-        byModel: groupTotals(s.byModel),
-        budget: budgetPico === undefined ? undefined : {
-          budgetUsd: internal.usdOfPico(budgetPico),
-          remainingUsd: internal.usdOfPico(budgetPico > s.total.pico ? budgetPico - s.total.pico : 0n)
+          : Effect.void
+      }),
+      snapshot: Effect.sync(() => {
+        const { byAccount, byModel, total } = book.totals()
+        const spent = total.pico.value
+        return {
+          total: totalsOf(total),
+          byAccount: groupTotals(byAccount),
+          byModel: groupTotals(byModel),
+          budget: budgetPico === undefined ? undefined : {
+            budgetUsd: internal.usdOfPico(budgetPico),
+            remainingUsd: internal.usdOfPico(budgetPico > spent ? budgetPico - spent : 0n)
+          }
         }
-      }))
+      })
     })
   })
 

@@ -15,6 +15,7 @@ import * as TestClock from "effect/TestClock"
 import type { Usage } from "../src/ChatSchema.js"
 import * as CostLedger from "../src/CostLedger.js"
 import * as ApiError from "../src/ApiError.js"
+import * as internal from "../src/internal/costLedger.js"
 import { flatPricing } from "./support/pricing.js"
 
 /** DeepSeek-style usage with the cache split and reasoning tokens. */
@@ -296,10 +297,52 @@ describe("CostLedger ledger", () => {
         expect(snapshotOf(shuffled)).toEqual(inOrder)
         expect(inOrder.total.attempts).toBe(entries.length)
         expect(inOrder.total.requests).toBe(entries.filter((e) => e.disposition !== "discarded").length)
+        // Nothing lost or counted twice: the groups add up to the run.
+        for (const groups of [inOrder.byAccount, inOrder.byModel]) {
+          const sum = (field: "attempts" | "requests" | "promptTokens" | "unpriced") =>
+            Object.values(groups).reduce((n, totals) => n + totals[field], 0)
+          expect([sum("attempts"), sum("requests"), sum("promptTokens"), sum("unpriced")]).toEqual([
+            inOrder.total.attempts,
+            inOrder.total.requests,
+            inOrder.total.promptTokens,
+            inOrder.total.unpriced
+          ])
+        }
       }),
       { numRuns: 50 }
     )
   })
+
+  it("pico-USD sums are exact past the largest safe integer ($9,007), in any order and grouping", () => {
+    const picos = FastCheck.array(FastCheck.integer({ min: 0, max: Number.MAX_SAFE_INTEGER }), { maxLength: 40 })
+    const sumOf = (values: ReadonlyArray<number>) => {
+      const sum = new internal.PicoSum()
+      for (const pico of values) sum.add(pico)
+      return sum
+    }
+    FastCheck.assert(
+      FastCheck.property(picos, FastCheck.nat(40), (values, cut) => {
+        const exact = values.reduce((total, pico) => total + BigInt(pico), 0n)
+        expect(sumOf(values).value).toBe(exact)
+        expect(sumOf([...values].reverse()).value).toBe(exact)
+        const merged = sumOf(values.slice(0, cut))
+        merged.addSum(sumOf(values.slice(cut)))
+        expect(merged.value).toBe(exact)
+      })
+    )
+  })
+
+  it.effect("a snapshot is a view at its time: later records do not change it", () =>
+    Effect.gen(function*() {
+      const ledger = yield* CostLedger.make({ pricing: flatPricing })
+      yield* ledger.record({ account: "a", model: "deepseek-v4-flash", usage: flashUsage, disposition: "kept" })
+      const before = yield* ledger.snapshot
+      const copy = structuredClone(before)
+      yield* ledger.record({ account: "a", model: "deepseek-v4-flash", usage: flashUsage, disposition: "kept" })
+      yield* ledger.record({ account: "b", model: "deepseek-v4-pro", usage: proUsage, disposition: "kept" })
+      expect(before).toEqual(copy)
+      expect((yield* ledger.snapshot).total.attempts).toBe(3)
+    }))
 })
 
 describe("CostLedger budget", () => {

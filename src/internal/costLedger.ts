@@ -1,17 +1,16 @@
 /**
  * The cost ledger's arithmetic: a pricing table compiled to integer prices, the split of a usage
- * into billed token kinds, and the accumulators the ledger updates with one `Ref.modify`.
+ * into billed token kinds, and the book of running totals the ledger updates in place, one
+ * synchronous step per attempt.
  *
  * Money is counted in integer pico-USD (1e-12 USD). A price of P USD per 1M tokens is P × 1e6
  * pico-USD per token, an integer for any price with at most 6 decimals (DeepSeek's have at most
  * 6: $0.003625). The cost of one attempt is an integer (rounded once, only when a peak
- * multiplier makes it fractional) and totals are `bigint` sums, so they are exact whatever the
- * order of the records; USD figures are converted from them only when read.
+ * multiplier makes it fractional) and totals are exact integer sums (`PicoSum`), so they do not
+ * depend on the order of the records; USD figures are converted from them only when read.
  *
  * @internal
  */
-import * as Effect from "effect/Effect"
-import * as FiberRef from "effect/FiberRef"
 import * as Metric from "effect/Metric"
 import * as MetricKey from "effect/MetricKey"
 import * as MetricLabel from "effect/MetricLabel"
@@ -161,20 +160,28 @@ export const splitUsage = (usage: Usage): TokenSplit => {
 const inMinutes = (minute: number, start: number, end: number): boolean =>
   start < end ? minute >= start && minute < end : minute >= start || minute < end
 
-/** Whether `window` applies at `nowMillis`: its time of day, on one of its days, not an excepted date. */
-const applies = (window: CompiledWindow, nowMillis: number): boolean => {
-  if (!inMinutes(minuteOfDay(nowMillis), window.start, window.end)) return false
-  const date = new Date(nowMillis)
-  return window.days.has(date.getUTCDay()) && !window.except.has(date.toISOString().slice(0, 10))
-}
+/**
+ * Whether `window` applies at `nowMillis`: its time of day, on one of its days, not an excepted
+ * date. It runs on every priced attempt, so the date is formatted only for a window with
+ * excepted dates.
+ */
+const applies = (window: CompiledWindow, nowMillis: number): boolean =>
+  inMinutes(minuteOfDay(nowMillis), window.start, window.end) &&
+  window.days.has(dayOfWeek(nowMillis)) &&
+  (window.except.size === 0 || !window.except.has(new Date(nowMillis).toISOString().slice(0, 10)))
 
 const minutesPerDay = 24 * 60
+const millisPerDay = minutesPerDay * 60_000
+
+/** The UTC day of the week, 0 Sunday (1970-01-01 was a Thursday), as `Date.getUTCDay` without a `Date`. */
+const dayOfWeek = (nowMillis: number): number => ((Math.floor(nowMillis / millisPerDay) + 4) % 7 + 7) % 7
 
 /** The price of one attempt of a priced model at `nowMillis`. */
 export interface Price {
   readonly pricedAs: string
   readonly peak: boolean
-  readonly pico: bigint
+  /** An integer. */
+  readonly pico: number
 }
 
 const minuteOfDay = (nowMillis: number): number =>
@@ -188,11 +195,11 @@ export const price = (compiled: Compiled, model: string, tokens: TokenSplit, now
   const peak = pricing.windows.find((window) => applies(window, nowMillis))
   const prices = peak?.prices ?? pricing.base
   const pico = tokens.cacheHit * prices.cacheHit + tokens.cacheMiss * prices.cacheMiss + tokens.completion * prices.output
-  return { pricedAs, peak: peak !== undefined, pico: BigInt(Math.round(pico * (peak?.multiplier ?? 1))) }
+  return { pricedAs, peak: peak !== undefined, pico: Math.round(pico * (peak?.multiplier ?? 1)) }
 }
 
 /** @internal */
-export const usdOfPico = (pico: bigint): number => Number(pico) / picoPerUsd
+export const usdOfPico = (pico: bigint | number): number => Number(pico) / picoPerUsd
 
 /** @internal */
 export const picoOfUsd = (usd: number): bigint => BigInt(Math.round(usd * picoPerUsd))
@@ -206,65 +213,99 @@ export interface AttemptCost {
   /** Whether the attempt carried usage (it was billed). */
   readonly billed: boolean
   readonly tokens: TokenSplit
-  /** `undefined` when the model has no price. */
-  readonly pico: bigint | undefined
+  /** An integer; `undefined` when the model has no price. */
+  readonly pico: number | undefined
 }
-
-/** Running totals of one group of attempts. */
-export interface Accumulator {
-  readonly requests: number
-  readonly attempts: number
-  readonly withOutput: number
-  readonly truncated: number
-  readonly unpriced: number
-  readonly tokens: TokenSplit
-  readonly pico: bigint
-  readonly retryTaxAttempts: number
-  readonly retryTaxTokens: number
-  readonly retryTaxPico: bigint
-}
-
-/** @internal */
-export const emptyAccumulator: Accumulator = {
-  requests: 0,
-  attempts: 0,
-  withOutput: 0,
-  truncated: 0,
-  unpriced: 0,
-  tokens: noTokens,
-  pico: 0n,
-  retryTaxAttempts: 0,
-  retryTaxTokens: 0,
-  retryTaxPico: 0n
-}
-
-const addTokens = (a: TokenSplit, b: TokenSplit): TokenSplit => ({
-  prompt: a.prompt + b.prompt,
-  cacheHit: a.cacheHit + b.cacheHit,
-  cacheMiss: a.cacheMiss + b.cacheMiss,
-  completion: a.completion + b.completion,
-  reasoning: a.reasoning + b.reasoning
-})
 
 /**
- * Adds one attempt. A kept or truncated attempt is the one whose outcome reached the caller, so
- * it closes a request; a discarded one is retry tax. An attempt produced output when it was kept
- * or truncated, or was billed.
+ * An exact sum of integer pico-USD: a number while the sum is a safe integer (the common case,
+ * up to $9,007), carried into a `bigint` beyond, so adding stays cheap and never rounds.
  */
-export const accumulate = (acc: Accumulator, attempt: AttemptCost): Accumulator => {
-  const discarded = attempt.disposition === "discarded"
-  const pico = attempt.pico ?? 0n
-  return {
-    requests: acc.requests + (discarded ? 0 : 1),
-    attempts: acc.attempts + 1,
-    withOutput: acc.withOutput + (!discarded || attempt.billed ? 1 : 0),
-    truncated: acc.truncated + (attempt.disposition === "truncated" ? 1 : 0),
-    unpriced: acc.unpriced + (attempt.pico === undefined ? 1 : 0),
-    tokens: addTokens(acc.tokens, attempt.tokens),
-    pico: acc.pico + pico,
-    retryTaxAttempts: acc.retryTaxAttempts + (discarded ? 1 : 0),
-    retryTaxTokens: acc.retryTaxTokens + (discarded ? attempt.tokens.prompt + attempt.tokens.completion : 0),
-    retryTaxPico: acc.retryTaxPico + (discarded ? pico : 0n)
+export class PicoSum {
+  private small = 0
+  private large = 0n
+
+  add(pico: number): void {
+    const sum = this.small + pico
+    // Both are integers: a sum that is a safe integer is exact, one that is not is carried.
+    if (Number.isSafeInteger(sum)) {
+      this.small = sum
+    } else {
+      this.large += BigInt(this.small)
+      this.small = pico
+    }
+  }
+
+  addSum(other: PicoSum): void {
+    this.large += other.large
+    this.add(other.small)
+  }
+
+  get value(): bigint {
+    return this.large + BigInt(this.small)
+  }
+}
+
+/** Running totals of one group of attempts, updated in place. */
+export class Tally {
+  requests = 0
+  attempts = 0
+  withOutput = 0
+  truncated = 0
+  unpriced = 0
+  prompt = 0
+  cacheHit = 0
+  cacheMiss = 0
+  completion = 0
+  reasoning = 0
+  readonly pico = new PicoSum()
+  retryTaxAttempts = 0
+  retryTaxTokens = 0
+  readonly retryTaxPico = new PicoSum()
+
+  /**
+   * Adds one attempt. A kept or truncated attempt is the one whose outcome reached the caller, so
+   * it closes a request; a discarded one is retry tax. An attempt produced output when it was
+   * kept or truncated, or was billed.
+   */
+  add(attempt: AttemptCost): void {
+    const { tokens, pico } = attempt
+    const discarded = attempt.disposition === "discarded"
+    this.attempts++
+    if (discarded) {
+      this.retryTaxAttempts++
+      this.retryTaxTokens += tokens.prompt + tokens.completion
+      if (pico !== undefined) this.retryTaxPico.add(pico)
+    } else {
+      this.requests++
+    }
+    if (!discarded || attempt.billed) this.withOutput++
+    if (attempt.disposition === "truncated") this.truncated++
+    if (pico === undefined) this.unpriced++
+    else this.pico.add(pico)
+    this.prompt += tokens.prompt
+    this.cacheHit += tokens.cacheHit
+    this.cacheMiss += tokens.cacheMiss
+    this.completion += tokens.completion
+    this.reasoning += tokens.reasoning
+  }
+
+  /** Adds the totals of another group. */
+  addTally(other: Tally): void {
+    this.requests += other.requests
+    this.attempts += other.attempts
+    this.withOutput += other.withOutput
+    this.truncated += other.truncated
+    this.unpriced += other.unpriced
+    this.prompt += other.prompt
+    this.cacheHit += other.cacheHit
+    this.cacheMiss += other.cacheMiss
+    this.completion += other.completion
+    this.reasoning += other.reasoning
+    this.pico.addSum(other.pico)
+    this.retryTaxAttempts += other.retryTaxAttempts
+    this.retryTaxTokens += other.retryTaxTokens
+    this.retryTaxPico.addSum(other.retryTaxPico)
   }
 }
 
@@ -319,32 +360,106 @@ const spendCounters = (account: string, model: string): SpendCounters => {
 
 /**
  * Adds an attempt's tokens and cost to the metrics of its (account, model); an unpriced attempt
- * adds no cost. The counters are made once per (account, model), and updated in one synchronous
- * step with the fiber's metric labels (as `Metric.incrementBy` would, at a sixth of the runtime's
- * steps): this runs on every attempt.
+ * adds no cost. Updated directly with the fiber's metric labels, as `Metric.incrementBy` would,
+ * without its runtime steps: this runs on every attempt.
  */
-export const makeSpendMetrics = () => {
-  const byKey = new Map<string, SpendCounters>()
-  const countersOf = (account: string, model: string): SpendCounters => {
-    const key = `${account}\u0000${model}`
-    let counters = byKey.get(key)
-    if (counters === undefined) {
-      counters = spendCounters(account, model)
-      byKey.set(key, counters)
-    }
-    return counters
+const countSpend = (
+  counters: SpendCounters,
+  tokens: TokenSplit,
+  pico: number | undefined,
+  labels: ReadonlyArray<MetricLabel.MetricLabel>
+): void => {
+  counters.cacheHit.unsafeUpdate(tokens.cacheHit, labels)
+  counters.cacheMiss.unsafeUpdate(tokens.cacheMiss, labels)
+  counters.completion.unsafeUpdate(tokens.completion, labels)
+  counters.reasoning.unsafeUpdate(tokens.reasoning, labels)
+  if (pico !== undefined) counters.cost.unsafeUpdate(usdOfPico(pico), labels)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Book
+// ---------------------------------------------------------------------------------------------
+
+/** One (account, model): its totals and its spend counters, both made on its first attempt. */
+interface Cell {
+  readonly account: string
+  readonly model: string
+  readonly tally: Tally
+  readonly counters: SpendCounters
+}
+
+/** The totals of every group, summed from the cells when read. */
+export interface Totals {
+  readonly total: Tally
+  readonly byAccount: ReadonlyMap<string, Tally>
+  readonly byModel: ReadonlyMap<string, Tally>
+}
+
+const addToGroup = (groups: Map<string, Tally>, key: string, tally: Tally): void => {
+  let group = groups.get(key)
+  if (group === undefined) {
+    group = new Tally()
+    groups.set(key, group)
   }
-  return (account: string, model: string, tokens: TokenSplit, pico: bigint | undefined): Effect.Effect<void> =>
-    Effect.withFiberRuntime((fiber) => {
-      const counters = countersOf(account, model)
-      const labels = fiber.getFiberRef(FiberRef.currentMetricLabels)
-      counters.cacheHit.unsafeUpdate(tokens.cacheHit, labels)
-      counters.cacheMiss.unsafeUpdate(tokens.cacheMiss, labels)
-      counters.completion.unsafeUpdate(tokens.completion, labels)
-      counters.reasoning.unsafeUpdate(tokens.reasoning, labels)
-      if (pico !== undefined) counters.cost.unsafeUpdate(usdOfPico(pico), labels)
-      return Effect.void
-    })
+  group.addTally(tally)
+}
+
+/**
+ * The ledger's running totals, one mutable cell per (account, model): recording an attempt
+ * updates one cell, the run's spent total and the metrics, without copying anything; the totals
+ * per run, account and model are summed from the cells when read, which is rare. Not thread-safe
+ * and needs not be: each method runs in one synchronous step.
+ */
+export class Book {
+  private readonly cells = new Map<string, Map<string, Cell>>()
+  private readonly unpricedModels = new Set<string>()
+  /** The run's spent total, read by the budget guard before every call. */
+  readonly spent = new PicoSum()
+
+  /**
+   * Adds one attempt of `model` on `account`, counting its spend with the fiber's metric
+   * `labels`. Answers whether it is the first attempt of a model without a price.
+   */
+  record(account: string, model: string, attempt: AttemptCost, labels: ReadonlyArray<MetricLabel.MetricLabel>): boolean {
+    const cell = this.cellOf(account, model)
+    cell.tally.add(attempt)
+    countSpend(cell.counters, attempt.tokens, attempt.pico, labels)
+    if (attempt.pico !== undefined) {
+      this.spent.add(attempt.pico)
+      return false
+    }
+    if (this.unpricedModels.has(model)) return false
+    this.unpricedModels.add(model)
+    return true
+  }
+
+  totals(): Totals {
+    const total = new Tally()
+    const byAccount = new Map<string, Tally>()
+    const byModel = new Map<string, Tally>()
+    for (const models of this.cells.values()) {
+      for (const cell of models.values()) {
+        total.addTally(cell.tally)
+        addToGroup(byAccount, cell.account, cell.tally)
+        addToGroup(byModel, cell.model, cell.tally)
+      }
+    }
+    return { total, byAccount, byModel }
+  }
+
+  private cellOf(account: string, model: string): Cell {
+    let models = this.cells.get(account)
+    if (models === undefined) {
+      models = new Map()
+      this.cells.set(account, models)
+    }
+    let cell = models.get(model)
+    if (cell === undefined) {
+      cell = { account, model, tally: new Tally(), counters: spendCounters(account, model) }
+      models.set(model, cell)
+    }
+    return cell
+  }
 }
 
 /** `numerator / denominator`, 0 when there is nothing to divide. */
