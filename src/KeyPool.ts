@@ -11,7 +11,6 @@
  * @since 0.1.0
  */
 
-import * as Clock from "effect/Clock"
 import * as Config from "effect/Config"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
@@ -19,7 +18,6 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
-import * as Ref from "effect/Ref"
 import type * as Scope from "effect/Scope"
 import { NoUsableKey } from "./ApiError.js"
 import * as internalRedis from "./internal/keyPoolRedis.js"
@@ -72,54 +70,45 @@ export interface Options {
 /** @since 0.1.0 */
 export const defaultCooldown: Duration.Duration = Duration.minutes(15)
 
-interface State {
-  /** Epoch millis until which each rejected key is set aside, by id. */
-  readonly rejectedUntil: ReadonlyMap<string, number>
-  readonly next: number
-}
-
 /**
  * The pool in memory, and a way to set a key aside until a given time (epoch millis, Effect
  * `Clock`): what a pool shared on Redis learns another process rejected.
+ *
+ * `acquire` runs before every call, so the state is plain mutable values in this closure, each
+ * read and updated in one synchronous step with the clock read from the fiber.
  */
 const inMemory = (keys: ReadonlyArray<Redacted.Redacted<string>>, options: Options | undefined) =>
   Effect.gen(function*() {
     const cooldownMillis = Duration.toMillis(options?.cooldown ?? defaultCooldown)
     yield* Effect.sync(() => assertValid("KeyPool", [positive("cooldown", cooldownMillis)]))
     const credentials: ReadonlyArray<Credential> = keys.map((key, i) => ({ id: `key#${i + 1}`, key }))
-    const state = yield* Ref.make<State>({ rejectedUntil: new Map(), next: 0 })
-    const isCooling = (s: State, id: string, now: number) => (s.rejectedUntil.get(id) ?? 0) > now
-    const usableAt = (s: State, now: number) => credentials.filter((c) => !isCooling(s, c.id, now))
-    const withNow = <A, E>(f: (now: number) => Effect.Effect<A, E>) => Effect.flatMap(Clock.currentTimeMillis, f)
+    /** Epoch millis until which each rejected key is set aside, by id. */
+    const rejectedUntil = new Map<string, number>()
+    let next = 0
+    const isCooling = (id: string, now: number) => (rejectedUntil.get(id) ?? 0) > now
+    const usableAt = (now: number) => credentials.filter((c) => !isCooling(c.id, now))
+    const withNow = <A, E>(f: (now: number) => Effect.Effect<A, E>) =>
+      Effect.clockWith((clock) => f(clock.unsafeCurrentTimeMillis()))
     const restUntil = (id: string, until: number) =>
-      Ref.update(state, (s) =>
-        (s.rejectedUntil.get(id) ?? 0) >= until ? s : { ...s, rejectedUntil: new Map(s.rejectedUntil).set(id, until) })
+      Effect.sync(() => {
+        if ((rejectedUntil.get(id) ?? 0) < until) rejectedUntil.set(id, until)
+      })
 
     const service: Service = {
-      acquire: withNow((now) =>
-        Ref.modify(state, (s): readonly [Effect.Effect<Credential, NoUsableKey>, State] => {
-          const usable = usableAt(s, now)
-          if (usable.length === 0) {
-            return [Effect.fail(new NoUsableKey({ rejected: credentials.length })), s] as const
-          }
-          const index = s.next % usable.length
-          return [Effect.succeed(usable[index]!), { ...s, next: index + 1 }] as const
-        }).pipe(Effect.flatten)
-      ),
+      acquire: withNow((now) => {
+        const usable = usableAt(now)
+        if (usable.length === 0) return Effect.fail(new NoUsableKey({ rejected: credentials.length }))
+        const index = next % usable.length
+        next = index + 1
+        return Effect.succeed(usable[index]!)
+      }),
       reject: (credential) =>
-        withNow((now) =>
-          Ref.update(state, (s) =>
-            isCooling(s, credential.id, now)
-              ? s
-              : { ...s, rejectedUntil: new Map(s.rejectedUntil).set(credential.id, now + cooldownMillis) })
-        ),
-      available: withNow((now) => Effect.map(Ref.get(state), (s) => usableAt(s, now).length)),
-      cooldownEnd: withNow((now) =>
-        Effect.map(Ref.get(state), (s) => {
-          const ends = Array.from(s.rejectedUntil.values()).filter((until) => until > now)
-          return ends.length === 0 ? Option.none() : Option.some(Math.min(...ends))
-        })
-      )
+        withNow((now) => isCooling(credential.id, now) ? Effect.void : restUntil(credential.id, now + cooldownMillis)),
+      available: withNow((now) => Effect.succeed(usableAt(now).length)),
+      cooldownEnd: withNow((now) => {
+        const ends = Array.from(rejectedUntil.values()).filter((until) => until > now)
+        return Effect.succeed(ends.length === 0 ? Option.none() : Option.some(Math.min(...ends)))
+      })
     }
     return { service, credentials, cooldownMillis, restUntil }
   })

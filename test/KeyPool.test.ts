@@ -1,7 +1,11 @@
 import { describe, expect, it } from "@effect/vitest"
+import * as Clock from "effect/Clock"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Effect from "effect/Effect"
+import * as FastCheck from "effect/FastCheck"
+import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
+import * as TestClock from "effect/TestClock"
 import * as KeyPool from "../src/KeyPool.js"
 
 const keys = ["sk-aaaa1111", "sk-bbbb2222", "sk-cccc3333"].map(Redacted.make)
@@ -28,6 +32,58 @@ describe("KeyPool", () => {
       expect(error._tag).toBe("NoUsableKey")
       expect(error.rejected).toBe(2)
     }))
+
+  it.effect("a rejected key rests for the cooldown on the Clock, then comes back", () =>
+    Effect.gen(function*() {
+      const pool = yield* KeyPool.make(keys, { cooldown: "5 minutes" })
+      const first = yield* pool.acquire
+      yield* pool.reject(first)
+      expect(yield* pool.cooldownEnd).toEqual(Option.some(5 * 60_000))
+      yield* TestClock.adjust("4 minutes")
+      yield* pool.reject(first) // again while it rests: the rest is not extended
+      const ids = (yield* Effect.replicateEffect(pool.acquire, 4)).map((c) => c.id)
+      expect([...ids].sort()).toEqual(["key#2", "key#2", "key#3", "key#3"])
+      yield* TestClock.adjust("1 minute")
+      expect(yield* pool.available).toBe(3)
+      expect(yield* pool.cooldownEnd).toEqual(Option.none())
+    }))
+
+  it.effect.prop(
+    "never hands out a resting key, and fails exactly while every key rests",
+    [
+      FastCheck.array(
+        FastCheck.oneof(
+          FastCheck.constant({ _tag: "Acquire" as const }),
+          FastCheck.record({ _tag: FastCheck.constant("Reject" as const), key: FastCheck.nat(2) }),
+          FastCheck.record({ _tag: FastCheck.constant("Wait" as const), minutes: FastCheck.nat(20) })
+        ),
+        { maxLength: 40 }
+      )
+    ],
+    ([steps]) =>
+      Effect.gen(function*() {
+        const cooldown = 15 * 60_000
+        const pool = yield* KeyPool.make(keys)
+        const credentials = yield* Effect.replicateEffect(pool.acquire, keys.length)
+        const restingUntil = new Map<string, number>()
+        const resting = (id: string, now: number) => (restingUntil.get(id) ?? 0) > now
+        for (const step of steps) {
+          const now = yield* Clock.currentTimeMillis
+          const usable = credentials.filter((c) => !resting(c.id, now)).length
+          expect(yield* pool.available).toBe(usable)
+          if (step._tag === "Wait") yield* TestClock.adjust(step.minutes * 60_000)
+          else if (step._tag === "Reject") {
+            const { id } = credentials[step.key]!
+            if (!resting(id, now)) restingUntil.set(id, now + cooldown)
+            yield* pool.reject(credentials[step.key]!)
+          } else {
+            const acquired = yield* Effect.either(pool.acquire)
+            expect(acquired._tag).toBe(usable === 0 ? "Left" : "Right")
+            if (acquired._tag === "Right") expect(resting(acquired.right.id, now)).toBe(false)
+          }
+        }
+      })
+  )
 
   it.effect("reads comma-separated keys from DEEPSEEK_API_KEY as redacted values", () =>
     Effect.gen(function*() {
