@@ -1,16 +1,22 @@
 import { describe, expect, it } from "@effect/vitest"
+import * as Chunk from "effect/Chunk"
 import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as FastCheck from "effect/FastCheck"
 import * as Fiber from "effect/Fiber"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
+import * as Supervisor from "effect/Supervisor"
 import * as TestClock from "effect/TestClock"
 import { InvalidRequest, ServerError } from "../src/ApiError.js"
 import type { ApiError } from "../src/ApiError.js"
 import * as RetryBudget from "../src/RetryBudget.js"
 import * as RetryPolicy from "../src/RetryPolicy.js"
+
+/** Lets the fibers a step woke run until they wait again. */
+const settle = TestClock.adjust(0)
 
 const overloaded = new ServerError({ status: 503, message: "overloaded", retryAfter: Option.none() })
 
@@ -120,7 +126,7 @@ describe("RetryBudget", () => {
       const budget = yield* RetryBudget.make({ ratio: 0, minRetriesPerSecond: 0.1 })
       yield* TestClock.adjust("500 millis")
       expect(yield* budget.tryRetry).toBe(true)
-      const waiting = yield* Effect.fork(Effect.zipRight(budget.awaitRoom, budget.tryRetry))
+      const waiting = yield* Effect.fork(budget.awaitRetry("1 minute"))
       yield* TestClock.adjust(9_499)
       expect(waiting.unsafePoll()).toBeNull()
       yield* TestClock.adjust(1)
@@ -131,11 +137,112 @@ describe("RetryBudget", () => {
     Effect.gen(function*() {
       const budget = yield* RetryBudget.make({ ratio: 1, minRetriesPerSecond: 0 })
       expect(yield* budget.tryRetry).toBe(false)
-      const waiting = yield* Effect.fork(Effect.zipRight(budget.awaitRoom, budget.tryRetry))
+      const waiting = yield* Effect.fork(budget.awaitRetry("1 hour"))
       yield* TestClock.adjust("1 minute")
       expect(waiting.unsafePoll()).toBeNull()
       yield* budget.recordRequest
       expect(yield* Fiber.join(waiting)).toBe(true)
+    }))
+
+  /** `n` retries waiting for room, forked in order. */
+  const waitInLine = (budget: RetryBudget.Service, n: number, maxWait: Duration.DurationInput = "1 hour") =>
+    Effect.forEach(Array.from({ length: n }), () => Effect.fork(budget.awaitRetry(maxWait)))
+
+  /** Which of `fibers` are done. */
+  const doneOf = (fibers: ReadonlyArray<Fiber.RuntimeFiber<unknown>>) => fibers.map((fiber) => fiber.unsafePoll() !== null)
+
+  it.effect("waiting retries are served first come first served, and a new retry does not jump the line", () =>
+    Effect.gen(function*() {
+      const budget = yield* RetryBudget.make({ ratio: 1, minRetriesPerSecond: 0 })
+      const line = yield* waitInLine(budget, 4)
+      yield* settle
+      for (let served = 1; served <= 4; served++) {
+        expect(yield* budget.tryRetry).toBe(false)
+        yield* budget.recordRequest
+        yield* settle
+        expect(doneOf(line)).toEqual([0, 1, 2, 3].map((i) => i < served))
+      }
+      expect(yield* Fiber.join(Fiber.all(line))).toEqual([true, true, true, true])
+      expect(yield* budget.snapshot).toEqual({ requests: 4, retries: 4, refused: 4, available: 0 })
+    }))
+
+  it.effect("one deposit wakes exactly as many waiters as it makes room for, each with its retry withdrawn", () =>
+    Effect.gen(function*() {
+      const allowedBefore = (yield* Metric.value(RetryBudget.retriesAllowed)).count
+      const refusedBefore = (yield* Metric.value(RetryBudget.retriesRefused)).count
+      // Each call funds three retries.
+      const budget = yield* RetryBudget.make({ ratio: 3, minRetriesPerSecond: 0 })
+      const line = yield* waitInLine(budget, 10)
+      yield* settle
+      yield* budget.recordRequest
+      yield* settle
+      expect(doneOf(line)).toEqual([true, true, true, false, false, false, false, false, false, false])
+      expect(yield* Fiber.join(Fiber.all(line.slice(0, 3)))).toEqual([true, true, true])
+      expect(yield* budget.snapshot).toEqual({ requests: 1, retries: 3, refused: 0, available: 0 })
+      // The woken were not refused first and the others were not asked again.
+      expect((yield* Metric.value(RetryBudget.retriesAllowed)).count - allowedBefore).toBe(3)
+      expect((yield* Metric.value(RetryBudget.retriesRefused)).count - refusedBefore).toBe(0)
+    }))
+
+  it.effect("the line waits on one timer, set for when buckets leaving the window make room", () =>
+    Effect.gen(function*() {
+      // One retry per 10 s window, in 1 s buckets.
+      const budget = yield* RetryBudget.make({ ratio: 0, minRetriesPerSecond: 0.1 })
+      yield* TestClock.adjust(500)
+      expect(yield* budget.tryRetry).toBe(true)
+      const line = yield* waitInLine(budget, 50, "1 minute")
+      yield* settle
+      const deadline = 500 + 60_000
+      const timers = Effect.map(TestClock.sleeps(), (sleeps) => Chunk.toArray(sleeps).filter((at) => at !== deadline))
+      expect(yield* timers).toEqual([10_000])
+      yield* TestClock.adjust(9_500)
+      expect(doneOf(line).filter(Boolean).length).toBe(1)
+      expect(line[0]!.unsafePoll()).not.toBeNull()
+      expect(yield* timers).toEqual([20_000])
+    }))
+
+  it.effect("a retry whose wait ends as the window makes room gets the retry", () =>
+    Effect.gen(function*() {
+      const budget = yield* RetryBudget.make({ ratio: 0, minRetriesPerSecond: 0.1 })
+      expect(yield* budget.tryRetry).toBe(true)
+      const waiting = yield* Effect.fork(budget.awaitRetry("10 seconds"))
+      yield* TestClock.adjust("10 seconds")
+      expect(yield* Fiber.join(waiting)).toBe(true)
+      expect(yield* budget.snapshot).toMatchObject({ retries: 1, refused: 0 })
+    }))
+
+  it.effect("a retry whose wait runs out is refused once and takes nothing", () =>
+    Effect.gen(function*() {
+      const refusedBefore = (yield* Metric.value(RetryBudget.retriesRefused)).count
+      const budget = yield* RetryBudget.make({ ratio: 1, minRetriesPerSecond: 0 })
+      const waiting = yield* Effect.fork(budget.awaitRetry("2 seconds"))
+      yield* TestClock.adjust("2 seconds")
+      expect(yield* Fiber.join(waiting)).toBe(false)
+      yield* budget.recordRequest
+      expect(yield* budget.snapshot).toEqual({ requests: 1, retries: 0, refused: 1, available: 1 })
+      expect((yield* Metric.value(RetryBudget.retriesRefused)).count - refusedBefore).toBe(1)
+    }))
+
+  it.effect("an interrupted waiter leaves the line, takes nothing, and leaves no fiber behind", () =>
+    Effect.gen(function*() {
+      // The reserve allows one retry per window, and each call funds one more.
+      const budget = yield* RetryBudget.make({ ratio: 1, minRetriesPerSecond: 0.1 })
+      expect(yield* budget.tryRetry).toBe(true)
+      const fibers = yield* Supervisor.track
+      const line = yield* Effect.supervised(waitInLine(budget, 3), fibers)
+      yield* settle
+      // The waiters, their timeouts, and the timer set for when the reserve's retry leaves the window.
+      expect((yield* fibers.value).length).toBeGreaterThan(3)
+      yield* Fiber.interrupt(line[1]!)
+      yield* budget.recordRequest
+      yield* settle
+      expect(yield* Fiber.join(line[0]!)).toBe(true)
+      expect(line[2]!.unsafePoll()).toBeNull()
+      yield* Fiber.interrupt(line[2]!)
+      yield* settle
+      expect(yield* fibers.value).toEqual([])
+      yield* budget.recordRequest
+      expect(yield* budget.snapshot).toEqual({ requests: 2, retries: 2, refused: 0, available: 1 })
     }))
 
   it.effect("with waitFor, the error surfaces once the wait is over", () =>
