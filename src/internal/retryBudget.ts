@@ -167,8 +167,9 @@ export class Budget implements Service {
     this.wakeAt = at
     const generation = this.generation
     // Interruptible whatever the mask of the fiber that starts it (a waiter joining the line).
+    // Whole millis: a sleep of a fraction of a millisecond may not move the clock at all.
     const timer = Effect.zipRight(
-      this.clock.sleep(Duration.millis(at - now)),
+      this.clock.sleep(Duration.millis(Math.ceil(at - now))),
       Effect.suspend(() => this.ring(generation))
     )
     return Effect.asVoid(Effect.tap(Effect.forkDaemon(Effect.interruptible(timer)), (fiber) => {
