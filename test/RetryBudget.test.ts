@@ -3,6 +3,7 @@ import * as Chunk from "effect/Chunk"
 import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as FastCheck from "effect/FastCheck"
 import * as Fiber from "effect/Fiber"
 import * as Metric from "effect/Metric"
@@ -201,6 +202,18 @@ describe("RetryBudget", () => {
       expect(yield* timers).toEqual([20_000])
     }))
 
+  it.effect("the timer wakes the line as the bucket leaves where bucket times are not whole (7 buckets)", () =>
+    Effect.gen(function*() {
+      // 10,000 / (10,000 / 7) floors to 6: the bucket of t=0 must still leave at 10 s.
+      const budget = yield* RetryBudget.make({ ratio: 0, minRetriesPerSecond: 0.1, buckets: 7 })
+      expect(yield* budget.tryRetry).toBe(true)
+      const waiting = yield* Effect.fork(budget.awaitRetry("1 minute"))
+      yield* TestClock.adjust(9_999)
+      expect(waiting.unsafePoll()).toBeNull()
+      yield* TestClock.adjust(1)
+      expect(yield* Fiber.join(waiting)).toBe(true)
+    }))
+
   it.effect("a retry whose wait ends as the window makes room gets the retry", () =>
     Effect.gen(function*() {
       const budget = yield* RetryBudget.make({ ratio: 0, minRetriesPerSecond: 0.1 })
@@ -314,6 +327,14 @@ describe("RetryBudget", () => {
       }
     }))
 
+  /** The bucket `at` falls in: the last to start, at `index × bucketMillis`, by then (not `at / bucketMillis` floored: 10,000 / (10,000 / 7) is 6.999…). */
+  const bucketOf = (at: number, bucketMillis: number) => {
+    let index = Math.floor(at / bucketMillis)
+    while (index * bucketMillis > at) index--
+    while ((index + 1) * bucketMillis <= at) index++
+    return index
+  }
+
   // Dense enough that windows fill up and decisions often sit at the budget's edge.
   const operation = FastCheck.oneof(
     { arbitrary: FastCheck.constant({ _tag: "request" } as const), weight: 3 },
@@ -354,14 +375,113 @@ describe("RetryBudget", () => {
             continue
           }
           // The window the budget measures: the buckets that end after now − window.
-          const oldest = Math.floor(now / bucketMillis) - buckets + 1
-          const inWindow = events.filter((e) => Math.floor(e.at / bucketMillis) >= oldest)
+          const oldest = bucketOf(now, bucketMillis) - buckets + 1
+          const inWindow = events.filter((e) => bucketOf(e.at, bucketMillis) >= oldest)
           const requests = inWindow.filter((e) => e.kind === "request").length
           const retries = inWindow.length - requests
           const allowed = yield* budget.tryRetry
           expect(allowed).toBe(retries + 1 <= ratio * requests + reserve)
           if (allowed) events.push({ at: now, kind: "retry" })
         }
+      }),
+    { fastCheck: { numRuns: 40 } }
+  )
+
+  const lineOperation = FastCheck.oneof(
+    { arbitrary: FastCheck.constant({ _tag: "request" } as const), weight: 3 },
+    { arbitrary: FastCheck.constant({ _tag: "retry" } as const), weight: 2 },
+    {
+      arbitrary: FastCheck.record({
+        _tag: FastCheck.constant("wait" as const),
+        millis: FastCheck.integer({ min: 0, max: 15_000 })
+      }),
+      weight: 3
+    },
+    {
+      arbitrary: FastCheck.record({ _tag: FastCheck.constant("interrupt" as const), which: FastCheck.nat() }),
+      weight: 1
+    },
+    {
+      arbitrary: FastCheck.record({
+        _tag: FastCheck.constant("advance" as const),
+        millis: FastCheck.integer({ min: 0, max: 4000 })
+      }),
+      weight: 2
+    }
+  )
+
+  it.effect.prop(
+    "with retries waiting in line: every retry granted fits ratio · requests + reserve, first come first served, and none waits while there is room",
+    {
+      operations: FastCheck.array(lineOperation, { maxLength: 60, size: "max" }),
+      ratio: FastCheck.constantFrom(0, 0.2, 0.5, 1),
+      minRetriesPerSecond: FastCheck.constantFrom(0, 0.1, 0.5),
+      buckets: FastCheck.integer({ min: 1, max: 10 })
+    },
+    ({ buckets, minRetriesPerSecond, operations, ratio }) =>
+      Effect.gen(function*() {
+        const windowMillis = 10_000
+        const bucketMillis = windowMillis / buckets
+        const reserve = minRetriesPerSecond * windowMillis / 1000
+        const budget = yield* RetryBudget.make({ ratio, minRetriesPerSecond, window: windowMillis, buckets })
+        const requests: Array<number> = []
+        const grants: Array<number> = []
+        /** Waiters still waiting, in the order they joined the line. */
+        let line: Array<Fiber.RuntimeFiber<number | undefined>> = []
+        const countAt = (times: ReadonlyArray<number>, now: number) => {
+          const oldest = bucketOf(now, bucketMillis) - buckets + 1
+          return times.filter((at) => at <= now && bucketOf(at, bucketMillis) >= oldest).length
+        }
+        const funded = (now: number) => ratio * countAt(requests, now) + reserve
+        /** Takes in the waiters that finished, checking each grant, then that none waits while there is room. */
+        const check = Effect.gen(function*() {
+          yield* settle
+          const now = yield* Clock.currentTimeMillis
+          const stillWaiting = line.filter((fiber) => fiber.unsafePoll() === null)
+          for (const [joined, fiber] of line.entries()) {
+            const exit = fiber.unsafePoll()
+            if (exit === null || !Exit.isSuccess(exit) || exit.value === undefined) continue
+            // First come first served: nobody who joined earlier still waits.
+            expect(stillWaiting.some((waiting) => line.indexOf(waiting) < joined)).toBe(false)
+            grants.push(exit.value)
+            expect(countAt(grants, exit.value)).toBeLessThanOrEqual(funded(exit.value))
+          }
+          line = stillWaiting
+          if (line.length > 0) expect(funded(now) - countAt(grants, now)).toBeLessThan(1)
+        })
+        for (const op of operations) {
+          const now = yield* Clock.currentTimeMillis
+          switch (op._tag) {
+            case "request":
+              yield* budget.recordRequest
+              requests.push(now)
+              break
+            case "retry": {
+              const allowed = yield* budget.tryRetry
+              // Exactly the model's room: an interrupted or timed-out waiter took nothing.
+              expect(allowed).toBe(countAt(grants, now) + 1 <= funded(now))
+              if (allowed) grants.push(now)
+              break
+            }
+            case "wait":
+              line.push(
+                yield* Effect.fork(
+                  Effect.flatMap(
+                    budget.awaitRetry(op.millis),
+                    (allowed) => allowed ? Clock.currentTimeMillis : Effect.succeed(undefined)
+                  )
+                )
+              )
+              break
+            case "interrupt":
+              if (line.length > 0) yield* Fiber.interrupt(line[op.which % line.length]!)
+              break
+            case "advance":
+              yield* TestClock.adjust(op.millis)
+          }
+          yield* check
+        }
+        yield* Fiber.interruptAll(line)
       }),
     { fastCheck: { numRuns: 40 } }
   )
