@@ -121,10 +121,11 @@ describe("RetryBudget", () => {
       expect((yield* Fiber.join(calls)).length).toBe(2)
     }))
 
-  it.effect("a waiting retry goes the moment the bucket holding the last retry leaves the window, not a poll later", () =>
+  // With 7 buckets, 10,000 / (10,000 / 7) floors to 6: the first bucket must still leave at 10 s.
+  it.effect.each([10, 7])("a waiting retry goes the moment the bucket holding the last retry leaves the window, not a poll later (%i buckets)", (buckets) =>
     Effect.gen(function*() {
-      // One retry per 10 s window, in 1 s buckets: the retry taken at 0.5 s counts until 10 s.
-      const budget = yield* RetryBudget.make({ ratio: 0, minRetriesPerSecond: 0.1 })
+      // One retry per 10 s window: the retry taken at 0.5 s, in the first bucket, counts until 10 s.
+      const budget = yield* RetryBudget.make({ ratio: 0, minRetriesPerSecond: 0.1, buckets })
       yield* TestClock.adjust("500 millis")
       expect(yield* budget.tryRetry).toBe(true)
       const waiting = yield* Effect.fork(budget.awaitRetry("1 minute"))
@@ -200,18 +201,6 @@ describe("RetryBudget", () => {
       expect(doneOf(line).filter(Boolean).length).toBe(1)
       expect(line[0]!.unsafePoll()).not.toBeNull()
       expect(yield* timers).toEqual([20_000])
-    }))
-
-  it.effect("the timer wakes the line as the bucket leaves where bucket times are not whole (7 buckets)", () =>
-    Effect.gen(function*() {
-      // 10,000 / (10,000 / 7) floors to 6: the bucket of t=0 must still leave at 10 s.
-      const budget = yield* RetryBudget.make({ ratio: 0, minRetriesPerSecond: 0.1, buckets: 7 })
-      expect(yield* budget.tryRetry).toBe(true)
-      const waiting = yield* Effect.fork(budget.awaitRetry("1 minute"))
-      yield* TestClock.adjust(9_999)
-      expect(waiting.unsafePoll()).toBeNull()
-      yield* TestClock.adjust(1)
-      expect(yield* Fiber.join(waiting)).toBe(true)
     }))
 
   it.effect("a retry whose wait ends as the window makes room gets the retry", () =>
@@ -335,104 +324,84 @@ describe("RetryBudget", () => {
     return index
   }
 
+  const budgetOptions = {
+    ratio: FastCheck.constantFrom(0, 0.1, 0.2, 0.25, 0.5, 1),
+    minRetriesPerSecond: FastCheck.constantFrom(0, 0.1, 0.5, 1),
+    buckets: FastCheck.integer({ min: 1, max: 10 })
+  }
+
+  /**
+   * A budget over a 10 s window, and a model of it: the calls recorded and the retries granted,
+   * and the room they leave as the window counts them.
+   */
+  const modelled = ({ buckets, minRetriesPerSecond, ratio }: { ratio: number; minRetriesPerSecond: number; buckets: number }) =>
+    Effect.map(RetryBudget.make({ ratio, minRetriesPerSecond, window: 10_000, buckets }), (budget) => {
+      const bucketMillis = 10_000 / buckets
+      const requests: Array<number> = []
+      const grants: Array<number> = []
+      // The window the budget measures: the buckets that end after now − window.
+      const countAt = (times: ReadonlyArray<number>, now: number) => {
+        const oldest = bucketOf(now, bucketMillis) - buckets + 1
+        return times.filter((at) => at <= now && bucketOf(at, bucketMillis) >= oldest).length
+      }
+      /** Retries the window allows at `now`: ratio · requests + reserve, less the retries granted. */
+      const room = (now: number) => ratio * countAt(requests, now) + minRetriesPerSecond * 10 - countAt(grants, now)
+      return { budget, requests, grants, room }
+    })
+
+  const request = FastCheck.constant({ _tag: "request" } as const)
+  const retry = FastCheck.constant({ _tag: "retry" } as const)
+  const timed = <Tag extends string>(_tag: Tag, max: number) =>
+    FastCheck.record({ _tag: FastCheck.constant(_tag), millis: FastCheck.integer({ min: 0, max }) })
+
   // Dense enough that windows fill up and decisions often sit at the budget's edge.
   const operation = FastCheck.oneof(
-    { arbitrary: FastCheck.constant({ _tag: "request" } as const), weight: 3 },
-    { arbitrary: FastCheck.constant({ _tag: "retry" } as const), weight: 3 },
-    {
-      arbitrary: FastCheck.record({
-        _tag: FastCheck.constant("advance" as const),
-        millis: FastCheck.integer({ min: 0, max: 3000 })
-      }),
-      weight: 1
-    }
+    { arbitrary: request, weight: 3 },
+    { arbitrary: retry, weight: 3 },
+    { arbitrary: timed("advance", 3000), weight: 1 }
   )
 
   it.effect.prop(
     "allows a retry exactly when the window's retries stay within ratio · requests + reserve",
-    {
-      operations: FastCheck.array(operation, { maxLength: 120, size: "max" }),
-      ratio: FastCheck.constantFrom(0, 0.1, 0.2, 0.25, 0.5),
-      minRetriesPerSecond: FastCheck.constantFrom(0, 0.5, 1),
-      buckets: FastCheck.integer({ min: 1, max: 10 })
-    },
-    ({ buckets, minRetriesPerSecond, operations, ratio }) =>
+    { operations: FastCheck.array(operation, { maxLength: 120, size: "max" }), ...budgetOptions },
+    ({ operations, ...options }) =>
       Effect.gen(function*() {
-        const windowMillis = 10_000
-        const bucketMillis = windowMillis / buckets
-        const reserve = minRetriesPerSecond * windowMillis / 1000
-        const budget = yield* RetryBudget.make({ ratio, minRetriesPerSecond, window: windowMillis, buckets })
-        const events: Array<{ readonly at: number; readonly kind: "request" | "retry" }> = []
+        const { budget, grants, requests, room } = yield* modelled(options)
         for (const op of operations) {
-          if (op._tag === "advance") {
-            yield* TestClock.adjust(op.millis)
-            continue
-          }
           const now = yield* Clock.currentTimeMillis
-          if (op._tag === "request") {
+          if (op._tag === "advance") yield* TestClock.adjust(op.millis)
+          else if (op._tag === "request") {
             yield* budget.recordRequest
-            events.push({ at: now, kind: "request" })
-            continue
+            requests.push(now)
+          } else {
+            const allowed = yield* budget.tryRetry
+            expect(allowed).toBe(room(now) >= 1)
+            if (allowed) grants.push(now)
           }
-          // The window the budget measures: the buckets that end after now − window.
-          const oldest = bucketOf(now, bucketMillis) - buckets + 1
-          const inWindow = events.filter((e) => bucketOf(e.at, bucketMillis) >= oldest)
-          const requests = inWindow.filter((e) => e.kind === "request").length
-          const retries = inWindow.length - requests
-          const allowed = yield* budget.tryRetry
-          expect(allowed).toBe(retries + 1 <= ratio * requests + reserve)
-          if (allowed) events.push({ at: now, kind: "retry" })
         }
       }),
     { fastCheck: { numRuns: 40 } }
   )
 
   const lineOperation = FastCheck.oneof(
-    { arbitrary: FastCheck.constant({ _tag: "request" } as const), weight: 3 },
-    { arbitrary: FastCheck.constant({ _tag: "retry" } as const), weight: 2 },
-    {
-      arbitrary: FastCheck.record({
-        _tag: FastCheck.constant("wait" as const),
-        millis: FastCheck.integer({ min: 0, max: 15_000 })
-      }),
-      weight: 3
-    },
+    { arbitrary: request, weight: 3 },
+    { arbitrary: retry, weight: 2 },
+    { arbitrary: timed("wait", 15_000), weight: 3 },
     {
       arbitrary: FastCheck.record({ _tag: FastCheck.constant("interrupt" as const), which: FastCheck.nat() }),
       weight: 1
     },
-    {
-      arbitrary: FastCheck.record({
-        _tag: FastCheck.constant("advance" as const),
-        millis: FastCheck.integer({ min: 0, max: 4000 })
-      }),
-      weight: 2
-    }
+    { arbitrary: timed("advance", 4000), weight: 2 }
   )
 
   it.effect.prop(
     "with retries waiting in line: every retry granted fits ratio · requests + reserve, first come first served, and none waits while there is room",
-    {
-      operations: FastCheck.array(lineOperation, { maxLength: 60, size: "max" }),
-      ratio: FastCheck.constantFrom(0, 0.2, 0.5, 1),
-      minRetriesPerSecond: FastCheck.constantFrom(0, 0.1, 0.5),
-      buckets: FastCheck.integer({ min: 1, max: 10 })
-    },
-    ({ buckets, minRetriesPerSecond, operations, ratio }) =>
+    { operations: FastCheck.array(lineOperation, { maxLength: 60, size: "max" }), ...budgetOptions },
+    ({ operations, ...options }) =>
       Effect.gen(function*() {
-        const windowMillis = 10_000
-        const bucketMillis = windowMillis / buckets
-        const reserve = minRetriesPerSecond * windowMillis / 1000
-        const budget = yield* RetryBudget.make({ ratio, minRetriesPerSecond, window: windowMillis, buckets })
-        const requests: Array<number> = []
-        const grants: Array<number> = []
+        const { budget, grants, requests, room } = yield* modelled(options)
         /** Waiters still waiting, in the order they joined the line. */
         let line: Array<Fiber.RuntimeFiber<number | undefined>> = []
-        const countAt = (times: ReadonlyArray<number>, now: number) => {
-          const oldest = bucketOf(now, bucketMillis) - buckets + 1
-          return times.filter((at) => at <= now && bucketOf(at, bucketMillis) >= oldest).length
-        }
-        const funded = (now: number) => ratio * countAt(requests, now) + reserve
         /** Takes in the waiters that finished, checking each grant, then that none waits while there is room. */
         const check = Effect.gen(function*() {
           yield* settle
@@ -444,10 +413,10 @@ describe("RetryBudget", () => {
             // First come first served: nobody who joined earlier still waits.
             expect(stillWaiting.some((waiting) => line.indexOf(waiting) < joined)).toBe(false)
             grants.push(exit.value)
-            expect(countAt(grants, exit.value)).toBeLessThanOrEqual(funded(exit.value))
+            expect(room(exit.value)).toBeGreaterThanOrEqual(0)
           }
           line = stillWaiting
-          if (line.length > 0) expect(funded(now) - countAt(grants, now)).toBeLessThan(1)
+          if (line.length > 0) expect(room(now)).toBeLessThan(1)
         })
         for (const op of operations) {
           const now = yield* Clock.currentTimeMillis
@@ -459,7 +428,7 @@ describe("RetryBudget", () => {
             case "retry": {
               const allowed = yield* budget.tryRetry
               // Exactly the model's room: an interrupted or timed-out waiter took nothing.
-              expect(allowed).toBe(countAt(grants, now) + 1 <= funded(now))
+              expect(allowed).toBe(room(now) >= 1)
               if (allowed) grants.push(now)
               break
             }
