@@ -12,9 +12,10 @@
  * Count each call once with `recordRequest` (not each attempt, or retries would fund more
  * retries), and let `guard` ask the budget before each retry a schedule decides on: when the
  * budget refuses, the schedule stops and the call fails with its last error, or, with
- * `waitFor`, the retry waits for room: until buckets leaving the window make room (a time the
- * budget computes exactly) or the next call is recorded, whichever comes first, then asks
- * again. Refusals are counted by `retriesRefused`, in `snapshot`, and reported to `guard`'s
+ * `waitFor`, the retry waits in line for room. Retries wait first come first served: each call
+ * recorded, and each bucket leaving the window (a time the budget computes exactly, kept by one
+ * timer), withdraws a retry for as many of the earliest waiters as it makes room for, and wakes
+ * only those. Refusals are counted by `retriesRefused`, in `snapshot`, and reported to `guard`'s
  * `onRefused`.
  *
  * Effect has no retry budget, so this module is written from scratch.
@@ -24,7 +25,6 @@
 
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
-import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
@@ -68,7 +68,7 @@ export interface Snapshot {
   readonly requests: number
   /** Retries allowed. */
   readonly retries: number
-  /** Retries refused. */
+  /** Retries refused (at once, or when their wait for room ran out). */
   readonly refused: number
   /** Retries the budget would allow now. */
   readonly available: number
@@ -81,13 +81,18 @@ export interface Snapshot {
 export interface Service {
   /** Counts one call (once per call, not per attempt). */
   readonly recordRequest: Effect.Effect<void>
-  /** Withdraws one retry if the budget allows it; `false` means do not retry. */
+  /**
+   * Withdraws one retry if the budget allows it now (retries waiting for room come first);
+   * `false`, a refusal, means do not retry.
+   */
   readonly tryRetry: Effect.Effect<boolean>
   /**
-   * Waits until a retry may be allowed: until buckets leaving the window make room, or the next
-   * call is recorded, whichever comes first. Another waiter may take the room first.
+   * Withdraws one retry, waiting in line up to `maxWait` while the budget has no room: the
+   * earliest waiters get the room first, and a retry is withdrawn for a waiter as it is woken.
+   * `false`, a refusal, when the wait runs out. Interrupted while it waits, it leaves the line
+   * and takes nothing.
    */
-  readonly awaitRoom: Effect.Effect<void>
+  readonly awaitRetry: (maxWait: Duration.DurationInput) => Effect.Effect<boolean>
   readonly snapshot: Effect.Effect<Snapshot>
 }
 
@@ -109,8 +114,7 @@ export const retriesAllowed: Metric.Metric.Counter<number> = Metric.counter("wea
 })
 
 /**
- * Retries a budget refused: each refused ask (a retry that waits for room asks again when there
- * may be room).
+ * Retries a budget refused: at once, or when their wait for room ran out.
  *
  * @since 0.1.0
  * @category metrics
@@ -119,6 +123,8 @@ export const retriesRefused: Metric.Metric.Counter<number> = Metric.counter("wea
   description: "Retries the retry budget refused",
   incremental: true
 })
+
+const countDecision = (allowed: boolean): void => (allowed ? retriesAllowed : retriesRefused).unsafeUpdate(1, [])
 
 const settingsOf = (options: Options): internal.Settings => {
   const windowMillis = Duration.toMillis(options.window ?? defaults.window)
@@ -154,27 +160,7 @@ const settingsOf = (options: Options): internal.Settings => {
  * @category constructors
  */
 export const make = (options: Options = {}): Effect.Effect<Service> =>
-  Effect.clockWith((clock) =>
-    Effect.sync(() => {
-      const budget = new internal.Budget(settingsOf(options), clock.unsafeCurrentTimeMillis())
-      const now = () => clock.unsafeCurrentTimeMillis()
-      const awaitRoom = Effect.suspend(() => {
-        const deposit = Deferred.await(budget.nextDeposit())
-        const room = budget.roomIn(now())
-        return room === undefined ? deposit : Effect.raceFirst(Effect.sleep(Duration.millis(room)), deposit)
-      })
-      return RetryBudget.of({
-        recordRequest: Effect.sync(() => budget.recordRequest(now())),
-        tryRetry: Effect.sync(() => {
-          const allowed = budget.tryRetry(now())
-          ;(allowed ? retriesAllowed : retriesRefused).unsafeUpdate(1, [])
-          return allowed
-        }),
-        awaitRoom,
-        snapshot: Effect.sync(() => budget.snapshot(now()))
-      })
-    })
-  )
+  Effect.clockWith((clock) => Effect.sync(() => new internal.Budget(settingsOf(options), clock, countDecision)))
 
 /**
  * @since 0.1.0
@@ -191,7 +177,7 @@ export const layer = (options?: Options): Layer.Layer<RetryBudget> => Layer.effe
 export const layerUnlimited: Layer.Layer<RetryBudget> = Layer.succeed(RetryBudget, {
   recordRequest: Effect.void,
   tryRetry: Effect.succeed(true),
-  awaitRoom: Effect.void,
+  awaitRetry: () => Effect.succeed(true),
   snapshot: Effect.succeed({ requests: 0, retries: 0, refused: 0, available: Infinity })
 })
 
@@ -208,18 +194,6 @@ export interface GuardOptions<E, R> {
    * budget either way. Default 0: refuse at once.
    */
   readonly waitFor?: Duration.DurationInput | undefined
-}
-
-/** Withdraws a retry from `budget`, waiting for room up to `waitFor` while it refuses. */
-const withdraw = (budget: Service, waitFor: Duration.Duration): Effect.Effect<boolean> => {
-  const untilAllowed: Effect.Effect<void> = Effect.flatMap(
-    budget.awaitRoom,
-    () => Effect.flatMap(budget.tryRetry, (allowed) => allowed ? Effect.void : untilAllowed)
-  )
-  return Effect.flatMap(budget.tryRetry, (allowed) =>
-    allowed || Duration.isZero(waitFor)
-      ? Effect.succeed(allowed)
-      : Effect.timeoutTo(untilAllowed, { duration: waitFor, onSuccess: () => true, onTimeout: () => false }))
 }
 
 /**
@@ -244,6 +218,6 @@ export const guard = <E = unknown, R2 = never>(budget: Service, options: GuardOp
 <Out, In extends E, R>(self: Schedule.Schedule<Out, In, R>): Schedule.Schedule<Out, In, R | R2> =>
   Schedule.checkEffect(self, (error: In) =>
     Effect.tap(
-      withdraw(budget, Duration.decode(options.waitFor ?? 0)),
+      budget.awaitRetry(options.waitFor ?? 0),
       (allowed) => allowed || options.onRefused === undefined ? Effect.void : options.onRefused(error)
     ))

@@ -1,16 +1,23 @@
 import { describe, expect, it } from "@effect/vitest"
+import * as Chunk from "effect/Chunk"
 import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as FastCheck from "effect/FastCheck"
 import * as Fiber from "effect/Fiber"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
+import * as Supervisor from "effect/Supervisor"
 import * as TestClock from "effect/TestClock"
 import { InvalidRequest, ServerError } from "../src/ApiError.js"
 import type { ApiError } from "../src/ApiError.js"
 import * as RetryBudget from "../src/RetryBudget.js"
 import * as RetryPolicy from "../src/RetryPolicy.js"
+
+/** Lets the fibers a step woke run until they wait again. */
+const settle = TestClock.adjust(0)
 
 const overloaded = new ServerError({ status: 503, message: "overloaded", retryAfter: Option.none() })
 
@@ -114,13 +121,14 @@ describe("RetryBudget", () => {
       expect((yield* Fiber.join(calls)).length).toBe(2)
     }))
 
-  it.effect("a waiting retry goes the moment the bucket holding the last retry leaves the window, not a poll later", () =>
+  // With 7 buckets, 10,000 / (10,000 / 7) floors to 6: the first bucket must still leave at 10 s.
+  it.effect.each([10, 7])("a waiting retry goes the moment the bucket holding the last retry leaves the window, not a poll later (%i buckets)", (buckets) =>
     Effect.gen(function*() {
-      // One retry per 10 s window, in 1 s buckets: the retry taken at 0.5 s counts until 10 s.
-      const budget = yield* RetryBudget.make({ ratio: 0, minRetriesPerSecond: 0.1 })
+      // One retry per 10 s window: the retry taken at 0.5 s, in the first bucket, counts until 10 s.
+      const budget = yield* RetryBudget.make({ ratio: 0, minRetriesPerSecond: 0.1, buckets })
       yield* TestClock.adjust("500 millis")
       expect(yield* budget.tryRetry).toBe(true)
-      const waiting = yield* Effect.fork(Effect.zipRight(budget.awaitRoom, budget.tryRetry))
+      const waiting = yield* Effect.fork(budget.awaitRetry("1 minute"))
       yield* TestClock.adjust(9_499)
       expect(waiting.unsafePoll()).toBeNull()
       yield* TestClock.adjust(1)
@@ -131,11 +139,112 @@ describe("RetryBudget", () => {
     Effect.gen(function*() {
       const budget = yield* RetryBudget.make({ ratio: 1, minRetriesPerSecond: 0 })
       expect(yield* budget.tryRetry).toBe(false)
-      const waiting = yield* Effect.fork(Effect.zipRight(budget.awaitRoom, budget.tryRetry))
+      const waiting = yield* Effect.fork(budget.awaitRetry("1 hour"))
       yield* TestClock.adjust("1 minute")
       expect(waiting.unsafePoll()).toBeNull()
       yield* budget.recordRequest
       expect(yield* Fiber.join(waiting)).toBe(true)
+    }))
+
+  /** `n` retries waiting for room, forked in order. */
+  const waitInLine = (budget: RetryBudget.Service, n: number, maxWait: Duration.DurationInput = "1 hour") =>
+    Effect.forEach(Array.from({ length: n }), () => Effect.fork(budget.awaitRetry(maxWait)))
+
+  /** Which of `fibers` are done. */
+  const doneOf = (fibers: ReadonlyArray<Fiber.RuntimeFiber<unknown>>) => fibers.map((fiber) => fiber.unsafePoll() !== null)
+
+  it.effect("waiting retries are served first come first served, and a new retry does not jump the line", () =>
+    Effect.gen(function*() {
+      const budget = yield* RetryBudget.make({ ratio: 1, minRetriesPerSecond: 0 })
+      const line = yield* waitInLine(budget, 4)
+      yield* settle
+      for (let served = 1; served <= 4; served++) {
+        expect(yield* budget.tryRetry).toBe(false)
+        yield* budget.recordRequest
+        yield* settle
+        expect(doneOf(line)).toEqual([0, 1, 2, 3].map((i) => i < served))
+      }
+      expect(yield* Fiber.join(Fiber.all(line))).toEqual([true, true, true, true])
+      expect(yield* budget.snapshot).toEqual({ requests: 4, retries: 4, refused: 4, available: 0 })
+    }))
+
+  it.effect("one deposit wakes exactly as many waiters as it makes room for, each with its retry withdrawn", () =>
+    Effect.gen(function*() {
+      const allowedBefore = (yield* Metric.value(RetryBudget.retriesAllowed)).count
+      const refusedBefore = (yield* Metric.value(RetryBudget.retriesRefused)).count
+      // Each call funds three retries.
+      const budget = yield* RetryBudget.make({ ratio: 3, minRetriesPerSecond: 0 })
+      const line = yield* waitInLine(budget, 10)
+      yield* settle
+      yield* budget.recordRequest
+      yield* settle
+      expect(doneOf(line)).toEqual([true, true, true, false, false, false, false, false, false, false])
+      expect(yield* Fiber.join(Fiber.all(line.slice(0, 3)))).toEqual([true, true, true])
+      expect(yield* budget.snapshot).toEqual({ requests: 1, retries: 3, refused: 0, available: 0 })
+      // The woken were not refused first and the others were not asked again.
+      expect((yield* Metric.value(RetryBudget.retriesAllowed)).count - allowedBefore).toBe(3)
+      expect((yield* Metric.value(RetryBudget.retriesRefused)).count - refusedBefore).toBe(0)
+    }))
+
+  it.effect("the line waits on one timer, set for when buckets leaving the window make room", () =>
+    Effect.gen(function*() {
+      // One retry per 10 s window, in 1 s buckets.
+      const budget = yield* RetryBudget.make({ ratio: 0, minRetriesPerSecond: 0.1 })
+      yield* TestClock.adjust(500)
+      expect(yield* budget.tryRetry).toBe(true)
+      const line = yield* waitInLine(budget, 50, "1 minute")
+      yield* settle
+      const deadline = 500 + 60_000
+      const timers = Effect.map(TestClock.sleeps(), (sleeps) => Chunk.toArray(sleeps).filter((at) => at !== deadline))
+      expect(yield* timers).toEqual([10_000])
+      yield* TestClock.adjust(9_500)
+      expect(doneOf(line).filter(Boolean).length).toBe(1)
+      expect(line[0]!.unsafePoll()).not.toBeNull()
+      expect(yield* timers).toEqual([20_000])
+    }))
+
+  it.effect("a retry whose wait ends as the window makes room gets the retry", () =>
+    Effect.gen(function*() {
+      const budget = yield* RetryBudget.make({ ratio: 0, minRetriesPerSecond: 0.1 })
+      expect(yield* budget.tryRetry).toBe(true)
+      const waiting = yield* Effect.fork(budget.awaitRetry("10 seconds"))
+      yield* TestClock.adjust("10 seconds")
+      expect(yield* Fiber.join(waiting)).toBe(true)
+      expect(yield* budget.snapshot).toMatchObject({ retries: 1, refused: 0 })
+    }))
+
+  it.effect("a retry whose wait runs out is refused once and takes nothing", () =>
+    Effect.gen(function*() {
+      const refusedBefore = (yield* Metric.value(RetryBudget.retriesRefused)).count
+      const budget = yield* RetryBudget.make({ ratio: 1, minRetriesPerSecond: 0 })
+      const waiting = yield* Effect.fork(budget.awaitRetry("2 seconds"))
+      yield* TestClock.adjust("2 seconds")
+      expect(yield* Fiber.join(waiting)).toBe(false)
+      yield* budget.recordRequest
+      expect(yield* budget.snapshot).toEqual({ requests: 1, retries: 0, refused: 1, available: 1 })
+      expect((yield* Metric.value(RetryBudget.retriesRefused)).count - refusedBefore).toBe(1)
+    }))
+
+  it.effect("an interrupted waiter leaves the line, takes nothing, and leaves no fiber behind", () =>
+    Effect.gen(function*() {
+      // The reserve allows one retry per window, and each call funds one more.
+      const budget = yield* RetryBudget.make({ ratio: 1, minRetriesPerSecond: 0.1 })
+      expect(yield* budget.tryRetry).toBe(true)
+      const fibers = yield* Supervisor.track
+      const line = yield* Effect.supervised(waitInLine(budget, 3), fibers)
+      yield* settle
+      // The waiters, their timeouts, and the timer set for when the reserve's retry leaves the window.
+      expect((yield* fibers.value).length).toBeGreaterThan(3)
+      yield* Fiber.interrupt(line[1]!)
+      yield* budget.recordRequest
+      yield* settle
+      expect(yield* Fiber.join(line[0]!)).toBe(true)
+      expect(line[2]!.unsafePoll()).toBeNull()
+      yield* Fiber.interrupt(line[2]!)
+      yield* settle
+      expect(yield* fibers.value).toEqual([])
+      yield* budget.recordRequest
+      expect(yield* budget.snapshot).toEqual({ requests: 2, retries: 2, refused: 0, available: 1 })
     }))
 
   it.effect("with waitFor, the error surfaces once the wait is over", () =>
@@ -207,54 +316,141 @@ describe("RetryBudget", () => {
       }
     }))
 
+  /** The bucket `at` falls in: the last to start, at `index × bucketMillis`, by then (not `at / bucketMillis` floored: 10,000 / (10,000 / 7) is 6.999…). */
+  const bucketOf = (at: number, bucketMillis: number) => {
+    let index = Math.floor(at / bucketMillis)
+    while (index * bucketMillis > at) index--
+    while ((index + 1) * bucketMillis <= at) index++
+    return index
+  }
+
+  const budgetOptions = {
+    ratio: FastCheck.constantFrom(0, 0.1, 0.2, 0.25, 0.5, 1),
+    minRetriesPerSecond: FastCheck.constantFrom(0, 0.1, 0.5, 1),
+    buckets: FastCheck.integer({ min: 1, max: 10 })
+  }
+
+  /**
+   * A budget over a 10 s window, and a model of it: the calls recorded and the retries granted,
+   * and the room they leave as the window counts them.
+   */
+  const modelled = ({ buckets, minRetriesPerSecond, ratio }: { ratio: number; minRetriesPerSecond: number; buckets: number }) =>
+    Effect.map(RetryBudget.make({ ratio, minRetriesPerSecond, window: 10_000, buckets }), (budget) => {
+      const bucketMillis = 10_000 / buckets
+      const requests: Array<number> = []
+      const grants: Array<number> = []
+      // The window the budget measures: the buckets that end after now − window.
+      const countAt = (times: ReadonlyArray<number>, now: number) => {
+        const oldest = bucketOf(now, bucketMillis) - buckets + 1
+        return times.filter((at) => at <= now && bucketOf(at, bucketMillis) >= oldest).length
+      }
+      /** Retries the window allows at `now`: ratio · requests + reserve, less the retries granted. */
+      const room = (now: number) => ratio * countAt(requests, now) + minRetriesPerSecond * 10 - countAt(grants, now)
+      return { budget, requests, grants, room }
+    })
+
+  const request = FastCheck.constant({ _tag: "request" } as const)
+  const retry = FastCheck.constant({ _tag: "retry" } as const)
+  const timed = <Tag extends string>(_tag: Tag, max: number) =>
+    FastCheck.record({ _tag: FastCheck.constant(_tag), millis: FastCheck.integer({ min: 0, max }) })
+
   // Dense enough that windows fill up and decisions often sit at the budget's edge.
   const operation = FastCheck.oneof(
-    { arbitrary: FastCheck.constant({ _tag: "request" } as const), weight: 3 },
-    { arbitrary: FastCheck.constant({ _tag: "retry" } as const), weight: 3 },
-    {
-      arbitrary: FastCheck.record({
-        _tag: FastCheck.constant("advance" as const),
-        millis: FastCheck.integer({ min: 0, max: 3000 })
-      }),
-      weight: 1
-    }
+    { arbitrary: request, weight: 3 },
+    { arbitrary: retry, weight: 3 },
+    { arbitrary: timed("advance", 3000), weight: 1 }
   )
 
   it.effect.prop(
     "allows a retry exactly when the window's retries stay within ratio · requests + reserve",
-    {
-      operations: FastCheck.array(operation, { maxLength: 120, size: "max" }),
-      ratio: FastCheck.constantFrom(0, 0.1, 0.2, 0.25, 0.5),
-      minRetriesPerSecond: FastCheck.constantFrom(0, 0.5, 1),
-      buckets: FastCheck.integer({ min: 1, max: 10 })
-    },
-    ({ buckets, minRetriesPerSecond, operations, ratio }) =>
+    { operations: FastCheck.array(operation, { maxLength: 120, size: "max" }), ...budgetOptions },
+    ({ operations, ...options }) =>
       Effect.gen(function*() {
-        const windowMillis = 10_000
-        const bucketMillis = windowMillis / buckets
-        const reserve = minRetriesPerSecond * windowMillis / 1000
-        const budget = yield* RetryBudget.make({ ratio, minRetriesPerSecond, window: windowMillis, buckets })
-        const events: Array<{ readonly at: number; readonly kind: "request" | "retry" }> = []
+        const { budget, grants, requests, room } = yield* modelled(options)
         for (const op of operations) {
-          if (op._tag === "advance") {
-            yield* TestClock.adjust(op.millis)
-            continue
-          }
           const now = yield* Clock.currentTimeMillis
-          if (op._tag === "request") {
+          if (op._tag === "advance") yield* TestClock.adjust(op.millis)
+          else if (op._tag === "request") {
             yield* budget.recordRequest
-            events.push({ at: now, kind: "request" })
-            continue
+            requests.push(now)
+          } else {
+            const allowed = yield* budget.tryRetry
+            expect(allowed).toBe(room(now) >= 1)
+            if (allowed) grants.push(now)
           }
-          // The window the budget measures: the buckets that end after now − window.
-          const oldest = Math.floor(now / bucketMillis) - buckets + 1
-          const inWindow = events.filter((e) => Math.floor(e.at / bucketMillis) >= oldest)
-          const requests = inWindow.filter((e) => e.kind === "request").length
-          const retries = inWindow.length - requests
-          const allowed = yield* budget.tryRetry
-          expect(allowed).toBe(retries + 1 <= ratio * requests + reserve)
-          if (allowed) events.push({ at: now, kind: "retry" })
         }
+      }),
+    { fastCheck: { numRuns: 40 } }
+  )
+
+  const lineOperation = FastCheck.oneof(
+    { arbitrary: request, weight: 3 },
+    { arbitrary: retry, weight: 2 },
+    { arbitrary: timed("wait", 15_000), weight: 3 },
+    {
+      arbitrary: FastCheck.record({ _tag: FastCheck.constant("interrupt" as const), which: FastCheck.nat() }),
+      weight: 1
+    },
+    { arbitrary: timed("advance", 4000), weight: 2 }
+  )
+
+  it.effect.prop(
+    "with retries waiting in line: every retry granted fits ratio · requests + reserve, first come first served, and none waits while there is room",
+    { operations: FastCheck.array(lineOperation, { maxLength: 60, size: "max" }), ...budgetOptions },
+    ({ operations, ...options }) =>
+      Effect.gen(function*() {
+        const { budget, grants, requests, room } = yield* modelled(options)
+        /** Waiters still waiting, in the order they joined the line. */
+        let line: Array<Fiber.RuntimeFiber<number | undefined>> = []
+        /** Takes in the waiters that finished, checking each grant, then that none waits while there is room. */
+        const check = Effect.gen(function*() {
+          yield* settle
+          const now = yield* Clock.currentTimeMillis
+          const stillWaiting = line.filter((fiber) => fiber.unsafePoll() === null)
+          for (const [joined, fiber] of line.entries()) {
+            const exit = fiber.unsafePoll()
+            if (exit === null || !Exit.isSuccess(exit) || exit.value === undefined) continue
+            // First come first served: nobody who joined earlier still waits.
+            expect(stillWaiting.some((waiting) => line.indexOf(waiting) < joined)).toBe(false)
+            grants.push(exit.value)
+            expect(room(exit.value)).toBeGreaterThanOrEqual(0)
+          }
+          line = stillWaiting
+          if (line.length > 0) expect(room(now)).toBeLessThan(1)
+        })
+        for (const op of operations) {
+          const now = yield* Clock.currentTimeMillis
+          switch (op._tag) {
+            case "request":
+              yield* budget.recordRequest
+              requests.push(now)
+              break
+            case "retry": {
+              const allowed = yield* budget.tryRetry
+              // Exactly the model's room: an interrupted or timed-out waiter took nothing.
+              expect(allowed).toBe(room(now) >= 1)
+              if (allowed) grants.push(now)
+              break
+            }
+            case "wait":
+              line.push(
+                yield* Effect.fork(
+                  Effect.flatMap(
+                    budget.awaitRetry(op.millis),
+                    (allowed) => allowed ? Clock.currentTimeMillis : Effect.succeed(undefined)
+                  )
+                )
+              )
+              break
+            case "interrupt":
+              if (line.length > 0) yield* Fiber.interrupt(line[op.which % line.length]!)
+              break
+            case "advance":
+              yield* TestClock.adjust(op.millis)
+          }
+          yield* check
+        }
+        yield* Fiber.interruptAll(line)
       }),
     { fastCheck: { numRuns: 40 } }
   )

@@ -96,7 +96,14 @@ export class RollingWindow<Field extends string> {
     return out
   }
 
+  /**
+   * The bucket `now` falls in: the last to start, at `index × bucketMillis`, by `now`. Division
+   * alone may floor to the bucket before (10,000 / (10,000 / 7) is 6.999…), and a bucket would
+   * then leave the window after the time `expiries` gives.
+   */
   private indexAt(now: number): number {
-    return Math.floor(now / this.bucketMillis)
+    const index = Math.floor(now / this.bucketMillis)
+    if (index * this.bucketMillis > now) return index - 1
+    return (index + 1) * this.bucketMillis <= now ? index + 1 : index
   }
 }
