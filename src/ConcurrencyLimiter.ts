@@ -46,7 +46,10 @@
  *    accepted), or a drop of a permit granted after a decrease before any such permit was
  *    accepted or succeeded, means the cap itself fell below what we hold. It can be anywhere
  *    below, so the limit becomes in-flight × `fallBackoff` (0.25: a 24 → 6 fall costs one 429,
- *    and a mild fall is climbed back by slow start) and slow start resumes.
+ *    and a mild fall is climbed back by slow start) and slow start resumes. Where acceptances
+ *    come with the responses (an upstream that answers at once, or sends its headers only with
+ *    the body), the level held counts requests on their way too, so a drop while holding there
+ *    is an ordinary overshoot, and only a second one before a success is a fall.
  * 4. **Recover**: back to the ceiling by `max(1, ceiling − limit)` per round, about a round.
  * 5. **Hold** at the ceiling for `holdRounds` (6) rounds and at least `holdRequests` (48)
  *    successes, then **probe** with slow start: above an unchanged cap the first extra request

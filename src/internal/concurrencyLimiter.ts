@@ -529,8 +529,11 @@ export class Aimd implements Policy {
 
   private decrease(inFlight: number): void {
     const level = Math.min(this.value, inFlight)
-    if (this.succeededSinceDecrease && this.phase !== "hold") {
-      // An ordinary overshoot: everything but the dropped request was accepted.
+    if (this.succeededSinceDecrease && (this.phase !== "hold" || this.acceptedWithResponses)) {
+      // An ordinary overshoot: everything but the dropped request was accepted. So is a drop while
+      // holding where acceptances come with responses: the level held counts requests on their
+      // way to and from the upstream, which its cap does not, so it is no proof of what the
+      // upstream held; a second drop before a success still reads as a fall.
       const ceiling = Math.max(this.config.min, inFlight - 1)
       if (Number.isFinite(this.ceiling) && ceiling <= this.ceiling) this.holdShare = Math.min(1, this.holdShare * this.config.holdGrowth)
       this.ceiling = ceiling
@@ -551,6 +554,11 @@ export class Aimd implements Policy {
     // The cap was just measured: overload steps are bounded by it from here.
     this.peak = Number.isFinite(this.ceiling) ? this.ceiling : this.value
     this.startRound()
+  }
+
+  /** Whether acceptances are reported but come with their responses, not ahead of them. */
+  private get acceptedWithResponses(): boolean {
+    return this.acceptanceClocked && this.aheadShare < 0.5
   }
 
   private lowerCeiling(accepted: number): void {
