@@ -14,7 +14,7 @@ import * as Scope from "effect/Scope"
 import * as TestClock from "effect/TestClock"
 import { RateLimited, ServerError } from "../src/ApiError.js"
 import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
-import { Gate, type Waiter } from "../src/internal/concurrencyLimiter.js"
+import { adaptiveConfig, Aimd, Gate, type Waiter } from "../src/internal/concurrencyLimiter.js"
 
 type Service = ConcurrencyLimiter.Service
 type Outcome = ConcurrencyLimiter.Outcome
@@ -335,6 +335,14 @@ describe("ConcurrencyLimiter", () => {
       yield* acceptedAsItEnds(limiter, (index) => index === 23 ? dropped : success)
       expect(yield* Effect.replicateEffect(acceptedAsItEnds(limiter), 2)).toEqual([22, 23])
       return limiter
+    })
+
+    it("a state whose proved level is at its limit (merged from several processes) still grows by acceptances at its top", () => {
+      const config = adaptiveConfig({ initial: 8 })
+      const aimd = Aimd.fromState(config, { ...new Aimd(config).toState(), confirmed: 8 })
+      for (let accepted = 1; accepted < 8; accepted++) expect(aimd.accepted(0)).toBe(false)
+      expect(aimd.accepted(0)).toBe(true) // 8 held: the top of the limit
+      expect(aimd.limit).toBe(9)
     })
 
     it.effect("where acceptance comes only with the response, a probe above a ceiling grows by a request a round", () =>

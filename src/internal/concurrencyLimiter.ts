@@ -179,7 +179,8 @@ const unreported: Acceptance = { timing: "unreported", grew: false }
 
 /**
  * Moves the limit from outcomes. `stamp` marks a permit at grant; `accepted` gets it back when
- * the upstream took the request, before it ends, and says whether that grew the limit; `record` gets it when the request ends, with how its acceptance went.
+ * the upstream took the request, before it ends, and says whether that grew the limit; `record`
+ * gets it when the request ends, with how its acceptance went.
  */
 export interface Policy {
   readonly limit: number
@@ -249,6 +250,9 @@ export const defaultMax = 10_000
 const slowStartStep = (level: number, ceiling: number): number =>
   Number.isFinite(ceiling) ? (level < 64 ? 1 : Math.floor(level / 32)) : (level < 32 ? 1 : Math.floor(level / 8))
 
+/** The share of acceptances ahead of their responses above which acceptances clock slow start. */
+const aheadMajority = 0.5
+
 /** Where the controller is in its cycle; see the module doc of `ConcurrencyLimiter`. */
 type Phase = "slowStart" | "recover" | "hold"
 
@@ -310,7 +314,7 @@ export class Aimd implements Policy {
    * come with the response, successes clock it (classic slow start).
    */
   private aheadShare = 1
-  /** The highest grant level accepted since the last decrease. */
+  /** The highest level accepted since the last decrease (`acceptedOutstanding` at an acceptance), under the limit. */
   private confirmed = 0
   /** Requests accepted upstream and not ended: the concurrency the upstream is known to hold. */
   private acceptedOutstanding = 0
@@ -338,13 +342,19 @@ export class Aimd implements Policy {
     this.roundSize = config.initial
   }
 
-  /** A controller of `config` in `state`, its limit brought within `config`'s bounds. */
+  /**
+   * A controller of `config` in `state`, its limit brought within `config`'s bounds and the level
+   * proved under it (a state merged from several processes, or a limit lowered on the server, can
+   * hold one at or above it, which would keep slow start from ever growing).
+   */
   static fromState(config: AimdConfig, state: AimdState): Aimd {
-    return Object.assign(new Aimd(config), state, {
+    const aimd: Aimd = Object.assign(new Aimd(config), state, {
       ceiling: state.ceiling ?? Infinity,
       value: clamp(state.value, config.min, config.max),
       windowMeans: [...state.windowMeans]
     })
+    aimd.confirmed = Math.min(aimd.confirmed, aimd.limit - 1)
+    return aimd
   }
 
   toState(): AimdState {
@@ -415,7 +425,7 @@ export class Aimd implements Policy {
     if (overload) this.overloaded(inFlight)
     else if (outcome._tag === "Dropped") this.decrease(inFlight)
     else if (outcome._tag === "Success") {
-      const clocked = acceptance.grew || (acceptance.timing !== "unreported" && this.aheadShare >= 0.5)
+      const clocked = acceptance.grew || (acceptance.timing !== "unreported" && this.aheadShare >= aheadMajority)
       this.succeeded(inFlight, outcome.queueDelay, clocked)
     }
   }
@@ -442,7 +452,7 @@ export class Aimd implements Policy {
    */
   private clockedOtherwise(clockedByAcceptance: boolean): boolean {
     return this.phase === "slowStart" &&
-      (clockedByAcceptance || (this.acceptanceClocked && this.aheadShare >= 0.5 && Number.isFinite(this.ceiling)))
+      (clockedByAcceptance || (this.acceptanceClocked && !this.acceptedWithResponses && Number.isFinite(this.ceiling)))
   }
 
   /** An overload drop counts towards its round; whether the round steps down is judged at its end. */
@@ -462,7 +472,7 @@ export class Aimd implements Policy {
       case "slowStart":
         // Above a ceiling, with acceptances that come with their responses (none reaches the
         // top), a request a round: a success each would double the probe every round.
-        this.setValue(this.value + (this.acceptanceClocked && Number.isFinite(this.ceiling) ? 1 / this.roundSize : 1))
+        this.setValue(this.value + (this.acceptedWithResponses && Number.isFinite(this.ceiling) ? 1 / this.roundSize : 1))
         return
       case "recover": {
         const next = this.value + Math.max(1, this.ceiling - this.value) / this.roundSize
@@ -558,7 +568,7 @@ export class Aimd implements Policy {
 
   /** Whether acceptances are reported but come with their responses, not ahead of them. */
   private get acceptedWithResponses(): boolean {
-    return this.acceptanceClocked && this.aheadShare < 0.5
+    return this.acceptanceClocked && this.aheadShare < aheadMajority
   }
 
   private lowerCeiling(accepted: number): void {

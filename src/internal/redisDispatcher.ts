@@ -169,7 +169,7 @@ class SharedLimit implements Policy {
    * the in-flight its process saw when it ended and the global `inFlight` now.
    */
   apply(state: AimdState | undefined, events: ReadonlyArray<Event>, inFlight: number): Aimd {
-    const aimd = Aimd.fromState(this.config!, provable(this.config!, state ?? this.state!))
+    const aimd = Aimd.fromState(this.config!, state ?? this.state!)
     applyEvents(aimd, events, inFlight)
     return aimd
   }
@@ -204,17 +204,6 @@ class SharedLimit implements Policy {
     if (this.local instanceof Aimd) this.state = this.local.toState()
     this.local = undefined
   }
-}
-
-/**
- * `state` with the level its acceptances proved (`confirmed`) under its limit, as in one process,
- * where no acceptance can count more than the limit: slow start grows only on a level above the
- * one proved, so a level proved at or above the limit (an acceptance counted before an end applied
- * late, or a limit the server lowered) would never let it grow again.
- */
-const provable = (config: AimdConfig, state: AimdState): AimdState => {
-  const limit = Aimd.fromState(config, state).limit
-  return state.confirmed < limit ? state : { ...state, confirmed: limit - 1 }
 }
 
 const capDrop: Outcome = { _tag: "Dropped", signal: "cap" }
