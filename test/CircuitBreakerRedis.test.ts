@@ -3,6 +3,8 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Stream from "effect/Stream"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
+import type { Saved } from "../src/internal/circuitBreaker.js"
+import { merge } from "../src/internal/circuitBreakerRedis.js"
 import * as Redis from "../src/Redis.js"
 import { capturingLogs, type Logged } from "./support/logs.js"
 import { awaitReady, keysWithTtl, redisServer, redisServerPresent, type RedisServer, skipMessage, until } from "./support/redisServer.js"
@@ -167,4 +169,25 @@ describe.skipIf(!redisServerPresent)(skipMessage("CircuitBreaker on Redis"), () 
       expect(keys[0]!.ttl).toBeGreaterThan(100_000)
       expect(keys[0]!.ttl).toBeLessThanOrEqual(120_000)
     }))
+})
+
+describe("merging a breaker's state after a time apart", () => {
+  const halfOpen: Saved = {
+    state: { _tag: "HalfOpen", since: 0, trips: 1 },
+    generation: 4,
+    consecutiveTrips: 1,
+    totalTrips: 1,
+    canariesInFlight: 1,
+    canariesSucceeded: 0,
+    window: { bucketMillis: 1000, newest: 0, slots: { calls: [], failures: [] } }
+  }
+
+  it("voids the tickets issued apart, and frees the slots of the canaries they held", () => {
+    const merged = merge(halfOpen, { ...halfOpen, generation: 6 })
+    expect(merged.generation).toBe(7)
+    // A canary of generation 4 or 6 can never settle now: kept in flight, it would hold the
+    // half-open state for good.
+    expect(merged.canariesInFlight).toBe(0)
+    expect(merged.state).toEqual(halfOpen.state)
+  })
 })

@@ -63,7 +63,8 @@ const strength = (state: State): number => state._tag === "Isolated" ? 2 : state
 /**
  * The machine after a time apart: an Open or Isolated state on either side wins (of two open
  * ones, the later end); otherwise the shared one. The generation moves past both, voiding every
- * ticket issued apart.
+ * ticket issued apart, so no canary in flight can settle any more: their slots are freed (kept,
+ * a half-open state would wait for them for good).
  */
 export const merge = (local: Saved, shared: Saved | undefined): Saved => {
   if (shared === undefined) return local
@@ -71,7 +72,7 @@ export const merge = (local: Saved, shared: Saved | undefined): Saved => {
       (local.state._tag === "Open" && shared.state._tag === "Open" && local.state.until > shared.state.until)
     ? local
     : shared
-  return { ...stronger, generation: Math.max(local.generation, shared.generation) + 1 }
+  return { ...stronger, generation: Math.max(local.generation, shared.generation) + 1, canariesInFlight: 0 }
 }
 
 /** A write needs to be published when it changes more than the window's counts. */

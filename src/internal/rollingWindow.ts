@@ -14,8 +14,12 @@ export interface Expiry<Field extends string> {
   readonly counts: Readonly<Record<Field, number>>
 }
 
-/** A window's counts as plain data: the newest bucket's absolute index and each field's buckets. */
+/**
+ * A window's counts as plain data: its buckets' length, the newest bucket's absolute index (in
+ * those lengths) and each field's buckets.
+ */
 export interface SavedWindow<Field extends string> {
+  readonly bucketMillis: number
   readonly newest: number
   readonly slots: Readonly<Record<Field, ReadonlyArray<number>>>
 }
@@ -58,14 +62,20 @@ export class RollingWindow<Field extends string> {
   }
 
   save(): SavedWindow<Field> {
-    return { newest: this.newest, slots: this.record((field) => Array.from(this.slots[field])) }
+    return { bucketMillis: this.bucketMillis, newest: this.newest, slots: this.record((field) => Array.from(this.slots[field])) }
   }
 
-  /** Takes the counts of `saved`; a window of another shape (other buckets) starts empty. */
+  /**
+   * Takes the counts of `saved`; a window of another shape (other buckets, or buckets of another
+   * length) starts empty, at its own newest bucket: an index counted in other lengths would stop it
+   * from ever moving on.
+   */
   load(saved: SavedWindow<Field>): void {
     this.clear()
+    const sameShape = saved.bucketMillis === this.bucketMillis &&
+      this.fields.every((field) => saved.slots[field]?.length === this.buckets)
+    if (!sameShape) return
     this.newest = saved.newest
-    if (this.fields.some((field) => saved.slots[field]?.length !== this.buckets)) return
     for (const field of this.fields) {
       this.slots[field].set(saved.slots[field])
       for (const n of saved.slots[field]) this.totals[field] += n
