@@ -90,7 +90,8 @@ export interface Service {
    * Withdraws one retry, waiting in line up to `maxWait` while the budget has no room: the
    * earliest waiters get the room first, and a retry is withdrawn for a waiter as it is woken.
    * `false`, a refusal, when the wait runs out. Interrupted while it waits, it leaves the line
-   * and takes nothing.
+   * and takes nothing; interrupted after a retry was withdrawn for it, before it resumed, that
+   * retry stays spent (the budget errs on the side of fewer retries).
    */
   readonly awaitRetry: (maxWait: Duration.DurationInput) => Effect.Effect<boolean>
   readonly snapshot: Effect.Effect<Snapshot>
