@@ -317,8 +317,9 @@ export const attemptsCounter: Metric.Metric.Counter<number> = internal.attemptsC
 export const retriesCounter: Metric.Metric.Counter<number> = internal.retriesCounter
 
 /**
- * Times a pool or limiter on Redis (`makeRedis`) went to local mode because a Redis script failed
- * (see docs/redis.md): each is also one warning in the log.
+ * Times the lanes of a pool or a limiter on Redis (`makeRedis`) went to local mode because a Redis
+ * script failed (see docs/redis.md): each is also one warning in the log. The shared breakers, key
+ * cooldowns and balances fall back on their own, with a warning each, and are not counted here.
  *
  * @since 0.1.0
  * @category metrics

@@ -92,7 +92,7 @@ const sseEvents = (chunks: ReadonlyArray<ChatCompletionChunk>): Uint8Array => ut
 
 // --- the request ------------------------------------------------------------------------------
 
-/** The largest request body read: `NodeHttpServer`'s own limit (`HttpIncomingMessage.MaxBodySize`). */
+/** The largest request body the gateway reads (the platform's `HttpIncomingMessage.MaxBodySize` sets none by default). */
 const maxBodyBytes = 10 * 1024 * 1024
 
 const notJson = new BadRequest({ message: "the request body is not JSON" })

@@ -112,6 +112,8 @@ class Member {
   /** Why it cannot serve, when it cannot: kept in step with `slot.available`. */
   unavailable: Unavailable | undefined
   balance: Balance = balanceOk
+  /** Whether a fiber is recovering its balance: one at a time, however often it is marked out and back. */
+  recovering = false
   /** Attempts placed on the account so far. */
   calls = 0
   /** Attempts sent to the account that answered, that failed, that drew a 429, that re-sent a request. */
@@ -458,7 +460,9 @@ export const makeWith = <R>(
           yield* refresh(member)
         }
         yield* Effect.logInfo(`AccountPool: account ${member.name} is serving again`)
-      })
+      }).pipe(Effect.ensuring(Effect.sync(() => {
+        member.recovering = false
+      })))
 
     // Uninterruptible: an account marked out always gets its recovery fiber.
     const takeOutOfBalance = (member: Member, why: string) =>
@@ -474,8 +478,13 @@ export const makeWith = <R>(
         return Effect.logWarning(`AccountPool: account ${member.name} is out of balance (${why}); ${comeback}`).pipe(
           Effect.zipRight(marked),
           Effect.zipRight(refresh(member)),
-          // A fiber forked here would inherit the mask: the pool's scope must be able to end it.
-          Effect.zipRight(Effect.forkIn(Effect.interruptible(recover(member, at)), scope))
+          // A fiber forked here would inherit the mask: the pool's scope must be able to end it. One
+          // still asleep (the account was marked back, then out again, meanwhile) goes on instead.
+          Effect.zipRight(Effect.suspend(() => {
+            if (member.recovering) return Effect.void
+            member.recovering = true
+            return Effect.forkIn(Effect.interruptible(recover(member, at)), scope)
+          }))
         )
       }))
 
@@ -489,6 +498,8 @@ export const makeWith = <R>(
         member.balance = { _tag: "Checking", until: now() + Duration.toMillis(probeTimeout) }
         yield* Effect.forkIn(
           Effect.flatMap(member.sharedBalance.check(probeBalance(client, member)), (result) => {
+            // Another process marked it out meanwhile: its recovery decides.
+            if (member.balance._tag !== "Checking") return Effect.void
             if (result === "unavailable") {
               member.balance = balanceOk
               return takeOutOfBalance(member, "its balance is unavailable")
@@ -588,7 +599,7 @@ export const makeWith = <R>(
       Effect.uninterruptibleMask((restore) =>
         Effect.flatMap(
           place(model, options, excluded, restore),
-          (placed) => Effect.flatMap(Effect.exit(restore(use(placed))), (exit) => Effect.zipRight(release(placed.grant), exit))
+          (placed) => Effect.onExit(restore(use(placed)), () => release(placed.grant))
         )
       )
 
