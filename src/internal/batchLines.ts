@@ -14,6 +14,7 @@ import type { ResilientError } from "../Resilient.js"
 import { Task } from "../Router.js"
 import type { Deadlines } from "../Transport.js"
 import * as DurationTexts from "./durationText.js"
+import * as SchemaFastPath from "./schemaFastPath.js"
 
 /** A duration as `30s`, `500ms`, `2m` or `1h`. */
 const DurationText = Schema.transformOrFail(Schema.String, Schema.DurationFromSelf, {
@@ -74,7 +75,7 @@ export type InputItem =
   }
 
 const decodeJson = Schema.decodeUnknownEither(Schema.parseJson())
-const decodeInputLine = Schema.decodeUnknownEither(InputLine, { errors: "all" })
+const decodeInputLine = SchemaFastPath.decodeUnknownEither(InputLine, { errors: "all" })
 
 const ownCustomId = (value: unknown): string | undefined => {
   if (typeof value !== "object" || value === null || !("custom_id" in value)) return undefined

@@ -25,6 +25,7 @@ import type { CallOptions, Deadlines, Service } from "../Transport.js"
 import * as Connector from "./connector.js"
 import { resolveLimits, Timeline, Watchdog } from "./deadlines.js"
 import { retryAfterFromHeaders } from "./retryAfter.js"
+import * as SchemaFastPath from "./schemaFastPath.js"
 import * as Sse from "./sse.js"
 import { isTraced } from "./tracing.js"
 import { clientWire, type Reads, type Reply, undiciOf, undiciWire, type Wire, withUndici } from "./transportWires.js"
@@ -169,7 +170,7 @@ const schemaMismatch = (what: string, error: ParseResult.ParseError) =>
     message: ApiError.scrubSecrets(`${what}: ${ParseResult.TreeFormatter.formatErrorSync(error)}`.slice(0, 1000))
   })
 
-const decodeCompletion = Schema.decodeUnknownEither(ChatSchema.ChatCompletion)
+const decodeCompletion = SchemaFastPath.decodeUnknownEither(ChatSchema.ChatCompletion)
 
 const parseCompletion = (text: string): Effect.Effect<ChatSchema.ChatCompletion, ApiError.ApiError> => {
   const json = parseJson(text)
@@ -205,7 +206,7 @@ const parseCompletion = (text: string): Effect.Effect<ChatSchema.ChatCompletion,
 // Streams
 // ---------------------------------------------------------------------------------------------
 
-const decodeChunk = Schema.decodeUnknownEither(ChatSchema.ChatCompletionChunk)
+const decodeChunk = SchemaFastPath.decodeUnknownEither(ChatSchema.ChatCompletionChunk)
 
 /**
  * Pulls the chunks of an SSE body, one batch per consumer pull. Every data event is content for
