@@ -493,7 +493,7 @@ const decider = (alreadyAnswered: ReadonlySet<string>) => {
 }
 
 /** Sends a line: routes its body, then sends it (as a stream when it asks for one). */
-const sender = (resilient: Resilient["Type"], router: Router["Type"], runOptions: CallOptions) => {
+const sender = (resilient: Resilient["Type"], router: Router["Type"], runOptions: CallOptions, nextId: () => string) => {
   /** The run's options, with the line's own deadlines over the run's. */
   const optionsOf = (work: Send): CallOptions =>
     work.deadlines === undefined ? runOptions : { ...runOptions, deadlines: { ...runOptions.deadlines, ...work.deadlines } }
@@ -511,8 +511,9 @@ const sender = (resilient: Resilient["Type"], router: Router["Type"], runOptions
         onSome: (error) => folded.chunks === 0 ? Lines.failed(id, customId, error) : Lines.cut(id, customId, error, folded)
       }))
   return (work: Send): Effect.Effect<Outcome> =>
-    Effect.flatMap(Lines.makeRequestId, (id) =>
-      router.route(work.body, { task: work.task }).pipe(
+    Effect.suspend(() => {
+      const id = nextId()
+      return router.route(work.body, { task: work.task }).pipe(
         Effect.matchEffect({
           onFailure: (refused) =>
             Effect.succeed(written(Lines.rejected(id, work.customId, { code: refused._tag, message: refused.message }))),
@@ -522,7 +523,8 @@ const sender = (resilient: Resilient["Type"], router: Router["Type"], runOptions
               (line) => written(line, routed.warnings.length)
             )
         })
-      ))
+      )
+    })
 }
 
 /**
@@ -642,7 +644,8 @@ export const run = (options: Options): Effect.Effect<Summary, BatchError | Outpu
 
     const before = yield* readings
     const decide = decider(alreadyAnswered)
-    const send = sender(yield* Resilient, yield* Router, options.callOptions ?? { priority: "batch" })
+    const nextId = yield* Lines.makeRequestIds
+    const send = sender(yield* Resilient, yield* Router, options.callOptions ?? { priority: "batch" }, nextId)
     let tally = emptyTally
     const report = (t: Tally) =>
       options.onProgress?.({ total, succeeded: t.succeeded, failed: t.failed, skipped: t.skipped }) ?? Effect.void
@@ -658,14 +661,13 @@ export const run = (options: Options): Effect.Effect<Summary, BatchError | Outpu
     const { stopped, stoppedNow } = yield* watchStops(options)
     const readAhead = yield* readAheadOf(options.concurrency)
     // A line starts only while the run is not stopped; once its answer is in, it is written
-    // whatever happens, so an interrupt never loses an answer nor tears a line. It leaves the
-    // read-ahead however it ends (already uninterruptible: its exit, then leaving, is `ensuring`).
+    // whatever happens, so an interrupt never loses an answer nor tears a line.
     const handle = (work: Send) =>
       Effect.uninterruptibleMask((restore) =>
         Effect.flatMap(
           Deferred.isDone(stopped),
           (isStopped) => isStopped ? Effect.void : Effect.flatMap(restore(send(work)), settle)
-        ).pipe(Effect.exit, Effect.flatMap((exit) => Effect.zipRight(Effect.sync(readAhead.leave), exit)))
+        )
       )
     // Lines sent run in fibers of their own, at most the read-ahead at once; the others are
     // settled by the reader.
@@ -676,9 +678,13 @@ export const run = (options: Options): Effect.Effect<Summary, BatchError | Outpu
           case "Skip":
             return settle(skipped)
           case "Reject":
-            return Effect.flatMap(Lines.makeRequestId, (id) => settle(written(Lines.rejected(id, work.customId, work.error))))
+            return Effect.suspend(() => settle(written(Lines.rejected(nextId(), work.customId, work.error))))
           case "Send":
-            return Effect.zipRight(readAhead.enter, FiberSet.run(sending, handle(work)))
+            // Its fiber leaves the read-ahead however it ends.
+            return Effect.zipRight(
+              readAhead.enter,
+              Effect.map(FiberSet.run(sending, handle(work)), (fiber) => fiber.addObserver(readAhead.leave))
+            )
         }
       }
       yield* Files.lines(fs, input).pipe(

@@ -10,6 +10,7 @@
  */
 import * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
+import * as Cause from "effect/Cause"
 import * as Data from "effect/Data"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
@@ -588,7 +589,7 @@ export const makeWith = <R>(
 
     /**
      * `use` of a placed attempt, its permit released as it ends: one exit handler, no scope per
-     * attempt.
+     * attempt (and no mask of its own: the placement's already holds however `use` ends).
      */
     const withPlacement = <A, E>(
       model: string,
@@ -597,10 +598,11 @@ export const makeWith = <R>(
       use: (placed: Placed) => Effect.Effect<A, E>
     ): Effect.Effect<A, E | ApiError.NoAccountAvailable> =>
       Effect.uninterruptibleMask((restore) =>
-        Effect.flatMap(
-          place(model, options, excluded, restore),
-          (placed) => Effect.onExit(restore(use(placed)), () => release(placed.grant))
-        )
+        Effect.flatMap(place(model, options, excluded, restore), (placed) =>
+          Effect.matchCauseEffect(restore(use(placed)), {
+            onFailure: (cause) => Effect.zipRight(release(placed.grant), Effect.failCause(cause)),
+            onSuccess: (value) => Effect.as(release(placed.grant), value)
+          }))
       )
 
     /** A placed attempt whose permit is released when the scope closes (a stream's). */
@@ -738,13 +740,19 @@ export const makeWith = <R>(
       const attemptOn = (placed: Placed) => {
         const { member, permit } = placed
         const model = member.modelFor(request.model)
+        // The permit told how the attempt ended, then its cost and counts: one exit handler.
+        const settled = (exit: Exit.Exit<ChatCompletion, ApiError.ApiError | CircuitBreaker.CircuitOpen>) =>
+          Effect.zipRight(
+            permit.settle(exit),
+            Exit.isSuccess(exit)
+              ? Effect.zipRight(countSent(placed, request), record(placed, exit.value.model, exit.value.usage, "kept"))
+              : Option.match(Cause.failureOption(exit.cause), {
+                onNone: () => Effect.void,
+                onSome: (error) => recordFailure(placed, request, model, error, false)
+              })
+          )
         return member.breaker.protect(member.transport.create(member.requestFor(request), callOptions(options, permit))).pipe(
-          Effect.onExit((exit) => permit.settle(exit)),
-          Effect.tapBoth({
-            onSuccess: (completion) =>
-              Effect.zipRight(countSent(placed, request), record(placed, completion.model, completion.usage, "kept")),
-            onFailure: (error) => recordFailure(placed, request, model, error, false)
-          }),
+          Effect.onExit(settled),
           Effect.catchTag("CircuitOpen", (open) => failOver(member, open)),
           Effect.catchIf((error) => isAccountLevel(ApiError.classify(error)), (error) => failOver(member, error))
         )

@@ -58,15 +58,17 @@ export class Budget implements Service {
     this.window = new RollingWindow(["requests", "retries", "refused"], settings.buckets, settings.bucketMillis, this.now())
   }
 
-  // Uninterruptible: `arm` moves the wake-up time at once and starts its timer after, so an
-  // interruption in between would leave the line waiting on a timer that never started.
-  readonly recordRequest: Effect.Effect<void> = Effect.uninterruptible(Effect.suspend(() => {
+  readonly recordRequest: Effect.Effect<void> = Effect.suspend(() => {
     const now = this.now()
     this.window.add(now, "requests")
     this.serve(now)
     // The deposit may bring forward the time the window makes room for the rest of the line.
-    return this.arm(now)
-  }))
+    return this.waiting === 0 ? Effect.void : this.rearm
+  })
+
+  // Uninterruptible: `arm` moves the wake-up time at once and starts its timer after, so an
+  // interruption in between would leave the line waiting on a timer that never started.
+  private readonly rearm: Effect.Effect<void> = Effect.uninterruptible(Effect.suspend(() => this.arm(this.now())))
 
   readonly tryRetry: Effect.Effect<boolean> = Effect.sync(() => {
     const now = this.now()
