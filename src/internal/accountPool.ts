@@ -16,7 +16,6 @@ import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
-import * as FiberId from "effect/FiberId"
 import * as Metric from "effect/Metric"
 import * as MetricLabel from "effect/MetricLabel"
 import * as Option from "effect/Option"
@@ -41,6 +40,7 @@ import * as MemberState from "./memberState.js"
 import { assertValid, positive } from "./options.js"
 import * as RedisLanes from "./redisDispatcher.js"
 import { secondsBoundaries } from "./policy.js"
+import { Signal } from "./signal.js"
 import type { SharedBalance, Verdict } from "./sharedBalance.js"
 import { whenTraced } from "./tracing.js"
 import { undiciOf } from "./transportWires.js"
@@ -361,22 +361,10 @@ export const makeWith = <R>(
       return metrics
     }
 
-    // The capacity's latch: completed, and replaced, whenever the pool may have more room. Made
-    // when a reader waits on it, so a release with nobody waiting allocates nothing; `roomChanges`
-    // counts the changes, so a reading's wait sees one that came after the reading.
-    let roomLatch: Deferred.Deferred<void> | undefined
-    let roomChanges = 0
-    const roomMayHaveGrown = () => {
-      roomChanges++
-      const last = roomLatch
-      roomLatch = undefined
-      if (last !== undefined) Deferred.unsafeDone(last, Exit.void)
-    }
-    /** Completes at the first change after the `seen`-th. */
-    const roomChangedSince = (seen: number): Effect.Effect<void> =>
-      Effect.suspend(() =>
-        roomChanges !== seen ? Effect.void : Deferred.await(roomLatch ??= Deferred.unsafeMake<void>(FiberId.none))
-      )
+    // Notified whenever the pool may have more room; a capacity reading's wait sees a change
+    // that came after the reading.
+    const roomChanges = new Signal()
+    const roomMayHaveGrown = () => roomChanges.notify()
 
     const queuedTags = new Map<string, ReadonlyArray<MetricLabel.MetricLabel>>()
     const publishQueued = (model: string) => {
@@ -871,7 +859,7 @@ export const makeWith = <R>(
     yield* Effect.forEach(members, refresh, { discard: true })
     // Each account's connections open alongside its preflight, once that request is on its way.
     yield* Effect.forkIn(Effect.zipRight(Effect.yieldNow(), Effect.sync(() => warmUp(client, members, settings.warmUp))), scope)
-    const capacity = Effect.sync((): Capacity => ({ ...dispatcher.capacity(), changed: roomChangedSince(roomChanges) }))
+    const capacity = Effect.sync((): Capacity => ({ ...dispatcher.capacity(), changed: roomChanges.since(roomChanges.notified) }))
 
     return { create, stream, snapshot, capacity }
   })

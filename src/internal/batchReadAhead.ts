@@ -5,10 +5,8 @@
  * there may be more room. Every step is synchronous, so each count is atomic on the JavaScript
  * thread.
  */
-import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
-import * as Exit from "effect/Exit"
-import * as FiberId from "effect/FiberId"
+import { Signal } from "./signal.js"
 
 export interface ReadAhead {
   /** Waits until there is room, then counts a line in. */
@@ -28,39 +26,34 @@ export interface ReadAhead {
  */
 export const make = (mayStart: (running: number) => Effect.Effect<boolean>): ReadAhead => {
   let running = 0
-  // The latch of the next change, made when a waiter first asks for it (at its check, so a
-  // signal after the check is never missed): a line that ends with nobody waiting allocates nothing.
-  let changed: Deferred.Deferred<void> | undefined
+  const changes = new Signal()
 
-  const signal = (): void => {
-    const waiting = changed
-    changed = undefined
-    if (waiting !== undefined) Deferred.unsafeDone(waiting, Exit.void)
-  }
-
-  const nextChange = (): Effect.Effect<void> => Deferred.await(changed ??= Deferred.unsafeMake<void>(FiberId.none))
-
-  /** Counts a line in once `mayStart` says so, looking again at each change. */
-  const startWhenRoom: Effect.Effect<void> = Effect.flatMap(Effect.suspend(() => mayStart(running)), (start) => {
-    if (start) {
-      running++
-      return Effect.void
-    }
-    return Effect.zipRight(nextChange(), startWhenRoom)
+  /** Counts a line in once `mayStart` says so, looking again at each change after its look. */
+  const startWhenRoom: Effect.Effect<void> = Effect.suspend(() => {
+    const seen = changes.notified
+    return Effect.flatMap(mayStart(running), (start) => {
+      if (start) {
+        running++
+        return Effect.void
+      }
+      return Effect.zipRight(changes.since(seen), startWhenRoom)
+    })
   })
 
   // A wait for a change lets the lines started before it run too: only the first check yields.
   const enter: Effect.Effect<void> = Effect.zipRight(Effect.yieldNow(), startWhenRoom)
 
-  const idle: Effect.Effect<void> = Effect.suspend(() => running === 0 ? Effect.void : Effect.zipRight(nextChange(), idle))
+  const idle: Effect.Effect<void> = Effect.suspend(() =>
+    running === 0 ? Effect.void : Effect.zipRight(changes.since(changes.notified), idle)
+  )
 
   return {
     enter,
     leave: () => {
       running--
-      signal()
+      changes.notify()
     },
-    signal,
+    signal: () => changes.notify(),
     idle
   }
 }
