@@ -128,10 +128,11 @@ export class Exchange implements Dispatcher.DispatchHandler {
 
   /**
    * Waits until `ready` gives a value (reads are handed over before a failure that came after
-   * them); an interrupted wait aborts the exchange.
+   * them); an interrupted wait aborts the exchange. What is there already is answered without a
+   * wait (and its interruption handler).
    */
   private waitFor<A>(ready: () => A | undefined): Effect.Effect<A, unknown> {
-    return Effect.async<A, unknown>((resume) => {
+    const wait = Effect.async<A, unknown>((resume) => {
       const check = (): void => {
         const value = ready()
         if (value !== undefined) resume(Effect.succeed(value))
@@ -143,6 +144,11 @@ export class Exchange implements Dispatcher.DispatchHandler {
         this.waiter = undefined
         this.abort(interrupted)
       })
+    })
+    return Effect.suspend(() => {
+      const value = ready()
+      if (value !== undefined) return Effect.succeed(value)
+      return this.failure !== undefined ? Effect.fail(this.failure.cause) : wait
     })
   }
 }
