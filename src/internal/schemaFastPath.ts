@@ -104,23 +104,33 @@ const typeLiteralGuard = (ast: AST.TypeLiteral): Guard => {
   if (propertySignatures.some((ps) => typeof ps.name !== "string")) return never
   if (indexSignatures.length > 0 && propertySignatures.length > 0) return never
   const preserves = Option.exists(AST.getParseOptionsAnnotation(ast), (options) => options.onExcessProperty === "preserve")
-  const properties = new Map(propertySignatures.map((ps) => [ps.name as string, { optional: ps.isOptional, guard: guardOf(ps.type) }]))
+  const names = propertySignatures.map((ps) => ps.name as string)
+  const optional = propertySignatures.map((ps) => ps.isOptional)
+  const types = propertySignatures.map((ps) => guardOf(ps.type))
+  const known = new Set(names)
   const index = indexGuard(indexSignatures)
+  const keepsAnyExcess = preserves && index === undefined
   return (input) => {
     if (typeof input !== "object" || input === null || Array.isArray(input)) return false
     const record = input as Record<string, unknown>
-    for (const [name, { guard, optional }] of properties) {
-      if (Object.prototype.hasOwnProperty.call(record, name)) {
-        if (!guard(record[name])) return false
-      } else if (!optional) return false
+    for (let i = 0; i < names.length; i++) {
+      const name = names[i]!
+      if (!hasOwn.call(record, name)) {
+        if (optional[i]) continue
+        return false
+      }
+      if (!types[i]!(record[name])) return false
     }
-    for (const key in record) {
-      if (properties.has(key) || !Object.prototype.hasOwnProperty.call(record, key)) continue
+    if (keepsAnyExcess) return true
+    for (const key of Object.keys(record)) {
+      if (known.has(key)) continue
       if (index !== undefined ? !index(record[key]) : !preserves) return false
     }
     return true
   }
 }
+
+const hasOwn = Object.prototype.hasOwnProperty
 
 /** `Schema.Record({ key: Schema.String, value })`: the value's guard; other keys are the decoder's. */
 const indexGuard = (signatures: ReadonlyArray<AST.IndexSignature>): Guard | undefined => {
