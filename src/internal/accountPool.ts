@@ -741,8 +741,9 @@ export const makeWith = <R>(
           )
         return member.breaker.protect(member.transport.create(member.requestFor(request), callOptions(options, permit))).pipe(
           Effect.onExit(settled),
-          Effect.catchTag("CircuitOpen", (open) => failOver(member, open)),
-          Effect.catchIf((error) => isAccountLevel(ApiError.classify(error)), (error) => failOver(member, error))
+          Effect.catchAll((error): Effect.Effect<never, ApiError.ApiError | FailedOver> =>
+            error._tag === "CircuitOpen" || isAccountLevel(ApiError.classify(error)) ? failOver(member, error) : Effect.fail(error)
+          )
         )
       }
       const attempt = (excluded: ReadonlySet<number>): Effect.Effect<ChatCompletion, PoolError> =>

@@ -399,20 +399,18 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
       staleRetries: number,
       rejected: ReadonlySet<string> = noneRejected
     ): Effect.Effect<Reply, ApiError.ApiError> =>
-      wire.send(body, `Bearer ${Redacted.value(credential.key)}`, timeline).pipe(
-        Effect.catchAll((failure) =>
+      Effect.matchEffect(wire.send(body, `Bearer ${Redacted.value(credential.key)}`, timeline), {
+        onFailure: (failure) =>
           failure._tag === "DeadlineExceeded"
             ? Effect.fail(failure)
             : failure.fromRequest && staleRetries > 0 && isStaleConnection(failure.cause)
             ? attempt(wire, body, timeline, credential, staleRetries - 1, rejected)
-            : Effect.fail(requestFailed(failure.cause))
-        ),
-        Effect.flatMap((reply) =>
+            : Effect.fail(requestFailed(failure.cause)),
+        onSuccess: (reply) =>
           reply.status >= 200 && reply.status < 300
             ? Effect.as(timeline.headersArrived, reply)
             : refused(wire, body, timeline, credential, staleRetries, rejected, reply)
-        )
-      )
+      })
 
     const refused = (
       wire: Wire,
@@ -452,11 +450,11 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
       Effect.flatMap(startTimeline(options), (timeline) =>
         wire.within(
           timeline,
-          send(wire, { ...request, stream: false }, timeline).pipe(
-            Effect.flatMap((reply) => reply.completionText),
-            Effect.mapError((error) => error._tag === "BodyBroken" ? bodyFailed(error.cause, ApiError.emptyPartial) : error),
-            Effect.flatMap(parseCompletion)
-          )
+          Effect.flatMap(send(wire, { ...request, stream: false }, timeline), (reply) =>
+            Effect.matchEffect(reply.completionText, {
+              onFailure: (error) => Effect.fail(error._tag === "BodyBroken" ? bodyFailed(error.cause, ApiError.emptyPartial) : error),
+              onSuccess: parseCompletion
+            }))
         ))
 
     const create: Service["create"] = (request, options) =>
