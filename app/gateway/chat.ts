@@ -46,6 +46,7 @@ import {
 } from "./errors.js"
 import { awaitFirst, jsonKeepAlive, Latch, sseKeepAlive } from "./keepAlive.js"
 import type { Traffic } from "./traffic.js"
+import { sendNow } from "./write.js"
 
 export interface Settings {
   readonly keepAliveInterval: Duration.Duration
@@ -218,7 +219,7 @@ export const make = (settings: Settings, traffic: Traffic) =>
     const forkTracked = <A, E>(effect: Effect.Effect<A, E>) =>
       Effect.tap(Effect.forkScoped(effect), (fiber) => traffic.track(fiber))
 
-    const completion = (request: ChatCompletionRequest, options: CallOptions) =>
+    const completion = (http: HttpServerRequest.HttpServerRequest, request: ChatCompletionRequest, options: CallOptions) =>
       Effect.flatMap(forkTracked(waiting(resilient.create(request, options))), (call) =>
         awaitFirst(call, {
           ...keepAliveSettings,
@@ -227,8 +228,8 @@ export const make = (settings: Settings, traffic: Traffic) =>
           headers: {},
           ready: (exit) =>
             Exit.match(exit, {
-              onFailure: (cause) => failed(cause),
-              onSuccess: (answer) => Effect.succeed(HttpServerResponse.unsafeJson(answer))
+              onFailure: (cause) => Effect.map(failed(cause), (response) => sendNow(http, response)),
+              onSuccess: (answer) => Effect.sync(() => sendNow(http, HttpServerResponse.unsafeJson(answer)))
             }),
           late: (exit) =>
             Exit.match(exit, {
@@ -338,12 +339,12 @@ export const make = (settings: Settings, traffic: Traffic) =>
         // On the scope itself: `Effect.addFinalizer` diffs and restores the fiber's refs around
         // a finalizer this one does not need.
         yield* Effect.flatMap(Effect.scope, (scope) => Scope.addFinalizer(scope, Effect.sync(() => traffic.leave())))
-        const request = yield* HttpServerRequest.HttpServerRequest
-        return yield* admit(request).pipe(
+        const http = yield* HttpServerRequest.HttpServerRequest
+        return yield* admit(http).pipe(
           Effect.matchCauseEffect({
             onFailure: failed,
             onSuccess: ({ options, request }) =>
-              request.stream === true ? stream(request, options) : completion(request, options)
+              request.stream === true ? stream(request, options) : completion(http, request, options)
           })
         )
       }).pipe(Effect.tap((response) => Effect.sync(() => traffic.answered(response.status))))
