@@ -38,8 +38,10 @@ export interface EventWriter {
 }
 
 /**
- * Starts a 200 event stream with `headers`. A write to a client that went away is dropped by
- * Node (its request's scope is closing meanwhile, which stops the stream).
+ * Starts a 200 event stream with `headers`. Each write leaves at once: Node corks a response's
+ * socket until the next tick after a write, and the fibers that run meanwhile (the stream's
+ * next read) would hold the bytes back. A write to a client that went away is dropped by Node
+ * (its request's scope is closing meanwhile, which stops the stream).
  */
 export const eventStream = (
   request: HttpServerRequest.HttpServerRequest,
@@ -48,7 +50,11 @@ export const eventStream = (
   const out = NodeHttpServerRequest.toServerResponse(request)
   out.writeHead(200, headers)
   return {
-    write: (bytes) => void out.write(bytes),
+    write: (bytes) => {
+      out.cork()
+      out.write(bytes)
+      out.uncork()
+    },
     end: (bytes) => void out.end(bytes),
     response: HttpServerResponse.empty({ status: 200 })
   }
