@@ -231,6 +231,10 @@ export const make = (settings: Settings, traffic: Traffic) =>
     const failed = (cause: Cause.Cause<GatewayError>) =>
       Effect.map(replyOfCause(cause, scrub), (reply) => errorResponse(reply, scrub))
 
+    /** `failed`, written at once (`sendNow`). */
+    const failedNow = (http: HttpServerRequest.HttpServerRequest) => (cause: Cause.Cause<GatewayError>) =>
+      Effect.map(failed(cause), (response) => sendNow(http, response))
+
     /** The error body that ends a committed answer: a JSON body, or a stream's error event. */
     const lateError = (cause: Cause.Cause<GatewayError>, encode: (body: unknown) => Uint8Array) =>
       Effect.map(replyOfCause(cause, scrub), (reply) => encode(errorBody(reply, scrub)))
@@ -253,7 +257,7 @@ export const make = (settings: Settings, traffic: Traffic) =>
           headers: {},
           ready: (exit) =>
             Exit.match(exit, {
-              onFailure: (cause) => Effect.map(failed(cause), (response) => sendNow(http, response)),
+              onFailure: failedNow(http),
               onSuccess: (answer) => Effect.sync(() => sendNow(http, HttpServerResponse.unsafeJson(answer)))
             }),
           late: (exit) =>
@@ -313,7 +317,8 @@ export const make = (settings: Settings, traffic: Traffic) =>
      * and `head` written at once, then each later read's events as the pump hands them over (no
      * queue, no fiber between the pump and the socket), then `[DONE]` on a clean end, or an error
      * event on a failure (the drain deadline included). Waits for the end, so the call, its
-     * permit and its stream live in the request's scope until the last byte.
+     * permit and its stream live in the request's scope until the last byte. What a slow client
+     * has not read yet waits in Node's response (an answer is bounded by its `max_tokens`).
      */
     const relay = (http: HttpServerRequest.HttpServerRequest, rest: Rest, head: Uint8Array | undefined) =>
       Effect.suspend(() => {
@@ -367,7 +372,7 @@ export const make = (settings: Settings, traffic: Traffic) =>
           headers: sseHeaders,
           ready: (exit) =>
             Exit.match(exit, {
-              onFailure: (cause) => Effect.map(failed(cause), (response) => sendNow(http, response)),
+              onFailure: failedNow(http),
               onSuccess: (head) => relay(http, rest, head)
             }),
           late: (exit) =>
