@@ -296,6 +296,27 @@ describe("weatherproof serve, with the openai client", () => {
       expect(gateway.traffic.active).toBe(0)
     }))
 
+  it.scopedLive("a client that disconnects mid-stream, after its first content, cancels the upstream stream and frees its permit", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make({ queueDelay: 0, chunkDelay: 300 })
+      const gateway = yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])])
+      const controller = new AbortController()
+      const first = yield* attempt(async () => {
+        const chunks = await openai(gateway.url).chat.completions.create(
+          { model, messages: ask("a long answer"), stream: true },
+          { signal: controller.signal }
+        )
+        for await (const chunk of chunks) return chunk
+      })
+      expect(first?.object).toBe("chat.completion.chunk")
+      expect((yield* gateway.pool.snapshot)[0]?.inFlight).toBe(1)
+      controller.abort()
+      yield* Effect.sleep("200 millis")
+      expect((yield* gateway.pool.snapshot)[0]?.inFlight).toBe(0)
+      expect((yield* sim.stats).clientClosed).toBe(1)
+      expect(gateway.traffic.active).toBe(0)
+    }))
+
   it.scopedLive("GET /v1/models lists the models the accounts serve; /healthz and /readyz", () =>
     Effect.gen(function*() {
       const sim = yield* Simulator.make()

@@ -46,6 +46,7 @@ import {
 } from "./errors.js"
 import { awaitFirst, jsonKeepAlive, Latch, sseKeepAlive } from "./keepAlive.js"
 import type { Traffic } from "./traffic.js"
+import { eventStream, sendNow } from "./write.js"
 
 export interface Settings {
   readonly keepAliveInterval: Duration.Duration
@@ -59,6 +60,7 @@ const utf8 = new TextEncoder()
 const done = utf8.encode("data: [DONE]\n\n")
 
 const sseHeaders = { "cache-control": "no-cache", "x-accel-buffering": "no" } as const
+const eventHeaders = { "content-type": "text/event-stream", ...sseHeaders } as const
 
 // --- answers ----------------------------------------------------------------------------------
 
@@ -170,10 +172,34 @@ const oneOf = <const A extends string>(name: string, values: ReadonlyArray<A>, f
 const priorityOf = oneOf("x-weatherproof-priority", ["interactive", "batch"], "interactive")
 const cacheModeOf = oneOf("x-weatherproof-cache", ["auto", "force", "bypass"], "auto")
 
-/** What the pump queues for the answer: the SSE events of each batch of chunks, then how the upstream stream ended. */
+/** What the pump hands over after the first events: the SSE events of each batch of chunks, then how the upstream stream ended. */
 type Item =
   | { readonly _tag: "Events"; readonly bytes: Uint8Array }
   | { readonly _tag: "Ended"; readonly exit: Exit.Exit<void, GatewayError> }
+
+const ignore = (): void => undefined
+
+/**
+ * A stream's items after its first events: held until the answer attaches its reader (the
+ * socket's writer, or a late answer's queue), then handed to it synchronously as they come.
+ */
+class Rest {
+  private held: Array<Item> = []
+  private reader: ((item: Item) => void) | undefined
+
+  push(item: Item): void {
+    if (this.reader === undefined) this.held.push(item)
+    else this.reader(item)
+  }
+
+  /** Hands `reader` the items held, then each one as it comes. */
+  attach(reader: (item: Item) => void): void {
+    this.reader = reader
+    const held = this.held
+    this.held = []
+    for (const item of held) reader(item)
+  }
+}
 
 /**
  * DeepSeek's usage arrives in a last chunk with `choices: []` because the transport always asks
@@ -205,6 +231,10 @@ export const make = (settings: Settings, traffic: Traffic) =>
     const failed = (cause: Cause.Cause<GatewayError>) =>
       Effect.map(replyOfCause(cause, scrub), (reply) => errorResponse(reply, scrub))
 
+    /** `failed`, written at once (`sendNow`). */
+    const failedNow = (http: HttpServerRequest.HttpServerRequest) => (cause: Cause.Cause<GatewayError>) =>
+      Effect.map(failed(cause), (response) => sendNow(http, response))
+
     /** The error body that ends a committed answer: a JSON body, or a stream's error event. */
     const lateError = (cause: Cause.Cause<GatewayError>, encode: (body: unknown) => Uint8Array) =>
       Effect.map(replyOfCause(cause, scrub), (reply) => encode(errorBody(reply, scrub)))
@@ -218,7 +248,7 @@ export const make = (settings: Settings, traffic: Traffic) =>
     const forkTracked = <A, E>(effect: Effect.Effect<A, E>) =>
       Effect.tap(Effect.forkScoped(effect), (fiber) => traffic.track(fiber))
 
-    const completion = (request: ChatCompletionRequest, options: CallOptions) =>
+    const completion = (http: HttpServerRequest.HttpServerRequest, request: ChatCompletionRequest, options: CallOptions) =>
       Effect.flatMap(forkTracked(waiting(resilient.create(request, options))), (call) =>
         awaitFirst(call, {
           ...keepAliveSettings,
@@ -227,8 +257,8 @@ export const make = (settings: Settings, traffic: Traffic) =>
           headers: {},
           ready: (exit) =>
             Exit.match(exit, {
-              onFailure: (cause) => failed(cause),
-              onSuccess: (answer) => Effect.succeed(HttpServerResponse.unsafeJson(answer))
+              onFailure: failedNow(http),
+              onSuccess: (answer) => Effect.sync(() => sendNow(http, HttpServerResponse.unsafeJson(answer)))
             }),
           late: (exit) =>
             Exit.match(exit, {
@@ -240,14 +270,12 @@ export const make = (settings: Settings, traffic: Traffic) =>
     /**
      * Runs the upstream stream in a fiber of its own, tracked so the drain deadline can interrupt
      * it. The events of its first read (or how it ended without any) go to `first`, counted as
-     * waiting until then; those of each later read to `rest`, then how it ended. The queue is
-     * unbounded: an answer's rest waits there while a slow client reads (an answer is bounded by
-     * its `max_tokens`).
+     * waiting until then; those of each later read to `rest`, then how it ended.
      */
     const pump = (upstream: Stream.Stream<ChatCompletionChunk, GatewayError>, wantsUsage: boolean) =>
       Effect.gen(function*() {
         const first = new Latch<Uint8Array | undefined, GatewayError>()
-        const rest = yield* Queue.unbounded<Item>()
+        const rest = new Rest()
         const unasked = isUnaskedUsage(wantsUsage)
         let counted = false
         const arrived = (exit: Exit.Exit<Uint8Array | undefined, GatewayError>) => {
@@ -258,42 +286,85 @@ export const make = (settings: Settings, traffic: Traffic) =>
         const run = Effect.suspend(() => {
           counted = true
           traffic.startWaiting()
-          return Stream.runForEachChunk(upstream, (chunks) => {
-            const kept = Chunk.toReadonlyArray(chunks).filter((chunk) => !unasked(chunk))
-            if (kept.length === 0) return Effect.void
-            const bytes = sseEvents(kept)
-            return first.isDone ? Queue.offer(rest, { _tag: "Events", bytes }) : Effect.sync(() => arrived(Exit.succeed(bytes)))
-          })
+          return Stream.runForEachChunk(upstream, (chunks) =>
+            Effect.sync(() => {
+              const kept = Chunk.toReadonlyArray(chunks).filter((chunk) => !unasked(chunk))
+              if (kept.length === 0) return
+              const bytes = sseEvents(kept)
+              if (first.isDone) rest.push({ _tag: "Events", bytes })
+              else arrived(Exit.succeed(bytes))
+            }))
         })
         const fiber = yield* forkTracked(run)
         // A fiber tells its exit even when interrupted before it ran.
         fiber.addObserver((exit) =>
           first.isDone
-            ? Queue.unsafeOffer(rest, { _tag: "Ended", exit })
+            ? rest.push({ _tag: "Ended", exit })
             : arrived(Exit.map(exit, () => undefined))
         )
         return { first, rest }
       })
 
-    const stream = (request: ChatCompletionRequest, options: CallOptions) =>
+    /** The error event that ends a stream cut after its first content (and no `[DONE]`). */
+    const cutShort = (cause: Cause.Cause<GatewayError>) =>
+      Effect.suspend(() => {
+        traffic.streamCut()
+        return lateError(cause, sseEvent)
+      })
+
+    /**
+     * The answer of a stream whose first content came within the keep-alive interval: its 200
+     * and `head` written at once, then each later read's events as the pump hands them over (no
+     * queue, no fiber between the pump and the socket), then `[DONE]` on a clean end, or an error
+     * event on a failure (the drain deadline included). Waits for the end, so the call, its
+     * permit and its stream live in the request's scope until the last byte. What a slow client
+     * has not read yet waits in Node's response (an answer is bounded by its `max_tokens`).
+     */
+    const relay = (http: HttpServerRequest.HttpServerRequest, rest: Rest, head: Uint8Array | undefined) =>
+      Effect.suspend(() => {
+        const out = eventStream(http, eventHeaders)
+        if (head === undefined) {
+          out.end(done)
+          return Effect.succeed(out.response)
+        }
+        out.write(head)
+        return Effect.async<HttpServerResponse.HttpServerResponse>((resume) => {
+          rest.attach((item) => {
+            if (item._tag === "Events") return out.write(item.bytes)
+            if (Exit.isSuccess(item.exit)) {
+              out.end(done)
+              return resume(Effect.succeed(out.response))
+            }
+            resume(Effect.map(cutShort(item.exit.cause), (event) => {
+              out.end(event)
+              return out.response
+            }))
+          })
+          // The client went away: what is still to come has nowhere to go.
+          return Effect.sync(() => rest.attach(ignore))
+        })
+      })
+
+    /** The events that follow the keep-alives of a late answer, from its first content on. */
+    const lateEvents = (rest: Rest, head: Uint8Array | undefined): Stream.Stream<Uint8Array> => {
+      if (head === undefined) return Stream.make(done)
+      const following = Stream.unwrap(Effect.map(Queue.unbounded<Item>(), (queue) => {
+        rest.attach((item) => Queue.unsafeOffer(queue, item))
+        let ended = false
+        return Stream.repeatEffectOption(Effect.suspend(() =>
+          ended ? Effect.fail(Option.none()) : Effect.flatMap(Queue.take(queue), (item) => {
+            if (item._tag === "Events") return Effect.succeed(item.bytes)
+            ended = true
+            return Exit.isSuccess(item.exit) ? Effect.succeed(done) : cutShort(item.exit.cause)
+          })
+        ))
+      }))
+      return Stream.concat(Stream.succeed(head), following)
+    }
+
+    const stream = (http: HttpServerRequest.HttpServerRequest, request: ChatCompletionRequest, options: CallOptions) =>
       Effect.gen(function*() {
         const { first, rest } = yield* pump(resilient.stream(request, options), request.stream_options?.include_usage === true)
-        // From the first content (written at once): the rest, `[DONE]` on a clean end, an error
-        // event (and no `[DONE]`) on a failure, the drain deadline included.
-        const events = (head: Uint8Array | undefined): Stream.Stream<Uint8Array> => {
-          if (head === undefined) return Stream.make(done)
-          let ended = false
-          const next: Effect.Effect<Uint8Array, Option.Option<never>> = Effect.suspend(() =>
-            ended ? Effect.fail(Option.none()) : Effect.flatMap(Queue.take(rest), (item) => {
-              if (item._tag === "Events") return Effect.succeed(item.bytes)
-              ended = true
-              if (Exit.isSuccess(item.exit)) return Effect.succeed(done)
-              traffic.streamCut()
-              return lateError(item.exit.cause, sseEvent)
-            })
-          )
-          return Stream.concat(Stream.succeed(head), Stream.repeatEffectOption(next))
-        }
         return yield* awaitFirst(first, {
           ...keepAliveSettings,
           keepAlive: sseKeepAlive,
@@ -301,16 +372,13 @@ export const make = (settings: Settings, traffic: Traffic) =>
           headers: sseHeaders,
           ready: (exit) =>
             Exit.match(exit, {
-              onFailure: (cause) => failed(cause),
-              onSuccess: (head) =>
-                Effect.succeed(
-                  HttpServerResponse.stream(events(head), { contentType: "text/event-stream", headers: sseHeaders })
-                )
+              onFailure: failedNow(http),
+              onSuccess: (head) => relay(http, rest, head)
             }),
           late: (exit) =>
             Exit.match(exit, {
               onFailure: (cause) => Stream.fromEffect(lateError(cause, sseEvent)),
-              onSuccess: events
+              onSuccess: (head) => lateEvents(rest, head)
             })
         })
       })
@@ -338,12 +406,12 @@ export const make = (settings: Settings, traffic: Traffic) =>
         // On the scope itself: `Effect.addFinalizer` diffs and restores the fiber's refs around
         // a finalizer this one does not need.
         yield* Effect.flatMap(Effect.scope, (scope) => Scope.addFinalizer(scope, Effect.sync(() => traffic.leave())))
-        const request = yield* HttpServerRequest.HttpServerRequest
-        return yield* admit(request).pipe(
+        const http = yield* HttpServerRequest.HttpServerRequest
+        return yield* admit(http).pipe(
           Effect.matchCauseEffect({
             onFailure: failed,
             onSuccess: ({ options, request }) =>
-              request.stream === true ? stream(request, options) : completion(request, options)
+              request.stream === true ? stream(http, request, options) : completion(http, request, options)
           })
         )
       }).pipe(Effect.tap((response) => Effect.sync(() => traffic.answered(response.status))))
