@@ -75,6 +75,16 @@
  *    pauses growth; `queueDelayWindows` (3) such windows in a row, the practitioners' guard
  *    against "false stability", step the limit back by `backoff` and hold there. A delay that
  *    stays high for ten windows becomes the new baseline.
+ * 8. **Latency brake where successes clock slow start** (acceptances unreported, or coming with
+ *    the response), after HyStart's delay exit: a round whose fastest success (grant to end, at
+ *    least 8 timed) took `latencyRise` (4) times the baseline (the fastest round so far, never
+ *    under 5 ms, let rise 0.1% a round) ends slow start. More requests at once only made them
+ *    wait, upstream or in this process: a client whose own CPU is the bottleneck counts answers
+ *    it has not yet read as in flight, so without the brake its limit climbed to ten times what
+ *    the upstream held and drew hundreds of 429s. A first climb stops at the level the round's
+ *    requests were granted at, scaled down to the threshold; a probe above a measured level goes
+ *    back to it, never lower, so an upstream that became slower for good costs probes, not the
+ *    limit.
  *
  * The limit stays within [`min`, `max`] (1, 10,000: above DeepSeek's published caps, 2,500 for
  * flash). Tuned on the benchmark's scenario (600 requests, a cap moving 24 → 6 → 32 every 200
@@ -295,6 +305,11 @@ export interface AdaptiveOptions extends LimiterOptions {
   readonly queueDelayRise?: number | undefined
   /** Consecutive congested windows that make the limit step back by `backoff`. Default 3. */
   readonly queueDelayWindows?: number | undefined
+  /**
+   * Where successes clock slow start: a round whose fastest success (from grant to end) took this
+   * many times the baseline is slow, and two in a row end slow start (above 1). Default 4.
+   */
+  readonly latencyRise?: number | undefined
   /**
    * Share of a round's outcomes that must be overload drops (503) for the limit to step back by
    * `backoff`: below it they are noise (a server shedding load at random, whatever our level).

@@ -729,6 +729,47 @@ describe("ConcurrencyLimiter", () => {
     )
   })
 
+  describe("where successes clock slow start, slower responses end it", () => {
+    const unreported = { timing: "unreported", grew: false } as const
+    /**
+     * `successes` answers, each at the limit, that took `elapsed(level)` milliseconds; a 429 for a
+     * level over `cap`. The limit after each.
+     */
+    const drive = (aimd: Aimd, successes: number, elapsed: (level: number, n: number) => number, cap = Infinity) => {
+      const limits: Array<number> = []
+      for (let n = 0; n < successes; n++) {
+        const level = aimd.limit
+        const outcome = level > cap ? { _tag: "Dropped" } as const : { _tag: "Success" } as const
+        aimd.record(aimd.stamp, outcome, level, unreported, elapsed(level, n))
+        limits.push(aimd.limit)
+      }
+      return limits
+    }
+
+    it("a climb that only makes requests wait (this process is the bottleneck) stops near where they began to", () => {
+      // Each request in flight adds half a millisecond: 20 ms, four times the 5 ms floor, at 40.
+      const limits = drive(new Aimd(adaptiveConfig({})), 5_000, (level) => Math.max(2, level / 2))
+      expect(Math.max(...limits.slice(1_000))).toBeLessThanOrEqual(100)
+      expect(Math.min(...limits.slice(1_000))).toBeGreaterThanOrEqual(15)
+    })
+
+    it("answers of seconds that vary on their own do not stop it", () => {
+      let seed = 5
+      const random = () => (seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32
+      const limits = drive(new Aimd(adaptiveConfig({})), 4_000, () => 500 + 6_000 * random() ** 2)
+      expect(limits.at(-1)).toBeGreaterThanOrEqual(2_000)
+    })
+
+    it("an upstream that became slower for good ends each probe at the measured level, never lower", () => {
+      const aimd = new Aimd(adaptiveConfig({}))
+      // A cap of 40 measured by a 429, then every answer ten times slower than before.
+      const before = drive(aimd, 600, () => 100, 40)
+      const ceiling = Math.min(...before.slice(300))
+      const after = drive(aimd, 3_000, () => 1_000)
+      expect(Math.min(...after)).toBeGreaterThanOrEqual(ceiling)
+    })
+  })
+
   describe("overload (503) is noise until it dominates", () => {
     /**
      * `total` requests of 100 ms against a fake account with a cap of 16 that answers a share of

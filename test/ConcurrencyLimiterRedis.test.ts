@@ -34,7 +34,7 @@ describe("the adaptive limit's shared state", () => {
     const config = LimiterInternal.adaptiveConfig({})
     const aimd = new LimiterInternal.Aimd(config)
     aimd.accepted(0)
-    aimd.record(0, { _tag: "Dropped" }, 8, { timing: "ahead", grew: false })
+    aimd.record(0, { _tag: "Dropped" }, 8, { timing: "ahead", grew: false }, 0)
     const state = aimd.toState()
     const fields = Object.keys(aimd).filter((field) => field !== "config")
     expect(Object.keys(state).sort()).toEqual(fields.sort())

@@ -186,7 +186,8 @@ export interface Policy {
   readonly limit: number
   readonly stamp: number
   readonly accepted: (stamp: number) => boolean
-  readonly record: (stamp: number, outcome: Outcome, inFlight: number, acceptance: Acceptance) => void
+  /** `elapsedMillis`: from the grant to the end. */
+  readonly record: (stamp: number, outcome: Outcome, inFlight: number, acceptance: Acceptance, elapsedMillis: number) => void
 }
 
 export const fixedPolicy = (permits: number): Policy => ({
@@ -210,6 +211,7 @@ export interface AimdConfig {
   readonly queueDelayRise: number
   readonly queueDelayWindows: number
   readonly queueDelayFloorMillis: number
+  readonly latencyRise: number
   readonly overloadShare: number
   readonly overloadFloor: number
 }
@@ -230,6 +232,7 @@ const aimdConfig = (options: AdaptiveOptions = {}): AimdConfig => {
     queueDelayRise: options.queueDelayRise ?? 2,
     queueDelayWindows: options.queueDelayWindows ?? 3,
     queueDelayFloorMillis: Duration.toMillis(options.queueDelayFloor ?? "250 millis"),
+    latencyRise: options.latencyRise ?? 4,
     overloadShare: options.overloadShare ?? 0.5,
     overloadFloor: options.overloadFloor ?? 0.5
   }
@@ -280,6 +283,9 @@ export interface AimdState {
   readonly delayCount: number
   readonly windowMeans: ReadonlyArray<number>
   readonly congestedWindows: number
+  readonly roundFastest: number | null
+  readonly roundTimed: number
+  readonly fastestBaseline: number | null
 }
 
 /** Keeps a round of fractional steps that sum to a whole from rounding down. */
@@ -287,6 +293,16 @@ const epsilon = 1e-9
 
 /** How many past window means the queue-delay baseline (their minimum) looks back on. */
 const baselineWindows = 10
+
+/** The successes a round's fastest is taken over: fewer say too little. */
+const latencySamples = 8
+/** Below this (milliseconds) a baseline is noise: a round-trip on loopback, a scheduler hop. */
+const latencyFloorMillis = 5
+/**
+ * How much the latency baseline may rise per round without a faster round: an upstream that
+ * became slower for good becomes the baseline within some 700 rounds.
+ */
+const latencyDrift = 1.001
 
 /**
  * Loss-based AIMD: slow start, a decrease per round of drops, a return to the last accepted level,
@@ -335,6 +351,11 @@ export class Aimd implements Policy {
   private delayCount = 0
   private readonly windowMeans: Array<number> = []
   private congestedWindows = 0
+  /** The fastest success of the round (milliseconds from grant to end), and how many were timed. */
+  private roundFastest = Infinity
+  private roundTimed = 0
+  /** The lowest round fastest seen, let rise `latencyDrift` a round. */
+  private fastestBaseline = Infinity
 
   constructor(private readonly config: AimdConfig) {
     this.value = config.initial
@@ -351,7 +372,9 @@ export class Aimd implements Policy {
     const aimd: Aimd = Object.assign(new Aimd(config), state, {
       ceiling: state.ceiling ?? Infinity,
       value: clamp(state.value, config.min, config.max),
-      windowMeans: [...state.windowMeans]
+      windowMeans: [...state.windowMeans],
+      roundFastest: state.roundFastest ?? Infinity,
+      fastestBaseline: state.fastestBaseline ?? Infinity
     })
     aimd.confirmed = Math.min(aimd.confirmed, aimd.limit - 1)
     return aimd
@@ -377,7 +400,10 @@ export class Aimd implements Policy {
       delaySum: this.delaySum,
       delayCount: this.delayCount,
       windowMeans: [...this.windowMeans],
-      congestedWindows: this.congestedWindows
+      congestedWindows: this.congestedWindows,
+      roundFastest: Number.isFinite(this.roundFastest) ? this.roundFastest : null,
+      roundTimed: this.roundTimed,
+      fastestBaseline: Number.isFinite(this.fastestBaseline) ? this.fastestBaseline : null
     }
   }
 
@@ -410,7 +436,7 @@ export class Aimd implements Policy {
     return true
   }
 
-  record(stamp: number, outcome: Outcome, inFlight: number, acceptance: Acceptance): void {
+  record(stamp: number, outcome: Outcome, inFlight: number, acceptance: Acceptance, elapsedMillis: number): void {
     if (acceptance.timing !== "unreported") {
       this.acceptedOutstanding--
       this.aheadShare += 0.1 * ((acceptance.timing === "ahead" ? 1 : 0) - this.aheadShare)
@@ -426,16 +452,23 @@ export class Aimd implements Policy {
     else if (outcome._tag === "Dropped") this.decrease(inFlight)
     else if (outcome._tag === "Success") {
       const clocked = acceptance.grew || (acceptance.timing !== "unreported" && this.aheadShare >= aheadMajority)
-      this.succeeded(inFlight, outcome.queueDelay, clocked)
+      this.succeeded(inFlight, outcome.queueDelay, clocked, elapsedMillis)
     }
   }
 
-  private succeeded(inFlight: number, queueDelay: Duration.Duration | undefined, clockedByAcceptance: boolean): void {
+  private succeeded(
+    inFlight: number,
+    queueDelay: Duration.Duration | undefined,
+    clockedByAcceptance: boolean,
+    elapsedMillis: number
+  ): void {
     this.succeededSinceDecrease = true
     if (queueDelay !== undefined) {
       this.delaySum += Duration.toMillis(queueDelay)
       this.delayCount++
     }
+    this.roundFastest = Math.min(this.roundFastest, elapsedMillis)
+    this.roundTimed++
     // An unused limit proves nothing about the upstream: neither grow it nor count the round.
     if (inFlight < this.value / 2) return
     if (this.congestedWindows === 0 && !this.clockedOtherwise(clockedByAcceptance)) this.grow()
@@ -487,8 +520,10 @@ export class Aimd implements Policy {
 
   private endRound(): void {
     this.judgeQueueDelay()
+    const slowedTo = this.judgeLatency()
     if (this.roundOverloads >= this.config.overloadShare * (this.roundOverloads + this.roundSuccesses)) this.stepDownForOverload()
     else if (this.congestedWindows >= this.config.queueDelayWindows) this.easeOff()
+    else if (slowedTo !== undefined) this.slowedDown(slowedTo)
     else if (this.congestedWindows === 0) this.advancePhase()
     this.startRound()
   }
@@ -527,6 +562,40 @@ export class Aimd implements Policy {
     }
     this.windowMeans.push(mean)
     if (this.windowMeans.length > baselineWindows) this.windowMeans.shift()
+  }
+
+  /**
+   * Closes the round's latency window once it timed `latencySamples` successes. In slow start
+   * clocked by successes (where acceptances come ahead they already show what the upstream holds,
+   * and the queue-delay brake its queueing), a round whose fastest success took `latencyRise`
+   * times the baseline says where the level should have stopped: the level its requests were
+   * granted at (slow start doubles the limit a round, so about half the round's starting level)
+   * scaled down to that threshold. `undefined` otherwise.
+   */
+  private judgeLatency(): number | undefined {
+    if (this.roundTimed < latencySamples) return undefined
+    const fastest = this.roundFastest
+    const baseline = this.fastestBaseline
+    this.roundFastest = Infinity
+    this.roundTimed = 0
+    this.fastestBaseline = Math.min(fastest, baseline * latencyDrift)
+    if (this.phase !== "slowStart" || this.acceptedAhead || !Number.isFinite(baseline)) return undefined
+    const threshold = this.config.latencyRise * Math.max(baseline, latencyFloorMillis)
+    return fastest >= threshold ? (this.roundSize / 2) * threshold / fastest : undefined
+  }
+
+  /**
+   * Slow start slowed responses down: requests wait somewhere (upstream, or in this process),
+   * and more of them at once would only wait longer. A probe above a measured level goes back
+   * to it; a first climb stops at `level` (at most `backoff` of the limit). Either holds there.
+   */
+  private slowedDown(level: number): void {
+    if (Number.isFinite(this.ceiling)) this.setValue(Math.min(this.value, this.ceiling))
+    else {
+      this.setValue(Math.min(this.value * this.config.backoff, level))
+      this.ceiling = this.value
+    }
+    this.startHold()
   }
 
   /** Queue delay stayed high: the upstream is queueing us, so step back gently before it drops. */
@@ -569,6 +638,11 @@ export class Aimd implements Policy {
   /** Whether acceptances are reported but come with their responses, not ahead of them. */
   private get acceptedWithResponses(): boolean {
     return this.acceptanceClocked && this.aheadShare < aheadMajority
+  }
+
+  /** Whether acceptances are reported, most of them ahead of their responses. */
+  private get acceptedAhead(): boolean {
+    return this.acceptanceClocked && this.aheadShare >= aheadMajority
   }
 
   private lowerCeiling(accepted: number): void {
@@ -648,7 +722,7 @@ export const makePermit = (policy: Policy, ledger: Ledger, { stamp }: Grant, clo
     const observed = outcome._tag === "Success" && outcome.queueDelay === undefined && queueDelay !== undefined
       ? { _tag: "Success" as const, queueDelay }
       : outcome
-    policy.record(stamp, observed, ledger.inFlight, acceptance())
+    policy.record(stamp, observed, ledger.inFlight, acceptance(), clock.unsafeCurrentTimeMillis() - grantedAt)
     // The request no longer holds a slot upstream, but its permit is counted until released:
     // granting now would place the next request one level too high.
     ledger.relimit(policy.limit)
@@ -794,6 +868,7 @@ const validateAdaptive = (config: AimdConfig): void =>
     config.holdGrowth > 1 ? undefined : `holdGrowth must be above 1, got ${config.holdGrowth}`,
     config.queueDelayRise > 1 ? undefined : `queueDelayRise must be above 1, got ${config.queueDelayRise}`,
     atLeast("queueDelayWindows", config.queueDelayWindows, 1),
+    config.latencyRise > 1 ? undefined : `latencyRise must be above 1, got ${config.latencyRise}`,
     ratio("overloadShare", config.overloadShare),
     ratio("overloadFloor", config.overloadFloor)
   ])

@@ -104,6 +104,8 @@ type Event =
     readonly acceptance: Acceptance
     /** In flight when it ended, as this process saw the lane then. */
     readonly inFlight: number
+    /** From its grant to its end. */
+    readonly elapsedMillis: number
   }
 
 /**
@@ -155,11 +157,11 @@ class SharedLimit implements Policy {
     return false
   }
 
-  record(stamp: number, outcome: Outcome, inFlight: number, acceptance: Acceptance): void {
-    if (this.local !== undefined) return this.local.record(stamp, outcome, inFlight, acceptance)
+  record(stamp: number, outcome: Outcome, inFlight: number, acceptance: Acceptance, elapsedMillis: number): void {
+    if (this.local !== undefined) return this.local.record(stamp, outcome, inFlight, acceptance, elapsedMillis)
     if (this.config === undefined) return
     if (acceptance.timing !== "unreported") this.ended++
-    const event: Event = { _tag: "Recorded", stamp, outcome, acceptance, inFlight }
+    const event: Event = { _tag: "Recorded", stamp, outcome, acceptance, inFlight, elapsedMillis }
     this.pending.push(event)
     this.eventAdded(event)
   }
@@ -180,7 +182,7 @@ class SharedLimit implements Policy {
    */
   afterDrop(state: AimdState): number {
     const aimd = Aimd.fromState(this.config!, state)
-    aimd.record(state.epoch, capDrop, Number.MAX_SAFE_INTEGER, unreported)
+    aimd.record(state.epoch, capDrop, Number.MAX_SAFE_INTEGER, unreported, 0)
     return aimd.limit
   }
 
@@ -214,7 +216,7 @@ const applyEvents = (aimd: Aimd, events: ReadonlyArray<Event>, inFlight: number)
     if (event._tag === "Accepted") aimd.accepted(event.stamp)
     // Not the count at the flush alone: by then the permits of a drop's round may have ended, and
     // a ceiling taken that low makes every later probe look like a rise (short holds, many 429s).
-    else aimd.record(event.stamp, event.outcome, Math.max(event.inFlight, inFlight), event.acceptance)
+    else aimd.record(event.stamp, event.outcome, Math.max(event.inFlight, inFlight), event.acceptance, event.elapsedMillis)
   }
 }
 
