@@ -773,13 +773,15 @@ export const makeWith = <R>(
         let servedModel = model
         const settle = (exit: Exit.Exit<unknown, unknown>) => Effect.zipRight(permit.settle(exit), settleBreaker(exit))
         return member.transport.stream(member.requestFor(request), callOptions(options, permit)).pipe(
-          Stream.tap((chunk) =>
-            Effect.sync(() => {
+          // Noted per chunk of chunks, not by an effect per chunk.
+          Stream.mapChunks((chunks) => {
+            for (const chunk of chunks) {
               delivered = true
               usage = chunk.usage ?? usage
               servedModel = chunk.model
-            })
-          ),
+            }
+            return chunks
+          }),
           Stream.onDone(() =>
             Effect.zipRight(settle(Exit.void), Effect.zipRight(countSent(placed, request), record(placed, servedModel, usage, "kept")))
           ),

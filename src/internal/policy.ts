@@ -8,6 +8,7 @@ import * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpClientError from "@effect/platform/HttpClientError"
 import type * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
+import * as Chunk from "effect/Chunk"
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
@@ -211,24 +212,34 @@ export const make = (parts: Parts): Service => {
     return timed(Effect.zipRight(started, retryAfterFailure(attempt(use, options), onFailure, effectRetries)))
   }
 
-  const applyStream: Service["applyStream"] = (self, options) => {
-    const use = streamUse(self)
-    // Settled as the stream ends, before the scope's finalizers: a stream its consumer abandons
-    // is settled by the scope closing, as interrupted.
-    const streamAttempt = Stream.unwrapScoped(
+  /**
+   * One attempt of a stream through the gates. Settled as the stream ends, before the scope's
+   * finalizers: a stream its consumer abandons is settled by the scope closing, as interrupted.
+   * With no gate, the stream as it is (a gate-less policy is the outer one of an account pool,
+   * whose own gates hold each attempt).
+   */
+  const gatedStream = <A, E, R>(use: UsePermit<Stream.Stream<A, E, R>>, options: ApplyOptions | undefined) =>
+    bucket === undefined && limiter === undefined && breaker === undefined ? use(freePermit) : Stream.unwrapScoped(
       Effect.map(gate(options), ({ permit, settle }) =>
         use(permit).pipe(
           Stream.onError((cause) => settle(Exit.failCause(cause))),
           Stream.onDone(() => settle(Exit.void))
         ))
-    ).pipe(Stream.tapError(onFailure))
+    )
+
+  const applyStream: Service["applyStream"] = (self, options) => {
+    const streamAttempt = Stream.tapError(gatedStream(streamUse(self), options), onFailure)
     if (retry === undefined) return Stream.unwrap(Effect.as(started, streamAttempt))
     // Retried only until the first element reaches the caller: after that a retry would show
-    // the same output twice, so the error is the answer.
+    // the same output twice, so the error is the answer. Noted per chunk of elements, not by an
+    // effect per element.
     return Stream.unwrap(Effect.map(started, () => {
       let delivered = false
       return streamAttempt.pipe(
-        Stream.tap(() => Effect.sync(() => (delivered = true))),
+        Stream.mapChunks((chunk) => {
+          delivered ||= Chunk.isNonEmpty(chunk)
+          return chunk
+        }),
         Stream.retry(retries(Schedule.whileInput(retry.schedule, () => !delivered)))
       )
     }))
