@@ -113,6 +113,40 @@ const retryAfterFailure = <A, E, R, R2>(
     ))
 
 /**
+ * `retryAfterFailure` for a stream, retried only until its first element reached the caller:
+ * after that a retry would show the same output twice, so the error is the answer. Delivery is
+ * noted per chunk of elements, and the schedule's driver is made only once an attempt failed
+ * (`Stream.retry` makes one, and a channel around the stream, for every stream).
+ */
+const retryStreamAfterFailure = <A, E, R, R2>(
+  attempt: Stream.Stream<A, E, R>,
+  onFailure: (error: E) => Effect.Effect<void>,
+  schedule: Schedule.Schedule<unknown, E, R2> | undefined
+): Stream.Stream<A, E, R | R2> =>
+  Stream.suspend(() => {
+    let delivered = false
+    const noted = Stream.mapChunks(attempt, (chunk) => {
+      delivered ||= Chunk.isNonEmpty(chunk)
+      return chunk
+    })
+    const answer = (error: E): Stream.Stream<never, E> => Stream.fail(error)
+    return Stream.catchAll(noted, (first) =>
+      Stream.unwrap(Effect.zipRight(
+        onFailure(first),
+        schedule === undefined || delivered ? Effect.succeed(answer(first)) : Effect.map(Schedule.driver(schedule), (driver) => {
+          const retryFrom = (error: E): Stream.Stream<A, E, R | R2> =>
+            Stream.unwrap(Effect.matchEffect(driver.next(error), {
+              onFailure: () => Effect.succeed(answer(error)),
+              onSuccess: () =>
+                Effect.succeed(Stream.catchAll(noted, (next) =>
+                  Stream.unwrap(Effect.as(onFailure(next), delivered ? answer(next) : retryFrom(next)))))
+            }))
+          return retryFrom(first)
+        })
+      )))
+  })
+
+/**
  * `Metric.trackDuration(callDuration)` in one synchronous step each side (same clock, same
  * metric labels): on the hot path, its effect chain costs more than a policy.
  */
@@ -156,7 +190,7 @@ export const make = (parts: Parts): Service => {
       : schedule.pipe(RetryBudget.guard(budget, { waitFor: parts.budgetWait ?? retry?.maxRetryAfter ?? Duration.zero }))
     return Schedule.modifyDelayEffect(guarded, (error, delay) => Effect.as(onRetry(error, delay), delay))
   }
-  // Built once: every call of `apply` follows the same schedule.
+  // Built once: every call of `apply` and `applyStream` follows the same schedule.
   const effectRetries = retry === undefined ? undefined : retries(retry.schedule)
 
   const onFailure = (error: unknown): Effect.Effect<void> =>
@@ -228,21 +262,8 @@ export const make = (parts: Parts): Service => {
     )
 
   const applyStream: Service["applyStream"] = (self, options) => {
-    const streamAttempt = Stream.tapError(gatedStream(streamUse(self), options), onFailure)
-    if (retry === undefined) return Stream.unwrap(Effect.as(started, streamAttempt))
-    // Retried only until the first element reaches the caller: after that a retry would show
-    // the same output twice, so the error is the answer. Noted per chunk of elements, not by an
-    // effect per element.
-    return Stream.unwrap(Effect.map(started, () => {
-      let delivered = false
-      return streamAttempt.pipe(
-        Stream.mapChunks((chunk) => {
-          delivered ||= Chunk.isNonEmpty(chunk)
-          return chunk
-        }),
-        Stream.retry(retries(Schedule.whileInput(retry.schedule, () => !delivered)))
-      )
-    }))
+    const streamAttempt = gatedStream(streamUse(self), options)
+    return Stream.unwrap(Effect.as(started, retryStreamAfterFailure(streamAttempt, onFailure, effectRetries)))
   }
 
   /**
