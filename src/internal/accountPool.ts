@@ -763,9 +763,9 @@ export const makeWith = <R>(
     const admitted = (member: Member, permit: Limiter.Permit) =>
       Effect.catchAll(member.breaker.admit, (open) => Effect.zipRight(permit.settle(Exit.fail(open)), failOver(member, open)))
 
-    /** A stream on `member`: its breaker's admission and the permit for as long as it runs. */
+    /** A stream on `member`, started in the attempt's scope: its breaker's admission and the permit for as long as it runs. */
     const streamOn = (placed: Placed, request: ChatCompletionRequest, options: CallOptions | undefined) =>
-      Stream.unwrapScoped(Effect.map(admitted(placed.member, placed.permit), (settleBreaker) => {
+      Effect.map(admitted(placed.member, placed.permit), (settleBreaker) => {
         const { member, permit } = placed
         const model = member.modelFor(request.model)
         let delivered = false
@@ -794,16 +794,22 @@ export const makeWith = <R>(
             )
           )
         )
-      }))
+      })
 
     const stream: Service["stream"] = (request, options) => {
       const attempt = (excluded: ReadonlySet<number>): Stream.Stream<ChatCompletionChunk, PoolError> => {
         const placement = placeScoped(request.model, options, excluded)
         const run = (placed: Placed) => streamOn(placed, request, options)
-        return Stream.unwrapScoped(whenTraced(Effect.map(placement, run), () => {
+        // Untraced, one scoped stage holds the placement and the breaker's admission.
+        return Stream.unwrapScoped(whenTraced(Effect.flatMap(placement, run), () => {
           const enteredAt = now()
           return Effect.map(placement, (placed) =>
-            GenAi.attemptStreamSpan("weatherproof.AccountPool.stream", request, placementOf(placed, request, enteredAt), run(placed)))
+            GenAi.attemptStreamSpan(
+              "weatherproof.AccountPool.stream",
+              request,
+              placementOf(placed, request, enteredAt),
+              Stream.unwrapScoped(run(placed))
+            ))
         })).pipe(Stream.catchTag("FailedOver", ({ member }) => attempt(excludeAfter(excluded, member))))
       }
       return Stream.unwrap(Effect.as(budget, attempt(new Set())))

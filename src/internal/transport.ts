@@ -467,23 +467,25 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
         return wire === overClient ? Effect.withTracerEnabled(createOn(wire, request, options), false) : createOn(wire, request, options)
       })
 
+    /** The scoped start of a stream on `wire`: its chunks, pulled as the consumer asks. */
     const streamOn = (wire: Wire, request: ChatSchema.ChatCompletionRequest, options: CallOptions | undefined) =>
-      Stream.unwrapScoped(Effect.gen(function*() {
+      Effect.gen(function*() {
         const timeline = yield* startTimeline(options)
         yield* wire.watchScoped(timeline)
         const body = { ...request, stream: true, stream_options: { ...request.stream_options, include_usage: true } }
         const reply = yield* send(wire, body, timeline)
         return Stream.repeatEffectChunkOption(chunkReader(yield* reply.reads, timeline))
-      }))
+      })
 
+    // One scoped stage, the wire chosen as the stream starts; traced, the stream in a span of its own.
     const stream: Service["stream"] = (request, options) =>
-      request.messages.length === 0 ? Stream.fail(noMessages) : Stream.unwrap(Effect.withFiberRuntime((fiber) => {
+      request.messages.length === 0 ? Stream.fail(noMessages) : Stream.unwrapScoped(Effect.withFiberRuntime((fiber) => {
         const wire = wireOf(fiber)
-        return Effect.succeed(
-          wire === undefined
-            ? Stream.withSpan(streamOn(overClient, request, options), "weatherproof.Transport.stream", attributesOf(request))
-            : streamOn(wire, request, options)
-        )
+        return wire === undefined
+          ? Effect.succeed(
+            Stream.withSpan(Stream.unwrapScoped(streamOn(overClient, request, options)), "weatherproof.Transport.stream", attributesOf(request))
+          )
+          : streamOn(wire, request, options)
       }))
 
     return { create, stream }
