@@ -30,6 +30,7 @@ import type { ChatCompletionChunk } from "../../src/ChatSchema.js"
 import { ChatCompletionRequest } from "../../src/ChatSchema.js"
 import { Resilient } from "../../src/Resilient.js"
 import type { CallOptions } from "../../src/Resilient.js"
+import * as SchemaFastPath from "../../src/internal/schemaFastPath.js"
 import { Router, Task } from "../../src/Router.js"
 import {
   BadRequest,
@@ -141,7 +142,7 @@ const readJson = (request: HttpServerRequest.HttpServerRequest): Effect.Effect<u
     return Effect.sync(detach)
   })
 
-const decodeRequest = Schema.decodeUnknownEither(ChatCompletionRequest)
+const decodeRequest = SchemaFastPath.decodeUnknownEither(ChatCompletionRequest)
 const decodeTask = Schema.decodeUnknownEither(Task)
 
 /** The body as a chat completion request; a missing `model` is left to the router (as `""`). */
