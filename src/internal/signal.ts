@@ -5,7 +5,7 @@
  * `Deferred.await`, a wait carries no interruption handler (a mask and a finalizer each): an
  * interrupted waiter's callback stays until the next `notify`, which then resumes nothing (a fiber
  * ignores a resumption after its interruption). For latches notified about once a request, such
- * as a batch's read-ahead and a pool's room, where a `Deferred` per wait cost a fifth of a
+ * as a batch's read-ahead and a pool's room, where a `Deferred` per wait cost a tenth of a
  * request's runtime steps.
  *
  * @internal
