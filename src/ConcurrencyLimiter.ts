@@ -307,7 +307,7 @@ export interface AdaptiveOptions extends LimiterOptions {
   readonly queueDelayWindows?: number | undefined
   /**
    * Where successes clock slow start: a round whose fastest success (from grant to end) took this
-   * many times the baseline is slow, and two in a row end slow start (above 1). Default 4.
+   * many times the baseline ends slow start (above 1). Default 4.
    */
   readonly latencyRise?: number | undefined
   /**

@@ -11,7 +11,7 @@ import * as Option from "effect/Option"
 import * as Scope from "effect/Scope"
 import * as ApiError from "../ApiError.js"
 import type { Classifier } from "../ApiError.js"
-import { assertValid, atLeast, ratio } from "./options.js"
+import { above, assertValid, atLeast, ratio } from "./options.js"
 import type {
   AcquireOptions,
   AdaptiveOptions,
@@ -865,10 +865,10 @@ const validateAdaptive = (config: AimdConfig): void =>
     ratio("backoff", config.backoff, true),
     ratio("fallBackoff", config.fallBackoff, true),
     ratio("fallHoldShare", config.fallHoldShare),
-    config.holdGrowth > 1 ? undefined : `holdGrowth must be above 1, got ${config.holdGrowth}`,
-    config.queueDelayRise > 1 ? undefined : `queueDelayRise must be above 1, got ${config.queueDelayRise}`,
+    above("holdGrowth", config.holdGrowth, 1),
+    above("queueDelayRise", config.queueDelayRise, 1),
     atLeast("queueDelayWindows", config.queueDelayWindows, 1),
-    config.latencyRise > 1 ? undefined : `latencyRise must be above 1, got ${config.latencyRise}`,
+    above("latencyRise", config.latencyRise, 1),
     ratio("overloadShare", config.overloadShare),
     ratio("overloadFloor", config.overloadFloor)
   ])

@@ -20,6 +20,9 @@ export const positiveInteger = (name: string, value: number): Problem =>
 export const atLeast = (name: string, value: number, min: number): Problem =>
   value >= min ? undefined : `${name} must be at least ${min}, got ${value}`
 
+export const above = (name: string, value: number, min: number): Problem =>
+  value > min ? undefined : `${name} must be above ${min}, got ${value}`
+
 export const finiteAtLeast = (name: string, value: number, min: number): Problem =>
   Number.isFinite(value) && value >= min ? undefined : `${name} must be a finite number ≥ ${min}, got ${value}`
 
