@@ -767,6 +767,8 @@ describe("ConcurrencyLimiter", () => {
       const ceiling = Math.min(...before.slice(300))
       const after = drive(aimd, 3_000, () => 1_000)
       expect(Math.min(...after)).toBeGreaterThanOrEqual(ceiling)
+      // Each probe is brought back: without the brake slow start would climb for good.
+      expect(Math.max(...after)).toBeLessThanOrEqual(3 * ceiling)
     })
   })
 
