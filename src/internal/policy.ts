@@ -125,25 +125,21 @@ const retryStreamAfterFailure = <A, E, R, R2>(
 ): Stream.Stream<A, E, R | R2> =>
   Stream.suspend(() => {
     let delivered = false
-    const noted = Stream.mapChunks(attempt, (chunk) => {
+    let driver: Schedule.ScheduleDriver<unknown, E, R2> | undefined
+    const driverOf = (schedule: Schedule.Schedule<unknown, E, R2>) =>
+      driver === undefined ? Effect.tap(Schedule.driver(schedule), (made) => (driver = made)) : Effect.succeed(driver)
+    /** The next attempt after a failure, or the failure as the answer. */
+    const after = (error: E): Effect.Effect<Stream.Stream<A, E, R | R2>, never, R2> =>
+      schedule === undefined || delivered ? Effect.succeed(Stream.fail(error)) : Effect.flatMap(driverOf(schedule), (made) =>
+        Effect.matchEffect(made.next(error), {
+          onFailure: () => Effect.succeed(Stream.fail(error)),
+          onSuccess: () => Effect.succeed(tried)
+        }))
+    const tried: Stream.Stream<A, E, R | R2> = Stream.mapChunks(attempt, (chunk) => {
       delivered ||= Chunk.isNonEmpty(chunk)
       return chunk
-    })
-    const answer = (error: E): Stream.Stream<never, E> => Stream.fail(error)
-    return Stream.catchAll(noted, (first) =>
-      Stream.unwrap(Effect.zipRight(
-        onFailure(first),
-        schedule === undefined || delivered ? Effect.succeed(answer(first)) : Effect.map(Schedule.driver(schedule), (driver) => {
-          const retryFrom = (error: E): Stream.Stream<A, E, R | R2> =>
-            Stream.unwrap(Effect.matchEffect(driver.next(error), {
-              onFailure: () => Effect.succeed(answer(error)),
-              onSuccess: () =>
-                Effect.succeed(Stream.catchAll(noted, (next) =>
-                  Stream.unwrap(Effect.as(onFailure(next), delivered ? answer(next) : retryFrom(next)))))
-            }))
-          return retryFrom(first)
-        })
-      )))
+    }).pipe(Stream.catchAll((error) => Stream.unwrap(Effect.zipRight(onFailure(error), after(error)))))
+    return tried
   })
 
 /**
