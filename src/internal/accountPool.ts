@@ -773,7 +773,7 @@ export const makeWith = <R>(
         let servedModel = model
         const settle = (exit: Exit.Exit<unknown, unknown>) => Effect.zipRight(permit.settle(exit), settleBreaker(exit))
         return member.transport.stream(member.requestFor(request), callOptions(options, permit)).pipe(
-          // Noted per chunk of chunks, not by an effect per chunk.
+          // Noted once per batch of chunks, not by an effect per chunk.
           Stream.mapChunks((chunks) => {
             for (const chunk of chunks) {
               delivered = true

@@ -166,13 +166,13 @@ const hexWord = (word: number): string => word.toString(16).padStart(8, "0")
  * first 24 drawn once for the run from Effect's `Random` and the last 8 counting its lines, so
  * every id of a run is its own without a draw per line.
  */
-export const makeRequestIds: Effect.Effect<() => string> = Effect.randomWith((random) => {
-  const word = Effect.map(random.nextIntBetween(0, 0x1_0000_0000), hexWord)
-  return Effect.map(Effect.zipWith(Effect.zipWith(word, word, (a, b) => a + b), word, (ab, c) => `batch_req_${ab}${c}`), (prefix) => {
+export const makeRequestIds: Effect.Effect<() => string> = Effect.randomWith((random) =>
+  Effect.map(Effect.all([1, 2, 3].map(() => random.nextIntBetween(0, 0x1_0000_0000))), (words) => {
+    const prefix = `batch_req_${words.map(hexWord).join("")}`
     let line = 0
     return () => prefix + hexWord(line++ % 0x1_0000_0000)
   })
-})
+)
 
 /** The result line of an answered request. */
 export const succeeded = (id: string, customId: string, completion: ChatCompletion): ResultLine => ({
