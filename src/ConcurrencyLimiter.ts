@@ -50,7 +50,12 @@
  *    come with the responses (an upstream that answers at once, or sends its headers only with
  *    the body), the level held counts requests on their way too, so a drop while holding there
  *    is an ordinary overshoot, and only a second one before a success is a fall.
- * 4. **Recover**: back to the ceiling by `max(1, ceiling − limit)` per round, about a round.
+ * 4. **Recover**: back to the ceiling within a round, in equal steps (the gap at the round's
+ *    start, at least one request). Where acceptances come ahead of responses they clock it, so
+ *    the gap closes as the permits granted since the decrease are accepted: clocked by
+ *    successes, it waited a whole response time for the first of them (seconds, upstream) while
+ *    the permits sent before the decrease ended, and on a cap of 2,500 held about 2,290 for ten
+ *    seconds.
  * 5. **Hold** at the ceiling for `holdRounds` (6) rounds and at least `holdRequests` (48)
  *    successes, then **probe** with slow start: above an unchanged cap the first extra request
  *    draws the one 429 a probe costs (and step 2 returns to the ceiling); a risen cap is found

@@ -333,7 +333,7 @@ describe("ConcurrencyLimiter", () => {
       expect(yield* Effect.replicateEffect(acceptedAsItEnds(limiter), 4)).toEqual([4, 6, 12, 24])
       // The last of 24 draws a 429: the ceiling is 23.
       yield* acceptedAsItEnds(limiter, (index) => index === 23 ? dropped : success)
-      expect(yield* Effect.replicateEffect(acceptedAsItEnds(limiter), 2)).toEqual([22, 23])
+      expect(yield* acceptedAsItEnds(limiter)).toBe(23) // back at the ceiling within a round
       return limiter
     })
 
@@ -378,6 +378,28 @@ describe("ConcurrencyLimiter", () => {
           return yield* limitOf(limiter)
         })
         expect(yield* acceptedRound).toBe(5) // the hold's round ends: one request above 4
+      }))
+
+    it.effect("with acceptances, the recovery after an overshoot is clocked by them: back at the ceiling before a response", () =>
+      Effect.gen(function*() {
+        const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 20 })
+        const first = yield* hold(limiter, 20)
+        yield* Effect.forEach(first, (h) => h.permit.accepted) // 20 held upstream: a 21st may go
+        const over = yield* hold(limiter, 1)
+        yield* over[0]!.permit.complete(dropped) // ceiling 20, the limit 0.9 × 21
+        expect(yield* limitOf(limiter)).toBe(18)
+        // The permits sent before the 429 end, seconds after their acceptance: they were granted
+        // at the old limit and grow nothing.
+        yield* TestClock.adjust("4 seconds")
+        yield* Effect.forEach(first, (h) => h.permit.complete(success))
+        yield* release([...first, ...over])
+        expect(yield* limitOf(limiter)).toBe(18)
+        // Each permit granted since proves a level the moment it is accepted, long before its
+        // response (seconds, upstream): the gap closes in a round of acceptances.
+        const next = yield* hold(limiter, 18)
+        yield* Effect.forEach(next, (h) => h.permit.accepted)
+        expect(yield* limitOf(limiter)).toBe(20)
+        yield* release(next)
       }))
 
     it.effect("a permit that ended lets the next one in only when it is released", () =>
@@ -897,7 +919,7 @@ describe("ConcurrencyLimiter", () => {
         }
         const phaseUse = caps.map((cap, phase) => {
           const start = acceptedAt[phase * perPhase]!
-          const end = acceptedAt[Math.min((phase + 1) * perPhase, total - 1)]!
+          const end = acceptedAt[(phase + 1) * perPhase - 1]!
           return averageInFlight((start + end) / 2, end) / cap
         })
         const oracle = (() => {

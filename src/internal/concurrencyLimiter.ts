@@ -429,6 +429,10 @@ export class Aimd implements Policy {
     const level = ++this.acceptedOutstanding
     if (stamp !== this.epoch) return false
     this.succeededSinceDecrease = true
+    if (this.phase === "recover" && this.acceptedAhead && this.congestedWindows === 0) {
+      this.grow()
+      return true
+    }
     if (level <= this.confirmed) return false
     this.confirmed = level
     if (this.phase !== "slowStart" || this.congestedWindows > 0 || level < this.limit) return false
@@ -484,8 +488,14 @@ export class Aimd implements Policy {
    * the limit: successes clock it then (a request a round above a ceiling), or nothing would.
    */
   private clockedOtherwise(clockedByAcceptance: boolean): boolean {
-    return this.phase === "slowStart" &&
-      (clockedByAcceptance || (this.acceptanceClocked && !this.acceptedWithResponses && Number.isFinite(this.ceiling)))
+    switch (this.phase) {
+      case "slowStart":
+        return clockedByAcceptance || (this.acceptanceClocked && !this.acceptedWithResponses && Number.isFinite(this.ceiling))
+      case "recover":
+        return clockedByAcceptance
+      case "hold":
+        return false
+    }
   }
 
   /** An overload drop counts towards its round; whether the round steps down is judged at its end. */
@@ -508,7 +518,8 @@ export class Aimd implements Policy {
         this.setValue(this.value + (this.acceptedWithResponses && Number.isFinite(this.ceiling) ? 1 / this.roundSize : 1))
         return
       case "recover": {
-        const next = this.value + Math.max(1, this.ceiling - this.value) / this.roundSize
+        // The gap at the round's start, in equal steps: back at the ceiling within the round.
+        const next = this.value + Math.max(1, this.ceiling - this.roundSize) / this.roundSize
         if (next < this.ceiling - epsilon) return this.setValue(next)
         this.setValue(this.ceiling)
         return this.startHold()
