@@ -42,14 +42,14 @@
  *    (0.9: a gentle step, since the cap was just measured). Drops of permits granted before
  *    that decrease were sent at the old limit and move nothing, except that one sent alongside
  *    the first lowers the ceiling to what was accepted.
- * 3. **Fall**: a drop while holding at the ceiling (nothing was sent above a level already
- *    accepted), or a drop of a permit granted after a decrease before any such permit was
+ * 3. **Fall**: a drop while holding at the ceiling or recovering towards it (nothing was sent
+ *    above a level already accepted), or a drop of a permit granted after a decrease before any such permit was
  *    accepted or succeeded, means the cap itself fell below what we hold. It can be anywhere
  *    below, so the limit becomes in-flight × `fallBackoff` (0.25: a 24 → 6 fall costs one 429,
  *    and a mild fall is climbed back by slow start) and slow start resumes. Where acceptances
  *    come with the responses (an upstream that answers at once, or sends its headers only with
  *    the body), the level held counts requests on their way too, so a drop while holding there
- *    is an ordinary overshoot, and only a second one before a success is a fall.
+ *    (or recovering) is an ordinary overshoot, and only a second one before a success is a fall.
  * 4. **Recover**: back to the ceiling within a round, in equal steps (the gap at the round's
  *    start, at least one request). Where acceptances come ahead of responses they clock it, so
  *    the gap closes as the permits granted since the decrease are accepted: clocked by

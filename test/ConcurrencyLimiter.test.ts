@@ -402,6 +402,26 @@ describe("ConcurrencyLimiter", () => {
         yield* release(next)
       }))
 
+    it.effect("a 429 while recovering towards the ceiling is a fall: nothing was sent above a level already accepted", () =>
+      Effect.gen(function*() {
+        const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 20 })
+        const first = yield* hold(limiter, 20)
+        yield* Effect.forEach(first, (h) => h.permit.accepted)
+        const over = yield* hold(limiter, 1)
+        yield* over[0]!.permit.complete(dropped) // ceiling 20, recovering from 18
+        yield* TestClock.adjust("4 seconds")
+        yield* Effect.forEach(first, (h) => h.permit.complete(success))
+        yield* release([...first, ...over])
+        const next = yield* hold(limiter, 18)
+        yield* Effect.forEach(next.slice(0, 5), (h) => h.permit.accepted)
+        expect(yield* limitOf(limiter)).toBe(19)
+        // 18 in flight, under the 20 accepted before: the cap itself fell, anywhere below, so
+        // the limit falls to a quarter of the level (an overshoot would give 0.9 × 18).
+        yield* next[5]!.permit.complete(dropped)
+        expect(yield* limitOf(limiter)).toBe(4)
+        yield* release(next)
+      }))
+
     it.effect("a permit that ended lets the next one in only when it is released", () =>
       Effect.gen(function*() {
         const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 2 })

@@ -619,11 +619,11 @@ export class Aimd implements Policy {
 
   private decrease(inFlight: number): void {
     const level = Math.min(this.value, inFlight)
-    if (this.succeededSinceDecrease && (this.phase !== "hold" || this.acceptedWithResponses)) {
-      // An ordinary overshoot: everything but the dropped request was accepted. So is a drop while
-      // holding where acceptances come with responses: the level held counts requests on their
-      // way to and from the upstream, which its cap does not, so it is no proof of what the
-      // upstream held; a second drop before a success still reads as a fall.
+    if (this.succeededSinceDecrease && (this.phase === "slowStart" || this.acceptedWithResponses)) {
+      // An ordinary overshoot: everything but the dropped request was accepted. So is a drop at
+      // or under the ceiling where acceptances come with responses: the level held counts
+      // requests on their way to and from the upstream, which its cap does not, so it is no
+      // proof of what the upstream held; a second drop before a success still reads as a fall.
       const ceiling = Math.max(this.config.min, inFlight - 1)
       if (Number.isFinite(this.ceiling) && ceiling <= this.ceiling) this.holdShare = Math.min(1, this.holdShare * this.config.holdGrowth)
       this.ceiling = ceiling
@@ -631,8 +631,8 @@ export class Aimd implements Policy {
       if (this.value < this.ceiling) this.phase = "recover"
       else this.startHold()
     } else {
-      // Dropped while holding at a level already accepted, or again before anything sent at the
-      // lowered limit succeeded: the cap itself fell.
+      // Dropped at or under a level already accepted (holding or recovering), or again before
+      // anything sent at the lowered limit succeeded: the cap itself fell.
       this.ceiling = Infinity
       this.setValue(level * this.config.fallBackoff)
       this.phase = "slowStart"
