@@ -37,19 +37,22 @@
  *    one request at a time. A probe above a ceiling (step 5) grows only by acceptances whenever
  *    they are reported, so an unchanged cap costs it one 429 even when they come with the
  *    response.
- * 2. **Decrease, once per round**: on a drop, the *ceiling* becomes in-flight − 1 (everything
- *    but the dropped request was accepted) and the limit `min(ceiling, in-flight × backoff)`
- *    (0.9: a gentle step, since the cap was just measured). Drops of permits granted before
- *    that decrease were sent at the old limit and move nothing, except that one sent alongside
- *    the first lowers the ceiling to what was accepted.
+ * 2. **Decrease, once per round**: on a drop, the *ceiling* becomes the level held − 1
+ *    (everything but the dropped request was accepted): in-flight, or the limit where that is
+ *    lower (after a brake lowered the limit, requests granted above it are still in flight, and
+ *    a drop among them must not raise the ceiling to where the limit braked). The limit becomes
+ *    `min(ceiling, level × backoff)` (0.9: a gentle step, since the cap was just measured).
+ *    Drops of permits granted before that decrease were sent at the old limit and move nothing,
+ *    except that one sent alongside the first lowers the ceiling to what was accepted.
  * 3. **Fall**: a drop while holding at the ceiling or recovering towards it (nothing was sent
- *    above a level already accepted), or a drop of a permit granted after a decrease before any such permit was
- *    accepted or succeeded, means the cap itself fell below what we hold. It can be anywhere
- *    below, so the limit becomes in-flight × `fallBackoff` (0.25: a 24 → 6 fall costs one 429,
- *    and a mild fall is climbed back by slow start) and slow start resumes. Where acceptances
- *    come with the responses (an upstream that answers at once, or sends its headers only with
- *    the body), the level held counts requests on their way too, so a drop while holding there
- *    (or recovering) is an ordinary overshoot, and only a second one before a success is a fall.
+ *    above a level already accepted), or a drop of a permit granted after a decrease before any
+ *    such permit was accepted or succeeded, means the cap itself fell below what we hold. It
+ *    can be anywhere below, so the limit becomes in-flight × `fallBackoff` (0.25: a 24 → 6 fall
+ *    costs one 429, and a mild fall is climbed back by slow start) and slow start resumes.
+ *    Where acceptances come with the responses (an upstream that answers at once, or sends its
+ *    headers only with the body), the level held counts requests on their way too, so a drop
+ *    while holding there (or recovering) is an ordinary overshoot, and only a second one before
+ *    a success is a fall.
  * 4. **Recover**: back to the ceiling within a round, in equal steps (the gap at the round's
  *    start, at least one request). Where acceptances come ahead of responses they clock it, so
  *    the gap closes as the permits granted since the decrease are accepted: clocked by

@@ -345,6 +345,25 @@ describe("ConcurrencyLimiter", () => {
       expect(aimd.limit).toBe(9)
     })
 
+    it("a 429 after a brake lowered the limit never sets the ceiling above the level held", () => {
+      const aimd = new Aimd(adaptiveConfig({ initial: 8 }))
+      const withResponse = { timing: "withResponse", grew: false } as const
+      const succeed = (count: number, elapsedMillis: number, inFlight: number) => {
+        for (let i = 0; i < count; i++) {
+          aimd.accepted(aimd.stamp)
+          aimd.record(aimd.stamp, success, inFlight, withResponse, elapsedMillis)
+        }
+      }
+      succeed(8, 10, 8) // a round at 10 ms: the baseline
+      succeed(16, 100, 16) // ten times slower: the brake stops slow start far below
+      const braked = aimd.limit
+      expect(braked).toBeLessThan(8)
+      // 30 requests granted before the brake are still in flight, far above the limit.
+      aimd.record(0, dropped, 30, { timing: "unreported", grew: false }, 100)
+      succeed(20, 10, braked)
+      expect(aimd.limit).toBeLessThanOrEqual(braked) // it recovered towards 29 when in-flight set the ceiling
+    })
+
     it.effect("where acceptance comes only with the response, a probe above a ceiling grows by a request a round", () =>
       Effect.gen(function*() {
         const limiter = yield* holdingWithResponses

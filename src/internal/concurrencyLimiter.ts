@@ -624,7 +624,9 @@ export class Aimd implements Policy {
       // or under the ceiling where acceptances come with responses: the level held counts
       // requests on their way to and from the upstream, which its cap does not, so it is no
       // proof of what the upstream held; a second drop before a success still reads as a fall.
-      const ceiling = Math.max(this.config.min, inFlight - 1)
+      // Not in-flight alone: after a brake lowered the limit, requests granted above it are
+      // still in flight, and a drop among them must not raise the ceiling to where it braked.
+      const ceiling = Math.max(this.config.min, level - 1)
       if (Number.isFinite(this.ceiling) && ceiling <= this.ceiling) this.holdShare = Math.min(1, this.holdShare * this.config.holdGrowth)
       this.ceiling = ceiling
       this.setValue(Math.min(this.ceiling, level * this.config.backoff))
