@@ -399,20 +399,26 @@ describe("ConcurrencyLimiter", () => {
         expect(yield* acceptedRound).toBe(5) // the hold's round ends: one request above 4
       }))
 
+    /** Acceptances ahead of responses, 20 accepted, the 21st dropped: recovering from 18 towards 20. */
+    const recoveringAt18 = Effect.gen(function*() {
+      const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 20 })
+      const first = yield* hold(limiter, 20)
+      yield* Effect.forEach(first, (h) => h.permit.accepted) // 20 held upstream: a 21st may go
+      const over = yield* hold(limiter, 1)
+      yield* over[0]!.permit.complete(dropped) // ceiling 20, the limit 0.9 × 21
+      expect(yield* limitOf(limiter)).toBe(18)
+      // The permits sent before the 429 end, seconds after their acceptance: they were granted
+      // at the old limit and grow nothing.
+      yield* TestClock.adjust("4 seconds")
+      yield* Effect.forEach(first, (h) => h.permit.complete(success))
+      yield* release([...first, ...over])
+      expect(yield* limitOf(limiter)).toBe(18)
+      return limiter
+    })
+
     it.effect("with acceptances, the recovery after an overshoot is clocked by them: back at the ceiling before a response", () =>
       Effect.gen(function*() {
-        const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 20 })
-        const first = yield* hold(limiter, 20)
-        yield* Effect.forEach(first, (h) => h.permit.accepted) // 20 held upstream: a 21st may go
-        const over = yield* hold(limiter, 1)
-        yield* over[0]!.permit.complete(dropped) // ceiling 20, the limit 0.9 × 21
-        expect(yield* limitOf(limiter)).toBe(18)
-        // The permits sent before the 429 end, seconds after their acceptance: they were granted
-        // at the old limit and grow nothing.
-        yield* TestClock.adjust("4 seconds")
-        yield* Effect.forEach(first, (h) => h.permit.complete(success))
-        yield* release([...first, ...over])
-        expect(yield* limitOf(limiter)).toBe(18)
+        const limiter = yield* recoveringAt18
         // Each permit granted since proves a level the moment it is accepted, long before its
         // response (seconds, upstream): the gap closes in a round of acceptances.
         const next = yield* hold(limiter, 18)
@@ -423,14 +429,7 @@ describe("ConcurrencyLimiter", () => {
 
     it.effect("a 429 while recovering towards the ceiling is a fall: nothing was sent above a level already accepted", () =>
       Effect.gen(function*() {
-        const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 20 })
-        const first = yield* hold(limiter, 20)
-        yield* Effect.forEach(first, (h) => h.permit.accepted)
-        const over = yield* hold(limiter, 1)
-        yield* over[0]!.permit.complete(dropped) // ceiling 20, recovering from 18
-        yield* TestClock.adjust("4 seconds")
-        yield* Effect.forEach(first, (h) => h.permit.complete(success))
-        yield* release([...first, ...over])
+        const limiter = yield* recoveringAt18
         const next = yield* hold(limiter, 18)
         yield* Effect.forEach(next.slice(0, 5), (h) => h.permit.accepted)
         expect(yield* limitOf(limiter)).toBe(19)
