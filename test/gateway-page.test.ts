@@ -97,6 +97,9 @@ describe.skipIf(!present)(title, () => {
       yield* waitFor(page, "throttling banner", "document.getElementById('banner').textContent.includes('DeepSeek is throttling')")
       expect(yield* attempt(() => page.locator("#banner").isVisible())).toBe(true)
       yield* waitFor(page, "in-flight chart follows the burst", "window.__gateway.samples.some((s) => s.gateway.active > 0)")
+      // More calls than both accounts' permits: the queue charts and the lanes table show them.
+      yield* waitFor(page, "queued calls shown", "window.__gateway.samples.some((s) => s.accounts.some((a) => a.queued > 0))")
+      yield* waitFor(page, "a lane per account and model", "document.querySelectorAll('#lanes tbody tr').length === 2")
       const after = yield* attempt(() => page.evaluate(() => (window as unknown as { __gateway: { updates: number } }).__gateway.updates))
       expect(after).toBeGreaterThan(before)
       if (screenshot !== undefined) {

@@ -96,6 +96,13 @@ function spendTable(latest) {
     $("td", {}, String(m.tokens.completion || 0)), $("td", {}, String(m.tokens.reasoning || 0)))));
 }
 
+function lanesTable(latest) {
+  const body = document.querySelector("#lanes tbody");
+  body.replaceChildren(...latest.accounts.flatMap((a) => a.models.map((m) => $("tr", {},
+    $("td", {}, a.name), $("td", {}, m.model), $("td", {}, String(m.limit)),
+    $("td", {}, String(m.inFlight)), $("td", {}, String(m.queued))))));
+}
+
 function render() {
   const samples = state.samples;
   const latest = samples[samples.length - 1];
@@ -122,6 +129,7 @@ function render() {
     " in flight, " + latest.gateway.streamsCut + " streams cut, spent " + usd(latest.spend.costUsd) +
     (latest.spend.budgetUsd === null ? "" : " of " + usd(latest.spend.budgetUsd));
   banner(latest);
+  lanesTable(latest);
   spendTable(latest);
   state.updates++;
 }
@@ -171,6 +179,13 @@ export const html = `<!doctype html>
 <div id="banner" role="status" hidden></div>
 <div id="gateway"></div>
 <div id="accounts"></div>
+<section class="card">
+<h2>lanes by account and model</h2>
+<table id="lanes">
+<thead><tr><th>account</th><th>model</th><th>limit</th><th>in flight</th><th>queued (the model's)</th></tr></thead>
+<tbody></tbody>
+</table>
+</section>
 <section class="card">
 <h2>spend by account and model</h2>
 <table id="spend">

@@ -5,8 +5,8 @@
  * kept for the page's charts (`GET /status.json`); each new one is published to the page's feed
  * and to the alerts.
  *
- * Samples read only public interfaces: `AccountPool.snapshot`, `CostLedger.snapshot` and the
- * Effect metric registry (queued callers per limiter, tokens and cost per account and model).
+ * Samples read only public interfaces: `AccountPool.snapshot` (each account and its model lanes),
+ * `CostLedger.snapshot` and the Effect metric registry (tokens and cost per account and model).
  */
 import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
@@ -24,7 +24,10 @@ import type { Traffic } from "./traffic.js"
 
 /** One account, as the page draws it. */
 export interface AccountSample extends AccountStatus {
-  /** Callers waiting for one of its permits. */
+  /**
+   * Calls waiting at the pool for a model the account serves (a model's queue is the pool's, so
+   * accounts serving one model show the same calls).
+   */
   readonly queued: number
   /** 429s per second since the previous sample. */
   readonly rateLimitedPerSecond: number
@@ -91,11 +94,10 @@ const valueOf = (pair: MetricPair.MetricPair.Untyped): number => {
   return MetricState.isGaugeState(state) ? Number(state.value) : MetricState.isCounterState(state) ? Number(state.count) : 0
 }
 
-/** Queued callers by limiter name, and tokens and cost by (account, model), from the registry. */
-const fromMetrics = (pairs: ReadonlyArray<MetricPair.MetricPair.Untyped>) => {
-  const queued = new Map<string, number>()
+/** Tokens and cost by (account, model), from the registry. */
+const spendOf = (pairs: ReadonlyArray<MetricPair.MetricPair.Untyped>): ReadonlyArray<ModelSpend> => {
   const spend = new Map<string, { account: string; model: string; costUsd: number; tokens: Record<string, number> }>()
-  const spendOf = (pair: MetricPair.MetricPair.Untyped) => {
+  const entryOf = (pair: MetricPair.MetricPair.Untyped) => {
     const account = tagOf(pair, "account") ?? ""
     const model = tagOf(pair, "model") ?? ""
     const key = `${account}\u0000${model}`
@@ -108,22 +110,17 @@ const fromMetrics = (pairs: ReadonlyArray<MetricPair.MetricPair.Untyped>) => {
   }
   for (const pair of pairs) {
     switch (pair.metricKey.name) {
-      case "weatherproof_concurrency_queued": {
-        const limiter = tagOf(pair, "limiter")
-        if (limiter !== undefined) queued.set(limiter, (queued.get(limiter) ?? 0) + valueOf(pair))
-        break
-      }
       case "weatherproof_tokens": {
         const kind = tagOf(pair, "kind")
-        if (kind !== undefined) spendOf(pair).tokens[kind] = valueOf(pair)
+        if (kind !== undefined) entryOf(pair).tokens[kind] = valueOf(pair)
         break
       }
       case "weatherproof_cost_usd":
-        spendOf(pair).costUsd = valueOf(pair)
+        entryOf(pair).costUsd = valueOf(pair)
         break
     }
   }
-  return { queued, models: Array.from(spend.values()) }
+  return Array.from(spend.values())
 }
 
 export const make = (traffic: Traffic, options: Options): Effect.Effect<Monitor, never, AccountPool | CostLedger | Scope.Scope> =>
@@ -139,7 +136,7 @@ export const make = (traffic: Traffic, options: Options): Effect.Effect<Monitor,
       const t = yield* Clock.currentTimeMillis
       const statuses = yield* pool.snapshot
       const totals = yield* ledger.snapshot
-      const { models, queued } = fromMetrics(yield* Metric.snapshot)
+      const models = spendOf(yield* Metric.snapshot)
       const previous = history.at(-1)
       const seconds = previous === undefined ? 1 : Math.max((t - previous.t) / 1000, 0.001)
       const accounts = statuses.map((status): AccountSample => {
@@ -148,7 +145,7 @@ export const make = (traffic: Traffic, options: Options): Effect.Effect<Monitor,
         if (new429s > 0) last429.set(status.name, t)
         return {
           ...status,
-          queued: queued.get(status.name) ?? 0,
+          queued: status.models.reduce((sum, lane) => sum + lane.queued, 0),
           rateLimitedPerSecond: new429s / seconds,
           breaker: breakerLevel(status.state),
           costUsd: totals.byAccount[status.name]?.costUsd ?? 0
