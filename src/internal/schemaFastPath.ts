@@ -14,7 +14,7 @@
  */
 import * as Either from "effect/Either"
 import * as Option from "effect/Option"
-import type * as ParseResult from "effect/ParseResult"
+import * as ParseResult from "effect/ParseResult"
 import * as Schema from "effect/Schema"
 import * as AST from "effect/SchemaAST"
 
@@ -113,6 +113,9 @@ const typeLiteralGuard = (ast: AST.TypeLiteral): Guard => {
   return (input) => {
     if (typeof input !== "object" || input === null || Array.isArray(input)) return false
     const record = input as Record<string, unknown>
+    // `JSON.parse` makes `"__proto__"` an own key; the decoder's copy assigns it, which sets the
+    // copy's prototype instead: not the same value.
+    if (hasOwn.call(record, "__proto__")) return false
     for (let i = 0; i < names.length; i++) {
       const name = names[i]!
       if (!hasOwn.call(record, name)) {
@@ -141,7 +144,9 @@ const indexGuard = (signatures: ReadonlyArray<AST.IndexSignature>): Guard | unde
 
 /**
  * `Schema.decodeUnknownEither(schema, options)`, answering with the input itself when the
- * compiled guard proves it decodes to an equal value.
+ * compiled guard proves it decodes to an equal value. An input the decoder throws on (it formats
+ * some values with `String`, which throws for an object whose `toString` is not a function, such
+ * as `{"toString": 0}` from JSON) is a failure too: bad input is never a defect.
  */
 export const decodeUnknownEither = <A, I>(
   schema: Schema.Schema<A, I, never>,
@@ -149,5 +154,16 @@ export const decodeUnknownEither = <A, I>(
 ): (input: unknown) => Either.Either<A, ParseResult.ParseError> => {
   const decode = Schema.decodeUnknownEither(schema, options)
   const guard = guardOf(schema.ast)
-  return (input) => guard(input) ? Either.right(input as A) : decode(input)
+  const undecodable = (defect: unknown) =>
+    new ParseResult.ParseError({
+      issue: new ParseResult.Type(schema.ast, null, `a value the decoder cannot read: ${String(defect)}`)
+    })
+  return (input) => {
+    if (guard(input)) return Either.right(input as A)
+    try {
+      return decode(input)
+    } catch (defect) {
+      return Either.left(undecodable(defect))
+    }
+  }
 }
