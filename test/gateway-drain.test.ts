@@ -12,7 +12,7 @@ import * as Scope from "effect/Scope"
 import OpenAI, { APIError } from "openai"
 import * as Simulator from "../src/Simulator.js"
 import * as Wire from "../src/internal/wire.js"
-import { account, attempt, openai, startGateway } from "./support/gateway.js"
+import { account, attempt, openai, rawText, startGateway } from "./support/gateway.js"
 import { rawServer } from "./support/rawServer.js"
 import { serveProcess } from "./support/serveChild.js"
 import type { Handler } from "./support/rawServer.js"
@@ -102,6 +102,22 @@ describe("weatherproof serve, shutting down", () => {
       expect((refused as APIError).status).toBe(503)
       expect(gateway.traffic.active).toBe(0)
       expect(gateway.traffic.streamsCut).toBe(1)
+    }))
+
+  it.scopedLive("past the drain timeout, a JSON answer already committed by keep-alives ends with an OpenAI error body", () =>
+    Effect.gen(function*() {
+      const neverAnswers: Handler = () => new Promise(() => {})
+      const upstream = yield* rawServer([neverAnswers])
+      const gateway = yield* startGateway([account("a", upstream.url, ["upstream-key"])], {
+        drainTimeout: "300 millis",
+        keepAliveInterval: "50 millis"
+      })
+      const waiting = yield* Effect.fork(rawText(`${gateway.url}/v1/chat/completions`, { model, messages: [{ role: "user", content: "y" }] }))
+      yield* Effect.sleep("200 millis")
+      expect(gateway.traffic.keepAlives).toBeGreaterThan(0)
+      yield* gateway.drain
+      expect(yield* Fiber.join(waiting)).toMatch(/^\n+\{"error":\{[^\n]*"code":"shutting_down"\}\}$/)
+      expect(gateway.traffic.active).toBe(0)
     }))
 
   it.scopedLive("closing the gateway's scope drains it the same way, the drain timeout included", () =>

@@ -274,17 +274,20 @@ describe("weatherproof serve, with the openai client", () => {
       expect(stream).toMatch(/^(: keep-alive\n\n)+data: \{"error":\{[^\n]*"code":"late_refusal"\}\}\n\n$/)
     }))
 
-  it.scopedLive("a client that disconnects cancels its upstream call and frees its permit", () =>
+  it.scopedLive.each([true, false])("a client that disconnects cancels its upstream call and frees its permit (stream: %s)", (stream) =>
     Effect.gen(function*() {
       const sim = yield* Simulator.make({ queueDelay: 2_000, keepAliveInterval: 20 })
       const gateway = yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])], { keepAliveInterval: "50 millis" })
       const controller = new AbortController()
-      const call = yield* Effect.fork(Effect.either(Effect.flatMap(
-        attempt(() =>
-          openai(gateway.url).chat.completions.create({ model, messages: ask("x"), stream: true }, { signal: controller.signal })
-        ),
-        collect
-      )))
+      const client = openai(gateway.url)
+      const call = yield* Effect.fork(Effect.either<unknown, unknown, never>(
+        stream
+          ? Effect.flatMap(
+            attempt(() => client.chat.completions.create({ model, messages: ask("x"), stream: true }, { signal: controller.signal })),
+            collect
+          )
+          : attempt(() => client.chat.completions.create({ model, messages: ask("x") }, { signal: controller.signal }))
+      ))
       yield* Effect.sleep("300 millis")
       expect((yield* gateway.pool.snapshot)[0]?.inFlight).toBe(1)
       controller.abort()

@@ -15,6 +15,7 @@ import type * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
+import type * as Http from "node:http"
 
 const utf8 = new TextEncoder()
 
@@ -107,6 +108,51 @@ export const awaitFirst = <A, E>(
     const body = Stream.concat(Stream.interruptWhen(keepAlives, ended), Stream.unwrap(Effect.map(ended, waiter.late)))
     return HttpServerResponse.stream(body, { contentType: waiter.contentType, headers: waiter.headers })
   })
+
+/** What a handler returns for an answer it ended itself: the platform leaves an ended response alone. */
+const ended = HttpServerResponse.empty({ status: 200 })
+
+/**
+ * Keep-alives of a JSON answer written straight to Node's `response`, by a Node timer (no fiber,
+ * no observer): after `interval` without an answer its 200 and headers are committed, then a
+ * blank line goes every interval until `end` writes the body.
+ */
+export class JsonKeepAlive {
+  committed = false
+  private timer: ReturnType<typeof setTimeout> | undefined
+
+  constructor(
+    private readonly response: Http.ServerResponse,
+    private readonly settings: { readonly interval: Duration.Duration; readonly onKeepAlive: () => void }
+  ) {
+    this.timer = setTimeout(this.tick, Duration.toMillis(settings.interval))
+  }
+
+  private readonly tick = (): void => {
+    const { response, settings } = this
+    if (response.writableEnded || response.destroyed) return
+    if (!this.committed) {
+      this.committed = true
+      response.writeHead(200, { "content-type": "application/json" })
+    }
+    // Corked and uncorked, so the line leaves now rather than on the next tick.
+    response.cork()
+    response.write(jsonKeepAlive)
+    response.uncork()
+    settings.onKeepAlive()
+    this.timer = setTimeout(this.tick, Duration.toMillis(settings.interval))
+  }
+
+  stop(): void {
+    clearTimeout(this.timer)
+  }
+
+  /** Ends the committed answer with `body`. */
+  end(body: Uint8Array): HttpServerResponse.HttpServerResponse {
+    if (!this.response.writableEnded) this.response.end(body)
+    return ended
+  }
+}
 
 /**
  * A result told once to each observer, as a fiber tells its exit: for what is not a fiber's
