@@ -251,7 +251,7 @@ export const make = (settings: Settings, traffic: Traffic) =>
 
     /**
      * A completion, called in the request's own fiber (tracked, so the drain deadline can cut it):
-     * a fiber of its own per request, to wait for it beside a keep-alive timer, cost a sixth of the
+     * a fiber of its own per request, to wait for it beside a keep-alive timer, cost a fifth of the
      * gateway's CPU per answer under load. The keep-alives are a Node timer writing to the
      * response (`JsonKeepAlive`). How the call ended is written by `answer`; a call cut by the
      * drain is answered from its exit handler (its fiber is interrupted), and a client that went
