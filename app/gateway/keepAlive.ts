@@ -27,7 +27,8 @@ export const sseKeepAlive: Uint8Array = utf8.encode(": keep-alive\n\n")
 
 /**
  * What a client waits for, already running: it tells each observer its result once (at once when
- * it has it). A call's fiber is one (its exit); a stream's first events are another.
+ * it has it), as a fiber tells its exit. A stream's first events (`Latch`) are one; a completion
+ * waits in the request's own fiber, its keep-alives written by `JsonKeepAlive`.
  */
 export interface Pending<A, E> {
   readonly addObserver: (observer: (exit: Exit.Exit<A, E>) => void) => void
