@@ -3,8 +3,10 @@ import * as Chunk from "effect/Chunk"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Context from "effect/Context"
 import * as DefaultServices from "effect/DefaultServices"
+import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
@@ -675,6 +677,33 @@ describe("Transport over loopback (undici, 127.0.0.1)", () => {
       yield* Effect.provide(Effect.repeatN(drain(), 2), loopback(server, { connections: 1 }))
       expect(server.received().map((r) => r.connection)).toEqual([1, 1, 1])
     }))
+
+  // The waits carry no interruption handler: the call's one exit handler aborts its exchange.
+  it.scopedLive.each(["headers", "body"] as const)(
+    "an interrupted call, waiting for its %s, aborts its exchange: the upstream sees the connection close",
+    (waitingFor) =>
+      Effect.gen(function*() {
+        const closed = yield* Deferred.make<void>()
+        const answered = yield* Deferred.make<void>()
+        const server = yield* rawServer([async (request, response) => {
+          request.socket.once("close", () => Deferred.unsafeDone(closed, Exit.void))
+          if (waitingFor === "body") {
+            response.writeHead(200, { "content-type": "application/json" })
+            response.write("\n")
+          }
+          Deferred.unsafeDone(answered, Exit.void)
+        }])
+        // The transport outlives the call: only the abort can close the connection.
+        yield* Effect.gen(function*() {
+          const call = yield* Effect.fork(create())
+          yield* Deferred.await(answered)
+          // Let the headers (and the blank line) reach the waiting call.
+          yield* Effect.sleep("50 millis")
+          yield* Fiber.interrupt(call)
+          yield* Deferred.await(closed).pipe(Effect.timeoutFail({ duration: "2 seconds", onTimeout: () => "the connection stayed open" }))
+        }).pipe(Effect.provide(loopback(server)))
+      })
+  )
 
   it.scopedLive("a refused connection is TransportError connect", () =>
     Effect.gen(function*() {

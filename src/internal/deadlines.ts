@@ -68,8 +68,11 @@ export class Timeline {
   waiting = true
   /** What arrived so far, for the error of a deadline that passes. */
   partial: () => PartialOutput = noPartial
-  /** Ends the exchange under way with a deadline's error: set by the exchange, called by the watchdog. */
-  abort: ((error: DeadlineExceeded) => void) | undefined
+  /**
+   * Ends the exchange under way, unless it ended: set by the exchange, called by the watchdog with
+   * a deadline's error and by the wire as the call ends.
+   */
+  abort: ((reason: Error) => void) | undefined
   /** The deadline that passed, once one did (the watchdog's). */
   expired: DeadlineExceeded | undefined
 

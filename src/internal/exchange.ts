@@ -14,9 +14,6 @@ import type { Dispatcher } from "undici"
 /** Reads held before undici is asked to pause the socket (a consumer slower than the upstream). */
 const maxBuffered = 64
 
-/** What an interrupted wait aborts the exchange with. */
-const interrupted = new Error("the call was interrupted")
-
 /** The options of a request: where it goes and what it carries. */
 export interface Request {
   readonly origin: string
@@ -77,10 +74,11 @@ export class Exchange implements Dispatcher.DispatchHandler {
     this.fail(error)
   }
 
-  /** Ends the exchange with `reason`: a wait under way, and every later one, fails with it. */
+  /** Ends the exchange with `reason` unless it ended: a wait under way, and every later one, fails with it. */
   abort(reason: Error): void {
+    if (this.ended) return
     this.fail(reason)
-    if (!this.ended) this.controller?.abort(reason)
+    this.controller?.abort(reason)
   }
 
   /** The status and headers arrived. */
@@ -128,8 +126,9 @@ export class Exchange implements Dispatcher.DispatchHandler {
 
   /**
    * Waits until `ready` gives a value (reads are handed over before a failure that came after
-   * them); an interrupted wait aborts the exchange. What is there already is answered without a
-   * wait (and its interruption handler).
+   * them); what is there already is answered without a wait. A wait carries no interruption
+   * handler (a mask and a finalizer each): the call that runs the exchange aborts it as it ends
+   * (`Wire.within`, `Wire.watchScoped`), and an interrupted wait's callback resumes nothing.
    */
   private waitFor<A>(ready: () => A | undefined): Effect.Effect<A, unknown> {
     const wait = Effect.async<A, unknown>((resume) => {
@@ -140,10 +139,6 @@ export class Exchange implements Dispatcher.DispatchHandler {
         else this.waiter = check
       }
       check()
-      return Effect.sync(() => {
-        this.waiter = undefined
-        this.abort(interrupted)
-      })
     })
     return Effect.suspend(() => {
       const value = ready()

@@ -152,31 +152,39 @@ const undiciReply = (exchange: Exchange, timeline: Timeline, watchdog: Watchdog)
       )
     }),
     // Built when asked for: a non-streaming answer never reads its body this way.
-    reads: Effect.suspend(() => undiciReads(exchange, timeline, watchdog))
+    reads: Effect.sync(() => undiciReads(exchange, timeline, watchdog))
   }
 }
 
-const undiciReads = (exchange: Exchange, timeline: Timeline, watchdog: Watchdog): Effect.Effect<Reads, never, Scope.Scope> =>
-  Effect.as(
-    Effect.addFinalizer(() => Effect.sync(() => exchange.isEnded || exchange.abort(abandoned))),
-    {
-      next: Effect.zipRight(
-        watchdog.waits(timeline),
-        Effect.mapBoth(exchange.take, {
-          onFailure: brokenOr(timeline),
-          onSuccess: (reads) => {
-            timeline.waiting = false
-            return reads
-          }
-        })
-      ),
-      finish: Effect.suspend(() => {
-        if (exchange.isEnded) return Effect.void
-        timeline.drainFor(Duration.toMillis(drainAfterDone))
-        return Effect.ignore(Effect.zipRight(watchdog.waits(timeline), exchange.readAll(() => undefined)))
-      })
-    }
-  )
+/** The reads of a stream's body; the stream's scope aborts the exchange if it ends first (`watchScoped`). */
+const undiciReads = (exchange: Exchange, timeline: Timeline, watchdog: Watchdog): Reads => ({
+  next: Effect.zipRight(
+    watchdog.waits(timeline),
+    Effect.mapBoth(exchange.take, {
+      onFailure: brokenOr(timeline),
+      onSuccess: (reads) => {
+        timeline.waiting = false
+        return reads
+      }
+    })
+  ),
+  finish: Effect.suspend(() => {
+    if (exchange.isEnded) return Effect.void
+    timeline.drainFor(Duration.toMillis(drainAfterDone))
+    return Effect.ignore(Effect.zipRight(watchdog.waits(timeline), exchange.readAll(() => undefined)))
+  })
+})
+
+/**
+ * A call on the wire ended, however: its deadlines are no longer watched, and its exchange, if
+ * still under way (the call was interrupted or abandoned its body), is aborted. The one exit
+ * handler of a call: its waits carry none.
+ */
+const callEnded = (watchdog: Watchdog, timeline: Timeline) =>
+  Effect.sync(() => {
+    watchdog.unwatch(timeline)
+    timeline.abort?.(abandoned)
+  })
 
 /**
  * The transport's path over an undici dispatcher: POSTs to `url`, the deadlines enforced by
@@ -203,9 +211,8 @@ export const undiciWire = (dispatcher: Dispatcher, url: string, watchdog: Watchd
           onSuccess: () => undiciReply(exchange, timeline, watchdog)
         })
       }),
-    within: (timeline, call) =>
-      Effect.zipRight(watchdog.watch(timeline), call).pipe(Effect.ensuring(Effect.sync(() => watchdog.unwatch(timeline)))),
-    watchScoped: (timeline) => Effect.acquireRelease(watchdog.watch(timeline), () => Effect.sync(() => watchdog.unwatch(timeline)))
+    within: (timeline, call) => Effect.onExit(Effect.zipRight(watchdog.watch(timeline), call), () => callEnded(watchdog, timeline)),
+    watchScoped: (timeline) => Effect.acquireRelease(watchdog.watch(timeline), () => callEnded(watchdog, timeline))
   }
 }
 
