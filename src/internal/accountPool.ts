@@ -157,6 +157,9 @@ interface Placed {
   readonly placedAt: number
 }
 
+/** Nothing to settle: the attempt settled itself. */
+const noSettle = () => Effect.void
+
 /** A lane's policy: the account's fixed limit, or an adaptive one of its options. */
 const policyFor = (account: Account): LimiterInternal.Policy =>
   typeof account.concurrency === "number"
@@ -576,21 +579,28 @@ export const makeWith = <R>(
     }
 
     /**
-     * `use` of a placed attempt, its permit released as it ends: one exit handler, no scope per
-     * attempt (and no mask of its own: the placement's already holds however `use` ends).
+     * `use` of a placed attempt in one exit handler, with no scope per attempt: `settle` sees how
+     * it ended (an interruption too), a failure becomes what `failed` makes of it (interruptibly),
+     * then the permit is released.
      */
-    const withPlacement = <A, E>(
+    const placedAttempt = <A, E, E2>(
       model: string,
       options: CallOptions | undefined,
       excluded: ReadonlySet<number>,
-      use: (placed: Placed) => Effect.Effect<A, E>
-    ): Effect.Effect<A, E | ApiError.NoAccountAvailable> =>
+      use: (placed: Placed) => Effect.Effect<A, E>,
+      settle: (placed: Placed, exit: Exit.Exit<A, E>) => Effect.Effect<void>,
+      failed: (placed: Placed, cause: Cause.Cause<E>) => Effect.Effect<never, E2>
+    ): Effect.Effect<A, E2 | ApiError.NoAccountAvailable> =>
       Effect.uninterruptibleMask((restore) =>
         Effect.flatMap(place(model, options, excluded, restore), (placed) =>
-          Effect.matchCauseEffect(restore(use(placed)), {
-            onFailure: (cause) => Effect.zipRight(release(placed.grant), Effect.failCause(cause)),
-            onSuccess: (value) => Effect.as(release(placed.grant), value)
-          }))
+          Effect.flatMap(Effect.exit(restore(use(placed))), (exit) =>
+            Effect.zipRight(
+              settle(placed, exit),
+              Exit.isSuccess(exit)
+                ? Effect.as(release(placed.grant), exit.value)
+                : Effect.flatMap(Effect.exit(restore(failed(placed, exit.cause))), (failure) =>
+                  Effect.zipRight(release(placed.grant), failure))
+            )))
       )
 
     /** A placed attempt whose permit is released when the scope closes (a stream's). */
@@ -725,32 +735,34 @@ export const makeWith = <R>(
     // -- calls --------------------------------------------------------------------------------
 
     const create: Service["create"] = (request, options) => {
-      const attemptOn = (placed: Placed) => {
-        const { member, permit } = placed
-        const model = member.modelFor(request.model)
-        // The permit told how the attempt ended, then its cost and counts: one exit handler.
-        const settled = (exit: Exit.Exit<ChatCompletion, ApiError.ApiError | CircuitBreaker.CircuitOpen>) =>
-          Effect.zipRight(
-            permit.settle(exit),
-            Exit.isSuccess(exit)
-              ? Effect.zipRight(countSent(placed, request), record(placed, exit.value.model, exit.value.usage, "kept"))
-              : Option.match(Cause.failureOption(exit.cause), {
-                onNone: () => Effect.void,
-                onSome: (error) => recordFailure(placed, request, model, error, false)
-              })
-          )
-        return member.breaker.protect(member.transport.create(member.requestFor(request), callOptions(options, permit))).pipe(
-          Effect.onExit(settled),
-          Effect.catchAll((error): Effect.Effect<never, ApiError.ApiError | FailedOver> =>
-            error._tag === "CircuitOpen" || isAccountLevel(ApiError.classify(error)) ? failOver(member, error) : Effect.fail(error)
-          )
+      const call = ({ member, permit }: Placed) =>
+        member.breaker.protect(member.transport.create(member.requestFor(request), callOptions(options, permit)))
+      // The permit told how the attempt ended, then its cost and counts.
+      const settled = (placed: Placed, exit: Exit.Exit<ChatCompletion, ApiError.ApiError | CircuitBreaker.CircuitOpen>) =>
+        Effect.zipRight(
+          placed.permit.settle(exit),
+          Exit.isSuccess(exit)
+            ? Effect.zipRight(countSent(placed, request), record(placed, exit.value.model, exit.value.usage, "kept"))
+            : Option.match(Cause.failureOption(exit.cause), {
+              onNone: () => Effect.void,
+              onSome: (error) => recordFailure(placed, request, placed.member.modelFor(request.model), error, false)
+            })
         )
-      }
+      const failed = ({ member }: Placed, cause: Cause.Cause<ApiError.ApiError | CircuitBreaker.CircuitOpen>) =>
+        Effect.catchAll(Effect.failCause(cause), (error): Effect.Effect<never, ApiError.ApiError | FailedOver> =>
+          error._tag === "CircuitOpen" || isAccountLevel(ApiError.classify(error)) ? failOver(member, error) : Effect.fail(error)
+        )
       const attempt = (excluded: ReadonlySet<number>): Effect.Effect<ChatCompletion, PoolError> =>
-        whenTraced(withPlacement(request.model, options, excluded, attemptOn), () => {
+        whenTraced(placedAttempt(request.model, options, excluded, call, settled, failed), () => {
           const enteredAt = now()
-          return withPlacement(request.model, options, excluded, (placed) =>
-            GenAi.attemptSpan("weatherproof.AccountPool.create", request, placementOf(placed, request, enteredAt), attemptOn(placed)))
+          // Settled inside the attempt's span, which carries its cost.
+          return placedAttempt(request.model, options, excluded, (placed) =>
+            GenAi.attemptSpan(
+              "weatherproof.AccountPool.create",
+              request,
+              placementOf(placed, request, enteredAt),
+              Effect.onExit(call(placed), (exit) => settled(placed, exit))
+            ), noSettle, failed)
         }).pipe(Effect.catchTag("FailedOver", ({ member }) => attempt(excludeAfter(excluded, member))))
       return Effect.zipRight(budget, attempt(new Set()))
     }
