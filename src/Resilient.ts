@@ -61,7 +61,7 @@ import { streamWhenTraced, whenTraced } from "./internal/tracing.js"
  * @since 0.1.0
  * @category models
  */
-export interface CallOptions extends Pick<TransportModule.CallOptions, "deadlines"> {
+export interface CallOptions extends Pick<TransportModule.CallOptions, "deadlines" | "onAnswer"> {
   /** Interactive calls get permits before batch calls. Default `"interactive"`. */
   readonly priority?: Limiter.Priority | undefined
   /**
@@ -263,6 +263,7 @@ export const make: Effect.Effect<Service, never, Transport | Policy> = Effect.ge
 
 const transportOptions = (options: CallOptions | undefined, permit: Limiter.Permit): TransportModule.CallOptions => ({
   deadlines: options?.deadlines,
+  onAnswer: options?.onAnswer,
   onAccepted: permit.accepted,
   onFirstContent: permit.recordQueueDelay
 })

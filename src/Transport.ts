@@ -70,6 +70,14 @@ export interface CallOptions {
    */
   readonly onAccepted?: Effect.Effect<void> | undefined
   /**
+   * Called with a non-streaming call's completion as soon as it is read, before the layers over
+   * the transport settle the attempt (its permit, cost and counts): it is the answer the call
+   * succeeds with, known that much earlier, so a gateway writes it to its client then. A call
+   * answered otherwise (from a cache, or by a transport that does not call it) is known when it
+   * returns.
+   */
+  readonly onAnswer?: ((completion: ChatCompletion) => Effect.Effect<void>) | undefined
+  /**
    * The call's priority. A plain transport ignores it; a transport that owns concurrency limits
    * (the account pool) queues by it.
    */

@@ -170,6 +170,28 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 
+  it.effect("onAnswer hands a completion over before its attempt settles: the permit still held, the cost not yet recorded", () => {
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"], { concurrency: 2 })],
+      handlers: { a: healthy() },
+      options: { preflight: false }
+    }
+    return Effect.gen(function*() {
+      const pool = yield* AccountPool.AccountPool
+      const ledger = yield* CostLedger.CostLedger
+      const inFlightAndRecorded = Effect.zip(
+        Effect.map(pool.snapshot, ([a]) => a?.inFlight),
+        Effect.map(ledger.snapshot, (snapshot) => snapshot.total.requests)
+      )
+      const seen: Array<unknown> = []
+      const completion = yield* createWith(request, {
+        onAnswer: (answer) => Effect.map(inFlightAndRecorded, (state) => seen.push([answer.id, ...state]))
+      })
+      expect(seen).toEqual([[completion.id, 1, 0]])
+      expect(yield* inFlightAndRecorded).toEqual([0, 1])
+    }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
   it.effect("an account-wide cap holds every model of the account together", () => {
     const setup: Setup = {
       accounts: [account("a", ["sk-a"], { concurrency: 2, accountConcurrency: 3 })],

@@ -253,8 +253,9 @@ export const make = (settings: Settings, traffic: Traffic) =>
      * A completion, called in the request's own fiber (tracked, so the drain deadline can cut it):
      * a fiber of its own per request, to wait for it beside a keep-alive timer, cost a fifth of the
      * gateway's CPU per answer under load. The keep-alives are a Node timer writing to the
-     * response (`JsonKeepAlive`). How the call ended is written by `answer`; a call cut by the
-     * drain is answered from its exit handler (its fiber is interrupted), and a client that went
+     * response (`JsonKeepAlive`). How the call ended is written by `answer`: an answer as soon as
+     * the transport read it (`onAnswer`), so the client does not wait for the attempt to settle;
+     * a call cut by the drain from its exit handler (its fiber is interrupted); a client that went
      * away gets nothing.
      */
     const completion = (http: HttpServerRequest.HttpServerRequest, request: ChatCompletionRequest, options: CallOptions) =>
@@ -275,15 +276,14 @@ export const make = (settings: Settings, traffic: Traffic) =>
           })
           return Effect.map(body, (bytes) => keepAlive.end(bytes))
         }
-        // Answered once: from the exit handler when the drain cut the call, else after it.
-        let answered = false
-        const answerOnce = (exit: Exit.Exit<ChatCompletion, GatewayError>) => {
-          if (answered) return Effect.succeed(HttpServerResponse.empty({ status: 503 }))
-          answered = true
-          return answer(exit)
-        }
+        // Answered once: as soon as the transport read the answer (the permit, cost and counts
+        // settle after), else from the exit handler when the drain cut the call, else after it.
+        let answered: HttpServerResponse.HttpServerResponse | undefined
+        const answerOnce = (exit: Exit.Exit<ChatCompletion, GatewayError>) =>
+          answered === undefined ? Effect.tap(answer(exit), (response) => (answered = response)) : Effect.succeed(answered)
+        const onAnswer = (completion: ChatCompletion) => Effect.asVoid(answerOnce(Exit.succeed(completion)))
         return Effect.flatMap(
-          waiting(resilient.create(request, options)).pipe(
+          waiting(resilient.create(request, { ...options, onAnswer })).pipe(
             Effect.onExit((exit) =>
               Exit.isFailure(exit) && Cause.isInterruptedOnly(exit.cause) && traffic.draining
                 ? Effect.flatMap(answerOnce(exit), (response) => Effect.sync(() => traffic.answered(response.status)))

@@ -716,6 +716,7 @@ export const makeWith = <R>(
 
     const callOptions = (options: CallOptions | undefined, permit: Limiter.Permit): Transport.CallOptions => ({
       deadlines: options?.deadlines,
+      onAnswer: options?.onAnswer,
       onAccepted: permit.accepted,
       onFirstContent: permit.recordQueueDelay
     })

@@ -453,7 +453,10 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
           Effect.flatMap(send(wire, { ...request, stream: false }, timeline), (reply) =>
             Effect.matchEffect(reply.completionText, {
               onFailure: (error) => Effect.fail(error._tag === "BodyBroken" ? bodyFailed(error.cause, ApiError.emptyPartial) : error),
-              onSuccess: parseCompletion
+              onSuccess: (text) => {
+                const onAnswer = options?.onAnswer
+                return onAnswer === undefined ? parseCompletion(text) : Effect.tap(parseCompletion(text), onAnswer)
+              }
             }))
         ))
 
