@@ -207,6 +207,14 @@ describe("Transport status mapping", () => {
       expect(error).toMatchObject({ _tag: "RateLimited", retryAfter: Option.none() })
     }).pipe(Effect.provide(setup([MockUpstream.status(429, { headers: { "retry-after": "soon" } })]))))
 
+  // `String` throws on an object whose `toString` is not a function: nothing may format it.
+  it.effect("an error body with a hostile message (a toString that is not a function) becomes the message, not a defect", () =>
+    Effect.gen(function*() {
+      const error = yield* failure(create())
+      expect(error).toMatchObject({ _tag: "InvalidRequest", status: 400 })
+      expect(error.message).toContain("toString")
+    }).pipe(Effect.provide(setup([MockUpstream.status(400, { body: '{"error":{"message":{"toString":0}}}' })]))))
+
   it.effect("a non-JSON error body becomes the message, scrubbed", () =>
     Effect.gen(function*() {
       const error = yield* failure(create())
