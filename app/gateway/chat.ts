@@ -276,17 +276,23 @@ export const make = (settings: Settings, traffic: Traffic) =>
           })
           return Effect.map(body, (bytes) => keepAlive.end(bytes))
         }
-        // Answered once: as soon as the transport read the answer (the permit, cost and counts
-        // settle after), else from the exit handler when the drain cut the call, else after it.
+        // Answered and counted once: as soon as the transport read the answer (the permit, cost
+        // and counts settle after), else from the exit handler when the drain cut the call, else
+        // after it.
         let answered: HttpServerResponse.HttpServerResponse | undefined
         const answerOnce = (exit: Exit.Exit<ChatCompletion, GatewayError>) =>
-          answered === undefined ? Effect.tap(answer(exit), (response) => (answered = response)) : Effect.succeed(answered)
+          answered === undefined
+            ? Effect.tap(answer(exit), (response) => {
+              answered = response
+              traffic.answered(response.status)
+            })
+            : Effect.succeed(answered)
         const onAnswer = (completion: ChatCompletion) => Effect.asVoid(answerOnce(Exit.succeed(completion)))
         return Effect.flatMap(
           waiting(resilient.create(request, { ...options, onAnswer })).pipe(
             Effect.onExit((exit) =>
               Exit.isFailure(exit) && Cause.isInterruptedOnly(exit.cause) && traffic.draining
-                ? Effect.flatMap(answerOnce(exit), (response) => Effect.sync(() => traffic.answered(response.status)))
+                ? answerOnce(exit)
                 : Effect.sync(() => keepAlive.stop())
             ),
             Effect.exit
@@ -425,9 +431,13 @@ export const make = (settings: Settings, traffic: Traffic) =>
         return { request: routed.request, options: { priority, cache } satisfies CallOptions }
       })
 
+    /** `response`, counted by its status as it is returned (a completion counts itself as it answers). */
+    const counted = <E, R>(response: Effect.Effect<HttpServerResponse.HttpServerResponse, E, R>) =>
+      Effect.tap(response, ({ status }) => Effect.sync(() => traffic.answered(status)))
+
     const handle: Effect.Effect<HttpServerResponse.HttpServerResponse, never, HttpServerRequest.HttpServerRequest | Scope.Scope> =
       Effect.gen(function*() {
-        if (traffic.draining) return yield* failed(Cause.fail(new ShuttingDown())).pipe(
+        if (traffic.draining) return yield* counted(failed(Cause.fail(new ShuttingDown()))).pipe(
           Effect.map(HttpServerResponse.setHeader("connection", "close"))
         )
         traffic.enter()
@@ -437,11 +447,11 @@ export const make = (settings: Settings, traffic: Traffic) =>
         const http = yield* HttpServerRequest.HttpServerRequest
         return yield* admit(http).pipe(
           Effect.matchCauseEffect({
-            onFailure: failed,
+            onFailure: (cause) => counted(failed(cause)),
             onSuccess: ({ options, request }) =>
-              request.stream === true ? stream(http, request, options) : completion(http, request, options)
+              request.stream === true ? counted(stream(http, request, options)) : completion(http, request, options)
           })
         )
-      }).pipe(Effect.tap((response) => Effect.sync(() => traffic.answered(response.status))))
+      })
     return handle
   })
