@@ -15,6 +15,7 @@ import * as Either from "effect/Either"
 import * as Option from "effect/Option"
 import * as Stream from "effect/Stream"
 import type { ChatCompletion, ChatCompletionChunk, FinishReason, ToolCall, Usage } from "./ChatSchema.js"
+import * as StreamPull from "./internal/streamPull.js"
 
 /**
  * A tool call being assembled: `name` is set by the delta that carries it, `arguments` are joined.
@@ -247,12 +248,15 @@ export interface Folded<E> {
  * @category folding
  */
 export const foldPartial = <E, R>(chunks: Stream.Stream<ChatCompletionChunk, E, R>): Effect.Effect<Folded<E>, never, R> =>
-  Effect.map(
-    Stream.runFold(
-      Stream.either(chunks),
-      { state: empty, error: Option.none<E>() },
-      (acc, item) =>
-        Either.isRight(item) ? { state: step(acc.state, item.right), error: acc.error } : { state: acc.state, error: Option.some(item.left) }
-    ),
-    ({ error, state }) => ({ completion: toCompletion(state), chunks: state.chunks, error })
-  )
+  Effect.suspend(() => {
+    let state = empty
+    const folded = StreamPull.forEachChunk(chunks, (chunk) =>
+      Effect.sync(() => {
+        for (const item of chunk) state = step(state, item)
+      }))
+    return Effect.map(Effect.either(folded), (result) => ({
+      completion: toCompletion(state),
+      chunks: state.chunks,
+      error: Either.getLeft(result)
+    }))
+  })

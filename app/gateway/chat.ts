@@ -31,6 +31,7 @@ import { ChatCompletionRequest } from "../../src/ChatSchema.js"
 import { Resilient } from "../../src/Resilient.js"
 import type { CallOptions } from "../../src/Resilient.js"
 import * as SchemaFastPath from "../../src/internal/schemaFastPath.js"
+import * as StreamPull from "../../src/internal/streamPull.js"
 import { Router, Task } from "../../src/Router.js"
 import {
   BadRequest,
@@ -320,7 +321,7 @@ export const make = (settings: Settings, traffic: Traffic) =>
         const run = Effect.suspend(() => {
           counted = true
           traffic.startWaiting()
-          return Stream.runForEachChunk(upstream, (chunks) =>
+          return StreamPull.forEachChunk(upstream, (chunks) =>
             Effect.sync(() => {
               const kept = Chunk.toReadonlyArray(chunks).filter((chunk) => !unasked(chunk))
               if (kept.length === 0) return
