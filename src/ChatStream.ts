@@ -210,7 +210,7 @@ export const toCompletion = (state: State): ChatCompletion => ({
  * @category folding
  */
 export const fold = <E, R>(chunks: Stream.Stream<ChatCompletionChunk, E, R>): Effect.Effect<ChatCompletion, E, R> =>
-  Effect.map(Stream.runFold(chunks, empty, step), toCompletion)
+  Effect.flatMap(foldPartial(chunks), ({ completion, error }) => Option.isSome(error) ? Effect.fail(error.value) : Effect.succeed(completion))
 
 /**
  * What a stream delivered: the completion of every chunk that arrived, how many chunks that was,
