@@ -58,6 +58,7 @@ import type { Classifier } from "./ApiError.js"
 import * as internal from "./internal/circuitBreaker.js"
 import * as internalRedis from "./internal/circuitBreakerRedis.js"
 import { assertValid, atLeast, positive, positiveInteger, ratio } from "./internal/options.js"
+import * as ScopeFinalizer from "./internal/scopeFinalizer.js"
 import * as Redis from "./Redis.js"
 
 /**
@@ -454,7 +455,7 @@ const serve = (core: internal.Core, options: Options, transitions: Transitions):
             settled = true
             core.settle(ticket, judge(exit))
           })
-        return Effect.as(Effect.addFinalizer(() => settle(Exit.interrupt(FiberId.none))), settle)
+        return Effect.as(ScopeFinalizer.addFinalizer(settle(Exit.interrupt(FiberId.none))), settle)
       })
     })
 

@@ -24,13 +24,14 @@ import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as ParseResult from "effect/ParseResult"
 import * as Schema from "effect/Schema"
-import * as Scope from "effect/Scope"
+import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import type { ChatCompletion, ChatCompletionChunk } from "../../src/ChatSchema.js"
 import { ChatCompletionRequest } from "../../src/ChatSchema.js"
 import { Resilient } from "../../src/Resilient.js"
 import type { CallOptions } from "../../src/Resilient.js"
 import * as SchemaFastPath from "../../src/internal/schemaFastPath.js"
+import * as ScopeFinalizer from "../../src/internal/scopeFinalizer.js"
 import * as StreamPull from "../../src/internal/streamPull.js"
 import { Router, Task } from "../../src/Router.js"
 import {
@@ -442,9 +443,7 @@ export const make = (settings: Settings, traffic: Traffic) =>
           Effect.map(HttpServerResponse.setHeader("connection", "close"))
         )
         traffic.enter()
-        // On the scope itself: `Effect.addFinalizer` diffs and restores the fiber's refs around
-        // a finalizer this one does not need.
-        yield* Effect.flatMap(Effect.scope, (scope) => Scope.addFinalizer(scope, Effect.sync(() => traffic.leave())))
+        yield* ScopeFinalizer.addFinalizer(Effect.sync(() => traffic.leave()))
         const http = yield* HttpServerRequest.HttpServerRequest
         return yield* admit(http).pipe(
           Effect.matchCauseEffect({

@@ -42,6 +42,7 @@ import * as RedisLanes from "./redisDispatcher.js"
 import { secondsBoundaries } from "./policy.js"
 import { Signal } from "./signal.js"
 import type { SharedBalance, Verdict } from "./sharedBalance.js"
+import * as ScopeFinalizer from "./scopeFinalizer.js"
 import { whenTraced } from "./tracing.js"
 import { undiciOf } from "./transportWires.js"
 
@@ -610,7 +611,7 @@ export const makeWith = <R>(
       excluded: ReadonlySet<number>
     ): Effect.Effect<Placed, ApiError.NoAccountAvailable, Scope.Scope> =>
       Effect.uninterruptibleMask((restore) =>
-        Effect.tap(place(model, options, excluded, restore), (placed) => Effect.addFinalizer(() => release(placed.grant)))
+        Effect.tap(place(model, options, excluded, restore), (placed) => ScopeFinalizer.addFinalizer(release(placed.grant)))
       )
 
     const awaitGrant = (

@@ -8,10 +8,11 @@ import * as Exit from "effect/Exit"
 import * as FiberId from "effect/FiberId"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
-import * as Scope from "effect/Scope"
+import type * as Scope from "effect/Scope"
 import * as ApiError from "../ApiError.js"
 import type { Classifier } from "../ApiError.js"
 import { above, assertValid, atLeast, ratio } from "./options.js"
+import * as ScopeFinalizer from "./scopeFinalizer.js"
 import type {
   AcquireOptions,
   AdaptiveOptions,
@@ -845,12 +846,12 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
           : Effect.flatMap(awaitTurn(entry, restore, acquireOptions?.abandonWhen), use)
       })
 
-    // `Scope.addFinalizer`, not `Effect.addFinalizer`: releasing is one synchronous step that
-    // needs none of the fiber refs `Effect.addFinalizer` diffs and restores around it.
+    // Releasing is one synchronous step: it needs none of the fiber refs `Effect.addFinalizer`
+    // diffs and restores around it.
     const acquire = (acquireOptions?: AcquireOptions): Effect.Effect<Permit, QueueFull, Scope.Scope> =>
       Effect.uninterruptibleMask((restore) =>
         enter(acquireOptions, restore, (grant) =>
-          Effect.flatMap(Effect.scope, (scope) => Effect.as(Scope.addFinalizer(scope, release), permitFor(grant).permit)))
+          Effect.as(ScopeFinalizer.addFinalizer(release), permitFor(grant).permit))
       )
 
     // Already uninterruptible, so `Effect.exit` then settling and releasing is `Effect.onExit`

@@ -24,6 +24,7 @@ import type { Dispatcher } from "undici"
 import type { DeadlineExceeded } from "../ApiError.js"
 import type { Timeline, Watchdog } from "./deadlines.js"
 import { Exchange } from "./exchange.js"
+import * as ScopeFinalizer from "./scopeFinalizer.js"
 
 /** The request failed before a status arrived; `fromRequest` when the request itself did (a stale socket may be why). */
 export interface Unsent {
@@ -212,7 +213,8 @@ export const undiciWire = (dispatcher: Dispatcher, url: string, watchdog: Watchd
         })
       }),
     within: (timeline, call) => Effect.onExit(Effect.zipRight(watchdog.watch(timeline), call), () => callEnded(watchdog, timeline)),
-    watchScoped: (timeline) => Effect.acquireRelease(watchdog.watch(timeline), () => callEnded(watchdog, timeline))
+    watchScoped: (timeline) =>
+      Effect.uninterruptible(Effect.zipRight(watchdog.watch(timeline), ScopeFinalizer.addFinalizer(callEnded(watchdog, timeline))))
   }
 }
 
