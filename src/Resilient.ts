@@ -55,6 +55,7 @@ import * as TokenBucket from "./TokenBucket.js"
 import * as TransportModule from "./Transport.js"
 import { type Deadlines, Transport } from "./Transport.js"
 import * as GenAi from "./internal/genAi.js"
+import { permitOptions } from "./internal/transport.js"
 import { streamWhenTraced, whenTraced } from "./internal/tracing.js"
 
 /**
@@ -160,8 +161,8 @@ export interface Upstream {
  * ```
  */
 export const transportUpstream = (transport: TransportModule.Service): Upstream => ({
-  create: (request, options, permit) => transport.create(request, transportOptions(options, permit)),
-  stream: (request, options, permit) => transport.stream(request, transportOptions(options, permit))
+  create: (request, options, permit) => transport.create(request, permitOptions(options, permit)),
+  stream: (request, options, permit) => transport.stream(request, permitOptions(options, permit))
 })
 
 /**
@@ -259,13 +260,6 @@ export const makeWith = (policy: PolicyModule.Service, upstream: Upstream): Effe
  */
 export const make: Effect.Effect<Service, never, Transport | Policy> = Effect.gen(function*() {
   return yield* makeWith(yield* Policy, transportUpstream(yield* Transport))
-})
-
-const transportOptions = (options: CallOptions | undefined, permit: Limiter.Permit): TransportModule.CallOptions => ({
-  deadlines: options?.deadlines,
-  onAnswer: options?.onAnswer,
-  onAccepted: permit.accepted,
-  onFirstContent: permit.recordQueueDelay
 })
 
 /**

@@ -44,6 +44,7 @@ import { Signal } from "./signal.js"
 import type { SharedBalance, Verdict } from "./sharedBalance.js"
 import * as ScopeFinalizer from "./scopeFinalizer.js"
 import { whenTraced } from "./tracing.js"
+import { permitOptions } from "./transport.js"
 import { undiciOf } from "./transportWires.js"
 
 /** `AccountPool.Options` with defaults applied. */
@@ -715,13 +716,6 @@ export const makeWith = <R>(
       )
     }
 
-    const callOptions = (options: CallOptions | undefined, permit: Limiter.Permit): Transport.CallOptions => ({
-      deadlines: options?.deadlines,
-      onAnswer: options?.onAnswer,
-      onAccepted: permit.accepted,
-      onFirstContent: permit.recordQueueDelay
-    })
-
     const budget = ledger.guard
 
     // -- spans, when traced: one per attempt placed on an account -----------------------------
@@ -738,7 +732,7 @@ export const makeWith = <R>(
 
     const create: Service["create"] = (request, options) => {
       const call = ({ member, permit }: Placed) =>
-        member.breaker.protect(member.transport.create(member.requestFor(request), callOptions(options, permit)))
+        member.breaker.protect(member.transport.create(member.requestFor(request), permitOptions(options, permit)))
       // The permit told how the attempt ended, then its cost and counts.
       const settled = (placed: Placed, exit: Exit.Exit<ChatCompletion, ApiError.ApiError | CircuitBreaker.CircuitOpen>) =>
         Effect.zipRight(
@@ -786,7 +780,7 @@ export const makeWith = <R>(
         let usage: Usage | undefined
         let servedModel = model
         const settle = (exit: Exit.Exit<unknown, unknown>) => Effect.zipRight(permit.settle(exit), settleBreaker(exit))
-        return member.transport.stream(member.requestFor(request), callOptions(options, permit)).pipe(
+        return member.transport.stream(member.requestFor(request), permitOptions(options, permit)).pipe(
           // Noted once per batch of chunks, not by an effect per chunk.
           Stream.mapChunks((chunks) => {
             for (const chunk of chunks) {

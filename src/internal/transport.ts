@@ -21,6 +21,7 @@ import { Agent } from "undici"
 import * as ApiError from "../ApiError.js"
 import * as ChatSchema from "../ChatSchema.js"
 import { type Credential, KeyPool } from "../KeyPool.js"
+import type { Permit } from "../ConcurrencyLimiter.js"
 import type { CallOptions, Deadlines, Service } from "../Transport.js"
 import * as Connector from "./connector.js"
 import { resolveLimits, Timeline, Watchdog } from "./deadlines.js"
@@ -307,6 +308,17 @@ const chunkReader = (
 // ---------------------------------------------------------------------------------------------
 // The service
 // ---------------------------------------------------------------------------------------------
+
+/**
+ * A call's transport options for an attempt holding `permit`: the caller's deadlines and answer
+ * hook, with acceptance and DeepSeek's queueing time reported to the permit.
+ */
+export const permitOptions = (options: Pick<CallOptions, "deadlines" | "onAnswer"> | undefined, permit: Permit): CallOptions => ({
+  deadlines: options?.deadlines,
+  onAnswer: options?.onAnswer,
+  onAccepted: permit.accepted,
+  onFirstContent: permit.recordQueueDelay
+})
 
 /** The keys a call saw refused before its first 401: shared, as most calls never meet one. */
 const noneRejected: ReadonlySet<string> = new Set()
