@@ -701,12 +701,12 @@ describe("Transport over loopback (undici, 127.0.0.1)", () => {
           }
           Deferred.unsafeDone(answered, Exit.void)
         }])
+        // Reported when the 200's headers reach the call: from then on it waits for the body.
+        const accepted = yield* Deferred.make<void>()
         // The transport outlives the call: only the abort can close the connection.
         yield* Effect.gen(function*() {
-          const call = yield* Effect.fork(create())
-          yield* Deferred.await(answered)
-          // Let the headers (and the blank line) reach the waiting call.
-          yield* Effect.sleep("50 millis")
+          const call = yield* Effect.fork(create({ onAccepted: Deferred.complete(accepted, Effect.void) }))
+          yield* Deferred.await(waitingFor === "body" ? accepted : answered)
           yield* Fiber.interrupt(call)
           yield* Deferred.await(closed).pipe(Effect.timeoutFail({ duration: "2 seconds", onTimeout: () => "the connection stayed open" }))
         }).pipe(Effect.provide(loopback(server)))
