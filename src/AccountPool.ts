@@ -116,6 +116,11 @@ export interface ModelStatus {
   readonly inFlight: number
   /** Calls waiting at the pool for this model (on any account). */
   readonly queued: number
+  /**
+   * Attempts sent on the lane that drew a 429 (DeepSeek caps each model of an account apart, so
+   * one lane can be throttled while the account's others serve).
+   */
+  readonly rateLimited: number
 }
 
 /**

@@ -161,12 +161,32 @@ describe("AccountPool", () => {
       const pool = yield* AccountPool.AccountPool
       const [a] = yield* pool.snapshot
       expect(a?.models).toEqual([
-        { model: "deepseek-v4-flash", limit: 2, inFlight: 2, queued: 2 },
-        { model: "deepseek-v4-pro", limit: 2, inFlight: 2, queued: 0 }
+        { model: "deepseek-v4-flash", limit: 2, inFlight: 2, queued: 2, rateLimited: 0 },
+        { model: "deepseek-v4-pro", limit: 2, inFlight: 2, queued: 0, rateLimited: 0 }
       ])
       expect(a).toMatchObject({ limit: 4, inFlight: 4 })
       yield* TestClock.adjust("2 seconds")
       expect((yield* Fiber.join(flash)).length + (yield* Fiber.join(pros)).length).toBe(6)
+    }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
+  it.effect("counts each lane's 429s apart: a throttled model shows on its own lane, not on the account's others", () => {
+    const pro: ChatCompletionRequest = { ...request, model: "deepseek-v4-pro" }
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"], { concurrency: 4 })],
+      handlers: {
+        a: (req) => isChat(req) && bodyOf(req).model === pro.model ? MockUpstream.status(429, { body: errorBody("busy") }) : healthy()(req)
+      },
+      options: { preflight: false }
+    }
+    return Effect.gen(function*() {
+      yield* create
+      const throttled = yield* Effect.flip(createWith(pro))
+      expect(ApiError.tagOf(throttled)).toBe("RateLimited")
+      yield* Effect.flip(createWith(pro))
+      const [a] = yield* Effect.flatMap(AccountPool.AccountPool, (pool) => pool.snapshot)
+      expect(a?.models.map((lane) => [lane.model, lane.rateLimited])).toEqual([["deepseek-v4-flash", 0], ["deepseek-v4-pro", 2]])
+      expect(a?.rateLimited).toBe(2)
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 

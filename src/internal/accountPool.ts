@@ -340,6 +340,8 @@ export const makeWith = <R>(
       readonly dropped: () => void
     }
     const laneMetrics = new Map<Lane, LaneMetrics>()
+    /** The 429s each lane drew, for its status. */
+    const laneRateLimited = new Map<Lane, number>()
     /** The labels, gauges and drop counter of `lane`, made on its first use: they are used on every attempt. */
     const metricsOf = (lane: Lane): LaneMetrics => {
       let metrics = laneMetrics.get(lane)
@@ -688,7 +690,10 @@ export const makeWith = <R>(
         if (verdict === undefined) member.succeeded++
         else {
           member.failed++
-          if (ApiError.tagOf(error) === "RateLimited") member.rateLimited++
+          if (ApiError.tagOf(error) === "RateLimited") {
+            member.rateLimited++
+            laneRateLimited.set(placed.grant.lane, (laneRateLimited.get(placed.grant.lane) ?? 0) + 1)
+          }
         }
         const result = verdict === undefined ? "ok" : ApiError.tagOf(error) ?? "unknown"
         attemptsCounter.unsafeUpdate(1, metrics.resultTags(result))
@@ -833,7 +838,8 @@ export const makeWith = <R>(
           model: lane.model,
           limit: lane.limit,
           inFlight: lane.inFlight,
-          queued: dispatcher.queued(lane.model)
+          queued: dispatcher.queued(lane.model),
+          rateLimited: laneRateLimited.get(lane) ?? 0
         }))
         return {
           name: member.name,
