@@ -1,7 +1,7 @@
 /**
  * The status page in headless Chromium (Debian's `chromium`, driven by playwright-core): it loads
- * without console errors, its charts render and follow a burst live, and the throttling banner
- * shows during a 429 storm. `GATEWAY_SCREENSHOT=docs/gateway-status.png` also saves a screenshot,
+ * without console errors, its charts render and follow a burst live (each account's, and each of
+ * its (account, model) lanes'), and the throttling banner shows during a 429 storm. `GATEWAY_SCREENSHOT=docs/gateway-status.png` also saves a screenshot,
  * taken after a longer storm so the charts have a history to show.
  */
 import { describe, expect, it } from "@effect/vitest"
@@ -81,11 +81,13 @@ describe.skipIf(!present)(title, () => {
         { role: "system" as const, content: "You answer questions about the weather, briefly and precisely." },
         { role: "user" as const, content: `burst request ${i}: will it rain tomorrow?` }
       ]
+      // Two models, so each account opens two lanes.
+      const model = (i: number) => i % 2 === 0 ? "deepseek-v4-flash" : "deepseek-v4-pro"
       const call = (i: number): Effect.Effect<unknown, unknown> =>
         i % 4 === 0
-          ? Effect.flatMap(attempt(() => client.chat.completions.create({ model: "deepseek-v4-flash", messages: messages(i), stream: true })), collect)
+          ? Effect.flatMap(attempt(() => client.chat.completions.create({ model: model(i), messages: messages(i), stream: true })), collect)
           : attempt(() =>
-            client.chat.completions.create({ model: "deepseek-v4-flash", messages: messages(i), ...(i % 3 === 0 ? { thinking: { type: "enabled" } } : {}) })
+            client.chat.completions.create({ model: model(i), messages: messages(i), ...(i % 3 === 0 ? { thinking: { type: "enabled" } } : {}) })
           )
       // Clients arrive over a while, a few at a time.
       const burst = yield* Effect.fork(Effect.forEach(
@@ -99,7 +101,19 @@ describe.skipIf(!present)(title, () => {
       yield* waitFor(page, "in-flight chart follows the burst", "window.__gateway.samples.some((s) => s.gateway.active > 0)")
       // More calls than both accounts' permits: the queue charts and the lanes table show them.
       yield* waitFor(page, "queued calls shown", "window.__gateway.samples.some((s) => s.accounts.some((a) => a.queued > 0))")
-      yield* waitFor(page, "a lane per account and model", "document.querySelectorAll('#lanes tbody tr').length === 2")
+      yield* waitFor(page, "a lane per account and model", "document.querySelectorAll('#lanes tbody tr').length === 4")
+      // Each (account, model) lane is charted in its account's card, and follows its own traffic.
+      yield* waitFor(page, "a chart row per lane", "document.querySelectorAll('.card[data-account] [data-lane] .uplot').length === 12")
+      yield* waitFor(
+        page,
+        "each lane's in-flight chart follows its calls",
+        "[...window.__gateway.cards.values()].every((card) => card.laneCharts.size === 2 && [...card.laneCharts.values()].every((c) => c.concurrency.data[2].some((v) => v > 0)))"
+      )
+      yield* waitFor(
+        page,
+        "the throttled account's 429s charted on its lanes",
+        "[...window.__gateway.cards.get('a').laneCharts.values()].some((c) => c.throttle.data[1].some((v) => v > 0))"
+      )
       const after = yield* attempt(() => page.evaluate(() => (window as unknown as { __gateway: { updates: number } }).__gateway.updates))
       expect(after).toBeGreaterThan(before)
       if (screenshot !== undefined) {

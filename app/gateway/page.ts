@@ -2,6 +2,8 @@
  * The status page (`GET /`): one HTML document with its script inline, drawing live charts with
  * uPlot (served by the gateway from the `uplot` package, so the page works offline). It loads the
  * kept samples from `status.json`, then follows the `status/events` feed (Server-Sent Events).
+ * Each account has a card: its charts over all its models, then the same charts for each of its
+ * (account, model) lanes as the lane opens, since DeepSeek caps each model of an account apart.
  * URLs are relative, so the page works behind a path prefix.
  *
  * Kept as a string in a module (not a file beside it) so the compiled package carries it.
@@ -34,25 +36,47 @@ function chart(el, title, series, options) {
   }, [[]].concat(series.map(() => [])), el);
 }
 
-function accountCard(name, account) {
-  const badge = $("span", { class: "badge" });
-  const title = $("h2", {}, name + (account.fallback ? " (fallback)" : "") + " ", badge);
+/** The three charts of an account or of one of its lanes: concurrency, 429s with the breaker, spend. */
+function chartRow(prefix) {
   const row = $("div", { class: "charts" });
-  const card = $("section", { class: "card", "data-account": name }, title, row);
-  document.getElementById("accounts").append(card);
-  const concurrency = chart($("div"), "concurrency", [
+  const concurrency = chart($("div"), prefix + "concurrency", [
     { label: "limit", stroke: "#3366cc" },
     { label: "in flight", stroke: "#109618" },
     { label: "queued", stroke: "#ff9900" }
   ]);
-  const throttle = chart($("div"), "429/s and breaker", [
+  const throttle = chart($("div"), prefix + "429/s and breaker", [
     { label: "429/s", stroke: "#dc3912" },
     { label: "breaker", stroke: "#990099", scale: "state" }
   ], { scales: { state: { range: [0, 2] } } });
-  const spend = chart($("div"), "spend (USD)", [{ label: "USD", stroke: "#0099c6", value: (u, v) => v == null ? "" : usd(v) }],
+  const spend = chart($("div"), prefix + "spend (USD)", [{ label: "USD", stroke: "#0099c6", value: (u, v) => v == null ? "" : usd(v) }],
     { valueAxis: (u, ticks) => ticks.map(usd) });
   for (const c of [concurrency, throttle, spend]) row.append(c.root);
-  return { badge, charts: { concurrency, throttle, spend } };
+  return { row, charts: { concurrency, throttle, spend } };
+}
+
+/** Draws the samples of one account or lane: "of" picks its figures from a sample (undefined where absent). */
+function draw(charts, xs, samples, of) {
+  const series = (pick) => samples.map((s) => { const v = of(s); return v === undefined ? null : pick(v); });
+  charts.concurrency.setData([xs, series((v) => v.limit), series((v) => v.inFlight), series((v) => v.queued)]);
+  charts.throttle.setData([xs, series((v) => v.rateLimitedPerSecond), series((v) => v.breaker)]);
+  charts.spend.setData([xs, series((v) => v.costUsd)]);
+}
+
+function accountCard(name, account) {
+  const badge = $("span", { class: "badge" });
+  const title = $("h2", {}, name + (account.fallback ? " (fallback)" : "") + " ", badge);
+  const { row, charts } = chartRow("all models: ");
+  const lanes = $("div");
+  const card = $("section", { class: "card", "data-account": name }, title, row, lanes);
+  document.getElementById("accounts").append(card);
+  return { badge, charts, lanes, laneCharts: new Map() };
+}
+
+/** A lane's row in its account's card, made when the lane opens (on its model's first call). */
+function laneRow(card, model) {
+  const { row, charts } = chartRow(model + ": ");
+  card.lanes.append($("div", { class: "lane", "data-lane": model }, $("h3", {}, model), row));
+  return charts;
 }
 
 function gatewayCard() {
@@ -117,12 +141,23 @@ function render() {
       card = accountCard(account.name, account);
       state.cards.set(account.name, card);
     }
-    const of = (s) => s.accounts.find((a) => a.name === account.name) || {};
+    const of = (s) => s.accounts.find((a) => a.name === account.name);
     card.badge.textContent = account.state.replace(/_/g, " ");
     card.badge.className = "badge " + account.state;
-    card.charts.concurrency.setData([xs, samples.map((s) => of(s).limit), samples.map((s) => of(s).inFlight), samples.map((s) => of(s).queued)]);
-    card.charts.throttle.setData([xs, samples.map((s) => of(s).rateLimitedPerSecond), samples.map((s) => of(s).breaker)]);
-    card.charts.spend.setData([xs, samples.map((s) => of(s).costUsd)]);
+    draw(card.charts, xs, samples, of);
+    for (const lane of account.models) {
+      let charts = card.laneCharts.get(lane.model);
+      if (charts === undefined) {
+        charts = laneRow(card, lane.model);
+        card.laneCharts.set(lane.model, charts);
+      }
+      // The breaker guards the whole account: each lane shows its account's.
+      draw(charts, xs, samples, (s) => {
+        const a = of(s);
+        const m = a && a.models.find((l) => l.model === lane.model);
+        return m && Object.assign({ breaker: a.breaker }, m);
+      });
+    }
   }
   document.getElementById("summary").textContent =
     latest.gateway.requests + " requests, " + latest.gateway.waiting + " waiting, " + latest.gateway.active +
@@ -161,6 +196,7 @@ export const html = `<!doctype html>
   body { font: 14px/1.4 system-ui, sans-serif; margin: 16px 24px; color: #222; background: #fafafa; }
   h1 { font-size: 20px; margin: 0 0 4px; }
   h2 { font-size: 15px; margin: 0 0 8px; }
+  h3 { font-size: 13px; margin: 10px 0 6px; color: #444; }
   #summary { color: #555; margin-bottom: 12px; }
   #banner { background: #fff3cd; border: 1px solid #e0b100; padding: 10px 14px; margin: 0 0 14px; border-radius: 6px; font-weight: 600; }
   .card { background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: 12px; margin-bottom: 14px; }

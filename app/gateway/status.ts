@@ -18,12 +18,20 @@ import * as PubSub from "effect/PubSub"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
-import { AccountPool, type AccountStatus } from "../../src/AccountPool.js"
+import { AccountPool, type AccountStatus, type ModelStatus } from "../../src/AccountPool.js"
 import { CostLedger } from "../../src/CostLedger.js"
 import type { Traffic } from "./traffic.js"
 
+/** One (account, model) lane, as the page draws it: DeepSeek caps each model of an account apart. */
+export interface LaneSample extends ModelStatus {
+  /** 429s per second since the previous sample. */
+  readonly rateLimitedPerSecond: number
+  readonly costUsd: number
+}
+
 /** One account, as the page draws it. */
-export interface AccountSample extends AccountStatus {
+export interface AccountSample extends Omit<AccountStatus, "models"> {
+  readonly models: ReadonlyArray<LaneSample>
   /**
    * Calls waiting at the pool for a model the account serves (a model's queue is the pool's, so
    * accounts serving one model show the same calls).
@@ -143,8 +151,18 @@ export const make = (traffic: Traffic, options: Options): Effect.Effect<Monitor,
         const before = previous?.accounts.find((a) => a.name === status.name)
         const new429s = before === undefined ? 0 : status.rateLimited - before.rateLimited
         if (new429s > 0) last429.set(status.name, t)
+        const lanes = status.models.map((lane): LaneSample => {
+          // A lane that opened since the previous sample drew all its 429s since then.
+          const laneBefore = before?.models.find((m) => m.model === lane.model)
+          return {
+            ...lane,
+            rateLimitedPerSecond: before === undefined ? 0 : (lane.rateLimited - (laneBefore?.rateLimited ?? 0)) / seconds,
+            costUsd: models.find((m) => m.account === status.name && m.model === lane.model)?.costUsd ?? 0
+          }
+        })
         return {
           ...status,
+          models: lanes,
           queued: status.models.reduce((sum, lane) => sum + lane.queued, 0),
           rateLimitedPerSecond: new429s / seconds,
           breaker: breakerLevel(status.state),
