@@ -19,6 +19,7 @@ import * as Telemetry from "../src/Telemetry.js"
 import { contentOf, settle as settleStream } from "./support/streams.js"
 import * as ApiError from "../src/ApiError.js"
 import * as Policy from "../src/Policy.js"
+import { capturingLogs, type Logged } from "./support/logs.js"
 
 // ---------------------------------------------------------------------------------------------
 // An upstream per host (`a.test`, `b.test` …), each answered by a handler a test can swap.
@@ -520,6 +521,7 @@ describe("AccountPool", () => {
   })
 
   it.effect("waits through an open breaker until it half-opens, and gives up after maxWait with every reason", () => {
+    const logs: Array<Logged> = []
     const setup: Setup = {
       accounts: [account("a", ["sk-a"]), account("b", ["sk-b"])],
       handlers: { a: (req) => isChat(req) ? status(402)(req) : balance(false), b: status(500) },
@@ -550,7 +552,31 @@ describe("AccountPool", () => {
       expect(patient.unsafePoll()).toBeNull()
       yield* TestClock.adjust("1 second")
       expect((yield* Fiber.join(patient)).id).toBe("cmpl-b")
-    }).pipe(Effect.provide(poolLayer(setup)))
+      yield* settle
+      // What the account's breaker did is said once each: a caller otherwise sees only a wait.
+      expect(logs.filter((log) => log.message.includes("circuit breaker"))).toEqual([
+        { level: "WARN", message: "AccountPool: account b's circuit breaker opened: its calls go to another account or wait until it half-opens in 20s" },
+        { level: "INFO", message: "AccountPool: account b's circuit breaker closed: serving again" }
+      ])
+    }).pipe(Effect.provide(poolLayer(setup)), capturingLogs(logs))
+  })
+
+  it.effect("says why a breaker opened behind a fixed concurrency: 429s count as failures there", () => {
+    const logs: Array<Logged> = []
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"], { concurrency: 8 })],
+      handlers: { a: (req) => isChat(req) ? MockUpstream.status(429, { body: errorBody("busy") }) : status(404)(req) },
+      options: { preflight: false, breaker: { minimumThroughput: 2, failureRatio: 0.5, openFor: "30 seconds" } }
+    }
+    return Effect.gen(function*() {
+      yield* Effect.flip(create)
+      yield* Effect.flip(create)
+      yield* settle
+      expect(yield* states).toEqual({ a: "open" })
+      expect(logs.filter((log) => log.message.includes("circuit breaker")).map((log) => log.message)).toEqual([
+        "AccountPool: account a's circuit breaker opened: its calls go to another account or wait until it half-opens in 30s; with a fixed concurrency of 8, 429s count as failures: the upstream may admit fewer calls now"
+      ])
+    }).pipe(Effect.provide(poolLayer(setup)), capturingLogs(logs))
   })
 
   it.effect("fails at once when every key was rejected: a wrong key is not waited for", () => {

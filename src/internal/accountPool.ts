@@ -858,9 +858,48 @@ export const makeWith = <R>(
         } satisfies AccountStatus
       }))
 
+    /**
+     * Says when an account's breaker opens, is isolated, or closes again: its calls wait or go
+     * elsewhere meanwhile, which a caller otherwise sees only as slow answers.
+     */
+    const logBreaker = (member: Member, before: CircuitBreaker.State | undefined, state: CircuitBreaker.State) => {
+      const prefix = `AccountPool: account ${member.name}'s circuit breaker`
+      switch (state._tag) {
+        case "Open": {
+          const fixed = member.account.concurrency
+          const trips = state.trips > 1 ? ` (${state.trips} trips in a row)` : ""
+          // Behind a fixed limit, 429s are failures: the usual cause is an upstream cap below it.
+          const why = typeof fixed === "number"
+            ? `; with a fixed concurrency of ${fixed}, 429s count as failures: the upstream may admit fewer calls now`
+            : ""
+          return Effect.logWarning(
+            `${prefix} opened${trips}: its calls go to another account or wait until it half-opens in ${
+              Duration.format(Duration.millis(state.until - state.since))
+            }${why}`
+          )
+        }
+        case "Isolated":
+          return Effect.logWarning(`${prefix} is isolated: it takes no call until it is reset`)
+        case "Closed":
+          return before === undefined || before._tag === "Closed" ? Effect.void : Effect.logInfo(`${prefix} closed: serving again`)
+        case "HalfOpen":
+          return Effect.void
+      }
+    }
+
     // A breaker's transitions (open, half-open, closed) change what its account may take.
     yield* Effect.forEach(members, (member) =>
-      member.breaker.changes.pipe(Stream.runForEach(() => refresh(member)), Effect.forkScoped), { discard: true })
+      Effect.suspend(() => {
+        let before: CircuitBreaker.State | undefined
+        return member.breaker.changes.pipe(
+          Stream.runForEach((state) => {
+            const logged = logBreaker(member, before, state)
+            before = state
+            return Effect.zipRight(logged, refresh(member))
+          }),
+          Effect.forkScoped
+        )
+      }), { discard: true })
     // What other processes found of an account's balance holds here too.
     yield* Effect.forEach(members, (member) =>
       member.sharedBalance.changes.pipe(
