@@ -35,7 +35,7 @@ export const accountFlags = {
     Options.optional
   ),
   concurrency: Options.integer("concurrency").pipe(
-    Options.withDescription("a fixed number of calls in flight per account (default: the accounts file's, else adaptive)"),
+    Options.withDescription("a fixed number of calls in flight per account and model (default: the accounts file's, else adaptive); 429s then count as breaker failures"),
     Options.optional
   ),
   redis: Options.text("redis").pipe(
