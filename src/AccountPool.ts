@@ -121,6 +121,11 @@ export interface ModelStatus {
    * one lane can be throttled while the account's others serve).
    */
   readonly rateLimited: number
+  /**
+   * USD of the priced attempts the lane carried, kept and discarded, whatever model name their
+   * responses gave (an alias, a fallback's own name).
+   */
+  readonly costUsd: number
 }
 
 /**

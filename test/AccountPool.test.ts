@@ -162,8 +162,8 @@ describe("AccountPool", () => {
       const pool = yield* AccountPool.AccountPool
       const [a] = yield* pool.snapshot
       expect(a?.models).toEqual([
-        { model: "deepseek-v4-flash", limit: 2, inFlight: 2, queued: 2, rateLimited: 0 },
-        { model: "deepseek-v4-pro", limit: 2, inFlight: 2, queued: 0, rateLimited: 0 }
+        { model: "deepseek-v4-flash", limit: 2, inFlight: 2, queued: 2, rateLimited: 0, costUsd: 0 },
+        { model: "deepseek-v4-pro", limit: 2, inFlight: 2, queued: 0, rateLimited: 0, costUsd: 0 }
       ])
       expect(a).toMatchObject({ limit: 4, inFlight: 4 })
       yield* TestClock.adjust("2 seconds")
@@ -171,7 +171,7 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 
-  it.effect("counts each lane's 429s apart: a throttled model shows on its own lane, not on the account's others", () => {
+  it.effect("counts each lane's 429s and spend apart: a throttled model shows on its own lane, not on the account's others", () => {
     const pro: ChatCompletionRequest = { ...request, model: "deepseek-v4-pro" }
     const setup: Setup = {
       accounts: [account("a", ["sk-a"], { concurrency: 4 })],
@@ -188,6 +188,10 @@ describe("AccountPool", () => {
       const [a] = yield* Effect.flatMap(AccountPool.AccountPool, (pool) => pool.snapshot)
       expect(a?.models.map((lane) => [lane.model, lane.rateLimited])).toEqual([["deepseek-v4-flash", 0], ["deepseek-v4-pro", 2]])
       expect(a?.rateLimited).toBe(2)
+      // The one answer's cost is the flash lane's, as the ledger priced it; the throttled lane cost nothing.
+      const { total } = yield* Effect.flatMap(CostLedger.CostLedger, (ledger) => ledger.snapshot)
+      expect(total.costUsd).toBeGreaterThan(0)
+      expect(a?.models.map((lane) => [lane.model, lane.costUsd])).toEqual([["deepseek-v4-flash", total.costUsd], ["deepseek-v4-pro", 0]])
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 

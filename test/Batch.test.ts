@@ -631,7 +631,7 @@ describe("Batch summary", () => {
         state: name === "beta" ? "out_of_balance" : "serving",
         limit: 8,
         inFlight: 0,
-        models: [{ model: "deepseek-v4-flash", limit: 8, inFlight: 0, queued: 0, rateLimited: name === "alpha" ? 3 : 0 }],
+        models: [{ model: "deepseek-v4-flash", limit: 8, inFlight: 0, queued: 0, rateLimited: name === "alpha" ? 3 : 0, costUsd: 0 }],
         usableKeys: 2,
         calls,
         succeeded: calls,

@@ -111,6 +111,11 @@ describe.skipIf(!present)(title, () => {
       )
       yield* waitFor(
         page,
+        "the serving account's spend charted on each of its lanes",
+        "[...window.__gateway.cards.get('b').laneCharts.values()].every((c) => c.spend.data[1].some((v) => v > 0))"
+      )
+      yield* waitFor(
+        page,
         "the throttled account's 429s charted on its lanes",
         "[...window.__gateway.cards.get('a').laneCharts.values()].some((c) => c.throttle.data[1].some((v) => v > 0))"
       )

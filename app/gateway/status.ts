@@ -26,7 +26,6 @@ import type { Traffic } from "./traffic.js"
 export interface LaneSample extends ModelStatus {
   /** 429s per second since the previous sample. */
   readonly rateLimitedPerSecond: number
-  readonly costUsd: number
 }
 
 /** One account, as the page draws it. */
@@ -156,8 +155,7 @@ export const make = (traffic: Traffic, options: Options): Effect.Effect<Monitor,
           const laneBefore = before?.models.find((m) => m.model === lane.model)
           return {
             ...lane,
-            rateLimitedPerSecond: before === undefined ? 0 : (lane.rateLimited - (laneBefore?.rateLimited ?? 0)) / seconds,
-            costUsd: models.find((m) => m.account === status.name && m.model === lane.model)?.costUsd ?? 0
+            rateLimitedPerSecond: before === undefined ? 0 : (lane.rateLimited - (laneBefore?.rateLimited ?? 0)) / seconds
           }
         })
         return {

@@ -340,8 +340,13 @@ export const makeWith = <R>(
       readonly dropped: () => void
     }
     const laneMetrics = new Map<Lane, LaneMetrics>()
-    /** The 429s each lane drew, for its status. */
-    const laneRateLimited = new Map<Lane, number>()
+    /** What each lane's attempts drew and cost, for its status. */
+    const laneTotals = new Map<Lane, { rateLimited: number; costUsd: number }>()
+    const totalsOf = (lane: Lane) => {
+      let totals = laneTotals.get(lane)
+      if (totals === undefined) laneTotals.set(lane, totals = { rateLimited: 0, costUsd: 0 })
+      return totals
+    }
     /** The labels, gauges and drop counter of `lane`, made on its first use: they are used on every attempt. */
     const metricsOf = (lane: Lane): LaneMetrics => {
       let metrics = laneMetrics.get(lane)
@@ -667,7 +672,10 @@ export const makeWith = <R>(
     const record = (placed: Placed, model: string, usage: Usage | undefined, disposition: Disposition) =>
       Effect.flatMap(
         ledger.record({ account: placed.member.name, model, usage, disposition }),
-        (cost) => GenAi.noteCost(placed, cost)
+        (cost) => {
+          if (cost._tag === "Priced") totalsOf(placed.grant.lane).costUsd += cost.usd
+          return GenAi.noteCost(placed, cost)
+        }
       )
 
     /**
@@ -692,7 +700,7 @@ export const makeWith = <R>(
           member.failed++
           if (ApiError.tagOf(error) === "RateLimited") {
             member.rateLimited++
-            laneRateLimited.set(placed.grant.lane, (laneRateLimited.get(placed.grant.lane) ?? 0) + 1)
+            totalsOf(placed.grant.lane).rateLimited++
           }
         }
         const result = verdict === undefined ? "ok" : ApiError.tagOf(error) ?? "unknown"
@@ -839,7 +847,8 @@ export const makeWith = <R>(
           limit: lane.limit,
           inFlight: lane.inFlight,
           queued: dispatcher.queued(lane.model),
-          rateLimited: laneRateLimited.get(lane) ?? 0
+          rateLimited: laneTotals.get(lane)?.rateLimited ?? 0,
+          costUsd: laneTotals.get(lane)?.costUsd ?? 0
         }))
         return {
           name: member.name,
