@@ -871,7 +871,7 @@ export const makeWith = <R>(
      * Says when an account's breaker opens, is isolated, or closes again: its calls wait or go
      * elsewhere meanwhile, which a caller otherwise sees only as slow answers.
      */
-    const logBreaker = (member: Member, before: CircuitBreaker.State | undefined, state: CircuitBreaker.State) => {
+    const logBreaker = (member: Member, before: Option.Option<CircuitBreaker.State>, state: CircuitBreaker.State) => {
       const prefix = `AccountPool: account ${member.name}'s circuit breaker`
       switch (state._tag) {
         case "Open": {
@@ -890,7 +890,7 @@ export const makeWith = <R>(
         case "Isolated":
           return Effect.logWarning(`${prefix} is isolated: it takes no call until it is reset`)
         case "Closed":
-          return before === undefined || before._tag === "Closed" ? Effect.void : Effect.logInfo(`${prefix} closed: serving again`)
+          return Option.exists(before, (b) => b._tag !== "Closed") ? Effect.logInfo(`${prefix} closed: serving again`) : Effect.void
         case "HalfOpen":
           return Effect.void
       }
@@ -898,17 +898,11 @@ export const makeWith = <R>(
 
     // A breaker's transitions (open, half-open, closed) change what its account may take.
     yield* Effect.forEach(members, (member) =>
-      Effect.suspend(() => {
-        let before: CircuitBreaker.State | undefined
-        return member.breaker.changes.pipe(
-          Stream.runForEach((state) => {
-            const logged = logBreaker(member, before, state)
-            before = state
-            return Effect.zipRight(logged, refresh(member))
-          }),
-          Effect.forkScoped
-        )
-      }), { discard: true })
+      member.breaker.changes.pipe(
+        Stream.zipWithPrevious,
+        Stream.runForEach(([before, state]) => Effect.zipRight(logBreaker(member, before, state), refresh(member))),
+        Effect.forkScoped
+      ), { discard: true })
     // What other processes found of an account's balance holds here too.
     yield* Effect.forEach(members, (member) =>
       member.sharedBalance.changes.pipe(
