@@ -631,7 +631,12 @@ describe("Batch summary", () => {
         state: name === "beta" ? "out_of_balance" : "serving",
         limit: 8,
         inFlight: 0,
-        models: [{ model: "deepseek-v4-flash", limit: 8, inFlight: 0, queued: 0, rateLimited: name === "alpha" ? 3 : 0, costUsd: 0 }],
+        models: name === "alpha"
+          ? [
+            { model: "deepseek-v4-flash", limit: 5, inFlight: 0, queued: 0, rateLimited: 3, costUsd: 0.002 },
+            { model: "deepseek-v4-pro", limit: 3, inFlight: 0, queued: 0, rateLimited: 0, costUsd: 0.001 }
+          ]
+          : [{ model: "deepseek-v4-flash", limit: 8, inFlight: 0, queued: 0, rateLimited: 0, costUsd: 0 }],
         usableKeys: 2,
         calls,
         succeeded: calls,
@@ -671,9 +676,17 @@ describe("Batch summary", () => {
         rate_limited: 0,
         retries: 0
       })
-      expect(json.accounts["alpha"]).toMatchObject({ rate_limited: 3, retries: 3 })
+      expect(json.accounts["alpha"]).toMatchObject({
+        rate_limited: 3,
+        retries: 3,
+        models: {
+          "deepseek-v4-flash": { limit: 5, rate_limited: 3, cost_usd: 0.002 },
+          "deepseek-v4-pro": { limit: 3, rate_limited: 0, cost_usd: 0.001 }
+        }
+      })
       expect(json.accounts["gamma"]).toMatchObject({ attempts: 0, prompt_tokens: 0, fallback: true, calls: 0 })
       const text = Batch.formatSummary(summary)
+      expect(text).toContain("  alpha: deepseek, serving, limit 8 (deepseek-v4-flash 5, deepseek-v4-pro 3), 2 usable keys; ")
       expect(text).toContain("  beta: deepseek, out_of_balance, limit 8, 2 usable keys; 1 answered, 1 attempt, 15 tokens")
       expect(text).toContain("  gamma: openai-compatible fallback, serving, limit 8, 2 usable keys; 0 answered, 0 attempts, 0 tokens, $0.000000")
     }).pipe(Effect.provide(NodeFileSystem.layer)))

@@ -112,6 +112,15 @@ export interface AccountJson extends SpendJson {
   readonly failed?: number
   readonly rate_limited?: number
   readonly retries?: number
+  /** Each model's lane: DeepSeek caps each model of an account apart, so each has its own limit. */
+  readonly models?: Readonly<Record<string, LaneJson>>
+}
+
+/** One (account, model) lane at the end of the run. */
+export interface LaneJson {
+  readonly limit: number
+  readonly rate_limited: number
+  readonly cost_usd: number
 }
 
 /** The summary JSON. */
@@ -162,7 +171,11 @@ const accountJson = (account: AccountSummary): AccountJson => {
       succeeded: status.succeeded,
       failed: status.failed,
       rate_limited: status.rateLimited,
-      retries: status.retries
+      retries: status.retries,
+      models: Object.fromEntries(status.models.map((lane): [string, LaneJson] => [
+        lane.model,
+        { limit: lane.limit, rate_limited: lane.rateLimited, cost_usd: lane.costUsd }
+      ]))
     })
   }
 }
@@ -199,8 +212,14 @@ const costLine = (spend: Spend): string =>
     `reasoning ${percent(spend.reasoningShare)} of output`
   ].join("; ")
 
+/** An account's limit, and each model's where it has several (each model is capped apart). */
+const limitText = (status: AccountStatus): string =>
+  status.models.length < 2
+    ? `limit ${status.limit}`
+    : `limit ${status.limit} (${status.models.map((lane) => `${lane.model} ${lane.limit}`).join(", ")})`
+
 const statusText = (status: AccountStatus): string =>
-  `${status.provider}${status.fallback ? " fallback" : ""}, ${status.state}, limit ${status.limit}, ${
+  `${status.provider}${status.fallback ? " fallback" : ""}, ${status.state}, ${limitText(status)}, ${
     counted(status.usableKeys, "usable key", "usable keys")
   }`
 
