@@ -173,25 +173,33 @@ describe("AccountPool", () => {
 
   it.effect("counts each lane's 429s and spend apart: a throttled model shows on its own lane, not on the account's others", () => {
     const pro: ChatCompletionRequest = { ...request, model: "deepseek-v4-pro" }
+    // An old name, answered by the model that serves it now (as DeepSeek does).
+    const alias: ChatCompletionRequest = { ...request, model: "deepseek-chat" }
     const setup: Setup = {
       accounts: [account("a", ["sk-a"], { concurrency: 4 })],
       handlers: {
-        a: (req) => isChat(req) && bodyOf(req).model === pro.model ? MockUpstream.status(429, { body: errorBody("busy") }) : healthy()(req)
+        a: (req) =>
+          !isChat(req)
+            ? status(404)(req)
+            : bodyOf(req).model === pro.model
+            ? MockUpstream.status(429, { body: errorBody("busy") })
+            : MockUpstream.completion({ ...generation(req), model: "deepseek-v4-flash" })
       },
       options: { preflight: false }
     }
     return Effect.gen(function*() {
-      yield* create
+      yield* createWith(alias)
       const throttled = yield* Effect.flip(createWith(pro))
       expect(ApiError.tagOf(throttled)).toBe("RateLimited")
       yield* Effect.flip(createWith(pro))
       const [a] = yield* Effect.flatMap(AccountPool.AccountPool, (pool) => pool.snapshot)
-      expect(a?.models.map((lane) => [lane.model, lane.rateLimited])).toEqual([["deepseek-v4-flash", 0], ["deepseek-v4-pro", 2]])
+      expect(a?.models.map((lane) => [lane.model, lane.rateLimited])).toEqual([["deepseek-chat", 0], ["deepseek-v4-pro", 2]])
       expect(a?.rateLimited).toBe(2)
-      // The one answer's cost is the flash lane's, as the ledger priced it; the throttled lane cost nothing.
-      const { total } = yield* Effect.flatMap(CostLedger.CostLedger, (ledger) => ledger.snapshot)
+      // The answer, priced as the model its response named, is the cost of the lane that carried it.
+      const { byModel, total } = yield* Effect.flatMap(CostLedger.CostLedger, (ledger) => ledger.snapshot)
       expect(total.costUsd).toBeGreaterThan(0)
-      expect(a?.models.map((lane) => [lane.model, lane.costUsd])).toEqual([["deepseek-v4-flash", total.costUsd], ["deepseek-v4-pro", 0]])
+      expect(byModel["deepseek-v4-flash"]?.costUsd).toBe(total.costUsd)
+      expect(a?.models.map((lane) => [lane.model, lane.costUsd])).toEqual([["deepseek-chat", total.costUsd], ["deepseek-v4-pro", 0]])
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 
