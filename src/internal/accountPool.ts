@@ -332,29 +332,27 @@ export const makeWith = <R>(
         return new Member(account, slot, keys, breaker, transport, yield* memberState.balance(account))
       }))
 
-    interface LaneMetrics {
+    /** What the pool keeps of a lane: its metrics' labels, gauges and drop counter, and its status's counts. */
+    interface LaneFigures {
       readonly tags: ReadonlyArray<MetricLabel.MetricLabel>
       /** The labels of an attempt on the lane that ended with `result`. */
       readonly resultTags: (result: string) => ReadonlyArray<MetricLabel.MetricLabel>
       readonly publish: () => void
       readonly dropped: () => void
+      /** Attempts that drew a 429. */
+      rateLimited: number
+      /** USD of the priced attempts the lane carried. */
+      costUsd: number
     }
-    const laneMetrics = new Map<Lane, LaneMetrics>()
-    /** What each lane's attempts drew and cost, for its status. */
-    const laneTotals = new Map<Lane, { rateLimited: number; costUsd: number }>()
-    const totalsOf = (lane: Lane) => {
-      let totals = laneTotals.get(lane)
-      if (totals === undefined) laneTotals.set(lane, totals = { rateLimited: 0, costUsd: 0 })
-      return totals
-    }
-    /** The labels, gauges and drop counter of `lane`, made on its first use: they are used on every attempt. */
-    const metricsOf = (lane: Lane): LaneMetrics => {
-      let metrics = laneMetrics.get(lane)
-      if (metrics !== undefined) return metrics
+    const laneFigures = new Map<Lane, LaneFigures>()
+    /** The figures of `lane`, made on its first use: they are used on every attempt. */
+    const figuresOf = (lane: Lane): LaneFigures => {
+      let figures = laneFigures.get(lane)
+      if (figures !== undefined) return figures
       const account = members[lane.account.index]!.account
       const tags = labels(["account", account.name], ["model", lane.model])
       const byResult = new Map<string, ReadonlyArray<MetricLabel.MetricLabel>>()
-      metrics = {
+      figures = {
         tags,
         resultTags: (result) => {
           let resultTags = byResult.get(result)
@@ -367,10 +365,12 @@ export const makeWith = <R>(
           LimiterInternal.limitGauge.unsafeUpdate(lane.limit, tags)
           LimiterInternal.inFlightGauge.unsafeUpdate(lane.inFlight, tags)
         },
-        dropped: () => LimiterInternal.droppedCounter.unsafeUpdate(1, tags)
+        dropped: () => LimiterInternal.droppedCounter.unsafeUpdate(1, tags),
+        rateLimited: 0,
+        costUsd: 0
       }
-      laneMetrics.set(lane, metrics)
-      return metrics
+      laneFigures.set(lane, figures)
+      return figures
     }
 
     // Notified whenever the pool may have more room; a capacity reading's wait sees a change
@@ -385,7 +385,7 @@ export const makeWith = <R>(
       queuedGauge.unsafeUpdate(dispatcher.queued(model), tags)
     }
     const publishLane = (lane: Lane) => {
-      metricsOf(lane).publish()
+      figuresOf(lane).publish()
       publishQueued(lane.model)
     }
     const dispatcher: Lanes = yield* coordinate(accounts, members.map((member) => member.slot), {
@@ -548,7 +548,7 @@ export const makeWith = <R>(
       return LimiterInternal.makePermit(lane.policy, lane, grant, clock, {
         classify: undefined,
         changed: () => publishLane(lane),
-        dropped: metricsOf(lane).dropped
+        dropped: figuresOf(lane).dropped
       })
     }
 
@@ -673,7 +673,7 @@ export const makeWith = <R>(
       Effect.flatMap(
         ledger.record({ account: placed.member.name, model, usage, disposition }),
         (cost) => {
-          if (cost._tag === "Priced") totalsOf(placed.grant.lane).costUsd += cost.usd
+          if (cost._tag === "Priced") figuresOf(placed.grant.lane).costUsd += cost.usd
           return GenAi.noteCost(placed, cost)
         }
       )
@@ -688,8 +688,8 @@ export const makeWith = <R>(
     const countSent = (placed: Placed, request: ChatCompletionRequest, verdict?: ApiError.Verdict, error?: unknown) =>
       Effect.sync(() => {
         const { member } = placed
-        const metrics = metricsOf(placed.grant.lane)
-        const { tags } = metrics
+        const lane = figuresOf(placed.grant.lane)
+        const { tags } = lane
         const retry = sent.has(request)
         if (retry) {
           member.retries++
@@ -700,11 +700,11 @@ export const makeWith = <R>(
           member.failed++
           if (ApiError.tagOf(error) === "RateLimited") {
             member.rateLimited++
-            totalsOf(placed.grant.lane).rateLimited++
+            lane.rateLimited++
           }
         }
         const result = verdict === undefined ? "ok" : ApiError.tagOf(error) ?? "unknown"
-        attemptsCounter.unsafeUpdate(1, metrics.resultTags(result))
+        attemptsCounter.unsafeUpdate(1, lane.resultTags(result))
         attemptDuration.unsafeUpdate((now() - placed.placedAt) / 1000, tags)
       })
 
@@ -847,8 +847,8 @@ export const makeWith = <R>(
           limit: lane.limit,
           inFlight: lane.inFlight,
           queued: dispatcher.queued(lane.model),
-          rateLimited: laneTotals.get(lane)?.rateLimited ?? 0,
-          costUsd: laneTotals.get(lane)?.costUsd ?? 0
+          rateLimited: laneFigures.get(lane)?.rateLimited ?? 0,
+          costUsd: laneFigures.get(lane)?.costUsd ?? 0
         }))
         return {
           name: member.name,
