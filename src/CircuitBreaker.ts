@@ -15,8 +15,8 @@
  *
  * What a call's error means is read through `classify` (default `ApiError.classify`): outages
  * (5xx, transport errors, deadlines, truncated output, and any error the classifier does not
- * know) are failures, and so is load shed (429, 503) unless `countLoadShed` is false (behind an
- * adaptive limiter, which owns that signal). An account or caller problem counts as a success:
+ * know) are failures, and so is load shed (429, 503) unless `countLoadShed` says otherwise (behind
+ * a concurrency limiter, which owns that signal). An account or caller problem counts as a success:
  * the upstream answered. Our own refusals, interruptions and defects are ignored.
  *
  * ## Shared on Redis
@@ -156,11 +156,14 @@ export interface Options {
   /** What a call's error means. Default `ApiError.classify`. */
   readonly classify?: Classifier | undefined
   /**
-   * Whether load shed (429, 503, `insufficient_system_resource`) counts as a failure. Default
-   * true; false behind an adaptive concurrency limiter, which owns that signal (it backs off on
-   * each one, and draws a few on purpose when it probes for a higher cap).
+   * Which load shed counts as a failure. `true` (the default): all of it (429, 503,
+   * `insufficient_system_resource`). `"overload"`: only the server's overload (503, work cut for
+   * lack of resources), which comes at any level, leaving 429s, which say where a concurrency cap
+   * is, to a limiter that backs off on them. `false`: none, behind an adaptive concurrency limiter
+   * that owns both signals (it backs off on each one, and draws a few on purpose when it probes
+   * for a higher cap).
    */
-  readonly countLoadShed?: boolean | undefined
+  readonly countLoadShed?: boolean | "overload" | undefined
 }
 
 /**
@@ -335,17 +338,18 @@ const settingsOf = (options: Options): internal.Settings => {
 /** How a call ended, as the breaker counts it. */
 const outcomeOf = (
   classify: Classifier,
-  countLoadShed: boolean,
+  countLoadShed: boolean | "overload",
   exit: Exit.Exit<unknown, unknown>
 ): internal.Outcome => {
   if (Exit.isSuccess(exit)) return "success"
   const failure = Cause.failureOption(exit.cause)
   if (Option.isNone(failure)) return "ignored"
-  switch (classify(failure.value)._tag) {
+  const verdict = classify(failure.value)
+  switch (verdict._tag) {
     case "Outage":
       return "failure"
     case "LoadShed":
-      return countLoadShed ? "failure" : "ignored"
+      return countLoadShed === true || (countLoadShed === "overload" && verdict.signal === "overload") ? "failure" : "ignored"
     case "Account":
     case "Caller":
       return "success"

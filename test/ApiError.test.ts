@@ -138,10 +138,14 @@ interface Observed {
   readonly breaker: "failure" | "success" | "ignored"
 }
 
+type CountLoadShed = NonNullable<CircuitBreaker.Options["countLoadShed"]>
+
 /** What each part must do with an error of `verdict`, by the module docs. */
-const expected = (verdict: ApiError.Verdict, countLoadShed: boolean): Observed => {
+const expected = (verdict: ApiError.Verdict, countLoadShed: CountLoadShed): Observed => {
   const retried = ApiError.isRetryable(verdict)
-  const breaker = verdict._tag === "Outage" || (verdict._tag === "LoadShed" && countLoadShed)
+  const countsLoadShed = verdict._tag === "LoadShed" &&
+    (countLoadShed === true || (countLoadShed === "overload" && verdict.signal === "overload"))
+  const breaker = verdict._tag === "Outage" || countsLoadShed
     ? "failure"
     : verdict._tag === "Refused" || verdict._tag === "LoadShed"
     ? "ignored"
@@ -155,7 +159,7 @@ let limiterNames = 0
  * Runs one call that fails once with `error`, then succeeds, through one policy whose parts are
  * all observable, and reads what each part did.
  */
-const observe = (error: unknown, countLoadShed: boolean) =>
+const observe = (error: unknown, countLoadShed: CountLoadShed) =>
   Effect.scoped(Effect.gen(function*() {
     const name = `agree-${++limiterNames}`
     const budget = yield* RetryBudget.make({ minRetriesPerSecond: 10, window: "1 day" })
@@ -189,7 +193,7 @@ describe("one classification, every policy", () => {
   const anyError = FastCheck.constantFrom(...table.map(([, error]) => error))
   it.effect.prop(
     "retry, budget, limiter and breaker agree on every error shape through the shared classifier",
-    { error: anyError, countLoadShed: FastCheck.boolean() },
+    { error: anyError, countLoadShed: FastCheck.constantFrom<CountLoadShed>(true, false, "overload") },
     ({ countLoadShed, error }) =>
       Effect.gen(function*() {
         const observed = yield* observe(error, countLoadShed)
