@@ -18,8 +18,12 @@
  * ## One adaptive limit per (account, model)
  *
  * Each account has a lane per model it is asked for, with its own limit: adaptive (each lane
- * discovers its own moving cap from 429s and acceptances; see `ConcurrencyLimiter`), or fixed by
- * the account's `concurrency`. For a provider that limits the account as a whole, its
+ * discovers its own moving cap from 429s and acceptances; see `ConcurrencyLimiter`), or held at
+ * most at the account's `concurrency` when it is a number: a ceiling, backed off only by 429s
+ * and 503s and climbing back to it. Either way the lane's limit backs off on 429s, so the
+ * account's breaker counts outages and the server's overload (503s, work cut for lack of
+ * resources), never 429s: an account whose upstream sheds every call fails its calls over, and
+ * one over a cap that moved only slows down. For a provider that limits the account as a whole, its
  * `accountConcurrency` caps the permits of all its lanes together.
  *
  * ## Placement when a permit is free
@@ -412,7 +416,7 @@ export interface RedisOptions extends Options {
  * docs/redis.md). A permit is a lease that expires `leaseTtl` after its holder's last heartbeat,
  * so a crashed process's permits come back by themselves. Placement (which accounts may serve,
  * failover, fallbacks) stays in each process, as in `make`. Give every process the same accounts
- * configuration: a fixed `concurrency` is written to the shared lane by each process that uses it.
+ * configuration: each process applies its own `concurrency` to the limit they learn together.
  *
  * @example
  * ```ts

@@ -23,9 +23,11 @@
  * - `models` (default none): model names to send instead of the requested ones, for a provider
  *   whose names differ;
  * - `concurrency` (default: adaptive, starting at 8): the limit of each (account, model) lane,
- *   since DeepSeek caps concurrency per account and per model: a fixed number of calls in flight,
- *   or the adaptive limiter's options (`ConcurrencyLimiter.AdaptiveOptions`, `queueDelayFloor` in
- *   milliseconds), each model's lane discovering its own cap;
+ *   since DeepSeek caps concurrency per account and per model: a number N is a ceiling (each lane
+ *   starts at N, never exceeds it, backs off only on 429s and 503s and climbs back to N as calls
+ *   are accepted, instead of drawing a 429 per call while the cap is below N), or the adaptive
+ *   limiter's options (`ConcurrencyLimiter.AdaptiveOptions`, `queueDelayFloor` in milliseconds),
+ *   each model's lane discovering its own cap;
  * - `accountConcurrency` (default none): a fixed cap on the calls in flight of every model
  *   together, for a provider that limits the account as a whole.
  *
@@ -63,7 +65,7 @@ export interface Account {
   readonly fallback: boolean
   /** Requested model name → the name this account's provider knows it by. */
   readonly models: Readonly<Record<string, string>>
-  /** The limit of each of its (account, model) lanes: fixed, or adaptive with these options. */
+  /** The limit of each of its (account, model) lanes: a ceiling that backs off on 429s, or adaptive with these options. */
   readonly concurrency?: number | AdaptiveOptions | undefined
   /** A cap on the calls in flight of every model together. */
   readonly accountConcurrency?: number | undefined
@@ -169,7 +171,7 @@ const Adaptive = Schema.Struct({
 const concurrencyExpected = "expected an integer ≥ 1 or adaptive limiter options"
 
 /**
- * A number is a fixed limit, an object the adaptive limiter's options. The form is chosen by the
+ * A number is a ceiling, an object the adaptive limiter's options. The form is chosen by the
  * value's type (not as a union) so an error names only what is wrong within the form meant.
  */
 const Concurrency = Schema.transformOrFail(Schema.Unknown, Schema.Union(positiveInt, Adaptive), {

@@ -573,22 +573,28 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)), capturingLogs(logs))
   })
 
-  it.effect("says why a breaker opened behind a fixed concurrency: 429s count as failures there", () => {
-    const logs: Array<Logged> = []
+  it.effect("a fixed concurrency is a ceiling: 429s lower the lane's limit, not the breaker's state, and it climbs back to it, never above", () => {
+    const throttled: Handler = (req) => isChat(req) ? MockUpstream.status(429, { body: errorBody("busy") }) : status(404)(req)
     const setup: Setup = {
       accounts: [account("a", ["sk-a"], { concurrency: 8 })],
-      handlers: { a: (req) => isChat(req) ? MockUpstream.status(429, { body: errorBody("busy") }) : status(404)(req) },
+      handlers: { a: throttled },
       options: { preflight: false, breaker: { minimumThroughput: 2, failureRatio: 0.5, openFor: "30 seconds" } }
     }
+    const laneLimit = Effect.map(
+      Effect.flatMap(AccountPool.AccountPool, (pool) => pool.snapshot),
+      ([a]) => a?.models[0]?.limit
+    )
     return Effect.gen(function*() {
-      yield* Effect.flip(create)
-      yield* Effect.flip(create)
-      yield* settle
-      expect(yield* states).toEqual({ a: "open" })
-      expect(logs.filter((log) => log.message.includes("circuit breaker")).map((log) => log.message)).toEqual([
-        "AccountPool: account a's circuit breaker opened: its calls go to another account or wait until it half-opens in 30s; with a fixed concurrency of 8, 429s count as failures: the upstream may admit fewer calls now"
-      ])
-    }).pipe(Effect.provide(poolLayer(setup)), capturingLogs(logs))
+      for (const _ of [1, 2, 3, 4]) expect(ApiError.tagOf(yield* Effect.flip(create))).toBe("RateLimited")
+      expect(yield* states).toEqual({ a: "serving" })
+      expect(yield* laneLimit).toBeLessThan(8)
+
+      setup.handlers.a = healthy("100 millis")
+      const calls = yield* Effect.fork(concurrently(300, create))
+      for (let round = 0; round < 300 && calls.unsafePoll() === null; round++) yield* TestClock.adjust("100 millis")
+      expect(yield* Fiber.join(calls)).toHaveLength(300)
+      expect(yield* laneLimit).toBe(8)
+    }).pipe(Effect.provide(poolLayer(setup)))
   })
 
   it.effect("fails at once when every key was rejected: a wrong key is not waited for", () => {

@@ -193,7 +193,8 @@ describe("weatherproof batch over accounts (acceptance)", () => {
       expect(primaryStats.byStatus[402]).toBeUndefined()
       expect(summary.accounts["C"].state).toBe("out_of_balance")
 
-      // No account over its limit: the servers would have taken 64 at once.
+      // No account over its limit: the servers would have taken 64 at once. A lane may end below
+      // it: it backed off on the outage's 503s and climbs back as calls are accepted.
       const limits = [[primaryStats, "A", accountLimit], [primaryStats, "B", accountLimit], [primaryStats, "C", accountLimit], [
         fallbackStats,
         "F",
@@ -201,7 +202,7 @@ describe("weatherproof batch over accounts (acceptance)", () => {
       ]] as const
       for (const [stats, name, limit] of limits) {
         expect(stats.accounts[name]!.maxInFlight, name).toBeLessThanOrEqual(limit)
-        expect(summary.accounts[name].limit, name).toBe(limit)
+        expect(summary.accounts[name].limit, name).toBeLessThanOrEqual(limit)
       }
       expect(primaryStats.rateLimited + fallbackStats.rateLimited).toBe(0)
 

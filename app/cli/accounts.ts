@@ -51,7 +51,7 @@ export const flagsProblem = (args: AccountArgs & CallArgs): string | undefined =
 
 /**
  * The accounts of the run: the file's, or one DeepSeek account from the environment, each with
- * `--concurrency` as its fixed limit when it is given. A bad file or a missing key is exit 2.
+ * `--concurrency` as its ceiling when it is given. A bad file or a missing key is exit 2.
  */
 const accountsOf = (
   args: AccountArgs

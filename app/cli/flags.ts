@@ -35,7 +35,7 @@ export const accountFlags = {
     Options.optional
   ),
   concurrency: Options.integer("concurrency").pipe(
-    Options.withDescription("a fixed number of calls in flight per account and model (default: the accounts file's, else adaptive); 429s then count as breaker failures"),
+    Options.withDescription("at most N calls in flight per account and model, backing off on 429s and climbing back to N (default: the accounts file's, else adaptive)"),
     Options.optional
   ),
   redis: Options.text("redis").pipe(

@@ -162,11 +162,18 @@ interface Placed {
 /** Nothing to settle: the attempt settled itself. */
 const noSettle = () => Effect.void
 
-/** A lane's policy: the account's fixed limit, or an adaptive one of its options. */
-const policyFor = (account: Account): LimiterInternal.Policy =>
-  typeof account.concurrency === "number"
-    ? LimiterInternal.fixedPolicy(account.concurrency)
-    : LimiterInternal.adaptivePolicy(account.concurrency ?? {})
+/**
+ * A lane's adaptive options: the account's, or for a number N a ceiling. It starts at N, never
+ * exceeds it, and backs off only when the upstream refuses (429, 503), not on latency or queue
+ * delay, returning to N as calls are accepted again. A limit held at N over a cap that moved
+ * below it would meet a refusal per call above the cap, for as long as the cap stays low.
+ */
+const laneOptions = (concurrency: Account["concurrency"]): Limiter.AdaptiveOptions =>
+  typeof concurrency === "number"
+    ? { initial: concurrency, max: concurrency, latencyRise: Infinity, queueDelayRise: Infinity }
+    : concurrency ?? {}
+
+const policyFor = (account: Account): LimiterInternal.Policy => LimiterInternal.adaptivePolicy(laneOptions(account.concurrency))
 
 /** What a coordinator tells the pool besides its grants. */
 export interface CoordinatorHooks {
@@ -210,9 +217,7 @@ export const coordinateRedis = (settings: RedisLanes.Settings): Coordinate<Redis
         account: account.accountConcurrency === undefined
           ? undefined
           : { key: redis.key("pool", "account", account.name), cap: account.accountConcurrency },
-        limit: typeof account.concurrency === "number"
-          ? account.concurrency
-          : LimiterInternal.adaptiveConfig(account.concurrency ?? {})
+        limit: LimiterInternal.adaptiveConfig(laneOptions(account.concurrency))
       }
     }, hooks, settings))
 
@@ -318,9 +323,10 @@ export const makeWith = <R>(
     const members: ReadonlyArray<Member> = yield* Effect.forEach(accounts, (account, index) =>
       Effect.gen(function*() {
         const keys = yield* memberState.keys(account, { cooldown: settings.keyCooldown })
-        // Behind an adaptive limit, which owns the load signal, the breaker counts outages only.
+        // The lanes' limits back off on 429s; a server overloaded at any level is the breaker's, so
+        // calls fail over from an account whose upstream sheds them all.
         const breaker = yield* memberState.breaker({
-          countLoadShed: typeof account.concurrency === "number",
+          countLoadShed: "overload",
           ...settings.breaker,
           name: account.name
         })
@@ -875,16 +881,11 @@ export const makeWith = <R>(
       const prefix = `AccountPool: account ${member.name}'s circuit breaker`
       switch (state._tag) {
         case "Open": {
-          const fixed = member.account.concurrency
           const trips = state.trips > 1 ? ` (${state.trips} trips in a row)` : ""
-          // Behind a fixed limit, 429s are failures: the usual cause is an upstream cap below it.
-          const why = typeof fixed === "number"
-            ? `; with a fixed concurrency of ${fixed}, 429s count as failures: the upstream may admit fewer calls now`
-            : ""
           return Effect.logWarning(
             `${prefix} opened${trips}: its calls go to another account or wait until it half-opens in ${
               Duration.format(Duration.millis(state.until - state.since))
-            }${why}`
+            }`
           )
         }
         case "Isolated":
