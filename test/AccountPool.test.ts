@@ -488,6 +488,23 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 
+  it.effect("an adaptive account whose server sheds every call (503) opens its breaker and fails over; its 429s never do", () => {
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"]), fallbackAccount],
+      handlers: { a: (req) => isChat(req) ? MockUpstream.status(429, { body: errorBody("busy") }) : status(404)(req), alt: healthy() },
+      options: { preflight: false, breaker: { minimumThroughput: 2, failureRatio: 0.5, openFor: "30 seconds" } }
+    }
+    return Effect.gen(function*() {
+      for (const _ of [1, 2, 3, 4]) expect((yield* Effect.flip(create))._tag).toBe("RateLimited")
+      expect(yield* states).toEqual({ a: "serving", alt: "serving" })
+
+      setup.handlers.a = status(503)
+      for (const _ of [1, 2]) expect((yield* Effect.flip(create))._tag).toBe("ServerError")
+      expect(yield* states).toEqual({ a: "open", alt: "serving" })
+      expect((yield* create).id).toBe("cmpl-alt")
+    }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
   it.effect("calls queued at the fallback go back to a primary as soon as it may serve again", () => {
     const setup: Setup = {
       accounts: [account("a", ["sk-a"], { concurrency: 1 }), { ...fallbackAccount, concurrency: 1 }],
