@@ -1,6 +1,8 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import type { Saved } from "../src/internal/circuitBreaker.js"
@@ -76,6 +78,46 @@ describe.skipIf(!redisServerPresent)(skipMessage("CircuitBreaker on Redis"), () 
       expect(seenA).toEqual(["Closed", "Open", "HalfOpen", "Closed"])
       expect(seenB).toEqual(["Closed", "Open", "HalfOpen", "Closed"])
     }))
+
+  it.scopedLive("a canary whose process died frees its slot after its lease: a caller elsewhere becomes the canary and closes the circuit", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const waiting = { canaries: 1, halfOpenPolicy: "wait" } as const
+      // a lives in a scope of its own, closed below as if its process died; its canary never settles.
+      const aScope = yield* Scope.make()
+      const a = yield* Effect.flatMap(connect(server), (redis) => breakerOn(redis, waiting)).pipe(Scope.extend(aScope))
+      const b = yield* breakerOn(yield* connect(server), waiting)
+      yield* Effect.exit(a.protect(failing))
+      yield* Effect.exit(a.protect(failing))
+      yield* stateIs(a, "HalfOpen")
+      yield* a.admit.pipe(Scope.extend(yield* Scope.make()))
+      yield* Scope.close(aScope, Exit.void)
+
+      const start = Date.now()
+      yield* b.protect(Effect.void).pipe(Effect.timeout("10 seconds"))
+      // Not before the lease (3 s) lapsed: a's slot was held until then.
+      expect(Date.now() - start).toBeGreaterThanOrEqual(2_000)
+      yield* stateIs(b, "Closed")
+    }), 20_000)
+
+  it.scopedLive("a live canary keeps its slot past the lease, renewed: callers elsewhere wait for its verdict", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const { a, b } = yield* twoBreakers(server, { canaries: 1, halfOpenPolicy: "wait" })
+      yield* Effect.exit(a.protect(failing))
+      yield* Effect.exit(a.protect(failing))
+      yield* stateIs(a, "HalfOpen")
+      const settle = yield* a.admit
+      let ran = false
+      const waiter = yield* Effect.fork(b.protect(Effect.sync(() => ran = true)))
+      yield* Effect.sleep("4500 millis")
+      expect(ran).toBe(false)
+      expect((yield* b.snapshot).canariesInFlight).toBe(1)
+      yield* settle(Exit.void)
+      yield* Fiber.join(waiter).pipe(Effect.timeout("5 seconds"))
+      expect(ran).toBe(true)
+      yield* stateIs(b, "Closed")
+    }), 20_000)
 
   it.scopedLive("isolate and reset apply to every process", () =>
     Effect.gen(function*() {
@@ -179,6 +221,7 @@ describe("merging a breaker's state after a time apart", () => {
     totalTrips: 1,
     canariesInFlight: 1,
     canariesSucceeded: 0,
+    canaryLeaseUntil: 10_000,
     window: { bucketMillis: 1000, newest: 0, slots: { calls: [], failures: [] } }
   }
 

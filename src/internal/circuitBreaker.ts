@@ -53,6 +53,8 @@ export interface Saved {
   readonly totalTrips: number
   readonly canariesInFlight: number
   readonly canariesSucceeded: number
+  /** Until when the canaries in flight are known to be held by live callers (0: no lease). */
+  readonly canaryLeaseUntil: number
   readonly window: SavedWindow<"calls" | "failures">
 }
 
@@ -80,12 +82,19 @@ export class Machine {
   private consecutiveTrips = 0
   private canariesInFlight = 0
   private canariesSucceeded = 0
+  private canaryLeaseUntil = 0
   private readonly window: RollingWindow<"calls" | "failures">
 
+  /**
+   * `canaryLeaseMillis`: how long a canary's slot is held without `renewCanaries`. In one process
+   * a canary always settles (Infinity); a machine shared between processes must not wait for
+   * good on the canary of a process that died.
+   */
   constructor(
     private readonly settings: Settings,
     now: number,
-    private readonly onTransition: (state: State) => void
+    private readonly onTransition: (state: State) => void,
+    private readonly canaryLeaseMillis = Infinity
   ) {
     this.window = new RollingWindow(["calls", "failures"], settings.buckets, settings.windowMillis / settings.buckets, now)
   }
@@ -99,6 +108,7 @@ export class Machine {
       case "HalfOpen":
         if (this.canariesInFlight + this.canariesSucceeded < this.settings.canaries) {
           this.canariesInFlight++
+          this.renewCanaries(now)
           return this.generation
         }
         return this.settings.halfOpenPolicy === "wait"
@@ -134,14 +144,30 @@ export class Machine {
     }
   }
 
-  /** Moves an open circuit whose period is over to half-open. */
+  /**
+   * Moves an open circuit whose period is over to half-open, and frees the slots of canaries
+   * whose lease lapsed: a new generation voids their tickets (the verdicts already in stand).
+   */
   poll(now: number): void {
     const state = this.state
     if (state._tag === "Open" && now >= state.until) {
       this.canariesInFlight = 0
       this.canariesSucceeded = 0
       this.enter({ _tag: "HalfOpen", since: now, trips: state.trips })
+    } else if (this.canariesLapsed(now)) {
+      this.canariesInFlight = 0
+      this.enter(state)
     }
+  }
+
+  /** Whether half-open canaries are in flight past their lease: their callers are gone. */
+  canariesLapsed(now: number): boolean {
+    return this.state._tag === "HalfOpen" && this.canariesInFlight > 0 && now >= this.canaryLeaseUntil
+  }
+
+  /** The canaries in flight are still held: their lease runs `canaryLeaseMillis` from `now`. */
+  renewCanaries(now: number): void {
+    if (this.canariesInFlight > 0) this.canaryLeaseUntil = now + this.canaryLeaseMillis
   }
 
   isolate(now: number): void {
@@ -180,6 +206,7 @@ export class Machine {
       totalTrips: this.totalTrips,
       canariesInFlight: this.canariesInFlight,
       canariesSucceeded: this.canariesSucceeded,
+      canaryLeaseUntil: this.canaryLeaseUntil,
       window: this.window.save()
     }
   }
@@ -193,6 +220,8 @@ export class Machine {
     this.totalTrips = saved.totalTrips
     this.canariesInFlight = saved.canariesInFlight
     this.canariesSucceeded = saved.canariesSucceeded
+    // Saved without a lease (an older version): its canaries count as lapsed.
+    this.canaryLeaseUntil = saved.canaryLeaseUntil ?? 0
     this.window.load(saved.window)
     if (saved.state._tag !== previous._tag) this.onTransition(saved.state)
     this.wake()

@@ -79,8 +79,17 @@ export const merge = (local: Saved, shared: Saved | undefined): Saved => {
 const publishable = (before: Saved | undefined, after: Saved): boolean =>
   before === undefined || JSON.stringify({ ...before, window: 0 }) !== JSON.stringify({ ...after, window: 0 })
 
-/** How often the mirror re-reads while half-open (waiters wait on canaries of other processes). */
+/**
+ * How often the mirror re-reads while half-open (waiters wait on canaries of other processes),
+ * and renews the lease of the canaries it holds.
+ */
 const halfOpenRefreshMillis = 1_000
+
+/**
+ * How long a canary's slot is kept without a renewal: a process that died holding one frees it
+ * after this (the next caller becomes the canary); a live holder renews it every second.
+ */
+const canaryLeaseMillis = 3 * halfOpenRefreshMillis
 
 /**
  * The core of a breaker shared as `name` on `redis`. `onTransition` hears every change of state,
@@ -106,7 +115,9 @@ export const core = (
     const runWrite = redis.script(writeScript)
     const fallback = Fallback.make(redis, `CircuitBreaker "${name}"`, "going on from its last known state")
     const lock = yield* Effect.makeSemaphore(1)
-    const mirror = new Machine(settings, now(), onTransition)
+    const machineAt = (at: number, announce: (state: State) => void = () => {}) =>
+      new Machine(settings, at, announce, canaryLeaseMillis)
+    const mirror = machineAt(now(), onTransition)
     let loaded = ""
 
     const read: Effect.Effect<Read, RedisError> = Effect.suspend(() => {
@@ -132,14 +143,14 @@ export const core = (
       if (raw === loaded) return
       loaded = raw
       const saved = savedOf(raw)
-      mirror.load(saved ?? new Machine(settings, now(), () => {}).save())
+      mirror.load(saved ?? machineAt(now()).save())
     }
 
     /** Applies `f` to the shared machine at the server's time, re-applying it after a conflict. */
     const cycle = <A>(f: (machine: Machine, now: number) => A): Effect.Effect<A, RedisError> =>
       Effect.flatMap(read, (current) => {
         const before = savedOf(current.raw)
-        const machine = new Machine(settings, current.now, () => {})
+        const machine = machineAt(current.now)
         if (before !== undefined) machine.load(before)
         const unchanged = JSON.stringify(machine.save())
         const answer = f(machine, current.now)
@@ -193,9 +204,18 @@ export const core = (
       Effect.catchAll((error) => fallback.fail(error))
     )
 
+    /** An open period that ended, or canaries whose holder is gone, move the shared machine on. */
+    const pollIfDue: Effect.Effect<void> = Effect.suspend(() => {
+      const state = mirror.state
+      const due = (state._tag === "Open" && now() >= state.until) || mirror.canariesLapsed(now())
+      return due ? change((machine, at) => machine.poll(at)) : Effect.void
+    })
+
     // -- outcomes, written by one fiber -------------------------------------------------------
 
     let pending: Array<readonly [number, Outcome]> = []
+    /** The canaries this service admitted and that have not settled, by ticket: it renews their lease. */
+    const held = new Map<number, number>()
     let wake = Deferred.unsafeMake<void>(FiberId.none)
     const nudge = () => Deferred.unsafeDone(wake, Exit.void)
 
@@ -203,11 +223,15 @@ export const core = (
       for (const [ticket, outcome] of outcomes) machine.settle(ticket, outcome, at)
     }
 
+    const renewCanaries = (machine: Machine, at: number) => machine.renewCanaries(at)
+
     const flushOnce = Effect.suspend(() => {
       wake = Deferred.unsafeMake<void>(FiberId.none)
       const outcomes = pending
       pending = []
-      return outcomes.length > 0 ? change(settleAll(outcomes)) : refresh
+      if (outcomes.length > 0) return change(settleAll(outcomes))
+      if (held.size > 0 && mirror.state._tag === "HalfOpen") return change(renewCanaries)
+      return Effect.zipRight(refresh, pollIfDue)
     })
 
     const idleMillis = () => mirror.state._tag === "HalfOpen" ? halfOpenRefreshMillis : ttlMillis / 3
@@ -220,10 +244,11 @@ export const core = (
     yield* Effect.forkScoped(flusher)
     yield* fallback.watch(resync)
 
-    const pollIfDue = Effect.suspend(() => {
-      const state = mirror.state
-      return state._tag === "Open" && now() >= state.until ? change((machine, at) => machine.poll(at)) : Effect.void
-    })
+    /** An admission, and whether it made the caller a canary. */
+    const admitShared = (machine: Machine, at: number) => {
+      const admission = machine.admit(at)
+      return [admission, typeof admission === "number" && machine.state._tag === "HalfOpen"] as const
+    }
 
     return {
       machine: mirror,
@@ -234,10 +259,15 @@ export const core = (
         const ticket = mirror.closedTicket()
         if (ticket !== undefined) return Effect.succeed(ticket)
         // A wait is on the mirror's signal: every read that changes it wakes the waiters.
-        return Effect.map(change((machine, at) => machine.admit(at)), (admission) =>
-          typeof admission === "number" || "reason" in admission ? admission : mirror.signal)
+        return Effect.map(change(admitShared), ([admission, canary]) => {
+          if (typeof admission !== "number") return "reason" in admission ? admission : mirror.signal
+          if (canary) held.set(admission, (held.get(admission) ?? 0) + 1)
+          return admission
+        })
       }),
       settle: (ticket, outcome) => {
+        const canaries = held.get(ticket)
+        if (canaries !== undefined) canaries > 1 ? held.set(ticket, canaries - 1) : held.delete(ticket)
         if (outcome === "ignored" && mirror.state._tag === "Closed") return
         pending.push([ticket, outcome])
         nudge()
