@@ -434,6 +434,28 @@ export const layerAdaptive = (options?: AdaptiveOptions): Layer.Layer<Concurrenc
   Layer.effect(ConcurrencyLimiter, makeAdaptive(options))
 
 /**
+ * The adaptive options of a ceiling of `permits`: a limit that starts there and never exceeds it,
+ * backs off only when the upstream refuses calls (429, 503; not on latency or queue delay), and
+ * climbs back as calls are accepted. What a number usually means against DeepSeek, whose caps
+ * move with its load: a fixed limit over a cap that moved below it draws a 429 for every call
+ * above the cap, for as long as the cap stays there. `Policy` and `AccountPool` read a number as
+ * this; `makeFixed` is the limit that never moves.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { ConcurrencyLimiter } from "weatherproof"
+ *
+ * // Never more than 32 in flight; fewer while the upstream answers 429.
+ * const limiter = Effect.runSync(ConcurrencyLimiter.makeAdaptive(ConcurrencyLimiter.ceiling(32)))
+ * ```
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const ceiling = (permits: number): AdaptiveOptions => internal.ceilingOptions(permits)
+
+/**
  * A pass-through limiter: `acquire` never waits and never fails. Permits are still counted, so
  * `snapshot` and the gauges show the calls in flight (its `limit` is `Infinity`). For a pipeline
  * whose limits live elsewhere, e.g. per account in `AccountPool`.

@@ -164,11 +164,14 @@ export interface Options {
   readonly budgetWait?: Duration.DurationInput | undefined
   /** A client-side rate limit. Default none. */
   readonly rate?: TokenBucketModule.Options | false | undefined
-  /** A fixed number of calls in flight, or the adaptive limiter's options. Default adaptive. */
+  /**
+   * The adaptive limiter's options, or a number N: a ceiling (`ConcurrencyLimiter.ceiling`) that
+   * starts at N and backs off on 429s. Default adaptive.
+   */
   readonly concurrency?: number | Omit<Limiter.AdaptiveOptions, "classify"> | false | undefined
   /**
-   * Default `CircuitBreaker.defaults`; behind the adaptive limiter load shed is left to the
-   * limiter (`countLoadShed: false`) unless set here.
+   * Default `CircuitBreaker.defaults`; behind a concurrency limiter load shed is left to the
+   * limiter, which backs off on it (`countLoadShed: false`), unless set here.
    */
   readonly breaker?: Omit<CircuitBreakerModule.Options, "classify"> | false | undefined
 }
@@ -244,18 +247,15 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Scope
   Effect.gen(function*() {
     const classify = options.classify ?? ApiError.classify
     const { concurrency } = options
-    const adaptive = concurrency !== false && typeof concurrency !== "number"
     return yield* fromParts({
       classify,
       retry: options.retry === false ? undefined : RetryPolicyModule.make({ ...options.retry, classify }),
       budget: yield* unlessFalse(options.retryBudget, RetryBudgetModule.make),
       bucket: yield* unlessFalse(options.rate, (rate) => rate === undefined ? Effect.succeed(undefined) : TokenBucketModule.make(rate)),
       limiter: yield* unlessFalse(concurrency, (limit) =>
-        typeof limit === "number"
-          ? Limiter.makeFixed(limit, { classify })
-          : Limiter.makeAdaptive({ ...limit, classify })),
+        Limiter.makeAdaptive({ ...(typeof limit === "number" ? Limiter.ceiling(limit) : limit), classify })),
       breaker: yield* unlessFalse(options.breaker, (breaker) =>
-        CircuitBreakerModule.make({ countLoadShed: !adaptive, ...breaker, classify })),
+        CircuitBreakerModule.make({ countLoadShed: concurrency === false, ...breaker, classify })),
       budgetWait: options.budgetWait
     })
   })

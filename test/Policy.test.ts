@@ -75,6 +75,34 @@ describe("Policy around any effect", () => {
       expect((yield* breaker.state)._tag).toBe("Closed")
     }))
 
+  it.scoped("a number is a ceiling: 429-like refusals lower it and leave the breaker closed; outages open it", () =>
+    Effect.gen(function*() {
+      const policy = yield* Policy.make({
+        classify: classifyDb,
+        retry: false,
+        retryBudget: false,
+        concurrency: 4,
+        breaker: { minimumThroughput: 2, failureRatio: 0.25 }
+      })
+      for (const _ of [1, 2, 3, 4]) expect((yield* Effect.flip(policy.apply(Effect.fail(new DbBusy()))))._tag).toBe("DbBusy")
+      expect(yield* policy.apply(Effect.succeed("through"))).toBe("through")
+
+      // Fewer than 4 calls now run at once.
+      let running = 0
+      const release = yield* Deferred.make<void>()
+      const held = policy.apply(Effect.zipRight(Effect.sync(() => running++), Deferred.await(release)))
+      const calls = yield* Effect.fork(Effect.all([held, held, held, held], { concurrency: "unbounded" }))
+      yield* TestClock.adjust(0)
+      expect(running).toBeGreaterThan(0)
+      expect(running).toBeLessThan(4)
+      yield* Deferred.succeed(release, undefined)
+      yield* Fiber.join(calls)
+
+      for (const _ of [1, 2]) yield* Effect.flip(policy.apply(Effect.fail(new DbDown())))
+      const refused = yield* Effect.flip(policy.apply(Effect.succeed("never")))
+      expect(refused).toMatchObject({ _tag: "CircuitOpen" })
+    }))
+
   it.scoped("an error its classifier does not know is an outage: retried and counted by the breaker, never a success", () =>
     Effect.gen(function*() {
       const breaker = yield* CircuitBreaker.make({ minimumThroughput: 5 })

@@ -162,16 +162,9 @@ interface Placed {
 /** Nothing to settle: the attempt settled itself. */
 const noSettle = () => Effect.void
 
-/**
- * A lane's adaptive options: the account's, or for a number N a ceiling. It starts at N, never
- * exceeds it, and backs off only when the upstream refuses (429, 503), not on latency or queue
- * delay, returning to N as calls are accepted again. A limit held at N over a cap that moved
- * below it would meet a refusal per call above the cap, for as long as the cap stays low.
- */
+/** A lane's adaptive options: the account's, or a number's ceiling (`ConcurrencyLimiter.ceiling`). */
 const laneOptions = (concurrency: Account["concurrency"]): Limiter.AdaptiveOptions =>
-  typeof concurrency === "number"
-    ? { initial: concurrency, max: concurrency, latencyRise: Infinity, queueDelayRise: Infinity }
-    : concurrency ?? {}
+  typeof concurrency === "number" ? LimiterInternal.ceilingOptions(concurrency) : concurrency ?? {}
 
 const policyFor = (account: Account): LimiterInternal.Policy => LimiterInternal.adaptivePolicy(laneOptions(account.concurrency))
 

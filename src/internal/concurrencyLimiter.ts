@@ -887,6 +887,14 @@ const validateAdaptive = (config: AimdConfig): void =>
     ratio("overloadFloor", config.overloadFloor)
   ])
 
+/** See `ConcurrencyLimiter.ceiling`: no latency or queue-delay brake, so only refusals move it. */
+export const ceilingOptions = (permits: number): AdaptiveOptions => ({
+  initial: permits,
+  max: permits,
+  latencyRise: Infinity,
+  queueDelayRise: Infinity
+})
+
 /** `options` with every default filled in; throws `IllegalArgumentException` on options that cannot work. */
 export const adaptiveConfig = (options: AdaptiveOptions): AimdConfig => {
   const config = aimdConfig(options)
