@@ -25,9 +25,10 @@
  * same Redis prefix, in any process: a trip in one opens all, `changes` emits every transition
  * whoever made it, `isolate` and `reset` apply to all, and half-open admits `canaries` calls in
  * total. A canary's slot is a lease its process renews every second: the canary of a process that
- * died is given up 3 seconds later, and the next caller becomes the canary. It is the same state machine, stored as plain data in `{prefix}:breaker:<name>` and
- * changed by optimistic concurrency (read with the server's `TIME`, apply, write if the version
- * is unchanged, else again), so open periods are timed by the Redis server's clock. Each service
+ * died is given up 3 seconds later, and the next caller becomes the canary. It is the same state
+ * machine, stored as plain data in `{prefix}:breaker:<name>` and changed by optimistic
+ * concurrency (read with the server's `TIME`, apply, write if the version is unchanged, else
+ * again), so open periods are timed by the Redis server's clock. Each service
  * keeps a mirror of it: a closed circuit admits and an open one refuses without a round trip, and
  * outcomes are written in batches by one fiber, off the call's path. Transitions are published on
  * `{prefix}:breaker:<name>:changes`; a service re-reads on a message and on a reconnection.

@@ -214,6 +214,9 @@ export class Machine {
   /** Takes `saved` as its state, announcing a change of state and waking the callers that wait. */
   load(saved: Saved): void {
     const previous = this.state
+    // A renewed lease or new window counts change nothing a waiting caller waits for.
+    const moved = saved.generation !== this.generation || saved.canariesInFlight !== this.canariesInFlight ||
+      saved.canariesSucceeded !== this.canariesSucceeded
     this.state = saved.state
     this.generation = saved.generation
     this.consecutiveTrips = saved.consecutiveTrips
@@ -224,7 +227,7 @@ export class Machine {
     this.canaryLeaseUntil = saved.canaryLeaseUntil ?? 0
     this.window.load(saved.window)
     if (saved.state._tag !== previous._tag) this.onTransition(saved.state)
-    this.wake()
+    if (moved) this.wake()
   }
 
   private recordClosed(outcome: Outcome, now: number): void {

@@ -75,9 +75,10 @@ export const merge = (local: Saved, shared: Saved | undefined): Saved => {
   return { ...stronger, generation: Math.max(local.generation, shared.generation) + 1, canariesInFlight: 0 }
 }
 
-/** A write needs to be published when it changes more than the window's counts. */
+/** A write needs to be published when it changes more than the window's counts or a canary's lease. */
 const publishable = (before: Saved | undefined, after: Saved): boolean =>
-  before === undefined || JSON.stringify({ ...before, window: 0 }) !== JSON.stringify({ ...after, window: 0 })
+  before === undefined ||
+  JSON.stringify({ ...before, window: 0, canaryLeaseUntil: 0 }) !== JSON.stringify({ ...after, window: 0, canaryLeaseUntil: 0 })
 
 /**
  * How often the mirror re-reads while half-open (waiters wait on canaries of other processes),
