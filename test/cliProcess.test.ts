@@ -320,7 +320,7 @@ describe.skipIf(!redisServerPresent)(skipMessage("weatherproof batch processes s
       }
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)), 90_000)
 
-  it.live("a Redis that cannot be reached at start: exit 2 naming it without its password, nothing sent", () =>
+  it.live("a Redis that cannot be reached at start: exit 2 naming it without its password (with a warning that ps shows it), nothing sent", () =>
     Effect.gen(function*() {
       const ws = yield* setup(5, {})
       const ended = yield* start(["batch", ws.input, "--output", ws.output, "--redis", "redis://user:s3cret@127.0.0.1:1"], ws.env)
@@ -328,6 +328,7 @@ describe.skipIf(!redisServerPresent)(skipMessage("weatherproof batch processes s
       expect(ended.code).toBe(2)
       expect(ended.stderr).toContain("Redis at redis://127.0.0.1:1")
       expect(ended.stderr).toContain("nothing was sent")
+      expect(ended.stderr).toContain("the password in --redis can be read by other users of this host (ps)")
       expect(ended.stderr).not.toContain("s3cret")
       expect((yield* ws.simulator.stats).requests).toBe(0)
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)), 60_000)

@@ -73,6 +73,14 @@ const accountsOf = (
     })
   ))
 
+/** A password given in `--redis` can be read by every user of the host, in `ps`. */
+const warnOfPassword = (url: string) =>
+  URL.canParse(url) && new URL(url).password !== ""
+    ? Effect.logWarning(
+      "weatherproof: the password in --redis can be read by other users of this host (ps); give the URL in WEATHERPROOF_REDIS_URL instead"
+    )
+    : Effect.void
+
 /**
  * The Redis the run shares its accounts' state through: `--redis`, else `WEATHERPROOF_REDIS_URL`,
  * else none (everything stays in this process); its prefix `WEATHERPROOF_REDIS_PREFIX`'s.
@@ -81,7 +89,7 @@ const redisOf = (
   args: AccountArgs
 ): Effect.Effect<Layer.Layer<Redis.Redis, Redis.RedisUnavailable> | undefined, ExitCode> =>
   Option.match(args.redis, {
-    onSome: (url) => Effect.succeed(Option.some(Redacted.make(url))),
+    onSome: (url) => Effect.as(warnOfPassword(url), Option.some(Redacted.make(url))),
     onNone: () => Config.option(Redis.urlConfig)
   }).pipe(
     Effect.flatMap(Option.match({
