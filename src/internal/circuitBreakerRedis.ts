@@ -220,19 +220,20 @@ export const core = (
     let wake = Deferred.unsafeMake<void>(FiberId.none)
     const nudge = () => Deferred.unsafeDone(wake, Exit.void)
 
-    const settleAll = (outcomes: ReadonlyArray<readonly [number, Outcome]>) => (machine: Machine, at: number) => {
+    /** Applies `outcomes`, and renews the lease of the canaries this service still holds (`renew`). */
+    const flushed = (outcomes: ReadonlyArray<readonly [number, Outcome]>, renew: boolean) => (machine: Machine, at: number) => {
       for (const [ticket, outcome] of outcomes) machine.settle(ticket, outcome, at)
+      if (renew) machine.renewCanaries(at)
     }
-
-    const renewCanaries = (machine: Machine, at: number) => machine.renewCanaries(at)
 
     const flushOnce = Effect.suspend(() => {
       wake = Deferred.unsafeMake<void>(FiberId.none)
       const outcomes = pending
       pending = []
-      if (outcomes.length > 0) return change(settleAll(outcomes))
-      if (held.size > 0 && mirror.state._tag === "HalfOpen") return change(renewCanaries)
-      return Effect.zipRight(refresh, pollIfDue)
+      // A ticket of a past generation is no canary any more (a lapsed lease voided it).
+      for (const ticket of held.keys()) if (ticket !== mirror.generation) held.delete(ticket)
+      const renew = held.size > 0 && mirror.state._tag === "HalfOpen"
+      return outcomes.length > 0 || renew ? change(flushed(outcomes, renew)) : Effect.zipRight(refresh, pollIfDue)
     })
 
     const idleMillis = () => mirror.state._tag === "HalfOpen" ? halfOpenRefreshMillis : ttlMillis / 3
