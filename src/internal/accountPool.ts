@@ -119,10 +119,9 @@ class Member {
   recovering = false
   /** Attempts placed on the account so far. */
   calls = 0
-  /** Attempts sent to the account that answered, that failed, that drew a 429, that re-sent a request. */
+  /** Attempts sent to the account that answered, that failed, that re-sent a request (its 429s are its lanes'). */
   succeeded = 0
   failed = 0
-  rateLimited = 0
   retries = 0
 
   constructor(
@@ -697,10 +696,7 @@ export const makeWith = <R>(
         if (verdict === undefined) member.succeeded++
         else {
           member.failed++
-          if (ApiError.tagOf(error) === "RateLimited") {
-            member.rateLimited++
-            lane.rateLimited++
-          }
+          if (ApiError.tagOf(error) === "RateLimited") lane.rateLimited++
         }
         const result = verdict === undefined ? "ok" : ApiError.tagOf(error) ?? "unknown"
         attemptsCounter.unsafeUpdate(1, lane.resultTags(result))
@@ -861,7 +857,7 @@ export const makeWith = <R>(
           calls: member.calls,
           succeeded: member.succeeded,
           failed: member.failed,
-          rateLimited: member.rateLimited,
+          rateLimited: models.reduce((sum, lane) => sum + lane.rateLimited, 0),
           retries: member.retries
         } satisfies AccountStatus
       }))
