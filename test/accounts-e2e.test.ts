@@ -193,8 +193,9 @@ describe("weatherproof batch over accounts (acceptance)", () => {
       expect(primaryStats.byStatus[402]).toBeUndefined()
       expect(summary.accounts["C"].state).toBe("out_of_balance")
 
-      // No account over its limit: the servers would have taken 64 at once. A lane may end below
-      // it: it backed off on the outage's 503s and climbs back as calls are accepted.
+      // No account over its limit: the servers would have taken 64 at once. A primary's lane may
+      // end below it: it backed off on the outage's 503s and climbs back as calls are accepted;
+      // C (no call) and the fallback (no refusal) end at theirs.
       const limits = [[primaryStats, "A", accountLimit], [primaryStats, "B", accountLimit], [primaryStats, "C", accountLimit], [
         fallbackStats,
         "F",
@@ -204,6 +205,7 @@ describe("weatherproof batch over accounts (acceptance)", () => {
         expect(stats.accounts[name]!.maxInFlight, name).toBeLessThanOrEqual(limit)
         expect(summary.accounts[name].limit, name).toBeLessThanOrEqual(limit)
       }
+      expect([summary.accounts["C"].limit, summary.accounts["F"].limit]).toEqual([accountLimit, fallbackLimit])
       expect(primaryStats.rateLimited + fallbackStats.rateLimited).toBe(0)
 
       // The wrong key is dropped when its first 401 comes back (the transport resends with the next
