@@ -59,7 +59,11 @@ const open = (sim: Simulator.Service, request: Request) =>
   Effect.gen(function*() {
     const controller = new AbortController()
     yield* Effect.addFinalizer(() => Effect.sync(() => controller.abort()))
-    return yield* send(sim, request, controller.signal)
+    const response = yield* send(sim, request, controller.signal)
+    // Kept reachable until the scope closes: fetch cancels the body of a response collected
+    // unread, which would end the request it holds open at the next garbage collection.
+    yield* Effect.addFinalizer(() => Effect.sync(() => response.bodyUsed))
+    return response
   })
 
 /** Polls `check` every 10 ms (at most 2 s) until `done` holds. */
