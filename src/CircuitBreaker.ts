@@ -16,7 +16,7 @@
  * What a call's error means is read through `classify` (default `ApiError.classify`): outages
  * (5xx, transport errors, deadlines, truncated output, and any error the classifier does not
  * know) are failures, and so is load shed (429, 503) unless `countLoadShed` says otherwise (behind
- * a concurrency limiter, which owns that signal). An account or caller problem counts as a success:
+ * a concurrency limiter, which backs off on it). An account or caller problem counts as a success:
  * the upstream answered. Our own refusals, interruptions and defects are ignored.
  *
  * ## Shared on Redis
@@ -161,9 +161,9 @@ export interface Options {
    * Which load shed counts as a failure. `true` (the default): all of it (429, 503,
    * `insufficient_system_resource`). `"overload"`: only the server's overload (503, work cut for
    * lack of resources), which comes at any level, leaving 429s, which say where a concurrency cap
-   * is, to a limiter that backs off on them. `false`: none, behind an adaptive concurrency limiter
-   * that owns both signals (it backs off on each one, and draws a few on purpose when it probes
-   * for a higher cap).
+   * is, to a limiter that backs off on them (what `Policy` and `AccountPool` use behind theirs).
+   * `false`: none, for a limiter that owns both signals (it backs off on each one, and draws a few
+   * on purpose when it probes for a higher cap).
    */
   readonly countLoadShed?: boolean | "overload" | undefined
 }

@@ -170,8 +170,9 @@ export interface Options {
    */
   readonly concurrency?: number | Omit<Limiter.AdaptiveOptions, "classify"> | false | undefined
   /**
-   * Default `CircuitBreaker.defaults`; behind a concurrency limiter load shed is left to the
-   * limiter, which backs off on it (`countLoadShed: false`), unless set here.
+   * Default `CircuitBreaker.defaults`; behind a concurrency limiter, which backs off on load shed,
+   * the breaker counts only the server's overload (`countLoadShed: "overload"`: 503s and work cut
+   * for lack of resources, not the 429s of a cap), as an `AccountPool`'s do, unless set here.
    */
   readonly breaker?: Omit<CircuitBreakerModule.Options, "classify"> | false | undefined
 }
@@ -255,7 +256,7 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Scope
       limiter: yield* unlessFalse(concurrency, (limit) =>
         Limiter.makeAdaptive({ ...(typeof limit === "number" ? Limiter.ceiling(limit) : limit), classify })),
       breaker: yield* unlessFalse(options.breaker, (breaker) =>
-        CircuitBreakerModule.make({ countLoadShed: concurrency === false, ...breaker, classify })),
+        CircuitBreakerModule.make({ countLoadShed: concurrency === false || "overload", ...breaker, classify })),
       budgetWait: options.budgetWait
     })
   })

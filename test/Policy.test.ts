@@ -20,12 +20,15 @@ import * as Transport from "../src/Transport.js"
 import { destroySocket, rawServer, reply } from "./support/rawServer.js"
 
 class DbBusy extends Data.TaggedError("DbBusy")<{}> {}
+class DbOverloaded extends Data.TaggedError("DbOverloaded")<{}> {}
 class DbDown extends Data.TaggedError("DbDown")<{}> {}
 class DbConstraint extends Data.TaggedError("DbConstraint")<{}> {}
 
 const classifyDb = ApiError.classifyWith((error) =>
   error instanceof DbBusy
     ? ApiError.loadShed()
+    : error instanceof DbOverloaded
+    ? ApiError.loadShed(undefined, "overload")
     : error instanceof DbDown
     ? ApiError.outage()
     : error instanceof DbConstraint
@@ -75,7 +78,7 @@ describe("Policy around any effect", () => {
       expect((yield* breaker.state)._tag).toBe("Closed")
     }))
 
-  it.scoped("a number is a ceiling: 429-like refusals lower it and leave the breaker closed; outages open it", () =>
+  it.scoped("a number is a ceiling: 429-like refusals lower it and leave the breaker closed; outages and overload open it", () =>
     Effect.gen(function*() {
       const policy = yield* Policy.make({
         classify: classifyDb,
@@ -101,6 +104,21 @@ describe("Policy around any effect", () => {
       for (const _ of [1, 2]) yield* Effect.flip(policy.apply(Effect.fail(new DbDown())))
       const refused = yield* Effect.flip(policy.apply(Effect.succeed("never")))
       expect(refused).toMatchObject({ _tag: "CircuitOpen" })
+    }))
+
+  it.scoped("behind the adaptive limiter the breaker opens on a storm of overload (503s), not of 429s", () =>
+    Effect.gen(function*() {
+      const policy = yield* Policy.make({
+        classify: classifyDb,
+        retry: false,
+        retryBudget: false,
+        breaker: { minimumThroughput: 4, failureRatio: 0.5 }
+      })
+      const failWith = (error: DbBusy | DbOverloaded) =>
+        Effect.forEach([1, 2, 3, 4], () => Effect.flip(policy.apply(Effect.fail(error))))
+      expect((yield* failWith(new DbBusy())).map((e) => e._tag)).toEqual(["DbBusy", "DbBusy", "DbBusy", "DbBusy"])
+      yield* failWith(new DbOverloaded())
+      expect(yield* Effect.flip(policy.apply(Effect.succeed("never")))).toMatchObject({ _tag: "CircuitOpen" })
     }))
 
   it.scoped("an error its classifier does not know is an outage: retried and counted by the breaker, never a success", () =>
