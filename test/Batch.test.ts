@@ -248,6 +248,7 @@ describe("Batch.run", () => {
         expect(line?.response, id).toBeNull()
       }
       expect(lines.get("line-2")?.error?.message).toBe("line is not valid JSON")
+      expect(lines.get("line-7")?.error?.message).toBe("line is an array, not a JSON object (one request per line)")
       expect(lines.get("bad-body")?.error?.message).toContain("body.messages")
       expect(lines.get("bad-method")?.error?.message).toContain("method")
       expect(lines.get("bad-url")?.error?.message).toContain("url")
@@ -629,9 +630,12 @@ describe("Batch summary", () => {
         provider: fallback ? "openai-compatible" : "deepseek",
         fallback,
         state: name === "beta" ? "out_of_balance" : "serving",
-        limit: 8,
+        // An account has a lane per model it was called for, none before its first call.
+        limit: calls === 0 ? 0 : 8,
         inFlight: 0,
-        models: name === "alpha"
+        models: calls === 0
+          ? []
+          : name === "alpha"
           ? [
             { model: "deepseek-v4-flash", limit: 5, inFlight: 0, queued: 0, rateLimited: 3, costUsd: 0.002 },
             { model: "deepseek-v4-pro", limit: 3, inFlight: 0, queued: 0, rateLimited: 0, costUsd: 0.001 }
@@ -688,7 +692,7 @@ describe("Batch summary", () => {
       const text = Batch.formatSummary(summary)
       expect(text).toContain("  alpha: deepseek, serving, limit 8 (deepseek-v4-flash 5, deepseek-v4-pro 3), 2 usable keys; ")
       expect(text).toContain("  beta: deepseek, out_of_balance, limit 8, 2 usable keys; 1 answered, 1 attempt, 15 tokens")
-      expect(text).toContain("  gamma: openai-compatible fallback, serving, limit 8, 2 usable keys; 0 answered, 0 attempts, 0 tokens, $0.000000")
+      expect(text).toContain("  gamma: openai-compatible fallback, serving, not called, 2 usable keys; 0 answered, 0 attempts, 0 tokens, $0.000000")
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
   it.scoped("formats a summary for people, with cost and a line per account", () =>

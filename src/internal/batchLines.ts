@@ -94,6 +94,13 @@ const describeIssues = (error: ParseResult.ParseError): string =>
     .map((issue) => `${issue.path.length === 0 ? "line" : issue.path.join(".")}: ${issue.message}`)
     .join("; ")
 
+/** What a line that is JSON but not an object is, in words: the schema's own message would list every field. */
+const notARequestObject = (value: unknown): string | undefined => {
+  if (typeof value === "object" && value !== null && !Array.isArray(value)) return undefined
+  const kind = Array.isArray(value) ? "an array" : value === null ? "null" : `a ${typeof value}`
+  return `line is ${kind}, not a JSON object (one request per line)`
+}
+
 /** The message of a line whose bytes are not UTF-8: it is not sent, altered or not. */
 export const invalidUtf8Message = "line is not valid UTF-8"
 
@@ -108,6 +115,10 @@ export const parseInputLine = (text: string | undefined, lineNumber: number): In
   const json = decodeJson(text)
   if (Either.isLeft(json)) {
     return { _tag: "Invalid", lineNumber, customId: `line-${lineNumber}`, hasOwnId: false, message: "line is not valid JSON" }
+  }
+  const notAnObject = notARequestObject(json.right)
+  if (notAnObject !== undefined) {
+    return { _tag: "Invalid", lineNumber, customId: `line-${lineNumber}`, hasOwnId: false, message: notAnObject }
   }
   const ownId = ownCustomId(json.right)
   const decoded = decodeInputLine(json.right)

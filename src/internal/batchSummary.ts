@@ -212,9 +212,14 @@ const costLine = (spend: Spend): string =>
     `reasoning ${percent(spend.reasoningShare)} of output`
   ].join("; ")
 
-/** An account's limit, and each model's where it has several (each model is capped apart). */
+/**
+ * An account's limit, and each model's where it has several (each model is capped apart); an
+ * account has none before its first call (a lane starts with a model's first call).
+ */
 const limitText = (status: AccountStatus): string =>
-  status.models.length < 2
+  status.models.length === 0
+    ? "not called"
+    : status.models.length === 1
     ? `limit ${status.limit}`
     : `limit ${status.limit} (${status.models.map((lane) => `${lane.model} ${lane.limit}`).join(", ")})`
 
