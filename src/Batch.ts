@@ -302,6 +302,16 @@ export const layerTelemetryCounts: Layer.Layer<TelemetryCounts | Telemetry.Telem
  */
 export const defaultConcurrency = 256
 
+/**
+ * How many of a run's failed lines failed on their input (`invalid_line`, `duplicate_custom_id`):
+ * a rerun answers them only once the input is fixed.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const inputFailures = (summary: Pick<Summary, "failures">): number =>
+  (summary.failures[Lines.invalidLineCode] ?? 0) + (summary.failures[Lines.duplicateCode] ?? 0)
+
 /** @since 0.1.0 */
 export const defaultDrainTimeout: Duration.Duration = Duration.seconds(30)
 

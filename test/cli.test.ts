@@ -66,6 +66,24 @@ describe("weatherproof CLI", () => {
       for (const text of [result.stdout, result.stderr, written]) expect(text).not.toContain(badKey)
     }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 
+  it.live("batch whose failed lines are all invalid input says to fix them before a rerun", () =>
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const simulator = yield* Simulator.make()
+      const dir = yield* fs.makeTempDirectoryScoped({ prefix: "cli-test-" })
+      const input = `${dir}/in.jsonl`
+      yield* fs.writeFileString(input, [chatLine(0), "{not json", "[1, 2]", chatLine(0), ""].join("\n"))
+
+      const result = yield* runCli(["batch", input, "--output", `${dir}/out.jsonl`], {
+        DEEPSEEK_API_KEY: Simulator.defaultKey,
+        DEEPSEEK_BASE_URL: simulator.baseUrl
+      })
+
+      expect(result.code).toBe(1)
+      expect(result.stderr).toContain("3 of 4 lines failed (their error is in the output); their input is invalid: fix those lines")
+      expect((yield* simulator.stats).requests).toBe(1)
+    }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
+
   it.live("batch without a key says so and exits 2", () =>
     Effect.gen(function*() {
       const result = yield* runCli(["batch", "in.jsonl", "--output", "out.jsonl"], {})

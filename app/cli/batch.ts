@@ -133,8 +133,15 @@ export const batch = (args: BatchArgs) =>
         } written in this run; to resume, run the same command again:\n  ${commandLine(args)}`
       )
     }
-    if (summary.failed > 0) {
-      return yield* fail(1, `weatherproof: ${summary.failed} of ${summary.requests} lines failed (their error is in the output); ` +
-          "the same command again retries them and skips the lines already answered")
-    }
+    if (summary.failed > 0) return yield* fail(1, failedMessage(summary))
   })
+
+/** What to do about failed lines: a rerun retries them, but answers a line of bad input only once it is fixed. */
+const failedMessage = (summary: Batch.Summary): string => {
+  const failed = `weatherproof: ${summary.failed} of ${summary.requests} lines failed (their error is in the output)`
+  const rerun = "run the same command again: it sends them and skips the lines already answered"
+  const toFix = Batch.inputFailures(summary)
+  if (toFix === summary.failed) return `${failed}; their input is invalid: fix those lines, then ${rerun}`
+  const fixFirst = toFix === 0 ? "" : `; ${toFix} of them ${toFix === 1 ? "has" : "have"} invalid input, to fix first`
+  return `${failed}${fixFirst}; ${rerun}`
+}
