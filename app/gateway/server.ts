@@ -112,6 +112,13 @@ export interface Gateway {
 /** Everything the gateway calls: the client, its router, the pool, the ledger, telemetry, HTTP for alerts. */
 export type Requirements = Resilient | Router | AccountPool | CostLedger | Telemetry | HttpClient.HttpClient
 
+/** `POST /v1/chat/completions` (or `/chat/completions`), with any query. */
+const isChatPath = (url: string): boolean => {
+  const query = url.indexOf("?")
+  const path = query === -1 ? url : url.slice(0, query)
+  return path === "/v1/chat/completions" || path === "/chat/completions"
+}
+
 const requireAsset = createRequire(import.meta.url)
 const asset = (path: string, contentType: string) => {
   const bytes = readFileSync(requireAsset.resolve(path))
@@ -185,9 +192,7 @@ export const make = (
       Stream.map((sample) => utf8.encode(`data: ${JSON.stringify(sample)}\n\n`))
     )
 
-    const app = HttpRouter.empty.pipe(
-      HttpRouter.post("/v1/chat/completions", chat),
-      HttpRouter.post("/chat/completions", chat),
+    const routes = HttpRouter.empty.pipe(
       HttpRouter.get("/v1/models", listModels),
       HttpRouter.get("/models", listModels),
       HttpRouter.get(
@@ -219,6 +224,15 @@ export const make = (
           { status: 404 }
         ))
       )
+    )
+
+    // The chat route, nearly every request, is matched before the router, which copies the
+    // request's context for each request it routes. Interruptible as the router makes its routes:
+    // the server runs the app uninterruptibly, and a call's waits end by interruption.
+    const chatRoute = Effect.interruptible(chat)
+    const app = Effect.flatMap(
+      HttpServerRequest.HttpServerRequest,
+      (request) => request.method === "POST" && isChatPath(request.url) ? chatRoute : routes
     )
 
     const server = Http.createServer()
