@@ -248,7 +248,10 @@ describe("weatherproof batch deadlines", () => {
 
       const badWait = yield* runCli(["batch", input, "--output", `${dir}/bad.jsonl`, "--max-wait", "soon"], env)
       expect(badWait.code).toBe(2)
-      expect(badWait.stderr).toContain("expected a duration such as 30s")
+      expect(badWait.stderr).toContain("--max-wait: expected a duration such as 30s")
+      const badConcurrency = yield* runCli(["batch", input, "--output", `${dir}/bad.jsonl`, "--concurrency", "abc"], env)
+      expect(badConcurrency.code).toBe(2)
+      expect(badConcurrency.stderr).toContain(`--concurrency: expected a whole number, got "abc"`)
       const badRetries = yield* runCli(["batch", input, "--output", `${dir}/bad.jsonl`, "--retries", "-1"], env)
       expect(badRetries.code).toBe(2)
       expect(badRetries.stderr).toContain("--retries must be at least 0")

@@ -11,21 +11,36 @@ import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as DurationText from "../../src/internal/durationText.js"
 
+/** A flag's value that does not parse, named with its flag (@effect/cli's own messages name neither). */
+const invalid = (name: string, expected: string, text: string) =>
+  Effect.fail(ValidationError.invalidValue(HelpDoc.p(`--${name}: expected ${expected}, got ${JSON.stringify(text)}`)))
+
 /** `30s`, `500ms`, `2m`, `1h`. */
-const parseDuration = (text: string): Effect.Effect<Duration.Duration, ValidationError.ValidationError> => {
+const parseDuration = (name: string) => (text: string): Effect.Effect<Duration.Duration, ValidationError.ValidationError> => {
   const duration = DurationText.parse(text)
-  return duration === undefined
-    ? Effect.fail(ValidationError.invalidValue(HelpDoc.p(`expected ${DurationText.expected}, got ${JSON.stringify(text)}`)))
-    : Effect.succeed(duration)
+  return duration === undefined ? invalid(name, DurationText.expected, text) : Effect.succeed(duration)
 }
 
 /** An optional duration flag, written as `30s`, `500ms`, `2m` or `1h`. */
 export const duration = (name: string, description: string) =>
   Options.text(name).pipe(
     Options.withPseudoName("duration"),
-    Options.mapEffect(parseDuration),
+    Options.mapEffect(parseDuration(name)),
     Options.withDescription(description),
     Options.optional
+  )
+
+const parseInteger = (name: string) => (text: string): Effect.Effect<number, ValidationError.ValidationError> =>
+  /^-?\d+$/.test(text.trim()) && Number.isSafeInteger(Number(text))
+    ? Effect.succeed(Number(text))
+    : invalid(name, "a whole number", text)
+
+/** An integer flag (its bounds are the command's to check). */
+export const integer = (name: string, description: string) =>
+  Options.text(name).pipe(
+    Options.withPseudoName("integer"),
+    Options.mapEffect(parseInteger(name)),
+    Options.withDescription(description)
   )
 
 /** Where the accounts come from and how many calls each may have in flight. */
@@ -34,10 +49,10 @@ export const accountFlags = {
     Options.withDescription("a JSON file of accounts (default: one DeepSeek account from DEEPSEEK_API_KEY)"),
     Options.optional
   ),
-  concurrency: Options.integer("concurrency").pipe(
-    Options.withDescription("at most N calls in flight per account and model, backing off on 429s and climbing back to N (default: the accounts file's, else adaptive)"),
-    Options.optional
-  ),
+  concurrency: integer(
+    "concurrency",
+    "at most N calls in flight per account and model, backing off on 429s and climbing back to N (default: the accounts file's, else adaptive)"
+  ).pipe(Options.optional),
   redis: Options.text("redis").pipe(
     Options.withPseudoName("url"),
     Options.withDescription(
@@ -49,10 +64,10 @@ export const accountFlags = {
 
 /** How long a call may wait for an account, how often it is retried, and each attempt's deadlines. */
 export const callFlags = (retriesDefault: number) => ({
-  retries: Options.integer("retries").pipe(
-    Options.withDescription(`how many times a failed attempt is retried (default ${retriesDefault}; the retry budget paces them)`),
-    Options.optional
-  ),
+  retries: integer(
+    "retries",
+    `how many times a failed attempt is retried (default ${retriesDefault}; the retry budget paces them)`
+  ).pipe(Options.optional),
   maxWait: duration(
     "max-wait",
     "how long a call may wait for an account that can take it (all breakers open, balances out) before it fails (default 30m)"

@@ -17,7 +17,7 @@ import * as Flags from "../cli/flags.js"
 export const serve = Command.make(
   "serve",
   {
-    port: Options.integer("port").pipe(Options.withDescription("port to listen on (0: any free port)"), Options.withDefault(8787)),
+    port: Flags.integer("port", "port to listen on (0: any free port)").pipe(Options.withDefault(8787)),
     host: Options.text("host").pipe(
       Options.withDescription("address to listen on; any but a loopback one needs WEATHERPROOF_GATEWAY_KEYS"),
       Options.withDefault("127.0.0.1")
@@ -26,8 +26,7 @@ export const serve = Command.make(
     ...Flags.callFlags(5),
     keepAliveInterval: Flags.duration("keep-alive-interval", "between keep-alives while a client waits (default 10s)"),
     drainTimeout: Flags.drainTimeout("the requests in flight"),
-    maxWaiting: Options.integer("max-waiting").pipe(
-      Options.withDescription("clients that may wait for their first content at once; one more gets a 429"),
+    maxWaiting: Flags.integer("max-waiting", "clients that may wait for their first content at once; one more gets a 429").pipe(
       Options.withDefault(4096)
     ),
     alertWebhook: Options.text("alert-webhook").pipe(
