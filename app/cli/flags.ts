@@ -30,6 +30,7 @@ export const duration = (name: string, description: string) =>
     Options.optional
   )
 
+/** `12`, `-1`: a whole number (in JavaScript's safe range). */
 const parseInteger = (name: string) => (text: string): Effect.Effect<number, ValidationError.ValidationError> =>
   /^-?\d+$/.test(text.trim()) && Number.isSafeInteger(Number(text))
     ? Effect.succeed(Number(text))

@@ -101,6 +101,15 @@ const notARequestObject = (value: unknown): string | undefined => {
   return `line is ${kind}, not a JSON object (one request per line)`
 }
 
+/** A bad line whose own `custom_id` cannot be read: it is named after its line number. */
+const invalidWithoutId = (lineNumber: number, message: string): InputItem => ({
+  _tag: "Invalid",
+  lineNumber,
+  customId: `line-${lineNumber}`,
+  hasOwnId: false,
+  message
+})
+
 /** The message of a line whose bytes are not UTF-8: it is not sent, altered or not. */
 export const invalidUtf8Message = "line is not valid UTF-8"
 
@@ -109,17 +118,11 @@ export const invalidUtf8Message = "line is not valid UTF-8"
  * not valid UTF-8). Never fails: a bad line is `Invalid`.
  */
 export const parseInputLine = (text: string | undefined, lineNumber: number): InputItem => {
-  if (text === undefined) {
-    return { _tag: "Invalid", lineNumber, customId: `line-${lineNumber}`, hasOwnId: false, message: invalidUtf8Message }
-  }
+  if (text === undefined) return invalidWithoutId(lineNumber, invalidUtf8Message)
   const json = decodeJson(text)
-  if (Either.isLeft(json)) {
-    return { _tag: "Invalid", lineNumber, customId: `line-${lineNumber}`, hasOwnId: false, message: "line is not valid JSON" }
-  }
+  if (Either.isLeft(json)) return invalidWithoutId(lineNumber, "line is not valid JSON")
   const notAnObject = notARequestObject(json.right)
-  if (notAnObject !== undefined) {
-    return { _tag: "Invalid", lineNumber, customId: `line-${lineNumber}`, hasOwnId: false, message: notAnObject }
-  }
+  if (notAnObject !== undefined) return invalidWithoutId(lineNumber, notAnObject)
   const ownId = ownCustomId(json.right)
   const decoded = decodeInputLine(json.right)
   if (Either.isRight(decoded)) {
