@@ -223,14 +223,6 @@ export const make = (settings: Settings, traffic: Traffic) =>
     const router = yield* Router
     const { scrub } = settings
 
-    /** Counts the call as waiting for its first content while `first` runs. */
-    const waiting = <A, E>(first: Effect.Effect<A, E>): Effect.Effect<A, E> =>
-      Effect.acquireUseRelease(
-        Effect.sync(() => traffic.startWaiting()),
-        () => first,
-        () => Effect.sync(() => traffic.stopWaiting())
-      )
-
     const failed = (cause: Cause.Cause<GatewayError>) =>
       Effect.map(replyOfCause(cause, scrub), (reply) => errorResponse(reply, scrub))
 
@@ -290,17 +282,23 @@ export const make = (settings: Settings, traffic: Traffic) =>
             })
             : Effect.succeed(answered)
         const onAnswer = (completion: ChatCompletion) => Effect.asVoid(answerOnce(Exit.succeed(completion)))
-        return Effect.flatMap(
-          waiting(resilient.create(request, { ...options, onAnswer })).pipe(
-            Effect.onExit((exit) =>
-              Exit.isFailure(exit) && Cause.isInterruptedOnly(exit.cause) && traffic.draining
-                ? answerOnce(exit)
-                : Effect.sync(() => keepAlive.stop())
-            ),
-            Effect.exit
-          ),
-          answerOnce
-        )
+        // However the call ends (one exit handler for both): it no longer waits, and a call the
+        // drain cut is answered at once.
+        const ended = (exit: Exit.Exit<ChatCompletion, GatewayError>) => {
+          traffic.stopWaiting()
+          const settled = Exit.isFailure(exit) && Cause.isInterruptedOnly(exit.cause) && traffic.draining
+            ? Effect.asVoid(answerOnce(exit))
+            : Effect.sync(() => keepAlive.stop())
+          return Effect.as(settled, exit)
+        }
+        const called = Effect.uninterruptibleMask((restore) => {
+          traffic.startWaiting()
+          return Effect.matchCauseEffect(restore(resilient.create(request, { ...options, onAnswer })), {
+            onFailure: (cause) => ended(Exit.failCause(cause)),
+            onSuccess: (completion) => ended(Exit.succeed(completion))
+          })
+        })
+        return Effect.flatMap(called, answerOnce)
       })
 
     /**
