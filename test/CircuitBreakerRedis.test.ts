@@ -5,7 +5,7 @@ import * as Fiber from "effect/Fiber"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
-import type { Saved } from "../src/internal/circuitBreaker.js"
+import { Machine, type Saved, type Settings } from "../src/internal/circuitBreaker.js"
 import { merge } from "../src/internal/circuitBreakerRedis.js"
 import * as Redis from "../src/Redis.js"
 import { capturingLogs, type Logged } from "./support/logs.js"
@@ -232,5 +232,58 @@ describe("merging a breaker's state after a time apart", () => {
     // half-open state for good.
     expect(merged.canariesInFlight).toBe(0)
     expect(merged.state).toEqual(halfOpen.state)
+  })
+})
+
+describe("a canary's lease, on the machine a breaker shares", () => {
+  const settings: Settings = {
+    windowMillis: 60_000,
+    buckets: 10,
+    failureRatio: 0.5,
+    minimumThroughput: 2,
+    openForMillis: 1_000,
+    maxOpenForMillis: 1_000,
+    canaries: 1,
+    halfOpenPolicy: "wait"
+  }
+
+  /** A machine tripped at 0 whose canary was admitted at 1,000 ms, when its open period ended. */
+  const withCanary = (leaseMillis?: number) => {
+    const machine = new Machine(settings, 0, () => {}, leaseMillis)
+    for (const _ of [1, 2]) machine.settle(machine.admit(0) as number, "failure", 0)
+    const canary = machine.admit(1_000)
+    expect(machine.state._tag).toBe("HalfOpen")
+    expect(typeof canary).toBe("number")
+    return { machine, canary: canary as number }
+  }
+
+  it("holds the slot until the lease lapses, then gives it to the next caller and voids the old ticket", () => {
+    const { canary, machine } = withCanary(3_000)
+    expect(typeof machine.admit(3_999)).toBe("object") // a waiter's signal: the slot is held
+    expect(machine.canariesLapsed(3_999)).toBe(false)
+    expect(machine.canariesLapsed(4_000)).toBe(true)
+    const next = machine.admit(4_000)
+    expect(typeof next).toBe("number")
+    expect(next).not.toBe(canary)
+    machine.settle(canary, "success", 4_100) // the lapsed canary's verdict changes nothing
+    expect(machine.state._tag).toBe("HalfOpen")
+    machine.settle(next as number, "success", 4_200)
+    expect(machine.state._tag).toBe("Closed")
+  })
+
+  it("keeps the slot of a canary whose lease is renewed", () => {
+    const { canary, machine } = withCanary(3_000)
+    machine.renewCanaries(3_500)
+    expect(machine.canariesLapsed(6_499)).toBe(false)
+    expect(typeof machine.admit(6_499)).toBe("object")
+    expect(machine.canariesLapsed(6_500)).toBe(true)
+    machine.settle(canary, "success", 6_000)
+    expect(machine.state._tag).toBe("Closed")
+  })
+
+  it("in one process (no lease) never gives up a canary", () => {
+    const { machine } = withCanary()
+    expect(machine.canariesLapsed(Number.MAX_SAFE_INTEGER)).toBe(false)
+    expect(typeof machine.admit(Number.MAX_SAFE_INTEGER)).toBe("object")
   })
 })
