@@ -215,8 +215,12 @@ export const core = (
     // -- outcomes, written by one fiber -------------------------------------------------------
 
     let pending: Array<readonly [number, Outcome]> = []
-    /** The canaries this service admitted and that have not settled, by ticket: it renews their lease. */
-    const held = new Map<number, number>()
+    /**
+     * The canaries this service admitted and that have not settled, in the one generation whose
+     * canaries can still settle (a lapsed lease's new generation voided the others): it renews
+     * their lease.
+     */
+    const held = { generation: -1, canaries: 0 }
     let wake = Deferred.unsafeMake<void>(FiberId.none)
     const nudge = () => Deferred.unsafeDone(wake, Exit.void)
 
@@ -230,9 +234,7 @@ export const core = (
       wake = Deferred.unsafeMake<void>(FiberId.none)
       const outcomes = pending
       pending = []
-      // A ticket of a past generation is no canary any more (a lapsed lease voided it).
-      for (const ticket of held.keys()) if (ticket !== mirror.generation) held.delete(ticket)
-      const renew = held.size > 0 && mirror.state._tag === "HalfOpen"
+      const renew = held.canaries > 0 && held.generation === mirror.generation && mirror.state._tag === "HalfOpen"
       return outcomes.length > 0 || renew ? change(flushed(outcomes, renew)) : Effect.zipRight(refresh, pollIfDue)
     })
 
@@ -263,13 +265,18 @@ export const core = (
         // A wait is on the mirror's signal: every read that changes it wakes the waiters.
         return Effect.map(change(admitShared), ([admission, canary]) => {
           if (typeof admission !== "number") return "reason" in admission ? admission : mirror.signal
-          if (canary) held.set(admission, (held.get(admission) ?? 0) + 1)
+          if (canary) {
+            if (admission !== held.generation) {
+              held.generation = admission
+              held.canaries = 0
+            }
+            held.canaries++
+          }
           return admission
         })
       }),
       settle: (ticket, outcome) => {
-        const canaries = held.get(ticket)
-        if (canaries !== undefined) canaries > 1 ? held.set(ticket, canaries - 1) : held.delete(ticket)
+        if (ticket === held.generation && held.canaries > 0) held.canaries--
         if (outcome === "ignored" && mirror.state._tag === "Closed") return
         pending.push([ticket, outcome])
         nudge()
