@@ -686,20 +686,20 @@ export const makeWith = <R>(
     const countSent = (placed: Placed, request: ChatCompletionRequest, verdict?: ApiError.Verdict, error?: unknown) =>
       Effect.sync(() => {
         const { member } = placed
-        const lane = figuresOf(placed.grant.lane)
-        const { tags } = lane
+        const figures = figuresOf(placed.grant.lane)
+        const { tags } = figures
         const retry = sent.has(request)
         if (retry) {
           member.retries++
           retriesCounter.unsafeUpdate(1, tags)
         } else if (verdict === undefined || !isAccountLevel(verdict)) sent.add(request)
+        const result = verdict === undefined ? "ok" : ApiError.tagOf(error) ?? "unknown"
         if (verdict === undefined) member.succeeded++
         else {
           member.failed++
-          if (ApiError.tagOf(error) === "RateLimited") lane.rateLimited++
+          if (result === "RateLimited") figures.rateLimited++
         }
-        const result = verdict === undefined ? "ok" : ApiError.tagOf(error) ?? "unknown"
-        attemptsCounter.unsafeUpdate(1, lane.resultTags(result))
+        attemptsCounter.unsafeUpdate(1, figures.resultTags(result))
         attemptDuration.unsafeUpdate((now() - placed.placedAt) / 1000, tags)
       })
 
