@@ -7,6 +7,7 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
@@ -208,6 +209,24 @@ describe("Policy around a stream", () => {
       yield* TestClock.adjust("1 second")
       expect(Either.isLeft(yield* Fiber.join(after))).toBe(true)
       expect(yield* Ref.get(attempts)).toBe(1)
+    }))
+  it.scoped("releases a failed attempt's permit before the retry's backoff: a stream's retry waits holding nothing", () =>
+    Effect.gen(function*() {
+      const limiter = yield* ConcurrencyLimiter.makeFixed(1)
+      const policy = yield* Policy.fromParts({ limiter, retry: RetryPolicy.make({ base: "1 second", cap: "1 second", maxRetries: 1 }) })
+      const attempts = yield* Ref.make(0)
+      const flaky = Stream.unwrap(Effect.map(
+        Ref.getAndUpdate(attempts, (n) => n + 1),
+        (n) => n === 0 ? Stream.fail(new ApiError.ServerError({ status: 503, message: "busy", retryAfter: Option.none() })) : Stream.make("b")
+      ))
+      const fiber = yield* Effect.fork(Stream.runCollect(policy.applyStream(flaky)))
+      // The first attempt failed; the retry waits for the clock.
+      yield* TestClock.adjust(0)
+      expect(yield* Ref.get(attempts)).toBe(1)
+      expect((yield* limiter.snapshot).inFlight).toBe(0)
+      yield* TestClock.adjust("1 second")
+      expect(Array.from(yield* Fiber.join(fiber))).toEqual(["b"])
+      expect((yield* limiter.snapshot).inFlight).toBe(0)
     }))
 })
 

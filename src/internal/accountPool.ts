@@ -41,6 +41,7 @@ import { assertValid, positive } from "./options.js"
 import * as RedisLanes from "./redisDispatcher.js"
 import { secondsBoundaries } from "./policy.js"
 import { Signal } from "./signal.js"
+import * as StreamPull from "./streamPull.js"
 import type { SharedBalance, Verdict } from "./sharedBalance.js"
 import * as ScopeFinalizer from "./scopeFinalizer.js"
 import { whenTraced } from "./tracing.js"
@@ -779,56 +780,78 @@ export const makeWith = <R>(
     const admitted = (member: Member, permit: Limiter.Permit) =>
       Effect.catchAll(member.breaker.admit, (open) => Effect.zipRight(permit.settle(Exit.fail(open)), failOver(member, open)))
 
-    /** A stream on `member`, started in the attempt's scope: its breaker's admission and the permit for as long as it runs. */
-    const streamOn = (placed: Placed, request: ChatCompletionRequest, options: CallOptions | undefined) =>
-      Effect.map(admitted(placed.member, placed.permit), (settleBreaker) => {
+    /**
+     * A stream on `member`, opened in the attempt's scope: its breaker's admission and the permit
+     * for as long as it runs. As it ends, the permit and the breaker are told, and its cost
+     * recorded; as it fails (opening or later), the same, then the failure fails the attempt over
+     * or is the answer (`answerOrFailOver`).
+     */
+    const streamOn = (
+      placed: Placed,
+      request: ChatCompletionRequest,
+      options: CallOptions | undefined
+    ): StreamPull.Opening<ChatCompletionChunk, PoolError | FailedOver> =>
+      Effect.flatMap(admitted(placed.member, placed.permit), (settleBreaker) => {
         const { member, permit } = placed
         const model = member.modelFor(request.model)
         let delivered = false
         let usage: Usage | undefined
         let servedModel = model
         const settle = (exit: Exit.Exit<unknown, unknown>) => Effect.zipRight(permit.settle(exit), settleBreaker(exit))
-        return member.transport.stream(member.requestFor(request), permitOptions(options, permit)).pipe(
-          // Noted once per batch of chunks, not by an effect per chunk.
-          Stream.mapChunks((chunks) => {
-            for (const chunk of chunks) {
-              delivered = true
-              usage = chunk.usage ?? usage
-              servedModel = chunk.model
-            }
-            return chunks
-          }),
-          Stream.onDone(() =>
-            Effect.zipRight(settle(Exit.void), Effect.zipRight(countSent(placed, request), record(placed, servedModel, usage, "kept")))
-          ),
-          Stream.catchAll((error) =>
-            Stream.fromEffect(
-              settle(Exit.fail(error)).pipe(
-                Effect.zipRight(recordFailure(placed, request, servedModel, error, delivered)),
-                Effect.zipRight(answerOrFailOver(member, error, delivered))
-              )
-            )
+        const ended = () =>
+          Effect.zipRight(settle(Exit.void), Effect.zipRight(countSent(placed, request), record(placed, servedModel, usage, "kept")))
+        const failed = (error: PoolError) =>
+          settle(Exit.fail(error)).pipe(
+            Effect.zipRight(recordFailure(placed, request, servedModel, error, delivered)),
+            Effect.zipRight(answerOrFailOver(member, error, delivered))
           )
-        )
+        const opening = StreamPull.openingOf(member.transport.stream(member.requestFor(request), permitOptions(options, permit)))
+        return Effect.matchEffect(opening, {
+          onFailure: failed,
+          onSuccess: (pull) =>
+            Effect.succeed(Effect.matchEffect(pull, {
+              onFailure: Option.match({
+                onNone: () => Effect.zipRight(ended(), Effect.fail(Option.none())),
+                onSome: (error) => Effect.mapError(failed(error), Option.some)
+              }),
+              // Noted once per batch of chunks, not by an effect per chunk.
+              onSuccess: (chunks) => {
+                for (const chunk of chunks) {
+                  delivered = true
+                  usage = chunk.usage ?? usage
+                  servedModel = chunk.model
+                }
+                return Effect.succeed(chunks)
+              }
+            }))
+        })
       })
 
     const stream: Service["stream"] = (request, options) => {
-      const attempt = (excluded: ReadonlySet<number>): Stream.Stream<ChatCompletionChunk, PoolError> => {
+      const attempt = (excluded: ReadonlySet<number>): StreamPull.Opening<ChatCompletionChunk, PoolError | FailedOver> => {
         const placement = placeScoped(request.model, options, excluded)
         const run = (placed: Placed) => streamOn(placed, request, options)
-        // Untraced, one scoped stage holds the placement and the breaker's admission.
-        return Stream.unwrapScoped(whenTraced(Effect.flatMap(placement, run), () => {
+        return whenTraced(Effect.flatMap(placement, run), () => {
           const enteredAt = now()
-          return Effect.map(placement, (placed) =>
-            GenAi.attemptStreamSpan(
+          return Effect.flatMap(placement, (placed) =>
+            StreamPull.openingOf(GenAi.attemptStreamSpan(
               "weatherproof.AccountPool.stream",
               request,
               placementOf(placed, request, enteredAt),
-              Stream.unwrapScoped(run(placed))
-            ))
-        })).pipe(Stream.catchTag("FailedOver", ({ member }) => attempt(excludeAfter(excluded, member))))
+              StreamPull.fromOpening(run(placed))
+            )))
+        })
       }
-      return Stream.unwrap(Effect.as(budget, attempt(new Set())))
+      // Each attempt in a scope of its own, closed (its permit released) before the next is placed.
+      return StreamPull.fromOpening(Effect.suspend(() => {
+        let excluded: ReadonlySet<number> = new Set()
+        const failedOver = (error: PoolError | FailedOver) => {
+          if (error._tag !== "FailedOver") return Effect.fail(error)
+          excluded = excludeAfter(excluded, error.member)
+          return Effect.succeed(attempt(excluded))
+        }
+        return Effect.zipRight(budget, StreamPull.recovering(attempt(excluded), failedOver))
+      }))
     }
 
     // -- state --------------------------------------------------------------------------------

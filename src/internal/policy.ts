@@ -32,6 +32,7 @@ import * as RetryBudget from "../RetryBudget.js"
 import type * as RetryPolicy from "../RetryPolicy.js"
 import type * as Telemetry from "../Telemetry.js"
 import type * as TokenBucket from "../TokenBucket.js"
+import * as StreamPull from "./streamPull.js"
 
 /** The parts of a policy, each optional, and what reads their errors. */
 export interface Parts {
@@ -116,30 +117,30 @@ const retryAfterFailure = <A, E, R, R2>(
  * `retryAfterFailure` for a stream, retried only until its first element reached the caller:
  * after that a retry would show the same output twice, so the error is the answer. Delivery is
  * noted per chunk of elements, and the schedule's driver is made only once an attempt failed
- * (`Stream.retry` makes one, and a channel around the stream, for every stream).
+ * (`Stream.retry` makes one, and a channel around the stream, for every stream). Each attempt has
+ * a scope of its own, closed before the backoff (`StreamPull.recovering`).
  */
 const retryStreamAfterFailure = <A, E, R, R2>(
-  attempt: Stream.Stream<A, E, R>,
+  attempt: StreamPull.Opening<A, E, R>,
   onFailure: (error: E) => Effect.Effect<void>,
   schedule: Schedule.Schedule<unknown, E, R2> | undefined
-): Stream.Stream<A, E, R | R2> =>
-  Stream.suspend(() => {
+): StreamPull.Opening<A, E, R | R2> =>
+  Effect.suspend(() => {
     let delivered = false
     let driver: Schedule.ScheduleDriver<unknown, E, R2> | undefined
     const driverOf = (schedule: Schedule.Schedule<unknown, E, R2>) =>
       driver === undefined ? Effect.tap(Schedule.driver(schedule), (made) => (driver = made)) : Effect.succeed(driver)
     /** The next attempt after a failure, or the failure as the answer. */
-    const after = (error: E): Effect.Effect<Stream.Stream<A, E, R | R2>, never, R2> =>
-      schedule === undefined || delivered ? Effect.succeed(Stream.fail(error)) : Effect.flatMap(driverOf(schedule), (made) =>
-        Effect.matchEffect(made.next(error), {
-          onFailure: () => Effect.succeed(Stream.fail(error)),
-          onSuccess: () => Effect.succeed(tried)
-        }))
-    const tried: Stream.Stream<A, E, R | R2> = Stream.mapChunks(attempt, (chunk) => {
-      delivered ||= Chunk.isNonEmpty(chunk)
-      return chunk
-    }).pipe(Stream.catchAll((error) => Stream.unwrap(Effect.zipRight(onFailure(error), after(error)))))
-    return tried
+    const after = (error: E): Effect.Effect<StreamPull.Opening<A, E, R>, E, R2> =>
+      schedule === undefined || delivered
+        ? Effect.fail(error)
+        : Effect.flatMap(driverOf(schedule), (made) => Effect.as(Effect.mapError(made.next(error), () => error), tried))
+    const tried: StreamPull.Opening<A, E, R> = Effect.map(attempt, (pull) =>
+      Effect.map(pull, (chunk) => {
+        delivered ||= Chunk.isNonEmpty(chunk)
+        return chunk
+      }))
+    return StreamPull.recovering(tried, (error) => Effect.zipRight(onFailure(error), after(error)))
   })
 
 /**
@@ -243,24 +244,35 @@ export const make = (parts: Parts): Service => {
   }
 
   /**
-   * One attempt of a stream through the gates. Settled as the stream ends, before the scope's
-   * finalizers: a stream its consumer abandons is settled by the scope closing, as interrupted.
-   * With no gate, the stream as it is (a gate-less policy is the outer one of an account pool,
-   * whose own gates hold each attempt).
+   * One attempt of a stream through the gates, opened in the attempt's scope. Settled as the
+   * stream ends or fails (opening or later), before the scope's finalizers: a stream its consumer
+   * abandons is settled by the scope closing, as interrupted. With no gate, the stream as it is (a
+   * gate-less policy is the outer one of an account pool, whose own gates hold each attempt).
    */
-  const gatedStream = <A, E, R>(use: UsePermit<Stream.Stream<A, E, R>>, options: ApplyOptions | undefined) =>
-    bucket === undefined && limiter === undefined && breaker === undefined ? use(freePermit) : Stream.unwrapScoped(
-      Effect.map(gate(options), ({ permit, settle }) =>
-        use(permit).pipe(
-          Stream.onError((cause) => settle(Exit.failCause(cause))),
-          Stream.onDone(() => settle(Exit.void))
-        ))
-    )
+  const gatedStream = <A, E, R>(
+    use: UsePermit<Stream.Stream<A, E, R>>,
+    options: ApplyOptions | undefined
+  ): StreamPull.Opening<A, E | Refusal, R> =>
+    bucket === undefined && limiter === undefined && breaker === undefined
+      ? StreamPull.openingOf(use(freePermit))
+      : Effect.flatMap(gate(options), ({ permit, settle }) =>
+        Effect.matchCauseEffect(StreamPull.openingOf(use(permit)), {
+          onFailure: (cause) => Effect.zipRight(settle(Exit.failCause(cause)), Effect.failCause(cause)),
+          onSuccess: (pull) =>
+            Effect.succeed(Effect.catchAllCause(pull, (cause) =>
+              Effect.zipRight(
+                Option.match(StreamPull.failureOf(cause), {
+                  onNone: () => settle(Exit.void),
+                  onSome: (failure) => settle(Exit.failCause(failure))
+                }),
+                Effect.failCause(cause)
+              )))
+        }))
 
-  const applyStream: Service["applyStream"] = (self, options) => {
-    const streamAttempt = gatedStream(streamUse(self), options)
-    return Stream.unwrap(Effect.as(started, retryStreamAfterFailure(streamAttempt, onFailure, effectRetries)))
-  }
+  const applyStream: Service["applyStream"] = (self, options) =>
+    StreamPull.fromOpening(
+      Effect.zipRight(started, retryStreamAfterFailure(gatedStream(streamUse(self), options), onFailure, effectRetries))
+    )
 
   /**
    * One request through the gates, its permit and the breaker's admission held until the body

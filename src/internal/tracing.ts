@@ -3,7 +3,9 @@ import * as DefaultServices from "effect/DefaultServices"
 import * as Effect from "effect/Effect"
 import type * as Fiber from "effect/Fiber"
 import * as Stream from "effect/Stream"
+import type * as Scope from "effect/Scope"
 import * as Tracer from "effect/Tracer"
+import * as StreamPull from "./streamPull.js"
 
 /** Effect's built-in tracer: the one a fiber has when no other is installed. */
 const builtInTracer = Context.get(DefaultServices.liveServices, Tracer.Tracer)
@@ -20,11 +22,12 @@ export const whenTraced = <A, E, R>(
 ): Effect.Effect<A, E, R> =>
   Effect.withFiberRuntime((fiber) => isTraced(fiber) ? traced() : untraced)
 
-/** `whenTraced` for a stream. */
+/** `whenTraced` for a stream: the one chosen is opened directly (`StreamPull`). */
 export const streamWhenTraced = <A, E, R>(
   untraced: Stream.Stream<A, E, R>,
   traced: () => Stream.Stream<A, E, R>
-): Stream.Stream<A, E, R> => Stream.unwrap(whenTraced(Effect.succeed(untraced), () => Effect.sync(traced)))
+): Stream.Stream<A, E, Exclude<R, Scope.Scope>> =>
+  StreamPull.fromOpening(whenTraced(StreamPull.openingOf(untraced), () => StreamPull.openingOf(traced())))
 
 /** `self(span)` in a new span `name`, its parent: `Effect.withSpan` that hands the span over. */
 export const inSpan = <A, E, R>(

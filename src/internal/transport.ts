@@ -28,6 +28,7 @@ import { resolveLimits, Timeline, Watchdog } from "./deadlines.js"
 import { retryAfterFromHeaders } from "./retryAfter.js"
 import * as SchemaFastPath from "./schemaFastPath.js"
 import * as Sse from "./sse.js"
+import * as StreamPull from "./streamPull.js"
 import { isTraced } from "./tracing.js"
 import { clientWire, type Reads, type Reply, undiciOf, undiciWire, type Wire, withUndici } from "./transportWires.js"
 
@@ -483,25 +484,33 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
       })
 
     /** The scoped start of a stream on `wire`: its chunks, pulled as the consumer asks. */
-    const streamOn = (wire: Wire, request: ChatSchema.ChatCompletionRequest, options: CallOptions | undefined) =>
+    const streamOn = (
+      wire: Wire,
+      request: ChatSchema.ChatCompletionRequest,
+      options: CallOptions | undefined
+    ): StreamPull.Opening<ChatSchema.ChatCompletionChunk, ApiError.ApiError> =>
       Effect.gen(function*() {
         const timeline = yield* startTimeline(options)
         yield* wire.watchScoped(timeline)
         const body = { ...request, stream: true, stream_options: { ...request.stream_options, include_usage: true } }
         const reply = yield* send(wire, body, timeline)
-        return Stream.repeatEffectChunkOption(chunkReader(yield* reply.reads, timeline))
+        return chunkReader(yield* reply.reads, timeline)
       })
 
-    // One scoped stage, the wire chosen as the stream starts; traced, the stream in a span of its own.
+    // The wire chosen as the stream opens; traced, the stream in a span of its own.
     const stream: Service["stream"] = (request, options) =>
-      request.messages.length === 0 ? Stream.fail(noMessages) : Stream.unwrapScoped(Effect.withFiberRuntime((fiber) => {
-        const wire = wireOf(fiber)
-        return wire === undefined
-          ? Effect.succeed(
-            Stream.withSpan(Stream.unwrapScoped(streamOn(overClient, request, options)), "weatherproof.Transport.stream", attributesOf(request))
-          )
-          : streamOn(wire, request, options)
-      }))
+      StreamPull.fromOpening(
+        request.messages.length === 0 ? Effect.fail(noMessages) : Effect.withFiberRuntime((fiber) => {
+          const wire = wireOf(fiber)
+          return wire === undefined
+            ? StreamPull.openingOf(Stream.withSpan(
+              StreamPull.fromOpening(streamOn(overClient, request, options)),
+              "weatherproof.Transport.stream",
+              attributesOf(request)
+            ))
+            : streamOn(wire, request, options)
+        })
+      )
 
     return { create, stream }
   })
