@@ -56,7 +56,7 @@ const attemptArbitrary: FastCheck.Arbitrary<Attempt> = FastCheck.oneof(
 
 describe("StreamPull.recovering", () => {
   it.effect.prop(
-    "gives each attempt's elements in order, in a scope of its own closed before the next opens, and fails as the last attempt",
+    "gives each attempt's elements in order, in a scope of its own closed before the next opens, says whether any was delivered, and fails as the last attempt",
     [FastCheck.array(attemptArbitrary, { minLength: 1, maxLength: 5 })],
     ([attempts]) =>
       Effect.gen(function*() {
@@ -76,7 +76,9 @@ describe("StreamPull.recovering", () => {
               ))
             })
           )
-        const recovered = StreamPull.recovering(opening(attempts[0]!, 0), (error) => {
+        const recovered = StreamPull.recovering(opening(attempts[0]!, 0), (error, delivered) => {
+          const before = attempts.slice(0, opened)
+          expect(delivered).toBe(before.some((a) => !("refused" in a) && a.chunks.length > 0))
           log.push(`failed ${opened - 1}: ${error}`)
           return opened < attempts.length ? Effect.succeed(opening(attempts[opened]!, opened)) : Effect.fail(`last: ${error}`)
         })

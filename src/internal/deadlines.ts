@@ -115,19 +115,22 @@ export class Timeline {
     return onFirstContent(Duration.millis(this.firstContentAt - this.headersAt))
   })
 
-  /** Content (not keep-alive) arrived now. */
-  readonly contentArrived: Effect.Effect<void> = Effect.suspend(() => {
+  /**
+   * Content (not keep-alive) arrived now: the report of the first content to run, once; after it,
+   * `undefined` (a stream's every read asks, with no effect to run).
+   */
+  contentArrived(): Effect.Effect<void> | undefined {
     this.markContent(this.now())
-    return this.reportFirstContent
-  })
+    return this.firstContentReported ? undefined : this.reportFirstContent
+  }
 
   /**
    * The consumer asks for more: idle time counts from here, so a slow consumer is not mistaken
    * for a stalled upstream.
    */
-  readonly resumed: Effect.Effect<void> = Effect.sync(() => {
+  resume(): void {
     if (this.firstContentAt !== undefined) this.idleFrom = this.now()
-  })
+  }
 
   /** The rest of the body (after a stream's last event) is read for `millis` at most. */
   drainFor(millis: number): void {

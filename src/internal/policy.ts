@@ -8,7 +8,6 @@ import * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpClientError from "@effect/platform/HttpClientError"
 import type * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
-import * as Chunk from "effect/Chunk"
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
@@ -115,10 +114,10 @@ const retryAfterFailure = <A, E, R, R2>(
 
 /**
  * `retryAfterFailure` for a stream, retried only until its first element reached the caller:
- * after that a retry would show the same output twice, so the error is the answer. Delivery is
- * noted per chunk of elements, and the schedule's driver is made only once an attempt failed
- * (`Stream.retry` makes one, and a channel around the stream, for every stream). Each attempt has
- * a scope of its own, closed before the backoff (`StreamPull.recovering`).
+ * after that a retry would show the same output twice, so the error is the answer. The schedule's
+ * driver is made only once an attempt failed (`Stream.retry` makes one, and a channel around the
+ * stream, for every stream). Each attempt has a scope of its own, closed before the backoff
+ * (`StreamPull.recovering`, which also notes the delivery).
  */
 const retryStreamAfterFailure = <A, E, R, R2>(
   attempt: StreamPull.Opening<A, E, R>,
@@ -126,21 +125,15 @@ const retryStreamAfterFailure = <A, E, R, R2>(
   schedule: Schedule.Schedule<unknown, E, R2> | undefined
 ): StreamPull.Opening<A, E, R | R2> =>
   Effect.suspend(() => {
-    let delivered = false
     let driver: Schedule.ScheduleDriver<unknown, E, R2> | undefined
     const driverOf = (schedule: Schedule.Schedule<unknown, E, R2>) =>
       driver === undefined ? Effect.tap(Schedule.driver(schedule), (made) => (driver = made)) : Effect.succeed(driver)
     /** The next attempt after a failure, or the failure as the answer. */
-    const after = (error: E): Effect.Effect<StreamPull.Opening<A, E, R>, E, R2> =>
+    const after = (error: E, delivered: boolean): Effect.Effect<StreamPull.Opening<A, E, R>, E, R2> =>
       schedule === undefined || delivered
         ? Effect.fail(error)
-        : Effect.flatMap(driverOf(schedule), (made) => Effect.as(Effect.mapError(made.next(error), () => error), tried))
-    const tried: StreamPull.Opening<A, E, R> = Effect.map(attempt, (pull) =>
-      Effect.map(pull, (chunk) => {
-        delivered ||= Chunk.isNonEmpty(chunk)
-        return chunk
-      }))
-    return StreamPull.recovering(tried, (error) => Effect.zipRight(onFailure(error), after(error)))
+        : Effect.flatMap(driverOf(schedule), (made) => Effect.as(Effect.mapError(made.next(error), () => error), attempt))
+    return StreamPull.recovering(attempt, (error, delivered) => Effect.zipRight(onFailure(error), after(error, delivered)))
   })
 
 /**

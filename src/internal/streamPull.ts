@@ -12,7 +12,7 @@
  * @internal
  */
 import * as Cause from "effect/Cause"
-import type * as Chunk from "effect/Chunk"
+import * as Chunk from "effect/Chunk"
 import * as Effect from "effect/Effect"
 import * as ExecutionStrategy from "effect/ExecutionStrategy"
 import * as Exit from "effect/Exit"
@@ -30,7 +30,8 @@ const openings = new WeakMap<Stream.Stream<unknown, unknown, unknown>, Opening<u
 
 /** The stream `opening` starts, which remembers it for `openingOf`. */
 export const fromOpening = <A, E, R>(opening: Opening<A, E, R>): Stream.Stream<A, E, Exclude<R, Scope.Scope>> => {
-  const stream = Stream.unwrapScoped(Effect.map(opening, Stream.repeatEffectChunkOption))
+  // Built when run: a stage of the library only opens it.
+  const stream = Stream.suspend(() => Stream.unwrapScoped(Effect.map(opening, Stream.repeatEffectChunkOption)))
   openings.set(stream, opening)
   return stream as Stream.Stream<A, E, Exclude<R, Scope.Scope>>
 }
@@ -45,17 +46,19 @@ export const failureOf = <E>(cause: Cause.Cause<Option.Option<E>>): Option.Optio
 
 /**
  * Opens `first`, and when an attempt fails (as it opens or at a pull) opens the one `next` gives for
- * its error instead, until one ends or `next` fails. Each attempt has a scope of its own, closed
- * once the attempt failed and before `next` runs, so that a retry's backoff holds nothing of the
- * attempt before it: what `Stream.catchAll` around `Stream.unwrapScoped` stages does.
+ * its error instead, until one ends or `next` fails; `next` is told whether any element was
+ * delivered before. Each attempt has a scope of its own, closed once the attempt failed and before
+ * `next` runs, so that a retry's backoff holds nothing of the attempt before it: what
+ * `Stream.catchAll` around `Stream.unwrapScoped` stages does.
  */
 export const recovering = <A, E, R, E2, R2>(
   first: Opening<A, E, R>,
-  next: (error: E) => Effect.Effect<Opening<A, E, R>, E2, R2>
+  next: (error: E, delivered: boolean) => Effect.Effect<Opening<A, E, R>, E2, R2>
 ): Opening<A, E2, R | R2> =>
   Effect.flatMap(Effect.scope, (outer) => {
     let attempt: Scope.CloseableScope
     let current: Pull<A, E, R>
+    let delivered = false
     const open = (opening: Opening<A, E, R>): Effect.Effect<void, E2, R | R2> =>
       Effect.flatMap(Scope.fork(outer, ExecutionStrategy.sequential), (scope) => {
         attempt = scope
@@ -68,11 +71,15 @@ export const recovering = <A, E, R, E2, R2>(
         })
       })
     const failed = (error: E): Effect.Effect<void, E2, R | R2> =>
-      Effect.zipRight(Scope.close(attempt, Exit.fail(error)), Effect.flatMap(Effect.suspend(() => next(error)), open))
-    const pull: Pull<A, E2, R | R2> = Effect.catchAll(
-      Effect.suspend(() => current),
-      (end) => Option.isNone(end) ? Effect.fail(Option.none()) : Effect.zipRight(Effect.mapError(failed(end.value), Option.some), pull)
-    )
+      Effect.zipRight(Scope.close(attempt, Exit.fail(error)), Effect.flatMap(Effect.suspend(() => next(error, delivered)), open))
+    const pull: Pull<A, E2, R | R2> = Effect.matchEffect(Effect.suspend(() => current), {
+      onFailure: (end) =>
+        Option.isNone(end) ? Effect.fail(Option.none()) : Effect.zipRight(Effect.mapError(failed(end.value), Option.some), pull),
+      onSuccess: (chunk) => {
+        delivered ||= Chunk.isNonEmpty(chunk)
+        return Effect.succeed(chunk)
+      }
+    })
     return Effect.as(open(first), pull)
   })
 

@@ -287,7 +287,8 @@ const chunkReader = (
           return Effect.fail(Option.some<ApiError.ApiError>(new ApiError.StreamTruncated({ partial: partial() })))
         }
         const out: Array<ChatSchema.ChatCompletionChunk> = []
-        return take(batch, out) ? Effect.zipRight(timeline.contentArrived, emit(out)) : emit(out)
+        const report = take(batch, out) ? timeline.contentArrived() : undefined
+        return report === undefined ? emit(out) : Effect.zipRight(report, emit(out))
       }
     })
   )
@@ -303,7 +304,11 @@ const chunkReader = (
   ): Effect.Effect<never, Option.Option<ApiError.ApiError>> =>
     Option.isSome(end) ? Effect.fail(end) : Effect.zipRight(reads.finish, Effect.fail(end))
 
-  return Effect.suspend(() => ended === undefined ? Effect.zipRight(timeline.resumed, read) : close(ended))
+  return Effect.suspend(() => {
+    if (ended !== undefined) return close(ended)
+    timeline.resume()
+    return read
+  })
 }
 
 // ---------------------------------------------------------------------------------------------
