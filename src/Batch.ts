@@ -423,11 +423,14 @@ const outputError = (path: string) => (error: { readonly message: string }) =>
  */
 const resolvePaths = (fs: FileSystem.FileSystem, input: string, output: string) =>
   Effect.gen(function*() {
-    yield* fs.access(input, { readable: true }).pipe(Effect.mapError(inputError(input)))
-    const [inputReal, outputReal] = yield* Effect.all([
-      fs.realPath(input).pipe(Effect.mapError(inputError(input))),
+    // Side by side (each resolution is a file-system call per path component, on the thread
+    // pool); a problem with the input is told first.
+    const [inputResolved, outputResolved] = yield* Effect.all([
+      Effect.zipRight(fs.access(input, { readable: true }), fs.realPath(input)).pipe(Effect.mapError(inputError(input))),
       Files.resolveOutput(fs, output).pipe(Effect.mapError(outputError(output)))
-    ])
+    ], { concurrency: 2, mode: "either" })
+    const inputReal = yield* inputResolved
+    const outputReal = yield* outputResolved
     if (inputReal === outputReal) {
       return yield* new BatchError({ file: "output", path: output, message: `the output file ${output} is the input file` })
     }

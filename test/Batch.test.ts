@@ -375,6 +375,9 @@ describe("Batch.run", () => {
       const ws = yield* workspace
       const missingInput = yield* Effect.flip(runWith(ok, { input: `${ws.input}.missing`, output: ws.output }))
       expect(missingInput).toMatchObject({ _tag: "BatchError", file: "input" })
+      // Both paths are resolved side by side; the input's problem is the one told.
+      const bothBad = yield* Effect.flip(runWith(ok, { input: `${ws.input}.missing`, output: `${ws.output}/no/such/dir.jsonl` }))
+      expect(bothBad).toMatchObject({ _tag: "BatchError", file: "input" })
       yield* ws.writeInput([request("a")])
       const badOutput = yield* Effect.flip(runWith(ok, { input: ws.input, output: `${ws.output}/no/such/dir.jsonl` }))
       expect(badOutput).toMatchObject({ _tag: "BatchError", file: "output" })
