@@ -33,7 +33,7 @@ import type { CallOptions } from "../../src/Resilient.js"
 import * as SchemaFastPath from "../../src/internal/schemaFastPath.js"
 import * as ScopeFinalizer from "../../src/internal/scopeFinalizer.js"
 import * as StreamPull from "../../src/internal/streamPull.js"
-import { Router, Task } from "../../src/Router.js"
+import { Router, type RoutingRefused, Task } from "../../src/Router.js"
 import {
   BadRequest,
   errorBody,
@@ -174,6 +174,25 @@ const oneOf = <const A extends string>(name: string, values: ReadonlyArray<A>, f
 
 const priorityOf = oneOf("x-weatherproof-priority", ["interactive", "batch"], "interactive")
 const cacheModeOf = oneOf("x-weatherproof-cache", ["auto", "force", "bypass"], "auto")
+
+/** A request admitted: the call to make. */
+interface Admitted {
+  readonly request: ChatCompletionRequest
+  readonly options: CallOptions
+}
+
+/** Why a request is refused before any call. */
+type Refused = Unauthorized | BadRequest | RoutingRefused | GatewayBusy
+
+/** A request's body as a chat completion request and its headers as its call's task and options, or why not; checked in that order. */
+const parseRequest = (
+  json: unknown,
+  headers: Readonly<Record<string, string | undefined>>
+): Either.Either<{ readonly body: ChatCompletionRequest; readonly task: Task | undefined; readonly options: CallOptions }, BadRequest> =>
+  Either.flatMap(parseBody(json), (body) =>
+    Either.flatMap(taskOf(headers["x-weatherproof-task"]), (task) =>
+      Either.flatMap(priorityOf(headers["x-weatherproof-priority"]), (priority) =>
+        Either.map(cacheModeOf(headers["x-weatherproof-cache"]), (cache) => ({ body, task, options: { priority, cache } })))))
 
 /** What the pump hands over after the first events: the SSE events of each batch of chunks, then how the upstream stream ended. */
 type Item =
@@ -417,38 +436,46 @@ export const make = (settings: Settings, traffic: Traffic) =>
         })
       })
 
-    /** Everything that can refuse a request before any call: auth, the body, headers, routing, the queue. */
-    const admit = (request: HttpServerRequest.HttpServerRequest) =>
-      Effect.gen(function*() {
-        yield* settings.authorize(request.headers.authorization)
-        const json = yield* readJson(request)
-        const body = yield* parseBody(json)
-        const task = yield* taskOf(request.headers["x-weatherproof-task"])
-        const priority = yield* priorityOf(request.headers["x-weatherproof-priority"])
-        const cache = yield* cacheModeOf(request.headers["x-weatherproof-cache"])
-        const routed = yield* router.route(body, { task })
-        if (traffic.waiting >= settings.maxWaiting) return yield* new GatewayBusy({ waiting: traffic.waiting })
-        return { request: routed.request, options: { priority, cache } satisfies CallOptions }
-      })
+    /**
+     * Everything that can refuse a request before any call: auth, the body, headers, routing, the
+     * queue. Combinators, not a generator: this runs for every request.
+     */
+    const admit = (request: HttpServerRequest.HttpServerRequest): Effect.Effect<Admitted, Refused> =>
+      Effect.zipRight(
+        settings.authorize(request.headers.authorization),
+        Effect.flatMap(readJson(request), (json): Effect.Effect<Admitted, Refused> => {
+          const parsed = parseRequest(json, request.headers)
+          if (Either.isLeft(parsed)) return Effect.fail(parsed.left)
+          const { body, options, task } = parsed.right
+          return Effect.flatMap(router.route(body, { task }), (routed) =>
+            traffic.waiting >= settings.maxWaiting
+              ? Effect.fail(new GatewayBusy({ waiting: traffic.waiting }))
+              : Effect.succeed({ request: routed.request, options }))
+        })
+      )
 
     /** `response`, counted by its status as it is returned (a completion counts itself as it answers). */
     const counted = <E, R>(response: Effect.Effect<HttpServerResponse.HttpServerResponse, E, R>) =>
       Effect.tap(response, ({ status }) => Effect.sync(() => traffic.answered(status)))
 
+    const answerTo = (http: HttpServerRequest.HttpServerRequest) =>
+      admit(http).pipe(
+        Effect.matchCauseEffect({
+          onFailure: (cause) => counted(failed(cause)),
+          onSuccess: ({ options, request }) =>
+            request.stream === true ? counted(stream(http, request, options)) : completion(http, request, options)
+        })
+      )
+
     const handle: Effect.Effect<HttpServerResponse.HttpServerResponse, never, HttpServerRequest.HttpServerRequest | Scope.Scope> =
-      Effect.gen(function*() {
-        if (traffic.draining) return yield* counted(failed(Cause.fail(new ShuttingDown()))).pipe(
-          Effect.map(HttpServerResponse.setHeader("connection", "close"))
-        )
+      Effect.suspend(() => {
+        if (traffic.draining) {
+          return counted(failed(Cause.fail(new ShuttingDown()))).pipe(Effect.map(HttpServerResponse.setHeader("connection", "close")))
+        }
         traffic.enter()
-        yield* ScopeFinalizer.addFinalizer(Effect.sync(() => traffic.leave()))
-        const http = yield* HttpServerRequest.HttpServerRequest
-        return yield* admit(http).pipe(
-          Effect.matchCauseEffect({
-            onFailure: (cause) => counted(failed(cause)),
-            onSuccess: ({ options, request }) =>
-              request.stream === true ? counted(stream(http, request, options)) : completion(http, request, options)
-          })
+        return Effect.zipRight(
+          ScopeFinalizer.addFinalizer(Effect.sync(() => traffic.leave())),
+          Effect.flatMap(HttpServerRequest.HttpServerRequest, answerTo)
         )
       })
     return handle
