@@ -183,7 +183,7 @@ export class Timeline {
  * long as it runs; one fiber sleeps until the earliest deadline among the timelines that wait,
  * expires those past theirs, and sleeps again. The fiber starts with the first registration (on
  * the clock of the fiber that registers) and stops when none is left, so an idle process can exit.
- * A timeline that waits again asks to be looked at (`waits`), in case its deadline is the earliest.
+ * A timeline that waits again asks to be looked at (`waitFor`), in case its deadline is the earliest.
  */
 export class Watchdog {
   private readonly watched = new Set<Timeline>()
@@ -206,22 +206,26 @@ export class Watchdog {
   }
 
   /**
-   * `timeline` waits for the upstream again: fails at once if its deadline passed, else makes sure
-   * the watchdog wakes by then.
+   * `wait`, as `timeline` waiting for the upstream again: fails at once if its deadline passed,
+   * else makes sure the watchdog wakes by then (one step before `wait`, a stream's every read).
    */
-  waits(timeline: Timeline): Effect.Effect<void, DeadlineExceeded> {
-    return Effect.suspend(() => {
+  waitFor<A, E>(timeline: Timeline, wait: Effect.Effect<A, E>): Effect.Effect<A, E | DeadlineExceeded> {
+    return Effect.suspend((): Effect.Effect<A, E | DeadlineExceeded> => {
       if (timeline.expired !== undefined) return Effect.fail(timeline.expired)
       const due = timeline.due()
       if (due.end <= timeline.now()) return Effect.fail(timeline.expired = due.exceeded())
       timeline.waiting = true
-      return this.lookAt(due.end)
+      return due.end >= this.wakeAt ? wait : Effect.zipRight(this.wakeBy(due.end), wait)
     })
   }
 
   /** Wakes by `end` at the latest: a new sleeper when the current one would wake later. */
   private lookAt(end: number): Effect.Effect<void> {
-    if (end >= this.wakeAt) return Effect.void
+    return end >= this.wakeAt ? Effect.void : this.wakeBy(end)
+  }
+
+  /** A new sleeper, to wake by `end`, in place of the current one. */
+  private wakeBy(end: number): Effect.Effect<void> {
     this.stop()
     this.wakeAt = end
     const generation = this.generation

@@ -23,6 +23,9 @@ export interface Request {
   readonly body: string | null
 }
 
+/** What `take` gives once the body ended. */
+const noReads: ReadonlyArray<Buffer> = []
+
 export class Exchange implements Dispatcher.DispatchHandler {
   status = 0
   headers: IncomingHttpHeaders = {}
@@ -84,16 +87,16 @@ export class Exchange implements Dispatcher.DispatchHandler {
   /** The status and headers arrived. */
   readonly response: Effect.Effect<void, unknown> = this.waitFor(() => this.started ? true : undefined)
 
-  /** Every read that arrived since the last `take`, waiting for one; `undefined` once the body ended. */
-  readonly take: Effect.Effect<ReadonlyArray<Buffer> | undefined, unknown> = this.waitFor(() => {
+  /** Every read that arrived since the last `take`, waiting for one; none once the body ended. */
+  readonly take: Effect.Effect<ReadonlyArray<Buffer>, unknown> = this.waitFor(() => {
     if (this.reads.length > 0) {
       const reads = this.reads
       this.reads = []
       this.controller?.resume()
       return reads
     }
-    return this.ended ? null : undefined
-  }).pipe(Effect.map((reads) => reads ?? undefined))
+    return this.ended ? noReads : undefined
+  })
 
   /** Hands every read to `add`, those held first, and waits for the body's end. */
   readAll(add: (bytes: Buffer) => void): Effect.Effect<void, unknown> {

@@ -159,20 +159,20 @@ const undiciReply = (exchange: Exchange, timeline: Timeline, watchdog: Watchdog)
 
 /** The reads of a stream's body; the stream's scope aborts the exchange if it ends first (`watchScoped`). */
 const undiciReads = (exchange: Exchange, timeline: Timeline, watchdog: Watchdog): Reads => ({
-  next: Effect.zipRight(
-    watchdog.waits(timeline),
+  next: watchdog.waitFor(
+    timeline,
     Effect.mapBoth(exchange.take, {
       onFailure: brokenOr(timeline),
       onSuccess: (reads) => {
         timeline.waiting = false
-        return reads
+        return reads.length === 0 ? undefined : reads
       }
     })
   ),
   finish: Effect.suspend(() => {
     if (exchange.isEnded) return Effect.void
     timeline.drainFor(Duration.toMillis(drainAfterDone))
-    return Effect.ignore(Effect.zipRight(watchdog.waits(timeline), exchange.readAll(() => undefined)))
+    return Effect.ignore(watchdog.waitFor(timeline, exchange.readAll(() => undefined)))
   })
 })
 
