@@ -353,6 +353,13 @@ describe("weatherproof serve, with the openai client", () => {
       const bad = yield* Effect.flip(ask0({ "x-weatherproof-cache": "sometimes" }))
       expect(bad).toBeInstanceOf(OpenAI.BadRequestError)
       expect((bad as APIError).message).toContain("x-weatherproof-cache must be one of auto, force, bypass")
+      // Checked in order: the body, then the task, priority and cache headers.
+      const twoBad = yield* Effect.flip(ask0({ "x-weatherproof-priority": "soon", "x-weatherproof-cache": "sometimes" }))
+      expect((twoBad as APIError).message).toContain("x-weatherproof-priority must be one of interactive, batch")
+      const badBody = yield* Effect.flip(attempt(() =>
+        client.chat.completions.create({ model, messages: "hello" as never }, { headers: { "x-weatherproof-cache": "sometimes" } })
+      ))
+      expect((badBody as APIError).message).toContain("not a chat completion request")
     }))
 
   it.scopedLive("a body that is not JSON, or larger than 10 MiB, is a 400 and reaches no upstream", () =>

@@ -189,10 +189,16 @@ const parseRequest = (
   json: unknown,
   headers: Readonly<Record<string, string | undefined>>
 ): Either.Either<{ readonly body: ChatCompletionRequest; readonly task: Task | undefined; readonly options: CallOptions }, BadRequest> =>
-  Either.flatMap(parseBody(json), (body) =>
-    Either.flatMap(taskOf(headers["x-weatherproof-task"]), (task) =>
-      Either.flatMap(priorityOf(headers["x-weatherproof-priority"]), (priority) =>
-        Either.map(cacheModeOf(headers["x-weatherproof-cache"]), (cache) => ({ body, task, options: { priority, cache } })))))
+  Either.map(
+    // `Either.all` gives the first `Left` in the order of the keys.
+    Either.all({
+      body: parseBody(json),
+      task: taskOf(headers["x-weatherproof-task"]),
+      priority: priorityOf(headers["x-weatherproof-priority"]),
+      cache: cacheModeOf(headers["x-weatherproof-cache"])
+    }),
+    ({ body, cache, priority, task }) => ({ body, task, options: { priority, cache } })
+  )
 
 /** What the pump hands over after the first events: the SSE events of each batch of chunks, then how the upstream stream ended. */
 type Item =
