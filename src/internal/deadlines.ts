@@ -117,11 +117,12 @@ export class Timeline {
 
   /**
    * Content (not keep-alive) arrived now: the report of the first content to run, once; after it,
-   * `undefined` (a stream's every read asks, with no effect to run).
+   * or with no `onFirstContent` to tell, `undefined` (a stream's every read asks, with no effect
+   * to run).
    */
   contentArrived(): Effect.Effect<void> | undefined {
     this.markContent(this.now())
-    return this.firstContentReported ? undefined : this.reportFirstContent
+    return this.firstContentReported || this.observers?.onFirstContent === undefined ? undefined : this.reportFirstContent
   }
 
   /**
