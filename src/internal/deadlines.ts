@@ -20,6 +20,11 @@ import * as FiberId from "effect/FiberId"
 import { DeadlineExceeded, emptyPartial, type PartialOutput } from "../ApiError.js"
 import type { Deadlines } from "../Transport.js"
 
+/** What a deadline ends: an exchange under way. */
+export interface Abortable {
+  readonly abort: (reason: Error) => void
+}
+
 /** Deadlines in milliseconds (`Infinity` for none). */
 export interface Limits {
   readonly firstContent: number
@@ -69,12 +74,16 @@ export class Timeline {
   /** What arrived so far, for the error of a deadline that passes. */
   partial: () => PartialOutput = noPartial
   /**
-   * Ends the exchange under way, unless it ended: set by the exchange, called by the watchdog with
-   * a deadline's error and by the wire as the call ends.
+   * The exchange under way, set by the wire: the watchdog aborts it with a deadline's error, and the
+   * wire as the call ends (an ended exchange ignores it). An object rather than a closure: V8
+   * allocates a closure assigned to a property in the old generation, where it kept the exchange
+   * and all it reached through young collections.
    */
-  abort: ((reason: Error) => void) | undefined
+  underWay: Abortable | undefined
   /** The deadline that passed, once one did (the watchdog's). */
   expired: DeadlineExceeded | undefined
+  /** Where the watchdog holds it while watched, else -1. */
+  watchedAt = -1
 
   constructor(
     private readonly limits: Limits,
@@ -175,7 +184,7 @@ export class Timeline {
   /** The deadline passed: the exchange under way ends with its error. */
   expire(): void {
     this.expired ??= this.due().exceeded()
-    this.abort?.(this.expired)
+    this.underWay?.abort(this.expired)
   }
 }
 
@@ -187,7 +196,12 @@ export class Timeline {
  * A timeline that waits again asks to be looked at (`waitFor`), in case its deadline is the earliest.
  */
 export class Watchdog {
-  private readonly watched = new Set<Timeline>()
+  /**
+   * The timelines watched, each knowing its place. Not a `Set`: V8 leaves the entries of a
+   * churned `Set`'s replaced hash tables reachable until a full collection, so every call's
+   * timeline, and all it reached, outlived the young collections.
+   */
+  private readonly watched: Array<Timeline> = []
   private sleeper: Fiber.RuntimeFiber<void> | undefined
   private wakeAt = Infinity
   /** Bumped with each new sleeper: a sleeper of an older generation changes nothing. */
@@ -196,14 +210,25 @@ export class Watchdog {
   /** Registers `timeline` until `unwatch`. */
   watch(timeline: Timeline): Effect.Effect<void> {
     return Effect.suspend(() => {
-      this.watched.add(timeline)
+      if (timeline.watchedAt < 0) timeline.watchedAt = this.watched.push(timeline) - 1
       return this.lookAt(timeline.due().end)
     })
   }
 
   unwatch(timeline: Timeline): void {
-    this.watched.delete(timeline)
-    if (this.watched.size === 0) this.stop()
+    this.remove(timeline)
+    if (this.watched.length === 0) this.stop()
+  }
+
+  /** Takes `timeline` out of the watch: the last one watched takes its place. */
+  private remove(timeline: Timeline): void {
+    const at = timeline.watchedAt
+    if (at < 0) return
+    timeline.watchedAt = -1
+    const last = this.watched.pop()!
+    if (last === timeline) return
+    this.watched[at] = last
+    last.watchedAt = at
   }
 
   /**
@@ -256,12 +281,14 @@ export class Watchdog {
   private sweep(now: number, generation: number): Effect.Effect<void> {
     if (generation !== this.generation) return Effect.void
     let next = Infinity
-    for (const timeline of this.watched) {
+    // From the end: a removal moves only a timeline already looked at.
+    for (let at = this.watched.length - 1; at >= 0; at--) {
+      const timeline = this.watched[at]!
       if (!timeline.waiting) continue
       const { end } = timeline.due()
       if (end > now) next = Math.min(next, end)
       else {
-        this.watched.delete(timeline)
+        this.remove(timeline)
         timeline.expire()
       }
     }
