@@ -11,6 +11,7 @@ import * as FiberId from "effect/FiberId"
 import * as Metric from "effect/Metric"
 import * as MetricKey from "effect/MetricKey"
 import * as MetricLabel from "effect/MetricLabel"
+import { Registry } from "../../src/internal/registry.js"
 
 /** Requests waiting for their first content: in the gateway's queue, a retry backoff, or the upstream's queue. */
 export const clientsWaitingGauge = Metric.gauge("weatherproof_gateway_clients_waiting", {
@@ -56,7 +57,7 @@ export class Traffic {
   draining = false
   private idle: Deferred.Deferred<void> | undefined
   /** The calls still running (a stream's pump, a call waiting for its first content), interrupted at the drain deadline. */
-  private readonly calls = new Set<Fiber.RuntimeFiber<unknown, unknown>>()
+  private readonly calls = new Registry<Fiber.RuntimeFiber<unknown, unknown>>()
   /** Requests by status, each with its own counter: tagging at every update would build its key again. */
   private readonly byStatus = new Map<number, Metric.Metric.Counter<number>>()
 
@@ -104,8 +105,8 @@ export class Traffic {
 
   /** Tracks a call until it ends, so the drain deadline can cut it. */
   track(fiber: Fiber.RuntimeFiber<unknown, unknown>): void {
-    this.calls.add(fiber)
-    fiber.addObserver(() => this.calls.delete(fiber))
+    const entry = this.calls.add(fiber)
+    fiber.addObserver(() => this.calls.remove(entry))
   }
 
   keptAlive(): void {
@@ -129,5 +130,5 @@ export class Traffic {
    * Ends the requests still running by interrupting their calls: a stream gets its error event, a
    * call still waiting an error body, or a 503 when nothing was sent yet.
    */
-  readonly cutRemaining: Effect.Effect<void> = Effect.suspend(() => Fiber.interruptAll(Array.from(this.calls)))
+  readonly cutRemaining: Effect.Effect<void> = Effect.suspend(() => Fiber.interruptAll(this.calls.values()))
 }

@@ -19,6 +19,7 @@ import type * as Fiber from "effect/Fiber"
 import * as FiberId from "effect/FiberId"
 import { DeadlineExceeded, emptyPartial, type PartialOutput } from "../ApiError.js"
 import type { Deadlines } from "../Transport.js"
+import { type Entry, Registry } from "./registry.js"
 
 /** What a deadline ends: an exchange under way. */
 export interface Abortable {
@@ -82,8 +83,8 @@ export class Timeline {
   underWay: Abortable | undefined
   /** The deadline that passed, once one did (the watchdog's). */
   expired: DeadlineExceeded | undefined
-  /** Where the watchdog holds it while watched, else -1. */
-  watchedAt = -1
+  /** Its place in the watchdog's registry while watched. */
+  watchEntry: Entry<Timeline> | undefined
 
   constructor(
     private readonly limits: Limits,
@@ -196,12 +197,7 @@ export class Timeline {
  * A timeline that waits again asks to be looked at (`waitFor`), in case its deadline is the earliest.
  */
 export class Watchdog {
-  /**
-   * The timelines watched, each knowing its place. Not a `Set`: V8 leaves the entries of a
-   * churned `Set`'s replaced hash tables reachable until a full collection, so every call's
-   * timeline, and all it reached, outlived the young collections.
-   */
-  private readonly watched: Array<Timeline> = []
+  private readonly watched = new Registry<Timeline>()
   private sleeper: Fiber.RuntimeFiber<void> | undefined
   private wakeAt = Infinity
   /** Bumped with each new sleeper: a sleeper of an older generation changes nothing. */
@@ -210,25 +206,20 @@ export class Watchdog {
   /** Registers `timeline` until `unwatch`. */
   watch(timeline: Timeline): Effect.Effect<void> {
     return Effect.suspend(() => {
-      if (timeline.watchedAt < 0) timeline.watchedAt = this.watched.push(timeline) - 1
+      timeline.watchEntry ??= this.watched.add(timeline)
       return this.lookAt(timeline.due().end)
     })
   }
 
   unwatch(timeline: Timeline): void {
     this.remove(timeline)
-    if (this.watched.length === 0) this.stop()
+    if (this.watched.size === 0) this.stop()
   }
 
-  /** Takes `timeline` out of the watch: the last one watched takes its place. */
   private remove(timeline: Timeline): void {
-    const at = timeline.watchedAt
-    if (at < 0) return
-    timeline.watchedAt = -1
-    const last = this.watched.pop()!
-    if (last === timeline) return
-    this.watched[at] = last
-    last.watchedAt = at
+    if (timeline.watchEntry === undefined) return
+    this.watched.remove(timeline.watchEntry)
+    timeline.watchEntry = undefined
   }
 
   /**
@@ -281,9 +272,7 @@ export class Watchdog {
   private sweep(now: number, generation: number): Effect.Effect<void> {
     if (generation !== this.generation) return Effect.void
     let next = Infinity
-    // From the end: a removal moves only a timeline already looked at.
-    for (let at = this.watched.length - 1; at >= 0; at--) {
-      const timeline = this.watched[at]!
+    for (const timeline of this.watched.values()) {
       if (!timeline.waiting) continue
       const { end } = timeline.due()
       if (end > now) next = Math.min(next, end)
