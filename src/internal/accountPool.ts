@@ -253,6 +253,23 @@ const probeBalance = (client: HttpClient.HttpClient, member: Member): Effect.Eff
     return body.is_available ? "available" : "unavailable"
   }).pipe(Effect.scoped, Effect.timeout(probeTimeout), Effect.orElseSucceed((): ProbeResult => "failed"))
 
+/**
+ * A reading of the pool's capacity. Its wait is made only when asked for: a batch takes a reading
+ * for every line it reads and waits on few of them.
+ */
+class CapacityReading implements Capacity {
+  constructor(
+    readonly permits: number,
+    readonly free: number,
+    private readonly changes: Signal,
+    private readonly seen: number
+  ) {}
+
+  get changed(): Effect.Effect<void> {
+    return this.changes.since(this.seen)
+  }
+}
+
 /** Opens `connections` to each account's origin, over `nodeHttpClient` (see `Transport.Options.warmUp`). */
 const warmUp = (client: HttpClient.HttpClient, members: ReadonlyArray<Member>, connections: number): void =>
   Option.match(undiciOf(client), {
@@ -937,7 +954,10 @@ export const makeWith = <R>(
     yield* Effect.forEach(members, refresh, { discard: true })
     // Each account's connections open alongside its preflight, once that request is on its way.
     yield* Effect.forkIn(Effect.zipRight(Effect.yieldNow(), Effect.sync(() => warmUp(client, members, settings.warmUp))), scope)
-    const capacity = Effect.sync((): Capacity => ({ ...dispatcher.capacity(), changed: roomChanges.since(roomChanges.notified) }))
+    const capacity = Effect.sync((): Capacity => {
+      const { free, permits } = dispatcher.capacity()
+      return new CapacityReading(permits, free, roomChanges, roomChanges.notified)
+    })
 
     return { create, stream, snapshot, capacity }
   })

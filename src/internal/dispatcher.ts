@@ -150,21 +150,36 @@ export const capacityOf = (
   queued: (model: string) => number
 ): { readonly permits: number; readonly free: number } => {
   let permits = 0
-  const room = new Map<string, number>()
+  // Free permits per model, summed over the accounts: a few models, so two arrays searched in
+  // turn (reused across calls: this runs for every line a batch reads).
+  const models = scratchModels
+  const rooms = scratchRooms
+  models.length = 0
+  rooms.length = 0
   for (const account of accounts) {
     if (!mayServe(accounts, account, noneExcluded)) continue
     let limits = 0
     const accountRoom = Math.max(0, account.cap - account.inFlight)
     for (const lane of account.lanes.values()) {
       limits += lane.limit
-      room.set(lane.model, (room.get(lane.model) ?? 0) + Math.min(Math.max(0, lane.limit - lane.inFlight), accountRoom))
+      const room = Math.min(Math.max(0, lane.limit - lane.inFlight), accountRoom)
+      const at = models.indexOf(lane.model)
+      if (at < 0) {
+        models.push(lane.model)
+        rooms.push(room)
+      } else {
+        rooms[at] = rooms[at]! + room
+      }
     }
     permits += Math.min(limits, account.cap)
   }
   let free = 0
-  for (const [model, permitsFree] of room) free += Math.max(0, permitsFree - queued(model))
+  for (let at = 0; at < models.length; at++) free += Math.max(0, rooms[at]! - queued(models[at]!))
   return { permits, free }
 }
+
+const scratchModels: Array<string> = []
+const scratchRooms: Array<number> = []
 
 export class Dispatcher implements Lanes {
   private readonly waiting = new Map<string, Queues>()
