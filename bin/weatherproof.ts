@@ -52,7 +52,7 @@ const batch = Command.make(
     ),
     ...Flags.accountFlags,
     ...Flags.callFlags(10),
-    drainTimeout: Flags.drainTimeout("the calls in flight")
+    drainTimeout: Flags.drainTimeout("the requests on the wire")
   },
   (args) => Effect.flatMap(Effect.promise(() => import("../app/cli/batch.js")), (cli) => cli.batch(args))
 ).pipe(Command.withDescription("Run an OpenAI-format chat completions batch over DeepSeek (and fallback) accounts"))

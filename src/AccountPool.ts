@@ -198,7 +198,7 @@ export interface Capacity {
  * @since 0.1.0
  * @category models
  */
-export type CallOptions = Pick<ResilientModule.CallOptions, "deadlines" | "priority" | "maxWait" | "onAnswer">
+export type CallOptions = Pick<ResilientModule.CallOptions, "deadlines" | "priority" | "maxWait" | "onAnswer" | "onExchange">
 
 /**
  * Every failure a call of the pool can end in: the upstream's (`NoAccountAvailable` when no

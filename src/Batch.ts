@@ -33,9 +33,11 @@
  * - Compaction keeps the output's identity: it rewrites the real file behind a symlink (which
  *   stays a symlink), beside it, with its mode. A read-only output is refused before anything is
  *   sent (`BatchError`).
- * - `Options.stop` ends a run early and cleanly: no new line is read or sent, the calls in flight
- *   get `drainTimeout` to finish and their answers are written, the rest write nothing (a resume
- *   sends them), and the summary says `interrupted`.
+ * - `Options.stop` ends a run early and cleanly: no new line is read and nothing more is sent. The
+ *   calls with a request on the wire get `drainTimeout` to finish and their answers are written;
+ *   a call waiting (for a permit, a retry's backoff, an account) ends at once, one whose request
+ *   fails after the stop ends there, and neither writes anything (a resume sends them). The
+ *   summary says `interrupted`.
  * - The summary's tokens and cost are what the client recorded in the `CostLedger` during the
  *   run: every attempt, retried ones included, so they are what the upstreams billed
  *   (`AccountPool.layerResilient` records every attempt; a client that records nothing leaves
@@ -69,10 +71,11 @@ import { CostLedger } from "./CostLedger.js"
 import type * as CostLedgerModule from "./CostLedger.js"
 import { Resilient } from "./Resilient.js"
 import type { CallOptions } from "./Resilient.js"
-import type { Deadlines } from "./Transport.js"
+import type { Deadlines, Exchange } from "./Transport.js"
 import { Router } from "./Router.js"
 import type { Task } from "./Router.js"
 import * as Telemetry from "./Telemetry.js"
+import { type Call, Calls } from "./internal/batchCalls.js"
 import * as Files from "./internal/batchFiles.js"
 import * as Lines from "./internal/batchLines.js"
 import * as ReadAhead from "./internal/batchReadAhead.js"
@@ -256,16 +259,19 @@ export interface Options {
    */
   readonly onProgress?: ((progress: Progress) => Effect.Effect<void>) | undefined
   /**
-   * When it completes, the run stops: no new line is read or sent, the calls in flight get
-   * `drainTimeout` to finish (their answers are written), then the others are interrupted and
-   * write nothing. The run then returns its summary, `interrupted`. Default: never.
+   * When it completes, the run stops: no new line is read and nothing more is sent. A call with
+   * a request on the wire (as its transport tells `CallOptions.onExchange`) gets `drainTimeout`
+   * to finish and its answer is written; a call waiting for a permit, a backoff or an account is
+   * interrupted at once, one whose request fails after the stop when it fails, and the calls
+   * still on the wire at the drain timeout then; none of them writes anything. The run then
+   * returns its summary, `interrupted`. Default: never.
    */
   readonly stop?: Effect.Effect<void> | undefined
-  /** How long the calls in flight may finish after `stop`. Default 30 seconds (`defaultDrainTimeout`). */
+  /** How long the requests on the wire may finish after `stop`. Default 30 seconds (`defaultDrainTimeout`). */
   readonly drainTimeout?: Duration.DurationInput | undefined
   /**
-   * When it completes, the run stops as with `stop`, but the calls in flight are interrupted at
-   * once (a drain under way ends now). Default: never.
+   * When it completes, the run stops as with `stop`, but every call is interrupted at once, the
+   * ones on the wire too (a drain under way ends now). Default: never.
    */
   readonly stopNow?: Effect.Effect<void> | undefined
 }
@@ -505,11 +511,20 @@ const decider = (alreadyAnswered: ReadonlySet<string>) => {
   }
 }
 
+/** A line's `onExchange`: its call's, then the run's own when it has one. */
+const toldTo = (call: Call, own: CallOptions["onExchange"]) => (exchange: Exchange): void => {
+  call.told(exchange)
+  own?.(exchange)
+}
+
 /** Sends a line: routes its body, then sends it (as a stream when it asks for one). */
 const sender = (resilient: Resilient["Type"], router: Router["Type"], runOptions: CallOptions, nextId: () => string) => {
-  /** The run's options, with the line's own deadlines over the run's. */
-  const optionsOf = (work: Send): CallOptions =>
-    work.deadlines === undefined ? runOptions : { ...runOptions, deadlines: { ...runOptions.deadlines, ...work.deadlines } }
+  /** The run's options, with the line's own deadlines over the run's and its call told of its exchange. */
+  const optionsOf = (work: Send, call: Call): CallOptions => ({
+    ...runOptions,
+    ...(work.deadlines === undefined ? {} : { deadlines: { ...runOptions.deadlines, ...work.deadlines } }),
+    onExchange: toldTo(call, runOptions.onExchange)
+  })
   const create = (id: string, customId: string, body: ChatCompletionRequest, callOptions: CallOptions) =>
     resilient.create(body, callOptions).pipe(
       Effect.match({
@@ -523,7 +538,7 @@ const sender = (resilient: Resilient["Type"], router: Router["Type"], runOptions
         onNone: () => Lines.succeeded(id, customId, folded.completion),
         onSome: (error) => folded.chunks === 0 ? Lines.failed(id, customId, error) : Lines.cut(id, customId, error, folded)
       }))
-  return (work: Send): Effect.Effect<Outcome> =>
+  return (work: Send, call: Call): Effect.Effect<Outcome> =>
     Effect.suspend(() => {
       const id = nextId()
       return router.route(work.body, { task: work.task }).pipe(
@@ -532,7 +547,7 @@ const sender = (resilient: Resilient["Type"], router: Router["Type"], runOptions
             Effect.succeed(written(Lines.rejected(id, work.customId, { code: refused._tag, message: refused.message }))),
           onSuccess: (routed) =>
             Effect.map(
-              (routed.request.stream === true ? stream : create)(id, work.customId, routed.request, optionsOf(work)),
+              (routed.request.stream === true ? stream : create)(id, work.customId, routed.request, optionsOf(work, call)),
               (line) => written(line, routed.warnings.length)
             )
         })
@@ -671,15 +686,16 @@ export const run = (options: Options): Effect.Effect<Summary, BatchError | Outpu
     })
     const settle = (outcome: Outcome) => Effect.mapError(append(outcome), outputError(options.output))
 
-    const { stopped, stoppedNow } = yield* watchStops(options)
+    const calls = new Calls()
+    const { stopped, stoppedNow } = yield* watchStops(options, calls)
     const readAhead = yield* readAheadOf(options.concurrency)
     // A line starts only while the run is not stopped; once its answer is in, it is written
     // whatever happens, so an interrupt never loses an answer nor tears a line.
-    const handle = (work: Send) =>
+    const handle = (work: Send, call: Call) =>
       Effect.uninterruptibleMask((restore) =>
         Effect.flatMap(
           Deferred.isDone(stopped),
-          (isStopped) => isStopped ? Effect.void : Effect.flatMap(restore(send(work)), settle)
+          (isStopped) => isStopped ? Effect.void : Effect.flatMap(restore(send(work, call)), settle)
         )
       )
     // Lines sent run in fibers of their own, at most the read-ahead at once; the others are
@@ -693,10 +709,19 @@ export const run = (options: Options): Effect.Effect<Summary, BatchError | Outpu
           case "Reject":
             return Effect.suspend(() => settle(written(Lines.rejected(nextId(), work.customId, work.error))))
           case "Send":
-            // Its fiber leaves the read-ahead however it ends.
+            // Its fiber leaves the read-ahead and the calls under way however it ends.
             return Effect.zipRight(
               readAhead.enter,
-              Effect.map(FiberSet.run(sending, handle(work)), (fiber) => fiber.addObserver(readAhead.leave))
+              Effect.suspend(() => {
+                const call = calls.start()
+                return Effect.map(FiberSet.run(sending, handle(work, call)), (fiber) => {
+                  call.fiber = fiber
+                  fiber.addObserver(() => {
+                    calls.left(call)
+                    readAhead.leave()
+                  })
+                })
+              })
             )
         }
       }
@@ -717,16 +742,18 @@ export const run = (options: Options): Effect.Effect<Summary, BatchError | Outpu
     return summarize(tally, before, yield* readings, yield* poolStatuses, interrupted)
   }))
 
-/** `stopped` completes with `stop` or `stopNow`, `stoppedNow` with `stopNow`; both watched for the scope. */
-const watchStops = (options: Pick<Options, "stop" | "stopNow">) =>
+/**
+ * `stopped` completes with `stop` or `stopNow`, and then `calls` stop; `stoppedNow` completes with
+ * `stopNow`. Both are watched for the scope.
+ */
+const watchStops = (options: Pick<Options, "stop" | "stopNow">, calls: Calls) =>
   Effect.gen(function*() {
     const stopped = yield* Deferred.make<void>()
     const stoppedNow = yield* Deferred.make<void>()
-    if (options.stop !== undefined) yield* Effect.forkScoped(Effect.zipRight(options.stop, Deferred.succeed(stopped, undefined)))
+    const stop = Effect.zipRight(Deferred.succeed(stopped, undefined), Effect.sync(() => calls.stop()))
+    if (options.stop !== undefined) yield* Effect.forkScoped(Effect.zipRight(options.stop, stop))
     if (options.stopNow !== undefined) {
-      yield* Effect.forkScoped(
-        Effect.zipRight(options.stopNow, Effect.zipRight(Deferred.succeed(stopped, undefined), Deferred.succeed(stoppedNow, undefined)))
-      )
+      yield* Effect.forkScoped(Effect.zipRight(options.stopNow, Effect.zipRight(stop, Deferred.succeed(stoppedNow, undefined))))
     }
     return { stopped, stoppedNow }
   })

@@ -62,7 +62,7 @@ import { streamWhenTraced, whenTraced } from "./internal/tracing.js"
  * @since 0.1.0
  * @category models
  */
-export interface CallOptions extends Pick<TransportModule.CallOptions, "deadlines" | "onAnswer"> {
+export interface CallOptions extends Pick<TransportModule.CallOptions, "deadlines" | "onAnswer" | "onExchange"> {
   /** Interactive calls get permits before batch calls. Default `"interactive"`. */
   readonly priority?: Limiter.Priority | undefined
   /**

@@ -48,6 +48,14 @@ export const defaultDeadlines: Deadlines = {
 }
 
 /**
+ * Where a call's exchange with the upstream stands (`CallOptions.onExchange`).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Exchange = "sent" | "answered" | "failed"
+
+/**
  * Per-call options.
  *
  * @since 0.1.0
@@ -77,6 +85,14 @@ export interface CallOptions {
    * returns.
    */
   readonly onAnswer?: ((completion: ChatCompletion) => Effect.Effect<void>) | undefined
+  /**
+   * Told where the call's exchange with the upstream stands: `"sent"` as its request goes out
+   * (from then on the upstream may bill it), then `"answered"` once its answer is read whole (a
+   * completion parsed, a stream's `[DONE]`) or `"failed"` when it ends otherwise (an error status,
+   * a cut, a deadline). An interrupted call is told nothing more. A caller that stops uses it to
+   * let the calls on the wire finish and end the others at once (`Batch.run` on a stop).
+   */
+  readonly onExchange?: ((exchange: Exchange) => void) | undefined
   /**
    * The call's priority. A plain transport ignores it; a transport that owns concurrency limits
    * (the account pool) queues by it.

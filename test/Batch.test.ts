@@ -22,7 +22,7 @@ import * as CostLedger from "../src/CostLedger.js"
 import * as Files from "../src/internal/batchFiles.js"
 import * as Demo from "../app/cli/batchDemo.js"
 import * as wire from "../src/internal/wire.js"
-import { Resilient } from "../src/Resilient.js"
+import { type CallOptions, Resilient } from "../src/Resilient.js"
 import * as Router from "../src/Router.js"
 import * as Simulator from "../src/Simulator.js"
 import { Telemetry } from "../src/Telemetry.js"
@@ -62,7 +62,16 @@ const discardedUsage = wire.usage({ promptTokens: 10, completionTokens: 3 })
  * every call (a test holds calls in flight with it). A stream sends the answer's chunks; one whose
  * marker contains "cut" stops after its first half with `StreamTruncated`.
  */
-const double = (script: Script, before: (request: ChatCompletionRequest) => Effect.Effect<void> = () => Effect.void) =>
+/**
+ * Hooks of the double's calls: `queued` runs before its request goes out (a wait for a permit),
+ * `before` after (the request on the wire). Each call tells `onExchange` as a transport does.
+ */
+interface Hooks {
+  readonly queued?: ((request: ChatCompletionRequest) => Effect.Effect<void>) | undefined
+  readonly before?: ((request: ChatCompletionRequest) => Effect.Effect<void>) | undefined
+}
+
+const double = (script: Script, hooks: Hooks = {}) =>
   Effect.gen(function*() {
     const calls = yield* Ref.make(0)
     const sent = yield* Ref.make<ReadonlyArray<ChatCompletionRequest>>([])
@@ -80,9 +89,13 @@ const double = (script: Script, before: (request: ChatCompletionRequest) => Effe
               telemetry.retrying(boom, Duration.zero)
             ])
             : Effect.void
+        const queued = hooks.queued ?? (() => Effect.void)
+        const before = hooks.before ?? (() => Effect.void)
         return {
-          create: (request: ChatCompletionRequest) =>
+          create: (request: ChatCompletionRequest, options?: CallOptions) =>
             Effect.gen(function*() {
+              yield* queued(request)
+              options?.onExchange?.("sent")
               yield* before(request)
               yield* Ref.update(calls, (n) => n + 1)
               yield* Ref.update(sent, (all) => [...all, request])
@@ -96,12 +109,15 @@ const double = (script: Script, before: (request: ChatCompletionRequest) => Effe
                 usage: step === "ok" ? answer.usage : undefined,
                 disposition: step === "ok" ? "kept" : "discarded"
               })
+              options?.onExchange?.(step === "ok" ? "answered" : "failed")
               if (step === "ok") return answer
               yield* telemetry.attemptFailed(step)
               return yield* Effect.fail(step)
             }),
-          stream: (request: ChatCompletionRequest) =>
+          stream: (request: ChatCompletionRequest, options?: CallOptions) =>
             Stream.unwrap(Effect.gen(function*() {
+              yield* queued(request)
+              options?.onExchange?.("sent")
               yield* before(request)
               yield* Ref.update(calls, (n) => n + 1)
               yield* Ref.update(sent, (all) => [...all, request])
@@ -162,11 +178,10 @@ const runWith = (
   services: {
     readonly router?: Layer.Layer<Router.Router>
     readonly ledger?: Layer.Layer<CostLedger.CostLedger>
-    readonly before?: (request: ChatCompletionRequest) => Effect.Effect<void>
-  } = {}
+  } & Hooks = {}
 ) =>
   Effect.gen(function*() {
-    const { calls, layer, sent } = yield* double(script, services.before)
+    const { calls, layer, sent } = yield* double(script, services)
     const stack = layer.pipe(
       Layer.provideMerge(services.ledger ?? CostLedger.layer({ pricing: flatPricing })),
       Layer.merge(services.router ?? Router.layerDefault)
@@ -993,30 +1008,40 @@ const deadPid = (): number => {
 
 describe("Batch.run stop and drain", () => {
   /**
-   * A run over `ids` whose calls wait for their marker's gate (`hold` lists the markers held until
-   * the test opens their gate; the others answer at once), with `stop` / `stopNow` the test fires.
+   * A run over `ids` whose calls wait for their marker's gate (`hold` lists the markers held on the
+   * wire until the test opens their gate, `queue` those held before their request goes out; the
+   * others answer at once), with `stop` / `stopNow` the test fires.
    */
-  const stoppable = (ids: ReadonlyArray<string>, hold: ReadonlySet<string>, concurrency: number) =>
+  const stoppable = (
+    ids: ReadonlyArray<string>,
+    hold: ReadonlySet<string>,
+    concurrency: number,
+    options: { readonly queue?: ReadonlySet<string>; readonly script?: Script } = {}
+  ) =>
     Effect.gen(function*() {
       const ws = yield* workspace
       yield* ws.writeInput(ids.map((id) => request(id)))
       const gates = new Map(yield* Effect.forEach(ids, (id) => Effect.map(Deferred.make<void>(), (gate) => [id, gate] as const)))
       const inFlight = yield* Ref.make(0)
+      const waiting = yield* Ref.make(0)
       const written = yield* Ref.make(0)
       const stop = yield* Deferred.make<void>()
       const stopNow = yield* Deferred.make<void>()
-      const before = (r: ChatCompletionRequest) =>
-        hold.has(lastUserText(r))
-          ? Effect.ensuring(Effect.zipRight(Ref.update(inFlight, (n) => n + 1), Deferred.await(gates.get(lastUserText(r))!)), Ref.update(inFlight, (n) => n - 1))
+      const heldIn = (markers: ReadonlySet<string>, count: Ref.Ref<number>) => (r: ChatCompletionRequest) =>
+        markers.has(lastUserText(r))
+          ? Effect.ensuring(
+            Effect.zipRight(Ref.update(count, (n) => n + 1), Deferred.await(gates.get(lastUserText(r))!)),
+            Ref.update(count, (n) => n - 1)
+          )
           : Effect.void
-      const run = yield* Effect.fork(runWith(ok, {
+      const run = yield* Effect.fork(runWith(options.script ?? ok, {
         ...ws,
         concurrency,
         stop: Deferred.await(stop),
         stopNow: Deferred.await(stopNow),
         onProgress: (p) => Ref.set(written, p.succeeded + p.failed)
-      }, { before }))
-      return { ws, gates, inFlight, written, stop, stopNow, run }
+      }, { before: heldIn(hold, inFlight), queued: heldIn(options.queue ?? new Set(), waiting) }))
+      return { ws, gates, inFlight, waiting, written, stop, stopNow, run }
     })
 
   const drainSleepRegistered = waitUntil(Effect.map(TestClock.sleeps(), (sleeps) => sleeps.length > 0))
@@ -1052,6 +1077,39 @@ describe("Batch.run stop and drain", () => {
       const { summary } = yield* Fiber.join(run)
       expect(summary).toMatchObject({ requests: 1, succeeded: 1, interrupted: true })
       expect((yield* ws.readOutput).map((l) => l.custom_id)).toEqual(["fast"])
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it.scoped("a stop ends at once the calls with no request on the wire (they write nothing); the others finish", () =>
+    Effect.gen(function*() {
+      const ids = ["wire-1", "queued-1", "wire-2", "queued-2"]
+      const { gates, inFlight, run, stop, waiting, ws } = yield* stoppable(ids, new Set(["wire-1", "wire-2"]), 4, {
+        queue: new Set(["queued-1", "queued-2"])
+      })
+      yield* waitUntil(Effect.map(Effect.all([Ref.get(inFlight), Ref.get(waiting)]), ([wired, queued]) => wired === 2 && queued === 2))
+      yield* Deferred.succeed(stop, undefined)
+      yield* waitUntil(Effect.map(Ref.get(waiting), (queued) => queued === 0))
+      expect(yield* Ref.get(inFlight)).toBe(2)
+      for (const id of ["wire-1", "wire-2"]) yield* Deferred.succeed(gates.get(id)!, undefined)
+      // No clock moves: the run ends as the calls on the wire do, not at the drain timeout.
+      const { calls, summary } = yield* Fiber.join(run)
+      expect(calls).toBe(2)
+      expect(summary).toMatchObject({ requests: 2, succeeded: 2, failed: 0, interrupted: true })
+      expect((yield* ws.readOutput).map((l) => l.custom_id).sort()).toEqual(["wire-1", "wire-2"])
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it.scoped("after a stop, a call whose exchange fails ends there: it writes nothing, for the next run", () =>
+    Effect.gen(function*() {
+      const failing: Script = (r) =>
+        lastUserText(r) === "fails" ? new ServerError({ status: 503, message: "overloaded", retryAfter: Option.none() }) : "ok"
+      const { gates, inFlight, run, stop, ws } = yield* stoppable(["fails", "answers"], new Set(["fails", "answers"]), 2, {
+        script: failing
+      })
+      yield* waitUntil(Effect.map(Ref.get(inFlight), (n) => n === 2))
+      yield* Deferred.succeed(stop, undefined)
+      for (const id of ["fails", "answers"]) yield* Deferred.succeed(gates.get(id)!, undefined)
+      const { summary } = yield* Fiber.join(run)
+      expect(summary).toMatchObject({ succeeded: 1, failed: 0, interrupted: true })
+      expect((yield* ws.readOutput).map((l) => l.custom_id)).toEqual(["answers"])
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
   it.scoped("stopNow ends a drain at once", () =>
@@ -1139,6 +1197,30 @@ describe("Batch.run stream lines against the simulator", () => {
       expect((yield* simulator.completions).map((c) => [c.marker, c.stream])).toEqual(
         expect.arrayContaining([["tell me about two", true], ["tell me about two", false], ["tell me about first", true]])
       )
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+})
+
+describe("Batch.run stopped in an outage, over the account pool", () => {
+  it.live("ends at once: no call is on the wire while every one waits for a retry or the account's breaker", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput(Array.from({ length: 40 }, (_, i) => request(`o-${i}`)))
+      // Every request is answered 503: calls back off and the breaker opens.
+      const simulator = yield* Simulator.make({ queueDelay: "1 millis", faults: { probabilities: { overloaded: 1 } } })
+      const stack = Batch.layerAccounts([Demo.demoAccount(simulator.baseUrl)], {
+        ledger: CostLedger.layer(),
+        router: Router.layerDefault
+      })
+      const stop = yield* Deferred.make<void>()
+      const run = yield* Effect.fork(
+        Batch.run({ ...ws, stop: Deferred.await(stop), drainTimeout: "1 hour" }).pipe(Effect.provide(stack))
+      )
+      yield* waitUntil(Effect.map(simulator.stats, (stats) => stats.requests >= 10))
+      yield* Deferred.succeed(stop, undefined)
+      // Without the stop's ending of waiting calls this waits out the hour's drain (the test's timeout).
+      const summary = yield* Fiber.join(run)
+      expect(summary).toMatchObject({ succeeded: 0, failed: 0, interrupted: true })
+      expect(yield* ws.fs.readFileString(ws.output)).toBe("")
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
 })
 

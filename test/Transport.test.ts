@@ -611,6 +611,58 @@ describe("Transport onAccepted", () => {
     }).pipe(Effect.provide(setup([MockUpstream.status(429, { body: "{}" })]))))
 })
 
+describe("Transport onExchange", () => {
+  const recorder = Effect.sync(() => {
+    const told: Array<Transport.Exchange> = []
+    return { told, options: { onExchange: (exchange: Transport.Exchange) => void told.push(exchange) } }
+  })
+
+  it.effect("create: sent, then answered once the completion is read", () =>
+    Effect.gen(function*() {
+      const { options, told } = yield* recorder
+      const fiber = yield* Effect.fork(create(options))
+      yield* TestClock.adjust("30 seconds")
+      expect(told).toEqual(["sent"])
+      yield* TestClock.adjust("1 minute")
+      yield* Fiber.join(fiber)
+      expect(told).toEqual(["sent", "answered"])
+    }).pipe(Effect.provide(setup([queuedFor45Seconds]))))
+
+  it.effect("create: sent, then failed on an error status, and once more for a body cut mid-way", () =>
+    Effect.gen(function*() {
+      const { options, told } = yield* recorder
+      yield* Effect.flip(create(options))
+      expect(told).toEqual(["sent", "failed"])
+      yield* Effect.flip(create(options))
+      expect(told).toEqual(["sent", "failed", "sent", "failed"])
+    }).pipe(Effect.provide(setup([
+      MockUpstream.status(503),
+      MockUpstream.parts(["{\"id\":"], { cut: true })
+    ]))))
+
+  it.effect("stream: sent, then answered at [DONE]", () =>
+    Effect.gen(function*() {
+      const { options, told } = yield* recorder
+      const { error } = yield* drain(options)
+      expect(error).toBeUndefined()
+      expect(told).toEqual(["sent", "answered"])
+    }).pipe(Effect.provide(setup([MockUpstream.streamed(generation)]))))
+
+  it.effect("stream: failed when cut after its first chunks, and when its status is an error", () =>
+    Effect.gen(function*() {
+      const { options, told } = yield* recorder
+      const cut = yield* drain(options)
+      expect(cut.chunks.length).toBe(3)
+      expect(told).toEqual(["sent", "failed"])
+      const refused = yield* drain(options)
+      expect(refused.error?._tag).toBe("RateLimited")
+      expect(told).toEqual(["sent", "failed", "sent", "failed"])
+    }).pipe(Effect.provide(setup([
+      MockUpstream.sse(MockUpstream.events(generation).slice(0, 3), { cut: true }),
+      MockUpstream.status(429)
+    ]))))
+})
+
 describe("Transport over loopback (undici, 127.0.0.1)", () => {
   const wireGeneration: MockUpstream.Generation = { ...generation, content: "Rain ☔ then sun ☀, 晴れ — done." }
 

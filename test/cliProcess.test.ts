@@ -183,8 +183,8 @@ describe("weatherproof batch as a process", () => {
 
   it.live("SIGTERM drains the calls in flight, exits 143 with an interrupted summary; the same command resumes", () =>
     Effect.gen(function*() {
-      // More lines than the batch reads ahead (256): the lines read before the stop drain (they
-      // may still wait in the client's limiter), the rest are left for the resume.
+      // More lines than the batch reads ahead (256): the requests on the wire at the stop drain,
+      // the lines read that wait in the client's limiter end at once, the rest are left for the resume.
       // Calls are slow until the signal, so the run cannot end before it whatever the machine's load.
       const count = 400
       let signalled = false
@@ -197,7 +197,7 @@ describe("weatherproof batch as a process", () => {
       signalled = true
       const ended = yield* run.ended(20_000)
       expect(ended.code).toBe(143)
-      expect(ended.stderr).toContain("SIGTERM: stopping; no new line is sent")
+      expect(ended.stderr).toContain("SIGTERM: stopping; nothing more is sent")
       expect(ended.stderr).toContain(`to resume, run the same command again:\n  weatherproof batch ${ws.input} --output ${ws.output}`)
       expect(ended.stdout).toContain("stopped:   interrupted before the end of the input")
       const summary = JSON.parse(yield* ws.fs.readFileString(summaryPath))

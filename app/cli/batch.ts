@@ -82,11 +82,11 @@ const runCaught = (
     const drainTimeout = Option.getOrElse(args.drainTimeout, () => Batch.defaultDrainTimeout)
     const stop = Effect.tap(signals.first, (signal) =>
       Console.error(
-        `weatherproof: ${signal}: stopping; no new line is sent, the calls in flight get up to ${
+        `weatherproof: ${signal}: stopping; nothing more is sent, the requests on the wire get up to ${
           Duration.format(drainTimeout)
         } to finish (a second signal stops them at once)`
       ))
-    const stopNow = Effect.tap(signals.again, () => Console.error("weatherproof: stopping now; the calls in flight are dropped"))
+    const stopNow = Effect.tap(signals.again, () => Console.error("weatherproof: stopping now; the requests on the wire are dropped"))
     const summary = yield* withProgress((onProgress) =>
       Batch.run({ input: args.input, output: args.output, onProgress, stop, stopNow, drainTimeout })
     )

@@ -22,7 +22,7 @@ import * as ApiError from "../ApiError.js"
 import * as ChatSchema from "../ChatSchema.js"
 import { type Credential, KeyPool } from "../KeyPool.js"
 import type { Permit } from "../ConcurrencyLimiter.js"
-import type { CallOptions, Deadlines, Service } from "../Transport.js"
+import type { CallOptions, Deadlines, Exchange, Service } from "../Transport.js"
 import * as Connector from "./connector.js"
 import { resolveLimits, Timeline, Watchdog } from "./deadlines.js"
 import { retryAfterFromHeaders } from "./retryAfter.js"
@@ -312,6 +312,48 @@ const chunkReader = (
 }
 
 // ---------------------------------------------------------------------------------------------
+// Telling the exchange (`CallOptions.onExchange`)
+// ---------------------------------------------------------------------------------------------
+
+type OnExchange = (exchange: Exchange) => void
+
+/** Tells `onExchange` that the exchange failed, and fails with `error`. */
+const toldFailed = <E>(onExchange: OnExchange, error: E): Effect.Effect<never, E> => {
+  onExchange("failed")
+  return Effect.fail(error)
+}
+
+/** `self`, told `"sent"` as it starts, then `"answered"` or `"failed"` as it ends. */
+const toldWhole = <A, E, R>(self: Effect.Effect<A, E, R>, onExchange: OnExchange): Effect.Effect<A, E, R> =>
+  Effect.suspend(() => {
+    onExchange("sent")
+    return Effect.matchEffect(self, {
+      onFailure: (error) => toldFailed(onExchange, error),
+      onSuccess: (value) => {
+        onExchange("answered")
+        return Effect.succeed(value)
+      }
+    })
+  })
+
+/**
+ * A stream's opening, told `"sent"` as it starts and `"failed"` if it fails; its pull is told
+ * `"answered"` at the stream's end and `"failed"` at its failure.
+ */
+const toldStream = <A, E, R>(
+  opening: StreamPull.Opening<A, E, R>,
+  onExchange: OnExchange
+): StreamPull.Opening<A, E, R> =>
+  Effect.suspend(() => {
+    onExchange("sent")
+    return Effect.matchEffect(opening, {
+      onFailure: (error) => toldFailed(onExchange, error),
+      onSuccess: (pull) =>
+        Effect.succeed(Effect.tapError(pull, (end) => Effect.sync(() => onExchange(Option.isNone(end) ? "answered" : "failed"))))
+    })
+  })
+
+// ---------------------------------------------------------------------------------------------
 // The service
 // ---------------------------------------------------------------------------------------------
 
@@ -319,9 +361,13 @@ const chunkReader = (
  * A call's transport options for an attempt holding `permit`: the caller's deadlines and answer
  * hook, with acceptance and DeepSeek's queueing time reported to the permit.
  */
-export const permitOptions = (options: Pick<CallOptions, "deadlines" | "onAnswer"> | undefined, permit: Permit): CallOptions => ({
+export const permitOptions = (
+  options: Pick<CallOptions, "deadlines" | "onAnswer" | "onExchange"> | undefined,
+  permit: Permit
+): CallOptions => ({
   deadlines: options?.deadlines,
   onAnswer: options?.onAnswer,
+  onExchange: options?.onExchange,
   onAccepted: permit.accepted,
   onFirstContent: permit.recordQueueDelay
 })
@@ -478,14 +524,21 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
             }))
         ))
 
+    const createTold = (wire: Wire, request: ChatSchema.ChatCompletionRequest, options: CallOptions | undefined) => {
+      const onExchange = options?.onExchange
+      return onExchange === undefined ? createOn(wire, request, options) : toldWhole(createOn(wire, request, options), onExchange)
+    }
+
     const create: Service["create"] = (request, options) =>
       request.messages.length === 0 ? Effect.fail(noMessages) : Effect.withFiberRuntime((fiber) => {
         const wire = wireOf(fiber)
         if (wire === undefined) {
-          return Effect.withSpan(createOn(overClient, request, options), "weatherproof.Transport.create", attributesOf(request))
+          return Effect.withSpan(createTold(overClient, request, options), "weatherproof.Transport.create", attributesOf(request))
         }
         // Only the client's requests make spans: the undici exchanges need no tracer turned off.
-        return wire === overClient ? Effect.withTracerEnabled(createOn(wire, request, options), false) : createOn(wire, request, options)
+        return wire === overClient
+          ? Effect.withTracerEnabled(createTold(wire, request, options), false)
+          : createTold(wire, request, options)
       })
 
     /** The scoped start of a stream on `wire`: its chunks, pulled as the consumer asks. */
@@ -493,14 +546,17 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
       wire: Wire,
       request: ChatSchema.ChatCompletionRequest,
       options: CallOptions | undefined
-    ): StreamPull.Opening<ChatSchema.ChatCompletionChunk, ApiError.ApiError> =>
-      Effect.gen(function*() {
+    ): StreamPull.Opening<ChatSchema.ChatCompletionChunk, ApiError.ApiError> => {
+      const opening = Effect.gen(function*() {
         const timeline = yield* startTimeline(options)
         yield* wire.watchScoped(timeline)
         const body = { ...request, stream: true, stream_options: { ...request.stream_options, include_usage: true } }
         const reply = yield* send(wire, body, timeline)
         return chunkReader(yield* reply.reads, timeline)
       })
+      const onExchange = options?.onExchange
+      return onExchange === undefined ? opening : toldStream(opening, onExchange)
+    }
 
     // The wire chosen as the stream opens; traced, the stream in a span of its own.
     const stream: Service["stream"] = (request, options) =>
