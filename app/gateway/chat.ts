@@ -473,16 +473,18 @@ export const make = (settings: Settings, traffic: Traffic) =>
         })
       )
 
+    // The request is counted and its leaving added to its scope in one step: an interruption
+    // between the two would leave it counted for good (and a drain waiting for it).
+    const entered = Effect.uninterruptible(
+      Effect.zipRight(ScopeFinalizer.addFinalizer(Effect.sync(() => traffic.leave())), Effect.sync(() => traffic.enter()))
+    )
+
     const handle: Effect.Effect<HttpServerResponse.HttpServerResponse, never, HttpServerRequest.HttpServerRequest | Scope.Scope> =
       Effect.suspend(() => {
         if (traffic.draining) {
           return counted(failed(Cause.fail(new ShuttingDown()))).pipe(Effect.map(HttpServerResponse.setHeader("connection", "close")))
         }
-        traffic.enter()
-        return Effect.zipRight(
-          ScopeFinalizer.addFinalizer(Effect.sync(() => traffic.leave())),
-          Effect.flatMap(HttpServerRequest.HttpServerRequest, answerTo)
-        )
+        return Effect.zipRight(entered, Effect.flatMap(HttpServerRequest.HttpServerRequest, answerTo))
       })
     return handle
   })
