@@ -68,7 +68,7 @@ const summarize = (name: string, runs: ReadonlyArray<Run>): Contender => {
     failures: runs.flatMap((r) =>
       r.measured.code === 0 && r.outputLines === settings.requests
         ? []
-        : [`exit ${r.measured.code}, ${r.outputLines} lines: ${r.measured.stderr.trim().split("\n").slice(-3).join(" / ")}`]
+        : [`exit ${r.measured.code}, ${r.outputLines} lines: ${Processes.stderrGist(r.measured.stderr)}`]
     )
   }
 }

@@ -122,6 +122,16 @@ const readTime = (file: string): { readonly cpuMs: number; readonly maxRssKb: nu
   return { cpuMs: (user! + system!) * 1000, maxRssKb: rss! }
 }
 
+/**
+ * What a failed process's stderr says, in one line: its first line that starts with an error's
+ * name and message (`TypeError: fetch failed`; a crash prints its stack and Node's version after
+ * it), else its last three lines.
+ */
+export const stderrGist = (stderr: string): string => {
+  const lines = stderr.trim().split("\n").map((line) => line.trim()).filter((line) => line !== "")
+  return lines.find((line) => /^\w*Error\b[^:]*: /.test(line)) ?? lines.slice(-3).join(" / ")
+}
+
 /** The middle value. */
 export const median = (values: ReadonlyArray<number>): number => {
   const sorted = [...values].sort((a, b) => a - b)

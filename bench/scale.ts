@@ -88,7 +88,7 @@ const runOnce = (name: string, args: (output: string) => ReadonlyArray<string>, 
       measured,
       failure: measured.code === 0 && lines === settings.requests
         ? undefined
-        : `exit ${measured.code}, ${lines} lines: ${measured.stderr.trim().split("\n").slice(-3).join(" / ")}`
+        : `exit ${measured.code}, ${lines} lines: ${Processes.stderrGist(measured.stderr)}`
     } satisfies Contender
   }))
 

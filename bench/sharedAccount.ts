@@ -85,7 +85,7 @@ const runProcesses = (name: string, count: number, extra: ReadonlyArray<string>,
       answered,
       maxInFlight: account.maxInFlight,
       failure: failed !== undefined
-        ? `exit ${failed.code}: ${failed.stderr.trim().split("\n").slice(-3).join(" / ")}`
+        ? `exit ${failed.code}: ${Processes.stderrGist(failed.stderr)}`
         : answered === settings.scenario.requests.length
         ? undefined
         : `${answered} of ${settings.scenario.requests.length} lines written`
