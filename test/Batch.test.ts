@@ -1151,6 +1151,53 @@ describe("Batch.run stop and drain", () => {
       }).pipe(Effect.provide(NodeFileSystem.layer)),
     { fastCheck: { numRuns: 30 } }
   )
+
+  it.scoped.prop(
+    "a stop while calls wait or are on the wire: the waiting write nothing, the rest drain; the resume writes every line exactly once",
+    [
+      FastCheck.integer({ min: 1, max: 20 }),
+      FastCheck.integer({ min: 0, max: 20 }),
+      FastCheck.integer({ min: 1, max: 6 }),
+      FastCheck.array(FastCheck.constantFrom("queued", "wire", "wire-answers"), { minLength: 20, maxLength: 20 })
+    ],
+    ([count, answeredFirst, concurrency, fates]) =>
+      Effect.gen(function*() {
+        const ids = Array.from({ length: count }, (_, i) => `q-${i}`)
+        const answered = Math.min(answeredFirst, count)
+        // Lines from `answered` on are held: waiting before their request, or on the wire (some
+        // of those answer after the stop, the others until the drain timeout).
+        const fateOf = (i: number) => fates[i]!
+        const heldIds = ids.slice(answered)
+        const queued = new Set(heldIds.filter((_, i) => fateOf(answered + i) === "queued"))
+        const onWire = new Set(heldIds.filter((id) => !queued.has(id)))
+        const { gates, run, stop, written, ws } = yield* stoppable(ids, onWire, concurrency, { queue: queued })
+        yield* waitUntil(Effect.map(Ref.get(written), (n) => n === answered))
+        yield* Deferred.succeed(stop, undefined)
+        for (const id of heldIds) {
+          if (fateOf(ids.indexOf(id)) === "wire-answers") yield* Deferred.succeed(gates.get(id)!, undefined)
+        }
+        const drains = heldIds.some((id) => fateOf(ids.indexOf(id)) === "wire")
+        if (drains) {
+          yield* waitUntil(Effect.map(TestClock.sleeps(), (sleeps) => run.unsafePoll() !== null || sleeps.length > 0))
+          if (run.unsafePoll() === null) yield* TestClock.adjust(Batch.defaultDrainTimeout)
+        } else {
+          // Nothing is held on the wire: the run ends with no clock move.
+          yield* waitUntil(Effect.sync(() => run.unsafePoll() !== null))
+        }
+        const first = yield* Fiber.join(run)
+        const firstIds = (yield* ws.fs.readFileString(ws.output)).split("\n").filter((l) => l !== "").map((l) =>
+          (JSON.parse(l) as Parsed).custom_id
+        )
+        expect(first.summary.succeeded).toBe(firstIds.length)
+        expect(first.summary.succeeded).toBeGreaterThanOrEqual(answered)
+        for (const id of firstIds) expect(queued.has(id)).toBe(false)
+
+        const second = yield* runWith(ok, ws)
+        expect(second.calls).toBe(count - firstIds.length)
+        expect(countBy(yield* ws.readOutput)).toEqual(new Map(ids.map((id) => [id, 1])))
+      }).pipe(Effect.provide(NodeFileSystem.layer)),
+    { fastCheck: { numRuns: 30 } }
+  )
 })
 
 describe("Batch.run stream lines against the simulator", () => {
