@@ -182,6 +182,11 @@ export class Timeline {
     })
   }
 
+  /** The deadline's error, when `cause` (an exchange's failure) is it: the exchange was aborted by it. */
+  expiredBy(cause: unknown): DeadlineExceeded | undefined {
+    return cause === this.expired ? this.expired : undefined
+  }
+
   /** The deadline passed: the exchange under way ends with its error. */
   expire(): void {
     this.expired ??= this.due().exceeded()

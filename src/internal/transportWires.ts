@@ -123,7 +123,7 @@ const headerRecord = (headers: Exchange["headers"]): Record<string, string | und
 
 /** The error of a wait that failed: the deadline's own, or the exchange's. */
 const brokenOr = (timeline: Timeline) => (cause: unknown): BodyBroken | DeadlineExceeded =>
-  cause === timeline.expired && timeline.expired !== undefined ? timeline.expired : { _tag: "BodyBroken", cause }
+  timeline.expiredBy(cause) ?? { _tag: "BodyBroken", cause }
 
 /**
  * The reply of an undici exchange. A class rather than an object literal with a `headers` getter:
@@ -155,8 +155,10 @@ class UndiciReply implements Reply {
       return exchange.readAll((bytes) => (text += utf8.decode(bytes, { stream: true }))).pipe(
         Effect.matchEffect({
           onSuccess: () => Effect.succeed(text + utf8.decode()),
-          onFailure: (cause) =>
-            cause === timeline.expired && timeline.expired !== undefined ? Effect.fail(timeline.expired) : Effect.succeed("")
+          onFailure: (cause) => {
+            const expired = timeline.expiredBy(cause)
+            return expired === undefined ? Effect.succeed("") : Effect.fail(expired)
+          }
         })
       )
     })
@@ -230,8 +232,7 @@ export const undiciWire = (dispatcher: Dispatcher, url: string, watchdog: Watchd
         })
         timeline.underWay = exchange
         return Effect.mapBoth(exchange.response, {
-          onFailure: (cause): Unsent | DeadlineExceeded =>
-            cause === timeline.expired && timeline.expired !== undefined ? timeline.expired : { _tag: "Unsent", cause, fromRequest: true },
+          onFailure: (cause): Unsent | DeadlineExceeded => timeline.expiredBy(cause) ?? { _tag: "Unsent", cause, fromRequest: true },
           onSuccess: () => new UndiciReply(exchange, timeline, watchdog)
         })
       }),
