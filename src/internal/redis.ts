@@ -57,7 +57,8 @@ const reasonOf = (cause: unknown): string => cause instanceof Error ? cause.mess
 /** Reconnection delays: 100 ms more each time, at most 2 seconds, forever. */
 const reconnectDelay = (attempt: number): number => Math.min(attempt * 100, 2000)
 
-const clientOptions = (options: Options) => ({
+const clientOptions = (options: Options, autoResubscribe: boolean) => ({
+  autoResubscribe,
   lazyConnect: true,
   enableOfflineQueue: false,
   maxRetriesPerRequest: 0,
@@ -68,8 +69,8 @@ const clientOptions = (options: Options) => ({
 
 const escapePart = (part: string): string => encodeURIComponent(part)
 
-/** Opens a connection; the scope closes it. */
-const connect = (url: string, options: Options): Effect.Effect<IORedis, RedisUnavailable, Scope.Scope> =>
+/** Opens a connection (see `subscriberOf` for `autoResubscribe`); the scope closes it. */
+const connect = (url: string, options: Options, autoResubscribe = true): Effect.Effect<IORedis, RedisUnavailable, Scope.Scope> =>
   Effect.acquireRelease(
     Effect.tryPromise({
       try: async () => {
@@ -77,7 +78,7 @@ const connect = (url: string, options: Options): Effect.Effect<IORedis, RedisUna
         // ioredis. Imported from ESM, a CommonJS module is its `module.exports` under `default`
         // (a bundle gives nothing else), and ioredis's `module.exports.default` is the client.
         const Redis = (await import("ioredis")).default.default
-        const client: IORedis = new Redis(url, clientOptions(options))
+        const client: IORedis = new Redis(url, clientOptions(options, autoResubscribe))
         // Errors reach callers through their commands; without a listener ioredis prints them.
         client.on("error", () => {})
         try {
@@ -139,10 +140,16 @@ export const make = (options: Options): Effect.Effect<Service, RedisUnavailable,
  */
 const subscriberOf = (url: string, options: Options) =>
   Effect.gen(function*() {
-    const connection = yield* connect(url, options)
+    const connection = yield* connect(url, options, false)
     const handlers = new Map<string, Set<(message: string) => void>>()
     connection.on("message", (channel: string, message: string) => {
       for (const handler of handlers.get(channel) ?? []) handler(message)
+    })
+    // Resubscribed here after each reconnection rather than by ioredis, which drops the promise of
+    // its own: with no offline queue, a connection that closes again at once (a Redis restarting)
+    // rejected it unhandled. A failure here waits for the next reconnection.
+    connection.on("ready", () => {
+      if (handlers.size > 0) connection.subscribe(...handlers.keys()).catch(() => {})
     })
     const remove = (channel: string, onMessage: (message: string) => void) => {
       const set = handlers.get(channel)
