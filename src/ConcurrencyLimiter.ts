@@ -24,12 +24,16 @@
  * 1. **Slow start**, from `initial` (8) until the first drop. DeepSeek answers a request over the
  *    cap with an immediate 429 and takes one under it with an immediate 200 (then keep-alives),
  *    so whether a request got a slot is known one round trip after it was sent: a permit's
- *    `accepted` says so. When the transport reports acceptances, each acceptance of the request
- *    at the top of the limit lets more go: one request while the limit is under 32, then an
- *    eighth of it until a cap was measured (1/32 from 64 on when probing above a measured one),
- *    so the limit climbs a step per round trip with few requests at a time above what was
- *    accepted. Finding a small cap costs one 429 and a large one at most an eighth of it, once;
- *    8 → 2,500 takes about 60 round trips (one per request of difference would be 2,492); a risen
+ *    `accepted` says so. When the transport reports acceptances, each acceptance that brings the
+ *    level held upstream to the top of the limit lets more go. That level is the requests
+ *    accepted and not ended, with the replacements of ended ones still on their way (those take
+ *    slots the upstream already held): without them, a limit whose requests end one after another
+ *    never has all of them accepted at once when the upstream is a round trip away, and slow
+ *    start stalled (at 23 under a cap of 100, with 3 s answers and 100 ms each way). The step is
+ *    one request while the limit is under 32, then an eighth of it until a cap was measured (1/32
+ *    from 64 on when probing above a measured one), so the limit climbs a step per round trip
+ *    with few requests at a time above what was accepted. Finding a small cap costs one 429 and
+ *    a large one at most an eighth of it, once; 8 → 2,500 takes about 60 round trips (one per request of difference would be 2,492); a risen
  *    cap is climbed in milliseconds on a local network, not in response times. The limiter learns
  *    whether acceptances come ahead of their responses (nearer the send than the end, over about
  *    the last ten): where they come with the response, or are not reported, successes clock it

@@ -563,6 +563,7 @@ export const makeWith = <R>(
       const lane = grant.lane
       return LimiterInternal.makePermit(lane.policy, lane, grant, clock, {
         classify: undefined,
+        refills: () => dispatcher.queued(lane.model) > 0 && lane.inFlight <= lane.limit,
         changed: () => publishLane(lane),
         dropped: figuresOf(lane).dropped
       })

@@ -177,6 +177,7 @@ export interface Acceptance {
 }
 
 const unreported: Acceptance = { timing: "unreported", grew: false }
+const unrefilled: Slot = { refill: false, refilled: false }
 
 /**
  * Moves the limit from outcomes. `stamp` marks a permit at grant; `accepted` gets it back when
@@ -186,9 +187,30 @@ const unreported: Acceptance = { timing: "unreported", grew: false }
 export interface Policy {
   readonly limit: number
   readonly stamp: number
-  readonly accepted: (stamp: number) => boolean
+  /**
+   * Asked as a permit is made: whether it takes a slot upstream that an accepted request's end
+   * left to a waiting call (`Slot.refilled`). Absent: no permit does.
+   */
+  readonly refill?: () => boolean
+  readonly accepted: (stamp: number, refill?: boolean) => boolean
   /** `elapsedMillis`: from the grant to the end. */
-  readonly record: (stamp: number, outcome: Outcome, inFlight: number, acceptance: Acceptance, elapsedMillis: number) => void
+  readonly record: (
+    stamp: number,
+    outcome: Outcome,
+    inFlight: number,
+    acceptance: Acceptance,
+    elapsedMillis: number,
+    slot?: Slot
+  ) => void
+}
+
+/**
+ * What became of a permit's slot upstream: `refill`, it took the slot of an accepted request that
+ * ended; `refilled`, its own release lets in a call that waits for it.
+ */
+export interface Slot {
+  readonly refill: boolean
+  readonly refilled: boolean
 }
 
 export const fixedPolicy = (permits: number): Policy => ({
@@ -261,8 +283,9 @@ const aheadMajority = 0.5
 type Phase = "slowStart" | "recover" | "hold"
 
 /**
- * Every field of an `Aimd`, as plain data that survives JSON (`ceiling` is `null` when there is
- * none): what processes sharing one limit keep on Redis and apply their outcomes to.
+ * Every field of an `Aimd` but the slots of one process's permits (`vacated`, `refilling`), as
+ * plain data that survives JSON (`ceiling` is `null` when there is none): what processes sharing
+ * one limit keep on Redis and apply their outcomes to.
  */
 export interface AimdState {
   readonly phase: Phase
@@ -335,6 +358,17 @@ export class Aimd implements Policy {
   private confirmed = 0
   /** Requests accepted upstream and not ended: the concurrency the upstream is known to hold. */
   private acceptedOutstanding = 0
+  /** Slots accepted requests left on ending to a call that waits: the next permits made take them. */
+  private vacated = 0
+  /**
+   * Permits that took a vacated slot, not yet accepted or ended: each request takes a slot the
+   * upstream held a round trip ago, so the level held counts them. Without them a limit whose
+   * requests end one after another, each replaced a round trip before the upstream sees it,
+   * never has all of them accepted at once, and slow start stalls far below the cap (at 23
+   * under a cap of 100, with 3 s answers and 100 ms each way). A controller made from a shared
+   * state starts with none, so a permit made before may find none to take off.
+   */
+  private refilling = 0
   private roundSize: number
   private roundSuccesses = 0
   /** Overload drops (503) of the round's permits. */
@@ -416,18 +450,28 @@ export class Aimd implements Policy {
     return this.epoch
   }
 
+  refill(): boolean {
+    if (this.vacated === 0) return false
+    this.vacated--
+    this.refilling++
+    return true
+  }
+
   /**
    * A request accepted upstream proves the level the upstream holds: the requests accepted and
-   * not ended, with it. Not its grant's level, which counts requests still on their way (waiting
-   * for a connection, say): on a fast upstream they would let the limit outrun what was accepted
-   * by far. In slow start, the acceptance that brings that level to the top of the
-   * limit lets more requests go above it at once (`slowStartStep`): growth clocked by round
-   * trips, not by responses, with few requests at a time in untried territory, so an overshoot
-   * costs one 429 at small limits and at most an eighth of the cap at large ones.
+   * not ended, with it, and the replacements of ended ones on their way (`refilling`). Not its
+   * grant's level, which counts requests still on their way (waiting for a connection, say): on
+   * a fast upstream they would let the limit outrun what was accepted by far. In slow start, the
+   * acceptance that brings that level to the top of the limit lets more requests go above it at
+   * once (`slowStartStep`): growth clocked by round trips, not by responses, with few requests
+   * at a time in untried territory, so an overshoot costs one 429 at small limits and at most an
+   * eighth of the cap at large ones.
    */
-  accepted(stamp: number): boolean {
+  accepted(stamp: number, refill = false): boolean {
     this.acceptanceClocked = true
-    const level = ++this.acceptedOutstanding
+    this.acceptedOutstanding++
+    if (refill) this.refilling = Math.max(0, this.refilling - 1)
+    const level = this.acceptedOutstanding + this.refilling
     if (stamp !== this.epoch) return false
     this.succeededSinceDecrease = true
     if (this.phase === "recover" && this.acceptedAhead && this.congestedWindows === 0) {
@@ -441,11 +485,19 @@ export class Aimd implements Policy {
     return true
   }
 
-  record(stamp: number, outcome: Outcome, inFlight: number, acceptance: Acceptance, elapsedMillis: number): void {
+  record(
+    stamp: number,
+    outcome: Outcome,
+    inFlight: number,
+    acceptance: Acceptance,
+    elapsedMillis: number,
+    slot: Slot = unrefilled
+  ): void {
     if (acceptance.timing !== "unreported") {
       this.acceptedOutstanding--
+      if (slot.refilled) this.vacated++
       this.aheadShare += 0.1 * ((acceptance.timing === "ahead" ? 1 : 0) - this.aheadShare)
-    }
+    } else if (slot.refill) this.refilling = Math.max(0, this.refilling - 1)
     const overload = outcome._tag === "Dropped" && outcome.signal === "overload"
     if (stamp !== this.epoch) {
       // Sent before the last decrease, at the old limit: it must not decrease again, but a drop
@@ -644,6 +696,8 @@ export class Aimd implements Policy {
     this.epoch++
     this.succeededSinceDecrease = false
     this.confirmed = 0
+    // The upstream is full: slots left for waiting calls may not be there any more.
+    this.vacated = 0
     // The cap was just measured: overload steps are bounded by it from here.
     this.peak = Number.isFinite(this.ceiling) ? this.ceiling : this.value
     this.startRound()
@@ -710,6 +764,8 @@ export interface Ledger {
 /** What a permit tells its owner besides the ledger: reading errors, and changes to publish. */
 export interface PermitHooks {
   readonly classify: Classifier | undefined
+  /** Whether releasing a permit now grants it to a waiting call (the slot it held upstream is refilled). */
+  readonly refills: () => boolean
   readonly changed: () => void
   readonly dropped: () => void
 }
@@ -721,6 +777,7 @@ export interface PermitHooks {
  */
 export const makePermit = (policy: Policy, ledger: Ledger, { stamp }: Grant, clock: Clock.Clock, hooks: PermitHooks) => {
   const grantedAt = clock.unsafeCurrentTimeMillis()
+  const refill = policy.refill?.() ?? false
   let completed = false
   let acceptedAt: number | undefined
   let grewOnAcceptance = false
@@ -736,7 +793,8 @@ export const makePermit = (policy: Policy, ledger: Ledger, { stamp }: Grant, clo
     const observed = outcome._tag === "Success" && outcome.queueDelay === undefined && queueDelay !== undefined
       ? { _tag: "Success" as const, queueDelay }
       : outcome
-    policy.record(stamp, observed, ledger.inFlight, acceptance(), clock.unsafeCurrentTimeMillis() - grantedAt)
+    const elapsed = clock.unsafeCurrentTimeMillis() - grantedAt
+    policy.record(stamp, observed, ledger.inFlight, acceptance(), elapsed, { refill, refilled: hooks.refills() })
     // The request no longer holds a slot upstream, but its permit is counted until released:
     // granting now would place the next request one level too high.
     ledger.relimit(policy.limit)
@@ -750,7 +808,7 @@ export const makePermit = (policy: Policy, ledger: Ledger, { stamp }: Grant, clo
     accepted: Effect.sync(() => {
       if (completed || acceptedAt !== undefined) return
       acceptedAt = clock.unsafeCurrentTimeMillis()
-      grewOnAcceptance = policy.accepted(stamp)
+      grewOnAcceptance = policy.accepted(stamp, refill)
       ledger.resize(policy.limit)
       hooks.changed()
     }),
@@ -812,6 +870,7 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
 
     const hooks: PermitHooks = {
       classify: options.classify,
+      refills: () => gate.queued > 0 && gate.inFlight <= gate.permits,
       changed: publish,
       dropped: () => droppedCount.unsafeUpdate(1, [])
     }

@@ -42,6 +42,7 @@ export const makeRedis = (
     const lane = lanes.laneOf(slot, options.name)
     const hooks: Limiter.PermitHooks = {
       classify: options.classify,
+      refills: () => lanes.queued() > 0 && lane.inFlight <= lane.limit,
       changed: publish,
       dropped: () => Limiter.droppedCounter.unsafeUpdate(1, tags)
     }

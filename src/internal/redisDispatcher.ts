@@ -33,7 +33,7 @@ import * as Stream from "effect/Stream"
 import type * as Scope from "effect/Scope"
 import type { Outcome, Priority } from "../ConcurrencyLimiter.js"
 import type { Script, Service as RedisService } from "../Redis.js"
-import { type Acceptance, Aimd, type AimdConfig, type AimdState, fixedPolicy, type Policy } from "./concurrencyLimiter.js"
+import { type Acceptance, Aimd, type AimdConfig, type AimdState, fixedPolicy, type Policy, type Slot } from "./concurrencyLimiter.js"
 import {
   type AccountSlot,
   capacityOf,
@@ -148,8 +148,8 @@ class SharedLimit implements Policy {
     return this.local?.stamp ?? this.sharedStamp
   }
 
-  accepted(stamp: number): boolean {
-    if (this.local !== undefined) return this.local.accepted(stamp)
+  accepted(stamp: number, refill?: boolean): boolean {
+    if (this.local !== undefined) return this.local.accepted(stamp, refill)
     if (this.config === undefined) return false
     const event: Event = { _tag: "Accepted", stamp }
     this.pending.push(event)
@@ -157,8 +157,23 @@ class SharedLimit implements Policy {
     return false
   }
 
-  record(stamp: number, outcome: Outcome, inFlight: number, acceptance: Acceptance, elapsedMillis: number): void {
-    if (this.local !== undefined) return this.local.record(stamp, outcome, inFlight, acceptance, elapsedMillis)
+  /**
+   * Slots refilled count in local mode only: shared, the slot an ended request leaves may go to
+   * any process, so slow start there waits for every request to be accepted.
+   */
+  refill(): boolean {
+    return this.local?.refill?.() ?? false
+  }
+
+  record(
+    stamp: number,
+    outcome: Outcome,
+    inFlight: number,
+    acceptance: Acceptance,
+    elapsedMillis: number,
+    slot?: Slot
+  ): void {
+    if (this.local !== undefined) return this.local.record(stamp, outcome, inFlight, acceptance, elapsedMillis, slot)
     if (this.config === undefined) return
     if (acceptance.timing !== "unreported") this.ended++
     const event: Event = { _tag: "Recorded", stamp, outcome, acceptance, inFlight, elapsedMillis }
