@@ -33,7 +33,7 @@ import * as Stream from "effect/Stream"
 import type * as Scope from "effect/Scope"
 import type { Outcome, Priority } from "../ConcurrencyLimiter.js"
 import type { Script, Service as RedisService } from "../Redis.js"
-import { type Acceptance, Aimd, type AimdConfig, type AimdState, fixedPolicy, type Policy, type Slot } from "./concurrencyLimiter.js"
+import { type Acceptance, Aimd, type AimdConfig, type AimdState, fixedPolicy, type Policy } from "./concurrencyLimiter.js"
 import {
   type AccountSlot,
   capacityOf,
@@ -165,16 +165,10 @@ class SharedLimit implements Policy {
     return this.local?.refill?.() ?? false
   }
 
-  record(
-    stamp: number,
-    outcome: Outcome,
-    inFlight: number,
-    acceptance: Acceptance,
-    elapsedMillis: number,
-    slot?: Slot
-  ): void {
-    if (this.local !== undefined) return this.local.record(stamp, outcome, inFlight, acceptance, elapsedMillis, slot)
+  record(...report: Parameters<Policy["record"]>): void {
+    if (this.local !== undefined) return this.local.record(...report)
     if (this.config === undefined) return
+    const [stamp, outcome, inFlight, acceptance, elapsedMillis] = report
     if (acceptance.timing !== "unreported") this.ended++
     const event: Event = { _tag: "Recorded", stamp, outcome, acceptance, inFlight, elapsedMillis }
     this.pending.push(event)
