@@ -247,6 +247,20 @@ describe("ConcurrencyLimiter", () => {
         expect(yield* rounds(limiter, 2)).toEqual([8, 16]) // slow start again
       }))
 
+    it.effect("a drop in a hold's first round lowers the ceiling: that level was never held for a round", () =>
+      Effect.gen(function*() {
+        const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 20 })
+        expect(yield* round(limiter, dropped)).toBe(18) // ceiling 19
+        expect(yield* round(limiter)).toBe(19) // back at the ceiling: holding from here
+        const held = yield* hold(limiter, 19)
+        yield* held[0]!.permit.complete(dropped)
+        // The ceiling was one above what the upstream holds: 18 now, and 0.9 × 19 under it, not
+        // the fall's 19 × 0.25.
+        expect(yield* limitOf(limiter)).toBe(17)
+        yield* release(held)
+        expect(yield* rounds(limiter, 2)).toEqual([18, 18]) // back at the new ceiling, holding
+      }))
+
     it.effect("after a drop: back to the ceiling, a hold there, then a slow-start probe", () =>
       Effect.gen(function*() {
         const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 20, holdRounds: 3, holdRequests: 0 })

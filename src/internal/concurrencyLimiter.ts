@@ -302,6 +302,7 @@ export interface AimdState {
   readonly roundOverloads: number
   readonly peak: number
   readonly holdLeft: number
+  readonly holdProved: boolean
   readonly holdShare: number
   readonly delaySum: number
   readonly delayCount: number
@@ -377,6 +378,13 @@ export class Aimd implements Policy {
   private peak: number
   private holdLeft = 0
   /**
+   * Whether a whole round has ended in this hold. Until then its level may be one the upstream
+   * never held: the in-flight a ceiling is taken from counts requests on their way, and with the
+   * upstream a round trip away (or this process slow to read its answers) that set it above the
+   * cap, where a 429 read as a fall cost a second slow start's overshoot.
+   */
+  private holdProved = false
+  /**
    * The share of a full hold the next holds last: `fallHoldShare` after the cap fell (a cap that
    * moves may well come back), grown `holdGrowth` times by each probe that finds it where it was,
    * up to 1.
@@ -431,6 +439,7 @@ export class Aimd implements Policy {
       roundOverloads: this.roundOverloads,
       peak: this.peak,
       holdLeft: this.holdLeft,
+      holdProved: this.holdProved,
       holdShare: this.holdShare,
       delaySum: this.delaySum,
       delayCount: this.delayCount,
@@ -608,10 +617,11 @@ export class Aimd implements Policy {
     // Probing is slow start: in-flight climbs one request at a time above the ceiling, so an
     // unchanged cap costs a single 429 while a risen one is found at full speed. Clocked by
     // acceptances, it starts with the one request that probes.
-    if (this.phase === "hold" && --this.holdLeft <= 0) {
-      this.phase = "slowStart"
-      if (this.acceptanceClocked) this.setValue(this.value + 1)
-    }
+    if (this.phase !== "hold") return
+    this.holdProved = true
+    if (--this.holdLeft > 0) return
+    this.phase = "slowStart"
+    if (this.acceptanceClocked) this.setValue(this.value + 1)
   }
 
   /** Closes the round's queue-delay window and counts consecutive congested windows. */
@@ -672,11 +682,13 @@ export class Aimd implements Policy {
 
   private decrease(inFlight: number): void {
     const level = Math.min(this.value, inFlight)
-    if (this.succeededSinceDecrease && (this.phase === "slowStart" || this.acceptedWithResponses)) {
+    const unproved = this.phase === "slowStart" || this.acceptedWithResponses || (this.phase === "hold" && !this.holdProved)
+    if (this.succeededSinceDecrease && unproved) {
       // An ordinary overshoot: everything but the dropped request was accepted. So is a drop at
       // or under the ceiling where acceptances come with responses: the level held counts
       // requests on their way to and from the upstream, which its cap does not, so it is no
       // proof of what the upstream held; a second drop before a success still reads as a fall.
+      // So is one in a hold's first round, at a level not yet held for a round.
       // Not in-flight alone: after a brake lowered the limit, requests granted above it are
       // still in flight, and a drop among them must not raise the ceiling to where it braked.
       const ceiling = Math.max(this.config.min, level - 1)
@@ -725,6 +737,7 @@ export class Aimd implements Policy {
    */
   private startHold(): void {
     this.phase = "hold"
+    this.holdProved = false
     const { holdRequests, holdRounds } = this.config
     this.holdLeft = Math.max(1, Math.ceil(this.holdShare * Math.max(holdRounds, holdRequests / this.limit)))
     this.startRound()
