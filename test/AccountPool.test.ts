@@ -614,6 +614,40 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 
+  it.effect("an adaptive lane finds the account's cap a round trip away, and holds it without reading its own overshoot as a fall", () => {
+    const cap = 50
+    const setup: Setup = { accounts: [account("a", ["sk-a"])], handlers: {}, options: { preflight: false } }
+    return Effect.gen(function*() {
+      // A request takes its slot as it arrives; its 200 (or 429) reaches the client 200 ms later,
+      // and its end 200 ms after it freed the slot, 2.9 s on.
+      const clock = yield* Effect.clock
+      const ends: Array<number> = []
+      let highest = 0
+      let drops = 0
+      setup.handlers.a = (req) => {
+        if (!isChat(req)) return MockUpstream.status(404)
+        const now = clock.unsafeCurrentTimeMillis()
+        const inFlight = ends.filter((end) => end > now).length
+        if (inFlight >= cap) {
+          drops++
+          return { ...MockUpstream.status(429, { body: errorBody("over the account's concurrency") }), latency: "200 millis" }
+        }
+        ends.push(now + 2900)
+        highest = Math.max(highest, inFlight + 1)
+        return { ...MockUpstream.completion(generation(req), { delay: "2900 millis" }), latency: "200 millis" }
+      }
+      const calls = yield* Effect.fork(concurrently(200, resilientCreate))
+      let elapsed = 0
+      for (; elapsed < 60_000 && calls.unsafePoll() === null; elapsed += 100) yield* TestClock.adjust("100 millis")
+      expect(yield* Fiber.join(calls)).toHaveLength(200)
+      expect(highest).toBe(cap)
+      // The first overshoot set the ceiling one above the cap (in-flight counted an end on its
+      // way); holding there drew a 429 that read as a fall, and a second climb: 11 429s, 20.9 s.
+      expect(drops).toBeLessThanOrEqual(cap / 8)
+      expect(elapsed).toBeLessThanOrEqual(2 * 12_000) // 12 s at the cap
+    }).pipe(Effect.provide(stackLayer(setup).layer))
+  })
+
   it.effect("fails at once when every key was rejected: a wrong key is not waited for", () => {
     const setup: Setup = { accounts: [account("a", ["sk-wrong"])], handlers: { a: status(401) } }
     return Effect.gen(function*() {
