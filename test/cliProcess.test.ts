@@ -101,6 +101,10 @@ interface Line {
   readonly error: unknown
 }
 
+/** The lines of an output the CLI has written whole: a read while it appends may end in part of one. */
+const outputLines = (text: string): ReadonlyArray<Line> =>
+  text.split("\n").slice(0, -1).map((line) => JSON.parse(line) as Line)
+
 /** A simulator, a workspace with `count` input lines, and what the CLI needs to reach the simulator. */
 const setup = (count: number, options: Simulator.Options) =>
   Effect.gen(function*() {
@@ -110,10 +114,7 @@ const setup = (count: number, options: Simulator.Options) =>
     const input = `${dir}/in.jsonl`
     const output = `${dir}/out.jsonl`
     yield* fs.writeFileString(input, Array.from({ length: count }, (_, i) => `${chatLine(i)}\n`).join(""))
-    const readOutput = Effect.map(
-      Effect.orElseSucceed(fs.readFileString(output), () => ""),
-      (text) => text.split("\n").filter((l) => l.length > 0).map((l) => JSON.parse(l) as Line)
-    )
+    const readOutput = Effect.map(Effect.orElseSucceed(fs.readFileString(output), () => ""), outputLines)
     const env = { DEEPSEEK_API_KEY: Simulator.defaultKey, DEEPSEEK_BASE_URL: simulator.baseUrl }
     return { fs, simulator, dir, input, output, readOutput, env, lock: `${output}.lock` }
   })
@@ -268,10 +269,7 @@ describe.skipIf(!redisServerPresent)(skipMessage("weatherproof batch processes s
         const lines = Array.from({ length: linesEach }, (_, i) => `${chatLine(p * linesEach + i)}\n`)
         yield* ws.fs.writeFileString(input, lines.join(""))
         const run = start(["batch", input, "--output", output, "--redis", redisUrl], ws.env)
-        const readOutput = Effect.map(
-          ws.fs.readFileString(output),
-          (text) => text.split("\n").filter((l) => l.length > 0).map((l) => JSON.parse(l) as Line)
-        )
+        const readOutput = Effect.map(ws.fs.readFileString(output), outputLines)
         return { run, readOutput }
       }))
 
