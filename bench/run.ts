@@ -466,7 +466,12 @@ const startup = Effect.gen(function*() {
   const report = yield* Startup.run
   yield* printTable(
     ["command", "first request", "first chat request", "exit"],
-    [report.weatherproof, report.plain, report.version].map((t) => [t.name, msText(t.firstRequestMs), msText(t.firstChatMs), msText(t.exitMs)])
+    [report.weatherproof, report.cold, report.plain, report.version].map((t) => [
+      t.name,
+      msText(t.firstRequestMs),
+      msText(t.firstChatMs),
+      msText(t.exitMs)
+    ])
   )
   yield* Console.log("the CLI's first request is the balance preflight; its first chat request waits for the answer")
   yield* busyWarning()

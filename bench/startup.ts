@@ -7,6 +7,10 @@
  * the pool's balance preflight (`GET /user/balance`) and every chat request at once. The CLI's
  * first request is that preflight; its first chat request follows the preflight's answer.
  * Contenders run interleaved, `runs` times; each figure is the median.
+ *
+ * The CLI keeps V8's compilation of its files between runs (app/cli/compileCache.ts), in a
+ * directory of this run made before the first timed run by one that is not timed. The CLI also
+ * runs without it: what a first run after an install or an upgrade takes.
  */
 import * as Effect from "effect/Effect"
 import * as Http from "node:http"
@@ -30,6 +34,8 @@ export interface Timing {
 
 export interface Report {
   readonly weatherproof: Timing
+  /** The CLI with no compile cache. */
+  readonly cold: Timing
   readonly plain: Timing
   readonly version: Timing
 }
@@ -118,13 +124,22 @@ export const run: Effect.Effect<Report> = Effect.promise(async () => {
   const work = Processes.scratch()
   const input = NodePath.join(work.dir, "input.jsonl")
   Processes.writeBatchInput(input, 1, () => "hello")
-  const env = Processes.upstreamEnv(baseUrl, "sk-startup")
-  const samples = { weatherproof: [] as Array<Sample>, plain: [] as Array<Sample>, version: [] as Array<Sample> }
+  const plainEnv = Processes.upstreamEnv(baseUrl, "sk-startup")
+  const env = { ...plainEnv, WEATHERPROOF_COMPILE_CACHE: NodePath.join(work.dir, "compile-cache") }
+  const batch = (output: string) => [Processes.cliEntry, "batch", input, "--output", output]
+  const samples = {
+    weatherproof: [] as Array<Sample>,
+    cold: [] as Array<Sample>,
+    plain: [] as Array<Sample>,
+    version: [] as Array<Sample>
+  }
   try {
+    await timeOnce(upstream, batch(NodePath.join(work.dir, "output-warm-up.jsonl")), env)
     for (let round = 0; round < settings.runs; round++) {
       const output = NodePath.join(work.dir, `output-${round}`)
-      samples.weatherproof.push(await timeOnce(upstream, [Processes.cliEntry, "batch", input, "--output", `${output}-wp.jsonl`], env))
-      samples.plain.push(await timeOnce(upstream, [Processes.plainClientEntry, input, `${output}-plain.jsonl`], env))
+      samples.weatherproof.push(await timeOnce(upstream, batch(`${output}-wp.jsonl`), env))
+      samples.cold.push(await timeOnce(upstream, batch(`${output}-cold.jsonl`), { ...env, WEATHERPROOF_COMPILE_CACHE: "0" }))
+      samples.plain.push(await timeOnce(upstream, [Processes.plainClientEntry, input, `${output}-plain.jsonl`], plainEnv))
       samples.version.push(await timeOnce(upstream, [Processes.cliEntry, "--version"], env))
     }
   } finally {
@@ -133,6 +148,7 @@ export const run: Effect.Effect<Report> = Effect.promise(async () => {
   }
   return {
     weatherproof: medianTiming("weatherproof batch (CLI)", samples.weatherproof),
+    cold: medianTiming("the same, no compile cache (first run)", samples.cold),
     plain: medianTiming("p-limit + undici (plain client)", samples.plain),
     version: medianTiming("weatherproof --version", samples.version)
   }

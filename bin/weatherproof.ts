@@ -109,7 +109,14 @@ const isEntryPoint = (): boolean => {
   return script !== undefined && realpathSync(script) === fileURLToPath(import.meta.url)
 }
 
-if (isEntryPoint()) {
+/**
+ * Runs the command line on this process's arguments and exits with its code: when this file is the
+ * script node runs, or from the bundle's launcher (`dist/cli/weatherproof.js`, see
+ * scripts/bundleCli.ts), which runs this file's bundle (`dist/cli/main.cjs`).
+ *
+ * @since 0.1.0
+ */
+export const run = (): void => {
   // A signal that interrupts the program outside a batch (which catches its own) exits as 128 + n.
   let signal: StopSignal | undefined
   for (const name of ["SIGINT", "SIGTERM"] as const) process.on(name, () => (signal ??= name))
@@ -125,3 +132,5 @@ if (isEntryPoint()) {
         : defaultTeardown(exit, onExit)
   })
 }
+
+if (isEntryPoint()) run()

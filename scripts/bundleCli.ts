@@ -1,8 +1,13 @@
 /**
  * Bundles the `weatherproof` command line (`bin/weatherproof.ts`, the package's `bin`) into
- * `dist/cli/`: one ESM entry, `weatherproof.js`, and code-split chunks under `chunks/`, with source
- * maps. Start-up is what this is for: unbundled, the CLI resolves and loads some 600 modules before
- * it parses its arguments. Every dynamic import stays a chunk of its own, so a command's code (and
+ * `dist/cli/`, with source maps:
+ * - `weatherproof.js`, the launcher: it runs `main.cjs` through app/cli/compileCache.ts, which keeps
+ *   V8's compilation of each file between runs (most of a start otherwise goes to compiling);
+ * - `main.cjs`, which runs the command line, and code-split chunks under `chunks/`. esbuild splits
+ *   ES modules only; each file is then turned into CommonJS, which Node 20 can compile with a cache.
+ *
+ * Start-up is what this is for: unbundled, the CLI resolves and loads some 600 modules before it
+ * parses its arguments. Every dynamic import stays a chunk of its own, so a command's code (and
  * the simulator, the gateway, the progress bar, ioredis) still loads only when it runs; tree-shaking
  * drops what nothing uses (effect/Schema's FastCheck re-export pulls in all of fast-check
  * unbundled).
@@ -17,7 +22,7 @@
  */
 import * as esbuild from "esbuild"
 import { realpathSync } from "node:fs"
-import { rm } from "node:fs/promises"
+import { chmod, mkdir, rm, writeFile } from "node:fs/promises"
 import * as NodePath from "node:path"
 import { fileURLToPath } from "node:url"
 
@@ -26,15 +31,6 @@ const repoRoot = fileURLToPath(new URL(import.meta.url.includes("/dist/scripts/"
 
 /** Where `npm run build` writes the bundle; package.json's `bin` is `dist/cli/weatherproof.js`. */
 export const defaultOutdir = NodePath.join(repoRoot, "dist", "cli")
-
-/**
- * Bundled CommonJS dependencies call `require` for Node's builtins, which an ES module does not
- * have: each output file defines it. The alias keeps the banner's import clear of bundled names.
- */
-const requireBanner = [
-  `import { createRequire as __weatherproofCreateRequire } from "node:module";`,
-  `const require = __weatherproofCreateRequire(import.meta.url);`
-].join(" ")
 
 /**
  * undici's index loads all of undici (fetch, WebSocket, caches, mocks, proxies): 535 KB of the
@@ -66,38 +62,116 @@ const undiciParts: esbuild.Plugin = {
   }
 }
 
-/** The build options for an output directory. */
-export const buildOptions = (outdir: string): esbuild.BuildOptions & { readonly metafile: true } => ({
+/** A plugin serving an entry point from `contents` (resolved from the repository's root). */
+const virtualEntry = (name: string, contents: string): esbuild.Plugin => ({
+  name: `entry-${name}`,
+  setup(build) {
+    build.onResolve({ filter: new RegExp(`^${name}$`) }, () => ({ path: name, namespace: "entry" }))
+    build.onLoad({ filter: /.*/, namespace: "entry" }, () => ({ resolveDir: repoRoot, loader: "ts", contents }))
+  }
+})
+
+/** Options both builds share. */
+const common = {
   absWorkingDir: repoRoot,
-  entryPoints: { weatherproof: "bin/weatherproof.ts" },
-  outdir,
   bundle: true,
-  splitting: true,
-  format: "esm",
   platform: "node",
   target: "node20",
+  minify: true,
+  logLevel: "warning"
+} as const satisfies esbuild.BuildOptions
+
+/**
+ * The command line's build: `main` (bin/weatherproof.ts, which the launcher runs) and its chunks, ES modules as
+ * esbuild splits them, written as `.cjs` files that `cjsOf` turns into CommonJS. What the sources
+ * read as `import.meta.url` is `__importMetaUrl`, which `cjsOf` defines in each file that reads it.
+ */
+export const buildOptions = (outdir: string): esbuild.BuildOptions & { readonly metafile: true; readonly write: false } => ({
+  ...common,
+  entryPoints: { main: "bin/weatherproof.ts" },
+  outdir,
+  splitting: true,
+  format: "esm",
+  outExtension: { ".js": ".cjs" },
   // ES modules where a package offers both: they tree-shake, CommonJS does not.
   mainFields: ["module", "main"],
   chunkNames: "chunks/[name]-[hash]",
-  banner: { js: requireBanner },
-  minify: true,
-  sourcemap: "linked",
+  define: { "import.meta.url": "__importMetaUrl" },
+  // Inline, for `cjsOf` to map its output back to the sources.
+  sourcemap: "inline",
   // The sources are not shipped: the maps give files and lines to stack traces, not the code.
   sourcesContent: false,
   legalComments: "linked",
   plugins: [undiciParts],
   logOverride: { "import-is-undefined": "error" },
   metafile: true,
-  logLevel: "warning"
+  write: false
 })
+
+/** The launcher, `weatherproof.js` (package.json's `bin`): it runs `main.cjs` through the compile cache. */
+const launcherOptions = (outdir: string): esbuild.BuildOptions => ({
+  ...common,
+  entryPoints: { weatherproof: "weatherproof-launcher" },
+  outdir,
+  format: "esm",
+  banner: { js: "#!/usr/bin/env node" },
+  sourcemap: "linked",
+  sourcesContent: false,
+  plugins: [
+    virtualEntry(
+      "weatherproof-launcher",
+      `import { load } from "./app/cli/compileCache.ts"\n` +
+        `import { fileURLToPath } from "node:url"\n` +
+        `const main = load(fileURLToPath(new URL("./main.cjs", import.meta.url)))\n` +
+        `;(main as typeof import("./bin/weatherproof.ts")).run()`
+    )
+  ]
+})
+
+/** Defines what the sources read as `import.meta.url` in a CommonJS file. */
+const importMetaUrl = `var __importMetaUrl = require("node:url").pathToFileURL(__filename).href;`
+
+/**
+ * One file of the split build as CommonJS: esbuild splits only ES modules, and Node 20 caches the
+ * compilation of none (app/cli/compileCache.ts). Dynamic imports become requires (a `vm.Script`
+ * has no loader for `import()`); the file's source map follows the inline one through. Each file
+ * is plain CommonJS, which Node's own `require` runs too.
+ */
+const cjsOf = async (file: esbuild.OutputFile): Promise<ReadonlyArray<readonly [string, string]>> => {
+  // bin/weatherproof.ts's hashbang: `main.cjs` is not the bin (the line stays, so the source map's lines hold).
+  const { code, map } = await esbuild.transform(file.text.replace(/^#![^\n]*/, ""), {
+    banner: file.text.includes("__importMetaUrl") ? importMetaUrl : "",
+    format: "cjs",
+    platform: "node",
+    target: "node20",
+    supported: { "dynamic-import": false },
+    minify: true,
+    sourcemap: "external",
+    sourcefile: NodePath.basename(file.path)
+  })
+  return [
+    [file.path, `${code}//# sourceMappingURL=${NodePath.basename(file.path)}.map\n`],
+    [`${file.path}.map`, map]
+  ]
+}
 
 /**
  * Writes the bundle into `outdir` (emptied first, so no chunk of an earlier build stays) and returns
- * esbuild's result, whose metafile says which sources each output file holds.
+ * esbuild's result for `main` and its chunks, whose metafile says which sources each file holds.
  */
 export const bundleCli = async (outdir: string = defaultOutdir): Promise<esbuild.BuildResult<{ metafile: true }>> => {
   await rm(outdir, { recursive: true, force: true })
-  return esbuild.build(buildOptions(outdir))
+  const built = await esbuild.build(buildOptions(outdir))
+  const files = await Promise.all(
+    built.outputFiles.map((file) => file.path.endsWith(".cjs") ? cjsOf(file) : [[file.path, file.text] as const])
+  )
+  await Promise.all(files.flat().map(async ([path, text]) => {
+    await mkdir(NodePath.dirname(path), { recursive: true })
+    await writeFile(path, text)
+  }))
+  await esbuild.build(launcherOptions(outdir))
+  await chmod(NodePath.join(outdir, "weatherproof.js"), 0o755)
+  return built
 }
 
 const isEntryPoint = (): boolean => {

@@ -20,18 +20,15 @@ import { redisServer, redisServerPresent, skipMessage } from "./support/redisSer
 const root = fileURLToPath(new URL("..", import.meta.url))
 let build = ""
 let entry = ""
-/** The sources (`src/Batch.ts`, `node_modules/undici/…`) in each file of the bundle, by its URL. */
-let sourcesByUrl = new Map<string, ReadonlyArray<string>>()
+/** The sources (`src/Batch.ts`, `node_modules/undici/…`) in each file of the bundle, by its path. */
+let sourcesByFile = new Map<string, ReadonlyArray<string>>()
 
 beforeAll(async () => {
   build = NodeFs.mkdtempSync(NodePath.join(tmpdir(), "weatherproof-cli-"))
   const { metafile } = await bundleCli(build)
   entry = NodePath.join(build, "weatherproof.js")
-  sourcesByUrl = new Map(
-    Object.entries(metafile.outputs).map(([file, output]) => [
-      `file://${NodePath.resolve(root, file)}`,
-      Object.keys(output.inputs)
-    ])
+  sourcesByFile = new Map(
+    Object.entries(metafile.outputs).map(([file, output]) => [NodePath.resolve(root, file), Object.keys(output.inputs)])
   )
 }, 120_000)
 
@@ -333,23 +330,26 @@ describe.skipIf(!redisServerPresent)(skipMessage("weatherproof batch processes s
 })
 
 describe("weatherproof loads lazily", () => {
-  /** The sources (files of this checkout, files of packages) in the bundle's files a run of the CLI loaded. */
+  /**
+   * The sources (files of this checkout, files of packages) in the bundle's files a run of the CLI
+   * loaded: the launcher reads each file it runs (app/cli/compileCache.ts), and a preload logs the reads.
+   */
   const loaded = (args: ReadonlyArray<string>, env: Record<string, string> = {}) =>
     Effect.gen(function*() {
-      const hooks = NodePath.join(build, "record-loads.mjs")
-      const log = NodePath.join(build, `loads-${Date.now()}.txt`)
+      const preload = NodePath.join(build, "record-reads.cjs")
+      const log = NodePath.join(build, `reads-${Date.now()}.txt`)
       NodeFs.writeFileSync(
-        hooks,
-        `import { appendFileSync } from "node:fs"\n` +
-          `export async function resolve(specifier, context, next) {\n` +
-          `  const resolved = await next(specifier, context)\n` +
-          `  appendFileSync(${JSON.stringify(log)}, resolved.url + "\\n")\n` +
-          `  return resolved\n}\n`
+        preload,
+        `const fs = require("node:fs")\n` +
+          `const readFileSync = fs.readFileSync\n` +
+          `fs.readFileSync = (file, ...rest) => {\n` +
+          `  if (typeof file === "string") fs.appendFileSync(${JSON.stringify(log)}, file + "\\n")\n` +
+          `  return readFileSync(file, ...rest)\n}\n` +
+          `require("node:module").syncBuiltinESMExports()\n`
       )
-      const register = `data:text/javascript,import{register}from"node:module";register(${JSON.stringify(`file://${hooks}`)})`
-      const ended = yield* start(args, env, ["--import", register]).ended(20_000)
-      const urls = new Set(NodeFs.readFileSync(log, "utf8").split("\n"))
-      return { ended, sources: [...urls].flatMap((url) => sourcesByUrl.get(url) ?? []).join("\n") }
+      const ended = yield* start(args, env, ["--require", preload]).ended(20_000)
+      const files = new Set(NodeFs.readFileSync(log, "utf8").split("\n"))
+      return { ended, sources: [...files].flatMap((file) => sourcesByFile.get(file) ?? []).join("\n") }
     })
 
   /** What no command but the one that needs it loads: fast-check only a test would use. */
@@ -375,4 +375,79 @@ describe("weatherproof loads lazily", () => {
         expect(sources, source).not.toContain(source)
       }
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+})
+
+describe("weatherproof keeps its compilation between runs", () => {
+  /** `weatherproof --version` with the compile cache as `env` says; its stdout. */
+  const version = (env: Record<string, string>, nodeOptions: ReadonlyArray<string> = []) =>
+    Effect.map(start(["--version"], env, nodeOptions).ended(20_000), (ended) => {
+      expect(ended.code).toBe(0)
+      return ended.stdout.trim()
+    })
+
+  /** The cache's files, each with its inode: a file written again is a new one (renamed into place). */
+  const cacheFiles = (cache: string) =>
+    new Map(NodeFs.readdirSync(cache).map((name) => [name, NodeFs.statSync(NodePath.join(cache, name)).ino]))
+
+  const scratches: Array<string> = []
+  const scratch = () => {
+    scratches.push(NodeFs.mkdtempSync(NodePath.join(tmpdir(), "weatherproof-cache-")))
+    return scratches.at(-1)!
+  }
+  afterAll(() => scratches.forEach((dir) => NodeFs.rmSync(dir, { recursive: true, force: true })))
+
+  it.live("the first run writes a cache per file it ran, private to the user; the next uses them and writes none", () =>
+    Effect.gen(function*() {
+      const cache = NodePath.join(scratch(), "cache")
+      expect(yield* version({ WEATHERPROOF_COMPILE_CACHE: cache })).toBe("0.1.0")
+      const written = cacheFiles(cache)
+      // main.cjs and the chunks it requires for --version; none of a command.
+      expect(written.size).toBeGreaterThanOrEqual(2)
+      expect(NodeFs.statSync(cache).mode & 0o777).toBe(0o700)
+      for (const name of written.keys()) {
+        expect(name).toMatch(new RegExp(`^[0-9a-f]{32}-${process.version}-${process.arch}\\.cache$`))
+        expect(NodeFs.statSync(NodePath.join(cache, name)).mode & 0o777).toBe(0o600)
+      }
+      expect(yield* version({ WEATHERPROOF_COMPILE_CACHE: cache })).toBe("0.1.0")
+      expect(cacheFiles(cache)).toEqual(written)
+    }))
+
+  it.live("a cache V8 rejects (here, garbage) is written again; the run is unaffected", () =>
+    Effect.gen(function*() {
+      const cache = scratch()
+      yield* version({ WEATHERPROOF_COMPILE_CACHE: cache })
+      const written = cacheFiles(cache)
+      for (const name of written.keys()) NodeFs.writeFileSync(NodePath.join(cache, name), "not a code cache")
+      expect(yield* version({ WEATHERPROOF_COMPILE_CACHE: cache })).toBe("0.1.0")
+      for (const [name, inode] of cacheFiles(cache)) {
+        expect(inode).not.toBe(written.get(name))
+        expect(NodeFs.readFileSync(NodePath.join(cache, name)).toString("latin1")).not.toBe("not a code cache")
+      }
+    }))
+
+  it.live("no cache when turned off, in a directory others can write to, or with source maps on", () =>
+    Effect.gen(function*() {
+      const off = scratch()
+      expect(yield* version({ WEATHERPROOF_COMPILE_CACHE: "0", TMPDIR: off })).toBe("0.1.0")
+      expect(yield* version({ NODE_DISABLE_COMPILE_CACHE: "1", TMPDIR: off })).toBe("0.1.0")
+      expect(NodeFs.readdirSync(off)).toEqual([])
+      const shared = scratch()
+      NodeFs.chmodSync(shared, 0o777)
+      expect(yield* version({ WEATHERPROOF_COMPILE_CACHE: shared })).toBe("0.1.0")
+      expect(NodeFs.readdirSync(shared)).toEqual([])
+      // Node's own require runs the files then: it maps stack traces, which it does not for a vm.Script.
+      const mapped = scratch()
+      expect(yield* version({ WEATHERPROOF_COMPILE_CACHE: mapped }, ["--enable-source-maps"])).toBe("0.1.0")
+      expect(NodeFs.readdirSync(mapped)).toEqual([])
+    }))
+
+  it.live("by default the cache is a directory of the user's own under the temporary directory", () =>
+    Effect.gen(function*() {
+      const temporary = scratch()
+      yield* version({ TMPDIR: temporary })
+      const [directory, ...others] = NodeFs.readdirSync(temporary)
+      expect(others).toEqual([])
+      expect(directory).toBe(`weatherproof-compile-cache-${process.getuid?.() ?? "user"}`)
+      expect(cacheFiles(NodePath.join(temporary, directory!)).size).toBeGreaterThanOrEqual(2)
+    }))
 })

@@ -169,7 +169,9 @@ describe("the packed package, installed with only its peer dependencies", () => 
       .map((target) => target.replace(/^\.\//, ""))
     const docs = await docFiles()
     const cli = `${bin.weatherproof}`
-    const required = ["package.json", "README.md", "LICENSE", cli, `${cli}.map`, ...targets, ...docs]
+    // The launcher and the command line it runs (scripts/bundleCli.ts), with their source maps.
+    const main = path.posix.join(path.posix.dirname(cli), "main.cjs")
+    const required = ["package.json", "README.md", "LICENSE", cli, `${cli}.map`, main, `${main}.map`, ...targets, ...docs]
     const forbidden = /^(src|test|bench|bin|app|scripts|dist\/(bench|test|bin|app|scripts))\//
     expect({
       missing: required.filter((file) => !packed.files.includes(file)),
