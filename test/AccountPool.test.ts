@@ -648,6 +648,43 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(stackLayer(setup).layer))
   })
 
+  it.effect("an adaptive lane's slow start counts a call replacing one that ended as held: it reaches the cap though one is always on its way", () => {
+    const cap = 100
+    const setup: Setup = { accounts: [account("a", ["sk-a"])], handlers: {}, options: { preflight: false } }
+    return Effect.gen(function*() {
+      // A call takes its slot as it arrives; its 200 (or 429) reaches the client 300 ms later.
+      // Answers take 2.5-3.5 s, so from the first on one ends every few tens of ms, and the call
+      // taking its place is on its way until its 200 arrives: some call always is. Counting only the
+      // calls accepted and not ended (the pool's `refills` always false), slow start never saw the
+      // lane full: it stalled at 44, no 429, 38.9 s. Now: the cap, 8 429s, 22.8 s.
+      const clock = yield* Effect.clock
+      const ends: Array<number> = []
+      let highest = 0
+      let drops = 0
+      let served = 0
+      setup.handlers.a = (req) => {
+        if (!isChat(req)) return MockUpstream.status(404)
+        const now = clock.unsafeCurrentTimeMillis()
+        const inFlight = ends.filter((end) => end > now).length
+        if (inFlight >= cap) {
+          drops++
+          return { ...MockUpstream.status(429, { body: errorBody("over the account's concurrency") }), latency: "300 millis" }
+        }
+        const answer = 2500 + ((served++ * 389) % 1000)
+        ends.push(now + answer)
+        highest = Math.max(highest, inFlight + 1)
+        return { ...MockUpstream.completion(generation(req), { delay: `${answer} millis` }), latency: "300 millis" }
+      }
+      const calls = yield* Effect.fork(concurrently(400, resilientCreate))
+      let elapsed = 0
+      for (; elapsed < 120_000 && calls.unsafePoll() === null; elapsed += 100) yield* TestClock.adjust("100 millis")
+      expect(yield* Fiber.join(calls)).toHaveLength(400)
+      expect(highest).toBe(cap)
+      expect(drops).toBeLessThanOrEqual(cap / 8)
+      expect(elapsed).toBeLessThanOrEqual(2 * 12_000) // 12 s at the cap
+    }).pipe(Effect.provide(stackLayer(setup).layer))
+  })
+
   it.effect("fails at once when every key was rejected: a wrong key is not waited for", () => {
     const setup: Setup = { accounts: [account("a", ["sk-wrong"])], handlers: { a: status(401) } }
     return Effect.gen(function*() {
