@@ -433,12 +433,29 @@ describe("weatherproof keeps its compilation between runs", () => {
       expect(NodeFs.readdirSync(off)).toEqual([])
       const shared = scratch()
       NodeFs.chmodSync(shared, 0o777)
-      expect(yield* version({ WEATHERPROOF_COMPILE_CACHE: shared })).toBe("0.1.0")
+      const ended = yield* start(["--version"], { WEATHERPROOF_COMPILE_CACHE: shared }).ended(20_000)
+      expect(ended.stdout.trim()).toBe("0.1.0")
+      expect(ended.stderr).toContain(`WEATHERPROOF_COMPILE_CACHE=${shared} is not used`)
       expect(NodeFs.readdirSync(shared)).toEqual([])
       // Node's own require runs the files then: it maps stack traces, which it does not for a vm.Script.
       const mapped = scratch()
       expect(yield* version({ WEATHERPROOF_COMPILE_CACHE: mapped }, ["--enable-source-maps"])).toBe("0.1.0")
       expect(NodeFs.readdirSync(mapped)).toEqual([])
+    }))
+
+  it.live("the directory keeps the newest 100 cache files: a run that writes removes the oldest", () =>
+    Effect.gen(function*() {
+      const cache = scratch()
+      const old = Array.from({ length: 120 }, (_, i) => `old-${String(i).padStart(3, "0")}.cache`)
+      old.forEach((name, i) => {
+        NodeFs.writeFileSync(NodePath.join(cache, name), "")
+        NodeFs.utimesSync(NodePath.join(cache, name), 1_000_000 + i, 1_000_000 + i)
+      })
+      expect(yield* version({ WEATHERPROOF_COMPILE_CACHE: cache })).toBe("0.1.0")
+      const kept = [...cacheFiles(cache).keys()]
+      const written = kept.filter((name) => !name.startsWith("old-"))
+      expect(written.length).toBeGreaterThanOrEqual(2)
+      expect(kept.sort()).toEqual([...old.slice(old.length - (100 - written.length)), ...written].sort())
     }))
 
   it.live("by default the cache is a directory of the user's own under the temporary directory", () =>

@@ -15,7 +15,8 @@
  * - The directory: `WEATHERPROOF_COMPILE_CACHE`, or `<tmpdir>/weatherproof-compile-cache-<uid>`;
  *   `WEATHERPROOF_COMPILE_CACHE=0` or Node's `NODE_DISABLE_COMPILE_CACHE=1` turns it off. Code
  *   from a directory another user can write to would run as ours: a directory not owned by this
- *   user, or writable by its group or others, is not used.
+ *   user, or writable by its group or others, is not used (with a warning when it was named).
+ * - Each build writes new files, so the directory keeps the `maxCacheFiles` newest.
  * - The cache is an optimisation: any failure to read or write it leaves the run as it is.
  * - With source maps on (`--enable-source-maps`), Node's own `require` runs the files: it maps
  *   stack traces to the sources, which it does not do for code compiled through `vm.Script`.
@@ -31,16 +32,26 @@ import * as Vm from "node:vm"
 export const cacheDirectory = (env: NodeJS.ProcessEnv = process.env): string | undefined => {
   const chosen = env["WEATHERPROOF_COMPILE_CACHE"]
   if (chosen === "0" || env["NODE_DISABLE_COMPILE_CACHE"] === "1") return undefined
-  const directory = chosen !== undefined && chosen !== ""
+  const named = chosen !== undefined && chosen !== ""
+  const directory = named
     ? NodePath.resolve(chosen)
     : NodePath.join(tmpdir(), `weatherproof-compile-cache-${process.getuid?.() ?? "user"}`)
   try {
     NodeFs.mkdirSync(directory, { recursive: true, mode: 0o700 })
-    return isPrivate(NodeFs.lstatSync(directory)) ? directory : undefined
+    if (isPrivate(NodeFs.lstatSync(directory))) return directory
   } catch {
-    return undefined
+    // Not created, or gone: the same as not private.
   }
+  if (named) {
+    process.stderr.write(
+      `weatherproof: WEATHERPROOF_COMPILE_CACHE=${directory} is not used: not a directory of this user that only it can write to\n`
+    )
+  }
+  return undefined
 }
+
+/** How many cache files the directory keeps: a build's files are some ten. */
+export const maxCacheFiles = 100
 
 /** A real directory of this user that no one else can write to. */
 const isPrivate = (stats: NodeFs.Stats): boolean =>
@@ -67,7 +78,7 @@ export const load = (entry: string, directory: string | undefined = cacheDirecto
   const modules = new Map<string, Module>()
   const pending: Array<Pending> = []
 
-  const load = (file: string): unknown => {
+  const loadFile = (file: string): unknown => {
     const loaded = modules.get(file)
     if (loaded !== undefined) return loaded.exports
     const module: Module = { exports: {} }
@@ -81,14 +92,18 @@ export const load = (entry: string, directory: string | undefined = cacheDirecto
     }
     const nodeRequire = createRequire(file)
     const require = (specifier: string): unknown =>
-      specifier.startsWith(".") ? load(NodePath.resolve(NodePath.dirname(file), specifier)) : nodeRequire(specifier)
+      specifier.startsWith(".") ? loadFile(NodePath.resolve(NodePath.dirname(file), specifier)) : nodeRequire(specifier)
     const body = script.runInThisContext() as (...args: ReadonlyArray<unknown>) => void
     body.call(module.exports, module.exports, require, module, file, NodePath.dirname(file))
     return module.exports
   }
 
-  process.once("exit", () => pending.forEach(writeCache))
-  return load(entry)
+  process.once("exit", () => {
+    if (directory === undefined || pending.length === 0) return
+    pending.forEach(writeCache)
+    prune(directory)
+  })
+  return loadFile(entry)
 }
 
 /** The function a file's source is the body of, as Node wraps a CommonJS module: on the source's first line, so lines keep their numbers. */
@@ -112,5 +127,19 @@ const writeCache = ({ cacheFile, script }: Pending): void => {
     NodeFs.renameSync(temporary, cacheFile)
   } catch {
     NodeFs.rm(temporary, { force: true }, () => {})
+  }
+}
+
+/** Removes the oldest cache files beyond `maxCacheFiles`. */
+const prune = (directory: string): void => {
+  try {
+    const files = NodeFs.readdirSync(directory)
+      .filter((name) => name.endsWith(".cache"))
+      .map((name) => NodePath.join(directory, name))
+    if (files.length <= maxCacheFiles) return
+    const byAge = files.map((file) => ({ file, mtime: NodeFs.statSync(file).mtimeMs })).sort((a, b) => a.mtime - b.mtime)
+    for (const { file } of byAge.slice(0, files.length - maxCacheFiles)) NodeFs.rmSync(file, { force: true })
+  } catch {
+    // Another process pruned meanwhile, or the directory went: the next write prunes again.
   }
 }
