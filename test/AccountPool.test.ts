@@ -1,4 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
+import type * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
@@ -614,75 +615,65 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 
-  it.effect("an adaptive lane finds the account's cap a round trip away, and holds it without reading its own overshoot as a fall", () => {
-    const cap = 50
-    const setup: Setup = { accounts: [account("a", ["sk-a"])], handlers: {}, options: { preflight: false } }
-    return Effect.gen(function*() {
-      // A request takes its slot as it arrives; its 200 (or 429) reaches the client 200 ms later,
-      // and its end 200 ms after it freed the slot, 2.9 s on.
-      const clock = yield* Effect.clock
-      const ends: Array<number> = []
-      let highest = 0
-      let drops = 0
-      setup.handlers.a = (req) => {
-        if (!isChat(req)) return MockUpstream.status(404)
-        const now = clock.unsafeCurrentTimeMillis()
-        const inFlight = ends.filter((end) => end > now).length
-        if (inFlight >= cap) {
-          drops++
-          return { ...MockUpstream.status(429, { body: errorBody("over the account's concurrency") }), latency: "200 millis" }
-        }
-        ends.push(now + 2900)
-        highest = Math.max(highest, inFlight + 1)
-        return { ...MockUpstream.completion(generation(req), { delay: "2900 millis" }), latency: "200 millis" }
+  /**
+   * An account whose concurrency cap is `cap`: a call takes its slot as it arrives, its 200 (or
+   * 429) reaches the client `latency` later, and it frees the slot `answerMillis()` after it
+   * arrived. The highest number of calls it held at once and the 429s it answered.
+   */
+  const cappedAccount = (clock: Clock.Clock, cap: number, latency: Duration.DurationInput, answerMillis: () => number) => {
+    const ends: Array<number> = []
+    const seen = { highest: 0, drops: 0 }
+    const handler: Handler = (req) => {
+      if (!isChat(req)) return MockUpstream.status(404)
+      const now = clock.unsafeCurrentTimeMillis()
+      const inFlight = ends.filter((end) => end > now).length
+      if (inFlight >= cap) {
+        seen.drops++
+        return { ...MockUpstream.status(429, { body: errorBody("over the account's concurrency") }), latency }
       }
-      const calls = yield* Effect.fork(concurrently(200, resilientCreate))
-      let elapsed = 0
-      for (; elapsed < 60_000 && calls.unsafePoll() === null; elapsed += 100) yield* TestClock.adjust("100 millis")
-      expect(yield* Fiber.join(calls)).toHaveLength(200)
-      expect(highest).toBe(cap)
-      // The first overshoot set the ceiling one above the cap (in-flight counted an end on its
-      // way); holding there drew a 429 that read as a fall, and a second climb: 11 429s, 20.9 s.
-      expect(drops).toBeLessThanOrEqual(cap / 8)
-      expect(elapsed).toBeLessThanOrEqual(2 * 12_000) // 12 s at the cap
-    }).pipe(Effect.provide(stackLayer(setup).layer))
-  })
+      const answer = answerMillis()
+      ends.push(now + answer)
+      seen.highest = Math.max(seen.highest, inFlight + 1)
+      return { ...MockUpstream.completion(generation(req), { delay: `${answer} millis` }), latency }
+    }
+    return { handler, seen }
+  }
 
-  it.effect("an adaptive lane's slow start counts a call replacing one that ended as held: it reaches the cap though one is always on its way", () => {
-    const cap = 100
+  /**
+   * `count` calls at once through `Resilient` to one adaptive lane on a `cappedAccount`, the clock
+   * moved 100 ms at a time until they end: the lane reaches the cap, draws at most an eighth of it
+   * in 429s, and takes at most twice the 12 s its calls take at the cap.
+   */
+  const findsTheCap = (cap: number, count: number, latency: Duration.DurationInput, answerMillis: () => number) => {
     const setup: Setup = { accounts: [account("a", ["sk-a"])], handlers: {}, options: { preflight: false } }
     return Effect.gen(function*() {
-      // A call takes its slot as it arrives; its 200 (or 429) reaches the client 300 ms later.
-      // Answers take 2.5-3.5 s, so from the first on one ends every few tens of ms, and the call
-      // taking its place is on its way until its 200 arrives: some call always is. Counting only the
-      // calls accepted and not ended (the pool's `refills` always false), slow start never saw the
-      // lane full: it stalled at 44, no 429, 38.9 s. Now: the cap, 8 429s, 22.8 s.
-      const clock = yield* Effect.clock
-      const ends: Array<number> = []
-      let highest = 0
-      let drops = 0
-      let served = 0
-      setup.handlers.a = (req) => {
-        if (!isChat(req)) return MockUpstream.status(404)
-        const now = clock.unsafeCurrentTimeMillis()
-        const inFlight = ends.filter((end) => end > now).length
-        if (inFlight >= cap) {
-          drops++
-          return { ...MockUpstream.status(429, { body: errorBody("over the account's concurrency") }), latency: "300 millis" }
-        }
-        const answer = 2500 + ((served++ * 389) % 1000)
-        ends.push(now + answer)
-        highest = Math.max(highest, inFlight + 1)
-        return { ...MockUpstream.completion(generation(req), { delay: `${answer} millis` }), latency: "300 millis" }
-      }
-      const calls = yield* Effect.fork(concurrently(400, resilientCreate))
+      const { handler, seen } = cappedAccount(yield* Effect.clock, cap, latency, answerMillis)
+      setup.handlers.a = handler
+      const calls = yield* Effect.fork(concurrently(count, resilientCreate))
       let elapsed = 0
       for (; elapsed < 120_000 && calls.unsafePoll() === null; elapsed += 100) yield* TestClock.adjust("100 millis")
-      expect(yield* Fiber.join(calls)).toHaveLength(400)
-      expect(highest).toBe(cap)
-      expect(drops).toBeLessThanOrEqual(cap / 8)
-      expect(elapsed).toBeLessThanOrEqual(2 * 12_000) // 12 s at the cap
+      expect(yield* Fiber.join(calls)).toHaveLength(count)
+      expect(seen.highest).toBe(cap)
+      expect(seen.drops).toBeLessThanOrEqual(cap / 8)
+      expect(elapsed).toBeLessThanOrEqual(2 * 12_000)
     }).pipe(Effect.provide(stackLayer(setup).layer))
+  }
+
+  // Its 200 (or 429) reaches the client 200 ms after the call took its slot, and its end 200 ms
+  // after it freed the slot, 2.9 s on. The first overshoot set the ceiling one above the cap
+  // (in-flight counted an end on its way); holding there drew a 429 that read as a fall, and a
+  // second climb: 11 429s, 20.9 s.
+  it.effect("an adaptive lane finds the account's cap a round trip away, and holds it without reading its own overshoot as a fall", () =>
+    findsTheCap(50, 200, "200 millis", () => 2900))
+
+  // Its 200 (or 429) reaches the client 300 ms after the call took its slot. Answers take 2.5-3.5
+  // s, so from the first on one ends every few tens of ms, and the call taking its place is on its
+  // way until its 200 arrives: some call always is. Counting only the calls accepted and not ended
+  // (the pool's `refills` always false), slow start never saw the lane full: it stalled at 44, no
+  // 429, 38.9 s. Now: the cap, 8 429s, 22.8 s.
+  it.effect("an adaptive lane's slow start counts a call replacing one that ended as held: it reaches the cap though one is always on its way", () => {
+    let served = 0
+    return findsTheCap(100, 400, "300 millis", () => 2500 + ((served++ * 389) % 1000))
   })
 
   it.effect("fails at once when every key was rejected: a wrong key is not waited for", () => {
