@@ -917,33 +917,37 @@ describe("ConcurrencyLimiter", () => {
 
   describe("an upstream a round trip away", () => {
     /**
-     * `total` requests of 3 s each against a cap of `cap`, 100 ms each way: a request takes its
-     * slot 100 ms after its grant, its 200 reaches the client 100 ms later, and its end 100 ms
-     * after the slot is freed. The answers all take the same time, so from the first response on
-     * one ends about every `3 s / limit`, and its replacement is on its way for 200 ms: some
-     * request is always on its way. The upstream's highest in-flight, the 429s, and the time.
+     * `total` requests of 3 s each against a cap of `cap`, `oneWay` (100 ms) each way: a request
+     * takes its slot 100 ms after its grant, its 200 reaches the client 100 ms later, and its end
+     * 100 ms after the slot is freed. The answers all take the same time, so from the first
+     * response on one ends about every `3 s / limit`, and its replacement is on its way for 200 ms:
+     * some request is always on its way. The upstream's highest in-flight, the 429s, the time, and
+     * when the upstream first held 90 % of the cap.
      */
-    const roundTripAway = (cap: number, total: number) =>
+    const roundTripAway = (cap: number, total: number, oneWay = 100) =>
       Effect.gen(function*() {
         const limiter = yield* ConcurrencyLimiter.makeAdaptive()
+        const trip = Duration.millis(oneWay)
         let inFlight = 0
         let highest = 0
         let drops = 0
+        let nearCapAt = Infinity
         const overCap = new RateLimited({ message: "over the account's concurrency", retryAfter: Option.none() })
         const upstream = (permit: ConcurrencyLimiter.Permit) =>
           Effect.zipRight(
-            Effect.sleep("100 millis"),
-            Effect.suspend(() => {
+            Effect.sleep(trip),
+            Effect.flatMap(Clock.currentTimeMillis, (now) => {
               if (inFlight >= cap) {
                 drops++
-                return Effect.zipRight(Effect.sleep("100 millis"), Effect.fail(overCap))
+                return Effect.zipRight(Effect.sleep(trip), Effect.fail(overCap))
               }
               highest = Math.max(highest, ++inFlight)
-              return Effect.sleep("100 millis").pipe(
+              if (inFlight >= 0.9 * cap) nearCapAt = Math.min(nearCapAt, now)
+              return Effect.sleep(trip).pipe(
                 Effect.zipRight(permit.accepted),
-                Effect.zipRight(Effect.sleep("2900 millis")),
+                Effect.zipRight(Effect.sleep(Duration.millis(3000 - oneWay))),
                 Effect.zipRight(Effect.sync(() => inFlight--)),
-                Effect.zipRight(Effect.sleep("100 millis"))
+                Effect.zipRight(Effect.sleep(trip))
               )
             })
           )
@@ -955,8 +959,8 @@ describe("ConcurrencyLimiter", () => {
             Effect.zipRight(Clock.currentTimeMillis)
           )
         )
-        yield* TestClock.adjust("10 minutes")
-        return { highest, drops, millis: yield* Fiber.join(run) }
+        for (let elapsed = 0; elapsed < 600_000 && run.unsafePoll() === null; elapsed += 250) yield* TestClock.adjust("250 millis")
+        return { highest, drops, nearCapAt, millis: yield* Fiber.join(run) }
       })
 
     it.effect("slow start reaches the cap though requests replacing ended ones are always on their way", () =>
@@ -967,6 +971,18 @@ describe("ConcurrencyLimiter", () => {
         expect(highest).toBe(100)
         expect(drops).toBeLessThanOrEqual(100 / 8)
         expect(millis).toBeLessThanOrEqual(24_000)
+      }), 60_000)
+
+    it.effect("from far away, slow start climbs a step per round trip to a large cap, with at most an eighth of it in 429s", () =>
+      Effect.gen(function*() {
+        // 250 ms a round trip: one request a round trip under 32, then an eighth, so 8 → 250 takes
+        // about 41 round trips, 10 s; 1,000 requests take 12 s at the cap. It held 225 at 10.6 s,
+        // drew 25 429s and took 23 s.
+        const { drops, highest, millis, nearCapAt } = yield* roundTripAway(250, 1000, 125)
+        expect(highest).toBe(250)
+        expect(nearCapAt).toBeLessThanOrEqual(45 * 250)
+        expect(drops).toBeLessThanOrEqual(250 / 8)
+        expect(millis).toBeLessThanOrEqual(26_000)
       }), 60_000)
   })
 
