@@ -62,15 +62,6 @@ const undiciParts: esbuild.Plugin = {
   }
 }
 
-/** A plugin serving an entry point from `contents` (resolved from the repository's root). */
-const virtualEntry = (name: string, contents: string): esbuild.Plugin => ({
-  name: `entry-${name}`,
-  setup(build) {
-    build.onResolve({ filter: new RegExp(`^${name}$`) }, () => ({ path: name, namespace: "entry" }))
-    build.onLoad({ filter: /.*/, namespace: "entry" }, () => ({ resolveDir: repoRoot, loader: "ts", contents }))
-  }
-})
-
 /** Options both builds share. */
 const common = {
   absWorkingDir: repoRoot,
@@ -111,21 +102,22 @@ export const buildOptions = (outdir: string): esbuild.BuildOptions & { readonly 
 /** The launcher, `weatherproof.js` (package.json's `bin`): it runs `main.cjs` through the compile cache. */
 const launcherOptions = (outdir: string): esbuild.BuildOptions => ({
   ...common,
-  entryPoints: { weatherproof: "weatherproof-launcher" },
-  outdir,
+  stdin: {
+    contents: [
+      `import { load } from "./app/cli/compileCache.ts"`,
+      `import { fileURLToPath } from "node:url"`,
+      `const main = load(fileURLToPath(new URL("./main.cjs", import.meta.url)))`,
+      `;(main as typeof import("./bin/weatherproof.ts")).run()`
+    ].join("\n"),
+    resolveDir: repoRoot,
+    sourcefile: "weatherproof-launcher.ts",
+    loader: "ts"
+  },
+  outfile: NodePath.join(outdir, "weatherproof.js"),
   format: "esm",
   banner: { js: "#!/usr/bin/env node" },
   sourcemap: "linked",
-  sourcesContent: false,
-  plugins: [
-    virtualEntry(
-      "weatherproof-launcher",
-      `import { load } from "./app/cli/compileCache.ts"\n` +
-        `import { fileURLToPath } from "node:url"\n` +
-        `const main = load(fileURLToPath(new URL("./main.cjs", import.meta.url)))\n` +
-        `;(main as typeof import("./bin/weatherproof.ts")).run()`
-    )
-  ]
+  sourcesContent: false
 })
 
 /** Defines what the sources read as `import.meta.url` in a CommonJS file. */

@@ -29,7 +29,7 @@ import * as NodePath from "node:path"
 import * as Vm from "node:vm"
 
 /** The directory of the cache, or undefined for none (turned off, or not safe to use). */
-export const cacheDirectory = (env: NodeJS.ProcessEnv = process.env): string | undefined => {
+const cacheDirectory = (env: NodeJS.ProcessEnv = process.env): string | undefined => {
   const chosen = env["WEATHERPROOF_COMPILE_CACHE"]
   if (chosen === "0" || env["NODE_DISABLE_COMPILE_CACHE"] === "1") return undefined
   const named = chosen !== undefined && chosen !== ""
@@ -51,7 +51,7 @@ export const cacheDirectory = (env: NodeJS.ProcessEnv = process.env): string | u
 }
 
 /** How many cache files the directory keeps: a build's files are some ten. */
-export const maxCacheFiles = 100
+const maxCacheFiles = 100
 
 /** A real directory of this user that no one else can write to. */
 const isPrivate = (stats: NodeFs.Stats): boolean =>
@@ -70,11 +70,13 @@ interface Pending {
 
 /**
  * Runs `entry`, a CommonJS file, and the files it requires by relative paths, each compiled with
- * its code cache from `directory` (none when undefined); other requires (Node's builtins) go to
- * Node. Returns the entry's exports.
+ * its code cache; other requires (Node's builtins) go to Node. Returns the entry's exports.
  */
-export const load = (entry: string, directory: string | undefined = cacheDirectory()): unknown => {
-  if (process.sourceMapsEnabled) return createRequire(entry)(entry)
+export const load = (entry: string): unknown =>
+  process.sourceMapsEnabled ? createRequire(entry)(entry) : loadCached(entry, cacheDirectory())
+
+/** `load` with the cache in `directory` (none when undefined). */
+const loadCached = (entry: string, directory: string | undefined): unknown => {
   const modules = new Map<string, Module>()
   const pending: Array<Pending> = []
 
