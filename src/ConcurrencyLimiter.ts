@@ -57,10 +57,11 @@
  *    headers only with the body), the level held counts requests on their way too, so a drop
  *    while holding there (or recovering) is an ordinary overshoot, and only a second one before
  *    a success is a fall. So is a drop in a hold's first round, before its level was held for a
- *    whole round: the in-flight a ceiling is taken from counts requests still on their way, and
- *    with the upstream a round trip away (or this process slow to read its answers) it set the
- *    ceiling above the cap, where a 429 read as a fall cost a second slow start's overshoot. A
- *    cap that really fell then costs one 429 more.
+ *    whole round, and a drop while recovering at a level above any the upstream was seen to
+ *    hold since the decrease (the ceiling becomes that level): the in-flight a ceiling is taken
+ *    from counts requests still on their way, and with the upstream a round trip away (or this
+ *    process slow to read its answers) it set the ceiling above the cap, where a 429 read as a
+ *    fall cost a second slow start's overshoot. A cap that really fell then costs one 429 more.
  * 4. **Recover**: back to the ceiling within a round, in equal steps (the gap at the round's
  *    start, at least one request). Where acceptances come ahead of responses they clock it, so
  *    the gap closes as the permits granted since the decrease are accepted: clocked by

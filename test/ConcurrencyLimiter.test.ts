@@ -474,6 +474,30 @@ describe("ConcurrencyLimiter", () => {
         yield* release(next)
       }))
 
+    it.effect("a 429 while recovering above every level accepted since the last one is an overshoot: the ceiling was set above the cap", () =>
+      Effect.gen(function*() {
+        const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 20 })
+        const first = yield* hold(limiter, 20)
+        yield* TestClock.adjust("10 millis")
+        yield* Effect.forEach(first.slice(0, 16), (h) => h.permit.accepted) // the cap: 16
+        // Read while the other three are still on their way to their 429s: in-flight 20 sets the
+        // ceiling at 19, three above the cap.
+        yield* first[16]!.permit.complete(dropped)
+        expect(yield* limitOf(limiter)).toBe(18)
+        yield* TestClock.adjust("4 seconds")
+        yield* Effect.forEach(first.slice(0, 16), (h) => h.permit.complete(success))
+        yield* release(first.slice(0, 17))
+        const next = yield* hold(limiter, 15) // 18 in flight with the three
+        yield* TestClock.adjust("10 millis")
+        yield* Effect.forEach(next.slice(0, 14), (h) => h.permit.accepted)
+        // 18 in flight, above the 16 the upstream held: the ceiling was too high, and 16 is the
+        // new one, where a fall would leave a quarter of 18 (4) and a second climb.
+        yield* next[14]!.permit.complete(dropped)
+        expect(yield* limitOf(limiter)).toBe(16)
+        yield* release([...first.slice(17), ...next])
+        expect(yield* rounds(limiter, 2)).toEqual([16, 16]) // holding there
+      }))
+
     it.effect("a permit that ended lets the next one in only when it is released", () =>
       Effect.gen(function*() {
         const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 2 })

@@ -220,13 +220,10 @@ describe("weatherproof CLI", () => {
       expect(stats.completed).toBe(lines)
       // The adaptive limit climbs past the old fixed 256 to the cap and the read-ahead follows it.
       expect(stats.accounts.default!.maxInFlight).toBeGreaterThanOrEqual(cap * 0.9)
-      // Finding a cap this size costs at most an eighth of it in 429s, once (38 here when this
-      // process has a core to itself). The simulator shares it: in a full test run, starved,
-      // it read the overshoot's 429s late (14 of 38 after 1.6 s), so the ceiling they lower stayed
-      // above the cap (423 for 400), recovery drew a 429 there, read as a fall, and a second climb
-      // overshot by 48: 60-64 in all. That misreading is the limiter's to fix (a drop above any
-      // level the upstream accepted is no fall); until then the bound here is two climbs' worth.
-      expect(stats.rateLimited).toBeLessThanOrEqual(cap / 4)
+      // Finding a cap this size costs at most an eighth of it in 429s, once. Starved in a full
+      // test run, the CLI reads the overshoot's 429s late, so its ceiling can sit above the cap
+      // (423 for 400): a 429 recovering there is no fall, or a second climb doubled the count.
+      expect(stats.rateLimited).toBeLessThanOrEqual(cap / 8)
       const written = (yield* fs.readFileString(`${dir}/out.jsonl`)).trim().split("\n")
       expect(new Set(written.map((l) => JSON.parse(l).custom_id)).size).toBe(lines)
     }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)), { timeout: 60_000 })

@@ -297,6 +297,7 @@ export interface AimdState {
   readonly aheadShare: number
   readonly confirmed: number
   readonly acceptedOutstanding: number
+  readonly acceptedPeak: number
   readonly roundSize: number
   readonly roundSuccesses: number
   readonly roundOverloads: number
@@ -359,6 +360,14 @@ export class Aimd implements Policy {
   private confirmed = 0
   /** Requests accepted upstream and not ended: the concurrency the upstream is known to hold. */
   private acceptedOutstanding = 0
+  /**
+   * The most requests the upstream is known to have held at once since the last decrease (the
+   * level at each acceptance, from the level held at the decrease). A 429 while recovering above
+   * it is no fall: the ceiling recovery climbs to is taken from in-flight, which counts requests
+   * on their way, and where this process reads the overshoot's 429s late (starved of CPU) none
+   * has lowered it yet, so it can sit above the cap.
+   */
+  private acceptedPeak = 0
   /** Slots accepted requests left on ending to a call that waits: the next permits made take them. */
   private vacated = 0
   /**
@@ -434,6 +443,7 @@ export class Aimd implements Policy {
       aheadShare: this.aheadShare,
       confirmed: this.confirmed,
       acceptedOutstanding: this.acceptedOutstanding,
+      acceptedPeak: this.acceptedPeak,
       roundSize: this.roundSize,
       roundSuccesses: this.roundSuccesses,
       roundOverloads: this.roundOverloads,
@@ -481,6 +491,7 @@ export class Aimd implements Policy {
     this.acceptedOutstanding++
     if (refill) this.refilling = Math.max(0, this.refilling - 1)
     const level = this.acceptedOutstanding + this.refilling
+    this.acceptedPeak = Math.max(this.acceptedPeak, level)
     if (stamp !== this.epoch) return false
     this.succeededSinceDecrease = true
     if (this.phase === "recover" && this.acceptedAhead && this.congestedWindows === 0) {
@@ -682,16 +693,20 @@ export class Aimd implements Policy {
 
   private decrease(inFlight: number): void {
     const level = Math.min(this.value, inFlight)
-    const unproved = this.phase === "slowStart" || this.acceptedWithResponses || (this.phase === "hold" && !this.holdProved)
+    const aboveAccepted = this.phase === "recover" && this.acceptanceClocked && level > this.acceptedPeak
+    const unproved = this.phase === "slowStart" || this.acceptedWithResponses ||
+      (this.phase === "hold" && !this.holdProved) || aboveAccepted
     if (this.succeededSinceDecrease && unproved) {
       // An ordinary overshoot: everything but the dropped request was accepted. So is a drop at
       // or under the ceiling where acceptances come with responses: the level held counts
       // requests on their way to and from the upstream, which its cap does not, so it is no
       // proof of what the upstream held; a second drop before a success still reads as a fall.
-      // So is one in a hold's first round, at a level not yet held for a round.
+      // So is one in a hold's first round, at a level not yet held for a round, and one while
+      // recovering above every level accepted since the last decrease: the ceiling it climbed to
+      // was too high, and the most the upstream was seen to hold is the new one.
       // Not in-flight alone: after a brake lowered the limit, requests granted above it are
       // still in flight, and a drop among them must not raise the ceiling to where it braked.
-      const ceiling = Math.max(this.config.min, level - 1)
+      const ceiling = Math.max(this.config.min, aboveAccepted ? this.acceptedPeak : level - 1)
       if (Number.isFinite(this.ceiling) && ceiling <= this.ceiling) this.holdShare = Math.min(1, this.holdShare * this.config.holdGrowth)
       this.ceiling = ceiling
       this.setValue(Math.min(this.ceiling, level * this.config.backoff))
@@ -708,6 +723,7 @@ export class Aimd implements Policy {
     this.epoch++
     this.succeededSinceDecrease = false
     this.confirmed = 0
+    this.acceptedPeak = this.acceptedOutstanding + this.refilling
     // The upstream is full: slots left for waiting calls may not be there any more.
     this.vacated = 0
     // The cap was just measured: overload steps are bounded by it from here.
