@@ -29,16 +29,18 @@
  *    accepted and not ended, with the replacements of ended ones still on their way (those take
  *    slots the upstream already held): without them, a limit whose requests end one after another
  *    never has all of them accepted at once when the upstream is a round trip away, and slow
- *    start stalled (at 23 under a cap of 100, with 3 s answers and 100 ms each way). The step is
- *    one request while the limit is under 32, then an eighth of it until a cap was measured (1/32
- *    from 64 on when probing above a measured one), so the limit climbs a step per round trip
- *    with few requests at a time above what was accepted. Finding a small cap costs one 429 and
- *    a large one at most an eighth of it, once; 8 → 2,500 takes about 60 round trips (one per
- *    request of difference would be 2,492); a risen cap is climbed in milliseconds on a local
- *    network, not in response times. The limiter learns whether acceptances come ahead of their
- *    responses (nearer the send than the end, over about the last ten): where they come with the
- *    response, or are not reported, successes clock it instead, +1 each, as classic slow start:
- *    the limit doubles per round and in-flight climbs one request at a time. A probe above a
+ *    start stalled (at 23 under a cap of 100, with 3 s answers and 100 ms each way). Probing
+ *    above a measured ceiling, only a replacement's acceptance counts them: a probe's request may
+ *    take the slot a replacement was sent for, and counting them then stepped twice above the
+ *    cap. The step is one request while the limit is under 32, then an eighth of it until a cap
+ *    was measured (1/32 from 64 on when probing above a measured one), so the limit climbs a step
+ *    per round trip with few requests at a time above what was accepted. Finding a small cap costs
+ *    one 429 and a large one at most an eighth of it, once; 8 → 2,500 takes about 60 round trips
+ *    (one per request of difference would be 2,492); a risen cap is climbed in milliseconds on a
+ *    local network, not in response times. The limiter learns whether acceptances come ahead of
+ *    their responses (nearer the send than the end, over about the last ten): where they come with
+ *    the response, or are not reported, successes clock it instead, +1 each, as classic slow
+ *    start: the limit doubles per round and in-flight climbs one request at a time. A probe above a
  *    ceiling (step 5) grows only by acceptances whenever they are reported, so an unchanged cap
  *    costs it one 429 even when they come with the response.
  * 2. **Decrease, once per round**: on a drop, the *ceiling* becomes the level held − 1

@@ -379,6 +379,38 @@ describe("ConcurrencyLimiter", () => {
       expect(aimd.limit).toBe(6)
     })
 
+    it("a probe's request that takes the slot a replacement was sent for steps the probe once", () => {
+      const ahead = { timing: "ahead", grew: false } as const
+      const unreported = { timing: "unreported", grew: false } as const
+      /** Probing a request above a ceiling of 6: six held, the probe's permit on its way, then one of the six ends and its replacement goes. */
+      const probing = () => {
+        const config = adaptiveConfig({ initial: 6 })
+        const aimd = Aimd.fromState(config, {
+          ...new Aimd(config).toState(),
+          ceiling: 6,
+          value: 7,
+          acceptanceClocked: true,
+          acceptedOutstanding: 6
+        })
+        expect(aimd.refill()).toBe(false) // the probe: a new slot
+        aimd.record(0, success, 7, ahead, 1000, { refill: false, refilled: true })
+        expect(aimd.refill()).toBe(true)
+        return aimd
+      }
+      // The probe's request arrives first and takes the freed slot: six held, no proof of seven.
+      const unchanged = probing()
+      expect(unchanged.accepted(0)).toBe(false)
+      expect(unchanged.limit).toBe(7)
+      // The replacement draws the 429: the cap is where it was, found with one request above it.
+      unchanged.record(0, dropped, 7, unreported, 5, { refill: true, refilled: false })
+      expect(unchanged.limit).toBe(6)
+      // The cap rose: the replacement is accepted too, seven are held, and the probe steps.
+      const risen = probing()
+      risen.accepted(0)
+      expect(risen.accepted(0, true)).toBe(true)
+      expect(risen.limit).toBe(8)
+    })
+
     it("a 429 after a brake lowered the limit never sets the ceiling above the level held", () => {
       const aimd = new Aimd(adaptiveConfig({ initial: 8 }))
       const withResponse = { timing: "withResponse", grew: false } as const
@@ -941,32 +973,35 @@ describe("ConcurrencyLimiter", () => {
 
   describe("an upstream a round trip away", () => {
     /**
-     * `total` requests of 3 s each against a cap of `cap`, `oneWay` (100 ms) each way: a request
+     * `total` requests of 3 s each against a cap of `cap` (or the cap at each time from the start,
+     * in milliseconds), `oneWay` (100 ms) each way: a request
      * takes its slot 100 ms after its grant, its 200 reaches the client 100 ms later, and its end
      * 100 ms after the slot is freed. The answers all take the same time, so from the first
      * response on one ends about every `3 s / limit`, and its replacement is on its way for 200 ms:
      * some request is always on its way. The upstream's highest in-flight, the 429s, the time, and
-     * when the upstream first held 90 % of the cap.
+     * when the upstream first held 90 % of the cap (the last one).
      */
-    const roundTripAway = (cap: number, total: number, oneWay = 100) =>
+    const roundTripAway = (cap: number | ((millis: number) => number), total: number, oneWay = 100) =>
       Effect.gen(function*() {
+        const capAt = typeof cap === "number" ? () => cap : cap
         const limiter = yield* ConcurrencyLimiter.makeAdaptive()
         const trip = Duration.millis(oneWay)
         let inFlight = 0
         let highest = 0
         let drops = 0
-        let nearCapAt = Infinity
+        /** When the upstream first held 90 % of each cap it had. */
+        const nearCap = new Map<number, number>()
         const overCap = new RateLimited({ message: "over the account's concurrency", retryAfter: Option.none() })
         const upstream = (permit: ConcurrencyLimiter.Permit) =>
           Effect.zipRight(
             Effect.sleep(trip),
             Effect.flatMap(Clock.currentTimeMillis, (now) => {
-              if (inFlight >= cap) {
+              if (inFlight >= capAt(now)) {
                 drops++
                 return Effect.zipRight(Effect.sleep(trip), Effect.fail(overCap))
               }
               highest = Math.max(highest, ++inFlight)
-              if (inFlight >= 0.9 * cap) nearCapAt = Math.min(nearCapAt, now)
+              if (inFlight >= 0.9 * capAt(now) && !nearCap.has(capAt(now))) nearCap.set(capAt(now), now)
               return Effect.sleep(trip).pipe(
                 Effect.zipRight(permit.accepted),
                 Effect.zipRight(Effect.sleep(Duration.millis(3000 - oneWay))),
@@ -984,7 +1019,8 @@ describe("ConcurrencyLimiter", () => {
           )
         )
         for (let elapsed = 0; elapsed < 600_000 && run.unsafePoll() === null; elapsed += 250) yield* TestClock.adjust("250 millis")
-        return { highest, drops, nearCapAt, millis: yield* Fiber.join(run) }
+        const millis = yield* Fiber.join(run)
+        return { highest, drops, nearCapAt: nearCap.get(capAt(millis)) ?? Infinity, millis }
       })
 
     it.effect("slow start reaches the cap though requests replacing ended ones are always on their way", () =>
@@ -1007,6 +1043,18 @@ describe("ConcurrencyLimiter", () => {
         expect(nearCapAt).toBeLessThanOrEqual(45 * 250)
         expect(drops).toBeLessThanOrEqual(250 / 8)
         expect(millis).toBeLessThanOrEqual(26_000)
+      }), 60_000)
+
+    it.effect("from far away, probes above the ceiling find a cap that rose", () =>
+      Effect.gen(function*() {
+        // A cap of 50, 100 from 20 s on. Found at 6 s, held until about 28 s, then probed: a
+        // request above the ceiling, and a step each time a replacement's acceptance shows the
+        // level held at the top. It held 90 at 38.9 s (33.7 s when a probe's own acceptance
+        // counted the replacements on their way too: two steps at a time), with 8 429s.
+        const { drops, highest, nearCapAt } = yield* roundTripAway((now) => now < 20_000 ? 50 : 100, 950)
+        expect(highest).toBe(100)
+        expect(nearCapAt).toBeLessThanOrEqual(45_000)
+        expect(drops).toBeLessThanOrEqual(100 / 8)
       }), 60_000)
   })
 

@@ -478,7 +478,10 @@ export class Aimd implements Policy {
 
   /**
    * A request accepted upstream proves the level the upstream holds: the requests accepted and
-   * not ended, with it, and the replacements of ended ones on their way (`refilling`). Not its
+   * not ended, with it, and the replacements of ended ones on their way (`refilling`). Above a
+   * ceiling only a replacement's acceptance counts them: a request sent into a new slot there (a
+   * probe) may have taken the slot a replacement on its way was sent for, which then draws a 429,
+   * and counting it stepped the probe twice, two requests above an unchanged cap. Not its
    * grant's level, which counts requests still on their way (waiting for a connection, say): on
    * a fast upstream they would let the limit outrun what was accepted by far. In slow start, the
    * acceptance that brings that level to the top of the limit lets more requests go above it at
@@ -490,9 +493,10 @@ export class Aimd implements Policy {
     this.acceptanceClocked = true
     this.acceptedOutstanding++
     if (refill) this.refilling = Math.max(0, this.refilling - 1)
-    const level = this.acceptedOutstanding + this.refilling
-    this.acceptedPeak = Math.max(this.acceptedPeak, level)
+    const held = this.acceptedOutstanding + this.refilling
+    this.acceptedPeak = Math.max(this.acceptedPeak, held)
     if (stamp !== this.epoch) return false
+    const level = refill || !Number.isFinite(this.ceiling) ? held : this.acceptedOutstanding
     this.succeededSinceDecrease = true
     if (this.phase === "recover" && this.acceptedAhead && this.congestedWindows === 0) {
       this.grow()
