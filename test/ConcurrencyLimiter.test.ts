@@ -530,6 +530,21 @@ describe("ConcurrencyLimiter", () => {
         expect(yield* rounds(limiter, 2)).toEqual([16, 16]) // holding there
       }))
 
+    it("a 429 while recovering where next to nothing was seen held is a fall, not a ceiling of one", () => {
+      const config = adaptiveConfig({ initial: 20 })
+      // Recovering towards 20, from a state written before `acceptedPeak` (read as 0).
+      const aimd = Aimd.fromState(config, {
+        ...new Aimd(config).toState(),
+        phase: "recover",
+        ceiling: 20,
+        value: 18,
+        acceptanceClocked: true,
+        acceptedPeak: 0
+      })
+      aimd.record(0, dropped, 18, { timing: "unreported", grew: false }, 5)
+      expect(aimd.limit).toBe(4) // a quarter of 18, and slow start
+    })
+
     it.effect("a permit that ended lets the next one in only when it is released", () =>
       Effect.gen(function*() {
         const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 2 })

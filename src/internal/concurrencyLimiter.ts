@@ -697,7 +697,10 @@ export class Aimd implements Policy {
 
   private decrease(inFlight: number): void {
     const level = Math.min(this.value, inFlight)
-    const aboveAccepted = this.phase === "recover" && this.acceptanceClocked && level > this.acceptedPeak
+    // Not where next to nothing was seen held (a state written before `acceptedPeak` has 0): a
+    // fall keeps more, and slow start climbs back from it.
+    const aboveAccepted = this.phase === "recover" && this.acceptanceClocked && level > this.acceptedPeak &&
+      this.acceptedPeak >= level * this.config.fallBackoff
     const unproved = this.phase === "slowStart" || this.acceptedWithResponses ||
       (this.phase === "hold" && !this.holdProved) || aboveAccepted
     if (this.succeededSinceDecrease && unproved) {
