@@ -989,12 +989,12 @@ describe("ConcurrencyLimiter", () => {
   describe("an upstream a round trip away", () => {
     /**
      * `total` requests of 3 s each against a cap of `cap` (or the cap at each time from the start,
-     * in milliseconds), `oneWay` (100 ms) each way: a request
-     * takes its slot 100 ms after its grant, its 200 reaches the client 100 ms later, and its end
-     * 100 ms after the slot is freed. The answers all take the same time, so from the first
-     * response on one ends about every `3 s / limit`, and its replacement is on its way for 200 ms:
-     * some request is always on its way. The upstream's highest in-flight, the 429s, the time, and
-     * when the upstream first held 90 % of the cap (the last one).
+     * in milliseconds), `oneWay` (100 ms) each way: a request takes its slot `oneWay` after its
+     * grant, its 200 reaches the client `oneWay` later, and its end `oneWay` after the slot is
+     * freed. The answers all take the same time, so from the first response on one ends about
+     * every `3 s / limit`, and its replacement is on its way for two trips: some request is always
+     * on its way. The upstream's highest in-flight, the 429s, the time, and when the upstream first
+     * held 90 % of the cap (the last one).
      */
     const roundTripAway = (cap: number | ((millis: number) => number), total: number, oneWay = 100) =>
       Effect.gen(function*() {

@@ -697,8 +697,9 @@ export class Aimd implements Policy {
 
   private decrease(inFlight: number): void {
     const level = Math.min(this.value, inFlight)
-    // Not where next to nothing was seen held (a state written before `acceptedPeak` has 0): a
-    // fall keeps more, and slow start climbs back from it.
+    // Never where that would leave less than a fall does: where next to nothing was seen held
+    // (other clients fill the account, or a state written before `acceptedPeak` reads 0), a fall
+    // keeps more, and slow start climbs back from it.
     const aboveAccepted = this.phase === "recover" && this.acceptanceClocked && level > this.acceptedPeak &&
       this.acceptedPeak >= level * this.config.fallBackoff
     const unproved = this.phase === "slowStart" || this.acceptedWithResponses ||
