@@ -21,10 +21,10 @@
  * the measured requests use.
  *
  * Before its first cell each contender serves `jitWarmUpRequests` requests (every other one a
- * stream), 16 at a time: every server is measured in its steady state, its code compiled by the
- * JIT, not in the first few hundred requests of its life. Without it the one-client cells, measured
- * first, timed weatherproof's code still interpreted: 3.4 ms of CPU an answer where a warm gateway
- * spends 2.8 ms.
+ * stream), `jitWarmUpClients` at a time: every server is measured in its steady state, its code
+ * compiled by the JIT, not in the first few hundred requests of its life. Without it the
+ * one-client cells, measured first, timed weatherproof's code still interpreted: 3.4 ms of CPU an
+ * answer where a warm gateway spends 2.8 ms.
  *
  * Each cell runs `seconds` of non-stream requests (latency to the last byte; throughput: answers
  * per second; the CPU time the contender's own process spent per answer, from /proc) and
@@ -49,6 +49,7 @@ export const settings = {
   streamSeconds: 1.5,
   warmUpSeconds: 0.5,
   jitWarmUpRequests: 2000,
+  jitWarmUpClients: 16,
   rounds: 3,
   /** The upstream's time per answer, before its first content. */
   serviceMs: 50
@@ -395,8 +396,9 @@ const performance_ = async (log: (line: string) => void): Promise<ReadonlyArray<
       [throughPortkey(portkey.url, upstream.url), portkey],
       [throughProxy(proxy.url), proxy]
     ]
-    log(`  warming each contender up: ${settings.jitWarmUpRequests} requests, 16 at a time…`)
-    for (const [target] of contenders) await warmUp(target, settings.jitWarmUpRequests, 16)
+    const { jitWarmUpClients, jitWarmUpRequests } = settings
+    log(`  warming each contender up: ${jitWarmUpRequests} requests, ${jitWarmUpClients} at a time…`)
+    for (const [target] of contenders) await warmUp(target, jitWarmUpRequests, jitWarmUpClients)
     const cells: Array<Cell> = []
     for (const clients of settings.clients) {
       log(`  ${clients} client${clients === 1 ? "" : "s"}: ${settings.rounds} rounds of ${contenders.map(([t]) => t.name).join(", ")}…`)
