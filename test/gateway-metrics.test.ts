@@ -89,6 +89,8 @@ describe("weatherproof serve, metrics and traces", () => {
       expect(valueOf(text, "weatherproof_gateway_keep_alives_total")).toBeGreaterThanOrEqual(0)
       expect(valueOf(text, "weatherproof_gateway_streams_cut_total")).toBeGreaterThanOrEqual(0)
       expect(text).not.toContain("sk-sim-account")
+      // Effect's per-fiber series are off in the gateway: none is exported, frozen or not.
+      expect(text).not.toMatch(/^(# TYPE )?effect_fiber_/m)
     }))
 
   it.scopedLive("no upstream key leaves the process: not in answers, headers, metrics, the page, its feed or logs, even when the upstream echoes it", () =>

@@ -6,12 +6,16 @@
  *   text the gateway serves on `GET /metrics`;
  * - when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, also over OTLP/HTTP every 10 s, with the spans
  *   (the gateway's server spans and the client's `weatherproof.*` spans).
+ *
+ * Except Effect's own per-fiber series (`effect_fiber_*`): the gateway runs with them off, so they
+ * would show only the few fibers of the process's start, frozen.
  */
+import * as Metrics from "@effect/opentelemetry/Metrics"
 import * as NodeSdk from "@effect/opentelemetry/NodeSdk"
 import { OTLPMetricExporter } from "@opentelemetry/exporter-metrics-otlp-http"
 import { PrometheusExporter, PrometheusSerializer } from "@opentelemetry/exporter-prometheus"
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http"
-import { type MetricReader, PeriodicExportingMetricReader } from "@opentelemetry/sdk-metrics"
+import { type MetricProducer, type MetricReader, PeriodicExportingMetricReader } from "@opentelemetry/sdk-metrics"
 import { BatchSpanProcessor } from "@opentelemetry/sdk-trace-base"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
@@ -31,6 +35,24 @@ export const prometheusContentType = "text/plain; version=0.0.4; charset=utf-8"
 
 const resource = { serviceName: "weatherproof-gateway", serviceVersion: "0.1.0" }
 
+/** The prefix of the series Effect keeps per fiber when its `RuntimeMetrics` flag is on. */
+const fiberSeriesPrefix = "effect_fiber_"
+
+/** `producer` without Effect's per-fiber series. */
+const withoutFiberSeries = (producer: MetricProducer): MetricProducer => ({
+  collect: (options) =>
+    producer.collect(options).then(({ errors, resourceMetrics }) => ({
+      errors,
+      resourceMetrics: {
+        ...resourceMetrics,
+        scopeMetrics: resourceMetrics.scopeMetrics.map((scope) => ({
+          ...scope,
+          metrics: scope.metrics.filter((metric) => !metric.descriptor.name.startsWith(fiberSeriesPrefix))
+        }))
+      }
+    }))
+})
+
 /**
  * The exporters: Prometheus always, OTLP (metrics and traces) when `otlp` is set (the
  * exporters read `OTEL_EXPORTER_OTLP_*` themselves).
@@ -40,20 +62,22 @@ export const layer = (options: { readonly otlp: boolean }): Layer.Layer<Telemetr
   const serializer = new PrometheusSerializer(undefined, false, undefined, false, true)
   // exporter-prometheus 0.223.0 pins its own copy of sdk-metrics (2.12.0, beside 2.12.1): the
   // same reader at run time, a different class to the type checker.
-  const readers: Array<MetricReader> = [prometheus as unknown as MetricReader]
+  const readers: [MetricReader, ...Array<MetricReader>] = [prometheus as unknown as MetricReader]
   if (options.otlp) {
     readers.push(new PeriodicExportingMetricReader({ exporter: new OTLPMetricExporter(), exportIntervalMillis: 10_000 }))
   }
   const sdk = NodeSdk.layer(() => ({
     resource,
-    metricReader: readers,
     spanProcessor: options.otlp ? new BatchSpanProcessor(new OTLPTraceExporter()) : undefined
   }))
+  const metrics = Layer.scopedDiscard(
+    Effect.flatMap(Metrics.makeProducer, (producer) => Metrics.registerProducer(withoutFiberSeries(producer), () => readers))
+  )
   const service: Service = {
     scrape: Effect.promise(() => prometheus.collect()).pipe(
       Effect.map(({ resourceMetrics }) => serializer.serialize(resourceMetrics))
     ),
     traced: options.otlp
   }
-  return Layer.merge(Layer.succeed(Telemetry, service), sdk)
+  return Layer.merge(Layer.succeed(Telemetry, service), Layer.provideMerge(metrics, sdk))
 }
