@@ -337,6 +337,33 @@ describe("weatherproof serve, with the openai client", () => {
       expect(missing.status).toBe(404)
     }))
 
+  it.scopedLive("a model the gateway does not serve is a 404 NotFoundError, model_not_found, and opens no lane, no series, no call", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make()
+      const gateway = yield* startGateway([
+        account("a", sim.baseUrl, [Simulator.defaultKey], { models: { "house-model": "deepseek-v4-pro" } })
+      ])
+      const client = openai(gateway.url)
+      const unknown = yield* Effect.flip(attempt(() => client.chat.completions.create({ model: "made-up-model", messages: ask("x") })))
+      expect(unknown).toBeInstanceOf(OpenAI.NotFoundError)
+      expect((unknown as APIError).code).toBe("model_not_found")
+      expect((unknown as APIError).param).toBe("model")
+      expect((unknown as APIError).message).toContain("\"made-up-model\" is not served here; GET /v1/models lists")
+      const streamed = yield* Effect.flip(
+        attempt(() => client.chat.completions.create({ model: "made-up-model", messages: ask("x"), stream: true }))
+      )
+      expect(streamed).toBeInstanceOf(OpenAI.NotFoundError)
+      // A long name is not echoed whole.
+      const long = yield* Effect.flip(attempt(() => client.chat.completions.create({ model: "m".repeat(5000), messages: ask("x") })))
+      expect((long as APIError).message.length).toBeLessThan(300)
+      expect((yield* sim.stats).requests).toBe(0)
+      const metrics = yield* attempt(() => fetch(`${gateway.url}/metrics`).then((r) => r.text()))
+      expect(metrics).not.toContain("made-up-model")
+      // The account's own name for a model is served.
+      const own = yield* attempt(() => client.chat.completions.create({ model: "house-model", messages: ask("mine") }))
+      expect(own.choices[0]?.message.content).toBe("echo:mine")
+    }))
+
   it.scopedLive("identical deterministic requests are answered from the cache unless x-weatherproof-cache: bypass; a bad header is a 400", () =>
     Effect.gen(function*() {
       const sim = yield* Simulator.make()

@@ -45,7 +45,8 @@ import {
   replyOf,
   type Scrubber,
   ShuttingDown,
-  type Unauthorized
+  type Unauthorized,
+  UnknownModel
 } from "./errors.js"
 import { awaitFirst, JsonKeepAlive, Latch, sseKeepAlive } from "./keepAlive.js"
 import type { Traffic } from "./traffic.js"
@@ -55,6 +56,8 @@ export interface Settings {
   readonly keepAliveInterval: Duration.Duration
   /** More clients than this waiting for their first content: a new request gets a 429. */
   readonly maxWaiting: number
+  /** The models served (`GET /v1/models`): a request routed to any other is refused. */
+  readonly models: ReadonlySet<string>
   readonly authorize: (authorization: string | undefined) => Effect.Effect<void, Unauthorized>
   readonly scrub: Scrubber
 }
@@ -182,7 +185,7 @@ interface Admitted {
 }
 
 /** Why a request is refused before any call. */
-type Refused = Unauthorized | BadRequest | RoutingRefused | GatewayBusy
+type Refused = Unauthorized | BadRequest | RoutingRefused | UnknownModel | GatewayBusy
 
 /** A request's body as a chat completion request and its headers as its call's task and options, or why not; checked in that order. */
 const parseRequest = (
@@ -453,10 +456,12 @@ export const make = (settings: Settings, traffic: Traffic) =>
           const parsed = parseRequest(json, request.headers)
           if (Either.isLeft(parsed)) return Effect.fail(parsed.left)
           const { body, options, task } = parsed.right
-          return Effect.flatMap(router.route(body, { task }), (routed) =>
-            traffic.waiting >= settings.maxWaiting
+          return Effect.flatMap(router.route(body, { task }), ({ request }): Effect.Effect<Admitted, Refused> =>
+            !settings.models.has(request.model)
+              ? Effect.fail(new UnknownModel({ model: request.model }))
+              : traffic.waiting >= settings.maxWaiting
               ? Effect.fail(new GatewayBusy({ waiting: traffic.waiting }))
-              : Effect.succeed({ request: routed.request, options }))
+              : Effect.succeed({ request, options }))
         })
       )
 

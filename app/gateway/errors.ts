@@ -24,6 +24,21 @@ export class BadRequest extends Data.TaggedError("BadRequest")<{
   readonly param?: string | undefined
 }> {}
 
+/** The longest model name quoted back: the name is the client's own text. */
+const maxQuotedModel = 100
+
+/**
+ * The request asks for a model the gateway does not serve (after routing). Refused before any
+ * call: each model served has a lane, metric series and prices of its own, so the models are
+ * the operator's to list, not any client's to invent.
+ */
+export class UnknownModel extends Data.TaggedError("UnknownModel")<{ readonly model: string }> {
+  override get message(): string {
+    const quoted = this.model.length <= maxQuotedModel ? this.model : `${this.model.slice(0, maxQuotedModel)}…`
+    return `the model ${JSON.stringify(quoted)} is not served here; GET /v1/models lists the models this gateway serves`
+  }
+}
+
 /** Too many clients wait already: the gateway's queue is full. */
 export class GatewayBusy extends Data.TaggedError("GatewayBusy")<{ readonly waiting: number }> {
   override get message(): string {
@@ -41,7 +56,14 @@ export class ShuttingDown extends Data.TaggedError("ShuttingDown")<{}> {
 /**
  * Every failure a chat request can end in.
  */
-export type GatewayError = ResilientError | RoutingRefused | Unauthorized | BadRequest | GatewayBusy | ShuttingDown
+export type GatewayError =
+  | ResilientError
+  | RoutingRefused
+  | Unauthorized
+  | BadRequest
+  | UnknownModel
+  | GatewayBusy
+  | ShuttingDown
 
 /** An error as the client sees it. */
 export interface ErrorReply {
@@ -76,6 +98,8 @@ export const replyOf = (error: GatewayError): ErrorReply => {
       return { status: 400, type: "invalid_request_error", code: "invalid_request", message: error.message, param: error.param }
     case "RoutingRefused":
       return { status: 400, type: "invalid_request_error", code: "routing_refused", message: error.message }
+    case "UnknownModel":
+      return { status: 404, type: "invalid_request_error", code: "model_not_found", message: error.message, param: "model" }
     case "InvalidRequest":
       return {
         status: error.status,

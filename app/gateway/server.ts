@@ -128,13 +128,14 @@ const asset = (path: string, contentType: string) => {
 const utf8 = new TextEncoder()
 
 /** The models clients may ask for: the pricing table's (DeepSeek's by default) and every account's own names. */
-const modelList = (accounts: ReadonlyArray<Account>, priced: ReadonlyArray<string>) => {
-  const ids = new Set([...priced, ...accounts.flatMap((account) => Object.keys(account.models))])
-  return {
-    object: "list",
-    data: Array.from(ids).sort().map((id) => ({ id, object: "model", created: 0, owned_by: "weatherproof" }))
-  }
-}
+const servedModels = (accounts: ReadonlyArray<Account>, priced: ReadonlyArray<string>): ReadonlySet<string> =>
+  new Set([...priced, ...accounts.flatMap((account) => Object.keys(account.models))])
+
+/** `GET /v1/models`'s answer. */
+const modelList = (models: ReadonlySet<string>) => ({
+  object: "list",
+  data: Array.from(models).sort().map((id) => ({ id, object: "model", created: 0, owned_by: "weatherproof" }))
+})
 
 /** Starts the gateway; it drains and stops when the scope closes. */
 export const make = (
@@ -160,17 +161,19 @@ export const make = (
     })
     if (options.alerts !== undefined) yield* Alerts.run(monitor, options.alerts, scrub)
 
+    const served = servedModels(options.accounts, [
+      ...Object.keys(ledger.pricing.models),
+      ...Object.keys(ledger.pricing.aliases ?? {})
+    ])
     const chat = yield* Chat.make({
       keepAliveInterval: Duration.decode(options.keepAliveInterval ?? defaults.keepAliveInterval),
       maxWaiting: options.maxWaiting ?? defaults.maxWaiting,
+      models: served,
       authorize,
       scrub
     }, traffic)
 
-    const models = modelList(options.accounts, [
-      ...Object.keys(ledger.pricing.models),
-      ...Object.keys(ledger.pricing.aliases ?? {})
-    ])
+    const models = modelList(served)
     const listModels = Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) =>
       authorize(request.headers.authorization).pipe(
         Effect.as(HttpServerResponse.unsafeJson(models)),
