@@ -4,8 +4,10 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
+import * as Logger from "effect/Logger"
 import * as Redacted from "effect/Redacted"
 import OpenAI, { APIError, AuthenticationError, RateLimitError } from "openai"
+import * as CostLedger from "../src/CostLedger.js"
 import * as Simulator from "../src/Simulator.js"
 import * as Wire from "../src/internal/wire.js"
 import { account, attempt, collect, openai, rawText, startGateway } from "./support/gateway.js"
@@ -362,6 +364,29 @@ describe("weatherproof serve, with the openai client", () => {
       // The account's own name for a model is served.
       const own = yield* attempt(() => client.chat.completions.create({ model: "house-model", messages: ask("mine") }))
       expect(own.choices[0]?.message.content).toBe("echo:mine")
+    }))
+
+  it.scopedLive("a task the router sends to a model not served is warned of at start, and its requests are refused", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make()
+      const logs: Array<string> = []
+      const logger = Logger.make(({ message }) => logs.push(String(message)))
+      // A table without deepseek-v4-pro, where the default router sends `reasoning`.
+      const flashOnly = { models: { "deepseek-v4-flash": CostLedger.defaultPricing.models["deepseek-flash"]! } }
+      const gateway = yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])], { ledger: { pricing: flashOnly } })
+        .pipe(Effect.provide(Logger.replace(Logger.defaultLogger, logger)))
+      expect(logs.filter((line) => line.includes("not served"))).toEqual([
+        "gateway: the router sends reasoning requests to deepseek-v4-pro, which is not served (not in the pricing table or an account's models): they will be refused"
+      ])
+      const client = openai(gateway.url)
+      const refused = yield* Effect.flip(attempt(() =>
+        client.chat.completions.create({ model: "", messages: ask("think") }, { headers: { "x-weatherproof-task": "reasoning" } })
+      ))
+      expect(refused).toBeInstanceOf(OpenAI.NotFoundError)
+      const answered = yield* attempt(() =>
+        client.chat.completions.create({ model: "", messages: ask("sort") }, { headers: { "x-weatherproof-task": "classification" } })
+      )
+      expect(answered.model).toBe("deepseek-v4-flash")
     }))
 
   it.scopedLive("identical deterministic requests are answered from the cache unless x-weatherproof-cache: bypass; a bad header is a 400", () =>

@@ -28,6 +28,8 @@ import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Logger from "effect/Logger"
+import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import type * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
@@ -40,7 +42,7 @@ import { AccountPool } from "../../src/AccountPool.js"
 import type { Account } from "../../src/Accounts.js"
 import { CostLedger } from "../../src/CostLedger.js"
 import type { Resilient } from "../../src/Resilient.js"
-import type { Router } from "../../src/Router.js"
+import { Router, Task } from "../../src/Router.js"
 import * as Alerts from "./alerts.js"
 import { isLoopback, makeAuthorizer } from "./auth.js"
 import * as Chat from "./chat.js"
@@ -131,6 +133,24 @@ const utf8 = new TextEncoder()
 const servedModels = (accounts: ReadonlyArray<Account>, priced: ReadonlyArray<string>): ReadonlySet<string> =>
   new Set([...priced, ...accounts.flatMap((account) => Object.keys(account.models))])
 
+/**
+ * Warns of each task the router sends to a model not served: every request routed there would
+ * be refused. A warning, not a refusal to start: a setup that never routes that task is valid.
+ */
+const warnUnservedRoutes = (router: Router["Type"], served: ReadonlySet<string>) =>
+  Effect.forEach(Task.literals, (task) =>
+    router.route({ messages: [] }, { task, override: "force" }).pipe(
+      // The router's own warnings are about requests; this is none.
+      Logger.withMinimumLogLevel(LogLevel.None),
+      Effect.flatMap(({ request: { model } }) =>
+        served.has(model) ? Effect.void : Effect.logWarning(
+          `gateway: the router sends ${task} requests to ${model}, which is not served (not in the pricing table or an account's models): they will be refused`
+        )
+      ),
+      // A route the router itself refuses (its thinking policy) refuses its requests anyway.
+      Effect.catchTag("RoutingRefused", () => Effect.void)
+    ), { discard: true })
+
 /** `GET /v1/models`'s answer. */
 const modelList = (models: ReadonlySet<string>) => ({
   object: "list",
@@ -165,6 +185,7 @@ export const make = (
       ...Object.keys(ledger.pricing.models),
       ...Object.keys(ledger.pricing.aliases ?? {})
     ])
+    yield* warnUnservedRoutes(yield* Router, served)
     const chat = yield* Chat.make({
       keepAliveInterval: Duration.decode(options.keepAliveInterval ?? defaults.keepAliveInterval),
       maxWaiting: options.maxWaiting ?? defaults.maxWaiting,
