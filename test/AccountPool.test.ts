@@ -585,8 +585,31 @@ describe("AccountPool", () => {
       yield* settle
       // What the account's breaker did is said once each: a caller otherwise sees only a wait.
       expect(logs.filter((log) => log.message.includes("circuit breaker"))).toEqual([
-        { level: "WARN", message: "AccountPool: account b's circuit breaker opened: its calls go to another account or wait until it half-opens in 20s" },
+        {
+          level: "WARN",
+          message:
+            "AccountPool: account b's circuit breaker opened: its calls go to another account or wait until it half-opens in 20s; its last failure: ServerError: HTTP 500"
+        },
         { level: "INFO", message: "AccountPool: account b's circuit breaker closed: serving again" }
+      ])
+    }).pipe(Effect.provide(poolLayer(setup)), capturingLogs(logs))
+  })
+
+  it.effect("a breaker's opening says the failure that opened it, with the account's keys scrubbed whatever their shape", () => {
+    const logs: Array<Logged> = []
+    const key = "Zq81xV3pLmRt4wQe"
+    const echo: Handler = () => MockUpstream.status(500, { body: errorBody(`upstream broke while key ${key} was in use`) })
+    const setup: Setup = {
+      accounts: [account("a", [key])],
+      handlers: { a: echo },
+      options: { preflight: false, breaker: { minimumThroughput: 1, failureRatio: 1, openFor: "20 seconds" } }
+    }
+    return Effect.gen(function*() {
+      expect((yield* Effect.flip(create))._tag).toBe("ServerError")
+      yield* settle
+      const opened = logs.filter((log) => log.message.includes("circuit breaker opened")).map((log) => log.message)
+      expect(opened).toEqual([
+        "AccountPool: account a's circuit breaker opened: its calls go to another account or wait until it half-opens in 20s; its last failure: ServerError: upstream broke while key *** was in use"
       ])
     }).pipe(Effect.provide(poolLayer(setup)), capturingLogs(logs))
   })

@@ -18,7 +18,7 @@ import * as Queue from "effect/Queue"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
-import type { Scrubber } from "./errors.js"
+import type { Scrubber } from "../../src/internal/scrubber.js"
 import type { AccountSample, Monitor, Sample } from "./status.js"
 
 export type AlertEvent =

@@ -32,6 +32,7 @@ import { Resilient } from "../../src/Resilient.js"
 import type { CallOptions } from "../../src/Resilient.js"
 import * as SchemaFastPath from "../../src/internal/schemaFastPath.js"
 import * as ScopeFinalizer from "../../src/internal/scopeFinalizer.js"
+import type { Scrubber } from "../../src/internal/scrubber.js"
 import * as StreamPull from "../../src/internal/streamPull.js"
 import { Router, type RoutingRefused, Task } from "../../src/Router.js"
 import {
@@ -43,7 +44,6 @@ import {
   GatewayBusy,
   internalError,
   replyOf,
-  type Scrubber,
   ShuttingDown,
   type Unauthorized,
   UnknownModel

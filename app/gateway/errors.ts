@@ -7,13 +7,12 @@
  * Every message passes through a scrubber that removes the upstream keys (and anything shaped
  * like a key) before it leaves the process.
  */
-import { scrubSecrets } from "../../src/ApiError.js"
+import type { Scrubber } from "../../src/internal/scrubber.js"
 import type { RoutingRefused } from "../../src/Router.js"
 import type { ResilientError } from "../../src/Resilient.js"
 import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
 import * as Option from "effect/Option"
-import * as Redacted from "effect/Redacted"
 
 /** The client sent no gateway key, or a wrong one. */
 export class Unauthorized extends Data.TaggedError("Unauthorized")<{ readonly message: string }> {}
@@ -167,38 +166,6 @@ export const internalError: ErrorReply = {
   message: "the gateway failed to handle the request"
 }
 
-/** Removes text that must not leave the process from an outgoing message. */
-export type Scrubber = (text: string) => string
-
-/** A run this long of a key's characters counts as the key: the transport may have masked the rest. */
-const keyFragment = 8
-
-/**
- * A scrubber of the upstream keys and of anything shaped like a key (`scrubSecrets`). A key is
- * found whole or in part: every run of at least 8 of its characters is masked, since a message
- * may hold a key another scrubber already cut (the transport masks `key-…` and `sk-…` shapes).
- */
-export const makeScrubber = (keys: ReadonlyArray<Redacted.Redacted<string>>): Scrubber => {
-  const fragments = new Set(keys.map(Redacted.value).filter((key) => key.length > 0).flatMap((key) =>
-    key.length <= keyFragment
-      ? [key]
-      : Array.from({ length: key.length - keyFragment + 1 }, (_, i) => key.slice(i, i + keyFragment))
-  ))
-  return (text) => {
-    const masked = new Array<boolean>(text.length).fill(false)
-    for (const fragment of fragments) {
-      for (let at = text.indexOf(fragment); at >= 0; at = text.indexOf(fragment, at + 1)) {
-        masked.fill(true, at, at + fragment.length)
-      }
-    }
-    let out = ""
-    for (let i = 0; i < text.length; i++) {
-      if (!masked[i]) out += text[i]
-      else if (i === 0 || !masked[i - 1]) out += "***"
-    }
-    return scrubSecrets(out)
-  }
-}
 
 /** The OpenAI error body of a reply, every text scrubbed (some come from the upstream). */
 export const errorBody = (reply: ErrorReply, scrub: Scrubber) => ({

@@ -46,7 +46,8 @@ import { Router, Task } from "../../src/Router.js"
 import * as Alerts from "./alerts.js"
 import { isLoopback, makeAuthorizer } from "./auth.js"
 import * as Chat from "./chat.js"
-import { errorBody, errorHeaders, makeScrubber, replyOf } from "./errors.js"
+import * as Scrubber from "../../src/internal/scrubber.js"
+import { errorBody, errorHeaders, replyOf } from "./errors.js"
 import { html } from "./page.js"
 import * as Status from "./status.js"
 import { prometheusContentType, Telemetry } from "./telemetry.js"
@@ -170,7 +171,7 @@ export const make = (
     const ledger = yield* CostLedger
     const telemetry = yield* Telemetry
     const traffic = new Traffic()
-    const scrub = makeScrubber(options.accounts.flatMap((account) => account.keys))
+    const scrub = Scrubber.make(options.accounts.flatMap((account) => account.keys))
     const authorize = makeAuthorizer(gatewayKeys)
     const drainTimeout = Duration.decode(options.drainTimeout ?? defaults.drainTimeout)
 

@@ -41,6 +41,7 @@ import { assertValid, positive } from "./options.js"
 import * as RedisLanes from "./redisDispatcher.js"
 import { secondsBoundaries } from "./policy.js"
 import { Signal } from "./signal.js"
+import * as Scrubber from "./scrubber.js"
 import * as StreamPull from "./streamPull.js"
 import type { SharedBalance, Verdict } from "./sharedBalance.js"
 import * as ScopeFinalizer from "./scopeFinalizer.js"
@@ -124,6 +125,8 @@ class Member {
   succeeded = 0
   failed = 0
   retries = 0
+  /** The failure of its last attempt sent, unless one answered since: said when its breaker opens. */
+  lastFailure: unknown = undefined
 
   constructor(
     readonly account: Account,
@@ -233,6 +236,15 @@ const wasNotSent = (verdict: ApiError.Verdict, error: unknown): boolean =>
 // Balance
 // ---------------------------------------------------------------------------------------------
 
+/** The longest failure a log line quotes. */
+const maxFailureText = 300
+
+/** An attempt's failure as a log line says it: its tag and message, scrubbed, cut short. */
+const describeFailure = (error: unknown, scrub: Scrubber.Scrubber): string => {
+  const text = scrub(`${ApiError.tagOf(error) ?? "unknown"}: ${error instanceof Error ? error.message : String(error)}`)
+  return text.length <= maxFailureText ? text : `${text.slice(0, maxFailureText)}…`
+}
+
 const BalanceBody = Schema.Struct({ is_available: Schema.Boolean })
 const decodeBalance = Schema.decodeUnknown(BalanceBody)
 
@@ -316,6 +328,8 @@ export const makeWith = <R>(
     const scope = yield* Effect.scope
     const clock = yield* Effect.clock
     const now = () => clock.unsafeCurrentTimeMillis()
+    // An upstream may echo a key in the failure a log line quotes.
+    const scrub = Scrubber.make(accounts.flatMap((account) => account.keys))
 
     // -- the accounts and their lanes ---------------------------------------------------------
 
@@ -713,9 +727,12 @@ export const makeWith = <R>(
           retriesCounter.unsafeUpdate(1, tags)
         } else if (verdict === undefined || !isAccountLevel(verdict)) sent.add(request)
         const result = verdict === undefined ? "ok" : ApiError.tagOf(error) ?? "unknown"
-        if (verdict === undefined) member.succeeded++
-        else {
+        if (verdict === undefined) {
+          member.succeeded++
+          member.lastFailure = undefined
+        } else {
           member.failed++
+          member.lastFailure = error
           if (result === "RateLimited") figures.rateLimited++
         }
         attemptsCounter.unsafeUpdate(1, figures.resultTags(result))
@@ -912,10 +929,12 @@ export const makeWith = <R>(
       switch (state._tag) {
         case "Open": {
           const trips = state.trips > 1 ? ` (${state.trips} trips in a row)` : ""
+          // Another process sharing the breaker may have opened it: then no failure of ours is said.
+          const cause = member.lastFailure === undefined ? "" : `; its last failure: ${describeFailure(member.lastFailure, scrub)}`
           return Effect.logWarning(
             `${prefix} opened${trips}: its calls go to another account or wait until it half-opens in ${
               Duration.format(Duration.millis(state.until - state.since))
-            }`
+            }${cause}`
           )
         }
         case "Isolated":
