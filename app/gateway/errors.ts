@@ -166,7 +166,6 @@ export const internalError: ErrorReply = {
   message: "the gateway failed to handle the request"
 }
 
-
 /** The OpenAI error body of a reply, every text scrubbed (some come from the upstream). */
 export const errorBody = (reply: ErrorReply, scrub: Scrubber) => ({
   error: {

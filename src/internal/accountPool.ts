@@ -232,10 +232,6 @@ class FailedOver extends Data.TaggedError("FailedOver")<{ readonly member: Membe
 const wasNotSent = (verdict: ApiError.Verdict, error: unknown): boolean =>
   verdict._tag === "Refused" || ApiError.tagOf(error) === "NoUsableKey"
 
-// ---------------------------------------------------------------------------------------------
-// Balance
-// ---------------------------------------------------------------------------------------------
-
 /** The longest failure a log line quotes. */
 const maxFailureText = 300
 
@@ -244,6 +240,10 @@ const describeFailure = (error: unknown, scrub: Scrubber.Scrubber): string => {
   const text = scrub(`${ApiError.tagOf(error) ?? "unknown"}: ${error instanceof Error ? error.message : String(error)}`)
   return text.length <= maxFailureText ? text : `${text.slice(0, maxFailureText)}…`
 }
+
+// ---------------------------------------------------------------------------------------------
+// Balance
+// ---------------------------------------------------------------------------------------------
 
 const BalanceBody = Schema.Struct({ is_available: Schema.Boolean })
 const decodeBalance = Schema.decodeUnknown(BalanceBody)
