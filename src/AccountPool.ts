@@ -163,6 +163,12 @@ export interface AccountStatus {
   readonly rateLimited: number
   /** Attempts sent to the account that re-sent a request already sent once (here or elsewhere). */
   readonly retries: number
+  /**
+   * The failure of its last attempt sent, unless one answered since: its tag and message, every
+   * configured key scrubbed, cut short. What a breaker that opened, or an account taken out,
+   * last met.
+   */
+  readonly lastFailure: string | undefined
 }
 
 /**

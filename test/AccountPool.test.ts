@@ -595,7 +595,7 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)), capturingLogs(logs))
   })
 
-  it.effect("a breaker's opening says the failure that opened it, with the account's keys scrubbed whatever their shape", () => {
+  it.effect("a breaker's opening says the failure that opened it, with the account's keys scrubbed whatever their shape; so does the account's status until an answer", () => {
     const logs: Array<Logged> = []
     const key = "Zq81xV3pLmRt4wQe"
     const echo: Handler = () => MockUpstream.status(500, { body: errorBody(`upstream broke while key ${key} was in use`) })
@@ -608,9 +608,18 @@ describe("AccountPool", () => {
       expect((yield* Effect.flip(create))._tag).toBe("ServerError")
       yield* settle
       const opened = logs.filter((log) => log.message.includes("circuit breaker opened")).map((log) => log.message)
+      const failure = "ServerError: upstream broke while key *** was in use"
       expect(opened).toEqual([
-        "AccountPool: account a's circuit breaker opened: its calls go to another account or wait until it half-opens in 20s; its last failure: ServerError: upstream broke while key *** was in use"
+        `AccountPool: account a's circuit breaker opened: its calls go to another account or wait until it half-opens in 20s; its last failure: ${failure}`
       ])
+      const lastFailure = Effect.flatMap(AccountPool.AccountPool, (pool) => Effect.map(pool.snapshot, ([a]) => a?.lastFailure))
+      expect(yield* lastFailure).toBe(failure)
+      // An answer clears it: an opening after that, by another process sharing the breaker, says no cause of ours.
+      setup.handlers.a = healthy()
+      const answered = yield* Effect.fork(create)
+      yield* TestClock.adjust("20 seconds")
+      yield* Fiber.join(answered)
+      expect(yield* lastFailure).toBeUndefined()
     }).pipe(Effect.provide(poolLayer(setup)), capturingLogs(logs))
   })
 

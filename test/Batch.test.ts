@@ -664,7 +664,9 @@ describe("Batch summary", () => {
         succeeded: calls,
         failed: 0,
         rateLimited: name === "alpha" ? 3 : 0,
-        retries: name === "alpha" ? 3 : 0
+        retries: name === "alpha" ? 3 : 0,
+        // Said only where the account is not serving at the end.
+        lastFailure: calls === 0 ? undefined : name === "beta" ? "InsufficientBalance: HTTP 402" : "RateLimited: HTTP 429"
       })
       const statuses = [status("alpha", false, 1), status("beta", false, 1), status("gamma", true, 0)]
       const { calls, layer } = yield* double(ok)
@@ -696,7 +698,8 @@ describe("Batch summary", () => {
         succeeded: 1,
         failed: 0,
         rate_limited: 0,
-        retries: 0
+        retries: 0,
+        last_failure: "InsufficientBalance: HTTP 402"
       })
       expect(json.accounts["alpha"]).toMatchObject({
         rate_limited: 3,
@@ -706,10 +709,13 @@ describe("Batch summary", () => {
           "deepseek-v4-pro": { limit: 3, rate_limited: 0, cost_usd: 0.001 }
         }
       })
-      expect(json.accounts["gamma"]).toMatchObject({ attempts: 0, prompt_tokens: 0, fallback: true, calls: 0 })
+      expect(json.accounts["gamma"]).toMatchObject({ attempts: 0, prompt_tokens: 0, fallback: true, calls: 0, last_failure: null })
       const text = Batch.formatSummary(summary)
       expect(text).toContain("  alpha: deepseek, serving, limit 8 (deepseek-v4-flash 5, deepseek-v4-pro 3), 2 usable keys; ")
-      expect(text).toContain("  beta: deepseek, out_of_balance, limit 8, 2 usable keys; 1 answered, 1 attempt, 15 tokens")
+      expect(text).toContain(
+        "  beta: deepseek, out_of_balance, limit 8, 2 usable keys, last failure: InsufficientBalance: HTTP 402; 1 answered, 1 attempt, 15 tokens"
+      )
+      expect(text).not.toContain("RateLimited: HTTP 429")
       expect(text).toContain("  gamma: openai-compatible fallback, serving, not called, 2 usable keys; 0 answered, 0 attempts, 0 tokens, $0.000000")
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 

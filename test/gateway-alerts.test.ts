@@ -24,6 +24,7 @@ const accountSample = (name: string, changes: Partial<AccountSample> = {}): Acco
   failed: 0,
   rateLimited: 0,
   retries: 0,
+  lastFailure: undefined,
   queued: 0,
   rateLimitedPerSecond: 0,
   breaker: 0,
@@ -47,7 +48,7 @@ describe("gateway alerts", () => {
   it("are the changes between two samples: breaker, balance, keys, budget", () => {
     const before = sample([accountSample("a"), accountSample("b", { state: "open" }), accountSample("c", { state: "out_of_balance" })])
     const after = sample([
-      accountSample("a", { state: "open", usableKeys: 1 }),
+      accountSample("a", { state: "open", usableKeys: 1, lastFailure: "ServerError: HTTP 500" }),
       accountSample("b", { state: "serving" }),
       accountSample("c")
     ], true)
@@ -64,7 +65,7 @@ describe("gateway alerts", () => {
     expect(first).toEqual({
       event: "breaker_opened",
       account: "a",
-      message: "account a: circuit breaker opened; its calls go elsewhere or wait",
+      message: "account a: circuit breaker opened; its calls go elsewhere or wait; its last failure: ServerError: HTTP 500",
       at: "2026-01-01T00:00:00.000Z",
       source: "weatherproof-gateway"
     })

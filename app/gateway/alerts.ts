@@ -60,7 +60,8 @@ const accountAlerts = (sample: Sample, before: AccountSample, after: AccountSamp
   const name = after.name
   const alerts: Array<Alert> = []
   if (before.state !== "open" && after.state === "open") {
-    alerts.push(alert(sample, "breaker_opened", name, `account ${name}: circuit breaker opened; its calls go elsewhere or wait`))
+    const cause = after.lastFailure === undefined ? "" : `; its last failure: ${after.lastFailure}`
+    alerts.push(alert(sample, "breaker_opened", name, `account ${name}: circuit breaker opened; its calls go elsewhere or wait${cause}`))
   }
   if ((before.state === "open" || before.state === "half_open") && after.state === "serving") {
     alerts.push(alert(sample, "breaker_closed", name, `account ${name}: circuit breaker closed; serving again`))

@@ -235,7 +235,7 @@ const wasNotSent = (verdict: ApiError.Verdict, error: unknown): boolean =>
 /** The longest failure a log line quotes. */
 const maxFailureText = 300
 
-/** An attempt's failure as a log line says it: its tag and message, scrubbed, cut short. */
+/** An attempt's failure as a log line or a status says it: its tag and message, scrubbed, cut short. */
 const describeFailure = (error: unknown, scrub: Scrubber.Scrubber): string => {
   const text = scrub(`${ApiError.tagOf(error) ?? "unknown"}: ${error instanceof Error ? error.message : String(error)}`)
   return text.length <= maxFailureText ? text : `${text.slice(0, maxFailureText)}…`
@@ -328,8 +328,10 @@ export const makeWith = <R>(
     const scope = yield* Effect.scope
     const clock = yield* Effect.clock
     const now = () => clock.unsafeCurrentTimeMillis()
-    // An upstream may echo a key in the failure a log line quotes.
+    // An upstream may echo a key in the failure a log line or a status quotes.
     const scrub = Scrubber.make(accounts.flatMap((account) => account.keys))
+    const lastFailureOf = (member: Member): string | undefined =>
+      member.lastFailure === undefined ? undefined : describeFailure(member.lastFailure, scrub)
 
     // -- the accounts and their lanes ---------------------------------------------------------
 
@@ -916,7 +918,8 @@ export const makeWith = <R>(
           succeeded: member.succeeded,
           failed: member.failed,
           rateLimited: models.reduce((sum, lane) => sum + lane.rateLimited, 0),
-          retries: member.retries
+          retries: member.retries,
+          lastFailure: lastFailureOf(member)
         } satisfies AccountStatus
       }))
 
@@ -930,7 +933,8 @@ export const makeWith = <R>(
         case "Open": {
           const trips = state.trips > 1 ? ` (${state.trips} trips in a row)` : ""
           // Another process sharing the breaker may have opened it: then no failure of ours is said.
-          const cause = member.lastFailure === undefined ? "" : `; its last failure: ${describeFailure(member.lastFailure, scrub)}`
+          const lastFailure = lastFailureOf(member)
+          const cause = lastFailure === undefined ? "" : `; its last failure: ${lastFailure}`
           return Effect.logWarning(
             `${prefix} opened${trips}: its calls go to another account or wait until it half-opens in ${
               Duration.format(Duration.millis(state.until - state.since))

@@ -112,6 +112,8 @@ export interface AccountJson extends SpendJson {
   readonly failed?: number
   readonly rate_limited?: number
   readonly retries?: number
+  /** What its last attempt sent failed with, unless one answered since. */
+  readonly last_failure?: string | null
   /** Each model's lane: DeepSeek caps each model of an account apart, so each has its own limit. */
   readonly models?: Readonly<Record<string, LaneJson>>
 }
@@ -172,6 +174,7 @@ const accountJson = (account: AccountSummary): AccountJson => {
       failed: status.failed,
       rate_limited: status.rateLimited,
       retries: status.retries,
+      last_failure: status.lastFailure ?? null,
       models: Object.fromEntries(status.models.map((lane): [string, LaneJson] => [
         lane.model,
         { limit: lane.limit, rate_limited: lane.rateLimited, cost_usd: lane.costUsd }
@@ -223,10 +226,14 @@ const limitText = (status: AccountStatus): string =>
     ? `limit ${status.limit}`
     : `limit ${status.limit} (${status.models.map((lane) => `${lane.model} ${lane.limit}`).join(", ")})`
 
+/** Why an account that is not serving at the end is not: what it last failed with. */
+const lastFailureText = (status: AccountStatus): string =>
+  status.state === "serving" || status.lastFailure === undefined ? "" : `, last failure: ${status.lastFailure}`
+
 const statusText = (status: AccountStatus): string =>
   `${status.provider}${status.fallback ? " fallback" : ""}, ${status.state}, ${limitText(status)}, ${
     counted(status.usableKeys, "usable key", "usable keys")
-  }`
+  }${lastFailureText(status)}`
 
 const accountLine = (name: string, account: AccountSummary): string =>
   `  ${name}: ${account.status === undefined ? "" : `${statusText(account.status)}; `}${account.answered} answered, ${
