@@ -8,6 +8,7 @@
  * like a key) before it leaves the process.
  */
 import type { Scrubber } from "../../src/internal/scrubber.js"
+import { clipped } from "../../src/internal/text.js"
 import type { RoutingRefused } from "../../src/Router.js"
 import type { ResilientError } from "../../src/Resilient.js"
 import * as Data from "effect/Data"
@@ -33,8 +34,7 @@ const maxQuotedModel = 100
  */
 export class UnknownModel extends Data.TaggedError("UnknownModel")<{ readonly model: string }> {
   override get message(): string {
-    const quoted = this.model.length <= maxQuotedModel ? this.model : `${this.model.slice(0, maxQuotedModel)}…`
-    return `the model ${JSON.stringify(quoted)} is not served here; GET /v1/models lists the models this gateway serves`
+    return `the model ${JSON.stringify(clipped(this.model, maxQuotedModel))} is not served here; GET /v1/models lists the models this gateway serves`
   }
 }
 

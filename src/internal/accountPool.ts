@@ -43,6 +43,7 @@ import { secondsBoundaries } from "./policy.js"
 import { Signal } from "./signal.js"
 import * as Scrubber from "./scrubber.js"
 import * as StreamPull from "./streamPull.js"
+import { clipped } from "./text.js"
 import type { SharedBalance, Verdict } from "./sharedBalance.js"
 import * as ScopeFinalizer from "./scopeFinalizer.js"
 import { whenTraced } from "./tracing.js"
@@ -236,10 +237,8 @@ const wasNotSent = (verdict: ApiError.Verdict, error: unknown): boolean =>
 const maxFailureText = 300
 
 /** An attempt's failure as a log line or a status says it: its tag and message, scrubbed, cut short. */
-const describeFailure = (error: unknown, scrub: Scrubber.Scrubber): string => {
-  const text = scrub(`${ApiError.tagOf(error) ?? "unknown"}: ${error instanceof Error ? error.message : String(error)}`)
-  return text.length <= maxFailureText ? text : `${text.slice(0, maxFailureText)}…`
-}
+const describeFailure = (error: unknown, scrub: Scrubber.Scrubber): string =>
+  clipped(scrub(`${ApiError.tagOf(error) ?? "unknown"}: ${error instanceof Error ? error.message : String(error)}`), maxFailureText)
 
 // ---------------------------------------------------------------------------------------------
 // Balance

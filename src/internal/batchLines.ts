@@ -15,6 +15,7 @@ import { Task } from "../Router.js"
 import type { Deadlines } from "../Transport.js"
 import * as DurationTexts from "./durationText.js"
 import * as SchemaFastPath from "./schemaFastPath.js"
+import { clipped } from "./text.js"
 
 /** A duration as `30s`, `500ms`, `2m` or `1h`. */
 const DurationText = Schema.transformOrFail(Schema.String, Schema.DurationFromSelf, {
@@ -86,9 +87,6 @@ const ownCustomId = (value: unknown): string | undefined => {
 /** The longest schema complaint written to a result line; a huge body is not echoed back. */
 const maxMessageLength = 500
 
-const truncate = (text: string): string =>
-  text.length <= maxMessageLength ? text : `${text.slice(0, maxMessageLength)}…`
-
 const describeIssues = (error: ParseResult.ParseError): string =>
   ParseResult.ArrayFormatter.formatErrorSync(error)
     .map((issue) => `${issue.path.length === 0 ? "line" : issue.path.join(".")}: ${issue.message}`)
@@ -134,7 +132,7 @@ export const parseInputLine = (text: string | undefined, lineNumber: number): In
     lineNumber,
     customId: ownId ?? `line-${lineNumber}`,
     hasOwnId: ownId !== undefined,
-    message: truncate(`invalid batch request: ${describeIssues(decoded.left)}`)
+    message: clipped(`invalid batch request: ${describeIssues(decoded.left)}`, maxMessageLength)
   }
 }
 
