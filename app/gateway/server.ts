@@ -28,8 +28,6 @@ import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Logger from "effect/Logger"
-import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import type * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
@@ -141,14 +139,12 @@ const servedModels = (accounts: ReadonlyArray<Account>, priced: ReadonlyArray<st
 const warnUnservedRoutes = (router: Router["Type"], served: ReadonlySet<string>) =>
   Effect.forEach(Task.literals, (task) =>
     router.route({ messages: [] }, { task, override: "force" }).pipe(
-      // The router's own warnings are about requests; this is none.
-      Logger.withMinimumLogLevel(LogLevel.None),
       Effect.flatMap(({ request: { model } }) =>
         served.has(model) ? Effect.void : Effect.logWarning(
           `gateway: the router sends ${task} requests to ${model}, which is not served (not in the pricing table or an account's models): they will be refused`
         )
       ),
-      // A route the router itself refuses (its thinking policy) refuses its requests anyway.
+      // Never: the table's own thinking is never refused (a task whose route thinks is not simple).
       Effect.catchTag("RoutingRefused", () => Effect.void)
     ), { discard: true })
 
