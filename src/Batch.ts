@@ -38,6 +38,9 @@
  *   a call waiting (for a permit, a retry's backoff, an account) ends at once, one whose request
  *   fails after the stop ends there, and neither writes anything (a resume sends them). The
  *   summary says `interrupted`.
+ * - A file failing the run once it has started (the output cannot be written, the input can no
+ *   longer be read) stops it in the same way, at once for the output, and fails it with
+ *   `BatchAborted`, which carries the summary until then.
  * - The summary's tokens and cost are what the client recorded in the `CostLedger` during the
  *   run: every attempt, retried ones included, so they are what the upstreams billed
  *   (`AccountPool.layerResilient` records every attempt; a client that records nothing leaves
@@ -94,6 +97,33 @@ export class BatchError extends Data.TaggedError("BatchError")<{
   readonly path: string
   readonly message: string
 }> {}
+
+/**
+ * The run had started sending when its files failed it: the output could not be written (a full
+ * disk, a lost mount) or the input could no longer be read. Nothing more was sent after the
+ * failure. An output failure stops the run at once (the calls on the wire are dropped: their
+ * answers could not be written); an input failure drains it as `Options.stop` does, so the
+ * answers on the wire are written. `summary` is the run until then (`interrupted`); `unwritten`
+ * counts the results of this run whose write failed or never started (part of a failed write may
+ * have reached the file). Every line without a whole result in the file is processed again when
+ * the run resumes, once the file can be written (or read) again.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class BatchAborted extends Data.TaggedError("BatchAborted")<{
+  readonly error: BatchError
+  readonly summary: Summary
+  readonly unwritten: number
+}> {
+  /** @since 0.1.0 */
+  override get message(): string {
+    const unwritten = this.unwritten === 0
+      ? ""
+      : `; up to ${this.unwritten} ${this.unwritten === 1 ? "result" : "results"} received in this run were not written`
+    return `${this.error.message}; the run stopped, nothing more was sent${unwritten}`
+  }
+}
 
 /**
  * Who holds an output's lock: a process (`pid`) on a `host`, since an ISO time.
@@ -417,11 +447,15 @@ const skipped: Outcome = { _tag: "Skipped" }
 
 const encodeOutcome = (outcome: Outcome): string => outcome._tag === "Written" ? Lines.encodeResultLine(outcome.line) : ""
 
-const inputError = (path: string) => (error: { readonly message: string }) =>
-  new BatchError({ file: "input", path, message: `cannot read input: ${error.message}` })
+/** What went wrong, in the system's own words when it has them (`ENOSPC: no space left on device, write`). */
+const describe = (error: PlatformError | { readonly message: string }): string =>
+  "_tag" in error && error._tag === "SystemError" && error.description !== undefined ? error.description : error.message
 
-const outputError = (path: string) => (error: { readonly message: string }) =>
-  new BatchError({ file: "output", path, message: `cannot write output: ${error.message}` })
+const inputError = (path: string) => (error: PlatformError | { readonly message: string }) =>
+  new BatchError({ file: "input", path, message: `cannot read input ${path}: ${describe(error)}` })
+
+const outputError = (path: string) => (error: PlatformError | { readonly message: string }) =>
+  new BatchError({ file: "output", path, message: `cannot write output ${path}: ${describe(error)}` })
 
 /**
  * The real path of the output (see `Files.resolveOutput`), once the input is known readable and
@@ -657,7 +691,7 @@ const summarize = (
  * @since 0.1.0
  * @category constructors
  */
-export const run = (options: Options): Effect.Effect<Summary, BatchError | OutputLocked, Requirements> =>
+export const run = (options: Options): Effect.Effect<Summary, BatchError | OutputLocked | BatchAborted, Requirements> =>
   Effect.scoped(Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const { input } = options
@@ -680,14 +714,23 @@ export const run = (options: Options): Effect.Effect<Summary, BatchError | Outpu
     yield* report(emptyTally)
 
     const file = yield* fs.open(output, { flag: "a" }).pipe(Effect.mapError(outputError(options.output)))
+    let handed = 0
     const append = Files.appender(file, encodeOutcome, (outcome: Outcome) => {
       tally = record(tally, outcome)
       return report(tally)
     })
-    const settle = (outcome: Outcome) => Effect.mapError(append(outcome), outputError(options.output))
 
     const calls = new Calls()
-    const { stopped, stoppedNow } = yield* watchStops(options, calls)
+    const stops = yield* watchStops(options, calls)
+    const { stopped } = stops
+    // The first failure of the run's files; it stops the run (see `BatchAborted`).
+    const failure = yield* Deferred.make<BatchError>()
+    const abort = (error: BatchError, stop: Effect.Effect<void>) =>
+      Effect.zipRight(Deferred.succeed(failure, error), stop)
+    const settle = (outcome: Outcome): Effect.Effect<void> => {
+      if (outcome._tag === "Written") handed++
+      return Effect.catchAll(append(outcome), (error) => abort(outputError(options.output)(error), stops.stopNow))
+    }
     const readAhead = yield* readAheadOf(options.concurrency)
     // A line starts only while the run is not stopped; once its answer is in, it is written
     // whatever happens, so an interrupt never loses an answer nor tears a line.
@@ -701,8 +744,8 @@ export const run = (options: Options): Effect.Effect<Summary, BatchError | Outpu
     // Lines sent run in fibers of their own, at most the read-ahead at once; the others are
     // settled by the reader.
     const processing = Effect.scoped(Effect.gen(function*() {
-      const sending = yield* FiberSet.make<void, BatchError>()
-      const take = (work: Work): Effect.Effect<void, BatchError> => {
+      const sending = yield* FiberSet.make<void, never>()
+      const take = (work: Work): Effect.Effect<void> => {
         switch (work._tag) {
           case "Skip":
             return settle(skipped)
@@ -726,36 +769,42 @@ export const run = (options: Options): Effect.Effect<Summary, BatchError | Outpu
         }
       }
       yield* Files.lines(fs, input).pipe(
-        Stream.mapError(inputError(input)),
         Stream.interruptWhen(Deferred.await(stopped)),
-        Stream.runForEach(({ lineNumber, text }) => take(decide(Lines.parseInputLine(text, lineNumber))))
+        Stream.runForEach(({ lineNumber, text }) => take(decide(Lines.parseInputLine(text, lineNumber)))),
+        Effect.catchAll((error) => abort(inputError(input)(error), stops.stop))
       )
       yield* Effect.raceFirst(readAhead.idle, FiberSet.join(sending))
     }))
     const drainEnds = Effect.zipRight(
       Deferred.await(stopped),
-      Effect.raceFirst(Effect.sleep(options.drainTimeout ?? defaultDrainTimeout), Deferred.await(stoppedNow))
+      Effect.raceFirst(Effect.sleep(options.drainTimeout ?? defaultDrainTimeout), Deferred.await(stops.stoppedNow))
     )
     yield* Effect.raceFirst(processing, drainEnds)
 
     const interrupted = yield* Deferred.isDone(stopped)
-    return summarize(tally, before, yield* readings, yield* poolStatuses, interrupted)
+    const summary = summarize(tally, before, yield* readings, yield* poolStatuses, interrupted)
+    const failed = yield* Deferred.poll(failure)
+    if (Option.isNone(failed)) return summary
+    return yield* new BatchAborted({
+      error: yield* failed.value,
+      summary,
+      unwritten: handed - tally.succeeded - tally.failed
+    })
   }))
 
 /**
- * `stopped` completes with `stop` or `stopNow`, and then `calls` stop; `stoppedNow` completes with
- * `stopNow`. Both are watched for the scope.
+ * `stopped` completes with `stop` or `stopNow` (the options' or the run's own), and then `calls`
+ * stop; `stoppedNow` completes with `stopNow`. The options' are watched for the scope.
  */
 const watchStops = (options: Pick<Options, "stop" | "stopNow">, calls: Calls) =>
   Effect.gen(function*() {
     const stopped = yield* Deferred.make<void>()
     const stoppedNow = yield* Deferred.make<void>()
     const stop = Effect.zipRight(Deferred.succeed(stopped, undefined), Effect.sync(() => calls.stop()))
+    const stopNow = Effect.zipRight(stop, Deferred.succeed(stoppedNow, undefined))
     if (options.stop !== undefined) yield* Effect.forkScoped(Effect.zipRight(options.stop, stop))
-    if (options.stopNow !== undefined) {
-      yield* Effect.forkScoped(Effect.zipRight(options.stopNow, Effect.zipRight(stop, Deferred.succeed(stoppedNow, undefined))))
-    }
-    return { stopped, stoppedNow }
+    if (options.stopNow !== undefined) yield* Effect.forkScoped(Effect.zipRight(options.stopNow, stopNow))
+    return { stopped, stoppedNow, stop: Effect.asVoid(stop), stopNow: Effect.asVoid(stopNow) }
   })
 
 /**

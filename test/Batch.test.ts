@@ -1,3 +1,4 @@
+import { SystemError } from "@effect/platform/Error"
 import * as FileSystem from "@effect/platform/FileSystem"
 import * as NodeFileSystem from "@effect/platform-node/NodeFileSystem"
 import { describe, expect, it } from "@effect/vitest"
@@ -989,7 +990,117 @@ describe("Batch.run output file", () => {
       expect(Number((yield* ws.fs.stat(ws.output)).mode) & 0o777).toBe(0o444)
       expect(yield* ws.fs.exists(`${ws.output}.lock`)).toBe(false)
     }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it.scoped("stops sending when the output cannot be written (a full disk), and a resume completes it", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      const ids = Array.from({ length: 200 }, (_, i) => `line-${i}`)
+      yield* ws.writeInput(ids.map((id) => request(id)))
+      const result = yield* Effect.either(
+        runWith(ok, { input: ws.input, output: ws.output, concurrency: 4 }).pipe(Effect.provide(fullDiskAfter(ws.output, 4000)))
+      )
+      expect(result._tag).toBe("Left")
+      const aborted = (result as any).left as Batch.BatchAborted
+      expect(aborted._tag).toBe("BatchAborted")
+      expect(aborted.error).toMatchObject({ _tag: "BatchError", file: "output" })
+      expect(aborted.message).toContain(`cannot write output ${ws.output}: ENOSPC: no space left on device, write`)
+      expect(aborted.summary.interrupted).toBe(true)
+      expect(aborted.unwritten).toBeGreaterThan(0)
+      expect(aborted.message).toContain(`up to ${aborted.unwritten} result`)
+      // Nothing is sent once a write failed: what was in flight then, no more.
+      expect(aborted.summary.spend.attempts).toBeLessThanOrEqual(aborted.summary.succeeded + aborted.unwritten + 4)
+      expect(yield* ws.fs.exists(`${ws.output}.lock`)).toBe(false)
+
+      const kept = (yield* ws.fs.readFileString(ws.output)).split("\n").filter((l) => {
+        try {
+          return JSON.parse(l) !== undefined
+        } catch {
+          return false
+        }
+      }).length
+      const resumed = yield* runWith(ok, ws)
+      expect(resumed.calls).toBe(ids.length - kept)
+      const lines = yield* ws.readOutput
+      expect([...countBy(lines).values()].every((n) => n === 1)).toBe(true)
+      expect(lines.map((l) => l.custom_id).sort()).toEqual([...ids].sort())
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it.scoped("drains and writes the answers on the wire when the input cannot be read any more", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      const ids = Array.from({ length: 50 }, (_, i) => `line-${i}`)
+      yield* ws.writeInput(ids.map((id) => request(id)))
+      const inFlight = yield* Deferred.make<void>()
+      const result = yield* Effect.either(
+        runWith(ok, { input: ws.input, output: ws.output }, { before: () => Deferred.await(inFlight) }).pipe(
+          Effect.provide(unreadableAfter(ws.input, 10, Deferred.succeed(inFlight, undefined)))
+        )
+      )
+      expect(result._tag).toBe("Left")
+      const aborted = (result as any).left as Batch.BatchAborted
+      expect(aborted.error).toMatchObject({ _tag: "BatchError", file: "input" })
+      expect(aborted.message).toContain(`cannot read input ${ws.input}: EIO: i/o error, read`)
+      expect(aborted.unwritten).toBe(0)
+      // The ten lines read before the failure were on the wire: each was answered and written.
+      const lines = yield* ws.readOutput
+      expect(lines.map((l) => l.custom_id).sort()).toEqual(ids.slice(0, 10).sort())
+      expect(aborted.summary).toMatchObject({ succeeded: 10, interrupted: true })
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
 })
+
+/** A file system whose appends to `path` fail once `capacity` bytes are written, as on a full disk: the failed write lands in part. */
+const fullDiskAfter = (path: string, capacity: number) => {
+  let free = capacity
+  const failing = (file: FileSystem.File): FileSystem.File =>
+    Object.assign(Object.create(file) as FileSystem.File, {
+      writeAll: (buffer: Uint8Array) => {
+        const fits = Math.min(free, buffer.length)
+        free -= fits
+        const written = file.writeAll(buffer.subarray(0, fits))
+        return fits === buffer.length ? written : Effect.zipRight(
+          written,
+          Effect.fail(
+            new SystemError({
+              reason: "Unknown",
+              module: "FileSystem",
+              method: "writeAll",
+              description: "ENOSPC: no space left on device, write"
+            })
+          )
+        )
+      }
+    })
+  return Layer.effect(
+    FileSystem.FileSystem,
+    Effect.map(FileSystem.FileSystem, (fs) => ({
+      ...fs,
+      open: (at, options) => at === path && options?.flag === "a" ? Effect.map(fs.open(at, options), failing) : fs.open(at, options)
+    }))
+  )
+}
+
+/**
+ * A file system whose reading of `path` fails with EIO after `lines` lines (the first pass of a
+ * line count aside), running `failed` then.
+ */
+const unreadableAfter = (path: string, lines: number, failed: Effect.Effect<unknown>) =>
+  Layer.effect(
+    FileSystem.FileSystem,
+    Effect.map(FileSystem.FileSystem, (fs) => ({
+      ...fs,
+      stream: (at, options) =>
+        at !== path ? fs.stream(at, options) : Stream.concat(
+          Stream.fromEffect(Effect.map(fs.readFileString(at), (text) => {
+            const kept = text.split("\n").slice(0, lines).map((l) => `${l}\n`).join("")
+            return new TextEncoder().encode(kept)
+          })),
+          Stream.fromEffect(Effect.zipRight(
+            failed,
+            Effect.fail(new SystemError({ reason: "Unknown", module: "FileSystem", method: "read", description: "EIO: i/o error, read" }))
+          ))
+        )
+    }))
+  )
 
 /** Polls `condition` (real IO progresses between polls), at most `polls` times. */
 /**

@@ -109,7 +109,8 @@ const runCaught = (
 
 /**
  * The `batch` command. Exit codes: 0 every line succeeded, 1 a line failed or the run could not go
- * on (the input or output could not be read or written, a read-only output), 2 usage or
+ * on (the input or output could not be read or written, a read-only output; the summary is printed
+ * when the run had started), 2 usage or
  * configuration (and an output locked by another run), 130 / 143 stopped by SIGINT / SIGTERM.
  */
 export const batch = (args: BatchArgs) =>
@@ -117,12 +118,19 @@ export const batch = (args: BatchArgs) =>
     const problem = flagsProblem(args)
     if (problem !== undefined) return yield* fail(2, `weatherproof: ${problem}`)
     const [accounts, redis] = yield* loadAccounts(args)
-    const { signal, summary } = yield* runCaught(args, accounts, redis)
+    const { aborted, signal, summary } = yield* runCaught(args, accounts, redis).pipe(
+      Effect.map((ran) => ({ ...ran, aborted: undefined })),
+      Effect.catchTag("BatchAborted", (aborted) => Effect.succeed({ summary: aborted.summary, signal: Option.none(), aborted }))
+    )
     yield* Console.log(Batch.formatSummary(summary))
     if (Option.isSome(args.summary)) {
       yield* Batch.writeSummary(args.summary.value, summary).pipe(
         Effect.catchTag("BatchError", (error) => fail(1, `weatherproof: ${error.message}`))
       )
+    }
+    if (aborted !== undefined) {
+      const fixed = aborted.error.file === "output" ? "the output can be written" : "the input can be read"
+      return yield* fail(1, `weatherproof: ${aborted.message}; once ${fixed} again, run the same command again to resume:\n  ${commandLine(args)}`)
     }
     if (summary.interrupted) {
       const written = summary.succeeded + summary.failed

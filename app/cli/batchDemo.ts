@@ -181,7 +181,7 @@ export interface DemoReport {
 export const run = (options: {
   readonly requests: number
   readonly onProgress?: ((progress: Batch.Progress) => Effect.Effect<void>) | undefined
-}): Effect.Effect<DemoReport, Batch.BatchError | Batch.OutputLocked, FileSystem.FileSystem | Scope.Scope> =>
+}): Effect.Effect<DemoReport, Batch.BatchError | Batch.OutputLocked | Batch.BatchAborted, FileSystem.FileSystem | Scope.Scope> =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const simulator = yield* Simulator.make(simulatorOptions)
@@ -249,10 +249,7 @@ export const main = (options: { readonly requests: number }) =>
     if (options.requests < 1) return yield* fail(2, "weatherproof: --requests must be at least 1")
     yield* Console.log(introduction(options.requests))
     const report = yield* withProgress((onProgress) => run({ requests: options.requests, onProgress })).pipe(
-      Effect.catchTags({
-        BatchError: (error) => fail(1, `weatherproof: ${error.message}`),
-        OutputLocked: (error) => fail(1, `weatherproof: ${error.message}`)
-      })
+      Effect.catchAll((error) => fail(1, `weatherproof: ${error.message}`))
     )
     yield* Console.log(formatReport(report))
     if (report.problems.length > 0) return yield* new ExitCode({ code: 1 })
