@@ -829,7 +829,7 @@ export const toJson: (summary: Summary) => SummaryJson = SummaryInternal.toJson
  */
 export const writeSummary = (path: string, summary: Summary): Effect.Effect<void, BatchError, FileSystem.FileSystem> =>
   Effect.flatMap(FileSystem.FileSystem, (fs) => fs.writeFileString(path, `${JSON.stringify(toJson(summary), null, 2)}\n`)).pipe(
-    Effect.mapError((error) => new BatchError({ file: "summary", path, message: `cannot write the summary: ${error.message}` }))
+    Effect.mapError((error) => new BatchError({ file: "summary", path, message: `cannot write the summary ${path}: ${describe(error)}` }))
   )
 
 /**

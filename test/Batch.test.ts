@@ -27,6 +27,7 @@ import { type CallOptions, Resilient } from "../src/Resilient.js"
 import * as Router from "../src/Router.js"
 import * as Simulator from "../src/Simulator.js"
 import { Telemetry } from "../src/Telemetry.js"
+import { layerFullDisk } from "./support/fullDisk.js"
 import { flatPricing } from "./support/pricing.js"
 
 const secret = "sk-batch-test-SECRET-0123456789"
@@ -997,7 +998,7 @@ describe("Batch.run output file", () => {
       const ids = Array.from({ length: 200 }, (_, i) => `line-${i}`)
       yield* ws.writeInput(ids.map((id) => request(id)))
       const result = yield* Effect.either(
-        runWith(ok, { input: ws.input, output: ws.output, concurrency: 4 }).pipe(Effect.provide(fullDiskAfter(ws.output, 4000)))
+        runWith(ok, { input: ws.input, output: ws.output, concurrency: 4 }).pipe(Effect.provide(layerFullDisk([ws.output], 4000)))
       )
       expect(result._tag).toBe("Left")
       const aborted = (result as any).left as Batch.BatchAborted
@@ -1048,37 +1049,6 @@ describe("Batch.run output file", () => {
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 })
 
-/** A file system whose appends to `path` fail once `capacity` bytes are written, as on a full disk: the failed write lands in part. */
-const fullDiskAfter = (path: string, capacity: number) => {
-  let free = capacity
-  const failing = (file: FileSystem.File): FileSystem.File =>
-    Object.assign(Object.create(file) as FileSystem.File, {
-      writeAll: (buffer: Uint8Array) => {
-        const fits = Math.min(free, buffer.length)
-        free -= fits
-        const written = file.writeAll(buffer.subarray(0, fits))
-        return fits === buffer.length ? written : Effect.zipRight(
-          written,
-          Effect.fail(
-            new SystemError({
-              reason: "Unknown",
-              module: "FileSystem",
-              method: "writeAll",
-              description: "ENOSPC: no space left on device, write"
-            })
-          )
-        )
-      }
-    })
-  return Layer.effect(
-    FileSystem.FileSystem,
-    Effect.map(FileSystem.FileSystem, (fs) => ({
-      ...fs,
-      open: (at, options) => at === path && options?.flag === "a" ? Effect.map(fs.open(at, options), failing) : fs.open(at, options)
-    }))
-  )
-}
-
 /**
  * A file system whose reading of `path` fails with EIO after `lines` lines (the first pass of a
  * line count aside), running `failed` then.
@@ -1102,7 +1072,6 @@ const unreadableAfter = (path: string, lines: number, failed: Effect.Effect<unkn
     }))
   )
 
-/** Polls `condition` (real IO progresses between polls), at most `polls` times. */
 /**
  * Waits, a macrotask at a time, for `condition`: the run's file work is real I/O, which the
  * TestClock does not drive. Bounded by 10 s of real time (a loaded machine can take a while).

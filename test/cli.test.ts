@@ -8,6 +8,7 @@ import { layerNone } from "../app/cli/signals.js"
 import { main } from "../bin/weatherproof.js"
 import * as Simulator from "../src/Simulator.js"
 import { chatLine } from "./support/chatLine.js"
+import { layerFullDisk } from "./support/fullDisk.js"
 
 const badKey = "sk-cli-test-WRONG-7f3a9c1d2e"
 
@@ -100,6 +101,33 @@ describe("weatherproof CLI", () => {
       expect(result.stderr).toContain("cannot read input")
       expect(result.stderr).not.toContain(badKey)
     }).pipe(Effect.provide(NodeContext.layer)))
+
+  it.live("batch on a full disk stops sending, prints the summary and how to resume, even when the summary cannot be written", () =>
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const simulator = yield* Simulator.make({ queueDelay: 0 })
+      const dir = yield* fs.realPath(yield* fs.makeTempDirectoryScoped({ prefix: "cli-test-" }))
+      const input = `${dir}/in.jsonl`
+      const output = `${dir}/out.jsonl`
+      const summary = `${dir}/summary.json`
+      yield* fs.writeFileString(input, Array.from({ length: 300 }, (_, i) => `${chatLine(i)}\n`).join(""))
+
+      const args = ["batch", input, "--output", output, "--summary", summary, "--concurrency", "4"]
+      const result = yield* runCli(args, { DEEPSEEK_API_KEY: "sk-sim-default", DEEPSEEK_BASE_URL: simulator.baseUrl }).pipe(
+        Effect.provide(layerFullDisk([output, summary], 4000))
+      )
+
+      expect(result.code).toBe(1)
+      expect(result.stdout).toContain("stopped:   interrupted before the end of the input")
+      expect(result.stderr).toContain(`cannot write output ${output}: ENOSPC: no space left on device, write`)
+      expect(result.stderr).toMatch(/up to \d+ results? received in this run were not written/)
+      expect(result.stderr).toContain(`cannot write the summary ${summary}: ENOSPC`)
+      expect(result.stderr).toContain(
+        `once the output can be written again, run the same command again to resume:\n  weatherproof batch ${input} --output ${output}`
+      )
+      // Nothing is sent after the failed write but the few calls then in flight.
+      expect((yield* simulator.stats).requests).toBeLessThan(100)
+    }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 
   it.live("batch without --output, or with --concurrency 0, is a usage error", () =>
     Effect.gen(function*() {

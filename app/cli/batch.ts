@@ -15,7 +15,7 @@ import type * as Redis from "../../src/Redis.js"
 import * as Router from "../../src/Router.js"
 import { type AccountArgs, type CallArgs, flagsProblem, invalidConfig, listIssues, loadAccounts, poolOptions } from "./accounts.js"
 import { withProgress } from "./batchProgress.js"
-import { fail } from "./exit.js"
+import { ExitCode, fail } from "./exit.js"
 import { exitCodeOf, StopSignals } from "./signals.js"
 
 /** The arguments of `weatherproof batch`, as parsed. */
@@ -123,11 +123,16 @@ export const batch = (args: BatchArgs) =>
       Effect.catchTag("BatchAborted", (aborted) => Effect.succeed({ summary: aborted.summary, signal: Option.none(), aborted }))
     )
     yield* Console.log(Batch.formatSummary(summary))
-    if (Option.isSome(args.summary)) {
-      yield* Batch.writeSummary(args.summary.value, summary).pipe(
-        Effect.catchTag("BatchError", (error) => fail(1, `weatherproof: ${error.message}`))
-      )
-    }
+    // A summary file that cannot be written (the disk that filled the output, say) is told, and
+    // the run's own ending (how to resume) still follows.
+    const summaryWritten = yield* Option.match(args.summary, {
+      onNone: () => Effect.succeed(true),
+      onSome: (path) =>
+        Batch.writeSummary(path, summary).pipe(
+          Effect.as(true),
+          Effect.catchTag("BatchError", (error) => Effect.as(Console.error(`weatherproof: ${error.message}`), false))
+        )
+    })
     if (aborted !== undefined) {
       const fixed = aborted.error.file === "output" ? "the output can be written" : "the input can be read"
       return yield* fail(1, `weatherproof: ${aborted.message}; once ${fixed} again, run the same command again to resume:\n  ${commandLine(args)}`)
@@ -142,6 +147,7 @@ export const batch = (args: BatchArgs) =>
       )
     }
     if (summary.failed > 0) return yield* fail(1, failedMessage(summary))
+    if (!summaryWritten) return yield* new ExitCode({ code: 1 })
   })
 
 /** What to do about failed lines: a rerun retries them, but answers a line of bad input only once it is fixed. */
