@@ -16,6 +16,8 @@
  *   url, a `custom_id` already used by an earlier line) gets an error result line; it never stops
  *   the run. A line without a `custom_id` is named `line-<n>`.
  * - A line that is not valid UTF-8 is an error line (`invalid_line`); it is never altered and sent.
+ *   So is a line longer than 64 MiB, which is never held whole (a file without line ends costs
+ *   bounded memory).
  * - A body with `"stream": true` is sent as a stream (so the first-content and idle deadlines see
  *   real content) and its result body is the completion folded from the chunks (`ChatStream`),
  *   as a non-streaming answer would look. A stream cut after some chunks gives an error line whose
@@ -770,7 +772,7 @@ export const run = (options: Options): Effect.Effect<Summary, BatchError | Outpu
       }
       yield* Files.lines(fs, input).pipe(
         Stream.interruptWhen(Deferred.await(stopped)),
-        Stream.runForEach(({ lineNumber, text }) => take(decide(Lines.parseInputLine(text, lineNumber)))),
+        Stream.runForEach((line) => take(decide(Lines.parseInputLine(line)))),
         Effect.catchAll((error) => abort(inputError(input)(error), stops.stop))
       )
       yield* Effect.raceFirst(readAhead.idle, FiberSet.join(sending))

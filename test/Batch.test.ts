@@ -828,8 +828,21 @@ describe("Batch.run input decoding", () => {
       expect(summary).toMatchObject({ requests: 3, succeeded: 2, failed: 1, failures: { invalid_line: 1 } })
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
+  it.scoped("a line longer than 64 MiB (a file without line ends) becomes an error line, never sent; the lines around it are", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      const huge = request("huge", "x".repeat(64 * 1024 * 1024))
+      yield* ws.writeInput([request("before"), huge, request("after")])
+      const { calls, summary } = yield* runWith(ok, ws)
+      expect(calls).toBe(2)
+      const lines = byCustomId(yield* ws.readOutput)
+      expect(lines.get("line-2")?.error).toEqual({ code: "invalid_line", message: "line is longer than 64 MiB" })
+      expect(lines.get("after")?.error).toBeNull()
+      expect(summary).toMatchObject({ requests: 3, succeeded: 2, failed: 1, failures: { invalid_line: 1 } })
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
   it.effect.prop(
-    "splits any chunking of the bytes into the same lines, each decoded fatally",
+    "splits any chunking of the bytes into the same lines, each decoded fatally, each longer than the limit unread",
     [
       FastCheck.array(
         FastCheck.oneof(
@@ -839,9 +852,10 @@ describe("Batch.run input decoding", () => {
         ),
         { maxLength: 12 }
       ),
-      FastCheck.array(FastCheck.integer({ min: 1, max: 7 }), { minLength: 1, maxLength: 8 })
+      FastCheck.array(FastCheck.integer({ min: 1, max: 7 }), { minLength: 1, maxLength: 8 }),
+      FastCheck.integer({ min: 0, max: 40 })
     ],
-    ([lineBytes, cuts]) =>
+    ([lineBytes, cuts, maxBytes]) =>
       Effect.gen(function*() {
         const noNewline = lineBytes.map((b) => b.filter((x) => x !== 0x0a))
         const all = Uint8Array.from(noNewline.flatMap((b) => [...b, 0x0a]))
@@ -851,17 +865,19 @@ describe("Batch.run input decoding", () => {
           reads.push(all.slice(at, at + size))
           at += size
         }
-        const split = yield* Stream.runCollect(Files.splitLines(Stream.fromIterable(reads)))
+        const split = yield* Stream.runCollect(Files.splitLines(Stream.fromIterable(reads), maxBytes))
         const fatal = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true })
-        const expected = noNewline.flatMap((bytes, i) => {
-          let text: string | undefined
+        const expected = noNewline.flatMap((bytes, i): Array<Files.NumberedLine> => {
+          const lineNumber = i + 1
+          if (bytes.length > maxBytes) return [{ text: undefined, lineNumber, unreadable: "too-long" }]
+          let text: string
           try {
             text = fatal.decode(bytes).replace(/\r$/, "")
             if (i === 0) text = text.replace(/^\uFEFF/, "")
           } catch {
-            text = undefined
+            return [{ text: undefined, lineNumber, unreadable: "invalid-utf8" }]
           }
-          return text !== undefined && text.trim().length === 0 ? [] : [{ text, lineNumber: i + 1 }]
+          return text.trim().length === 0 ? [] : [{ text, lineNumber }]
         })
         expect([...split]).toEqual(expected)
       })

@@ -13,39 +13,58 @@ import * as Stream from "effect/Stream"
 import { hostname } from "node:os"
 import * as NodePath from "node:path"
 import type { LockHolder } from "../Batch.js"
-import { classifyExisting } from "./batchLines.js"
+import { classifyExisting, maxLineBytes, type Unreadable } from "./batchLines.js"
 
 // ---------------------------------------------------------------------------------------------
 // Lines
 // ---------------------------------------------------------------------------------------------
 
 /**
- * A non-blank line and its 1-based line number. `text` is `undefined` for a line that is not
- * valid UTF-8: it is never decoded lossily.
+ * A non-blank line and its 1-based line number. A line that is not valid UTF-8 is never decoded
+ * lossily, and one longer than the limit is never held whole: neither has a `text`.
  */
-export interface NumberedLine {
-  readonly text: string | undefined
-  readonly lineNumber: number
-}
+export type NumberedLine =
+  | { readonly text: string; readonly lineNumber: number }
+  | { readonly text: undefined; readonly lineNumber: number; readonly unreadable: Unreadable }
 
 const newline = 0x0a
+
+const joinBytes = (pieces: ReadonlyArray<Uint8Array>): Uint8Array => {
+  if (pieces.length === 1) return pieces[0]!
+  const joined = new Uint8Array(pieces.reduce((sum, piece) => sum + piece.length, 0))
+  let at = 0
+  for (const piece of pieces) {
+    joined.set(piece, at)
+    at += piece.length
+  }
+  return joined
+}
 
 /**
  * Splits bytes into lines on `\n` and decodes each line with a fatal UTF-8 decoder. The complete
  * lines of a read are decoded in one call, and one by one only when that call finds a bad byte,
- * so valid input costs what a single decode of it does.
+ * so valid input costs what a single decode of it does. The pieces of a line that spans reads are
+ * joined once, at its end; past `maxBytes` they are dropped until it ends.
  */
-const lineSplitter = () => {
+const lineSplitter = (maxBytes: number) => {
   const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true })
-  let pending: Uint8Array | undefined
+  // The line not ended yet: its pieces, their length, and whether it already passed `maxBytes`.
+  let pending: Array<Uint8Array> = []
+  let pendingBytes = 0
+  let tooLong = false
   let lineNumber = 0
 
   const push = (out: Array<NumberedLine>, text: string | undefined): void => {
     lineNumber++
-    if (text === undefined) return void out.push({ text, lineNumber })
+    if (text === undefined) return void out.push({ text, lineNumber, unreadable: "invalid-utf8" })
     let line = text.endsWith("\r") ? text.slice(0, -1) : text
     if (lineNumber === 1 && line.startsWith("\uFEFF")) line = line.slice(1)
     if (line.trim().length > 0) out.push({ text: line, lineNumber })
+  }
+
+  const pushTooLong = (out: Array<NumberedLine>): void => {
+    lineNumber++
+    out.push({ text: undefined, lineNumber, unreadable: "too-long" })
   }
 
   const decode = (bytes: Uint8Array): string | undefined => {
@@ -58,25 +77,34 @@ const lineSplitter = () => {
 
   /** The lines of `bytes`, which holds whole lines separated by `\n` (no final one). */
   const pushLines = (out: Array<NumberedLine>, bytes: Uint8Array): void => {
-    const text = decode(bytes)
+    // Only a read longer than the limit can hold a line too long.
+    const text = bytes.length > maxBytes ? undefined : decode(bytes)
     if (text !== undefined) {
       for (const line of text.split("\n")) push(out, line)
       return
     }
     let start = 0
     for (let end = bytes.indexOf(newline); ; end = bytes.indexOf(newline, start)) {
-      push(out, decode(bytes.subarray(start, end < 0 ? bytes.length : end)))
+      const line = bytes.subarray(start, end < 0 ? bytes.length : end)
+      if (line.length > maxBytes) pushTooLong(out)
+      else push(out, decode(line))
       if (end < 0) return
       start = end + 1
     }
   }
 
-  const concat = (head: Uint8Array | undefined, tail: Uint8Array): Uint8Array => {
-    if (head === undefined) return tail
-    const joined = new Uint8Array(head.length + tail.length)
-    joined.set(head)
-    joined.set(tail, head.length)
-    return joined
+  const hold = (bytes: Uint8Array): void => {
+    if (tooLong || bytes.length === 0) return
+    pendingBytes += bytes.length
+    if (pendingBytes <= maxBytes) return void pending.push(bytes)
+    tooLong = true
+    pending = []
+  }
+
+  const clearPending = (): void => {
+    pending = []
+    pendingBytes = 0
+    tooLong = false
   }
 
   return {
@@ -84,26 +112,40 @@ const lineSplitter = () => {
       const out: Array<NumberedLine> = []
       const last = bytes.lastIndexOf(newline)
       if (last < 0) {
-        pending = concat(pending, bytes)
+        hold(bytes)
         return out
       }
-      pushLines(out, concat(pending, bytes.subarray(0, last)))
-      pending = last + 1 < bytes.length ? bytes.slice(last + 1) : undefined
+      const first = bytes.indexOf(newline)
+      if (tooLong || pendingBytes + first > maxBytes) {
+        // The pending line ends at `first`, too long; the whole lines after it are read alone.
+        pushTooLong(out)
+        if (first < last) pushLines(out, bytes.subarray(first + 1, last))
+      } else {
+        const lines = bytes.subarray(0, last)
+        pushLines(out, pending.length === 0 ? lines : joinBytes([...pending, lines]))
+      }
+      clearPending()
+      // A copy, so the read is not kept alive by its tail.
+      hold(bytes.slice(last + 1))
       return out
     },
     end: (): Array<NumberedLine> => {
       const out: Array<NumberedLine> = []
-      if (pending !== undefined) pushLines(out, pending)
-      pending = undefined
+      if (tooLong) pushTooLong(out)
+      else if (pending.length > 0) pushLines(out, joinBytes(pending))
+      clearPending()
       return out
     }
   }
 }
 
-/** The non-blank lines of a stream of bytes, however it is cut into reads. */
-export const splitLines = <E, R>(bytes: Stream.Stream<Uint8Array, E, R>): Stream.Stream<NumberedLine, E, R> =>
+/** The non-blank lines of a stream of bytes, however it is cut into reads; a line over `maxBytes` has no text. */
+export const splitLines = <E, R>(
+  bytes: Stream.Stream<Uint8Array, E, R>,
+  maxBytes: number = maxLineBytes
+): Stream.Stream<NumberedLine, E, R> =>
   Stream.suspend(() => {
-    const splitter = lineSplitter()
+    const splitter = lineSplitter(maxBytes)
     return bytes.pipe(
       Stream.mapConcat(splitter.feed),
       Stream.concat(Stream.suspend(() => Stream.fromIterable(splitter.end())))

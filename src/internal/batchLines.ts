@@ -13,6 +13,7 @@ import type { ChatCompletion, FinishReason, ToolCall, Usage } from "../ChatSchem
 import type { ResilientError } from "../Resilient.js"
 import { Task } from "../Router.js"
 import type { Deadlines } from "../Transport.js"
+import type { NumberedLine } from "./batchFiles.js"
 import * as DurationTexts from "./durationText.js"
 import * as SchemaFastPath from "./schemaFastPath.js"
 import { clipped } from "./text.js"
@@ -108,15 +109,25 @@ const invalidWithoutId = (lineNumber: number, message: string): InputItem => ({
   message
 })
 
-/** The message of a line whose bytes are not UTF-8: it is not sent, altered or not. */
-export const invalidUtf8Message = "line is not valid UTF-8"
-
 /**
- * Parses one non-blank input line (`lineNumber` is 1-based; `text` is `undefined` when the line is
- * not valid UTF-8). Never fails: a bad line is `Invalid`.
+ * The longest input line read, in bytes: 64 MiB, far above any request DeepSeek takes (a 1M-token
+ * context is a few MB of text), so a file without line ends costs bounded memory.
  */
-export const parseInputLine = (text: string | undefined, lineNumber: number): InputItem => {
-  if (text === undefined) return invalidWithoutId(lineNumber, invalidUtf8Message)
+export const maxLineBytes = 64 * 1024 * 1024
+
+/** Why a line has no text: its bytes are not UTF-8, or there are more than the limit of them. */
+export type Unreadable = "invalid-utf8" | "too-long"
+
+/** The message of a line that cannot be read: it is not sent, altered or not. */
+export const unreadableMessages: Readonly<Record<Unreadable, string>> = {
+  "invalid-utf8": "line is not valid UTF-8",
+  "too-long": `line is longer than ${maxLineBytes / 1024 / 1024} MiB`
+}
+
+/** Parses one non-blank input line. Never fails: a bad line is `Invalid`. */
+export const parseInputLine = (line: NumberedLine): InputItem => {
+  const { lineNumber, text } = line
+  if (text === undefined) return invalidWithoutId(lineNumber, unreadableMessages[line.unreadable])
   const json = decodeJson(text)
   if (Either.isLeft(json)) return invalidWithoutId(lineNumber, "line is not valid JSON")
   const notAnObject = notARequestObject(json.right)
