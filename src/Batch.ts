@@ -414,10 +414,11 @@ type Work =
   | { readonly _tag: "Reject"; readonly customId: string; readonly error: Lines.LineError }
   | Send
 
-/** What became of one line. */
-type Outcome =
-  | { readonly _tag: "Skipped" }
-  | { readonly _tag: "Written"; readonly line: Lines.ResultLine; readonly routingWarnings: number }
+/** The result line of a line not skipped, to write, and how many warnings the router gave for it. */
+interface Outcome {
+  readonly line: Lines.ResultLine
+  readonly routingWarnings: number
+}
 
 interface Tally {
   readonly succeeded: number
@@ -430,7 +431,6 @@ interface Tally {
 const emptyTally: Tally = { succeeded: 0, failed: 0, skipped: 0, failures: {}, routingWarnings: 0 }
 
 const record = (tally: Tally, outcome: Outcome): Tally => {
-  if (outcome._tag === "Skipped") return { ...tally, skipped: tally.skipped + 1 }
   const error = outcome.line.error
   const routingWarnings = tally.routingWarnings + outcome.routingWarnings
   return error === null
@@ -443,11 +443,11 @@ const record = (tally: Tally, outcome: Outcome): Tally => {
     }
 }
 
-const written = (line: Lines.ResultLine, routingWarnings = 0): Outcome => ({ _tag: "Written", line, routingWarnings })
+const recordSkipped = (tally: Tally): Tally => ({ ...tally, skipped: tally.skipped + 1 })
 
-const skipped: Outcome = { _tag: "Skipped" }
+const written = (line: Lines.ResultLine, routingWarnings = 0): Outcome => ({ line, routingWarnings })
 
-const encodeOutcome = (outcome: Outcome): string => outcome._tag === "Written" ? Lines.encodeResultLine(outcome.line) : ""
+const encodeOutcome = (outcome: Outcome): string => Lines.encodeResultLine(outcome.line)
 
 /** What went wrong, in the system's own words when it has them (`ENOSPC: no space left on device, write`). */
 const describe = (error: PlatformError | { readonly message: string }): string =>
@@ -730,7 +730,7 @@ export const run = (options: Options): Effect.Effect<Summary, BatchError | Outpu
     const abort = (error: BatchError, stop: Effect.Effect<void>) =>
       Effect.zipRight(Deferred.succeed(failure, error), stop)
     const settle = (outcome: Outcome): Effect.Effect<void> => {
-      if (outcome._tag === "Written") handed++
+      handed++
       return Effect.catchAll(append(outcome), (error) => abort(outputError(options.output)(error), stops.stopNow))
     }
     const readAhead = yield* readAheadOf(options.concurrency)
@@ -750,7 +750,8 @@ export const run = (options: Options): Effect.Effect<Summary, BatchError | Outpu
       const take = (work: Work): Effect.Effect<void> => {
         switch (work._tag) {
           case "Skip":
-            return settle(skipped)
+            // Nothing to write: counted at once, without the writer (a resume skips millions).
+            return Effect.suspend(() => report(tally = recordSkipped(tally)))
           case "Reject":
             return Effect.suspend(() => settle(written(Lines.rejected(nextId(), work.customId, work.error))))
           case "Send":

@@ -373,37 +373,41 @@ export const compactOutput = (
   Effect.gen(function*() {
     if (!(yield* fs.exists(path))) return new Set<string>()
     const temporaryPath = `${path}.compacting`
-    const succeeded = new Set<string>()
-    const keep = ([line, next]: readonly [NumberedLine, Option.Option<NumberedLine>]) => {
-      const result = line.text === undefined ? { _tag: "Unrecognized" as const } : classifyExisting(line.text)
-      switch (result._tag) {
-        case "Succeeded":
-          if (succeeded.has(result.customId)) return Effect.succeed(Option.none<string>())
-          succeeded.add(result.customId)
-          return Effect.succeed(Option.some(`${line.text}\n`))
-        case "Failed":
-          return Effect.succeed(Option.none<string>())
-        case "Unrecognized":
-          return Option.isNone(next)
-            ? Effect.succeed(Option.none<string>())
-            : Effect.fail<ForeignLine>({ _tag: "ForeignLine", lineNumber: line.lineNumber })
-      }
-    }
+    const keep = keeper()
     const { mode } = yield* fs.stat(path)
     yield* Effect.scoped(
       Effect.gen(function*() {
         const file = yield* fs.open(temporaryPath, { flag: "w" })
-        yield* lines(fs, path).pipe(
-          Stream.zipWithNext,
-          Stream.mapEffect(keep),
-          Stream.filterMap((kept) => kept),
-          Stream.mapChunks((texts) => Chunk.of(Chunk.join(texts, ""))),
-          Stream.runForEach((text) => writeText(file, text))
-        )
+        yield* Stream.runForEachChunk(lines(fs, path), (read) => Effect.flatMap(keep.lines(read), (text) => writeText(file, text)))
         yield* file.sync
         yield* fs.chmod(temporaryPath, mode & 0o7777)
       })
     ).pipe(Effect.onError(() => Effect.ignore(fs.remove(temporaryPath))))
     yield* fs.rename(temporaryPath, path)
-    return succeeded
+    return keep.succeeded
   })
+
+/**
+ * What compaction keeps of an output's lines, a read at a time (no effect per line: an output can
+ * hold millions): the text of the first successful line of each id. A line that is not a batch
+ * result is fine last (a crash tore it) and `ForeignLine` before another.
+ */
+const keeper = () => {
+  const succeeded = new Set<string>()
+  let unrecognized: number | undefined
+  const lines = (read: Chunk.Chunk<NumberedLine>): Effect.Effect<string, ForeignLine> => {
+    let kept = ""
+    for (const line of read) {
+      if (unrecognized !== undefined) return Effect.fail({ _tag: "ForeignLine", lineNumber: unrecognized })
+      const result = line.text === undefined ? undefined : classifyExisting(line.text)
+      if (result === undefined || result._tag === "Unrecognized") {
+        unrecognized = line.lineNumber
+      } else if (result._tag === "Succeeded" && !succeeded.has(result.customId)) {
+        succeeded.add(result.customId)
+        kept += `${line.text}\n`
+      }
+    }
+    return Effect.succeed(kept)
+  }
+  return { succeeded, lines }
+}

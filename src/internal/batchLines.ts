@@ -76,7 +76,14 @@ export type InputItem =
     readonly message: string
   }
 
-const decodeJson = Schema.decodeUnknownEither(Schema.parseJson())
+/** `text` parsed, or `undefined` when it is not JSON (which never parses to `undefined`). */
+const parsedJson = (text: string): unknown => {
+  try {
+    return JSON.parse(text)
+  } catch {
+    return undefined
+  }
+}
 const decodeInputLine = SchemaFastPath.decodeUnknownEither(InputLine, { errors: "all" })
 
 const ownCustomId = (value: unknown): string | undefined => {
@@ -128,12 +135,12 @@ export const unreadableMessages: Readonly<Record<Unreadable, string>> = {
 export const parseInputLine = (line: NumberedLine): InputItem => {
   const { lineNumber, text } = line
   if (text === undefined) return invalidWithoutId(lineNumber, unreadableMessages[line.unreadable])
-  const json = decodeJson(text)
-  if (Either.isLeft(json)) return invalidWithoutId(lineNumber, "line is not valid JSON")
-  const notAnObject = notARequestObject(json.right)
+  const json = parsedJson(text)
+  if (json === undefined) return invalidWithoutId(lineNumber, "line is not valid JSON")
+  const notAnObject = notARequestObject(json)
   if (notAnObject !== undefined) return invalidWithoutId(lineNumber, notAnObject)
-  const ownId = ownCustomId(json.right)
-  const decoded = decodeInputLine(json.right)
+  const ownId = ownCustomId(json)
+  const decoded = decodeInputLine(json)
   if (Either.isRight(decoded)) {
     const { body, custom_id, deadlines, task } = decoded.right
     return { _tag: "Request", lineNumber, customId: custom_id, task, deadlines, body }
@@ -288,7 +295,7 @@ const ExistingLine = Schema.Struct({
   response: Schema.NullOr(Schema.Struct({ status_code: Schema.Number })),
   error: Schema.NullOr(Schema.Unknown)
 })
-const decodeExistingLine = Schema.decodeUnknownEither(Schema.parseJson(ExistingLine))
+const isExistingLine = Schema.is(ExistingLine)
 
 /** A line of an output file written earlier: kept on resume only when it `Succeeded`. */
 export type ExistingResult =
@@ -298,9 +305,8 @@ export type ExistingResult =
 
 /** Classifies a line of an existing output file. */
 export const classifyExisting = (text: string): ExistingResult => {
-  const decoded = decodeExistingLine(text)
-  if (Either.isLeft(decoded)) return { _tag: "Unrecognized" }
-  const line = decoded.right
+  const line = parsedJson(text)
+  if (!isExistingLine(line)) return { _tag: "Unrecognized" }
   return line.error === null && line.response?.status_code === 200
     ? { _tag: "Succeeded", customId: line.custom_id }
     : { _tag: "Failed" }
