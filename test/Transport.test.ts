@@ -702,6 +702,26 @@ describe("Transport over loopback (undici, 127.0.0.1)", () => {
       expect(reports).toBe(1)
     }))
 
+  it.scopedLive("a 200 web page (a base URL that reaches a web server) is a final MalformedResponse quoting it, stream or not", () =>
+    Effect.gen(function*() {
+      const page = `<html><body>Welcome to nginx! ${keys[0]}</body></html>`
+      const html = reply(200, page, { "content-type": "text/html" })
+      const server = yield* rawServer([html, html, reply(200, JSON.stringify({ error: { message: "model overloaded" } }))])
+      const created = yield* Effect.flip(Effect.provide(create(), loopback(server)))
+      expect(created).toMatchObject({ _tag: "MalformedResponse", reason: "schema" })
+      expect(created.message).toMatch(/^the 200 body is not JSON \(text\/html: "<html><body>Welcome to nginx! sk-/)
+      const streamed = yield* Effect.provide(drain(), loopback(server))
+      expect(streamed.chunks).toEqual([])
+      expect(streamed.error).toMatchObject({ _tag: "MalformedResponse", reason: "schema" })
+      expect((streamed.error as Error).message).toContain(
+        "the 200 answer to a stream request is not an event stream (text/html: \"<html><body>Welcome to nginx!"
+      )
+      // A JSON error where a stream was asked for is the server's error.
+      const refused = yield* Effect.provide(drain(), loopback(server))
+      expect(refused.error).toMatchObject({ _tag: "UpstreamError", message: "model overloaded" })
+      for (const error of [created, streamed.error]) expectNoSecret(error)
+    }))
+
   it.scopedLive("a socket destroyed mid-stream is TransportError body with the partial", () =>
     Effect.gen(function*() {
       const sent = MockUpstream.events(wireGeneration).slice(0, 3)

@@ -29,6 +29,7 @@ import { retryAfterFromHeaders } from "./retryAfter.js"
 import * as SchemaFastPath from "./schemaFastPath.js"
 import * as Sse from "./sse.js"
 import * as StreamPull from "./streamPull.js"
+import { clipped } from "./text.js"
 import { isTraced } from "./tracing.js"
 import { clientWire, type Reads, type Reply, undiciOf, undiciWire, type Wire, withUndici } from "./transportWires.js"
 
@@ -174,7 +175,14 @@ const schemaMismatch = (what: string, error: ParseResult.ParseError) =>
 
 const decodeCompletion = SchemaFastPath.decodeUnknownEither(ChatSchema.ChatCompletion)
 
-const parseCompletion = (text: string): Effect.Effect<ChatSchema.ChatCompletion, ApiError.ApiError> => {
+/**
+ * What a 200 that is not the API's held, for a message: its content type and its first
+ * characters (a base URL that reaches a web server answers with a page), scrubbed of keys.
+ */
+const foreignBody = (contentType: string | undefined, text: string): string =>
+  ApiError.scrubSecrets(`${contentType ?? "no content type"}: ${JSON.stringify(clipped(text.trim(), 200))}`)
+
+const parseCompletion = (text: string, contentType: string | undefined): Effect.Effect<ChatSchema.ChatCompletion, ApiError.ApiError> => {
   const json = parseJson(text)
   if (Option.isNone(json)) {
     const start = text.trimStart()
@@ -183,7 +191,7 @@ const parseCompletion = (text: string): Effect.Effect<ChatSchema.ChatCompletion,
         ? new ApiError.MalformedResponse({ reason: "blank", message: "the 200 body held only keep-alive whitespace" })
         : start.startsWith("{")
         ? new ApiError.MalformedResponse({ reason: "cut", message: "the 200 body ended before its JSON did" })
-        : new ApiError.MalformedResponse({ reason: "schema", message: "the 200 body is not JSON" })
+        : new ApiError.MalformedResponse({ reason: "schema", message: `the 200 body is not JSON (${foreignBody(contentType, text)})` })
     )
   }
   if (isErrorEnvelope(json.value)) return Effect.fail(upstreamError(json.value, ApiError.emptyPartial))
@@ -207,6 +215,20 @@ const parseCompletion = (text: string): Effect.Effect<ChatSchema.ChatCompletion,
 // ---------------------------------------------------------------------------------------------
 // Streams
 // ---------------------------------------------------------------------------------------------
+
+/**
+ * A 200 to a stream request with a body of another type: the server's error when it is one,
+ * else a final `MalformedResponse` (retrying a web page gets the same page).
+ */
+const notAStream = (contentType: string, text: string): ApiError.ApiError => {
+  const json = parseJson(text)
+  return Option.isSome(json) && isErrorEnvelope(json.value)
+    ? upstreamError(json.value, ApiError.emptyPartial)
+    : new ApiError.MalformedResponse({
+      reason: "schema",
+      message: `the 200 answer to a stream request is not an event stream (${foreignBody(contentType, text)})`
+    })
+}
 
 const decodeChunk = SchemaFastPath.decodeUnknownEither(ChatSchema.ChatCompletionChunk)
 
@@ -518,8 +540,9 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
             Effect.matchEffect(reply.completionText, {
               onFailure: (error) => Effect.fail(error._tag === "BodyBroken" ? bodyFailed(error.cause, ApiError.emptyPartial) : error),
               onSuccess: (text) => {
+                const completion = parseCompletion(text, reply.headers["content-type"])
                 const onAnswer = options?.onAnswer
-                return onAnswer === undefined ? parseCompletion(text) : Effect.tap(parseCompletion(text), onAnswer)
+                return onAnswer === undefined ? completion : Effect.tap(completion, onAnswer)
               }
             }))
         ))
@@ -552,6 +575,10 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
         yield* wire.watchScoped(timeline)
         const body = { ...request, stream: true, stream_options: { ...request.stream_options, include_usage: true } }
         const reply = yield* send(wire, body, timeline)
+        const contentType = reply.headers["content-type"]
+        if (contentType !== undefined && !contentType.includes("event-stream")) {
+          return yield* Effect.flatMap(reply.errorText, (text) => Effect.fail(notAStream(contentType, text)))
+        }
         return chunkReader(yield* reply.reads, timeline)
       })
       const onExchange = options?.onExchange
