@@ -350,6 +350,17 @@ export const defaultConcurrency = 256
 export const inputFailures = (summary: Pick<Summary, "failures">): number =>
   (summary.failures[Lines.invalidLineCode] ?? 0) + (summary.failures[Lines.duplicateCode] ?? 0)
 
+/**
+ * How many of a run's failed lines were refused as invalid requests, by the upstream
+ * (`InvalidRequest`: HTTP 400 or 422, a model name it does not know, say) or by the router
+ * (`RoutingRefused`): a rerun sends them unchanged and meets the same refusal.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const refusedFailures = (summary: Pick<Summary, "failures">): number =>
+  (summary.failures["InvalidRequest"] ?? 0) + (summary.failures["RoutingRefused"] ?? 0)
+
 /** @since 0.1.0 */
 export const defaultDrainTimeout: Duration.Duration = Duration.seconds(30)
 

@@ -9,6 +9,7 @@ import { main } from "../bin/weatherproof.js"
 import * as Simulator from "../src/Simulator.js"
 import { chatLine } from "./support/chatLine.js"
 import { layerFullDisk } from "./support/fullDisk.js"
+import { rawServer, reply } from "./support/rawServer.js"
 
 const badKey = "sk-cli-test-WRONG-7f3a9c1d2e"
 
@@ -83,6 +84,28 @@ describe("weatherproof CLI", () => {
       expect(result.code).toBe(1)
       expect(result.stderr).toContain("3 of 4 lines failed (their error is in the output); their input is invalid: fix those lines")
       expect((yield* simulator.stats).requests).toBe(1)
+    }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
+
+  it.live("batch whose lines the upstream refuses as invalid (400) says a rerun meets the refusal again", () =>
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const notExist = reply(400, JSON.stringify({ error: { message: "Model Not Exist", type: "invalid_request_error" } }))
+      const server = yield* rawServer([notExist, notExist])
+      const dir = yield* fs.makeTempDirectoryScoped({ prefix: "cli-test-" })
+      const input = `${dir}/in.jsonl`
+      yield* fs.writeFileString(input, [chatLine(0), chatLine(1), "{not json"].join("\n"))
+
+      const result = yield* runCli(["batch", input, "--output", `${dir}/out.jsonl`], {
+        DEEPSEEK_API_KEY: "sk-cli-test-refused",
+        DEEPSEEK_BASE_URL: server.url
+      })
+
+      expect(result.code).toBe(1)
+      expect(result.stderr).toContain(
+        "3 of 3 lines failed (their error is in the output); 1 of them has invalid input, to fix first; " +
+          "2 of them were refused as invalid requests, which a rerun meets again until they are fixed; run the same command again"
+      )
+      expect(server.received()).toHaveLength(2)
     }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 
   it.live("batch without a key says so and exits 2", () =>

@@ -150,12 +150,19 @@ export const batch = (args: BatchArgs) =>
     if (!summaryWritten) return yield* new ExitCode({ code: 1 })
   })
 
-/** What to do about failed lines: a rerun retries them, but answers a line of bad input only once it is fixed. */
+/**
+ * What to do about failed lines: a rerun retries them, but answers a line of bad input, or one
+ * refused as an invalid request, only once it is fixed.
+ */
 const failedMessage = (summary: Batch.Summary): string => {
   const failed = `weatherproof: ${summary.failed} of ${summary.requests} lines failed (their error is in the output)`
   const rerun = "run the same command again: it sends them and skips the lines already answered"
   const toFix = Batch.inputFailures(summary)
   if (toFix === summary.failed) return `${failed}; their input is invalid: fix those lines, then ${rerun}`
+  const refused = Batch.refusedFailures(summary)
   const fixFirst = toFix === 0 ? "" : `; ${toFix} of them ${toFix === 1 ? "has" : "have"} invalid input, to fix first`
-  return `${failed}${fixFirst}; ${rerun}`
+  const refusedAgain = refused === 0
+    ? ""
+    : `; ${refused} of them ${refused === 1 ? "was" : "were"} refused as invalid requests, which a rerun meets again until they are fixed`
+  return `${failed}${fixFirst}${refusedAgain}; ${rerun}`
 }
