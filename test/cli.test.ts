@@ -106,6 +106,17 @@ describe("weatherproof CLI", () => {
           "2 of them were refused as invalid requests, which a rerun meets again until they are fixed; run the same command again"
       )
       expect(server.received()).toHaveLength(2)
+
+      // Every line refused: fix them, then rerun.
+      yield* fs.writeFileString(input, chatLine(0))
+      const refused = yield* rawServer([notExist])
+      const again = yield* runCli(["batch", input, "--output", `${dir}/again.jsonl`], {
+        DEEPSEEK_API_KEY: "sk-cli-test-refused",
+        DEEPSEEK_BASE_URL: refused.url
+      })
+      expect(again.stderr).toContain(
+        "1 of 1 lines failed (their error is in the output); they were refused as invalid requests: fix those lines, then run the same command again"
+      )
     }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 
   it.live("batch without a key says so and exits 2", () =>

@@ -160,6 +160,7 @@ const failedMessage = (summary: Batch.Summary): string => {
   const toFix = Batch.inputFailures(summary)
   if (toFix === summary.failed) return `${failed}; their input is invalid: fix those lines, then ${rerun}`
   const refused = Batch.refusedFailures(summary)
+  if (refused === summary.failed) return `${failed}; they were refused as invalid requests: fix those lines, then ${rerun}`
   const fixFirst = toFix === 0 ? "" : `; ${toFix} of them ${toFix === 1 ? "has" : "have"} invalid input, to fix first`
   const refusedAgain = refused === 0
     ? ""
