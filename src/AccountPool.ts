@@ -228,6 +228,11 @@ export interface Service {
   readonly snapshot: Effect.Effect<ReadonlyArray<AccountStatus>>
   /** What the pool may hold in flight now, and what it could take at once: a batch reads ahead by it (`Batch.run`). */
   readonly capacity: Effect.Effect<Capacity>
+  /**
+   * Masks every configured key in `text`, whole or in part, and anything shaped like a key: for
+   * text an upstream may have echoed a key into that leaves the process (a batch's result lines).
+   */
+  readonly scrub: (text: string) => string
 }
 
 /**

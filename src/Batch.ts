@@ -70,6 +70,7 @@ import * as ResponseCache from "./ResponseCache.js"
 import { AccountPool } from "./AccountPool.js"
 import type { AccountStatus } from "./AccountPool.js"
 import type { Account } from "./Accounts.js"
+import { scrubSecrets } from "./ApiError.js"
 import type { ChatCompletionRequest } from "./ChatSchema.js"
 import * as ChatStream from "./ChatStream.js"
 import { CostLedger } from "./CostLedger.js"
@@ -565,7 +566,13 @@ const toldTo = (call: Call, own: CallOptions["onExchange"]) => (exchange: Exchan
 }
 
 /** Sends a line: routes its body, then sends it (as a stream when it asks for one). */
-const sender = (resilient: Resilient["Type"], router: Router["Type"], runOptions: CallOptions, nextId: () => string) => {
+const sender = (
+  resilient: Resilient["Type"],
+  router: Router["Type"],
+  runOptions: CallOptions,
+  nextId: () => string,
+  scrub: Lines.Scrub
+) => {
   /** The run's options, with the line's own deadlines over the run's and its call told of its exchange. */
   const optionsOf = (work: Send, call: Call): CallOptions => ({
     ...runOptions,
@@ -576,14 +583,15 @@ const sender = (resilient: Resilient["Type"], router: Router["Type"], runOptions
     resilient.create(body, callOptions).pipe(
       Effect.match({
         onSuccess: (completion) => Lines.succeeded(id, customId, completion),
-        onFailure: (error) => Lines.failed(id, customId, error)
+        onFailure: (error) => Lines.failed(id, customId, error, scrub)
       })
     )
   const stream = (id: string, customId: string, body: ChatCompletionRequest, callOptions: CallOptions) =>
     Effect.map(ChatStream.foldPartial(resilient.stream(body, callOptions)), (folded) =>
       Option.match(folded.error, {
         onNone: () => Lines.succeeded(id, customId, folded.completion),
-        onSome: (error) => folded.chunks === 0 ? Lines.failed(id, customId, error) : Lines.cut(id, customId, error, folded)
+        onSome: (error) =>
+          folded.chunks === 0 ? Lines.failed(id, customId, error, scrub) : Lines.cut(id, customId, error, folded, scrub)
       }))
   return (work: Send, call: Call): Effect.Effect<Outcome> =>
     Effect.suspend(() => {
@@ -720,7 +728,9 @@ export const run = (options: Options): Effect.Effect<Summary, BatchError | Outpu
     const before = yield* readings
     const decide = decider(alreadyAnswered)
     const nextId = yield* Lines.makeRequestIds
-    const send = sender(yield* Resilient, yield* Router, options.callOptions ?? { priority: "batch" }, nextId)
+    // An upstream may echo a key into a failure a result line quotes: the pool knows every key.
+    const scrub = Option.match(yield* Effect.serviceOption(AccountPool), { onNone: () => scrubSecrets, onSome: (pool) => pool.scrub })
+    const send = sender(yield* Resilient, yield* Router, options.callOptions ?? { priority: "batch" }, nextId, scrub)
     let tally = emptyTally
     const report = (t: Tally) =>
       options.onProgress?.({ total, succeeded: t.succeeded, failed: t.failed, skipped: t.skipped }) ?? Effect.void

@@ -9,6 +9,7 @@ import * as FastCheck from "effect/FastCheck"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
 import * as Ref from "effect/Ref"
 import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
@@ -29,6 +30,7 @@ import * as Simulator from "../src/Simulator.js"
 import { Telemetry } from "../src/Telemetry.js"
 import { layerFullDisk } from "./support/fullDisk.js"
 import { flatPricing } from "./support/pricing.js"
+import { type Handler, rawServer } from "./support/rawServer.js"
 
 const secret = "sk-batch-test-SECRET-0123456789"
 
@@ -679,7 +681,8 @@ describe("Batch summary", () => {
           create: () => Effect.die("unused"),
           stream: () => Stream.die("unused"),
           snapshot: Effect.succeed(statuses),
-          capacity: Effect.succeed({ permits: 24, free: 24, changed: Effect.never })
+          capacity: Effect.succeed({ permits: 24, free: 24, changed: Effect.never }),
+          scrub: (text) => text
         }))
       )
       const summary = yield* Batch.run(ws).pipe(Effect.provide(stack))
@@ -1371,6 +1374,32 @@ describe("Batch.run stopped in an outage, over the account pool", () => {
       expect(summary).toMatchObject({ succeeded: 0, failed: 0, interrupted: true })
       expect(yield* ws.fs.readFileString(ws.output)).toBe("")
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+})
+
+describe("Batch.run over the account pool, keys in failures", () => {
+  it.scoped("masks an account's key an upstream echoes into a failure, whatever its shape, in the result lines", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      const streamed = JSON.parse(request("page-stream"))
+      streamed.body.stream = true
+      yield* ws.writeInput([request("page"), JSON.stringify(streamed)])
+      // A key not shaped like one, echoed back in a web page (a base URL that reaches the wrong server).
+      const key = "Zq81xV3pLmRt4wQe"
+      const echo: Handler = async (request, response) => {
+        response.writeHead(200, { "content-type": "text/html" }).end(`<html>you sent ${request.headers.authorization}</html>`)
+      }
+      const server = yield* rawServer([echo, echo])
+      const stack = Batch.layerAccounts([{ ...Demo.demoAccount(server.url), keys: [Redacted.make(key)] }], {
+        ledger: CostLedger.layer(),
+        router: Router.layerDefault
+      })
+      const summary = yield* Batch.run(ws).pipe(Effect.provide(stack))
+      expect(summary).toMatchObject({ failed: 2, failures: { MalformedResponse: 2 } })
+      const written = yield* ws.fs.readFileString(ws.output)
+      expect(written).toContain("you sent Bearer ***")
+      expect(written).not.toContain(key.slice(0, 8))
+      expect(written).not.toContain(key.slice(-8))
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
 })
 
 describe("Batch.run per-line deadlines", () => {

@@ -982,5 +982,5 @@ export const makeWith = <R>(
       return new CapacityReading(permits, free, roomChanges, roomChanges.notified)
     })
 
-    return { create, stream, snapshot, capacity }
+    return { create, stream, snapshot, capacity, scrub }
   })

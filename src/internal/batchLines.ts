@@ -237,12 +237,18 @@ const errorTypeOf = (status: number): string =>
     : "api_error"
 
 /**
- * The result line of a request whose call failed. The message is the typed error's own (already
- * scrubbed by the transport, scrubbed again here); the HTTP response is described only when the
- * failure had a status.
+ * Masks keys in text an upstream may have echoed them into: the pool's every configured key, or
+ * what is shaped like one (`scrubSecrets`).
  */
-export const failed = (id: string, customId: string, error: ResilientError): ResultLine => {
-  const message = scrubSecrets(error.message)
+export type Scrub = (text: string) => string
+
+/**
+ * The result line of a request whose call failed. The message is the typed error's own (already
+ * scrubbed of key shapes by the transport, scrubbed again here with `scrub`); the HTTP response
+ * is described only when the failure had a status.
+ */
+export const failed = (id: string, customId: string, error: ResilientError, scrub: Scrub): ResultLine => {
+  const message = scrub(error.message)
   const status = statusOf(error)
   const code = "code" in error && error.code !== undefined ? error.code : null
   return {
@@ -263,7 +269,13 @@ const charactersOf = (text: string | null | undefined): number => text?.length ?
  * The result line of a streamed request cut after some chunks arrived: the call's failure, with
  * what arrived in `error.partial` and counted in the message.
  */
-export const cut = (id: string, customId: string, error: ResilientError, folded: { readonly completion: ChatCompletion; readonly chunks: number }): ResultLine => {
+export const cut = (
+  id: string,
+  customId: string,
+  error: ResilientError,
+  folded: { readonly completion: ChatCompletion; readonly chunks: number },
+  scrub: Scrub
+): ResultLine => {
   const choice = folded.completion.choices[0]
   const message = choice?.message
   const partial: PartialJson = {
@@ -276,11 +288,11 @@ export const cut = (id: string, customId: string, error: ResilientError, folded:
   }
   const arrived = `${charactersOf(partial.content)} characters of content and ${charactersOf(partial.reasoning_content)} of reasoning`
   return {
-    ...failed(id, customId, error),
+    ...failed(id, customId, error, scrub),
     error: {
       code: error._tag,
       message: `the stream was cut after ${folded.chunks} chunks (${arrived} arrived, kept in error.partial): ${
-        scrubSecrets(error.message)
+        scrub(error.message)
       }`,
       partial
     }
