@@ -49,6 +49,7 @@ import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
 import type { AdaptiveOptions } from "./ConcurrencyLimiter.js"
 import * as KeyPool from "./KeyPool.js"
+import * as SchemaIssues from "./internal/schemaIssues.js"
 import { defaultBaseUrl } from "./Transport.js"
 
 /**
@@ -208,21 +209,6 @@ type AccountJson = typeof AccountJson.Type
 // Decoding
 // ---------------------------------------------------------------------------------------------
 
-const identifier = /^[A-Za-z_$][A-Za-z0-9_$]*$/
-
-/** `accounts[1].keys[0]`, `accounts[0].models["deepseek-v4-flash"]`. */
-const formatPath = (path: ReadonlyArray<PropertyKey>): string =>
-  path.length === 0 ? "(root)" : path.map((segment, i) =>
-    typeof segment === "number"
-      ? `[${segment}]`
-      : typeof segment === "string" && identifier.test(segment)
-      ? `${i === 0 ? "" : "."}${segment}`
-      : `[${JSON.stringify(String(segment))}]`
-  ).join("")
-
-const schemaIssues = (error: ParseResult.ParseError): ReadonlyArray<string> =>
-  ParseResult.ArrayFormatter.formatErrorSync(error).map((issue) => `${formatPath(issue.path)}: ${issue.message}`)
-
 const decodeJson = Schema.decodeUnknownEither(AccountsJson, { errors: "all", onExcessProperty: "error" })
 
 /** Problems the schema cannot see: names used twice, no account that is not a fallback. */
@@ -298,7 +284,7 @@ export const decode = (input: unknown, source = "input"): Effect.Effect<Readonly
   Effect.gen(function*() {
     const fail = (issues: ReadonlyArray<string>) => Effect.fail(new AccountsError({ source, issues }))
     const decoded = decodeJson(input)
-    if (Either.isLeft(decoded)) return yield* fail(schemaIssues(decoded.left))
+    if (Either.isLeft(decoded)) return yield* fail(SchemaIssues.describeIssues(decoded.left))
     const accounts = decoded.right.accounts
     const [unresolved, resolved] = yield* Effect.partition(accounts, resolveAccount)
     const issues = [...crossChecks(accounts), ...unresolved.flat()]

@@ -11,8 +11,9 @@ import * as Schema from "effect/Schema"
 
 const preserve = { parseOptions: { onExcessProperty: "preserve" } } as const
 
-const open = <Fields extends Schema.Struct.Fields>(fields: Fields) =>
-  Schema.Struct(fields).annotations(preserve)
+/** A struct that keeps unknown fields; `identifier` names it in a decoding error's message. */
+const open = <Fields extends Schema.Struct.Fields>(fields: Fields, identifier?: string) =>
+  Schema.Struct(fields).annotations(identifier === undefined ? preserve : { ...preserve, identifier })
 
 /**
  * Why a choice stopped. `insufficient_system_resource` means DeepSeek cut inference short:
@@ -35,26 +36,26 @@ export const ToolCall = open({
   id: Schema.String,
   type: Schema.Literal("function"),
   function: open({ name: Schema.String, arguments: Schema.String })
-})
+}, "ToolCall")
 /** @since 0.1.0 */
 export type ToolCall = typeof ToolCall.Type
 
 /** A part of a multi-part user message. @since 0.1.0 */
-export const ContentPart = open({ type: Schema.String, text: Schema.optional(Schema.String) })
+export const ContentPart = open({ type: Schema.String, text: Schema.optional(Schema.String) }, "ContentPart")
 
 /** @since 0.1.0 */
 export const SystemMessage = open({
   role: Schema.Literal("system"),
   content: Schema.String,
   name: Schema.optional(Schema.String)
-})
+}, "SystemMessage")
 
 /** @since 0.1.0 */
 export const UserMessage = open({
   role: Schema.Literal("user"),
   content: Schema.Union(Schema.String, Schema.Array(ContentPart)),
   name: Schema.optional(Schema.String)
-})
+}, "UserMessage")
 
 /**
  * An assistant turn. On turns that made tool calls DeepSeek requires `reasoning_content` to be
@@ -69,17 +70,19 @@ export const AssistantMessage = open({
   tool_calls: Schema.optional(Schema.Array(ToolCall)),
   name: Schema.optional(Schema.String),
   prefix: Schema.optional(Schema.Boolean)
-})
+}, "AssistantMessage")
 
 /** @since 0.1.0 */
 export const ToolMessage = open({
   role: Schema.Literal("tool"),
   content: Schema.String,
   tool_call_id: Schema.String
-})
+}, "ToolMessage")
 
 /** @since 0.1.0 */
-export const Message = Schema.Union(SystemMessage, UserMessage, AssistantMessage, ToolMessage)
+export const Message = Schema.Union(SystemMessage, UserMessage, AssistantMessage, ToolMessage).annotations({
+  identifier: "Message"
+})
 /** @since 0.1.0 */
 export type Message = typeof Message.Type
 
@@ -92,10 +95,10 @@ export const Tool = open({
     parameters: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.Unknown })),
     strict: Schema.optional(Schema.Boolean)
   })
-})
+}, "Tool")
 
 /** Thinking mode switch. @since 0.1.0 */
-export const Thinking = open({ type: Schema.Literal("enabled", "disabled") })
+export const Thinking = open({ type: Schema.Literal("enabled", "disabled") }, "Thinking")
 
 /**
  * A chat completion request. Only `model` and `messages` are required; everything else is
@@ -124,7 +127,7 @@ export const ChatCompletionRequest = open({
   logprobs: Schema.optional(Schema.Boolean),
   top_logprobs: Schema.optional(Schema.Int),
   user_id: Schema.optional(Schema.String)
-})
+}, "ChatCompletionRequest")
 /** @since 0.1.0 */
 export type ChatCompletionRequest = typeof ChatCompletionRequest.Type
 
@@ -146,7 +149,7 @@ export const Usage = open({
   completion_tokens_details: Schema.optional(
     Schema.NullOr(open({ reasoning_tokens: Schema.optional(Schema.Number) }))
   )
-})
+}, "Usage")
 /** @since 0.1.0 */
 export type Usage = typeof Usage.Type
 
@@ -156,7 +159,7 @@ export const ResponseMessage = open({
   content: Schema.NullOr(Schema.String),
   reasoning_content: Schema.optional(Schema.NullOr(Schema.String)),
   tool_calls: Schema.optional(Schema.Array(ToolCall))
-})
+}, "ResponseMessage")
 
 /** @since 0.1.0 */
 export const Choice = open({
@@ -164,7 +167,7 @@ export const Choice = open({
   message: ResponseMessage,
   finish_reason: Schema.NullOr(FinishReason),
   logprobs: Schema.optional(Schema.Unknown)
-})
+}, "Choice")
 
 /** A non-streaming chat completion. @since 0.1.0 */
 export const ChatCompletion = open({
@@ -175,7 +178,7 @@ export const ChatCompletion = open({
   choices: Schema.Array(Choice),
   usage: Schema.optional(Usage),
   system_fingerprint: Schema.optional(Schema.NullOr(Schema.String))
-})
+}, "ChatCompletion")
 /** @since 0.1.0 */
 export type ChatCompletion = typeof ChatCompletion.Type
 
@@ -187,7 +190,7 @@ export const DeltaToolCall = open({
   function: Schema.optional(
     open({ name: Schema.optional(Schema.String), arguments: Schema.optional(Schema.String) })
   )
-})
+}, "DeltaToolCall")
 
 /** @since 0.1.0 */
 export const Delta = open({
@@ -195,7 +198,7 @@ export const Delta = open({
   content: Schema.optional(Schema.NullOr(Schema.String)),
   reasoning_content: Schema.optional(Schema.NullOr(Schema.String)),
   tool_calls: Schema.optional(Schema.Array(DeltaToolCall))
-})
+}, "Delta")
 
 /** @since 0.1.0 */
 export const ChunkChoice = open({
@@ -203,7 +206,7 @@ export const ChunkChoice = open({
   delta: Delta,
   finish_reason: Schema.optional(Schema.NullOr(FinishReason)),
   logprobs: Schema.optional(Schema.Unknown)
-})
+}, "ChunkChoice")
 
 /**
  * One streamed `chat.completion.chunk`. With `stream_options.include_usage` the usage arrives in
@@ -219,7 +222,7 @@ export const ChatCompletionChunk = open({
   choices: Schema.Array(ChunkChoice),
   usage: Schema.optional(Schema.NullOr(Usage)),
   system_fingerprint: Schema.optional(Schema.NullOr(Schema.String))
-})
+}, "ChatCompletionChunk")
 /** @since 0.1.0 */
 export type ChatCompletionChunk = typeof ChatCompletionChunk.Type
 
@@ -231,6 +234,6 @@ export const ErrorBody = open({
     param: Schema.optional(Schema.NullOr(Schema.String)),
     code: Schema.optional(Schema.NullOr(Schema.Union(Schema.String, Schema.Number)))
   })
-})
+}, "ErrorBody")
 /** @since 0.1.0 */
 export type ErrorBody = typeof ErrorBody.Type

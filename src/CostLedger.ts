@@ -30,6 +30,7 @@ import * as Schema from "effect/Schema"
 import type { Usage } from "./ChatSchema.js"
 import * as internal from "./internal/costLedger.js"
 import { assertValid, finiteAtLeast } from "./internal/options.js"
+import * as SchemaIssues from "./internal/schemaIssues.js"
 
 // ---------------------------------------------------------------------------------------------
 // Pricing table
@@ -208,7 +209,7 @@ export const defaultPricing: PricingTable = {
 
 /**
  * A pricing table that does not validate, or could not be read. `issues` are `path: message`
- * lines, e.g. `models.deepseek-v4-pro.output: expected a price ≥ 0 in USD per 1M tokens, got -1`.
+ * lines, e.g. `models["deepseek-v4-pro"].output: expected a price ≥ 0 in USD per 1M tokens, got -1`.
  *
  * @since 0.1.0
  * @category errors
@@ -247,7 +248,7 @@ export class PricingError extends Data.TaggedError("PricingError")<{
 export const decodePricing = (input: unknown, source = "input"): Either.Either<PricingTable, PricingError> =>
   Either.mapLeft(
     Schema.decodeUnknownEither(PricingTable, { errors: "all", onExcessProperty: "error" })(input),
-    (error) => new PricingError({ source, issues: internal.describeIssues(error) })
+    (error) => new PricingError({ source, issues: SchemaIssues.describeIssues(error) })
   )
 
 /**

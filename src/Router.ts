@@ -28,11 +28,11 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
-import * as ParseResult from "effect/ParseResult"
 import * as Record from "effect/Record"
 import * as Schema from "effect/Schema"
 import type { ChatCompletionRequest } from "./ChatSchema.js"
 import { assertValid } from "./internal/options.js"
+import * as SchemaIssues from "./internal/schemaIssues.js"
 
 /**
  * What a request is for.
@@ -288,7 +288,7 @@ const decodeOptions = Schema.decodeUnknownEither(Options, { errors: "all" })
 
 const settingsOf = (options: Options): Settings => {
   const valid = Either.getOrElse(decodeOptions(options), (error) => {
-    assertValid("Router", [ParseResult.TreeFormatter.formatErrorSync(error)])
+    assertValid("Router", SchemaIssues.describeIssues(error))
     return options
   })
   return {

@@ -269,8 +269,9 @@ describe("Batch.run", () => {
       expect(lines.get("line-2")?.error?.message).toBe("line is not valid JSON")
       expect(lines.get("line-7")?.error?.message).toBe("line is an array, not a JSON object (one request per line)")
       expect(lines.get("bad-body")?.error?.message).toContain("body.messages")
-      expect(lines.get("bad-method")?.error?.message).toContain("method")
+      expect(lines.get("bad-method")?.error?.message).toBe(`invalid batch request: method: Expected "POST", actual "GET"`)
       expect(lines.get("bad-url")?.error?.message).toContain("url")
+      expect(lines.get("line-8")?.error?.message).toBe("invalid batch request: custom_id: Expected string, actual 42")
       expect(summary).toMatchObject({ requests: 9, succeeded: 2, failed: 7, failures: { invalid_line: 7 } })
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 

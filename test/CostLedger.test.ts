@@ -400,8 +400,8 @@ describe("CostLedger pricing table", () => {
       aliases: { "deepseek-chat": "deepseek-v3" }
     })
     expect(issues).toEqual(expect.arrayContaining([
-      expect.stringMatching(/^models\.deepseek-v4-pro\.cacheMiss: Expected number, actual "0\.435"$/),
-      "models.deepseek-v4-pro.output: expected a price ≥ 0 in USD per 1M tokens, got -1",
+      `models["deepseek-v4-pro"].cacheMiss: Expected number, actual "0.435"`,
+      `models["deepseek-v4-pro"].output: expected a price ≥ 0 in USD per 1M tokens, got -1`,
       "models.flash.peak.start: expected a UTC time of day \"HH:MM\" (00:00-23:59), got \"25:00\""
     ]))
   })
@@ -415,7 +415,7 @@ describe("CostLedger pricing table", () => {
       "models.flash.peak.end: the window is empty: `end` equals `start`"
     ])
     expect(issuesOf({ models: { flash }, aliases: { "deepseek-chat": "deepseek-v3", flash: "flash" } })).toEqual([
-      "aliases.deepseek-chat: alias points to \"deepseek-v3\", which has no price in `models`",
+      "aliases[\"deepseek-chat\"]: alias points to \"deepseek-v3\", which has no price in `models`",
       "aliases.flash: alias shadows the priced model \"flash\""
     ])
   })

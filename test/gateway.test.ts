@@ -411,10 +411,11 @@ describe("weatherproof serve, with the openai client", () => {
       const badBody = yield* Effect.flip(attempt(() =>
         client.chat.completions.create({ model, messages: "hello" as never }, { headers: { "x-weatherproof-cache": "sometimes" } })
       ))
-      expect((badBody as APIError).message).toContain("not a chat completion request")
+      expect((badBody as APIError).message)
+        .toBe(`400 invalid chat completion request: messages: Expected ReadonlyArray<Message>, actual "hello"`)
     }))
 
-  it.scopedLive("a body that is not JSON, or larger than 10 MiB, is a 400 and reaches no upstream", () =>
+  it.scopedLive("a body that is not JSON, not an object or larger than 10 MiB, is a 400 and reaches no upstream", () =>
     Effect.gen(function*() {
       const sim = yield* Simulator.make()
       const gateway = yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])])
@@ -430,6 +431,9 @@ describe("weatherproof serve, with the openai client", () => {
       const notJson = yield* post("{\"model\": ")
       expect(notJson.status).toBe(400)
       expect(notJson.body.error).toMatchObject({ code: "invalid_request", message: "the request body is not JSON" })
+      const array = yield* post("[]")
+      expect(array.status).toBe(400)
+      expect(array.body.error.message).toBe("the request body is an array, not a JSON object")
       const large = yield* post(JSON.stringify({ model, messages: ask("x".repeat(10 * 1024 * 1024)) }))
       expect(large.status).toBe(400)
       expect(large.body.error.message).toBe("the request body is larger than 10 MiB")

@@ -22,7 +22,7 @@ import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
-import * as ParseResult from "effect/ParseResult"
+import * as Predicate from "effect/Predicate"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
@@ -31,9 +31,11 @@ import { ChatCompletionRequest } from "../../src/ChatSchema.js"
 import { Resilient } from "../../src/Resilient.js"
 import type { CallOptions } from "../../src/Resilient.js"
 import * as SchemaFastPath from "../../src/internal/schemaFastPath.js"
+import * as SchemaIssues from "../../src/internal/schemaIssues.js"
 import * as ScopeFinalizer from "../../src/internal/scopeFinalizer.js"
 import type { Scrubber } from "../../src/internal/scrubber.js"
 import * as StreamPull from "../../src/internal/streamPull.js"
+import { clipped } from "../../src/internal/text.js"
 import { Router, type RoutingRefused, Task } from "../../src/Router.js"
 import {
   BadRequest,
@@ -147,15 +149,21 @@ const readJson = (request: HttpServerRequest.HttpServerRequest): Effect.Effect<u
     return Effect.sync(detach)
   })
 
-const decodeRequest = SchemaFastPath.decodeUnknownEither(ChatCompletionRequest)
+const decodeRequest = SchemaFastPath.decodeUnknownEither(ChatCompletionRequest, { errors: "all" })
 const decodeTask = Schema.decodeUnknownEither(Task)
+
+/** The longest schema complaint sent back: a huge body is not echoed to its client. */
+const maxMessageLength = 1000
 
 /** The body as a chat completion request; a missing `model` is left to the router (as `""`). */
 const parseBody = (body: unknown): Either.Either<ChatCompletionRequest, BadRequest> => {
-  const withModel = typeof body === "object" && body !== null && !("model" in body) ? { ...body, model: "" } : body
+  if (!Predicate.isRecord(body)) {
+    return Either.left(new BadRequest({ message: `the request body is ${SchemaIssues.jsonKind(body)}, not a JSON object` }))
+  }
+  const withModel = "model" in body ? body : { ...body, model: "" }
   return Either.mapLeft(decodeRequest(withModel), (error) =>
     new BadRequest({
-      message: `not a chat completion request: ${ParseResult.TreeFormatter.formatErrorSync(error)}`.slice(0, 2000)
+      message: clipped(`invalid chat completion request: ${SchemaIssues.describeIssues(error).join("; ")}`, maxMessageLength)
     }))
 }
 

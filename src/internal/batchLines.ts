@@ -6,6 +6,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as ParseResult from "effect/ParseResult"
+import * as Predicate from "effect/Predicate"
 import * as Schema from "effect/Schema"
 import { scrubSecrets } from "../ApiError.js"
 import { ChatCompletionRequest } from "../ChatSchema.js"
@@ -16,6 +17,7 @@ import type { Deadlines } from "../Transport.js"
 import type { NumberedLine } from "./batchFiles.js"
 import * as DurationTexts from "./durationText.js"
 import * as SchemaFastPath from "./schemaFastPath.js"
+import * as SchemaIssues from "./schemaIssues.js"
 import { clipped } from "./text.js"
 
 /** A duration as `30s`, `500ms`, `2m` or `1h`. */
@@ -95,17 +97,9 @@ const ownCustomId = (value: unknown): string | undefined => {
 /** The longest schema complaint written to a result line; a huge body is not echoed back. */
 const maxMessageLength = 500
 
-const describeIssues = (error: ParseResult.ParseError): string =>
-  ParseResult.ArrayFormatter.formatErrorSync(error)
-    .map((issue) => `${issue.path.length === 0 ? "line" : issue.path.join(".")}: ${issue.message}`)
-    .join("; ")
-
 /** What a line that is JSON but not an object is, in words: the schema's own message would list every field. */
-const notARequestObject = (value: unknown): string | undefined => {
-  if (typeof value === "object" && value !== null && !Array.isArray(value)) return undefined
-  const kind = Array.isArray(value) ? "an array" : value === null ? "null" : `a ${typeof value}`
-  return `line is ${kind}, not a JSON object (one request per line)`
-}
+const notARequestObject = (value: unknown): string | undefined =>
+  Predicate.isRecord(value) ? undefined : `line is ${SchemaIssues.jsonKind(value)}, not a JSON object (one request per line)`
 
 /** A bad line whose own `custom_id` cannot be read: it is named after its line number. */
 const invalidWithoutId = (lineNumber: number, message: string): InputItem => ({
@@ -150,7 +144,7 @@ export const parseInputLine = (line: NumberedLine): InputItem => {
     lineNumber,
     customId: ownId ?? `line-${lineNumber}`,
     hasOwnId: ownId !== undefined,
-    message: clipped(`invalid batch request: ${describeIssues(decoded.left)}`, maxMessageLength)
+    message: clipped(`invalid batch request: ${SchemaIssues.describeIssues(decoded.left, "line").join("; ")}`, maxMessageLength)
   }
 }
 

@@ -14,7 +14,6 @@
 import * as Metric from "effect/Metric"
 import * as MetricKey from "effect/MetricKey"
 import * as MetricLabel from "effect/MetricLabel"
-import * as ParseResult from "effect/ParseResult"
 import type { Usage } from "../ChatSchema.js"
 
 /** Integer pico-USD per token. */
@@ -466,8 +465,3 @@ export class Book {
 export const ratio = (numerator: number, denominator: number): number =>
   denominator === 0 ? 0 : numerator / denominator
 
-/** One line per schema issue, `path: message`, so a bad config points at its field. */
-export const describeIssues = (error: ParseResult.ParseError): ReadonlyArray<string> =>
-  ParseResult.ArrayFormatter.formatErrorSync(error).map((issue) =>
-    `${issue.path.length === 0 ? "(root)" : issue.path.map(String).join(".")}: ${issue.message}`
-  )

@@ -13,13 +13,13 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as FiberSet from "effect/FiberSet"
 import * as Hash from "effect/Hash"
-import * as ParseResult from "effect/ParseResult"
 import * as Random from "effect/Random"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
 import type { ChatCompletionChunk, Message, Usage } from "../ChatSchema.js"
 import { ChatCompletionRequest } from "../ChatSchema.js"
 import type * as Simulator from "../Simulator.js"
+import * as SchemaIssues from "./schemaIssues.js"
 import * as Wire from "./wire.js"
 
 /** @internal */
@@ -755,7 +755,7 @@ const chat = (state: State, req: Http.IncomingMessage, res: Http.ServerResponse,
     }
     const request = decodeRequest(body)
     if (Either.isLeft(request)) {
-      const reason = ParseResult.TreeFormatter.formatErrorSync(request.left)
+      const reason = SchemaIssues.describeIssues(request.left).join("; ")
       return yield* respondJson(
         state,
         res,

@@ -27,6 +27,7 @@ import * as Connector from "./connector.js"
 import { resolveLimits, Timeline, Watchdog } from "./deadlines.js"
 import { retryAfterFromHeaders } from "./retryAfter.js"
 import * as SchemaFastPath from "./schemaFastPath.js"
+import * as SchemaIssues from "./schemaIssues.js"
 import * as Sse from "./sse.js"
 import * as StreamPull from "./streamPull.js"
 import { clipped } from "./text.js"
@@ -170,10 +171,10 @@ const upstreamError = (json: { readonly error: unknown }, partial: ApiError.Part
 const schemaMismatch = (what: string, error: ParseResult.ParseError) =>
   new ApiError.MalformedResponse({
     reason: "schema",
-    message: ApiError.scrubSecrets(`${what}: ${ParseResult.TreeFormatter.formatErrorSync(error)}`.slice(0, 1000))
+    message: ApiError.scrubSecrets(`${what}: ${SchemaIssues.describeIssues(error).join("; ")}`.slice(0, 1000))
   })
 
-const decodeCompletion = SchemaFastPath.decodeUnknownEither(ChatSchema.ChatCompletion)
+const decodeCompletion = SchemaFastPath.decodeUnknownEither(ChatSchema.ChatCompletion, { errors: "all" })
 
 /**
  * What a 200 that is not the API's held, for a message: its content type and its first
@@ -230,7 +231,7 @@ const notAStream = (contentType: string, text: string): ApiError.ApiError => {
     })
 }
 
-const decodeChunk = SchemaFastPath.decodeUnknownEither(ChatSchema.ChatCompletionChunk)
+const decodeChunk = SchemaFastPath.decodeUnknownEither(ChatSchema.ChatCompletionChunk, { errors: "all" })
 
 /**
  * Pulls the chunks of an SSE body, one batch per consumer pull. Every data event is content for

@@ -1,0 +1,64 @@
+/**
+ * A schema's complaint in words a user reads, the same wherever one is met (a batch line, a gateway
+ * request, an accounts or pricing file, an upstream answer): one `place: message` per place, as
+ * `messages[0].content: Expected string | ReadonlyArray<ContentPart>, actual 5`.
+ */
+import * as ParseResult from "effect/ParseResult"
+
+const identifier = /^[A-Za-z_$][A-Za-z0-9_$]*$/
+
+/** `accounts[1].keys[0]`, `models["deepseek-v4-flash"]`; `root` names the value itself. */
+export const formatPath = (path: ReadonlyArray<PropertyKey>, root = "(root)"): string =>
+  path.length === 0 ? root : path.map((segment, i) =>
+    typeof segment === "number"
+      ? `[${segment}]`
+      : typeof segment === "string" && identifier.test(segment)
+      ? `${i === 0 ? "" : "."}${segment}`
+      : `[${JSON.stringify(String(segment))}]`
+  ).join("")
+
+/** A JSON value's kind, in words: "an object", "an array", "null", "a string"… */
+export const jsonKind = (value: unknown): string =>
+  Array.isArray(value) ? "an array" : value === null ? "null" : typeof value === "object" ? "an object" : `a ${typeof value}`
+
+const expectation = /^Expected (.+), actual (.+)$/s
+
+/** The alternative every optional field allows: noise beside the complaint about the value it holds. */
+const optionalAlternative = /^Expected undefined, actual /
+
+/** `inner` is `outer` or a place inside it. */
+const within = (inner: string, outer: string): boolean =>
+  inner === outer || (inner.startsWith(outer) && (inner[outer.length] === "." || inner[outer.length] === "["))
+
+/**
+ * One place's complaints. A union reports each alternative ("Expected string, actual 5", "Expected
+ * ReadonlyArray<ContentPart>, actual 5"): they read as one, "Expected string |
+ * ReadonlyArray<ContentPart>, actual 5".
+ */
+const mergeAlternatives = (messages: ReadonlyArray<string>): ReadonlyArray<string> => {
+  const parsed = messages.map((message) => expectation.exec(message))
+  const actual = parsed[0]?.[2]
+  if (messages.length < 2 || parsed.some((match) => match === null || match[2] !== actual)) return messages
+  return [`Expected ${[...new Set(parsed.map((match) => match![1]!))].join(" | ")}, actual ${actual}`]
+}
+
+/** The most issues described: a message is read by a person, and a body with thousands of bad items is not echoed whole. */
+const maxIssues = 50
+
+/** The first issues of `error`, `place: message`, the places in the order the schema met them. */
+export const describeIssues = (error: ParseResult.ParseError, root?: string): ReadonlyArray<string> => {
+  const all = ParseResult.ArrayFormatter.formatErrorSync(error).slice(0, maxIssues).map((issue) => ({
+    place: formatPath(issue.path, root),
+    message: issue.message
+  }))
+  const byPlace = new Map<string, Array<string>>()
+  all.forEach((issue, i) => {
+    const noise = optionalAlternative.test(issue.message) &&
+      all.some((other, j) => j !== i && within(other.place, issue.place) && !optionalAlternative.test(other.message))
+    if (noise) return
+    const messages = byPlace.get(issue.place)
+    if (messages === undefined) byPlace.set(issue.place, [issue.message])
+    else messages.push(issue.message)
+  })
+  return [...byPlace].flatMap(([place, messages]) => mergeAlternatives(messages).map((message) => `${place}: ${message}`))
+}

@@ -1,0 +1,60 @@
+import { describe, expect, it } from "@effect/vitest"
+import * as Either from "effect/Either"
+import * as Schema from "effect/Schema"
+import { ChatCompletionRequest } from "../src/ChatSchema.js"
+import * as SchemaIssues from "../src/internal/schemaIssues.js"
+
+const issuesOf = <A, I>(schema: Schema.Schema<A, I>, value: unknown, root?: string) =>
+  Either.match(Schema.decodeUnknownEither(schema, { errors: "all" })(value), {
+    onLeft: (error) => SchemaIssues.describeIssues(error, root),
+    onRight: () => []
+  })
+
+const request = (body: Record<string, unknown>) => ({ model: "deepseek-chat", messages: [{ role: "user", content: "hi" }], ...body })
+
+describe("SchemaIssues", () => {
+  it("names each place as code would, brackets for indices and keys that are not identifiers", () => {
+    expect(SchemaIssues.formatPath([])).toBe("(root)")
+    expect(SchemaIssues.formatPath([], "line")).toBe("line")
+    expect(SchemaIssues.formatPath(["body", "messages", 0, "content"])).toBe("body.messages[0].content")
+    expect(SchemaIssues.formatPath(["models", "deepseek-v4-pro", "output"])).toBe(`models["deepseek-v4-pro"].output`)
+  })
+
+  it("says what a chat request lacks in a line, never the whole schema's type", () => {
+    expect(issuesOf(ChatCompletionRequest, { model: "m" })).toEqual(["messages: is missing"])
+    expect(issuesOf(ChatCompletionRequest, request({ messages: "hi" })))
+      .toEqual([`messages: Expected ReadonlyArray<Message>, actual "hi"`])
+    expect(issuesOf(ChatCompletionRequest, request({ messages: [{ role: "robot", content: "x" }] })))
+      .toEqual([`messages[0].role: Expected "system" | "user" | "assistant" | "tool", actual "robot"`])
+    expect(issuesOf(ChatCompletionRequest, request({ tools: [{ type: "function" }] })))
+      .toEqual(["tools[0].function: is missing"])
+  })
+
+  it("reads a union's alternatives as one complaint, without the undefined an optional field allows", () => {
+    expect(issuesOf(ChatCompletionRequest, request({ messages: [{ role: "user", content: 5 }] })))
+      .toEqual(["messages[0].content: Expected string | ReadonlyArray<ContentPart>, actual 5"])
+    expect(issuesOf(ChatCompletionRequest, request({ max_tokens: -1 })))
+      .toEqual(["max_tokens: Expected a positive number, actual -1"])
+    expect(issuesOf(ChatCompletionRequest, request({ stop: 3, temperature: "hot" }))).toEqual([
+      "temperature: Expected number, actual \"hot\"",
+      "stop: Expected string | ReadonlyArray<string>, actual 3"
+    ])
+  })
+
+  it("keeps complaints apart when they are not alternatives for one value", () => {
+    const Pair = Schema.Struct({ a: Schema.String, b: Schema.Number })
+    expect(issuesOf(Pair, {}, "line")).toEqual(["a: is missing", "b: is missing"])
+    expect(issuesOf(Pair, 1, "line")).toEqual(["line: Expected { readonly a: string; readonly b: number }, actual 1"])
+  })
+
+  it("describes the first 50 issues of a body with thousands", () => {
+    const issues = issuesOf(ChatCompletionRequest, request({ messages: Array.from({ length: 20_000 }, () => ({ role: "user" })) }))
+    expect(issues).toHaveLength(50)
+    expect(issues[49]).toBe("messages[49].content: is missing")
+  })
+
+  it("names a JSON value's kind", () => {
+    expect([{}, [], null, "x", 1, true].map(SchemaIssues.jsonKind))
+      .toEqual(["an object", "an array", "null", "a string", "a number", "a boolean"])
+  })
+})
