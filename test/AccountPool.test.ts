@@ -285,6 +285,25 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 
+  it.effect("preflight: a balance check answered with a web page is told, scrubbed of keys, and the account serves", () => {
+    const logs: Array<Logged> = []
+    const page = "<html><body>Welcome to nginx! sk-a-configured</body></html>"
+    const scrubbedPage = "<html><body>Welcome to nginx! ***</body></html>"
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a-configured"])],
+      handlers: { a: (req) => isChat(req) ? healthy()(req) : MockUpstream.parts([page], { headers: { "content-type": "text/html" } }) }
+    }
+    return Effect.gen(function*() {
+      yield* settle
+      expect(yield* states).toEqual({ a: "serving" })
+      expect((yield* create).id).toBe("cmpl-a")
+      expect(logs.filter((log) => log.message.includes("balance check")).map((log) => [log.level, log.message])).toEqual([[
+        "WARN",
+        `AccountPool: account a: its balance check (GET https://a.test/user/balance) answered 200 text/html: "${scrubbedPage}", not a balance; if its calls fail as well, its base URL reaches something other than the API`
+      ]])
+    }).pipe(Effect.provide(poolLayer(setup)), capturingLogs(logs))
+  })
+
   it.effect("records each attempt's cost under the model the response names", () => {
     const setup: Setup = {
       accounts: [account("a", ["sk-a"])],

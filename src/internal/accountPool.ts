@@ -43,7 +43,7 @@ import { secondsBoundaries } from "./policy.js"
 import { Signal } from "./signal.js"
 import * as Scrubber from "./scrubber.js"
 import * as StreamPull from "./streamPull.js"
-import { clipped } from "./text.js"
+import { clipped, quotedBody } from "./text.js"
 import type { SharedBalance, Verdict } from "./sharedBalance.js"
 import * as ScopeFinalizer from "./scopeFinalizer.js"
 import { whenTraced } from "./tracing.js"
@@ -245,23 +245,33 @@ const describeFailure = (error: unknown, scrub: Scrubber.Scrubber): string =>
 // ---------------------------------------------------------------------------------------------
 
 const BalanceBody = Schema.Struct({ is_available: Schema.Boolean })
-const decodeBalance = Schema.decodeUnknown(BalanceBody)
+const decodeBalance = Schema.decodeUnknownOption(BalanceBody)
+const parseBalance = (text: string) => Option.flatMap(Option.liftThrowable(JSON.parse)(text), decodeBalance)
 
 type ProbeResult = Verdict
 
-/** `GET {baseUrl}/user/balance` with one of the account's keys. */
-const probeBalance = (client: HttpClient.HttpClient, member: Member): Effect.Effect<ProbeResult> =>
+/**
+ * `GET {baseUrl}/user/balance` with one of the account's keys. A 2xx that is not a balance is
+ * told (a base URL that reaches a web server answers every path with a page), and proves nothing.
+ */
+const probeBalance = (client: HttpClient.HttpClient, member: Member, scrub: Scrubber.Scrubber): Effect.Effect<ProbeResult> =>
   Effect.gen(function*() {
     const credential = yield* member.keys.acquire
+    const url = `${member.account.baseUrl.replace(/\/+$/, "")}/user/balance`
     const response = yield* client.execute(
-      HttpClientRequest.get(`${member.account.baseUrl.replace(/\/+$/, "")}/user/balance`).pipe(
-        HttpClientRequest.setHeader("authorization", `Bearer ${Redacted.value(credential.key)}`)
-      )
+      HttpClientRequest.get(url).pipe(HttpClientRequest.setHeader("authorization", `Bearer ${Redacted.value(credential.key)}`))
     )
     if (response.status === 404) return "no_endpoint"
     if (response.status < 200 || response.status >= 300) return "failed"
-    const body = yield* Effect.flatMap(response.json, decodeBalance)
-    return body.is_available ? "available" : "unavailable"
+    const text = yield* response.text
+    const balance = parseBalance(text)
+    if (Option.isSome(balance)) return balance.value.is_available ? "available" : "unavailable"
+    yield* Effect.logWarning(
+      `AccountPool: account ${member.name}: its balance check (GET ${url}) answered ${response.status} ${
+        scrub(quotedBody(response.headers["content-type"], text))
+      }, not a balance; if its calls fail as well, its base URL reaches something other than the API`
+    )
+    return "failed"
   }).pipe(Effect.scoped, Effect.timeout(probeTimeout), Effect.orElseSucceed((): ProbeResult => "failed"))
 
 /**
@@ -485,7 +495,7 @@ export const makeWith = <R>(
           yield* Effect.sleep(Duration.millis(Math.max(0, member.balance.nextCheck - now())))
           // Another process's probe may have brought it back meanwhile.
           if (member.balance._tag !== "Out") break
-          const result: ProbeResult = probing ? yield* member.sharedBalance.check(probeBalance(client, member)) : "available"
+          const result: ProbeResult = probing ? yield* member.sharedBalance.check(probeBalance(client, member, scrub)) : "available"
           probing &&= result !== "no_endpoint"
           member.balance = result === "available" ? balanceOk : { _tag: "Out", nextCheck: nextCheck(probing, now(), outSince) }
           yield* member.balance._tag === "Out" ? member.sharedBalance.markOut(member.balance.nextCheck - now()) : member.sharedBalance.markOk
@@ -529,7 +539,7 @@ export const makeWith = <R>(
       Effect.gen(function*() {
         member.balance = { _tag: "Checking", until: now() + Duration.toMillis(probeTimeout) }
         yield* Effect.forkIn(
-          Effect.flatMap(member.sharedBalance.check(probeBalance(client, member)), (result) => {
+          Effect.flatMap(member.sharedBalance.check(probeBalance(client, member, scrub)), (result) => {
             // Another process marked it out meanwhile: its recovery decides.
             if (member.balance._tag !== "Checking") return Effect.void
             if (result === "unavailable") {

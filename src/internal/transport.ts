@@ -30,7 +30,7 @@ import * as SchemaFastPath from "./schemaFastPath.js"
 import * as SchemaIssues from "./schemaIssues.js"
 import * as Sse from "./sse.js"
 import * as StreamPull from "./streamPull.js"
-import { clipped } from "./text.js"
+import { quotedBody } from "./text.js"
 import { isTraced } from "./tracing.js"
 import { clientWire, type Reads, type Reply, undiciOf, undiciWire, type Wire, withUndici } from "./transportWires.js"
 
@@ -176,12 +176,9 @@ const schemaMismatch = (what: string, error: ParseResult.ParseError) =>
 
 const decodeCompletion = SchemaFastPath.decodeUnknownEither(ChatSchema.ChatCompletion, { errors: "all" })
 
-/**
- * What a 200 that is not the API's held, for a message: its content type and its first
- * characters (a base URL that reaches a web server answers with a page), scrubbed of keys.
- */
+/** What a 200 that is not the API's held, scrubbed of keys. */
 const foreignBody = (contentType: string | undefined, text: string): string =>
-  ApiError.scrubSecrets(`${contentType ?? "no content type"}: ${JSON.stringify(clipped(text.trim(), 200))}`)
+  ApiError.scrubSecrets(quotedBody(contentType, text))
 
 const parseCompletion = (text: string, contentType: string | undefined): Effect.Effect<ChatSchema.ChatCompletion, ApiError.ApiError> => {
   const json = parseJson(text)
