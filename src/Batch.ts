@@ -297,7 +297,8 @@ export interface Options {
    * to finish and its answer is written; a call waiting for a permit, a backoff or an account is
    * interrupted at once, one whose request fails after the stop when it fails, and the calls
    * still on the wire at the drain timeout then; none of them writes anything. The run then
-   * returns its summary, `interrupted`. Default: never.
+   * returns its summary, `interrupted`. A stop while the output is compacted ends that at once
+   * and leaves the output as it was. Default: never.
    */
   readonly stop?: Effect.Effect<void> | undefined
   /** How long the requests on the wire may finish after `stop`. Default 30 seconds (`defaultDrainTimeout`). */
@@ -720,10 +721,20 @@ export const run = (options: Options): Effect.Effect<Summary, BatchError | Outpu
     const output = yield* resolvePaths(fs, input, options.output)
     yield* lockOutput(fs, options.output, output)
     yield* refuseReadOnly(fs, options.output, output)
-    const total = options.onProgress === undefined
-      ? 0
-      : yield* Files.countLines(fs, input).pipe(Effect.mapError(inputError(input)))
-    const alreadyAnswered = yield* Files.compactOutput(fs, output).pipe(Effect.mapError(compactionError(options.output)))
+    const calls = new Calls()
+    const stops = yield* watchStops(options, calls)
+    const { stopped } = stops
+    // Counting and compacting a large output take seconds: a stop meanwhile ends the run before
+    // it sends anything, the output as it was (compaction replaces it only whole).
+    const prepared = yield* Effect.raceFirst(
+      Effect.asSome(prepare(fs, options, output)),
+      Effect.as(Deferred.await(stopped), Option.none())
+    )
+    if (Option.isNone(prepared)) {
+      const now = yield* readings
+      return summarize(emptyTally, now, now, yield* poolStatuses, true)
+    }
+    const { total, alreadyAnswered } = prepared.value
 
     const before = yield* readings
     const decide = decider(alreadyAnswered)
@@ -743,9 +754,6 @@ export const run = (options: Options): Effect.Effect<Summary, BatchError | Outpu
       return report(tally)
     })
 
-    const calls = new Calls()
-    const stops = yield* watchStops(options, calls)
-    const { stopped } = stops
     // The first failure of the run's files; it stops the run (see `BatchAborted`).
     const failure = yield* Deferred.make<BatchError>()
     const abort = (error: BatchError, stop: Effect.Effect<void>) =>
@@ -815,6 +823,15 @@ export const run = (options: Options): Effect.Effect<Summary, BatchError | Outpu
       unwritten: handed - tally.succeeded - tally.failed
     })
   }))
+
+/** The input's line count when progress is reported, and the ids compaction found answered. */
+const prepare = (fs: FileSystem.FileSystem, options: Options, output: string) =>
+  Effect.all({
+    total: options.onProgress === undefined
+      ? Effect.succeed(0)
+      : Files.countLines(fs, options.input).pipe(Effect.mapError(inputError(options.input))),
+    alreadyAnswered: Files.compactOutput(fs, output).pipe(Effect.mapError(compactionError(options.output)))
+  })
 
 /**
  * `stopped` completes with `stop` or `stopNow` (the options' or the run's own), and then `calls`

@@ -1046,6 +1046,30 @@ describe("Batch.run output file", () => {
       expect(lines.map((l) => l.custom_id).sort()).toEqual([...ids].sort())
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
+  it.scoped("a stop while the output is compacted ends the run at once, the output as it was and no temporary file", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput(["a", "b"].map((id) => request(id)))
+      yield* runWith(ok, ws)
+      yield* ws.writeInput(["a", "b", "c"].map((id) => request(id)))
+      const before = yield* ws.fs.readFileString(ws.output)
+      const reading = yield* Deferred.make<void>()
+      const stop = yield* Deferred.make<void>()
+      const run = yield* Effect.fork(
+        runWith(ok, { ...ws, stop: Deferred.await(stop) }).pipe(Effect.provide(stallsAfterFirstRead(ws.output, reading)))
+      )
+      yield* Deferred.await(reading)
+      expect(yield* ws.fs.exists(`${ws.output}.compacting`)).toBe(true)
+      yield* Deferred.succeed(stop, undefined)
+      const { calls, summary } = yield* Fiber.join(run)
+      expect(calls).toBe(0)
+      expect(summary).toMatchObject({ requests: 0, interrupted: true })
+      expect(Batch.formatSummary(summary)).toContain("elapsed:   0ms")
+      expect(yield* ws.fs.readFileString(ws.output)).toBe(before)
+      expect(yield* ws.fs.exists(`${ws.output}.compacting`)).toBe(false)
+      expect(yield* ws.fs.exists(`${ws.output}.lock`)).toBe(false)
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
   it.scoped("drains and writes the answers on the wire when the input cannot be read any more", () =>
     Effect.gen(function*() {
       const ws = yield* workspace
@@ -1073,6 +1097,19 @@ describe("Batch.run output file", () => {
  * A file system whose reading of `path` fails with EIO after `lines` lines (the first pass of a
  * line count aside), running `failed` then.
  */
+/** The file system it is given, but reading `path` gives its first chunk, tells `reading`, then waits forever. */
+const stallsAfterFirstRead = (path: string, reading: Deferred.Deferred<void>) =>
+  Layer.effect(
+    FileSystem.FileSystem,
+    Effect.map(FileSystem.FileSystem, (fs) => ({
+      ...fs,
+      stream: (at, options) =>
+        at !== path
+          ? fs.stream(at, options)
+          : Stream.concat(Stream.take(fs.stream(at, options), 1), Stream.fromEffect(Effect.zipRight(Deferred.succeed(reading, undefined), Effect.never)))
+    }))
+  )
+
 const unreadableAfter = (path: string, lines: number, failed: Effect.Effect<unknown>) =>
   Layer.effect(
     FileSystem.FileSystem,
@@ -1242,8 +1279,9 @@ describe("Batch.run stop and drain", () => {
         yield* waitUntil(Effect.map(Ref.get(written), (n) => n === answered))
         yield* Deferred.succeed(stop, undefined)
         if (held.size > 0) {
-          yield* drainSleepRegistered
-          yield* TestClock.adjust(Batch.defaultDrainTimeout)
+          // A stop before the first line is read (while compacting) ends the run with no drain.
+          yield* waitUntil(Effect.map(TestClock.sleeps(), (sleeps) => run.unsafePoll() !== null || sleeps.length > 0))
+          if (run.unsafePoll() === null) yield* TestClock.adjust(Batch.defaultDrainTimeout)
         }
         const first = yield* Fiber.join(run)
         expect(first.summary.succeeded).toBe(answered)
@@ -1291,9 +1329,9 @@ describe("Batch.run stop and drain", () => {
           yield* waitUntil(Effect.sync(() => run.unsafePoll() !== null))
         }
         const first = yield* Fiber.join(run)
-        const firstIds = (yield* ws.fs.readFileString(ws.output)).split("\n").filter((l) => l !== "").map((l) =>
-          (JSON.parse(l) as Parsed).custom_id
-        )
+        // A run stopped before it began (while compacting) leaves no output behind.
+        const firstOutput = (yield* ws.fs.exists(ws.output)) ? yield* ws.fs.readFileString(ws.output) : ""
+        const firstIds = firstOutput.split("\n").filter((l) => l !== "").map((l) => (JSON.parse(l) as Parsed).custom_id)
         expect(first.summary.succeeded).toBe(firstIds.length)
         expect(first.summary.succeeded).toBeGreaterThanOrEqual(answered)
         for (const id of firstIds) expect(queued.has(id)).toBe(false)

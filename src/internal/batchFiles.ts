@@ -375,6 +375,7 @@ export const compactOutput = (
     const temporaryPath = `${path}.compacting`
     const keep = keeper()
     const { mode } = yield* fs.stat(path)
+    // Interrupted or failed, it leaves the output as it was and no temporary file.
     yield* Effect.scoped(
       Effect.gen(function*() {
         const file = yield* fs.open(temporaryPath, { flag: "w" })
@@ -382,8 +383,7 @@ export const compactOutput = (
         yield* file.sync
         yield* fs.chmod(temporaryPath, mode & 0o7777)
       })
-    ).pipe(Effect.onError(() => Effect.ignore(fs.remove(temporaryPath))))
-    yield* fs.rename(temporaryPath, path)
+    ).pipe(Effect.zipRight(fs.rename(temporaryPath, path)), Effect.onError(() => Effect.ignore(fs.remove(temporaryPath))))
     return keep.succeeded
   })
 

@@ -261,7 +261,7 @@ export const format = (summary: Summary): string => {
     `tokens:    ${tokens.prompt} prompt (${tokens.cacheHit} cache hit), ${tokens.completion} completion (${tokens.reasoning} reasoning)`,
     `cost:      ${costLine(spend)}`,
     ...(accounts.length === 0 ? [] : ["accounts:", ...accounts.map(([name, account]) => accountLine(name, account))]),
-    `elapsed:   ${Duration.format(summary.elapsed)}`,
+    `elapsed:   ${Duration.isZero(summary.elapsed) ? "0ms" : Duration.format(summary.elapsed)}`,
     ...(summary.interrupted
       ? ["stopped:   interrupted before the end of the input; lines not answered are not in the output"]
       : [])
