@@ -67,7 +67,7 @@ export const AssistantMessage = open({
   role: Schema.Literal("assistant"),
   content: Schema.optional(Schema.NullOr(Schema.String)),
   reasoning_content: Schema.optional(Schema.NullOr(Schema.String)),
-  tool_calls: Schema.optional(Schema.Array(ToolCall)),
+  tool_calls: Schema.optional(Schema.NullOr(Schema.Array(ToolCall))),
   name: Schema.optional(Schema.String),
   prefix: Schema.optional(Schema.Boolean)
 }, "AssistantMessage")
@@ -100,9 +100,12 @@ export const Tool = open({
 /** Thinking mode switch. @since 0.1.0 */
 export const Thinking = open({ type: Schema.Literal("enabled", "disabled") }, "Thinking")
 
+/** An optional request field that may also be `null`, as OpenAI's API takes it (and clients send it). */
+const nullable = <S extends Schema.Schema.Any>(schema: S) => Schema.optional(Schema.NullOr(schema))
+
 /**
  * A chat completion request. Only `model` and `messages` are required; everything else is
- * forwarded as given. `stream` is set by the transport (`create` vs `stream`). `messages` is any
+ * forwarded as given, `null` as unset. `stream` is set by the transport (`create` vs `stream`). `messages` is any
  * array, so chat history typed `Array<Message>` fits; the transport refuses an empty one locally
  * (`InvalidRequest`) before anything is sent.
  *
@@ -111,22 +114,22 @@ export const Thinking = open({ type: Schema.Literal("enabled", "disabled") }, "T
 export const ChatCompletionRequest = open({
   model: Schema.String,
   messages: Schema.Array(Message),
-  thinking: Schema.optional(Thinking),
-  reasoning_effort: Schema.optional(Schema.String),
-  response_format: Schema.optional(open({ type: Schema.Literal("text", "json_object") })),
-  stream: Schema.optional(Schema.Boolean),
-  stream_options: Schema.optional(open({ include_usage: Schema.optional(Schema.Boolean) })),
-  max_tokens: Schema.optional(Schema.Int.pipe(Schema.positive())),
-  temperature: Schema.optional(Schema.Number),
-  top_p: Schema.optional(Schema.Number),
-  frequency_penalty: Schema.optional(Schema.Number),
-  presence_penalty: Schema.optional(Schema.Number),
-  stop: Schema.optional(Schema.Union(Schema.String, Schema.Array(Schema.String))),
-  tools: Schema.optional(Schema.Array(Tool)),
+  thinking: nullable(Thinking),
+  reasoning_effort: nullable(Schema.String),
+  response_format: nullable(open({ type: Schema.Literal("text", "json_object") })),
+  stream: nullable(Schema.Boolean),
+  stream_options: nullable(open({ include_usage: nullable(Schema.Boolean) })),
+  max_tokens: nullable(Schema.Int.pipe(Schema.positive())),
+  temperature: nullable(Schema.Number),
+  top_p: nullable(Schema.Number),
+  frequency_penalty: nullable(Schema.Number),
+  presence_penalty: nullable(Schema.Number),
+  stop: nullable(Schema.Union(Schema.String, Schema.Array(Schema.String))),
+  tools: nullable(Schema.Array(Tool)),
   tool_choice: Schema.optional(Schema.Unknown),
-  logprobs: Schema.optional(Schema.Boolean),
-  top_logprobs: Schema.optional(Schema.Int),
-  user_id: Schema.optional(Schema.String)
+  logprobs: nullable(Schema.Boolean),
+  top_logprobs: nullable(Schema.Int),
+  user_id: nullable(Schema.String)
 }, "ChatCompletionRequest")
 /** @since 0.1.0 */
 export type ChatCompletionRequest = typeof ChatCompletionRequest.Type

@@ -258,7 +258,7 @@ export const key = (request: ChatCompletionRequest): string => {
  */
 export const isThinking = (request: ChatCompletionRequest): boolean =>
   request.thinking?.type === "enabled" ||
-  (request.thinking?.type !== "disabled" && request.reasoning_effort !== undefined)
+  (request.thinking?.type !== "disabled" && request.reasoning_effort != null)
 
 /**
  * Whether `"auto"` caches `request`: `temperature === 0` outside thinking mode.

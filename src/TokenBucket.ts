@@ -209,7 +209,7 @@ const messageChars = (message: Message): number =>
  */
 export const estimateTokens = (request: ChatCompletionRequest): number => {
   const chars = request.messages.reduce((total, message) => total + messageChars(message), 0) +
-    (request.tools === undefined ? 0 : JSON.stringify(request.tools).length)
+    (request.tools == null ? 0 : JSON.stringify(request.tools).length)
   return Math.ceil(chars / charsPerToken) + (request.max_tokens ?? 0)
 }
 

@@ -238,6 +238,16 @@ describe("Batch.run", () => {
       })
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
+  it.scoped("sends a line whose optional fields are null, as OpenAI's API takes them", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      const line = JSON.parse(request("nulls"))
+      yield* ws.writeInput([JSON.stringify({ ...line, body: { ...line.body, temperature: null, stop: null, tools: null, stream: null } })])
+      const { calls, summary } = yield* runWith(ok, ws)
+      expect(calls).toBe(1)
+      expect(summary).toMatchObject({ succeeded: 1, failed: 0 })
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
   it.scoped("turns every malformed line into an error line and sends the rest", () =>
     Effect.gen(function*() {
       const ws = yield* workspace

@@ -141,6 +141,8 @@ describe("ResponseCache.isDeterministic", () => {
     expect(ResponseCache.isDeterministic(ask("q", { temperature: undefined }))).toBe(false)
     expect(ResponseCache.isDeterministic(ask("q", { thinking: { type: "enabled" } }))).toBe(false)
     expect(ResponseCache.isDeterministic(ask("q", { reasoning_effort: "high" }))).toBe(false)
+    // `null` is unset, as OpenAI's API reads it.
+    expect(ResponseCache.isDeterministic(ask("q", { reasoning_effort: null, thinking: null }))).toBe(true)
   })
 })
 

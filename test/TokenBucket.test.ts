@@ -280,6 +280,7 @@ describe("TokenBucket", () => {
     it("counts tool definitions", () => {
       const tools = [{ type: "function" as const, function: { name: "lookup", description: "d".repeat(100) } }]
       expect(TokenBucket.estimateTokens(request({ tools }))).toBe(100 + Math.ceil(JSON.stringify(tools).length / 4))
+      expect(TokenBucket.estimateTokens(request({ tools: null, max_tokens: null }))).toBe(100)
     })
   })
 })

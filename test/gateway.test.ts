@@ -415,6 +415,29 @@ describe("weatherproof serve, with the openai client", () => {
         .toBe(`400 invalid chat completion request: messages: Expected ReadonlyArray<Message>, actual "hello"`)
     }))
 
+  it.scopedLive("optional fields sent as null (as many clients send unset ones) are unset: the request is answered", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make()
+      const gateway = yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])])
+      const nulls = Object.fromEntries(
+        ["thinking", "reasoning_effort", "response_format", "stream", "stream_options", "max_tokens", "temperature", "top_p",
+          "frequency_penalty", "presence_penalty", "stop", "tools", "tool_choice", "logprobs", "top_logprobs", "user_id"]
+          .map((field) => [field, null])
+      )
+      const messages = [...ask("x"), { role: "assistant", content: "y", tool_calls: null }, ...ask("z")]
+      const answer = yield* attempt(async () => {
+        const response = await fetch(`${gateway.url}/v1/chat/completions`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ model, messages, ...nulls })
+        })
+        return { status: response.status, body: await response.json() as { choices: ReadonlyArray<{ message: { content: string } }> } }
+      })
+      expect(answer.status).toBe(200)
+      expect(answer.body.choices[0]?.message.content).toBe("echo:z")
+      expect((yield* sim.stats).requests).toBe(1)
+    }))
+
   it.scopedLive("a body that is not JSON, not an object or larger than 10 MiB, is a 400 and reaches no upstream", () =>
     Effect.gen(function*() {
       const sim = yield* Simulator.make()

@@ -30,9 +30,10 @@ describe("SchemaIssues", () => {
       .toEqual(["tools[0].function: is missing"])
   })
 
-  it("reads a union's alternatives as one complaint, without the undefined an optional field allows", () => {
+  it("reads a union's alternatives as one complaint, without the undefined or null an optional field allows", () => {
     expect(issuesOf(ChatCompletionRequest, request({ messages: [{ role: "user", content: 5 }] })))
       .toEqual(["messages[0].content: Expected string | ReadonlyArray<ContentPart>, actual 5"])
+    expect(issuesOf(ChatCompletionRequest, request({ max_tokens: null }))).toEqual([])
     expect(issuesOf(ChatCompletionRequest, request({ max_tokens: -1 })))
       .toEqual(["max_tokens: Expected a positive number, actual -1"])
     expect(issuesOf(ChatCompletionRequest, request({ stop: 3, temperature: "hot" }))).toEqual([

@@ -93,7 +93,7 @@ const requestAttributes = (request: ChatCompletionRequest, provider: string, str
   }
   if (stream) attributes[ATTR_GEN_AI_REQUEST_STREAM] = true
   // Set only when the request asks for a format, as the conventions say.
-  if (request.response_format !== undefined) {
+  if (request.response_format != null) {
     attributes[ATTR_GEN_AI_OUTPUT_TYPE] = request.response_format.type === "json_object"
       ? GEN_AI_OUTPUT_TYPE_VALUE_JSON
       : GEN_AI_OUTPUT_TYPE_VALUE_TEXT
@@ -200,7 +200,7 @@ const text = (content: string): Part => ({ type: "text", content })
 const assistantParts = (message: {
   readonly content?: string | null | undefined
   readonly reasoning_content?: string | null | undefined
-  readonly tool_calls?: ReadonlyArray<ToolCall> | undefined
+  readonly tool_calls?: ReadonlyArray<ToolCall> | null | undefined
 }): Array<Part> => [
   ...(message.reasoning_content ? [{ type: "reasoning", content: message.reasoning_content }] : []),
   ...(message.content ? [text(message.content)] : []),

@@ -23,8 +23,8 @@ export const jsonKind = (value: unknown): string =>
 
 const expectation = /^Expected (.+), actual (.+)$/s
 
-/** The alternative every optional field allows: noise beside the complaint about the value it holds. */
-const optionalAlternative = /^Expected undefined, actual /
+/** The alternatives an optional (or nullable) field allows: noise beside the complaint about the value it holds. */
+const optionalAlternative = /^Expected (undefined|null), actual /
 
 /** `inner` is `outer` or a place inside it. */
 const within = (inner: string, outer: string): boolean =>
