@@ -18,7 +18,8 @@
  * - `keys`: at least one; `"env:NAME"` reads the environment variable `NAME` (one key, or
  *   several separated by commas), anything else is the key itself. Keys of one account share
  *   its concurrency limit (DeepSeek limits per account), so several keys add resilience to a
- *   revoked key, not capacity;
+ *   revoked key, not capacity; for the same reason a key is in one account only (two accounts at
+ *   one origin with a key in common are an error: the pool would count the cap twice);
  * - `fallback` (default `false`): serves only when no other account can;
  * - `models` (default none): model names to send instead of the requested ones, for a provider
  *   whose names differ;
@@ -226,6 +227,32 @@ const crossChecks = (accounts: ReadonlyArray<AccountJson>): ReadonlyArray<string
   return issues
 }
 
+/**
+ * Accounts at one origin that hold a key in common: one upstream account, whose cap the pool
+ * would count once per entry. Told by path, never by the key.
+ */
+const sharedKeys = (accounts: ReadonlyArray<Account>): ReadonlyArray<string> => {
+  const holders = new Map<string, number>()
+  const issues: Array<string> = []
+  accounts.forEach((account, i) => {
+    const origin = new URL(account.baseUrl).origin
+    const told = new Set<number>()
+    for (const key of account.keys) {
+      const held = `${origin} ${Redacted.value(key)}`
+      const first = holders.get(held)
+      if (first === undefined) holders.set(held, i)
+      else if (first !== i && !told.has(first)) {
+        told.add(first)
+        issues.push(
+          `accounts[${i}].keys: a key accounts[${first}] ("${accounts[first]!.name}") holds too, at the same origin: ` +
+            "an account's keys share its cap, so a key belongs in one account only"
+        )
+      }
+    }
+  })
+  return issues
+}
+
 /** The keys a reference stands for: itself, or what its environment variable holds. */
 const resolveKey = (
   ref: string,
@@ -262,7 +289,8 @@ const resolveAccount = (account: AccountJson, index: number): Effect.Effect<Acco
  * Validates accounts (e.g. parsed JSON) and reads the keys they reference from the environment
  * through `Config.redacted`, so `ConfigProvider` decides where they come from. Every issue is
  * reported with its path: all those of the JSON's shape at once, or, once the shape is right,
- * every key that cannot be read and every name used twice.
+ * every key that cannot be read and every name used twice, or, once the keys are read, every
+ * account that holds a key another account at its origin holds.
  *
  * @example
  * ```ts
@@ -288,7 +316,9 @@ export const decode = (input: unknown, source = "input"): Effect.Effect<Readonly
     const accounts = decoded.right.accounts
     const [unresolved, resolved] = yield* Effect.partition(accounts, resolveAccount)
     const issues = [...crossChecks(accounts), ...unresolved.flat()]
-    return issues.length > 0 ? yield* fail(issues) : resolved
+    if (issues.length > 0) return yield* fail(issues)
+    const shared = sharedKeys(resolved)
+    return shared.length > 0 ? yield* fail(shared) : resolved
   })
 
 /** A JSON syntax error's position, without the excerpt of the text V8 may quote (it may hold a key). */

@@ -104,6 +104,25 @@ describe("Accounts", () => {
       expect(yield* issuesOf(onlyFallbacks)).toEqual(["accounts: expected at least one account that is not a fallback"])
     }))
 
+  it.effect("refuses a key held by two accounts at one origin (one upstream account counted twice), without echoing it", () =>
+    Effect.gen(function*() {
+      const account = (name: string, baseUrl: string, keys: ReadonlyArray<string>) => ({ name, provider: "deepseek", baseUrl, keys })
+      const issues = yield* issuesOf({
+        accounts: [
+          account("a", "https://api.deepseek.com", ["sk-literal-aaaa"]),
+          account("b", "https://api.deepseek.com/v1", ["env:ALT_KEYS", "env:DEEPSEEK_KEY_A"]),
+          account("c", "https://api.deepseek.com", ["sk-env-bbbb", "sk-literal-aaaa", "sk-env-cccc"]),
+          // Another origin: another upstream, whose keys are its own.
+          account("elsewhere", "https://llm.example.com", ["sk-literal-aaaa"])
+        ]
+      })
+      expect(issues).toEqual([
+        `accounts[2].keys: a key accounts[1] ("b") holds too, at the same origin: an account's keys share its cap, so a key belongs in one account only`,
+        `accounts[2].keys: a key accounts[0] ("a") holds too, at the same origin: an account's keys share its cap, so a key belongs in one account only`
+      ])
+      expect(JSON.stringify(issues)).not.toMatch(/sk-/)
+    }))
+
   it.effect("reports every wrong type at once, without echoing a value that may be a key", () =>
     Effect.gen(function*() {
       const issues = yield* issuesOf({
