@@ -51,6 +51,7 @@ import * as Schema from "effect/Schema"
 import type { AdaptiveOptions } from "./ConcurrencyLimiter.js"
 import * as KeyPool from "./KeyPool.js"
 import * as SchemaIssues from "./internal/schemaIssues.js"
+import { clipped } from "./internal/text.js"
 import { defaultBaseUrl } from "./Transport.js"
 
 /**
@@ -386,7 +387,11 @@ export const fromEnv: Effect.Effect<ReadonlyArray<Account>, ConfigError.ConfigEr
       Config.validate({ message: "expected at least one key", validation: (keys) => keys.length > 0 })
     ),
     baseUrl: Config.string("DEEPSEEK_BASE_URL").pipe(
-      Config.validate({ message: "expected an http(s) URL", validation: isHttpUrl }),
+      Config.mapOrFail((url) =>
+        isHttpUrl(url)
+          ? Either.right(url)
+          : Either.left(ConfigError.InvalidData([], `expected an http(s) URL such as ${defaultBaseUrl}, got ${JSON.stringify(clipped(url, 100))}`))
+      ),
       Config.withDefault(defaultBaseUrl)
     )
   }),

@@ -126,6 +126,18 @@ describe("weatherproof CLI", () => {
       expect(result.stderr).toContain("DEEPSEEK_API_KEY is not set")
     }).pipe(Effect.provide(NodeContext.layer)))
 
+  it.live("batch with a base URL that is not an http(s) URL says which variable, what it holds, and exits 2", () =>
+    Effect.gen(function*() {
+      const result = yield* runCli(["batch", "in.jsonl", "--output", "out.jsonl"], {
+        DEEPSEEK_API_KEY: badKey,
+        DEEPSEEK_BASE_URL: "api.deepseek.com"
+      })
+      expect(result.code).toBe(2)
+      expect(result.stderr).toBe(
+        `weatherproof: invalid configuration: DEEPSEEK_BASE_URL: expected an http(s) URL such as https://api.deepseek.com, got "api.deepseek.com"`
+      )
+    }).pipe(Effect.provide(NodeContext.layer)))
+
   it.live("batch with an unreadable input exits 1 with the reason", () =>
     Effect.gen(function*() {
       const result = yield* runCli(["batch", "/no/such/input.jsonl", "--output", "/no/such/out.jsonl"], {

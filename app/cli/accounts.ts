@@ -35,8 +35,22 @@ export interface CallArgs {
 /** Problems from a file or the environment, one per line, scrubbed of anything shaped like a key. */
 export const listIssues = (issues: ReadonlyArray<string>): string => issues.map((issue) => `  ${scrubSecrets(issue)}`).join("\n")
 
+/** Each problem of a configuration error as `NAME: message` (the error's own text nests them in parentheses). */
+const configProblems = (error: ConfigError.ConfigError): ReadonlyArray<string> => {
+  const problem = (_: unknown, path: Array<string>, message: string) => [path.length === 0 ? message : `${path.join("_")}: ${message}`]
+  const both = (_: unknown, left: ReadonlyArray<string>, right: ReadonlyArray<string>) => [...left, ...right]
+  return ConfigError.reduceWithContext(error, undefined, {
+    andCase: both,
+    orCase: both,
+    invalidDataCase: problem,
+    missingDataCase: problem,
+    sourceUnavailableCase: problem,
+    unsupportedCase: problem
+  })
+}
+
 export const invalidConfig = (error: ConfigError.ConfigError): Effect.Effect<never, ExitCode> =>
-  fail(2, `weatherproof: invalid configuration: ${scrubSecrets(String(error))}`)
+  fail(2, `weatherproof: invalid configuration: ${scrubSecrets(configProblems(error).join("; "))}`)
 
 const missingKey = "weatherproof: DEEPSEEK_API_KEY is not set or empty (one key, or several separated by commas). " +
   "Set it, pass --accounts FILE, or try `weatherproof demo`, which needs no key."
