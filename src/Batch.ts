@@ -257,7 +257,7 @@ export interface Summary {
   readonly spend: Spend
   /** Per account: every account the client has (when it is an `AccountPool`) and every account the ledger saw. */
   readonly accounts: Readonly<Record<string, AccountSummary>>
-  /** Measured with Effect's `Clock`. */
+  /** From the run's start, a resumed output's compaction included; measured with Effect's `Clock`. */
   readonly elapsed: Duration.Duration
   /**
    * The run was stopped (`Options.stop`) before the end of its input: the lines it did not answer
@@ -721,6 +721,7 @@ export const run = (options: Options): Effect.Effect<Summary, BatchError | Outpu
     const output = yield* resolvePaths(fs, input, options.output)
     yield* lockOutput(fs, options.output, output)
     yield* refuseReadOnly(fs, options.output, output)
+    const before = yield* readings
     const calls = new Calls()
     const stops = yield* watchStops(options, calls)
     const { stopped } = stops
@@ -730,13 +731,9 @@ export const run = (options: Options): Effect.Effect<Summary, BatchError | Outpu
       Effect.asSome(prepare(fs, options, output)),
       Effect.as(Deferred.await(stopped), Option.none())
     )
-    if (Option.isNone(prepared)) {
-      const now = yield* readings
-      return summarize(emptyTally, now, now, yield* poolStatuses, true)
-    }
+    if (Option.isNone(prepared)) return summarize(emptyTally, before, yield* readings, yield* poolStatuses, true)
     const { total, alreadyAnswered } = prepared.value
 
-    const before = yield* readings
     const decide = decider(alreadyAnswered)
     const nextId = yield* Lines.makeRequestIds
     // An upstream may echo a key into a failure a result line quotes: the pool knows every key.
