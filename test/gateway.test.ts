@@ -13,6 +13,7 @@ import * as Wire from "../src/internal/wire.js"
 import { account, attempt, collect, openai, rawText, startGateway } from "./support/gateway.js"
 import { destroySocket, rawServer, reply, writeByteByByte, writeSlowly } from "./support/rawServer.js"
 import type { Handler } from "./support/rawServer.js"
+import * as NodeZlib from "node:zlib"
 
 const model = "deepseek-v4-flash"
 const ask = (content: string) => [{ role: "user" as const, content }]
@@ -438,15 +439,15 @@ describe("weatherproof serve, with the openai client", () => {
       expect((yield* sim.stats).requests).toBe(1)
     }))
 
-  it.scopedLive("a body that is not JSON, not an object or larger than 10 MiB, is a 400 and reaches no upstream", () =>
+  it.scopedLive("a body that is not JSON, not an object, compressed or larger than 10 MiB, is a 400 and reaches no upstream", () =>
     Effect.gen(function*() {
       const sim = yield* Simulator.make()
       const gateway = yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])])
-      const post = (body: string) =>
+      const post = (body: BodyInit, headers: Record<string, string> = {}) =>
         attempt(async () => {
           const response = await fetch(`${gateway.url}/v1/chat/completions`, {
             method: "POST",
-            headers: { "content-type": "application/json" },
+            headers: { "content-type": "application/json", ...headers },
             body
           })
           return { status: response.status, body: await response.json() as { error: { code: string; message: string } } }
@@ -457,6 +458,9 @@ describe("weatherproof serve, with the openai client", () => {
       const array = yield* post("[]")
       expect(array.status).toBe(400)
       expect(array.body.error.message).toBe("the request body is an array, not a JSON object")
+      const gzipped = yield* post(new Uint8Array(NodeZlib.gzipSync(JSON.stringify({ model, messages: ask("x") }))), { "content-encoding": "gzip" })
+      expect(gzipped.status).toBe(400)
+      expect(gzipped.body.error.message).toBe("the request body is encoded (content-encoding: gzip): send it as plain JSON")
       const large = yield* post(JSON.stringify({ model, messages: ask("x".repeat(10 * 1024 * 1024)) }))
       expect(large.status).toBe(400)
       expect(large.body.error.message).toBe("the request body is larger than 10 MiB")

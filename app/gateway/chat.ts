@@ -107,6 +107,10 @@ const maxBodyBytes = 10 * 1024 * 1024
 
 const notJson = new BadRequest({ message: "the request body is not JSON" })
 
+/** A compressed body (OpenAI's clients send none): refused by name rather than read as bytes that are not JSON. */
+const encoded = (encoding: string) =>
+  new BadRequest({ message: `the request body is encoded (content-encoding: ${clipped(encoding, 50)}): send it as plain JSON` })
+
 /**
  * The body as JSON, read from Node's request. `request.json` runs a fiber to build a cached
  * effect and reads through a stream: a fifth of the gateway's time before its upstream call,
@@ -115,6 +119,10 @@ const notJson = new BadRequest({ message: "the request body is not JSON" })
 const readJson = (request: HttpServerRequest.HttpServerRequest): Effect.Effect<unknown, BadRequest> =>
   Effect.async((resume) => {
     const incoming = NodeHttpServerRequest.toIncomingMessage(request)
+    const encoding = incoming.headers["content-encoding"]?.trim().toLowerCase()
+    if (encoding !== undefined && encoding !== "" && encoding !== "identity") {
+      return resume(Effect.fail(encoded(encoding)))
+    }
     const parts: Array<Buffer> = []
     let size = 0
     const onData = (part: Buffer) => {
