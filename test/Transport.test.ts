@@ -722,6 +722,18 @@ describe("Transport over loopback (undici, 127.0.0.1)", () => {
       for (const error of [created, streamed.error]) expectNoSecret(error)
     }))
 
+  it.scopedLive("a page quoted in a MalformedResponse is scrubbed before it is cut: a key the cut runs through shows no part", () =>
+    Effect.gen(function*() {
+      // The quote keeps 200 characters: the key starts at 195, so the cut leaves `sk-te` of it.
+      const page = `${"x".repeat(194)} ${keys[0]} and more`
+      const server = yield* rawServer([reply(200, page, { "content-type": "text/html" })])
+      const error = yield* Effect.flip(Effect.provide(create(), loopback(server)))
+      expect(error).toMatchObject({ _tag: "MalformedResponse", reason: "schema" })
+      // The mask is cut instead: the old order cut the key, then found nothing shaped like one in `sk-te`.
+      expect(error.message).toContain(`${"x".repeat(194)} sk-**…`)
+      expect(error.message).not.toContain("sk-te")
+    }))
+
   it.scopedLive("a socket destroyed mid-stream is TransportError body with the partial", () =>
     Effect.gen(function*() {
       const sent = MockUpstream.events(wireGeneration).slice(0, 3)

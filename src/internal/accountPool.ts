@@ -266,11 +266,11 @@ const probeBalance = (client: HttpClient.HttpClient, member: Member, scrub: Scru
     const text = yield* response.text
     const balance = parseBalance(text)
     if (Option.isSome(balance)) return balance.value.is_available ? "available" : "unavailable"
-    yield* Effect.logWarning(
+    yield* Effect.logWarning(scrub(
       `AccountPool: account ${member.name}: its balance check (GET ${url}) answered ${response.status} ${
-        scrub(quotedBody(response.headers["content-type"], text))
+        quotedBody(response.headers["content-type"], text, scrub)
       }, not a balance; if its calls fail as well, its base URL reaches something other than the API`
-    )
+    ))
     return "failed"
   }).pipe(Effect.scoped, Effect.timeout(probeTimeout), Effect.orElseSucceed((): ProbeResult => "failed"))
 

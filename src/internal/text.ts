@@ -8,9 +8,13 @@
 /** `text`, or its first `max` characters and an ellipsis. */
 export const clipped = (text: string, max: number): string => text.length <= max ? text : `${text.slice(0, max)}…`
 
+/** How much of a body `quotedBody` shows. */
+const quotedLength = 200
+
 /**
  * A body that is not what the API sends, for a message: its content type and first characters (a
- * base URL that reaches a web server answers with a page). Unscrubbed: the caller scrubs.
+ * base URL that reaches a web server answers with a page). `scrub` runs before the cut, on a
+ * window as long again (longer than any key), so a key the cut runs through is never half shown.
  */
-export const quotedBody = (contentType: string | undefined, text: string): string =>
-  `${contentType ?? "no content type"}: ${JSON.stringify(clipped(text.trim(), 200))}`
+export const quotedBody = (contentType: string | undefined, text: string, scrub: (text: string) => string): string =>
+  `${contentType ?? "no content type"}: ${JSON.stringify(clipped(scrub(text.trim().slice(0, 2 * quotedLength)), quotedLength))}`

@@ -30,7 +30,7 @@ import * as SchemaFastPath from "./schemaFastPath.js"
 import * as SchemaIssues from "./schemaIssues.js"
 import * as Sse from "./sse.js"
 import * as StreamPull from "./streamPull.js"
-import { quotedBody } from "./text.js"
+import { clipped, quotedBody } from "./text.js"
 import { isTraced } from "./tracing.js"
 import { clientWire, type Reads, type Reply, undiciOf, undiciWire, type Wire, withUndici } from "./transportWires.js"
 
@@ -110,13 +110,7 @@ interface Problem {
   readonly code?: string | undefined
 }
 
-const parseJson = (text: string): Option.Option<unknown> => {
-  try {
-    return Option.some(JSON.parse(text))
-  } catch {
-    return Option.none()
-  }
-}
+const parseJson: (text: string) => Option.Option<unknown> = Option.liftThrowable(JSON.parse)
 
 const decodeErrorBody = Schema.decodeUnknownOption(ChatSchema.ErrorBody)
 
@@ -171,14 +165,14 @@ const upstreamError = (json: { readonly error: unknown }, partial: ApiError.Part
 const schemaMismatch = (what: string, error: ParseResult.ParseError) =>
   new ApiError.MalformedResponse({
     reason: "schema",
-    message: ApiError.scrubSecrets(`${what}: ${SchemaIssues.describeIssues(error).join("; ")}`.slice(0, 1000))
+    message: clipped(ApiError.scrubSecrets(`${what}: ${SchemaIssues.describeIssues(error).join("; ")}`), 1000)
   })
 
 const decodeCompletion = SchemaFastPath.decodeUnknownEither(ChatSchema.ChatCompletion, { errors: "all" })
 
 /** What a 200 that is not the API's held, scrubbed of keys. */
 const foreignBody = (contentType: string | undefined, text: string): string =>
-  ApiError.scrubSecrets(quotedBody(contentType, text))
+  quotedBody(contentType, text, ApiError.scrubSecrets)
 
 const parseCompletion = (text: string, contentType: string | undefined): Effect.Effect<ChatSchema.ChatCompletion, ApiError.ApiError> => {
   const json = parseJson(text)
