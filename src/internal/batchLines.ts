@@ -5,6 +5,7 @@
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
+import * as Option from "effect/Option"
 import * as ParseResult from "effect/ParseResult"
 import * as Predicate from "effect/Predicate"
 import * as Schema from "effect/Schema"
@@ -78,14 +79,8 @@ export type InputItem =
     readonly message: string
   }
 
-/** `text` parsed, or `undefined` when it is not JSON (which never parses to `undefined`). */
-const parsedJson = (text: string): unknown => {
-  try {
-    return JSON.parse(text)
-  } catch {
-    return undefined
-  }
-}
+/** `text` parsed, or none when it is not JSON. */
+const parseJson: (text: string) => Option.Option<unknown> = Option.liftThrowable(JSON.parse)
 const decodeInputLine = SchemaFastPath.decodeUnknownEither(InputLine, { errors: "all" })
 
 const ownCustomId = (value: unknown): string | undefined => {
@@ -129,8 +124,9 @@ export const unreadableMessages: Readonly<Record<Unreadable, string>> = {
 export const parseInputLine = (line: NumberedLine): InputItem => {
   const { lineNumber, text } = line
   if (text === undefined) return invalidWithoutId(lineNumber, unreadableMessages[line.unreadable])
-  const json = parsedJson(text)
-  if (json === undefined) return invalidWithoutId(lineNumber, "line is not valid JSON")
+  const parsed = parseJson(text)
+  if (Option.isNone(parsed)) return invalidWithoutId(lineNumber, "line is not valid JSON")
+  const json = parsed.value
   const notAnObject = notARequestObject(json)
   if (notAnObject !== undefined) return invalidWithoutId(lineNumber, notAnObject)
   const ownId = ownCustomId(json)
@@ -311,7 +307,7 @@ export type ExistingResult =
 
 /** Classifies a line of an existing output file. */
 export const classifyExisting = (text: string): ExistingResult => {
-  const line = parsedJson(text)
+  const line = Option.getOrUndefined(parseJson(text))
   if (!isExistingLine(line)) return { _tag: "Unrecognized" }
   return line.error === null && line.response?.status_code === 200
     ? { _tag: "Succeeded", customId: line.custom_id }
