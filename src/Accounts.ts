@@ -48,6 +48,7 @@ import * as Either from "effect/Either"
 import * as ParseResult from "effect/ParseResult"
 import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
+import { scrubSecrets } from "./ApiError.js"
 import type { AdaptiveOptions } from "./ConcurrencyLimiter.js"
 import * as KeyPool from "./KeyPool.js"
 import * as SchemaIssues from "./internal/schemaIssues.js"
@@ -390,7 +391,11 @@ export const fromEnv: Effect.Effect<ReadonlyArray<Account>, ConfigError.ConfigEr
       Config.mapOrFail((url) =>
         isHttpUrl(url)
           ? Either.right(url)
-          : Either.left(ConfigError.InvalidData([], `expected an http(s) URL such as ${defaultBaseUrl}, got ${JSON.stringify(clipped(url, 100))}`))
+          : Either.left(ConfigError.InvalidData(
+            [],
+            // A key pasted into the wrong variable is not echoed back.
+            `expected an http(s) URL such as ${defaultBaseUrl}, got ${JSON.stringify(clipped(scrubSecrets(url), 100))}`
+          ))
       ),
       Config.withDefault(defaultBaseUrl)
     )

@@ -198,6 +198,13 @@ describe("Accounts", () => {
       )
       expect(defaulted[0]?.baseUrl).toBe("https://api.deepseek.com")
 
+      // A key pasted into DEEPSEEK_BASE_URL by mistake is not echoed in the error.
+      const misplaced = yield* Effect.flip(Accounts.fromEnv.pipe(
+        Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["DEEPSEEK_API_KEY", "sk-one"], ["DEEPSEEK_BASE_URL", "sk-misplaced-dddd"]])))
+      ))
+      expect(String(misplaced)).toContain(`expected an http(s) URL such as https://api.deepseek.com, got "sk-***"`)
+      expect(String(misplaced)).not.toContain("misplaced-dddd")
+
       const missing = yield* Effect.flip(
         Accounts.fromEnv.pipe(Effect.withConfigProvider(ConfigProvider.fromMap(new Map())))
       )
