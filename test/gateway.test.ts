@@ -217,6 +217,8 @@ describe("weatherproof serve, with the openai client", () => {
       expect((wrong as AuthenticationError).code).toBe("invalid_api_key")
       const models = yield* Effect.flip(attempt(() => openai(gateway.url, { apiKey: "nope" }).models.list()))
       expect(models).toBeInstanceOf(OpenAI.AuthenticationError)
+      const retrieved = yield* Effect.flip(attempt(() => openai(gateway.url, { apiKey: "nope" }).models.retrieve("deepseek-v4-flash")))
+      expect(retrieved).toBeInstanceOf(OpenAI.AuthenticationError)
 
       const answer = yield* attempt(() =>
         openai(gateway.url, { apiKey: "gw-key-two" }).chat.completions.create({ model, messages: ask("right key") })
@@ -338,6 +340,36 @@ describe("weatherproof serve, with the openai client", () => {
       expect(ready).toEqual({ status: "ready", accounts: [{ name: "a", state: "serving" }] })
       const missing = yield* attempt(() => fetch(`${gateway.url}/v1/embeddings`, { method: "POST" }))
       expect(missing.status).toBe(404)
+      expect(yield* attempt(() => missing.json())).toEqual({
+        error: {
+          message:
+            "no such route: POST /v1/embeddings; this gateway serves POST /v1/chat/completions, GET /v1/models and GET /v1/models/{model}",
+          type: "invalid_request_error",
+          param: null,
+          code: "not_found"
+        }
+      })
+    }))
+
+  it.scopedLive("GET /v1/models/{model} answers a model served, its name slashes and all; another is a 404 NotFoundError", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make()
+      const gateway = yield* startGateway([
+        account("a", sim.baseUrl, [Simulator.defaultKey], { models: { "house/model-1": "deepseek-v4-pro" } })
+      ])
+      const client = openai(gateway.url)
+      expect(yield* attempt(() => client.models.retrieve("deepseek-v4-flash"))).toEqual({
+        id: "deepseek-v4-flash",
+        object: "model",
+        created: 0,
+        owned_by: "weatherproof"
+      })
+      expect((yield* attempt(() => client.models.retrieve("house/model-1"))).id).toBe("house/model-1")
+      const raw = yield* attempt(() => fetch(`${gateway.url}/models/house/model-1`).then((r) => r.json()))
+      expect(raw).toMatchObject({ id: "house/model-1" })
+      const unknown = yield* Effect.flip(attempt(() => client.models.retrieve("gpt-4o")))
+      expect(unknown).toBeInstanceOf(OpenAI.NotFoundError)
+      expect((unknown as APIError).code).toBe("model_not_found")
     }))
 
   it.scopedLive("a model the gateway does not serve is a 404 NotFoundError, model_not_found, and opens no lane, no series, no call", () =>

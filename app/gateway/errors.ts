@@ -38,6 +38,16 @@ export class UnknownModel extends Data.TaggedError("UnknownModel")<{ readonly mo
   }
 }
 
+/** The longest path quoted back in a 404. */
+const maxQuotedPath = 200
+
+/** No route has this method and path. */
+export class NoSuchRoute extends Data.TaggedError("NoSuchRoute")<{ readonly method: string; readonly path: string }> {
+  override get message(): string {
+    return `no such route: ${this.method} ${clipped(this.path, maxQuotedPath)}; this gateway serves POST /v1/chat/completions, GET /v1/models and GET /v1/models/{model}`
+  }
+}
+
 /** Too many clients wait already: the gateway's queue is full. */
 export class GatewayBusy extends Data.TaggedError("GatewayBusy")<{ readonly waiting: number }> {
   override get message(): string {
@@ -61,6 +71,7 @@ export type GatewayError =
   | Unauthorized
   | BadRequest
   | UnknownModel
+  | NoSuchRoute
   | GatewayBusy
   | ShuttingDown
 
@@ -99,6 +110,8 @@ export const replyOf = (error: GatewayError): ErrorReply => {
       return { status: 400, type: "invalid_request_error", code: "routing_refused", message: error.message }
     case "UnknownModel":
       return { status: 404, type: "invalid_request_error", code: "model_not_found", message: error.message, param: "model" }
+    case "NoSuchRoute":
+      return { status: 404, type: "invalid_request_error", code: "not_found", message: error.message }
     case "InvalidRequest":
       return {
         status: error.status,

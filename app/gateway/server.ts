@@ -6,6 +6,7 @@
  * | --- | --- |
  * | `POST /v1/chat/completions` (and `/chat/completions`) | chat completions, stream and non-stream (`chat.ts`) |
  * | `GET /v1/models` (and `/models`) | the models the configured accounts serve |
+ * | `GET /v1/models/{model}` (and `/models/{model}`) | one of them, or a 404 `model_not_found` |
  * | `GET /healthz` | 200 while the process serves; 503 once it drains |
  * | `GET /readyz` | 200 when an account can serve; 503 otherwise, or while draining |
  * | `GET /metrics` | every metric, Prometheus text format |
@@ -45,7 +46,7 @@ import { Router, Task } from "../../src/Router.js"
 import * as Alerts from "./alerts.js"
 import { isLoopback, makeAuthorizer } from "./auth.js"
 import * as Chat from "./chat.js"
-import { errorBody, errorHeaders, replyOf } from "./errors.js"
+import { errorBody, errorHeaders, type GatewayError, NoSuchRoute, replyOf, UnknownModel } from "./errors.js"
 import { html } from "./page.js"
 import * as Status from "./status.js"
 import { prometheusContentType, Telemetry } from "./telemetry.js"
@@ -114,10 +115,21 @@ export interface Gateway {
 export type Requirements = Resilient | Router | AccountPool | CostLedger | Telemetry | HttpClient.HttpClient
 
 /** `POST /v1/chat/completions` (or `/chat/completions`), with any query. */
-const isChatPath = (url: string): boolean => {
+/** The URL without its query. */
+const pathOf = (url: string): string => {
   const query = url.indexOf("?")
-  const path = query === -1 ? url : url.slice(0, query)
+  return query === -1 ? url : url.slice(0, query)
+}
+
+const isChatPath = (url: string): boolean => {
+  const path = pathOf(url)
   return path === "/v1/chat/completions" || path === "/chat/completions"
+}
+
+/** The model a `GET /v1/models/{model}` names: the rest of the path, slashes included (`org/name`), decoded. */
+const modelOfPath = (url: string): string => {
+  const rest = pathOf(url).replace(/^\/(?:v1\/)?models\//, "")
+  return Option.getOrElse(Option.liftThrowable(decodeURIComponent)(rest), () => rest)
 }
 
 const requireAsset = createRequire(import.meta.url)
@@ -148,10 +160,13 @@ const warnUnservedRoutes = (router: Router["Type"], served: ReadonlySet<string>)
       Effect.catchTag("RoutingRefused", () => Effect.void)
     ), { discard: true })
 
+/** A model as `GET /v1/models` lists it and `GET /v1/models/{model}` answers it. */
+const modelObject = (id: string) => ({ id, object: "model", created: 0, owned_by: "weatherproof" })
+
 /** `GET /v1/models`'s answer. */
 const modelList = (models: ReadonlySet<string>) => ({
   object: "list",
-  data: Array.from(models).sort().map((id) => ({ id, object: "model", created: 0, owned_by: "weatherproof" }))
+  data: Array.from(models).sort().map(modelObject)
 })
 
 /** Starts the gateway; it drains and stops when the scope closes. */
@@ -191,15 +206,23 @@ export const make = (
       scrub
     }, traffic)
 
-    const models = modelList(served)
-    const listModels = Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) =>
-      authorize(request.headers.authorization).pipe(
-        Effect.as(HttpServerResponse.unsafeJson(models)),
-        Effect.catchAll((error) => {
-          const reply = replyOf(error)
-          return Effect.succeed(HttpServerResponse.unsafeJson(errorBody(reply, scrub), { status: reply.status, headers: errorHeaders(reply) }))
-        })
-      ))
+    const replyWith = (error: GatewayError) => {
+      const reply = replyOf(error)
+      return HttpServerResponse.unsafeJson(errorBody(reply, scrub), { status: reply.status, headers: errorHeaders(reply) })
+    }
+    /** Answers a request with a valid gateway key; others get the 401 a chat request would. */
+    const authorized = (answer: (request: HttpServerRequest.HttpServerRequest) => HttpServerResponse.HttpServerResponse) =>
+      Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) =>
+        authorize(request.headers.authorization).pipe(
+          Effect.as(answer(request)),
+          Effect.catchAll((error) => Effect.succeed(replyWith(error)))
+        ))
+    const models = HttpServerResponse.unsafeJson(modelList(served))
+    const listModels = authorized(() => models)
+    const retrieveModel = authorized((request) => {
+      const model = modelOfPath(request.url)
+      return served.has(model) ? HttpServerResponse.unsafeJson(modelObject(model)) : replyWith(new UnknownModel({ model }))
+    })
 
     const draining = HttpServerResponse.unsafeJson({ status: "draining" }, { status: 503 })
     const readiness = Effect.gen(function*() {
@@ -216,6 +239,8 @@ export const make = (
     const routes = HttpRouter.empty.pipe(
       HttpRouter.get("/v1/models", listModels),
       HttpRouter.get("/models", listModels),
+      HttpRouter.get("/v1/models/*", retrieveModel),
+      HttpRouter.get("/models/*", retrieveModel),
       HttpRouter.get(
         "/healthz",
         Effect.sync(() => traffic.draining ? draining : HttpServerResponse.unsafeJson({ status: "ok" }))
@@ -240,10 +265,7 @@ export const make = (
       HttpRouter.get("/assets/uPlot.min.css", Effect.sync(() => asset("uplot/dist/uPlot.min.css", "text/css"))),
       HttpRouter.all(
         "*",
-        Effect.succeed(HttpServerResponse.unsafeJson(
-          { error: { message: "no such route", type: "invalid_request_error", param: null, code: "not_found" } },
-          { status: 404 }
-        ))
+        Effect.map(HttpServerRequest.HttpServerRequest, (request) => replyWith(new NoSuchRoute({ method: request.method, path: pathOf(request.url) })))
       )
     )
 
