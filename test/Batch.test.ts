@@ -1468,7 +1468,7 @@ describe("Batch.run per-line deadlines", () => {
           url: "/v1/chat/completions",
           body: { model: "deepseek-v4-flash", messages: [{ role: "user", content: customId }] }
         })
-      yield* ws.writeInput([line("patient"), line("hasty", { firstContent: "50ms" }), line("bad", { idle: "soon" })])
+      yield* ws.writeInput([line("patient"), line("hasty", { firstContent: "50ms" }), line("bad", { idle: "soon" }), line("zero", { total: "0s" })])
       const stack = Batch.layerAccounts([Demo.demoAccount(simulator.baseUrl)], {
         pool: { retry: { maxRetries: 0 } },
         ledger: CostLedger.layer(),
@@ -1480,7 +1480,9 @@ describe("Batch.run per-line deadlines", () => {
       expect(lines.get("hasty")?.error).toMatchObject({ code: "DeadlineExceeded" })
       expect(lines.get("hasty")?.error?.message).toContain("first_content")
       expect(lines.get("bad")?.error).toMatchObject({ code: "invalid_line" })
-      expect(lines.get("bad")?.error?.message).toContain("deadlines.idle: expected a duration such as 30s")
-      expect(summary).toMatchObject({ succeeded: 1, failed: 2 })
+      expect(lines.get("bad")?.error?.message).toContain(`deadlines.idle: expected a duration above 0 such as 30s, 500ms, 2m or 1h, got "soon"`)
+      // A deadline of 0 would fail every attempt and spend the line's retries for nothing.
+      expect(lines.get("zero")?.error?.message).toContain(`deadlines.total: expected a duration above 0 such as 30s, 500ms, 2m or 1h, got "0s"`)
+      expect(summary).toMatchObject({ succeeded: 1, failed: 3 })
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
 })

@@ -325,6 +325,10 @@ describe("weatherproof batch deadlines", () => {
       const badWait = yield* runCli(["batch", input, "--output", `${dir}/bad.jsonl`, "--max-wait", "soon"], env)
       expect(badWait.code).toBe(2)
       expect(badWait.stderr).toContain("--max-wait: expected a duration such as 30s")
+      // A deadline of 0 fails every attempt: refused, where a wait of 0 (fail when no account can take it) is not.
+      const zeroTimeout = yield* runCli(["batch", input, "--output", `${dir}/bad.jsonl`, "--timeout", "0s"], env)
+      expect(zeroTimeout.code).toBe(2)
+      expect(zeroTimeout.stderr).toContain(`--timeout: expected a duration above 0 such as 30s, 500ms, 2m or 1h, got "0s"`)
       const badConcurrency = yield* runCli(["batch", input, "--output", `${dir}/bad.jsonl`, "--concurrency", "abc"], env)
       expect(badConcurrency.code).toBe(2)
       expect(badConcurrency.stderr).toContain(`--concurrency: expected a whole number, got "abc"`)

@@ -15,17 +15,21 @@ import * as DurationText from "../../src/internal/durationText.js"
 const invalid = (name: string, expected: string, text: string) =>
   Effect.fail(ValidationError.invalidValue(HelpDoc.p(`--${name}: expected ${expected}, got ${JSON.stringify(text)}`)))
 
-/** `30s`, `500ms`, `2m`, `1h`. */
-const parseDuration = (name: string) => (text: string): Effect.Effect<Duration.Duration, ValidationError.ValidationError> => {
-  const duration = DurationText.parse(text)
-  return duration === undefined ? invalid(name, DurationText.expected, text) : Effect.succeed(duration)
-}
+/** How a duration flag reads its text: a duration, or a deadline (a duration above zero). */
+const durations = {
+  duration: { parse: DurationText.parse, expected: DurationText.expected },
+  deadline: { parse: DurationText.parseDeadline, expected: DurationText.expectedDeadline }
+} as const
 
 /** An optional duration flag, written as `30s`, `500ms`, `2m` or `1h`. */
-export const duration = (name: string, description: string) =>
+export const duration = (name: string, description: string, kind: keyof typeof durations = "duration") =>
   Options.text(name).pipe(
     Options.withPseudoName("duration"),
-    Options.mapEffect(parseDuration(name)),
+    Options.mapEffect((text): Effect.Effect<Duration.Duration, ValidationError.ValidationError> => {
+      const { expected, parse } = durations[kind]
+      const parsed = parse(text)
+      return parsed === undefined ? invalid(name, expected, text) : Effect.succeed(parsed)
+    }),
     Options.withDescription(description),
     Options.optional
   )
@@ -75,10 +79,15 @@ export const callFlags = (retriesDefault: number) => ({
   ),
   firstContentTimeout: duration(
     "first-content-timeout",
-    "per attempt, from sending to the first content (keep-alives do not count; default 10m, DeepSeek's)"
+    "per attempt, from sending to the first content (keep-alives do not count; default 10m, DeepSeek's)",
+    "deadline"
   ),
-  idleTimeout: duration("idle-timeout", "per attempt, the longest gap between two content events (default 2m)"),
-  timeout: duration("timeout", "per attempt, the whole call (default 30m); a batch line's own `deadlines` override these three")
+  idleTimeout: duration("idle-timeout", "per attempt, the longest gap between two content events (default 2m)", "deadline"),
+  timeout: duration(
+    "timeout",
+    "per attempt, the whole call (default 30m); a batch line's own `deadlines` override these three",
+    "deadline"
+  )
 })
 
 /** How long the calls in flight may finish after SIGINT or SIGTERM. */

@@ -21,13 +21,18 @@ import * as SchemaFastPath from "./schemaFastPath.js"
 import * as SchemaIssues from "./schemaIssues.js"
 import { clipped } from "./text.js"
 
-/** A duration as `30s`, `500ms`, `2m` or `1h`. */
-const DurationText = Schema.transformOrFail(Schema.String, Schema.DurationFromSelf, {
+/** The longest deadline text quoted back: the text is the line's own. */
+const maxQuotedDeadline = 50
+
+/** A deadline as `30s`, `500ms`, `2m` or `1h`, above zero. */
+const DeadlineText = Schema.transformOrFail(Schema.String, Schema.DurationFromSelf, {
   strict: true,
   decode: (text, _, ast) => {
-    const duration = DurationTexts.parse(text)
+    const duration = DurationTexts.parseDeadline(text)
     return duration === undefined
-      ? ParseResult.fail(new ParseResult.Type(ast, text, `expected ${DurationTexts.expected}`))
+      ? ParseResult.fail(
+        new ParseResult.Type(ast, text, `expected ${DurationTexts.expectedDeadline}, got ${JSON.stringify(clipped(text, maxQuotedDeadline))}`)
+      )
       : ParseResult.succeed(duration)
   },
   encode: (duration) => ParseResult.succeed(`${Duration.toMillis(duration)}ms`)
@@ -35,9 +40,9 @@ const DurationText = Schema.transformOrFail(Schema.String, Schema.DurationFromSe
 
 /** A line's own deadlines, over the run's. */
 const LineDeadlines = Schema.Struct({
-  firstContent: Schema.optionalWith(DurationText, { exact: true }),
-  idle: Schema.optionalWith(DurationText, { exact: true }),
-  total: Schema.optionalWith(DurationText, { exact: true })
+  firstContent: Schema.optionalWith(DeadlineText, { exact: true }),
+  idle: Schema.optionalWith(DeadlineText, { exact: true }),
+  total: Schema.optionalWith(DeadlineText, { exact: true })
 })
 
 /**

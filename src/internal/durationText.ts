@@ -17,3 +17,12 @@ export const parse = (text: string): Duration.Duration | undefined => {
   const match = pattern.exec(text.trim())
   return match === null ? undefined : Duration.millis(Number(match[1]) * unitMillis[match[2] as keyof typeof unitMillis])
 }
+
+/** What a valid deadline looks like, for error messages. */
+export const expectedDeadline = "a duration above 0 such as 30s, 500ms, 2m or 1h"
+
+/** The deadline `text` says, or `undefined` when it is not a duration above zero (a deadline of 0 fails every attempt). */
+export const parseDeadline = (text: string): Duration.Duration | undefined => {
+  const duration = parse(text)
+  return duration === undefined || Duration.isZero(duration) ? undefined : duration
+}
