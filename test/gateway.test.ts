@@ -13,10 +13,24 @@ import * as Wire from "../src/internal/wire.js"
 import { account, attempt, collect, openai, rawText, startGateway } from "./support/gateway.js"
 import { destroySocket, rawServer, reply, writeByteByByte, writeSlowly } from "./support/rawServer.js"
 import type { Handler } from "./support/rawServer.js"
+import * as Http from "node:http"
 import * as NodeZlib from "node:zlib"
 
 const model = "deepseek-v4-flash"
 const ask = (content: string) => [{ role: "user" as const, content }]
+
+/** POSTs `body` to the chat route with `headers` as given (`Host` included, which `fetch` sets itself). */
+const post = (url: string, body: string, headers: Record<string, string>) =>
+  Effect.async<{ readonly status: number; readonly text: string }, Error>((resume) => {
+    const request = Http.request(`${url}/v1/chat/completions`, { method: "POST", headers }, (response) => {
+      let text = ""
+      response.setEncoding("utf8")
+      response.on("data", (chunk: string) => (text += chunk))
+      response.on("end", () => resume(Effect.succeed({ status: response.statusCode ?? 0, text })))
+    })
+    request.on("error", (error) => resume(Effect.fail(error)))
+    request.end(body)
+  })
 const upstreamKey = "Zq81xV3pLmRt4wQe"
 const noRetries = { retry: { maxRetries: 0 } } as const
 
@@ -349,6 +363,33 @@ describe("weatherproof serve, with the openai client", () => {
           code: "not_found"
         }
       })
+    }))
+
+  it.scopedLive("without gateway keys, a request from a web page (a foreign Origin, a rebound Host) is a 403 and reaches no upstream; with keys the key decides", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make()
+      const keyless = yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])])
+      const port = new URL(keyless.url).port
+      const body = JSON.stringify({ model, messages: ask("spend my balance") })
+      // What a page on any site can send without a CORS preflight: a text/plain POST.
+      const fromPage = yield* post(keyless.url, body, { "content-type": "text/plain", origin: "https://evil.example" })
+      expect(fromPage.status).toBe(403)
+      expect(JSON.parse(fromPage.text)).toMatchObject({ error: { code: "forbidden", type: "invalid_request_error" } })
+      expect(JSON.parse(fromPage.text).error.message).toContain(`a request from a web page (Origin: "https://evil.example") is refused`)
+      const rebound = yield* post(keyless.url, body, { host: `evil.example:${port}` })
+      expect(rebound.status).toBe(403)
+      expect(JSON.parse(rebound.text).error.message).toContain(`a request addressed to "evil.example:${port}" is refused`)
+      expect((yield* post(keyless.url, body, { origin: "null" })).status).toBe(403)
+      expect((yield* sim.stats).requests).toBe(0)
+
+      expect((yield* post(keyless.url, body, { origin: "http://localhost:3000", host: `localhost:${port}` })).status).toBe(200)
+      expect((yield* post(keyless.url, body, { host: `[::1]:${port}` })).status).toBe(200)
+
+      const keyed = yield* startGateway([account("b", sim.baseUrl, [Simulator.defaultKey])], {
+        gatewayKeys: [Redacted.make("gw-key")]
+      })
+      const withKey = yield* post(keyed.url, body, { origin: "https://app.example", authorization: "Bearer gw-key" })
+      expect(withKey.status).toBe(200)
     }))
 
   it.scopedLive("GET /v1/models/{model} answers a model served, its name slashes and all; another is a 404 NotFoundError", () =>

@@ -9,7 +9,7 @@ import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import { createHash, timingSafeEqual } from "node:crypto"
 import { parseKeyList } from "../../src/KeyPool.js"
-import { Unauthorized } from "./errors.js"
+import { RefusedBrowser, Unauthorized } from "./errors.js"
 
 /**
  * `WEATHERPROOF_GATEWAY_KEYS`: the keys clients must present, separated by commas; none when
@@ -24,6 +24,36 @@ const digest = (text: string): Buffer => createHash("sha256").update(text).diges
 /** Hosts that only this machine can reach: serving on them without gateway keys is allowed. */
 export const isLoopback = (host: string): boolean =>
   host === "localhost" || host === "::1" || host === "[::1]" || /^127(\.\d{1,3}){3}$/.test(host)
+
+/** The host name of a `Host` header (`127.0.0.1:8787`, `[::1]:8787`), lower case. */
+const hostOfHeader = (header: string): string => /^(\[[^\]]*\]|[^:]*)/.exec(header.trim())![1]!.toLowerCase()
+
+/** The host name of an `Origin` header (`http://localhost:3000`), or `undefined` for `null` and other opaque origins. */
+const hostOfOrigin = (origin: string): string | undefined =>
+  /^[a-z][a-z0-9+.-]*:\/\/(\[[^\]]*\]|[^:/]*)(?::\d*)?\/?$/i.exec(origin.trim())?.[1]?.toLowerCase()
+
+/** A host this machine's own programs address: a loopback one, a `*.localhost` name, or the one the gateway listens on. */
+const isLocalName = (host: string, listening: string): boolean =>
+  isLoopback(host) || host.endsWith(".localhost") || host === listening.toLowerCase()
+
+/**
+ * A check that a keyless gateway answers only this machine's programs, never a web page: a
+ * page can send a POST to `http://127.0.0.1:8787` from any site the user visits (a `text/plain`
+ * body needs no CORS preflight), and through DNS rebinding read the answer too, spending the
+ * accounts' balance. Without gateway keys a request is refused when its `Origin` is not a local
+ * one or its `Host` is not a name of this machine (a rebound name). With keys, every request
+ * passes here: the key is the check, and a page cannot know it.
+ */
+export const makeBrowserGuard = (keys: ReadonlyArray<Redacted.Redacted<string>>, listening: string) =>
+(host: string | undefined, origin: string | undefined): RefusedBrowser | undefined => {
+  if (keys.length > 0) return undefined
+  if (host !== undefined && !isLocalName(hostOfHeader(host), listening)) return new RefusedBrowser({ header: "host", value: host })
+  if (origin !== undefined) {
+    const originHost = hostOfOrigin(origin)
+    if (originHost === undefined || !isLocalName(originHost, listening)) return new RefusedBrowser({ header: "origin", value: origin })
+  }
+  return undefined
+}
 
 /**
  * A check of the `Authorization` header against the gateway keys. With no keys every request

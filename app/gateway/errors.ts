@@ -48,6 +48,21 @@ export class NoSuchRoute extends Data.TaggedError("NoSuchRoute")<{ readonly meth
   }
 }
 
+/**
+ * A keyless gateway refused a request that may come from a web page: an `Origin` that is not
+ * local, or a `Host` that is not a name of this machine (DNS rebinding).
+ */
+export class RefusedBrowser extends Data.TaggedError("RefusedBrowser")<{
+  readonly header: "origin" | "host"
+  readonly value: string
+}> {
+  override get message(): string {
+    const quoted = JSON.stringify(clipped(this.value, maxQuotedPath))
+    const what = this.header === "origin" ? `from a web page (Origin: ${quoted})` : `addressed to ${quoted}`
+    return `a request ${what} is refused: without gateway keys this gateway answers only programs on this machine, addressing it as localhost, 127.0.0.1 or [::1]; set WEATHERPROOF_GATEWAY_KEYS to serve others`
+  }
+}
+
 /** Too many clients wait already: the gateway's queue is full. */
 export class GatewayBusy extends Data.TaggedError("GatewayBusy")<{ readonly waiting: number }> {
   override get message(): string {
@@ -72,6 +87,7 @@ export type GatewayError =
   | BadRequest
   | UnknownModel
   | NoSuchRoute
+  | RefusedBrowser
   | GatewayBusy
   | ShuttingDown
 
@@ -110,6 +126,8 @@ export const replyOf = (error: GatewayError): ErrorReply => {
       return { status: 400, type: "invalid_request_error", code: "routing_refused", message: error.message }
     case "UnknownModel":
       return { status: 404, type: "invalid_request_error", code: "model_not_found", message: error.message, param: "model" }
+    case "RefusedBrowser":
+      return { status: 403, type: "invalid_request_error", code: "forbidden", message: error.message }
     case "NoSuchRoute":
       return { status: 404, type: "invalid_request_error", code: "not_found", message: error.message }
     case "InvalidRequest":

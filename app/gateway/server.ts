@@ -44,7 +44,7 @@ import * as Scrubber from "../../src/internal/scrubber.js"
 import type { Resilient } from "../../src/Resilient.js"
 import { Router, Task } from "../../src/Router.js"
 import * as Alerts from "./alerts.js"
-import { isLoopback, makeAuthorizer } from "./auth.js"
+import { isLoopback, makeAuthorizer, makeBrowserGuard } from "./auth.js"
 import * as Chat from "./chat.js"
 import { errorBody, errorHeaders, type GatewayError, NoSuchRoute, replyOf, UnknownModel } from "./errors.js"
 import { html } from "./page.js"
@@ -184,6 +184,7 @@ export const make = (
     const traffic = new Traffic()
     const scrub = Scrubber.make(options.accounts.flatMap((account) => account.keys))
     const authorize = makeAuthorizer(gatewayKeys)
+    const guard = makeBrowserGuard(gatewayKeys, host)
     const drainTimeout = Duration.decode(options.drainTimeout ?? defaults.drainTimeout)
 
     const monitor = yield* Status.make(traffic, {
@@ -273,10 +274,11 @@ export const make = (
     // request's context for each request it routes. Interruptible as the router makes its routes:
     // the server runs the app uninterruptibly, and a call's waits end by interruption.
     const chatRoute = Effect.interruptible(chat)
-    const app = Effect.flatMap(
-      HttpServerRequest.HttpServerRequest,
-      (request) => request.method === "POST" && isChatPath(request.url) ? chatRoute : routes
-    )
+    const app = Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
+      const refused = guard(request.headers.host, request.headers.origin)
+      if (refused !== undefined) return Effect.succeed(replyWith(refused))
+      return request.method === "POST" && isChatPath(request.url) ? chatRoute : routes
+    })
 
     const server = Http.createServer()
     yield* NodeHttpServer.make(() => server, { port: options.port ?? defaults.port, host }).pipe(
