@@ -35,7 +35,7 @@ const consume = (stream: AsyncIterable<OpenAI.ChatCompletionChunk>, started: Def
     }
   })
 
-const statusOf = (url: string) => attempt(() => fetch(url).then((response) => response.status))
+const statusOf = (url: string, method = "GET") => attempt(() => fetch(url, { method }).then((response) => response.status))
 
 describe("weatherproof serve, shutting down", () => {
   it.scopedLive("drain: health checks and new requests get 503 while a running stream finishes whole", () =>
@@ -52,6 +52,8 @@ describe("weatherproof serve, shutting down", () => {
       yield* Effect.sleep("50 millis")
       expect(yield* statusOf(`${gateway.url}/healthz`)).toBe(503)
       expect(yield* statusOf(`${gateway.url}/readyz`)).toBe(503)
+      expect(yield* statusOf(`${gateway.url}/healthz`, "HEAD")).toBe(503)
+      expect(yield* statusOf(`${gateway.url}/readyz`, "HEAD")).toBe(503)
       const refused = yield* Effect.flip(attempt(() => client.chat.completions.create({ model, messages: [{ role: "user", content: "late" }] })))
       expect(refused).toBeInstanceOf(OpenAI.InternalServerError)
       expect((refused as APIError).status).toBe(503)

@@ -350,6 +350,12 @@ describe("weatherproof serve, with the openai client", () => {
       expect(ids).toEqual(expect.arrayContaining(["deepseek-v4-flash", "deepseek-v4-pro", "house-model"]))
       const health = yield* attempt(() => fetch(`${gateway.url}/healthz`))
       expect(health.status).toBe(200)
+      // Uptime monitors may probe with HEAD.
+      for (const path of ["/healthz", "/readyz"]) {
+        const head = yield* attempt(() => fetch(`${gateway.url}${path}`, { method: "HEAD" }))
+        expect(head.status).toBe(200)
+        expect(yield* attempt(() => head.text())).toBe("")
+      }
       const ready = yield* attempt(() => fetch(`${gateway.url}/readyz`).then((r) => r.json()))
       expect(ready).toEqual({ status: "ready", accounts: [{ name: "a", state: "serving" }] })
       const missing = yield* attempt(() => fetch(`${gateway.url}/v1/embeddings`, { method: "POST" }))

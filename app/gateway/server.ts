@@ -226,6 +226,7 @@ export const make = (
     })
 
     const draining = HttpServerResponse.unsafeJson({ status: "draining" }, { status: 503 })
+    const health = Effect.sync(() => traffic.draining ? draining : HttpServerResponse.unsafeJson({ status: "ok" }))
     const readiness = Effect.gen(function*() {
       if (traffic.draining) return draining
       const accounts = (yield* pool.snapshot).map(({ name, state }) => ({ name, state }))
@@ -242,11 +243,11 @@ export const make = (
       HttpRouter.get("/models", listModels),
       HttpRouter.get("/v1/models/*", retrieveModel),
       HttpRouter.get("/models/*", retrieveModel),
-      HttpRouter.get(
-        "/healthz",
-        Effect.sync(() => traffic.draining ? draining : HttpServerResponse.unsafeJson({ status: "ok" }))
-      ),
+      // Probes may ask with HEAD (uptime monitors do): the status alone answers, Node sends no body.
+      HttpRouter.get("/healthz", health),
+      HttpRouter.head("/healthz", health),
       HttpRouter.get("/readyz", readiness),
+      HttpRouter.head("/readyz", readiness),
       HttpRouter.get(
         "/metrics",
         Effect.map(telemetry.scrape, (text) => HttpServerResponse.text(text, { contentType: prometheusContentType }))
