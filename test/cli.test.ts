@@ -175,6 +175,30 @@ describe("weatherproof CLI", () => {
       expect((yield* simulator.stats).requests).toBeLessThan(100)
     }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 
+  it.live("batch with a --summary it could not write at the end (no such directory, the input or the output) exits 2 before sending anything", () =>
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const simulator = yield* Simulator.make({ queueDelay: 0 })
+      const dir = yield* fs.realPath(yield* fs.makeTempDirectoryScoped({ prefix: "cli-test-" }))
+      const input = `${dir}/in.jsonl`
+      const output = `${dir}/out.jsonl`
+      yield* fs.writeFileString(input, `${chatLine(1)}\n`)
+      const env = { DEEPSEEK_API_KEY: "sk-sim-default", DEEPSEEK_BASE_URL: simulator.baseUrl }
+      const refused = {
+        [`${dir}/missing/summary.json`]: `--summary ${dir}/missing/summary.json: there is no directory ${dir}/missing; nothing was sent`,
+        [input]: `--summary ${input} is the input file; nothing was sent`,
+        [output]: `--summary ${output} is the output file; nothing was sent`
+      }
+      for (const [summary, message] of Object.entries(refused)) {
+        const result = yield* runCli(["batch", input, "--output", output, "--summary", summary], env)
+        expect(result.code).toBe(2)
+        expect(result.stderr).toBe(`weatherproof: ${message}`)
+      }
+      expect((yield* simulator.stats).requests).toBe(0)
+      expect(yield* fs.exists(output)).toBe(false)
+      expect(yield* fs.readFileString(input)).toBe(`${chatLine(1)}\n`)
+    }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
+
   it.live("batch without --output, or with --concurrency 0, is a usage error", () =>
     Effect.gen(function*() {
       const result = yield* runCli(["batch", "in.jsonl"], { DEEPSEEK_API_KEY: badKey })

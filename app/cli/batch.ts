@@ -2,11 +2,13 @@
  * `weatherproof batch`: an OpenAI-format batch over the accounts of a file (or one DeepSeek account
  * from the environment), with its summary, and a clean stop on SIGINT / SIGTERM.
  */
+import * as FileSystem from "@effect/platform/FileSystem"
 import * as Console from "effect/Console"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import type * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import { dirname, resolve } from "node:path"
 import * as AccountPool from "../../src/AccountPool.js"
 import type * as Accounts from "../../src/Accounts.js"
 import * as Batch from "../../src/Batch.js"
@@ -108,6 +110,27 @@ const runCaught = (
   )
 
 /**
+ * Why `--summary` could not be written when the run ends (no such directory, no write
+ * permission, the input or output file): told before anything is sent, not after the run
+ * was paid for.
+ */
+const summaryProblem = (args: BatchArgs, path: string): Effect.Effect<string | undefined, never, FileSystem.FileSystem> =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const writable = (target: string) => Effect.isSuccess(fs.access(target, { writable: true }))
+    const real = (target: string) => fs.realPath(target).pipe(Effect.orElseSucceed(() => resolve(target)))
+    const summary = yield* real(path)
+    if (summary === (yield* real(args.input))) return `--summary ${path} is the input file`
+    if (summary === (yield* real(args.output))) return `--summary ${path} is the output file`
+    // A directory is refused by the flag's own parsing.
+    if (yield* fs.exists(path).pipe(Effect.orElseSucceed(() => false))) return (yield* writable(path)) ? undefined : `--summary ${path} cannot be written`
+    const directory = dirname(path)
+    const parent = yield* Effect.option(fs.stat(directory))
+    if (Option.isNone(parent) || parent.value.type !== "Directory") return `--summary ${path}: there is no directory ${directory}`
+    return (yield* writable(directory)) ? undefined : `--summary ${path}: the directory ${directory} cannot be written`
+  })
+
+/**
  * The `batch` command. Exit codes: 0 every line succeeded, 1 a line failed or the run could not go
  * on (the input or output could not be read or written, a read-only output; the summary is printed
  * when the run had started), 2 usage or
@@ -115,8 +138,9 @@ const runCaught = (
  */
 export const batch = (args: BatchArgs) =>
   Effect.gen(function*() {
-    const problem = flagsProblem(args)
-    if (problem !== undefined) return yield* fail(2, `weatherproof: ${problem}`)
+    const problem = flagsProblem(args) ??
+      (yield* Option.match(args.summary, { onNone: () => Effect.succeed(undefined), onSome: (path) => summaryProblem(args, path) }))
+    if (problem !== undefined) return yield* fail(2, `weatherproof: ${problem}; nothing was sent`)
     const [accounts, redis] = yield* loadAccounts(args)
     const { aborted, signal, summary } = yield* runCaught(args, accounts, redis).pipe(
       Effect.map((ran) => ({ ...ran, aborted: undefined })),
