@@ -37,6 +37,14 @@ const runCli = (args: ReadonlyArray<string>, env: Record<string, string>) =>
     return { code, stdout: stdout.join("\n"), stderr: stderr.join("\n") }
   })
 
+/** A simulator and a temporary directory (its real path) to hold a run's input and output. */
+const runFiles = Effect.gen(function*() {
+  const fs = yield* FileSystem.FileSystem
+  const simulator = yield* Simulator.make({ queueDelay: 0 })
+  const dir = yield* fs.realPath(yield* fs.makeTempDirectoryScoped({ prefix: "cli-test-" }))
+  return { dir, fs, input: `${dir}/in.jsonl`, output: `${dir}/out.jsonl`, simulator }
+})
+
 describe("weatherproof CLI", () => {
   it.live("batch with a rejected key fails fast, exits non-zero and never prints or writes the key", () =>
     Effect.gen(function*() {
@@ -150,11 +158,7 @@ describe("weatherproof CLI", () => {
 
   it.live("batch on a full disk stops sending, prints the summary and how to resume, even when the summary cannot be written", () =>
     Effect.gen(function*() {
-      const fs = yield* FileSystem.FileSystem
-      const simulator = yield* Simulator.make({ queueDelay: 0 })
-      const dir = yield* fs.realPath(yield* fs.makeTempDirectoryScoped({ prefix: "cli-test-" }))
-      const input = `${dir}/in.jsonl`
-      const output = `${dir}/out.jsonl`
+      const { dir, fs, input, output, simulator } = yield* runFiles
       const summary = `${dir}/summary.json`
       yield* fs.writeFileString(input, Array.from({ length: 300 }, (_, i) => `${chatLine(i)}\n`).join(""))
 
@@ -177,11 +181,7 @@ describe("weatherproof CLI", () => {
 
   it.live("batch with a --summary it could not write at the end (no such directory, the input or the output) exits 2 before sending anything", () =>
     Effect.gen(function*() {
-      const fs = yield* FileSystem.FileSystem
-      const simulator = yield* Simulator.make({ queueDelay: 0 })
-      const dir = yield* fs.realPath(yield* fs.makeTempDirectoryScoped({ prefix: "cli-test-" }))
-      const input = `${dir}/in.jsonl`
-      const output = `${dir}/out.jsonl`
+      const { dir, fs, input, output, simulator } = yield* runFiles
       yield* fs.writeFileString(input, `${chatLine(1)}\n`)
       const env = { DEEPSEEK_API_KEY: "sk-sim-default", DEEPSEEK_BASE_URL: simulator.baseUrl }
       const refused = {
