@@ -214,6 +214,15 @@ export interface AccountUnavailable {
   readonly until: number
 }
 
+/** What each reason means to a reader of the message (the code alone, `no_keys`, says little). */
+const unavailableMeaning: Record<AccountUnavailable["reason"], string> = {
+  circuit_open: "its breaker is open after failures",
+  out_of_balance: "its balance ran out (402)",
+  checking_balance: "its balance is being checked",
+  no_keys: "every key rejected by the upstream (401)",
+  busy: "at its limit, or failed already for this call"
+}
+
 /**
  * No account of an `AccountPool` could take the call: each account's reason, and `retryAfter`,
  * the time until the first of them may serve again (none when no time is known). The pool has
@@ -227,7 +236,7 @@ export class NoAccountAvailable extends Data.TaggedError("NoAccountAvailable")<{
 }> {
   /** @since 0.1.0 */
   override get message(): string {
-    const reasons = this.accounts.map((a) => `${a.account}: ${a.reason}`).join(", ")
+    const reasons = this.accounts.map((a) => `${a.account}: ${a.reason}, ${unavailableMeaning[a.reason]}`).join("; ")
     const wait = Option.match(this.retryAfter, {
       onNone: () => "",
       onSome: (d) => `; the first may serve again in ${Duration.format(d)}`

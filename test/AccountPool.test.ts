@@ -727,15 +727,35 @@ describe("AccountPool", () => {
     return findsTheCap(100, 400, "300 millis", () => 2500 + ((served++ * 389) % 1000))
   })
 
-  it.effect("fails at once when every key was rejected: a wrong key is not waited for", () => {
+  it.effect("fails at once when every key was rejected, saying so once: a wrong key is not waited for", () => {
     const setup: Setup = { accounts: [account("a", ["sk-wrong"])], handlers: { a: status(401) } }
+    const logs: Array<Logged> = []
     return Effect.gen(function*() {
       for (const _ of [1, 2]) {
         const error = yield* Effect.flip(create)
         expect(error).toMatchObject({ _tag: "NoAccountAvailable", accounts: [{ account: "a", reason: "no_keys" }] })
+        expect(error.message).toMatch(/^no account can serve \(a: no_keys, every key rejected by the upstream \(401\)\); the first may serve again in 15m$/)
       }
       expect(yield* chatHosts).toEqual(["a"])
-    }).pipe(Effect.provide(poolLayer(setup)))
+      expect(logs.filter(({ level }) => level === "WARN").map(({ message }) => message)).toEqual([
+        "AccountPool: account a: the upstream rejected its key#1 (401); it rests 15m, 0 of 1 key usable"
+      ])
+    }).pipe(Effect.provide(poolLayer(setup)), capturingLogs(logs))
+  })
+
+  it.effect("a rejected key among good ones is told, and its calls go on with the others", () => {
+    const rejecting: Handler = (request) =>
+      isChat(request) && request.bearer !== undefined && Redacted.value(request.bearer) === "sk-revoked"
+        ? status(401)(request)
+        : healthy()(request)
+    const setup: Setup = { accounts: [account("a", ["sk-revoked", "sk-good"])], handlers: { a: rejecting } }
+    const logs: Array<Logged> = []
+    return Effect.gen(function*() {
+      for (const _ of [1, 2, 3]) yield* create
+      expect(logs.filter(({ level }) => level === "WARN").map(({ message }) => message)).toEqual([
+        "AccountPool: account a: the upstream rejected its key#1 (401); it rests 15m, 1 of 2 keys usable"
+      ])
+    }).pipe(Effect.provide(poolLayer(setup)), capturingLogs(logs))
   })
 
   it.effect("fails over a stream before its first chunk, never after", () => {

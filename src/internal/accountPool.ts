@@ -275,6 +275,26 @@ const probeBalance = (client: HttpClient.HttpClient, member: Member, scrub: Scru
   }).pipe(Effect.scoped, Effect.timeout(probeTimeout), Effect.orElseSucceed((): ProbeResult => "failed"))
 
 /**
+ * `keys`, saying when the upstream sets one aside: a key pasted wrong or revoked otherwise shows
+ * only as calls that go elsewhere, or, the account's last key gone, fail with `no_keys`.
+ */
+const warnOnReject = (account: Account, keys: KeyPool.Service, cooldown: Duration.Duration): KeyPool.Service => ({
+  ...keys,
+  reject: (credential) =>
+    Effect.gen(function*() {
+      const before = yield* keys.available
+      yield* keys.reject(credential)
+      const after = yield* keys.available
+      if (after >= before) return
+      yield* Effect.logWarning(
+        `AccountPool: account ${account.name}: the upstream rejected its ${credential.id} (401); it rests ${
+          Duration.format(cooldown)
+        }, ${after} of ${account.keys.length} ${account.keys.length === 1 ? "key" : "keys"} usable`
+      )
+    })
+})
+
+/**
  * A reading of the pool's capacity. Its wait is made only when asked for: a batch takes a reading
  * for every line it reads and waits on few of them.
  */
@@ -367,7 +387,7 @@ export const makeWith = <R>(
         })
         // The pool opens the transport's connections itself, after its balance preflight is sent.
         const transport = yield* Transport.make({ baseUrl: account.baseUrl, deadlines: settings.deadlines, warmUp: 0 }).pipe(
-          Effect.provideService(KeyPool.KeyPool, keys)
+          Effect.provideService(KeyPool.KeyPool, warnOnReject(account, keys, settings.keyCooldown))
         )
         const slot = new AccountSlot(index, account.fallback, account.accountConcurrency ?? Infinity)
         return new Member(account, slot, keys, breaker, transport, yield* memberState.balance(account))
