@@ -21,6 +21,16 @@ import { contentOf, settle as settleStream } from "./support/streams.js"
 import * as ApiError from "../src/ApiError.js"
 import * as Policy from "../src/Policy.js"
 import { capturingLogs, type Logged } from "./support/logs.js"
+import * as Net from "node:net"
+
+/** A loopback port nothing listens on: one a server held, then gave up. */
+const closedPort = () =>
+  new Promise<number>((resolve) => {
+    const server = Net.createServer().listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as Net.AddressInfo
+      server.close(() => resolve(port))
+    })
+  })
 
 // ---------------------------------------------------------------------------------------------
 // An upstream per host (`a.test`, `b.test` …), each answered by a handler a test can swap.
@@ -823,6 +833,24 @@ describe("AccountPool", () => {
       expect(yield* chatHosts).toEqual([])
     }).pipe(Effect.provide(layer))
   })
+
+  it.scopedLive("a fallback whose base URL cannot be connected to is told at start, not in the outage it was kept for", () =>
+    Effect.gen(function*() {
+      const primary = yield* Simulator.make()
+      const closed = yield* Effect.promise(() => closedPort())
+      const logs: Array<Logged> = []
+      const accounts = [
+        account("main", [Simulator.defaultKey], { baseUrl: primary.baseUrl }),
+        account("backup", ["sk-backup-key-0123456789"], { baseUrl: `http://127.0.0.1:${closed}/v1`, fallback: true })
+      ]
+      yield* Layer.build(AccountPool.layerResilient(accounts).pipe(Layer.provide(CostLedger.layer()))).pipe(capturingLogs(logs))
+      const warnings = () => logs.filter(({ level }) => level === "WARN").map(({ message }) => message)
+      for (let i = 0; i < 100 && warnings().length === 0; i++) yield* Effect.sleep("20 millis")
+      yield* Effect.sleep("100 millis")
+      expect(warnings()).toEqual([
+        `AccountPool: account backup: cannot connect to http://127.0.0.1:${closed} (connect ECONNREFUSED 127.0.0.1:${closed}); its calls fail until it can be reached`
+      ])
+    }))
 
   it.scopedLive("keeps each account of a loopback server within its own limit; a second server is the fallback", () =>
     Effect.gen(function*() {

@@ -20,6 +20,7 @@ import * as Metric from "effect/Metric"
 import * as MetricLabel from "effect/MetricLabel"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
+import * as Runtime from "effect/Runtime"
 import * as Schema from "effect/Schema"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
@@ -311,12 +312,23 @@ class CapacityReading implements Capacity {
   }
 }
 
-/** Opens `connections` to each account's origin, over `nodeHttpClient` (see `Transport.Options.warmUp`). */
-const warmUp = (client: HttpClient.HttpClient, members: ReadonlyArray<Member>, connections: number): void =>
+/**
+ * Opens `connections` to each account's origin, over `nodeHttpClient` (see
+ * `Transport.Options.warmUp`); `unreachable` hears an origin that could not be connected to.
+ */
+const warmUp = (
+  client: HttpClient.HttpClient,
+  members: ReadonlyArray<Member>,
+  connections: number,
+  unreachable: (member: Member, origin: string, error: Error) => void
+): void =>
   Option.match(undiciOf(client), {
     onNone: () => {},
     onSome: ({ preconnect }) => {
-      for (const member of members) preconnect(new URL(member.account.baseUrl).origin, connections)
+      for (const member of members) {
+        const origin = new URL(member.account.baseUrl).origin
+        preconnect(origin, connections, (error) => unreachable(member, origin, error))
+      }
     }
   })
 
@@ -1006,7 +1018,17 @@ export const makeWith = <R>(
     }
     yield* Effect.forEach(members, refresh, { discard: true })
     // Each account's connections open alongside its preflight, once that request is on its way.
-    yield* Effect.forkIn(Effect.zipRight(Effect.yieldNow(), Effect.sync(() => warmUp(client, members, settings.warmUp))), scope)
+    // A base URL with a typo, or a fallback provider that is down, is told at start, not when the
+    // calls needing it fail (for a fallback, in the outage it was kept for).
+    const runFork = Runtime.runFork(yield* Effect.runtime<never>())
+    const unreachable = (member: Member, origin: string, error: Error) =>
+      runFork(Effect.logWarning(scrub(
+        `AccountPool: account ${member.name}: cannot connect to ${origin} (${error.message}); its calls fail until it can be reached`
+      )))
+    yield* Effect.forkIn(
+      Effect.zipRight(Effect.yieldNow(), Effect.sync(() => warmUp(client, members, settings.warmUp, unreachable))),
+      scope
+    )
     const capacity = Effect.sync((): Capacity => {
       const { free, permits } = dispatcher.capacity()
       return new CapacityReading(permits, free, roomChanges, roomChanges.notified)

@@ -14,8 +14,11 @@ import { buildConnector } from "undici"
 export interface Connector {
   /** What undici's `Agent` calls for each new connection. */
   readonly connect: buildConnector.connector
-  /** Opens `count` connections to `origin` now and holds them for undici. */
-  readonly preconnect: (origin: string, count: number) => void
+  /**
+   * Opens `count` connections to `origin` now and holds them for undici; `onError` hears the
+   * first that fails (once), so an origin that cannot be reached is known before a call needs it.
+   */
+  readonly preconnect: (origin: string, count: number, onError?: (error: Error) => void) => void
   /** Closes the connections still held. */
   readonly close: () => void
 }
@@ -67,12 +70,17 @@ export const make = (options: { readonly idleMillis: number }): Connector => {
     connectNow(connectOptions, callback)
   }
 
-  const preconnect = (origin: string, count: number): void => {
+  const preconnect = (origin: string, count: number, onError?: (error: Error) => void): void => {
     const connectOptions = optionsOf(new URL(origin))
     const key = keyOf(connectOptions)
+    let told = false
     for (let i = 0; i < count; i++) {
       connectNow(connectOptions, (error, socket) => {
         if (error === null && socket !== null) hold(key, socket)
+        else if (error !== null && !told && onError !== undefined) {
+          told = true
+          onError(error)
+        }
       })
     }
   }

@@ -324,7 +324,7 @@ export const clientWire = (client: HttpClient.HttpClient, url: string): Wire => 
 export interface Undici {
   readonly dispatcher: Dispatcher
   /** Opens connections to an origin ahead of need (`Connector.preconnect`). */
-  readonly preconnect: (origin: string, count: number) => void
+  readonly preconnect: (origin: string, count: number, onError?: (error: Error) => void) => void
 }
 
 const undiciKey = Symbol.for("weatherproof/Transport/undici")
