@@ -123,7 +123,9 @@ const summaryProblem = (args: BatchArgs, path: string): Effect.Effect<string | u
     if (summary === (yield* real(args.input))) return `--summary ${path} is the input file`
     if (summary === (yield* real(args.output))) return `--summary ${path} is the output file`
     // A directory is refused by the flag's own parsing.
-    if (yield* fs.exists(path).pipe(Effect.orElseSucceed(() => false))) return (yield* writable(path)) ? undefined : `--summary ${path} cannot be written`
+    if (yield* fs.exists(path).pipe(Effect.orElseSucceed(() => false))) {
+      return (yield* writable(path)) ? undefined : `--summary ${path} cannot be written`
+    }
     const directory = dirname(path)
     const parent = yield* Effect.option(fs.stat(directory))
     if (Option.isNone(parent) || parent.value.type !== "Directory") return `--summary ${path}: there is no directory ${directory}`

@@ -47,12 +47,12 @@ const isLocalName = (host: string, listening: string): boolean =>
 export const makeBrowserGuard = (keys: ReadonlyArray<Redacted.Redacted<string>>, listening: string) =>
 (host: string | undefined, origin: string | undefined): RefusedBrowser | undefined => {
   if (keys.length > 0) return undefined
-  if (host !== undefined && !isLocalName(hostOfHeader(host), listening)) return new RefusedBrowser({ header: "host", value: host })
-  if (origin !== undefined) {
-    const originHost = hostOfOrigin(origin)
-    if (originHost === undefined || !isLocalName(originHost, listening)) return new RefusedBrowser({ header: "origin", value: origin })
+  if (host !== undefined && !isLocalName(hostOfHeader(host), listening)) {
+    return new RefusedBrowser({ header: "host", value: host })
   }
-  return undefined
+  if (origin === undefined) return undefined
+  const originHost = hostOfOrigin(origin)
+  return originHost !== undefined && isLocalName(originHost, listening) ? undefined : new RefusedBrowser({ header: "origin", value: origin })
 }
 
 /**

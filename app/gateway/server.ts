@@ -114,13 +114,13 @@ export interface Gateway {
 /** Everything the gateway calls: the client, its router, the pool, the ledger, telemetry, HTTP for alerts. */
 export type Requirements = Resilient | Router | AccountPool | CostLedger | Telemetry | HttpClient.HttpClient
 
-/** `POST /v1/chat/completions` (or `/chat/completions`), with any query. */
 /** The URL without its query. */
 const pathOf = (url: string): string => {
   const query = url.indexOf("?")
   return query === -1 ? url : url.slice(0, query)
 }
 
+/** `POST /v1/chat/completions` (or `/chat/completions`), with any query. */
 const isChatPath = (url: string): boolean => {
   const path = pathOf(url)
   return path === "/v1/chat/completions" || path === "/chat/completions"
@@ -267,7 +267,10 @@ export const make = (
       HttpRouter.get("/assets/uPlot.min.css", Effect.sync(() => asset("uplot/dist/uPlot.min.css", "text/css"))),
       HttpRouter.all(
         "*",
-        Effect.map(HttpServerRequest.HttpServerRequest, (request) => replyWith(new NoSuchRoute({ method: request.method, path: pathOf(request.url) })))
+        Effect.map(
+          HttpServerRequest.HttpServerRequest,
+          (request) => replyWith(new NoSuchRoute({ method: request.method, path: pathOf(request.url) }))
+        )
       )
     )
 
