@@ -4,7 +4,8 @@
  * schedules. The batch CLI counts them for its summary; an app can forward them anywhere.
  *
  * Optional: a policy reports to the `Telemetry` in its context when there is one, and to nobody
- * otherwise. Effect `Metric`s are updated regardless.
+ * otherwise. An `AccountPool` reports the same way each attempt it fails over to another account
+ * (a 401, a 402 …), which the policy around it never sees. Effect `Metric`s are updated regardless.
  *
  * @since 0.1.0
  */

@@ -753,6 +753,23 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)), capturingLogs(logs))
   })
 
+  it.effect("tells the Telemetry in its context of each attempt it fails over, never of a call it placed nowhere", () => {
+    const { counts, telemetry } = Effect.runSync(Telemetry.makeCounters)
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"]), account("b", ["sk-wrong"]), account("c", ["sk-c"], { fallback: true })],
+      handlers: { a: status(402), b: status(401), c: healthy() },
+      options: { preflight: false }
+    }
+    return Effect.gen(function*() {
+      // a's 402 and b's 401 fail over to c: two failed attempts the policy around the pool never sees.
+      yield* create
+      expect(yield* counts).toMatchObject({ failedAttempts: 2, byTag: { InsufficientBalance: 1, KeyRejected: 1 } })
+      // a and b are out now: c answers, and nothing failed.
+      yield* create
+      expect((yield* counts).failedAttempts).toBe(2)
+    }).pipe(Effect.provide(poolLayer(setup).pipe(Layer.provide(Layer.succeed(Telemetry.Telemetry, telemetry)))))
+  })
+
   it.effect("a rejected key among good ones is told, and its calls go on with the others", () => {
     const rejecting: Handler = (request) =>
       isChat(request) && request.bearer !== undefined && Redacted.value(request.bearer) === "sk-revoked"

@@ -32,6 +32,7 @@ import * as CircuitBreaker from "../CircuitBreaker.js"
 import type * as Limiter from "../ConcurrencyLimiter.js"
 import { CostLedger, type Disposition } from "../CostLedger.js"
 import * as KeyPool from "../KeyPool.js"
+import * as Telemetry from "../Telemetry.js"
 import * as Transport from "../Transport.js"
 import * as Redis from "../Redis.js"
 import * as LimiterInternal from "./concurrencyLimiter.js"
@@ -386,6 +387,7 @@ export const makeWith = <R>(
       return set
     }
 
+    const telemetry = yield* Effect.serviceOption(Telemetry.Telemetry)
     const memberState = settings.memberState ?? MemberState.inMemory
     const members: ReadonlyArray<Member> = yield* Effect.forEach(accounts, (account, index) =>
       Effect.gen(function*() {
@@ -728,6 +730,8 @@ export const makeWith = <R>(
       Effect.gen(function*() {
         const tag = ApiError.tagOf(error) ?? "unknown"
         yield* Metric.increment(Metric.tagged(Metric.tagged(failoversCounter, "account", member.name), "error", tag))
+        // The policy around the pool sees only the call's end: an attempt failed over is told here.
+        if (Option.isSome(telemetry) && !wasNotSent(ApiError.classify(error), error)) yield* telemetry.value.attemptFailed(error)
         if (tag === "InsufficientBalance") yield* takeOutOfBalance(member, "402")
         if (tag === "KeyRejected" || tag === "NoUsableKey") yield* refreshWhenKeysReturn(member)
         yield* refresh(member)
