@@ -346,7 +346,8 @@ describe("AccountPool", () => {
     const setup: Setup = {
       accounts: [account("a", ["sk-a-bad", "sk-a-1", "sk-a-2"])],
       handlers: { a: (req) => bearerOf(req) === "sk-a-bad" ? status(401)(req) : healthy()(req) },
-      options: { keyCooldown: "10 minutes" }
+      // The calls meet the bad key (a preflight would set it aside before them).
+      options: { keyCooldown: "10 minutes", preflight: false }
     }
     const bearers = Effect.flatMap(MockUpstream.MockUpstream, (upstream) =>
       Effect.map(upstream.requests, (requests) => requests.filter(isChat).map(bearerOf)))
@@ -369,7 +370,8 @@ describe("AccountPool", () => {
   it.effect("fails over within one attempt on account-level errors, without a retry", () => {
     const setup: Setup = {
       accounts: [account("a", ["sk-a"]), account("b", ["sk-b"]), account("c", ["sk-c"])],
-      handlers: { a: status(401), b: status(402), c: healthy() }
+      handlers: { a: status(401), b: status(402), c: healthy() },
+      options: { preflight: false }
     }
     const { counts, layer } = stackLayer(setup)
     return Effect.gen(function*() {
@@ -563,7 +565,7 @@ describe("AccountPool", () => {
     const setup: Setup = {
       accounts: [account("a", ["sk-a"]), { ...fallbackAccount, concurrency: 1 }],
       handlers: { a: status(401), alt: healthy("10 minutes") },
-      options: { keyCooldown: "1 minute" }
+      options: { keyCooldown: "1 minute", preflight: false }
     }
     return Effect.gen(function*() {
       // Both calls meet a's only key rejected, and fail over to the fallback: the second waits there.
@@ -737,21 +739,24 @@ describe("AccountPool", () => {
     return findsTheCap(100, 400, "300 millis", () => 2500 + ((served++ * 389) % 1000))
   })
 
-  it.effect("fails at once when every key was rejected, saying so once: a wrong key is not waited for", () => {
-    const setup: Setup = { accounts: [account("a", ["sk-wrong"])], handlers: { a: status(401) } }
-    const logs: Array<Logged> = []
-    return Effect.gen(function*() {
-      for (const _ of [1, 2]) {
-        const error = yield* Effect.flip(create)
-        expect(error).toMatchObject({ _tag: "NoAccountAvailable", accounts: [{ account: "a", reason: "no_keys" }] })
-        expect(error.message).toMatch(/^no account can serve \(a: no_keys, every key rejected by the upstream \(401\)\); the first may serve again in 15m$/)
-      }
-      expect(yield* chatHosts).toEqual(["a"])
-      expect(logs.filter(({ level }) => level === "WARN").map(({ message }) => message)).toEqual([
-        "AccountPool: account a: the upstream rejected its key#1 (401); it rests 15m, 0 of 1 key usable"
-      ])
-    }).pipe(Effect.provide(poolLayer(setup)), capturingLogs(logs))
-  })
+  for (const preflight of [false, true]) {
+    it.effect(`fails at once when every key was rejected, saying so once: a wrong key is not waited for (preflight ${preflight})`, () => {
+      const setup: Setup = { accounts: [account("a", ["sk-wrong"])], handlers: { a: status(401) }, options: { preflight } }
+      const logs: Array<Logged> = []
+      return Effect.gen(function*() {
+        for (const _ of [1, 2]) {
+          const error = yield* Effect.flip(create)
+          expect(error).toMatchObject({ _tag: "NoAccountAvailable", accounts: [{ account: "a", reason: "no_keys" }] })
+          expect(error.message).toMatch(/^no account can serve \(a: no_keys, every key rejected by the upstream \(401\)\); the first may serve again in 15m$/)
+        }
+        // The balance preflight's 401 sets the key aside before any call is sent.
+        expect(yield* chatHosts).toEqual(preflight ? [] : ["a"])
+        expect(logs.filter(({ level }) => level === "WARN").map(({ message }) => message)).toEqual([
+          "AccountPool: account a: the upstream rejected its key#1 (401); it rests 15m, 0 of 1 key usable"
+        ])
+      }).pipe(Effect.provide(poolLayer(setup)), capturingLogs(logs))
+    })
+  }
 
   it.effect("tells the Telemetry in its context of each attempt it fails over, never of a call it placed nowhere", () => {
     const { counts, telemetry } = Effect.runSync(Telemetry.makeCounters)

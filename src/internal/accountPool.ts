@@ -264,6 +264,8 @@ const probeBalance = (client: HttpClient.HttpClient, member: Member, scrub: Scru
       HttpClientRequest.get(url).pipe(HttpClientRequest.setHeader("authorization", `Bearer ${Redacted.value(credential.key)}`))
     )
     if (response.status === 404) return "no_endpoint"
+    // DeepSeek's 401 is its key's (only DeepSeek accounts are probed): set aside, and told, at start.
+    if (response.status === 401) return yield* Effect.as(member.keys.reject(credential), "failed" as const)
     if (response.status < 200 || response.status >= 300) return "failed"
     const text = yield* response.text
     const balance = parseBalance(text)
@@ -400,11 +402,12 @@ export const makeWith = <R>(
           name: account.name
         })
         // The pool opens the transport's connections itself, after its balance preflight is sent.
+        const told = warnOnReject(account, keys, settings.keyCooldown)
         const transport = yield* Transport.make({ baseUrl: account.baseUrl, deadlines: settings.deadlines, warmUp: 0 }).pipe(
-          Effect.provideService(KeyPool.KeyPool, warnOnReject(account, keys, settings.keyCooldown))
+          Effect.provideService(KeyPool.KeyPool, told)
         )
         const slot = new AccountSlot(index, account.fallback, account.accountConcurrency ?? Infinity)
-        return new Member(account, slot, keys, breaker, transport, yield* memberState.balance(account))
+        return new Member(account, slot, told, breaker, transport, yield* memberState.balance(account))
       }))
 
     /** What the pool keeps of a lane: its metrics' labels, gauges and drop counter, and its status's counts. */
