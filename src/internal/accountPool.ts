@@ -45,7 +45,7 @@ import { secondsBoundaries } from "./policy.js"
 import { Signal } from "./signal.js"
 import * as Scrubber from "./scrubber.js"
 import * as StreamPull from "./streamPull.js"
-import { clipped, quotedBody } from "./text.js"
+import { clipped, parseJson, quotedBody } from "./text.js"
 import type { SharedBalance, Verdict } from "./sharedBalance.js"
 import * as ScopeFinalizer from "./scopeFinalizer.js"
 import { whenTraced } from "./tracing.js"
@@ -248,7 +248,7 @@ const describeFailure = (error: unknown, scrub: Scrubber.Scrubber): string =>
 
 const BalanceBody = Schema.Struct({ is_available: Schema.Boolean })
 const decodeBalance = Schema.decodeUnknownOption(BalanceBody)
-const parseBalance = (text: string) => Option.flatMap(Option.liftThrowable(JSON.parse)(text), decodeBalance)
+const parseBalance = (text: string) => Option.flatMap(parseJson(text), decodeBalance)
 
 type ProbeResult = Verdict
 

@@ -19,7 +19,7 @@ import type { NumberedLine } from "./batchFiles.js"
 import * as DurationTexts from "./durationText.js"
 import * as SchemaFastPath from "./schemaFastPath.js"
 import * as SchemaIssues from "./schemaIssues.js"
-import { clipped } from "./text.js"
+import { clipped, parseJson } from "./text.js"
 
 /** The longest deadline text quoted back: the text is the line's own. */
 const maxQuotedDeadline = 50
@@ -84,8 +84,6 @@ export type InputItem =
     readonly message: string
   }
 
-/** `text` parsed, or none when it is not JSON. */
-const parseJson: (text: string) => Option.Option<unknown> = Option.liftThrowable(JSON.parse)
 const decodeInputLine = SchemaFastPath.decodeUnknownEither(InputLine, { errors: "all" })
 
 const ownCustomId = (value: unknown): string | undefined => {

@@ -1,9 +1,13 @@
 /**
  * Text quoted back to someone (a result line, an error body, a log line): cut short, so a huge
- * input is never echoed whole.
+ * input is never echoed whole. And text read from someone: JSON parsed without a throw.
  *
  * @internal
  */
+import * as Option from "effect/Option"
+
+/** `text` parsed, or none when it is not JSON. */
+export const parseJson: (text: string) => Option.Option<unknown> = Option.liftThrowable(JSON.parse)
 
 /** `text`, or its first `max` characters and an ellipsis. */
 export const clipped = (text: string, max: number): string => text.length <= max ? text : `${text.slice(0, max)}…`

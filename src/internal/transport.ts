@@ -30,7 +30,7 @@ import * as SchemaFastPath from "./schemaFastPath.js"
 import * as SchemaIssues from "./schemaIssues.js"
 import * as Sse from "./sse.js"
 import * as StreamPull from "./streamPull.js"
-import { clipped, quotedBody } from "./text.js"
+import { clipped, parseJson, quotedBody } from "./text.js"
 import { isTraced } from "./tracing.js"
 import { clientWire, type Reads, type Reply, undiciOf, undiciWire, type Wire, withUndici } from "./transportWires.js"
 
@@ -109,8 +109,6 @@ interface Problem {
   readonly param?: string | undefined
   readonly code?: string | undefined
 }
-
-const parseJson: (text: string) => Option.Option<unknown> = Option.liftThrowable(JSON.parse)
 
 const decodeErrorBody = Schema.decodeUnknownOption(ChatSchema.ErrorBody)
 
