@@ -16,7 +16,8 @@ export interface Connector {
   readonly connect: buildConnector.connector
   /**
    * Opens `count` connections to `origin` now and holds them for undici; `onError` hears the
-   * first that fails (once), so an origin that cannot be reached is known before a call needs it.
+   * last error when every one failed, so an origin that cannot be reached is known before a call
+   * needs it.
    */
   readonly preconnect: (origin: string, count: number, onError?: (error: Error) => void) => void
   /** Closes the connections still held. */
@@ -73,14 +74,12 @@ export const make = (options: { readonly idleMillis: number }): Connector => {
   const preconnect = (origin: string, count: number, onError?: (error: Error) => void): void => {
     const connectOptions = optionsOf(new URL(origin))
     const key = keyOf(connectOptions)
-    let told = false
+    let failed = 0
     for (let i = 0; i < count; i++) {
       connectNow(connectOptions, (error, socket) => {
         if (error === null && socket !== null) hold(key, socket)
-        else if (error !== null && !told && onError !== undefined) {
-          told = true
-          onError(error)
-        }
+        // Told when none connected: one failure beside connections that opened is a blip.
+        else if (error !== null && ++failed === count) onError?.(error)
       })
     }
   }
