@@ -21,16 +21,7 @@ import { contentOf, settle as settleStream } from "./support/streams.js"
 import * as ApiError from "../src/ApiError.js"
 import * as Policy from "../src/Policy.js"
 import { capturingLogs, type Logged } from "./support/logs.js"
-import * as Net from "node:net"
-
-/** A loopback port nothing listens on: one a server held, then gave up. */
-const closedPort = () =>
-  new Promise<number>((resolve) => {
-    const server = Net.createServer().listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as Net.AddressInfo
-      server.close(() => resolve(port))
-    })
-  })
+import { freePort } from "./support/ports.js"
 
 // ---------------------------------------------------------------------------------------------
 // An upstream per host (`a.test`, `b.test` …), each answered by a handler a test can swap.
@@ -859,7 +850,7 @@ describe("AccountPool", () => {
   it.scopedLive("a fallback whose base URL cannot be connected to is told at start, not in the outage it was kept for", () =>
     Effect.gen(function*() {
       const primary = yield* Simulator.make()
-      const closed = yield* Effect.promise(() => closedPort())
+      const closed = yield* Effect.promise(() => freePort())
       const logs: Array<Logged> = []
       const accounts = [
         account("main", [Simulator.defaultKey], { baseUrl: primary.baseUrl }),

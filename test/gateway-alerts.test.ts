@@ -4,10 +4,13 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
+import * as Redacted from "effect/Redacted"
 import { type Alert, alertsBetween } from "../app/gateway/alerts.js"
 import type { AccountSample, Sample } from "../app/gateway/status.js"
 import * as Simulator from "../src/Simulator.js"
 import { account, attempt, openai, startGateway } from "./support/gateway.js"
+import { capturingLogs, type Logged } from "./support/logs.js"
+import { freePort } from "./support/ports.js"
 import { rawServer, reply } from "./support/rawServer.js"
 
 const accountSample = (name: string, changes: Partial<AccountSample> = {}): AccountSample => ({
@@ -41,6 +44,13 @@ const sample = (accounts: ReadonlyArray<AccountSample>, budgetSpent = false): Sa
   spend: { costUsd: 1, budgetUsd: 1, remainingUsd: budgetSpent ? 0 : 1 },
   banner: { throttling: false, outOfBalance: [], budgetSpent }
 })
+
+/** A few calls: the two accounts serve in turn, so some reach a (and draw its 402 when it is out). */
+const callBoth = (gatewayUrl: string) => {
+  const client = openai(gatewayUrl)
+  return Effect.forEach([1, 2, 3, 4], (i) =>
+    attempt(() => client.chat.completions.create({ model: "deepseek-v4-flash", messages: [{ role: "user", content: `q${i}` }] })))
+}
 
 const events = (alerts: ReadonlyArray<Alert>) => alerts.map((alert) => `${alert.event}:${alert.account ?? "-"}`)
 
@@ -77,13 +87,11 @@ describe("gateway alerts", () => {
       const sim = yield* Simulator.make({ accounts: { a: { keys: ["sk-alert-a"] }, b: { keys: ["sk-alert-b"] } } })
       const gateway = yield* startGateway([account("a", sim.baseUrl, ["sk-alert-a"]), account("b", sim.baseUrl, ["sk-alert-b"])], {
         statusInterval: "50 millis",
-        alerts: { url: `${webhook.url}/hooks/weatherproof`, retryBase: "20 millis" },
+        alerts: { url: Redacted.make(`${webhook.url}/hooks/weatherproof`), retryBase: "20 millis" },
         pool: { balanceProbeInterval: "200 millis" }
       })
       yield* sim.setBalance("a", 0)
-      // Both accounts serve in turn, so a few calls reach a and draw its 402.
-      const client = openai(gateway.url)
-      yield* Effect.forEach([1, 2, 3, 4], (i) => attempt(() => client.chat.completions.create({ model: "deepseek-v4-flash", messages: [{ role: "user", content: `q${i}` }] })))
+      yield* callBoth(gateway.url)
       yield* Effect.sleep("300 millis")
       yield* sim.setBalance("a", 100)
       yield* Effect.sleep("600 millis")
@@ -97,5 +105,32 @@ describe("gateway alerts", () => {
       expect(received[0]).toEqual(received[1])
       expect(received[0]?.source).toBe("weatherproof-gateway")
       expect(webhook.received().every((r) => !r.body.includes("sk-alert"))).toBe(true)
+    }))
+
+  it.scopedLive("that cannot be delivered are logged with why, naming the webhook by its origin, never its path (its secret)", () =>
+    Effect.gen(function*() {
+      const notFound = yield* rawServer([reply(404, "no such hook"), reply(404, "no such hook")])
+      const closed = yield* Effect.promise(freePort)
+      const webhooks = [`${notFound.url}/services/T0/B0/xoxb-secret-1`, `http://127.0.0.1:${closed}/services/T0/B0/xoxb-secret-2`]
+      const logs: Array<Logged> = []
+      yield* Effect.forEach(webhooks, (url) =>
+        Effect.gen(function*() {
+          const sim = yield* Simulator.make({ accounts: { a: { keys: ["sk-alert-a"] }, b: { keys: ["sk-alert-b"] } } })
+          const gateway = yield* startGateway([account("a", sim.baseUrl, ["sk-alert-a"]), account("b", sim.baseUrl, ["sk-alert-b"])], {
+            statusInterval: "50 millis",
+            alerts: { url: Redacted.make(url), retryBase: "10 millis", retries: 1 }
+          })
+          yield* sim.setBalance("a", 0)
+          yield* callBoth(gateway.url)
+          yield* Effect.sleep("400 millis")
+        }).pipe(Effect.scoped, capturingLogs(logs)))
+
+      const warnings = logs.filter((logged) => logged.message.includes("not delivered")).map((logged) => logged.message)
+      expect(warnings).toEqual([
+        `gateway: alert balance_exhausted not delivered to the webhook at ${notFound.url}: it answered 404`,
+        `gateway: alert balance_exhausted not delivered to the webhook at http://127.0.0.1:${closed}: cannot reach it (connect ECONNREFUSED 127.0.0.1:${closed})`
+      ])
+      expect(notFound.received()).toHaveLength(2)
+      expect(logs.some((logged) => logged.message.includes("xoxb-secret"))).toBe(false)
     }))
 })

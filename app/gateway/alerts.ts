@@ -8,17 +8,23 @@
  *
  * Alerts wait in a bounded queue (the oldest are kept when it is full) and are sent one after
  * another, each retried with jittered exponential backoff; one that still fails is logged and
- * dropped.
+ * dropped. A webhook's URL is a secret (Slack's and Discord's carry their token in the path): a
+ * log names only its origin, and no span is made of a post.
  */
 import * as HttpClient from "@effect/platform/HttpClient"
+import type * as HttpClientError from "@effect/platform/HttpClientError"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
+import type * as Cause from "effect/Cause"
+import * as Config from "effect/Config"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Queue from "effect/Queue"
+import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import type { Scrubber } from "../../src/internal/scrubber.js"
+import { causeMessages } from "../../src/internal/text.js"
 import type { AccountSample, Monitor, Sample } from "./status.js"
 
 export type AlertEvent =
@@ -41,12 +47,29 @@ export interface Alert {
 }
 
 export interface Options {
-  readonly url: string
+  /** The webhook, an http(s) URL (`isWebhookUrl`). */
+  readonly url: Redacted.Redacted<string>
   /** First retry delay; doubles, jittered. Default 1 second. */
   readonly retryBase?: Duration.DurationInput | undefined
   /** Default 5. */
   readonly retries?: number | undefined
 }
+
+/** The webhook from the environment, where no other user of the host can read it (a command line is in `ps`). */
+export const webhookConfig: Config.Config<Redacted.Redacted<string>> = Config.redacted("WEATHERPROOF_ALERT_WEBHOOK")
+
+export const isWebhookUrl = (url: string): boolean => /^https?:\/\/\S+$/.test(url) && URL.canParse(url)
+
+/** How long a post may take. */
+const postTimeout = Duration.seconds(10)
+
+/** Why a post failed, for the log: the webhook's answer, or what the connection said (never the URL). */
+const whyNotDelivered = (error: HttpClientError.HttpClientError | Cause.TimeoutException): string =>
+  error._tag === "ResponseError"
+    ? `it answered ${error.response.status}`
+    : error._tag === "RequestError"
+    ? `cannot reach it (${causeMessages(error.cause)})`
+    : `no answer within ${Duration.format(postTimeout)}`
 
 const alert = (sample: Sample, event: AlertEvent, account: string | null, message: string): Alert => ({
   event,
@@ -100,21 +123,26 @@ export const run = (
   Effect.gen(function*() {
     const samples = yield* monitor.subscribe
     const first = yield* monitor.latest
-    const client = (yield* HttpClient.HttpClient).pipe(HttpClient.filterStatusOk)
+    const client = (yield* HttpClient.HttpClient).pipe(
+      HttpClient.filterStatusOk,
+      HttpClient.withTracerDisabledWhen(() => true)
+    )
+    const url = Redacted.value(options.url)
+    const origin = new URL(url).origin
     const queue = yield* Queue.dropping<Alert>(256)
     const retry = Schedule.exponential(options.retryBase ?? Duration.seconds(1)).pipe(
       Schedule.jittered,
       Schedule.intersect(Schedule.recurs(options.retries ?? 5))
     )
     const post = (body: Alert) =>
-      HttpClientRequest.post(options.url).pipe(
+      HttpClientRequest.post(url).pipe(
         HttpClientRequest.bodyUnsafeJson(body),
         client.execute,
         Effect.scoped,
-        Effect.timeout(Duration.seconds(10)),
+        Effect.timeout(postTimeout),
         Effect.retry(retry),
         Effect.catchAll((error) =>
-          Effect.logWarning(`gateway: alert ${body.event} not delivered: ${scrub(String(error))}`)
+          Effect.logWarning(`gateway: alert ${body.event} not delivered to the webhook at ${origin}: ${scrub(whyNotDelivered(error))}`)
         )
       )
     yield* samples.pipe(

@@ -30,7 +30,9 @@ export const serve = Command.make(
       Options.withDefault(4096)
     ),
     alertWebhook: Options.text("alert-webhook").pipe(
-      Options.withDescription("a URL to POST alerts to (breaker, balance, rejected key, budget)"),
+      Options.withDescription(
+        "a URL to POST alerts to (breaker, balance, rejected key, budget); default WEATHERPROOF_ALERT_WEBHOOK, which other users of the host cannot read in ps"
+      ),
       Options.optional
     )
   },

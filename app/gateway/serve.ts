@@ -9,11 +9,13 @@
  */
 import type * as FileSystem from "@effect/platform/FileSystem"
 import * as Config from "effect/Config"
+import type * as ConfigError from "effect/ConfigError"
 import * as Console from "effect/Console"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
 import * as RuntimeFlags from "effect/RuntimeFlags"
 import * as RuntimeFlagsPatch from "effect/RuntimeFlagsPatch"
 import * as AccountPool from "../../src/AccountPool.js"
@@ -22,6 +24,7 @@ import * as CostLedger from "../../src/CostLedger.js"
 import * as RetryPolicy from "../../src/RetryPolicy.js"
 import * as Router from "../../src/Router.js"
 import * as Transport from "../../src/Transport.js"
+import * as Alerts from "./alerts.js"
 import { gatewayKeysConfig } from "./auth.js"
 import * as Gateway from "./server.js"
 import * as Telemetry from "./telemetry.js"
@@ -50,9 +53,26 @@ const optionProblem = (options: ServeOptions): string | undefined =>
     ? "--keep-alive-interval must be more than 0"
     : options.maxWaiting < 1
     ? "--max-waiting must be at least 1"
-    : Option.exists(options.alertWebhook, (url) => !/^https?:\/\/\S+$/.test(url))
+    : Option.exists(options.alertWebhook, (url) => !Alerts.isWebhookUrl(url))
     ? "--alert-webhook must be an http(s) URL"
     : flagsProblem(options)
+
+/** The alerts' webhook: `--alert-webhook`, else `WEATHERPROOF_ALERT_WEBHOOK` (empty: none), else none. */
+const alertsOf = (options: ServeOptions): Effect.Effect<Alerts.Options | undefined, ExitCode> =>
+  Option.match(options.alertWebhook, {
+    onSome: (url): Effect.Effect<Option.Option<Redacted.Redacted<string>>, ConfigError.ConfigError> =>
+      Effect.succeed(Option.some(Redacted.make(url))),
+    onNone: () => Effect.map(Config.option(Alerts.webhookConfig), Option.filter((url) => Redacted.value(url).trim() !== ""))
+  }).pipe(
+    Effect.catchTag("ConfigError", invalidConfig),
+    Effect.flatMap(Option.match({
+      onNone: () => Effect.succeed(undefined),
+      onSome: (url) =>
+        Alerts.isWebhookUrl(Redacted.value(url))
+          ? Effect.succeed({ url })
+          : fail(2, "weatherproof: WEATHERPROOF_ALERT_WEBHOOK must be an http(s) URL")
+    }))
+  )
 
 /**
  * Serves until SIGTERM or SIGINT, then drains (the gateway's scope closing) and returns: exit 0.
@@ -62,6 +82,7 @@ export const run = (options: ServeOptions): Effect.Effect<void, ExitCode, FileSy
     const problem = optionProblem(options)
     if (problem !== undefined) return yield* fail(2, `weatherproof: ${problem}`)
     const gatewayKeys = yield* Effect.catchTag(gatewayKeysConfig, "ConfigError", invalidConfig)
+    const alerts = yield* alertsOf(options)
     const [accounts, redis] = yield* loadAccounts(options)
     const otlp = yield* Config.option(Config.nonEmptyString("OTEL_EXPORTER_OTLP_ENDPOINT")).pipe(
       Effect.catchTag("ConfigError", invalidConfig)
@@ -88,7 +109,7 @@ export const run = (options: ServeOptions): Effect.Effect<void, ExitCode, FileSy
         keepAliveInterval: Option.getOrUndefined(options.keepAliveInterval),
         drainTimeout: Option.getOrUndefined(options.drainTimeout),
         maxWaiting: options.maxWaiting,
-        alerts: Option.match(options.alertWebhook, { onNone: () => undefined, onSome: (url) => ({ url }) })
+        alerts
       })
       yield* Console.log(
         `weatherproof gateway listening on ${gateway.url} (${accounts.length} account${accounts.length === 1 ? "" : "s"}` +

@@ -1,6 +1,7 @@
 /**
  * Text quoted back to someone (a result line, an error body, a log line): cut short, so a huge
- * input is never echoed whole. And text read from someone: JSON parsed without a throw.
+ * input is never echoed whole. Text read from someone: JSON parsed without a throw. And what an
+ * error says, the causes it wraps included.
  *
  * @internal
  */
@@ -22,3 +23,24 @@ const quotedLength = 200
  */
 export const quotedBody = (contentType: string | undefined, text: string, scrub: (text: string) => string): string =>
   `${contentType ?? "no content type"}: ${JSON.stringify(clipped(scrub(text.trim().slice(0, 2 * quotedLength)), quotedLength))}`
+
+/** What an error may carry: Node's system errors have a `code`, and wrappers a `cause`. */
+export interface ErrorLike {
+  readonly code?: unknown
+  readonly message?: unknown
+  readonly cause?: unknown
+}
+
+/** The error and the causes it wraps (fetch wraps undici's error), outermost first. */
+export const causeChain = (error: unknown): ReadonlyArray<ErrorLike> => {
+  const chain: Array<ErrorLike> = []
+  for (let e = error; typeof e === "object" && e !== null && chain.length < 4; e = (e as ErrorLike).cause) {
+    chain.push(e as ErrorLike)
+  }
+  return chain
+}
+
+/** The messages of the error's chain, joined (`fetch failed: connect ECONNREFUSED 127.0.0.1:9`). */
+export const causeMessages = (error: unknown): string =>
+  causeChain(error).map((e) => e.message).filter((m): m is string => typeof m === "string" && m !== "").join(": ") ||
+  String(error)

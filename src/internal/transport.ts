@@ -30,7 +30,7 @@ import * as SchemaFastPath from "./schemaFastPath.js"
 import * as SchemaIssues from "./schemaIssues.js"
 import * as Sse from "./sse.js"
 import * as StreamPull from "./streamPull.js"
-import { clipped, parseJson, quotedBody } from "./text.js"
+import { causeChain, causeMessages, clipped, parseJson, quotedBody } from "./text.js"
 import { isTraced } from "./tracing.js"
 import { clientWire, type Reads, type Reply, undiciOf, undiciWire, type Wire, withUndici } from "./transportWires.js"
 
@@ -46,21 +46,6 @@ export interface Settings {
 // ---------------------------------------------------------------------------------------------
 // Connection failures before a status arrived
 // ---------------------------------------------------------------------------------------------
-
-interface ErrorLike {
-  readonly code?: unknown
-  readonly message?: unknown
-  readonly cause?: unknown
-}
-
-/** The error and the causes it wraps (fetch wraps undici's error), outermost first. */
-const causeChain = (error: unknown): ReadonlyArray<ErrorLike> => {
-  const chain: Array<ErrorLike> = []
-  for (let e = error; typeof e === "object" && e !== null && chain.length < 4; e = (e as ErrorLike).cause) {
-    chain.push(e as ErrorLike)
-  }
-  return chain
-}
 
 /** What a socket closed by the server while it sat idle in the pool looks like. */
 const staleCodes = new Set<unknown>(["ECONNRESET", "EPIPE", "UND_ERR_SOCKET"])
@@ -78,10 +63,7 @@ const isStaleConnection = (cause: unknown): boolean =>
     staleCodes.has(e.code) || (typeof e.message === "string" && e.message.includes("other side closed"))
   )
 
-const describe = (cause: unknown): string => {
-  const messages = causeChain(cause).map((e) => e.message).filter((m): m is string => typeof m === "string")
-  return ApiError.scrubSecrets(messages.join(": ") || String(cause))
-}
+const describe = (cause: unknown): string => ApiError.scrubSecrets(causeMessages(cause))
 
 const requestFailed = (cause: unknown): ApiError.TransportError =>
   new ApiError.TransportError({

@@ -6,6 +6,7 @@
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process"
 import * as net from "node:net"
+import { freePort } from "./ports.js"
 import * as Effect from "effect/Effect"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
@@ -36,16 +37,6 @@ export interface RedisServer {
   readonly stop: Effect.Effect<void>
   readonly start: Effect.Effect<void>
 }
-
-const freePort = (): Promise<number> =>
-  new Promise((resolve, reject) => {
-    const server = net.createServer()
-    server.once("error", reject)
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as net.AddressInfo
-      server.close(() => resolve(port))
-    })
-  })
 
 /** Resolves once the port accepts a connection and answers PING with PONG; bounded to 5 seconds. */
 const awaitPong = async (port: number): Promise<void> => {
