@@ -14,6 +14,7 @@ import { account, attempt, collect, openai, rawText, startGateway } from "./supp
 import { destroySocket, rawServer, reply, writeByteByByte, writeSlowly } from "./support/rawServer.js"
 import type { Handler } from "./support/rawServer.js"
 import * as Http from "node:http"
+import * as Net from "node:net"
 import * as NodeZlib from "node:zlib"
 
 const model = "deepseek-v4-flash"
@@ -30,6 +31,22 @@ const post = (url: string, body: string, headers: Record<string, string>) =>
     })
     request.on("error", (error) => resume(Effect.fail(error)))
     request.end(body)
+  })
+/** A raw keep-alive connection to the gateway: `ask` GETs a path on it and answers the response's head. */
+const connect = (port: number) =>
+  Effect.async<{ readonly ask: (path: string) => Effect.Effect<string>; readonly closed: Effect.Effect<void>; readonly destroy: () => void }>((resume) => {
+    const socket = Net.connect(port, "127.0.0.1", () => {
+      const closed = Effect.async<void>((done) => {
+        if (socket.readableEnded || socket.destroyed) return done(Effect.void)
+        socket.once("close", () => done(Effect.void))
+      })
+      const ask = (path: string) =>
+        Effect.async<string>((answer) => {
+          socket.once("data", (data) => answer(Effect.succeed(data.toString("latin1"))))
+          socket.write(`GET ${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`)
+        })
+      resume(Effect.succeed({ ask, closed, destroy: () => socket.destroy() }))
+    })
   })
 const upstreamKey = "Zq81xV3pLmRt4wQe"
 const noRetries = { retry: { maxRetries: 0 } } as const
@@ -396,6 +413,22 @@ describe("weatherproof serve, with the openai client", () => {
       })
       const withKey = yield* post(keyed.url, body, { origin: "https://app.example", authorization: "Bearer gw-key" })
       expect(withKey.status).toBe(200)
+    }))
+
+  it.scopedLive("a client's idle connection stays open 65s by default (above a load balancer's 60s), then closes", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make()
+      const accounts = [account("a", sim.baseUrl, [Simulator.defaultKey])]
+      const byDefault = yield* startGateway(accounts)
+      const first = yield* Effect.acquireRelease(connect(byDefault.port), (socket) => Effect.sync(() => socket.destroy()))
+      expect(yield* first.ask("/healthz")).toMatch(/^HTTP\/1\.1 200 OK\r\n[^]*\r\nKeep-Alive: timeout=65\r\n/)
+
+      const short = yield* startGateway(accounts, { idleConnectionTimeout: "1 second" })
+      const socket = yield* Effect.acquireRelease(connect(short.port), (socket) => Effect.sync(() => socket.destroy()))
+      expect(yield* socket.ask("/healthz")).toMatch(/^HTTP\/1\.1 200 OK\r\n[^]*\r\nKeep-Alive: timeout=1\r\n/)
+      yield* Effect.sleep("100 millis")
+      expect(yield* socket.ask("/readyz")).toMatch(/^HTTP\/1\.1 200 OK/)
+      yield* socket.closed.pipe(Effect.timeoutFail({ duration: "5 seconds", onTimeout: () => new Error("still open") }))
     }))
 
   it.scopedLive("GET /v1/models/{model} answers a model served, its name slashes and all; another is a 404 NotFoundError", () =>

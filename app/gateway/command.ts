@@ -25,6 +25,11 @@ export const serve = Command.make(
     ...Flags.accountFlags,
     ...Flags.callFlags(5),
     keepAliveInterval: Flags.duration("keep-alive-interval", "between keep-alives while a client waits (default 10s)"),
+    idleConnectionTimeout: Flags.duration(
+      "idle-connection-timeout",
+      "how long a client's connection stays open between requests: above the idle timeout of a load balancer in front (default 65s)",
+      "deadline"
+    ),
     drainTimeout: Flags.drainTimeout("the requests in flight"),
     maxWaiting: Flags.integer("max-waiting", "clients that may wait for their first content at once; one more gets a 429").pipe(
       Options.withDefault(4096)

@@ -37,6 +37,7 @@ export interface ServeOptions extends AccountArgs, CallArgs {
   readonly port: number
   readonly host: string
   readonly keepAliveInterval: Option.Option<Duration.Duration>
+  readonly idleConnectionTimeout: Option.Option<Duration.Duration>
   readonly drainTimeout: Option.Option<Duration.Duration>
   readonly maxWaiting: number
   readonly alertWebhook: Option.Option<string>
@@ -107,6 +108,7 @@ export const run = (options: ServeOptions): Effect.Effect<void, ExitCode, FileSy
         accounts,
         gatewayKeys,
         keepAliveInterval: Option.getOrUndefined(options.keepAliveInterval),
+        idleConnectionTimeout: Option.getOrUndefined(options.idleConnectionTimeout),
         drainTimeout: Option.getOrUndefined(options.drainTimeout),
         maxWaiting: options.maxWaiting,
         alerts

@@ -63,6 +63,12 @@ export interface Options {
   readonly gatewayKeys?: ReadonlyArray<Redacted.Redacted<string>> | undefined
   /** Between keep-alives while a client waits. Default 10 seconds. */
   readonly keepAliveInterval?: Duration.DurationInput | undefined
+  /**
+   * How long a client's connection is kept open between requests. Default 65 seconds: above the
+   * idle timeout of a load balancer in front (AWS ALB's 60 s), which would otherwise reuse a
+   * connection the gateway just closed and answer its client a 502 (Node's own default is 5 s).
+   */
+  readonly idleConnectionTimeout?: Duration.DurationInput | undefined
   /** How long requests in flight get to finish on shutdown. Default 30 seconds. */
   readonly drainTimeout?: Duration.DurationInput | undefined
   /** Clients that may wait for their first content at once; one more gets a 429. Default 4096. */
@@ -81,6 +87,7 @@ export const defaults = {
   port: 8787,
   host: "127.0.0.1",
   keepAliveInterval: Duration.seconds(10),
+  idleConnectionTimeout: Duration.seconds(65),
   drainTimeout: Duration.seconds(30),
   maxWaiting: 4096,
   statusInterval: Duration.seconds(1),
@@ -285,6 +292,9 @@ export const make = (
     })
 
     const server = Http.createServer()
+    server.keepAliveTimeout = Duration.toMillis(options.idleConnectionTimeout ?? defaults.idleConnectionTimeout)
+    // So that no header deadline ends an idle connection before its keep-alive does.
+    server.headersTimeout = Math.max(server.headersTimeout, server.keepAliveTimeout + 1_000)
     yield* NodeHttpServer.make(() => server, { port: options.port ?? defaults.port, host }).pipe(
       Effect.flatMap((httpServer) =>
         HttpServer.serveEffect(app).pipe(Effect.provideService(HttpServer.HttpServer, httpServer))
