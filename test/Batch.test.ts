@@ -492,14 +492,17 @@ const routedLine = (customId: string, fields: { readonly task?: unknown; readonl
   })
 
 describe("Batch.run routing", () => {
-  it.scoped("routes each line by its task: the table fills model and thinking, what the line sets wins", () =>
+  it.scoped("routes each line by its task: the table fills model (absent, empty or auto) and thinking, what the line sets wins", () =>
     Effect.gen(function*() {
       const ws = yield* workspace
       yield* ws.writeInput([
         routedLine("classify", { task: "classification" }),
         routedLine("reason", { task: "reasoning", body: { model: "" } }),
         routedLine("named", { task: "extraction", body: { model: "my-model" } }),
-        routedLine("plain", { body: { model: "deepseek-v4-flash" } })
+        routedLine("plain", { body: { model: "deepseek-v4-flash" } }),
+        // No model at all (JSON drops the undefined): routed by the task, else as the default task.
+        routedLine("unnamed", { task: "reasoning", body: { model: undefined } }),
+        routedLine("untasked", { body: { model: undefined } })
       ])
       const { sent, summary } = yield* runWith(ok, ws)
       const byMarker = new Map(sent.map((r) => [lastUserText(r), r]))
@@ -508,11 +511,13 @@ describe("Batch.run routing", () => {
       expect(byMarker.get("named")).toMatchObject({ model: "my-model", thinking: { type: "disabled" } })
       // No task and a named model: sent untouched.
       expect(byMarker.get("plain")).toEqual({ model: "deepseek-v4-flash", messages: [{ role: "user", content: "plain" }] })
+      expect(byMarker.get("unnamed")).toMatchObject({ model: "deepseek-v4-pro", thinking: { type: "enabled" } })
+      expect(byMarker.get("untasked")).toMatchObject({ model: "deepseek-v4-flash", thinking: { type: "disabled" } })
       // The task stays out of the body: nothing unknown is sent upstream.
       for (const request of sent) expect(request).not.toHaveProperty("task")
       const lines = byCustomId(yield* ws.readOutput)
       expect(lines.get("reason")?.response?.body.model).toBe("deepseek-v4-pro")
-      expect(summary).toMatchObject({ succeeded: 4, failed: 0, routingWarnings: 0 })
+      expect(summary).toMatchObject({ succeeded: 6, failed: 0, routingWarnings: 0 })
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
   it.scoped("thinking on a simple task is counted as a warning, or refused as that line's error", () =>

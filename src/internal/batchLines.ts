@@ -123,6 +123,12 @@ export const unreadableMessages: Readonly<Record<Unreadable, string>> = {
   "too-long": `line is longer than ${maxLineBytes / 1024 / 1024} MiB`
 }
 
+/** A line whose body names no `model`: the router picks it (as for `""` or `"auto"`), from the line's `task` or its default. */
+const withModelLeftToRouter = (line: unknown): unknown =>
+  Predicate.isRecord(line) && Predicate.isRecord(line.body) && !("model" in line.body)
+    ? { ...line, body: { ...line.body, model: "" } }
+    : line
+
 /** Parses one non-blank input line. Never fails: a bad line is `Invalid`. */
 export const parseInputLine = (line: NumberedLine): InputItem => {
   const { lineNumber, text } = line
@@ -133,7 +139,7 @@ export const parseInputLine = (line: NumberedLine): InputItem => {
   const notAnObject = notARequestObject(json)
   if (notAnObject !== undefined) return invalidWithoutId(lineNumber, notAnObject)
   const ownId = ownCustomId(json)
-  const decoded = decodeInputLine(json)
+  const decoded = decodeInputLine(withModelLeftToRouter(json))
   if (Either.isRight(decoded)) {
     const { body, custom_id, deadlines, task } = decoded.right
     return { _tag: "Request", lineNumber, customId: custom_id, task, deadlines, body }
