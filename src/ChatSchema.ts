@@ -40,20 +40,56 @@ export const ToolCall = open({
 /** @since 0.1.0 */
 export type ToolCall = typeof ToolCall.Type
 
-/** A part of a multi-part user message. @since 0.1.0 */
+/** A part of a multi-part message (`{"type": "text", "text": …}`; other kinds keep their fields). @since 0.1.0 */
 export const ContentPart = open({ type: Schema.String, text: Schema.optional(Schema.String) }, "ContentPart")
+
+/**
+ * A message's content: a string, or parts, as OpenAI's API takes for every role (DeepSeek's
+ * documents strings; an upstream that takes no parts answers for itself).
+ *
+ * @since 0.1.0
+ */
+export const MessageContent = Schema.Union(Schema.String, Schema.Array(ContentPart))
+/** @since 0.1.0 */
+export type MessageContent = typeof MessageContent.Type
+
+/**
+ * The text of a message's content: the string, or its text parts joined (other parts, such as
+ * images, have none).
+ *
+ * @since 0.1.0
+ * @category utils
+ * @example
+ * import { ChatSchema } from "weatherproof"
+ *
+ * ChatSchema.contentText([{ type: "text", text: "Hello, " }, { type: "text", text: "world" }]) // "Hello, world"
+ */
+export const contentText = (content: MessageContent | null | undefined): string =>
+  content == null ? "" : typeof content === "string" ? content : content.map((part) => part.text ?? "").join("")
 
 /** @since 0.1.0 */
 export const SystemMessage = open({
   role: Schema.Literal("system"),
-  content: Schema.String,
+  content: MessageContent,
   name: Schema.optional(Schema.String)
 }, "SystemMessage")
+
+/**
+ * Instructions, under OpenAI's newer name for them, which clients written for its reasoning models
+ * send; passed on as given, as every field is.
+ *
+ * @since 0.1.0
+ */
+export const DeveloperMessage = open({
+  role: Schema.Literal("developer"),
+  content: MessageContent,
+  name: Schema.optional(Schema.String)
+}, "DeveloperMessage")
 
 /** @since 0.1.0 */
 export const UserMessage = open({
   role: Schema.Literal("user"),
-  content: Schema.Union(Schema.String, Schema.Array(ContentPart)),
+  content: MessageContent,
   name: Schema.optional(Schema.String)
 }, "UserMessage")
 
@@ -65,7 +101,7 @@ export const UserMessage = open({
  */
 export const AssistantMessage = open({
   role: Schema.Literal("assistant"),
-  content: Schema.optional(Schema.NullOr(Schema.String)),
+  content: Schema.optional(Schema.NullOr(MessageContent)),
   reasoning_content: Schema.optional(Schema.NullOr(Schema.String)),
   tool_calls: Schema.optional(Schema.NullOr(Schema.Array(ToolCall))),
   name: Schema.optional(Schema.String),
@@ -75,12 +111,12 @@ export const AssistantMessage = open({
 /** @since 0.1.0 */
 export const ToolMessage = open({
   role: Schema.Literal("tool"),
-  content: Schema.String,
+  content: MessageContent,
   tool_call_id: Schema.String
 }, "ToolMessage")
 
 /** @since 0.1.0 */
-export const Message = Schema.Union(SystemMessage, UserMessage, AssistantMessage, ToolMessage).annotations({
+export const Message = Schema.Union(SystemMessage, DeveloperMessage, UserMessage, AssistantMessage, ToolMessage).annotations({
   identifier: "Message"
 })
 /** @since 0.1.0 */
@@ -116,7 +152,8 @@ export const ChatCompletionRequest = open({
   messages: Schema.Array(Message),
   thinking: nullable(Thinking),
   reasoning_effort: nullable(Schema.String),
-  response_format: nullable(open({ type: Schema.Literal("text", "json_object") })),
+  // DeepSeek takes "text" and "json_object"; others also "json_schema" (structured outputs).
+  response_format: nullable(open({ type: Schema.String })),
   stream: nullable(Schema.Boolean),
   stream_options: nullable(open({ include_usage: nullable(Schema.Boolean) })),
   max_tokens: nullable(Schema.Int.pipe(Schema.positive())),

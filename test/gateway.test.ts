@@ -162,6 +162,28 @@ describe("weatherproof serve, with the openai client", () => {
       expect(upstream.received()[0]!.authorization).toBe(`Bearer ${upstreamKey}`)
     }))
 
+  it.scopedLive("every message shape OpenAI's API takes passes through untouched: developer, content parts, json_schema", () =>
+    Effect.gen(function*() {
+      const upstream = yield* rawServer([reply(200, JSON.stringify(Wire.completion(generation("ok"))))])
+      const gateway = yield* startGateway([account("a", upstream.url, [upstreamKey])])
+      const parts = (text: string) => [{ type: "text" as const, text }]
+      const messages = [
+        { role: "developer" as const, content: "be brief" },
+        { role: "system" as const, content: parts("answer in JSON") },
+        { role: "user" as const, content: parts("look it up") },
+        { role: "assistant" as const, content: parts("calling"), tool_calls: [{ id: "c1", type: "function" as const, function: { name: "f", arguments: "{}" } }] },
+        { role: "tool" as const, tool_call_id: "c1", content: parts("found") }
+      ]
+      const responseFormat = { type: "json_schema" as const, json_schema: { name: "answer", schema: { type: "object" }, strict: true } }
+      const answer = yield* attempt(() =>
+        openai(gateway.url).chat.completions.create({ model, messages, response_format: responseFormat })
+      )
+      expect(answer.choices[0]?.message.content).toBe("ok")
+      const sent = JSON.parse(upstream.received()[0]!.body)
+      expect(sent.messages).toEqual(messages)
+      expect(sent.response_format).toEqual(responseFormat)
+    }))
+
   it.scopedLive("CRLF, no-space and byte-split SSE from upstream arrive whole", () =>
     Effect.gen(function*() {
       const g = generation("the whole answer, intact", { reasoningContent: "a thought" })

@@ -278,11 +278,12 @@ describe("the span tree of a retried, failed-over call", () => {
 })
 
 describe("content, when captured", () => {
-  it.effect("a tool round trip's turns as the conventions' parts: reasoning, text, tool calls, tool results", () => {
+  it.effect("a tool round trip's turns as the conventions' parts: instructions, reasoning, text, tool calls, tool results", () => {
     const exporter = new InMemorySpanExporter()
     const roundTrip: ChatCompletionRequest = {
       model: "deepseek-v4-flash",
       messages: [
+        { role: "developer", content: [{ type: "text", text: "Be brief." }] },
         { role: "user", content: [{ type: "text", text: prompt }, { type: "image_url" }] },
         {
           role: "assistant",
@@ -290,7 +291,7 @@ describe("content, when captured", () => {
           reasoning_content: reasoning,
           tool_calls: [{ id: "call-1", type: "function", function: { name: "GetForecast", arguments: "{\"city\":\"Oslo\"}" } }]
         },
-        { role: "tool", tool_call_id: "call-1", content: "{\"sky\":\"rain\"}" }
+        { role: "tool", tool_call_id: "call-1", content: [{ type: "text", text: "{\"sky\":" }, { type: "text", text: "\"rain\"}" }] }
       ]
     }
     return Effect.gen(function*() {
@@ -299,6 +300,7 @@ describe("content, when captured", () => {
       )
       const [client] = byName(exporter.getFinishedSpans(), "weatherproof.Resilient.create")
       expect(JSON.parse(String(client!.attributes[semconv.ATTR_GEN_AI_INPUT_MESSAGES]))).toEqual([
+        { role: "developer", parts: [{ type: "text", content: "Be brief." }] },
         { role: "user", parts: [{ type: "text", content: prompt }, { type: "image_url" }] },
         {
           role: "assistant",

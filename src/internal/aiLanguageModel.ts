@@ -195,7 +195,7 @@ const withObjectInstruction = (
     JSON.stringify(Tool.getJsonSchemaFromSchemaAst(format.schema.ast))
   ].join("\n")
   const [first, ...rest] = messages
-  return first?.role === "system"
+  return first?.role === "system" && typeof first.content === "string"
     ? [{ ...first, content: `${first.content}\n\n${instruction}` }, ...rest]
     : [{ role: "system", content: instruction }, ...messages]
 }

@@ -16,7 +16,16 @@ import * as Option from "effect/Option"
 import * as Stream from "effect/Stream"
 import type * as Tracer from "effect/Tracer"
 import * as ApiError from "../ApiError.js"
-import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Message, ToolCall, Usage } from "../ChatSchema.js"
+import { contentText } from "../ChatSchema.js"
+import type {
+  ChatCompletion,
+  ChatCompletionChunk,
+  ChatCompletionRequest,
+  Message,
+  MessageContent,
+  ToolCall,
+  Usage
+} from "../ChatSchema.js"
 import * as ChatStream from "../ChatStream.js"
 import type { Cost } from "../CostLedger.js"
 import { splitUsage } from "./costLedger.js"
@@ -197,13 +206,19 @@ type Part = { readonly type: string; readonly [field: string]: string }
 
 const text = (content: string): Part => ({ type: "text", content })
 
+/** A content's parts: its text as one part, or each part (a text, or a part of another kind by its type). */
+const contentParts = (content: MessageContent): Array<Part> =>
+  typeof content === "string"
+    ? [text(content)]
+    : content.map((part) => part.text === undefined ? { type: part.type } : text(part.text))
+
 const assistantParts = (message: {
-  readonly content?: string | null | undefined
+  readonly content?: MessageContent | null | undefined
   readonly reasoning_content?: string | null | undefined
   readonly tool_calls?: ReadonlyArray<ToolCall> | null | undefined
 }): Array<Part> => [
   ...(message.reasoning_content ? [{ type: "reasoning", content: message.reasoning_content }] : []),
-  ...(message.content ? [text(message.content)] : []),
+  ...(message.content ? contentParts(message.content) : []),
   ...(message.tool_calls ?? []).map((call): Part => ({
     type: "tool_call",
     id: call.id,
@@ -215,18 +230,16 @@ const assistantParts = (message: {
 const inputMessage = (message: Message): { readonly role: string; readonly parts: ReadonlyArray<Part> } => {
   switch (message.role) {
     case "system":
-      return { role: "system", parts: [text(message.content)] }
+    case "developer":
     case "user":
-      return {
-        role: "user",
-        parts: typeof message.content === "string"
-          ? [text(message.content)]
-          : message.content.map((part) => part.text === undefined ? { type: part.type } : text(part.text))
-      }
+      return { role: message.role, parts: contentParts(message.content) }
     case "assistant":
       return { role: "assistant", parts: assistantParts(message) }
     case "tool":
-      return { role: "tool", parts: [{ type: "tool_call_response", id: message.tool_call_id, response: message.content }] }
+      return {
+        role: "tool",
+        parts: [{ type: "tool_call_response", id: message.tool_call_id, response: contentText(message.content) }]
+      }
   }
 }
 

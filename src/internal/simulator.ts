@@ -17,7 +17,7 @@ import * as Random from "effect/Random"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
 import type { ChatCompletionChunk, Message, Usage } from "../ChatSchema.js"
-import { ChatCompletionRequest } from "../ChatSchema.js"
+import { ChatCompletionRequest, contentText } from "../ChatSchema.js"
 import type * as Simulator from "../Simulator.js"
 import * as SchemaIssues from "./schemaIssues.js"
 import * as Wire from "./wire.js"
@@ -45,11 +45,7 @@ const charsPerToken = 4
 /** @internal */
 export const tokens = (text: string): number => Math.ceil(text.length / charsPerToken)
 
-const textOf = (message: Message): string => {
-  const content = message.content
-  if (typeof content === "string") return content
-  return (content ?? []).map((part) => part.text ?? "").join("")
-}
+const textOf = (message: Message): string => contentText(message.content)
 
 /** What the simulator answers to a request. @internal */
 export interface Answer {
