@@ -1,4 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
+import * as Cause from "effect/Cause"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -29,7 +30,24 @@ describe.skipIf(!redisServerPresent)(skipMessage("Redis"), () => {
       expect(text).not.toContain("s3cret")
       expect(text).not.toContain("admin")
       expect(text).toContain(`RedisUnavailable`)
-      expect(text).toContain(`redis://127.0.0.1:${server.port}/2`)
+      expect(Exit.isFailure(exit) && Cause.squash(exit.cause)).toMatchObject({
+        message: `Redis at redis://127.0.0.1:${server.port}/2 is unavailable: connect ECONNREFUSED 127.0.0.1:${server.port}`
+      })
+    }))
+
+  it.scopedLive("a server that refuses the credentials says so: NOAUTH without a password, WRONGPASS with a wrong one", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const admin = yield* Redis.make({ url: server.url })
+      yield* admin.command("CONFIG", ["SET", "requirepass", "right-password"])
+      const reasonWith = (url: string) =>
+        Effect.map(Effect.flip(Redis.make({ url: Redacted.make(url), connectTimeout: "1 second" })), (error) => error.message)
+      const shown = `redis://127.0.0.1:${server.port}`
+      expect(yield* reasonWith(shown)).toBe(`Redis at ${shown} is unavailable: NOAUTH Authentication required.`)
+      expect(yield* reasonWith(`redis://:wrong-password@127.0.0.1:${server.port}`))
+        .toBe(`Redis at ${shown} is unavailable: WRONGPASS invalid username-password pair or user is disabled.`)
+      expect(yield* Effect.map(Redis.make({ url: `redis://:right-password@127.0.0.1:${server.port}` }), () => "connected"))
+        .toBe("connected")
     }))
 
   it.scopedLive("a script survives a restart of the server, which forgets every script", () =>

@@ -58,6 +58,7 @@ export interface Options {
 /** The webhook from the environment, where no other user of the host can read it (a command line is in `ps`). */
 export const webhookConfig: Config.Config<Redacted.Redacted<string>> = Config.redacted("WEATHERPROOF_ALERT_WEBHOOK")
 
+/** An http(s) URL: the only kind a webhook is posted to. */
 export const isWebhookUrl = (url: string): boolean => /^https?:\/\/\S+$/.test(url) && URL.canParse(url)
 
 /** How long a post may take. */

@@ -79,14 +79,19 @@ const connect = (url: string, options: Options, autoResubscribe = true): Effect.
         // (a bundle gives nothing else), and ioredis's `module.exports.default` is the client.
         const Redis = (await import("ioredis")).default.default
         const client: IORedis = new Redis(url, clientOptions(options, autoResubscribe))
-        // Errors reach callers through their commands; without a listener ioredis prints them.
-        client.on("error", () => {})
+        // Errors reach callers through their commands; without a listener ioredis prints them. The
+        // first says why a connection failed (ECONNREFUSED, NOAUTH, WRONGPASS): `connect` itself
+        // rejects with "Connection is closed." whatever the cause.
+        let firstError: unknown
+        client.on("error", (error) => {
+          firstError ??= error
+        })
         try {
           await client.connect()
           return client
         } catch (cause) {
           client.disconnect()
-          throw cause
+          throw firstError ?? cause
         }
       },
       catch: (cause) => new RedisUnavailable({ url: displayUrl(url), reason: reasonOf(cause) })
