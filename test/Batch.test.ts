@@ -806,27 +806,42 @@ describe("Batch.run against the simulator", () => {
       }
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
 
-  it.live("sends identical deterministic lines once: the response cache answers the repeats", () =>
+  it.live("sends identical deterministic lines once, stream lines too: the response cache answers the repeats", () =>
     Effect.gen(function*() {
       const ws = yield* workspace
       const simulator = yield* Simulator.make({ queueDelay: "1 millis" })
-      const line = (customId: string, temperature: number) =>
+      const line = (customId: string, temperature: number, stream = false, content = "same question") =>
         JSON.stringify({
           custom_id: customId,
           method: "POST",
           url: "/v1/chat/completions",
-          body: { model: "deepseek-v4-flash", temperature, messages: [{ role: "user", content: "same question" }] }
+          body: { model: "deepseek-v4-flash", temperature, messages: [{ role: "user", content }], ...(stream ? { stream } : {}) }
         })
       // The repeat is answered by the first line's call: joined while in flight, or stored after.
-      yield* ws.writeInput([line("first", 0), line("repeat", 0), line("warm", 0.7), line("warm-again", 0.7)])
+      // A stream line's result is a folded completion, so it is answered the same way.
+      yield* ws.writeInput([
+        line("first", 0),
+        line("repeat", 0),
+        line("streamed-repeat", 0, true),
+        line("warm", 0.7),
+        line("warm-again", 0.7),
+        line("stream", 0, true, "streamed question"),
+        line("stream-again", 0, true, "streamed question")
+      ])
       const summary = yield* Batch.run(ws).pipe(Effect.provide(Demo.clientStack([Demo.demoAccount(simulator.baseUrl)])))
-      expect(summary).toMatchObject({ requests: 4, succeeded: 4, failed: 0 })
-      const lines = yield* ws.readOutput
-      expect(lines.map((l) => l.response?.body.choices[0].message.content)).toEqual(
-        Array.from({ length: 4 }, () => "echo:same question")
-      )
-      // first + warm + warm-again: temperature 0.7 is not deterministic, so both warm lines went out.
-      expect((yield* simulator.stats).completed).toBe(3)
+      expect(summary).toMatchObject({ requests: 7, succeeded: 7, failed: 0 })
+      const contents = new Map((yield* ws.readOutput).map((l) => [l.custom_id, l.response?.body.choices[0].message.content]))
+      expect(Object.fromEntries(contents)).toEqual({
+        "first": "echo:same question",
+        "repeat": "echo:same question",
+        "streamed-repeat": "echo:same question",
+        "warm": "echo:same question",
+        "warm-again": "echo:same question",
+        "stream": "echo:streamed question",
+        "stream-again": "echo:streamed question"
+      })
+      // first + warm + warm-again + stream: temperature 0.7 is not deterministic, so both warm lines went out.
+      expect((yield* simulator.stats).completed).toBe(4)
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
 })
 
