@@ -179,7 +179,7 @@ describe("weatherproof CLI", () => {
       expect((yield* simulator.stats).requests).toBeLessThan(100)
     }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 
-  it.live("batch with a --summary it could not write at the end (no such directory, the input or the output) exits 2 before sending anything", () =>
+  it.live("batch with a --summary it could not write at the end (no such directory, the input or the output), or an output that is the input, exits 2 before sending anything", () =>
     Effect.gen(function*() {
       const { dir, fs, input, output, simulator } = yield* runFiles
       yield* fs.writeFileString(input, `${chatLine(1)}\n`)
@@ -193,6 +193,13 @@ describe("weatherproof CLI", () => {
         const result = yield* runCli(["batch", input, "--output", output, "--summary", summary], env)
         expect(result.code).toBe(2)
         expect(result.stderr).toBe(`weatherproof: ${message}`)
+      }
+      // The output naming the input (through a link too) is a usage error of the same kind.
+      yield* fs.symlink(input, `${dir}/link.jsonl`)
+      for (const same of [input, `${dir}/link.jsonl`]) {
+        const result = yield* runCli(["batch", input, "--output", same], env)
+        expect(result.code).toBe(2)
+        expect(result.stderr).toBe(`weatherproof: the output file ${same} is the input file; nothing was sent`)
       }
       expect((yield* simulator.stats).requests).toBe(0)
       expect(yield* fs.exists(output)).toBe(false)

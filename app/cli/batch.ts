@@ -109,6 +109,18 @@ const runCaught = (
     })
   )
 
+/** The path a file is at, links followed; the path as given (made absolute) where it does not exist yet. */
+const realPathOf = (fs: FileSystem.FileSystem, target: string) =>
+  fs.realPath(target).pipe(Effect.orElseSucceed(() => resolve(target)))
+
+/** The output naming the input (whose lines compaction would drop): a usage error, told before anything is sent. */
+const outputProblem = (args: BatchArgs): Effect.Effect<string | undefined, never, FileSystem.FileSystem> =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const same = (yield* realPathOf(fs, args.output)) === (yield* realPathOf(fs, args.input))
+    return same ? `the output file ${args.output} is the input file` : undefined
+  })
+
 /**
  * Why `--summary` could not be written when the run ends (no such directory, no write
  * permission, the input or output file): told before anything is sent, not after the run
@@ -118,7 +130,7 @@ const summaryProblem = (args: BatchArgs, path: string): Effect.Effect<string | u
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const writable = (target: string) => Effect.isSuccess(fs.access(target, { writable: true }))
-    const real = (target: string) => fs.realPath(target).pipe(Effect.orElseSucceed(() => resolve(target)))
+    const real = (target: string) => realPathOf(fs, target)
     const summary = yield* real(path)
     if (summary === (yield* real(args.input))) return `--summary ${path} is the input file`
     if (summary === (yield* real(args.output))) return `--summary ${path} is the output file`
@@ -136,11 +148,12 @@ const summaryProblem = (args: BatchArgs, path: string): Effect.Effect<string | u
  * The `batch` command. Exit codes: 0 every line succeeded, 1 a line failed or the run could not go
  * on (the input or output could not be read or written, a read-only output; the summary is printed
  * when the run had started), 2 usage or
- * configuration (and an output locked by another run), 130 / 143 stopped by SIGINT / SIGTERM.
+ * configuration (an output that is the input, and an output locked by another run), 130 / 143
+ * stopped by SIGINT / SIGTERM.
  */
 export const batch = (args: BatchArgs) =>
   Effect.gen(function*() {
-    const problem = flagsProblem(args) ??
+    const problem = flagsProblem(args) ?? (yield* outputProblem(args)) ??
       (yield* Option.match(args.summary, { onNone: () => Effect.succeed(undefined), onSome: (path) => summaryProblem(args, path) }))
     if (problem !== undefined) return yield* fail(2, `weatherproof: ${problem}; nothing was sent`)
     const [accounts, redis] = yield* loadAccounts(args)
