@@ -888,9 +888,13 @@ describe("AccountPool", () => {
       const answers = yield* Effect.forEach(Array.from({ length: 12 }, (_, i) => i), ask, { concurrency: "unbounded" })
       expect(answers.map((a) => a.choices[0]?.message.content)).toEqual(answers.map((_, i) => `echo:m${i}`))
       const stats = yield* primary.stats
-      // Half of the load each, never over the account's limit: the server never had to refuse one.
+      // Both accounts filled (the first six calls take three each; the rest go where a permit frees
+      // first, so the split of the others follows the answers' timing), never over an account's
+      // limit: the server never had to refuse one.
+      expect((stats.accounts.a?.requests ?? 0) + (stats.accounts.b?.requests ?? 0)).toBe(12)
       for (const name of ["a", "b"]) {
-        expect(stats.accounts[name]).toMatchObject({ requests: 6, rateLimited: 0 })
+        expect(stats.accounts[name]?.requests).toBeGreaterThanOrEqual(3)
+        expect(stats.accounts[name]).toMatchObject({ rateLimited: 0 })
         expect(stats.accounts[name]?.maxInFlight).toBeLessThanOrEqual(3)
       }
       expect((yield* secondary.stats).requests).toBe(0)
