@@ -437,7 +437,7 @@ describe("weatherproof serve, with the openai client", () => {
       expect(withKey.status).toBe(200)
     }))
 
-  it.scopedLive("a client's idle connection stays open 65s by default (above a load balancer's 60s), then closes", () =>
+  it.scopedLive("a client's idle connection is kept 65s by default (above a load balancer's 60s), as Keep-Alive says; a short timeout closes it once idle", () =>
     Effect.gen(function*() {
       const sim = yield* Simulator.make()
       const accounts = [account("a", sim.baseUrl, [Simulator.defaultKey])]

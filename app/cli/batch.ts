@@ -113,27 +113,23 @@ const runCaught = (
 const realPathOf = (fs: FileSystem.FileSystem, target: string) =>
   fs.realPath(target).pipe(Effect.orElseSucceed(() => resolve(target)))
 
-/** The output naming the input (whose lines compaction would drop): a usage error, told before anything is sent. */
-const outputProblem = (args: BatchArgs): Effect.Effect<string | undefined, never, FileSystem.FileSystem> =>
-  Effect.gen(function*() {
-    const fs = yield* FileSystem.FileSystem
-    const same = (yield* realPathOf(fs, args.output)) === (yield* realPathOf(fs, args.input))
-    return same ? `the output file ${args.output} is the input file` : undefined
-  })
-
 /**
- * Why `--summary` could not be written when the run ends (no such directory, no write
- * permission, the input or output file): told before anything is sent, not after the run
- * was paid for.
+ * The files named wrong, told before anything is sent: an output that is the input (whose lines
+ * compaction would drop), and a `--summary` that could not be written when the run ends (no such
+ * directory, no write permission, the input or output file), not found after the run was paid for.
  */
-const summaryProblem = (args: BatchArgs, path: string): Effect.Effect<string | undefined, never, FileSystem.FileSystem> =>
+const pathsProblem = (args: BatchArgs): Effect.Effect<string | undefined, never, FileSystem.FileSystem> =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
+    const input = yield* realPathOf(fs, args.input)
+    const output = yield* realPathOf(fs, args.output)
+    if (output === input) return `the output file ${args.output} is the input file`
+    if (Option.isNone(args.summary)) return undefined
+    const path = args.summary.value
+    const summary = yield* realPathOf(fs, path)
+    if (summary === input) return `--summary ${path} is the input file`
+    if (summary === output) return `--summary ${path} is the output file`
     const writable = (target: string) => Effect.isSuccess(fs.access(target, { writable: true }))
-    const real = (target: string) => realPathOf(fs, target)
-    const summary = yield* real(path)
-    if (summary === (yield* real(args.input))) return `--summary ${path} is the input file`
-    if (summary === (yield* real(args.output))) return `--summary ${path} is the output file`
     // A directory is refused by the flag's own parsing.
     if (yield* fs.exists(path).pipe(Effect.orElseSucceed(() => false))) {
       return (yield* writable(path)) ? undefined : `--summary ${path} cannot be written`
@@ -153,8 +149,7 @@ const summaryProblem = (args: BatchArgs, path: string): Effect.Effect<string | u
  */
 export const batch = (args: BatchArgs) =>
   Effect.gen(function*() {
-    const problem = flagsProblem(args) ?? (yield* outputProblem(args)) ??
-      (yield* Option.match(args.summary, { onNone: () => Effect.succeed(undefined), onSome: (path) => summaryProblem(args, path) }))
+    const problem = flagsProblem(args) ?? (yield* pathsProblem(args))
     if (problem !== undefined) return yield* fail(2, `weatherproof: ${problem}; nothing was sent`)
     const [accounts, redis] = yield* loadAccounts(args)
     const { aborted, signal, summary } = yield* runCaught(args, accounts, redis).pipe(
