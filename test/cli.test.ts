@@ -206,6 +206,23 @@ describe("weatherproof CLI", () => {
       expect(yield* fs.readFileString(input)).toBe(`${chatLine(1)}\n`)
     }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 
+  it.live("serve with an alert webhook that is not an http(s) URL, from the flag or WEATHERPROOF_ALERT_WEBHOOK, or an idle connection timeout of 0s, exits 2 before listening", () =>
+    Effect.gen(function*() {
+      const env = { DEEPSEEK_API_KEY: badKey }
+      const cases: ReadonlyArray<readonly [ReadonlyArray<string>, Record<string, string>, string]> = [
+        [["--alert-webhook", "ftp://hooks.example/T0/secret"], env, "weatherproof: --alert-webhook must be an http(s) URL"],
+        [[], { ...env, WEATHERPROOF_ALERT_WEBHOOK: "hooks.example/T0/secret" }, "weatherproof: WEATHERPROOF_ALERT_WEBHOOK must be an http(s) URL"],
+        [["--idle-connection-timeout", "0s"], env, `--idle-connection-timeout: expected a duration above 0 such as 30s, 500ms, 2m or 1h, got "0s"`]
+      ]
+      for (const [flags, environment, message] of cases) {
+        const result = yield* runCli(["serve", "--port", "0", ...flags], environment)
+        expect(result.code).toBe(2)
+        expect(result.stderr).toContain(message)
+        expect(result.stderr).not.toContain("secret")
+        expect(result.stdout).not.toContain("listening")
+      }
+    }).pipe(Effect.provide(NodeContext.layer)))
+
   it.live("batch without --output, or with --concurrency 0, is a usage error", () =>
     Effect.gen(function*() {
       const result = yield* runCli(["batch", "in.jsonl"], { DEEPSEEK_API_KEY: badKey })
