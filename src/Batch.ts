@@ -21,8 +21,8 @@
  * - A body with `"stream": true` is sent as a stream (so the first-content and idle deadlines see
  *   real content) and its result body is the completion folded from the chunks (`ChatStream`),
  *   as a non-streaming answer would look. A stream cut after some chunks gives an error line whose
- *   `error.partial` holds what arrived. So a `ResponseCache` in the context answers a repeated
- *   deterministic stream line as it answers a completion.
+ *   `error.partial` holds what arrived. The client's `ResponseCache` answers a repeated
+ *   deterministic stream line as it answers a completion (see `Resilient`).
  * - Results are appended as they arrive, by one writer, so a crash loses nothing already
  *   answered. A rerun with the same output resumes: the output is first compacted to its
  *   successful lines (failed lines and a line torn by a crash go), succeeded ids are skipped and
@@ -77,7 +77,7 @@ import * as ChatStream from "./ChatStream.js"
 import { CostLedger } from "./CostLedger.js"
 import type * as CostLedgerModule from "./CostLedger.js"
 import { Resilient } from "./Resilient.js"
-import type { CallOptions, ResilientError } from "./Resilient.js"
+import type { CallOptions } from "./Resilient.js"
 import type { Deadlines, Exchange } from "./Transport.js"
 import { Router } from "./Router.js"
 import type { Task } from "./Router.js"
@@ -396,11 +396,7 @@ export const layerAccounts = <E1, R1, E2, R2, E3 = never, R3 = never>(
     readonly router: Layer.Layer<Router, E2, R2>
     readonly redis?: Layer.Layer<Redis.Redis, E3, R3> | undefined
   }
-): Layer.Layer<
-  Exclude<Requirements, FileSystem.FileSystem> | AccountPool | ResponseCache.ResponseCache | Telemetry.Telemetry,
-  E1 | E2 | E3,
-  R1 | R2 | R3
-> =>
+): Layer.Layer<Exclude<Requirements, FileSystem.FileSystem> | AccountPool | Telemetry.Telemetry, E1 | E2 | E3, R1 | R2 | R3> =>
   clientOf(accounts, options.pool, options.redis).pipe(
     Layer.provideMerge(Layer.merge(options.ledger, layerTelemetryCounts)),
     Layer.merge(options.router)
@@ -411,15 +407,11 @@ const clientOf = <E, R>(
   accounts: ReadonlyArray<Account>,
   pool: AccountPoolModule.PoolOptions | undefined,
   redis: Layer.Layer<Redis.Redis, E, R> | undefined
-): Layer.Layer<Resilient | AccountPool | ResponseCache.ResponseCache, E, CostLedger | R> =>
+): Layer.Layer<Resilient | AccountPool, E, CostLedger | R> =>
   redis === undefined
-    // Identical deterministic lines (temperature 0) are sent once and billed once; the run sees the
-    // cache too, for its stream lines.
-    ? AccountPoolModule.layerResilient(accounts, pool).pipe(Layer.provideMerge(ResponseCache.layerMemory()))
-    : AccountPoolModule.layerResilientRedis(accounts, pool).pipe(
-      Layer.provideMerge(ResponseCache.layerRedis()),
-      Layer.provide(redis)
-    )
+    // Identical deterministic lines (temperature 0) are sent once and billed once, stream lines too.
+    ? AccountPoolModule.layerResilient(accounts, pool).pipe(Layer.provide(ResponseCache.layerMemory()))
+    : AccountPoolModule.layerResilientRedis(accounts, pool).pipe(Layer.provide(ResponseCache.layerRedis()), Layer.provide(redis))
 
 /** A line to send. */
 interface Send {
@@ -579,7 +571,6 @@ const toldTo = (call: Call, own: CallOptions["onExchange"]) => (exchange: Exchan
 const sender = (
   resilient: Resilient["Type"],
   router: Router["Type"],
-  cache: Option.Option<ResponseCache.Service>,
   runOptions: CallOptions,
   nextId: () => string,
   scrub: Lines.Scrub
@@ -597,22 +588,13 @@ const sender = (
         onFailure: (error) => Lines.failed(id, customId, error, scrub)
       })
     )
-  const foldedLine = (id: string, customId: string) => (folded: ChatStream.Folded<ResilientError>) =>
-    Option.match(folded.error, {
-      onNone: () => Lines.succeeded(id, customId, folded.completion),
-      onSome: (error) =>
-        folded.chunks === 0 ? Lines.failed(id, customId, error, scrub) : Lines.cut(id, customId, error, folded, scrub)
-    })
-  const stream = (id: string, customId: string, body: ChatCompletionRequest, callOptions: CallOptions) => {
-    const folded = ChatStream.foldPartial(resilient.stream(body, callOptions))
-    if (Option.isNone(cache)) return Effect.map(folded, foldedLine(id, customId))
-    // A stream line's result is its folded completion, so the response cache answers it as it
-    // answers a completion (the cache's key leaves `stream` out); only a whole one is stored.
-    const whole = Effect.filterOrFail(folded, (f) => Option.isNone(f.error), (cut) => cut)
-    return cache.value.cached(body, Effect.map(whole, (f) => f.completion), { cache: callOptions.cache }).pipe(
-      Effect.match({ onSuccess: (completion) => Lines.succeeded(id, customId, completion), onFailure: foldedLine(id, customId) })
-    )
-  }
+  const stream = (id: string, customId: string, body: ChatCompletionRequest, callOptions: CallOptions) =>
+    Effect.map(ChatStream.foldPartial(resilient.stream(body, callOptions)), (folded) =>
+      Option.match(folded.error, {
+        onNone: () => Lines.succeeded(id, customId, folded.completion),
+        onSome: (error) =>
+          folded.chunks === 0 ? Lines.failed(id, customId, error, scrub) : Lines.cut(id, customId, error, folded, scrub)
+      }))
   return (work: Send, call: Call): Effect.Effect<Outcome> =>
     Effect.suspend(() => {
       const id = nextId()
@@ -757,14 +739,7 @@ export const run = (options: Options): Effect.Effect<Summary, BatchError | Outpu
     const nextId = yield* Lines.makeRequestIds
     // An upstream may echo a key into a failure a result line quotes: the pool knows every key.
     const scrub = Option.match(yield* Effect.serviceOption(AccountPool), { onNone: () => scrubSecrets, onSome: (pool) => pool.scrub })
-    const send = sender(
-      yield* Resilient,
-      yield* Router,
-      yield* Effect.serviceOption(ResponseCache.ResponseCache),
-      options.callOptions ?? { priority: "batch" },
-      nextId,
-      scrub
-    )
+    const send = sender(yield* Resilient, yield* Router, options.callOptions ?? { priority: "batch" }, nextId, scrub)
     let tally = emptyTally
     const report = (t: Tally) =>
       options.onProgress?.({ total, succeeded: t.succeeded, failed: t.failed, skipped: t.skipped }) ?? Effect.void

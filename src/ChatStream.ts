@@ -6,7 +6,8 @@
  *
  * `step` is the pure fold of one chunk; `fold` runs it over a stream; `foldPartial` keeps what
  * arrived when the stream fails, so a cut stream still shows (and accounts for) its partial output.
- * `logprobs` are not folded.
+ * `logprobs` are not folded. `chunksOf` goes the other way: the chunks that fold into a completion,
+ * which is how a stored completion is replayed as a stream.
  *
  * @since 0.1.0
  */
@@ -260,3 +261,52 @@ export const foldPartial = <E, R>(chunks: Stream.Stream<ChatCompletionChunk, E, 
       error: Either.getLeft(result)
     }))
   })
+
+const deltaOf = (message: ChatCompletion["choices"][number]["message"]): Delta => ({
+  role: "assistant",
+  content: message.content,
+  ...(message.reasoning_content == null ? {} : { reasoning_content: message.reasoning_content }),
+  ...(message.tool_calls === undefined || message.tool_calls.length === 0 ? {} : {
+    tool_calls: message.tool_calls.map((call, index) => ({
+      index,
+      id: call.id,
+      type: "function",
+      function: { name: call.function.name, arguments: call.function.arguments }
+    }))
+  })
+})
+
+/**
+ * The chunks a stream of `completion` sends, as OpenAI's API sends them: one per choice, its whole
+ * message as the delta and its `finish_reason`, then the usage (when the completion has one) on a
+ * last chunk with `choices: []`. Folding them (`step`, `toCompletion`) gives the completion back,
+ * but for what a stream does not carry: `logprobs` and fields of the completion this SDK does not
+ * model. Pure.
+ *
+ * @example
+ * ```ts
+ * import { Stream } from "effect"
+ * import { ChatSchema, ChatStream } from "weatherproof"
+ *
+ * declare const stored: ChatSchema.ChatCompletion // e.g. from a cache
+ *
+ * const replayed = Stream.fromIterable(ChatStream.chunksOf(stored))
+ * ```
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const chunksOf = (completion: ChatCompletion): ReadonlyArray<ChatCompletionChunk> => {
+  const head = {
+    id: completion.id,
+    object: "chat.completion.chunk",
+    created: completion.created,
+    model: completion.model,
+    ...(completion.system_fingerprint === undefined ? {} : { system_fingerprint: completion.system_fingerprint })
+  }
+  const choices = completion.choices.map((choice): ChatCompletionChunk => ({
+    ...head,
+    choices: [{ index: choice.index, delta: deltaOf(choice.message), finish_reason: choice.finish_reason }]
+  }))
+  return completion.usage === undefined ? choices : [...choices, { ...head, choices: [], usage: completion.usage }]
+}

@@ -9,9 +9,11 @@
  * bucket, when the policy has one, is drawn by each attempt's request and token estimate
  * (`TokenBucket.costOf`).
  *
- * When the context holds a `ResponseCache`, `create` asks it first, outside the policy: a hit
- * costs no permit, no token and no retry budget. Only deterministic requests are cached
- * (temperature 0, or `cache: "force"`); streams are never cached.
+ * When the context holds a `ResponseCache`, `create` and `stream` ask it first, outside the policy:
+ * a hit costs no permit, no token and no retry budget. Only deterministic requests are cached
+ * (temperature 0, or `cache: "force"`). A stream answered from the cache replays the stored
+ * completion's chunks at once (`ResponseCache.Service.cachedStream`); a stream that ends whole is
+ * stored as the completion it adds up to, so a stream and a completion of one request share it.
  *
  * A stream is retried only until its first chunk reaches the caller. After that, a retry would
  * show the caller the same content twice, so the error, with its partial output, is the answer.
@@ -184,35 +186,26 @@ export const transportUpstream = (transport: TransportModule.Service): Upstream 
  * ```
  */
 export const makeWith = (policy: PolicyModule.Service, upstream: Upstream): Effect.Effect<Service> =>
-  Effect.map(Effect.serviceOption(ResponseCacheModule.ResponseCache), (cache) => {
+  Effect.map(Effect.serviceOption(ResponseCacheModule.ResponseCache), (cacheOption) => {
+    const cache = Option.getOrElse(cacheOption, () => ResponseCacheModule.disabled)
     const applyOptions = (request: ChatCompletionRequest, options: CallOptions | undefined): PolicyModule.ApplyOptions => ({
       priority: options?.priority,
       cost: TokenBucket.costOf(request),
       abandonWhen: options?.maxWait === undefined ? undefined : Effect.sleep(options.maxWait)
     })
 
-    /** Answers from the `ResponseCache` when the context has one and the request is cacheable. */
-    const cached = <E>(
-      request: ChatCompletionRequest,
-      options: CallOptions | undefined,
-      call: Effect.Effect<ChatCompletion, E>
-    ): Effect.Effect<ChatCompletion, E> =>
-      Option.match(cache, {
-        onNone: () => call,
-        onSome: (responses) => responses.cached(request, call, { cache: options?.cache })
-      })
-
     /** One call; `trace` wraps each attempt (and counts it, when traced). */
     const create = (request: ChatCompletionRequest, options: CallOptions | undefined, trace: GenAi.Trace) =>
-      cached(
+      cache.cached(
         request,
-        options,
-        policy.apply((permit) => trace.attempt(upstream.create(request, options, permit)), applyOptions(request, options))
+        policy.apply((permit) => trace.attempt(upstream.create(request, options, permit)), applyOptions(request, options)),
+        { cache: options?.cache }
       )
     const stream = (request: ChatCompletionRequest, options: CallOptions | undefined, trace: GenAi.Trace) =>
-      policy.applyStream(
-        (permit) => trace.attemptStream(upstream.stream(request, options, permit)),
-        applyOptions(request, options)
+      cache.cachedStream(
+        request,
+        policy.applyStream((permit) => trace.attemptStream(upstream.stream(request, options, permit)), applyOptions(request, options)),
+        { cache: options?.cache }
       )
 
     return Resilient.of({

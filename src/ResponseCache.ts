@@ -46,6 +46,15 @@
  * waiters behind a crashed process; and every miss would pay two more round trips for a case a
  * shared store already shrinks to one call per process.
  *
+ * ## Streams
+ *
+ * `cachedStream` does the same for a streamed answer, on the same entries (the key leaves `stream`
+ * out): a hit replays the stored completion as chunks (`ChatStream.chunksOf`: one per choice, then
+ * the usage), all at once; a miss passes the live chunks through and stores what they add up to
+ * when the stream ends whole (one cut, failed or left unread stores nothing). A stream that finds
+ * an identical call in flight waits for it and replays its completion, so it gets the whole answer
+ * at once when that call ends instead of streaming its own.
+ *
  * ## Stores
  *
  * `ResponseCache` runs on a `CacheStore` (`get`, `set` with a time to live): in memory
@@ -67,13 +76,16 @@ import * as Data from "effect/Data"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Exit from "effect/Exit"
+import * as FiberId from "effect/FiberId"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Schema from "effect/Schema"
-import { ChatCompletion, type ChatCompletionRequest } from "./ChatSchema.js"
+import type * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import { ChatCompletion, type ChatCompletionChunk, type ChatCompletionRequest } from "./ChatSchema.js"
+import * as ChatStream from "./ChatStream.js"
 import * as internal from "./internal/responseCache.js"
 import { assertValid, positiveInteger } from "./internal/options.js"
 import * as Redis from "./Redis.js"
@@ -193,6 +205,16 @@ export interface Service {
     call: Effect.Effect<ChatCompletion, E, R>,
     options?: CachedOptions
   ) => Effect.Effect<ChatCompletion, E, R>
+  /**
+   * The chunks of `request`'s answer: replayed from the cache when it holds a completion
+   * (`ChatStream.chunksOf`), else `stream` (which should stream exactly `request`) passed through,
+   * and what its chunks add up to stored when it ends whole.
+   */
+  readonly cachedStream: <E, R>(
+    request: ChatCompletionRequest,
+    stream: Stream.Stream<ChatCompletionChunk, E, R>,
+    options?: CachedOptions
+  ) => Stream.Stream<ChatCompletionChunk, E, R>
   readonly stats: Effect.Effect<Stats>
 }
 
@@ -391,6 +413,11 @@ export const layerRedisStore: Layer.Layer<CacheStore, never, Redis.Redis> = Laye
 
 const emptyCounts = { hits: 0, misses: 0, coalesced: 0, stores: 0 }
 
+/** A caller's turn at a key: it leads the calls for it, or waits for the leader's completion. */
+type Turn =
+  | { readonly _tag: "Lead"; readonly settle: (completion: Option.Option<ChatCompletion>) => Effect.Effect<void> }
+  | { readonly _tag: "Wait"; readonly leader: Deferred.Deferred<Option.Option<ChatCompletion>> }
+
 
 /**
  * A response cache on the `CacheStore` in context.
@@ -445,47 +472,100 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Cache
         Effect.tap((completion) => save(key, completion, timeToLive))
       )
 
-    const lookupOrCall = <E, R>(key: string, call: Effect.Effect<ChatCompletion, E, R>, timeToLive: Duration.Duration) =>
-      Effect.flatMap(lookup(key), Option.match({
-        onNone: () => callAndSave(key, call, timeToLive),
-        onSome: (completion) => Effect.as(count("hits", hitsCounter), completion)
-      }))
+    /** The live stream, counted as a miss; what it adds up to is stored, and `whole` told, when it ends whole. */
+    const streamAndSave = <E, R>(
+      key: string,
+      live: Stream.Stream<ChatCompletionChunk, E, R>,
+      timeToLive: Duration.Duration,
+      whole: (completion: ChatCompletion) => Effect.Effect<void> = () => Effect.void
+    ) =>
+      Stream.unwrap(Effect.as(
+        count("misses", missesCounter),
+        Stream.suspend(() => {
+          let state = ChatStream.empty
+          const folding = Stream.mapChunks(live, (chunks) => {
+            for (const chunk of chunks) state = ChatStream.step(state, chunk)
+            return chunks
+          })
+          return Stream.concat(
+            folding,
+            Stream.execute(Effect.suspend(() => {
+              const completion = ChatStream.toCompletion(state)
+              return Effect.zipRight(save(key, completion, timeToLive), whole(completion))
+            }))
+          )
+        })
+      ))
+
+    const replay = (completion: ChatCompletion) => Stream.fromIterable(ChatStream.chunksOf(completion))
 
     /**
-     * The first caller of a key leads: it looks up and calls. Later callers wait for its result,
-     * and call themselves only if it has none. Registering and cleaning up cannot be interrupted
-     * apart, so a key is never left in flight.
+     * The first caller of a key leads until its scope closes: it looks up and calls, and tells the
+     * waiters its completion with `settle` (`None` when it has none, as its scope closes). A later
+     * caller waits for the leader. Registering and releasing cannot be interrupted apart, so a key
+     * is never left in flight.
      */
+    const turnFor = (key: string): Effect.Effect<Turn, never, Scope.Scope> =>
+      Effect.acquireRelease(
+        Effect.sync((): Turn => {
+          const leader = inFlight.get(key)
+          if (leader !== undefined) return { _tag: "Wait", leader }
+          const mine = Deferred.unsafeMake<Option.Option<ChatCompletion>>(FiberId.none)
+          inFlight.set(key, mine)
+          const settle = (completion: Option.Option<ChatCompletion>) =>
+            Effect.suspend(() => {
+              if (inFlight.get(key) === mine) inFlight.delete(key)
+              return Deferred.succeed(mine, completion)
+            })
+          return { _tag: "Lead", settle }
+        }),
+        (turn) => turn._tag === "Lead" ? turn.settle(Option.none()) : Effect.void
+      )
+
     const singleFlight = <E, R>(key: string, call: Effect.Effect<ChatCompletion, E, R>, timeToLive: Duration.Duration) =>
-      Effect.uninterruptibleMask((restore) =>
-        Effect.flatMap(Deferred.make<Option.Option<ChatCompletion>>(), (mine) =>
-          Effect.suspend(() => {
-            const leader = inFlight.get(key)
-            if (leader !== undefined) {
-              return Effect.flatMap(restore(Deferred.await(leader)), Option.match({
-                onNone: () => restore(callAndSave(key, call, timeToLive)),
-                onSome: (completion) => Effect.as(count("coalesced", coalescedCounter), completion)
-              }))
-            }
-            inFlight.set(key, mine)
-            return restore(lookupOrCall(key, call, timeToLive)).pipe(
-              Effect.onExit((exit) =>
-                Effect.suspend(() => {
-                  inFlight.delete(key)
-                  return Deferred.succeed(mine, Exit.isSuccess(exit) ? Option.some(exit.value) : Option.none())
-                })
-              )
-            )
-          })))
+      Effect.scoped(Effect.flatMap(turnFor(key), (turn) =>
+        turn._tag === "Wait"
+          ? Effect.flatMap(Deferred.await(turn.leader), Option.match({
+            onNone: () => callAndSave(key, call, timeToLive),
+            onSome: (completion) => Effect.as(count("coalesced", coalescedCounter), completion)
+          }))
+          : Effect.flatMap(lookup(key), Option.match({
+            onNone: () => callAndSave(key, call, timeToLive),
+            onSome: (completion) => Effect.as(count("hits", hitsCounter), completion)
+          })).pipe(Effect.tap((completion) => turn.settle(Option.some(completion))))))
+
+    const singleFlightStream = <E, R>(
+      key: string,
+      live: Stream.Stream<ChatCompletionChunk, E, R>,
+      timeToLive: Duration.Duration
+    ): Stream.Stream<ChatCompletionChunk, E, R> =>
+      Stream.unwrapScoped(Effect.flatMap(turnFor(key), (turn) =>
+        turn._tag === "Wait"
+          ? Effect.map(Deferred.await(turn.leader), Option.match({
+            onNone: () => streamAndSave(key, live, timeToLive),
+            onSome: (completion) => Stream.unwrap(Effect.as(count("coalesced", coalescedCounter), replay(completion)))
+          }))
+          : Effect.flatMap(lookup(key), Option.match({
+            onNone: () => Effect.succeed(streamAndSave(key, live, timeToLive, (completion) => turn.settle(Option.some(completion)))),
+            onSome: (completion) =>
+              Effect.as(Effect.zipRight(count("hits", hitsCounter), turn.settle(Option.some(completion))), replay(completion))
+          }))))
+
+    /** The call's time to live, or `undefined` when it neither looks up nor stores. */
+    const eligible = (request: ChatCompletionRequest, callOptions: CachedOptions | undefined) => {
+      const mode = callOptions?.cache ?? "auto"
+      if (mode === "bypass" || (mode === "auto" && !isDeterministic(request))) return undefined
+      return callOptions?.timeToLive === undefined ? defaultTimeToLive : Duration.decode(callOptions.timeToLive)
+    }
 
     return ResponseCache.of({
       cached: (request, call, callOptions) => {
-        const mode = callOptions?.cache ?? "auto"
-        if (mode === "bypass" || (mode === "auto" && !isDeterministic(request))) return call
-        const timeToLive = callOptions?.timeToLive === undefined
-          ? defaultTimeToLive
-          : Duration.decode(callOptions.timeToLive)
-        return singleFlight(key(request), call, timeToLive)
+        const timeToLive = eligible(request, callOptions)
+        return timeToLive === undefined ? call : singleFlight(key(request), call, timeToLive)
+      },
+      cachedStream: (request, live, callOptions) => {
+        const timeToLive = eligible(request, callOptions)
+        return timeToLive === undefined ? live : singleFlightStream(key(request), live, timeToLive)
       },
       stats: Effect.zipWith(Ref.get(counts), store.evictions, (c, evictions) => ({ ...c, evictions }))
     })
@@ -527,12 +607,31 @@ export const layerRedis = (options?: Options): Layer.Layer<ResponseCache, never,
   layer(options).pipe(Layer.provide(layerRedisStore))
 
 /**
- * Caches nothing: every call goes upstream and nothing is counted.
+ * The cache that caches nothing: every call goes upstream and nothing is counted.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { ResponseCache } from "weatherproof"
+ *
+ * declare const program: Effect.Effect<void, never, ResponseCache.ResponseCache>
+ *
+ * const uncached = Effect.provideService(program, ResponseCache.ResponseCache, ResponseCache.disabled)
+ * ```
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const disabled: Service = {
+  cached: (_request, call) => call,
+  cachedStream: (_request, stream) => stream,
+  stats: Effect.succeed({ ...emptyCounts, evictions: 0 })
+}
+
+/**
+ * Caches nothing (`disabled`).
  *
  * @since 0.1.0
  * @category layers
  */
-export const layerDisabled: Layer.Layer<ResponseCache> = Layer.succeed(ResponseCache, {
-  cached: (_request, call) => call,
-  stats: Effect.succeed({ ...emptyCounts, evictions: 0 })
-})
+export const layerDisabled: Layer.Layer<ResponseCache> = Layer.succeed(ResponseCache, disabled)

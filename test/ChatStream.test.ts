@@ -4,7 +4,7 @@ import * as FastCheck from "effect/FastCheck"
 import * as Option from "effect/Option"
 import * as Stream from "effect/Stream"
 import { StreamTruncated } from "../src/ApiError.js"
-import type { ChatCompletionChunk, Usage } from "../src/ChatSchema.js"
+import type { ChatCompletion, ChatCompletionChunk, Usage } from "../src/ChatSchema.js"
 import * as ChatStream from "../src/ChatStream.js"
 import * as wire from "../src/internal/wire.js"
 
@@ -146,4 +146,59 @@ describe("ChatStream.foldPartial", () => {
       expect(whole.completion.choices[0]?.message.content).toBe("ok")
       expect(yield* Effect.flip(ChatStream.fold(chunks))).toBe(cut)
     }))
+})
+
+describe("ChatStream.chunksOf", () => {
+  const toolCall = FastCheck.record({
+    id: FastCheck.string({ maxLength: 8 }),
+    type: FastCheck.constant("function" as const),
+    function: FastCheck.record({ name: FastCheck.string({ maxLength: 8 }), arguments: FastCheck.string({ maxLength: 20 }) })
+  })
+  const message = FastCheck.record({
+    content: FastCheck.option(FastCheck.string({ maxLength: 40 }), { nil: null }),
+    reasoning: FastCheck.option(FastCheck.string({ maxLength: 40 }), { nil: undefined }),
+    toolCalls: FastCheck.option(FastCheck.array(toolCall, { minLength: 1, maxLength: 3 }), { nil: undefined }),
+    finishReason: FastCheck.constantFrom("stop" as const, "length" as const, "tool_calls" as const, null)
+  })
+  const completion = FastCheck.record({
+    messages: FastCheck.array(message, { minLength: 1, maxLength: 3 }),
+    withUsage: FastCheck.boolean(),
+    fingerprint: FastCheck.option(FastCheck.option(FastCheck.string({ maxLength: 8 }), { nil: null }), { nil: undefined })
+  }).map(({ fingerprint, messages, withUsage }): ChatCompletion => ({
+    id: "chatcmpl-r",
+    object: "chat.completion",
+    created: 3,
+    model: "deepseek-v4-flash",
+    choices: messages.map((m, index) => ({
+      index,
+      message: {
+        role: "assistant",
+        content: m.content,
+        ...(m.reasoning === undefined ? {} : { reasoning_content: m.reasoning }),
+        ...(m.toolCalls === undefined ? {} : { tool_calls: m.toolCalls })
+      },
+      finish_reason: m.finishReason
+    })),
+    ...(withUsage ? { usage } : {}),
+    ...(fingerprint === undefined ? {} : { system_fingerprint: fingerprint })
+  }))
+
+  it.prop("gives the chunks that fold back into the completion", [completion], ([c]) => {
+    expect(ChatStream.toCompletion(ChatStream.chunksOf(c).reduce(ChatStream.step, ChatStream.empty))).toEqual(c)
+  })
+
+  it("sends one chunk per choice, then the usage on a chunk with no choices, as OpenAI's API does", () => {
+    const chunks = ChatStream.chunksOf({
+      id: "chatcmpl-s",
+      object: "chat.completion",
+      created: 5,
+      model: "deepseek-v4-flash",
+      choices: [{ index: 0, message: { role: "assistant", content: "Hi", reasoning_content: "think" }, finish_reason: "stop" }],
+      usage
+    })
+    expect(chunks).toEqual([
+      chunk([{ index: 0, delta: { role: "assistant", content: "Hi", reasoning_content: "think" }, finish_reason: "stop" }]),
+      chunk([], { usage })
+    ].map((c) => ({ ...c, id: "chatcmpl-s", created: 5 })))
+  })
 })

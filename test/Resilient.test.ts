@@ -18,6 +18,7 @@ import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
 import * as wire from "../src/internal/wire.js"
 import * as Policy from "../src/Policy.js"
 import * as Resilient from "../src/Resilient.js"
+import * as ChatStream from "../src/ChatStream.js"
 import * as ResponseCache from "../src/ResponseCache.js"
 import * as RetryBudget from "../src/RetryBudget.js"
 import * as RetryPolicy from "../src/RetryPolicy.js"
@@ -259,6 +260,25 @@ describe("Resilient", () => {
       yield* client.create({ ...request, temperature: 0.7 })
       yield* client.create({ ...request, temperature: 0.7 })
       expect(yield* calls).toBe(4)
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.effect("with a ResponseCache in the context, a deterministic stream is answered from it: replayed without a call, and stored only whole", () => {
+    const { layer, calls, limiter } = pipeline(["ok", { chunksThen: overloaded }, "ok"], { cache: ResponseCache.layerMemory() })
+    return Effect.gen(function*() {
+      const client = yield* Resilient.Resilient
+      const deterministic = { ...request, temperature: 0, stream: true }
+      const streamed = yield* ChatStream.fold(client.stream(deterministic))
+      expect(yield* ChatStream.fold(client.stream(deterministic))).toEqual(streamed)
+      expect(yield* client.create({ ...deterministic, stream: false })).toEqual(streamed)
+      expect(yield* calls).toBe(1)
+      // A cut stream is the caller's error, with its partial output, and is not stored.
+      const other = { ...deterministic, max_tokens: 50 }
+      const cut = yield* ChatStream.foldPartial(client.stream(other))
+      expect(Option.map(cut.error, (e) => e._tag)).toEqual(Option.some("ServerError"))
+      expect(yield* ChatStream.fold(client.stream(other))).toEqual(streamed)
+      expect(yield* calls).toBe(3)
+      expect((yield* limiter.snapshot).inFlight).toBe(0)
     }).pipe(Effect.provide(layer))
   })
 

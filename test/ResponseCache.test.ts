@@ -8,9 +8,11 @@ import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
+import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
-import { InsufficientResource, emptyPartial } from "../src/ApiError.js"
-import type { ChatCompletion, ChatCompletionRequest, FinishReason } from "../src/ChatSchema.js"
+import { InsufficientResource, StreamTruncated, emptyPartial } from "../src/ApiError.js"
+import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, FinishReason } from "../src/ChatSchema.js"
+import * as ChatStream from "../src/ChatStream.js"
 import * as ResponseCache from "../src/ResponseCache.js"
 
 const ask = (question: string, extra: Partial<ChatCompletionRequest> = {}): ChatCompletionRequest => ({
@@ -359,6 +361,116 @@ describe("ResponseCache", () => {
       expect(misses.count - missesBefore.count).toBe(1)
     }))
 
+  describe("cachedStream", () => {
+    /**
+     * A streaming upstream double that counts its calls: each waits `latency`, then streams the
+     * chunks of `answer` (`ChatStream.chunksOf`), failing after the first one when `cutWith` is set.
+     */
+    const streamingUpstream = (answer: ChatCompletion, options: { readonly cutWith?: StreamTruncated } = {}) =>
+      Effect.map(Ref.make(0), (calls) => {
+        const chunks = ChatStream.chunksOf(answer)
+        const live = options.cutWith === undefined
+          ? Stream.fromIterable(chunks)
+          : Stream.concat(Stream.fromIterable(chunks.slice(0, 1)), Stream.fail(options.cutWith))
+        return {
+          calls: Ref.get(calls),
+          stream: Stream.unwrap(Effect.as(Effect.zipRight(Ref.update(calls, (n) => n + 1), Effect.sleep("1 second")), live))
+        }
+      })
+    const withUsage = (content: string): ChatCompletion => ({
+      ...completion(content),
+      usage: { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 }
+    })
+    const foldOf = <E>(chunks: Stream.Stream<ChatCompletionChunk, E>) => ChatStream.fold(chunks)
+
+    it.effect("stores a stream that ended whole, then replays it, and answers a completion of the same request", () =>
+      Effect.gen(function*() {
+        const cache = yield* memoryCache()
+        const answer = withUsage("streamed")
+        const { calls, stream } = yield* streamingUpstream(answer)
+        const first = yield* Effect.fork(foldOf(cache.cachedStream(ask("q", { stream: true }), stream)))
+        yield* TestClock.adjust("1 second")
+        expect(yield* Fiber.join(first)).toEqual(answer)
+        const replayed = yield* Stream.runCollect(cache.cachedStream(ask("q", { stream: true }), stream))
+        expect([...replayed]).toEqual(ChatStream.chunksOf(answer))
+        const { call } = yield* upstream([completion("never sent")])
+        expect(yield* cache.cached(ask("q"), call)).toEqual(answer)
+        expect(yield* calls).toBe(1)
+        expect(yield* cache.stats).toEqual({ hits: 2, misses: 1, coalesced: 0, stores: 1, evictions: 0 })
+      }))
+
+    it.effect("a completion stored by a call answers a stream of the same request", () =>
+      Effect.gen(function*() {
+        const cache = yield* memoryCache()
+        const answer = withUsage("called")
+        const { call } = yield* upstream([answer])
+        yield* cache.cached(ask("q"), call)
+        const { calls, stream } = yield* streamingUpstream(withUsage("never streamed"))
+        expect(yield* foldOf(cache.cachedStream(ask("q", { stream: true }), stream))).toEqual(answer)
+        expect(yield* calls).toBe(0)
+      }))
+
+    it.effect("stores nothing of a stream that was cut or left unread, and passes a cut through", () =>
+      Effect.gen(function*() {
+        const cache = yield* memoryCache()
+        const cut = new StreamTruncated({ partial: emptyPartial })
+        const broken = yield* streamingUpstream(withUsage("partial answer"), { cutWith: cut })
+        const failed = yield* Effect.fork(Effect.exit(Stream.runCollect(cache.cachedStream(ask("q"), broken.stream))))
+        yield* TestClock.adjust("1 second")
+        const exit = yield* Fiber.join(failed)
+        expect(exit).toEqual(Exit.fail(cut))
+        const whole = yield* streamingUpstream(withUsage("whole"))
+        const unread = yield* Effect.fork(Stream.runCollect(Stream.take(cache.cachedStream(ask("q"), whole.stream), 1)))
+        yield* TestClock.adjust("1 second")
+        expect((yield* Fiber.join(unread)).length).toBe(1)
+        expect(yield* cache.stats).toMatchObject({ hits: 0, misses: 2, stores: 0 })
+        // Neither left its key in flight: the next call leads, and calls.
+        const next = yield* Effect.fork(foldOf(cache.cachedStream(ask("q"), whole.stream)))
+        yield* TestClock.adjust("1 second")
+        expect((yield* Fiber.join(next)).choices[0]?.message.content).toBe("whole")
+        expect(yield* whole.calls).toBe(2)
+      }))
+
+    it.effect("a stream that finds an identical call in flight replays its completion; a call that finds a stream in flight takes what it adds up to", () =>
+      Effect.gen(function*() {
+        const cache = yield* memoryCache()
+        const { call, calls } = yield* upstream([withUsage("led by a call")], "1 second")
+        const streaming = yield* streamingUpstream(withUsage("never streamed"))
+        const leader = yield* Effect.fork(cache.cached(ask("a"), call))
+        yield* TestClock.adjust("10 millis")
+        const waiter = yield* Effect.fork(foldOf(cache.cachedStream(ask("a", { stream: true }), streaming.stream)))
+        yield* TestClock.adjust("1 second")
+        expect(yield* Fiber.join(waiter)).toEqual(yield* Fiber.join(leader))
+        expect([yield* calls, yield* streaming.calls]).toEqual([1, 0])
+
+        const streamed = withUsage("led by a stream")
+        const streamLeader = yield* streamingUpstream(streamed)
+        const led = yield* Effect.fork(foldOf(cache.cachedStream(ask("b"), streamLeader.stream)))
+        yield* TestClock.adjust("10 millis")
+        const follower = yield* Effect.fork(cache.cached(ask("b"), call))
+        yield* TestClock.adjust("1 second")
+        expect(yield* Fiber.join(led)).toEqual(streamed)
+        expect(yield* Fiber.join(follower)).toEqual(streamed)
+        expect(yield* calls).toBe(1)
+        expect(yield* cache.stats).toEqual({ hits: 0, misses: 2, coalesced: 2, stores: 2, evictions: 0 })
+      }))
+
+    it.effect("passes a stream it does not cache through, counted nowhere", () =>
+      Effect.gen(function*() {
+        const cache = yield* memoryCache()
+        const { calls, stream } = yield* streamingUpstream(withUsage("varied"))
+        const twice = Effect.all([
+          foldOf(cache.cachedStream(ask("q", { temperature: 1 }), stream)),
+          foldOf(cache.cachedStream(ask("q"), stream, { cache: "bypass" }))
+        ])
+        const fiber = yield* Effect.fork(twice)
+        yield* TestClock.adjust("2 seconds")
+        yield* Fiber.join(fiber)
+        expect(yield* calls).toBe(2)
+        expect(yield* cache.stats).toEqual({ hits: 0, misses: 0, coalesced: 0, stores: 0, evictions: 0 })
+      }))
+  })
+
   it.effect("layerDisabled calls upstream every time", () =>
     Effect.gen(function*() {
       const cache = yield* Effect.provide(ResponseCache.ResponseCache, ResponseCache.layerDisabled)
@@ -366,6 +478,8 @@ describe("ResponseCache", () => {
       yield* cache.cached(ask("q"), call, { cache: "force" })
       yield* cache.cached(ask("q"), call, { cache: "force" })
       expect(yield* calls).toBe(2)
+      const live = Stream.make(...ChatStream.chunksOf(completion("a")))
+      expect(cache.cachedStream(ask("q"), live, { cache: "force" })).toBe(live)
       expect((yield* cache.stats).hits).toBe(0)
     }))
 

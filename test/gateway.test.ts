@@ -550,6 +550,38 @@ describe("weatherproof serve, with the openai client", () => {
         .toBe(`400 invalid chat completion request: messages: Expected ReadonlyArray<Message>, actual "hello"`)
     }))
 
+  it.scopedLive("a deterministic stream is answered from the cache too: the stored answer's chunks, its usage when asked, then [DONE]", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make()
+      const gateway = yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])])
+      const client = openai(gateway.url)
+      const streamed = (includeUsage: boolean) =>
+        attempt(() =>
+          client.chat.completions.create({
+            model,
+            messages: ask("same stream"),
+            temperature: 0,
+            stream: true,
+            ...(includeUsage ? { stream_options: { include_usage: true } } : {})
+          })
+        ).pipe(Effect.flatMap(collect))
+      const text = (chunks: ReadonlyArray<OpenAI.ChatCompletionChunk>) =>
+        chunks.flatMap((chunk) => chunk.choices.map((choice) => choice.delta.content ?? "")).join("")
+      const live = yield* streamed(true)
+      const replayed = yield* streamed(true)
+      expect(text(replayed)).toBe(text(live))
+      expect(text(replayed)).toBe("echo:same stream")
+      expect(replayed.at(-1)?.usage).toEqual(live.at(-1)?.usage)
+      expect(replayed.flatMap((chunk) => chunk.choices.map((choice) => choice.finish_reason)).at(-1)).toBe("stop")
+      // The same request without a stream shares the entry; a stream that asked for no usage gets none.
+      const answered = yield* attempt(() => client.chat.completions.create({ model, messages: ask("same stream"), temperature: 0 }))
+      expect(answered.choices[0]?.message.content).toBe("echo:same stream")
+      const unasked = yield* streamed(false)
+      expect(unasked.every((chunk) => chunk.usage === undefined || chunk.usage === null)).toBe(true)
+      expect(text(unasked)).toBe("echo:same stream")
+      expect((yield* sim.stats).requests).toBe(1)
+    }))
+
   it.scopedLive("optional fields sent as null (as many clients send unset ones) are unset: the request is answered", () =>
     Effect.gen(function*() {
       const sim = yield* Simulator.make()
