@@ -37,6 +37,7 @@ import * as Exit from "effect/Exit"
 import * as Logger from "effect/Logger"
 import { realpathSync } from "node:fs"
 import { fileURLToPath } from "node:url"
+import { withPlainText } from "../app/cli/plainText.js"
 import { exitCodeOf, layerProcess, type StopSignal, type StopSignals } from "../app/cli/signals.js"
 import { serve } from "../app/gateway/command.js"
 import * as Flags from "../app/cli/flags.js"
@@ -101,7 +102,8 @@ export const main = (argv: ReadonlyArray<string>): Effect.Effect<number, never, 
         ? Effect.succeed(2) // @effect/cli has printed the problem and the usage
         : Effect.as(Console.error(`weatherproof: ${String(error)}`), 1)
     ),
-    Effect.provide(logToStderr)
+    Effect.provide(logToStderr),
+    withPlainText
   )
 
 const isEntryPoint = (): boolean => {

@@ -329,6 +329,21 @@ describe.skipIf(!redisServerPresent)(skipMessage("weatherproof batch processes s
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)), 60_000)
 })
 
+describe("weatherproof writes plain text where no terminal reads it", () => {
+  it.live("--help and a usage error, written to pipes, carry no ANSI escape", () =>
+    Effect.gen(function*() {
+      const help = yield* start(["batch", "--help"], {}).ended(30_000)
+      expect(help.code).toBe(0)
+      expect(help.stdout).toContain("USAGE")
+      expect(help.stdout).toContain("--drain-timeout")
+      expect(help.stdout).not.toContain("\x1b")
+      const usage = yield* start(["batch", "--output"], {}).ended(30_000)
+      expect(usage.code).toBe(2)
+      expect(usage.stderr).toContain("--output")
+      expect(usage.stderr).not.toContain("\x1b")
+    }))
+})
+
 describe("weatherproof loads lazily", () => {
   /**
    * The sources (files of this checkout, files of packages) in the bundle's files a run of the CLI
