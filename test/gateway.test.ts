@@ -437,6 +437,58 @@ describe("weatherproof serve, with the openai client", () => {
       expect(withKey.status).toBe(200)
     }))
 
+  it.scopedLive("a page's chat client may call the API (CORS): with keys any page, without them this machine's own; the status routes stay same-origin", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make()
+      const keyed = yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])], {
+        gatewayKeys: [Redacted.make("gw-key")]
+      })
+      const page = "https://chat.example"
+      const preflight = (url: string, origin: string) =>
+        attempt(() =>
+          fetch(url, {
+            method: "OPTIONS",
+            headers: { origin, "access-control-request-method": "POST", "access-control-request-headers": "authorization, content-type, x-stainless-os" }
+          })
+        )
+      const allowed = yield* preflight(`${keyed.url}/v1/chat/completions`, page)
+      expect(allowed.status).toBe(204)
+      expect(allowed.headers.get("access-control-allow-origin")).toBe("*")
+      expect(allowed.headers.get("access-control-allow-methods")).toContain("POST")
+      expect(allowed.headers.get("access-control-allow-headers")).toBe("authorization, content-type, x-stainless-os")
+      expect((yield* preflight(`${keyed.url}/v1/models`, page)).status).toBe(204)
+
+      const ask0 = (stream: boolean) =>
+        attempt(() =>
+          fetch(`${keyed.url}/v1/chat/completions`, {
+            method: "POST",
+            headers: { origin: page, authorization: "Bearer gw-key", "content-type": "application/json" },
+            body: JSON.stringify({ model, messages: ask("from a page"), stream })
+          }).then(async (response) => ({ response, text: await response.text() }))
+        )
+      for (const stream of [false, true]) {
+        const { response, text } = yield* ask0(stream)
+        expect(response.status).toBe(200)
+        expect(response.headers.get("access-control-allow-origin")).toBe("*")
+        expect(text).toContain(stream ? "data: [DONE]" : "echo:from a page")
+      }
+      const unauthorized = yield* attempt(() => fetch(`${keyed.url}/v1/models`, { headers: { origin: page } }))
+      expect(unauthorized.status).toBe(401)
+      expect(unauthorized.headers.get("access-control-allow-origin")).toBe("*")
+      for (const path of ["/status.json", "/metrics"]) {
+        const status = yield* attempt(() => fetch(`${keyed.url}${path}`, { headers: { origin: page } }))
+        expect(status.headers.get("access-control-allow-origin"), path).toBeNull()
+        expect((yield* preflight(`${keyed.url}${path}`, page)).headers.get("access-control-allow-origin"), path).toBeNull()
+      }
+
+      const keyless = yield* startGateway([account("b", sim.baseUrl, [Simulator.defaultKey])])
+      expect((yield* preflight(`${keyless.url}/v1/chat/completions`, "http://localhost:3000")).status).toBe(204)
+      const foreign = yield* preflight(`${keyless.url}/v1/chat/completions`, page)
+      expect(foreign.status).toBe(403)
+      expect(foreign.headers.get("access-control-allow-origin")).toBeNull()
+      expect((yield* sim.stats).requests).toBe(2)
+    }))
+
   it.scopedLive("a client's idle connection is kept 65s by default (above a load balancer's 60s), as Keep-Alive says; a short timeout closes it once idle", () =>
     Effect.gen(function*() {
       const sim = yield* Simulator.make()

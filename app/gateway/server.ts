@@ -11,6 +11,7 @@
  * | `GET /readyz` | 200 when an account can serve; 503 otherwise, or while draining |
  * | `GET /metrics` | every metric, Prometheus text format |
  * | `GET /` | the status page; `GET /status.json` its samples; `GET /status/events` its feed (SSE) |
+ * | `OPTIONS` on the chat and models routes, from a page | its CORS preflight (`cors.ts`) |
  *
  * The drain (`Gateway.drain`, and the finalizer of `make`'s scope): `/healthz` and `/readyz` answer
  * 503 and new chat requests get a 503 (`shutting_down`, `Connection: close`), so a load balancer
@@ -46,6 +47,7 @@ import { Router, Task } from "../../src/Router.js"
 import * as Alerts from "./alerts.js"
 import { isLoopback, makeAuthorizer, makeBrowserGuard } from "./auth.js"
 import * as Chat from "./chat.js"
+import * as Cors from "./cors.js"
 import { errorBody, errorHeaders, type GatewayError, NoSuchRoute, replyOf, UnknownModel } from "./errors.js"
 import { html } from "./page.js"
 import * as Status from "./status.js"
@@ -286,8 +288,13 @@ export const make = (
     // the server runs the app uninterruptibly, and a call's waits end by interruption.
     const chatRoute = Effect.interruptible(chat)
     const app = Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
-      const refused = guard(request.headers.host, request.headers.origin)
+      const { origin } = request.headers
+      const refused = guard(request.headers.host, origin)
       if (refused !== undefined) return Effect.succeed(replyWith(refused))
+      if (origin !== undefined && Cors.isApiPath(pathOf(request.url))) {
+        if (request.method === "OPTIONS") return Effect.succeed(Cors.preflight(request))
+        Cors.allowPageToRead(request)
+      }
       return request.method === "POST" && isChatPath(request.url) ? chatRoute : routes
     })
 
