@@ -53,7 +53,8 @@
  * the usage), all at once; a miss passes the live chunks through and stores what they add up to
  * when the stream ends whole (one cut, failed or left unread stores nothing). A stream that finds
  * an identical call in flight waits for it and replays its completion, so it gets the whole answer
- * at once when that call ends instead of streaming its own.
+ * at once when that call ends instead of streaming its own. A stream that asks for `logprobs` is
+ * never cached: they are neither folded nor replayed, so an answer without them would be stored.
  *
  * ## Stores
  *
@@ -564,7 +565,8 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Cache
         return timeToLive === undefined ? call : singleFlight(key(request), call, timeToLive)
       },
       cachedStream: (request, live, callOptions) => {
-        const timeToLive = eligible(request, callOptions)
+        // A stream's logprobs are not folded, nor replayed: such a stream neither reads nor writes.
+        const timeToLive = request.logprobs === true ? undefined : eligible(request, callOptions)
         return timeToLive === undefined ? live : singleFlightStream(key(request), live, timeToLive)
       },
       stats: Effect.zipWith(Ref.get(counts), store.evictions, (c, evictions) => ({ ...c, evictions }))

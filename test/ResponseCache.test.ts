@@ -455,18 +455,20 @@ describe("ResponseCache", () => {
         expect(yield* cache.stats).toEqual({ hits: 0, misses: 2, coalesced: 2, stores: 2, evictions: 0 })
       }))
 
-    it.effect("passes a stream it does not cache through, counted nowhere", () =>
+    it.effect("passes a stream it does not cache through (not deterministic, bypassed, asking for logprobs), counted nowhere", () =>
       Effect.gen(function*() {
         const cache = yield* memoryCache()
         const { calls, stream } = yield* streamingUpstream(withUsage("varied"))
-        const twice = Effect.all([
+        const thrice = Effect.all([
           foldOf(cache.cachedStream(ask("q", { temperature: 1 }), stream)),
-          foldOf(cache.cachedStream(ask("q"), stream, { cache: "bypass" }))
+          foldOf(cache.cachedStream(ask("q"), stream, { cache: "bypass" })),
+          // Its logprobs would not be stored nor replayed.
+          foldOf(cache.cachedStream(ask("q", { logprobs: true }), stream, { cache: "force" }))
         ])
-        const fiber = yield* Effect.fork(twice)
-        yield* TestClock.adjust("2 seconds")
+        const fiber = yield* Effect.fork(thrice)
+        yield* TestClock.adjust("3 seconds")
         yield* Fiber.join(fiber)
-        expect(yield* calls).toBe(2)
+        expect(yield* calls).toBe(3)
         expect(yield* cache.stats).toEqual({ hits: 0, misses: 0, coalesced: 0, stores: 0, evictions: 0 })
       }))
   })
