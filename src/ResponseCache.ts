@@ -61,8 +61,9 @@
  * `ResponseCache` runs on a `CacheStore` (`get`, `set` with a time to live): in memory
  * (`layerMemory`) or on Redis (`layerRedis`, shared by every process on the same prefix). A
  * store that fails never fails a call: a failed read is a miss, a failed write stores nothing,
- * and both are logged, so a Redis server that goes away mid-run only costs upstream calls until
- * it is back (nothing to rejoin: each call tries the store again). The memory store is an LRU
+ * so a Redis server that goes away mid-run only costs upstream calls until it is back (nothing to
+ * rejoin: each call tries the store again). The first failure is logged (one warning with its
+ * reason), then the store's first answer after it; the failures between are not. The memory store is an LRU
  * bounded by `capacity` with expiry read from Effect's `Clock`. Effect's `Cache` was not used: it
  * computes values through a lookup fixed at construction, with no per-entry time to live on
  * `set` and no eviction count.
@@ -455,15 +456,36 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Cache
         metric === undefined ? Effect.void : Metric.increment(metric)
       )
 
+    /**
+     * A store that fails fails every call while it is down (a Redis server gone): the first
+     * failure is logged, then the store's first answer, and nothing between.
+     */
+    let storeDown = false
+    const storeFailed = (error: CacheStoreError) =>
+      Effect.suspend(() => {
+        if (storeDown) return Effect.void
+        storeDown = true
+        return Effect.logWarning(
+          `response cache: its store failed to ${error.operation} (${error.message}); calls go upstream and nothing is stored until it answers`
+        )
+      })
+    const storeAnswered = Effect.suspend(() => {
+      if (!storeDown) return Effect.void
+      storeDown = false
+      return Effect.logInfo("response cache: its store answers again")
+    })
+
     const lookup = (key: string) =>
-      Effect.catchAll(store.get(key), (error) =>
-        Effect.as(Effect.logWarning("response cache read failed", error), Option.none<ChatCompletion>()))
+      store.get(key).pipe(
+        Effect.tap(() => storeAnswered),
+        Effect.catchAll((error) => Effect.as(storeFailed(error), Option.none<ChatCompletion>()))
+      )
 
     const save = (key: string, completion: ChatCompletion, timeToLive: Duration.Duration) => {
       if (!isStorable(completion) || Duration.toMillis(timeToLive) <= 0) return Effect.void
       return store.set(key, completion, timeToLive).pipe(
-        Effect.zipRight(count("stores")),
-        Effect.catchAll((error) => Effect.logWarning("response cache write failed", error))
+        Effect.zipRight(Effect.zipRight(storeAnswered, count("stores"))),
+        Effect.catchAll(storeFailed)
       )
     }
 

@@ -14,6 +14,7 @@ import { InsufficientResource, StreamTruncated, emptyPartial } from "../src/ApiE
 import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, FinishReason } from "../src/ChatSchema.js"
 import * as ChatStream from "../src/ChatStream.js"
 import * as ResponseCache from "../src/ResponseCache.js"
+import { capturingLogs, type Logged } from "./support/logs.js"
 
 const ask = (question: string, extra: Partial<ChatCompletionRequest> = {}): ChatCompletionRequest => ({
   model: "deepseek-v4-flash",
@@ -331,23 +332,39 @@ describe("ResponseCache", () => {
       expect(yield* calls).toBe(2)
     }))
 
-  it.effect("a failing store degrades to calling upstream", () =>
-    Effect.gen(function*() {
-      const broken = (operation: "get" | "set") => Effect.fail(new ResponseCache.CacheStoreError({ operation, message: "down" }))
+  it.effect("a failing store degrades to calling upstream, logging its outage once and its return", () => {
+    const logs: Array<Logged> = []
+    return Effect.gen(function*() {
+      const memory = yield* ResponseCache.makeMemoryStore()
+      const down = yield* Ref.make(true)
+      const broken = (operation: "get" | "set") =>
+        Effect.fail(new ResponseCache.CacheStoreError({ operation, message: "Connection is closed." }))
       const cache = yield* Effect.provide(
         ResponseCache.make(),
         Layer.succeed(ResponseCache.CacheStore, {
-          get: () => broken("get"),
-          set: () => broken("set"),
+          get: (key) => Effect.flatMap(Ref.get(down), (isDown) => isDown ? broken("get") : memory.get(key)),
+          set: (key, value, timeToLive) =>
+            Effect.flatMap(Ref.get(down), (isDown) => isDown ? broken("set") : memory.set(key, value, timeToLive)),
           evictions: Effect.succeed(0)
         })
       )
       const { call, calls } = yield* upstream([completion("a")])
-      expect((yield* cache.cached(ask("q"), call)).id).toBe("cmpl-a")
-      expect((yield* cache.cached(ask("q"), call)).id).toBe("cmpl-a")
-      expect(yield* calls).toBe(2)
-      expect(yield* cache.stats).toMatchObject({ hits: 0, misses: 2, stores: 0 })
-    }))
+      for (let i = 0; i < 3; i++) expect((yield* cache.cached(ask("q"), call)).id).toBe("cmpl-a")
+      expect(yield* calls).toBe(3)
+      expect(yield* cache.stats).toMatchObject({ hits: 0, misses: 3, stores: 0 })
+      yield* Ref.set(down, false)
+      yield* cache.cached(ask("q"), call)
+      yield* cache.cached(ask("q"), call)
+      expect(yield* calls).toBe(4)
+      expect(logs).toEqual([
+        {
+          level: "WARN",
+          message: "response cache: its store failed to get (Connection is closed.); calls go upstream and nothing is stored until it answers"
+        },
+        { level: "INFO", message: "response cache: its store answers again" }
+      ])
+    }).pipe(capturingLogs(logs))
+  })
 
   it.effect("counts hits and misses in metrics", () =>
     Effect.gen(function*() {

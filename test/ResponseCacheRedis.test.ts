@@ -106,13 +106,17 @@ describe.skipIf(!redisServerPresent)(skipMessage("ResponseCache on Redis"), () =
       expect(yield* one.cache.cached(request, call)).toEqual(completion("the Rhône"))
       expect(yield* calls).toBe(2)
       expect(yield* one.cache.stats).toMatchObject({ misses: 2, stores: 0 })
-      expect(logs.some((log) => log.message.includes("response cache read failed"))).toBe(true)
+      // One warning for the outage (not one per call), naming why, and one note when it is back.
+      const outage = (log: Logged) => log.message.startsWith("response cache: its store")
+      expect(logs.filter(outage).map((log) => log.level)).toEqual(["WARN"])
+      expect(logs.find(outage)?.message).toMatch(/^response cache: its store failed to get \(.+\); calls go upstream/)
       yield* server.start
       yield* awaitReady(one.redis, true)
       yield* one.cache.cached(request, call)
       yield* one.cache.cached(request, call)
       expect(yield* calls).toBe(3)
       expect(yield* one.cache.stats).toMatchObject({ hits: 1, stores: 1 })
+      expect(logs.filter(outage).map((log) => log.level)).toEqual(["WARN", "INFO"])
     }).pipe(capturingLogs(logs))
   })
 
