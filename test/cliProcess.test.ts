@@ -52,8 +52,13 @@ interface Running {
 }
 
 /** Starts the CLI with `args`; the environment names the simulator's account and nothing else of ours. */
-const start = (args: ReadonlyArray<string>, env: Record<string, string>, nodeOptions: ReadonlyArray<string> = []): Running => {
-  const child = spawn(process.execPath, [...nodeOptions, entry, ...args], {
+const start = (
+  args: ReadonlyArray<string>,
+  env: Record<string, string>,
+  nodeOptions: ReadonlyArray<string> = [],
+  script: string = entry
+): Running => {
+  const child = spawn(process.execPath, [...nodeOptions, script, ...args], {
     env: { PATH: process.env["PATH"] ?? "", ...env },
     stdio: ["ignore", "pipe", "pipe"]
   })
@@ -394,8 +399,8 @@ describe("weatherproof loads lazily", () => {
 
 describe("weatherproof keeps its compilation between runs", () => {
   /** `weatherproof --version` with the compile cache as `env` says; its stdout. */
-  const version = (env: Record<string, string>, nodeOptions: ReadonlyArray<string> = []) =>
-    Effect.map(start(["--version"], env, nodeOptions).ended(20_000), (ended) => {
+  const version = (env: Record<string, string>, nodeOptions: ReadonlyArray<string> = [], script?: string) =>
+    Effect.map(start(["--version"], env, nodeOptions, script).ended(20_000), (ended) => {
       expect(ended.code).toBe(0)
       return ended.stdout.trim()
     })
@@ -425,6 +430,21 @@ describe("weatherproof keeps its compilation between runs", () => {
       }
       expect(yield* version({ WEATHERPROOF_COMPILE_CACHE: cache })).toBe("0.1.0")
       expect(cacheFiles(cache)).toEqual(written)
+    }))
+
+  it.live("a copy of the CLI elsewhere has caches of its own (V8 keeps the path a cache was made at, for stack traces)", () =>
+    Effect.gen(function*() {
+      const cache = scratch()
+      const elsewhere = NodePath.join(scratch(), "cli")
+      NodeFs.cpSync(build, elsewhere, { recursive: true })
+      yield* version({ WEATHERPROOF_COMPILE_CACHE: cache })
+      const first = cacheFiles(cache)
+      expect(yield* version({ WEATHERPROOF_COMPILE_CACHE: cache }, [], NodePath.join(elsewhere, "weatherproof.js"))).toBe("0.1.0")
+      const copied = [...cacheFiles(cache).keys()].filter((name) => !first.has(name))
+      expect(copied).toHaveLength(first.size)
+      // Each copy then runs from its own caches, writing none.
+      yield* version({ WEATHERPROOF_COMPILE_CACHE: cache })
+      expect(cacheFiles(cache).size).toBe(2 * first.size)
     }))
 
   it.live("a cache V8 rejects (here, garbage) is written again; the run is unaffected", () =>

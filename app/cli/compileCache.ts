@@ -6,9 +6,10 @@
  * `cachedData`. The launcher (`dist/cli/weatherproof.js`, see scripts/bundleCli.ts) loads `main.cjs`
  * through `load` and runs the command line it exports.
  *
- * - Each file's cache is keyed by a hash of its source (a cache V8 accepts for a different source
- *   of the same length would run the wrong code) and Node's version and architecture. V8 rejects
- *   a cache made by another V8 or with other flags; it is made again.
+ * - Each file's cache is keyed by a hash of its path and its source (a cache V8 accepts for a
+ *   different source of the same length would run the wrong code; one made for the same source at
+ *   another path keeps that path, which stack traces would then name) and Node's version and
+ *   architecture. V8 rejects a cache made by another V8 or with other flags; it is made again.
  * - A file whose cache was missing or rejected has it written when the process exits, with every
  *   function compiled meanwhile; atomically (a temporary file renamed), so a concurrent start reads
  *   the old one or the new one.
@@ -86,7 +87,7 @@ const loadCached = (entry: string, directory: string | undefined): unknown => {
     const module: Module = { exports: {} }
     modules.set(file, module)
     const source = NodeFs.readFileSync(file, "utf8")
-    const cacheFile = directory === undefined ? undefined : NodePath.join(directory, cacheName(source))
+    const cacheFile = directory === undefined ? undefined : NodePath.join(directory, cacheName(file, source))
     const cachedData = cacheFile === undefined ? undefined : readCache(cacheFile)
     const script = new Vm.Script(wrap(source), cachedData === undefined ? { filename: file } : { filename: file, cachedData })
     if (cacheFile !== undefined && (cachedData === undefined || script.cachedDataRejected === true)) {
@@ -111,8 +112,8 @@ const loadCached = (entry: string, directory: string | undefined): unknown => {
 /** The function a file's source is the body of, as Node wraps a CommonJS module: on the source's first line, so lines keep their numbers. */
 const wrap = (source: string): string => `(function (exports, require, module, __filename, __dirname) {${source}\n})`
 
-const cacheName = (source: string): string =>
-  `${createHash("sha256").update(source).digest("hex").slice(0, 32)}-${process.version}-${process.arch}.cache`
+const cacheName = (file: string, source: string): string =>
+  `${createHash("sha256").update(`${file}\0${source}`).digest("hex").slice(0, 32)}-${process.version}-${process.arch}.cache`
 
 const readCache = (file: string): Buffer | undefined => {
   try {
