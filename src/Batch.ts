@@ -237,6 +237,11 @@ export interface Summary {
   readonly requests: number
   /** Lines answered in this run. */
   readonly succeeded: number
+  /**
+   * Of `succeeded`, the lines answered without a request of their own: from the response cache,
+   * by an identical deterministic line answered before or at the same time.
+   */
+  readonly fromCache: number
   /** Lines that got an error result in this run. */
   readonly failed: number
   /** Lines already answered by an earlier run into the same output, not sent again. */
@@ -428,27 +433,32 @@ type Work =
   | { readonly _tag: "Reject"; readonly customId: string; readonly error: Lines.LineError }
   | Send
 
-/** The result line of a line not skipped, to write, and how many warnings the router gave for it. */
+/**
+ * The result line of a line not skipped, to write, how many warnings the router gave for it, and
+ * whether it was answered without a request of its own.
+ */
 interface Outcome {
   readonly line: Lines.ResultLine
   readonly routingWarnings: number
+  readonly fromCache: boolean
 }
 
 interface Tally {
   readonly succeeded: number
+  readonly fromCache: number
   readonly failed: number
   readonly skipped: number
   readonly failures: Readonly<Record<string, number>>
   readonly routingWarnings: number
 }
 
-const emptyTally: Tally = { succeeded: 0, failed: 0, skipped: 0, failures: {}, routingWarnings: 0 }
+const emptyTally: Tally = { succeeded: 0, fromCache: 0, failed: 0, skipped: 0, failures: {}, routingWarnings: 0 }
 
 const record = (tally: Tally, outcome: Outcome): Tally => {
   const error = outcome.line.error
   const routingWarnings = tally.routingWarnings + outcome.routingWarnings
   return error === null
-    ? { ...tally, succeeded: tally.succeeded + 1, routingWarnings }
+    ? { ...tally, succeeded: tally.succeeded + 1, fromCache: tally.fromCache + (outcome.fromCache ? 1 : 0), routingWarnings }
     : {
       ...tally,
       failed: tally.failed + 1,
@@ -459,7 +469,7 @@ const record = (tally: Tally, outcome: Outcome): Tally => {
 
 const recordSkipped = (tally: Tally): Tally => ({ ...tally, skipped: tally.skipped + 1 })
 
-const written = (line: Lines.ResultLine, routingWarnings = 0): Outcome => ({ line, routingWarnings })
+const written = (line: Lines.ResultLine, routingWarnings = 0, fromCache = false): Outcome => ({ line, routingWarnings, fromCache })
 
 const encodeOutcome = (outcome: Outcome): string => Lines.encodeResultLine(outcome.line)
 
@@ -605,7 +615,7 @@ const sender = (
           onSuccess: (routed) =>
             Effect.map(
               (routed.request.stream === true ? stream : create)(id, work.customId, routed.request, optionsOf(work, call)),
-              (line) => written(line, routed.warnings.length)
+              (line) => written(line, routed.warnings.length, !call.sent)
             )
         })
       )
@@ -666,6 +676,7 @@ const summarize = (
 ): Summary => ({
   requests: tally.succeeded + tally.failed + tally.skipped,
   succeeded: tally.succeeded,
+  fromCache: tally.fromCache,
   failed: tally.failed,
   skipped: tally.skipped,
   failures: tally.failures,

@@ -222,6 +222,7 @@ describe("Batch.run", () => {
       expect(summary).toMatchObject({
         requests: 3,
         succeeded: 3,
+        fromCache: 0,
         failed: 0,
         skipped: 0,
         failures: {},
@@ -629,6 +630,7 @@ describe("Batch summary", () => {
       expect(json).toMatchObject({
         requests: 4,
         succeeded: 3,
+        from_cache: 0,
         failed: 1,
         skipped: 0,
         failures: { RateLimited: 1 },
@@ -829,7 +831,10 @@ describe("Batch.run against the simulator", () => {
         line("stream-again", 0, true, "streamed question")
       ])
       const summary = yield* Batch.run(ws).pipe(Effect.provide(Demo.clientStack([Demo.demoAccount(simulator.baseUrl)])))
-      expect(summary).toMatchObject({ requests: 7, succeeded: 7, failed: 0 })
+      // The repeat, the streamed repeat and stream-again: answered without a request of their own.
+      expect(summary).toMatchObject({ requests: 7, succeeded: 7, fromCache: 3, failed: 0 })
+      expect(Batch.formatSummary(summary)).toContain("requests:  7 (7 succeeded, 3 of them from the response cache, 0 failed")
+      expect(Batch.toJson(summary)).toMatchObject({ succeeded: 7, from_cache: 3 })
       const contents = new Map((yield* ws.readOutput).map((l) => [l.custom_id, l.response?.body.choices[0].message.content]))
       expect(Object.fromEntries(contents)).toEqual({
         "first": "echo:same question",

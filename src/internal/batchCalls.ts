@@ -29,6 +29,11 @@ export class Call {
     if (exchange === "failed" && this.calls.stopped) this.end()
   }
 
+  /** Whether a request of its own went out (an answer from the response cache sends none). */
+  get sent(): boolean {
+    return this.exchange !== undefined
+  }
+
   /** Whether it waits with no request on the wire and no answer read. */
   get waiting(): boolean {
     return this.exchange === undefined || this.exchange === "failed"

@@ -129,6 +129,8 @@ export interface LaneJson {
 export interface SummaryJson extends SpendJson {
   readonly requests: number
   readonly succeeded: number
+  /** Of `succeeded`, answered from the response cache, with no request of their own. */
+  readonly from_cache: number
   readonly failed: number
   readonly skipped: number
   readonly failures: Readonly<Record<string, number>>
@@ -187,6 +189,7 @@ const accountJson = (account: AccountSummary): AccountJson => {
 export const toJson = (summary: Summary): SummaryJson => ({
   requests: summary.requests,
   succeeded: summary.succeeded,
+  from_cache: summary.fromCache,
   failed: summary.failed,
   skipped: summary.skipped,
   failures: summary.failures,
@@ -250,7 +253,9 @@ export const format = (summary: Summary): string => {
   const { tokens } = spend
   const accounts = Object.entries(summary.accounts)
   return [
-    `requests:  ${summary.requests} (${summary.succeeded} succeeded, ${summary.failed} failed, ${summary.skipped} skipped as already answered)`,
+    `requests:  ${summary.requests} (${summary.succeeded} succeeded${
+      summary.fromCache === 0 ? "" : `, ${summary.fromCache} of them from the response cache`
+    }, ${summary.failed} failed, ${summary.skipped} skipped as already answered)`,
     ...(failures.length === 0 ? [] : [`failures:  ${failures}`]),
     `upstream:  ${counted(spend.attempts, "attempt", "attempts")}, ${summary.rateLimited} 429s met, ${
       counted(summary.retries, "retry", "retries")
