@@ -20,6 +20,7 @@ import * as Telemetry from "../src/Telemetry.js"
 import { contentOf, settle as settleStream } from "./support/streams.js"
 import * as ApiError from "../src/ApiError.js"
 import * as Policy from "../src/Policy.js"
+import { selfSignedServer } from "./support/selfSigned.js"
 import { capturingLogs, type Logged } from "./support/logs.js"
 import { freePort } from "./support/ports.js"
 
@@ -863,6 +864,22 @@ describe("AccountPool", () => {
       expect(warnings()).toEqual([
         `AccountPool: account backup: cannot connect to http://127.0.0.1:${closed} (connect ECONNREFUSED 127.0.0.1:${closed}); its calls fail until it can be reached`
       ])
+    }))
+
+  it.scopedLive("an upstream whose certificate this machine does not trust is told at start with how to trust it, and so is each call it fails", () =>
+    Effect.gen(function*() {
+      const untrusted = yield* selfSignedServer
+      const logs: Array<Logged> = []
+      const accounts = [account("proxied", ["sk-proxied-key-0123456789"], { baseUrl: untrusted })]
+      const context = yield* Layer.build(
+        AccountPool.layerResilient(accounts, { retry: { maxRetries: 0 } }).pipe(Layer.provide(CostLedger.layer()))
+      ).pipe(capturingLogs(logs))
+      const hint = "self-signed certificate; to trust a private CA (a TLS-inspecting proxy's, say), give its certificate file in NODE_EXTRA_CA_CERTS"
+      const warnings = () => logs.filter(({ level }) => level === "WARN").map(({ message }) => message)
+      for (let i = 0; i < 100 && warnings().length === 0; i++) yield* Effect.sleep("20 millis")
+      expect(warnings()).toEqual([`AccountPool: account proxied: cannot connect to ${untrusted} (${hint}); its calls fail until it can be reached`])
+      const error = yield* Effect.flip(Effect.flatMap(Resilient.Resilient, (client) => client.create(request)).pipe(Effect.provide(context)))
+      expect(error).toMatchObject({ _tag: "TransportError", message: `request failed before a response arrived: ${hint}` })
     }))
 
   it.scopedLive("keeps each account of a loopback server within its own limit; a second server is the fallback", () =>

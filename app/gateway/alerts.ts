@@ -24,7 +24,7 @@ import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import type { Scrubber } from "../../src/internal/scrubber.js"
-import { causeMessages } from "../../src/internal/text.js"
+import { connectionFailure } from "../../src/internal/text.js"
 import type { AccountSample, Monitor, Sample } from "./status.js"
 
 export type AlertEvent =
@@ -69,7 +69,7 @@ const whyNotDelivered = (error: HttpClientError.HttpClientError | Cause.TimeoutE
   error._tag === "ResponseError"
     ? `it answered ${error.response.status}`
     : error._tag === "RequestError"
-    ? `cannot reach it (${causeMessages(error.cause)})`
+    ? `cannot reach it (${connectionFailure(error.cause)})`
     : `no answer within ${Duration.format(postTimeout)}`
 
 const alert = (sample: Sample, event: AlertEvent, account: string | null, message: string): Alert => ({

@@ -45,7 +45,7 @@ import { secondsBoundaries } from "./policy.js"
 import { Signal } from "./signal.js"
 import * as Scrubber from "./scrubber.js"
 import * as StreamPull from "./streamPull.js"
-import { clipped, parseJson, quotedBody } from "./text.js"
+import { clipped, connectionFailure, parseJson, quotedBody } from "./text.js"
 import type { SharedBalance, Verdict } from "./sharedBalance.js"
 import * as ScopeFinalizer from "./scopeFinalizer.js"
 import { whenTraced } from "./tracing.js"
@@ -1030,7 +1030,7 @@ export const makeWith = <R>(
     const runFork = Runtime.runFork(yield* Effect.runtime<never>())
     const unreachable = (member: Member, origin: string, error: Error) =>
       runFork(Effect.logWarning(scrub(
-        `AccountPool: account ${member.name}: cannot connect to ${origin} (${error.message}); its calls fail until it can be reached`
+        `AccountPool: account ${member.name}: cannot connect to ${origin} (${connectionFailure(error)}); its calls fail until it can be reached`
       )))
     yield* Effect.forkIn(
       Effect.zipRight(Effect.yieldNow(), Effect.sync(() => warmUp(client, members, settings.warmUp, unreachable))),

@@ -44,3 +44,22 @@ export const causeChain = (error: unknown): ReadonlyArray<ErrorLike> => {
 export const causeMessages = (error: unknown): string =>
   causeChain(error).map((e) => e.message).filter((m): m is string => typeof m === "string" && m !== "").join(": ") ||
   String(error)
+
+/**
+ * Node's codes for a certificate chain this machine does not trust: a self-signed certificate, or
+ * one a private CA signed (a TLS-inspecting proxy's, in many companies). Node trusts more CAs only
+ * through `NODE_EXTRA_CA_CERTS`, which no retry or message of the server's would suggest.
+ */
+const untrustedCertificateCodes: ReadonlySet<unknown> = new Set([
+  "DEPTH_ZERO_SELF_SIGNED_CERT",
+  "SELF_SIGNED_CERT_IN_CHAIN",
+  "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+  "UNABLE_TO_GET_ISSUER_CERT",
+  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY"
+])
+
+/** Why a connection failed (`causeMessages`), and how to trust a certificate this machine does not. */
+export const connectionFailure = (error: unknown): string =>
+  causeMessages(error) + (causeChain(error).some((e) => untrustedCertificateCodes.has(e.code))
+    ? "; to trust a private CA (a TLS-inspecting proxy's, say), give its certificate file in NODE_EXTRA_CA_CERTS"
+    : "")

@@ -30,7 +30,7 @@ import * as SchemaFastPath from "./schemaFastPath.js"
 import * as SchemaIssues from "./schemaIssues.js"
 import * as Sse from "./sse.js"
 import * as StreamPull from "./streamPull.js"
-import { causeChain, causeMessages, clipped, parseJson, quotedBody } from "./text.js"
+import { causeChain, clipped, connectionFailure, parseJson, quotedBody } from "./text.js"
 import { isTraced } from "./tracing.js"
 import { clientWire, type Reads, type Reply, undiciOf, undiciWire, type Wire, withUndici } from "./transportWires.js"
 
@@ -63,7 +63,7 @@ const isStaleConnection = (cause: unknown): boolean =>
     staleCodes.has(e.code) || (typeof e.message === "string" && e.message.includes("other side closed"))
   )
 
-const describe = (cause: unknown): string => ApiError.scrubSecrets(causeMessages(cause))
+const describe = (cause: unknown): string => ApiError.scrubSecrets(connectionFailure(cause))
 
 const requestFailed = (cause: unknown): ApiError.TransportError =>
   new ApiError.TransportError({
