@@ -14,6 +14,7 @@ import * as Batch from "../../src/Batch.js"
 import * as CostLedger from "../../src/CostLedger.js"
 import * as Router from "../../src/Router.js"
 import * as Simulator from "../../src/Simulator.js"
+import { counted } from "../../src/internal/text.js"
 import { withProgress } from "./batchProgress.js"
 import { ExitCode, fail } from "./exit.js"
 
@@ -230,7 +231,9 @@ export const formatReport = (report: DemoReport): string => {
   const verdict = report.problems.length === 0
     ? [
       `verified:  every answer matches its request (echo rule), none lost, none duplicated`,
-      `resume:    a rerun sent ${report.requestsOnResume} requests and skipped ${report.resumed.skipped} lines`
+      `resume:    a rerun sent ${counted(report.requestsOnResume, "request", "requests")} and skipped ${
+        counted(report.resumed.skipped, "line", "lines")
+      }`
     ]
     : [`FAILED:    ${report.problems.length} problems`, ...report.problems.slice(0, 20).map((p) => `  - ${p}`)]
   return [

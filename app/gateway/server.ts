@@ -42,6 +42,7 @@ import { AccountPool } from "../../src/AccountPool.js"
 import type { Account } from "../../src/Accounts.js"
 import { CostLedger } from "../../src/CostLedger.js"
 import * as Scrubber from "../../src/internal/scrubber.js"
+import { counted } from "../../src/internal/text.js"
 import type { Resilient } from "../../src/Resilient.js"
 import { Router, Task } from "../../src/Router.js"
 import * as Alerts from "./alerts.js"
@@ -98,7 +99,7 @@ export const defaults = {
 } as const
 
 /** "1 request", "2 requests". */
-export const requests = (n: number): string => `${n} request${n === 1 ? "" : "s"}`
+export const requests = (n: number): string => counted(n, "request", "requests")
 
 /** After the drain deadline, how long the cut requests get to send their error. */
 const cutGrace = Duration.seconds(5)

@@ -6,6 +6,7 @@ import * as Duration from "effect/Duration"
 import type { AccountStatus } from "../AccountPool.js"
 import type { AccountSummary, Spend, Summary } from "../Batch.js"
 import type { Totals } from "../CostLedger.js"
+import { counted } from "./text.js"
 
 const picoPerUsd = 1e12
 
@@ -202,8 +203,6 @@ export const toJson = (summary: Summary): SummaryJson => ({
   interrupted: summary.interrupted,
   accounts: Object.fromEntries(Object.entries(summary.accounts).map(([name, account]) => [name, accountJson(account)]))
 })
-
-const counted = (count: number, one: string, many: string) => `${count} ${count === 1 ? one : many}`
 
 const usd = (amount: number) => `$${amount.toFixed(6)}`
 

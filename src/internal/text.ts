@@ -24,6 +24,9 @@ const quotedLength = 200
 export const quotedBody = (contentType: string | undefined, text: string, scrub: (text: string) => string): string =>
   `${contentType ?? "no content type"}: ${JSON.stringify(clipped(scrub(text.trim().slice(0, 2 * quotedLength)), quotedLength))}`
 
+/** `count` and the noun that goes with it (`1 line`, `2 lines`). */
+export const counted = (count: number, one: string, many: string): string => `${count} ${count === 1 ? one : many}`
+
 /** What an error may carry: Node's system errors have a `code`, and wrappers a `cause`. */
 export interface ErrorLike {
   readonly code?: unknown
