@@ -239,7 +239,9 @@ export interface Summary {
   readonly succeeded: number
   /**
    * Of `succeeded`, the lines answered without a request of their own: from the response cache,
-   * by an identical deterministic line answered before or at the same time.
+   * by an identical deterministic line answered before or at the same time. Told by the client's
+   * `onExchange` (a line whose call reported no request): a `Resilient` of your own that never
+   * calls it has every answer counted here.
    */
   readonly fromCache: number
   /** Lines that got an error result in this run. */
