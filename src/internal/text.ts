@@ -44,7 +44,7 @@ export const causeChain = (error: unknown): ReadonlyArray<ErrorLike> => {
 }
 
 /** The messages of the error's chain, joined (`fetch failed: connect ECONNREFUSED 127.0.0.1:9`). */
-export const causeMessages = (error: unknown): string =>
+const causeMessages = (error: unknown): string =>
   causeChain(error).map((e) => e.message).filter((m): m is string => typeof m === "string" && m !== "").join(": ") ||
   String(error)
 
