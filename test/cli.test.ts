@@ -4,6 +4,7 @@ import { describe, expect, it } from "@effect/vitest"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
+import { styled } from "../app/cli/plainText.js"
 import { layerNone } from "../app/cli/signals.js"
 import { main } from "../bin/weatherproof.js"
 import * as Simulator from "../src/Simulator.js"
@@ -358,6 +359,18 @@ describe("weatherproof CLI", () => {
       expect(result.stdout).toContain("verified:")
       expect(result.stdout).toContain("a rerun sent 0 requests and skipped 40 lines")
     }).pipe(Effect.provide(NodeContext.layer)))
+})
+
+describe("weatherproof's styled text", () => {
+  it("keeps its styles only for a terminal, and never with NO_COLOR set (no-color.org: any value but empty)", () => {
+    const terminal = { isTTY: true }
+    const pipe = { isTTY: false }
+    expect(styled(terminal, {})).toBe(true)
+    expect(styled(terminal, { NO_COLOR: "" })).toBe(true)
+    expect(styled(terminal, { NO_COLOR: "1" })).toBe(false)
+    expect(styled(pipe, {})).toBe(false)
+    expect(styled({}, {})).toBe(false)
+  })
 })
 
 describe("weatherproof batch deadlines", () => {

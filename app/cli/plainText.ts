@@ -14,8 +14,8 @@ const plain = (args: ReadonlyArray<unknown>): ReadonlyArray<unknown> =>
 
 const keep = (args: ReadonlyArray<unknown>): ReadonlyArray<unknown> => args
 
-/** Whether text written to `stream` keeps its styles. */
-const styled = (stream: NodeJS.WriteStream, env: NodeJS.ProcessEnv): boolean =>
+/** Whether text written to `stream` keeps its styles: a terminal reads it, and `NO_COLOR` is unset or empty. */
+export const styled = (stream: { readonly isTTY?: boolean | undefined }, env: NodeJS.ProcessEnv): boolean =>
   stream.isTTY === true && (env["NO_COLOR"] ?? "") === ""
 
 /** `console` writing plain text to the standard streams that are not styled. */
