@@ -32,6 +32,7 @@ import { Resilient } from "../../src/Resilient.js"
 import type { CallOptions } from "../../src/Resilient.js"
 import * as SchemaFastPath from "../../src/internal/schemaFastPath.js"
 import * as SchemaIssues from "../../src/internal/schemaIssues.js"
+import { withModelLeftToRouter } from "../../src/internal/routedModel.js"
 import * as ScopeFinalizer from "../../src/internal/scopeFinalizer.js"
 import type { Scrubber } from "../../src/internal/scrubber.js"
 import * as StreamPull from "../../src/internal/streamPull.js"
@@ -168,8 +169,7 @@ const parseBody = (body: unknown): Either.Either<ChatCompletionRequest, BadReque
   if (!Predicate.isRecord(body)) {
     return Either.left(new BadRequest({ message: `the request body is ${SchemaIssues.jsonKind(body)}, not a JSON object` }))
   }
-  const withModel = "model" in body ? body : { ...body, model: "" }
-  return Either.mapLeft(decodeRequest(withModel), (error) =>
+  return Either.mapLeft(decodeRequest(withModelLeftToRouter(body)), (error) =>
     new BadRequest({
       message: clipped(`invalid chat completion request: ${SchemaIssues.describeIssues(error).join("; ")}`, maxMessageLength)
     }))

@@ -17,6 +17,7 @@ import { Task } from "../Router.js"
 import type { Deadlines } from "../Transport.js"
 import type { NumberedLine } from "./batchFiles.js"
 import * as DurationTexts from "./durationText.js"
+import { withModelLeftToRouter } from "./routedModel.js"
 import * as SchemaFastPath from "./schemaFastPath.js"
 import * as SchemaIssues from "./schemaIssues.js"
 import { clipped, parseJson } from "./text.js"
@@ -123,11 +124,12 @@ export const unreadableMessages: Readonly<Record<Unreadable, string>> = {
   "too-long": `line is longer than ${maxLineBytes / 1024 / 1024} MiB`
 }
 
-/** A line whose body names no `model`: the router picks it (as for `""` or `"auto"`), from the line's `task` or its default. */
-const withModelLeftToRouter = (line: unknown): unknown =>
-  Predicate.isRecord(line) && Predicate.isRecord(line.body) && !("model" in line.body)
-    ? { ...line, body: { ...line.body, model: "" } }
-    : line
+/** A line whose body names no `model`: the router picks it, from the line's `task` or its default. */
+const withBodyModelLeftToRouter = (line: unknown): unknown => {
+  if (!Predicate.isRecord(line) || !Predicate.isRecord(line.body)) return line
+  const body = withModelLeftToRouter(line.body)
+  return body === line.body ? line : { ...line, body }
+}
 
 /** Parses one non-blank input line. Never fails: a bad line is `Invalid`. */
 export const parseInputLine = (line: NumberedLine): InputItem => {
@@ -139,7 +141,7 @@ export const parseInputLine = (line: NumberedLine): InputItem => {
   const notAnObject = notARequestObject(json)
   if (notAnObject !== undefined) return invalidWithoutId(lineNumber, notAnObject)
   const ownId = ownCustomId(json)
-  const decoded = decodeInputLine(withModelLeftToRouter(json))
+  const decoded = decodeInputLine(withBodyModelLeftToRouter(json))
   if (Either.isRight(decoded)) {
     const { body, custom_id, deadlines, task } = decoded.right
     return { _tag: "Request", lineNumber, customId: custom_id, task, deadlines, body }
