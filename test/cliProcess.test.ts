@@ -349,6 +349,49 @@ describe("weatherproof writes plain text where no terminal reads it", () => {
     }))
 })
 
+/** util-linux's `script`, which runs a command in a pseudo-terminal (Debian's bsdutils, essential: always there). */
+const scriptPresent = spawnSync("script", ["--version"]).status === 0
+
+/** `words` as one POSIX shell command line (`script -c` runs it with the shell). */
+const shellLine = (words: ReadonlyArray<string>): string => words.map((word) => `'${word.replaceAll("'", `'\\''`)}'`).join(" ")
+
+const inTerminalTitle = scriptPresent
+  ? "weatherproof in a terminal"
+  : "weatherproof in a terminal: SKIPPED, script is absent (install the package bsdutils)"
+
+describe.skipIf(!scriptPresent)(inTerminalTitle, () => {
+  // The progress bar is drawn only on a TTY, so the pipes of every other test never load it.
+  it.live("batch and demo draw their progress bar and end as they do in a pipe", () =>
+    Effect.gen(function*() {
+      const ws = yield* setup(20, { queueDelay: "5 millis" })
+      const inTerminal = (args: ReadonlyArray<string>) =>
+        Effect.promise(() =>
+          new Promise<{ readonly code: number | null; readonly screen: string }>((resolve) => {
+            const child = spawn("script", ["-qefc", shellLine([process.execPath, entry, ...args]), "/dev/null"], {
+              env: { PATH: process.env["PATH"] ?? "", ...ws.env },
+              stdio: ["ignore", "pipe", "pipe"]
+            })
+            let screen = ""
+            child.stdout.on("data", (data: Buffer) => (screen += data.toString()))
+            child.stderr.on("data", (data: Buffer) => (screen += data.toString()))
+            const bound = setTimeout(() => child.kill("SIGKILL"), 60_000)
+            child.on("close", (code) => {
+              clearTimeout(bound)
+              resolve({ code, screen })
+            })
+          })
+        )
+      const batch = yield* inTerminal(["batch", ws.input, "--output", ws.output])
+      expect(batch.screen).toContain("20/20 lines | 20 ok, 0 failed, 0 skipped")
+      expect(batch.screen).toContain("requests:  20 (20 succeeded")
+      expect(batch.code).toBe(0)
+      expect(expectOnceEach(yield* ws.readOutput)).toBe(20)
+      const demo = yield* inTerminal(["demo", "--requests", "20"])
+      expect(demo.screen).toContain("20/20 lines")
+      expect(demo.code).toBe(0)
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+})
+
 describe("weatherproof loads lazily", () => {
   /**
    * The sources (files of this checkout, files of packages) in the bundle's files a run of the CLI

@@ -18,7 +18,9 @@ export const progressBar = (
   stream.isTTY !== true
     ? Effect.succeed(undefined)
     : Effect.gen(function*() {
-      const cliProgress = yield* Effect.promise(() => import("cli-progress"))
+      // A CommonJS module imported from ESM is its `module.exports` under `default`; the bundle
+      // (scripts/bundleCli.ts) gives nothing else.
+      const cliProgress = (yield* Effect.promise(() => import("cli-progress"))).default
       const bar = yield* Effect.acquireRelease(
         Effect.sync(() => new cliProgress.SingleBar({ stream, format, hideCursor: true }, cliProgress.Presets.shades_classic)),
         (bar) => Effect.sync(() => bar.stop())
