@@ -10,14 +10,14 @@
  *   batch over the accounts of the file (or one DeepSeek account from `DEEPSEEK_API_KEY` and
  *   optional `DEEPSEEK_BASE_URL`), prices it (`WEATHERPROOF_PRICING_FILE`,
  *   `WEATHERPROOF_BUDGET_USD`), routes tasks (`WEATHERPROOF_ROUTER`) and can write its summary as
- *   JSON. SIGINT or SIGTERM stops it cleanly (see `app/cli/batch.ts`).
+ *   JSON. SIGINT, SIGTERM or its terminal hanging up stops it cleanly (see `app/cli/batch.ts`).
  * - `weatherproof demo [--requests N]` runs the same batch path against an in-process simulator,
  *   with faults on, and verifies every answer. No key needed.
  *
  * Exit codes: 0 when every line succeeded (demo: verified), 1 when a line failed or the run could
  * not go on, 2 for a usage or configuration error (a missing key, a bad accounts file, pricing
  * table or router setting, an output another run holds), 130 / 143 when SIGINT / SIGTERM stopped
- * it.
+ * it; a batch stopped by SIGHUP (its terminal hung up) ends by that signal.
  *
  * @since 0.1.0
  */
@@ -38,7 +38,14 @@ import * as Logger from "effect/Logger"
 import { realpathSync } from "node:fs"
 import { fileURLToPath } from "node:url"
 import { withPlainText } from "../app/cli/plainText.js"
-import { exitCodeOf, layerProcess, type StopSignal, type StopSignals } from "../app/cli/signals.js"
+import {
+  endWith,
+  exitCodeOf,
+  ignoreHangUpWithoutTerminal,
+  layerProcess,
+  type StopSignal,
+  type StopSignals
+} from "../app/cli/signals.js"
 import { serve } from "../app/gateway/command.js"
 import * as Flags from "../app/cli/flags.js"
 
@@ -112,23 +119,27 @@ const isEntryPoint = (): boolean => {
 }
 
 /**
- * Runs the command line on this process's arguments and exits with its code: when this file is the
- * script node runs, or from the bundle's launcher (`dist/cli/weatherproof.js`, see
+ * Runs the command line on `argv` (this process's arguments) and exits with its code: when this
+ * file is the script node runs, or from the bundle's launcher (`dist/cli/weatherproof.js`, see
  * scripts/bundleCli.ts), which runs this file's bundle (`dist/cli/main.cjs`).
  *
  * @since 0.1.0
  */
-export const run = (): void => {
+export const run = (argv: ReadonlyArray<string> = process.argv): void => {
   // A signal that interrupts the program outside a batch (which catches its own) exits as 128 + n.
   let signal: StopSignal | undefined
   for (const name of ["SIGINT", "SIGTERM"] as const) process.on(name, () => (signal ??= name))
+  ignoreHangUpWithoutTerminal()
+  // A terminal that hung up (or a pipe's reader that went away) fails every write to it: what was
+  // to be said there is lost, not the run, which goes on to write its files.
+  for (const stream of [process.stdout, process.stderr]) stream.on("error", () => undefined)
   // Only the services the commands use: all of NodeContext takes longer to load.
   const services = [NodeFileSystem.layer, NodePath.layer, NodeTerminal.layer, layerProcess] as const
-  NodeRuntime.runMain(main(process.argv).pipe(Effect.provide(services)), {
+  NodeRuntime.runMain(main(argv).pipe(Effect.provide(services)), {
     disablePrettyLogger: true,
     teardown: (exit, onExit) =>
       Exit.isSuccess(exit) && typeof exit.value === "number"
-        ? onExit(exit.value)
+        ? endWith(exit.value, onExit)
         : signal !== undefined && Exit.isInterrupted(exit)
         ? onExit(exitCodeOf(signal))
         : defaultTeardown(exit, onExit)

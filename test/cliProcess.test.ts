@@ -240,6 +240,18 @@ describe("weatherproof batch as a process", () => {
       expect(yield* ws.fs.exists(ws.lock)).toBe(false)
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
 
+  it.live("with no terminal (under nohup, say) SIGHUP is ignored, with a note: the run goes on to the end", () =>
+    Effect.gen(function*() {
+      const ws = yield* setup(30, { queueDelay: "100 millis" })
+      const run = start(["batch", ws.input, "-o", ws.output, "--concurrency", "3"], ws.env)
+      yield* waitFor("an answer", Effect.map(ws.readOutput, (lines) => lines.length >= 1))
+      run.child.kill("SIGHUP")
+      const ended = yield* run.ended(30_000)
+      expect(ended.stderr).toContain("weatherproof: SIGHUP ignored: no terminal of this process hung up (SIGTERM or SIGINT stops it)")
+      expect(ended.code).toBe(0)
+      expect(expectOnceEach(yield* ws.readOutput)).toBe(30)
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+
   it.live("SIGINT mid-run exits 130 after writing what was answered", () =>
     Effect.gen(function*() {
       let signalled = false
@@ -359,36 +371,63 @@ const inTerminalTitle = scriptPresent
   ? "weatherproof in a terminal"
   : "weatherproof in a terminal: SKIPPED, script is absent (install the package bsdutils)"
 
+/** The CLI run with `args` in a pseudo-terminal of its own (`script`), what it shows there collected. */
+const startInTerminal = (args: ReadonlyArray<string>, env: Record<string, string>) => {
+  const child = spawn("script", ["-qefc", `exec ${shellLine([process.execPath, entry, ...args])}`, "/dev/null"], {
+    env: { PATH: process.env["PATH"] ?? "", ...env },
+    stdio: ["ignore", "pipe", "pipe"]
+  })
+  let screen = ""
+  child.stdout.on("data", (data: Buffer) => (screen += data.toString()))
+  child.stderr.on("data", (data: Buffer) => (screen += data.toString()))
+  const ended = new Promise<{ readonly code: number | null; readonly screen: string }>((resolve) => {
+    const bound = setTimeout(() => child.kill("SIGKILL"), 60_000)
+    child.on("close", (code) => {
+      clearTimeout(bound)
+      resolve({ code, screen })
+    })
+  })
+  return { child, ended: Effect.promise(() => ended) }
+}
+
 describe.skipIf(!scriptPresent)(inTerminalTitle, () => {
   // The progress bar is drawn only on a TTY, so the pipes of every other test never load it.
   it.live("batch and demo draw their progress bar and end as they do in a pipe", () =>
     Effect.gen(function*() {
       const ws = yield* setup(20, { queueDelay: "5 millis" })
-      const inTerminal = (args: ReadonlyArray<string>) =>
-        Effect.promise(() =>
-          new Promise<{ readonly code: number | null; readonly screen: string }>((resolve) => {
-            const child = spawn("script", ["-qefc", shellLine([process.execPath, entry, ...args]), "/dev/null"], {
-              env: { PATH: process.env["PATH"] ?? "", ...ws.env },
-              stdio: ["ignore", "pipe", "pipe"]
-            })
-            let screen = ""
-            child.stdout.on("data", (data: Buffer) => (screen += data.toString()))
-            child.stderr.on("data", (data: Buffer) => (screen += data.toString()))
-            const bound = setTimeout(() => child.kill("SIGKILL"), 60_000)
-            child.on("close", (code) => {
-              clearTimeout(bound)
-              resolve({ code, screen })
-            })
-          })
-        )
-      const batch = yield* inTerminal(["batch", ws.input, "--output", ws.output])
+      const batch = yield* startInTerminal(["batch", ws.input, "--output", ws.output], ws.env).ended
       expect(batch.screen).toContain("20/20 lines | 20 ok, 0 failed, 0 skipped")
       expect(batch.screen).toContain("requests:  20 (20 succeeded")
       expect(batch.code).toBe(0)
       expect(expectOnceEach(yield* ws.readOutput)).toBe(20)
-      const demo = yield* inTerminal(["demo", "--requests", "20"])
+      const demo = yield* startInTerminal(["demo", "--requests", "20"], ws.env).ended
       expect(demo.screen).toContain("20/20 lines")
       expect(demo.code).toBe(0)
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+
+  it.live("a terminal that hangs up (SIGHUP) stops a batch as SIGTERM does: the calls in flight drain, every answer and the summary are written", () =>
+    Effect.gen(function*() {
+      let hungUp = false
+      const ws = yield* setup(100, { queueDelay: () => hungUp ? "10 millis" : "150 millis" })
+      const summaryPath = `${ws.dir}/summary.json`
+      const args = ["batch", ws.input, "--output", ws.output, "--concurrency", "8", "--summary", summaryPath]
+      const run = startInTerminal(args, ws.env)
+      yield* waitFor("a few answers", Effect.map(ws.readOutput, (lines) => lines.length >= 4))
+      // `script` gone, the terminal's master side closes: the kernel sends the CLI SIGHUP, and
+      // every write to the terminal fails from then on.
+      run.child.kill("SIGKILL")
+      hungUp = true
+      yield* waitFor("the run to end (its lock removed)", Effect.map(ws.fs.exists(ws.lock), (held) => !held), 20_000)
+      yield* waitFor("the summary", ws.fs.exists(summaryPath), 5_000)
+      const written = expectOnceEach(yield* ws.readOutput)
+      expect(written).toBeLessThan(100)
+      expect(JSON.parse(yield* ws.fs.readFileString(summaryPath))).toMatchObject({ interrupted: true, succeeded: written })
+      // Drained: every request sent was answered and written, none billed for nothing.
+      expect((yield* ws.simulator.stats).completed).toBe(written)
+
+      const resumed = yield* start(args, ws.env).ended(30_000)
+      expect(resumed.code).toBe(0)
+      expect(expectOnceEach(yield* ws.readOutput)).toBe(100)
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
 })
 

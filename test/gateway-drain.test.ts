@@ -1,6 +1,6 @@
 /**
  * Graceful shutdown: the drain at library level, and `weatherproof serve` in a process of its own
- * receiving SIGTERM.
+ * receiving SIGTERM (or a SIGHUP it ignores).
  */
 import { describe, expect, it } from "@effect/vitest"
 import * as Deferred from "effect/Deferred"
@@ -164,5 +164,18 @@ describe("weatherproof serve, shutting down", () => {
       expect(text).toBe(`echo:${longText}`)
       expect(yield* child.exitCode).toBe(0)
       expect(child.output()).toContain("shutting down; 1 request in flight")
+    }), { timeout: 60_000 })
+
+  it.scopedLive("with no terminal (under nohup or a service manager) `weatherproof serve` ignores SIGHUP, with a note, and goes on serving", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make({})
+      const child = yield* serveProcess(["serve", "--port", "0"], { DEEPSEEK_API_KEY: Simulator.defaultKey, DEEPSEEK_BASE_URL: sim.baseUrl })
+      const url = yield* child.url
+      child.process.kill("SIGHUP")
+      yield* Effect.sleep("100 millis")
+      expect(yield* statusOf(`${url}/healthz`)).toBe(200)
+      const answer = yield* attempt(() => openai(url).chat.completions.create({ model, messages: [{ role: "user", content: "still there?" }] }))
+      expect(answer.choices[0]?.message.content).toBe("echo:still there?")
+      expect(child.output()).toContain("weatherproof: SIGHUP ignored: no terminal of this process hung up")
     }), { timeout: 60_000 })
 })

@@ -1,6 +1,6 @@
 /**
  * `weatherproof batch`: an OpenAI-format batch over the accounts of a file (or one DeepSeek account
- * from the environment), with its summary, and a clean stop on SIGINT / SIGTERM.
+ * from the environment), with its summary, and a clean stop on SIGINT / SIGTERM / SIGHUP.
  */
 import * as FileSystem from "@effect/platform/FileSystem"
 import * as Console from "effect/Console"
@@ -145,7 +145,7 @@ const pathsProblem = (args: BatchArgs): Effect.Effect<string | undefined, never,
  * on (the input or output could not be read or written, a read-only output; the summary is printed
  * when the run had started), 2 usage or
  * configuration (an output that is the input, and an output locked by another run), 130 / 143
- * stopped by SIGINT / SIGTERM.
+ * stopped by SIGINT / SIGTERM, 129 by SIGHUP (the process then ends by the signal: `endWith`).
  */
 export const batch = (args: BatchArgs) =>
   Effect.gen(function*() {

@@ -1,7 +1,14 @@
 /**
- * SIGINT and SIGTERM as a command sees them. `NodeRuntime.runMain` interrupts the whole program at
- * the first signal; a command that can stop cleanly (a batch drains its calls in flight) catches
- * the signals for as long as it runs instead, and gets them as effects.
+ * SIGINT, SIGTERM and SIGHUP as a command sees them. `NodeRuntime.runMain` interrupts the whole
+ * program at SIGINT or SIGTERM; a command that can stop cleanly (a batch drains its calls in
+ * flight, the gateway its requests) catches the signals for as long as it runs instead, and gets
+ * them as effects.
+ *
+ * SIGHUP says a terminal hung up (an ssh session that dropped, a closed window): a stop signal
+ * while one of the process's standard streams is a terminal. Without one (under `nohup`, a service
+ * manager, output redirected in the background) no terminal of ours hung up, and the SIGHUP a
+ * closing shell sends its jobs is ignored (`ignoreHangUpWithoutTerminal`): `nohup` cannot ignore it
+ * for us, as Node resets an inherited SIG_IGN to the default at start.
  */
 import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
@@ -9,14 +16,39 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
+import { constants } from "node:os"
 
 /** The signals a command may stop on. */
-export type StopSignal = "SIGINT" | "SIGTERM"
-
-const stopSignals: ReadonlyArray<StopSignal> = ["SIGINT", "SIGTERM"]
+export type StopSignal = "SIGINT" | "SIGTERM" | "SIGHUP"
 
 /** The shell's convention: 128 + the signal's number. */
-export const exitCodeOf = (signal: StopSignal): number => signal === "SIGINT" ? 130 : 143
+export const exitCodeOf = (signal: StopSignal): number => 128 + constants.signals[signal]
+
+/** Whether one of the process's standard streams is a terminal, which a SIGHUP would say hung up. */
+const terminalAttached = (): boolean => [process.stdin, process.stdout, process.stderr].some((stream) => stream.isTTY === true)
+
+const stopSignals = (): ReadonlyArray<StopSignal> => terminalAttached() ? ["SIGINT", "SIGTERM", "SIGHUP"] : ["SIGINT", "SIGTERM"]
+
+/** With no terminal attached, SIGHUP is ignored for the process's life, with a note on stderr each time. */
+export const ignoreHangUpWithoutTerminal = (): void => {
+  if (terminalAttached()) return
+  process.on("SIGHUP", () => {
+    process.stderr.write("weatherproof: SIGHUP ignored: no terminal of this process hung up (SIGTERM or SIGINT stops it)\n")
+  })
+}
+
+/**
+ * Ends the process with `code`, as `onExit` does; a command stopped by SIGHUP ends by that signal
+ * (its exit code, 129, to a shell): its terminal is gone, and Node's own exit would abort as it
+ * restores the terminal's settings (Node 20 asserts that they can be set, and a terminal that hung
+ * up refuses).
+ */
+export const endWith = (code: number, onExit: (code: number) => void): void => {
+  // No SIGHUP listener is left once the command's signals are released: the default action ends
+  // the process before `kill` returns; `onExit` is for a listener someone else installed.
+  if (code === exitCodeOf("SIGHUP")) process.kill(process.pid, "SIGHUP")
+  onExit(code)
+}
 
 /** The signals caught for a scope. */
 export interface Caught {
@@ -28,7 +60,7 @@ export interface Caught {
   readonly received: Effect.Effect<Option.Option<StopSignal>>
 }
 
-/** Catches SIGINT and SIGTERM for the scope, in place of whoever handled them before. */
+/** Catches the stop signals for the scope, in place of whoever handled them before. */
 export class StopSignals extends Context.Tag("weatherproof/cli/StopSignals")<StopSignals, {
   readonly catch: Effect.Effect<Caught, never, Scope.Scope>
 }>() {}
@@ -58,7 +90,7 @@ export const layerProcess: Layer.Layer<StopSignals> = Layer.succeed(StopSignals,
     }
     yield* Effect.acquireRelease(
       Effect.sync(() =>
-        stopSignals.map((signal) => {
+        stopSignals().map((signal) => {
           const before = process.listeners(signal)
           for (const listener of before) process.off(signal, listener)
           const listener = onSignal(signal)

@@ -1,7 +1,8 @@
 /**
  * What `weatherproof serve` runs: reads the accounts (as `batch` does), the gateway keys and the
  * telemetry settings, builds the client stack `batch` builds (`Batch.layerAccounts`), serves
- * until SIGTERM or SIGINT, then drains and exits 0.
+ * until SIGTERM or SIGINT, then drains and exits 0; after SIGHUP (its terminal hung up) it drains
+ * and ends by the signal.
  *
  * Exit codes: 1 when the server cannot start (the port is taken), 2 for a usage or configuration
  * error (a bad option, a missing key, a bad accounts file, pricing table or router setting, a
@@ -29,8 +30,8 @@ import { gatewayKeysConfig } from "./auth.js"
 import * as Gateway from "./server.js"
 import * as Telemetry from "./telemetry.js"
 import { type AccountArgs, type CallArgs, flagsProblem, invalidConfig, listIssues, loadAccounts, poolOptions } from "../cli/accounts.js"
-import { type ExitCode, fail } from "../cli/exit.js"
-import { StopSignals } from "../cli/signals.js"
+import { ExitCode, fail } from "../cli/exit.js"
+import { exitCodeOf, StopSignals } from "../cli/signals.js"
 
 /** The parsed options of the command (see `command.ts`). */
 export interface ServeOptions extends AccountArgs, CallArgs {
@@ -76,7 +77,8 @@ const alertsOf = (options: ServeOptions): Effect.Effect<Alerts.Options | undefin
   )
 
 /**
- * Serves until SIGTERM or SIGINT, then drains (the gateway's scope closing) and returns: exit 0.
+ * Serves until SIGTERM or SIGINT, then drains (the gateway's scope closing) and returns: exit 0;
+ * the same after SIGHUP (its terminal hung up), which then ends the process.
  */
 export const run = (options: ServeOptions): Effect.Effect<void, ExitCode, FileSystem.FileSystem | StopSignals> =>
   Effect.gen(function*() {
@@ -100,7 +102,7 @@ export const run = (options: ServeOptions): Effect.Effect<void, ExitCode, FileSy
       Transport.nodeHttpClient()
     )
 
-    yield* Effect.scoped(Effect.gen(function*() {
+    const signal = yield* Effect.scoped(Effect.gen(function*() {
       const signals = yield* Effect.flatMap(StopSignals, (service) => service.catch)
       const gateway = yield* Gateway.make({
         port: options.port,
@@ -121,6 +123,7 @@ export const run = (options: ServeOptions): Effect.Effect<void, ExitCode, FileSy
       const signal = yield* signals.first
       // The drain is the gateway's scope closing, after this.
       yield* Console.log(`weatherproof gateway: ${signal}: shutting down; ${Gateway.requests(gateway.traffic.active)} in flight`)
+      return signal
     })).pipe(
       Effect.provide(stack),
       // Effect's own per-fiber metrics (effect_fiber_*): a cost on every fiber of every request,
@@ -134,4 +137,6 @@ export const run = (options: ServeOptions): Effect.Effect<void, ExitCode, FileSy
         ConfigError: invalidConfig
       })
     )
+    // Drained after its terminal hung up: the process ends by the signal (`endWith`).
+    if (signal === "SIGHUP") return yield* new ExitCode({ code: exitCodeOf(signal) })
   })
