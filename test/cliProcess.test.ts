@@ -387,7 +387,7 @@ const startInTerminal = (args: ReadonlyArray<string>, env: Record<string, string
       resolve({ code, screen })
     })
   })
-  return { child, ended: Effect.promise(() => ended) }
+  return { child, screen: () => screen, ended: Effect.promise(() => ended) }
 }
 
 describe.skipIf(!scriptPresent)(inTerminalTitle, () => {
@@ -429,6 +429,25 @@ describe.skipIf(!scriptPresent)(inTerminalTitle, () => {
       expect(resumed.code).toBe(0)
       expect(expectOnceEach(yield* ws.readOutput)).toBe(100)
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+
+  it.live("the gateway in a terminal that hangs up drains: a request in flight gets its whole answer, then the process ends", () =>
+    Effect.gen(function*() {
+      const simulator = yield* Simulator.make({ queueDelay: "1 second" })
+      const env = { DEEPSEEK_API_KEY: Simulator.defaultKey, DEEPSEEK_BASE_URL: simulator.baseUrl }
+      const serve = startInTerminal(["serve", "--port", "0"], env)
+      yield* waitFor("the gateway to listen", Effect.sync(() => /listening on (http:\/\/[\d.:]+)/.test(serve.screen())))
+      const url = /listening on (http:\/\/[\d.:]+)/.exec(serve.screen())![1]!
+      const body = JSON.stringify({ model: "deepseek-v4-flash", messages: [{ role: "user", content: "hung up" }] })
+      const answer = fetch(`${url}/v1/chat/completions`, { method: "POST", headers: { "content-type": "application/json" }, body })
+        .then(async (response) => ({ status: response.status, body: await response.text() }))
+      yield* waitFor("the call upstream", Effect.map(simulator.stats, (stats) => stats.accepted >= 1))
+      serve.child.kill("SIGKILL")
+      const answered = yield* Effect.promise(() => answer)
+      expect(answered.status).toBe(200)
+      expect(JSON.parse(answered.body.trim())).toMatchObject({ choices: [{ message: { content: "echo:hung up" } }] })
+      const closed = Effect.promise(() => fetch(`${url}/healthz`).then(() => false, () => true))
+      yield* waitFor("the gateway to end", closed, 10_000)
+    }).pipe(Effect.scoped))
 })
 
 describe("weatherproof loads lazily", () => {
