@@ -375,7 +375,7 @@ const inTerminalTitle = scriptPresent
 const startInTerminal = (args: ReadonlyArray<string>, env: Record<string, string>) => {
   const child = spawn("script", ["-qefc", `exec ${shellLine([process.execPath, entry, ...args])}`, "/dev/null"], {
     env: { PATH: process.env["PATH"] ?? "", ...env },
-    stdio: ["ignore", "pipe", "pipe"]
+    stdio: ["pipe", "pipe", "pipe"]
   })
   let screen = ""
   child.stdout.on("data", (data: Buffer) => (screen += data.toString()))
@@ -387,7 +387,9 @@ const startInTerminal = (args: ReadonlyArray<string>, env: Record<string, string
       resolve({ code, screen })
     })
   })
-  return { child, screen: () => screen, ended: Effect.promise(() => ended) }
+  /** Keys typed at the terminal (`\x03`: Ctrl-C). */
+  const type = (keys: string) => child.stdin.write(keys)
+  return { child, screen: () => screen, type, ended: Effect.promise(() => ended) }
 }
 
 describe.skipIf(!scriptPresent)(inTerminalTitle, () => {
@@ -403,6 +405,25 @@ describe.skipIf(!scriptPresent)(inTerminalTitle, () => {
       const demo = yield* startInTerminal(["demo", "--requests", "20"], ws.env).ended
       expect(demo.screen).toContain("20/20 lines")
       expect(demo.code).toBe(0)
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+
+  it.live("warnings and Ctrl-C's message start lines of their own, not glued to the bar, and are wrapped, not cut", () =>
+    Effect.gen(function*() {
+      // Answers, then an outage: the account's breaker opens, and the pool warns mid-run.
+      const script = [...Array.from({ length: 20 }, () => "none" as const), ...Array.from({ length: 500 }, () => "serverError" as const)]
+      const ws = yield* setup(100, { queueDelay: "20 millis", faults: { script } })
+      const run = startInTerminal(["batch", ws.input, "--output", ws.output, "--concurrency", "4"], { ...ws.env, NO_COLOR: "1" })
+      yield* waitFor("the breaker's warning", Effect.sync(() => run.screen().includes("circuit breaker opened")))
+      run.type("\x03")
+      const ended = yield* run.ended
+      expect(ended.code).toBe(130)
+      // The bar's line is erased first; the bar draws itself again below what was written.
+      expect(ended.screen).toMatch(/lines \|[^\n]*\r\x1b\[2K\[\d\d:\d\d:\d\d\.\d{3}\] WARN \(#\d+\): AccountPool: account default's circuit breaker opened/)
+      expect(ended.screen).toContain("\r\x1b[2Kweatherproof: SIGINT: stopping; nothing more is sent")
+      expect(ended.screen).toMatch(/stopping;[^]*lines \|/)
+      // The terminal's wrapping is left on (cli-progress cuts the bar to the width), so a long
+      // warning beside the bar is wrapped, not cut.
+      expect(ended.screen).not.toContain("\x1b[?7l")
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
 
   it.live("a terminal that hangs up (SIGHUP) stops a batch as SIGTERM does: the calls in flight drain, every answer and the summary are written", () =>

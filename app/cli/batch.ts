@@ -73,40 +73,42 @@ export const commandLine = (args: BatchArgs): string =>
 /**
  * Runs the batch with the process's signals caught: the first stops it (no new line is sent, the
  * calls in flight drain), a second stops the drain. Returns the summary and the signal, if any.
+ * The progress bar, on a terminal, is made first: the client's layers, built here, then write
+ * their warnings beside it.
  */
 const runCaught = (
   args: BatchArgs,
   accounts: ReadonlyArray<Accounts.Account>,
   redis: Layer.Layer<Redis.Redis, Redis.RedisUnavailable> | undefined
 ) =>
-  Effect.scoped(Effect.gen(function*() {
-    const signals = yield* Effect.flatMap(StopSignals, (service) => service.catch)
-    const drainTimeout = Option.getOrElse(args.drainTimeout, () => Batch.defaultDrainTimeout)
-    const stop = Effect.tap(signals.first, (signal) =>
-      Console.error(
-        `weatherproof: ${signal}: stopping; nothing more is sent, the requests on the wire get up to ${
-          Duration.format(drainTimeout)
-        } to finish (a second signal stops them at once)`
-      ))
-    const stopNow = Effect.tap(signals.again, () => Console.error("weatherproof: stopping now; the requests on the wire are dropped"))
-    const summary = yield* withProgress((onProgress) =>
-      Batch.run({ input: args.input, output: args.output, onProgress, stop, stopNow, drainTimeout })
+  withProgress((onProgress) =>
+    Effect.scoped(Effect.gen(function*() {
+      const signals = yield* Effect.flatMap(StopSignals, (service) => service.catch)
+      const drainTimeout = Option.getOrElse(args.drainTimeout, () => Batch.defaultDrainTimeout)
+      const stop = Effect.tap(signals.first, (signal) =>
+        Console.error(
+          `weatherproof: ${signal}: stopping; nothing more is sent, the requests on the wire get up to ${
+            Duration.format(drainTimeout)
+          } to finish (a second signal stops them at once)`
+        ))
+      const stopNow = Effect.tap(signals.again, () => Console.error("weatherproof: stopping now; the requests on the wire are dropped"))
+      const summary = yield* Batch.run({ input: args.input, output: args.output, onProgress, stop, stopNow, drainTimeout })
+      return { summary, signal: yield* signals.received }
+    })).pipe(
+      Effect.provide(Batch.layerAccounts(accounts, {
+        pool: poolOptions(args, batchDefaults),
+        ledger: CostLedger.layerConfig,
+        router: Router.layerConfig,
+        redis
+      })),
+      Effect.catchTags({
+        BatchError: (error) => fail(1, `weatherproof: ${error.message}`),
+        OutputLocked: (error) => fail(2, `weatherproof: ${error.message}; nothing was sent`),
+        RedisUnavailable: (error) => fail(2, `weatherproof: ${error.message}; nothing was sent`),
+        PricingError: (error) => fail(2, `weatherproof: invalid pricing table ${error.source}:\n${listIssues(error.issues)}`),
+        ConfigError: invalidConfig
+      })
     )
-    return { summary, signal: yield* signals.received }
-  })).pipe(
-    Effect.provide(Batch.layerAccounts(accounts, {
-      pool: poolOptions(args, batchDefaults),
-      ledger: CostLedger.layerConfig,
-      router: Router.layerConfig,
-      redis
-    })),
-    Effect.catchTags({
-      BatchError: (error) => fail(1, `weatherproof: ${error.message}`),
-      OutputLocked: (error) => fail(2, `weatherproof: ${error.message}; nothing was sent`),
-      RedisUnavailable: (error) => fail(2, `weatherproof: ${error.message}; nothing was sent`),
-      PricingError: (error) => fail(2, `weatherproof: invalid pricing table ${error.source}:\n${listIssues(error.issues)}`),
-      ConfigError: invalidConfig
-    })
   )
 
 /** The path a file is at, links followed; the path as given (made absolute) where it does not exist yet. */

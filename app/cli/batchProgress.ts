@@ -2,11 +2,19 @@
  * A terminal progress bar for a batch run (cli-progress), drawn only on a TTY: cli-progress is
  * loaded only then.
  */
+import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
 import type { Progress } from "../../src/Batch.js"
 
 const format = "{bar} {percentage}% | {value}/{total} lines | {succeeded} ok, {failed} failed, {skipped} skipped | {duration_formatted}"
+
+/**
+ * The bar's width in a terminal of `columns` (80 where it tells none, as cli-progress reads it):
+ * what the counts leave of it (they take some 60 columns in a run of thousands of lines), from 10
+ * to cli-progress's 40; 20 in a terminal of 80.
+ */
+const barWidth = (columns: number): number => Math.max(10, Math.min(40, (columns > 0 ? columns : 80) - 60))
 
 /**
  * A progress reporter drawing on `stream`, stopped when the scope closes; `undefined` when
@@ -21,8 +29,11 @@ export const progressBar = (
       // A CommonJS module imported from ESM is its `module.exports` under `default`; the bundle
       // (scripts/bundleCli.ts) gives nothing else.
       const cliProgress = (yield* Effect.promise(() => import("cli-progress"))).default
+      // `linewrap`: the bar is cut to the terminal's width by cli-progress, rather than the
+      // terminal's wrapping turned off for the run, which would cut every warning written beside it.
+      const options = { stream, format, hideCursor: true, linewrap: true, barsize: barWidth(stream.columns) }
       const bar = yield* Effect.acquireRelease(
-        Effect.sync(() => new cliProgress.SingleBar({ stream, format, hideCursor: true }, cliProgress.Presets.shades_classic)),
+        Effect.sync(() => new cliProgress.SingleBar(options, cliProgress.Presets.shades_classic)),
         (bar) => Effect.sync(() => bar.stop())
       )
       return (progress: Progress) =>
@@ -34,7 +45,29 @@ export const progressBar = (
         })
     })
 
-/** Runs `f` with a progress bar on stderr when it is a terminal; `f`'s scope closes before the bar's. */
+/** Back to the start of the terminal's line, erased. */
+const eraseLine = "\r\x1b[2K"
+
+/**
+ * `console`, writing to `stream` (the bar's) from the start of a clean line: the bar's line is
+ * erased first, so a warning is not glued to the bar, which draws itself again below it.
+ */
+const besideTheBar = (console: Console.Console, stream: NodeJS.WriteStream): Console.Console => {
+  const error = (...args: ReadonlyArray<unknown>) => {
+    stream.write(eraseLine)
+    console.unsafe.error(...args)
+  }
+  return { ...console, error: (...args) => Effect.sync(() => error(...args)), unsafe: { ...console.unsafe, error } }
+}
+
+/**
+ * Runs `f` with a progress bar on stderr when it is a terminal, and what `f` writes to stderr (its
+ * logs included) on lines of its own; `f`'s scope closes before the bar's.
+ */
 export const withProgress = <A, E, R>(
   f: (onProgress: ((progress: Progress) => Effect.Effect<void>) | undefined) => Effect.Effect<A, E, R>
-): Effect.Effect<A, E, Exclude<R, Scope.Scope>> => Effect.scoped(Effect.flatMap(progressBar(process.stderr), f))
+): Effect.Effect<A, E, Exclude<R, Scope.Scope>> =>
+  Effect.scoped(Effect.flatMap(progressBar(process.stderr), (onProgress) =>
+    onProgress === undefined
+      ? f(undefined)
+      : Console.consoleWith((console) => Console.withConsole(f(onProgress), besideTheBar(console, process.stderr)))))
