@@ -13,7 +13,7 @@
  * | --- | --- | --- | --- | --- |
  * | `LoadShed` | 429, 503, `insufficient_system_resource`, a request closed while queued (after its 200 and keep-alives, before any content) | yes, never sooner than `retryAfter` | lowers the limit | a failure (unless it leaves load to the limiter) |
  * | `Outage` | other 5xx, 408/409, other transport errors, deadlines, truncated streams, a blank or cut 200, an error event, **any error it does not know** | yes | ignored | a failure |
- * | `Account` | 401, 402, 403 | no (an account pool fails over) | ignored | a success: the upstream answered |
+ * | `Account` | 401, 402, 403, a server certificate this machine does not trust | no (an account pool fails over) | ignored | a success: no outage |
  * | `Caller` | 400, 404, 422 and other 4xx, a reply of the wrong shape, a routing refusal | no | ignored | a success |
  * | `Refused` | our own gates: a full queue, an exhausted bucket, an open circuit, a spent budget, no account | when it says so, after `retryAfter` | ignored | ignored |
  *
@@ -35,6 +35,7 @@ import type { CircuitOpen } from "./CircuitBreaker.js"
 import type { QueueFull } from "./ConcurrencyLimiter.js"
 import type { BudgetExceeded } from "./CostLedger.js"
 import { retryAfterFromHeaders } from "./internal/retryAfter.js"
+import { isUntrustedCertificate } from "./internal/text.js"
 import type { RoutingRefused } from "./Router.js"
 import type { RateLimitExceeded } from "./TokenBucket.js"
 
@@ -455,10 +456,16 @@ const sdkVerdicts: { readonly [Tag in SdkError["_tag"]]: (error: Extract<SdkErro
   InsufficientResource: () => loadShed(Option.none(), "overload"),
   ServerError: (error) => classifyStatus(error.status, error.retryAfter),
   UnexpectedStatus: (error) => classifyStatus(error.status),
-  // Closed after the 200 and its keep-alives, before any content: DeepSeek closes a request it
-  // could not schedule in time. The server is shedding load, not failing.
+  // An untrusted certificate (a TLS-inspecting proxy's, say) is this machine's setting, not an
+  // outage: waiting for the server to come back would wait for good. Closed after the 200 and its
+  // keep-alives, before any content: DeepSeek closes a request it could not schedule in time. The
+  // server is shedding load, not failing.
   TransportError: (error) =>
-    error.reason === "body" && error.partial.events === 0 ? loadShed(Option.none(), "overload") : outage(),
+    isUntrustedCertificate(error.cause)
+      ? account
+      : error.reason === "body" && error.partial.events === 0
+      ? loadShed(Option.none(), "overload")
+      : outage(),
   DeadlineExceeded: () => outage(),
   StreamTruncated: () => outage(),
   UpstreamError: () => outage(),

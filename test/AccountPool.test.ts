@@ -378,6 +378,20 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(layer))
   })
 
+  it.effect("an account-level failure of the only account left for the call is its answer, told once, not \"no account can serve\"", () => {
+    const setup: Setup = { accounts: [account("a", ["sk-a"])], handlers: { a: status(403) }, options: { preflight: false } }
+    const { counts, layer } = stackLayer(setup)
+    return Effect.gen(function*() {
+      const error = yield* Effect.flip(resilientCreate)
+      expect(error).toMatchObject({ status: 403 })
+      expect(ApiError.classify(error)._tag).toBe("Account")
+      expect(yield* counts).toMatchObject({ failedAttempts: 1, retries: 0 })
+      const streamed = yield* drain
+      expect(streamed.error).toMatchObject({ status: 403 })
+      expect(yield* chatHosts).toEqual(["a", "a"])
+    }).pipe(Effect.provide(layer))
+  })
+
   it.effect("counts each call once in the client's metrics, each failover under its account, each lane under account and model", () => {
     const setup: Setup = {
       accounts: [account("a", ["sk-a"]), account("b", ["sk-b"], { concurrency: 5 })],
@@ -866,21 +880,25 @@ describe("AccountPool", () => {
       ])
     }))
 
-  it.scopedLive("an upstream whose certificate this machine does not trust is told at start with how to trust it, and so is each call it fails", () =>
+  it.scopedLive("an upstream whose certificate this machine does not trust is told at start with how to trust it, and each call fails at once, with no retry, saying so", () =>
     Effect.gen(function*() {
       const untrusted = yield* selfSignedServer
       const logs: Array<Logged> = []
       const accounts = [account("proxied", ["sk-proxied-key-0123456789"], { baseUrl: untrusted })]
-      const context = yield* Layer.build(
-        AccountPool.layerResilient(accounts, { retry: { maxRetries: 0 } }).pipe(Layer.provide(CostLedger.layer()))
-      ).pipe(capturingLogs(logs))
+      // Default retries: an outage verdict would retry, then wait for the breaker's half-open for good.
+      const context = yield* Layer.build(AccountPool.layerResilient(accounts).pipe(Layer.provide(CostLedger.layer()))).pipe(
+        capturingLogs(logs)
+      )
       const hint = "self-signed certificate; to trust a private CA (a TLS-inspecting proxy's, say), give its certificate file in NODE_EXTRA_CA_CERTS"
       const warnings = () => logs.filter(({ level }) => level === "WARN").map(({ message }) => message)
       for (let i = 0; i < 100 && warnings().length === 0; i++) yield* Effect.sleep("20 millis")
       expect(warnings()).toEqual([`AccountPool: account proxied: cannot connect to ${untrusted} (${hint}); its calls fail until it can be reached`])
       const error = yield* Effect.flip(Effect.flatMap(Resilient.Resilient, (client) => client.create(request)).pipe(Effect.provide(context)))
       expect(error).toMatchObject({ _tag: "TransportError", message: `request failed before a response arrived: ${hint}` })
-    }))
+      expect(ApiError.classify(error)._tag).toBe("Account")
+      const [proxied] = yield* Effect.flatMap(AccountPool.AccountPool, (pool) => pool.snapshot).pipe(Effect.provide(context))
+      expect(proxied).toMatchObject({ failed: 1, retries: 0 })
+    }), { timeout: 10_000 })
 
   it.scopedLive("keeps each account of a loopback server within its own limit; a second server is the fallback", () =>
     Effect.gen(function*() {

@@ -43,6 +43,16 @@ const table: ReadonlyArray<readonly [name: string, error: unknown, verdict: ApiE
   ["408", new ApiError.UnexpectedStatus({ status: 408, message: "timeout" }), ApiError.outage()],
   ["transport", new ApiError.TransportError({ reason: "connect", message: "refused", partial: ApiError.emptyPartial }), ApiError.outage()],
   [
+    "a server certificate this machine does not trust (fetch's error wrapping Node's)",
+    new ApiError.TransportError({
+      reason: "connect",
+      message: "self-signed certificate",
+      partial: ApiError.emptyPartial,
+      cause: new Error("fetch failed", { cause: Object.assign(new Error("self-signed certificate"), { code: "DEPTH_ZERO_SELF_SIGNED_CERT" }) })
+    }),
+    ApiError.account
+  ],
+  [
     "closed while queued, before any content",
     new ApiError.TransportError({ reason: "body", message: "closed", partial: ApiError.emptyPartial }),
     ApiError.loadShed(none, "overload")

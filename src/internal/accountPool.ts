@@ -45,6 +45,7 @@ import { secondsBoundaries } from "./policy.js"
 import { Signal } from "./signal.js"
 import * as Scrubber from "./scrubber.js"
 import * as StreamPull from "./streamPull.js"
+import * as ToldAttempts from "./toldAttempts.js"
 import { clipped, connectionFailure, parseJson, quotedBody } from "./text.js"
 import type { SharedBalance, Verdict } from "./sharedBalance.js"
 import * as ScopeFinalizer from "./scopeFinalizer.js"
@@ -225,7 +226,10 @@ export const coordinateRedis = (settings: RedisLanes.Settings): Coordinate<Redis
 // ---------------------------------------------------------------------------------------------
 
 /** An account-level failure (`cause`), carried out of the account's attempt to the next placement. */
-class FailedOver extends Data.TaggedError("FailedOver")<{ readonly member: Member; readonly cause: unknown }> {
+class FailedOver extends Data.TaggedError("FailedOver")<{
+  readonly member: Member
+  readonly cause: PoolError | CircuitBreaker.CircuitOpen
+}> {
   override get message(): string {
     return `failed over from account ${this.member.name}: ${this.cause instanceof Error ? this.cause.message : String(this.cause)}`
   }
@@ -729,12 +733,15 @@ export const makeWith = <R>(
      * account out of balance, keyless or with its breaker open is out by its state, and comes back
      * with it.
      */
-    const failOver = (member: Member, error: unknown) =>
+    const failOver = (member: Member, error: PoolError | CircuitBreaker.CircuitOpen) =>
       Effect.gen(function*() {
         const tag = ApiError.tagOf(error) ?? "unknown"
         yield* Metric.increment(Metric.tagged(Metric.tagged(failoversCounter, "account", member.name), "error", tag))
         // The policy around the pool sees only the call's end: an attempt failed over is told here.
-        if (Option.isSome(telemetry) && !wasNotSent(ApiError.classify(error), error)) yield* telemetry.value.attemptFailed(error)
+        if (Option.isSome(telemetry) && !wasNotSent(ApiError.classify(error), error)) {
+          ToldAttempts.markTold(error)
+          yield* telemetry.value.attemptFailed(error)
+        }
         if (tag === "InsufficientBalance") yield* takeOutOfBalance(member, "402")
         if (tag === "KeyRejected" || tag === "NoUsableKey") yield* refreshWhenKeysReturn(member)
         yield* refresh(member)
@@ -744,6 +751,16 @@ export const makeWith = <R>(
     /** The next exclusions after failing over from `member`. */
     const excludeAfter = (excluded: ReadonlySet<number>, member: Member): ReadonlySet<number> =>
       member.slot.available ? new Set(excluded).add(member.slot.index) : excluded
+
+    /**
+     * The call's failure after it failed over: when no account is left for it and the account it
+     * failed over from is left out by this call alone (a 403, a certificate this machine does not
+     * trust), that account's error says why, where "no account can serve" would not. An account
+     * out by its state (no usable key, out of balance, its breaker open) keeps the pool's answer,
+     * which says so and when it may serve again.
+     */
+    const explained = ({ cause, member }: FailedOver) => (error: PoolError): PoolError =>
+      error._tag === "NoAccountAvailable" && cause._tag !== "CircuitOpen" && member.slot.available ? cause : error
 
     /** Account problems move the attempt to another account (and so does the refusal of its breaker). */
     const isAccountLevel = (verdict: ApiError.Verdict) => verdict._tag === "Account"
@@ -853,7 +870,8 @@ export const makeWith = <R>(
               placementOf(placed, request, enteredAt),
               Effect.onExit(call(placed), (exit) => settled(placed, exit))
             ), noSettle, failed)
-        }).pipe(Effect.catchTag("FailedOver", ({ member }) => attempt(excludeAfter(excluded, member))))
+        }).pipe(Effect.catchTag("FailedOver", (failedOver) =>
+          Effect.mapError(attempt(excludeAfter(excluded, failedOver.member)), explained(failedOver))))
       return Effect.zipRight(budget, attempt(new Set()))
     }
 
@@ -930,9 +948,11 @@ export const makeWith = <R>(
       // Each attempt in a scope of its own, closed (its permit released) before the next is placed.
       return StreamPull.fromOpening(Effect.suspend(() => {
         let excluded: ReadonlySet<number> = new Set()
+        let last: FailedOver | undefined
         const failedOver = (error: PoolError | FailedOver) => {
-          if (error._tag !== "FailedOver") return Effect.fail(error)
+          if (error._tag !== "FailedOver") return Effect.fail(last === undefined ? error : explained(last)(error))
           excluded = excludeAfter(excluded, error.member)
+          last = error
           return Effect.succeed(attempt(excluded))
         }
         return Effect.zipRight(budget, StreamPull.recovering(attempt(excluded), failedOver))

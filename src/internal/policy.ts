@@ -32,6 +32,7 @@ import type * as RetryPolicy from "../RetryPolicy.js"
 import type * as Telemetry from "../Telemetry.js"
 import type * as TokenBucket from "../TokenBucket.js"
 import * as StreamPull from "./streamPull.js"
+import * as ToldAttempts from "./toldAttempts.js"
 
 /** The parts of a policy, each optional, and what reads their errors. */
 export interface Parts {
@@ -188,7 +189,7 @@ export const make = (parts: Parts): Service => {
       ? Effect.void
       : Effect.zipRight(
         Metric.increment(Metric.tagged(attemptFailuresCounter, "error", ApiError.tagOf(error) ?? "unknown")),
-        telemetry?.attemptFailed(error) ?? Effect.void
+        telemetry === undefined || ToldAttempts.wasTold(error) ? Effect.void : telemetry.attemptFailed(error)
       )
 
   // `Metric.increment` in one synchronous step, with the fiber's metric labels as it would.

@@ -61,8 +61,12 @@ const untrustedCertificateCodes: ReadonlySet<unknown> = new Set([
   "UNABLE_TO_GET_ISSUER_CERT_LOCALLY"
 ])
 
+/** Whether the error says the server's certificate is one this machine does not trust: no retry changes that. */
+export const isUntrustedCertificate = (error: unknown): boolean =>
+  causeChain(error).some((e) => untrustedCertificateCodes.has(e.code))
+
 /** Why a connection failed (`causeMessages`), and how to trust a certificate this machine does not. */
 export const connectionFailure = (error: unknown): string =>
-  causeMessages(error) + (causeChain(error).some((e) => untrustedCertificateCodes.has(e.code))
+  causeMessages(error) + (isUntrustedCertificate(error)
     ? "; to trust a private CA (a TLS-inspecting proxy's, say), give its certificate file in NODE_EXTRA_CA_CERTS"
     : "")
