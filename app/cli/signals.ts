@@ -27,6 +27,7 @@ export const exitCodeOf = (signal: StopSignal): number => 128 + constants.signal
 /** Whether one of the process's standard streams is a terminal, which a SIGHUP would say hung up. */
 const terminalAttached = (): boolean => [process.stdin, process.stdout, process.stderr].some((stream) => stream.isTTY === true)
 
+/** The signals a command catches: SIGHUP only with a terminal attached (see above). */
 const stopSignals = (): ReadonlyArray<StopSignal> => terminalAttached() ? ["SIGINT", "SIGTERM", "SIGHUP"] : ["SIGINT", "SIGTERM"]
 
 /** With no terminal attached, SIGHUP is ignored for the process's life, with a note on stderr each time. */
