@@ -4,6 +4,7 @@ import { describe, expect, it } from "@effect/vitest"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
+import { drawsProgress } from "../app/cli/batchProgress.js"
 import { styled } from "../app/cli/plainText.js"
 import { layerNone } from "../app/cli/signals.js"
 import { main } from "../bin/weatherproof.js"
@@ -359,6 +360,19 @@ describe("weatherproof CLI", () => {
       expect(result.stdout).toContain("verified:")
       expect(result.stdout).toContain("a rerun sent 0 requests and skipped 40 lines")
     }).pipe(Effect.provide(NodeContext.layer)))
+})
+
+describe("weatherproof's progress bar", () => {
+  it("is drawn on a terminal that moves its cursor, outside CI (CI set to anything but empty or false)", () => {
+    const terminal = { isTTY: true }
+    expect(drawsProgress(terminal, {})).toBe(true)
+    expect(drawsProgress(terminal, { TERM: "xterm-256color", CI: "" })).toBe(true)
+    expect(drawsProgress(terminal, { CI: "false" })).toBe(true)
+    expect(drawsProgress(terminal, { CI: "true" })).toBe(false)
+    expect(drawsProgress(terminal, { CI: "1" })).toBe(false)
+    expect(drawsProgress(terminal, { TERM: "dumb" })).toBe(false)
+    expect(drawsProgress({ isTTY: false }, {})).toBe(false)
+  })
 })
 
 describe("weatherproof's styled text", () => {

@@ -1,6 +1,6 @@
 /**
- * A terminal progress bar for a batch run (cli-progress), drawn only on a TTY: cli-progress is
- * loaded only then.
+ * A terminal progress bar for a batch run (cli-progress), drawn only on a TTY that can move its
+ * cursor, outside CI: cli-progress is loaded only then.
  */
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
@@ -17,13 +17,21 @@ const format = "{bar} {percentage}% | {value}/{total} lines | {succeeded} ok, {f
 const barWidth = (columns: number): number => Math.max(10, Math.min(40, (columns > 0 ? columns : 80) - 60))
 
 /**
- * A progress reporter drawing on `stream`, stopped when the scope closes; `undefined` when
- * `stream` is not a TTY (a redirected stderr stays quiet).
+ * Whether a bar is drawn on `stream`: a terminal, not `TERM=dumb` (no cursor control: each frame
+ * would be a new line), and not in CI (`CI` set, as npm reads it), whose log keeps every frame of
+ * a terminal it gives a job.
+ */
+export const drawsProgress = (stream: { readonly isTTY?: boolean | undefined }, env: NodeJS.ProcessEnv): boolean =>
+  stream.isTTY === true && env["TERM"] !== "dumb" && ((env["CI"] ?? "") === "" || env["CI"] === "false")
+
+/**
+ * A progress reporter drawing on `stream`, stopped when the scope closes; `undefined` where no
+ * bar is drawn (`drawsProgress`: a redirected stderr stays quiet).
  */
 export const progressBar = (
   stream: NodeJS.WriteStream
 ): Effect.Effect<((progress: Progress) => Effect.Effect<void>) | undefined, never, Scope.Scope> =>
-  stream.isTTY !== true
+  !drawsProgress(stream, process.env)
     ? Effect.succeed(undefined)
     : Effect.gen(function*() {
       // A CommonJS module imported from ESM is its `module.exports` under `default`; the bundle
