@@ -121,6 +121,20 @@ const setup = (count: number, options: Simulator.Options) =>
     return { fs, simulator, dir, input, output, readOutput, env, lock: `${output}.lock` }
   })
 
+/**
+ * A workspace for a batch of `count` lines stopped mid-run, and the command line of that batch
+ * (8 at a time, with a summary file). Calls are slow until `stopped()`, so the run cannot end
+ * before its stop whatever the machine's load, and the drain after it is quick.
+ */
+const batchSlowUntilStopped = (count: number) =>
+  Effect.gen(function*() {
+    let stop = false
+    const ws = yield* setup(count, { queueDelay: () => stop ? "10 millis" : "150 millis" })
+    const summaryPath = `${ws.dir}/summary.json`
+    const args = ["batch", ws.input, "--output", ws.output, "--concurrency", "8", "--summary", summaryPath]
+    return { ws, summaryPath, args, stopped: () => void (stop = true) }
+  })
+
 /** Each id once; returns how many. */
 const expectOnceEach = (lines: ReadonlyArray<Line>) => {
   const ids = lines.map((l) => l.custom_id)
@@ -188,16 +202,12 @@ describe("weatherproof batch as a process", () => {
     Effect.gen(function*() {
       // More lines than the batch reads ahead (256): the requests on the wire at the stop drain,
       // the lines read that wait in the client's limiter end at once, the rest are left for the resume.
-      // Calls are slow until the signal, so the run cannot end before it whatever the machine's load.
       const count = 400
-      let signalled = false
-      const ws = yield* setup(count, { queueDelay: () => signalled ? "10 millis" : "150 millis" })
-      const summaryPath = `${ws.dir}/summary.json`
-      const args = ["batch", ws.input, "--output", ws.output, "--concurrency", "8", "--summary", summaryPath]
+      const { args, stopped, summaryPath, ws } = yield* batchSlowUntilStopped(count)
       const run = start(args, ws.env)
       yield* waitFor("a few answers", Effect.map(ws.readOutput, (lines) => lines.length >= 4))
       run.child.kill("SIGTERM")
-      signalled = true
+      stopped()
       const ended = yield* run.ended(20_000)
       expect(ended.code).toBe(143)
       expect(ended.stderr).toContain("SIGTERM: stopping; nothing more is sent")
@@ -431,16 +441,13 @@ describe.skipIf(!scriptPresent)(inTerminalTitle, () => {
 
   it.live("a terminal that hangs up (SIGHUP) stops a batch as SIGTERM does: the calls in flight drain, every answer and the summary are written", () =>
     Effect.gen(function*() {
-      let hungUp = false
-      const ws = yield* setup(100, { queueDelay: () => hungUp ? "10 millis" : "150 millis" })
-      const summaryPath = `${ws.dir}/summary.json`
-      const args = ["batch", ws.input, "--output", ws.output, "--concurrency", "8", "--summary", summaryPath]
+      const { args, stopped, summaryPath, ws } = yield* batchSlowUntilStopped(100)
       const run = startInTerminal(args, ws.env)
       yield* waitFor("a few answers", Effect.map(ws.readOutput, (lines) => lines.length >= 4))
       // `script` gone, the terminal's master side closes: the kernel sends the CLI SIGHUP, and
       // every write to the terminal fails from then on.
       run.child.kill("SIGKILL")
-      hungUp = true
+      stopped()
       yield* waitFor("the run to end (its lock removed)", Effect.map(ws.fs.exists(ws.lock), (held) => !held), 20_000)
       yield* waitFor("the summary", ws.fs.exists(summaryPath), 5_000)
       const written = expectOnceEach(yield* ws.readOutput)

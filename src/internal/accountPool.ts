@@ -231,7 +231,7 @@ class FailedOver extends Data.TaggedError("FailedOver")<{
   readonly cause: PoolError | CircuitBreaker.CircuitOpen
 }> {
   override get message(): string {
-    return `failed over from account ${this.member.name}: ${this.cause instanceof Error ? this.cause.message : String(this.cause)}`
+    return `failed over from account ${this.member.name}: ${this.cause.message}`
   }
 }
 
