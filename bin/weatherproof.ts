@@ -47,14 +47,17 @@ import {
   type StopSignals
 } from "../app/cli/signals.js"
 import { serve } from "../app/gateway/command.js"
+import { fail } from "../app/cli/exit.js"
 import * as Flags from "../app/cli/flags.js"
 
 const batch = Command.make(
   "batch",
   {
-    input: Args.file({ name: "input.jsonl" }),
-    output: Options.file("output").pipe(Options.withAlias("o"), Options.withDescription("results JSONL, resumed when it exists")),
-    summary: Options.file("summary").pipe(
+    input: Args.text({ name: "input.jsonl" }).pipe(
+      Args.withDescription("the requests, one JSON line each, as OpenAI's batch input (custom_id, method, url, body)")
+    ),
+    output: Flags.file("output").pipe(Options.withAlias("o"), Options.withDescription("results JSONL, resumed when it exists")),
+    summary: Flags.file("summary").pipe(
       Options.withDescription("also write the run's summary (counts, tokens, cost, per account) as JSON to this file"),
       Options.optional
     ),
@@ -100,7 +103,10 @@ const logToStderr = Logger.replace(Logger.defaultLogger, Logger.prettyLogger({ s
  * @since 0.1.0
  */
 export const main = (argv: ReadonlyArray<string>): Effect.Effect<number, never, CliApp.CliApp.Environment | StopSignals> =>
-  cli(argv).pipe(
+  Effect.suspend(() => {
+    const dash = Flags.batchDashProblem(argv)
+    return dash === undefined ? cli(argv) : fail(2, `weatherproof: ${dash}`)
+  }).pipe(
     Effect.as(0),
     Effect.catchAll((error) =>
       error._tag === "ExitCode"

@@ -150,13 +150,14 @@ describe("weatherproof CLI", () => {
 
   it.live("batch with an unreadable input exits 1 with the reason", () =>
     Effect.gen(function*() {
-      const result = yield* runCli(["batch", "/no/such/input.jsonl", "--output", "/no/such/out.jsonl"], {
+      const { dir } = yield* runFiles
+      const result = yield* runCli(["batch", "/no/such/input.jsonl", "--output", `${dir}/out.jsonl`], {
         DEEPSEEK_API_KEY: badKey
       })
       expect(result.code).toBe(1)
       expect(result.stderr).toContain("cannot read input")
       expect(result.stderr).not.toContain(badKey)
-    }).pipe(Effect.provide(NodeContext.layer)))
+    }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 
   it.live("batch on a full disk stops sending, prints the summary and how to resume, even when the summary cannot be written", () =>
     Effect.gen(function*() {
@@ -181,7 +182,7 @@ describe("weatherproof CLI", () => {
       expect((yield* simulator.stats).requests).toBeLessThan(100)
     }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 
-  it.live("batch with a --summary it could not write at the end (no such directory, the input or the output), or an output that is the input, exits 2 before sending anything", () =>
+  it.live("batch with a --summary it could not write at the end (no such directory, the input or the output), an output that is the input, a directory for a file, or `-`, exits 2 before sending anything", () =>
     Effect.gen(function*() {
       const { dir, fs, input, output, simulator } = yield* runFiles
       yield* fs.writeFileString(input, `${chatLine(1)}\n`)
@@ -202,6 +203,24 @@ describe("weatherproof CLI", () => {
         const result = yield* runCli(["batch", input, "--output", same], env)
         expect(result.code).toBe(2)
         expect(result.stderr).toBe(`weatherproof: the output file ${same} is the input file; nothing was sent`)
+      }
+      // A directory given for a file, or an output with no directory, named with its flag (the input is the argument).
+      const directories: ReadonlyArray<readonly [ReadonlyArray<string>, string]> = [
+        [[dir, "--output", output], `the input ${dir} is a directory, not a file`],
+        [[input, "--output", dir], `--output ${dir} is a directory, not a file`],
+        [[input, "--output", output, "--summary", dir], `--summary ${dir} is a directory, not a file`],
+        [[input, "--output", `${dir}/missing/out.jsonl`], `--output ${dir}/missing/out.jsonl: there is no directory ${dir}/missing`]
+      ]
+      for (const [args, message] of directories) {
+        const result = yield* runCli(["batch", ...args], env)
+        expect(result.code).toBe(2)
+        expect(result.stderr).toBe(`weatherproof: ${message}; nothing was sent`)
+      }
+      // `-` for standard input or output, before an option (which @effect/cli misreads) or after.
+      for (const args of [["-", "--output", output], ["--output", output, "-"], [input, "-o", "-"]]) {
+        const result = yield* runCli(["batch", ...args], env)
+        expect(result.code).toBe(2)
+        expect(result.stderr).toContain("weatherproof: batch reads its input from a file and writes its output to one, not `-`")
       }
       expect((yield* simulator.stats).requests).toBe(0)
       expect(yield* fs.exists(output)).toBe(false)

@@ -115,14 +115,29 @@ const runCaught = (
 const realPathOf = (fs: FileSystem.FileSystem, target: string) =>
   fs.realPath(target).pipe(Effect.orElseSucceed(() => resolve(target)))
 
+/** Whether `path` is a directory, links followed. */
+const isDirectory = (fs: FileSystem.FileSystem, path: string) =>
+  fs.stat(path).pipe(Effect.map((info) => info.type === "Directory"), Effect.orElseSucceed(() => false))
+
 /**
- * The files named wrong, told before anything is sent: an output that is the input (whose lines
- * compaction would drop), and a `--summary` that could not be written when the run ends (no such
- * directory, no write permission, the input or output file), not found after the run was paid for.
+ * The files named wrong, told before anything is sent: a directory given for a file, an output
+ * with no directory to be made in or that is the input (whose lines compaction would drop), and a
+ * `--summary` that could not be written when the run ends (no such directory, no write
+ * permission, the input or output file), not found after the run was paid for.
  */
 const pathsProblem = (args: BatchArgs): Effect.Effect<string | undefined, never, FileSystem.FileSystem> =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
+    const named = [
+      [args.input, `the input ${args.input}`],
+      [args.output, `--output ${args.output}`],
+      ...Option.toArray(Option.map(args.summary, (path) => [path, `--summary ${path}`] as const))
+    ] as const
+    for (const [path, name] of named) {
+      if (yield* isDirectory(fs, path)) return `${name} is a directory, not a file`
+    }
+    const outputDirectory = yield* directoryProblem(fs, "--output", args.output)
+    if (outputDirectory !== undefined) return outputDirectory
     const input = yield* realPathOf(fs, args.input)
     const output = yield* realPathOf(fs, args.output)
     if (output === input) return `the output file ${args.output} is the input file`
@@ -132,15 +147,20 @@ const pathsProblem = (args: BatchArgs): Effect.Effect<string | undefined, never,
     if (summary === input) return `--summary ${path} is the input file`
     if (summary === output) return `--summary ${path} is the output file`
     const writable = (target: string) => Effect.isSuccess(fs.access(target, { writable: true }))
-    // A directory is refused by the flag's own parsing.
     if (yield* fs.exists(path).pipe(Effect.orElseSucceed(() => false))) {
       return (yield* writable(path)) ? undefined : `--summary ${path} cannot be written`
     }
     const directory = dirname(path)
-    const parent = yield* Effect.option(fs.stat(directory))
-    if (Option.isNone(parent) || parent.value.type !== "Directory") return `--summary ${path}: there is no directory ${directory}`
-    return (yield* writable(directory)) ? undefined : `--summary ${path}: the directory ${directory} cannot be written`
+    return (yield* directoryProblem(fs, "--summary", path)) ??
+      ((yield* writable(directory)) ? undefined : `--summary ${path}: the directory ${directory} cannot be written`)
   })
+
+/** A file to be made at `path`, named by `flag`, with no directory to be made in. */
+const directoryProblem = (fs: FileSystem.FileSystem, flag: string, path: string) =>
+  Effect.map(Effect.option(fs.stat(dirname(path))), (parent) =>
+    Option.isSome(parent) && parent.value.type === "Directory"
+      ? undefined
+      : `${flag} ${path}: there is no directory ${dirname(path)}`)
 
 /**
  * The `batch` command. Exit codes: 0 every line succeeded, 1 a line failed or the run could not go

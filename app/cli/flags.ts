@@ -48,9 +48,26 @@ export const integer = (name: string, description: string) =>
     Options.withDescription(description)
   )
 
+/**
+ * A file flag. Its path is checked by the command, which names the flag in what it says: the
+ * check of @effect/cli's `Options.file` says "Expected path 'x' to be a regular file".
+ */
+export const file = (name: string) => Options.text(name).pipe(Options.withPseudoName("file"))
+
+/**
+ * A `-` given to `batch` (for standard input or output), told before @effect/cli parses the command
+ * line, which reads a `-` before an option as a broken option ("Expected to find option").
+ */
+export const batchDashProblem = (argv: ReadonlyArray<string>): string | undefined => {
+  const batch = argv.indexOf("batch", 2)
+  return batch >= 0 && argv.slice(batch + 1).includes("-")
+    ? "batch reads its input from a file and writes its output to one, not `-` (standard input or output): a stopped batch resumes by reading its input again and skipping the lines its output holds; save the input to a file first"
+    : undefined
+}
+
 /** Where the accounts come from and how many calls each may have in flight. */
 export const accountFlags = {
-  accounts: Options.file("accounts").pipe(
+  accounts: file("accounts").pipe(
     Options.withDescription("a JSON file of accounts (default: one DeepSeek account from DEEPSEEK_API_KEY)"),
     Options.optional
   ),
