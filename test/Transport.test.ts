@@ -223,6 +223,29 @@ describe("Transport status mapping", () => {
     }).pipe(Effect.provide(setup([MockUpstream.status(502, { body: `<html>Bad gateway for ${keys[0]}</html>` })]))))
 })
 
+describe("Transport scrubs the key it sent from a refusal", () => {
+  // Other providers' keys need not look like `sk-…`: the shape-based scrub misses these.
+  const shapeless = ["gsk_Zq81LmN0pQ7rS2tU4vW6xY8zA1bC3dE5", "AIzaSyD-1234567890abcdefghijklmnopqrs"]
+  for (const key of shapeless) {
+    for (const status of [400, 401, 429, 500]) {
+      it.effect(`${key.slice(0, 4)}… echoed, whole or partly masked, in a ${status}`, () =>
+        Effect.gen(function*() {
+          const error = yield* Effect.flip(create())
+          const shown = [String(error), JSON.stringify(error), error.message].join("\n")
+          expect(shown).toContain("Incorrect API key provided")
+          expect(shown).not.toContain(key.slice(0, 12))
+          expect(shown).not.toContain(key.slice(-12))
+        }).pipe(Effect.provide(setup(
+          [MockUpstream.status(status, {
+            body: { error: { message: `Incorrect API key provided: ${key}; or ${key.slice(0, 12)}****${key.slice(-12)}` } }
+          })],
+          undefined,
+          [key]
+        ))))
+    }
+  }
+})
+
 describe("Transport layers and spans", () => {
   it.effect("layerConfig reads the base URL and comma-separated keys from the environment", () =>
     Effect.gen(function*() {
@@ -402,22 +425,44 @@ describe("Transport.stream", () => {
       ])
     ]))))
 
-  it.effect("insufficient_system_resource emits the chunks before it, then fails with the partial", () =>
+  const cutChunks = Wire.chunks(cutGeneration)
+  const cutAt = cutChunks.findIndex((c) => c.choices[0]?.finish_reason === "insufficient_system_resource")
+  const cutPartial = {
+    content: generation.content,
+    reasoningContent: generation.reasoningContent,
+    finishReason: "insufficient_system_resource"
+  }
+
+  it.effect("insufficient_system_resource emits the chunks before it, then fails with the partial and the usage billed after it", () =>
     Effect.gen(function*() {
       const { chunks, error } = yield* drain()
-      const all = Wire.chunks(cutGeneration)
-      const finishAt = all.findIndex((c) => c.choices[0]?.finish_reason === "insufficient_system_resource")
-      expect(chunks).toEqual(all.slice(0, finishAt))
+      expect(chunks).toEqual(cutChunks.slice(0, cutAt))
       expect(error).toMatchObject({
         _tag: "InsufficientResource",
-        partial: {
-          content: generation.content,
-          reasoningContent: generation.reasoningContent,
-          finishReason: "insufficient_system_resource",
-          events: finishAt + 1
-        }
+        partial: { ...cutPartial, usage: generation.usage, events: cutAt + 2 }
       })
     }).pipe(Effect.provide(setup([MockUpstream.streamed(cutGeneration)]))))
+
+  it.effect("insufficient_system_resource with no usage and no [DONE] after it is InsufficientResource, not a truncation", () =>
+    Effect.gen(function*() {
+      const { error } = yield* drain()
+      expect(error).toMatchObject({ _tag: "InsufficientResource", partial: { ...cutPartial, usage: undefined, events: cutAt + 1 } })
+    }).pipe(Effect.provide(setup([
+      MockUpstream.sse(MockUpstream.events(cutGeneration, { done: false }).slice(0, cutAt + 1))
+    ]))))
+
+  it.effect("insufficient_system_resource followed by silence fails a second later, not after the idle deadline", () =>
+    Effect.gen(function*() {
+      const drained = yield* Effect.fork(drain())
+      yield* TestClock.adjust("1 second")
+      const { error } = yield* Fiber.join(drained)
+      expect(error).toMatchObject({ _tag: "InsufficientResource", partial: { ...cutPartial, events: cutAt + 1 } })
+    }).pipe(Effect.provide(setup([
+      MockUpstream.sse([
+        ...MockUpstream.events(cutGeneration, { done: false }).slice(0, cutAt + 1),
+        { delay: "10 minutes", text: Wire.sseDone }
+      ])
+    ]))))
 
   it.effect("an undecodable event is MalformedResponse schema", () =>
     Effect.gen(function*() {

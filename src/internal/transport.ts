@@ -8,6 +8,7 @@ import * as HttpClient from "@effect/platform/HttpClient"
 import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import * as Chunk from "effect/Chunk"
 import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import type * as Fiber from "effect/Fiber"
 import * as Either from "effect/Either"
@@ -28,6 +29,7 @@ import { resolveLimits, Timeline, Watchdog } from "./deadlines.js"
 import { retryAfterFromHeaders } from "./retryAfter.js"
 import * as SchemaFastPath from "./schemaFastPath.js"
 import * as SchemaIssues from "./schemaIssues.js"
+import * as Scrubber from "./scrubber.js"
 import * as Sse from "./sse.js"
 import * as StreamPull from "./streamPull.js"
 import { causeChain, clipped, connectionFailure, parseJson, quotedBody } from "./text.js"
@@ -94,15 +96,23 @@ interface Problem {
 
 const decodeErrorBody = Schema.decodeUnknownOption(ChatSchema.ErrorBody)
 
-/** Reads `{"error": {...}}`; a body that is not one (an HTML page from a proxy) becomes the message. */
-const problemOf = (json: Option.Option<unknown>, text: string, fallback: string): Problem => {
+/**
+ * Reads `{"error": {...}}`; a body that is not one (an HTML page from a proxy) becomes the message,
+ * `scrub`bed: a refusal may echo the key it was sent with.
+ */
+const problemOf = (
+  json: Option.Option<unknown>,
+  text: string,
+  fallback: string,
+  scrub: Scrubber.Scrubber = ApiError.scrubSecrets
+): Problem => {
   const body = Option.flatMap(json, decodeErrorBody)
   if (Option.isNone(body)) {
-    return { message: ApiError.scrubSecrets(text.trim().slice(0, 500) || fallback) }
+    return { message: scrub(text.trim().slice(0, 500) || fallback) }
   }
   const { code, message, param, type } = body.value.error
   return {
-    message: ApiError.scrubSecrets(message ?? fallback),
+    message: scrub(message ?? fallback),
     type: type ?? undefined,
     param: param ?? undefined,
     code: code === undefined || code === null ? undefined : String(code)
@@ -204,6 +214,9 @@ const notAStream = (contentType: string, text: string): ApiError.ApiError => {
 
 const decodeChunk = SchemaFastPath.decodeUnknownEither(ChatSchema.ChatCompletionChunk, { errors: "all" })
 
+/** How long a stream cut by the upstream is read on for the usage of the work it did. */
+const drainAfterCut = Duration.seconds(1)
+
 /**
  * Pulls the chunks of an SSE body, one batch per consumer pull. Every data event is content for
  * the deadlines; comments are not. A failure met after some chunks of a read is held back until
@@ -221,9 +234,16 @@ const chunkReader = (
   let events = 0
   /** `None` once `[DONE]` arrived, `Some` with the failure to report next. */
   let ended: Option.Option<ApiError.ApiError> | undefined
+  /**
+   * Whether the upstream cut the work (`insufficient_system_resource`). The stream then fails, once
+   * the rest of the body is read for a moment: the usage billed for the cut work follows the
+   * finish chunk (`include_usage`'s chunk with no choices).
+   */
+  let cut = false
 
   const partial = (): ApiError.PartialOutput => ({ content, reasoningContent, usage, finishReason, events })
   timeline.partial = partial
+  const cutShort = () => new ApiError.InsufficientResource({ partial: partial() })
 
   const record = (chunk: ChatSchema.ChatCompletionChunk): void => {
     events++
@@ -246,9 +266,11 @@ const chunkReader = (
     const decoded = decodeChunk(json.value)
     if (Either.isLeft(decoded)) return Either.left(schemaMismatch("a stream event is not a completion chunk", decoded.left))
     record(decoded.right)
-    return finishReason === "insufficient_system_resource"
-      ? Either.left(new ApiError.InsufficientResource({ partial: partial() }))
-      : Either.right(decoded.right)
+    if (finishReason === "insufficient_system_resource" && !cut) {
+      cut = true
+      timeline.drainFor(Duration.toMillis(drainAfterCut))
+    }
+    return Either.right(decoded.right)
   }
 
   /** Decodes a read into chunks; says whether any event (not just comments) arrived. */
@@ -258,15 +280,15 @@ const chunkReader = (
       for (const data of sse.feed(bytes)) {
         arrived = true
         if (data === "[DONE]") {
-          ended = Option.none()
+          ended = cut ? Option.some(cutShort()) : Option.none()
           return arrived
         }
         const event = decodeEvent(data)
         if (Either.isLeft(event)) {
-          ended = Option.some(event.left)
+          ended = Option.some(cut ? cutShort() : event.left)
           return arrived
         }
-        out.push(event.right)
+        if (!cut) out.push(event.right)
       }
     }
     return arrived
@@ -275,10 +297,10 @@ const chunkReader = (
   const read: Effect.Effect<Chunk.Chunk<ChatSchema.ChatCompletionChunk>, Option.Option<ApiError.ApiError>> = reads.next.pipe(
     Effect.matchEffect({
       onFailure: (error) =>
-        Effect.fail(Option.some(error._tag === "BodyBroken" ? bodyFailed(error.cause, partial()) : error)),
+        Effect.fail(Option.some(cut ? cutShort() : error._tag === "BodyBroken" ? bodyFailed(error.cause, partial()) : error)),
       onSuccess: (batch) => {
         if (batch === undefined) {
-          return Effect.fail(Option.some<ApiError.ApiError>(new ApiError.StreamTruncated({ partial: partial() })))
+          return Effect.fail(Option.some<ApiError.ApiError>(cut ? cutShort() : new ApiError.StreamTruncated({ partial: partial() })))
         }
         const out: Array<ChatSchema.ChatCompletionChunk> = []
         const report = take(batch, out) ? timeline.contentArrived() : undefined
@@ -480,7 +502,8 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
       reply: Reply
     ): Effect.Effect<Reply, ApiError.ApiError> =>
       Effect.flatMap(reply.errorText, (text) => {
-        const problem = problemOf(parseJson(text), text, `HTTP ${reply.status}`)
+        // The key sent, whole or in part, whatever its shape: other providers' keys need not look like `sk-…`.
+        const problem = problemOf(parseJson(text), text, `HTTP ${reply.status}`, Scrubber.make([credential.key]))
         if (reply.status !== 401) {
           return Effect.flatMap(Clock.currentTimeMillis, (now) => Effect.fail(statusError(reply, problem, now)))
         }
