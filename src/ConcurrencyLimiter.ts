@@ -198,7 +198,9 @@ export interface Snapshot {
 }
 
 /**
- * The wait queue is full: the call was rejected without waiting.
+ * The wait queue is full: the call was rejected without waiting. Or, with `abandoned`, the call
+ * gave its place in the queue up when its `abandonWhen` completed (a `maxWait` that ran out);
+ * `queued` counts the callers still waiting.
  *
  * @since 0.1.0
  * @category errors
@@ -219,8 +221,8 @@ export interface AcquireOptions {
   /** Default `interactive`. */
   readonly priority?: Priority | undefined
   /**
-   * While the caller waits in the queue, completing this gives its place up: it fails with
-   * `QueueFull` at once. A permit already granted is kept. Default: never.
+   * While the caller waits in the queue, completing this gives its place up: it fails with an
+   * `abandoned` `QueueFull` at once. A permit already granted is kept. Default: never.
    */
   readonly abandonWhen?: Effect.Effect<void> | undefined
 }

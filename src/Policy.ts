@@ -88,7 +88,7 @@ export interface ApplyOptions {
   readonly priority?: Priority | undefined
   /** What each attempt draws from the token bucket. Default one request. */
   readonly cost?: TokenBucketModule.Cost | undefined
-  /** While an attempt waits for a permit, completing this gives its place up (`QueueFull`). */
+  /** While an attempt waits for a permit, completing this gives its place up (an `abandoned` `QueueFull`). */
   readonly abandonWhen?: Effect.Effect<void> | undefined
 }
 

@@ -69,7 +69,8 @@ export interface CallOptions extends Pick<TransportModule.CallOptions, "deadline
   readonly priority?: Limiter.Priority | undefined
   /**
    * How long an attempt may wait for a permit (with an `AccountPool`: for an account that can
-   * take it) before it fails. Default: as long as it takes (the pool's `maxWait`, 30 minutes).
+   * take it) before it fails (an `abandoned` `QueueFull`; with an `AccountPool`, `NoAccountAvailable`).
+   * Default: as long as it takes (the pool's `maxWait`, 30 minutes).
    */
   readonly maxWait?: Duration.DurationInput | undefined
   /** How a `ResponseCache` in the context treats this call. Default "auto" (deterministic requests only). */

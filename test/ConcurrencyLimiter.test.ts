@@ -164,7 +164,7 @@ describe("ConcurrencyLimiter", () => {
         expect(yield* limiter.snapshot).toEqual({ limit: 1, inFlight: 0, queued: 0 })
       }))
 
-    it.effect("abandonWhen gives a waiter's place up with QueueFull; a granted permit is kept", () =>
+    it.effect("abandonWhen gives a waiter's place up with an abandoned QueueFull; a granted permit is kept", () =>
       Effect.gen(function*() {
         const limiter = yield* ConcurrencyLimiter.makeFixed(1)
         const abandon = yield* Deferred.make<void>()
@@ -174,7 +174,12 @@ describe("ConcurrencyLimiter", () => {
         yield* settle
         expect(yield* limiter.snapshot).toEqual({ limit: 1, inFlight: 1, queued: 1 })
         yield* Deferred.succeed(abandon, undefined)
-        expect((yield* Fiber.join(waiter))._tag).toBe("QueueFull")
+        // It says it gave up (no `maxQueued` was set) and counts the others waiting, not itself.
+        const abandoned = yield* Fiber.join(waiter)
+        expect(abandoned).toMatchObject({ _tag: "QueueFull", abandoned: true, queued: 0 })
+        expect(abandoned.message).toBe(
+          "gave up waiting for a concurrency permit: its wait ran out (maxWait, abandonWhen) with 0 others waiting"
+        )
         expect(yield* limiter.snapshot).toEqual({ limit: 1, inFlight: 1, queued: 0 })
         yield* Fiber.interrupt(holder)
         expect((yield* limiter.snapshot).inFlight).toBe(0)

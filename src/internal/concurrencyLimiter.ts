@@ -28,9 +28,14 @@ import type {
 // Errors, metrics, outcomes
 // -----------------------------------------------------------------------------
 
-export class QueueFull extends Data.TaggedError("QueueFull")<{ readonly queued: number }> {
+export class QueueFull extends Data.TaggedError("QueueFull")<{
+  readonly queued: number
+  readonly abandoned?: boolean | undefined
+}> {
   override get message(): string {
-    return `concurrency limiter queue full (${this.queued} waiting)`
+    return this.abandoned === true
+      ? `gave up waiting for a concurrency permit: its wait ran out (maxWait, abandonWhen) with ${this.queued} others waiting`
+      : `concurrency limiter queue full (${this.queued} waiting)`
   }
 }
 
@@ -859,28 +864,31 @@ export const makePermit = (policy: Policy, ledger: Ledger, { stamp }: Grant, clo
 // -----------------------------------------------------------------------------
 
 /**
- * Waits for `wake`, or gives the place up with `full` once `abandonWhen` completes; interrupted or
- * abandoned, it `leave`s (the queue, or a permit granted meanwhile). `publish` after either.
+ * Waits for `wake`, or gives the place up once `abandonWhen` completes, failing with an
+ * `abandoned` `QueueFull` that counts the callers still `queued`; interrupted or abandoned, it
+ * `leave`s (the queue, or a permit granted meanwhile). `publish` after either.
  */
-export const awaitWake = <E>(
+export const awaitWake = (
   wake: Deferred.Deferred<void>,
   restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>,
   abandonWhen: Effect.Effect<void> | undefined,
-  full: Effect.Effect<never, E>,
+  queued: () => number,
   leave: () => void,
   publish: () => void
-): Effect.Effect<void, E> => {
-  const turn = abandonWhen === undefined
-    ? Deferred.await(wake)
-    : Effect.raceFirst(Deferred.await(wake), Effect.zipRight(abandonWhen, full))
+): Effect.Effect<void, QueueFull> => {
+  const leaving = Effect.sync(() => {
+    leave()
+    publish()
+  })
+  const woken = Effect.as(Deferred.await(wake), true)
+  const turn = abandonWhen === undefined ? woken : Effect.raceFirst(woken, Effect.as(abandonWhen, false))
   return restore(turn).pipe(
-    Effect.onExit((exit) =>
-      Exit.isSuccess(exit) ? Effect.void : Effect.sync(() => {
-        leave()
-        publish()
-      })
-    ),
-    Effect.tap(() => Effect.sync(publish))
+    Effect.onExit((exit) => Exit.isSuccess(exit) ? Effect.void : leaving),
+    Effect.flatMap((wokenUp) =>
+      wokenUp
+        ? Effect.sync(publish)
+        : Effect.zipRight(leaving, Effect.suspend(() => Effect.fail(new QueueFull({ queued: queued(), abandoned: true }))))
+    )
   )
 }
 
@@ -922,7 +930,8 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
       const full = Effect.suspend(() => Effect.fail(new QueueFull({ queued: gate.queued })))
       if (entry._tag === "Full") return full
       const { waiter } = entry
-      return Effect.as(awaitWake(waiter.wake, restore, abandonWhen, full, () => gate.cancel(waiter), publish), waiter)
+      const queued = () => gate.queued
+      return Effect.as(awaitWake(waiter.wake, restore, abandonWhen, queued, () => gate.cancel(waiter), publish), waiter)
     }
 
     /**

@@ -65,7 +65,7 @@ export const makeRedis = (
         const { waiter } = entry
         publish()
         const leave = () => lanes.cancel(waiter)
-        return Effect.map(Limiter.awaitWake(waiter.wake, restore, acquireOptions?.abandonWhen, full, leave, publish), () => waiter.grant!)
+        return Effect.map(Limiter.awaitWake(waiter.wake, restore, acquireOptions?.abandonWhen, () => lanes.queued(), leave, publish), () => waiter.grant!)
       })
 
     const acquire = (acquireOptions?: AcquireOptions): Effect.Effect<Permit, Limiter.QueueFull, Scope.Scope> =>
