@@ -166,6 +166,31 @@ describe("weatherproof serve, shutting down", () => {
       expect(child.output()).toContain("shutting down; 1 request in flight")
     }), { timeout: 60_000 })
 
+  it.scopedLive("a second signal during the drain ends the requests in flight at once: the stream gets its error event, the process exits 0", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make({ chunkDelay: 200, pieceSize: 2 })
+      const child = yield* serveProcess(["serve", "--port", "0", "--drain-timeout", "5m"], {
+        DEEPSEEK_API_KEY: Simulator.defaultKey,
+        DEEPSEEK_BASE_URL: sim.baseUrl
+      })
+      const url = yield* child.url
+      const started = yield* Deferred.make<void>()
+      const stream = yield* attempt(() =>
+        openai(url).chat.completions.create({ model, messages: [{ role: "user", content: longText }], stream: true })
+      )
+      const reading = yield* Effect.fork(consume(stream, started))
+      yield* Deferred.await(started)
+
+      child.process.kill("SIGTERM")
+      yield* Effect.sleep("300 millis")
+      child.process.kill("SIGINT")
+      const { error, text } = yield* Fiber.join(reading)
+      expect((error as APIError).code).toBe("shutting_down")
+      expect(text.length).toBeLessThan(`echo:${longText}`.length)
+      expect(yield* child.exitCode).toBe(0)
+      expect(child.output()).toContain("stopping now; the requests in flight end with an error")
+    }), { timeout: 60_000 })
+
   it.scopedLive("with no terminal (under nohup or a service manager) `weatherproof serve` ignores SIGHUP, with a note, and goes on serving", () =>
     Effect.gen(function*() {
       const sim = yield* Simulator.make({})

@@ -389,8 +389,8 @@ describe("weatherproof serve, with the openai client", () => {
       expect(ids).toEqual(expect.arrayContaining(["deepseek-v4-flash", "deepseek-v4-pro", "house-model"]))
       const health = yield* attempt(() => fetch(`${gateway.url}/healthz`))
       expect(health.status).toBe(200)
-      // Uptime monitors may probe with HEAD.
-      for (const path of ["/healthz", "/readyz"]) {
+      // Uptime monitors may probe with HEAD: every GET route answers it.
+      for (const path of ["/healthz", "/readyz", "/", "/v1/models", "/metrics", "/status.json"]) {
         const head = yield* attempt(() => fetch(`${gateway.url}${path}`, { method: "HEAD" }))
         expect(head.status).toBe(200)
         expect(yield* attempt(() => head.text())).toBe("")
@@ -408,6 +408,10 @@ describe("weatherproof serve, with the openai client", () => {
           code: "not_found"
         }
       })
+      // A path whose escapes do not decode matches no route: the same OpenAI-shaped 404.
+      const undecodable = yield* attempt(() => fetch(`${gateway.url}/v1/models/%zz`))
+      expect(undecodable.status).toBe(404)
+      expect(yield* attempt(() => undecodable.json())).toMatchObject({ error: { code: "not_found" } })
     }))
 
   it.scopedLive("without gateway keys, a request from a web page (a foreign Origin, a rebound Host) is a 403 and reaches no upstream; with keys the key decides", () =>
@@ -657,7 +661,7 @@ describe("weatherproof serve, with the openai client", () => {
       expect((yield* sim.stats).requests).toBe(1)
     }))
 
-  it.scopedLive("a body that is not JSON, not an object, compressed or larger than 10 MiB, is a 400 and reaches no upstream", () =>
+  it.scopedLive("a body that is not JSON, not an object, empty, not UTF-8, compressed or larger than 10 MiB, is a 400 and reaches no upstream", () =>
     Effect.gen(function*() {
       const sim = yield* Simulator.make()
       const gateway = yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])])
@@ -682,7 +686,22 @@ describe("weatherproof serve, with the openai client", () => {
       const large = yield* post(JSON.stringify({ model, messages: ask("x".repeat(10 * 1024 * 1024)) }))
       expect(large.status).toBe(400)
       expect(large.body.error.message).toBe("the request body is larger than 10 MiB")
+      // Bytes that are not UTF-8 are refused, never sent upstream with U+FFFD in their place.
+      const latin1 = new Uint8Array(Buffer.concat([
+        Buffer.from(`{"model":"${model}","messages":[{"role":"user","content":"caf`),
+        Buffer.from([0xe9]),
+        Buffer.from(`"}]}`)
+      ]))
+      const notUtf8 = yield* post(latin1)
+      expect(notUtf8.status).toBe(400)
+      expect(notUtf8.body.error.message).toBe("the request body is not valid UTF-8")
+      const empty = yield* post("")
+      expect(empty.status).toBe(400)
+      expect(empty.body.error.message).toBe("the request body is empty: expected a JSON object, a chat completion request")
       expect((yield* sim.stats).requests).toBe(0)
+      // A leading byte order mark is dropped, as JSON's RFC lets a parser do.
+      const withBom = yield* post(`\uFEFF${JSON.stringify({ model, messages: ask("bom") })}`)
+      expect(withBom.status).toBe(200)
     }))
 
   it.scopedLive("an upstream that drops the connection before answering is retried before the client sees anything", () =>

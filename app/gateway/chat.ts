@@ -107,6 +107,11 @@ const sseEvents = (chunks: ReadonlyArray<ChatCompletionChunk>): Uint8Array => ut
 const maxBodyBytes = 10 * 1024 * 1024
 
 const notJson = new BadRequest({ message: "the request body is not JSON" })
+const empty = new BadRequest({ message: "the request body is empty: expected a JSON object, a chat completion request" })
+const notUtf8 = new BadRequest({ message: "the request body is not valid UTF-8" })
+
+/** Refuses bytes that are not UTF-8 (never sent upstream altered); drops a leading byte order mark. */
+const utf8Decoder = new TextDecoder("utf-8", { fatal: true })
 
 /** A compressed body (OpenAI's clients send none): refused by name rather than read as bytes that are not JSON. */
 const encoded = (encoding: string) =>
@@ -136,9 +141,15 @@ const readJson = (request: HttpServerRequest.HttpServerRequest): Effect.Effect<u
     }
     const onEnd = () => {
       detach()
-      const text = Buffer.concat(parts, size).toString("utf8")
+      let text: string
       try {
-        resume(Effect.succeed(text === "" ? null : JSON.parse(text)))
+        text = utf8Decoder.decode(Buffer.concat(parts, size))
+      } catch {
+        return resume(Effect.fail(notUtf8))
+      }
+      if (text === "") return resume(Effect.fail(empty))
+      try {
+        resume(Effect.succeed(JSON.parse(text)))
       } catch {
         resume(Effect.fail(notJson))
       }

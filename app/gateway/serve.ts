@@ -112,6 +112,7 @@ export const run = (options: ServeOptions): Effect.Effect<void, ExitCode, FileSy
         keepAliveInterval: Option.getOrUndefined(options.keepAliveInterval),
         idleConnectionTimeout: Option.getOrUndefined(options.idleConnectionTimeout),
         drainTimeout: Option.getOrUndefined(options.drainTimeout),
+        stopNow: Effect.tap(signals.again, () => Console.log("weatherproof gateway: stopping now; the requests in flight end with an error")),
         maxWaiting: options.maxWaiting,
         alerts
       })

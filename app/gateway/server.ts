@@ -16,8 +16,9 @@
  * The drain (`Gateway.drain`, and the finalizer of `make`'s scope): `/healthz` and `/readyz` answer
  * 503 and new chat requests get a 503 (`shutting_down`, `Connection: close`), so a load balancer
  * sees the gateway go down while it still answers; requests in flight (streams included) get up
- * to `drainTimeout` to finish, then the rest end with an error (an error event, an error body, or
- * a 503 when nothing was sent yet); then the listening socket and every connection close.
+ * to `drainTimeout` to finish (or until `stopNow`), then the rest end with an error (an error
+ * event, an error body, or a 503 when nothing was sent yet); then the listening socket and every
+ * connection close.
  */
 import * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpMiddleware from "@effect/platform/HttpMiddleware"
@@ -74,6 +75,8 @@ export interface Options {
   readonly idleConnectionTimeout?: Duration.DurationInput | undefined
   /** How long requests in flight get to finish on shutdown. Default 30 seconds. */
   readonly drainTimeout?: Duration.DurationInput | undefined
+  /** Completing during the drain ends the requests still in flight at once (a second signal). Default never. */
+  readonly stopNow?: Effect.Effect<void> | undefined
   /** Clients that may wait for their first content at once; one more gets a 429. Default 4096. */
   readonly maxWaiting?: number | undefined
   /** Between two status samples. Default 1 second. */
@@ -196,6 +199,7 @@ export const make = (
     const authorize = makeAuthorizer(gatewayKeys)
     const guard = makeBrowserGuard(gatewayKeys, host)
     const drainTimeout = Duration.decode(options.drainTimeout ?? defaults.drainTimeout)
+    const stopNow = options.stopNow ?? Effect.never
 
     const monitor = yield* Status.make(traffic, {
       interval: Duration.decode(options.statusInterval ?? defaults.statusInterval),
@@ -253,11 +257,8 @@ export const make = (
       HttpRouter.get("/models", listModels),
       HttpRouter.get("/v1/models/*", retrieveModel),
       HttpRouter.get("/models/*", retrieveModel),
-      // Probes may ask with HEAD (uptime monitors do): the status alone answers, Node sends no body.
       HttpRouter.get("/healthz", health),
-      HttpRouter.head("/healthz", health),
       HttpRouter.get("/readyz", readiness),
-      HttpRouter.head("/readyz", readiness),
       HttpRouter.get(
         "/metrics",
         Effect.map(telemetry.scrape, (text) => HttpServerResponse.text(text, { contentType: prometheusContentType }))
@@ -274,14 +275,13 @@ export const make = (
         )
       ),
       HttpRouter.get("/assets/uPlot.iife.min.js", Effect.sync(() => asset("uplot/dist/uPlot.iife.min.js", "text/javascript"))),
-      HttpRouter.get("/assets/uPlot.min.css", Effect.sync(() => asset("uplot/dist/uPlot.min.css", "text/css"))),
-      HttpRouter.all(
-        "*",
-        Effect.map(
-          HttpServerRequest.HttpServerRequest,
-          (request) => replyWith(new NoSuchRoute({ method: request.method, path: pathOf(request.url) }))
-        )
-      )
+      HttpRouter.get("/assets/uPlot.min.css", Effect.sync(() => asset("uplot/dist/uPlot.min.css", "text/css")))
+    ).pipe(
+      // Not a catch-all route: the router answers a HEAD (uptime monitors send them) with its GET
+      // route only when no route matched it; and a path whose escapes do not decode (`/%zz`)
+      // matches no route either.
+      Effect.catchTag("RouteNotFound", ({ request }) =>
+        Effect.succeed(replyWith(new NoSuchRoute({ method: request.method, path: pathOf(request.url) }))))
     )
 
     // The chat route, nearly every request, is matched before the router, which copies the
@@ -320,9 +320,13 @@ export const make = (
         yield* Effect.logInfo(`gateway: draining ${requests(traffic.active)} (at most ${Duration.format(drainTimeout)})`)
       }
       // The drain runs as a finalizer, uninterruptible: the waits must be interruptible for their timeouts to cut them.
-      const finished = yield* Effect.timeoutOption(Effect.interruptible(traffic.awaitIdle), drainTimeout)
-      if (Option.isNone(finished)) {
-        yield* Effect.logWarning(`gateway: drain timeout: ending ${requests(traffic.active)} with an error`)
+      const finished = yield* Effect.timeoutOption(
+        Effect.interruptible(Effect.raceFirst(Effect.as(traffic.awaitIdle, "idle" as const), Effect.as(stopNow, "stopped" as const))),
+        drainTimeout
+      )
+      if (Option.isNone(finished) || finished.value === "stopped") {
+        const why = Option.isNone(finished) ? "drain timeout" : "stopped"
+        yield* Effect.logWarning(`gateway: ${why}: ending ${requests(traffic.active)} with an error`)
         yield* traffic.cutRemaining
         yield* Effect.timeoutOption(Effect.interruptible(traffic.awaitIdle), cutGrace)
       }
