@@ -389,16 +389,19 @@ describe("Batch.run", () => {
       expect([...countBy(lines).keys()].sort()).toEqual(["a", "b", "c"])
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
-  it.scoped("refuses to rewrite an output file that holds lines no batch wrote", () =>
+  it.scoped("refuses to rewrite an output file that holds lines no batch wrote, a single whole one included", () =>
     Effect.gen(function*() {
       const ws = yield* workspace
       yield* ws.writeInput([request("a")])
-      const foreign = "precious data\nmore precious data\n"
-      yield* ws.fs.writeFileString(ws.output, foreign)
-      const error = yield* Effect.flip(runWith(ok, ws))
-      expect(error).toMatchObject({ _tag: "BatchError", file: "output" })
-      expect(error.message).toContain("line 1")
-      expect(yield* ws.fs.readFileString(ws.output)).toBe(foreign)
+      // A whole line (a newline after it, or JSON) is no line a crash tore: the file is not output
+      // (the input and output swapped, say, with a one-line request file).
+      for (const foreign of ["precious data\nmore precious data\n", "just one line of notes\n", '{"keep": true}', `${request("b")}\n`]) {
+        yield* ws.fs.writeFileString(ws.output, foreign)
+        const error = yield* Effect.flip(runWith(ok, ws))
+        expect(error).toMatchObject({ _tag: "BatchError", file: "output" })
+        expect(error.message).toContain("line 1")
+        expect(yield* ws.fs.readFileString(ws.output)).toBe(foreign)
+      }
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
   it.scoped("fails with BatchError for an unreadable input, an unwritable output, or output = input", () =>
@@ -1493,7 +1496,13 @@ describe("Batch.run per-line deadlines", () => {
           url: "/v1/chat/completions",
           body: { model: "deepseek-v4-flash", messages: [{ role: "user", content: customId }] }
         })
-      yield* ws.writeInput([line("patient"), line("hasty", { firstContent: "50ms" }), line("bad", { idle: "soon" }), line("zero", { total: "0s" })])
+      yield* ws.writeInput([
+        line("patient"),
+        line("hasty", { firstContent: "50ms" }),
+        line("bad", { idle: "soon" }),
+        line("zero", { total: "0s" }),
+        line("typo", { whole: "5s" })
+      ])
       const stack = Batch.layerAccounts([Demo.demoAccount(simulator.baseUrl)], {
         pool: { retry: { maxRetries: 0 } },
         ledger: CostLedger.layer(),
@@ -1508,6 +1517,8 @@ describe("Batch.run per-line deadlines", () => {
       expect(lines.get("bad")?.error?.message).toContain(`deadlines.idle: expected a duration above 0 such as 30s, 500ms, 2m or 1h, got "soon"`)
       // A deadline of 0 would fail every attempt and spend the line's retries for nothing.
       expect(lines.get("zero")?.error?.message).toContain(`deadlines.total: expected a duration above 0 such as 30s, 500ms, 2m or 1h, got "0s"`)
-      expect(summary).toMatchObject({ succeeded: 1, failed: 3 })
+      // A deadline's name it does not know is a typo to fix, not a deadline silently dropped.
+      expect(lines.get("typo")?.error?.message).toContain(`deadlines.whole: is unexpected, expected: "firstContent" | "idle" | "total"`)
+      expect(summary).toMatchObject({ succeeded: 1, failed: 4 })
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
 })

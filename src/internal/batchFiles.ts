@@ -14,6 +14,7 @@ import { hostname } from "node:os"
 import * as NodePath from "node:path"
 import type { LockHolder } from "../Batch.js"
 import { classifyExisting, maxLineBytes, type Unreadable } from "./batchLines.js"
+import { parseJson } from "./text.js"
 
 // ---------------------------------------------------------------------------------------------
 // Lines
@@ -358,11 +359,20 @@ export interface ForeignLine {
   readonly lineNumber: number
 }
 
+/** Whether the file's last byte is a newline: its last line was written whole (a torn one has none). */
+const endsWithNewline = (fs: FileSystem.FileSystem, path: string, size: FileSystem.Size) =>
+  size === FileSystem.Size(0) ? Effect.succeed(true) : Effect.scoped(Effect.gen(function*() {
+    const file = yield* fs.open(path, { flag: "r" })
+    yield* file.seek(size - FileSystem.Size(1), "start")
+    const last = yield* file.readAlloc(1)
+    return Option.exists(last, (bytes) => bytes[0] === newline)
+  }))
+
 /**
  * Rewrites an existing output file so it holds only its successful lines, one per custom id, and
- * returns those ids. Failed lines go (they are retried), and so does an unreadable last line: the
- * line a crash tore. An unreadable line before the last means the file is not batch output, and
- * it is left untouched. The rewrite goes to `<path>.compacting` beside it, given the file's mode,
+ * returns those ids. Failed lines go (they are retried), and so does the line a crash tore: an
+ * unreadable last line with no newline after it that is not JSON. Any other unreadable line means
+ * the file is not batch output (a file named as the output by mistake), and it is left untouched. The rewrite goes to `<path>.compacting` beside it, given the file's mode,
  * then renamed over it, so a crash during it loses nothing. `path` must be the real path (see
  * `resolveOutput`), so a symlink to the output stays a symlink to the compacted file.
  */
@@ -373,8 +383,8 @@ export const compactOutput = (
   Effect.gen(function*() {
     if (!(yield* fs.exists(path))) return new Set<string>()
     const temporaryPath = `${path}.compacting`
-    const keep = keeper()
-    const { mode } = yield* fs.stat(path)
+    const { mode, size } = yield* fs.stat(path)
+    const keep = keeper(!(yield* endsWithNewline(fs, path, size)))
     // Interrupted or failed, it leaves the output as it was and no temporary file.
     yield* Effect.scoped(
       Effect.gen(function*() {
@@ -390,9 +400,10 @@ export const compactOutput = (
 /**
  * What compaction keeps of an output's lines, a read at a time (no effect per line: an output can
  * hold millions): the text of the first successful line of each id. A line that is not a batch
- * result is fine last (a crash tore it) and `ForeignLine` before another.
+ * result is `ForeignLine`, unless it may be a line a crash tore: the last, not JSON, when the file
+ * does not end with a newline (`torn`).
  */
-const keeper = () => {
+const keeper = (torn: boolean) => {
   const succeeded = new Set<string>()
   let unrecognized: number | undefined
   const lines = (read: Chunk.Chunk<NumberedLine>): Effect.Effect<string, ForeignLine> => {
@@ -401,6 +412,8 @@ const keeper = () => {
       if (unrecognized !== undefined) return Effect.fail({ _tag: "ForeignLine", lineNumber: unrecognized })
       const result = line.text === undefined ? undefined : classifyExisting(line.text)
       if (result === undefined || result._tag === "Unrecognized") {
+        const tearable = torn && (line.text === undefined || Option.isNone(parseJson(line.text)))
+        if (!tearable) return Effect.fail({ _tag: "ForeignLine", lineNumber: line.lineNumber })
         unrecognized = line.lineNumber
       } else if (result._tag === "Succeeded" && !succeeded.has(result.customId)) {
         succeeded.add(result.customId)

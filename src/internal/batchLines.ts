@@ -39,12 +39,12 @@ const DeadlineText = Schema.transformOrFail(Schema.String, Schema.DurationFromSe
   encode: (duration) => ParseResult.succeed(`${Duration.toMillis(duration)}ms`)
 })
 
-/** A line's own deadlines, over the run's. */
+/** A line's own deadlines, over the run's; a name it does not know is refused, not ignored (a typo). */
 const LineDeadlines = Schema.Struct({
   firstContent: Schema.optionalWith(DeadlineText, { exact: true }),
   idle: Schema.optionalWith(DeadlineText, { exact: true }),
   total: Schema.optionalWith(DeadlineText, { exact: true })
-})
+}).annotations({ parseOptions: { onExcessProperty: "error" } })
 
 /**
  * One input line of the OpenAI Batch API format, restricted to chat completions, with an optional
