@@ -539,7 +539,9 @@ const resilientOver = <R>(
       rate: options.rate ?? false,
       concurrency: false,
       breaker: false,
-      budgetWait: options.budgetWait
+      budgetWait: options.budgetWait,
+      // Each attempt waits for a permit of its account and model's limiter.
+      capRetriesPaced: true
     }))
   )
   return Layer.provideMerge(client, provided)

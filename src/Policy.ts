@@ -144,6 +144,15 @@ export interface Parts {
    * to as long as a call may take.
    */
   readonly budgetWait?: Duration.DurationInput | undefined
+  /**
+   * Whether a concurrency limiter that backs off on a cap's 429s gates every attempt: `limiter`,
+   * or those of what the policy wraps (an `AccountPool`'s, one per account and model). A retry of
+   * such a 429 is then not charged to the retry budget: it waits for a permit of a limit already
+   * lowered, so retries cannot outrun what the upstream admits, where the budget would starve
+   * them (a cap that drops under a full limit turns most calls in flight into 429s at once, and
+   * they would wait for a refill that only new calls bring). Default: whether `limiter` is given.
+   */
+  readonly capRetriesPaced?: boolean | undefined
 }
 
 /**
@@ -162,6 +171,8 @@ export interface Options {
   readonly retryBudget?: RetryBudgetModule.Options | false | undefined
   /** How long a retry the budget refuses waits for room (see `Parts.budgetWait`). */
   readonly budgetWait?: Duration.DurationInput | undefined
+  /** See `Parts.capRetriesPaced`. Default: whether `concurrency` is on. */
+  readonly capRetriesPaced?: boolean | undefined
   /** A client-side rate limit. Default none. */
   readonly rate?: TokenBucketModule.Options | false | undefined
   /**
@@ -211,7 +222,8 @@ export const fromParts = (parts: Parts): Effect.Effect<Service> =>
       limiter: parts.limiter,
       breaker: parts.breaker,
       telemetry: parts.telemetry ?? Option.getOrUndefined(telemetry),
-      budgetWait: parts.budgetWait === undefined ? undefined : Duration.decode(parts.budgetWait)
+      budgetWait: parts.budgetWait === undefined ? undefined : Duration.decode(parts.budgetWait),
+      capRetriesPaced: parts.capRetriesPaced ?? parts.limiter !== undefined
     }))
 
 const unlessFalse = <O, A, R>(
@@ -257,7 +269,8 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Scope
         Limiter.makeAdaptive({ ...(typeof limit === "number" ? Limiter.ceiling(limit) : limit), classify })),
       breaker: yield* unlessFalse(options.breaker, (breaker) =>
         CircuitBreakerModule.make({ countLoadShed: concurrency === false || "overload", ...breaker, classify })),
-      budgetWait: options.budgetWait
+      budgetWait: options.budgetWait,
+      capRetriesPaced: options.capRetriesPaced
     })
   })
 

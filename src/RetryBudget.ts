@@ -195,6 +195,11 @@ export interface GuardOptions<E, R> {
    * budget either way. Default 0: refuse at once.
    */
   readonly waitFor?: Duration.DurationInput | undefined
+  /**
+   * A retry of an error this holds for is not charged to the budget, nor held back by it: one
+   * that something else paces (a cap's 429 behind a concurrency limiter). Default: none.
+   */
+  readonly exempt?: ((error: E) => boolean) | undefined
 }
 
 /**
@@ -218,7 +223,7 @@ export interface GuardOptions<E, R> {
 export const guard = <E = unknown, R2 = never>(budget: Service, options: GuardOptions<E, R2> = {}) =>
 <Out, In extends E, R>(self: Schedule.Schedule<Out, In, R>): Schedule.Schedule<Out, In, R | R2> =>
   Schedule.checkEffect(self, (error: In) =>
-    Effect.tap(
+    options.exempt?.(error) === true ? Effect.succeed(true) : Effect.tap(
       budget.awaitRetry(options.waitFor ?? 0),
       (allowed) => allowed || options.onRefused === undefined ? Effect.void : options.onRefused(error)
     ))

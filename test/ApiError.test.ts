@@ -160,7 +160,9 @@ const expected = (verdict: ApiError.Verdict, countLoadShed: CountLoadShed): Obse
     : verdict._tag === "Refused" || verdict._tag === "LoadShed"
     ? "ignored"
     : "success"
-  return { retried, budgetRetries: retried ? 1 : 0, dropped: verdict._tag === "LoadShed" ? 1 : 0, breaker }
+  // A cap's 429 is paced by the limiter, not charged to the budget (`Policy.Parts.capRetriesPaced`).
+  const charged = retried && !(verdict._tag === "LoadShed" && verdict.signal === "cap")
+  return { retried, budgetRetries: charged ? 1 : 0, dropped: verdict._tag === "LoadShed" ? 1 : 0, breaker }
 }
 
 let limiterNames = 0

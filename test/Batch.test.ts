@@ -1482,6 +1482,27 @@ describe("Batch.run over the account pool, keys in failures", () => {
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 })
 
+describe("Batch.run over a cap far below its limit", () => {
+  it.live("a burst of 429s from a limit far above the cap is retried at the limiter's pace, not starved by the retry budget", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      const simulator = yield* Simulator.make({ limit: 4, queueDelay: 0, chunkDelay: 0 })
+      yield* ws.writeInput(Array.from({ length: 60 }, (_, i) => request(`q${i}`)))
+      // A budget that allows no retry: the 429s of a cap are paced by the account's limiter instead.
+      const stack = Batch.layerAccounts([{ ...Demo.demoAccount(simulator.baseUrl), concurrency: 60 }], {
+        pool: { retry: { base: "10 millis", cap: "50 millis" }, retryBudget: { ratio: 0, minRetriesPerSecond: 0 }, budgetWait: "1 minute" },
+        ledger: CostLedger.layer(),
+        router: Router.layerDefault
+      })
+      const summary = yield* Effect.timeoutFail(Batch.run(ws).pipe(Effect.provide(stack)), {
+        duration: "20 seconds",
+        onTimeout: () => new Error("the retries waited for a budget that never refills")
+      })
+      expect(summary).toMatchObject({ requests: 60, succeeded: 60, failed: 0 })
+      expect(summary.rateLimited).toBeGreaterThan(0)
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)), { timeout: 30_000 })
+})
+
 describe("Batch.run per-line deadlines", () => {
   it.live("a line's own deadlines override the run's: its first-content deadline trips while the others wait", () =>
     Effect.gen(function*() {

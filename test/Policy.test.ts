@@ -107,6 +107,28 @@ describe("Policy around any effect", () => {
       expect(refused).toMatchObject({ _tag: "CircuitOpen" })
     }))
 
+  it.scoped("behind a limiter a cap's 429 is retried without the retry budget's leave; overload and outages are not, nor a 429 with no limiter", () =>
+    Effect.gen(function*() {
+      // A spent budget, which refuses at once.
+      const options = { classify: classifyDb, retry: fast, retryBudget: { ratio: 0, minRetriesPerSecond: 0 }, budgetWait: 0 } as const
+      const paced = yield* Policy.make(options)
+      const unpaced = yield* Policy.make({ ...options, concurrency: false })
+      const outcome = (policy: Policy.Service, error: DbBusy | DbOverloaded | DbDown) =>
+        Effect.gen(function*() {
+          const { call } = yield* scripted([error])
+          const fiber = yield* Effect.fork(Effect.either(policy.apply(call)))
+          yield* TestClock.adjust("1 second")
+          return Either.match(yield* Fiber.join(fiber), { onLeft: (e) => e._tag, onRight: (answer) => answer })
+        })
+      expect(yield* outcome(paced, new DbBusy())).toBe("answer after 1")
+      expect(yield* outcome(paced, new DbOverloaded())).toBe("DbOverloaded")
+      expect(yield* outcome(paced, new DbDown())).toBe("DbDown")
+      expect(yield* outcome(unpaced, new DbBusy())).toBe("DbBusy")
+      // An account pool's outer policy has no limiter but says its attempts are paced.
+      const pooled = yield* Policy.make({ ...options, concurrency: false, capRetriesPaced: true })
+      expect(yield* outcome(pooled, new DbBusy())).toBe("answer after 1")
+    }))
+
   it.scoped("behind the adaptive limiter the breaker opens on a storm of overload (503s), not of 429s", () =>
     Effect.gen(function*() {
       const policy = yield* Policy.make({

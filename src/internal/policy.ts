@@ -45,6 +45,8 @@ export interface Parts {
   readonly telemetry: Telemetry.Service | undefined
   /** How long a retry the budget refuses waits for room; by default the retry policy's `maxRetryAfter`. */
   readonly budgetWait: Duration.Duration | undefined
+  /** Whether a limiter that backs off on a cap's 429s gates every attempt (`Policy.Parts.capRetriesPaced`). */
+  readonly capRetriesPaced: boolean
 }
 
 // -----------------------------------------------------------------------------
@@ -174,11 +176,20 @@ export const make = (parts: Parts): Service => {
   const onRetry = (error: unknown, delay: Duration.Duration) =>
     Effect.zipRight(Metric.increment(retriesCounter), telemetry?.retrying(error, delay) ?? Effect.void)
 
-  /** The retry schedule as a call sees it: budget-guarded, every retry reported. */
+  /** A cap's 429: its retry waits for a permit, which paces it (`Parts.capRetriesPaced`). */
+  const isCapLoadShed = (error: unknown): boolean => {
+    const verdict = classify(error)
+    return verdict._tag === "LoadShed" && verdict.signal === "cap"
+  }
+
+  /** The retry schedule as a call sees it: budget-guarded (a paced cap's 429 aside), every retry reported. */
   const retries = (schedule: Schedule.Schedule<unknown, unknown>): Schedule.Schedule<unknown, unknown> => {
     const guarded = budget === undefined
       ? schedule
-      : schedule.pipe(RetryBudget.guard(budget, { waitFor: parts.budgetWait ?? retry?.maxRetryAfter ?? Duration.zero }))
+      : schedule.pipe(RetryBudget.guard(budget, {
+        waitFor: parts.budgetWait ?? retry?.maxRetryAfter ?? Duration.zero,
+        exempt: parts.capRetriesPaced ? isCapLoadShed : undefined
+      }))
     return Schedule.modifyDelayEffect(guarded, (error, delay) => Effect.as(onRetry(error, delay), delay))
   }
   // Built once: every call of `apply` and `applyStream` follows the same schedule.
