@@ -141,10 +141,11 @@ describe("weatherproof serve, shutting down", () => {
       expect((error as APIError).code).toBe("shutting_down")
     }))
 
-  it.scopedLive("SIGTERM: `weatherproof serve` drains a running stream, answers 503 to health checks meanwhile, and exits 0", () =>
+  /** `weatherproof serve` with `drainTimeout` in a process of its own, and a stream through it, started. */
+  const serveStreaming = (simulator: Simulator.Options, drainTimeout: string) =>
     Effect.gen(function*() {
-      const sim = yield* Simulator.make({ chunkDelay: 25, pieceSize: 4 })
-      const child = yield* serveProcess(["serve", "--port", "0", "--drain-timeout", "10s"], {
+      const sim = yield* Simulator.make(simulator)
+      const child = yield* serveProcess(["serve", "--port", "0", "--drain-timeout", drainTimeout], {
         DEEPSEEK_API_KEY: Simulator.defaultKey,
         DEEPSEEK_BASE_URL: sim.baseUrl
       })
@@ -155,7 +156,12 @@ describe("weatherproof serve, shutting down", () => {
       )
       const reading = yield* Effect.fork(consume(stream, started))
       yield* Deferred.await(started)
+      return { child, url, reading }
+    })
 
+  it.scopedLive("SIGTERM: `weatherproof serve` drains a running stream, answers 503 to health checks meanwhile, and exits 0", () =>
+    Effect.gen(function*() {
+      const { child, reading, url } = yield* serveStreaming({ chunkDelay: 25, pieceSize: 4 }, "10s")
       child.process.kill("SIGTERM")
       yield* Effect.sleep("100 millis")
       expect(yield* statusOf(`${url}/healthz`)).toBe(503)
@@ -168,19 +174,7 @@ describe("weatherproof serve, shutting down", () => {
 
   it.scopedLive("a second signal during the drain ends the requests in flight at once: the stream gets its error event, the process exits 0", () =>
     Effect.gen(function*() {
-      const sim = yield* Simulator.make({ chunkDelay: 200, pieceSize: 2 })
-      const child = yield* serveProcess(["serve", "--port", "0", "--drain-timeout", "5m"], {
-        DEEPSEEK_API_KEY: Simulator.defaultKey,
-        DEEPSEEK_BASE_URL: sim.baseUrl
-      })
-      const url = yield* child.url
-      const started = yield* Deferred.make<void>()
-      const stream = yield* attempt(() =>
-        openai(url).chat.completions.create({ model, messages: [{ role: "user", content: longText }], stream: true })
-      )
-      const reading = yield* Effect.fork(consume(stream, started))
-      yield* Deferred.await(started)
-
+      const { child, reading } = yield* serveStreaming({ chunkDelay: 200, pieceSize: 2 }, "5m")
       child.process.kill("SIGTERM")
       yield* Effect.sleep("300 millis")
       child.process.kill("SIGINT")
