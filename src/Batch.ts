@@ -193,7 +193,8 @@ export interface Spend extends
 {
   /**
    * Attempts recorded `kept` or `truncated`: with `AccountPool`, which records a call's last
-   * failed attempt as `discarded`, the calls answered successfully.
+   * failed attempt as `discarded`, the calls answered, whole or cut short after their content
+   * began (a stream cut mid-way: `truncated`, its line failed).
    */
   readonly answered: number
   readonly tokens: Tokens
