@@ -150,7 +150,8 @@ export interface Parts {
    * such a 429 is then not charged to the retry budget: it waits for a permit of a limit already
    * lowered, so retries cannot outrun what the upstream admits, where the budget would starve
    * them (a cap that drops under a full limit turns most calls in flight into 429s at once, and
-   * they would wait for a refill that only new calls bring). Default: whether `limiter` is given.
+   * they would wait for a refill that only new calls bring). Default `false`: a `limiter` given
+   * here may be one that does not back off (`makeFixed`), whose retries the budget must pace.
    */
   readonly capRetriesPaced?: boolean | undefined
 }
@@ -171,7 +172,7 @@ export interface Options {
   readonly retryBudget?: RetryBudgetModule.Options | false | undefined
   /** How long a retry the budget refuses waits for room (see `Parts.budgetWait`). */
   readonly budgetWait?: Duration.DurationInput | undefined
-  /** See `Parts.capRetriesPaced`. Default: whether `concurrency` is on. */
+  /** See `Parts.capRetriesPaced`. Default: whether `concurrency` is on (its limiter backs off on 429s). */
   readonly capRetriesPaced?: boolean | undefined
   /** A client-side rate limit. Default none. */
   readonly rate?: TokenBucketModule.Options | false | undefined
@@ -223,7 +224,7 @@ export const fromParts = (parts: Parts): Effect.Effect<Service> =>
       breaker: parts.breaker,
       telemetry: parts.telemetry ?? Option.getOrUndefined(telemetry),
       budgetWait: parts.budgetWait === undefined ? undefined : Duration.decode(parts.budgetWait),
-      capRetriesPaced: parts.capRetriesPaced ?? parts.limiter !== undefined
+      capRetriesPaced: parts.capRetriesPaced ?? false
     }))
 
 const unlessFalse = <O, A, R>(
@@ -270,7 +271,7 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Scope
       breaker: yield* unlessFalse(options.breaker, (breaker) =>
         CircuitBreakerModule.make({ countLoadShed: concurrency === false || "overload", ...breaker, classify })),
       budgetWait: options.budgetWait,
-      capRetriesPaced: options.capRetriesPaced
+      capRetriesPaced: options.capRetriesPaced ?? concurrency !== false
     })
   })
 

@@ -182,7 +182,9 @@ const observe = (error: unknown, countLoadShed: CountLoadShed) =>
       retry: RetryPolicy.make({ base: "1 millis", cap: "1 millis", maxRetries: 1, maxRetryAfter: "1 hour" }),
       budget,
       limiter,
-      breaker
+      breaker,
+      // The adaptive limiter backs off on a cap's 429s: their retries it paces, not the budget.
+      capRetriesPaced: true
     })
     const attempts = yield* Ref.make(0)
     const call = Effect.flatMap(Ref.getAndUpdate(attempts, (n) => n + 1), (n) => n === 0 ? Effect.fail(error) : Effect.void)

@@ -15,6 +15,7 @@ import * as ApiError from "../src/ApiError.js"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
 import * as Policy from "../src/Policy.js"
+import * as RetryBudget from "../src/RetryBudget.js"
 import * as RetryPolicy from "../src/RetryPolicy.js"
 import * as Telemetry from "../src/Telemetry.js"
 import * as Transport from "../src/Transport.js"
@@ -107,7 +108,7 @@ describe("Policy around any effect", () => {
       expect(refused).toMatchObject({ _tag: "CircuitOpen" })
     }))
 
-  it.scoped("behind a limiter a cap's 429 is retried without the retry budget's leave; overload and outages are not, nor a 429 with no limiter", () =>
+  it.scoped("behind an adaptive limiter a cap's 429 is retried without the retry budget's leave; overload and outages are not, nor a 429 with no limiter or a fixed one", () =>
     Effect.gen(function*() {
       // A spent budget, which refuses at once.
       const options = { classify: classifyDb, retry: fast, retryBudget: { ratio: 0, minRetriesPerSecond: 0 }, budgetWait: 0 } as const
@@ -127,6 +128,15 @@ describe("Policy around any effect", () => {
       // An account pool's outer policy has no limiter but says its attempts are paced.
       const pooled = yield* Policy.make({ ...options, concurrency: false, capRetriesPaced: true })
       expect(yield* outcome(pooled, new DbBusy())).toBe("answer after 1")
+      // A limiter given as a part may not back off (a fixed one): the budget paces its retries.
+      const fixed = yield* Policy.fromParts({
+        classify: classifyDb,
+        retry: RetryPolicy.make({ ...fast, classify: classifyDb }),
+        budget: yield* RetryBudget.make({ ratio: 0, minRetriesPerSecond: 0 }),
+        limiter: yield* ConcurrencyLimiter.makeFixed(4),
+        budgetWait: 0
+      })
+      expect(yield* outcome(fixed, new DbBusy())).toBe("DbBusy")
     }))
 
   it.scoped("behind the adaptive limiter the breaker opens on a storm of overload (503s), not of 429s", () =>

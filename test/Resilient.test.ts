@@ -193,16 +193,14 @@ describe("Resilient", () => {
 
   it.effect("a spent retry budget holds a retry back for the policy's maxRetryAfter, then surfaces the error", () => {
     const budget = RetryBudget.layer({ ratio: 0, minRetriesPerSecond: 0 })
-    // An outage's error: a cap's 429 behind the limiter is retried without the budget's leave.
-    const down = new ServerError({ status: 500, message: "down", retryAfter: Option.none() })
-    const { layer, calls, counts } = pipeline([down], { budget, retry: { maxRetryAfter: "20 seconds" } })
+    const { layer, calls, counts } = pipeline([rateLimited(1)], { budget, retry: { maxRetryAfter: "20 seconds" } })
     return Effect.gen(function*() {
       const client = yield* Resilient.Resilient
       const fiber = yield* Effect.fork(Effect.flip(client.create(request)))
       yield* TestClock.adjust("19 seconds")
       expect(fiber.unsafePoll()).toBeNull()
       yield* TestClock.adjust("1 second")
-      expect((yield* Fiber.join(fiber))._tag).toBe("ServerError")
+      expect((yield* Fiber.join(fiber))._tag).toBe("RateLimited")
       expect(yield* calls).toBe(1)
       expect((yield* counts).retries).toBe(0)
     }).pipe(Effect.provide(layer))
