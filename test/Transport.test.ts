@@ -443,6 +443,28 @@ describe("Transport.stream", () => {
       })
     }).pipe(Effect.provide(setup([MockUpstream.streamed(cutGeneration)]))))
 
+  it.effect("the second a cut stream is read on for its usage starts as the consumer asks for more: a slow consumer keeps it", () =>
+    Effect.gen(function*() {
+      const transport = yield* Transport.Transport
+      let seen = 0
+      const consumed = transport.stream(request).pipe(
+        // 2 s on the last chunk before the cut (a slow client behind the gateway).
+        Stream.tap(() => ++seen === cutAt ? Effect.sleep("2 seconds") : Effect.void),
+        Stream.runDrain,
+        Effect.flip
+      )
+      const fiber = yield* Effect.fork(consumed)
+      yield* TestClock.adjust("3 seconds")
+      expect(yield* Fiber.join(fiber)).toMatchObject({ _tag: "InsufficientResource", partial: { ...cutPartial, usage: generation.usage } })
+    }).pipe(Effect.provide(setup([
+      MockUpstream.sse([
+        // Up to the cut at once; the usage 10 ms later.
+        { text: MockUpstream.events(cutGeneration, { done: false }).slice(0, cutAt + 1).map((part) => part.text).join("") },
+        { delay: "10 millis", text: MockUpstream.events(cutGeneration, { done: false })[cutAt + 1]!.text },
+        { text: Wire.sseDone }
+      ])
+    ]))))
+
   it.effect("insufficient_system_resource with no usage and no [DONE] after it is InsufficientResource, not a truncation", () =>
     Effect.gen(function*() {
       const { error } = yield* drain()
@@ -454,7 +476,9 @@ describe("Transport.stream", () => {
   it.effect("insufficient_system_resource followed by silence fails a second later, not after the idle deadline", () =>
     Effect.gen(function*() {
       const drained = yield* Effect.fork(drain())
-      yield* TestClock.adjust("1 second")
+      yield* TestClock.adjust("999 millis")
+      expect(drained.unsafePoll()).toBeNull()
+      yield* TestClock.adjust("1 millis")
       const { error } = yield* Fiber.join(drained)
       expect(error).toMatchObject({ _tag: "InsufficientResource", partial: { ...cutPartial, events: cutAt + 1 } })
     }).pipe(Effect.provide(setup([

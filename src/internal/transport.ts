@@ -265,12 +265,28 @@ const chunkReader = (
     if (isErrorEnvelope(json.value)) return Either.left(upstreamError(json.value, partial()))
     const decoded = decodeChunk(json.value)
     if (Either.isLeft(decoded)) return Either.left(schemaMismatch("a stream event is not a completion chunk", decoded.left))
+    if (cut) {
+      // After the cut only the usage billed for it is read: no content of it reached the caller.
+      events++
+      usage = decoded.right.usage ?? usage
+      return Either.right(decoded.right)
+    }
     record(decoded.right)
-    if (finishReason === "insufficient_system_resource" && !cut) {
-      cut = true
+    cut = finishReason === "insufficient_system_resource"
+    return Either.right(decoded.right)
+  }
+
+  /**
+   * Whether the read after a cut has its window: it starts as the consumer asks for more, so the
+   * time it spends on the chunks before the cut does not count.
+   */
+  let drainingAfterCut = false
+  const readNext = () => {
+    if (cut && !drainingAfterCut) {
+      drainingAfterCut = true
       timeline.drainFor(Duration.toMillis(drainAfterCut))
     }
-    return Either.right(decoded.right)
+    return read
   }
 
   /** Decodes a read into chunks; says whether any event (not just comments) arrived. */
@@ -312,7 +328,7 @@ const chunkReader = (
   const emit = (
     out: Array<ChatSchema.ChatCompletionChunk>
   ): Effect.Effect<Chunk.Chunk<ChatSchema.ChatCompletionChunk>, Option.Option<ApiError.ApiError>> =>
-    out.length > 0 ? Effect.succeed(Chunk.unsafeFromArray(out)) : ended === undefined ? read : close(ended)
+    out.length > 0 ? Effect.succeed(Chunk.unsafeFromArray(out)) : ended === undefined ? readNext() : close(ended)
 
   /** After `[DONE]` the rest of the body is read for a moment (`Reads.finish`), then the stream ends. */
   const close = (
@@ -323,7 +339,7 @@ const chunkReader = (
   return Effect.suspend(() => {
     if (ended !== undefined) return close(ended)
     timeline.resume()
-    return read
+    return readNext()
   })
 }
 
