@@ -395,7 +395,17 @@ describe("Batch.run", () => {
       yield* ws.writeInput([request("a")])
       // A whole line (a newline after it, or JSON) is no line a crash tore: the file is not output
       // (the input and output swapped, say, with a one-line request file).
-      for (const foreign of ["precious data\nmore precious data\n", "just one line of notes\n", '{"keep": true}', `${request("b")}\n`]) {
+      const foreignFiles = [
+        "precious data\nmore precious data\n",
+        "just one line of notes\n",
+        // Blanks after its newline, and a note saved with none (a torn line comes after a result).
+        "precious notes\n ",
+        "precious notes\r\n\r",
+        "precious notes",
+        '{"keep": true}',
+        `${request("b")}\n`
+      ]
+      for (const foreign of foreignFiles) {
         yield* ws.fs.writeFileString(ws.output, foreign)
         const error = yield* Effect.flip(runWith(ok, ws))
         expect(error).toMatchObject({ _tag: "BatchError", file: "output" })

@@ -13,8 +13,7 @@ import * as Stream from "effect/Stream"
 import { hostname } from "node:os"
 import * as NodePath from "node:path"
 import type { LockHolder } from "../Batch.js"
-import { classifyExisting, maxLineBytes, type Unreadable } from "./batchLines.js"
-import { parseJson } from "./text.js"
+import { classifyExisting, maxLineBytes, mayBeTornResult, type Unreadable } from "./batchLines.js"
 
 // ---------------------------------------------------------------------------------------------
 // Lines
@@ -359,22 +358,35 @@ export interface ForeignLine {
   readonly lineNumber: number
 }
 
-/** Whether the file's last byte is a newline: its last line was written whole (a torn one has none). */
-const endsWithNewline = (fs: FileSystem.FileSystem, path: string, size: FileSystem.Size) =>
-  size === FileSystem.Size(0) ? Effect.succeed(true) : Effect.scoped(Effect.gen(function*() {
+/** The most of a file's end read to find whether its last line ended: blanks after it are rare. */
+const tailBytes = 64 * 1024
+
+/** Blank bytes that may follow a file's last line (`splitLines` skips blank lines). */
+const blank = new Set([0x20, 0x09, 0x0d, newline])
+
+/**
+ * Whether the file's last non-blank line has a newline after it: it was written whole. A line a
+ * crash tore has none. A tail of blanks longer than `tailBytes` counts as whole.
+ */
+const lastLineEnded = (fs: FileSystem.FileSystem, path: string, size: FileSystem.Size) =>
+  Effect.scoped(Effect.gen(function*() {
+    const length = size < FileSystem.Size(tailBytes) ? Number(size) : tailBytes
     const file = yield* fs.open(path, { flag: "r" })
-    yield* file.seek(size - FileSystem.Size(1), "start")
-    const last = yield* file.readAlloc(1)
-    return Option.exists(last, (bytes) => bytes[0] === newline)
+    yield* file.seek(size - FileSystem.Size(length), "start")
+    const tail = Option.getOrElse(yield* file.readAlloc(length), () => new Uint8Array())
+    let at = tail.length - 1
+    while (at >= 0 && blank.has(tail[at]!) && tail[at] !== newline) at--
+    return at < 0 || tail[at] === newline
   }))
 
 /**
  * Rewrites an existing output file so it holds only its successful lines, one per custom id, and
- * returns those ids. Failed lines go (they are retried), and so does the line a crash tore: an
- * unreadable last line with no newline after it that is not JSON. Any other unreadable line means
- * the file is not batch output (a file named as the output by mistake), and it is left untouched. The rewrite goes to `<path>.compacting` beside it, given the file's mode,
- * then renamed over it, so a crash during it loses nothing. `path` must be the real path (see
- * `resolveOutput`), so a symlink to the output stays a symlink to the compacted file.
+ * returns those ids. Failed lines go (they are retried), and so does the line a crash tore: the
+ * start of a result line, last, with no newline after it. Any other unreadable line means the
+ * file is not batch output (a file named as the output by mistake), and it is left untouched. The
+ * rewrite goes to `<path>.compacting` beside it, given the file's mode, then renamed over it, so a
+ * crash during it loses nothing. `path` must be the real path (see `resolveOutput`), so a symlink
+ * to the output stays a symlink to the compacted file.
  */
 export const compactOutput = (
   fs: FileSystem.FileSystem,
@@ -384,7 +396,7 @@ export const compactOutput = (
     if (!(yield* fs.exists(path))) return new Set<string>()
     const temporaryPath = `${path}.compacting`
     const { mode, size } = yield* fs.stat(path)
-    const keep = keeper(!(yield* endsWithNewline(fs, path, size)))
+    const keep = keeper(!(yield* lastLineEnded(fs, path, size)))
     // Interrupted or failed, it leaves the output as it was and no temporary file.
     yield* Effect.scoped(
       Effect.gen(function*() {
@@ -400,11 +412,13 @@ export const compactOutput = (
 /**
  * What compaction keeps of an output's lines, a read at a time (no effect per line: an output can
  * hold millions): the text of the first successful line of each id. A line that is not a batch
- * result is `ForeignLine`, unless it may be a line a crash tore: the last, not JSON, when the file
- * does not end with a newline (`torn`).
+ * result is `ForeignLine`, unless it may be one a crash tore: the last, with no newline after it
+ * (`torn`), the start of a result line (bytes that are not UTF-8, a character cut in two, only
+ * after a result).
  */
 const keeper = (torn: boolean) => {
   const succeeded = new Set<string>()
+  let sawResult = false
   let unrecognized: number | undefined
   const lines = (read: Chunk.Chunk<NumberedLine>): Effect.Effect<string, ForeignLine> => {
     let kept = ""
@@ -412,10 +426,13 @@ const keeper = (torn: boolean) => {
       if (unrecognized !== undefined) return Effect.fail({ _tag: "ForeignLine", lineNumber: unrecognized })
       const result = line.text === undefined ? undefined : classifyExisting(line.text)
       if (result === undefined || result._tag === "Unrecognized") {
-        const tearable = torn && (line.text === undefined || Option.isNone(parseJson(line.text)))
+        const tearable = torn && (line.text === undefined ? sawResult : mayBeTornResult(line.text))
         if (!tearable) return Effect.fail({ _tag: "ForeignLine", lineNumber: line.lineNumber })
         unrecognized = line.lineNumber
-      } else if (result._tag === "Succeeded" && !succeeded.has(result.customId)) {
+        continue
+      }
+      sawResult = true
+      if (result._tag === "Succeeded" && !succeeded.has(result.customId)) {
         succeeded.add(result.customId)
         kept += `${line.text}\n`
       }

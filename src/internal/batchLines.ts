@@ -303,6 +303,13 @@ export const cut = (
 /** Serialises a result line, newline included. */
 export const encodeResultLine = (line: ResultLine): string => `${JSON.stringify(line)}\n`
 
+/** How every result line starts: its `id` first, made by `makeRequestIds`. */
+const resultLineStart = '{"id":"batch_req_'
+
+/** Whether `text` may be a result line a crash cut short: a start of one. */
+export const mayBeTornResult = (text: string): boolean =>
+  text.startsWith(resultLineStart) || resultLineStart.startsWith(text)
+
 const ExistingLine = Schema.Struct({
   custom_id: Schema.String,
   response: Schema.NullOr(Schema.Struct({ status_code: Schema.Number })),
