@@ -178,7 +178,7 @@ describe("ConcurrencyLimiter", () => {
         const abandoned = yield* Fiber.join(waiter)
         expect(abandoned).toMatchObject({ _tag: "QueueFull", abandoned: true, queued: 0 })
         expect(abandoned.message).toBe(
-          "gave up waiting for a concurrency permit: its wait ran out (maxWait, abandonWhen) with 0 others waiting"
+          "gave up waiting for a concurrency permit (its maxWait ran out, or its abandonWhen completed), 0 others waiting"
         )
         expect(yield* limiter.snapshot).toEqual({ limit: 1, inFlight: 1, queued: 0 })
         yield* Fiber.interrupt(holder)

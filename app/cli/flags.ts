@@ -59,8 +59,8 @@ export const file = (name: string) => Options.text(name).pipe(Options.withPseudo
  * line, which reads a `-` before an option as a broken option ("Expected to find option").
  */
 export const batchDashProblem = (argv: ReadonlyArray<string>): string | undefined => {
-  const batch = argv.indexOf("batch", 2)
-  return batch >= 0 && argv.slice(batch + 1).includes("-")
+  const command = argv.findIndex((arg, i) => i >= 2 && !arg.startsWith("-"))
+  return argv[command] === "batch" && argv.slice(command + 1).includes("-")
     ? "batch reads its input from a file and writes its output to one, not `-` (standard input or output): a stopped batch resumes by reading its input again and skipping the lines its output holds; save the input to a file first"
     : undefined
 }

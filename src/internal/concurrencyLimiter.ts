@@ -34,7 +34,7 @@ export class QueueFull extends Data.TaggedError("QueueFull")<{
 }> {
   override get message(): string {
     return this.abandoned === true
-      ? `gave up waiting for a concurrency permit: its wait ran out (maxWait, abandonWhen) with ${this.queued} others waiting`
+      ? `gave up waiting for a concurrency permit (its maxWait ran out, or its abandonWhen completed), ${this.queued} others waiting`
       : `concurrency limiter queue full (${this.queued} waiting)`
   }
 }
