@@ -449,7 +449,9 @@ describe.skipIf(!scriptPresent)(inTerminalTitle, () => {
       run.child.kill("SIGKILL")
       stopped()
       yield* waitFor("the run to end (its lock removed)", Effect.map(ws.fs.exists(ws.lock), (held) => !held), 20_000)
-      yield* waitFor("the summary", ws.fs.exists(summaryPath), 5_000)
+      // Written whole: the file exists a moment before its text is in it.
+      const summaryWritten = Effect.map(ws.fs.readFileString(summaryPath), (text) => text.endsWith("}\n"))
+      yield* waitFor("the summary", summaryWritten, 5_000)
       const written = expectOnceEach(yield* ws.readOutput)
       expect(written).toBeLessThan(100)
       expect(JSON.parse(yield* ws.fs.readFileString(summaryPath))).toMatchObject({ interrupted: true, succeeded: written })
