@@ -175,14 +175,31 @@ export const layer = (options: Options): Layer.Layer<Redis, RedisUnavailable> =>
 export const urlConfig: Config.Config<Redacted.Redacted<string>> = Config.redacted("WEATHERPROOF_REDIS_URL")
 
 /**
- * `WEATHERPROOF_REDIS_PREFIX`, default `defaults.prefix`.
+ * `WEATHERPROOF_REDIS_PREFIX`, default `defaults.prefix`: non-empty, without braces or whitespace.
  *
  * @since 0.1.0
  * @category config
  */
 export const prefixConfig: Config.Config<string> = Config.string("WEATHERPROOF_REDIS_PREFIX").pipe(
+  Config.validate({ message: `expected ${internal.invalidPrefix}`, validation: internal.isValidPrefix }),
   Config.withDefault(defaults.prefix)
 )
+
+/**
+ * Whether a Redis URL carries a password, in its user part (`redis://:secret@host`) or as the
+ * `?password=` ioredis reads: such a URL is never shown whole.
+ *
+ * @example
+ * ```ts
+ * import { Redis } from "weatherproof"
+ *
+ * Redis.carriesPassword("redis://127.0.0.1:6379/?password=secret") // true
+ * ```
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const carriesPassword: (url: string) => boolean = internal.carriesPassword
 
 /**
  * `WEATHERPROOF_REDIS_URL` (`urlConfig`) and `WEATHERPROOF_REDIS_PREFIX` (`prefixConfig`).

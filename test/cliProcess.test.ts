@@ -345,13 +345,24 @@ describe.skipIf(!redisServerPresent)(skipMessage("weatherproof batch processes s
   it.live("a Redis that cannot be reached at start: exit 2 naming it without its password (with a warning that ps shows it), nothing sent", () =>
     Effect.gen(function*() {
       const ws = yield* setup(5, {})
-      const ended = yield* start(["batch", ws.input, "--output", ws.output, "--redis", "redis://user:s3cret@127.0.0.1:1"], ws.env)
-        .ended(30_000)
-      expect(ended.code).toBe(2)
-      expect(ended.stderr).toContain("Redis at redis://127.0.0.1:1")
-      expect(ended.stderr).toContain("nothing was sent")
-      expect(ended.stderr).toContain("the password in --redis can be read by other users of this host (ps)")
-      expect(ended.stderr).not.toContain("s3cret")
+      // The password in the user part, or as the `?password=` ioredis reads.
+      for (const url of ["redis://user:s3cret@127.0.0.1:1", "redis://127.0.0.1:1/?password=s3cret"]) {
+        const ended = yield* start(["batch", ws.input, "--output", ws.output, "--redis", url], ws.env).ended(30_000)
+        expect(ended.code).toBe(2)
+        expect(ended.stderr).toContain("Redis at redis://127.0.0.1:1")
+        expect(ended.stderr).toContain("nothing was sent")
+        expect(ended.stderr).toContain("the password in --redis can be read by other users of this host (ps)")
+        expect(ended.stderr).not.toContain("s3cret")
+      }
+      // A prefix the lanes cannot use (they join keys with spaces) is a configuration error.
+      const prefixed = yield* start(["batch", ws.input, "--output", ws.output, "--redis", "redis://127.0.0.1:1"], {
+        ...ws.env,
+        WEATHERPROOF_REDIS_PREFIX: "my team"
+      }).ended(30_000)
+      expect(prefixed.code).toBe(2)
+      expect(prefixed.stderr).toContain(
+        "WEATHERPROOF_REDIS_PREFIX: expected a non-empty prefix without braces or whitespace"
+      )
       expect((yield* ws.simulator.stats).requests).toBe(0)
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)), 60_000)
 })

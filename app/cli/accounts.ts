@@ -89,7 +89,7 @@ const accountsOf = (
 
 /** A password given in `--redis` can be read by every user of the host, in `ps`. */
 const warnOfPassword = (url: string) =>
-  URL.canParse(url) && new URL(url).password !== ""
+  Redis.carriesPassword(url)
     ? Effect.logWarning(
       "weatherproof: the password in --redis can be read by other users of this host (ps); give the URL in WEATHERPROOF_REDIS_URL instead"
     )

@@ -13,7 +13,7 @@ import * as AccountPool from "../../src/AccountPool.js"
 import type * as Accounts from "../../src/Accounts.js"
 import * as Batch from "../../src/Batch.js"
 import * as CostLedger from "../../src/CostLedger.js"
-import type * as Redis from "../../src/Redis.js"
+import * as Redis from "../../src/Redis.js"
 import * as Router from "../../src/Router.js"
 import { type AccountArgs, type CallArgs, flagsProblem, invalidConfig, listIssues, loadAccounts, poolOptions } from "./accounts.js"
 import { withProgress } from "./batchProgress.js"
@@ -40,15 +40,9 @@ const durationFlag = (flag: string, duration: Option.Option<Duration.Duration>):
 
 const shellWord = (word: string): string => /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`
 
-/** A Redis URL to print: one that carries credentials is shown as `URL`, for the user to give again. */
-const withoutPassword = (url: string): string => {
-  try {
-    const parsed = new URL(url)
-    return parsed.username === "" && parsed.password === "" ? url : "URL"
-  } catch {
-    return "URL"
-  }
-}
+/** A Redis URL to print: one that carries credentials (or does not parse) is shown as `URL`, for the user to give again. */
+const withoutPassword = (url: string): string =>
+  URL.canParse(url) && new URL(url).username === "" && !Redis.carriesPassword(url) ? url : "URL"
 
 /** The command line that runs the same batch again, which resumes it. */
 export const commandLine = (args: BatchArgs): string =>

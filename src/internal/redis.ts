@@ -40,17 +40,33 @@ export const defaults = {
   commandTimeout: Duration.seconds(2)
 } as const
 
-/** The URL with its user and password removed, or a placeholder when it does not parse. */
+/** The URL with its user and password removed (ioredis also reads `?password=`), or a placeholder when it does not parse. */
 export const displayUrl = (url: string): string => {
   try {
     const parsed = new URL(url)
     parsed.username = ""
     parsed.password = ""
+    parsed.searchParams.delete("password")
     return parsed.toString()
   } catch {
     return "(an unparsable URL)"
   }
 }
+
+/** Whether a Redis URL carries a password: in its user part, or as ioredis's `?password=`. */
+export const carriesPassword = (url: string): boolean => {
+  if (!URL.canParse(url)) return false
+  const parsed = new URL(url)
+  return parsed.password !== "" || parsed.searchParams.has("password")
+}
+
+/**
+ * Whether a key prefix is usable: non-empty, without braces (it is a key's hash tag) or
+ * whitespace (the lane script joins keys with spaces).
+ */
+export const isValidPrefix = (prefix: string): boolean => /^[^{}\s]+$/.test(prefix)
+
+export const invalidPrefix = "a non-empty prefix without braces or whitespace"
 
 const reasonOf = (cause: unknown): string => cause instanceof Error ? cause.message : String(cause)
 
@@ -102,7 +118,7 @@ const connect = (url: string, options: Options, autoResubscribe = true): Effect.
 export const make = (options: Options): Effect.Effect<Service, RedisUnavailable, Scope.Scope> =>
   Effect.gen(function*() {
     const prefix = options.prefix ?? defaults.prefix
-    assertValid("Redis", [/^[^{}]+$/.test(prefix) ? undefined : `prefix must be non-empty, without braces, got "${prefix}"`])
+    assertValid("Redis", [isValidPrefix(prefix) ? undefined : `prefix: expected ${invalidPrefix}, got "${prefix}"`])
     const url = Redacted.isRedacted(options.url) ? Redacted.value(options.url) : options.url
     const client = yield* connect(url, options)
     const subscriptions = yield* subscriberOf(url, options)
