@@ -223,26 +223,40 @@ describe("Transport status mapping", () => {
     }).pipe(Effect.provide(setup([MockUpstream.status(502, { body: `<html>Bad gateway for ${keys[0]}</html>` })]))))
 })
 
-describe("Transport scrubs the key it sent from a refusal", () => {
+describe("Transport scrubs the key it sent from what an error quotes of the reply", () => {
   // Other providers' keys need not look like `sk-…`: the shape-based scrub misses these.
   const shapeless = ["gsk_Zq81LmN0pQ7rS2tU4vW6xY8zA1bC3dE5", "AIzaSyD-1234567890abcdefghijklmnopqrs"]
+  const echoed = (key: string) => `Incorrect API key provided: ${key}; or ${key.slice(0, 12)}****${key.slice(-12)}`
+  const expectScrubbed = (error: ApiError.ApiError, key: string) => {
+    const shown = [String(error), JSON.stringify(error), error.message].join("\n")
+    expect(shown).toContain("Incorrect API key provided")
+    expect(shown).not.toContain(key.slice(0, 12))
+    expect(shown).not.toContain(key.slice(-12))
+  }
   for (const key of shapeless) {
-    for (const status of [400, 401, 429, 500]) {
-      it.effect(`${key.slice(0, 4)}… echoed, whole or partly masked, in a ${status}`, () =>
+    const refusals = [400, 401, 429, 500].map((status) =>
+      [`a ${status}`, MockUpstream.status(status, { body: { error: { message: echoed(key) } } })] as const
+    )
+    // A 200 may quote it too: an error envelope, a page that is not the API's.
+    const answers = [
+      ["a 200 error envelope", MockUpstream.json({ error: { message: echoed(key) } })],
+      ["a 200 page", MockUpstream.parts([`<html>${echoed(key)}</html>`], { headers: { "content-type": "text/html" } })]
+    ] as const
+    for (const [name, reply] of [...refusals, ...answers]) {
+      it.effect(`${key.slice(0, 4)}… echoed, whole or partly masked, in ${name}`, () =>
         Effect.gen(function*() {
-          const error = yield* Effect.flip(create())
-          const shown = [String(error), JSON.stringify(error), error.message].join("\n")
-          expect(shown).toContain("Incorrect API key provided")
-          expect(shown).not.toContain(key.slice(0, 12))
-          expect(shown).not.toContain(key.slice(-12))
-        }).pipe(Effect.provide(setup(
-          [MockUpstream.status(status, {
-            body: { error: { message: `Incorrect API key provided: ${key}; or ${key.slice(0, 12)}****${key.slice(-12)}` } }
-          })],
-          undefined,
-          [key]
-        ))))
+          expectScrubbed(yield* Effect.flip(create()), key)
+        }).pipe(Effect.provide(setup([reply], undefined, [key]))))
     }
+    it.effect(`${key.slice(0, 4)}… echoed in a stream's error event`, () =>
+      Effect.gen(function*() {
+        const { error } = yield* drain()
+        expectScrubbed(error!, key)
+      }).pipe(Effect.provide(setup(
+        [MockUpstream.sse([...MockUpstream.events(generation).slice(0, 2), Wire.sseData({ error: { message: echoed(key) } })])],
+        undefined,
+        [key]
+      ))))
   }
 })
 

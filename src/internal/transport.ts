@@ -97,15 +97,24 @@ interface Problem {
 const decodeErrorBody = Schema.decodeUnknownOption(ChatSchema.ErrorBody)
 
 /**
- * Reads `{"error": {...}}`; a body that is not one (an HTML page from a proxy) becomes the message,
- * `scrub`bed: a refusal may echo the key it was sent with.
+ * What quotes a reply to a request sent with `key`: scrubbed of anything shaped like a key (shown
+ * `sk-***`, as always), then of that key, whole or in part and whatever its shape (other providers'
+ * keys need not look like `sk-…`). Made when an error quotes the reply, not for every call.
  */
-const problemOf = (
-  json: Option.Option<unknown>,
-  text: string,
-  fallback: string,
-  scrub: Scrubber.Scrubber = ApiError.scrubSecrets
-): Problem => {
+const scrubberOf = (key: Redacted.Redacted<string>): Scrubber.Scrubber => (text) =>
+  Scrubber.make([key])(ApiError.scrubSecrets(text))
+
+/** A 2xx reply, with what scrubs the text an error quotes of it (`scrubberOf` the key it was sent with). */
+interface Answered {
+  readonly reply: Reply
+  readonly scrub: Scrubber.Scrubber
+}
+
+/**
+ * Reads `{"error": {...}}`; a body that is not one (an HTML page from a proxy) becomes the message,
+ * `scrub`bed: a reply may echo the key its request was sent with.
+ */
+const problemOf = (json: Option.Option<unknown>, text: string, fallback: string, scrub: Scrubber.Scrubber): Problem => {
   const body = Option.flatMap(json, decodeErrorBody)
   if (Option.isNone(body)) {
     return { message: scrub(text.trim().slice(0, 500) || fallback) }
@@ -143,28 +152,29 @@ const statusError = (reply: Reply, problem: Problem, now: number): ApiError.ApiE
 const isErrorEnvelope = (json: unknown): json is { readonly error: unknown } =>
   typeof json === "object" && json !== null && "error" in json && !("choices" in json)
 
-const upstreamError = (json: { readonly error: unknown }, partial: ApiError.PartialOutput) => {
+const upstreamError = (json: { readonly error: unknown }, partial: ApiError.PartialOutput, scrub: Scrubber.Scrubber) => {
   const problem = problemOf(
     Option.some(json),
     typeof json.error === "string" ? json.error : "",
-    "the server reported an error"
+    "the server reported an error",
+    scrub
   )
   return new ApiError.UpstreamError({ message: problem.message, type: problem.type, code: problem.code, partial })
 }
 
-const schemaMismatch = (what: string, error: ParseResult.ParseError) =>
+const schemaMismatch = (what: string, error: ParseResult.ParseError, scrub: Scrubber.Scrubber) =>
   new ApiError.MalformedResponse({
     reason: "schema",
-    message: clipped(ApiError.scrubSecrets(`${what}: ${SchemaIssues.describeIssues(error).join("; ")}`), 1000)
+    message: clipped(scrub(`${what}: ${SchemaIssues.describeIssues(error).join("; ")}`), 1000)
   })
 
 const decodeCompletion = SchemaFastPath.decodeUnknownEither(ChatSchema.ChatCompletion, { errors: "all" })
 
-/** What a 200 that is not the API's held, scrubbed of keys. */
-const foreignBody = (contentType: string | undefined, text: string): string =>
-  quotedBody(contentType, text, ApiError.scrubSecrets)
-
-const parseCompletion = (text: string, contentType: string | undefined): Effect.Effect<ChatSchema.ChatCompletion, ApiError.ApiError> => {
+const parseCompletion = (
+  text: string,
+  contentType: string | undefined,
+  scrub: Scrubber.Scrubber
+): Effect.Effect<ChatSchema.ChatCompletion, ApiError.ApiError> => {
   const json = parseJson(text)
   if (Option.isNone(json)) {
     const start = text.trimStart()
@@ -173,12 +183,12 @@ const parseCompletion = (text: string, contentType: string | undefined): Effect.
         ? new ApiError.MalformedResponse({ reason: "blank", message: "the 200 body held only keep-alive whitespace" })
         : start.startsWith("{")
         ? new ApiError.MalformedResponse({ reason: "cut", message: "the 200 body ended before its JSON did" })
-        : new ApiError.MalformedResponse({ reason: "schema", message: `the 200 body is not JSON (${foreignBody(contentType, text)})` })
+        : new ApiError.MalformedResponse({ reason: "schema", message: `the 200 body is not JSON (${quotedBody(contentType, text, scrub)})` })
     )
   }
-  if (isErrorEnvelope(json.value)) return Effect.fail(upstreamError(json.value, ApiError.emptyPartial))
+  if (isErrorEnvelope(json.value)) return Effect.fail(upstreamError(json.value, ApiError.emptyPartial, scrub))
   const decoded = decodeCompletion(json.value)
-  if (Either.isLeft(decoded)) return Effect.fail(schemaMismatch("the 200 body is not a chat completion", decoded.left))
+  if (Either.isLeft(decoded)) return Effect.fail(schemaMismatch("the 200 body is not a chat completion", decoded.left, scrub))
   const completion = decoded.right
   const cut = completion.choices.find((choice) => choice.finish_reason === "insufficient_system_resource")
   return cut === undefined ? Effect.succeed(completion) : Effect.fail(
@@ -202,13 +212,13 @@ const parseCompletion = (text: string, contentType: string | undefined): Effect.
  * A 200 to a stream request with a body of another type: the server's error when it is one,
  * else a final `MalformedResponse` (retrying a web page gets the same page).
  */
-const notAStream = (contentType: string, text: string): ApiError.ApiError => {
+const notAStream = (contentType: string, text: string, scrub: Scrubber.Scrubber): ApiError.ApiError => {
   const json = parseJson(text)
   return Option.isSome(json) && isErrorEnvelope(json.value)
-    ? upstreamError(json.value, ApiError.emptyPartial)
+    ? upstreamError(json.value, ApiError.emptyPartial, scrub)
     : new ApiError.MalformedResponse({
       reason: "schema",
-      message: `the 200 answer to a stream request is not an event stream (${foreignBody(contentType, text)})`
+      message: `the 200 answer to a stream request is not an event stream (${quotedBody(contentType, text, scrub)})`
     })
 }
 
@@ -224,7 +234,8 @@ const drainAfterCut = Duration.seconds(1)
  */
 const chunkReader = (
   reads: Reads,
-  timeline: Timeline
+  timeline: Timeline,
+  scrub: Scrubber.Scrubber
 ): Effect.Effect<Chunk.Chunk<ChatSchema.ChatCompletionChunk>, Option.Option<ApiError.ApiError>> => {
   const sse = Sse.makeDecoder()
   let content = ""
@@ -262,9 +273,9 @@ const chunkReader = (
     if (Option.isNone(json)) {
       return Either.left(new ApiError.MalformedResponse({ reason: "schema", message: "a stream event is not JSON" }))
     }
-    if (isErrorEnvelope(json.value)) return Either.left(upstreamError(json.value, partial()))
+    if (isErrorEnvelope(json.value)) return Either.left(upstreamError(json.value, partial(), scrub))
     const decoded = decodeChunk(json.value)
-    if (Either.isLeft(decoded)) return Either.left(schemaMismatch("a stream event is not a completion chunk", decoded.left))
+    if (Either.isLeft(decoded)) return Either.left(schemaMismatch("a stream event is not a completion chunk", decoded.left, scrub))
     if (cut) {
       // After the cut only the usage billed for it is read: no content of it reached the caller.
       events++
@@ -494,7 +505,7 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
       credential: Credential,
       staleRetries: number,
       rejected: ReadonlySet<string> = noneRejected
-    ): Effect.Effect<Reply, ApiError.ApiError> =>
+    ): Effect.Effect<Answered, ApiError.ApiError> =>
       Effect.matchEffect(wire.send(body, `Bearer ${Redacted.value(credential.key)}`, timeline), {
         onFailure: (failure) =>
           failure._tag === "DeadlineExceeded"
@@ -504,7 +515,7 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
             : Effect.fail(requestFailed(failure.cause)),
         onSuccess: (reply) =>
           reply.status >= 200 && reply.status < 300
-            ? Effect.as(timeline.headersArrived, reply)
+            ? Effect.as(timeline.headersArrived, { reply, scrub: scrubberOf(credential.key) })
             : refused(wire, body, timeline, credential, staleRetries, rejected, reply)
       })
 
@@ -516,10 +527,9 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
       staleRetries: number,
       rejected: ReadonlySet<string>,
       reply: Reply
-    ): Effect.Effect<Reply, ApiError.ApiError> =>
+    ): Effect.Effect<Answered, ApiError.ApiError> =>
       Effect.flatMap(reply.errorText, (text) => {
-        // The key sent, whole or in part, whatever its shape: other providers' keys need not look like `sk-…`.
-        const problem = problemOf(parseJson(text), text, `HTTP ${reply.status}`, Scrubber.make([credential.key]))
+        const problem = problemOf(parseJson(text), text, `HTTP ${reply.status}`, scrubberOf(credential.key))
         if (reply.status !== 401) {
           return Effect.flatMap(Clock.currentTimeMillis, (now) => Effect.fail(statusError(reply, problem, now)))
         }
@@ -547,11 +557,11 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
       Effect.flatMap(startTimeline(options), (timeline) =>
         wire.within(
           timeline,
-          Effect.flatMap(send(wire, { ...request, stream: false }, timeline), (reply) =>
+          Effect.flatMap(send(wire, { ...request, stream: false }, timeline), ({ reply, scrub }) =>
             Effect.matchEffect(reply.completionText, {
               onFailure: (error) => Effect.fail(error._tag === "BodyBroken" ? bodyFailed(error.cause, ApiError.emptyPartial) : error),
               onSuccess: (text) => {
-                const completion = parseCompletion(text, reply.headers["content-type"])
+                const completion = parseCompletion(text, reply.headers["content-type"], scrub)
                 const onAnswer = options?.onAnswer
                 return onAnswer === undefined ? completion : Effect.tap(completion, onAnswer)
               }
@@ -585,12 +595,12 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
         const timeline = yield* startTimeline(options)
         yield* wire.watchScoped(timeline)
         const body = { ...request, stream: true, stream_options: { ...request.stream_options, include_usage: true } }
-        const reply = yield* send(wire, body, timeline)
+        const { reply, scrub } = yield* send(wire, body, timeline)
         const contentType = reply.headers["content-type"]
         if (contentType !== undefined && !contentType.includes("event-stream")) {
-          return yield* Effect.flatMap(reply.errorText, (text) => Effect.fail(notAStream(contentType, text)))
+          return yield* Effect.flatMap(reply.errorText, (text) => Effect.fail(notAStream(contentType, text, scrub)))
         }
-        return chunkReader(yield* reply.reads, timeline)
+        return chunkReader(yield* reply.reads, timeline, scrub)
       })
       const onExchange = options?.onExchange
       return onExchange === undefined ? opening : toldStream(opening, onExchange)
