@@ -8,6 +8,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
+import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
 import OpenAI, { APIError } from "openai"
 import * as Simulator from "../src/Simulator.js"
@@ -176,7 +177,11 @@ describe("weatherproof serve, shutting down", () => {
     Effect.gen(function*() {
       const { child, reading } = yield* serveStreaming({ chunkDelay: 200, pieceSize: 2 }, "5m")
       child.process.kill("SIGTERM")
-      yield* Effect.sleep("300 millis")
+      // The second signal once the first is taken: the drain has begun.
+      yield* Effect.repeat(Effect.sync(() => child.output().includes("shutting down")), {
+        until: (said) => said,
+        schedule: Schedule.spaced("20 millis")
+      }).pipe(Effect.timeout("20 seconds"))
       child.process.kill("SIGINT")
       const { error, text } = yield* Fiber.join(reading)
       expect((error as APIError).code).toBe("shutting_down")

@@ -361,8 +361,8 @@ export interface ForeignLine {
 /** The most of a file's end read to find whether its last line ended: blanks after it are rare. */
 const tailBytes = 64 * 1024
 
-/** Blank bytes that may follow a file's last line (`splitLines` skips blank lines). */
-const blank = new Set([0x20, 0x09, 0x0d, newline])
+/** Blanks other than a newline that may follow a file's last line (`splitLines` skips blank lines). */
+const blank = new Set([0x20, 0x09, 0x0d])
 
 /**
  * Whether the file's last non-blank line has a newline after it: it was written whole. A line a
@@ -375,7 +375,7 @@ const lastLineEnded = (fs: FileSystem.FileSystem, path: string, size: FileSystem
     yield* file.seek(size - FileSystem.Size(length), "start")
     const tail = Option.getOrElse(yield* file.readAlloc(length), () => new Uint8Array())
     let at = tail.length - 1
-    while (at >= 0 && blank.has(tail[at]!) && tail[at] !== newline) at--
+    while (at >= 0 && blank.has(tail[at]!)) at--
     return at < 0 || tail[at] === newline
   }))
 
