@@ -876,14 +876,23 @@ export type SummaryJson = SummaryInternal.SummaryJson
 export const toJson: (summary: Summary) => SummaryJson = SummaryInternal.toJson
 
 /**
- * Writes `toJson(summary)` to `path` as indented JSON, replacing the file.
+ * Writes `toJson(summary)` to `path` as indented JSON, replacing the file whole: a reader (a
+ * script watching for it) sees the previous summary or this one, never an empty or partial file.
+ * A symlink at `path` stays one, to the new summary; the file's mode is kept.
  *
  * @since 0.1.0
  */
 export const writeSummary = (path: string, summary: Summary): Effect.Effect<void, BatchError, FileSystem.FileSystem> =>
-  Effect.flatMap(FileSystem.FileSystem, (fs) => fs.writeFileString(path, `${JSON.stringify(toJson(summary), null, 2)}\n`)).pipe(
-    Effect.mapError((error) => new BatchError({ file: "summary", path, message: `cannot write the summary ${path}: ${describe(error)}` }))
-  )
+  Effect.flatMap(FileSystem.FileSystem, (fs) =>
+    Effect.flatMap(Files.resolveOutput(fs, path), (real) =>
+      Files.replaceFile(
+        fs,
+        real,
+        `${real}.${process.pid}.writing`,
+        (file) => Files.writeText(file, `${JSON.stringify(toJson(summary), null, 2)}\n`)
+      ))).pipe(
+      Effect.mapError((error) => new BatchError({ file: "summary", path, message: `cannot write the summary ${path}: ${describe(error)}` }))
+    )
 
 /**
  * A summary as a few human-readable lines, one per account among them.

@@ -674,6 +674,29 @@ describe("Batch summary", () => {
       expect(unwritable).toMatchObject({ _tag: "BatchError", file: "summary" })
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
+  it.scoped("replaces the summary whole: a full disk leaves the previous one as it was; a link and the file's mode are kept", () =>
+    Effect.gen(function*() {
+      const { summary, ws } = yield* ledgerRun
+      const target = `${ws.output}.summary.json`
+      const link = `${ws.output}.summary-link.json`
+      const previous = { ...summary, requests: 1 }
+      yield* Batch.writeSummary(target, previous)
+      yield* ws.fs.chmod(target, 0o640)
+      yield* ws.fs.symlink(target, link)
+      const written = JSON.stringify(Batch.toJson(previous), null, 2)
+      const full = yield* Effect.flip(Batch.writeSummary(link, summary).pipe(Effect.provide(layerFullDisk([target], 100))))
+      expect(full.message).toContain("ENOSPC")
+      expect(yield* ws.fs.readFileString(target)).toBe(`${written}\n`)
+      yield* Batch.writeSummary(link, summary)
+      expect(JSON.parse(yield* ws.fs.readFileString(target))).toEqual(Batch.toJson(summary))
+      expect(yield* ws.fs.readLink(link)).toBe(target)
+      expect((yield* ws.fs.stat(target)).mode & 0o777).toBe(0o640)
+      // Nothing is left beside it.
+      const directory = ws.output.slice(0, ws.output.lastIndexOf("/"))
+      expect((yield* ws.fs.readDirectory(directory)).filter((name) => name.includes("summary")).sort())
+        .toEqual(["output.jsonl.summary-link.json", "output.jsonl.summary.json"])
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
   it.scoped("with an AccountPool, lists every account with its state, used or not", () =>
     Effect.gen(function*() {
       const ws = yield* workspace

@@ -142,11 +142,14 @@ const pathsProblem = (args: BatchArgs): Effect.Effect<string | undefined, never,
     if (summary === output) return `--summary ${path} is the output file`
     const writable = (target: string) => Effect.isSuccess(fs.access(target, { writable: true }))
     if (yield* fs.exists(path).pipe(Effect.orElseSucceed(() => false))) {
-      return (yield* writable(path)) ? undefined : `--summary ${path} cannot be written`
+      if (!(yield* writable(path))) return `--summary ${path} cannot be written`
+    } else {
+      const missing = yield* directoryProblem(fs, "--summary", path)
+      if (missing !== undefined) return missing
     }
-    const directory = dirname(path)
-    return (yield* directoryProblem(fs, "--summary", path)) ??
-      ((yield* writable(directory)) ? undefined : `--summary ${path}: the directory ${directory} cannot be written`)
+    // The summary replaces its file by a rename in the file's directory (a link's target's).
+    const directory = dirname(summary)
+    return (yield* writable(directory)) ? undefined : `--summary ${path}: the directory ${directory} cannot be written`
   })
 
 /** A file to be made at `path`, named by `flag`, with no directory to be made in. */

@@ -394,20 +394,40 @@ export const compactOutput = (
 ): Effect.Effect<ReadonlySet<string>, PlatformError | ForeignLine> =>
   Effect.gen(function*() {
     if (!(yield* fs.exists(path))) return new Set<string>()
-    const temporaryPath = `${path}.compacting`
-    const { mode, size } = yield* fs.stat(path)
+    const { size } = yield* fs.stat(path)
     const keep = keeper(!(yield* lastLineEnded(fs, path, size)))
-    // Interrupted or failed, it leaves the output as it was and no temporary file.
+    yield* replaceFile(fs, path, `${path}.compacting`, (file) =>
+      Stream.runForEachChunk(lines(fs, path), (read) => Effect.flatMap(keep.lines(read), (text) => writeText(file, text))))
+    return keep.succeeded
+  })
+
+/**
+ * Replaces the file at `path` (a real path, see `resolveOutput`) with what `write` writes: into
+ * `temporaryPath` beside it, synced, given the file's mode when there is one, then renamed over
+ * it, so a reader or a crash sees the old file or the new one whole, never a part of either.
+ * Interrupted or failed, it leaves the file as it was and no temporary file.
+ */
+export const replaceFile = <E>(
+  fs: FileSystem.FileSystem,
+  path: string,
+  temporaryPath: string,
+  write: (file: FileSystem.File) => Effect.Effect<void, E>
+): Effect.Effect<void, E | PlatformError> =>
+  Effect.gen(function*() {
+    const mode = yield* fs.stat(path).pipe(
+      Effect.map((info) => Option.some(info.mode & 0o7777)),
+      Effect.catchIf(isNotFound, () => Effect.succeed(Option.none<number>()))
+    )
     yield* Effect.scoped(
       Effect.gen(function*() {
         const file = yield* fs.open(temporaryPath, { flag: "w" })
-        yield* Stream.runForEachChunk(lines(fs, path), (read) => Effect.flatMap(keep.lines(read), (text) => writeText(file, text)))
+        yield* write(file)
         yield* file.sync
-        yield* fs.chmod(temporaryPath, mode & 0o7777)
+        if (Option.isSome(mode)) yield* fs.chmod(temporaryPath, mode.value)
       })
-    ).pipe(Effect.zipRight(fs.rename(temporaryPath, path)), Effect.onError(() => Effect.ignore(fs.remove(temporaryPath))))
-    return keep.succeeded
-  })
+    )
+    yield* fs.rename(temporaryPath, path)
+  }).pipe(Effect.onError(() => Effect.ignore(fs.remove(temporaryPath))))
 
 /**
  * What compaction keeps of an output's lines, a read at a time (no effect per line: an output can

@@ -7,9 +7,9 @@ const noSpace = (method: string) =>
   new SystemError({ reason: "Unknown", module: "FileSystem", method, description: `ENOSPC: no space left on device, ${method}` })
 
 /**
- * The file system it is given, but `paths` live on a small disk of `capacity` bytes, as a full
- * disk does to them: an append writes what fits, then fails with ENOSPC (the failed write lands
- * in part); a whole-file write that does not fit fails and writes nothing.
+ * The file system it is given, but `paths` (and the files beside each, named `<path>.<suffix>`)
+ * live on a small disk of `capacity` bytes, as a full disk does to them: a write lands what fits,
+ * then fails with ENOSPC; a whole-file write truncates the file first, as the real call does.
  */
 export const layerFullDisk = (
   paths: ReadonlyArray<string>,
@@ -19,14 +19,20 @@ export const layerFullDisk = (
     FileSystem.FileSystem,
     Effect.map(FileSystem.FileSystem, (fs) => {
       let free = capacity
-      const onDisk = (path: string) => paths.includes(path)
+      const onDisk = (path: string) => paths.some((listed) => path === listed || path.startsWith(`${listed}.`))
+      /** What of `bytes` bytes fits: its length, and whether all of it does. */
+      const take = (bytes: number) => {
+        const fits = Math.min(free, bytes)
+        free -= fits
+        return { fits, whole: fits === bytes }
+      }
       const filling = (file: FileSystem.File): FileSystem.File =>
         Object.assign(Object.create(file) as FileSystem.File, {
           writeAll: (buffer: Uint8Array) => {
-            const fits = Math.min(free, buffer.length)
-            free -= fits
-            const written = file.writeAll(buffer.subarray(0, fits))
-            return fits === buffer.length ? written : Effect.zipRight(written, Effect.fail(noSpace("write")))
+            const { fits, whole } = take(buffer.length)
+            // Node's writeAll refuses to write nothing.
+            const written = fits === 0 ? Effect.void : file.writeAll(buffer.subarray(0, fits))
+            return whole ? written : Effect.zipRight(written, Effect.fail(noSpace("write")))
           }
         })
       return {
@@ -34,10 +40,10 @@ export const layerFullDisk = (
         open: (path, options) => onDisk(path) ? Effect.map(fs.open(path, options), filling) : fs.open(path, options),
         writeFileString: (path, text, options) => {
           if (!onDisk(path)) return fs.writeFileString(path, text, options)
-          const bytes = Buffer.byteLength(text)
-          if (bytes > free) return Effect.fail(noSpace("write"))
-          free -= bytes
-          return fs.writeFileString(path, text, options)
+          const bytes = Buffer.from(text)
+          const { fits, whole } = take(bytes.length)
+          const written = fs.writeFile(path, bytes.subarray(0, fits), options)
+          return whole ? written : Effect.zipRight(written, Effect.fail(noSpace("write")))
         }
       }
     })
