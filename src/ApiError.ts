@@ -21,13 +21,13 @@
  * composes them) reads errors only through a `Classifier` it is given, this one by default, so
  * they agree by construction. `classify` also knows `@effect/platform`'s `HttpClientError` (by
  * status and `Retry-After`). For errors of your own, `classifyWith` puts your reading first and
- * falls back to `classify`.
+ * falls back to `classify`, which knows this package's errors by a mark they carry, not by their
+ * tag alone: an error of yours tagged `ServerError` is one it does not know.
  *
  * @since 0.1.0
  */
 
 import * as HttpClientError from "@effect/platform/HttpClientError"
-import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
 import * as Option from "effect/Option"
 import type { FinishReason, Usage } from "./ChatSchema.js"
@@ -35,6 +35,7 @@ import type { CircuitOpen } from "./CircuitBreaker.js"
 import type { QueueFull } from "./ConcurrencyLimiter.js"
 import type { BudgetExceeded } from "./CostLedger.js"
 import { retryAfterFromHeaders } from "./internal/retryAfter.js"
+import { isSdkError, TaggedError } from "./internal/sdkError.js"
 import { isUntrustedCertificate } from "./internal/text.js"
 import type { RoutingRefused } from "./Router.js"
 import type { RateLimitExceeded } from "./TokenBucket.js"
@@ -51,6 +52,7 @@ export interface PartialOutput {
   readonly reasoningContent: string
   readonly usage: Usage | undefined
   readonly finishReason: FinishReason | undefined
+  /** Content events that arrived: a stream's chunks; a non-streaming answer's body is one, once its JSON began. */
   readonly events: number
 }
 
@@ -64,7 +66,7 @@ export const emptyPartial: PartialOutput = {
 }
 
 /** 400 or 422: the request itself is wrong; fix it, do not retry. @since 0.1.0 */
-export class InvalidRequest extends Data.TaggedError("InvalidRequest")<{
+export class InvalidRequest extends TaggedError("InvalidRequest")<{
   readonly status: number
   readonly message: string
   readonly param?: string | undefined
@@ -72,7 +74,7 @@ export class InvalidRequest extends Data.TaggedError("InvalidRequest")<{
 }> {}
 
 /** 401: the key was rejected. The key itself is never stored. @since 0.1.0 */
-export class KeyRejected extends Data.TaggedError("KeyRejected")<{
+export class KeyRejected extends TaggedError("KeyRejected")<{
   readonly message: string
   /** A non-secret label of the key, e.g. `key#2`. */
   readonly keyId: string
@@ -82,7 +84,7 @@ export class KeyRejected extends Data.TaggedError("KeyRejected")<{
 }
 
 /** 402: the account is out of balance; every key of the account is affected. @since 0.1.0 */
-export class InsufficientBalance extends Data.TaggedError("InsufficientBalance")<{
+export class InsufficientBalance extends TaggedError("InsufficientBalance")<{
   readonly message: string
 }> {
   /** @since 0.1.0 */
@@ -90,7 +92,7 @@ export class InsufficientBalance extends Data.TaggedError("InsufficientBalance")
 }
 
 /** 429: over the account's concurrency limit. @since 0.1.0 */
-export class RateLimited extends Data.TaggedError("RateLimited")<{
+export class RateLimited extends TaggedError("RateLimited")<{
   readonly message: string
   /** From `retry-after-ms` or `Retry-After` when the server sent one. */
   readonly retryAfter: Option.Option<Duration.Duration>
@@ -100,14 +102,14 @@ export class RateLimited extends Data.TaggedError("RateLimited")<{
 }
 
 /** 500, 503 or another 5xx: the server failed or is overloaded; retry after a wait. @since 0.1.0 */
-export class ServerError extends Data.TaggedError("ServerError")<{
+export class ServerError extends TaggedError("ServerError")<{
   readonly status: number
   readonly message: string
   readonly retryAfter: Option.Option<Duration.Duration>
 }> {}
 
 /** Any other status (404, 408, 409 …); `classifyStatus` says what it means. @since 0.1.0 */
-export class UnexpectedStatus extends Data.TaggedError("UnexpectedStatus")<{
+export class UnexpectedStatus extends TaggedError("UnexpectedStatus")<{
   readonly status: number
   readonly message: string
 }> {}
@@ -118,7 +120,7 @@ export class UnexpectedStatus extends Data.TaggedError("UnexpectedStatus")<{
  *
  * @since 0.1.0
  */
-export class TransportError extends Data.TaggedError("TransportError")<{
+export class TransportError extends TaggedError("TransportError")<{
   readonly reason: "connect" | "request" | "body"
   readonly message: string
   readonly partial: PartialOutput
@@ -132,7 +134,7 @@ export class TransportError extends Data.TaggedError("TransportError")<{
  *
  * @since 0.1.0
  */
-export class MalformedResponse extends Data.TaggedError("MalformedResponse")<{
+export class MalformedResponse extends TaggedError("MalformedResponse")<{
   readonly reason: "blank" | "cut" | "schema"
   readonly message: string
 }> {}
@@ -146,7 +148,7 @@ export class MalformedResponse extends Data.TaggedError("MalformedResponse")<{
  *
  * @since 0.1.0
  */
-export class DeadlineExceeded extends Data.TaggedError("DeadlineExceeded")<{
+export class DeadlineExceeded extends TaggedError("DeadlineExceeded")<{
   readonly reason: "first_content" | "idle" | "total"
   readonly after: Duration.Duration
   readonly partial: PartialOutput
@@ -158,7 +160,7 @@ export class DeadlineExceeded extends Data.TaggedError("DeadlineExceeded")<{
 }
 
 /** A stream that ended without `data: [DONE]`. Carries what arrived. @since 0.1.0 */
-export class StreamTruncated extends Data.TaggedError("StreamTruncated")<{
+export class StreamTruncated extends TaggedError("StreamTruncated")<{
   readonly partial: PartialOutput
 }> {
   /** @since 0.1.0 */
@@ -168,7 +170,7 @@ export class StreamTruncated extends Data.TaggedError("StreamTruncated")<{
 }
 
 /** `finish_reason: insufficient_system_resource`: DeepSeek cut the work short. @since 0.1.0 */
-export class InsufficientResource extends Data.TaggedError("InsufficientResource")<{
+export class InsufficientResource extends TaggedError("InsufficientResource")<{
   readonly partial: PartialOutput
 }> {
   /** @since 0.1.0 */
@@ -178,7 +180,7 @@ export class InsufficientResource extends Data.TaggedError("InsufficientResource
 }
 
 /** An `{"error": …}` event inside a stream or a 200 body. @since 0.1.0 */
-export class UpstreamError extends Data.TaggedError("UpstreamError")<{
+export class UpstreamError extends TaggedError("UpstreamError")<{
   readonly message: string
   readonly type?: string | undefined
   readonly code?: string | undefined
@@ -186,7 +188,7 @@ export class UpstreamError extends Data.TaggedError("UpstreamError")<{
 }> {}
 
 /** Every key was rejected (401), so no call can be made. @since 0.1.0 */
-export class NoUsableKey extends Data.TaggedError("NoUsableKey")<{
+export class NoUsableKey extends TaggedError("NoUsableKey")<{
   readonly rejected: number
 }> {
   /** @since 0.1.0 */
@@ -218,7 +220,7 @@ export interface AccountUnavailable {
 /** What each reason means to a reader of the message (the code alone, `no_keys`, says little). */
 const unavailableMeaning: Record<AccountUnavailable["reason"], string> = {
   circuit_open: "its breaker is open after failures",
-  out_of_balance: "its balance ran out (402)",
+  out_of_balance: "out of balance (a 402, or its balance check said so)",
   checking_balance: "its balance is being checked",
   no_keys: "every key rejected by the upstream (401)",
   busy: "at its limit, or failed already for this call"
@@ -231,7 +233,7 @@ const unavailableMeaning: Record<AccountUnavailable["reason"], string> = {
  *
  * @since 0.1.0
  */
-export class NoAccountAvailable extends Data.TaggedError("NoAccountAvailable")<{
+export class NoAccountAvailable extends TaggedError("NoAccountAvailable")<{
   readonly retryAfter: Option.Option<Duration.Duration>
   readonly accounts: ReadonlyArray<AccountUnavailable>
 }> {
@@ -510,14 +512,16 @@ export const classifyHttpClientError = (error: HttpClientError.HttpClientError):
     return error.reason === "Transport" ? sdkVerdictOf(error.cause) ?? outage() : caller
   }
   if (error.reason !== "StatusCode") return outage()
-  const headers = error.response.headers
-  const serverNow = Date.parse(headers["date"] ?? "")
-  return classifyStatus(error.response.status, retryAfterFromHeaders(headers, serverNow))
+  // No clock here: a date without the response's own `Date` is ignored.
+  return classifyStatus(error.response.status, retryAfterFromHeaders(error.response.headers, Number.NaN))
 }
 
-/** The verdict of one of this package's errors; `undefined` for any other value. */
+/**
+ * The verdict of one of this package's errors; `undefined` for any other value, a user's own
+ * error of the same tag included (its fields need not be ours).
+ */
 const sdkVerdictOf = (error: unknown): Verdict | undefined => {
-  const tag = tagOf(error)
+  const tag = isSdkError(error) ? tagOf(error) : undefined
   return tag !== undefined && Object.hasOwn(sdkVerdicts, tag)
     ? (sdkVerdicts as Record<string, (error: unknown) => Verdict>)[tag]!(error)
     : undefined

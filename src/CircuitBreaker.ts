@@ -42,7 +42,6 @@
 
 import * as Cause from "effect/Cause"
 import * as Context from "effect/Context"
-import * as Data from "effect/Data"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -61,6 +60,7 @@ import * as internal from "./internal/circuitBreaker.js"
 import * as internalRedis from "./internal/circuitBreakerRedis.js"
 import { assertValid, atLeast, positive, positiveInteger, ratio } from "./internal/options.js"
 import * as ScopeFinalizer from "./internal/scopeFinalizer.js"
+import { TaggedError } from "./internal/sdkError.js"
 import * as Redis from "./Redis.js"
 
 /**
@@ -197,7 +197,7 @@ export interface Snapshot {
  * @since 0.1.0
  * @category errors
  */
-export class CircuitOpen extends Data.TaggedError("CircuitOpen")<{
+export class CircuitOpen extends TaggedError("CircuitOpen")<{
   readonly reason: "open" | "half_open" | "isolated"
   /** Epoch millis when calls resume (the rejection time in half-open, `Infinity` while isolated). */
   readonly until: number

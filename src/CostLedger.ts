@@ -31,6 +31,7 @@ import type { Usage } from "./ChatSchema.js"
 import * as internal from "./internal/costLedger.js"
 import { assertValid, finiteAtLeast } from "./internal/options.js"
 import * as SchemaIssues from "./internal/schemaIssues.js"
+import { TaggedError } from "./internal/sdkError.js"
 
 // ---------------------------------------------------------------------------------------------
 // Pricing table
@@ -414,7 +415,7 @@ export interface LedgerSnapshot {
  * @since 0.1.0
  * @category errors
  */
-export class BudgetExceeded extends Data.TaggedError("BudgetExceeded")<{
+export class BudgetExceeded extends TaggedError("BudgetExceeded")<{
   readonly spentUsd: number
   readonly budgetUsd: number
 }> {

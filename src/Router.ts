@@ -23,7 +23,6 @@
 import * as Config from "effect/Config"
 import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
-import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
@@ -33,6 +32,7 @@ import * as Schema from "effect/Schema"
 import type { ChatCompletionRequest } from "./ChatSchema.js"
 import { assertValid } from "./internal/options.js"
 import * as SchemaIssues from "./internal/schemaIssues.js"
+import { TaggedError } from "./internal/sdkError.js"
 
 /**
  * What a request is for.
@@ -181,7 +181,7 @@ export interface Routed {
  * @since 0.1.0
  * @category errors
  */
-export class RoutingRefused extends Data.TaggedError("RoutingRefused")<{
+export class RoutingRefused extends TaggedError("RoutingRefused")<{
   readonly task: Task
   readonly model: string
   readonly reason: ThinkingReason

@@ -52,7 +52,6 @@
 
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
-import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -62,6 +61,7 @@ import * as SynchronizedRef from "effect/SynchronizedRef"
 import type { ChatCompletionRequest, Message } from "./ChatSchema.js"
 import * as internal from "./internal/tokenBucket.js"
 import * as internalRedis from "./internal/tokenBucketRedis.js"
+import { TaggedError } from "./internal/sdkError.js"
 import * as Redis from "./Redis.js"
 
 /**
@@ -152,7 +152,7 @@ export const defaults = {
  * @since 0.1.0
  * @category errors
  */
-export class RateLimitExceeded extends Data.TaggedError("RateLimitExceeded")<{
+export class RateLimitExceeded extends TaggedError("RateLimitExceeded")<{
   readonly dimension: Dimension
   readonly retryAfter: Option.Option<Duration.Duration>
 }> {

@@ -32,6 +32,9 @@ const statusError = (status: number, headers: Record<string, string> = {}) =>
 
 class UserBusy extends Data.TaggedError("UserBusy")<{}> {}
 class UserRejected extends Data.TaggedError("UserRejected")<{}> {}
+/** A user's own errors that share a tag with this package's, with other fields (or none). */
+class UserServerError extends Data.TaggedError("ServerError")<{ readonly detail: string }> {}
+class UserRateLimitExceeded extends Data.TaggedError("RateLimitExceeded")<{}> {}
 
 /** Every error shape the policies meet, with the verdict `ApiError.classify` must give it. */
 const table: ReadonlyArray<readonly [name: string, error: unknown, verdict: ApiError.Verdict]> = [
@@ -111,6 +114,9 @@ const table: ReadonlyArray<readonly [name: string, error: unknown, verdict: ApiE
     ApiError.refused(false)
   ],
   ["a user's tagged error", new UserBusy(), ApiError.outage()],
+  ["a user's error tagged as one of ours (a caller's verdict by our table)", new UserServerError({ detail: "db" }), ApiError.outage()],
+  ["a user's error tagged as one of ours, without our fields", new UserRateLimitExceeded(), ApiError.outage()],
+  ["a plain object tagged as one of ours", { _tag: "InvalidRequest", status: 400 }, ApiError.outage()],
   ["a plain Error", new Error("?"), ApiError.outage()],
   ["a string", "RateLimited", ApiError.outage()],
   ["a tag that is an Object method name", { _tag: "constructor" }, ApiError.outage()],

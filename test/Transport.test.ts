@@ -135,11 +135,18 @@ describe("Transport.create", () => {
       })
     }).pipe(Effect.provide(setup([MockUpstream.completion(cutGeneration)]))))
 
-  it.effect("a body broken mid-way is TransportError body", () =>
+  it.effect("a body broken mid-way is TransportError body: an outage once its JSON began, closed while queued before", () =>
     Effect.gen(function*() {
-      const error = yield* failure(create())
-      expect(error).toMatchObject({ _tag: "TransportError", reason: "body" })
-    }).pipe(Effect.provide(setup([MockUpstream.parts(["\n", "{\"id\":"], { cut: true })]))))
+      const midJson = yield* failure(create())
+      expect(midJson).toMatchObject({ _tag: "TransportError", reason: "body", partial: { events: 1 } })
+      expect(ApiError.classify(midJson)).toEqual(ApiError.outage())
+      const whileQueued = yield* failure(create())
+      expect(whileQueued).toMatchObject({ _tag: "TransportError", reason: "body", partial: { events: 0 } })
+      expect(ApiError.classify(whileQueued)).toEqual(ApiError.loadShed(Option.none(), "overload"))
+    }).pipe(Effect.provide(setup([
+      MockUpstream.parts(["\n", "{\"id\":"], { cut: true }),
+      MockUpstream.parts(["\n", "\n"], { cut: true })
+    ]))))
 })
 
 describe("Transport status mapping", () => {
@@ -183,6 +190,15 @@ describe("Transport status mapping", () => {
       expected: { _tag: "ServerError", status: 503 },
       verdict: "LoadShed",
       retryAfter: Duration.seconds(30)
+    },
+    {
+      name: "429 with an HTTP date read against its own Date header, not the Clock (the server's clock may differ)",
+      reply: MockUpstream.status(429, {
+        headers: { "retry-after": new Date(1_800_000_002_000).toUTCString(), date: new Date(1_800_000_000_000).toUTCString() }
+      }),
+      expected: { _tag: "RateLimited" },
+      verdict: "LoadShed",
+      retryAfter: Duration.seconds(2)
     },
     { name: "500", reply: echoKeyBody(500, "server_error"), expected: { _tag: "ServerError", status: 500 }, verdict: "Outage" },
     { name: "404", reply: MockUpstream.status(404), expected: { _tag: "UnexpectedStatus", status: 404 }, verdict: "Caller" },

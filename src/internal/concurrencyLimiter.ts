@@ -1,6 +1,5 @@
 import * as Cause from "effect/Cause"
 import type * as Clock from "effect/Clock"
-import * as Data from "effect/Data"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -13,6 +12,7 @@ import * as ApiError from "../ApiError.js"
 import type { Classifier } from "../ApiError.js"
 import { above, assertValid, atLeast, ratio } from "./options.js"
 import * as ScopeFinalizer from "./scopeFinalizer.js"
+import { TaggedError } from "./sdkError.js"
 import type {
   AcquireOptions,
   AdaptiveOptions,
@@ -28,7 +28,7 @@ import type {
 // Errors, metrics, outcomes
 // -----------------------------------------------------------------------------
 
-export class QueueFull extends Data.TaggedError("QueueFull")<{
+export class QueueFull extends TaggedError("QueueFull")<{
   readonly queued: number
   readonly abandoned?: boolean | undefined
 }> {

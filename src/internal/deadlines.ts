@@ -114,6 +114,11 @@ export class Timeline {
     this.firstContentAt ??= now
   }
 
+  /** Whether any content (not keep-alive) arrived yet. */
+  get hasContent(): boolean {
+    return this.firstContentAt !== undefined
+  }
+
   /** Tells `onFirstContent` once, after the first content arrived. */
   readonly reportFirstContent: Effect.Effect<void> = Effect.suspend(() => {
     const onFirstContent = this.observers?.onFirstContent

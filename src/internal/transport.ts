@@ -83,6 +83,16 @@ const bodyFailed = (cause: unknown, partial: ApiError.PartialOutput): ApiError.T
     cause
   })
 
+/**
+ * What a non-streaming answer cut mid-body had received: its body is its one event, counted once
+ * its JSON began (the answer was generated; the connection failed), none while only keep-alive
+ * blank lines came (closed while queued).
+ */
+const completionPartial = (timeline: Timeline): ApiError.PartialOutput =>
+  timeline.hasContent ? startedCompletion : ApiError.emptyPartial
+
+const startedCompletion: ApiError.PartialOutput = { ...ApiError.emptyPartial, events: 1 }
+
 // ---------------------------------------------------------------------------------------------
 // Error statuses
 // ---------------------------------------------------------------------------------------------
@@ -559,7 +569,8 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
           timeline,
           Effect.flatMap(send(wire, { ...request, stream: false }, timeline), ({ reply, scrub }) =>
             Effect.matchEffect(reply.completionText, {
-              onFailure: (error) => Effect.fail(error._tag === "BodyBroken" ? bodyFailed(error.cause, ApiError.emptyPartial) : error),
+              onFailure: (error) =>
+                Effect.fail(error._tag === "BodyBroken" ? bodyFailed(error.cause, completionPartial(timeline)) : error),
               onSuccess: (text) => {
                 const completion = parseCompletion(text, reply.headers["content-type"], scrub)
                 const onAnswer = options?.onAnswer
