@@ -483,7 +483,9 @@ export const layerRedis = (
  *
  * const client = Effect.gen(function*() {
  *   const pool = yield* AccountPool.AccountPool
- *   const policy = yield* Policy.make({ retry: { maxRetries: 3 }, concurrency: false, breaker: false })
+ *   // Each attempt waits for a permit of its account's limiter, which backs off on 429s: a
+ *   // retry of one is paced there, not charged to the retry budget (as `layerResilient` does).
+ *   const policy = yield* Policy.make({ retry: { maxRetries: 3 }, concurrency: false, breaker: false, capRetriesPaced: true })
  *   return yield* Resilient.makeWith(policy, AccountPool.upstream(pool))
  * })
  * ```
@@ -508,6 +510,46 @@ export const layerResilient = (
 ): Layer.Layer<Resilient | AccountPool, never, CostLedger> => resilientOver(layer(accounts, options), options)
 
 /**
+ * `layerResilient` over the context's `HttpClient` rather than `Transport.nodeHttpClient()`: a
+ * `MockUpstream` in tests, a `Simulator`'s client, or a client of your own. With a DeepSeek
+ * account the pool first asks `GET /user/balance` (its preflight): a script answers it too, or
+ * the options say `preflight: false`.
+ *
+ * @since 0.1.0
+ * @category layers
+ * @example
+ * ```ts
+ * import { Effect, Layer, Redacted } from "effect"
+ * import { AccountPool, CostLedger, MockUpstream, Resilient } from "weatherproof"
+ *
+ * const generation = { id: "chatcmpl-1", model: "deepseek-v4-flash", content: "Hello!", usage: MockUpstream.usage({ promptTokens: 12, completionTokens: 3 }) }
+ * const upstream = MockUpstream.layer((request) =>
+ *   request.url.endsWith("/user/balance")
+ *     ? MockUpstream.json({ is_available: true, balance_infos: [] })
+ *     : MockUpstream.completion(generation)
+ * )
+ * const account = {
+ *   name: "main",
+ *   provider: "deepseek" as const,
+ *   baseUrl: "https://api.deepseek.com",
+ *   keys: [Redacted.make("sk-test")],
+ *   fallback: false,
+ *   models: {}
+ * }
+ * const client = AccountPool.layerResilientOverHttpClient([account]).pipe(
+ *   Layer.provide([upstream, CostLedger.layer()])
+ * )
+ * const answer = Effect.flatMap(Resilient.Resilient, (resilient) =>
+ *   resilient.create({ model: "deepseek-v4-flash", messages: [{ role: "user", content: "Hi" }] })
+ * ).pipe(Effect.provide(client))
+ * ```
+ */
+export const layerResilientOverHttpClient = (
+  accounts: ReadonlyArray<Account>,
+  options: PoolOptions = {}
+): Layer.Layer<Resilient | AccountPool, never, CostLedger | HttpClient.HttpClient> => clientOver(layer(accounts, options), options)
+
+/**
  * `layerResilient` with the pool's lanes shared through Redis (`makeRedis`): the retry, its budget
  * and the rate limit stay per process, the permits and adaptive limits are shared.
  *
@@ -519,13 +561,19 @@ export const layerResilientRedis = (
   options: PoolOptions & RedisOptions = {}
 ): Layer.Layer<Resilient | AccountPool, never, CostLedger | Redis> => resilientOver(layerRedis(accounts, options), options)
 
-/** A `Resilient` client over `pool`, with the pool's output beside it. */
+/** A `Resilient` client over `pool` on `Transport.nodeHttpClient()`, with the pool's output beside it. */
 const resilientOver = <R>(
   pool: Layer.Layer<AccountPool, never, HttpClient.HttpClient | R>,
   options: PoolOptions
-): Layer.Layer<Resilient | AccountPool, never, Exclude<R, HttpClient.HttpClient>> => {
+): Layer.Layer<Resilient | AccountPool, never, Exclude<R, HttpClient.HttpClient>> =>
+  clientOver(pool.pipe(Layer.provide(TransportModule.nodeHttpClient())), options)
+
+/** A `Resilient` client over `pool`, with the pool's output beside it. */
+const clientOver = <R>(
+  pool: Layer.Layer<AccountPool, never, R>,
+  options: PoolOptions
+): Layer.Layer<Resilient | AccountPool, never, R> => {
   // One pool, shared (layers are memoised by reference) by the client and the AccountPool output.
-  const provided = pool.pipe(Layer.provide(TransportModule.nodeHttpClient()))
   const client = Layer.effect(
     ResilientModule.Resilient,
     Effect.gen(function*() {
@@ -544,5 +592,5 @@ const resilientOver = <R>(
       capRetriesPaced: true
     }))
   )
-  return Layer.provideMerge(client, provided)
+  return Layer.provideMerge(client, pool)
 }

@@ -478,10 +478,12 @@ const record = (request: HttpClientRequest.HttpClientRequest, url: URL): Recorde
   }
 }
 
-const exhausted = (script: ReadonlyArray<Reply>, request: RecordedRequest, index: number) =>
+const exhausted = (script: Script, request: RecordedRequest, index: number) =>
   new Error(
     `MockUpstream: script exhausted: request #${index + 1} (${request.method} ${request.url}) arrived ` +
-      `but the script holds only ${script.length} replies`
+      (typeof script === "function"
+        ? "but the script function returned no reply for it"
+        : `but the script holds only ${script.length} replies`)
   )
 
 /**
@@ -502,7 +504,7 @@ export const layer = (script: Script): Layer.Layer<HttpClient.HttpClient | MockU
         Effect.flatMap((index) => {
           const reply = typeof script === "function" ? script(recorded, index) : script[index]
           return reply === undefined
-            ? Effect.die(exhausted(script as ReadonlyArray<Reply>, recorded, index))
+            ? Effect.die(exhausted(script, recorded, index))
             : answer(request, reply)
         })
       )

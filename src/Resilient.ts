@@ -9,8 +9,10 @@
  * bucket, when the policy has one, is drawn by each attempt's request and token estimate
  * (`TokenBucket.costOf`).
  *
- * When the context holds a `ResponseCache`, `create` and `stream` ask it first, outside the policy:
- * a hit costs no permit, no token and no retry budget. Only deterministic requests are cached
+ * When the context the client is built in holds a `ResponseCache`, `create` and `stream` ask it
+ * first, outside the policy. It is read as the client is built: provide it to the client's layer
+ * (`Layer.provide(ResponseCache.layerMemory())`); merged beside it, the client never sees it. A
+ * hit costs no permit, no token and no retry budget. Only deterministic requests are cached
  * (temperature 0, or `cache: "force"`). A stream answered from the cache replays the stored
  * completion's chunks at once (`ResponseCache.Service.cachedStream`); a stream that ends whole is
  * stored as the completion it adds up to, so a stream and a completion of one request share it.

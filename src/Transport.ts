@@ -112,7 +112,10 @@ export interface Service {
   ) => Effect.Effect<ChatCompletion, ApiError>
   /**
    * A streaming completion (`stream: true` and `stream_options.include_usage` are forced). The
-   * stream ends after `data: [DONE]`; one that stops before fails with `StreamTruncated`.
+   * stream ends after `data: [DONE]`; one that stops before fails with `StreamTruncated`. After
+   * `[DONE]` the rest of the body (normally only its terminator) is read for at most a second
+   * before the stream ends, so its connection is reused: a server (or a test's `MockUpstream`
+   * reply) that keeps the body open after `[DONE]` delays the end by that second.
    */
   readonly stream: (
     request: ChatCompletionRequest,

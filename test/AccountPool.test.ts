@@ -947,4 +947,26 @@ describe("AccountPool", () => {
       // The pool the client runs on is the one `AccountPool` shows: 12 calls, then a and b failed over.
       expect(snapshot.map((s) => s.calls).reduce((x, y) => x + y)).toBe(15)
     }).pipe(Effect.timeout("20 seconds")))
+
+  it.effect("layerResilientOverHttpClient runs the whole stack over the context's HttpClient: a 429's retry waits for the lane, uncharged", () =>
+    Effect.gen(function*() {
+      let chats = 0
+      const upstream = MockUpstream.layer((req) =>
+        pathOf(req) === "/user/balance" ? balance(true) : ++chats === 1 ? MockUpstream.status(429, { headers: { "retry-after": "2" } }) : healthy()(req)
+      )
+      const client = AccountPool.layerResilientOverHttpClient([account("a", ["sk-a"])], {
+        retryBudget: { ratio: 0, minRetriesPerSecond: 0 },
+        budgetWait: 0
+      }).pipe(
+        Layer.provideMerge(upstream),
+        Layer.provide(CostLedger.layer())
+      )
+      yield* Effect.gen(function*() {
+        const answer = yield* Effect.fork(resilientCreate)
+        yield* TestClock.adjust("2 seconds")
+        expect((yield* Fiber.join(answer)).choices[0]?.message.content).toBe("hello from a")
+        const mock = yield* MockUpstream.MockUpstream
+        expect((yield* mock.requests).map(pathOf)).toEqual(["/user/balance", "/chat/completions", "/chat/completions"])
+      }).pipe(Effect.provide(client))
+    }))
 })

@@ -96,7 +96,17 @@ describe("MockUpstream", () => {
       const exit = yield* Effect.exit(post())
       expect(Exit.isFailure(exit) && Cause.isDie(exit.cause)).toBe(true)
       expect(Exit.isFailure(exit) && Cause.pretty(exit.cause)).toContain("script exhausted: request #2 (POST")
+      expect(Exit.isFailure(exit) && Cause.pretty(exit.cause)).toContain("the script holds only 1 replies")
     }).pipe(Effect.provide(MockUpstream.layer([MockUpstream.status(500)]))))
+
+  it.effect("a script function that returns no reply is a defect naming the request, not a count of replies", () =>
+    Effect.gen(function*() {
+      yield* post()
+      const exit = yield* Effect.exit(post())
+      expect(Exit.isFailure(exit) && Cause.pretty(exit.cause)).toContain(
+        "script exhausted: request #2 (POST https://upstream.test/chat/completions) arrived but the script function returned no reply for it"
+      )
+    }).pipe(Effect.provide(MockUpstream.layer((_, index) => [MockUpstream.status(500)][index]!))))
 
   it.effect("a script function sees each request and its index", () =>
     Effect.gen(function*() {
