@@ -188,6 +188,23 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
     }).pipe(capturingLogs(logs))
   }, { timeout: 30_000 })
 
+  it.scopedLive("a lane state lost to FLUSHALL counts only its own acceptances: ends of earlier ones are not taken off, slow start grows again", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const redis = yield* Redis.make({ url: server.url })
+      yield* lostLaneState("flushed", server, redis, redis.command("FLUSHALL", []))
+    }), { timeout: 30_000 })
+
+  it.scopedLive("a Redis restarted empty counts only its own acceptances: ends of the old server's are not taken off, slow start grows again", () => {
+    const logs: Array<Logged> = []
+    const rejoined = Effect.sync(() => logs.some((log) => log.message.includes("concurrency limits are shared again")))
+    return Effect.gen(function*() {
+      const server = yield* redisServer
+      const redis = yield* Redis.make({ url: server.url })
+      yield* lostLaneState("restarted", server, redis, Effect.zipRight(server.restart, until(rejoined, (done) => done)))
+    }).pipe(capturingLogs(logs))
+  }, { timeout: 30_000 })
+
   it.scopedLive("a ticket placed while the server has lost its process's presence is granted at once, not taken for a dead process's", () =>
     Effect.gen(function*() {
       const server = yield* redisServer
@@ -242,6 +259,44 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
       )
     }), { timeout: 60_000 })
 })
+
+/**
+ * Four permits of an adaptive limiter (initial limit 4) accepted, counted on the server, then the
+ * lane's state lost (`lose`) and the four ended: the server's accepted count starts from zero and
+ * counts the new acceptances one by one, and the limit grows when they reach it.
+ */
+const lostLaneState = (name: string, server: RedisServer, redis: Redis.Service, lose: Effect.Effect<unknown, unknown>) =>
+  Effect.gen(function*() {
+    const limiter = yield* limiterOn(server, { name, initial: 4 })
+    const stateKey = `${redis.key("limiter", name)}:state`
+    const acceptedOnServer = Effect.map(redis.command("HGET", [stateKey, "accepted"]), (n) => Number(n ?? 0))
+    /** The count once it is `expected`, or as it is 5 s later. */
+    const acceptedOnceAt = (expected: number) =>
+      until(acceptedOnServer, (n) => n === expected).pipe(Effect.orElse(() => acceptedOnServer))
+    const acceptOne = (scope: Scope.Scope) =>
+      Effect.flatMap(Scope.extend(limiter.acquire(), scope), (permit) => Effect.as(permit.accepted, permit))
+
+    const before = yield* Scope.make()
+    const earlier: Array<ConcurrencyLimiter.Permit> = []
+    for (let i = 1; i <= 4; i++) {
+      earlier.push(yield* acceptOne(before))
+      expect(yield* acceptedOnceAt(i)).toBe(i)
+    }
+    // The fourth acceptance, at the top of the limit, grew it in slow start.
+    yield* until(limiter.snapshot, (snapshot) => snapshot.limit === 5)
+    yield* lose
+    yield* Effect.forEach(earlier, (permit) => permit.complete({ _tag: "Success" }))
+    yield* Scope.close(before, Exit.void)
+
+    const after = yield* Scope.make()
+    for (let i = 1; i <= 5; i++) {
+      yield* acceptOne(after)
+      expect(yield* acceptedOnceAt(i)).toBe(i)
+    }
+    yield* until(limiter.snapshot, (snapshot) => snapshot.limit === 6)
+    yield* Scope.close(after, Exit.void)
+    expect(yield* acceptedOnceAt(0)).toBe(0)
+  })
 
 interface Caller {
   readonly fiber: Fiber.RuntimeFiber<void, ConcurrencyLimiter.QueueFull>

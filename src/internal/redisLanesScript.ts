@@ -10,8 +10,10 @@
  * - `L:state`: a hash, `limit` (the integer the grant reads), `epoch` (the adaptive limit's stamp),
  *   `version` and `aimd` (its serialised state, compared and set by `commit`), `accepted` (the
  *   requests accepted upstream and not ended: acceptances added by `commit`, ends taken off by
- *   `release`, so in the order of the grants), `account` (`A`), `cap` (the account's cap over all
- *   its lanes, -1 for none), `dropTo` (the limit a 429 leads to at most, from the last commit),
+ *   `release`, so in the order of the grants), `generation` (set by the first `commit` to a state
+ *   without one, from a process's unique id: a state the server lost and made again is another
+ *   generation, whose count no end of an acceptance counted before may take off), `account`
+ *   (`A`), `cap` (the account's cap over all its lanes, -1 for none), `dropTo` (the limit a 429 leads to at most, from the last commit),
  *   and once a 429 came `lowered`, `loweredEpoch`, `loweredUntil` (see "lower"). `A:lanes` lists an account's lanes.
  * - `L:q:interactive`, `L:q:batch`: sorted sets of waiting tickets scored by arrival order
  *   (`base:seq`, an `INCR` counter).
@@ -180,10 +182,13 @@ elseif op == "cancel" then
   end
   return false
 elseif op == "release" then
-  -- ARGV: lane, lease, requests accepted upstream that ended since the process's last release
-  -- (taken off the accepted count before the permit is granted again).
-  local ended = tonumber(ARGV[6]) or 0
-  if ended > 0 then redis.call("HINCRBY", ARGV[4] .. ":state", "accepted", -ended) end
+  -- ARGV: lane, lease, a generation, the requests accepted upstream and counted in it that ended
+  -- since the process's last release: taken off the accepted count before the permit is granted
+  -- again, unless the lane's state is of another generation (it never counted them).
+  local stateKey, ended = ARGV[4] .. ":state", tonumber(ARGV[7]) or 0
+  if ended > 0 and redis.call("HGET", stateKey, "generation") == ARGV[6] then
+    redis.call("HINCRBY", stateKey, "accepted", -ended)
+  end
   releaseLease(ARGV[4], ARGV[5])
   return false
 elseif op == "heartbeat" then
@@ -227,8 +232,8 @@ elseif op == "read" then
   -- ARGV: lane. Its shared adaptive state: version, state (or false), limit, epoch, in-flight,
   -- accepted. The accepted count is at most the in-flight (a request accepted holds its lease
   -- until its end is released): one above it counts ends a process never released (it died), and
-  -- is brought down to it; one below zero counts ends released before their acceptances were
-  -- committed, and reads as zero.
+  -- is brought down to it; one below zero counts ends released before their acceptances'
+  -- commit landed (one retried after a conflict), and reads as zero.
   local lane = ARGV[4]
   local stateKey = lane .. ":state"
   local state = redis.call("HMGET", stateKey, "version", "aimd", "limit", "epoch", "accepted")
@@ -263,19 +268,21 @@ elseif op == "lower" then
   return { limit or -1, epoch }
 elseif op == "commit" then
   -- ARGV: lane, the version read, state, limit, epoch, acceptances applied (added to the accepted
-  -- count), the limit a 429 of that state leads to at most. Sets them if no one did since, the
-  -- limit within a lowering of the epoch (see "lower"), and answers the limit set, or -1; a limit
+  -- count), the limit a 429 of that state leads to at most, the generation of a state that has
+  -- none. Sets them if no one did since, the limit within a lowering of the epoch (see "lower"),
+  -- and answers the limit set, or -1, and the generation that counts the acceptances; a limit
   -- that grew grants at once.
   local lane = ARGV[4]
   local stateKey = lane .. ":state"
-  local current = redis.call("HMGET", stateKey, "version", "limit", "lowered", "loweredEpoch", "loweredUntil")
-  if (tonumber(current[1]) or 0) ~= tonumber(ARGV[5]) then return -1 end
+  local current = redis.call("HMGET", stateKey, "version", "limit", "lowered", "loweredEpoch", "loweredUntil", "generation")
+  if (tonumber(current[1]) or 0) ~= tonumber(ARGV[5]) then return { -1, "" } end
   local limit = tonumber(ARGV[7])
   if current[4] == ARGV[8] and now < (tonumber(current[5]) or 0) then limit = math.min(limit, tonumber(current[3])) end
-  redis.call("HSET", stateKey, "version", tonumber(ARGV[5]) + 1, "aimd", ARGV[6], "limit", limit, "epoch", ARGV[8], "dropTo", ARGV[10])
+  local generation = current[6] or ARGV[11]
+  redis.call("HSET", stateKey, "version", tonumber(ARGV[5]) + 1, "aimd", ARGV[6], "limit", limit, "epoch", ARGV[8], "dropTo", ARGV[10], "generation", generation)
   redis.call("HINCRBY", stateKey, "accepted", tonumber(ARGV[9]) or 0)
   if limit > (tonumber(current[2]) or 0) then granted(lane) else touch(lane) end
-  return limit
+  return { limit, generation }
 end
 return redis.error_reply("unknown operation " .. tostring(op))
 `
