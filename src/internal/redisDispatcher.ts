@@ -6,10 +6,12 @@
  * - `enter` always queues: the grant comes from the server, answered by the script that queued the
  *   ticket when there is room, later on this process's channel. A grant for a ticket no one waits
  *   for any more is handed back at once.
- * - One heartbeat per process every `leaseTtl / 3` refreshes its presence and every lease it holds
- *   (re-adding the missing ones: the calls are really in flight), asks the state of its tickets
- *   (so a lost message costs one heartbeat), grants on its lanes (a dead process's leases expire)
- *   and reads their limits and in-flight counts.
+ * - One heartbeat per process every third of its presence (`leaseTtl`, at most `maxPresence`)
+ *   refreshes that presence and every lease it holds (re-adding the missing ones: the calls are
+ *   really in flight), asks the state of its tickets (so a lost message costs one heartbeat),
+ *   grants on its lanes (a dead process's leases expire) and reads their limits and in-flight
+ *   counts. A lease granted to a waiting ticket lasts the presence until that refresh, so a
+ *   process killed while its tickets wait holds the permits granted them a few seconds only.
  * - An adaptive lane's limit is one `Aimd` state on the server, learnt together: each process
  *   queues its permits' events and a flush per lane applies them to the latest state, compared and
  *   set by version (re-read and re-applied on a conflict). A 429 also lowers the limit on the
@@ -86,6 +88,12 @@ export const localModeCounter = Metric.counter("weatherproof_redis_lanes_local_m
 export const defaultLeaseTtl = Duration.seconds(30)
 
 const connectionClosed = new RedisError({ operation: "connection", reason: "the connection closed" })
+
+/**
+ * How long a process counts as alive after its last heartbeat or placement, at most: after it
+ * died, its waiting tickets are granted for this long (each such lease lasting this long too).
+ */
+const maxPresence = Duration.seconds(5)
 
 /** Shared state and queues idle this long expire. */
 const idleMillis = 60 * 60 * 1000
@@ -395,6 +403,7 @@ export const make = (
     const call = (operation: string, args: ReadonlyArray<string | number>) =>
       run([base], [operation, base, idleMillis, ...args])
     const ttl = Math.max(1, Math.round(Duration.toMillis(settings.leaseTtl)))
+    const presence = Math.min(ttl, Duration.toMillis(maxPresence))
     const fork = yield* FiberSet.makeRuntime<never>()
 
     const tickets = new Map<string, Ticket>()
@@ -553,7 +562,7 @@ export const make = (
     const place = (ticket: Ticket) => {
       if (ticket.lanes.length === 0) return
       send(Effect.flatMap(
-        call("place", [owner, ticket.id, ticket.priority, ttl, ...ticket.lanes.flatMap(laneArgs)]),
+        call("place", [owner, ticket.id, ticket.priority, ttl, presence, ...ticket.lanes.flatMap(laneArgs)]),
         (reply) =>
           Effect.sync(() => {
             const [answer, alive] = reply as [string | null, number]
@@ -699,7 +708,7 @@ export const make = (
         call("heartbeat", [
           owner,
           ttl,
-          ttl,
+          presence,
           leases.length,
           ...leases.flatMap((grant) => [entryOf.get(grant.lane)!.spec.key, grant.lease]),
           waiting.length,
@@ -735,7 +744,7 @@ export const make = (
 
     yield* beat
     yield* redis.subscribe(redis.key("lanes", "grants", owner), granted).pipe(Effect.catchAll(failed))
-    yield* Effect.forkScoped(Effect.repeat(beat, Schedule.spaced(Duration.millis(Math.max(1, Math.floor(ttl / 3))))))
+    yield* Effect.forkScoped(Effect.repeat(beat, Schedule.spaced(Duration.millis(Math.max(1, Math.floor(presence / 3))))))
     // A connection that closed is Redis lost, whether or not a script failed meanwhile: a server
     // back empty forgot this process's leases, tickets and presence, which the rejoin restores.
     // A connection back is tried at once, not at the next heartbeat.

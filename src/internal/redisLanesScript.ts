@@ -17,9 +17,11 @@
  *   and once a 429 came `lowered`, `loweredEpoch`, `loweredUntil` (see "lower"). `A:lanes` lists an account's lanes.
  * - `L:q:interactive`, `L:q:batch`: sorted sets of waiting tickets scored by arrival order
  *   (`base:seq`, an `INCR` counter).
- * - `base:ticket:<id>`: a hash, `owner`, `ttl` (the lease's, ms), `priority`, `lanes` (space
- *   separated), `order`; once granted also `granted` (the grant's message) until its lease (whose
- *   id is the ticket's) is released or it expires.
+ * - `base:ticket:<id>`: a hash, `owner`, `ttl` (the lease's, ms), `presence` (its owner's, ms),
+ *   `priority`, `lanes` (space separated), `order`; once granted also `granted` (the grant's
+ *   message) until its lease (whose id is the ticket's) is released or it expires. A lease granted
+ *   to a waiting ticket lasts its owner's presence until the owner's heartbeat refreshes it: an
+ *   owner dead while its tickets waited holds each for that long, not for a lease TTL.
  * - `base:process:<owner>`: the owner's presence (a TTL refreshed by its heartbeat); `base:processes`
  *   a sorted set of owners scored by the expiry of their presence.
  * - Channel `base:grants:<owner>`: each grant, `<ticket> <lane> <in-flight> <epoch> <limit>` (the
@@ -92,7 +94,7 @@ local function grant(lane, wanted)
     if account and cap >= 0 and purge(account .. ":leases") >= cap then break end
     local id = headOf(lane)
     if id == nil then break end
-    local ticket = redis.call("HMGET", ticketKey(id), "owner", "ttl", "lanes", "granted")
+    local ticket = redis.call("HMGET", ticketKey(id), "owner", "ttl", "lanes", "granted", "presence")
     if ticket[1] == false or ticket[4] ~= false or redis.call("EXISTS", base .. ":process:" .. ticket[1]) == 0 then
       -- Gone, granted already, or its owner is dead: it waits nowhere any more. A waiting ticket
       -- goes too, so that an owner alive after all (its presence lapsed) finds it gone and queues it again.
@@ -100,13 +102,15 @@ local function grant(lane, wanted)
       unqueue(id, { lane })
       if ticket[1] ~= false and ticket[4] == false then redis.call("DEL", ticketKey(id)) end
     else
-      local expiry = now + tonumber(ticket[2])
+      -- The caller placing the ticket is alive now; another owner may have died while it waited.
+      local ttl = tonumber(ticket[2])
+      local expiry = now + (id == wanted and ttl or math.min(ttl, tonumber(ticket[5]) or ttl))
       unqueue(id, split(ticket[3]))
       redis.call("ZADD", lane .. ":leases", expiry, id)
       if account then redis.call("ZADD", account .. ":leases", expiry, id) end
       local message = id .. " " .. lane .. " " .. (inFlight + 1) .. " " .. epoch .. " " .. limit
       redis.call("HSET", ticketKey(id), "granted", message)
-      redis.call("PEXPIRE", ticketKey(id), tonumber(ticket[2]))
+      redis.call("PEXPIRE", ticketKey(id), ttl)
       -- The ticket the caller placed learns of its grant in the reply.
       if id == wanted then answer = message else redis.call("PUBLISH", base .. ":grants:" .. ticket[1], message) end
     end
@@ -138,20 +142,20 @@ local function releaseLease(lane, id)
 end
 
 if op == "place" then
-  -- ARGV: owner, ticket, priority, lease ttl (also the owner's presence), then per lane: lane,
+  -- ARGV: owner, ticket, priority, lease ttl, the owner's presence, then per lane: lane,
   -- account (or ""), cap, limit, whether the limit is fixed (1) or a seed (0). Marks the owner
   -- alive (a server that restarted empty knows it again before its next heartbeat), queues the
   -- ticket on exactly these lanes (keeping its arrival order if it waits already) and grants what
   -- it can. Answers its grant (or false) and the processes alive.
-  local owner, id, priority, ttl = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
-  local processes = present(owner, ttl)
+  local owner, id, priority, ttl, presence = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
+  local processes = present(owner, presence)
   local key = ticketKey(id)
   local ticket = redis.call("HMGET", key, "granted", "order", "lanes")
   if ticket[1] then return { ticket[1], processes } end
   local order = tonumber(ticket[2]) or redis.call("INCR", base .. ":seq")
   redis.call("PEXPIRE", base .. ":seq", idle)
   local lanes = {}
-  for i = 8, #ARGV, 5 do
+  for i = 9, #ARGV, 5 do
     local lane, account, cap, limit, fixed = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
     lanes[#lanes + 1] = lane
     local stateKey = lane .. ":state"
@@ -164,7 +168,7 @@ if op == "place" then
     end
   end
   unqueue(id, split(ticket[3]))
-  redis.call("HSET", key, "owner", owner, "ttl", ttl, "priority", priority, "lanes", table.concat(lanes, " "), "order", order)
+  redis.call("HSET", key, "owner", owner, "ttl", ttl, "presence", presence, "priority", priority, "lanes", table.concat(lanes, " "), "order", order)
   redis.call("PEXPIRE", key, 3 * ttl)
   for _, lane in ipairs(lanes) do redis.call("ZADD", lane .. ":q:" .. priority, order, id) end
   local answer = false
