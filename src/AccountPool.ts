@@ -413,8 +413,9 @@ export const layer = (
  */
 export interface RedisOptions extends Options {
   /**
-   * How long a permit's lease outlives its holder's last heartbeat (one every third of it): a
-   * process that dies without releasing its permits frees them after this long. Default 30 seconds.
+   * How long a permit's lease outlives its holder's last heartbeat (one every third of it, or of
+   * 5 seconds when it is longer): a process that dies without releasing its permits frees them
+   * after this long. Default 30 seconds.
    */
   readonly leaseTtl?: Duration.DurationInput | undefined
 }

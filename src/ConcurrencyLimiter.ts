@@ -509,8 +509,9 @@ export interface RedisOptions extends AdaptiveOptions {
   /** A fixed limit instead of the adaptive one. Default: adaptive. */
   readonly permits?: number | undefined
   /**
-   * How long a permit's lease outlives its holder's last heartbeat (one every third of it): a
-   * process that dies without releasing its permits frees them after this long. Default 30 seconds.
+   * How long a permit's lease outlives its holder's last heartbeat (one every third of it, or of
+   * 5 seconds when it is longer): a process that dies without releasing its permits frees them
+   * after this long. Default 30 seconds.
    */
   readonly leaseTtl?: Duration.DurationInput | undefined
 }

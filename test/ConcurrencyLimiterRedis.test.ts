@@ -10,6 +10,7 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as FastCheck from "effect/FastCheck"
 import * as Fiber from "effect/Fiber"
+import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
 import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
 import * as LimiterInternal from "../src/internal/concurrencyLimiter.js"
@@ -148,6 +149,37 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
       expect(Date.now() - killedAt).toBeLessThanOrEqual(2000 + 2000 / 3 + 500)
     }), { timeout: 60_000 })
 
+  it.scopedLive("a process killed with SIGKILL while its tickets wait holds what they are granted for its presence (5 s), not for a lease TTL", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const redis = yield* Redis.make({ url: server.url })
+      // The default lease TTL, 30 s, on both sides.
+      const limiter = yield* limiterOn(server, { name: "killed-waiting", permits: 1 })
+      const held = yield* Scope.make()
+      yield* Scope.extend(limiter.acquire(), held)
+      const child: ChildProcess = yield* Effect.acquireRelease(
+        Effect.sync(() =>
+          spawn("node_modules/.bin/vite-node", ["test/support/leaseHolder.ts", "--", server.url, "killed-waiting", "1", "30000", "3"], {
+            stdio: ["ignore", "ignore", "inherit"]
+          })
+        ),
+        (child) => Effect.sync(() => child.exitCode === null && child.kill("SIGKILL"))
+      )
+      // Its three tickets wait behind the permit held here.
+      const queue = `${redis.key("limiter", "killed-waiting")}:q:interactive`
+      yield* redis.command("ZCARD", [queue]).pipe(
+        Effect.repeat({ until: (n) => n === 3, schedule: Schedule.spaced("50 millis") }),
+        Effect.timeout("30 seconds")
+      )
+      child.kill("SIGKILL")
+      const killedAt = Date.now()
+      // The permit goes to the dead process's first ticket: its lease lapses with the process's
+      // presence, which drops the other two; a heartbeat here then grants the next caller.
+      yield* Scope.close(held, Exit.void)
+      yield* Effect.scoped(limiter.acquire()).pipe(Effect.timeout("15 seconds"))
+      expect(Date.now() - killedAt).toBeLessThanOrEqual(5000 + 5000 / 3 + 1500)
+    }), { timeout: 60_000 })
+
   it.scopedLive("a 429 seen by one limiter lowers the limit the others grant by", () =>
     Effect.gen(function*() {
       const server = yield* redisServer
@@ -173,7 +205,7 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
       const server = yield* redisServer
       const redis = yield* Redis.make({ url: server.url })
       const leases = redis.command("ZCARD", [`${redis.key("limiter", "restarted")}:leases`])
-      // The heartbeat (every 10 s) that would find the lease and the process lost is far off.
+      // Heartbeats come every 5/3 s: the restart, far shorter, is told by the connection's close.
       const limiter = yield* Effect.provideService(ConcurrencyLimiter.makeRedis({ name: "restarted", permits: 2 }), Redis.Redis, redis)
       const held = yield* Scope.make()
       yield* Scope.extend(limiter.acquire(), held)
@@ -188,13 +220,30 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
     }).pipe(capturingLogs(logs))
   }, { timeout: 30_000 })
 
+  it.scopedLive("a lane state lost to FLUSHALL counts only its own acceptances: ends of earlier ones are not taken off, slow start grows again", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const redis = yield* Redis.make({ url: server.url })
+      yield* lostLaneState("flushed", server, redis, redis.command("FLUSHALL", []))
+    }), { timeout: 30_000 })
+
+  it.scopedLive("a Redis restarted empty counts only its own acceptances: ends of the old server's are not taken off, slow start grows again", () => {
+    const logs: Array<Logged> = []
+    const rejoined = Effect.sync(() => logs.some((log) => log.message.includes("concurrency limits are shared again")))
+    return Effect.gen(function*() {
+      const server = yield* redisServer
+      const redis = yield* Redis.make({ url: server.url })
+      yield* lostLaneState("restarted", server, redis, Effect.zipRight(server.restart, until(rejoined, (done) => done)))
+    }).pipe(capturingLogs(logs))
+  }, { timeout: 30_000 })
+
   it.scopedLive("a ticket placed while the server has lost its process's presence is granted at once, not taken for a dead process's", () =>
     Effect.gen(function*() {
       const server = yield* redisServer
       const redis = yield* Redis.make({ url: server.url })
       const limiter = yield* Effect.provideService(ConcurrencyLimiter.makeRedis({ name: "absent", permits: 2 }), Redis.Redis, redis)
       yield* Effect.scoped(limiter.acquire())
-      // As after a restart, or a heartbeat (the next one 10 s away) late past its TTL.
+      // As after a restart, or a heartbeat (the next one up to 5/3 s away) late past its TTL.
       yield* redis.command("DEL", [redis.key("lanes", "process", (yield* onlyProcess(redis)))])
       yield* Effect.scoped(limiter.acquire()).pipe(Effect.timeout("3 seconds"))
     }), { timeout: 30_000 })
@@ -242,6 +291,44 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
       )
     }), { timeout: 60_000 })
 })
+
+/**
+ * Four permits of an adaptive limiter (initial limit 4) accepted, counted on the server, then the
+ * lane's state lost (`lose`) and the four ended: the server's accepted count starts from zero and
+ * counts the new acceptances one by one, and the limit grows when they reach it.
+ */
+const lostLaneState = (name: string, server: RedisServer, redis: Redis.Service, lose: Effect.Effect<unknown, unknown>) =>
+  Effect.gen(function*() {
+    const limiter = yield* limiterOn(server, { name, initial: 4 })
+    const stateKey = `${redis.key("limiter", name)}:state`
+    const acceptedOnServer = Effect.map(redis.command("HGET", [stateKey, "accepted"]), (n) => Number(n ?? 0))
+    /** The count once it is `expected`, or as it is 5 s later. */
+    const acceptedOnceAt = (expected: number) =>
+      until(acceptedOnServer, (n) => n === expected).pipe(Effect.orElse(() => acceptedOnServer))
+    const acceptOne = (scope: Scope.Scope) =>
+      Effect.flatMap(Scope.extend(limiter.acquire(), scope), (permit) => Effect.as(permit.accepted, permit))
+
+    const before = yield* Scope.make()
+    const earlier: Array<ConcurrencyLimiter.Permit> = []
+    for (let i = 1; i <= 4; i++) {
+      earlier.push(yield* acceptOne(before))
+      expect(yield* acceptedOnceAt(i)).toBe(i)
+    }
+    // The fourth acceptance, at the top of the limit, grew it in slow start.
+    yield* until(limiter.snapshot, (snapshot) => snapshot.limit === 5)
+    yield* lose
+    yield* Effect.forEach(earlier, (permit) => permit.complete({ _tag: "Success" }))
+    yield* Scope.close(before, Exit.void)
+
+    const after = yield* Scope.make()
+    for (let i = 1; i <= 5; i++) {
+      yield* acceptOne(after)
+      expect(yield* acceptedOnceAt(i)).toBe(i)
+    }
+    yield* until(limiter.snapshot, (snapshot) => snapshot.limit === 6)
+    yield* Scope.close(after, Exit.void)
+    expect(yield* acceptedOnceAt(0)).toBe(0)
+  })
 
 interface Caller {
   readonly fiber: Fiber.RuntimeFiber<void, ConcurrencyLimiter.QueueFull>

@@ -197,7 +197,8 @@ export interface Policy {
    * left to a waiting call (`Slot.refilled`). Absent: no permit does.
    */
   readonly refill?: () => boolean
-  readonly accepted: (stamp: number, refill?: boolean) => boolean
+  /** `grant`: the permit's, for a policy that follows each acceptance to its permit's release. */
+  readonly accepted: (stamp: number, refill?: boolean, grant?: Grant) => boolean
   /** `elapsedMillis`: from the grant to the end. */
   readonly record: (
     stamp: number,
@@ -817,7 +818,8 @@ export interface PermitHooks {
  * report counts. A success reported without a queue delay takes the one the holder recorded.
  * An acceptance is ahead of its response when it came nearer the send than the end.
  */
-export const makePermit = (policy: Policy, ledger: Ledger, { stamp }: Grant, clock: Clock.Clock, hooks: PermitHooks) => {
+export const makePermit = (policy: Policy, ledger: Ledger, grant: Grant, clock: Clock.Clock, hooks: PermitHooks) => {
+  const { stamp } = grant
   const grantedAt = clock.unsafeCurrentTimeMillis()
   const refill = policy.refill?.() ?? false
   let completed = false
@@ -850,7 +852,7 @@ export const makePermit = (policy: Policy, ledger: Ledger, { stamp }: Grant, clo
     accepted: Effect.sync(() => {
       if (completed || acceptedAt !== undefined) return
       acceptedAt = clock.unsafeCurrentTimeMillis()
-      grewOnAcceptance = policy.accepted(stamp, refill)
+      grewOnAcceptance = policy.accepted(stamp, refill, grant)
       ledger.resize(policy.limit)
       hooks.changed()
     }),

@@ -6,15 +6,18 @@
  * - `enter` always queues: the grant comes from the server, answered by the script that queued the
  *   ticket when there is room, later on this process's channel. A grant for a ticket no one waits
  *   for any more is handed back at once.
- * - One heartbeat per process every `leaseTtl / 3` refreshes its presence and every lease it holds
- *   (re-adding the missing ones: the calls are really in flight), asks the state of its tickets
- *   (so a lost message costs one heartbeat), grants on its lanes (a dead process's leases expire)
- *   and reads their limits and in-flight counts.
+ * - One heartbeat per process every third of its presence (`leaseTtl`, at most `maxPresence`)
+ *   refreshes that presence and every lease it holds (re-adding the missing ones: the calls are
+ *   really in flight), asks the state of its tickets (so a lost message costs one heartbeat),
+ *   grants on its lanes (a dead process's leases expire) and reads their limits and in-flight
+ *   counts. A lease granted to a waiting ticket lasts the presence until that refresh, so a
+ *   process killed while its tickets wait holds the permits granted them a few seconds only.
  * - An adaptive lane's limit is one `Aimd` state on the server, learnt together: each process
  *   queues its permits' events and a flush per lane applies them to the latest state, compared and
  *   set by version (re-read and re-applied on a conflict). A 429 also lowers the limit on the
  *   server at once, before its permit is released; the count of requests accepted and not ended
- *   is the server's, kept in the order of grants and releases.
+ *   is the server's, kept in the order of grants and releases, of the acceptances its generation
+ *   of the lane's state counted (`AcceptedRequest`).
  *
  * Placement (which accounts may serve a call) stays here: the server only counts and orders.
  *
@@ -33,7 +36,15 @@ import * as Stream from "effect/Stream"
 import type * as Scope from "effect/Scope"
 import type { Outcome, Priority } from "../ConcurrencyLimiter.js"
 import type { Script, Service as RedisService } from "../Redis.js"
-import { type Acceptance, Aimd, type AimdConfig, type AimdState, fixedPolicy, type Policy } from "./concurrencyLimiter.js"
+import {
+  type Acceptance,
+  Aimd,
+  type AimdConfig,
+  type AimdState,
+  fixedPolicy,
+  type Grant,
+  type Policy
+} from "./concurrencyLimiter.js"
 import {
   type AccountSlot,
   capacityOf,
@@ -78,6 +89,12 @@ export const defaultLeaseTtl = Duration.seconds(30)
 
 const connectionClosed = new RedisError({ operation: "connection", reason: "the connection closed" })
 
+/**
+ * How long a process counts as alive after its last heartbeat or placement, at most: after it
+ * died, its waiting tickets are granted for this long (each such lease lasting this long too).
+ */
+const maxPresence = Duration.seconds(5)
+
 /** Shared state and queues idle this long expire. */
 const idleMillis = 60 * 60 * 1000
 
@@ -94,9 +111,34 @@ interface Ticket {
   lanes: ReadonlyArray<Lane>
 }
 
+/**
+ * A request of this process accepted upstream while its lane's limit was shared, followed to its
+ * permit's release: its end is taken off the accepted count only by the server generation that
+ * counted its acceptance (one that lost the lane's state since, or a process in local mode, never
+ * counted it).
+ */
+class AcceptedRequest {
+  /**
+   * Whether a commit counting it is on its way: an end released meanwhile, on the same connection,
+   * reaches the server after it.
+   */
+  sent = false
+  /** The generation that counted it, once a commit's answer said. */
+  countedIn: string | undefined
+  /** Whether its permit was released. */
+  ended = false
+  /** The generation its end was released under, if it was. */
+  endedIn: string | undefined
+
+  /** Whether a commit is to count it: not when it ended before any commit did (no end of it was released). */
+  get countable(): boolean {
+    return !this.ended || this.endedIn !== undefined
+  }
+}
+
 /** A permit's acceptance or outcome, waiting for the lane's flush. */
 type Event =
-  | { readonly _tag: "Accepted"; readonly stamp: number }
+  | { readonly _tag: "Accepted"; readonly stamp: number; readonly request: AcceptedRequest }
   | {
     readonly _tag: "Recorded"
     readonly stamp: number
@@ -122,8 +164,12 @@ class SharedLimit implements Policy {
   /** The policy of local mode. */
   local: Policy | undefined
   readonly pending: Array<Event> = []
+  /** The acceptances of this process's permits while the limit was shared, until their release. */
+  private readonly requests = new Map<Grant, AcceptedRequest>()
+  /** The server's generation of the lane's state, as the last commit answered. */
+  generation: string | undefined
   /**
-   * Requests of this process accepted upstream that ended since its last release: the next
+   * Requests of this process counted in `generation` that ended since its last release: the next
    * release takes them off the lane's accepted count on the server, before it grants their room.
    */
   ended = 0
@@ -148,13 +194,61 @@ class SharedLimit implements Policy {
     return this.local?.stamp ?? this.sharedStamp
   }
 
-  accepted(stamp: number, refill?: boolean): boolean {
+  accepted(stamp: number, refill?: boolean, grant?: Grant): boolean {
     if (this.local !== undefined) return this.local.accepted(stamp, refill)
     if (this.config === undefined) return false
-    const event: Event = { _tag: "Accepted", stamp }
+    const request = new AcceptedRequest()
+    if (grant !== undefined) this.requests.set(grant, request)
+    const event: Event = { _tag: "Accepted", stamp, request }
     this.pending.push(event)
     this.eventAdded(event)
     return false
+  }
+
+  /**
+   * `grant`'s permit was released: its request's end is for the next release to take off, if
+   * `generation` counted its acceptance or a commit on its way is to count it there.
+   */
+  released(grant: Grant): void {
+    const request = this.requests.get(grant)
+    if (request === undefined) return
+    this.requests.delete(grant)
+    request.ended = true
+    const countedIn = request.countedIn ?? (request.sent ? this.generation : undefined)
+    if (countedIn === undefined || countedIn !== this.generation) return
+    request.endedIn = countedIn
+    this.ended++
+  }
+
+  /** The ends to release now, with the generation they were counted in. */
+  takeEnded(): readonly [generation: string, ended: number] {
+    const ended = this.ended
+    this.ended = 0
+    return [this.generation ?? "", ended]
+  }
+
+  /** What a commit of `events` counts: their acceptances but those that ended before any commit counted them. */
+  toCount(events: ReadonlyArray<Event>): ReadonlyArray<AcceptedRequest> {
+    return events.flatMap((event) => event._tag === "Accepted" && event.request.countable ? [event.request] : [])
+  }
+
+  /**
+   * `requests` counted in `generation` by a commit. A new generation (the server lost the lane's
+   * state) never counted the ends not yet released; those released while the commit was on its
+   * way under another generation are released again, under this one.
+   */
+  counted(requests: ReadonlyArray<AcceptedRequest>, generation: string): void {
+    if (generation !== this.generation) {
+      this.generation = generation
+      this.ended = 0
+    }
+    for (const request of requests) {
+      request.countedIn = generation
+      if (request.ended && request.endedIn !== generation) {
+        request.endedIn = generation
+        this.ended++
+      }
+    }
   }
 
   /**
@@ -169,7 +263,6 @@ class SharedLimit implements Policy {
     if (this.local !== undefined) return this.local.record(...report)
     if (this.config === undefined) return
     const [stamp, outcome, inFlight, acceptance, elapsedMillis] = report
-    if (acceptance.timing !== "unreported") this.ended++
     const event: Event = { _tag: "Recorded", stamp, outcome, acceptance, inFlight, elapsedMillis }
     this.pending.push(event)
     this.eventAdded(event)
@@ -217,6 +310,8 @@ class SharedLimit implements Policy {
   }
 }
 
+const noEnds = ["", 0] as const
+
 const capDrop: Outcome = { _tag: "Dropped", signal: "cap" }
 const unreported: Acceptance = { timing: "unreported", grew: false }
 
@@ -228,6 +323,27 @@ const applyEvents = (aimd: Aimd, events: ReadonlyArray<Event>, inFlight: number)
     else aimd.record(event.stamp, event.outcome, Math.max(event.inFlight, inFlight), event.acceptance, event.elapsedMillis)
   }
 }
+
+/**
+ * The commit `send` makes of the acceptances among `events` that are to be counted, marked on
+ * their way while it is, with them. Chosen and marked in the step that sends it: a release that
+ * finds them marked reaches the server after it, on the same connection.
+ */
+const committing = <A, E>(
+  shared: SharedLimit,
+  events: ReadonlyArray<Event>,
+  send: (acceptances: number) => Effect.Effect<A, E>
+): Effect.Effect<readonly [ReadonlyArray<AcceptedRequest>, A], E> =>
+  Effect.suspend(() => {
+    const counting = shared.toCount(events)
+    for (const request of counting) request.sent = true
+    return Effect.ensuring(
+      Effect.map(send(counting.length), (answer) => [counting, answer] as const),
+      Effect.sync(() => {
+        for (const request of counting) request.sent = false
+      })
+    )
+  })
 
 const isCapDrop = (event: Event): event is Extract<Event, { _tag: "Recorded" }> =>
   event._tag === "Recorded" && event.outcome._tag === "Dropped" && event.outcome.signal !== "overload"
@@ -287,6 +403,7 @@ export const make = (
     const call = (operation: string, args: ReadonlyArray<string | number>) =>
       run([base], [operation, base, idleMillis, ...args])
     const ttl = Math.max(1, Math.round(Duration.toMillis(settings.leaseTtl)))
+    const presence = Math.min(ttl, Duration.toMillis(maxPresence))
     const fork = yield* FiberSet.makeRuntime<never>()
 
     const tickets = new Map<string, Ticket>()
@@ -406,17 +523,20 @@ export const make = (
           const read = stored === null ? undefined : { ...JSON.parse(stored) as AimdState, acceptedOutstanding: accepted }
           const aimd = shared.apply(read, events, inFlight)
           const state = aimd.toState()
-          const acceptances = events.filter((event) => event._tag === "Accepted").length
-          const limit = (yield* call("commit", [
-            entry.spec.key,
-            version,
-            JSON.stringify(state),
-            aimd.limit,
-            aimd.stamp,
-            acceptances,
-            shared.afterDrop(state)
-          ])) as number
+          const [counting, answer] = yield* committing(shared, events, (acceptances) =>
+            call("commit", [
+              entry.spec.key,
+              version,
+              JSON.stringify(state),
+              aimd.limit,
+              aimd.stamp,
+              acceptances,
+              shared.afterDrop(state),
+              nextId()
+            ]))
+          const [limit, generation] = answer as [number, string]
           if (limit < 0) continue
+          shared.counted(counting, generation)
           shared.state = state
           return observe(entry, limit, aimd.stamp, inFlight)
         }
@@ -442,7 +562,7 @@ export const make = (
     const place = (ticket: Ticket) => {
       if (ticket.lanes.length === 0) return
       send(Effect.flatMap(
-        call("place", [owner, ticket.id, ticket.priority, ttl, ...ticket.lanes.flatMap(laneArgs)]),
+        call("place", [owner, ticket.id, ticket.priority, ttl, presence, ...ticket.lanes.flatMap(laneArgs)]),
         (reply) =>
           Effect.sync(() => {
             const [answer, alive] = reply as [string | null, number]
@@ -467,21 +587,22 @@ export const make = (
       place(ticket)
     }
 
-    /** Hands `lease` back; `ended`: requests accepted upstream that ended, off the lane's accepted count. */
-    const releaseLease = (laneKey: string, lease: string, ended = 0) => {
-      if (local !== undefined) releasedLocally.set(lease, laneKey)
-      else send(call("release", [laneKey, lease, ended]))
+    /** Hands `lease` back, with the lane's ends for its accepted count (`SharedLimit.ended`). */
+    const releaseLease = (laneKey: string, lease: string) => {
+      if (local !== undefined) return void releasedLocally.set(lease, laneKey)
+      const [generation, ended] = lanes.get(laneKey)?.shared.takeEnded() ?? noEnds
+      send(call("release", [laneKey, lease, generation, ended]))
     }
 
     const release = (grant: LaneGrant) => {
+      const { shared, spec } = entryOf.get(grant.lane)!
+      shared.released(grant)
       if (local !== undefined) return local.release(grant)
       const { lane, lease } = grant as LeaseGrant
       held.delete(lease)
       lane.inFlight = Math.max(0, lane.inFlight - 1)
       lane.account.inFlight = Math.max(0, lane.account.inFlight - 1)
-      const { shared, spec } = entryOf.get(lane)!
-      releaseLease(spec.key, lease, shared.ended)
-      shared.ended = 0
+      releaseLease(spec.key, lease)
     }
 
     /** A grant message: `<ticket> <lane> <in-flight> <epoch> <limit>`. */
@@ -587,7 +708,7 @@ export const make = (
         call("heartbeat", [
           owner,
           ttl,
-          ttl,
+          presence,
           leases.length,
           ...leases.flatMap((grant) => [entryOf.get(grant.lane)!.spec.key, grant.lease]),
           waiting.length,
@@ -623,7 +744,7 @@ export const make = (
 
     yield* beat
     yield* redis.subscribe(redis.key("lanes", "grants", owner), granted).pipe(Effect.catchAll(failed))
-    yield* Effect.forkScoped(Effect.repeat(beat, Schedule.spaced(Duration.millis(Math.max(1, Math.floor(ttl / 3))))))
+    yield* Effect.forkScoped(Effect.repeat(beat, Schedule.spaced(Duration.millis(Math.max(1, Math.floor(presence / 3))))))
     // A connection that closed is Redis lost, whether or not a script failed meanwhile: a server
     // back empty forgot this process's leases, tickets and presence, which the rejoin restores.
     // A connection back is tried at once, not at the next heartbeat.

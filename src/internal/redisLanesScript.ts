@@ -10,14 +10,18 @@
  * - `L:state`: a hash, `limit` (the integer the grant reads), `epoch` (the adaptive limit's stamp),
  *   `version` and `aimd` (its serialised state, compared and set by `commit`), `accepted` (the
  *   requests accepted upstream and not ended: acceptances added by `commit`, ends taken off by
- *   `release`, so in the order of the grants), `account` (`A`), `cap` (the account's cap over all
- *   its lanes, -1 for none), `dropTo` (the limit a 429 leads to at most, from the last commit),
+ *   `release`, so in the order of the grants), `generation` (set by the first `commit` to a state
+ *   without one, from a process's unique id: a state the server lost and made again is another
+ *   generation, whose count no end of an acceptance counted before may take off), `account`
+ *   (`A`), `cap` (the account's cap over all its lanes, -1 for none), `dropTo` (the limit a 429 leads to at most, from the last commit),
  *   and once a 429 came `lowered`, `loweredEpoch`, `loweredUntil` (see "lower"). `A:lanes` lists an account's lanes.
  * - `L:q:interactive`, `L:q:batch`: sorted sets of waiting tickets scored by arrival order
  *   (`base:seq`, an `INCR` counter).
- * - `base:ticket:<id>`: a hash, `owner`, `ttl` (the lease's, ms), `priority`, `lanes` (space
- *   separated), `order`; once granted also `granted` (the grant's message) until its lease (whose
- *   id is the ticket's) is released or it expires.
+ * - `base:ticket:<id>`: a hash, `owner`, `ttl` (the lease's, ms), `presence` (its owner's, ms),
+ *   `priority`, `lanes` (space separated), `order`; once granted also `granted` (the grant's
+ *   message) until its lease (whose id is the ticket's) is released or it expires. A lease granted
+ *   to a waiting ticket lasts its owner's presence until the owner's heartbeat refreshes it: an
+ *   owner dead while its tickets waited holds each for that long, not for a lease TTL.
  * - `base:process:<owner>`: the owner's presence (a TTL refreshed by its heartbeat); `base:processes`
  *   a sorted set of owners scored by the expiry of their presence.
  * - Channel `base:grants:<owner>`: each grant, `<ticket> <lane> <in-flight> <epoch> <limit>` (the
@@ -90,7 +94,7 @@ local function grant(lane, wanted)
     if account and cap >= 0 and purge(account .. ":leases") >= cap then break end
     local id = headOf(lane)
     if id == nil then break end
-    local ticket = redis.call("HMGET", ticketKey(id), "owner", "ttl", "lanes", "granted")
+    local ticket = redis.call("HMGET", ticketKey(id), "owner", "ttl", "lanes", "granted", "presence")
     if ticket[1] == false or ticket[4] ~= false or redis.call("EXISTS", base .. ":process:" .. ticket[1]) == 0 then
       -- Gone, granted already, or its owner is dead: it waits nowhere any more. A waiting ticket
       -- goes too, so that an owner alive after all (its presence lapsed) finds it gone and queues it again.
@@ -98,13 +102,15 @@ local function grant(lane, wanted)
       unqueue(id, { lane })
       if ticket[1] ~= false and ticket[4] == false then redis.call("DEL", ticketKey(id)) end
     else
-      local expiry = now + tonumber(ticket[2])
+      -- The caller placing the ticket is alive now; another owner may have died while it waited.
+      local ttl = tonumber(ticket[2])
+      local expiry = now + (id == wanted and ttl or math.min(ttl, tonumber(ticket[5]) or ttl))
       unqueue(id, split(ticket[3]))
       redis.call("ZADD", lane .. ":leases", expiry, id)
       if account then redis.call("ZADD", account .. ":leases", expiry, id) end
       local message = id .. " " .. lane .. " " .. (inFlight + 1) .. " " .. epoch .. " " .. limit
       redis.call("HSET", ticketKey(id), "granted", message)
-      redis.call("PEXPIRE", ticketKey(id), tonumber(ticket[2]))
+      redis.call("PEXPIRE", ticketKey(id), ttl)
       -- The ticket the caller placed learns of its grant in the reply.
       if id == wanted then answer = message else redis.call("PUBLISH", base .. ":grants:" .. ticket[1], message) end
     end
@@ -136,20 +142,20 @@ local function releaseLease(lane, id)
 end
 
 if op == "place" then
-  -- ARGV: owner, ticket, priority, lease ttl (also the owner's presence), then per lane: lane,
+  -- ARGV: owner, ticket, priority, lease ttl, the owner's presence, then per lane: lane,
   -- account (or ""), cap, limit, whether the limit is fixed (1) or a seed (0). Marks the owner
   -- alive (a server that restarted empty knows it again before its next heartbeat), queues the
   -- ticket on exactly these lanes (keeping its arrival order if it waits already) and grants what
   -- it can. Answers its grant (or false) and the processes alive.
-  local owner, id, priority, ttl = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
-  local processes = present(owner, ttl)
+  local owner, id, priority, ttl, presence = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
+  local processes = present(owner, presence)
   local key = ticketKey(id)
   local ticket = redis.call("HMGET", key, "granted", "order", "lanes")
   if ticket[1] then return { ticket[1], processes } end
   local order = tonumber(ticket[2]) or redis.call("INCR", base .. ":seq")
   redis.call("PEXPIRE", base .. ":seq", idle)
   local lanes = {}
-  for i = 8, #ARGV, 5 do
+  for i = 9, #ARGV, 5 do
     local lane, account, cap, limit, fixed = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
     lanes[#lanes + 1] = lane
     local stateKey = lane .. ":state"
@@ -162,7 +168,7 @@ if op == "place" then
     end
   end
   unqueue(id, split(ticket[3]))
-  redis.call("HSET", key, "owner", owner, "ttl", ttl, "priority", priority, "lanes", table.concat(lanes, " "), "order", order)
+  redis.call("HSET", key, "owner", owner, "ttl", ttl, "presence", presence, "priority", priority, "lanes", table.concat(lanes, " "), "order", order)
   redis.call("PEXPIRE", key, 3 * ttl)
   for _, lane in ipairs(lanes) do redis.call("ZADD", lane .. ":q:" .. priority, order, id) end
   local answer = false
@@ -180,10 +186,13 @@ elseif op == "cancel" then
   end
   return false
 elseif op == "release" then
-  -- ARGV: lane, lease, requests accepted upstream that ended since the process's last release
-  -- (taken off the accepted count before the permit is granted again).
-  local ended = tonumber(ARGV[6]) or 0
-  if ended > 0 then redis.call("HINCRBY", ARGV[4] .. ":state", "accepted", -ended) end
+  -- ARGV: lane, lease, a generation, the requests accepted upstream and counted in it that ended
+  -- since the process's last release: taken off the accepted count before the permit is granted
+  -- again, unless the lane's state is of another generation (it never counted them).
+  local stateKey, ended = ARGV[4] .. ":state", tonumber(ARGV[7]) or 0
+  if ended > 0 and redis.call("HGET", stateKey, "generation") == ARGV[6] then
+    redis.call("HINCRBY", stateKey, "accepted", -ended)
+  end
   releaseLease(ARGV[4], ARGV[5])
   return false
 elseif op == "heartbeat" then
@@ -227,8 +236,8 @@ elseif op == "read" then
   -- ARGV: lane. Its shared adaptive state: version, state (or false), limit, epoch, in-flight,
   -- accepted. The accepted count is at most the in-flight (a request accepted holds its lease
   -- until its end is released): one above it counts ends a process never released (it died), and
-  -- is brought down to it; one below zero counts ends released before their acceptances were
-  -- committed, and reads as zero.
+  -- is brought down to it; one below zero counts ends released before their acceptances'
+  -- commit landed (one retried after a conflict), and reads as zero.
   local lane = ARGV[4]
   local stateKey = lane .. ":state"
   local state = redis.call("HMGET", stateKey, "version", "aimd", "limit", "epoch", "accepted")
@@ -263,19 +272,21 @@ elseif op == "lower" then
   return { limit or -1, epoch }
 elseif op == "commit" then
   -- ARGV: lane, the version read, state, limit, epoch, acceptances applied (added to the accepted
-  -- count), the limit a 429 of that state leads to at most. Sets them if no one did since, the
-  -- limit within a lowering of the epoch (see "lower"), and answers the limit set, or -1; a limit
+  -- count), the limit a 429 of that state leads to at most, the generation of a state that has
+  -- none. Sets them if no one did since, the limit within a lowering of the epoch (see "lower"),
+  -- and answers the limit set, or -1, and the generation that counts the acceptances; a limit
   -- that grew grants at once.
   local lane = ARGV[4]
   local stateKey = lane .. ":state"
-  local current = redis.call("HMGET", stateKey, "version", "limit", "lowered", "loweredEpoch", "loweredUntil")
-  if (tonumber(current[1]) or 0) ~= tonumber(ARGV[5]) then return -1 end
+  local current = redis.call("HMGET", stateKey, "version", "limit", "lowered", "loweredEpoch", "loweredUntil", "generation")
+  if (tonumber(current[1]) or 0) ~= tonumber(ARGV[5]) then return { -1, "" } end
   local limit = tonumber(ARGV[7])
   if current[4] == ARGV[8] and now < (tonumber(current[5]) or 0) then limit = math.min(limit, tonumber(current[3])) end
-  redis.call("HSET", stateKey, "version", tonumber(ARGV[5]) + 1, "aimd", ARGV[6], "limit", limit, "epoch", ARGV[8], "dropTo", ARGV[10])
+  local generation = current[6] or ARGV[11]
+  redis.call("HSET", stateKey, "version", tonumber(ARGV[5]) + 1, "aimd", ARGV[6], "limit", limit, "epoch", ARGV[8], "dropTo", ARGV[10], "generation", generation)
   redis.call("HINCRBY", stateKey, "accepted", tonumber(ARGV[9]) or 0)
   if limit > (tonumber(current[2]) or 0) then granted(lane) else touch(lane) end
-  return limit
+  return { limit, generation }
 end
 return redis.error_reply("unknown operation " .. tostring(op))
 `
