@@ -191,6 +191,11 @@ export interface Capacity {
    */
   readonly free: number
   /**
+   * No account may serve now, nor is one about to (its balance being checked): every call waits
+   * for one to come back, up to its `maxWait`.
+   */
+  readonly stalled: boolean
+  /**
    * Completes when the pool may have more room than at this reading (a lane's limit rose, a lane
    * opened, an account came back, a permit was released with no call waiting for it); at once if
    * it already has.

@@ -630,7 +630,9 @@ const sender = (
  * starts while the pool has a free permit for it (or none is running), up to the pool's
  * capacity plus `defaultConcurrency`, looked at again whenever the pool may have more room (a
  * fiber of the scope watches it): lines wait for permits only when the pool's limits drop, never
- * as a standing queue, whose every call would pay the pool's wait. Else `defaultConcurrency`.
+ * as a standing queue, whose every call would pay the pool's wait, or while no account may serve
+ * (`Capacity.stalled`), when they wait for one together rather than each after the one before.
+ * Else `defaultConcurrency`.
  */
 const readAheadOf = (concurrency: number | undefined): Effect.Effect<ReadAhead.ReadAhead, never, Scope.Scope> =>
   Effect.flatMap(Effect.serviceOption(AccountPool), (pool) => {
@@ -639,8 +641,12 @@ const readAheadOf = (concurrency: number | undefined): Effect.Effect<ReadAhead.R
       return Effect.succeed(ReadAhead.make((running) => Effect.succeed(running < fixed)))
     }
     const { capacity } = pool.value
+    // While no account may serve, the lines wait for one together, each up to its `maxWait`.
     const readAhead = ReadAhead.make((running) =>
-      Effect.map(capacity, ({ free, permits }) => running === 0 || (free > 0 && running < permits + defaultConcurrency))
+      Effect.map(
+        capacity,
+        ({ free, permits, stalled }) => running === 0 || ((free > 0 || stalled) && running < permits + defaultConcurrency)
+      )
     )
     // The next reading is taken before the signal, so a change in between is never missed.
     const watch = (changed: Effect.Effect<void>): Effect.Effect<never> =>

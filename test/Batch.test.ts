@@ -735,7 +735,7 @@ describe("Batch summary", () => {
           create: () => Effect.die("unused"),
           stream: () => Stream.die("unused"),
           snapshot: Effect.succeed(statuses),
-          capacity: Effect.succeed({ permits: 24, free: 24, changed: Effect.never }),
+          capacity: Effect.succeed({ permits: 24, free: 24, stalled: false, changed: Effect.never }),
           scrub: (text) => text
         }))
       )
@@ -1486,6 +1486,25 @@ describe("Batch.run stopped in an outage, over the account pool", () => {
       const summary = yield* Fiber.join(run)
       expect(summary).toMatchObject({ succeeded: 0, failed: 0, interrupted: true })
       expect(yield* ws.fs.readFileString(ws.output)).toBe("")
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+})
+
+describe("Batch.run while no account can serve", () => {
+  it.live("the lines wait for one together, each up to its maxWait, not each after the one before", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput(Array.from({ length: 6 }, (_, i) => request(`w-${i}`)))
+      // Out of balance from the start: the preflight finds it so, and no account is left.
+      const simulator = yield* Simulator.make({ accounts: { default: { keys: [Simulator.defaultKey], balance: 0 } } })
+      const stack = Batch.layerAccounts([Demo.demoAccount(simulator.baseUrl)], {
+        ledger: CostLedger.layer(),
+        router: Router.layerDefault
+      })
+      const summary = yield* Effect.timeoutFail(
+        Batch.run({ ...ws, callOptions: { priority: "batch", maxWait: "300 millis" } }).pipe(Effect.provide(stack)),
+        { duration: "1200 millis", onTimeout: () => new Error("the lines waited one after another (6 × 300 ms)") }
+      )
+      expect(summary).toMatchObject({ requests: 6, failed: 6, failures: { NoAccountAvailable: 6 } })
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
 })
 

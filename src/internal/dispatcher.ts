@@ -111,7 +111,7 @@ export interface Lanes {
    * Permits the accounts that may serve could hold at once, and how many a new call could take
    * now (see `Dispatcher.capacity`).
    */
-  capacity(): { readonly permits: number; readonly free: number }
+  capacity(): Room
   /** A permit now on the best lane for `model`, or a place in the queue. */
   enter(model: string, priority: Priority, excluded: ReadonlySet<number>): Entry
   /** The waiter gave up: it leaves its queue, or hands back a permit granted meanwhile. */
@@ -140,16 +140,25 @@ export const mayServe = (accounts: ReadonlyArray<AccountSlot>, account: AccountS
     !accounts.some((other) => !other.fallback && (other.available || other.pending) && !excluded.has(other.index))
 }
 
+/** What the pool could hold in flight now (see `AccountPool.Capacity`). */
+export interface Room {
+  readonly permits: number
+  readonly free: number
+  readonly stalled: boolean
+}
+
 /**
  * Permits the accounts that may serve could hold at once (the limits of their lanes, each
- * account's within its cap), and how many a new call could take now: per model, the free
- * permits less the calls waiting for one (a model whose calls wait takes none from another's).
+ * account's within its cap), how many a new call could take now (per model, the free permits
+ * less the calls waiting for one: a model whose calls wait takes none from another's), and
+ * whether no account may serve nor is about to (its balance being checked).
  */
 export const capacityOf = (
   accounts: ReadonlyArray<AccountSlot>,
   queued: (model: string) => number
-): { readonly permits: number; readonly free: number } => {
+): Room => {
   let permits = 0
+  let stalled = true
   // Free permits per model, summed over the accounts: a few models, so two arrays searched in
   // turn (reused across calls: this runs for every line a batch reads).
   const models = scratchModels
@@ -157,7 +166,9 @@ export const capacityOf = (
   models.length = 0
   rooms.length = 0
   for (const account of accounts) {
+    if (account.pending) stalled = false
     if (!mayServe(accounts, account, noneExcluded)) continue
+    stalled = false
     let limits = 0
     const accountRoom = Math.max(0, account.cap - account.inFlight)
     for (const lane of account.lanes.values()) {
@@ -175,7 +186,7 @@ export const capacityOf = (
   }
   let free = 0
   for (let at = 0; at < models.length; at++) free += Math.max(0, rooms[at]! - queued(models[at]!))
-  return { permits, free }
+  return { permits, free, stalled }
 }
 
 const scratchModels: Array<string> = []
@@ -202,7 +213,7 @@ export class Dispatcher implements Lanes {
     return total
   }
 
-  capacity(): { readonly permits: number; readonly free: number } {
+  capacity(): Room {
     return capacityOf(this.accounts, (model) => this.queued(model))
   }
 
