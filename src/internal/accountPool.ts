@@ -36,6 +36,7 @@ import * as Telemetry from "../Telemetry.js"
 import * as Transport from "../Transport.js"
 import * as Redis from "../Redis.js"
 import * as LimiterInternal from "./concurrencyLimiter.js"
+import { picoOfUsd, usdOfPico } from "./costLedger.js"
 import { AccountSlot, Dispatcher, Lane, type LaneGrant, type Lanes, type Waiter } from "./dispatcher.js"
 import * as GenAi from "./genAi.js"
 import * as MemberState from "./memberState.js"
@@ -310,6 +311,7 @@ class CapacityReading implements Capacity {
   constructor(
     readonly permits: number,
     readonly free: number,
+    readonly stalled: boolean,
     private readonly changes: Signal,
     private readonly seen: number
   ) {}
@@ -971,7 +973,8 @@ export const makeWith = <R>(
           inFlight: lane.inFlight,
           queued: dispatcher.queued(lane.model),
           rateLimited: laneFigures.get(lane)?.rateLimited ?? 0,
-          costUsd: laneFigures.get(lane)?.costUsd ?? 0
+          // A sum of attempts' prices in USD, shown to the pico-USD the ledger counts in.
+          costUsd: usdOfPico(picoOfUsd(laneFigures.get(lane)?.costUsd ?? 0))
         }))
         return {
           name: member.name,
@@ -1057,8 +1060,8 @@ export const makeWith = <R>(
       scope
     )
     const capacity = Effect.sync((): Capacity => {
-      const { free, permits } = dispatcher.capacity()
-      return new CapacityReading(permits, free, roomChanges, roomChanges.notified)
+      const { free, permits, stalled } = dispatcher.capacity()
+      return new CapacityReading(permits, free, stalled, roomChanges, roomChanges.notified)
     })
 
     return { create, stream, snapshot, capacity, scrub }
