@@ -6,6 +6,7 @@ import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as Logger from "effect/Logger"
 import * as Redacted from "effect/Redacted"
+import * as Schedule from "effect/Schedule"
 import OpenAI, { APIError, AuthenticationError, RateLimitError } from "openai"
 import * as CostLedger from "../src/CostLedger.js"
 import * as Simulator from "../src/Simulator.js"
@@ -555,6 +556,20 @@ describe("weatherproof serve, with the openai client", () => {
       // The account's own name for a model is served.
       const own = yield* attempt(() => client.chat.completions.create({ model: "house-model", messages: ask("mine") }))
       expect(own.choices[0]?.message.content).toBe("echo:mine")
+    }))
+
+  it.scopedLive("/readyz is 503 budget_spent once the budget is spent: every call would be refused", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make()
+      const gateway = yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])], { ledger: { budgetUsd: 0.000001 } })
+      const readiness = attempt(() => fetch(`${gateway.url}/readyz`).then(async (r) => [r.status, await r.json()] as const))
+      // Ready once the account's balance check is in.
+      const ready = yield* Effect.filterOrFail(readiness, ([status]) => status === 200).pipe(
+        Effect.retry({ schedule: Schedule.spaced("20 millis"), times: 100 })
+      )
+      expect(ready).toEqual([200, { status: "ready", accounts: [{ name: "a", state: "serving" }] }])
+      yield* attempt(() => openai(gateway.url).chat.completions.create({ model, messages: ask("spend it") }))
+      expect(yield* readiness).toEqual([503, { status: "budget_spent", accounts: [{ name: "a", state: "serving" }] }])
     }))
 
   it.scopedLive("a task the router sends to a model not served is warned of at start, and its requests are refused", () =>
