@@ -384,7 +384,7 @@ export interface Totals {
   readonly reasoningTokens: number
   /** Cost of the priced attempts. */
   readonly costUsd: number
-  /** Attempts whose model has no price: their tokens are counted, their cost is not. */
+  /** Billed attempts (with usage) whose model has no price: their tokens are counted, their cost is not. */
   readonly unpriced: number
   /** What `discarded` attempts cost: how many, their prompt + completion tokens, their USD. */
   readonly retryTax: { readonly attempts: number; readonly tokens: number; readonly costUsd: number }

@@ -253,8 +253,10 @@ describe("CostLedger ledger", () => {
       expect(costs.map((cost) => cost._tag)).toEqual(["Unpriced", "Unpriced"])
       expect(warnings).toEqual([["CostLedger: no price for model \"mystery\"; its cost is not counted"]])
       yield* ledger.record({ account: "a", model: "deepseek-v4-flash", usage: flashUsage, disposition: "kept" })
+      // An attempt with no usage (a 429) billed nothing: no cost is left uncounted.
+      yield* ledger.record({ account: "a", model: "mystery", usage: undefined, disposition: "discarded" })
       const { total, byModel } = yield* ledger.snapshot
-      expect(total).toMatchObject({ requests: 3, unpriced: 2, promptTokens: 3000, costUsd: flashUsd })
+      expect(total).toMatchObject({ attempts: 4, requests: 3, unpriced: 2, promptTokens: 3000, costUsd: flashUsd })
       expect(byModel["mystery"]).toMatchObject({ unpriced: 2, costUsd: 0 })
     }))
 

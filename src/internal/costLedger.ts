@@ -280,7 +280,8 @@ export class Tally {
     }
     if (!discarded || attempt.billed) this.withOutput++
     if (attempt.disposition === "truncated") this.truncated++
-    if (pico === undefined) this.unpriced++
+    // An attempt billed nothing (no usage: a 429, a refusal) has no cost left uncounted.
+    if (pico === undefined) this.unpriced += attempt.billed ? 1 : 0
     else this.pico.add(pico)
     this.prompt += tokens.prompt
     this.cacheHit += tokens.cacheHit
