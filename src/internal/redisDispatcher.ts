@@ -7,11 +7,13 @@
  *   ticket when there is room, later on this process's channel. A grant for a ticket no one waits
  *   for any more is handed back at once.
  * - One heartbeat per process every third of its presence (`leaseTtl`, at most `maxPresence`)
- *   refreshes that presence and every lease it holds (re-adding the missing ones: the calls are
- *   really in flight), asks the state of its tickets (so a lost message costs one heartbeat),
- *   grants on its lanes (a dead process's leases expire) and reads their limits and in-flight
- *   counts. A lease granted to a waiting ticket lasts the presence until that refresh, so a
- *   process killed while its tickets wait holds the permits granted them a few seconds only.
+ *   refreshes that presence, grants on its lanes (a dead process's leases expire) and reads their
+ *   limits and in-flight counts. Every third of `leaseTtl` it also refreshes every lease it holds
+ *   (re-adding the missing ones: the calls are really in flight) and asks the state of its
+ *   tickets (so a lost message costs one such beat); the beats between refresh only the leases
+ *   granted since the last. A lease granted to a waiting ticket lasts the presence until a beat
+ *   refreshes it, so a process killed while its tickets wait holds the permits granted them a few
+ *   seconds only.
  * - An adaptive lane's limit is one `Aimd` state on the server, learnt together: each process
  *   queues its permits' events and a flush per lane applies them to the latest state, compared and
  *   set by version (re-read and re-applied on a conflict). A 429 also lowers the limit on the
@@ -410,6 +412,8 @@ export const make = (
     const ticketOf = new Map<Waiter, Ticket>()
     const queuedByModel = new Map<string, number>()
     const held = new Map<string, LeaseGrant>()
+    /** Leases granted since the last heartbeat: one granted to a waiting ticket lasts the presence until one refreshes it. */
+    const fresh = new Set<LeaseGrant>()
     const lanes = new Map<string, LaneEntry>()
     const entryOf = new Map<Lane, LaneEntry>()
     let idSeq = 0
@@ -622,6 +626,7 @@ export const make = (
       }
       const grant: LeaseGrant = { lane, stamp: Number(epoch), lease: id }
       held.set(id, grant)
+      fresh.add(grant)
       // The server's count at the grant: fresher than this process's view (room it did not know of).
       const known = lane.inFlight
       lane.inFlight = Number(inFlight)
@@ -700,9 +705,17 @@ export const make = (
 
     // -- the heartbeat -------------------------------------------------------------------------
 
+    // Every lease and ticket is refreshed (and every ticket's state asked) at the lease TTL's
+    // rhythm, and on a rejoin; the beats between refresh the presence and the leases granted
+    // since the last beat only: a beat's cost follows the grants, not the leases held.
+    const fullEvery = Math.max(1, Math.round(ttl / presence))
+    let beats = 0
     const heartbeat = Effect.suspend(() => {
-      const leases = [...held.values()]
-      const waiting = [...tickets.keys()]
+      const full = local !== undefined || beats % fullEvery === 0
+      beats++
+      const leases = full ? [...held.values()] : [...fresh].filter((grant) => held.has(grant.lease))
+      fresh.clear()
+      const waiting = full ? [...tickets.keys()] : []
       const used = [...lanes.values()]
       return Effect.flatMap(
         call("heartbeat", [
