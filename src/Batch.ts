@@ -631,7 +631,8 @@ const sender = (
  * capacity plus `defaultConcurrency`, looked at again whenever the pool may have more room (a
  * fiber of the scope watches it): lines wait for permits only when the pool's limits drop, never
  * as a standing queue, whose every call would pay the pool's wait, or while no account may serve
- * (`Capacity.stalled`), when they wait for one together rather than each after the one before.
+ * (`Capacity.stalled`), when up to `defaultConcurrency` lines wait for one side by side rather
+ * than each after the one before.
  * Else `defaultConcurrency`.
  */
 const readAheadOf = (concurrency: number | undefined): Effect.Effect<ReadAhead.ReadAhead, never, Scope.Scope> =>
@@ -641,7 +642,8 @@ const readAheadOf = (concurrency: number | undefined): Effect.Effect<ReadAhead.R
       return Effect.succeed(ReadAhead.make((running) => Effect.succeed(running < fixed)))
     }
     const { capacity } = pool.value
-    // While no account may serve, the lines wait for one together, each up to its `maxWait`.
+    // While no account may serve, lines wait for one side by side (up to `defaultConcurrency` of
+    // them), each up to its `maxWait`, rather than each after the one before.
     const readAhead = ReadAhead.make((running) =>
       Effect.map(
         capacity,
@@ -884,7 +886,10 @@ export const toJson: (summary: Summary) => SummaryJson = SummaryInternal.toJson
 /**
  * Writes `toJson(summary)` to `path` as indented JSON, replacing the file whole: a reader (a
  * script watching for it) sees the previous summary or this one, never an empty or partial file.
- * A symlink at `path` stays one, to the new summary; the file's mode is kept.
+ * A symlink at `path` stays one, to the new summary; the file's mode is kept. It is written
+ * beside the file (`<path>.<pid>.writing`, which a crash meanwhile leaves behind) and renamed over
+ * it, so the file's directory must be writable; the new file is its writer's, and a hard link to
+ * the old one keeps the old.
  *
  * @since 0.1.0
  */

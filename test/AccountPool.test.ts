@@ -963,7 +963,9 @@ describe("AccountPool", () => {
       )
       yield* Effect.gen(function*() {
         const answer = yield* Effect.fork(resilientCreate)
-        yield* TestClock.adjust("2 seconds")
+        yield* TestClock.adjust("1999 millis")
+        expect(yield* Fiber.poll(answer)).toEqual(Option.none())
+        yield* TestClock.adjust("1 millis")
         expect((yield* Fiber.join(answer)).choices[0]?.message.content).toBe("hello from a")
         const mock = yield* MockUpstream.MockUpstream
         expect((yield* mock.requests).map(pathOf)).toEqual(["/user/balance", "/chat/completions", "/chat/completions"])

@@ -425,8 +425,8 @@ export const makeWith = <R>(
       readonly dropped: () => void
       /** Attempts that drew a 429. */
       rateLimited: number
-      /** USD of the priced attempts the lane carried. */
-      costUsd: number
+      /** Pico-USD of the priced attempts the lane carried, an integer as the ledger counts them. */
+      costPico: bigint
     }
     const laneFigures = new Map<Lane, LaneFigures>()
     /** The figures of `lane`, made on its first use: they are used on every attempt. */
@@ -451,7 +451,7 @@ export const makeWith = <R>(
         },
         dropped: () => LimiterInternal.droppedCounter.unsafeUpdate(1, tags),
         rateLimited: 0,
-        costUsd: 0
+        costPico: 0n
       }
       laneFigures.set(lane, figures)
       return figures
@@ -773,7 +773,7 @@ export const makeWith = <R>(
       Effect.flatMap(
         ledger.record({ account: placed.member.name, model, usage, disposition }),
         (cost) => {
-          if (cost._tag === "Priced") figuresOf(placed.grant.lane).costUsd += cost.usd
+          if (cost._tag === "Priced") figuresOf(placed.grant.lane).costPico += picoOfUsd(cost.usd)
           return GenAi.noteCost(placed, cost)
         }
       )
@@ -973,8 +973,7 @@ export const makeWith = <R>(
           inFlight: lane.inFlight,
           queued: dispatcher.queued(lane.model),
           rateLimited: laneFigures.get(lane)?.rateLimited ?? 0,
-          // A sum of attempts' prices in USD, shown to the pico-USD the ledger counts in.
-          costUsd: usdOfPico(picoOfUsd(laneFigures.get(lane)?.costUsd ?? 0))
+          costUsd: usdOfPico(laneFigures.get(lane)?.costPico ?? 0n)
         }))
         return {
           name: member.name,

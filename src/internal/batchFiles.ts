@@ -413,21 +413,21 @@ export const replaceFile = <E>(
   temporaryPath: string,
   write: (file: FileSystem.File) => Effect.Effect<void, E>
 ): Effect.Effect<void, E | PlatformError> =>
-  Effect.gen(function*() {
-    const mode = yield* fs.stat(path).pipe(
+  Effect.flatMap(
+    fs.stat(path).pipe(
       Effect.map((info) => Option.some(info.mode & 0o7777)),
       Effect.catchIf(isNotFound, () => Effect.succeed(Option.none<number>()))
-    )
-    yield* Effect.scoped(
-      Effect.gen(function*() {
-        const file = yield* fs.open(temporaryPath, { flag: "w" })
-        yield* write(file)
-        yield* file.sync
-        if (Option.isSome(mode)) yield* fs.chmod(temporaryPath, mode.value)
-      })
-    )
-    yield* fs.rename(temporaryPath, path)
-  }).pipe(Effect.onError(() => Effect.ignore(fs.remove(temporaryPath))))
+    ),
+    (mode) =>
+      Effect.scoped(
+        Effect.gen(function*() {
+          const file = yield* fs.open(temporaryPath, { flag: "w" })
+          yield* write(file)
+          yield* file.sync
+          if (Option.isSome(mode)) yield* fs.chmod(temporaryPath, mode.value)
+        })
+      ).pipe(Effect.zipRight(fs.rename(temporaryPath, path)), Effect.onError(() => Effect.ignore(fs.remove(temporaryPath))))
+  )
 
 /**
  * What compaction keeps of an output's lines, a read at a time (no effect per line: an output can
