@@ -197,6 +197,11 @@ describe("weatherproof CLI", () => {
         expect(result.code).toBe(2)
         expect(result.stderr).toBe(`weatherproof: ${message}`)
       }
+      // A summary linked to the output not made yet would have replaced the results with itself.
+      yield* fs.symlink(output, `${dir}/summary-link.json`)
+      const linked = yield* runCli(["batch", input, "--output", output, "--summary", `${dir}/summary-link.json`], env)
+      expect(linked.code).toBe(2)
+      expect(linked.stderr).toBe(`weatherproof: --summary ${dir}/summary-link.json is the output file; nothing was sent`)
       // The output naming the input (through a link too) is a usage error of the same kind.
       yield* fs.symlink(input, `${dir}/link.jsonl`)
       for (const same of [input, `${dir}/link.jsonl`]) {

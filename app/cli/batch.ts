@@ -15,6 +15,7 @@ import * as Batch from "../../src/Batch.js"
 import * as CostLedger from "../../src/CostLedger.js"
 import * as Redis from "../../src/Redis.js"
 import * as Router from "../../src/Router.js"
+import * as Files from "../../src/internal/batchFiles.js"
 import { type AccountArgs, type CallArgs, flagsProblem, invalidConfig, listIssues, loadAccounts, poolOptions } from "./accounts.js"
 import { withProgress } from "./batchProgress.js"
 import { ExitCode, fail } from "./exit.js"
@@ -105,9 +106,13 @@ const runCaught = (
     )
   )
 
-/** The path a file is at, links followed; the path as given (made absolute) where it does not exist yet. */
+/**
+ * The file `target` names, links followed as the run writes through them, a dangling one too (a
+ * `--summary` linked to the output not made yet is the output); the path as given (made
+ * absolute) where its directory does not exist.
+ */
 const realPathOf = (fs: FileSystem.FileSystem, target: string) =>
-  fs.realPath(target).pipe(Effect.orElseSucceed(() => resolve(target)))
+  Files.resolveOutput(fs, target).pipe(Effect.orElseSucceed(() => resolve(target)))
 
 /** Whether `path` is a directory, links followed. */
 const isDirectory = (fs: FileSystem.FileSystem, path: string) =>
