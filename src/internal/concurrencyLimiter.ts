@@ -929,8 +929,7 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
       restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>,
       abandonWhen: Effect.Effect<void> | undefined
     ): Effect.Effect<Grant, QueueFull> => {
-      const full = Effect.suspend(() => Effect.fail(new QueueFull({ queued: gate.queued })))
-      if (entry._tag === "Full") return full
+      if (entry._tag === "Full") return Effect.fail(new QueueFull({ queued: gate.queued }))
       const { waiter } = entry
       const queued = () => gate.queued
       return Effect.as(awaitWake(waiter.wake, restore, abandonWhen, queued, () => gate.cancel(waiter), publish), waiter)

@@ -58,8 +58,7 @@ export const makeRedis = (
       restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
     ): Effect.Effect<LaneGrant, Limiter.QueueFull> =>
       Effect.suspend(() => {
-        const full = Effect.suspend(() => Effect.fail(new Limiter.QueueFull({ queued: lanes.queued() })))
-        if (lanes.queued() >= maxQueued) return full
+        if (lanes.queued() >= maxQueued) return Effect.fail(new Limiter.QueueFull({ queued: lanes.queued() }))
         const entry = lanes.enter(options.name, acquireOptions?.priority ?? "interactive", noneExcluded)
         if (entry._tag === "Granted") return Effect.succeed(entry.grant)
         const { waiter } = entry
