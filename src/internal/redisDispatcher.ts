@@ -708,7 +708,8 @@ export const make = (
     // Every lease and ticket is refreshed (and every ticket's state asked) at the lease TTL's
     // rhythm, and on a rejoin; the beats between refresh the presence and the leases granted
     // since the last beat only: a beat's cost follows the grants, not the leases held.
-    const fullEvery = Math.max(1, Math.round(ttl / presence))
+    // Rounded down: every lease is refreshed at least every third of the TTL.
+    const fullEvery = Math.max(1, Math.floor(ttl / presence))
     let beats = 0
     const heartbeat = Effect.suspend(() => {
       const full = local !== undefined || beats % fullEvery === 0
