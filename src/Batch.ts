@@ -626,14 +626,13 @@ const sender = (
 }
 
 /**
- * The run's read-ahead: `concurrency` lines when given. Else, with an `AccountPool`, a line
- * starts while the pool has a free permit for it (or none is running), up to the pool's
- * capacity plus `defaultConcurrency`, looked at again whenever the pool may have more room (a
- * fiber of the scope watches it): lines wait for permits only when the pool's limits drop, never
- * as a standing queue, whose every call would pay the pool's wait, or while no account may serve
- * (`Capacity.stalled`), when up to `defaultConcurrency` lines wait for one side by side rather
- * than each after the one before.
- * Else `defaultConcurrency`.
+ * The run's read-ahead: `concurrency` lines when given; without an `AccountPool`,
+ * `defaultConcurrency`. With one, a line starts while the pool has a free permit for it (or none
+ * is running), up to the pool's capacity plus `defaultConcurrency`, looked at again whenever the
+ * pool may have more room (a fiber of the scope watches it): lines wait for permits only when the
+ * pool's limits drop, never as a standing queue, whose every call would pay the pool's wait. While
+ * no account may serve (`Capacity.stalled`), up to `defaultConcurrency` lines wait for one side by
+ * side, each up to its `maxWait`, rather than each after the one before.
  */
 const readAheadOf = (concurrency: number | undefined): Effect.Effect<ReadAhead.ReadAhead, never, Scope.Scope> =>
   Effect.flatMap(Effect.serviceOption(AccountPool), (pool) => {
@@ -642,8 +641,6 @@ const readAheadOf = (concurrency: number | undefined): Effect.Effect<ReadAhead.R
       return Effect.succeed(ReadAhead.make((running) => Effect.succeed(running < fixed)))
     }
     const { capacity } = pool.value
-    // While no account may serve, lines wait for one side by side (up to `defaultConcurrency` of
-    // them), each up to its `maxWait`, rather than each after the one before.
     const readAhead = ReadAhead.make((running) =>
       Effect.map(
         capacity,

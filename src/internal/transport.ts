@@ -109,7 +109,7 @@ const decodeErrorBody = Schema.decodeUnknownOption(ChatSchema.ErrorBody)
 /**
  * What quotes a reply to a request sent with `key`: scrubbed of anything shaped like a key (shown
  * `sk-***`, as always), then of that key, whole or in part and whatever its shape (other providers'
- * keys need not look like `sk-…`). Made when an error quotes the reply, not for every call.
+ * keys need not look like `sk-…`). The key's fragments are cut only when an error quotes the reply.
  */
 const scrubberOf = (key: Redacted.Redacted<string>): Scrubber.Scrubber => (text) =>
   Scrubber.make([key])(ApiError.scrubSecrets(text))
