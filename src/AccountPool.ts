@@ -42,8 +42,10 @@
  * When no account may serve for now (breakers open, balances out), a call waits until one may,
  * up to its `maxWait` (`CallOptions.maxWait`, default 30 minutes), then fails with
  * `NoAccountAvailable`: each account's reason and the earliest time one may serve again. It
- * fails at once only when nothing will serve without a change of configuration: every key
- * rejected (a wrong key is not transient) or every breaker isolated.
+ * fails at once when nothing will serve without a change of configuration (every key rejected: a
+ * wrong key is not transient; every breaker isolated), and when a call already waited out a
+ * `maxWait` as long as its own in this outage: until an account serves again, the calls that
+ * follow are not each held a whole `maxWait` in turn.
  *
  * ## Failover and recovery
  *

@@ -632,6 +632,48 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)), capturingLogs(logs))
   })
 
+  it.effect("once a call waited out its maxWait with no account able to serve, a call that would wait as long or less fails at once, until an account serves again", () => {
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"])],
+      handlers: { a: status(500) },
+      options: { preflight: false, breaker: { minimumThroughput: 1, failureRatio: 1, openFor: "20 minutes" } }
+    }
+    const waitFor = (maxWait: Duration.DurationInput) => Effect.fork(Effect.flip(createWith(request, { maxWait })))
+    return Effect.gen(function*() {
+      expect((yield* Effect.flip(create))._tag).toBe("ServerError")
+      expect(yield* states).toEqual({ a: "open" })
+
+      // The first call waits its 10 s out; one given as long or less then fails at once.
+      const first = yield* waitFor("10 seconds")
+      yield* TestClock.adjust("10 seconds")
+      expect((yield* Fiber.join(first))._tag).toBe("NoAccountAvailable")
+      const shorter = yield* waitFor("5 seconds")
+      const same = yield* waitFor("10 seconds")
+      yield* settle
+      expect([shorter.unsafePoll(), same.unsafePoll()]).not.toContain(null)
+      expect((yield* Fiber.join(shorter))._tag).toBe("NoAccountAvailable")
+      expect((yield* Fiber.join(same))._tag).toBe("NoAccountAvailable")
+
+      // A call that may wait longer than any wait that ran out still waits, and is served when the breaker half-opens.
+      setup.handlers.a = healthy()
+      const patient = yield* Effect.fork(create)
+      yield* settle
+      expect(patient.unsafePoll()).toBeNull()
+      yield* TestClock.adjust("20 minutes")
+      expect((yield* Fiber.join(patient)).id).toBe("cmpl-a")
+
+      // Served again: the waits that ran out are forgotten; the next outage's calls wait again.
+      setup.handlers.a = status(500)
+      expect((yield* Effect.flip(create))._tag).toBe("ServerError")
+      expect(yield* states).toEqual({ a: "open" })
+      const again = yield* waitFor("10 seconds")
+      yield* settle
+      expect(again.unsafePoll()).toBeNull()
+      yield* TestClock.adjust("10 seconds")
+      expect((yield* Fiber.join(again))._tag).toBe("NoAccountAvailable")
+    }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
   it.effect("a breaker's opening says the failure that opened it, with the account's keys scrubbed whatever their shape; so does the account's status until an answer", () => {
     const logs: Array<Logged> = []
     const key = "Zq81xV3pLmRt4wQe"

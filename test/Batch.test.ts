@@ -1490,10 +1490,12 @@ describe("Batch.run stopped in an outage, over the account pool", () => {
 })
 
 describe("Batch.run while no account can serve", () => {
-  it.live("the lines wait for one together, each up to its maxWait, not each after the one before", () =>
+  it.live("the lines wait for one together, and once a wait ran out the rest fail at once, not one wait per wave of lines", () =>
     Effect.gen(function*() {
       const ws = yield* workspace
-      yield* ws.writeInput(Array.from({ length: 8 }, (_, i) => request(`w-${i}`)))
+      // More lines than wait side by side (256): a wave after the first waited its own maxWait.
+      const lines = 600
+      yield* ws.writeInput(Array.from({ length: lines }, (_, i) => request(`w-${i}`)))
       // Out of balance from the start: the preflight finds it so, and no account is left.
       const simulator = yield* Simulator.make({ accounts: { default: { keys: [Simulator.defaultKey], balance: 0 } } })
       const stack = Batch.layerAccounts([Demo.demoAccount(simulator.baseUrl)], {
@@ -1501,12 +1503,13 @@ describe("Batch.run while no account can serve", () => {
         router: Router.layerDefault
       })
       const summary = yield* Effect.timeoutFail(
-        Batch.run({ ...ws, callOptions: { priority: "batch", maxWait: "300 millis" } }).pipe(Effect.provide(stack)),
-        // One wait and the preflight, with room for a busy machine; one after another is 8 × 300 ms.
-        { duration: "1500 millis", onTimeout: () => new Error("the lines waited one after another (8 × 300 ms)") }
+        Batch.run({ ...ws, callOptions: { priority: "batch", maxWait: "2 seconds" } }).pipe(Effect.provide(stack)),
+        // One wait, with room for a busy machine; a wave of 256 lines per wait is 3 × 2 s.
+        { duration: "4500 millis", onTimeout: () => new Error("the lines waited a wave after another (3 × 2 s)") }
       )
-      expect(summary).toMatchObject({ requests: 8, failed: 8, failures: { NoAccountAvailable: 8 } })
-    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+      expect(summary).toMatchObject({ requests: lines, failed: lines, failures: { NoAccountAvailable: lines } })
+      expect((yield* simulator.stats).requests).toBe(0)
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)), 15_000)
 })
 
 describe("Batch.run over the account pool, keys in failures", () => {

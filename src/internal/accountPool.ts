@@ -479,6 +479,13 @@ export const makeWith = <R>(
 
     // -- availability -------------------------------------------------------------------------
 
+    /**
+     * The longest `maxWait` a call waited out while no account it may use could serve, since the
+     * last time one could: a call that would wait as long or less fails at once (a batch's lines
+     * during an outage longer than their wait fail in one wait, not one wait per wave of lines).
+     */
+    let waitedOutMillis = 0
+
     /** Why `member` cannot serve now, if it cannot: out of balance, every key resting, breaker open. */
     const unavailability = (member: Member): Effect.Effect<Unavailable | undefined> =>
       Effect.gen(function*() {
@@ -507,6 +514,7 @@ export const makeWith = <R>(
           member.slot.pending = unavailable?.reason === "checking_balance"
           // An account going out may let a fallback count, so any change may grow the capacity.
           if (changed) roomMayHaveGrown()
+          if (unavailable === undefined) waitedOutMillis = 0
           if (cameBack) dispatcher.dispatchAll()
           else if (unavailable !== undefined) dispatcher.refuse((waiter) => !mayBePlaced(waiter.excluded))
         }))
@@ -626,6 +634,10 @@ export const makeWith = <R>(
           (member.unavailable.reason !== "no_keys" && Number.isFinite(member.unavailable.until)))
       )
 
+    /** Whether an account `excluded` leaves may serve now, or is about to (its balance being checked). */
+    const someMayServeSoon = (excluded: ReadonlySet<number>): boolean =>
+      members.some(({ slot }) => !excluded.has(slot.index) && (slot.available || slot.pending))
+
     /** A grant's permit, reporting to its lane and releasing it with the scope. */
     const permitOf = (grant: LaneGrant) => {
       const lane = grant.lane
@@ -657,7 +669,9 @@ export const makeWith = <R>(
       excluded: ReadonlySet<number>,
       restore: Restore
     ): Effect.Effect<Placed, ApiError.NoAccountAvailable> => {
-      if (!mayBePlaced(excluded)) return Effect.fail(noAccount(excluded))
+      if (!mayBePlaced(excluded) || (waitedOutMillis > 0 && maxWaitOf(options) <= waitedOutMillis && !someMayServeSoon(excluded))) {
+        return Effect.fail(noAccount(excluded))
+      }
       const entry = dispatcher.enter(model, options?.priority ?? "interactive", excluded)
       publishQueued(model)
       return entry._tag === "Granted"
@@ -707,14 +721,23 @@ export const makeWith = <R>(
         Effect.tap(place(model, options, excluded, restore), (placed) => ScopeFinalizer.addFinalizer(release(placed.grant)))
       )
 
+    const maxWaitOf = (options: CallOptions | undefined): number =>
+      Duration.toMillis(options?.maxWait === undefined ? settings.maxWait : Duration.decode(options.maxWait))
+
     const awaitGrant = (
       waiter: Waiter,
       restore: Restore,
       options: CallOptions | undefined,
       excluded: ReadonlySet<number>
     ): Effect.Effect<LaneGrant, ApiError.NoAccountAvailable> => {
-      const maxWait = options?.maxWait === undefined ? settings.maxWait : Duration.decode(options.maxWait)
-      const gaveUp = Effect.zipRight(Effect.sleep(maxWait), Effect.suspend(() => Effect.fail(noAccount(excluded))))
+      const maxWait = maxWaitOf(options)
+      const gaveUp = Effect.zipRight(
+        Effect.sleep(Duration.millis(maxWait)),
+        Effect.suspend(() => {
+          if (!someMayServeSoon(excluded)) waitedOutMillis = Math.max(waitedOutMillis, maxWait)
+          return Effect.fail(noAccount(excluded))
+        })
+      )
       return restore(Effect.raceFirst(Deferred.await(waiter.wake), gaveUp)).pipe(
         // Interrupted or out of time: leave the queue, or hand back a permit granted meanwhile.
         Effect.onExit((exit) =>
