@@ -200,6 +200,19 @@ describe("Simulator", () => {
       expect((JSON.parse(reply.text) as ChatCompletion).choices[0]?.message.content).toBe("echo:queued")
     }))
 
+  it.scoped("refuses an option that is not a duration as it is made, naming it, rather than failing each request", () =>
+    Effect.gen(function*() {
+      const made = (options: Record<string, unknown>) =>
+        Effect.map(Effect.exit(Simulator.make(options as Simulator.Options)), (exit) =>
+          Exit.isFailure(exit) ? String(exit.cause._tag === "Die" ? exit.cause.defect : exit.cause) : "made")
+      expect(yield* made({ queueDelay: "50ms" })).toBe(
+        `TypeError: Simulator: queueDelay is "50ms", not a duration (a number of milliseconds, or a string such as "50 millis")`
+      )
+      expect(yield* made({ queueDelay: { min: 0, max: "2 sec" } })).toContain(`queueDelay.max is "2 sec", not a duration`)
+      expect(yield* made({ retryAfter: "soon" })).toContain(`retryAfter is "soon", not a duration`)
+      expect(yield* made({ queueDelay: "50 millis", retryAfter: 2000 })).toBe("made")
+    }))
+
   it.scoped("runs on real time even under a TestClock", () =>
     Effect.gen(function*() {
       const sim = yield* Simulator.make({ queueDelay: 30, keepAliveInterval: 10 })

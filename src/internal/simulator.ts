@@ -220,16 +220,39 @@ interface State {
   scriptCursor: number
 }
 
+/**
+ * `duration` of the option `name` in milliseconds. One that is not a duration (from JavaScript or
+ * an environment variable: `"50ms"`) is refused as the server is made, named, rather than failing
+ * every request it would have timed.
+ */
+const optionMillis = (name: string, duration: Duration.DurationInput): number => {
+  const decoded = Duration.decodeUnknown(duration)
+  if (decoded._tag === "None") {
+    throw new TypeError(
+      `Simulator: ${name} is ${JSON.stringify(duration)}, not a duration (a number of milliseconds, or a string such as "50 millis")`
+    )
+  }
+  return Duration.toMillis(decoded.value)
+}
+
+/** A fixed delay or a range, in milliseconds (checked as the server is made); a function of the load as it is. */
+const queueDelayOf = (delay: Simulator.QueueDelay): Simulator.QueueDelay =>
+  typeof delay === "function"
+    ? delay
+    : typeof delay === "object" && "min" in delay
+    ? { min: optionMillis("queueDelay.min", delay.min), max: optionMillis("queueDelay.max", delay.max) }
+    : optionMillis("queueDelay", delay)
+
 const settingsOf = (options: Simulator.Options): Settings => ({
-  queueDelay: options.queueDelay ?? { min: 0, max: 20 },
-  keepAliveMs: millis(options.keepAliveInterval ?? 10),
-  scheduleTimeoutMs: millis(options.scheduleTimeout ?? Duration.minutes(10)),
-  chunkDelayMs: millis(options.chunkDelay ?? 1),
+  queueDelay: queueDelayOf(options.queueDelay ?? { min: 0, max: 20 }),
+  keepAliveMs: optionMillis("keepAliveInterval", options.keepAliveInterval ?? 10),
+  scheduleTimeoutMs: optionMillis("scheduleTimeout", options.scheduleTimeout ?? Duration.minutes(10)),
+  chunkDelayMs: optionMillis("chunkDelay", options.chunkDelay ?? 1),
   pieceSize: options.pieceSize ?? 8,
   cacheHitRatio: options.cacheHitRatio ?? 0,
-  idleTimeoutMs: millis(options.idleTimeout ?? Duration.seconds(5)),
+  idleTimeoutMs: optionMillis("idleTimeout", options.idleTimeout ?? Duration.seconds(5)),
   dropAfterKeepAlives: options.dropAfterKeepAlives ?? 2,
-  retryAfterMs: options.retryAfter === undefined ? undefined : millis(options.retryAfter),
+  retryAfterMs: options.retryAfter === undefined ? undefined : optionMillis("retryAfter", options.retryAfter),
   seed: String(options.seed ?? 0)
 })
 
