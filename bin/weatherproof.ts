@@ -63,7 +63,12 @@ const batch = Command.make(
     ),
     ...Flags.accountFlags,
     ...Flags.callFlags(10),
-    drainTimeout: Flags.drainTimeout("the requests on the wire")
+    drainTimeout: Flags.drainTimeout("the requests on the wire"),
+    progressEvery: Flags.duration(
+      "progress-every",
+      "where stderr is not a terminal (a log file, a service's journal), a progress line this often (default 1m)",
+      "deadline"
+    )
   },
   (args) => Effect.flatMap(Effect.promise(() => import("../app/cli/batch.js")), (cli) => cli.batch(args))
 ).pipe(Command.withDescription("Run an OpenAI-format chat completions batch over DeepSeek (and fallback) accounts"))

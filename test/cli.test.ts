@@ -4,7 +4,8 @@ import { describe, expect, it } from "@effect/vitest"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
-import { drawsProgress } from "../app/cli/batchProgress.js"
+import * as TestClock from "effect/TestClock"
+import { drawsProgress, progressLines } from "../app/cli/batchProgress.js"
 import { styled } from "../app/cli/plainText.js"
 import { layerNone } from "../app/cli/signals.js"
 import { main } from "../bin/weatherproof.js"
@@ -397,6 +398,46 @@ describe("weatherproof's progress bar", () => {
     expect(drawsProgress(terminal, { TERM: "dumb" })).toBe(false)
     expect(drawsProgress({ isTTY: false }, {})).toBe(false)
   })
+})
+
+describe("weatherproof's progress lines", () => {
+  it.scoped("where no bar is drawn, say every interval how far the run got and for how long, once there is progress", () =>
+    Effect.gen(function*() {
+      const lines: Array<string> = []
+      const console: Console.Console = {
+        ...(yield* Console.consoleWith(Effect.succeed)),
+        error: (...args) =>
+          Effect.sync(() => {
+            lines.push(args.join(" "))
+          })
+      }
+      const report = yield* Effect.withConsole(progressLines("1 minute"), console)
+      yield* TestClock.adjust("1 minute")
+      expect(lines).toEqual([])
+      yield* report({ total: 10, succeeded: 0, failed: 0, skipped: 0 })
+      yield* TestClock.adjust("1 minute")
+      expect(lines).toEqual(["weatherproof: 0 of 10 lines done (0 ok, 0 failed, 0 skipped) in 2m"])
+      yield* report({ total: 10, succeeded: 3, failed: 1, skipped: 2 })
+      yield* TestClock.adjust("59 seconds")
+      expect(lines).toHaveLength(1)
+      yield* TestClock.adjust("1 second")
+      expect(lines[1]).toBe("weatherproof: 6 of 10 lines done (3 ok, 1 failed, 2 skipped) in 3m")
+    }))
+
+  it.live("batch writes them while its calls wait in the upstream's queue, at --progress-every", () =>
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const dir = yield* fs.makeTempDirectoryScoped()
+      const input = `${dir}/in.jsonl`
+      yield* fs.writeFileString(input, [chatLine(1), chatLine(2)].join("\n") + "\n")
+      const simulator = yield* Simulator.make({ queueDelay: "900 millis" })
+      const result = yield* runCli(["batch", input, "--output", `${dir}/out.jsonl`, "--progress-every", "300ms"], {
+        DEEPSEEK_API_KEY: Simulator.defaultKey,
+        DEEPSEEK_BASE_URL: simulator.baseUrl
+      })
+      expect(result.code).toBe(0)
+      expect(result.stderr).toContain("weatherproof: 0 of 2 lines done (0 ok, 0 failed, 0 skipped) in 0s")
+    }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 })
 
 describe("weatherproof's styled text", () => {

@@ -17,7 +17,7 @@ import * as Redis from "../../src/Redis.js"
 import * as Router from "../../src/Router.js"
 import * as Files from "../../src/internal/batchFiles.js"
 import { type AccountArgs, type CallArgs, flagsProblem, invalidConfig, listIssues, loadAccounts, poolOptions } from "./accounts.js"
-import { withProgress } from "./batchProgress.js"
+import { defaultProgressEvery, withProgress } from "./batchProgress.js"
 import { ExitCode, fail } from "./exit.js"
 import { exitCodeOf, StopSignals } from "./signals.js"
 
@@ -27,6 +27,7 @@ export interface BatchArgs extends AccountArgs, CallArgs {
   readonly output: string
   readonly summary: Option.Option<string>
   readonly drainTimeout: Option.Option<Duration.Duration>
+  readonly progressEvery: Option.Option<Duration.Duration>
 }
 
 /**
@@ -59,6 +60,7 @@ export const commandLine = (args: BatchArgs): string =>
     ...Option.match(args.redis, { onNone: () => [], onSome: (url) => ["--redis", withoutPassword(url)] }),
     ...Option.match(args.retries, { onNone: () => [], onSome: (n) => ["--retries", String(n)] }),
     ...durationFlag("--drain-timeout", args.drainTimeout),
+    ...durationFlag("--progress-every", args.progressEvery),
     ...durationFlag("--max-wait", args.maxWait),
     ...durationFlag("--first-content-timeout", args.firstContentTimeout),
     ...durationFlag("--idle-timeout", args.idleTimeout),
@@ -76,7 +78,7 @@ const runCaught = (
   accounts: ReadonlyArray<Accounts.Account>,
   redis: Layer.Layer<Redis.Redis, Redis.RedisUnavailable> | undefined
 ) =>
-  withProgress((onProgress) =>
+  withProgress(Option.getOrElse(args.progressEvery, () => defaultProgressEvery), (onProgress) =>
     Effect.scoped(Effect.gen(function*() {
       const signals = yield* Effect.flatMap(StopSignals, (service) => service.catch)
       const drainTimeout = Option.getOrElse(args.drainTimeout, () => Batch.defaultDrainTimeout)

@@ -15,7 +15,7 @@ import * as CostLedger from "../../src/CostLedger.js"
 import * as Router from "../../src/Router.js"
 import * as Simulator from "../../src/Simulator.js"
 import { counted } from "../../src/internal/text.js"
-import { withProgress } from "./batchProgress.js"
+import { defaultProgressEvery, withProgress } from "./batchProgress.js"
 import { ExitCode, fail } from "./exit.js"
 
 /** The account limit of the simulated account: small and unknown to the client, whose adaptive limiter finds it. */
@@ -251,7 +251,7 @@ export const main = (options: { readonly requests: number }) =>
   Effect.gen(function*() {
     if (options.requests < 1) return yield* fail(2, "weatherproof: --requests must be at least 1")
     yield* Console.log(introduction(options.requests))
-    const report = yield* withProgress((onProgress) => run({ requests: options.requests, onProgress })).pipe(
+    const report = yield* withProgress(defaultProgressEvery, (onProgress) => run({ requests: options.requests, onProgress })).pipe(
       Effect.catchAll((error) => fail(1, `weatherproof: ${error.message}`))
     )
     yield* Console.log(formatReport(report))

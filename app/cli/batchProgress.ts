@@ -1,8 +1,10 @@
 /**
- * A terminal progress bar for a batch run (cli-progress), drawn only on a TTY that can move its
- * cursor, outside CI: cli-progress is loaded only then.
+ * A batch run's progress: a terminal progress bar (cli-progress), drawn only on a TTY that can
+ * move its cursor, outside CI (cli-progress is loaded only then); elsewhere a line now and then.
  */
+import * as Clock from "effect/Clock"
 import * as Console from "effect/Console"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
 import type { Progress } from "../../src/Batch.js"
@@ -68,14 +70,51 @@ const besideTheBar = (console: Console.Console, stream: NodeJS.WriteStream): Con
   return { ...console, error: (...args) => Effect.sync(() => error(...args)), unsafe: { ...console.unsafe, error } }
 }
 
+/** How often a run with no bar says how far it got (`--progress-every`). */
+export const defaultProgressEvery: Duration.Duration = Duration.minutes(1)
+
+/** `progress` as a line: `1200 of 5000 lines done (1190 ok, 10 failed, 0 skipped) in 2m 0s`. */
+export const progressLine = (progress: Progress, elapsedMillis: number): string =>
+  `weatherproof: ${progress.succeeded + progress.failed + progress.skipped} of ${progress.total} lines done (${progress.succeeded} ok, ${progress.failed} failed, ${progress.skipped} skipped) in ${
+    wholeSeconds(elapsedMillis)
+  }`
+
+/** `2m 5s`; `0s` under a second (`Duration.format` says `0`). */
+const wholeSeconds = (millis: number): string => millis < 1000 ? "0s" : Duration.format(Duration.seconds(Math.floor(millis / 1000)))
+
+/**
+ * A progress reporter that writes the latest progress to stderr (the `Console`'s) as a line every
+ * `every`, until the scope closes: a run left alone (its stderr a log file, a service manager's
+ * journal) is seen to be alive and how far it got, even while no line ends (every call waiting
+ * for an account, or in the upstream's queue).
+ */
+export const progressLines = (
+  every: Duration.DurationInput
+): Effect.Effect<(progress: Progress) => Effect.Effect<void>, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const startedAt = yield* Clock.currentTimeMillis
+    let latest: Progress | undefined
+    const write = Effect.flatMap(
+      Clock.currentTimeMillis,
+      (now) => latest === undefined ? Effect.void : Console.error(progressLine(latest, now - startedAt))
+    )
+    yield* Effect.forkScoped(Effect.forever(Effect.zipRight(Effect.sleep(every), write)))
+    return (progress: Progress) =>
+      Effect.sync(() => {
+        latest = progress
+      })
+  })
+
 /**
  * Runs `f` with a progress bar on stderr when it is a terminal, and what `f` writes to stderr (its
- * logs included) on lines of its own; `f`'s scope closes before the bar's.
+ * logs included) on lines of its own; elsewhere with a progress line every `every`. `f`'s scope
+ * closes before the bar's.
  */
 export const withProgress = <A, E, R>(
+  every: Duration.DurationInput,
   f: (onProgress: ((progress: Progress) => Effect.Effect<void>) | undefined) => Effect.Effect<A, E, R>
 ): Effect.Effect<A, E, Exclude<R, Scope.Scope>> =>
   Effect.scoped(Effect.flatMap(progressBar(process.stderr), (onProgress) =>
     onProgress === undefined
-      ? f(undefined)
+      ? Effect.flatMap(progressLines(every), f)
       : Console.consoleWith((console) => Console.withConsole(f(onProgress), besideTheBar(console, process.stderr)))))
