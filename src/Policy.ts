@@ -150,8 +150,10 @@ export interface Parts {
    * such a 429 is then not charged to the retry budget: it waits for a permit of a limit already
    * lowered, so retries cannot outrun what the upstream admits, where the budget would starve
    * them (a cap that drops under a full limit turns most calls in flight into 429s at once, and
-   * they would wait for a refill that only new calls bring). Default `false`: a `limiter` given
-   * here may be one that does not back off (`makeFixed`), whose retries the budget must pace.
+   * they would wait for a refill that only new calls bring). An `AccountPool` marks the 429s no
+   * limit paces (no `Retry-After`, met by a request alone on its lane: the upstream refuses even
+   * one), and their retries are charged again. Default `false`: a `limiter` given here may be one
+   * that does not back off (`makeFixed`), whose retries the budget must pace.
    */
   readonly capRetriesPaced?: boolean | undefined
 }

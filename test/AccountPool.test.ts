@@ -1014,3 +1014,25 @@ describe("AccountPool", () => {
       }).pipe(Effect.provide(client))
     }))
 })
+
+describe("AccountPool: 429s a lone request meets", () => {
+  it.scopedLive("are charged to the retry budget: a lane at one request in flight cannot pace them", () =>
+    Effect.gen(function*() {
+      // An upstream that refuses every request, however few are in flight (an account-wide rate
+      // limit, say): lowering the lane's limit cannot stop the 429s, so nothing but the budget paces them.
+      const simulator = yield* Simulator.make({ limit: 0 })
+      const context = yield* Layer.build(
+        AccountPool.layerResilient([account("a", [Simulator.defaultKey], { baseUrl: simulator.baseUrl, concurrency: 1 })], {
+          retry: { maxRetries: 10, base: "1 millis", cap: "2 millis" },
+          // A budget that allows no retry, refused at once.
+          retryBudget: { ratio: 0, minRetriesPerSecond: 0 },
+          budgetWait: "0 millis"
+        }).pipe(Layer.provide(CostLedger.layer()))
+      )
+      const client = yield* Effect.provide(Resilient.Resilient, context)
+      const error = yield* Effect.flip(client.create(request))
+      expect(error._tag).toBe("RateLimited")
+      // One attempt, its retry refused by the budget (it made 1 + 10, 0 ms apart on average).
+      expect((yield* simulator.stats).requests).toBe(1)
+    }))
+})

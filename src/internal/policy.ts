@@ -33,6 +33,7 @@ import type * as Telemetry from "../Telemetry.js"
 import type * as TokenBucket from "../TokenBucket.js"
 import * as StreamPull from "./streamPull.js"
 import * as ToldAttempts from "./toldAttempts.js"
+import * as Unpaced from "./unpaced.js"
 
 /** The parts of a policy, each optional, and what reads their errors. */
 export interface Parts {
@@ -176,10 +177,13 @@ export const make = (parts: Parts): Service => {
   const onRetry = (error: unknown, delay: Duration.Duration) =>
     Effect.zipRight(Metric.increment(retriesCounter), telemetry?.retrying(error, delay) ?? Effect.void)
 
-  /** A cap's 429: its retry waits for a permit, which paces it (`Parts.capRetriesPaced`). */
+  /**
+   * A cap's 429: its retry waits for a permit, which paces it (`Parts.capRetriesPaced`); not one
+   * a request alone on its lane met, which no lower limit would stop (`Unpaced`).
+   */
   const isCapLoadShed = (error: unknown): boolean => {
     const verdict = classify(error)
-    return verdict._tag === "LoadShed" && verdict.signal === "cap"
+    return verdict._tag === "LoadShed" && verdict.signal === "cap" && !Unpaced.wasUnpaced(error)
   }
 
   /** The retry schedule as a call sees it: budget-guarded (a paced cap's 429 aside), every retry reported. */

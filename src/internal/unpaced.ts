@@ -1,0 +1,18 @@
+/**
+ * A cap's 429s nothing paces: met by a request alone on its lane, where a lower limit would
+ * change nothing (the upstream refuses even one, as under an account-wide rate limit), with no
+ * `Retry-After` to wait. An account pool marks them; the policy around it charges their retries
+ * to the retry budget instead of exempting them as paced (`Policy.Parts.capRetriesPaced`).
+ *
+ * @internal
+ */
+
+const unpaced = new WeakSet<object>()
+
+/** Notes that `error` was met by a request alone on its lane. */
+export const markUnpaced = (error: unknown): void => {
+  if (typeof error === "object" && error !== null) unpaced.add(error)
+}
+
+/** Whether `error` was met by a request alone on its lane. */
+export const wasUnpaced = (error: unknown): boolean => typeof error === "object" && error !== null && unpaced.has(error)
