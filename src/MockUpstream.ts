@@ -191,7 +191,7 @@ export const parts = (
 
 /**
  * A JSON body, after `leadingBlankLines` keep-alive lines (sent at once) and a `delay` (the
- * queueing time before the JSON).
+ * queueing time before the JSON); the status and headers after `latency`.
  *
  * @example
  * ```ts
@@ -211,6 +211,7 @@ export const json = (
     readonly headers?: Readonly<Record<string, string>> | undefined
     readonly leadingBlankLines?: number | undefined
     readonly delay?: Duration.DurationInput | undefined
+    readonly latency?: Duration.DurationInput | undefined
   }
 ): Reply =>
   parts(
@@ -218,7 +219,7 @@ export const json = (
       ...Array.from({ length: options?.leadingBlankLines ?? 0 }, () => "\n"),
       { delay: options?.delay, text: JSON.stringify(body) }
     ],
-    { status: options?.status, headers: { "content-type": "application/json", ...options?.headers } }
+    { status: options?.status, headers: { "content-type": "application/json", ...options?.headers }, latency: options?.latency }
   )
 
 /**
@@ -332,13 +333,13 @@ export const streamed = (
 ): Reply => sse(events(generation, options))
 
 /**
- * An error status; an object `body` is sent as JSON (e.g. `{"error": {...}}`).
+ * An error status, after `latency`; an object `body` is sent as JSON (e.g. `{"error": {...}}`).
  *
  * @example
  * ```ts
  * import { MockUpstream } from "weatherproof"
  *
- * const rateLimited = MockUpstream.status(429, { headers: { "retry-after": "2" } })
+ * const rateLimited = MockUpstream.status(429, { headers: { "retry-after": "2" }, latency: "80 millis" })
  * const outOfBalance = MockUpstream.status(402, {
  *   body: { error: { message: "Insufficient Balance", type: "unknown_error" } }
  * })
@@ -352,10 +353,11 @@ export const status = (
   options?: {
     readonly body?: unknown
     readonly headers?: Readonly<Record<string, string>> | undefined
+    readonly latency?: Duration.DurationInput | undefined
   }
 ): Reply => {
   const body = options?.body ?? ""
-  return parts([typeof body === "string" ? body : JSON.stringify(body)], { status: code, headers: options?.headers })
+  return parts([typeof body === "string" ? body : JSON.stringify(body)], { status: code, headers: options?.headers, latency: options?.latency })
 }
 
 /**

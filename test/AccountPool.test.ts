@@ -740,12 +740,12 @@ describe("AccountPool", () => {
       const inFlight = ends.filter((end) => end > now).length
       if (inFlight >= cap) {
         seen.drops++
-        return { ...MockUpstream.status(429, { body: errorBody("over the account's concurrency") }), latency }
+        return MockUpstream.status(429, { body: errorBody("over the account's concurrency"), latency })
       }
       const answer = answerMillis()
       ends.push(now + answer)
       seen.highest = Math.max(seen.highest, inFlight + 1)
-      return { ...MockUpstream.completion(generation(req), { delay: `${answer} millis` }), latency }
+      return MockUpstream.completion(generation(req), { delay: `${answer} millis`, latency })
     }
     return { handler, seen }
   }
