@@ -237,6 +237,99 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
     }).pipe(capturingLogs(logs))
   }, { timeout: 30_000 })
 
+  it.scopedLive("an end taken off while its acceptance's commit conflicted is given back if the acceptance goes local (the retry failed, then Redis again before a flush): the accepted count is not left one low, slow start grows", () => {
+    const logs: Array<Logged> = []
+    const said = (text: string, times: number) =>
+      until(Effect.sync(() => logs.filter((log) => log.message.includes(text)).length), (n) => n === times)
+    return Effect.gen(function*() {
+      const server = yield* redisServer
+      const redis = yield* Redis.make({ url: server.url })
+      const name = "drift"
+      const stateKey = `${redis.key("limiter", name)}:state`
+      const acceptedOnServer = Effect.map(redis.command("HGET", [stateKey, "accepted"]), (n) => Number(n ?? 0))
+      /** The count once it is `expected`, or as it is 5 s later. */
+      const acceptedOnceAt = (expected: number) =>
+        until(acceptedOnServer, (n) => n === expected).pipe(Effect.orElse(() => acceptedOnServer))
+      // Armed, the next commit meets another process's commit (a conflict) and answers only once
+      // `resume` is done. While `down`, every script fails as on a closed connection.
+      const conflicted = yield* Deferred.make<void>()
+      const resume = yield* Deferred.make<void>()
+      let armed = false
+      let down = false
+      // As ioredis refuses a command on a closed connection: a promise rejected.
+      const closed = Effect.tryPromise({
+        try: () => Promise.reject(new Error("Connection is closed.")),
+        catch: () => new Redis.RedisError({ operation: "EVALSHA", reason: "Connection is closed." })
+      })
+      const flaky: Redis.Service = {
+        ...redis,
+        script: (lua) => {
+          const run = redis.script(lua)
+          return (keys, args) => {
+            if (down) return closed
+            if (args[0] !== "commit" || !armed) return run(keys, args)
+            armed = false
+            return redis.command("HINCRBY", [stateKey, "version", 1]).pipe(
+              Effect.zipRight(run(keys, args)),
+              Effect.tap(() => Deferred.succeed(conflicted, undefined)),
+              Effect.tap(() => Deferred.await(resume))
+            )
+          }
+        }
+      }
+      // Heartbeats every second.
+      const limiter = yield* Effect.provideService(
+        ConcurrencyLimiter.makeRedis({ name, initial: 2, leaseTtl: "3 seconds" }),
+        Redis.Redis,
+        flaky
+      )
+      const acceptOne = (scope: Scope.Scope) =>
+        Effect.flatMap(Scope.extend(limiter.acquire(), scope), (permit) => Effect.as(permit.accepted, permit))
+
+      const first = yield* Scope.make()
+      const one = yield* acceptOne(first)
+      expect(yield* acceptedOnceAt(1)).toBe(1)
+      armed = true
+      const second = yield* Scope.make()
+      const two = yield* acceptOne(second)
+      yield* Deferred.await(conflicted)
+      // Its permit is released while the conflicting commit is on its way: its end is taken off.
+      yield* two.complete({ _tag: "Success" })
+      yield* Scope.close(second, Exit.void)
+      expect(yield* acceptedOnceAt(0)).toBe(0)
+      // The retry fails: its events wait for a flush after the rejoin...
+      down = true
+      yield* Deferred.succeed(resume, undefined)
+      yield* said("counted in this process", 1)
+      down = false
+      yield* said("shared again", 1)
+      // ...but Redis fails again first (the next heartbeat): they are applied locally.
+      down = true
+      yield* said("counted in this process", 2)
+      down = false
+      yield* said("shared again", 2)
+
+      const leases = redis.command("ZCARD", [`${redis.key("limiter", name)}:leases`])
+      // The next release (of a permit never accepted) gives the end back: the first is outstanding.
+      yield* Effect.scoped(limiter.acquire())
+      yield* until(leases, (n) => n === 1)
+      expect(yield* acceptedOnServer).toBe(1)
+      yield* one.complete({ _tag: "Success" })
+      yield* Scope.close(first, Exit.void)
+      yield* until(leases, (n) => n === 0)
+      expect(yield* acceptedOnServer).toBe(0)
+      const third = yield* Scope.make()
+      for (let i = 1; i <= 2; i++) {
+        yield* acceptOne(third)
+        expect(yield* acceptedOnceAt(i)).toBe(i)
+      }
+      // The second acceptance, at the top of the limit, grows it in slow start.
+      const grown = until(limiter.snapshot, (snapshot) => snapshot.limit === 3).pipe(Effect.orElse(() => limiter.snapshot))
+      expect((yield* grown).limit).toBe(3)
+      yield* Scope.close(third, Exit.void)
+    }).pipe(capturingLogs(logs))
+  }, { timeout: 30_000 })
+
   it.scopedLive("a ticket placed while the server has lost its process's presence is granted at once, not taken for a dead process's", () =>
     Effect.gen(function*() {
       const server = yield* redisServer

@@ -173,6 +173,7 @@ class SharedLimit implements Policy {
   /**
    * Requests of this process counted in `generation` that ended since its last release: the next
    * release takes them off the lane's accepted count on the server, before it grants their room.
+   * Below zero, ends taken off of acceptances no commit counted after all: added back.
    */
   ended = 0
   /** The last state read or written: what seeds the server if it lost the lane's. */
@@ -254,6 +255,18 @@ class SharedLimit implements Policy {
   }
 
   /**
+   * `events` applied locally, never to be committed: an end released while a commit that failed
+   * was to count its acceptance is given back, else the count stays one low for the generation.
+   */
+  private uncounted(events: ReadonlyArray<Event>): void {
+    for (const request of this.toCount(events)) {
+      if (request.endedIn === undefined || request.endedIn !== this.generation) continue
+      request.endedIn = undefined
+      this.ended--
+    }
+  }
+
+  /**
    * Slots refilled count in local mode only: shared, the slot an ended request leaves may go to
    * any process, so slow start there waits for every request to be accepted.
    */
@@ -301,7 +314,9 @@ class SharedLimit implements Policy {
     }
     const max = share(this.sharedLimit)
     const aimd = Aimd.fromState({ ...this.config, max, initial: Math.min(this.config.initial, max) }, this.state!)
-    applyEvents(aimd, this.pending.splice(0), inFlight)
+    const events = this.pending.splice(0)
+    this.uncounted(events)
+    applyEvents(aimd, events, inFlight)
     this.local = aimd
   }
 

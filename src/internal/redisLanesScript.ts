@@ -188,9 +188,10 @@ elseif op == "cancel" then
 elseif op == "release" then
   -- ARGV: lane, lease, a generation, the requests accepted upstream and counted in it that ended
   -- since the process's last release: taken off the accepted count before the permit is granted
-  -- again, unless the lane's state is of another generation (it never counted them).
+  -- again, unless the lane's state is of another generation (it never counted them). Negative,
+  -- ends taken off of acceptances that no commit counted after all: added back.
   local stateKey, ended = ARGV[4] .. ":state", tonumber(ARGV[7]) or 0
-  if ended > 0 and redis.call("HGET", stateKey, "generation") == ARGV[6] then
+  if ended ~= 0 and redis.call("HGET", stateKey, "generation") == ARGV[6] then
     redis.call("HINCRBY", stateKey, "accepted", -ended)
   end
   releaseLease(ARGV[4], ARGV[5])
