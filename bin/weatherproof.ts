@@ -66,7 +66,7 @@ const batch = Command.make(
     drainTimeout: Flags.drainTimeout("the requests on the wire"),
     progressEvery: Flags.duration(
       "progress-every",
-      "where stderr is not a terminal (a log file, a service's journal), a progress line this often (default 1m)",
+      "where no progress bar is drawn (stderr not a terminal, CI, TERM=dumb), a progress line this often (default 1m)",
       "deadline"
     )
   },

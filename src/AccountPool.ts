@@ -194,7 +194,7 @@ export interface Capacity {
   readonly free: number
   /**
    * No account may serve now, nor is one about to (its balance being checked): every call waits
-   * for one to come back, up to its `maxWait`.
+   * for one to come back, up to its `maxWait` (see "Waiting beats failing").
    */
   readonly stalled: boolean
   /**

@@ -229,7 +229,8 @@ const unavailableMeaning: Record<AccountUnavailable["reason"], string> = {
 /**
  * No account of an `AccountPool` could take the call: each account's reason, and `retryAfter`,
  * the time until the first of them may serve again (none when no time is known). The pool has
- * already waited as long as the call allows (its `maxWait`), so it is final.
+ * already waited as long as the call allows (its `maxWait`), or another call waited as long in
+ * the same outage, so it is final.
  *
  * @since 0.1.0
  */

@@ -674,6 +674,41 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 
+  it.effect("a call that waited for a busy lane, then saw the account go out just before its maxWait ran out, does not make the next calls fail at once", () => {
+    // Two permits: the first call holds one for a minute, the second fails with a 402 after 9 s,
+    // which takes the account out 1 s before the waiting call gives up.
+    let chats = 0
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"], { concurrency: 2 })],
+      handlers: {
+        a: (req) =>
+          !isChat(req)
+            ? balance(false)
+            : ++chats === 1
+            ? MockUpstream.completion(generation(req), { latency: "1 minute" })
+            : MockUpstream.status(402, { body: errorBody("Insufficient Balance"), latency: "9 seconds" })
+      },
+      options: { preflight: false, balanceProbeInterval: "1 hour" }
+    }
+    const waitFor = (maxWait: Duration.DurationInput) => Effect.fork(Effect.flip(createWith(request, { maxWait })))
+    return Effect.gen(function*() {
+      yield* Effect.fork(create)
+      yield* Effect.fork(create)
+      yield* settle
+      const waiting = yield* waitFor("10 seconds")
+      yield* TestClock.adjust("9 seconds")
+      expect(yield* states).toEqual({ a: "out_of_balance" })
+      yield* TestClock.adjust("1 second")
+      expect((yield* Fiber.join(waiting))._tag).toBe("NoAccountAvailable")
+      // Its wait was mostly for the lane, not the outage: the next call waits its own.
+      const next = yield* waitFor("10 seconds")
+      yield* settle
+      expect(next.unsafePoll()).toBeNull()
+      yield* TestClock.adjust("10 seconds")
+      expect((yield* Fiber.join(next))._tag).toBe("NoAccountAvailable")
+    }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
   it.effect("a breaker's opening says the failure that opened it, with the account's keys scrubbed whatever their shape; so does the account's status until an answer", () => {
     const logs: Array<Logged> = []
     const key = "Zq81xV3pLmRt4wQe"

@@ -73,7 +73,7 @@ const besideTheBar = (console: Console.Console, stream: NodeJS.WriteStream): Con
 /** How often a run with no bar says how far it got (`--progress-every`). */
 export const defaultProgressEvery: Duration.Duration = Duration.minutes(1)
 
-/** `progress` as a line: `1200 of 5000 lines done (1190 ok, 10 failed, 0 skipped) in 2m 0s`. */
+/** `progress` as a line: `1200 of 5000 lines done (1190 ok, 10 failed, 0 skipped) in 2m 5s`. */
 export const progressLine = (progress: Progress, elapsedMillis: number): string =>
   `weatherproof: ${progress.succeeded + progress.failed + progress.skipped} of ${progress.total} lines done (${progress.succeeded} ok, ${progress.failed} failed, ${progress.skipped} skipped) in ${
     wholeSeconds(elapsedMillis)

@@ -481,11 +481,18 @@ export const makeWith = <R>(
     // -- availability -------------------------------------------------------------------------
 
     /**
-     * The longest `maxWait` a call waited out while no account it may use could serve, since the
-     * last time one could: a call that would wait as long or less fails at once (a batch's lines
-     * during an outage longer than their wait fail in one wait, not one wait per wave of lines).
+     * Since when no account serves (undefined while one does; a balance being checked at start is
+     * not serving yet), and the longest `maxWait` a call waited out in that time, all of its wait:
+     * a call that would wait as long or less fails at once, unless an account is about to serve (a
+     * batch's lines during an outage longer than their wait fail in one wait, not one wait per wave
+     * of lines). A call that waited for a busy lane, then saw an account go out, marks nothing.
      */
+    let outageSince: number | undefined
     let waitedOutMillis = 0
+
+    /** Whether an account `excluded` leaves may serve now, or is about to (its balance being checked). */
+    const someMayServeSoon = (excluded: ReadonlySet<number>): boolean =>
+      members.some(({ slot }) => !excluded.has(slot.index) && (slot.available || slot.pending))
 
     /** Why `member` cannot serve now, if it cannot: out of balance, every key resting, breaker open. */
     const unavailability = (member: Member): Effect.Effect<Unavailable | undefined> =>
@@ -515,7 +522,10 @@ export const makeWith = <R>(
           member.slot.pending = unavailable?.reason === "checking_balance"
           // An account going out may let a fallback count, so any change may grow the capacity.
           if (changed) roomMayHaveGrown()
-          if (unavailable === undefined) waitedOutMillis = 0
+          if (unavailable === undefined) {
+            outageSince = undefined
+            waitedOutMillis = 0
+          } else if (outageSince === undefined && !members.some(({ slot }) => slot.available)) outageSince = now()
           if (cameBack) dispatcher.dispatchAll()
           else if (unavailable !== undefined) dispatcher.refuse((waiter) => !mayBePlaced(waiter.excluded))
         }))
@@ -635,10 +645,6 @@ export const makeWith = <R>(
           (member.unavailable.reason !== "no_keys" && Number.isFinite(member.unavailable.until)))
       )
 
-    /** Whether an account `excluded` leaves may serve now, or is about to (its balance being checked). */
-    const someMayServeSoon = (excluded: ReadonlySet<number>): boolean =>
-      members.some(({ slot }) => !excluded.has(slot.index) && (slot.available || slot.pending))
-
     /** A grant's permit, reporting to its lane and releasing it with the scope. */
     const permitOf = (grant: LaneGrant) => {
       const lane = grant.lane
@@ -732,10 +738,11 @@ export const makeWith = <R>(
       excluded: ReadonlySet<number>
     ): Effect.Effect<LaneGrant, ApiError.NoAccountAvailable> => {
       const maxWait = maxWaitOf(options)
+      const enteredAt = now()
       const gaveUp = Effect.zipRight(
         Effect.sleep(Duration.millis(maxWait)),
         Effect.suspend(() => {
-          if (!someMayServeSoon(excluded)) waitedOutMillis = Math.max(waitedOutMillis, maxWait)
+          if (outageSince !== undefined && outageSince <= enteredAt) waitedOutMillis = Math.max(waitedOutMillis, maxWait)
           return Effect.fail(noAccount(excluded))
         })
       )
