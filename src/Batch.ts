@@ -296,8 +296,8 @@ export interface Options {
   /** Options of every call. Default `{ priority: "batch" }`. */
   readonly callOptions?: CallOptions | undefined
   /**
-   * Called once before the first line and after every line. When given, the input is read once
-   * more beforehand to count its lines.
+   * Called once the input's lines are counted (read once more, beside the run: the first line
+   * does not wait for it), then after every line.
    */
   readonly onProgress?: ((progress: Progress) => Effect.Effect<void>) | undefined
   /**
@@ -745,14 +745,14 @@ export const run = (options: Options): Effect.Effect<Summary, BatchError | Outpu
     const calls = new Calls()
     const stops = yield* watchStops(options, calls)
     const { stopped } = stops
-    // Counting and compacting a large output take seconds: a stop meanwhile ends the run before
-    // it sends anything, the output as it was (compaction replaces it only whole).
-    const prepared = yield* Effect.raceFirst(
-      Effect.asSome(prepare(fs, options, output)),
+    // Compacting a large output takes seconds: a stop meanwhile ends the run before it sends
+    // anything, the output as it was (compaction replaces it only whole).
+    const compacted = yield* Effect.raceFirst(
+      Effect.asSome(Files.compactOutput(fs, output).pipe(Effect.mapError(compactionError(options.output)))),
       Effect.as(Deferred.await(stopped), Option.none())
     )
-    if (Option.isNone(prepared)) return summarize(emptyTally, before, yield* readings, yield* poolStatuses, true)
-    const { total, alreadyAnswered } = prepared.value
+    if (Option.isNone(compacted)) return summarize(emptyTally, before, yield* readings, yield* poolStatuses, true)
+    const alreadyAnswered = compacted.value
 
     const decide = decider(alreadyAnswered)
     const nextId = yield* Lines.makeRequestIds
@@ -760,9 +760,20 @@ export const run = (options: Options): Effect.Effect<Summary, BatchError | Outpu
     const scrub = Option.match(yield* Effect.serviceOption(AccountPool), { onNone: () => scrubSecrets, onSome: (pool) => pool.scrub })
     const send = sender(yield* Resilient, yield* Router, options.callOptions ?? { priority: "batch" }, nextId, scrub)
     let tally = emptyTally
+    // The input is counted beside the run, not before its first line (a large one takes seconds):
+    // progress is reported once the count is known, then after every line.
+    let total: number | undefined
     const report = (t: Tally) =>
-      options.onProgress?.({ total, succeeded: t.succeeded, failed: t.failed, skipped: t.skipped }) ?? Effect.void
-    yield* report(emptyTally)
+      total === undefined || options.onProgress === undefined
+        ? Effect.void
+        : options.onProgress({ total, succeeded: t.succeeded, failed: t.failed, skipped: t.skipped })
+    if (options.onProgress !== undefined) {
+      yield* Effect.forkScoped(Effect.flatMap(Effect.option(Files.countLines(fs, input)), (counted) => {
+        if (Option.isNone(counted)) return Effect.void
+        total = counted.value
+        return report(tally)
+      }))
+    }
 
     const file = yield* fs.open(output, { flag: "a" }).pipe(Effect.mapError(outputError(options.output)))
     let handed = 0
@@ -840,15 +851,6 @@ export const run = (options: Options): Effect.Effect<Summary, BatchError | Outpu
       unwritten: handed - tally.succeeded - tally.failed
     })
   }))
-
-/** The input's line count when progress is reported, and the ids compaction found answered. */
-const prepare = (fs: FileSystem.FileSystem, options: Options, output: string) =>
-  Effect.all({
-    total: options.onProgress === undefined
-      ? Effect.succeed(0)
-      : Files.countLines(fs, options.input).pipe(Effect.mapError(inputError(options.input))),
-    alreadyAnswered: Files.compactOutput(fs, output).pipe(Effect.mapError(compactionError(options.output)))
-  })
 
 /**
  * `stopped` completes with `stop` or `stopNow` (the options' or the run's own), and then `calls`

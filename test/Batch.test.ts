@@ -446,15 +446,18 @@ describe("Batch.run", () => {
       expect(lines.get("rejected")?.response?.status_code).toBe(401)
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
-  it.scoped("reports progress up to the totals of the run", () =>
+  it.scoped("reports progress once the input is counted, up to the totals of the run", () =>
     Effect.gen(function*() {
       const ws = yield* workspace
       yield* ws.writeInput([request("a"), "oops", request("b")])
       const seen: Array<Batch.Progress> = []
-      yield* runWith(ok, { ...ws, onProgress: (p) => Effect.sync(() => seen.push(p)) })
-      expect(seen[0]).toEqual({ total: 3, succeeded: 0, failed: 0, skipped: 0 })
+      // The calls are answered only once the count is in: the first line does not wait for it.
+      const counted = yield* Deferred.make<void>()
+      const held: Batch.Options["onProgress"] = (p) => Effect.zipRight(Effect.sync(() => seen.push(p)), Deferred.succeed(counted, undefined))
+      yield* runWith(ok, { ...ws, onProgress: held }, { before: () => Deferred.await(counted) })
+      expect(seen.every((p) => p.total === 3)).toBe(true)
+      expect(seen[0]!.succeeded).toBe(0)
       expect(seen[seen.length - 1]).toEqual({ total: 3, succeeded: 2, failed: 1, skipped: 0 })
-      expect(seen).toHaveLength(4)
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
   // Line kinds of a generated input: a request (answered or failed by the double), a malformed
