@@ -312,7 +312,7 @@ export const events = (
 ]
 
 /**
- * A streamed completion of `generation`.
+ * A streamed completion of `generation`; its status and headers after `latency`.
  *
  * @example
  * ```ts
@@ -329,8 +329,8 @@ export const events = (
  */
 export const streamed = (
   generation: Generation,
-  options?: Parameters<typeof events>[1]
-): Reply => sse(events(generation, options))
+  options?: Parameters<typeof events>[1] & { readonly latency?: Duration.DurationInput | undefined }
+): Reply => sse(events(generation, options), { latency: options?.latency })
 
 /**
  * An error status, after `latency`; an object `body` is sent as JSON (e.g. `{"error": {...}}`).

@@ -67,19 +67,20 @@ describe("MockUpstream", () => {
       expect((yield* Fiber.join(fiber)).status).toBe(418)
     }).pipe(Effect.provide(MockUpstream.layer([MockUpstream.parts([], { status: 418, latency: "5 seconds" })]))))
 
-  it.effect("status, json and completion wait their `latency` before the status too", () =>
+  it.effect("status, json, completion and streamed wait their `latency` before the status too", () =>
     Effect.gen(function*() {
       const statuses = yield* Effect.fork(
-        Effect.all([post(), post(), post()].map((request) => Effect.map(request, (r) => r.status)), { concurrency: "unbounded" })
+        Effect.all([post(), post(), post(), post()].map((request) => Effect.map(request, (r) => r.status)), { concurrency: "unbounded" })
       )
       yield* TestClock.adjust("1999 millis")
       expect(Option.isNone(yield* Fiber.poll(statuses))).toBe(true)
       yield* TestClock.adjust("1 milli")
-      expect(yield* Fiber.join(statuses)).toEqual([429, 201, 200])
+      expect(yield* Fiber.join(statuses)).toEqual([429, 201, 200, 200])
     }).pipe(Effect.provide(MockUpstream.layer([
       MockUpstream.status(429, { latency: "2 seconds" }),
       MockUpstream.json({ ok: true }, { status: 201, latency: "2 seconds" }),
-      MockUpstream.completion(generation, { latency: "2 seconds" })
+      MockUpstream.completion(generation, { latency: "2 seconds" }),
+      MockUpstream.streamed(generation, { latency: "2 seconds" })
     ]))))
 
   it.effect("a cut body fails after the pieces before it", () =>
