@@ -5,13 +5,12 @@
  *
  * @internal
  */
+import * as ErrorMark from "./errorMark.js"
 
-const told = new WeakSet<object>()
+const told = ErrorMark.make()
 
 /** Notes that `error`'s attempt was told. */
-export const markTold = (error: unknown): void => {
-  if (typeof error === "object" && error !== null) told.add(error)
-}
+export const markTold: (error: unknown) => void = told.mark
 
 /** Whether `error`'s attempt was told already. */
-export const wasTold = (error: unknown): boolean => typeof error === "object" && error !== null && told.has(error)
+export const wasTold: (error: unknown) => boolean = told.has

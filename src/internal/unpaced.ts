@@ -6,13 +6,12 @@
  *
  * @internal
  */
+import * as ErrorMark from "./errorMark.js"
 
-const unpaced = new WeakSet<object>()
+const unpaced = ErrorMark.make()
 
 /** Notes that `error` was met by a request alone on its lane. */
-export const markUnpaced = (error: unknown): void => {
-  if (typeof error === "object" && error !== null) unpaced.add(error)
-}
+export const markUnpaced: (error: unknown) => void = unpaced.mark
 
 /** Whether `error` was met by a request alone on its lane. */
-export const wasUnpaced = (error: unknown): boolean => typeof error === "object" && error !== null && unpaced.has(error)
+export const wasUnpaced: (error: unknown) => boolean = unpaced.has
