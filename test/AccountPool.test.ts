@@ -132,6 +132,18 @@ const concurrently = <A, E, R>(n: number, effect: Effect.Effect<A, E, R>) =>
 /** Lets forked fibers run until each is done or waiting, without moving the clock. */
 const settle = TestClock.adjust(0)
 
+/** A call given `maxWait`, forked: its error, flipped into its success. */
+const waitFor = (maxWait: Duration.DurationInput) => Effect.fork(Effect.flip(createWith(request, { maxWait })))
+
+/** A call given 10 s waits (it is not failed at once), then gives up after all of them. */
+const waitsItsTenSecondsOut = Effect.gen(function*() {
+  const call = yield* waitFor("10 seconds")
+  yield* settle
+  expect(call.unsafePoll()).toBeNull()
+  yield* TestClock.adjust("10 seconds")
+  expect((yield* Fiber.join(call))._tag).toBe("NoAccountAvailable")
+})
+
 describe("AccountPool", () => {
   it.effect("spreads concurrent calls by load, in proportion to each account's limit", () => {
     const setup: Setup = {
@@ -638,7 +650,6 @@ describe("AccountPool", () => {
       handlers: { a: status(500) },
       options: { preflight: false, breaker: { minimumThroughput: 1, failureRatio: 1, openFor: "20 minutes" } }
     }
-    const waitFor = (maxWait: Duration.DurationInput) => Effect.fork(Effect.flip(createWith(request, { maxWait })))
     return Effect.gen(function*() {
       expect((yield* Effect.flip(create))._tag).toBe("ServerError")
       expect(yield* states).toEqual({ a: "open" })
@@ -666,11 +677,7 @@ describe("AccountPool", () => {
       setup.handlers.a = status(500)
       expect((yield* Effect.flip(create))._tag).toBe("ServerError")
       expect(yield* states).toEqual({ a: "open" })
-      const again = yield* waitFor("10 seconds")
-      yield* settle
-      expect(again.unsafePoll()).toBeNull()
-      yield* TestClock.adjust("10 seconds")
-      expect((yield* Fiber.join(again))._tag).toBe("NoAccountAvailable")
+      yield* waitsItsTenSecondsOut
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 
@@ -690,7 +697,6 @@ describe("AccountPool", () => {
       },
       options: { preflight: false, balanceProbeInterval: "1 hour" }
     }
-    const waitFor = (maxWait: Duration.DurationInput) => Effect.fork(Effect.flip(createWith(request, { maxWait })))
     return Effect.gen(function*() {
       yield* Effect.fork(create)
       yield* Effect.fork(create)
@@ -701,11 +707,7 @@ describe("AccountPool", () => {
       yield* TestClock.adjust("1 second")
       expect((yield* Fiber.join(waiting))._tag).toBe("NoAccountAvailable")
       // Its wait was mostly for the lane, not the outage: the next call waits its own.
-      const next = yield* waitFor("10 seconds")
-      yield* settle
-      expect(next.unsafePoll()).toBeNull()
-      yield* TestClock.adjust("10 seconds")
-      expect((yield* Fiber.join(next))._tag).toBe("NoAccountAvailable")
+      yield* waitsItsTenSecondsOut
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 
