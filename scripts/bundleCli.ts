@@ -99,13 +99,18 @@ export const buildOptions = (outdir: string): esbuild.BuildOptions & { readonly 
   write: false
 })
 
-/** The launcher, `weatherproof.js` (package.json's `bin`): it runs `main.cjs` through the compile cache. */
+/**
+ * The launcher, `weatherproof.js` (package.json's `bin`): it sets V8's WebAssembly tier for the
+ * command (app/cli/wasmTier.ts), then runs `main.cjs` through the compile cache.
+ */
 const launcherOptions = (outdir: string): esbuild.BuildOptions => ({
   ...common,
   stdin: {
     contents: [
       `import { load } from "./app/cli/compileCache.ts"`,
+      `import { setWasmTier } from "./app/cli/wasmTier.ts"`,
       `import { fileURLToPath } from "node:url"`,
+      `setWasmTier(process.argv.slice(2))`,
       `const main = load(fileURLToPath(new URL("./main.cjs", import.meta.url)))`,
       `;(main as typeof import("./bin/weatherproof.ts")).run()`
     ].join("\n"),

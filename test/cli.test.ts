@@ -7,6 +7,7 @@ import * as Effect from "effect/Effect"
 import * as TestClock from "effect/TestClock"
 import { drawsProgress, progressLines } from "../app/cli/batchProgress.js"
 import { styled } from "../app/cli/plainText.js"
+import { wasmFlags } from "../app/cli/wasmTier.js"
 import { layerNone } from "../app/cli/signals.js"
 import { main } from "../bin/weatherproof.js"
 import * as Simulator from "../src/Simulator.js"
@@ -489,4 +490,14 @@ describe("weatherproof batch deadlines", () => {
       expect(stats.clientClosed).toBe(3)
       expect(stats.completed).toBe(0)
     }).pipe(Effect.provide(NodeContext.layer)))
+})
+
+describe("weatherproof's WebAssembly tier", () => {
+  it("is the baseline for a command that ends, V8's default for serve", () => {
+    expect(wasmFlags(["batch", "in.jsonl", "-o", "out.jsonl"])).toEqual(["--liftoff-only"])
+    expect(wasmFlags(["demo"])).toEqual(["--liftoff-only"])
+    expect(wasmFlags(["--version"])).toEqual(["--liftoff-only"])
+    expect(wasmFlags(["serve", "--port", "8787"])).toEqual([])
+    expect(wasmFlags(["serve", "--help"])).toEqual([])
+  })
 })
