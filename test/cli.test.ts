@@ -3,14 +3,19 @@ import * as NodeContext from "@effect/platform-node/NodeContext"
 import { describe, expect, it } from "@effect/vitest"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Console from "effect/Console"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
 import * as TestClock from "effect/TestClock"
 import { drawsProgress, progressLines } from "../app/cli/batchProgress.js"
 import { styled } from "../app/cli/plainText.js"
 import { wasmFlags } from "../app/cli/wasmTier.js"
 import { layerNone } from "../app/cli/signals.js"
 import { main } from "../bin/weatherproof.js"
+import * as ApiError from "../src/ApiError.js"
+import * as Batch from "../src/Batch.js"
 import * as Simulator from "../src/Simulator.js"
+import * as Telemetry from "../src/Telemetry.js"
 import { chatLine } from "./support/chatLine.js"
 import { layerFullDisk } from "./support/fullDisk.js"
 import { rawServer, reply } from "./support/rawServer.js"
@@ -402,17 +407,21 @@ describe("weatherproof's progress bar", () => {
 })
 
 describe("weatherproof's progress lines", () => {
-  it.scoped("where no bar is drawn, say every interval how far the run got and for how long, once there is progress", () =>
-    Effect.gen(function*() {
-      const lines: Array<string> = []
-      const console: Console.Console = {
-        ...(yield* Console.consoleWith(Effect.succeed)),
+  /** `progressLines(every)` writing to `lines`. */
+  const progressLinesInto = (lines: Array<string>, every: Duration.DurationInput) =>
+    Effect.flatMap(Console.consoleWith(Effect.succeed), (console) =>
+      Effect.withConsole(progressLines(every), {
+        ...console,
         error: (...args) =>
           Effect.sync(() => {
             lines.push(args.join(" "))
           })
-      }
-      const report = yield* Effect.withConsole(progressLines("1 minute"), console)
+      }))
+
+  it.scoped("where no bar is drawn, say every interval how far the run got and for how long, once there is progress", () =>
+    Effect.gen(function*() {
+      const lines: Array<string> = []
+      const report = yield* progressLinesInto(lines, "1 minute")
       yield* TestClock.adjust("1 minute")
       expect(lines).toEqual([])
       yield* report({ total: 10, succeeded: 0, failed: 0, skipped: 0 })
@@ -425,19 +434,49 @@ describe("weatherproof's progress lines", () => {
       expect(lines[1]).toBe("weatherproof: 6 of 10 lines done (3 ok, 1 failed, 2 skipped) in 3m")
     }))
 
-  it.live("batch writes them while its calls wait in the upstream's queue, at --progress-every", () =>
+  it.scoped("say what the run's attempts failed with since the line before, read at each line, while no line completes", () =>
+    Effect.gen(function*() {
+      const lines: Array<string> = []
+      const { counts, telemetry } = yield* Telemetry.makeCounters
+      const failAttempts = (n: number, error: unknown) => Effect.repeatN(telemetry.attemptFailed(error), n - 1)
+      const rateLimited = new ApiError.RateLimited({ message: "busy", retryAfter: Option.none() })
+      const timedOut = new ApiError.DeadlineExceeded({ reason: "total", after: Duration.minutes(1), partial: ApiError.emptyPartial })
+      const serverError = new ApiError.ServerError({ status: 500, message: "oops", retryAfter: Option.none() })
+      const connectFailed = new ApiError.TransportError({ reason: "connect", message: "refused", partial: ApiError.emptyPartial })
+      const report = yield* progressLinesInto(lines, "1 minute")
+      yield* report({ total: 300, succeeded: 0, failed: 0, skipped: 0 }).pipe(Effect.provideService(Batch.TelemetryCounts, counts))
+      yield* failAttempts(3120, rateLimited)
+      yield* TestClock.adjust("1 minute")
+      yield* failAttempts(1, rateLimited)
+      yield* TestClock.adjust("1 minute")
+      yield* TestClock.adjust("1 minute")
+      yield* failAttempts(2900, rateLimited)
+      yield* failAttempts(220, timedOut)
+      yield* failAttempts(15, serverError)
+      yield* failAttempts(5, connectFailed)
+      yield* TestClock.adjust("1 minute")
+      expect(lines).toEqual([
+        "weatherproof: 0 of 300 lines done (0 ok, 0 failed, 0 skipped) in 1m; over the last 1m, 3120 attempts failed, all rate limited (429)",
+        "weatherproof: 0 of 300 lines done (0 ok, 0 failed, 0 skipped) in 2m; over the last 1m, 1 attempt failed, rate limited (429)",
+        "weatherproof: 0 of 300 lines done (0 ok, 0 failed, 0 skipped) in 3m",
+        "weatherproof: 0 of 300 lines done (0 ok, 0 failed, 0 skipped) in 4m; over the last 1m, 3140 attempts failed: 2900 rate limited (429), 220 timed out, 15 answered 5xx, 5 other"
+      ])
+    }))
+
+  it.live("batch writes them while its calls wait in the upstream's queue, at --progress-every, with the attempts that failed", () =>
     Effect.gen(function*() {
       const fs = yield* FileSystem.FileSystem
       const dir = yield* fs.makeTempDirectoryScoped()
       const input = `${dir}/in.jsonl`
       yield* fs.writeFileString(input, [chatLine(1), chatLine(2)].join("\n") + "\n")
-      const simulator = yield* Simulator.make({ queueDelay: "900 millis" })
+      const simulator = yield* Simulator.make({ queueDelay: "900 millis", faults: { script: ["serverError"] } })
       const result = yield* runCli(["batch", input, "--output", `${dir}/out.jsonl`, "--progress-every", "300ms"], {
         DEEPSEEK_API_KEY: Simulator.defaultKey,
         DEEPSEEK_BASE_URL: simulator.baseUrl
       })
       expect(result.code).toBe(0)
       expect(result.stderr).toMatch(/weatherproof: 0 of 2 lines done \(0 ok, 0 failed, 0 skipped\) in \d+s/)
+      expect(result.stderr).toMatch(/in \d+s; over the last \d+s, 1 attempt failed, answered 5xx$/m)
     }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 })
 

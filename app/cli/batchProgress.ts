@@ -6,8 +6,10 @@ import * as Clock from "effect/Clock"
 import * as Console from "effect/Console"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
-import type { Progress } from "../../src/Batch.js"
+import { type Progress, TelemetryCounts } from "../../src/Batch.js"
+import type * as Telemetry from "../../src/Telemetry.js"
 
 const format = "{bar} {percentage}% | {value}/{total} lines | {succeeded} ok, {failed} failed, {skipped} skipped | {duration_formatted}"
 
@@ -83,10 +85,62 @@ export const progressLine = (progress: Progress, elapsedMillis: number): string 
 const wholeSeconds = (millis: number): string => millis < 1000 ? "0s" : Duration.format(Duration.seconds(Math.floor(millis / 1000)))
 
 /**
+ * What a failed attempt met, by its error's tag, as it reads after a count or after "all" (the
+ * upstream's errors: our own gates' refusals are not counted); another tag is shown as it is.
+ */
+const failureLabels: Readonly<Record<string, string>> = {
+  RateLimited: "rate limited (429)",
+  InsufficientBalance: "out of balance (402)",
+  KeyRejected: "with the key rejected (401)",
+  InvalidRequest: "refused as invalid (400/422)",
+  ServerError: "answered 5xx",
+  UnexpectedStatus: "answered an unexpected status",
+  TransportError: "lost the connection",
+  DeadlineExceeded: "timed out",
+  StreamTruncated: "cut off mid-stream",
+  InsufficientResource: "cut short by the server (insufficient_system_resource)",
+  MalformedResponse: "got a malformed response",
+  UpstreamError: "got an error event"
+}
+
+const failureLabel = (tag: string): string => failureLabels[tag] ?? tag
+
+/** How many error tags a note names, the most frequent; the attempts of the others are summed as `other`. */
+const shownTags = 3
+
+/**
+ * What the attempts failed with between two readings of the client's counts, said after a
+ * progress line, `over` the time between them: while no line completes (every call meets a 429,
+ * say), it is why. Empty when none failed.
+ */
+const failedAttemptsNote = (before: Telemetry.Counts, after: Telemetry.Counts, overMillis: number): string => {
+  const failed = after.failedAttempts - before.failedAttempts
+  if (failed <= 0) return ""
+  const byTag = Object.entries(after.byTag)
+    .map(([tag, count]) => [tag, count - (before.byTag[tag] ?? 0)] as const)
+    .filter(([, count]) => count > 0)
+    .sort(([, a], [, b]) => b - a)
+  const attempts = `over the last ${wholeSeconds(overMillis)}, ${failed} ${failed === 1 ? "attempt" : "attempts"} failed`
+  const [top] = byTag
+  if (top !== undefined && top[1] === failed) return `; ${attempts}, ${failed === 1 ? "" : "all "}${failureLabel(top[0])}`
+  const shown = byTag.slice(0, shownTags)
+  const other = failed - shown.reduce((sum, [, count]) => sum + count, 0)
+  const parts = [...shown.map(([tag, count]) => `${count} ${failureLabel(tag)}`), ...(other > 0 ? [`${other} other`] : [])]
+  return `; ${attempts}: ${parts.join(", ")}`
+}
+
+/** The counts of a client that has not failed yet. */
+const noFailures: Telemetry.Counts = { failedAttempts: 0, rateLimited: 0, retries: 0, byTag: {} }
+
+/**
  * A progress reporter that writes the latest progress to stderr (the `Console`'s) as a line every
  * `every`, until the scope closes: a run left alone (its stderr a log file, a service manager's
  * journal) is seen to be alive and how far it got, even while no line ends (every call waiting
- * for an account, or in the upstream's queue).
+ * for an account, or in the upstream's queue), and what its attempts failed with meanwhile.
+ *
+ * The reporter is made before the run's client (see `withProgress`); it reads the client's
+ * `Batch.TelemetryCounts` from the run that reports to it, fresh at each line, since no report
+ * may come for minutes. Those counts start at zero with the client, which a run builds for itself.
  */
 export const progressLines = (
   every: Duration.DurationInput
@@ -94,14 +148,20 @@ export const progressLines = (
   Effect.gen(function*() {
     const startedAt = yield* Clock.currentTimeMillis
     let latest: Progress | undefined
-    const write = Effect.flatMap(
-      Clock.currentTimeMillis,
-      (now) => latest === undefined ? Effect.void : Console.error(progressLine(latest, now - startedAt))
-    )
+    let readCounts = Effect.succeed(noFailures)
+    let previous = { at: startedAt, counts: noFailures }
+    const write = Effect.gen(function*() {
+      if (latest === undefined) return
+      const now = yield* Clock.currentTimeMillis
+      const current = yield* readCounts
+      yield* Console.error(progressLine(latest, now - startedAt) + failedAttemptsNote(previous.counts, current, now - previous.at))
+      previous = { at: now, counts: current }
+    })
     yield* Effect.forkScoped(Effect.forever(Effect.zipRight(Effect.sleep(every), write)))
     return (progress: Progress) =>
-      Effect.sync(() => {
+      Effect.map(Effect.serviceOption(TelemetryCounts), (runCounts) => {
         latest = progress
+        readCounts = Option.getOrElse(runCounts, () => readCounts)
       })
   })
 
