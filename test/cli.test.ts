@@ -6,12 +6,14 @@ import * as Console from "effect/Console"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
+import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
 import { drawsProgress, progressLines } from "../app/cli/batchProgress.js"
 import { styled } from "../app/cli/plainText.js"
 import { wasmFlags } from "../app/cli/wasmTier.js"
 import { layerNone } from "../app/cli/signals.js"
 import { main } from "../bin/weatherproof.js"
+import * as AccountPool from "../src/AccountPool.js"
 import * as ApiError from "../src/ApiError.js"
 import * as Batch from "../src/Batch.js"
 import * as Simulator from "../src/Simulator.js"
@@ -463,20 +465,79 @@ describe("weatherproof's progress lines", () => {
       ])
     }))
 
-  it.live("batch writes them while its calls wait in the upstream's queue, at --progress-every, with the attempts that failed", () =>
+  /** An account of a pool that made no call yet, in `state`. */
+  const idleAccount = (name: string, state: AccountPool.AccountStatus["state"]): AccountPool.AccountStatus => ({
+    name,
+    provider: "deepseek",
+    fallback: false,
+    state,
+    limit: 0,
+    inFlight: 0,
+    models: [],
+    usableKeys: 1,
+    calls: 0,
+    succeeded: 0,
+    failed: 0,
+    rateLimited: 0,
+    retries: 0,
+    lastFailure: undefined
+  })
+
+  it.scoped("say, while no account of the run's pool can serve, why each cannot", () =>
+    Effect.gen(function*() {
+      const lines: Array<string> = []
+      const states = new Map<string, AccountPool.AccountStatus["state"]>([["main", "out_of_balance"], ["backup", "no_keys"]])
+      const pool: AccountPool.Service = {
+        create: () => Effect.die("unused"),
+        stream: () => Stream.die("unused"),
+        snapshot: Effect.sync(() => Array.from(states, ([name, state]) => idleAccount(name, state))),
+        capacity: Effect.die("unused"),
+        scrub: (text) => text
+      }
+      const report = yield* progressLinesInto(lines, "1 minute")
+      yield* report({ total: 300, succeeded: 0, failed: 0, skipped: 0 }).pipe(Effect.provideService(AccountPool.AccountPool, pool))
+      yield* TestClock.adjust("1 minute")
+      states.set("backup", "open")
+      yield* TestClock.adjust("1 minute")
+      states.set("backup", "checking_balance")
+      yield* TestClock.adjust("1 minute")
+      states.set("backup", "serving")
+      yield* TestClock.adjust("1 minute")
+      expect(lines).toEqual([
+        "weatherproof: 0 of 300 lines done (0 ok, 0 failed, 0 skipped) in 1m; no account can serve: main out of balance, backup every key rejected (401)",
+        "weatherproof: 0 of 300 lines done (0 ok, 0 failed, 0 skipped) in 2m; no account can serve: main out of balance, backup breaker open after failures",
+        "weatherproof: 0 of 300 lines done (0 ok, 0 failed, 0 skipped) in 3m",
+        "weatherproof: 0 of 300 lines done (0 ok, 0 failed, 0 skipped) in 4m"
+      ])
+    }))
+
+  /** `weatherproof batch` over `lines` against a simulator made with `options`, a progress line every 300 ms. */
+  const batchAgainst = (lines: ReadonlyArray<string>, options: Simulator.Options, flags: ReadonlyArray<string> = []) =>
     Effect.gen(function*() {
       const fs = yield* FileSystem.FileSystem
       const dir = yield* fs.makeTempDirectoryScoped()
       const input = `${dir}/in.jsonl`
-      yield* fs.writeFileString(input, [chatLine(1), chatLine(2)].join("\n") + "\n")
-      const simulator = yield* Simulator.make({ queueDelay: "900 millis", faults: { script: ["serverError"] } })
-      const result = yield* runCli(["batch", input, "--output", `${dir}/out.jsonl`, "--progress-every", "300ms"], {
+      yield* fs.writeFileString(input, lines.map((line) => `${line}\n`).join(""))
+      const simulator = yield* Simulator.make(options)
+      return yield* runCli(["batch", input, "--output", `${dir}/out.jsonl`, "--progress-every", "300ms", ...flags], {
         DEEPSEEK_API_KEY: Simulator.defaultKey,
         DEEPSEEK_BASE_URL: simulator.baseUrl
       })
+    })
+
+  it.live("batch writes them while its calls wait in the upstream's queue, at --progress-every, with the attempts that failed", () =>
+    Effect.gen(function*() {
+      const result = yield* batchAgainst([chatLine(1), chatLine(2)], { queueDelay: "900 millis", faults: { script: ["serverError"] } })
       expect(result.code).toBe(0)
       expect(result.stderr).toMatch(/weatherproof: 0 of 2 lines done \(0 ok, 0 failed, 0 skipped\) in \d+s/)
       expect(result.stderr).toMatch(/in \d+s; over the last \d+s, 1 attempt failed, answered 5xx$/m)
+    }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
+
+  it.live("batch says no account can serve while its only one is out of balance", () =>
+    Effect.gen(function*() {
+      const outOfBalance = { accounts: { default: { keys: [Simulator.defaultKey], balance: 0 } } }
+      const result = yield* batchAgainst([chatLine(1)], outOfBalance, ["--max-wait", "1s"])
+      expect(result.stderr).toMatch(/^weatherproof: 0 of 1 lines done \(0 ok, 0 failed, 0 skipped\) in \d+s; no account can serve: default out of balance$/m)
     }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 })
 

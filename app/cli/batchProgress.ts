@@ -8,6 +8,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
+import { AccountPool, type AccountStatus, type Service as Pool } from "../../src/AccountPool.js"
 import { type Progress, TelemetryCounts } from "../../src/Batch.js"
 import type * as Telemetry from "../../src/Telemetry.js"
 
@@ -129,6 +130,23 @@ const failedAttemptsNote = (before: Telemetry.Counts, after: Telemetry.Counts, o
   return `; ${attempts}: ${parts.join(", ")}`
 }
 
+/** Why an account cannot serve, by its state; an account in another state serves, or is about to. */
+const outOfService: Readonly<Partial<Record<AccountStatus["state"], string>>> = {
+  open: "breaker open after failures",
+  out_of_balance: "out of balance",
+  no_keys: "every key rejected (401)"
+}
+
+/**
+ * `; no account can serve: …` with each account's reason, while no account of `pool` can serve:
+ * every call waits for one to come back, and no attempt is made, so none fails. Empty otherwise.
+ */
+const stalledNote = (pool: Pool): Effect.Effect<string> =>
+  Effect.map(pool.snapshot, (accounts) =>
+    accounts.length > 0 && accounts.every((account) => outOfService[account.state] !== undefined)
+      ? `; no account can serve: ${accounts.map((account) => `${account.name} ${outOfService[account.state]}`).join(", ")}`
+      : "")
+
 /** The counts of a client that has not failed yet. */
 const noFailures: Telemetry.Counts = { failedAttempts: 0, rateLimited: 0, retries: 0, byTag: {} }
 
@@ -136,11 +154,13 @@ const noFailures: Telemetry.Counts = { failedAttempts: 0, rateLimited: 0, retrie
  * A progress reporter that writes the latest progress to stderr (the `Console`'s) as a line every
  * `every`, until the scope closes: a run left alone (its stderr a log file, a service manager's
  * journal) is seen to be alive and how far it got, even while no line ends (every call waiting
- * for an account, or in the upstream's queue), and what its attempts failed with meanwhile.
+ * for an account, or in the upstream's queue), what its attempts failed with meanwhile, and
+ * whether no account of its pool can serve.
  *
  * The reporter is made before the run's client (see `withProgress`); it reads the client's
- * `Batch.TelemetryCounts` from the run that reports to it, fresh at each line, since no report
- * may come for minutes. Those counts start at zero with the client, which a run builds for itself.
+ * `Batch.TelemetryCounts` and `AccountPool` from the run that reports to it, fresh at each line,
+ * since no report may come for minutes. The counts start at zero with the client, which a run
+ * builds for itself.
  */
 export const progressLines = (
   every: Duration.DurationInput
@@ -149,19 +169,22 @@ export const progressLines = (
     const startedAt = yield* Clock.currentTimeMillis
     let latest: Progress | undefined
     let readCounts = Effect.succeed(noFailures)
+    let readStalled = Effect.succeed("")
     let previous = { at: startedAt, counts: noFailures }
     const write = Effect.gen(function*() {
       if (latest === undefined) return
       const now = yield* Clock.currentTimeMillis
       const current = yield* readCounts
-      yield* Console.error(progressLine(latest, now - startedAt) + failedAttemptsNote(previous.counts, current, now - previous.at))
+      const failed = failedAttemptsNote(previous.counts, current, now - previous.at)
+      yield* Console.error(progressLine(latest, now - startedAt) + failed + (yield* readStalled))
       previous = { at: now, counts: current }
     })
     yield* Effect.forkScoped(Effect.forever(Effect.zipRight(Effect.sleep(every), write)))
     return (progress: Progress) =>
-      Effect.map(Effect.serviceOption(TelemetryCounts), (runCounts) => {
+      Effect.map(Effect.all([Effect.serviceOption(TelemetryCounts), Effect.serviceOption(AccountPool)]), ([counts, pool]) => {
         latest = progress
-        readCounts = Option.getOrElse(runCounts, () => readCounts)
+        readCounts = Option.getOrElse(counts, () => readCounts)
+        readStalled = Option.match(pool, { onNone: () => readStalled, onSome: stalledNote })
       })
   })
 
