@@ -170,6 +170,16 @@ export const progressLines = (
     let latest: Progress | undefined
     let readCounts = Effect.succeed(noFailures)
     let readStalled = Effect.succeed("")
+    // The run's services are the same at every report: read once, not per line.
+    let runRead = false
+    const readRun = Effect.map(
+      Effect.all([Effect.serviceOption(TelemetryCounts), Effect.serviceOption(AccountPool)]),
+      ([counts, pool]) => {
+        runRead = true
+        readCounts = Option.getOrElse(counts, () => readCounts)
+        readStalled = Option.match(pool, { onNone: () => readStalled, onSome: stalledNote })
+      }
+    )
     let previous = { at: startedAt, counts: noFailures }
     const write = Effect.gen(function*() {
       if (latest === undefined) return
@@ -180,12 +190,11 @@ export const progressLines = (
       previous = { at: now, counts: current }
     })
     yield* Effect.forkScoped(Effect.forever(Effect.zipRight(Effect.sleep(every), write)))
-    return (progress: Progress) =>
-      Effect.map(Effect.all([Effect.serviceOption(TelemetryCounts), Effect.serviceOption(AccountPool)]), ([counts, pool]) => {
+    const report = (progress: Progress) =>
+      Effect.sync(() => {
         latest = progress
-        readCounts = Option.getOrElse(counts, () => readCounts)
-        readStalled = Option.match(pool, { onNone: () => readStalled, onSome: stalledNote })
       })
+    return (progress: Progress) => runRead ? report(progress) : Effect.zipRight(readRun, report(progress))
   })
 
 /**
