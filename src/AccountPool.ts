@@ -93,7 +93,7 @@ import type { Account } from "./Accounts.js"
 import type { ApiError } from "./ApiError.js"
 import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from "./ChatSchema.js"
 import type * as CircuitBreakerModule from "./CircuitBreaker.js"
-import type { BudgetExceeded, CostLedger } from "./CostLedger.js"
+import type { BudgetExceeded, CostLedger, PricingTable } from "./CostLedger.js"
 import { Redis } from "./Redis.js"
 import * as internal from "./internal/accountPool.js"
 import * as MemberState from "./internal/memberState.js"
@@ -310,6 +310,18 @@ export const defaults = {
   fallbackCooldown: Duration.minutes(10),
   leaseTtl: RedisLanes.defaultLeaseTtl
 } as const
+
+/**
+ * The models a pool over `accounts` is known to serve: the pricing table's models and aliases,
+ * and every account's own names (`Account.models`). The pool's per-(account, model) series
+ * (limit, in flight, queued, attempts, retries) exist for them from its start, before their lanes
+ * are made by a first call.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export const servedModels: (accounts: ReadonlyArray<Account>, pricing: PricingTable) => ReadonlySet<string> =
+  internal.servedModels
 
 /**
  * Account-level failures the pool failed over from, tagged `account` and `error` (the error's

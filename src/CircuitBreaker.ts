@@ -385,6 +385,8 @@ interface Transitions {
 const transitionsOf = (options: Options): Effect.Effect<Transitions, never, Scope.Scope> =>
   Effect.map(Effect.acquireRelease(PubSub.unbounded<State>({ replay: 1 }), PubSub.shutdown), (states) => {
     const labels = options.name === undefined ? [] : [MetricLabel.make("circuit_breaker", options.name)]
+    // From the start, at 0: a series shows only from its first update (the state's is its first announcement).
+    tripsCounter.unsafeUpdate(0, labels)
     return {
       states,
       announce: (state) => {

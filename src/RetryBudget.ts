@@ -161,7 +161,14 @@ const settingsOf = (options: Options): internal.Settings => {
  * @category constructors
  */
 export const make = (options: Options = {}): Effect.Effect<Service> =>
-  Effect.clockWith((clock) => Effect.sync(() => new internal.Budget(settingsOf(options), clock, countDecision)))
+  Effect.clockWith((clock) =>
+    Effect.sync(() => {
+      // From the start, at 0: a series shows only from its first update.
+      retriesAllowed.unsafeUpdate(0, [])
+      retriesRefused.unsafeUpdate(0, [])
+      return new internal.Budget(settingsOf(options), clock, countDecision)
+    })
+  )
 
 /**
  * @since 0.1.0

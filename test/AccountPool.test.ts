@@ -423,6 +423,38 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(layer))
   })
 
+  it.effect("has each lane's series from its making, on every account: for the models it serves at start, and an unlisted model's at its first call", () => {
+    const setup: Setup = { accounts: [account("series-a", ["sk-a"]), account("series-b", ["sk-b"])], handlers: { "series-a": healthy() } }
+    /** The state of the series `name` with exactly `tags`, if it exists (reading a metric's value would make it). */
+    const series = (name: string, tags: Record<string, string>) =>
+      Effect.map(Metric.snapshot, (pairs) =>
+        pairs.find(({ metricKey }) =>
+          metricKey.name === name && metricKey.tags.length === Object.keys(tags).length &&
+          metricKey.tags.every((tag) => tags[tag.key] === tag.value)
+        )?.metricState)
+    /** Whether every account's lane for `model` has its series. */
+    const laneSeries = (model: string) =>
+      Effect.all(
+        ["series-a", "series-b"].map((account) =>
+          Effect.all([
+            series("weatherproof_concurrency_limit", { account, model }),
+            series("weatherproof_concurrency_in_flight", { account, model }),
+            series("weatherproof_account_pool_retries", { account, model }),
+            series("weatherproof_account_pool_attempts", { account, model, result: "RateLimited" })
+          ])
+        )
+      ).pipe(Effect.map((all) => all.flat().every((state) => state !== undefined)))
+    return Effect.gen(function*() {
+      // A model of the pricing table: served from the start.
+      expect(yield* laneSeries("deepseek-v4-flash")).toBe(true)
+      expect(yield* laneSeries("house-model")).toBe(false)
+      // Its first call makes its lane on both accounts; series-a serves it.
+      yield* createWith({ ...request, model: "house-model" })
+      expect(yield* laneSeries("house-model")).toBe(true)
+      expect(AccountPool.servedModels(setup.accounts, CostLedger.defaultPricing)).not.toContain("house-model")
+    }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
   it.effect("takes an account out on 402 and brings it back when a balance probe finds it funded", () => {
     let funded = true
     const setup: Setup = {

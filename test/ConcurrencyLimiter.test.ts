@@ -120,6 +120,21 @@ describe("ConcurrencyLimiter", () => {
         expect(order).toEqual(["i1", "default", "i2", "b1", "b2"])
       }))
 
+    it.effect("has its series from its making: its gauges, and its drop count at 0", () =>
+      Effect.gen(function*() {
+        yield* ConcurrencyLimiter.makeFixed(3, { name: "made-test" })
+        // Reading a metric's value would make its series: the snapshot shows only those updated.
+        const made = (yield* Metric.snapshot)
+          .filter(({ metricKey }) => metricKey.tags.some((tag) => tag.key === "limiter" && tag.value === "made-test"))
+          .map(({ metricKey, metricState }) => [metricKey.name, "value" in metricState ? metricState.value : "count" in metricState ? metricState.count : undefined])
+        expect(Object.fromEntries(made)).toEqual({
+          weatherproof_concurrency_limit: 3,
+          weatherproof_concurrency_in_flight: 0,
+          weatherproof_concurrency_queued: 0,
+          weatherproof_concurrency_dropped: 0
+        })
+      }))
+
     it.effect("publishes snapshot values as gauges tagged with its name", () =>
       Effect.gen(function*() {
         const limiter = yield* ConcurrencyLimiter.makeFixed(2, { name: "gauges-test" })

@@ -7,6 +7,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as Redacted from "effect/Redacted"
+import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
 import * as Exit from "effect/Exit"
 import * as Gateway from "../app/gateway/server.js"
@@ -29,6 +30,11 @@ const scrape = (url: string) =>
     const response = await fetch(`${url}/metrics`)
     return { contentType: response.headers.get("content-type"), text: await response.text() }
   })
+
+/** The gateway's count of requests answered 200. */
+const ok200 = "weatherproof_gateway_requests_total{status=\"200\",outcome=\"ok\"}"
+/** The gateway's count of requests whose client left before their answer. */
+const clientClosed = "weatherproof_gateway_requests_total{status=\"499\",outcome=\"client_closed\"}"
 
 /** The value of the series `name{labels}` exactly as written. */
 const valueOf = (text: string, series: string): number | undefined => {
@@ -55,7 +61,7 @@ describe("weatherproof serve, metrics and traces", () => {
             client.chat.completions.create({ model, messages: ask(`question number ${i}`), ...{ thinking: { type: "enabled" } } })
           )
       // The metrics are the process's: count this test's answers from a reading before them.
-      const answeredBefore = valueOf((yield* scrape(gateway.url)).text, "weatherproof_gateway_requests_total{status=\"200\"}") ?? 0
+      const answeredBefore = valueOf((yield* scrape(gateway.url)).text, ok200) ?? 0
       yield* Effect.forEach(Array.from({ length: 12 }, (_, i) => i), call, { concurrency: 4, discard: true })
 
       const { contentType, text } = yield* scrape(gateway.url)
@@ -83,7 +89,7 @@ describe("weatherproof serve, metrics and traces", () => {
       expect(text).toMatch(/^weatherproof_call_duration_seconds_bucket\{[^}]*le="\+Inf"\} \d+$/m)
       // The gateway's own.
       // Each answer counted once, streams and completions alike.
-      expect(valueOf(text, "weatherproof_gateway_requests_total{status=\"200\"}")).toBe(answeredBefore + 12)
+      expect(valueOf(text, ok200)).toBe(answeredBefore + 12)
       expect(valueOf(text, "weatherproof_gateway_clients_waiting")).toBe(0)
       expect(valueOf(text, "weatherproof_gateway_requests_in_flight")).toBe(0)
       expect(valueOf(text, "weatherproof_gateway_keep_alives_total")).toBeGreaterThanOrEqual(0)
@@ -91,6 +97,85 @@ describe("weatherproof serve, metrics and traces", () => {
       expect(text).not.toContain("sk-sim-account")
       // Effect's per-fiber series are off in the gateway: none is exported, frozen or not.
       expect(text).not.toMatch(/^(# TYPE )?effect_fiber_/m)
+    }))
+
+  it.scopedLive("the first scrape has every lane's gauges and the main counters, at their start values, for every model listed", () =>
+    Effect.gen(function*() {
+      // Names no other test uses: the metrics are the process's.
+      const names = ["first-scrape-a", "first-scrape-b"]
+      const sim = yield* Simulator.make({ accounts: Object.fromEntries(names.map((name) => [name, { keys: [`sk-sim-${name}`] }])) })
+      const gateway = yield* startGateway([
+        account(names[0]!, sim.baseUrl, [`sk-sim-${names[0]}`]),
+        account(names[1]!, sim.baseUrl, [`sk-sim-${names[1]}`], { models: { "house-model": "deepseek-v4-pro" } })
+      ])
+      const { text } = yield* scrape(gateway.url)
+      const listed = (yield* attempt(() => openai(gateway.url).models.list())).data.map((m) => m.id)
+      expect(listed).toContain("house-model")
+      for (const name of names) {
+        for (const model of listed) {
+          const lane = `account="${name}",model="${model}"`
+          expect(valueOf(text, `weatherproof_concurrency_limit{${lane}}`), lane).toBeGreaterThan(0)
+          expect(valueOf(text, `weatherproof_concurrency_in_flight{${lane}}`), lane).toBe(0)
+          expect(valueOf(text, `weatherproof_concurrency_dropped_total{${lane}}`), lane).toBe(0)
+          expect(valueOf(text, `weatherproof_account_pool_retries_total{${lane}}`), lane).toBe(0)
+          for (const result of ["ok", "RateLimited"]) {
+            expect(valueOf(text, `weatherproof_account_pool_attempts_total{${lane},result="${result}"}`), lane).toBe(0)
+          }
+        }
+        expect(valueOf(text, `weatherproof_circuit_breaker_state{circuit_breaker="${name}"}`)).toBe(0)
+        expect(valueOf(text, `weatherproof_circuit_breaker_trips_total{circuit_breaker="${name}"}`)).toBe(0)
+      }
+      for (const model of listed) expect(valueOf(text, `weatherproof_account_pool_queued{model="${model}"}`), model).toBe(0)
+      for (const series of [ok200, clientClosed, "weatherproof_calls_total", "weatherproof_retries_total", "weatherproof_retry_budget_refused_total"]) {
+        expect(valueOf(text, series), series).toBeGreaterThanOrEqual(0)
+      }
+      // The series came before the lanes: the status lists none until a call makes them.
+      const pool = yield* gateway.pool.snapshot
+      expect(pool.flatMap((status) => status.models)).toEqual([])
+    }))
+
+  it.scopedLive("a request whose client disconnected before its answer counts as client_closed, a completion's and a stream's", () =>
+    Effect.gen(function*() {
+      /** Holds the request until the gateway gives it up; a stream's first content goes out first. */
+      const hold = (firstContent: boolean): Handler => async (_, response) => {
+        if (firstContent) {
+          response.writeHead(200, { "content-type": "text/event-stream" })
+          response.write(Wire.sseData(Wire.chunks({ id: "x", model, content: "first words", usage: Wire.usage({ promptTokens: 1, completionTokens: 1 }) })[0]))
+        }
+        await new Promise((resolve) => response.on("close", resolve))
+      }
+      const upstream = yield* rawServer([hold(false), hold(true)])
+      const gateway = yield* startGateway([account("closing", upstream.url, ["sk-closing"])], { pool: { retry: { maxRetries: 0 } } })
+      const counts = Effect.map(scrape(gateway.url), ({ text }) => ({ closed: valueOf(text, clientClosed) ?? 0, ok: valueOf(text, ok200) ?? 0 }))
+      const before = yield* counts
+      const received = (n: number) =>
+        Effect.repeat(Effect.sync(() => upstream.received().length), { until: (seen) => seen >= n, schedule: Schedule.spaced("10 millis") })
+      /** Sends `body`, waits for `ready` (the upstream has it, or its first content arrived), then leaves. */
+      const leave = (body: object, ready: (response: Promise<Response>) => Effect.Effect<unknown, unknown>) =>
+        Effect.gen(function*() {
+          const controller = new AbortController()
+          const response = fetch(`${gateway.url}/v1/chat/completions`, {
+            method: "POST",
+            headers: { "content-type": "application/json" },
+            body: JSON.stringify(body),
+            signal: controller.signal
+          })
+          response.catch(() => {})
+          yield* ready(response)
+          controller.abort()
+        })
+      const closedBy = (n: number) =>
+        Effect.repeat(Effect.zipLeft(counts, Effect.sleep("20 millis")), { until: ({ closed }) => closed >= before.closed + n }).pipe(
+          Effect.timeout("5 seconds")
+        )
+      // A completion: the client leaves while the upstream holds it.
+      yield* leave({ model, messages: ask("left") }, () => received(1))
+      yield* closedBy(1)
+      // A stream: the client leaves after its first content.
+      yield* leave({ model, messages: ask("left mid-stream"), stream: true }, (response) =>
+        attempt(() => response.then((r) => r.body!.getReader().read())))
+      const after = yield* closedBy(2)
+      expect(after).toEqual({ closed: before.closed + 2, ok: before.ok })
     }))
 
   it.scopedLive("no upstream key leaves the process: not in answers, headers, metrics, the page, its feed or logs, even when the upstream echoes it", () =>

@@ -307,7 +307,12 @@ export const make = (settings: Settings, traffic: Traffic) =>
      * a call cut by the drain from its exit handler (its fiber is interrupted); a client that went
      * away gets nothing.
      */
-    const completion = (http: HttpServerRequest.HttpServerRequest, request: ChatCompletionRequest, options: CallOptions) =>
+    const completion = (
+      http: HttpServerRequest.HttpServerRequest,
+      request: ChatCompletionRequest,
+      options: CallOptions,
+      count: (status: number) => void
+    ) =>
       Effect.withFiberRuntime<HttpServerResponse.HttpServerResponse>((fiber) => {
         traffic.track(fiber)
         const keepAlive = new JsonKeepAlive(NodeHttpServerRequest.toServerResponse(http), keepAliveSettings)
@@ -333,7 +338,7 @@ export const make = (settings: Settings, traffic: Traffic) =>
           answered === undefined
             ? Effect.tap(answer(exit), (response) => {
               answered = response
-              traffic.answered(response.status)
+              count(response.status)
             })
             : Effect.succeed(answered)
         const onAnswer = (completion: ChatCompletion) => Effect.asVoid(answerOnce(Exit.succeed(completion)))
@@ -493,17 +498,33 @@ export const make = (settings: Settings, traffic: Traffic) =>
       )
 
     /** `response`, counted by its status as it is returned (a completion counts itself as it answers). */
-    const counted = <E, R>(response: Effect.Effect<HttpServerResponse.HttpServerResponse, E, R>) =>
-      Effect.tap(response, ({ status }) => Effect.sync(() => traffic.answered(status)))
+    const counted = <E, R>(response: Effect.Effect<HttpServerResponse.HttpServerResponse, E, R>, count: (status: number) => void) =>
+      Effect.tap(response, ({ status }) => Effect.sync(() => count(status)))
 
+    /** The answer to `http`, counted once: by its status, or as closed by its client when it ended without one. */
     const answerTo = (http: HttpServerRequest.HttpServerRequest) =>
-      admit(http).pipe(
-        Effect.matchCauseEffect({
-          onFailure: (cause) => counted(failed(cause)),
-          onSuccess: ({ options, request }) =>
-            request.stream === true ? counted(stream(http, request, options)) : completion(http, request, options)
-        })
-      )
+      Effect.suspend(() => {
+        let answered = false
+        const count = (status: number) => {
+          answered = true
+          traffic.answered(status)
+        }
+        return admit(http).pipe(
+          Effect.matchCauseEffect({
+            onFailure: (cause) => counted(failed(cause), count),
+            onSuccess: ({ options, request }) =>
+              request.stream === true
+                ? counted(stream(http, request, options), count)
+                : completion(http, request, options, count)
+          }),
+          // Only the client's disconnect interrupts the handler before its answer: the drain answers.
+          Effect.onExit(() =>
+            Effect.sync(() => {
+              if (!answered) traffic.clientClosed()
+            })
+          )
+        )
+      })
 
     // The request is counted and its leaving added to its scope in one step: an interruption
     // between the two would leave it counted for good (and a drain waiting for it).
@@ -514,7 +535,7 @@ export const make = (settings: Settings, traffic: Traffic) =>
     const handle: Effect.Effect<HttpServerResponse.HttpServerResponse, never, HttpServerRequest.HttpServerRequest | Scope.Scope> =
       Effect.suspend(() => {
         if (traffic.draining) {
-          return counted(failed(Cause.fail(new ShuttingDown()))).pipe(Effect.map(HttpServerResponse.setHeader("connection", "close")))
+          return counted(failed(Cause.fail(new ShuttingDown())), (status) => traffic.answered(status)).pipe(Effect.map(HttpServerResponse.setHeader("connection", "close")))
         }
         return Effect.zipRight(entered, Effect.flatMap(HttpServerRequest.HttpServerRequest, answerTo))
       })

@@ -39,7 +39,7 @@ import { readFileSync } from "node:fs"
 import * as Http from "node:http"
 import type { AddressInfo } from "node:net"
 import { createRequire } from "node:module"
-import { AccountPool } from "../../src/AccountPool.js"
+import { AccountPool, servedModels } from "../../src/AccountPool.js"
 import type { Account } from "../../src/Accounts.js"
 import { CostLedger } from "../../src/CostLedger.js"
 import * as Scrubber from "../../src/internal/scrubber.js"
@@ -153,10 +153,6 @@ const asset = (path: string, contentType: string) => {
 
 const utf8 = new TextEncoder()
 
-/** The models clients may ask for: the pricing table's (DeepSeek's by default) and every account's own names. */
-const servedModels = (accounts: ReadonlyArray<Account>, priced: ReadonlyArray<string>): ReadonlySet<string> =>
-  new Set([...priced, ...accounts.flatMap((account) => Object.keys(account.models))])
-
 /**
  * Warns of each task the router sends to a model not served: every request routed there would
  * be refused. A warning, not a refusal to start: a setup that never routes that task is valid.
@@ -208,10 +204,8 @@ export const make = (
     })
     if (options.alerts !== undefined) yield* Alerts.run(monitor, options.alerts, scrub)
 
-    const served = servedModels(options.accounts, [
-      ...Object.keys(ledger.pricing.models),
-      ...Object.keys(ledger.pricing.aliases ?? {})
-    ])
+    // The models clients may ask for: the pricing table's (DeepSeek's by default) and every account's own names.
+    const served = servedModels(options.accounts, ledger.pricing)
     yield* warnUnservedRoutes(yield* Router, served)
     const chat = yield* Chat.make({
       keepAliveInterval: Duration.decode(options.keepAliveInterval ?? defaults.keepAliveInterval),

@@ -36,12 +36,32 @@ export const streamsCutCounter = Metric.counter("weatherproof_gateway_streams_cu
 })
 
 const requestsKey = MetricKey.counter("weatherproof_gateway_requests", {
-  description: "Chat requests answered, by HTTP status",
+  description:
+    "Chat requests, by the HTTP status answered (499: the client left before its answer) and outcome (ok, client_error, server_error, client_closed)",
   incremental: true
 })
 
-/** Chat requests answered, tagged with the HTTP `status` they got. */
+/**
+ * Chat requests, tagged with the HTTP `status` they got and its `outcome`: `ok` (2xx),
+ * `client_error` (4xx), `server_error` (5xx), or `client_closed` with `status` 499 (nginx's code
+ * for it) when the client disconnected before its answer.
+ */
 export const requestsCounter = Metric.fromMetricKey(requestsKey)
+
+/** The `status` of a request whose client disconnected before its answer: nginx's "client closed request". */
+const clientClosedStatus = 499
+
+/** The statuses counted from the start, at 0, beside `client_closed`: answered, throttled, the upstream failing or away. */
+const statusesFromStart = [200, 429, 502, 503]
+
+const outcomeOf = (status: number): string => status < 400 ? "ok" : status < 500 ? "client_error" : "server_error"
+
+const requestsTagged = (status: number, outcome: string): Metric.Metric.Counter<number> =>
+  Metric.fromMetricKey(
+    MetricKey.taggedWithLabels(requestsKey, [MetricLabel.make("status", String(status)), MetricLabel.make("outcome", outcome)])
+  )
+
+const clientClosedCounter = requestsTagged(clientClosedStatus, "client_closed")
 
 const noLabels: ReadonlyArray<never> = []
 
@@ -63,9 +83,10 @@ export class Traffic {
 
   constructor() {
     // Every series exists from the start, at 0, as Prometheus expects of counters.
-    for (const metric of [keepAlivesCounter, streamsCutCounter, clientsWaitingGauge, requestsInFlightGauge]) {
+    for (const metric of [keepAlivesCounter, streamsCutCounter, clientsWaitingGauge, requestsInFlightGauge, clientClosedCounter]) {
       metric.unsafeUpdate(0, noLabels)
     }
+    for (const status of statusesFromStart) this.counterOf(status).unsafeUpdate(0, noLabels)
   }
 
   enter(): void {
@@ -95,12 +116,18 @@ export class Traffic {
 
   /** Counts an answer with `status`. */
   answered(status: number): void {
+    this.counterOf(status).unsafeUpdate(1, noLabels)
+  }
+
+  /** Counts a request whose client disconnected before its answer. */
+  clientClosed(): void {
+    clientClosedCounter.unsafeUpdate(1, noLabels)
+  }
+
+  private counterOf(status: number): Metric.Metric.Counter<number> {
     let counter = this.byStatus.get(status)
-    if (counter === undefined) {
-      counter = Metric.fromMetricKey(MetricKey.taggedWithLabels(requestsKey, [MetricLabel.make("status", String(status))]))
-      this.byStatus.set(status, counter)
-    }
-    counter.unsafeUpdate(1, noLabels)
+    if (counter === undefined) this.byStatus.set(status, counter = requestsTagged(status, outcomeOf(status)))
+    return counter
   }
 
   /** Tracks a call until it ends, so the drain deadline can cut it. */

@@ -30,7 +30,7 @@ import * as ApiError from "../ApiError.js"
 import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Usage } from "../ChatSchema.js"
 import * as CircuitBreaker from "../CircuitBreaker.js"
 import type * as Limiter from "../ConcurrencyLimiter.js"
-import { CostLedger, type Disposition } from "../CostLedger.js"
+import { CostLedger, type Disposition, type PricingTable } from "../CostLedger.js"
 import * as KeyPool from "../KeyPool.js"
 import * as Telemetry from "../Telemetry.js"
 import * as Transport from "../Transport.js"
@@ -171,6 +171,13 @@ interface Placed {
 /** Nothing to settle: the attempt settled itself. */
 const noSettle = () => Effect.void
 
+/** The results whose attempts each lane counts from 0: answered, and refused with a 429. */
+const resultsFromStart = ["ok", "RateLimited"] as const
+
+/** The models a pool over `accounts` is known to serve: the pricing table's (aliases too) and every account's own names. */
+export const servedModels = (accounts: ReadonlyArray<Account>, pricing: PricingTable): ReadonlySet<string> =>
+  new Set([...Object.keys(pricing.models), ...Object.keys(pricing.aliases ?? {}), ...accounts.flatMap((account) => Object.keys(account.models))])
+
 /** A lane's adaptive options: the account's, or a number's ceiling (`ConcurrencyLimiter.ceiling`). */
 const laneOptions = (concurrency: Account["concurrency"]): Limiter.AdaptiveOptions =>
   typeof concurrency === "number" ? LimiterInternal.ceilingOptions(concurrency) : concurrency ?? {}
@@ -179,6 +186,8 @@ const policyFor = (account: Account): LimiterInternal.Policy => LimiterInternal.
 
 /** What a coordinator tells the pool besides its grants. */
 export interface CoordinatorHooks {
+  /** Starts a lane's series: a lane was made (on its model's first call). */
+  readonly opened: (lane: Lane) => void
   /** Publishes a lane's gauges: when its limit or in-flight count changed other than by the pool's own grants and releases. */
   readonly changed: (lane: Lane) => void
   /** The pool may have more room than at the last reading of its capacity (a limit rose, a lane opened, permits came back). */
@@ -200,6 +209,7 @@ const inMemory: Coordinate<never> = (accounts, slots, hooks) =>
         dispatcher.dispatch(grew.model)
         hooks.roomMayHaveGrown()
       })
+      hooks.opened(lane)
       hooks.roomMayHaveGrown()
       return lane
     })
@@ -430,20 +440,21 @@ export const makeWith = <R>(
       costPico: bigint
     }
     const laneFigures = new Map<Lane, LaneFigures>()
+    const laneTags = (account: Account, model: string) => labels(["account", account.name], ["model", model])
+    const attemptTags = (account: Account, model: string, result: string) =>
+      labels(["account", account.name], ["model", model], ["result", result])
     /** The figures of `lane`, made on its first use: they are used on every attempt. */
     const figuresOf = (lane: Lane): LaneFigures => {
       let figures = laneFigures.get(lane)
       if (figures !== undefined) return figures
       const account = members[lane.account.index]!.account
-      const tags = labels(["account", account.name], ["model", lane.model])
+      const tags = laneTags(account, lane.model)
       const byResult = new Map<string, ReadonlyArray<MetricLabel.MetricLabel>>()
       figures = {
         tags,
         resultTags: (result) => {
           let resultTags = byResult.get(result)
-          if (resultTags === undefined) {
-            byResult.set(result, resultTags = labels(["account", account.name], ["model", lane.model], ["result", result]))
-          }
+          if (resultTags === undefined) byResult.set(result, resultTags = attemptTags(account, lane.model, result))
           return resultTags
         },
         publish: () => {
@@ -473,10 +484,30 @@ export const makeWith = <R>(
       figuresOf(lane).publish()
       publishQueued(lane.model)
     }
+    /**
+     * Starts the series of `account`'s lane for `model` at what a lane holds when made: `limit`,
+     * none in flight or queued, its counters at 0. A series shows only from its first update, and
+     * Prometheus' `rate()` and `absent()` need it from the start.
+     */
+    const startSeries = (account: Account, model: string, limit: number) => {
+      const tags = laneTags(account, model)
+      LimiterInternal.limitGauge.unsafeUpdate(limit, tags)
+      LimiterInternal.inFlightGauge.unsafeUpdate(0, tags)
+      LimiterInternal.droppedCounter.unsafeUpdate(0, tags)
+      retriesCounter.unsafeUpdate(0, tags)
+      for (const result of resultsFromStart) attemptsCounter.unsafeUpdate(0, attemptTags(account, model, result))
+      publishQueued(model)
+    }
     const dispatcher: Lanes = yield* coordinate(accounts, members.map((member) => member.slot), {
+      opened: (lane) => startSeries(members[lane.account.index]!.account, lane.model, lane.limit),
       changed: publishLane,
       roomMayHaveGrown
     })
+    // Lanes are made on their model's first call: the models the pool is known to serve have
+    // their series before, at the limit their lanes start with.
+    for (const model of servedModels(accounts, ledger.pricing)) {
+      for (const member of members) startSeries(member.account, model, policyFor(member.account).limit)
+    }
 
     // -- availability -------------------------------------------------------------------------
 

@@ -922,6 +922,9 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
       dropped: () => droppedCount.unsafeUpdate(1, [])
     }
     const permitFor = (grant: Grant) => makePermit(policy, gate, grant, clock, hooks)
+    // Its series from the start: a series shows only from its first update.
+    publish()
+    droppedCount.unsafeUpdate(0, [])
 
     /** Waits in its lane for the permit `entry` queued for; what it was granted with. */
     const awaitTurn = (

@@ -36,7 +36,8 @@ export const makeRedis = (
       redis,
       [slot],
       () => ({ key: redis.key("limiter", options.name), account: undefined, limit }),
-      { changed: publish, roomMayHaveGrown: () => {} },
+      // Its one lane's gauges are published once it is made (below); its counter starts at 0 then.
+      { opened: () => Limiter.droppedCounter.unsafeUpdate(0, tags), changed: publish, roomMayHaveGrown: () => {} },
       { leaseTtl }
     )
     const lane = lanes.laneOf(slot, options.name)

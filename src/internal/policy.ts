@@ -173,6 +173,9 @@ const streamUse = <A, E, R>(
 
 export const make = (parts: Parts): Service => {
   const { breaker, budget, bucket, classify, limiter, retry, telemetry } = parts
+  // From the start, at 0: a series shows only from its first update.
+  callsCounter.unsafeUpdate(0, [])
+  retriesCounter.unsafeUpdate(0, [])
 
   const onRetry = (error: unknown, delay: Duration.Duration) =>
     Effect.zipRight(Metric.increment(retriesCounter), telemetry?.retrying(error, delay) ?? Effect.void)

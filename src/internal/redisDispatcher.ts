@@ -77,6 +77,8 @@ export interface Settings {
 
 /** What the coordinator tells its owner besides its grants. */
 export interface Hooks {
+  /** A lane was made (on its model's first call). */
+  readonly opened: (lane: Lane) => void
   readonly changed: (lane: Lane) => void
   readonly roomMayHaveGrown: () => void
 }
@@ -469,6 +471,7 @@ export const make = (
         shared.goLocal(shareOf, 0)
         lane.relimit(shared.limit)
       }
+      hooks.opened(lane)
       hooks.roomMayHaveGrown()
       return lane
     }
