@@ -312,6 +312,22 @@ export const defaults = {
 } as const
 
 /**
+ * Each `AccountStatus` state as a person reads it, in a summary or a progress line (the codes are
+ * for programs).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export const stateText: Readonly<Record<AccountStatus["state"], string>> = {
+  serving: "serving",
+  open: "breaker open after failures",
+  half_open: "breaker half-open, trying a call",
+  out_of_balance: "out of balance",
+  checking_balance: "checking its balance",
+  no_keys: "every key rejected (401)"
+}
+
+/**
  * The models a pool over `accounts` is known to serve: the pricing table's models and aliases,
  * and every account's own names (`Account.models`). The pool's per-(account, model) series
  * (limit, in flight, queued, attempts, retries) exist for them from its start, before their lanes

@@ -775,7 +775,7 @@ describe("Batch summary", () => {
       const text = Batch.formatSummary(summary)
       expect(text).toContain("  alpha: deepseek, serving, limit 8 (deepseek-v4-flash 5, deepseek-v4-pro 3), 2 usable keys; ")
       expect(text).toContain(
-        "  beta: deepseek, out_of_balance, limit 8, 2 usable keys, last failure: InsufficientBalance: HTTP 402; 1 answered, 1 attempt, 15 tokens"
+        "  beta: deepseek, out of balance, limit 8, 2 usable keys, last failure: InsufficientBalance: HTTP 402; 1 answered, 1 attempt, 15 tokens"
       )
       expect(text).not.toContain("RateLimited: HTTP 429")
       expect(text).toContain("  gamma: openai-compatible fallback, serving, not called, 2 usable keys; 0 answered, 0 attempts, 0 tokens, $0.000000")

@@ -8,7 +8,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
-import { AccountPool, type AccountStatus, type Service as Pool } from "../../src/AccountPool.js"
+import { AccountPool, type AccountStatus, type Service as Pool, stateText } from "../../src/AccountPool.js"
 import { type Progress, TelemetryCounts } from "../../src/Batch.js"
 import type * as Telemetry from "../../src/Telemetry.js"
 
@@ -130,12 +130,8 @@ const failedAttemptsNote = (before: Telemetry.Counts, after: Telemetry.Counts, o
   return `; ${attempts}: ${parts.join(", ")}`
 }
 
-/** Why an account cannot serve, by its state; an account in another state serves, or is about to. */
-const outOfService: Readonly<Partial<Record<AccountStatus["state"], string>>> = {
-  open: "breaker open after failures",
-  out_of_balance: "out of balance",
-  no_keys: "every key rejected (401)"
-}
+/** The states in which an account cannot serve; in another it serves, or is about to. */
+const outOfService: ReadonlySet<AccountStatus["state"]> = new Set(["open", "out_of_balance", "no_keys"])
 
 /**
  * `; no account can serve: …` with each account's reason, while no account of `pool` can serve:
@@ -143,8 +139,8 @@ const outOfService: Readonly<Partial<Record<AccountStatus["state"], string>>> = 
  */
 const stalledNote = (pool: Pool): Effect.Effect<string> =>
   Effect.map(pool.snapshot, (accounts) =>
-    accounts.length > 0 && accounts.every((account) => outOfService[account.state] !== undefined)
-      ? `; no account can serve: ${accounts.map((account) => `${account.name} ${outOfService[account.state]}`).join(", ")}`
+    accounts.length > 0 && accounts.every((account) => outOfService.has(account.state))
+      ? `; no account can serve: ${accounts.map((account) => `${account.name} ${stateText[account.state]}`).join(", ")}`
       : "")
 
 /** The counts of a client that has not failed yet. */

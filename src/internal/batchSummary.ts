@@ -3,7 +3,7 @@
  * snapshots, per account too), as data (`toJson`) and for people (`format`).
  */
 import * as Duration from "effect/Duration"
-import type { AccountStatus } from "../AccountPool.js"
+import { type AccountStatus, stateText } from "../AccountPool.js"
 import type { AccountSummary, Spend, Summary } from "../Batch.js"
 import type { Totals } from "../CostLedger.js"
 import { counted } from "./text.js"
@@ -233,7 +233,7 @@ const lastFailureText = (status: AccountStatus): string =>
   status.state === "serving" || status.lastFailure === undefined ? "" : `, last failure: ${status.lastFailure}`
 
 const statusText = (status: AccountStatus): string =>
-  `${status.provider}${status.fallback ? " fallback" : ""}, ${status.state}, ${limitText(status)}, ${
+  `${status.provider}${status.fallback ? " fallback" : ""}, ${stateText[status.state]}, ${limitText(status)}, ${
     counted(status.usableKeys, "usable key", "usable keys")
   }${lastFailureText(status)}`
 
