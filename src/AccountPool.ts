@@ -17,7 +17,9 @@
  *
  * ## One adaptive limit per (account, model)
  *
- * Each account has a lane per model it is asked for, with its own limit: adaptive (each lane
+ * Each account has a lane per model it is asked for (a name the pricing table makes an alias of a
+ * model, such as `deepseek-v4-flash` of `deepseek-flash`, is that model: DeepSeek serves both
+ * under one cap), with its own limit: adaptive (each lane
  * discovers its own moving cap from 429s and acceptances; see `ConcurrencyLimiter`), or held at
  * most at the account's `concurrency` when it is a number: a ceiling, backed off only by 429s
  * and 503s and climbing back to it. Either way the lane's limit backs off on 429s, so the

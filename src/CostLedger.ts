@@ -154,8 +154,9 @@ export type ModelPricing = typeof ModelPricing.Type
 
 /**
  * Prices per model name, and aliases: other names billed as a priced model (`deepseek-chat` →
- * `deepseek-v4-flash`). An alias must point to a model of `models` and must not shadow one.
- * Model names are matched exactly.
+ * `deepseek-flash`). An alias must point to a model of `models` and must not shadow one.
+ * Model names are matched exactly. An alias names the same model: an `AccountPool` places its
+ * calls on that model's lane, under the one cap the upstream keeps for it.
  *
  * @since 0.1.0
  * @category schemas

@@ -177,12 +177,33 @@ describe("AccountPool", () => {
       const pool = yield* AccountPool.AccountPool
       const [a] = yield* pool.snapshot
       expect(a?.models).toEqual([
-        { model: "deepseek-v4-flash", limit: 2, inFlight: 2, queued: 2, rateLimited: 0, costUsd: 0 },
+        { model: "deepseek-flash", limit: 2, inFlight: 2, queued: 2, rateLimited: 0, costUsd: 0 },
         { model: "deepseek-v4-pro", limit: 2, inFlight: 2, queued: 0, rateLimited: 0, costUsd: 0 }
       ])
       expect(a).toMatchObject({ limit: 4, inFlight: 4 })
       yield* TestClock.adjust("2 seconds")
       expect((yield* Fiber.join(flash)).length + (yield* Fiber.join(pros)).length).toBe(6)
+    }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
+  it.effect("gives a model's aliases its lane: calls under the old names and the new share the one cap DeepSeek keeps for it", () => {
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"], { concurrency: 2 })],
+      handlers: { a: healthy("1 second") },
+      options: { preflight: false }
+    }
+    const named = (model: string): ChatCompletionRequest => ({ ...request, model })
+    return Effect.gen(function*() {
+      const calls = yield* Effect.fork(
+        Effect.all(["deepseek-v4-flash", "deepseek-flash", "deepseek-chat"].map((model) => createWith(named(model))), {
+          concurrency: "unbounded"
+        })
+      )
+      yield* settle
+      const [a] = yield* Effect.flatMap(AccountPool.AccountPool, (pool) => pool.snapshot)
+      expect(a?.models).toEqual([{ model: "deepseek-flash", limit: 2, inFlight: 2, queued: 1, rateLimited: 0, costUsd: 0 }])
+      yield* TestClock.adjust("2 seconds")
+      expect(yield* Fiber.join(calls)).toHaveLength(3)
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 
@@ -208,13 +229,14 @@ describe("AccountPool", () => {
       expect(ApiError.tagOf(throttled)).toBe("RateLimited")
       yield* Effect.flip(createWith(pro))
       const [a] = yield* Effect.flatMap(AccountPool.AccountPool, (pool) => pool.snapshot)
-      expect(a?.models.map((lane) => [lane.model, lane.rateLimited])).toEqual([["deepseek-chat", 0], ["deepseek-v4-pro", 2]])
+      // The old name's lane is the model it is an alias of.
+      expect(a?.models.map((lane) => [lane.model, lane.rateLimited])).toEqual([["deepseek-flash", 0], ["deepseek-v4-pro", 2]])
       expect(a?.rateLimited).toBe(2)
       // The answer, priced as the model its response named, is the cost of the lane that carried it.
       const { byModel, total } = yield* Effect.flatMap(CostLedger.CostLedger, (ledger) => ledger.snapshot)
       expect(total.costUsd).toBeGreaterThan(0)
       expect(byModel["deepseek-v4-flash"]?.costUsd).toBe(total.costUsd)
-      expect(a?.models.map((lane) => [lane.model, lane.costUsd])).toEqual([["deepseek-chat", total.costUsd], ["deepseek-v4-pro", 0]])
+      expect(a?.models.map((lane) => [lane.model, lane.costUsd])).toEqual([["deepseek-flash", total.costUsd], ["deepseek-v4-pro", 0]])
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 
@@ -412,7 +434,7 @@ describe("AccountPool", () => {
     const { layer } = stackLayer(setup)
     const count = (metric: Metric.Metric.Counter<number>) => Effect.map(Metric.value(metric), (state) => state.count)
     const failovers = Metric.tagged(Metric.tagged(AccountPool.failoversCounter, "account", "a"), "error", "InsufficientBalance")
-    const bLimit = Metric.tagged(Metric.tagged(ConcurrencyLimiter.limitGauge, "account", "b"), "model", "deepseek-v4-flash")
+    const bLimit = Metric.tagged(Metric.tagged(ConcurrencyLimiter.limitGauge, "account", "b"), "model", "deepseek-flash")
     return Effect.gen(function*() {
       const before = yield* Effect.all([count(Policy.callsCounter), count(failovers)])
       yield* resilientCreate // a answers 402, b serves: one call, two account attempts
@@ -446,7 +468,9 @@ describe("AccountPool", () => {
       ).pipe(Effect.map((all) => all.flat().every((state) => state !== undefined)))
     return Effect.gen(function*() {
       // A model of the pricing table: served from the start.
-      expect(yield* laneSeries("deepseek-v4-flash")).toBe(true)
+      expect(yield* laneSeries("deepseek-flash")).toBe(true)
+      // An alias has none: its calls go to the lane of the model it names.
+      expect(yield* laneSeries("deepseek-v4-flash")).toBe(false)
       expect(yield* laneSeries("house-model")).toBe(false)
       // Its first call makes its lane on both accounts; series-a serves it.
       yield* createWith({ ...request, model: "house-model" })

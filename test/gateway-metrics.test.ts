@@ -12,7 +12,7 @@ import * as Scope from "effect/Scope"
 import * as Exit from "effect/Exit"
 import * as Gateway from "../app/gateway/server.js"
 import * as Telemetry from "../app/gateway/telemetry.js"
-import { CostLedger } from "../src/CostLedger.js"
+import { CostLedger, defaultPricing } from "../src/CostLedger.js"
 import * as Simulator from "../src/Simulator.js"
 import * as Wire from "../src/internal/wire.js"
 import { account, attempt, collect, openai, rawText, startGateway, upstreamLayer } from "./support/gateway.js"
@@ -20,6 +20,8 @@ import { rawServer, reply } from "./support/rawServer.js"
 import type { Handler } from "./support/rawServer.js"
 
 const model = "deepseek-v4-flash"
+/** The model the default pricing table's alias `model` names. */
+const laneModel = "deepseek-flash"
 const ask = (content: string) => [{ role: "user" as const, content }]
 
 /** A sample line of the Prometheus text format: a name, optional labels, a value. */
@@ -75,15 +77,16 @@ describe("weatherproof serve, metrics and traces", () => {
           expect(valueOf(text, `weatherproof_tokens_total{account="${name}",model="${sent}",kind="${kind}"}`)).toBeGreaterThan(0)
         }
         expect(valueOf(text, `weatherproof_cost_usd_total{account="${name}",model="${sent}"}`)).toBeGreaterThan(0)
-        // Each account's lane for the requested model: its limit, in flight, attempts and durations.
-        const lane = `account="${name}",model="${model}"`
+        // Each account's lane for the requested model, an alias: the lane of the model it names
+        // (one cap upstream). Its limit, in flight, attempts and durations.
+        const lane = `account="${name}",model="${laneModel}"`
         expect(valueOf(text, `weatherproof_concurrency_limit{${lane}}`)).toBeGreaterThan(0)
         expect(valueOf(text, `weatherproof_concurrency_in_flight{${lane}}`)).toBe(0)
         expect(valueOf(text, `weatherproof_account_pool_attempts_total{${lane},result="ok"}`)).toBeGreaterThan(0)
         expect(text).toMatch(new RegExp(`^weatherproof_account_pool_attempt_duration_seconds_bucket\\{${lane},le="\\+Inf"\\} \\d+$`, "m"))
         expect(valueOf(text, `weatherproof_circuit_breaker_state{circuit_breaker="${name}"}`)).toBe(0)
       }
-      expect(valueOf(text, `weatherproof_account_pool_queued{model="${model}"}`)).toBe(0)
+      expect(valueOf(text, `weatherproof_account_pool_queued{model="${laneModel}"}`)).toBe(0)
       expect(text).toContain("# TYPE weatherproof_tokens_total counter")
       expect(text).toContain("# TYPE weatherproof_cost_usd_total counter")
       expect(text).toMatch(/^weatherproof_call_duration_seconds_bucket\{[^}]*le="\+Inf"\} \d+$/m)
@@ -111,8 +114,10 @@ describe("weatherproof serve, metrics and traces", () => {
       const { text } = yield* scrape(gateway.url)
       const listed = (yield* attempt(() => openai(gateway.url).models.list())).data.map((m) => m.id)
       expect(listed).toContain("house-model")
+      // An alias's calls go to the lane of the model it names.
+      const lanes = new Set(listed.map((model) => defaultPricing.aliases?.[model] ?? model))
       for (const name of names) {
-        for (const model of listed) {
+        for (const model of lanes) {
           const lane = `account="${name}",model="${model}"`
           expect(valueOf(text, `weatherproof_concurrency_limit{${lane}}`), lane).toBeGreaterThan(0)
           expect(valueOf(text, `weatherproof_concurrency_in_flight{${lane}}`), lane).toBe(0)
@@ -125,7 +130,7 @@ describe("weatherproof serve, metrics and traces", () => {
         expect(valueOf(text, `weatherproof_circuit_breaker_state{circuit_breaker="${name}"}`)).toBe(0)
         expect(valueOf(text, `weatherproof_circuit_breaker_trips_total{circuit_breaker="${name}"}`)).toBe(0)
       }
-      for (const model of listed) expect(valueOf(text, `weatherproof_account_pool_queued{model="${model}"}`), model).toBe(0)
+      for (const model of lanes) expect(valueOf(text, `weatherproof_account_pool_queued{model="${model}"}`), model).toBe(0)
       for (const series of [ok200, clientClosed, "weatherproof_calls_total", "weatherproof_retries_total", "weatherproof_retry_budget_refused_total"]) {
         expect(valueOf(text, series), series).toBeGreaterThanOrEqual(0)
       }

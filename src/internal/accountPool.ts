@@ -498,6 +498,8 @@ export const makeWith = <R>(
       for (const result of resultsFromStart) attemptsCounter.unsafeUpdate(0, attemptTags(account, model, result))
       publishQueued(model)
     }
+    /** The lane of calls to `model`: the pricing table's model when it is an alias, which the upstream serves under one cap. */
+    const laneModel = (model: string): string => ledger.pricing.aliases?.[model] ?? model
     const dispatcher: Lanes = yield* coordinate(accounts, members.map((member) => member.slot), {
       opened: (lane) => startSeries(members[lane.account.index]!.account, lane.model, lane.limit),
       changed: publishLane,
@@ -505,7 +507,7 @@ export const makeWith = <R>(
     })
     // Lanes are made on their model's first call: the models the pool is known to serve have
     // their series before, at the limit their lanes start with.
-    for (const model of servedModels(accounts, ledger.pricing)) {
+    for (const model of new Set(Array.from(servedModels(accounts, ledger.pricing), laneModel))) {
       for (const member of members) startSeries(member.account, model, policyFor(member.account).limit)
     }
 
@@ -710,11 +712,12 @@ export const makeWith = <R>(
       if (!mayBePlaced(excluded) || (waitedOutMillis > 0 && maxWaitOf(options) <= waitedOutMillis && !someMayServeSoon(excluded))) {
         return Effect.fail(noAccount(excluded))
       }
-      const entry = dispatcher.enter(model, options?.priority ?? "interactive", excluded)
-      publishQueued(model)
+      const lane = laneModel(model)
+      const entry = dispatcher.enter(lane, options?.priority ?? "interactive", excluded)
+      publishQueued(lane)
       return entry._tag === "Granted"
-        ? Effect.sync(() => placedOn(entry.grant, model))
-        : Effect.map(awaitGrant(entry.waiter, restore, options, excluded), (grant) => placedOn(grant, model))
+        ? Effect.sync(() => placedOn(entry.grant, lane))
+        : Effect.map(awaitGrant(entry.waiter, restore, options, excluded), (grant) => placedOn(grant, lane))
     }
 
     const placedOn = (grant: LaneGrant, model: string): Placed => {
