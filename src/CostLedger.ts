@@ -521,6 +521,16 @@ export const tokensCounter: Metric.Metric.Counter<number> = internal.tokensCount
 export const costCounter: Metric.Metric.Counter<number> = internal.costCounter
 
 /**
+ * What is left of a ledger's budget in USD, never below 0: set when the ledger is made and after
+ * every recorded attempt; no series for a ledger without a budget. Exported to Prometheus as
+ * `weatherproof_budget_remaining_usd`, for an alert before the budget stops the calls.
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const budgetRemainingGauge: Metric.Metric.Gauge<number> = internal.budgetRemainingGauge
+
+/**
  * A ledger in memory. Dies with `IllegalArgumentException` on an invalid pricing table or budget
  * (use `decodePricing` to validate untrusted input with typed errors first).
  *
@@ -550,6 +560,12 @@ export const make = (options: Options = {}): Effect.Effect<Service> =>
     const compiled = internal.compile(pricing)
     const book = yield* Effect.sync(() => new internal.Book())
 
+    const remainingPico = (spent: bigint): bigint => budgetPico === undefined || budgetPico <= spent ? 0n : budgetPico - spent
+    const publishRemaining = (): void => {
+      if (budgetPico !== undefined) budgetRemainingGauge.unsafeUpdate(internal.usdOfPico(remainingPico(book.spent.value)), [])
+    }
+    publishRemaining()
+
     const priceNow = (model: string, tokens: TokenSplit) =>
       Effect.map(Clock.currentTimeMillis, (now) => internal.price(compiled, model, tokens, now))
 
@@ -572,6 +588,7 @@ export const make = (options: Options = {}): Effect.Effect<Service> =>
           attempt,
           fiber.getFiberRef(FiberRef.currentMetricLabels)
         )
+        publishRemaining()
         const cost = costOf(entry.model, tokens, price)
         return firstUnpriced
           ? Effect.as(
@@ -605,7 +622,7 @@ export const make = (options: Options = {}): Effect.Effect<Service> =>
           byModel: groupTotals(byModel),
           budget: budgetPico === undefined ? undefined : {
             budgetUsd: internal.usdOfPico(budgetPico),
-            remainingUsd: internal.usdOfPico(budgetPico > spent ? budgetPico - spent : 0n)
+            remainingUsd: internal.usdOfPico(remainingPico(spent))
           }
         }
       })

@@ -10,6 +10,7 @@ import * as Exit from "effect/Exit"
 import * as FastCheck from "effect/FastCheck"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
+import * as Metric from "effect/Metric"
 import * as Ref from "effect/Ref"
 import * as TestClock from "effect/TestClock"
 import type { Usage } from "../src/ChatSchema.js"
@@ -378,6 +379,18 @@ describe("CostLedger budget", () => {
       expect((yield* Effect.flip(broke.guard))._tag).toBe("BudgetExceeded")
       const unlimited = yield* CostLedger.make({ pricing: flatPricing })
       yield* unlimited.guard
+    }))
+
+  it.effect("publishes what is left as a gauge, from its making and after every attempt, never below 0", () =>
+    Effect.gen(function*() {
+      const remaining = Effect.map(Metric.value(CostLedger.budgetRemainingGauge), (state) => state.value)
+      const ledger = yield* CostLedger.make({ pricing: flatPricing, budgetUsd: 0.001 })
+      expect(yield* remaining).toBe(0.001)
+      const record = ledger.record({ account: "a", model: "deepseek-v4-flash", usage: flashUsage, disposition: "kept" })
+      yield* record
+      expect(yield* remaining).toBe(0.00082976)
+      yield* Effect.repeatN(record, 5)
+      expect(yield* remaining).toBe(0)
     }))
 })
 

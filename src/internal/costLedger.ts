@@ -330,6 +330,11 @@ export const tokensCounter = Metric.fromMetricKey(tokensKey)
 /** @internal */
 export const costCounter = Metric.fromMetricKey(costKey)
 
+/** @internal */
+export const budgetRemainingGauge = Metric.gauge("weatherproof_budget_remaining_usd", {
+  description: "What is left of the ledger's budget in USD, never below 0 (no series without a budget)"
+})
+
 interface SpendCounters {
   readonly cacheHit: Metric.Metric.Counter<number>
   readonly cacheMiss: Metric.Metric.Counter<number>
