@@ -286,8 +286,62 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Scope
 export const layer = (options?: Options): Layer.Layer<Policy> => Layer.scoped(Policy, make(options))
 
 /**
+ * What `layerFromContextWith` takes besides the parts: the classifier the policy reads errors
+ * with, how long a retry the budget refuses waits for room, and whether the limiter in the
+ * context (an adaptive one, which backs off on 429s) paces a cap's retries. Defaults as
+ * `fromParts`'s.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type FromContextOptions = Pick<Parts, "classify" | "budgetWait" | "capRetriesPaced">
+
+/**
  * Composes the parts in the context, each its own Layer (so a test or an app can swap any of
- * them): `RetryPolicy`, `RetryBudget`, `TokenBucket`, `ConcurrencyLimiter`, `CircuitBreaker`.
+ * them): `RetryPolicy`, `RetryBudget`, `TokenBucket`, `ConcurrencyLimiter`, `CircuitBreaker`;
+ * with `options` for what is not a part.
+ *
+ * @example
+ * ```ts
+ * import { Layer } from "effect"
+ * import { CircuitBreaker, ConcurrencyLimiter, Policy, RetryBudget, RetryPolicy, TokenBucket } from "weatherproof"
+ *
+ * // The adaptive limiter backs off on a cap's 429s: their retries need not wait for budget.
+ * const policy = Policy.layerFromContextWith({ capRetriesPaced: true }).pipe(
+ *   Layer.provide([
+ *     RetryPolicy.layer(),
+ *     RetryBudget.layer(),
+ *     TokenBucket.layerUnlimited,
+ *     ConcurrencyLimiter.layerAdaptive(),
+ *     CircuitBreaker.layer()
+ *   ])
+ * )
+ * ```
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerFromContextWith = (options: FromContextOptions): Layer.Layer<
+  Policy,
+  never,
+  RetryPolicy | RetryBudget | TokenBucket | ConcurrencyLimiter | CircuitBreaker
+> =>
+  Layer.effect(
+    Policy,
+    Effect.gen(function*() {
+      return yield* fromParts({
+        ...options,
+        retry: yield* RetryPolicyModule.RetryPolicy,
+        budget: yield* RetryBudgetModule.RetryBudget,
+        bucket: yield* TokenBucketModule.TokenBucket,
+        limiter: yield* Limiter.ConcurrencyLimiter,
+        breaker: yield* CircuitBreakerModule.CircuitBreaker
+      })
+    })
+  )
+
+/**
+ * `layerFromContextWith` with the defaults.
  *
  * @since 0.1.0
  * @category layers
@@ -296,18 +350,7 @@ export const layerFromContext: Layer.Layer<
   Policy,
   never,
   RetryPolicy | RetryBudget | TokenBucket | ConcurrencyLimiter | CircuitBreaker
-> = Layer.effect(
-  Policy,
-  Effect.gen(function*() {
-    return yield* fromParts({
-      retry: yield* RetryPolicyModule.RetryPolicy,
-      budget: yield* RetryBudgetModule.RetryBudget,
-      bucket: yield* TokenBucketModule.TokenBucket,
-      limiter: yield* Limiter.ConcurrencyLimiter,
-      breaker: yield* CircuitBreakerModule.CircuitBreaker
-    })
-  })
-)
+> = layerFromContextWith({})
 
 /**
  * Calls made through a policy (not attempts).

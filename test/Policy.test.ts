@@ -18,6 +18,7 @@ import * as Policy from "../src/Policy.js"
 import * as RetryBudget from "../src/RetryBudget.js"
 import * as RetryPolicy from "../src/RetryPolicy.js"
 import * as Telemetry from "../src/Telemetry.js"
+import * as TokenBucket from "../src/TokenBucket.js"
 import * as Transport from "../src/Transport.js"
 import { destroySocket, rawServer, reply } from "./support/rawServer.js"
 
@@ -137,6 +138,29 @@ describe("Policy around any effect", () => {
         budgetWait: 0
       })
       expect(yield* outcome(fixed, new DbBusy())).toBe("DbBusy")
+    }))
+
+  it.scoped("from the context's parts, paces a cap's retries by its adaptive limiter when told to: the budget is not asked", () =>
+    Effect.gen(function*() {
+      const parts = Layer.mergeAll(
+        RetryPolicy.layer({ ...fast, classify: classifyDb }),
+        // A spent budget, which refuses at once.
+        RetryBudget.layer({ ratio: 0, minRetriesPerSecond: 0 }),
+        TokenBucket.layerUnlimited,
+        ConcurrencyLimiter.layerAdaptive({ classify: classifyDb }),
+        CircuitBreaker.layerNoop
+      )
+      const outcome = (layer: Layer.Layer<Policy.Policy, never, Layer.Layer.Success<typeof parts>>) =>
+        Effect.gen(function*() {
+          const policy = yield* Effect.provide(Policy.Policy, Layer.provide(layer, parts))
+          const { call } = yield* scripted([new DbBusy()])
+          const fiber = yield* Effect.fork(Effect.either(policy.apply(call)))
+          yield* TestClock.adjust("1 second")
+          return Either.match(yield* Fiber.join(fiber), { onLeft: (e) => e._tag, onRight: (answer) => answer })
+        })
+      const options = { classify: classifyDb, budgetWait: 0 } as const
+      expect(yield* outcome(Policy.layerFromContextWith({ ...options, capRetriesPaced: true }))).toBe("answer after 1")
+      expect(yield* outcome(Policy.layerFromContextWith(options))).toBe("DbBusy")
     }))
 
   it.scoped("behind the adaptive limiter the breaker opens on a storm of overload (503s), not of 429s", () =>
