@@ -737,6 +737,39 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 
+  it.effect("an outage goes on through a half-open breaker whose canary fails: the waits that ran out in it still hold, and calls that would wait as long fail at once", () => {
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"])],
+      handlers: { a: status(500) },
+      options: { preflight: false, breaker: { minimumThroughput: 1, failureRatio: 1, openFor: "20 seconds" } }
+    }
+    return Effect.gen(function*() {
+      expect((yield* Effect.flip(create))._tag).toBe("ServerError")
+      const first = yield* waitFor("10 seconds")
+      yield* TestClock.adjust("10 seconds")
+      expect((yield* Fiber.join(first))._tag).toBe("NoAccountAvailable")
+
+      // The breaker half-opens; its canary fails, and it opens again.
+      yield* TestClock.adjust("10 seconds")
+      expect(yield* states).toEqual({ a: "half_open" })
+      expect((yield* Effect.flip(create))._tag).toBe("ServerError")
+      expect(yield* states).toEqual({ a: "open" })
+      const next = yield* waitFor("10 seconds")
+      yield* settle
+      expect(next.unsafePoll()).not.toBeNull()
+      expect((yield* Fiber.join(next))._tag).toBe("NoAccountAvailable")
+
+      // A canary that succeeds ends the outage (the second opening lasts twice the first): the
+      // next one's calls wait again.
+      yield* TestClock.adjust("40 seconds")
+      setup.handlers.a = healthy()
+      expect((yield* create).id).toBe("cmpl-a")
+      setup.handlers.a = status(500)
+      expect((yield* Effect.flip(create))._tag).toBe("ServerError")
+      yield* waitsItsTenSecondsOut
+    }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
   it.effect("a call that waited for a busy lane, then saw the account go out just before its maxWait ran out, does not make the next calls fail at once", () => {
     // Two permits: the first call holds one for a minute, the second fails with a 402 after 9 s,
     // which takes the account out 1 s before the waiting call gives up.

@@ -514,8 +514,9 @@ export const makeWith = <R>(
     // -- availability -------------------------------------------------------------------------
 
     /**
-     * Since when no account serves (undefined while one does; a balance being checked at start is
-     * not serving yet), and the longest `maxWait` a call waited out in that time, all of its wait:
+     * Since when no account serves (undefined while one does; a balance being checked at start, or
+     * a breaker half-open, trying a call, is not serving yet), and the longest `maxWait` a call
+     * waited out in that time, all of its wait:
      * a call that would wait as long or less fails at once, unless an account is about to serve (a
      * batch's lines during an outage longer than their wait fail in one wait, not one wait per wave
      * of lines). A call that waited for a busy lane, then saw an account go out, marks nothing.
@@ -546,7 +547,7 @@ export const makeWith = <R>(
      * again, and the calls nothing will ever take are refused if it went out for good.
      */
     const refresh = (member: Member): Effect.Effect<void> =>
-      Effect.flatMap(unavailability(member), (unavailable) =>
+      Effect.flatMap(Effect.zip(unavailability(member), member.breaker.state), ([unavailable, breaker]) =>
         Effect.sync(() => {
           const cameBack = member.unavailable !== undefined && unavailable === undefined
           const changed = member.slot.available !== (unavailable === undefined)
@@ -555,10 +556,14 @@ export const makeWith = <R>(
           member.slot.pending = unavailable?.reason === "checking_balance"
           // An account going out may let a fallback count, so any change may grow the capacity.
           if (changed) roomMayHaveGrown()
-          if (unavailable === undefined) {
+          // A half-open breaker takes a canary, and an outage that fails it goes on: the waits that
+          // ran out in it still hold (else each reopening would have a batch's lines wait again).
+          if (unavailable === undefined && breaker._tag !== "HalfOpen") {
             outageSince = undefined
             waitedOutMillis = 0
-          } else if (outageSince === undefined && !members.some(({ slot }) => slot.available)) outageSince = now()
+          } else if (unavailable !== undefined && outageSince === undefined && !members.some(({ slot }) => slot.available)) {
+            outageSince = now()
+          }
           if (cameBack) dispatcher.dispatchAll()
           else if (unavailable !== undefined) dispatcher.refuse((waiter) => !mayBePlaced(waiter.excluded))
         }))
