@@ -135,6 +135,13 @@ const settle = TestClock.adjust(0)
 /** A call given `maxWait`, forked: its error, flipped into its success. */
 const waitFor = (maxWait: Duration.DurationInput) => Effect.fork(Effect.flip(createWith(request, { maxWait })))
 
+/** One account whose upstream answers 500, its breaker opening at the first failure for `openFor`. */
+const failingAccount = (openFor: Duration.DurationInput): Setup => ({
+  accounts: [account("a", ["sk-a"])],
+  handlers: { a: status(500) },
+  options: { preflight: false, breaker: { minimumThroughput: 1, failureRatio: 1, openFor } }
+})
+
 /** A call given 10 s waits (it is not failed at once), then gives up after all of them. */
 const waitsItsTenSecondsOut = Effect.gen(function*() {
   const call = yield* waitFor("10 seconds")
@@ -701,11 +708,7 @@ describe("AccountPool", () => {
   })
 
   it.effect("once a call waited out its maxWait with no account able to serve, a call that would wait as long or less fails at once, until an account serves again", () => {
-    const setup: Setup = {
-      accounts: [account("a", ["sk-a"])],
-      handlers: { a: status(500) },
-      options: { preflight: false, breaker: { minimumThroughput: 1, failureRatio: 1, openFor: "20 minutes" } }
-    }
+    const setup = failingAccount("20 minutes")
     return Effect.gen(function*() {
       expect((yield* Effect.flip(create))._tag).toBe("ServerError")
       expect(yield* states).toEqual({ a: "open" })
@@ -738,11 +741,7 @@ describe("AccountPool", () => {
   })
 
   it.effect("an outage goes on through a half-open breaker whose canary fails: the waits that ran out in it still hold, and calls that would wait as long fail at once", () => {
-    const setup: Setup = {
-      accounts: [account("a", ["sk-a"])],
-      handlers: { a: status(500) },
-      options: { preflight: false, breaker: { minimumThroughput: 1, failureRatio: 1, openFor: "20 seconds" } }
-    }
+    const setup = failingAccount("20 seconds")
     return Effect.gen(function*() {
       expect((yield* Effect.flip(create))._tag).toBe("ServerError")
       const first = yield* waitFor("10 seconds")
