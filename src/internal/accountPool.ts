@@ -159,12 +159,11 @@ class Member {
   }
 }
 
-/** An attempt placed on an account: its grant and permit, the lane's model, and when it was placed (Clock millis). */
+/** An attempt placed on an account: its grant and permit, and when it was placed (Clock millis). */
 interface Placed {
   readonly member: Member
   readonly grant: LaneGrant
   readonly permit: Limiter.Permit
-  readonly model: string
   readonly placedAt: number
 }
 
@@ -528,15 +527,17 @@ export const makeWith = <R>(
     const someMayServeSoon = (excluded: ReadonlySet<number>): boolean =>
       members.some(({ slot }) => !excluded.has(slot.index) && (slot.available || slot.pending))
 
-    /** Why `member` cannot serve now, if it cannot: out of balance, every key resting, breaker open. */
-    const unavailability = (member: Member): Effect.Effect<Unavailable | undefined> =>
+    /**
+     * Why `member` cannot serve now, if it cannot: out of balance, every key resting, breaker open
+     * (its breaker in `state`).
+     */
+    const unavailability = (member: Member, state: CircuitBreaker.State): Effect.Effect<Unavailable | undefined> =>
       Effect.gen(function*() {
         if (member.balance._tag === "Out") return { reason: "out_of_balance", until: member.balance.nextCheck }
         if (member.balance._tag === "Checking") return { reason: "checking_balance", until: member.balance.until }
         if ((yield* member.keys.available) === 0) {
           return { reason: "no_keys", until: Option.getOrElse(yield* member.keys.cooldownEnd, () => Infinity) }
         }
-        const state = yield* member.breaker.state
         if (state._tag === "Open") return { reason: "circuit_open", until: state.until }
         if (state._tag === "Isolated") return { reason: "circuit_open", until: Infinity }
         return undefined
@@ -547,26 +548,27 @@ export const makeWith = <R>(
      * again, and the calls nothing will ever take are refused if it went out for good.
      */
     const refresh = (member: Member): Effect.Effect<void> =>
-      Effect.flatMap(Effect.zip(unavailability(member), member.breaker.state), ([unavailable, breaker]) =>
-        Effect.sync(() => {
-          const cameBack = member.unavailable !== undefined && unavailable === undefined
-          const changed = member.slot.available !== (unavailable === undefined)
-          member.unavailable = unavailable
-          member.slot.available = unavailable === undefined
-          member.slot.pending = unavailable?.reason === "checking_balance"
-          // An account going out may let a fallback count, so any change may grow the capacity.
-          if (changed) roomMayHaveGrown()
-          // A half-open breaker takes a canary, and an outage that fails it goes on: the waits that
-          // ran out in it still hold (else each reopening would have a batch's lines wait again).
-          if (unavailable === undefined && breaker._tag !== "HalfOpen") {
-            outageSince = undefined
-            waitedOutMillis = 0
-          } else if (unavailable !== undefined && outageSince === undefined && !members.some(({ slot }) => slot.available)) {
-            outageSince = now()
-          }
-          if (cameBack) dispatcher.dispatchAll()
-          else if (unavailable !== undefined) dispatcher.refuse((waiter) => !mayBePlaced(waiter.excluded))
-        }))
+      Effect.gen(function*() {
+        const breaker = yield* member.breaker.state
+        const unavailable = yield* unavailability(member, breaker)
+        const cameBack = member.unavailable !== undefined && unavailable === undefined
+        const changed = member.slot.available !== (unavailable === undefined)
+        member.unavailable = unavailable
+        member.slot.available = unavailable === undefined
+        member.slot.pending = unavailable?.reason === "checking_balance"
+        // An account going out may let a fallback count, so any change may grow the capacity.
+        if (changed) roomMayHaveGrown()
+        // A half-open breaker takes a canary, and an outage that fails it goes on: the waits that
+        // ran out in it still hold (else each reopening would have a batch's lines wait again).
+        if (unavailable === undefined && breaker._tag !== "HalfOpen") {
+          outageSince = undefined
+          waitedOutMillis = 0
+        } else if (unavailable !== undefined && outageSince === undefined && !members.some(({ slot }) => slot.available)) {
+          outageSince = now()
+        }
+        if (cameBack) dispatcher.dispatchAll()
+        else if (unavailable !== undefined) dispatcher.refuse((waiter) => !mayBePlaced(waiter.excluded))
+      })
 
     /** When every key of `member` rests, the first one back is a time, not an event: wake then. */
     const refreshWhenKeysReturn = (member: Member) =>
@@ -721,15 +723,15 @@ export const makeWith = <R>(
       const entry = dispatcher.enter(lane, options?.priority ?? "interactive", excluded)
       publishQueued(lane)
       return entry._tag === "Granted"
-        ? Effect.sync(() => placedOn(entry.grant, lane))
-        : Effect.map(awaitGrant(entry.waiter, restore, options, excluded), (grant) => placedOn(grant, lane))
+        ? Effect.sync(() => placedOn(entry.grant))
+        : Effect.map(awaitGrant(entry.waiter, restore, options, excluded), placedOn)
     }
 
-    const placedOn = (grant: LaneGrant, model: string): Placed => {
+    const placedOn = (grant: LaneGrant): Placed => {
       publishLane(grant.lane)
       const member = members[grant.lane.account.index]!
       member.calls++
-      return { member, grant, permit: permitOf(grant).permit, model, placedAt: now() }
+      return { member, grant, permit: permitOf(grant).permit, placedAt: now() }
     }
 
     /**
