@@ -76,7 +76,7 @@ const batch = Command.make(
 const demo = Command.make(
   "demo",
   {
-    requests: Flags.integer("requests", "how many requests to generate").pipe(Options.withDefault(300))
+    requests: Flags.integer("requests", "how many requests to generate (default 300)").pipe(Options.withDefault(300))
   },
   (args) => Effect.flatMap(Effect.promise(() => import("../app/cli/batchDemo.js")), (cli) => cli.main(args))
 ).pipe(Command.withDescription("Run a batch against an in-process DeepSeek simulator with faults on, and verify it"))

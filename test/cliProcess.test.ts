@@ -375,6 +375,9 @@ describe("weatherproof writes plain text where no terminal reads it", () => {
       expect(help.stdout).toContain("USAGE")
       expect(help.stdout).toContain("--drain-timeout")
       expect(help.stdout).not.toContain("\x1b")
+      // @effect/cli's filler before each text flag's description is left out; the description stays.
+      expect(help.stdout).not.toContain("A user-defined piece of text.")
+      expect(help.stdout).toMatch(/^--max-wait duration\n\n {2}how long a call may wait/m)
       const usage = yield* start(["batch", "--output"], {}).ended(30_000)
       expect(usage.code).toBe(2)
       expect(usage.stderr).toContain("--output")

@@ -2,6 +2,10 @@
  * @effect/cli writes its help and its usage errors with ANSI styles whatever the output is, so
  * `weatherproof --help > help.txt` or `| less` got escape codes. Text for a stream that is not a
  * terminal, or with `NO_COLOR` set (no-color.org), is written without them.
+ *
+ * Its help also opens every text flag's description with "A user-defined piece of text.", which
+ * says nothing: our flags parse their own text (durations, whole numbers, files) and name its kind
+ * in the usage line (`--max-wait duration`). That paragraph is left out.
  */
 import * as Console from "effect/Console"
 import type * as Effect from "effect/Effect"
@@ -9,10 +13,17 @@ import type * as Effect from "effect/Effect"
 /** ANSI's select-graphic-rendition sequences: the only escapes @effect/cli's help writes. */
 const styles = /\x1b\[[0-9;]*m/g
 
-const plain = (args: ReadonlyArray<unknown>): ReadonlyArray<unknown> =>
-  args.map((arg) => (typeof arg === "string" ? arg.replace(styles, "") : arg))
+/** The paragraph @effect/cli's help gives every text flag, with the blank line after it. */
+const textFlagFiller = /^ *A user-defined piece of text\.\n\n/gm
 
-const keep = (args: ReadonlyArray<unknown>): ReadonlyArray<unknown> => args
+const fillerless = (text: string): string => text.replace(textFlagFiller, "")
+
+const strings = (f: (text: string) => string) => (args: ReadonlyArray<unknown>): ReadonlyArray<unknown> =>
+  args.map((arg) => (typeof arg === "string" ? f(arg) : arg))
+
+const plain = strings((text) => fillerless(text.replace(styles, "")))
+
+const keepStyles = strings(fillerless)
 
 /** Whether text written to `stream` keeps its styles: a terminal reads it, and `NO_COLOR` is unset or empty. */
 export const styled = (stream: { readonly isTTY?: boolean | undefined }, env: NodeJS.ProcessEnv): boolean =>
@@ -20,8 +31,8 @@ export const styled = (stream: { readonly isTTY?: boolean | undefined }, env: No
 
 /** `console` writing plain text to the standard streams that are not styled. */
 const plainConsole = (console: Console.Console, styledOut: boolean, styledErr: boolean): Console.Console => {
-  const out = styledOut ? keep : plain
-  const err = styledErr ? keep : plain
+  const out = styledOut ? keepStyles : plain
+  const err = styledErr ? keepStyles : plain
   return {
     ...console,
     log: (...args) => console.log(...out(args)),

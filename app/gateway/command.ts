@@ -17,9 +17,10 @@ import * as Flags from "../cli/flags.js"
 export const serve = Command.make(
   "serve",
   {
-    port: Flags.integer("port", "port to listen on (0: any free port)").pipe(Options.withDefault(8787)),
+    port: Flags.integer("port", "port to listen on (0: any free port; default 8787)").pipe(Options.withDefault(8787)),
     host: Options.text("host").pipe(
-      Options.withDescription("address to listen on; any but a loopback one needs WEATHERPROOF_GATEWAY_KEYS"),
+      Options.withPseudoName("address"),
+      Options.withDescription("address to listen on; any but a loopback one needs WEATHERPROOF_GATEWAY_KEYS (default 127.0.0.1)"),
       Options.withDefault("127.0.0.1")
     ),
     ...Flags.accountFlags,
@@ -31,10 +32,11 @@ export const serve = Command.make(
       "deadline"
     ),
     drainTimeout: Flags.drainTimeout("the requests in flight"),
-    maxWaiting: Flags.integer("max-waiting", "clients that may wait for their first content at once; one more gets a 429").pipe(
+    maxWaiting: Flags.integer("max-waiting", "clients that may wait for their first content at once; one more gets a 429 (default 4096)").pipe(
       Options.withDefault(4096)
     ),
     alertWebhook: Options.text("alert-webhook").pipe(
+      Options.withPseudoName("url"),
       Options.withDescription(
         "a URL to POST alerts to (breaker, balance, rejected key, budget); default WEATHERPROOF_ALERT_WEBHOOK, which other users of the host cannot read in ps"
       ),
