@@ -436,6 +436,21 @@ describe("weatherproof's progress lines", () => {
       expect(lines[1]).toBe("weatherproof: 6 of 10 lines done (3 ok, 1 failed, 2 skipped) in 3m")
     }))
 
+  it.scoped("at an interval under a second, say it in milliseconds", () =>
+    Effect.gen(function*() {
+      const lines: Array<string> = []
+      const { counts, telemetry } = yield* Telemetry.makeCounters
+      const report = yield* progressLinesInto(lines, "500 millis")
+      yield* report({ total: 10, succeeded: 0, failed: 0, skipped: 0 }).pipe(Effect.provideService(Batch.TelemetryCounts, counts))
+      yield* telemetry.attemptFailed(new ApiError.RateLimited({ message: "busy", retryAfter: Option.none() }))
+      yield* TestClock.adjust("500 millis")
+      yield* TestClock.adjust("500 millis")
+      expect(lines).toEqual([
+        "weatherproof: 0 of 10 lines done (0 ok, 0 failed, 0 skipped) in 500ms; over the last 500ms, 1 attempt failed, rate limited (429)",
+        "weatherproof: 0 of 10 lines done (0 ok, 0 failed, 0 skipped) in 1s"
+      ])
+    }))
+
   it.scoped("say what the run's attempts failed with since the line before, read at each line, while no line completes", () =>
     Effect.gen(function*() {
       const lines: Array<string> = []
@@ -529,15 +544,15 @@ describe("weatherproof's progress lines", () => {
     Effect.gen(function*() {
       const result = yield* batchAgainst([chatLine(1), chatLine(2)], { queueDelay: "900 millis", faults: { script: ["serverError"] } })
       expect(result.code).toBe(0)
-      expect(result.stderr).toMatch(/weatherproof: 0 of 2 lines done \(0 ok, 0 failed, 0 skipped\) in \d+s/)
-      expect(result.stderr).toMatch(/in \d+s; over the last \d+s, 1 attempt failed, answered 5xx$/m)
+      expect(result.stderr).toMatch(/weatherproof: 0 of 2 lines done \(0 ok, 0 failed, 0 skipped\) in \d+m?s/)
+      expect(result.stderr).toMatch(/in \d+m?s; over the last \d+m?s, 1 attempt failed, answered 5xx$/m)
     }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 
   it.live("batch says no account can serve while its only one is out of balance", () =>
     Effect.gen(function*() {
       const outOfBalance = { accounts: { default: { keys: [Simulator.defaultKey], balance: 0 } } }
       const result = yield* batchAgainst([chatLine(1)], outOfBalance, ["--max-wait", "1s"])
-      expect(result.stderr).toMatch(/^weatherproof: 0 of 1 lines done \(0 ok, 0 failed, 0 skipped\) in \d+s; no account can serve: default out of balance$/m)
+      expect(result.stderr).toMatch(/^weatherproof: 0 of 1 lines done \(0 ok, 0 failed, 0 skipped\) in \d+m?s; no account can serve: default out of balance$/m)
     }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 })
 

@@ -273,7 +273,7 @@ describe("weatherproof batch as a process", () => {
       const ended = yield* run.ended(20_000)
       expect(ended.code).toBe(130)
       expect(ended.stderr).toContain("get up to 5s to finish")
-      expect(ended.stderr).toContain("--drain-timeout 5000ms")
+      expect(ended.stderr).toContain("--drain-timeout 5s")
       const written = expectOnceEach(yield* ws.readOutput)
       expect((yield* ws.simulator.stats).completed).toBe(written)
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))

@@ -16,6 +16,7 @@ import * as CostLedger from "../../src/CostLedger.js"
 import * as Redis from "../../src/Redis.js"
 import * as Router from "../../src/Router.js"
 import * as Files from "../../src/internal/batchFiles.js"
+import * as DurationText from "../../src/internal/durationText.js"
 import { type AccountArgs, type CallArgs, flagsProblem, invalidConfig, listIssues, loadAccounts, poolOptions } from "./accounts.js"
 import { defaultProgressEvery, withProgress } from "./batchProgress.js"
 import { ExitCode, fail } from "./exit.js"
@@ -38,7 +39,7 @@ export interface BatchArgs extends AccountArgs, CallArgs {
 const batchDefaults = { retries: 10, maxWait: AccountPool.defaults.maxWait, waitForBudget: true } as const
 
 const durationFlag = (flag: string, duration: Option.Option<Duration.Duration>): ReadonlyArray<string> =>
-  Option.match(duration, { onNone: () => [], onSome: (d) => [flag, `${Duration.toMillis(d)}ms`] })
+  Option.match(duration, { onNone: () => [], onSome: (d) => [flag, DurationText.format(d)] })
 
 const shellWord = (word: string): string => /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`
 

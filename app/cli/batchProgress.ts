@@ -79,11 +79,12 @@ export const defaultProgressEvery: Duration.Duration = Duration.minutes(1)
 /** `progress` as a line: `1200 of 5000 lines done (1190 ok, 10 failed, 0 skipped) in 2m 5s`. */
 export const progressLine = (progress: Progress, elapsedMillis: number): string =>
   `weatherproof: ${progress.succeeded + progress.failed + progress.skipped} of ${progress.total} lines done (${progress.succeeded} ok, ${progress.failed} failed, ${progress.skipped} skipped) in ${
-    wholeSeconds(elapsedMillis)
+    elapsedText(elapsedMillis)
   }`
 
-/** `2m 5s`; `0s` under a second (`Duration.format` says `0`). */
-const wholeSeconds = (millis: number): string => millis < 1000 ? "0s" : Duration.format(Duration.seconds(Math.floor(millis / 1000)))
+/** `2m 5s` in whole seconds; `500ms` under a second (`--progress-every 500ms`). */
+const elapsedText = (millis: number): string =>
+  millis < 1000 ? `${Math.round(millis)}ms` : Duration.format(Duration.seconds(Math.floor(millis / 1000)))
 
 /**
  * What a failed attempt met, by its error's tag, as it reads after a count or after "all" (the
@@ -121,7 +122,7 @@ const failedAttemptsNote = (before: Telemetry.Counts, after: Telemetry.Counts, o
     .map(([tag, count]) => [tag, count - (before.byTag[tag] ?? 0)] as const)
     .filter(([, count]) => count > 0)
     .sort(([, a], [, b]) => b - a)
-  const attempts = `over the last ${wholeSeconds(overMillis)}, ${failed} ${failed === 1 ? "attempt" : "attempts"} failed`
+  const attempts = `over the last ${elapsedText(overMillis)}, ${failed} ${failed === 1 ? "attempt" : "attempts"} failed`
   const [top] = byTag
   if (top !== undefined && top[1] === failed) return `; ${attempts}, ${failed === 1 ? "" : "all "}${failureLabel(top[0])}`
   const shown = byTag.slice(0, shownTags)

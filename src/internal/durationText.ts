@@ -18,6 +18,16 @@ export const parse = (text: string): Duration.Duration | undefined => {
   return match === null ? undefined : Duration.millis(Number(match[1]) * unitMillis[match[2] as keyof typeof unitMillis])
 }
 
+/** Units from the largest, for `format`. */
+const unitsDescending = [["h", 3_600_000], ["m", 60_000], ["s", 1_000]] as const
+
+/** `duration` as `parse` reads it, in its largest whole unit: `30s`, `2m`, `1h`, `1500ms`. */
+export const format = (duration: Duration.Duration): string => {
+  const millis = Duration.toMillis(duration)
+  const unit = unitsDescending.find(([, size]) => millis > 0 && millis % size === 0)
+  return unit === undefined ? `${millis}ms` : `${millis / unit[1]}${unit[0]}`
+}
+
 /** What a valid deadline looks like, for error messages. */
 export const expectedDeadline = "a duration above 0 such as 30s, 500ms, 2m or 1h"
 
