@@ -103,6 +103,19 @@ export const keysWithTtl = (redis: Redis.Service) =>
     return keys
   })
 
-/** `effect` repeated until `done` holds of its result, every 10 ms for at most 5 s: for state that another process changes. */
-export const until = <A, E>(effect: Effect.Effect<A, E>, done: (a: A) => boolean) =>
-  effect.pipe(Effect.filterOrFail(done), Effect.retry(Schedule.spaced("10 millis")), Effect.timeout("5 seconds"))
+/**
+ * `effect` repeated until `done` holds of its result, every 10 ms for at most 5 s: for state that
+ * another process changes. Failing, it says the last result it read.
+ */
+export const until = <A, E>(effect: Effect.Effect<A, E>, done: (a: A) => boolean) => {
+  let last: { readonly value: A } | undefined
+  return effect.pipe(
+    Effect.tap((value) => (last = { value })),
+    Effect.filterOrFail(done),
+    Effect.retry(Schedule.spaced("10 millis")),
+    Effect.timeoutFail({
+      duration: "5 seconds",
+      onTimeout: () => new Error(`not done within 5 s; last read ${last === undefined ? "nothing" : JSON.stringify(last.value)}`)
+    })
+  )
+}
