@@ -278,6 +278,15 @@ export type ApiError =
 export const partialOf = (error: ApiError): PartialOutput =>
   "partial" in error ? error.partial : emptyPartial
 
+/**
+ * Whether output had reached the caller when the call failed: content events, or a 200 body cut
+ * before its JSON ended. The server billed such an attempt, though its usage may never arrive.
+ *
+ * @since 0.1.0
+ */
+export const deliveredOutput = (error: ApiError): boolean =>
+  partialOf(error).events > 0 || (error._tag === "MalformedResponse" && error.reason === "cut")
+
 const secretPattern = /\b(sk|pk|key)-[A-Za-z0-9_\-*]{4,}/g
 
 /**

@@ -183,13 +183,14 @@ export interface Tokens {
 
 /**
  * What the attempts of a run cost, as the client recorded them in the `CostLedger`: every
- * attempt, kept or thrown away, so the tokens are what the upstreams billed.
+ * attempt, kept or thrown away, so the tokens are what the upstreams billed, but for the
+ * `unmetered` attempts (cut in transit before their usage arrived).
  *
  * @since 0.1.0
  * @category models
  */
 export interface Spend extends
-  Pick<CostLedgerModule.Totals, "attempts" | "costUsd" | "unpriced" | "retryTax" | "truncated" | "reasoningShare">
+  Pick<CostLedgerModule.Totals, "attempts" | "costUsd" | "unpriced" | "unmetered" | "retryTax" | "truncated" | "reasoningShare">
 {
   /**
    * Attempts recorded `kept` or `truncated`: with `AccountPool`, which records a call's last

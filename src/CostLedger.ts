@@ -364,6 +364,12 @@ export interface Entry {
   /** What the server billed; absent when the attempt failed before any usage arrived. */
   readonly usage?: Usage | undefined
   readonly disposition: Disposition
+  /**
+   * Whether output reached this client (a content event) before the attempt ended. Default false.
+   * Without `usage`, such an attempt (a body or stream cut in transit) was billed for tokens this
+   * ledger cannot know: it counts in `Totals.unmetered`.
+   */
+  readonly delivered?: boolean | undefined
 }
 
 /**
@@ -387,6 +393,12 @@ export interface Totals {
   readonly costUsd: number
   /** Billed attempts (with usage) whose model has no price: their tokens are counted, their cost is not. */
   readonly unpriced: number
+  /**
+   * Attempts that delivered output but no usage (a body or stream cut in transit): the server
+   * billed them, for tokens and a cost these totals do not hold. Attempts cut before any output
+   * (a deadline while the server generated) may be billed too; no figure counts them.
+   */
+  readonly unmetered: number
   /** What `discarded` attempts cost: how many, their prompt + completion tokens, their USD. */
   readonly retryTax: { readonly attempts: number; readonly tokens: number; readonly costUsd: number }
   readonly truncated: number
@@ -437,7 +449,7 @@ export interface Service {
   /**
    * Records one attempt, priced now, and answers its cost. A model without a price is logged
    * (once per model) and counted as `unpriced`. Its tokens and cost also go to `tokensCounter`
-   * and `costCounter`.
+   * and `costCounter`, and an `unmetered` one to `unmeteredCounter`.
    */
   readonly record: (entry: Entry) => Effect.Effect<Cost>
   /**
@@ -476,6 +488,7 @@ const totalsOf = (tally: internal.Tally): Totals => ({
   reasoningTokens: tally.reasoning,
   costUsd: internal.usdOfPico(tally.pico.value),
   unpriced: tally.unpriced,
+  unmetered: tally.unmetered,
   retryTax: {
     attempts: tally.retryTaxAttempts,
     tokens: tally.retryTaxTokens,
@@ -519,6 +532,17 @@ export const tokensCounter: Metric.Metric.Counter<number> = internal.tokensCount
  * @category metrics
  */
 export const costCounter: Metric.Metric.Counter<number> = internal.costCounter
+
+/**
+ * Attempts billed for output whose usage never arrived (a body or stream cut in transit: see
+ * `Totals.unmetered`), tagged `account` and `model`: their tokens and cost are missing from
+ * `tokensCounter` and `costCounter`. Exported to Prometheus as
+ * `weatherproof_unmetered_attempts_total`.
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const unmeteredCounter: Metric.Metric.Counter<number> = internal.unmeteredCounter
 
 /**
  * What is left of a ledger's budget in USD, never below 0: set when the ledger is made and after
@@ -579,6 +603,7 @@ export const make = (options: Options = {}): Effect.Effect<Service> =>
         const attempt: internal.AttemptCost = {
           disposition: entry.disposition,
           billed: entry.usage !== undefined,
+          unmetered: entry.usage === undefined && entry.delivered === true,
           tokens,
           pico: price?.pico
         }

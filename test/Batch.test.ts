@@ -1468,6 +1468,30 @@ describe("Batch.run stream lines against the simulator", () => {
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
 })
 
+describe("Batch.run's cost of attempts cut in transit", () => {
+  it.live("a body and a stream cut before their usage arrived are counted unmetered: billed upstream, not in the tokens", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      // The first two accepted requests are cut: half a JSON body, half a stream.
+      const simulator = yield* Simulator.make({ queueDelay: "1 millis", faults: { script: ["cut", "cut"] } })
+      const line = (customId: string, stream: boolean) =>
+        JSON.stringify({
+          custom_id: customId,
+          method: "POST",
+          url: "/v1/chat/completions",
+          body: { model: "deepseek-v4-flash", messages: [{ role: "user", content: customId }], ...(stream ? { stream: true } : {}) }
+        })
+      yield* ws.writeInput([line("body", false), line("stream", true)])
+      const summary = yield* Batch.run(ws).pipe(Effect.provide(Demo.clientStack([Demo.demoAccount(simulator.baseUrl)])))
+      // The body's retry answers; the stream's content reached the caller, so its line fails.
+      expect(summary).toMatchObject({ succeeded: 1, failed: 1, failures: { StreamTruncated: 1 }, spend: { attempts: 3, unmetered: 2 } })
+      expect(Batch.formatSummary(summary)).toContain("; 2 attempts cut in transit (usage unknown) not counted;")
+      // The simulator billed the cut attempts too: more tokens than the client metered.
+      const billed = (yield* simulator.stats).accounts["default"]!.billed
+      expect(billed.prompt + billed.completion).toBeGreaterThan(summary.spend.tokens.prompt + summary.spend.tokens.completion)
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+})
+
 describe("Batch.run stopped in an outage, over the account pool", () => {
   it.live("ends at once: no call is on the wire while every one waits for a retry or the account's breaker", () =>
     Effect.gen(function*() {

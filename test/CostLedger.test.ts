@@ -213,6 +213,7 @@ describe("CostLedger ledger", () => {
         reasoningTokens: 2200,
         costUsd: 0.002526355, // 2 × 170.24 + 2 × 1092.9375 µUSD
         unpriced: 0,
+        unmetered: 0,
         retryTax: { attempts: 2, tokens: 1500, costUsd: flashUsd },
         truncated: 1,
         truncationRate: 0.25, // 1 of 4 attempts with output (the 429 produced none)
@@ -259,6 +260,28 @@ describe("CostLedger ledger", () => {
       const { total, byModel } = yield* ledger.snapshot
       expect(total).toMatchObject({ attempts: 4, requests: 3, unpriced: 2, promptTokens: 3000, costUsd: flashUsd })
       expect(byModel["mystery"]).toMatchObject({ unpriced: 2, costUsd: 0 })
+    }))
+
+  it.effect("an attempt that delivered output but no usage is unmetered: counted apart, in the totals and the metric", () =>
+    Effect.gen(function*() {
+      const ledger = yield* CostLedger.make({ pricing: flatPricing })
+      const flash = "deepseek-v4-flash"
+      const unmetered = Effect.map(
+        Metric.value(CostLedger.unmeteredCounter.pipe(Metric.tagged("account", "a"), Metric.tagged("model", flash))),
+        (state) => state.count
+      )
+      const before = yield* unmetered
+      // A body cut in transit, a stream cut mid-way: output arrived, its usage did not.
+      yield* ledger.record({ account: "a", model: flash, disposition: "discarded", delivered: true })
+      yield* ledger.record({ account: "a", model: flash, disposition: "truncated", delivered: true })
+      // Output with its usage is metered; no output (a 429) billed nothing.
+      yield* ledger.record({ account: "a", model: flash, usage: flashUsage, disposition: "kept", delivered: true })
+      yield* ledger.record({ account: "a", model: flash, disposition: "discarded", delivered: false })
+      yield* ledger.record({ account: "a", model: flash, disposition: "discarded" })
+      const { byAccount, total } = yield* ledger.snapshot
+      expect(total).toMatchObject({ attempts: 5, unmetered: 2, costUsd: flashUsd })
+      expect(byAccount["a"]?.unmetered).toBe(2)
+      expect((yield* unmetered) - before).toBe(2)
     }))
 
   it.effect("totals are exact: three 0.1 USD attempts make 0.3, not 0.30000000000000004", () =>

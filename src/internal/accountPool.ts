@@ -841,9 +841,10 @@ export const makeWith = <R>(
 
     // -- cost ---------------------------------------------------------------------------------
 
-    const record = (placed: Placed, model: string, usage: Usage | undefined, disposition: Disposition) =>
+    /** `delivered`: output reached this client (with no usage, it was billed for what is not known). */
+    const record = (placed: Placed, model: string, usage: Usage | undefined, disposition: Disposition, delivered: boolean) =>
       Effect.flatMap(
-        ledger.record({ account: placed.member.name, model, usage, disposition }),
+        ledger.record({ account: placed.member.name, model, usage, disposition, delivered }),
         (cost) => {
           if (cost._tag === "Priced") figuresOf(placed.grant.lane).costPico += picoOfUsd(cost.usd)
           return GenAi.noteCost(placed, cost)
@@ -902,10 +903,16 @@ export const makeWith = <R>(
     ) => {
       const verdict = ApiError.classify(error)
       if (wasNotSent(verdict, error)) return Effect.void
-      const partial = ApiError.partialOf(error as ApiError.ApiError)
+      const apiError = error as ApiError.ApiError
       return Effect.zipRight(
         countSent(placed, request, verdict, error),
-        record(placed, model, partial.usage, delivered ? "truncated" : "discarded")
+        record(
+          placed,
+          model,
+          ApiError.partialOf(apiError).usage,
+          delivered ? "truncated" : "discarded",
+          ApiError.deliveredOutput(apiError)
+        )
       )
     }
 
@@ -931,7 +938,7 @@ export const makeWith = <R>(
         Effect.zipRight(
           placed.permit.settle(exit),
           Exit.isSuccess(exit)
-            ? Effect.zipRight(countSent(placed, request), record(placed, exit.value.model, exit.value.usage, "kept"))
+            ? Effect.zipRight(countSent(placed, request), record(placed, exit.value.model, exit.value.usage, "kept", true))
             : Option.match(Cause.failureOption(exit.cause), {
               onNone: () => Effect.void,
               onSome: (error) => recordFailure(placed, request, placed.member.modelFor(request.model), error, false)
@@ -984,7 +991,7 @@ export const makeWith = <R>(
         let servedModel = model
         const settle = (exit: Exit.Exit<unknown, unknown>) => Effect.zipRight(permit.settle(exit), settleBreaker(exit))
         const ended = () =>
-          Effect.zipRight(settle(Exit.void), Effect.zipRight(countSent(placed, request), record(placed, servedModel, usage, "kept")))
+          Effect.zipRight(settle(Exit.void), Effect.zipRight(countSent(placed, request), record(placed, servedModel, usage, "kept", true)))
         const failed = (error: PoolError) =>
           settle(Exit.fail(error)).pipe(
             Effect.zipRight(recordFailure(placed, request, servedModel, error, delivered)),

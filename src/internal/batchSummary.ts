@@ -38,6 +38,7 @@ export const spendBetween = (before: Totals | undefined, after: Totals): Spend =
     },
     costUsd: usd((t) => t.costUsd),
     unpriced: delta((t) => t.unpriced),
+    unmetered: delta((t) => t.unmetered),
     retryTax: {
       attempts: delta((t) => t.retryTax.attempts),
       tokens: delta((t) => t.retryTax.tokens),
@@ -60,6 +61,7 @@ const noTotals: Totals = {
   reasoningTokens: 0,
   costUsd: 0,
   unpriced: 0,
+  unmetered: 0,
   retryTax: { attempts: 0, tokens: 0, costUsd: 0 },
   truncated: 0,
   truncationRate: 0,
@@ -93,6 +95,8 @@ export interface SpendJson {
   readonly reasoning_tokens: number
   readonly cost_usd: number
   readonly unpriced_attempts: number
+  /** Attempts billed for output whose usage never arrived (cut in transit): not in the tokens and cost. */
+  readonly unmetered_attempts: number
   readonly retry_tax: { readonly attempts: number; readonly tokens: number; readonly cost_usd: number }
   readonly truncated: number
   readonly truncation_rate: number
@@ -155,6 +159,7 @@ const spendJson = (spend: Spend): SpendJson => ({
   reasoning_tokens: spend.tokens.reasoning,
   cost_usd: spend.costUsd,
   unpriced_attempts: spend.unpriced,
+  unmetered_attempts: spend.unmetered,
   retry_tax: { attempts: spend.retryTax.attempts, tokens: spend.retryTax.tokens, cost_usd: spend.retryTax.costUsd },
   truncated: spend.truncated,
   truncation_rate: spend.truncationRate,
@@ -212,6 +217,7 @@ const costLine = (spend: Spend): string =>
   [
     usd(spend.costUsd),
     ...(spend.unpriced === 0 ? [] : [`${counted(spend.unpriced, "attempt", "attempts")} of unpriced models not counted`]),
+    ...(spend.unmetered === 0 ? [] : [`${counted(spend.unmetered, "attempt", "attempts")} cut in transit (usage unknown) not counted`]),
     `retry tax ${usd(spend.retryTax.costUsd)} (${counted(spend.retryTax.attempts, "attempt", "attempts")}, ${spend.retryTax.tokens} tokens)`,
     `${spend.truncated} truncated (${percent(spend.truncationRate)})`,
     `reasoning ${percent(spend.reasoningShare)} of output`

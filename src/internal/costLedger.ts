@@ -211,6 +211,8 @@ export interface AttemptCost {
   readonly disposition: Disposition
   /** Whether the attempt carried usage (it was billed). */
   readonly billed: boolean
+  /** Whether it delivered output but no usage: billed by the server, for what is not known here. */
+  readonly unmetered: boolean
   readonly tokens: TokenSplit
   /** An integer; `undefined` when the model has no price. */
   readonly pico: number | undefined
@@ -252,6 +254,7 @@ export class Tally {
   withOutput = 0
   truncated = 0
   unpriced = 0
+  unmetered = 0
   prompt = 0
   cacheHit = 0
   cacheMiss = 0
@@ -283,6 +286,7 @@ export class Tally {
     // An attempt billed nothing (no usage: a 429, a refusal) has no cost left uncounted.
     if (pico === undefined) this.unpriced += attempt.billed ? 1 : 0
     else this.pico.add(pico)
+    if (attempt.unmetered) this.unmetered++
     this.prompt += tokens.prompt
     this.cacheHit += tokens.cacheHit
     this.cacheMiss += tokens.cacheMiss
@@ -297,6 +301,7 @@ export class Tally {
     this.withOutput += other.withOutput
     this.truncated += other.truncated
     this.unpriced += other.unpriced
+    this.unmetered += other.unmetered
     this.prompt += other.prompt
     this.cacheHit += other.cacheHit
     this.cacheMiss += other.cacheMiss
@@ -324,11 +329,20 @@ const costKey = MetricKey.counter("weatherproof_cost_usd", {
   incremental: true
 })
 
+const unmeteredKey = MetricKey.counter("weatherproof_unmetered_attempts", {
+  description: "Attempts billed for output whose usage never arrived (a body or stream cut in transit), by account and model: " +
+    "their tokens and cost are not in weatherproof_tokens and weatherproof_cost_usd",
+  incremental: true
+})
+
 /** @internal */
 export const tokensCounter = Metric.fromMetricKey(tokensKey)
 
 /** @internal */
 export const costCounter = Metric.fromMetricKey(costKey)
+
+/** @internal */
+export const unmeteredCounter = Metric.fromMetricKey(unmeteredKey)
 
 /** @internal */
 export const budgetRemainingGauge = Metric.gauge("weatherproof_budget_remaining_usd", {
@@ -341,6 +355,7 @@ interface SpendCounters {
   readonly completion: Metric.Metric.Counter<number>
   readonly reasoning: Metric.Metric.Counter<number>
   readonly cost: Metric.Metric.Counter<number>
+  readonly unmetered: Metric.Metric.Counter<number>
 }
 
 /**
@@ -359,7 +374,8 @@ const spendCounters = (account: string, model: string): SpendCounters => {
     cacheMiss: tokens("prompt_cache_miss"),
     completion: tokens("completion"),
     reasoning: tokens("reasoning"),
-    cost: labelled(costKey, { account, model })
+    cost: labelled(costKey, { account, model }),
+    unmetered: labelled(unmeteredKey, { account, model })
   }
 }
 
@@ -368,17 +384,14 @@ const spendCounters = (account: string, model: string): SpendCounters => {
  * adds no cost. Updated directly with the fiber's metric labels, as `Metric.incrementBy` would,
  * without its runtime steps: this runs on every attempt.
  */
-const countSpend = (
-  counters: SpendCounters,
-  tokens: TokenSplit,
-  pico: number | undefined,
-  labels: ReadonlyArray<MetricLabel.MetricLabel>
-): void => {
+const countSpend = (counters: SpendCounters, attempt: AttemptCost, labels: ReadonlyArray<MetricLabel.MetricLabel>): void => {
+  const { pico, tokens } = attempt
   counters.cacheHit.unsafeUpdate(tokens.cacheHit, labels)
   counters.cacheMiss.unsafeUpdate(tokens.cacheMiss, labels)
   counters.completion.unsafeUpdate(tokens.completion, labels)
   counters.reasoning.unsafeUpdate(tokens.reasoning, labels)
   if (pico !== undefined) counters.cost.unsafeUpdate(usdOfPico(pico), labels)
+  if (attempt.unmetered) counters.unmetered.unsafeUpdate(1, labels)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -428,7 +441,7 @@ export class Book {
   record(account: string, model: string, attempt: AttemptCost, labels: ReadonlyArray<MetricLabel.MetricLabel>): boolean {
     const cell = this.cellOf(account, model)
     cell.tally.add(attempt)
-    countSpend(cell.counters, attempt.tokens, attempt.pico, labels)
+    countSpend(cell.counters, attempt, labels)
     if (attempt.pico !== undefined) {
       this.spent.add(attempt.pico)
       return false
