@@ -101,7 +101,9 @@ export const buildOptions = (outdir: string): esbuild.BuildOptions & { readonly 
 
 /**
  * The launcher, `weatherproof.js` (package.json's `bin`): it sets V8's WebAssembly tier for the
- * command (app/cli/wasmTier.ts), then runs `main.cjs` through the compile cache.
+ * command (app/cli/wasmTier.ts), then runs `main.cjs` through the compile cache. It is CommonJS
+ * (`launcherPackage` says so for its directory): an ES module entry loads Node's ES module loader,
+ * some 6 ms of every start, and nothing of the CLI needs it.
  */
 const launcherOptions = (outdir: string): esbuild.BuildOptions => ({
   ...common,
@@ -109,9 +111,9 @@ const launcherOptions = (outdir: string): esbuild.BuildOptions => ({
     contents: [
       `import { load } from "./app/cli/compileCache.ts"`,
       `import { setWasmTier } from "./app/cli/wasmTier.ts"`,
-      `import { fileURLToPath } from "node:url"`,
-      `setWasmTier(process.argv.slice(2))`,
-      `const main = load(fileURLToPath(new URL("./main.cjs", import.meta.url)))`,
+      `import { join } from "node:path"`,
+      `setWasmTier(process.argv.slice(2), require)`,
+      `const main = load(join(__dirname, "main.cjs"))`,
       `;(main as typeof import("./bin/weatherproof.ts")).run()`
     ].join("\n"),
     resolveDir: repoRoot,
@@ -119,11 +121,14 @@ const launcherOptions = (outdir: string): esbuild.BuildOptions => ({
     loader: "ts"
   },
   outfile: NodePath.join(outdir, "weatherproof.js"),
-  format: "esm",
+  format: "cjs",
   banner: { js: "#!/usr/bin/env node" },
   sourcemap: "linked",
   sourcesContent: false
 })
+
+/** `dist/cli/package.json`: the package is ES modules; the launcher, `weatherproof.js`, beside it is CommonJS. */
+const launcherPackage = `${JSON.stringify({ type: "commonjs" })}\n`
 
 /** Defines what the sources read as `import.meta.url` in a CommonJS file. */
 const importMetaUrl = `var __importMetaUrl = require("node:url").pathToFileURL(__filename).href;`
@@ -167,6 +172,7 @@ export const bundleCli = async (outdir: string = defaultOutdir): Promise<esbuild
     await writeFile(path, text)
   }))
   await esbuild.build(launcherOptions(outdir))
+  await writeFile(NodePath.join(outdir, "package.json"), launcherPackage)
   await chmod(NodePath.join(outdir, "weatherproof.js"), 0o755)
   return built
 }

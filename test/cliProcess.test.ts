@@ -543,6 +543,27 @@ describe("weatherproof loads lazily", () => {
         expect(sources, source).not.toContain(source)
       }
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+
+  it.live("batch loads Node's builtins it uses before it sets V8's WebAssembly flag, which Node's code cache of them is made without", () =>
+    Effect.gen(function*() {
+      const ws = yield* setup(2, { queueDelay: "1 millis" })
+      const preload = NodePath.join(build, "record-builtins.cjs")
+      const log = NodePath.join(build, `builtins-${Date.now()}.json`)
+      NodeFs.writeFileSync(
+        preload,
+        `const v8 = require("node:v8")\n` +
+          `const setFlagsFromString = v8.setFlagsFromString\n` +
+          `let flags = [], from\n` +
+          `v8.setFlagsFromString = (flag) => { flags.push(flag); from ??= process.moduleLoadList.length; return setFlagsFromString(flag) }\n` +
+          `process.on("exit", () => require("node:fs").writeFileSync(${JSON.stringify(log)}, JSON.stringify({ flags, ` +
+          `after: process.moduleLoadList.slice(from).filter((m) => m.startsWith("NativeModule ") && !m.includes("internal/")) })))\n`
+      )
+      const ended = yield* start(["batch", ws.input, "-o", ws.output], ws.env, ["--require", preload]).ended(20_000)
+      expect(ended.code).toBe(0)
+      const { after, flags } = JSON.parse(NodeFs.readFileSync(log, "utf8"))
+      expect(flags).toEqual(["--liftoff-only"])
+      expect(after).toEqual([])
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
 })
 
 describe("weatherproof keeps its compilation between runs", () => {
