@@ -498,24 +498,28 @@ describe.skipIf(!scriptPresent)(inTerminalTitle, () => {
 })
 
 describe("weatherproof loads lazily", () => {
+  /** A script `name` the CLI is started with (`--require`), writing what it records to `log`. */
+  const recorder = (name: string, source: (log: string) => string) => {
+    const preload = NodePath.join(build, `${name}.cjs`)
+    const log = NodePath.join(build, `${name}-${Date.now()}.log`)
+    NodeFs.writeFileSync(preload, source(JSON.stringify(log)))
+    return { nodeOptions: ["--require", preload], log }
+  }
+
   /**
    * The sources (files of this checkout, files of packages) in the bundle's files a run of the CLI
    * loaded: the launcher reads each file it runs (app/cli/compileCache.ts), and a preload logs the reads.
    */
   const loaded = (args: ReadonlyArray<string>, env: Record<string, string> = {}) =>
     Effect.gen(function*() {
-      const preload = NodePath.join(build, "record-reads.cjs")
-      const log = NodePath.join(build, `reads-${Date.now()}.txt`)
-      NodeFs.writeFileSync(
-        preload,
+      const { log, nodeOptions } = recorder("record-reads", (log) =>
         `const fs = require("node:fs")\n` +
-          `const readFileSync = fs.readFileSync\n` +
-          `fs.readFileSync = (file, ...rest) => {\n` +
-          `  if (typeof file === "string") fs.appendFileSync(${JSON.stringify(log)}, file + "\\n")\n` +
-          `  return readFileSync(file, ...rest)\n}\n` +
-          `require("node:module").syncBuiltinESMExports()\n`
-      )
-      const ended = yield* start(args, env, ["--require", preload]).ended(20_000)
+        `const readFileSync = fs.readFileSync\n` +
+        `fs.readFileSync = (file, ...rest) => {\n` +
+        `  if (typeof file === "string") fs.appendFileSync(${log}, file + "\\n")\n` +
+        `  return readFileSync(file, ...rest)\n}\n` +
+        `require("node:module").syncBuiltinESMExports()\n`)
+      const ended = yield* start(args, env, nodeOptions).ended(20_000)
       const files = new Set(NodeFs.readFileSync(log, "utf8").split("\n"))
       return { ended, sources: [...files].flatMap((file) => sourcesByFile.get(file) ?? []).join("\n") }
     })
@@ -547,18 +551,14 @@ describe("weatherproof loads lazily", () => {
   it.live("batch loads Node's builtins it uses before it sets V8's WebAssembly flag, which Node's code cache of them is made without", () =>
     Effect.gen(function*() {
       const ws = yield* setup(2, { queueDelay: "1 millis" })
-      const preload = NodePath.join(build, "record-builtins.cjs")
-      const log = NodePath.join(build, `builtins-${Date.now()}.json`)
-      NodeFs.writeFileSync(
-        preload,
+      const { log, nodeOptions } = recorder("record-builtins", (log) =>
         `const v8 = require("node:v8")\n` +
-          `const setFlagsFromString = v8.setFlagsFromString\n` +
-          `let flags = [], from\n` +
-          `v8.setFlagsFromString = (flag) => { flags.push(flag); from ??= process.moduleLoadList.length; return setFlagsFromString(flag) }\n` +
-          `process.on("exit", () => require("node:fs").writeFileSync(${JSON.stringify(log)}, JSON.stringify({ flags, ` +
-          `after: process.moduleLoadList.slice(from).filter((m) => m.startsWith("NativeModule ") && !m.includes("internal/")) })))\n`
-      )
-      const ended = yield* start(["batch", ws.input, "-o", ws.output], ws.env, ["--require", preload]).ended(20_000)
+        `const setFlagsFromString = v8.setFlagsFromString\n` +
+        `let flags = [], from\n` +
+        `v8.setFlagsFromString = (flag) => { flags.push(flag); from ??= process.moduleLoadList.length; return setFlagsFromString(flag) }\n` +
+        `process.on("exit", () => require("node:fs").writeFileSync(${log}, JSON.stringify({ flags, ` +
+        `after: process.moduleLoadList.slice(from).filter((m) => m.startsWith("NativeModule ") && !m.includes("internal/")) })))\n`)
+      const ended = yield* start(["batch", ws.input, "-o", ws.output], ws.env, nodeOptions).ended(20_000)
       expect(ended.code).toBe(0)
       const { after, flags } = JSON.parse(NodeFs.readFileSync(log, "utf8"))
       expect(flags).toEqual(["--liftoff-only"])
