@@ -139,6 +139,24 @@ describe("weatherproof serve, metrics and traces", () => {
       expect(pool.flatMap((status) => status.models)).toEqual([])
     }))
 
+  it.scopedLive("an attempt cut in transit before its usage arrived is counted unmetered, on /metrics and the status page's feed", () =>
+    Effect.gen(function*() {
+      // The first accepted request's body is cut half-way; the retry answers.
+      const sim = yield* Simulator.make({ accounts: { cut: { keys: ["sk-sim-account-cut"] } }, faults: { script: ["cut"] } })
+      const gateway = yield* startGateway([account("cut", sim.baseUrl, ["sk-sim-account-cut"])])
+      const answer = yield* attempt(() => openai(gateway.url).chat.completions.create({ model, messages: ask("cut me") }))
+      expect(answer.choices[0]?.message.content).toBe("echo:cut me")
+      const { text } = yield* scrape(gateway.url)
+      expect(valueOf(text, `weatherproof_unmetered_attempts_total{account="cut",model="${model}"}`)).toBe(1)
+      // The page's samples are taken every second: the next one has it.
+      const lastSample = attempt(async () => ((await (await fetch(`${gateway.url}/status.json`)).json()).samples.at(-1)))
+      const sampled = yield* lastSample.pipe(
+        Effect.filterOrFail((sample) => sample?.models.some((m: { account: string }) => m.account === "cut")),
+        Effect.retry(Schedule.intersect(Schedule.spaced("100 millis"), Schedule.recurs(50)))
+      )
+      expect(sampled.models).toContainEqual(expect.objectContaining({ account: "cut", model, unmetered: 1 }))
+    }))
+
   it.scopedLive("a request whose client disconnected before its answer counts as client_closed, a completion's and a stream's", () =>
     Effect.gen(function*() {
       /** Holds the request until the gateway gives it up; a stream's first content goes out first. */

@@ -117,7 +117,8 @@ function spendTable(latest) {
   body.replaceChildren(...latest.models.map((m) => $("tr", {},
     $("td", {}, m.account), $("td", {}, m.model), $("td", {}, usd(m.costUsd)),
     $("td", {}, String(m.tokens.prompt_cache_hit || 0)), $("td", {}, String(m.tokens.prompt_cache_miss || 0)),
-    $("td", {}, String(m.tokens.completion || 0)), $("td", {}, String(m.tokens.reasoning || 0)))));
+    $("td", {}, String(m.tokens.completion || 0)), $("td", {}, String(m.tokens.reasoning || 0)),
+    $("td", {}, String(m.unmetered)))));
 }
 
 function lanesTable(latest) {
@@ -225,7 +226,7 @@ export const html = `<!doctype html>
 <section class="card">
 <h2>spend by account and model</h2>
 <table id="spend">
-<thead><tr><th>account</th><th>model</th><th>USD</th><th>cache hit</th><th>cache miss</th><th>completion</th><th>reasoning</th></tr></thead>
+<thead><tr><th>account</th><th>model</th><th>USD</th><th>cache hit</th><th>cache miss</th><th>completion</th><th>reasoning</th><th title="attempts billed for output whose usage never arrived (cut in transit): not in the USD and tokens">cut, usage unknown</th></tr></thead>
 <tbody></tbody>
 </table>
 </section>

@@ -50,6 +50,8 @@ export interface ModelSpend {
   readonly costUsd: number
   /** By kind: `prompt_cache_hit`, `prompt_cache_miss`, `completion` (reasoning included), `reasoning`. */
   readonly tokens: Readonly<Record<string, number>>
+  /** Attempts billed for output whose usage never arrived (cut in transit): not in `costUsd` and `tokens`. */
+  readonly unmetered: number
 }
 
 export interface Sample {
@@ -101,16 +103,19 @@ const valueOf = (pair: MetricPair.MetricPair.Untyped): number => {
   return MetricState.isGaugeState(state) ? Number(state.value) : MetricState.isCounterState(state) ? Number(state.count) : 0
 }
 
-/** Tokens and cost by (account, model), from the registry. */
+/** Tokens, cost and unmetered attempts by (account, model), from the registry. */
 const spendOf = (pairs: ReadonlyArray<MetricPair.MetricPair.Untyped>): ReadonlyArray<ModelSpend> => {
-  const spend = new Map<string, { account: string; model: string; costUsd: number; tokens: Record<string, number> }>()
+  const spend = new Map<
+    string,
+    { account: string; model: string; costUsd: number; tokens: Record<string, number>; unmetered: number }
+  >()
   const entryOf = (pair: MetricPair.MetricPair.Untyped) => {
     const account = tagOf(pair, "account") ?? ""
     const model = tagOf(pair, "model") ?? ""
     const key = `${account}\u0000${model}`
     let entry = spend.get(key)
     if (entry === undefined) {
-      entry = { account, model, costUsd: 0, tokens: {} }
+      entry = { account, model, costUsd: 0, tokens: {}, unmetered: 0 }
       spend.set(key, entry)
     }
     return entry
@@ -124,6 +129,9 @@ const spendOf = (pairs: ReadonlyArray<MetricPair.MetricPair.Untyped>): ReadonlyA
       }
       case "weatherproof_cost_usd":
         entryOf(pair).costUsd = valueOf(pair)
+        break
+      case "weatherproof_unmetered_attempts":
+        entryOf(pair).unmetered = valueOf(pair)
         break
     }
   }
