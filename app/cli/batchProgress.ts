@@ -154,10 +154,10 @@ const noFailures: Telemetry.Counts = { failedAttempts: 0, rateLimited: 0, retrie
  * for an account, or in the upstream's queue), what its attempts failed with meanwhile, and
  * whether no account of its pool can serve.
  *
- * The reporter is made before the run's client (see `withProgress`); it reads the client's
- * `Batch.TelemetryCounts` and `AccountPool` from the run that reports to it, fresh at each line,
- * since no report may come for minutes. The counts start at zero with the client, which a run
- * builds for itself.
+ * The reporter is made before the run's client (see `withProgress`): it takes the client's
+ * `Batch.TelemetryCounts` and `AccountPool` from the run's first report, and reads them at each
+ * line, since no report may come for minutes. The counts start at zero with the client, which a
+ * run builds for itself.
  */
 export const progressLines = (
   every: Duration.DurationInput

@@ -30,7 +30,7 @@ const sendingCommands: ReadonlySet<string | undefined> = new Set(["batch", "demo
  * `process.moduleLoadList` lists them, and `dns`, for an upstream named by its host name. One
  * missing here only loads later; the demo's simulator loads a few more.
  */
-export const builtinsOfRequests: ReadonlyArray<string> = [
+const builtinsOfRequests: ReadonlyArray<string> = [
   "assert",
   "diagnostics_channel",
   "dns",

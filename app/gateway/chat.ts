@@ -535,7 +535,9 @@ export const make = (settings: Settings, traffic: Traffic) =>
     const handle: Effect.Effect<HttpServerResponse.HttpServerResponse, never, HttpServerRequest.HttpServerRequest | Scope.Scope> =
       Effect.suspend(() => {
         if (traffic.draining) {
-          return counted(failed(Cause.fail(new ShuttingDown())), (status) => traffic.answered(status)).pipe(Effect.map(HttpServerResponse.setHeader("connection", "close")))
+          return counted(failed(Cause.fail(new ShuttingDown())), (status) => traffic.answered(status)).pipe(
+            Effect.map(HttpServerResponse.setHeader("connection", "close"))
+          )
         }
         return Effect.zipRight(entered, Effect.flatMap(HttpServerRequest.HttpServerRequest, answerTo))
       })
