@@ -100,8 +100,8 @@ export const buildOptions = (outdir: string): esbuild.BuildOptions & { readonly 
 })
 
 /**
- * The launcher, `weatherproof.js` (package.json's `bin`): it sets V8's WebAssembly tier for the
- * command (app/cli/wasmTier.ts), then runs `main.cjs` through the compile cache. It is CommonJS
+ * The launcher, `weatherproof.js` (package.json's `bin`): it sets V8's compiler tiers for the
+ * command (app/cli/v8Tiers.ts), then runs `main.cjs` through the compile cache. It is CommonJS
  * (`launcherPackage` says so for its directory): an ES module entry loads Node's ES module loader,
  * some 6 ms of every start, and nothing of the CLI needs it.
  */
@@ -110,9 +110,9 @@ const launcherOptions = (outdir: string): esbuild.BuildOptions => ({
   stdin: {
     contents: [
       `import { load } from "./app/cli/compileCache.ts"`,
-      `import { setWasmTier } from "./app/cli/wasmTier.ts"`,
+      `import { setV8Tiers } from "./app/cli/v8Tiers.ts"`,
       `import { join } from "node:path"`,
-      `setWasmTier(process.argv.slice(2), require)`,
+      `setV8Tiers(process.argv.slice(2), require)`,
       `const main = load(join(__dirname, "main.cjs"))`,
       `;(main as typeof import("./bin/weatherproof.ts")).run()`
     ].join("\n"),

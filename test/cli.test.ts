@@ -10,7 +10,7 @@ import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
 import { drawsProgress, progressLines } from "../app/cli/batchProgress.js"
 import { styled } from "../app/cli/plainText.js"
-import { wasmFlags } from "../app/cli/wasmTier.js"
+import { v8Flags } from "../app/cli/v8Tiers.js"
 import { layerNone } from "../app/cli/signals.js"
 import { main } from "../bin/weatherproof.js"
 import * as AccountPool from "../src/AccountPool.js"
@@ -607,12 +607,20 @@ describe("weatherproof batch deadlines", () => {
     }).pipe(Effect.provide(NodeContext.layer)))
 })
 
-describe("weatherproof's WebAssembly tier", () => {
-  it("is the baseline for a command that ends, V8's default for serve", () => {
-    expect(wasmFlags(["batch", "in.jsonl", "-o", "out.jsonl"])).toEqual(["--liftoff-only"])
-    expect(wasmFlags(["demo"])).toEqual(["--liftoff-only"])
-    expect(wasmFlags(["--version"])).toEqual(["--liftoff-only"])
-    expect(wasmFlags(["serve", "--port", "8787"])).toEqual([])
-    expect(wasmFlags(["serve", "--help"])).toEqual([])
+describe("weatherproof's V8 tiers", () => {
+  const node20 = "11.3.244.8-node.33"
+  const tuned = ["--liftoff-only", "--interrupt-budget=16896"]
+
+  it("are WebAssembly's baseline and JavaScript optimised sooner for a command that ends, V8's defaults for serve", () => {
+    expect(v8Flags(["batch", "in.jsonl", "-o", "out.jsonl"], node20)).toEqual(tuned)
+    expect(v8Flags(["demo"], node20)).toEqual(tuned)
+    expect(v8Flags(["--version"], node20)).toEqual(tuned)
+    expect(v8Flags(["serve", "--port", "8787"], node20)).toEqual([])
+    expect(v8Flags(["serve", "--help"], node20)).toEqual([])
+  })
+
+  it("keep the interrupt budget of a V8 other than the one it was measured on", () => {
+    expect(v8Flags(["batch", "in.jsonl", "-o", "out.jsonl"], "12.4.254.21-node.33")).toEqual(["--liftoff-only"])
+    expect(v8Flags(["serve"], "12.4.254.21-node.33")).toEqual([])
   })
 })
