@@ -619,6 +619,12 @@ describe("weatherproof's V8 tiers", () => {
     expect(v8Flags(["serve", "--help"], node20)).toEqual([])
   })
 
+  it("know the command after a built-in option and its value", () => {
+    expect(v8Flags(["--log-level", "debug", "serve", "--port", "8787"], node20)).toEqual([])
+    expect(v8Flags(["--log-level=debug", "serve"], node20)).toEqual([])
+    expect(v8Flags(["--log-level", "debug", "batch", "in.jsonl", "-o", "out.jsonl"], node20)).toEqual(tuned)
+  })
+
   it("keep the interrupt budget of a V8 other than the one it was measured on", () => {
     expect(v8Flags(["batch", "in.jsonl", "-o", "out.jsonl"], "12.4.254.21-node.33")).toEqual(["--liftoff-only"])
     expect(v8Flags(["serve"], "12.4.254.21-node.33")).toEqual([])

@@ -36,8 +36,12 @@ export const v8Flags = (args: ReadonlyArray<string>, v8Version: string): Readonl
     : ["--liftoff-only"]
 }
 
-/** The subcommand: the first argument that is not an option. */
-const commandOf = (args: ReadonlyArray<string>): string | undefined => args.find((arg) => !arg.startsWith("-"))
+/** @effect/cli's built-in options that take a value as the next argument, before the subcommand. */
+const optionsWithValue: ReadonlySet<string> = new Set(["--log-level", "--completions"])
+
+/** The subcommand: the first argument that is neither an option nor the value of one. */
+const commandOf = (args: ReadonlyArray<string>): string | undefined =>
+  args.find((arg, i) => !arg.startsWith("-") && !(i > 0 && optionsWithValue.has(args[i - 1]!)))
 
 /** The commands that send requests and end. */
 const sendingCommands: ReadonlySet<string | undefined> = new Set(["batch", "demo"])
