@@ -9,8 +9,9 @@
  * - JavaScript optimised sooner: a quarter of V8 11.3's interrupt budget (67,584 bytes of bytecode
  *   run before a function is looked at for optimisation). A batch runs the same calls thousands of
  *   times, through the Effect runtime's many small functions; measured on Node 20 (5,000 and 20,000
- *   requests to a loopback upstream), the whole run takes some 10 % less CPU, for some 15 ms more
- *   before the first request. Other V8 versions tier differently and keep their default.
+ *   requests to a loopback upstream), the whole run takes 5-12 % less CPU, for 10-17 ms more
+ *   before its first request (docs/benchmarks.md, "V8's interrupt budget"). Other V8 versions
+ *   tier differently and keep their default.
  *
  * The launcher (scripts/bundleCli.ts) sets them before it compiles the bundle's files: V8 reads
  * the WebAssembly flag when it compiles a module, and keys its code cache (app/cli/compileCache.ts)
