@@ -3,7 +3,9 @@
  * in, a JSONL file of results out, one result line per request line.
  *
  * - Input lines are `{"custom_id","method":"POST","url":"/v1/chat/completions","body":{…}}`
- *   (`/chat/completions` is accepted too). The file is streamed; blank lines are ignored.
+ *   (`/chat/completions` is accepted too). The file is streamed; blank lines are ignored. The
+ *   input may be a pipe or a FIFO (`/dev/stdin`, a shell's `<(…)`): it is then read once, in
+ *   order, and its progress has no total.
  * - A line may carry its own `deadlines` next to `custom_id` (`{"firstContent": "20s", "idle":
  *   "1m", "total": "10m"}`, each optional, durations as `500ms`, `30s`, `2m`, `1h`), which
  *   override the run's for its calls: per-workload timeouts in one file.
@@ -221,8 +223,8 @@ export interface AccountSummary extends Spend {
  * @category models
  */
 export interface Progress {
-  /** Request lines in the input. */
-  readonly total: number
+  /** Request lines in the input; `undefined` for an input read once (a pipe), never counted. */
+  readonly total: number | undefined
   readonly succeeded: number
   readonly failed: number
   readonly skipped: number
@@ -298,7 +300,8 @@ export interface Options {
   readonly callOptions?: CallOptions | undefined
   /**
    * Called once the input's lines are counted (read once more, beside the run: the first line
-   * does not wait for it), then after every line.
+   * does not wait for it), then after every line; for an input read once (a pipe), after every
+   * line, with no total.
    */
   readonly onProgress?: ((progress: Progress) => Effect.Effect<void>) | undefined
   /**
@@ -488,23 +491,24 @@ const outputError = (path: string) => (error: PlatformError | { readonly message
   new BatchError({ file: "output", path, message: `cannot write output ${path}: ${describe(error)}` })
 
 /**
- * The real path of the output (see `Files.resolveOutput`), once the input is known readable and
- * not the output itself (compaction would eat it).
+ * The real path of the output (see `Files.resolveOutput`) and how the input is read, once the
+ * input is known readable and not the output itself (compaction would eat it).
  */
 const resolvePaths = (fs: FileSystem.FileSystem, input: string, output: string) =>
   Effect.gen(function*() {
     // Side by side (each resolution is a file-system call per path component, on the thread
     // pool); a problem with the input is told first.
     const [inputResolved, outputResolved] = yield* Effect.all([
-      Effect.zipRight(fs.access(input, { readable: true }), fs.realPath(input)).pipe(Effect.mapError(inputError(input))),
+      Effect.zipRight(fs.access(input, { readable: true }), Effect.all([fs.realPath(input), Files.inputKind(fs, input)]))
+        .pipe(Effect.mapError(inputError(input))),
       Files.resolveOutput(fs, output).pipe(Effect.mapError(outputError(output)))
     ], { concurrency: 2, mode: "either" })
-    const inputReal = yield* inputResolved
+    const [inputReal, inputKind] = yield* inputResolved
     const outputReal = yield* outputResolved
     if (inputReal === outputReal) {
       return yield* new BatchError({ file: "output", path: output, message: `the output file ${output} is the input file` })
     }
-    return outputReal
+    return { output: outputReal, inputKind }
   })
 
 /** Takes `<real output>.lock` for the run's scope; another run's lock fails with `OutputLocked`. */
@@ -739,7 +743,7 @@ export const run = (options: Options): Effect.Effect<Summary, BatchError | Outpu
     const fs = yield* FileSystem.FileSystem
     const { input } = options
 
-    const output = yield* resolvePaths(fs, input, options.output)
+    const { inputKind, output } = yield* resolvePaths(fs, input, options.output)
     yield* lockOutput(fs, options.output, output)
     yield* refuseReadOnly(fs, options.output, output)
     const before = yield* readings
@@ -761,17 +765,20 @@ export const run = (options: Options): Effect.Effect<Summary, BatchError | Outpu
     const scrub = Option.match(yield* Effect.serviceOption(AccountPool), { onNone: () => scrubSecrets, onSome: (pool) => pool.scrub })
     const send = sender(yield* Resilient, yield* Router, options.callOptions ?? { priority: "batch" }, nextId, scrub)
     let tally = emptyTally
-    // The input is counted beside the run, not before its first line (a large one takes seconds):
-    // progress is reported once the count is known, then after every line.
+    // A file is counted beside the run, not before its first line (a large one takes seconds):
+    // progress is reported once the count is known, then after every line. An input read once
+    // cannot be counted: its progress, with no total, is reported from the first line.
     let total: number | undefined
+    let reporting = inputKind === "once"
     const report = (t: Tally) =>
-      total === undefined || options.onProgress === undefined
+      !reporting || options.onProgress === undefined
         ? Effect.void
         : options.onProgress({ total, succeeded: t.succeeded, failed: t.failed, skipped: t.skipped })
-    if (options.onProgress !== undefined) {
+    if (options.onProgress !== undefined && inputKind === "file") {
       yield* Effect.forkScoped(Effect.flatMap(Effect.option(Files.countLines(fs, input)), (counted) => {
         if (Option.isNone(counted)) return Effect.void
         total = counted.value
+        reporting = true
         return report(tally)
       }))
     }
@@ -829,7 +836,7 @@ export const run = (options: Options): Effect.Effect<Summary, BatchError | Outpu
             )
         }
       }
-      yield* Files.lines(fs, input).pipe(
+      yield* Files.lines(fs, input, inputKind).pipe(
         Stream.interruptWhen(Deferred.await(stopped)),
         Stream.runForEach((line) => take(decide(Lines.parseInputLine(line)))),
         Effect.catchAll((error) => abort(inputError(input)(error), stops.stop))

@@ -14,6 +14,7 @@ import * as Ref from "effect/Ref"
 import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
 import { spawnSync } from "node:child_process"
+import * as NodeFs from "node:fs"
 import { hostname } from "node:os"
 import { emptyPartial, InvalidRequest, KeyRejected, RateLimited, ServerError, StreamTruncated } from "../src/ApiError.js"
 import * as AccountPool from "../src/AccountPool.js"
@@ -458,6 +459,36 @@ describe("Batch.run", () => {
       expect(seen.every((p) => p.total === 3)).toBe(true)
       expect(seen[0]!.succeeded).toBe(0)
       expect(seen[seen.length - 1]).toEqual({ total: 3, succeeded: 2, failed: 1, skipped: 0 })
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it.scoped("reads a pipe once, in order, and reports its progress from the first line, with no total", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      const fifo = `${ws.input}.fifo`
+      expect(spawnSync("mkfifo", [fifo]).status).toBe(0)
+      const requests = Array.from({ length: 50 }, (_, i) => request(`r${i}`))
+      // The writer opens the FIFO when the run does, and writes it in pieces that split lines.
+      const text = [...requests, "oops"].map((line) => `${line}\n`).join("")
+      const writing = Effect.promise(() =>
+        new Promise<void>((resolve, reject) => {
+          const out = NodeFs.createWriteStream(fifo)
+          out.on("error", reject)
+          for (let at = 0; at < text.length; at += 997) out.write(text.slice(at, at + 997))
+          out.end(resolve)
+        })
+      )
+      const seen: Array<Batch.Progress> = []
+      const onProgress: Batch.Options["onProgress"] = (p) => Effect.sync(() => seen.push(p))
+      const [{ calls, summary }] = yield* Effect.all([runWith(ok, { ...ws, input: fifo, onProgress }), writing], {
+        concurrency: 2
+      })
+      expect(calls).toBe(50)
+      expect(summary).toMatchObject({ requests: 51, succeeded: 50, failed: 1, failures: { invalid_line: 1 } })
+      const lines = yield* ws.readOutput
+      expect(new Set(lines.map((l) => l.custom_id))).toEqual(new Set([...requests.map((_, i) => `r${i}`), "line-51"]))
+      expect(seen).toHaveLength(51)
+      expect(seen.every((p) => p.total === undefined)).toBe(true)
+      expect(seen[seen.length - 1]).toEqual({ total: undefined, succeeded: 50, failed: 1, skipped: 0 })
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
   // Line kinds of a generated input: a request (answered or failed by the double), a malformed

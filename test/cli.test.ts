@@ -436,6 +436,15 @@ describe("weatherproof's progress lines", () => {
       expect(lines[1]).toBe("weatherproof: 6 of 10 lines done (3 ok, 1 failed, 2 skipped) in 3m")
     }))
 
+  it.scoped("with no total (an input read once, a pipe), say how many lines are done", () =>
+    Effect.gen(function*() {
+      const lines: Array<string> = []
+      const report = yield* progressLinesInto(lines, "1 minute")
+      yield* report({ total: undefined, succeeded: 5, failed: 1, skipped: 0 })
+      yield* TestClock.adjust("1 minute")
+      expect(lines).toEqual(["weatherproof: 6 lines done (5 ok, 1 failed, 0 skipped) in 1m"])
+    }))
+
   it.scoped("at an interval under a second, say it in milliseconds", () =>
     Effect.gen(function*() {
       const lines: Array<string> = []

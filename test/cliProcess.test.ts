@@ -186,6 +186,25 @@ describe("weatherproof batch as a process", () => {
       expect({ completed: stats.completed, ok: stats.byStatus[200] }).toEqual({ completed: 2, ok: 3 })
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
 
+  it.live("reads its input from a FIFO (a shell's <(…) is a pipe too): every line answered, progress lines counting the lines done", () =>
+    Effect.gen(function*() {
+      const ws = yield* setup(30, { queueDelay: "20 millis" })
+      const fifo = `${ws.dir}/in.fifo`
+      expect(spawnSync("mkfifo", [fifo]).status).toBe(0)
+      const text = yield* ws.fs.readFileString(ws.input)
+      const args = ["batch", fifo, "--output", ws.output, "--concurrency", "4", "--progress-every", "100ms"]
+      const running = start(args, ws.env)
+      // Opening the FIFO to write waits for the CLI to open it to read.
+      yield* Effect.promise(() => NodeFs.promises.writeFile(fifo, text))
+      const ended = yield* running.ended(20_000)
+      expect(ended.stderr).not.toContain("ESPIPE")
+      expect(ended.code).toBe(0)
+      const lines = yield* ws.readOutput
+      expect(new Set(lines.map((line) => line.custom_id)).size).toBe(30)
+      expect(lines.every((line) => line.error === null)).toBe(true)
+      expect(ended.stderr).toMatch(/weatherproof: \d+ lines done \(\d+ ok, 0 failed, 0 skipped\) in \d+ms/)
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+
   it.live("takes over a stale lock of a process that is gone, saying so on stderr", () =>
     Effect.gen(function*() {
       const ws = yield* setup(3, { queueDelay: "1 millis" })

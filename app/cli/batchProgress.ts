@@ -12,7 +12,11 @@ import { AccountPool, type AccountStatus, type Service as Pool, stateText } from
 import { type Progress, TelemetryCounts } from "../../src/Batch.js"
 import type * as Telemetry from "../../src/Telemetry.js"
 
-const format = "{bar} {percentage}% | {value}/{total} lines | {succeeded} ok, {failed} failed, {skipped} skipped | {duration_formatted}"
+const counts = "{succeeded} ok, {failed} failed, {skipped} skipped | {duration_formatted}"
+
+/** The bar's format: with no total (an input read once, a pipe), the lines done and no bar. */
+const formatOf = (total: number | undefined): string =>
+  total === undefined ? `{value} lines done | ${counts}` : `{bar} {percentage}% | {value}/{total} lines | ${counts}`
 
 /**
  * The bar's width in a terminal of `columns` (80 where it tells none, as cli-progress reads it):
@@ -44,17 +48,18 @@ export const progressBar = (
       const cliProgress = (yield* Effect.promise(() => import("cli-progress"))).default
       // `linewrap`: the bar is cut to the terminal's width by cli-progress, rather than the
       // terminal's wrapping turned off for the run, which would cut every warning written beside it.
-      const options = { stream, format, hideCursor: true, linewrap: true, barsize: barWidth(stream.columns) }
-      const bar = yield* Effect.acquireRelease(
-        Effect.sync(() => new cliProgress.SingleBar(options, cliProgress.Presets.shades_classic)),
-        (bar) => Effect.sync(() => bar.stop())
-      )
+      // Made at the first report, whose total (or none) sets its format.
+      let bar: InstanceType<typeof cliProgress.SingleBar> | undefined
+      yield* Effect.addFinalizer(() => Effect.sync(() => bar?.stop()))
       return (progress: Progress) =>
         Effect.sync(() => {
           const done = progress.succeeded + progress.failed + progress.skipped
           const payload = { succeeded: progress.succeeded, failed: progress.failed, skipped: progress.skipped }
-          if (bar.isActive) bar.update(done, payload)
-          else bar.start(progress.total, done, payload)
+          if (bar !== undefined) return bar.update(done, payload)
+          const format = formatOf(progress.total)
+          const options = { stream, format, hideCursor: true, linewrap: true, barsize: barWidth(stream.columns) }
+          bar = new cliProgress.SingleBar(options, cliProgress.Presets.shades_classic)
+          bar.start(progress.total ?? 0, done, payload)
         })
     })
 
@@ -76,11 +81,14 @@ const besideTheBar = (console: Console.Console, stream: NodeJS.WriteStream): Con
 /** How often a run with no bar says how far it got (`--progress-every`). */
 export const defaultProgressEvery: Duration.Duration = Duration.minutes(1)
 
-/** `progress` as a line: `1200 of 5000 lines done (1190 ok, 10 failed, 0 skipped) in 2m 5s`. */
+/**
+ * `progress` as a line: `1200 of 5000 lines done (1190 ok, 10 failed, 0 skipped) in 2m 5s`; with
+ * no total (an input read once, a pipe), `1200 lines done (…)`.
+ */
 export const progressLine = (progress: Progress, elapsedMillis: number): string =>
-  `weatherproof: ${progress.succeeded + progress.failed + progress.skipped} of ${progress.total} lines done (${progress.succeeded} ok, ${progress.failed} failed, ${progress.skipped} skipped) in ${
-    elapsedText(elapsedMillis)
-  }`
+  `weatherproof: ${progress.succeeded + progress.failed + progress.skipped}${
+    progress.total === undefined ? "" : ` of ${progress.total}`
+  } lines done (${progress.succeeded} ok, ${progress.failed} failed, ${progress.skipped} skipped) in ${elapsedText(elapsedMillis)}`
 
 /** `2m 5s` in whole seconds; `500ms` under a second (`--progress-every 500ms`). */
 const elapsedText = (millis: number): string =>

@@ -2,14 +2,16 @@
  * The files of a batch: the input read as a stream of lines, the output resolved to the file it
  * really is, locked for one run at a time, compacted for resume, then appended to by one writer.
  */
+import * as NodeStream from "@effect/platform-node/NodeStream"
+import { type PlatformError, SystemError } from "@effect/platform/Error"
 import * as FileSystem from "@effect/platform/FileSystem"
-import type { PlatformError } from "@effect/platform/Error"
 import * as Chunk from "effect/Chunk"
 import * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
+import * as NodeFs from "node:fs"
 import { hostname } from "node:os"
 import * as NodePath from "node:path"
 import type { LockHolder } from "../Batch.js"
@@ -152,9 +154,36 @@ export const splitLines = <E, R>(
     )
   })
 
-/** The non-blank lines of a file, streamed (the file is never held whole in memory). */
-export const lines = (fs: FileSystem.FileSystem, path: string): Stream.Stream<NumberedLine, PlatformError> =>
-  splitLines(fs.stream(path))
+/**
+ * How an input is read: a regular file from any position, as often as needed (`"file"`); a pipe,
+ * a FIFO or a terminal (`/dev/stdin`, a shell's `<(…)`) once, in order (`"once"`).
+ */
+export type InputKind = "file" | "once"
+
+/** The `InputKind` of `path`, as its target is (symlinks followed). */
+export const inputKind = (fs: FileSystem.FileSystem, path: string): Effect.Effect<InputKind, PlatformError> =>
+  Effect.map(fs.stat(path), (info) => info.type === "File" ? "file" : "once")
+
+/** The bytes of an input read once, in order: positional reads, as `FileSystem.stream` makes, fail on a pipe. */
+const readOnce = (path: string): Stream.Stream<Uint8Array, PlatformError> =>
+  NodeStream.fromReadable(
+    () => NodeFs.createReadStream(path),
+    (error) =>
+      new SystemError({
+        module: "FileSystem",
+        method: "stream",
+        reason: "Unknown",
+        pathOrDescriptor: path,
+        description: error instanceof Error ? error.message : String(error)
+      })
+  )
+
+/** The non-blank lines of an input, streamed (never held whole in memory). */
+export const lines = (
+  fs: FileSystem.FileSystem,
+  path: string,
+  kind: InputKind = "file"
+): Stream.Stream<NumberedLine, PlatformError> => splitLines(kind === "file" ? fs.stream(path) : readOnce(path))
 
 /** How many non-blank lines a file has (a first pass, for a progress bar's total). */
 export const countLines = (fs: FileSystem.FileSystem, path: string): Effect.Effect<number, PlatformError> =>
