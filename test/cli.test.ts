@@ -234,7 +234,7 @@ describe("weatherproof CLI", () => {
       for (const args of [["-", "--output", output], ["--output", output, "-"], [input, "-o", "-"]]) {
         const result = yield* runCli(["batch", ...args], env)
         expect(result.code).toBe(2)
-        expect(result.stderr).toContain("weatherproof: batch reads its input from a file and writes its output to one, not `-`")
+        expect(result.stderr).toContain("weatherproof: batch takes its input and its output by path, not `-`")
       }
       expect((yield* simulator.stats).requests).toBe(0)
       expect(yield* fs.exists(output)).toBe(false)

@@ -61,7 +61,7 @@ export const file = (name: string) => Options.text(name).pipe(Options.withPseudo
 export const batchDashProblem = (argv: ReadonlyArray<string>): string | undefined => {
   const command = argv.findIndex((arg, i) => i >= 2 && !arg.startsWith("-"))
   return argv[command] === "batch" && argv.slice(command + 1).includes("-")
-    ? "batch reads its input from a file and writes its output to one, not `-` (standard input or output): a stopped batch resumes by reading its input again and skipping the lines its output holds; save the input to a file first"
+    ? "batch takes its input and its output by path, not `-` (standard input or output): a stopped batch resumes by reading its input again and skipping the lines its output holds; give a file, or a pipe by its path (/dev/stdin, <(…)), which a resume must give again"
     : undefined
 }
 
