@@ -9,7 +9,7 @@
  * - JavaScript optimised sooner: a quarter of V8 11.3's interrupt budget (67,584 bytes of bytecode
  *   run before a function is looked at for optimisation). A batch runs the same calls thousands of
  *   times, through the Effect runtime's many small functions; measured on Node 20 (5,000 and 20,000
- *   requests to a loopback upstream), the whole run takes 5-12 % less CPU, for 10-17 ms more
+ *   requests to a loopback upstream), the whole run takes 5-12 % less CPU, for 9-17 ms more
  *   before its first request (docs/benchmarks.md, "V8's interrupt budget"). Other V8 versions
  *   tier differently and keep their default.
  *
