@@ -205,6 +205,26 @@ describe("weatherproof batch as a process", () => {
       expect(ended.stderr).toMatch(/weatherproof: \d+ lines done \(\d+ ok, 0 failed, 0 skipped\) in \d+ms/)
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
 
+  it.live("stopped while reading a FIFO, says that a resume must give the same input again", () =>
+    Effect.gen(function*() {
+      const ws = yield* setup(10, { queueDelay: "1 millis" })
+      const fifo = `${ws.dir}/in.fifo`
+      expect(spawnSync("mkfifo", [fifo]).status).toBe(0)
+      const run = start(["batch", fifo, "--output", ws.output], ws.env)
+      // The writer keeps the FIFO open after its lines: the run waits for more until its stop.
+      const writer = NodeFs.createWriteStream(fifo)
+      writer.write(yield* ws.fs.readFileString(ws.input))
+      yield* waitFor("the lines written", Effect.map(ws.readOutput, (lines) => lines.length === 10))
+      run.child.kill("SIGTERM")
+      const ended = yield* run.ended(20_000)
+      writer.destroy()
+      expect(ended.code).toBe(143)
+      expect(ended.stderr).toContain(
+        `to resume, run the same command again:\n  weatherproof batch ${fifo} --output ${ws.output}\n` +
+          `  with the same input given again (${fifo} is a pipe, read once)`
+      )
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+
   it.live("takes over a stale lock of a process that is gone, saying so on stderr", () =>
     Effect.gen(function*() {
       const ws = yield* setup(3, { queueDelay: "1 millis" })

@@ -47,6 +47,13 @@ const shellWord = (word: string): string => /^[\w@%+=:,./-]+$/.test(word) ? word
 const withoutPassword = (url: string): string =>
   URL.canParse(url) && new URL(url).username === "" && !Redis.carriesPassword(url) ? url : "URL"
 
+/**
+ * The command line that resumes the batch. An input read once (a pipe, a FIFO) is gone with the
+ * run: the same input must be given again, which its path (a shell's `/dev/fd/63`) may not name.
+ */
+const resumeLine = (args: BatchArgs, inputKind: Files.InputKind): string =>
+  `  ${commandLine(args)}${inputKind === "once" ? `\n  with the same input given again (${args.input} is a pipe, read once)` : ""}`
+
 /** The command line that runs the same batch again, which resumes it. */
 export const commandLine = (args: BatchArgs): string =>
   [
@@ -178,6 +185,9 @@ export const batch = (args: BatchArgs) =>
   Effect.gen(function*() {
     const problem = flagsProblem(args) ?? (yield* pathsProblem(args))
     if (problem !== undefined) return yield* fail(2, `weatherproof: ${problem}; nothing was sent`)
+    const inputKind = yield* Files.inputKind(yield* FileSystem.FileSystem, args.input).pipe(
+      Effect.orElseSucceed((): Files.InputKind => "file")
+    )
     const [accounts, redis] = yield* loadAccounts(args)
     const { aborted, signal, summary } = yield* runCaught(args, accounts, redis).pipe(
       Effect.map((ran) => ({ ...ran, aborted: undefined })),
@@ -196,7 +206,7 @@ export const batch = (args: BatchArgs) =>
     })
     if (aborted !== undefined) {
       const fixed = aborted.error.file === "output" ? "the output can be written" : "the input can be read"
-      return yield* fail(1, `weatherproof: ${aborted.message}; once ${fixed} again, run the same command again to resume:\n  ${commandLine(args)}`)
+      return yield* fail(1, `weatherproof: ${aborted.message}; once ${fixed} again, run the same command again to resume:\n${resumeLine(args, inputKind)}`)
     }
     if (summary.interrupted) {
       const written = summary.succeeded + summary.failed
@@ -204,7 +214,7 @@ export const batch = (args: BatchArgs) =>
         Option.match(signal, { onNone: () => 1, onSome: exitCodeOf }),
         `weatherproof: interrupted${Option.match(signal, { onNone: () => "", onSome: (s) => ` by ${s}` })}: ${written} ${
           written === 1 ? "line" : "lines"
-        } written in this run; to resume, run the same command again:\n  ${commandLine(args)}`
+        } written in this run; to resume, run the same command again:\n${resumeLine(args, inputKind)}`
       )
     }
     if (summary.failed > 0) return yield* fail(1, failedMessage(summary))

@@ -12,6 +12,7 @@ import * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as NodeFs from "node:fs"
+import * as NodeNet from "node:net"
 import { hostname } from "node:os"
 import * as NodePath from "node:path"
 import type { LockHolder } from "../Batch.js"
@@ -164,19 +165,36 @@ export type InputKind = "file" | "once"
 export const inputKind = (fs: FileSystem.FileSystem, path: string): Effect.Effect<InputKind, PlatformError> =>
   Effect.map(fs.stat(path), (info) => info.type === "File" ? "file" : "once")
 
+const readError = (path: string) => (error: unknown): PlatformError =>
+  new SystemError({
+    module: "FileSystem",
+    method: "stream",
+    reason: "Unknown",
+    pathOrDescriptor: path,
+    description: error instanceof Error ? error.message : String(error)
+  })
+
+/** Opens `path` to read; a FIFO's open waits for its writer. */
+const openToRead = (path: string): Effect.Effect<number, PlatformError> =>
+  Effect.async((resume) =>
+    NodeFs.open(path, "r", (error, fd) => resume(error === null ? Effect.succeed(fd) : Effect.fail(readError(path)(error))))
+  )
+
+/**
+ * A pipe, a FIFO or a socket is read on the event loop, as Node reads a piped stdin: read on the
+ * thread pool, as `fs` streams do, it would hold the process at its exit (which waits for the
+ * pool) for as long as its writer keeps it open and silent.
+ */
+const readableOf = (fd: number): NodeJS.ReadableStream => {
+  const info = NodeFs.fstatSync(fd)
+  return info.isFIFO() || info.isSocket()
+    ? new NodeNet.Socket({ fd, readable: true, writable: false })
+    : NodeFs.createReadStream("", { fd })
+}
+
 /** The bytes of an input read once, in order: positional reads, as `FileSystem.stream` makes, fail on a pipe. */
 const readOnce = (path: string): Stream.Stream<Uint8Array, PlatformError> =>
-  NodeStream.fromReadable(
-    () => NodeFs.createReadStream(path),
-    (error) =>
-      new SystemError({
-        module: "FileSystem",
-        method: "stream",
-        reason: "Unknown",
-        pathOrDescriptor: path,
-        description: error instanceof Error ? error.message : String(error)
-      })
-  )
+  Stream.unwrap(Effect.map(openToRead(path), (fd) => NodeStream.fromReadable(() => readableOf(fd), readError(path))))
 
 /** The non-blank lines of an input, streamed (never held whole in memory). */
 export const lines = (
