@@ -122,6 +122,13 @@ const setup = (count: number, options: Simulator.Options) =>
     return { fs, simulator, dir, input, output, readOutput, env, lock: `${output}.lock` }
   })
 
+/** A FIFO made in `dir`: an input read once, as a shell's `<(…)` is. */
+const fifoIn = (dir: string): string => {
+  const fifo = NodePath.join(dir, "in.fifo")
+  expect(spawnSync("mkfifo", [fifo]).status).toBe(0)
+  return fifo
+}
+
 /**
  * A workspace for a batch of `count` lines stopped mid-run, and the command line of that batch
  * (8 at a time, with a summary file). Calls are slow until `stopped()`, so the run cannot end
@@ -189,8 +196,7 @@ describe("weatherproof batch as a process", () => {
   it.live("reads its input from a FIFO (a shell's <(…) is a pipe too): every line answered, progress lines counting the lines done", () =>
     Effect.gen(function*() {
       const ws = yield* setup(30, { queueDelay: "20 millis" })
-      const fifo = `${ws.dir}/in.fifo`
-      expect(spawnSync("mkfifo", [fifo]).status).toBe(0)
+      const fifo = fifoIn(ws.dir)
       const text = yield* ws.fs.readFileString(ws.input)
       const args = ["batch", fifo, "--output", ws.output, "--concurrency", "4", "--progress-every", "100ms"]
       const running = start(args, ws.env)
@@ -208,8 +214,7 @@ describe("weatherproof batch as a process", () => {
   it.live("stopped while reading a FIFO, says that a resume must give the same input again", () =>
     Effect.gen(function*() {
       const ws = yield* setup(10, { queueDelay: "1 millis" })
-      const fifo = `${ws.dir}/in.fifo`
-      expect(spawnSync("mkfifo", [fifo]).status).toBe(0)
+      const fifo = fifoIn(ws.dir)
       const run = start(["batch", fifo, "--output", ws.output], ws.env)
       // The writer keeps the FIFO open after its lines: the run waits for more until its stop.
       const writer = NodeFs.createWriteStream(fifo)
