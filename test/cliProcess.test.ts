@@ -226,7 +226,7 @@ describe("weatherproof batch as a process", () => {
       expect(ended.code).toBe(143)
       expect(ended.stderr).toContain(
         `to resume, run the same command again:\n  weatherproof batch ${fifo} --output ${ws.output}\n` +
-          `  with the same input given again (${fifo} is a pipe, read once)`
+          `  with the same input given again (${fifo} is not a file: it was read once)`
       )
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
 
@@ -478,6 +478,19 @@ describe.skipIf(!scriptPresent)(inTerminalTitle, () => {
       const inCi = yield* startInTerminal(["batch", ws.input, "--output", `${ws.dir}/ci.jsonl`], { ...ws.env, CI: "true" }).ended
       expect(inCi.screen).toContain("requests:  20 (20 succeeded")
       expect(inCi.screen).not.toContain("lines |")
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+
+  it.live("batch reading the terminal (/dev/stdin) answers each line typed, and Ctrl-C ends it at once", () =>
+    Effect.gen(function*() {
+      const ws = yield* setup(1, { queueDelay: "5 millis" })
+      const run = startInTerminal(["batch", "/dev/stdin", "--output", ws.output], ws.env)
+      run.type(`${yield* ws.fs.readFileString(ws.input)}`.replace("\n", "\r"))
+      yield* waitFor("the typed line's answer", Effect.map(ws.readOutput, (lines) => lines.length === 1))
+      run.type("\x03")
+      // Read on the thread pool, the terminal held the process at its exit until a key came.
+      const ended = yield* run.ended.pipe(Effect.timeout("10 seconds"))
+      expect(ended.code).toBe(130)
+      expect(ended.screen).toContain("with the same input given again (/dev/stdin is not a file: it was read once)")
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
 
   it.live("warnings and Ctrl-C's message start lines of their own, not glued to the bar, and are wrapped, not cut", () =>

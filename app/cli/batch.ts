@@ -52,7 +52,7 @@ const withoutPassword = (url: string): string =>
  * run: the same input must be given again, which its path (a shell's `/dev/fd/63`) may not name.
  */
 const resumeLine = (args: BatchArgs, inputKind: Files.InputKind): string =>
-  `  ${commandLine(args)}${inputKind === "once" ? `\n  with the same input given again (${args.input} is a pipe, read once)` : ""}`
+  `  ${commandLine(args)}${inputKind === "once" ? `\n  with the same input given again (${args.input} is not a file: it was read once)` : ""}`
 
 /** The command line that runs the same batch again, which resumes it. */
 export const commandLine = (args: BatchArgs): string =>

@@ -66,7 +66,8 @@ const builtinsOfRequests: ReadonlyArray<string> = [
   "stream",
   "stream/promises",
   "string_decoder",
-  "tls"
+  "tls",
+  "tty"
 ]
 
 /**

@@ -15,6 +15,7 @@ import * as NodeFs from "node:fs"
 import * as NodeNet from "node:net"
 import { hostname } from "node:os"
 import * as NodePath from "node:path"
+import * as NodeTty from "node:tty"
 import type { LockHolder } from "../Batch.js"
 import { classifyExisting, maxLineBytes, mayBeTornResult, type Unreadable } from "./batchLines.js"
 
@@ -181,11 +182,12 @@ const openToRead = (path: string): Effect.Effect<number, PlatformError> =>
   )
 
 /**
- * A pipe, a FIFO or a socket is read on the event loop, as Node reads a piped stdin: read on the
- * thread pool, as `fs` streams do, it would hold the process at its exit (which waits for the
- * pool) for as long as its writer keeps it open and silent.
+ * A pipe, a FIFO, a socket or a terminal is read on the event loop, as Node reads its stdin: read
+ * on the thread pool, as `fs` streams do, it would hold the process at its exit (which waits for
+ * the pool) for as long as its writer keeps it open and silent, or no one types.
  */
 const readableOf = (fd: number): NodeJS.ReadableStream => {
+  if (NodeTty.isatty(fd)) return new NodeTty.ReadStream(fd)
   const info = NodeFs.fstatSync(fd)
   return info.isFIFO() || info.isSocket()
     ? new NodeNet.Socket({ fd, readable: true, writable: false })
