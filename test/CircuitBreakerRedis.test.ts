@@ -170,24 +170,31 @@ describe.skipIf(!redisServerPresent)(skipMessage("CircuitBreaker on Redis"), () 
       // sent with the version of an empty server, is preceded once by that write.
       let overtaking: string | undefined
       let overtaken = false
+      // Reads answered since the last write: a published write makes its writer read once more.
+      let readsSinceWrite = 0
       const racing: Redis.Service = {
         ...redis,
         script: (lua) => {
           const run = redis.script(lua)
-          if (!lua.includes("PUBLISH")) return run
+          if (!lua.includes("PUBLISH")) return (keys, args) => Effect.tap(run(keys, args), () => void readsSinceWrite++)
+          const write = (keys: ReadonlyArray<string>, args: ReadonlyArray<string | number>) =>
+            Effect.tap(run(keys, args), () => void (readsSinceWrite = 0))
           return (keys, args) => {
             const machine = overtaking
-            if (machine === undefined || args[0] !== "0") return run(keys, args)
+            if (machine === undefined || args[0] !== "0") return write(keys, args)
             overtaking = undefined
             overtaken = true
-            return Effect.zipRight(redis.command("HSET", [key, "version", "1", "machine", machine]), run(keys, args))
+            return Effect.zipRight(redis.command("HSET", [key, "version", "1", "machine", machine]), write(keys, args))
           }
         }
       }
       const breaker = yield* breakerOn(racing)
       yield* breaker.protect(Effect.void)
-      overtaking = (yield* until(redis.command("HGET", [key, "machine"]), (raw) => typeof raw === "string")) as string
-      // No command is on its way meanwhile: the breaker does not go local.
+      const machine = (yield* until(redis.command("HGET", [key, "machine"]), (raw) => typeof raw === "string")) as string
+      // No command is on its way meanwhile (the read its own message prompts has answered): the
+      // breaker does not go local.
+      yield* until(Effect.sync(() => readsSinceWrite), (reads) => reads > 0)
+      overtaking = machine
       yield* server.restart
       yield* until(Effect.sync(() => overtaken), (done) => done)
       yield* until(redis.command("HGET", [key, "version"]), (version) => version === "1")
