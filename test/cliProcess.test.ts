@@ -129,6 +129,10 @@ const fifoIn = (dir: string): string => {
   return fifo
 }
 
+/** Whether a thread of process `pid` waits in an open of a FIFO for the other end (Linux's `wait_for_partner`). */
+const waitsForFifoWriter = (pid: number): boolean =>
+  NodeFs.readdirSync(`/proc/${pid}/task`).some((task) => NodeFs.readFileSync(`/proc/${pid}/task/${task}/wchan`, "utf8") === "wait_for_partner")
+
 /**
  * A workspace for a batch of `count` lines stopped mid-run, and the command line of that batch
  * (8 at a time, with a summary file). Calls are slow until `stopped()`, so the run cannot end
@@ -228,6 +232,18 @@ describe("weatherproof batch as a process", () => {
         `to resume, run the same command again:\n  weatherproof batch ${fifo} --output ${ws.output}\n` +
           `  with the same input given again (${fifo} is not a file: it was read once)`
       )
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+
+  it.live("stopped while its FIFO has no writer yet, exits at once (its open waited on the thread pool, which held the exit until a writer came)", () =>
+    Effect.gen(function*() {
+      const ws = yield* setup(1, { queueDelay: "1 millis" })
+      const fifo = fifoIn(ws.dir)
+      const run = start(["batch", fifo, "--output", ws.output], ws.env)
+      yield* waitFor("the CLI's open of its FIFO waiting for a writer", Effect.sync(() => waitsForFifoWriter(run.child.pid!)))
+      run.child.kill("SIGTERM")
+      const ended = yield* run.ended(10_000)
+      expect(ended.code).toBe(143)
+      expect(ended.stderr).toContain("interrupted by SIGTERM: 0 lines written in this run")
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
 
   it.live("takes over a stale lock of a process that is gone, saying so on stderr", () =>

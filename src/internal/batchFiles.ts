@@ -175,11 +175,37 @@ const readError = (path: string) => (error: unknown): PlatformError =>
     description: error instanceof Error ? error.message : String(error)
   })
 
-/** Opens `path` to read; a FIFO's open waits for its writer. */
+/**
+ * Opens `path` to read. A FIFO's open waits for its writer, on the thread pool, where it would
+ * hold the process at its exit until a writer came: interrupted, it is released (see
+ * `releaseWaitingOpen`) and the descriptor it then gives is closed.
+ */
 const openToRead = (path: string): Effect.Effect<number, PlatformError> =>
-  Effect.async((resume) =>
-    NodeFs.open(path, "r", (error, fd) => resume(error === null ? Effect.succeed(fd) : Effect.fail(readError(path)(error))))
-  )
+  Effect.async((resume) => {
+    let interrupted = false
+    NodeFs.open(path, "r", (error, fd) => {
+      if (!interrupted) return resume(error === null ? Effect.succeed(fd) : Effect.fail(readError(path)(error)))
+      if (error === null) NodeFs.close(fd, ignore)
+    })
+    return Effect.sync(() => {
+      interrupted = true
+      releaseWaitingOpen(path)
+    })
+  })
+
+const ignore = () => {}
+
+/**
+ * Ends the wait of an open to read `path` if it is a FIFO: an open to write that cannot wait
+ * (none when no one reads) gives the reader its writer, closed at once, so the reader sees the end.
+ */
+const releaseWaitingOpen = (path: string): void =>
+  NodeFs.stat(path, (error, info) => {
+    if (error !== null || !info.isFIFO()) return
+    NodeFs.open(path, NodeFs.constants.O_WRONLY | NodeFs.constants.O_NONBLOCK, (error, fd) => {
+      if (error === null) NodeFs.close(fd, ignore)
+    })
+  })
 
 /**
  * A pipe, a FIFO, a socket or a terminal is read on the event loop, as Node reads its stdin: read
