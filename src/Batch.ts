@@ -4,8 +4,9 @@
  *
  * - Input lines are `{"custom_id","method":"POST","url":"/v1/chat/completions","body":{…}}`
  *   (`/chat/completions` is accepted too). The file is streamed; blank lines are ignored. The
- *   input may be a pipe or a FIFO (`/dev/stdin`, a shell's `<(…)`): it is then read once, in
- *   order, and its progress has no total.
+ *   input may be a pipe or a FIFO (`/dev/stdin`, a shell's `<(…)`), or a socket named by the
+ *   process's own descriptor (`/dev/stdin`, `/dev/fd/<n>`): it is then read once, in order, and
+ *   its progress has no total.
  * - A line may carry its own `deadlines` next to `custom_id` (`{"firstContent": "20s", "idle":
  *   "1m", "total": "10m"}`, each optional, durations as `500ms`, `30s`, `2m`, `1h`), which
  *   override the run's for its calls: per-workload timeouts in one file.

@@ -215,6 +215,24 @@ describe("weatherproof batch as a process", () => {
       expect(ended.stderr).toMatch(/weatherproof: \d+ lines done \(\d+ ok, 0 failed, 0 skipped\) in \d+ms/)
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
 
+  it.live("reads /dev/stdin when it is a socket, as a Node parent's stdin pipe is (Linux opens no socket by path: ENXIO)", () =>
+    Effect.gen(function*() {
+      const ws = yield* setup(20, { queueDelay: "1 millis" })
+      const child = spawn(process.execPath, [entry, "batch", "/dev/stdin", "--output", ws.output], {
+        env: { PATH: process.env["PATH"] ?? "", ...ws.env },
+        stdio: ["pipe", "ignore", "pipe"]
+      })
+      let stderr = ""
+      child.stderr.on("data", (data: Buffer) => (stderr += data.toString()))
+      child.stdin.end(yield* ws.fs.readFileString(ws.input))
+      const code = yield* Effect.promise(() => new Promise<number | null>((resolve) => child.once("close", resolve))).pipe(
+        Effect.timeoutFail({ duration: "20 seconds", onTimeout: () => new Error(`the CLI did not end within 20 s; stderr: ${stderr}`) })
+      )
+      expect(stderr).not.toContain("ENXIO")
+      expect(code).toBe(0)
+      expect(expectOnceEach(yield* ws.readOutput)).toBe(20)
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+
   it.live("stopped while reading a FIFO, says that a resume must give the same input again", () =>
     Effect.gen(function*() {
       const ws = yield* setup(10, { queueDelay: "1 millis" })

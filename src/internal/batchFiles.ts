@@ -184,7 +184,7 @@ const openToRead = (path: string): Effect.Effect<number, PlatformError> =>
   Effect.async((resume) => {
     let interrupted = false
     NodeFs.open(path, "r", (error, fd) => {
-      if (!interrupted) return resume(error === null ? Effect.succeed(fd) : Effect.fail(readError(path)(error)))
+      if (!interrupted) return resume(error === null ? Effect.succeed(fd) : openedAlready(path, error))
       if (error === null) NodeFs.close(fd, ignore)
     })
     return Effect.sync(() => {
@@ -194,6 +194,22 @@ const openToRead = (path: string): Effect.Effect<number, PlatformError> =>
   })
 
 const ignore = () => {}
+
+/**
+ * The descriptor a path of the process's own descriptors names (`/dev/stdin`, `/dev/fd/<n>`,
+ * `/proc/self/fd/<n>`), when the open failed because it is a socket (ENXIO: Linux opens no socket
+ * by path), as standard input is when a Node process spawns this one with a pipe. Read as it is.
+ */
+const openedAlready = (path: string, error: NodeJS.ErrnoException): Effect.Effect<number, PlatformError> => {
+  const fd = error.code === "ENXIO" ? descriptorNamedBy(path) : undefined
+  return fd === undefined ? Effect.fail(readError(path)(error)) : Effect.succeed(fd)
+}
+
+const descriptorNamedBy = (path: string): number | undefined => {
+  if (path === "/dev/stdin") return 0
+  const named = /^\/(?:dev|proc\/self)\/fd\/(\d+)$/.exec(path)
+  return named === null ? undefined : Number(named[1])
+}
 
 /**
  * Ends the wait of an open to read `path` if it is a FIFO: an open to write that cannot wait
