@@ -7,8 +7,9 @@
  * - the upstream: this module run as `node gateway.js upstream <options>`, a Simulator whose
  *   account limit is far above the load (no 429s) and whose answers take `serviceMs` (DeepSeek's
  *   own time: queueing and generation; a stream sends its pieces 1 ms apart after that);
- * - weatherproof: `node dist/bin/weatherproof.js serve` with `DEEPSEEK_API_KEY` and
- *   `DEEPSEEK_BASE_URL`, exactly as a user runs it, with `--concurrency 1024` (a known cap);
+ * - weatherproof: `node dist/cli/weatherproof.js serve` (the package's `bin`, bundled) with
+ *   `DEEPSEEK_API_KEY` and `DEEPSEEK_BASE_URL`, exactly as a user runs it, with
+ *   `--concurrency 1024` (a known cap);
  * - Portkey: `@portkey-ai/gateway`'s `build/start-server.js --headless` with `NODE_ENV=production`,
  *   forced onto 127.0.0.1 by a preload (it listens on every interface); requests name the
  *   upstream with `x-portkey-provider: openai` and `x-portkey-custom-host`;
@@ -42,6 +43,7 @@ import { fileURLToPath } from "node:url"
 import * as Effect from "effect/Effect"
 import { Agent, request } from "undici"
 import * as Simulator from "../src/Simulator.js"
+import * as Processes from "./processes.js"
 
 export const settings = {
   clients: [1, 16, 128],
@@ -143,7 +145,7 @@ const startProxy = (upstream: string): Promise<Server> =>
 const startWeatherproof = (upstream: string, flags: ReadonlyArray<string> = []): Promise<Server> =>
   startProcess(
     process.execPath,
-    [fileURLToPath(new URL("../bin/weatherproof.js", import.meta.url)), "serve", "--port", "0", ...flags],
+    [Processes.cliEntry, "serve", "--port", "0", ...flags],
     { DEEPSEEK_API_KEY: Simulator.defaultKey, DEEPSEEK_BASE_URL: upstream },
     /listening on (http:\/\/127\.0\.0\.1:\d+)/,
     (m) => m[1]!
