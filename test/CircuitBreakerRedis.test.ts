@@ -170,13 +170,16 @@ describe.skipIf(!redisServerPresent)(skipMessage("CircuitBreaker on Redis"), () 
       // sent with the version of an empty server, is preceded once by that write.
       let overtaking: string | undefined
       let overtaken = false
-      // Reads answered since the last write: a published write makes its writer read once more.
-      let readsSinceWrite = 0
+      // Reads answered since the last write (none before the first): a published write makes its
+      // writer read once more.
+      let readsSinceWrite: number | undefined
       const racing: Redis.Service = {
         ...redis,
         script: (lua) => {
           const run = redis.script(lua)
-          if (!lua.includes("PUBLISH")) return (keys, args) => Effect.tap(run(keys, args), () => void readsSinceWrite++)
+          if (!lua.includes("PUBLISH")) {
+            return (keys, args) => Effect.tap(run(keys, args), () => void (readsSinceWrite !== undefined && readsSinceWrite++))
+          }
           const write = (keys: ReadonlyArray<string>, args: ReadonlyArray<string | number>) =>
             Effect.tap(run(keys, args), () => void (readsSinceWrite = 0))
           return (keys, args) => {
@@ -193,7 +196,7 @@ describe.skipIf(!redisServerPresent)(skipMessage("CircuitBreaker on Redis"), () 
       const machine = (yield* until(redis.command("HGET", [key, "machine"]), (raw) => typeof raw === "string")) as string
       // No command is on its way meanwhile (the read its own message prompts has answered): the
       // breaker does not go local.
-      yield* until(Effect.sync(() => readsSinceWrite), (reads) => reads > 0)
+      yield* until(Effect.sync(() => readsSinceWrite ?? 0), (reads) => reads > 0)
       overtaking = machine
       yield* server.restart
       yield* until(Effect.sync(() => overtaken), (done) => done)
