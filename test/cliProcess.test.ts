@@ -52,16 +52,27 @@ interface Running {
   readonly ended: (timeoutMs: number) => Effect.Effect<Ended>
 }
 
+interface StartOptions {
+  /** Node's own flags, before the script. */
+  readonly nodeOptions?: ReadonlyArray<string> | undefined
+  /** Default: the bundle's entry. */
+  readonly script?: string | undefined
+  /**
+   * A descriptor (standard input, or a fourth one) that is a pipe the test writes to, through
+   * `child.stdio[fd]`: Node makes it a socket. Default none: standard input is /dev/null.
+   */
+  readonly inputFd?: 0 | 3
+}
+
 /** Starts the CLI with `args`; the environment names the simulator's account and nothing else of ours. */
 const start = (
   args: ReadonlyArray<string>,
   env: Record<string, string>,
-  nodeOptions: ReadonlyArray<string> = [],
-  script: string = entry
+  { inputFd, nodeOptions = [], script = entry }: StartOptions = {}
 ): Running => {
   const child = spawn(process.execPath, [...nodeOptions, script, ...args], {
     env: { PATH: process.env["PATH"] ?? "", ...env },
-    stdio: ["ignore", "pipe", "pipe"]
+    stdio: [inputFd === 0 ? "pipe" : "ignore", "pipe", "pipe", ...(inputFd === 3 ? ["pipe" as const] : [])]
   })
   let stdout = ""
   let stderr = ""
@@ -215,23 +226,19 @@ describe("weatherproof batch as a process", () => {
       expect(ended.stderr).toMatch(/weatherproof: \d+ lines done \(\d+ ok, 0 failed, 0 skipped\) in \d+ms/)
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
 
-  it.live("reads /dev/stdin when it is a socket, as a Node parent's stdin pipe is (Linux opens no socket by path: ENXIO)", () =>
-    Effect.gen(function*() {
-      const ws = yield* setup(20, { queueDelay: "1 millis" })
-      const child = spawn(process.execPath, [entry, "batch", "/dev/stdin", "--output", ws.output], {
-        env: { PATH: process.env["PATH"] ?? "", ...ws.env },
-        stdio: ["pipe", "ignore", "pipe"]
-      })
-      let stderr = ""
-      child.stderr.on("data", (data: Buffer) => (stderr += data.toString()))
-      child.stdin.end(yield* ws.fs.readFileString(ws.input))
-      const code = yield* Effect.promise(() => new Promise<number | null>((resolve) => child.once("close", resolve))).pipe(
-        Effect.timeoutFail({ duration: "20 seconds", onTimeout: () => new Error(`the CLI did not end within 20 s; stderr: ${stderr}`) })
-      )
-      expect(stderr).not.toContain("ENXIO")
-      expect(code).toBe(0)
-      expect(expectOnceEach(yield* ws.readOutput)).toBe(20)
-    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+  for (const [path, inputFd] of [["/dev/stdin", 0], ["/dev/fd/3", 3]] as const) {
+    it.live(`reads ${path} when it is a socket, as a pipe a Node parent makes is (Linux opens no socket by path: ENXIO)`, () =>
+      Effect.gen(function*() {
+        const ws = yield* setup(20, { queueDelay: "1 millis" })
+        const run = start(["batch", path, "--output", ws.output], ws.env, { inputFd })
+        const input = run.child.stdio[inputFd] as NodeJS.WritableStream
+        input.end(yield* ws.fs.readFileString(ws.input))
+        const ended = yield* run.ended(20_000)
+        expect(ended.stderr).not.toContain("ENXIO")
+        expect(ended.code).toBe(0)
+        expect(expectOnceEach(yield* ws.readOutput)).toBe(20)
+      }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+  }
 
   it.live("stopped while reading a FIFO, says that a resume must give the same input again", () =>
     Effect.gen(function*() {
@@ -257,7 +264,7 @@ describe("weatherproof batch as a process", () => {
       const ws = yield* setup(1, { queueDelay: "1 millis" })
       const fifo = fifoIn(ws.dir)
       const run = start(["batch", fifo, "--output", ws.output], ws.env)
-      yield* waitFor("the CLI's open of its FIFO waiting for a writer", Effect.sync(() => waitsForFifoWriter(run.child.pid!)))
+      yield* waitFor("the CLI's open of its FIFO waiting for a writer", Effect.try(() => waitsForFifoWriter(run.child.pid!)))
       run.child.kill("SIGTERM")
       const ended = yield* run.ended(10_000)
       expect(ended.code).toBe(143)
@@ -611,7 +618,7 @@ describe("weatherproof loads lazily", () => {
         `  if (typeof file === "string") fs.appendFileSync(${log}, file + "\\n")\n` +
         `  return readFileSync(file, ...rest)\n}\n` +
         `require("node:module").syncBuiltinESMExports()\n`)
-      const ended = yield* start(args, env, nodeOptions).ended(20_000)
+      const ended = yield* start(args, env, { nodeOptions }).ended(20_000)
       const files = new Set(NodeFs.readFileSync(log, "utf8").split("\n"))
       return { ended, sources: [...files].flatMap((file) => sourcesByFile.get(file) ?? []).join("\n") }
     })
@@ -650,7 +657,7 @@ describe("weatherproof loads lazily", () => {
         `v8.setFlagsFromString = (flag) => { flags.push(flag); from ??= process.moduleLoadList.length; return setFlagsFromString(flag) }\n` +
         `process.on("exit", () => require("node:fs").writeFileSync(${log}, JSON.stringify({ flags, ` +
         `after: process.moduleLoadList.slice(from).filter((m) => m.startsWith("NativeModule ") && !m.includes("internal/")) })))\n`)
-      const ended = yield* start(["batch", ws.input, "-o", ws.output], ws.env, nodeOptions).ended(20_000)
+      const ended = yield* start(["batch", ws.input, "-o", ws.output], ws.env, { nodeOptions }).ended(20_000)
       expect(ended.code).toBe(0)
       const { after, flags } = JSON.parse(NodeFs.readFileSync(log, "utf8"))
       expect(flags).toEqual(v8Flags(["batch"], process.versions.v8))
@@ -662,7 +669,7 @@ describe("weatherproof loads lazily", () => {
 describe("weatherproof keeps its compilation between runs", () => {
   /** `weatherproof --version` with the compile cache as `env` says; its stdout. */
   const version = (env: Record<string, string>, nodeOptions: ReadonlyArray<string> = [], script?: string) =>
-    Effect.map(start(["--version"], env, nodeOptions, script).ended(20_000), (ended) => {
+    Effect.map(start(["--version"], env, { nodeOptions, script }).ended(20_000), (ended) => {
       expect(ended.code).toBe(0)
       return ended.stdout.trim()
     })
