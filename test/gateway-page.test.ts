@@ -73,7 +73,8 @@ describe.skipIf(!present)(title, () => {
 
       yield* attempt(() => page.goto(`${gateway.url}/`))
       yield* waitFor(page, "charts drawn", "window.__gateway.updates > 0 && document.querySelectorAll('.uplot canvas').length >= 8")
-      const before = yield* attempt(() => page.evaluate(() => (window as unknown as { __gateway: { updates: number } }).__gateway.updates))
+      const updates = attempt(() => page.evaluate(() => (window as unknown as { __gateway: { updates: number } }).__gateway.updates))
+      const before = yield* updates
       expect(yield* attempt(() => page.locator("#banner").isHidden())).toBe(true)
 
       const client = openai(gateway.url)
@@ -120,12 +121,13 @@ describe.skipIf(!present)(title, () => {
         "the throttled account's 429s charted on its lanes",
         "[...window.__gateway.cards.get('a').laneCharts.values()].some((c) => c.throttle.data[1].some((v) => v > 0))"
       )
-      const after = yield* attempt(() => page.evaluate(() => (window as unknown as { __gateway: { updates: number } }).__gateway.updates))
+      const after = yield* updates
       expect(after).toBeGreaterThan(before)
       if (screenshot !== undefined) {
-        // The whole storm, until every client is answered and the page has drawn that.
+        // The whole storm, until every client is answered and the page has drawn an update since.
         yield* Fiber.join(burst)
-        yield* Effect.sleep("1 second")
+        const answered = yield* updates
+        yield* waitFor(page, "an update after the storm", `window.__gateway.updates > ${answered}`)
         yield* attempt(() => page.screenshot({ path: screenshot, fullPage: true }))
       }
       const badges = yield* attempt(() => page.locator(".card[data-account] .badge").allTextContents())
