@@ -1,7 +1,8 @@
 /**
  * A retry budget shared by every call, so an incident cannot turn into a retry storm: over a
  * rolling window, retries may not exceed `ratio` of the calls made plus a small reserve
- * (`minRetriesPerSecond` × the window) that lets low traffic still retry.
+ * (`minRetriesPerSecond` × the window) that lets low traffic still retry; a retry that succeeded
+ * and was `refund`ed no longer counts.
  *
  * This is Finagle's budget (and the idea behind gRPC's retry throttling) on a bucketed window
  * advanced by Effect's `Clock`: each call deposits `ratio` of a retry, each retry withdraws one,
@@ -9,20 +10,29 @@
  * second, 10 s) a burst of 100 failing calls gets at most 20 + 10 retries in the window, where
  * a per-call policy of 5 retries would send 500 more requests to an upstream already in trouble.
  *
+ * A retry that succeeds gives its room back (`refund`, as AWS SDKs' standard retry mode refunds
+ * a successful retry's cost), so the budget bounds the retries that fail, not the work. Without
+ * it, a batch whose every slot holds a call that failed in a short outage cannot recover: no
+ * slot is free for a new call, so nothing funds a retry but the reserve, and the calls finish at
+ * the reserve's pace, minutes after the upstream came back. With it, each retry that succeeds
+ * lets the next waiting one go at once.
+ *
  * Count each call once with `recordRequest` (not each attempt, or retries would fund more
  * retries), and let `guard` ask the budget before each retry a schedule decides on: when the
  * budget refuses, the schedule stops and the call fails with its last error, or, with
  * `waitFor`, the retry waits in line for room. Retries wait first come first served: each call
- * recorded, and each bucket leaving the window (a time the budget computes exactly, kept by one
- * timer), withdraws a retry for as many of the earliest waiters as it makes room for, and wakes
- * only those. Refusals are counted by `retriesRefused`, in `snapshot`, and reported to `guard`'s
- * `onRefused`.
+ * recorded, each refund, and each bucket leaving the window (a time the budget computes
+ * exactly, kept by one timer), withdraws a retry for as many of the earliest waiters as it makes
+ * room for, and wakes only those. Refusals are counted by `retriesRefused`, in `snapshot`, and
+ * reported to `guard`'s `onRefused`. `Policy` refunds each retry it was allowed whose attempt
+ * succeeds.
  *
  * Effect has no retry budget, so this module is written from scratch.
  *
  * @since 0.1.0
  */
 
+import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -66,10 +76,12 @@ export const defaults = {
 export interface Snapshot {
   /** Calls recorded. */
   readonly requests: number
-  /** Retries allowed. */
+  /** Retries allowed, less those refunded. */
   readonly retries: number
   /** Retries refused (at once, or when their wait for room ran out). */
   readonly refused: number
+  /** Retries refunded because they succeeded (no longer in `retries`). */
+  readonly refunded: number
   /** Retries the budget would allow now. */
   readonly available: number
 }
@@ -94,6 +106,14 @@ export interface Service {
    * retry stays spent (the budget errs on the side of fewer retries).
    */
   readonly awaitRetry: (maxWait: Duration.DurationInput) => Effect.Effect<boolean>
+  /**
+   * A retry this budget allowed succeeded: gives its room back. `allowedAt` is the clock time
+   * (millis) the budget allowed it, read right after (`guard`'s `onAllowed` is told it). The
+   * budget takes back a retry it counted then, or nothing once that time left the window, so a
+   * refund never gives back room that no longer counts. Refund each retry at most once, and
+   * only one the budget allowed (not one `guard` exempted).
+   */
+  readonly refund: (allowedAt: number) => Effect.Effect<void>
   readonly snapshot: Effect.Effect<Snapshot>
 }
 
@@ -186,7 +206,8 @@ export const layerUnlimited: Layer.Layer<RetryBudget> = Layer.succeed(RetryBudge
   recordRequest: Effect.void,
   tryRetry: Effect.succeed(true),
   awaitRetry: () => Effect.succeed(true),
-  snapshot: Effect.succeed({ requests: 0, retries: 0, refused: 0, available: Infinity })
+  refund: () => Effect.void,
+  snapshot: Effect.succeed({ requests: 0, retries: 0, refused: 0, refunded: 0, available: Infinity })
 })
 
 /**
@@ -196,6 +217,11 @@ export const layerUnlimited: Layer.Layer<RetryBudget> = Layer.succeed(RetryBudge
 export interface GuardOptions<E, R> {
   /** Told the error that will surface because the budget refused its retry. */
   readonly onRefused?: ((error: E) => Effect.Effect<void, never, R>) | undefined
+  /**
+   * Told the error whose retry the budget allowed, and the time it did: what `refund` takes once
+   * that retry succeeds. Not told of an exempt retry, which the budget did not charge.
+   */
+  readonly onAllowed?: ((error: E, allowedAt: number) => Effect.Effect<void, never, R>) | undefined
   /**
    * How long a refused retry waits for the budget to allow it before the error surfaces. Waiting
    * paces retries at the budget's rate instead of dropping the work; the total stays within the
@@ -213,6 +239,8 @@ export interface GuardOptions<E, R> {
  * Asks `budget` before each retry `self` decides on, and stops the schedule when it refuses, so
  * the error surfaces instead of being retried. The budget is asked only when `self` would
  * retry, so apply `guard` last: a condition checked after it would waste the withdrawn retry.
+ * `Effect.retry` cannot tell the schedule that a retry succeeded: to give a successful retry's
+ * room back, keep the time `onAllowed` is told and `refund` it (`Policy` does).
  *
  * @example
  * ```ts
@@ -232,5 +260,9 @@ export const guard = <E = unknown, R2 = never>(budget: Service, options: GuardOp
   Schedule.checkEffect(self, (error: In) =>
     options.exempt?.(error) === true ? Effect.succeed(true) : Effect.tap(
       budget.awaitRetry(options.waitFor ?? 0),
-      (allowed) => allowed || options.onRefused === undefined ? Effect.void : options.onRefused(error)
+      (allowed) => allowed ? told(options.onAllowed, error) : options.onRefused?.(error) ?? Effect.void
     ))
+
+/** `onAllowed` told of `error`'s retry, allowed now. */
+const told = <E, R>(onAllowed: GuardOptions<E, R>["onAllowed"], error: E): Effect.Effect<void, never, R> =>
+  onAllowed === undefined ? Effect.void : Effect.flatMap(Clock.currentTimeMillis, (now) => onAllowed(error, now))

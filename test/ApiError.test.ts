@@ -149,7 +149,10 @@ describe("ApiError.classify", () => {
 /** What one failure did to each part of one composed policy. */
 interface Observed {
   readonly retried: boolean
+  /** Retries the budget was charged for. */
   readonly budgetRetries: number
+  /** Of those, refunded because they succeeded. */
+  readonly budgetRefunds: number
   readonly dropped: number
   readonly breaker: "failure" | "success" | "ignored"
 }
@@ -168,7 +171,9 @@ const expected = (verdict: ApiError.Verdict, countLoadShed: CountLoadShed): Obse
     : "success"
   // A cap's 429 is paced by the limiter, not charged to the budget (`Policy.Parts.capRetriesPaced`).
   const charged = retried && !(verdict._tag === "LoadShed" && verdict.signal === "cap")
-  return { retried, budgetRetries: charged ? 1 : 0, dropped: verdict._tag === "LoadShed" ? 1 : 0, breaker }
+  // The retry succeeds: what it was charged is refunded.
+  const budgetRetries = charged ? 1 : 0
+  return { retried, budgetRetries, budgetRefunds: budgetRetries, dropped: verdict._tag === "LoadShed" ? 1 : 0, breaker }
 }
 
 let limiterNames = 0
@@ -199,11 +204,13 @@ const observe = (error: unknown, countLoadShed: CountLoadShed) =>
     yield* Fiber.join(fiber)
     const { calls, failures } = yield* breaker.snapshot
     const attemptsMade = yield* Ref.get(attempts)
+    const { refunded, retries } = yield* budget.snapshot
     // The second attempt, when there is one, succeeded and counts as a breaker success too.
     const firstCounted = calls - (attemptsMade - 1)
     return {
       retried: attemptsMade === 2,
-      budgetRetries: (yield* budget.snapshot).retries,
+      budgetRetries: retries + refunded,
+      budgetRefunds: refunded,
       dropped: (yield* Metric.value(Metric.tagged(ConcurrencyLimiter.droppedCounter, "limiter", name))).count,
       breaker: failures > 0 ? "failure" : firstCounted === 1 ? "success" : "ignored"
     } satisfies Observed

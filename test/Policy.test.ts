@@ -140,6 +140,50 @@ describe("Policy around any effect", () => {
       expect(yield* outcome(fixed, new DbBusy())).toBe("DbBusy")
     }))
 
+  /** A policy of quick retries guarded by `budget`, whose retries wait up to a minute for it. */
+  const budgeted = (budget: RetryBudget.Service, parts: Partial<Policy.Parts> = {}) =>
+    Policy.fromParts({
+      classify: classifyDb,
+      retry: RetryPolicy.make({ ...fast, classify: classifyDb }),
+      budget,
+      budgetWait: "1 minute",
+      ...parts
+    })
+
+  it.scoped("after an outage, retries waiting for the budget go as the retries before them succeed, not when the window rolls on", () =>
+    Effect.gen(function*() {
+      // 40 calls fund 0.2 · 40 + 10 retries: 18 go, and each that succeeds lets a waiting one go.
+      const budget = yield* RetryBudget.make()
+      const policy = yield* budgeted(budget)
+      const calls = yield* Effect.forEach(Array.from({ length: 40 }), () => scripted([new DbDown()]))
+      const fiber = yield* Effect.fork(Effect.forEach(calls, ({ call }) => policy.apply(call), { concurrency: "unbounded" }))
+      yield* TestClock.adjust("1 second")
+      expect(fiber.unsafePoll()).not.toBeNull()
+      expect(yield* Fiber.join(fiber)).toEqual(calls.map(() => "answer after 1"))
+      expect(yield* budget.snapshot).toMatchObject({ requests: 40, retries: 0, refunded: 40, refused: 0 })
+    }))
+
+  it.scoped("gives back only the retry that succeeded: not one that failed, nor one the budget did not charge", () =>
+    Effect.gen(function*() {
+      const budget = yield* RetryBudget.make()
+      const policy = yield* budgeted(budget)
+      const twice = yield* scripted([new DbDown(), new DbDown()])
+      const fiber = yield* Effect.fork(policy.apply(twice.call))
+      yield* TestClock.adjust("1 second")
+      expect(yield* Fiber.join(fiber)).toBe("answer after 2")
+      expect(yield* budget.snapshot).toMatchObject({ retries: 1, refunded: 1 })
+      // A cap's 429 behind the adaptive limiter is paced by it: its retry is neither charged nor refunded.
+      const paced = yield* budgeted(budget, {
+        limiter: yield* ConcurrencyLimiter.makeAdaptive({ classify: classifyDb }),
+        capRetriesPaced: true
+      })
+      const busyThenDown = yield* scripted([new DbBusy(), new DbDown()])
+      const pacedFiber = yield* Effect.fork(paced.apply(busyThenDown.call))
+      yield* TestClock.adjust("1 second")
+      expect(yield* Fiber.join(pacedFiber)).toBe("answer after 2")
+      expect(yield* budget.snapshot).toMatchObject({ retries: 1, refunded: 2 })
+    }))
+
   it.scoped("from the context's parts, paces a cap's retries by its adaptive limiter when told to: the budget is not asked", () =>
     Effect.gen(function*() {
       const parts = Layer.mergeAll(
@@ -266,6 +310,25 @@ describe("Policy around a stream", () => {
       expect(Either.isLeft(yield* Fiber.join(after))).toBe(true)
       expect(yield* Ref.get(attempts)).toBe(1)
     }))
+  it.scoped("a stream's retry gives its budget back once it delivers, not when it opens", () =>
+    Effect.gen(function*() {
+      const budget = yield* RetryBudget.make()
+      const policy = yield* Policy.fromParts({ classify: classifyDb, retry: RetryPolicy.make({ ...fast, classify: classifyDb }), budget })
+      const attempts = yield* Ref.make(0)
+      // Every attempt opens; the first two fail at their first pull, the third ends with no element.
+      const flaky = (last: Stream.Stream<string>) =>
+        Stream.unwrap(Effect.map(Ref.getAndUpdate(attempts, (n) => n + 1), (n) => n < 2 ? Stream.fail(new DbDown()) : last))
+      const fiber = yield* Effect.fork(Stream.runCollect(policy.applyStream(flaky(Stream.make("b")))))
+      yield* TestClock.adjust("1 second")
+      expect(Array.from(yield* Fiber.join(fiber))).toEqual(["b"])
+      expect(yield* budget.snapshot).toMatchObject({ retries: 1, refunded: 1 })
+      yield* Ref.set(attempts, 0)
+      const empty = yield* Effect.fork(Stream.runCollect(policy.applyStream(flaky(Stream.empty))))
+      yield* TestClock.adjust("1 second")
+      expect(Array.from(yield* Fiber.join(empty))).toEqual([])
+      expect(yield* budget.snapshot).toMatchObject({ retries: 2, refunded: 2 })
+    }))
+
   it.scoped("releases a failed attempt's permit before the retry's backoff: a stream's retry waits holding nothing", () =>
     Effect.gen(function*() {
       const limiter = yield* ConcurrencyLimiter.makeFixed(1)

@@ -57,7 +57,7 @@ describe("RetryBudget", () => {
       yield* recordRequests(budget, 100)
       // 0.2 · 100 + 1/s · 10 s
       expect(yield* askRetries(budget, 100)).toBe(30)
-      expect(yield* budget.snapshot).toEqual({ requests: 100, retries: 30, refused: 70, available: 0 })
+      expect(yield* budget.snapshot).toEqual({ requests: 100, retries: 30, refused: 70, refunded: 0, available: 0 })
     }))
 
   it.effect("the reserve lets low traffic retry; without it no traffic means no retries", () =>
@@ -165,7 +165,7 @@ describe("RetryBudget", () => {
         expect(doneOf(line)).toEqual([0, 1, 2, 3].map((i) => i < served))
       }
       expect(yield* Fiber.join(Fiber.all(line))).toEqual([true, true, true, true])
-      expect(yield* budget.snapshot).toEqual({ requests: 4, retries: 4, refused: 4, available: 0 })
+      expect(yield* budget.snapshot).toEqual({ requests: 4, retries: 4, refused: 4, refunded: 0, available: 0 })
     }))
 
   it.effect("one deposit wakes exactly as many waiters as it makes room for, each with its retry withdrawn", () =>
@@ -180,7 +180,7 @@ describe("RetryBudget", () => {
       yield* settle
       expect(doneOf(line)).toEqual([true, true, true, false, false, false, false, false, false, false])
       expect(yield* Fiber.join(Fiber.all(line.slice(0, 3)))).toEqual([true, true, true])
-      expect(yield* budget.snapshot).toEqual({ requests: 1, retries: 3, refused: 0, available: 0 })
+      expect(yield* budget.snapshot).toEqual({ requests: 1, retries: 3, refused: 0, refunded: 0, available: 0 })
       // The woken were not refused first and the others were not asked again.
       expect((yield* Metric.value(RetryBudget.retriesAllowed)).count - allowedBefore).toBe(3)
       expect((yield* Metric.value(RetryBudget.retriesRefused)).count - refusedBefore).toBe(0)
@@ -221,7 +221,7 @@ describe("RetryBudget", () => {
       yield* TestClock.adjust("2 seconds")
       expect(yield* Fiber.join(waiting)).toBe(false)
       yield* budget.recordRequest
-      expect(yield* budget.snapshot).toEqual({ requests: 1, retries: 0, refused: 1, available: 1 })
+      expect(yield* budget.snapshot).toEqual({ requests: 1, retries: 0, refused: 1, refunded: 0, available: 1 })
       expect((yield* Metric.value(RetryBudget.retriesRefused)).count - refusedBefore).toBe(1)
     }))
 
@@ -244,7 +244,42 @@ describe("RetryBudget", () => {
       yield* settle
       expect(yield* fibers.value).toEqual([])
       yield* budget.recordRequest
-      expect(yield* budget.snapshot).toEqual({ requests: 2, retries: 2, refused: 0, available: 1 })
+      expect(yield* budget.snapshot).toEqual({ requests: 2, retries: 2, refused: 0, refunded: 0, available: 1 })
+    }))
+
+  it.effect("a refund gives a retry that succeeded its room back, and the next retry in line goes at once", () =>
+    Effect.gen(function*() {
+      // One retry per 10 s window.
+      const budget = yield* RetryBudget.make({ ratio: 0, minRetriesPerSecond: 0.1 })
+      yield* TestClock.adjust("2 seconds")
+      expect(yield* budget.tryRetry).toBe(true)
+      const allowedAt = yield* Clock.currentTimeMillis
+      const waiting = yield* Effect.fork(budget.awaitRetry("1 minute"))
+      yield* TestClock.adjust("3 seconds")
+      expect(waiting.unsafePoll()).toBeNull()
+      yield* budget.refund(allowedAt)
+      expect(yield* Fiber.join(waiting)).toBe(true)
+      expect(yield* budget.snapshot).toEqual({ requests: 0, retries: 1, refused: 0, refunded: 1, available: 0 })
+    }))
+
+  it.effect("a refund never gives back room that does not count: none for a retry that left the window, none for a time none was allowed", () =>
+    Effect.gen(function*() {
+      const budget = yield* RetryBudget.make({ ratio: 0, minRetriesPerSecond: 0.1 })
+      yield* budget.refund(0)
+      expect(yield* budget.snapshot).toMatchObject({ retries: 0, refunded: 0, available: 1 })
+      expect(yield* budget.tryRetry).toBe(true)
+      yield* TestClock.adjust("10 seconds")
+      yield* budget.refund(0)
+      expect(yield* budget.snapshot).toMatchObject({ retries: 0, refunded: 0, available: 1 })
+      // The retry allowed at 10 s is not one allowed at 11 s.
+      expect(yield* budget.tryRetry).toBe(true)
+      yield* TestClock.adjust("1 second")
+      yield* budget.refund(11_000)
+      // Nor is the one of 0 s, whose bucket the one of 10 s now reuses.
+      yield* budget.refund(0)
+      expect(yield* budget.snapshot).toMatchObject({ retries: 1, refunded: 0, available: 0 })
+      yield* budget.refund(10_000)
+      expect(yield* budget.snapshot).toMatchObject({ retries: 0, refunded: 1, available: 1 })
     }))
 
   it.effect("with waitFor, the error surfaces once the wait is over", () =>
@@ -346,7 +381,18 @@ describe("RetryBudget", () => {
       }
       /** Retries the window allows at `now`: ratio · requests + reserve, less the retries granted. */
       const room = (now: number) => ratio * countAt(requests, now) + minRetriesPerSecond * 10 - countAt(grants, now)
-      return { budget, requests, grants, room }
+      /** Records a call in the budget and the model. */
+      const request = Effect.flatMap(Clock.currentTimeMillis, (now) => {
+        requests.push(now)
+        return budget.recordRequest
+      })
+      /** Asks for a retry, exactly when the model has room for one; the time it was allowed, if it was. */
+      const retry = Effect.flatMap(Clock.currentTimeMillis, (now) =>
+        Effect.map(budget.tryRetry, (allowed) => {
+          expect(allowed).toBe(room(now) >= 1)
+          return allowed ? now : undefined
+        }))
+      return { budget, requests, grants, room, countAt, request, retry }
     })
 
   const request = FastCheck.constant({ _tag: "request" } as const)
@@ -358,29 +404,47 @@ describe("RetryBudget", () => {
   const operation = FastCheck.oneof(
     { arbitrary: request, weight: 3 },
     { arbitrary: retry, weight: 3 },
+    // A retry allowed before succeeds: which one.
+    { arbitrary: FastCheck.record({ _tag: FastCheck.constant("refund" as const), which: FastCheck.nat() }), weight: 3 },
     { arbitrary: timed("advance", 3000), weight: 1 }
   )
 
   it.effect.prop(
-    "allows a retry exactly when the window's retries stay within ratio · requests + reserve",
+    "allows a retry exactly when the window's retries that did not succeed (were not refunded) stay within ratio · requests + reserve",
     { operations: FastCheck.array(operation, { maxLength: 120, size: "max" }), ...budgetOptions },
     ({ operations, ...options }) =>
       Effect.gen(function*() {
-        const { budget, grants, requests, room } = yield* modelled(options)
+        const { budget, countAt, grants, requests, ...model } = yield* modelled(options)
+        /** Each retry allowed, when, and whether it succeeded. */
+        const allowed: Array<{ readonly at: number; succeeded: boolean }> = []
         for (const op of operations) {
-          const now = yield* Clock.currentTimeMillis
-          if (op._tag === "advance") yield* TestClock.adjust(op.millis)
-          else if (op._tag === "request") {
-            yield* budget.recordRequest
-            requests.push(now)
-          } else {
-            const allowed = yield* budget.tryRetry
-            expect(allowed).toBe(room(now) >= 1)
-            if (allowed) grants.push(now)
+          switch (op._tag) {
+            case "request":
+              yield* model.request
+              break
+            case "retry": {
+              const at = yield* model.retry
+              if (at !== undefined) allowed.push({ at, succeeded: false })
+              break
+            }
+            case "refund": {
+              const open = allowed.filter((retry) => !retry.succeeded)
+              if (open.length === 0) break
+              const retry = open[op.which % open.length]!
+              retry.succeeded = true
+              yield* budget.refund(retry.at)
+              break
+            }
+            case "advance":
+              yield* TestClock.adjust(op.millis)
           }
+          grants.splice(0, grants.length, ...allowed.filter((retry) => !retry.succeeded).map((retry) => retry.at))
+          const at = yield* Clock.currentTimeMillis
+          const allowance = Math.floor(options.ratio * countAt(requests, at) + options.minRetriesPerSecond * 10)
+          expect((yield* budget.snapshot).available).toBe(Math.max(0, allowance - countAt(grants, at)))
         }
       }),
-    { fastCheck: { numRuns: 40 } }
+    { fastCheck: { numRuns: 60 } }
   )
 
   const lineOperation = FastCheck.oneof(
@@ -399,7 +463,7 @@ describe("RetryBudget", () => {
     { operations: FastCheck.array(lineOperation, { maxLength: 60, size: "max" }), ...budgetOptions },
     ({ operations, ...options }) =>
       Effect.gen(function*() {
-        const { budget, grants, requests, room } = yield* modelled(options)
+        const { budget, grants, room, ...model } = yield* modelled(options)
         /** Waiters still waiting, in the order they joined the line. */
         let line: Array<Fiber.RuntimeFiber<number | undefined>> = []
         /** Takes in the waiters that finished, checking each grant, then that none waits while there is room. */
@@ -419,17 +483,14 @@ describe("RetryBudget", () => {
           if (line.length > 0) expect(room(now)).toBeLessThan(1)
         })
         for (const op of operations) {
-          const now = yield* Clock.currentTimeMillis
           switch (op._tag) {
             case "request":
-              yield* budget.recordRequest
-              requests.push(now)
+              yield* model.request
               break
             case "retry": {
-              const allowed = yield* budget.tryRetry
               // Exactly the model's room: an interrupted or timed-out waiter took nothing.
-              expect(allowed).toBe(room(now) >= 1)
-              if (allowed) grants.push(now)
+              const allowedAt = yield* model.retry
+              if (allowedAt !== undefined) grants.push(allowedAt)
               break
             }
             case "wait":

@@ -27,4 +27,20 @@ describe("RollingWindow", () => {
     // Its newest bucket was kept in its own lengths: a call a minute old has left the window.
     expect(loaded.totals.calls).toBe(0)
   })
+
+  it("takes one back from the bucket a time falls in, only while that bucket is in the window", () => {
+    const window = windowOf(10, 1000, 0)
+    window.add(500, "calls")
+    window.add(2500, "calls", 2)
+    expect(window.takeBack(3000, "calls", 1999)).toBe(false)
+    expect(window.takeBack(3000, "calls", 2000)).toBe(true)
+    expect(window.takeBack(3000, "calls", 2999)).toBe(true)
+    expect(window.takeBack(3000, "calls", 2000)).toBe(false)
+    expect(window.totals.calls).toBe(1)
+    // At 10 s the bucket of 0.5 s has left, and its slot holds the bucket of 10 s.
+    window.add(10_000, "calls")
+    expect(window.takeBack(10_000, "calls", 500)).toBe(false)
+    expect(window.takeBack(10_000, "calls", 10_999)).toBe(true)
+    expect(window.totals.calls).toBe(0)
+  })
 })

@@ -93,6 +93,12 @@ const freePermit: ConcurrencyLimiter.Permit = {
 const noCost: TokenBucket.Cost = {}
 
 /**
+ * Read right after the schedule decided on a retry: what that retry gives back to the retry
+ * budget once its attempt succeeds, or `undefined` when the budget did not charge it.
+ */
+type OwedRefund = Effect.Effect<Effect.Effect<void> | undefined>
+
+/**
  * `Effect.retry(attempt, schedule)` with `onFailure` told each failure, but the schedule's
  * driver is made only once an attempt has failed: most calls succeed at once, and a driver per
  * call (refs, a clock read, a context update per attempt) costs more than all the policies
@@ -101,16 +107,18 @@ const noCost: TokenBucket.Cost = {}
 const retryAfterFailure = <A, E, R, R2>(
   attempt: Effect.Effect<A, E, R>,
   onFailure: (error: E) => Effect.Effect<void>,
-  schedule: Schedule.Schedule<unknown, E, R2> | undefined
+  schedule: Schedule.Schedule<unknown, E, R2> | undefined,
+  owedRefund: OwedRefund
 ): Effect.Effect<A, E, R | R2> =>
   Effect.catchAll(attempt, (first) =>
     schedule === undefined ? Effect.zipRight(onFailure(first), Effect.fail(first)) : Effect.zipRight(
       onFailure(first),
       Effect.flatMap(Schedule.driver(schedule), (driver) => {
+        const retried = Effect.flatMap(owedRefund, (refund) => refund === undefined ? attempt : Effect.tap(attempt, () => refund))
         const retryFrom = (error: E): Effect.Effect<A, E, R | R2> =>
           Effect.matchEffect(driver.next(error), {
             onFailure: () => Effect.fail(error),
-            onSuccess: () => Effect.catchAll(attempt, (next) => Effect.zipRight(onFailure(next), retryFrom(next)))
+            onSuccess: () => Effect.catchAll(retried, (next) => Effect.zipRight(onFailure(next), retryFrom(next)))
           })
         return retryFrom(first)
       })
@@ -121,22 +129,25 @@ const retryAfterFailure = <A, E, R, R2>(
  * after that a retry would show the same output twice, so the error is the answer. The schedule's
  * driver is made only once an attempt failed (`Stream.retry` makes one, and a channel around the
  * stream, for every stream). Each attempt has a scope of its own, closed before the backoff
- * (`StreamPull.recovering`, which also notes the delivery).
+ * (`StreamPull.recovering`, which also notes the delivery). A retried stream succeeds, for the
+ * budget's refund, once it delivers: its opening may succeed before the upstream was even asked.
  */
 const retryStreamAfterFailure = <A, E, R, R2>(
   attempt: StreamPull.Opening<A, E, R>,
   onFailure: (error: E) => Effect.Effect<void>,
-  schedule: Schedule.Schedule<unknown, E, R2> | undefined
+  schedule: Schedule.Schedule<unknown, E, R2> | undefined,
+  owedRefund: OwedRefund
 ): StreamPull.Opening<A, E, R | R2> =>
   Effect.suspend(() => {
     let driver: Schedule.ScheduleDriver<unknown, E, R2> | undefined
     const driverOf = (schedule: Schedule.Schedule<unknown, E, R2>) =>
       driver === undefined ? Effect.tap(Schedule.driver(schedule), (made) => (driver = made)) : Effect.succeed(driver)
+    const retried = Effect.map(owedRefund, (refund) => refund === undefined ? attempt : StreamPull.onDelivery(attempt, refund))
     /** The next attempt after a failure, or the failure as the answer. */
     const after = (error: E, delivered: boolean): Effect.Effect<StreamPull.Opening<A, E, R>, E, R2> =>
       schedule === undefined || delivered
         ? Effect.fail(error)
-        : Effect.flatMap(driverOf(schedule), (made) => Effect.as(Effect.mapError(made.next(error), () => error), attempt))
+        : Effect.flatMap(driverOf(schedule), (made) => Effect.zipRight(Effect.mapError(made.next(error), () => error), retried))
     return StreamPull.recovering(attempt, (error, delivered) => Effect.zipRight(onFailure(error), after(error, delivered)))
   })
 
@@ -189,18 +200,29 @@ export const make = (parts: Parts): Service => {
     return verdict._tag === "LoadShed" && verdict.signal === "cap" && !Unpaced.wasUnpaced(error)
   }
 
+  /**
+   * When the budget allowed the retry the schedule is deciding on, in this fiber, until read.
+   * The schedule is built once for every call; its driver runs in the call's fiber.
+   */
+  const allowedAt = FiberRef.unsafeMake<number | undefined>(undefined)
+
   /** The retry schedule as a call sees it: budget-guarded (a paced cap's 429 aside), every retry reported. */
   const retries = (schedule: Schedule.Schedule<unknown, unknown>): Schedule.Schedule<unknown, unknown> => {
-    const guarded = budget === undefined
-      ? schedule
-      : schedule.pipe(RetryBudget.guard(budget, {
-        waitFor: parts.budgetWait ?? retry?.maxRetryAfter ?? Duration.zero,
-        exempt: parts.capRetriesPaced ? isCapLoadShed : undefined
-      }))
+    const guarded = budget === undefined ? schedule : schedule.pipe(RetryBudget.guard(budget, {
+      waitFor: parts.budgetWait ?? retry?.maxRetryAfter ?? Duration.zero,
+      exempt: parts.capRetriesPaced ? isCapLoadShed : undefined,
+      onAllowed: (_, at) => FiberRef.set(allowedAt, at)
+    }))
     return Schedule.modifyDelayEffect(guarded, (error, delay) => Effect.as(onRetry(error, delay), delay))
   }
   // Built once: every call of `apply` and `applyStream` follows the same schedule.
   const effectRetries = retry === undefined ? undefined : retries(retry.schedule)
+
+  /** A retry the budget charged gives its room back once its attempt succeeds. */
+  const owedRefund: OwedRefund = Effect.map(
+    FiberRef.getAndSet(allowedAt, undefined),
+    (at) => at === undefined || budget === undefined ? undefined : budget.refund(at)
+  )
 
   const onFailure = (error: unknown): Effect.Effect<void> =>
     classify(error)._tag === "Refused"
@@ -252,7 +274,7 @@ export const make = (parts: Parts): Service => {
 
   const apply: Service["apply"] = (self, options) => {
     const use = effectUse(self)
-    return timed(Effect.zipRight(started, retryAfterFailure(attempt(use, options), onFailure, effectRetries)))
+    return timed(Effect.zipRight(started, retryAfterFailure(attempt(use, options), onFailure, effectRetries, owedRefund)))
   }
 
   /**
@@ -283,7 +305,7 @@ export const make = (parts: Parts): Service => {
 
   const applyStream: Service["applyStream"] = (self, options) =>
     StreamPull.fromOpening(
-      Effect.zipRight(started, retryStreamAfterFailure(gatedStream(streamUse(self), options), onFailure, effectRetries))
+      Effect.zipRight(started, retryStreamAfterFailure(gatedStream(streamUse(self), options), onFailure, effectRetries, owedRefund))
     )
 
   /**
@@ -330,7 +352,7 @@ export const make = (parts: Parts): Service => {
 
   const wrapHttpClient: Service["wrapHttpClient"] = (options) => (client) =>
     HttpClient.transform(client, (effect, request) =>
-      timed(Effect.zipRight(started, retryAfterFailure(respond(effect, options), onFailure, effectRetries))).pipe(
+      timed(Effect.zipRight(started, retryAfterFailure(respond(effect, options), onFailure, effectRetries, owedRefund))).pipe(
         Effect.catchIf(isRefusal, (refusal) => Effect.fail(refusedRequest(request, refusal)))
       ))
 

@@ -2,7 +2,7 @@
  * The retry budget: calls, retries and refusals counted over a rolling window, and the retries
  * that wait for room, in line.
  *
- * Waiting costs O(1) per event: a recorded call, or the window moving on, withdraws a retry for
+ * Waiting costs O(1) per event: a recorded call, a refund, or the window moving on, withdraws a retry for
  * each of the earliest waiters the room allows and wakes only those, and one timer (not one per
  * waiter) wakes the line when buckets leaving the window make room by themselves.
  *
@@ -28,7 +28,7 @@ export interface Settings {
   readonly reserve: number
 }
 
-type Field = "requests" | "retries" | "refused"
+type Field = "requests" | "retries" | "refused" | "refunded"
 
 /** A retry waiting in line. */
 interface Waiter {
@@ -55,16 +55,31 @@ export class Budget implements Service {
     /** Told each decision: a retry withdrawn (`true`) or refused. */
     private readonly decided: (allowed: boolean) => void
   ) {
-    this.window = new RollingWindow(["requests", "retries", "refused"], settings.buckets, settings.bucketMillis, this.now())
+    this.window = new RollingWindow(["requests", "retries", "refused", "refunded"], settings.buckets, settings.bucketMillis, this.now())
   }
 
   readonly recordRequest: Effect.Effect<void> = Effect.suspend(() => {
     const now = this.now()
     this.window.add(now, "requests")
-    this.serve(now)
-    // The deposit may bring forward the time the window makes room for the rest of the line.
-    return this.waiting === 0 ? Effect.void : this.rearm
+    return this.madeRoom(now)
   })
+
+  readonly refund = (allowedAt: number): Effect.Effect<void> =>
+    Effect.suspend(() => {
+      const now = this.now()
+      if (!this.window.takeBack(now, "retries", allowedAt)) return Effect.void
+      this.window.add(now, "refunded")
+      return this.madeRoom(now)
+    })
+
+  /**
+   * Serves the line from the room a deposit or a refund made, and brings forward the time the
+   * window makes room for the rest of it.
+   */
+  private madeRoom(now: number): Effect.Effect<void> {
+    this.serve(now)
+    return this.waiting === 0 ? Effect.void : this.rearm
+  }
 
   // Uninterruptible: `arm` moves the wake-up time at once and starts its timer after, so an
   // interruption in between would leave the line waiting on a timer that never started.
@@ -94,8 +109,8 @@ export class Budget implements Service {
 
   readonly snapshot: Effect.Effect<Snapshot> = Effect.sync(() => {
     this.serve(this.now())
-    const { refused, requests, retries } = this.window.totals
-    return { requests, retries, refused, available: this.room() }
+    const { refunded, refused, requests, retries } = this.window.totals
+    return { requests, retries, refused, refunded, available: this.room() }
   })
 
   private now(): number {

@@ -86,11 +86,32 @@ export class RollingWindow<Field extends string> {
   expiries(now: number): ReadonlyArray<Expiry<Field>> {
     this.advance(now)
     const out: Array<Expiry<Field>> = []
-    for (let index = this.newest - this.buckets + 1; index <= this.newest; index++) {
-      const slot = ((index % this.buckets) + this.buckets) % this.buckets
+    for (let index = this.oldest(); index <= this.newest; index++) {
+      const slot = this.slotOf(index)
       out.push({ at: (index + this.buckets) * this.bucketMillis, counts: this.record((field) => this.slots[field][slot]!) })
     }
     return out
+  }
+
+  /** Takes one of `field` back from the bucket `at` falls in; false when it left the window, or holds none. */
+  takeBack(now: number, field: Field, at: number): boolean {
+    this.advance(now)
+    const index = this.indexAt(at)
+    const slot = this.slotOf(index)
+    if (index < this.oldest() || index > this.newest || this.slots[field][slot]! < 1) return false
+    this.slots[field][slot]! -= 1
+    this.totals[field] -= 1
+    return true
+  }
+
+  /** Absolute index of the oldest live bucket. */
+  private oldest(): number {
+    return this.newest - this.buckets + 1
+  }
+
+  /** Where the bucket of absolute `index` lives (an index may be negative before time 0). */
+  private slotOf(index: number): number {
+    return ((index % this.buckets) + this.buckets) % this.buckets
   }
 
   private clearSlot(slot: number): void {

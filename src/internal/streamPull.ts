@@ -45,6 +45,25 @@ export const failureOf = <E>(cause: Cause.Cause<Option.Option<E>>): Option.Optio
   Option.exists(Cause.failureOption(cause), Option.isNone) ? Option.none() : Option.some(Cause.map(cause, Option.getOrThrow))
 
 /**
+ * `opening` with `delivered` run once, when its stream first delivers: its first element, or its
+ * end without one. Not when it opens (an opening may succeed before anything was asked of the
+ * source) nor when it fails.
+ */
+export const onDelivery = <A, E, R>(opening: Opening<A, E, R>, delivered: Effect.Effect<void>): Opening<A, E, R> =>
+  Effect.map(opening, (pull) => {
+    let owed = true
+    const settled = Effect.suspend(() => {
+      if (!owed) return Effect.void
+      owed = false
+      return delivered
+    })
+    return Effect.matchEffect(pull, {
+      onFailure: (end) => Effect.zipRight(Option.isNone(end) ? settled : Effect.void, Effect.fail(end)),
+      onSuccess: (chunk) => Chunk.isNonEmpty(chunk) ? Effect.as(settled, chunk) : Effect.succeed(chunk)
+    })
+  })
+
+/**
  * Opens `first`, and when an attempt fails (as it opens or at a pull) opens the one `next` gives for
  * its error instead, until one ends or `next` fails; `next` is told whether any element was
  * delivered before. Each attempt has a scope of its own, closed once the attempt failed and before
