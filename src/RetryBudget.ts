@@ -23,8 +23,9 @@
  * `waitFor`, the retry waits in line for room. Retries wait first come first served: each call
  * recorded, each refund, and each bucket leaving the window (a time the budget computes
  * exactly, kept by one timer), withdraws a retry for as many of the earliest waiters as it makes
- * room for, and wakes only those. Refusals are counted by `retriesRefused`, in `snapshot`, and
- * reported to `guard`'s `onRefused`. `Policy` refunds each retry it was allowed whose attempt
+ * room for, and wakes only those. Decisions and refunds are counted by `retriesAllowed`,
+ * `retriesRefused` and `retriesRefunded`, and in `snapshot`; refusals are reported to `guard`'s
+ * `onRefused`. `Policy` refunds each retry it was allowed whose attempt
  * succeeds.
  *
  * Effect has no retry budget, so this module is written from scratch.
@@ -145,7 +146,24 @@ export const retriesRefused: Metric.Metric.Counter<number> = Metric.counter("wea
   incremental: true
 })
 
-const countDecision = (allowed: boolean): void => (allowed ? retriesAllowed : retriesRefused).unsafeUpdate(1, [])
+/**
+ * Retries a budget was given back because they succeeded.
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const retriesRefunded: Metric.Metric.Counter<number> = Metric.counter("weatherproof_retry_budget_refunded", {
+  description: "Retries that succeeded and gave their room in the retry budget back",
+  incremental: true
+})
+
+const counters: Record<internal.Event, Metric.Metric.Counter<number>> = {
+  allowed: retriesAllowed,
+  refused: retriesRefused,
+  refunded: retriesRefunded
+}
+
+const count = (event: internal.Event): void => counters[event].unsafeUpdate(1, [])
 
 const settingsOf = (options: Options): internal.Settings => {
   const windowMillis = Duration.toMillis(options.window ?? defaults.window)
@@ -184,9 +202,8 @@ export const make = (options: Options = {}): Effect.Effect<Service> =>
   Effect.clockWith((clock) =>
     Effect.sync(() => {
       // From the start, at 0: a series shows only from its first update.
-      retriesAllowed.unsafeUpdate(0, [])
-      retriesRefused.unsafeUpdate(0, [])
-      return new internal.Budget(settingsOf(options), clock, countDecision)
+      for (const counter of Object.values(counters)) counter.unsafeUpdate(0, [])
+      return new internal.Budget(settingsOf(options), clock, count)
     })
   )
 

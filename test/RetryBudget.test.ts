@@ -249,6 +249,7 @@ describe("RetryBudget", () => {
 
   it.effect("a refund gives a retry that succeeded its room back, and the next retry in line goes at once", () =>
     Effect.gen(function*() {
+      const refundedBefore = (yield* Metric.value(RetryBudget.retriesRefunded)).count
       // One retry per 10 s window.
       const budget = yield* RetryBudget.make({ ratio: 0, minRetriesPerSecond: 0.1 })
       yield* TestClock.adjust("2 seconds")
@@ -260,6 +261,7 @@ describe("RetryBudget", () => {
       yield* budget.refund(allowedAt)
       expect(yield* Fiber.join(waiting)).toBe(true)
       expect(yield* budget.snapshot).toEqual({ requests: 0, retries: 1, refused: 0, refunded: 1, available: 0 })
+      expect((yield* Metric.value(RetryBudget.retriesRefunded)).count - refundedBefore).toBe(1)
     }))
 
   it.effect("a refund never gives back room that does not count: none for a retry that left the window, none for a time none was allowed", () =>

@@ -131,7 +131,13 @@ describe("weatherproof serve, metrics and traces", () => {
         expect(valueOf(text, `weatherproof_circuit_breaker_trips_total{circuit_breaker="${name}"}`)).toBe(0)
       }
       for (const model of lanes) expect(valueOf(text, `weatherproof_account_pool_queued{model="${model}"}`), model).toBe(0)
-      for (const series of [ok200, clientClosed, "weatherproof_calls_total", "weatherproof_retries_total", "weatherproof_retry_budget_refused_total"]) {
+      const totals = [
+        "weatherproof_calls_total",
+        "weatherproof_retries_total",
+        "weatherproof_retry_budget_refused_total",
+        "weatherproof_retry_budget_refunded_total"
+      ]
+      for (const series of [ok200, clientClosed, ...totals]) {
         expect(valueOf(text, series), series).toBeGreaterThanOrEqual(0)
       }
       // The series came before the lanes: the status lists none until a call makes them.

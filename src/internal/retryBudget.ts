@@ -30,6 +30,9 @@ export interface Settings {
 
 type Field = "requests" | "retries" | "refused" | "refunded"
 
+/** What the budget counts as it happens: a retry allowed, refused, or refunded. */
+export type Event = "allowed" | "refused" | "refunded"
+
 /** A retry waiting in line. */
 interface Waiter {
   /** `granted` once a retry was withdrawn for it; `gone` once it left the line without one. */
@@ -52,8 +55,8 @@ export class Budget implements Service {
   constructor(
     private readonly settings: Settings,
     private readonly clock: Clock.Clock,
-    /** Told each decision: a retry withdrawn (`true`) or refused. */
-    private readonly decided: (allowed: boolean) => void
+    /** Told each retry withdrawn, refused, or given back. */
+    private readonly counted: (event: Event) => void
   ) {
     this.window = new RollingWindow(["requests", "retries", "refused", "refunded"], settings.buckets, settings.bucketMillis, this.now())
   }
@@ -69,6 +72,7 @@ export class Budget implements Service {
       const now = this.now()
       if (!this.window.takeBack(now, "retries", allowedAt)) return Effect.void
       this.window.add(now, "refunded")
+      this.counted("refunded")
       return this.madeRoom(now)
     })
 
@@ -127,12 +131,12 @@ export class Budget implements Service {
 
   private withdraw(now: number): void {
     this.window.add(now, "retries")
-    this.decided(true)
+    this.counted("allowed")
   }
 
   private refuse(now: number): false {
     this.window.add(now, "refused")
-    this.decided(false)
+    this.counted("refused")
     return false
   }
 
