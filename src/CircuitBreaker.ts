@@ -6,6 +6,11 @@
  * - **Closed**: calls pass. Their outcomes are counted over a rolling window (`buckets` buckets
  *   over `window`, advanced by Effect's `Clock`). Once the window holds at least
  *   `minimumThroughput` calls and the share of failures reaches `failureRatio`, the circuit trips.
+ *   The share counts the calls still in flight as not failed (yet): a fast failure (a 503, a
+ *   refused connection) settles long before a success (an answer that takes seconds), and
+ *   judged on settled calls alone, the first seconds after the circuit closes would show only
+ *   failures and trip it again at once, whatever the share of failures. An outage still trips
+ *   it: its calls in flight fail too.
  * - **Open**: calls fail at once with `CircuitOpen`, which says when calls resume. The period is
  *   `openFor`, doubled on each consecutive trip up to `maxOpenFor`.
  * - **HalfOpen**: after the period, `canaries` calls go through. When all succeed the circuit
@@ -184,6 +189,11 @@ export interface Snapshot {
   readonly trips: number
   /** Canary calls running now (0 unless half-open). */
   readonly canariesInFlight: number
+  /**
+   * Calls admitted while closed that have not settled, in this process (0 unless closed). The
+   * failure ratio counts them as not failed: failures over the window's calls and these.
+   */
+  readonly inFlight: number
 }
 
 /**
@@ -419,6 +429,8 @@ const serve = (core: internal.Core, options: Options, transitions: Transitions):
         name: options.name
       })
 
+    // Run masked, with `effect` restored: an interruption of it settles too (as ignored), so a
+    // call admitted while closed is in flight until it settles.
     const settleAfter = <A, E, R>(ticket: number, effect: Effect.Effect<A, E, R>) =>
       Effect.flatMap(Effect.exit(effect), (exit) => {
         core.settle(ticket, judge(exit))
@@ -438,12 +450,12 @@ const serve = (core: internal.Core, options: Options, transitions: Transitions):
         return attempt
       })
 
-    // Closed admission has no side effect: a call interrupted anywhere is simply not counted,
-    // which is what the breaker does with interruptions anyway. So the hot path needs no mask.
+    // Closed admission is synchronous and cannot wait; masked up to `settleAfter`, so that an
+    // interruption cannot leave the call pending for good.
     const protect = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | CircuitOpen, R> =>
-      Effect.suspend(() => {
-        const ticket = core.machine.closedTicket()
-        return ticket === undefined ? admitGuarded(effect) : settleAfter(ticket, effect)
+      Effect.uninterruptibleMask((restore) => {
+        const ticket = core.machine.admitClosed()
+        return ticket === undefined ? restore(admitGuarded(effect)) : settleAfter(ticket, restore(effect))
       })
 
     // Waits out a half-open verdict like `protect`; the ticket is settled once, by the caller or
@@ -581,5 +593,5 @@ export const layerNoop: Layer.Layer<CircuitBreaker> = Layer.succeed(CircuitBreak
   changes: Stream.concat(Stream.succeed(internal.closed), Stream.never),
   isolate: Effect.void,
   reset: Effect.void,
-  snapshot: Effect.succeed({ state: internal.closed, calls: 0, failures: 0, trips: 0, canariesInFlight: 0 })
+  snapshot: Effect.succeed({ state: internal.closed, calls: 0, failures: 0, trips: 0, canariesInFlight: 0, inFlight: 0 })
 })

@@ -105,6 +105,43 @@ describe("CircuitBreaker", () => {
         expect((yield* breaker.state)._tag).toBe("Open")
       }))
 
+    /** `fast` calls that fail at once and `slow` that succeed after a second, all admitted together. */
+    const mixed = (breaker: CircuitBreaker.Service, fast: number, slow: number, slowError?: unknown) =>
+      Effect.forEach(
+        [
+          ...Array.from({ length: slow }, () => Effect.delay(slowError === undefined ? Effect.void : Effect.fail(slowError), "1 second")),
+          ...Array.from({ length: fast }, () => Effect.fail(serverError()))
+        ],
+        (call) => Effect.either(breaker.protect(call)),
+        { concurrency: "unbounded" }
+      ).pipe(Effect.fork)
+
+    it.scoped("counts the calls in flight as not failed: fast failures that settle first do not trip it", () =>
+      Effect.gen(function*() {
+        // 30 of 200 calls (15%) fail at once; the others answer a second later.
+        const breaker = yield* CircuitBreaker.make()
+        const fiber = yield* mixed(breaker, 30, 170)
+        yield* TestClock.adjust(0)
+        expect(yield* breaker.snapshot).toMatchObject({ state: { _tag: "Closed" }, calls: 30, failures: 30, inFlight: 170 })
+        yield* TestClock.adjust("1 second")
+        yield* Fiber.join(fiber)
+        expect(yield* breaker.snapshot).toMatchObject({ state: { _tag: "Closed" }, calls: 200, failures: 30, inFlight: 0 })
+      }))
+
+    it.scoped("an outage trips it with calls in flight: fast, once failures reach the ratio of the calls settled and in flight", () =>
+      Effect.gen(function*() {
+        // 50 fast failures and 150 calls in flight: 25%.
+        const fast = yield* CircuitBreaker.make()
+        yield* mixed(fast, 50, 150)
+        yield* TestClock.adjust(0)
+        expect(yield* fast.snapshot).toMatchObject({ state: { _tag: "Open" }, calls: 50, failures: 50 })
+        // Every call failing after a second: judged as they settle.
+        const slow = yield* CircuitBreaker.make()
+        yield* mixed(slow, 0, 200, serverError())
+        yield* TestClock.adjust("1 second")
+        expect(yield* slow.snapshot).toMatchObject({ state: { _tag: "Open" }, calls: 50, failures: 50 })
+      }))
+
     it.scoped("counts 400, 401, 402 and 422 as successes and passes them through", () =>
       Effect.gen(function*() {
         const breaker = yield* CircuitBreaker.make()
@@ -130,7 +167,9 @@ describe("CircuitBreaker", () => {
       Effect.gen(function*() {
         const breaker = yield* CircuitBreaker.make()
         const fibers = yield* Effect.forEach(Array.from({ length: 20 }), () => forkStarted(breaker, Effect.never))
+        expect((yield* breaker.snapshot).inFlight).toBe(20)
         yield* Fiber.interruptAll(fibers)
+        expect((yield* breaker.snapshot).inFlight).toBe(0)
         yield* Effect.replicateEffect(Effect.exit(breaker.protect(Effect.dieMessage("bug"))), 20)
         expect(yield* breaker.snapshot).toMatchObject({ state: { _tag: "Closed" }, calls: 0, failures: 0 })
         yield* trip(breaker)
@@ -616,6 +655,8 @@ describe("CircuitBreaker", () => {
               }
             }
           }
+          // Every call settled, interrupted ones included: none is left in flight.
+          expect((yield* breaker.snapshot).inFlight).toBe(0)
         }).pipe(
           // No cooperative yields: a call reads the state in the same step it was admitted in,
           // so a canary knows its episode for sure.

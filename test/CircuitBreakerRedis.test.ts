@@ -1,4 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
+import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
@@ -77,6 +78,24 @@ describe.skipIf(!redisServerPresent)(skipMessage("CircuitBreaker on Redis"), () 
       yield* until(Effect.sync(() => seenB.length), (n) => n >= 4)
       expect(seenA).toEqual(["Closed", "Open", "HalfOpen", "Closed"])
       expect(seenB).toEqual(["Closed", "Open", "HalfOpen", "Closed"])
+    }))
+
+  it.scopedLive("the shared ratio counts a process's calls in flight as not failed: its fast failures beside them do not trip it", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const { a, b } = yield* twoBreakers(server)
+      const release = yield* Deferred.make<void>()
+      const slow = yield* Effect.forEach(Array.from({ length: 4 }), () => Effect.fork(a.protect(Deferred.await(release))))
+      yield* until(a.snapshot, (snapshot) => snapshot.inFlight === 4)
+      // 2 failures over 2 calls settled and 4 in flight: 33%, under the 50% that trips.
+      yield* Effect.exit(a.protect(failing))
+      yield* Effect.exit(a.protect(failing))
+      yield* until(b.snapshot, (snapshot) => snapshot.calls === 2)
+      expect((yield* b.state)._tag).toBe("Closed")
+      yield* Deferred.succeed(release, undefined)
+      yield* Fiber.joinAll(slow)
+      const settled = yield* until(a.snapshot, (snapshot) => snapshot.calls === 6)
+      expect(settled).toMatchObject({ state: { _tag: "Closed" }, failures: 2, inFlight: 0 })
     }))
 
   it.scopedLive("a canary whose process died frees its slot after its lease: a caller elsewhere becomes the canary and closes the circuit", () =>

@@ -84,6 +84,14 @@ export class Machine {
   private canariesSucceeded = 0
   private canaryLeaseUntil = 0
   private readonly window: RollingWindow<"calls" | "failures">
+  /**
+   * Calls admitted while closed, in this generation, that have not settled: in this process only
+   * (not saved). They have not failed yet, so the failure ratio counts them: a call that fails
+   * fast (a 503, a refused connection) settles long before one that succeeds, and a window that
+   * judged settled calls alone would see only failures for the first seconds after closing (or
+   * starting), and trip at once whatever the share of failures.
+   */
+  private pending = 0
 
   /**
    * `canaryLeaseMillis`: how long a canary's slot is held without `renewCanaries`. In one process
@@ -104,7 +112,7 @@ export class Machine {
     const state = this.state
     switch (state._tag) {
       case "Closed":
-        return this.generation
+        return this.admitClosed()!
       case "HalfOpen":
         if (this.canariesInFlight + this.canariesSucceeded < this.settings.canaries) {
           this.canariesInFlight++
@@ -128,13 +136,31 @@ export class Machine {
     return undefined
   }
 
-  /** The ticket of a call admitted without side effects, i.e. while closed. */
-  closedTicket(): number | undefined {
-    return this.state._tag === "Closed" ? this.generation : undefined
+  /** The ticket of a call admitted while closed (no transition, no wait), or `undefined` when not closed. */
+  admitClosed(): number | undefined {
+    if (this.state._tag !== "Closed") return undefined
+    this.pending++
+    return this.generation
   }
 
-  /** Takes the verdict of a call admitted with `ticket`. */
+  /** The call admitted with `ticket` settled: it is no longer pending. */
+  release(ticket: number): void {
+    if (ticket === this.generation && this.pending > 0) this.pending--
+  }
+
+  /** The pending calls of `other`, a machine of this process, when it is in this one's generation. */
+  pendingOf(other: Machine): void {
+    this.pending = other.generation === this.generation ? other.pending : 0
+  }
+
+  /** Takes the verdict of a call admitted with `ticket`, which settled. */
   settle(ticket: number, outcome: Outcome, now: number): void {
+    this.release(ticket)
+    this.record(ticket, outcome, now)
+  }
+
+  /** Takes the verdict of a call admitted with `ticket`, already `release`d. */
+  record(ticket: number, outcome: Outcome, now: number): void {
     if (ticket !== this.generation) return
     switch (this.state._tag) {
       case "Closed":
@@ -194,7 +220,8 @@ export class Machine {
       calls: this.window.totals.calls,
       failures: this.window.totals.failures,
       trips: this.totalTrips,
-      canariesInFlight: this.state._tag === "HalfOpen" ? this.canariesInFlight : 0
+      canariesInFlight: this.state._tag === "HalfOpen" ? this.canariesInFlight : 0,
+      inFlight: this.pending
     }
   }
 
@@ -217,6 +244,7 @@ export class Machine {
     // A renewed lease or new window counts change nothing a waiting caller waits for.
     const moved = saved.generation !== this.generation || saved.canariesInFlight !== this.canariesInFlight ||
       saved.canariesSucceeded !== this.canariesSucceeded
+    if (saved.generation !== this.generation) this.pending = 0
     this.state = saved.state
     this.generation = saved.generation
     this.consecutiveTrips = saved.consecutiveTrips
@@ -240,7 +268,7 @@ export class Machine {
 
   private overThreshold(): boolean {
     const { calls, failures } = this.window.totals
-    return calls >= this.settings.minimumThroughput && failures / calls >= this.settings.failureRatio
+    return calls >= this.settings.minimumThroughput && failures / (calls + this.pending) >= this.settings.failureRatio
   }
 
   private settleCanary(outcome: Outcome, now: number): void {
@@ -272,6 +300,7 @@ export class Machine {
     const previous = this.state
     this.state = next
     this.generation++
+    this.pending = 0
     // A reset of a closed circuit only clears its window: nothing to announce.
     if (next._tag !== previous._tag) this.onTransition(next)
     this.wake()

@@ -226,7 +226,9 @@ export const core = (
 
     /** Applies `outcomes`, and renews the lease of the canaries this service still holds (`renew`). */
     const flushed = (outcomes: ReadonlyArray<readonly [number, Outcome]>, renew: boolean) => (machine: Machine, at: number) => {
-      for (const [ticket, outcome] of outcomes) machine.settle(ticket, outcome, at)
+      // Released by `settle`: judged with the calls this process still has in flight.
+      machine.pendingOf(mirror)
+      for (const [ticket, outcome] of outcomes) machine.record(ticket, outcome, at)
       if (renew) machine.renewCanaries(at)
     }
 
@@ -260,7 +262,7 @@ export const core = (
       admit: Effect.suspend((): Effect.Effect<Admission> => {
         const refusal = mirror.refusal(now())
         if (refusal !== undefined) return Effect.succeed(refusal)
-        const ticket = mirror.closedTicket()
+        const ticket = mirror.admitClosed()
         if (ticket !== undefined) return Effect.succeed(ticket)
         // A wait is on the mirror's signal: every read that changes it wakes the waiters.
         return Effect.map(change(admitShared), ([admission, canary]) => {
@@ -276,6 +278,7 @@ export const core = (
         })
       }),
       settle: (ticket, outcome) => {
+        mirror.release(ticket)
         if (ticket === held.generation && held.canaries > 0) held.canaries--
         if (outcome === "ignored" && mirror.state._tag === "Closed") return
         pending.push([ticket, outcome])
