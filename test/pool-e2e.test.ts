@@ -8,11 +8,13 @@ import * as NodeContext from "@effect/platform-node/NodeContext"
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
+import * as Metric from "effect/Metric"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import type * as AccountPool from "../src/AccountPool.js"
 import type { Account } from "../src/Accounts.js"
 import * as Batch from "../src/Batch.js"
+import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as CostLedger from "../src/CostLedger.js"
 import * as Router from "../src/Router.js"
 import * as Simulator from "../src/Simulator.js"
@@ -99,4 +101,24 @@ describe("the account pool against a DeepSeek-like simulator", () => {
       expect(summary).toMatchObject({ requests: count, succeeded: count, failed: 0 })
       expect((yield* simulator.stats).byStatus[500]).toBeGreaterThan(0)
     }).pipe(Effect.timeout("60 seconds"), Effect.provide(NodeContext.layer)))
+
+  it.scopedLive("a tenth of requests answered by an instant 503, 200 in flight: the only account's breaker stays closed", () =>
+    Effect.gen(function*() {
+      // The 503s settle at once, the answers 300 ms later: judged on settled calls alone, the
+      // first 20 to settle would be 503s, and the breaker would open at the start.
+      const simulator = yield* Simulator.make({ limit: 200, queueDelay: "300 millis", faults: { probabilities: { overloaded: 0.1 } } })
+      const trips = Metric.value(Metric.tagged(CircuitBreaker.tripsCounter, "circuit_breaker", "only"))
+      const tripsBefore = (yield* trips).count
+      const count = 600
+      const { output, summary } = yield* runBatch(
+        Array.from({ length: count }, (_, i) => line(i, "deepseek-v4-flash")),
+        [{ ...account(simulator.baseUrl), concurrency: 200 }],
+        // An open period longer than the test's timeout: a trip fails it.
+        { retry: { base: "20 millis", cap: "200 millis" }, breaker: { openFor: "1 minute", maxOpenFor: "1 minute" } }
+      )
+      expectEveryLineRight(output, count)
+      expect(summary).toMatchObject({ requests: count, succeeded: count, failed: 0 })
+      expect((yield* simulator.stats).byStatus[503]).toBeGreaterThan(0)
+      expect((yield* trips).count - tripsBefore).toBe(0)
+    }).pipe(Effect.timeout("20 seconds"), Effect.provide(NodeContext.layer)))
 })
