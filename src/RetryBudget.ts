@@ -25,8 +25,7 @@
  * exactly, kept by one timer), withdraws a retry for as many of the earliest waiters as it makes
  * room for, and wakes only those. Decisions and refunds are counted by `retriesAllowed`,
  * `retriesRefused` and `retriesRefunded`, and in `snapshot`; refusals are reported to `guard`'s
- * `onRefused`. `Policy` refunds each retry it was allowed whose attempt
- * succeeds.
+ * `onRefused`. `Policy` refunds each retry it was allowed whose attempt succeeds.
  *
  * Effect has no retry budget, so this module is written from scratch.
  *

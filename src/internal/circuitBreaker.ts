@@ -148,8 +148,8 @@ export class Machine {
     if (ticket === this.generation && this.pending > 0) this.pending--
   }
 
-  /** The pending calls of `other`, a machine of this process, when it is in this one's generation. */
-  pendingOf(other: Machine): void {
+  /** Takes the pending calls of `other`, a machine of this process, when it is in this one's generation. */
+  adoptPending(other: Machine): void {
     this.pending = other.generation === this.generation ? other.pending : 0
   }
 

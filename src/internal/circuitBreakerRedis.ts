@@ -227,7 +227,7 @@ export const core = (
     /** Applies `outcomes`, and renews the lease of the canaries this service still holds (`renew`). */
     const flushed = (outcomes: ReadonlyArray<readonly [number, Outcome]>, renew: boolean) => (machine: Machine, at: number) => {
       // Released by `settle`: judged with the calls this process still has in flight.
-      machine.pendingOf(mirror)
+      machine.adoptPending(mirror)
       for (const [ticket, outcome] of outcomes) machine.record(ticket, outcome, at)
       if (renew) machine.renewCanaries(at)
     }

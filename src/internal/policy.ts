@@ -219,10 +219,9 @@ export const make = (parts: Parts): Service => {
   const effectRetries = retry === undefined ? undefined : retries(retry.schedule)
 
   /** A retry the budget charged gives its room back once its attempt succeeds. */
-  const owedRefund: OwedRefund = Effect.map(
-    FiberRef.getAndSet(allowedAt, undefined),
-    (at) => at === undefined || budget === undefined ? undefined : budget.refund(at)
-  )
+  const owedRefund: OwedRefund = budget === undefined
+    ? Effect.succeed(undefined)
+    : Effect.map(FiberRef.getAndSet(allowedAt, undefined), (at) => at === undefined ? undefined : budget.refund(at))
 
   const onFailure = (error: unknown): Effect.Effect<void> =>
     classify(error)._tag === "Refused"

@@ -2,9 +2,9 @@
  * The retry budget: calls, retries and refusals counted over a rolling window, and the retries
  * that wait for room, in line.
  *
- * Waiting costs O(1) per event: a recorded call, a refund, or the window moving on, withdraws a retry for
- * each of the earliest waiters the room allows and wakes only those, and one timer (not one per
- * waiter) wakes the line when buckets leaving the window make room by themselves.
+ * Waiting costs O(1) per event: a recorded call, a refund, or the window moving on, withdraws a
+ * retry for each of the earliest waiters the room allows and wakes only those, and one timer (not
+ * one per waiter) wakes the line when buckets leaving the window make room by themselves.
  *
  * @internal
  */

@@ -50,18 +50,11 @@ export const failureOf = <E>(cause: Cause.Cause<Option.Option<E>>): Option.Optio
  * source) nor when it fails.
  */
 export const onDelivery = <A, E, R>(opening: Opening<A, E, R>, delivered: Effect.Effect<void>): Opening<A, E, R> =>
-  Effect.map(opening, (pull) => {
-    let owed = true
-    const settled = Effect.suspend(() => {
-      if (!owed) return Effect.void
-      owed = false
-      return delivered
-    })
-    return Effect.matchEffect(pull, {
+  Effect.zipWith(opening, Effect.once(delivered), (pull, settled) =>
+    Effect.matchEffect(pull, {
       onFailure: (end) => Effect.zipRight(Option.isNone(end) ? settled : Effect.void, Effect.fail(end)),
       onSuccess: (chunk) => Chunk.isNonEmpty(chunk) ? Effect.as(settled, chunk) : Effect.succeed(chunk)
-    })
-  })
+    }))
 
 /**
  * Opens `first`, and when an attempt fails (as it opens or at a pull) opens the one `next` gives for
