@@ -208,6 +208,21 @@ export interface Capacity {
 }
 
 /**
+ * An account whose origin none of the start's warm-up connections reached (`Service.unreachable`):
+ * a base URL with a typo, a host that is down, no network.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Unreachable {
+  readonly account: string
+  /** The origin of the account's base URL. */
+  readonly origin: string
+  /** Why the connections failed, as the system said it (`connect ECONNREFUSED 127.0.0.1:1`). */
+  readonly reason: string
+}
+
+/**
  * Options of one call.
  *
  * @since 0.1.0
@@ -237,6 +252,14 @@ export interface Service {
   readonly snapshot: Effect.Effect<ReadonlyArray<AccountStatus>>
   /** What the pool may hold in flight now, and what it could take at once: a batch reads ahead by it (`Batch.run`). */
   readonly capacity: Effect.Effect<Capacity>
+  /**
+   * Waits for the start's warm-up (`Options.warmUp`) to reach each account's origin or fail to,
+   * and tells the accounts it could not reach (each also logged as a warning). It waits no longer
+   * than the first connection to each origin takes (or its connect timeout, 10 seconds); empty at
+   * once when there is no warm-up. A batch refuses to start when no account can be reached
+   * (`Batch.run`).
+   */
+  readonly unreachable: Effect.Effect<ReadonlyArray<Unreachable>>
   /**
    * Masks every configured key in `text`, whole or in part, and anything shaped like a key: for
    * text an upstream may have echoed a key into that leaves the process (a batch's result lines).

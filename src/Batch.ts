@@ -36,6 +36,10 @@
  *   spelling of one file shares the lock. Another run on it fails at once with `OutputLocked`,
  *   before anything is sent. A lock left by a dead process of this host is taken over (logged as
  *   a warning); one from another host, or from a live process, is respected.
+ * - An upstream that cannot be reached at all is told at once: when the warm-up connections of an
+ *   `AccountPool` reach none of its accounts' origins (a base URL with a typo, a host down, no
+ *   network), the run fails with `UpstreamUnreachable` before it locks, reads or sends anything.
+ *   An upstream lost later is waited for (each call up to its `maxWait`).
  * - Compaction keeps the output's identity: it rewrites the real file behind a symlink (which
  *   stays a symlink), beside it, with its mode. A read-only output is refused before anything is
  *   sent (`BatchError`).
@@ -164,6 +168,23 @@ export class OutputLocked extends Data.TaggedError("OutputLocked")<{
       : `pid ${this.holder.pid} on host ${this.holder.host}, since ${this.holder.since}`
     return `the output ${this.path} is in use by another batch run (${holder}); ` +
       `wait for that run to end, or remove ${this.lockPath} if it is gone`
+  }
+}
+
+/**
+ * The warm-up reached none of the pool's accounts (`AccountPool.Service.unreachable`): nothing was
+ * read, written or sent. Run again once the upstream can be reached.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class UpstreamUnreachable extends Data.TaggedError("UpstreamUnreachable")<{
+  readonly accounts: ReadonlyArray<AccountPoolModule.Unreachable>
+}> {
+  /** @since 0.1.0 */
+  override get message(): string {
+    const each = this.accounts.map(({ account, origin, reason }) => `account ${account}: ${origin} (${reason})`)
+    return `cannot connect to the upstream of any account: ${each.join("; ")}`
   }
 }
 
@@ -512,6 +533,19 @@ const resolvePaths = (fs: FileSystem.FileSystem, input: string, output: string) 
     return { output: outputReal, inputKind }
   })
 
+/** Fails when the pool in context, if any, reached none of its accounts at start. */
+const refuseUnreachable: Effect.Effect<void, UpstreamUnreachable> = Effect.flatMap(
+  Effect.serviceOption(AccountPool),
+  Option.match({
+    onNone: () => Effect.void,
+    onSome: (pool) =>
+      Effect.flatMap(Effect.zip(pool.unreachable, pool.snapshot), ([unreachable, accounts]) =>
+        unreachable.length > 0 && unreachable.length === accounts.length
+          ? new UpstreamUnreachable({ accounts: unreachable })
+          : Effect.void)
+  })
+)
+
 /** Takes `<real output>.lock` for the run's scope; another run's lock fails with `OutputLocked`. */
 const lockOutput = (fs: FileSystem.FileSystem, output: string, real: string) => {
   const lockPath = `${real}.lock`
@@ -717,8 +751,9 @@ const summarize = (
  * failure had an HTTP status, else `null`. (A client whose keys or accounts are all out fails
  * each call at once, without the network, so a run over dead credentials ends fast.)
  *
- * Before anything is read or sent, the run takes the output's lock (another run holding it fails
- * the run with `OutputLocked`) and refuses a read-only output (`BatchError`). When
+ * Before anything is read or sent, the run fails with `UpstreamUnreachable` when its
+ * `AccountPool` could reach none of its accounts, takes the output's lock (another run holding it
+ * fails the run with `OutputLocked`) and refuses a read-only output (`BatchError`). When
  * `options.stop` completes, the run drains (see `Options.stop`) and its summary is `interrupted`.
  *
  * The summary counts what happened between the start and the end of the run (the ledger and the
@@ -739,12 +774,15 @@ const summarize = (
  * @since 0.1.0
  * @category constructors
  */
-export const run = (options: Options): Effect.Effect<Summary, BatchError | OutputLocked | BatchAborted, Requirements> =>
+export const run = (
+  options: Options
+): Effect.Effect<Summary, BatchError | OutputLocked | UpstreamUnreachable | BatchAborted, Requirements> =>
   Effect.scoped(Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const { input } = options
 
     const { inputKind, output } = yield* resolvePaths(fs, input, options.output)
+    yield* refuseUnreachable
     yield* lockOutput(fs, options.output, output)
     yield* refuseReadOnly(fs, options.output, output)
     const before = yield* readings

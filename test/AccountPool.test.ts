@@ -1038,13 +1038,27 @@ describe("AccountPool", () => {
         account("main", [Simulator.defaultKey], { baseUrl: primary.baseUrl }),
         account("backup", ["sk-backup-key-0123456789"], { baseUrl: `http://127.0.0.1:${closed}/v1`, fallback: true })
       ]
-      yield* Layer.build(AccountPool.layerResilient(accounts).pipe(Layer.provide(CostLedger.layer()))).pipe(capturingLogs(logs))
+      const context = yield* Layer.build(AccountPool.layerResilient(accounts).pipe(Layer.provide(CostLedger.layer()))).pipe(
+        capturingLogs(logs)
+      )
+      const reason = `connect ECONNREFUSED 127.0.0.1:${closed}`
+      const unreachable = yield* Effect.flatMap(AccountPool.AccountPool, (pool) => pool.unreachable).pipe(Effect.provide(context))
+      expect(unreachable).toEqual([{ account: "backup", origin: `http://127.0.0.1:${closed}`, reason }])
       const warnings = () => logs.filter(({ level }) => level === "WARN").map(({ message }) => message)
-      for (let i = 0; i < 100 && warnings().length === 0; i++) yield* Effect.sleep("20 millis")
       yield* Effect.sleep("100 millis")
       expect(warnings()).toEqual([
-        `AccountPool: account backup: cannot connect to http://127.0.0.1:${closed} (connect ECONNREFUSED 127.0.0.1:${closed}); its calls fail until it can be reached`
+        `AccountPool: account backup: cannot connect to http://127.0.0.1:${closed} (${reason}); its calls fail to connect until it can be reached`
       ])
+    }))
+
+  it.scopedLive("without a warm-up, nothing is found unreachable and nothing is waited for", () =>
+    Effect.gen(function*() {
+      const closed = yield* Effect.promise(() => freePort())
+      const accounts = [account("a", ["sk-a-key-0123456789"], { baseUrl: `http://127.0.0.1:${closed}/v1` })]
+      const context = yield* Layer.build(
+        AccountPool.layerResilient(accounts, { warmUp: 0, preflight: false }).pipe(Layer.provide(CostLedger.layer()))
+      )
+      expect(yield* Effect.flatMap(AccountPool.AccountPool, (pool) => pool.unreachable).pipe(Effect.provide(context))).toEqual([])
     }))
 
   it.scopedLive("an upstream whose certificate this machine does not trust is told at start with how to trust it, and each call fails at once, with no retry, saying so", () =>
@@ -1059,7 +1073,7 @@ describe("AccountPool", () => {
       const hint = "self-signed certificate; to trust a private CA (a TLS-inspecting proxy's, say), give its certificate file in NODE_EXTRA_CA_CERTS"
       const warnings = () => logs.filter(({ level }) => level === "WARN").map(({ message }) => message)
       for (let i = 0; i < 100 && warnings().length === 0; i++) yield* Effect.sleep("20 millis")
-      expect(warnings()).toEqual([`AccountPool: account proxied: cannot connect to ${untrusted} (${hint}); its calls fail until it can be reached`])
+      expect(warnings()).toEqual([`AccountPool: account proxied: cannot connect to ${untrusted} (${hint}); its calls fail to connect until it can be reached`])
       const error = yield* Effect.flip(Effect.flatMap(Resilient.Resilient, (client) => client.create(request)).pipe(Effect.provide(context)))
       expect(error).toMatchObject({ _tag: "TransportError", message: `request failed before a response arrived: ${hint}` })
       expect(ApiError.classify(error)._tag).toBe("Account")

@@ -31,6 +31,7 @@ import * as Simulator from "../src/Simulator.js"
 import { Telemetry } from "../src/Telemetry.js"
 import { layerFullDisk } from "./support/fullDisk.js"
 import { flatPricing } from "./support/pricing.js"
+import { freePort } from "./support/ports.js"
 import { type Handler, rawServer } from "./support/rawServer.js"
 
 const secret = "sk-batch-test-SECRET-0123456789"
@@ -770,6 +771,7 @@ describe("Batch summary", () => {
           stream: () => Stream.die("unused"),
           snapshot: Effect.succeed(statuses),
           capacity: Effect.succeed({ permits: 24, free: 24, stalled: false, changed: Effect.never }),
+          unreachable: Effect.succeed([]),
           scrub: (text) => text
         }))
       )
@@ -1567,6 +1569,43 @@ describe("Batch.run while no account can serve", () => {
       )
       expect(summary).toMatchObject({ requests: lines, failed: lines, failures: { NoAccountAvailable: lines } })
       expect((yield* simulator.stats).requests).toBe(0)
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)), 15_000)
+})
+
+describe("Batch.run over an upstream that cannot be reached", () => {
+  it.live("fails at once with UpstreamUnreachable when no account's origin can be connected to: nothing locked, written or sent", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput([request("u-1"), request("u-2")])
+      const closed = yield* Effect.promise(freePort)
+      const stack = Batch.layerAccounts([Demo.demoAccount(`http://127.0.0.1:${closed}`)], {
+        ledger: CostLedger.layer(),
+        router: Router.layerDefault
+      })
+      // Without the check the lines wait for the account's breaker, up to their maxWait (30 minutes).
+      const error = yield* Effect.flip(Effect.timeoutFail(Batch.run(ws).pipe(Effect.provide(stack)), {
+        duration: "5 seconds",
+        onTimeout: () => new Error("the run waited for an upstream it never reached")
+      }))
+      expect(error).toBeInstanceOf(Batch.UpstreamUnreachable)
+      const reason = `connect ECONNREFUSED 127.0.0.1:${closed}`
+      expect(error.message).toBe(`cannot connect to the upstream of any account: account demo: http://127.0.0.1:${closed} (${reason})`)
+      expect(yield* ws.fs.exists(ws.output)).toBe(false)
+      expect(yield* ws.fs.exists(`${ws.output}.lock`)).toBe(false)
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)), 15_000)
+
+  it.live("runs when one account of several can be reached", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput([request("r-1"), request("r-2")])
+      const simulator = yield* Simulator.make()
+      const closed = yield* Effect.promise(freePort)
+      const stack = Batch.layerAccounts([
+        Demo.demoAccount(simulator.baseUrl),
+        { ...Demo.demoAccount(`http://127.0.0.1:${closed}`), name: "gone", fallback: true }
+      ], { ledger: CostLedger.layer(), router: Router.layerDefault })
+      const summary = yield* Effect.timeout(Batch.run(ws).pipe(Effect.provide(stack)), "10 seconds")
+      expect(summary).toMatchObject({ succeeded: 2, failed: 0 })
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)), 15_000)
 })
 

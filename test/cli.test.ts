@@ -516,6 +516,7 @@ describe("weatherproof's progress lines", () => {
         stream: () => Stream.die("unused"),
         snapshot: Effect.sync(() => Array.from(states, ([name, state]) => idleAccount(name, state))),
         capacity: Effect.die("unused"),
+        unreachable: Effect.die("unused"),
         scrub: (text) => text
       }
       const report = yield* progressLinesInto(lines, "1 minute")

@@ -16,6 +16,7 @@ import { v8Flags } from "../app/cli/v8Tiers.js"
 import { bundleCli } from "../scripts/bundleCli.js"
 import * as Simulator from "../src/Simulator.js"
 import { chatLine } from "./support/chatLine.js"
+import { freePort } from "./support/ports.js"
 import { redisServer, redisServerPresent, skipMessage } from "./support/redisServer.js"
 
 const root = fileURLToPath(new URL("..", import.meta.url))
@@ -197,6 +198,22 @@ describe("weatherproof batch as a process", () => {
       expect(stats.accounts["first"]?.completed).toBe(30)
       expect(yield* ws.fs.exists(ws.lock)).toBe(false)
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+
+  it.live("an upstream that cannot be connected to at start: exit 2 at once, naming it and where its URL came from, nothing written", () =>
+    Effect.gen(function*() {
+      const ws = yield* setup(5, {})
+      const closed = yield* Effect.promise(freePort)
+      const env = { ...ws.env, DEEPSEEK_BASE_URL: `http://127.0.0.1:${closed}` }
+      // Before, the lines waited for the account's breaker up to --max-wait (30 minutes).
+      const ended = yield* start(["batch", ws.input, "--output", ws.output], env).ended(15_000)
+      expect(ended.code).toBe(2)
+      expect(ended.stderr).toContain(
+        `weatherproof: cannot connect to the upstream of any account: account default: http://127.0.0.1:${closed} ` +
+          `(connect ECONNREFUSED 127.0.0.1:${closed}); nothing was sent. Check DEEPSEEK_BASE_URL and the network`
+      )
+      expect(yield* ws.fs.exists(ws.output)).toBe(false)
+      expect(yield* ws.fs.exists(ws.lock)).toBe(false)
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)), 30_000)
 
   it.live("sends the balance preflight before its calls (the bundle's undici has its request API)", () =>
     Effect.gen(function*() {

@@ -182,7 +182,11 @@ export interface DemoReport {
 export const run = (options: {
   readonly requests: number
   readonly onProgress?: ((progress: Batch.Progress) => Effect.Effect<void>) | undefined
-}): Effect.Effect<DemoReport, Batch.BatchError | Batch.OutputLocked | Batch.BatchAborted, FileSystem.FileSystem | Scope.Scope> =>
+}): Effect.Effect<
+  DemoReport,
+  Batch.BatchError | Batch.OutputLocked | Batch.UpstreamUnreachable | Batch.BatchAborted,
+  FileSystem.FileSystem | Scope.Scope
+> =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const simulator = yield* Simulator.make(simulatorOptions)

@@ -10,22 +10,23 @@
  */
 import * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
+import * as Arr from "effect/Array"
 import * as Cause from "effect/Cause"
 import * as Data from "effect/Data"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
 import * as Metric from "effect/Metric"
 import * as MetricLabel from "effect/MetricLabel"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
-import * as Runtime from "effect/Runtime"
 import * as Schema from "effect/Schema"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import type { Account } from "../Accounts.js"
-import type { AccountStatus, CallOptions, Capacity, PoolError, Service } from "../AccountPool.js"
+import type { AccountStatus, CallOptions, Capacity, PoolError, Service, Unreachable } from "../AccountPool.js"
 import * as ApiError from "../ApiError.js"
 import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Usage } from "../ChatSchema.js"
 import * as CircuitBreaker from "../CircuitBreaker.js"
@@ -333,22 +334,31 @@ class CapacityReading implements Capacity {
 
 /**
  * Opens `connections` to each account's origin, over `nodeHttpClient` (see
- * `Transport.Options.warmUp`); `unreachable` hears an origin that could not be connected to.
+ * `Transport.Options.warmUp`); the accounts none of whose connections opened, once every origin
+ * has answered. Nothing to wait for without a warm-up.
  */
 const warmUp = (
   client: HttpClient.HttpClient,
   members: ReadonlyArray<Member>,
   connections: number,
-  unreachable: (member: Member, origin: string, error: Error) => void
-): void =>
-  Option.match(undiciOf(client), {
-    onNone: () => {},
-    onSome: ({ preconnect }) => {
-      for (const member of members) {
-        const origin = new URL(member.account.baseUrl).origin
-        preconnect(origin, connections, (error) => unreachable(member, origin, error))
-      }
-    }
+  scrub: Scrubber.Scrubber
+): Effect.Effect<ReadonlyArray<Unreachable>> =>
+  Option.match(Option.filter(undiciOf(client), () => connections > 0), {
+    onNone: () => Effect.succeed([]),
+    onSome: ({ preconnect }) =>
+      Effect.map(
+        Effect.forEach(members, (member) =>
+          Effect.async<Option.Option<Unreachable>>((resume) => {
+            const origin = new URL(member.account.baseUrl).origin
+            preconnect(origin, connections, (error) =>
+              resume(Effect.succeed(
+                error === undefined
+                  ? Option.none()
+                  : Option.some({ account: member.name, origin: scrub(origin), reason: scrub(connectionFailure(error)) })
+              )))
+          }), { concurrency: "unbounded" }),
+        Arr.getSomes
+      )
   })
 
 // ---------------------------------------------------------------------------------------------
@@ -1136,19 +1146,22 @@ export const makeWith = <R>(
     // Each account's connections open alongside its preflight, once that request is on its way.
     // A base URL with a typo, or a fallback provider that is down, is told at start, not when the
     // calls needing it fail (for a fallback, in the outage it was kept for).
-    const runFork = Runtime.runFork(yield* Effect.runtime<never>())
-    const unreachable = (member: Member, origin: string, error: Error) =>
-      runFork(Effect.logWarning(scrub(
-        `AccountPool: account ${member.name}: cannot connect to ${origin} (${connectionFailure(error)}); its calls fail until it can be reached`
-      )))
-    yield* Effect.forkIn(
-      Effect.zipRight(Effect.yieldNow(), Effect.sync(() => warmUp(client, members, settings.warmUp, unreachable))),
+    const warmedUp = yield* Effect.forkIn(
+      Effect.tap(
+        Effect.zipRight(Effect.yieldNow(), warmUp(client, members, settings.warmUp, scrub)),
+        (unreachable) =>
+          Effect.forEach(unreachable, ({ account, origin, reason }) =>
+            Effect.logWarning(
+              `AccountPool: account ${account}: cannot connect to ${origin} (${reason}); its calls fail to connect until it can be reached`
+            ), { discard: true })
+      ),
       scope
     )
+    const unreachable = Fiber.join(warmedUp)
     const capacity = Effect.sync((): Capacity => {
       const { free, permits, stalled } = dispatcher.capacity()
       return new CapacityReading(permits, free, stalled, roomChanges, roomChanges.notified)
     })
 
-    return { create, stream, snapshot, capacity, scrub }
+    return { create, stream, snapshot, capacity, unreachable, scrub }
   })

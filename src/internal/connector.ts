@@ -15,11 +15,11 @@ export interface Connector {
   /** What undici's `Agent` calls for each new connection. */
   readonly connect: buildConnector.connector
   /**
-   * Opens `count` connections to `origin` now and holds them for undici; `onError` hears the
-   * last error when every one failed, so an origin that cannot be reached is known before a call
-   * needs it.
+   * Opens `count` connections to `origin` now and holds them for undici; `onSettled` hears, once,
+   * `undefined` when the first of them opens, or the last error when every one failed, so an
+   * origin that cannot be reached is known before a call needs it.
    */
-  readonly preconnect: (origin: string, count: number, onError?: (error: Error) => void) => void
+  readonly preconnect: (origin: string, count: number, onSettled?: (error: Error | undefined) => void) => void
   /** Closes the connections still held. */
   readonly close: () => void
 }
@@ -71,15 +71,19 @@ export const make = (options: { readonly idleMillis: number }): Connector => {
     connectNow(connectOptions, callback)
   }
 
-  const preconnect = (origin: string, count: number, onError?: (error: Error) => void): void => {
+  const preconnect = (origin: string, count: number, onSettled?: (error: Error | undefined) => void): void => {
     const connectOptions = optionsOf(new URL(origin))
     const key = keyOf(connectOptions)
     let failed = 0
+    let opened = false
     for (let i = 0; i < count; i++) {
       connectNow(connectOptions, (error, socket) => {
-        if (error === null && socket !== null) hold(key, socket)
-        // Told when none connected: one failure beside connections that opened is a blip.
-        else if (error !== null && ++failed === count) onError?.(error)
+        if (error === null && socket !== null) {
+          hold(key, socket)
+          if (!opened) onSettled?.(undefined)
+          opened = true
+        } // Told when none connected: one failure beside connections that opened is a blip.
+        else if (error !== null && ++failed === count) onSettled?.(error)
       })
     }
   }

@@ -25,6 +25,7 @@ import type { DeadlineExceeded } from "../ApiError.js"
 import type { Timeline, Watchdog } from "./deadlines.js"
 import { Exchange } from "./exchange.js"
 import * as ScopeFinalizer from "./scopeFinalizer.js"
+import type { Connector } from "./connector.js"
 
 /** The request failed before a status arrived; `fromRequest` when the request itself did (a stale socket may be why). */
 export interface Unsent {
@@ -323,8 +324,8 @@ export const clientWire = (client: HttpClient.HttpClient, url: string): Wire => 
 /** What a transport needs of an `HttpClient` over undici to make its exchanges itself. */
 export interface Undici {
   readonly dispatcher: Dispatcher
-  /** Opens connections to an origin ahead of need (`Connector.preconnect`). */
-  readonly preconnect: (origin: string, count: number, onError?: (error: Error) => void) => void
+  /** Opens connections to an origin ahead of need. */
+  readonly preconnect: Connector["preconnect"]
 }
 
 const undiciKey = Symbol.for("weatherproof/Transport/undici")
