@@ -61,7 +61,12 @@
  *   account back when `is_available` is true. An account that cannot be probed (provider
  *   `openai-compatible`, or an endpoint answering 404) comes back `fallbackCooldown` after the
  *   402;
- * - `CircuitOpen`: the account's breaker opened meanwhile.
+ * - `CircuitOpen`: the account's breaker opened meanwhile;
+ * - a connection that could not be opened (a `TransportError` whose verdict is an `Outage` that is
+ *   `unsent`: refused, a name that does not resolve, no route): the request never left, so another
+ *   account (a fallback on another origin, say) takes it at once, where a retry would meet the
+ *   same origin until its breaker opened. The account stays in the pool, its breaker counting the
+ *   failure; with no other account the error goes back to the client's retry.
  *
  * **Balance preflight**: at start each DeepSeek account's balance is asked once, in the
  * background; until it answers the account takes no call, and an account whose balance is
@@ -244,7 +249,7 @@ export type PoolError = ApiError | BudgetExceeded
  * @category models
  */
 export interface Service {
-  /** One attempt, placed on an account, failed over on account-level errors. */
+  /** One attempt, placed on an account, failed over on account-level errors and connections that could not open. */
   readonly create: (request: ChatCompletionRequest, options?: CallOptions) => Effect.Effect<ChatCompletion, PoolError>
   /** One streaming attempt; it fails over only before its first chunk. */
   readonly stream: (request: ChatCompletionRequest, options?: CallOptions) => Stream.Stream<ChatCompletionChunk, PoolError>

@@ -329,6 +329,11 @@ export interface LoadShed {
 export interface Outage {
   readonly _tag: "Outage"
   readonly retryAfter: Option.Option<Duration.Duration>
+  /**
+   * The request never left: no connection to the upstream could be opened (refused, a name that
+   * does not resolve, no route). An account pool moves the attempt to another account at once.
+   */
+  readonly unsent?: true
 }
 
 /**
@@ -393,6 +398,9 @@ export const outage = (retryAfter: Option.Option<Duration.Duration> = Option.non
   _tag: "Outage",
   retryAfter
 })
+
+/** @since 0.1.0 @category verdicts */
+export const unsentOutage: Verdict = { _tag: "Outage", retryAfter: Option.none(), unsent: true }
 
 /** @since 0.1.0 @category verdicts */
 export const account: Verdict = { _tag: "Account" }
@@ -475,6 +483,8 @@ const sdkVerdicts: { readonly [Tag in SdkError["_tag"]]: (error: Extract<SdkErro
   TransportError: (error) =>
     isUntrustedCertificate(error.cause)
       ? account
+      : error.reason === "connect"
+      ? unsentOutage
       : error.reason === "body" && error.partial.events === 0
       ? loadShed(Option.none(), "overload")
       : outage(),

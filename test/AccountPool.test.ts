@@ -7,6 +7,7 @@ import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
+import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
 import type { Account } from "../src/Accounts.js"
 import * as AccountPool from "../src/AccountPool.js"
@@ -1049,6 +1050,33 @@ describe("AccountPool", () => {
       expect(warnings()).toEqual([
         `AccountPool: account backup: cannot connect to http://127.0.0.1:${closed} (${reason}); its calls fail to connect until it can be reached`
       ])
+    }))
+
+  it.scopedLive("a primary whose connections are refused moves each call to the fallback at once, streams too: none fails, none is retried", () =>
+    Effect.gen(function*() {
+      const backup = yield* Simulator.make()
+      const closed = yield* Effect.promise(() => freePort())
+      const accounts = [
+        account("gone", ["sk-gone-key-0123456789"], { baseUrl: `http://127.0.0.1:${closed}/v1` }),
+        account("backup", [Simulator.defaultKey], { baseUrl: backup.baseUrl, fallback: true })
+      ]
+      const context = yield* Layer.build(AccountPool.layerResilient(accounts).pipe(Layer.provide(CostLedger.layer())))
+      const client = yield* Effect.provide(Resilient.Resilient, context)
+      // Before, each call was retried on the primary (its breaker saw too few calls to open) and failed.
+      const answers = yield* Effect.timeout(
+        Effect.all([
+          // Three requests of their own: the pool tells a retry by its request.
+          client.create({ ...request }),
+          client.create({ ...request }),
+          Stream.runCollect(client.stream({ ...request }))
+        ], { concurrency: "unbounded" }),
+        "3 seconds"
+      )
+      expect(answers[0].choices[0]?.message.content).toBeTruthy()
+      expect(answers[2].length).toBeGreaterThan(0)
+      expect((yield* backup.stats).completed).toBe(3)
+      const [gone] = yield* Effect.flatMap(AccountPool.AccountPool, (pool) => pool.snapshot).pipe(Effect.provide(context))
+      expect(gone).toMatchObject({ failed: 3, retries: 0 })
     }))
 
   it.scopedLive("without a warm-up, nothing is found unreachable and nothing is waited for", () =>

@@ -44,7 +44,12 @@ const table: ReadonlyArray<readonly [name: string, error: unknown, verdict: ApiE
   ["500", new ApiError.ServerError({ status: 500, message: "boom", retryAfter: seconds(1) }), ApiError.outage(seconds(1))],
   ["502", new ApiError.ServerError({ status: 502, message: "gateway", retryAfter: none }), ApiError.outage()],
   ["408", new ApiError.UnexpectedStatus({ status: 408, message: "timeout" }), ApiError.outage()],
-  ["transport", new ApiError.TransportError({ reason: "connect", message: "refused", partial: ApiError.emptyPartial }), ApiError.outage()],
+  [
+    "a connection that could not open: an outage the request never left for",
+    new ApiError.TransportError({ reason: "connect", message: "refused", partial: ApiError.emptyPartial }),
+    ApiError.unsentOutage
+  ],
+  ["a request that failed on the wire", new ApiError.TransportError({ reason: "request", message: "reset", partial: ApiError.emptyPartial }), ApiError.outage()],
   [
     "a server certificate this machine does not trust (fetch's error wrapping Node's)",
     new ApiError.TransportError({

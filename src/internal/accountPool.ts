@@ -849,6 +849,16 @@ export const makeWith = <R>(
     /** Account problems move the attempt to another account (and so does the refusal of its breaker). */
     const isAccountLevel = (verdict: ApiError.Verdict) => verdict._tag === "Account"
 
+    /**
+     * What moves an attempt to another account: an account problem, or a connection that could not
+     * be opened (the request never left; another account, a fallback on another origin say, may
+     * answer it now, where a retry here would wait for this one's breaker).
+     */
+    const failsOver = (error: PoolError): boolean => {
+      const verdict = ApiError.classify(error)
+      return isAccountLevel(verdict) || (verdict._tag === "Outage" && verdict.unsent === true)
+    }
+
     // -- cost ---------------------------------------------------------------------------------
 
     /** `delivered`: output reached this client (with no usage, it was billed for what is not known). */
@@ -956,7 +966,7 @@ export const makeWith = <R>(
         )
       const failed = ({ member }: Placed, cause: Cause.Cause<ApiError.ApiError | CircuitBreaker.CircuitOpen>) =>
         Effect.catchAll(Effect.failCause(cause), (error): Effect.Effect<never, ApiError.ApiError | FailedOver> =>
-          error._tag === "CircuitOpen" || isAccountLevel(ApiError.classify(error)) ? failOver(member, error) : Effect.fail(error)
+          error._tag === "CircuitOpen" || failsOver(error) ? failOver(member, error) : Effect.fail(error)
         )
       const attempt = (excluded: ReadonlySet<number>): Effect.Effect<ChatCompletion, PoolError> =>
         whenTraced(placedAttempt(request.model, options, excluded, call, settled, failed), () => {
@@ -976,7 +986,7 @@ export const makeWith = <R>(
 
     /** Before any chunk reached the caller an account-level failure fails over; after, it is the answer. */
     const answerOrFailOver = (member: Member, error: PoolError, delivered: boolean): Effect.Effect<never, PoolError | FailedOver> =>
-      !delivered && isAccountLevel(ApiError.classify(error)) ? failOver(member, error) : Effect.fail(error)
+      !delivered && failsOver(error) ? failOver(member, error) : Effect.fail(error)
 
     /** The breaker's admission of a stream; an open breaker fails the attempt over. */
     const admitted = (member: Member, permit: Limiter.Permit) =>
