@@ -231,6 +231,18 @@ describe("Transport status mapping", () => {
       expect(error.message).toContain("toString")
     }).pipe(Effect.provide(setup([MockUpstream.status(400, { body: '{"error":{"message":{"toString":0}}}' })]))))
 
+  it.effect("a 404 that is no API error says the base URL leads to no chat endpoint; one that is keeps the API's message", () =>
+    Effect.gen(function*() {
+      const hint = "(no chat completions endpoint at https://upstream.test/chat/completions: check the account's base URL)"
+      expect((yield* failure(create())).message).toBe(`HTTP 404 ${hint}`)
+      expect((yield* failure(create())).message).toBe(`<html>Not Found</html> ${hint}`)
+      expect((yield* failure(create())).message).toBe("The model `x` does not exist")
+    }).pipe(Effect.provide(setup([
+      MockUpstream.status(404),
+      MockUpstream.status(404, { body: "<html>Not Found</html>" }),
+      MockUpstream.status(404, { body: { error: { message: "The model `x` does not exist", code: "model_not_found" } } })
+    ]))))
+
   it.effect("a non-JSON error body becomes the message, scrubbed", () =>
     Effect.gen(function*() {
       const error = yield* failure(create())

@@ -122,12 +122,19 @@ interface Answered {
 
 /**
  * Reads `{"error": {...}}`; a body that is not one (an HTML page from a proxy) becomes the message,
- * `scrub`bed: a reply may echo the key its request was sent with.
+ * `scrub`bed: a reply may echo the key its request was sent with. `notAnApi` follows the message of
+ * a body that is no API error.
  */
-const problemOf = (json: Option.Option<unknown>, text: string, fallback: string, scrub: Scrubber.Scrubber): Problem => {
+const problemOf = (
+  json: Option.Option<unknown>,
+  text: string,
+  fallback: string,
+  scrub: Scrubber.Scrubber,
+  notAnApi = ""
+): Problem => {
   const body = Option.flatMap(json, decodeErrorBody)
   if (Option.isNone(body)) {
-    return { message: scrub(text.trim().slice(0, 500) || fallback) }
+    return { message: scrub((text.trim().slice(0, 500) || fallback) + notAnApi) }
   }
   const { code, message, param, type } = body.value.error
   return {
@@ -137,6 +144,13 @@ const problemOf = (json: Option.Option<unknown>, text: string, fallback: string,
     code: code === undefined || code === null ? undefined : String(code)
   }
 }
+
+/**
+ * What a 404 or 405 that is no API error means: nothing at `url` takes chat completions (a base
+ * URL that lacks or adds a path such as `/v1`, or names another server), not a request to fix.
+ */
+const noEndpointAt = (url: string): string =>
+  ` (no chat completions endpoint at ${url}: check the account's base URL)`
 
 /** The typed error of a non-2xx status other than 401 (which rotates keys). */
 const statusError = (reply: Reply, problem: Problem, now: number): ApiError.ApiError => {
@@ -539,7 +553,13 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
       reply: Reply
     ): Effect.Effect<Answered, ApiError.ApiError> =>
       Effect.flatMap(reply.errorText, (text) => {
-        const problem = problemOf(parseJson(text), text, `HTTP ${reply.status}`, scrubberOf(credential.key))
+        const problem = problemOf(
+          parseJson(text),
+          text,
+          `HTTP ${reply.status}`,
+          scrubberOf(credential.key),
+          reply.status === 404 || reply.status === 405 ? noEndpointAt(url) : ""
+        )
         if (reply.status !== 401) {
           return Effect.flatMap(Clock.currentTimeMillis, (now) => Effect.fail(statusError(reply, problem, now)))
         }
