@@ -334,14 +334,16 @@ class CapacityReading implements Capacity {
 
 /**
  * Opens `connections` to each account's origin, over `nodeHttpClient` (see
- * `Transport.Options.warmUp`); the accounts none of whose connections opened, once every origin
- * has answered. Nothing to wait for without a warm-up.
+ * `Transport.Options.warmUp`); `told` hears each account none of whose connections opened, as
+ * soon as they failed; the result is those accounts, once every origin has answered. Nothing to
+ * wait for without a warm-up.
  */
 const warmUp = (
   client: HttpClient.HttpClient,
   members: ReadonlyArray<Member>,
   connections: number,
-  scrub: Scrubber.Scrubber
+  scrub: Scrubber.Scrubber,
+  told: (unreachable: Unreachable) => Effect.Effect<void>
 ): Effect.Effect<ReadonlyArray<Unreachable>> =>
   Option.match(Option.filter(undiciOf(client), () => connections > 0), {
     onNone: () => Effect.succeed([]),
@@ -356,7 +358,7 @@ const warmUp = (
                   ? Option.none()
                   : Option.some({ account: member.name, origin: scrub(origin), reason: scrub(connectionFailure(error)) })
               )))
-          }), { concurrency: "unbounded" }),
+          }).pipe(Effect.tap(Option.match({ onNone: () => Effect.void, onSome: told }))), { concurrency: "unbounded" }),
         Arr.getSomes
       )
   })
@@ -1156,15 +1158,12 @@ export const makeWith = <R>(
     // Each account's connections open alongside its preflight, once that request is on its way.
     // A base URL with a typo, or a fallback provider that is down, is told at start, not when the
     // calls needing it fail (for a fallback, in the outage it was kept for).
+    const told = ({ account, origin, reason }: Unreachable) =>
+      Effect.logWarning(
+        `AccountPool: account ${account}: cannot connect to ${origin} (${reason}); its calls fail to connect until it can be reached`
+      )
     const warmedUp = yield* Effect.forkIn(
-      Effect.tap(
-        Effect.zipRight(Effect.yieldNow(), warmUp(client, members, settings.warmUp, scrub)),
-        (unreachable) =>
-          Effect.forEach(unreachable, ({ account, origin, reason }) =>
-            Effect.logWarning(
-              `AccountPool: account ${account}: cannot connect to ${origin} (${reason}); its calls fail to connect until it can be reached`
-            ), { discard: true })
-      ),
+      Effect.zipRight(Effect.yieldNow(), warmUp(client, members, settings.warmUp, scrub, told)),
       scope
     )
     const unreachable = Fiber.join(warmedUp)
