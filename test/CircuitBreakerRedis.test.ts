@@ -98,6 +98,32 @@ describe.skipIf(!redisServerPresent)(skipMessage("CircuitBreaker on Redis"), () 
       expect(settled).toMatchObject({ state: { _tag: "Closed" }, failures: 2, inFlight: 0 })
     }))
 
+  it.scopedLive("a call admitted through a stale mirror, the shared machine closed meanwhile, counts in flight", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const { a, theirs } = yield* twoBreakers(server)
+      yield* Effect.exit(a.protect(failing))
+      yield* Effect.exit(a.protect(failing))
+      yield* stateIs(a, "HalfOpen")
+      // Another process closes the shared machine, its message not here yet (none is sent at all;
+      // the mirror's own refresh, every second while half-open, comes later than the call below).
+      const key = theirs.key("breaker", options.name)
+      const [version, raw] = (yield* theirs.command("HMGET", [key, "version", "machine"])) as [string, string]
+      const saved = JSON.parse(raw) as Saved
+      const closed: Saved = { ...saved, state: { _tag: "Closed" }, generation: saved.generation + 1, canariesInFlight: 0, canariesSucceeded: 0 }
+      yield* theirs.command("HSET", [key, "version", Number(version) + 1, "machine", JSON.stringify(closed)])
+      expect((yield* a.snapshot).state._tag).toBe("HalfOpen")
+
+      const release = yield* Deferred.make<void>()
+      const call = yield* Effect.fork(a.protect(Deferred.await(release)))
+      // Before, the admission went through the shared machine's copy and the mirror counted none.
+      const admitted = yield* until(a.snapshot, (snapshot) => snapshot.state._tag === "Closed" && snapshot.inFlight === 1)
+      expect(admitted.inFlight).toBe(1)
+      yield* Deferred.succeed(release, undefined)
+      yield* Fiber.join(call)
+      expect((yield* a.snapshot).inFlight).toBe(0)
+    }))
+
   it.scopedLive("a canary whose process died frees its slot after its lease: a caller elsewhere becomes the canary and closes the circuit", () =>
     Effect.gen(function*() {
       const server = yield* redisServer

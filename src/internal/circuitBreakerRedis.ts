@@ -250,10 +250,19 @@ export const core = (
     yield* Effect.forkScoped(flusher)
     yield* fallback.watch(resync)
 
-    /** An admission, and whether it made the caller a canary. */
+    /**
+     * An admission, whether it made the caller a canary, and whether it was admitted closed on
+     * the shared machine (not on the mirror, with Redis away): the shared copy's count of calls in
+     * flight is this process's to keep, in the mirror.
+     */
     const admitShared = (machine: Machine, at: number) => {
       const admission = machine.admit(at)
-      return [admission, typeof admission === "number" && machine.state._tag === "HalfOpen"] as const
+      const admitted = typeof admission === "number"
+      return [
+        admission,
+        admitted && machine.state._tag === "HalfOpen",
+        admitted && machine !== mirror && machine.state._tag === "Closed"
+      ] as const
     }
 
     return {
@@ -265,8 +274,11 @@ export const core = (
         const ticket = mirror.admitClosed()
         if (ticket !== undefined) return Effect.succeed(ticket)
         // A wait is on the mirror's signal: every read that changes it wakes the waiters.
-        return Effect.map(change(admitShared), ([admission, canary]) => {
+        return Effect.map(change(admitShared), ([admission, canary, closedOnShared]) => {
           if (typeof admission !== "number") return "reason" in admission ? admission : mirror.signal
+          // The mirror, stale when this admission began, now holds the shared machine: the call is
+          // in flight in its generation (unless that moved on meanwhile).
+          if (closedOnShared && mirror.generation === admission) mirror.admitClosed()
           if (canary) {
             if (admission !== held.generation) {
               held.generation = admission
