@@ -1075,8 +1075,10 @@ describe("AccountPool", () => {
       expect(answers[0].choices[0]?.message.content).toBeTruthy()
       expect(answers[2].length).toBeGreaterThan(0)
       expect((yield* backup.stats).completed).toBe(3)
-      const [gone] = yield* Effect.flatMap(AccountPool.AccountPool, (pool) => pool.snapshot).pipe(Effect.provide(context))
+      const [gone, fallback] = yield* Effect.flatMap(AccountPool.AccountPool, (pool) => pool.snapshot).pipe(Effect.provide(context))
       expect(gone).toMatchObject({ failed: 3, retries: 0 })
+      // A failover within the attempt: the fallback's send is each request's first, not a retry.
+      expect(fallback).toMatchObject({ succeeded: 3, retries: 0 })
     }))
 
   it.scopedLive("without a warm-up, nothing is found unreachable and nothing is waited for", () =>

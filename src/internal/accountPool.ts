@@ -848,18 +848,16 @@ export const makeWith = <R>(
     const explained = ({ cause, member }: FailedOver) => (error: PoolError): PoolError =>
       error._tag === "NoAccountAvailable" && cause._tag !== "CircuitOpen" && member.slot.available ? cause : error
 
-    /** Account problems move the attempt to another account (and so does the refusal of its breaker). */
-    const isAccountLevel = (verdict: ApiError.Verdict) => verdict._tag === "Account"
-
     /**
-     * What moves an attempt to another account: an account problem, or a connection that could not
-     * be opened (the request never left; another account, a fallback on another origin say, may
-     * answer it now, where a retry here would wait for this one's breaker).
+     * What moves an attempt to another account (as does the refusal of its breaker): an account
+     * problem, or a connection that could not be opened (the request never left; another account,
+     * a fallback on another origin say, may answer it now, where a retry here would wait for this
+     * one's breaker).
      */
-    const failsOver = (error: PoolError): boolean => {
-      const verdict = ApiError.classify(error)
-      return isAccountLevel(verdict) || (verdict._tag === "Outage" && verdict.unsent === true)
-    }
+    const movesOn = (verdict: ApiError.Verdict): boolean =>
+      verdict._tag === "Account" || (verdict._tag === "Outage" && verdict.unsent === true)
+
+    const failsOver = (error: PoolError): boolean => movesOn(ApiError.classify(error))
 
     // -- cost ---------------------------------------------------------------------------------
 
@@ -876,8 +874,8 @@ export const makeWith = <R>(
     /**
      * Counts an attempt that reached its account's upstream, in the account's figures and the
      * metrics of its (account, model). The outer client hands every attempt of a call the same
-     * request object, so one sent before makes this a retry; an account-level failure fails over
-     * within the attempt, so the next account's send is not a retry.
+     * request object, so one sent before makes this a retry; a failure that moves the attempt on
+     * (`movesOn`) fails over within the attempt, so the next account's send is not a retry.
      */
     const sent = new WeakSet<ChatCompletionRequest>()
     const countSent = (placed: Placed, request: ChatCompletionRequest, verdict?: ApiError.Verdict, error?: unknown) =>
@@ -889,7 +887,7 @@ export const makeWith = <R>(
         if (retry) {
           member.retries++
           retriesCounter.unsafeUpdate(1, tags)
-        } else if (verdict === undefined || !isAccountLevel(verdict)) sent.add(request)
+        } else if (verdict === undefined || !movesOn(verdict)) sent.add(request)
         const result = verdict === undefined ? "ok" : ApiError.tagOf(error) ?? "unknown"
         if (verdict === undefined) {
           member.succeeded++
