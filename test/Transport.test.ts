@@ -243,6 +243,13 @@ describe("Transport status mapping", () => {
       MockUpstream.status(404, { body: { error: { message: "The model `x` does not exist", code: "model_not_found" } } })
     ]))))
 
+  it.effect("the URL a 404 names leaves out the base URL's user part, where a password may be", () =>
+    Effect.gen(function*() {
+      const error = yield* failure(create())
+      expect(error.message).toBe("HTTP 404 (no chat completions endpoint at https://upstream.test/v9/chat/completions: check the account's base URL)")
+      expect(error.message).not.toContain("s3cret")
+    }).pipe(Effect.provide(setup([MockUpstream.status(404)], { baseUrl: "https://team:s3cret@upstream.test/v9" }))))
+
   it.effect("a non-JSON error body becomes the message, scrubbed", () =>
     Effect.gen(function*() {
       const error = yield* failure(create())

@@ -149,8 +149,11 @@ const problemOf = (
  * What a 404 or 405 that is no API error means: nothing at `url` takes chat completions (a base
  * URL that lacks or adds a path such as `/v1`, or names another server), not a request to fix.
  */
-const noEndpointAt = (url: string): string =>
-  ` (no chat completions endpoint at ${url}: check the account's base URL)`
+const noEndpointAt = (url: string): string => {
+  // Without its user part: a base URL may carry a password there.
+  const { origin, pathname } = new URL(url)
+  return ` (no chat completions endpoint at ${origin}${pathname}: check the account's base URL)`
+}
 
 /** The typed error of a non-2xx status other than 401 (which rotates keys). */
 const statusError = (reply: Reply, problem: Problem, now: number): ApiError.ApiError => {
