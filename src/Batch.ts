@@ -782,7 +782,13 @@ export const run = (
     const { input } = options
 
     const { inputKind, output } = yield* resolvePaths(fs, input, options.output)
-    yield* refuseUnreachable
+    // The warm-up's answer can take a connect timeout (an origin that drops packets): a stop
+    // meanwhile ends the run before it touches anything.
+    const stoppedAtStart = yield* Effect.raceFirst(Effect.as(refuseUnreachable, false), Effect.as(options.stop ?? Effect.never, true))
+    if (stoppedAtStart) {
+      const now = yield* readings
+      return summarize(emptyTally, now, now, yield* poolStatuses, true)
+    }
     yield* lockOutput(fs, options.output, output)
     yield* refuseReadOnly(fs, options.output, output)
     const before = yield* readings

@@ -1594,6 +1594,32 @@ describe("Batch.run over an upstream that cannot be reached", () => {
       expect(yield* ws.fs.exists(`${ws.output}.lock`)).toBe(false)
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)), 15_000)
 
+  it.scoped("a stop while the warm-up has not answered yet ends the run at once, before it locks, reads or sends anything", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput([request("s-1")])
+      const { calls, layer } = yield* double(ok)
+      const stack = layer.pipe(
+        Layer.provideMerge(CostLedger.layer({ pricing: flatPricing })),
+        Layer.merge(Router.layerDefault),
+        Layer.merge(Layer.succeed(AccountPool.AccountPool, {
+          create: () => Effect.die("unused"),
+          stream: () => Stream.die("unused"),
+          snapshot: Effect.succeed([]),
+          capacity: Effect.succeed({ permits: 24, free: 24, stalled: false, changed: Effect.never }),
+          // An origin that drops packets: no answer before the connect timeout.
+          unreachable: Effect.never,
+          scrub: (text) => text
+        }))
+      )
+      // Before, the run waited for the warm-up, then started and drained at once.
+      const summary = yield* Batch.run({ ...ws, stop: Effect.void }).pipe(Effect.provide(stack))
+      expect(summary).toMatchObject({ requests: 0, interrupted: true })
+      expect(yield* Ref.get(calls)).toBe(0)
+      expect(yield* ws.fs.exists(ws.output)).toBe(false)
+      expect(yield* ws.fs.exists(`${ws.output}.lock`)).toBe(false)
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
   it.live("runs when one account of several can be reached", () =>
     Effect.gen(function*() {
       const ws = yield* workspace
