@@ -82,8 +82,10 @@ export const make = (options: { readonly idleMillis: number }): Connector => {
           hold(key, socket)
           if (!opened) onSettled?.(undefined)
           opened = true
-        } // Told when none connected: one failure beside connections that opened is a blip.
-        else if (error !== null && ++failed === count) onSettled?.(error)
+          return
+        }
+        // Told when none connected: one failure beside connections that opened is a blip.
+        if (error !== null && ++failed === count) onSettled?.(error)
       })
     }
   }
