@@ -77,6 +77,26 @@ interface Hooks {
   readonly before?: ((request: ChatCompletionRequest) => Effect.Effect<void>) | undefined
 }
 
+/**
+ * `resilient` (a `double`'s layer) with a ledger, the default router and an `AccountPool` that
+ * serves no call: the run reads only its `snapshot` and `unreachable`.
+ */
+const withPoolDouble = <ROut, E, RIn>(
+  resilient: Layer.Layer<ROut, E, RIn>,
+  pool: Pick<AccountPool.Service, "snapshot" | "unreachable">
+) =>
+  resilient.pipe(
+    Layer.provideMerge(CostLedger.layer({ pricing: flatPricing })),
+    Layer.merge(Router.layerDefault),
+    Layer.merge(Layer.succeed(AccountPool.AccountPool, {
+      ...pool,
+      create: () => Effect.die("unused"),
+      stream: () => Stream.die("unused"),
+      capacity: Effect.succeed({ permits: 24, free: 24, stalled: false, changed: Effect.never }),
+      scrub: (text) => text
+    }))
+  )
+
 const double = (script: Script, hooks: Hooks = {}) =>
   Effect.gen(function*() {
     const calls = yield* Ref.make(0)
@@ -763,18 +783,7 @@ describe("Batch summary", () => {
       })
       const statuses = [status("alpha", false, 1), status("beta", false, 1), status("gamma", true, 0)]
       const { calls, layer } = yield* double(ok)
-      const stack = layer.pipe(
-        Layer.provideMerge(CostLedger.layer({ pricing: flatPricing })),
-        Layer.merge(Router.layerDefault),
-        Layer.merge(Layer.succeed(AccountPool.AccountPool, {
-          create: () => Effect.die("unused"),
-          stream: () => Stream.die("unused"),
-          snapshot: Effect.succeed(statuses),
-          capacity: Effect.succeed({ permits: 24, free: 24, stalled: false, changed: Effect.never }),
-          unreachable: Effect.succeed([]),
-          scrub: (text) => text
-        }))
-      )
+      const stack = withPoolDouble(layer, { snapshot: Effect.succeed(statuses), unreachable: Effect.succeed([]) })
       const summary = yield* Batch.run(ws).pipe(Effect.provide(stack))
       expect(yield* Ref.get(calls)).toBe(2)
       expect(Object.keys(summary.accounts)).toEqual(["alpha", "beta", "gamma"])
@@ -1599,19 +1608,8 @@ describe("Batch.run over an upstream that cannot be reached", () => {
       const ws = yield* workspace
       yield* ws.writeInput([request("s-1")])
       const { calls, layer } = yield* double(ok)
-      const stack = layer.pipe(
-        Layer.provideMerge(CostLedger.layer({ pricing: flatPricing })),
-        Layer.merge(Router.layerDefault),
-        Layer.merge(Layer.succeed(AccountPool.AccountPool, {
-          create: () => Effect.die("unused"),
-          stream: () => Stream.die("unused"),
-          snapshot: Effect.succeed([]),
-          capacity: Effect.succeed({ permits: 24, free: 24, stalled: false, changed: Effect.never }),
-          // An origin that drops packets: no answer before the connect timeout.
-          unreachable: Effect.never,
-          scrub: (text) => text
-        }))
-      )
+      // An origin that drops packets: no answer before the connect timeout.
+      const stack = withPoolDouble(layer, { snapshot: Effect.succeed([]), unreachable: Effect.never })
       // Before, the run waited for the warm-up, then started and drained at once.
       const summary = yield* Batch.run({ ...ws, stop: Effect.void }).pipe(Effect.provide(stack))
       expect(summary).toMatchObject({ requests: 0, interrupted: true })
