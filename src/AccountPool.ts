@@ -178,6 +178,13 @@ export interface AccountStatus {
    * last met.
    */
   readonly lastFailure: string | undefined
+  /**
+   * Whether its origin can be connected to: false from a connection that could not open (the
+   * start's warm-up's, or a call's) until one opens (a call's, or the one the pool then tries
+   * every `reachProbeInterval`). Tracked over `Transport.nodeHttpClient`, whose connections the
+   * pool opens without a request; always true over another client.
+   */
+  readonly reachable: boolean
 }
 
 /**
@@ -304,6 +311,11 @@ export interface Options {
   readonly warmUp?: number | undefined
   /** Between two balance probes of an account that is out of balance. Default 60 seconds. */
   readonly balanceProbeInterval?: Duration.DurationInput | undefined
+  /**
+   * Between two connections the pool opens to the origin of an account it could not connect to,
+   * until one opens (`AccountStatus.reachable`). Default 5 seconds.
+   */
+  readonly reachProbeInterval?: Duration.DurationInput | undefined
   /** How long a key rejected with 401 is set aside. Default 15 minutes. */
   readonly keyCooldown?: Duration.DurationInput | undefined
   /**
@@ -336,6 +348,7 @@ export interface PoolOptions extends Options {
 export const defaults = {
   maxWait: Duration.minutes(30),
   balanceProbeInterval: Duration.seconds(60),
+  reachProbeInterval: Duration.seconds(5),
   keyCooldown: KeyPool.defaultCooldown,
   fallbackCooldown: Duration.minutes(10),
   leaseTtl: RedisLanes.defaultLeaseTtl
@@ -457,6 +470,7 @@ const settingsOf = (options: Options): internal.Settings => ({
   preflight: options.preflight ?? true,
   warmUp: options.warmUp ?? TransportModule.defaultWarmUp,
   balanceProbeInterval: Duration.decode(options.balanceProbeInterval ?? defaults.balanceProbeInterval),
+  reachProbeInterval: Duration.decode(options.reachProbeInterval ?? defaults.reachProbeInterval),
   keyCooldown: Duration.decode(options.keyCooldown ?? defaults.keyCooldown),
   fallbackCooldown: Duration.decode(options.fallbackCooldown ?? defaults.fallbackCooldown)
 })

@@ -7,6 +7,7 @@ import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
+import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
 import type { Account } from "../src/Accounts.js"
@@ -23,7 +24,7 @@ import * as ApiError from "../src/ApiError.js"
 import * as Policy from "../src/Policy.js"
 import { selfSignedServer } from "./support/selfSigned.js"
 import { capturingLogs, type Logged } from "./support/logs.js"
-import { freePort } from "./support/ports.js"
+import { freePort, relay } from "./support/ports.js"
 
 // ---------------------------------------------------------------------------------------------
 // An upstream per host (`a.test`, `b.test` …), each answered by a handler a test can swap.
@@ -1050,6 +1051,42 @@ describe("AccountPool", () => {
       expect(warnings()).toEqual([
         `AccountPool: account backup: cannot connect to http://127.0.0.1:${closed} (${reason}); its calls fail to connect until it can be reached`
       ])
+    }))
+
+  it.scopedLive("an origin that refuses connections is unreachable, at start or after a call's connection, until a connection opens again", () =>
+    Effect.gen(function*() {
+      const upstream = yield* Simulator.make()
+      const port = yield* Effect.promise(() => freePort())
+      const logs: Array<Logged> = []
+      const accounts = [account("relayed", [Simulator.defaultKey], { baseUrl: `http://127.0.0.1:${port}/v1` })]
+      const context = yield* Layer.build(
+        AccountPool.layerResilient(accounts, { preflight: false, reachProbeInterval: "50 millis" }).pipe(
+          Layer.provide(CostLedger.layer())
+        )
+      ).pipe(capturingLogs(logs))
+      const pool = yield* Effect.provide(AccountPool.AccountPool, context)
+      const reachable = Effect.map(pool.snapshot, ([status]) => status!.reachable)
+      const reachableAgain = Effect.timeout(Effect.repeat(reachable, { until: (ok) => ok, schedule: Schedule.spaced("20 millis") }), "5 seconds")
+      const upstreamPort = Number(new URL(upstream.baseUrl).port)
+
+      expect(yield* pool.unreachable).toHaveLength(1)
+      expect(yield* reachable).toBe(false)
+      // Nothing called it: the pool's own probe finds the origin back.
+      const opened = yield* relay(port, upstreamPort)
+      yield* reachableAgain
+      yield* pool.create(request)
+
+      yield* opened.close
+      const error = yield* Effect.flip(pool.create(request)).pipe(capturingLogs(logs))
+      expect(error).toMatchObject({ _tag: "TransportError", reason: "connect" })
+      expect(yield* reachable).toBe(false)
+      yield* relay(port, upstreamPort)
+      yield* reachableAgain
+
+      const refused = `cannot connect to http://127.0.0.1:${port} (connect ECONNREFUSED 127.0.0.1:${port}); its calls fail to connect until it can be reached`
+      const again = `connected to http://127.0.0.1:${port} again`
+      expect(logs.filter(({ message }) => message.startsWith("AccountPool: account relayed:")).map(({ level, message }) => `${level} ${message}`))
+        .toEqual([refused, again, refused, again].map((said, i) => `${i % 2 === 0 ? "WARN" : "INFO"} AccountPool: account relayed: ${said}`))
     }))
 
   it.scopedLive("a primary whose connections are refused moves each call to the fallback at once, streams too: none fails, none is retried", () =>

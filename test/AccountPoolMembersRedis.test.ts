@@ -42,6 +42,7 @@ describe.skipIf(!redisServerPresent)(skipMessage("AccountPool members on Redis")
           breaker: undefined,
           deadlines: undefined,
           balanceProbeInterval: Duration.minutes(1),
+          reachProbeInterval: Duration.seconds(5),
           keyCooldown: Duration.minutes(15),
           fallbackCooldown: Duration.minutes(5),
           maxWait: Duration.seconds(2),

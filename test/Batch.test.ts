@@ -779,7 +779,8 @@ describe("Batch summary", () => {
         rateLimited: name === "alpha" ? 3 : 0,
         retries: name === "alpha" ? 3 : 0,
         // Said only where the account is not serving at the end.
-        lastFailure: calls === 0 ? undefined : name === "beta" ? "InsufficientBalance: HTTP 402" : "RateLimited: HTTP 429"
+        lastFailure: calls === 0 ? undefined : name === "beta" ? "InsufficientBalance: HTTP 402" : "RateLimited: HTTP 429",
+        reachable: true
       })
       const statuses = [status("alpha", false, 1), status("beta", false, 1), status("gamma", true, 0)]
       const { calls, layer } = yield* double(ok)

@@ -504,7 +504,8 @@ describe("weatherproof's progress lines", () => {
     failed: 0,
     rateLimited: 0,
     retries: 0,
-    lastFailure: undefined
+    lastFailure: undefined,
+    reachable: true
   })
 
   it.scoped("say, while no account of the run's pool can serve, why each cannot", () =>

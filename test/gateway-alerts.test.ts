@@ -28,6 +28,7 @@ const accountSample = (name: string, changes: Partial<AccountSample> = {}): Acco
   rateLimited: 0,
   retries: 0,
   lastFailure: undefined,
+  reachable: true,
   queued: 0,
   rateLimitedPerSecond: 0,
   breaker: 0,
@@ -42,7 +43,7 @@ const sample = (accounts: ReadonlyArray<AccountSample>, budgetSpent = false): Sa
   accounts,
   models: [],
   spend: { costUsd: 1, budgetUsd: 1, remainingUsd: budgetSpent ? 0 : 1 },
-  banner: { throttling: false, outOfBalance: [], budgetSpent }
+  banner: { throttling: false, outOfBalance: [], unreachable: [], budgetSpent }
 })
 
 /** A few calls: the two accounts serve in turn, so some reach a (and draw its 402 when it is out). */
@@ -55,21 +56,33 @@ const callBoth = (gatewayUrl: string) => {
 const events = (alerts: ReadonlyArray<Alert>) => alerts.map((alert) => `${alert.event}:${alert.account ?? "-"}`)
 
 describe("gateway alerts", () => {
-  it("are the changes between two samples: breaker, balance, keys, budget", () => {
-    const before = sample([accountSample("a"), accountSample("b", { state: "open" }), accountSample("c", { state: "out_of_balance" })])
+  it("are the changes between two samples: breaker, balance, keys, reachability, budget", () => {
+    const before = sample([
+      accountSample("a"),
+      accountSample("b", { state: "open" }),
+      accountSample("c", { state: "out_of_balance" }),
+      accountSample("d")
+    ])
     const after = sample([
       accountSample("a", { state: "open", usableKeys: 1, lastFailure: "ServerError: HTTP 500" }),
       accountSample("b", { state: "serving" }),
-      accountSample("c")
+      accountSample("c"),
+      accountSample("d", { reachable: false })
     ], true)
     expect(events(alertsBetween(before, after))).toEqual([
       "breaker_opened:a",
       "key_rejected:a",
       "breaker_closed:b",
       "balance_restored:c",
+      "account_unreachable:d",
       "budget_spent:-"
     ])
-    expect(events(alertsBetween(after, before))).toEqual(["breaker_closed:a", "breaker_opened:b", "balance_exhausted:c"])
+    expect(events(alertsBetween(after, before))).toEqual([
+      "breaker_closed:a",
+      "breaker_opened:b",
+      "balance_exhausted:c",
+      "account_reachable:d"
+    ])
     expect(alertsBetween(before, before)).toEqual([])
     const [first] = alertsBetween(before, after)
     expect(first).toEqual({

@@ -13,6 +13,7 @@ import * as Simulator from "../src/Simulator.js"
 import * as Wire from "../src/internal/wire.js"
 import { account, attempt, collect, openai, rawText, startGateway } from "./support/gateway.js"
 import { destroySocket, rawServer, reply, writeByteByByte, writeSlowly } from "./support/rawServer.js"
+import { freePort, relay } from "./support/ports.js"
 import type { Handler } from "./support/rawServer.js"
 import * as Http from "node:http"
 import * as Net from "node:net"
@@ -397,7 +398,7 @@ describe("weatherproof serve, with the openai client", () => {
         expect(yield* attempt(() => head.text())).toBe("")
       }
       const ready = yield* attempt(() => fetch(`${gateway.url}/readyz`).then((r) => r.json()))
-      expect(ready).toEqual({ status: "ready", accounts: [{ name: "a", state: "serving" }] })
+      expect(ready).toEqual({ status: "ready", accounts: [{ name: "a", state: "serving", reachable: true }] })
       const missing = yield* attempt(() => fetch(`${gateway.url}/v1/embeddings`, { method: "POST" }))
       expect(missing.status).toBe(404)
       expect(yield* attempt(() => missing.json())).toEqual({
@@ -567,9 +568,27 @@ describe("weatherproof serve, with the openai client", () => {
       const ready = yield* Effect.filterOrFail(readiness, ([status]) => status === 200).pipe(
         Effect.retry({ schedule: Schedule.spaced("20 millis"), times: 100 })
       )
-      expect(ready).toEqual([200, { status: "ready", accounts: [{ name: "a", state: "serving" }] }])
+      expect(ready).toEqual([200, { status: "ready", accounts: [{ name: "a", state: "serving", reachable: true }] }])
       yield* attempt(() => openai(gateway.url).chat.completions.create({ model, messages: ask("spend it") }))
-      expect(yield* readiness).toEqual([503, { status: "budget_spent", accounts: [{ name: "a", state: "serving" }] }])
+      expect(yield* readiness).toEqual([503, { status: "budget_spent", accounts: [{ name: "a", state: "serving", reachable: true }] }])
+    }))
+
+  it.scopedLive("/readyz is 503 while no account's base URL accepts connections, and 200 once one does, with no call made", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make()
+      const port = yield* Effect.promise(() => freePort())
+      const gateway = yield* startGateway([account("a", `http://127.0.0.1:${port}/v1`, [Simulator.defaultKey])], {
+        pool: { reachProbeInterval: "50 millis" }
+      })
+      const readiness = attempt(() => fetch(`${gateway.url}/readyz`).then(async (r) => [r.status, await r.json()] as const))
+      yield* gateway.pool.unreachable
+      expect(yield* readiness).toEqual([503, { status: "unavailable", accounts: [{ name: "a", state: "serving", reachable: false }] }])
+      yield* relay(port, Number(new URL(sim.baseUrl).port))
+      const ready = yield* Effect.filterOrFail(readiness, ([status]) => status === 200).pipe(
+        Effect.retry({ schedule: Schedule.spaced("20 millis"), times: 100 })
+      )
+      expect(ready).toEqual([200, { status: "ready", accounts: [{ name: "a", state: "serving", reachable: true }] }])
+      expect(yield* sim.stats).toMatchObject({ completed: 0 })
     }))
 
   it.scopedLive("a task the router sends to a model not served is warned of at start, and its requests are refused", () =>

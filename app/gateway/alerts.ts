@@ -4,6 +4,8 @@
  * - `breaker_opened` / `breaker_closed`: an account's circuit breaker opened, or closed again;
  * - `balance_exhausted` / `balance_restored`: an account answered 402, or its balance is back;
  * - `key_rejected`: an account has fewer usable keys (the upstream rejected one);
+ * - `account_unreachable` / `account_reachable`: a connection to an account's origin could not
+ *   open, or one opened again;
  * - `budget_spent`: the cost budget is spent; new calls are refused.
  *
  * Alerts wait in a bounded queue (the oldest are kept when it is full) and are sent one after
@@ -33,6 +35,8 @@ export type AlertEvent =
   | "balance_exhausted"
   | "balance_restored"
   | "key_rejected"
+  | "account_unreachable"
+  | "account_reachable"
   | "budget_spent"
 
 /** The webhook's JSON body. */
@@ -95,6 +99,14 @@ const accountAlerts = (sample: Sample, before: AccountSample, after: AccountSamp
   }
   if (before.state === "out_of_balance" && after.state !== "out_of_balance") {
     alerts.push(alert(sample, "balance_restored", name, `account ${name}: balance is back; serving again`))
+  }
+  if (before.reachable && !after.reachable) {
+    alerts.push(
+      alert(sample, "account_unreachable", name, `account ${name}: cannot connect to its upstream; its calls fail to connect until it can be reached`)
+    )
+  }
+  if (!before.reachable && after.reachable) {
+    alerts.push(alert(sample, "account_reachable", name, `account ${name}: connected to its upstream again`))
   }
   if (after.usableKeys < before.usableKeys) {
     alerts.push(

@@ -106,6 +106,9 @@ function banner(latest) {
   for (const name of latest.banner.outOfBalance) {
     messages.push("Account " + name + " is out of balance: its calls go to the other accounts until it is topped up.");
   }
+  for (const name of latest.banner.unreachable) {
+    messages.push("Account " + name + " cannot be connected to: check its base URL and the network; it is tried again every few seconds.");
+  }
   if (latest.banner.budgetSpent) messages.push("The budget is spent: new calls are refused.");
   const el = document.getElementById("banner");
   el.textContent = messages.join(" ");
@@ -143,8 +146,9 @@ function render() {
       state.cards.set(account.name, card);
     }
     const of = (s) => s.accounts.find((a) => a.name === account.name);
-    card.badge.textContent = account.state.replace(/_/g, " ");
-    card.badge.className = "badge " + account.state;
+    const shown = account.reachable ? account.state : "unreachable";
+    card.badge.textContent = shown.replace(/_/g, " ");
+    card.badge.className = "badge " + shown;
     draw(card.charts, xs, samples, of);
     for (const lane of account.models) {
       let charts = card.laneCharts.get(lane.model);
@@ -204,7 +208,7 @@ export const html = `<!doctype html>
   .charts { display: flex; flex-wrap: wrap; gap: 12px; }
   .badge { font-size: 12px; font-weight: 600; padding: 2px 8px; border-radius: 10px; background: #ddd; }
   .badge.serving { background: #d4edda; } .badge.half_open { background: #fff3cd; }
-  .badge.open, .badge.out_of_balance, .badge.no_keys { background: #f8d7da; }
+  .badge.open, .badge.out_of_balance, .badge.no_keys, .badge.unreachable { background: #f8d7da; }
   table { border-collapse: collapse; background: #fff; }
   th, td { border: 1px solid #ddd; padding: 4px 10px; text-align: right; }
   th:nth-child(-n+2), td:nth-child(-n+2) { text-align: left; }

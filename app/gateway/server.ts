@@ -8,7 +8,7 @@
  * | `GET /v1/models` (and `/models`) | the models the configured accounts serve |
  * | `GET /v1/models/{model}` (and `/models/{model}`) | one of them, or a 404 `model_not_found` |
  * | `GET /healthz` | 200 while the process serves; 503 once it drains |
- * | `GET /readyz` | 200 when an account can serve; 503 otherwise (`budget_spent` once the budget is), or while draining |
+ * | `GET /readyz` | 200 when an account can serve and its origin can be connected to; 503 otherwise (`budget_spent` once the budget is), or while draining |
  * | `GET /metrics` | every metric, Prometheus text format |
  * | `GET /` | the status page; `GET /status.json` its samples; `GET /status/events` its feed (SSE) |
  * | `OPTIONS` on the chat and models routes, from a page | its CORS preflight (`cors.ts`) |
@@ -237,10 +237,11 @@ export const make = (
     const health = Effect.sync(() => traffic.draining ? draining : HttpServerResponse.unsafeJson({ status: "ok" }))
     const readiness = Effect.gen(function*() {
       if (traffic.draining) return draining
-      const accounts = (yield* pool.snapshot).map(({ name, state }) => ({ name, state }))
+      const accounts = (yield* pool.snapshot).map(({ name, reachable, state }) => ({ name, state, reachable }))
       // A spent budget refuses every call, whatever the accounts' state.
       const funded = yield* Effect.isSuccess(ledger.guard)
-      const ready = funded && accounts.some(({ state }) => state === "serving" || state === "half_open")
+      const ready = funded &&
+        accounts.some(({ reachable, state }) => reachable && (state === "serving" || state === "half_open"))
       const status = ready ? "ready" : funded ? "unavailable" : "budget_spent"
       return HttpServerResponse.unsafeJson({ status, accounts }, { status: ready ? 200 : 503 })
     })

@@ -72,6 +72,8 @@ export interface Sample {
     /** An account drew a 429 within the throttle window. */
     readonly throttling: boolean
     readonly outOfBalance: ReadonlyArray<string>
+    /** Accounts whose origin cannot be connected to (`AccountStatus.reachable`). */
+    readonly unreachable: ReadonlyArray<string>
     readonly budgetSpent: boolean
   }
 }
@@ -195,6 +197,7 @@ export const make = (traffic: Traffic, options: Options): Effect.Effect<Monitor,
         banner: {
           throttling: Array.from(last429.values()).some((at) => t - at <= throttleWindowMs),
           outOfBalance: statuses.filter((s) => s.state === "out_of_balance").map((s) => s.name),
+          unreachable: statuses.filter((s) => !s.reachable).map((s) => s.name),
           budgetSpent: totals.budget !== undefined && totals.budget.remainingUsd <= 0
         }
       }

@@ -54,13 +54,14 @@ import type { SharedBalance, Verdict } from "./sharedBalance.js"
 import * as ScopeFinalizer from "./scopeFinalizer.js"
 import { whenTraced } from "./tracing.js"
 import { permitOptions } from "./transport.js"
-import { undiciOf } from "./transportWires.js"
+import { type Undici, undiciOf } from "./transportWires.js"
 
 /** `AccountPool.Options` with defaults applied. */
 export interface Settings {
   readonly breaker: Omit<CircuitBreaker.Options, "name"> | undefined
   readonly deadlines: Partial<Transport.Deadlines> | undefined
   readonly balanceProbeInterval: Duration.Duration
+  readonly reachProbeInterval: Duration.Duration
   readonly keyCooldown: Duration.Duration
   readonly fallbackCooldown: Duration.Duration
   readonly maxWait: Duration.Duration
@@ -134,6 +135,10 @@ class Member {
   retries = 0
   /** The failure of its last attempt sent, unless one answered since: said when its breaker opens. */
   lastFailure: unknown = undefined
+  /** Whether its origin can be connected to (`AccountStatus.reachable`). */
+  reachable = true
+  /** Whether a fiber is trying to connect to its origin again: one at a time, as for `recovering`. */
+  probingReach = false
 
   constructor(
     readonly account: Account,
@@ -147,6 +152,10 @@ class Member {
 
   get name(): string {
     return this.account.name
+  }
+
+  get origin(): string {
+    return new URL(this.account.baseUrl).origin
   }
 
   modelFor(model: string): string {
@@ -332,36 +341,49 @@ class CapacityReading implements Capacity {
   }
 }
 
+/** Opens connections to an origin ahead of need: an undici client's (`Connector.preconnect`). */
+type Preconnect = Undici["preconnect"]
+
 /**
- * Opens `connections` to each account's origin, over `nodeHttpClient` (see
- * `Transport.Options.warmUp`); `told` hears each account none of whose connections opened, as
- * soon as they failed; the result is those accounts, once every origin has answered. Nothing to
- * wait for without a warm-up.
+ * Opens `connections` to `member`'s origin (see `Transport.Options.warmUp`): none when the first
+ * opened, or why the origin cannot be reached once every one failed.
  */
-const warmUp = (
-  client: HttpClient.HttpClient,
-  members: ReadonlyArray<Member>,
+const connectTo = (
+  preconnect: Preconnect,
+  member: Member,
   connections: number,
-  scrub: Scrubber.Scrubber,
-  told: (unreachable: Unreachable) => Effect.Effect<void>
-): Effect.Effect<ReadonlyArray<Unreachable>> =>
-  Option.match(Option.filter(undiciOf(client), () => connections > 0), {
-    onNone: () => Effect.succeed([]),
-    onSome: ({ preconnect }) =>
-      Effect.map(
-        Effect.forEach(members, (member) =>
-          Effect.async<Option.Option<Unreachable>>((resume) => {
-            const origin = new URL(member.account.baseUrl).origin
-            preconnect(origin, connections, (error) =>
-              resume(Effect.succeed(
-                error === undefined
-                  ? Option.none()
-                  : Option.some({ account: member.name, origin: scrub(origin), reason: scrub(connectionFailure(error)) })
-              )))
-          }).pipe(Effect.tap(Option.match({ onNone: () => Effect.void, onSome: told }))), { concurrency: "unbounded" }),
-        Arr.getSomes
-      )
-  })
+  scrub: Scrubber.Scrubber
+): Effect.Effect<Option.Option<Unreachable>> =>
+  Effect.async((resume) =>
+    preconnect(member.origin, connections, (error) =>
+      resume(Effect.succeed(error === undefined ? Option.none() : Option.some(unreachableOf(member, error, scrub)))))
+  )
+
+const unreachableOf = (member: Member, error: unknown, scrub: Scrubber.Scrubber): Unreachable => ({
+  account: member.name,
+  origin: scrub(member.origin),
+  reason: scrub(connectionFailure(error))
+})
+
+/** A failure of a connection that could not open: the request never left. */
+const connectionNotOpened = (error: unknown): error is ApiError.TransportError =>
+  ApiError.tagOf(error) === "TransportError" && (error as ApiError.TransportError).reason === "connect"
+
+/**
+ * What an attempt's end tells of its account's origin: reached when the upstream answered
+ * (`error` undefined, or an error it sent), not when no connection opened, nothing when a
+ * connection broke or a deadline passed.
+ */
+const reachedBy = (error: unknown): boolean | undefined => {
+  switch (ApiError.tagOf(error)) {
+    case "TransportError":
+      return connectionNotOpened(error) ? false : undefined
+    case "DeadlineExceeded":
+      return undefined
+    default:
+      return true
+  }
+}
 
 // ---------------------------------------------------------------------------------------------
 // The pool
@@ -371,6 +393,7 @@ const validate = (accounts: ReadonlyArray<Account>, settings: Settings): void =>
   assertValid("AccountPool", [
     new Set(accounts.map((account) => account.name)).size === accounts.length ? undefined : "account names must be unique",
     positive("balanceProbeInterval", Duration.toMillis(settings.balanceProbeInterval)),
+    positive("reachProbeInterval", Duration.toMillis(settings.reachProbeInterval)),
     positive("keyCooldown", Duration.toMillis(settings.keyCooldown)),
     positive("fallbackCooldown", Duration.toMillis(settings.fallbackCooldown))
   ])
@@ -591,6 +614,60 @@ export const makeWith = <R>(
         const wait = Duration.millis(Math.max(0, back.value - now()))
         yield* Effect.forkIn(Effect.zipRight(Effect.sleep(wait), refresh(member)), scope)
       })
+
+    // -- reachability: connections that cannot open --------------------------------------------
+
+    // Only over undici's client can the pool open a connection without sending a request.
+    const preconnect = Option.map(undiciOf(client), (undici) => undici.preconnect)
+
+    /** Tries a connection to `member`'s origin every `reachProbeInterval` until it is reached (by one, or by a call). */
+    const probeReach = (member: Member, preconnect: Preconnect) =>
+      Effect.gen(function*() {
+        while (!member.reachable) {
+          yield* Effect.sleep(settings.reachProbeInterval)
+          if (member.reachable) break
+          if (Option.isNone(yield* connectTo(preconnect, member, 1, scrub))) yield* regainedReach(member)
+        }
+      }).pipe(Effect.ensuring(Effect.sync(() => {
+        member.probingReach = false
+      })))
+
+    /**
+     * Marks `member`'s origin unreachable (a readiness check then says so, `AccountStatus.reachable`),
+     * says so once, and probes it until a connection opens. Over another client than undici's
+     * nothing could probe it, so nothing is marked.
+     */
+    const lostReach = (member: Member, unreachable: Unreachable): Effect.Effect<void> =>
+      Option.match(preconnect, {
+        onNone: () => Effect.void,
+        onSome: (preconnect) =>
+          Effect.suspend(() => {
+            if (!member.reachable) return Effect.void
+            member.reachable = false
+            const { account, origin, reason } = unreachable
+            return Effect.logWarning(
+              `AccountPool: account ${account}: cannot connect to ${origin} (${reason}); its calls fail to connect until it can be reached`
+            ).pipe(Effect.zipRight(Effect.suspend(() => {
+              if (member.probingReach) return Effect.void
+              member.probingReach = true
+              return Effect.forkIn(probeReach(member, preconnect), scope)
+            })))
+          })
+      })
+
+    const regainedReach = (member: Member): Effect.Effect<void> =>
+      Effect.suspend(() => {
+        if (member.reachable) return Effect.void
+        member.reachable = true
+        return Effect.logInfo(`AccountPool: account ${member.name}: connected to ${scrub(member.origin)} again`)
+      })
+
+    /** What the end of an attempt sent to `member` tells of its origin (`reachedBy`). */
+    const noteReach = (member: Member, error: unknown): Effect.Effect<void> => {
+      const reached = reachedBy(error)
+      if (reached === undefined || reached === member.reachable) return Effect.void
+      return reached ? regainedReach(member) : lostReach(member, unreachableOf(member, (error as ApiError.TransportError).cause, scrub))
+    }
 
     // -- balance: preflight and recovery ------------------------------------------------------
 
@@ -879,7 +956,7 @@ export const makeWith = <R>(
      */
     const sent = new WeakSet<ChatCompletionRequest>()
     const countSent = (placed: Placed, request: ChatCompletionRequest, verdict?: ApiError.Verdict, error?: unknown) =>
-      Effect.sync(() => {
+      Effect.suspend(() => {
         const { member } = placed
         const figures = figuresOf(placed.grant.lane)
         const { tags } = figures
@@ -907,6 +984,7 @@ export const makeWith = <R>(
         }
         attemptsCounter.unsafeUpdate(1, figures.resultTags(result))
         attemptDuration.unsafeUpdate((now() - placed.placedAt) / 1000, tags)
+        return noteReach(member, error)
       })
 
     /**
@@ -1096,7 +1174,8 @@ export const makeWith = <R>(
           failed: member.failed,
           rateLimited: models.reduce((sum, lane) => sum + lane.rateLimited, 0),
           retries: member.retries,
-          lastFailure: lastFailureOf(member)
+          lastFailure: lastFailureOf(member),
+          reachable: member.reachable
         } satisfies AccountStatus
       }))
 
@@ -1156,14 +1235,19 @@ export const makeWith = <R>(
     // Each account's connections open alongside its preflight, once that request is on its way.
     // A base URL with a typo, or a fallback provider that is down, is told at start, not when the
     // calls needing it fail (for a fallback, in the outage it was kept for).
-    const told = ({ account, origin, reason }: Unreachable) =>
-      Effect.logWarning(
-        `AccountPool: account ${account}: cannot connect to ${origin} (${reason}); its calls fail to connect until it can be reached`
-      )
-    const warmedUp = yield* Effect.forkIn(
-      Effect.zipRight(Effect.yieldNow(), warmUp(client, members, settings.warmUp, scrub, told)),
-      scope
-    )
+    const warmUp = Option.match(Option.filter(preconnect, () => settings.warmUp > 0), {
+      onNone: () => Effect.succeed<ReadonlyArray<Unreachable>>([]),
+      onSome: (preconnect) =>
+        Effect.map(
+          Effect.forEach(members, (member) =>
+            Effect.tap(connectTo(preconnect, member, settings.warmUp, scrub), (found) =>
+              Option.match(found, { onNone: () => Effect.void, onSome: (unreachable) => lostReach(member, unreachable) })), {
+            concurrency: "unbounded"
+          }),
+          Arr.getSomes
+        )
+    })
+    const warmedUp = yield* Effect.forkIn(Effect.zipRight(Effect.yieldNow(), warmUp), scope)
     const unreachable = Fiber.join(warmedUp)
     const capacity = Effect.sync((): Capacity => {
       const { free, permits, stalled } = dispatcher.capacity()

@@ -1,6 +1,8 @@
 /**
  * Loopback ports for tests that start a server of their own, or need one nothing listens on.
  */
+import * as Effect from "effect/Effect"
+import type * as Scope from "effect/Scope"
 import * as Net from "node:net"
 
 /** A loopback port free now (a server held it, then gave it up): nothing listens on it. */
@@ -13,3 +15,38 @@ export const freePort = (): Promise<number> =>
       server.close(() => resolve(port))
     })
   })
+
+/** A TCP relay listening on a loopback port: `close` stops it and drops its connections. */
+export interface Relay {
+  readonly close: Effect.Effect<void>
+}
+
+/**
+ * Relays connections to 127.0.0.1:`port` to 127.0.0.1:`target` until `close` or the scope's end:
+ * an upstream that can be made to refuse connections, then to take them again on the same port.
+ */
+export const relay = (port: number, target: number): Effect.Effect<Relay, never, Scope.Scope> =>
+  Effect.acquireRelease(
+    Effect.async<Relay>((resume) => {
+      const sockets = new Set<Net.Socket>()
+      const track = (socket: Net.Socket) => {
+        sockets.add(socket)
+        socket.on("error", () => socket.destroy())
+        socket.once("close", () => sockets.delete(socket))
+      }
+      const server = Net.createServer((client) => {
+        const upstream = Net.connect(target, "127.0.0.1")
+        track(client)
+        track(upstream)
+        client.once("close", () => upstream.destroy())
+        upstream.once("close", () => client.destroy())
+        client.pipe(upstream).pipe(client)
+      })
+      const close = Effect.async<void>((done) => {
+        server.close(() => done(Effect.void))
+        for (const socket of sockets) socket.destroy()
+      })
+      server.listen(port, "127.0.0.1", () => resume(Effect.succeed({ close })))
+    }),
+    ({ close }) => close
+  )
