@@ -251,6 +251,13 @@ export interface Service {
   readonly state: Effect.Effect<State>
   /** The current state, then every transition in order. Never ends. */
   readonly changes: Stream.Stream<State>
+  /**
+   * Ends an open period now: the circuit half-opens and its canaries test the upstream. For a
+   * caller that learnt the upstream is back before the period ends (an account pool, when a
+   * connection to an origin it could not reach opens). Trips are kept, so a canary that fails
+   * opens it for the next, longer period. Does nothing unless the circuit is open (isolated stays).
+   */
+  readonly halfOpen: Effect.Effect<void>
   /** Forces the circuit open until `reset`. Calls in flight finish; their outcomes are ignored. */
   readonly isolate: Effect.Effect<void>
   /** Closes the circuit with an empty window and a fresh open period. */
@@ -484,6 +491,7 @@ const serve = (core: internal.Core, options: Options, transitions: Transitions):
       admit,
       state: core.state,
       changes: Stream.fromPubSub(transitions.states),
+      halfOpen: core.halfOpen,
       isolate: core.isolate,
       reset: core.reset,
       snapshot: core.snapshot
@@ -580,8 +588,8 @@ export const layerRedis = (options: RedisOptions): Layer.Layer<CircuitBreaker, n
   Layer.scoped(CircuitBreaker, makeRedis(options))
 
 /**
- * A breaker that never opens: `protect` runs every call unchanged, `isolate` and `reset` do
- * nothing. For tests and for apps that opt out.
+ * A breaker that never opens: `protect` runs every call unchanged, `halfOpen`, `isolate` and
+ * `reset` do nothing. For tests and for apps that opt out.
  *
  * @since 0.1.0
  * @category layers
@@ -591,6 +599,7 @@ export const layerNoop: Layer.Layer<CircuitBreaker> = Layer.succeed(CircuitBreak
   admit: Effect.succeed(() => Effect.void),
   state: Effect.succeed(internal.closed),
   changes: Stream.concat(Stream.succeed(internal.closed), Stream.never),
+  halfOpen: Effect.void,
   isolate: Effect.void,
   reset: Effect.void,
   snapshot: Effect.succeed({ state: internal.closed, calls: 0, failures: 0, trips: 0, canariesInFlight: 0, inFlight: 0 })

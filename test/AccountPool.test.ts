@@ -1089,6 +1089,30 @@ describe("AccountPool", () => {
         .toEqual([refused, again, refused, again].map((said, i) => `${i % 2 === 0 ? "WARN" : "INFO"} AccountPool: account relayed: ${said}`))
     }))
 
+  it.scopedLive("a breaker that refused connections opened half-opens once a connection opens again, not at the end of its open period", () =>
+    Effect.gen(function*() {
+      const upstream = yield* Simulator.make()
+      const port = yield* Effect.promise(() => freePort())
+      const accounts = [account("relayed", [Simulator.defaultKey], { baseUrl: `http://127.0.0.1:${port}/v1` })]
+      const options = { preflight: false, reachProbeInterval: "50 millis", breaker: { minimumThroughput: 2, openFor: "10 minutes" } } as const
+      const context = yield* Layer.build(AccountPool.layerResilient(accounts, options).pipe(Layer.provide(CostLedger.layer())))
+      const pool = yield* Effect.provide(AccountPool.AccountPool, context)
+      const status = Effect.map(pool.snapshot, ([status]) => status!)
+      const waitFor = (done: (status: AccountPool.AccountStatus) => boolean) =>
+        Effect.timeout(Effect.repeat(status, { until: done, schedule: Schedule.spaced("20 millis") }), "5 seconds")
+      yield* pool.unreachable
+      // The second failure trips the breaker: that call waits for the account to serve again.
+      const calls = yield* Effect.fork(Effect.all([Effect.either(pool.create(request)), Effect.either(pool.create(request))]))
+      yield* waitFor((status) => status.state === "open")
+      expect(yield* status).toMatchObject({ reachable: false, failed: 2 })
+
+      yield* relay(port, Number(new URL(upstream.baseUrl).port))
+      const [first, second] = yield* Effect.timeout(Fiber.join(calls), "5 seconds")
+      expect(first).toMatchObject({ _tag: "Left", left: { _tag: "TransportError", reason: "connect" } })
+      expect(second._tag).toBe("Right")
+      expect(yield* status).toMatchObject({ state: "serving", reachable: true, succeeded: 1 })
+    }))
+
   it.scopedLive("a primary whose connections are refused moves each call to the fallback at once, streams too: none fails, none is retried", () =>
     Effect.gen(function*() {
       const backup = yield* Simulator.make()

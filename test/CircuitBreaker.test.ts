@@ -286,6 +286,39 @@ describe("CircuitBreaker", () => {
         expect(yield* breaker.state).toEqual({ _tag: "HalfOpen", since: 30_000, trips: 1 })
       }))
 
+    it.scoped("halfOpen ends the open period now, keeping its trips: a failed canary opens it for the next, longer period", () =>
+      Effect.gen(function*() {
+        const breaker = yield* CircuitBreaker.make({ name: "early" })
+        yield* trip(breaker)
+        yield* TestClock.adjust("5 seconds")
+        yield* breaker.halfOpen
+        expect(yield* breaker.state).toEqual({ _tag: "HalfOpen", since: 5_000, trips: 1 })
+        expect(yield* gaugeOf("early")).toBe(1)
+        yield* fail(breaker, 1)
+        expect(yield* breaker.state).toEqual({ _tag: "Open", since: 5_000, until: 65_000, trips: 2 })
+        yield* breaker.halfOpen
+        expect(yield* breaker.protect(Effect.succeed("canary"))).toBe("canary")
+        expect((yield* breaker.state)._tag).toBe("Closed")
+        // The timer of the period that was cut short changes nothing when it ends.
+        yield* TestClock.adjust("2 minutes")
+        expect((yield* breaker.state)._tag).toBe("Closed")
+      }))
+
+    it.scoped("halfOpen moves only an open circuit: closed, half-open and isolated stay", () =>
+      Effect.gen(function*() {
+        const breaker = yield* CircuitBreaker.make()
+        yield* breaker.halfOpen
+        expect(yield* breaker.state).toEqual({ _tag: "Closed" })
+        yield* trip(breaker)
+        yield* TestClock.adjust("30 seconds")
+        yield* TestClock.adjust("1 second")
+        yield* breaker.halfOpen
+        expect(yield* breaker.state).toEqual({ _tag: "HalfOpen", since: 30_000, trips: 1 })
+        yield* breaker.isolate
+        yield* breaker.halfOpen
+        expect((yield* breaker.state)._tag).toBe("Isolated")
+      }))
+
     it.scoped("moves to half-open on its own when no call arrives", () =>
       Effect.gen(function*() {
         const breaker = yield* CircuitBreaker.make({ name: "timer" })

@@ -164,6 +164,19 @@ describe.skipIf(!redisServerPresent)(skipMessage("CircuitBreaker on Redis"), () 
       yield* stateIs(b, "Closed")
     }), 20_000)
 
+  it.scopedLive("halfOpen in one process ends the open period for every process", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const { a, b } = yield* twoBreakers(server, { openFor: "1 minute", maxOpenFor: "1 minute" })
+      yield* Effect.exit(a.protect(failing))
+      yield* Effect.exit(a.protect(failing))
+      yield* stateIs(b, "Open")
+      yield* b.halfOpen
+      yield* stateIs(a, "HalfOpen")
+      yield* Effect.all([a.protect(Effect.void), b.protect(Effect.void)])
+      yield* stateIs(a, "Closed")
+    }))
+
   it.scopedLive("isolate and reset apply to every process", () =>
     Effect.gen(function*() {
       const server = yield* redisServer

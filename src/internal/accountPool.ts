@@ -655,11 +655,19 @@ export const makeWith = <R>(
           })
       })
 
+    /**
+     * Marks `member`'s origin reachable again. A breaker the outage opened need not wait out its
+     * open period (up to `maxOpenFor` after trips in a row): it half-opens, and its canaries test
+     * the upstream now.
+     */
     const regainedReach = (member: Member): Effect.Effect<void> =>
       Effect.suspend(() => {
         if (member.reachable) return Effect.void
         member.reachable = true
-        return Effect.logInfo(`AccountPool: account ${member.name}: connected to ${scrub(member.origin)} again`)
+        return Effect.zipRight(
+          Effect.logInfo(`AccountPool: account ${member.name}: connected to ${scrub(member.origin)} again`),
+          member.breaker.halfOpen
+        )
       })
 
     /** What the end of an attempt sent to `member` tells of its origin (`reachedBy`). */

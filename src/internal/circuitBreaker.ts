@@ -177,9 +177,7 @@ export class Machine {
   poll(now: number): void {
     const state = this.state
     if (state._tag === "Open" && now >= state.until) {
-      this.canariesInFlight = 0
-      this.canariesSucceeded = 0
-      this.enter({ _tag: "HalfOpen", since: now, trips: state.trips })
+      this.halfOpen(now)
     } else if (this.canariesLapsed(now)) {
       this.canariesInFlight = 0
       this.enter(state)
@@ -194,6 +192,18 @@ export class Machine {
   /** The canaries in flight are still held: their lease runs `canaryLeaseMillis` from `now`. */
   renewCanaries(now: number): void {
     if (this.canariesInFlight > 0) this.canaryLeaseUntil = now + this.canaryLeaseMillis
+  }
+
+  /**
+   * Ends an open period now: the circuit half-opens and its canaries test the upstream. Its trips
+   * are kept, so a canary that fails opens it for the next, longer period. Only an open circuit moves.
+   */
+  halfOpen(now: number): void {
+    const state = this.state
+    if (state._tag !== "Open") return
+    this.canariesInFlight = 0
+    this.canariesSucceeded = 0
+    this.enter({ _tag: "HalfOpen", since: now, trips: state.trips })
   }
 
   isolate(now: number): void {
@@ -329,6 +339,7 @@ export interface Core {
   /** Moves an open circuit whose period ended to half-open. */
   readonly poll: Effect.Effect<void>
   readonly state: Effect.Effect<State>
+  readonly halfOpen: Effect.Effect<void>
   readonly isolate: Effect.Effect<void>
   readonly reset: Effect.Effect<void>
   readonly snapshot: Effect.Effect<Snapshot>
@@ -345,6 +356,7 @@ export const localCore = (machine: Machine, now: () => number): Core => ({
     machine.poll(now())
     return machine.state
   }),
+  halfOpen: Effect.sync(() => machine.halfOpen(now())),
   isolate: Effect.sync(() => machine.isolate(now())),
   reset: Effect.sync(() => machine.close()),
   snapshot: Effect.sync(() => machine.snapshot(now()))

@@ -298,6 +298,7 @@ export const core = (
       },
       poll: pollIfDue,
       state: Effect.zipRight(pollIfDue, Effect.sync(() => mirror.state)),
+      halfOpen: change((machine, at) => machine.halfOpen(at)),
       isolate: change((machine, at) => machine.isolate(at)),
       reset: change((machine) => machine.close()),
       snapshot: Effect.zipRight(pollIfDue, Effect.sync(() => mirror.report(now())))
