@@ -371,6 +371,17 @@ export const stateText: Readonly<Record<AccountStatus["state"], string>> = {
 }
 
 /**
+ * An account's state as a person reads it (`stateText`), and, when its base URL refuses
+ * connections (`AccountStatus.reachable`), that too: `breaker open after failures, cannot connect
+ * to its base URL`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export const describeState = (status: Pick<AccountStatus, "state" | "reachable">): string =>
+  status.reachable ? stateText[status.state] : `${stateText[status.state]}, cannot connect to its base URL`
+
+/**
  * The models a pool over `accounts` is known to serve: the pricing table's models and aliases,
  * and every account's own names (`Account.models`). The pool's per-(account, model) series
  * (limit, in flight, queued, attempts, retries) exist for them from its start, before their lanes

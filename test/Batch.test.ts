@@ -782,7 +782,7 @@ describe("Batch summary", () => {
         lastFailure: calls === 0 ? undefined : name === "beta" ? "InsufficientBalance: HTTP 402" : "RateLimited: HTTP 429",
         reachable: true
       })
-      const statuses = [status("alpha", false, 1), status("beta", false, 1), status("gamma", true, 0)]
+      const statuses = [status("alpha", false, 1), status("beta", false, 1), { ...status("gamma", true, 0), reachable: false }]
       const { calls, layer } = yield* double(ok)
       const stack = withPoolDouble(layer, { snapshot: Effect.succeed(statuses), unreachable: Effect.succeed([]) })
       const summary = yield* Batch.run(ws).pipe(Effect.provide(stack))
@@ -814,14 +814,16 @@ describe("Batch summary", () => {
           "deepseek-v4-pro": { limit: 3, rate_limited: 0, cost_usd: 0.001 }
         }
       })
-      expect(json.accounts["gamma"]).toMatchObject({ attempts: 0, prompt_tokens: 0, fallback: true, calls: 0, last_failure: null })
+      expect(json.accounts["gamma"]).toMatchObject({ attempts: 0, prompt_tokens: 0, fallback: true, calls: 0, last_failure: null, reachable: false })
       const text = Batch.formatSummary(summary)
       expect(text).toContain("  alpha: deepseek, serving, limit 8 (deepseek-v4-flash 5, deepseek-v4-pro 3), 2 usable keys; ")
       expect(text).toContain(
         "  beta: deepseek, out of balance, limit 8, 2 usable keys, last failure: InsufficientBalance: HTTP 402; 1 answered, 1 attempt, 15 tokens"
       )
       expect(text).not.toContain("RateLimited: HTTP 429")
-      expect(text).toContain("  gamma: openai-compatible fallback, serving, not called, 2 usable keys; 0 answered, 0 attempts, 0 tokens, $0.000000")
+      expect(text).toContain(
+        "  gamma: openai-compatible fallback, serving, cannot connect to its base URL, not called, 2 usable keys; 0 answered, 0 attempts, 0 tokens, $0.000000"
+      )
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
   it.scoped("formats a summary for people, with cost and a line per account", () =>

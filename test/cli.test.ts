@@ -515,7 +515,9 @@ describe("weatherproof's progress lines", () => {
       const pool: AccountPool.Service = {
         create: () => Effect.die("unused"),
         stream: () => Stream.die("unused"),
-        snapshot: Effect.sync(() => Array.from(states, ([name, state]) => idleAccount(name, state))),
+        snapshot: Effect.sync(() =>
+          Array.from(states, ([name, state]) => ({ ...idleAccount(name, state), reachable: name !== "backup" || state !== "open" }))
+        ),
         capacity: Effect.die("unused"),
         unreachable: Effect.die("unused"),
         scrub: (text) => text
@@ -531,7 +533,7 @@ describe("weatherproof's progress lines", () => {
       yield* TestClock.adjust("1 minute")
       expect(lines).toEqual([
         "weatherproof: 0 of 300 lines done (0 ok, 0 failed, 0 skipped) in 1m; no account can serve: main out of balance, backup every key rejected (401)",
-        "weatherproof: 0 of 300 lines done (0 ok, 0 failed, 0 skipped) in 2m; no account can serve: main out of balance, backup breaker open after failures",
+        "weatherproof: 0 of 300 lines done (0 ok, 0 failed, 0 skipped) in 2m; no account can serve: main out of balance, backup breaker open after failures, cannot connect to its base URL",
         "weatherproof: 0 of 300 lines done (0 ok, 0 failed, 0 skipped) in 3m",
         "weatherproof: 0 of 300 lines done (0 ok, 0 failed, 0 skipped) in 4m"
       ])

@@ -8,7 +8,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
-import { AccountPool, type AccountStatus, type Service as Pool, stateText } from "../../src/AccountPool.js"
+import { AccountPool, type AccountStatus, describeState, type Service as Pool } from "../../src/AccountPool.js"
 import { type Progress, TelemetryCounts } from "../../src/Batch.js"
 import type * as Telemetry from "../../src/Telemetry.js"
 
@@ -105,7 +105,7 @@ const failureLabels: Readonly<Record<string, string>> = {
   InvalidRequest: "refused as invalid (400/422)",
   ServerError: "answered 5xx",
   UnexpectedStatus: "answered an unexpected status",
-  TransportError: "lost the connection",
+  TransportError: "could not connect or lost the connection",
   DeadlineExceeded: "timed out",
   StreamTruncated: "cut off mid-stream",
   InsufficientResource: "cut short by the server (insufficient_system_resource)",
@@ -149,7 +149,7 @@ const outOfService: ReadonlySet<AccountStatus["state"]> = new Set(["open", "out_
 const stalledNote = (pool: Pool): Effect.Effect<string> =>
   Effect.map(pool.snapshot, (accounts) =>
     accounts.length > 0 && accounts.every((account) => outOfService.has(account.state))
-      ? `; no account can serve: ${accounts.map((account) => `${account.name} ${stateText[account.state]}`).join(", ")}`
+      ? `; no account can serve: ${accounts.map((account) => `${account.name} ${describeState(account)}`).join(", ")}`
       : "")
 
 /** The counts of a client that has not failed yet. */

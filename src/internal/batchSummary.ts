@@ -3,7 +3,7 @@
  * snapshots, per account too), as data (`toJson`) and for people (`format`).
  */
 import * as Duration from "effect/Duration"
-import { type AccountStatus, stateText } from "../AccountPool.js"
+import { type AccountStatus, describeState } from "../AccountPool.js"
 import type { AccountSummary, Spend, Summary } from "../Batch.js"
 import type { Totals } from "../CostLedger.js"
 import { counted } from "./text.js"
@@ -119,6 +119,8 @@ export interface AccountJson extends SpendJson {
   readonly retries?: number
   /** What its last attempt sent failed with, unless one answered since. */
   readonly last_failure?: string | null
+  /** Whether its base URL accepted connections at the end (`AccountStatus.reachable`). */
+  readonly reachable?: boolean
   /** Each model's lane: DeepSeek caps each model of an account apart, so each has its own limit. */
   readonly models?: Readonly<Record<string, LaneJson>>
 }
@@ -183,6 +185,7 @@ const accountJson = (account: AccountSummary): AccountJson => {
       rate_limited: status.rateLimited,
       retries: status.retries,
       last_failure: status.lastFailure ?? null,
+      reachable: status.reachable,
       models: Object.fromEntries(status.models.map((lane): [string, LaneJson] => [
         lane.model,
         { limit: lane.limit, rate_limited: lane.rateLimited, cost_usd: lane.costUsd }
@@ -239,7 +242,7 @@ const lastFailureText = (status: AccountStatus): string =>
   status.state === "serving" || status.lastFailure === undefined ? "" : `, last failure: ${status.lastFailure}`
 
 const statusText = (status: AccountStatus): string =>
-  `${status.provider}${status.fallback ? " fallback" : ""}, ${stateText[status.state]}, ${limitText(status)}, ${
+  `${status.provider}${status.fallback ? " fallback" : ""}, ${describeState(status)}, ${limitText(status)}, ${
     counted(status.usableKeys, "usable key", "usable keys")
   }${lastFailureText(status)}`
 
