@@ -25,6 +25,7 @@ import { realpathSync } from "node:fs"
 import { chmod, mkdir, rm, writeFile } from "node:fs/promises"
 import * as NodePath from "node:path"
 import { fileURLToPath } from "node:url"
+import { withDataExports } from "./chunkExports.js"
 
 /** The repository's root directory (this file is `scripts/` in the sources, `dist/scripts/` built). */
 const repoRoot = fileURLToPath(new URL(import.meta.url.includes("/dist/scripts/") ? "../.." : "..", import.meta.url))
@@ -137,11 +138,12 @@ const importMetaUrl = `var __importMetaUrl = require("node:url").pathToFileURL(_
  * One file of the split build as CommonJS: esbuild splits only ES modules, and Node 20 caches the
  * compilation of none (app/cli/compileCache.ts). Dynamic imports become requires (a `vm.Script`
  * has no loader for `import()`); the file's source map follows the inline one through. Each file
- * is plain CommonJS, which Node's own `require` runs too.
+ * is plain CommonJS, which Node's own `require` runs too. Its exports are values where they cannot
+ * change (scripts/chunkExports.ts): a call into another chunk then runs no getter.
  */
 const cjsOf = async (file: esbuild.OutputFile): Promise<ReadonlyArray<readonly [string, string]>> => {
   // bin/weatherproof.ts's hashbang: `main.cjs` is not the bin (the line stays, so the source map's lines hold).
-  const { code, map } = await esbuild.transform(file.text.replace(/^#![^\n]*/, ""), {
+  const { code, map } = await esbuild.transform(withDataExports(file.text.replace(/^#![^\n]*/, "")), {
     banner: file.text.includes("__importMetaUrl") ? importMetaUrl : "",
     format: "cjs",
     platform: "node",
