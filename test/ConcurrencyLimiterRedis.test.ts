@@ -237,7 +237,44 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
     }).pipe(capturingLogs(logs))
   }, { timeout: 30_000 })
 
-  it.scopedLive("an end taken off while its acceptance's commit conflicted is given back if the acceptance goes local (the retry failed, then Redis again before a flush): the accepted count is not left one low, slow start grows", () => {
+  it.scopedLive("a Redis restarted from an older snapshot: ends of the acceptances it lost take nothing off, the count is the truth again once they end, slow start grows", () => {
+    const logs: Array<Logged> = []
+    const rejoins = (times: number) =>
+      until(Effect.sync(() => logs.filter((log) => log.message.includes("shared again")).length), (n) => n === times)
+    return Effect.gen(function*() {
+      const server = yield* redisServer
+      const redis = yield* Redis.make({ url: server.url })
+      const name = "snapshot"
+      const limiter = yield* limiterOn(server, { name, initial: 4 })
+      const acceptedOnceAt = acceptedCount(redis, name)
+      const before = yield* Scope.make()
+      const earlier: Array<ConcurrencyLimiter.Permit> = []
+      for (let i = 1; i <= 4; i++) {
+        earlier.push(yield* acceptOne(limiter, before))
+        expect(yield* acceptedOnceAt(i)).toBe(i)
+        if (i === 2) yield* redis.command("SAVE", [])
+      }
+      // Back from the snapshot of two acceptances, with the four in flight.
+      yield* Effect.zipRight(server.restart, rejoins(1))
+      expect(yield* acceptedOnceAt(2)).toBe(2)
+      yield* Effect.forEach(earlier, (permit) => permit.complete({ _tag: "Success" }))
+      yield* Scope.close(before, Exit.void)
+      expect(yield* acceptedOnceAt(0)).toBe(0)
+
+      const after = yield* Scope.make()
+      const { limit } = yield* limiter.snapshot
+      for (let i = 1; i <= limit; i++) {
+        yield* acceptOne(limiter, after)
+        expect(yield* acceptedOnceAt(i)).toBe(i)
+      }
+      // The acceptance at the top of the limit grows it in slow start.
+      const grown = until(limiter.snapshot, (snapshot) => snapshot.limit > limit).pipe(Effect.orElse(() => limiter.snapshot))
+      expect((yield* grown).limit).toBe(limit + 1)
+      yield* Scope.close(after, Exit.void)
+    }).pipe(capturingLogs(logs))
+  }, { timeout: 30_000 })
+
+  it.scopedLive("an acceptance whose commit conflicted while its request ended, then failed twice (local mode, back, local again): the count stays the requests accepted and not ended, slow start grows", () => {
     const logs: Array<Logged> = []
     const said = (text: string, times: number) =>
       until(Effect.sync(() => logs.filter((log) => log.message.includes(text)).length), (n) => n === times)
@@ -246,10 +283,7 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
       const redis = yield* Redis.make({ url: server.url })
       const name = "drift"
       const stateKey = `${redis.key("limiter", name)}:state`
-      const acceptedOnServer = Effect.map(redis.command("HGET", [stateKey, "accepted"]), (n) => Number(n ?? 0))
-      /** The count once it is `expected`, or as it is 5 s later. */
-      const acceptedOnceAt = (expected: number) =>
-        until(acceptedOnServer, (n) => n === expected).pipe(Effect.orElse(() => acceptedOnServer))
+      const acceptedOnceAt = acceptedCount(redis, name)
       // Armed, the next commit meets another process's commit (a conflict) and answers only once
       // `resume` is done. While `down`, every script fails as on a closed connection.
       const conflicted = yield* Deferred.make<void>()
@@ -283,20 +317,17 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
         Redis.Redis,
         flaky
       )
-      const acceptOne = (scope: Scope.Scope) =>
-        Effect.flatMap(Scope.extend(limiter.acquire(), scope), (permit) => Effect.as(permit.accepted, permit))
-
       const first = yield* Scope.make()
-      const one = yield* acceptOne(first)
+      const one = yield* acceptOne(limiter, first)
       expect(yield* acceptedOnceAt(1)).toBe(1)
       armed = true
       const second = yield* Scope.make()
-      const two = yield* acceptOne(second)
+      const two = yield* acceptOne(limiter, second)
       yield* Deferred.await(conflicted)
-      // Its permit is released while the conflicting commit is on its way: its end is taken off.
+      // Its permit is released while the commit that conflicted is on its way: it never counts.
       yield* two.complete({ _tag: "Success" })
       yield* Scope.close(second, Exit.void)
-      expect(yield* acceptedOnceAt(0)).toBe(0)
+      expect(yield* acceptedOnceAt(1)).toBe(1)
       // The retry fails: its events wait for a flush after the rejoin...
       down = true
       yield* Deferred.succeed(resume, undefined)
@@ -310,17 +341,17 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
       yield* said("shared again", 2)
 
       const leases = redis.command("ZCARD", [`${redis.key("limiter", name)}:leases`])
-      // The next release (of a permit never accepted) gives the end back: the first is outstanding.
+      // A permit never accepted takes nothing off: the first is outstanding.
       yield* Effect.scoped(limiter.acquire())
       yield* until(leases, (n) => n === 1)
-      expect(yield* acceptedOnServer).toBe(1)
+      expect(yield* acceptedOnceAt(1)).toBe(1)
       yield* one.complete({ _tag: "Success" })
       yield* Scope.close(first, Exit.void)
       yield* until(leases, (n) => n === 0)
-      expect(yield* acceptedOnServer).toBe(0)
+      expect(yield* acceptedOnceAt(0)).toBe(0)
       const third = yield* Scope.make()
       for (let i = 1; i <= 2; i++) {
-        yield* acceptOne(third)
+        yield* acceptOne(limiter, third)
         expect(yield* acceptedOnceAt(i)).toBe(i)
       }
       // The second acceptance, at the top of the limit, grows it in slow start.
@@ -385,6 +416,19 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
     }), { timeout: 60_000 })
 })
 
+/** A permit of `limiter` taken into `scope` and reported accepted upstream. */
+const acceptOne = (limiter: ConcurrencyLimiter.Service, scope: Scope.Scope) =>
+  Effect.flatMap(Scope.extend(limiter.acquire(), scope), (permit) => Effect.as(permit.accepted, permit))
+
+/**
+ * The requests the lane of limiter `name` counts accepted on the server (its set of their leases):
+ * once it is `expected`, or as it is 5 s later.
+ */
+const acceptedCount = (redis: Redis.Service, name: string) => {
+  const count = Effect.map(redis.command("ZCARD", [`${redis.key("limiter", name)}:accepted`]), Number)
+  return (expected: number) => until(count, (n) => n === expected).pipe(Effect.orElse(() => count))
+}
+
 /**
  * Four permits of an adaptive limiter (initial limit 4) accepted, counted on the server, then the
  * lane's state lost (`lose`) and the four ended: the server's accepted count starts from zero and
@@ -393,18 +437,12 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
 const lostLaneState = (name: string, server: RedisServer, redis: Redis.Service, lose: Effect.Effect<unknown, unknown>) =>
   Effect.gen(function*() {
     const limiter = yield* limiterOn(server, { name, initial: 4 })
-    const stateKey = `${redis.key("limiter", name)}:state`
-    const acceptedOnServer = Effect.map(redis.command("HGET", [stateKey, "accepted"]), (n) => Number(n ?? 0))
-    /** The count once it is `expected`, or as it is 5 s later. */
-    const acceptedOnceAt = (expected: number) =>
-      until(acceptedOnServer, (n) => n === expected).pipe(Effect.orElse(() => acceptedOnServer))
-    const acceptOne = (scope: Scope.Scope) =>
-      Effect.flatMap(Scope.extend(limiter.acquire(), scope), (permit) => Effect.as(permit.accepted, permit))
+    const acceptedOnceAt = acceptedCount(redis, name)
 
     const before = yield* Scope.make()
     const earlier: Array<ConcurrencyLimiter.Permit> = []
     for (let i = 1; i <= 4; i++) {
-      earlier.push(yield* acceptOne(before))
+      earlier.push(yield* acceptOne(limiter, before))
       expect(yield* acceptedOnceAt(i)).toBe(i)
     }
     // The fourth acceptance, at the top of the limit, grew it in slow start.
@@ -415,7 +453,7 @@ const lostLaneState = (name: string, server: RedisServer, redis: Redis.Service, 
 
     const after = yield* Scope.make()
     for (let i = 1; i <= 5; i++) {
-      yield* acceptOne(after)
+      yield* acceptOne(limiter, after)
       expect(yield* acceptedOnceAt(i)).toBe(i)
     }
     yield* until(limiter.snapshot, (snapshot) => snapshot.limit === 6)

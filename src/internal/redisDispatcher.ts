@@ -17,9 +17,8 @@
  * - An adaptive lane's limit is one `Aimd` state on the server, learnt together: each process
  *   queues its permits' events and a flush per lane applies them to the latest state, compared and
  *   set by version (re-read and re-applied on a conflict). A 429 also lowers the limit on the
- *   server at once, before its permit is released; the count of requests accepted and not ended
- *   is the server's, kept in the order of grants and releases, of the acceptances its generation
- *   of the lane's state counted (`AcceptedRequest`).
+ *   server at once, before its permit is released; the requests accepted and not ended are the
+ *   server's set of their leases (a commit adds those still held, a release takes its lease off).
  *
  * Placement (which accounts may serve a call) stays here: the server only counts and orders.
  *
@@ -115,34 +114,10 @@ interface Ticket {
   lanes: ReadonlyArray<Lane>
 }
 
-/**
- * A request of this process accepted upstream while its lane's limit was shared, followed to its
- * permit's release: its end is taken off the accepted count only by the server generation that
- * counted its acceptance (one that lost the lane's state since, or a process in local mode, never
- * counted it).
- */
-class AcceptedRequest {
-  /**
-   * Whether a commit counting it is on its way: an end released meanwhile, on the same connection,
-   * reaches the server after it.
-   */
-  sent = false
-  /** The generation that counted it, once a commit's answer said. */
-  countedIn: string | undefined
-  /** Whether its permit was released. */
-  ended = false
-  /** The generation its end was released under, if it was. */
-  endedIn: string | undefined
-
-  /** Whether a commit is to count it: not when it ended before any commit did (no end of it was released). */
-  get countable(): boolean {
-    return !this.ended || this.endedIn !== undefined
-  }
-}
-
 /** A permit's acceptance or outcome, waiting for the lane's flush. */
 type Event =
-  | { readonly _tag: "Accepted"; readonly stamp: number; readonly request: AcceptedRequest }
+  /** `lease` undefined: a permit of local mode's policy, never held on the server. */
+  | { readonly _tag: "Accepted"; readonly stamp: number; readonly lease: string | undefined }
   | {
     readonly _tag: "Recorded"
     readonly stamp: number
@@ -168,16 +143,6 @@ class SharedLimit implements Policy {
   /** The policy of local mode. */
   local: Policy | undefined
   readonly pending: Array<Event> = []
-  /** The acceptances of this process's permits while the limit was shared, until their release. */
-  private readonly requests = new Map<Grant, AcceptedRequest>()
-  /** The server's generation of the lane's state, as the last commit answered. */
-  generation: string | undefined
-  /**
-   * Requests of this process counted in `generation` that ended since its last release: the next
-   * release takes them off the lane's accepted count on the server, before it grants their room.
-   * Below zero, ends taken off of acceptances no commit counted after all: added back.
-   */
-  ended = 0
   /** The last state read or written: what seeds the server if it lost the lane's. */
   state: AimdState | undefined
 
@@ -202,70 +167,10 @@ class SharedLimit implements Policy {
   accepted(stamp: number, refill?: boolean, grant?: Grant): boolean {
     if (this.local !== undefined) return this.local.accepted(stamp, refill)
     if (this.config === undefined) return false
-    const request = new AcceptedRequest()
-    if (grant !== undefined) this.requests.set(grant, request)
-    const event: Event = { _tag: "Accepted", stamp, request }
+    const event: Event = { _tag: "Accepted", stamp, lease: (grant as LeaseGrant | undefined)?.lease }
     this.pending.push(event)
     this.eventAdded(event)
     return false
-  }
-
-  /**
-   * `grant`'s permit was released: its request's end is for the next release to take off, if
-   * `generation` counted its acceptance or a commit on its way is to count it there.
-   */
-  released(grant: Grant): void {
-    const request = this.requests.get(grant)
-    if (request === undefined) return
-    this.requests.delete(grant)
-    request.ended = true
-    const countedIn = request.countedIn ?? (request.sent ? this.generation : undefined)
-    if (countedIn === undefined || countedIn !== this.generation) return
-    request.endedIn = countedIn
-    this.ended++
-  }
-
-  /** The ends to release now, with the generation they were counted in. */
-  takeEnded(): readonly [generation: string, ended: number] {
-    const ended = this.ended
-    this.ended = 0
-    return [this.generation ?? "", ended]
-  }
-
-  /** What a commit of `events` counts: their acceptances but those that ended before any commit counted them. */
-  toCount(events: ReadonlyArray<Event>): ReadonlyArray<AcceptedRequest> {
-    return events.flatMap((event) => event._tag === "Accepted" && event.request.countable ? [event.request] : [])
-  }
-
-  /**
-   * `requests` counted in `generation` by a commit. A new generation (the server lost the lane's
-   * state) never counted the ends not yet released; those released while the commit was on its
-   * way under another generation are released again, under this one.
-   */
-  counted(requests: ReadonlyArray<AcceptedRequest>, generation: string): void {
-    if (generation !== this.generation) {
-      this.generation = generation
-      this.ended = 0
-    }
-    for (const request of requests) {
-      request.countedIn = generation
-      if (request.ended && request.endedIn !== generation) {
-        request.endedIn = generation
-        this.ended++
-      }
-    }
-  }
-
-  /**
-   * `events` applied locally, never to be committed: an end released while a commit that failed
-   * was to count its acceptance is given back, else the count stays one low for the generation.
-   */
-  private uncounted(events: ReadonlyArray<Event>): void {
-    for (const request of this.toCount(events)) {
-      if (request.endedIn === undefined || request.endedIn !== this.generation) continue
-      request.endedIn = undefined
-      this.ended--
-    }
   }
 
   /**
@@ -317,7 +222,6 @@ class SharedLimit implements Policy {
     const max = share(this.sharedLimit)
     const aimd = Aimd.fromState({ ...this.config, max, initial: Math.min(this.config.initial, max) }, this.state!)
     const events = this.pending.splice(0)
-    this.uncounted(events)
     applyEvents(aimd, events, inFlight)
     this.local = aimd
   }
@@ -328,8 +232,6 @@ class SharedLimit implements Policy {
     this.local = undefined
   }
 }
-
-const noEnds = ["", 0] as const
 
 const capDrop: Outcome = { _tag: "Dropped", signal: "cap" }
 const unreported: Acceptance = { timing: "unreported", grew: false }
@@ -343,26 +245,8 @@ const applyEvents = (aimd: Aimd, events: ReadonlyArray<Event>, inFlight: number)
   }
 }
 
-/**
- * The commit `send` makes of the acceptances among `events` that are to be counted, marked on
- * their way while it is, with them. Chosen and marked in the step that sends it: a release that
- * finds them marked reaches the server after it, on the same connection.
- */
-const committing = <A, E>(
-  shared: SharedLimit,
-  events: ReadonlyArray<Event>,
-  send: (acceptances: number) => Effect.Effect<A, E>
-): Effect.Effect<readonly [ReadonlyArray<AcceptedRequest>, A], E> =>
-  Effect.suspend(() => {
-    const counting = shared.toCount(events)
-    for (const request of counting) request.sent = true
-    return Effect.ensuring(
-      Effect.map(send(counting.length), (answer) => [counting, answer] as const),
-      Effect.sync(() => {
-        for (const request of counting) request.sent = false
-      })
-    )
-  })
+const acceptedLeases = (events: ReadonlyArray<Event>): ReadonlyArray<string> =>
+  events.flatMap((event) => event._tag === "Accepted" && event.lease !== undefined ? [event.lease] : [])
 
 const isCapDrop = (event: Event): event is Extract<Event, { _tag: "Recorded" }> =>
   event._tag === "Recorded" && event.outcome._tag === "Dropped" && event.outcome.signal !== "overload"
@@ -540,25 +424,20 @@ export const make = (
             number,
             number
           ]
-          // The accepted count is the server's: every process's acceptances committed, less the
-          // ends released, so an acceptance never counts a request another process ended.
+          // The accepted count is the server's: every process's acceptances of leases still held.
           const read = stored === null ? undefined : { ...JSON.parse(stored) as AimdState, acceptedOutstanding: accepted }
           const aimd = shared.apply(read, events, inFlight)
           const state = aimd.toState()
-          const [counting, answer] = yield* committing(shared, events, (acceptances) =>
-            call("commit", [
-              entry.spec.key,
-              version,
-              JSON.stringify(state),
-              aimd.limit,
-              aimd.stamp,
-              acceptances,
-              shared.afterDrop(state),
-              nextId()
-            ]))
-          const [limit, generation] = answer as [number, string]
+          const limit = (yield* call("commit", [
+            entry.spec.key,
+            version,
+            JSON.stringify(state),
+            aimd.limit,
+            aimd.stamp,
+            shared.afterDrop(state),
+            ...acceptedLeases(events)
+          ])) as number
           if (limit < 0) continue
-          shared.counted(counting, generation)
           shared.state = state
           return observe(entry, limit, aimd.stamp, inFlight)
         }
@@ -609,16 +488,13 @@ export const make = (
       place(ticket)
     }
 
-    /** Hands `lease` back, with the lane's ends for its accepted count (`SharedLimit.ended`). */
     const releaseLease = (laneKey: string, lease: string) => {
       if (local !== undefined) return void releasedLocally.set(lease, laneKey)
-      const [generation, ended] = lanes.get(laneKey)?.shared.takeEnded() ?? noEnds
-      send(call("release", [laneKey, lease, generation, ended]))
+      send(call("release", [laneKey, lease]))
     }
 
     const release = (grant: LaneGrant) => {
-      const { shared, spec } = entryOf.get(grant.lane)!
-      shared.released(grant)
+      const { spec } = entryOf.get(grant.lane)!
       if (local !== undefined) return local.release(grant)
       const { lane, lease } = grant as LeaseGrant
       held.delete(lease)

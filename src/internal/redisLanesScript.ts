@@ -8,13 +8,14 @@
  * - `L:leases`, `A:leases` (`A` the lane's account key): sorted sets of lease ids scored by their
  *   expiry (server ms). Every operation on a lane first drops the expired ones.
  * - `L:state`: a hash, `limit` (the integer the grant reads), `epoch` (the adaptive limit's stamp),
- *   `version` and `aimd` (its serialised state, compared and set by `commit`), `accepted` (the
- *   requests accepted upstream and not ended: acceptances added by `commit`, ends taken off by
- *   `release`, so in the order of the grants), `generation` (set by the first `commit` to a state
- *   without one, from a process's unique id: a state the server lost and made again is another
- *   generation, whose count no end of an acceptance counted before may take off), `account`
+ *   `version` and `aimd` (its serialised state, compared and set by `commit`), `account`
  *   (`A`), `cap` (the account's cap over all its lanes, -1 for none), `dropTo` (the limit a 429 leads to at most, from the last commit),
  *   and once a 429 came `lowered`, `loweredEpoch`, `loweredUntil` (see "lower"). `A:lanes` lists an account's lanes.
+ * - `L:accepted`: the leases whose requests were accepted upstream, scored as in `L:leases` (a
+ *   refresh of one moves both): added by `commit` for leases still held, dropped with the lease. A
+ *   set of leases, not a count, so that no failure can leave it off the truth for good: an
+ *   acceptance committed twice counts once, one committed after its end counts nowhere, and one
+ *   the server lost (restarted, or from an older snapshot) is missing only until its lease ends.
  * - `L:q:interactive`, `L:q:batch`: sorted sets of waiting tickets scored by arrival order
  *   (`base:seq`, an `INCR` counter).
  * - `base:ticket:<id>`: a hash, `owner`, `ttl` (the lease's, ms), `presence` (its owner's, ms),
@@ -47,7 +48,7 @@ end
 local function ticketKey(id) return base .. ":ticket:" .. id end
 
 local function touch(lane)
-  for _, suffix in ipairs({ ":leases", ":state", ":q:interactive", ":q:batch" }) do
+  for _, suffix in ipairs({ ":leases", ":accepted", ":state", ":q:interactive", ":q:batch" }) do
     redis.call("PEXPIRE", lane .. suffix, idle)
   end
 end
@@ -136,6 +137,7 @@ end
 local function releaseLease(lane, id)
   redis.call("DEL", ticketKey(id))
   redis.call("ZREM", lane .. ":leases", id)
+  redis.call("ZREM", lane .. ":accepted", id)
   local account = redis.call("HGET", lane .. ":state", "account")
   if account then redis.call("ZREM", account .. ":leases", id) end
   granted(lane)
@@ -186,14 +188,7 @@ elseif op == "cancel" then
   end
   return false
 elseif op == "release" then
-  -- ARGV: lane, lease, a generation, the requests accepted upstream and counted in it that ended
-  -- since the process's last release: taken off the accepted count before the permit is granted
-  -- again, unless the lane's state is of another generation (it never counted them). Negative,
-  -- ends taken off of acceptances that no commit counted after all: added back.
-  local stateKey, ended = ARGV[4] .. ":state", tonumber(ARGV[7]) or 0
-  if ended ~= 0 and redis.call("HGET", stateKey, "generation") == ARGV[6] then
-    redis.call("HINCRBY", stateKey, "accepted", -ended)
-  end
+  -- ARGV: lane, lease.
   releaseLease(ARGV[4], ARGV[5])
   return false
 elseif op == "heartbeat" then
@@ -208,6 +203,7 @@ elseif op == "heartbeat" then
   for j = 1, leases do
     local lane, id = ARGV[i + 2 * j - 1], ARGV[i + 2 * j]
     redis.call("ZADD", lane .. ":leases", now + ttl, id)
+    redis.call("ZADD", lane .. ":accepted", "XX", now + ttl, id)
     local account = redis.call("HGET", lane .. ":state", "account")
     if account then redis.call("ZADD", account .. ":leases", now + ttl, id) end
   end
@@ -235,20 +231,11 @@ elseif op == "heartbeat" then
   return { processes, states, lanes }
 elseif op == "read" then
   -- ARGV: lane. Its shared adaptive state: version, state (or false), limit, epoch, in-flight,
-  -- accepted. The accepted count is at most the in-flight (a request accepted holds its lease
-  -- until its end is released): one above it counts ends a process never released (it died), and
-  -- is brought down to it; one below zero counts ends released before their acceptances'
-  -- commit landed (one retried after a conflict), and reads as zero.
+  -- accepted (the leases in \`L:accepted\`).
   local lane = ARGV[4]
-  local stateKey = lane .. ":state"
-  local state = redis.call("HMGET", stateKey, "version", "aimd", "limit", "epoch", "accepted")
+  local state = redis.call("HMGET", lane .. ":state", "version", "aimd", "limit", "epoch")
   local inFlight = purge(lane .. ":leases")
-  local accepted = tonumber(state[5]) or 0
-  if accepted > inFlight then
-    accepted = inFlight
-    redis.call("HSET", stateKey, "accepted", accepted)
-  end
-  return { tonumber(state[1]) or 0, state[2], tonumber(state[3]) or -1, tonumber(state[4]) or 0, inFlight, math.max(0, accepted) }
+  return { tonumber(state[1]) or 0, state[2], tonumber(state[3]) or -1, tonumber(state[4]) or 0, inFlight, purge(lane .. ":accepted") }
 elseif op == "lower" then
   -- ARGV: lane, the epoch a 429 was granted in, the in-flight its process saw, the limit's
   -- minimum, how long the lowering holds (ms). Unless the epoch moved (a decrease was committed
@@ -272,22 +259,23 @@ elseif op == "lower" then
   end
   return { limit or -1, epoch }
 elseif op == "commit" then
-  -- ARGV: lane, the version read, state, limit, epoch, acceptances applied (added to the accepted
-  -- count), the limit a 429 of that state leads to at most, the generation of a state that has
-  -- none. Sets them if no one did since, the limit within a lowering of the epoch (see "lower"),
-  -- and answers the limit set, or -1, and the generation that counts the acceptances; a limit
-  -- that grew grants at once.
+  -- ARGV: lane, the version read, state, limit, epoch, the limit a 429 of that state leads to at
+  -- most, then the leases of the requests accepted (those still held join \`L:accepted\`). Sets
+  -- them if no one did since, the limit within a lowering of the epoch (see "lower"), and answers
+  -- the limit set, or -1; a limit that grew grants at once.
   local lane = ARGV[4]
   local stateKey = lane .. ":state"
-  local current = redis.call("HMGET", stateKey, "version", "limit", "lowered", "loweredEpoch", "loweredUntil", "generation")
-  if (tonumber(current[1]) or 0) ~= tonumber(ARGV[5]) then return { -1, "" } end
+  local current = redis.call("HMGET", stateKey, "version", "limit", "lowered", "loweredEpoch", "loweredUntil")
+  if (tonumber(current[1]) or 0) ~= tonumber(ARGV[5]) then return -1 end
   local limit = tonumber(ARGV[7])
   if current[4] == ARGV[8] and now < (tonumber(current[5]) or 0) then limit = math.min(limit, tonumber(current[3])) end
-  local generation = current[6] or ARGV[11]
-  redis.call("HSET", stateKey, "version", tonumber(ARGV[5]) + 1, "aimd", ARGV[6], "limit", limit, "epoch", ARGV[8], "dropTo", ARGV[10], "generation", generation)
-  redis.call("HINCRBY", stateKey, "accepted", tonumber(ARGV[9]) or 0)
+  redis.call("HSET", stateKey, "version", tonumber(ARGV[5]) + 1, "aimd", ARGV[6], "limit", limit, "epoch", ARGV[8], "dropTo", ARGV[9])
+  for i = 10, #ARGV do
+    local expiry = redis.call("ZSCORE", lane .. ":leases", ARGV[i])
+    if expiry then redis.call("ZADD", lane .. ":accepted", expiry, ARGV[i]) end
+  end
   if limit > (tonumber(current[2]) or 0) then granted(lane) else touch(lane) end
-  return { limit, generation }
+  return limit
 end
 return redis.error_reply("unknown operation " .. tostring(op))
 `

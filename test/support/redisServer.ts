@@ -1,11 +1,15 @@
 /**
- * A real `redis-server` for the tests, on a free loopback port, without persistence, stopped with
- * the scope. `restart` stops it and starts a fresh one on the same port (every key lost, as after
- * a crash without persistence). Where the binary is absent the Redis tests are skipped with
- * `skipMessage`; CI installs it (.ci/run).
+ * A real `redis-server` for the tests, on a free loopback port, without automatic persistence,
+ * stopped with the scope. `restart` kills it and starts another on the same port: empty (as after
+ * a crash without persistence), or, if a test sent `SAVE`, holding that snapshot (as after a
+ * crash that came back from an older one). Where the binary is absent the Redis tests are skipped
+ * with `skipMessage`; CI installs it (.ci/run).
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process"
+import * as fs from "node:fs"
 import * as net from "node:net"
+import * as os from "node:os"
+import * as path from "node:path"
 import { freePort } from "./ports.js"
 import * as Effect from "effect/Effect"
 import * as Schedule from "effect/Schedule"
@@ -31,7 +35,7 @@ export const skipMessage = (title: string): string =>
 export interface RedisServer {
   readonly port: number
   readonly url: string
-  /** Stops the server (SIGKILL: no shutdown save) and starts an empty one on the same port. */
+  /** Stops the server (SIGKILL: no shutdown save) and starts one on the same port, from the last `SAVE` if any. */
   readonly restart: Effect.Effect<void>
   /** Stops the server until `start`. */
   readonly stop: Effect.Effect<void>
@@ -56,8 +60,8 @@ const awaitPong = async (port: number): Promise<void> => {
   throw new Error(`redis-server did not answer on port ${port} within 5 seconds`)
 }
 
-const launch = async (port: number): Promise<ChildProcess> => {
-  const child = spawn(binary, ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
+const launch = async (port: number, dir: string): Promise<ChildProcess> => {
+  const child = spawn(binary, ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir], {
     stdio: "ignore"
   })
   await awaitPong(port)
@@ -74,13 +78,17 @@ const kill = (child: ChildProcess): Promise<void> =>
 /** A server for the scope. */
 export const redisServer: Effect.Effect<RedisServer, never, Scope.Scope> = Effect.gen(function*() {
   const port = yield* Effect.promise(freePort)
-  let child: ChildProcess | undefined = yield* Effect.promise(() => launch(port))
+  const dir = yield* Effect.acquireRelease(
+    Effect.sync(() => fs.mkdtempSync(path.join(os.tmpdir(), "weatherproof-redis-"))),
+    (dir) => Effect.sync(() => fs.rmSync(dir, { recursive: true, force: true }))
+  )
+  let child: ChildProcess | undefined = yield* Effect.promise(() => launch(port, dir))
   const stop = Effect.promise(async () => {
     if (child !== undefined) await kill(child)
     child = undefined
   })
   const start = Effect.promise(async () => {
-    child ??= await launch(port)
+    child ??= await launch(port, dir)
   })
   yield* Effect.addFinalizer(() => stop)
   return { port, url: `redis://127.0.0.1:${port}`, stop, start, restart: Effect.zipRight(stop, start) }
