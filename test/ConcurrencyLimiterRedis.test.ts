@@ -14,6 +14,7 @@ import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
 import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
 import * as LimiterInternal from "../src/internal/concurrencyLimiter.js"
+import * as LanesScript from "../src/internal/redisLanesScript.js"
 import * as Redis from "../src/Redis.js"
 import { capturingLogs, type Logged } from "./support/logs.js"
 import { redisServer, redisServerPresent, type RedisServer, skipMessage, until } from "./support/redisServer.js"
@@ -219,6 +220,49 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
       expect(logs[0]!.message).toContain(`Redis at redis://127.0.0.1:${server.port} failed (the connection closed)`)
     }).pipe(capturingLogs(logs))
   }, { timeout: 30_000 })
+
+  it.scopedLive("a Redis back from an older snapshot holds no lease its process released since: the rejoin releases it, and the next caller is granted at once, not after a lease TTL (30 s)", () => {
+    const logs: Array<Logged> = []
+    const rejoined = until(Effect.sync(() => logs.some((log) => log.message.includes("shared again"))), (done) => done)
+    return Effect.gen(function*() {
+      const server = yield* redisServer
+      const redis = yield* Redis.make({ url: server.url })
+      const limiter = yield* limiterOn(server, { name: "phantom", permits: 1 })
+      const leases = redis.command("ZCARD", [`${redis.key("limiter", "phantom")}:leases`])
+      const held = yield* Scope.make()
+      yield* Scope.extend(limiter.acquire(), held)
+      yield* until(leases, (n) => n === 1)
+      yield* redis.command("SAVE", [])
+      yield* Scope.close(held, Exit.void)
+      yield* until(leases, (n) => n === 0)
+      yield* Effect.zipRight(server.restart, rejoined)
+      yield* Effect.scoped(limiter.acquire()).pipe(Effect.timeout("3 seconds"))
+      expect(yield* until(leases, (n) => n === 0)).toBe(0)
+    }).pipe(capturingLogs(logs))
+  }, { timeout: 30_000 })
+
+  it.scopedLive("a full heartbeat releases its owner's leases it neither holds nor waits for, and keeps a lease granted to a ticket it waits on and another owner's", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const redis = yield* Redis.make({ url: server.url })
+      const base = redis.key("lanes")
+      const lane = redis.key("limiter", "unlisted")
+      const run = redis.script(LanesScript.script)
+      const call = (...args: ReadonlyArray<string | number>) => run([base], [args[0]!, base, 60_000, ...args.slice(1)])
+      const place = (owner: string, id: string) =>
+        call("place", owner, id, "interactive", 30_000, 5_000, lane, "", -1, 4, 1)
+      // All granted at once: o.1 while its owner waits for the answer, o.2 since released but
+      // back (a lost release, an older snapshot), p.1 another owner's.
+      for (const [owner, id] of [["o", "o.1"], ["o", "o.2"], ["p", "p.1"]] as const) yield* place(owner, id)
+      const leases = redis.command("ZRANGE", [`${lane}:leases`, 0, -1])
+      expect(yield* leases).toEqual(["o.1", "o.2", "p.1"])
+      // Not full: nothing released.
+      yield* call("heartbeat", "o", 30_000, 5_000, 0, 0, 0, 1, lane)
+      expect(yield* leases).toEqual(["o.1", "o.2", "p.1"])
+      // Full: o holds nothing and waits on o.1.
+      yield* call("heartbeat", "o", 30_000, 5_000, 1, 0, 1, "o.1", 1, lane)
+      expect(yield* leases).toEqual(["o.1", "p.1"])
+    }))
 
   it.scopedLive("a lane state lost to FLUSHALL counts only its own acceptances: ends of earlier ones are not taken off, slow start grows again", () =>
     Effect.gen(function*() {

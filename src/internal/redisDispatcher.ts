@@ -9,7 +9,8 @@
  * - One heartbeat per process every third of its presence (`leaseTtl`, at most `maxPresence`)
  *   refreshes that presence, grants on its lanes (a dead process's leases expire) and reads their
  *   limits and in-flight counts. Every third of `leaseTtl` it also refreshes every lease it holds
- *   (re-adding the missing ones: the calls are really in flight) and asks the state of its
+ *   (re-adding the missing ones: the calls are really in flight), releases its leases on the
+ *   server that it neither holds nor waits for (a lost release, a snapshot), and asks the state of its
  *   tickets (so a lost message costs one such beat); the beats between refresh only the leases
  *   granted since the last. A lease granted to a waiting ticket lasts the presence until a beat
  *   refreshes it, so a process killed while its tickets wait holds the permits granted them a few
@@ -617,6 +618,7 @@ export const make = (
           owner,
           ttl,
           presence,
+          full ? 1 : 0,
           leases.length,
           ...leases.flatMap((grant) => [entryOf.get(grant.lane)!.spec.key, grant.lease]),
           waiting.length,

@@ -18,7 +18,7 @@
  *   the server lost (restarted, or from an older snapshot) is missing only until its lease ends.
  * - `L:q:interactive`, `L:q:batch`: sorted sets of waiting tickets scored by arrival order
  *   (`base:seq`, an `INCR` counter).
- * - `base:ticket:<id>`: a hash, `owner`, `ttl` (the lease's, ms), `presence` (its owner's, ms),
+ * - `base:ticket:<id>` (an id is `<owner>.<sequence>`, a lease's its ticket's): a hash, `owner`, `ttl` (the lease's, ms), `presence` (its owner's, ms),
  *   `priority`, `lanes` (space separated), `order`; once granted also `granted` (the grant's
  *   message) until its lease (whose id is the ticket's) is released or it expires. A lease granted
  *   to a waiting ticket lasts its owner's presence until the owner's heartbeat refreshes it: an
@@ -143,6 +143,14 @@ local function releaseLease(lane, id)
   granted(lane)
 end
 
+-- Releases \`owner\`'s leases on \`lane\` whose ids are not in \`listed\` (see "heartbeat").
+local function releaseUnlisted(lane, owner, listed)
+  local prefix = owner .. "."
+  for _, id in ipairs(redis.call("ZRANGE", lane .. ":leases", 0, -1)) do
+    if not listed[id] and string.sub(id, 1, #prefix) == prefix then releaseLease(lane, id) end
+  end
+end
+
 if op == "place" then
   -- ARGV: owner, ticket, priority, lease ttl, the owner's presence, then per lane: lane,
   -- account (or ""), cap, limit, whether the limit is fixed (1) or a seed (0). Marks the owner
@@ -192,16 +200,23 @@ elseif op == "release" then
   releaseLease(ARGV[4], ARGV[5])
   return false
 elseif op == "heartbeat" then
-  -- ARGV: owner, lease ttl, presence ms, then counts and lists: leases as (lane, id) pairs,
+  -- ARGV: owner, lease ttl, presence ms, whether the lists are full (1: every lease the owner
+  -- holds and every ticket it waits on), then counts and lists: leases as (lane, id) pairs,
   -- waiting tickets, lanes in use. Refreshes (or re-adds) the leases, answers each ticket's state
   -- ("w" waiting, its grant, or "" gone), grants on the lanes, and answers each lane's limit,
-  -- epoch, in-flight and its account's in-flight, and the processes alive.
-  local owner, ttl, presence = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+  -- epoch, in-flight and its account's in-flight, and the processes alive. Full, it also releases
+  -- the owner's leases on those lanes that are in neither list: their release was lost (Redis
+  -- failed as it was sent), or the server came back from a snapshot taken while they were held.
+  -- Each would hold a permit until it expired, a lease TTL; a lease granted to a listed ticket is
+  -- kept, its owner not told yet.
+  local owner, ttl, presence, full = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7] == "1"
   local processes = present(owner, presence)
-  local i = 7
+  local listed = {}
+  local i = 8
   local leases = tonumber(ARGV[i])
   for j = 1, leases do
     local lane, id = ARGV[i + 2 * j - 1], ARGV[i + 2 * j]
+    listed[id] = true
     redis.call("ZADD", lane .. ":leases", now + ttl, id)
     redis.call("ZADD", lane .. ":accepted", "XX", now + ttl, id)
     local account = redis.call("HGET", lane .. ":state", "account")
@@ -211,6 +226,7 @@ elseif op == "heartbeat" then
   local tickets = tonumber(ARGV[i])
   local states = {}
   for j = 1, tickets do
+    listed[ARGV[i + j]] = true
     local key = ticketKey(ARGV[i + j])
     local ticket = redis.call("HMGET", key, "granted", "owner")
     if ticket[1] then states[j] = ticket[1]
@@ -223,6 +239,7 @@ elseif op == "heartbeat" then
   local lanes = {}
   for j = 1, tonumber(ARGV[i]) do
     local lane = ARGV[i + j]
+    if full then releaseUnlisted(lane, owner, listed) end
     grant(lane)
     local state = redis.call("HMGET", lane .. ":state", "limit", "epoch", "account")
     local accountInFlight = state[3] and purge(state[3] .. ":leases") or 0
