@@ -117,7 +117,7 @@ interface Ticket {
 
 /** A permit's acceptance or outcome, waiting for the lane's flush. */
 type Event =
-  /** `lease` undefined: a permit of local mode's policy, never held on the server. */
+  /** `lease`: its permit's, for the server's set of accepted leases (none without a grant). */
   | { readonly _tag: "Accepted"; readonly stamp: number; readonly lease: string | undefined }
   | {
     readonly _tag: "Recorded"
@@ -495,13 +495,12 @@ export const make = (
     }
 
     const release = (grant: LaneGrant) => {
-      const { spec } = entryOf.get(grant.lane)!
       if (local !== undefined) return local.release(grant)
       const { lane, lease } = grant as LeaseGrant
       held.delete(lease)
       lane.inFlight = Math.max(0, lane.inFlight - 1)
       lane.account.inFlight = Math.max(0, lane.account.inFlight - 1)
-      releaseLease(spec.key, lease)
+      releaseLease(entryOf.get(lane)!.spec.key, lease)
     }
 
     /** A grant message: `<ticket> <lane> <in-flight> <epoch> <limit>`. */
