@@ -223,7 +223,6 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
 
   it.scopedLive("a Redis back from an older snapshot holds no lease its process released since: the rejoin releases it, and the next caller is granted at once, not after a lease TTL (30 s)", () => {
     const logs: Array<Logged> = []
-    const rejoined = until(Effect.sync(() => logs.some((log) => log.message.includes("shared again"))), (done) => done)
     return Effect.gen(function*() {
       const server = yield* redisServer
       const redis = yield* Redis.make({ url: server.url })
@@ -235,7 +234,7 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
       yield* redis.command("SAVE", [])
       yield* Scope.close(held, Exit.void)
       yield* until(leases, (n) => n === 0)
-      yield* Effect.zipRight(server.restart, rejoined)
+      yield* Effect.zipRight(server.restart, logsSaid(logs, "shared again"))
       yield* Effect.scoped(limiter.acquire()).pipe(Effect.timeout("3 seconds"))
       expect(yield* until(leases, (n) => n === 0)).toBe(0)
     }).pipe(capturingLogs(logs))
@@ -268,60 +267,35 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
     Effect.gen(function*() {
       const server = yield* redisServer
       const redis = yield* Redis.make({ url: server.url })
-      yield* lostLaneState("flushed", server, redis, redis.command("FLUSHALL", []))
+      yield* lostLaneState("flushed", server, redis, redis.command("FLUSHALL", []), { limitAfter: 5 })
     }), { timeout: 30_000 })
 
   it.scopedLive("a Redis restarted empty counts only its own acceptances: ends of the old server's are not taken off, slow start grows again", () => {
     const logs: Array<Logged> = []
-    const rejoined = Effect.sync(() => logs.some((log) => log.message.includes("concurrency limits are shared again")))
     return Effect.gen(function*() {
       const server = yield* redisServer
       const redis = yield* Redis.make({ url: server.url })
-      yield* lostLaneState("restarted", server, redis, Effect.zipRight(server.restart, until(rejoined, (done) => done)))
+      yield* lostLaneState("restarted", server, redis, Effect.zipRight(server.restart, logsSaid(logs, "concurrency limits are shared again")), {
+        limitAfter: 5
+      })
     }).pipe(capturingLogs(logs))
   }, { timeout: 30_000 })
 
   it.scopedLive("a Redis restarted from an older snapshot: ends of the acceptances it lost take nothing off, the count is the truth again once they end, slow start grows", () => {
     const logs: Array<Logged> = []
-    const rejoins = (times: number) =>
-      until(Effect.sync(() => logs.filter((log) => log.message.includes("shared again")).length), (n) => n === times)
     return Effect.gen(function*() {
       const server = yield* redisServer
       const redis = yield* Redis.make({ url: server.url })
-      const name = "snapshot"
-      const limiter = yield* limiterOn(server, { name, initial: 4 })
-      const acceptedOnceAt = acceptedCount(redis, name)
-      const before = yield* Scope.make()
-      const earlier: Array<ConcurrencyLimiter.Permit> = []
-      for (let i = 1; i <= 4; i++) {
-        earlier.push(yield* acceptOne(limiter, before))
-        expect(yield* acceptedOnceAt(i)).toBe(i)
-        if (i === 2) yield* redis.command("SAVE", [])
-      }
-      // Back from the snapshot of two acceptances, with the four in flight.
-      yield* Effect.zipRight(server.restart, rejoins(1))
-      expect(yield* acceptedOnceAt(2)).toBe(2)
-      yield* Effect.forEach(earlier, (permit) => permit.complete({ _tag: "Success" }))
-      yield* Scope.close(before, Exit.void)
-      expect(yield* acceptedOnceAt(0)).toBe(0)
-
-      const after = yield* Scope.make()
-      const { limit } = yield* limiter.snapshot
-      for (let i = 1; i <= limit; i++) {
-        yield* acceptOne(limiter, after)
-        expect(yield* acceptedOnceAt(i)).toBe(i)
-      }
-      // The acceptance at the top of the limit grows it in slow start.
-      const grown = until(limiter.snapshot, (snapshot) => snapshot.limit > limit).pipe(Effect.orElse(() => limiter.snapshot))
-      expect((yield* grown).limit).toBe(limit + 1)
-      yield* Scope.close(after, Exit.void)
+      // Back from the snapshot of two acceptances (and the limit they left, 4), with the four in flight.
+      yield* lostLaneState("snapshot", server, redis, Effect.gen(function*() {
+        yield* Effect.zipRight(server.restart, logsSaid(logs, "shared again"))
+        expect(yield* acceptedCount(redis, "snapshot")(2)).toBe(2)
+      }), { midway: redis.command("SAVE", []), limitAfter: 4 })
     }).pipe(capturingLogs(logs))
   }, { timeout: 30_000 })
 
   it.scopedLive("an acceptance whose commit conflicted while its request ended, then failed twice (local mode, back, local again): the count stays the requests accepted and not ended, slow start grows", () => {
     const logs: Array<Logged> = []
-    const said = (text: string, times: number) =>
-      until(Effect.sync(() => logs.filter((log) => log.message.includes(text)).length), (n) => n === times)
     return Effect.gen(function*() {
       const server = yield* redisServer
       const redis = yield* Redis.make({ url: server.url })
@@ -375,14 +349,14 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
       // The retry fails: its events wait for a flush after the rejoin...
       down = true
       yield* Deferred.succeed(resume, undefined)
-      yield* said("counted in this process", 1)
+      yield* logsSaid(logs, "counted in this process", 1)
       down = false
-      yield* said("shared again", 1)
+      yield* logsSaid(logs, "shared again", 1)
       // ...but Redis fails again first (the next heartbeat): they are applied locally.
       down = true
-      yield* said("counted in this process", 2)
+      yield* logsSaid(logs, "counted in this process", 2)
       down = false
-      yield* said("shared again", 2)
+      yield* logsSaid(logs, "shared again", 2)
 
       const leases = redis.command("ZCARD", [`${redis.key("limiter", name)}:leases`])
       // A permit never accepted takes nothing off: the first is outstanding.
@@ -474,11 +448,18 @@ const acceptedCount = (redis: Redis.Service, name: string) => {
 }
 
 /**
- * Four permits of an adaptive limiter (initial limit 4) accepted, counted on the server, then the
- * lane's state lost (`lose`) and the four ended: the server's accepted count starts from zero and
- * counts the new acceptances one by one, and the limit grows when they reach it.
+ * Four permits of an adaptive limiter (initial limit 4) accepted, counted on the server (`midway`
+ * run after the second), then the lane's state lost (`lose`) and the four ended: the server counts
+ * none of them, then the new acceptances one by one, and the limit the lane came back with
+ * (`limitAfter`) grows when they reach it.
  */
-const lostLaneState = (name: string, server: RedisServer, redis: Redis.Service, lose: Effect.Effect<unknown, unknown>) =>
+const lostLaneState = (
+  name: string,
+  server: RedisServer,
+  redis: Redis.Service,
+  lose: Effect.Effect<unknown, unknown>,
+  { limitAfter, midway = Effect.void }: { readonly limitAfter: number; readonly midway?: Effect.Effect<unknown, unknown> }
+) =>
   Effect.gen(function*() {
     const limiter = yield* limiterOn(server, { name, initial: 4 })
     const acceptedOnceAt = acceptedCount(redis, name)
@@ -488,22 +469,31 @@ const lostLaneState = (name: string, server: RedisServer, redis: Redis.Service, 
     for (let i = 1; i <= 4; i++) {
       earlier.push(yield* acceptOne(limiter, before))
       expect(yield* acceptedOnceAt(i)).toBe(i)
+      if (i === 2) yield* midway
     }
     // The fourth acceptance, at the top of the limit, grew it in slow start.
     yield* until(limiter.snapshot, (snapshot) => snapshot.limit === 5)
     yield* lose
     yield* Effect.forEach(earlier, (permit) => permit.complete({ _tag: "Success" }))
     yield* Scope.close(before, Exit.void)
+    expect(yield* acceptedOnceAt(0)).toBe(0)
 
     const after = yield* Scope.make()
-    for (let i = 1; i <= 5; i++) {
+    yield* until(limiter.snapshot, (snapshot) => snapshot.limit === limitAfter)
+    for (let i = 1; i <= limitAfter; i++) {
       yield* acceptOne(limiter, after)
       expect(yield* acceptedOnceAt(i)).toBe(i)
     }
-    yield* until(limiter.snapshot, (snapshot) => snapshot.limit === 6)
+    // The acceptance at the top of the limit grows it in slow start.
+    const grown = until(limiter.snapshot, (snapshot) => snapshot.limit > limitAfter).pipe(Effect.orElse(() => limiter.snapshot))
+    expect((yield* grown).limit).toBe(limitAfter + 1)
     yield* Scope.close(after, Exit.void)
     expect(yield* acceptedOnceAt(0)).toBe(0)
   })
+
+/** Once `logs` hold a message with `text` `times` times (bounded, as `until`). */
+const logsSaid = (logs: ReadonlyArray<Logged>, text: string, times = 1) =>
+  until(Effect.sync(() => logs.filter((log) => log.message.includes(text)).length), (n) => n === times)
 
 interface Caller {
   readonly fiber: Fiber.RuntimeFiber<void, ConcurrencyLimiter.QueueFull>
