@@ -230,9 +230,17 @@ describe("weatherproof CLI", () => {
         expect(result.code).toBe(2)
         expect(result.stderr).toBe(`weatherproof: ${message}; nothing was sent`)
       }
-      // `-` for standard input or output, before an option (which @effect/cli misreads) or after.
-      for (const args of [["-", "--output", output], ["--output", output, "-"], [input, "-o", "-"]]) {
-        const result = yield* runCli(["batch", ...args], env)
+      // `-` for standard input or output, before an option (which @effect/cli misreads) or after,
+      // also after a global option that takes a value (its value is not the command).
+      const dashes = [
+        ["batch", "-", "--output", output],
+        ["batch", "--output", output, "-"],
+        ["batch", input, "-o", "-"],
+        ["--log-level", "debug", "batch", input, "-o", "-"],
+        ["--log-level", "debug", "batch", "-", "-o", output]
+      ]
+      for (const args of dashes) {
+        const result = yield* runCli(args, env)
         expect(result.code).toBe(2)
         expect(result.stderr).toContain("weatherproof: batch takes its input and its output by path, not `-`")
       }

@@ -10,6 +10,7 @@ import * as ValidationError from "@effect/cli/ValidationError"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as DurationText from "../../src/internal/durationText.js"
+import { commandIndex } from "./argv.js"
 
 /** A flag's value that does not parse, named with its flag (@effect/cli's own messages name neither). */
 const invalid = (name: string, expected: string, text: string) =>
@@ -59,8 +60,9 @@ export const file = (name: string) => Options.text(name).pipe(Options.withPseudo
  * line, which reads a `-` before an option as a broken option ("Expected to find option").
  */
 export const batchDashProblem = (argv: ReadonlyArray<string>): string | undefined => {
-  const command = argv.findIndex((arg, i) => i >= 2 && !arg.startsWith("-"))
-  return argv[command] === "batch" && argv.slice(command + 1).includes("-")
+  const args = argv.slice(2)
+  const command = commandIndex(args)
+  return args[command] === "batch" && args.slice(command + 1).includes("-")
     ? "batch takes its input and its output by path, not `-` (standard input or output): a stopped batch resumes by reading its input again and skipping the lines its output holds; give a file, or a pipe by its path (/dev/stdin, <(…)), which a resume must give again"
     : undefined
 }

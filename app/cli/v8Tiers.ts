@@ -22,6 +22,7 @@
  * loads the builtins it uses first (some 20 ms sooner to its first request).
  */
 import { setFlagsFromString } from "node:v8"
+import { commandIndex } from "./argv.js"
 
 /** The V8 on which the interrupt budget was measured, and its budget there. */
 const tunedV8 = { version: "11.3.", interruptBudget: 67_584 } as const
@@ -37,12 +38,8 @@ export const v8Flags = (args: ReadonlyArray<string>, v8Version: string): Readonl
     : ["--liftoff-only"]
 }
 
-/** @effect/cli's built-in options that take a value as the next argument, before the subcommand. */
-const optionsWithValue: ReadonlySet<string> = new Set(["--log-level", "--completions"])
-
-/** The subcommand: the first argument that is neither an option nor the value of one. */
-const commandOf = (args: ReadonlyArray<string>): string | undefined =>
-  args.find((arg, i) => !arg.startsWith("-") && !(i > 0 && optionsWithValue.has(args[i - 1]!)))
+/** The subcommand, if any. */
+const commandOf = (args: ReadonlyArray<string>): string | undefined => args[commandIndex(args)]
 
 /** The commands that send requests and end. */
 const sendingCommands: ReadonlySet<string | undefined> = new Set(["batch", "demo"])
