@@ -18,6 +18,7 @@ import type { Handler } from "./support/rawServer.js"
 import * as Http from "node:http"
 import * as Net from "node:net"
 import * as NodeZlib from "node:zlib"
+import { isLoopback } from "../app/gateway/auth.js"
 
 const model = "deepseek-v4-flash"
 const ask = (content: string) => [{ role: "user" as const, content }]
@@ -415,6 +416,13 @@ describe("weatherproof serve, with the openai client", () => {
       expect(undecodable.status).toBe(404)
       expect(yield* attempt(() => undecodable.json())).toMatchObject({ error: { code: "not_found" } })
     }))
+
+  it("a loopback host is one however it is written; every other address or name is not", () => {
+    const loopback = ["localhost", "127.0.0.1", "127.1.2.3", "::1", "[::1]", "0:0:0:0:0:0:0:1", "[0::1]", "::ffff:127.0.0.1", "::ffff:7f00:1"]
+    const other = ["0.0.0.0", "::", "[::]", "10.0.0.1", "128.0.0.1", "fe80::1", "::ffff:10.0.0.1", "127.999.0.1", "127.0.0.1.evil.example", "example.localhost", ""]
+    expect(loopback.filter((host) => !isLoopback(host))).toEqual([])
+    expect(other.filter(isLoopback)).toEqual([])
+  })
 
   it.scopedLive("without gateway keys, a request from a web page (a foreign Origin, a rebound Host) is a 403 and reaches no upstream; with keys the key decides", () =>
     Effect.gen(function*() {
