@@ -40,7 +40,11 @@
  *    local network, not in response times. The limiter learns whether acceptances come ahead of
  *    their responses (nearer the send than the end, over about the last ten): where they come with
  *    the response, or are not reported, successes clock it instead, +1 each, as classic slow
- *    start: the limit doubles per round and in-flight climbs one request at a time. A probe above a
+ *    start: the limit doubles per round and in-flight climbs one request at a time. (On an upstream
+ *    that answers at once, to a client short of CPU, requests over the cap can wait in socket
+ *    buffers rather than at the upstream, and no 429 comes for rounds: in the batch-cost benchmark
+ *    the limit reached 393 over a cap of 64 before its first, then hundreds of 429s at once in some
+ *    runs; docs/benchmarks.md, "Latest figures".) A probe above a
  *    ceiling (step 5) grows only by acceptances whenever they are reported, so an unchanged cap
  *    costs it one 429 even when they come with the response.
  * 2. **Decrease, once per round**: on a drop, the *ceiling* becomes the level held − 1
