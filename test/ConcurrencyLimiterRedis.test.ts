@@ -240,7 +240,7 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
     }).pipe(capturingLogs(logs))
   }, { timeout: 30_000 })
 
-  it.scopedLive("a full heartbeat releases its owner's leases it neither holds nor waits for, and keeps a lease granted to a ticket it waits on and another owner's", () =>
+  it.scopedLive("a full heartbeat releases its owner's leases it neither holds nor waits for, and keeps a lease granted to a ticket it waits on, one placed after its lists were taken, and another owner's", () =>
     Effect.gen(function*() {
       const server = yield* redisServer
       const redis = yield* Redis.make({ url: server.url })
@@ -251,16 +251,17 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
       const place = (owner: string, id: string) =>
         call("place", owner, id, "interactive", 30_000, 5_000, lane, "", -1, 4, 1)
       // All granted at once: o.1 while its owner waits for the answer, o.2 since released but
-      // back (a lost release, an older snapshot), p.1 another owner's.
-      for (const [owner, id] of [["o", "o.1"], ["o", "o.2"], ["p", "p.1"]] as const) yield* place(owner, id)
+      // back (a lost release, an older snapshot), o.3 placed after the heartbeat's lists were
+      // taken (they hold ids up to o.2), p.1 another owner's.
+      for (const [owner, id] of [["o", "o.1"], ["o", "o.2"], ["o", "o.3"], ["p", "p.1"]] as const) yield* place(owner, id)
       const leases = redis.command("ZRANGE", [`${lane}:leases`, 0, -1])
-      expect(yield* leases).toEqual(["o.1", "o.2", "p.1"])
+      expect(yield* leases).toEqual(["o.1", "o.2", "o.3", "p.1"])
       // Not full: nothing released.
       yield* call("heartbeat", "o", 30_000, 5_000, 0, 0, 0, 1, lane)
-      expect(yield* leases).toEqual(["o.1", "o.2", "p.1"])
-      // Full: o holds nothing and waits on o.1.
-      yield* call("heartbeat", "o", 30_000, 5_000, 1, 0, 1, "o.1", 1, lane)
-      expect(yield* leases).toEqual(["o.1", "p.1"])
+      expect(yield* leases).toEqual(["o.1", "o.2", "o.3", "p.1"])
+      // Full, up to o.2: o holds nothing and waits on o.1.
+      yield* call("heartbeat", "o", 30_000, 5_000, 2, 0, 1, "o.1", 1, lane)
+      expect(yield* leases).toEqual(["o.1", "o.3", "p.1"])
     }))
 
   it.scopedLive("a lane state lost to FLUSHALL counts only its own acceptances: ends of earlier ones are not taken off, slow start grows again", () =>

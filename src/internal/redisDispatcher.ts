@@ -617,7 +617,8 @@ export const make = (
           owner,
           ttl,
           presence,
-          full ? 1 : 0,
+          // Full: the last id its lists may hold; a ticket placed after them has a later one.
+          full ? idSeq : 0,
           leases.length,
           ...leases.flatMap((grant) => [entryOf.get(grant.lane)!.spec.key, grant.lease]),
           waiting.length,

@@ -143,11 +143,13 @@ local function releaseLease(lane, id)
   granted(lane)
 end
 
--- Releases \`owner\`'s leases on \`lane\` whose ids are not in \`listed\` (see "heartbeat").
-local function releaseUnlisted(lane, owner, listed)
+-- Releases \`owner\`'s leases on \`lane\` whose ids are not in \`listed\` and whose sequence is
+-- at most \`upTo\` (see "heartbeat").
+local function releaseUnlisted(lane, owner, listed, upTo)
   local prefix = owner .. "."
   for _, id in ipairs(redis.call("ZRANGE", lane .. ":leases", 0, -1)) do
-    if not listed[id] and string.sub(id, 1, #prefix) == prefix then releaseLease(lane, id) end
+    local sequence = string.sub(id, 1, #prefix) == prefix and tonumber(string.sub(id, #prefix + 1))
+    if sequence and sequence <= upTo and not listed[id] then releaseLease(lane, id) end
   end
 end
 
@@ -200,16 +202,17 @@ elseif op == "release" then
   releaseLease(ARGV[4], ARGV[5])
   return false
 elseif op == "heartbeat" then
-  -- ARGV: owner, lease ttl, presence ms, whether the lists are full (1: every lease the owner
-  -- holds and every ticket it waits on), then counts and lists: leases as (lane, id) pairs,
+  -- ARGV: owner, lease ttl, presence ms, 0, or for full lists (every lease the owner holds and
+  -- every ticket it waits on) the last sequence of the owner's ids they may hold, then counts and lists: leases as (lane, id) pairs,
   -- waiting tickets, lanes in use. Refreshes (or re-adds) the leases, answers each ticket's state
   -- ("w" waiting, its grant, or "" gone), grants on the lanes, and answers each lane's limit,
   -- epoch, in-flight and its account's in-flight, and the processes alive. Full, it also releases
   -- the owner's leases on those lanes that are in neither list: their release was lost (Redis
   -- failed as it was sent), or the server came back from a snapshot taken while they were held.
   -- Each would hold a permit until it expired, a lease TTL; a lease granted to a listed ticket is
-  -- kept, its owner not told yet.
-  local owner, ttl, presence, full = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7] == "1"
+  -- kept, its owner not told yet, and so is one of a later sequence: its ticket was placed after
+  -- the lists were taken, its \`place\` sent before this heartbeat.
+  local owner, ttl, presence, upTo = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
   local processes = present(owner, presence)
   local listed = {}
   local i = 8
@@ -239,7 +242,7 @@ elseif op == "heartbeat" then
   local lanes = {}
   for j = 1, tonumber(ARGV[i]) do
     local lane = ARGV[i + j]
-    if full then releaseUnlisted(lane, owner, listed) end
+    if upTo > 0 then releaseUnlisted(lane, owner, listed, upTo) end
     grant(lane)
     local state = redis.call("HMGET", lane .. ":state", "limit", "epoch", "account")
     local accountInFlight = state[3] and purge(state[3] .. ":leases") or 0
