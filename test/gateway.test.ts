@@ -20,6 +20,12 @@ import * as Net from "node:net"
 import * as NodeZlib from "node:zlib"
 import { isLoopback } from "../app/gateway/auth.js"
 
+/** Whether this machine can listen on ::1 (a container may have no IPv6). */
+const ipv6Loopback = await new Promise<boolean>((resolve) => {
+  const probe = Net.createServer().once("error", () => resolve(false))
+  probe.listen(0, "::1", () => probe.close(() => resolve(true)))
+})
+
 const model = "deepseek-v4-flash"
 const ask = (content: string) => [{ role: "user" as const, content }]
 
@@ -423,6 +429,15 @@ describe("weatherproof serve, with the openai client", () => {
     expect(loopback.filter((host) => !isLoopback(host))).toEqual([])
     expect(other.filter(isLoopback)).toEqual([])
   })
+
+  it.scopedLive.skipIf(!ipv6Loopback)("a host written in brackets, as in a URL (`--host [::1]`), is listened on as its address (skipped where this machine has no IPv6 loopback)", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make()
+      const gateway = yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])], { host: "[::1]" })
+      expect(gateway.url).toBe(`http://[::1]:${gateway.port}`)
+      const answer = yield* post(gateway.url, JSON.stringify({ model, messages: ask("over IPv6") }), {})
+      expect(answer.status).toBe(200)
+    }))
 
   it.scopedLive("without gateway keys, a request from a web page (a foreign Origin, a rebound Host) is a 403 and reaches no upstream; with keys the key decides", () =>
     Effect.gen(function*() {

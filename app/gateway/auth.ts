@@ -27,13 +27,16 @@ const loopbackAddresses = new BlockList()
 loopbackAddresses.addSubnet("127.0.0.0", 8, "ipv4")
 loopbackAddresses.addAddress("::1", "ipv6")
 
+/** An IPv6 address without the brackets a URL or a `Host` header puts around it (`[::1]` is `::1`). */
+export const unbracketed = (host: string): string => host.startsWith("[") && host.endsWith("]") ? host.slice(1, -1) : host
+
 /**
  * Hosts that only this machine can reach: serving on them without gateway keys is allowed.
  * `localhost`, or a loopback address however it is written (`0:0:0:0:0:0:0:1` is `::1`), an
  * IPv6 one also in brackets as a `Host` header gives it.
  */
 export const isLoopback = (host: string): boolean => {
-  const address = host.startsWith("[") && host.endsWith("]") ? host.slice(1, -1) : host
+  const address = unbracketed(host)
   const family = isIP(address)
   return host === "localhost" || (family !== 0 && loopbackAddresses.check(address, family === 6 ? "ipv6" : "ipv4"))
 }

@@ -47,7 +47,7 @@ import { counted } from "../../src/internal/text.js"
 import type { Resilient } from "../../src/Resilient.js"
 import { Router, Task } from "../../src/Router.js"
 import * as Alerts from "./alerts.js"
-import { isLoopback, makeAuthorizer, makeBrowserGuard } from "./auth.js"
+import { isLoopback, makeAuthorizer, makeBrowserGuard, unbracketed } from "./auth.js"
 import * as Chat from "./chat.js"
 import * as Cors from "./cors.js"
 import { errorBody, errorHeaders, type GatewayError, NoSuchRoute, replyOf, UnknownModel } from "./errors.js"
@@ -183,7 +183,8 @@ export const make = (
   options: Options
 ): Effect.Effect<Gateway, ServeError | InsecureHost, Scope.Scope | Requirements> =>
   Effect.gen(function*() {
-    const host = options.host ?? defaults.host
+    // `--host [::1]` as a URL writes it; listening takes the bare address.
+    const host = unbracketed(options.host ?? defaults.host)
     const gatewayKeys = options.gatewayKeys ?? []
     if (gatewayKeys.length === 0 && !isLoopback(host)) return yield* new InsecureHost({ host })
 
