@@ -593,6 +593,33 @@ describe.skipIf(!scriptPresent)(inTerminalTitle, () => {
       expect(expectOnceEach(yield* ws.readOutput)).toBe(100)
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
 
+  it.live("a hang-up's second SIGHUP (the shell passes one on, the kernel sends another as the shell exits) does not cut the drain short", () =>
+    Effect.gen(function*() {
+      // Calls of a second until the drain: both hang-ups surely come while some are in flight.
+      let draining = false
+      const ws = yield* setup(100, { queueDelay: () => draining ? "10 millis" : "1 second" })
+      const summaryPath = `${ws.dir}/summary.json`
+      const run = startInTerminal(["batch", ws.input, "--output", ws.output, "--concurrency", "8", "--summary", summaryPath], ws.env)
+      yield* waitFor("a few answers", Effect.map(ws.readOutput, (lines) => lines.length >= 4))
+      // The CLI runs under `script`: the lock names its pid. Both hang-ups to it, the terminal kept
+      // (the messages stay readable); apart, or the kernel delivers the two as one.
+      const { pid } = JSON.parse(yield* ws.fs.readFileString(ws.lock)) as { readonly pid: number }
+      process.kill(pid, "SIGHUP")
+      yield* waitFor("the first hang-up's message", Effect.sync(() => run.screen().includes("SIGHUP: stopping")))
+      process.kill(pid, "SIGHUP")
+      yield* Effect.sleep("200 millis")
+      draining = true
+      yield* waitFor("the run to end (its lock removed)", Effect.map(ws.fs.exists(ws.lock), (held) => !held), 20_000)
+      yield* waitFor("the summary", Effect.map(ws.fs.readFileString(summaryPath), (text) => text.endsWith("}\n")), 5_000)
+      const written = expectOnceEach(yield* ws.readOutput)
+      const stats = yield* ws.simulator.stats
+      // Drained, not dropped: no call was cut, every one accepted was answered and written.
+      expect(stats.clientClosed).toBe(0)
+      expect(stats.completed).toBe(written)
+      expect(JSON.parse(yield* ws.fs.readFileString(summaryPath))).toMatchObject({ interrupted: true, succeeded: written })
+      expect((yield* run.ended).screen).not.toContain("stopping now")
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+
   it.live("the gateway in a terminal that hangs up drains: a request in flight gets its whole answer, then the process ends", () =>
     Effect.gen(function*() {
       const simulator = yield* Simulator.make({ queueDelay: "1 second" })

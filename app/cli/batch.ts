@@ -98,7 +98,7 @@ const runCaught = (
         Console.error(
           `weatherproof: ${signal}: stopping; nothing more is sent, the requests on the wire get up to ${
             Duration.format(drainTimeout)
-          } to finish (a second signal stops them at once)`
+          } to finish (a second SIGINT or SIGTERM stops them at once)`
         ))
       const stopNow = Effect.tap(signals.again, () => Console.error("weatherproof: stopping now; the requests on the wire are dropped"))
       const summary = yield* Batch.run({ input: args.input, output: args.output, onProgress, stop, stopNow, drainTimeout })

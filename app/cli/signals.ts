@@ -55,7 +55,7 @@ export const endWith = (code: number, onExit: (code: number) => void): void => {
 export interface Caught {
   /** Completes with the first signal. */
   readonly first: Effect.Effect<StopSignal>
-  /** Completes with the second. */
+  /** Completes with the second (a SIGINT or SIGTERM: a hang-up is never impatience). */
   readonly again: Effect.Effect<void>
   /** The first signal, if one came. */
   readonly received: Effect.Effect<Option.Option<StopSignal>>
@@ -87,7 +87,9 @@ export const layerProcess: Layer.Layer<StopSignals> = Layer.succeed(StopSignals,
     const onSignal = (signal: StopSignal) => () => {
       received += 1
       if (received === 1) Deferred.unsafeDone(first, Effect.succeed(signal))
-      else Deferred.unsafeDone(again, Effect.void)
+      // A hang-up comes twice (the shell passes its SIGHUP on to its jobs, then the kernel sends
+      // the terminal's foreground jobs one as the shell exits), and no one is there to be impatient.
+      else if (signal !== "SIGHUP") Deferred.unsafeDone(again, Effect.void)
     }
     yield* Effect.acquireRelease(
       Effect.sync(() =>
