@@ -35,7 +35,9 @@
  *   host and start) from before compaction to its end, on the output's real path, so every
  *   spelling of one file shares the lock. Another run on it fails at once with `OutputLocked`,
  *   before anything is sent. A lock left by a dead process of this host is taken over (logged as
- *   a warning); one from another host, or from a live process, is respected.
+ *   a warning), and so is one naming this process's pid that it does not hold (a former process's:
+ *   a restarted container runs with the same pid); one from another host, or from a live process,
+ *   is respected.
  * - An upstream that cannot be reached at all is told at once: when the warm-up connections of an
  *   `AccountPool` reach none of its accounts' origins (a base URL with a typo, a host down, no
  *   network), the run fails with `UpstreamUnreachable` before it locks, reads or sends anything.

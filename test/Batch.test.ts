@@ -1079,6 +1079,12 @@ describe("Batch.run output file", () => {
       const taken = yield* runWith(ok, ws)
       expect(taken.calls).toBe(1)
       expect(yield* ws.fs.exists(lockPath)).toBe(false)
+      // One naming this process's pid that this process does not hold: a former process's, as a
+      // container restarted after a crash runs with the pid it had (1, under Docker).
+      yield* ws.fs.remove(ws.output)
+      yield* lock(process.pid, hostname())
+      expect((yield* runWith(ok, ws)).calls).toBe(1)
+      expect(yield* ws.fs.exists(lockPath)).toBe(false)
 
       yield* lock(process.pid, "another-host")
       const refused = yield* Effect.flip(runWith(ok, ws))

@@ -368,8 +368,18 @@ const isAlive = (pid: number): boolean => {
   }
 }
 
-const isStale = (holder: LockHolder | undefined, host: string): holder is LockHolder =>
-  holder !== undefined && holder.host === host && !isAlive(holder.pid)
+/** The lock files this process holds: a lock naming its pid and not among them is a former process's. */
+const heldHere = new Set<string>()
+
+/**
+ * Whether the lock of `holder` was left by a process of this host that is gone. One naming this
+ * process's own pid is another run of this process only while this process holds it: a container
+ * restarted after a crash runs with the pid its former process had (1, under Docker), which no
+ * signal tells apart.
+ */
+const isStale = (holder: LockHolder | undefined, host: string, lockPath: string): holder is LockHolder =>
+  holder !== undefined && holder.host === host &&
+  (holder.pid === process.pid ? !heldHere.has(lockPath) : !isAlive(holder.pid))
 
 /** Attempts at the lock before giving up, when stale locks keep being replaced under us. */
 const lockAttempts = 3
@@ -419,7 +429,7 @@ export const acquireLock = (
           () =>
             readHolder(lockPath).pipe(
               Effect.flatMap(({ holder, text }) =>
-                isStale(holder, host)
+                isStale(holder, host, lockPath)
                   ? Effect.zipRight(takeOver(text), attempt(left - 1, Option.some(holder)))
                   : Effect.fail<Locked>({ _tag: "Locked", holder })
               ),
@@ -434,9 +444,13 @@ export const acquireLock = (
 
     const release = fs.readFileString(lockPath).pipe(
       Effect.flatMap((text) => text === ours ? fs.remove(lockPath) : Effect.void),
-      Effect.ignore
+      Effect.ignore,
+      Effect.ensuring(Effect.sync(() => heldHere.delete(lockPath)))
     )
-    return yield* Effect.acquireRelease(attempt(lockAttempts, Option.none()), () => release)
+    return yield* Effect.acquireRelease(
+      Effect.tap(attempt(lockAttempts, Option.none()), () => Effect.sync(() => heldHere.add(lockPath))),
+      () => release
+    )
   })
 
 // ---------------------------------------------------------------------------------------------
