@@ -411,6 +411,27 @@ describe("Batch.run", () => {
       expect([...countBy(lines).keys()].sort()).toEqual(["a", "b", "c"])
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
+  it.scoped("drops an only line torn inside a character (a crash in a run's first write) and sends its request again; other text cut so stays refused", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput([request("a")])
+      yield* runWith(ok, ws)
+      const [first] = (yield* ws.fs.readFileString(ws.output)).split("\n")
+      // The first two of the three bytes of "中": a write cut inside an answer in Chinese.
+      const cut = new Uint8Array([0xe4, 0xb8])
+      const tornAt = (text: string) => Buffer.concat([Buffer.from(text), cut])
+      yield* ws.fs.writeFile(ws.output, tornAt(first!.slice(0, 40)))
+      const { calls, summary } = yield* runWith(ok, ws)
+      expect(calls).toBe(1)
+      expect(summary).toMatchObject({ succeeded: 1 })
+      expect((yield* ws.readOutput).map((line) => line.custom_id)).toEqual(["a"])
+
+      const foreign = tornAt("precious notes ")
+      yield* ws.fs.writeFile(ws.output, foreign)
+      expect(yield* Effect.flip(runWith(ok, ws))).toMatchObject({ _tag: "BatchError", file: "output" })
+      expect(Buffer.from(yield* ws.fs.readFile(ws.output))).toEqual(foreign)
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
   it.scoped("refuses to rewrite an output file that holds lines no batch wrote, a single whole one included", () =>
     Effect.gen(function*() {
       const ws = yield* workspace
@@ -999,7 +1020,13 @@ describe("Batch.run input decoding", () => {
             text = fatal.decode(bytes).replace(/\r$/, "")
             if (i === 0) text = text.replace(/^\uFEFF/, "")
           } catch {
-            return [{ text: undefined, lineNumber, unreadable: "invalid-utf8" }]
+            // Bad only in a character cut at the end: the text before it comes along.
+            try {
+              const beforeCut = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(bytes, { stream: true })
+              return [{ text: undefined, lineNumber, unreadable: "invalid-utf8", beforeCut: i === 0 ? beforeCut.replace(/^\uFEFF/, "") : beforeCut }]
+            } catch {
+              return [{ text: undefined, lineNumber, unreadable: "invalid-utf8" }]
+            }
           }
           return text.trim().length === 0 ? [] : [{ text, lineNumber }]
         })

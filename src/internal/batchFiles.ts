@@ -29,7 +29,13 @@ import { classifyExisting, maxLineBytes, mayBeTornResult, type Unreadable } from
  */
 export type NumberedLine =
   | { readonly text: string; readonly lineNumber: number }
-  | { readonly text: undefined; readonly lineNumber: number; readonly unreadable: Unreadable }
+  | {
+    readonly text: undefined
+    readonly lineNumber: number
+    readonly unreadable: Unreadable
+    /** A line whose only bad bytes are a character cut at its end (a write a crash tore): the text before it. */
+    readonly beforeCut?: string
+  }
 
 const newline = 0x0a
 
@@ -58,9 +64,12 @@ const lineSplitter = (maxBytes: number) => {
   let tooLong = false
   let lineNumber = 0
 
-  const push = (out: Array<NumberedLine>, text: string | undefined): void => {
+  const push = (out: Array<NumberedLine>, text: string | undefined, bytes?: Uint8Array): void => {
     lineNumber++
-    if (text === undefined) return void out.push({ text, lineNumber, unreadable: "invalid-utf8" })
+    if (text === undefined) {
+      const beforeCut = bytes === undefined ? undefined : decodeBeforeCut(bytes)
+      return void out.push(beforeCut === undefined ? { text, lineNumber, unreadable: "invalid-utf8" } : { text, lineNumber, unreadable: "invalid-utf8", beforeCut })
+    }
     let line = text.endsWith("\r") ? text.slice(0, -1) : text
     if (lineNumber === 1 && line.startsWith("\uFEFF")) line = line.slice(1)
     if (line.trim().length > 0) out.push({ text: line, lineNumber })
@@ -79,6 +88,16 @@ const lineSplitter = (maxBytes: number) => {
     }
   }
 
+  /** The text of `bytes` but a character cut at their end, which a streaming decode holds back; else `undefined`. */
+  const decodeBeforeCut = (bytes: Uint8Array): string | undefined => {
+    try {
+      const text = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(bytes, { stream: true })
+      return lineNumber === 1 && text.startsWith("\uFEFF") ? text.slice(1) : text
+    } catch {
+      return undefined
+    }
+  }
+
   /** The lines of `bytes`, which holds whole lines separated by `\n` (no final one). */
   const pushLines = (out: Array<NumberedLine>, bytes: Uint8Array): void => {
     // Only a read longer than the limit can hold a line too long.
@@ -91,7 +110,7 @@ const lineSplitter = (maxBytes: number) => {
     for (let end = bytes.indexOf(newline); ; end = bytes.indexOf(newline, start)) {
       const line = bytes.subarray(start, end < 0 ? bytes.length : end)
       if (line.length > maxBytes) pushTooLong(out)
-      else push(out, decode(line))
+      else push(out, decode(line), line)
       if (end < 0) return
       start = end + 1
     }
@@ -534,12 +553,16 @@ export const replaceFile = <E>(
       ).pipe(Effect.zipRight(fs.rename(temporaryPath, path)), Effect.onError(() => Effect.ignore(fs.remove(temporaryPath))))
   )
 
+/** Whether an unreadable line may be the start of a result line cut inside a character. */
+const mayBeTornBytes = (line: Extract<NumberedLine, { readonly text: undefined }>): boolean =>
+  line.beforeCut !== undefined && mayBeTornResult(line.beforeCut)
+
 /**
  * What compaction keeps of an output's lines, a read at a time (no effect per line: an output can
  * hold millions): the text of the first successful line of each id. A line that is not a batch
  * result is `ForeignLine`, unless it may be one a crash tore: the last, with no newline after it
- * (`torn`), the start of a result line (bytes that are not UTF-8, a character cut in two, only
- * after a result).
+ * (`torn`), the start of a result line (bytes that are not UTF-8: after a result, or the start of
+ * a result line cut inside a character).
  */
 const keeper = (torn: boolean) => {
   const succeeded = new Set<string>()
@@ -551,7 +574,7 @@ const keeper = (torn: boolean) => {
       if (unrecognized !== undefined) return Effect.fail({ _tag: "ForeignLine", lineNumber: unrecognized })
       const result = line.text === undefined ? undefined : classifyExisting(line.text)
       if (result === undefined || result._tag === "Unrecognized") {
-        const tearable = torn && (line.text === undefined ? sawResult : mayBeTornResult(line.text))
+        const tearable = torn && (line.text === undefined ? sawResult || mayBeTornBytes(line) : mayBeTornResult(line.text))
         if (!tearable) return Effect.fail({ _tag: "ForeignLine", lineNumber: line.lineNumber })
         unrecognized = line.lineNumber
         continue
