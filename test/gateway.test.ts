@@ -335,7 +335,13 @@ describe("weatherproof serve, with the openai client", () => {
         pool: noRetries,
         keepAliveInterval: "100 millis"
       })
-      const body = yield* rawText(`${gateway.url}/v1/chat/completions`, { model, messages: ask("x") })
+      const committed = yield* attempt(() =>
+        fetch(`${gateway.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ model, messages: ask("x") }) })
+      )
+      // So that a proxy in front (nginx) passes the blank lines on as they come.
+      expect(committed.headers.get("x-accel-buffering")).toBe("no")
+      expect(committed.headers.get("cache-control")).toBe("no-cache")
+      const body = yield* attempt(() => committed.text())
       expect(body).toMatch(/^\n+\{"error":\{"message":"refused after a wait","type":"invalid_request_error","param":null,"code":"late_refusal"\}\}$/)
       const stream = yield* rawText(`${gateway.url}/v1/chat/completions`, { model, messages: ask("x"), stream: true })
       expect(stream).toMatch(/^(: keep-alive\n\n)+data: \{"error":\{[^\n]*"code":"late_refusal"\}\}\n\n$/)

@@ -51,7 +51,7 @@ import {
   type Unauthorized,
   UnknownModel
 } from "./errors.js"
-import { awaitFirst, JsonKeepAlive, Latch, sseKeepAlive } from "./keepAlive.js"
+import { awaitFirst, JsonKeepAlive, Latch, sseKeepAlive, unbufferedHeaders } from "./keepAlive.js"
 import type { Traffic } from "./traffic.js"
 import { eventStream, sendNow } from "./write.js"
 
@@ -68,8 +68,7 @@ export interface Settings {
 const utf8 = new TextEncoder()
 const done = utf8.encode("data: [DONE]\n\n")
 
-const sseHeaders = { "cache-control": "no-cache", "x-accel-buffering": "no" } as const
-const eventHeaders = { "content-type": "text/event-stream", ...sseHeaders } as const
+const eventHeaders = { "content-type": "text/event-stream", ...unbufferedHeaders } as const
 
 // --- answers ----------------------------------------------------------------------------------
 
@@ -463,7 +462,7 @@ export const make = (settings: Settings, traffic: Traffic) =>
           ...keepAliveSettings,
           keepAlive: sseKeepAlive,
           contentType: "text/event-stream",
-          headers: sseHeaders,
+          headers: unbufferedHeaders,
           ready: (exit) =>
             Exit.match(exit, {
               onFailure: failedNow(http),

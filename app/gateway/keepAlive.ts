@@ -118,6 +118,13 @@ const ended = HttpServerResponse.empty({ status: 200 })
  * no observer): after `interval` without an answer its 200 and headers are committed, then a
  * blank line goes every interval until `end` writes the body.
  */
+/**
+ * Headers of a response whose bytes must reach the client as written: keep-alives and events.
+ * A proxy in front (nginx, which reads `x-accel-buffering`) would otherwise hold them back, and
+ * the client's idle timeout would fire behind it.
+ */
+export const unbufferedHeaders = { "cache-control": "no-cache", "x-accel-buffering": "no" } as const
+
 export class JsonKeepAlive {
   committed = false
   private timer: ReturnType<typeof setTimeout> | undefined
@@ -134,7 +141,7 @@ export class JsonKeepAlive {
     if (response.writableEnded || response.destroyed) return
     if (!this.committed) {
       this.committed = true
-      response.writeHead(200, { "content-type": "application/json" })
+      response.writeHead(200, { "content-type": "application/json", ...unbufferedHeaders })
     }
     // Corked and uncorked, so the line leaves now rather than on the next tick.
     response.cork()
