@@ -264,6 +264,39 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
       expect(yield* leases).toEqual(["o.1", "o.3", "p.1"])
     }))
 
+  it.scopedLive("an end applied in a flush after its release reached the server is taken off the accepted count once, not twice", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const redis = yield* Redis.make({ url: server.url })
+      const name = "ended-while-flushing"
+      const limiter = yield* limiterOn(server, { name, initial: 4 })
+      const acceptedOnceAt = acceptedCount(redis, name)
+      const first = yield* Scope.make()
+      const rest = yield* Scope.make()
+      const p1 = yield* Scope.extend(limiter.acquire(), first)
+      const [p2, p3, p4] = yield* Effect.all([1, 2, 3].map(() => Scope.extend(limiter.acquire(), rest)))
+      yield* p1.accepted
+      expect(yield* acceptedOnceAt(1)).toBe(1)
+      yield* p2!.accepted
+      expect(yield* acceptedOnceAt(2)).toBe(2)
+      // Scripts wait: the flush p3's acceptance starts holds its read while p1 ends and is released
+      // (the release sent after that read) and p4 is accepted, so the next flush applies p1's end
+      // and p4's acceptance together, after the server's set lost p1.
+      yield* redis.command("CLIENT", ["PAUSE", "300", "WRITE"])
+      yield* p3!.accepted
+      yield* p1.complete({ _tag: "Success" })
+      yield* Scope.close(first, Exit.void)
+      yield* p4!.accepted
+      expect(yield* acceptedOnceAt(3)).toBe(3)
+      const state = Effect.map(
+        redis.command("HGET", [`${redis.key("limiter", name)}:state`, "aimd"]),
+        (stored) => JSON.parse(stored as string) as LimiterInternal.AimdState
+      )
+      // p2, p3 and p4: the count the flush left (p1's end taken off twice left 2).
+      expect((yield* until(state, (read) => read.acceptedOutstanding === 3).pipe(Effect.orElse(() => state))).acceptedOutstanding).toBe(3)
+      yield* Scope.close(rest, Exit.void)
+    }), { timeout: 30_000 })
+
   it.scopedLive("a lane state lost to FLUSHALL counts only its own acceptances: ends of earlier ones are not taken off, slow start grows again", () =>
     Effect.gen(function*() {
       const server = yield* redisServer

@@ -199,14 +199,15 @@ export interface Policy {
   readonly refill?: () => boolean
   /** `grant`: the permit's, for a policy that follows each acceptance to its permit's release. */
   readonly accepted: (stamp: number, refill?: boolean, grant?: Grant) => boolean
-  /** `elapsedMillis`: from the grant to the end. */
+  /** `elapsedMillis`: from the grant to the end; `grant`, as for `accepted`. */
   readonly record: (
     stamp: number,
     outcome: Outcome,
     inFlight: number,
     acceptance: Acceptance,
     elapsedMillis: number,
-    slot?: Slot
+    slot?: Slot,
+    grant?: Grant
   ) => void
 }
 
@@ -838,7 +839,7 @@ export const makePermit = (policy: Policy, ledger: Ledger, grant: Grant, clock: 
       ? { _tag: "Success" as const, queueDelay }
       : outcome
     const elapsed = clock.unsafeCurrentTimeMillis() - grantedAt
-    policy.record(stamp, observed, ledger.inFlight, acceptance(), elapsed, { refill, refilled: hooks.refills() })
+    policy.record(stamp, observed, ledger.inFlight, acceptance(), elapsed, { refill, refilled: hooks.refills() }, grant)
     // The request no longer holds a slot upstream, but its permit is counted until released:
     // granting now would place the next request one level too high.
     ledger.relimit(policy.limit)

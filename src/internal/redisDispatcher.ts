@@ -128,6 +128,8 @@ type Event =
     readonly inFlight: number
     /** From its grant to its end. */
     readonly elapsedMillis: number
+    /** Its permit's lease when its acceptance was reported: the server's set may hold it still. */
+    readonly lease: string | undefined
   }
 
 /**
@@ -185,8 +187,9 @@ class SharedLimit implements Policy {
   record(...report: Parameters<Policy["record"]>): void {
     if (this.local !== undefined) return this.local.record(...report)
     if (this.config === undefined) return
-    const [stamp, outcome, inFlight, acceptance, elapsedMillis] = report
-    const event: Event = { _tag: "Recorded", stamp, outcome, acceptance, inFlight, elapsedMillis }
+    const [stamp, outcome, inFlight, acceptance, elapsedMillis, , grant] = report
+    const lease = acceptance.timing === "unreported" ? undefined : (grant as LeaseGrant | undefined)?.lease
+    const event: Event = { _tag: "Recorded", stamp, outcome, acceptance, inFlight, elapsedMillis, lease }
     this.pending.push(event)
     this.eventAdded(event)
   }
@@ -248,6 +251,19 @@ const applyEvents = (aimd: Aimd, events: ReadonlyArray<Event>, inFlight: number)
 
 const acceptedLeases = (events: ReadonlyArray<Event>): ReadonlyArray<string> =>
   events.flatMap((event) => event._tag === "Accepted" && event.lease !== undefined ? [event.lease] : [])
+
+/**
+ * The leases of `events`' ends whose acceptances came in an earlier batch: the server's set held
+ * them once committed, and may not any more (a release sent while this batch waited for the flush
+ * before it), while applying the end takes one off the count again. The read counts those it no
+ * longer holds, so each is taken off once.
+ */
+const endedLeases = (events: ReadonlyArray<Event>): ReadonlyArray<string> => {
+  const acceptedHere = new Set(acceptedLeases(events))
+  return events.flatMap((event) =>
+    event._tag === "Recorded" && event.lease !== undefined && !acceptedHere.has(event.lease) ? [event.lease] : []
+  )
+}
 
 const isCapDrop = (event: Event): event is Extract<Event, { _tag: "Recorded" }> =>
   event._tag === "Recorded" && event.outcome._tag === "Dropped" && event.outcome.signal !== "overload"
@@ -417,7 +433,7 @@ export const make = (
       Effect.gen(function*() {
         const { shared } = entry
         while (true) {
-          const [version, stored, , , inFlight, accepted] = (yield* call("read", [entry.spec.key])) as [
+          const [version, stored, , , inFlight, accepted] = (yield* call("read", [entry.spec.key, ...endedLeases(events)])) as [
             number,
             string | null,
             number,

@@ -250,12 +250,18 @@ elseif op == "heartbeat" then
   end
   return { processes, states, lanes }
 elseif op == "read" then
-  -- ARGV: lane. Its shared adaptive state: version, state (or false), limit, epoch, in-flight,
-  -- accepted (the leases in \`L:accepted\`).
+  -- ARGV: lane, then the leases of ends about to be applied whose acceptances were committed
+  -- before. Its shared adaptive state: version, state (or false), limit, epoch, in-flight,
+  -- accepted (the leases in \`L:accepted\`, and those of the ends given that it no longer holds:
+  -- applying an end takes its lease off the count, which their release already did).
   local lane = ARGV[4]
   local state = redis.call("HMGET", lane .. ":state", "version", "aimd", "limit", "epoch")
   local inFlight = purge(lane .. ":leases")
-  return { tonumber(state[1]) or 0, state[2], tonumber(state[3]) or -1, tonumber(state[4]) or 0, inFlight, purge(lane .. ":accepted") }
+  local accepted = purge(lane .. ":accepted")
+  for i = 5, #ARGV do
+    if not redis.call("ZSCORE", lane .. ":accepted", ARGV[i]) then accepted = accepted + 1 end
+  end
+  return { tonumber(state[1]) or 0, state[2], tonumber(state[3]) or -1, tonumber(state[4]) or 0, inFlight, accepted }
 elseif op == "lower" then
   -- ARGV: lane, the epoch a 429 was granted in, the in-flight its process saw, the limit's
   -- minimum, how long the lowering holds (ms). Unless the epoch moved (a decrease was committed
