@@ -254,7 +254,8 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
       // back (a lost release, an older snapshot), o.3 placed after the heartbeat's lists were
       // taken (they hold ids up to o.2), p.1 another owner's.
       for (const [owner, id] of [["o", "o.1"], ["o", "o.2"], ["o", "o.3"], ["p", "p.1"]] as const) yield* place(owner, id)
-      const leases = redis.command("ZRANGE", [`${lane}:leases`, 0, -1])
+      // By id (the set orders them by expiry, which the heartbeat moves for the grant it hands over).
+      const leases = Effect.map(redis.command("ZRANGE", [`${lane}:leases`, 0, -1]), (ids) => [...(ids as Array<string>)].sort())
       expect(yield* leases).toEqual(["o.1", "o.2", "o.3", "p.1"])
       // Not full: nothing released.
       yield* call("heartbeat", "o", 30_000, 5_000, 0, 0, 0, 1, lane)
@@ -262,6 +263,47 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
       // Full, up to o.2: o holds nothing and waits on o.1.
       yield* call("heartbeat", "o", 30_000, 5_000, 2, 0, 1, "o.1", 1, lane)
       expect(yield* leases).toEqual(["o.1", "o.3", "p.1"])
+    }))
+
+  it.scopedLive("a heartbeat asking after a grant whose message was lost hands it over with a lease TTL, or, its lease lapsed (the slot maybe another's), drops the ticket to be placed again", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const redis = yield* Redis.make({ url: server.url })
+      const base = redis.key("lanes")
+      const lane = redis.key("limiter", "lapsed")
+      const run = redis.script(LanesScript.script)
+      const call = (...args: ReadonlyArray<string | number>) => run([base], [args[0]!, base, 60_000, ...args.slice(1)])
+      // A limit of 1; a ticket's lease lasts its owner's presence (200 ms) until the owner takes it.
+      const place = (owner: string, id: string) => call("place", owner, id, "interactive", 30_000, 200, lane, "", -1, 1, 1)
+      const states = (owner: string, id: string) =>
+        Effect.map(call("heartbeat", owner, 30_000, 200, 0, 0, 1, id, 1, lane), (reply) => (reply as [number, ReadonlyArray<string>])[1])
+      const leases = redis.command("ZRANGE", [`${lane}:leases`, 0, -1])
+
+      yield* place("p", "p.1")
+      yield* place("o", "o.1")
+      // p.1's release grants o.1, whose message no one hears.
+      yield* call("release", lane, "p.1")
+      expect(yield* leases).toEqual(["o.1"])
+      const [live] = yield* states("o", "o.1")
+      expect(live).toMatch(/^o\.1 /)
+      // Handed over: its lease lasts a TTL, past the owner's presence.
+      yield* Effect.sleep("300 millis")
+      yield* place("q", "q.1")
+      expect(yield* leases).toEqual(["o.1"])
+
+      yield* call("release", lane, "o.1")
+      expect(yield* leases).toEqual(["q.1"])
+      yield* place("o", "o.2")
+      yield* call("release", lane, "q.1")
+      expect(yield* leases).toEqual(["o.2"])
+      // Unasked for longer than its presence: the slot goes to the next ticket, and the owner's
+      // late question finds the grant gone, not a permit another call holds.
+      yield* Effect.sleep("300 millis")
+      yield* place("r", "r.1")
+      expect(yield* leases).toEqual(["r.1"])
+      const [lapsed] = yield* states("o", "o.2")
+      expect(lapsed).toBe("")
+      expect(yield* leases).toEqual(["r.1"])
     }))
 
   it.scopedLive("an end applied in a flush after its release reached the server is taken off the accepted count once, not twice", () =>

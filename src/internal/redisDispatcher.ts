@@ -11,7 +11,8 @@
  *   limits and in-flight counts. Every third of `leaseTtl` it also refreshes every lease it holds
  *   (re-adding the missing ones: the calls are really in flight), releases its leases on the
  *   server that it neither holds nor waits for (a lost release, a snapshot), and asks the state of its
- *   tickets (so a lost message costs one such beat); the beats between refresh only the leases
+ *   tickets (so a lost message costs one such beat, and a grant whose lease lapsed meanwhile is
+ *   placed again, not taken); the beats between refresh only the leases
  *   granted since the last. A lease granted to a waiting ticket lasts the presence until a beat
  *   refreshes it, so a process killed while its tickets wait holds the permits granted them a few
  *   seconds only.

@@ -153,6 +153,21 @@ local function releaseUnlisted(lane, owner, listed, upTo)
   end
 end
 
+-- A grant the owner asks about (its message lost): its lease lasts a TTL from now, the owner
+-- taking it; one that lapsed meanwhile may be another's, so the ticket goes ("") and its owner
+-- places it again.
+local function heldGrant(id, message, ttl)
+  local lane = split(message)[2]
+  if (tonumber(redis.call("ZSCORE", lane .. ":leases", id)) or 0) <= now then
+    releaseLease(lane, id)
+    return ""
+  end
+  redis.call("ZADD", lane .. ":leases", now + ttl, id)
+  local account = redis.call("HGET", lane .. ":state", "account")
+  if account then redis.call("ZADD", account .. ":leases", now + ttl, id) end
+  return message
+end
+
 if op == "place" then
   -- ARGV: owner, ticket, priority, lease ttl, the owner's presence, then per lane: lane,
   -- account (or ""), cap, limit, whether the limit is fixed (1) or a seed (0). Marks the owner
@@ -205,7 +220,7 @@ elseif op == "heartbeat" then
   -- ARGV: owner, lease ttl, presence ms, 0, or for full lists (every lease the owner holds and
   -- every ticket it waits on) the last sequence of the owner's ids they may hold, then counts and lists: leases as (lane, id) pairs,
   -- waiting tickets, lanes in use. Refreshes (or re-adds) the leases, answers each ticket's state
-  -- ("w" waiting, its grant, or "" gone), grants on the lanes, and answers each lane's limit,
+  -- ("w" waiting, its grant, or "" gone: a grant whose lease lapsed too), grants on the lanes, and answers each lane's limit,
   -- epoch, in-flight and its account's in-flight, and the processes alive. Full, it also releases
   -- the owner's leases on those lanes that are in neither list: their release was lost (Redis
   -- failed as it was sent), or the server came back from a snapshot taken while they were held.
@@ -230,9 +245,10 @@ elseif op == "heartbeat" then
   local states = {}
   for j = 1, tickets do
     listed[ARGV[i + j]] = true
-    local key = ticketKey(ARGV[i + j])
+    local id = ARGV[i + j]
+    local key = ticketKey(id)
     local ticket = redis.call("HMGET", key, "granted", "owner")
-    if ticket[1] then states[j] = ticket[1]
+    if ticket[1] then states[j] = heldGrant(id, ticket[1], ttl)
     elseif ticket[2] then
       redis.call("PEXPIRE", key, 3 * ttl)
       states[j] = "w"
