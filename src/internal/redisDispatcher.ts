@@ -565,6 +565,9 @@ export const make = (
         local = new LocalDispatcher(slots, laneOf, (grant) => {
           const leased: LeaseGrant = { ...grant, lease: nextId() }
           held.set(leased.lease, leased)
+          // A grant made while the beat that rejoins is on its way is not in its lists: the next
+          // beat re-adds it, not the next full one (up to a third of the lease TTL later).
+          fresh.add(leased)
           return leased
         }, (grant) => {
           const { lane, lease } = grant as LeaseGrant
