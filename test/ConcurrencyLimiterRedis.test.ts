@@ -24,6 +24,17 @@ const limiterOn = (server: RedisServer, options: ConcurrencyLimiter.RedisOptions
   Effect.flatMap(Redis.make({ url: server.url }), (redis) =>
     Effect.provideService(ConcurrencyLimiter.makeRedis(options), Redis.Redis, redis))
 
+/** The lanes' script called directly (operation first) on a fresh server, for the lane of limiter `name`. */
+const laneScript = (name: string) =>
+  Effect.gen(function*() {
+    const server = yield* redisServer
+    const redis = yield* Redis.make({ url: server.url })
+    const base = redis.key("lanes")
+    const run = redis.script(LanesScript.script)
+    const call = (...args: ReadonlyArray<string | number>) => run([base], [args[0]!, base, 60_000, ...args.slice(1)])
+    return { redis, lane: redis.key("limiter", name), call }
+  })
+
 /** The one process the lanes know on `redis`. */
 const onlyProcess = (redis: Redis.Service) =>
   Effect.map(
@@ -242,12 +253,7 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
 
   it.scopedLive("a full heartbeat releases its owner's leases it neither holds nor waits for, and keeps a lease granted to a ticket it waits on, one placed after its lists were taken, and another owner's", () =>
     Effect.gen(function*() {
-      const server = yield* redisServer
-      const redis = yield* Redis.make({ url: server.url })
-      const base = redis.key("lanes")
-      const lane = redis.key("limiter", "unlisted")
-      const run = redis.script(LanesScript.script)
-      const call = (...args: ReadonlyArray<string | number>) => run([base], [args[0]!, base, 60_000, ...args.slice(1)])
+      const { call, lane, redis } = yield* laneScript("unlisted")
       const place = (owner: string, id: string) =>
         call("place", owner, id, "interactive", 30_000, 5_000, lane, "", -1, 4, 1)
       // All granted at once: o.1 while its owner waits for the answer, o.2 since released but
@@ -267,12 +273,7 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
 
   it.scopedLive("a heartbeat asking after a grant whose message was lost hands it over with a lease TTL, or, its lease lapsed (the slot maybe another's), drops the ticket to be placed again", () =>
     Effect.gen(function*() {
-      const server = yield* redisServer
-      const redis = yield* Redis.make({ url: server.url })
-      const base = redis.key("lanes")
-      const lane = redis.key("limiter", "lapsed")
-      const run = redis.script(LanesScript.script)
-      const call = (...args: ReadonlyArray<string | number>) => run([base], [args[0]!, base, 60_000, ...args.slice(1)])
+      const { call, lane, redis } = yield* laneScript("lapsed")
       // A limit of 1; a ticket's lease lasts its owner's presence (200 ms) until the owner takes it.
       const place = (owner: string, id: string) => call("place", owner, id, "interactive", 30_000, 200, lane, "", -1, 1, 1)
       const states = (owner: string, id: string) =>
