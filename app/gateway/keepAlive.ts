@@ -114,17 +114,17 @@ export const awaitFirst = <A, E>(
 const ended = HttpServerResponse.empty({ status: 200 })
 
 /**
- * Keep-alives of a JSON answer written straight to Node's `response`, by a Node timer (no fiber,
- * no observer): after `interval` without an answer its 200 and headers are committed, then a
- * blank line goes every interval until `end` writes the body.
- */
-/**
  * Headers of a response whose bytes must reach the client as written: keep-alives and events.
  * A proxy in front (nginx, which reads `x-accel-buffering`) would otherwise hold them back, and
  * the client's idle timeout would fire behind it.
  */
 export const unbufferedHeaders = { "cache-control": "no-cache", "x-accel-buffering": "no" } as const
 
+/**
+ * Keep-alives of a JSON answer written straight to Node's `response`, by a Node timer (no fiber,
+ * no observer): after `interval` without an answer its 200 and headers are committed, then a
+ * blank line goes every interval until `end` writes the body.
+ */
 export class JsonKeepAlive {
   committed = false
   private timer: ReturnType<typeof setTimeout> | undefined
