@@ -387,18 +387,18 @@ const isAlive = (pid: number): boolean => {
   }
 }
 
-/** The lock files this process holds: a lock naming its pid and not among them is a former process's. */
+/** The lock files a run of this process holds or is taking. */
 const heldHere = new Set<string>()
 
 /**
  * Whether the lock of `holder` was left by a process of this host that is gone. One naming this
- * process's own pid is another run of this process only while this process holds it: a container
- * restarted after a crash runs with the pid its former process had (1, under Docker), which no
- * signal tells apart.
+ * process's own pid is another run's of this process only while one holds or takes it
+ * (`heldByAnotherRun`): a container restarted after a crash runs with the pid its former process
+ * had (1, under Docker), which no signal tells apart.
  */
-const isStale = (holder: LockHolder | undefined, host: string, lockPath: string): holder is LockHolder =>
+const isStale = (holder: LockHolder | undefined, host: string, heldByAnotherRun: boolean): holder is LockHolder =>
   holder !== undefined && holder.host === host &&
-  (holder.pid === process.pid ? !heldHere.has(lockPath) : !isAlive(holder.pid))
+  (holder.pid === process.pid ? !heldByAnotherRun : !isAlive(holder.pid))
 
 /** Attempts at the lock before giving up, when stale locks keep being replaced under us. */
 const lockAttempts = 3
@@ -420,6 +420,12 @@ export const acquireLock = (
     const since = new Date(yield* Clock.currentTimeMillis).toISOString()
     const ours = `${JSON.stringify({ pid: process.pid, host, since })}\n`
     const aside = `${lockPath}.stale-${process.pid}`
+
+    // Marked before the lock is written, not after: another run of this process that read the lock
+    // in between would take it for a former process's. Unmarked only by the run that marked it (one
+    // refused while another run here holds the lock leaves the mark alone).
+    let marked = false
+    const unmark = Effect.sync(() => marked && heldHere.delete(lockPath))
 
     const readHolder = (path: string) => Effect.map(fs.readFileString(path), (text) => ({ text, holder: parseHolder(text) }))
 
@@ -448,7 +454,7 @@ export const acquireLock = (
           () =>
             readHolder(lockPath).pipe(
               Effect.flatMap(({ holder, text }) =>
-                isStale(holder, host, lockPath)
+                isStale(holder, host, !marked)
                   ? Effect.zipRight(takeOver(text), attempt(left - 1, Option.some(holder)))
                   : Effect.fail<Locked>({ _tag: "Locked", holder })
               ),
@@ -464,12 +470,14 @@ export const acquireLock = (
     const release = fs.readFileString(lockPath).pipe(
       Effect.flatMap((text) => text === ours ? fs.remove(lockPath) : Effect.void),
       Effect.ignore,
-      Effect.ensuring(Effect.sync(() => heldHere.delete(lockPath)))
+      Effect.ensuring(unmark)
     )
-    return yield* Effect.acquireRelease(
-      Effect.tap(attempt(lockAttempts, Option.none()), () => Effect.sync(() => heldHere.add(lockPath))),
-      () => release
-    )
+    const take = Effect.suspend(() => {
+      marked = !heldHere.has(lockPath)
+      if (marked) heldHere.add(lockPath)
+      return Effect.onError(attempt(lockAttempts, Option.none()), () => unmark)
+    })
+    return yield* Effect.acquireRelease(take, () => release)
   })
 
 // ---------------------------------------------------------------------------------------------
