@@ -561,9 +561,12 @@ export const replaceFile = <E>(
       ).pipe(Effect.zipRight(fs.rename(temporaryPath, path)), Effect.onError(() => Effect.ignore(fs.remove(temporaryPath))))
   )
 
-/** Whether an unreadable line may be the start of a result line cut inside a character. */
+/**
+ * Whether an unreadable line may be the start of a result line cut inside a character: some text
+ * before the cut (a result line starts with ASCII, so its first character is never the one cut).
+ */
 const mayBeTornBytes = (line: Extract<NumberedLine, { readonly text: undefined }>): boolean =>
-  line.beforeCut !== undefined && mayBeTornResult(line.beforeCut)
+  line.beforeCut !== undefined && line.beforeCut.length > 0 && mayBeTornResult(line.beforeCut)
 
 /**
  * What compaction keeps of an output's lines, a read at a time (no effect per line: an output can
