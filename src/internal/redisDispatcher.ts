@@ -433,8 +433,9 @@ export const make = (
     const commit = (entry: LaneEntry, events: ReadonlyArray<Event>): Effect.Effect<void, RedisError> =>
       Effect.gen(function*() {
         const { shared } = entry
+        const ended = endedLeases(events)
         while (true) {
-          const [version, stored, , , inFlight, accepted] = (yield* call("read", [entry.spec.key, ...endedLeases(events)])) as [
+          const [version, stored, , , inFlight, accepted] = (yield* call("read", [entry.spec.key, ...ended])) as [
             number,
             string | null,
             number,
