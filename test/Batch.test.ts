@@ -1130,6 +1130,18 @@ describe("Batch.run output file", () => {
       expect(yield* ws.fs.exists(lockPath)).toBe(false)
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
+  it.scoped("a lock whose write fails (a full disk) is not left behind to refuse the next run", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput([request("a")])
+      const lockPath = `${ws.output}.lock`
+      const full = yield* Effect.flip(runWith(ok, ws).pipe(Effect.provide(layerFullDisk([lockPath], 0))))
+      expect(full.message).toContain("ENOSPC")
+      const directory = ws.output.slice(0, ws.output.lastIndexOf("/"))
+      expect(yield* ws.fs.readDirectory(directory)).toEqual(["input.jsonl"])
+      expect((yield* runWith(ok, ws)).calls).toBe(1)
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
   it.scoped("compacts through a symlink: the link stays a link to the compacted file, whose mode is kept", () =>
     Effect.gen(function*() {
       const ws = yield* workspace

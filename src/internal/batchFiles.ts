@@ -404,9 +404,37 @@ const isStale = (holder: LockHolder | undefined, host: string, heldByAnotherRun:
 const lockAttempts = 3
 
 /**
- * Takes the lock file `lockPath` for this process, created exclusively, until the scope closes
- * (then it is removed if it is still ours). A lock whose holder is a dead process of this host is
- * taken over (its holder is returned); any other lock fails with `Locked`.
+ * Numbers this process's lock drafts, so that two runs of it never write the same one (a draft a
+ * former process of the same pid left is overwritten, then removed).
+ */
+let lockDrafts = 0
+
+/**
+ * Creates the lock file `lockPath` holding `text`, failing with `AlreadyExists` when it exists.
+ * The text is written to a draft beside it, then linked into place: a lock never exists without
+ * its holder, so neither a failed write (a full disk) nor a crash between create and write leaves
+ * one naming no holder, which no run could tell stale. Where the file system has no hard links,
+ * the lock is created exclusively and then written.
+ */
+const createLock = (fs: FileSystem.FileSystem, lockPath: string, text: string) => {
+  const draft = `${lockPath}.${process.pid}-${++lockDrafts}.new`
+  return Effect.ensuring(
+    Effect.zipRight(
+      fs.writeFileString(draft, text),
+      Effect.catchIf(
+        fs.link(draft, lockPath),
+        (error) => !(error._tag === "SystemError" && error.reason === "AlreadyExists"),
+        () => fs.writeFileString(lockPath, text, { flag: "wx" })
+      )
+    ),
+    Effect.ignore(fs.remove(draft))
+  )
+}
+
+/**
+ * Takes the lock file `lockPath` for this process, created exclusively (`createLock`), until the
+ * scope closes (then it is removed if it is still ours). A lock whose holder is a dead process of
+ * this host is taken over (its holder is returned); any other lock fails with `Locked`.
  *
  * A stale lock is renamed aside, not removed: only the run whose rename moved that very file goes
  * on, so two runs that find the same stale lock cannot both take it.
@@ -447,7 +475,7 @@ export const acquireLock = (
       Option.Option<LockHolder>,
       PlatformError | Locked
     > =>
-      fs.writeFileString(lockPath, ours, { flag: "wx" }).pipe(
+      createLock(fs, lockPath, ours).pipe(
         Effect.as(tookOver),
         Effect.catchIf(
           (error) => error._tag === "SystemError" && error.reason === "AlreadyExists" && left > 1,
