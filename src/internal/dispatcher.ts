@@ -217,16 +217,22 @@ export class Dispatcher implements Lanes {
     return capacityOf(this.accounts, (model) => this.queued(model))
   }
 
-  /** A permit now on the best lane for `model`, or a place in the queue. */
+  /**
+   * A permit now on the best lane for `model`, or a place in the queue. Behind calls already
+   * waiting, it is served in their order: they may wait for accounts they may use while one they
+   * left out (a fail-over) has room that this call may take.
+   */
   enter(model: string, priority: Priority, excluded: ReadonlySet<number>): Entry {
     const lanes = this.lanesOf(model)
-    if (lanes.interactive.size + lanes.batch.size === 0) {
+    const waitingBefore = lanes.interactive.size + lanes.batch.size > 0
+    if (!waitingBefore) {
       const lane = this.bestLane(model, excluded)
       if (lane !== undefined) return { _tag: "Granted", grant: this.take(lane) }
     }
     const waiter: Waiter = { model, excluded, wake: Deferred.unsafeMake<void>(FiberId.none), grant: undefined }
     lanes[priority].add(waiter)
-    return { _tag: "Queued", waiter }
+    if (waitingBefore) this.dispatch(model)
+    return waiter.grant === undefined ? { _tag: "Queued", waiter } : { _tag: "Granted", grant: waiter.grant }
   }
 
   /** The waiter gave up: it leaves its queue, or hands back a permit granted meanwhile. */
