@@ -1019,6 +1019,25 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(layer))
   })
 
+  it.effect("records a stream its caller stops: billed, kept when its usage had come, else truncated and unmetered", () => {
+    const setup: Setup = { accounts: [account("a", ["sk-a"])], handlers: { a: healthy() }, options: { preflight: false } }
+    return Effect.gen(function*() {
+      const pool = yield* AccountPool.AccountPool
+      const ledger = yield* CostLedger.CostLedger
+      const stream = pool.stream({ ...request, stream: true })
+      // Stopped at its usage, before the end of the stream: the whole answer, billed as known.
+      yield* Stream.runDrain(Stream.takeUntil(stream, (chunk) => chunk.usage !== undefined && chunk.usage !== null))
+      const whole = (yield* ledger.snapshot).total
+      expect(whole).toMatchObject({ attempts: 1, requests: 1, promptTokens: 1000, truncated: 0, unmetered: 0 })
+      expect(whole.costUsd).toBeGreaterThan(0)
+      // Stopped after its first chunk: billed for what no usage tells.
+      yield* Stream.runDrain(Stream.take(stream, 1))
+      expect((yield* ledger.snapshot).total).toMatchObject({ attempts: 2, requests: 2, truncated: 1, unmetered: 1, costUsd: whole.costUsd })
+      const [a] = yield* pool.snapshot
+      expect(a).toMatchObject({ inFlight: 0 })
+    }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
   it.effect("stops at a spent budget with a typed, non-retryable error, sending nothing", () => {
     const setup: Setup = { accounts: [account("a", ["sk-a"])], handlers: { a: healthy() }, ledger: { budgetUsd: 0 } }
     const { counts, layer } = stackLayer(setup)

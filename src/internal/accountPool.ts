@@ -1082,7 +1082,9 @@ export const makeWith = <R>(
      * A stream on `member`, opened in the attempt's scope: its breaker's admission and the permit
      * for as long as it runs. As it ends, the permit and the breaker are told, and its cost
      * recorded; as it fails (opening or later), the same, then the failure fails the attempt over
-     * or is the answer (`answerOrFailOver`).
+     * or is the answer (`answerOrFailOver`). One its caller stops (or interrupts) after output
+     * reached it is recorded as its scope closes: billed, as kept when its usage had come, else
+     * as truncated (unmetered).
      */
     const streamOn = (
       placed: Placed,
@@ -1095,16 +1097,24 @@ export const makeWith = <R>(
         let delivered = false
         let usage: Usage | undefined
         let servedModel = model
-        const settle = (exit: Exit.Exit<unknown, unknown>) => Effect.zipRight(permit.settle(exit), settleBreaker(exit))
-        const ended = () =>
-          Effect.zipRight(settle(Exit.void), Effect.zipRight(countSent(placed, request), record(placed, servedModel, usage, "kept", true)))
+        let settled = false
+        const settle = (exit: Exit.Exit<unknown, unknown>) => {
+          settled = true
+          return Effect.zipRight(permit.settle(exit), settleBreaker(exit))
+        }
+        const counted = (disposition: Disposition) =>
+          Effect.zipRight(countSent(placed, request), record(placed, servedModel, usage, disposition, true))
+        const ended = () => Effect.zipRight(settle(Exit.void), counted("kept"))
         const failed = (error: PoolError) =>
           settle(Exit.fail(error)).pipe(
             Effect.zipRight(recordFailure(placed, request, servedModel, error, delivered)),
             Effect.zipRight(answerOrFailOver(member, error, delivered))
           )
+        const stopped = Effect.suspend(() =>
+          settled || !delivered ? Effect.void : counted(usage === undefined ? "truncated" : "kept")
+        )
         const opening = StreamPull.openingOf(member.transport.stream(member.requestFor(request), permitOptions(options, permit)))
-        return Effect.matchEffect(opening, {
+        return Effect.zipRight(ScopeFinalizer.addFinalizer(stopped), Effect.matchEffect(opening, {
           onFailure: failed,
           onSuccess: (pull) =>
             Effect.succeed(Effect.matchEffect(pull, {
@@ -1122,7 +1132,7 @@ export const makeWith = <R>(
                 return Effect.succeed(chunks)
               }
             }))
-        })
+        }))
       })
 
     const stream: Service["stream"] = (request, options) => {
