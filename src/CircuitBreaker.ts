@@ -420,8 +420,24 @@ const transitionsOf = (options: Options): Effect.Effect<Transitions, never, Scop
  */
 const serve = (core: internal.Core, options: Options, transitions: Transitions): Effect.Effect<Service, never, Scope.Scope> =>
   Effect.gen(function*() {
-    const judge = (exit: Exit.Exit<unknown, unknown>) =>
-      outcomeOf(options.classify ?? ApiError.classify, options.countLoadShed ?? defaults.countLoadShed, exit)
+    const classify = options.classify ?? ApiError.classify
+    const countLoadShed = options.countLoadShed ?? defaults.countLoadShed
+    /**
+     * Settles `ticket` with the outcome of `exit`. A classifier that throws settles it as ignored
+     * (an admitted call always frees its slot: a canary's would keep the circuit half-open for
+     * good), then its throw is the call's defect (returned; nothing when the classifier answered).
+     */
+    const settleWith = (ticket: number, exit: Exit.Exit<unknown, unknown>): Effect.Effect<never> | undefined => {
+      let outcome: internal.Outcome
+      try {
+        outcome = outcomeOf(classify, countLoadShed, exit)
+      } catch (defect) {
+        core.settle(ticket, "ignored")
+        return Effect.die(defect)
+      }
+      core.settle(ticket, outcome)
+      return undefined
+    }
     transitions.announce(core.machine.state)
     yield* Effect.forkScoped(halfOpenTimer(core))
 
@@ -439,10 +455,7 @@ const serve = (core: internal.Core, options: Options, transitions: Transitions):
     // Run masked, with `effect` restored: an interruption of it settles too (as ignored), so a
     // call admitted while closed is in flight until it settles.
     const settleAfter = <A, E, R>(ticket: number, effect: Effect.Effect<A, E, R>) =>
-      Effect.flatMap(Effect.exit(effect), (exit) => {
-        core.settle(ticket, judge(exit))
-        return exit
-      })
+      Effect.flatMap(Effect.exit(effect), (exit) => settleWith(ticket, exit) ?? exit)
 
     // Admission in half-open takes a canary slot, so it is uninterruptible up to the verdict:
     // an admitted canary always settles and frees or fills its slot.
@@ -477,10 +490,10 @@ const serve = (core: internal.Core, options: Options, transitions: Transitions):
       return Effect.flatMap(enter, (ticket) => {
         let settled = false
         const settle = (exit: Exit.Exit<unknown, unknown>) =>
-          Effect.sync(() => {
-            if (settled) return
+          Effect.suspend(() => {
+            if (settled) return Effect.void
             settled = true
-            core.settle(ticket, judge(exit))
+            return settleWith(ticket, exit) ?? Effect.void
           })
         return Effect.as(ScopeFinalizer.addFinalizer(settle(Exit.interrupt(FiberId.none))), settle)
       })

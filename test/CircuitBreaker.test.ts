@@ -408,6 +408,28 @@ describe("CircuitBreaker", () => {
         expect(yield* breaker.protect(Effect.succeed("after"))).toBe("after")
       }))
 
+    it.scoped("a classifier that throws: the call dies with its throw, and its slot is freed (a canary's, a closed call's)", () =>
+      Effect.gen(function*() {
+        const classify = (error: unknown) => {
+          if (error === "unreadable") throw new Error("the classifier's bug")
+          return ApiError.classify(error)
+        }
+        const breaker = yield* CircuitBreaker.make({ classify, halfOpenPolicy: "reject" })
+        const dies = (call: Effect.Effect<unknown, unknown>) =>
+          Effect.map(Effect.exit(call), (exit) => Exit.isFailure(exit) && Cause.isDie(exit.cause) && String(Cause.squash(exit.cause)))
+        expect(yield* dies(breaker.protect(Effect.fail("unreadable")))).toBe("Error: the classifier's bug")
+        expect(yield* breaker.snapshot).toMatchObject({ state: { _tag: "Closed" }, inFlight: 0 })
+        const settle = yield* breaker.admit
+        expect(yield* dies(settle(Exit.fail("unreadable")))).toBe("Error: the classifier's bug")
+        expect(yield* breaker.snapshot).toMatchObject({ state: { _tag: "Closed" }, inFlight: 0 })
+        yield* trip(breaker)
+        yield* TestClock.adjust("30 seconds")
+        expect(yield* dies(breaker.protect(Effect.fail("unreadable")))).toBe("Error: the classifier's bug")
+        expect(yield* breaker.snapshot).toMatchObject({ state: { _tag: "HalfOpen" }, canariesInFlight: 0 })
+        expect(yield* breaker.protect(Effect.succeed("after"))).toBe("after")
+        expect(yield* breaker.state).toMatchObject({ _tag: "Closed" })
+      }))
+
     it.scoped("admits `canaries` calls and closes only when all of them succeed", () =>
       Effect.gen(function*() {
         const breaker = yield* CircuitBreaker.make({ canaries: 2, halfOpenPolicy: "reject" })
