@@ -226,14 +226,17 @@ interface Settings {
   readonly defaultTask: Task
 }
 
-/** Applies `route`: it fills the fields the request leaves unset, or overwrites them under force. */
+/**
+ * Applies `route`: it fills the fields the request leaves unset, or overwrites them under force
+ * (where a route that sets no `reasoning_effort` leaves the request none).
+ */
 const applyRoute = (request: RoutableRequest, route: Route, force: boolean): ChatCompletionRequest => {
+  const { reasoning_effort: requestedEffort, ...rest } = request
   const model = force ? undefined : namedModel(request)
   const thinking = force ? undefined : request.thinking
-  const effort = force ? undefined : request.reasoning_effort
-  const reasoningEffort = effort ?? route.reasoningEffort
+  const reasoningEffort = (force ? undefined : requestedEffort) ?? route.reasoningEffort
   return {
-    ...request,
+    ...rest,
     model: model ?? route.model,
     thinking: thinking ?? { type: route.thinking },
     ...(reasoningEffort === undefined ? {} : { reasoning_effort: reasoningEffort })

@@ -71,6 +71,10 @@ describe("Router routing", () => {
       expect((yield* forcing.route(request, { task: "chat" })).request.model).toBe("deepseek-v4-flash")
       // A per-call override beats the router's.
       expect((yield* forcing.route(request, { task: "chat", override: "respect" })).request.model).toBe("deepseek-v4-pro")
+      // So does the table's reasoning effort, none included: a forced table caps what reasoning costs.
+      const effortful = { ...request, reasoning_effort: "max" }
+      expect((yield* forcing.route(effortful, { task: "reasoning" })).request).not.toHaveProperty("reasoning_effort")
+      expect((yield* forcing.route(effortful, { task: "reasoning", override: "respect" })).request.reasoning_effort).toBe("max")
     }))
 
   it.effect("the table is overridable per task; unset tasks keep their defaults", () =>
