@@ -292,6 +292,12 @@ describe("Transport scrubs the key it sent from what an error quotes of the repl
         undefined,
         [key]
       ))))
+    it.effect(`${key.slice(0, 4)}… where the cut of a page quoted in the message runs through it`, () =>
+      Effect.gen(function*() {
+        const { message } = yield* Effect.flip(create())
+        expect(message).toMatch(/^x{492} /)
+        expect(message).not.toContain(key.slice(0, 7))
+      }).pipe(Effect.provide(setup([MockUpstream.status(502, { body: `${"x".repeat(492)} ${key}` })], undefined, [key]))))
   }
 })
 

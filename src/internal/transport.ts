@@ -106,6 +106,9 @@ interface Problem {
 
 const decodeErrorBody = Schema.decodeUnknownOption(ChatSchema.ErrorBody)
 
+/** How much of a body that is no API error its message shows. */
+const problemLength = 500
+
 /**
  * What quotes a reply to a request sent with `key`: scrubbed of anything shaped like a key (shown
  * `sk-***`, as always), then of that key, whole or in part and whatever its shape (other providers'
@@ -134,7 +137,9 @@ const problemOf = (
 ): Problem => {
   const body = Option.flatMap(json, decodeErrorBody)
   if (Option.isNone(body)) {
-    return { message: scrub((text.trim().slice(0, 500) || fallback) + notAnApi) }
+    // Scrubbed before the cut, on a window as long again: a key the cut runs through is never half shown.
+    const shown = clipped(scrub(text.trim().slice(0, 2 * problemLength)), problemLength)
+    return { message: (shown || fallback) + scrub(notAnApi) }
   }
   const { code, message, param, type } = body.value.error
   return {
