@@ -231,6 +231,17 @@ describe("Transport status mapping", () => {
       expect(error.message).toContain("toString")
     }).pipe(Effect.provide(setup([MockUpstream.status(400, { body: '{"error":{"message":{"toString":0}}}' })]))))
 
+  // Effect's formatter names an object by its `constructor.name`, which this one makes throw.
+  const hostileAnswer = { id: "x", object: "o", created: 0, model: "m", choices: { constructor: { name: { toString: 0 } } } }
+  it.effect("a 200 body the schema refuses, shaped so that formatting it throws, is MalformedResponse, not a defect", () =>
+    Effect.gen(function*() {
+      const created = yield* failure(create())
+      expect(created).toMatchObject({ _tag: "MalformedResponse", reason: "schema" })
+      expect(created.message).toContain("does not match the expected shape (its value cannot be shown)")
+      const { error } = yield* drain()
+      expect(error).toMatchObject({ _tag: "MalformedResponse", reason: "schema" })
+    }).pipe(Effect.provide(setup([MockUpstream.json(hostileAnswer), MockUpstream.sse([Wire.sseData(hostileAnswer)])]))))
+
   it.effect("a 404 that is no API error says the base URL leads to no chat endpoint; one that is keeps the API's message", () =>
     Effect.gen(function*() {
       const hint = "(no chat completions endpoint at https://upstream.test/chat/completions: check the account's base URL)"

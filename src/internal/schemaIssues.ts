@@ -45,9 +45,21 @@ const mergeAlternatives = (messages: ReadonlyArray<string>): ReadonlyArray<strin
 /** The most issues described: a message is read by a person, and a body with thousands of bad items is not echoed whole. */
 const maxIssues = 50
 
+/**
+ * Effect's issues of `error`. Formatting one shows its value, which a hostile one (`constructor.name`
+ * whose `toString` is no function) makes throw: then one issue at the root says only that.
+ */
+const formattedIssues = (error: ParseResult.ParseError): ReadonlyArray<ParseResult.ArrayFormatterIssue> => {
+  try {
+    return ParseResult.ArrayFormatter.formatErrorSync(error)
+  } catch {
+    return [{ _tag: "Type", path: [], message: "does not match the expected shape (its value cannot be shown)" }]
+  }
+}
+
 /** The first issues of `error`, `place: message`, the places in the order the schema met them. */
 export const describeIssues = (error: ParseResult.ParseError, root?: string): ReadonlyArray<string> => {
-  const all = ParseResult.ArrayFormatter.formatErrorSync(error).slice(0, maxIssues).map((issue) => ({
+  const all = formattedIssues(error).slice(0, maxIssues).map((issue) => ({
     place: formatPath(issue.path, root),
     message: issue.message
   }))
