@@ -837,6 +837,21 @@ describe("Transport over loopback (undici, 127.0.0.1)", () => {
       expect(reports).toBe(1)
     }))
 
+  it.scopedLive("a JSON body that stalls once it began fails at the idle deadline, not the first-content one, carrying that it began", () =>
+    Effect.gen(function*() {
+      const server = yield* rawServer([async (_, response) => {
+        response.writeHead(200, { "content-type": "application/json" })
+        response.write("\n")
+        response.write(completionJson.slice(0, 20))
+        await new Promise((resolve) => response.once("close", resolve))
+      }])
+      const stalled = create({ deadlines: { firstContent: "1 minute", idle: "200 millis" } })
+      // Bounded: without the idle deadline, the call would end only at the first-content one.
+      const error = yield* Effect.flip(Effect.provide(stalled, loopback(server))).pipe(Effect.timeout("10 seconds"))
+      expect(error).toMatchObject({ _tag: "DeadlineExceeded", reason: "idle", partial: { events: 1 } })
+      expect(ApiError.deliveredOutput(error)).toBe(true)
+    }))
+
   it.scopedLive("a 200 web page (a base URL that reaches a web server) is a final MalformedResponse quoting it, stream or not", () =>
     Effect.gen(function*() {
       const page = `<html><body>Welcome to nginx! ${keys[0]}</body></html>`

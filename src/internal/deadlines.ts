@@ -57,7 +57,8 @@ interface Due {
   readonly exceeded: () => DeadlineExceeded
 }
 
-const noPartial = (): PartialOutput => emptyPartial
+/** What a non-streaming answer whose JSON began had received: its body is its one event. */
+const startedCompletion: PartialOutput = { ...emptyPartial, events: 1 }
 
 /**
  * Mutable, owned by one call. Keep-alive bytes never touch it: only content moves the
@@ -72,8 +73,8 @@ export class Timeline {
   private drain: { readonly end: number; readonly millis: number } | undefined
   /** Whether the call waits for the upstream now; the watchdog applies the deadlines only then. */
   waiting = true
-  /** What arrived so far, for the error of a deadline that passes. */
-  partial: () => PartialOutput = noPartial
+  /** What a stream received so far, for the error of a deadline that passes (see `partialOutput`). */
+  partial: (() => PartialOutput) | undefined = undefined
   /**
    * The exchange under way, set by the wire: the watchdog aborts it with a deadline's error, and the
    * wire as the call ends (an ended exchange ignores it). An object rather than a closure: V8
@@ -119,6 +120,15 @@ export class Timeline {
     return this.firstContentAt !== undefined
   }
 
+  /**
+   * What the call received so far: a stream's `partial`; a non-streaming answer's body counts as
+   * its one event once its JSON began (the answer was generated), none while only keep-alive blank
+   * lines came (it was queued).
+   */
+  partialOutput(): PartialOutput {
+    return this.partial?.() ?? (this.hasContent ? startedCompletion : emptyPartial)
+  }
+
   /** Tells `onFirstContent` once, after the first content arrived. */
   readonly reportFirstContent: Effect.Effect<void> = Effect.suspend(() => {
     const onFirstContent = this.observers?.onFirstContent
@@ -157,7 +167,7 @@ export class Timeline {
   due(): Due {
     const drain = this.drain
     if (drain !== undefined) {
-      return { end: drain.end, exceeded: () => new DeadlineExceeded({ reason: "idle", after: Duration.millis(drain.millis), partial: this.partial() }) }
+      return { end: drain.end, exceeded: () => new DeadlineExceeded({ reason: "idle", after: Duration.millis(drain.millis), partial: this.partialOutput() }) }
     }
     const beforeContent = this.firstContentAt === undefined
     const phaseLimit = beforeContent ? this.limits.firstContent : this.limits.idle
@@ -170,7 +180,7 @@ export class Timeline {
         new DeadlineExceeded({
           reason: phaseFirst ? (beforeContent ? "first_content" : "idle") : "total",
           after: Duration.millis(phaseFirst ? phaseLimit : this.limits.total),
-          partial: this.partial()
+          partial: this.partialOutput()
         })
     }
   }

@@ -83,16 +83,6 @@ const bodyFailed = (cause: unknown, partial: ApiError.PartialOutput): ApiError.T
     cause
   })
 
-/**
- * What a non-streaming answer cut mid-body had received: its body is its one event, counted once
- * its JSON began (the answer was generated; the connection failed), none while only keep-alive
- * blank lines came (closed while queued).
- */
-const completionPartial = (timeline: Timeline): ApiError.PartialOutput =>
-  timeline.hasContent ? startedCompletion : ApiError.emptyPartial
-
-const startedCompletion: ApiError.PartialOutput = { ...ApiError.emptyPartial, events: 1 }
-
 // ---------------------------------------------------------------------------------------------
 // Error statuses
 // ---------------------------------------------------------------------------------------------
@@ -105,9 +95,6 @@ interface Problem {
 }
 
 const decodeErrorBody = Schema.decodeUnknownOption(ChatSchema.ErrorBody)
-
-/** How much of a body that is no API error its message shows. */
-const problemLength = 500
 
 /**
  * What quotes a reply to a request sent with `key`: scrubbed of anything shaped like a key (shown
@@ -122,6 +109,9 @@ interface Answered {
   readonly reply: Reply
   readonly scrub: Scrubber.Scrubber
 }
+
+/** How much of a body that is no API error its message shows. */
+const problemLength = 500
 
 /**
  * Reads `{"error": {...}}`; a body that is not one (an HTML page from a proxy) becomes the message,
@@ -598,7 +588,7 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
           Effect.flatMap(send(wire, { ...request, stream: false }, timeline), ({ reply, scrub }) =>
             Effect.matchEffect(reply.completionText, {
               onFailure: (error) =>
-                Effect.fail(error._tag === "BodyBroken" ? bodyFailed(error.cause, completionPartial(timeline)) : error),
+                Effect.fail(error._tag === "BodyBroken" ? bodyFailed(error.cause, timeline.partialOutput()) : error),
               onSuccess: (text) => {
                 const completion = parseCompletion(text, reply.headers["content-type"], scrub)
                 const onAnswer = options?.onAnswer

@@ -165,11 +165,23 @@ class UndiciReply implements Reply {
     })
   }
 
+  /**
+   * The reads up to the first with content (keep-alive blank lines before it), then the rest at
+   * once under the idle deadline: the first content brings the call's deadline nearer than the
+   * watchdog's next wake (the first-content deadline), so it is told (`waitFor`).
+   */
   get completionText(): Effect.Effect<string, BodyBroken | DeadlineExceeded> {
-    const { exchange, timeline } = this
+    const { exchange, timeline, watchdog } = this
     return Effect.suspend(() => {
       const body = bodyCollector(timeline)
-      return exchange.readAll(body.add).pipe(
+      const rest = watchdog.waitFor(timeline, exchange.readAll(body.add))
+      const untilContent: Effect.Effect<void, unknown> = Effect.flatMap(exchange.take, (reads) => {
+        if (reads.length === 0) return Effect.void
+        let content = false
+        for (const bytes of reads) content = body.add(bytes) || content
+        return content ? rest : untilContent
+      })
+      return untilContent.pipe(
         Effect.mapError(brokenOr(timeline)),
         Effect.zipRight(timeline.reportFirstContent),
         Effect.map(body.text)
