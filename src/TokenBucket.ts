@@ -261,11 +261,7 @@ const makeOf = (buckets: ReadonlyArray<internal.Bucket>, onExhausted: OnExhauste
       f: (current: ReadonlyArray<internal.Balance>, now: number) => readonly [A, ReadonlyArray<internal.Balance>]
     ) => Effect.flatMap(Clock.currentTimeMillis, (now) => Ref.modify(balances, (current) => f(current, now)))
     const take = taker(buckets, onExhausted, {
-      draw: (mode, cost) =>
-        modifyNow((current, now) => {
-          const [wait, drawn] = internal.draw(current, cost, now)
-          return [wait, mode === "fail" && wait !== undefined ? current : drawn]
-        }),
+      draw: (mode, cost) => modifyNow((current, now) => internal.draw(current, cost, now, mode)),
       refund: (cost) => modifyNow((current, now) => [undefined, internal.refund(current, cost, now)])
     })
     return TokenBucket.of({ take: (cost = {}) => take(cost) })

@@ -88,6 +88,20 @@ describe("TokenBucket", () => {
       expect(millisOf(error)).toEqual(Option.some(100))
     }))
 
+  it.effect("a clock stepped back adds nothing, and refills from its new time on", () =>
+    Effect.gen(function*() {
+      yield* TestClock.setTime(3_600_000)
+      const limiter = yield* bucket({ requests: { limit: 2, interval: "1 second" }, onExhausted: "fail" })
+      yield* limiter.take()
+      yield* limiter.take()
+      // The wall clock steps a minute back (an NTP correction, a restored VM).
+      yield* TestClock.setTime(3_540_000)
+      expect(millisOf(yield* failure(limiter.take()))).toEqual(Option.some(500))
+      yield* TestClock.adjust("500 millis")
+      yield* limiter.take()
+      expect(millisOf(yield* failure(limiter.take()))).toEqual(Option.some(500))
+    }))
+
   it.effect("fail mode refuses at once, saying when there will be room", () =>
     Effect.gen(function*() {
       const limiter = yield* bucket({ requests: { limit: 2, interval: "1 second" }, onExhausted: "fail" })

@@ -90,12 +90,13 @@ export const unitsOf = (cost: Cost, dimension: Dimension): number =>
   dimension === "requests" ? cost.requests ?? 1 : cost.tokens ?? 0
 
 const refill = (balance: Balance, now: number): Balance => {
-  // A clock that moved backwards adds nothing.
+  // A clock that moved backwards (the wall clock stepped) adds nothing, and refilling goes on from
+  // its new time: kept at the old, the bucket would stay as it is until the clock caught up.
   const elapsed = Math.max(0, now - balance.at)
   return {
     bucket: balance.bucket,
     units: Math.min(balance.bucket.capacity, balance.units + elapsed / balance.bucket.refillMillis),
-    at: Math.max(now, balance.at)
+    at: now
   }
 }
 
@@ -119,17 +120,20 @@ export const share = (buckets: ReadonlyArray<Bucket>, processes: number): Readon
     refillMillis: bucket.refillMillis * processes
   }))
 
-/** Draws the cost from every bucket, into debt if need be; answers how long the caller must wait. */
+/**
+ * Draws the cost from every bucket, into debt if need be (`"wait"`), or only when every bucket
+ * holds it (`"fail"`); answers how long the caller must wait, and the balances refilled to `now`.
+ */
 export const draw = (
   balances: ReadonlyArray<Balance>,
   cost: Cost,
-  now: number
+  now: number,
+  mode: "wait" | "fail"
 ): readonly [Wait | undefined, ReadonlyArray<Balance>] => {
   const refilled = balances.map((balance) => refill(balance, now))
-  return [
-    shortfall(refilled, cost),
-    refilled.map((balance) => ({ ...balance, units: balance.units - unitsOf(cost, balance.bucket.dimension) }))
-  ]
+  const wait = shortfall(refilled, cost)
+  if (mode === "fail" && wait !== undefined) return [wait, refilled]
+  return [wait, refilled.map((balance) => ({ ...balance, units: balance.units - unitsOf(cost, balance.bucket.dimension) }))]
 }
 
 /** Gives back a cost drawn by a caller that gave up waiting. */

@@ -48,28 +48,29 @@ local wait, short = 0, 0
 for i, bucket in ipairs(buckets) do
   local units = tonumber(stored[2 * i - 1]) or bucket.capacity
   local at = tonumber(stored[2 * i]) or now
-  -- A clock that moved backwards adds nothing.
+  -- A clock that moved backwards (a failover to a server whose clock is behind) adds nothing,
+  -- and refilling goes on from its time.
   bucket.units = math.min(bucket.capacity, units + math.max(0, now - at) / bucket.refill)
-  bucket.at = math.max(now, at)
+  bucket.at = now
   if bucket.cost > 0 then
     local millis = math.max(0, bucket.cost - bucket.units) * bucket.refill
     if millis > wait then wait, short = millis, i end
   end
 end
 if operation == "refund" then wait, short = 0, 0 end
-if not (operation == "fail" and short > 0) then
-  local refilled = 0
-  for _, bucket in ipairs(buckets) do
-    if operation == "refund" then
-      bucket.units = math.min(bucket.capacity, bucket.units + bucket.cost)
-    else
-      bucket.units = bucket.units - bucket.cost
-    end
-    redis.call("HSET", KEYS[1], bucket.dimension, bucket.units, bucket.dimension .. ":at", bucket.at)
-    refilled = math.max(refilled, (bucket.capacity - bucket.units) * bucket.refill)
+-- A refusal draws nothing; the refill is kept all the same, counted from now.
+local refused = operation == "fail" and short > 0
+local refilled = 0
+for _, bucket in ipairs(buckets) do
+  if operation == "refund" then
+    bucket.units = math.min(bucket.capacity, bucket.units + bucket.cost)
+  elseif not refused then
+    bucket.units = bucket.units - bucket.cost
   end
-  redis.call("PEXPIRE", KEYS[1], math.ceil(refilled) + margin)
+  redis.call("HSET", KEYS[1], bucket.dimension, bucket.units, bucket.dimension .. ":at", bucket.at)
+  refilled = math.max(refilled, (bucket.capacity - bucket.units) * bucket.refill)
 end
+redis.call("PEXPIRE", KEYS[1], math.ceil(refilled) + margin)
 redis.call("ZADD", KEYS[2], now + presence, id)
 redis.call("ZREMRANGEBYSCORE", KEYS[2], "-inf", now)
 redis.call("PEXPIRE", KEYS[2], presence)
