@@ -170,7 +170,10 @@ export class RateLimitExceeded extends TaggedError("RateLimitExceeded")<{
  * @category models
  */
 export interface Service {
-  /** Draws `cost` (default one request), waiting or failing per `onExhausted`. */
+  /**
+   * Draws `cost` (default one request), waiting or failing per `onExhausted`. Dies with
+   * `IllegalArgumentException` on a count that is no finite number >= 0.
+   */
   readonly take: (cost?: Cost) => Effect.Effect<void, RateLimitExceeded>
 }
 
@@ -280,7 +283,10 @@ interface Ledger<E> {
   readonly refund: (cost: Cost) => Effect.Effect<void>
 }
 
-/** `take` on a ledger: waits out its debt (giving the cost back when interrupted) or fails when short. */
+/**
+ * `take` on a ledger: waits out its debt (giving the cost back when interrupted) or fails when
+ * short. A cost that is no cost dies with `IllegalArgumentException`.
+ */
 const taker = <E>(buckets: ReadonlyArray<internal.Bucket>, onExhausted: OnExhausted, ledger: Ledger<E>) => {
   const waitForRoom = (cost: Cost): Effect.Effect<void, E> =>
     Effect.uninterruptibleMask((restore) =>
@@ -295,7 +301,11 @@ const taker = <E>(buckets: ReadonlyArray<internal.Bucket>, onExhausted: OnExhaus
     return Effect.flatMap(ledger.draw("fail", cost), (wait) =>
       wait === undefined ? Effect.void : Effect.fail(exceeded(wait.dimension, Option.some(Duration.millis(wait.millis)))))
   }
-  return onExhausted === "wait" ? waitForRoom : failWhenShort
+  const takeValid = onExhausted === "wait" ? waitForRoom : failWhenShort
+  return (cost: Cost): Effect.Effect<void, RateLimitExceeded | E> => {
+    const invalid = internal.invalidCost(cost)
+    return invalid === undefined ? takeValid(cost) : Effect.die(invalid)
+  }
 }
 
 /**

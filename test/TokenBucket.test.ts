@@ -1,4 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
+import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -196,6 +197,24 @@ describe("TokenBucket", () => {
       for (const options of invalid) {
         const exit = yield* Effect.exit(bucket(options))
         expect(exit._tag === "Failure" && exit.cause._tag).toBe("Die")
+      }
+    }))
+
+  it.effect.each(["wait", "fail"] as const)("a cost that is no finite count >= 0 dies, and leaves the bucket as it was (%s)", (onExhausted) =>
+    Effect.gen(function*() {
+      const limiter = yield* bucket({ tokens: { limit: 100, interval: "1 second" }, onExhausted })
+      for (const cost of [{ tokens: Number.NaN }, { tokens: -1e9 }, { requests: Number.POSITIVE_INFINITY }]) {
+        const exit = yield* Effect.exit(limiter.take(cost))
+        expect(exit._tag === "Failure" && Cause.squash(exit.cause)).toBeInstanceOf(Cause.IllegalArgumentException)
+      }
+      // The bucket holds its burst and no more: the second call waits its second, or is refused.
+      if (onExhausted === "fail") {
+        yield* limiter.take({ tokens: 100 })
+        expect(millisOf(yield* failure(limiter.take({ tokens: 100 })))).toEqual(Option.some(1000))
+      } else {
+        const fibers = yield* forkTakes(limiter, [{ tokens: 100 }, { tokens: 100 }])
+        yield* TestClock.adjust("1 second")
+        expect(yield* joinAll(fibers)).toEqual([0, 1000])
       }
     }))
 

@@ -86,6 +86,20 @@ export const bucketsOf = (options: Options, defaultUtilization: number): Readonl
 export const full = (buckets: ReadonlyArray<Bucket>, now: number): ReadonlyArray<Balance> =>
   buckets.map((bucket) => ({ bucket, units: bucket.capacity, at: now }))
 
+/**
+ * Why `cost` is no cost (a count that is no finite number, or below zero), `undefined` when it is
+ * one: a NaN drawn would leave its bucket NaN, which no comparison refuses again.
+ */
+export const invalidCost = (cost: Cost): Cause.IllegalArgumentException | undefined => {
+  for (const dimension of ["requests", "tokens"] as const) {
+    const units = cost[dimension]
+    if (units !== undefined && !(Number.isFinite(units) && units >= 0)) {
+      return new Cause.IllegalArgumentException(`TokenBucket: a cost's ${dimension} must be a finite number >= 0, got ${units}`)
+    }
+  }
+  return undefined
+}
+
 export const unitsOf = (cost: Cost, dimension: Dimension): number =>
   dimension === "requests" ? cost.requests ?? 1 : cost.tokens ?? 0
 
