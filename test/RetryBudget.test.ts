@@ -282,6 +282,10 @@ describe("RetryBudget", () => {
       expect(yield* budget.snapshot).toMatchObject({ retries: 1, refunded: 0, available: 0 })
       yield* budget.refund(10_000)
       expect(yield* budget.snapshot).toMatchObject({ retries: 0, refunded: 1, available: 1 })
+      // Nor a time that is no number (a lookup of a retry never allowed).
+      expect(yield* budget.tryRetry).toBe(true)
+      yield* budget.refund(Number.NaN)
+      expect(yield* budget.snapshot).toMatchObject({ retries: 1, refunded: 1, available: 0 })
     }))
 
   it.effect("with waitFor, the error surfaces once the wait is over", () =>

@@ -98,7 +98,8 @@ export class RollingWindow<Field extends string> {
     this.advance(now)
     const index = this.indexAt(at)
     const slot = this.slotOf(index)
-    if (index < this.oldest() || index > this.newest || this.slots[field][slot]! < 1) return false
+    // Written so that a time that is no number (NaN) takes nothing back either.
+    if (!(index >= this.oldest() && index <= this.newest && this.slots[field][slot]! >= 1)) return false
     this.slots[field][slot]! -= 1
     this.totals[field] -= 1
     return true
