@@ -664,6 +664,39 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 
+  it.effect("an account whose only key the balance check saw rejected serves again as the key returns, with no call to ask", () => {
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"])],
+      handlers: { a: (req) => isChat(req) ? healthy()(req) : status(401)(req) },
+      options: { keyCooldown: "1 minute" }
+    }
+    return Effect.gen(function*() {
+      yield* settle
+      // Nothing reads the pool's state meanwhile (a snapshot would read it again).
+      expect((yield* Effect.flip(create))._tag).toBe("NoAccountAvailable")
+      yield* TestClock.adjust("1 minute")
+      expect((yield* create).id).toBe("cmpl-a")
+    }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
+  it.effect("a call queued while the only primary's balance is checked goes to the fallback once the check finds it out", () => {
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"]), fallbackAccount],
+      handlers: {
+        a: (req) => isChat(req) ? healthy()(req) : MockUpstream.json({ is_available: false, balance_infos: [] }, { latency: "1 second" }),
+        alt: healthy()
+      }
+    }
+    return Effect.gen(function*() {
+      const queued = yield* Effect.fork(create)
+      yield* settle
+      expect(queued.unsafePoll()).toBeNull()
+      yield* TestClock.adjust("1 second")
+      expect(queued.unsafePoll()?._tag).toBe("Success")
+      expect((yield* Fiber.join(queued)).id).toBe("cmpl-alt")
+    }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
   it.effect("waits through an open breaker until it half-opens, and gives up after maxWait with every reason", () => {
     const logs: Array<Logged> = []
     const setup: Setup = {

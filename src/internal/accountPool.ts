@@ -139,6 +139,8 @@ class Member {
   reachable = true
   /** Whether a fiber is trying to connect to its origin again: one at a time, as for `recovering`. */
   probingReach = false
+  /** When a fiber wakes to read its state again as its first resting key returns, while one will. */
+  keysBackAt: number | undefined = undefined
 
   constructor(
     readonly account: Account,
@@ -579,18 +581,20 @@ export const makeWith = <R>(
       })
 
     /**
-     * Reads `member`'s state into the dispatcher: the queues are served if it may take calls
-     * again, and the calls nothing will ever take are refused if it went out for good.
+     * Reads `member`'s state into the dispatcher: the calls nothing will ever take are refused if
+     * it went out, and the queues are served on any change (an account going out, or its balance
+     * check ending, may let a fallback serve them). With every key resting, it is read again as
+     * the first one returns.
      */
     const refresh = (member: Member): Effect.Effect<void> =>
       Effect.gen(function*() {
         const breaker = yield* member.breaker.state
         const unavailable = yield* unavailability(member, breaker)
-        const cameBack = member.unavailable !== undefined && unavailable === undefined
-        const changed = member.slot.available !== (unavailable === undefined)
+        const pending = unavailable?.reason === "checking_balance"
+        const changed = member.slot.available !== (unavailable === undefined) || member.slot.pending !== pending
         member.unavailable = unavailable
         member.slot.available = unavailable === undefined
-        member.slot.pending = unavailable?.reason === "checking_balance"
+        member.slot.pending = pending
         // An account going out may let a fallback count, so any change may grow the capacity.
         if (changed) roomMayHaveGrown()
         // A half-open breaker takes a canary, and an outage that fails it goes on: the waits that
@@ -601,19 +605,24 @@ export const makeWith = <R>(
         } else if (unavailable !== undefined && outageSince === undefined && !members.some(({ slot }) => slot.available)) {
           outageSince = now()
         }
-        if (cameBack) dispatcher.dispatchAll()
-        else if (unavailable !== undefined) dispatcher.refuse((waiter) => !mayBePlaced(waiter.excluded))
+        if (unavailable !== undefined) dispatcher.refuse((waiter) => !mayBePlaced(waiter.excluded))
+        if (changed) dispatcher.dispatchAll()
+        if (unavailable?.reason === "no_keys") yield* wakeAsKeysReturn(member, unavailable.until)
       })
 
-    /** When every key of `member` rests, the first one back is a time, not an event: wake then. */
-    const refreshWhenKeysReturn = (member: Member) =>
-      Effect.gen(function*() {
-        if ((yield* member.keys.available) > 0) return
-        const back = yield* member.keys.cooldownEnd
-        if (Option.isNone(back)) return
-        const wait = Duration.millis(Math.max(0, back.value - now()))
-        yield* Effect.forkIn(Effect.zipRight(Effect.sleep(wait), refresh(member)), scope)
+    /**
+     * When every key of `member` rests, the first one back is a time, not an event: a fiber wakes
+     * then and reads its state again (none of its calls, all refused, would).
+     */
+    const wakeAsKeysReturn = (member: Member, back: number): Effect.Effect<void> => {
+      if (!Number.isFinite(back) || (member.keysBackAt !== undefined && member.keysBackAt <= back)) return Effect.void
+      member.keysBackAt = back
+      const wake = Effect.suspend(() => {
+        member.keysBackAt = undefined
+        return refresh(member)
       })
+      return Effect.asVoid(Effect.forkIn(Effect.zipRight(Effect.sleep(Duration.millis(Math.max(0, back - now()))), wake), scope))
+    }
 
     // -- reachability: connections that cannot open --------------------------------------------
 
@@ -914,7 +923,6 @@ export const makeWith = <R>(
           yield* telemetry.value.attemptFailed(error)
         }
         if (tag === "InsufficientBalance") yield* takeOutOfBalance(member, "402")
-        if (tag === "KeyRejected" || tag === "NoUsableKey") yield* refreshWhenKeysReturn(member)
         yield* refresh(member)
         return yield* Effect.fail(new FailedOver({ member, cause: error }))
       })
