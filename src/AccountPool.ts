@@ -60,7 +60,7 @@
  *   `GET {baseUrl}/user/balance` with one of its keys every `balanceProbeInterval` and brings the
  *   account back when `is_available` is true. An account that cannot be probed (provider
  *   `openai-compatible`, or an endpoint answering 404) comes back `fallbackCooldown` after the
- *   402;
+ *   402, and so does one whose probes keep telling nothing (an error, a page that is no balance);
  * - `CircuitOpen`: the account's breaker opened meanwhile;
  * - a connection that could not be opened (a `TransportError` whose verdict is an `Outage` that is
  *   `unsent`: refused, a name that does not resolve, no route): the request never left, so another
@@ -320,7 +320,8 @@ export interface Options {
   readonly keyCooldown?: Duration.DurationInput | undefined
   /**
    * How long an account that answered 402 stays out when its balance cannot be probed (provider
-   * `openai-compatible`, or a balance endpoint answering 404). Default 10 minutes.
+   * `openai-compatible`, or a balance endpoint answering 404), or its probes tell nothing until
+   * then. Default 10 minutes.
    */
   readonly fallbackCooldown?: Duration.DurationInput | undefined
 }

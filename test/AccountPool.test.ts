@@ -549,22 +549,28 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 
-  it.effect("brings back an account that cannot be probed after the fallback cooldown", () => {
+  it.effect("brings back an account that cannot be probed, or whose probes tell nothing, after the fallback cooldown", () => {
     const setup: Setup = {
-      accounts: [account("a", ["sk-a"]), account("b", ["sk-b"], { provider: "openai-compatible" })],
-      handlers: { a: (req) => isChat(req) ? status(402)(req) : status(404)(req), b: status(402) },
+      accounts: [account("a", ["sk-a"]), account("b", ["sk-b"], { provider: "openai-compatible" }), account("c", ["sk-c"])],
+      handlers: {
+        a: (req) => isChat(req) ? status(402)(req) : status(404)(req),
+        b: status(402),
+        c: (req) => isChat(req) ? status(402)(req) : status(500)(req)
+      },
       options: { balanceProbeInterval: "1 minute", fallbackCooldown: "5 minutes", maxWait: "1 second" }
     }
+    const out = { a: "out_of_balance", b: "out_of_balance", c: "out_of_balance" }
     return Effect.gen(function*() {
       const call = yield* Effect.fork(Effect.flip(create))
       yield* TestClock.adjust("1 second")
       expect((yield* Fiber.join(call))._tag).toBe("NoAccountAvailable")
-      expect(yield* states).toEqual({ a: "out_of_balance", b: "out_of_balance" })
-      // a's balance endpoint answers 404 at the first probe: a waits out the cooldown like b.
+      expect(yield* states).toEqual(out)
+      // a's balance endpoint answers 404 at the first probe: a waits out the cooldown like b; c's
+      // answers 500 at each.
       yield* TestClock.adjust("4 minutes")
-      expect(yield* states).toEqual({ a: "out_of_balance", b: "out_of_balance" })
+      expect(yield* states).toEqual(out)
       yield* TestClock.adjust("1 minute")
-      expect(yield* states).toEqual({ a: "serving", b: "serving" })
+      expect(yield* states).toEqual({ a: "serving", b: "serving", c: "serving" })
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 

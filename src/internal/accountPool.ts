@@ -705,7 +705,9 @@ export const makeWith = <R>(
           if (member.balance._tag !== "Out") break
           const result: ProbeResult = probing ? yield* member.sharedBalance.check(probeBalance(client, member, scrub)) : "available"
           probing &&= result !== "no_endpoint"
-          member.balance = result === "available" ? balanceOk : { _tag: "Out", nextCheck: nextCheck(probing, now(), outSince) }
+          // Probes that tell nothing (a 500, a page, a timeout) keep it out no longer than if it could not be probed.
+          const back = result === "available" || (result === "failed" && now() >= outSince + cooldown)
+          member.balance = back ? balanceOk : { _tag: "Out", nextCheck: nextCheck(probing, now(), outSince) }
           yield* member.balance._tag === "Out" ? member.sharedBalance.markOut(member.balance.nextCheck - now()) : member.sharedBalance.markOk
           yield* refresh(member)
         }
