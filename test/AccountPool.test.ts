@@ -1,4 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
+import * as Cause from "effect/Cause"
 import type * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -1075,6 +1076,42 @@ describe("AccountPool", () => {
       const [a] = yield* pool.snapshot
       expect(a).toMatchObject({ inFlight: 0 })
     }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
+  it.effect("an answer whose usage is no finite count is returned, and its permit freed", () => {
+    const answer = '{"id":"cmpl-huge","object":"chat.completion","created":0,"model":"deepseek-v4-flash",' +
+      '"choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],' +
+      '"usage":{"prompt_tokens":1e999,"completion_tokens":1,"total_tokens":1e999}}'
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"], { concurrency: 1 })],
+      handlers: { a: () => MockUpstream.parts([answer], { headers: { "content-type": "application/json" } }) },
+      options: { preflight: false }
+    }
+    return Effect.gen(function*() {
+      expect((yield* create).id).toBe("cmpl-huge")
+      expect((yield* create).id).toBe("cmpl-huge")
+      const [a] = yield* Effect.flatMap(AccountPool.AccountPool, (pool) => pool.snapshot)
+      expect(a).toMatchObject({ inFlight: 0 })
+    }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
+  it.effect("a defect while an attempt is accounted for frees its permit", () => {
+    const setup: Setup = { accounts: [account("a", ["sk-a"], { concurrency: 1 })], handlers: { a: healthy() }, options: { preflight: false } }
+    const dying = Layer.effect(
+      CostLedger.CostLedger,
+      Effect.map(CostLedger.make(), (ledger) => ({ ...ledger, record: () => Effect.dieMessage("the ledger's bug") }))
+    )
+    const layer = AccountPool.layer(setup.accounts, setup.options).pipe(
+      Layer.provideMerge(Layer.merge(MockUpstream.layer((req) => setup.handlers[hostOf(req)]!(req)), dying))
+    )
+    return Effect.gen(function*() {
+      for (const _ of [1, 2]) {
+        const exit = yield* Effect.exit(create)
+        expect(exit._tag === "Failure" && Cause.isDie(exit.cause)).toBe(true)
+      }
+      const [a] = yield* Effect.flatMap(AccountPool.AccountPool, (pool) => pool.snapshot)
+      expect(a).toMatchObject({ inFlight: 0 })
+    }).pipe(Effect.provide(layer))
   })
 
   it.effect("stops at a spent budget with a typed, non-retryable error, sending nothing", () => {

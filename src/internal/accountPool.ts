@@ -858,12 +858,13 @@ export const makeWith = <R>(
       Effect.uninterruptibleMask((restore) =>
         Effect.flatMap(place(model, options, excluded, restore), (placed) =>
           Effect.flatMap(Effect.exit(restore(use(placed))), (exit) =>
-            Effect.zipRight(
-              settle(placed, exit),
-              Exit.isSuccess(exit)
-                ? Effect.as(release(placed.grant), exit.value)
-                : Effect.flatMap(Effect.exit(restore(failed(placed, exit.cause))), (failure) =>
-                  Effect.zipRight(release(placed.grant), failure))
+            // Released however the rest ends: a defect in settling (its accounting) included.
+            Effect.ensuring(
+              Effect.zipRight(
+                settle(placed, exit),
+                Exit.isSuccess(exit) ? Effect.succeed(exit.value) : restore(failed(placed, exit.cause))
+              ),
+              release(placed.grant)
             )))
       )
 

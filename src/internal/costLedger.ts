@@ -137,22 +137,28 @@ export const noTokens: TokenSplit = { prompt: 0, cacheHit: 0, cacheMiss: 0, comp
 const nonNegative = (n: number): number => Math.max(0, n)
 
 /**
+ * A count a usage field gives, as counted: one that is no finite number >= 0 (`1e999` parses as
+ * Infinity) counts nothing, where it would make every total it joins no number.
+ */
+const tokenCount = <N extends number | undefined>(n: N): N => (n === undefined || (Number.isFinite(n) && n >= 0) ? n : 0) as N
+
+/**
  * DeepSeek reports `prompt_cache_hit_tokens` / `prompt_cache_miss_tokens`; other servers report
  * `prompt_tokens_details.cached_tokens`; a server that reports neither is billed as all miss,
  * the dearer assumption.
  */
 export const splitUsage = (usage: Usage): TokenSplit => {
-  const prompt = usage.prompt_tokens
-  const hit = usage.prompt_cache_hit_tokens
-  const miss = usage.prompt_cache_miss_tokens
-  const cached = usage.prompt_tokens_details?.cached_tokens
+  const prompt = tokenCount(usage.prompt_tokens)
+  const hit = tokenCount(usage.prompt_cache_hit_tokens)
+  const miss = tokenCount(usage.prompt_cache_miss_tokens)
+  const cached = tokenCount(usage.prompt_tokens_details?.cached_tokens)
   const cacheHit = hit ?? (miss !== undefined ? nonNegative(prompt - miss) : cached ?? 0)
   return {
     prompt,
     cacheHit,
     cacheMiss: miss ?? nonNegative(prompt - cacheHit),
-    completion: usage.completion_tokens,
-    reasoning: usage.completion_tokens_details?.reasoning_tokens ?? 0
+    completion: tokenCount(usage.completion_tokens),
+    reasoning: tokenCount(usage.completion_tokens_details?.reasoning_tokens) ?? 0
   }
 }
 
