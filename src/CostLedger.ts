@@ -89,9 +89,9 @@ const DayOfWeek = Schema.Int.pipe(
  * A daily UTC window `[start, end)` priced differently from the model's base prices: either its
  * own `prices`, or the base prices times `multiplier` (2 for a peak at double, 0.5 for an
  * off-peak half price). A window with `start` after `end` wraps past midnight (`"16:30"` to
- * `"00:30"`). `days` limits it to some days of the week (UTC, 0 Sunday to 6 Saturday; default
- * every day), and `except` skips dates (holidays: DeepSeek's peak hours do not apply on Chinese
- * public holidays).
+ * `"00:30"`), and belongs to the day it starts on. `days` limits it to some days of the week
+ * (UTC, 0 Sunday to 6 Saturday; default every day), and `except` skips dates (holidays:
+ * DeepSeek's peak hours do not apply on Chinese public holidays).
  *
  * @since 0.1.0
  * @category schemas

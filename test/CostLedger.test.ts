@@ -83,6 +83,20 @@ describe("CostLedger.defaultPricing: DeepSeek's published prices with peak hours
       expect(yield* costOn("2026-11-30T02:00:00Z")).toMatchObject({ usd: 2, peak: true }) // a Monday
       expect(yield* costOn("2026-12-01T02:00:00Z")).toMatchObject({ usd: 1, peak: false }) // a Tuesday
       expect(yield* costOn("2026-12-07T02:00:00Z")).toMatchObject({ usd: 1, peak: false }) // an excepted Monday
+      // A window past midnight is its start day's: Friday night's ends on Saturday morning.
+      const nights = (except: ReadonlyArray<string>): CostLedger.PricingTable => ({
+        models: { m: { cacheHit: 0, cacheMiss: 1, output: 0, peak: { start: "22:00", end: "06:00", days: [5], except, multiplier: 2 } } }
+      })
+      const costOnNight = (iso: string, except: ReadonlyArray<string> = []) =>
+        Effect.gen(function*() {
+          yield* TestClock.setTime(Date.parse(iso))
+          const ledger = yield* CostLedger.make({ pricing: nights(except) })
+          return yield* ledger.cost("m", { prompt_tokens: 1_000_000, completion_tokens: 0, total_tokens: 1_000_000 })
+        })
+      expect(yield* costOnNight("2026-12-04T23:00:00Z")).toMatchObject({ peak: true }) // Friday night
+      expect(yield* costOnNight("2026-12-05T01:00:00Z")).toMatchObject({ peak: true }) // its Saturday morning
+      expect(yield* costOnNight("2026-12-05T01:00:00Z", ["2026-12-04"])).toMatchObject({ peak: false }) // an excepted Friday's
+      expect(yield* costOnNight("2026-12-04T01:00:00Z")).toMatchObject({ peak: false }) // Thursday night's Friday morning
       expect(Either.isLeft(CostLedger.decodePricing({ models: { m: { ...pricing.models.m, peak: { start: "01:00", end: "02:00", days: [7], multiplier: 2 } } } })))
         .toBe(true)
     }))

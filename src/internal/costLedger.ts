@@ -167,13 +167,17 @@ const inMinutes = (minute: number, start: number, end: number): boolean =>
 
 /**
  * Whether `window` applies at `nowMillis`: its time of day, on one of its days, not an excepted
- * date. It runs on every priced attempt, so the date is formatted only for a window with
- * excepted dates.
+ * date. A window that wraps past midnight belongs to the day it starts on: after midnight its day
+ * and date are the day before. It runs on every priced attempt, so the date is formatted only for
+ * a window with excepted dates.
  */
-const applies = (window: CompiledWindow, nowMillis: number): boolean =>
-  inMinutes(minuteOfDay(nowMillis), window.start, window.end) &&
-  window.days.has(dayOfWeek(nowMillis)) &&
-  (window.except.size === 0 || !window.except.has(new Date(nowMillis).toISOString().slice(0, 10)))
+const applies = (window: CompiledWindow, nowMillis: number): boolean => {
+  const minute = minuteOfDay(nowMillis)
+  if (!inMinutes(minute, window.start, window.end)) return false
+  const startedAt = window.start > window.end && minute < window.end ? nowMillis - millisPerDay : nowMillis
+  return window.days.has(dayOfWeek(startedAt)) &&
+    (window.except.size === 0 || !window.except.has(new Date(startedAt).toISOString().slice(0, 10)))
+}
 
 const minutesPerDay = 24 * 60
 const millisPerDay = minutesPerDay * 60_000
