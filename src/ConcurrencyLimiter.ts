@@ -384,7 +384,8 @@ export const queuedGauge: Metric.Metric.Gauge<number> = internal.queuedGauge
 export const droppedCounter: Metric.Metric.Counter<number> = internal.droppedCounter
 
 /**
- * A fixed bound of `permits` calls in flight.
+ * A fixed bound of `permits` calls in flight. Dies with `IllegalArgumentException` unless `permits`
+ * is at least 1.
  *
  * @example
  * ```ts
@@ -407,7 +408,7 @@ export const droppedCounter: Metric.Metric.Counter<number> = internal.droppedCou
  * @category constructors
  */
 export const makeFixed = (permits: number, options?: LimiterOptions): Effect.Effect<Service> =>
-  internal.make(internal.fixedPolicy(permits), options)
+  internal.makeFixed(permits, options)
 
 /**
  * @since 0.1.0

@@ -1078,6 +1078,20 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 
+  it.effect("a stream its caller stops no longer counts as accepted on its lane: the lane's limit does not grow from it", () => {
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"], { concurrency: { initial: 4 } })],
+      handlers: { a: healthy() },
+      options: { preflight: false }
+    }
+    return Effect.gen(function*() {
+      const pool = yield* AccountPool.AccountPool
+      for (let i = 0; i < 20; i++) yield* Stream.runDrain(Stream.take(pool.stream({ ...request, stream: true }), 1))
+      const [a] = yield* pool.snapshot
+      expect(a?.models.map(({ inFlight, limit }) => ({ inFlight, limit }))).toEqual([{ inFlight: 0, limit: 4 }])
+    }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
   it.effect("an answer whose usage is no finite count is returned, and its permit freed", () => {
     const answer = '{"id":"cmpl-huge","object":"chat.completion","created":0,"model":"deepseek-v4-flash",' +
       '"choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],' +

@@ -12,6 +12,7 @@ import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
 import * as TestClock from "effect/TestClock"
+import * as ApiError from "../src/ApiError.js"
 import { RateLimited, ServerError } from "../src/ApiError.js"
 import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
 import { adaptiveConfig, Aimd, Gate, type Waiter } from "../src/internal/concurrencyLimiter.js"
@@ -198,6 +199,23 @@ describe("ConcurrencyLimiter", () => {
         expect(yield* limiter.snapshot).toEqual({ limit: 1, inFlight: 1, queued: 0 })
         yield* Fiber.interrupt(holder)
         expect((yield* limiter.snapshot).inFlight).toBe(0)
+      }))
+
+    it.effect("a use that throws as it builds its effect, or a classifier that throws, still releases the permit", () =>
+      Effect.gen(function*() {
+        const classify = (error: unknown) => {
+          if (error === "unreadable") throw new Error("the classifier's bug")
+          return ApiError.classify(error)
+        }
+        const limiter = yield* ConcurrencyLimiter.makeFixed(1, { classify })
+        const throwing = (): Effect.Effect<never> => {
+          throw new Error("the caller's bug")
+        }
+        for (const use of [throwing, () => Effect.fail("unreadable")]) {
+          const exit = yield* Effect.exit(limiter.withPermit(use))
+          expect(Exit.isFailure(exit) && Cause.isDie(exit.cause)).toBe(true)
+          expect(yield* limiter.snapshot).toEqual({ limit: 1, inFlight: 0, queued: 0 })
+        }
       }))
 
     it.effect("a caller interrupted while it holds a permit releases it", () =>
@@ -677,11 +695,24 @@ describe("ConcurrencyLimiter", () => {
         for (
           const options of [{ backoff: 1 }, { backoff: 0 }, { fallBackoff: 1.5 }, { queueDelayRise: 1 }, {
             queueDelayWindows: 0
-          }]
+          }, { initial: Number.NaN }, { min: Number.NaN }, { max: Number.NaN }]
         ) {
           const exit = yield* Effect.exit(ConcurrencyLimiter.makeAdaptive(options))
-          expect(Exit.isFailure(exit) && Cause.isDie(exit.cause), JSON.stringify(options)).toBe(true)
+          expect(Exit.isFailure(exit) && Cause.isDie(exit.cause), String(Object.values(options))).toBe(true)
         }
+        // A limit of NaN (a concurrency read from an unset variable) would grant nothing, silently.
+        for (const permits of [Number.NaN, 0]) {
+          const exit = yield* Effect.exit(ConcurrencyLimiter.makeFixed(permits))
+          expect(Exit.isFailure(exit) && Cause.isDie(exit.cause), String(permits)).toBe(true)
+        }
+      }))
+
+    it.effect("a permit released unsettled (a stream its consumer stopped) no longer counts as accepted", () =>
+      Effect.gen(function*() {
+        const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 4 })
+        for (let i = 0; i < 20; i++) yield* Effect.scoped(Effect.flatMap(limiter.acquire(), (permit) => permit.accepted))
+        // One at a time: nothing showed the upstream holds more than one.
+        expect(yield* limiter.snapshot).toEqual({ limit: 4, inFlight: 0, queued: 0 })
       }))
 
     it.effect("a rising queue delay pauses growth, and three such windows step the limit back", () =>

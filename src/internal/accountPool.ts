@@ -857,7 +857,7 @@ export const makeWith = <R>(
     ): Effect.Effect<A, E2 | ApiError.NoAccountAvailable> =>
       Effect.uninterruptibleMask((restore) =>
         Effect.flatMap(place(model, options, excluded, restore), (placed) =>
-          Effect.flatMap(Effect.exit(restore(use(placed))), (exit) =>
+          Effect.flatMap(Effect.exit(restore(LimiterInternal.effectOf(use, placed))), (exit) =>
             // Released however the rest ends: a defect in settling (its accounting) included.
             Effect.ensuring(
               Effect.zipRight(
@@ -1093,9 +1093,9 @@ export const makeWith = <R>(
      * A stream on `member`, opened in the attempt's scope: its breaker's admission and the permit
      * for as long as it runs. As it ends, the permit and the breaker are told, and its cost
      * recorded; as it fails (opening or later), the same, then the failure fails the attempt over
-     * or is the answer (`answerOrFailOver`). One its caller stops (or interrupts) after output
-     * reached it is recorded as its scope closes: billed, as kept when its usage had come, else
-     * as truncated (unmetered).
+     * or is the answer (`answerOrFailOver`). One its caller stops (or interrupts) is told to the
+     * permit and the breaker as its scope closes, and recorded once output reached the caller:
+     * billed, as kept when its usage had come, else as truncated (unmetered).
      */
     const streamOn = (
       placed: Placed,
@@ -1121,9 +1121,12 @@ export const makeWith = <R>(
             Effect.zipRight(recordFailure(placed, request, servedModel, error, delivered)),
             Effect.zipRight(answerOrFailOver(member, error, delivered))
           )
-        const stopped = Effect.suspend(() =>
-          settled || !delivered ? Effect.void : counted(usage === undefined ? "truncated" : "kept")
-        )
+        // Its permit and breaker told it ended (ignored), so that its lane no longer counts it accepted.
+        const stopped = Effect.suspend(() => {
+          if (settled) return Effect.void
+          const told = settle(LimiterInternal.interrupted)
+          return delivered ? Effect.zipRight(told, counted(usage === undefined ? "truncated" : "kept")) : told
+        })
         const opening = StreamPull.openingOf(member.transport.stream(member.requestFor(request), permitOptions(options, permit)))
         return Effect.zipRight(ScopeFinalizer.addFinalizer(stopped), Effect.matchEffect(opening, {
           onFailure: failed,

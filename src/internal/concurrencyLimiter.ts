@@ -895,6 +895,18 @@ export const awaitWake = (
   )
 }
 
+/** How a permit released unsettled is settled: as ignored. */
+export const interrupted: Exit.Exit<never> = Exit.interrupt(FiberId.none)
+
+/** `use(permit)`, a throw while it builds its effect a defect of that effect (run with the permit held). */
+export const effectOf = <P, A, E, R>(use: (permit: P) => Effect.Effect<A, E, R>, permit: P): Effect.Effect<A, E, R> => {
+  try {
+    return use(permit)
+  } catch (defect) {
+    return Effect.die(defect)
+  }
+}
+
 export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effect<Service> =>
   Effect.clockWith((clock) => Effect.sync(() => {
     const gate = new Gate(policy.limit, options.maxQueued ?? Infinity, () => policy.stamp)
@@ -911,11 +923,6 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
       gauges.inFlight.unsafeUpdate(gate.inFlight, [])
       gauges.queued.unsafeUpdate(gate.queued, [])
     }
-    const release = Effect.sync(() => {
-      gate.release()
-      publish()
-    })
-
     const hooks: PermitHooks = {
       classify: options.classify,
       refills: () => gate.queued > 0 && gate.inFlight <= gate.permits,
@@ -956,12 +963,25 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
           : Effect.flatMap(awaitTurn(entry, restore, acquireOptions?.abandonWhen), use)
       })
 
+    /** Settles as ignored unless settled (the first report stands), then releases, however settling ends. */
+    const releaseSettled = (settle: (exit: Exit.Exit<unknown, unknown>) => void, exit: Exit.Exit<unknown, unknown> = interrupted) => {
+      try {
+        settle(exit)
+      } finally {
+        gate.release()
+        publish()
+      }
+    }
+
     // Releasing is one synchronous step: it needs none of the fiber refs `Effect.addFinalizer`
-    // diffs and restores around it.
+    // diffs and restores around it. A permit released unsettled (a stream its consumer stopped)
+    // is settled as ignored, so that the policy no longer counts it accepted.
     const acquire = (acquireOptions?: AcquireOptions): Effect.Effect<Permit, QueueFull, Scope.Scope> =>
       Effect.uninterruptibleMask((restore) =>
-        enter(acquireOptions, restore, (grant) =>
-          Effect.as(ScopeFinalizer.addFinalizer(release), permitFor(grant).permit))
+        enter(acquireOptions, restore, (grant) => {
+          const { permit, settle } = permitFor(grant)
+          return Effect.as(ScopeFinalizer.addFinalizer(Effect.sync(() => releaseSettled(settle))), permit)
+        })
       )
 
     // Already uninterruptible, so `Effect.exit` then settling and releasing is `Effect.onExit`
@@ -970,10 +990,8 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
       Effect.uninterruptibleMask((restore) =>
         enter(acquireOptions, restore, (grant) => {
           const { permit, settle } = permitFor(grant)
-          return Effect.flatMap(Effect.exit(restore(use(permit))), (exit) => {
-            settle(exit)
-            gate.release()
-            publish()
+          return Effect.flatMap(Effect.exit(restore(effectOf(use, permit))), (exit) => {
+            releaseSettled(settle, exit)
             return exit
           })
         })
@@ -983,9 +1001,15 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
     return { acquire, withPermit, snapshot }
   }))
 
-/** Ratios that would not move the limit sensibly are refused; `initial`, `min` and `max` are brought into order. */
+/**
+ * Ratios that would not move the limit sensibly are refused; `initial`, `min` and `max` are brought
+ * into order, and refused when they are no number (NaN: a limit of NaN grants nothing).
+ */
 const validateAdaptive = (config: AimdConfig): void =>
   assertValid("ConcurrencyLimiter", [
+    atLeast("min", config.min, 1),
+    atLeast("max", config.max, config.min),
+    atLeast("initial", config.initial, config.min),
     ratio("backoff", config.backoff, true),
     ratio("fallBackoff", config.fallBackoff, true),
     ratio("fallHoldShare", config.fallHoldShare),
@@ -1014,6 +1038,13 @@ export const adaptiveConfig = (options: AdaptiveOptions): AimdConfig => {
 
 /** The adaptive policy of `options`; throws `IllegalArgumentException` on options that cannot work. */
 export const adaptivePolicy = (options: AdaptiveOptions): Policy => new Aimd(adaptiveConfig(options))
+
+/** A fixed limit of `permits`; dies with `IllegalArgumentException` unless it is at least 1. */
+export const makeFixed = (permits: number, options?: LimiterOptions): Effect.Effect<Service> =>
+  Effect.flatMap(Effect.sync(() => {
+    assertValid("ConcurrencyLimiter", [atLeast("permits", permits, 1)])
+    return fixedPolicy(permits)
+  }), (policy) => make(policy, options))
 
 export const makeAdaptive = (options: AdaptiveOptions = {}): Effect.Effect<Service> =>
   Effect.flatMap(Effect.sync(() => adaptivePolicy(options)), (policy) => make(policy, options))

@@ -6,6 +6,7 @@
  */
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import type * as Exit from "effect/Exit"
 import * as MetricLabel from "effect/MetricLabel"
 import * as Scope from "effect/Scope"
 import type { AcquireOptions, Permit, RedisOptions, Service, Snapshot } from "../ConcurrencyLimiter.js"
@@ -48,9 +49,18 @@ export const makeRedis = (
       dropped: () => Limiter.droppedCounter.unsafeUpdate(1, tags)
     }
     const permitOf = (grant: LaneGrant) => Limiter.makePermit(lane.policy, lane, grant, clock, hooks)
-    const release = (grant: LaneGrant) => {
-      lanes.release(grant)
-      publish()
+    /** As the in-memory limiter's: settled as ignored unless settled, then released, however settling ends. */
+    const releaseSettled = (
+      grant: LaneGrant,
+      settle: (exit: Exit.Exit<unknown, unknown>) => void,
+      exit: Exit.Exit<unknown, unknown> = Limiter.interrupted
+    ) => {
+      try {
+        settle(exit)
+      } finally {
+        lanes.release(grant)
+        publish()
+      }
     }
 
     /** Waits for the server's grant (every entry queues); the queue's place is given up on interruption. */
@@ -70,18 +80,19 @@ export const makeRedis = (
 
     const acquire = (acquireOptions?: AcquireOptions): Effect.Effect<Permit, Limiter.QueueFull, Scope.Scope> =>
       Effect.uninterruptibleMask((restore) =>
-        Effect.flatMap(enter(acquireOptions, restore), (grant) =>
-          Effect.flatMap(Effect.scope, (scope) =>
-            Effect.as(Scope.addFinalizer(scope, Effect.sync(() => release(grant))), permitOf(grant).permit)))
+        Effect.flatMap(enter(acquireOptions, restore), (grant) => {
+          const { permit, settle } = permitOf(grant)
+          return Effect.flatMap(Effect.scope, (scope) =>
+            Effect.as(Scope.addFinalizer(scope, Effect.sync(() => releaseSettled(grant, settle))), permit))
+        })
       )
 
     const withPermit: Service["withPermit"] = (use, acquireOptions) =>
       Effect.uninterruptibleMask((restore) =>
         Effect.flatMap(enter(acquireOptions, restore), (grant) => {
           const { permit, settle } = permitOf(grant)
-          return Effect.flatMap(Effect.exit(restore(use(permit))), (exit) => {
-            settle(exit)
-            release(grant)
+          return Effect.flatMap(Effect.exit(restore(Limiter.effectOf(use, permit))), (exit) => {
+            releaseSettled(grant, settle, exit)
             return exit
           })
         })
