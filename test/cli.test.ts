@@ -8,6 +8,7 @@ import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
+import { spawnSync } from "node:child_process"
 import { drawsProgress, progressLines } from "../app/cli/batchProgress.js"
 import { styled } from "../app/cli/plainText.js"
 import { v8Flags } from "../app/cli/v8Tiers.js"
@@ -199,13 +200,20 @@ describe("weatherproof CLI", () => {
       const refused = {
         [`${dir}/missing/summary.json`]: `--summary ${dir}/missing/summary.json: there is no directory ${dir}/missing; nothing was sent`,
         [input]: `--summary ${input} is the input file; nothing was sent`,
-        [output]: `--summary ${output} is the output file; nothing was sent`
+        [output]: `--summary ${output} is the output file; nothing was sent`,
+        [`${output}.lock`]: `--summary ${output}.lock is the output's lock; nothing was sent`
       }
       for (const [summary, message] of Object.entries(refused)) {
         const result = yield* runCli(["batch", input, "--output", output, "--summary", summary], env)
         expect(result.code).toBe(2)
         expect(result.stderr).toBe(`weatherproof: ${message}`)
       }
+      // Nor the accounts file the run reads (its keys would be gone).
+      const accounts = `${dir}/accounts.json`
+      yield* fs.writeFileString(accounts, "{}")
+      const overAccounts = yield* runCli(["batch", input, "--output", output, "--accounts", accounts, "--summary", accounts], env)
+      expect(overAccounts.code).toBe(2)
+      expect(overAccounts.stderr).toBe(`weatherproof: --summary ${accounts} is the accounts file; nothing was sent`)
       // A summary linked to the output not made yet would have replaced the results with itself.
       yield* fs.symlink(output, `${dir}/summary-link.json`)
       const linked = yield* runCli(["batch", input, "--output", output, "--summary", `${dir}/summary-link.json`], env)
@@ -218,12 +226,25 @@ describe("weatherproof CLI", () => {
         expect(result.code).toBe(2)
         expect(result.stderr).toBe(`weatherproof: the output file ${same} is the input file; nothing was sent`)
       }
+      const fifo = `${dir}/fifo`
+      expect(spawnSync("mkfifo", [fifo]).status).toBe(0)
+      const device = `${dir}/null`
+      const madeDevice = spawnSync("mknod", [device, "c", "1", "3"]).status === 0
       // A directory given for a file, or an output with no directory, named with its flag (the input is the argument).
       const directories: ReadonlyArray<readonly [ReadonlyArray<string>, string]> = [
         [[dir, "--output", output], `the input ${dir} is a directory, not a file`],
         [[input, "--output", dir], `--output ${dir} is a directory, not a file`],
         [[input, "--output", output, "--summary", dir], `--summary ${dir} is a directory, not a file`],
-        [[input, "--output", `${dir}/missing/out.jsonl`], `--output ${dir}/missing/out.jsonl: there is no directory ${dir}/missing`]
+        [[input, "--output", `${dir}/missing/out.jsonl`], `--output ${dir}/missing/out.jsonl: there is no directory ${dir}/missing`],
+        // A pipe would hold the run; a device would be replaced by the rename (as root, /dev/null:
+        // a device of its own here, made where the test may make one).
+        [[input, "--output", fifo], `--output ${fifo} is a named pipe, not a file: a batch replaces its files by a rename`],
+        ...(madeDevice
+          ? [
+            [[input, "--output", device], `--output ${device} is a character device, not a file: a batch replaces its files by a rename`],
+            [[input, "--output", output, "--summary", device], `--summary ${device} is a character device, not a file: a batch replaces its files by a rename`]
+          ] as const
+          : [])
       ]
       for (const [args, message] of directories) {
         const result = yield* runCli(["batch", ...args], env)

@@ -130,15 +130,24 @@ const runCaught = (
 const realPathOf = (fs: FileSystem.FileSystem, target: string) =>
   Files.resolveOutput(fs, target).pipe(Effect.orElseSucceed(() => resolve(target)))
 
-/** Whether `path` is a directory, links followed. */
-const isDirectory = (fs: FileSystem.FileSystem, path: string) =>
-  fs.stat(path).pipe(Effect.map((info) => info.type === "Directory"), Effect.orElseSucceed(() => false))
+/** What is at `path`, links followed; `undefined` when nothing is (or it cannot be told). */
+const typeOf = (fs: FileSystem.FileSystem, path: string) =>
+  fs.stat(path).pipe(Effect.map((info): FileSystem.File.Type | undefined => info.type), Effect.orElseSucceed(() => undefined))
+
+/** A file that is not a regular one, in words. */
+const specialFiles: Partial<Record<FileSystem.File.Type, string>> = {
+  BlockDevice: "a block device",
+  CharacterDevice: "a character device",
+  FIFO: "a named pipe",
+  Socket: "a socket"
+}
 
 /**
- * The files named wrong, told before anything is sent: a directory given for a file, an output
- * with no directory to be made in or that is the input (whose lines compaction would drop), and a
- * `--summary` that could not be written when the run ends (no such directory, no write
- * permission, the input or output file), not found after the run was paid for.
+ * The files named wrong, told before anything is sent: a directory given for a file, an output or
+ * summary that is no regular file (each is replaced by a rename: a device would be replaced, a pipe
+ * would hold the run), an output with no directory to be made in or that is the input (whose lines
+ * compaction would drop), and a `--summary` that could not be written when the run ends (no such
+ * directory, no write permission, a file the run reads or locks), not found after the run was paid for.
  */
 const pathsProblem = (args: BatchArgs): Effect.Effect<string | undefined, never, FileSystem.FileSystem> =>
   Effect.gen(function*() {
@@ -148,8 +157,13 @@ const pathsProblem = (args: BatchArgs): Effect.Effect<string | undefined, never,
       [args.output, `--output ${args.output}`],
       ...Option.toArray(Option.map(args.summary, (path) => [path, `--summary ${path}`] as const))
     ] as const
-    for (const [path, name] of named) {
-      if (yield* isDirectory(fs, path)) return `${name} is a directory, not a file`
+    for (const [index, [path, name]] of named.entries()) {
+      const type = yield* typeOf(fs, path)
+      if (type === "Directory") return `${name} is a directory, not a file`
+      // The input (the first) may be a pipe or a terminal: it is read once.
+      if (index > 0 && type !== undefined && type !== "File") {
+        return `${name} is ${specialFiles[type] ?? "not a regular file"}, not a file: a batch replaces its files by a rename`
+      }
     }
     const outputDirectory = yield* directoryProblem(fs, "--output", args.output)
     if (outputDirectory !== undefined) return outputDirectory
@@ -161,6 +175,10 @@ const pathsProblem = (args: BatchArgs): Effect.Effect<string | undefined, never,
     const summary = yield* realPathOf(fs, path)
     if (summary === input) return `--summary ${path} is the input file`
     if (summary === output) return `--summary ${path} is the output file`
+    if (summary === `${output}.lock`) return `--summary ${path} is the output's lock`
+    if (Option.isSome(args.accounts) && summary === (yield* realPathOf(fs, args.accounts.value))) {
+      return `--summary ${path} is the accounts file`
+    }
     const writable = (target: string) => Effect.isSuccess(fs.access(target, { writable: true }))
     if (yield* fs.exists(path).pipe(Effect.orElseSucceed(() => false))) {
       if (!(yield* writable(path))) return `--summary ${path} cannot be written`
