@@ -666,7 +666,8 @@ export const layer = (options?: Options): Layer.Layer<CostLedger> => Layer.effec
  * A ledger configured from the environment:
  * - `WEATHERPROOF_PRICING_FILE`: path of a JSON pricing table (see `PricingTable`); default
  *   `defaultPricing`;
- * - `WEATHERPROOF_BUDGET_USD`: a budget in USD; default none.
+ * - `WEATHERPROOF_BUDGET_USD`: a budget in USD, a decimal number (`25`, `12.50`); default none
+ *   (an empty value is none).
  *
  * @since 0.1.0
  * @category layers
@@ -676,9 +677,16 @@ export const layerConfig: Layer.Layer<CostLedger, ConfigError.ConfigError | Pric
     CostLedger,
     Effect.gen(function*() {
       const file = yield* Config.option(Config.nonEmptyString("WEATHERPROOF_PRICING_FILE"))
+      // Written as a person writes an amount: `Number` would read "" as 0 (every call refused), and
+      // take "Infinity" or "0x10".
       const budgetUsd = yield* Config.option(
-        Config.number("WEATHERPROOF_BUDGET_USD").pipe(
-          Config.validate({ message: "expected a budget ≥ 0 in USD", validation: (usd) => usd >= 0 })
+        Config.nonEmptyString("WEATHERPROOF_BUDGET_USD").pipe(
+          Config.map((text) => text.trim()),
+          Config.validate({
+            message: "expected a budget ≥ 0 in USD, a decimal number (as 25 or 12.50)",
+            validation: (text) => /^\d+(\.\d+)?$/.test(text)
+          }),
+          Config.map(Number)
         )
       )
       const pricing = Option.isSome(file) ? yield* loadPricing(file.value) : defaultPricing

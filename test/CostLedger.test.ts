@@ -544,10 +544,19 @@ describe("CostLedger.layerConfig", () => {
     })
   })
 
-  it.effect("a negative budget is a ConfigError", () =>
+  it.effect("a budget that is no decimal amount ≥ 0 is a ConfigError; an empty one is none", () =>
     Effect.gen(function*() {
-      const error = yield* Effect.flip(Layer.build(withEnv({ WEATHERPROOF_BUDGET_USD: "-2" })).pipe(Effect.scoped))
-      expect(error._tag).not.toBe("PricingError")
-      expect(String(error)).toContain("expected a budget ≥ 0 in USD")
+      for (const written of ["-2", "Infinity", "1e999", "0x10", "five"]) {
+        const error = yield* Effect.flip(Layer.build(withEnv({ WEATHERPROOF_BUDGET_USD: written })).pipe(Effect.scoped))
+        expect(error._tag, written).not.toBe("PricingError")
+        expect(String(error), written).toContain("expected a budget ≥ 0 in USD, a decimal number (as 25 or 12.50)")
+      }
+      const budgetOf = (written: string) =>
+        Effect.flatMap(CostLedger.CostLedger, (ledger) => ledger.snapshot).pipe(
+          Effect.map((snapshot) => snapshot.budget?.budgetUsd),
+          Effect.provide(withEnv({ WEATHERPROOF_BUDGET_USD: written }))
+        )
+      expect(yield* budgetOf("")).toBeUndefined()
+      expect(yield* budgetOf(" 12.50 ")).toBe(12.5)
     }))
 })
