@@ -260,7 +260,12 @@ const resolveKey = (
   ref: string,
   path: string
 ): Effect.Effect<ReadonlyArray<Redacted.Redacted<string>>, string> => {
-  if (!ref.startsWith(envPrefix)) return Effect.succeed([Redacted.make(ref.trim())])
+  if (!ref.startsWith(envPrefix)) {
+    const keys = [Redacted.make(ref.trim())]
+    return KeyPool.keysProblem(keys) === undefined
+      ? Effect.succeed(keys)
+      : Effect.fail(`${path}: holds a space, a line break or another character a request header cannot carry`)
+  }
   const name = ref.slice(envPrefix.length)
   return Config.redacted(name).pipe(
     Effect.mapError((error) =>
@@ -269,7 +274,11 @@ const resolveKey = (
         : `${path}: environment variable ${name} could not be read`
     ),
     Effect.map(KeyPool.parseKeyList),
-    Effect.filterOrFail((keys) => keys.length > 0, () => `${path}: environment variable ${name} is empty`)
+    Effect.filterOrFail((keys) => keys.length > 0, () => `${path}: environment variable ${name} is empty`),
+    Effect.filterOrFail(
+      (keys) => KeyPool.keysProblem(keys) === undefined,
+      (keys) => `${path}: environment variable ${name}: ${KeyPool.keysProblem(keys)}`
+    )
   )
 }
 
@@ -384,9 +393,7 @@ export const load = (path: string): Effect.Effect<ReadonlyArray<Account>, Accoun
  */
 export const fromEnv: Effect.Effect<ReadonlyArray<Account>, ConfigError.ConfigError> = Effect.map(
   Config.all({
-    keys: KeyPool.keysConfig.pipe(
-      Config.validate({ message: "expected at least one key", validation: (keys) => keys.length > 0 })
-    ),
+    keys: KeyPool.keysConfig,
     baseUrl: Config.string("DEEPSEEK_BASE_URL").pipe(
       Config.mapOrFail((url) =>
         isHttpUrl(url)

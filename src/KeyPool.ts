@@ -12,9 +12,11 @@
  */
 
 import * as Config from "effect/Config"
+import * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
@@ -212,14 +214,37 @@ export const parseKeyList = (keys: Redacted.Redacted<string>): ReadonlyArray<Red
     .map(Redacted.make)
 
 /**
- * Keys from `DEEPSEEK_API_KEY`: one key, or several separated by commas.
+ * What is wrong with `keys`, if anything: a key is visible ASCII, and one holding a space, a line
+ * break or another character a request header cannot carry (a key file pasted whole, one key a
+ * line) would fail every call as if the upstream were down. Names the first such key by its
+ * label (`key#n`), never by its text.
  *
  * @since 0.1.0
  * @category config
  */
-export const keysConfig: Config.Config<ReadonlyArray<Redacted.Redacted<string>>> = Config.redacted(
+export const keysProblem = (keys: ReadonlyArray<Redacted.Redacted<string>>): string | undefined => {
+  const index = keys.findIndex((key) => /[^\x21-\x7e]/.test(Redacted.value(key)))
+  return index < 0
+    ? undefined
+    : `key#${index + 1} holds a space, a line break or another character a request header cannot carry (keys are separated by commas)`
+}
+
+/**
+ * Keys from `DEEPSEEK_API_KEY`: one key, or several separated by commas. None (unset, empty or
+ * only commas) is missing data; a key that no request header can carry (`keysProblem`) is invalid.
+ *
+ * @since 0.1.0
+ * @category config
+ */
+export const keysConfig: Config.Config<ReadonlyArray<Redacted.Redacted<string>>> = Config.string(
   "DEEPSEEK_API_KEY"
-).pipe(Config.map(parseKeyList))
+).pipe(Config.mapOrFail((value) => {
+  // Read as the string it is (so that its problems name the variable), redacted at once.
+  const keys = parseKeyList(Redacted.make(value))
+  if (keys.length === 0) return Either.left(ConfigError.MissingData([], "expected at least one key"))
+  const problem = keysProblem(keys)
+  return problem === undefined ? Either.right(keys) : Either.left(ConfigError.InvalidData([], problem))
+}))
 
 /**
  * A pool over the keys in `DEEPSEEK_API_KEY`.

@@ -13,7 +13,8 @@ const environment = ConfigProvider.fromMap(
   new Map([
     ["DEEPSEEK_KEY_A", "sk-env-bbbb"],
     ["ALT_KEYS", "sk-env-cccc, sk-env-dddd"],
-    ["BLANK", " , "]
+    ["BLANK", " , "],
+    ["PASTED", "sk-env-eeee\nsk-env-ffff"]
   ])
 )
 
@@ -72,12 +73,16 @@ describe("Accounts", () => {
       expect(JSON.stringify(accounts)).not.toContain("sk-")
     }).pipe(Effect.withConfigProvider(environment)))
 
-  it.effect("names the variable of a missing or empty env: key, with its path", () =>
+  it.effect("names the variable of a missing or empty env: key, and a key no header can carry, with its path", () =>
     Effect.gen(function*() {
-      const issues = yield* issuesOf(withAccount({ keys: ["env:DEEPSEEK_KEY_B", "sk-literal-aaaa", "env:BLANK"] }, 1))
+      const issues = yield* issuesOf(
+        withAccount({ keys: ["env:DEEPSEEK_KEY_B", "sk-literal-aaaa", "env:BLANK", "env:PASTED", "sk-literal\tgggg"] }, 1)
+      )
       expect(issues).toEqual([
         "accounts[1].keys[0]: environment variable DEEPSEEK_KEY_B is not set",
-        "accounts[1].keys[2]: environment variable BLANK is empty"
+        "accounts[1].keys[2]: environment variable BLANK is empty",
+        "accounts[1].keys[3]: environment variable PASTED: key#1 holds a space, a line break or another character a request header cannot carry (keys are separated by commas)",
+        "accounts[1].keys[4]: holds a space, a line break or another character a request header cannot carry"
       ])
     }))
 
@@ -210,9 +215,19 @@ describe("Accounts", () => {
       )
       expect(ConfigError.isMissingDataOnly(missing)).toBe(true)
       expect(String(missing)).toContain("DEEPSEEK_API_KEY")
+      // Empty, or only commas: no key, told as an unset one is (missing data).
       const blank = yield* Effect.flip(
         Accounts.fromEnv.pipe(Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["DEEPSEEK_API_KEY", " , "]]))))
       )
-      expect(String(blank)).toContain("expected at least one key")
+      expect(ConfigError.isMissingDataOnly(blank)).toBe(true)
+      expect(String(blank)).toContain("DEEPSEEK_API_KEY")
+      // A key file pasted whole (one key a line): no header could carry it, said by its label.
+      const pasted = yield* Effect.flip(Accounts.fromEnv.pipe(
+        Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["DEEPSEEK_API_KEY", "sk-one,sk-two\nsk-misplaced-dddd"]])))
+      ))
+      expect(ConfigError.isMissingDataOnly(pasted)).toBe(false)
+      expect(String(pasted)).toContain("DEEPSEEK_API_KEY")
+      expect(String(pasted)).toContain("key#2 holds a space, a line break or another character a request header cannot carry")
+      expect(String(pasted)).not.toContain("misplaced-dddd")
     }))
 })
