@@ -167,12 +167,15 @@ export const make: (options: Options) => Effect.Effect<Service, RedisUnavailable
 export const layer = (options: Options): Layer.Layer<Redis, RedisUnavailable> => Layer.scoped(Redis, make(options))
 
 /**
- * `WEATHERPROOF_REDIS_URL`, redacted: it may carry a password.
+ * `WEATHERPROOF_REDIS_URL`, redacted: it may carry a password. An empty value (an env file's blank
+ * entry) is none, as unset is.
  *
  * @since 0.1.0
  * @category config
  */
-export const urlConfig: Config.Config<Redacted.Redacted<string>> = Config.redacted("WEATHERPROOF_REDIS_URL")
+export const urlConfig: Config.Config<Redacted.Redacted<string>> = Config.redacted(
+  Config.nonEmptyString("WEATHERPROOF_REDIS_URL")
+)
 
 /**
  * `WEATHERPROOF_REDIS_PREFIX`, default `defaults.prefix`: non-empty, without braces or whitespace.

@@ -1,11 +1,26 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as Cause from "effect/Cause"
+import * as Config from "effect/Config"
+import * as ConfigProvider from "effect/ConfigProvider"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Redis from "../src/Redis.js"
 import { awaitReady, redisServer, redisServerPresent, skipMessage } from "./support/redisServer.js"
+
+describe("Redis config", () => {
+  it.effect("WEATHERPROOF_REDIS_URL empty (an env file's blank entry) is none, as unset is", () =>
+    Effect.gen(function*() {
+      const urlOf = (env: ReadonlyArray<readonly [string, string]>) =>
+        Config.option(Redis.urlConfig).pipe(Effect.withConfigProvider(ConfigProvider.fromMap(new Map(env))))
+      expect(yield* urlOf([["WEATHERPROOF_REDIS_URL", ""]])).toEqual(Option.none())
+      expect(yield* urlOf([])).toEqual(Option.none())
+      const given = yield* urlOf([["WEATHERPROOF_REDIS_URL", "redis://127.0.0.1:6379"]])
+      expect(Option.map(given, Redacted.value)).toEqual(Option.some("redis://127.0.0.1:6379"))
+    }))
+})
 
 describe.skipIf(!redisServerPresent)(skipMessage("Redis"), () => {
   it.scopedLive("keys are namespaced under a hash tag, with their parts escaped", () =>
