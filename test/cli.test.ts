@@ -421,6 +421,12 @@ describe("weatherproof CLI", () => {
       expect(result.stdout).toContain("40 (40 succeeded, 0 failed, 0 skipped")
       expect(result.stdout).toContain("verified:")
       expect(result.stdout).toContain("a rerun sent 0 requests and skipped 40 lines")
+      // Its input is held in memory: a count beyond its bound is a usage error, not a crash.
+      for (const requests of ["0", "4294967296"]) {
+        const refused = yield* runCli(["demo", "--requests", requests], {})
+        expect(refused.code).toBe(2)
+        expect(refused.stderr).toBe("weatherproof: --requests must be from 1 to 100,000")
+      }
     }).pipe(Effect.provide(NodeContext.layer)))
 })
 

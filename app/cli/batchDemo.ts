@@ -250,10 +250,15 @@ export const formatReport = (report: DemoReport): string => {
   ].join("\n")
 }
 
+/** The most lines a demo runs: it holds its input and the requests it checks in memory. */
+const maxDemoRequests = 100_000
+
 /** The `demo` command: the demo with a progress bar on a terminal, its report, exit 1 on any problem. */
 export const main = (options: { readonly requests: number }) =>
   Effect.gen(function*() {
-    if (options.requests < 1) return yield* fail(2, "weatherproof: --requests must be at least 1")
+    if (!(options.requests >= 1 && options.requests <= maxDemoRequests)) {
+      return yield* fail(2, `weatherproof: --requests must be from 1 to ${maxDemoRequests.toLocaleString("en-US")}`)
+    }
     yield* Console.log(introduction(options.requests))
     const report = yield* withProgress(defaultProgressEvery, (onProgress) => run({ requests: options.requests, onProgress })).pipe(
       Effect.catchAll((error) => fail(1, `weatherproof: ${error.message}`))
