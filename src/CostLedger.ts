@@ -16,7 +16,7 @@
 import * as FileSystem from "@effect/platform/FileSystem"
 import * as Clock from "effect/Clock"
 import * as Config from "effect/Config"
-import type * as ConfigError from "effect/ConfigError"
+import * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
@@ -680,14 +680,13 @@ export const layerConfig: Layer.Layer<CostLedger, ConfigError.ConfigError | Pric
       // Written as a person writes an amount: `Number` would read "" as 0 (every call refused), and
       // take "Infinity" or "0x10".
       const budgetUsd = yield* Config.option(
-        Config.nonEmptyString("WEATHERPROOF_BUDGET_USD").pipe(
-          Config.map((text) => text.trim()),
-          Config.validate({
-            message: "expected a budget ≥ 0 in USD, a decimal number (as 25 or 12.50)",
-            validation: (text) => /^\d+(\.\d+)?$/.test(text)
-          }),
-          Config.map(Number)
-        )
+        Config.string("WEATHERPROOF_BUDGET_USD").pipe(Config.mapOrFail((written) => {
+          const text = written.trim()
+          if (text === "") return Either.left(ConfigError.MissingData([], "expected a budget in USD"))
+          return /^\d+(\.\d+)?$/.test(text)
+            ? Either.right(Number(text))
+            : Either.left(ConfigError.InvalidData([], "expected a budget ≥ 0 in USD, a decimal number (as 25 or 12.50)"))
+        }))
       )
       const pricing = Option.isSome(file) ? yield* loadPricing(file.value) : defaultPricing
       return yield* make({ pricing, budgetUsd: Option.getOrUndefined(budgetUsd) })

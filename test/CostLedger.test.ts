@@ -549,6 +549,7 @@ describe("CostLedger.layerConfig", () => {
       for (const written of ["-2", "Infinity", "1e999", "0x10", "five"]) {
         const error = yield* Effect.flip(Layer.build(withEnv({ WEATHERPROOF_BUDGET_USD: written })).pipe(Effect.scoped))
         expect(error._tag, written).not.toBe("PricingError")
+        expect(String(error), written).toContain("WEATHERPROOF_BUDGET_USD")
         expect(String(error), written).toContain("expected a budget ≥ 0 in USD, a decimal number (as 25 or 12.50)")
       }
       const budgetOf = (written: string) =>
