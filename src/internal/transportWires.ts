@@ -168,18 +168,19 @@ class UndiciReply implements Reply {
   /**
    * The reads up to the first with content (keep-alive blank lines before it), then the rest at
    * once under the idle deadline: the first content brings the call's deadline nearer than the
-   * watchdog's next wake (the first-content deadline), so it is told (`waitFor`).
+   * watchdog's next wake (the first-content deadline), so it is told (`waitFor`), unless the body
+   * has ended already (the common case: nothing is left to wait for, and no sleeper to move).
    */
   get completionText(): Effect.Effect<string, BodyBroken | DeadlineExceeded> {
     const { exchange, timeline, watchdog } = this
     return Effect.suspend(() => {
       const body = bodyCollector(timeline)
-      const rest = watchdog.waitFor(timeline, exchange.readAll(body.add))
+      const rest = exchange.readAll(body.add)
       const untilContent: Effect.Effect<void, unknown> = Effect.flatMap(exchange.take, (reads) => {
         if (reads.length === 0) return Effect.void
         let content = false
         for (const bytes of reads) content = body.add(bytes) || content
-        return content ? rest : untilContent
+        return !content ? untilContent : exchange.isEnded ? rest : watchdog.waitFor(timeline, rest)
       })
       return untilContent.pipe(
         Effect.mapError(brokenOr(timeline)),
