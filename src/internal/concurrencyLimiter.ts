@@ -898,6 +898,22 @@ export const awaitWake = (
 /** How a permit released unsettled is settled: as ignored. */
 export const interrupted: Exit.Exit<never> = Exit.interrupt(FiberId.none)
 
+/**
+ * Settles a permit with `exit` (one released unsettled, as ignored: the first report stands), then
+ * `release`s it however settling ends (a classifier that throws).
+ */
+export const settleThenRelease = (
+  settle: (exit: Exit.Exit<unknown, unknown>) => void,
+  release: () => void,
+  exit: Exit.Exit<unknown, unknown> = interrupted
+): void => {
+  try {
+    settle(exit)
+  } finally {
+    release()
+  }
+}
+
 /** `use(permit)`, a throw while it builds its effect a defect of that effect (run with the permit held). */
 export const effectOf = <P, A, E, R>(use: (permit: P) => Effect.Effect<A, E, R>, permit: P): Effect.Effect<A, E, R> => {
   try {
@@ -963,14 +979,9 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
           : Effect.flatMap(awaitTurn(entry, restore, acquireOptions?.abandonWhen), use)
       })
 
-    /** Settles as ignored unless settled (the first report stands), then releases, however settling ends. */
-    const releaseSettled = (settle: (exit: Exit.Exit<unknown, unknown>) => void, exit: Exit.Exit<unknown, unknown> = interrupted) => {
-      try {
-        settle(exit)
-      } finally {
-        gate.release()
-        publish()
-      }
+    const release = () => {
+      gate.release()
+      publish()
     }
 
     // Releasing is one synchronous step: it needs none of the fiber refs `Effect.addFinalizer`
@@ -980,7 +991,7 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
       Effect.uninterruptibleMask((restore) =>
         enter(acquireOptions, restore, (grant) => {
           const { permit, settle } = permitFor(grant)
-          return Effect.as(ScopeFinalizer.addFinalizer(Effect.sync(() => releaseSettled(settle))), permit)
+          return Effect.as(ScopeFinalizer.addFinalizer(Effect.sync(() => settleThenRelease(settle, release))), permit)
         })
       )
 
@@ -991,7 +1002,7 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
         enter(acquireOptions, restore, (grant) => {
           const { permit, settle } = permitFor(grant)
           return Effect.flatMap(Effect.exit(restore(effectOf(use, permit))), (exit) => {
-            releaseSettled(settle, exit)
+            settleThenRelease(settle, release, exit)
             return exit
           })
         })

@@ -6,7 +6,6 @@
  */
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import type * as Exit from "effect/Exit"
 import * as MetricLabel from "effect/MetricLabel"
 import * as Scope from "effect/Scope"
 import type { AcquireOptions, Permit, RedisOptions, Service, Snapshot } from "../ConcurrencyLimiter.js"
@@ -49,18 +48,9 @@ export const makeRedis = (
       dropped: () => Limiter.droppedCounter.unsafeUpdate(1, tags)
     }
     const permitOf = (grant: LaneGrant) => Limiter.makePermit(lane.policy, lane, grant, clock, hooks)
-    /** As the in-memory limiter's: settled as ignored unless settled, then released, however settling ends. */
-    const releaseSettled = (
-      grant: LaneGrant,
-      settle: (exit: Exit.Exit<unknown, unknown>) => void,
-      exit: Exit.Exit<unknown, unknown> = Limiter.interrupted
-    ) => {
-      try {
-        settle(exit)
-      } finally {
-        lanes.release(grant)
-        publish()
-      }
+    const release = (grant: LaneGrant) => () => {
+      lanes.release(grant)
+      publish()
     }
 
     /** Waits for the server's grant (every entry queues); the queue's place is given up on interruption. */
@@ -83,7 +73,7 @@ export const makeRedis = (
         Effect.flatMap(enter(acquireOptions, restore), (grant) => {
           const { permit, settle } = permitOf(grant)
           return Effect.flatMap(Effect.scope, (scope) =>
-            Effect.as(Scope.addFinalizer(scope, Effect.sync(() => releaseSettled(grant, settle))), permit))
+            Effect.as(Scope.addFinalizer(scope, Effect.sync(() => Limiter.settleThenRelease(settle, release(grant)))), permit))
         })
       )
 
@@ -92,7 +82,7 @@ export const makeRedis = (
         Effect.flatMap(enter(acquireOptions, restore), (grant) => {
           const { permit, settle } = permitOf(grant)
           return Effect.flatMap(Effect.exit(restore(Limiter.effectOf(use, permit))), (exit) => {
-            releaseSettled(grant, settle, exit)
+            Limiter.settleThenRelease(settle, release(grant), exit)
             return exit
           })
         })
