@@ -275,10 +275,10 @@ const resolveKey = (
     ),
     Effect.map(KeyPool.parseKeyList),
     Effect.filterOrFail((keys) => keys.length > 0, () => `${path}: environment variable ${name} is empty`),
-    Effect.filterOrFail(
-      (keys) => KeyPool.keysProblem(keys) === undefined,
-      (keys) => `${path}: environment variable ${name}: ${KeyPool.keysProblem(keys)}`
-    )
+    Effect.flatMap((keys) => {
+      const problem = KeyPool.keysProblem(keys)
+      return problem === undefined ? Effect.succeed(keys) : Effect.fail(`${path}: environment variable ${name}: ${problem}`)
+    })
   )
 }
 
