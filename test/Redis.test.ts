@@ -20,6 +20,17 @@ describe("Redis config", () => {
       const given = yield* urlOf([["WEATHERPROOF_REDIS_URL", "redis://127.0.0.1:6379"]])
       expect(Option.map(given, Redacted.value)).toEqual(Option.some("redis://127.0.0.1:6379"))
     }))
+
+  it.effect("a URL of another scheme (http://, valkey://) is refused for it, not read as a socket path", () =>
+    Effect.gen(function*() {
+      const reasonOf = (url: string) => Effect.map(Effect.flip(Effect.scoped(Redis.make({ url }))), (error) => error.message)
+      expect(yield* reasonOf("http://127.0.0.1:6379")).toBe(
+        "Redis at http://127.0.0.1:6379/ is unavailable: expected a redis:// or rediss:// URL, not http://"
+      )
+      expect(yield* reasonOf("valkey://:pw@cache:6379")).toBe(
+        "Redis at valkey://cache:6379 is unavailable: expected a redis:// or rediss:// URL, not valkey://"
+      )
+    }))
 })
 
 describe.skipIf(!redisServerPresent)(skipMessage("Redis"), () => {

@@ -85,11 +85,24 @@ const clientOptions = (options: Options, autoResubscribe: boolean) => ({
 
 const escapePart = (part: string): string => encodeURIComponent(part)
 
+/**
+ * Why `url` cannot name a server, when its scheme is not one ioredis reads: it takes any other
+ * (`http://`, `valkey://`) for a Unix socket path and fails with `connect ENOENT //host:port`.
+ */
+const schemeProblem = (url: string): string | undefined => {
+  const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(url)?.[1]
+  return scheme === undefined || /^(rediss?|unix)$/i.test(scheme)
+    ? undefined
+    : `expected a redis:// or rediss:// URL, not ${scheme}://`
+}
+
 /** Opens a connection (see `subscriberOf` for `autoResubscribe`); the scope closes it. */
 const connect = (url: string, options: Options, autoResubscribe = true): Effect.Effect<IORedis, RedisUnavailable, Scope.Scope> =>
   Effect.acquireRelease(
     Effect.tryPromise({
       try: async () => {
+        const problem = schemeProblem(url)
+        if (problem !== undefined) throw new Error(problem)
         // Loaded here, when a connection opens, so that a program that never uses Redis never loads
         // ioredis. Imported from ESM, a CommonJS module is its `module.exports` under `default`
         // (a bundle gives nothing else), and ioredis's `module.exports.default` is the client.
