@@ -6,6 +6,7 @@ import * as Chunk from "effect/Chunk"
 import * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as FastCheck from "effect/FastCheck"
 import * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
@@ -37,6 +38,29 @@ const generation: MockUpstream.Generation = {
   content: "a forecast",
   usage: MockUpstream.usage({ promptTokens: 3, completionTokens: 2 })
 }
+
+describe("Wire.pieces", () => {
+  /** Whether `text` has no lone surrogate: its UTF-8 round trip gives it back. */
+  const wellFormed = (text: string) => Buffer.from(text, "utf8").toString("utf8") === text
+
+  it.prop(
+    "cuts text into pieces that join back into it, never between the halves of an emoji",
+    [FastCheck.fullUnicodeString(), FastCheck.integer({ min: 1, max: 9 })],
+    ([text, size]) => {
+      const cut = Wire.pieces(text, size)
+      expect(cut.join("")).toBe(text)
+      for (const piece of cut) {
+        expect(wellFormed(piece)).toBe(true)
+        expect(piece.length).toBeLessThanOrEqual(Math.max(size, 2))
+      }
+    }
+  )
+
+  it("a stream of text with an emoji sends no piece with half of it", () => {
+    expect(Wire.pieces("ab😀", 3)).toEqual(["ab", "😀"])
+    expect(Wire.pieces("😀x", 1)).toEqual(["😀", "x"])
+  })
+})
 
 describe("MockUpstream", () => {
   it.effect("records requests with the authorization redacted and the body parsed", () =>

@@ -59,10 +59,20 @@ const chunk = (g: Generation, choices: ChatCompletionChunk["choices"], usage?: U
   ...(usage === undefined ? {} : { usage })
 })
 
-/** Splits text into pieces of at most `size` characters (at least one piece). */
+const isHighSurrogate = (code: number): boolean => code >= 0xd800 && code <= 0xdbff
+
+/**
+ * Splits text into pieces of at most `size` UTF-16 units (at least one piece), never between the
+ * two halves of a character outside the BMP (an emoji): a real server's deltas are whole characters.
+ */
 export const pieces = (text: string, size: number): ReadonlyArray<string> => {
   const out: Array<string> = []
-  for (let i = 0; i < text.length; i += size) out.push(text.slice(i, i + size))
+  for (let start = 0; start < text.length;) {
+    let end = Math.min(start + size, text.length)
+    if (end < text.length && isHighSurrogate(text.charCodeAt(end - 1))) end += end - 1 > start ? -1 : 1
+    out.push(text.slice(start, end))
+    start = end
+  }
   return out
 }
 
