@@ -117,10 +117,13 @@ const upsert = <A extends { readonly index: number }>(
   return [...items, update(make(index))].sort((a, b) => a.index - b.index)
 }
 
+/** `piece` when it says something: a server that repeats an empty `id` or `name` on later pieces keeps the first. */
+const unlessEmpty = (piece: string | undefined, sofar: string): string => piece === undefined || piece === "" ? sofar : piece
+
 const stepToolCall = (call: ToolCallState, delta: DeltaToolCall): ToolCallState => ({
   index: call.index,
-  id: delta.id ?? call.id,
-  name: delta.function?.name ?? call.name,
+  id: unlessEmpty(delta.id, call.id),
+  name: unlessEmpty(delta.function?.name, call.name),
   arguments: call.arguments + (delta.function?.arguments ?? "")
 })
 
@@ -147,11 +150,12 @@ const stepChoice = (choice: ChoiceState, chunkChoice: ChatCompletionChunk["choic
  * @category folding
  */
 export const step = (state: State, chunk: ChatCompletionChunk): State => {
-  const first = state.chunks === 0
+  // Each from the first chunk that has it (`empty` has none): Azure-style streams open with a
+  // placeholder chunk (empty id and model, created 0) for their prompt filter results.
   return {
-    id: first ? chunk.id : state.id,
-    created: first ? chunk.created : state.created,
-    model: first ? chunk.model : state.model,
+    id: state.id === "" ? chunk.id : state.id,
+    created: state.created === 0 ? chunk.created : state.created,
+    model: state.model === "" ? chunk.model : state.model,
     systemFingerprint: chunk.system_fingerprint === undefined ? state.systemFingerprint : chunk.system_fingerprint,
     choices: chunk.choices.reduce(
       (choices, chunkChoice) => upsert(choices, chunkChoice.index, emptyChoice, (c) => stepChoice(c, chunkChoice)),

@@ -86,6 +86,24 @@ describe("ChatStream.fold", () => {
       expect(completion.usage).toEqual(usage)
     }))
 
+  it.effect("a later piece of a tool call with an empty id or name keeps the ones that came first", () =>
+    Effect.gen(function*() {
+      const completion = yield* ChatStream.fold(Stream.fromIterable([
+        chunk(delta({ tool_calls: [{ index: 0, id: "call_a", type: "function", function: { name: "get_weather", arguments: "" } }] })),
+        chunk(delta({ tool_calls: [{ index: 0, id: "", type: "function", function: { name: "", arguments: "{}" } }] }))
+      ]))
+      expect(completion.choices[0]?.message.tool_calls).toEqual([
+        { id: "call_a", type: "function", function: { name: "get_weather", arguments: "{}" } }
+      ])
+    }))
+
+  it.effect("id, created and model come from the first chunk that has them, not from a placeholder opening the stream", () =>
+    Effect.gen(function*() {
+      const placeholder: ChatCompletionChunk = { ...chunk([]), id: "", created: 0, model: "" }
+      const completion = yield* ChatStream.fold(Stream.fromIterable([placeholder, chunk(delta({ content: "a" }, "stop"))]))
+      expect(completion).toMatchObject({ id: "chatcmpl-1", created: 1_700_000_000, model: "deepseek-v4-flash" })
+    }))
+
   it.effect("keeps choices apart by index, in index order", () =>
     Effect.gen(function*() {
       const completion = yield* ChatStream.fold(Stream.fromIterable([
