@@ -16,6 +16,7 @@ import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
 import * as Tracer from "effect/Tracer"
 import * as ApiError from "../src/ApiError.js"
+import * as ChatStream from "../src/ChatStream.js"
 import type * as ChatSchema from "../src/ChatSchema.js"
 import type { ChatCompletionRequest } from "../src/ChatSchema.js"
 import * as Wire from "../src/internal/wire.js"
@@ -491,6 +492,14 @@ describe("Transport.stream", () => {
       ])
     ]))))
 
+  const chunkOf = (choices: ChatSchema.ChatCompletionChunk["choices"], usage?: ChatSchema.Usage): ChatSchema.ChatCompletionChunk => ({
+    id: generation.id,
+    object: "chat.completion.chunk",
+    created: 0,
+    model: generation.model,
+    choices,
+    ...(usage === undefined ? {} : { usage })
+  })
   const cutChunks = Wire.chunks(cutGeneration)
   const cutAt = cutChunks.findIndex((c) => c.choices[0]?.finish_reason === "insufficient_system_resource")
   const cutPartial = {
@@ -499,15 +508,61 @@ describe("Transport.stream", () => {
     finishReason: "insufficient_system_resource"
   }
 
-  it.effect("insufficient_system_resource emits the chunks before it, then fails with the partial and the usage billed after it", () =>
+  it.effect("insufficient_system_resource after delivered chunks emits its own chunk and the usage billed after it, then fails with the partial", () =>
     Effect.gen(function*() {
       const { chunks, error } = yield* drain()
-      expect(chunks).toEqual(cutChunks.slice(0, cutAt))
+      expect(chunks).toEqual(cutChunks)
       expect(error).toMatchObject({
         _tag: "InsufficientResource",
         partial: { ...cutPartial, usage: generation.usage, events: cutAt + 2 }
       })
     }).pipe(Effect.provide(setup([MockUpstream.streamed(cutGeneration)]))))
+
+  it.effect("a cut whose chunk carries content: the fold of what reached the caller agrees with the partial, usage and finish reason included", () =>
+    Effect.gen(function*() {
+      const transport = yield* Transport.Transport
+      const { completion, error } = yield* ChatStream.foldPartial(transport.stream(request))
+      expect(completion.choices[0]).toMatchObject({ message: { content: "Hello" }, finish_reason: "insufficient_system_resource" })
+      expect(completion.usage).toEqual(generation.usage)
+      expect(Option.getOrUndefined(error)).toMatchObject({
+        _tag: "InsufficientResource",
+        partial: { content: "Hello", usage: generation.usage, finishReason: "insufficient_system_resource", events: 3 }
+      })
+    }).pipe(Effect.provide(setup([
+      MockUpstream.sse([
+        Wire.sseData(chunkOf([{ index: 0, delta: { content: "Hel" }, finish_reason: null }])),
+        Wire.sseData(chunkOf([{ index: 0, delta: { content: "lo" }, finish_reason: "insufficient_system_resource" }])),
+        Wire.sseData(chunkOf([], generation.usage)),
+        Wire.sseDone
+      ].map((text) => ({ text })))
+    ]))))
+
+  it.effect("a cut before anything reached the caller is kept back, its chunk and usage too: the call can be retried as if nothing arrived", () =>
+    Effect.gen(function*() {
+      const { chunks, error } = yield* drain()
+      expect(chunks).toEqual([])
+      expect(error).toMatchObject({ _tag: "InsufficientResource", partial: { content: "Hel", usage: generation.usage } })
+    }).pipe(Effect.provide(setup([
+      MockUpstream.sse([
+        Wire.sseData(chunkOf([{ index: 0, delta: { content: "Hel" }, finish_reason: "insufficient_system_resource" }])),
+        Wire.sseData(chunkOf([], generation.usage)),
+        Wire.sseDone
+      ].map((text) => ({ text })))
+    ]))))
+
+  it.effect("a cut of any choice (n > 1) is InsufficientResource, as in a non-streaming answer", () =>
+    Effect.gen(function*() {
+      const { error } = yield* drain()
+      expect(error).toMatchObject({ _tag: "InsufficientResource", partial: { content: "a", finishReason: "insufficient_system_resource" } })
+    }).pipe(Effect.provide(setup([
+      MockUpstream.sse([
+        Wire.sseData(chunkOf([
+          { index: 0, delta: { content: "a" }, finish_reason: "stop" },
+          { index: 1, delta: { content: "b" }, finish_reason: "insufficient_system_resource" }
+        ])),
+        Wire.sseDone
+      ].map((text) => ({ text })))
+    ]))))
 
   it.effect("the second a cut stream is read on for its usage starts as the consumer asks for more: a slow consumer keeps it", () =>
     Effect.gen(function*() {

@@ -274,19 +274,31 @@ const chunkReader = (
    */
   let cut = false
 
+  /**
+   * Whether a chunk reached the caller. Once one has (the stream can no longer be retried), the
+   * cut's own chunk and the usage after it follow it; before, they are kept back, so that the
+   * cut is retried as if nothing arrived.
+   */
+  let delivered = false
+
   const partial = (): ApiError.PartialOutput => ({ content, reasoningContent, usage, finishReason, events })
   timeline.partial = partial
-  const cutShort = () => new ApiError.InsufficientResource({ partial: partial() })
+  const cutShort = () =>
+    new ApiError.InsufficientResource({ partial: { ...partial(), finishReason: "insufficient_system_resource" } })
 
-  const record = (chunk: ChatSchema.ChatCompletionChunk): void => {
+  /** Notes a chunk's choice 0 in the partial output; says whether any of its choices was cut. */
+  const record = (chunk: ChatSchema.ChatCompletionChunk): boolean => {
     events++
     if (chunk.usage) usage = chunk.usage
+    let cutHere = false
     for (const choice of chunk.choices) {
+      if (choice.finish_reason === "insufficient_system_resource") cutHere = true
       if (choice.index !== 0) continue
       content += choice.delta.content ?? ""
       reasoningContent += choice.delta.reasoning_content ?? ""
       finishReason = choice.finish_reason ?? finishReason
     }
+    return cutHere
   }
 
   /** The chunk of one data event, or the failure it ends the stream with. */
@@ -299,15 +311,18 @@ const chunkReader = (
     const decoded = decodeChunk(json.value)
     if (Either.isLeft(decoded)) return Either.left(schemaMismatch("a stream event is not a completion chunk", decoded.left, scrub))
     if (cut) {
-      // After the cut only the usage billed for it is read: no content of it reached the caller.
+      // After the cut only the usage billed for it is read.
       events++
       usage = decoded.right.usage ?? usage
       return Either.right(decoded.right)
     }
-    record(decoded.right)
-    cut = finishReason === "insufficient_system_resource"
+    cut = record(decoded.right)
     return Either.right(decoded.right)
   }
+
+  /** Whether a decoded chunk goes to the caller: all before the cut; after, only once one has. */
+  const reachesCaller = (chunk: ChatSchema.ChatCompletionChunk, cutBefore: boolean): boolean =>
+    !cut || (delivered && (!cutBefore || chunk.choices.length === 0))
 
   /**
    * Whether the read after a cut has its window: it starts as the consumer asks for more, so the
@@ -332,12 +347,16 @@ const chunkReader = (
           ended = cut ? Option.some(cutShort()) : Option.none()
           return arrived
         }
+        const cutBefore = cut
         const event = decodeEvent(data)
         if (Either.isLeft(event)) {
           ended = Option.some(cut ? cutShort() : event.left)
           return arrived
         }
-        if (!cut) out.push(event.right)
+        if (reachesCaller(event.right, cutBefore)) {
+          out.push(event.right)
+          delivered = true
+        }
       }
     }
     return arrived
