@@ -564,6 +564,15 @@ describe("Transport.stream", () => {
       ].map((text) => ({ text })))
     ]))))
 
+  it.effect("a [DONE] whose line end never came ends the stream, not a truncation", () =>
+    Effect.gen(function*() {
+      const { chunks, error } = yield* drain()
+      expect(chunks).toEqual(Wire.chunks(generation))
+      expect(error).toBeUndefined()
+    }).pipe(Effect.provide(setup([
+      MockUpstream.sse([...MockUpstream.events(generation, { done: false }), { text: "data: [DONE]" }])
+    ]))))
+
   it.effect("the second a cut stream is read on for its usage starts as the consumer asks for more: a slow consumer keeps it", () =>
     Effect.gen(function*() {
       const transport = yield* Transport.Transport

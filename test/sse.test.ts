@@ -170,6 +170,22 @@ describe("Sse.makeDecoder", () => {
     expect(decode(["data: one\n\ndata: two\n"])).toEqual(["one"])
   })
 
+  it("tells what the event the body ended inside held, without dispatching it", () => {
+    const unfinishedAfter = (reads: ReadonlyArray<string | Uint8Array>) => {
+      const decoder = Sse.makeDecoder()
+      for (const read of reads) decoder.feed(typeof read === "string" ? utf8.encode(read) : read)
+      return decoder.unfinished()
+    }
+    expect(unfinishedAfter(["data: one\n\ndata: [DONE]"])).toBe("[DONE]")
+    expect(unfinishedAfter(["data: one\n\ndata: [DO", "NE]\n"])).toBe("[DONE]")
+    expect(unfinishedAfter(["data: a\ndata: b\r"])).toBe("a\nb")
+    expect(unfinishedAfter(["data: a\nda"])).toBe("a")
+    expect(unfinishedAfter([Uint8Array.of(0xef, 0xbb, 0xbf), "data:[DONE]"])).toBe("[DONE]")
+    expect(unfinishedAfter(["data: one\n\n"])).toBeUndefined()
+    expect(unfinishedAfter(["data: one\n\n: keep-alive"])).toBeUndefined()
+    expect(unfinishedAfter([])).toBeUndefined()
+  })
+
   it("drops a byte order mark at the start", () => {
     expect(decode([Uint8Array.of(0xef, 0xbb), Uint8Array.of(0xbf), "data: x\n\n"])).toEqual(["x"])
   })

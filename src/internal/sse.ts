@@ -7,7 +7,7 @@
  * completion stream never wants. This decoder keeps that state across reads, and follows the
  * WHATWG rules the transport needs: LF, CRLF or CR line ends, `data:` with or without one space,
  * multi-line data, comment lines (`: keep-alive`) ignored, a leading byte order mark dropped, an
- * unfinished event at the end of the body never dispatched.
+ * unfinished event at the end of the body never dispatched (`unfinished` tells what it held).
  *
  * It works on the bytes. Line ends are ASCII, never part of a multi-byte UTF-8 character, so
  * lines are found with `Buffer#indexOf` (memchr), and only the value of a `data` line is decoded.
@@ -28,6 +28,11 @@ const noEvents: ReadonlyArray<string> = []
 export interface Decoder {
   /** The data of every event the read completed, in order (often none). */
   readonly feed: (bytes: Uint8Array) => ReadonlyArray<string>
+  /**
+   * The data of the event the body ended in (its last line or blank line never came), or
+   * `undefined` when none was begun. Never dispatched; the transport reads it for a `[DONE]`.
+   */
+  readonly unfinished: () => string | undefined
 }
 
 /** The same bytes as a `Buffer` (a view, no copy): undici's reads already are. */
@@ -151,5 +156,13 @@ export const makeDecoder = (): Decoder => {
     return completed
   }
 
-  return { feed }
+  const unfinished = (): string | undefined => {
+    const start = atStreamStart && hasByteOrderMark(pending, 0, pendingLength) ? 3 : 0
+    const valueStart = pendingLength > start ? dataValueStart(pending, start, pendingLength) : -1
+    if (valueStart === -1) return hasData ? data : undefined
+    const value = utf8(pending, valueStart, pendingLength)
+    return hasData ? `${data}\n${value}` : value
+  }
+
+  return { feed, unfinished }
 }

@@ -368,7 +368,10 @@ const chunkReader = (
         Effect.fail(Option.some(cut ? cutShort() : error._tag === "BodyBroken" ? bodyFailed(error.cause, partial()) : error)),
       onSuccess: (batch) => {
         if (batch === undefined) {
-          return Effect.fail(Option.some<ApiError.ApiError>(cut ? cutShort() : new ApiError.StreamTruncated({ partial: partial() })))
+          if (cut) return Effect.fail(Option.some<ApiError.ApiError>(cutShort()))
+          // A `[DONE]` whose line end never came (a proxy that trims the body) ended the answer all the same.
+          if (sse.unfinished() === "[DONE]") return close(Option.none())
+          return Effect.fail(Option.some<ApiError.ApiError>(new ApiError.StreamTruncated({ partial: partial() })))
         }
         const out: Array<ChatSchema.ChatCompletionChunk> = []
         const report = take(batch, out) ? timeline.contentArrived() : undefined
