@@ -103,6 +103,26 @@ describe.skipIf(!redisServerPresent)(skipMessage("Redis"), () => {
       expect(yield* redis.command("GET", [redis.key("x")])).toBe(null)
     }))
 
+  it.scopedLive("a subscription whose SUBSCRIBE failed (the server down) is made once the server is back", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const redis = yield* Redis.make({ url: server.url })
+      const channel = redis.key("wake")
+      const received = yield* Deferred.make<string>()
+      yield* server.stop
+      yield* awaitReady(redis, false)
+      const failed = yield* Effect.flip(redis.subscribe(channel, (message) => Deferred.unsafeDone(received, Exit.succeed(message))))
+      expect(failed).toMatchObject({ _tag: "RedisError", operation: "SUBSCRIBE" })
+      yield* server.start
+      yield* awaitReady(redis, true)
+      // The subscriber reconnects on its own schedule: publish until a message gets through (bounded).
+      yield* redis.publish(channel, "back").pipe(
+        Effect.zipRight(Deferred.await(received).pipe(Effect.timeout("100 millis"))),
+        Effect.retry({ times: 50 })
+      )
+      expect(yield* Deferred.await(received)).toBe("back")
+    }))
+
   it.scopedLive("subscriptions deliver messages, and are renewed after the server restarts", () =>
     Effect.gen(function*() {
       const server = yield* redisServer

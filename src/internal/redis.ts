@@ -192,23 +192,25 @@ const subscriberOf = (url: string, options: Options) =>
       handlers.delete(channel)
       connection.unsubscribe(channel).catch(() => {})
     }
+    /** Whether `channel` is new here: a SUBSCRIBE is owed. */
+    const register = (channel: string, onMessage: (message: string) => void): boolean => {
+      const set = handlers.get(channel)
+      if (set === undefined) handlers.set(channel, new Set([onMessage]))
+      else set.add(onMessage)
+      return set === undefined
+    }
+    // Registered for the scope even when the SUBSCRIBE fails (Redis down as a limiter is built):
+    // the next reconnection renews it, as it renews every channel. Its caller learns of the
+    // failure, and goes on without messages until then.
     const add = (channel: string, onMessage: (message: string) => void) =>
       Effect.acquireRelease(
-        Effect.tryPromise({
-          try: async () => {
-            const set = handlers.get(channel)
-            if (set !== undefined) return void set.add(onMessage)
-            handlers.set(channel, new Set([onMessage]))
-            try {
-              await connection.subscribe(channel)
-            } catch (cause) {
-              remove(channel, onMessage)
-              throw cause
-            }
-          },
-          catch: (cause) => new RedisError({ operation: "SUBSCRIBE", reason: reasonOf(cause) })
-        }),
+        Effect.sync(() => register(channel, onMessage)),
         () => Effect.sync(() => remove(channel, onMessage))
-      ).pipe(Effect.asVoid)
+      ).pipe(Effect.flatMap((owed) =>
+        owed ? Effect.tryPromise({
+          try: () => connection.subscribe(channel),
+          catch: (cause) => new RedisError({ operation: "SUBSCRIBE", reason: reasonOf(cause) })
+        }) : Effect.void
+      ), Effect.asVoid)
     return { add }
   })
