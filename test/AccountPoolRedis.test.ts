@@ -3,6 +3,8 @@
  * connections, in one test process, on one account of the loopback Simulator. Real time, short.
  */
 import { describe, expect, it } from "@effect/vitest"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
@@ -12,6 +14,8 @@ import * as Schedule from "effect/Schedule"
 import * as AccountPool from "../src/AccountPool.js"
 import type { Account } from "../src/Accounts.js"
 import * as CostLedger from "../src/CostLedger.js"
+import { AccountSlot, type Lanes } from "../src/internal/dispatcher.js"
+import * as RedisLanes from "../src/internal/redisDispatcher.js"
 import * as Redis from "../src/Redis.js"
 import * as Simulator from "../src/Simulator.js"
 import * as Transport from "../src/Transport.js"
@@ -192,6 +196,42 @@ describe.skipIf(!redisServerPresent)(skipMessage("AccountPool on Redis"), () => 
       expect(stats.rateLimited).toBe(down.rateLimited)
     }).pipe(capturingLogs(logs), Effect.provide(services))
   }, { timeout: 60_000 })
+
+  it.scopedLive("a Redis restarted empty counts the calls held on a lane against their account's cap again, though no call is placed on that lane", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const hooks: RedisLanes.Hooks = { opened: () => {}, changed: () => {}, roomMayHaveGrown: () => {} }
+      // Two processes' coordinators of one account capped at 2 over its models, each model's lane at 5.
+      const coordinator = Effect.gen(function*() {
+        const redis = yield* Redis.make({ url: server.url })
+        const spec = (_: AccountSlot, model: string): RedisLanes.LaneSpec => ({
+          key: redis.key("pool", "lane", "acct", model),
+          account: { key: redis.key("pool", "account", "acct"), cap: 2 },
+          limit: 5
+        })
+        return yield* RedisLanes.make(redis, [new AccountSlot(0, false, 2)], spec, hooks, { leaseTtl: Duration.seconds(30) })
+      })
+      const a = yield* coordinator
+      /** Whether a call on `model` is granted within `within`; one that is not leaves the queue. */
+      const granted = (lanes: Lanes, model: string, within: Duration.DurationInput) => {
+        const entry = lanes.enter(model, "interactive", new Set())
+        if (entry._tag === "Granted") return Effect.succeed(true)
+        return Deferred.await(entry.waiter.wake).pipe(
+          Effect.timeout(within),
+          Effect.as(true),
+          Effect.orElse(() => Effect.sync(() => lanes.cancel(entry.waiter)).pipe(Effect.as(false)))
+        )
+      }
+      expect([yield* granted(a, "x", "5 seconds"), yield* granted(a, "x", "5 seconds")]).toEqual([true, true])
+      const watcher = yield* Redis.make({ url: server.url })
+      const accountLeases = watcher.command("ZCARD", [watcher.key("pool", "account", "acct") + ":leases"])
+      yield* server.restart
+      yield* awaitReady(watcher, true)
+      // The holder's heartbeat adds its two leases back, to the account's count too.
+      yield* until(accountLeases, (held) => held === 2)
+      // Another process's first call, on another model, finds the account's cap taken.
+      expect(yield* granted(yield* coordinator, "y", "500 millis")).toBe(false)
+    }), { timeout: 20_000 })
 
   it.scopedLive("a lease refresh that fails (the server stopped during a long call) crashes nothing: the call ends", () =>
     Effect.gen(function*() {

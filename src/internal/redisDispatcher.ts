@@ -645,7 +645,7 @@ export const make = (
           waiting.length,
           ...waiting,
           used.length,
-          ...used.map((entry) => entry.spec.key)
+          ...used.flatMap((entry) => laneArgs(entry.lane))
         ]),
         (reply) =>
           Effect.suspend(() => {

@@ -168,6 +168,21 @@ local function heldGrant(id, message, ttl)
   return message
 end
 
+-- Sets up a lane's state from its spec (ARGV from \`i\`: lane, account or "", cap, limit, whether
+-- the limit is fixed (1) or a seed (0)); answers the lane.
+local function ensureLane(i)
+  local lane, account, cap, limit, fixed = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local stateKey = lane .. ":state"
+  if fixed == "1" then redis.call("HSET", stateKey, "limit", limit) else redis.call("HSETNX", stateKey, "limit", limit) end
+  redis.call("HSETNX", stateKey, "epoch", 0)
+  redis.call("HSETNX", stateKey, "version", 0)
+  if account ~= "" then
+    redis.call("HSET", stateKey, "account", account, "cap", cap)
+    redis.call("SADD", account .. ":lanes", lane)
+  end
+  return lane
+end
+
 if op == "place" then
   -- ARGV: owner, ticket, priority, lease ttl, the owner's presence, then per lane: lane,
   -- account (or ""), cap, limit, whether the limit is fixed (1) or a seed (0). Marks the owner
@@ -182,18 +197,7 @@ if op == "place" then
   local order = tonumber(ticket[2]) or redis.call("INCR", base .. ":seq")
   redis.call("PEXPIRE", base .. ":seq", idle)
   local lanes = {}
-  for i = 9, #ARGV, 5 do
-    local lane, account, cap, limit, fixed = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-    lanes[#lanes + 1] = lane
-    local stateKey = lane .. ":state"
-    if fixed == "1" then redis.call("HSET", stateKey, "limit", limit) else redis.call("HSETNX", stateKey, "limit", limit) end
-    redis.call("HSETNX", stateKey, "epoch", 0)
-    redis.call("HSETNX", stateKey, "version", 0)
-    if account ~= "" then
-      redis.call("HSET", stateKey, "account", account, "cap", cap)
-      redis.call("SADD", account .. ":lanes", lane)
-    end
-  end
+  for i = 9, #ARGV, 5 do lanes[#lanes + 1] = ensureLane(i) end
   unqueue(id, split(ticket[3]))
   redis.call("HSET", key, "owner", owner, "ttl", ttl, "presence", presence, "priority", priority, "lanes", table.concat(lanes, " "), "order", order)
   redis.call("PEXPIRE", key, 3 * ttl)
@@ -219,7 +223,7 @@ elseif op == "release" then
 elseif op == "heartbeat" then
   -- ARGV: owner, lease ttl, presence ms, 0, or for full lists (every lease the owner holds and
   -- every ticket it waits on) the last sequence of the owner's ids they may hold, then counts and lists: leases as (lane, id) pairs,
-  -- waiting tickets, lanes in use. Refreshes (or re-adds) the leases, answers each ticket's state
+  -- waiting tickets, lanes in use (each as \`place\` gives it). Refreshes (or re-adds) the leases, answers each ticket's state
   -- ("w" waiting, its grant, or "" gone: a grant whose lease lapsed too), grants on the lanes, and answers each lane's limit,
   -- epoch, in-flight and its account's in-flight, and the processes alive. Full, it also releases
   -- the owner's leases on those lanes that are in neither list: their release was lost (Redis
@@ -229,6 +233,12 @@ elseif op == "heartbeat" then
   -- the lists were taken, its \`place\` sent before this heartbeat.
   local owner, ttl, presence, upTo = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
   local processes = present(owner, presence)
+  -- The lanes first: a server that restarted empty learns each lane's account before the leases
+  -- held on it are added back, so that they count against the account's cap again.
+  local used = 8 + 2 * tonumber(ARGV[8]) + 1
+  used = used + tonumber(ARGV[used]) + 1
+  local lanes = {}
+  for j = 1, tonumber(ARGV[used]) do lanes[j] = ensureLane(used + 5 * j - 4) end
   local listed = {}
   local i = 8
   local leases = tonumber(ARGV[i])
@@ -254,17 +264,15 @@ elseif op == "heartbeat" then
       states[j] = "w"
     else states[j] = "" end
   end
-  i = i + tickets + 1
-  local lanes = {}
-  for j = 1, tonumber(ARGV[i]) do
-    local lane = ARGV[i + j]
+  local laneStates = {}
+  for j, lane in ipairs(lanes) do
     if upTo > 0 then releaseUnlisted(lane, owner, listed, upTo) end
     grant(lane)
     local state = redis.call("HMGET", lane .. ":state", "limit", "epoch", "account")
     local accountInFlight = state[3] and purge(state[3] .. ":leases") or 0
-    lanes[j] = { tonumber(state[1]) or -1, tonumber(state[2]) or 0, purge(lane .. ":leases"), accountInFlight }
+    laneStates[j] = { tonumber(state[1]) or -1, tonumber(state[2]) or 0, purge(lane .. ":leases"), accountInFlight }
   end
-  return { processes, states, lanes }
+  return { processes, states, laneStates }
 elseif op == "read" then
   -- ARGV: lane, then the leases of ends about to be applied whose acceptances were committed
   -- before. Its shared adaptive state: version, state (or false), limit, epoch, in-flight,
