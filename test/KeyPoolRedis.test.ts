@@ -44,6 +44,18 @@ describe.skipIf(!redisServerPresent)(skipMessage("KeyPool on Redis"), () => {
       expect(yield* keysWithTtl(mine)).toEqual([])
     }))
 
+  it.scopedLive("a cooldown of a fraction of a millisecond (\"400.5 millis\") is shared, not refused by the server", () => {
+    const logs: Array<Logged> = []
+    return Effect.gen(function*() {
+      const server = yield* redisServer
+      const [mine, theirs] = [yield* Redis.make({ url: server.url }), yield* Redis.make({ url: server.url })]
+      const [a, b] = [yield* poolOn(mine, "400.5 millis"), yield* poolOn(theirs, "400.5 millis")]
+      yield* a.reject(yield* a.acquire)
+      yield* until(b.available, (n) => n === 1)
+      expect(logs.filter((log) => log.level === "WARN")).toEqual([])
+    }).pipe(capturingLogs(logs))
+  })
+
   it.scopedLive("Redis lost: cooldowns are local, one warning each; back: a rejection is shared again, one note each", () => {
     const logs: Array<Logged> = []
     return Effect.gen(function*() {

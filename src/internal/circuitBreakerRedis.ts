@@ -111,7 +111,8 @@ export const core = (
     const now = () => localNow() + offset
     const key = redis.key("breaker", name)
     const channel = redis.key("breaker", name, "changes")
-    const ttlMillis = 2 * Math.max(settings.windowMillis, settings.maxOpenForMillis)
+    // Whole milliseconds: PEXPIRE refuses a fraction ("1500.5 millis" configured).
+    const ttlMillis = Math.ceil(2 * Math.max(settings.windowMillis, settings.maxOpenForMillis))
     const runRead = redis.script(readScript)
     const runWrite = redis.script(writeScript)
     const fallback = Fallback.make(redis, `CircuitBreaker "${name}"`, "going on from its last known state")

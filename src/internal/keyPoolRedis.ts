@@ -70,7 +70,7 @@ export const shared = (redis: Redis.Service, account: string, pool: Local): Effe
       reject: (credential) =>
         Effect.zipRight(
           pool.service.reject(credential),
-          fallback.run(Effect.asVoid(runReject([keyOf(credential.id), channel], [pool.cooldownMillis, fingerprints.get(credential.id)!])), Effect.void)
+          fallback.run(Effect.asVoid(runReject([keyOf(credential.id), channel], [Math.ceil(pool.cooldownMillis), fingerprints.get(credential.id)!])), Effect.void)
         )
     }
   })

@@ -97,7 +97,7 @@ export const onRedis = (
   options: Options = {}
 ): Effect.Effect<SharedBalance, never, Scope.Scope> =>
   Effect.gen(function*() {
-    const leaseMillis = options.leaseMillis ?? defaults.leaseMillis
+    const leaseMillis = Math.ceil(options.leaseMillis ?? defaults.leaseMillis)
     const verdictMillis = options.verdictMillis ?? defaults.verdictMillis
     const mark = redis.key("balance", account)
     const lease = redis.key("balance", account, "lease")
