@@ -7,9 +7,12 @@
  * ## Keys
  *
  * Every key is `{<prefix>}:<part>:<part>…`: the prefix (default `weatherproof`) namespaces them,
- * and its braces make it a hash tag, so all the keys of a prefix live in one slot and a script may
- * touch several of them even on Redis Cluster. Parts name accounts and models, never a key or a
- * prompt; callers pass names through `key`, which escapes them.
+ * and its braces make it a hash tag, so all the keys of a prefix live in one slot. Parts name
+ * accounts and models, never a key or a prompt; callers pass names through `key`, which escapes them.
+ *
+ * The connection is to one server: it does not follow a Redis Cluster's `MOVED` redirects.
+ * Pointed at a cluster node that does not own the prefix's slot, every command fails and the
+ * coordinating services stay in their local mode, saying so.
  *
  * ## Failures
  *
