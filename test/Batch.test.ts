@@ -271,7 +271,7 @@ describe("Batch.run", () => {
       expect(summary).toMatchObject({ succeeded: 1, failed: 0 })
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
-  it.scoped("turns every malformed line into an error line and sends the rest", () =>
+  it.scoped("turns every malformed line (nested too deep included) into an error line and sends the rest", () =>
     Effect.gen(function*() {
       const ws = yield* workspace
       const good = request("good")
@@ -285,12 +285,19 @@ describe("Batch.run", () => {
         JSON.stringify({ custom_id: 42, method: "POST", url: "/v1/chat/completions", body: JSON.parse(good).body })
       ]
       const shortUrl = JSON.stringify({ ...JSON.parse(request("short-url")), url: "/chat/completions" })
-      yield* ws.writeInput([good, ...malformed, "", "   ", shortUrl])
+      // A tool's schema 5,000 levels deep: sending it (JSON.stringify) overflowed the stack, a defect that ended the run.
+      const depth = 5000
+      const deep = request("deep").replace(
+        `"messages":`,
+        `"tools":[{"type":"function","function":{"name":"f","parameters":${"{\"a\":".repeat(depth)}1${"}".repeat(depth)}}}],"messages":`
+      )
+      yield* ws.writeInput([good, ...malformed, "", "   ", shortUrl, deep])
       const { calls, summary } = yield* runWith(ok, ws)
       const lines = byCustomId(yield* ws.readOutput)
 
       expect(calls).toBe(2)
-      expect(lines.size).toBe(9)
+      expect(lines.size).toBe(10)
+      expect(lines.get("deep")?.error).toEqual({ code: "invalid_line", message: "line nests arrays and objects deeper than 256 levels" })
       expect(lines.get("good")?.error).toBeNull()
       expect(lines.get("short-url")?.error).toBeNull()
       // Line numbers are the file's: the good line is line 1, so malformed lines are 2-8.
@@ -305,7 +312,7 @@ describe("Batch.run", () => {
       expect(lines.get("bad-method")?.error?.message).toBe(`invalid batch request: method: Expected "POST", actual "GET"`)
       expect(lines.get("bad-url")?.error?.message).toContain("url")
       expect(lines.get("line-8")?.error?.message).toBe("invalid batch request: custom_id: Expected string, actual 42")
-      expect(summary).toMatchObject({ requests: 9, succeeded: 2, failed: 7, failures: { invalid_line: 7 } })
+      expect(summary).toMatchObject({ requests: 10, succeeded: 2, failed: 8, failures: { invalid_line: 8 } })
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
   it.scoped("sends a custom_id once and answers a later line reusing it with an error line", () =>

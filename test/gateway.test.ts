@@ -724,7 +724,7 @@ describe("weatherproof serve, with the openai client", () => {
       expect((yield* sim.stats).requests).toBe(1)
     }))
 
-  it.scopedLive("a body that is not JSON, not an object, empty, not UTF-8, compressed or larger than 10 MiB, is a 400 and reaches no upstream", () =>
+  it.scopedLive("a body that is not JSON, not an object, empty, not UTF-8, compressed, larger than 10 MiB or nested too deep, is a 400 and reaches no upstream", () =>
     Effect.gen(function*() {
       const sim = yield* Simulator.make()
       const gateway = yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])])
@@ -761,6 +761,15 @@ describe("weatherproof serve, with the openai client", () => {
       const empty = yield* post("")
       expect(empty.status).toBe(400)
       expect(empty.body.error.message).toBe("the request body is empty: expected a JSON object, a chat completion request")
+      // Nested past what sending it can serialise (a tool's schema 5,000 levels deep): a 400, and
+      // the gateway still takes requests (such a body once kept a waiting slot for good).
+      const depth = 5000
+      const deepTool = `{"type":"function","function":{"name":"f","parameters":${"{\"a\":".repeat(depth)}1${"}".repeat(depth)}}}`
+      for (const stream of [false, true]) {
+        const deep = yield* post(`{"model":"${model}","stream":${stream},"messages":[{"role":"user","content":"x"}],"tools":[${deepTool}]}`)
+        expect(deep.status).toBe(400)
+        expect(deep.body.error.message).toBe("the request body nests arrays and objects deeper than 256 levels")
+      }
       expect((yield* sim.stats).requests).toBe(0)
       // A leading byte order mark is dropped, as JSON's RFC lets a parser do.
       const withBom = yield* post(`\uFEFF${JSON.stringify({ model, messages: ask("bom") })}`)

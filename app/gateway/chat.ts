@@ -36,7 +36,7 @@ import { withModelLeftToRouter } from "../../src/internal/routedModel.js"
 import * as ScopeFinalizer from "../../src/internal/scopeFinalizer.js"
 import type { Scrubber } from "../../src/internal/scrubber.js"
 import * as StreamPull from "../../src/internal/streamPull.js"
-import { clipped } from "../../src/internal/text.js"
+import { clipped, maxJsonDepth, nestsTooDeep } from "../../src/internal/text.js"
 import { Router, type RoutingRefused, Task } from "../../src/Router.js"
 import {
   BadRequest,
@@ -178,6 +178,9 @@ const maxMessageLength = 1000
 const parseBody = (body: unknown): Either.Either<ChatCompletionRequest, BadRequest> => {
   if (!Predicate.isRecord(body)) {
     return Either.left(new BadRequest({ message: `the request body is ${SchemaIssues.jsonKind(body)}, not a JSON object` }))
+  }
+  if (nestsTooDeep(body)) {
+    return Either.left(new BadRequest({ message: `the request body nests arrays and objects deeper than ${maxJsonDepth} levels` }))
   }
   return Either.mapLeft(decodeRequest(withModelLeftToRouter(body)), (error) =>
     new BadRequest({
@@ -352,7 +355,8 @@ export const make = (settings: Settings, traffic: Traffic) =>
         }
         const called = Effect.uninterruptibleMask((restore) => {
           traffic.startWaiting()
-          return Effect.matchCauseEffect(restore(resilient.create(request, { ...options, onAnswer })), {
+          // Suspended: a throw while the call is built is a defect its handler sees, not a waiting slot kept for good.
+          return Effect.matchCauseEffect(restore(Effect.suspend(() => resilient.create(request, { ...options, onAnswer }))), {
             onFailure: (cause) => ended(Exit.failCause(cause)),
             onSuccess: (completion) => ended(Exit.succeed(completion))
           })

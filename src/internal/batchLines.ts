@@ -20,7 +20,7 @@ import * as DurationTexts from "./durationText.js"
 import { withModelLeftToRouter } from "./routedModel.js"
 import * as SchemaFastPath from "./schemaFastPath.js"
 import * as SchemaIssues from "./schemaIssues.js"
-import { clipped, parseJson } from "./text.js"
+import { clipped, maxJsonDepth, nestsTooDeep, parseJson } from "./text.js"
 
 /** The longest deadline text quoted back: the text is the line's own. */
 const maxQuotedDeadline = 50
@@ -141,18 +141,20 @@ export const parseInputLine = (line: NumberedLine): InputItem => {
   const notAnObject = notARequestObject(json)
   if (notAnObject !== undefined) return invalidWithoutId(lineNumber, notAnObject)
   const ownId = ownCustomId(json)
+  const invalid = (message: string): InputItem => ({
+    _tag: "Invalid",
+    lineNumber,
+    customId: ownId ?? `line-${lineNumber}`,
+    hasOwnId: ownId !== undefined,
+    message
+  })
+  if (nestsTooDeep(json)) return invalid(`line nests arrays and objects deeper than ${maxJsonDepth} levels`)
   const decoded = decodeInputLine(withBodyModelLeftToRouter(json))
   if (Either.isRight(decoded)) {
     const { body, custom_id, deadlines, task } = decoded.right
     return { _tag: "Request", lineNumber, customId: custom_id, task, deadlines, body }
   }
-  return {
-    _tag: "Invalid",
-    lineNumber,
-    customId: ownId ?? `line-${lineNumber}`,
-    hasOwnId: ownId !== undefined,
-    message: clipped(`invalid batch request: ${SchemaIssues.describeIssues(decoded.left, "line").join("; ")}`, maxMessageLength)
-  }
+  return invalid(clipped(`invalid batch request: ${SchemaIssues.describeIssues(decoded.left, "line").join("; ")}`, maxMessageLength))
 }
 
 /** The `error.code` of a result line that was never sent. */

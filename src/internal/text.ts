@@ -10,6 +10,30 @@ import * as Option from "effect/Option"
 /** `text` parsed, or none when it is not JSON. */
 export const parseJson: (text: string) => Option.Option<unknown> = Option.liftThrowable(JSON.parse)
 
+/**
+ * How deep read JSON may nest arrays and objects. Far deeper than any request (a tool's JSON
+ * schema nests a few levels), far shallower than what makes `JSON.stringify` (sending it, pricing
+ * it, hashing it for the cache) overflow the stack: a few thousand.
+ */
+export const maxJsonDepth = 256
+
+/** Whether parsed JSON nests arrays and objects deeper than `maxJsonDepth`. Walked without recursion. */
+export const nestsTooDeep = (json: unknown): boolean => {
+  const values: Array<unknown> = [json]
+  const depths: Array<number> = [0]
+  while (values.length > 0) {
+    const value = values.pop()
+    const depth = depths.pop()!
+    if (typeof value !== "object" || value === null) continue
+    if (depth === maxJsonDepth) return true
+    for (const child of Array.isArray(value) ? value : Object.values(value)) {
+      values.push(child)
+      depths.push(depth + 1)
+    }
+  }
+  return false
+}
+
 /** `text`, or its first `max` characters and an ellipsis. */
 export const clipped = (text: string, max: number): string => text.length <= max ? text : `${text.slice(0, max)}…`
 
