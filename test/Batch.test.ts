@@ -271,7 +271,7 @@ describe("Batch.run", () => {
       expect(summary).toMatchObject({ succeeded: 1, failed: 0 })
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
-  it.scoped("turns every malformed line (nested too deep included) into an error line and sends the rest", () =>
+  it.scoped("turns every malformed line (nested too deep, blank only to trim() included) into an error line and sends the rest", () =>
     Effect.gen(function*() {
       const ws = yield* workspace
       const good = request("good")
@@ -291,12 +291,14 @@ describe("Batch.run", () => {
         `"messages":`,
         `"tools":[{"type":"function","function":{"name":"f","parameters":${"{\"a\":".repeat(depth)}1${"}".repeat(depth)}}}],"messages":`
       )
-      yield* ws.writeInput([good, ...malformed, "", "   ", shortUrl, deep])
+      yield* ws.writeInput([good, ...malformed, "", "   ", shortUrl, deep, "\uFEFF\u3000"])
       const { calls, summary } = yield* runWith(ok, ws)
       const lines = byCustomId(yield* ws.readOutput)
 
       expect(calls).toBe(2)
-      expect(lines.size).toBe(10)
+      expect(lines.size).toBe(11)
+      // Blank to trim(), not to JSON: an error line, never a line that vanished.
+      expect(lines.get("line-13")?.error).toEqual({ code: "invalid_line", message: "line is not valid JSON" })
       expect(lines.get("deep")?.error).toEqual({ code: "invalid_line", message: "line nests arrays and objects deeper than 256 levels" })
       expect(lines.get("good")?.error).toBeNull()
       expect(lines.get("short-url")?.error).toBeNull()
@@ -312,7 +314,7 @@ describe("Batch.run", () => {
       expect(lines.get("bad-method")?.error?.message).toBe(`invalid batch request: method: Expected "POST", actual "GET"`)
       expect(lines.get("bad-url")?.error?.message).toContain("url")
       expect(lines.get("line-8")?.error?.message).toBe("invalid batch request: custom_id: Expected string, actual 42")
-      expect(summary).toMatchObject({ requests: 10, succeeded: 2, failed: 8, failures: { invalid_line: 8 } })
+      expect(summary).toMatchObject({ requests: 11, succeeded: 2, failed: 9, failures: { invalid_line: 9 } })
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
   it.scoped("sends a custom_id once and answers a later line reusing it with an error line", () =>
@@ -1037,7 +1039,8 @@ describe("Batch.run input decoding", () => {
               return [{ text: undefined, lineNumber, unreadable: "invalid-utf8" }]
             }
           }
-          return text.trim().length === 0 ? [] : [{ text, lineNumber }]
+          // Blank in JSON's sense (space, tab, CR), not trim()'s.
+          return /^[ \t\r]*$/.test(text) ? [] : [{ text, lineNumber }]
         })
         expect([...split]).toEqual(expected)
       })

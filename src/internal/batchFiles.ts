@@ -72,7 +72,9 @@ const lineSplitter = (maxBytes: number) => {
     }
     let line = text.endsWith("\r") ? text.slice(0, -1) : text
     if (lineNumber === 1 && line.startsWith("\uFEFF")) line = line.slice(1)
-    if (line.trim().length > 0) out.push({ text: line, lineNumber })
+    // Blank in JSON's sense only (space, tab, CR): a line of U+FEFF or U+3000, which trim() also
+    // strips, is no JSON, and gets its error line rather than vanishing.
+    if (!/^[ \t\r]*$/.test(line)) out.push({ text: line, lineNumber })
   }
 
   const pushTooLong = (out: Array<NumberedLine>): void => {
