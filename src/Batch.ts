@@ -532,6 +532,13 @@ const resolvePaths = (fs: FileSystem.FileSystem, input: string, output: string) 
     if (inputReal === outputReal) {
       return yield* new BatchError({ file: "output", path: output, message: `the output file ${output} is the input file` })
     }
+    if (inputReal === Files.compactingPathOf(outputReal)) {
+      return yield* new BatchError({
+        file: "input",
+        path: input,
+        message: `the input file ${input} is where the output ${output} is compacted, which a run replaces: rename it`
+      })
+    }
     return { output: outputReal, inputKind }
   })
 

@@ -1249,6 +1249,41 @@ describe("Batch.run output file", () => {
       expect(yield* ws.fs.exists(`${ws.output}.lock`)).toBe(false)
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
+  it.scoped("compaction never writes through a symlink left at its temporary file, and the file it writes has the output's mode from the start", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput(["a", "b"].map((id) => request(id)))
+      yield* runWith(ok, ws)
+      yield* ws.fs.chmod(ws.output, 0o600)
+      // Another user's link (or a killed run's file) where compaction writes.
+      const victim = `${ws.output}.victim`
+      yield* ws.fs.writeFileString(victim, "precious data")
+      yield* ws.fs.symlink(victim, `${ws.output}.compacting`)
+      yield* ws.writeInput(["a", "b", "c"].map((id) => request(id)))
+      const [reading, resume] = [yield* Deferred.make<void>(), yield* Deferred.make<void>()]
+      const run = yield* Effect.fork(runWith(ok, ws).pipe(Effect.provide(stallsAfterFirstRead(ws.output, reading, Deferred.await(resume)))))
+      yield* Deferred.await(reading)
+      expect(Number((yield* ws.fs.stat(`${ws.output}.compacting`)).mode) & 0o777).toBe(0o600)
+      yield* Deferred.succeed(resume, undefined)
+      expect((yield* Fiber.join(run)).calls).toBe(1)
+      expect(yield* ws.fs.readFileString(victim)).toBe("precious data")
+      expect(yield* Effect.either(ws.fs.readLink(ws.output))).toMatchObject({ _tag: "Left" })
+      expect((yield* ws.readOutput).map((line) => line.custom_id).sort()).toEqual(["a", "b", "c"])
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it.scoped("an input that is where the output is compacted is refused before anything is sent, and left as it was", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput([request("a")])
+      yield* runWith(ok, ws)
+      const input = `${ws.output}.compacting`
+      yield* ws.fs.writeFileString(input, request("b"))
+      const refused = yield* Effect.flip(runWith(ok, { input, output: ws.output }))
+      expect(refused).toMatchObject({ _tag: "BatchError", file: "input" })
+      expect(refused.message).toBe(`the input file ${input} is where the output ${ws.output} is compacted, which a run replaces: rename it`)
+      expect(yield* ws.fs.readFileString(input)).toBe(request("b"))
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
   it.scoped("drains and writes the answers on the wire when the input cannot be read any more", () =>
     Effect.gen(function*() {
       const ws = yield* workspace
@@ -1277,15 +1312,17 @@ describe("Batch.run output file", () => {
  * line count aside), running `failed` then.
  */
 /** The file system it is given, but reading `path` gives its first chunk, tells `reading`, then waits forever. */
-const stallsAfterFirstRead = (path: string, reading: Deferred.Deferred<void>) =>
+/** Reads of `path` stall after the first (`reading` told), until `resume` if given, else for good. */
+const stallsAfterFirstRead = (path: string, reading: Deferred.Deferred<void>, resume: Effect.Effect<void> = Effect.never) =>
   Layer.effect(
     FileSystem.FileSystem,
     Effect.map(FileSystem.FileSystem, (fs) => ({
       ...fs,
       stream: (at, options) =>
-        at !== path
-          ? fs.stream(at, options)
-          : Stream.concat(Stream.take(fs.stream(at, options), 1), Stream.fromEffect(Effect.zipRight(Deferred.succeed(reading, undefined), Effect.never)))
+        at !== path ? fs.stream(at, options) : Stream.take(fs.stream(at, options), 1).pipe(
+          Stream.concat(Stream.drain(Stream.fromEffect(Effect.zipRight(Deferred.succeed(reading, undefined), resume)))),
+          Stream.concat(Stream.drop(fs.stream(at, options), 1))
+        )
     }))
   )
 

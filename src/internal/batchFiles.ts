@@ -541,6 +541,9 @@ const lastLineEnded = (fs: FileSystem.FileSystem, path: string, size: FileSystem
     return at < 0 || tail[at] === newline
   }))
 
+/** Where the output at `path` (a real path) is rewritten before it replaces it. */
+export const compactingPathOf = (path: string): string => `${path}.compacting`
+
 /**
  * Rewrites an existing output file so it holds only its successful lines, one per custom id, and
  * returns those ids. Failed lines go (they are retried), and so does the line a crash tore: the
@@ -558,7 +561,7 @@ export const compactOutput = (
     if (!(yield* fs.exists(path))) return new Set<string>()
     const { size } = yield* fs.stat(path)
     const keep = keeper(!(yield* lastLineEnded(fs, path, size)))
-    yield* replaceFile(fs, path, `${path}.compacting`, (file) =>
+    yield* replaceFile(fs, path, compactingPathOf(path), (file) =>
       Stream.runForEachChunk(lines(fs, path), (read) => Effect.flatMap(keep.lines(read), (text) => writeText(file, text))))
     return keep.succeeded
   })
@@ -583,7 +586,12 @@ export const replaceFile = <E>(
     (mode) =>
       Effect.scoped(
         Effect.gen(function*() {
-          const file = yield* fs.open(temporaryPath, { flag: "w" })
+          // One a killed run left is removed, never opened: opening follows a symlink planted
+          // there, writing through it to any file and renaming the link over `path`. Created
+          // exclusively, with the file's mode from the start: what a 0600 file holds is never
+          // readable by others meanwhile (the chmod after it undoes the umask).
+          yield* fs.remove(temporaryPath).pipe(Effect.catchIf(isNotFound, () => Effect.void))
+          const file = yield* fs.open(temporaryPath, { flag: "wx", mode: Option.getOrElse(mode, () => 0o666) & 0o777 })
           yield* write(file)
           yield* file.sync
           if (Option.isSome(mode)) yield* fs.chmod(temporaryPath, mode.value)
