@@ -100,13 +100,19 @@ export class AccountsError extends Data.TaggedError("AccountsError")<{
 
 const expecting = (description: string) => ({ message: () => description })
 
-const isHttpUrl = (text: string): boolean => {
-  try {
-    const url = new URL(text)
-    return url.protocol === "http:" || url.protocol === "https:"
-  } catch {
-    return false
-  }
+const notHttpUrl = "expected an http(s) URL"
+
+/**
+ * What is wrong with a base URL, if anything: not http(s); credentials in it (`user:pass@`: they
+ * would reach traces as `url.full`, and keys go in `keys`); a query or fragment (the path
+ * `/chat/completions` is appended to it). The URL itself is never quoted: it may hold a secret.
+ */
+const baseUrlProblem = (text: string): string | undefined => {
+  const url = URL.canParse(text) ? new URL(text) : undefined
+  if (url === undefined || (url.protocol !== "http:" && url.protocol !== "https:")) return notHttpUrl
+  if (url.username !== "" || url.password !== "") return "expected an http(s) URL without credentials (user:password@): give keys in keys"
+  if (url.search !== "" || url.hash !== "") return "expected an http(s) URL without a ?query or #fragment: /chat/completions is appended to it"
+  return undefined
 }
 
 const envPrefix = "env:"
@@ -122,7 +128,7 @@ const Provider = Schema.Literal("deepseek", "openai-compatible").annotations({
 })
 
 const BaseUrl = Schema.String.annotations(expecting("expected an http(s) URL")).pipe(
-  Schema.filter(isHttpUrl, expecting("expected an http(s) URL"))
+  Schema.filter((text) => baseUrlProblem(text) ?? true)
 )
 
 /** A key, or `env:NAME`. */
@@ -395,15 +401,16 @@ export const fromEnv: Effect.Effect<ReadonlyArray<Account>, ConfigError.ConfigEr
   Config.all({
     keys: KeyPool.keysConfig,
     baseUrl: Config.string("DEEPSEEK_BASE_URL").pipe(
-      Config.mapOrFail((url) =>
-        isHttpUrl(url)
-          ? Either.right(url)
-          : Either.left(ConfigError.InvalidData(
-            [],
-            // A key pasted into the wrong variable is not echoed back.
-            `expected an http(s) URL such as ${defaultBaseUrl}, got ${JSON.stringify(clipped(scrubSecrets(url), 100))}`
-          ))
-      ),
+      Config.mapOrFail((url) => {
+        const problem = baseUrlProblem(url)
+        if (problem === undefined) return Either.right(url)
+        // Only a value that is no URL is shown (a key pasted into the wrong variable, scrubbed):
+        // one with credentials or a query may hold a secret.
+        const message = problem === notHttpUrl
+          ? `expected an http(s) URL such as ${defaultBaseUrl}, got ${JSON.stringify(clipped(scrubSecrets(url), 100))}`
+          : problem
+        return Either.left(ConfigError.InvalidData([], message))
+      }),
       Config.withDefault(defaultBaseUrl)
     )
   }),

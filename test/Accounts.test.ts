@@ -94,6 +94,18 @@ describe("Accounts", () => {
       expect(yield* issuesOf(withAccount({ baseUrl: "not a url" }, 2))).toEqual([
         "accounts[2].baseUrl: expected an http(s) URL"
       ])
+      // Credentials in it would reach traces (url.full); a query would have the path appended after it.
+      expect(yield* issuesOf(withAccount({ baseUrl: "http://svc:s3cret@127.0.0.1:8080" }))).toEqual([
+        "accounts[0].baseUrl: expected an http(s) URL without credentials (user:password@): give keys in keys"
+      ])
+      expect(yield* issuesOf(withAccount({ baseUrl: "https://llm.example/v1?api_key=s3cret" }))).toEqual([
+        "accounts[0].baseUrl: expected an http(s) URL without a ?query or #fragment: /chat/completions is appended to it"
+      ])
+      const withCredentials = yield* Effect.flip(Accounts.fromEnv.pipe(Effect.withConfigProvider(ConfigProvider.fromMap(
+        new Map([["DEEPSEEK_API_KEY", "sk-one"], ["DEEPSEEK_BASE_URL", "https://user:s3cret@llm.example"]])
+      ))))
+      expect(String(withCredentials)).toContain("expected an http(s) URL without credentials (user:password@)")
+      expect(String(withCredentials)).not.toContain("s3cret")
       expect(yield* issuesOf(withAccount({ keys: [] }, 1))).toEqual(["accounts[1].keys: expected at least one key"])
       expect(yield* issuesOf(withAccount({ provider: "azure" }))).toEqual([
         `accounts[0].provider: expected "deepseek" or "openai-compatible"`
