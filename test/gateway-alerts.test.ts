@@ -84,6 +84,11 @@ describe("gateway alerts", () => {
       "account_reachable:d"
     ])
     expect(alertsBetween(before, before)).toEqual([])
+    // A failed canary (half open, open again) opened nothing new; the close that follows is told.
+    const halfOpen = sample([accountSample("a", { state: "half_open" })])
+    const reopened = sample([accountSample("a", { state: "open" })])
+    expect(events(alertsBetween(halfOpen, reopened))).toEqual([])
+    expect(events(alertsBetween(halfOpen, sample([accountSample("a")])))).toEqual(["breaker_closed:a"])
     const [first] = alertsBetween(before, after)
     expect(first).toEqual({
       event: "breaker_opened",

@@ -87,7 +87,8 @@ const alert = (sample: Sample, event: AlertEvent, account: string | null, messag
 const accountAlerts = (sample: Sample, before: AccountSample, after: AccountSample): ReadonlyArray<Alert> => {
   const name = after.name
   const alerts: Array<Alert> = []
-  if (before.state !== "open" && after.state === "open") {
+  // A canary that failed (half open, then open again) is the same outage: one alert, until it closes.
+  if (before.state !== "open" && before.state !== "half_open" && after.state === "open") {
     const cause = after.lastFailure === undefined ? "" : `; its last failure: ${after.lastFailure}`
     alerts.push(alert(sample, "breaker_opened", name, `account ${name}: circuit breaker opened; its calls go elsewhere or wait${cause}`))
   }
