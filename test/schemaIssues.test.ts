@@ -54,6 +54,16 @@ describe("SchemaIssues", () => {
     expect(issues[49]).toBe("messages[49].content: is missing")
   })
 
+  it("formats only the issues it describes: a body of 100,000 bad items formats 50, not all of them", () => {
+    let formatted = 0
+    // Each bad item is shown in its issue's message, through its toString.
+    const item = { toString: () => `item ${++formatted}` }
+    const issues = issuesOf(Schema.Array(Schema.String), Array.from({ length: 100_000 }, () => item))
+    expect(issues).toHaveLength(50)
+    expect(issues[0]).toBe("[0]: Expected string, actual item 1")
+    expect(formatted).toBe(50)
+  })
+
   it("names a JSON value's kind", () => {
     expect([{}, [], null, "x", 1, true].map(SchemaIssues.jsonKind))
       .toEqual(["an object", "an array", "null", "a string", "a number", "a boolean"])

@@ -46,12 +46,47 @@ const mergeAlternatives = (messages: ReadonlyArray<string>): ReadonlyArray<strin
 const maxIssues = 50
 
 /**
- * Effect's issues of `error`. Formatting one shows its value, which a hostile one (`constructor.name`
- * whose `toString` is no function) makes throw: then one issue at the root says only that.
+ * `issue` with at most `budget` of its leaves (each a formatted issue), and how many it kept. The
+ * formatter formats every leaf before any is dropped: a gateway body of 700,000 bad messages took
+ * it six seconds, the event loop stalled for every client meanwhile.
+ */
+const pruned = (issue: ParseResult.ParseIssue, budget: number): readonly [ParseResult.ParseIssue, number] => {
+  switch (issue._tag) {
+    case "Composite": {
+      const children = Array.isArray(issue.issues) ? issue.issues : [issue.issues]
+      const kept: Array<ParseResult.ParseIssue> = []
+      let used = 0
+      for (const child of children) {
+        if (used >= budget) break
+        const [inner, leaves] = pruned(child, budget - used)
+        kept.push(inner)
+        used += leaves
+      }
+      return [new ParseResult.Composite(issue.ast, issue.actual, kept as [ParseResult.ParseIssue], issue.output), used]
+    }
+    case "Pointer":
+    case "Refinement":
+    case "Transformation": {
+      const [inner, used] = pruned(issue.issue, budget)
+      const rebuilt = issue._tag === "Pointer"
+        ? new ParseResult.Pointer(issue.path, issue.actual, inner)
+        : issue._tag === "Refinement"
+        ? new ParseResult.Refinement(issue.ast, issue.actual, issue.kind, inner)
+        : new ParseResult.Transformation(issue.ast, issue.actual, issue.kind, inner)
+      return [rebuilt, used]
+    }
+    default:
+      return [issue, 1]
+  }
+}
+
+/**
+ * Effect's first `maxIssues` issues of `error`. Formatting one shows its value, which a hostile one
+ * (`constructor.name` whose `toString` is no function) makes throw: then one issue at the root says only that.
  */
 const formattedIssues = (error: ParseResult.ParseError): ReadonlyArray<ParseResult.ArrayFormatterIssue> => {
   try {
-    return ParseResult.ArrayFormatter.formatErrorSync(error)
+    return ParseResult.ArrayFormatter.formatIssueSync(pruned(error.issue, maxIssues)[0])
   } catch {
     return [{ _tag: "Type", path: [], message: "does not match the expected shape (its value cannot be shown)" }]
   }
