@@ -89,6 +89,11 @@ describe("weatherproof serve, metrics and traces", () => {
       expect(valueOf(text, `weatherproof_account_pool_queued{model="${laneModel}"}`)).toBe(0)
       expect(text).toContain("# TYPE weatherproof_tokens_total counter")
       expect(text).toContain("# TYPE weatherproof_cost_usd_total counter")
+      // Units as their names say (Effect's producer said "1" of all): none for a count.
+      expect(text).toContain("# UNIT weatherproof_account_pool_attempt_duration_seconds s")
+      expect(text).toContain("# UNIT weatherproof_cost_usd_total {USD}")
+      expect(text).toContain("# UNIT weatherproof_tokens_total {token}")
+      expect(text).not.toMatch(/^# UNIT \S+ 1$/m)
       expect(text).toMatch(/^weatherproof_call_duration_seconds_bucket\{[^}]*le="\+Inf"\} \d+$/m)
       // The gateway's own.
       // Each answer counted once, streams and completions alike.

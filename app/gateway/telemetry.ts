@@ -38,8 +38,15 @@ const resource = { serviceName: "weatherproof-gateway", serviceVersion: "0.1.0" 
 /** The prefix of the series Effect keeps per fiber when its `RuntimeMetrics` flag is on. */
 const fiberSeriesPrefix = "effect_fiber_"
 
-/** `producer` without Effect's per-fiber series. */
-const withoutFiberSeries = (producer: MetricProducer): MetricProducer => ({
+/**
+ * A series' unit (UCUM, as OpenTelemetry has it) from its name: Effect's producer says "1" of every
+ * one, which contradicts `_seconds` and has OTLP-to-Prometheus translators rename gauges `_ratio`.
+ */
+const unitOf = (name: string): string =>
+  name.endsWith("_seconds") ? "s" : /_usd(_total)?$/.test(name) ? "{USD}" : /_tokens(_total)?$/.test(name) ? "{token}" : ""
+
+/** `producer` without Effect's per-fiber series, each series with its unit. */
+const exported = (producer: MetricProducer): MetricProducer => ({
   collect: (options) =>
     producer.collect(options).then(({ errors, resourceMetrics }) => ({
       errors,
@@ -47,7 +54,9 @@ const withoutFiberSeries = (producer: MetricProducer): MetricProducer => ({
         ...resourceMetrics,
         scopeMetrics: resourceMetrics.scopeMetrics.map((scope) => ({
           ...scope,
-          metrics: scope.metrics.filter((metric) => !metric.descriptor.name.startsWith(fiberSeriesPrefix))
+          metrics: scope.metrics
+            .filter((metric) => !metric.descriptor.name.startsWith(fiberSeriesPrefix))
+            .map((metric) => ({ ...metric, descriptor: { ...metric.descriptor, unit: unitOf(metric.descriptor.name) } }))
         }))
       }
     }))
@@ -71,7 +80,7 @@ export const layer = (options: { readonly otlp: boolean }): Layer.Layer<Telemetr
     spanProcessor: options.otlp ? new BatchSpanProcessor(new OTLPTraceExporter()) : undefined
   }))
   const metrics = Layer.scopedDiscard(
-    Effect.flatMap(Metrics.makeProducer, (producer) => Metrics.registerProducer(withoutFiberSeries(producer), () => readers))
+    Effect.flatMap(Metrics.makeProducer, (producer) => Metrics.registerProducer(exported(producer), () => readers))
   )
   const service: Service = {
     scrape: Effect.promise(() => prometheus.collect()).pipe(
