@@ -7,6 +7,7 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Stream from "effect/Stream"
@@ -288,6 +289,17 @@ describe("Policy around a stream", () => {
       expect(Either.isLeft(result)).toBe(true)
       expect((yield* breaker.state)._tag).toBe("Open")
       expect((yield* limiter.snapshot).inFlight).toBe(0)
+    }))
+
+  it.scoped("times a stream's call from its opening to its end in callDuration, as a completion's", () =>
+    Effect.gen(function*() {
+      const policy = yield* Policy.make()
+      const slow = Stream.concat(Stream.make(1), Stream.fromEffect(Effect.as(Effect.sleep("2 seconds"), 2)))
+      const fiber = yield* Effect.fork(Stream.runCollect(policy.applyStream(slow)).pipe(Effect.tagMetrics("test", "timed-stream")))
+      yield* TestClock.adjust("2 seconds")
+      yield* Fiber.join(fiber)
+      const timed = yield* Metric.value(Metric.tagged(Policy.callDuration, "test", "timed-stream"))
+      expect({ count: timed.count, sum: timed.sum }).toEqual({ count: 1, sum: 2 })
     }))
 
   it.scoped("retries a stream only until its first element reached the caller", () =>

@@ -13,6 +13,7 @@ import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import type * as Fiber from "effect/Fiber"
 import * as FiberId from "effect/FiberId"
 import * as FiberRef from "effect/FiberRef"
 import * as Metric from "effect/Metric"
@@ -31,6 +32,7 @@ import * as RetryBudget from "../RetryBudget.js"
 import type * as RetryPolicy from "../RetryPolicy.js"
 import type * as Telemetry from "../Telemetry.js"
 import type * as TokenBucket from "../TokenBucket.js"
+import * as ScopeFinalizer from "./scopeFinalizer.js"
 import * as StreamPull from "./streamPull.js"
 import * as ToldAttempts from "./toldAttempts.js"
 import * as Unpaced from "./unpaced.js"
@@ -156,15 +158,22 @@ const retryStreamAfterFailure = <A, E, R, R2>(
  * metric labels): on the hot path, its effect chain costs more than a policy.
  */
 const timed = <A, E, R>(call: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
-  Effect.withFiberRuntime((fiber) => {
-    const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
-    const start = clock.unsafeCurrentTimeNanos()
-    return Effect.onExit(call, () =>
-      Effect.sync(() => {
-        const seconds = Number(clock.unsafeCurrentTimeNanos() - start) / 1e9
-        callDuration.unsafeUpdate(seconds, fiber.getFiberRef(FiberRef.currentMetricLabels))
-      }))
-  })
+  Effect.withFiberRuntime((fiber) => Effect.onExit(call, timer(fiber)))
+
+/** The time from now to the call's end, as a synchronous step that records it in `callDuration`. */
+const timer = (fiber: Fiber.RuntimeFiber<unknown, unknown>) => {
+  const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
+  const start = clock.unsafeCurrentTimeNanos()
+  return () =>
+    Effect.sync(() => {
+      const seconds = Number(clock.unsafeCurrentTimeNanos() - start) / 1e9
+      callDuration.unsafeUpdate(seconds, fiber.getFiberRef(FiberRef.currentMetricLabels))
+    })
+}
+
+/** A stream's call timed from its opening to its end, however it ends (its scope closes then). */
+const timedStream = <A, E, R>(opening: StreamPull.Opening<A, E, R>): StreamPull.Opening<A, E, R> =>
+  Effect.withFiberRuntime((fiber) => Effect.zipRight(ScopeFinalizer.addFinalizer(Effect.suspend(timer(fiber))), opening))
 
 type UsePermit<A> = (permit: ConcurrencyLimiter.Permit) => A
 
@@ -303,9 +312,9 @@ export const make = (parts: Parts): Service => {
         }))
 
   const applyStream: Service["applyStream"] = (self, options) =>
-    StreamPull.fromOpening(
+    StreamPull.fromOpening(timedStream(
       Effect.zipRight(started, retryStreamAfterFailure(gatedStream(streamUse(self), options), onFailure, effectRetries, owedRefund))
-    )
+    ))
 
   /**
    * One request through the gates, its permit and the breaker's admission held until the body
