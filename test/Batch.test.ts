@@ -403,7 +403,7 @@ describe("Batch.run", () => {
       expect(yield* ws.readOutput).toEqual(lines)
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
-  it.scoped("drops a last line torn by a crash and sends its request again", () =>
+  it.scoped("drops a last line torn by a crash (cut, or NULs where a machine's crash lost it) and sends its request again", () =>
     Effect.gen(function*() {
       const ws = yield* workspace
       yield* ws.writeInput(["a", "b", "c"].map((id) => request(id)))
@@ -418,6 +418,11 @@ describe("Batch.run", () => {
       const lines = yield* ws.readOutput
       expect(lines).toHaveLength(3)
       expect([...countBy(lines).keys()].sort()).toEqual(["a", "b", "c"])
+
+      // A machine's crash: the appends' size was written, their data not (ext4, XFS fill it with NULs).
+      yield* ws.fs.writeFile(ws.output, Buffer.concat([Buffer.from(`${first}\n`), Buffer.alloc(4096)]))
+      expect((yield* runWith(ok, ws)).calls).toBe(2)
+      expect((yield* ws.readOutput).map((line) => line.custom_id).sort()).toEqual(["a", "b", "c"])
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
   it.scoped("drops an only line torn inside a character (a crash in a run's first write) and sends its request again; other text cut so stays refused", () =>

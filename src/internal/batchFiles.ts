@@ -607,11 +607,17 @@ const mayBeTornBytes = (line: Extract<NumberedLine, { readonly text: undefined }
   line.beforeCut !== undefined && line.beforeCut.length > 0 && mayBeTornResult(line.beforeCut)
 
 /**
+ * Whether a line is only NUL bytes: what ext4 or XFS may leave of appends a machine's crash cut
+ * (the file's size written, its data not).
+ */
+const isZeroFill = (text: string): boolean => /^\0+$/.test(text)
+
+/**
  * What compaction keeps of an output's lines, a read at a time (no effect per line: an output can
  * hold millions): the text of the first successful line of each id. A line that is not a batch
  * result is `ForeignLine`, unless it may be one a crash tore: the last, with no newline after it
- * (`torn`), the start of a result line (bytes that are not UTF-8: after a result, or the start of
- * a result line cut inside a character).
+ * (`torn`), the start of a result line or NUL bytes (bytes that are not UTF-8: after a result, or
+ * the start of a result line cut inside a character).
  */
 const keeper = (torn: boolean) => {
   const succeeded = new Set<string>()
@@ -623,7 +629,8 @@ const keeper = (torn: boolean) => {
       if (unrecognized !== undefined) return Effect.fail({ _tag: "ForeignLine", lineNumber: unrecognized })
       const result = line.text === undefined ? undefined : classifyExisting(line.text)
       if (result === undefined || result._tag === "Unrecognized") {
-        const tearable = torn && (line.text === undefined ? sawResult || mayBeTornBytes(line) : mayBeTornResult(line.text))
+        const tearable = torn &&
+          (line.text === undefined ? sawResult || mayBeTornBytes(line) : mayBeTornResult(line.text) || isZeroFill(line.text))
         if (!tearable) return Effect.fail({ _tag: "ForeignLine", lineNumber: line.lineNumber })
         unrecognized = line.lineNumber
         continue
