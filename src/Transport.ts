@@ -26,7 +26,11 @@ import * as KeyPool from "./KeyPool.js"
  * @category models
  */
 export interface Deadlines {
-  /** From sending the request to the first content event; keep-alive bytes do not reset it. Default 10 minutes. */
+  /**
+   * From sending the request to the first content event; keep-alive bytes do not reset it. Default
+   * 10 minutes. A non-streaming call's content comes whole once generated: its applies until the
+   * call is accepted (a 200), then `total` bounds it (DeepSeek closes a request it never schedules).
+   */
   readonly firstContent: Duration.DurationInput
   /** Longest gap between two content events. Default 120 seconds. */
   readonly idle: Duration.DurationInput

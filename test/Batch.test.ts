@@ -1788,17 +1788,18 @@ describe("Batch.run per-line deadlines", () => {
       const ws = yield* workspace
       // Every request is queued 300 ms (keep-alives meanwhile) before its content.
       const simulator = yield* Simulator.make({ queueDelay: "300 millis" })
-      const line = (customId: string, deadlines?: Record<string, string>) =>
+      const line = (customId: string, deadlines?: Record<string, string>, stream = false) =>
         JSON.stringify({
           custom_id: customId,
           ...(deadlines === undefined ? {} : { deadlines }),
           method: "POST",
           url: "/v1/chat/completions",
-          body: { model: "deepseek-v4-flash", messages: [{ role: "user", content: customId }] }
+          body: { model: "deepseek-v4-flash", messages: [{ role: "user", content: customId }], stream }
         })
       yield* ws.writeInput([
         line("patient"),
-        line("hasty", { firstContent: "50ms" }),
+        // A stream's first content is its first event (a non-streaming answer's comes whole once generated).
+        line("hasty", { firstContent: "50ms" }, true),
         line("bad", { idle: "soon" }),
         line("zero", { total: "0s" }),
         line("typo", { whole: "5s" })

@@ -668,15 +668,32 @@ describe("Transport deadlines (TestClock)", () => {
       expect(error && "after" in error && Duration.toMinutes(error.after)).toBe(10)
     }).pipe(Effect.provide(setup([MockUpstream.sse(keepAlivesForAnHour)]))))
 
-  it.effect("first content: blank lines before a JSON body do not reset it either", () =>
+  // A non-streaming answer's content comes whole once generated: 12 minutes of blank lines, then its JSON.
+  const generatedFor12Minutes = MockUpstream.parts([
+    ...Array.from({ length: 24 }, (): MockUpstream.Part => ({ delay: "30 seconds", text: "\n" })),
+    JSON.stringify(Wire.completion(generation))
+  ])
+
+  it.effect("first content: a non-streaming answer, once accepted, is not cut by it (its content comes at the end): total bounds it", () =>
     Effect.gen(function*() {
-      const fiber = yield* Effect.fork(Effect.flip(create({ deadlines: { firstContent: "2 minutes" } })))
-      yield* TestClock.adjust("2 minutes")
-      const error = yield* Fiber.join(fiber)
-      expect(error).toMatchObject({ _tag: "DeadlineExceeded", reason: "first_content" })
-    }).pipe(Effect.provide(setup([
-      MockUpstream.parts([...Array.from({ length: 20 }, (): MockUpstream.Part => ({ delay: "10 seconds", text: "\n" })), "{}"])
-    ]))))
+      const answered = yield* Effect.fork(create())
+      yield* TestClock.adjust("12 minutes")
+      expect((yield* Fiber.join(answered)).choices[0]?.message.content).toBe(generation.content)
+    }).pipe(Effect.provide(setup([generatedFor12Minutes]))))
+
+  it.effect("total: cuts a non-streaming answer that blank lines keep alive", () =>
+    Effect.gen(function*() {
+      const fiber = yield* Effect.fork(Effect.flip(create({ deadlines: { total: "5 minutes" } })))
+      yield* TestClock.adjust("5 minutes")
+      expect(yield* Fiber.join(fiber)).toMatchObject({ _tag: "DeadlineExceeded", reason: "total" })
+    }).pipe(Effect.provide(setup([generatedFor12Minutes]))))
+
+  it.effect("first content: counts a non-streaming call's wait for the response headers", () =>
+    Effect.gen(function*() {
+      const fiber = yield* Effect.fork(Effect.flip(create()))
+      yield* TestClock.adjust("10 minutes")
+      expect(yield* Fiber.join(fiber)).toMatchObject({ _tag: "DeadlineExceeded", reason: "first_content" })
+    }).pipe(Effect.provide(setup([MockUpstream.json(Wire.completion(generation), { latency: "11 minutes" })]))))
 
   it.effect("first content: counts the wait for the response headers", () =>
     Effect.gen(function*() {

@@ -617,7 +617,7 @@ describe("weatherproof's styled text", () => {
 })
 
 describe("weatherproof batch deadlines", () => {
-  it.scopedLive("--first-content-timeout cuts every attempt's wait for content, --retries bounds them; bad values are usage errors", () =>
+  it.scopedLive("--first-content-timeout cuts every attempt's wait for a stream's content, --retries bounds them; bad values are usage errors", () =>
     Effect.gen(function*() {
       const fs = yield* FileSystem.FileSystem
       const simulator = yield* Simulator.make({ queueDelay: "400 millis" })
@@ -640,8 +640,12 @@ describe("weatherproof batch deadlines", () => {
       expect(badRetries.code).toBe(2)
       expect(badRetries.stderr).toContain("--retries must be at least 0")
 
+      // A streamed line: its first content is its first event (a non-streaming answer's comes whole, once generated).
+      const streamed = `${dir}/streamed.jsonl`
+      const request = JSON.parse(chatLine(1))
+      yield* fs.writeFileString(streamed, `${JSON.stringify({ ...request, body: { ...request.body, stream: true } })}\n`)
       const cut = yield* runCli(
-        ["batch", input, "--output", `${dir}/out.jsonl`, "--first-content-timeout", "50ms", "--retries", "2"],
+        ["batch", streamed, "--output", `${dir}/out.jsonl`, "--first-content-timeout", "50ms", "--retries", "2"],
         env
       )
       expect(cut.code).toBe(1)

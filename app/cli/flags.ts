@@ -98,7 +98,7 @@ export const callFlags = (retriesDefault: number) => ({
   ),
   firstContentTimeout: duration(
     "first-content-timeout",
-    "per attempt, from sending to the first content (keep-alives do not count; default 10m, DeepSeek's)",
+    "per attempt, from sending to the first content (keep-alives do not count; default 10m, DeepSeek's); a non-streaming call's until it is accepted: its content comes whole once generated",
     "deadline"
   ),
   idleTimeout: duration("idle-timeout", "per attempt, the longest gap between two content events (default 2m)", "deadline"),

@@ -91,12 +91,20 @@ export class Timeline {
     private readonly limits: Limits,
     private readonly startedAt: number,
     private readonly observers: Observers | undefined,
-    private readonly clock: Clock.Clock
+    private readonly clock: Clock.Clock,
+    private readonly wholeBody: boolean
   ) {}
 
-  /** Starts the timeline of a call now. */
-  static start(limits: Limits, observers: Observers | undefined): Effect.Effect<Timeline> {
-    return Effect.clockWith((clock) => Effect.sync(() => new Timeline(limits, clock.unsafeCurrentTimeMillis(), observers, clock)))
+  /**
+   * Starts the timeline of a call now. A `wholeBody` answer (not streamed) has its content only
+   * once generated, at the end: once accepted, the first-content deadline would cut a generation
+   * longer than it (and each retry would be cut and billed again). `total` bounds it instead; a
+   * request DeepSeek never schedules is closed by DeepSeek (a blank body).
+   */
+  static start(limits: Limits, observers: Observers | undefined, wholeBody = false): Effect.Effect<Timeline> {
+    return Effect.clockWith((clock) =>
+      Effect.sync(() => new Timeline(limits, clock.unsafeCurrentTimeMillis(), observers, clock, wholeBody))
+    )
   }
 
   now(): number {
@@ -170,7 +178,11 @@ export class Timeline {
       return { end: drain.end, exceeded: () => new DeadlineExceeded({ reason: "idle", after: Duration.millis(drain.millis), partial: this.partialOutput() }) }
     }
     const beforeContent = this.firstContentAt === undefined
-    const phaseLimit = beforeContent ? this.limits.firstContent : this.limits.idle
+    const phaseLimit = !beforeContent
+      ? this.limits.idle
+      : this.wholeBody && this.headersAt !== undefined
+      ? Infinity
+      : this.limits.firstContent
     const phaseEnd = (beforeContent ? this.startedAt : this.idleFrom) + phaseLimit
     const totalEnd = this.startedAt + this.limits.total
     const phaseFirst = phaseEnd <= totalEnd

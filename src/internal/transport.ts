@@ -529,12 +529,13 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
 
     const attributesOf = (request: ChatSchema.ChatCompletionRequest) => ({ attributes: { model: request.model }, captureStackTrace: false })
 
-    const startTimeline = (options: CallOptions | undefined) =>
+    const startTimeline = (options: CallOptions | undefined, wholeBody: boolean) =>
       Timeline.start(
         options?.deadlines === undefined
           ? layerLimits
           : resolveLimits(settings.defaultDeadlines, settings.deadlines, options.deadlines),
-        options
+        options,
+        wholeBody
       )
 
     /**
@@ -604,7 +605,7 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
       )
 
     const createOn = (wire: Wire, request: ChatSchema.ChatCompletionRequest, options: CallOptions | undefined) =>
-      Effect.flatMap(startTimeline(options), (timeline) =>
+      Effect.flatMap(startTimeline(options, true), (timeline) =>
         wire.within(
           timeline,
           Effect.flatMap(send(wire, { ...request, stream: false }, timeline), ({ reply, scrub }) =>
@@ -643,7 +644,7 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
       options: CallOptions | undefined
     ): StreamPull.Opening<ChatSchema.ChatCompletionChunk, ApiError.ApiError> => {
       const opening = Effect.gen(function*() {
-        const timeline = yield* startTimeline(options)
+        const timeline = yield* startTimeline(options, false)
         yield* wire.watchScoped(timeline)
         const body = { ...request, stream: true, stream_options: { ...request.stream_options, include_usage: true } }
         const { reply, scrub } = yield* send(wire, body, timeline)
