@@ -306,14 +306,16 @@ export type FromContextOptions = Pick<Parts, "classify" | "budgetWait" | "capRet
  * import { Layer } from "effect"
  * import { CircuitBreaker, ConcurrencyLimiter, Policy, RetryBudget, RetryPolicy, TokenBucket } from "weatherproof"
  *
- * // The adaptive limiter backs off on a cap's 429s: their retries need not wait for budget.
+ * // The adaptive limiter backs off on a cap's 429s: their retries need not wait for budget, and
+ * // the breaker counts only overload among load shed (as `make` sets it behind a limiter): a
+ * // cap's 429s tripping it would stop every call for its open period.
  * const policy = Policy.layerFromContextWith({ capRetriesPaced: true }).pipe(
  *   Layer.provide([
  *     RetryPolicy.layer(),
  *     RetryBudget.layer(),
  *     TokenBucket.layerUnlimited,
  *     ConcurrencyLimiter.layerAdaptive(),
- *     CircuitBreaker.layer()
+ *     CircuitBreaker.layer({ countLoadShed: "overload" })
  *   ])
  * )
  * ```
