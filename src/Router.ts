@@ -226,6 +226,8 @@ interface Settings {
   readonly defaultTask: Task
 }
 
+const enabled = { type: "enabled" } as const
+
 /**
  * Applies `route`: it fills the fields the request leaves unset, or overwrites them under force
  * (where a route that sets no `reasoning_effort` leaves the request none).
@@ -233,7 +235,9 @@ interface Settings {
 const applyRoute = (request: RoutableRequest, route: Route, force: boolean): ChatCompletionRequest => {
   const { reasoning_effort: requestedEffort, ...rest } = request
   const model = force ? undefined : namedModel(request)
-  const thinking = force ? undefined : request.thinking
+  // A `reasoning_effort` alone asks for thinking (DeepSeek thinks on it unless thinking is
+  // disabled): the request's own, which the route must not turn off.
+  const thinking = force ? undefined : request.thinking ?? (requestedEffort == null ? undefined : enabled)
   const reasoningEffort = (force ? undefined : requestedEffort) ?? route.reasoningEffort
   return {
     ...rest,

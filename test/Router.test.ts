@@ -93,6 +93,9 @@ describe("Router routing", () => {
       // What the request sets wins over the route.
       const ownEffort = yield* router.route({ messages, reasoning_effort: "high" }, { task: "reasoning" })
       expect(ownEffort.request.reasoning_effort).toBe("high")
+      // A reasoning_effort alone asks for thinking: a route without thinking does not turn it off.
+      const effortOnChat = yield* router.route({ messages, reasoning_effort: "high" }, { task: "chat" })
+      expect(effortOnChat.request).toMatchObject({ thinking: { type: "enabled" }, reasoning_effort: "high" })
     }))
 
   it.effect("without a task, a named model passes through untouched; an unnamed one gets defaultTask", () =>
@@ -144,6 +147,9 @@ describe("Router thinking on a simple task", () => {
     Effect.gen(function*() {
       const refusing = yield* Router.make({ thinkingOnSimpleTask: "refuse" })
       const error = yield* Effect.flip(refusing.route(thinkingRequest, { task: "classification" }))
+      // However thinking is asked for.
+      const effortful = yield* Effect.flip(refusing.route({ messages, reasoning_effort: "high" }, { task: "classification" }))
+      expect(effortful).toMatchObject({ _tag: "RoutingRefused", reason: "thinking-enabled" })
       expect(error).toBeInstanceOf(Router.RoutingRefused)
       expect(error).toMatchObject({
         _tag: "RoutingRefused",
