@@ -5,16 +5,19 @@ import * as Data from "effect/Data"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
+import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
+import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
 import * as ApiError from "../src/ApiError.js"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
+import * as MockUpstream from "../src/MockUpstream.js"
 import * as Policy from "../src/Policy.js"
 import * as RetryBudget from "../src/RetryBudget.js"
 import * as RetryPolicy from "../src/RetryPolicy.js"
@@ -417,6 +420,24 @@ describe("Policy around an HttpClient (loopback)", () => {
       yield* Effect.scoped(http.get(`${server.url}/x`))
       expect((yield* limiter.snapshot).inFlight).toBe(0)
     }).pipe(Effect.provide(Transport.nodeHttpClient())))
+
+  it.scoped("a response read in a long-lived scope leaves nothing in it (100 requests add no finalizer there); one not read is settled as it closes", () =>
+    Effect.gen(function*() {
+      const limiter = yield* ConcurrencyLimiter.makeFixed(4)
+      const policy = yield* Policy.fromParts({ limiter })
+      const http = (yield* HttpClient.HttpClient).pipe(policy.wrapHttpClient())
+      const worker = yield* Scope.make()
+      // Effect keeps a scope's finalizers in `state.finalizers` (a Map) while it is open.
+      const finalizers = () => (worker as unknown as { state: { finalizers: Map<unknown, unknown> } }).state.finalizers.size
+      const before = finalizers()
+      yield* Scope.extend(Effect.repeatN(Effect.flatMap(http.get("https://upstream.test/items"), (response) => response.json), 99), worker)
+      expect(finalizers()).toBe(before)
+      // One whose body is not read yet is held by the worker's scope, and settled as it closes.
+      yield* Scope.extend(http.get("https://upstream.test/items"), worker)
+      expect((yield* limiter.snapshot).inFlight).toBe(1)
+      yield* Scope.close(worker, Exit.void)
+      expect((yield* limiter.snapshot).inFlight).toBe(0)
+    }).pipe(Effect.provide(MockUpstream.layer(() => MockUpstream.json({ ok: true })))))
 
   it.scopedLive("a refusal of its gates keeps the client's error type: a transport RequestError caused by the refusal", () =>
     Effect.gen(function*() {

@@ -12,6 +12,7 @@ import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as ExecutionStrategy from "effect/ExecutionStrategy"
 import * as Exit from "effect/Exit"
 import type * as Fiber from "effect/Fiber"
 import * as FiberId from "effect/FiberId"
@@ -327,20 +328,28 @@ export const make = (parts: Parts): Service => {
   ): Effect.Effect<HttpClientResponse.HttpClientResponse, E | HttpClientError.ResponseError | Refusal, R> =>
     Effect.uninterruptibleMask((restore) =>
       Effect.gen(function*() {
-        const scope = yield* Scope.make()
+        // A child of the caller's scope, when it has one: closed as the body is read, it leaves
+        // that scope (a finalizer added there instead stayed for good, one per request, in a
+        // worker's long-lived scope); the caller's scope closing first ends it as interrupted.
+        const scope = yield* Option.match(yield* Effect.serviceOption(Scope.Scope), {
+          onNone: () => Scope.make(),
+          onSome: (outer) => Scope.fork(outer, ExecutionStrategy.sequential)
+        })
         const close = (exit: Exit.Exit<unknown, unknown>) => Scope.close(scope, exit)
         const { settle } = yield* restore(Scope.extend(gate(options), scope)).pipe(
           Effect.onError((cause) => close(Exit.failCause(cause)))
         )
-        const finish = (exit: Exit.Exit<unknown, unknown>) => Effect.zipRight(settle(exit), close(exit))
+        let settled = false
+        const settleOnce = (exit: Exit.Exit<unknown, unknown>) =>
+          Effect.suspend(() => {
+            if (settled) return Effect.void
+            settled = true
+            return settle(exit)
+          })
+        yield* Scope.addFinalizer(scope, settleOnce(Exit.interrupt(FiberId.none)))
+        const finish = (exit: Exit.Exit<unknown, unknown>) => Effect.zipRight(settleOnce(exit), close(exit))
         const response = yield* restore(Effect.flatMap(effect, HttpClientResponse.filterStatusOk)).pipe(
           Effect.onError((cause) => finish(Exit.failCause(cause)))
-        )
-        yield* Effect.serviceOption(Scope.Scope).pipe(
-          Effect.flatMap(Option.match({
-            onNone: () => Effect.void,
-            onSome: (outer) => Scope.addFinalizer(outer, finish(Exit.interrupt(FiberId.none)))
-          }))
         )
         return holdUntilRead(response, finish)
       })
