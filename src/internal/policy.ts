@@ -339,13 +339,7 @@ export const make = (parts: Parts): Service => {
         const { settle } = yield* restore(Scope.extend(gate(options), scope)).pipe(
           Effect.onError((cause) => close(Exit.failCause(cause)))
         )
-        let settled = false
-        const settleOnce = (exit: Exit.Exit<unknown, unknown>) =>
-          Effect.suspend(() => {
-            if (settled) return Effect.void
-            settled = true
-            return settle(exit)
-          })
+        const settleOnce = firstExitOnly(settle)
         yield* Scope.addFinalizer(scope, settleOnce(Exit.interrupt(FiberId.none)))
         const finish = (exit: Exit.Exit<unknown, unknown>) => Effect.zipRight(settleOnce(exit), close(exit))
         const response = yield* restore(Effect.flatMap(effect, HttpClientResponse.filterStatusOk)).pipe(
@@ -376,6 +370,17 @@ export const make = (parts: Parts): Service => {
   return { apply, applyStream, wrapHttpClient }
 }
 
+/** `report`, told only the first exit it is given. */
+const firstExitOnly = (report: (exit: Exit.Exit<unknown, unknown>) => Effect.Effect<void>) => {
+  let told = false
+  return (exit: Exit.Exit<unknown, unknown>): Effect.Effect<void> =>
+    Effect.suspend(() => {
+      if (told) return Effect.void
+      told = true
+      return report(exit)
+    })
+}
+
 /**
  * The response, whose body reads report their exit to `done` once (the first read to end).
  * Getters of the original are reached through the prototype, so its lazy caches still work.
@@ -384,13 +389,7 @@ const holdUntilRead = (
   response: HttpClientResponse.HttpClientResponse,
   done: (exit: Exit.Exit<unknown, unknown>) => Effect.Effect<void>
 ): HttpClientResponse.HttpClientResponse => {
-  let ended = false
-  const once = (exit: Exit.Exit<unknown, unknown>) =>
-    Effect.suspend(() => {
-      if (ended) return Effect.void
-      ended = true
-      return done(exit)
-    })
+  const once = firstExitOnly(done)
   const read = <A, E>(body: () => Effect.Effect<A, E>) => ({ get: () => Effect.onExit(body(), once) })
   return Object.create(response, {
     text: read(() => response.text),
