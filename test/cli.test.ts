@@ -141,14 +141,18 @@ describe("weatherproof CLI", () => {
 
   it.live("batch without a key says so and exits 2", () =>
     Effect.gen(function*() {
-      const result = yield* runCli(["batch", "in.jsonl", "--output", "out.jsonl"], {})
+      const { fs, input, output } = yield* runFiles
+      yield* fs.writeFileString(input, `${chatLine(1)}\n`)
+      const result = yield* runCli(["batch", input, "--output", output], {})
       expect(result.code).toBe(2)
       expect(result.stderr).toContain("DEEPSEEK_API_KEY is not set")
-    }).pipe(Effect.provide(NodeContext.layer)))
+    }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 
   it.live("batch with a base URL that is not an http(s) URL says which variable, what it holds, and exits 2", () =>
     Effect.gen(function*() {
-      const result = yield* runCli(["batch", "in.jsonl", "--output", "out.jsonl"], {
+      const { fs, input, output } = yield* runFiles
+      yield* fs.writeFileString(input, `${chatLine(1)}\n`)
+      const result = yield* runCli(["batch", input, "--output", output], {
         DEEPSEEK_API_KEY: badKey,
         DEEPSEEK_BASE_URL: "api.deepseek.com"
       })
@@ -156,17 +160,19 @@ describe("weatherproof CLI", () => {
       expect(result.stderr).toBe(
         `weatherproof: invalid configuration: DEEPSEEK_BASE_URL: expected an http(s) URL such as https://api.deepseek.com, got "api.deepseek.com"`
       )
-    }).pipe(Effect.provide(NodeContext.layer)))
+    }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 
-  it.live("batch with an unreadable input exits 1 with the reason", () =>
+  it.live("batch with an input that is not there exits 2 before anything is sent", () =>
     Effect.gen(function*() {
-      const { dir } = yield* runFiles
+      const { dir, simulator } = yield* runFiles
+      // Before, the run warmed its connections and asked the balance, then exited 1 ("cannot read input").
       const result = yield* runCli(["batch", "/no/such/input.jsonl", "--output", `${dir}/out.jsonl`], {
-        DEEPSEEK_API_KEY: badKey
+        DEEPSEEK_API_KEY: badKey,
+        DEEPSEEK_BASE_URL: simulator.baseUrl
       })
-      expect(result.code).toBe(1)
-      expect(result.stderr).toContain("cannot read input")
-      expect(result.stderr).not.toContain(badKey)
+      expect(result.code).toBe(2)
+      expect(result.stderr).toBe("weatherproof: the input /no/such/input.jsonl does not exist; nothing was sent")
+      expect((yield* simulator.stats).requests).toBe(0)
     }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 
   it.live("batch on a full disk stops sending, prints the summary and how to resume, even when the summary cannot be written", () =>
@@ -310,6 +316,7 @@ describe("weatherproof CLI", () => {
           ]
         })
       )
+      yield* fs.writeFileString(`${dir}/in.jsonl`, `${chatLine(1)}\n`)
       const result = yield* runCli(["batch", `${dir}/in.jsonl`, "-o", `${dir}/out.jsonl`, "--accounts", accounts], {
         DEEPSEEK_API_KEY: badKey
       })

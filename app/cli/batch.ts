@@ -143,7 +143,8 @@ const specialFiles: Partial<Record<FileSystem.File.Type, string>> = {
 }
 
 /**
- * The files named wrong, told before anything is sent: a directory given for a file, an output or
+ * The files named wrong, told before anything is sent: an input not there (or not to be looked at),
+ * a directory given for a file, an output or
  * summary that is no regular file (each is replaced by a rename: a device would be replaced, a pipe
  * would hold the run), an output with no directory to be made in or that is the input (whose lines
  * compaction would drop), and a `--summary` that could not be written when the run ends (no such
@@ -160,6 +161,13 @@ const pathsProblem = (args: BatchArgs): Effect.Effect<string | undefined, never,
     for (const [index, [path, name]] of named.entries()) {
       const type = yield* typeOf(fs, path)
       if (type === "Directory") return `${name} is a directory, not a file`
+      if (index === 0 && type === undefined) {
+        const missing = yield* fs.stat(path).pipe(Effect.match({
+          onFailure: (error) => error._tag === "SystemError" && error.reason === "NotFound",
+          onSuccess: () => false
+        }))
+        return missing ? `${name} does not exist` : `${name} cannot be read`
+      }
       // The input (the first) may be a pipe or a terminal: it is read once.
       if (index > 0 && type !== undefined && type !== "File") {
         return `${name} is ${specialFiles[type] ?? "not a regular file"}, not a file: a batch replaces its files by a rename`
