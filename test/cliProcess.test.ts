@@ -785,6 +785,15 @@ describe("weatherproof keeps its compilation between runs", () => {
       expect(ended.stdout.trim()).toBe("0.1.0")
       expect(ended.stderr).toContain(`WEATHERPROOF_COMPILE_CACHE=${shared} is not used`)
       expect(NodeFs.readdirSync(shared)).toEqual([])
+      // A named directory is made, not its parents (a typo would make a tree; under /proc, Node's
+      // recursive mkdir never returns).
+      const parentless = NodePath.join(scratch(), "missing", "cache")
+      const unmade = yield* start(["--version"], { WEATHERPROOF_COMPILE_CACHE: parentless }).ended(20_000)
+      expect(unmade.stdout.trim()).toBe("0.1.0")
+      expect(unmade.stderr).toContain(`WEATHERPROOF_COMPILE_CACHE=${parentless} is not used`)
+      expect(NodeFs.existsSync(NodePath.dirname(parentless))).toBe(false)
+      const proc = yield* start(["--version"], { WEATHERPROOF_COMPILE_CACHE: "/proc/weatherproof-cache" }).ended(20_000)
+      expect(proc.stdout.trim()).toBe("0.1.0")
       // Node's own require runs the files then: it maps stack traces, which it does not for a vm.Script.
       const mapped = scratch()
       expect(yield* version({ WEATHERPROOF_COMPILE_CACHE: mapped }, ["--enable-source-maps"])).toBe("0.1.0")

@@ -14,9 +14,10 @@
  *   function compiled meanwhile; atomically (a temporary file renamed), so a concurrent start reads
  *   the old one or the new one.
  * - The directory: `WEATHERPROOF_COMPILE_CACHE`, or `<tmpdir>/weatherproof-compile-cache-<uid>`;
- *   `WEATHERPROOF_COMPILE_CACHE=0` or Node's `NODE_DISABLE_COMPILE_CACHE=1` turns it off. Code
- *   from a directory another user can write to would run as ours: a directory not owned by this
- *   user, or writable by its group or others, is not used (with a warning when it was named).
+ *   `WEATHERPROOF_COMPILE_CACHE=0` or Node's `NODE_DISABLE_COMPILE_CACHE=1` turns it off. The
+ *   directory is made if missing, its parents never. Code from a directory another user can write
+ *   to would run as ours: a directory not owned by this user, or writable by its group or others,
+ *   is not used (with a warning when it was named).
  * - Each build writes new files, so the directory keeps the `maxCacheFiles` newest.
  * - The cache is an optimisation: any failure to read or write it leaves the run as it is.
  * - With source maps on (`--enable-source-maps`), Node's own `require` runs the files: it maps
@@ -38,7 +39,8 @@ const cacheDirectory = (env: NodeJS.ProcessEnv = process.env): string | undefine
     ? NodePath.resolve(chosen)
     : NodePath.join(tmpdir(), `weatherproof-compile-cache-${process.getuid?.() ?? "user"}`)
   try {
-    NodeFs.mkdirSync(directory, { recursive: true, mode: 0o700 })
+    // Not its parents: a mistyped path would make a tree, and under /proc Node's recursive mkdir never returns.
+    makeDirectory(directory)
     if (isPrivate(NodeFs.lstatSync(directory))) return directory
   } catch {
     // Not created, or gone: the same as not private.
@@ -49,6 +51,15 @@ const cacheDirectory = (env: NodeJS.ProcessEnv = process.env): string | undefine
     )
   }
   return undefined
+}
+
+/** Makes `directory` (mode 0700) unless it is there. */
+const makeDirectory = (directory: string): void => {
+  try {
+    NodeFs.mkdirSync(directory, { mode: 0o700 })
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error
+  }
 }
 
 /** How many cache files the directory keeps: a build's files are some ten. */
