@@ -21,7 +21,7 @@
  */
 
 import * as Config from "effect/Config"
-import type * as ConfigError from "effect/ConfigError"
+import * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
@@ -32,6 +32,7 @@ import * as Schema from "effect/Schema"
 import type { ChatCompletionRequest } from "./ChatSchema.js"
 import { assertValid } from "./internal/options.js"
 import * as SchemaIssues from "./internal/schemaIssues.js"
+import { parseJson } from "./internal/text.js"
 import { TaggedError } from "./internal/sdkError.js"
 
 /**
@@ -350,6 +351,14 @@ export const layer = (options?: Options): Layer.Layer<Router> => Layer.effect(Ro
  */
 export const layerDefault: Layer.Layer<Router> = layer()
 
+/** Options written as JSON, or what is wrong with them, one line per problem (never a schema's tree). */
+const optionsFromText = (text: string): Either.Either<Options, ConfigError.ConfigError> =>
+  Option.match(parseJson(text), {
+    onNone: () => Either.left(ConfigError.InvalidData([], "expected a JSON object of Router options, not valid JSON")),
+    onSome: (json) =>
+      Either.mapLeft(decodeOptions(json), (error) => ConfigError.InvalidData([], SchemaIssues.describeIssues(error).join("; ")))
+  })
+
 /**
  * Options from `WEATHERPROOF_ROUTER`, a JSON object of `Options` (e.g.
  * `{"routes":{"reasoning":{"model":"deepseek-v4-flash","thinking":"enabled"}},"thinkingOnSimpleTask":"refuse"}`);
@@ -361,7 +370,7 @@ export const layerDefault: Layer.Layer<Router> = layer()
 export const layerConfig: Layer.Layer<Router, ConfigError.ConfigError> = Layer.effect(
   Router,
   Effect.flatMap(
-    Config.option(Schema.Config("WEATHERPROOF_ROUTER", Schema.parseJson(Options))),
+    Config.option(Config.string("WEATHERPROOF_ROUTER").pipe(Config.mapOrFail(optionsFromText))),
     (options) => make(Option.getOrElse(options, () => ({})))
   )
 )

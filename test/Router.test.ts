@@ -210,7 +210,7 @@ describe("Router configuration", () => {
       })
     }))))
 
-  it.effect("layerConfig defaults when unset, and fails with a ConfigError on bad options", () =>
+  it.effect("layerConfig defaults when unset, and fails with a ConfigError naming each problem on bad options", () =>
     Effect.gen(function*() {
       const router = yield* Effect.provide(Router.Router, withEnv({}))
       expect(router.routes).toEqual(Router.defaultRoutes)
@@ -221,12 +221,22 @@ describe("Router configuration", () => {
       const typo = yield* Effect.flip(
         Layer.build(withEnv({ WEATHERPROOF_ROUTER: JSON.stringify({ thinkingOnSimpleTasks: "refuse" }) })).pipe(Effect.scoped)
       )
-      expect(String(typo)).toContain("[\"thinkingOnSimpleTasks\"]\n")
+      expect(String(typo)).toContain("WEATHERPROOF_ROUTER: \"thinkingOnSimpleTasks: is unexpected, expected: ")
       const nestedTypo = yield* Effect.flip(
         Layer.build(withEnv({
           WEATHERPROOF_ROUTER: JSON.stringify({ routes: { chat: { model: "m", thinking: "disabled", effort: "max" } } })
         })).pipe(Effect.scoped)
       )
-      expect(String(nestedTypo)).toContain("[\"effort\"]\n")
+      expect(String(nestedTypo)).toContain("\"routes.chat.effort: is unexpected, expected: ")
+      // One line per problem, never the schema's tree; text that is not JSON says so.
+      const wrongType = yield* Effect.flip(
+        Layer.build(withEnv({ WEATHERPROOF_ROUTER: JSON.stringify({ routes: { reasoning: { model: 3 } } }) })).pipe(Effect.scoped)
+      )
+      expect(String(wrongType)).toContain(
+        "\"routes.reasoning.model: Expected string, actual 3; routes.reasoning.thinking: is missing\""
+      )
+      expect(String(wrongType)).not.toContain("└─")
+      const notJson = yield* Effect.flip(Layer.build(withEnv({ WEATHERPROOF_ROUTER: "{routes" })).pipe(Effect.scoped))
+      expect(String(notJson)).toContain("expected a JSON object of Router options, not valid JSON")
     }))
 })
