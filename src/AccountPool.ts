@@ -265,11 +265,13 @@ export interface Service {
   /** What the pool may hold in flight now, and what it could take at once: a batch reads ahead by it (`Batch.run`). */
   readonly capacity: Effect.Effect<Capacity>
   /**
-   * Waits for the start's warm-up (`Options.warmUp`) to reach each account's origin or fail to,
-   * and tells the accounts it could not reach (each also logged as a warning). It waits no longer
-   * than the first connection to each origin takes (or its connect timeout, 10 seconds); empty at
-   * once when there is no warm-up. A batch refuses to start when no account can be reached
-   * (`Batch.run`).
+   * Waits for the start's checks, the warm-up (`Options.warmUp`) reaching each account's origin or
+   * failing to and each balance preflight answering (a call waits for its account's anyway), and
+   * tells the accounts the warm-up could not reach (each also logged as a warning); the snapshot
+   * then shows the accounts whose every key the preflight found rejected (`no_keys`). It waits no
+   * longer than the first connection to each origin takes (or its connect timeout, 10 seconds)
+   * and the preflight its timeout (30 seconds); empty when there is no warm-up. A batch refuses
+   * to start when no account can be reached or none has a key the upstream accepts (`Batch.run`).
    */
   readonly unreachable: Effect.Effect<ReadonlyArray<Unreachable>>
   /**

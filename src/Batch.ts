@@ -40,8 +40,10 @@
  *   is respected.
  * - An upstream that cannot be reached at all is told at once: when the warm-up connections of an
  *   `AccountPool` reach none of its accounts' origins (a base URL with a typo, a host down, no
- *   network), the run fails with `UpstreamUnreachable` before it locks, reads or sends anything.
- *   An upstream lost later is waited for (each call up to its `maxWait`).
+ *   network), the run fails with `UpstreamUnreachable` before it locks, reads or sends anything;
+ *   when the accounts it reached had every key rejected by the start's balance preflight (a wrong
+ *   `DEEPSEEK_API_KEY`), with `KeysRejected`. An upstream lost later is waited for (each call up
+ *   to its `maxWait`).
  * - Compaction keeps the output's identity: it rewrites the real file behind a symlink (which
  *   stays a symlink), beside it, with its mode. A read-only output is refused before anything is
  *   sent (`BatchError`).
@@ -187,6 +189,27 @@ export class UpstreamUnreachable extends Data.TaggedError("UpstreamUnreachable")
   override get message(): string {
     const each = this.accounts.map(({ account, origin, reason }) => `account ${account}: ${origin} (${reason})`)
     return `cannot connect to the upstream of any account: ${each.join("; ")}`
+  }
+}
+
+/**
+ * The start's balance preflight found every key rejected (401) on each account the warm-up reached
+ * (`AccountPool.Service.unreachable`, then `AccountStatus.state` `no_keys`): nothing was read,
+ * written or sent. A wrong key is not transient: fix the keys, then run again.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class KeysRejected extends Data.TaggedError("KeysRejected")<{
+  /** The accounts whose every key was rejected. */
+  readonly accounts: ReadonlyArray<string>
+  /** The others: none of them could be reached. */
+  readonly unreachable: ReadonlyArray<AccountPoolModule.Unreachable>
+}> {
+  /** @since 0.1.0 */
+  override get message(): string {
+    const rejected = `the upstream rejected every key (401) of ${this.accounts.map((name) => `account ${name}`).join(", ")}`
+    return this.unreachable.length === 0 ? rejected : `${rejected}, and ${new UpstreamUnreachable({ accounts: this.unreachable }).message}`
   }
 }
 
@@ -542,18 +565,29 @@ const resolvePaths = (fs: FileSystem.FileSystem, input: string, output: string) 
     return { output: outputReal, inputKind }
   })
 
-/** Fails when the pool in context, if any, reached none of its accounts at start. */
-const refuseUnreachable: Effect.Effect<void, UpstreamUnreachable> = Effect.flatMap(
+/**
+ * Fails when the pool in context, if any, can serve no call without a change at start: it reached
+ * none of its accounts, or the ones it reached have no key the upstream accepts.
+ */
+const refuseUnservable: Effect.Effect<void, UpstreamUnreachable | KeysRejected> = Effect.flatMap(
   Effect.serviceOption(AccountPool),
   Option.match({
     onNone: () => Effect.void,
-    onSome: (pool) =>
-      Effect.flatMap(Effect.zip(pool.unreachable, pool.snapshot), ([unreachable, accounts]) =>
-        unreachable.length > 0 && unreachable.length === accounts.length
-          ? new UpstreamUnreachable({ accounts: unreachable })
-          : Effect.void)
+    onSome: (pool) => Effect.flatMap(Effect.zip(pool.unreachable, pool.snapshot), ([unreachable, accounts]) => unservable(unreachable, accounts))
   })
 )
+
+/** Why accounts in these states serve no call, if they do not. */
+const unservable = (
+  unreachable: ReadonlyArray<AccountPoolModule.Unreachable>,
+  accounts: ReadonlyArray<AccountPoolModule.AccountStatus>
+): Effect.Effect<void, UpstreamUnreachable | KeysRejected> => {
+  if (unreachable.length > 0 && unreachable.length === accounts.length) return new UpstreamUnreachable({ accounts: unreachable })
+  const unreached = new Set(unreachable.map(({ account }) => account))
+  const rejected = accounts.filter(({ name, state }) => state === "no_keys" && !unreached.has(name)).map(({ name }) => name)
+  const noneServes = rejected.length > 0 && rejected.length + unreached.size === accounts.length
+  return noneServes ? new KeysRejected({ accounts: rejected, unreachable }) : Effect.void
+}
 
 /** Takes `<real output>.lock` for the run's scope; another run's lock fails with `OutputLocked`. */
 const lockOutput = (fs: FileSystem.FileSystem, output: string, real: string) => {
@@ -761,7 +795,8 @@ const summarize = (
  * each call at once, without the network, so a run over dead credentials ends fast.)
  *
  * Before anything is read or sent, the run fails with `UpstreamUnreachable` when its
- * `AccountPool` could reach none of its accounts, takes the output's lock (another run holding it
+ * `AccountPool` could reach none of its accounts, and with `KeysRejected` when the accounts it
+ * reached had every key rejected by the start's preflight; it takes the output's lock (another run holding it
  * fails the run with `OutputLocked`) and refuses a read-only output (`BatchError`). When
  * `options.stop` completes, the run drains (see `Options.stop`) and its summary is `interrupted`.
  *
@@ -785,7 +820,7 @@ const summarize = (
  */
 export const run = (
   options: Options
-): Effect.Effect<Summary, BatchError | OutputLocked | UpstreamUnreachable | BatchAborted, Requirements> =>
+): Effect.Effect<Summary, BatchError | OutputLocked | UpstreamUnreachable | KeysRejected | BatchAborted, Requirements> =>
   Effect.scoped(Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const { input } = options
@@ -793,7 +828,7 @@ export const run = (
     const { inputKind, output } = yield* resolvePaths(fs, input, options.output)
     // The warm-up's answer can take a connect timeout (an origin that drops packets): a stop
     // meanwhile ends the run before it touches anything.
-    const stoppedAtStart = yield* Effect.raceFirst(Effect.as(refuseUnreachable, false), Effect.as(options.stop ?? Effect.never, true))
+    const stoppedAtStart = yield* Effect.raceFirst(Effect.as(refuseUnservable, false), Effect.as(options.stop ?? Effect.never, true))
     if (stoppedAtStart) {
       const now = yield* readings
       return summarize(emptyTally, now, now, yield* poolStatuses, true)

@@ -1705,6 +1705,29 @@ describe("Batch.run over an upstream that cannot be reached", () => {
       expect(yield* ws.fs.exists(`${ws.output}.lock`)).toBe(false)
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)), 15_000)
 
+  it.live("fails at once with KeysRejected when the preflight found every key rejected on the accounts it reached", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput([request("k-1"), request("k-2")])
+      // The preflight's 401 comes after the warm-up's connections: the run waits for it.
+      const upstream = yield* rawServer([], {
+        balance: (response) => setTimeout(() => response.writeHead(401).end(), 300)
+      })
+      const closed = yield* Effect.promise(freePort)
+      const stack = Batch.layerAccounts([
+        Demo.demoAccount(upstream.url),
+        { ...Demo.demoAccount(`http://127.0.0.1:${closed}`), name: "gone", fallback: true }
+      ], { ledger: CostLedger.layer(), router: Router.layerDefault })
+      const error = yield* Effect.flip(Effect.timeout(Batch.run(ws).pipe(Effect.provide(stack)), "10 seconds"))
+      expect(error).toBeInstanceOf(Batch.KeysRejected)
+      expect(error.message).toBe(
+        `the upstream rejected every key (401) of account demo, and cannot connect to the upstream of any account: ` +
+          `account gone: http://127.0.0.1:${closed} (connect ECONNREFUSED 127.0.0.1:${closed})`
+      )
+      expect(yield* ws.fs.exists(ws.output)).toBe(false)
+      expect(upstream.received()).toEqual([])
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)), 15_000)
+
   it.scoped("a stop while the warm-up has not answered yet ends the run at once, before it locks, reads or sends anything", () =>
     Effect.gen(function*() {
       const ws = yield* workspace

@@ -58,7 +58,7 @@ const runFiles = Effect.gen(function*() {
 })
 
 describe("weatherproof CLI", () => {
-  it.live("batch with a rejected key fails fast, exits non-zero and never prints or writes the key", () =>
+  it.live("batch with a rejected key exits 2 at start, before anything is written or sent, and never prints or writes the key", () =>
     Effect.gen(function*() {
       const fs = yield* FileSystem.FileSystem
       const simulator = yield* Simulator.make()
@@ -72,20 +72,16 @@ describe("weatherproof CLI", () => {
         DEEPSEEK_BASE_URL: simulator.baseUrl
       })
 
-      expect(result.code).toBe(1)
-      const written = yield* fs.readFileString(output)
-      const lines = written.trim().split("\n").map((l) => JSON.parse(l))
-      expect(lines).toHaveLength(30)
-      expect(lines.every((l) => l.error !== null)).toBe(true)
-      // The pool takes the account out once its only key is rejected; with no account left, every
-      // call fails at once (the keys' cooldown is beyond what a retry waits for).
-      expect(new Set(lines.map((l) => l.error.code))).toEqual(new Set(["NoAccountAvailable"]))
-      expect(lines[0].error.message).toContain("default: no_keys")
-      // Fails fast: only the calls in flight before the key was dropped reached the server.
-      expect((yield* simulator.stats).requests).toBeLessThanOrEqual(2)
-      expect(result.stdout).toContain("30 failed")
-      expect(result.stderr).toContain("30 of 30 lines failed")
-      for (const text of [result.stdout, result.stderr, written]) expect(text).not.toContain(badKey)
+      // The start's balance preflight found the only key rejected: a wrong key is not transient,
+      // so the run stops there, not one failed line per input line (exit 1, "run it again").
+      expect(result.code).toBe(2)
+      expect(result.stderr).toContain(
+        "weatherproof: the upstream rejected every key (401) of account default; nothing was sent. Check DEEPSEEK_API_KEY"
+      )
+      expect(yield* fs.exists(output)).toBe(false)
+      expect((yield* simulator.stats).requests).toBe(0)
+      expect(result.stdout).toBe("")
+      for (const text of [result.stdout, result.stderr]) expect(text).not.toContain(badKey)
     }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 
   it.live("batch whose failed lines are all invalid input says to fix them before a rerun", () =>

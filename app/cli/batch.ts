@@ -79,6 +79,10 @@ export const commandLine = (args: BatchArgs): string =>
 const unreachableHint = (args: BatchArgs): string =>
   `Check ${Option.match(args.accounts, { onNone: () => "DEEPSEEK_BASE_URL", onSome: (file) => `the base URLs in ${file}` })} and the network`
 
+/** Where the keys every account had rejected came from. */
+const keysHint = (args: BatchArgs): string =>
+  `Check ${Option.match(args.accounts, { onNone: () => "DEEPSEEK_API_KEY", onSome: (file) => `the keys in ${file}` })}`
+
 /**
  * Runs the batch with the process's signals caught: the first stops it (no new line is sent, the
  * calls in flight drain), a second stops the drain. Returns the summary and the signal, if any.
@@ -115,6 +119,7 @@ const runCaught = (
         OutputLocked: (error) => fail(2, `weatherproof: ${error.message}; nothing was sent`),
         UpstreamUnreachable: (error) =>
           fail(2, `weatherproof: ${error.message}; nothing was sent. ${unreachableHint(args)}`),
+        KeysRejected: (error) => fail(2, `weatherproof: ${error.message}; nothing was sent. ${keysHint(args)}`),
         RedisUnavailable: (error) => fail(2, `weatherproof: ${error.message}; nothing was sent`),
         PricingError: (error) => fail(2, `weatherproof: invalid pricing table ${error.source}:\n${listIssues(error.issues)}`),
         ConfigError: invalidConfig
@@ -210,7 +215,7 @@ const directoryProblem = (fs: FileSystem.FileSystem, flag: string, path: string)
  * The `batch` command. Exit codes: 0 every line succeeded, 1 a line failed or the run could not go
  * on (the input or output could not be read or written, a read-only output; the summary is printed
  * when the run had started), 2 usage or configuration (an output that is the input, an output
- * locked by another run, no account's upstream reachable at start), 130 / 143
+ * locked by another run, no account's upstream reachable or key accepted at start), 130 / 143
  * stopped by SIGINT / SIGTERM, 129 by SIGHUP (the process then ends by the signal: `endWith`).
  */
 export const batch = (args: BatchArgs) =>

@@ -748,7 +748,7 @@ export const makeWith = <R>(
     const preflight = (member: Member) =>
       Effect.gen(function*() {
         member.balance = { _tag: "Checking", until: now() + Duration.toMillis(probeTimeout) }
-        yield* Effect.forkIn(
+        return yield* Effect.forkIn(
           Effect.flatMap(member.sharedBalance.check(probeBalance(client, member, scrub)), (result) => {
             // Another process marked it out meanwhile: its recovery decides.
             if (member.balance._tag !== "Checking") return Effect.void
@@ -1259,10 +1259,10 @@ export const makeWith = <R>(
       ), { discard: true })
     const markedOut = yield* Effect.filter(members, (member) => member.sharedBalance.isOut)
     yield* Effect.forEach(markedOut, (member) => takeOutOfBalance(member, "another process found it out"), { discard: true })
-    if (settings.preflight) {
-      const toProbe = members.filter((member) => member.account.provider === "deepseek" && !markedOut.includes(member))
-      yield* Effect.forEach(toProbe, preflight, { discard: true })
-    }
+    const toProbe = settings.preflight
+      ? members.filter((member) => member.account.provider === "deepseek" && !markedOut.includes(member))
+      : []
+    const preflights = yield* Effect.forEach(toProbe, preflight)
     yield* Effect.forEach(members, refresh, { discard: true })
     // Each account's connections open alongside its preflight, once that request is on its way.
     // A base URL with a typo, or a fallback provider that is down, is told at start, not when the
@@ -1280,7 +1280,8 @@ export const makeWith = <R>(
         )
     })
     const warmedUp = yield* Effect.forkIn(Effect.zipRight(Effect.yieldNow(), warmUp), scope)
-    const unreachable = Fiber.join(warmedUp)
+    // Told once the start's checks are done: a key the preflight found rejected is in the snapshot then.
+    const unreachable = Effect.zipLeft(Fiber.join(warmedUp), Fiber.awaitAll(preflights))
     const capacity = Effect.sync((): Capacity => {
       const { free, permits, stalled } = dispatcher.capacity()
       return new CapacityReading(permits, free, stalled, roomChanges, roomChanges.notified)

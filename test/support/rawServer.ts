@@ -32,8 +32,14 @@ const readBody = (request: Http.IncomingMessage): Promise<string> =>
     request.on("error", reject)
   })
 
-/** Starts a server answering from `script`; it and its sockets close with the scope. */
-export const rawServer = (script: ReadonlyArray<Handler>): Effect.Effect<RawServer, never, Scope.Scope> =>
+/**
+ * Starts a server answering from `script`; it and its sockets close with the scope. `balance`
+ * answers `/user/balance` instead of the 404.
+ */
+export const rawServer = (
+  script: ReadonlyArray<Handler>,
+  options: { readonly balance?: (response: Http.ServerResponse) => void } = {}
+): Effect.Effect<RawServer, never, Scope.Scope> =>
   Effect.acquireRelease(
     Effect.async<{ readonly server: Http.Server; readonly info: RawServer }>((resume) => {
       const received: Array<Received> = []
@@ -43,7 +49,8 @@ export const rawServer = (script: ReadonlyArray<Handler>): Effect.Effect<RawServ
         // An account pool asks a DeepSeek account's balance at start: this server has no such
         // endpoint, and the question takes no turn of the script.
         if (request.url?.endsWith("/user/balance")) {
-          response.writeHead(404).end()
+          if (options.balance === undefined) response.writeHead(404).end()
+          else options.balance(response)
           return
         }
         void readBody(request).then((body) => {
