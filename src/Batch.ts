@@ -323,6 +323,13 @@ export interface Summary {
    * are absent from the output, and a rerun sends them.
    */
   readonly interrupted: boolean
+  /**
+   * Of a stopped run, the calls whose request was still on the wire when its drain ended
+   * (`drainTimeout` ran out, or `stopNow`): their answers were not read and their lines not
+   * written (a rerun sends them again), though the upstream may bill what it generated. They are
+   * in no other figure: their attempts never ended.
+   */
+  readonly dropped: number
 }
 
 /**
@@ -763,7 +770,8 @@ const summarize = (
   before: Reading,
   after: Reading,
   statuses: ReadonlyArray<AccountStatus>,
-  interrupted: boolean
+  interrupted: boolean,
+  dropped = 0
 ): Summary => ({
   requests: tally.succeeded + tally.failed + tally.skipped,
   succeeded: tally.succeeded,
@@ -778,7 +786,8 @@ const summarize = (
   spend: SummaryInternal.spendBetween(before.ledger.total, after.ledger.total),
   accounts: SummaryInternal.accountsBetween(before.ledger.byAccount, after.ledger.byAccount, statuses),
   elapsed: Duration.millis(after.millis - before.millis),
-  interrupted
+  interrupted,
+  dropped
 })
 
 /**
@@ -932,14 +941,15 @@ export const run = (
       )
       yield* Effect.raceFirst(readAhead.idle, FiberSet.join(sending))
     }))
+    // As the drain ends, the calls still on the wire are counted, then dropped with the processing.
     const drainEnds = Effect.zipRight(
       Deferred.await(stopped),
       Effect.raceFirst(Effect.sleep(options.drainTimeout ?? defaultDrainTimeout), Deferred.await(stops.stoppedNow))
-    )
-    yield* Effect.raceFirst(processing, drainEnds)
+    ).pipe(Effect.zipRight(Effect.sync(() => calls.onTheWire)))
+    const dropped = yield* Effect.raceFirst(Effect.as(processing, 0), drainEnds)
 
     const interrupted = yield* Deferred.isDone(stopped)
-    const summary = summarize(tally, before, yield* readings, yield* poolStatuses, interrupted)
+    const summary = summarize(tally, before, yield* readings, yield* poolStatuses, interrupted, dropped)
     const failed = yield* Deferred.poll(failure)
     if (Option.isNone(failed)) return summary
     return yield* new BatchAborted({

@@ -1420,7 +1420,7 @@ describe("Batch.run stop and drain", () => {
       for (const id of ["l-0", "l-1", "l-2"]) yield* Deferred.succeed(gates.get(id)!, undefined)
       const { calls, summary } = yield* Fiber.join(run)
       expect(calls).toBe(3)
-      expect(summary).toMatchObject({ requests: 3, succeeded: 3, failed: 0, interrupted: true })
+      expect(summary).toMatchObject({ requests: 3, succeeded: 3, failed: 0, interrupted: true, dropped: 0 })
       expect(Batch.toJson(summary).interrupted).toBe(true)
       expect(Batch.formatSummary(summary)).toContain("stopped:   interrupted before the end of the input")
       expect((yield* ws.readOutput).map((l) => l.custom_id).sort()).toEqual(["l-0", "l-1", "l-2"])
@@ -1439,7 +1439,13 @@ describe("Batch.run stop and drain", () => {
       expect(run.unsafePoll()).toBeNull()
       yield* TestClock.adjust("1 second")
       const { summary } = yield* Fiber.join(run)
-      expect(summary).toMatchObject({ requests: 1, succeeded: 1, interrupted: true })
+      // The two dropped on the wire are told: no attempt of theirs ended, so no other figure has them.
+      expect(summary).toMatchObject({ requests: 1, succeeded: 1, interrupted: true, dropped: 2 })
+      expect(Batch.toJson(summary).dropped).toBe(2)
+      expect(Batch.formatSummary(summary)).toContain(
+        "stopped:   interrupted before the end of the input; lines not answered are not in the output; " +
+          "2 requests on the wire when the drain ended dropped unanswered (the upstream may bill what it generated for them)"
+      )
       expect((yield* ws.readOutput).map((l) => l.custom_id)).toEqual(["fast"])
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
@@ -1483,7 +1489,7 @@ describe("Batch.run stop and drain", () => {
       yield* Deferred.succeed(stop, undefined)
       yield* Deferred.succeed(stopNow, undefined)
       const { summary } = yield* Fiber.join(run)
-      expect(summary).toMatchObject({ succeeded: 1, interrupted: true })
+      expect(summary).toMatchObject({ succeeded: 1, interrupted: true, dropped: 1 })
       expect(yield* ws.readOutput).toHaveLength(1)
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 

@@ -61,6 +61,13 @@ export class Calls {
     if (call.entry !== undefined) this.running.remove(call.entry)
   }
 
+  /** How many calls have a request on the wire, their answer not read yet. */
+  get onTheWire(): number {
+    let count = 0
+    for (const call of this.running.values()) if (!call.waiting) count++
+    return count
+  }
+
   /** The batch stops: every waiting call ends now, every other one when its exchange fails. */
   stop(): void {
     this.stopped = true
