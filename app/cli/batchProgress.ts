@@ -142,15 +142,29 @@ const failedAttemptsNote = (before: Telemetry.Counts, after: Telemetry.Counts, o
 /** The states in which an account cannot serve; in another it serves, or is about to. */
 const outOfService: ReadonlySet<AccountStatus["state"]> = new Set(["open", "out_of_balance", "no_keys"])
 
+/** What a progress line says of the pool: `; 40 requests in flight`, and `; no account can serve: …`. */
+interface PoolNotes {
+  readonly inFlight: string
+  readonly stalled: string
+}
+
+const noPoolNotes: PoolNotes = { inFlight: "", stalled: "" }
+
 /**
- * `; no account can serve: …` with each account's reason, while no account of `pool` can serve:
- * every call waits for one to come back, and no attempt is made, so none fails. Empty otherwise.
+ * `pool`'s notes: its requests in flight (sent and not answered yet, or holding a permit to be),
+ * so a run whose calls all wait in the upstream's queue is seen to have work under way; and while
+ * no account can serve, each account's reason (every call waits for one to come back, and no
+ * attempt is made, so none fails). Each empty when there is nothing to say.
  */
-const stalledNote = (pool: Pool): Effect.Effect<string> =>
-  Effect.map(pool.snapshot, (accounts) =>
-    accounts.length > 0 && accounts.every((account) => outOfService.has(account.state))
-      ? `; no account can serve: ${accounts.map((account) => `${account.name} ${describeState(account)}`).join(", ")}`
-      : "")
+const poolNotes = (pool: Pool): Effect.Effect<PoolNotes> =>
+  Effect.map(pool.snapshot, (accounts) => {
+    const inFlight = accounts.reduce((sum, account) => sum + account.inFlight, 0)
+    const stalled = accounts.length > 0 && accounts.every((account) => outOfService.has(account.state))
+    return {
+      inFlight: inFlight === 0 ? "" : `; ${inFlight} ${inFlight === 1 ? "request" : "requests"} in flight`,
+      stalled: stalled ? `; no account can serve: ${accounts.map((account) => `${account.name} ${describeState(account)}`).join(", ")}` : ""
+    }
+  })
 
 /** The counts of a client that has not failed yet. */
 const noFailures: Telemetry.Counts = { failedAttempts: 0, rateLimited: 0, retries: 0, byTag: {} }
@@ -159,8 +173,8 @@ const noFailures: Telemetry.Counts = { failedAttempts: 0, rateLimited: 0, retrie
  * A progress reporter that writes the latest progress to stderr (the `Console`'s) as a line every
  * `every`, until the scope closes: a run left alone (its stderr a log file, a service manager's
  * journal) is seen to be alive and how far it got, even while no line ends (every call waiting
- * for an account, or in the upstream's queue), what its attempts failed with meanwhile, and
- * whether no account of its pool can serve.
+ * for an account, or in the upstream's queue), how many requests its pool has in flight, what its
+ * attempts failed with meanwhile, and whether no account of its pool can serve.
  *
  * The reporter is made before the run's client (see `withProgress`): it takes the client's
  * `Batch.TelemetryCounts` and `AccountPool` from the run's first report, and reads them at each
@@ -174,7 +188,7 @@ export const progressLines = (
     const startedAt = yield* Clock.currentTimeMillis
     let latest: Progress | undefined
     let readCounts = Effect.succeed(noFailures)
-    let readStalled = Effect.succeed("")
+    let readPool = Effect.succeed(noPoolNotes)
     // The run's services are the same at every report: read once, not per line.
     let runRead = false
     const readRun = Effect.map(
@@ -182,7 +196,7 @@ export const progressLines = (
       ([counts, pool]) => {
         runRead = true
         readCounts = Option.getOrElse(counts, () => readCounts)
-        readStalled = Option.match(pool, { onNone: () => readStalled, onSome: stalledNote })
+        readPool = Option.match(pool, { onNone: () => readPool, onSome: poolNotes })
       }
     )
     let previous = { at: startedAt, counts: noFailures }
@@ -191,7 +205,8 @@ export const progressLines = (
       const now = yield* Clock.currentTimeMillis
       const current = yield* readCounts
       const failed = failedAttemptsNote(previous.counts, current, now - previous.at)
-      yield* Console.error(progressLine(latest, now - startedAt) + failed + (yield* readStalled))
+      const notes = yield* readPool
+      yield* Console.error(progressLine(latest, now - startedAt) + notes.inFlight + failed + notes.stalled)
       previous = { at: now, counts: current }
     })
     yield* Effect.forkScoped(Effect.forever(Effect.zipRight(Effect.sleep(every), write)))
