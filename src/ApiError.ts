@@ -241,7 +241,7 @@ export class NoAccountAvailable extends TaggedError("NoAccountAvailable")<{
   /** @since 0.1.0 */
   override get message(): string {
     const reasons = this.accounts.map((a) => `${a.account}: ${a.reason}, ${unavailableMeaning[a.reason]}`).join("; ")
-    const wait = Option.match(this.retryAfter, {
+    const wait = Option.match(Option.filter(this.retryAfter, (d) => !Duration.isZero(d)), {
       onNone: () => "",
       onSome: (d) => `; the first may serve again in ${Duration.format(d)}`
     })

@@ -151,6 +151,18 @@ describe("ApiError.classify", () => {
   })
 })
 
+describe("NoAccountAvailable", () => {
+  it("tells when the first account may serve again, unless it may already (one busy: `--max-wait 0s`)", () => {
+    const busy = { account: "a", reason: "busy", until: 0 } as const
+    const reason = "no account can serve (a: busy, at its limit, or failed already for this call)"
+    // Before: "…; the first may serve again in 0".
+    expect(new ApiError.NoAccountAvailable({ retryAfter: Option.some(Duration.zero), accounts: [busy] }).message).toBe(reason)
+    expect(new ApiError.NoAccountAvailable({ retryAfter: Option.some(Duration.seconds(90)), accounts: [busy] }).message).toBe(
+      `${reason}; the first may serve again in 1m 30s`
+    )
+  })
+})
+
 /** What one failure did to each part of one composed policy. */
 interface Observed {
   readonly retried: boolean

@@ -94,7 +94,7 @@ export const callFlags = (retriesDefault: number) => ({
   ).pipe(Options.optional),
   maxWait: duration(
     "max-wait",
-    "how long a call may wait for an account that can take it (all breakers open, balances out) before it fails (default 30m)"
+    "how long a call may wait for an account that can take it (all at their limit, breakers open, balances out) before it fails (default 30m)"
   ),
   firstContentTimeout: duration(
     "first-content-timeout",
