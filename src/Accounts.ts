@@ -48,11 +48,10 @@ import * as Either from "effect/Either"
 import * as ParseResult from "effect/ParseResult"
 import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
-import { scrubSecrets } from "./ApiError.js"
 import type { AdaptiveOptions } from "./ConcurrencyLimiter.js"
 import * as KeyPool from "./KeyPool.js"
+import * as BaseUrls from "./internal/baseUrl.js"
 import * as SchemaIssues from "./internal/schemaIssues.js"
-import { clipped } from "./internal/text.js"
 import { defaultBaseUrl } from "./Transport.js"
 
 /**
@@ -100,21 +99,6 @@ export class AccountsError extends Data.TaggedError("AccountsError")<{
 
 const expecting = (description: string) => ({ message: () => description })
 
-const notHttpUrl = "expected an http(s) URL"
-
-/**
- * What is wrong with a base URL, if anything: not http(s); credentials in it (`user:pass@`: they
- * would reach traces as `url.full`, and keys go in `keys`); a query or fragment (the path
- * `/chat/completions` is appended to it). The URL itself is never quoted: it may hold a secret.
- */
-const baseUrlProblem = (text: string): string | undefined => {
-  const url = URL.canParse(text) ? new URL(text) : undefined
-  if (url === undefined || (url.protocol !== "http:" && url.protocol !== "https:")) return notHttpUrl
-  if (url.username !== "" || url.password !== "") return "expected an http(s) URL without credentials (user:password@): give keys in keys"
-  if (url.search !== "" || url.hash !== "") return "expected an http(s) URL without a ?query or #fragment: /chat/completions is appended to it"
-  return undefined
-}
-
 const envPrefix = "env:"
 const envName = /^[A-Za-z_][A-Za-z0-9_]*$/
 
@@ -128,7 +112,7 @@ const Provider = Schema.Literal("deepseek", "openai-compatible").annotations({
 })
 
 const BaseUrl = Schema.String.annotations(expecting("expected an http(s) URL")).pipe(
-  Schema.filter((text) => baseUrlProblem(text) ?? true)
+  Schema.filter((text) => BaseUrls.problemOf(text) ?? true)
 )
 
 /** A key, or `env:NAME`. */
@@ -400,19 +384,7 @@ export const load = (path: string): Effect.Effect<ReadonlyArray<Account>, Accoun
 export const fromEnv: Effect.Effect<ReadonlyArray<Account>, ConfigError.ConfigError> = Effect.map(
   Config.all({
     keys: KeyPool.keysConfig,
-    baseUrl: Config.string("DEEPSEEK_BASE_URL").pipe(
-      Config.mapOrFail((url) => {
-        const problem = baseUrlProblem(url)
-        if (problem === undefined) return Either.right(url)
-        // Only a value that is no URL is shown (a key pasted into the wrong variable, scrubbed):
-        // one with credentials or a query may hold a secret.
-        const message = problem === notHttpUrl
-          ? `expected an http(s) URL such as ${defaultBaseUrl}, got ${JSON.stringify(clipped(scrubSecrets(url), 100))}`
-          : problem
-        return Either.left(ConfigError.InvalidData([], message))
-      }),
-      Config.withDefault(defaultBaseUrl)
-    )
+    baseUrl: BaseUrls.fromEnv(defaultBaseUrl)
   }),
   ({ baseUrl, keys }): ReadonlyArray<Account> => [
     { name: "default", provider: "deepseek", baseUrl, keys, fallback: false, models: {} }

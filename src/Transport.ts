@@ -6,7 +6,6 @@
  */
 
 import * as HttpClient from "@effect/platform/HttpClient"
-import * as Config from "effect/Config"
 import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
@@ -16,6 +15,7 @@ import type * as Stream from "effect/Stream"
 import type { ApiError } from "./ApiError.js"
 import type { Priority } from "./ConcurrencyLimiter.js"
 import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from "./ChatSchema.js"
+import * as BaseUrls from "./internal/baseUrl.js"
 import * as internal from "./internal/transport.js"
 import * as KeyPool from "./KeyPool.js"
 
@@ -138,7 +138,11 @@ export class Transport extends Context.Tag("weatherproof/Transport")<Transport, 
  * @category models
  */
 export interface Options {
-  /** Default `https://api.deepseek.com`; a trailing slash is ignored. */
+  /**
+   * Default `https://api.deepseek.com`; a trailing slash is ignored. An http(s) URL without
+   * credentials (`user:pass@`, which traces would show as `url.full`), query or fragment: `make`
+   * dies with an `IllegalArgumentException` otherwise.
+   */
   readonly baseUrl?: string | undefined
   /** Default `defaultDeadlines`; `CallOptions.deadlines` override these per call. */
   readonly deadlines?: Partial<Deadlines> | undefined
@@ -202,7 +206,7 @@ export const layer = (options?: Options): Layer.Layer<Transport, never, HttpClie
 
 /**
  * A transport configured from the environment: base URL from `DEEPSEEK_BASE_URL` (default
- * `https://api.deepseek.com`), keys from `DEEPSEEK_API_KEY` (one key, or several separated by
+ * `https://api.deepseek.com`; an http(s) URL without credentials, query or fragment), keys from `DEEPSEEK_API_KEY` (one key, or several separated by
  * commas).
  *
  * @since 0.1.0
@@ -210,7 +214,7 @@ export const layer = (options?: Options): Layer.Layer<Transport, never, HttpClie
  */
 export const layerConfig: Layer.Layer<Transport, ConfigError.ConfigError, HttpClient.HttpClient> = Layer.unwrapEffect(
   Effect.map(
-    Config.string("DEEPSEEK_BASE_URL").pipe(Config.withDefault(defaultBaseUrl)),
+    BaseUrls.fromEnv(defaultBaseUrl),
     (baseUrl) => layer({ baseUrl })
   )
 ).pipe(Layer.provide(KeyPool.layerConfig))

@@ -1,4 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
+import * as Cause from "effect/Cause"
 import * as Chunk from "effect/Chunk"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Context from "effect/Context"
@@ -255,13 +256,6 @@ describe("Transport status mapping", () => {
       MockUpstream.status(404, { body: { error: { message: "The model `x` does not exist", code: "model_not_found" } } })
     ]))))
 
-  it.effect("the URL a 404 names leaves out the base URL's user part, where a password may be", () =>
-    Effect.gen(function*() {
-      const error = yield* failure(create())
-      expect(error.message).toBe("HTTP 404 (no chat completions endpoint at https://upstream.test/v9/chat/completions: check the account's base URL)")
-      expect(error.message).not.toContain("s3cret")
-    }).pipe(Effect.provide(setup([MockUpstream.status(404)], { baseUrl: "https://team:s3cret@upstream.test/v9" }))))
-
   it.effect("a non-JSON error body becomes the message, scrubbed", () =>
     Effect.gen(function*() {
       const error = yield* failure(create())
@@ -329,6 +323,33 @@ describe("Transport layers and spans", () => {
         ]))))
       )
     )))
+
+  it.effect("a base URL with credentials, a query or no http(s) is refused, from options or the environment, never quoted", () =>
+    Effect.gen(function*() {
+      const secret = "https://user:sk-secret@api.example.com"
+      // Credentials would have reached every span as url.full.
+      const exit = yield* Effect.exit(Transport.make({ baseUrl: secret }).pipe(
+        Effect.provide(MockUpstream.layer([])),
+        Effect.provide(KeyPool.layer([Redacted.make("sk-a")]))
+      ))
+      expect(Exit.isFailure(exit) && Cause.squash(exit.cause)).toMatchObject({
+        _tag: "IllegalArgumentException",
+        message: "Transport: baseUrl: expected an http(s) URL without credentials (user:password@): give keys in keys"
+      })
+      for (const [baseUrl, message] of [
+        [secret, "expected an http(s) URL without credentials (user:password@): give keys in keys"],
+        ["https://api.example.com/?key=sk-secret", "expected an http(s) URL without a ?query or #fragment: /chat/completions is appended to it"],
+        ["api.example.com", `expected an http(s) URL such as https://api.deepseek.com, got "api.example.com"`]
+      ] as const) {
+        const error = yield* Effect.flip(Layer.build(Transport.layerConfig).pipe(
+          Effect.provide(MockUpstream.layer([])),
+          Effect.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map([["DEEPSEEK_BASE_URL", baseUrl], ["DEEPSEEK_API_KEY", "sk-a"]])))),
+          Effect.scoped
+        ))
+        expect(String(error)).toContain(message)
+        expect(String(error)).not.toContain("sk-secret")
+      }
+    }))
 
   /** A tracer that makes Effect's own spans: a tracer is installed, so the transport makes its spans. */
   const builtIn = Context.get(DefaultServices.liveServices, Tracer.Tracer)

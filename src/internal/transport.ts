@@ -24,6 +24,7 @@ import * as ChatSchema from "../ChatSchema.js"
 import { type Credential, KeyPool } from "../KeyPool.js"
 import type { Permit } from "../ConcurrencyLimiter.js"
 import type { CallOptions, Deadlines, Exchange, Service } from "../Transport.js"
+import * as BaseUrls from "./baseUrl.js"
 import * as Connector from "./connector.js"
 import { resolveLimits, Timeline, Watchdog } from "./deadlines.js"
 import { retryAfterFromHeaders } from "./retryAfter.js"
@@ -33,6 +34,7 @@ import * as Scrubber from "./scrubber.js"
 import * as Sse from "./sse.js"
 import * as StreamPull from "./streamPull.js"
 import { causeChain, clipped, connectionFailure, parseJson, quotedBody } from "./text.js"
+import { assertValid } from "./options.js"
 import { isTraced } from "./tracing.js"
 import { clientWire, type Reads, type Reply, undiciOf, undiciWire, type Wire, withUndici } from "./transportWires.js"
 
@@ -144,11 +146,7 @@ const problemOf = (
  * What a 404 or 405 that is no API error means: nothing at `url` takes chat completions (a base
  * URL that lacks or adds a path such as `/v1`, or names another server), not a request to fix.
  */
-const noEndpointAt = (url: string): string => {
-  // Without its user part: a base URL may carry a password there.
-  const { origin, pathname } = new URL(url)
-  return ` (no chat completions endpoint at ${origin}${pathname}: check the account's base URL)`
-}
+const noEndpointAt = (url: string): string => ` (no chat completions endpoint at ${url}: check the account's base URL)`
 
 /** The typed error of a non-2xx status other than 401 (which rotates keys). */
 const statusError = (reply: Reply, problem: Problem, now: number): ApiError.ApiError => {
@@ -510,6 +508,9 @@ export const nodeHttpClient = (settings: NodeHttpClientSettings): Effect.Effect<
 /** A transport over the `HttpClient` and `KeyPool` in context. */
 export const make = (settings: Settings): Effect.Effect<Service, never, HttpClient.HttpClient | KeyPool> =>
   Effect.gen(function*() {
+    // The URL itself is not told: it may hold a secret.
+    const baseUrlProblem = BaseUrls.problemOf(settings.baseUrl)
+    yield* Effect.sync(() => assertValid("Transport", [baseUrlProblem && `baseUrl: ${baseUrlProblem}`]))
     const client = yield* HttpClient.HttpClient
     const keyPool = yield* KeyPool
     const url = `${settings.baseUrl.replace(/\/+$/, "")}/chat/completions`

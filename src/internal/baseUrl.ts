@@ -1,0 +1,43 @@
+/**
+ * The checks of an upstream's base URL, for `Accounts` (its file and `DEEPSEEK_BASE_URL`) and
+ * `Transport` alike. The URL itself is never quoted: it may hold a secret.
+ *
+ * @internal
+ */
+import * as Config from "effect/Config"
+import * as ConfigError from "effect/ConfigError"
+import * as Either from "effect/Either"
+import { scrubSecrets } from "../ApiError.js"
+import { clipped } from "./text.js"
+
+/** What a base URL that is no http(s) URL is told. */
+export const notHttpUrl = "expected an http(s) URL"
+
+/**
+ * What is wrong with a base URL, if anything: not http(s); credentials in it (`user:pass@`: they
+ * would reach traces as `url.full`, and keys go in `keys`); a query or fragment (the path
+ * `/chat/completions` is appended to it).
+ */
+export const problemOf = (text: string): string | undefined => {
+  const url = URL.canParse(text) ? new URL(text) : undefined
+  if (url === undefined || (url.protocol !== "http:" && url.protocol !== "https:")) return notHttpUrl
+  if (url.username !== "" || url.password !== "") return "expected an http(s) URL without credentials (user:password@): give keys in keys"
+  if (url.search !== "" || url.hash !== "") return "expected an http(s) URL without a ?query or #fragment: /chat/completions is appended to it"
+  return undefined
+}
+
+/** `DEEPSEEK_BASE_URL`, checked; `fallback` when unset. */
+export const fromEnv = (fallback: string): Config.Config<string> =>
+  Config.string("DEEPSEEK_BASE_URL").pipe(
+    Config.mapOrFail((url) => {
+      const problem = problemOf(url)
+      if (problem === undefined) return Either.right(url)
+      // Only a value that is no URL is shown (a key pasted into the wrong variable, scrubbed):
+      // one with credentials or a query may hold a secret.
+      const message = problem === notHttpUrl
+        ? `expected an http(s) URL such as ${fallback}, got ${JSON.stringify(clipped(scrubSecrets(url), 100))}`
+        : problem
+      return Either.left(ConfigError.InvalidData([], message))
+    }),
+    Config.withDefault(fallback)
+  )
