@@ -3,12 +3,14 @@ import * as Cause from "effect/Cause"
 import type * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
+import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
 import type { Account } from "../src/Accounts.js"
@@ -1197,6 +1199,25 @@ describe("AccountPool", () => {
       expect(logs.filter(({ message }) => message.startsWith("AccountPool: account relayed:")).map(({ level, message }) => `${level} ${message}`))
         .toEqual([refused, again, refused, again].map((said, i) => `${i % 2 === 0 ? "WARN" : "INFO"} AccountPool: account relayed: ${said}`))
     }))
+
+  // The probe of an origin a call found gone was forked from the attempt's settling, which runs
+  // uninterruptibly: so was the probe, and the pool's scope then waited for it for good (a
+  // gateway's SIGTERM drained, closed its listener, and never exited).
+  it.live("the pool's scope closes at once with the probe of an origin a call found unreachable under way", () =>
+    Effect.gen(function*() {
+      const port = yield* Effect.promise(() => freePort())
+      const options = { preflight: false, warmUp: 0, reachProbeInterval: "50 millis", retry: { maxRetries: 0 } } as const
+      const scope = yield* Scope.make()
+      const gone = account("gone", [Simulator.defaultKey], { baseUrl: `http://127.0.0.1:${port}/v1` })
+      const context = yield* Layer.buildWithScope(
+        AccountPool.layerResilient([gone], options).pipe(Layer.provide(CostLedger.layer())),
+        scope
+      )
+      const error = yield* Effect.flip(Effect.flatMap(AccountPool.AccountPool, (pool) => pool.create(request)).pipe(Effect.provide(context)))
+      expect(error).toMatchObject({ _tag: "TransportError", reason: "connect" })
+      const closed = yield* Effect.timeout(Effect.disconnect(Scope.close(scope, Exit.void)), "5 seconds").pipe(Effect.option)
+      expect(Option.isSome(closed)).toBe(true)
+    }), 15_000)
 
   it.scopedLive("a breaker that refused connections opened half-opens once a connection opens again, not at the end of its open period", () =>
     Effect.gen(function*() {

@@ -659,7 +659,9 @@ export const makeWith = <R>(
             ).pipe(Effect.zipRight(Effect.suspend(() => {
               if (member.probingReach) return Effect.void
               member.probingReach = true
-              return Effect.forkIn(probeReach(member, preconnect), scope)
+              // Interruptible: a call's end that finds the origin gone runs uninterruptibly, and a
+              // fiber forked there would be too (the pool's scope would wait for it for good).
+              return Effect.forkIn(Effect.interruptible(probeReach(member, preconnect)), scope)
             })))
           })
       })
