@@ -1142,6 +1142,32 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(layer))
   })
 
+  const outcomeOfCreate = Effect.map(Effect.either(create), (result) => result._tag === "Right" ? "answered" : result.left._tag)
+  const outcomeOfStream = Effect.map(drain, ({ error }) => error === undefined ? "answered" : error._tag)
+  const outcomes: ReadonlyArray<readonly [string, Effect.Effect<string, never, AccountPool.AccountPool | MockUpstream.MockUpstream>]> = [
+    ["completions", outcomeOfCreate],
+    ["streams", outcomeOfStream]
+  ]
+  for (const [kind, outcome] of outcomes) {
+    it.effect(`asks the budget again once a call's permit is granted: ${kind} queued before it was spent are not sent`, () => {
+      // One call at a time: the first spends the budget while four wait for its permit.
+      const setup: Setup = {
+        accounts: [account("a", ["sk-a"], { concurrency: 1 })],
+        handlers: { a: healthy("1 second") },
+        ledger: { budgetUsd: 1e-9 }
+      }
+      return Effect.gen(function*() {
+        const calls = yield* Effect.fork(Effect.all(Array.from({ length: 5 }, () => outcome), { concurrency: "unbounded" }))
+        yield* TestClock.adjust("5 seconds")
+        // Before, each was asked once, before its wait: all five were sent and billed.
+        expect(yield* Fiber.join(calls)).toEqual(["answered", ...Array(4).fill("BudgetExceeded")])
+        expect(yield* chatHosts).toEqual(["a"])
+        const [a] = yield* Effect.flatMap(AccountPool.AccountPool, (pool) => pool.snapshot)
+        expect(a).toMatchObject({ inFlight: 0, state: "serving" })
+      }).pipe(Effect.provide(poolLayer(setup)))
+    })
+  }
+
   it.scopedLive("a fallback whose base URL cannot be connected to is told at start, not in the outage it was kept for", () =>
     Effect.gen(function*() {
       const primary = yield* Simulator.make()

@@ -1050,10 +1050,14 @@ export const makeWith = <R>(
     // -- calls --------------------------------------------------------------------------------
 
     const create: Service["create"] = (request, options) => {
+      // The budget again as the request goes: the call may have waited for its permit while others spent it.
       const call = ({ member, permit }: Placed) =>
-        member.breaker.protect(member.transport.create(member.requestFor(request), permitOptions(options, permit)))
+        Effect.zipRight(
+          budget,
+          member.breaker.protect(member.transport.create(member.requestFor(request), permitOptions(options, permit)))
+        )
       // The permit told how the attempt ended, then its cost and counts.
-      const settled = (placed: Placed, exit: Exit.Exit<ChatCompletion, ApiError.ApiError | CircuitBreaker.CircuitOpen>) =>
+      const settled = (placed: Placed, exit: Exit.Exit<ChatCompletion, PoolError | CircuitBreaker.CircuitOpen>) =>
         Effect.zipRight(
           placed.permit.settle(exit),
           Exit.isSuccess(exit)
@@ -1063,8 +1067,8 @@ export const makeWith = <R>(
               onSome: (error) => recordFailure(placed, request, placed.member.modelFor(request.model), error, false)
             })
         )
-      const failed = ({ member }: Placed, cause: Cause.Cause<ApiError.ApiError | CircuitBreaker.CircuitOpen>) =>
-        Effect.catchAll(Effect.failCause(cause), (error): Effect.Effect<never, ApiError.ApiError | FailedOver> =>
+      const failed = ({ member }: Placed, cause: Cause.Cause<PoolError | CircuitBreaker.CircuitOpen>) =>
+        Effect.catchAll(Effect.failCause(cause), (error): Effect.Effect<never, PoolError | FailedOver> =>
           error._tag === "CircuitOpen" || failsOver(error) ? failOver(member, error) : Effect.fail(error)
         )
       const attempt = (excluded: ReadonlySet<number>): Effect.Effect<ChatCompletion, PoolError> =>
@@ -1129,7 +1133,10 @@ export const makeWith = <R>(
           const told = settle(LimiterInternal.interrupted)
           return delivered ? Effect.zipRight(told, counted(usage === undefined ? "truncated" : "kept")) : told
         })
-        const opening = StreamPull.openingOf(member.transport.stream(member.requestFor(request), permitOptions(options, permit)))
+        const opening = Effect.zipRight(
+          budget,
+          StreamPull.openingOf(member.transport.stream(member.requestFor(request), permitOptions(options, permit)))
+        )
         return Effect.zipRight(ScopeFinalizer.addFinalizer(stopped), Effect.matchEffect(opening, {
           onFailure: failed,
           onSuccess: (pull) =>
