@@ -805,9 +805,10 @@ const summarize = (
  *
  * Before anything is read or sent, the run fails with `UpstreamUnreachable` when its
  * `AccountPool` could reach none of its accounts, and with `KeysRejected` when the accounts it
- * reached had every key rejected by the start's preflight; it takes the output's lock (another run holding it
- * fails the run with `OutputLocked`) and refuses a read-only output (`BatchError`). When
- * `options.stop` completes, the run drains (see `Options.stop`) and its summary is `interrupted`.
+ * reached had every key rejected by the start's preflight; it takes the output's lock (another
+ * run holding it fails the run with `OutputLocked`) and refuses a read-only output (`BatchError`).
+ * When `options.stop` completes, the run drains (see `Options.stop`) and its summary is
+ * `interrupted`.
  *
  * The summary counts what happened between the start and the end of the run (the ledger and the
  * telemetry counts may have seen earlier work).

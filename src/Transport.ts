@@ -206,8 +206,8 @@ export const layer = (options?: Options): Layer.Layer<Transport, never, HttpClie
 
 /**
  * A transport configured from the environment: base URL from `DEEPSEEK_BASE_URL` (default
- * `https://api.deepseek.com`; an http(s) URL without credentials, query or fragment), keys from `DEEPSEEK_API_KEY` (one key, or several separated by
- * commas).
+ * `https://api.deepseek.com`; an http(s) URL without credentials, query or fragment), keys from
+ * `DEEPSEEK_API_KEY` (one key, or several separated by commas).
  *
  * @since 0.1.0
  * @category layers
