@@ -35,6 +35,8 @@ const scrape = (url: string) =>
 
 /** The gateway's count of requests answered 200. */
 const ok200 = "weatherproof_gateway_requests_total{status=\"200\",outcome=\"ok\"}"
+/** The gateway's count of requests whose 200 was committed and that ended in an upstream's failure. */
+const failedLate = "weatherproof_gateway_requests_total{status=\"200\",outcome=\"server_error\"}"
 /** The gateway's count of requests whose client left before their answer. */
 const clientClosed = "weatherproof_gateway_requests_total{status=\"499\",outcome=\"client_closed\"}"
 
@@ -142,7 +144,7 @@ describe("weatherproof serve, metrics and traces", () => {
         "weatherproof_retry_budget_refused_total",
         "weatherproof_retry_budget_refunded_total"
       ]
-      for (const series of [ok200, clientClosed, ...totals]) {
+      for (const series of [ok200, failedLate, clientClosed, ...totals]) {
         expect(valueOf(text, series), series).toBeGreaterThanOrEqual(0)
       }
       // The series came before the lanes: the status lists none until a call makes them.
@@ -210,6 +212,83 @@ describe("weatherproof serve, metrics and traces", () => {
         attempt(() => response.then((r) => r.body!.getReader().read())))
       const after = yield* closedBy(2)
       expect(after).toEqual({ closed: before.closed + 2, ok: before.ok })
+    }))
+
+  it.scopedLive("a failure told after the 200 was committed counts as that failure, and a client that left a late stream as client_closed", () =>
+    Effect.gen(function*() {
+      type Reply = (response: Parameters<Handler>[1]) => Promise<void>
+      /** `reply`, after the gateway's keep-alive interval: its 200 is committed by then. */
+      const late = (reply: Reply): Handler => async (_, response) => {
+        await new Promise((resolve) => setTimeout(resolve, 150))
+        await reply(response)
+      }
+      const firstWords = Wire.sseData(
+        Wire.chunks({ id: "x", model, content: "first words", usage: Wire.usage({ promptTokens: 1, completionTokens: 1 }) })[0]
+      )
+      const unavailable: Reply = async (response) => {
+        response.writeHead(503, { "content-type": "application/json" })
+        response.end(Wire.errorBody("overloaded", "server_error"))
+      }
+      const cutAfterFirstWords: Reply = async (response) => {
+        response.writeHead(200, { "content-type": "text/event-stream" })
+        response.end(firstWords)
+      }
+      const heldAfterFirstWords: Reply = async (response) => {
+        response.writeHead(200, { "content-type": "text/event-stream" })
+        response.write(firstWords)
+        await new Promise((resolve) => response.on("close", resolve))
+      }
+      const upstream = yield* rawServer([
+        late(unavailable), // a completion that fails after its keep-alives
+        late(unavailable), // a stream that fails after its keep-alives
+        late(cutAfterFirstWords), // a late stream cut after its first content
+        (_, response) => cutAfterFirstWords(response), // a stream cut after its first content, within the interval
+        late(heldAfterFirstWords) // a late stream its client leaves
+      ])
+      const gateway = yield* startGateway([account("late", upstream.url, ["sk-late"])], {
+        pool: { retry: { maxRetries: 0 } },
+        keepAliveInterval: "50 millis"
+      })
+      const counts = Effect.map(scrape(gateway.url), ({ text }) => ({
+        ok: valueOf(text, ok200) ?? 0,
+        failedLate: valueOf(text, failedLate) ?? 0,
+        closed: valueOf(text, clientClosed) ?? 0
+      }))
+      const before = yield* counts
+      const send = (stream: boolean) =>
+        attempt(() =>
+          fetch(`${gateway.url}/v1/chat/completions`, {
+            method: "POST",
+            headers: { "content-type": "application/json" },
+            body: JSON.stringify({ model, messages: ask("late"), stream })
+          }).then(async (response) => ({ status: response.status, body: await response.text() }))
+        )
+      for (const stream of [false, true, true, true]) {
+        const answer = yield* send(stream)
+        expect(answer.status).toBe(200)
+        expect(answer.body).toContain("error")
+      }
+      // A late stream whose client leaves after its first content.
+      yield* attempt(async () => {
+        const controller = new AbortController()
+        const response = await fetch(`${gateway.url}/v1/chat/completions`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ model, messages: ask("leaving"), stream: true }),
+          signal: controller.signal
+        })
+        const reader = response.body!.getReader()
+        for (let text = ""; !text.includes("data: {");) {
+          const { done, value } = await reader.read()
+          if (done) throw new Error(`the stream ended before its first content: ${text}`)
+          text += new TextDecoder().decode(value)
+        }
+        controller.abort()
+      })
+      const after = yield* Effect.repeat(Effect.zipLeft(counts, Effect.sleep("20 millis")), {
+        until: ({ closed }) => closed > before.closed
+      }).pipe(Effect.timeout("3 seconds"), Effect.orElse(() => counts))
+      expect(after).toEqual({ ok: before.ok, failedLate: before.failedLate + 4, closed: before.closed + 1 })
     }))
 
   it.scopedLive("no upstream key leaves the process: not in answers, headers, metrics, the page, its feed or logs, even when the upstream echoes it", () =>

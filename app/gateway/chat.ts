@@ -52,7 +52,7 @@ import {
   UnknownModel
 } from "./errors.js"
 import { awaitFirst, JsonKeepAlive, Latch, sseKeepAlive, unbufferedHeaders } from "./keepAlive.js"
-import type { Traffic } from "./traffic.js"
+import { Tally, type Traffic } from "./traffic.js"
 import { eventStream, sendNow } from "./write.js"
 
 export interface Settings {
@@ -283,13 +283,28 @@ export const make = (settings: Settings, traffic: Traffic) =>
     const failed = (cause: Cause.Cause<GatewayError>) =>
       Effect.map(replyOfCause(cause, scrub), (reply) => errorResponse(reply, scrub))
 
-    /** `failed`, written at once (`sendNow`). */
-    const failedNow = (http: HttpServerRequest.HttpServerRequest) => (cause: Cause.Cause<GatewayError>) =>
-      Effect.map(failed(cause), (response) => sendNow(http, response))
+    /** `failed`, written at once (`sendNow`) and counted. */
+    const failedNow = (http: HttpServerRequest.HttpServerRequest, tally: Tally) => (cause: Cause.Cause<GatewayError>) =>
+      Effect.map(failed(cause), (response) => {
+        tally.answered(response.status)
+        return sendNow(http, response)
+      })
 
-    /** The error body that ends a committed answer: a JSON body, or a stream's error event. */
-    const lateError = (cause: Cause.Cause<GatewayError>, encode: (body: unknown) => Uint8Array) =>
-      Effect.map(replyOfCause(cause, scrub), (reply) => encode(errorBody(reply, scrub)))
+    /**
+     * The error body that ends a committed answer (a JSON body, or a stream's error event),
+     * counted under its 200 as the failure it tells.
+     */
+    const lateError = (cause: Cause.Cause<GatewayError>, encode: (body: unknown) => Uint8Array, tally: Tally) =>
+      Effect.map(replyOfCause(cause, scrub), (reply) => {
+        tally.answered(200, reply.status)
+        return encode(errorBody(reply, scrub))
+      })
+
+    /** The `[DONE]` that ends a stream answered in full, counted. */
+    const finished = (tally: Tally): Uint8Array => {
+      tally.answered(200)
+      return done
+    }
 
     const keepAliveSettings = {
       interval: settings.keepAliveInterval,
@@ -313,7 +328,7 @@ export const make = (settings: Settings, traffic: Traffic) =>
       http: HttpServerRequest.HttpServerRequest,
       request: ChatCompletionRequest,
       options: CallOptions,
-      count: (status: number) => void
+      tally: Tally
     ) =>
       Effect.withFiberRuntime<HttpServerResponse.HttpServerResponse>((fiber) => {
         traffic.track(fiber)
@@ -322,25 +337,31 @@ export const make = (settings: Settings, traffic: Traffic) =>
           keepAlive.stop()
           if (!keepAlive.committed) {
             return Exit.match(exit, {
-              onFailure: failedNow(http),
-              onSuccess: (answer) => Effect.sync(() => sendNow(http, HttpServerResponse.unsafeJson(answer)))
+              onFailure: failedNow(http, tally),
+              onSuccess: (answer) =>
+                Effect.sync(() => {
+                  tally.answered(200)
+                  return sendNow(http, HttpServerResponse.unsafeJson(answer))
+                })
             })
           }
           const body = Exit.match(exit, {
-            onFailure: (cause) => lateError(cause, (body) => utf8.encode(JSON.stringify(body))),
-            onSuccess: (answer) => Effect.succeed(utf8.encode(JSON.stringify(answer)))
+            onFailure: (cause) => lateError(cause, (body) => utf8.encode(JSON.stringify(body)), tally),
+            onSuccess: (answer) =>
+              Effect.sync(() => {
+                tally.answered(200)
+                return utf8.encode(JSON.stringify(answer))
+              })
           })
           return Effect.map(body, (bytes) => keepAlive.end(bytes))
         }
-        // Answered and counted once: as soon as the transport read the answer (the permit, cost
-        // and counts settle after), else from the exit handler when the drain cut the call, else
-        // after it.
+        // Answered once: as soon as the transport read the answer (the permit, cost and counts
+        // settle after), else from the exit handler when the drain cut the call, else after it.
         let answered: HttpServerResponse.HttpServerResponse | undefined
         const answerOnce = (exit: Exit.Exit<ChatCompletion, GatewayError>) =>
           answered === undefined
             ? Effect.tap(answer(exit), (response) => {
               answered = response
-              count(response.status)
             })
             : Effect.succeed(answered)
         const onAnswer = (completion: ChatCompletion) => Effect.asVoid(answerOnce(Exit.succeed(completion)))
@@ -403,10 +424,10 @@ export const make = (settings: Settings, traffic: Traffic) =>
       })
 
     /** The error event that ends a stream cut after its first content (and no `[DONE]`). */
-    const cutShort = (cause: Cause.Cause<GatewayError>) =>
+    const cutShort = (cause: Cause.Cause<GatewayError>, tally: Tally) =>
       Effect.suspend(() => {
         traffic.streamCut()
-        return lateError(cause, sseEvent)
+        return lateError(cause, sseEvent, tally)
       })
 
     /**
@@ -417,11 +438,11 @@ export const make = (settings: Settings, traffic: Traffic) =>
      * permit and its stream live in the request's scope until the last byte. What a slow client
      * has not read yet waits in Node's response (an answer is bounded by its `max_tokens`).
      */
-    const relay = (http: HttpServerRequest.HttpServerRequest, rest: Rest, head: Uint8Array | undefined) =>
+    const relay = (http: HttpServerRequest.HttpServerRequest, rest: Rest, head: Uint8Array | undefined, tally: Tally) =>
       Effect.suspend(() => {
         const out = eventStream(http, eventHeaders)
         if (head === undefined) {
-          out.end(done)
+          out.end(finished(tally))
           return Effect.succeed(out.response)
         }
         out.write(head)
@@ -429,10 +450,10 @@ export const make = (settings: Settings, traffic: Traffic) =>
           rest.attach((item) => {
             if (item._tag === "Events") return out.write(item.bytes)
             if (Exit.isSuccess(item.exit)) {
-              out.end(done)
+              out.end(finished(tally))
               return resume(Effect.succeed(out.response))
             }
-            resume(Effect.map(cutShort(item.exit.cause), (event) => {
+            resume(Effect.map(cutShort(item.exit.cause, tally), (event) => {
               out.end(event)
               return out.response
             }))
@@ -443,8 +464,8 @@ export const make = (settings: Settings, traffic: Traffic) =>
       })
 
     /** The events that follow the keep-alives of a late answer, from its first content on. */
-    const lateEvents = (rest: Rest, head: Uint8Array | undefined): Stream.Stream<Uint8Array> => {
-      if (head === undefined) return Stream.make(done)
+    const lateEvents = (rest: Rest, head: Uint8Array | undefined, tally: Tally): Stream.Stream<Uint8Array> => {
+      if (head === undefined) return Stream.sync(() => finished(tally))
       const following = Stream.unwrap(Effect.map(Queue.unbounded<Item>(), (queue) => {
         rest.attach((item) => Queue.unsafeOffer(queue, item))
         let ended = false
@@ -452,14 +473,14 @@ export const make = (settings: Settings, traffic: Traffic) =>
           ended ? Effect.fail(Option.none()) : Effect.flatMap(Queue.take(queue), (item) => {
             if (item._tag === "Events") return Effect.succeed(item.bytes)
             ended = true
-            return Exit.isSuccess(item.exit) ? Effect.succeed(done) : cutShort(item.exit.cause)
+            return Exit.isSuccess(item.exit) ? Effect.sync(() => finished(tally)) : cutShort(item.exit.cause, tally)
           })
         ))
       }))
       return Stream.concat(Stream.succeed(head), following)
     }
 
-    const stream = (http: HttpServerRequest.HttpServerRequest, request: ChatCompletionRequest, options: CallOptions) =>
+    const stream = (http: HttpServerRequest.HttpServerRequest, request: ChatCompletionRequest, options: CallOptions, tally: Tally) =>
       Effect.gen(function*() {
         const { first, rest } = yield* pump(resilient.stream(request, options), request.stream_options?.include_usage === true)
         return yield* awaitFirst(first, {
@@ -469,13 +490,13 @@ export const make = (settings: Settings, traffic: Traffic) =>
           headers: unbufferedHeaders,
           ready: (exit) =>
             Exit.match(exit, {
-              onFailure: failedNow(http),
-              onSuccess: (head) => relay(http, rest, head)
+              onFailure: failedNow(http, tally),
+              onSuccess: (head) => relay(http, rest, head, tally)
             }),
           late: (exit) =>
             Exit.match(exit, {
-              onFailure: (cause) => Stream.fromEffect(lateError(cause, sseEvent)),
-              onSuccess: (head) => lateEvents(rest, head)
+              onFailure: (cause) => Stream.fromEffect(lateError(cause, sseEvent, tally)),
+              onSuccess: (head) => lateEvents(rest, head, tally)
             })
         })
       })
@@ -500,40 +521,31 @@ export const make = (settings: Settings, traffic: Traffic) =>
         })
       )
 
-    /** `response`, counted by its status as it is returned (a completion counts itself as it answers). */
+    /** `response`, counted by its status. */
     const counted = <E, R>(response: Effect.Effect<HttpServerResponse.HttpServerResponse, E, R>, count: (status: number) => void) =>
       Effect.tap(response, ({ status }) => Effect.sync(() => count(status)))
 
-    /** The answer to `http`, counted once: by its status, or as closed by its client when it ended without one. */
-    const answerTo = (http: HttpServerRequest.HttpServerRequest) =>
-      Effect.suspend(() => {
-        let answered = false
-        const count = (status: number) => {
-          answered = true
-          traffic.answered(status)
-        }
-        return admit(http).pipe(
-          Effect.matchCauseEffect({
-            onFailure: (cause) => counted(failed(cause), count),
-            onSuccess: ({ options, request }) =>
-              request.stream === true
-                ? counted(stream(http, request, options), count)
-                : completion(http, request, options, count)
-          }),
-          // Only the client's disconnect interrupts the handler before its answer: the drain answers.
-          Effect.onExit(() =>
-            Effect.sync(() => {
-              if (!answered) traffic.clientClosed()
-            })
-          )
-        )
+    /** The answer to `http`, counted by `tally` as it ends (a stream's at its last event). */
+    const answerTo = (http: HttpServerRequest.HttpServerRequest, tally: Tally) =>
+      Effect.matchCauseEffect(admit(http), {
+        onFailure: (cause) => counted(failed(cause), (status) => tally.answered(status)),
+        onSuccess: ({ options, request }) =>
+          request.stream === true ? stream(http, request, options, tally) : completion(http, request, options, tally)
       })
 
-    // The request is counted and its leaving added to its scope in one step: an interruption
-    // between the two would leave it counted for good (and a drain waiting for it).
-    const entered = Effect.uninterruptible(
-      Effect.zipRight(ScopeFinalizer.addFinalizer(Effect.sync(() => traffic.leave())), Effect.sync(() => traffic.enter()))
-    )
+    // The request is counted and its end added to its scope in one step: an interruption between
+    // the two would leave it counted for good (and a drain waiting for it). Its scope closes
+    // after its last byte, or when its client left (then unanswered, counted as such).
+    const entered = (tally: Tally) =>
+      Effect.uninterruptible(
+        Effect.zipRight(
+          ScopeFinalizer.addFinalizer(Effect.sync(() => {
+            tally.ended()
+            traffic.leave()
+          })),
+          Effect.sync(() => traffic.enter())
+        )
+      )
 
     const handle: Effect.Effect<HttpServerResponse.HttpServerResponse, never, HttpServerRequest.HttpServerRequest | Scope.Scope> =
       Effect.suspend(() => {
@@ -542,7 +554,8 @@ export const make = (settings: Settings, traffic: Traffic) =>
             Effect.map(HttpServerResponse.setHeader("connection", "close"))
           )
         }
-        return Effect.zipRight(entered, Effect.flatMap(HttpServerRequest.HttpServerRequest, answerTo))
+        const tally = new Tally(traffic)
+        return Effect.zipRight(entered(tally), Effect.flatMap(HttpServerRequest.HttpServerRequest, (http) => answerTo(http, tally)))
       })
     return handle
   })

@@ -37,14 +37,16 @@ export const streamsCutCounter = Metric.counter("weatherproof_gateway_streams_cu
 
 const requestsKey = MetricKey.counter("weatherproof_gateway_requests", {
   description:
-    "Chat requests, by the HTTP status answered (499: the client left before its answer) and outcome (ok, client_error, server_error, client_closed)",
+    "Chat requests, by the HTTP status answered (499: the client left before its answer) and outcome (ok, client_error, server_error, client_closed; a committed 200 that ended in an error: that error's)",
   incremental: true
 })
 
 /**
  * Chat requests, tagged with the HTTP `status` they got and its `outcome`: `ok` (2xx),
  * `client_error` (4xx), `server_error` (5xx), or `client_closed` with `status` 499 (nginx's code
- * for it) when the client disconnected before its answer.
+ * for it) when the client disconnected before its answer ended. An answer whose 200 was committed
+ * (keep-alives, or a stream's first content) and that ended in an error (its JSON body, or a
+ * stream's error event) counts under `status` 200 with the outcome of that error.
  */
 export const requestsCounter = Metric.fromMetricKey(requestsKey)
 
@@ -78,15 +80,17 @@ export class Traffic {
   private idle: Deferred.Deferred<void> | undefined
   /** The calls still running (a stream's pump, a call waiting for its first content), interrupted at the drain deadline. */
   private readonly calls = new Registry<Fiber.RuntimeFiber<unknown, unknown>>()
-  /** Requests by status, each with its own counter: tagging at every update would build its key again. */
-  private readonly byStatus = new Map<number, Metric.Metric.Counter<number>>()
+  /** Requests by status and outcome, each with its own counter: tagging at every update would build its key again. */
+  private readonly byStatus = new Map<string, Metric.Metric.Counter<number>>()
 
   constructor() {
     // Every series exists from the start, at 0, as Prometheus expects of counters.
     for (const metric of [keepAlivesCounter, streamsCutCounter, clientsWaitingGauge, requestsInFlightGauge, clientClosedCounter]) {
       metric.unsafeUpdate(0, noLabels)
     }
-    for (const status of statusesFromStart) this.counterOf(status).unsafeUpdate(0, noLabels)
+    for (const status of statusesFromStart) this.counterOf(status, outcomeOf(status)).unsafeUpdate(0, noLabels)
+    // A committed 200 that ended in an upstream's failure: the failures a status line cannot tell.
+    this.counterOf(200, outcomeOf(502)).unsafeUpdate(0, noLabels)
   }
 
   enter(): void {
@@ -114,9 +118,9 @@ export class Traffic {
     clientsWaitingGauge.unsafeUpdate(this.waiting, noLabels)
   }
 
-  /** Counts an answer with `status`. */
-  answered(status: number): void {
-    this.counterOf(status).unsafeUpdate(1, noLabels)
+  /** Counts an answer sent with `status`, its outcome that of `told` (the status of the error a committed 200 ended in). */
+  answered(status: number, told = status): void {
+    this.counterOf(status, outcomeOf(told)).unsafeUpdate(1, noLabels)
   }
 
   /** Counts a request whose client disconnected before its answer. */
@@ -124,9 +128,10 @@ export class Traffic {
     clientClosedCounter.unsafeUpdate(1, noLabels)
   }
 
-  private counterOf(status: number): Metric.Metric.Counter<number> {
-    let counter = this.byStatus.get(status)
-    if (counter === undefined) this.byStatus.set(status, counter = requestsTagged(status, outcomeOf(status)))
+  private counterOf(status: number, outcome: string): Metric.Metric.Counter<number> {
+    const key = `${status} ${outcome}`
+    let counter = this.byStatus.get(key)
+    if (counter === undefined) this.byStatus.set(key, counter = requestsTagged(status, outcome))
     return counter
   }
 
@@ -158,4 +163,29 @@ export class Traffic {
    * call still waiting an error body, or a 503 when nothing was sent yet.
    */
   readonly cutRemaining: Effect.Effect<void> = Effect.suspend(() => Fiber.interruptAll(this.calls.values()))
+}
+
+/**
+ * One chat request's count in `weatherproof_gateway_requests_total`, taken once: by its answer as
+ * it ends, or as `client_closed` when the request ends without one (its client left, before its
+ * answer or in the middle of it).
+ */
+export class Tally {
+  private counted = false
+
+  constructor(private readonly traffic: Traffic) {}
+
+  /** Counts the answer: see `Traffic.answered`. */
+  answered(status: number, told = status): void {
+    if (this.counted) return
+    this.counted = true
+    this.traffic.answered(status, told)
+  }
+
+  /** The request ended: unless its answer was counted, its client left. */
+  ended(): void {
+    if (this.counted) return
+    this.counted = true
+    this.traffic.clientClosed()
+  }
 }
