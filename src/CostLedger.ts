@@ -37,9 +37,19 @@ import { TaggedError } from "./internal/sdkError.js"
 // Pricing table
 // ---------------------------------------------------------------------------------------------
 
+/** The lowest price but 0 a table may hold: anything below it is a price per token, mistaken. */
+const lowestPriceUsd = 0.001
+
 const UsdPerMillion = Schema.Number.pipe(
   Schema.finite({ message: () => "expected a finite price in USD per 1M tokens" }),
-  Schema.nonNegative({ message: (issue) => `expected a price ≥ 0 in USD per 1M tokens, got ${String(issue.actual)}` })
+  Schema.nonNegative({ message: (issue) => `expected a price ≥ 0 in USD per 1M tokens, got ${String(issue.actual)}` }),
+  Schema.filter((usd) => usd === 0 || usd >= lowestPriceUsd, {
+    message: (issue) => {
+      const usd = issue.actual as number
+      return `${usd} USD per 1M tokens is below $${lowestPriceUsd}: prices are per 1M tokens ` +
+        `(${usd} per token is ${Number((usd * 1e6).toPrecision(6))} per 1M)`
+    }
+  })
 ).annotations({ identifier: "UsdPerMillion" })
 
 /**
@@ -315,7 +325,10 @@ export type Cost =
   | {
     readonly _tag: "Priced"
     readonly model: string
-    /** The table entry used: `model` itself, or the model its alias points to. */
+    /**
+     * The table entry used: `model` itself, or the model its alias points to; when the table has
+     * no price for `model`, the entry's `sentModel` (or the model its alias points to).
+     */
     readonly pricedAs: string
     readonly usd: number
     /** Whether the model's peak window applied. */
@@ -360,7 +373,15 @@ export type Disposition = internal.Disposition
 export interface Entry {
   /** A non-secret account label (never a key). */
   readonly account: string
+  /** The model the answer named: its tokens and cost are counted under it. */
   readonly model: string
+  /**
+   * The model the request named, priced in `model`'s place when the table has no price for
+   * `model` (servers answer with a dated name of the model asked for, such as `gpt-4o-2024-08-06`
+   * for `gpt-4o`). Without it, such an attempt is unpriced: its cost is not counted, nor spent
+   * from the budget.
+   */
+  readonly sentModel?: string | undefined
   /** What the server billed; absent when the attempt failed before any usage arrived. */
   readonly usage?: Usage | undefined
   readonly disposition: Disposition
@@ -599,7 +620,8 @@ export const make = (options: Options = {}): Effect.Effect<Service> =>
       Effect.withFiberRuntime<Cost>((fiber) => {
         const tokens = entry.usage === undefined ? internal.noTokens : internal.splitUsage(entry.usage)
         const now = Context.get(fiber.currentDefaultServices, Clock.Clock).unsafeCurrentTimeMillis()
-        const price = internal.price(compiled, entry.model, tokens, now)
+        const price = internal.price(compiled, entry.model, tokens, now) ??
+          (entry.sentModel === undefined ? undefined : internal.price(compiled, entry.sentModel, tokens, now))
         const attempt: internal.AttemptCost = {
           disposition: entry.disposition,
           billed: entry.usage !== undefined,

@@ -1168,6 +1168,24 @@ describe("AccountPool", () => {
     })
   }
 
+  it.effect("an answer naming a model the price table lacks (a dated variant) is priced as the model sent: its cost counts, the budget trips", () => {
+    // OpenAI-compatible servers answer with a dated name of the model asked for.
+    const dated: Handler = (request) => {
+      if (!isChat(request)) return MockUpstream.status(404)
+      const answer = { ...generation(request), model: `${bodyOf(request).model}-2026-05-01` }
+      return bodyOf(request).stream === true ? MockUpstream.streamed(answer) : MockUpstream.completion(answer)
+    }
+    const setup: Setup = { accounts: [account("a", ["sk-a"])], handlers: { a: dated }, ledger: { budgetUsd: 1e-9 } }
+    return Effect.gen(function*() {
+      expect(yield* outcomeOfCreate).toBe("answered")
+      expect(yield* outcomeOfStream).toBe("BudgetExceeded")
+      const { byModel, total } = yield* Effect.flatMap(CostLedger.CostLedger, (ledger) => ledger.snapshot)
+      expect(total.costUsd).toBeGreaterThan(0)
+      expect(total.unpriced).toBe(0)
+      expect(Object.keys(byModel)).toEqual(["deepseek-v4-flash-2026-05-01"])
+    }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
   it.scopedLive("a fallback whose base URL cannot be connected to is told at start, not in the outage it was kept for", () =>
     Effect.gen(function*() {
       const primary = yield* Simulator.make()

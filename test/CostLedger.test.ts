@@ -458,6 +458,12 @@ describe("CostLedger pricing table", () => {
     ]))
   })
 
+  it("refuses a price that reads as USD per token, which would count about nothing", () => {
+    expect(issuesOf({ models: { flash: { cacheHit: 0, cacheMiss: 1.4e-7, output: 0.28 } } })).toEqual([
+      "models.flash.cacheMiss: 1.4e-7 USD per 1M tokens is below $0.001: prices are per 1M tokens (1.4e-7 per token is 0.14 per 1M)"
+    ])
+  })
+
   it("checks the peak window and aliases once the fields are valid", () => {
     const flash = { cacheHit: 0.0028, cacheMiss: 0.14, output: 0.28 }
     expect(issuesOf({

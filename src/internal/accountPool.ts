@@ -179,6 +179,12 @@ interface Placed {
   readonly placedAt: number
 }
 
+/** An attempt's models: the one its answer named, and the one it was sent (priced when the table lacks the first). */
+interface Models {
+  readonly served: string
+  readonly sent: string
+}
+
 /** Nothing to settle: the attempt settled itself. */
 const noSettle = () => Effect.void
 
@@ -960,9 +966,15 @@ export const makeWith = <R>(
     // -- cost ---------------------------------------------------------------------------------
 
     /** `delivered`: output reached this client (with no usage, it was billed for what is not known). */
-    const record = (placed: Placed, model: string, usage: Usage | undefined, disposition: Disposition, delivered: boolean) =>
+    const record = (
+      placed: Placed,
+      models: Models,
+      usage: Usage | undefined,
+      disposition: Disposition,
+      delivered: boolean
+    ) =>
       Effect.flatMap(
-        ledger.record({ account: placed.member.name, model, usage, disposition, delivered }),
+        ledger.record({ account: placed.member.name, model: models.served, sentModel: models.sent, usage, disposition, delivered }),
         (cost) => {
           if (cost._tag === "Priced") figuresOf(placed.grant.lane).costPico += picoOfUsd(cost.usd)
           return GenAi.noteCost(placed, cost)
@@ -1016,7 +1028,7 @@ export const makeWith = <R>(
     const recordFailure = (
       placed: Placed,
       request: ChatCompletionRequest,
-      model: string,
+      models: Models,
       error: unknown,
       delivered: boolean
     ) => {
@@ -1027,7 +1039,7 @@ export const makeWith = <R>(
         countSent(placed, request, verdict, error),
         record(
           placed,
-          model,
+          models,
           ApiError.partialOf(apiError).usage,
           delivered ? "truncated" : "discarded",
           ApiError.deliveredOutput(apiError)
@@ -1057,16 +1069,21 @@ export const makeWith = <R>(
           member.breaker.protect(member.transport.create(member.requestFor(request), permitOptions(options, permit)))
         )
       // The permit told how the attempt ended, then its cost and counts.
-      const settled = (placed: Placed, exit: Exit.Exit<ChatCompletion, PoolError | CircuitBreaker.CircuitOpen>) =>
-        Effect.zipRight(
+      const settled = (placed: Placed, exit: Exit.Exit<ChatCompletion, PoolError | CircuitBreaker.CircuitOpen>) => {
+        const sent = placed.member.modelFor(request.model)
+        return Effect.zipRight(
           placed.permit.settle(exit),
           Exit.isSuccess(exit)
-            ? Effect.zipRight(countSent(placed, request), record(placed, exit.value.model, exit.value.usage, "kept", true))
+            ? Effect.zipRight(
+              countSent(placed, request),
+              record(placed, { served: exit.value.model, sent }, exit.value.usage ?? undefined, "kept", true)
+            )
             : Option.match(Cause.failureOption(exit.cause), {
               onNone: () => Effect.void,
-              onSome: (error) => recordFailure(placed, request, placed.member.modelFor(request.model), error, false)
+              onSome: (error) => recordFailure(placed, request, { served: sent, sent }, error, false)
             })
         )
+      }
       const failed = ({ member }: Placed, cause: Cause.Cause<PoolError | CircuitBreaker.CircuitOpen>) =>
         Effect.catchAll(Effect.failCause(cause), (error): Effect.Effect<never, PoolError | FailedOver> =>
           error._tag === "CircuitOpen" || failsOver(error) ? failOver(member, error) : Effect.fail(error)
@@ -1120,11 +1137,11 @@ export const makeWith = <R>(
           return Effect.zipRight(permit.settle(exit), settleBreaker(exit))
         }
         const counted = (disposition: Disposition) =>
-          Effect.zipRight(countSent(placed, request), record(placed, servedModel, usage, disposition, true))
+          Effect.zipRight(countSent(placed, request), record(placed, { served: servedModel, sent: model }, usage, disposition, true))
         const ended = () => Effect.zipRight(settle(Exit.void), counted("kept"))
         const failed = (error: PoolError) =>
           settle(Exit.fail(error)).pipe(
-            Effect.zipRight(recordFailure(placed, request, servedModel, error, delivered)),
+            Effect.zipRight(recordFailure(placed, request, { served: servedModel, sent: model }, error, delivered)),
             Effect.zipRight(answerOrFailOver(member, error, delivered))
           )
         // Its permit and breaker told it ended (ignored), so that its lane no longer counts it accepted.
