@@ -173,14 +173,16 @@ export type ChatCompletionRequest = typeof ChatCompletionRequest.Type
 
 /**
  * Token usage. `prompt_tokens = prompt_cache_hit_tokens + prompt_cache_miss_tokens`;
- * `completion_tokens` includes `completion_tokens_details.reasoning_tokens`.
+ * `completion_tokens` includes `completion_tokens_details.reasoning_tokens`. `total_tokens` is
+ * optional: some OpenAI-compatible servers leave it out, and a billed answer is never refused
+ * for its accounting.
  *
  * @since 0.1.0
  */
 export const Usage = open({
   prompt_tokens: Schema.Number,
   completion_tokens: Schema.Number,
-  total_tokens: Schema.Number,
+  total_tokens: Schema.optional(Schema.Number),
   prompt_cache_hit_tokens: Schema.optional(Schema.Number),
   prompt_cache_miss_tokens: Schema.optional(Schema.Number),
   prompt_tokens_details: Schema.optional(
@@ -209,14 +211,19 @@ export const Choice = open({
   logprobs: Schema.optional(Schema.Unknown)
 }, "Choice")
 
-/** A non-streaming chat completion. @since 0.1.0 */
+/**
+ * A non-streaming chat completion. `usage` may be `null` (some OpenAI-compatible servers send
+ * it), as in a chunk: the answer is delivered, its cost unmetered.
+ *
+ * @since 0.1.0
+ */
 export const ChatCompletion = open({
   id: Schema.String,
   object: Schema.String,
   created: Schema.Number,
   model: Schema.String,
   choices: Schema.Array(Choice),
-  usage: Schema.optional(Usage),
+  usage: Schema.optional(Schema.NullOr(Usage)),
   system_fingerprint: Schema.optional(Schema.NullOr(Schema.String))
 }, "ChatCompletion")
 /** @since 0.1.0 */

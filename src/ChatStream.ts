@@ -312,5 +312,5 @@ export const chunksOf = (completion: ChatCompletion): ReadonlyArray<ChatCompleti
     ...head,
     choices: [{ index: choice.index, delta: deltaOf(choice.message), finish_reason: choice.finish_reason }]
   }))
-  return completion.usage === undefined ? choices : [...choices, { ...head, choices: [], usage: completion.usage }]
+  return completion.usage == null ? choices : [...choices, { ...head, choices: [], usage: completion.usage }]
 }

@@ -132,7 +132,7 @@ const double = (script: Script, hooks: Hooks = {}) =>
               yield* ledger.record({
                 account: accountOf(request),
                 model: request.model,
-                usage: step === "ok" ? answer.usage : undefined,
+                usage: step === "ok" ? answer.usage ?? undefined : undefined,
                 disposition: step === "ok" ? "kept" : "discarded"
               })
               options?.onExchange?.(step === "ok" ? "answered" : "failed")

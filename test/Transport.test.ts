@@ -103,6 +103,36 @@ describe("Transport.create", () => {
       expect(ApiError.classify(error)._tag).toBe("Caller")
     }).pipe(Effect.provide(setup([MockUpstream.json({ id: "x", choices: "none" })]))))
 
+  // Other OpenAI-compatible servers send `usage: null`, or usage without `total_tokens`: the
+  // answer was generated (and billed), so it is delivered as sent (a null usage counts unmetered).
+  const answerOf = (usage: unknown) => ({
+    id: "x",
+    object: "chat.completion",
+    created: 0,
+    model: request.model,
+    choices: [{ index: 0, message: { role: "assistant", content: "hello" }, finish_reason: "stop" }],
+    usage
+  })
+  it.effect("an answer with usage null, or usage without total_tokens, is delivered: accounting metadata never fails it", () =>
+    Effect.gen(function*() {
+      const transport = yield* Transport.Transport
+      const withoutUsage = yield* transport.create(request)
+      expect(withoutUsage.choices[0]?.message.content).toBe("hello")
+      expect(withoutUsage.usage).toBeNull()
+      const withoutTotal = yield* transport.create(request)
+      expect(withoutTotal.usage).toEqual({ prompt_tokens: 3, completion_tokens: 2 })
+      const chunks = yield* Stream.runCollect(transport.stream(request))
+      expect(Chunk.toReadonlyArray(chunks).at(-1)?.usage).toEqual({ prompt_tokens: 3, completion_tokens: 2 })
+    }).pipe(Effect.provide(setup([
+      MockUpstream.json(answerOf(null)),
+      MockUpstream.json(answerOf({ prompt_tokens: 3, completion_tokens: 2 })),
+      MockUpstream.sse([
+        Wire.sseData({ id: "x", object: "chat.completion.chunk", created: 0, model: request.model, choices: [{ index: 0, delta: { content: "hi" }, finish_reason: "stop" }] }),
+        Wire.sseData({ id: "x", object: "chat.completion.chunk", created: 0, model: request.model, choices: [], usage: { prompt_tokens: 3, completion_tokens: 2 } }),
+        "data: [DONE]\n\n"
+      ])
+    ]))))
+
   it.effect("an empty conversation is refused locally as InvalidRequest: nothing is sent", () =>
     Effect.gen(function*() {
       const history: Array<ChatSchema.Message> = []

@@ -132,7 +132,7 @@ const annotateCompletion = (span: Tracer.Span, completion: ChatCompletion, conte
   span.attribute(ATTR_GEN_AI_RESPONSE_ID, completion.id)
   span.attribute(ATTR_GEN_AI_RESPONSE_MODEL, completion.model)
   span.attribute(ATTR_GEN_AI_RESPONSE_FINISH_REASONS, finishReasons(completion))
-  if (completion.usage !== undefined) annotateUsage(span, completion.usage)
+  if (completion.usage != null) annotateUsage(span, completion.usage)
   if (content) span.attribute(ATTR_GEN_AI_OUTPUT_MESSAGES, JSON.stringify(outputMessages(completion)))
 }
 

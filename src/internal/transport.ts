@@ -216,7 +216,7 @@ const parseCompletion = (
       partial: {
         content: cut.message.content ?? "",
         reasoningContent: cut.message.reasoning_content ?? "",
-        usage: completion.usage,
+        usage: completion.usage ?? undefined,
         finishReason: "insufficient_system_resource",
         events: 1
       }
