@@ -1,8 +1,8 @@
 /**
  * The plain client the batch CLI is measured against: what a user writes without weatherproof. It
  * reads an OpenAI-format batch file, sends every body through `p-limit(N)` over undici (`request`
- * with a keep-alive `Agent`) or Node's `fetch`, retries a 429 or 5xx inside its slot with
- * full-jitter backoff, and writes one result line per request.
+ * with a keep-alive `Agent`) or Node's `fetch`, retries a 429, a 5xx or a failed connection inside
+ * its slot with full-jitter backoff (as openai-node does), and writes one result line per request.
  *
  *   node plainClient.js <input.jsonl> <output.jsonl> --concurrency N --http undici|fetch
  *
@@ -47,11 +47,24 @@ const post = async (body: string): Promise<Answer> => {
 const maxRetries = 10
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
+/** `post`, a failed connection as a status 0 (a retry); the last one thrown with its cause's code. */
+const postOnce = async (body: string, last: boolean): Promise<Answer> => {
+  try {
+    return await post(body)
+  } catch (error) {
+    if (last) {
+      const cause = (error as { cause?: { code?: string; message?: string } }).cause
+      throw new Error(`${String(error)} (${cause?.code ?? cause?.message ?? "no cause"}) after ${maxRetries} retries`)
+    }
+    return { status: 0, body: undefined }
+  }
+}
+
 /** Full jitter from 500 ms doubling to 8 s (openai-node's numbers). */
 const send = async (body: string): Promise<Answer> => {
   for (let retry = 0;; retry++) {
-    const answer = await post(body)
-    if ((answer.status !== 429 && answer.status < 500) || retry === maxRetries) return answer
+    const answer = await postOnce(body, retry === maxRetries)
+    if ((answer.status !== 0 && answer.status !== 429 && answer.status < 500) || retry === maxRetries) return answer
     await sleep(Math.random() * Math.min(8_000, 500 * 2 ** retry))
   }
 }
