@@ -65,7 +65,7 @@ export const emptyPartial: PartialOutput = {
   events: 0
 }
 
-/** 400 or 422: the request itself is wrong; fix it, do not retry. @since 0.1.0 */
+/** 400, 413 (too large for the server) or 422: the request itself is wrong; fix it, do not retry. @since 0.1.0 */
 export class InvalidRequest extends TaggedError("InvalidRequest")<{
   readonly status: number
   readonly message: string

@@ -421,7 +421,7 @@ export const inputFailures = (summary: Pick<Summary, "failures">): number =>
 
 /**
  * How many of a run's failed lines were refused as invalid requests, by the upstream
- * (`InvalidRequest`: HTTP 400 or 422, a model name it does not know, say) or by the router
+ * (`InvalidRequest`: HTTP 400, 413 or 422, a model name it does not know, say) or by the router
  * (`RoutingRefused`): a rerun sends them unchanged and meets the same refusal.
  *
  * @since 0.1.0

@@ -337,7 +337,7 @@ describe("Batch.run", () => {
   it.scoped("writes a failed call's typed error and, when it had a status, its HTTP response", () =>
     Effect.gen(function*() {
       const ws = yield* workspace
-      yield* ws.writeInput(["limited", "broken", "invalid", "fine"].map((id) => request(id)))
+      yield* ws.writeInput(["limited", "broken", "invalid", "large", "fine"].map((id) => request(id)))
       const script: Script = (r) => {
         switch (lastUserText(r)) {
           case "limited":
@@ -346,6 +346,8 @@ describe("Batch.run", () => {
             return new ServerError({ status: 503, message: "overloaded", retryAfter: Option.none() })
           case "invalid":
             return new InvalidRequest({ status: 422, message: "bad temperature", code: "invalid_parameter" })
+          case "large":
+            return new InvalidRequest({ status: 413, message: "request entity too large" })
           default:
             return "ok"
         }
@@ -365,13 +367,15 @@ describe("Batch.run", () => {
         type: "invalid_request_error",
         code: "invalid_parameter"
       })
+      expect(lines.get("large")?.response?.status_code).toBe(413)
+      expect(lines.get("large")?.response?.body.error.type).toBe("invalid_request_error")
       expect(lines.get("fine")?.error).toBeNull()
       expect(summary).toMatchObject({
         succeeded: 1,
-        failed: 3,
-        failures: { RateLimited: 1, ServerError: 1, InvalidRequest: 1 },
+        failed: 4,
+        failures: { RateLimited: 1, ServerError: 1, InvalidRequest: 2 },
         rateLimited: 1,
-        failedAttempts: 3
+        failedAttempts: 4
       })
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 

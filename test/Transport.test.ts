@@ -234,6 +234,12 @@ describe("Transport status mapping", () => {
     },
     { name: "500", reply: echoKeyBody(500, "server_error"), expected: { _tag: "ServerError", status: 500 }, verdict: "Outage" },
     { name: "404", reply: MockUpstream.status(404), expected: { _tag: "UnexpectedStatus", status: 404 }, verdict: "Caller" },
+    {
+      name: "413: the request is too large for the server, the caller's to fix",
+      reply: MockUpstream.status(413, { body: { error: { message: "request entity too large" } } }),
+      expected: { _tag: "InvalidRequest", status: 413, message: "request entity too large" },
+      verdict: "Caller"
+    },
     { name: "409", reply: MockUpstream.status(409), expected: { _tag: "UnexpectedStatus", status: 409 }, verdict: "Outage" }
   ]
 

@@ -290,10 +290,11 @@ describe("weatherproof serve, with the openai client", () => {
       expect(stats.requests).toBe(1)
     }))
 
-  it.scopedLive("upstream failures surface as the client's classes: a 400 as BadRequestError, a 500 as InternalServerError", () =>
+  it.scopedLive("upstream failures surface as the client's classes: a 400 as BadRequestError, a 413 as a 413, a 500 as InternalServerError", () =>
     Effect.gen(function*() {
       const upstream = yield* rawServer([
         reply(400, Wire.errorBody("messages: content must not be empty", "invalid_request_error", "invalid_messages")),
+        reply(413, Wire.errorBody("request entity too large", "invalid_request_error")),
         reply(500, Wire.errorBody("internal failure", "server_error"))
       ])
       const gateway = yield* startGateway([account("a", upstream.url, [upstreamKey])], { pool: noRetries })
@@ -302,6 +303,10 @@ describe("weatherproof serve, with the openai client", () => {
       expect(invalid).toBeInstanceOf(OpenAI.BadRequestError)
       expect((invalid as APIError).code).toBe("invalid_messages")
       expect((invalid as APIError).message).toContain("content must not be empty")
+      // The request is too large for the upstream: the client's to fix, not the upstream failing.
+      const tooLarge = yield* Effect.flip(attempt(() => client.chat.completions.create({ model, messages: ask("large") })))
+      expect((tooLarge as APIError).status).toBe(413)
+      expect((tooLarge as APIError).message).toContain("request entity too large")
       const failed = yield* Effect.flip(attempt(() => client.chat.completions.create({ model, messages: ask("x") })))
       expect(failed).toBeInstanceOf(OpenAI.InternalServerError)
       expect((failed as APIError).status).toBe(502)

@@ -227,7 +227,7 @@ const statusOf = (error: ResilientError): number | undefined =>
   "status" in error && typeof error.status === "number" ? error.status : undefined
 
 const errorTypeOf = (status: number): string =>
-  status === 400 || status === 422
+  status === 400 || status === 413 || status === 422
     ? "invalid_request_error"
     : status === 401
     ? "authentication_error"

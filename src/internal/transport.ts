@@ -152,7 +152,7 @@ const noEndpointAt = (url: string): string => ` (no chat completions endpoint at
 const statusError = (reply: Reply, problem: Problem, now: number): ApiError.ApiError => {
   const { message } = problem
   const { headers, status } = reply
-  if (status === 400 || status === 422) {
+  if (status === 400 || status === 413 || status === 422) {
     return new ApiError.InvalidRequest({ status, message, param: problem.param, code: problem.code })
   }
   if (status === 402) return new ApiError.InsufficientBalance({ message })
