@@ -281,6 +281,51 @@ describe("AiLanguageModel", () => {
       Effect.provide(stack([toolCallStream, MockUpstream.streamed(answer)]))
     ))
 
+  // Some OpenAI-compatible servers send a call's id and name in a later piece than its first.
+  it.effect("a streamed tool call whose id and name come in a later piece is called by them", () =>
+    Effect.gen(function*() {
+      const parts = Chunk.toReadonlyArray(yield* Stream.runCollect(LanguageModel.streamText({ prompt: question, toolkit: Forecasts })))
+      const call = parts.find((part) => part.type === "tool-call")
+      expect(call).toMatchObject({ type: "tool-call", id: "call_1", name: "GetForecast", params: { city: "Oslo" } })
+      const start = parts.find((part) => part.type === "tool-params-start")
+      const end = parts.find((part) => part.type === "tool-params-end")
+      expect(start?.type === "tool-params-start" && end?.type === "tool-params-end" && start.id === end.id).toBe(true)
+    }).pipe(
+      Effect.provide(forecastHandlers),
+      Effect.provide(stack([
+        MockUpstream.sse([
+          chunkOf({ tool_calls: [{ index: 0, type: "function", function: { arguments: "{\"city\":" } }] }),
+          chunkOf({ tool_calls: [{ index: 0, id: "call_1", function: { name: "GetForecast", arguments: "\"Oslo\"}" } }] }),
+          chunkOf({}, "tool_calls"),
+          Wire.sseDone
+        ]),
+        MockUpstream.streamed(answer)
+      ]))
+    ))
+
+  it.effect("with n > 1 choices, the text is the first choice's alone", () =>
+    Effect.gen(function*() {
+      const parts = Chunk.toReadonlyArray(yield* Stream.runCollect(LanguageModel.streamText({ prompt: question })))
+      expect(deltasOf(parts, "text-delta")).toBe("A0a0")
+      expect(parts.at(-1)).toMatchObject({ type: "finish", reason: "stop" })
+    }).pipe(Effect.provide(stack([
+      MockUpstream.sse([
+        Wire.sseData({
+          id: "n2",
+          object: "chat.completion.chunk",
+          created: 0,
+          model,
+          choices: [
+            { index: 1, delta: { content: "B1" }, finish_reason: null },
+            { index: 0, delta: { content: "A0" }, finish_reason: null }
+          ]
+        }),
+        Wire.sseData({ id: "n2", object: "chat.completion.chunk", created: 0, model, choices: [{ index: 1, delta: { content: "b1" }, finish_reason: "stop" }] }),
+        Wire.sseData({ id: "n2", object: "chat.completion.chunk", created: 0, model, choices: [{ index: 0, delta: { content: "a0" }, finish_reason: "stop" }] }),
+        Wire.sseDone
+      ])
+    ]))))
+
   it.effect("a 429 is retried after its Retry-After, and the caller sees only the answer", () =>
     Effect.gen(function*() {
       const fiber = yield* Effect.fork(LanguageModel.generateText({ prompt: "Forecast?" }))

@@ -335,7 +335,12 @@ const streamParts = <E>(
     let blocks = 0
     const reasoning = makeBlock("reasoning", () => blocks++)
     const text = makeBlock("text", () => blocks++)
-    const toolCalls = new Map<number, { readonly id: string; readonly name: string; args: string }>()
+    /**
+     * Tool calls by `index`. Their parts go under the id of their first piece (`partsId`); the call
+     * takes the id and name of the last piece that had one (some servers send them after the
+     * first), as `ChatStream` folds them.
+     */
+    const toolCalls = new Map<number, { readonly partsId: string; id: string; name: string; args: string }>()
     let reason: Chat.FinishReason | null | undefined
     let usage: Chat.Usage | null | undefined
     let fingerprint: string | null | undefined
@@ -348,7 +353,7 @@ const streamParts = <E>(
       toolCalls.clear()
       return Effect.map(
         Effect.forEach(calls, (call) => toolCallPart(call.id, call.name, call.args, "streamText")),
-        (done) => [...parts, ...calls.map((call) => ({ type: "tool-params-end" as const, id: call.id })), ...done]
+        (done) => [...parts, ...calls.map((call) => ({ type: "tool-params-end" as const, id: call.partsId })), ...done]
       )
     })
 
@@ -358,7 +363,8 @@ const streamParts = <E>(
       started = true
       usage = chunk.usage ?? usage
       fingerprint = chunk.system_fingerprint ?? fingerprint
-      const choice = chunk.choices[0]
+      // The first choice's (a request with `n` > 1 streams the others beside it).
+      const choice = chunk.choices.find((c) => c.index === 0)
       if (choice === undefined) return Effect.succeed(parts)
       const delta = choice.delta
       if (delta.reasoning_content) {
@@ -374,14 +380,18 @@ const streamParts = <E>(
         text.end(parts)
         let call = toolCalls.get(piece.index)
         if (call === undefined) {
-          call = { id: piece.id ?? `call-${piece.index}`, name: piece.function?.name ?? "", args: "" }
+          const id = piece.id || `call-${piece.index}`
+          call = { partsId: id, id, name: piece.function?.name ?? "", args: "" }
           toolCalls.set(piece.index, call)
-          parts.push({ type: "tool-params-start", id: call.id, name: call.name })
+          parts.push({ type: "tool-params-start", id, name: call.name })
+        } else {
+          if (piece.id) call.id = piece.id
+          if (piece.function?.name) call.name = piece.function.name
         }
         const args = piece.function?.arguments
         if (args) {
           call.args += args
-          parts.push({ type: "tool-params-delta", id: call.id, delta: args })
+          parts.push({ type: "tool-params-delta", id: call.partsId, delta: args })
         }
       }
       if (choice.finish_reason == null) return Effect.succeed(parts)
