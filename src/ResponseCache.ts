@@ -34,9 +34,10 @@
  *
  * Calls for the same key while one is in flight wait for it instead of calling too (single
  * flight): ten identical concurrent requests make one upstream call. The waiters take its
- * completion, whether or not it was stored. If it fails or is interrupted, each waiter makes its
- * own call: a failure belongs to the call that made it (its deadlines, its key), not to callers
- * that merely asked the same question.
+ * completion, whether or not it was stored. If it fails, each waiter makes its own call: a
+ * failure belongs to the call that made it (its deadlines, its key), not to callers that merely
+ * asked the same question. If it stops before its answer (interrupted: its client left, say; or a
+ * stream its reader left), the waiters take turns again: one calls, the others wait for it.
  *
  * Single flight is per process, also on a shared store: two processes that miss the same key at
  * once each call upstream (and the second write wins). Extending it across processes (an
@@ -51,10 +52,13 @@
  * `cachedStream` does the same for a streamed answer, on the same entries (the key leaves `stream`
  * out): a hit replays the stored completion as chunks (`ChatStream.chunksOf`: one per choice, then
  * the usage), all at once; a miss passes the live chunks through and stores what they add up to
- * when the stream ends whole (one cut, failed or left unread stores nothing). A stream that finds
- * an identical call in flight waits for it and replays its completion, so it gets the whole answer
- * at once when that call ends instead of streaming its own. A stream that asks for `logprobs` is
- * never cached: they are neither folded nor replayed, so an answer without them would be stored.
+ * when the stream ends whole (one cut, failed or left before its upstream ended stores nothing).
+ * A miss reads its upstream at the upstream's pace, whatever its reader's: the chunks the reader
+ * has not taken yet are held, so the identical calls waiting for it never wait on a slow reader.
+ * A stream that finds an identical call in flight waits for it and replays its completion, so it
+ * gets the whole answer at once when that call ends instead of streaming its own. A stream that
+ * asks for `logprobs` is never cached: they are neither folded nor replayed, so an answer without
+ * them would be stored.
  *
  * ## Stores
  *
@@ -72,12 +76,14 @@
  */
 
 import { createHash } from "node:crypto"
+import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Data from "effect/Data"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as FiberId from "effect/FiberId"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
@@ -415,10 +421,16 @@ export const layerRedisStore: Layer.Layer<CacheStore, never, Redis.Redis> = Laye
 
 const emptyCounts = { hits: 0, misses: 0, coalesced: 0, stores: 0 }
 
+/**
+ * How a leader's call ended, for its waiters: its completion; failed (each waiter calls for
+ * itself); or stopped before its answer, interrupted or left by its reader (they take turns again).
+ */
+type Led = ChatCompletion | "failed" | "stopped"
+
 /** A caller's turn at a key: it leads the calls for it, or waits for the leader's completion. */
 type Turn =
-  | { readonly _tag: "Lead"; readonly settle: (completion: Option.Option<ChatCompletion>) => Effect.Effect<void> }
-  | { readonly _tag: "Wait"; readonly leader: Deferred.Deferred<Option.Option<ChatCompletion>> }
+  | { readonly _tag: "Lead"; readonly settle: (led: Led) => Effect.Effect<void> }
+  | { readonly _tag: "Wait"; readonly leader: Deferred.Deferred<Led> }
 
 
 /**
@@ -448,7 +460,7 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Cache
     const defaultTimeToLive = Duration.decode(options.timeToLive ?? defaults.timeToLive)
     const counts = yield* Ref.make(emptyCounts)
     /** Calls in flight by key; each waiter learns the completion, or `None` if the call failed. */
-    const inFlight = new Map<string, Deferred.Deferred<Option.Option<ChatCompletion>>>()
+    const inFlight = new Map<string, Deferred.Deferred<Led>>()
 
     const count = (name: keyof typeof emptyCounts, metric?: Metric.Metric.Counter<number>) =>
       Effect.zipRight(
@@ -524,38 +536,47 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Cache
 
     /**
      * The first caller of a key leads until its scope closes: it looks up and calls, and tells the
-     * waiters its completion with `settle` (`None` when it has none, as its scope closes). A later
-     * caller waits for the leader. Registering and releasing cannot be interrupted apart, so a key
-     * is never left in flight.
+     * waiters its completion with `settle` (as its scope closes without one: `failed` when it
+     * failed, else `stopped`). A later caller waits for the leader. Registering and releasing
+     * cannot be interrupted apart, so a key is never left in flight.
      */
     const turnFor = (key: string): Effect.Effect<Turn, never, Scope.Scope> =>
       Effect.acquireRelease(
         Effect.sync((): Turn => {
           const leader = inFlight.get(key)
           if (leader !== undefined) return { _tag: "Wait", leader }
-          const mine = Deferred.unsafeMake<Option.Option<ChatCompletion>>(FiberId.none)
+          const mine = Deferred.unsafeMake<Led>(FiberId.none)
           inFlight.set(key, mine)
-          const settle = (completion: Option.Option<ChatCompletion>) =>
+          const settle = (led: Led) =>
             Effect.suspend(() => {
               if (inFlight.get(key) === mine) inFlight.delete(key)
-              return Deferred.succeed(mine, completion)
+              return Deferred.succeed(mine, led)
             })
           return { _tag: "Lead", settle }
         }),
-        (turn) => turn._tag === "Lead" ? turn.settle(Option.none()) : Effect.void
+        (turn, exit) =>
+          turn._tag === "Wait"
+            ? Effect.void
+            : turn.settle(Exit.isFailure(exit) && !Cause.isInterruptedOnly(exit.cause) ? "failed" : "stopped")
       )
 
-    const singleFlight = <E, R>(key: string, call: Effect.Effect<ChatCompletion, E, R>, timeToLive: Duration.Duration) =>
+    const singleFlight = <E, R>(
+      key: string,
+      call: Effect.Effect<ChatCompletion, E, R>,
+      timeToLive: Duration.Duration
+    ): Effect.Effect<ChatCompletion, E, R> =>
       Effect.scoped(Effect.flatMap(turnFor(key), (turn) =>
         turn._tag === "Wait"
-          ? Effect.flatMap(Deferred.await(turn.leader), Option.match({
-            onNone: () => callAndSave(key, call, timeToLive),
-            onSome: (completion) => Effect.as(count("coalesced", coalescedCounter), completion)
-          }))
+          ? Effect.flatMap(Deferred.await(turn.leader), (led): Effect.Effect<ChatCompletion, E, R> =>
+            led === "failed"
+              ? callAndSave(key, call, timeToLive)
+              : led === "stopped"
+              ? singleFlight(key, call, timeToLive)
+              : Effect.as(count("coalesced", coalescedCounter), led))
           : Effect.flatMap(lookup(key), Option.match({
             onNone: () => callAndSave(key, call, timeToLive),
             onSome: (completion) => Effect.as(count("hits", hitsCounter), completion)
-          })).pipe(Effect.tap((completion) => turn.settle(Option.some(completion))))))
+          })).pipe(Effect.tap((completion) => turn.settle(completion)))))
 
     const singleFlightStream = <E, R>(
       key: string,
@@ -564,14 +585,23 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Cache
     ): Stream.Stream<ChatCompletionChunk, E, R> =>
       Stream.unwrapScoped(Effect.flatMap(turnFor(key), (turn) =>
         turn._tag === "Wait"
-          ? Effect.map(Deferred.await(turn.leader), Option.match({
-            onNone: () => streamAndSave(key, live, timeToLive),
-            onSome: (completion) => Stream.unwrap(Effect.as(count("coalesced", coalescedCounter), replay(completion)))
-          }))
+          ? Effect.map(Deferred.await(turn.leader), (led) =>
+            led === "failed"
+              ? streamAndSave(key, live, timeToLive)
+              : led === "stopped"
+              ? singleFlightStream(key, live, timeToLive)
+              : Stream.unwrap(Effect.as(count("coalesced", coalescedCounter), replay(led))))
           : Effect.flatMap(lookup(key), Option.match({
-            onNone: () => Effect.succeed(streamAndSave(key, live, timeToLive, (completion) => turn.settle(Option.some(completion)))),
+            // Read from the upstream at its pace, not the reader's (a slow client, a zip): the
+            // calls waiting for this one wait for the upstream only. What the reader has not
+            // taken yet is held (an answer is bounded by its `max_tokens`).
+            onNone: () =>
+              Effect.succeed(Stream.buffer(
+                streamAndSave(key, live, timeToLive, turn.settle),
+                { capacity: "unbounded" }
+              )),
             onSome: (completion) =>
-              Effect.as(Effect.zipRight(count("hits", hitsCounter), turn.settle(Option.some(completion))), replay(completion))
+              Effect.as(Effect.zipRight(count("hits", hitsCounter), turn.settle(completion)), replay(completion))
           }))))
 
     /** The call's time to live, or `undefined` when it neither looks up nor stores. */

@@ -317,19 +317,20 @@ describe("ResponseCache", () => {
       expect(yield* cache.stats).toMatchObject({ misses: 3, coalesced: 0, stores: 2 })
     }))
 
-  it.effect("an interrupted leader neither strands its waiters nor leaves its key in flight", () =>
+  it.effect("an interrupted leader neither strands its waiters nor leaves its key in flight: one of them leads, the others wait for it", () =>
     Effect.gen(function*() {
       const cache = yield* memoryCache()
-      const { call, calls } = yield* upstream([completion("a"), completion("b")], "1 second")
+      const { call, calls } = yield* upstream([completion("a"), completion("b"), completion("c")], "1 second")
       const leader = yield* Effect.fork(cache.cached(ask("q"), call))
       yield* TestClock.adjust("10 millis")
-      const waiter = yield* Effect.fork(cache.cached(ask("q"), call))
+      const waiters = yield* Effect.fork(Effect.all(Array.from({ length: 3 }, () => cache.cached(ask("q"), call)), { concurrency: "unbounded" }))
       yield* TestClock.adjust("10 millis")
       yield* Fiber.interrupt(leader)
       yield* TestClock.adjust("1 second")
-      expect((yield* Fiber.join(waiter)).id).toBe("cmpl-b")
+      expect((yield* Fiber.join(waiters)).map((answer) => answer.id)).toEqual(Array(3).fill("cmpl-b"))
       expect((yield* cache.cached(ask("q"), call)).id).toBe("cmpl-b")
       expect(yield* calls).toBe(2)
+      expect(yield* cache.stats).toMatchObject({ misses: 2, coalesced: 2, stores: 1 })
     }))
 
   it.effect("a failing store degrades to calling upstream, logging its outage once and its return", () => {
@@ -427,7 +428,7 @@ describe("ResponseCache", () => {
         expect(yield* calls).toBe(0)
       }))
 
-    it.effect("stores nothing of a stream that was cut or left unread, and passes a cut through", () =>
+    it.effect("stores nothing of a stream that was cut or left before its upstream ended, and passes a cut through", () =>
       Effect.gen(function*() {
         const cache = yield* memoryCache()
         const cut = new StreamTruncated({ partial: emptyPartial })
@@ -437,7 +438,10 @@ describe("ResponseCache", () => {
         const exit = yield* Fiber.join(failed)
         expect(exit).toEqual(Exit.fail(cut))
         const whole = yield* streamingUpstream(withUsage("whole"))
-        const unread = yield* Effect.fork(Stream.runCollect(Stream.take(cache.cachedStream(ask("q"), whole.stream), 1)))
+        // Its reader leaves after the first chunk, while the upstream still generates.
+        const [head, ...tail] = ChatStream.chunksOf(withUsage("slow"))
+        const slow = Stream.concat(Stream.make(head!), Stream.fromIterable(tail).pipe(Stream.tap(() => Effect.sleep("1 second"))))
+        const unread = yield* Effect.fork(Stream.runCollect(Stream.take(cache.cachedStream(ask("q"), slow), 1)))
         yield* TestClock.adjust("1 second")
         expect((yield* Fiber.join(unread)).length).toBe(1)
         expect(yield* cache.stats).toMatchObject({ hits: 0, misses: 2, stores: 0 })
@@ -445,7 +449,7 @@ describe("ResponseCache", () => {
         const next = yield* Effect.fork(foldOf(cache.cachedStream(ask("q"), whole.stream)))
         yield* TestClock.adjust("1 second")
         expect((yield* Fiber.join(next)).choices[0]?.message.content).toBe("whole")
-        expect(yield* whole.calls).toBe(2)
+        expect(yield* whole.calls).toBe(1)
       }))
 
     it.effect("a stream that finds an identical call in flight replays its completion; a call that finds a stream in flight takes what it adds up to", () =>
@@ -470,6 +474,28 @@ describe("ResponseCache", () => {
         expect(yield* Fiber.join(follower)).toEqual(streamed)
         expect(yield* calls).toBe(1)
         expect(yield* cache.stats).toEqual({ hits: 0, misses: 2, coalesced: 2, stores: 2, evictions: 0 })
+      }))
+
+    // A stream's reader sets its pace (a gateway's slow client, a `Stream.zip`): the identical
+    // calls waiting for it must not wait on the reader, only on the upstream.
+    it.scoped("a stream whose reader pauses still answers the identical calls waiting for it once its upstream ends", () =>
+      Effect.gen(function*() {
+        const cache = yield* memoryCache()
+        const streamed = withUsage("read slowly")
+        const { calls, stream } = yield* streamingUpstream(streamed)
+        const pull = yield* Stream.toPull(cache.cachedStream(ask("slow"), stream))
+        const first = yield* Effect.fork(pull)
+        yield* TestClock.adjust("1 second")
+        yield* Fiber.join(first)
+        // The reader took its first chunks and reads no more; an identical call comes.
+        const waiter = yield* Effect.fork(cache.cached(ask("slow"), Effect.die("never called")))
+        yield* TestClock.adjust("10 millis")
+        expect(yield* Fiber.join(waiter)).toEqual(streamed)
+        expect(yield* calls).toBe(1)
+        const zipped = yield* Effect.fork(Stream.runCollect(Stream.zip(cache.cachedStream(ask("zip"), stream), cache.cachedStream(ask("zip"), stream))))
+        yield* TestClock.adjust("1 second")
+        expect((yield* Fiber.join(zipped)).length).toBe(ChatStream.chunksOf(streamed).length)
+        expect(yield* calls).toBe(2)
       }))
 
     it.effect("passes a stream it does not cache through (not deterministic, bypassed, asking for logprobs), counted nowhere", () =>
