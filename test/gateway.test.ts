@@ -775,6 +775,11 @@ describe("weatherproof serve, with the openai client", () => {
         expect(deep.status).toBe(400)
         expect(deep.body.error.message).toBe("the request body nests arrays and objects deeper than 256 levels")
       }
+      // A body of many invalid messages is refused at its first problem: checking all 200,000
+      // held the event loop, and every other client, for about a second.
+      const invalidMany = yield* post(JSON.stringify({ model, messages: Array.from({ length: 200_000 }, (_, i) => ({ role: "user", content: i })) }))
+      expect(invalidMany.status).toBe(400)
+      expect(invalidMany.body.error.message).toMatch(/^invalid chat completion request: messages\[0\]\.content: [^;]*$/)
       expect((yield* sim.stats).requests).toBe(0)
       // A leading byte order mark is dropped, as JSON's RFC lets a parser do.
       const withBom = yield* post(`\uFEFF${JSON.stringify({ model, messages: ask("bom") })}`)
