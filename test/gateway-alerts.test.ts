@@ -89,6 +89,16 @@ describe("gateway alerts", () => {
     const reopened = sample([accountSample("a", { state: "open" })])
     expect(events(alertsBetween(halfOpen, reopened))).toEqual([])
     expect(events(alertsBetween(halfOpen, sample([accountSample("a")])))).toEqual(["breaker_closed:a"])
+    // A breaker told open, then the account out of balance, then serving: its close is told too.
+    const open = sample([accountSample("a", { state: "open" })])
+    const outOfBalance = sample([accountSample("a", { state: "out_of_balance" })])
+    const openAnnounced = new Set(["a"])
+    expect(events(alertsBetween(open, outOfBalance, openAnnounced))).toEqual(["balance_exhausted:a"])
+    expect(events(alertsBetween(outOfBalance, sample([accountSample("a")]), openAnnounced))).toEqual([
+      "breaker_closed:a",
+      "balance_restored:a"
+    ])
+    expect(events(alertsBetween(outOfBalance, sample([accountSample("a")])))).toEqual(["balance_restored:a"])
     const [first] = alertsBetween(before, after)
     expect(first).toEqual({
       event: "breaker_opened",

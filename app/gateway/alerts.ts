@@ -84,15 +84,22 @@ const alert = (sample: Sample, event: AlertEvent, account: string | null, messag
   source: "weatherproof-gateway"
 })
 
-const accountAlerts = (sample: Sample, before: AccountSample, after: AccountSample): ReadonlyArray<Alert> => {
+const breakerOpen = (account: AccountSample): boolean => account.state === "open" || account.state === "half_open"
+
+/**
+ * `openTold`: whether this account's breaker was told open and not closed since. A sample shows
+ * one state per account, so a breaker that closed while its account was out of balance (open,
+ * out of balance, serving) shows no closing of its own.
+ */
+const accountAlerts = (sample: Sample, before: AccountSample, after: AccountSample, openTold: boolean): ReadonlyArray<Alert> => {
   const name = after.name
   const alerts: Array<Alert> = []
   // A canary that failed (half open, then open again) is the same outage: one alert, until it closes.
-  if (before.state !== "open" && before.state !== "half_open" && after.state === "open") {
+  if (!openTold && after.state === "open") {
     const cause = after.lastFailure === undefined ? "" : `; its last failure: ${after.lastFailure}`
     alerts.push(alert(sample, "breaker_opened", name, `account ${name}: circuit breaker opened; its calls go elsewhere or wait${cause}`))
   }
-  if ((before.state === "open" || before.state === "half_open") && after.state === "serving") {
+  if (openTold && after.state === "serving") {
     alerts.push(alert(sample, "breaker_closed", name, `account ${name}: circuit breaker closed; serving again`))
   }
   if (before.state !== "out_of_balance" && after.state === "out_of_balance") {
@@ -117,16 +124,38 @@ const accountAlerts = (sample: Sample, before: AccountSample, after: AccountSamp
   return alerts
 }
 
-/** What changed from one sample to the next, as alerts. */
-export const alertsBetween = (before: Sample, after: Sample): ReadonlyArray<Alert> => [
+/** The accounts whose breaker `sample` shows open (or half open). */
+const breakersOpenIn = (sample: Sample): ReadonlySet<string> =>
+  new Set(sample.accounts.filter(breakerOpen).map((account) => account.name))
+
+/**
+ * What changed from one sample to the next, as alerts. `openTold`: the accounts whose breaker
+ * the alerts told open and not closed yet (by default, those `before` shows open).
+ */
+export const alertsBetween = (
+  before: Sample,
+  after: Sample,
+  openTold: ReadonlySet<string> = breakersOpenIn(before)
+): ReadonlyArray<Alert> => [
   ...after.accounts.flatMap((account) => {
     const previous = before.accounts.find((a) => a.name === account.name)
-    return previous === undefined ? [] : accountAlerts(after, previous, account)
+    return previous === undefined ? [] : accountAlerts(after, previous, account, openTold.has(account.name))
   }),
   ...(!before.banner.budgetSpent && after.banner.budgetSpent
     ? [alert(after, "budget_spent", null, `the budget of $${after.spend.budgetUsd} is spent; new calls are refused`)]
     : [])
 ]
+
+/** `openTold` once `alerts` were told. */
+const openToldAfter = (openTold: ReadonlySet<string>, alerts: ReadonlyArray<Alert>): ReadonlySet<string> => {
+  const told = new Set(openTold)
+  for (const { account, event } of alerts) {
+    if (account === null) continue
+    if (event === "breaker_opened") told.add(account)
+    if (event === "breaker_closed") told.delete(account)
+  }
+  return told
+}
 
 /** Watches the monitor's samples and posts their alerts to the webhook, until the scope closes. */
 export const run = (
@@ -160,7 +189,10 @@ export const run = (
         )
       )
     yield* samples.pipe(
-      Stream.mapAccum(first, (before, after) => [after, alertsBetween(before, after)] as const),
+      Stream.mapAccum({ before: first, openTold: breakersOpenIn(first) }, ({ before, openTold }, after) => {
+        const alerts = alertsBetween(before, after, openTold)
+        return [{ before: after, openTold: openToldAfter(openTold, alerts) }, alerts] as const
+      }),
       Stream.runForEach((alerts) => Queue.offerAll(queue, alerts)),
       Effect.forkScoped
     )
