@@ -19,10 +19,12 @@
  *
  * ## The key
  *
- * `key(request)` is the hex SHA-256 of `"weatherproof/ResponseCache/v1\n"` followed by the
+ * `key(request)` is the hex SHA-256 of `"weatherproof/ResponseCache/v2\n"` followed by the
  * request's canonical JSON: the request without `stream` and `stream_options` (the transport sets
  * them; a completion is the same either way), with the keys of every object sorted at every depth
- * and `undefined` members left out. Everything else counts, unknown passthrough fields included:
+ * and `undefined` members left out, but for the `properties` of the JSON Schemas in `tools` and
+ * `response_format`, which keep their order: a model follows it (a structured answer comes back
+ * in that order). Everything else counts, unknown passthrough fields included:
  * any field the server reads may change the answer. `user_id` counts too: it does not change the
  * answer, but DeepSeek uses it to isolate caching per end user, and a shared cache must not hand
  * one user's answer (or the fact that a prompt was asked) to another. Values are not normalised
@@ -265,7 +267,10 @@ export const coalescedCounter: Metric.Metric.Counter<number> = Metric.counter(
   { description: "Calls that waited for an identical call in flight instead of calling", incremental: true }
 )
 
-const keyVersion = "weatherproof/ResponseCache/v1\n"
+const keyVersion = "weatherproof/ResponseCache/v2\n"
+
+/** The request's fields holding JSON Schemas, whose `properties` keep their order in the key. */
+const schemaFields: ReadonlySet<string> = new Set(["tools", "response_format"])
 
 /**
  * The cache key of `request`: hex SHA-256 of its canonical JSON (see the module's documentation
@@ -276,7 +281,7 @@ const keyVersion = "weatherproof/ResponseCache/v1\n"
  */
 export const key = (request: ChatCompletionRequest): string => {
   const { stream: _stream, stream_options: _streamOptions, ...answerFields } = request
-  return createHash("sha256").update(keyVersion + internal.canonicalJson(answerFields), "utf8").digest("hex")
+  return createHash("sha256").update(keyVersion + internal.canonicalJson(answerFields, schemaFields), "utf8").digest("hex")
 }
 
 /**

@@ -91,6 +91,27 @@ describe("ResponseCache.key", () => {
     expect(keys.size).toBe(variants.length + 1)
   })
 
+  // A model writes structured output, and reads a tool's parameters, in the order of a schema's
+  // `properties`: the same schema in another order is another question.
+  it("keeps the order of a JSON Schema's properties in tools and response_format, and of nothing else", () => {
+    const schema = (names: ReadonlyArray<string>, property: object = { type: "string", description: "d" }) => ({
+      type: "object",
+      properties: Object.fromEntries(names.map((name) => [name, property]))
+    })
+    const tool = (parameters: Record<string, unknown>) => ask("q", { tools: [{ type: "function", function: { name: "f", parameters } }] })
+    const format = (parameters: Record<string, unknown>) =>
+      ask("q", { response_format: { type: "json_schema", json_schema: { name: "answer", schema: parameters } } } as Partial<ChatCompletionRequest>)
+    for (const build of [tool, format]) {
+      const reasoningFirst = ResponseCache.key(build(schema(["reasoning", "answer"])))
+      expect(ResponseCache.key(build(schema(["answer", "reasoning"])))).not.toBe(reasoningFirst)
+      // Each property's own schema, and the schema's other keys, still in any order.
+      expect(ResponseCache.key(build({ properties: schema(["reasoning", "answer"], { description: "d", type: "string" }).properties, type: "object" })))
+        .toBe(reasoningFirst)
+    }
+    const extra = (names: ReadonlyArray<string>) => ({ ...ask("q"), metadata: schema(names) }) as ChatCompletionRequest
+    expect(ResponseCache.key(extra(["b", "a"]))).toBe(ResponseCache.key(extra(["a", "b"])))
+  })
+
   /** Rebuilds every object of `value` with its keys in an order drawn from `random`. */
   const permuteDeep = (value: unknown, random: () => number): unknown => {
     if (Array.isArray(value)) return value.map((item) => permuteDeep(item, random))
@@ -121,7 +142,11 @@ describe("ResponseCache.key", () => {
     model: FastCheck.string({ minLength: 1 }),
     messages: FastCheck.array(message, { minLength: 1, maxLength: 4 }),
     temperature: FastCheck.option(FastCheck.double({ min: 0, max: 2, noNaN: true }), { nil: undefined }),
-    passthrough: FastCheck.dictionary(FastCheck.string(), FastCheck.jsonValue({ maxDepth: 3 }))
+    // Not `tools` or `response_format`, whose schemas' `properties` keep their order (tested above).
+    passthrough: FastCheck.dictionary(
+      FastCheck.string().filter((name) => name !== "tools" && name !== "response_format"),
+      FastCheck.jsonValue({ maxDepth: 3 })
+    )
   }).map(({ passthrough, ...fields }) => ({ ...passthrough, ...fields }) as unknown as ChatCompletionRequest)
 
   it.prop(

@@ -5,23 +5,32 @@
  * @internal
  */
 
+const noNames: ReadonlySet<string> = new Set()
+
 /**
  * JSON with the keys of every object sorted (by UTF-16 code units, `Array.prototype.sort`'s
- * order), at every depth. Arrays keep their order; properties whose value is `undefined` are
- * left out, and `undefined` in an array becomes `null`, exactly as `JSON.stringify` does, so
- * `{ a: undefined }` and `{}` serialise alike. Strings and numbers are written by
- * `JSON.stringify` (lone surrogates escaped, `-0` as `0`).
+ * order), at every depth, but for the members of a JSON Schema's `properties`: under the
+ * top-level keys in `schemas` (a request's `tools` and `response_format`), an object under a key
+ * named `properties` keeps its order, which a model follows. Arrays keep their order; properties
+ * whose value is `undefined` are left out, and `undefined` in an array becomes `null`, exactly as
+ * `JSON.stringify` does, so `{ a: undefined }` and `{}` serialise alike. Strings and numbers are
+ * written by `JSON.stringify` (lone surrogates escaped, `-0` as `0`).
  */
-export const canonicalJson = (value: unknown): string => {
+export const canonicalJson = (value: unknown, schemas: ReadonlySet<string> = noNames): string =>
+  canonical(value, schemas, false, false)
+
+const canonical = (value: unknown, schemas: ReadonlySet<string>, inSchema: boolean, keepOrder: boolean): string => {
   if (Array.isArray(value)) {
-    return `[${value.map((item) => (item === undefined ? "null" : canonicalJson(item))).join(",")}]`
+    return `[${value.map((item) => (item === undefined ? "null" : canonical(item, noNames, inSchema, false))).join(",")}]`
   }
   if (value !== null && typeof value === "object") {
     const record = value as Readonly<Record<string, unknown>>
-    const members = Object.keys(record)
-      .filter((name) => record[name] !== undefined)
-      .sort()
-      .map((name) => `${JSON.stringify(name)}:${canonicalJson(record[name])}`)
+    const names = Object.keys(record).filter((name) => record[name] !== undefined)
+    if (!keepOrder) names.sort()
+    const members = names.map((name) => {
+      const schema = inSchema || schemas.has(name)
+      return `${JSON.stringify(name)}:${canonical(record[name], noNames, schema, schema && name === "properties")}`
+    })
     return `{${members.join(",")}}`
   }
   return JSON.stringify(value)
