@@ -10,6 +10,7 @@ import * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
 import { AccountPool, type AccountStatus, describeState, type Service as Pool } from "../../src/AccountPool.js"
 import { type Progress, TelemetryCounts } from "../../src/Batch.js"
+import { counted } from "../../src/internal/text.js"
 import type * as Telemetry from "../../src/Telemetry.js"
 
 const counts = "{succeeded} ok, {failed} failed, {skipped} skipped | {duration_formatted}"
@@ -161,7 +162,7 @@ const poolNotes = (pool: Pool): Effect.Effect<PoolNotes> =>
     const inFlight = accounts.reduce((sum, account) => sum + account.inFlight, 0)
     const stalled = accounts.length > 0 && accounts.every((account) => outOfService.has(account.state))
     return {
-      inFlight: inFlight === 0 ? "" : `; ${inFlight} ${inFlight === 1 ? "request" : "requests"} in flight`,
+      inFlight: inFlight === 0 ? "" : `; ${counted(inFlight, "request", "requests")} in flight`,
       stalled: stalled ? `; no account can serve: ${accounts.map((account) => `${account.name} ${describeState(account)}`).join(", ")}` : ""
     }
   })

@@ -56,7 +56,10 @@ const clientClosedStatus = 499
 /** The statuses counted from the start, at 0, beside `client_closed`: answered, throttled, the upstream failing or away. */
 const statusesFromStart = [200, 429, 502, 503]
 
-const outcomeOf = (status: number): string => status < 400 ? "ok" : status < 500 ? "client_error" : "server_error"
+const outcomes = ["ok", "client_error", "server_error"] as const
+
+/** The index in `outcomes` of an answer with `status`. */
+const outcomeOf = (status: number): number => status < 400 ? 0 : status < 500 ? 1 : 2
 
 const requestsTagged = (status: number, outcome: string): Metric.Metric.Counter<number> =>
   Metric.fromMetricKey(
@@ -81,7 +84,7 @@ export class Traffic {
   /** The calls still running (a stream's pump, a call waiting for its first content), interrupted at the drain deadline. */
   private readonly calls = new Registry<Fiber.RuntimeFiber<unknown, unknown>>()
   /** Requests by status and outcome, each with its own counter: tagging at every update would build its key again. */
-  private readonly byStatus = new Map<string, Metric.Metric.Counter<number>>()
+  private readonly byStatus = new Map<number, Metric.Metric.Counter<number>>()
 
   constructor() {
     // Every series exists from the start, at 0, as Prometheus expects of counters.
@@ -128,10 +131,11 @@ export class Traffic {
     clientClosedCounter.unsafeUpdate(1, noLabels)
   }
 
-  private counterOf(status: number, outcome: string): Metric.Metric.Counter<number> {
-    const key = `${status} ${outcome}`
+  private counterOf(status: number, outcome: number): Metric.Metric.Counter<number> {
+    // A number, not a string built per request: this runs for every answer.
+    const key = status * outcomes.length + outcome
     let counter = this.byStatus.get(key)
-    if (counter === undefined) this.byStatus.set(key, counter = requestsTagged(status, outcome))
+    if (counter === undefined) this.byStatus.set(key, counter = requestsTagged(status, outcomes[outcome]!))
     return counter
   }
 
