@@ -37,6 +37,8 @@ export const unbracketed = (host: string): string => host.startsWith("[") && hos
  */
 export const isLoopback = (host: string): boolean => {
   const address = unbracketed(host)
+  // The usual spellings first: `BlockList.check` builds a `SocketAddress`, some 7 µs a request.
+  if (address === "127.0.0.1" || address === "::1") return true
   const family = isIP(address)
   return host === "localhost" || (family !== 0 && loopbackAddresses.check(address, family === 6 ? "ipv6" : "ipv4"))
 }
