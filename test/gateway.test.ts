@@ -648,18 +648,23 @@ describe("weatherproof serve, with the openai client", () => {
       expect(answered.model).toBe("deepseek-v4-flash")
     }))
 
-  it.scopedLive("identical deterministic requests are answered from the cache unless x-weatherproof-cache: bypass; a bad header is a 400", () =>
+  it.scopedLive("identical deterministic requests are answered from the cache unless x-weatherproof-cache: bypass, as x-weatherproof-cache-status tells; a bad header is a 400", () =>
     Effect.gen(function*() {
       const sim = yield* Simulator.make()
       const gateway = yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])])
       const client = openai(gateway.url)
       const ask0 = (headers: Record<string, string> = {}) =>
         attempt(() => client.chat.completions.create({ model, messages: ask("same"), temperature: 0 }, { headers }))
-      const first = yield* ask0()
-      const second = yield* ask0()
+      const askWithStatus = (headers: Record<string, string> = {}) =>
+        attempt(() => client.chat.completions.create({ model, messages: ask("same"), temperature: 0 }, { headers }).withResponse())
+          .pipe(Effect.map(({ data, response }) => ({ id: data.id, status: response.headers.get("x-weatherproof-cache-status") })))
+      const first = yield* askWithStatus()
+      const second = yield* askWithStatus()
       expect(second.id).toBe(first.id)
+      expect([first.status, second.status]).toEqual(["miss", "hit"])
       expect((yield* sim.stats).requests).toBe(1)
-      yield* ask0({ "x-weatherproof-cache": "bypass", "x-weatherproof-priority": "batch" })
+      const bypassed = yield* askWithStatus({ "x-weatherproof-cache": "bypass", "x-weatherproof-priority": "batch" })
+      expect(bypassed.status).toBe("miss")
       expect((yield* sim.stats).requests).toBe(2)
       const bad = yield* Effect.flip(ask0({ "x-weatherproof-cache": "sometimes" }))
       expect(bad).toBeInstanceOf(OpenAI.BadRequestError)
@@ -679,6 +684,7 @@ describe("weatherproof serve, with the openai client", () => {
       const sim = yield* Simulator.make()
       const gateway = yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])])
       const client = openai(gateway.url)
+      const statuses: Array<string | null> = []
       const streamed = (includeUsage: boolean) =>
         attempt(() =>
           client.chat.completions.create({
@@ -687,8 +693,11 @@ describe("weatherproof serve, with the openai client", () => {
             temperature: 0,
             stream: true,
             ...(includeUsage ? { stream_options: { include_usage: true } } : {})
-          })
-        ).pipe(Effect.flatMap(collect))
+          }).withResponse()
+        ).pipe(
+          Effect.tap(({ response }) => statuses.push(response.headers.get("x-weatherproof-cache-status"))),
+          Effect.flatMap(({ data }) => collect(data))
+        )
       const text = (chunks: ReadonlyArray<OpenAI.ChatCompletionChunk>) =>
         chunks.flatMap((chunk) => chunk.choices.map((choice) => choice.delta.content ?? "")).join("")
       const live = yield* streamed(true)
@@ -703,6 +712,7 @@ describe("weatherproof serve, with the openai client", () => {
       const unasked = yield* streamed(false)
       expect(unasked.every((chunk) => chunk.usage === undefined || chunk.usage === null)).toBe(true)
       expect(text(unasked)).toBe("echo:same stream")
+      expect(statuses).toEqual(["miss", "hit", "hit"])
       expect((yield* sim.stats).requests).toBe(1)
     }))
 

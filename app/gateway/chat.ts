@@ -5,7 +5,8 @@
  * - Clients authenticate with a gateway key; the upstream keys stay in the process.
  * - `x-weatherproof-priority: interactive | batch` (default interactive) chooses the lane of the
  *   per-account queues; `x-weatherproof-task` routes the request (see `Router`);
- *   `x-weatherproof-cache: auto | force | bypass` (default auto) is the call's `ResponseCache` mode.
+ *   `x-weatherproof-cache: auto | force | bypass` (default auto) is the call's `ResponseCache` mode;
+ *   an answer says whether it came from the cache in `x-weatherproof-cache-status`.
  * - A client waiting for its first content is kept alive (see `keepAlive.ts`); when more clients
  *   wait than `maxWaiting`, a new one gets a 429 with `Retry-After`.
  * - A stream is retried and fails over only before its first content reaches the client. A
@@ -68,7 +69,28 @@ export interface Settings {
 const utf8 = new TextEncoder()
 const done = utf8.encode("data: [DONE]\n\n")
 
-const eventHeaders = { "content-type": "text/event-stream", ...unbufferedHeaders } as const
+/**
+ * `x-weatherproof-cache-status` on an answer whose headers go with it: `hit` when it came without
+ * a request of its own (from the response cache, or from an identical call in flight), `miss`
+ * when the upstream answered it. An answer whose 200 the keep-alives committed has none.
+ */
+const cacheStatus = { hit: { "x-weatherproof-cache-status": "hit" }, miss: { "x-weatherproof-cache-status": "miss" } } as const
+
+/** Whether a call sent a request of its own: its `onExchange`. */
+class Exchanged {
+  private sent = false
+  readonly told = (): void => {
+    this.sent = true
+  }
+  get status(): keyof typeof cacheStatus {
+    return this.sent ? "miss" : "hit"
+  }
+}
+
+const eventHeaders = {
+  hit: { "content-type": "text/event-stream", ...unbufferedHeaders, ...cacheStatus.hit },
+  miss: { "content-type": "text/event-stream", ...unbufferedHeaders, ...cacheStatus.miss }
+} as const
 
 // --- answers ----------------------------------------------------------------------------------
 
@@ -337,6 +359,7 @@ export const make = (settings: Settings, traffic: Traffic) =>
       Effect.withFiberRuntime<HttpServerResponse.HttpServerResponse>((fiber) => {
         traffic.track(fiber)
         const keepAlive = new JsonKeepAlive(NodeHttpServerRequest.toServerResponse(http), keepAliveSettings)
+        const exchanged = new Exchanged()
         const answer = (exit: Exit.Exit<ChatCompletion, GatewayError>) => {
           keepAlive.stop()
           if (!keepAlive.committed) {
@@ -345,7 +368,7 @@ export const make = (settings: Settings, traffic: Traffic) =>
               onSuccess: (answer) =>
                 Effect.sync(() => {
                   tally.answered(200)
-                  return sendNow(http, HttpServerResponse.unsafeJson(answer))
+                  return sendNow(http, HttpServerResponse.unsafeJson(answer, { headers: cacheStatus[exchanged.status] }))
                 })
             })
           }
@@ -381,7 +404,7 @@ export const make = (settings: Settings, traffic: Traffic) =>
         const called = Effect.uninterruptibleMask((restore) => {
           traffic.startWaiting()
           // Suspended: a throw while the call is built is a defect its handler sees, not a waiting slot kept for good.
-          return Effect.matchCauseEffect(restore(Effect.suspend(() => resilient.create(request, { ...options, onAnswer }))), {
+          return Effect.matchCauseEffect(restore(Effect.suspend(() => resilient.create(request, { ...options, onAnswer, onExchange: exchanged.told }))), {
             onFailure: (cause) => ended(Exit.failCause(cause)),
             onSuccess: (completion) => ended(Exit.succeed(completion))
           })
@@ -442,9 +465,15 @@ export const make = (settings: Settings, traffic: Traffic) =>
      * permit and its stream live in the request's scope until the last byte. What a slow client
      * has not read yet waits in Node's response (an answer is bounded by its `max_tokens`).
      */
-    const relay = (http: HttpServerRequest.HttpServerRequest, rest: Rest, head: Uint8Array | undefined, tally: Tally) =>
+    const relay = (
+      http: HttpServerRequest.HttpServerRequest,
+      rest: Rest,
+      head: Uint8Array | undefined,
+      tally: Tally,
+      exchanged: Exchanged
+    ) =>
       Effect.suspend(() => {
-        const out = eventStream(http, eventHeaders)
+        const out = eventStream(http, eventHeaders[exchanged.status])
         if (head === undefined) {
           out.end(finished(tally))
           return Effect.succeed(out.response)
@@ -486,7 +515,11 @@ export const make = (settings: Settings, traffic: Traffic) =>
 
     const stream = (http: HttpServerRequest.HttpServerRequest, request: ChatCompletionRequest, options: CallOptions, tally: Tally) =>
       Effect.gen(function*() {
-        const { first, rest } = yield* pump(resilient.stream(request, options), request.stream_options?.include_usage === true)
+        const exchanged = new Exchanged()
+        const { first, rest } = yield* pump(
+          resilient.stream(request, { ...options, onExchange: exchanged.told }),
+          request.stream_options?.include_usage === true
+        )
         return yield* awaitFirst(first, {
           ...keepAliveSettings,
           keepAlive: sseKeepAlive,
@@ -495,7 +528,7 @@ export const make = (settings: Settings, traffic: Traffic) =>
           ready: (exit) =>
             Exit.match(exit, {
               onFailure: failedNow(http, tally),
-              onSuccess: (head) => relay(http, rest, head, tally)
+              onSuccess: (head) => relay(http, rest, head, tally, exchanged)
             }),
           late: (exit) =>
             Exit.match(exit, {

@@ -13,8 +13,11 @@ import * as NodeHttpServerRequest from "@effect/platform-node/NodeHttpServerRequ
 /** The API's routes: chat completions and models, with or without `/v1`. */
 export const isApiPath = (path: string): boolean => /^(?:\/v1)?\/(?:chat\/completions|models(?:\/.*)?)$/.test(path)
 
-/** What an answer to a page says: any origin may read it, and its `Retry-After`. */
-const answerHeaders = { "access-control-allow-origin": "*", "access-control-expose-headers": "retry-after" } as const
+/** What an answer to a page says: any origin may read it, its `Retry-After` and its cache status. */
+const answerHeaders = {
+  "access-control-allow-origin": "*",
+  "access-control-expose-headers": "retry-after, x-weatherproof-cache-status"
+} as const
 
 /** The answer to a page's preflight: its method and headers may be sent; browsers keep it 10 minutes. */
 export const preflight = (request: HttpServerRequest.HttpServerRequest): HttpServerResponse.HttpServerResponse =>
