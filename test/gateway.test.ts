@@ -19,6 +19,7 @@ import * as Http from "node:http"
 import * as Net from "node:net"
 import * as NodeZlib from "node:zlib"
 import { isLoopback } from "../app/gateway/auth.js"
+import { waitingCaps } from "../app/gateway/chat.js"
 
 /** Whether this machine can listen on ::1 (a container may have no IPv6). */
 const ipv6Loopback = await new Promise<boolean>((resolve) => {
@@ -326,6 +327,27 @@ describe("weatherproof serve, with the openai client", () => {
       expect((refused as RateLimitError).code).toBe("gateway_busy")
       const answer = yield* first.await.pipe(Effect.flatten)
       expect(answer.choices[0]?.message.content).toBe("echo:first")
+    }))
+
+  it.scopedLive("batch requests leave the last tenth of the wait queue to interactive ones", () =>
+    Effect.gen(function*() {
+      expect(waitingCaps(4096)).toEqual({ interactive: 4096, batch: 3686 })
+      expect(waitingCaps(1)).toEqual({ interactive: 1, batch: 1 })
+      const sim = yield* Simulator.make({ queueDelay: 600 })
+      const gateway = yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])], { maxWaiting: 2 })
+      const client = openai(gateway.url)
+      const send = (content: string, priority: "interactive" | "batch") =>
+        attempt(() => client.chat.completions.create({ model, messages: ask(content) }, { headers: { "x-weatherproof-priority": priority } }))
+      const first = yield* Effect.fork(send("first", "batch"))
+      yield* Effect.sleep("150 millis")
+      const refused = yield* Effect.flip(send("second", "batch"))
+      expect((refused as RateLimitError).code).toBe("gateway_busy")
+      const interactive = yield* Effect.fork(send("interactive", "interactive"))
+      yield* Effect.sleep("150 millis")
+      const full = yield* Effect.flip(send("another", "interactive"))
+      expect((full as RateLimitError).code).toBe("gateway_busy")
+      const answers = yield* Effect.all([first.await, interactive.await].map(Effect.flatten))
+      expect(answers.map((answer) => answer.choices[0]?.message.content)).toEqual(["echo:first", "echo:interactive"])
     }))
 
   it.scopedLive("a failure after the 200 was committed: blank lines then an OpenAI error body; a stream's error event and no [DONE]", () =>

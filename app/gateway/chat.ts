@@ -8,7 +8,7 @@
  *   `x-weatherproof-cache: auto | force | bypass` (default auto) is the call's `ResponseCache` mode;
  *   an answer says whether it came from the cache in `x-weatherproof-cache-status`.
  * - A client waiting for its first content is kept alive (see `keepAlive.ts`); when more clients
- *   wait than `maxWaiting`, a new one gets a 429 with `Retry-After`.
+ *   wait than `maxWaiting` (a batch one: nine tenths of it), a new one gets a 429 with `Retry-After`.
  * - A stream is retried and fails over only before its first content reaches the client. A
  *   failure after it ends the stream with a `data: {"error": …}` event and no `[DONE]`.
  */
@@ -29,6 +29,7 @@ import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import type { ChatCompletion, ChatCompletionChunk } from "../../src/ChatSchema.js"
 import { ChatCompletionRequest } from "../../src/ChatSchema.js"
+import type { Priority } from "../../src/ConcurrencyLimiter.js"
 import { Resilient } from "../../src/Resilient.js"
 import type { CallOptions } from "../../src/Resilient.js"
 import * as SchemaFastPath from "../../src/internal/schemaFastPath.js"
@@ -75,6 +76,16 @@ const done = utf8.encode("data: [DONE]\n\n")
  * when the upstream answered it. An answer whose 200 the keep-alives committed has none.
  */
 const cacheStatus = { hit: { "x-weatherproof-cache-status": "hit" }, miss: { "x-weatherproof-cache-status": "miss" } } as const
+
+/**
+ * How many clients may be waiting when a request of each priority arrives: batch requests leave
+ * the last tenth of the queue to interactive ones, so a batch job sent through the gateway cannot
+ * lock interactive clients out with 429s.
+ */
+export const waitingCaps = (maxWaiting: number): Readonly<Record<Priority, number>> => ({
+  interactive: maxWaiting,
+  batch: Math.max(1, maxWaiting - Math.ceil(maxWaiting / 10))
+})
 
 /** Whether a call sent a request of its own: its `onExchange`. */
 class Exchanged {
@@ -233,10 +244,13 @@ const oneOf = <const A extends string>(name: string, values: ReadonlyArray<A>, f
 const priorityOf = oneOf("x-weatherproof-priority", ["interactive", "batch"], "interactive")
 const cacheModeOf = oneOf("x-weatherproof-cache", ["auto", "force", "bypass"], "auto")
 
+/** A request's call options: its priority always set, from its header or the default. */
+type RequestOptions = CallOptions & { readonly priority: Priority }
+
 /** A request admitted: the call to make. */
 interface Admitted {
   readonly request: ChatCompletionRequest
-  readonly options: CallOptions
+  readonly options: RequestOptions
 }
 
 /** Why a request is refused before any call. */
@@ -246,7 +260,7 @@ type Refused = Unauthorized | BadRequest | RoutingRefused | UnknownModel | Gatew
 const parseRequest = (
   json: unknown,
   headers: Readonly<Record<string, string | undefined>>
-): Either.Either<{ readonly body: ChatCompletionRequest; readonly task: Task | undefined; readonly options: CallOptions }, BadRequest> =>
+): Either.Either<{ readonly body: ChatCompletionRequest; readonly task: Task | undefined; readonly options: RequestOptions }, BadRequest> =>
   Either.map(
     // `Either.all` gives the first `Left` in the order of the keys.
     Either.all({
@@ -331,6 +345,8 @@ export const make = (settings: Settings, traffic: Traffic) =>
       tally.answered(200)
       return done
     }
+
+    const waitingCap = waitingCaps(settings.maxWaiting)
 
     const keepAliveSettings = {
       interval: settings.keepAliveInterval,
@@ -552,7 +568,7 @@ export const make = (settings: Settings, traffic: Traffic) =>
           return Effect.flatMap(router.route(body, { task }), ({ request }): Effect.Effect<Admitted, Refused> =>
             !settings.models.has(request.model)
               ? Effect.fail(new UnknownModel({ model: request.model }))
-              : traffic.waiting >= settings.maxWaiting
+              : traffic.waiting >= waitingCap[options.priority]
               ? Effect.fail(new GatewayBusy({ waiting: traffic.waiting }))
               : Effect.succeed({ request, options }))
         })

@@ -32,7 +32,7 @@ export const serve = Command.make(
       "deadline"
     ),
     drainTimeout: Flags.drainTimeout("the requests in flight"),
-    maxWaiting: Flags.integer("max-waiting", "clients that may wait for their first content at once; one more gets a 429 (default 4096)").pipe(
+    maxWaiting: Flags.integer("max-waiting", "clients that may wait for their first content at once; one more gets a 429, a batch one at nine tenths of it (default 4096)").pipe(
       Options.withDefault(4096)
     ),
     alertWebhook: Options.text("alert-webhook").pipe(

@@ -77,7 +77,7 @@ export interface Options {
   readonly drainTimeout?: Duration.DurationInput | undefined
   /** Completing during the drain ends the requests still in flight at once (a second signal). Default never. */
   readonly stopNow?: Effect.Effect<void> | undefined
-  /** Clients that may wait for their first content at once; one more gets a 429. Default 4096. */
+  /** Clients that may wait for their first content at once; one more gets a 429 (a batch one at nine tenths of it). Default 4096. */
   readonly maxWaiting?: number | undefined
   /** Between two status samples. Default 1 second. */
   readonly statusInterval?: Duration.DurationInput | undefined
