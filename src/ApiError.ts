@@ -13,8 +13,8 @@
  * | --- | --- | --- | --- | --- |
  * | `LoadShed` | 429, 503, `insufficient_system_resource`, a request closed while queued (after its 200 and keep-alives, before any content) | yes, never sooner than `retryAfter` | lowers the limit | a failure (unless it leaves load to the limiter) |
  * | `Outage` | other 5xx, 408/409, other transport errors, deadlines, truncated streams, a blank or cut 200, an error event, **any error it does not know** | yes | ignored | a failure |
- * | `Account` | 401, 402, 403, a server certificate this machine does not trust | no (an account pool fails over) | ignored | a success: no outage |
- * | `Caller` | 400, 404, 422 and other 4xx, a reply of the wrong shape, a routing refusal | no | ignored | a success |
+ * | `Account` | 401, 402, 403, a server certificate this machine does not trust, a 404 or 405 that is no API error (no chat endpoint at the base URL) | no (an account pool fails over) | ignored | a success: no outage |
+ * | `Caller` | 400, 404 (an API error), 422 and other 4xx, a reply of the wrong shape, a routing refusal | no | ignored | a success |
  * | `Refused` | our own gates: a full queue, an exhausted bucket, an open circuit, a spent budget, no account | when it says so, after `retryAfter` | ignored | ignored |
  *
  * Every policy (`RetryPolicy`, `ConcurrencyLimiter`, `CircuitBreaker`, and `Policy`, which
@@ -108,10 +108,18 @@ export class ServerError extends TaggedError("ServerError")<{
   readonly retryAfter: Option.Option<Duration.Duration>
 }> {}
 
-/** Any other status (404, 408, 409 …); `classifyStatus` says what it means. @since 0.1.0 */
+/**
+ * Any other status (404, 408, 409 …); `classifyStatus` says what it means, but for
+ * `endpointMissing`: a 404 or 405 whose body is no API error (a web server's page), so nothing
+ * at the base URL takes chat completions. That is the account's problem (its base URL), not the
+ * request's: an account pool fails over.
+ *
+ * @since 0.1.0
+ */
 export class UnexpectedStatus extends TaggedError("UnexpectedStatus")<{
   readonly status: number
   readonly message: string
+  readonly endpointMissing?: boolean | undefined
 }> {}
 
 /**
@@ -475,7 +483,7 @@ const sdkVerdicts: { readonly [Tag in SdkError["_tag"]]: (error: Extract<SdkErro
   RateLimited: (error) => loadShed(error.retryAfter),
   InsufficientResource: () => loadShed(Option.none(), "overload"),
   ServerError: (error) => classifyStatus(error.status, error.retryAfter),
-  UnexpectedStatus: (error) => classifyStatus(error.status),
+  UnexpectedStatus: (error) => error.endpointMissing === true ? account : classifyStatus(error.status),
   // An untrusted certificate (a TLS-inspecting proxy's, say) is this machine's setting, not an
   // outage: waiting for the server to come back would wait for good. Closed after the 200 and its
   // keep-alives, before any content: DeepSeek closes a request it could not schedule in time. The

@@ -424,6 +424,36 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(layer))
   })
 
+  it.effect("an account whose base URL leads to no chat endpoint (a 404 page) fails over, a stream too", () => {
+    const page = MockUpstream.status(404, { body: "<html>Not Found</html>", headers: { "content-type": "text/html" } })
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"]), account("b", ["sk-b"])],
+      handlers: { a: () => page, b: healthy() },
+      options: { preflight: false }
+    }
+    const { counts, layer } = stackLayer(setup)
+    return Effect.gen(function*() {
+      expect((yield* resilientCreate).id).toBe("cmpl-b")
+      expect((yield* drain).error).toBeUndefined()
+      expect(yield* chatHosts).toEqual(["a", "b", "a", "b"])
+      expect(yield* counts).toMatchObject({ failedAttempts: 0, retries: 0 })
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.effect("a 404 API error (a model the server does not know) is the call's answer: no failover", () => {
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"]), account("b", ["sk-b"])],
+      handlers: { a: status(404), b: healthy() },
+      options: { preflight: false }
+    }
+    const { layer } = stackLayer(setup)
+    return Effect.gen(function*() {
+      const error = yield* Effect.flip(resilientCreate)
+      expect(error).toMatchObject({ status: 404, endpointMissing: false })
+      expect(yield* chatHosts).toEqual(["a"])
+    }).pipe(Effect.provide(layer))
+  })
+
   it.effect("an account-level failure of the only account left for the call is its answer, told once, not \"no account can serve\"", () => {
     const setup: Setup = { accounts: [account("a", ["sk-a"])], handlers: { a: status(403) }, options: { preflight: false } }
     const { counts, layer } = stackLayer(setup)

@@ -79,6 +79,7 @@ const table: ReadonlyArray<readonly [name: string, error: unknown, verdict: ApiE
   ["400", new ApiError.InvalidRequest({ status: 400, message: "bad" }), ApiError.caller],
   ["422", new ApiError.InvalidRequest({ status: 422, message: "bad" }), ApiError.caller],
   ["404", new ApiError.UnexpectedStatus({ status: 404, message: "missing" }), ApiError.caller],
+  ["404, no chat endpoint", new ApiError.UnexpectedStatus({ status: 404, message: "page", endpointMissing: true }), ApiError.account],
   ["routing", new Router.RoutingRefused({ task: "classification", model: "m", reason: "thinking-enabled" }), ApiError.caller],
   ["401", new ApiError.KeyRejected({ message: "no", keyId: "key#1" }), ApiError.account],
   ["no key", new ApiError.NoUsableKey({ rejected: 2 }), ApiError.account],

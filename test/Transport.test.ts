@@ -233,7 +233,18 @@ describe("Transport status mapping", () => {
       retryAfter: Duration.seconds(2)
     },
     { name: "500", reply: echoKeyBody(500, "server_error"), expected: { _tag: "ServerError", status: 500 }, verdict: "Outage" },
-    { name: "404", reply: MockUpstream.status(404), expected: { _tag: "UnexpectedStatus", status: 404 }, verdict: "Caller" },
+    {
+      name: "404 with an API error (a model the server does not know): the caller's",
+      reply: MockUpstream.status(404, { body: { error: { message: "no such model", code: "model_not_found" } } }),
+      expected: { _tag: "UnexpectedStatus", status: 404, endpointMissing: false },
+      verdict: "Caller"
+    },
+    {
+      name: "404 that is no API error: no chat endpoint at the account's base URL",
+      reply: MockUpstream.status(404),
+      expected: { _tag: "UnexpectedStatus", status: 404, endpointMissing: true },
+      verdict: "Account"
+    },
     {
       name: "413: the request is too large for the server, the caller's to fix",
       reply: MockUpstream.status(413, { body: { error: { message: "request entity too large" } } }),
@@ -283,9 +294,13 @@ describe("Transport status mapping", () => {
   it.effect("a 404 that is no API error says the base URL leads to no chat endpoint; one that is keeps the API's message", () =>
     Effect.gen(function*() {
       const hint = "(no chat completions endpoint at https://upstream.test/chat/completions: check the account's base URL)"
-      expect((yield* failure(create())).message).toBe(`HTTP 404 ${hint}`)
-      expect((yield* failure(create())).message).toBe(`<html>Not Found</html> ${hint}`)
-      expect((yield* failure(create())).message).toBe("The model `x` does not exist")
+      const empty = yield* failure(create())
+      const page = yield* failure(create())
+      const api = yield* failure(create())
+      expect([empty.message, page.message, api.message])
+        .toEqual([`HTTP 404 ${hint}`, `<html>Not Found</html> ${hint}`, "The model `x` does not exist"])
+      // The account's base URL is wrong, not the request: an account pool fails over.
+      expect([empty, page, api].map(ApiError.classify)).toEqual([ApiError.account, ApiError.account, ApiError.caller])
     }).pipe(Effect.provide(setup([
       MockUpstream.status(404),
       MockUpstream.status(404, { body: "<html>Not Found</html>" }),

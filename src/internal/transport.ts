@@ -91,6 +91,8 @@ const bodyFailed = (cause: unknown, partial: ApiError.PartialOutput): ApiError.T
 
 interface Problem {
   readonly message: string
+  /** Whether the body was an API error (`{"error": …}`), not a page from something else at the URL. */
+  readonly fromApi: boolean
   readonly type?: string | undefined
   readonly param?: string | undefined
   readonly code?: string | undefined
@@ -131,11 +133,12 @@ const problemOf = (
   if (Option.isNone(body)) {
     // Scrubbed before the cut, on a window as long again: a key the cut runs through is never half shown.
     const shown = clipped(scrub(text.trim().slice(0, 2 * problemLength)), problemLength)
-    return { message: (shown || fallback) + scrub(notAnApi) }
+    return { message: (shown || fallback) + scrub(notAnApi), fromApi: false }
   }
   const { code, message, param, type } = body.value.error
   return {
     message: scrub(message ?? fallback),
+    fromApi: true,
     type: type ?? undefined,
     param: param ?? undefined,
     code: code === undefined || code === null ? undefined : String(code)
@@ -146,6 +149,10 @@ const problemOf = (
  * What a 404 or 405 that is no API error means: nothing at `url` takes chat completions (a base
  * URL that lacks or adds a path such as `/v1`, or names another server), not a request to fix.
  */
+const isMissingEndpoint = (status: number, problem: Problem): boolean => isNotFound(status) && !problem.fromApi
+
+const isNotFound = (status: number): boolean => status === 404 || status === 405
+
 const noEndpointAt = (url: string): string => ` (no chat completions endpoint at ${url}: check the account's base URL)`
 
 /** The typed error of a non-2xx status other than 401 (which rotates keys). */
@@ -162,7 +169,7 @@ const statusError = (reply: Reply, problem: Problem, now: number): ApiError.ApiE
   if (status >= 500) {
     return new ApiError.ServerError({ status, message, retryAfter: retryAfterFromHeaders(headers, now) })
   }
-  return new ApiError.UnexpectedStatus({ status, message })
+  return new ApiError.UnexpectedStatus({ status, message, endpointMissing: isMissingEndpoint(status, problem) })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -580,7 +587,7 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
           text,
           `HTTP ${reply.status}`,
           scrubberOf(credential.key),
-          reply.status === 404 || reply.status === 405 ? noEndpointAt(url) : ""
+          isNotFound(reply.status) ? noEndpointAt(url) : ""
         )
         if (reply.status !== 401) {
           return Effect.flatMap(Clock.currentTimeMillis, (now) => Effect.fail(statusError(reply, problem, now)))
