@@ -405,6 +405,18 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 
+  it.effect("a pool whose every key rests closes at once, even after an uninterruptible call: the wake-up for its keys ends with it", () =>
+    Effect.gen(function*() {
+      const setup: Setup = { accounts: [account("a", ["sk-a"])], handlers: { a: status(401) }, options: { preflight: false, keyCooldown: "10 minutes" } }
+      const scope = yield* Scope.make()
+      const context = yield* Layer.buildWithScope(poolLayer(setup), scope)
+      const error = yield* Effect.flip(Effect.uninterruptible(create).pipe(Effect.provide(context)))
+      expect(error._tag).toBe("NoAccountAvailable")
+      const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
+      yield* TestClock.adjust("1 second")
+      expect(Option.isSome(yield* Fiber.poll(closing))).toBe(true)
+    }))
+
   it.effect("fails over within one attempt on account-level errors, without a retry", () => {
     const setup: Setup = {
       accounts: [account("a", ["sk-a"]), account("b", ["sk-b"]), account("c", ["sk-c"])],

@@ -429,6 +429,11 @@ export const makeWith = <R>(
     const client = yield* HttpClient.HttpClient
     const ledger = yield* CostLedger
     const scope = yield* Effect.scope
+    /**
+     * Forks `effect` in the pool's scope, interruptible: the ends of calls that fork such fibers
+     * run uninterruptibly, and a fiber forked there would be too (the scope would wait for it).
+     */
+    const forkInPool = (effect: Effect.Effect<void>) => Effect.forkIn(Effect.interruptible(effect), scope)
     const clock = yield* Effect.clock
     const now = () => clock.unsafeCurrentTimeMillis()
     // An upstream may echo a key in the failure a log line or a status quotes.
@@ -627,7 +632,7 @@ export const makeWith = <R>(
         member.keysBackAt = undefined
         return refresh(member)
       })
-      return Effect.asVoid(Effect.forkIn(Effect.zipRight(Effect.sleep(Duration.millis(Math.max(0, back - now()))), wake), scope))
+      return Effect.asVoid(forkInPool(Effect.zipRight(Effect.sleep(Duration.millis(Math.max(0, back - now()))), wake)))
     }
 
     // -- reachability: connections that cannot open --------------------------------------------
@@ -665,9 +670,7 @@ export const makeWith = <R>(
             ).pipe(Effect.zipRight(Effect.suspend(() => {
               if (member.probingReach) return Effect.void
               member.probingReach = true
-              // Interruptible: a call's end that finds the origin gone runs uninterruptibly, and a
-              // fiber forked there would be too (the pool's scope would wait for it for good).
-              return Effect.forkIn(Effect.interruptible(probeReach(member, preconnect)), scope)
+              return forkInPool(probeReach(member, preconnect))
             })))
           })
       })
@@ -738,12 +741,11 @@ export const makeWith = <R>(
         return Effect.logWarning(`AccountPool: account ${member.name} is out of balance (${why}); ${comeback}`).pipe(
           Effect.zipRight(marked),
           Effect.zipRight(refresh(member)),
-          // A fiber forked here would inherit the mask: the pool's scope must be able to end it. One
-          // still asleep (the account was marked back, then out again, meanwhile) goes on instead.
+          // A recovery still asleep (the account was marked back, then out again, meanwhile) goes on.
           Effect.zipRight(Effect.suspend(() => {
             if (member.recovering) return Effect.void
             member.recovering = true
-            return Effect.forkIn(Effect.interruptible(recover(member, at)), scope)
+            return forkInPool(recover(member, at))
           }))
         )
       }))
