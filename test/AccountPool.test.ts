@@ -333,6 +333,22 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 
+  it.effect("preflight: a rejected key passes the balance check to the next key; an account whose every key is rejected sends no call", () => {
+    const revoked = new Set(["sk-a-revoked", "sk-b-revoked", "sk-b-revoked-too"])
+    const keyed = (handler: Handler): Handler => (req) => revoked.has(bearerOf(req)) ? status(401)(req) : handler(req)
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a-revoked", "sk-a"]), account("b", ["sk-b-revoked", "sk-b-revoked-too"]), fallbackAccount],
+      handlers: { a: keyed((req) => isChat(req) ? healthy()(req) : balance(false)), b: keyed(healthy()), alt: healthy() }
+    }
+    return Effect.gen(function*() {
+      yield* settle
+      // a's balance was asked with its second key: a is out of balance before any call.
+      expect(yield* states).toEqual({ a: "out_of_balance", b: "no_keys", alt: "serving" })
+      expect((yield* create).id).toBe("cmpl-alt")
+      expect(yield* chatHosts).toEqual(["alt"])
+    }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
   it.effect("preflight: a balance check answered with a web page is told, scrubbed of keys, and the account serves", () => {
     const logs: Array<Logged> = []
     const page = "<html><body>Welcome to nginx! sk-a-configured</body></html>"

@@ -286,30 +286,38 @@ const parseBalance = (text: string) => Option.flatMap(parseJson(text), decodeBal
 type ProbeResult = Verdict
 
 /**
- * `GET {baseUrl}/user/balance` with one of the account's keys. A 2xx that is not a balance is
- * told (a base URL that reaches a web server answers every path with a page), and proves nothing.
+ * `GET {baseUrl}/user/balance` with one of the account's keys. DeepSeek's 401 is its key's (only
+ * DeepSeek accounts are probed): the key is set aside, and told, at start, and the next key asks,
+ * until one is answered or every key was rejected. A 2xx that is not a balance is told (a base URL
+ * that reaches a web server answers every path with a page), and proves nothing.
  */
-const probeBalance = (client: HttpClient.HttpClient, member: Member, scrub: Scrubber.Scrubber): Effect.Effect<ProbeResult> =>
-  Effect.gen(function*() {
-    const credential = yield* member.keys.acquire
-    const url = `${member.account.baseUrl.replace(/\/+$/, "")}/user/balance`
-    const response = yield* client.execute(
-      HttpClientRequest.get(url).pipe(HttpClientRequest.setHeader("authorization", `Bearer ${Redacted.value(credential.key)}`))
-    )
-    if (response.status === 404) return "no_endpoint"
-    // DeepSeek's 401 is its key's (only DeepSeek accounts are probed): set aside, and told, at start.
-    if (response.status === 401) return yield* Effect.as(member.keys.reject(credential), "failed" as const)
-    if (response.status < 200 || response.status >= 300) return "failed"
-    const text = yield* response.text
-    const balance = parseBalance(text)
-    if (Option.isSome(balance)) return balance.value.is_available ? "available" : "unavailable"
-    yield* Effect.logWarning(scrub(
-      `AccountPool: account ${member.name}: its balance check (GET ${url}) answered ${response.status} ${
-        quotedBody(response.headers["content-type"], text, scrub)
-      }, not a balance; if its calls fail as well, its base URL reaches something other than the API`
-    ))
-    return "failed"
-  }).pipe(Effect.scoped, Effect.timeout(probeTimeout), Effect.orElseSucceed((): ProbeResult => "failed"))
+const probeBalance = (client: HttpClient.HttpClient, member: Member, scrub: Scrubber.Scrubber): Effect.Effect<ProbeResult> => {
+  const url = `${member.account.baseUrl.replace(/\/+$/, "")}/user/balance`
+  const askWithNextKey = (tried: ReadonlySet<string>) =>
+    Effect.gen(function*(): Effect.fn.Return<ProbeResult, unknown, Scope.Scope> {
+      const credential = yield* member.keys.acquire
+      if (tried.has(credential.id)) return "failed"
+      const response = yield* client.execute(
+        HttpClientRequest.get(url).pipe(HttpClientRequest.setHeader("authorization", `Bearer ${Redacted.value(credential.key)}`))
+      )
+      if (response.status === 404) return "no_endpoint"
+      if (response.status === 401) {
+        yield* member.keys.reject(credential)
+        return yield* askWithNextKey(new Set(tried).add(credential.id))
+      }
+      if (response.status < 200 || response.status >= 300) return "failed"
+      const text = yield* response.text
+      const balance = parseBalance(text)
+      if (Option.isSome(balance)) return balance.value.is_available ? "available" : "unavailable"
+      yield* Effect.logWarning(scrub(
+        `AccountPool: account ${member.name}: its balance check (GET ${url}) answered ${response.status} ${
+          quotedBody(response.headers["content-type"], text, scrub)
+        }, not a balance; if its calls fail as well, its base URL reaches something other than the API`
+      ))
+      return "failed"
+    })
+  return askWithNextKey(new Set()).pipe(Effect.scoped, Effect.timeout(probeTimeout), Effect.orElseSucceed((): ProbeResult => "failed"))
+}
 
 /**
  * `keys`, saying when the upstream sets one aside: a key pasted wrong or revoked otherwise shows
