@@ -18,6 +18,14 @@ describe("SchemaIssues", () => {
     expect(SchemaIssues.formatPath([], "line")).toBe("line")
     expect(SchemaIssues.formatPath(["body", "messages", 0, "content"])).toBe("body.messages[0].content")
     expect(SchemaIssues.formatPath(["models", "deepseek-v4-pro", "output"])).toBe(`models["deepseek-v4-pro"].output`)
+    expect(SchemaIssues.formatPath(["meta-llama/Llama-3.1-70B-Instruct", "queueDelayFloorMillis"]))
+      .toBe(`["meta-llama/Llama-3.1-70B-Instruct"].queueDelayFloorMillis`)
+  })
+
+  it("never shows a name shaped like a key (one pasted where a field's name goes)", () => {
+    for (const key of ["sk-0f3a9c2b7d4e4b1a8c6d2e9f0a1b3c5d", "gsk_Zq81LmN0pQ7rS2tU4vW6xY8zA1bC3dE5", "AIzaSyD-1234567890abcdefghijklmnopqrs"]) {
+      expect(SchemaIssues.formatPath(["accounts", 0, key])).toBe("accounts[0][(a name shaped like a key, not shown)]")
+    }
   })
 
   it("says what a chat request lacks in a line, never the whole schema's type", () => {

@@ -4,14 +4,20 @@
  * `messages[0].content: Expected string | ReadonlyArray<ContentPart>, actual 5`.
  */
 import * as ParseResult from "effect/ParseResult"
+import { mayBeKey } from "./text.js"
 
 const identifier = /^[A-Za-z_$][A-Za-z0-9_$]*$/
 
-/** `accounts[1].keys[0]`, `models["deepseek-v4-flash"]`; `root` names the value itself. */
+/**
+ * `accounts[1].keys[0]`, `models["deepseek-v4-flash"]`; `root` names the value itself. A name that
+ * may be a key (`mayBeKey`: one pasted where a field's name goes) is not shown.
+ */
 export const formatPath = (path: ReadonlyArray<PropertyKey>, root = "(root)"): string =>
   path.length === 0 ? root : path.map((segment, i) =>
     typeof segment === "number"
       ? `[${segment}]`
+      : typeof segment === "string" && mayBeKey(segment)
+      ? "[(a name shaped like a key, not shown)]"
       : typeof segment === "string" && identifier.test(segment)
       ? `${i === 0 ? "" : "."}${segment}`
       : `[${JSON.stringify(String(segment))}]`

@@ -49,6 +49,13 @@ export const quotedBody = (contentType: string | undefined, text: string, scrub:
   `${contentType ?? "no content type"}: ${JSON.stringify(clipped(scrub(text.trim().slice(0, 2 * quotedLength)), quotedLength))}`
 
 /** `count` and the noun that goes with it (`1 line`, `2 lines`). */
+/** Runs of 20 or more letters and digits: an API key has one (`sk-…`, `gsk_…`, `AIza…`), a field or model name none with digits in it. */
+const longRun = /[A-Za-z0-9]{20,}/g
+
+/** Whether `text` may be a key: it holds a run of 20 or more letters and digits, with both in it. */
+export const mayBeKey = (text: string): boolean =>
+  (text.match(longRun) ?? []).some((run) => /[0-9]/.test(run) && /[A-Za-z]/.test(run))
+
 export const counted = (count: number, one: string, many: string): string => `${count} ${count === 1 ? one : many}`
 
 /** What an error may carry: Node's system errors have a `code`, and wrappers a `cause`. */
