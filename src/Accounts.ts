@@ -19,7 +19,8 @@
  *   several separated by commas), anything else is the key itself. Keys of one account share
  *   its concurrency limit (DeepSeek limits per account), so several keys add resilience to a
  *   revoked key, not capacity; for the same reason a key is in one account only (two accounts at
- *   one origin with a key in common are an error: the pool would count the cap twice);
+ *   one origin with a key in common are an error: the pool would count the cap twice), and once
+ *   (a rejected key listed twice would be sent again);
  * - `fallback` (default `false`): serves only when no other account can;
  * - `models` (default none): model names to send instead of the requested ones, for a provider
  *   whose names differ;
@@ -27,8 +28,8 @@
  *   since DeepSeek caps concurrency per account and per model: a number N is a ceiling (each lane
  *   starts at N, never exceeds it, backs off only on 429s and 503s and climbs back to N as calls
  *   are accepted, instead of drawing a 429 per call while the cap is below N), or the adaptive
- *   limiter's options (`ConcurrencyLimiter.AdaptiveOptions`, `queueDelayFloor` in milliseconds),
- *   each model's lane discovering its own cap;
+ *   limiter's options (`LaneOptions`: `ConcurrencyLimiter.AdaptiveOptions` without `maxQueued`,
+ *   `queueDelayFloor` in milliseconds), each model's lane discovering its own cap;
  * - `accountConcurrency` (default none): a fixed cap on the calls in flight of every model
  *   together, for a provider that limits the account as a whole.
  *
@@ -48,10 +49,11 @@ import * as Either from "effect/Either"
 import * as ParseResult from "effect/ParseResult"
 import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
-import type { AdaptiveOptions } from "./ConcurrencyLimiter.js"
+import type { AdaptiveOptions, LimiterOptions } from "./ConcurrencyLimiter.js"
 import * as KeyPool from "./KeyPool.js"
 import * as BaseUrls from "./internal/baseUrl.js"
 import * as SchemaIssues from "./internal/schemaIssues.js"
+import { mayBeKey } from "./internal/text.js"
 import { defaultBaseUrl } from "./Transport.js"
 
 /**
@@ -69,10 +71,21 @@ export interface Account {
   /** Requested model name → the name this account's provider knows it by. */
   readonly models: Readonly<Record<string, string>>
   /** The limit of each of its (account, model) lanes: a ceiling that backs off on 429s, or adaptive with these options. */
-  readonly concurrency?: number | AdaptiveOptions | undefined
+  readonly concurrency?: number | LaneOptions | undefined
   /** A cap on the calls in flight of every model together. */
   readonly accountConcurrency?: number | undefined
 }
+
+/**
+ * The adaptive limiter's options of an account's lanes: all of `ConcurrencyLimiter.AdaptiveOptions`
+ * but what a limiter of its own takes (`maxQueued`, `name`, `classify`): the lanes' calls wait in
+ * the pool's queue (bounded by `maxWait`), its metrics name the account and model, and the pool
+ * classifies errors itself (`ApiError.classify`).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type LaneOptions = Omit<AdaptiveOptions, keyof LimiterOptions>
 
 /**
  * Accounts that do not validate, or could not be read. `issues` are `path: message` lines, e.g.
@@ -158,8 +171,12 @@ const Adaptive = Schema.Struct({
   holdRequests: optional(nonNegativeInt),
   queueDelayRise: optional(number("a number > 1", (n) => n > 1)),
   queueDelayWindows: optional(positiveInt),
-  queueDelayFloor: optional(number("milliseconds ≥ 0", (n) => n >= 0)),
-  maxQueued: optional(nonNegativeInt)
+  fallHoldShare: optional(ratio),
+  holdGrowth: optional(number("a number > 1", (n) => n > 1)),
+  latencyRise: optional(number("a number > 1", (n) => n > 1)),
+  overloadShare: optional(ratio),
+  overloadFloor: optional(ratio),
+  queueDelayFloor: optional(number("milliseconds ≥ 0", (n) => n >= 0))
 }).annotations(expecting("expected adaptive limiter options"))
 
 const concurrencyExpected = "expected an integer ≥ 1 or adaptive limiter options"
@@ -211,7 +228,7 @@ const crossChecks = (accounts: ReadonlyArray<AccountJson>): ReadonlyArray<string
   accounts.forEach((account, i) => {
     const first = firstIndex.get(account.name)
     if (first === undefined) firstIndex.set(account.name, i)
-    else issues.push(`accounts[${i}].name: duplicate name "${account.name}" (also accounts[${first}])`)
+    else issues.push(`accounts[${i}].name: duplicate name${mayBeKey(account.name) ? "" : ` "${account.name}"`} (also accounts[${first}])`)
   })
   if (accounts.every((account) => account.fallback === true)) {
     issues.push("accounts: expected at least one account that is not a fallback")
@@ -221,7 +238,9 @@ const crossChecks = (accounts: ReadonlyArray<AccountJson>): ReadonlyArray<string
 
 /**
  * Accounts at one origin that hold a key in common: one upstream account, whose cap the pool
- * would count once per entry. Told by path, never by the key.
+ * would count once per entry; and an account that lists a key twice (itself, and through an
+ * `env:` reference, say), which would send it again after it was rejected. Told by path, never by
+ * the key.
  */
 const sharedKeys = (accounts: ReadonlyArray<Account>): ReadonlyArray<string> => {
   const holders = new Map<string, number>()
@@ -233,7 +252,10 @@ const sharedKeys = (accounts: ReadonlyArray<Account>): ReadonlyArray<string> => 
       const held = `${origin} ${Redacted.value(key)}`
       const first = holders.get(held)
       if (first === undefined) holders.set(held, i)
-      else if (first !== i && !told.has(first)) {
+      else if (first === i && !told.has(i)) {
+        told.add(i)
+        issues.push(`accounts[${i}].keys: holds one key twice (directly or through an env: reference)`)
+      } else if (first !== i && !told.has(first)) {
         told.add(first)
         issues.push(
           `accounts[${i}].keys: a key accounts[${first}] ("${accounts[first]!.name}") holds too, at the same origin: ` +

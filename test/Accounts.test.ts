@@ -112,11 +112,30 @@ describe("Accounts", () => {
       ])
     }))
 
+  it.effect("takes every adaptive option a pool's lanes use, and refuses maxQueued (a lane's calls wait in the pool's queue)", () =>
+    Effect.gen(function*() {
+      const adaptive = {
+        initial: 4, min: 2, max: 64, backoff: 0.8, fallBackoff: 0.3, holdRounds: 3, holdRequests: 20, fallHoldShare: 0.2,
+        holdGrowth: 2, queueDelayRise: 3, queueDelayWindows: 2, latencyRise: 5, overloadShare: 0.6, overloadFloor: 0.4,
+        queueDelayFloor: 100
+      }
+      const withConcurrency = (concurrency: unknown) => ({ accounts: [{ ...valid.accounts[1], concurrency }] })
+      const [account] = yield* Accounts.decode(withConcurrency(adaptive))
+      expect(account?.concurrency).toEqual(adaptive)
+      expect(yield* issuesOf(withConcurrency({ maxQueued: 0 }))).toEqual([
+        expect.stringMatching(/^accounts\[0\]\.concurrency\.maxQueued: is unexpected/)
+      ])
+    }).pipe(Effect.withConfigProvider(environment)))
+
   it.effect("reports duplicate names and a pool of fallbacks only", () =>
     Effect.gen(function*() {
       expect(yield* issuesOf(withAccount({ name: "a" }, 2))).toEqual([
         `accounts[2].name: duplicate name "a" (also accounts[0])`
       ])
+      // A name shaped like a key (a key pasted there) is not quoted.
+      const pasted = "sk-0f3a9c2b7d4e4b1a8c6d2e9f0a1b3c5d"
+      const twice = { accounts: [{ ...valid.accounts[0], name: pasted }, { ...valid.accounts[1], name: pasted }] }
+      expect(yield* issuesOf(twice)).toEqual([`accounts[1].name: duplicate name (also accounts[0])`])
       const onlyFallbacks = { accounts: [{ ...valid.accounts[0], fallback: true }] }
       expect(yield* issuesOf(onlyFallbacks)).toEqual(["accounts: expected at least one account that is not a fallback"])
     }))
@@ -138,6 +157,14 @@ describe("Accounts", () => {
         `accounts[2].keys: a key accounts[0] ("a") holds too, at the same origin: an account's keys share its cap, so a key belongs in one account only`
       ])
       expect(JSON.stringify(issues)).not.toMatch(/sk-/)
+    }))
+
+  it.effect("refuses an account that lists one key twice (it would be sent again after a 401), without echoing it", () =>
+    Effect.gen(function*() {
+      const issues = yield* issuesOf({
+        accounts: [{ name: "a", provider: "deepseek", baseUrl: "https://api.deepseek.com", keys: ["sk-env-bbbb", "env:DEEPSEEK_KEY_A"] }]
+      })
+      expect(issues).toEqual([`accounts[0].keys: holds one key twice (directly or through an env: reference)`])
     }))
 
   it.effect("reports every wrong type at once, without echoing a value that may be a key", () =>
