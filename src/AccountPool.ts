@@ -294,7 +294,11 @@ export class AccountPool extends Context.Tag("weatherproof/AccountPool")<Account
  * @category models
  */
 export interface Options {
-  /** Options of every account's breaker (its `name` is the account's). Default `CircuitBreaker.defaults`. */
+  /**
+   * Options of every account's breaker (its `name` is the account's). Default
+   * `CircuitBreaker.defaults` with `countLoadShed: "overload"`: 429s are left to the lanes'
+   * limiters, which back off on them. Options given here replace those defaults one by one.
+   */
   readonly breaker?: Omit<CircuitBreakerModule.Options, "name"> | undefined
   /** Deadlines of every account's transport. Default `Transport.defaultDeadlines`. */
   readonly deadlines?: Partial<Deadlines> | undefined
