@@ -18,6 +18,7 @@ const open = <Fields extends Schema.Struct.Fields>(fields: Fields, identifier?: 
 /**
  * Why a choice stopped. `insufficient_system_resource` means DeepSeek cut inference short:
  * the transport turns it into a retryable `InsufficientResource` error, never a success.
+ * `function_call` is OpenAI's legacy functions API (a request's `functions`, passed through).
  *
  * @since 0.1.0
  */
@@ -26,6 +27,7 @@ export const FinishReason = Schema.Literal(
   "length",
   "content_filter",
   "tool_calls",
+  "function_call",
   "insufficient_system_resource"
 )
 /** @since 0.1.0 */
@@ -198,9 +200,9 @@ export type Usage = typeof Usage.Type
 /** The assistant message of a non-streaming choice. @since 0.1.0 */
 export const ResponseMessage = open({
   role: Schema.Literal("assistant"),
-  content: Schema.NullOr(Schema.String),
+  content: Schema.optional(Schema.NullOr(Schema.String)),
   reasoning_content: Schema.optional(Schema.NullOr(Schema.String)),
-  tool_calls: Schema.optional(Schema.Array(ToolCall))
+  tool_calls: Schema.optional(Schema.NullOr(Schema.Array(ToolCall)))
 }, "ResponseMessage")
 
 /** @since 0.1.0 */
@@ -232,19 +234,19 @@ export type ChatCompletion = typeof ChatCompletion.Type
 /** A tool call fragment in a stream delta; `arguments` arrives in pieces. @since 0.1.0 */
 export const DeltaToolCall = open({
   index: Schema.Number,
-  id: Schema.optional(Schema.String),
-  type: Schema.optional(Schema.Literal("function")),
+  id: Schema.optional(Schema.NullOr(Schema.String)),
+  type: Schema.optional(Schema.NullOr(Schema.Literal("function"))),
   function: Schema.optional(
-    open({ name: Schema.optional(Schema.String), arguments: Schema.optional(Schema.String) })
+    Schema.NullOr(open({ name: Schema.optional(Schema.NullOr(Schema.String)), arguments: Schema.optional(Schema.NullOr(Schema.String)) }))
   )
 }, "DeltaToolCall")
 
 /** @since 0.1.0 */
 export const Delta = open({
-  role: Schema.optional(Schema.String),
+  role: Schema.optional(Schema.NullOr(Schema.String)),
   content: Schema.optional(Schema.NullOr(Schema.String)),
   reasoning_content: Schema.optional(Schema.NullOr(Schema.String)),
-  tool_calls: Schema.optional(Schema.Array(DeltaToolCall))
+  tool_calls: Schema.optional(Schema.NullOr(Schema.Array(DeltaToolCall)))
 }, "Delta")
 
 /** @since 0.1.0 */

@@ -118,7 +118,7 @@ const upsert = <A extends { readonly index: number }>(
 }
 
 /** `piece` when it says something: a server that repeats an empty `id` or `name` on later pieces keeps the first. */
-const unlessEmpty = (piece: string | undefined, sofar: string): string => piece === undefined || piece === "" ? sofar : piece
+const unlessEmpty = (piece: string | null | undefined, sofar: string): string => piece == null || piece === "" ? sofar : piece
 
 const stepToolCall = (call: ToolCallState, delta: DeltaToolCall): ToolCallState => ({
   index: call.index,
@@ -270,7 +270,7 @@ const deltaOf = (message: ChatCompletion["choices"][number]["message"]): Delta =
   role: "assistant",
   content: message.content,
   ...(message.reasoning_content == null ? {} : { reasoning_content: message.reasoning_content }),
-  ...(message.tool_calls === undefined || message.tool_calls.length === 0 ? {} : {
+  ...(message.tool_calls == null || message.tool_calls.length === 0 ? {} : {
     tool_calls: message.tool_calls.map((call, index) => ({
       index,
       id: call.id,

@@ -11,9 +11,9 @@
  * `"enabled"`, or `reasoning_effort` is set without `thinking: {type: "disabled"}`): a model that
  * thinks by default without saying so in the request is not detected, so pass `"bypass"` for it.
  *
- * Only a complete answer is stored: every choice finished with `stop`, `length` or
- * `tool_calls`. A failed call, an empty `choices`, a `content_filter` cut or an unfinished choice
- * is never stored (`insufficient_system_resource` is a failure already: the transport turns it
+ * Only a complete answer is stored: every choice finished with `stop`, `length`, `tool_calls` or
+ * `function_call`. A failed call, an empty `choices`, a `content_filter` cut or an unfinished
+ * choice is never stored (`insufficient_system_resource` is a failure already: the transport turns it
  * into `InsufficientResource`). A hit returns the stored completion unchanged, with the `id` and
  * `usage` of the call that paid for it.
  *
@@ -304,11 +304,11 @@ export const isThinking = (request: ChatCompletionRequest): boolean =>
 export const isDeterministic = (request: ChatCompletionRequest): boolean =>
   request.temperature === 0 && !isThinking(request)
 
-const completeReasons: ReadonlySet<string | null> = new Set(["stop", "length", "tool_calls"])
+const completeReasons: ReadonlySet<string | null> = new Set(["stop", "length", "tool_calls", "function_call"])
 
 /**
  * Whether `completion` is a complete answer worth storing: at least one choice, each finished
- * with `stop`, `length` or `tool_calls`.
+ * with `stop`, `length`, `tool_calls` or `function_call`.
  *
  * @since 0.1.0
  * @category predicates

@@ -133,6 +133,37 @@ describe("Transport.create", () => {
       ])
     ]))))
 
+  // LiteLLM and KServe send every unset field as null (`tool_calls: null` in a message, `role: null`
+  // in a delta, a tool call's `id` and `name` null in its later pieces); some servers leave out a
+  // tool-calling message's `content`; OpenAI's legacy functions API ends with `function_call`.
+  const chunkOf = (delta: unknown, finish_reason: string | null = null) =>
+    Wire.sseData({ id: "x", object: "chat.completion.chunk", created: 0, model: request.model, choices: [{ index: 0, delta, finish_reason }] })
+  it.effect("legal answers of other OpenAI-compatible servers (nulls for unset fields, no content beside tool calls, function_call) are delivered", () =>
+    Effect.gen(function*() {
+      const transport = yield* Transport.Transport
+      const withNulls = yield* transport.create(request)
+      expect(withNulls.choices[0]?.message).toMatchObject({ content: "hello", tool_calls: null })
+      const toolsOnly = yield* transport.create(request)
+      expect(toolsOnly.choices[0]?.message.tool_calls?.[0]?.function.name).toBe("f")
+      const legacy = yield* transport.create(request)
+      expect(legacy.choices[0]?.finish_reason).toBe("function_call")
+      const folded = yield* ChatStream.fold(transport.stream(request))
+      expect(folded.choices[0]?.message).toMatchObject({ content: "hi", tool_calls: [{ id: "t1", function: { name: "f", arguments: "{}" } }] })
+    }).pipe(Effect.provide(setup([
+      MockUpstream.json({ ...answerOf({ prompt_tokens: 3, completion_tokens: 2 }), choices: [{ index: 0, message: { role: "assistant", content: "hello", tool_calls: null, function_call: null }, finish_reason: "stop" }] }),
+      MockUpstream.json({
+        ...answerOf(null),
+        choices: [{ index: 0, message: { role: "assistant", tool_calls: [{ id: "t", type: "function", function: { name: "f", arguments: "{}" } }] }, finish_reason: "tool_calls" }]
+      }),
+      MockUpstream.json({ ...answerOf(null), choices: [{ index: 0, message: { role: "assistant", content: null, function_call: { name: "f", arguments: "{}" } }, finish_reason: "function_call" }] }),
+      MockUpstream.sse([
+        chunkOf({ role: "assistant", content: "hi", tool_calls: null }),
+        chunkOf({ role: null, tool_calls: [{ index: 0, id: "t1", type: "function", function: { name: "f", arguments: "{" } }] }),
+        chunkOf({ role: null, tool_calls: [{ index: 0, id: null, type: null, function: { name: null, arguments: "}" } }] }, "tool_calls"),
+        "data: [DONE]\n\n"
+      ])
+    ]))))
+
   it.effect("an empty conversation is refused locally as InvalidRequest: nothing is sent", () =>
     Effect.gen(function*() {
       const history: Array<ChatSchema.Message> = []

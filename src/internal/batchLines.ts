@@ -285,7 +285,7 @@ export const cut = (
     chunks: folded.chunks,
     content: message?.content ?? null,
     reasoning_content: message?.reasoning_content ?? null,
-    ...(message?.tool_calls === undefined ? {} : { tool_calls: message.tool_calls }),
+    ...(message?.tool_calls == null ? {} : { tool_calls: message.tool_calls }),
     finish_reason: choice?.finish_reason ?? null,
     usage: folded.completion.usage ?? null
   }
