@@ -234,6 +234,19 @@ describe("Transport status mapping", () => {
     },
     { name: "402", reply: echoKeyBody(402, "payment"), expected: { _tag: "InsufficientBalance", status: 402 }, verdict: "Account" },
     {
+      name: "400 echoing the key in its type, param and code too (code reaches batch output): every field scrubbed",
+      reply: MockUpstream.status(400, { body: { error: { message: "no", type: `t ${keys[0]}`, param: keys[0], code: `bad ${keys[0]}` } } }),
+      expected: { _tag: "InvalidRequest", status: 400, code: "bad sk-***" },
+      verdict: "Caller"
+    },
+    {
+      name: "429 with an empty retry-after-ms: Retry-After counts",
+      reply: MockUpstream.status(429, { headers: { "retry-after-ms": "", "retry-after": "9" } }),
+      expected: { _tag: "RateLimited" },
+      verdict: "LoadShed",
+      retryAfter: Duration.seconds(9)
+    },
+    {
       name: "429 with retry-after-ms",
       reply: MockUpstream.status(429, { headers: { "retry-after-ms": "1500", "retry-after": "9" } }),
       expected: { _tag: "RateLimited" },
@@ -674,6 +687,15 @@ describe("Transport.stream", () => {
       expect(error).toBeUndefined()
     }).pipe(Effect.provide(setup([
       MockUpstream.sse([...MockUpstream.events(generation, { done: false }), { text: "data: [DONE]" }])
+    ]))))
+
+  it.effect("a [DONE] with spaces or a tab about it ends the stream", () =>
+    Effect.gen(function*() {
+      const { chunks, error } = yield* drain()
+      expect(chunks).toEqual(Wire.chunks(generation))
+      expect(error).toBeUndefined()
+    }).pipe(Effect.provide(setup([
+      MockUpstream.sse([...MockUpstream.events(generation, { done: false }), { text: "data:  [DONE] \t\n\n" }])
     ]))))
 
   it.effect("the second a cut stream is read on for its usage starts as the consumer asks for more: a slow consumer keeps it", () =>

@@ -17,7 +17,7 @@ export const retryAfterFromHeaders = (
   headers: Readonly<Record<string, string | undefined>>,
   localNow: number
 ): Option.Option<Duration.Duration> => {
-  const millis = Number(headers["retry-after-ms"] ?? Number.NaN)
+  const millis = Number(headers["retry-after-ms"]?.trim() || Number.NaN)
   if (Number.isFinite(millis) && millis >= 0) return Option.some(Duration.millis(millis))
   const value = headers["retry-after"]?.trim()
   if (value === undefined || value === "") return Option.none()

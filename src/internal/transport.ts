@@ -135,13 +135,14 @@ const problemOf = (
     const shown = clipped(scrub(text.trim().slice(0, 2 * problemLength)), problemLength)
     return { message: (shown || fallback) + scrub(notAnApi), fromApi: false }
   }
+  // Every field is scrubbed: a server may echo the key in any of them, and `code` reaches batch output.
   const { code, message, param, type } = body.value.error
   return {
     message: scrub(message ?? fallback),
     fromApi: true,
-    type: type ?? undefined,
-    param: param ?? undefined,
-    code: code === undefined || code === null ? undefined : String(code)
+    type: type == null ? undefined : scrub(type),
+    param: param == null ? undefined : scrub(param),
+    code: code == null ? undefined : scrub(String(code))
   }
 }
 
@@ -348,7 +349,7 @@ const chunkReader = (
     for (const bytes of batch) {
       for (const data of sse.feed(bytes)) {
         arrived = true
-        if (data === "[DONE]") {
+        if (data.trim() === "[DONE]") {
           ended = cut ? Option.some(cutShort()) : Option.none()
           return arrived
         }
