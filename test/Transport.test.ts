@@ -184,6 +184,14 @@ describe("Transport.create", () => {
       MockUpstream.json({ error: { message: `key ${keys[1]} says no`, type: "server_error", code: 42 } })
     ]))))
 
+  it.effect("vLLM's error body (`object: \"error\"`, its fields at the top) is UpstreamError too", () =>
+    Effect.gen(function*() {
+      const error = yield* failure(create())
+      expect(error).toMatchObject({ _tag: "UpstreamError", type: "BadRequestError", code: "400", message: "prompt too long" })
+    }).pipe(Effect.provide(setup([
+      MockUpstream.json({ object: "error", message: "prompt too long", type: "BadRequestError", param: null, code: 400 })
+    ]))))
+
   it.effect("finish_reason insufficient_system_resource is InsufficientResource with the partial", () =>
     Effect.gen(function*() {
       const error = yield* failure(create())
@@ -605,6 +613,25 @@ describe("Transport.stream", () => {
         ...MockUpstream.events(generation).slice(0, 2),
         Wire.sseData({ error: { message: `overloaded, ${keys[0]}`, type: "overloaded" } }),
         ...MockUpstream.events(generation).slice(2)
+      ])
+    ]))))
+
+  it.effect("OpenRouter's mid-stream error (a chunk whose choice ends with finish_reason \"error\", the error beside it) is UpstreamError with the partial", () =>
+    Effect.gen(function*() {
+      const { chunks, error } = yield* drain()
+      expect(chunks.length).toBe(2)
+      expect(error).toMatchObject({ _tag: "UpstreamError", code: "502", message: "Provider disconnected", partial: { events: 2 } })
+    }).pipe(Effect.provide(setup([
+      MockUpstream.sse([
+        ...MockUpstream.events(generation).slice(0, 2),
+        Wire.sseData({
+          id: generation.id,
+          object: "chat.completion.chunk",
+          created: 0,
+          model: generation.model,
+          error: { code: 502, message: "Provider disconnected" },
+          choices: [{ index: 0, delta: { content: "" }, finish_reason: "error" }]
+        })
       ])
     ]))))
 

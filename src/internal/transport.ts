@@ -177,8 +177,17 @@ const statusError = (reply: Reply, problem: Problem, now: number): ApiError.ApiE
 // 200 bodies
 // ---------------------------------------------------------------------------------------------
 
-const isErrorEnvelope = (json: unknown): json is { readonly error: unknown } =>
-  typeof json === "object" && json !== null && "error" in json && !("choices" in json)
+/**
+ * The server's error in a 200 body or a stream event, if it is one: OpenAI's `{"error": …}`, also
+ * beside a chunk's `choices` when it is an object (OpenRouter's mid-stream error, whose choice
+ * ends with `finish_reason: "error"`), or vLLM's `{"object": "error", "message": …}`, whose fields
+ * are the error's own.
+ */
+const errorEnvelopeOf = (json: unknown): { readonly error: unknown } | undefined => {
+  if (typeof json !== "object" || json === null) return undefined
+  if ("error" in json && (!("choices" in json) || (typeof json.error === "object" && json.error !== null))) return json
+  return "object" in json && json.object === "error" ? { error: json } : undefined
+}
 
 const upstreamError = (json: { readonly error: unknown }, partial: ApiError.PartialOutput, scrub: Scrubber.Scrubber) => {
   const problem = problemOf(
@@ -214,7 +223,8 @@ const parseCompletion = (
         : new ApiError.MalformedResponse({ reason: "schema", message: `the 200 body is not JSON (${quotedBody(contentType, text, scrub)})` })
     )
   }
-  if (isErrorEnvelope(json.value)) return Effect.fail(upstreamError(json.value, ApiError.emptyPartial, scrub))
+  const envelope = errorEnvelopeOf(json.value)
+  if (envelope !== undefined) return Effect.fail(upstreamError(envelope, ApiError.emptyPartial, scrub))
   const decoded = decodeCompletion(json.value)
   if (Either.isLeft(decoded)) return Effect.fail(schemaMismatch("the 200 body is not a chat completion", decoded.left, scrub))
   const completion = decoded.right
@@ -242,8 +252,9 @@ const parseCompletion = (
  */
 const notAStream = (contentType: string, text: string, scrub: Scrubber.Scrubber): ApiError.ApiError => {
   const json = parseJson(text)
-  return Option.isSome(json) && isErrorEnvelope(json.value)
-    ? upstreamError(json.value, ApiError.emptyPartial, scrub)
+  const envelope = Option.isSome(json) ? errorEnvelopeOf(json.value) : undefined
+  return envelope !== undefined
+    ? upstreamError(envelope, ApiError.emptyPartial, scrub)
     : new ApiError.MalformedResponse({
       reason: "schema",
       message: `the 200 answer to a stream request is not an event stream (${quotedBody(contentType, text, scrub)})`
@@ -313,7 +324,8 @@ const chunkReader = (
     if (Option.isNone(json)) {
       return Either.left(new ApiError.MalformedResponse({ reason: "schema", message: "a stream event is not JSON" }))
     }
-    if (isErrorEnvelope(json.value)) return Either.left(upstreamError(json.value, partial(), scrub))
+    const envelope = errorEnvelopeOf(json.value)
+    if (envelope !== undefined) return Either.left(upstreamError(envelope, partial(), scrub))
     const decoded = decodeChunk(json.value)
     if (Either.isLeft(decoded)) return Either.left(schemaMismatch("a stream event is not a completion chunk", decoded.left, scrub))
     if (cut) {
