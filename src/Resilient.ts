@@ -58,6 +58,7 @@ import * as ResponseCacheModule from "./ResponseCache.js"
 import * as TokenBucket from "./TokenBucket.js"
 import * as TransportModule from "./Transport.js"
 import { type Deadlines, Transport } from "./Transport.js"
+import * as BaseUrls from "./internal/baseUrl.js"
 import * as GenAi from "./internal/genAi.js"
 import { permitOptions } from "./internal/transport.js"
 import { streamWhenTraced, whenTraced } from "./internal/tracing.js"
@@ -310,7 +311,7 @@ export const layerDefault = (options: DefaultOptions): Layer.Layer<Resilient> =>
  */
 export const config: Config.Config<DefaultOptions> = Config.all({
   keys: KeyPool.keysConfig,
-  baseUrl: Config.string("DEEPSEEK_BASE_URL").pipe(Config.withDefault(TransportModule.defaultBaseUrl))
+  baseUrl: BaseUrls.fromEnv(TransportModule.defaultBaseUrl)
 })
 
 /**

@@ -96,7 +96,7 @@ describe("Accounts", () => {
       ])
       // Credentials in it would reach traces (url.full); a query would have the path appended after it.
       expect(yield* issuesOf(withAccount({ baseUrl: "http://svc:s3cret@127.0.0.1:8080" }))).toEqual([
-        "accounts[0].baseUrl: expected an http(s) URL without credentials (user:password@): give keys in keys"
+        "accounts[0].baseUrl: expected an http(s) URL without credentials (user:password@): keys are given apart from it"
       ])
       expect(yield* issuesOf(withAccount({ baseUrl: "https://llm.example/v1?api_key=s3cret" }))).toEqual([
         "accounts[0].baseUrl: expected an http(s) URL without a ?query or #fragment: /chat/completions is appended to it"

@@ -1,4 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
+import * as ConfigError from "effect/ConfigError"
+import * as ConfigProvider from "effect/ConfigProvider"
 import * as Context from "effect/Context"
 import * as DefaultServices from "effect/DefaultServices"
 import * as Duration from "effect/Duration"
@@ -358,4 +360,19 @@ describe("Resilient", () => {
       }).pipe(Effect.provide(spanPipeline(seen)))
     })
   })
+})
+
+describe("Resilient.layerConfig", () => {
+  it.effect("a DEEPSEEK_BASE_URL that is no URL, or carries credentials, is a ConfigError, not a defect", () =>
+    Effect.gen(function*() {
+      for (const baseUrl of ["notaurl", "https://user:secret@api.deepseek.com"]) {
+        const error = yield* Effect.flip(Layer.build(Resilient.layerConfig).pipe(
+          Effect.scoped,
+          Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["DEEPSEEK_BASE_URL", baseUrl], ["DEEPSEEK_API_KEY", "sk-a"]])))
+        ))
+        expect(ConfigError.isConfigError(error)).toBe(true)
+        expect(String(error)).toContain("DEEPSEEK_BASE_URL")
+        expect(String(error)).not.toContain("secret")
+      }
+    }))
 })

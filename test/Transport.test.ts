@@ -437,10 +437,10 @@ describe("Transport layers and spans", () => {
       ))
       expect(Exit.isFailure(exit) && Cause.squash(exit.cause)).toMatchObject({
         _tag: "IllegalArgumentException",
-        message: "Transport: baseUrl: expected an http(s) URL without credentials (user:password@): give keys in keys"
+        message: "Transport: baseUrl: expected an http(s) URL without credentials (user:password@): keys are given apart from it"
       })
       for (const [baseUrl, message] of [
-        [secret, "expected an http(s) URL without credentials (user:password@): give keys in keys"],
+        [secret, "expected an http(s) URL without credentials (user:password@): keys are given apart from it"],
         ["https://api.example.com/?key=sk-secret", "expected an http(s) URL without a ?query or #fragment: /chat/completions is appended to it"],
         ["api.example.com", `expected an http(s) URL such as https://api.deepseek.com, got "api.example.com"`]
       ] as const) {

@@ -21,7 +21,7 @@ export const notHttpUrl = "expected an http(s) URL"
 export const problemOf = (text: string): string | undefined => {
   const url = URL.canParse(text) ? new URL(text) : undefined
   if (url === undefined || (url.protocol !== "http:" && url.protocol !== "https:")) return notHttpUrl
-  if (url.username !== "" || url.password !== "") return "expected an http(s) URL without credentials (user:password@): give keys in keys"
+  if (url.username !== "" || url.password !== "") return "expected an http(s) URL without credentials (user:password@): keys are given apart from it"
   if (url.search !== "" || url.hash !== "") return "expected an http(s) URL without a ?query or #fragment: /chat/completions is appended to it"
   return undefined
 }
