@@ -707,23 +707,19 @@ describe("Transport.stream", () => {
       ].map((text) => ({ text })))
     ]))))
 
-  it.effect("a [DONE] whose line end never came ends the stream, not a truncation", () =>
-    Effect.gen(function*() {
-      const { chunks, error } = yield* drain()
-      expect(chunks).toEqual(Wire.chunks(generation))
-      expect(error).toBeUndefined()
-    }).pipe(Effect.provide(setup([
-      MockUpstream.sse([...MockUpstream.events(generation, { done: false }), { text: "data: [DONE]" }])
-    ]))))
-
-  it.effect("a [DONE] with spaces or a tab about it ends the stream", () =>
-    Effect.gen(function*() {
-      const { chunks, error } = yield* drain()
-      expect(chunks).toEqual(Wire.chunks(generation))
-      expect(error).toBeUndefined()
-    }).pipe(Effect.provide(setup([
-      MockUpstream.sse([...MockUpstream.events(generation, { done: false }), { text: "data:  [DONE] \t\n\n" }])
-    ]))))
+  for (
+    const [name, done] of [
+      ["a [DONE] whose line end never came ends the stream, not a truncation", "data: [DONE]"],
+      ["a [DONE] with spaces or a tab about it ends the stream", "data:  [DONE] \t\n\n"]
+    ] as const
+  ) {
+    it.effect(name, () =>
+      Effect.gen(function*() {
+        const { chunks, error } = yield* drain()
+        expect(chunks).toEqual(Wire.chunks(generation))
+        expect(error).toBeUndefined()
+      }).pipe(Effect.provide(setup([MockUpstream.sse([...MockUpstream.events(generation, { done: false }), { text: done }])]))))
+  }
 
   it.effect("the second a cut stream is read on for its usage starts as the consumer asks for more: a slow consumer keeps it", () =>
     Effect.gen(function*() {
