@@ -866,13 +866,15 @@ export const run = (
     let tally = emptyTally
     // A file is counted beside the run, not before its first line (a large one takes seconds):
     // progress is reported once the count is known, then after every line. An input read once
-    // cannot be counted: its progress, with no total, is reported from the first line.
+    // cannot be counted: its progress, with no total, is reported from the start.
     let total: number | undefined
     let reporting = inputKind === "once"
     const report = (t: Tally) =>
       !reporting || options.onProgress === undefined
         ? Effect.void
         : options.onProgress({ total, succeeded: t.succeeded, failed: t.failed, skipped: t.skipped })
+    // Reported at once too: while every call of the run waits, its progress still shows.
+    yield* report(tally)
     if (options.onProgress !== undefined && inputKind === "file") {
       yield* Effect.forkScoped(Effect.flatMap(Effect.option(Files.countLines(fs, input)), (counted) => {
         if (Option.isNone(counted)) return Effect.void

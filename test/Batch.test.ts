@@ -523,7 +523,7 @@ describe("Batch.run", () => {
       expect(seen[seen.length - 1]).toEqual({ total: 3, succeeded: 2, failed: 1, skipped: 0 })
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
-  it.scoped("reads a pipe once, in order, and reports its progress from the first line, with no total", () =>
+  it.scoped("reads a pipe once, in order, and reports its progress from the start, with no total", () =>
     Effect.gen(function*() {
       const ws = yield* workspace
       const fifo = `${ws.input}.fifo`
@@ -548,7 +548,9 @@ describe("Batch.run", () => {
       expect(summary).toMatchObject({ requests: 51, succeeded: 50, failed: 1, failures: { invalid_line: 1 } })
       const lines = yield* ws.readOutput
       expect(new Set(lines.map((l) => l.custom_id))).toEqual(new Set([...requests.map((_, i) => `r${i}`), "line-51"]))
-      expect(seen).toHaveLength(51)
+      // Reported from the start (while the first calls wait), then after every line.
+      expect(seen).toHaveLength(52)
+      expect(seen[0]).toEqual({ total: undefined, succeeded: 0, failed: 0, skipped: 0 })
       expect(seen.every((p) => p.total === undefined)).toBe(true)
       expect(seen[seen.length - 1]).toEqual({ total: undefined, succeeded: 50, failed: 1, skipped: 0 })
     }).pipe(Effect.provide(NodeFileSystem.layer)))
