@@ -138,13 +138,15 @@ export class TransportError extends TaggedError("TransportError")<{
 /**
  * A 200 whose body is not a usable completion: blank (only keep-alive whitespace), cut before
  * the JSON ended, or JSON of the wrong shape. The first two are outages (retried); a shape
- * mismatch is final (a retry returns the same shape).
+ * mismatch is final (a retry returns the same shape). A stream event of the wrong shape carries
+ * what the stream delivered before it (`partial`: its content and usage were billed).
  *
  * @since 0.1.0
  */
 export class MalformedResponse extends TaggedError("MalformedResponse")<{
   readonly reason: "blank" | "cut" | "schema"
   readonly message: string
+  readonly partial?: PartialOutput | undefined
 }> {}
 
 /**
@@ -284,7 +286,7 @@ export type ApiError =
  * @since 0.1.0
  */
 export const partialOf = (error: ApiError): PartialOutput =>
-  "partial" in error ? error.partial : emptyPartial
+  ("partial" in error ? error.partial : undefined) ?? emptyPartial
 
 /**
  * Whether output had reached the caller when the call failed: content events, or a 200 body cut

@@ -616,6 +616,17 @@ describe("Transport.stream", () => {
       ])
     ]))))
 
+  it.effect("an event of the wrong shape mid-stream fails it with what was delivered before (its content was billed)", () =>
+    Effect.gen(function*() {
+      const { chunks, error } = yield* drain()
+      expect(chunks.length).toBe(2)
+      expect(error).toMatchObject({ _tag: "MalformedResponse", reason: "schema", partial: { events: 2 } })
+      expect(ApiError.deliveredOutput(error!)).toBe(true)
+      expect(ApiError.partialOf(error!).content).toBe(contentOf(chunks))
+    }).pipe(Effect.provide(setup([
+      MockUpstream.sse([...MockUpstream.events(generation).slice(0, 2), Wire.sseData({ choices: "none" })])
+    ]))))
+
   it.effect("OpenRouter's mid-stream error (a chunk whose choice ends with finish_reason \"error\", the error beside it) is UpstreamError with the partial", () =>
     Effect.gen(function*() {
       const { chunks, error } = yield* drain()

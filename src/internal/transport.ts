@@ -199,10 +199,16 @@ const upstreamError = (json: { readonly error: unknown }, partial: ApiError.Part
   return new ApiError.UpstreamError({ message: problem.message, type: problem.type, code: problem.code, partial })
 }
 
-const schemaMismatch = (what: string, error: ParseResult.ParseError, scrub: Scrubber.Scrubber) =>
+const schemaMismatch = (
+  what: string,
+  error: ParseResult.ParseError,
+  scrub: Scrubber.Scrubber,
+  partial?: ApiError.PartialOutput
+) =>
   new ApiError.MalformedResponse({
     reason: "schema",
-    message: clipped(scrub(`${what}: ${SchemaIssues.describeIssues(error).join("; ")}`), 1000)
+    message: clipped(scrub(`${what}: ${SchemaIssues.describeIssues(error).join("; ")}`), 1000),
+    partial
   })
 
 const decodeCompletion = SchemaFastPath.decodeUnknownEither(ChatSchema.ChatCompletion, { errors: "all" })
@@ -322,12 +328,14 @@ const chunkReader = (
   const decodeEvent = (data: string): Either.Either<ChatSchema.ChatCompletionChunk, ApiError.ApiError> => {
     const json = parseJson(data)
     if (Option.isNone(json)) {
-      return Either.left(new ApiError.MalformedResponse({ reason: "schema", message: "a stream event is not JSON" }))
+      return Either.left(new ApiError.MalformedResponse({ reason: "schema", message: "a stream event is not JSON", partial: partial() }))
     }
     const envelope = errorEnvelopeOf(json.value)
     if (envelope !== undefined) return Either.left(upstreamError(envelope, partial(), scrub))
     const decoded = decodeChunk(json.value)
-    if (Either.isLeft(decoded)) return Either.left(schemaMismatch("a stream event is not a completion chunk", decoded.left, scrub))
+    if (Either.isLeft(decoded)) {
+      return Either.left(schemaMismatch("a stream event is not a completion chunk", decoded.left, scrub, partial()))
+    }
     if (cut) {
       // After the cut only the usage billed for it is read.
       events++
