@@ -236,9 +236,10 @@ export const DeltaToolCall = open({
   index: Schema.Number,
   id: Schema.optional(Schema.NullOr(Schema.String)),
   type: Schema.optional(Schema.NullOr(Schema.Literal("function"))),
-  function: Schema.optional(
-    Schema.NullOr(open({ name: Schema.optional(Schema.NullOr(Schema.String)), arguments: Schema.optional(Schema.NullOr(Schema.String)) }))
-  )
+  function: Schema.optional(Schema.NullOr(open({
+    name: Schema.optional(Schema.NullOr(Schema.String)),
+    arguments: Schema.optional(Schema.NullOr(Schema.String))
+  })))
 }, "DeltaToolCall")
 
 /** @since 0.1.0 */

@@ -260,7 +260,10 @@ type Refused = Unauthorized | BadRequest | RoutingRefused | UnknownModel | Gatew
 const parseRequest = (
   json: unknown,
   headers: Readonly<Record<string, string | undefined>>
-): Either.Either<{ readonly body: ChatCompletionRequest; readonly task: Task | undefined; readonly options: RequestOptions }, BadRequest> =>
+): Either.Either<
+  { readonly body: ChatCompletionRequest; readonly task: Task | undefined; readonly options: RequestOptions },
+  BadRequest
+> =>
   Either.map(
     // `Either.all` gives the first `Left` in the order of the keys.
     Either.all({
@@ -420,7 +423,8 @@ export const make = (settings: Settings, traffic: Traffic) =>
         const called = Effect.uninterruptibleMask((restore) => {
           traffic.startWaiting()
           // Suspended: a throw while the call is built is a defect its handler sees, not a waiting slot kept for good.
-          return Effect.matchCauseEffect(restore(Effect.suspend(() => resilient.create(request, { ...options, onAnswer, onExchange: exchanged.told }))), {
+          const call = Effect.suspend(() => resilient.create(request, { ...options, onAnswer, onExchange: exchanged.told }))
+          return Effect.matchCauseEffect(restore(call), {
             onFailure: (cause) => ended(Exit.failCause(cause)),
             onSuccess: (completion) => ended(Exit.succeed(completion))
           })
