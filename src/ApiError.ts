@@ -11,8 +11,8 @@
  *
  * | verdict | errors | retry | limiter | breaker |
  * | --- | --- | --- | --- | --- |
- * | `LoadShed` | 429, 503, `insufficient_system_resource`, a request closed while queued (after its 200 and keep-alives, before any content) | yes, never sooner than `retryAfter` | lowers the limit | a failure (unless it leaves load to the limiter) |
- * | `Outage` | other 5xx, 408/409, other transport errors, deadlines, truncated streams, a blank or cut 200, an error event, **any error it does not know** | yes | ignored | a failure |
+ * | `LoadShed` | 429, 503, `insufficient_system_resource`, a request closed while queued (after its 200 and keep-alives, before any content: a blank 200, a stream ended or reset without an event) | yes, never sooner than `retryAfter` | lowers the limit | a failure (unless it leaves load to the limiter) |
+ * | `Outage` | other 5xx, 408/409, other transport errors, deadlines, streams truncated after content, a cut 200, an error event, **any error it does not know** | yes | ignored | a failure |
  * | `Account` | 401, 402, 403, a server certificate this machine does not trust, a 404 or 405 that is no API error (no chat endpoint at the base URL) | no (an account pool fails over) | ignored | a success: no outage |
  * | `Caller` | 400, 404 (an API error), 422 and other 4xx, a reply of the wrong shape, a routing refusal | no | ignored | a success |
  * | `Refused` | our own gates: a full queue, an exhausted bucket, an open circuit, a spent budget, no account | when it says so, after `retryAfter` | ignored | ignored |
@@ -136,9 +136,9 @@ export class TransportError extends TaggedError("TransportError")<{
 }> {}
 
 /**
- * A 200 whose body is not a usable completion: blank (only keep-alive whitespace), cut before
- * the JSON ended, or JSON of the wrong shape. The first two are outages (retried); a shape
- * mismatch is final (a retry returns the same shape). A stream event of the wrong shape carries
+ * A 200 whose body is not a usable completion: blank (only keep-alive whitespace: closed while
+ * queued, load shed), cut before the JSON ended (an outage), or JSON of the wrong shape (final: a
+ * retry returns the same shape). A stream event of the wrong shape carries
  * what the stream delivered before it (`partial`: its content and usage were billed).
  *
  * @since 0.1.0
@@ -477,6 +477,8 @@ export const classifyStatus = (
  * Every error this package defines, by tag: each one's verdict. Typed as a total record, so an
  * error added to the package without a reading here does not compile.
  */
+const closedWhileQueued = loadShed(Option.none(), "overload")
+
 const sdkVerdicts: { readonly [Tag in SdkError["_tag"]]: (error: Extract<SdkError, { _tag: Tag }>) => Verdict } = {
   InvalidRequest: () => caller,
   KeyRejected: () => account,
@@ -488,20 +490,21 @@ const sdkVerdicts: { readonly [Tag in SdkError["_tag"]]: (error: Extract<SdkErro
   UnexpectedStatus: (error) => error.endpointMissing === true ? account : classifyStatus(error.status),
   // An untrusted certificate (a TLS-inspecting proxy's, say) is this machine's setting, not an
   // outage: waiting for the server to come back would wait for good. Closed after the 200 and its
-  // keep-alives, before any content: DeepSeek closes a request it could not schedule in time. The
-  // server is shedding load, not failing.
+  // keep-alives, before any content, cleanly or by a reset: DeepSeek closes a request it could not
+  // schedule in time. The server is shedding load, not failing.
   TransportError: (error) =>
     isUntrustedCertificate(error.cause)
       ? account
       : error.reason === "connect"
       ? unsentOutage
       : error.reason === "body" && error.partial.events === 0
-      ? loadShed(Option.none(), "overload")
+      ? closedWhileQueued
       : outage(),
   DeadlineExceeded: () => outage(),
-  StreamTruncated: () => outage(),
+  StreamTruncated: (error) => error.partial.events === 0 ? closedWhileQueued : outage(),
   UpstreamError: () => outage(),
-  MalformedResponse: (error) => error.reason === "schema" ? caller : outage(),
+  MalformedResponse: (error) =>
+    error.reason === "schema" ? caller : error.reason === "blank" ? closedWhileQueued : outage(),
   NoAccountAvailable: (error) => refused(false, error.retryAfter),
   QueueFull: () => refused(false),
   CircuitOpen: (error) => refused(error.reason !== "isolated", error.retryAfter),

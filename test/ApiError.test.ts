@@ -71,9 +71,10 @@ const table: ReadonlyArray<readonly [name: string, error: unknown, verdict: ApiE
     ApiError.outage()
   ],
   ["deadline", new ApiError.DeadlineExceeded({ reason: "first_content", after: Duration.minutes(10), partial: ApiError.emptyPartial }), ApiError.outage()],
-  ["truncated", new ApiError.StreamTruncated({ partial: ApiError.emptyPartial }), ApiError.outage()],
+  ["truncated before any content: closed while queued", new ApiError.StreamTruncated({ partial: ApiError.emptyPartial }), ApiError.loadShed(none, "overload")],
+  ["truncated after content", new ApiError.StreamTruncated({ partial: { ...ApiError.emptyPartial, events: 2 } }), ApiError.outage()],
   ["error event", new ApiError.UpstreamError({ message: "x", partial: ApiError.emptyPartial }), ApiError.outage()],
-  ["blank 200", new ApiError.MalformedResponse({ reason: "blank", message: "blank" }), ApiError.outage()],
+  ["blank 200: closed while queued", new ApiError.MalformedResponse({ reason: "blank", message: "blank" }), ApiError.loadShed(none, "overload")],
   ["cut 200", new ApiError.MalformedResponse({ reason: "cut", message: "cut" }), ApiError.outage()],
   ["wrong shape", new ApiError.MalformedResponse({ reason: "schema", message: "shape" }), ApiError.caller],
   ["400", new ApiError.InvalidRequest({ status: 400, message: "bad" }), ApiError.caller],

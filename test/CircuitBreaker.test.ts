@@ -226,10 +226,11 @@ describe("CircuitBreaker", () => {
       [new ServerError({ status: 500, message: "boom", retryAfter: Option.none() }), "failure", false],
       [new TransportError({ reason: "connect", message: "refused", partial: emptyPartial }), "failure", false],
       [new DeadlineExceeded({ reason: "idle", after: Duration.seconds(120), partial: emptyPartial }), "failure", false],
-      [new StreamTruncated({ partial: emptyPartial }), "failure", false],
+      [new StreamTruncated({ partial: emptyPartial }), "failure", true],
+      [new StreamTruncated({ partial: { ...emptyPartial, events: 1 } }), "failure", false],
       [new UpstreamError({ message: "oops", partial: emptyPartial }), "failure", false],
       [new MalformedResponse({ reason: "cut", message: "cut" }), "failure", false],
-      [new MalformedResponse({ reason: "blank", message: "blank" }), "failure", false],
+      [new MalformedResponse({ reason: "blank", message: "blank" }), "failure", true],
       [new UnexpectedStatus({ status: 409, message: "conflict" }), "failure", false],
       // Errors it does not know are outages: never silently a success.
       [new Error("plain"), "failure", false],

@@ -83,12 +83,25 @@ describe("Transport.create", () => {
       expect(sent?.body).toEqual({ ...request, stream: false })
     }).pipe(Effect.provide(setup([MockUpstream.completion(generation, { leadingBlankLines: 5 })]))))
 
-  it.effect("a blank 200 is MalformedResponse blank", () =>
+  it.effect("a 200 closed while queued is load shed however it ends: blank, a stream of keep-alives, a blank body to a stream", () =>
     Effect.gen(function*() {
-      const error = yield* failure(create())
-      expect(error).toMatchObject({ _tag: "MalformedResponse", reason: "blank" })
-      expect(ApiError.classify(error)._tag).toBe("Outage")
-    }).pipe(Effect.provide(setup([MockUpstream.parts(["\n", "\n\r\n", "  "])]))))
+      const blank = yield* failure(create())
+      expect(blank).toMatchObject({ _tag: "MalformedResponse", reason: "blank" })
+      const keepAlivesOnly = (yield* drain()).error
+      expect(keepAlivesOnly).toMatchObject({ _tag: "StreamTruncated", partial: { events: 0 } })
+      const blankToStream = (yield* drain()).error
+      expect(blankToStream).toMatchObject({ _tag: "MalformedResponse", reason: "blank" })
+      const reset = (yield* drain()).error
+      expect(reset).toMatchObject({ _tag: "TransportError", reason: "body", partial: { events: 0 } })
+      for (const error of [blank, keepAlivesOnly, blankToStream, reset]) {
+        expect(ApiError.classify(error)).toEqual(ApiError.loadShed(Option.none(), "overload"))
+      }
+    }).pipe(Effect.provide(setup([
+      MockUpstream.parts(["\n", "\n\r\n", "  "]),
+      MockUpstream.sse([": keep-alive\n\n", ": keep-alive\n\n"]),
+      MockUpstream.parts(["\n\n"], { headers: { "content-type": "application/json" } }),
+      MockUpstream.sse([": keep-alive\n\n"], { cut: true })
+    ]))))
 
   it.effect("JSON cut before its end is MalformedResponse cut", () =>
     Effect.gen(function*() {

@@ -213,6 +213,10 @@ const schemaMismatch = (
 
 const decodeCompletion = SchemaFastPath.decodeUnknownEither(ChatSchema.ChatCompletion, { errors: "all" })
 
+/** A 200 of keep-alive whitespace only: the server closed a request it had queued. */
+const blankAnswer = () =>
+  new ApiError.MalformedResponse({ reason: "blank", message: "the 200 body held only keep-alive whitespace" })
+
 const parseCompletion = (
   text: string,
   contentType: string | undefined,
@@ -223,7 +227,7 @@ const parseCompletion = (
     const start = text.trimStart()
     return Effect.fail(
       start === ""
-        ? new ApiError.MalformedResponse({ reason: "blank", message: "the 200 body held only keep-alive whitespace" })
+        ? blankAnswer()
         : start.startsWith("{")
         ? new ApiError.MalformedResponse({ reason: "cut", message: "the 200 body ended before its JSON did" })
         : new ApiError.MalformedResponse({ reason: "schema", message: `the 200 body is not JSON (${quotedBody(contentType, text, scrub)})` })
@@ -257,6 +261,7 @@ const parseCompletion = (
  * else a final `MalformedResponse` (retrying a web page gets the same page).
  */
 const notAStream = (contentType: string, text: string, scrub: Scrubber.Scrubber): ApiError.ApiError => {
+  if (text.trim() === "") return blankAnswer()
   const json = parseJson(text)
   const envelope = Option.isSome(json) ? errorEnvelopeOf(json.value) : undefined
   return envelope !== undefined
