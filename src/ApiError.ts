@@ -13,7 +13,7 @@
  * | --- | --- | --- | --- | --- |
  * | `LoadShed` | 429, 503, `insufficient_system_resource`, a request closed while queued (after its 200 and keep-alives, before any content: a blank 200, a stream ended or reset without an event) | yes, never sooner than `retryAfter` | lowers the limit | a failure (unless it leaves load to the limiter) |
  * | `Outage` | other 5xx, 408/409, other transport errors, deadlines, streams truncated after content, a cut 200, an error event, **any error it does not know** | yes | ignored | a failure |
- * | `Account` | 401, 402, 403, a server certificate this machine does not trust, a 404 or 405 that is no API error (no chat endpoint at the base URL) | no (an account pool fails over) | ignored | a success: no outage |
+ * | `Account` | 401, 402 (or a 429 `insufficient_quota`: out of credits), 403, a server certificate this machine does not trust, a 404 or 405 that is no API error (no chat endpoint at the base URL) | no (an account pool fails over) | ignored | a success: no outage |
  * | `Caller` | 400, 404 (an API error), 422 and other 4xx, a reply of the wrong shape, a routing refusal | no | ignored | a success |
  * | `Refused` | our own gates: a full queue, an exhausted bucket, an open circuit, a spent budget, no account | when it says so, after `retryAfter` | ignored | ignored |
  *
@@ -83,7 +83,13 @@ export class KeyRejected extends TaggedError("KeyRejected")<{
   readonly status = 401
 }
 
-/** 402: the account is out of balance; every key of the account is affected. @since 0.1.0 */
+/**
+ * 402: the account is out of balance; every key of the account is affected. Also a 429 whose
+ * error says the quota is spent (`insufficient_quota`, OpenAI's out of credits), which waiting does
+ * not lift as it does a rate limit.
+ *
+ * @since 0.1.0
+ */
 export class InsufficientBalance extends TaggedError("InsufficientBalance")<{
   readonly message: string
 }> {

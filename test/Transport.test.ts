@@ -255,6 +255,14 @@ describe("Transport status mapping", () => {
     },
     { name: "402", reply: echoKeyBody(402, "payment"), expected: { _tag: "InsufficientBalance", status: 402 }, verdict: "Account" },
     {
+      name: "429 insufficient_quota (OpenAI's out of credits): out of balance, not a rate limit",
+      reply: MockUpstream.status(429, {
+        body: { error: { message: "You exceeded your current quota", type: "insufficient_quota", code: "insufficient_quota" } }
+      }),
+      expected: { _tag: "InsufficientBalance", message: "You exceeded your current quota" },
+      verdict: "Account"
+    },
+    {
       name: "400 echoing the key in its type, param and code too (code reaches batch output): every field scrubbed",
       reply: MockUpstream.status(400, { body: { error: { message: "no", type: `t ${keys[0]}`, param: keys[0], code: `bad ${keys[0]}` } } }),
       expected: { _tag: "InvalidRequest", status: 400, code: "bad sk-***" },

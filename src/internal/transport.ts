@@ -157,13 +157,16 @@ const isNotFound = (status: number): boolean => status === 404 || status === 405
 const noEndpointAt = (url: string): string => ` (no chat completions endpoint at ${url}: check the account's base URL)`
 
 /** The typed error of a non-2xx status other than 401 (which rotates keys). */
+/** OpenAI's answer to an account out of credits: a 429 like a rate limit's, which waiting does not lift. */
+const isQuotaSpent = (problem: Problem): boolean => problem.code === "insufficient_quota" || problem.type === "insufficient_quota"
+
 const statusError = (reply: Reply, problem: Problem, now: number): ApiError.ApiError => {
   const { message } = problem
   const { headers, status } = reply
   if (status === 400 || status === 413 || status === 422) {
     return new ApiError.InvalidRequest({ status, message, param: problem.param, code: problem.code })
   }
-  if (status === 402) return new ApiError.InsufficientBalance({ message })
+  if (status === 402 || (status === 429 && isQuotaSpent(problem))) return new ApiError.InsufficientBalance({ message })
   if (status === 429) {
     return new ApiError.RateLimited({ message, retryAfter: retryAfterFromHeaders(headers, now) })
   }
