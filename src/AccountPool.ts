@@ -28,6 +28,16 @@
  * one over a cap that moved only slows down. For a provider that limits the account as a whole, its
  * `accountConcurrency` caps the permits of all its lanes together.
  *
+ * ## Which accounts serve a model
+ *
+ * An account with a `models` map serves the models it names, sent by their mapped names (a name
+ * the price table makes an alias of a model is that model, for the map too). A `deepseek` account
+ * also serves the price table's models and every name no account maps (a model the table does not
+ * know yet); an account of another provider without a map serves every name, as asked. A call is
+ * placed only on accounts that serve its model, so a fallback that maps flash takes flash calls
+ * during an outage and never pro ones, which wait for a DeepSeek account (`NoAccountAvailable`
+ * says `model_not_served` of the others). A model no account serves so goes to any, as asked.
+ *
  * ## Placement when a permit is free
  *
  * A call waits at the pool, per model in two priority lanes (interactive before batch, arrival
@@ -36,7 +46,7 @@
  * lane used least, then configuration order). An account may serve when its breaker is not open
  * or isolated (half-open is fine: the breaker admits its canaries and holds the others back), it
  * is not out of balance, and it has a usable key; a fallback account may serve only when no
- * primary may. A call therefore never queues behind the account it would have picked first, and
+ * primary that serves the model may. A call therefore never queues behind the account it would have picked first, and
  * the backlog of an outage returns to the primaries as soon as they serve again.
  *
  * ## Waiting beats failing

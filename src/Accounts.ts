@@ -23,7 +23,10 @@
  *   (a rejected key listed twice would be sent again);
  * - `fallback` (default `false`): serves only when no other account can;
  * - `models` (default none): model names to send instead of the requested ones, for a provider
- *   whose names differ;
+ *   whose names differ. An account with a map serves the models it names (a key may be either name
+ *   of a model the price table aliases); a `deepseek` account also serves the price table's models
+ *   and every name no account maps, and one of another provider without a map every name (see
+ *   `AccountPool`, "Which accounts serve a model");
  * - `concurrency` (default: adaptive, starting at 8): the limit of each (account, model) lane,
  *   since DeepSeek caps concurrency per account and per model: a number N is a ceiling (each lane
  *   starts at N, never exceeds it, backs off only on 429s and 503s and climbs back to N as calls

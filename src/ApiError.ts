@@ -221,14 +221,16 @@ export class NoUsableKey extends TaggedError("NoUsableKey")<{
  * - `checking_balance`: its balance is being asked, once at start (`until` is when the probe
  *   gives up, after which it serves);
  * - `no_keys`: every key of it was rejected (401); keys are usable again after their cooldown;
- * - `busy`: it serves, but had no free permit for the call in time (or refused this call).
+ * - `busy`: it serves, but had no free permit for the call in time (or refused this call);
+ * - `model_not_served`: it does not serve the call's model (another account's `models` map
+ *   names it, this one's does not).
  *
  * @since 0.1.0
  * @category models
  */
 export interface AccountUnavailable {
   readonly account: string
-  readonly reason: "circuit_open" | "out_of_balance" | "checking_balance" | "no_keys" | "busy"
+  readonly reason: "circuit_open" | "out_of_balance" | "checking_balance" | "no_keys" | "busy" | "model_not_served"
   /** Epoch millis (Effect `Clock`) when it may serve again; `Infinity` when unknown (an isolated breaker). */
   readonly until: number
 }
@@ -239,7 +241,8 @@ const unavailableMeaning: Record<AccountUnavailable["reason"], string> = {
   out_of_balance: "out of balance (a 402, or its balance check said so)",
   checking_balance: "its balance is being checked",
   no_keys: "every key rejected by the upstream (401)",
-  busy: "at its limit, or failed already for this call"
+  busy: "at its limit, or failed already for this call",
+  model_not_served: "it does not serve this model"
 }
 
 /**

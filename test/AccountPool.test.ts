@@ -670,6 +670,59 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 
+  it.effect("places a call only on accounts that serve its model: a fallback mapping flash gets no pro call, a model only it maps goes to it; a mapped model goes without `thinking`", () => {
+    const setup: Setup = {
+      accounts: [
+        account("a", ["sk-a"]),
+        account("small", ["sk-small"], { provider: "openai-compatible", models: { "deepseek-flash": "small-model" } }),
+        account("alt", ["sk-alt"], { provider: "openai-compatible", fallback: true, models: { "gpt-4o-mini": "gpt-4o-mini" } })
+      ],
+      handlers: { a: healthy(), small: healthy(), alt: healthy() },
+      options: { preflight: false, breaker: { minimumThroughput: 1, failureRatio: 0.25, openFor: "1 minute" } }
+    }
+    const sent = Effect.flatMap(MockUpstream.MockUpstream, (upstream) =>
+      Effect.map(upstream.requests, (requests) => requests.filter(isChat).map((r) => `${hostOf(r)}:${bodyOf(r).model}`)))
+    // As the router sends them: with DeepSeek's `thinking`, which another provider's model goes without.
+    const ask = (model: string) => createWith({ ...request, model, thinking: { type: "disabled" } })
+    return Effect.gen(function*() {
+      // Flash (by either name: the map's key is its alias) spreads over both primaries; pro and
+      // unknown names only to DeepSeek; the model only the fallback names to it, primaries up.
+      yield* Effect.all([ask("deepseek-v4-flash"), ask("deepseek-flash"), ask("deepseek-v4-pro"), ask("deepseek-v5"), ask("gpt-4o-mini")])
+      expect(yield* sent).toEqual([
+        "a:deepseek-v4-flash",
+        "small:small-model",
+        "a:deepseek-v4-pro",
+        "a:deepseek-v5",
+        "alt:gpt-4o-mini"
+      ])
+      const thinkingSent = yield* Effect.flatMap(MockUpstream.MockUpstream, (upstream) =>
+        Effect.map(upstream.requests, (requests) => requests.filter(isChat).map((r) => [hostOf(r), "thinking" in bodyOf(r)])))
+      expect(thinkingSent).toEqual([["a", true], ["small", false], ["a", true], ["a", true], ["alt", false]])
+      expect((yield* Effect.flatMap(AccountPool.AccountPool, (pool) => pool.snapshot)).map(({ name, models }) => [name, models.map((m) => m.model)]))
+        .toEqual([["a", ["deepseek-flash", "deepseek-v4-pro", "deepseek-v5"]], ["small", ["deepseek-flash"]], ["alt", ["gpt-4o-mini"]]])
+
+      // DeepSeek down: pro waits for it rather than going where it is not served, and says why.
+      setup.handlers.a = status(500)
+      expect((yield* Effect.flip(ask("deepseek-v4-pro")))._tag).toBe("ServerError")
+      expect(yield* states).toEqual({ a: "open", small: "serving", alt: "serving" })
+      const waited = yield* Effect.flip(createWith({ ...request, model: "deepseek-v4-pro" }, { maxWait: "1 second" })).pipe(
+        Effect.fork,
+        Effect.tap(() => TestClock.adjust("1 second")),
+        Effect.flatMap((fiber) => fiber.await),
+        Effect.flatMap((exit) => exit)
+      )
+      expect(waited).toMatchObject({
+        _tag: "NoAccountAvailable",
+        accounts: [{ account: "a", reason: "circuit_open" }, { account: "small", reason: "model_not_served" }, {
+          account: "alt",
+          reason: "model_not_served"
+        }]
+      })
+      expect(waited.message).toContain("small: model_not_served, it does not serve this model")
+      expect((yield* sent).filter((line) => !line.startsWith("a:"))).toEqual(["small:small-model", "alt:gpt-4o-mini"])
+    }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
   it.effect("an adaptive account whose server sheds every call (503) opens its breaker and fails over; its 429s never do", () => {
     const setup: Setup = {
       accounts: [account("a", ["sk-a"]), fallbackAccount],

@@ -36,6 +36,7 @@ import * as KeyPool from "../KeyPool.js"
 import * as Telemetry from "../Telemetry.js"
 import * as Transport from "../Transport.js"
 import * as Redis from "../Redis.js"
+import * as AccountModels from "./accountModels.js"
 import * as LimiterInternal from "./concurrencyLimiter.js"
 import { picoOfUsd, usdOfPico } from "./costLedger.js"
 import { AccountSlot, Dispatcher, Lane, type LaneGrant, type Lanes, type Waiter } from "./dispatcher.js"
@@ -116,7 +117,7 @@ const balanceOk: Balance = { _tag: "Ok" }
 
 /** Why an account cannot serve now, and until when (`busy` is a refusal of one attempt, not a state). */
 type Unavailable = {
-  readonly reason: Exclude<ApiError.AccountUnavailable["reason"], "busy">
+  readonly reason: Exclude<ApiError.AccountUnavailable["reason"], "busy" | "model_not_served">
   readonly until: number
 }
 
@@ -149,7 +150,9 @@ class Member {
     readonly breaker: CircuitBreaker.Service,
     readonly transport: Transport.Service,
     /** The balance state other processes using the account see. */
-    readonly sharedBalance: SharedBalance
+    readonly sharedBalance: SharedBalance,
+    /** The name its `models` map gives a model (read by lane), if it names it. */
+    readonly mappedName: (model: string) => string | undefined
   ) {}
 
   get name(): string {
@@ -160,14 +163,24 @@ class Member {
     return new URL(this.account.baseUrl).origin
   }
 
+  /** The name the account is sent `model` by. */
   modelFor(model: string): string {
-    return this.account.models[model] ?? model
+    return this.mappedName(model) ?? model
   }
 
-  /** `request` as this account is sent it: the same object when its model needs no mapping. */
+  /**
+   * `request` as this account is sent it: the same object when its model is not mapped. A model
+   * another provider's map names goes without `thinking`, DeepSeek's own field (the router sets
+   * it on every request it routes), which such a provider refuses as unknown.
+   */
   requestFor(request: ChatCompletionRequest): ChatCompletionRequest {
-    const model = this.modelFor(request.model)
-    return model === request.model ? request : { ...request, model }
+    const model = this.mappedName(request.model)
+    if (model === undefined) return request
+    if (this.account.provider === "deepseek" || request.thinking === undefined) {
+      return model === request.model ? request : { ...request, model }
+    }
+    const { thinking: _deepSeekOnly, ...rest } = request
+    return { ...rest, model }
   }
 }
 
@@ -462,6 +475,7 @@ export const makeWith = <R>(
     }
 
     const telemetry = yield* Effect.serviceOption(Telemetry.Telemetry)
+    const accountModels = AccountModels.make(accounts, ledger.pricing)
     const memberState = settings.memberState ?? MemberState.inMemory
     const members: ReadonlyArray<Member> = yield* Effect.forEach(accounts, (account, index) =>
       Effect.gen(function*() {
@@ -478,8 +492,10 @@ export const makeWith = <R>(
         const transport = yield* Transport.make({ baseUrl: account.baseUrl, deadlines: settings.deadlines, warmUp: 0 }).pipe(
           Effect.provideService(KeyPool.KeyPool, told)
         )
-        const slot = new AccountSlot(index, account.fallback, account.accountConcurrency ?? Infinity)
-        return new Member(account, slot, told, breaker, transport, yield* memberState.balance(account))
+        const slot = new AccountSlot(index, account.fallback, account.accountConcurrency ?? Infinity, (lane) =>
+          accountModels.serves(index, lane))
+        const sharedBalance = yield* memberState.balance(account)
+        return new Member(account, slot, told, breaker, transport, sharedBalance, (model) => accountModels.mappedName(index, model))
       }))
 
     /** What the pool keeps of a lane: its metrics' labels, gauges and drop counter, and its status's counts. */
@@ -553,8 +569,7 @@ export const makeWith = <R>(
       for (const result of resultsFromStart) attemptsCounter.unsafeUpdate(0, attemptTags(account, model, result))
       publishQueued(model)
     }
-    /** The lane of calls to `model`: the pricing table's model when it is an alias, which the upstream serves under one cap. */
-    const laneModel = (model: string): string => ledger.pricing.aliases?.[model] ?? model
+    const laneModel = accountModels.laneOf
     const dispatcher: Lanes = yield* coordinate(accounts, members.map((member) => member.slot), {
       opened: (lane) => startSeries(members[lane.account.index]!.account, lane.model, lane.limit),
       changed: publishLane,
@@ -563,7 +578,9 @@ export const makeWith = <R>(
     // Lanes are made on their model's first call: the models the pool is known to serve have
     // their series before, at the limit their lanes start with.
     for (const model of new Set(Array.from(servedModels(accounts, ledger.pricing), laneModel))) {
-      for (const member of members) startSeries(member.account, model, policyFor(member.account).limit)
+      for (const member of members) {
+        if (member.slot.serves(model)) startSeries(member.account, model, policyFor(member.account).limit)
+      }
     }
 
     // -- availability -------------------------------------------------------------------------
@@ -784,11 +801,13 @@ export const makeWith = <R>(
 
     // -- placing a call ------------------------------------------------------------------------
 
-    /** Why each account cannot serve `excluded`-free, and the earliest time one may. */
-    const noAccount = (excluded: ReadonlySet<number>): ApiError.NoAccountAvailable => {
+    /** Why each account cannot serve a call to `lane` that leaves out `excluded`, and the earliest time one may. */
+    const noAccount = (lane: string, excluded: ReadonlySet<number>): ApiError.NoAccountAvailable => {
       const at = now()
       const reasons = members.map((member): ApiError.AccountUnavailable =>
-        member.unavailable !== undefined
+        !member.slot.serves(lane)
+          ? { account: member.name, reason: "model_not_served", until: Infinity }
+          : member.unavailable !== undefined
           ? { account: member.name, reason: member.unavailable.reason, until: member.unavailable.until }
           : { account: member.name, reason: "busy", until: excluded.has(member.slot.index) ? Infinity : at }
       )
@@ -843,7 +862,7 @@ export const makeWith = <R>(
       restore: Restore
     ): Effect.Effect<Placed, ApiError.NoAccountAvailable> => {
       if (!mayBePlaced(excluded) || (waitedOutMillis > 0 && maxWaitOf(options) <= waitedOutMillis && !someMayServeSoon(excluded))) {
-        return Effect.fail(noAccount(excluded))
+        return Effect.fail(noAccount(laneModel(model), excluded))
       }
       const lane = laneModel(model)
       const entry = dispatcher.enter(lane, options?.priority ?? "interactive", excluded)
@@ -911,7 +930,7 @@ export const makeWith = <R>(
         Effect.sleep(Duration.millis(maxWait)),
         Effect.suspend(() => {
           if (outageSince !== undefined && outageSince <= enteredAt) waitedOutMillis = Math.max(waitedOutMillis, maxWait)
-          return Effect.fail(noAccount(excluded))
+          return Effect.fail(noAccount(waiter.model, excluded))
         })
       )
       return restore(Effect.raceFirst(Deferred.await(waiter.wake), gaveUp)).pipe(
@@ -922,7 +941,7 @@ export const makeWith = <R>(
             publishQueued(waiter.model)
           })
         ),
-        Effect.flatMap(() => waiter.grant === undefined ? Effect.fail(noAccount(excluded)) : Effect.succeed(waiter.grant))
+        Effect.flatMap(() => waiter.grant === undefined ? Effect.fail(noAccount(waiter.model, excluded)) : Effect.succeed(waiter.grant))
       )
     }
 
@@ -1111,7 +1130,7 @@ export const makeWith = <R>(
             ), noSettle, failed)
         }).pipe(Effect.catchTag("FailedOver", (failedOver) =>
           Effect.mapError(attempt(excludeAfter(excluded, failedOver.member)), explained(failedOver))))
-      return Effect.zipRight(budget, attempt(new Set()))
+      return Effect.zipRight(budget, attempt(accountModels.notServing(laneModel(request.model))))
     }
 
     /** Before any chunk reached the caller an account-level failure fails over; after, it is the answer. */
@@ -1202,7 +1221,7 @@ export const makeWith = <R>(
       }
       // Each attempt in a scope of its own, closed (its permit released) before the next is placed.
       return StreamPull.fromOpening(Effect.suspend(() => {
-        let excluded: ReadonlySet<number> = new Set()
+        let excluded = accountModels.notServing(laneModel(request.model))
         let last: FailedOver | undefined
         const failedOver = (error: PoolError | FailedOver) => {
           if (error._tag !== "FailedOver") return Effect.fail(last === undefined ? error : explained(last)(error))

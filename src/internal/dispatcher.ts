@@ -20,6 +20,8 @@ import * as FiberId from "effect/FiberId"
 import type { Priority } from "../ConcurrencyLimiter.js"
 import type { Grant, Ledger, Policy } from "./concurrencyLimiter.js"
 
+const servesEvery = () => true
+
 /** One account as the dispatcher sees it. */
 export class AccountSlot {
   /** Whether it may take calls now (breaker not open, funded, a usable key): set by the pool. */
@@ -39,7 +41,9 @@ export class AccountSlot {
     readonly index: number,
     readonly fallback: boolean,
     /** Permits the account may hold in all, every model together; `Infinity` for none. */
-    public cap: number
+    public cap: number,
+    /** Whether it serves the calls of a model (its lane's name): it has lanes only for those. */
+    readonly serves: (model: string) => boolean = servesEvery
   ) {
     this.configuredCap = cap
   }
@@ -130,14 +134,21 @@ type Queues = Record<Priority, Set<Waiter>>
 const noneExcluded: ReadonlySet<number> = new Set()
 
 /**
- * Whether `account` may serve a call that leaves out `excluded`: it is available, and it is a
- * primary, or no primary it may use is available or about to be (fallbacks serve only when no
- * primary can).
+ * Whether `account` may serve a call to `model` that leaves out `excluded`: it serves the model
+ * and is available, and it is a primary, or no primary it may use for the model is available or
+ * about to be (fallbacks serve only when no primary can).
  */
-export const mayServe = (accounts: ReadonlyArray<AccountSlot>, account: AccountSlot, excluded: ReadonlySet<number>): boolean => {
-  if (!account.available || excluded.has(account.index)) return false
+export const mayServe = (
+  accounts: ReadonlyArray<AccountSlot>,
+  account: AccountSlot,
+  model: string,
+  excluded: ReadonlySet<number>
+): boolean => {
+  if (!account.available || excluded.has(account.index) || !account.serves(model)) return false
   return !account.fallback ||
-    !accounts.some((other) => !other.fallback && (other.available || other.pending) && !excluded.has(other.index))
+    !accounts.some((other) =>
+      !other.fallback && (other.available || other.pending) && !excluded.has(other.index) && other.serves(model)
+    )
 }
 
 /** What the pool could hold in flight now (see `AccountPool.Capacity`). */
@@ -166,12 +177,11 @@ export const capacityOf = (
   models.length = 0
   rooms.length = 0
   for (const account of accounts) {
-    if (account.pending) stalled = false
-    if (!mayServe(accounts, account, noneExcluded)) continue
-    stalled = false
+    if (account.pending || account.available) stalled = false
     let limits = 0
     const accountRoom = Math.max(0, account.cap - account.inFlight)
     for (const lane of account.lanes.values()) {
+      if (!mayServe(accounts, account, lane.model, noneExcluded)) continue
       limits += lane.limit
       const room = Math.min(Math.max(0, lane.limit - lane.inFlight), accountRoom)
       const at = models.indexOf(lane.model)
@@ -322,20 +332,20 @@ export class Dispatcher implements Lanes {
     if (lanes === undefined) {
       lanes = { interactive: new Set(), batch: new Set() }
       this.waiting.set(model, lanes)
-      for (const account of this.accounts) this.laneOf(account, model)
+      for (const account of this.accounts) if (account.serves(model)) this.laneOf(account, model)
     }
     return lanes
   }
 
   private anyRoom(model: string): boolean {
-    return this.accounts.some((account) => account.available && this.laneOf(account, model).hasRoom)
+    return this.accounts.some((account) => account.available && account.serves(model) && this.laneOf(account, model).hasRoom)
   }
 
   /** The least loaded lane with room that may serve; ties to the lane used least, then the first account. */
   private bestLane(model: string, excluded: ReadonlySet<number>): Lane | undefined {
     let best: Lane | undefined
     for (const account of this.accounts) {
-      if (!mayServe(this.accounts, account, excluded)) continue
+      if (!mayServe(this.accounts, account, model, excluded)) continue
       const lane = this.laneOf(account, model)
       if (!lane.hasRoom) continue
       if (best === undefined || lane.load < best.load || (lane.load === best.load && lane.granted < best.granted)) {

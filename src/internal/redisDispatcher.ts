@@ -470,7 +470,7 @@ export const make = (
     const count = (model: string, by: number) => queuedByModel.set(model, (queuedByModel.get(model) ?? 0) + by)
 
     const candidates = (model: string, excluded: ReadonlySet<number>): ReadonlyArray<Lane> =>
-      slots.filter((slot) => mayServe(slots, slot, excluded)).map((slot) => laneOf(slot, model))
+      slots.filter((slot) => mayServe(slots, slot, model, excluded)).map((slot) => laneOf(slot, model))
 
     const laneArgs = (lane: Lane) => {
       const { shared, spec } = entryOf.get(lane)!
@@ -531,7 +531,7 @@ export const make = (
       forget(ticket)
       const { lane } = entry
       observeLimit(entry, Number(limit), Number(epoch))
-      if (!mayServe(slots, lane.account, ticket.waiter.excluded)) {
+      if (!mayServe(slots, lane.account, ticket.waiter.model, ticket.waiter.excluded)) {
         // Its account went out meanwhile: the call waits on, as a new ticket.
         releaseLease(laneKey, id)
         return open(ticket.waiter, ticket.priority)
