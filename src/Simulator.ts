@@ -186,6 +186,11 @@ export interface AccountOptions {
 }
 
 /**
+ * The server's options. They are checked as it is made, each one named in a defect when out of
+ * range (a duration that is none, a piece size below 1, a share outside [0, 1], a fixed cap that
+ * is no number of at least 0, a fault name that is none, a key in two accounts); what a function
+ * option returns is checked as a request meets it, failing that request with the same message.
+ *
  * @since 0.1.0
  * @category models
  */

@@ -1,4 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
+import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as FastCheck from "effect/FastCheck"
@@ -8,6 +9,7 @@ import * as Net from "node:net"
 import type { ChatCompletion, ChatCompletionChunk } from "../src/ChatSchema.js"
 import * as internal from "../src/internal/simulator.js"
 import * as Simulator from "../src/Simulator.js"
+import { capturingLogs, type Logged } from "./support/logs.js"
 
 const model = "deepseek-v4-flash"
 
@@ -211,6 +213,52 @@ describe("Simulator", () => {
       expect(yield* made({ queueDelay: { min: 0, max: "2 sec" } })).toContain(`queueDelay.max is "2 sec", not a duration`)
       expect(yield* made({ retryAfter: "soon" })).toContain(`retryAfter is "soon", not a duration`)
       expect(yield* made({ queueDelay: "50 millis", retryAfter: 2000 })).toBe("made")
+    }))
+
+  it.scoped("refuses as it is made a piece size, share, count or cap out of range (a piece size of 0 would loop for good, a NaN cap admit all)", () =>
+    Effect.gen(function*() {
+      const made = (options: Record<string, unknown>) =>
+        Effect.map(Effect.exit(Simulator.make(options as Simulator.Options)), (exit) =>
+          Exit.isFailure(exit) ? String(exit.cause._tag === "Die" ? exit.cause.defect : exit.cause) : "made")
+      expect(yield* made({ pieceSize: 0 })).toBe("TypeError: Simulator: pieceSize is 0, not a whole number of at least 1")
+      expect(yield* made({ pieceSize: Number.NaN })).toContain("pieceSize is NaN")
+      expect(yield* made({ cacheHitRatio: 1.5 })).toContain("cacheHitRatio is 1.5, not a share between 0 and 1")
+      expect(yield* made({ dropAfterKeepAlives: -1 })).toContain("dropAfterKeepAlives is -1")
+      expect(yield* made({ retryAfter: Infinity })).toContain("retryAfter is Infinity, not a finite duration")
+      expect(yield* made({ limit: Number.NaN })).toContain("the limit at 0 ms is NaN, not a number of requests of at least 0")
+      expect(yield* made({ limit: { "deepseek-v4-pro": [{ atMs: 0, limit: 2 }, { atMs: 10, limit: -1 }] } })).toContain("is -1")
+      expect(yield* made({ accounts: { a: { keys: ["sk-a"], accountLimit: Number.NaN } } })).toContain("is NaN")
+      expect(yield* made({ faults: { script: ["none", "overload"] } })).toContain(`"overload" is no fault; the faults are serverError, overloaded`)
+      expect(yield* made({ faults: { probabilities: { cut: 0.6, blank: 0.5 } } })).toContain("not shares summing to at most 1")
+      expect(yield* made({ accounts: { a: { keys: ["sk-1"] }, b: { keys: ["sk-2", "sk-1"] } } })).toContain(
+        "accounts a and b have a key in common"
+      )
+      expect(yield* made({ pieceSize: 1, cacheHitRatio: 1, dropAfterKeepAlives: 0, limit: Infinity })).toBe("made")
+      expect(yield* made({ faults: { probabilities: { serverError: 0.1, overloaded: 0.2, cut: 0.7 } } })).toBe("made")
+      const sim = yield* Simulator.make({})
+      expect(String(yield* Effect.flip(Effect.sandbox(sim.setLimit("default", Number.NaN))))).toContain("is NaN")
+    }))
+
+  it.scopedLive("a queue delay function that returns no duration fails its request, says why, and keeps no slot; a cap function's NaN too", () =>
+    Effect.gen(function*() {
+      const logged: Array<Logged> = []
+      const delays: Record<string, number> = { "deepseek-v4-pro": 1 }
+      const sim = yield* capturingLogs(logged)(Simulator.make({
+        limit: 1,
+        queueDelay: (load) => `${delays[load.model]} millis` as Duration.DurationInput
+      }))
+      for (const _ of [1, 2]) expect(yield* Effect.either(chat(sim, "no delay for flash"))).toMatchObject({ _tag: "Left" })
+      expect(logged.map((line) => line.cause).join("\n")).toContain(
+        `Simulator: the queueDelay of ${model} is "undefined millis", not a duration`
+      )
+      // Its slot went back: a model with a delay is served at the cap of 1.
+      expect((yield* chat(sim, "pro", { model: "deepseek-v4-pro" })).status).toBe(200)
+      expect((yield* sim.stats).accounts["default"]).toMatchObject({ inFlight: 0, rateLimited: 0 })
+
+      const curve = [2]
+      const capped = yield* capturingLogs(logged)(Simulator.make({ limit: (ms) => curve[Math.floor(ms / 3_600_000) + 1] as number }))
+      expect(yield* Effect.either(chat(capped, "past the curve's end"))).toMatchObject({ _tag: "Left" })
+      expect(logged.at(-1)?.cause).toMatch(/the limit at \d+ ms is undefined, not a number of requests/)
     }))
 
   it.scoped("runs on real time even under a TestClock", () =>

@@ -7,6 +7,7 @@
  */
 import * as Http from "node:http"
 import type { AddressInfo } from "node:net"
+import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -78,9 +79,14 @@ export const usageOf = (promptTokens: number, cacheHitRatio: number, reasoning: 
 
 // --- Limits, delays, faults -----------------------------------------------------------------
 
-/** @internal */
+/**
+ * A cap at `elapsedMs`. One that is no number of at least 0 (`Infinity`: no cap) is refused, not
+ * read as no cap (`NaN` admits every request): a load curve indexed past its end, say.
+ *
+ * @internal
+ */
 export const limitAt = (limit: Simulator.Limit, elapsedMs: number): number => {
-  const value = typeof limit === "number"
+  const value: unknown = typeof limit === "number"
     ? limit
     : typeof limit === "function"
     ? limit(elapsedMs)
@@ -88,14 +94,17 @@ export const limitAt = (limit: Simulator.Limit, elapsedMs: number): number => {
       (current, step) => current === undefined || step.atMs <= elapsedMs ? step.limit : current,
       undefined
     ) ?? 0
-  return Math.max(0, Math.floor(value))
+  if (typeof value !== "number" || !(value >= 0)) {
+    throw new TypeError(`Simulator: the limit at ${elapsedMs} ms is ${String(value)}, not a number of requests of at least 0`)
+  }
+  return Math.floor(value)
 }
 
 const millis = (duration: Duration.DurationInput): number => Duration.toMillis(duration)
 
 /** @internal */
 export const queueDelayMs = (delay: Simulator.QueueDelay, load: Simulator.Load): number => {
-  if (typeof delay === "function") return millis(delay(load))
+  if (typeof delay === "function") return optionMillis(`the queueDelay of ${load.model}`, delay(load))
   if (typeof delay === "object" && "min" in delay) {
     const min = millis(delay.min)
     return min + (millis(delay.max) - min) * load.random
@@ -235,6 +244,27 @@ const optionMillis = (name: string, duration: Duration.DurationInput): number =>
   return Duration.toMillis(decoded.value)
 }
 
+const notValid = (name: string, value: unknown, expected: string) =>
+  new TypeError(`Simulator: ${name} is ${typeof value === "number" ? value : JSON.stringify(value)}, not ${expected}`)
+
+/** A whole number of at least `least`: a piece size of 0 would loop for good. */
+const wholeOption = (name: string, value: number, least: number): number => {
+  if (!Number.isInteger(value) || value < least) throw notValid(name, value, `a whole number of at least ${least}`)
+  return value
+}
+
+const ratioOption = (name: string, value: number): number => {
+  if (!(value >= 0 && value <= 1)) throw notValid(name, value, "a share between 0 and 1")
+  return value
+}
+
+/** A duration sent on the wire (`Retry-After`), so finite. */
+const finiteMillis = (name: string, duration: Duration.DurationInput): number => {
+  const ms = optionMillis(name, duration)
+  if (!Number.isFinite(ms)) throw notValid(name, duration, "a finite duration")
+  return ms
+}
+
 /** A fixed delay or a range, in milliseconds (checked as the server is made); a function of the load as it is. */
 const queueDelayOf = (delay: Simulator.QueueDelay): Simulator.QueueDelay =>
   typeof delay === "function"
@@ -248,11 +278,11 @@ const settingsOf = (options: Simulator.Options): Settings => ({
   keepAliveMs: optionMillis("keepAliveInterval", options.keepAliveInterval ?? 10),
   scheduleTimeoutMs: optionMillis("scheduleTimeout", options.scheduleTimeout ?? Duration.minutes(10)),
   chunkDelayMs: optionMillis("chunkDelay", options.chunkDelay ?? 1),
-  pieceSize: options.pieceSize ?? 8,
-  cacheHitRatio: options.cacheHitRatio ?? 0,
+  pieceSize: wholeOption("pieceSize", options.pieceSize ?? 8, 1),
+  cacheHitRatio: ratioOption("cacheHitRatio", options.cacheHitRatio ?? 0),
   idleTimeoutMs: optionMillis("idleTimeout", options.idleTimeout ?? Duration.seconds(5)),
-  dropAfterKeepAlives: options.dropAfterKeepAlives ?? 2,
-  retryAfterMs: options.retryAfter === undefined ? undefined : optionMillis("retryAfter", options.retryAfter),
+  dropAfterKeepAlives: wholeOption("dropAfterKeepAlives", options.dropAfterKeepAlives ?? 2, 0),
+  retryAfterMs: options.retryAfter === undefined ? undefined : finiteMillis("retryAfter", options.retryAfter),
   seed: String(options.seed ?? 0)
 })
 
@@ -267,12 +297,21 @@ const emptyTally = (): Tally => ({
   timeline: []
 })
 
+/** Refuses, as the server is made, a fixed cap or step that is no number of at least 0. */
+const checkLimits = (limit: Simulator.Limit | Simulator.ModelLimits): void => {
+  if (isPerModel(limit)) return Object.values(limit).forEach(checkLimits)
+  if (typeof limit === "function") return
+  for (const value of typeof limit === "number" ? [limit] : limit.map((step) => step.limit)) limitAt(value, 0)
+}
+
 const accountOf = (
   name: string,
   options: Simulator.AccountOptions,
   serverLimit: Simulator.Limit | Simulator.ModelLimits
 ): Account => {
   const limit = options.limit ?? serverLimit
+  checkLimits(limit)
+  if (options.accountLimit !== undefined) checkLimits(options.accountLimit)
   const shared = isPerModel(limit) ? [] : [limit]
   return {
     ...emptyTally(),
@@ -295,7 +334,7 @@ const initialState = (options: Simulator.Options, clock: Clock.Clock): State => 
   return {
     settings: settingsOf(options),
     accounts,
-    byKey: new Map([...accounts.values()].flatMap((account) => account.keys.map((key) => [key, account] as const))),
+    byKey: accountsByKey(accounts),
     aliases: options.aliases ?? {},
     nowMs: () => clock.unsafeCurrentTimeMillis(),
     elapsedMs: () => clock.unsafeCurrentTimeMillis() - startedAt,
@@ -306,9 +345,43 @@ const initialState = (options: Simulator.Options, clock: Clock.Clock): State => 
     attemptsByBody: new Map(),
     serving: new WeakMap(),
     dropped: new WeakSet(),
-    faults: options.faults ?? {},
+    faults: checkedFaults(options.faults ?? {}),
     scriptCursor: 0
   }
+}
+
+/** The account of each key; a key in two accounts is refused (its requests would all go to one). */
+const accountsByKey = (accounts: ReadonlyMap<string, Account>): ReadonlyMap<string, Account> => {
+  const byKey = new Map<string, Account>()
+  for (const account of accounts.values()) {
+    for (const key of account.keys) {
+      const other = byKey.get(key)
+      if (other !== undefined) {
+        throw new TypeError(`Simulator: accounts ${other.name} and ${account.name} have a key in common; a key is one account's`)
+      }
+      byKey.set(key, account)
+    }
+  }
+  return byKey
+}
+
+const knownFaults: ReadonlySet<string> = new Set(allFaults)
+
+/**
+ * `faults`, refused when a name is no fault (a typo would serve a clean answer counted as a
+ * fault) or the probabilities are no shares summing to at most 1.
+ */
+const checkedFaults = (faults: Simulator.Faults): Simulator.Faults => {
+  const unknown = [...(faults.script ?? []).filter((name) => name !== "none"), ...Object.keys(faults.probabilities ?? {})]
+    .find((name) => !knownFaults.has(name))
+  if (unknown !== undefined) {
+    throw new TypeError(`Simulator: ${JSON.stringify(unknown)} is no fault; the faults are ${allFaults.join(", ")} (and "none" in a script)`)
+  }
+  const shares = Object.values(faults.probabilities ?? {})
+  if (shares.some((share) => !(share >= 0)) || shares.reduce((sum, share) => sum + share, 0) > 1 + 1e-9) {
+    throw new TypeError(`Simulator: fault probabilities ${JSON.stringify(faults.probabilities)} are not shares summing to at most 1`)
+  }
+  return faults
 }
 
 /** The serving model of a requested name. */
@@ -482,13 +555,18 @@ const startAttempt = (
   })
 
 /** Releases the slot and bills what was delivered, once. */
+/** Gives back the slots `admit` took. */
+const vacate = (state: State, account: Account, model: Model): void => {
+  account.inFlight--
+  model.inFlight--
+  sample(state, account, model)
+}
+
 const finish = (state: State, attempt: Attempt): void => {
   if (attempt.finished) return
   attempt.finished = true
   const { account, answer, model, sent } = attempt
-  account.inFlight--
-  model.inFlight--
-  sample(state, account, model)
+  vacate(state, account, model)
   if (sent.reasoning !== "" || sent.content !== "") {
     const usage = usageOf(answer.promptTokens, state.settings.cacheHitRatio, sent.reasoning, sent.content)
     bill(account, usage)
@@ -787,9 +865,10 @@ const chat = (state: State, req: Http.IncomingMessage, res: Http.ServerResponse,
     yield* Effect.acquireUseRelease(
       Effect.suspend(() =>
         admit(state, account, model)
-          ? Effect.tap(
-            startAttempt(state, account, model, request.right, body),
-            (attempt) => state.serving.set(res, attempt)
+          ? startAttempt(state, account, model, request.right, body).pipe(
+            Effect.tap((attempt) => state.serving.set(res, attempt)),
+            // A queue delay function that failed must not keep the slots it was admitted to.
+            Effect.onError(() => Effect.sync(() => vacate(state, account, model)))
           )
           : Effect.succeed(undefined)
       ),
@@ -821,7 +900,7 @@ const clientGone = (state: State, res: Http.ServerResponse): Effect.Effect<void>
 const handle = (state: State, req: Http.IncomingMessage, res: Http.ServerResponse): Effect.Effect<void> =>
   route(state, req, res).pipe(
     Effect.raceFirst(clientGone(state, res)),
-    Effect.catchAllDefect((defect) => Effect.logError("Simulator: request handler failed", defect)),
+    Effect.catchAllDefect((defect) => Effect.logError("Simulator: request handler failed", Cause.die(defect))),
     Effect.ensuring(Effect.sync(() => {
       if (!res.writableEnded) res.destroy()
     }))
@@ -882,6 +961,7 @@ export const make = (options: Simulator.Options): Effect.Effect<Simulator.Servic
       completions: Effect.sync(() => [...state.completions]),
       setLimit: (name, limit, modelName) =>
         Effect.map(accountNamed(state, name), (account) => {
+          limitAt(limit, 0)
           if (modelName === undefined) {
             account.caps = [limit]
             return sampleAll(state, account)
@@ -896,7 +976,7 @@ export const make = (options: Simulator.Options): Effect.Effect<Simulator.Servic
         }),
       setFaults: (faults) =>
         Effect.sync(() => {
-          state.faults = faults
+          state.faults = checkedFaults(faults)
           state.scriptCursor = 0
         }),
       stop

@@ -66,6 +66,10 @@ const isHighSurrogate = (code: number): boolean => code >= 0xd800 && code <= 0xd
  * two halves of a character outside the BMP (an emoji): a real server's deltas are whole characters.
  */
 export const pieces = (text: string, size: number): ReadonlyArray<string> => {
+  // Checked here, where a size below 1 would loop for good: every caller's option reaches it.
+  if (!Number.isInteger(size) || size < 1) {
+    throw new RangeError(`pieceSize is ${size}, not a whole number of at least 1 (UTF-16 units per delta)`)
+  }
   const out: Array<string> = []
   for (let start = 0; start < text.length;) {
     let end = Math.min(start + size, text.length)
