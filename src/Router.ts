@@ -27,6 +27,7 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import * as Predicate from "effect/Predicate"
 import * as Record from "effect/Record"
 import * as Schema from "effect/Schema"
 import type { ChatCompletionRequest } from "./ChatSchema.js"
@@ -53,7 +54,8 @@ export type Task = typeof Task.Type
  * @category schemas
  */
 export const Route = Schema.Struct({
-  model: Schema.NonEmptyString,
+  // "auto" is what leaves the model to the router: a route that sent it would ask the upstream for "auto".
+  model: Schema.NonEmptyString.pipe(Schema.filter((model) => model !== "auto" || "a route names a model; \"auto\" leaves it to the router")),
   thinking: Schema.Literal("enabled", "disabled"),
   reasoningEffort: Schema.optionalWith(Schema.NonEmptyString, { exact: true })
 }).annotations({ identifier: "Route" })
@@ -294,8 +296,17 @@ const mergeRoutes = (overrides: { readonly [T in Task]?: Route }): Routes =>
 
 const decodeOptions = Schema.decodeUnknownEither(Options, { errors: "all" })
 
+/**
+ * `options` without the fields set to `undefined`: a caller that does not compile with
+ * `exactOptionalPropertyTypes` may pass `{ defaultTask: config.task }` for a field it leaves unset.
+ */
+const withoutUndefined = (value: unknown): unknown =>
+  Predicate.isRecord(value)
+    ? Object.fromEntries(Object.entries(value).flatMap(([key, field]) => field === undefined ? [] : [[key, withoutUndefined(field)]]))
+    : value
+
 const settingsOf = (options: Options): Settings => {
-  const valid = Either.getOrElse(decodeOptions(options), (error) => {
+  const valid = Either.getOrElse(decodeOptions(withoutUndefined(options)), (error) => {
     assertValid("Router", SchemaIssues.describeIssues(error))
     return options
   })

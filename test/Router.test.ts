@@ -192,6 +192,18 @@ describe("Router configuration", () => {
     Effect.gen(function*() {
       const exit = yield* Effect.exit(Router.make({ routes: { chat: { model: "", thinking: "disabled" } } }))
       expect(Exit.isFailure(exit) && String(exit.cause)).toMatch(/routes[\s\S]*chat[\s\S]*model/)
+      // "auto" leaves the model to the router: a route sending it would ask the upstream for "auto".
+      const auto = yield* Effect.exit(Router.make({ routes: { chat: { model: "auto", thinking: "disabled" } } }))
+      expect(Exit.isFailure(auto) && String(auto.cause)).toContain(`a route names a model; "auto" leaves it to the router`)
+    }))
+
+  it.effect("make reads a field set to undefined as unset (a caller compiled without exactOptionalPropertyTypes)", () =>
+    Effect.gen(function*() {
+      const unset = undefined as never
+      const router = yield* Router.make({ defaultTask: unset, routes: { chat: unset, reasoning: { model: "r", thinking: "enabled", reasoningEffort: unset } } })
+      expect(router.routes.chat).toEqual(Router.defaultRoutes.chat)
+      expect(router.routes.reasoning).toEqual({ model: "r", thinking: "enabled" })
+      expect((yield* router.route({ messages })).request.model).toBe(Router.defaultRoutes.chat.model)
     }))
 
   const withEnv = (env: Record<string, string>) =>
