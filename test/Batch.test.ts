@@ -669,6 +669,28 @@ describe("Batch.run routing", () => {
       expect(lines.get("poem")?.error?.message).toContain(`"poetry"`)
       expect(summary).toMatchObject({ succeeded: 1, failed: 2, failures: { invalid_line: 2 } })
     }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it.scoped("a misspelt or misplaced task or deadlines is a malformed line naming it, not a line routed to the default task", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      const misspelt = (id: string, field: string) => JSON.stringify({ ...JSON.parse(routedLine(id, {})), [field]: "reasoning" })
+      yield* ws.writeInput([
+        misspelt("Task", "Task"),
+        misspelt("tasks", "tasks"),
+        JSON.stringify({ ...JSON.parse(routedLine("deadline", {})), deadline: { total: "1 minute" } }),
+        routedLine("in-body", { body: { task: "reasoning" } }),
+        routedLine("deadlines-in-body", { body: { deadlines: { total: "1 minute" } } }),
+        routedLine("good", { task: "reasoning" })
+      ])
+      const { calls, summary } = yield* runWith(ok, ws)
+      expect(calls).toBe(1)
+      const lines = byCustomId(yield* ws.readOutput)
+      expect(lines.get("Task")?.error).toEqual({ code: "invalid_line", message: `invalid batch request: Task: is unexpected, expected: "custom_id" | "task" | "deadlines" | "method" | "url" | "body"` })
+      for (const [id, field] of [["tasks", "tasks"], ["deadline", "deadline"]]) expect(lines.get(id!)?.error?.message, id).toMatch(new RegExp(`^invalid batch request: ${field}: is unexpected`))
+      expect(lines.get("in-body")?.error?.message).toBe("invalid batch request: body.task: belongs beside body, at the line's top level")
+      expect(lines.get("deadlines-in-body")?.error?.message).toBe("invalid batch request: body.deadlines: belongs beside body, at the line's top level")
+      expect(summary).toMatchObject({ succeeded: 1, failed: 5, failures: { invalid_line: 5 } })
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
 })
 
 describe("Batch summary", () => {

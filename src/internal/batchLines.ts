@@ -46,10 +46,14 @@ const LineDeadlines = Schema.Struct({
   total: Schema.optionalWith(DeadlineText, { exact: true })
 }).annotations({ parseOptions: { onExcessProperty: "error" } })
 
+/** The line's own fields, refused inside `body`, where they would go upstream and route nothing. */
+const lineFields = ["task", "deadlines"] as const
+
 /**
  * One input line of the OpenAI Batch API format, restricted to chat completions, with an optional
  * top-level `task` for the router and `deadlines` for its calls (kept out of `body`, so nothing
- * unknown is sent upstream).
+ * unknown is sent upstream). A field it does not know is refused, not ignored: a misspelt `task`
+ * would send the line to the default task's model.
  */
 export const InputLine = Schema.Struct({
   custom_id: Schema.NonEmptyString,
@@ -59,9 +63,13 @@ export const InputLine = Schema.Struct({
   url: Schema.Literal("/v1/chat/completions", "/chat/completions"),
   // An empty conversation is refused here, as the line's own error, rather than sent.
   body: ChatCompletionRequest.pipe(
-    Schema.filter((body) => body.messages.length > 0 || { path: ["messages"], message: "must not be empty" })
+    Schema.filter((body) => body.messages.length > 0 || { path: ["messages"], message: "must not be empty" }),
+    Schema.filter((body) => {
+      const misplaced = lineFields.find((field) => Object.hasOwn(body, field))
+      return misplaced === undefined || { path: [misplaced], message: "belongs beside body, at the line's top level" }
+    })
   )
-})
+}).annotations({ parseOptions: { onExcessProperty: "error" } })
 
 /**
  * What an input line asks for: a request to send, or a line that cannot be sent (its
