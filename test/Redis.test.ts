@@ -21,15 +21,18 @@ describe("Redis config", () => {
       expect(Option.map(given, Redacted.value)).toEqual(Option.some("redis://127.0.0.1:6379"))
     }))
 
-  it.effect("a URL of another scheme (http://, valkey://) is refused for it, not read as a socket path", () =>
+  it.effect("a URL of another scheme (http://, valkey://), or no URL (a typo, empty), is refused for it, never quoted: no socket path, no localhost", () =>
     Effect.gen(function*() {
       const reasonOf = (url: string) => Effect.map(Effect.flip(Effect.scoped(Redis.make({ url }))), (error) => error.message)
-      expect(yield* reasonOf("http://127.0.0.1:6379")).toBe(
-        "Redis at http://127.0.0.1:6379/ is unavailable: expected a redis:// or rediss:// URL, not http://"
-      )
-      expect(yield* reasonOf("valkey://:pw@cache:6379")).toBe(
-        "Redis at valkey://cache:6379 is unavailable: expected a redis:// or rediss:// URL, not valkey://"
-      )
+      const expected = "expected a redis:// or rediss:// URL (redis://[user:password@]host:port)"
+      expect(yield* reasonOf("http://127.0.0.1:6379")).toBe(`Redis at http://127.0.0.1:6379/ is unavailable: ${expected}, not http://`)
+      expect(yield* reasonOf("valkey://:pw@cache:6379")).toBe(`Redis at valkey://cache:6379 is unavailable: ${expected}, not valkey://`)
+      for (const typo of ["redis:/:Hunter2SecretPw@127.0.0.1:6379", "redis//:Hunter2SecretPw@127.0.0.1:6379", "sk-abcdefghijklmnop0123456789", ""]) {
+        const reason = yield* reasonOf(typo)
+        expect(reason, typo).toContain(`is unavailable: not a URL: ${expected}`)
+        expect(reason, typo).not.toMatch(/Hunter2|sk-abc/)
+      }
+      expect(yield* reasonOf("redis://")).toContain(`is unavailable: no host: ${expected}`)
     }))
 })
 

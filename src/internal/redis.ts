@@ -42,6 +42,8 @@ export const defaults = {
 
 /** The URL with its user and password removed (ioredis also reads `?password=`), or a placeholder when it does not parse. */
 export const displayUrl = (url: string): string => {
+  // `redis:/:secret@host` parses, its password in the path.
+  if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(url)) return "(an unparsable URL)"
   try {
     const parsed = new URL(url)
     parsed.username = ""
@@ -85,15 +87,28 @@ const clientOptions = (options: Options, autoResubscribe: boolean) => ({
 
 const escapePart = (part: string): string => encodeURIComponent(part)
 
+const expectedUrl = "expected a redis:// or rediss:// URL (redis://[user:password@]host:port)"
+
 /**
- * Why `url` cannot name a server, when its scheme is not one ioredis reads: it takes any other
- * (`http://`, `valkey://`) for a Unix socket path and fails with `connect ENOENT //host:port`.
+ * Why `url` cannot name a server, before ioredis reads it: it takes a scheme it does not know
+ * (`http://`, `valkey://`) or a string that is no URL (`redis:/:pw@host`, `""`) for a socket path
+ * or a host name, and fails with an error that quotes it, password included; `""` is
+ * localhost:6379. Never quotes the URL.
  */
-const schemeProblem = (url: string): string | undefined => {
+const urlProblem = (url: string): string | undefined => {
   const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(url)?.[1]
-  return scheme === undefined || /^(rediss?|unix)$/i.test(scheme)
-    ? undefined
-    : `expected a redis:// or rediss:// URL, not ${scheme}://`
+  if (scheme === undefined || !URL.canParse(url)) return `not a URL: ${expectedUrl}`
+  if (/^unix$/i.test(scheme)) return undefined
+  if (!/^rediss?$/i.test(scheme)) return `${expectedUrl}, not ${scheme}://`
+  return new URL(url).hostname === "" ? `no host: ${expectedUrl}` : undefined
+}
+
+/** `reason` without the URL's user and password: an error of the client may quote them. */
+const withoutCredentials = (reason: string, url: string): string => {
+  if (!URL.canParse(url)) return reason
+  const { password, username } = new URL(url)
+  return [password, username].filter((part) => part.length >= 4)
+    .reduce((text, part) => text.split(part).join("***").split(decodeURIComponent(part)).join("***"), reason)
 }
 
 /** Opens a connection (see `subscriberOf` for `autoResubscribe`); the scope closes it. */
@@ -101,7 +116,7 @@ const connect = (url: string, options: Options, autoResubscribe = true): Effect.
   Effect.acquireRelease(
     Effect.tryPromise({
       try: async () => {
-        const problem = schemeProblem(url)
+        const problem = urlProblem(url)
         if (problem !== undefined) throw new Error(problem)
         // Loaded here, when a connection opens, so that a program that never uses Redis never loads
         // ioredis. Imported from ESM, a CommonJS module is its `module.exports` under `default`
@@ -123,7 +138,7 @@ const connect = (url: string, options: Options, autoResubscribe = true): Effect.
           throw firstError ?? cause
         }
       },
-      catch: (cause) => new RedisUnavailable({ url: displayUrl(url), reason: reasonOf(cause) })
+      catch: (cause) => new RedisUnavailable({ url: displayUrl(url), reason: withoutCredentials(reasonOf(cause), url) })
     }),
     (client) => Effect.sync(() => client.disconnect())
   )
