@@ -135,6 +135,29 @@ describe("weatherproof CLI", () => {
       )
     }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 
+  it.live("batch whose budget ran out says the lines were not sent and that a rerun spends a budget as large again", () =>
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const simulator = yield* Simulator.make()
+      const dir = yield* fs.makeTempDirectoryScoped({ prefix: "cli-test-" })
+      const input = `${dir}/in.jsonl`
+      yield* fs.writeFileString(input, [chatLine(0), chatLine(1), chatLine(2)].join("\n"))
+
+      const result = yield* runCli(["batch", input, "--output", `${dir}/out.jsonl`, "--concurrency", "1"], {
+        DEEPSEEK_API_KEY: Simulator.defaultKey,
+        DEEPSEEK_BASE_URL: simulator.baseUrl,
+        WEATHERPROOF_BUDGET_USD: "0"
+      })
+
+      expect(result.code).toBe(1)
+      expect(result.stderr).toContain(
+        "3 of 3 lines failed (their error is in the output); none of them was sent: the run spent its budget (WEATHERPROOF_BUDGET_USD). " +
+          "A run has a budget of its own: running the same command again sends them and may spend as much again"
+      )
+      expect(result.stderr).not.toContain("skips the lines already answered")
+      expect((yield* simulator.stats).requests).toBe(0)
+    }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
+
   it.live("batch without a key says so and exits 2", () =>
     Effect.gen(function*() {
       const { fs, input, output } = yield* runFiles

@@ -260,10 +260,21 @@ export const batch = (args: BatchArgs) =>
 
 /**
  * What to do about failed lines: a rerun retries them, but answers a line of bad input, or one
- * refused as an invalid request, only once it is fixed.
+ * refused as an invalid request, only once it is fixed. Lines held back by a spent budget are
+ * said first: a rerun has a budget of its own, so following the usual advice spends as much again.
  */
 const failedMessage = (summary: Batch.Summary): string => {
   const failed = `weatherproof: ${summary.failed} of ${summary.requests} lines failed (their error is in the output)`
+  const overBudget = summary.failures["BudgetExceeded"] ?? 0
+  if (overBudget === 0) return failedAdvice(summary, failed)
+  const notSent = overBudget === summary.failed
+    ? "none of them was sent"
+    : `${overBudget} of them ${overBudget === 1 ? "was" : "were"} not sent`
+  return `${failed}; ${notSent}: the run spent its budget (WEATHERPROOF_BUDGET_USD). A run has a budget of its own: ` +
+    `running the same command again sends them and may spend as much again`
+}
+
+const failedAdvice = (summary: Batch.Summary, failed: string): string => {
   const rerun = "run the same command again: it sends them and skips the lines already answered"
   const toFix = Batch.inputFailures(summary)
   if (toFix === summary.failed) return `${failed}; their input is invalid: fix those lines, then ${rerun}`
