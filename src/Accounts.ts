@@ -118,8 +118,11 @@ const expecting = (description: string) => ({ message: () => description })
 const envPrefix = "env:"
 const envName = /^[A-Za-z_][A-Za-z0-9_]*$/
 
+// A name is shown (metrics, summaries, the status page): one shaped like a key, a key pasted in the
+// wrong field, would show it.
 const Name = Schema.String.annotations(expecting("expected a name")).pipe(
-  Schema.pattern(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/, expecting("expected a name of letters, digits, '.', '_' or '-'"))
+  Schema.pattern(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/, expecting("expected a name of letters, digits, '.', '_' or '-'")),
+  Schema.filter((name) => !mayBeKey(name), expecting("expected a name, not something shaped like a key (it is shown)"))
 )
 
 const Provider = Schema.Literal("deepseek", "openai-compatible").annotations({
@@ -231,7 +234,7 @@ const crossChecks = (accounts: ReadonlyArray<AccountJson>): ReadonlyArray<string
   accounts.forEach((account, i) => {
     const first = firstIndex.get(account.name)
     if (first === undefined) firstIndex.set(account.name, i)
-    else issues.push(`accounts[${i}].name: duplicate name${mayBeKey(account.name) ? "" : ` "${account.name}"`} (also accounts[${first}])`)
+    else issues.push(`accounts[${i}].name: duplicate name "${account.name}" (also accounts[${first}])`)
   })
   if (accounts.every((account) => account.fallback === true)) {
     issues.push("accounts: expected at least one account that is not a fallback")

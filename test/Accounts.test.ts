@@ -132,10 +132,10 @@ describe("Accounts", () => {
       expect(yield* issuesOf(withAccount({ name: "a" }, 2))).toEqual([
         `accounts[2].name: duplicate name "a" (also accounts[0])`
       ])
-      // A name shaped like a key (a key pasted there) is not quoted.
+      // A name shaped like a key (a key pasted there) is refused, not quoted: a name is shown.
       const pasted = "sk-0f3a9c2b7d4e4b1a8c6d2e9f0a1b3c5d"
-      const twice = { accounts: [{ ...valid.accounts[0], name: pasted }, { ...valid.accounts[1], name: pasted }] }
-      expect(yield* issuesOf(twice)).toEqual([`accounts[1].name: duplicate name (also accounts[0])`])
+      const twice = { accounts: [{ ...valid.accounts[0], name: pasted }, { ...valid.accounts[1], name: "gsk_0f3a9c2b7d4e4b1a8c6d2e9f0a" }] }
+      expect(yield* issuesOf(twice)).toEqual([0, 1].map((i) => `accounts[${i}].name: expected a name, not something shaped like a key (it is shown)`))
       const onlyFallbacks = { accounts: [{ ...valid.accounts[0], fallback: true }] }
       expect(yield* issuesOf(onlyFallbacks)).toEqual(["accounts: expected at least one account that is not a fallback"])
     }))

@@ -663,6 +663,11 @@ describe("weatherproof batch deadlines", () => {
       const badConcurrency = yield* runCli(["batch", input, "--output", `${dir}/bad.jsonl`, "--concurrency", "abc"], env)
       expect(badConcurrency.code).toBe(2)
       expect(badConcurrency.stderr).toContain(`--concurrency: expected a whole number, got "abc"`)
+      // A key pasted as a flag's value is not quoted back.
+      const pasted = yield* runCli(["batch", input, "--output", `${dir}/bad.jsonl`, "--concurrency", "sk-abcdefghijklmnopqrstuvwxyz0123456789"], env)
+      expect(pasted.code).toBe(2)
+      expect(pasted.stderr).toContain("--concurrency: expected a whole number, got something shaped like a key (not shown)")
+      expect(pasted.stderr).not.toContain("abcdefghij")
       const badRetries = yield* runCli(["batch", input, "--output", `${dir}/bad.jsonl`, "--retries", "-1"], env)
       expect(badRetries.code).toBe(2)
       expect(badRetries.stderr).toContain("--retries must be at least 0")

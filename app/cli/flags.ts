@@ -10,11 +10,17 @@ import * as ValidationError from "@effect/cli/ValidationError"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as DurationText from "../../src/internal/durationText.js"
+import { mayBeKey } from "../../src/internal/text.js"
 import { commandIndex } from "./argv.js"
 
-/** A flag's value that does not parse, named with its flag (@effect/cli's own messages name neither). */
+/**
+ * A flag's value that does not parse, named with its flag (@effect/cli's own messages name
+ * neither); quoted unless it may be a key, pasted in the wrong place.
+ */
 const invalid = (name: string, expected: string, text: string) =>
-  Effect.fail(ValidationError.invalidValue(HelpDoc.p(`--${name}: expected ${expected}, got ${JSON.stringify(text)}`)))
+  Effect.fail(ValidationError.invalidValue(HelpDoc.p(
+    `--${name}: expected ${expected}, got ${mayBeKey(text) ? "something shaped like a key (not shown)" : JSON.stringify(text)}`
+  )))
 
 /** How a duration flag reads its text: a duration, or a deadline (a duration above zero). */
 const durations = {
