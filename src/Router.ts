@@ -373,7 +373,7 @@ const optionsFromText = (text: string): Either.Either<Options, ConfigError.Confi
 /**
  * Options from `WEATHERPROOF_ROUTER`, a JSON object of `Options` (e.g.
  * `{"routes":{"reasoning":{"model":"deepseek-v4-flash","thinking":"enabled"}},"thinkingOnSimpleTask":"refuse"}`);
- * the defaults when unset.
+ * the defaults when unset or empty.
  *
  * @since 0.1.0
  * @category layers
@@ -381,7 +381,7 @@ const optionsFromText = (text: string): Either.Either<Options, ConfigError.Confi
 export const layerConfig: Layer.Layer<Router, ConfigError.ConfigError> = Layer.effect(
   Router,
   Effect.flatMap(
-    Config.option(Config.string("WEATHERPROOF_ROUTER").pipe(Config.mapOrFail(optionsFromText))),
+    Config.option(Config.nonEmptyString("WEATHERPROOF_ROUTER").pipe(Config.mapOrFail(optionsFromText))),
     (options) => make(Option.getOrElse(options, () => ({})))
   )
 )

@@ -241,6 +241,11 @@ describe("Accounts", () => {
         Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["DEEPSEEK_API_KEY", "sk-one"]])))
       )
       expect(defaulted[0]?.baseUrl).toBe("https://api.deepseek.com")
+      // An env file's blank entry is unset, as for the other variables.
+      const blankUrl = yield* Accounts.fromEnv.pipe(
+        Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["DEEPSEEK_API_KEY", "sk-one"], ["DEEPSEEK_BASE_URL", ""]])))
+      )
+      expect(blankUrl[0]?.baseUrl).toBe("https://api.deepseek.com")
 
       // A key pasted into DEEPSEEK_BASE_URL by mistake is not echoed in the error.
       const misplaced = yield* Effect.flip(Accounts.fromEnv.pipe(

@@ -226,6 +226,7 @@ describe("Router configuration", () => {
     Effect.gen(function*() {
       const router = yield* Effect.provide(Router.Router, withEnv({}))
       expect(router.routes).toEqual(Router.defaultRoutes)
+      expect((yield* Effect.provide(Router.Router, withEnv({ WEATHERPROOF_ROUTER: "" }))).routes).toEqual(Router.defaultRoutes)
       const error = yield* Effect.flip(
         Layer.build(withEnv({ WEATHERPROOF_ROUTER: JSON.stringify({ thinkingOnSimpleTask: "nag" }) })).pipe(Effect.scoped)
       )

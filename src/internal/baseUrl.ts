@@ -26,9 +26,9 @@ export const problemOf = (text: string): string | undefined => {
   return undefined
 }
 
-/** `DEEPSEEK_BASE_URL`, checked; `fallback` when unset. */
+/** `DEEPSEEK_BASE_URL`, checked; `fallback` when unset or empty (an env file's blank entry). */
 export const fromEnv = (fallback: string): Config.Config<string> =>
-  Config.string("DEEPSEEK_BASE_URL").pipe(
+  Config.nonEmptyString("DEEPSEEK_BASE_URL").pipe(
     Config.mapOrFail((url) => {
       const problem = problemOf(url)
       if (problem === undefined) return Either.right(url)
