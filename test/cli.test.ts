@@ -239,6 +239,23 @@ describe("weatherproof CLI", () => {
       const overAccounts = yield* runCli(["batch", input, "--output", output, "--accounts", accounts, "--summary", accounts], env)
       expect(overAccounts.code).toBe(2)
       expect(overAccounts.stderr).toBe(`weatherproof: --summary ${accounts} is the accounts file; nothing was sent`)
+      // Nor the pricing table the run prices with, which would be gone at the next run.
+      const pricing = `${dir}/pricing.json`
+      yield* fs.writeFileString(pricing, JSON.stringify({ models: { "deepseek-v4-flash": { cacheHit: 0.03, cacheMiss: 0.3, output: 1 } } }))
+      const overPricing = yield* runCli(["batch", input, "--output", output, "--summary", pricing], { ...env, WEATHERPROOF_PRICING_FILE: pricing })
+      expect(overPricing.code).toBe(2)
+      expect(overPricing.stderr).toBe(`weatherproof: --summary ${pricing} is the pricing table (WEATHERPROOF_PRICING_FILE); nothing was sent`)
+      // A link to a file in no directory, told now, not once the run was paid for.
+      yield* fs.symlink(`${dir}/missing/summary.json`, `${dir}/dangling.json`)
+      const dangling = yield* runCli(["batch", input, "--output", output, "--summary", `${dir}/dangling.json`], env)
+      expect(dangling.code).toBe(2)
+      expect(dangling.stderr).toBe(`weatherproof: --summary ${dir}/dangling.json: there is no directory ${dir}/missing; nothing was sent`)
+      // An empty path (a variable unset in a script) is the working directory: refused for what it is.
+      for (const flag of ["--output", "--summary"]) {
+        const empty = yield* runCli(["batch", input, "--output", flag === "--output" ? "" : output, ...(flag === "--summary" ? [flag, ""] : [])], env)
+        expect(empty.code, flag).toBe(2)
+        expect(empty.stderr, flag).toContain(`${flag}: expected a path, got ""`)
+      }
       // A summary linked to the output not made yet would have replaced the results with itself.
       yield* fs.symlink(output, `${dir}/summary-link.json`)
       const linked = yield* runCli(["batch", input, "--output", output, "--summary", `${dir}/summary-link.json`], env)
@@ -283,7 +300,9 @@ describe("weatherproof CLI", () => {
         ["batch", "--output", output, "-"],
         ["batch", input, "-o", "-"],
         ["--log-level", "debug", "batch", input, "-o", "-"],
-        ["--log-level", "debug", "batch", "-", "-o", output]
+        ["--log-level", "debug", "batch", "-", "-o", output],
+        ["batch", input, "--output=-"],
+        ["batch", input, "-o", output, "--summary=-"]
       ]
       for (const args of dashes) {
         const result = yield* runCli(args, env)

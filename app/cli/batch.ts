@@ -3,6 +3,7 @@
  * from the environment), with its summary, and a clean stop on SIGINT / SIGTERM / SIGHUP.
  */
 import * as FileSystem from "@effect/platform/FileSystem"
+import * as Config from "effect/Config"
 import * as Console from "effect/Console"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -192,6 +193,10 @@ const pathsProblem = (args: BatchArgs): Effect.Effect<string | undefined, never,
     if (Option.isSome(args.accounts) && summary === (yield* realPathOf(fs, args.accounts.value))) {
       return `--summary ${path} is the accounts file`
     }
+    const pricing = yield* Config.option(Config.nonEmptyString("WEATHERPROOF_PRICING_FILE")).pipe(Effect.orElseSucceed(Option.none))
+    if (Option.isSome(pricing) && summary === (yield* realPathOf(fs, pricing.value))) {
+      return `--summary ${path} is the pricing table (WEATHERPROOF_PRICING_FILE)`
+    }
     const writable = (target: string) => Effect.isSuccess(fs.access(target, { writable: true }))
     if (yield* fs.exists(path).pipe(Effect.orElseSucceed(() => false))) {
       if (!(yield* writable(path))) return `--summary ${path} cannot be written`
@@ -204,12 +209,19 @@ const pathsProblem = (args: BatchArgs): Effect.Effect<string | undefined, never,
     return (yield* writable(directory)) ? undefined : `--summary ${path}: the directory ${directory} cannot be written`
   })
 
-/** A file to be made at `path`, named by `flag`, with no directory to be made in. */
+/**
+ * A file to be made at `path`, named by `flag`, with no directory to be made in: its own, or the
+ * one of the file a link at `path` points to (a dangling link).
+ */
 const directoryProblem = (fs: FileSystem.FileSystem, flag: string, path: string) =>
-  Effect.map(Effect.option(fs.stat(dirname(path))), (parent) =>
-    Option.isSome(parent) && parent.value.type === "Directory"
-      ? undefined
-      : `${flag} ${path}: there is no directory ${dirname(path)}`)
+  Effect.matchEffect(Files.resolveOutput(fs, path), {
+    onSuccess: () => Effect.succeed(undefined),
+    onFailure: () =>
+      Effect.map(
+        fs.readLink(path).pipe(Effect.map((target) => resolve(dirname(path), target)), Effect.orElseSucceed(() => path)),
+        (target) => `${flag} ${path}: there is no directory ${dirname(target)}`
+      )
+  })
 
 /**
  * The `batch` command. Exit codes: 0 every line succeeded, 1 a line failed or the run could not go

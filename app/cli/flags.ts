@@ -59,7 +59,12 @@ export const integer = (name: string, description: string) =>
  * A file flag. Its path is checked by the command, which names the flag in what it says: the
  * check of @effect/cli's `Options.file` says "Expected path 'x' to be a regular file".
  */
-export const file = (name: string) => Options.text(name).pipe(Options.withPseudoName("file"))
+export const file = (name: string) =>
+  Options.text(name).pipe(
+    Options.withPseudoName("file"),
+    // An empty path is the working directory to the file system ("" unset in a script, say).
+    Options.mapEffect((path) => path === "" ? invalid(name, "a path", path) : Effect.succeed(path))
+  )
 
 /**
  * A `-` given to `batch` (for standard input or output), told before @effect/cli parses the command
@@ -68,7 +73,7 @@ export const file = (name: string) => Options.text(name).pipe(Options.withPseudo
 export const batchDashProblem = (argv: ReadonlyArray<string>): string | undefined => {
   const args = argv.slice(2)
   const command = commandIndex(args)
-  return args[command] === "batch" && args.slice(command + 1).includes("-")
+  return args[command] === "batch" && args.slice(command + 1).some((arg) => arg === "-" || /^--?[A-Za-z-]+=-$/.test(arg))
     ? "batch takes its input and its output by path, not `-` (standard input or output): a stopped batch resumes by reading its input again and skipping the lines its output holds; give a file, or a pipe by its path (/dev/stdin, <(…)), which a resume must give again"
     : undefined
 }
