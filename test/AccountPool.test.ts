@@ -349,6 +349,22 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 
+  it.effect("preflight: a DeepSeek account whose balance check answers 404 is told at start (a base URL with a path too many), and serves", () => {
+    const logs: Array<Logged> = []
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"], { baseUrl: "https://a.test/chat/completions" })],
+      handlers: { a: healthy() }
+    }
+    return Effect.gen(function*() {
+      yield* settle
+      expect(yield* states).toEqual({ a: "serving" })
+      expect(logs.filter((log) => log.message.includes("balance check")).map((log) => [log.level, log.message])).toEqual([[
+        "WARN",
+        "AccountPool: account a: its balance check (GET https://a.test/chat/completions/user/balance) answered 404; DeepSeek answers it at its API root, so if calls fail with 404 too, its base URL has a path too many (it must not end in /chat/completions)"
+      ]])
+    }).pipe(Effect.provide(poolLayer(setup)), capturingLogs(logs))
+  })
+
   it.effect("preflight: a balance check answered with a web page is told, scrubbed of keys, and the account serves", () => {
     const logs: Array<Logged> = []
     const page = "<html><body>Welcome to nginx! sk-a-configured</body></html>"
@@ -1105,7 +1121,9 @@ describe("AccountPool", () => {
 
   it.effect("a rejected key among good ones is told, and its calls go on with the others", () => {
     const rejecting: Handler = (request) =>
-      isChat(request) && request.bearer !== undefined && Redacted.value(request.bearer) === "sk-revoked"
+      !isChat(request)
+        ? balance(true)
+        : request.bearer !== undefined && Redacted.value(request.bearer) === "sk-revoked"
         ? status(401)(request)
         : healthy()(request)
     const setup: Setup = { accounts: [account("a", ["sk-revoked", "sk-good"])], handlers: { a: rejecting } }

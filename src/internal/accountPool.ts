@@ -313,7 +313,12 @@ const probeBalance = (client: HttpClient.HttpClient, member: Member, scrub: Scru
       const response = yield* client.execute(
         HttpClientRequest.get(url).pipe(HttpClientRequest.setHeader("authorization", `Bearer ${Redacted.value(credential.key)}`))
       )
-      if (response.status === 404) return "no_endpoint"
+      if (response.status === 404) {
+        yield* Effect.logWarning(scrub(
+          `AccountPool: account ${member.name}: its balance check (GET ${url}) answered 404; DeepSeek answers it at its API root, so if calls fail with 404 too, its base URL has a path too many (it must not end in /chat/completions)`
+        ))
+        return "no_endpoint"
+      }
       if (response.status === 401) {
         yield* member.keys.reject(credential)
         return yield* askWithNextKey(new Set(tried).add(credential.id))
