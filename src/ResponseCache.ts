@@ -14,7 +14,9 @@
  * Only a complete answer is stored: every choice finished with `stop`, `length`, `tool_calls` or
  * `function_call`. A failed call, an empty `choices`, a `content_filter` cut or an unfinished
  * choice is never stored (`insufficient_system_resource` is a failure already: the transport turns it
- * into `InsufficientResource`). A hit returns the stored completion unchanged, with the `id` and
+ * into `InsufficientResource`), nor an answer an `AccountPool` got from another model than the one
+ * asked for (an account whose `models` map sent it under another name, a fallback provider's): the
+ * request would get that model's answer as long as it lived, the model asked for back or not. A hit returns the stored completion unchanged, with the `id` and
  * `usage` of the call that paid for it.
  *
  * ## The key
@@ -98,6 +100,7 @@ import { ChatCompletion, type ChatCompletionChunk, type ChatCompletionRequest } 
 import * as ChatStream from "./ChatStream.js"
 import * as internal from "./internal/responseCache.js"
 import { assertValid, positiveInteger } from "./internal/options.js"
+import { isSubstitute } from "./internal/substitutes.js"
 import * as Redis from "./Redis.js"
 
 /**
@@ -499,7 +502,7 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Cache
       )
 
     const save = (key: string, completion: ChatCompletion, timeToLive: Duration.Duration) => {
-      if (!isStorable(completion) || Duration.toMillis(timeToLive) <= 0) return Effect.void
+      if (!isStorable(completion) || isSubstitute(completion) || Duration.toMillis(timeToLive) <= 0) return Effect.void
       return store.set(key, completion, timeToLive).pipe(
         Effect.zipRight(Effect.zipRight(storeAnswered, count("stores"))),
         Effect.catchAll(storeFailed)
@@ -523,15 +526,19 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Cache
         count("misses", missesCounter),
         Stream.suspend(() => {
           let state = ChatStream.empty
+          let substitute = false
           const folding = Stream.mapChunks(live, (chunks) => {
-            for (const chunk of chunks) state = ChatStream.step(state, chunk)
+            for (const chunk of chunks) {
+              state = ChatStream.step(state, chunk)
+              substitute ||= isSubstitute(chunk)
+            }
             return chunks
           })
           return Stream.concat(
             folding,
             Stream.execute(Effect.suspend(() => {
               const completion = ChatStream.toCompletion(state)
-              return Effect.zipRight(save(key, completion, timeToLive), whole(completion))
+              return Effect.zipRight(substitute ? Effect.void : save(key, completion, timeToLive), whole(completion))
             }))
           )
         })

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as Cause from "effect/Cause"
+import * as Chunk from "effect/Chunk"
 import type * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -20,6 +21,7 @@ import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
 import * as CostLedger from "../src/CostLedger.js"
 import * as MockUpstream from "../src/MockUpstream.js"
 import * as Resilient from "../src/Resilient.js"
+import * as ResponseCache from "../src/ResponseCache.js"
 import * as Simulator from "../src/Simulator.js"
 import * as Telemetry from "../src/Telemetry.js"
 import { contentOf, settle as settleStream } from "./support/streams.js"
@@ -1546,6 +1548,37 @@ describe("AccountPool", () => {
         expect((yield* mock.requests).map(pathOf)).toEqual(["/user/balance", "/chat/completions", "/chat/completions"])
       }).pipe(Effect.provide(client))
     }))
+})
+
+describe("AccountPool: answers of another model than the one asked for", () => {
+  it.effect("are not stored by the response cache: after the outage, the same request is the primary's again, stream or not", () => {
+    const handlers: Record<string, Handler> = { a: status(500), alt: healthy() }
+    const upstream = MockUpstream.layer((req) => handlers[hostOf(req)]!(req))
+    const client = AccountPool.layerResilientOverHttpClient([account("a", ["sk-a"]), fallbackAccount], {
+      preflight: false,
+      breaker: { minimumThroughput: 1, failureRatio: 0.1, openFor: "30 seconds" },
+      retry: { maxRetries: 3, base: "10 millis" }
+    }).pipe(Layer.provide(ResponseCache.layerMemory()), Layer.provideMerge(upstream), Layer.provide(CostLedger.layer()))
+    const deterministic = { ...request, temperature: 0 }
+    const ask = Effect.flatMap(Resilient.Resilient, (resilient) =>
+      Effect.zip(
+        Effect.map(resilient.create(deterministic), (completion) => completion.model),
+        Effect.map(Stream.runCollect(resilient.stream(deterministic)), (chunks) => Chunk.unsafeHead(chunks).model)
+      ))
+    return Effect.gen(function*() {
+      const during = yield* Effect.fork(ask)
+      yield* TestClock.adjust("1 second")
+      expect(yield* Fiber.join(during)).toEqual(["other-model", "other-model"])
+      handlers.a = healthy()
+      yield* TestClock.adjust("31 seconds")
+      expect(yield* ask).toEqual(["deepseek-v4-flash", "deepseek-v4-flash"])
+      // The primary's own answer is stored: asked again, nothing is sent.
+      const sent = Effect.flatMap(MockUpstream.MockUpstream, (mock) => Effect.map(mock.requests, (requests) => requests.length))
+      const before = yield* sent
+      expect(yield* ask).toEqual(["deepseek-v4-flash", "deepseek-v4-flash"])
+      expect(yield* sent).toBe(before)
+    }).pipe(Effect.provide(client))
+  })
 })
 
 describe("AccountPool: 429s a lone request meets", () => {

@@ -48,6 +48,7 @@ import { secondsBoundaries } from "./policy.js"
 import { Signal } from "./signal.js"
 import * as Scrubber from "./scrubber.js"
 import * as StreamPull from "./streamPull.js"
+import * as Substitutes from "./substitutes.js"
 import * as ToldAttempts from "./toldAttempts.js"
 import * as Unpaced from "./unpaced.js"
 import { clipped, connectionFailure, parseJson, quotedBody } from "./text.js"
@@ -1105,6 +1106,7 @@ export const makeWith = <R>(
       // The permit told how the attempt ended, then its cost and counts.
       const settled = (placed: Placed, exit: Exit.Exit<ChatCompletion, PoolError | CircuitBreaker.CircuitOpen>) => {
         const sent = placed.member.modelFor(request.model)
+        if (sent !== request.model && Exit.isSuccess(exit)) Substitutes.markSubstitute(exit.value)
         return Effect.zipRight(
           placed.permit.settle(exit),
           Exit.isSuccess(exit)
@@ -1202,6 +1204,7 @@ export const makeWith = <R>(
                   delivered = true
                   usage = chunk.usage ?? usage
                   servedModel = chunk.model
+                  if (model !== request.model) Substitutes.markSubstitute(chunk)
                 }
                 return Effect.succeed(chunks)
               }

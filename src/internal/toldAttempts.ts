@@ -5,9 +5,9 @@
  *
  * @internal
  */
-import * as ErrorMark from "./errorMark.js"
+import * as ObjectMark from "./objectMark.js"
 
-const told = ErrorMark.make()
+const told = ObjectMark.make()
 
 /** Notes that `error`'s attempt was told. */
 export const markTold: (error: unknown) => void = told.mark

@@ -6,9 +6,9 @@
  *
  * @internal
  */
-import * as ErrorMark from "./errorMark.js"
+import * as ObjectMark from "./objectMark.js"
 
-const unpaced = ErrorMark.make()
+const unpaced = ObjectMark.make()
 
 /** Notes that `error` was met by a request alone on its lane. */
 export const markUnpaced: (error: unknown) => void = unpaced.mark
