@@ -109,8 +109,8 @@ const logToStderr = Logger.replace(Logger.defaultLogger, Logger.prettyLogger({ s
  */
 export const main = (argv: ReadonlyArray<string>): Effect.Effect<number, never, CliApp.CliApp.Environment | StopSignals> =>
   Effect.suspend(() => {
-    const dash = Flags.batchDashProblem(argv)
-    return dash === undefined ? cli(argv) : fail(2, `weatherproof: ${dash}`)
+    const problem = Flags.batchDashProblem(argv) ?? Flags.wizardProblem(argv, process.stdin.isTTY === true)
+    return problem === undefined ? cli(argv) : fail(2, `weatherproof: ${problem}`)
   }).pipe(
     Effect.as(0),
     Effect.catchAll((error) =>

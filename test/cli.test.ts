@@ -158,6 +158,15 @@ describe("weatherproof CLI", () => {
       expect((yield* simulator.stats).requests).toBe(0)
     }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 
+  it.live("--wizard without a terminal (cron, CI, nohup) is refused, where it would wait for answers for good", () =>
+    Effect.gen(function*() {
+      for (const args of [["--wizard"], ["batch", "--wizard"], ["serve", "--wizard"]]) {
+        const result = yield* runCli(args, {}).pipe(Effect.timeout("10 seconds"))
+        expect(result.code, args.join(" ")).toBe(2)
+        expect(result.stderr, args.join(" ")).toContain("weatherproof: --wizard asks its questions on a terminal, and standard input is none")
+      }
+    }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
+
   it.live("batch without a key says so and exits 2", () =>
     Effect.gen(function*() {
       const { fs, input, output } = yield* runFiles

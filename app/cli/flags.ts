@@ -78,6 +78,15 @@ export const batchDashProblem = (argv: ReadonlyArray<string>): string | undefine
     : undefined
 }
 
+/**
+ * `--wizard` (@effect/cli's, in every command's help) without a terminal to ask on: it would wait
+ * for answers for good (under cron, CI or nohup), so it is refused.
+ */
+export const wizardProblem = (argv: ReadonlyArray<string>, interactive: boolean): string | undefined =>
+  !interactive && argv.slice(2).includes("--wizard")
+    ? "--wizard asks its questions on a terminal, and standard input is none: give the command's flags instead (see --help)"
+    : undefined
+
 /** Where the accounts come from and how many calls each may have in flight. */
 export const accountFlags = {
   accounts: file("accounts").pipe(
