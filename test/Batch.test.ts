@@ -509,6 +509,18 @@ describe("Batch.run", () => {
       expect(lines.get("rejected")?.response?.status_code).toBe(401)
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
+  it.scoped("never writes a key of any provider's shape that a bad line quotes back", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      const groqKey = "gsk_0f3a9c2b7d4e4b1a8c6d2e9f0a1b"
+      yield* ws.writeInput([JSON.stringify({ ...JSON.parse(request("pasted")), method: groqKey })])
+      yield* runWith(ok, ws)
+      const line = byCustomId(yield* ws.readOutput).get("pasted")
+      expect(line?.error?.code).toBe("invalid_line")
+      expect(line?.error?.message).toContain(`method: Expected "POST", actual "***"`)
+      expect(JSON.stringify(line)).not.toContain("0f3a9c2b")
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
   it.scoped("reports progress once the input is counted, up to the totals of the run", () =>
     Effect.gen(function*() {
       const ws = yield* workspace

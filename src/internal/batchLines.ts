@@ -20,7 +20,7 @@ import * as DurationTexts from "./durationText.js"
 import { withModelLeftToRouter } from "./routedModel.js"
 import * as SchemaFastPath from "./schemaFastPath.js"
 import * as SchemaIssues from "./schemaIssues.js"
-import { clipped, maxJsonDepth, nestsTooDeep, parseJson } from "./text.js"
+import { clipped, hideKeyShapes, maxJsonDepth, nestsTooDeep, parseJson } from "./text.js"
 
 /** The longest deadline text quoted back: the text is the line's own. */
 const maxQuotedDeadline = 50
@@ -228,7 +228,8 @@ export const rejected = (id: string, customId: string, error: LineError): Result
   id,
   custom_id: customId,
   response: null,
-  error: { code: error.code, message: scrubSecrets(error.message) }
+  // The line's own text may hold a key of any provider's shape (quoted where a field was expected).
+  error: { code: error.code, message: hideKeyShapes(scrubSecrets(error.message)) }
 })
 
 const statusOf = (error: ResilientError): number | undefined =>

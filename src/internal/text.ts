@@ -48,7 +48,6 @@ const quotedLength = 200
 export const quotedBody = (contentType: string | undefined, text: string, scrub: (text: string) => string): string =>
   `${contentType ?? "no content type"}: ${JSON.stringify(clipped(scrub(text.trim().slice(0, 2 * quotedLength)), quotedLength))}`
 
-/** `count` and the noun that goes with it (`1 line`, `2 lines`). */
 /** Runs of 20 or more letters and digits: an API key has one (`sk-…`, `gsk_…`, `AIza…`), a field or model name none with digits in it. */
 const longRun = /[A-Za-z0-9]{20,}/g
 
@@ -56,6 +55,13 @@ const longRun = /[A-Za-z0-9]{20,}/g
 export const mayBeKey = (text: string): boolean =>
   (text.match(longRun) ?? []).some((run) => /[0-9]/.test(run) && /[A-Za-z]/.test(run))
 
+/** A word (letters, digits, `_`, `-`) with a long run in it: a key whole, with its prefix (`gsk_`). */
+const word = /[A-Za-z0-9_-]*[A-Za-z0-9]{20,}[A-Za-z0-9_-]*/g
+
+/** `text` with every word that may be a key (`mayBeKey`) shown as `***`, whatever its provider's prefix. */
+export const hideKeyShapes = (text: string): string => text.replace(word, (found) => mayBeKey(found) ? "***" : found)
+
+/** `count` and the noun that goes with it (`1 line`, `2 lines`). */
 export const counted = (count: number, one: string, many: string): string => `${count} ${count === 1 ? one : many}`
 
 /** What an error may carry: Node's system errors have a `code`, and wrappers a `cause`. */
