@@ -27,7 +27,9 @@
  *   (the `text` of its parts joined, for a multi-part message; `""` without a user message);
  * - with `thinking: { type: "enabled" }`, `reasoning_content` is `"think:" + marker`;
  * - `model` is the serving model (the requested name without `aliases`); `id` is
- *   `chatcmpl-sim-<n>`, n counting accepted requests from 1.
+ *   `chatcmpl-sim-<n>`, n counting accepted requests from 1;
+ * - with `max_tokens` below what the answer takes, reasoning then content are cut to it (4
+ *   characters a token) and it finishes with `length`, a truncation to account for.
  *
  * **Usage**: a token is 4 characters, rounded up (`tokens(text) = ceil(length / 4)`):
  * `prompt_tokens` = tokens of the text of every message concatenated; `prompt_cache_hit_tokens`
@@ -320,7 +322,7 @@ export interface Stats {
   readonly requests: number
   readonly accepted: number
   readonly rateLimited: number
-  /** Answers with `finish_reason: "stop"` delivered in full (a stream up to `[DONE]`), no fault. */
+  /** Answers with `finish_reason: "stop"` (or `"length"`, cut by `max_tokens`) delivered in full (a stream up to `[DONE]`), no fault. */
   readonly completed: number
   /** Requests closed because their queue delay reached `scheduleTimeout`. */
   readonly unscheduled: number

@@ -140,6 +140,26 @@ describe("Simulator", () => {
       ])
     }))
 
+  it.scopedLive("cuts an answer longer than max_tokens to it, reasoning first, finishing with length, stream or not", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make(quick)
+      // "think:hello world" is 5 tokens, "echo:hello world" 4: 7 leave the content 2 (8 characters).
+      const thinking = { thinking: { type: "enabled" }, max_tokens: 7 }
+      const whole = JSON.parse((yield* chat(sim, "hello world", thinking)).text) as ChatCompletion
+      expect(whole.choices[0]).toMatchObject({
+        finish_reason: "length",
+        message: { reasoning_content: "think:hello world", content: "echo:hel" }
+      })
+      expect(whole.usage).toMatchObject({ completion_tokens: 7, completion_tokens_details: { reasoning_tokens: 5 } })
+      const stream = yield* chat(sim, "hello world", { ...thinking, max_tokens: 3, stream: true })
+      expect(streamed(stream.text, "reasoning_content")).toBe("think:hello ")
+      expect(streamed(stream.text, "content")).toBe("")
+      expect(chunksOf(stream.text).flatMap((chunk) => chunk.choices.map((choice) => choice.finish_reason)).at(-1)).toBe("length")
+      expect(chunksOf(stream.text).at(-1)?.usage?.completion_tokens).toBe(3)
+      const enough = JSON.parse((yield* chat(sim, "hello world", { max_tokens: 4 })).text) as ChatCompletion
+      expect(enough.choices[0]).toMatchObject({ finish_reason: "stop", message: { content: "echo:hello world" } })
+    }))
+
   it.scopedLive("answers 429 over the limit an account's keys share, and frees a slot when a client leaves", () =>
     Effect.gen(function*() {
       const sim = yield* Simulator.make({

@@ -54,17 +54,29 @@ export interface Answer {
   readonly content: string
   readonly reasoning: string | undefined
   readonly promptTokens: number
+  /** `length` when `max_tokens` cut the answer. */
+  readonly finishReason: "stop" | "length"
 }
 
 /** @internal */
 export const answerOf = (request: ChatCompletionRequest): Answer => {
   const lastUser = request.messages.filter((message) => message.role === "user").at(-1)
   const marker = lastUser === undefined ? "" : textOf(lastUser)
+  const reasoning = request.thinking?.type === "enabled" ? `think:${marker}` : undefined
+  const content = `echo:${marker}`
+  const promptTokens = tokens(request.messages.map(textOf).join(""))
+  const max = request.max_tokens
+  if (max === undefined || max === null || tokens(reasoning ?? "") + tokens(content) <= max) {
+    return { marker, content, reasoning, promptTokens, finishReason: "stop" }
+  }
+  // Reasoning comes first and counts against `max_tokens` too: the tokens it leaves go to the content.
+  const keptReasoning = reasoning?.slice(0, max * charsPerToken)
   return {
     marker,
-    content: `echo:${marker}`,
-    reasoning: request.thinking?.type === "enabled" ? `think:${marker}` : undefined,
-    promptTokens: tokens(request.messages.map(textOf).join(""))
+    content: content.slice(0, (max - tokens(keptReasoning ?? "")) * charsPerToken),
+    reasoning: keptReasoning,
+    promptTokens,
+    finishReason: "length"
   }
 }
 
@@ -601,7 +613,7 @@ const generationOf = (state: State, attempt: Attempt): Wire.Generation => {
     model: attempt.model.name,
     content,
     reasoningContent: answer.reasoning,
-    finishReason: cut ? "insufficient_system_resource" : "stop",
+    finishReason: cut ? "insufficient_system_resource" : answer.finishReason,
     usage: usageOf(answer.promptTokens, state.settings.cacheHitRatio, answer.reasoning ?? "", content),
     created: Math.floor(attempt.createdMs / 1000)
   }
