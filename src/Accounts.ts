@@ -350,11 +350,21 @@ export const decode = (input: unknown, source = "input"): Effect.Effect<Readonly
     return shared.length > 0 ? yield* fail(shared) : resolved
   })
 
-/** A JSON syntax error's position, without the excerpt of the text V8 may quote (it may hold a key). */
-const jsonErrorPosition = (error: unknown): string => {
+/**
+ * What a JSON syntax error says and where, as a line and column of `text` (a file edited by hand),
+ * without the excerpt of the text V8 may quote (it may hold a key): its reason only when it quotes
+ * none (`Expected ',' or '}' after property value`).
+ */
+const jsonErrorPosition = (error: unknown, text: string): string => {
   const message = error instanceof Error ? error.message : ""
-  const position = /line \d+ column \d+/.exec(message) ?? /position \d+/.exec(message)
-  return position === null ? "" : ` (${position[0]})`
+  const at = /^(.*) in JSON at position (\d+)/s.exec(message)
+  if (at === null) return ""
+  const offset = Number(at[2])
+  const before = text.slice(0, offset)
+  const line = before.split("\n").length
+  const column = offset - before.lastIndexOf("\n")
+  const reason = at[1]!.includes("\"") ? "" : `: ${at[1]}`
+  return ` (line ${line}, column ${column}${reason})`
 }
 
 /**
@@ -382,7 +392,7 @@ export const load = (path: string): Effect.Effect<ReadonlyArray<Account>, Accoun
     Effect.flatMap((text) =>
       Effect.try({
         try: () => JSON.parse(text) as unknown,
-        catch: (error) => new AccountsError({ source: path, issues: [`not valid JSON${jsonErrorPosition(error)}`] })
+        catch: (error) => new AccountsError({ source: path, issues: [`not valid JSON${jsonErrorPosition(error, text)}`] })
       })
     ),
     Effect.flatMap((json) => decode(json, path))

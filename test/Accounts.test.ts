@@ -215,6 +215,11 @@ describe("Accounts", () => {
       expect(bad.source).toBe(`${dir}/bad.json`)
       expect(bad.issues[0]).toMatch(/^not valid JSON/)
       expect(bad.message).not.toContain("sk-misplaced")
+      // Where, as a line and column of the file; what, when V8 says it without quoting the file.
+      yield* fs.writeFileString(`${dir}/comma.json`, `{\n  "accounts": [\n    {"name": "a",}\n  ]\n}`)
+      expect((yield* Effect.flip(Accounts.load(`${dir}/comma.json`))).issues).toEqual([
+        "not valid JSON (line 3, column 18: Expected double-quoted property name)"
+      ])
       const missing = yield* Effect.flip(Accounts.load(`${dir}/missing.json`))
       expect(missing.issues[0]).toMatch(/^cannot read the file/)
     }).pipe(Effect.provide(NodeFileSystem.layer), Effect.withConfigProvider(environment)))
