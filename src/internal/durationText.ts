@@ -6,16 +6,26 @@
  */
 import * as Duration from "effect/Duration"
 
-const pattern = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)$/
+const part = /(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*/gy
 const unitMillis = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 } as const
 
 /** What a valid text looks like, for error messages. */
 export const expected = "a duration such as 30s, 500ms, 2m or 1h"
 
-/** The duration `text` says, or `undefined` when it is not one. */
+/**
+ * The duration `text` says, or `undefined` when it is not one: parts of a number and a unit, one
+ * (`90s`) or several (`1m30s`, `1m 30s`: as `Duration.format` writes one), added up.
+ */
 export const parse = (text: string): Duration.Duration | undefined => {
-  const match = pattern.exec(text.trim())
-  return match === null ? undefined : Duration.millis(Number(match[1]) * unitMillis[match[2] as keyof typeof unitMillis])
+  const trimmed = text.trim()
+  let millis = 0
+  part.lastIndex = 0
+  while (part.lastIndex < trimmed.length) {
+    const match = part.exec(trimmed)
+    if (match === null) return undefined
+    millis += Number(match[1]) * unitMillis[match[2] as keyof typeof unitMillis]
+  }
+  return trimmed === "" ? undefined : Duration.millis(millis)
 }
 
 /** Units from the largest, for `format`. */
