@@ -38,7 +38,7 @@
  *
  * **Billing**: a request is billed for the usage of what it delivered. A full response bills the
  * usage it reported (an `insufficientResource` one its cut usage); a stream that ends early (a
- * `cut`, `errorEvent` or `stall` fault, a client that disconnects, a server stop) bills the usage
+ * `cut`, `reset`, `errorEvent` or `stall` fault, a client that disconnects, a server stop) bills the usage
  * it would have reported for the reasoning and content pieces already sent; a non-stream body cut
  * in transit bills its full usage (generation had finished). A request that delivered no content
  * piece (an error status, a drop, a blank body, a close while queued) bills nothing.
@@ -117,7 +117,9 @@ export type QueueDelay =
  * - `dropWhileQueued`: 200 and headers, `dropAfterKeepAlives` keep-alives, then the socket is
  *   destroyed;
  * - `cut`: a stream sends about half of its content pieces and ends without `[DONE]`; a
- *   non-stream body ends halfway through its JSON;
+ *   non-stream body ends halfway through its JSON (the response ends cleanly: a server or proxy
+ *   that closed it);
+ * - `reset`: the same content, then the connection is reset instead (a network cut mid-body);
  * - `blank`: 200 and keep-alives, then the body ends with no content;
  * - `insufficientResource`: half of the content, `finish_reason: "insufficient_system_resource"`;
  * - `errorEvent`: a stream sends about half of its pieces then `data: {"error": …}` and ends;
@@ -138,6 +140,7 @@ export type Fault =
   | "insufficientResource"
   | "errorEvent"
   | "stall"
+  | "reset"
 
 /**
  * Every fault, in the order their probabilities are laid out on [0, 1).

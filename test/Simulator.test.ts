@@ -362,6 +362,7 @@ describe("Simulator", () => {
             "cut",
             "insufficientResource",
             "errorEvent",
+            "reset",
             "none"
           ]
         }
@@ -384,6 +385,10 @@ describe("Simulator", () => {
       expect(short.choices[0]?.finish_reason).toBe("insufficient_system_resource")
       expect(short.choices[0]?.message.content).toBe("echo:f")
       expect(JSON.parse((yield* ask).text).error.message).toBe("Simulated upstream error")
+      // A reset: the connection breaks halfway through the JSON, where a cut ends the response.
+      const reset = yield* send(sim, { body: chatBody("faulty"), key: Simulator.defaultKey })
+      expect(reset.status).toBe(200)
+      yield* Effect.flip(Effect.tryPromise(() => reset.text()))
       expect((JSON.parse((yield* ask).text) as ChatCompletion).choices[0]?.finish_reason).toBe("stop")
       const stats = yield* sim.stats
       expect(stats.faults).toEqual(Object.fromEntries(Simulator.allFaults.filter((f) => f !== "stall").map((f) => [f, 1])))
@@ -394,7 +399,7 @@ describe("Simulator", () => {
     Effect.gen(function*() {
       const sim = yield* Simulator.make({
         ...quick,
-        faults: { script: ["cut", "errorEvent", "insufficientResource", "blank"] }
+        faults: { script: ["cut", "errorEvent", "insufficientResource", "blank", "reset"] }
       })
       const ask = chat(sim, "a stream long enough to be cut", { stream: true })
       const cut = yield* ask
@@ -410,6 +415,17 @@ describe("Simulator", () => {
         true
       )
       expect(events((yield* ask).text)).toEqual([])
+      // A reset: some content, then the connection breaks (no clean end without [DONE]).
+      const reset = yield* send(sim, { body: chatBody("a stream long enough to be cut", { stream: true }), key: Simulator.defaultKey })
+      const reader = reset.body!.getReader()
+      let received = ""
+      const readAll: Effect.Effect<void, unknown> = Effect.flatMap(Effect.tryPromise(() => reader.read()), (read) => {
+        received += new TextDecoder().decode(read.value)
+        return read.done ? Effect.void : readAll
+      })
+      expect(yield* Effect.flip(readAll)).toBeDefined()
+      expect(streamed(received, "content").length).toBeGreaterThan(0)
+      expect(events(received)).not.toContain("[DONE]")
       expect((yield* sim.stats).completed).toBe(0)
     }))
 

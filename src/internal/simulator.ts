@@ -33,7 +33,9 @@ export const allFaults: ReadonlyArray<Simulator.Fault> = [
   "blank",
   "insufficientResource",
   "errorEvent",
-  "stall"
+  "stall",
+  // Last: a seed's draws of the faults before it keep their slices.
+  "reset"
 ]
 
 /** @internal */
@@ -646,6 +648,16 @@ const drop = (state: State, res: Http.ServerResponse): void => {
   res.destroy()
 }
 
+/** Writes `text`, then drops the connection once what was written is sent: a network cut after content. */
+const resetAfter = (state: State, res: Http.ServerResponse, text: string): Effect.Effect<void> =>
+  Effect.async<void>((resume) => {
+    if (res.destroyed || res.writableEnded) return resume(Effect.void)
+    res.write(text, () => {
+      drop(state, res)
+      resume(Effect.void)
+    })
+  })
+
 const respondJson = (
   state: State,
   res: Http.ServerResponse,
@@ -772,8 +784,11 @@ const serveCompletion = (state: State, attempt: Attempt, res: Http.ServerRespons
       case "errorEvent":
         return end(state, res, upstreamError)
       case "cut":
+      case "reset": {
         markSent(attempt, generation.reasoningContent ?? "", generation.content)
-        return end(state, res, body.slice(0, Math.floor(body.length / 2)))
+        const half = body.slice(0, Math.floor(body.length / 2))
+        return attempt.fault === "cut" ? end(state, res, half) : yield* resetAfter(state, res, half)
+      }
       default:
         markSent(attempt, generation.reasoningContent ?? "", generation.content)
         if (attempt.fault === undefined) complete(state, attempt)
@@ -788,7 +803,7 @@ const sendChunk = (attempt: Attempt, res: Http.ServerResponse, chunk: ChatComple
 }
 
 const endsEarly = (fault: Simulator.Fault | undefined): boolean =>
-  fault === "cut" || fault === "errorEvent" || fault === "stall"
+  fault === "cut" || fault === "reset" || fault === "errorEvent" || fault === "stall"
 
 const serveStream = (state: State, attempt: Attempt, res: Http.ServerResponse) =>
   Effect.gen(function*() {
@@ -808,6 +823,8 @@ const serveStream = (state: State, attempt: Attempt, res: Http.ServerResponse) =
     switch (attempt.fault) {
       case "cut":
         return end(state, res)
+      case "reset":
+        return yield* resetAfter(state, res, "")
       case "errorEvent":
         return end(state, res, Wire.sseData(upstreamError))
       case "stall":
