@@ -62,7 +62,7 @@ const batch = Command.make(
       Options.optional
     ),
     ...Flags.accountFlags,
-    ...Flags.callFlags(10),
+    ...Flags.callFlags(10, "; a batch line's own `deadlines` override these three"),
     drainTimeout: Flags.drainTimeout("the requests on the wire"),
     progressEvery: Flags.duration(
       "progress-every",
@@ -109,7 +109,8 @@ const logToStderr = Logger.replace(Logger.defaultLogger, Logger.prettyLogger({ s
  */
 export const main = (argv: ReadonlyArray<string>): Effect.Effect<number, never, CliApp.CliApp.Environment | StopSignals> =>
   Effect.suspend(() => {
-    const problem = Flags.batchDashProblem(argv) ?? Flags.wizardProblem(argv, process.stdin.isTTY === true)
+    const problem = Flags.batchDashProblem(argv) ?? Flags.repeatedFlagProblem(argv) ??
+      Flags.wizardProblem(argv, process.stdin.isTTY === true)
     return problem === undefined ? cli(argv) : fail(2, `weatherproof: ${problem}`)
   }).pipe(
     Effect.as(0),

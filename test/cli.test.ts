@@ -158,6 +158,38 @@ describe("weatherproof CLI", () => {
       expect((yield* simulator.stats).requests).toBe(0)
     }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 
+  it.live("--version is the package's version (written in the command line, where reading package.json would cost start-up)", () =>
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const { version } = JSON.parse(yield* fs.readFileString(new URL("../package.json", import.meta.url).pathname)) as { version: string }
+      const result = yield* runCli(["--version"], {})
+      expect(result.stdout.trim()).toBe(version)
+    }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
+
+  it.live("each command's help speaks of what it has: batch lines' deadlines in batch's only", () =>
+    Effect.gen(function*() {
+      const batchHelp = yield* runCli(["batch", "--help"], {})
+      expect(batchHelp.stdout).toContain("a batch line's own `deadlines` override these three")
+      const serveHelp = yield* runCli(["serve", "--help"], {})
+      expect(serveHelp.stdout).toContain("per attempt, the whole call (default 30m)")
+      expect(serveHelp.stdout).not.toContain("batch line")
+    }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
+
+  it.live("a flag given twice is said as such (exit 2), not as an unknown argument", () =>
+    Effect.gen(function*() {
+      const cases: ReadonlyArray<readonly [ReadonlyArray<string>, string]> = [
+        [["batch", "in.jsonl", "-o", "a.jsonl", "-o", "b.jsonl"], "--output is given twice"],
+        [["batch", "in.jsonl", "--output", "a.jsonl", "--output=b.jsonl"], "--output is given twice"],
+        [["batch", "in.jsonl", "-o", "a.jsonl", "--concurrency", "2", "--concurrency", "3"], "--concurrency is given twice"],
+        [["--log-level", "debug", "serve", "--port", "1", "--port", "2"], "--port is given twice"]
+      ]
+      for (const [args, message] of cases) {
+        const result = yield* runCli(args, {})
+        expect(result.code, args.join(" ")).toBe(2)
+        expect(result.stderr, args.join(" ")).toBe(`weatherproof: ${message}: give each flag once`)
+      }
+    }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
+
   it.live("--wizard without a terminal (cron, CI, nohup) is refused, where it would wait for answers for good", () =>
     Effect.gen(function*() {
       for (const args of [["--wizard"], ["batch", "--wizard"], ["serve", "--wizard"]]) {

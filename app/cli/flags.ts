@@ -78,6 +78,27 @@ export const batchDashProblem = (argv: ReadonlyArray<string>): string | undefine
     : undefined
 }
 
+/** The short names of flags, read as their long ones. */
+const aliases: Readonly<Record<string, string>> = { "-o": "--output" }
+
+/**
+ * A flag given twice after the command, told before @effect/cli parses the command line, which
+ * reports the second as an unknown argument (`Received unknown argument: '--output'`).
+ */
+export const repeatedFlagProblem = (argv: ReadonlyArray<string>): string | undefined => {
+  const args = argv.slice(2)
+  const seen = new Set<string>()
+  for (const arg of args.slice(commandIndex(args) + 1)) {
+    if (arg === "--") break
+    if (!arg.startsWith("-") || arg === "-") continue
+    const written = arg.split("=")[0]!
+    const name = aliases[written] ?? written
+    if (seen.has(name)) return `${name} is given twice: give each flag once`
+    seen.add(name)
+  }
+  return undefined
+}
+
 /**
  * `--wizard` (@effect/cli's, in every command's help) without a terminal to ask on: it would wait
  * for answers for good (under cron, CI or nohup), so it is refused.
@@ -106,8 +127,11 @@ export const accountFlags = {
   )
 }
 
-/** How long a call may wait for an account, how often it is retried, and each attempt's deadlines. */
-export const callFlags = (retriesDefault: number) => ({
+/**
+ * How long a call may wait for an account, how often it is retried, and each attempt's deadlines;
+ * `deadlinesNote` ends the last deadline's description (what else sets them, for the command).
+ */
+export const callFlags = (retriesDefault: number, deadlinesNote = "") => ({
   retries: integer(
     "retries",
     `how many times a failed attempt is retried (default ${retriesDefault}; the retry budget paces them)`
@@ -124,7 +148,7 @@ export const callFlags = (retriesDefault: number) => ({
   idleTimeout: duration("idle-timeout", "per attempt, the longest gap between two content events (default 2m)", "deadline"),
   timeout: duration(
     "timeout",
-    "per attempt, the whole call (default 30m); a batch line's own `deadlines` override these three",
+    `per attempt, the whole call (default 30m)${deadlinesNote}`,
     "deadline"
   )
 })
