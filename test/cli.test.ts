@@ -137,13 +137,10 @@ describe("weatherproof CLI", () => {
 
   it.live("batch whose budget ran out says the lines were not sent and that a rerun spends a budget as large again", () =>
     Effect.gen(function*() {
-      const fs = yield* FileSystem.FileSystem
-      const simulator = yield* Simulator.make()
-      const dir = yield* fs.makeTempDirectoryScoped({ prefix: "cli-test-" })
-      const input = `${dir}/in.jsonl`
+      const { fs, input, output, simulator } = yield* runFiles
       yield* fs.writeFileString(input, [chatLine(0), chatLine(1), chatLine(2)].join("\n"))
 
-      const result = yield* runCli(["batch", input, "--output", `${dir}/out.jsonl`, "--concurrency", "1"], {
+      const result = yield* runCli(["batch", input, "--output", output, "--concurrency", "1"], {
         DEEPSEEK_API_KEY: Simulator.defaultKey,
         DEEPSEEK_BASE_URL: simulator.baseUrl,
         WEATHERPROOF_BUDGET_USD: "0"
