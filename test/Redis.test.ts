@@ -33,6 +33,8 @@ describe("Redis config", () => {
         expect(reason, typo).not.toMatch(/Hunter2|sk-abc/)
       }
       expect(yield* reasonOf("redis://")).toContain(`is unavailable: no host: ${expected}`)
+      // A password with a malformed escape is no defect: the connection's own failure is told.
+      expect(yield* reasonOf("redis://:%zzHunter2@127.0.0.1:1")).toMatch(/^Redis at redis:\/\/127\.0\.0\.1:1 is unavailable: /)
     }))
 })
 

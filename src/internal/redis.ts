@@ -103,12 +103,22 @@ const urlProblem = (url: string): string | undefined => {
   return new URL(url).hostname === "" ? `no host: ${expectedUrl}` : undefined
 }
 
-/** `reason` without the URL's user and password: an error of the client may quote them. */
+/** A URL's part as written and decoded (a malformed `%` escape as written only). */
+const spellings = (part: string): ReadonlyArray<string> => {
+  try {
+    return [part, decodeURIComponent(part)]
+  } catch {
+    return [part]
+  }
+}
+
+/** `reason` without the URL's user and password (ioredis's `?password=` too): an error of the client may quote them. */
 const withoutCredentials = (reason: string, url: string): string => {
   if (!URL.canParse(url)) return reason
-  const { password, username } = new URL(url)
-  return [password, username].filter((part) => part.length >= 4)
-    .reduce((text, part) => text.split(part).join("***").split(decodeURIComponent(part)).join("***"), reason)
+  const { password, searchParams, username } = new URL(url)
+  return [...spellings(password), ...spellings(username), searchParams.get("password") ?? ""]
+    .filter((secret) => secret.length >= 4)
+    .reduce((text, secret) => text.split(secret).join("***"), reason)
 }
 
 /** Opens a connection (see `subscriberOf` for `autoResubscribe`); the scope closes it. */
