@@ -16,8 +16,9 @@
  * choice is never stored (`insufficient_system_resource` is a failure already: the transport turns it
  * into `InsufficientResource`), nor an answer an `AccountPool` got from another model than the one
  * asked for (an account whose `models` map sent it under another name, a fallback provider's): the
- * request would get that model's answer as long as it lived, the model asked for back or not. A hit returns the stored completion unchanged, with the `id` and
- * `usage` of the call that paid for it.
+ * request would get that model's answer as long as it lived, the model asked for back or not. A
+ * hit returns the stored completion unchanged, with the `id` and `usage` of the call that paid for
+ * it.
  *
  * ## The key
  *

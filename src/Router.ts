@@ -55,7 +55,9 @@ export type Task = typeof Task.Type
  */
 export const Route = Schema.Struct({
   // "auto" is what leaves the model to the router: a route that sent it would ask the upstream for "auto".
-  model: Schema.NonEmptyString.pipe(Schema.filter((model) => model !== "auto" || "a route names a model; \"auto\" leaves it to the router")),
+  model: Schema.NonEmptyString.pipe(
+    Schema.filter((model) => model !== "auto" || "a route names a model; \"auto\" leaves it to the router")
+  ),
   thinking: Schema.Literal("enabled", "disabled"),
   reasoningEffort: Schema.optionalWith(Schema.NonEmptyString, { exact: true })
 }).annotations({ identifier: "Route" })

@@ -316,7 +316,8 @@ const probeBalance = (client: HttpClient.HttpClient, member: Member, scrub: Scru
       )
       if (response.status === 404) {
         yield* Effect.logWarning(scrub(
-          `AccountPool: account ${member.name}: its balance check (GET ${url}) answered 404; DeepSeek answers it at its API root, so if calls fail with 404 too, its base URL has a path too many (it must not end in /chat/completions)`
+          `AccountPool: account ${member.name}: its balance check (GET ${url}) answered 404; DeepSeek answers it at its ` +
+            "API root, so if calls fail with 404 too, its base URL has a path too many (it must not end in /chat/completions)"
         ))
         return "no_endpoint"
       }

@@ -389,7 +389,9 @@ const checkedFaults = (faults: Simulator.Faults): Simulator.Faults => {
   const unknown = [...(faults.script ?? []).filter((name) => name !== "none"), ...Object.keys(faults.probabilities ?? {})]
     .find((name) => !knownFaults.has(name))
   if (unknown !== undefined) {
-    throw new TypeError(`Simulator: ${JSON.stringify(unknown)} is no fault; the faults are ${allFaults.join(", ")} (and "none" in a script)`)
+    throw new TypeError(
+      `Simulator: ${JSON.stringify(unknown)} is no fault; the faults are ${allFaults.join(", ")} (and "none" in a script)`
+    )
   }
   const shares = Object.values(faults.probabilities ?? {})
   if (shares.some((share) => !(share >= 0)) || shares.reduce((sum, share) => sum + share, 0) > 1 + 1e-9) {
