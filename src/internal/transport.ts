@@ -147,8 +147,9 @@ const problemOf = (
 }
 
 /**
- * What a 404 or 405 that is no API error means: nothing at `url` takes chat completions (a base
- * URL that lacks or adds a path such as `/v1`, or names another server), not a request to fix.
+ * Whether a status and its body say nothing at the URL takes chat completions: a 404 or 405 that is
+ * no API error (a base URL that lacks or adds a path such as `/v1`, or names another server), not
+ * a request to fix.
  */
 const isMissingEndpoint = (status: number, problem: Problem): boolean => isNotFound(status) && !problem.fromApi
 
@@ -156,10 +157,10 @@ const isNotFound = (status: number): boolean => status === 404 || status === 405
 
 const noEndpointAt = (url: string): string => ` (no chat completions endpoint at ${url}: check the account's base URL)`
 
-/** The typed error of a non-2xx status other than 401 (which rotates keys). */
 /** OpenAI's answer to an account out of credits: a 429 like a rate limit's, which waiting does not lift. */
 const isQuotaSpent = (problem: Problem): boolean => problem.code === "insufficient_quota" || problem.type === "insufficient_quota"
 
+/** The typed error of a non-2xx status other than 401 (which rotates keys). */
 const statusError = (reply: Reply, problem: Problem, now: number): ApiError.ApiError => {
   const { message } = problem
   const { headers, status } = reply
