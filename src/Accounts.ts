@@ -358,7 +358,8 @@ export const decode = (input: unknown, source = "input"): Effect.Effect<Readonly
  */
 const jsonErrorPosition = (error: unknown, text: string): string => {
   const message = error instanceof Error ? error.message : ""
-  const at = /^(.*) in JSON at position (\d+)/s.exec(message)
+  // "… in JSON at position 8", "Unexpected non-whitespace character after JSON at position 12".
+  const at = /^(.*?)(?: in JSON)? at position (\d+)/s.exec(message)
   if (at === null) return ""
   const offset = Number(at[2])
   const before = text.slice(0, offset)

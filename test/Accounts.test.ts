@@ -220,6 +220,10 @@ describe("Accounts", () => {
       expect((yield* Effect.flip(Accounts.load(`${dir}/comma.json`))).issues).toEqual([
         "not valid JSON (line 3, column 18: Expected double-quoted property name)"
       ])
+      yield* fs.writeFileString(`${dir}/twice.json`, `{"accounts": []}\n{}`)
+      expect((yield* Effect.flip(Accounts.load(`${dir}/twice.json`))).issues).toEqual([
+        "not valid JSON (line 2, column 1: Unexpected non-whitespace character after JSON)"
+      ])
       const missing = yield* Effect.flip(Accounts.load(`${dir}/missing.json`))
       expect(missing.issues[0]).toMatch(/^cannot read the file/)
     }).pipe(Effect.provide(NodeFileSystem.layer), Effect.withConfigProvider(environment)))
