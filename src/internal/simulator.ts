@@ -992,7 +992,7 @@ export const make = (options: Simulator.Options): Effect.Effect<Simulator.Servic
       completions: Effect.sync(() => [...state.completions]),
       setLimit: (name, limit, modelName) =>
         Effect.map(accountNamed(state, name), (account) => {
-          limitAt(limit, 0)
+          checkLimits(limit)
           if (modelName === undefined) {
             account.caps = [limit]
             return sampleAll(state, account)
