@@ -67,10 +67,11 @@
  *   handled by the account's transport, which drops the key and uses the next). Rejected keys
  *   come back after `keyCooldown`;
  * - `InsufficientBalance` (402): the whole account is taken out. A fiber of the pool probes
- *   `GET {baseUrl}/user/balance` with one of its keys every `balanceProbeInterval` and brings the
- *   account back when `is_available` is true. An account that cannot be probed (provider
- *   `openai-compatible`, or an endpoint answering 404) comes back `fallbackCooldown` after the
- *   402, and so does one whose probes keep telling nothing (an error, a page that is no balance);
+ *   `GET /user/balance` at the API root (the base URL less a last `/v1`) with one of its keys
+ *   every `balanceProbeInterval` and brings the account back when `is_available` is true. An
+ *   account that cannot be probed (provider `openai-compatible`, or an endpoint answering 404)
+ *   comes back `fallbackCooldown` after the 402, and so does one whose probes keep telling
+ *   nothing (an error, a page that is no balance);
  * - `CircuitOpen`: the account's breaker opened meanwhile;
  * - a connection that could not be opened (a `TransportError` whose verdict is an `Outage` that is
  *   `unsent`: refused, a name that does not resolve, no route): the request never left, so another

@@ -367,6 +367,19 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)), capturingLogs(logs))
   })
 
+  it.effect("preflight: a DeepSeek base URL ending in /v1 (its OpenAI-compatible alias) has its balance asked at the API root", () => {
+    const logs: Array<Logged> = []
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"], { baseUrl: "https://a.test/v1/" })],
+      handlers: { a: (req) => isChat(req) ? healthy()(req) : pathOf(req) === "/user/balance" ? balance(false) : status(404)(req) }
+    }
+    return Effect.gen(function*() {
+      yield* settle
+      expect(yield* states).toEqual({ a: "out_of_balance" })
+      expect(logs.filter((log) => log.message.includes("balance check"))).toEqual([])
+    }).pipe(Effect.provide(poolLayer(setup)), capturingLogs(logs))
+  })
+
   it.effect("preflight: a balance check answered with a web page is told, scrubbed of keys, and the account serves", () => {
     const logs: Array<Logged> = []
     const page = "<html><body>Welcome to nginx! sk-a-configured</body></html>"

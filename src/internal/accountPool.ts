@@ -37,6 +37,7 @@ import * as Telemetry from "../Telemetry.js"
 import * as Transport from "../Transport.js"
 import * as Redis from "../Redis.js"
 import * as AccountModels from "./accountModels.js"
+import * as BaseUrl from "./baseUrl.js"
 import * as LimiterInternal from "./concurrencyLimiter.js"
 import { picoOfUsd, usdOfPico } from "./costLedger.js"
 import { AccountSlot, Dispatcher, Lane, type LaneGrant, type Lanes, type Waiter } from "./dispatcher.js"
@@ -300,13 +301,13 @@ const parseBalance = (text: string) => Option.flatMap(parseJson(text), decodeBal
 type ProbeResult = Verdict
 
 /**
- * `GET {baseUrl}/user/balance` with one of the account's keys. DeepSeek's 401 is its key's (only
+ * `GET {baseUrl}/user/balance` (less a last `/v1`) with one of the account's keys. DeepSeek's 401 is its key's (only
  * DeepSeek accounts are probed): the key is set aside, and told, at start, and the next key asks,
  * until one is answered or every key was rejected. A 2xx that is not a balance is told (a base URL
  * that reaches a web server answers every path with a page), and proves nothing.
  */
 const probeBalance = (client: HttpClient.HttpClient, member: Member, scrub: Scrubber.Scrubber): Effect.Effect<ProbeResult> => {
-  const url = `${member.account.baseUrl.replace(/\/+$/, "")}/user/balance`
+  const url = BaseUrl.balanceUrl(member.account.baseUrl)
   const askWithNextKey = (tried: ReadonlySet<string>) =>
     Effect.gen(function*(): Effect.fn.Return<ProbeResult, unknown, Scope.Scope> {
       const credential = yield* member.keys.acquire

@@ -26,6 +26,13 @@ export const problemOf = (text: string): string | undefined => {
   return undefined
 }
 
+/**
+ * Where DeepSeek answers `GET /user/balance` for a base URL: its API root, which is the base URL
+ * less a last `/v1` (DeepSeek's OpenAI-compatible alias, documented for chat only).
+ */
+export const balanceUrl = (baseUrl: string): string =>
+  `${baseUrl.replace(/\/+$/, "").replace(/\/v1$/, "")}/user/balance`
+
 /** `DEEPSEEK_BASE_URL`, checked; `fallback` when unset or empty (an env file's blank entry). */
 export const fromEnv = (fallback: string): Config.Config<string> =>
   Config.nonEmptyString("DEEPSEEK_BASE_URL").pipe(
