@@ -212,6 +212,12 @@ export interface Options {
    * old names with new models, e.g. `{ "deepseek-v4-flash": "deepseek-flash" }`. Default: none.
    */
   readonly aliases?: Readonly<Record<string, string>> | undefined
+  /**
+   * The models it serves, by serving name (what `aliases` maps a name to): a request for any
+   * other is answered as DeepSeek answers a typo or a retired name, 400 "Model Not Exist", so a
+   * wrong name fails in tests rather than in production. Default: every name is served.
+   */
+  readonly models?: ReadonlyArray<string> | undefined
   /** When set, 429 and 503 answers carry `Retry-After` (whole seconds, rounded up) and `retry-after-ms`. Default: none. */
   readonly retryAfter?: Duration.DurationInput | undefined
   /** Default uniform in 0-20 ms. */

@@ -259,6 +259,28 @@ describe("Simulator", () => {
       expect(String(yield* Effect.flip(Effect.sandbox(sim.setLimit("default", Number.NaN))))).toContain("is NaN")
     }))
 
+  it.scopedLive("with `models`, a model it does not serve gets DeepSeek's 400 Model Not Exist (an alias of one it serves is served)", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make({ models: [model], aliases: { "deepseek-flash": model } })
+      const refused = yield* chat(sim, "a typo", { model: "deepseek-chatt" })
+      expect([refused.status, JSON.parse(refused.text)]).toEqual([400, {
+        error: { message: "Model Not Exist", type: "invalid_request_error", param: null, code: "invalid_request_error" }
+      }])
+      expect((yield* chat(sim, "streamed", { model: "deepseek-chatt", stream: true })).status).toBe(400)
+      expect((yield* chat(sim, "served")).status).toBe(200)
+      expect((yield* chat(sim, "by its alias", { model: "deepseek-flash" })).status).toBe(200)
+      // The refused name holds no slot and makes no counters of its own.
+      const stats = accountStats(yield* sim.stats)
+      expect([stats.requests, stats.accepted, Object.keys(stats.byModel)]).toEqual([4, 2, [model]])
+      const made = (options: Record<string, unknown>) =>
+        Effect.map(Effect.exit(Simulator.make(options as Simulator.Options)), (exit) =>
+          Exit.isFailure(exit) ? String(exit.cause._tag === "Die" ? exit.cause.defect : exit.cause) : "made")
+      expect(yield* made({ models: [model, ""] })).toBe(`TypeError: Simulator: models holds "", not a model name`)
+      expect(yield* made({ models: [model], aliases: { old: "deepseek-v4-pro" } })).toBe(
+        `TypeError: Simulator: the alias "old" names "deepseek-v4-pro", a model not in models`
+      )
+    }))
+
   it.scopedLive("a queue delay function that returns no duration fails its request, says why, and keeps no slot; a cap function's NaN too", () =>
     Effect.gen(function*() {
       const logged: Array<Logged> = []

@@ -220,6 +220,8 @@ interface State {
   readonly accounts: ReadonlyMap<string, Account>
   readonly byKey: ReadonlyMap<string, Account>
   readonly aliases: Readonly<Record<string, string>>
+  /** The serving names it serves; `undefined`: every name. */
+  readonly models: ReadonlySet<string> | undefined
   readonly nowMs: () => number
   readonly elapsedMs: () => number
   readonly totals: {
@@ -350,6 +352,7 @@ const initialState = (options: Simulator.Options, clock: Clock.Clock): State => 
     accounts,
     byKey: accountsByKey(accounts),
     aliases: options.aliases ?? {},
+    models: servedModels(options),
     nowMs: () => clock.unsafeCurrentTimeMillis(),
     elapsedMs: () => clock.unsafeCurrentTimeMillis() - startedAt,
     totals: { requests: 0, accepted: 0, rateLimited: 0, completed: 0, unscheduled: 0, clientClosed: 0 },
@@ -377,6 +380,20 @@ const accountsByKey = (accounts: ReadonlyMap<string, Account>): ReadonlyMap<stri
     }
   }
   return byKey
+}
+
+/** `models`, refused when a name is empty or an alias names a model it leaves out (never served). */
+const servedModels = (options: Simulator.Options): ReadonlySet<string> | undefined => {
+  if (options.models === undefined) return undefined
+  const empty = options.models.find((name) => typeof name !== "string" || name === "")
+  if (empty !== undefined) throw new TypeError(`Simulator: models holds ${JSON.stringify(empty)}, not a model name`)
+  const models = new Set(options.models)
+  const stray = Object.entries(options.aliases ?? {}).find(([, serving]) => !models.has(serving))
+  if (stray !== undefined) {
+    const [alias, serving] = stray.map((name) => JSON.stringify(name))
+    throw new TypeError(`Simulator: the alias ${alias} names ${serving}, a model not in models`)
+  }
+  return models
 }
 
 const knownFaults: ReadonlySet<string> = new Set(allFaults)
@@ -865,6 +882,9 @@ const rateLimited = (state: State, account: Account, model: Model, res: Http.Ser
     return respondRetryLater(state, res, 429, "Rate Limit Reached", "rate_limit_error", "rate_limit_exceeded")
   })
 
+/** DeepSeek's answer to a model name it does not serve. */
+const modelNotExist = Wire.errorBody("Model Not Exist", "invalid_request_error", "invalid_request_error")
+
 const decodeRequest = Schema.decodeUnknownEither(Schema.parseJson(ChatCompletionRequest))
 
 const chat = (state: State, req: Http.IncomingMessage, res: Http.ServerResponse, body: string) =>
@@ -891,7 +911,11 @@ const chat = (state: State, req: Http.IncomingMessage, res: Http.ServerResponse,
         Wire.errorBody(`Invalid request: ${reason}`, "invalid_request_error")
       )
     }
-    const model = modelOf(account, servingModel(state, request.right.model))
+    const serving = servingModel(state, request.right.model)
+    if (state.models !== undefined && !state.models.has(serving)) {
+      return yield* respondJson(state, res, 400, modelNotExist)
+    }
+    const model = modelOf(account, serving)
     model.requests++
     yield* Effect.acquireUseRelease(
       Effect.suspend(() =>
