@@ -42,6 +42,22 @@ export const ToolCall = open({
 /** @since 0.1.0 */
 export type ToolCall = typeof ToolCall.Type
 
+/**
+ * `function`, the only kind of tool call there is, as an answer may give it: left out or null
+ * (vLLM, Ollama, Azure AI), or empty (Novita, on a call's later stream pieces).
+ */
+const AnsweredKind = Schema.transform(Schema.NullOr(Schema.Literal("function", "")), Schema.Literal("function"), {
+  strict: true,
+  decode: () => "function" as const,
+  encode: (kind) => kind
+})
+
+/** A tool call of an answer: a `ToolCall` whose `type` may be left out, null or empty. */
+const AnsweredToolCall = open({
+  ...ToolCall.fields,
+  type: Schema.optionalWith(AnsweredKind, { default: () => "function" as const })
+}, "ToolCall")
+
 /** A part of a multi-part message (`{"type": "text", "text": …}`; other kinds keep their fields). @since 0.1.0 */
 export const ContentPart = open({ type: Schema.String, text: Schema.optional(Schema.String) }, "ContentPart")
 
@@ -202,7 +218,7 @@ export const ResponseMessage = open({
   role: Schema.Literal("assistant"),
   content: Schema.optional(Schema.NullOr(Schema.String)),
   reasoning_content: Schema.optional(Schema.NullOr(Schema.String)),
-  tool_calls: Schema.optional(Schema.NullOr(Schema.Array(ToolCall)))
+  tool_calls: Schema.optional(Schema.NullOr(Schema.Array(AnsweredToolCall)))
 }, "ResponseMessage")
 
 /** @since 0.1.0 */
@@ -231,11 +247,16 @@ export const ChatCompletion = open({
 /** @since 0.1.0 */
 export type ChatCompletion = typeof ChatCompletion.Type
 
-/** A tool call fragment in a stream delta; `arguments` arrives in pieces. @since 0.1.0 */
+/**
+ * A tool call fragment in a stream delta; `arguments` arrives in pieces, `type` may be empty on
+ * later ones.
+ *
+ * @since 0.1.0
+ */
 export const DeltaToolCall = open({
   index: Schema.Number,
   id: Schema.optional(Schema.NullOr(Schema.String)),
-  type: Schema.optional(Schema.NullOr(Schema.Literal("function"))),
+  type: Schema.optional(Schema.NullOr(Schema.Literal("function", ""))),
   function: Schema.optional(Schema.NullOr(open({
     name: Schema.optional(Schema.NullOr(Schema.String)),
     arguments: Schema.optional(Schema.NullOr(Schema.String))

@@ -177,6 +177,31 @@ describe("Transport.create", () => {
       ])
     ]))))
 
+  // vLLM and Ollama may leave out a tool call's `type` or send it null, Azure AI leaves it out,
+  // Novita streams `""` after a call's first piece: `function` is the only kind there is.
+  it.effect("a tool call whose `type` is missing, null or empty is a function call, not a lost answer", () =>
+    Effect.gen(function*() {
+      const transport = yield* Transport.Transport
+      for (const _ of [1, 2]) {
+        const answer = yield* transport.create(request)
+        expect(answer.choices[0]?.message.tool_calls).toEqual([{ id: "t", type: "function", function: { name: "f", arguments: "{}" } }])
+      }
+      const folded = yield* ChatStream.fold(transport.stream(request))
+      expect(folded.choices[0]?.message.tool_calls).toEqual([{ id: "t1", type: "function", function: { name: "f", arguments: "{}" } }])
+    }).pipe(Effect.provide(setup([
+      ...[{}, { type: null }].map((type) =>
+        MockUpstream.json({
+          ...answerOf(null),
+          choices: [{ index: 0, message: { role: "assistant", tool_calls: [{ id: "t", ...type, function: { name: "f", arguments: "{}" } }] }, finish_reason: "tool_calls" }]
+        })
+      ),
+      MockUpstream.sse([
+        chunkOf({ role: "assistant", tool_calls: [{ index: 0, id: "t1", type: "function", function: { name: "f", arguments: "{" } }] }),
+        chunkOf({ tool_calls: [{ index: 0, type: "", function: { arguments: "}" } }] }, "tool_calls"),
+        "data: [DONE]\n\n"
+      ])
+    ]))))
+
   it.effect("an empty conversation is refused locally as InvalidRequest: nothing is sent", () =>
     Effect.gen(function*() {
       const history: Array<ChatSchema.Message> = []
