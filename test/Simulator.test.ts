@@ -364,7 +364,9 @@ describe("Simulator", () => {
       expect((yield* balanceOf("sk-broke")).is_available).toBe(true)
       expect((yield* chat(sim, "hi", {}, "sk-broke")).status).toBe(200)
       expect((yield* call(sim, { path: "/nowhere", key: "sk-rich", body: "{}" })).status).toBe(404)
-      expect((yield* call(sim, { key: "sk-rich", body: "{not json" })).status).toBe(400)
+      const invalid = yield* call(sim, { key: "sk-rich", body: "{not json" })
+      // DeepSeek's 400s carry a code, as its other errors do.
+      expect([invalid.status, JSON.parse(invalid.text).error.code]).toEqual([400, "invalid_request_error"])
       expect((yield* sim.stats).byStatus).toEqual({ 200: 4, 400: 1, 401: 2, 402: 1, 404: 1 })
     }))
 

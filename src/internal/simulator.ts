@@ -908,7 +908,7 @@ const chat = (state: State, req: Http.IncomingMessage, res: Http.ServerResponse,
         state,
         res,
         400,
-        Wire.errorBody(`Invalid request: ${reason}`, "invalid_request_error")
+        Wire.errorBody(`Invalid request: ${reason}`, "invalid_request_error", "invalid_request_error")
       )
     }
     const serving = servingModel(state, request.right.model)
