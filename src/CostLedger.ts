@@ -300,7 +300,9 @@ export const loadPricing = (path: string): Effect.Effect<PricingTable, PricingEr
 /**
  * A usage's tokens by how they are billed. When the server reports no cache split
  * (`prompt_cache_hit_tokens` / `_miss_tokens`), `prompt_tokens_details.cached_tokens` counts as
- * hits; with neither, every prompt token is a miss. `completion` includes `reasoning`.
+ * hits; with neither, every prompt token is a miss. `completion` includes `reasoning`, added to
+ * `completion_tokens` when a server counted it apart (its `total_tokens` adds it on top, or there
+ * is more of it than of the completion).
  *
  * @since 0.1.0
  * @category models

@@ -143,6 +143,21 @@ describe("CostLedger.cost", () => {
       expect(hitOnly).toMatchObject({ usd: 0.00008568 })
     }))
 
+  it.effect("bills reasoning a server counts apart from completion_tokens (its total says so) as output on top", () =>
+    Effect.gen(function*() {
+      const ledger = yield* CostLedger.make({ pricing: flatPricing })
+      const reasoning = { completion_tokens_details: { reasoning_tokens: 300 } }
+      // 1000 × 0.14 + 400 × 0.28 = 252 µUSD: 100 answered and 300 reasoned, the total their sum.
+      const apart = yield* ledger.cost("deepseek-v4-flash", { prompt_tokens: 1000, completion_tokens: 100, total_tokens: 1400, ...reasoning })
+      expect(apart).toMatchObject({ usd: 0.000252, tokens: { completion: 400, reasoning: 300 } })
+      // More reasoning than completion says as much when no total is sent.
+      const noTotal = yield* ledger.cost("deepseek-v4-flash", { prompt_tokens: 1000, completion_tokens: 100, ...reasoning })
+      expect(noTotal).toMatchObject({ usd: 0.000252, tokens: { completion: 400 } })
+      // DeepSeek's and OpenAI's way, reasoning within completion_tokens: billed once.
+      const within = yield* ledger.cost("deepseek-v4-flash", { prompt_tokens: 1000, completion_tokens: 400, total_tokens: 1400, ...reasoning })
+      expect(within).toMatchObject({ usd: 0.000252, tokens: { completion: 400, reasoning: 300 } })
+    }))
+
   it.effect("an unknown model is Unpriced, with its tokens still split", () =>
     Effect.gen(function*() {
       const ledger = yield* CostLedger.make({ pricing: flatPricing })

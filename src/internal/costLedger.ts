@@ -153,14 +153,26 @@ export const splitUsage = (usage: Usage): TokenSplit => {
   const miss = tokenCount(usage.prompt_cache_miss_tokens)
   const cached = tokenCount(usage.prompt_tokens_details?.cached_tokens)
   const cacheHit = hit ?? (miss !== undefined ? nonNegative(prompt - miss) : cached ?? 0)
+  const answered = tokenCount(usage.completion_tokens)
+  const reasoning = tokenCount(usage.completion_tokens_details?.reasoning_tokens) ?? 0
   return {
     prompt,
     cacheHit,
     cacheMiss: miss ?? nonNegative(prompt - cacheHit),
-    completion: tokenCount(usage.completion_tokens),
-    reasoning: tokenCount(usage.completion_tokens_details?.reasoning_tokens) ?? 0
+    completion: reasoningApart(prompt, answered, reasoning, tokenCount(usage.total_tokens))
+      ? answered + reasoning
+      : answered,
+    reasoning
   }
 }
+
+/**
+ * Whether a server counted reasoning apart from `completion_tokens` (some Gemini proxies), where
+ * DeepSeek and OpenAI count it within: its total adds it on top, or there is more of it than of
+ * the completion it would be part of. Its tokens are billed as output all the same.
+ */
+const reasoningApart = (prompt: number, completion: number, reasoning: number, total: number | undefined): boolean =>
+  reasoning > completion || (reasoning > 0 && total === prompt + completion + reasoning)
 
 const inMinutes = (minute: number, start: number, end: number): boolean =>
   start < end ? minute >= start && minute < end : minute >= start || minute < end
