@@ -345,15 +345,18 @@ describe("weatherproof serve, metrics and traces", () => {
       expect(seen.join("\n")).toMatch(/failure for \*+/)
     }))
 
-  it.scopedLive("with OTEL_EXPORTER_OTLP_ENDPOINT, spans go out over OTLP: the server's and the client's, keys redacted", () =>
+  it.scopedLive("with OTEL_EXPORTER_OTLP_ENDPOINT, spans go out over OTLP: the server's and the client's, keys redacted, under OTEL_SERVICE_NAME", () =>
     Effect.gen(function*() {
       const collector = yield* rawServer(Array.from({ length: 8 }, () => reply(200, "{}")))
-      const previous = process.env.OTEL_EXPORTER_OTLP_ENDPOINT
-      process.env.OTEL_EXPORTER_OTLP_ENDPOINT = collector.url
+      const env = { OTEL_EXPORTER_OTLP_ENDPOINT: collector.url, OTEL_SERVICE_NAME: "llm-gateway-eu" }
+      const previous = Object.fromEntries(Object.keys(env).map((name) => [name, process.env[name]]))
+      Object.assign(process.env, env)
       yield* Effect.addFinalizer(() =>
         Effect.sync(() => {
-          if (previous === undefined) delete process.env.OTEL_EXPORTER_OTLP_ENDPOINT
-          else process.env.OTEL_EXPORTER_OTLP_ENDPOINT = previous
+          for (const [name, value] of Object.entries(previous)) {
+            if (value === undefined) delete process.env[name]
+            else process.env[name] = value
+          }
         })
       )
       const sim = yield* Simulator.make()
@@ -368,6 +371,12 @@ describe("weatherproof serve, metrics and traces", () => {
         Scope.extend(scope)
       )
       yield* attempt(() => openai(gateway.url, { apiKey: "gw-otlp-key" }).chat.completions.create({ model, messages: ask("traced") }))
+      // A client may send a key in other headers too (Azure's SDK sends `api-key`): none is recorded.
+      const otherKeys = { "api-key": "sk-azure-style", "x-goog-api-key": "sk-google-style", "proxy-authorization": "Basic c2VjcmV0" }
+      yield* rawText(`${gateway.url}/v1/chat/completions`, { model, messages: ask("other headers") }, {
+        authorization: "Bearer gw-otlp-key",
+        ...otherKeys
+      })
       // Closing the scope flushes the exporters.
       yield* Scope.close(scope, Exit.void)
       const bodies = collector.received().map((r) => r.body).join("\n")
@@ -376,7 +385,12 @@ describe("weatherproof serve, metrics and traces", () => {
       expect(bodies).toContain("/v1/chat/completions")
       expect(bodies).not.toContain("gw-otlp-key")
       expect(bodies).not.toContain(Simulator.defaultKey)
+      for (const secret of Object.values(otherKeys)) expect(bodies).not.toContain(secret)
+      // The service as the environment names it, each process its own instance (replicas' series apart).
+      expect(bodies).toContain("llm-gateway-eu")
+      expect(bodies).not.toContain("weatherproof-gateway")
+      expect(bodies).toContain("service.instance.id")
       const ledger = yield* Effect.provide(CostLedger, context)
-      expect((yield* ledger.snapshot).total.requests).toBe(1)
+      expect((yield* ledger.snapshot).total.requests).toBe(2)
     }))
 })

@@ -20,6 +20,7 @@
  * event, an error body, or a 503 when nothing was sent yet); then the listening socket and every
  * connection close.
  */
+import * as Headers from "@effect/platform/Headers"
 import * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpMiddleware from "@effect/platform/HttpMiddleware"
 import * as HttpRouter from "@effect/platform/HttpRouter"
@@ -178,6 +179,13 @@ const modelList = (models: ReadonlySet<string>) => ({
   data: Array.from(models).sort().map(modelObject)
 })
 
+/**
+ * Request headers whose values spans show redacted: beside `authorization`, whatever a client may
+ * put a key or a session in (`api-key` from Azure's SDK, `x-goog-api-key`, `proxy-authorization`,
+ * cookies, tokens).
+ */
+const redactedHeaders: ReadonlyArray<RegExp> = [/auth|cookie|key|token|secret|password|session/i]
+
 /** Starts the gateway; it drains and stops when the scope closes. */
 export const make = (
   options: Options
@@ -308,6 +316,7 @@ export const make = (
       ),
       // Without a span exporter, spans (the server's and the HTTP client's) cost time for nothing.
       HttpMiddleware.withTracerDisabledWhenEffect(() => !telemetry.traced),
+      Effect.locally(Headers.currentRedactedNames, redactedHeaders),
       Effect.locally(HttpClient.currentTracerDisabledWhen, () => !telemetry.traced),
       Effect.locally(HttpClient.currentTracerPropagation, telemetry.traced)
     )

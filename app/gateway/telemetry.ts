@@ -17,9 +17,12 @@ import { PrometheusExporter, PrometheusSerializer } from "@opentelemetry/exporte
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http"
 import { type MetricProducer, type MetricReader, PeriodicExportingMetricReader } from "@opentelemetry/sdk-metrics"
 import { BatchSpanProcessor } from "@opentelemetry/sdk-trace-base"
+import * as Crypto from "node:crypto"
+import * as Config from "effect/Config"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
 
 export interface Service {
   /** The metrics now, in the Prometheus text format. */
@@ -33,7 +36,26 @@ export class Telemetry extends Context.Tag("weatherproof/gateway/Telemetry")<Tel
 /** The content type of the Prometheus text format. */
 export const prometheusContentType = "text/plain; version=0.0.4; charset=utf-8"
 
-const resource = { serviceName: "weatherproof-gateway", serviceVersion: "0.1.0" }
+/**
+ * What every export says it comes from. `@effect/opentelemetry` lets the resource given here win
+ * over the environment's, so it gives only what the environment leaves out: the service's name
+ * (`OTEL_SERVICE_NAME`, or `service.name` in `OTEL_RESOURCE_ATTRIBUTES`, else
+ * `weatherproof-gateway`) and an instance id of its own to each process, without which the
+ * cumulative series of replicas sharing a name would merge in the backend.
+ */
+const resourceFromEnv = Effect.gen(function*() {
+  const listed = yield* Config.string("OTEL_RESOURCE_ATTRIBUTES").pipe(Config.withDefault(""))
+  const given = new Map(listed.split(",").map((pair) => {
+    const [key = "", value = ""] = pair.split("=").map((part) => part.trim())
+    return [key, value]
+  }))
+  const name = yield* Config.nonEmptyString("OTEL_SERVICE_NAME").pipe(Config.option)
+  return {
+    serviceName: Option.getOrElse(name, () => given.get("service.name") || "weatherproof-gateway"),
+    serviceVersion: "0.1.0",
+    attributes: given.has("service.instance.id") ? {} : { "service.instance.id": Crypto.randomUUID() }
+  }
+}).pipe(Effect.orDie)
 
 /** The prefix of the series Effect keeps per fiber when its `RuntimeMetrics` flag is on. */
 const fiberSeriesPrefix = "effect_fiber_"
@@ -75,10 +97,10 @@ export const layer = (options: { readonly otlp: boolean }): Layer.Layer<Telemetr
   if (options.otlp) {
     readers.push(new PeriodicExportingMetricReader({ exporter: new OTLPMetricExporter(), exportIntervalMillis: 10_000 }))
   }
-  const sdk = NodeSdk.layer(() => ({
+  const sdk = NodeSdk.layer(Effect.map(resourceFromEnv, (resource) => ({
     resource,
     spanProcessor: options.otlp ? new BatchSpanProcessor(new OTLPTraceExporter()) : undefined
-  }))
+  })))
   const metrics = Layer.scopedDiscard(
     Effect.flatMap(Metrics.makeProducer, (producer) => Metrics.registerProducer(exported(producer), () => readers))
   )
