@@ -48,6 +48,7 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import type { ChatCompletionRequest } from "./ChatSchema.js"
 import * as internal from "./internal/aiLanguageModel.js"
+import { withoutUndefined } from "./internal/options.js"
 import type { CallOptions, Resilient, ResilientError } from "./Resilient.js"
 
 /**
@@ -60,7 +61,8 @@ export type Model = "deepseek-v4-flash" | "deepseek-v4-pro" | "deepseek-flash"
 
 /**
  * Request fields for every call of a model (`config` of `layer`), or for the calls of one
- * effect (`withConfigOverride`). The context's `Config` overrides the layer's, field by field.
+ * effect (`withConfigOverride`). The context's `Config` overrides the layer's, field by field; a
+ * field set to `undefined` overrides nothing.
  *
  * @since 0.1.0
  * @category context
@@ -211,7 +213,8 @@ export const withConfigOverride: {
   <A, E, R>(self: Effect.Effect<A, E, R>, overrides: Config.Service): Effect.Effect<A, E, R> =>
     Effect.flatMap(
       Effect.serviceOption(Config),
-      (current) => Effect.provideService(self, Config, { ...Option.getOrUndefined(current), ...overrides })
+      (current) =>
+        Effect.provideService(self, Config, { ...Option.getOrUndefined(current), ...withoutUndefined(overrides) })
     )
 )
 

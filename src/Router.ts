@@ -27,11 +27,10 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
-import * as Predicate from "effect/Predicate"
 import * as Record from "effect/Record"
 import * as Schema from "effect/Schema"
 import type { ChatCompletionRequest } from "./ChatSchema.js"
-import { assertValid } from "./internal/options.js"
+import { assertValid, withoutUndefined } from "./internal/options.js"
 import * as SchemaIssues from "./internal/schemaIssues.js"
 import { parseJson } from "./internal/text.js"
 import { TaggedError } from "./internal/sdkError.js"
@@ -297,15 +296,6 @@ const mergeRoutes = (overrides: { readonly [T in Task]?: Route }): Routes =>
   Record.map(defaultRoutes, (route, task) => overrides[task] ?? route)
 
 const decodeOptions = Schema.decodeUnknownEither(Options, { errors: "all" })
-
-/**
- * `options` without the fields set to `undefined`: a caller that does not compile with
- * `exactOptionalPropertyTypes` may pass `{ defaultTask: config.task }` for a field it leaves unset.
- */
-const withoutUndefined = (value: unknown): unknown =>
-  Predicate.isRecord(value)
-    ? Object.fromEntries(Object.entries(value).flatMap(([key, field]) => field === undefined ? [] : [[key, withoutUndefined(field)]]))
-    : value
 
 const settingsOf = (options: Options): Settings => {
   const valid = Either.getOrElse(decodeOptions(withoutUndefined(options)), (error) => {

@@ -143,6 +143,18 @@ describe("AiLanguageModel", () => {
       expect(sent).not.toHaveProperty("tools")
     }).pipe(Effect.provide(stack([MockUpstream.completion(generation)], { thinking: { type: "enabled" } }))))
 
+  it.effect("a Config field set to undefined (an unset optional setting) leaves the layer's value, the model included", () =>
+    Effect.gen(function*() {
+      // As a caller compiled without `exactOptionalPropertyTypes` may write them.
+      const overrides = [{ model: undefined, reasoning_effort: "max" }, { thinking: undefined }] as Array<AiLanguageModel.Config.Service>
+      yield* LanguageModel.generateText({ prompt: "Forecast?" }).pipe(
+        AiLanguageModel.withConfigOverride(overrides[0]!),
+        AiLanguageModel.withConfigOverride(overrides[1]!)
+      )
+      const [sent] = yield* sentBodies
+      expect(sent).toMatchObject({ model, thinking: { type: "enabled" }, reasoning_effort: "max" })
+    }).pipe(Effect.provide(stack([MockUpstream.completion(generation)], { thinking: { type: "enabled" } }))))
+
   it.effect("usage keeps cache-hit, cache-miss and reasoning tokens", () =>
     Effect.gen(function*() {
       const response = yield* LanguageModel.generateText({ prompt: "Forecast?" })

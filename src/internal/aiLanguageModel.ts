@@ -20,6 +20,7 @@ import type { Config, Options } from "../AiLanguageModel.js"
 import type * as Chat from "../ChatSchema.js"
 import { Resilient, type ResilientError } from "../Resilient.js"
 import { ATTR_GEN_AI_PROVIDER_NAME, GEN_AI_PROVIDER_NAME_VALUE_DEEPSEEK } from "./genAi.js"
+import { withoutUndefined } from "./options.js"
 
 const moduleName = "weatherproof/AiLanguageModel"
 
@@ -29,7 +30,11 @@ export const make = (options: Options, contextConfig: Effect.Effect<Config.Servi
 
     const prepare = (provider: LanguageModel.ProviderOptions) =>
       Effect.gen(function*() {
-        const { callOptions, ...fields } = { model: options.model, ...options.config, ...(yield* contextConfig) }
+        const { callOptions, ...fields } = {
+          model: options.model,
+          ...withoutUndefined(options.config),
+          ...withoutUndefined(yield* contextConfig)
+        }
         const messages = yield* toMessages(provider.prompt)
         const request: Chat.ChatCompletionRequest = {
           ...fields,

@@ -7,6 +7,7 @@
  * @internal
  */
 import * as Cause from "effect/Cause"
+import * as Predicate from "effect/Predicate"
 
 /** What is wrong with one option; `undefined` when nothing is. */
 export type Problem = string | undefined
@@ -35,3 +36,15 @@ export const assertValid = (owner: string, problems: ReadonlyArray<Problem>): vo
   const found = problems.filter((problem): problem is string => problem !== undefined)
   if (found.length > 0) throw new Cause.IllegalArgumentException(`${owner}: ${found.join("; ")}`)
 }
+
+/**
+ * `value` without the fields set to `undefined`, at every depth: a caller that does not compile
+ * with `exactOptionalPropertyTypes` may write `{ defaultTask: config.task }` for a field it
+ * leaves unset, which must not override a default or a layer's value with nothing.
+ */
+export const withoutUndefined = <A>(value: A): A =>
+  (Predicate.isRecord(value)
+    ? Object.fromEntries(
+      Object.entries(value).flatMap(([key, field]) => field === undefined ? [] : [[key, withoutUndefined(field)]])
+    )
+    : value) as A
