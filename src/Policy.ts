@@ -271,7 +271,11 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Scope
       limiter: yield* unlessFalse(concurrency, (limit) =>
         Limiter.makeAdaptive({ ...(typeof limit === "number" ? Limiter.ceiling(limit) : limit), classify })),
       breaker: yield* unlessFalse(options.breaker, (breaker) =>
-        CircuitBreakerModule.make({ countLoadShed: concurrency === false || "overload", ...breaker, classify })),
+        CircuitBreakerModule.make({
+          ...breaker,
+          countLoadShed: breaker?.countLoadShed ?? (concurrency === false || "overload"),
+          classify
+        })),
       budgetWait: options.budgetWait,
       capRetriesPaced: options.capRetriesPaced ?? concurrency !== false
     })

@@ -211,20 +211,22 @@ describe("Policy around any effect", () => {
       expect(yield* outcome(Policy.layerFromContextWith(options))).toBe("DbBusy")
     }))
 
-  it.scoped("behind the adaptive limiter the breaker opens on a storm of overload (503s), not of 429s", () =>
-    Effect.gen(function*() {
-      const policy = yield* Policy.make({
-        classify: classifyDb,
-        retry: false,
-        retryBudget: false,
-        breaker: { minimumThroughput: 4, failureRatio: 0.5 }
-      })
-      const failWith = (error: DbBusy | DbOverloaded) =>
-        Effect.forEach([1, 2, 3, 4], () => Effect.flip(policy.apply(Effect.fail(error))))
-      expect((yield* failWith(new DbBusy())).map((e) => e._tag)).toEqual(["DbBusy", "DbBusy", "DbBusy", "DbBusy"])
-      yield* failWith(new DbOverloaded())
-      expect(yield* Effect.flip(policy.apply(Effect.succeed("never")))).toMatchObject({ _tag: "CircuitOpen" })
-    }))
+  it.scoped("behind the adaptive limiter the breaker opens on a storm of overload (503s), not of 429s (countLoadShed: undefined is left out)", () =>
+    Effect.forEach([{}, { countLoadShed: undefined }], (unset) =>
+      Effect.gen(function*() {
+        const policy = yield* Policy.make({
+          classify: classifyDb,
+          retry: false,
+          retryBudget: false,
+          breaker: { minimumThroughput: 4, failureRatio: 0.5, ...unset }
+        })
+        const failWith = (error: DbBusy | DbOverloaded) =>
+          Effect.forEach([1, 2, 3, 4], () => Effect.flip(policy.apply(Effect.fail(error))))
+        expect((yield* failWith(new DbBusy())).map((e) => e._tag)).toEqual(["DbBusy", "DbBusy", "DbBusy", "DbBusy"])
+        expect(yield* policy.apply(Effect.succeed("served"))).toBe("served")
+        yield* failWith(new DbOverloaded())
+        expect(yield* Effect.flip(policy.apply(Effect.succeed("never")))).toMatchObject({ _tag: "CircuitOpen" })
+      })))
 
   it.scoped("an error its classifier does not know is an outage: retried and counted by the breaker, never a success", () =>
     Effect.gen(function*() {
