@@ -546,6 +546,32 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(layer))
   })
 
+  it.effect("the queued gauge falls as the pool turns its waiters away (the account's last key rejected), not at the lane's next event", () => {
+    const model = "queued-gauge-model"
+    const setup: Setup = {
+      accounts: [account("q", ["sk-q"], { provider: "openai-compatible", concurrency: 1 })],
+      handlers: {
+        q: (req) => bodyOf(req).model === model ? MockUpstream.completion(generation(req), { delay: "1 minute" }) : status(401)(req)
+      }
+    }
+    const queued = Effect.map(Metric.snapshot, (pairs) =>
+      pairs.find(({ metricKey }) =>
+        metricKey.name === "weatherproof_account_pool_queued" && metricKey.tags.some((tag) => tag.value === model)
+      )?.metricState)
+    return Effect.gen(function*() {
+      const calls = yield* Effect.forEach([1, 2, 3, 4], () => Effect.fork(Effect.either(createWith({ ...request, model }))))
+      yield* settle
+      expect(yield* queued).toMatchObject({ value: 3 })
+      // Another model's call meets a 401 on the only key: no account is left for the queued calls.
+      expect(yield* Effect.flip(createWith({ ...request, model: "other-model" }))).toMatchObject({ _tag: "NoAccountAvailable" })
+      yield* settle
+      expect((yield* Effect.forEach(calls.slice(1), Fiber.join)).map((result) => result._tag)).toEqual(["Left", "Left", "Left"])
+      // While the first call still runs.
+      expect(yield* queued).toMatchObject({ value: 0 })
+      yield* Fiber.interrupt(calls[0]!)
+    }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
   it.effect("has each lane's series from its making, on every account: for the models it serves at start, and an unlisted model's at its first call", () => {
     const setup: Setup = { accounts: [account("series-a", ["sk-a"]), account("series-b", ["sk-b"])], handlers: { "series-a": healthy() } }
     /** The state of the series `name` with exactly `tags`, if it exists (reading a metric's value would make it). */

@@ -943,8 +943,9 @@ export const makeWith = <R>(
       )
       return restore(Effect.raceFirst(Deferred.await(waiter.wake), gaveUp)).pipe(
         // Interrupted or out of time: leave the queue, or hand back a permit granted meanwhile.
+        // Turned away (woken without a grant): it left the queue, which the gauge must say now.
         Effect.onExit((exit) =>
-          Exit.isSuccess(exit) ? Effect.void : Effect.sync(() => {
+          Exit.isSuccess(exit) && waiter.grant !== undefined ? Effect.void : Effect.sync(() => {
             dispatcher.cancel(waiter)
             publishQueued(waiter.model)
           })
