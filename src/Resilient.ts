@@ -134,7 +134,8 @@ export class CaptureContent extends Context.Reference<CaptureContent>()("weather
 
 /**
  * What a client calls once per attempt, under the permit of its policy: a `Transport`, or an
- * `AccountPool` (whose permits are its own).
+ * `AccountPool` (whose permits are its own). Every attempt of a call gets one request object, a
+ * copy of the caller's made for the call: an upstream tells a retry from another call by it.
  *
  * @since 0.1.0
  * @category models
@@ -198,19 +199,28 @@ export const makeWith = (policy: PolicyModule.Service, upstream: Upstream): Effe
       abandonWhen: options?.maxWait === undefined ? undefined : Effect.sleep(options.maxWait)
     })
 
-    /** One call; `trace` wraps each attempt (and counts it, when traced). */
+    /**
+     * One call; `trace` wraps each attempt (and counts it, when traced). Its attempts send a copy
+     * of the request of their own: calls that share one request object are not retries.
+     */
     const create = (request: ChatCompletionRequest, options: CallOptions | undefined, trace: GenAi.Trace) =>
-      cache.cached(
-        request,
-        policy.apply((permit) => trace.attempt(upstream.create(request, options, permit)), applyOptions(request, options)),
-        { cache: options?.cache }
-      )
+      Effect.suspend(() => {
+        const sent = { ...request }
+        return cache.cached(
+          request,
+          policy.apply((permit) => trace.attempt(upstream.create(sent, options, permit)), applyOptions(request, options)),
+          { cache: options?.cache }
+        )
+      })
     const stream = (request: ChatCompletionRequest, options: CallOptions | undefined, trace: GenAi.Trace) =>
-      cache.cachedStream(
-        request,
-        policy.applyStream((permit) => trace.attemptStream(upstream.stream(request, options, permit)), applyOptions(request, options)),
-        { cache: options?.cache }
-      )
+      Stream.suspend(() => {
+        const sent = { ...request }
+        return cache.cachedStream(
+          request,
+          policy.applyStream((permit) => trace.attemptStream(upstream.stream(sent, options, permit)), applyOptions(request, options)),
+          { cache: options?.cache }
+        )
+      })
 
     return Resilient.of({
       create: (request, options) =>

@@ -513,6 +513,25 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(layer))
   })
 
+  it.effect("calls through the client that share one request object are calls, not retries of each other; a call's retry is one", () => {
+    let chats = 0
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"])],
+      handlers: { a: (req) => ++chats === 4 ? status(500)(req) : healthy()(req) },
+      options: { preflight: false }
+    }
+    const { layer } = stackLayer(setup)
+    const retries = Effect.flatMap(AccountPool.AccountPool, (pool) => Effect.map(pool.snapshot, ([a]) => a!.retries))
+    return Effect.gen(function*() {
+      yield* Effect.repeatN(resilientCreate, 2)
+      expect(yield* retries).toBe(0)
+      const retried = yield* Effect.fork(resilientCreate)
+      yield* TestClock.adjust("1 second")
+      yield* Fiber.join(retried)
+      expect([chats, yield* retries]).toEqual([5, 1])
+    }).pipe(Effect.provide(layer))
+  })
+
   it.effect("an account-level failure of the only account left for the call is its answer, told once, not \"no account can serve\"", () => {
     const setup: Setup = { accounts: [account("a", ["sk-a"])], handlers: { a: status(403) }, options: { preflight: false } }
     const { counts, layer } = stackLayer(setup)

@@ -1022,7 +1022,7 @@ export const makeWith = <R>(
     /**
      * Counts an attempt that reached its account's upstream, in the account's figures and the
      * metrics of its (account, model). The outer client hands every attempt of a call the same
-     * request object, so one sent before makes this a retry; a failure that moves the attempt on
+     * request object (`Resilient` a copy made for the call), so one sent before makes this a retry; a failure that moves the attempt on
      * (`movesOn`) fails over within the attempt, so the next account's send is not a retry.
      */
     const sent = new WeakSet<ChatCompletionRequest>()
