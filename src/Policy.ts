@@ -9,6 +9,8 @@
  *    passes every gate below again, and a call that is backing off holds nothing. The budget caps
  *    retries at a share of recent traffic, so an incident cannot become a retry storm; a retry it
  *    refuses waits for room, up to the retry policy's `maxRetryAfter`, before its error surfaces.
+ *    It does not charge the retry of a refusal of the gates below (an empty bucket, an open
+ *    circuit): that attempt reached no upstream, and its gate paces the retry.
  * 2. **Token bucket** (`TokenBucket`). A call waiting for rate capacity holds no permit.
  * 3. **Concurrency limiter** (`ConcurrencyLimiter`, adaptive by default). The permit is held
  *    until the call ends: the whole stream, or the whole response body.
@@ -150,10 +152,11 @@ export interface Parts {
    * such a 429 is then not charged to the retry budget: it waits for a permit of a limit already
    * lowered, so retries cannot outrun what the upstream admits, where the budget would starve
    * them (a cap that drops under a full limit turns most calls in flight into 429s at once, and
-   * they would wait for a refill that only new calls bring). An `AccountPool` marks the 429s no
-   * limit paces (no `Retry-After`, met by a request alone on its lane: the upstream refuses even
-   * one), and their retries are charged again. Default `false`: a `limiter` given here may be one
-   * that does not back off (`makeFixed`), whose retries the budget must pace.
+   * they would wait for a refill that only new calls bring). The 429s no limit paces (no
+   * `Retry-After`, met by a request alone on its limiter or an `AccountPool`'s lane: the upstream
+   * refuses even one, as under an account-wide rate limit) have their retries charged again.
+   * Default `false`: a `limiter` given here may be one that does not back off (`makeFixed`), whose
+   * retries the budget must pace.
    */
   readonly capRetriesPaced?: boolean | undefined
 }

@@ -188,8 +188,9 @@ const expected = (verdict: ApiError.Verdict, countLoadShed: CountLoadShed): Obse
     : verdict._tag === "Refused" || verdict._tag === "LoadShed"
     ? "ignored"
     : "success"
-  // A cap's 429 is paced by the limiter, not charged to the budget (`Policy.Parts.capRetriesPaced`).
-  const charged = retried && !(verdict._tag === "LoadShed" && verdict.signal === "cap")
+  // A cap's 429 is paced by the limiter, not charged to the budget (`Policy.Parts.capRetriesPaced`),
+  // nor a refusal of the policy's own gates, which reached no upstream.
+  const charged = retried && verdict._tag !== "Refused" && !(verdict._tag === "LoadShed" && verdict.signal === "cap")
   // The retry succeeds: what it was charged is refunded.
   const budgetRetries = charged ? 1 : 0
   return { retried, budgetRetries, budgetRefunds: budgetRetries, dropped: verdict._tag === "LoadShed" ? 1 : 0, breaker }

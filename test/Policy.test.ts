@@ -53,6 +53,9 @@ const scripted = <E>(errors: ReadonlyArray<E>) =>
 
 const fast = { base: "10 millis", cap: "10 millis", maxRetries: 5 } as const
 
+/** Another call of `policy`, holding a permit for 100 ms: a 429 met meanwhile is not met alone. */
+const anotherCall = (policy: Policy.Service) => Effect.tap(Effect.fork(policy.apply(Effect.sleep("100 millis"))), () => Effect.yieldNow())
+
 describe("Policy around any effect", () => {
   it.scoped("retries a user's load-shed and outage errors, not its caller errors, through its own classifier", () =>
     Effect.gen(function*() {
@@ -113,7 +116,7 @@ describe("Policy around any effect", () => {
       expect(refused).toMatchObject({ _tag: "CircuitOpen" })
     }))
 
-  it.scoped("behind an adaptive limiter a cap's 429 is retried without the retry budget's leave; overload and outages are not, nor a 429 with no limiter or a fixed one", () =>
+  it.scoped("behind an adaptive limiter a cap's 429 is retried without the retry budget's leave; overload and outages are not, nor a 429 with no limiter or a fixed one, nor one met alone", () =>
     Effect.gen(function*() {
       // A spent budget, which refuses at once.
       const options = { classify: classifyDb, retry: fast, retryBudget: { ratio: 0, minRetriesPerSecond: 0 }, budgetWait: 0 } as const
@@ -126,7 +129,11 @@ describe("Policy around any effect", () => {
           yield* TestClock.adjust("1 second")
           return Either.match(yield* Fiber.join(fiber), { onLeft: (e) => e._tag, onRight: (answer) => answer })
         })
+      // Beside another call in flight, the lowered limit paces it.
+      yield* anotherCall(paced)
       expect(yield* outcome(paced, new DbBusy())).toBe("answer after 1")
+      // Met alone, nothing but the budget would pace the retry: the upstream refuses even one.
+      expect(yield* outcome(yield* Policy.make(options), new DbBusy())).toBe("DbBusy")
       expect(yield* outcome(paced, new DbOverloaded())).toBe("DbOverloaded")
       expect(yield* outcome(paced, new DbDown())).toBe("DbDown")
       expect(yield* outcome(unpaced, new DbBusy())).toBe("DbBusy")
@@ -142,6 +149,35 @@ describe("Policy around any effect", () => {
         budgetWait: 0
       })
       expect(yield* outcome(fixed, new DbBusy())).toBe("DbBusy")
+    }))
+
+  it.scoped("an upstream that refuses every request with a 429 (an account-wide rate limit): the retry budget bounds the retries once the limit is at its floor", () =>
+    Effect.gen(function*() {
+      const policy = yield* Policy.make({})
+      let attempts = 0
+      const refused = Effect.suspend(() => {
+        attempts++
+        return Effect.zipRight(Effect.sleep("50 millis"), Effect.fail(new ApiError.RateLimited({ message: "rpm", retryAfter: Option.none() })))
+      })
+      yield* Effect.forkScoped(Effect.forEach(Array.from({ length: 100 }), () => Effect.exit(policy.apply(refused)), { concurrency: "unbounded" }))
+      for (let step = 0; step < 200; step++) yield* TestClock.adjust("50 millis")
+      // The budget's defaults: 20 % of the 100 calls and a reserve of 10 in its 10 s window; and
+      // the first 429s, met beside others while the limit fell from its initial 8, paced by it.
+      // Without the budget, each call would be retried 5 times (208 attempts in the 10 s).
+      expect(attempts).toBeLessThanOrEqual(130 + 8)
+    }))
+
+  it.scoped("retries of its own bucket's refusals are not charged to the retry budget: they reached no upstream, and the bucket paces them", () =>
+    Effect.gen(function*() {
+      const budget = yield* RetryBudget.make()
+      const bucket = yield* TokenBucket.make({ requests: { limit: 10, interval: "1 second" }, onExhausted: "fail" })
+      const policy = yield* Policy.fromParts({ retry: RetryPolicy.make({ base: "100 millis", cap: "1 second", maxRetries: 10 }), budget, bucket })
+      // A burst of 30 calls: 20 are refused by the bucket, and retried as it refills.
+      const burst = yield* Effect.fork(Effect.forEach(Array.from({ length: 30 }), () => policy.apply(Effect.void), { concurrency: "unbounded" }))
+      for (let step = 0; step < 100 && burst.unsafePoll() === null; step++) yield* TestClock.adjust("100 millis")
+      expect(burst.unsafePoll()).toMatchObject({ _tag: "Success" })
+      // Charged, they would have spent the room (20 % of 30 calls, and the reserve of 10) a real failure's retry needs.
+      expect(yield* budget.snapshot).toMatchObject({ retries: 0 })
     }))
 
   /** A policy of quick retries guarded by `budget`, whose retries wait up to a minute for it. */
@@ -182,6 +218,7 @@ describe("Policy around any effect", () => {
         capRetriesPaced: true
       })
       const busyThenDown = yield* scripted([new DbBusy(), new DbDown()])
+      yield* anotherCall(paced)
       const pacedFiber = yield* Effect.fork(paced.apply(busyThenDown.call))
       yield* TestClock.adjust("1 second")
       expect(yield* Fiber.join(pacedFiber)).toBe("answer after 2")
@@ -202,6 +239,7 @@ describe("Policy around any effect", () => {
         Effect.gen(function*() {
           const policy = yield* Effect.provide(Policy.Policy, Layer.provide(layer, parts))
           const { call } = yield* scripted([new DbBusy()])
+          yield* anotherCall(policy)
           const fiber = yield* Effect.fork(Effect.either(policy.apply(call)))
           yield* TestClock.adjust("1 second")
           return Either.match(yield* Fiber.join(fiber), { onLeft: (e) => e._tag, onRight: (answer) => answer })

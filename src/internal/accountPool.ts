@@ -51,7 +51,6 @@ import * as Scrubber from "./scrubber.js"
 import * as StreamPull from "./streamPull.js"
 import * as Substitutes from "./substitutes.js"
 import * as ToldAttempts from "./toldAttempts.js"
-import * as Unpaced from "./unpaced.js"
 import { clipped, connectionFailure, parseJson, quotedBody } from "./text.js"
 import type { SharedBalance, Verdict } from "./sharedBalance.js"
 import * as ScopeFinalizer from "./scopeFinalizer.js"
@@ -1044,14 +1043,6 @@ export const makeWith = <R>(
           member.failed++
           member.lastFailure = error
           if (result === "RateLimited") figures.rateLimited++
-          // Refused alone on its lane, with no Retry-After to wait: neither the limiter nor the
-          // server paces its retry, so the retry budget does.
-          if (
-            verdict._tag === "LoadShed" && verdict.signal === "cap" && Option.isNone(verdict.retryAfter) &&
-            placed.grant.lane.inFlight <= 1
-          ) {
-            Unpaced.markUnpaced(error)
-          }
         }
         attemptsCounter.unsafeUpdate(1, figures.resultTags(result))
         attemptDuration.unsafeUpdate((now() - placed.placedAt) / 1000, tags)

@@ -12,6 +12,7 @@ import * as ApiError from "../ApiError.js"
 import type { Classifier } from "../ApiError.js"
 import { above, assertValid, atLeast, ratio } from "./options.js"
 import * as ScopeFinalizer from "./scopeFinalizer.js"
+import * as Unpaced from "./unpaced.js"
 import { TaggedError } from "./sdkError.js"
 import type {
   AcquireOptions,
@@ -819,6 +820,21 @@ export interface PermitHooks {
  * report counts. A success reported without a queue delay takes the one the holder recorded.
  * An acceptance is ahead of its response when it came nearer the send than the end.
  */
+/**
+ * Marks a cap's 429 with no `Retry-After` that a request alone on its ledger met (`Unpaced`): a
+ * lower limit would not pace its retry (the upstream refuses even one, as under an account-wide
+ * rate limit), so the retry budget must.
+ */
+const noteUnpaced = (exit: Exit.Exit<unknown, unknown>, classify: Classifier = ApiError.classify): void => {
+  if (Exit.isSuccess(exit)) return
+  const failure = Cause.failureOption(exit.cause)
+  if (Option.isNone(failure)) return
+  const verdict = classify(failure.value)
+  if (verdict._tag === "LoadShed" && verdict.signal === "cap" && Option.isNone(verdict.retryAfter)) {
+    Unpaced.markUnpaced(failure.value)
+  }
+}
+
 export const makePermit = (policy: Policy, ledger: Ledger, grant: Grant, clock: Clock.Clock, hooks: PermitHooks) => {
   const { stamp } = grant
   const grantedAt = clock.unsafeCurrentTimeMillis()
@@ -846,7 +862,10 @@ export const makePermit = (policy: Policy, ledger: Ledger, grant: Grant, clock: 
     if (outcome._tag === "Dropped") hooks.dropped()
     hooks.changed()
   }
-  const settle = (exit: Exit.Exit<unknown, unknown>): void => report(outcomeOf(exit, hooks.classify))
+  const settle = (exit: Exit.Exit<unknown, unknown>): void => {
+    if (ledger.inFlight <= 1) noteUnpaced(exit, hooks.classify)
+    report(outcomeOf(exit, hooks.classify))
+  }
   const permit: Permit = {
     complete: (outcome) => Effect.sync(() => report(outcome)),
     settle: (exit) => Effect.sync(() => settle(exit)),

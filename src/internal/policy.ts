@@ -211,6 +211,15 @@ export const make = (parts: Parts): Service => {
   }
 
   /**
+   * A retry the budget lets go without its leave: a paced cap's 429 (`Parts.capRetriesPaced`),
+   * or a refusal of the policy's own gates (an exhausted bucket, an open circuit), which reached
+   * no upstream and whose gate paces its retry: charged, a burst of them would spend the room a
+   * real failure's retry needs.
+   */
+  const exempt = (error: unknown): boolean =>
+    classify(error)._tag === "Refused" || (parts.capRetriesPaced && isCapLoadShed(error))
+
+  /**
    * When the budget allowed the retry the schedule is deciding on, in this fiber, until read.
    * The schedule is built once for every call; its driver runs in the call's fiber.
    */
@@ -220,7 +229,7 @@ export const make = (parts: Parts): Service => {
   const retries = (schedule: Schedule.Schedule<unknown, unknown>): Schedule.Schedule<unknown, unknown> => {
     const guarded = budget === undefined ? schedule : schedule.pipe(RetryBudget.guard(budget, {
       waitFor: parts.budgetWait ?? retry?.maxRetryAfter ?? Duration.zero,
-      exempt: parts.capRetriesPaced ? isCapLoadShed : undefined,
+      exempt,
       onAllowed: (_, at) => FiberRef.set(allowedAt, at)
     }))
     return Schedule.modifyDelayEffect(guarded, (error, delay) => Effect.as(onRetry(error, delay), delay))

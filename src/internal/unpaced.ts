@@ -1,8 +1,9 @@
 /**
  * A cap's 429s nothing paces: met by a request alone on its lane, where a lower limit would
  * change nothing (the upstream refuses even one, as under an account-wide rate limit), with no
- * `Retry-After` to wait. An account pool marks them; the policy around it charges their retries
- * to the retry budget instead of exempting them as paced (`Policy.Parts.capRetriesPaced`).
+ * `Retry-After` to wait. A limiter's permit marks them as it is settled (a policy's limiter, an
+ * account pool's lanes); the policy charges their retries to the retry budget instead of
+ * exempting them as paced (`Policy.Parts.capRetriesPaced`).
  *
  * @internal
  */
