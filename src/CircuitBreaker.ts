@@ -247,6 +247,14 @@ export interface Service {
    * first report counts); a call whose scope closes first counts as interrupted (ignored).
    */
   readonly admit: Effect.Effect<(exit: Exit.Exit<unknown, unknown>) => Effect.Effect<void>, CircuitOpen, Scope.Scope>
+  /**
+   * Completes when a call would be admitted or refused at once: at once, unless the circuit is
+   * half-open with every canary slot taken (and half-open callers `"wait"`); then when the
+   * canaries' verdict comes. A caller that takes a limiter's permit waits here first, so that it
+   * holds no permit while a canary runs (an LLM call: minutes). Fails with `CircuitOpen`
+   * (`half_open`) when `abandonWhen` completes first (a caller's `maxWait`).
+   */
+  readonly awaitVerdict: (abandonWhen?: Effect.Effect<void> | undefined) => Effect.Effect<void, CircuitOpen>
   /** The state now. */
   readonly state: Effect.Effect<State>
   /** The current state, then every transition in order. Never ends. */
@@ -499,9 +507,21 @@ const serve = (core: internal.Core, options: Options, transitions: Transitions):
       })
     })
 
+    const verdict: Effect.Effect<void> = Effect.suspend(() => {
+      const awaited = core.machine.verdictAwaited(core.now())
+      return awaited === undefined ? Effect.void : Effect.zipRight(Deferred.await(awaited), verdict)
+    })
+    const abandoned = Effect.suspend(() => {
+      const state = core.machine.state
+      return Effect.fail(reject({ reason: "half_open", until: core.now(), trips: "trips" in state ? state.trips : 0 }))
+    })
+    const awaitVerdict = (abandonWhen?: Effect.Effect<void>) =>
+      abandonWhen === undefined ? verdict : Effect.raceFirst(verdict, Effect.zipRight(abandonWhen, abandoned))
+
     return {
       protect,
       admit,
+      awaitVerdict,
       state: core.state,
       changes: Stream.fromPubSub(transitions.states),
       halfOpen: core.halfOpen,
@@ -610,6 +630,7 @@ export const layerRedis = (options: RedisOptions): Layer.Layer<CircuitBreaker, n
 export const layerNoop: Layer.Layer<CircuitBreaker> = Layer.succeed(CircuitBreaker, {
   protect: (effect) => effect,
   admit: Effect.succeed(() => Effect.void),
+  awaitVerdict: () => Effect.void,
   state: Effect.succeed(internal.closed),
   changes: Stream.concat(Stream.succeed(internal.closed), Stream.never),
   halfOpen: Effect.void,

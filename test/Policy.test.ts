@@ -266,6 +266,31 @@ describe("Policy around any effect", () => {
         expect(yield* Effect.flip(policy.apply(Effect.succeed("never")))).toMatchObject({ _tag: "CircuitOpen" })
       })))
 
+  it.scoped("while a canary runs in half-open, callers wait for its verdict holding no permit, and no longer than their abandonWhen", () =>
+    Effect.gen(function*() {
+      const breaker = yield* CircuitBreaker.make({ classify: classifyDb, minimumThroughput: 1, openFor: "1 second" })
+      const limiter = yield* ConcurrencyLimiter.makeFixed(2)
+      const policy = yield* Policy.fromParts({ classify: classifyDb, breaker, limiter })
+      yield* Effect.exit(policy.apply(Effect.fail(new DbDown())))
+      yield* TestClock.adjust("2 seconds")
+      // The canary: an LLM call of minutes.
+      const canary = yield* Effect.fork(policy.apply(Effect.as(Effect.sleep("10 minutes"), "canary")))
+      yield* TestClock.adjust("1 millis")
+      const waiting = (name: string) =>
+        Effect.fork(Effect.either(policy.apply(Effect.succeed(name), { abandonWhen: Effect.sleep("1 second") })))
+      const [first, second] = [yield* waiting("first"), yield* waiting("second")]
+      yield* TestClock.adjust("1 millis")
+      expect((yield* limiter.snapshot).inFlight).toBe(1)
+      yield* TestClock.adjust("1 second")
+      for (const waiter of [first, second]) {
+        expect(yield* Fiber.join(waiter)).toMatchObject({ _tag: "Left", left: { _tag: "CircuitOpen", reason: "half_open" } })
+      }
+      // One that waits without a deadline goes once the canary closed the circuit.
+      const patient = yield* Effect.fork(policy.apply(Effect.succeed("patient")))
+      yield* TestClock.adjust("10 minutes")
+      expect([yield* Fiber.join(canary), yield* Fiber.join(patient)]).toEqual(["canary", "patient"])
+    }))
+
   it.scoped("an error its classifier does not know is an outage: retried and counted by the breaker, never a success", () =>
     Effect.gen(function*() {
       const breaker = yield* CircuitBreaker.make({ minimumThroughput: 5 })

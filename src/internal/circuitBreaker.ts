@@ -128,6 +128,18 @@ export class Machine {
     }
   }
 
+  /**
+   * What a call would wait on before its admission (the half-open verdict: every canary slot
+   * taken, and callers wait); `undefined` when it would not wait. Takes nothing.
+   */
+  verdictAwaited(now: number): Deferred.Deferred<void> | undefined {
+    this.poll(now)
+    return this.state._tag === "HalfOpen" && this.settings.halfOpenPolicy === "wait" &&
+        this.canariesInFlight + this.canariesSucceeded >= this.settings.canaries
+      ? this.signal
+      : undefined
+  }
+
   /** The refusal of an isolated circuit, or of an open one before its period ends: no transition. */
   refusal(now: number): Rejection | undefined {
     const state = this.state

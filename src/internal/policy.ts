@@ -264,8 +264,16 @@ export const make = (parts: Parts): Service => {
     abandonWhen: options?.abandonWhen
   })
 
-  // One attempt passes the gates in order: the bucket, a permit (no scope on the hot path:
-  // `withPermit` releases it and completes it from the attempt's exit), then the breaker.
+  /**
+   * A half-open verdict is waited for before a permit is taken (holding one, a caller would keep
+   * it from others while a canary runs), for no longer than the caller's `abandonWhen`.
+   */
+  const awaitVerdict = (options: ApplyOptions | undefined) =>
+    breaker === undefined ? Effect.void : breaker.awaitVerdict(options?.abandonWhen)
+
+  // One attempt passes the gates in order: the bucket, the breaker's verdict, a permit (no scope
+  // on the hot path: `withPermit` releases it and completes it from the attempt's exit), then the
+  // breaker's admission.
   const attempt = <A, E, R>(
     use: (permit: ConcurrencyLimiter.Permit) => Effect.Effect<A, E, R>,
     options: ApplyOptions | undefined
@@ -273,7 +281,8 @@ export const make = (parts: Parts): Service => {
     const guarded = (permit: ConcurrencyLimiter.Permit) =>
       breaker === undefined ? use(permit) : breaker.protect(use(permit))
     const permitted = limiter === undefined ? guarded(freePermit) : limiter.withPermit(guarded, acquireOptions(options))
-    return bucket === undefined ? permitted : Effect.zipRight(takeRate(options), permitted)
+    const cleared = breaker === undefined ? permitted : Effect.zipRight(awaitVerdict(options), permitted)
+    return bucket === undefined ? cleared : Effect.zipRight(takeRate(options), cleared)
   }
 
   /**
@@ -283,6 +292,7 @@ export const make = (parts: Parts): Service => {
   const gate = (options: ApplyOptions | undefined) =>
     Effect.gen(function*() {
       yield* takeRate(options)
+      yield* awaitVerdict(options)
       const permit = limiter === undefined ? freePermit : yield* limiter.acquire(acquireOptions(options))
       const admitted = breaker === undefined ? undefined : yield* breaker.admit
       const settle = (exit: Exit.Exit<unknown, unknown>) =>
