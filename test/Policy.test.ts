@@ -455,6 +455,18 @@ describe("Policy around an HttpClient (loopback)", () => {
       expect(server.received()).toHaveLength(3)
     }).pipe(Effect.provide(Transport.nodeHttpClient())))
 
+  it.scopedLive("reads a failed response's body before the retry, so its connection is reused (a proxy's large error page kept it checked out)", () =>
+    Effect.gen(function*() {
+      const page = "<html>" + "x".repeat(100_000) + "</html>"
+      const server = yield* rawServer(Array.from({ length: 20 }, (_, i) => i % 4 === 3 ? reply(200, "{\"ok\":true}") : reply(503, page)))
+      const { wrap } = yield* withPolicy({ retry: fast })
+      const http = wrap(yield* client)
+      for (let call = 0; call < 5; call++) expect(yield* Effect.flatMap(http.get(`${server.url}/x`), (r) => r.json)).toEqual({ ok: true })
+      // Sequential calls, so one connection, but that a 200's socket may not be back in the pool
+      // when the next call starts (16 connections for the 20 requests before).
+      expect(new Set(server.received().map((request) => request.connection)).size).toBeLessThanOrEqual(2)
+    }).pipe(Effect.provide(Transport.nodeHttpClient())))
+
   it.scopedLive("retries a dropped connection as an outage; a 400 is final and fails with its ResponseError", () =>
     Effect.gen(function*() {
       const server = yield* rawServer([destroySocket, destroySocket, reply(200, "fine"), reply(400, "{\"error\":{}}")])

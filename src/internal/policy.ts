@@ -8,6 +8,7 @@ import * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpClientError from "@effect/platform/HttpClientError"
 import type * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
+import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
@@ -362,7 +363,7 @@ export const make = (parts: Parts): Service => {
         yield* Scope.addFinalizer(scope, settleOnce(Exit.interrupt(FiberId.none)))
         const finish = (exit: Exit.Exit<unknown, unknown>) => Effect.zipRight(settleOnce(exit), close(exit))
         const response = yield* restore(Effect.flatMap(effect, HttpClientResponse.filterStatusOk)).pipe(
-          Effect.onError((cause) => finish(Exit.failCause(cause)))
+          Effect.onError((cause) => Effect.zipRight(readRefusedBody(cause), finish(Exit.failCause(cause))))
         )
         return holdUntilRead(response, finish)
       })
@@ -388,6 +389,21 @@ export const make = (parts: Parts): Service => {
 
   return { apply, applyStream, wrapHttpClient }
 }
+
+/**
+ * Reads the body of a response failed for its status, so that its connection goes back to the
+ * pool: left unread, a large one (a proxy's error page) kept its socket out, and each retry opened
+ * another. The read is cached: the error's `response.text` still answers it. A body that does not
+ * come within 5 s is left.
+ */
+const readRefusedBody = (cause: Cause.Cause<unknown>): Effect.Effect<void> =>
+  Option.match(Cause.failureOption(cause), {
+    onNone: () => Effect.void,
+    onSome: (error) =>
+      HttpClientError.isHttpClientError(error) && error._tag === "ResponseError" && error.reason === "StatusCode"
+        ? Effect.ignore(Effect.timeout(error.response.text, "5 seconds"))
+        : Effect.void
+  })
 
 /** `report`, told only the first exit it is given. */
 const firstExitOnly = (report: (exit: Exit.Exit<unknown, unknown>) => Effect.Effect<void>) => {
