@@ -10,6 +10,7 @@ import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
+import * as Net from "node:net"
 import OpenAI, { APIError } from "openai"
 import * as Simulator from "../src/Simulator.js"
 import * as Wire from "../src/internal/wire.js"
@@ -34,6 +35,15 @@ const consume = (stream: AsyncIterable<OpenAI.ChatCompletionChunk>, started: Def
     } catch (error) {
       return { text, error }
     }
+  })
+
+/** A loopback port nothing listens on: taken, then given back. */
+const closedPort = () =>
+  new Promise<number>((resolve) => {
+    const server = Net.createServer().listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as Net.AddressInfo
+      server.close(() => resolve(port))
+    })
   })
 
 const statusOf = (url: string, method = "GET") => attempt(() => fetch(url, { method }).then((response) => response.status))
@@ -188,6 +198,24 @@ describe("weatherproof serve, shutting down", () => {
       expect(text.length).toBeLessThan(`echo:${longText}`.length)
       expect(yield* child.exitCode).toBe(0)
       expect(child.output()).toContain("stopping now; the requests in flight end with an error")
+    }), { timeout: 60_000 })
+
+  it.scopedLive("SIGTERM with an OTLP collector that refuses connections: `weatherproof serve` exits once drained, not when the exporters' retries give up", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make({})
+      const refusing = yield* Effect.promise(() => closedPort())
+      const child = yield* serveProcess(["serve", "--port", "0"], {
+        DEEPSEEK_API_KEY: Simulator.defaultKey,
+        DEEPSEEK_BASE_URL: sim.baseUrl,
+        OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${refusing}`
+      })
+      const url = yield* child.url
+      yield* attempt(() => openai(url).chat.completions.create({ model, messages: [{ role: "user", content: "traced" }] }))
+      const stoppedAt = Date.now()
+      child.process.kill("SIGTERM")
+      expect(yield* child.exitCode).toBe(0)
+      // The exporters' last flushes are given 2 s each; their retries (10 s and more) are not waited for.
+      expect(Date.now() - stoppedAt).toBeLessThan(8_000)
     }), { timeout: 60_000 })
 
   it.scopedLive("with no terminal (under nohup or a service manager) `weatherproof serve` ignores SIGHUP, with a note, and goes on serving", () =>

@@ -39,16 +39,19 @@ export const ignoreHangUpWithoutTerminal = (): void => {
 }
 
 /**
- * Ends the process with `code`, as `onExit` does; a command stopped by SIGHUP ends by that signal
- * (its exit code, 129, to a shell): its terminal is gone, and Node's own exit would abort as it
- * restores the terminal's settings (Node 20 asserts that they can be set, and a terminal that hung
- * up refuses).
+ * Ends the process with `code` once the command is done, whatever it left running: an OTLP
+ * exporter retrying a collector that is down would keep it 10 s and more after its drain (its
+ * last flush had its bounded wait in the command's scope). A command stopped by SIGHUP ends by
+ * that signal (its exit code, 129, to a shell): its terminal is gone, and Node's own exit would
+ * abort as it restores the terminal's settings (Node 20 asserts that they can be set, and a
+ * terminal that hung up refuses).
  */
 export const endWith = (code: number, onExit: (code: number) => void): void => {
   // No SIGHUP listener is left once the command's signals are released: the default action ends
   // the process before `kill` returns; `onExit` is for a listener someone else installed.
   if (code === exitCodeOf("SIGHUP")) process.kill(process.pid, "SIGHUP")
   onExit(code)
+  process.exit(code)
 }
 
 /** The signals caught for a scope. */

@@ -99,6 +99,9 @@ export const layer = (options: { readonly otlp: boolean }): Layer.Layer<Telemetr
   }
   const sdk = NodeSdk.layer(Effect.map(resourceFromEnv, (resource) => ({
     resource,
+    // The last flush of each provider at shutdown, after the drain: a collector that is down
+    // must not hold a stopping process long (a healthy one takes milliseconds).
+    shutdownTimeout: 2_000,
     spanProcessor: options.otlp ? new BatchSpanProcessor(new OTLPTraceExporter()) : undefined
   })))
   const metrics = Layer.scopedDiscard(
