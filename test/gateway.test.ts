@@ -629,21 +629,29 @@ describe("weatherproof serve, with the openai client", () => {
       expect(yield* readiness).toEqual([503, { status: "budget_spent", accounts: [{ name: "a", state: "serving", reachable: true }] }])
     }))
 
-  it.scopedLive("/readyz is 503 while no account's base URL accepts connections, and 200 once one does, with no call made", () =>
+  it.scopedLive("/readyz is 503 while no account's base URL accepts connections, and 200 once one does, with no call made; the page's banner says so", () =>
     Effect.gen(function*() {
       const sim = yield* Simulator.make()
       const port = yield* Effect.promise(() => freePort())
       const gateway = yield* startGateway([account("a", `http://127.0.0.1:${port}/v1`, [Simulator.defaultKey])], {
-        pool: { reachProbeInterval: "50 millis" }
+        pool: { reachProbeInterval: "50 millis" },
+        statusInterval: "50 millis"
       })
       const readiness = attempt(() => fetch(`${gateway.url}/readyz`).then(async (r) => [r.status, await r.json()] as const))
+      const noAccountServing = (shown: boolean) =>
+        attempt(async () => (await (await fetch(`${gateway.url}/status.json`)).json()).samples.at(-1).banner.noAccountServing).pipe(
+          Effect.filterOrFail((flag) => flag === shown),
+          Effect.retry({ schedule: Schedule.spaced("20 millis"), times: 100 })
+        )
       yield* gateway.pool.unreachable
       expect(yield* readiness).toEqual([503, { status: "unavailable", accounts: [{ name: "a", state: "serving", reachable: false }] }])
+      expect(yield* noAccountServing(true)).toBe(true)
       yield* relay(port, Number(new URL(sim.baseUrl).port))
       const ready = yield* Effect.filterOrFail(readiness, ([status]) => status === 200).pipe(
         Effect.retry({ schedule: Schedule.spaced("20 millis"), times: 100 })
       )
       expect(ready).toEqual([200, { status: "ready", accounts: [{ name: "a", state: "serving", reachable: true }] }])
+      expect(yield* noAccountServing(false)).toBe(false)
       expect(yield* sim.stats).toMatchObject({ completed: 0 })
     }))
 

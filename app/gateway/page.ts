@@ -109,6 +109,9 @@ function banner(latest) {
   for (const name of latest.banner.unreachable) {
     messages.push("Account " + name + " cannot be connected to: check its base URL and the network; it is tried again every few seconds.");
   }
+  if (latest.banner.noAccountServing) {
+    messages.push("No account can serve: requests wait for one up to --max-wait, then fail with a 503.");
+  }
   if (latest.banner.budgetSpent) messages.push("The budget is spent: new calls are refused.");
   const el = document.getElementById("banner");
   el.textContent = messages.join(" ");

@@ -249,8 +249,7 @@ export const make = (
       const accounts = (yield* pool.snapshot).map(({ name, reachable, state }) => ({ name, state, reachable }))
       // A spent budget refuses every call, whatever the accounts' state.
       const funded = yield* Effect.isSuccess(ledger.guard)
-      const ready = funded &&
-        accounts.some(({ reachable, state }) => reachable && (state === "serving" || state === "half_open"))
+      const ready = funded && accounts.some(Status.canServe)
       const status = ready ? "ready" : funded ? "unavailable" : "budget_spent"
       return HttpServerResponse.unsafeJson({ status, accounts }, { status: ready ? 200 : 503 })
     })

@@ -74,6 +74,8 @@ export interface Sample {
     readonly outOfBalance: ReadonlyArray<string>
     /** Accounts whose origin cannot be connected to (`AccountStatus.reachable`). */
     readonly unreachable: ReadonlyArray<string>
+    /** No account can serve now (`canServe`): every call waits, then fails; `/readyz` answers 503. */
+    readonly noAccountServing: boolean
     readonly budgetSpent: boolean
   }
 }
@@ -93,6 +95,10 @@ export interface Options {
   /** How long after a 429 the throttling banner stays up. */
   readonly throttleWindow: Duration.Duration
 }
+
+/** Whether an account can serve a call now: its origin reachable, and serving or trying canaries. */
+export const canServe = ({ reachable, state }: Pick<AccountStatus, "reachable" | "state">): boolean =>
+  reachable && (state === "serving" || state === "half_open")
 
 const breakerLevel = (state: AccountStatus["state"]): number =>
   state === "open" ? 2 : state === "half_open" ? 1 : 0
@@ -198,6 +204,7 @@ export const make = (traffic: Traffic, options: Options): Effect.Effect<Monitor,
           throttling: Array.from(last429.values()).some((at) => t - at <= throttleWindowMs),
           outOfBalance: statuses.filter((s) => s.state === "out_of_balance").map((s) => s.name),
           unreachable: statuses.filter((s) => !s.reachable).map((s) => s.name),
+          noAccountServing: !statuses.some(canServe),
           budgetSpent: totals.budget !== undefined && totals.budget.remainingUsd <= 0
         }
       }
