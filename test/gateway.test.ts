@@ -437,6 +437,9 @@ describe("weatherproof serve, with the openai client", () => {
         expect(head.status).toBe(200)
         expect(yield* attempt(() => head.text())).toBe("")
       }
+      // The page's feed, as a stream's events, passes a proxy in front (nginx) unbuffered.
+      const feed = yield* attempt(() => fetch(`${gateway.url}/status/events`, { method: "HEAD" }))
+      expect(feed.headers.get("x-accel-buffering")).toBe("no")
       const ready = yield* attempt(() => fetch(`${gateway.url}/readyz`).then((r) => r.json()))
       expect(ready).toEqual({ status: "ready", accounts: [{ name: "a", state: "serving", reachable: true }] })
       const missing = yield* attempt(() => fetch(`${gateway.url}/v1/embeddings`, { method: "POST" }))

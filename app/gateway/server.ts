@@ -52,6 +52,7 @@ import { isLoopback, makeAuthorizer, makeBrowserGuard, unbracketed } from "./aut
 import * as Chat from "./chat.js"
 import * as Cors from "./cors.js"
 import { errorBody, errorHeaders, type GatewayError, NoSuchRoute, replyOf, UnknownModel } from "./errors.js"
+import { unbufferedHeaders } from "./keepAlive.js"
 import { html } from "./page.js"
 import * as Status from "./status.js"
 import { prometheusContentType, Telemetry } from "./telemetry.js"
@@ -277,7 +278,7 @@ export const make = (
       HttpRouter.get(
         "/status/events",
         Effect.succeed(
-          HttpServerResponse.stream(feed, { contentType: "text/event-stream", headers: { "cache-control": "no-cache" } })
+          HttpServerResponse.stream(feed, { contentType: "text/event-stream", headers: unbufferedHeaders })
         )
       ),
       HttpRouter.get("/assets/uPlot.iife.min.js", Effect.sync(() => asset("uplot/dist/uPlot.iife.min.js", "text/javascript"))),
