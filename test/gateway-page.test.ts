@@ -8,6 +8,8 @@ import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import { existsSync } from "node:fs"
+import * as Http from "node:http"
+import type { AddressInfo } from "node:net"
 import { chromium, type Page } from "playwright-core"
 import * as Simulator from "../src/Simulator.js"
 import { account, attempt, collect, openai, startGateway } from "./support/gateway.js"
@@ -135,4 +137,59 @@ describe.skipIf(!present)(title, () => {
       expect(problems).toEqual([])
       yield* Fiber.interrupt(burst)
     }), { timeout: 120_000 })
+  it.scopedLive("says when its data is stale, and follows the gateway again after a proxy answered its reconnect with a 502", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make({ accounts: { a: { keys: ["sk-page-a"] } } })
+      const gateway = yield* startGateway([account("a", sim.baseUrl, ["sk-page-a"])], { statusInterval: "200 millis" })
+      const proxy = yield* switchableProxy(gateway.url)
+      const page = yield* Effect.flatMap(browser, (b) => Effect.promise(() => b.newPage()))
+      yield* attempt(() => page.goto(`${proxy.url}/`))
+      yield* waitFor(page, "a first update", "window.__gateway.updates > 1")
+      // A redeploy behind a proxy: the feed is cut and its reconnect answered 502.
+      proxy.down()
+      yield* waitFor(page, "the stale banner", "document.getElementById('banner').textContent.includes('No data from the gateway since')")
+      proxy.up()
+      const resumed = "window.__gateway.updates"
+      const before = yield* attempt(() => page.evaluate(resumed))
+      yield* waitFor(page, "updates again", `${resumed} > ${before} + 2 && document.getElementById('banner').hidden`, 20_000)
+    }), { timeout: 60_000 })
 })
+
+/**
+ * A proxy to `target` that can be turned down: it then cuts the connections it carries and
+ * answers 502, as nginx does while the gateway behind it restarts.
+ */
+const switchableProxy = (target: string) =>
+  Effect.acquireRelease(
+    Effect.async<{ url: string; down: () => void; up: () => void; server: Http.Server }>((resume) => {
+      let isDown = false
+      const open = new Set<Http.ServerResponse>()
+      const server = Http.createServer((request, response) => {
+        if (isDown) return void response.writeHead(502).end("bad gateway")
+        const upstream = Http.request(`${target}${request.url}`, { method: request.method, headers: request.headers }, (answer) => {
+          response.writeHead(answer.statusCode ?? 502, answer.headers)
+          answer.pipe(response)
+        })
+        upstream.on("error", () => response.destroy())
+        open.add(response)
+        response.on("close", () => {
+          open.delete(response)
+          upstream.destroy()
+        })
+        request.pipe(upstream)
+      })
+      server.listen(0, "127.0.0.1", () => {
+        const { port } = server.address() as AddressInfo
+        resume(Effect.succeed({
+          url: `http://127.0.0.1:${port}`,
+          down: () => {
+            isDown = true
+            for (const response of open) response.destroy()
+          },
+          up: () => (isDown = false),
+          server
+        }))
+      })
+    }),
+    ({ server }) => Effect.sync(() => server.close())
+  )

@@ -12,7 +12,10 @@
 const script = String.raw`
 "use strict";
 const MAX = 300;
-const state = { samples: [], cards: new Map(), gatewayChart: null, updates: 0 };
+// Reconnects this long after the feed or status.json failed; data is stale after STALE_MS without a sample.
+const RETRY_MS = 2000;
+const STALE_MS = 5000;
+const state = { samples: [], cards: new Map(), gatewayChart: null, updates: 0, lastSampleAt: 0, stale: false };
 window.__gateway = state;
 
 const $ = (tag, attrs, ...children) => {
@@ -101,6 +104,10 @@ function perSecond(samples, pick) {
 
 function banner(latest) {
   const messages = [];
+  if (state.stale) {
+    messages.push("No data from the gateway since " + new Date(state.lastSampleAt).toLocaleTimeString() +
+      ": it is down or cannot be reached; this page reconnects on its own, and what it shows is from then.");
+  }
   if (latest.draining) messages.push("The gateway is shutting down: running requests finish, new ones are refused.");
   if (latest.banner.throttling) messages.push("DeepSeek is throttling: requests are queued and will resume.");
   for (const name of latest.banner.outOfBalance) {
@@ -177,17 +184,41 @@ function render() {
   state.updates++;
 }
 
+function fresh() {
+  state.lastSampleAt = Date.now();
+  state.stale = false;
+}
+
+// A feed whose reconnect a proxy answers with an error status is closed for good by the browser:
+// the page opens it again (after status.json, for what it missed) until the gateway answers.
 async function start() {
-  const response = await fetch("status.json");
-  state.samples = (await response.json()).samples;
+  try {
+    const response = await fetch("status.json");
+    if (!response.ok) throw new Error("status.json answered " + response.status);
+    state.samples = (await response.json()).samples;
+  } catch {
+    setTimeout(start, RETRY_MS);
+    return;
+  }
+  fresh();
   render();
   const feed = new EventSource("status/events");
   feed.onmessage = (event) => {
     state.samples.push(JSON.parse(event.data));
     if (state.samples.length > MAX) state.samples.shift();
+    fresh();
     render();
   };
+  feed.onerror = () => {
+    if (feed.readyState === EventSource.CLOSED) setTimeout(start, RETRY_MS);
+  };
 }
+
+setInterval(() => {
+  if (state.stale || state.samples.length === 0 || Date.now() - state.lastSampleAt < STALE_MS) return;
+  state.stale = true;
+  banner(state.samples[state.samples.length - 1]);
+}, 1000);
 start();
 `
 
