@@ -5,7 +5,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
-import { type Alert, alertsBetween } from "../app/gateway/alerts.js"
+import { type Alert, alertsBetween, HoldDown } from "../app/gateway/alerts.js"
 import type { AccountSample, Sample } from "../app/gateway/status.js"
 import * as Simulator from "../src/Simulator.js"
 import { account, attempt, openai, startGateway } from "./support/gateway.js"
@@ -105,8 +105,32 @@ describe("gateway alerts", () => {
       account: "a",
       message: "account a: circuit breaker opened; its calls go elsewhere or wait; its last failure: ServerError: HTTP 500",
       at: "2026-01-01T00:00:00.000Z",
-      source: "weatherproof-gateway"
+      source: "weatherproof-gateway",
+      text: "account a: circuit breaker opened; its calls go elsewhere or wait; its last failure: ServerError: HTTP 500",
+      content: "account a: circuit breaker opened; its calls go elsewhere or wait; its last failure: ServerError: HTTP 500"
     })
+  })
+
+  it("of a flapping account are held down: the first outage told whole, the flaps after it held back, its last state told once the hold-down passed", () => {
+    const holdDown = new HoldDown(600_000)
+    const second = 1_000
+    const [serving, open, unreachable] = [accountSample("a"), accountSample("a", { state: "open" }), accountSample("a", { reachable: false })]
+    /** What `holdDown` passes of the alerts between `before` and `after`, `after` taken at `at`. */
+    const told = (before: AccountSample, after: AccountSample, at: number) =>
+      holdDown.pass(alertsBetween(sample([before]), sample([after])), at).map((alert) => `${alert.event}${alert.message.includes("held back") ? " (held back: " + /\d+ change/.exec(alert.message)![0] + ")" : ""}`)
+    // The first outage and its end: both told, as they come.
+    expect(told(serving, open, 0)).toEqual(["breaker_opened"])
+    expect(told(open, serving, 7 * second)).toEqual(["breaker_closed"])
+    // Another kind is held apart: a connection lost is told.
+    expect(told(serving, unreachable, 8 * second)).toEqual(["account_unreachable"])
+    // The flaps that follow within the hold-down are held back.
+    expect(told(serving, open, 11 * second)).toEqual([])
+    expect(told(open, serving, 18 * second)).toEqual([])
+    expect(told(serving, open, 22 * second)).toEqual([])
+    expect(told(open, open, 300 * second)).toEqual([])
+    // Ten minutes after the breaker's last alert, its state then (open), and that it flapped.
+    expect(told(open, open, 607 * second)).toEqual(["breaker_opened (held back: 3 change)"])
+    expect(told(open, open, 700 * second)).toEqual([])
   })
 
   it.scopedLive("go to the webhook as JSON, retried with backoff after a failure: an account out of balance and back", () =>
@@ -132,6 +156,8 @@ describe("gateway alerts", () => {
       ])
       expect(received[0]).toEqual(received[1])
       expect(received[0]?.source).toBe("weatherproof-gateway")
+      // Slack, Mattermost and Teams show `text`, Discord `content`: they refuse a body without them.
+      expect([received[0]?.text, received[0]?.content]).toEqual([received[0]?.message, received[0]?.message])
       expect(webhook.received().every((r) => !r.body.includes("sk-alert"))).toBe(true)
     }))
 
@@ -158,7 +184,26 @@ describe("gateway alerts", () => {
         `gateway: alert balance_exhausted not delivered to the webhook at ${notFound.url}: it answered 404`,
         `gateway: alert balance_exhausted not delivered to the webhook at http://127.0.0.1:${closed}: cannot reach it (connect ECONNREFUSED 127.0.0.1:${closed})`
       ])
-      expect(notFound.received()).toHaveLength(2)
+      // A 404 is not retried: no retry changes it (a 503 is, above).
+      expect(notFound.received()).toHaveLength(1)
       expect(logs.some((logged) => logged.message.includes("xoxb-secret"))).toBe(false)
+    }))
+  it.scopedLive("still to send when the gateway stops are given a moment, and those the webhook does not take are told", () =>
+    Effect.gen(function*() {
+      const hanging = yield* rawServer([() => new Promise<void>(() => undefined)])
+      const logs: Array<Logged> = []
+      yield* Effect.gen(function*() {
+        const sim = yield* Simulator.make({ accounts: { a: { keys: ["sk-alert-a"] }, b: { keys: ["sk-alert-b"] } } })
+        const gateway = yield* startGateway([account("a", sim.baseUrl, ["sk-alert-a"]), account("b", sim.baseUrl, ["sk-alert-b"])], {
+          statusInterval: "50 millis",
+          alerts: { url: Redacted.make(`${hanging.url}/hooks/secret-path`) }
+        })
+        yield* sim.setBalance("a", 0)
+        yield* callBoth(gateway.url)
+        yield* Effect.sleep("300 millis")
+      }).pipe(Effect.scoped, capturingLogs(logs))
+      expect(logs.filter((logged) => logged.message.includes("stopping with")).map((logged) => logged.message)).toEqual([
+        `gateway: stopping with 1 alert not delivered to the webhook at ${hanging.url}: balance_exhausted`
+      ])
     }))
 })

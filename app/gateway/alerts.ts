@@ -8,10 +8,15 @@
  *   open, or one opened again;
  * - `budget_spent`: the cost budget is spent; new calls are refused.
  *
+ * A flapping account's breaker and reachability alerts are held down (`HoldDown`).
+ *
  * Alerts wait in a bounded queue (the oldest are kept when it is full) and are sent one after
- * another, each retried with jittered exponential backoff; one that still fails is logged and
- * dropped. A webhook's URL is a secret (Slack's and Discord's carry their token in the path): a
- * log names only its origin, and no span is made of a post.
+ * another, each retried with jittered exponential backoff (a 4xx but 408 and 429 is not: no
+ * retry changes it); one that still fails is logged and dropped. When the gateway stops, those
+ * still to send get a moment (2 s), then are logged. `message` is also sent as `text` and
+ * `content`, which chat webhooks (Slack, Discord, Mattermost, Teams) show. A webhook's URL is a
+ * secret (Slack's and Discord's carry their token in the path): a log names only its origin, and
+ * no span is made of a post.
  */
 import * as HttpClient from "@effect/platform/HttpClient"
 import type * as HttpClientError from "@effect/platform/HttpClientError"
@@ -26,7 +31,7 @@ import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import type { Scrubber } from "../../src/internal/scrubber.js"
-import { connectionFailure } from "../../src/internal/text.js"
+import { connectionFailure, counted } from "../../src/internal/text.js"
 import type { AccountSample, Monitor, Sample } from "./status.js"
 
 export type AlertEvent =
@@ -48,6 +53,10 @@ export interface Alert {
   /** ISO 8601, when the sample that showed it was taken. */
   readonly at: string
   readonly source: "weatherproof-gateway"
+  /** `message` again, where chat webhooks read it: Slack, Mattermost and Teams refuse a body without `text`. */
+  readonly text: string
+  /** `message` again: Discord refuses a body without `content`. */
+  readonly content: string
 }
 
 export interface Options {
@@ -57,6 +66,74 @@ export interface Options {
   readonly retryBase?: Duration.DurationInput | undefined
   /** Default 5. */
   readonly retries?: number | undefined
+  /** How long an account's breaker or reachability alert holds the next one back (`HoldDown`). Default 10 minutes. */
+  readonly holdDown?: Duration.DurationInput | undefined
+}
+
+/** Breakers and connections flap with an unsteady upstream: their alerts are held down. */
+const flapping: Partial<Record<AlertEvent, string>> = {
+  breaker_opened: "breaker",
+  breaker_closed: "breaker",
+  account_unreachable: "reach",
+  account_reachable: "reach"
+}
+
+/**
+ * Holds down a flapping account's alerts: an alert of a kind (`flapping`) that the account was
+ * told less than `holdDownMillis` ago is held back, not sent. The last held back of an account's
+ * kind goes once that long has passed since the kind was last told, saying how many changes were
+ * held back, so what the webhook last heard is the account's state, and that it flapped. Without
+ * it, an upstream up 7 s and down 4 s sent 4 alerts per account per flap.
+ */
+export class HoldDown {
+  /** When each (account, event), and each (account, kind), was last told. */
+  private readonly toldAt = new Map<string, number>()
+  /** The latest alert held back of each (account, kind), and how many were. */
+  private readonly held = new Map<string, { readonly alert: Alert; readonly count: number }>()
+
+  constructor(private readonly holdDownMillis: number) {}
+
+  /** The alerts of a sample at `now` to send now. */
+  pass(alerts: ReadonlyArray<Alert>, now: number): ReadonlyArray<Alert> {
+    const sent: Array<Alert> = []
+    for (const alert of alerts) {
+      const kind = flapping[alert.event]
+      if (kind === undefined || alert.account === null) {
+        sent.push(alert)
+        continue
+      }
+      const key = `${alert.account} ${kind}`
+      const told = this.toldAt.get(`${alert.account} ${alert.event}`)
+      if (told !== undefined && now - told < this.holdDownMillis) {
+        this.held.set(key, { alert, count: (this.held.get(key)?.count ?? 0) + 1 })
+        continue
+      }
+      this.held.delete(key)
+      this.tell(alert, now)
+      sent.push(alert)
+    }
+    return [...sent, ...this.due(now)]
+  }
+
+  /** The alerts held back whose kind was last told at least the hold-down ago. */
+  private due(now: number): ReadonlyArray<Alert> {
+    const due: Array<Alert> = []
+    for (const [key, { alert, count }] of this.held) {
+      const lastTold = this.toldAt.get(key) ?? 0
+      if (now - lastTold < this.holdDownMillis) continue
+      this.held.delete(key)
+      const note = ` (${counted(count, "change", "changes")} held back since ${new Date(lastTold).toISOString()}: it flapped)`
+      const flapped = { ...alert, message: alert.message + note, text: alert.text + note, content: alert.content + note }
+      this.tell(flapped, now)
+      due.push(flapped)
+    }
+    return due
+  }
+
+  private tell(alert: Alert, now: number): void {
+    this.toldAt.set(`${alert.account} ${alert.event}`, now)
+    this.toldAt.set(`${alert.account} ${flapping[alert.event]}`, now)
+  }
 }
 
 /** The webhook from the environment, where no other user of the host can read it (a command line is in `ps`). */
@@ -64,6 +141,17 @@ export const webhookConfig: Config.Config<Redacted.Redacted<string>> = Config.re
 
 /** An http(s) URL: the only kind a webhook is posted to. */
 export const isWebhookUrl = (url: string): boolean => /^https?:\/\/\S+$/.test(url) && URL.canParse(url)
+
+/**
+ * Whether a post that failed may succeed when sent again: not one the webhook refused (a 4xx: a
+ * hook revoked, a body it does not take), but a timeout (408) or a rate limit (429).
+ */
+const worthRetrying = (error: HttpClientError.HttpClientError | Cause.TimeoutException): boolean =>
+  error._tag !== "ResponseError" || error.response.status >= 500 || error.response.status === 408 ||
+  error.response.status === 429
+
+/** How long the alerts still to send may take once the gateway stops. */
+const stopGrace = Duration.seconds(2)
 
 /** How long a post may take. */
 const postTimeout = Duration.seconds(10)
@@ -81,7 +169,9 @@ const alert = (sample: Sample, event: AlertEvent, account: string | null, messag
   account,
   message,
   at: new Date(sample.t).toISOString(),
-  source: "weatherproof-gateway"
+  source: "weatherproof-gateway",
+  text: message,
+  content: message
 })
 
 const breakerOpen = (account: AccountSample): boolean => account.state === "open" || account.state === "half_open"
@@ -173,6 +263,9 @@ export const run = (
     const url = Redacted.value(options.url)
     const origin = new URL(url).origin
     const queue = yield* Queue.dropping<Alert>(256)
+    /** Queued, or being posted. */
+    const undelivered = new Set<Alert>()
+    const holdDown = new HoldDown(Duration.toMillis(options.holdDown ?? Duration.minutes(10)))
     const retry = Schedule.exponential(options.retryBase ?? Duration.seconds(1)).pipe(
       Schedule.jittered,
       Schedule.intersect(Schedule.recurs(options.retries ?? 5))
@@ -183,7 +276,7 @@ export const run = (
         client.execute,
         Effect.scoped,
         Effect.timeout(postTimeout),
-        Effect.retry(retry),
+        Effect.retry({ schedule: retry, while: worthRetrying }),
         Effect.catchAll((error) =>
           Effect.logWarning(`gateway: alert ${body.event} not delivered to the webhook at ${origin}: ${scrub(whyNotDelivered(error))}`)
         )
@@ -191,10 +284,32 @@ export const run = (
     yield* samples.pipe(
       Stream.mapAccum({ before: first, openTold: breakersOpenIn(first) }, ({ before, openTold }, after) => {
         const alerts = alertsBetween(before, after, openTold)
-        return [{ before: after, openTold: openToldAfter(openTold, alerts) }, alerts] as const
+        return [{ before: after, openTold: openToldAfter(openTold, alerts) }, holdDown.pass(alerts, after.t)] as const
       }),
-      Stream.runForEach((alerts) => Queue.offerAll(queue, alerts)),
+      Stream.runForEach((alerts) =>
+        Effect.forEach(alerts, (alert) => Effect.tap(Queue.offer(queue, alert), (queued) => queued && undelivered.add(alert)))
+      ),
       Effect.forkScoped
     )
-    yield* Effect.forkScoped(Effect.forever(Effect.flatMap(Queue.take(queue), post)))
+    yield* Effect.forkScoped(Effect.forever(Effect.flatMap(
+      Queue.take(queue),
+      (alert) => Effect.tap(post(alert), () => undelivered.delete(alert))
+    )))
+    // Runs before the fibers above are interrupted: the alerts of an outage that stops the gateway
+    // get a moment to go, and those that cannot are told rather than lost unsaid.
+    yield* Effect.addFinalizer(() =>
+      Effect.interruptible(Effect.repeat(Effect.sync(() => undelivered.size), {
+        until: (left) => left === 0,
+        schedule: Schedule.spaced("50 millis")
+      })).pipe(
+        Effect.timeoutOption(stopGrace),
+        Effect.zipRight(Effect.suspend(() =>
+          undelivered.size === 0 ? Effect.void : Effect.logWarning(
+            `gateway: stopping with ${counted(undelivered.size, "alert", "alerts")} not delivered to the webhook at ${origin}: ${
+              Array.from(undelivered, (alert) => alert.event).join(", ")
+            }`
+          )
+        ))
+      )
+    )
   })
