@@ -201,7 +201,9 @@ export const makeWith = (policy: PolicyModule.Service, upstream: Upstream): Effe
 
     /**
      * One call; `trace` wraps each attempt (and counts it, when traced). Its attempts send a copy
-     * of the request of their own: calls that share one request object are not retries.
+     * of the request of their own: calls that share one request object are not retries. A
+     * stream's copy is made with the stream (a `Stream.suspend` would hide the opening the
+     * gateway and the pool start it by, `StreamPull.openingOf`, for a slower pull).
      */
     const create = (request: ChatCompletionRequest, options: CallOptions | undefined, trace: GenAi.Trace) =>
       Effect.suspend(() => {
@@ -212,15 +214,14 @@ export const makeWith = (policy: PolicyModule.Service, upstream: Upstream): Effe
           { cache: options?.cache }
         )
       })
-    const stream = (request: ChatCompletionRequest, options: CallOptions | undefined, trace: GenAi.Trace) =>
-      Stream.suspend(() => {
-        const sent = { ...request }
-        return cache.cachedStream(
-          request,
-          policy.applyStream((permit) => trace.attemptStream(upstream.stream(sent, options, permit)), applyOptions(request, options)),
-          { cache: options?.cache }
-        )
-      })
+    const stream = (request: ChatCompletionRequest, options: CallOptions | undefined, trace: GenAi.Trace) => {
+      const sent = { ...request }
+      return cache.cachedStream(
+        request,
+        policy.applyStream((permit) => trace.attemptStream(upstream.stream(sent, options, permit)), applyOptions(request, options)),
+        { cache: options?.cache }
+      )
+    }
 
     return Resilient.of({
       create: (request, options) =>
