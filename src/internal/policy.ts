@@ -203,22 +203,17 @@ export const make = (parts: Parts): Service => {
     Effect.zipRight(Metric.increment(retriesCounter), telemetry?.retrying(error, delay) ?? Effect.void)
 
   /**
-   * A cap's 429: its retry waits for a permit, which paces it (`Parts.capRetriesPaced`); not one
-   * a request alone on its lane met, which no lower limit would stop (`Unpaced`).
+   * A retry the budget lets go without its leave: a refusal of the policy's own gates (an
+   * exhausted bucket, an open circuit), which reached no upstream and whose gate paces its retry
+   * (charged, a burst of them would spend the room a real failure's retry needs); and a cap's 429
+   * when a limiter paces it (`Parts.capRetriesPaced`), unless a request alone on its lane met it,
+   * which no lower limit would stop (`Unpaced`).
    */
-  const isCapLoadShed = (error: unknown): boolean => {
+  const exempt = (error: unknown): boolean => {
     const verdict = classify(error)
-    return verdict._tag === "LoadShed" && verdict.signal === "cap" && !Unpaced.wasUnpaced(error)
+    return verdict._tag === "Refused" ||
+      (parts.capRetriesPaced && verdict._tag === "LoadShed" && verdict.signal === "cap" && !Unpaced.wasUnpaced(error))
   }
-
-  /**
-   * A retry the budget lets go without its leave: a paced cap's 429 (`Parts.capRetriesPaced`),
-   * or a refusal of the policy's own gates (an exhausted bucket, an open circuit), which reached
-   * no upstream and whose gate paces its retry: charged, a burst of them would spend the room a
-   * real failure's retry needs.
-   */
-  const exempt = (error: unknown): boolean =>
-    classify(error)._tag === "Refused" || (parts.capRetriesPaced && isCapLoadShed(error))
 
   /**
    * When the budget allowed the retry the schedule is deciding on, in this fiber, until read.
