@@ -17,9 +17,10 @@
  *
  * ## One adaptive limit per (account, model)
  *
- * Each account has a lane per model it is asked for (a name the pricing table makes an alias of a
- * model, such as `deepseek-v4-flash` of `deepseek-flash`, is that model: DeepSeek serves both
- * under one cap), with its own limit: adaptive (each lane
+ * Each account has a lane per model it runs for the calls it is asked (a name the pricing table
+ * makes an alias of a model, such as `deepseek-v4-flash` of `deepseek-flash`, is that model:
+ * DeepSeek serves both under one cap; models its `models` map sends as one name share that
+ * name's lane, as its upstream caps them together), with its own limit: adaptive (each lane
  * discovers its own moving cap from 429s and acceptances; see `ConcurrencyLimiter`), or held at
  * most at the account's `concurrency` when it is a number: a ceiling, backed off only by 429s
  * and 503s and climbing back to it. Either way the lane's limit backs off on 429s, so the
@@ -133,12 +134,13 @@ import type { Deadlines } from "./Transport.js"
  * @category models
  */
 export interface ModelStatus {
+  /** The model the lane's calls are sent as (its `models` map's name, or the one asked, an alias resolved). */
   readonly model: string
   /** The lane's current limit. */
   readonly limit: number
   /** Permits it holds. */
   readonly inFlight: number
-  /** Calls waiting at the pool for this model (on any account). */
+  /** Calls waiting at the pool for the models the lane serves (on any account). */
   readonly queued: number
   /**
    * Attempts sent on the lane that drew a 429 (DeepSeek caps each model of an account apart, so

@@ -26,7 +26,8 @@
  *   whose names differ. An account with a map serves the models it names (a key may be either name
  *   of a model the price table aliases); a `deepseek` account also serves the price table's models
  *   and every name no account maps, and one of another provider without a map every name (see
- *   `AccountPool`, "Which accounts serve a model"). A model another provider's map names is sent
+ *   `AccountPool`, "Which accounts serve a model"). Models it maps to one name share one lane,
+ *   and its limit. A model another provider's map names is sent
  *   without `thinking`, DeepSeek's own field (the router sets it), which such a provider refuses;
  * - `concurrency` (default: adaptive, starting at 8): the limit of each (account, model) lane,
  *   since DeepSeek caps concurrency per account and per model: a number N is a ceiling (each lane

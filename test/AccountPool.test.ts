@@ -221,6 +221,38 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 
+  it.effect("gives the models an account sends as one its lane of that model: the upstream caps what it runs, not what was asked", () => {
+    const setup: Setup = {
+      accounts: [
+        account("local", ["sk-local"], {
+          provider: "openai-compatible",
+          concurrency: 2,
+          models: { "deepseek-v4-flash": "house-model", "deepseek-v4-pro": "house-model" }
+        })
+      ],
+      handlers: { local: healthy("1 second") },
+      options: { preflight: false }
+    }
+    // Each call asks its model's name: both are sent as `house-model`.
+    const asking = (model: string) => createWith({ model, messages: [{ role: "user", content: model }] })
+    const asked = Effect.flatMap(MockUpstream.MockUpstream, (upstream) =>
+      Effect.map(upstream.requests, (requests) => requests.filter(isChat).map((r) => bodyOf(r).messages[0]?.content)))
+    return Effect.gen(function*() {
+      const flash = "deepseek-v4-flash"
+      const pro = "deepseek-v4-pro"
+      const calls = yield* Effect.fork(Effect.all([flash, flash, flash, flash, pro, pro].map(asking), { concurrency: "unbounded" }))
+      yield* settle
+      const [local] = yield* Effect.flatMap(AccountPool.AccountPool, (pool) => pool.snapshot)
+      expect(local?.models).toEqual([{ model: "house-model", limit: 2, inFlight: 2, queued: 4, rateLimited: 0, costUsd: 0 }])
+      expect(yield* asked).toEqual([flash, flash])
+      // The permits the lane frees go to each model's calls in turn: pro does not wait behind flash's queue.
+      yield* TestClock.adjust("1 second")
+      expect((yield* asked).slice(2)).toEqual([flash, pro])
+      yield* TestClock.adjust("2 seconds")
+      expect(yield* Fiber.join(calls)).toHaveLength(6)
+    }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
   it.effect("counts each lane's 429s and spend apart: a throttled model shows on its own lane, not on the account's others", () => {
     const pro: ChatCompletionRequest = { ...request, model: "deepseek-v4-pro" }
     // An old name, answered by the model that serves it now (as DeepSeek does).
@@ -775,7 +807,7 @@ describe("AccountPool", () => {
         Effect.map(upstream.requests, (requests) => requests.filter(isChat).map((r) => [hostOf(r), "thinking" in bodyOf(r)])))
       expect(thinkingSent).toEqual([["a", true], ["small", false], ["a", true], ["a", true], ["alt", false]])
       expect((yield* Effect.flatMap(AccountPool.AccountPool, (pool) => pool.snapshot)).map(({ name, models }) => [name, models.map((m) => m.model)]))
-        .toEqual([["a", ["deepseek-flash", "deepseek-v4-pro", "deepseek-v5"]], ["small", ["deepseek-flash"]], ["alt", ["gpt-4o-mini"]]])
+        .toEqual([["a", ["deepseek-flash", "deepseek-v4-pro", "deepseek-v5"]], ["small", ["small-model"]], ["alt", ["gpt-4o-mini"]]])
 
       // DeepSeek down: pro waits for it rather than going where it is not served, and says why.
       setup.handlers.a = status(500)

@@ -74,14 +74,15 @@ describe("weatherproof serve, metrics and traces", () => {
         expect(line).toMatch(sampleLine)
       }
       // Per (account, model): tokens by kind and cost, under the model each account was sent.
+      const lanes = { "deepseek-v4-flash": laneModel, "deepseek-v4-pro": "deepseek-v4-pro" }
       for (const [name, sent] of [["a", "deepseek-v4-flash"], ["b", "deepseek-v4-pro"]] as const) {
         for (const kind of ["prompt_cache_hit", "prompt_cache_miss", "completion", "reasoning"]) {
           expect(valueOf(text, `weatherproof_tokens_total{account="${name}",model="${sent}",kind="${kind}"}`)).toBeGreaterThan(0)
         }
         expect(valueOf(text, `weatherproof_cost_usd_total{account="${name}",model="${sent}"}`)).toBeGreaterThan(0)
-        // Each account's lane for the requested model, an alias: the lane of the model it names
-        // (one cap upstream). Its limit, in flight, attempts and durations.
-        const lane = `account="${name}",model="${laneModel}"`
+        // Each account's lane for the requested model: the lane of the model it is sent, an alias
+        // that of the model it names (one cap upstream). Its limit, in flight, attempts and durations.
+        const lane = `account="${name}",model="${lanes[sent]}"`
         expect(valueOf(text, `weatherproof_concurrency_limit{${lane}}`)).toBeGreaterThan(0)
         expect(valueOf(text, `weatherproof_concurrency_in_flight{${lane}}`)).toBe(0)
         expect(valueOf(text, `weatherproof_account_pool_attempts_total{${lane},result="ok"}`)).toBeGreaterThan(0)
@@ -123,11 +124,12 @@ describe("weatherproof serve, metrics and traces", () => {
       expect(listed).toContain("house-model")
       // An alias's calls go to the lane of the model it names.
       const lanes = new Set(listed.map((model) => defaultPricing.aliases?.[model] ?? model))
-      // The first account does not serve the model only the second one's map names: no lane there.
-      expect(text).not.toContain(`account="${names[0]}",model="house-model"`)
+      // The first account does not serve the model only the second one's map names; the second
+      // sends it as pro, on its pro lane: no lane of that name on either.
+      for (const name of names) expect(text).not.toContain(`account="${name}",model="house-model"`)
       for (const name of names) {
         for (const model of lanes) {
-          if (name === names[0] && model === "house-model") continue
+          if (model === "house-model") continue
           const lane = `account="${name}",model="${model}"`
           expect(valueOf(text, `weatherproof_concurrency_limit{${lane}}`), lane).toBeGreaterThan(0)
           expect(valueOf(text, `weatherproof_concurrency_in_flight{${lane}}`), lane).toBe(0)

@@ -23,6 +23,11 @@ export interface AccountModels {
   readonly notServing: (lane: string) => ReadonlySet<number>
   /** The name the `models` map of the account at `index` gives `model`, if it names it. */
   readonly mappedName: (index: number, model: string) => string | undefined
+  /**
+   * The name of the lane of the account at `index` that serves the calls of `lane`: the lane of
+   * the model it sends them as. Lanes its map sends as one model are one lane there.
+   */
+  readonly laneKey: (index: number, lane: string) => string
 }
 
 const none: ReadonlySet<number> = new Set()
@@ -56,6 +61,10 @@ export const make = (accounts: ReadonlyArray<Account>, pricing: PricingTable): A
     laneOf,
     serves: (index, lane) => !notServing(lane).has(index),
     notServing,
-    mappedName: (index, model) => asNamed[index]!.get(model) ?? byLane[index]!.get(laneOf(model))
+    mappedName: (index, model) => asNamed[index]!.get(model) ?? byLane[index]!.get(laneOf(model)),
+    laneKey: (index, lane) => {
+      const sent = byLane[index]!.get(lane)
+      return sent === undefined ? lane : laneOf(sent)
+    }
   }
 }

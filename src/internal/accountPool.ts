@@ -40,7 +40,7 @@ import * as AccountModels from "./accountModels.js"
 import * as BaseUrl from "./baseUrl.js"
 import * as LimiterInternal from "./concurrencyLimiter.js"
 import { picoOfUsd, usdOfPico } from "./costLedger.js"
-import { AccountSlot, Dispatcher, Lane, type LaneGrant, type Lanes, type Waiter } from "./dispatcher.js"
+import { AccountSlot, Dispatcher, Lane, type LaneGrant, type Lanes, queuedOn, type Waiter } from "./dispatcher.js"
 import * as GenAi from "./genAi.js"
 import * as MemberState from "./memberState.js"
 import { assertValid, positive } from "./options.js"
@@ -235,9 +235,9 @@ export type Coordinate<R> = (
 /** Each lane's permits in this process only. */
 const inMemory: Coordinate<never> = (accounts, slots, hooks) =>
   Effect.sync(() => {
-    const dispatcher: Dispatcher = new Dispatcher(slots, (slot, model) => {
-      const lane = new Lane(slot, model, policyFor(accounts[slot.index]!), (grew) => {
-        dispatcher.dispatch(grew.model)
+    const dispatcher: Dispatcher = new Dispatcher(slots, (slot, key) => {
+      const lane = new Lane(slot, key, policyFor(accounts[slot.index]!), (grew) => {
+        dispatcher.dispatchLane(grew)
         hooks.roomMayHaveGrown()
       })
       hooks.opened(lane)
@@ -499,8 +499,13 @@ export const makeWith = <R>(
         const transport = yield* Transport.make({ baseUrl: account.baseUrl, deadlines: settings.deadlines, warmUp: 0 }).pipe(
           Effect.provideService(KeyPool.KeyPool, told)
         )
-        const slot = new AccountSlot(index, account.fallback, account.accountConcurrency ?? Infinity, (lane) =>
-          accountModels.serves(index, lane))
+        const slot = new AccountSlot(
+          index,
+          account.fallback,
+          account.accountConcurrency ?? Infinity,
+          (lane) => accountModels.serves(index, lane),
+          (lane) => accountModels.laneKey(index, lane)
+        )
         const sharedBalance = yield* memberState.balance(account)
         return new Member(account, slot, told, breaker, transport, sharedBalance, (model) => accountModels.mappedName(index, model))
       }))
@@ -560,21 +565,21 @@ export const makeWith = <R>(
     }
     const publishLane = (lane: Lane) => {
       figuresOf(lane).publish()
-      publishQueued(lane.model)
+      for (const model of lane.models) publishQueued(model)
     }
+    const queued = (model: string) => dispatcher.queued(model)
     /**
-     * Starts the series of `account`'s lane for `model` at what a lane holds when made: `limit`,
-     * none in flight or queued, its counters at 0. A series shows only from its first update, and
+     * Starts the series of `account`'s lane named `key` at what a lane holds when made: `limit`,
+     * none in flight, its counters at 0. A series shows only from its first update, and
      * Prometheus' `rate()` and `absent()` need it from the start.
      */
-    const startSeries = (account: Account, model: string, limit: number) => {
-      const tags = laneTags(account, model)
+    const startSeries = (account: Account, key: string, limit: number) => {
+      const tags = laneTags(account, key)
       LimiterInternal.limitGauge.unsafeUpdate(limit, tags)
       LimiterInternal.inFlightGauge.unsafeUpdate(0, tags)
       LimiterInternal.droppedCounter.unsafeUpdate(0, tags)
       retriesCounter.unsafeUpdate(0, tags)
-      for (const result of resultsFromStart) attemptsCounter.unsafeUpdate(0, attemptTags(account, model, result))
-      publishQueued(model)
+      for (const result of resultsFromStart) attemptsCounter.unsafeUpdate(0, attemptTags(account, key, result))
     }
     const laneModel = accountModels.laneOf
     const dispatcher: Lanes = yield* coordinate(accounts, members.map((member) => member.slot), {
@@ -585,8 +590,9 @@ export const makeWith = <R>(
     // Lanes are made on their model's first call: the models the pool is known to serve have
     // their series before, at the limit their lanes start with.
     for (const model of new Set(Array.from(servedModels(accounts, ledger.pricing), laneModel))) {
-      for (const member of members) {
-        if (member.slot.serves(model)) startSeries(member.account, model, policyFor(member.account).limit)
+      publishQueued(model)
+      for (const { account, slot } of members) {
+        if (slot.serves(model)) startSeries(account, slot.laneKey(model), policyFor(account).limit)
       }
     }
 
@@ -842,7 +848,7 @@ export const makeWith = <R>(
       const lane = grant.lane
       return LimiterInternal.makePermit(lane.policy, lane, grant, clock, {
         classify: undefined,
-        refills: () => dispatcher.queued(lane.model) > 0 && lane.inFlight <= lane.limit,
+        refills: () => queuedOn(lane, queued) > 0 && lane.inFlight <= lane.limit,
         changed: () => publishLane(lane),
         dropped: figuresOf(lane).dropped
       })
@@ -852,7 +858,7 @@ export const makeWith = <R>(
       Effect.sync(() => {
         dispatcher.release(grant)
         publishLane(grant.lane)
-        if (grant.lane.hasRoom && dispatcher.queued(grant.lane.model) === 0) roomMayHaveGrown()
+        if (grant.lane.hasRoom && queuedOn(grant.lane, queued) === 0) roomMayHaveGrown()
       })
 
     type Restore = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
@@ -1245,7 +1251,7 @@ export const makeWith = <R>(
           model: lane.model,
           limit: lane.limit,
           inFlight: lane.inFlight,
-          queued: dispatcher.queued(lane.model),
+          queued: queuedOn(lane, queued),
           rateLimited: laneFigures.get(lane)?.rateLimited ?? 0,
           costUsd: usdOfPico(laneFigures.get(lane)?.costPico ?? 0n)
         }))

@@ -21,6 +21,7 @@ import type { Priority } from "../ConcurrencyLimiter.js"
 import type { Grant, Ledger, Policy } from "./concurrencyLimiter.js"
 
 const servesEvery = () => true
+const asAsked = (model: string) => model
 
 /** One account as the dispatcher sees it. */
 export class AccountSlot {
@@ -33,7 +34,10 @@ export class AccountSlot {
   pending = false
   /** Permits held on the account, every model together. */
   inFlight = 0
+  /** Its lanes by their names (`laneKey`). */
   readonly lanes = new Map<string, Lane>()
+  /** Its lanes by the model of the calls each serves. */
+  private readonly byModel = new Map<string, Lane>()
   /** What `cap` is while it is not lowered to this process's share (the Redis coordinator's local mode). */
   readonly configuredCap: number
 
@@ -43,14 +47,40 @@ export class AccountSlot {
     /** Permits the account may hold in all, every model together; `Infinity` for none. */
     public cap: number,
     /** Whether it serves the calls of a model (its lane's name): it has lanes only for those. */
-    readonly serves: (model: string) => boolean = servesEvery
+    readonly serves: (model: string) => boolean = servesEvery,
+    /**
+     * The name of the lane that serves the calls of a model: the model it sends them as. Models
+     * it sends as one share a lane, and its limit: the upstream caps the model it runs.
+     */
+    readonly laneKey: (model: string) => string = asAsked
   ) {
     this.configuredCap = cap
   }
+
+  /** The lane of the calls of `model`: its lane named `laneKey(model)`, made by `make` on first use. */
+  laneFor(model: string, make: (key: string) => Lane): Lane {
+    let lane = this.byModel.get(model)
+    if (lane === undefined) {
+      const key = this.laneKey(model)
+      lane = this.lanes.get(key)
+      if (lane === undefined) {
+        lane = make(key)
+        this.lanes.set(key, lane)
+      }
+      lane.models.push(model)
+      this.byModel.set(model, lane)
+    }
+    return lane
+  }
 }
 
-/** One (account, model): its policy and the permits it holds. */
+/**
+ * One (account, model the account runs): its policy and the permits it holds. `model` is its name
+ * (the account's `laneKey`), `models` the models whose calls it serves: one, or several the
+ * account sends as one.
+ */
 export class Lane implements Ledger {
+  readonly models: Array<string> = []
   inFlight = 0
   /** Permits granted so far: ties between equally loaded lanes go to the one used least. */
   granted = 0
@@ -170,23 +200,27 @@ export const capacityOf = (
 ): Room => {
   let permits = 0
   let stalled = true
-  // Free permits per model, summed over the accounts: a few models, so two arrays searched in
-  // turn (reused across calls: this runs for every line a batch reads).
+  // Free permits per model, summed over the accounts: a few models, so arrays searched in turn
+  // (reused across calls: this runs for every line a batch reads).
   const models = scratchModels
+  const lanesOf = scratchLanes
   const rooms = scratchRooms
   models.length = 0
+  lanesOf.length = 0
   rooms.length = 0
   for (const account of accounts) {
     if (account.pending || account.available) stalled = false
     let limits = 0
     const accountRoom = Math.max(0, account.cap - account.inFlight)
     for (const lane of account.lanes.values()) {
-      if (!mayServe(accounts, account, lane.model, noneExcluded)) continue
+      if (!servesAny(accounts, lane)) continue
       limits += lane.limit
       const room = Math.min(Math.max(0, lane.limit - lane.inFlight), accountRoom)
-      const at = models.indexOf(lane.model)
+      // A lane several models share counts under the first, less the calls of them all (`queuedOn`).
+      const at = models.indexOf(lane.models[0]!)
       if (at < 0) {
-        models.push(lane.model)
+        models.push(lane.models[0]!)
+        lanesOf.push(lane)
         rooms.push(room)
       } else {
         rooms[at] = rooms[at]! + room
@@ -195,20 +229,34 @@ export const capacityOf = (
     permits += Math.min(limits, account.cap)
   }
   let free = 0
-  for (let at = 0; at < models.length; at++) free += Math.max(0, rooms[at]! - queued(models[at]!))
+  for (let at = 0; at < models.length; at++) free += Math.max(0, rooms[at]! - queuedOn(lanesOf[at]!, queued))
   return { permits, free, stalled }
 }
 
+/** Whether its account may serve a call of any model `lane` serves. */
+const servesAny = (accounts: ReadonlyArray<AccountSlot>, lane: Lane): boolean => {
+  for (const model of lane.models) if (mayServe(accounts, lane.account, model, noneExcluded)) return true
+  return false
+}
+
 const scratchModels: Array<string> = []
+const scratchLanes: Array<Lane> = []
 const scratchRooms: Array<number> = []
+
+/** Calls waiting for a permit `lane` may grant: those of each model it serves. */
+export const queuedOn = (lane: Lane, queued: (model: string) => number): number => {
+  let total = 0
+  for (const model of lane.models) total += queued(model)
+  return total
+}
 
 export class Dispatcher implements Lanes {
   private readonly waiting = new Map<string, Queues>()
 
   constructor(
     readonly accounts: ReadonlyArray<AccountSlot>,
-    /** Makes the lane of an account for a model it has not served yet. */
-    private readonly makeLane: (account: AccountSlot, model: string) => Lane
+    /** Makes an account's lane named `key` (see `AccountSlot.laneKey`) at its first call. */
+    private readonly makeLane: (account: AccountSlot, key: string) => Lane
   ) {}
 
   /** Calls waiting for `model` (every model when none is given). */
@@ -258,7 +306,7 @@ export class Dispatcher implements Lanes {
     lane.account.inFlight--
     // Under an account-wide cap the freed permit may serve any of the account's models.
     if (Number.isFinite(lane.account.cap)) this.dispatchAll()
-    else this.dispatch(lane.model)
+    else this.dispatchLane(lane)
   }
 
   /**
@@ -316,14 +364,19 @@ export class Dispatcher implements Lanes {
     }
   }
 
+  /**
+   * Grants `lane`'s free permits to the calls of its models; when it serves several, starting with
+   * another each time it grants, so that none waits behind another's queue for good.
+   */
+  dispatchLane(lane: Lane): void {
+    const { models } = lane
+    const first = lane.granted % models.length
+    for (let i = 0; i < models.length; i++) this.dispatch(models[(first + i) % models.length]!)
+  }
+
   /** The lane of `account` for `model`, made on first use. */
   laneOf(account: AccountSlot, model: string): Lane {
-    let lane = account.lanes.get(model)
-    if (lane === undefined) {
-      lane = this.makeLane(account, model)
-      account.lanes.set(model, lane)
-    }
-    return lane
+    return account.laneFor(model, (key) => this.makeLane(account, key))
   }
 
   /** The queues of `model`; a model seen for the first time gets a lane on every account. */

@@ -273,7 +273,7 @@ const isCapDrop = (event: Event): event is Extract<Event, { _tag: "Recorded" }> 
 class LocalDispatcher extends Dispatcher {
   constructor(
     accounts: ReadonlyArray<AccountSlot>,
-    makeLane: (account: AccountSlot, model: string) => Lane,
+    makeLane: (account: AccountSlot, key: string) => Lane,
     private readonly granted: (grant: LaneGrant) => LaneGrant,
     private readonly released: (grant: LaneGrant) => void
   ) {
@@ -313,7 +313,7 @@ interface LaneEntry {
 export const make = (
   redis: RedisService,
   slots: ReadonlyArray<AccountSlot>,
-  specOf: (slot: AccountSlot, model: string) => LaneSpec,
+  specOf: (slot: AccountSlot, key: string) => LaneSpec,
   hooks: Hooks,
   settings: Settings
 ): Effect.Effect<Lanes, never, Scope.Scope> =>
@@ -351,22 +351,21 @@ export const make = (
 
     const shareOf = (limit: number) => Math.max(1, Math.floor(limit / Math.max(1, processes)))
 
-    const laneOf = (account: AccountSlot, model: string): Lane => {
-      let lane = account.lanes.get(model)
-      if (lane !== undefined) return lane
-      const spec = specOf(account, model)
+    const laneOf = (account: AccountSlot, model: string): Lane => account.laneFor(model, (key) => makeLane(account, key))
+
+    const makeLane = (account: AccountSlot, key: string): Lane => {
+      const spec = specOf(account, key)
       const shared = typeof spec.limit === "number"
         ? new SharedLimit(undefined, spec.limit, () => flush(entry))
         : new SharedLimit(spec.limit, 0, (event) => {
           if (isCapDrop(event)) lower(entry, event)
           flush(entry)
         })
-      lane = new Lane(account, model, shared, (grew) => {
-        local?.dispatch(grew.model)
+      const lane = new Lane(account, key, shared, (grew) => {
+        local?.dispatchLane(grew)
         hooks.roomMayHaveGrown()
       })
       const entry: LaneEntry = { lane, spec, shared, flushing: false }
-      account.lanes.set(model, lane)
       lanes.set(spec.key, entry)
       entryOf.set(lane, entry)
       if (local !== undefined) {
@@ -563,7 +562,7 @@ export const make = (
 
     const goLocal = (error: RedisError) =>
       Effect.suspend(() => {
-        local = new LocalDispatcher(slots, laneOf, (grant) => {
+        local = new LocalDispatcher(slots, makeLane, (grant) => {
           const leased: LeaseGrant = { ...grant, lease: nextId() }
           held.set(leased.lease, leased)
           // A grant made while the beat that rejoins is on its way is not in its lists: the next
