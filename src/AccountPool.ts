@@ -415,7 +415,8 @@ export const servedModels: (accounts: ReadonlyArray<Account>, pricing: PricingTa
 
 /**
  * Account-level failures the pool failed over from, tagged `account` and `error` (the error's
- * `_tag`).
+ * `_tag`). A call the account's breaker refused (open, or half open with its canaries out) is not
+ * one: nothing failed there (`CircuitBreaker.stateGauge` shows the breaker).
  *
  * @since 0.1.0
  * @category metrics

@@ -370,7 +370,8 @@ export const layerFromContext: Layer.Layer<
 export const callsCounter: Metric.Metric.Counter<number> = internal.callsCounter
 
 /**
- * Failed attempts (our own gates' refusals excepted), tagged with the error's `_tag` as `error`.
+ * Failed attempts (our own gates' refusals excepted), tagged with the error's `_tag` as `error`:
+ * those a policy saw, and those an `AccountPool` under it failed over from.
  *
  * @since 0.1.0
  * @category metrics

@@ -586,15 +586,49 @@ describe("AccountPool", () => {
     const { layer } = stackLayer(setup)
     const count = (metric: Metric.Metric.Counter<number>) => Effect.map(Metric.value(metric), (state) => state.count)
     const failovers = Metric.tagged(Metric.tagged(AccountPool.failoversCounter, "account", "a"), "error", "InsufficientBalance")
+    // The attempt failed over from is a failed attempt, though the policy sees only the call's end.
+    const failedAttempts = Metric.tagged(Policy.attemptFailuresCounter, "error", "InsufficientBalance")
     const bLimit = Metric.tagged(Metric.tagged(ConcurrencyLimiter.limitGauge, "account", "b"), "model", "deepseek-flash")
     return Effect.gen(function*() {
-      const before = yield* Effect.all([count(Policy.callsCounter), count(failovers)])
+      const before = yield* Effect.all([count(Policy.callsCounter), count(failovers), count(failedAttempts)])
       yield* resilientCreate // a answers 402, b serves: one call, two account attempts
       yield* resilientCreate // b only
-      const after = yield* Effect.all([count(Policy.callsCounter), count(failovers)])
-      expect(after.map((n, i) => n - before[i]!)).toEqual([2, 1])
+      const after = yield* Effect.all([count(Policy.callsCounter), count(failovers), count(failedAttempts)])
+      expect(after.map((n, i) => n - before[i]!)).toEqual([2, 1, 1])
       expect((yield* Metric.value(bLimit)).value).toBe(5)
     }).pipe(Effect.provide(layer))
+  })
+
+  it.effect("counts a failed-over attempt once when its error becomes the call's: no account was left for it", () => {
+    const { layer } = stackLayer({ accounts: [account("a", ["sk-a"])], handlers: { a: status(403) }, options: { preflight: false } })
+    const forbidden = Metric.tagged(Policy.attemptFailuresCounter, "error", "UnexpectedStatus")
+    const count = Effect.map(Metric.value(forbidden), (state) => state.count)
+    return Effect.gen(function*() {
+      const before = yield* count
+      expect(yield* Effect.flip(resilientCreate)).toMatchObject({ _tag: "UnexpectedStatus", status: 403 })
+      expect((yield* count) - before).toBe(1)
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.effect("a call its account's breaker refuses is not a failover: nothing failed there, and it moves nowhere", () => {
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"])],
+      handlers: { a: status(500) },
+      options: { preflight: false, breaker: { minimumThroughput: 1, failureRatio: 0.25, openFor: "1 second" } }
+    }
+    const count = (error: string) =>
+      Effect.map(Metric.value(Metric.tagged(Metric.tagged(AccountPool.failoversCounter, "account", "a"), "error", error)), (state) => state.count)
+    return Effect.gen(function*() {
+      const before = yield* Effect.all([count("ServerError"), count("CircuitOpen")])
+      expect((yield* Effect.flip(create))._tag).toBe("ServerError")
+      // Three calls wait for the open breaker; when it half-opens one is its canary, the others are refused.
+      const calls = yield* Effect.fork(concurrently(3, Effect.either(createWith(request, { maxWait: "5 seconds" }))))
+      for (let second = 0; second < 8; second++) yield* TestClock.adjust("1 second")
+      yield* Fiber.join(calls)
+      expect(countOf(yield* chatHosts, "a")).toBeGreaterThan(1)
+      const after = yield* Effect.all([count("ServerError"), count("CircuitOpen")])
+      expect(after.map((n, i) => n - before[i]!)).toEqual([0, 0])
+    }).pipe(Effect.provide(poolLayer(setup)))
   })
 
   it.effect("the queued gauge falls as the pool turns its waiters away (the account's last key rejected), not at the lane's next event", () => {

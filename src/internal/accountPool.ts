@@ -45,7 +45,7 @@ import * as GenAi from "./genAi.js"
 import * as MemberState from "./memberState.js"
 import { assertValid, positive } from "./options.js"
 import * as RedisLanes from "./redisDispatcher.js"
-import { secondsBoundaries } from "./policy.js"
+import { attemptFailuresCounter, secondsBoundaries } from "./policy.js"
 import { Signal } from "./signal.js"
 import * as Scrubber from "./scrubber.js"
 import * as StreamPull from "./streamPull.js"
@@ -970,11 +970,18 @@ export const makeWith = <R>(
     const failOver = (member: Member, error: PoolError | CircuitBreaker.CircuitOpen) =>
       Effect.gen(function*() {
         const tag = ApiError.tagOf(error) ?? "unknown"
-        yield* Metric.increment(Metric.tagged(Metric.tagged(failoversCounter, "account", member.name), "error", tag))
-        // The policy around the pool sees only the call's end: an attempt failed over is told here.
-        if (Option.isSome(telemetry) && !wasNotSent(ApiError.classify(error), error)) {
-          ToldAttempts.markTold(error)
-          yield* telemetry.value.attemptFailed(error)
+        // A breaker's refusal is no failure of the account's: its state is the breaker's series.
+        if (tag !== "CircuitOpen") {
+          yield* Metric.increment(Metric.tagged(Metric.tagged(failoversCounter, "account", member.name), "error", tag))
+        }
+        // The policy around the pool sees only the call's end: an attempt failed over is counted and told here.
+        if (!wasNotSent(ApiError.classify(error), error)) {
+          ToldAttempts.markCounted(error)
+          yield* Metric.increment(Metric.tagged(attemptFailuresCounter, "error", tag))
+          if (Option.isSome(telemetry)) {
+            ToldAttempts.markTold(error)
+            yield* telemetry.value.attemptFailed(error)
+          }
         }
         if (tag === "InsufficientBalance") yield* takeOutOfBalance(member, "402")
         yield* refresh(member)

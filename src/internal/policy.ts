@@ -242,7 +242,9 @@ export const make = (parts: Parts): Service => {
     classify(error)._tag === "Refused"
       ? Effect.void
       : Effect.zipRight(
-        Metric.increment(Metric.tagged(attemptFailuresCounter, "error", ApiError.tagOf(error) ?? "unknown")),
+        ToldAttempts.wasCounted(error)
+          ? Effect.void
+          : Metric.increment(Metric.tagged(attemptFailuresCounter, "error", ApiError.tagOf(error) ?? "unknown")),
         telemetry === undefined || ToldAttempts.wasTold(error) ? Effect.void : telemetry.attemptFailed(error)
       )
 
