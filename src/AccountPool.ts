@@ -66,7 +66,9 @@
  * account's breaker) fail over within the same attempt, and do not count as a retry:
  * - `KeyRejected` / `NoUsableKey`: no key of the account is left (a 401 with other keys left is
  *   handled by the account's transport, which drops the key and uses the next). Rejected keys
- *   come back after `keyCooldown`;
+ *   come back after `keyCooldown`; when they were all out, a DeepSeek account (with `preflight`)
+ *   asks its balance with them first, as at start, so a key still rejected sets itself aside
+ *   again without a call, and the account is not counted as serving meanwhile;
  * - `InsufficientBalance` (402): the whole account is taken out. A fiber of the pool probes
  *   `GET /user/balance` at the API root (the base URL less a last `/v1`) with one of its keys
  *   every `balanceProbeInterval` and brings the account back when `is_available` is true. An

@@ -383,6 +383,23 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 
+  it.effect("keys back from their cooldown are asked the balance before the account serves again: still rejected, it stays out without a call", () => {
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a-revoked"])],
+      handlers: { a: status(401) },
+      options: { keyCooldown: "15 minutes" }
+    }
+    return Effect.gen(function*() {
+      yield* settle
+      expect(yield* states).toEqual({ a: "no_keys" })
+      yield* TestClock.adjust("15 minutes")
+      // Its key was asked the balance again, rejected again: never serving in between.
+      expect(yield* states).toEqual({ a: "no_keys" })
+      const asked = yield* Effect.flatMap(MockUpstream.MockUpstream, (upstream) => upstream.requests)
+      expect(asked.map(pathOf)).toEqual(["/user/balance", "/user/balance"])
+    }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
   it.effect("preflight: a DeepSeek account whose balance check answers 404 is told at start (a base URL with a path too many), and serves", () => {
     const logs: Array<Logged> = []
     const setup: Setup = {
@@ -926,10 +943,12 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 
-  it.effect("an account whose only key the balance check saw rejected serves again as the key returns, with no call to ask", () => {
+  it.effect("an account whose only key the balance check saw rejected serves again as the key returns, accepted, with no call to ask", () => {
+    // The key is rejected once (its account's owner fixed it meanwhile): accepted when asked again.
+    let balanceChecks = 0
     const setup: Setup = {
       accounts: [account("a", ["sk-a"])],
-      handlers: { a: (req) => isChat(req) ? healthy()(req) : status(401)(req) },
+      handlers: { a: (req) => isChat(req) ? healthy()(req) : ++balanceChecks === 1 ? status(401)(req) : balance(true) },
       options: { keyCooldown: "1 minute" }
     }
     return Effect.gen(function*() {

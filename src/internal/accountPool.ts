@@ -661,14 +661,16 @@ export const makeWith = <R>(
 
     /**
      * When every key of `member` rests, the first one back is a time, not an event: a fiber wakes
-     * then and reads its state again (none of its calls, all refused, would).
+     * then and reads its state again (none of its calls, all refused, would). A key back from its
+     * cooldown is not proven: a DeepSeek account asks its balance with it first, as at start (a
+     * 401 sets it aside again), so it neither serves nor counts as serving on a key still rejected.
      */
     const wakeAsKeysReturn = (member: Member, back: number): Effect.Effect<void> => {
       if (!Number.isFinite(back) || (member.keysBackAt !== undefined && member.keysBackAt <= back)) return Effect.void
       member.keysBackAt = back
       const wake = Effect.suspend(() => {
         member.keysBackAt = undefined
-        return refresh(member)
+        return probesKeys(member) ? Effect.zipRight(preflight(member), refresh(member)) : refresh(member)
       })
       return Effect.asVoid(forkInPool(Effect.zipRight(Effect.sleep(Duration.millis(Math.max(0, back - now()))), wake)))
     }
@@ -787,6 +789,10 @@ export const makeWith = <R>(
           }))
         )
       }))
+
+    /** Whether `member`'s balance is asked (`preflight`), which proves its keys: DeepSeek's, with `preflight` on, while in balance. */
+    const probesKeys = (member: Member): boolean =>
+      settings.preflight && member.account.provider === "deepseek" && member.balance._tag === "Ok"
 
     /**
      * Asks `member`'s balance once, in the background: until it answers, the account takes no call
@@ -1329,9 +1335,7 @@ export const makeWith = <R>(
       ), { discard: true })
     const markedOut = yield* Effect.filter(members, (member) => member.sharedBalance.isOut)
     yield* Effect.forEach(markedOut, (member) => takeOutOfBalance(member, "another process found it out"), { discard: true })
-    const toProbe = settings.preflight
-      ? members.filter((member) => member.account.provider === "deepseek" && !markedOut.includes(member))
-      : []
+    const toProbe = members.filter((member) => probesKeys(member) && !markedOut.includes(member))
     const preflights = yield* Effect.forEach(toProbe, preflight)
     yield* Effect.forEach(members, refresh, { discard: true })
     // Each account's connections open alongside its preflight, once that request is on its way.
