@@ -3,6 +3,7 @@
  * a header, a metric, a span or a log line.
  */
 import { describe, expect, it } from "@effect/vitest"
+import * as ConfigProvider from "effect/ConfigProvider"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
@@ -365,7 +366,7 @@ describe("weatherproof serve, metrics and traces", () => {
       const accounts = [account("a", sim.baseUrl, [Simulator.defaultKey])]
       const scope = yield* Scope.make()
       const context = yield* Layer.buildWithScope(
-        Layer.merge(upstreamLayer(accounts), Telemetry.layer({ otlp: true })),
+        Layer.merge(upstreamLayer(accounts), Telemetry.layer(yield* Telemetry.otlpConfig)),
         scope
       )
       const gateway = yield* Gateway.make({ port: 0, accounts, gatewayKeys: [Redacted.make("gw-otlp-key")] }).pipe(
@@ -394,5 +395,24 @@ describe("weatherproof serve, metrics and traces", () => {
       expect(bodies).toContain("service.instance.id")
       const ledger = yield* Effect.provide(CostLedger, context)
       expect((yield* ledger.snapshot).total.requests).toBe(2)
+    }))
+
+  it.effect("exports over OTLP each signal whose endpoint is set, its own or the generic one, unless its exporter is none", () =>
+    Effect.gen(function*() {
+      const read = (env: Record<string, string>) =>
+        Effect.withConfigProvider(Telemetry.otlpConfig, ConfigProvider.fromMap(new Map(Object.entries(env))))
+      const url = "http://127.0.0.1:4318"
+      expect(yield* read({})).toEqual(Telemetry.noOtlp)
+      expect(yield* read({ OTEL_EXPORTER_OTLP_ENDPOINT: url })).toEqual({ traces: true, metrics: true, exportIntervalMillis: 10_000 })
+      expect(yield* read({ OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: `${url}/v1/traces` })).toMatchObject({ traces: true, metrics: false })
+      expect(yield* read({ OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: `${url}/v1/metrics`, OTEL_METRIC_EXPORT_INTERVAL: "60000" }))
+        .toEqual({ traces: false, metrics: true, exportIntervalMillis: 60_000 })
+      expect(yield* read({ OTEL_EXPORTER_OTLP_ENDPOINT: url, OTEL_METRICS_EXPORTER: "none" })).toMatchObject({ traces: true, metrics: false })
+      // A value it cannot honour is a configuration error, not silence.
+      for (const env of [{ OTEL_TRACES_EXPORTER: "zipkin" }, { OTEL_METRIC_EXPORT_INTERVAL: "0" }]) {
+        const error = yield* Effect.flip(read({ OTEL_EXPORTER_OTLP_ENDPOINT: url, ...env }))
+        expect(error._tag).toBe("ConfigError")
+        expect(String(error)).toContain(Object.keys(env)[0])
+      }
     }))
 })

@@ -87,9 +87,7 @@ export const run = (options: ServeOptions): Effect.Effect<void, ExitCode, FileSy
     const gatewayKeys = yield* Effect.catchTag(gatewayKeysConfig, "ConfigError", invalidConfig)
     const alerts = yield* alertsOf(options)
     const [accounts, redis] = yield* loadAccounts(options)
-    const otlp = yield* Config.option(Config.nonEmptyString("OTEL_EXPORTER_OTLP_ENDPOINT")).pipe(
-      Effect.catchTag("ConfigError", invalidConfig)
-    )
+    const otlp = yield* Effect.catchTag(Telemetry.otlpConfig, "ConfigError", invalidConfig)
 
     const stack = Layer.mergeAll(
       Batch.layerAccounts(accounts, {
@@ -98,7 +96,7 @@ export const run = (options: ServeOptions): Effect.Effect<void, ExitCode, FileSy
         router: Router.layerConfig,
         redis
       }),
-      Telemetry.layer({ otlp: Option.isSome(otlp) }),
+      Telemetry.layer(otlp),
       Transport.nodeHttpClient()
     )
 

@@ -4,7 +4,7 @@
  * metric producer:
  * - to `@opentelemetry/exporter-prometheus`'s `PrometheusExporter`, with its own server off, whose
  *   text the gateway serves on `GET /metrics`;
- * - when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, also over OTLP/HTTP every 10 s, with the spans
+ * - over OTLP/HTTP when an endpoint is set (`otlpConfig`): the metrics every 10 s, and the spans
  *   (the gateway's server spans and the client's `weatherproof.*` spans).
  *
  * Except Effect's own per-fiber series (`effect_fiber_*`): the gateway runs with them off, so they
@@ -57,6 +57,43 @@ const resourceFromEnv = Effect.gen(function*() {
   }
 }).pipe(Effect.orDie)
 
+/** What goes out over OTLP/HTTP. */
+export interface Otlp {
+  readonly traces: boolean
+  readonly metrics: boolean
+  readonly exportIntervalMillis: number
+}
+
+/** Whether a signal goes out: an endpoint set for it or for all, and its exporter not `none`. */
+const signalConfig = (signal: "traces" | "metrics") =>
+  Config.all({
+    endpoint: Config.option(Config.nonEmptyString(`OTEL_EXPORTER_OTLP_${signal.toUpperCase()}_ENDPOINT`)),
+    exporter: Config.literal("otlp", "none")(`OTEL_${signal.toUpperCase()}_EXPORTER`).pipe(Config.withDefault("otlp"))
+  })
+
+/**
+ * What the environment asks to export, as the OpenTelemetry SDKs read it: each signal when
+ * `OTEL_EXPORTER_OTLP_ENDPOINT` or its own `OTEL_EXPORTER_OTLP_{TRACES,METRICS}_ENDPOINT` is set
+ * (the exporters send to the most specific) and `OTEL_{TRACES,METRICS}_EXPORTER` is not `none`;
+ * metrics every `OTEL_METRIC_EXPORT_INTERVAL` milliseconds (default 10 s).
+ */
+export const otlpConfig: Config.Config<Otlp> = Config.all({
+  endpoint: Config.option(Config.nonEmptyString("OTEL_EXPORTER_OTLP_ENDPOINT")),
+  traces: signalConfig("traces"),
+  metrics: signalConfig("metrics"),
+  exportIntervalMillis: Config.integer("OTEL_METRIC_EXPORT_INTERVAL").pipe(
+    Config.validate({ message: "a number of milliseconds above 0", validation: (millis) => millis > 0 }),
+    Config.withDefault(10_000)
+  )
+}).pipe(Config.map(({ endpoint, exportIntervalMillis, metrics, traces }) => {
+  const exports = (signal: Config.Config.Success<ReturnType<typeof signalConfig>>) =>
+    signal.exporter === "otlp" && (Option.isSome(signal.endpoint) || Option.isSome(endpoint))
+  return { traces: exports(traces), metrics: exports(metrics), exportIntervalMillis }
+}))
+
+/** Nothing over OTLP: the Prometheus text only. */
+export const noOtlp: Otlp = { traces: false, metrics: false, exportIntervalMillis: 10_000 }
+
 /** The prefix of the series Effect keeps per fiber when its `RuntimeMetrics` flag is on. */
 const fiberSeriesPrefix = "effect_fiber_"
 
@@ -85,24 +122,26 @@ const exported = (producer: MetricProducer): MetricProducer => ({
 })
 
 /**
- * The exporters: Prometheus always, OTLP (metrics and traces) when `otlp` is set (the
- * exporters read `OTEL_EXPORTER_OTLP_*` themselves).
+ * The exporters: Prometheus always, OTLP of the signals `otlp` names (the exporters read their
+ * endpoints and headers, `OTEL_EXPORTER_OTLP_*`, themselves).
  */
-export const layer = (options: { readonly otlp: boolean }): Layer.Layer<Telemetry> => {
+export const layer = (otlp: Otlp): Layer.Layer<Telemetry> => {
   const prometheus = new PrometheusExporter({ preventServerStart: true, withoutScopeInfo: true })
   const serializer = new PrometheusSerializer(undefined, false, undefined, false, true)
   // exporter-prometheus 0.223.0 pins its own copy of sdk-metrics (2.12.0, beside 2.12.1): the
   // same reader at run time, a different class to the type checker.
   const readers: [MetricReader, ...Array<MetricReader>] = [prometheus as unknown as MetricReader]
-  if (options.otlp) {
-    readers.push(new PeriodicExportingMetricReader({ exporter: new OTLPMetricExporter(), exportIntervalMillis: 10_000 }))
+  if (otlp.metrics) {
+    readers.push(
+      new PeriodicExportingMetricReader({ exporter: new OTLPMetricExporter(), exportIntervalMillis: otlp.exportIntervalMillis })
+    )
   }
   const sdk = NodeSdk.layer(Effect.map(resourceFromEnv, (resource) => ({
     resource,
     // The last flush of each provider at shutdown, after the drain: a collector that is down
     // must not hold a stopping process long (a healthy one takes milliseconds).
     shutdownTimeout: 2_000,
-    spanProcessor: options.otlp ? new BatchSpanProcessor(new OTLPTraceExporter()) : undefined
+    spanProcessor: otlp.traces ? new BatchSpanProcessor(new OTLPTraceExporter()) : undefined
   })))
   const metrics = Layer.scopedDiscard(
     Effect.flatMap(Metrics.makeProducer, (producer) => Metrics.registerProducer(exported(producer), () => readers))
@@ -111,7 +150,7 @@ export const layer = (options: { readonly otlp: boolean }): Layer.Layer<Telemetr
     scrape: Effect.promise(() => prometheus.collect()).pipe(
       Effect.map(({ resourceMetrics }) => serializer.serialize(resourceMetrics))
     ),
-    traced: options.otlp
+    traced: otlp.traces
   }
   return Layer.merge(Layer.succeed(Telemetry, service), Layer.provideMerge(metrics, sdk))
 }

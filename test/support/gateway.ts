@@ -46,7 +46,7 @@ export const upstreamLayer = (accounts: ReadonlyArray<Account>, options: TestGat
       ledger: CostLedger.layer(options.ledger),
       router: Router.layerDefault
     }),
-    GatewayTelemetry.layer({ otlp: false }),
+    GatewayTelemetry.layer(GatewayTelemetry.noOtlp),
     Transport.nodeHttpClient()
   )
 
