@@ -8,7 +8,9 @@
  *   open, or one opened again;
  * - `budget_spent`: the cost budget is spent; new calls are refused.
  *
- * A flapping account's breaker and reachability alerts are held down (`HoldDown`).
+ * A flapping account's breaker and reachability alerts are held down (`HoldDown`). Replicas that
+ * share their accounts' state through Redis each see its changes: the first to claim an account's
+ * alert tells it (`claimOnRedis`).
  *
  * Alerts wait in a bounded queue (the oldest are kept when it is full) and are sent one after
  * another, each retried with jittered exponential backoff (a 4xx but 408 and 429 is not: no
@@ -30,6 +32,7 @@ import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
+import type * as Redis from "../../src/Redis.js"
 import type { Scrubber } from "../../src/internal/scrubber.js"
 import { connectionFailure, counted } from "../../src/internal/text.js"
 import type { AccountSample, Monitor, Sample } from "./status.js"
@@ -68,6 +71,42 @@ export interface Options {
   readonly retries?: number | undefined
   /** How long an account's breaker or reachability alert holds the next one back (`HoldDown`). Default 10 minutes. */
   readonly holdDown?: Duration.DurationInput | undefined
+  /** Whether this process tells an alert (`claimOnRedis`); by default it tells every one. */
+  readonly claim?: Claim | undefined
+}
+
+/** Whether this process tells `alert`, rather than another that saw the same change. */
+export type Claim = (alert: Alert) => Effect.Effect<boolean>
+
+/** Each account event and the one that undoes it. */
+const opposite: Partial<Record<AlertEvent, AlertEvent>> = {
+  breaker_opened: "breaker_closed",
+  breaker_closed: "breaker_opened",
+  balance_exhausted: "balance_restored",
+  balance_restored: "balance_exhausted",
+  account_unreachable: "account_reachable",
+  account_reachable: "account_unreachable"
+}
+
+/** How long a claim keeps other replicas from telling the same alert: well past their samples' spread. */
+const claimWindow = Duration.minutes(1)
+
+/**
+ * The first replica to claim an account's alert on `redis` tells it (`SET {prefix}:alert:<event>:<account> NX`,
+ * for `claimWindow`); claiming it drops the claim of the event that undoes it, so the next
+ * such change is told again. The budget is each process's own: its alert is always told. With
+ * Redis away, each replica tells its alerts: twice rather than never.
+ */
+export const claimOnRedis = (redis: Redis.Service, owner: string): Claim => (alert) => {
+  const account = alert.account
+  if (account === null) return Effect.succeed(true)
+  const keyOf = (event: AlertEvent) => redis.key("alert", event, account)
+  const undone = opposite[alert.event]
+  return redis.command("SET", [keyOf(alert.event), owner, "NX", "PX", Duration.toMillis(claimWindow)]).pipe(
+    Effect.map((reply) => reply === "OK"),
+    Effect.tap((claimed) => claimed && undone !== undefined ? redis.command("DEL", [keyOf(undone)]) : Effect.void),
+    Effect.orElseSucceed(() => true)
+  )
 }
 
 /** Breakers and connections flap with an unsteady upstream: their alerts are held down. */
@@ -149,6 +188,8 @@ export const isWebhookUrl = (url: string): boolean => /^https?:\/\/\S+$/.test(ur
 const worthRetrying = (error: HttpClientError.HttpClientError | Cause.TimeoutException): boolean =>
   error._tag !== "ResponseError" || error.response.status >= 500 || error.response.status === 408 ||
   error.response.status === 429
+
+const tellEvery: Claim = () => Effect.succeed(true)
 
 /** How long the alerts still to send may take once the gateway stops. */
 const stopGrace = Duration.seconds(2)
@@ -266,6 +307,7 @@ export const run = (
     /** Queued, or being posted. */
     const undelivered = new Set<Alert>()
     const holdDown = new HoldDown(Duration.toMillis(options.holdDown ?? Duration.minutes(10)))
+    const claim = options.claim ?? tellEvery
     const retry = Schedule.exponential(options.retryBase ?? Duration.seconds(1)).pipe(
       Schedule.jittered,
       Schedule.intersect(Schedule.recurs(options.retries ?? 5))
@@ -287,7 +329,9 @@ export const run = (
         return [{ before: after, openTold: openToldAfter(openTold, alerts) }, holdDown.pass(alerts, after.t)] as const
       }),
       Stream.runForEach((alerts) =>
-        Effect.forEach(alerts, (alert) => Effect.tap(Queue.offer(queue, alert), (queued) => queued && undelivered.add(alert)))
+        Effect.forEach(alerts, (alert) =>
+          Effect.flatMap(claim(alert), (told) =>
+            told ? Effect.tap(Queue.offer(queue, alert), (queued) => queued && undelivered.add(alert)) : Effect.void))
       ),
       Effect.forkScoped
     )

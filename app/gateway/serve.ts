@@ -9,6 +9,7 @@
  * non-loopback host without gateway keys).
  */
 import type * as FileSystem from "@effect/platform/FileSystem"
+import * as Crypto from "node:crypto"
 import * as Config from "effect/Config"
 import type * as ConfigError from "effect/ConfigError"
 import * as Console from "effect/Console"
@@ -22,6 +23,7 @@ import * as RuntimeFlagsPatch from "effect/RuntimeFlagsPatch"
 import * as AccountPool from "../../src/AccountPool.js"
 import * as Batch from "../../src/Batch.js"
 import * as CostLedger from "../../src/CostLedger.js"
+import * as Redis from "../../src/Redis.js"
 import * as RetryPolicy from "../../src/RetryPolicy.js"
 import * as Router from "../../src/Router.js"
 import * as Transport from "../../src/Transport.js"
@@ -97,11 +99,14 @@ export const run = (options: ServeOptions): Effect.Effect<void, ExitCode, FileSy
         redis
       }),
       Telemetry.layer(otlp),
-      Transport.nodeHttpClient()
+      Transport.nodeHttpClient(),
+      // The same layer the pool shares its state through: one connection (layers are built once).
+      redis ?? Layer.empty
     )
 
     const signal = yield* Effect.scoped(Effect.gen(function*() {
       const signals = yield* Effect.flatMap(StopSignals, (service) => service.catch)
+      const claim = Option.map(yield* Effect.serviceOption(Redis.Redis), (redis) => Alerts.claimOnRedis(redis, Crypto.randomUUID()))
       const gateway = yield* Gateway.make({
         port: options.port,
         host: options.host,
@@ -112,7 +117,7 @@ export const run = (options: ServeOptions): Effect.Effect<void, ExitCode, FileSy
         drainTimeout: Option.getOrUndefined(options.drainTimeout),
         stopNow: Effect.tap(signals.again, () => Console.log("weatherproof gateway: stopping now; the requests in flight end with an error")),
         maxWaiting: options.maxWaiting,
-        alerts
+        alerts: alerts === undefined ? undefined : { ...alerts, claim: Option.getOrUndefined(claim) }
       })
       yield* Console.log(
         `weatherproof gateway listening on ${gateway.url} (${accounts.length} account${accounts.length === 1 ? "" : "s"}` +
