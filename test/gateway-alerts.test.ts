@@ -139,7 +139,8 @@ describe("gateway alerts", () => {
       const sim = yield* Simulator.make({ accounts: { a: { keys: ["sk-alert-a"] }, b: { keys: ["sk-alert-b"] } } })
       const gateway = yield* startGateway([account("a", sim.baseUrl, ["sk-alert-a"]), account("b", sim.baseUrl, ["sk-alert-b"])], {
         statusInterval: "50 millis",
-        alerts: { url: Redacted.make(`${webhook.url}/hooks/weatherproof`), retryBase: "20 millis" },
+        // Behind basic authentication: the URL's credentials become the Authorization header.
+        alerts: { url: Redacted.make(`${webhook.url.replace("://", "://alerts:s3cret%20pw@")}/hooks/weatherproof`), retryBase: "20 millis" },
         pool: { balanceProbeInterval: "200 millis" }
       })
       yield* sim.setBalance("a", 0)
@@ -159,6 +160,9 @@ describe("gateway alerts", () => {
       // Slack, Mattermost and Teams show `text`, Discord `content`: they refuse a body without them.
       expect([received[0]?.text, received[0]?.content]).toEqual([received[0]?.message, received[0]?.message])
       expect(webhook.received().every((r) => !r.body.includes("sk-alert"))).toBe(true)
+      expect(webhook.received().map((r) => r.authorization)).toEqual(
+        Array.from({ length: 3 }, () => `Basic ${Buffer.from("alerts:s3cret pw").toString("base64")}`)
+      )
     }))
 
   it.scopedLive("that cannot be delivered are logged with why, naming the webhook by its origin, never its path (its secret)", () =>

@@ -18,7 +18,7 @@
  * still to send get a moment (2 s), then are logged. `message` is also sent as `text` and
  * `content`, which chat webhooks (Slack, Discord, Mattermost, Teams) show. A webhook's URL is a
  * secret (Slack's and Discord's carry their token in the path): a log names only its origin, and
- * no span is made of a post.
+ * no span is made of a post; its credentials, if any, go as basic authentication (`webhookTarget`).
  */
 import * as HttpClient from "@effect/platform/HttpClient"
 import type * as HttpClientError from "@effect/platform/HttpClientError"
@@ -27,6 +27,7 @@ import type * as Cause from "effect/Cause"
 import * as Config from "effect/Config"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import { identity } from "effect/Function"
 import * as Queue from "effect/Queue"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
@@ -178,6 +179,20 @@ export class HoldDown {
 /** The webhook from the environment, where no other user of the host can read it (a command line is in `ps`). */
 export const webhookConfig: Config.Config<Redacted.Redacted<string>> = Config.redacted("WEATHERPROOF_ALERT_WEBHOOK")
 
+/**
+ * Where a webhook's URL posts: the URL without its credentials (`https://user:pass@host/…`), which
+ * a fetch would not send, and them as the `Authorization: Basic` a receiver behind basic
+ * authentication expects.
+ */
+export const webhookTarget = (webhook: string): { readonly url: string; readonly authorization: string | undefined } => {
+  const url = new URL(webhook)
+  if (url.username === "" && url.password === "") return { url: webhook, authorization: undefined }
+  const credentials = `${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`
+  url.username = ""
+  url.password = ""
+  return { url: url.href, authorization: `Basic ${Buffer.from(credentials, "utf8").toString("base64")}` }
+}
+
 /** An http(s) URL: the only kind a webhook is posted to. */
 export const isWebhookUrl = (url: string): boolean => /^https?:\/\/\S+$/.test(url) && URL.canParse(url)
 
@@ -301,7 +316,7 @@ export const run = (
       HttpClient.filterStatusOk,
       HttpClient.withTracerDisabledWhen(() => true)
     )
-    const url = Redacted.value(options.url)
+    const { url, authorization } = webhookTarget(Redacted.value(options.url))
     const origin = new URL(url).origin
     const queue = yield* Queue.dropping<Alert>(256)
     /** Queued, or being posted. */
@@ -314,6 +329,7 @@ export const run = (
     )
     const post = (body: Alert) =>
       HttpClientRequest.post(url).pipe(
+        authorization === undefined ? identity : HttpClientRequest.setHeader("authorization", authorization),
         HttpClientRequest.bodyUnsafeJson(body),
         client.execute,
         Effect.scoped,
