@@ -52,10 +52,17 @@ const AnsweredKind = Schema.transform(Schema.NullOr(Schema.Literal("function", "
   encode: (kind) => kind
 })
 
-/** A tool call of an answer: a `ToolCall` whose `type` may be left out, null or empty. */
+/**
+ * A function call's `arguments` as an answer may give them: left out or null for a function of
+ * no parameters (OpenRouter, for some models), which is `"{}"`, as OpenAI sends it.
+ */
+const AnsweredArguments = Schema.optionalWith(Schema.String, { nullable: true, default: () => "{}" })
+
+/** A tool call of an answer: a `ToolCall` whose `type` may be left out, null or empty, and its `arguments` left out or null. */
 const AnsweredToolCall = open({
   ...ToolCall.fields,
-  type: Schema.optionalWith(AnsweredKind, { default: () => "function" as const })
+  type: Schema.optionalWith(AnsweredKind, { default: () => "function" as const }),
+  function: open({ name: Schema.String, arguments: AnsweredArguments })
 }, "ToolCall")
 
 /** A part of a multi-part message (`{"type": "text", "text": …}`; other kinds keep their fields). @since 0.1.0 */

@@ -202,6 +202,23 @@ describe("Transport.create", () => {
       ])
     ]))))
 
+  // OpenRouter leaves out, for some models, the arguments of a call to a function of no parameters.
+  it.effect("a tool call whose `arguments` are missing or null is a call with none (`{}`), not a lost answer", () =>
+    Effect.gen(function*() {
+      const transport = yield* Transport.Transport
+      for (const _ of [1, 2]) {
+        const answer = yield* transport.create(request)
+        expect(answer.choices[0]?.message.tool_calls).toEqual([{ id: "t", type: "function", function: { name: "now", arguments: "{}" } }])
+      }
+    }).pipe(Effect.provide(setup(
+      [{}, { arguments: null }].map((args) =>
+        MockUpstream.json({
+          ...answerOf(null),
+          choices: [{ index: 0, message: { role: "assistant", tool_calls: [{ id: "t", type: "function", function: { name: "now", ...args } }] }, finish_reason: "tool_calls" }]
+        })
+      )
+    ))))
+
   it.effect("an empty conversation is refused locally as InvalidRequest: nothing is sent", () =>
     Effect.gen(function*() {
       const history: Array<ChatSchema.Message> = []
