@@ -83,6 +83,15 @@ describe("Transport.create", () => {
       expect(sent?.body).toEqual({ ...request, stream: false })
     }).pipe(Effect.provide(setup([MockUpstream.completion(generation, { leadingBlankLines: 5 })]))))
 
+  // OpenAI answers 400 to `stream_options` beside `stream: false`; some clients send it either way.
+  it.effect("sends a request's `stream_options` only with a stream: a non-streaming call goes without them", () =>
+    Effect.gen(function*() {
+      const transport = yield* Transport.Transport
+      yield* transport.create({ ...request, stream: true, stream_options: { include_usage: true } })
+      const [sent] = yield* Effect.flatMap(MockUpstream.MockUpstream, (m) => m.requests)
+      expect(sent?.body).toEqual({ ...request, stream: false })
+    }).pipe(Effect.provide(setup([MockUpstream.completion(generation)]))))
+
   it.effect("a 200 closed while queued is load shed however it ends: blank, a stream of keep-alives, a blank body to a stream", () =>
     Effect.gen(function*() {
       const blank = yield* failure(create())

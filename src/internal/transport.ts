@@ -215,6 +215,13 @@ const schemaMismatch = (
     partial
   })
 
+/** `request` as a non-streaming call sends it: `stream: false`, without `stream_options` (OpenAI refuses them then). */
+const nonStreaming = (request: ChatSchema.ChatCompletionRequest): ChatSchema.ChatCompletionRequest => {
+  if (request.stream_options === undefined) return { ...request, stream: false }
+  const { stream_options: _streamOnly, ...rest } = request
+  return { ...rest, stream: false }
+}
+
 const decodeCompletion = SchemaFastPath.decodeUnknownEither(ChatSchema.ChatCompletion, { errors: "all" })
 
 /** A 200 of keep-alive whitespace only: the server closed a request it had queued. */
@@ -646,7 +653,7 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
       Effect.flatMap(startTimeline(options, true), (timeline) =>
         wire.within(
           timeline,
-          Effect.flatMap(send(wire, { ...request, stream: false }, timeline), ({ reply, scrub }) =>
+          Effect.flatMap(send(wire, nonStreaming(request), timeline), ({ reply, scrub }) =>
             Effect.matchEffect(reply.completionText, {
               onFailure: (error) =>
                 Effect.fail(error._tag === "BodyBroken" ? bodyFailed(error.cause, timeline.partialOutput()) : error),
