@@ -152,6 +152,29 @@ describe("weatherproof serve, shutting down", () => {
       expect((error as APIError).code).toBe("shutting_down")
     }))
 
+  it.scopedLive("the drain takes at most its timeout, the requests it cuts included: one still uploading its body is closed by then", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make()
+      const gateway = yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])], { drainTimeout: "400 millis" })
+      const { port } = new URL(gateway.url)
+      // A client on a slow uplink: its request's headers, then a part of its body.
+      const socket = yield* Effect.acquireRelease(
+        Effect.async<Net.Socket>((resume) => {
+          const client = Net.connect(Number(port), "127.0.0.1", () => resume(Effect.succeed(client)))
+        }),
+        (client) => Effect.sync(() => client.destroy())
+      )
+      const closed = yield* Deferred.make<void>()
+      socket.on("close", () => Effect.runSync(Deferred.succeed(closed, undefined)))
+      socket.write(
+        `POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{"model":`
+      )
+      yield* Effect.sleep("100 millis")
+      const [took] = yield* Effect.timed(gateway.drain)
+      expect(Duration.toMillis(took)).toBeLessThan(600)
+      yield* Deferred.await(closed).pipe(Effect.timeout("1 second"))
+    }))
+
   /** `weatherproof serve` with `drainTimeout` in a process of its own, and a stream through it, started. */
   const serveStreaming = (simulator: Simulator.Options, drainTimeout: string) =>
     Effect.gen(function*() {

@@ -15,10 +15,10 @@
  *
  * The drain (`Gateway.drain`, and the finalizer of `make`'s scope): `/healthz` and `/readyz` answer
  * 503 and new chat requests get a 503 (`shutting_down`, `Connection: close`), so a load balancer
- * sees the gateway go down while it still answers; requests in flight (streams included) get up
- * to `drainTimeout` to finish (or until `stopNow`), then the rest end with an error (an error
- * event, an error body, or a 503 when nothing was sent yet); then the listening socket and every
- * connection close.
+ * sees the gateway go down while it still answers; requests in flight (streams included) get
+ * `drainTimeout` less its cut's grace to finish (or until `stopNow`), then the rest end with an
+ * error (an error event, an error body, or a 503 when nothing was sent yet) within the grace;
+ * then the listening socket and every connection close: the drain takes at most `drainTimeout`.
  */
 import * as Headers from "@effect/platform/Headers"
 import * as HttpClient from "@effect/platform/HttpClient"
@@ -75,7 +75,7 @@ export interface Options {
    * connection the gateway just closed and answer its client a 502 (Node's own default is 5 s).
    */
   readonly idleConnectionTimeout?: Duration.DurationInput | undefined
-  /** How long requests in flight get to finish on shutdown. Default 30 seconds. */
+  /** How long the drain may take on shutdown, the requests cut at its end included (`cutGraceOf`). Default 30 seconds. */
   readonly drainTimeout?: Duration.DurationInput | undefined
   /** Completing during the drain ends the requests still in flight at once (a second signal). Default never. */
   readonly stopNow?: Effect.Effect<void> | undefined
@@ -106,8 +106,14 @@ export const defaults = {
 /** "1 request", "2 requests". */
 export const requests = (n: number): string => counted(n, "request", "requests")
 
-/** After the drain deadline, how long the cut requests get to send their error. */
-const cutGrace = Duration.seconds(5)
+/**
+ * The end of a drain of `drainTimeout` in which the requests still in flight are cut and send
+ * their error: a quarter of it, at most a second (an error takes milliseconds to write; a client
+ * that reads nothing, or still uploads its request, is closed at the end of it anyway). Within
+ * the timeout, so that a drain set to a service manager's grace period ends before its SIGKILL.
+ */
+export const cutGraceOf = (drainTimeout: Duration.Duration): Duration.Duration =>
+  Duration.min(Duration.seconds(1), Duration.unsafeDivide(drainTimeout, 4))
 
 /** A non-loopback host without gateway keys: anyone could spend the upstream accounts. */
 export class InsecureHost extends Data.TaggedError("InsecureHost")<{ readonly host: string }> {
@@ -328,9 +334,10 @@ export const make = (
         yield* Effect.logInfo(`gateway: draining ${requests(traffic.active)} (at most ${Duration.format(drainTimeout)})`)
       }
       // The drain runs as a finalizer, uninterruptible: the waits must be interruptible for their timeouts to cut them.
+      const cutGrace = cutGraceOf(drainTimeout)
       const finished = yield* Effect.timeoutOption(
         Effect.interruptible(Effect.raceFirst(Effect.as(traffic.awaitIdle, "idle" as const), Effect.as(stopNow, "stopped" as const))),
-        drainTimeout
+        Duration.subtract(drainTimeout, cutGrace)
       )
       if (Option.isNone(finished) || finished.value === "stopped") {
         const why = Option.isNone(finished) ? "drain timeout" : "stopped"
