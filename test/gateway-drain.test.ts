@@ -10,6 +10,7 @@ import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
+import * as Http from "node:http"
 import * as Net from "node:net"
 import OpenAI, { APIError } from "openai"
 import * as Simulator from "../src/Simulator.js"
@@ -204,6 +205,46 @@ describe("weatherproof serve, shutting down", () => {
       expect(text).toBe(`echo:${longText}`)
       expect(yield* child.exitCode).toBe(0)
       expect(child.output()).toContain("shutting down; 1 request in flight")
+    }), { timeout: 60_000 })
+
+  it.scopedLive("SIGTERM: an answer the upstream finished while its client reads slowly is sent whole, not cut as the process exits", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make({ pieceSize: 2_000, chunkDelay: 0, queueDelay: 0 })
+      const child = yield* serveProcess(["serve", "--port", "0", "--drain-timeout", "30s"], {
+        DEEPSEEK_API_KEY: Simulator.defaultKey,
+        DEEPSEEK_BASE_URL: sim.baseUrl
+      })
+      const url = yield* child.url
+      // A prompt of 9 MB (the gateway takes up to 10 MiB) echoed in 2,000-character events: an
+      // answer of about 9.5 MB, more than the sockets buffer (a few MB on loopback): the rest waits
+      // in the gateway's process.
+      const prompt = "x".repeat(9_000_000)
+      const response = yield* Effect.async<Http.IncomingMessage>((resume) => {
+        const request = Http.request(`${url}/v1/chat/completions`, { method: "POST", headers: { "content-type": "application/json" } }, (res) => {
+          res.pause()
+          resume(Effect.succeed(res))
+        })
+        request.end(JSON.stringify({ model, stream: true, messages: [{ role: "user", content: prompt }] }))
+      })
+      // The client reads nothing while the gateway gets the whole answer; the drain begins, then it reads.
+      yield* Effect.repeat(Effect.map(sim.stats, (stats) => stats.completed), {
+        until: (completed) => completed === 1,
+        schedule: Schedule.spaced("50 millis")
+      }).pipe(Effect.timeout("30 seconds"))
+      yield* Effect.sleep("500 millis")
+      child.process.kill("SIGTERM")
+      yield* Effect.sleep("1 second")
+      const received = yield* Effect.async<string>((resume) => {
+        let text = ""
+        response.setEncoding("utf8")
+        response.on("data", (piece: string) => text += piece)
+        response.on("end", () => resume(Effect.succeed(text)))
+        response.on("error", () => resume(Effect.succeed(text)))
+        response.resume()
+      })
+      expect(received.endsWith("data: [DONE]\n\n")).toBe(true)
+      expect(received.length).toBeGreaterThan(prompt.length)
+      expect(yield* child.exitCode).toBe(0)
     }), { timeout: 60_000 })
 
   it.scopedLive("a second signal during the drain ends the requests in flight at once: the stream gets its error event, the process exits 0", () =>

@@ -592,13 +592,14 @@ export const make = (settings: Settings, traffic: Traffic) =>
 
     // The request is counted and its end added to its scope in one step: an interruption between
     // the two would leave it counted for good (and a drain waiting for it). Its scope closes
-    // after its last byte, or when its client left (then unanswered, counted as such).
-    const entered = (tally: Tally) =>
+    // after its last byte is written, or when its client left (then unanswered, counted as such);
+    // it is in flight until that byte is sent.
+    const entered = (tally: Tally, http: HttpServerRequest.HttpServerRequest) =>
       Effect.uninterruptible(
         Effect.zipRight(
           ScopeFinalizer.addFinalizer(Effect.sync(() => {
             tally.ended()
-            traffic.leave()
+            traffic.leaveWhenSent(NodeHttpServerRequest.toServerResponse(http))
           })),
           Effect.sync(() => traffic.enter())
         )
@@ -612,7 +613,7 @@ export const make = (settings: Settings, traffic: Traffic) =>
           )
         }
         const tally = new Tally(traffic)
-        return Effect.zipRight(entered(tally), Effect.flatMap(HttpServerRequest.HttpServerRequest, (http) => answerTo(http, tally)))
+        return Effect.flatMap(HttpServerRequest.HttpServerRequest, (http) => Effect.zipRight(entered(tally, http), answerTo(http, tally)))
       })
     return handle
   })

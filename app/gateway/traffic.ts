@@ -11,6 +11,7 @@ import * as FiberId from "effect/FiberId"
 import * as Metric from "effect/Metric"
 import * as MetricKey from "effect/MetricKey"
 import * as MetricLabel from "effect/MetricLabel"
+import type { ServerResponse } from "node:http"
 import { Registry } from "../../src/internal/registry.js"
 
 /** Requests waiting for their first content: in the gateway's queue, a retry backoff, or the upstream's queue. */
@@ -100,6 +101,24 @@ export class Traffic {
     this.active++
     this.requests++
     requestsInFlightGauge.unsafeUpdate(this.active, noLabels)
+  }
+
+  /**
+   * A request's handler is done: it leaves once its answer's last byte went to the socket (Node
+   * buffers what a client reads slower than it is written), or its connection closed. Until
+   * then it is in flight, and a drain waits for it rather than closing a connection whose answer
+   * is still being sent.
+   */
+  leaveWhenSent(out: ServerResponse): void {
+    if (out.writableFinished || out.destroyed || !out.writableEnded) return this.leave()
+    let left = false
+    const leave = () => {
+      if (left) return
+      left = true
+      this.leave()
+    }
+    out.once("finish", leave)
+    out.once("close", leave)
   }
 
   leave(): void {
