@@ -4,8 +4,8 @@
  * metric producer:
  * - to `@opentelemetry/exporter-prometheus`'s `PrometheusExporter`, with its own server off, whose
  *   text the gateway serves on `GET /metrics`;
- * - over OTLP/HTTP when an endpoint is set (`otlpConfig`): the metrics every 10 s, and the spans
- *   (the gateway's server spans and the client's `weatherproof.*` spans).
+ * - over OTLP/HTTP when an endpoint is set (`otlpConfig`): the metrics every 10 s by default, and
+ *   the spans (the gateway's server spans and the client's `weatherproof.*` spans).
  *
  * Except Effect's own per-fiber series (`effect_fiber_*`): the gateway runs with them off, so they
  * would show only the few fibers of the process's start, frozen.
