@@ -816,11 +816,6 @@ export interface PermitHooks {
 }
 
 /**
- * The permit granted with `grant`, and `settle` to report an exit synchronously: the first
- * report counts. A success reported without a queue delay takes the one the holder recorded.
- * An acceptance is ahead of its response when it came nearer the send than the end.
- */
-/**
  * Marks a cap's 429 with no `Retry-After` that a request alone on its ledger met (`Unpaced`): a
  * lower limit would not pace its retry (the upstream refuses even one, as under an account-wide
  * rate limit), so the retry budget must.
@@ -835,6 +830,11 @@ const noteUnpaced = (exit: Exit.Exit<unknown, unknown>, classify: Classifier = A
   }
 }
 
+/**
+ * The permit granted with `grant`, and `settle` to report an exit synchronously: the first
+ * report counts. A success reported without a queue delay takes the one the holder recorded.
+ * An acceptance is ahead of its response when it came nearer the send than the end.
+ */
 export const makePermit = (policy: Policy, ledger: Ledger, grant: Grant, clock: Clock.Clock, hooks: PermitHooks) => {
   const { stamp } = grant
   const grantedAt = clock.unsafeCurrentTimeMillis()
