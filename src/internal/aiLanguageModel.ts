@@ -27,12 +27,14 @@ const moduleName = "weatherproof/AiLanguageModel"
 export const make = (options: Options, contextConfig: Effect.Effect<Config.Service | undefined>) =>
   Effect.gen(function*() {
     const resilient = yield* Resilient
+    // The layer's fields, read once: a field set to `undefined` leaves the request's default.
+    const layerConfig = withoutUndefined(options.config)
 
     const prepare = (provider: LanguageModel.ProviderOptions) =>
       Effect.gen(function*() {
         const { callOptions, ...fields } = {
           model: options.model,
-          ...withoutUndefined(options.config),
+          ...layerConfig,
           ...withoutUndefined(yield* contextConfig)
         }
         const messages = yield* toMessages(provider.prompt)
