@@ -194,7 +194,7 @@ describe("weatherproof serve, shutting down", () => {
       return { child, url, reading }
     })
 
-  it.scopedLive("SIGTERM: `weatherproof serve` drains a running stream, answers 503 to health checks meanwhile, and exits 0", () =>
+  it.scopedLive("SIGTERM: `weatherproof serve` drains a running stream, answers 503 to health checks meanwhile, says it drained, and exits 0", () =>
     Effect.gen(function*() {
       const { child, reading, url } = yield* serveStreaming({ chunkDelay: 25, pieceSize: 4 }, "10s")
       child.process.kill("SIGTERM")
@@ -205,6 +205,7 @@ describe("weatherproof serve, shutting down", () => {
       expect(text).toBe(`echo:${longText}`)
       expect(yield* child.exitCode).toBe(0)
       expect(child.output()).toContain("shutting down; 1 request in flight")
+      expect(child.output()).toMatch(/gateway: drained in \S+: every request finished; stopped/)
     }), { timeout: 60_000 })
 
   it.scopedLive("SIGTERM: an answer the upstream finished while its client reads slowly is sent whole, not cut as the process exits", () =>
@@ -262,6 +263,7 @@ describe("weatherproof serve, shutting down", () => {
       expect(text.length).toBeLessThan(`echo:${longText}`.length)
       expect(yield* child.exitCode).toBe(0)
       expect(child.output()).toContain("stopping now; the requests in flight end with an error")
+      expect(child.output()).toMatch(/gateway: drained in \S+, the rest cut; stopped/)
     }), { timeout: 60_000 })
 
   it.scopedLive("SIGTERM with an OTLP collector that refuses connections: `weatherproof serve` exits once drained, not when the exporters' retries give up", () =>

@@ -29,6 +29,7 @@ import type { ServeError } from "@effect/platform/HttpServerError"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
+import * as Clock from "effect/Clock"
 import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -330,7 +331,9 @@ export const make = (
 
     const drain = yield* Effect.cached(Effect.gen(function*() {
       traffic.draining = true
-      if (traffic.active > 0) {
+      const drained = traffic.active > 0
+      const startedAt = yield* Clock.currentTimeMillis
+      if (drained) {
         yield* Effect.logInfo(`gateway: draining ${requests(traffic.active)} (at most ${Duration.format(drainTimeout)})`)
       }
       // The drain runs as a finalizer, uninterruptible: the waits must be interruptible for their timeouts to cut them.
@@ -339,11 +342,17 @@ export const make = (
         Effect.interruptible(Effect.raceFirst(Effect.as(traffic.awaitIdle, "idle" as const), Effect.as(stopNow, "stopped" as const))),
         Duration.subtract(drainTimeout, cutGrace)
       )
-      if (Option.isNone(finished) || finished.value === "stopped") {
+      const cut = Option.isNone(finished) || finished.value === "stopped"
+      if (cut) {
         const why = Option.isNone(finished) ? "drain timeout" : "stopped"
         yield* Effect.logWarning(`gateway: ${why}: ending ${requests(traffic.active)} with an error`)
         yield* traffic.cutRemaining
         yield* Effect.timeoutOption(Effect.interruptible(traffic.awaitIdle), cutGrace)
+      }
+      // The drain's outcome, so that an operator reading the log knows the process ended on purpose.
+      if (drained) {
+        const took = Duration.format(Duration.millis((yield* Clock.currentTimeMillis) - startedAt))
+        yield* Effect.logInfo(`gateway: drained in ${took}${cut ? ", the rest cut" : ": every request finished"}; stopped`)
       }
       server.close(() => undefined)
       server.closeAllConnections()
