@@ -244,7 +244,7 @@ export interface Options {
   readonly dropAfterKeepAlives?: number | undefined
   /** Seed of every random draw (faults, queue delays). Default 0. */
   readonly seed?: number | string | undefined
-  /** Default 0: a free port. */
+  /** Default 0: a free port. One in use is a defect that names it. */
   readonly port?: number | undefined
 }
 

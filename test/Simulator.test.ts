@@ -235,6 +235,22 @@ describe("Simulator", () => {
       expect(yield* made({ queueDelay: "50 millis", retryAfter: 2000 })).toBe("made")
     }))
 
+  it.scoped("a port in use is a defect that names it, not a bare system error", () =>
+    Effect.gen(function*() {
+      const taken = yield* Effect.acquireRelease(
+        Effect.async<Net.Server>((resume) => {
+          const server = Net.createServer()
+          server.listen(0, "127.0.0.1", () => resume(Effect.succeed(server)))
+        }),
+        (server) => Effect.async<void>((resume) => void server.close(() => resume(Effect.void)))
+      )
+      const port = (taken.address() as Net.AddressInfo).port
+      const exit = yield* Effect.exit(Simulator.make({ port }))
+      expect(Exit.isFailure(exit) && exit.cause._tag === "Die" ? String(exit.cause.defect) : "made").toBe(
+        `Error: Simulator: cannot listen on 127.0.0.1:${port}: listen EADDRINUSE: address already in use 127.0.0.1:${port}`
+      )
+    }))
+
   it.scoped("refuses as it is made a piece size, share, count or cap out of range (a piece size of 0 would loop for good, a NaN cap admit all)", () =>
     Effect.gen(function*() {
       const made = (options: Record<string, unknown>) =>

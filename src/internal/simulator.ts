@@ -974,7 +974,8 @@ const closeWhenIdle = (req: Http.IncomingMessage, res: Http.ServerResponse, idle
 
 const listen = (server: Http.Server, port: number): Effect.Effect<void> =>
   Effect.async<void>((resume) => {
-    server.once("error", (error) => resume(Effect.die(error)))
+    // A port in use is not an option out of range, but as much the caller's to fix: said as plainly.
+    server.once("error", (error) => resume(Effect.die(new Error(`Simulator: cannot listen on 127.0.0.1:${port}: ${error.message}`))))
     server.listen(port, "127.0.0.1", () => resume(Effect.void))
   })
 
