@@ -899,6 +899,49 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 
+  it.effect("a half-open account takes its canary, and the calls another account can serve go there rather than wait for the verdict", () => {
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"], { concurrency: 4 }), account("b", ["sk-b"], { concurrency: 4 })],
+      handlers: { a: status(500), b: healthy("1 second") },
+      options: { preflight: false, breaker: { minimumThroughput: 1, failureRatio: 0.25, openFor: "30 seconds" } }
+    }
+    return Effect.gen(function*() {
+      expect((yield* Effect.flip(create))._tag).toBe("ServerError") // a's breaker opens at its first failure
+      expect(yield* states).toEqual({ a: "open", b: "serving" })
+      setup.handlers.a = healthy("1 minute")
+      yield* TestClock.adjust("30 seconds") // a half-opens; its canary will take a minute
+      const calls = yield* Effect.forEach([1, 2, 3, 4], () => Effect.fork(create))
+      yield* settle
+      // One call is a's canary; the three others go to b, which has room, rather than wait a minute for its verdict.
+      expect(yield* chatHosts).toEqual(["a", "b", "a", "b", "b"])
+      yield* TestClock.adjust("1 second")
+      expect(calls.filter((call) => call.unsafePoll()?._tag === "Success").length).toBe(3)
+      yield* TestClock.adjust("1 minute") // the canary answers: a serves again
+      expect(calls.every((call) => call.unsafePoll()?._tag === "Success")).toBe(true)
+      expect(yield* states).toEqual({ a: "serving", b: "serving" })
+    }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
+  it.effect("a lone half-open account sends its canary alone: the other calls wait at the pool and go once its verdict closes the breaker", () => {
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"], { concurrency: 4 })],
+      handlers: { a: status(500) },
+      options: { preflight: false, breaker: { minimumThroughput: 1, failureRatio: 0.25, openFor: "30 seconds" } }
+    }
+    return Effect.gen(function*() {
+      expect((yield* Effect.flip(create))._tag).toBe("ServerError")
+      setup.handlers.a = healthy("10 seconds")
+      yield* TestClock.adjust("30 seconds")
+      const calls = yield* Effect.forEach([1, 2, 3], () => Effect.fork(create))
+      yield* settle
+      expect(yield* chatHosts).toEqual(["a", "a"])
+      yield* TestClock.adjust("10 seconds") // the canary answers: the breaker closes, and the others are sent
+      expect(yield* chatHosts).toEqual(["a", "a", "a", "a"])
+      yield* TestClock.adjust("10 seconds")
+      expect((yield* Effect.forEach(calls, Fiber.join)).map((completion) => completion.id)).toEqual(["cmpl-a", "cmpl-a", "cmpl-a"])
+    }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
   it.effect("calls queued at the fallback go back to a primary as soon as it may serve again", () => {
     const setup: Setup = {
       accounts: [account("a", ["sk-a"], { concurrency: 1 }), { ...fallbackAccount, concurrency: 1 }],

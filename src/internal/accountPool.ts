@@ -506,6 +506,7 @@ export const makeWith = <R>(
           (lane) => accountModels.serves(index, lane),
           (lane) => accountModels.laneKey(index, lane)
         )
+        slot.canaries = settings.breaker?.canaries ?? CircuitBreaker.defaults.canaries
         const sharedBalance = yield* memberState.balance(account)
         return new Member(account, slot, told, breaker, transport, sharedBalance, (model) => accountModels.mappedName(index, model))
       }))
@@ -640,10 +641,13 @@ export const makeWith = <R>(
         const breaker = yield* member.breaker.state
         const unavailable = yield* unavailability(member, breaker)
         const pending = unavailable?.reason === "checking_balance"
-        const changed = member.slot.available !== (unavailable === undefined) || member.slot.pending !== pending
+        const probing = breaker._tag === "HalfOpen"
+        const changed = member.slot.available !== (unavailable === undefined) || member.slot.pending !== pending ||
+          member.slot.probing !== probing
         member.unavailable = unavailable
         member.slot.available = unavailable === undefined
         member.slot.pending = pending
+        member.slot.setProbing(probing)
         // An account going out may let a fallback count, so any change may grow the capacity.
         if (changed) roomMayHaveGrown()
         // A half-open breaker takes a canary, and an outage that fails it goes on: the waits that

@@ -34,6 +34,17 @@ export class AccountSlot {
   pending = false
   /** Permits held on the account, every model together. */
   inFlight = 0
+  /**
+   * Permits it may grant while its breaker is half-open: its breaker's canaries (set by the
+   * pool). A call placed beyond them would wait for their verdict, so it waits at the pool
+   * instead, where another account that may serve it can take it.
+   */
+  canaries = Infinity
+  private halfOpen = false
+  /** Its half-open periods so far: a permit granted in one is counted as a canary of that one only. */
+  private trial = 0
+  /** Permits granted in the current half-open period and not yet released. */
+  private probes = 0
   /** Its lanes by their names (`laneKey`). */
   readonly lanes = new Map<string, Lane>()
   /** Its lanes by the model of the calls each serves. */
@@ -55,6 +66,40 @@ export class AccountSlot {
     readonly laneKey: (model: string) => string = asAsked
   ) {
     this.configuredCap = cap
+  }
+
+  /** Permits a new call may take on it now, whatever the model: within its cap, and its canaries while half-open. */
+  get room(): number {
+    const room = this.cap - this.inFlight
+    return this.halfOpen ? Math.min(room, this.canaries - this.probes) : room
+  }
+
+  /** Whether its breaker is half-open (`setProbing`). */
+  get probing(): boolean {
+    return this.halfOpen
+  }
+
+  /** Reads its breaker's state: each time it half-opens, its canaries are counted anew. */
+  setProbing(probing: boolean): void {
+    if (probing && !this.halfOpen) {
+      this.trial++
+      this.probes = 0
+    }
+    this.halfOpen = probing
+  }
+
+  /** Counts a permit granted now; the half-open period it is a canary of, if any. */
+  take(): number | undefined {
+    this.inFlight++
+    if (!this.halfOpen) return undefined
+    this.probes++
+    return this.trial
+  }
+
+  /** Counts a permit released, granted in the half-open period `trial` if any. */
+  give(trial: number | undefined): void {
+    this.inFlight--
+    if (trial === this.trial && this.halfOpen) this.probes--
   }
 
   /** The lane of the calls of `model`: its lane named `laneKey(model)`, made by `make` on first use. */
@@ -100,7 +145,7 @@ export class Lane implements Ledger {
   }
 
   get hasRoom(): boolean {
-    return this.inFlight < this.current && this.account.inFlight < this.account.cap
+    return this.inFlight < this.current && this.account.room > 0
   }
 
   /** Share of its limit in use: lower is less loaded. */
@@ -122,6 +167,8 @@ export class Lane implements Ledger {
 /** What a waiting call was granted: the lane, with the policy's stamp. */
 export interface LaneGrant extends Grant {
   readonly lane: Lane
+  /** The half-open period of its account it is a canary of (`AccountSlot.take`). */
+  readonly trial?: number | undefined
 }
 
 /** A call waiting for a permit of `model` on any account not in `excluded`; woken with a grant, or refused without one. */
@@ -211,7 +258,7 @@ export const capacityOf = (
   for (const account of accounts) {
     if (account.pending || account.available) stalled = false
     let limits = 0
-    const accountRoom = Math.max(0, account.cap - account.inFlight)
+    const accountRoom = Math.max(0, account.room)
     for (const lane of account.lanes.values()) {
       if (!servesAny(accounts, lane)) continue
       limits += lane.limit
@@ -303,7 +350,7 @@ export class Dispatcher implements Lanes {
   release(grant: LaneGrant): void {
     const lane = grant.lane
     lane.inFlight--
-    lane.account.inFlight--
+    lane.account.give(grant.trial)
     // Under an account-wide cap the freed permit may serve any of the account's models.
     if (Number.isFinite(lane.account.cap)) this.dispatchAll()
     else this.dispatchLane(lane)
@@ -411,8 +458,8 @@ export class Dispatcher implements Lanes {
   /** Counts a permit of `lane`; a subclass may note each grant. */
   protected take(lane: Lane): LaneGrant {
     lane.inFlight++
-    lane.account.inFlight++
     lane.granted++
-    return { lane, stamp: lane.policy.stamp }
+    const trial = lane.account.take()
+    return trial === undefined ? { lane, stamp: lane.policy.stamp } : { lane, stamp: lane.policy.stamp, trial }
   }
 }
