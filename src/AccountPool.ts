@@ -45,14 +45,14 @@
  * order within each), until an account that may serve it has a free permit for its model; it is
  * then placed on the least loaded such lane (the lowest share of its limit in use; ties to the
  * lane used least, then configuration order). An account may serve when its breaker is not open
- * or isolated, it is not out of balance, and it has a usable key; a fallback account may serve only when no
- * primary that serves the model may. While its breaker is half-open an account takes as many calls
- * as the breaker's canaries: the others go to another account with room or wait at the pool, not
- * behind the canaries at the breaker (a slow canary would hold them for its whole answer), and
- * are placed as soon as the verdict closes it. A call therefore never queues behind the account
- * it would have picked first, and the backlog of an outage returns to the primaries as soon as
- * they serve again. (With the lanes shared on Redis, while it answers, a half-open account's
- * calls still wait at its breaker.)
+ * or isolated, it is not out of balance, and it has a usable key; a fallback account may serve
+ * only when no primary that serves the model may. While its breaker is half-open an account takes
+ * as many calls as the breaker's canaries: the others go to another account with room or wait at
+ * the pool, not behind the canaries at the breaker (a slow canary would hold them for its whole
+ * answer), and are placed as soon as the verdict closes it. A call therefore never queues behind
+ * the account it would have picked first, and the backlog of an outage returns to the primaries
+ * as soon as they serve again. (With the lanes shared on Redis, while it answers, a half-open
+ * account's calls still wait at its breaker.)
  *
  * ## Waiting beats failing
  *
