@@ -41,8 +41,11 @@
  *
  * ## Placement when a permit is free
  *
- * A call waits at the pool, per model in two priority lanes (interactive before batch, arrival
- * order within each), until an account that may serve it has a free permit for its model; it is
+ * A call waits at the pool, per model in two priority lanes (interactive before batch), until an
+ * account that may serve it has a free permit for its model. Within a priority, calls wait in
+ * arrival order, except that a call back for another attempt (a retry after a 429, a fail-over)
+ * waits ahead of those not yet sent: it keeps its place rather than going behind the calls that
+ * came after it (in the pool of one process; see `layerRedis` for the lanes shared on Redis). It is
  * then placed on the least loaded such lane (the lowest share of its limit in use; ties to the
  * lane used least, then configuration order). An account may serve when its breaker is not open
  * or isolated, it is not out of balance, and it has a usable key; a fallback account may serve
@@ -540,8 +543,9 @@ export interface RedisOptions extends Options {
 /**
  * The pool, shared with every process whose pool uses the same `Redis` prefix and names the
  * account alike (the account's `name`, never its keys): its lanes (one count of permits per
- * (account, model), queued calls served in arrival order within a priority across processes, one
- * adaptive limit learnt by all) and its accounts' breakers, key cooldowns and balance state (see
+ * (account, model), queued calls served in arrival order within a priority across processes, a
+ * retry's too: it does not keep its place there; one adaptive limit learnt by all) and its
+ * accounts' breakers, key cooldowns and balance state (see
  * docs/redis.md). A permit is a lease that expires `leaseTtl` after its holder's last heartbeat,
  * so a crashed process's permits come back by themselves. Placement (which accounts may serve,
  * failover, fallbacks) stays in each process, as in `make`. Give every process the same accounts

@@ -8,8 +8,10 @@
  * hold capacity. Each permit reports its outcome so an adaptive implementation can move the
  * limit.
  *
- * Waiters queue in two lanes, `interactive` served before `batch`, FIFO within each; with
- * `maxQueued` a caller that would wait beyond it fails at once with `QueueFull`. Every limiter
+ * Waiters queue in two lanes, `interactive` served before `batch`, FIFO within each, except that
+ * a caller back for another attempt (`AcquireOptions.returning`: a `Policy`'s retries are) waits
+ * ahead of those of its lane not yet sent; with `maxQueued` a caller that would wait beyond it
+ * fails at once with `QueueFull`. Every limiter
  * publishes `limitGauge`, `inFlightGauge`, `queuedGauge` and `droppedCounter` (tagged
  * `limiter=<name>` when given a name).
  *
@@ -224,6 +226,12 @@ export type QueueFull = internal.QueueFull
 export interface AcquireOptions {
   /** Default `interactive`. */
   readonly priority?: Priority | undefined
+  /**
+   * The caller is back for another attempt (a retry): it waits ahead of the callers of its
+   * priority not yet sent, keeping its place instead of going behind those that came after it.
+   * Default false.
+   */
+  readonly returning?: boolean | undefined
   /**
    * While the caller waits in the queue, completing this gives its place up: it fails with an
    * `abandoned` `QueueFull` at once. A permit already granted is kept. Default: never.
@@ -524,7 +532,7 @@ export interface RedisOptions extends AdaptiveOptions {
 /**
  * One limit shared by every process that names it alike: its permits are leases on Redis (a
  * crashed process's expire after `leaseTtl`), callers wait in arrival order within a priority
- * across processes, and the adaptive limit is learnt by all of them together from their outcomes.
+ * across processes (a `returning` caller too: it keeps no place there), and the adaptive limit is learnt by all of them together from their outcomes.
  * Every `acquire` waits for the server's answer (a round trip, granted by the script that queues
  * the caller when there is room). For the account pool's own lanes, see `AccountPool.makeRedis`.
  *

@@ -942,6 +942,32 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 
+  it.effect("a call back for its retry waits ahead of the calls that came after it, not behind them", () => {
+    const contentOf = (req: MockUpstream.RecordedRequest) => String(bodyOf(req).messages[0]?.content)
+    let firstSends = 0
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"], { provider: "openai-compatible", concurrency: 1 })],
+      handlers: {
+        a: (req) => contentOf(req) === "first" && firstSends++ === 0 ? status(429)(req) : healthy("1 second")(req)
+      }
+    }
+    const { layer } = stackLayer(setup)
+    const ask = (content: string) =>
+      Effect.fork(Effect.flatMap(Resilient.Resilient, (client) => client.create({ ...request, messages: [{ role: "user", content }] })))
+    const sentContents = Effect.flatMap(MockUpstream.MockUpstream, (upstream) =>
+      Effect.map(upstream.requests, (requests) => requests.filter(isChat).map(contentOf)))
+    return Effect.gen(function*() {
+      const first = yield* ask("first")
+      yield* settle
+      // "first" met a 429 and backs off; "second" took the permit, and "third" waits for it.
+      const later = [yield* ask("second"), yield* ask("third")]
+      yield* settle
+      for (let second = 0; second < 4; second++) yield* TestClock.adjust("1 second")
+      yield* Effect.forEach([first, ...later], Fiber.join)
+      expect(yield* sentContents).toEqual(["first", "second", "first", "third"])
+    }).pipe(Effect.provide(layer))
+  })
+
   it.effect("calls queued at the fallback go back to a primary as soon as it may serve again", () => {
     const setup: Setup = {
       accounts: [account("a", ["sk-a"], { concurrency: 1 }), { ...fallbackAccount, concurrency: 1 }],

@@ -121,6 +121,25 @@ describe("ConcurrencyLimiter", () => {
         expect(order).toEqual(["i1", "default", "i2", "b1", "b2"])
       }))
 
+    it.effect("serves a caller back for another attempt ahead of those of its priority not yet sent, not ahead of a higher priority", () =>
+      Effect.gen(function*() {
+        const limiter = yield* ConcurrencyLimiter.makeFixed(1)
+        const held = yield* hold(limiter, 1)
+        const order: Array<string> = []
+        const arrivals: Array<[string, ConcurrencyLimiter.AcquireOptions]> = [
+          ["b1", { priority: "batch" }],
+          ["i1", {}],
+          ["b-retry", { priority: "batch", returning: true }],
+          ["i-retry", { returning: true }],
+          ["i2", {}]
+        ]
+        const fibers = yield* Effect.forEach(arrivals, ([name, options]) =>
+          Effect.zipLeft(Effect.fork(ConcurrencyLimiter.withPermit(limiter, options)(Effect.sync(() => order.push(name)))), settle))
+        yield* release(held)
+        yield* Fiber.joinAll(fibers)
+        expect(order).toEqual(["i-retry", "i1", "i2", "b-retry", "b1"])
+      }))
+
     it.effect("has its series from its making: its gauges, and its drop count at 0", () =>
       Effect.gen(function*() {
         yield* ConcurrencyLimiter.makeFixed(3, { name: "made-test" })
@@ -777,6 +796,7 @@ describe("ConcurrencyLimiter", () => {
       readonly holdFor: number
       readonly outcome: Outcome | undefined
       readonly priority: ConcurrencyLimiter.Priority
+      readonly returning: boolean
       readonly interruptAt: number | undefined
     }
     const outcome = FastCheck.constantFrom<Outcome | undefined>(
@@ -792,6 +812,7 @@ describe("ConcurrencyLimiter", () => {
       holdFor: FastCheck.integer({ min: 0, max: 10 }).map((n) => n * 100),
       outcome,
       priority: FastCheck.constantFrom<ConcurrencyLimiter.Priority>("interactive", "batch"),
+      returning: FastCheck.boolean(),
       interruptAt: FastCheck.option(FastCheck.integer({ min: 0, max: 30 }).map((n) => n * 100), { nil: undefined })
     })
 
@@ -812,7 +833,7 @@ describe("ConcurrencyLimiter", () => {
             Effect.zipRight(
               Effect.sleep(c.arriveAt),
               Effect.scoped(Effect.gen(function*() {
-                const permit = yield* limiter.acquire({ priority: c.priority })
+                const permit = yield* limiter.acquire({ priority: c.priority, returning: c.returning })
                 yield* Effect.sleep(c.holdFor)
                 if (c.outcome !== undefined) yield* permit.complete(c.outcome)
               }))
@@ -861,14 +882,15 @@ describe("ConcurrencyLimiter", () => {
     )
 
     type Op =
-      | { readonly _tag: "Enter"; readonly priority: ConcurrencyLimiter.Priority }
+      | { readonly _tag: "Enter"; readonly priority: ConcurrencyLimiter.Priority; readonly returning: boolean }
       | { readonly _tag: "Cancel"; readonly pick: number }
       | { readonly _tag: "Release"; readonly pick: number }
       | { readonly _tag: "Resize"; readonly limit: number }
     const op: FastCheck.Arbitrary<Op> = FastCheck.oneof(
       FastCheck.record({
         _tag: FastCheck.constant("Enter" as const),
-        priority: FastCheck.constantFrom<ConcurrencyLimiter.Priority>("interactive", "batch")
+        priority: FastCheck.constantFrom<ConcurrencyLimiter.Priority>("interactive", "batch"),
+        returning: FastCheck.boolean()
       }),
       FastCheck.record({ _tag: FastCheck.constant("Cancel" as const), pick: FastCheck.nat() }),
       FastCheck.record({ _tag: FastCheck.constant("Release" as const), pick: FastCheck.nat() }),
@@ -876,7 +898,7 @@ describe("ConcurrencyLimiter", () => {
     )
 
     it.prop(
-      "(2) the gate grants only under the limit, interactive first and FIFO, and never loses count",
+      "(2) the gate grants only under the limit, interactive first, returning callers first within a lane, FIFO otherwise, and never loses count",
       {
         limit: FastCheck.integer({ min: 0, max: 4 }),
         maxQueued: FastCheck.integer({ min: 0, max: 8 }),
@@ -886,16 +908,19 @@ describe("ConcurrencyLimiter", () => {
         let currentLimit = limit
         const gate = new Gate(limit, maxQueued, () => 0)
         let enteredSeq = 0
-        const waiting: Array<{ readonly waiter: Waiter; readonly lane: ConcurrencyLimiter.Priority; readonly seq: number }> =
-          []
+        // rank: the order the gate serves its queues in (interactive returning, interactive, batch returning, batch).
+        const waiting: Array<{ readonly waiter: Waiter; readonly rank: number; readonly seq: number }> = []
         const grantedWaiters: Array<Waiter> = []
         let held = 0 // granted permits not yet given back, whoever holds them
         for (const o of ops) {
           switch (o._tag) {
             case "Enter": {
-              const entry = gate.enter(o.priority)
+              const entry = gate.enter(o.priority, o.returning)
               if (entry._tag === "Granted") held++
-              if (entry._tag === "Queued") waiting.push({ waiter: entry.waiter, lane: o.priority, seq: enteredSeq++ })
+              if (entry._tag === "Queued") {
+                const rank = (o.priority === "batch" ? 2 : 0) + (o.returning ? 0 : 1)
+                waiting.push({ waiter: entry.waiter, rank, seq: enteredSeq++ })
+              }
               if (entry._tag === "Full") expect(gate.queued).toBe(maxQueued)
               break
             }
@@ -925,10 +950,10 @@ describe("ConcurrencyLimiter", () => {
           const granted = waiting.filter((w) => w.waiter.granted)
           for (const g of granted) {
             const still = waiting.filter((w) => !w.waiter.granted)
-            // Interactive first: no interactive waiter is left behind a granted batch one.
-            if (g.lane === "batch") expect(still.some((w) => w.lane === "interactive")).toBe(false)
-            // FIFO within a lane: no earlier waiter of the same lane is left behind.
-            expect(still.some((w) => w.lane === g.lane && w.seq < g.seq)).toBe(false)
+            // Interactive first, and returning callers first within a lane: none of an earlier queue is left behind.
+            expect(still.some((w) => w.rank < g.rank)).toBe(false)
+            // FIFO within a queue: no earlier waiter of the same queue is left behind.
+            expect(still.some((w) => w.rank === g.rank && w.seq < g.seq)).toBe(false)
             waiting.splice(waiting.indexOf(g), 1)
             grantedWaiters.push(g.waiter)
             held++

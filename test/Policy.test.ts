@@ -72,6 +72,29 @@ describe("Policy around any effect", () => {
       expect(yield* final.attempts).toBe(1)
     }))
 
+  it.scoped("a retry keeps its place at the limiter: it waits ahead of the calls that came after it", () =>
+    Effect.gen(function*() {
+      const policy = yield* Policy.make({ classify: classifyDb, retry: fast, retryBudget: false, concurrency: 1, breaker: false })
+      const order: Array<string> = []
+      let failed = false
+      const first = Effect.suspend(() => {
+        order.push("first")
+        if (failed) return Effect.sleep("1 second")
+        failed = true
+        return Effect.fail(new DbDown())
+      })
+      const other = (name: string) => Effect.zipRight(Effect.sync(() => order.push(name)), Effect.sleep("1 second"))
+      const calls = [yield* Effect.fork(policy.apply(first))]
+      yield* TestClock.adjust(0) // "first" failed, and backs off 10 ms
+      calls.push(yield* Effect.fork(policy.apply(other("second"))))
+      yield* TestClock.adjust(0)
+      calls.push(yield* Effect.fork(policy.apply(other("third"))))
+      yield* TestClock.adjust(0)
+      for (let second = 0; second < 4; second++) yield* TestClock.adjust("1 second")
+      yield* Fiber.joinAll(calls)
+      expect(order).toEqual(["first", "second", "first", "third"])
+    }))
+
   it.scoped("load shed lowers the adaptive limit; outages open the breaker; the limiter ignores outages", () =>
     Effect.gen(function*() {
       const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 10, classify: classifyDb })

@@ -874,21 +874,28 @@ export const makeWith = <R>(
     type Restore = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
 
     /**
-     * Waits (at most `maxWait`, interruptible by `restore`) for a permit of `model` on an account
-     * that may serve it, then answers it with its member. Runs uninterruptible: the caller owns
-     * the grant from here and releases it (`release`).
+     * Whether `request` comes back for another attempt: sent before (the client's retry), or
+     * failing over from an account it left out. It then waits ahead of the calls not yet sent.
+     */
+    const isReturning = (request: ChatCompletionRequest, lane: string, excluded: ReadonlySet<number>): boolean =>
+      sent.has(request) || excluded.size > accountModels.notServing(lane).size
+
+    /**
+     * Waits (at most `maxWait`, interruptible by `restore`) for a permit of `request`'s model on an
+     * account that may serve it, then answers it with its member. Runs uninterruptible: the caller
+     * owns the grant from here and releases it (`release`).
      */
     const place = (
-      model: string,
+      request: ChatCompletionRequest,
       options: CallOptions | undefined,
       excluded: ReadonlySet<number>,
       restore: Restore
     ): Effect.Effect<Placed, ApiError.NoAccountAvailable> => {
+      const lane = laneModel(request.model)
       if (!mayBePlaced(excluded) || (waitedOutMillis > 0 && maxWaitOf(options) <= waitedOutMillis && !someMayServeSoon(excluded))) {
-        return Effect.fail(noAccount(laneModel(model), excluded))
+        return Effect.fail(noAccount(lane, excluded))
       }
-      const lane = laneModel(model)
-      const entry = dispatcher.enter(lane, options?.priority ?? "interactive", excluded)
+      const entry = dispatcher.enter(lane, options?.priority ?? "interactive", excluded, isReturning(request, lane, excluded))
       publishQueued(lane)
       return entry._tag === "Granted"
         ? Effect.sync(() => placedOn(entry.grant))
@@ -908,7 +915,7 @@ export const makeWith = <R>(
      * then the permit is released.
      */
     const placedAttempt = <A, E, E2>(
-      model: string,
+      request: ChatCompletionRequest,
       options: CallOptions | undefined,
       excluded: ReadonlySet<number>,
       use: (placed: Placed) => Effect.Effect<A, E>,
@@ -916,7 +923,7 @@ export const makeWith = <R>(
       failed: (placed: Placed, cause: Cause.Cause<E>) => Effect.Effect<never, E2>
     ): Effect.Effect<A, E2 | ApiError.NoAccountAvailable> =>
       Effect.uninterruptibleMask((restore) =>
-        Effect.flatMap(place(model, options, excluded, restore), (placed) =>
+        Effect.flatMap(place(request, options, excluded, restore), (placed) =>
           Effect.flatMap(Effect.exit(restore(LimiterInternal.effectOf(use, placed))), (exit) =>
             // Released however the rest ends: a defect in settling (its accounting) included.
             Effect.ensuring(
@@ -930,12 +937,12 @@ export const makeWith = <R>(
 
     /** A placed attempt whose permit is released when the scope closes (a stream's). */
     const placeScoped = (
-      model: string,
+      request: ChatCompletionRequest,
       options: CallOptions | undefined,
       excluded: ReadonlySet<number>
     ): Effect.Effect<Placed, ApiError.NoAccountAvailable, Scope.Scope> =>
       Effect.uninterruptibleMask((restore) =>
-        Effect.tap(place(model, options, excluded, restore), (placed) => ScopeFinalizer.addFinalizer(release(placed.grant)))
+        Effect.tap(place(request, options, excluded, restore), (placed) => ScopeFinalizer.addFinalizer(release(placed.grant)))
       )
 
     const maxWaitOf = (options: CallOptions | undefined): number =>
@@ -1142,10 +1149,10 @@ export const makeWith = <R>(
           error._tag === "CircuitOpen" || failsOver(error) ? failOver(member, error) : Effect.fail(error)
         )
       const attempt = (excluded: ReadonlySet<number>): Effect.Effect<ChatCompletion, PoolError> =>
-        whenTraced(placedAttempt(request.model, options, excluded, call, settled, failed), () => {
+        whenTraced(placedAttempt(request, options, excluded, call, settled, failed), () => {
           const enteredAt = now()
           // Settled inside the attempt's span, which carries its cost.
-          return placedAttempt(request.model, options, excluded, (placed) =>
+          return placedAttempt(request, options, excluded, (placed) =>
             GenAi.attemptSpan(
               "weatherproof.AccountPool.create",
               request,
@@ -1231,7 +1238,7 @@ export const makeWith = <R>(
 
     const stream: Service["stream"] = (request, options) => {
       const attempt = (excluded: ReadonlySet<number>): StreamPull.Opening<ChatCompletionChunk, PoolError | FailedOver> => {
-        const placement = placeScoped(request.model, options, excluded)
+        const placement = placeScoped(request, options, excluded)
         const run = (placed: Placed) => streamOn(placed, request, options)
         return whenTraced(Effect.flatMap(placement, run), () => {
           const enteredAt = now()

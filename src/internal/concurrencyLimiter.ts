@@ -94,15 +94,17 @@ export type Entry =
 
 /**
  * Counts permits in flight against a movable limit and hands freed permits to waiters,
- * interactive lane first, FIFO within a lane. Every method is synchronous, so each one is atomic
- * on the JavaScript thread. Lowering the limit below what is in flight revokes nothing: new
- * grants wait until enough permits come back (as `Semaphore.resize` does).
+ * interactive lane first, FIFO within a lane, where a caller back for another attempt waits ahead
+ * of those not yet sent. Every method is synchronous, so each one is atomic on the JavaScript
+ * thread. Lowering the limit below what is in flight revokes nothing: new grants wait until
+ * enough permits come back (as `Semaphore.resize` does).
  *
  * `stamp` is read at each grant so the policy can tell which permits were sent under which limit.
  */
 export class Gate {
   inFlight = 0
-  private readonly lanes: Record<Priority, Set<Waiter>> = { interactive: new Set(), batch: new Set() }
+  /** Served in this order: interactive callers back for another attempt, then the other interactive ones; the same for batch. */
+  private readonly queues = [new Set<Waiter>(), new Set<Waiter>(), new Set<Waiter>(), new Set<Waiter>()] as const
 
   constructor(
     private limit: number,
@@ -111,14 +113,14 @@ export class Gate {
   ) {}
 
   get queued(): number {
-    return this.lanes.interactive.size + this.lanes.batch.size
+    return this.queues[0].size + this.queues[1].size + this.queues[2].size + this.queues[3].size
   }
 
   get permits(): number {
     return this.limit
   }
 
-  enter(priority: Priority): Entry {
+  enter(priority: Priority, returning = false): Entry {
     if (this.inFlight < this.limit && this.queued === 0) {
       this.inFlight++
       return { _tag: "Granted", stamp: this.stamp() }
@@ -126,14 +128,14 @@ export class Gate {
     if (this.queued >= this.maxQueued) return { _tag: "Full" }
     // Only a caller that waits needs a Deferred: the common, uncontended grant allocates none.
     const waiter: Waiter = { wake: Deferred.unsafeMake<void>(FiberId.none), granted: false, stamp: 0 }
-    this.lanes[priority].add(waiter)
+    this.queues[queueIndex(priority, returning)].add(waiter)
     return { _tag: "Queued", waiter }
   }
 
   /** The waiter gave up (interrupted): leave its lane, or hand back a permit granted meanwhile. */
   cancel(waiter: Waiter): void {
     if (waiter.granted) this.release()
-    else this.lanes.interactive.delete(waiter) || this.lanes.batch.delete(waiter)
+    else for (const queue of this.queues) if (queue.delete(waiter)) return
   }
 
   release(): void {
@@ -154,11 +156,18 @@ export class Gate {
     this.limit = limit
   }
 
+  /** The first queue with a waiter, in the order they are served. */
+  private firstQueue(): Set<Waiter> | undefined {
+    for (let i = 0; i < this.queues.length; i++) if (this.queues[i]!.size > 0) return this.queues[i]
+    return undefined
+  }
+
   private dispatch(): void {
     while (this.inFlight < this.limit) {
-      const next = firstOf(this.lanes.interactive) ?? firstOf(this.lanes.batch)
-      if (next === undefined) return
-      this.lanes.interactive.delete(next) || this.lanes.batch.delete(next)
+      const queue = this.firstQueue()
+      if (queue === undefined) return
+      const next = firstOf(queue)!
+      queue.delete(next)
       this.inFlight++
       next.granted = true
       next.stamp = this.stamp()
@@ -168,6 +177,10 @@ export class Gate {
 }
 
 const firstOf = <A>(set: Set<A>): A | undefined => set.values().next().value
+
+/** Where a waiter of `priority` queues in `Gate` (and the account pool's dispatcher): see `Gate.queues`. */
+export const queueIndex = (priority: Priority, returning: boolean): 0 | 1 | 2 | 3 =>
+  priority === "batch" ? (returning ? 2 : 3) : (returning ? 0 : 1)
 
 // -----------------------------------------------------------------------------
 // Policies: how outcomes move the limit
@@ -991,7 +1004,7 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
       use: (grant: Grant) => Effect.Effect<A, E, R>
     ): Effect.Effect<A, E | QueueFull, R> =>
       Effect.suspend(() => {
-        const entry = gate.enter(acquireOptions?.priority ?? "interactive")
+        const entry = gate.enter(acquireOptions?.priority ?? "interactive", acquireOptions?.returning)
         publish()
         return entry._tag === "Granted"
           ? use(entry)

@@ -60,7 +60,7 @@ export const makeRedis = (
     ): Effect.Effect<LaneGrant, Limiter.QueueFull> =>
       Effect.suspend(() => {
         if (lanes.queued() >= maxQueued) return Effect.fail(new Limiter.QueueFull({ queued: lanes.queued() }))
-        const entry = lanes.enter(options.name, acquireOptions?.priority ?? "interactive", noneExcluded)
+        const entry = lanes.enter(options.name, acquireOptions?.priority ?? "interactive", noneExcluded, acquireOptions?.returning)
         if (entry._tag === "Granted") return Effect.succeed(entry.grant)
         const { waiter } = entry
         publish()

@@ -18,7 +18,7 @@ import * as Deferred from "effect/Deferred"
 import * as Exit from "effect/Exit"
 import * as FiberId from "effect/FiberId"
 import type { Priority } from "../ConcurrencyLimiter.js"
-import type { Grant, Ledger, Policy } from "./concurrencyLimiter.js"
+import { type Grant, type Ledger, type Policy, queueIndex } from "./concurrencyLimiter.js"
 
 const servesEvery = () => true
 const asAsked = (model: string) => model
@@ -175,6 +175,8 @@ export interface LaneGrant extends Grant {
 export interface Waiter {
   readonly model: string
   readonly excluded: ReadonlySet<number>
+  /** A call back for another attempt (a retry, a fail-over): it waits ahead of those that have not been sent. */
+  readonly returning: boolean
   readonly wake: Deferred.Deferred<void>
   grant: LaneGrant | undefined
 }
@@ -193,8 +195,8 @@ export interface Lanes {
    * now (see `Dispatcher.capacity`).
    */
   capacity(): Room
-  /** A permit now on the best lane for `model`, or a place in the queue. */
-  enter(model: string, priority: Priority, excluded: ReadonlySet<number>): Entry
+  /** A permit now on the best lane for `model`, or a place in the queue (ahead of the calls not yet sent when `returning`). */
+  enter(model: string, priority: Priority, excluded: ReadonlySet<number>, returning?: boolean): Entry
   /** The waiter gave up: it leaves its queue, or hands back a permit granted meanwhile. */
   cancel(waiter: Waiter): void
   release(grant: LaneGrant): void
@@ -206,7 +208,17 @@ export interface Lanes {
   laneOf(account: AccountSlot, model: string): Lane
 }
 
-type Queues = Record<Priority, Set<Waiter>>
+/**
+ * A model's waiting calls, in the order they are served: interactive before batch, and within
+ * each the calls back for another attempt (their first was sent, and met a 429 or failed over)
+ * before those not yet sent, so that a retry keeps its place ahead of the calls that came after
+ * it; arrival order within each queue.
+ */
+type Queues = readonly [Set<Waiter>, Set<Waiter>, Set<Waiter>, Set<Waiter>]
+
+const priorityOf = (index: number): Priority => index < 2 ? "interactive" : "batch"
+
+const waitingIn = (queues: Queues): number => queues[0].size + queues[1].size + queues[2].size + queues[3].size
 
 const noneExcluded: ReadonlySet<number> = new Set()
 
@@ -308,13 +320,12 @@ export class Dispatcher implements Lanes {
 
   /** Calls waiting for `model` (every model when none is given). */
   queued(model?: string): number {
-    const count = (lanes: Queues) => lanes.interactive.size + lanes.batch.size
     if (model !== undefined) {
-      const lanes = this.waiting.get(model)
-      return lanes === undefined ? 0 : count(lanes)
+      const queues = this.waiting.get(model)
+      return queues === undefined ? 0 : waitingIn(queues)
     }
     let total = 0
-    for (const lanes of this.waiting.values()) total += count(lanes)
+    for (const queues of this.waiting.values()) total += waitingIn(queues)
     return total
   }
 
@@ -327,15 +338,15 @@ export class Dispatcher implements Lanes {
    * waiting, it is served in their order: they may wait for accounts they may use while one they
    * left out (a fail-over) has room that this call may take.
    */
-  enter(model: string, priority: Priority, excluded: ReadonlySet<number>): Entry {
-    const lanes = this.lanesOf(model)
-    const waitingBefore = lanes.interactive.size + lanes.batch.size > 0
+  enter(model: string, priority: Priority, excluded: ReadonlySet<number>, returning = false): Entry {
+    const queues = this.queuesOf(model)
+    const waitingBefore = waitingIn(queues) > 0
     if (!waitingBefore) {
       const lane = this.bestLane(model, excluded)
       if (lane !== undefined) return { _tag: "Granted", grant: this.take(lane) }
     }
-    const waiter: Waiter = { model, excluded, wake: Deferred.unsafeMake<void>(FiberId.none), grant: undefined }
-    lanes[priority].add(waiter)
+    const waiter: Waiter = { model, excluded, returning, wake: Deferred.unsafeMake<void>(FiberId.none), grant: undefined }
+    queues[queueIndex(priority, returning)].add(waiter)
     if (waitingBefore) this.dispatch(model)
     return waiter.grant === undefined ? { _tag: "Queued", waiter } : { _tag: "Granted", grant: waiter.grant }
   }
@@ -343,8 +354,8 @@ export class Dispatcher implements Lanes {
   /** The waiter gave up: it leaves its queue, or hands back a permit granted meanwhile. */
   cancel(waiter: Waiter): void {
     if (waiter.grant !== undefined) return this.release(waiter.grant)
-    const lanes = this.waiting.get(waiter.model)
-    if (lanes !== undefined) lanes.interactive.delete(waiter) || lanes.batch.delete(waiter)
+    const queues = this.waiting.get(waiter.model)
+    if (queues !== undefined) for (const queue of queues) if (queue.delete(waiter)) return
   }
 
   release(grant: LaneGrant): void {
@@ -361,8 +372,8 @@ export class Dispatcher implements Lanes {
    * grant, and give up): after an account went out for good.
    */
   refuse(hopeless: (waiter: Waiter) => boolean): void {
-    for (const lanes of this.waiting.values()) {
-      for (const queue of [lanes.interactive, lanes.batch]) {
+    for (const queues of this.waiting.values()) {
+      for (const queue of queues) {
         for (const waiter of queue) {
           if (!hopeless(waiter)) continue
           queue.delete(waiter)
@@ -372,20 +383,20 @@ export class Dispatcher implements Lanes {
     }
   }
 
-  /** Queues a waiter made elsewhere, behind those already waiting, and serves its model. */
+  /** Queues a waiter made elsewhere, behind those already waiting in its queue, and serves its model. */
   requeue(waiter: Waiter, priority: Priority): void {
-    this.lanesOf(waiter.model)[priority].add(waiter)
+    this.queuesOf(waiter.model)[queueIndex(priority, waiter.returning)].add(waiter)
     this.dispatch(waiter.model)
   }
 
-  /** Takes every waiter out of the queues, in arrival order within each model and priority. */
+  /** Takes every waiter out of the queues, in the order they would have been served within each model. */
   takeWaiting(): Array<{ readonly waiter: Waiter; readonly priority: Priority }> {
     const taken: Array<{ readonly waiter: Waiter; readonly priority: Priority }> = []
-    for (const lanes of this.waiting.values()) {
-      for (const priority of ["interactive", "batch"] as const) {
-        for (const waiter of lanes[priority]) taken.push({ waiter, priority })
-        lanes[priority].clear()
-      }
+    for (const queues of this.waiting.values()) {
+      queues.forEach((queue, index) => {
+        for (const waiter of queue) taken.push({ waiter, priority: priorityOf(index) })
+        queue.clear()
+      })
     }
     return taken
   }
@@ -395,11 +406,11 @@ export class Dispatcher implements Lanes {
     for (const model of this.waiting.keys()) this.dispatch(model)
   }
 
-  /** Grants free permits of `model` to its waiters, interactive first, in arrival order. */
+  /** Grants free permits of `model` to its waiters, in the order of its queues (`Queues`). */
   dispatch(model: string): void {
-    const lanes = this.waiting.get(model)
-    if (lanes === undefined) return
-    for (const queue of [lanes.interactive, lanes.batch]) {
+    const queues = this.waiting.get(model)
+    if (queues === undefined) return
+    for (const queue of queues) {
       for (const waiter of queue) {
         if (!this.anyRoom(model)) return
         const lane = this.bestLane(model, waiter.excluded)
@@ -427,14 +438,14 @@ export class Dispatcher implements Lanes {
   }
 
   /** The queues of `model`; a model seen for the first time gets a lane on every account. */
-  private lanesOf(model: string): Queues {
-    let lanes = this.waiting.get(model)
-    if (lanes === undefined) {
-      lanes = { interactive: new Set(), batch: new Set() }
-      this.waiting.set(model, lanes)
+  private queuesOf(model: string): Queues {
+    let queues = this.waiting.get(model)
+    if (queues === undefined) {
+      queues = [new Set(), new Set(), new Set(), new Set()]
+      this.waiting.set(model, queues)
       for (const account of this.accounts) if (account.serves(model)) this.laneOf(account, model)
     }
-    return lanes
+    return queues
   }
 
   private anyRoom(model: string): boolean {

@@ -107,18 +107,20 @@ type OwedRefund = Effect.Effect<Effect.Effect<void> | undefined>
  * driver is made only once an attempt has failed: most calls succeed at once, and a driver per
  * call (refs, a clock read, a context update per attempt) costs more than all the policies
  * together. `onFailure` runs in the same handler, so a call that succeeds pays for no error tap.
+ * `attemptOf(true)` is a retry's attempt: it keeps its place ahead of the calls not yet sent.
  */
 const retryAfterFailure = <A, E, R, R2>(
-  attempt: Effect.Effect<A, E, R>,
+  attemptOf: (returning: boolean) => Effect.Effect<A, E, R>,
   onFailure: (error: E) => Effect.Effect<void>,
   schedule: Schedule.Schedule<unknown, E, R2> | undefined,
   owedRefund: OwedRefund
 ): Effect.Effect<A, E, R | R2> =>
-  Effect.catchAll(attempt, (first) =>
+  Effect.catchAll(attemptOf(false), (first) =>
     schedule === undefined ? Effect.zipRight(onFailure(first), Effect.fail(first)) : Effect.zipRight(
       onFailure(first),
       Effect.flatMap(Schedule.driver(schedule), (driver) => {
-        const retried = Effect.flatMap(owedRefund, (refund) => refund === undefined ? attempt : Effect.tap(attempt, () => refund))
+        const again = attemptOf(true)
+        const retried = Effect.flatMap(owedRefund, (refund) => refund === undefined ? again : Effect.tap(again, () => refund))
         const retryFrom = (error: E): Effect.Effect<A, E, R | R2> =>
           Effect.matchEffect(driver.next(error), {
             onFailure: () => Effect.fail(error),
@@ -137,7 +139,7 @@ const retryAfterFailure = <A, E, R, R2>(
  * budget's refund, once it delivers: its opening may succeed before the upstream was even asked.
  */
 const retryStreamAfterFailure = <A, E, R, R2>(
-  attempt: StreamPull.Opening<A, E, R>,
+  attemptOf: (returning: boolean) => StreamPull.Opening<A, E, R>,
   onFailure: (error: E) => Effect.Effect<void>,
   schedule: Schedule.Schedule<unknown, E, R2> | undefined,
   owedRefund: OwedRefund
@@ -146,13 +148,16 @@ const retryStreamAfterFailure = <A, E, R, R2>(
     let driver: Schedule.ScheduleDriver<unknown, E, R2> | undefined
     const driverOf = (schedule: Schedule.Schedule<unknown, E, R2>) =>
       driver === undefined ? Effect.tap(Schedule.driver(schedule), (made) => (driver = made)) : Effect.succeed(driver)
-    const retried = Effect.map(owedRefund, (refund) => refund === undefined ? attempt : StreamPull.onDelivery(attempt, refund))
+    const retried = Effect.map(owedRefund, (refund) => {
+      const again = attemptOf(true)
+      return refund === undefined ? again : StreamPull.onDelivery(again, refund)
+    })
     /** The next attempt after a failure, or the failure as the answer. */
     const after = (error: E, delivered: boolean): Effect.Effect<StreamPull.Opening<A, E, R>, E, R2> =>
       schedule === undefined || delivered
         ? Effect.fail(error)
         : Effect.flatMap(driverOf(schedule), (made) => Effect.zipRight(Effect.mapError(made.next(error), () => error), retried))
-    return StreamPull.recovering(attempt, (error, delivered) => Effect.zipRight(onFailure(error), after(error, delivered)))
+    return StreamPull.recovering(attemptOf(false), (error, delivered) => Effect.zipRight(onFailure(error), after(error, delivered)))
   })
 
 /**
@@ -257,9 +262,10 @@ export const make = (parts: Parts): Service => {
   const takeRate = (options: ApplyOptions | undefined) =>
     bucket === undefined ? Effect.void : bucket.take(options?.cost ?? noCost)
 
-  const acquireOptions = (options: ApplyOptions | undefined): ConcurrencyLimiter.AcquireOptions => ({
+  const acquireOptions = (options: ApplyOptions | undefined, returning: boolean): ConcurrencyLimiter.AcquireOptions => ({
     priority: options?.priority,
-    abandonWhen: options?.abandonWhen
+    abandonWhen: options?.abandonWhen,
+    returning
   })
 
   /**
@@ -274,11 +280,12 @@ export const make = (parts: Parts): Service => {
   // breaker's admission.
   const attempt = <A, E, R>(
     use: (permit: ConcurrencyLimiter.Permit) => Effect.Effect<A, E, R>,
-    options: ApplyOptions | undefined
+    options: ApplyOptions | undefined,
+    returning: boolean
   ): Effect.Effect<A, E | Refusal, R> => {
     const guarded = (permit: ConcurrencyLimiter.Permit) =>
       breaker === undefined ? use(permit) : breaker.protect(use(permit))
-    const permitted = limiter === undefined ? guarded(freePermit) : limiter.withPermit(guarded, acquireOptions(options))
+    const permitted = limiter === undefined ? guarded(freePermit) : limiter.withPermit(guarded, acquireOptions(options, returning))
     const cleared = breaker === undefined ? permitted : Effect.zipRight(awaitVerdict(options), permitted)
     return bucket === undefined ? cleared : Effect.zipRight(takeRate(options), cleared)
   }
@@ -287,11 +294,11 @@ export const make = (parts: Parts): Service => {
    * The gates of one attempt whose end is known later (a stream, a response body): the bucket, a
    * permit and the breaker's admission, held in the scope; `settle` reports how it ended to both.
    */
-  const gate = (options: ApplyOptions | undefined) =>
+  const gate = (options: ApplyOptions | undefined, returning: boolean) =>
     Effect.gen(function*() {
       yield* takeRate(options)
       yield* awaitVerdict(options)
-      const permit = limiter === undefined ? freePermit : yield* limiter.acquire(acquireOptions(options))
+      const permit = limiter === undefined ? freePermit : yield* limiter.acquire(acquireOptions(options, returning))
       const admitted = breaker === undefined ? undefined : yield* breaker.admit
       const settle = (exit: Exit.Exit<unknown, unknown>) =>
         admitted === undefined ? permit.settle(exit) : Effect.zipRight(permit.settle(exit), admitted(exit))
@@ -300,7 +307,7 @@ export const make = (parts: Parts): Service => {
 
   const apply: Service["apply"] = (self, options) => {
     const use = effectUse(self)
-    return timed(Effect.zipRight(started, retryAfterFailure(attempt(use, options), onFailure, effectRetries, owedRefund)))
+    return timed(Effect.zipRight(started, retryAfterFailure((returning) => attempt(use, options, returning), onFailure, effectRetries, owedRefund)))
   }
 
   /**
@@ -311,11 +318,12 @@ export const make = (parts: Parts): Service => {
    */
   const gatedStream = <A, E, R>(
     use: UsePermit<Stream.Stream<A, E, R>>,
-    options: ApplyOptions | undefined
+    options: ApplyOptions | undefined,
+    returning: boolean
   ): StreamPull.Opening<A, E | Refusal, R> =>
     bucket === undefined && limiter === undefined && breaker === undefined
       ? StreamPull.openingOf(use(freePermit))
-      : Effect.flatMap(gate(options), ({ permit, settle }) =>
+      : Effect.flatMap(gate(options, returning), ({ permit, settle }) =>
         Effect.matchCauseEffect(StreamPull.openingOf(use(permit)), {
           onFailure: (cause) => Effect.zipRight(settle(Exit.failCause(cause)), Effect.failCause(cause)),
           onSuccess: (pull) =>
@@ -329,10 +337,12 @@ export const make = (parts: Parts): Service => {
               )))
         }))
 
-  const applyStream: Service["applyStream"] = (self, options) =>
-    StreamPull.fromOpening(timedStream(
-      Effect.zipRight(started, retryStreamAfterFailure(gatedStream(streamUse(self), options), onFailure, effectRetries, owedRefund))
+  const applyStream: Service["applyStream"] = (self, options) => {
+    const use = streamUse(self)
+    return StreamPull.fromOpening(timedStream(
+      Effect.zipRight(started, retryStreamAfterFailure((returning) => gatedStream(use, options, returning), onFailure, effectRetries, owedRefund))
     ))
+  }
 
   /**
    * One request through the gates, its permit and the breaker's admission held until the body
@@ -341,7 +351,8 @@ export const make = (parts: Parts): Service => {
    */
   const respond = <E, R>(
     effect: Effect.Effect<HttpClientResponse.HttpClientResponse, E, R>,
-    options: ApplyOptions | undefined
+    options: ApplyOptions | undefined,
+    returning: boolean
   ): Effect.Effect<HttpClientResponse.HttpClientResponse, E | HttpClientError.ResponseError | Refusal, R> =>
     Effect.uninterruptibleMask((restore) =>
       Effect.gen(function*() {
@@ -353,7 +364,7 @@ export const make = (parts: Parts): Service => {
           onSome: (outer) => Scope.fork(outer, ExecutionStrategy.sequential)
         })
         const close = (exit: Exit.Exit<unknown, unknown>) => Scope.close(scope, exit)
-        const { settle } = yield* restore(Scope.extend(gate(options), scope)).pipe(
+        const { settle } = yield* restore(Scope.extend(gate(options, returning), scope)).pipe(
           Effect.onError((cause) => close(Exit.failCause(cause)))
         )
         const settleOnce = firstExitOnly(settle)
@@ -380,7 +391,7 @@ export const make = (parts: Parts): Service => {
 
   const wrapHttpClient: Service["wrapHttpClient"] = (options) => (client) =>
     HttpClient.transform(client, (effect, request) =>
-      timed(Effect.zipRight(started, retryAfterFailure(respond(effect, options), onFailure, effectRetries, owedRefund))).pipe(
+      timed(Effect.zipRight(started, retryAfterFailure((returning) => respond(effect, options, returning), onFailure, effectRetries, owedRefund))).pipe(
         Effect.catchIf(isRefusal, (refusal) => Effect.fail(refusedRequest(request, refusal)))
       ))
 

@@ -688,9 +688,10 @@ export const make = (
         return model === undefined ? tickets.size : queuedByModel.get(model) ?? 0
       },
       capacity: () => local?.capacity() ?? capacityOf(slots, (model) => queuedByModel.get(model) ?? 0),
-      enter: (model, priority, excluded): Entry => {
-        if (local !== undefined) return local.enter(model, priority, excluded)
-        const waiter: Waiter = { model, excluded, wake: Deferred.unsafeMake<void>(FiberId.none), grant: undefined }
+      enter: (model, priority, excluded, returning = false): Entry => {
+        if (local !== undefined) return local.enter(model, priority, excluded, returning)
+        // The server's queues keep arrival order alone: a returning call waits behind those already there.
+        const waiter: Waiter = { model, excluded, returning, wake: Deferred.unsafeMake<void>(FiberId.none), grant: undefined }
         open(waiter, priority)
         return { _tag: "Queued", waiter }
       },
