@@ -14,6 +14,7 @@ import { above, assertValid, atLeast, ratio } from "./options.js"
 import * as ScopeFinalizer from "./scopeFinalizer.js"
 import * as Unpaced from "./unpaced.js"
 import { TaggedError } from "./sdkError.js"
+import { WaitQueues } from "./waitQueues.js"
 import type {
   AcquireOptions,
   AdaptiveOptions,
@@ -93,9 +94,9 @@ export type Entry =
   | { readonly _tag: "Full" }
 
 /**
- * Counts permits in flight against a movable limit and hands freed permits to waiters,
- * interactive lane first, FIFO within a lane, where a caller back for another attempt waits ahead
- * of those not yet sent. Every method is synchronous, so each one is atomic on the JavaScript
+ * Counts permits in flight against a movable limit and hands freed permits to waiters in the
+ * order of `WaitQueues`: interactive first, arrival order within a priority, where a caller back
+ * for another attempt waits ahead of those not yet sent. Every method is synchronous, so each one is atomic on the JavaScript
  * thread. Lowering the limit below what is in flight revokes nothing: new grants wait until
  * enough permits come back (as `Semaphore.resize` does).
  *
@@ -103,8 +104,7 @@ export type Entry =
  */
 export class Gate {
   inFlight = 0
-  /** Served in this order: interactive callers back for another attempt, then the other interactive ones; the same for batch. */
-  private readonly queues = [new Set<Waiter>(), new Set<Waiter>(), new Set<Waiter>(), new Set<Waiter>()] as const
+  private readonly waiting = new WaitQueues<Waiter>()
 
   constructor(
     private limit: number,
@@ -113,7 +113,7 @@ export class Gate {
   ) {}
 
   get queued(): number {
-    return this.queues[0].size + this.queues[1].size + this.queues[2].size + this.queues[3].size
+    return this.waiting.size
   }
 
   get permits(): number {
@@ -128,14 +128,14 @@ export class Gate {
     if (this.queued >= this.maxQueued) return { _tag: "Full" }
     // Only a caller that waits needs a Deferred: the common, uncontended grant allocates none.
     const waiter: Waiter = { wake: Deferred.unsafeMake<void>(FiberId.none), granted: false, stamp: 0 }
-    this.queues[queueIndex(priority, returning)].add(waiter)
+    this.waiting.add(waiter, priority, returning)
     return { _tag: "Queued", waiter }
   }
 
   /** The waiter gave up (interrupted): leave its lane, or hand back a permit granted meanwhile. */
   cancel(waiter: Waiter): void {
     if (waiter.granted) this.release()
-    else for (const queue of this.queues) if (queue.delete(waiter)) return
+    else this.waiting.delete(waiter)
   }
 
   release(): void {
@@ -156,18 +156,10 @@ export class Gate {
     this.limit = limit
   }
 
-  /** The first queue with a waiter, in the order they are served. */
-  private firstQueue(): Set<Waiter> | undefined {
-    for (let i = 0; i < this.queues.length; i++) if (this.queues[i]!.size > 0) return this.queues[i]
-    return undefined
-  }
-
   private dispatch(): void {
     while (this.inFlight < this.limit) {
-      const queue = this.firstQueue()
-      if (queue === undefined) return
-      const next = firstOf(queue)!
-      queue.delete(next)
+      const next = this.waiting.shift()
+      if (next === undefined) return
       this.inFlight++
       next.granted = true
       next.stamp = this.stamp()
@@ -175,12 +167,6 @@ export class Gate {
     }
   }
 }
-
-const firstOf = <A>(set: Set<A>): A | undefined => set.values().next().value
-
-/** Where a waiter of `priority` queues in `Gate` (and the account pool's dispatcher): see `Gate.queues`. */
-export const queueIndex = (priority: Priority, returning: boolean): 0 | 1 | 2 | 3 =>
-  priority === "batch" ? (returning ? 2 : 3) : (returning ? 0 : 1)
 
 // -----------------------------------------------------------------------------
 // Policies: how outcomes move the limit

@@ -1,10 +1,11 @@
 /**
  * The account pool's permits: one lane per (account, model), each with its own limit (adaptive or
- * fixed), an optional account-wide cap on top, and calls waiting at the pool, per model in two
- * priority lanes, until an account that may serve them has room. A call is placed when a permit is
- * free, on the least loaded account that can take its model, not queued behind the account it would
- * have picked first: a backlog goes wherever room opens, and back to the primaries as soon as they
- * serve again.
+ * fixed), an optional account-wide cap on top, and calls waiting at the pool, per model in the
+ * order of `WaitQueues` (interactive first, a retry ahead of the calls not yet sent), until an
+ * account that may serve them has room. A call is placed when a permit is free, on the least
+ * loaded account that can take its model, not queued behind the account it would have picked
+ * first: a backlog goes wherever room opens, and back to the primaries as soon as they serve
+ * again.
  *
  * Every method is synchronous, so each grant, release and change of state is atomic on the
  * JavaScript thread.
@@ -18,7 +19,8 @@ import * as Deferred from "effect/Deferred"
 import * as Exit from "effect/Exit"
 import * as FiberId from "effect/FiberId"
 import type { Priority } from "../ConcurrencyLimiter.js"
-import { type Grant, type Ledger, type Policy, queueIndex } from "./concurrencyLimiter.js"
+import type { Grant, Ledger, Policy } from "./concurrencyLimiter.js"
+import { WaitQueues } from "./waitQueues.js"
 
 const servesEvery = () => true
 const asAsked = (model: string) => model
@@ -208,18 +210,6 @@ export interface Lanes {
   laneOf(account: AccountSlot, model: string): Lane
 }
 
-/**
- * A model's waiting calls, in the order they are served: interactive before batch, and within
- * each the calls back for another attempt (their first was sent, and met a 429 or failed over)
- * before those not yet sent, so that a retry keeps its place ahead of the calls that came after
- * it; arrival order within each queue.
- */
-type Queues = readonly [Set<Waiter>, Set<Waiter>, Set<Waiter>, Set<Waiter>]
-
-const priorityOf = (index: number): Priority => index < 2 ? "interactive" : "batch"
-
-const waitingIn = (queues: Queues): number => queues[0].size + queues[1].size + queues[2].size + queues[3].size
-
 const noneExcluded: ReadonlySet<number> = new Set()
 
 /**
@@ -310,7 +300,7 @@ export const queuedOn = (lane: Lane, queued: (model: string) => number): number 
 }
 
 export class Dispatcher implements Lanes {
-  private readonly waiting = new Map<string, Queues>()
+  private readonly waiting = new Map<string, WaitQueues<Waiter>>()
 
   constructor(
     readonly accounts: ReadonlyArray<AccountSlot>,
@@ -321,11 +311,10 @@ export class Dispatcher implements Lanes {
   /** Calls waiting for `model` (every model when none is given). */
   queued(model?: string): number {
     if (model !== undefined) {
-      const queues = this.waiting.get(model)
-      return queues === undefined ? 0 : waitingIn(queues)
+      return this.waiting.get(model)?.size ?? 0
     }
     let total = 0
-    for (const queues of this.waiting.values()) total += waitingIn(queues)
+    for (const queues of this.waiting.values()) total += queues.size
     return total
   }
 
@@ -340,13 +329,13 @@ export class Dispatcher implements Lanes {
    */
   enter(model: string, priority: Priority, excluded: ReadonlySet<number>, returning = false): Entry {
     const queues = this.queuesOf(model)
-    const waitingBefore = waitingIn(queues) > 0
+    const waitingBefore = queues.size > 0
     if (!waitingBefore) {
       const lane = this.bestLane(model, excluded)
       if (lane !== undefined) return { _tag: "Granted", grant: this.take(lane) }
     }
     const waiter: Waiter = { model, excluded, returning, wake: Deferred.unsafeMake<void>(FiberId.none), grant: undefined }
-    queues[queueIndex(priority, returning)].add(waiter)
+    queues.add(waiter, priority, returning)
     if (waitingBefore) this.dispatch(model)
     return waiter.grant === undefined ? { _tag: "Queued", waiter } : { _tag: "Granted", grant: waiter.grant }
   }
@@ -354,8 +343,7 @@ export class Dispatcher implements Lanes {
   /** The waiter gave up: it leaves its queue, or hands back a permit granted meanwhile. */
   cancel(waiter: Waiter): void {
     if (waiter.grant !== undefined) return this.release(waiter.grant)
-    const queues = this.waiting.get(waiter.model)
-    if (queues !== undefined) for (const queue of queues) if (queue.delete(waiter)) return
+    this.waiting.get(waiter.model)?.delete(waiter)
   }
 
   release(grant: LaneGrant): void {
@@ -373,32 +361,25 @@ export class Dispatcher implements Lanes {
    */
   refuse(hopeless: (waiter: Waiter) => boolean): void {
     for (const queues of this.waiting.values()) {
-      for (const queue of queues) {
-        for (const waiter of queue) {
-          if (!hopeless(waiter)) continue
-          queue.delete(waiter)
+      queues.forEach((waiter) => {
+        if (hopeless(waiter)) {
+          queues.delete(waiter)
           Deferred.unsafeDone(waiter.wake, Exit.void)
         }
-      }
+        return true
+      })
     }
   }
 
   /** Queues a waiter made elsewhere, behind those already waiting in its queue, and serves its model. */
   requeue(waiter: Waiter, priority: Priority): void {
-    this.queuesOf(waiter.model)[queueIndex(priority, waiter.returning)].add(waiter)
+    this.queuesOf(waiter.model).add(waiter, priority, waiter.returning)
     this.dispatch(waiter.model)
   }
 
   /** Takes every waiter out of the queues, in the order they would have been served within each model. */
   takeWaiting(): Array<{ readonly waiter: Waiter; readonly priority: Priority }> {
-    const taken: Array<{ readonly waiter: Waiter; readonly priority: Priority }> = []
-    for (const queues of this.waiting.values()) {
-      queues.forEach((queue, index) => {
-        for (const waiter of queue) taken.push({ waiter, priority: priorityOf(index) })
-        queue.clear()
-      })
-    }
-    return taken
+    return Array.from(this.waiting.values()).flatMap((queues) => queues.takeAll())
   }
 
   /** Serves every queue: after an account became available, or its cap or a limit grew. */
@@ -406,20 +387,18 @@ export class Dispatcher implements Lanes {
     for (const model of this.waiting.keys()) this.dispatch(model)
   }
 
-  /** Grants free permits of `model` to its waiters, in the order of its queues (`Queues`). */
+  /** Grants free permits of `model` to its waiters, in the order they are served (`WaitQueues`). */
   dispatch(model: string): void {
     const queues = this.waiting.get(model)
-    if (queues === undefined) return
-    for (const queue of queues) {
-      for (const waiter of queue) {
-        if (!this.anyRoom(model)) return
-        const lane = this.bestLane(model, waiter.excluded)
-        if (lane === undefined) continue
-        queue.delete(waiter)
-        waiter.grant = this.take(lane)
-        Deferred.unsafeDone(waiter.wake, Exit.void)
-      }
-    }
+    queues?.forEach((waiter) => {
+      if (!this.anyRoom(model)) return false
+      const lane = this.bestLane(model, waiter.excluded)
+      if (lane === undefined) return true
+      queues.delete(waiter)
+      waiter.grant = this.take(lane)
+      Deferred.unsafeDone(waiter.wake, Exit.void)
+      return true
+    })
   }
 
   /**
@@ -438,10 +417,10 @@ export class Dispatcher implements Lanes {
   }
 
   /** The queues of `model`; a model seen for the first time gets a lane on every account. */
-  private queuesOf(model: string): Queues {
+  private queuesOf(model: string): WaitQueues<Waiter> {
     let queues = this.waiting.get(model)
     if (queues === undefined) {
-      queues = [new Set(), new Set(), new Set(), new Set()]
+      queues = new WaitQueues()
       this.waiting.set(model, queues)
       for (const account of this.accounts) if (account.serves(model)) this.laneOf(account, model)
     }
