@@ -803,10 +803,11 @@ const summarize = (
  * failure had an HTTP status, else `null`. (A client whose keys or accounts are all out fails
  * each call at once, without the network, so a run over dead credentials ends fast.)
  *
- * Before anything is read or sent, the run fails with `UpstreamUnreachable` when its
- * `AccountPool` could reach none of its accounts, and with `KeysRejected` when the accounts it
- * reached had every key rejected by the start's preflight; it takes the output's lock (another
- * run holding it fails the run with `OutputLocked`) and refuses a read-only output (`BatchError`).
+ * Before anything is read or sent, the run takes the output's lock (another run holding it fails
+ * the run at once with `OutputLocked`) and refuses a read-only output (`BatchError`); then, while
+ * it compacts the output, it fails with `UpstreamUnreachable` when its `AccountPool` could reach
+ * none of its accounts, and with `KeysRejected` when the accounts it reached had every key
+ * rejected by the start's preflight.
  * When `options.stop` completes, the run drains (see `Options.stop`) and its summary is
  * `interrupted`.
  *
@@ -836,23 +837,23 @@ export const run = (
     const { input } = options
 
     const { inputKind, output } = yield* resolvePaths(fs, input, options.output)
-    // The warm-up's answer can take a connect timeout (an origin that drops packets): a stop
-    // meanwhile ends the run before it touches anything.
-    const stoppedAtStart = yield* Effect.raceFirst(Effect.as(refuseUnservable, false), Effect.as(options.stop ?? Effect.never, true))
-    if (stoppedAtStart) {
-      const now = yield* readings
-      return summarize(emptyTally, now, now, yield* poolStatuses, true)
-    }
+    // Before the pool's verdict on its start: another run on this output is refused at once.
     yield* lockOutput(fs, options.output, output)
     yield* refuseReadOnly(fs, options.output, output)
     const before = yield* readings
     const calls = new Calls()
     const stops = yield* watchStops(options, calls)
     const { stopped } = stops
-    // Compacting a large output takes seconds: a stop meanwhile ends the run before it sends
-    // anything, the output as it was (compaction replaces it only whole).
+    // The output is compacted (seconds for a large one) while the pool's start answers (its
+    // warm-up can take a connect timeout). A stop meanwhile, or a pool that can serve nothing,
+    // ends the run before it sends anything, the output as it was or compacted (compaction
+    // replaces it only whole).
     const compacted = yield* Effect.raceFirst(
-      Effect.asSome(Files.compactOutput(fs, output).pipe(Effect.mapError(compactionError(options.output)))),
+      Effect.asSome(Effect.zipRight(
+        refuseUnservable,
+        Files.compactOutput(fs, output).pipe(Effect.mapError(compactionError(options.output))),
+        { concurrent: true }
+      )),
       Effect.as(Deferred.await(stopped), Option.none())
     )
     if (Option.isNone(compacted)) return summarize(emptyTally, before, yield* readings, yield* poolStatuses, true)
