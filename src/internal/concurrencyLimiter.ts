@@ -96,9 +96,9 @@ export type Entry =
 /**
  * Counts permits in flight against a movable limit and hands freed permits to waiters in the
  * order of `WaitQueues`: interactive first, arrival order within a priority, where a caller back
- * for another attempt waits ahead of those not yet sent. Every method is synchronous, so each one is atomic on the JavaScript
- * thread. Lowering the limit below what is in flight revokes nothing: new grants wait until
- * enough permits come back (as `Semaphore.resize` does).
+ * for another attempt waits ahead of those not yet sent. Every method is synchronous, so each one
+ * is atomic on the JavaScript thread. Lowering the limit below what is in flight revokes nothing:
+ * new grants wait until enough permits come back (as `Semaphore.resize` does).
  *
  * `stamp` is read at each grant so the policy can tell which permits were sent under which limit.
  */

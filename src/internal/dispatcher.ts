@@ -310,9 +310,7 @@ export class Dispatcher implements Lanes {
 
   /** Calls waiting for `model` (every model when none is given). */
   queued(model?: string): number {
-    if (model !== undefined) {
-      return this.waiting.get(model)?.size ?? 0
-    }
+    if (model !== undefined) return this.waiting.get(model)?.size ?? 0
     let total = 0
     for (const queues of this.waiting.values()) total += queues.size
     return total
