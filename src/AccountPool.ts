@@ -45,9 +45,9 @@
  * account that may serve it has a free permit for its model. Within a priority, calls wait in
  * arrival order, except that a call back for another attempt (a retry after a 429, a fail-over)
  * waits ahead of those not yet sent: it keeps its place rather than going behind the calls that
- * came after it (in the pool of one process; see `layerRedis` for the lanes shared on Redis). It is
- * then placed on the least loaded such lane (the lowest share of its limit in use; ties to the
- * lane used least, then configuration order). An account may serve when its breaker is not open
+ * came after it (with the lanes shared on Redis too, see `layerRedis`). It is then placed on the
+ * least loaded such lane (the lowest share of its limit in use; ties to the lane used least, then
+ * configuration order). An account may serve when its breaker is not open
  * or isolated, it is not out of balance, and it has a usable key; a fallback account may serve
  * only when no primary that serves the model may. While its breaker is half-open an account takes
  * as many calls as the breaker's canaries: the others go to another account with room or wait at
@@ -543,8 +543,8 @@ export interface RedisOptions extends Options {
 /**
  * The pool, shared with every process whose pool uses the same `Redis` prefix and names the
  * account alike (the account's `name`, never its keys): its lanes (one count of permits per
- * (account, model), queued calls served in arrival order within a priority across processes, a
- * retry's too: it does not keep its place there; one adaptive limit learnt by all) and its
+ * (account, model), queued calls served across processes in the order one process serves them,
+ * a retry ahead of the calls not yet sent; one adaptive limit learnt by all) and its
  * accounts' breakers, key cooldowns and balance state (see
  * docs/redis.md). A permit is a lease that expires `leaseTtl` after its holder's last heartbeat,
  * so a crashed process's permits come back by themselves. Placement (which accounts may serve,

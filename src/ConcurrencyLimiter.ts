@@ -531,8 +531,10 @@ export interface RedisOptions extends AdaptiveOptions {
 
 /**
  * One limit shared by every process that names it alike: its permits are leases on Redis (a
- * crashed process's expire after `leaseTtl`), callers wait in arrival order within a priority
- * across processes (a `returning` caller too: it keeps no place there), and the adaptive limit is learnt by all of them together from their outcomes.
+ * crashed process's expire after `leaseTtl`), callers wait across processes in the order one
+ * process's limiter serves them (interactive first, a `returning` caller ahead of those not yet
+ * sent, arrival order otherwise), and the adaptive limit is learnt by all of them together from
+ * their outcomes.
  * Every `acquire` waits for the server's answer (a round trip, granted by the script that queues
  * the caller when there is room). For the account pool's own lanes, see `AccountPool.makeRedis`.
  *

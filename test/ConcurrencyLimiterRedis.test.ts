@@ -84,7 +84,7 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
       expect((yield* limiters[0]!.snapshot).limit).toBe(3)
     }))
 
-  it.scopedLive("callers are served in arrival order within a priority across limiters, interactive first", () =>
+  it.scopedLive("callers are served across limiters as in one: interactive first, a returning caller ahead of those not yet sent, arrival order otherwise", () =>
     Effect.gen(function*() {
       const server = yield* redisServer
       const a = yield* limiterOn(server, { name: "order", permits: 1 })
@@ -94,10 +94,10 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
       yield* Deferred.await(holding)
       const served: Array<string> = []
       const waiters: Array<Fiber.RuntimeFiber<void, ConcurrencyLimiter.QueueFull>> = []
-      const queue = (limiter: ConcurrencyLimiter.Service, label: string, priority: ConcurrencyLimiter.Priority) =>
+      const queue = (limiter: ConcurrencyLimiter.Service, label: string, priority: ConcurrencyLimiter.Priority, returning = false) =>
         Effect.gen(function*() {
           const before = (yield* a.snapshot).queued + (yield* b.snapshot).queued
-          waiters.push(yield* Effect.fork(limiter.withPermit(() => Effect.sync(() => void served.push(label)), { priority })))
+          waiters.push(yield* Effect.fork(limiter.withPermit(() => Effect.sync(() => void served.push(label)), { priority, returning })))
           // Its ticket is on the server before the next one arrives.
           yield* until(Effect.zipWith(a.snapshot, b.snapshot, (x, y) => x.queued + y.queued), (n) => n > before)
           yield* Effect.sleep("20 millis")
@@ -107,9 +107,12 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
       yield* queue(a, "a2", "interactive")
       yield* queue(b, "b2", "batch")
       yield* queue(b, "b3", "interactive")
+      // Back for another attempt: each waits ahead of the calls of its priority not yet sent.
+      yield* queue(a, "a3", "batch", true)
+      yield* queue(b, "b4", "interactive", true)
       yield* Fiber.interrupt(holder)
       yield* Effect.forEach(waiters, Fiber.join)
-      expect(served).toEqual(["a2", "b3", "a1", "b1", "b2"])
+      expect(served).toEqual(["b4", "a2", "b3", "a3", "a1", "b1", "b2"])
     }))
 
   it.scopedLive("two limiters with equal demand on a small limit get shares within 20 % of each other", () =>
@@ -498,7 +501,10 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
       const step = FastCheck.record({
         op: FastCheck.constantFrom("acquire", "acquire", "release", "cancel"),
         who: FastCheck.integer({ min: 0, max: 1 }),
-        pick: FastCheck.nat()
+        pick: FastCheck.nat(),
+        // Every one of a lane's four queues.
+        priority: FastCheck.constantFrom<ConcurrencyLimiter.Priority>("interactive", "batch"),
+        returning: FastCheck.boolean()
       })
       let run = 0
       yield* Effect.promise(() =>
@@ -583,7 +589,15 @@ const scenario = (
   connections: ReadonlyArray<Redis.Service>,
   name: string,
   permits: number,
-  steps: ReadonlyArray<{ readonly op: string; readonly who: number; readonly pick: number }>
+  steps: ReadonlyArray<
+    {
+      readonly op: string
+      readonly who: number
+      readonly pick: number
+      readonly priority: ConcurrencyLimiter.Priority
+      readonly returning: boolean
+    }
+  >
 ) =>
   Effect.gen(function*() {
     const limiters = yield* Effect.forEach(connections, (redis) =>
@@ -591,7 +605,7 @@ const scenario = (
     let inFlight = 0
     let most = 0
     const callers: Array<Caller> = []
-    for (const { op, pick, who } of steps) {
+    for (const { op, pick, priority, returning, who } of steps) {
       const granted = callers.filter((caller) => caller.grants > 0 && caller.fiber.unsafePoll() === null)
       const waiting = callers.filter((caller) => caller.grants === 0 && caller.fiber.unsafePoll() === null)
       if (op === "acquire") {
@@ -605,7 +619,7 @@ const scenario = (
           () => Deferred.await(done),
           () => Effect.sync(() => inFlight--)
         )
-        callers.push(Object.assign(caller, { fiber: yield* Effect.fork(limiters[who]!.withPermit(() => use)) }))
+        callers.push(Object.assign(caller, { fiber: yield* Effect.fork(limiters[who]!.withPermit(() => use, { priority, returning })) }))
       } else if (op === "release" && granted.length > 0) {
         yield* Deferred.succeed(granted[pick % granted.length]!.done, undefined)
       } else if (op === "cancel" && waiting.length > 0) {

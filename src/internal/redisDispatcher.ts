@@ -116,6 +116,9 @@ interface Ticket {
   lanes: ReadonlyArray<Lane>
 }
 
+/** The server's queue a ticket waits in (the script's `queues`): as `WaitQueues` orders a process's. */
+const queueOf = ({ priority, waiter }: Ticket): string => waiter.returning ? `${priority}:returning` : priority
+
 /** A permit's acceptance or outcome, waiting for the lane's flush. */
 type Event =
   /** `lease`: its permit's, for the server's set of accepted leases (none without a grant). */
@@ -481,7 +484,7 @@ export const make = (
     const place = (ticket: Ticket) => {
       if (ticket.lanes.length === 0) return
       send(Effect.flatMap(
-        call("place", [owner, ticket.id, ticket.priority, ttl, presence, ...ticket.lanes.flatMap(laneArgs)]),
+        call("place", [owner, ticket.id, queueOf(ticket), ttl, presence, ...ticket.lanes.flatMap(laneArgs)]),
         (reply) =>
           Effect.sync(() => {
             const [answer, alive] = reply as [string | null, number]
@@ -690,7 +693,6 @@ export const make = (
       capacity: () => local?.capacity() ?? capacityOf(slots, (model) => queuedByModel.get(model) ?? 0),
       enter: (model, priority, excluded, returning = false): Entry => {
         if (local !== undefined) return local.enter(model, priority, excluded, returning)
-        // The server's queues keep arrival order alone: a returning call waits behind those already there.
         const waiter: Waiter = { model, excluded, returning, wake: Deferred.unsafeMake<void>(FiberId.none), grant: undefined }
         open(waiter, priority)
         return { _tag: "Queued", waiter }

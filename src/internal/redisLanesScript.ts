@@ -16,13 +16,17 @@
  *   set of leases, not a count, so that no failure can leave it off the truth for good: an
  *   acceptance committed twice counts once, one committed after its end counts nowhere, and one
  *   the server lost (restarted, or from an older snapshot) is missing only until its lease ends.
- * - `L:q:interactive`, `L:q:batch`: sorted sets of waiting tickets scored by arrival order
- *   (`base:seq`, an `INCR` counter).
- * - `base:ticket:<id>` (an id is `<owner>.<sequence>`, a lease's its ticket's): a hash, `owner`, `ttl` (the lease's, ms), `presence` (its owner's, ms),
- *   `priority`, `lanes` (space separated), `order`; once granted also `granted` (the grant's
- *   message) until its lease (whose id is the ticket's) is released or it expires. A lease granted
- *   to a waiting ticket lasts its owner's presence until the owner's heartbeat refreshes it: an
- *   owner dead while its tickets waited holds each for that long, not for a lease TTL.
+ * - `L:q:interactive:returning`, `L:q:interactive`, `L:q:batch:returning`, `L:q:batch`: sorted
+ *   sets of waiting tickets scored by arrival order (`base:seq`, an `INCR` counter), served in
+ *   that order, as `WaitQueues` serves a process's: a caller back for another attempt (its first
+ *   met a 429, or failed over) waits ahead of the calls of its priority not yet sent.
+ * - `base:ticket:<id>` (an id is `<owner>.<sequence>`, a lease's its ticket's): a hash, `owner`,
+ *   `ttl` (the lease's, ms), `presence` (its owner's, ms), `queue` (which of a lane's queues:
+ *   `interactive`, `batch:returning`…), `lanes` (space separated), `order`; once granted also
+ *   `granted` (the grant's message) until its lease (whose id is the ticket's) is released or it
+ *   expires. A lease granted to a waiting ticket lasts its owner's presence until the owner's
+ *   heartbeat refreshes it: an owner dead while its tickets waited holds each for that long, not
+ *   for a lease TTL.
  * - `base:process:<owner>`: the owner's presence (a TTL refreshed by its heartbeat); `base:processes`
  *   a sorted set of owners scored by the expiry of their presence.
  * - Channel `base:grants:<owner>`: each grant, `<ticket> <lane> <in-flight> <epoch> <limit>` (the
@@ -47,10 +51,12 @@ end
 
 local function ticketKey(id) return base .. ":ticket:" .. id end
 
+-- A lane's queues, in the order they are served.
+local queues = { ":q:interactive:returning", ":q:interactive", ":q:batch:returning", ":q:batch" }
+
 local function touch(lane)
-  for _, suffix in ipairs({ ":leases", ":accepted", ":state", ":q:interactive", ":q:batch" }) do
-    redis.call("PEXPIRE", lane .. suffix, idle)
-  end
+  for _, suffix in ipairs({ ":leases", ":accepted", ":state" }) do redis.call("PEXPIRE", lane .. suffix, idle) end
+  for _, queue in ipairs(queues) do redis.call("PEXPIRE", lane .. queue, idle) end
 end
 
 local function purge(key)
@@ -69,20 +75,19 @@ end
 -- Takes a ticket out of every queue it waits in.
 local function unqueue(id, lanes)
   for _, lane in ipairs(lanes) do
-    redis.call("ZREM", lane .. ":q:interactive", id)
-    redis.call("ZREM", lane .. ":q:batch", id)
+    for _, queue in ipairs(queues) do redis.call("ZREM", lane .. queue, id) end
   end
 end
 
 local function headOf(lane)
-  for _, queue in ipairs({ lane .. ":q:interactive", lane .. ":q:batch" }) do
-    local head = redis.call("ZRANGE", queue, 0, 0)
+  for _, queue in ipairs(queues) do
+    local head = redis.call("ZRANGE", lane .. queue, 0, 0)
     if #head > 0 then return head[1] end
   end
   return nil
 end
 
--- Grants the lane's free permits to the heads of its queues, interactive first. Answers the
+-- Grants the lane's free permits to the heads of its queues, in their order. Answers the
 -- grant message of \`wanted\` if it was granted.
 local function grant(lane, wanted)
   local state = redis.call("HMGET", lane .. ":state", "limit", "epoch", "account", "cap")
@@ -184,12 +189,12 @@ local function ensureLane(i)
 end
 
 if op == "place" then
-  -- ARGV: owner, ticket, priority, lease ttl, the owner's presence, then per lane: lane,
-  -- account (or ""), cap, limit, whether the limit is fixed (1) or a seed (0). Marks the owner
-  -- alive (a server that restarted empty knows it again before its next heartbeat), queues the
-  -- ticket on exactly these lanes (keeping its arrival order if it waits already) and grants what
-  -- it can. Answers its grant (or false) and the processes alive.
-  local owner, id, priority, ttl, presence = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
+  -- ARGV: owner, ticket, queue (which of \`queues\`, without ":q:"), lease ttl, the owner's
+  -- presence, then per lane: lane, account (or ""), cap, limit, whether the limit is fixed (1)
+  -- or a seed (0). Marks the owner alive (a server that restarted empty knows it again before its
+  -- next heartbeat), queues the ticket on exactly these lanes (keeping its arrival order if it
+  -- waits already) and grants what it can. Answers its grant (or false) and the processes alive.
+  local owner, id, queue, ttl, presence = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
   local processes = present(owner, presence)
   local key = ticketKey(id)
   local ticket = redis.call("HMGET", key, "granted", "order", "lanes")
@@ -199,9 +204,9 @@ if op == "place" then
   local lanes = {}
   for i = 9, #ARGV, 5 do lanes[#lanes + 1] = ensureLane(i) end
   unqueue(id, split(ticket[3]))
-  redis.call("HSET", key, "owner", owner, "ttl", ttl, "presence", presence, "priority", priority, "lanes", table.concat(lanes, " "), "order", order)
+  redis.call("HSET", key, "owner", owner, "ttl", ttl, "presence", presence, "queue", queue, "lanes", table.concat(lanes, " "), "order", order)
   redis.call("PEXPIRE", key, 3 * ttl)
-  for _, lane in ipairs(lanes) do redis.call("ZADD", lane .. ":q:" .. priority, order, id) end
+  for _, lane in ipairs(lanes) do redis.call("ZADD", lane .. ":q:" .. queue, order, id) end
   local answer = false
   for _, lane in ipairs(lanes) do answer = grant(lane, id) or answer end
   return { answer, processes }
