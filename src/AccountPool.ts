@@ -47,15 +47,15 @@
  * waits ahead of those not yet sent: it keeps its place rather than going behind the calls that
  * came after it (with the lanes shared on Redis too, see `layerRedis`). It is then placed on the
  * least loaded such lane (the lowest share of its limit in use; ties to the lane used least, then
- * configuration order). An account may serve when its breaker is not open
- * or isolated, it is not out of balance, and it has a usable key; a fallback account may serve
- * only when no primary that serves the model may. While its breaker is half-open an account takes
- * as many calls as the breaker's canaries: the others go to another account with room or wait at
- * the pool, not behind the canaries at the breaker (a slow canary would hold them for its whole
- * answer), and are placed as soon as the verdict closes it. A call therefore never queues behind
- * the account it would have picked first, and the backlog of an outage returns to the primaries
- * as soon as they serve again. (With the lanes shared on Redis, while it answers, a half-open
- * account's calls still wait at its breaker.)
+ * configuration order). An account may serve when its breaker is not open or isolated, it is not
+ * out of balance, and it has a usable key; a fallback account may serve only when no primary that
+ * serves the model may. While its breaker is half-open an account takes as many calls as the
+ * breaker's canaries: the others go to another account with room or wait at the pool, not behind
+ * the canaries at the breaker (a slow canary would hold them for its whole answer), and are
+ * placed as soon as the verdict closes it. A call therefore never queues behind the account it
+ * would have picked first, and the backlog of an outage returns to the primaries as soon as they
+ * serve again. (With the lanes shared on Redis, the calls placed on a half-open account beyond
+ * its canaries still wait at its breaker.)
  *
  * ## Waiting beats failing
  *
@@ -544,12 +544,12 @@ export interface RedisOptions extends Options {
  * The pool, shared with every process whose pool uses the same `Redis` prefix and names the
  * account alike (the account's `name`, never its keys): its lanes (one count of permits per
  * (account, model), queued calls served across processes in the order one process serves them,
- * a retry ahead of the calls not yet sent; one adaptive limit learnt by all) and its
- * accounts' breakers, key cooldowns and balance state (see
- * docs/redis.md). A permit is a lease that expires `leaseTtl` after its holder's last heartbeat,
- * so a crashed process's permits come back by themselves. Placement (which accounts may serve,
- * failover, fallbacks) stays in each process, as in `make`. Give every process the same accounts
- * configuration: each process applies its own `concurrency` to the limit they learn together.
+ * a retry ahead of the calls not yet sent; one adaptive limit learnt by all) and its accounts'
+ * breakers, key cooldowns and balance state (see docs/redis.md). A permit is a lease that
+ * expires `leaseTtl` after its holder's last heartbeat, so a crashed process's permits come back
+ * by themselves. Placement (which accounts may serve, failover, fallbacks) stays in each process,
+ * as in `make`. Give every process the same accounts configuration: each process applies its own
+ * `concurrency` to the limit they learn together.
  *
  * @example
  * ```ts

@@ -11,9 +11,8 @@
  * Waiters queue in two lanes, `interactive` served before `batch`, FIFO within each, except that
  * a caller back for another attempt (`AcquireOptions.returning`: a `Policy`'s retries are) waits
  * ahead of those of its lane not yet sent; with `maxQueued` a caller that would wait beyond it
- * fails at once with `QueueFull`. Every limiter
- * publishes `limitGauge`, `inFlightGauge`, `queuedGauge` and `droppedCounter` (tagged
- * `limiter=<name>` when given a name).
+ * fails at once with `QueueFull`. Every limiter publishes `limitGauge`, `inFlightGauge`,
+ * `queuedGauge` and `droppedCounter` (tagged `limiter=<name>` when given a name).
  *
  * ## The adaptive limit (`makeAdaptive`)
  *
@@ -534,9 +533,9 @@ export interface RedisOptions extends AdaptiveOptions {
  * crashed process's expire after `leaseTtl`), callers wait across processes in the order one
  * process's limiter serves them (interactive first, a `returning` caller ahead of those not yet
  * sent, arrival order otherwise), and the adaptive limit is learnt by all of them together from
- * their outcomes.
- * Every `acquire` waits for the server's answer (a round trip, granted by the script that queues
- * the caller when there is room). For the account pool's own lanes, see `AccountPool.makeRedis`.
+ * their outcomes. Every `acquire` waits for the server's answer (a round trip, granted by the
+ * script that queues the caller when there is room). For the account pool's own lanes, see
+ * `AccountPool.makeRedis`.
  *
  * @example
  * ```ts
