@@ -22,11 +22,13 @@ export interface Contender {
   readonly wallMs: number
   readonly cpuMs: number
   readonly maxRssMb: number
-  /** What the upstream saw: HTTP requests, 429s, clean answers, peak in flight (medians). */
+  /** What the upstream saw: HTTP requests, 429s, clean answers, peak in flight, connections (medians). */
   readonly received: number
   readonly rateLimited: number
   readonly completed: number
   readonly maxInFlight: number
+  /** TCP connections the upstream accepted (median). */
+  readonly connections: number
   /** Runs whose process failed or lost answers, with why. */
   readonly failures: ReadonlyArray<string>
 }
@@ -65,6 +67,7 @@ const summarize = (name: string, runs: ReadonlyArray<Run>): Contender => {
     rateLimited: of((r) => r.stats.rateLimited),
     completed: of((r) => r.stats.completed),
     maxInFlight: of((r) => r.stats.accounts["default"]?.maxInFlight ?? 0),
+    connections: of((r) => r.stats.connections),
     failures: runs.flatMap((r) =>
       r.measured.code === 0 && r.outputLines === settings.requests
         ? []

@@ -437,10 +437,11 @@ const batchCost = Effect.gen(function*() {
     String(c.received),
     String(c.rateLimited),
     `${c.completed}/${requests}`,
-    String(c.maxInFlight)
+    String(c.maxInFlight),
+    String(c.connections)
   ]
   yield* printTable(
-    ["client", "wall", "CPU", "CPU / request", "peak RSS", "sent", "429s", "answered", "peak in flight"],
+    ["client", "wall", "CPU", "CPU / request", "peak RSS", "sent", "429s", "answered", "peak in flight", "connections"],
     [row(report.weatherproof), row(report.plain)]
   )
   yield* busyWarning()

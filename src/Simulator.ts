@@ -337,6 +337,8 @@ export interface Stats {
   readonly unscheduled: number
   /** Requests whose client disconnected before the response ended (the server's own drops excluded). */
   readonly clientClosed: number
+  /** TCP connections the server accepted: a client that reuses its sockets opens about as many as it has calls in flight. */
+  readonly connections: number
   /** Every status sent, on any route. */
   readonly byStatus: Readonly<Record<number, number>>
   /** Faults injected. */

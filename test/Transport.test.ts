@@ -23,6 +23,7 @@ import type { ChatCompletionRequest } from "../src/ChatSchema.js"
 import * as Wire from "../src/internal/wire.js"
 import * as KeyPool from "../src/KeyPool.js"
 import * as MockUpstream from "../src/MockUpstream.js"
+import * as Simulator from "../src/Simulator.js"
 import * as Transport from "../src/Transport.js"
 import { contentOf, settle } from "./support/streams.js"
 import { destroySocket, type Handler, type RawServer, rawServer, reply, writeByteByByte, writeSlowly } from "./support/rawServer.js"
@@ -1194,6 +1195,21 @@ describe("Transport over loopback (undici, 127.0.0.1)", () => {
       // The mask is cut instead: the old order cut the key, then found nothing shaped like one in `sk-te`.
       expect(error.message).toContain(`${"x".repeat(194)} sk-**…`)
       expect(error.message).not.toContain("sk-te")
+    }))
+
+  it.scopedLive("a call sent as another's answer ends takes that answer's socket: calls in a row open about as many connections as run at once", () =>
+    Effect.gen(function*() {
+      const simulator = yield* Simulator.make({ limit: 1_000, queueDelay: 0, chunkDelay: 0 })
+      const key = Redacted.make(simulator.accounts[0]!.keys[0]!)
+      const transport = Transport.layer({ baseUrl: simulator.baseUrl, warmUp: 0 }).pipe(
+        Layer.provide(Layer.merge(Transport.nodeHttpClient(), KeyPool.layer([key])))
+      )
+      const inFlight = 16
+      // Each of 16 workers sends its next call as its last answer ends, before undici gives that socket back.
+      yield* Effect.provide(Effect.forEach(Array.from({ length: 400 }), () => create(), { concurrency: inFlight, discard: true }), transport)
+      const { completed, connections } = yield* simulator.stats
+      expect(completed).toBe(400)
+      expect(connections).toBeLessThanOrEqual(inFlight + 2)
     }))
 
   it.scopedLive("a socket destroyed mid-stream is TransportError body with the partial", () =>

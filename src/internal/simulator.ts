@@ -231,6 +231,7 @@ interface State {
     completed: number
     unscheduled: number
     clientClosed: number
+    connections: number
   }
   readonly byStatus: Record<number, number>
   readonly injected: Partial<Record<Simulator.Fault, number>>
@@ -355,7 +356,7 @@ const initialState = (options: Simulator.Options, clock: Clock.Clock): State => 
     models: servedModels(options),
     nowMs: () => clock.unsafeCurrentTimeMillis(),
     elapsedMs: () => clock.unsafeCurrentTimeMillis() - startedAt,
-    totals: { requests: 0, accepted: 0, rateLimited: 0, completed: 0, unscheduled: 0, clientClosed: 0 },
+    totals: { requests: 0, accepted: 0, rateLimited: 0, completed: 0, unscheduled: 0, clientClosed: 0, connections: 0 },
     byStatus: {},
     injected: {},
     completions: [],
@@ -1004,6 +1005,7 @@ export const make = (options: Simulator.Options): Effect.Effect<Simulator.Servic
       closeWhenIdle(req, res, state.settings.idleTimeoutMs)
       run(Effect.withClock(handle(state, req, res), clock))
     })
+    server.on("connection", () => state.totals.connections++)
     // Idle connections are closed by `closeWhenIdle`, unannounced, instead of Node's own timer.
     server.keepAliveTimeout = 0
     yield* listen(server, options.port ?? 0)

@@ -27,6 +27,7 @@ import type { CallOptions, Deadlines, Exchange, Service } from "../Transport.js"
 import * as BaseUrls from "./baseUrl.js"
 import * as Connector from "./connector.js"
 import { resolveLimits, Timeline, Watchdog } from "./deadlines.js"
+import { Exchanges } from "./exchange.js"
 import { retryAfterFromHeaders } from "./retryAfter.js"
 import * as SchemaFastPath from "./schemaFastPath.js"
 import * as SchemaIssues from "./schemaIssues.js"
@@ -546,7 +547,7 @@ export const nodeHttpClient = (settings: NodeHttpClientSettings): Effect.Effect<
         })
     ),
     ({ agent, connector }) =>
-      withUndici(NodeHttpClient.makeUndici(agent), { dispatcher: agent, preconnect: connector.preconnect })
+      withUndici(NodeHttpClient.makeUndici(agent), { exchanges: new Exchanges(agent), preconnect: connector.preconnect })
   )
 
 /** A transport over the `HttpClient` and `KeyPool` in context. */
@@ -561,7 +562,7 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
     const layerLimits = resolveLimits(settings.defaultDeadlines, settings.deadlines)
     const overClient = clientWire(client, url)
     const undici = undiciOf(client)
-    const overUndici = Option.map(undici, ({ dispatcher }) => undiciWire(dispatcher, url, new Watchdog()))
+    const overUndici = Option.map(undici, ({ exchanges }) => undiciWire(exchanges, url, new Watchdog()))
     if (Option.isSome(undici) && settings.warmUp > 0) undici.value.preconnect(new URL(url).origin, settings.warmUp)
 
     /**

@@ -20,10 +20,9 @@ import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
-import type { Dispatcher } from "undici"
 import type { DeadlineExceeded } from "../ApiError.js"
 import type { Timeline, Watchdog } from "./deadlines.js"
-import { Exchange } from "./exchange.js"
+import type { Exchange, Exchanges } from "./exchange.js"
 import * as ScopeFinalizer from "./scopeFinalizer.js"
 import type { Connector } from "./connector.js"
 
@@ -230,14 +229,14 @@ const callEnded = (watchdog: Watchdog, timeline: Timeline) =>
  * The transport's path over an undici dispatcher: POSTs to `url`, the deadlines enforced by
  * `watchdog`.
  */
-export const undiciWire = (dispatcher: Dispatcher, url: string, watchdog: Watchdog): Wire => {
+export const undiciWire = (exchanges: Exchanges, url: string, watchdog: Watchdog): Wire => {
   const { origin, pathname, search } = new URL(url)
   const path = pathname + search
   return {
     send: (body, authorization, timeline) =>
       Effect.suspend(() => {
         if (timeline.expired !== undefined) return Effect.fail(timeline.expired)
-        const exchange = Exchange.send(dispatcher, {
+        const exchange = exchanges.send({
           origin,
           path,
           method: "POST",
@@ -336,7 +335,7 @@ export const clientWire = (client: HttpClient.HttpClient, url: string): Wire => 
 
 /** What a transport needs of an `HttpClient` over undici to make its exchanges itself. */
 export interface Undici {
-  readonly dispatcher: Dispatcher
+  readonly exchanges: Exchanges
   /** Opens connections to an origin ahead of need. */
   readonly preconnect: Connector["preconnect"]
 }
