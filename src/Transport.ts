@@ -250,7 +250,10 @@ export interface NodeHttpClientOptions {
  * with no fiber, Node stream or timer per call. (While a tracer is installed, the transport goes
  * through the client, whose HTTP spans it then keeps; `@effect/platform-node` caps the wait for
  * response headers at one hour per request there.) A transport over it opens its connections
- * ahead of its first calls (`Options.warmUp`).
+ * ahead of its first calls (`Options.warmUp`), and about as many as it has calls in flight: undici
+ * gives a socket back to its pool only at the end of the event loop's turn after its answer, so a
+ * call sent meanwhile (a waiter taking the permit that answer freed) is held until then and takes
+ * that socket instead of connecting anew.
  *
  * @since 0.1.0
  * @category layers
