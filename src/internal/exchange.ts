@@ -83,11 +83,10 @@ class Origin {
     setImmediate(this.returned)
   }
 
+  /** A socket is back: the next request held, if any, takes it (no more are held than sockets coming back). */
   private readonly returned = (): void => {
     this.freeing--
-    // The last socket of the turn is back: the rest need connections of their own.
-    const next = this.freeing === 0 ? this.waiting.splice(0) : this.waiting.splice(0, 1)
-    for (const exchange of next) exchange.dispatch(this.dispatcher)
+    this.waiting.shift()?.dispatch(this.dispatcher)
   }
 }
 
