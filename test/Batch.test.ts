@@ -1774,22 +1774,24 @@ describe("Batch.run over an upstream that cannot be reached", () => {
       expect(upstream.received()).toEqual([])
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)), 15_000)
 
-  it.live("an output locked by another run is refused at once, without waiting for the warm-up's answer", () =>
+  it.scoped("an output locked by another run is refused at once, without waiting for the warm-up's answer", () =>
     Effect.gen(function*() {
       const ws = yield* workspace
       yield* ws.writeInput([request("l-1")])
       yield* ws.fs.writeFileString(`${ws.output}.lock`, JSON.stringify({ pid: process.pid, host: "another-host", since: "2020-01-01T00:00:00.000Z" }))
       const { calls, layer } = yield* double(ok)
       // An origin that drops packets: no answer before the connect timeout. Before, the run
-      // waited for it, then found the lock.
-      const stack = withPoolDouble(layer, { snapshot: Effect.succeed([]), unreachable: Effect.never })
-      const refused = yield* Effect.flip(Effect.timeoutFail(Batch.run(ws).pipe(Effect.provide(stack)), {
-        duration: "1 second",
-        onTimeout: () => new Error("the run waited for the warm-up before it looked at the lock")
-      }))
+      // waited for it, then found the lock: the race below then ends with `waited`.
+      const awaited = yield* Deferred.make<void>()
+      const unreachable = Effect.zipRight(Deferred.succeed(awaited, undefined), Effect.never)
+      const stack = withPoolDouble(layer, { snapshot: Effect.succeed([]), unreachable })
+      const refused = yield* Effect.raceFirst(
+        Effect.flip(Batch.run(ws).pipe(Effect.provide(stack))),
+        Effect.as(Deferred.await(awaited), "waited for the warm-up before it looked at the lock" as const)
+      )
       expect(refused).toMatchObject({ _tag: "OutputLocked", holder: { host: "another-host" } })
       expect(yield* Ref.get(calls)).toBe(0)
-    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
 
   it.scoped("a stop while the warm-up has not answered yet ends the run at once: nothing read or sent, the lock released", () =>
     Effect.gen(function*() {
