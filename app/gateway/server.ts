@@ -86,8 +86,13 @@ export interface Options {
   readonly statusInterval?: Duration.DurationInput | undefined
   /** Samples kept for the page. Default 300. */
   readonly statusSamples?: number | undefined
-  /** How long after a 429 the page's throttling banner stays up. Default 10 seconds. */
+  /** The page's throttling banner reads 429s over the last this long. Default 10 seconds. */
   readonly throttleWindow?: Duration.DurationInput | undefined
+  /**
+   * The banner shows while at least this share of an account's attempts in that window drew a 429
+   * (an adaptive limit's probes of a steady cap draw one in 48 or fewer). Default 0.05.
+   */
+  readonly throttleShare?: number | undefined
   /** Where to POST alerts; none by default. */
   readonly alerts?: Alerts.Options | undefined
 }
@@ -101,7 +106,8 @@ export const defaults = {
   maxWaiting: 4096,
   statusInterval: Duration.seconds(1),
   statusSamples: 300,
-  throttleWindow: Duration.seconds(10)
+  throttleWindow: Duration.seconds(10),
+  throttleShare: 0.05
 } as const
 
 /** "1 request", "2 requests". */
@@ -217,7 +223,8 @@ export const make = (
     const monitor = yield* Status.make(traffic, {
       interval: Duration.decode(options.statusInterval ?? defaults.statusInterval),
       keep: options.statusSamples ?? defaults.statusSamples,
-      throttleWindow: Duration.decode(options.throttleWindow ?? defaults.throttleWindow)
+      throttleWindow: Duration.decode(options.throttleWindow ?? defaults.throttleWindow),
+      throttleShare: options.throttleShare ?? defaults.throttleShare
     })
     if (options.alerts !== undefined) yield* Alerts.run(monitor, options.alerts, scrub)
 

@@ -69,7 +69,7 @@ export interface Sample {
   readonly models: ReadonlyArray<ModelSpend>
   readonly spend: { readonly costUsd: number; readonly budgetUsd: number | null; readonly remainingUsd: number | null }
   readonly banner: {
-    /** An account drew a 429 within the throttle window. */
+    /** An account is throttled: see `throttled`. */
     readonly throttling: boolean
     readonly outOfBalance: ReadonlyArray<string>
     /** Accounts whose origin cannot be connected to (`AccountStatus.reachable`). */
@@ -92,13 +92,49 @@ export interface Options {
   readonly interval: Duration.Duration
   /** Samples kept for the page. */
   readonly keep: number
-  /** How long after a 429 the throttling banner stays up. */
+  /** The window `throttled` reads 429s over. */
   readonly throttleWindow: Duration.Duration
+  /** The share of an account's attempts in that window that drew a 429 for it to be throttled. */
+  readonly throttleShare: number
 }
 
 /** Whether an account can serve a call now: its origin reachable, and serving or trying canaries. */
 export const canServe = ({ reachable, state }: Pick<AccountStatus, "reachable" | "state">): boolean =>
   reachable && (state === "serving" || state === "half_open")
+
+/** What `throttled` reads of an account: the attempts sent to it, and those of them that drew a 429. */
+export type AttemptCounts = Pick<AccountStatus, "name" | "succeeded" | "failed" | "rateLimited">
+
+/**
+ * The accounts the upstream throttles: at least `share` of the attempts sent to each since
+ * `before` drew a 429. An adaptive limit probes above a cap it holds at and draws a 429 for it
+ * every few rounds (about one attempt in `6 × limit`, at least 48; `ConcurrencyLimiter`): that is
+ * the limit at work, not throttling, and a banner on every 429 stood up for good on a gateway that
+ * served at its cap. An account missing from `before` counts from zero.
+ */
+export const throttled = (
+  before: ReadonlyArray<AttemptCounts>,
+  now: ReadonlyArray<AttemptCounts>,
+  share: number
+): ReadonlyArray<string> =>
+  now.flatMap((account) => {
+    const then = before.find((b) => b.name === account.name)
+    const rateLimited = account.rateLimited - (then?.rateLimited ?? 0)
+    const sent = account.succeeded + account.failed - (then === undefined ? 0 : then.succeeded + then.failed)
+    return rateLimited > 0 && rateLimited >= share * sent ? [account.name] : []
+  })
+
+/** The sample a window ending at `t` starts from: the newest at least `windowMs` old, else the oldest kept. */
+export const windowStart = <S extends { readonly t: number }>(
+  samples: ReadonlyArray<S>,
+  t: number,
+  windowMs: number
+): S | undefined => {
+  for (let i = samples.length - 1; i >= 0; i--) {
+    if (t - samples[i]!.t >= windowMs) return samples[i]
+  }
+  return samples[0]
+}
 
 const breakerLevel = (state: AccountStatus["state"]): number =>
   state === "open" ? 2 : state === "half_open" ? 1 : 0
@@ -153,7 +189,6 @@ export const make = (traffic: Traffic, options: Options): Effect.Effect<Monitor,
     const changes = yield* PubSub.sliding<Sample>(64)
     const throttleWindowMs = Duration.toMillis(options.throttleWindow)
     const history: Array<Sample> = []
-    const last429 = new Map<string, number>()
 
     const take = Effect.gen(function*() {
       const t = yield* Clock.currentTimeMillis
@@ -165,7 +200,6 @@ export const make = (traffic: Traffic, options: Options): Effect.Effect<Monitor,
       const accounts = statuses.map((status): AccountSample => {
         const before = previous?.accounts.find((a) => a.name === status.name)
         const new429s = before === undefined ? 0 : status.rateLimited - before.rateLimited
-        if (new429s > 0) last429.set(status.name, t)
         const lanes = status.models.map((lane): LaneSample => {
           // A lane that opened since the previous sample drew all its 429s since then.
           const laneBefore = before?.models.find((m) => m.model === lane.model)
@@ -201,7 +235,7 @@ export const make = (traffic: Traffic, options: Options): Effect.Effect<Monitor,
           remainingUsd: totals.budget?.remainingUsd ?? null
         },
         banner: {
-          throttling: Array.from(last429.values()).some((at) => t - at <= throttleWindowMs),
+          throttling: throttled(windowStart(history, t, throttleWindowMs)?.accounts ?? [], statuses, options.throttleShare).length > 0,
           outOfBalance: statuses.filter((s) => s.state === "out_of_balance").map((s) => s.name),
           unreachable: statuses.filter((s) => !s.reachable).map((s) => s.name),
           noAccountServing: !statuses.some(canServe),
