@@ -2,7 +2,8 @@
  * `GET /metrics` as Prometheus scrapes it, OTLP traces, and upstream keys: never in an answer,
  * a header, a metric, a span or a log line.
  */
-import { describe, expect, it } from "@effect/vitest"
+import { describe, expect, it, vi } from "@effect/vitest"
+import * as OtelApi from "@opentelemetry/api"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -19,6 +20,55 @@ import * as Wire from "../src/internal/wire.js"
 import { account, attempt, collect, openai, rawText, startGateway, upstreamLayer } from "./support/gateway.js"
 import { rawServer, reply } from "./support/rawServer.js"
 import type { Handler } from "./support/rawServer.js"
+
+/** Sets `env` in `process.env` for the scope (the OpenTelemetry exporters read it as they are made). */
+const scopedEnv = (env: Record<string, string>) =>
+  Effect.acquireRelease(
+    Effect.sync(() => {
+      const previous = Object.fromEntries(Object.keys(env).map((name) => [name, process.env[name]]))
+      Object.assign(process.env, env)
+      return previous
+    }),
+    (previous) =>
+      Effect.sync(() => {
+        for (const [name, value] of Object.entries(previous)) {
+          if (value === undefined) delete process.env[name]
+          else process.env[name] = value
+        }
+      })
+  )
+
+/** A context manager that carries a context into a synchronous callback, as an instrumented process's does. */
+class StackContextManager implements OtelApi.ContextManager {
+  private current: OtelApi.Context = OtelApi.ROOT_CONTEXT
+  active(): OtelApi.Context {
+    return this.current
+  }
+  with<A extends Array<unknown>, F extends (...args: A) => ReturnType<F>>(
+    context: OtelApi.Context,
+    fn: F,
+    thisArg?: ThisParameterType<F>,
+    ...args: A
+  ): ReturnType<F> {
+    const before = this.current
+    this.current = context
+    try {
+      return fn.call(thisArg, ...args)
+    } finally {
+      this.current = before
+    }
+  }
+  bind<T>(_context: OtelApi.Context, target: T): T {
+    return target
+  }
+  enable(): this {
+    return this
+  }
+  disable(): this {
+    this.current = OtelApi.ROOT_CONTEXT
+    return this
+  }
+}
 
 const model = "deepseek-v4-flash"
 /** The model the default pricing table's alias `model` names. */
@@ -351,17 +401,7 @@ describe("weatherproof serve, metrics and traces", () => {
   it.scopedLive("with OTEL_EXPORTER_OTLP_ENDPOINT, spans go out over OTLP: the server's and the client's, keys redacted, under OTEL_SERVICE_NAME", () =>
     Effect.gen(function*() {
       const collector = yield* rawServer(Array.from({ length: 8 }, () => reply(200, "{}")))
-      const env = { OTEL_EXPORTER_OTLP_ENDPOINT: collector.url, OTEL_SERVICE_NAME: "llm-gateway-eu" }
-      const previous = Object.fromEntries(Object.keys(env).map((name) => [name, process.env[name]]))
-      Object.assign(process.env, env)
-      yield* Effect.addFinalizer(() =>
-        Effect.sync(() => {
-          for (const [name, value] of Object.entries(previous)) {
-            if (value === undefined) delete process.env[name]
-            else process.env[name] = value
-          }
-        })
-      )
+      yield* scopedEnv({ OTEL_EXPORTER_OTLP_ENDPOINT: collector.url, OTEL_SERVICE_NAME: "llm-gateway-eu" })
       const sim = yield* Simulator.make()
       const accounts = [account("a", sim.baseUrl, [Simulator.defaultKey])]
       const scope = yield* Scope.make()
@@ -395,6 +435,38 @@ describe("weatherproof serve, metrics and traces", () => {
       expect(bodies).toContain("service.instance.id")
       const ledger = yield* Effect.provide(CostLedger, context)
       expect((yield* ledger.snapshot).total.requests).toBe(2)
+    }))
+
+  it.scoped("with spans on, a fiber's steps set no OpenTelemetry context that no context manager would carry; a registered one sees each span", () =>
+    Effect.gen(function*() {
+      const collector = yield* rawServer(Array.from({ length: 8 }, () => reply(200, "{}")))
+      yield* scopedEnv({ OTEL_EXPORTER_OTLP_ENDPOINT: collector.url })
+      const traced = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+        Effect.scoped(Effect.provide(effect, Telemetry.layer({ traces: true, metrics: false, exportIntervalMillis: 10_000 })))
+      // The span OpenTelemetry sees as active inside an Effect span, and the Effect span's own id.
+      const activeInSpan = Effect.withSpan(
+        Effect.zip(
+          Effect.sync(() => OtelApi.trace.getActiveSpan()?.spanContext().spanId),
+          Effect.map(Effect.currentSpan, (span) => span.spanId)
+        ),
+        "probe"
+      )
+      const contextSets = yield* Effect.acquireRelease(
+        Effect.sync(() => vi.spyOn(OtelApi.context, "with")),
+        (spy) => Effect.sync(() => spy.mockRestore())
+      )
+
+      const [unseen] = yield* traced(Effect.zipLeft(activeInSpan, Effect.yieldNow()))
+      expect(unseen).toBeUndefined()
+      // (The SDK's own calls, such as the exporter's, set no span.)
+      expect(contextSets.mock.calls.filter(([context]) => OtelApi.trace.getSpan(context) !== undefined)).toEqual([])
+
+      yield* Effect.acquireRelease(
+        Effect.sync(() => OtelApi.context.setGlobalContextManager(new StackContextManager())),
+        () => Effect.sync(() => OtelApi.context.disable())
+      )
+      const [seen, own] = yield* traced(activeInSpan)
+      expect(seen).toBe(own)
     }))
 
   it.effect("exports over OTLP each signal whose endpoint is set, its own or the generic one, unless its exporter is none", () =>
