@@ -247,9 +247,9 @@ export interface NodeHttpClientOptions {
  * It is `@effect/platform-node`'s undici client, which anything may use, and a transport made
  * over it sends its own calls on the same `Agent` directly: one undici dispatch per request, its
  * body handed over by undici's callbacks, and its deadlines kept by one watchdog per transport,
- * with no fiber, Node stream or timer per call. (While a tracer is installed, the transport goes
- * through the client, whose HTTP spans it then keeps; `@effect/platform-node` caps the wait for
- * response headers at one hour per request there.) A transport over it opens its connections
+ * with no fiber, Node stream or timer per call; while a tracer is installed, each in the HTTP
+ * client span the client would make (its name, attributes and redacted headers, the trace
+ * propagated upstream). A transport over it opens its connections
  * ahead of its first calls (`Options.warmUp`), and about as many as it has calls in flight: undici
  * gives a socket back to its pool only at the end of the event loop's turn after its answer, so a
  * call sent meanwhile (a waiter taking the permit that answer freed) is held until then and takes

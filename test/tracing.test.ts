@@ -5,8 +5,11 @@
  * weatherproof's; no key and no prompt or completion text unless the caller opted in.
  */
 import * as LanguageModel from "@effect/ai/LanguageModel"
+import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import * as NodeSdk from "@effect/opentelemetry/NodeSdk"
 import type * as HttpClient from "@effect/platform/HttpClient"
+import * as Http from "node:http"
+import type { AddressInfo } from "node:net"
 import { describe, expect, it } from "@effect/vitest"
 import { SpanKind, SpanStatusCode } from "@opentelemetry/api"
 import { InMemorySpanExporter, type ReadableSpan, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base"
@@ -26,7 +29,11 @@ import * as CostLedger from "../src/CostLedger.js"
 import * as GenAi from "../src/internal/genAi.js"
 import * as MockUpstream from "../src/MockUpstream.js"
 import * as Policy from "../src/Policy.js"
+import * as KeyPool from "../src/KeyPool.js"
 import * as Resilient from "../src/Resilient.js"
+import * as Simulator from "../src/Simulator.js"
+import * as Transport from "../src/Transport.js"
+import * as Wire from "../src/internal/wire.js"
 
 const keys = { a: "sk-trace-account-a-0123456789abcdef", b: "sk-trace-account-b-0123456789abcdef" }
 
@@ -364,4 +371,83 @@ describe("under @effect/ai", () => {
       }).pipe(Effect.provide(Layer.merge(model, tracing(exporter))))
     })
   }
+})
+
+describe("a traced call over Transport.nodeHttpClient", () => {
+  /** A loopback upstream answering each chat request at once, recording the `traceparent` each carried. */
+  const recordingUpstream = Effect.acquireRelease(
+    Effect.async<{ readonly server: Http.Server; readonly url: string; readonly traceparents: Array<string> }>((resume) => {
+      const traceparents: Array<string> = []
+      const server = Http.createServer((req, res) => {
+        let body = ""
+        req.on("data", (bytes) => (body += bytes))
+        req.on("end", () => {
+          traceparents.push(String(req.headers.traceparent))
+          // No Date header: the two clients' spans record the response's headers, which must not differ by the clock.
+          res.sendDate = false
+          if ((JSON.parse(body) as ChatCompletionRequest).stream === true) {
+            res.writeHead(200, { "content-type": "text/event-stream" }).end(Wire.sseBody(generation))
+          } else {
+            res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(Wire.completion(generation)))
+          }
+        })
+      })
+      server.listen(0, "127.0.0.1", () =>
+        resume(Effect.succeed({ server, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, traceparents })))
+    }),
+    ({ server }) =>
+      Effect.async<void>((resume) => {
+        server.close(() => resume(Effect.void))
+      })
+  )
+
+  const calls = {
+    create: Effect.flatMap(Transport.Transport, (transport) => transport.create(request)),
+    stream: Effect.flatMap(Transport.Transport, (transport) => ChatStream.fold(transport.stream(request)))
+  }
+
+  /** The spans of `call` over a transport on `client` to `url`. */
+  const spansOf = (url: string, client: Layer.Layer<HttpClient.HttpClient>, call: Effect.Effect<unknown, unknown, Transport.Transport>) => {
+    const exporter = new InMemorySpanExporter()
+    const transport = Transport.layer({ baseUrl: url, warmUp: 0 }).pipe(
+      Layer.provide(Layer.merge(client, KeyPool.layer([Redacted.make(keys.a)])))
+    )
+    return Effect.as(Effect.provide(call, Layer.merge(transport, tracing(exporter))), exporter.getFinishedSpans())
+  }
+
+  for (const [method, call] of Object.entries(calls)) {
+    it.scopedLive(`${method}: the exchange in the HTTP client span the platform's client makes, its trace sent upstream`, () =>
+      Effect.gen(function*() {
+        const upstream = yield* recordingUpstream
+        const ours = yield* spansOf(upstream.url, Transport.nodeHttpClient(), call)
+        const platforms = yield* spansOf(upstream.url, NodeHttpClient.layerUndici, call)
+        const Method = method === "create" ? "create" : "stream"
+        expect(render(ours)).toEqual([`weatherproof.Transport.${Method}`, "  http.client POST"])
+        expect(render(platforms)).toEqual(render(ours))
+        const [http] = byName(ours, "http.client POST")
+        const [platformHttp] = byName(platforms, "http.client POST")
+        expect(http!.kind).toBe(SpanKind.CLIENT)
+        expect(http!.attributes).toEqual(platformHttp!.attributes)
+        expect(http!.attributes["http.request.header.authorization"]).toBe("<redacted>")
+        const { spanId, traceId } = http!.spanContext()
+        expect(upstream.traceparents[0]).toBe(`00-${traceId}-${spanId}-01`)
+        expect(leaks(ours, [keys.a])).toEqual([])
+      }))
+  }
+
+  it.scopedLive("opens about as many connections as calls run at once, as an untraced one does", () =>
+    Effect.gen(function*() {
+      const simulator = yield* Simulator.make({ limit: 1_000, queueDelay: 0, chunkDelay: 0, accounts: { a: { keys: [keys.a] } } })
+      const inFlight = 16
+      // Each of 16 workers sends its next call as its last answer ends, before undici gives that socket back.
+      const spans = yield* spansOf(
+        simulator.baseUrl,
+        Transport.nodeHttpClient(),
+        Effect.forEach(Array.from({ length: 400 }), () => calls.create, { concurrency: inFlight, discard: true })
+      )
+      expect(byName(spans, "http.client POST")).toHaveLength(400)
+      const { completed, connections } = yield* simulator.stats
+      expect(completed).toBe(400)
+      expect(connections).toBeLessThanOrEqual(inFlight + 2)
+    }))
 })

@@ -37,7 +37,7 @@ import * as StreamPull from "./streamPull.js"
 import { causeChain, clipped, connectionFailure, parseJson, quotedBody } from "./text.js"
 import { assertValid } from "./options.js"
 import { isTraced } from "./tracing.js"
-import { clientWire, type Reads, type Reply, undiciOf, undiciWire, type Wire, withUndici } from "./transportWires.js"
+import { clientWire, inClientSpans, type Reads, type Reply, undiciOf, undiciWire, type Wire, withUndici } from "./transportWires.js"
 
 /** What `make` needs: `Transport.Options` with defaults applied. */
 export interface Settings {
@@ -563,12 +563,14 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
     const overClient = clientWire(client, url)
     const undici = undiciOf(client)
     const overUndici = Option.map(undici, ({ exchanges }) => undiciWire(exchanges, url, new Watchdog()))
+    const traced = Option.getOrElse(Option.map(overUndici, (wire) => inClientSpans(wire, url)), () => overClient)
     if (Option.isSome(undici) && settings.warmUp > 0) undici.value.preconnect(new URL(url).origin, settings.warmUp)
 
     /**
-     * A call's wire: its own undici exchanges when the client is `nodeHttpClient`'s and no tracer
-     * would receive the HTTP spans, else the client's requests (in a span of the transport's when
-     * traced; with the client's spans off when not, as they would go nowhere).
+     * A call's wire: its own undici exchanges when the client is `nodeHttpClient`'s, else the
+     * client's requests (with the client's spans off when untraced, as they would go nowhere);
+     * `undefined` when traced: then `traced`, the exchanges in the client's HTTP spans, in a span
+     * of the transport's.
      */
     const wireOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>) =>
       isTraced(fiber) ? undefined : Option.getOrElse(overUndici, () => overClient)
@@ -675,7 +677,7 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
       request.messages.length === 0 ? Effect.fail(noMessages) : Effect.withFiberRuntime((fiber) => {
         const wire = wireOf(fiber)
         if (wire === undefined) {
-          return Effect.withSpan(createTold(overClient, request, options), "weatherproof.Transport.create", attributesOf(request))
+          return Effect.withSpan(createTold(traced, request, options), "weatherproof.Transport.create", attributesOf(request))
         }
         // Only the client's requests make spans: the undici exchanges need no tracer turned off.
         return wire === overClient
@@ -711,7 +713,7 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
           const wire = wireOf(fiber)
           return wire === undefined
             ? StreamPull.openingOf(Stream.withSpan(
-              StreamPull.fromOpening(streamOn(overClient, request, options)),
+              StreamPull.fromOpening(streamOn(traced, request, options)),
               "weatherproof.Transport.stream",
               attributesOf(request)
             ))
