@@ -18,6 +18,7 @@ import { CostLedger, defaultPricing } from "../src/CostLedger.js"
 import * as Simulator from "../src/Simulator.js"
 import * as Wire from "../src/internal/wire.js"
 import { account, attempt, collect, openai, rawText, startGateway, upstreamLayer } from "./support/gateway.js"
+import { capturingLogs, type Logged } from "./support/logs.js"
 import { rawServer, reply } from "./support/rawServer.js"
 import type { Handler } from "./support/rawServer.js"
 
@@ -467,6 +468,27 @@ describe("weatherproof serve, metrics and traces", () => {
       )
       const [seen, own] = yield* traced(activeInSpan)
       expect(seen).toBe(own)
+    }))
+
+  it.scopedLive("an export the collector refuses is a warning in the log (the SDK drops it otherwise), the same one once a minute at most", () =>
+    Effect.gen(function*() {
+      const collector = yield* rawServer(Array.from({ length: 8 }, () => reply(400, JSON.stringify({ error: "bad payload" }))))
+      yield* scopedEnv({ OTEL_EXPORTER_OTLP_ENDPOINT: collector.url })
+      const logs: Array<Logged> = []
+      // A batch of 512 spans goes out at once; the collector refuses each.
+      const batch = Effect.forEach(Array.from({ length: 512 }), () => Effect.withSpan(Effect.void, "refused"), { discard: true })
+      const exported = (n: number) =>
+        Effect.repeat(Effect.sync(() => collector.received().length), { until: (received) => received >= n, schedule: Schedule.spaced("10 millis") })
+      yield* Effect.scoped(Effect.gen(function*() {
+        yield* batch
+        yield* Effect.timeout(exported(1), "5 seconds")
+        yield* batch
+        yield* Effect.timeout(exported(2), "5 seconds")
+      }).pipe(Effect.provide(Telemetry.layer({ traces: true, metrics: false, exportIntervalMillis: 10_000 })), capturingLogs(logs)))
+      const warnings = logs.filter((log) => log.level === "WARN").map((log) => log.message)
+      expect(collector.received().length).toBe(2)
+      expect(warnings).toEqual(["OpenTelemetry: OTLPExporterError: Bad Request (HTTP 400)"])
+      expect(warnings[0]).not.toContain("\n    at ")
     }))
 
   it.effect("exports over OTLP each signal whose endpoint is set, its own or the generic one, unless its exporter is none", () =>

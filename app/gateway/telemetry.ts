@@ -20,10 +20,13 @@ import { type MetricProducer, type MetricReader, PeriodicExportingMetricReader }
 import { BatchSpanProcessor } from "@opentelemetry/sdk-trace-base"
 import * as Crypto from "node:crypto"
 import * as Config from "effect/Config"
+import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import * as Runtime from "effect/Runtime"
 import * as Tracer from "effect/Tracer"
 
 export interface Service {
@@ -144,6 +147,57 @@ const withoutIdleContextHook: Layer.Layer<never> = Layer.unwrapEffect(Effect.map
     ? Layer.empty
     : Layer.setTracer(Tracer.make({ span: (...args) => tracer.span(...args), context: (execute) => execute() }))))
 
+/** An exception as the SDK reports it (its JSON), without the stack: its name, message and HTTP status (a string there). */
+const exceptionText = (text: string): string => {
+  try {
+    const { code, message, name } = JSON.parse(text) as { readonly code?: unknown; readonly message?: unknown; readonly name?: unknown }
+    if (message === undefined) return text
+    const status = /^\d{3}$/.test(String(code)) ? ` (HTTP ${String(code)})` : ""
+    return `${name === undefined ? "" : `${String(name)}: `}${String(message)}${status}`
+  } catch {
+    return text
+  }
+}
+
+/** What the SDK reports, in one line. */
+const diagnosticText = (args: ReadonlyArray<unknown>): string =>
+  args.map((arg) => typeof arg === "string" ? exceptionText(arg) : String(arg)).join(" ")
+
+/** How long the same diagnostic waits before it is logged again. */
+const diagnosticQuiet = Duration.minutes(1)
+
+/** Diagnostics remembered for `diagnosticQuiet`; beyond this many, the memory starts over. */
+const diagnosticsKept = 256
+
+/**
+ * OpenTelemetry's own warnings and errors in the gateway's log, each message once a minute at
+ * most (its numbers aside: "Dropped 12 spans" and "Dropped 40 spans" are one): an export the
+ * collector refused or never got. With no diagnostic logger the SDK drops them, and a wrong
+ * endpoint was silent.
+ */
+const layerDiagnostics: Layer.Layer<never> = Layer.scopedDiscard(Effect.gen(function*() {
+  const runtime = yield* Effect.runtime<never>()
+  const lastLogged = new Map<string, number>()
+  const log = (...args: Array<unknown>): void => {
+    const text = diagnosticText(args)
+    const key = text.replace(/\d+/g, "#")
+    Runtime.runSync(runtime)(Effect.flatMap(Clock.currentTimeMillis, (now) => {
+      const last = lastLogged.get(key)
+      if (last !== undefined && now - last < Duration.toMillis(diagnosticQuiet)) return Effect.void
+      if (lastLogged.size >= diagnosticsKept) lastLogged.clear()
+      lastLogged.set(key, now)
+      return Effect.logWarning(`OpenTelemetry: ${text}`)
+    }))
+  }
+  const ignore = (): void => undefined
+  yield* Effect.acquireRelease(
+    Effect.sync(() =>
+      OtelApi.diag.setLogger({ error: log, warn: log, info: ignore, debug: ignore, verbose: ignore }, OtelApi.DiagLogLevel.WARN)
+    ),
+    () => Effect.sync(() => OtelApi.diag.disable())
+  )
+}))
+
 /**
  * The exporters: Prometheus always, OTLP of the signals `otlp` names (the exporters read their
  * endpoints and headers, `OTEL_EXPORTER_OTLP_*`, themselves).
@@ -176,5 +230,6 @@ export const layer = (otlp: Otlp): Layer.Layer<Telemetry> => {
     traced: otlp.traces
   }
   const traced = otlp.traces ? Layer.provideMerge(withoutIdleContextHook, sdk) : sdk
-  return Layer.merge(Layer.succeed(Telemetry, service), Layer.provideMerge(metrics, traced))
+  const diagnosed = otlp.traces || otlp.metrics ? Layer.provideMerge(traced, layerDiagnostics) : traced
+  return Layer.merge(Layer.succeed(Telemetry, service), Layer.provideMerge(metrics, diagnosed))
 }
