@@ -1849,6 +1849,32 @@ describe("Batch.run over the account pool, keys in failures", () => {
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 })
 
+describe("Batch.run over the account pool, a line's body", () => {
+  it.scoped("integers beyond 2^53 reach the upstream digit for digit, streamed or not", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      const exact = `"seed":12345678901234567891,"logit_bias":{"50256":-9007199254740993}`
+      const line = (id: string, stream: boolean) =>
+        `{"custom_id":"${id}","method":"POST","url":"/v1/chat/completions","body":{"model":"deepseek-v4-flash","messages":[{"role":"user","content":"12345678901234567891"}],"stream":${stream},${exact}}}`
+      yield* ws.writeInput([line("plain", false), line("streamed", true)])
+      const answer = { id: "cmpl-x", model: "deepseek-v4-flash", content: "ok", usage: wire.usage({ promptTokens: 1, completionTokens: 1 }) }
+      const reply: Handler = async (_, response, body) => {
+        const streamed = body.includes("\"stream\":true")
+        response.writeHead(200, { "content-type": streamed ? "text/event-stream" : "application/json" })
+        response.end(streamed ? wire.chunks(answer).map(wire.sseData).join("") + wire.sseData("[DONE]") : JSON.stringify(wire.completion(answer)))
+      }
+      const upstream = yield* rawServer([reply, reply])
+      const stack = Batch.layerAccounts([Demo.demoAccount(upstream.url)], { ledger: CostLedger.layer(), router: Router.layerDefault })
+      expect(yield* Batch.run(ws).pipe(Effect.provide(stack))).toMatchObject({ succeeded: 2, failed: 0 })
+      const sent = upstream.received()
+      expect(sent).toHaveLength(2)
+      for (const { body } of sent) {
+        expect(body).toContain(exact)
+        expect(JSON.parse(body).messages[0].content).toBe("12345678901234567891")
+      }
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+})
+
 describe("Batch.run over a cap far below its limit", () => {
   it.live("a burst of 429s from a limit far above the cap is retried at the limiter's pace, not starved by the retry budget", () =>
     Effect.gen(function*() {

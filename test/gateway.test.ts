@@ -194,6 +194,25 @@ describe("weatherproof serve, with the openai client", () => {
       expect(sent.response_format).toEqual(responseFormat)
     }))
 
+  it.scopedLive("integers beyond 2^53 reach the upstream digit for digit (an int64 seed, a logit bias)", () =>
+    Effect.gen(function*() {
+      const upstream = yield* rawServer([
+        reply(200, JSON.stringify(Wire.completion(generation("ok")))),
+        sseHandler(generation("ok"))
+      ])
+      const gateway = yield* startGateway([account("a", upstream.url, [upstreamKey])])
+      const exact = `"seed":12345678901234567891,"logit_bias":{"50256":-9007199254740993},"x_ids":[9007199254740993,1.5]`
+      const body = (stream: boolean) =>
+        `{"model":"${model}","messages":[{"role":"user","content":"12345678901234567891"}],"stream":${stream},${exact}}`
+      for (const stream of [false, true]) {
+        expect((yield* post(gateway.url, body(stream), { "content-type": "application/json" })).status).toBe(200)
+      }
+      for (const sent of upstream.received()) {
+        expect(sent.body).toContain(exact)
+        expect(JSON.parse(sent.body).messages[0].content).toBe("12345678901234567891")
+      }
+    }))
+
   it.scopedLive("CRLF, no-space and byte-split SSE from upstream arrive whole", () =>
     Effect.gen(function*() {
       const g = generation("the whole answer, intact", { reasoningContent: "a thought" })

@@ -32,6 +32,7 @@ import { ChatCompletionRequest } from "../../src/ChatSchema.js"
 import type { Priority } from "../../src/ConcurrencyLimiter.js"
 import { Resilient } from "../../src/Resilient.js"
 import type { CallOptions } from "../../src/Resilient.js"
+import * as ExactJson from "../../src/internal/exactJson.js"
 import * as SchemaFastPath from "../../src/internal/schemaFastPath.js"
 import * as SchemaIssues from "../../src/internal/schemaIssues.js"
 import { withModelLeftToRouter } from "../../src/internal/routedModel.js"
@@ -181,7 +182,7 @@ const readJson = (request: HttpServerRequest.HttpServerRequest): Effect.Effect<u
       }
       if (text === "") return resume(Effect.fail(empty))
       try {
-        resume(Effect.succeed(JSON.parse(text)))
+        resume(Effect.succeed(ExactJson.parse(text)))
       } catch {
         resume(Effect.fail(notJson))
       }

@@ -17,6 +17,7 @@ import { Task } from "../Router.js"
 import type { Deadlines } from "../Transport.js"
 import type { NumberedLine } from "./batchFiles.js"
 import * as DurationTexts from "./durationText.js"
+import * as ExactJson from "./exactJson.js"
 import { withModelLeftToRouter } from "./routedModel.js"
 import * as SchemaFastPath from "./schemaFastPath.js"
 import * as SchemaIssues from "./schemaIssues.js"
@@ -139,11 +140,14 @@ const withBodyModelLeftToRouter = (line: unknown): unknown => {
   return body === line.body ? line : { ...line, body }
 }
 
+/** A line's JSON, its integers kept exactly (sent as written), or none when it is not JSON. */
+const parseLine = Option.liftThrowable(ExactJson.parse)
+
 /** Parses one non-blank input line. Never fails: a bad line is `Invalid`. */
 export const parseInputLine = (line: NumberedLine): InputItem => {
   const { lineNumber, text } = line
   if (text === undefined) return invalidWithoutId(lineNumber, unreadableMessages[line.unreadable])
-  const parsed = parseJson(text)
+  const parsed = parseLine(text)
   if (Option.isNone(parsed)) return invalidWithoutId(lineNumber, "line is not valid JSON")
   const json = parsed.value
   const notAnObject = notARequestObject(json)

@@ -5,6 +5,8 @@
  * @internal
  */
 
+import { ExactInteger } from "./exactJson.js"
+
 const noNames: ReadonlySet<string> = new Set()
 
 /**
@@ -14,7 +16,7 @@ const noNames: ReadonlySet<string> = new Set()
  * named `properties` keeps its order, which a model follows. Arrays keep their order; properties
  * whose value is `undefined` are left out, and `undefined` in an array becomes `null`, exactly as
  * `JSON.stringify` does, so `{ a: undefined }` and `{}` serialise alike. Strings and numbers are
- * written by `JSON.stringify` (lone surrogates escaped, `-0` as `0`).
+ * written by `JSON.stringify` (lone surrogates escaped, `-0` as `0`), an `ExactInteger` as its digits.
  */
 export const canonicalJson = (value: unknown, schemas: ReadonlySet<string> = noNames): string =>
   canonical(value, schemas, false, false)
@@ -23,6 +25,7 @@ const canonical = (value: unknown, schemas: ReadonlySet<string>, inSchema: boole
   if (Array.isArray(value)) {
     return `[${value.map((item) => (item === undefined ? "null" : canonical(item, noNames, inSchema, false))).join(",")}]`
   }
+  if (value instanceof ExactInteger) return value.digits
   if (value !== null && typeof value === "object") {
     const record = value as Readonly<Record<string, unknown>>
     const names = Object.keys(record).filter((name) => record[name] !== undefined)

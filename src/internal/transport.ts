@@ -27,6 +27,7 @@ import type { CallOptions, Deadlines, Exchange, Service } from "../Transport.js"
 import * as BaseUrls from "./baseUrl.js"
 import * as Connector from "./connector.js"
 import { resolveLimits, Timeline, Watchdog } from "./deadlines.js"
+import * as ExactJson from "./exactJson.js"
 import { Exchanges } from "./exchange.js"
 import { retryAfterFromHeaders } from "./retryAfter.js"
 import * as SchemaFastPath from "./schemaFastPath.js"
@@ -649,7 +650,7 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
     const send = (wire: Wire, body: unknown, timeline: Timeline) =>
       Effect.flatMap(
         keyPool.acquire,
-        (credential) => attempt(wire, JSON.stringify(body), timeline, credential, settings.staleConnectionRetries)
+        (credential) => attempt(wire, ExactJson.stringify(body), timeline, credential, settings.staleConnectionRetries)
       )
 
     const createOn = (wire: Wire, request: ChatSchema.ChatCompletionRequest, options: CallOptions | undefined) =>
