@@ -73,6 +73,13 @@ describe("ExactJson", () => {
     })
   })
 
+  it("a client's string shaped like the stand-in of an exact integer stays a string", () => {
+    const text = `{"seed":12345678901234567891,"content":"\\u0000weatherproof-exact-integer:42"}`
+    const read = ExactJson.parse(text)
+    expect(read).toStrictEqual({ seed: new ExactJson.ExactInteger("12345678901234567891"), content: "\u0000weatherproof-exact-integer:42" })
+    expect(ExactJson.stringify(read)).toBe(text)
+  })
+
   it("throws on text that is not JSON, as JSON.parse does", () => {
     expect(() => ExactJson.parse("{\"seed\": 12345678901234567891")).toThrow(SyntaxError)
   })

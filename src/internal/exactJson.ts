@@ -7,6 +7,7 @@
  *
  * @internal
  */
+import { randomUUID } from "node:crypto"
 
 /** An integer of the read text that no double holds exactly: its digits, written back as they were. */
 export class ExactInteger {
@@ -22,8 +23,11 @@ export class ExactInteger {
   }
 }
 
-/** Starts the string an `ExactInteger` stands in as while parsed and written: a NUL no printable text starts with. */
-const mark = "\u0000weatherproof-exact-integer:"
+/**
+ * Starts the string an `ExactInteger` stands in as while parsed and written. Drawn at random for
+ * the process, which never shows it: no client's string can be taken for one.
+ */
+const mark = `\u0000exact-integer-${randomUUID()}:`
 
 /** The mark as JSON writes it inside a string. */
 const markInJson = JSON.stringify(mark).slice(1, -1)
