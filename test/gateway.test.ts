@@ -207,6 +207,7 @@ describe("weatherproof serve, with the openai client", () => {
       for (const stream of [false, true]) {
         expect((yield* post(gateway.url, body(stream), { "content-type": "application/json" })).status).toBe(200)
       }
+      expect(upstream.received()).toHaveLength(2)
       for (const sent of upstream.received()) {
         expect(sent.body).toContain(exact)
         expect(JSON.parse(sent.body).messages[0].content).toBe("12345678901234567891")
