@@ -1392,16 +1392,21 @@ const unreadableAfter = (path: string, lines: number, failed: Effect.Effect<unkn
 
 /**
  * Waits, a macrotask at a time, for `condition`: the run's file work is real I/O, which the
- * TestClock does not drive. Bounded by 10 s of real time (a loaded machine can take a while).
+ * TestClock does not drive. Bounded by 10 s of real time (a loaded machine can take a while);
+ * `state` says, in the failure, where things stood then.
  */
-const waitUntil = (condition: Effect.Effect<boolean, unknown>, withinMillis = 10_000) =>
+const waitUntil = (
+  condition: Effect.Effect<boolean, unknown>,
+  withinMillis = 10_000,
+  state: Effect.Effect<string> = Effect.succeed("")
+) =>
   Effect.gen(function*() {
     const deadline = performance.now() + withinMillis
     while (performance.now() < deadline) {
       if (yield* Effect.orElseSucceed(condition, () => false)) return
       yield* Effect.promise(() => new Promise((resolve) => setImmediate(resolve)))
     }
-    return yield* Effect.die(new Error("waitUntil: the condition never held"))
+    return yield* Effect.die(new Error(`waitUntil: the condition never held ${yield* state}`))
   })
 
 /** The pid of a process that has ended. */
@@ -1542,12 +1547,18 @@ describe("Batch.run stop and drain", () => {
         const answered = Math.min(answeredFirst, count)
         // Lines from `answered` on are held (in flight until the drain timeout interrupts them).
         const held = new Set(ids.slice(answered))
-        const { run, stop, written, ws } = yield* stoppable(ids, held, concurrency)
-        yield* waitUntil(Effect.map(Ref.get(written), (n) => n === answered))
+        const { inFlight, run, stop, written, ws } = yield* stoppable(ids, held, concurrency)
+        const state = Effect.map(
+          Effect.all([Ref.get(written), Ref.get(inFlight), TestClock.sleeps()]),
+          ([n, holding, sleeps]) =>
+            `(${count} lines, ${answered} to answer, concurrency ${concurrency}: ${n} written, ${holding} held, ` +
+            `${sleeps.length} sleeps, the run ${run.unsafePoll() === null ? "running" : "ended"})`
+        )
+        yield* waitUntil(Effect.map(Ref.get(written), (n) => n === answered), undefined, state)
         yield* Deferred.succeed(stop, undefined)
         if (held.size > 0) {
           // A stop before the first line is read (while compacting) ends the run with no drain.
-          yield* waitUntil(Effect.map(TestClock.sleeps(), (sleeps) => run.unsafePoll() !== null || sleeps.length > 0))
+          yield* waitUntil(Effect.map(TestClock.sleeps(), (sleeps) => run.unsafePoll() !== null || sleeps.length > 0), undefined, state)
           if (run.unsafePoll() === null) yield* TestClock.adjust(Batch.defaultDrainTimeout)
         }
         const first = yield* Fiber.join(run)
