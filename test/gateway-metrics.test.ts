@@ -11,6 +11,7 @@ import * as Logger from "effect/Logger"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
+import * as TestClock from "effect/TestClock"
 import * as Exit from "effect/Exit"
 import * as Gateway from "../app/gateway/server.js"
 import * as Telemetry from "../app/gateway/telemetry.js"
@@ -489,6 +490,28 @@ describe("weatherproof serve, metrics and traces", () => {
       expect(collector.received().length).toBe(2)
       expect(warnings).toEqual(["OpenTelemetry: OTLPExporterError: Bad Request (HTTP 400)"])
       expect(warnings[0]).not.toContain("\n    at ")
+    }))
+
+  it.scoped("OpenTelemetry's diagnostics: one message is logged again once a minute has passed, its numbers aside (TestClock)", () =>
+    Effect.gen(function*() {
+      yield* scopedEnv({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://127.0.0.1:9" })
+      const logs: Array<Logged> = []
+      const warnings = () => logs.filter((log) => log.level === "WARN").map((log) => log.message)
+      yield* Effect.scoped(Effect.gen(function*() {
+        OtelApi.diag.warn("Dropped 12 spans")
+        OtelApi.diag.warn("Dropped 40 spans")
+        OtelApi.diag.error("export failed")
+        expect(warnings()).toEqual(["OpenTelemetry: Dropped 12 spans", "OpenTelemetry: export failed"])
+        yield* TestClock.adjust("59 seconds")
+        OtelApi.diag.warn("Dropped 7 spans")
+        expect(warnings()).toHaveLength(2)
+        yield* TestClock.adjust("1 second")
+        OtelApi.diag.warn("Dropped 7 spans")
+        expect(warnings()).toEqual(["OpenTelemetry: Dropped 12 spans", "OpenTelemetry: export failed", "OpenTelemetry: Dropped 7 spans"])
+      }).pipe(Effect.provide(Telemetry.layer({ traces: true, metrics: false, exportIntervalMillis: 10_000 })), capturingLogs(logs)))
+      // Gone with the gateway: the SDK's diagnostics are no longer the gateway's.
+      OtelApi.diag.warn("Dropped 99 spans")
+      expect(warnings()).toHaveLength(3)
     }))
 
   it.effect("exports over OTLP each signal whose endpoint is set, its own or the generic one, unless its exporter is none", () =>
