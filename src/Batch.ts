@@ -354,8 +354,8 @@ export interface Options {
   readonly callOptions?: CallOptions | undefined
   /**
    * Called once the input's lines are counted (read once more, beside the run: the first line
-   * does not wait for it), then after every line; for an input read once (a pipe), after every
-   * line, with no total.
+   * does not wait for it; a run that reads the input whole first counts the lines it read), then
+   * after every line; for an input read once (a pipe), after every line, with no total.
    */
   readonly onProgress?: ((progress: Progress) => Effect.Effect<void>) | undefined
   /**
@@ -866,7 +866,8 @@ export const run = (
     const send = sender(yield* Resilient, yield* Router, options.callOptions ?? { priority: "batch" }, nextId, scrub)
     let tally = emptyTally
     // A file is counted beside the run, not before its first line (a large one takes seconds):
-    // progress is reported once the count is known, then after every line. An input read once
+    // progress is reported once the count is known (or the run has read the file whole, the lines
+    // read being the count, should the run be ahead), then after every line. An input read once
     // cannot be counted: its progress, with no total, is reported from the start.
     let total: number | undefined
     let reporting = inputKind === "once"
@@ -874,15 +875,20 @@ export const run = (
       !reporting || options.onProgress === undefined
         ? Effect.void
         : options.onProgress({ total, succeeded: t.succeeded, failed: t.failed, skipped: t.skipped })
+    const counted = (lines: number) =>
+      Effect.suspend(() => {
+        if (inputKind === "once" || total !== undefined) return Effect.void
+        total = lines
+        reporting = true
+        return report(tally)
+      })
     // Reported at once too: while every call of the run waits, its progress still shows.
     yield* report(tally)
     if (options.onProgress !== undefined && inputKind === "file") {
-      yield* Effect.forkScoped(Effect.flatMap(Effect.option(Files.countLines(fs, input)), (counted) => {
-        if (Option.isNone(counted)) return Effect.void
-        total = counted.value
-        reporting = true
-        return report(tally)
-      }))
+      yield* Effect.forkScoped(Effect.flatMap(Effect.option(Files.countLines(fs, input)), Option.match({
+        onNone: () => Effect.void,
+        onSome: counted
+      })))
     }
 
     const file = yield* fs.open(output, { flag: "a" }).pipe(Effect.mapError(outputError(options.output)))
@@ -938,9 +944,14 @@ export const run = (
             )
         }
       }
+      let read = 0
       yield* Files.lines(fs, input, inputKind).pipe(
         Stream.interruptWhen(Deferred.await(stopped)),
-        Stream.runForEach((line) => take(decide(Lines.parseInputLine(line)))),
+        Stream.runForEach((line) => {
+          read++
+          return take(decide(Lines.parseInputLine(line)))
+        }),
+        Effect.zipRight(Effect.unlessEffect(Effect.suspend(() => counted(read)), Deferred.isDone(stopped))),
         Effect.catchAll((error) => abort(inputError(input)(error), stops.stop))
       )
       yield* Effect.raceFirst(readAhead.idle, FiberSet.join(sending))

@@ -535,6 +535,18 @@ describe("Batch.run", () => {
       expect(seen[seen.length - 1]).toEqual({ total: 3, succeeded: 2, failed: 1, skipped: 0 })
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
+  it.scoped("a run that ends before its input is counted reports its progress, the lines it read being the total", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput([request("a"), "oops", request("b")])
+      const seen: Array<Batch.Progress> = []
+      const onProgress: Batch.Options["onProgress"] = (p) => Effect.sync(() => seen.push(p))
+      yield* runWith(ok, { ...ws, onProgress }).pipe(Effect.provide(firstReadNeverEnds(ws.input)))
+      expect(seen.length).toBeGreaterThan(0)
+      expect(seen.every((p) => p.total === 3)).toBe(true)
+      expect(seen[seen.length - 1]).toEqual({ total: 3, succeeded: 2, failed: 1, skipped: 0 })
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
   it.scoped("reads a pipe once, in order, and reports its progress from the start, with no total", () =>
     Effect.gen(function*() {
       const ws = yield* workspace
@@ -1352,11 +1364,6 @@ describe("Batch.run output file", () => {
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 })
 
-/**
- * A file system whose reading of `path` fails with EIO after `lines` lines (the first pass of a
- * line count aside), running `failed` then.
- */
-/** The file system it is given, but reading `path` gives its first chunk, tells `reading`, then waits forever. */
 /** Reads of `path` stall after the first (`reading` told), until `resume` if given, else for good. */
 const stallsAfterFirstRead = (path: string, reading: Deferred.Deferred<void>, resume: Effect.Effect<void> = Effect.never) =>
   Layer.effect(
@@ -1371,6 +1378,10 @@ const stallsAfterFirstRead = (path: string, reading: Deferred.Deferred<void>, re
     }))
   )
 
+/**
+ * A file system whose reading of `path` fails with EIO after `lines` lines (the first pass of a
+ * line count aside), running `failed` then.
+ */
 const unreadableAfter = (path: string, lines: number, failed: Effect.Effect<unknown>) =>
   Layer.effect(
     FileSystem.FileSystem,
@@ -1388,6 +1399,16 @@ const unreadableAfter = (path: string, lines: number, failed: Effect.Effect<unkn
           ))
         )
     }))
+  )
+
+/** The first read of `path` (a run's line count: it starts before the run reads) never ends. */
+const firstReadNeverEnds = (path: string) =>
+  Layer.effect(
+    FileSystem.FileSystem,
+    Effect.map(FileSystem.FileSystem, (fs) => {
+      let reads = 0
+      return { ...fs, stream: (at, options) => at === path && reads++ === 0 ? Stream.never : fs.stream(at, options) }
+    })
   )
 
 /**
