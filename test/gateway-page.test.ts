@@ -102,6 +102,10 @@ describe.skipIf(!present)(title, () => {
 
       yield* waitFor(page, "throttling banner", "document.getElementById('banner').textContent.includes('DeepSeek is throttling')")
       expect(yield* attempt(() => page.locator("#banner").isVisible())).toBe(true)
+      // It names the accounts throttled.
+      expect(yield* attempt(() => page.locator("#banner").textContent())).toMatch(
+        /DeepSeek is throttling: requests are queued and will resume \(accounts? [ab](, [ab])?\)\./
+      )
       yield* waitFor(page, "in-flight chart follows the burst", "window.__gateway.samples.some((s) => s.gateway.active > 0)")
       // More calls than both accounts' permits: the queue charts and the lanes table show them.
       yield* waitFor(page, "queued calls shown", "window.__gateway.samples.some((s) => s.accounts.some((a) => a.queued > 0))")

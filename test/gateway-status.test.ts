@@ -77,7 +77,7 @@ describe("the throttling banner", () => {
   const refused = (n: number) =>
     Effect.acquireUseRelease(Effect.sync(() => (upstream.refusing = true)), () => calls(n), () => Effect.sync(() => (upstream.refusing = false)))
 
-  it.scoped("stays down for a probe's lone 429 among many answers, stands while a share is refused, and falls once the window holds none", () =>
+  it.scoped("stays down for a probe's lone 429 among many answers, stands (naming the account) while a share is refused, and falls once the window holds none", () =>
     Effect.gen(function*() {
       const monitor = yield* Status.make(new Traffic(), {
         interval: Duration.seconds(1),
@@ -91,21 +91,21 @@ describe("the throttling banner", () => {
       yield* calls(99)
       yield* refused(1)
       yield* second
-      expect(yield* banner).toBe(false)
+      expect(yield* banner).toEqual([])
 
       yield* calls(30)
       yield* refused(10)
       yield* second
-      expect(yield* banner).toBe(true)
+      expect(yield* banner).toEqual(["a"])
 
       // Answers since: the window still holds the refusals, then no longer.
       for (let s = 0; s < 9; s++) {
         yield* calls(10)
         yield* second
       }
-      expect(yield* banner).toBe(true)
+      expect(yield* banner).toEqual(["a"])
       yield* calls(10)
       yield* TestClock.adjust("2 seconds")
-      expect(yield* banner).toBe(false)
+      expect(yield* banner).toEqual([])
     }).pipe(Effect.provide(layer)))
 })

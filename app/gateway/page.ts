@@ -109,7 +109,11 @@ function banner(latest) {
       ": it is down or cannot be reached; this page reconnects on its own, and what it shows is from then.");
   }
   if (latest.draining) messages.push("The gateway is shutting down: running requests finish, new ones are refused.");
-  if (latest.banner.throttling) messages.push("DeepSeek is throttling: requests are queued and will resume.");
+  const throttled = latest.banner.throttling;
+  if (throttled.length > 0) {
+    messages.push("DeepSeek is throttling: requests are queued and will resume (account" + (throttled.length > 1 ? "s " : " ") +
+      throttled.join(", ") + ").");
+  }
   for (const name of latest.banner.outOfBalance) {
     messages.push("Account " + name + " is out of balance: its calls go to the other accounts until it is topped up.");
   }

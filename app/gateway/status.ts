@@ -69,8 +69,8 @@ export interface Sample {
   readonly models: ReadonlyArray<ModelSpend>
   readonly spend: { readonly costUsd: number; readonly budgetUsd: number | null; readonly remainingUsd: number | null }
   readonly banner: {
-    /** An account is throttled: see `throttled`. */
-    readonly throttling: boolean
+    /** The accounts throttled: see `throttled`. */
+    readonly throttling: ReadonlyArray<string>
     readonly outOfBalance: ReadonlyArray<string>
     /** Accounts whose origin cannot be connected to (`AccountStatus.reachable`). */
     readonly unreachable: ReadonlyArray<string>
@@ -235,7 +235,7 @@ export const make = (traffic: Traffic, options: Options): Effect.Effect<Monitor,
           remainingUsd: totals.budget?.remainingUsd ?? null
         },
         banner: {
-          throttling: throttled(windowStart(history, t, throttleWindowMs)?.accounts ?? [], statuses, options.throttleShare).length > 0,
+          throttling: throttled(windowStart(history, t, throttleWindowMs)?.accounts ?? [], statuses, options.throttleShare),
           outOfBalance: statuses.filter((s) => s.state === "out_of_balance").map((s) => s.name),
           unreachable: statuses.filter((s) => !s.reachable).map((s) => s.name),
           noAccountServing: !statuses.some(canServe),
