@@ -1302,6 +1302,7 @@ export const makeWith = <R>(
      * Says when an account's breaker opens, is isolated, or closes again: its calls wait or go
      * elsewhere meanwhile, which a caller otherwise sees only as slow answers.
      */
+    const elsewhere = members.length > 1 ? "go to another account or " : ""
     const logBreaker = (member: Member, before: Option.Option<CircuitBreaker.State>, state: CircuitBreaker.State) => {
       const prefix = `AccountPool: account ${member.name}'s circuit breaker`
       switch (state._tag) {
@@ -1311,7 +1312,7 @@ export const makeWith = <R>(
           const lastFailure = lastFailureOf(member)
           const cause = lastFailure === undefined ? "" : `; its last failure: ${lastFailure}`
           return Effect.logWarning(
-            `${prefix} opened${trips}: its calls go to another account or wait until it half-opens in ${
+            `${prefix} opened${trips}: its calls ${elsewhere}wait until it half-opens in ${
               Duration.format(Duration.millis(state.until - state.since))
             }${cause}`
           )
