@@ -1298,11 +1298,12 @@ export const makeWith = <R>(
         } satisfies AccountStatus
       }))
 
+    // Where an open account's calls go meanwhile: a pool of one has nowhere else.
+    const elsewhere = members.length > 1 ? "go to another account or " : ""
     /**
      * Says when an account's breaker opens, is isolated, or closes again: its calls wait or go
      * elsewhere meanwhile, which a caller otherwise sees only as slow answers.
      */
-    const elsewhere = members.length > 1 ? "go to another account or " : ""
     const logBreaker = (member: Member, before: Option.Option<CircuitBreaker.State>, state: CircuitBreaker.State) => {
       const prefix = `AccountPool: account ${member.name}'s circuit breaker`
       switch (state._tag) {
