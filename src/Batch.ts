@@ -870,16 +870,15 @@ export const run = (
     // read being the count, should the run be ahead), then after every line. An input read once
     // cannot be counted: its progress, with no total, is reported from the start.
     let total: number | undefined
-    let reporting = inputKind === "once"
+    const uncounted = () => inputKind === "file" && total === undefined
     const report = (t: Tally) =>
-      !reporting || options.onProgress === undefined
+      uncounted() || options.onProgress === undefined
         ? Effect.void
         : options.onProgress({ total, succeeded: t.succeeded, failed: t.failed, skipped: t.skipped })
     const counted = (lines: number) =>
       Effect.suspend(() => {
-        if (inputKind === "once" || total !== undefined) return Effect.void
+        if (!uncounted()) return Effect.void
         total = lines
-        reporting = true
         return report(tally)
       })
     // Reported at once too: while every call of the run waits, its progress still shows.
