@@ -118,10 +118,11 @@ export class BatchError extends Data.TaggedError("BatchError")<{
  * disk, a lost mount) or the input could no longer be read. Nothing more was sent after the
  * failure. An output failure stops the run at once (the calls on the wire are dropped: their
  * answers could not be written); an input failure drains it as `Options.stop` does, so the
- * answers on the wire are written. `summary` is the run until then (`interrupted`); `unwritten`
- * counts the results of this run whose write failed or never started (part of a failed write may
- * have reached the file). Every line without a whole result in the file is processed again when
- * the run resumes, once the file can be written (or read) again.
+ * answers on the wire are written. `summary` is the run until then (`interrupted`), its counts
+ * those of the results in the file; `unwritten` counts the results of this run not in the file
+ * whole (one of them may lie torn at its end, where the resume drops it). Every line without a
+ * whole result in the file is processed again when the run resumes, once the file can be written
+ * (or read) again.
  *
  * @since 0.1.0
  * @category errors
@@ -135,7 +136,9 @@ export class BatchAborted extends Data.TaggedError("BatchAborted")<{
   override get message(): string {
     const unwritten = this.unwritten === 0
       ? ""
-      : `; up to ${this.unwritten} ${this.unwritten === 1 ? "result" : "results"} received in this run were not written`
+      : `; ${this.unwritten} ${this.unwritten === 1 ? "result" : "results"} received in this run ${
+        this.unwritten === 1 ? "was" : "were"
+      } not written`
     return `${this.error.message}; the run stopped, nothing more was sent${unwritten}`
   }
 }

@@ -1261,7 +1261,7 @@ describe("Batch.run output file", () => {
       expect(aborted.message).toContain(`cannot write output ${ws.output}: ENOSPC: no space left on device, write`)
       expect(aborted.summary.interrupted).toBe(true)
       expect(aborted.unwritten).toBeGreaterThan(0)
-      expect(aborted.message).toContain(`up to ${aborted.unwritten} result`)
+      expect(aborted.message).toContain(`; ${aborted.unwritten} result`)
       // Nothing is sent once a write failed: what was in flight then, no more.
       expect(aborted.summary.spend.attempts).toBeLessThanOrEqual(aborted.summary.succeeded + aborted.unwritten + 4)
       expect(yield* ws.fs.exists(`${ws.output}.lock`)).toBe(false)
@@ -1273,12 +1273,53 @@ describe("Batch.run output file", () => {
           return false
         }
       }).length
+      // The summary counts the results in the file, a torn last one not among them.
+      expect(aborted.summary.succeeded + aborted.summary.failed).toBe(kept)
       const resumed = yield* runWith(ok, ws)
       expect(resumed.calls).toBe(ids.length - kept)
       const lines = yield* ws.readOutput
       expect([...countBy(lines).values()].every((n) => n === 1)).toBe(true)
       expect(lines.map((l) => l.custom_id).sort()).toEqual([...ids].sort())
     }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it.effect("a write that fails halfway counts the items it landed whole as written, and no other", () =>
+    Effect.gen(function*() {
+      const noSpace = new SystemError({
+        reason: "Unknown",
+        module: "FileSystem",
+        method: "write",
+        description: "ENOSPC: no space left on device, write"
+      })
+      const firstWrite = yield* Deferred.make<void>()
+      let free = 10
+      let writes = 0
+      /** Lands what fits of `buffer` on a disk of 10 bytes, the first write once `firstWrite` is done. */
+      const land = (buffer: Uint8Array) =>
+        Effect.zipRight(
+          writes++ === 0 ? Deferred.await(firstWrite) : Effect.void,
+          Effect.sync(() => {
+            const fits = Math.min(free, buffer.length)
+            free -= fits
+            return fits
+          })
+        )
+      const file = {
+        write: (buffer: Uint8Array) =>
+          Effect.flatMap(land(buffer), (fits) => fits === 0 ? Effect.fail(noSpace) : Effect.succeed(FileSystem.Size(fits))),
+        writeAll: (buffer: Uint8Array) =>
+          Effect.flatMap(land(buffer), (fits) => fits < buffer.length ? Effect.fail(noSpace) : Effect.void)
+      } as unknown as FileSystem.File
+      const written: Array<string> = []
+      const append = Files.appender(file, (item: string) => `${item}\n`, (item) => Effect.sync(() => written.push(item)))
+      const first = yield* Effect.fork(append("one"))
+      yield* Effect.yieldNow()
+      yield* append("two")
+      yield* append("three")
+      yield* Deferred.succeed(firstWrite, undefined)
+      expect(yield* Effect.flip(Fiber.join(first))).toBe(noSpace)
+      // "one\n" lands whole, then "two\n" whole and "th" of "three\n" in the one write that fails.
+      expect(written).toEqual(["one", "two"])
+    }))
 
   it.scoped("a stop while the output is compacted ends the run at once, the output as it was and no temporary file", () =>
     Effect.gen(function*() {

@@ -274,16 +274,55 @@ export const countLines = (fs: FileSystem.FileSystem, path: string): Effect.Effe
 
 const encoder = new TextEncoder()
 
-/** Writes text in one call; not interrupted halfway, so no line is torn by an interrupt. */
+/** A write that failed after `landed` of its bytes reached the file. */
+interface ShortWrite {
+  readonly error: PlatformError
+  readonly landed: number
+}
+
+/** A write that landed nothing and did not fail: retried, it would never end (`writeAll` fails too). */
+const writeZero = (file: FileSystem.File): PlatformError =>
+  new SystemError({
+    module: "FileSystem",
+    method: "write",
+    reason: "WriteZero",
+    pathOrDescriptor: file.fd,
+    description: "write returned 0 bytes written"
+  })
+
+/** Writes `bytes` from `from` on, in as many calls as the file takes, counting what lands. */
+const writeFrom = (file: FileSystem.File, bytes: Uint8Array, from: number): Effect.Effect<void, ShortWrite> =>
+  from === bytes.length ? Effect.void : Effect.matchEffect(file.write(bytes.subarray(from)), {
+    onFailure: (error) => Effect.fail({ error, landed: from }),
+    onSuccess: (size) =>
+      Number(size) === 0
+        ? Effect.fail({ error: writeZero(file), landed: from })
+        : writeFrom(file, bytes, from + Number(size))
+  })
+
+/** Writes text whole (a short write goes on); not interrupted, so no line is torn by an interrupt. */
 export const writeText = (file: FileSystem.File, text: string): Effect.Effect<void, PlatformError> =>
-  text.length === 0 ? Effect.void : Effect.uninterruptible(file.writeAll(encoder.encode(text)))
+  text.length === 0
+    ? Effect.void
+    : Effect.uninterruptible(Effect.mapError(writeFrom(file, encoder.encode(text), 0), (short) => short.error))
+
+/** How many of `texts`, written one after another, lie whole within the first `bytes` bytes. */
+const wholeWithin = (texts: ReadonlyArray<string>, bytes: number): number => {
+  let end = 0
+  for (let i = 0; i < texts.length; i++) {
+    end += encoder.encode(texts[i]).length
+    if (end > bytes) return i
+  }
+  return texts.length
+}
 
 /**
  * Appends items to `file` in the order they are submitted, as many in one write as are waiting
  * (group commit): a submitter that finds no write under way writes every pending item, and those
  * submitted meanwhile, until none is left; the others return at once. `written` follows each
- * write for each of its items, in order. Nothing waits on a lock, and the writing is not
- * interrupted, so a submitted item is written even when its submitter is interrupted.
+ * write for each of its items, in order; a write that fails partway (a full disk) is followed by
+ * `written` for the items it landed whole, then fails. Nothing waits on a lock, and the writing
+ * is not interrupted, so a submitted item is written even when its submitter is interrupted.
  */
 export const appender = <A>(
   file: FileSystem.File,
@@ -299,10 +338,15 @@ export const appender = <A>(
     }
     const items = pending
     pending = []
-    return writeText(file, items.map(encode).join("")).pipe(
-      Effect.zipRight(Effect.forEach(items, written, { discard: true })),
-      Effect.zipRight(writePending)
-    )
+    const texts = items.map(encode)
+    return Effect.matchEffect(writeFrom(file, encoder.encode(texts.join("")), 0), {
+      onFailure: ({ error, landed }) =>
+        Effect.zipRight(
+          Effect.forEach(items.slice(0, wholeWithin(texts, landed)), written, { discard: true }),
+          Effect.fail(error)
+        ),
+      onSuccess: () => Effect.zipRight(Effect.forEach(items, written, { discard: true }), writePending)
+    })
   })
   return (item) =>
     Effect.suspend(() => {

@@ -9,7 +9,7 @@ const noSpace = (method: string) =>
 /**
  * The file system it is given, but `paths` (and the files beside each, named `<path>.<suffix>`)
  * live on a small disk of `capacity` bytes, as a full disk does to them: a write lands what fits,
- * then fails with ENOSPC; a whole-file write truncates the file first, as the real call does.
+ * the next fails with ENOSPC; a whole-file write truncates the file first, as the real call does.
  */
 export const layerFullDisk = (
   paths: ReadonlyArray<string>,
@@ -28,11 +28,10 @@ export const layerFullDisk = (
       }
       const filling = (file: FileSystem.File): FileSystem.File =>
         Object.assign(Object.create(file) as FileSystem.File, {
-          writeAll: (buffer: Uint8Array) => {
-            const { fits, whole } = take(buffer.length)
-            // Node's writeAll refuses to write nothing.
-            const written = fits === 0 ? Effect.void : file.writeAll(buffer.subarray(0, fits))
-            return whole ? written : Effect.zipRight(written, Effect.fail(noSpace("write")))
+          // As write(2) does: a short write of what fits, ENOSPC once nothing does.
+          write: (buffer: Uint8Array) => {
+            const { fits } = take(buffer.length)
+            return fits === 0 ? Effect.fail(noSpace("write")) : file.write(buffer.subarray(0, fits))
           }
         })
       return {
