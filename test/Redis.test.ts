@@ -103,6 +103,9 @@ describe.skipIf(!redisServerPresent)(skipMessage("Redis"), () => {
       const failed = yield* Effect.flip(redis.command("GET", [redis.key("x")]))
       expect(failed._tag).toBe("RedisError")
       expect(failed.operation).toBe("GET")
+      // Said as an operator reads it, not as ioredis words its offline queue's refusal.
+      expect(failed.reason).toBe("the connection is down")
+      expect(failed.message).toBe("Redis GET failed: the connection is down")
       yield* server.start
       yield* awaitReady(redis, true)
       expect(yield* redis.command("GET", [redis.key("x")])).toBe(null)

@@ -165,8 +165,14 @@ export const make = (options: Options): Effect.Effect<Service, RedisUnavailable,
     client.on("ready", setReady(true))
     client.on("close", setReady(false))
 
+    // While the connection is down ioredis refuses a command in its own terms ("Stream isn't
+    // writeable and enableOfflineQueue options is false"): the reason says what an operator acts on.
     const run = <A>(operation: string, send: () => Promise<A>): Effect.Effect<A, RedisError> =>
-      Effect.tryPromise({ try: send, catch: (cause) => new RedisError({ operation, reason: reasonOf(cause) }) })
+      Effect.tryPromise({
+        try: send,
+        catch: (cause) =>
+          new RedisError({ operation, reason: client.status === "ready" ? reasonOf(cause) : "the connection is down" })
+      })
 
     const script = (lua: string) => {
       const sha = createHash("sha1").update(lua).digest("hex")
