@@ -32,7 +32,12 @@ export interface Deadlines {
    * call is accepted (a 200), then `total` bounds it (DeepSeek closes a request it never schedules).
    */
   readonly firstContent: Duration.DurationInput
-  /** Longest gap between two content events. Default 120 seconds. */
+  /**
+   * Longest gap between two content events. Default 120 seconds. A non-streaming answer's
+   * keep-alive blank lines count before its body: DeepSeek sends them until it, so once they
+   * came, silence this long is a stuck connection (an upstream that sends none after its 200 is
+   * bounded by `total` alone).
+   */
   readonly idle: Duration.DurationInput
   /** The whole call. Default 30 minutes. */
   readonly total: Duration.DurationInput

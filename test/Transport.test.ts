@@ -913,6 +913,27 @@ describe("Transport deadlines (TestClock)", () => {
       expect((yield* Fiber.join(answered)).choices[0]?.message.content).toBe(generation.content)
     }).pipe(Effect.provide(setup([generatedFor12Minutes]))))
 
+  it.effect("idle: a non-streaming answer whose keep-alive blank lines stop is stuck: it fails 120 s after the last one", () =>
+    Effect.gen(function*() {
+      const fiber = yield* Effect.fork(Effect.flip(create()))
+      yield* TestClock.adjust("149 seconds")
+      expect(Option.isNone(yield* Fiber.poll(fiber))).toBe(true)
+      yield* TestClock.adjust("1 second")
+      expect(Option.isSome(yield* Fiber.poll(fiber))).toBe(true)
+      const error = yield* Fiber.join(fiber)
+      expect(error).toMatchObject({ _tag: "DeadlineExceeded", reason: "idle", partial: { events: 0 } })
+      expect(error._tag === "DeadlineExceeded" && Duration.toSeconds(error.after)).toBe(120)
+    }).pipe(Effect.provide(setup([
+      MockUpstream.parts([{ delay: "30 seconds", text: "\n" }, { delay: "1 hour", text: JSON.stringify(Wire.completion(generation)) }])
+    ]))))
+
+  it.effect("idle: a non-streaming answer that sends no keep-alive after its headers (not DeepSeek's way) is not cut by it", () =>
+    Effect.gen(function*() {
+      const answered = yield* Effect.fork(create())
+      yield* TestClock.adjust("5 minutes")
+      expect((yield* Fiber.join(answered)).choices[0]?.message.content).toBe(generation.content)
+    }).pipe(Effect.provide(setup([MockUpstream.completion(generation, { delay: "5 minutes" })]))))
+
   it.effect("total: cuts a non-streaming answer that blank lines keep alive", () =>
     Effect.gen(function*() {
       const fiber = yield* Effect.fork(Effect.flip(create({ deadlines: { total: "5 minutes" } })))
@@ -1163,6 +1184,20 @@ describe("Transport over loopback (undici, 127.0.0.1)", () => {
       const error = yield* Effect.flip(Effect.provide(stalled, loopback(server))).pipe(Effect.timeout("10 seconds"))
       expect(error).toMatchObject({ _tag: "DeadlineExceeded", reason: "idle", partial: { events: 1 } })
       expect(ApiError.deliveredOutput(error)).toBe(true)
+    }))
+
+  it.scopedLive("a non-streaming answer whose keep-alive blank lines stop fails at the idle deadline, carrying that nothing began", () =>
+    Effect.gen(function*() {
+      const server = yield* rawServer([async (_, response) => {
+        response.writeHead(200, { "content-type": "application/json" })
+        response.write("\n")
+        await new Promise((resolve) => response.once("close", resolve))
+      }])
+      const stalled = create({ deadlines: { firstContent: "1 minute", idle: "200 millis" } })
+      // Bounded: without the idle deadline, the call would end only at the total one.
+      const error = yield* Effect.flip(Effect.provide(stalled, loopback(server))).pipe(Effect.timeout("10 seconds"))
+      expect(error).toMatchObject({ _tag: "DeadlineExceeded", reason: "idle", partial: { events: 0 } })
+      expect(ApiError.deliveredOutput(error)).toBe(false)
     }))
 
   it.scopedLive("a 200 web page (a base URL that reaches a web server) is a final MalformedResponse quoting it, stream or not", () =>

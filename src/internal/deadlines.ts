@@ -61,14 +61,17 @@ interface Due {
 const startedCompletion: PartialOutput = { ...emptyPartial, events: 1 }
 
 /**
- * Mutable, owned by one call. Keep-alive bytes never touch it: only content moves the
- * first-content and idle anchors.
+ * Mutable, owned by one call. Keep-alive bytes never move the first-content deadline: content
+ * moves the first-content and idle anchors. Only a non-streaming answer's keep-alive blank lines
+ * move the idle anchor (see `keepAliveArrived`).
  */
 export class Timeline {
   private headersAt: number | undefined
   private firstContentAt: number | undefined
   private firstContentReported = false
   private idleFrom = 0
+  /** A `wholeBody` answer sent a keep-alive blank line after its headers: its silence is watched. */
+  private keptAlive = false
   /** Set after a stream's last event: its rest is read until `end`, then abandoned. */
   private drain: { readonly end: number; readonly millis: number } | undefined
   /** Whether the call waits for the upstream now; the watchdog applies the deadlines only then. */
@@ -98,8 +101,9 @@ export class Timeline {
   /**
    * Starts the timeline of a call now. A `wholeBody` answer (not streamed) has its content only
    * once generated, at the end: once accepted, the first-content deadline would cut a generation
-   * longer than it (and each retry would be cut and billed again). `total` bounds it instead; a
-   * request DeepSeek never schedules is closed by DeepSeek (a blank body).
+   * longer than it (and each retry would be cut and billed again). `total` bounds it instead, and
+   * `idle` its silence once keep-alives came (see `keepAliveArrived`); a request DeepSeek never
+   * schedules is closed by DeepSeek (a blank body).
    */
   static start(limits: Limits, observers: Observers | undefined, wholeBody = false): Effect.Effect<Timeline> {
     return Effect.clockWith((clock) =>
@@ -121,6 +125,17 @@ export class Timeline {
   markContent(now: number): void {
     this.idleFrom = now
     this.firstContentAt ??= now
+  }
+
+  /**
+   * A non-streaming answer's keep-alive blank line arrived at `now`. DeepSeek sends them until the
+   * body, through the queue and the generation alike: once they have come, silence for the idle
+   * deadline means the connection or the server is stuck. An upstream that sends none after its
+   * headers (its body is generated meanwhile) is never cut this way: the total deadline bounds it.
+   */
+  keepAliveArrived(now: number): void {
+    this.keptAlive = true
+    this.idleFrom = now
   }
 
   /** Whether any content (not keep-alive) arrived yet. */
@@ -177,20 +192,23 @@ export class Timeline {
     if (drain !== undefined) {
       return { end: drain.end, exceeded: () => new DeadlineExceeded({ reason: "idle", after: Duration.millis(drain.millis), partial: this.partialOutput() }) }
     }
-    const beforeContent = this.firstContentAt === undefined
-    const phaseLimit = !beforeContent
+    // Before content, a non-streaming answer past its headers waits for its body (see `start`):
+    // the idle deadline watches its silence once keep-alives came, and nothing else.
+    const awaitingFirstContent = this.firstContentAt === undefined &&
+      !(this.wholeBody && this.headersAt !== undefined)
+    const phaseLimit = awaitingFirstContent
+      ? this.limits.firstContent
+      : this.firstContentAt !== undefined || this.keptAlive
       ? this.limits.idle
-      : this.wholeBody && this.headersAt !== undefined
-      ? Infinity
-      : this.limits.firstContent
-    const phaseEnd = (beforeContent ? this.startedAt : this.idleFrom) + phaseLimit
+      : Infinity
+    const phaseEnd = (awaitingFirstContent ? this.startedAt : this.idleFrom) + phaseLimit
     const totalEnd = this.startedAt + this.limits.total
     const phaseFirst = phaseEnd <= totalEnd
     return {
       end: Math.min(phaseEnd, totalEnd),
       exceeded: () =>
         new DeadlineExceeded({
-          reason: phaseFirst ? (beforeContent ? "first_content" : "idle") : "total",
+          reason: phaseFirst ? (awaitingFirstContent ? "first_content" : "idle") : "total",
           after: Duration.millis(phaseFirst ? phaseLimit : this.limits.total),
           partial: this.partialOutput()
         })

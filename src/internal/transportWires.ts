@@ -101,7 +101,7 @@ const hasContent = (bytes: Uint8Array): boolean => {
 
 /**
  * Collects a non-streaming body: the reads from the first one with content on, decoded; the
- * time of each read with content goes to the timeline.
+ * time of each read goes to the timeline, as content or as a keep-alive before it.
  */
 const bodyCollector = (timeline: Timeline) => {
   const utf8 = new TextDecoder()
@@ -112,6 +112,7 @@ const bodyCollector = (timeline: Timeline) => {
     add: (bytes: Uint8Array): boolean => {
       const content = hasContent(bytes)
       if (content) timeline.markContent(timeline.now())
+      else if (!started) timeline.keepAliveArrived(timeline.now())
       started ||= content
       if (started) text += utf8.decode(bytes, { stream: true })
       return content
@@ -179,9 +180,10 @@ class UndiciReply implements Reply {
 
   /**
    * The reads up to the first with content (keep-alive blank lines before it), then the rest at
-   * once under the idle deadline: the first content brings the call's deadline nearer than the
-   * watchdog's next wake (the first-content deadline), so it is told (`waitFor`), unless the body
-   * has ended already (the common case: nothing is left to wait for, and no sleeper to move).
+   * once under the idle deadline: the first content, or keep-alives, bring the call's deadline
+   * nearer than the watchdog's next wake (the first-content deadline, or none), so it is told
+   * (`waitFor`), unless the body has ended already (the common case: nothing is left to wait for,
+   * and no sleeper to move).
    */
   get completionText(): Effect.Effect<string, BodyBroken | DeadlineExceeded> {
     const { exchange, timeline, watchdog } = this
@@ -192,7 +194,11 @@ class UndiciReply implements Reply {
         if (reads.length === 0) return Effect.void
         let content = false
         for (const bytes of reads) content = body.add(bytes) || content
-        return !content ? untilContent : exchange.isEnded ? rest : watchdog.waitFor(timeline, rest)
+        return !content
+          ? watchdog.waitFor(timeline, untilContent)
+          : exchange.isEnded
+          ? rest
+          : watchdog.waitFor(timeline, rest)
       })
       return untilContent.pipe(
         Effect.mapError(brokenOr(timeline)),
