@@ -159,8 +159,8 @@ export class MalformedResponse extends TaggedError("MalformedResponse")<{
  * A deadline passed, measured by Effect's `Clock`:
  * - `first_content`: no content event since the request was sent (keep-alive bytes do not
  *   count; DeepSeek closes unscheduled requests after about 10 minutes);
- * - `idle`: too long between two content events (a stalled stream), or a non-streaming
- *   answer's keep-alive blank lines stopped before its body (a stuck connection);
+ * - `idle`: too long between two content events (a stalled stream), or keep-alives stopped
+ *   before the first content (a stuck connection);
  * - `total`: the whole call took too long.
  *
  * @since 0.1.0

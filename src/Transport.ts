@@ -33,10 +33,11 @@ export interface Deadlines {
    */
   readonly firstContent: Duration.DurationInput
   /**
-   * Longest gap between two content events. Default 120 seconds. A non-streaming answer's
-   * keep-alive blank lines count before its body: DeepSeek sends them until it, so once they
-   * came, silence this long is a stuck connection (an upstream that sends none after its 200 is
-   * bounded by `total` alone).
+   * Longest gap between two content events. Default 120 seconds. Before the first content,
+   * keep-alives count (a stream's comments, a non-streaming answer's blank lines): DeepSeek sends
+   * them until the content, so once they came, silence this long is a stuck connection. An
+   * upstream that sends none is bounded by `firstContent` (a stream) or `total` (a non-streaming
+   * answer past its 200) alone.
    */
   readonly idle: Duration.DurationInput
   /** The whole call. Default 30 minutes. */

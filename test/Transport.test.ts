@@ -900,6 +900,19 @@ describe("Transport deadlines (TestClock)", () => {
       expect(error && "after" in error && Duration.toMinutes(error.after)).toBe(10)
     }).pipe(Effect.provide(setup([MockUpstream.sse(keepAlivesForAnHour)]))))
 
+  it.effect("idle: a stream whose keep-alive comments stop before its first content is stuck: it fails 120 s after the last one", () =>
+    Effect.gen(function*() {
+      const fiber = yield* Effect.fork(drain())
+      yield* TestClock.adjust("149 seconds")
+      expect(Option.isNone(yield* Fiber.poll(fiber))).toBe(true)
+      yield* TestClock.adjust("1 second")
+      expect(Option.isSome(yield* Fiber.poll(fiber))).toBe(true)
+      const { error } = yield* Fiber.join(fiber)
+      expect(error).toMatchObject({ _tag: "DeadlineExceeded", reason: "idle", partial: { events: 0 } })
+    }).pipe(Effect.provide(setup([
+      MockUpstream.sse([{ delay: "30 seconds", text: Wire.sseKeepAlive }, ...MockUpstream.events(generation, { delay: "1 hour" })])
+    ]))))
+
   // A non-streaming answer's content comes whole once generated: 12 minutes of blank lines, then its JSON.
   const generatedFor12Minutes = MockUpstream.parts([
     ...Array.from({ length: 24 }, (): MockUpstream.Part => ({ delay: "30 seconds", text: "\n" })),
@@ -1198,6 +1211,19 @@ describe("Transport over loopback (undici, 127.0.0.1)", () => {
       const error = yield* Effect.flip(Effect.provide(stalled, loopback(server))).pipe(Effect.timeout("10 seconds"))
       expect(error).toMatchObject({ _tag: "DeadlineExceeded", reason: "idle", partial: { events: 0 } })
       expect(ApiError.deliveredOutput(error)).toBe(false)
+    }))
+
+  it.scopedLive("a stream whose keep-alive comments stop before its first content fails at the idle deadline", () =>
+    Effect.gen(function*() {
+      const server = yield* rawServer([async (_, response) => {
+        response.writeHead(200, { "content-type": "text/event-stream" })
+        response.write(Wire.sseKeepAlive)
+        await new Promise((resolve) => response.once("close", resolve))
+      }])
+      const stalled = drain({ deadlines: { firstContent: "1 minute", idle: "200 millis" } })
+      // Bounded: without the idle deadline, the call would end only at the first-content one.
+      const { error } = yield* Effect.provide(stalled, loopback(server)).pipe(Effect.timeout("10 seconds"))
+      expect(error).toMatchObject({ _tag: "DeadlineExceeded", reason: "idle", partial: { events: 0 } })
     }))
 
   it.scopedLive("a 200 web page (a base URL that reaches a web server) is a final MalformedResponse quoting it, stream or not", () =>

@@ -145,7 +145,7 @@ export const callFlags = (retriesDefault: number, deadlinesNote = "") => ({
     "per attempt, from sending to the first content (keep-alives do not count; default 10m, DeepSeek's); a non-streaming call's until it is accepted: its content comes whole once generated",
     "deadline"
   ),
-  idleTimeout: duration("idle-timeout", "per attempt, the longest gap between two content events (default 2m); a non-streaming line's keep-alive blank lines count until its answer", "deadline"),
+  idleTimeout: duration("idle-timeout", "per attempt, the longest gap between two content events (default 2m); keep-alives count until the first content", "deadline"),
   timeout: duration(
     "timeout",
     `per attempt, the whole call (default 30m)${deadlinesNote}`,

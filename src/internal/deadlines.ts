@@ -61,16 +61,16 @@ interface Due {
 const startedCompletion: PartialOutput = { ...emptyPartial, events: 1 }
 
 /**
- * Mutable, owned by one call. Keep-alive bytes never move the first-content deadline: content
- * moves the first-content and idle anchors. Only a non-streaming answer's keep-alive blank lines
- * move the idle anchor (see `keepAliveArrived`).
+ * Mutable, owned by one call. Keep-alive bytes never move the first-content deadline, and after
+ * the first content only content moves the idle one; before it, keep-alives are watched for
+ * their silence (see `keepAliveArrived`).
  */
 export class Timeline {
   private headersAt: number | undefined
   private firstContentAt: number | undefined
   private firstContentReported = false
   private idleFrom = 0
-  /** A `wholeBody` answer sent a keep-alive blank line after its headers: its silence is watched. */
+  /** A keep-alive came before the first content: from then on, the upstream's silence is watched. */
   private keptAlive = false
   /** Set after a stream's last event: its rest is read until `end`, then abandoned. */
   private drain: { readonly end: number; readonly millis: number } | undefined
@@ -128,12 +128,15 @@ export class Timeline {
   }
 
   /**
-   * A non-streaming answer's keep-alive blank line arrived at `now`. DeepSeek sends them until the
-   * body, through the queue and the generation alike: once they have come, silence for the idle
-   * deadline means the connection or the server is stuck. An upstream that sends none after its
-   * headers (its body is generated meanwhile) is never cut this way: the total deadline bounds it.
+   * A read without content arrived at `now` (keep-alive blank lines or comments). DeepSeek sends
+   * them until the content, through its queue (and a non-streaming answer's generation): once
+   * they have come, silence for the idle deadline means the connection or the server is stuck.
+   * An upstream that sends none is never cut this way: it waits for the first content (a stream)
+   * or the total deadline (a non-streaming answer past its 200, its body generated meanwhile).
+   * After the first content, only content counts (a stream that stalls behind keep-alives).
    */
   keepAliveArrived(now: number): void {
+    if (this.firstContentAt !== undefined) return
     this.keptAlive = true
     this.idleFrom = now
   }
@@ -186,32 +189,31 @@ export class Timeline {
     this.drain = { end: this.now() + millis, millis }
   }
 
-  /** The deadline of a wait now: the phase's (first content, or idle once content flows) or the total. */
+  /** The deadline of a wait now: the earliest of the first content's, the idle one's and the total. */
   due(): Due {
     const drain = this.drain
     if (drain !== undefined) {
       return { end: drain.end, exceeded: () => new DeadlineExceeded({ reason: "idle", after: Duration.millis(drain.millis), partial: this.partialOutput() }) }
     }
-    // Before content, a non-streaming answer past its headers waits for its body (see `start`):
-    // the idle deadline watches its silence once keep-alives came, and nothing else.
-    const awaitingFirstContent = this.firstContentAt === undefined &&
-      !(this.wholeBody && this.headersAt !== undefined)
-    const phaseLimit = awaitingFirstContent
-      ? this.limits.firstContent
-      : this.firstContentAt !== undefined || this.keptAlive
-      ? this.limits.idle
+    const { firstContent, idle, total } = this.limits
+    const beforeContent = this.firstContentAt === undefined
+    // A non-streaming answer past its headers waits for its body, not its first content (see `start`).
+    const firstContentEnd = beforeContent && !(this.wholeBody && this.headersAt !== undefined)
+      ? this.startedAt + firstContent
       : Infinity
-    const phaseEnd = (awaitingFirstContent ? this.startedAt : this.idleFrom) + phaseLimit
-    const totalEnd = this.startedAt + this.limits.total
-    const phaseFirst = phaseEnd <= totalEnd
+    const idleEnd = beforeContent && !this.keptAlive ? Infinity : this.idleFrom + idle
+    const totalEnd = this.startedAt + total
+    const end = Math.min(firstContentEnd, idleEnd, totalEnd)
     return {
-      end: Math.min(phaseEnd, totalEnd),
-      exceeded: () =>
-        new DeadlineExceeded({
-          reason: phaseFirst ? (awaitingFirstContent ? "first_content" : "idle") : "total",
-          after: Duration.millis(phaseFirst ? phaseLimit : this.limits.total),
+      end,
+      exceeded: () => {
+        const reason = end === firstContentEnd ? "first_content" : end === idleEnd ? "idle" : "total"
+        return new DeadlineExceeded({
+          reason,
+          after: Duration.millis(reason === "first_content" ? firstContent : reason === "idle" ? idle : total),
           partial: this.partialOutput()
         })
+      }
     }
   }
 

@@ -418,7 +418,11 @@ const chunkReader = (
           return Effect.fail(Option.some<ApiError.ApiError>(new ApiError.StreamTruncated({ partial: partial() })))
         }
         const out: Array<ChatSchema.ChatCompletionChunk> = []
-        const report = take(batch, out) ? timeline.contentArrived() : undefined
+        if (!take(batch, out)) {
+          timeline.keepAliveArrived(timeline.now())
+          return emit(out)
+        }
+        const report = timeline.contentArrived()
         return report === undefined ? emit(out) : Effect.zipRight(report, emit(out))
       }
     })

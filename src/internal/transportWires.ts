@@ -112,7 +112,7 @@ const bodyCollector = (timeline: Timeline) => {
     add: (bytes: Uint8Array): boolean => {
       const content = hasContent(bytes)
       if (content) timeline.markContent(timeline.now())
-      else if (!started) timeline.keepAliveArrived(timeline.now())
+      else timeline.keepAliveArrived(timeline.now())
       started ||= content
       if (started) text += utf8.decode(bytes, { stream: true })
       return content
