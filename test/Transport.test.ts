@@ -1184,45 +1184,37 @@ describe("Transport over loopback (undici, 127.0.0.1)", () => {
       expect(reports).toBe(1)
     }))
 
+  /** A server that answers 200 with `text`, then says nothing until the client closes. */
+  const silentAfter = (contentType: string, text: string) =>
+    rawServer([async (_, response) => {
+      response.writeHead(200, { "content-type": contentType })
+      response.write(text)
+      await new Promise((resolve) => response.once("close", resolve))
+    }])
+  // Bounded by `Effect.timeout` below: without the idle deadline, each call would end only at the
+  // first-content one (a stream, a body that began) or the total one (a body of blank lines).
+  const stalling: Transport.CallOptions = { deadlines: { firstContent: "1 minute", idle: "200 millis" } }
+
   it.scopedLive("a JSON body that stalls once it began fails at the idle deadline, not the first-content one, carrying that it began", () =>
     Effect.gen(function*() {
-      const server = yield* rawServer([async (_, response) => {
-        response.writeHead(200, { "content-type": "application/json" })
-        response.write("\n")
-        response.write(completionJson.slice(0, 20))
-        await new Promise((resolve) => response.once("close", resolve))
-      }])
-      const stalled = create({ deadlines: { firstContent: "1 minute", idle: "200 millis" } })
-      // Bounded: without the idle deadline, the call would end only at the first-content one.
-      const error = yield* Effect.flip(Effect.provide(stalled, loopback(server))).pipe(Effect.timeout("10 seconds"))
+      const server = yield* silentAfter("application/json", `\n${completionJson.slice(0, 20)}`)
+      const error = yield* Effect.flip(Effect.provide(create(stalling), loopback(server))).pipe(Effect.timeout("10 seconds"))
       expect(error).toMatchObject({ _tag: "DeadlineExceeded", reason: "idle", partial: { events: 1 } })
       expect(ApiError.deliveredOutput(error)).toBe(true)
     }))
 
   it.scopedLive("a non-streaming answer whose keep-alive blank lines stop fails at the idle deadline, carrying that nothing began", () =>
     Effect.gen(function*() {
-      const server = yield* rawServer([async (_, response) => {
-        response.writeHead(200, { "content-type": "application/json" })
-        response.write("\n")
-        await new Promise((resolve) => response.once("close", resolve))
-      }])
-      const stalled = create({ deadlines: { firstContent: "1 minute", idle: "200 millis" } })
-      // Bounded: without the idle deadline, the call would end only at the total one.
-      const error = yield* Effect.flip(Effect.provide(stalled, loopback(server))).pipe(Effect.timeout("10 seconds"))
+      const server = yield* silentAfter("application/json", "\n")
+      const error = yield* Effect.flip(Effect.provide(create(stalling), loopback(server))).pipe(Effect.timeout("10 seconds"))
       expect(error).toMatchObject({ _tag: "DeadlineExceeded", reason: "idle", partial: { events: 0 } })
       expect(ApiError.deliveredOutput(error)).toBe(false)
     }))
 
   it.scopedLive("a stream whose keep-alive comments stop before its first content fails at the idle deadline", () =>
     Effect.gen(function*() {
-      const server = yield* rawServer([async (_, response) => {
-        response.writeHead(200, { "content-type": "text/event-stream" })
-        response.write(Wire.sseKeepAlive)
-        await new Promise((resolve) => response.once("close", resolve))
-      }])
-      const stalled = drain({ deadlines: { firstContent: "1 minute", idle: "200 millis" } })
-      // Bounded: without the idle deadline, the call would end only at the first-content one.
-      const { error } = yield* Effect.provide(stalled, loopback(server)).pipe(Effect.timeout("10 seconds"))
+      const server = yield* silentAfter("text/event-stream", Wire.sseKeepAlive)
+      const { error } = yield* Effect.provide(drain(stalling), loopback(server)).pipe(Effect.timeout("10 seconds"))
       expect(error).toMatchObject({ _tag: "DeadlineExceeded", reason: "idle", partial: { events: 0 } })
     }))
 
