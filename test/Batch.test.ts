@@ -29,7 +29,7 @@ import { type CallOptions, Resilient } from "../src/Resilient.js"
 import * as Router from "../src/Router.js"
 import * as Simulator from "../src/Simulator.js"
 import { Telemetry } from "../src/Telemetry.js"
-import { layerFullDisk } from "./support/fullDisk.js"
+import { layerFullDisk, noSpace } from "./support/fullDisk.js"
 import { flatPricing } from "./support/pricing.js"
 import { freePort } from "./support/ports.js"
 import { type Handler, rawServer } from "./support/rawServer.js"
@@ -1284,41 +1284,42 @@ describe("Batch.run output file", () => {
 
   it.effect("a write that fails halfway counts the items it landed whole as written, and no other", () =>
     Effect.gen(function*() {
-      const noSpace = new SystemError({
-        reason: "Unknown",
-        module: "FileSystem",
-        method: "write",
-        description: "ENOSPC: no space left on device, write"
-      })
-      const firstWrite = yield* Deferred.make<void>()
+      const full = noSpace("write")
+      const firstStarted = yield* Deferred.make<void>()
+      const firstReleased = yield* Deferred.make<void>()
       let free = 10
       let writes = 0
-      /** Lands what fits of `buffer` on a disk of 10 bytes, the first write once `firstWrite` is done. */
-      const land = (buffer: Uint8Array) =>
-        Effect.zipRight(
-          writes++ === 0 ? Deferred.await(firstWrite) : Effect.void,
-          Effect.sync(() => {
-            const fits = Math.min(free, buffer.length)
-            free -= fits
-            return fits
-          })
-        )
+      // A disk of 10 bytes whose first write waits until released: the items submitted meanwhile go in the next.
       const file = {
         write: (buffer: Uint8Array) =>
-          Effect.flatMap(land(buffer), (fits) => fits === 0 ? Effect.fail(noSpace) : Effect.succeed(FileSystem.Size(fits))),
-        writeAll: (buffer: Uint8Array) =>
-          Effect.flatMap(land(buffer), (fits) => fits < buffer.length ? Effect.fail(noSpace) : Effect.void)
+          Effect.zipRight(
+            writes++ === 0 ? Effect.zipRight(Deferred.succeed(firstStarted, undefined), Deferred.await(firstReleased)) : Effect.void,
+            Effect.suspend(() => {
+              const fits = Math.min(free, buffer.length)
+              free -= fits
+              return fits === 0 ? Effect.fail(full) : Effect.succeed(FileSystem.Size(fits))
+            })
+          )
       } as unknown as FileSystem.File
       const written: Array<string> = []
       const append = Files.appender(file, (item: string) => `${item}\n`, (item) => Effect.sync(() => written.push(item)))
       const first = yield* Effect.fork(append("one"))
-      yield* Effect.yieldNow()
+      yield* Deferred.await(firstStarted)
       yield* append("two")
       yield* append("three")
-      yield* Deferred.succeed(firstWrite, undefined)
-      expect(yield* Effect.flip(Fiber.join(first))).toBe(noSpace)
+      yield* Deferred.succeed(firstReleased, undefined)
+      expect(yield* Effect.flip(Fiber.join(first))).toBe(full)
       // "one\n" lands whole, then "two\n" whole and "th" of "three\n" in the one write that fails.
       expect(written).toEqual(["one", "two"])
+    }))
+
+  it.effect("a write that lands nothing without an error fails, rather than being retried for ever", () =>
+    Effect.gen(function*() {
+      let calls = 0
+      const file = { fd: 7, write: () => Effect.sync(() => (calls++, FileSystem.Size(0))) } as unknown as FileSystem.File
+      const error = yield* Effect.flip(Files.writeText(file, "a line\n"))
+      expect(error).toMatchObject({ _tag: "SystemError", reason: "WriteZero", method: "write" })
+      expect(calls).toBe(1)
     }))
 
   it.scoped("a stop while the output is compacted ends the run at once, the output as it was and no temporary file", () =>

@@ -3,7 +3,8 @@ import * as FileSystem from "@effect/platform/FileSystem"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 
-const noSpace = (method: string) =>
+/** The error of a write to a full disk, as Node's file system gives it. */
+export const noSpace = (method: string) =>
   new SystemError({ reason: "Unknown", module: "FileSystem", method, description: `ENOSPC: no space left on device, ${method}` })
 
 /**
