@@ -1,9 +1,11 @@
 import { describe, expect, it } from "@effect/vitest"
-import { FastCheck } from "effect"
+import { Deferred, FastCheck, Fiber } from "effect"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as TestClock from "effect/TestClock"
-import { Timeline, Watchdog } from "../src/internal/deadlines.js"
+import { DeadlineExceeded } from "../src/ApiError.js"
+import { type Limits, Timeline, Watchdog } from "../src/internal/deadlines.js"
+import { stoppableClock } from "./support/stoppedClock.js"
 
 const callArbitrary = FastCheck.record({
   /** Seconds to the call's first-content deadline. */
@@ -42,4 +44,72 @@ describe("Watchdog", () => {
         expect(aborted).toHaveLength(due.length)
       })
   )
+})
+
+describe("a process stopped past a deadline", () => {
+  const limits: Limits = { firstContent: 5_000, idle: 5_000, total: Infinity }
+
+  /** A watchdog on a stoppable clock, and calls it watches that record their abort in `aborted`. */
+  const stoppableWatchdog = Effect.gen(function*() {
+    const { clock, lagEveryWake, stop } = yield* stoppableClock
+    const watchdog = new Watchdog()
+    const aborted: Array<string> = []
+    const watched = (name: string) =>
+      Effect.gen(function*() {
+        const timeline = yield* Timeline.start(limits, undefined)
+        timeline.underWay = { abort: () => aborted.push(name) }
+        yield* watchdog.watch(timeline)
+        return timeline
+      }).pipe(Effect.withClock(clock))
+    return { stop, lagEveryWake, aborted, watched }
+  })
+
+  it.effect("the watchdog judges a call once what arrived while the process was stopped is read", () =>
+    Effect.gen(function*() {
+      const { stop, aborted, watched } = yield* stoppableWatchdog
+      const answered = yield* watched("answered")
+      const silent = yield* watched("silent")
+      yield* TestClock.adjust("3 seconds")
+      stop("15 seconds")
+      // The watchdog's timer fires 15 s late: the answer that came meanwhile is still unread.
+      yield* TestClock.adjust("2 seconds")
+      expect(aborted).toEqual([])
+      answered.markContent(answered.now())
+      yield* TestClock.adjust("1 second")
+      expect(aborted).toEqual(["silent"])
+      expect(silent.expired?.reason).toBe("first_content")
+    }))
+
+  it.effect("a loop that stays behind delays the watchdog's judgement boundedly", () =>
+    Effect.gen(function*() {
+      const { aborted, lagEveryWake, watched } = yield* stoppableWatchdog
+      yield* watched("silent")
+      // Every wake is two seconds late: the event loop never catches up.
+      lagEveryWake("2 seconds")
+      yield* TestClock.adjust("5 seconds")
+      for (let step = 0; step < 100 && aborted.length === 0; step++) yield* TestClock.adjust("100 millis")
+      expect(aborted).toEqual(["silent"])
+    }))
+
+  it.effect("a guarded wait is judged once what arrived while the process was stopped is read", () =>
+    Effect.gen(function*() {
+      const { clock, stop } = yield* stoppableClock
+      const guarded = (arrives: Deferred.Deferred<string>) =>
+        Effect.flatMap(Timeline.start(limits, undefined), (timeline) => timeline.guard(Deferred.await(arrives))).pipe(
+          Effect.withClock(clock),
+          Effect.fork
+        )
+      const arrives = yield* Deferred.make<string>()
+      const answered = yield* guarded(arrives)
+      const silent = yield* guarded(yield* Deferred.make<string>())
+      yield* TestClock.adjust("3 seconds")
+      stop("15 seconds")
+      yield* TestClock.adjust("2 seconds")
+      yield* Deferred.succeed(arrives, "data: {}")
+      yield* TestClock.adjust("1 second")
+      expect(yield* Fiber.join(answered)).toBe("data: {}")
+      const error = yield* Effect.flip(Fiber.join(silent))
+      expect(error).toBeInstanceOf(DeadlineExceeded)
+      expect(error).toMatchObject({ reason: "first_content" })
+    }))
 })

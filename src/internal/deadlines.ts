@@ -11,6 +11,8 @@
  * - `Watchdog`: calls register their timeline, and one fiber sleeps until the earliest deadline
  *   among them and aborts the exchange of each call past its own. For the transport's own undici
  *   exchanges, which an abort ends at once: no timer and no fiber per call or per read.
+ *
+ * Both judge a deadline only once the process has read what arrived in time (see `sleepUntil`).
  */
 import type * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
@@ -20,6 +22,35 @@ import * as FiberId from "effect/FiberId"
 import { DeadlineExceeded, emptyPartial, type PartialOutput } from "../ApiError.js"
 import type { Deadlines } from "../Transport.js"
 import { type Entry, Registry } from "./registry.js"
+
+/** A timer this late woke a process that did not run meanwhile: stopped (Ctrl-Z, a suspended laptop or VM) or blocked. */
+const stoppedAfterMillis = 1_000
+/** One step of the wait for the event loop to catch up; a step that wakes later than this says it has not. */
+const catchUpStepMillis = 100
+/** The most steps of that wait: a loop that stays behind still has its deadlines judged. */
+const maxCatchUpSteps = 50
+
+/**
+ * Sleeps until `end` on `clock`. A wake long after it means the process did not run meanwhile, and
+ * what the upstream sent meanwhile still waits, unread, in its sockets (a stopped process's timers
+ * fire before its input is read): a deadline judged then would cut answers that came in time, and
+ * their retries would be billed again. So it then sleeps in short steps until one wakes on time,
+ * the event loop having read that input.
+ */
+const sleepUntil = (clock: Clock.Clock, end: number): Effect.Effect<void> => {
+  const step = (steps: number): Effect.Effect<void> =>
+    Effect.suspend(() => {
+      const stepEnd = clock.unsafeCurrentTimeMillis() + catchUpStepMillis
+      return Effect.flatMap(clock.sleep(Duration.millis(catchUpStepMillis)), () =>
+        steps < maxCatchUpSteps && clock.unsafeCurrentTimeMillis() - stepEnd > catchUpStepMillis ? step(steps + 1) : Effect.void)
+    })
+  return Effect.suspend(() => {
+    const wait = end - clock.unsafeCurrentTimeMillis()
+    if (wait <= 0) return Effect.void
+    return Effect.flatMap(clock.sleep(Duration.millis(wait)), () =>
+      clock.unsafeCurrentTimeMillis() - end > stoppedAfterMillis ? step(1) : Effect.void)
+  })
+}
 
 /** What a deadline ends: an exchange under way. */
 export interface Abortable {
@@ -225,7 +256,8 @@ export class Timeline {
       if (end === Infinity) return effect
       return end <= now
         ? Effect.fail(exceeded())
-        : Effect.timeoutFail(effect, { duration: Duration.millis(end - now), onTimeout: exceeded })
+        // Interruptible whatever the caller's mask, as `Effect.timeout`'s timer: the winner interrupts it.
+        : Effect.raceFirst(effect, Effect.interruptible(Effect.zipRight(sleepUntil(this.clock, end), Effect.failSync(exceeded))))
     })
   }
 
@@ -313,11 +345,9 @@ export class Watchdog {
   }
 
   private sleepUntil(end: number, generation: number): Effect.Effect<void> {
-    return Effect.clockWith((clock) => {
-      const wait = end - clock.unsafeCurrentTimeMillis()
-      const sweep = Effect.suspend(() => this.sweep(clock.unsafeCurrentTimeMillis(), generation))
-      return wait > 0 ? Effect.zipRight(Effect.sleep(Duration.millis(wait)), sweep) : sweep
-    })
+    return Effect.clockWith((clock) =>
+      Effect.zipRight(sleepUntil(clock, end), Effect.suspend(() => this.sweep(clock.unsafeCurrentTimeMillis(), generation)))
+    )
   }
 
   /** Expires every waiting timeline past its deadline, then sleeps until the next deadline. */
