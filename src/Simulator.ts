@@ -41,7 +41,7 @@
  * `cut`, `reset`, `errorEvent` or `stall` fault, a client that disconnects, a server stop) bills the usage
  * it would have reported for the reasoning and content pieces already sent; a non-stream body cut
  * in transit bills its full usage (generation had finished). A request that delivered no content
- * piece (an error status, a drop, a blank body, a close while queued) bills nothing.
+ * piece (an error status, a drop, a blank body, a close or a stall while queued) bills nothing.
  *
  * @since 0.1.0
  */
@@ -116,6 +116,9 @@ export type QueueDelay =
  * - `dropBeforeResponse`: the socket is destroyed before a status is sent;
  * - `dropWhileQueued`: 200 and headers, `dropAfterKeepAlives` keep-alives, then the socket is
  *   destroyed;
+ * - `stallWhileQueued`: 200 and headers, `dropAfterKeepAlives` keep-alives, then nothing (the
+ *   connection open) until the client disconnects or the server stops: a connection stuck while
+ *   queued, which only a client watching its keep-alives can tell from a long queue;
  * - `cut`: a stream sends about half of its content pieces and ends without `[DONE]`; a
  *   non-stream body ends halfway through its JSON (the response ends cleanly: a server or proxy
  *   that closed it);
@@ -141,6 +144,7 @@ export type Fault =
   | "errorEvent"
   | "stall"
   | "reset"
+  | "stallWhileQueued"
 
 /**
  * Every fault, in the order their probabilities are laid out on [0, 1).
@@ -240,7 +244,7 @@ export interface Options {
   readonly idleTimeout?: Duration.DurationInput | undefined
   /** Default: no faults. */
   readonly faults?: Faults | undefined
-  /** Keep-alives a `dropWhileQueued` request sends before the drop. Default 2. */
+  /** Keep-alives a `dropWhileQueued` or `stallWhileQueued` request sends before its fault. Default 2. */
   readonly dropAfterKeepAlives?: number | undefined
   /** Seed of every random draw (faults, queue delays). Default 0. */
   readonly seed?: number | string | undefined

@@ -431,7 +431,9 @@ describe("Simulator", () => {
       yield* Effect.flip(Effect.tryPromise(() => reset.text()))
       expect((JSON.parse((yield* ask).text) as ChatCompletion).choices[0]?.finish_reason).toBe("stop")
       const stats = yield* sim.stats
-      expect(stats.faults).toEqual(Object.fromEntries(Simulator.allFaults.filter((f) => f !== "stall").map((f) => [f, 1])))
+      expect(stats.faults).toEqual(
+        Object.fromEntries(Simulator.allFaults.filter((f) => f !== "stall" && f !== "stallWhileQueued").map((f) => [f, 1]))
+      )
       expect([stats.completed, stats.clientClosed]).toEqual([1, 0])
     }))
 
@@ -541,6 +543,33 @@ describe("Simulator", () => {
         cacheHit: 0,
         reasoning: 0
       })
+    }))
+
+  it.scopedLive("stalls a queued request after its keep-alives, the connection open and silent, and bills nothing", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make({
+        ...quick,
+        keepAliveInterval: 10,
+        faults: { script: ["stallWhileQueued", "stallWhileQueued"] }
+      })
+      /** What arrives until 200 ms (twenty keep-alive intervals) pass in silence, or the body ends. */
+      const received = (extra: Record<string, unknown>) =>
+        Effect.scoped(Effect.gen(function*() {
+          const response = yield* open(sim, { body: chatBody("stuck", extra), key: Simulator.defaultKey })
+          const reader = response.body!.getReader()
+          let text = ""
+          while (true) {
+            const read = yield* Effect.raceFirst(Effect.promise(() => reader.read()), Effect.as(Effect.sleep("200 millis"), undefined))
+            if (read === undefined || read.done) return { status: response.status, text, ended: read !== undefined }
+            text += new TextDecoder().decode(read.value)
+          }
+        }))
+      expect(yield* received({})).toEqual({ status: 200, text: "\n\n", ended: false })
+      expect(yield* received({ stream: true })).toEqual({ status: 200, text: ": keep-alive\n\n".repeat(2), ended: false })
+      const stats = yield* eventually(sim.stats, (s) => accountStats(s).inFlight === 0)
+      expect(stats.faults).toEqual({ stallWhileQueued: 2 })
+      expect(stats.clientClosed).toBe(2)
+      expect(accountStats(stats).billed).toEqual({ prompt: 0, completion: 0, cacheHit: 0, reasoning: 0 })
     }))
 
   it.live("destroys open sockets and stops listening when its scope closes", () =>

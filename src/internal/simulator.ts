@@ -34,8 +34,9 @@ export const allFaults: ReadonlyArray<Simulator.Fault> = [
   "insufficientResource",
   "errorEvent",
   "stall",
-  // Last: a seed's draws of the faults before it keep their slices.
-  "reset"
+  // Added last, in the order they came: a seed's draws of the faults before them keep their slices.
+  "reset",
+  "stallWhileQueued"
 ]
 
 /** @internal */
@@ -755,7 +756,8 @@ const keepAlive = (state: State, res: Http.ServerResponse, line: string): Effect
 
 /**
  * Waits for the request to be scheduled (then `workMs` more) sending keep-alives; or drops it
- * (`dropWhileQueued`), or closes it unanswered when its delay reaches the schedule timeout.
+ * (`dropWhileQueued`) or falls silent (`stallWhileQueued`) after a few, or closes it unanswered
+ * when its delay reaches the schedule timeout.
  */
 const waitInQueue = (
   state: State,
@@ -765,9 +767,10 @@ const waitInQueue = (
   workMs: number
 ): Effect.Effect<boolean> => {
   const { dropAfterKeepAlives, scheduleTimeoutMs } = state.settings
-  if (attempt.fault === "dropWhileQueued") {
+  if (attempt.fault === "dropWhileQueued" || attempt.fault === "stallWhileQueued") {
+    const fault = attempt.fault === "dropWhileQueued" ? Effect.sync(() => drop(state, res)) : Effect.never
     return Effect.replicateEffect(keepAlive(state, res, line), dropAfterKeepAlives, { discard: true }).pipe(
-      Effect.zipRight(Effect.sync(() => drop(state, res))),
+      Effect.zipRight(fault),
       Effect.as(false)
     )
   }
