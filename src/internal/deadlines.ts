@@ -12,7 +12,7 @@
  *   among them and aborts the exchange of each call past its own. For the transport's own undici
  *   exchanges, which an abort ends at once: no timer and no fiber per call or per read.
  *
- * Both judge a deadline only once the process has read what arrived in time (see `sleepUntil`).
+ * Both judge a deadline only once the process has read what arrived in time (see `sleepCaughtUp`).
  */
 import type * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
@@ -37,7 +37,7 @@ const maxCatchUpSteps = 50
  * their retries would be billed again. So it then sleeps in short steps until one wakes on time,
  * the event loop having read that input.
  */
-const sleepUntil = (clock: Clock.Clock, end: number): Effect.Effect<void> => {
+const sleepCaughtUp = (clock: Clock.Clock, end: number): Effect.Effect<void> => {
   const step = (steps: number): Effect.Effect<void> =>
     Effect.suspend(() => {
       const stepEnd = clock.unsafeCurrentTimeMillis() + catchUpStepMillis
@@ -257,7 +257,7 @@ export class Timeline {
       return end <= now
         ? Effect.fail(exceeded())
         // Interruptible whatever the caller's mask, as `Effect.timeout`'s timer: the winner interrupts it.
-        : Effect.raceFirst(effect, Effect.interruptible(Effect.zipRight(sleepUntil(this.clock, end), Effect.failSync(exceeded))))
+        : Effect.raceFirst(effect, Effect.interruptible(Effect.zipRight(sleepCaughtUp(this.clock, end), Effect.failSync(exceeded))))
     })
   }
 
@@ -346,7 +346,7 @@ export class Watchdog {
 
   private sleepUntil(end: number, generation: number): Effect.Effect<void> {
     return Effect.clockWith((clock) =>
-      Effect.zipRight(sleepUntil(clock, end), Effect.suspend(() => this.sweep(clock.unsafeCurrentTimeMillis(), generation)))
+      Effect.zipRight(sleepCaughtUp(clock, end), Effect.suspend(() => this.sweep(clock.unsafeCurrentTimeMillis(), generation)))
     )
   }
 
