@@ -21,7 +21,7 @@ import * as KeyPool from "./KeyPool.js"
 
 /**
  * Deadlines of one call, all measured with Effect's `Clock`. One is judged on what arrived in
- * time: after a stop of the process (Ctrl-Z, a suspended laptop), what came meanwhile is read
+ * time: after a stop of the process (Ctrl-Z, a paused container), what came meanwhile is read
  * before a deadline that passed during the stop cuts the call.
  *
  * @since 0.1.0

@@ -23,7 +23,7 @@ import { DeadlineExceeded, emptyPartial, type PartialOutput } from "../ApiError.
 import type { Deadlines } from "../Transport.js"
 import { type Entry, Registry } from "./registry.js"
 
-/** A timer this late woke a process that did not run meanwhile: stopped (Ctrl-Z, a suspended laptop or VM) or blocked. */
+/** A timer this late woke a process that did not run meanwhile: stopped (Ctrl-Z, a paused container) or blocked. */
 const stoppedAfterMillis = 1_000
 /** One step of the wait for the event loop to catch up; a step that wakes later than this says it has not. */
 const catchUpStepMillis = 100

@@ -4,7 +4,7 @@ import * as Effect from "effect/Effect"
 import * as TestClock from "effect/TestClock"
 
 /**
- * The `TestClock`, with a process that can be stopped (Ctrl-Z, a suspended laptop or VM): `stop`
+ * The `TestClock`, with a process that can be stopped (Ctrl-Z, a paused container): `stop`
  * moves the time on and fires no timer, as a stopped process's timers do not fire; each fires
  * late, at the `TestClock`'s next adjustment past it. `lagEveryWake` makes every timer from then
  * on fire that much late, as in a process whose event loop stays behind.
