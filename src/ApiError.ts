@@ -232,7 +232,10 @@ export class NoUsableKey extends TaggedError("NoUsableKey")<{
 export interface AccountUnavailable {
   readonly account: string
   readonly reason: "circuit_open" | "out_of_balance" | "checking_balance" | "no_keys" | "busy" | "model_not_served"
-  /** Epoch millis (Effect `Clock`) when it may serve again; `Infinity` when unknown (an isolated breaker). */
+  /**
+   * When it may serve again, in epoch millis on the `Clock`'s monotonic time (as
+   * `CircuitBreaker.Open.since`); `Infinity` when unknown (an isolated breaker).
+   */
   readonly until: number
 }
 

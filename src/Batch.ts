@@ -65,7 +65,6 @@
 
 import type { PlatformError } from "@effect/platform/Error"
 import * as FileSystem from "@effect/platform/FileSystem"
-import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Data from "effect/Data"
 import * as Deferred from "effect/Deferred"
@@ -98,6 +97,7 @@ import * as Files from "./internal/batchFiles.js"
 import * as Lines from "./internal/batchLines.js"
 import * as ReadAhead from "./internal/batchReadAhead.js"
 import * as SummaryInternal from "./internal/batchSummary.js"
+import { currentMonotonicMillis } from "./internal/monotonic.js"
 
 /**
  * The run itself could not go on: the input could not be read, or the output could not be
@@ -756,7 +756,7 @@ const readAheadOf = (concurrency: number | undefined): Effect.Effect<ReadAhead.R
 const readings = Effect.gen(function*() {
   const counts = yield* Effect.flatten(TelemetryCounts)
   const ledger = yield* Effect.flatMap(CostLedger, (ledger) => ledger.snapshot)
-  const millis = yield* Clock.currentTimeMillis
+  const millis = yield* currentMonotonicMillis
   return { counts, ledger, millis }
 })
 

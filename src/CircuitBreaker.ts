@@ -63,6 +63,7 @@ import * as ApiError from "./ApiError.js"
 import type { Classifier } from "./ApiError.js"
 import * as internal from "./internal/circuitBreaker.js"
 import * as internalRedis from "./internal/circuitBreakerRedis.js"
+import { monotonicMillis } from "./internal/monotonic.js"
 import { assertValid, atLeast, positive, positiveInteger, ratio } from "./internal/options.js"
 import * as ScopeFinalizer from "./internal/scopeFinalizer.js"
 import { TaggedError } from "./internal/sdkError.js"
@@ -86,9 +87,12 @@ export interface Closed {
  */
 export interface Open {
   readonly _tag: "Open"
-  /** Epoch millis (Effect `Clock`) when the circuit tripped. */
+  /**
+   * When the circuit tripped: epoch millis on the `Clock`'s monotonic time (`currentTimeNanos`:
+   * the wall time, but for a step of the system clock since the start); on Redis, its server's.
+   */
   readonly since: number
-  /** Epoch millis when the circuit turns half-open: show "we'll resume in (until − now)". */
+  /** When the circuit turns half-open, on the clock of `since` (a rejection's `retryAfter` is the time left). */
   readonly until: number
   /** Consecutive trips since the circuit last closed (1 on the first). */
   readonly trips: number
@@ -102,7 +106,7 @@ export interface Open {
  */
 export interface HalfOpen {
   readonly _tag: "HalfOpen"
-  /** Epoch millis when the open period ended. */
+  /** When the open period ended, on the clock of `Open.since`. */
   readonly since: number
   /** Consecutive trips so far; one more if a canary fails. */
   readonly trips: number
@@ -116,7 +120,7 @@ export interface HalfOpen {
  */
 export interface Isolated {
   readonly _tag: "Isolated"
-  /** Epoch millis when `isolate` was called. */
+  /** When `isolate` was called, on the clock of `Open.since`. */
   readonly since: number
 }
 
@@ -209,7 +213,7 @@ export interface Snapshot {
  */
 export class CircuitOpen extends TaggedError("CircuitOpen")<{
   readonly reason: "open" | "half_open" | "isolated"
-  /** Epoch millis when calls resume (the rejection time in half-open, `Infinity` while isolated). */
+  /** When calls resume, on the clock of `Open.since` (the rejection time in half-open, `Infinity` while isolated). */
   readonly until: number
   readonly retryAfter: Option.Option<Duration.Duration>
   /** Consecutive trips since the circuit last closed. */
@@ -556,7 +560,7 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Scope
   Effect.gen(function*() {
     const settings = yield* Effect.sync(() => settingsOf(options))
     const clock = yield* Effect.clock
-    const now = () => clock.unsafeCurrentTimeMillis()
+    const now = () => monotonicMillis(clock)
     const transitions = yield* transitionsOf(options)
     const machine = new internal.Machine(settings, now(), (state) => {
       transitions.announce(state)

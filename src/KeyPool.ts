@@ -23,6 +23,7 @@ import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
 import { NoUsableKey } from "./ApiError.js"
 import * as internalRedis from "./internal/keyPoolRedis.js"
+import { monotonicMillis } from "./internal/monotonic.js"
 import { assertValid, positive } from "./internal/options.js"
 import * as Redis from "./Redis.js"
 
@@ -47,7 +48,10 @@ export interface Service {
   readonly reject: (credential: Credential) => Effect.Effect<void>
   /** How many keys are usable now. */
   readonly available: Effect.Effect<number>
-  /** Epoch millis (Effect `Clock`) when the first key cooling down is usable again; none when no key is. */
+  /**
+   * When the first key cooling down is usable again, in epoch millis on the `Clock`'s monotonic
+   * time (`currentTimeNanos`); none when no key is.
+   */
   readonly cooldownEnd: Effect.Effect<Option.Option<number>>
 }
 
@@ -73,8 +77,8 @@ export interface Options {
 export const defaultCooldown: Duration.Duration = Duration.minutes(15)
 
 /**
- * The pool in memory, and a way to set a key aside until a given time (epoch millis, Effect
- * `Clock`): what a pool shared on Redis learns another process rejected.
+ * The pool in memory, and a way to set a key aside until a given time (epoch millis on the
+ * `Clock`'s monotonic time): what a pool shared on Redis learns another process rejected.
  *
  * `acquire` runs before every call, so the state is plain mutable values in this closure, each
  * read and updated in one synchronous step with the clock read from the fiber.
@@ -84,13 +88,13 @@ const inMemory = (keys: ReadonlyArray<Redacted.Redacted<string>>, options: Optio
     const cooldownMillis = Duration.toMillis(options?.cooldown ?? defaultCooldown)
     yield* Effect.sync(() => assertValid("KeyPool", [positive("cooldown", cooldownMillis)]))
     const credentials: ReadonlyArray<Credential> = keys.map((key, i) => ({ id: `key#${i + 1}`, key }))
-    /** Epoch millis until which each rejected key is set aside, by id. */
+    /** Until when (monotonic epoch millis) each rejected key is set aside, by id. */
     const rejectedUntil = new Map<string, number>()
     let next = 0
     const isCooling = (id: string, now: number) => (rejectedUntil.get(id) ?? 0) > now
     const usableAt = (now: number) => credentials.filter((c) => !isCooling(c.id, now))
     const withNow = <A, E>(f: (now: number) => Effect.Effect<A, E>) =>
-      Effect.clockWith((clock) => f(clock.unsafeCurrentTimeMillis()))
+      Effect.clockWith((clock) => f(monotonicMillis(clock)))
     const restUntil = (id: string, until: number) =>
       Effect.sync(() => {
         if ((rejectedUntil.get(id) ?? 0) < until) rejectedUntil.set(id, until)

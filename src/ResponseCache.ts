@@ -82,7 +82,6 @@
 
 import { createHash } from "node:crypto"
 import * as Cause from "effect/Cause"
-import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Data from "effect/Data"
 import * as Deferred from "effect/Deferred"
@@ -99,6 +98,7 @@ import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import { ChatCompletion, type ChatCompletionChunk, type ChatCompletionRequest } from "./ChatSchema.js"
 import * as ChatStream from "./ChatStream.js"
+import { currentMonotonicMillis } from "./internal/monotonic.js"
 import * as internal from "./internal/responseCache.js"
 import { assertValid, positiveInteger } from "./internal/options.js"
 import { isSubstitute } from "./internal/substitutes.js"
@@ -346,9 +346,9 @@ export const makeMemoryStore = (capacity: number = defaults.capacity): Effect.Ef
     })
     const evictions = yield* Ref.make(0)
     return CacheStore.of({
-      get: (key) => Effect.map(Clock.currentTimeMillis, (now) => Option.fromNullable(lru.get(key, now))),
+      get: (key) => Effect.map(currentMonotonicMillis, (now) => Option.fromNullable(lru.get(key, now))),
       set: (key, value, timeToLive) =>
-        Effect.flatMap(Clock.currentTimeMillis, (now) =>
+        Effect.flatMap(currentMonotonicMillis, (now) =>
           Ref.update(evictions, (n) => n + lru.set(key, value, now + Duration.toMillis(timeToLive), now))),
       evictions: Ref.get(evictions)
     })

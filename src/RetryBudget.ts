@@ -32,13 +32,13 @@
  * @since 0.1.0
  */
 
-import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Schedule from "effect/Schedule"
+import { currentMonotonicMillis } from "./internal/monotonic.js"
 import { assertValid, atLeast, positive, positiveInteger } from "./internal/options.js"
 import * as internal from "./internal/retryBudget.js"
 
@@ -107,11 +107,11 @@ export interface Service {
    */
   readonly awaitRetry: (maxWait: Duration.DurationInput) => Effect.Effect<boolean>
   /**
-   * A retry this budget allowed succeeded: gives its room back. `allowedAt` is the clock time
-   * (millis) the budget allowed it, read right after (`guard`'s `onAllowed` is told it). The
-   * budget takes back a retry it counted then, or nothing once that time left the window, so a
-   * refund never gives back room that no longer counts. Refund each retry at most once, and
-   * only one the budget allowed (not one `guard` exempted).
+   * A retry this budget allowed succeeded: gives its room back. `allowedAt` is the time the budget
+   * allowed it (epoch millis on the `Clock`'s monotonic time, `currentTimeNanos`), read right after
+   * (`guard`'s `onAllowed` is told it). The budget takes back a retry it counted then, or nothing
+   * once that time left the window, so a refund never gives back room that no longer counts.
+   * Refund each retry at most once, and only one the budget allowed (not one `guard` exempted).
    */
   readonly refund: (allowedAt: number) => Effect.Effect<void>
   readonly snapshot: Effect.Effect<Snapshot>
@@ -281,4 +281,4 @@ export const guard = <E = unknown, R2 = never>(budget: Service, options: GuardOp
 
 /** `onAllowed` told of `error`'s retry, allowed now. */
 const told = <E, R>(onAllowed: GuardOptions<E, R>["onAllowed"], error: E): Effect.Effect<void, never, R> =>
-  onAllowed === undefined ? Effect.void : Effect.flatMap(Clock.currentTimeMillis, (now) => onAllowed(error, now))
+  onAllowed === undefined ? Effect.void : Effect.flatMap(currentMonotonicMillis, (now) => onAllowed(error, now))

@@ -50,7 +50,6 @@
  * @since 0.1.0
  */
 
-import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -59,6 +58,7 @@ import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as SynchronizedRef from "effect/SynchronizedRef"
 import type { ChatCompletionRequest, Message } from "./ChatSchema.js"
+import { currentMonotonicMillis } from "./internal/monotonic.js"
 import * as internal from "./internal/tokenBucket.js"
 import * as internalRedis from "./internal/tokenBucketRedis.js"
 import { TaggedError } from "./internal/sdkError.js"
@@ -259,10 +259,10 @@ export const make = (options: Options): Effect.Effect<Service> =>
 /** A bucket in memory over resolved buckets, full at the start. */
 const makeOf = (buckets: ReadonlyArray<internal.Bucket>, onExhausted: OnExhausted): Effect.Effect<Service> =>
   Effect.gen(function*() {
-    const balances = yield* Ref.make(internal.full(buckets, yield* Clock.currentTimeMillis))
+    const balances = yield* Ref.make(internal.full(buckets, yield* currentMonotonicMillis))
     const modifyNow = <A>(
       f: (current: ReadonlyArray<internal.Balance>, now: number) => readonly [A, ReadonlyArray<internal.Balance>]
-    ) => Effect.flatMap(Clock.currentTimeMillis, (now) => Ref.modify(balances, (current) => f(current, now)))
+    ) => Effect.flatMap(currentMonotonicMillis, (now) => Ref.modify(balances, (current) => f(current, now)))
     const take = taker(buckets, onExhausted, {
       draw: (mode, cost) => modifyNow((current, now) => internal.draw(current, cost, now, mode)),
       refund: (cost) => modifyNow((current, now) => [undefined, internal.refund(current, cost, now)])

@@ -20,7 +20,8 @@ import * as internal from "./internal/transport.js"
 import * as KeyPool from "./KeyPool.js"
 
 /**
- * Deadlines of one call, all measured with Effect's `Clock`. One is judged on what arrived in
+ * Deadlines of one call, all measured with Effect's `Clock`, on its monotonic time
+ * (`currentTimeNanos`): a step of the system clock moves none. One is judged on what arrived in
  * time: after a stop of the process (Ctrl-Z, a paused container), what came meanwhile is read
  * before a deadline that passed during the stop cuts the call.
  *

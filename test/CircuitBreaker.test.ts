@@ -30,6 +30,7 @@ import {
 import * as ApiError from "../src/ApiError.js"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
+import { wallSteppableClock } from "./support/wallClock.js"
 
 const serverError = (message = "overloaded") => new ServerError({ status: 503, message, retryAfter: Option.none() })
 const badRequest = (status = 400) => new InvalidRequest({ status, message: "bad request" })
@@ -284,6 +285,17 @@ describe("CircuitBreaker", () => {
         yield* TestClock.adjust(29_999)
         expect((yield* breaker.state)._tag).toBe("Open")
         yield* TestClock.adjust(1)
+        expect(yield* breaker.state).toEqual({ _tag: "HalfOpen", since: 30_000, trips: 1 })
+      }))
+
+    it.scoped("a step of the system clock back does not lengthen the open period", () =>
+      Effect.gen(function*() {
+        const { clock, stepWall } = yield* wallSteppableClock
+        const breaker = yield* Effect.withClock(CircuitBreaker.make(), clock)
+        yield* trip(breaker)
+        yield* TestClock.adjust("10 seconds")
+        stepWall(-3_600_000)
+        yield* TestClock.adjust("20 seconds")
         expect(yield* breaker.state).toEqual({ _tag: "HalfOpen", since: 30_000, trips: 1 })
       }))
 

@@ -7,6 +7,7 @@ import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as TestClock from "effect/TestClock"
 import * as KeyPool from "../src/KeyPool.js"
+import { wallSteppableClock } from "./support/wallClock.js"
 
 const keys = ["sk-aaaa1111", "sk-bbbb2222", "sk-cccc3333"].map(Redacted.make)
 
@@ -46,6 +47,17 @@ describe("KeyPool", () => {
       yield* TestClock.adjust("1 minute")
       expect(yield* pool.available).toBe(3)
       expect(yield* pool.cooldownEnd).toEqual(Option.none())
+    }))
+
+  it.effect("a step of the system clock back does not lengthen a rest", () =>
+    Effect.gen(function*() {
+      yield* TestClock.setTime(86_400_000)
+      const { clock, stepWall } = yield* wallSteppableClock
+      const pool = yield* KeyPool.make(keys, { cooldown: "5 minutes" })
+      yield* Effect.withClock(Effect.flatMap(pool.acquire, pool.reject), clock)
+      stepWall(-3_600_000)
+      yield* TestClock.adjust("5 minutes")
+      expect(yield* Effect.withClock(pool.available, clock)).toBe(3)
     }))
 
   it.effect.prop(

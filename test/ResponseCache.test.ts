@@ -14,6 +14,7 @@ import { InsufficientResource, StreamTruncated, emptyPartial } from "../src/ApiE
 import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, FinishReason } from "../src/ChatSchema.js"
 import * as ChatStream from "../src/ChatStream.js"
 import * as ResponseCache from "../src/ResponseCache.js"
+import { wallSteppableClock } from "./support/wallClock.js"
 import { capturingLogs, type Logged } from "./support/logs.js"
 
 const ask = (question: string, extra: Partial<ChatCompletionRequest> = {}): ChatCompletionRequest => ({
@@ -238,6 +239,18 @@ describe("ResponseCache", () => {
       expect((yield* cache.cached(ask("q"), call)).id).toBe("cmpl-c")
       expect(yield* calls).toBe(4)
       expect(yield* cache.stats).toEqual({ hits: 2, misses: 4, coalesced: 0, stores: 4, evictions: 0 })
+    }))
+
+  it.effect("a step of the system clock back does not lengthen a time to live", () =>
+    Effect.gen(function*() {
+      const { clock, stepWall } = yield* wallSteppableClock
+      const cache = yield* memoryCache({ timeToLive: "1 minute" })
+      const { call, calls } = yield* upstream([completion("a"), completion("b")])
+      yield* Effect.withClock(cache.cached(ask("q"), call), clock)
+      stepWall(-3_600_000)
+      yield* TestClock.adjust("1 minute")
+      expect((yield* Effect.withClock(cache.cached(ask("q"), call), clock)).id).toBe("cmpl-b")
+      expect(yield* calls).toBe(2)
     }))
 
   it.effect("a zero time to live stores nothing", () =>

@@ -14,6 +14,7 @@ import * as TestClock from "effect/TestClock"
 import { InvalidRequest, ServerError } from "../src/ApiError.js"
 import type { ApiError } from "../src/ApiError.js"
 import * as RetryBudget from "../src/RetryBudget.js"
+import { wallSteppableClock } from "./support/wallClock.js"
 import * as RetryPolicy from "../src/RetryPolicy.js"
 
 /** Lets the fibers a step woke run until they wait again. */
@@ -87,6 +88,17 @@ describe("RetryBudget", () => {
       yield* TestClock.adjust("5 seconds")
       expect(yield* budget.snapshot).toMatchObject({ requests: 100, retries: 0, available: 30 })
       expect(yield* askRetries(budget, 40)).toBe(30)
+    }))
+
+  it.effect("a step of the system clock back does not hold calls and retries in the window", () =>
+    Effect.gen(function*() {
+      const { clock, stepWall } = yield* wallSteppableClock
+      const budget = yield* Effect.withClock(RetryBudget.make(), clock)
+      yield* recordRequests(budget, 100)
+      expect(yield* askRetries(budget, 40)).toBe(30)
+      stepWall(-3_600_000)
+      yield* TestClock.adjust("10 seconds")
+      expect(yield* budget.snapshot).toMatchObject({ requests: 0, retries: 0 })
     }))
 
   it.effect("guarding RetryPolicy.schedule: 100 failing calls make only the budget's retries", () =>

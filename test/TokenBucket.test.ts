@@ -10,6 +10,7 @@ import * as Option from "effect/Option"
 import * as TestClock from "effect/TestClock"
 import type { ChatCompletionRequest } from "../src/ChatSchema.js"
 import * as TokenBucket from "../src/TokenBucket.js"
+import { wallSteppableClock } from "./support/wallClock.js"
 import * as ApiError from "../src/ApiError.js"
 
 const bucket = (options: TokenBucket.Options) =>
@@ -101,6 +102,15 @@ describe("TokenBucket", () => {
       yield* TestClock.adjust("500 millis")
       yield* limiter.take()
       expect(millisOf(yield* failure(limiter.take()))).toEqual(Option.some(500))
+    }))
+
+  it.effect("a step of the system clock forwards adds nothing", () =>
+    Effect.gen(function*() {
+      const { clock, stepWall } = yield* wallSteppableClock
+      const limiter = yield* Effect.withClock(bucket({ requests: { limit: 2, interval: "1 second" }, onExhausted: "fail" }), clock)
+      yield* Effect.withClock(Effect.zipRight(limiter.take(), limiter.take()), clock)
+      stepWall(60_000)
+      expect(millisOf(yield* failure(Effect.withClock(limiter.take(), clock)))).toEqual(Option.some(500))
     }))
 
   it.effect("fail mode refuses at once, saying when there will be room", () =>

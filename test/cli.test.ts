@@ -22,6 +22,7 @@ import * as Telemetry from "../src/Telemetry.js"
 import { chatLine } from "./support/chatLine.js"
 import { layerFullDisk } from "./support/fullDisk.js"
 import { rawServer, reply } from "./support/rawServer.js"
+import { wallSteppableClock } from "./support/wallClock.js"
 
 const badKey = "sk-cli-test-WRONG-7f3a9c1d2e"
 
@@ -557,6 +558,17 @@ describe("weatherproof's progress lines", () => {
       expect(lines).toHaveLength(1)
       yield* TestClock.adjust("1 second")
       expect(lines[1]).toBe("weatherproof: 6 of 10 lines done (3 ok, 1 failed, 2 skipped) in 3m")
+    }))
+
+  it.scoped("say how long the run took whatever step the system clock made", () =>
+    Effect.gen(function*() {
+      const lines: Array<string> = []
+      const { clock, stepWall } = yield* wallSteppableClock
+      const report = yield* Effect.withClock(progressLinesInto(lines, "1 minute"), clock)
+      yield* Effect.withClock(report({ total: 10, succeeded: 1, failed: 0, skipped: 0 }), clock)
+      stepWall(-3_600_000)
+      yield* TestClock.adjust("1 minute")
+      expect(lines).toEqual(["weatherproof: 1 of 10 lines done (1 ok, 0 failed, 0 skipped) in 1m"])
     }))
 
   it.scoped("with no total (an input read once, a pipe), say how many lines are done", () =>

@@ -6,6 +6,7 @@ import * as TestClock from "effect/TestClock"
 import { DeadlineExceeded } from "../src/ApiError.js"
 import { type Limits, Timeline, Watchdog } from "../src/internal/deadlines.js"
 import { stoppableClock } from "./support/stoppedClock.js"
+import { wallSteppableClock } from "./support/wallClock.js"
 
 const callArbitrary = FastCheck.record({
   /** Seconds to the call's first-content deadline. */
@@ -111,5 +112,79 @@ describe("a process stopped past a deadline", () => {
       const error = yield* Effect.flip(Fiber.join(silent))
       expect(error).toBeInstanceOf(DeadlineExceeded)
       expect(error).toMatchObject({ reason: "first_content" })
+    }))
+})
+
+describe("a step of the system clock", () => {
+  const limits: Limits = { firstContent: 10_000, idle: Infinity, total: Infinity }
+
+  it.effect("forwards, it cuts no call early: a wait that starts after it is judged by the time that passed", () =>
+    Effect.gen(function*() {
+      const { clock, stepWall } = yield* wallSteppableClock
+      const timeline = yield* Effect.withClock(Timeline.start(limits, undefined), clock)
+      const keptAlive = yield* Deferred.make<string>()
+      const content = yield* Deferred.make<string>()
+      const waits = yield* Effect.fork(Effect.withClock(
+        Effect.zip(timeline.guard(Deferred.await(keptAlive)), timeline.guard(Deferred.await(content))),
+        clock
+      ))
+      yield* TestClock.adjust("3 seconds")
+      stepWall(3_600_000)
+      yield* Deferred.succeed(keptAlive, ": keep-alive")
+      yield* TestClock.adjust("3 seconds")
+      yield* Deferred.succeed(content, "data: {}")
+      expect(yield* Fiber.join(waits)).toEqual([": keep-alive", "data: {}"])
+    }))
+
+  it.effect("back, it delays no deadline: a silent call is cut when its time has passed", () =>
+    Effect.gen(function*() {
+      const { clock, stepWall } = yield* wallSteppableClock
+      const silent = yield* Effect.fork(Effect.withClock(
+        Effect.flatMap(Timeline.start(limits, undefined), (timeline) => timeline.guard(Effect.never)),
+        clock
+      ))
+      yield* TestClock.adjust("3 seconds")
+      stepWall(-3_600_000)
+      yield* TestClock.adjust("7 seconds")
+      const error = yield* Effect.flip(Fiber.join(silent))
+      expect(error).toBeInstanceOf(DeadlineExceeded)
+      expect(error).toMatchObject({ reason: "first_content" })
+    }))
+
+  /** A watchdog on a clock whose wall time steps, and calls it watches that record their abort in `aborted`. */
+  const steppedWatchdog = Effect.gen(function*() {
+    const { clock, stepWall } = yield* wallSteppableClock
+    const watchdog = new Watchdog()
+    const aborted: Array<string> = []
+    const watched = (name: string, firstContent: number) =>
+      Effect.gen(function*() {
+        const timeline = yield* Timeline.start({ firstContent, idle: Infinity, total: Infinity }, undefined)
+        timeline.underWay = { abort: () => aborted.push(name) }
+        yield* watchdog.watch(timeline)
+      }).pipe(Effect.withClock(clock))
+    return { stepWall, aborted, watched }
+  })
+
+  it.effect("back, the watchdog cuts a call when its time has passed", () =>
+    Effect.gen(function*() {
+      const { aborted, stepWall, watched } = yield* steppedWatchdog
+      yield* watched("silent", 10_000)
+      yield* TestClock.adjust("3 seconds")
+      stepWall(-3_600_000)
+      yield* TestClock.adjust("7 seconds")
+      expect(aborted).toEqual(["silent"])
+    }))
+
+  it.effect("forwards, the watchdog cuts only the calls whose deadline passed", () =>
+    Effect.gen(function*() {
+      const { aborted, stepWall, watched } = yield* steppedWatchdog
+      yield* watched("soon", 5_000)
+      yield* watched("later", 60_000)
+      yield* TestClock.adjust("2 seconds")
+      stepWall(3_600_000)
+      yield* TestClock.adjust("4 seconds")
+      expect(aborted).toEqual(["soon"])
+      yield* TestClock.adjust("54 seconds")
+      expect(aborted).toEqual(["soon", "later"])
     }))
 })

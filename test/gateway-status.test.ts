@@ -14,6 +14,7 @@ import { Traffic } from "../app/gateway/traffic.js"
 import * as AccountPool from "../src/AccountPool.js"
 import * as CostLedger from "../src/CostLedger.js"
 import * as MockUpstream from "../src/MockUpstream.js"
+import { wallSteppableClock } from "./support/wallClock.js"
 
 const counts = (name: string, succeeded: number, rateLimited: number): Status.AttemptCounts => ({
   name,
@@ -107,5 +108,19 @@ describe("the throttling banner", () => {
       yield* calls(10)
       yield* TestClock.adjust("2 seconds")
       expect(yield* banner).toEqual([])
+    }).pipe(Effect.provide(layer)))
+
+  it.scoped("counts 429s a second by the time that passed, whatever step the system clock made", () =>
+    Effect.gen(function*() {
+      const { clock, stepWall } = yield* wallSteppableClock
+      const monitor = yield* Effect.withClock(
+        Status.make(new Traffic(), { interval: Duration.seconds(1), keep: 60, throttleWindow: Duration.seconds(10), throttleShare: 0.05 }),
+        clock
+      )
+      yield* TestClock.adjust("1 second")
+      stepWall(-3_600_000)
+      yield* refused(10)
+      yield* TestClock.adjust("1 second")
+      expect((yield* monitor.latest).accounts.map((account) => account.rateLimitedPerSecond)).toEqual([10])
     }).pipe(Effect.provide(layer)))
 })

@@ -2,7 +2,6 @@
  * A batch run's progress: a terminal progress bar (cli-progress), drawn only on a TTY that can
  * move its cursor, outside CI (cli-progress is loaded only then); elsewhere a line now and then.
  */
-import * as Clock from "effect/Clock"
 import * as Console from "effect/Console"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -10,6 +9,7 @@ import * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
 import { AccountPool, type AccountStatus, describeState, type Service as Pool } from "../../src/AccountPool.js"
 import { type Progress, TelemetryCounts } from "../../src/Batch.js"
+import { currentMonotonicMillis } from "../../src/internal/monotonic.js"
 import { counted } from "../../src/internal/text.js"
 import type * as Telemetry from "../../src/Telemetry.js"
 
@@ -186,7 +186,7 @@ export const progressLines = (
   every: Duration.DurationInput
 ): Effect.Effect<(progress: Progress) => Effect.Effect<void>, never, Scope.Scope> =>
   Effect.gen(function*() {
-    const startedAt = yield* Clock.currentTimeMillis
+    const startedAt = yield* currentMonotonicMillis
     let latest: Progress | undefined
     let readCounts = Effect.succeed(noFailures)
     let readPool = Effect.succeed(noPoolNotes)
@@ -203,7 +203,7 @@ export const progressLines = (
     let previous = { at: startedAt, counts: noFailures }
     const write = Effect.gen(function*() {
       if (latest === undefined) return
-      const now = yield* Clock.currentTimeMillis
+      const now = yield* currentMonotonicMillis
       const current = yield* readCounts
       const failed = failedAttemptsNote(previous.counts, current, now - previous.at)
       const notes = yield* readPool

@@ -29,7 +29,6 @@ import type { ServeError } from "@effect/platform/HttpServerError"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
-import * as Clock from "effect/Clock"
 import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -44,6 +43,7 @@ import { createRequire } from "node:module"
 import { AccountPool, servedModels } from "../../src/AccountPool.js"
 import type { Account } from "../../src/Accounts.js"
 import { CostLedger } from "../../src/CostLedger.js"
+import { currentMonotonicMillis } from "../../src/internal/monotonic.js"
 import * as Scrubber from "../../src/internal/scrubber.js"
 import { counted } from "../../src/internal/text.js"
 import type { Resilient } from "../../src/Resilient.js"
@@ -339,7 +339,7 @@ export const make = (
     const drain = yield* Effect.cached(Effect.gen(function*() {
       traffic.draining = true
       const drained = traffic.active > 0
-      const startedAt = yield* Clock.currentTimeMillis
+      const startedAt = yield* currentMonotonicMillis
       if (drained) {
         yield* Effect.logInfo(`gateway: draining ${requests(traffic.active)} (at most ${Duration.format(drainTimeout)})`)
       }
@@ -358,7 +358,7 @@ export const make = (
       }
       // The drain's outcome, so that an operator reading the log knows the process ended on purpose.
       if (drained) {
-        const took = Duration.format(Duration.millis((yield* Clock.currentTimeMillis) - startedAt))
+        const took = Duration.format(Duration.millis((yield* currentMonotonicMillis) - startedAt))
         yield* Effect.logInfo(`gateway: drained in ${took}${cut ? ", the rest cut" : ": every request finished"}; stopped`)
       }
       server.close(() => undefined)

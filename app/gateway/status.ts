@@ -8,7 +8,6 @@
  * Samples read only public interfaces: `AccountPool.snapshot` (each account and its model lanes),
  * `CostLedger.snapshot` and the Effect metric registry (tokens and cost per account and model).
  */
-import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Metric from "effect/Metric"
@@ -20,6 +19,7 @@ import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import { AccountPool, type AccountStatus, type ModelStatus } from "../../src/AccountPool.js"
 import { CostLedger } from "../../src/CostLedger.js"
+import { currentMonotonicMillis } from "../../src/internal/monotonic.js"
 import type { Traffic } from "./traffic.js"
 
 /** One (account, model) lane, as the page draws it: DeepSeek caps each model of an account apart. */
@@ -55,7 +55,10 @@ export interface ModelSpend {
 }
 
 export interface Sample {
-  /** Epoch milliseconds. */
+  /**
+   * Epoch milliseconds on the process's monotonic clock (the wall time at start, moved on by the
+   * time that passed): the rates and hold-downs taken between samples ignore a step of the system clock.
+   */
   readonly t: number
   readonly draining: boolean
   readonly gateway: {
@@ -191,7 +194,7 @@ export const make = (traffic: Traffic, options: Options): Effect.Effect<Monitor,
     const history: Array<Sample> = []
 
     const take = Effect.gen(function*() {
-      const t = yield* Clock.currentTimeMillis
+      const t = yield* currentMonotonicMillis
       const statuses = yield* pool.snapshot
       const totals = yield* ledger.snapshot
       const models = spendOf(yield* Metric.snapshot)

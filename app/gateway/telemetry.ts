@@ -20,7 +20,6 @@ import { type MetricProducer, type MetricReader, PeriodicExportingMetricReader }
 import { BatchSpanProcessor } from "@opentelemetry/sdk-trace-base"
 import * as Crypto from "node:crypto"
 import * as Config from "effect/Config"
-import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -28,6 +27,7 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Runtime from "effect/Runtime"
 import * as Tracer from "effect/Tracer"
+import { currentMonotonicMillis } from "../../src/internal/monotonic.js"
 
 export interface Service {
   /** The metrics now, in the Prometheus text format. */
@@ -181,7 +181,7 @@ const layerDiagnostics: Layer.Layer<never> = Layer.scopedDiscard(Effect.gen(func
   const log = (...args: Array<unknown>): void => {
     const text = diagnosticText(args)
     const key = text.replace(/\d+/g, "#")
-    Runtime.runSync(runtime)(Effect.flatMap(Clock.currentTimeMillis, (now) => {
+    Runtime.runSync(runtime)(Effect.flatMap(currentMonotonicMillis, (now) => {
       const last = lastLogged.get(key)
       if (last !== undefined && now - last < Duration.toMillis(diagnosticQuiet)) return Effect.void
       if (lastLogged.size >= diagnosticsKept) lastLogged.clear()

@@ -43,6 +43,7 @@ import { picoOfUsd, usdOfPico } from "./costLedger.js"
 import { AccountSlot, Dispatcher, Lane, type LaneGrant, type Lanes, queuedOn, type Waiter } from "./dispatcher.js"
 import * as GenAi from "./genAi.js"
 import * as MemberState from "./memberState.js"
+import { monotonicMillis } from "./monotonic.js"
 import { assertValid, positive } from "./options.js"
 import * as RedisLanes from "./redisDispatcher.js"
 import { attemptFailuresCounter, secondsBoundaries } from "./policy.js"
@@ -463,7 +464,7 @@ export const makeWith = <R>(
      */
     const forkInPool = (effect: Effect.Effect<void>) => Effect.forkIn(Effect.interruptible(effect), scope)
     const clock = yield* Effect.clock
-    const now = () => clock.unsafeCurrentTimeMillis()
+    const now = () => monotonicMillis(clock)
     // An upstream may echo a key in the failure a log line or a status quotes.
     const scrub = Scrubber.make(accounts.flatMap((account) => account.keys))
     const lastFailureOf = (member: Member): string | undefined =>

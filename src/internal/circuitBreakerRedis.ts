@@ -25,6 +25,7 @@ import type * as Scope from "effect/Scope"
 import type { State } from "../CircuitBreaker.js"
 import type * as RedisModule from "../Redis.js"
 import { type Admission, type Core, Machine, type Outcome, type Saved, type Settings } from "./circuitBreaker.js"
+import { monotonicMillis } from "./monotonic.js"
 import { RedisError } from "./redis.js"
 import * as Fallback from "./redisFallback.js"
 
@@ -105,7 +106,7 @@ export const core = (
 ): Effect.Effect<Core, never, Scope.Scope> =>
   Effect.gen(function*() {
     const clock = yield* Effect.clock
-    const localNow = () => clock.unsafeCurrentTimeMillis()
+    const localNow = () => monotonicMillis(clock)
     // Server time minus local time, as of the last read: the mirror's times are the server's.
     let offset = 0
     const now = () => localNow() + offset

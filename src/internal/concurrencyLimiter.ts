@@ -10,6 +10,7 @@ import * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
 import * as ApiError from "../ApiError.js"
 import type { Classifier } from "../ApiError.js"
+import { monotonicMillis } from "./monotonic.js"
 import { above, assertValid, atLeast, ratio } from "./options.js"
 import * as ScopeFinalizer from "./scopeFinalizer.js"
 import * as Unpaced from "./unpaced.js"
@@ -836,7 +837,7 @@ const noteUnpaced = (exit: Exit.Exit<unknown, unknown>, classify: Classifier = A
  */
 export const makePermit = (policy: Policy, ledger: Ledger, grant: Grant, clock: Clock.Clock, hooks: PermitHooks) => {
   const { stamp } = grant
-  const grantedAt = clock.unsafeCurrentTimeMillis()
+  const grantedAt = monotonicMillis(clock)
   const refill = policy.refill?.() ?? false
   let completed = false
   let acceptedAt: number | undefined
@@ -844,7 +845,7 @@ export const makePermit = (policy: Policy, ledger: Ledger, grant: Grant, clock: 
   let queueDelay: Duration.Duration | undefined
   const acceptance = (): Acceptance =>
     acceptedAt === undefined ? unreported : {
-      timing: clock.unsafeCurrentTimeMillis() - acceptedAt > acceptedAt - grantedAt ? "ahead" : "withResponse",
+      timing: monotonicMillis(clock) - acceptedAt > acceptedAt - grantedAt ? "ahead" : "withResponse",
       grew: grewOnAcceptance
     }
   const report = (outcome: Outcome): void => {
@@ -853,7 +854,7 @@ export const makePermit = (policy: Policy, ledger: Ledger, grant: Grant, clock: 
     const observed = outcome._tag === "Success" && outcome.queueDelay === undefined && queueDelay !== undefined
       ? { _tag: "Success" as const, queueDelay }
       : outcome
-    const elapsed = clock.unsafeCurrentTimeMillis() - grantedAt
+    const elapsed = monotonicMillis(clock) - grantedAt
     policy.record(stamp, observed, ledger.inFlight, acceptance(), elapsed, { refill, refilled: hooks.refills() }, grant)
     // The request no longer holds a slot upstream, but its permit is counted until released:
     // granting now would place the next request one level too high.
@@ -870,7 +871,7 @@ export const makePermit = (policy: Policy, ledger: Ledger, grant: Grant, clock: 
     settle: (exit) => Effect.sync(() => settle(exit)),
     accepted: Effect.sync(() => {
       if (completed || acceptedAt !== undefined) return
-      acceptedAt = clock.unsafeCurrentTimeMillis()
+      acceptedAt = monotonicMillis(clock)
       grewOnAcceptance = policy.accepted(stamp, refill, grant)
       ledger.resize(policy.limit)
       hooks.changed()

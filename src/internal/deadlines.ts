@@ -21,6 +21,7 @@ import type * as Fiber from "effect/Fiber"
 import * as FiberId from "effect/FiberId"
 import { DeadlineExceeded, emptyPartial, type PartialOutput } from "../ApiError.js"
 import type { Deadlines } from "../Transport.js"
+import { monotonicMillis } from "./monotonic.js"
 import { type Entry, Registry } from "./registry.js"
 
 /** A timer this late woke a process that did not run meanwhile: stopped (Ctrl-Z, a paused container) or blocked. */
@@ -40,15 +41,15 @@ const maxCatchUpSteps = 50
 const sleepCaughtUp = (clock: Clock.Clock, end: number): Effect.Effect<void> => {
   const step = (steps: number): Effect.Effect<void> =>
     Effect.suspend(() => {
-      const stepEnd = clock.unsafeCurrentTimeMillis() + catchUpStepMillis
+      const stepEnd = monotonicMillis(clock) + catchUpStepMillis
       return Effect.flatMap(clock.sleep(Duration.millis(catchUpStepMillis)), () =>
-        steps < maxCatchUpSteps && clock.unsafeCurrentTimeMillis() - stepEnd > catchUpStepMillis ? step(steps + 1) : Effect.void)
+        steps < maxCatchUpSteps && monotonicMillis(clock) - stepEnd > catchUpStepMillis ? step(steps + 1) : Effect.void)
     })
   return Effect.suspend(() => {
-    const wait = end - clock.unsafeCurrentTimeMillis()
+    const wait = end - monotonicMillis(clock)
     if (wait <= 0) return Effect.void
     return Effect.flatMap(clock.sleep(Duration.millis(wait)), () =>
-      clock.unsafeCurrentTimeMillis() - end > stoppedAfterMillis ? step(1) : Effect.void)
+      monotonicMillis(clock) - end > stoppedAfterMillis ? step(1) : Effect.void)
   })
 }
 
@@ -138,12 +139,12 @@ export class Timeline {
    */
   static start(limits: Limits, observers: Observers | undefined, wholeBody = false): Effect.Effect<Timeline> {
     return Effect.clockWith((clock) =>
-      Effect.sync(() => new Timeline(limits, clock.unsafeCurrentTimeMillis(), observers, clock, wholeBody))
+      Effect.sync(() => new Timeline(limits, monotonicMillis(clock), observers, clock, wholeBody))
     )
   }
 
   now(): number {
-    return this.clock.unsafeCurrentTimeMillis()
+    return monotonicMillis(this.clock)
   }
 
   /** The success status and headers arrived. */
@@ -346,7 +347,7 @@ export class Watchdog {
 
   private sleepUntil(end: number, generation: number): Effect.Effect<void> {
     return Effect.clockWith((clock) =>
-      Effect.zipRight(sleepCaughtUp(clock, end), Effect.suspend(() => this.sweep(clock.unsafeCurrentTimeMillis(), generation)))
+      Effect.zipRight(sleepCaughtUp(clock, end), Effect.suspend(() => this.sweep(monotonicMillis(clock), generation)))
     )
   }
 

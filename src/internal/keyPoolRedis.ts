@@ -8,13 +8,13 @@
  * @internal
  */
 import { createHash } from "node:crypto"
-import * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
 import * as Queue from "effect/Queue"
 import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
 import type { Credential, Service } from "../KeyPool.js"
 import type * as Redis from "../Redis.js"
+import { currentMonotonicMillis } from "./monotonic.js"
 import * as Fallback from "./redisFallback.js"
 
 /** The first 16 hex digits of the SHA-256 of the key, in a domain of its own: never the key. */
@@ -52,7 +52,7 @@ export const shared = (redis: Redis.Service, account: string, pool: Local): Effe
     const fallback = Fallback.make(redis, `KeyPool "${account}"`, "keeping key cooldowns locally")
 
     const readResting = Effect.flatMap(runResting(pool.credentials.map((credential) => keyOf(credential.id)), []), (reply) =>
-      Effect.flatMap(Clock.currentTimeMillis, (now) =>
+      Effect.flatMap(currentMonotonicMillis, (now) =>
         Effect.forEach(pool.credentials, (credential, i) => {
           const millis = Number((reply as ReadonlyArray<number>)[i])
           return millis > 0 ? pool.restUntil(credential.id, now + millis) : Effect.void

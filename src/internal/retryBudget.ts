@@ -17,6 +17,7 @@ import type * as Fiber from "effect/Fiber"
 import * as FiberId from "effect/FiberId"
 import * as MutableList from "effect/MutableList"
 import type { Service, Snapshot } from "../RetryBudget.js"
+import { monotonicMillis } from "./monotonic.js"
 import { RollingWindow } from "./rollingWindow.js"
 
 /** Resolved, validated options. */
@@ -118,7 +119,7 @@ export class Budget implements Service {
   })
 
   private now(): number {
-    return this.clock.unsafeCurrentTimeMillis()
+    return monotonicMillis(this.clock)
   }
 
   /** Withdraws one retry if there is room now, once those waiting were served. */
