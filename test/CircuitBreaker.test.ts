@@ -30,7 +30,7 @@ import {
 import * as ApiError from "../src/ApiError.js"
 import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
-import { wallSteppableClock } from "./support/wallClock.js"
+import { processClock } from "./support/processClock.js"
 
 const serverError = (message = "overloaded") => new ServerError({ status: 503, message, retryAfter: Option.none() })
 const badRequest = (status = 400) => new InvalidRequest({ status, message: "bad request" })
@@ -290,7 +290,7 @@ describe("CircuitBreaker", () => {
 
     it.scoped("a step of the system clock back does not lengthen the open period", () =>
       Effect.gen(function*() {
-        const { clock, stepWall } = yield* wallSteppableClock
+        const { clock, stepWall } = yield* processClock
         const breaker = yield* Effect.withClock(CircuitBreaker.make(), clock)
         yield* trip(breaker)
         yield* TestClock.adjust("10 seconds")

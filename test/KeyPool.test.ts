@@ -7,7 +7,7 @@ import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as TestClock from "effect/TestClock"
 import * as KeyPool from "../src/KeyPool.js"
-import { wallSteppableClock } from "./support/wallClock.js"
+import { processClock } from "./support/processClock.js"
 
 const keys = ["sk-aaaa1111", "sk-bbbb2222", "sk-cccc3333"].map(Redacted.make)
 
@@ -52,7 +52,7 @@ describe("KeyPool", () => {
   it.effect("a step of the system clock back does not lengthen a rest", () =>
     Effect.gen(function*() {
       yield* TestClock.setTime(86_400_000)
-      const { clock, stepWall } = yield* wallSteppableClock
+      const { clock, stepWall } = yield* processClock
       const pool = yield* KeyPool.make(keys, { cooldown: "5 minutes" })
       yield* Effect.withClock(Effect.flatMap(pool.acquire, pool.reject), clock)
       stepWall(-3_600_000)

@@ -14,7 +14,7 @@ import { InsufficientResource, StreamTruncated, emptyPartial } from "../src/ApiE
 import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, FinishReason } from "../src/ChatSchema.js"
 import * as ChatStream from "../src/ChatStream.js"
 import * as ResponseCache from "../src/ResponseCache.js"
-import { wallSteppableClock } from "./support/wallClock.js"
+import { processClock } from "./support/processClock.js"
 import { capturingLogs, type Logged } from "./support/logs.js"
 
 const ask = (question: string, extra: Partial<ChatCompletionRequest> = {}): ChatCompletionRequest => ({
@@ -243,7 +243,7 @@ describe("ResponseCache", () => {
 
   it.effect("a step of the system clock back does not lengthen a time to live", () =>
     Effect.gen(function*() {
-      const { clock, stepWall } = yield* wallSteppableClock
+      const { clock, stepWall } = yield* processClock
       const cache = yield* memoryCache({ timeToLive: "1 minute" })
       const { call, calls } = yield* upstream([completion("a"), completion("b")])
       yield* Effect.withClock(cache.cached(ask("q"), call), clock)

@@ -14,7 +14,7 @@ import * as TestClock from "effect/TestClock"
 import { InvalidRequest, ServerError } from "../src/ApiError.js"
 import type { ApiError } from "../src/ApiError.js"
 import * as RetryBudget from "../src/RetryBudget.js"
-import { wallSteppableClock } from "./support/wallClock.js"
+import { processClock } from "./support/processClock.js"
 import * as RetryPolicy from "../src/RetryPolicy.js"
 
 /** Lets the fibers a step woke run until they wait again. */
@@ -92,7 +92,7 @@ describe("RetryBudget", () => {
 
   it.effect("a step of the system clock back does not hold calls and retries in the window", () =>
     Effect.gen(function*() {
-      const { clock, stepWall } = yield* wallSteppableClock
+      const { clock, stepWall } = yield* processClock
       const budget = yield* Effect.withClock(RetryBudget.make(), clock)
       yield* recordRequests(budget, 100)
       expect(yield* askRetries(budget, 40)).toBe(30)

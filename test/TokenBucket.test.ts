@@ -10,7 +10,7 @@ import * as Option from "effect/Option"
 import * as TestClock from "effect/TestClock"
 import type { ChatCompletionRequest } from "../src/ChatSchema.js"
 import * as TokenBucket from "../src/TokenBucket.js"
-import { wallSteppableClock } from "./support/wallClock.js"
+import { processClock } from "./support/processClock.js"
 import * as ApiError from "../src/ApiError.js"
 
 const bucket = (options: TokenBucket.Options) =>
@@ -106,7 +106,7 @@ describe("TokenBucket", () => {
 
   it.effect("a step of the system clock forwards adds nothing", () =>
     Effect.gen(function*() {
-      const { clock, stepWall } = yield* wallSteppableClock
+      const { clock, stepWall } = yield* processClock
       const limiter = yield* Effect.withClock(bucket({ requests: { limit: 2, interval: "1 second" }, onExhausted: "fail" }), clock)
       yield* Effect.withClock(Effect.zipRight(limiter.take(), limiter.take()), clock)
       stepWall(60_000)

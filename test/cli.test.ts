@@ -22,7 +22,7 @@ import * as Telemetry from "../src/Telemetry.js"
 import { chatLine } from "./support/chatLine.js"
 import { layerFullDisk } from "./support/fullDisk.js"
 import { rawServer, reply } from "./support/rawServer.js"
-import { wallSteppableClock } from "./support/wallClock.js"
+import { processClock } from "./support/processClock.js"
 
 const badKey = "sk-cli-test-WRONG-7f3a9c1d2e"
 
@@ -563,7 +563,7 @@ describe("weatherproof's progress lines", () => {
   it.scoped("say how long the run took whatever step the system clock made", () =>
     Effect.gen(function*() {
       const lines: Array<string> = []
-      const { clock, stepWall } = yield* wallSteppableClock
+      const { clock, stepWall } = yield* processClock
       const report = yield* Effect.withClock(progressLinesInto(lines, "1 minute"), clock)
       yield* Effect.withClock(report({ total: 10, succeeded: 1, failed: 0, skipped: 0 }), clock)
       stepWall(-3_600_000)

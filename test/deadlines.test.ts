@@ -5,8 +5,7 @@ import * as Effect from "effect/Effect"
 import * as TestClock from "effect/TestClock"
 import { DeadlineExceeded } from "../src/ApiError.js"
 import { type Limits, Timeline, Watchdog } from "../src/internal/deadlines.js"
-import { stoppableClock } from "./support/stoppedClock.js"
-import { wallSteppableClock } from "./support/wallClock.js"
+import { processClock } from "./support/processClock.js"
 
 const callArbitrary = FastCheck.record({
   /** Seconds to the call's first-content deadline. */
@@ -52,7 +51,7 @@ describe("a process stopped past a deadline", () => {
 
   /** A watchdog on a stoppable clock, and calls it watches that record their abort in `aborted`. */
   const stoppableWatchdog = Effect.gen(function*() {
-    const { clock, lagEveryWake, stop } = yield* stoppableClock
+    const { clock, lagEveryWake, stop } = yield* processClock
     const watchdog = new Watchdog()
     const aborted: Array<string> = []
     const watched = (name: string) =>
@@ -94,7 +93,7 @@ describe("a process stopped past a deadline", () => {
 
   it.effect("a guarded wait is judged once what arrived while the process was stopped is read", () =>
     Effect.gen(function*() {
-      const { clock, stop } = yield* stoppableClock
+      const { clock, stop } = yield* processClock
       const guarded = (arrives: Deferred.Deferred<string>) =>
         Effect.flatMap(Timeline.start(limits, undefined), (timeline) => timeline.guard(Deferred.await(arrives))).pipe(
           Effect.withClock(clock),
@@ -120,7 +119,7 @@ describe("a step of the system clock", () => {
 
   it.effect("forwards, it cuts no call early: a wait that starts after it is judged by the time that passed", () =>
     Effect.gen(function*() {
-      const { clock, stepWall } = yield* wallSteppableClock
+      const { clock, stepWall } = yield* processClock
       const timeline = yield* Effect.withClock(Timeline.start(limits, undefined), clock)
       const keptAlive = yield* Deferred.make<string>()
       const content = yield* Deferred.make<string>()
@@ -138,7 +137,7 @@ describe("a step of the system clock", () => {
 
   it.effect("back, it delays no deadline: a silent call is cut when its time has passed", () =>
     Effect.gen(function*() {
-      const { clock, stepWall } = yield* wallSteppableClock
+      const { clock, stepWall } = yield* processClock
       const silent = yield* Effect.fork(Effect.withClock(
         Effect.flatMap(Timeline.start(limits, undefined), (timeline) => timeline.guard(Effect.never)),
         clock
@@ -153,7 +152,7 @@ describe("a step of the system clock", () => {
 
   /** A watchdog on a clock whose wall time steps, and calls it watches that record their abort in `aborted`. */
   const steppedWatchdog = Effect.gen(function*() {
-    const { clock, stepWall } = yield* wallSteppableClock
+    const { clock, stepWall } = yield* processClock
     const watchdog = new Watchdog()
     const aborted: Array<string> = []
     const watched = (name: string, firstContent: number) =>

@@ -14,7 +14,7 @@ import { Traffic } from "../app/gateway/traffic.js"
 import * as AccountPool from "../src/AccountPool.js"
 import * as CostLedger from "../src/CostLedger.js"
 import * as MockUpstream from "../src/MockUpstream.js"
-import { wallSteppableClock } from "./support/wallClock.js"
+import { processClock } from "./support/processClock.js"
 
 const counts = (name: string, succeeded: number, rateLimited: number): Status.AttemptCounts => ({
   name,
@@ -112,7 +112,7 @@ describe("the throttling banner", () => {
 
   it.scoped("counts 429s a second by the time that passed, whatever step the system clock made", () =>
     Effect.gen(function*() {
-      const { clock, stepWall } = yield* wallSteppableClock
+      const { clock, stepWall } = yield* processClock
       const monitor = yield* Effect.withClock(
         Status.make(new Traffic(), { interval: Duration.seconds(1), keep: 60, throttleWindow: Duration.seconds(10), throttleShare: 0.05 }),
         clock
