@@ -64,11 +64,15 @@
  *    headers only with the body), the level held counts requests on their way too, so a drop
  *    while holding there (or recovering) is an ordinary overshoot, and only a second one before
  *    a success is a fall. So is a drop in a hold's first round, before its level was held for a
- *    whole round, and a drop while recovering at a level above any the upstream was seen to
- *    hold since the decrease (the ceiling becomes that level): the in-flight a ceiling is taken
- *    from counts requests still on their way, and with the upstream a round trip away (or this
- *    process slow to read its answers) it set the ceiling above the cap, where a 429 read as a
- *    fall cost a second slow start's overshoot. A cap that really fell then costs one 429 more.
+ *    whole round, and a drop while recovering or in a hold's first round at a level above any
+ *    the upstream was seen to hold since the decrease (requests accepted and not ended at once),
+ *    even before anything sent since was accepted; the ceiling becomes the most it was seen to
+ *    hold. The in-flight a ceiling is taken from counts requests still on their way, and with the
+ *    upstream a round trip away (or this process slow to read its answers) it set the ceiling
+ *    above the cap, where a 429 read as a fall cost a second slow start's overshoot. So did a
+ *    first burst above a small cap (8 over 4), its 429s read one at a time: as a fall, with the
+ *    short holds that follow one, it cost a mixed flash/pro batch 6-12 429s on pro's cap of 4,
+ *    where the burst and the probes cost 6-8. A cap that really fell then costs one 429 more.
  * 4. **Recover**: back to the ceiling within a round, in equal steps (the gap at the round's
  *    start, at least one request). Where acceptances come ahead of responses they clock it, so
  *    the gap closes as the permits granted since the decrease are accepted: clocked by

@@ -15,7 +15,7 @@ import * as TestClock from "effect/TestClock"
 import * as ApiError from "../src/ApiError.js"
 import { RateLimited, ServerError } from "../src/ApiError.js"
 import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
-import { adaptiveConfig, Aimd, Gate, type Waiter } from "../src/internal/concurrencyLimiter.js"
+import { adaptiveConfig, Aimd, type AimdState, Gate, type Waiter } from "../src/internal/concurrencyLimiter.js"
 
 type Service = ConcurrencyLimiter.Service
 type Outcome = ConcurrencyLimiter.Outcome
@@ -28,6 +28,12 @@ const withQueueDelay = (millis: number): Outcome => ({ _tag: "Success", queueDel
 const settle = TestClock.adjust(0)
 
 const limitOf = (limiter: Service) => Effect.map(limiter.snapshot, (s) => s.limit)
+
+/** A controller of the adaptive limiter of `options`, in its first state but for `state`. */
+const aimdIn = (options: ConcurrencyLimiter.AdaptiveOptions, state: Partial<AimdState>): Aimd => {
+  const config = adaptiveConfig(options)
+  return Aimd.fromState(config, { ...new Aimd(config).toState(), ...state })
+}
 
 interface Held {
   readonly permit: ConcurrencyLimiter.Permit
@@ -409,8 +415,7 @@ describe("ConcurrencyLimiter", () => {
     })
 
     it("a state whose proved level is at its limit (merged from several processes) still grows by acceptances at its top", () => {
-      const config = adaptiveConfig({ initial: 8 })
-      const aimd = Aimd.fromState(config, { ...new Aimd(config).toState(), confirmed: 8 })
+      const aimd = aimdIn({ initial: 8 }, { confirmed: 8 })
       for (let accepted = 1; accepted < 8; accepted++) expect(aimd.accepted(0)).toBe(false)
       expect(aimd.accepted(0)).toBe(true) // 8 held: the top of the limit
       expect(aimd.limit).toBe(9)
@@ -441,9 +446,7 @@ describe("ConcurrencyLimiter", () => {
       const unreported = { timing: "unreported", grew: false } as const
       /** Probing a request above a ceiling of 6: six held, the probe's permit on its way, then one of the six ends and its replacement goes. */
       const probing = () => {
-        const config = adaptiveConfig({ initial: 6 })
-        const aimd = Aimd.fromState(config, {
-          ...new Aimd(config).toState(),
+        const aimd = aimdIn({ initial: 6 }, {
           ceiling: 6,
           value: 7,
           acceptanceClocked: true,
@@ -587,16 +590,79 @@ describe("ConcurrencyLimiter", () => {
         expect(yield* rounds(limiter, 2)).toEqual([16, 16]) // holding there
       }))
 
+    /** A first burst of 8 over a cap of 4: 4 accepted, then 2 of the others' 429s (the ceiling 6, holding). */
+    const burstOverFour = Effect.gen(function*() {
+      const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 8 })
+      const first = yield* hold(limiter, 8)
+      yield* TestClock.adjust("10 millis")
+      yield* Effect.forEach(first.slice(0, 4), (h) => h.permit.accepted)
+      yield* first[4]!.permit.complete(dropped) // in flight 8: the ceiling 7, holding there
+      yield* release([first[4]!])
+      yield* first[5]!.permit.complete(dropped) // alongside, in flight 7: the ceiling 6
+      yield* release([first[5]!])
+      expect(yield* limitOf(limiter)).toBe(6)
+      return { limiter, first }
+    })
+
+    it.effect("a 429 in a hold's first round above every level accepted since the last one is an overshoot, though nothing since was accepted", () =>
+      Effect.gen(function*() {
+        const { first, limiter } = yield* burstOverFour
+        // An answer frees a slot: the call that takes it goes above the 4 the upstream holds
+        // and draws a 429 before any permit granted since the last one was accepted. The
+        // burst's other 429s set the ceiling above the cap; it did not fall. As a fall (a
+        // quarter of 6, and holds an eighth as long after it) it cost a mixed flash/pro batch
+        // 6-12 429s on pro's cap of 4, where the burst and the probes cost 6-8.
+        yield* first[0]!.permit.complete(success)
+        yield* release([first[0]!])
+        const next = yield* hold(limiter, 1)
+        yield* next[0]!.permit.complete(dropped)
+        expect(yield* limitOf(limiter)).toBe(4)
+        yield* release([...first.slice(1, 4), ...first.slice(6), ...next])
+        expect(yield* rounds(limiter, 2)).toEqual([4, 4]) // holding there
+      }))
+
+    it.effect("a 429 in a hold's first round at a level the upstream was seen to hold since the last one is a fall", () =>
+      Effect.gen(function*() {
+        const { first, limiter } = yield* burstOverFour
+        // The two still on their way were accepted: 6 held, and a 429 at 6 says the cap fell.
+        yield* Effect.forEach(first.slice(6), (h) => h.permit.accepted)
+        yield* first[0]!.permit.complete(success)
+        yield* release([first[0]!])
+        const next = yield* hold(limiter, 1)
+        yield* next[0]!.permit.complete(dropped)
+        expect(yield* limitOf(limiter)).toBe(1) // a quarter of 6
+        yield* release([...first.slice(1, 4), ...first.slice(6), ...next])
+      }))
+
+    it("a 429 above every level accepted at once is an overshoot, though a replacement on its way was counted as held", () => {
+      // The burst over a cap of 4 again, its third 429 read: holding at 5, 4 accepted at once;
+      // a replacement was counted with them (5), and a late request of the burst took its slot.
+      const aimd = aimdIn({ initial: 8 }, {
+        phase: "hold",
+        ceiling: 5,
+        value: 5,
+        epoch: 1,
+        succeededSinceDecrease: false,
+        acceptanceClocked: true,
+        acceptedOutstanding: 4,
+        acceptedPeak: 5,
+        acceptedOutstandingPeak: 4
+      })
+      aimd.record(1, dropped, 5, { timing: "unreported", grew: false }, 5)
+      expect(aimd.limit).toBe(4) // where a fall leaves 1, and holds an eighth as long
+      expect(aimd.toState()).toMatchObject({ phase: "hold", ceiling: 4, holdShare: 1 })
+    })
+
     it("a 429 while recovering where next to nothing was seen held is a fall, not a ceiling of one", () => {
-      const config = adaptiveConfig({ initial: 20 })
-      // Recovering towards 20, from a state written before `acceptedPeak` (read as 0).
-      const aimd = Aimd.fromState(config, {
-        ...new Aimd(config).toState(),
+      // Recovering towards 20, from a state written before `acceptedPeak` and
+      // `acceptedOutstandingPeak` (read as 0).
+      const aimd = aimdIn({ initial: 20 }, {
         phase: "recover",
         ceiling: 20,
         value: 18,
         acceptanceClocked: true,
-        acceptedPeak: 0
+        acceptedPeak: 0,
+        acceptedOutstandingPeak: 0
       })
       aimd.record(0, dropped, 18, { timing: "unreported", grew: false }, 5)
       expect(aimd.limit).toBe(4) // a quarter of 18, and slow start

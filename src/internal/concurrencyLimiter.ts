@@ -306,6 +306,7 @@ export interface AimdState {
   readonly confirmed: number
   readonly acceptedOutstanding: number
   readonly acceptedPeak: number
+  readonly acceptedOutstandingPeak: number
   readonly roundSize: number
   readonly roundSuccesses: number
   readonly roundOverloads: number
@@ -376,6 +377,13 @@ export class Aimd implements Policy {
    * has lowered it yet, so it can sit above the cap.
    */
   private acceptedPeak = 0
+  /**
+   * The most requests accepted and not ended at once since the last decrease: `acceptedPeak`
+   * without the replacements on their way, which it counts as held though another request may
+   * take the slot one was sent for (a late one of the first burst, say), so only what the upstream
+   * was seen to hold. Whether a 429 is above every level held is judged on it.
+   */
+  private acceptedOutstandingPeak = 0
   /** Slots accepted requests left on ending to a call that waits: the next permits made take them. */
   private vacated = 0
   /**
@@ -452,6 +460,7 @@ export class Aimd implements Policy {
       confirmed: this.confirmed,
       acceptedOutstanding: this.acceptedOutstanding,
       acceptedPeak: this.acceptedPeak,
+      acceptedOutstandingPeak: this.acceptedOutstandingPeak,
       roundSize: this.roundSize,
       roundSuccesses: this.roundSuccesses,
       roundOverloads: this.roundOverloads,
@@ -503,6 +512,7 @@ export class Aimd implements Policy {
     if (refill) this.refilling = Math.max(0, this.refilling - 1)
     const held = this.acceptedOutstanding + this.refilling
     this.acceptedPeak = Math.max(this.acceptedPeak, held)
+    this.acceptedOutstandingPeak = Math.max(this.acceptedOutstandingPeak, this.acceptedOutstanding)
     if (stamp !== this.epoch) return false
     const level = refill || !Number.isFinite(this.ceiling) ? held : this.acceptedOutstanding
     this.succeededSinceDecrease = true
@@ -706,23 +716,25 @@ export class Aimd implements Policy {
   private decrease(inFlight: number): void {
     const level = Math.min(this.value, inFlight)
     // Never where that would leave less than a fall does: where next to nothing was seen held
-    // (other clients fill the account, or a state written before `acceptedPeak` reads 0), a fall
-    // keeps more, and slow start climbs back from it.
-    const aboveAccepted = this.phase === "recover" && this.acceptanceClocked && level > this.acceptedPeak &&
-      this.acceptedPeak >= level * this.config.fallBackoff
-    const unproved = this.phase === "slowStart" || this.acceptedWithResponses ||
-      (this.phase === "hold" && !this.holdProved) || aboveAccepted
-    if (this.succeededSinceDecrease && unproved) {
+    // (other clients fill the account, or a state written before `acceptedOutstandingPeak` reads
+    // 0), a fall keeps more, and slow start climbs back from it.
+    const unprovedHold = this.phase === "hold" && !this.holdProved
+    const aboveAccepted = (this.phase === "recover" || unprovedHold) && this.acceptanceClocked &&
+      level > this.acceptedOutstandingPeak && this.acceptedOutstandingPeak >= level * this.config.fallBackoff
+    const unproved = this.phase === "slowStart" || this.acceptedWithResponses || unprovedHold
+    if ((this.succeededSinceDecrease && unproved) || aboveAccepted) {
       // An ordinary overshoot: everything but the dropped request was accepted. So is a drop at
       // or under the ceiling where acceptances come with responses: the level held counts
       // requests on their way to and from the upstream, which its cap does not, so it is no
       // proof of what the upstream held; a second drop before a success still reads as a fall.
-      // So is one in a hold's first round, at a level not yet held for a round, and one while
-      // recovering above every level accepted since the last decrease: the ceiling it climbed to
-      // was too high, and the most the upstream was seen to hold is the new one.
+      // So is one in a hold's first round, at a level not yet held for a round. And one while
+      // recovering or in a hold's first round above every level accepted since the last
+      // decrease, even before anything sent since was accepted: the ceiling was set too high (by
+      // requests on their way, or by the drops of a burst read one at a time), and the most the
+      // upstream was seen to hold is the new one.
       // Not in-flight alone: after a brake lowered the limit, requests granted above it are
       // still in flight, and a drop among them must not raise the ceiling to where it braked.
-      const ceiling = Math.max(this.config.min, aboveAccepted ? this.acceptedPeak : level - 1)
+      const ceiling = Math.max(this.config.min, aboveAccepted ? Math.min(this.acceptedPeak, level - 1) : level - 1)
       if (Number.isFinite(this.ceiling) && ceiling <= this.ceiling) this.holdShare = Math.min(1, this.holdShare * this.config.holdGrowth)
       this.ceiling = ceiling
       this.setValue(Math.min(this.ceiling, level * this.config.backoff))
@@ -740,6 +752,7 @@ export class Aimd implements Policy {
     this.succeededSinceDecrease = false
     this.confirmed = 0
     this.acceptedPeak = this.acceptedOutstanding + this.refilling
+    this.acceptedOutstandingPeak = this.acceptedOutstanding
     // The upstream is full: slots left for waiting calls may not be there any more.
     this.vacated = 0
     // The cap was just measured: overload steps are bounded by it from here.
