@@ -6,16 +6,21 @@
  */
 
 import * as HttpClient from "@effect/platform/HttpClient"
-import type * as ConfigError from "effect/ConfigError"
+import * as Config from "effect/Config"
+import * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
 import type * as Stream from "effect/Stream"
 import type { ApiError } from "./ApiError.js"
 import type { Priority } from "./ConcurrencyLimiter.js"
 import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from "./ChatSchema.js"
 import * as BaseUrls from "./internal/baseUrl.js"
+import * as Proxy from "./internal/proxy.js"
 import * as internal from "./internal/transport.js"
 import * as KeyPool from "./KeyPool.js"
 
@@ -245,7 +250,78 @@ export interface NodeHttpClientOptions {
   readonly keepAliveTimeout?: Duration.DurationInput | undefined
   /** Upper bound on a server's `Keep-Alive: timeout` hint. Default 30 seconds. */
   readonly keepAliveMaxTimeout?: Duration.DurationInput | undefined
+  /**
+   * The forward proxies to reach upstreams through, or `"none"` to connect directly. Default:
+   * the environment's (`proxyConfig`).
+   */
+  readonly proxy?: ProxyOptions | "none" | undefined
 }
+
+/**
+ * Forward proxies. A connection to an upstream through one is a tunnel (`CONNECT host:port`), and
+ * TLS to the upstream is made over it as it would be directly: the proxy sees the upstream's host
+ * and port, never a key or a prompt. A TLS-inspecting proxy re-signs the upstream's certificate:
+ * give its CA's certificate in `NODE_EXTRA_CA_CERTS`. A proxy that cannot be reached, or does not
+ * open the tunnel (a 407 without credentials, a 403 for that host), fails the connection, named
+ * by its origin: `TransportError` with reason `"connect"`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface ProxyOptions {
+  /** The proxy of `https:` upstreams: an `http:` or `https:` URL, with `user:password@` if it asks for them; `http://` when it names no scheme. */
+  readonly https?: Redacted.Redacted<string> | undefined
+  /** The proxy of `http:` upstreams. */
+  readonly http?: Redacted.Redacted<string> | undefined
+  /**
+   * Hosts reached directly, as `NO_PROXY` lists them: `example.com` (with its subdomains; a
+   * leading `.` or `*.` means the same), `example.com:8080` (on that port only), `[::1]`, or `*`
+   * (every host). Addresses are matched as written: no CIDR ranges.
+   */
+  readonly noProxy?: ReadonlyArray<string> | undefined
+}
+
+/** The variable `name`, missing when blank. */
+const nonBlank = (name: string): Config.Config<string> =>
+  Config.mapOrFail(Config.string(name), (value) =>
+    value.trim() === "" ? Either.left(ConfigError.MissingData([], `${name} is blank`)) : Either.right(value))
+
+/** The variable `name`, else its upper-case twin (curl reads the lower-case one first); blank is unset. */
+const variable = (name: string): Config.Config<Option.Option<string>> =>
+  Config.option(Config.orElse(nonBlank(name), () => nonBlank(name.toUpperCase())))
+
+/** A proxy's variable: an http(s) URL (its text never quoted: it may hold credentials). */
+const proxyVariable = (name: string): Config.Config<Option.Option<Redacted.Redacted<string>>> =>
+  Config.mapOrFail(variable(name), (value) =>
+    Option.isSome(value) && Proxy.proxyUrl(value.value) === undefined
+      ? Either.left(ConfigError.InvalidData([name.toUpperCase()], "must be an http(s) URL, as http://host:port"))
+      : Either.right(Option.map(value, Redacted.make)))
+
+/** Hosts the environment's proxies never take: a local simulator or gateway is not sent to a proxy. */
+const loopbackHosts: ReadonlyArray<string> = ["localhost", "127.0.0.1", "[::1]"]
+
+/**
+ * The environment's proxies, as curl and most command lines read them: `https_proxy` (or
+ * `HTTPS_PROXY`) for `https:` upstreams, `http_proxy` (or `HTTP_PROXY`) for `http:` ones, and
+ * `no_proxy` (or `NO_PROXY`), comma-separated, for the hosts reached directly. Loopback hosts
+ * (`localhost`, `127.0.0.1`, `[::1]`) are always reached directly, as Go's clients do. A blank
+ * variable is unset; a proxy that is no http(s) URL is `InvalidData` (`http://` is assumed when it
+ * names no scheme, as curl does).
+ *
+ * @since 0.1.0
+ * @category config
+ */
+export const proxyConfig: Config.Config<ProxyOptions> = Config.map(
+  Config.all({ https: proxyVariable("https_proxy"), http: proxyVariable("http_proxy"), noProxy: variable("no_proxy") }),
+  ({ http, https, noProxy }) => ({
+    https: Option.getOrUndefined(https),
+    http: Option.getOrUndefined(http),
+    noProxy: [
+      ...Option.match(noProxy, { onNone: () => [], onSome: (list) => list.split(",").map((entry) => entry.trim()) }),
+      ...loopbackHosts
+    ].filter((entry) => entry !== "")
+  })
+)
 
 /**
  * An `HttpClient` on an undici `Agent` of its own, destroyed (anything still pending aborted)
@@ -258,8 +334,10 @@ export interface NodeHttpClientOptions {
  * body handed over by undici's callbacks, and its deadlines kept by one watchdog per transport,
  * with no fiber, Node stream or timer per call; while a tracer is installed, each in the HTTP
  * client span the client would make (its name, attributes and redacted headers, the trace
- * propagated upstream). A transport over it opens its connections
- * ahead of its first calls (`Options.warmUp`), and about as many as it has calls in flight: undici
+ * propagated upstream). Its connections go through the environment's forward proxy
+ * (`proxyConfig`: `HTTPS_PROXY` and the rest) or `options.proxy`'s. A transport over it opens
+ * its connections ahead of its first calls (`Options.warmUp`), and about as many as it has calls
+ * in flight: undici
  * gives a socket back to its pool only at the end of the event loop's turn after its answer, so a
  * call sent meanwhile (a waiter taking the permit that answer freed) is held until then and takes
  * that socket instead of connecting anew.
@@ -270,9 +348,18 @@ export interface NodeHttpClientOptions {
 export const nodeHttpClient = (options?: NodeHttpClientOptions): Layer.Layer<HttpClient.HttpClient> =>
   Layer.scoped(
     HttpClient.HttpClient,
-    internal.nodeHttpClient({
-      keepAliveTimeout: Duration.toMillis(options?.keepAliveTimeout ?? Duration.seconds(4)),
-      keepAliveMaxTimeout: Duration.toMillis(options?.keepAliveMaxTimeout ?? Duration.seconds(30)),
-      connections: options?.connections
-    })
+    Effect.flatMap(
+      options?.proxy === undefined ? Effect.orDie(proxyConfig) : Effect.succeed(options.proxy),
+      (proxy) =>
+        Effect.flatMap(
+          Effect.sync(() => proxy === "none" ? undefined : Proxy.proxiesOf(proxy)),
+          (proxies) =>
+            internal.nodeHttpClient({
+              keepAliveTimeout: Duration.toMillis(options?.keepAliveTimeout ?? Duration.seconds(4)),
+              keepAliveMaxTimeout: Duration.toMillis(options?.keepAliveMaxTimeout ?? Duration.seconds(30)),
+              connections: options?.connections,
+              proxies
+            })
+        )
+    )
   )

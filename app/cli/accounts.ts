@@ -14,6 +14,7 @@ import type * as AccountPool from "../../src/AccountPool.js"
 import * as Accounts from "../../src/Accounts.js"
 import { scrubSecrets } from "../../src/ApiError.js"
 import * as Redis from "../../src/Redis.js"
+import * as Transport from "../../src/Transport.js"
 import { type ExitCode, fail } from "./exit.js"
 
 /** The parsed `accountFlags`. */
@@ -114,7 +115,11 @@ const redisOf = (
   )
 
 /** The run's accounts (`accountsOf`) and the Redis it shares their state through, if any (`redisOf`). */
-export const loadAccounts = (args: AccountArgs) => Effect.zip(accountsOf(args), redisOf(args))
+export const loadAccounts = (args: AccountArgs) =>
+  Effect.zipRight(proxiesChecked, Effect.zip(accountsOf(args), redisOf(args)))
+
+/** The environment's proxies (`HTTPS_PROXY` and the rest), checked before anything is sent. */
+const proxiesChecked: Effect.Effect<void, ExitCode> = Effect.catchAll(Effect.asVoid(Transport.proxyConfig), invalidConfig)
 
 const given = <A, B>(option: Option.Option<A>, f: (a: A) => B): B | Record<never, never> =>
   Option.match(option, { onNone: () => ({}), onSome: f })

@@ -29,6 +29,7 @@ import * as Connector from "./connector.js"
 import { resolveLimits, Timeline, Watchdog } from "./deadlines.js"
 import * as ExactJson from "./exactJson.js"
 import { Exchanges } from "./exchange.js"
+import * as Proxy from "./proxy.js"
 import { retryAfterFromHeaders } from "./retryAfter.js"
 import * as SchemaFastPath from "./schemaFastPath.js"
 import * as SchemaIssues from "./schemaIssues.js"
@@ -61,7 +62,8 @@ const connectCodes = new Set<unknown>([
   "EAI_AGAIN",
   "EHOSTUNREACH",
   "ENETUNREACH",
-  "UND_ERR_CONNECT_TIMEOUT"
+  "UND_ERR_CONNECT_TIMEOUT",
+  Proxy.tunnelRefusedCode
 ])
 
 const isStaleConnection = (cause: unknown): boolean =>
@@ -523,6 +525,7 @@ export interface NodeHttpClientSettings {
   readonly keepAliveTimeout: number
   readonly keepAliveMaxTimeout: number
   readonly connections: number | undefined
+  readonly proxies: Proxy.Proxies | undefined
 }
 
 /**
@@ -534,7 +537,7 @@ export const nodeHttpClient = (settings: NodeHttpClientSettings): Effect.Effect<
   Effect.map(
     Effect.acquireRelease(
       Effect.sync(() => {
-        const connector = Connector.make({ idleMillis: settings.keepAliveTimeout })
+        const connector = Connector.make({ idleMillis: settings.keepAliveTimeout, proxies: settings.proxies })
         const agent = new Agent({
           keepAliveTimeout: settings.keepAliveTimeout,
           keepAliveMaxTimeout: settings.keepAliveMaxTimeout,
