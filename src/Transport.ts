@@ -20,7 +20,7 @@ import type { ApiError } from "./ApiError.js"
 import type { Priority } from "./ConcurrencyLimiter.js"
 import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from "./ChatSchema.js"
 import * as BaseUrls from "./internal/baseUrl.js"
-import * as Proxy from "./internal/proxy.js"
+import * as ForwardProxy from "./internal/proxy.js"
 import * as internal from "./internal/transport.js"
 import * as KeyPool from "./KeyPool.js"
 
@@ -269,7 +269,10 @@ export interface NodeHttpClientOptions {
  * @category models
  */
 export interface ProxyOptions {
-  /** The proxy of `https:` upstreams: an `http:` or `https:` URL, with `user:password@` if it asks for them; `http://` when it names no scheme. */
+  /**
+   * The proxy of `https:` upstreams: an `http:` or `https:` URL, with `user:password@` if it asks
+   * for them; `http://` when it names no scheme.
+   */
   readonly https?: Redacted.Redacted<string> | undefined
   /** The proxy of `http:` upstreams. */
   readonly http?: Redacted.Redacted<string> | undefined
@@ -293,7 +296,7 @@ const variable = (name: string): Config.Config<Option.Option<string>> =>
 /** A proxy's variable: an http(s) URL (its text never quoted: it may hold credentials). */
 const proxyVariable = (name: string): Config.Config<Option.Option<Redacted.Redacted<string>>> =>
   Config.mapOrFail(variable(name), (value) =>
-    Option.isSome(value) && Proxy.proxyUrl(value.value) === undefined
+    Option.isSome(value) && ForwardProxy.proxyUrl(value.value) === undefined
       ? Either.left(ConfigError.InvalidData([name.toUpperCase()], "must be an http(s) URL, as http://host:port"))
       : Either.right(Option.map(value, Redacted.make)))
 
@@ -352,7 +355,7 @@ export const nodeHttpClient = (options?: NodeHttpClientOptions): Layer.Layer<Htt
       options?.proxy === undefined ? Effect.orDie(proxyConfig) : Effect.succeed(options.proxy),
       (proxy) =>
         Effect.flatMap(
-          Effect.sync(() => proxy === "none" ? undefined : Proxy.proxiesOf(proxy)),
+          Effect.sync(() => proxy === "none" ? undefined : ForwardProxy.proxiesOf(proxy)),
           (proxies) =>
             internal.nodeHttpClient({
               keepAliveTimeout: Duration.toMillis(options?.keepAliveTimeout ?? Duration.seconds(4)),

@@ -140,6 +140,12 @@ describe("Transport through a loopback CONNECT proxy", () => {
       const answer = yield* Effect.provide(create, through(simulator.baseUrl, { http: Redacted.make(withCredentials) }))
       expect(answer.choices[0]?.message.content).toBe("echo:hi")
       expect(tunnelProxy.authorizations.at(-1)).toBe(`Basic ${Buffer.from("proxy-user:s3cr@t").toString("base64")}`)
+      // A % that escapes nothing is sent as written, not thrown on.
+      const unescaped = yield* Effect.flip(
+        Effect.provide(create, through(simulator.baseUrl, { http: Redacted.make(tunnelProxy.url.replace("http://", "http://proxy-user:100%zz@")) }))
+      )
+      expect(unescaped.message).toContain("407")
+      expect(tunnelProxy.authorizations.at(-1)).toBe(`Basic ${Buffer.from("proxy-user:100%zz").toString("base64")}`)
     }))
 
   it.scopedLive("an https upstream: TLS with the upstream itself, over the tunnel", () =>

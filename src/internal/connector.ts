@@ -5,13 +5,13 @@
  * handshake. No request is sent to open them. A held socket the server closes is dropped; one
  * not taken within `idleMillis` is closed, as the pool closes its idle connections. Held sockets
  * do not keep the process alive. With `proxies`, a connection to an origin they proxy is a tunnel
- * through its proxy (`Proxy.tunnel`), the ones opened ahead of need too.
+ * through its proxy (`ForwardProxy.tunnel`), the ones opened ahead of need too.
  *
  * @internal
  */
 import type { Socket } from "node:net"
 import { buildConnector } from "undici"
-import * as Proxy from "./proxy.js"
+import * as ForwardProxy from "./proxy.js"
 
 export interface Connector {
   /** What undici's `Agent` calls for each new connection. */
@@ -38,12 +38,14 @@ const keyOf = (options: buildConnector.Options): string => `${options.protocol}/
 
 const ignore = (): void => {}
 
-export const make = (options: { readonly idleMillis: number; readonly proxies?: Proxy.Proxies | undefined }): Connector => {
+export const make = (
+  options: { readonly idleMillis: number; readonly proxies?: ForwardProxy.Proxies | undefined }
+): Connector => {
   const direct = buildConnector({})
   const { proxies } = options
   const connectNow: buildConnector.connector = proxies === undefined ? direct : (connectOptions, callback) => {
-    const proxy = Proxy.proxyFor(proxies, connectOptions)
-    return proxy === undefined ? direct(connectOptions, callback) : Proxy.tunnel(direct, proxy, connectOptions, callback)
+    const proxy = ForwardProxy.proxyFor(proxies, connectOptions)
+    return proxy === undefined ? direct(connectOptions, callback) : ForwardProxy.tunnel(direct, proxy, connectOptions, callback)
   }
   /** Held sockets by origin, each with what undoes its holding. */
   const held = new Map<string, Map<Socket, () => void>>()

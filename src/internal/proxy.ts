@@ -89,11 +89,20 @@ const tunnelError = (proxy: URL, message: string, cause?: unknown): Error =>
     code: tunnelRefusedCode
   })
 
+/** A URL's user or password as written: its %-escapes decoded, unless they are no escapes (`p%zz`). */
+const unescaped = (text: string): string => {
+  try {
+    return decodeURIComponent(text)
+  } catch {
+    return text
+  }
+}
+
 const connectRequest = (proxy: URL, authority: string): string => {
   const credentials = proxy.username === "" && proxy.password === ""
     ? ""
     : `Proxy-Authorization: Basic ${
-      Buffer.from(`${decodeURIComponent(proxy.username)}:${decodeURIComponent(proxy.password)}`).toString("base64")
+      Buffer.from(`${unescaped(proxy.username)}:${unescaped(proxy.password)}`).toString("base64")
     }\r\n`
   return `CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n${credentials}\r\n`
 }
@@ -129,6 +138,8 @@ const readAnswer = (socket: Socket, onOpen: () => void, onFailed: (message: stri
       return fail(`it answered CONNECT with ${status === undefined ? "no HTTP status" : statusLine.slice(9)}`)
     }
     settle()
+    // Still flowing without its listener: paused, so nothing is lost before undici or TLS reads it.
+    socket.pause()
     const rest = head.subarray(end + 4)
     if (rest.length > 0) socket.unshift(rest)
     onOpen()

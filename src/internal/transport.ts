@@ -29,7 +29,7 @@ import * as Connector from "./connector.js"
 import { resolveLimits, Timeline, Watchdog } from "./deadlines.js"
 import * as ExactJson from "./exactJson.js"
 import { Exchanges } from "./exchange.js"
-import * as Proxy from "./proxy.js"
+import * as ForwardProxy from "./proxy.js"
 import { retryAfterFromHeaders } from "./retryAfter.js"
 import * as SchemaFastPath from "./schemaFastPath.js"
 import * as SchemaIssues from "./schemaIssues.js"
@@ -63,7 +63,7 @@ const connectCodes = new Set<unknown>([
   "EHOSTUNREACH",
   "ENETUNREACH",
   "UND_ERR_CONNECT_TIMEOUT",
-  Proxy.tunnelRefusedCode
+  ForwardProxy.tunnelRefusedCode
 ])
 
 const isStaleConnection = (cause: unknown): boolean =>
@@ -525,7 +525,7 @@ export interface NodeHttpClientSettings {
   readonly keepAliveTimeout: number
   readonly keepAliveMaxTimeout: number
   readonly connections: number | undefined
-  readonly proxies: Proxy.Proxies | undefined
+  readonly proxies: ForwardProxy.Proxies | undefined
 }
 
 /**
