@@ -6,15 +6,13 @@
  */
 
 import * as HttpClient from "@effect/platform/HttpClient"
-import * as Config from "effect/Config"
-import * as ConfigError from "effect/ConfigError"
+import type * as Config from "effect/Config"
+import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
-import * as Option from "effect/Option"
-import * as Redacted from "effect/Redacted"
+import type * as Redacted from "effect/Redacted"
 import type * as Stream from "effect/Stream"
 import type { ApiError } from "./ApiError.js"
 import type { Priority } from "./ConcurrencyLimiter.js"
@@ -284,25 +282,6 @@ export interface ProxyOptions {
   readonly noProxy?: ReadonlyArray<string> | undefined
 }
 
-/** The variable `name`, missing when blank. */
-const nonBlank = (name: string): Config.Config<string> =>
-  Config.mapOrFail(Config.string(name), (value) =>
-    value.trim() === "" ? Either.left(ConfigError.MissingData([], `${name} is blank`)) : Either.right(value))
-
-/** The variable `name`, else its upper-case twin (curl reads the lower-case one first); blank is unset. */
-const variable = (name: string): Config.Config<Option.Option<string>> =>
-  Config.option(Config.orElse(nonBlank(name), () => nonBlank(name.toUpperCase())))
-
-/** A proxy's variable: an http(s) URL (its text never quoted: it may hold credentials). */
-const proxyVariable = (name: string): Config.Config<Option.Option<Redacted.Redacted<string>>> =>
-  Config.mapOrFail(variable(name), (value) =>
-    Option.isSome(value) && ForwardProxy.proxyUrl(value.value) === undefined
-      ? Either.left(ConfigError.InvalidData([name.toUpperCase()], "must be an http(s) URL, as http://host:port"))
-      : Either.right(Option.map(value, Redacted.make)))
-
-/** Hosts the environment's proxies never take: a local simulator or gateway is not sent to a proxy. */
-const loopbackHosts: ReadonlyArray<string> = ["localhost", "127.0.0.1", "[::1]"]
-
 /**
  * The environment's proxies, as curl and most command lines read them: `https_proxy` (or
  * `HTTPS_PROXY`) for `https:` upstreams, `http_proxy` (or `HTTP_PROXY`) for `http:` ones, and
@@ -314,17 +293,7 @@ const loopbackHosts: ReadonlyArray<string> = ["localhost", "127.0.0.1", "[::1]"]
  * @since 0.1.0
  * @category config
  */
-export const proxyConfig: Config.Config<ProxyOptions> = Config.map(
-  Config.all({ https: proxyVariable("https_proxy"), http: proxyVariable("http_proxy"), noProxy: variable("no_proxy") }),
-  ({ http, https, noProxy }) => ({
-    https: Option.getOrUndefined(https),
-    http: Option.getOrUndefined(http),
-    noProxy: [
-      ...Option.match(noProxy, { onNone: () => [], onSome: (list) => list.split(",").map((entry) => entry.trim()) }),
-      ...loopbackHosts
-    ].filter((entry) => entry !== "")
-  })
-)
+export const proxyConfig: Config.Config<ProxyOptions> = ForwardProxy.proxyConfig
 
 /**
  * An `HttpClient` on an undici `Agent` of its own, destroyed (anything still pending aborted)
@@ -340,10 +309,9 @@ export const proxyConfig: Config.Config<ProxyOptions> = Config.map(
  * propagated upstream). Its connections go through the environment's forward proxy
  * (`proxyConfig`: `HTTPS_PROXY` and the rest) or `options.proxy`'s. A transport over it opens
  * its connections ahead of its first calls (`Options.warmUp`), and about as many as it has calls
- * in flight: undici
- * gives a socket back to its pool only at the end of the event loop's turn after its answer, so a
- * call sent meanwhile (a waiter taking the permit that answer freed) is held until then and takes
- * that socket instead of connecting anew.
+ * in flight: undici gives a socket back to its pool only at the end of the event loop's turn
+ * after its answer, so a call sent meanwhile (a waiter taking the permit that answer freed) is
+ * held until then and takes that socket instead of connecting anew.
  *
  * @since 0.1.0
  * @category layers
@@ -351,18 +319,11 @@ export const proxyConfig: Config.Config<ProxyOptions> = Config.map(
 export const nodeHttpClient = (options?: NodeHttpClientOptions): Layer.Layer<HttpClient.HttpClient> =>
   Layer.scoped(
     HttpClient.HttpClient,
-    Effect.flatMap(
-      options?.proxy === undefined ? Effect.orDie(proxyConfig) : Effect.succeed(options.proxy),
-      (proxy) =>
-        Effect.flatMap(
-          Effect.sync(() => proxy === "none" ? undefined : ForwardProxy.proxiesOf(proxy)),
-          (proxies) =>
-            internal.nodeHttpClient({
-              keepAliveTimeout: Duration.toMillis(options?.keepAliveTimeout ?? Duration.seconds(4)),
-              keepAliveMaxTimeout: Duration.toMillis(options?.keepAliveMaxTimeout ?? Duration.seconds(30)),
-              connections: options?.connections,
-              proxies
-            })
-        )
-    )
+    Effect.flatMap(ForwardProxy.proxiesFrom(options?.proxy), (proxies) =>
+      internal.nodeHttpClient({
+        keepAliveTimeout: Duration.toMillis(options?.keepAliveTimeout ?? Duration.seconds(4)),
+        keepAliveMaxTimeout: Duration.toMillis(options?.keepAliveMaxTimeout ?? Duration.seconds(30)),
+        connections: options?.connections,
+        proxies
+      }))
   )

@@ -79,8 +79,9 @@ describe("Transport.proxyConfig", () => {
 
   it.effect("a proxy that is no http(s) URL is invalid, named by its variable, its text never quoted", () =>
     Effect.gen(function*() {
-      const error = yield* Effect.flip(read([["https_proxy", "socks5://user:pw@proxy.corp:1080"]]))
-      expect(String(error)).toContain("HTTPS_PROXY")
+      const error = yield* Effect.flip(read([["https_proxy", "socks5://user:pw@proxy.corp:1080"], ["HTTPS_PROXY", "http://ok:3128"]]))
+      // The variable read (the lower-case one first), not its valid twin.
+      expect(String(error)).toContain("https_proxy")
       expect(String(error)).toContain("must be an http(s) URL, as http://host:port")
       expect(String(error)).not.toContain("pw@proxy")
     }))

@@ -6,6 +6,11 @@
  *
  * @internal
  */
+import * as Config from "effect/Config"
+import * as ConfigError from "effect/ConfigError"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import type { Socket } from "node:net"
 import type { buildConnector } from "undici"
@@ -192,7 +197,7 @@ export const proxyUrl = (text: string): URL | undefined => {
  * with `IllegalArgumentException` on a proxy that is no http(s) URL (its text is not quoted: it
  * may hold credentials).
  */
-export const proxiesOf = (options: ProxyOptions): Proxies | undefined => {
+const proxiesOf = (options: ProxyOptions): Proxies | undefined => {
   const urlOf = (kind: "http" | "https") => {
     const text = options[kind]
     return text === undefined ? undefined : proxyUrl(Redacted.value(text))
@@ -205,3 +210,45 @@ export const proxiesOf = (options: ProxyOptions): Proxies | undefined => {
   ])
   return http === undefined && https === undefined ? undefined : { http, https, noProxy: options.noProxy ?? [] }
 }
+
+/** The variable `name`, missing when blank, with the name it was read from. */
+const nonBlank = (name: string): Config.Config<readonly [string, string]> =>
+  Config.mapOrFail(Config.string(name), (value) =>
+    value.trim() === "" ? Either.left(ConfigError.MissingData([], `${name} is blank`)) : Either.right([name, value] as const))
+
+/** The variable `name`, else its upper-case twin (curl reads the lower-case one first); blank is unset. */
+const variable = (name: string): Config.Config<Option.Option<readonly [string, string]>> =>
+  Config.option(Config.orElse(nonBlank(name), () => nonBlank(name.toUpperCase())))
+
+/** A proxy's variable: an http(s) URL, its text never quoted (it may hold credentials). */
+const proxyVariable = (name: string): Config.Config<Redacted.Redacted<string> | undefined> =>
+  Config.mapOrFail(variable(name), (read) => {
+    if (Option.isNone(read)) return Either.right(undefined)
+    const [readFrom, value] = read.value
+    return proxyUrl(value) === undefined
+      ? Either.left(ConfigError.InvalidData([readFrom], "must be an http(s) URL, as http://host:port"))
+      : Either.right(Redacted.make(value))
+  })
+
+/** Hosts the environment's proxies never take: a local simulator or gateway is not sent to a proxy. */
+const loopbackHosts: ReadonlyArray<string> = ["localhost", "127.0.0.1", "[::1]"]
+
+/** `Transport.proxyConfig`. */
+export const proxyConfig: Config.Config<ProxyOptions> = Config.map(
+  Config.all({ https: proxyVariable("https_proxy"), http: proxyVariable("http_proxy"), noProxy: variable("no_proxy") }),
+  ({ http, https, noProxy }) => ({
+    https,
+    http,
+    noProxy: [
+      ...Option.match(noProxy, { onNone: () => [], onSome: ([, list]) => list.split(",").map((entry) => entry.trim()) }),
+      ...loopbackHosts
+    ].filter((entry) => entry !== "")
+  })
+)
+
+/** The proxies of `Transport.NodeHttpClientOptions.proxy`: the environment's when it is not given. */
+export const proxiesFrom = (proxy: ProxyOptions | "none" | undefined): Effect.Effect<Proxies | undefined> =>
+  proxy === "none"
+    ? Effect.succeed(undefined)
+    : Effect.flatMap(proxy === undefined ? Effect.orDie(proxyConfig) : Effect.succeed(proxy), (options) =>
+      Effect.sync(() => proxiesOf(options)))
