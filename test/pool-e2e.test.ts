@@ -77,7 +77,7 @@ describe("the account pool against a DeepSeek-like simulator", () => {
       expect(byModel["deepseek-v4-pro"]?.maxInFlight).toBeLessThanOrEqual(4)
       const rateLimited = (byModel["deepseek-v4-flash"]?.rateLimited ?? 0) + (byModel["deepseek-v4-pro"]?.rateLimited ?? 0)
       // Finding both caps costs about 6 429s (pro's first 8 over its cap of 4 draw 4), probing
-      // them a few more: 8-9 in 24 runs on 2 cores, 6 of them beside a process burning a core,
+      // them a few more: 8-9 in 18 runs on 2 cores, 6 of them beside a process burning a core,
       // and 8-11 in ten runs of the same batch from a script (the wall clock decides when probes
       // go). While a burst's late 429s read as a fall, 8-14, and 15 once in a full run.
       expect(rateLimited / count).toBeLessThanOrEqual(0.06)
