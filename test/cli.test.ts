@@ -220,6 +220,21 @@ describe("weatherproof CLI", () => {
       )
     }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 
+  it.live("batch with a proxy that is no http(s) URL names the variable, never its text, and exits 2 before anything is sent", () =>
+    Effect.gen(function*() {
+      const { fs, input, output, simulator } = yield* runFiles
+      yield* fs.writeFileString(input, `${chatLine(1)}\n`)
+      const result = yield* runCli(["batch", input, "--output", output], {
+        DEEPSEEK_API_KEY: badKey,
+        DEEPSEEK_BASE_URL: simulator.baseUrl,
+        HTTP_PROXY: "socks5://proxy-user:pr0xy-pw@127.0.0.1:1080"
+      })
+      expect(result.code).toBe(2)
+      expect(result.stderr).toBe("weatherproof: invalid configuration: HTTP_PROXY: must be an http(s) URL, as http://host:port")
+      expect((yield* simulator.stats).requests).toBe(0)
+      expect(yield* fs.exists(output)).toBe(false)
+    }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
+
   it.live("batch with an input that is not there exits 2 before anything is sent", () =>
     Effect.gen(function*() {
       const { dir, simulator } = yield* runFiles
