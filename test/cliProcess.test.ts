@@ -760,6 +760,25 @@ describe("weatherproof keeps its compilation between runs", () => {
       expect(cacheFiles(cache).size).toBe(2 * first.size)
     }))
 
+  it.live("a file changed in place, to a source of the same length, runs as changed, from a cache of its own", () =>
+    Effect.gen(function*() {
+      const cache = scratch()
+      const cli = NodePath.join(scratch(), "cli")
+      NodeFs.cpSync(build, cli, { recursive: true })
+      const script = NodePath.join(cli, "weatherproof.js")
+      expect(yield* version({ WEATHERPROOF_COMPILE_CACHE: cache }, [], script)).toBe("0.1.0")
+      const before = cacheFiles(cache)
+      // V8 takes a cache for any source of the length it was made for: the key must see the change.
+      const main = NodePath.join(cli, "main.cjs")
+      const source = NodeFs.readFileSync(main, "utf8")
+      expect(source.split("\"0.1.0\"")).toHaveLength(2)
+      NodeFs.writeFileSync(main, source.replace("\"0.1.0\"", "\"9.8.7\""))
+      expect(yield* version({ WEATHERPROOF_COMPILE_CACHE: cache }, [], script)).toBe("9.8.7")
+      const after = cacheFiles(cache)
+      expect([...after.keys()].filter((name) => !before.has(name))).toHaveLength(1)
+      for (const [name, inode] of before) expect(after.get(name)).toBe(inode)
+    }))
+
   it.live("a cache V8 rejects (here, garbage) is written again; the run is unaffected", () =>
     Effect.gen(function*() {
       const cache = scratch()
