@@ -222,6 +222,39 @@ describe("the packed package, installed with only its peer dependencies", () => 
       expect(yield* importFirst(packed.projectDir, others[0]!, others.slice(1))).toBeUndefined()
     }), 60_000)
 
+  // Node loads an ES module by `require` from 20.19 on (`process.features.require_module`).
+  it.live.skipIf(process.features.require_module !== true)(
+    "a CommonJS program requires every entry point and calls through it, beside effect's own CommonJS build",
+    () =>
+      Effect.gen(function*() {
+        const { exports } = yield* Effect.promise(() => readJson(path.join(packed.packageDir, "package.json")))
+        const entries = Object.keys(exports).filter((name) => !(name in optionalPeerEntries)).map(specifierOf)
+        const script = String.raw`
+          const { Effect, Redacted } = require("effect")
+          for (const entry of process.argv.slice(1)) require(entry)
+          const { Resilient, Simulator } = require("weatherproof")
+          const ask = (content) =>
+            Effect.flatMap(Resilient.Resilient, (client) =>
+              client.create({ model: "deepseek-v4-flash", messages: [{ role: "user", content }] }))
+          const program = Effect.gen(function*() {
+            const simulator = yield* Simulator.make({ limit: 2 })
+            const client = Resilient.layerDefault({ baseUrl: simulator.baseUrl, keys: [Redacted.make(Simulator.defaultKey)] })
+            return yield* Effect.forEach(["q1", "q2", "q3"], ask, { concurrency: 3 }).pipe(Effect.provide(client))
+          })
+          Effect.runPromise(Effect.scoped(program)).then((answers) =>
+            console.log(JSON.stringify(answers.map((answer) => answer.choices[0].message.content)))
+          )
+        `
+        const { stdout } = yield* Effect.promise(() =>
+          run(process.execPath, ["--input-type=commonjs", "-e", script, ...entries], { cwd: packed.projectDir, timeoutMs: 30_000 })
+        )
+        // The Simulator answers with what it was asked.
+        const contents: ReadonlyArray<string> = JSON.parse(stdout)
+        expect(contents.map((content, i) => content.startsWith(`echo:q${i + 1}`))).toEqual([true, true, true])
+      }),
+    60_000
+  )
+
   it("has no import cycle among its modules (an internal imports only types from its public module)", async () => {
     expect(importCycles(await moduleGraph(path.join(packed.packageDir, "dist", "src")))).toEqual([])
   })

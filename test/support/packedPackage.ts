@@ -30,11 +30,17 @@ export const publicModules = async (): Promise<ReadonlyArray<string>> =>
     .map((file) => file.slice(0, -".ts".length))
     .sort()
 
+/**
+ * An entry point's conditions: its types, and its ES module for `import` and `require` alike (Node
+ * loads an ES module by `require` from 20.19 on).
+ */
+const conditionsOf = (name: string) => ({ types: `./dist/src/${name}.d.ts`, default: `./dist/src/${name}.js` })
+
 /** What `exports` in package.json must be: `.` and `./<Name>` for every public module. */
 export const expectedExports = (modules: ReadonlyArray<string>) =>
   Object.fromEntries([
-    [".", { types: "./dist/src/index.d.ts", import: "./dist/src/index.js" }],
-    ...modules.map((name) => [`./${name}`, { types: `./dist/src/${name}.d.ts`, import: `./dist/src/${name}.js` }])
+    [".", conditionsOf("index")],
+    ...modules.map((name) => [`./${name}`, conditionsOf(name)])
   ])
 
 /** The peer dependencies a user installs beside the package. */
