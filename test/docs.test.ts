@@ -170,6 +170,32 @@ describe("the TypeScript blocks of README.md and docs/, the programs of docs/exa
   }
 })
 
+describe("README's CommonJS note", () => {
+  it("a CommonJS module (.cts) imports the package and an entry point, type-checked with module nodenext", async () => {
+    const dir = await fs.mkdtemp(path.join(await docsProject(), "commonjs-"))
+    try {
+      const file = path.join(dir, "program.cts")
+      await fs.writeFile(
+        file,
+        [
+          `import { Effect, Redacted } from "effect"`,
+          `import { Resilient } from "weatherproof"`,
+          `import * as Policy from "weatherproof/Policy"`,
+          `const client = Resilient.layerDefault({ baseUrl: "http://127.0.0.1:1", keys: [Redacted.make("sk-…")] })`,
+          `export const answer = Effect.flatMap(Resilient.Resilient, (resilient) =>`,
+          `  resilient.create({ model: "deepseek-v4-flash", messages: [{ role: "user", content: "hi" }] })).pipe(Effect.provide(client))`,
+          `export const policy = Policy.layer({ retry: { maxRetries: 3 } })`
+        ].join("\n")
+      )
+      const { options } = ts.convertCompilerOptionsFromJson(compilerOptions, dir)
+      const program = ts.createProgram([file], options)
+      expect(ts.getPreEmitDiagnostics(program).map((diagnostic) => describeDiagnostic(undefined, diagnostic))).toEqual([])
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true })
+    }
+  }, 240_000)
+})
+
 describe("the public modules' constructors", () => {
   it("each carry an @example (which the blocks above type-check)", async () => {
     const dir = path.join(repoRoot, "src")
