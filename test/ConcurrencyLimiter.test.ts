@@ -655,15 +655,18 @@ describe("ConcurrencyLimiter", () => {
 
     it("a 429 while recovering where next to nothing was seen held is a fall, not a ceiling of one", () => {
       // Recovering towards 20, from a state written before `acceptedPeak` and
-      // `acceptedOutstandingPeak` (read as 0).
-      const aimd = aimdIn({ initial: 20 }, {
-        phase: "recover",
+      // `acceptedOutstandingPeak` (a process of an older version sharing the limit through
+      // Redis): the fields are absent, and read as 0.
+      const config = adaptiveConfig({ initial: 20 })
+      const { acceptedOutstandingPeak: _, acceptedPeak: __, ...older } = {
+        ...new Aimd(config).toState(),
+        phase: "recover" as const,
         ceiling: 20,
         value: 18,
-        acceptanceClocked: true,
-        acceptedPeak: 0,
-        acceptedOutstandingPeak: 0
-      })
+        acceptanceClocked: true
+      }
+      const aimd = Aimd.fromState(config, older as AimdState)
+      expect(aimd.toState()).toMatchObject({ acceptedPeak: 0, acceptedOutstandingPeak: 0 })
       aimd.record(0, dropped, 18, { timing: "unreported", grew: false }, 5)
       expect(aimd.limit).toBe(4) // a quarter of 18, and slow start
     })
