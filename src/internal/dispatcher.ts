@@ -241,11 +241,13 @@ export interface Room {
  * Permits the accounts that may serve could hold at once (the limits of their lanes, each
  * account's within its cap), how many a new call could take now (per model, the free permits
  * less the calls waiting for one: a model whose calls wait takes none from another's), and
- * whether no account may serve nor is about to (its balance being checked).
+ * whether no account may serve nor is about to (its balance being checked). A lane's free permits
+ * are at least `share(lane)`: what is left of this process's share when others hold the lane.
  */
 export const capacityOf = (
   accounts: ReadonlyArray<AccountSlot>,
-  queued: (model: string) => number
+  queued: (model: string) => number,
+  share: (lane: Lane) => number = noShare
 ): Room => {
   let permits = 0
   let stalled = true
@@ -264,7 +266,7 @@ export const capacityOf = (
     for (const lane of account.lanes.values()) {
       if (!servesAny(accounts, lane)) continue
       limits += lane.limit
-      const room = Math.min(Math.max(0, lane.limit - lane.inFlight), accountRoom)
+      const room = Math.max(Math.min(Math.max(0, lane.limit - lane.inFlight), accountRoom), share(lane))
       // A lane several models share counts under the first, less the calls of them all (`queuedOn`).
       const at = models.indexOf(lane.models[0]!)
       if (at < 0) {
@@ -287,6 +289,8 @@ const servesAny = (accounts: ReadonlyArray<AccountSlot>, lane: Lane): boolean =>
   for (const model of lane.models) if (mayServe(accounts, lane.account, model, noneExcluded)) return true
   return false
 }
+
+const noShare = (): number => 0
 
 const scratchModels: Array<string> = []
 const scratchLanes: Array<Lane> = []

@@ -334,6 +334,8 @@ export const make = (
     const ticketOf = new Map<Waiter, Ticket>()
     const queuedByModel = new Map<string, number>()
     const held = new Map<string, LeaseGrant>()
+    /** Of `held`, the permits on each lane. */
+    const heldOn = new Map<Lane, number>()
     /** Leases granted since the last heartbeat: one granted to a waiting ticket lasts the presence until one refreshes it. */
     const fresh = new Set<LeaseGrant>()
     const lanes = new Map<string, LaneEntry>()
@@ -349,6 +351,32 @@ export const make = (
 
     const failed = (error: RedisError) => Effect.suspend(() => local === undefined ? goLocal(error) : Effect.void)
     const send = (effect: Effect.Effect<unknown, RedisError>) => fork(Effect.catchAll(effect, failed))
+
+    const hold = (grant: LeaseGrant) => {
+      held.set(grant.lease, grant)
+      heldOn.set(grant.lane, (heldOn.get(grant.lane) ?? 0) + 1)
+    }
+
+    const unhold = (lease: string) => {
+      const grant = held.get(lease)
+      if (grant === undefined) return
+      held.delete(lease)
+      heldOn.set(grant.lane, heldOn.get(grant.lane)! - 1)
+    }
+
+    /**
+     * What is left of this process's share of `lane` (its limit, within its account's cap, divided
+     * by the processes alive): a process that holds less may queue calls for the rest, though
+     * other processes hold those permits. Served in arrival order, its calls then take the
+     * permits the others release until the lane is split evenly, where without them the split
+     * would stay near what it found when it came (each release goes to whichever process starts
+     * its next call first, most often the one that released it). Not while the account is
+     * half-open: its canaries are its room.
+     */
+    const shareLeft = (lane: Lane): number =>
+      lane.account.probing
+        ? 0
+        : Math.floor(Math.min(lane.limit, lane.account.cap) / Math.max(1, processes)) - (heldOn.get(lane) ?? 0)
 
     // -- lanes and their shared limits ---------------------------------------------------------
 
@@ -517,7 +545,7 @@ export const make = (
     const release = (grant: LaneGrant) => {
       if (local !== undefined) return local.release(grant)
       const { lane, lease } = grant as LeaseGrant
-      held.delete(lease)
+      unhold(lease)
       lane.inFlight = Math.max(0, lane.inFlight - 1)
       lane.account.inFlight = Math.max(0, lane.account.inFlight - 1)
       releaseLease(entryOf.get(lane)!.spec.key, lease)
@@ -539,7 +567,7 @@ export const make = (
         return open(ticket.waiter, ticket.priority)
       }
       const grant: LeaseGrant = { lane, stamp: Number(epoch), lease: id }
-      held.set(id, grant)
+      hold(grant)
       fresh.add(grant)
       // The server's count at the grant: fresher than this process's view (room it did not know of).
       const known = lane.inFlight
@@ -567,14 +595,14 @@ export const make = (
       Effect.suspend(() => {
         local = new LocalDispatcher(slots, makeLane, (grant) => {
           const leased: LeaseGrant = { ...grant, lease: nextId() }
-          held.set(leased.lease, leased)
+          hold(leased)
           // A grant made while the beat that rejoins is on its way is not in its lists: the next
           // beat re-adds it, not the next full one (up to a third of the lease TTL later).
           fresh.add(leased)
           return leased
         }, (grant) => {
           const { lane, lease } = grant as LeaseGrant
-          held.delete(lease)
+          unhold(lease)
           releasedLocally.set(lease, entryOf.get(lane)!.spec.key)
         })
         // The calls in flight keep their permits, counted here.
@@ -690,7 +718,7 @@ export const make = (
         if (local !== undefined) return local.queued(model)
         return model === undefined ? tickets.size : queuedByModel.get(model) ?? 0
       },
-      capacity: () => local?.capacity() ?? capacityOf(slots, (model) => queuedByModel.get(model) ?? 0),
+      capacity: () => local?.capacity() ?? capacityOf(slots, (model) => queuedByModel.get(model) ?? 0, shareLeft),
       enter: (model, priority, excluded, returning = false): Entry => {
         if (local !== undefined) return local.enter(model, priority, excluded, returning)
         const waiter: Waiter = { model, excluded, returning, wake: Deferred.unsafeMake<void>(FiberId.none), grant: undefined }
