@@ -226,7 +226,7 @@ export interface Capacity {
   /**
    * Of those, the permits a new call could take at once: per model, the free ones less the calls
    * waiting for one, summed. Shared on Redis (`makeRedis`), a lane's free permits are also at
-   * least what is left of this process's share of it (its limit divided by the processes alive):
+   * least what is left of this process's share of it (its limit divided by the processes using it):
    * calls queued for those take the permits the others release next, so processes that share a
    * lane split it evenly, whoever came first.
    */

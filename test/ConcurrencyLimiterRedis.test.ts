@@ -267,10 +267,10 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
       const leases = Effect.map(redis.command("ZRANGE", [`${lane}:leases`, 0, -1]), (ids) => [...(ids as Array<string>)].sort())
       expect(yield* leases).toEqual(["o.1", "o.2", "o.3", "p.1"])
       // Not full: nothing released.
-      yield* call("heartbeat", "o", 30_000, 5_000, 0, 0, 0, 1, lane, "", -1, 4, 1)
+      yield* call("heartbeat", "o", 30_000, 5_000, 0, 0, 0, 1, lane, "", -1, 4, 1, 0)
       expect(yield* leases).toEqual(["o.1", "o.2", "o.3", "p.1"])
       // Full, up to o.2: o holds nothing and waits on o.1.
-      yield* call("heartbeat", "o", 30_000, 5_000, 2, 0, 1, "o.1", 1, lane, "", -1, 4, 1)
+      yield* call("heartbeat", "o", 30_000, 5_000, 2, 0, 1, "o.1", 1, lane, "", -1, 4, 1, 1, 1)
       expect(yield* leases).toEqual(["o.1", "o.3", "p.1"])
     }))
 
@@ -280,7 +280,7 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
       // A limit of 1; a ticket's lease lasts its owner's presence (200 ms) until the owner takes it.
       const place = (owner: string, id: string) => call("place", owner, id, "interactive", 30_000, 200, lane, "", -1, 1, 1)
       const states = (owner: string, id: string) =>
-        Effect.map(call("heartbeat", owner, 30_000, 200, 0, 0, 1, id, 1, lane, "", -1, 1, 1), (reply) => (reply as [number, ReadonlyArray<string>])[1])
+        Effect.map(call("heartbeat", owner, 30_000, 200, 0, 0, 1, id, 1, lane, "", -1, 1, 1, 1, 1), (reply) => (reply as [number, ReadonlyArray<string>])[1])
       const leases = redis.command("ZRANGE", [`${lane}:leases`, 0, -1])
 
       yield* place("p", "p.1")

@@ -344,6 +344,8 @@ export const make = (
     const nextId = () => `${owner}.${++idSeq}`
     /** The processes alive at the last heartbeat. */
     let processes = 1
+    /** The other processes that may use each lane, at the last heartbeat (see `othersOn` in the script). */
+    const othersOn = new Map<Lane, number>()
     /** The dispatcher of local mode, while Redis is away. */
     let local: LocalDispatcher | undefined
     /** Leases released in local mode (lease → lane key), handed back on rejoin. */
@@ -366,17 +368,20 @@ export const make = (
 
     /**
      * What is left of this process's share of `lane` (its limit, within its account's cap, divided
-     * by the processes alive): a process that holds less may queue calls for the rest, though
-     * other processes hold those permits. Served in arrival order, its calls then take the
-     * permits the others release until the lane is split evenly, where without them the split
-     * would stay near what it found when it came (each release goes to whichever process starts
-     * its next call first, most often the one that released it). Not while the account is
-     * half-open: its canaries are its room.
+     * by this process and the others that hold or wait on it, or until a heartbeat says which, by
+     * the processes alive): a process that holds less may queue calls for the rest, though other
+     * processes hold those permits. Served in arrival order, its calls then take the permits the
+     * others release until the lane is split evenly, where without them the split would stay near
+     * what it found when it came (each release goes to whichever process starts its next call
+     * first, most often the one that released it). This process counts whether it uses the lane
+     * yet or not: coming back to a lane it left, it does not take the others' shares for its own.
+     * Not while the account is half-open: its canaries are its room.
      */
     const shareLeft = (lane: Lane): number =>
       lane.account.probing
         ? 0
-        : Math.floor(Math.min(lane.limit, lane.account.cap) / Math.max(1, processes)) - (heldOn.get(lane) ?? 0)
+        : Math.floor(Math.min(lane.limit, lane.account.cap) / (1 + (othersOn.get(lane) ?? processes - 1))) -
+          (heldOn.get(lane) ?? 0)
 
     // -- lanes and their shared limits ---------------------------------------------------------
 
@@ -650,6 +655,14 @@ export const make = (
 
     // -- the heartbeat -------------------------------------------------------------------------
 
+    /** The lanes this process holds a permit on or waits on. */
+    const busyLanes = (): ReadonlySet<Lane> => {
+      const busy = new Set<Lane>()
+      for (const [lane, count] of heldOn) if (count > 0) busy.add(lane)
+      for (const ticket of tickets.values()) for (const lane of ticket.lanes) busy.add(lane)
+      return busy
+    }
+
     // Every lease and ticket is refreshed (and every ticket's state asked) at the lease TTL's
     // rhythm, and on a rejoin; the beats between refresh the presence and the leases granted
     // since the last beat only: a beat's cost follows the grants, not the leases held.
@@ -663,6 +676,9 @@ export const make = (
       fresh.clear()
       const waiting = full ? [...tickets.keys()] : []
       const used = [...lanes.values()]
+      const busy = busyLanes()
+      // Each lane it holds or waits on, by its place in `used` (from 1).
+      const busyIndices = used.flatMap((entry, i) => busy.has(entry.lane) ? [i + 1] : [])
       return Effect.flatMap(
         call("heartbeat", [
           owner,
@@ -675,7 +691,9 @@ export const make = (
           waiting.length,
           ...waiting,
           used.length,
-          ...used.flatMap((entry) => laneArgs(entry.lane))
+          ...used.flatMap((entry) => laneArgs(entry.lane)),
+          busyIndices.length,
+          ...busyIndices
         ]),
         (reply) =>
           Effect.suspend(() => {
@@ -690,8 +708,9 @@ export const make = (
               else granted(state)
             })
             used.forEach((entry, i) => {
-              const [limit, epoch, inFlight, accountInFlight] = laneStates[i] as [number, number, number, number]
+              const [limit, epoch, inFlight, accountInFlight, others] = laneStates[i] as [number, number, number, number, number]
               if (entry.spec.account !== undefined) entry.lane.account.inFlight = accountInFlight
+              othersOn.set(entry.lane, others)
               observe(entry, limit, epoch, inFlight)
               // The server lost the lane's state (a restart): seeded with ours.
               if (limit < 0) flush(entry)

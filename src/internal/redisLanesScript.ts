@@ -28,7 +28,11 @@
  *   heartbeat refreshes it: an owner dead while its tickets waited holds each for that long, not
  *   for a lease TTL.
  * - `base:process:<owner>`: the owner's presence (a TTL refreshed by its heartbeat); `base:processes`
- *   a sorted set of owners scored by the expiry of their presence.
+ *   a sorted set of owners scored by the expiry of their presence, `base:reporting` the same of
+ *   the owners that say which lanes they use (earlier versions do not), and `L:users` of the
+ *   owners that hold or wait on lane `L`, scored alike: an owner's share of a lane (see the
+ *   coordinator) is its limit divided by itself, the lane's other users and every owner that does
+ *   not report (each may be one).
  * - Channel `base:grants:<owner>`: each grant, `<ticket> <lane> <in-flight> <epoch> <limit>` (the
  *   lane's in-flight count with it).
  *
@@ -55,7 +59,7 @@ local function ticketKey(id) return base .. ":ticket:" .. id end
 local queues = { ":q:interactive:returning", ":q:interactive", ":q:batch:returning", ":q:batch" }
 
 local function touch(lane)
-  for _, suffix in ipairs({ ":leases", ":accepted", ":state" }) do redis.call("PEXPIRE", lane .. suffix, idle) end
+  for _, suffix in ipairs({ ":leases", ":accepted", ":state", ":users" }) do redis.call("PEXPIRE", lane .. suffix, idle) end
   for _, queue in ipairs(queues) do redis.call("PEXPIRE", lane .. queue, idle) end
 end
 
@@ -64,12 +68,27 @@ local function purge(key)
   return redis.call("ZCARD", key)
 end
 
--- Marks \`owner\` alive for \`presence\` ms; answers the processes alive.
+-- Marks \`owner\` alive (and reporting the lanes it uses) for \`presence\` ms; answers the processes alive.
 local function present(owner, presence)
   redis.call("SET", base .. ":process:" .. owner, 1, "PX", presence)
-  redis.call("ZADD", base .. ":processes", now + presence, owner)
-  redis.call("PEXPIRE", base .. ":processes", presence)
+  for _, set in ipairs({ ":processes", ":reporting" }) do
+    redis.call("ZADD", base .. set, now + presence, owner)
+    redis.call("PEXPIRE", base .. set, presence)
+  end
   return purge(base .. ":processes")
+end
+
+-- Marks \`owner\` a user of \`lane\` for \`presence\` ms.
+local function uses(lane, owner, presence)
+  redis.call("ZADD", lane .. ":users", now + presence, owner)
+  redis.call("PEXPIRE", lane .. ":users", idle)
+end
+
+-- The processes other than \`owner\` that may use \`lane\`, of \`processes\` alive: its users and those that do not report.
+local function othersOn(lane, owner, processes)
+  local users = purge(lane .. ":users")
+  if redis.call("ZSCORE", lane .. ":users", owner) then users = users - 1 end
+  return users + math.max(0, processes - purge(base .. ":reporting"))
 end
 
 -- Takes a ticket out of every queue it waits in.
@@ -193,7 +212,8 @@ if op == "place" then
   -- presence, then per lane: lane, account (or ""), cap, limit, whether the limit is fixed (1)
   -- or a seed (0). Marks the owner alive (a server that restarted empty knows it again before its
   -- next heartbeat), queues the ticket on exactly these lanes (keeping its arrival order if it
-  -- waits already) and grants what it can. Answers its grant (or false) and the processes alive.
+  -- waits already), marks the owner a user of each, and grants what it can. Answers its grant (or
+  -- false) and the processes alive.
   local owner, id, queue, ttl, presence = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
   local processes = present(owner, presence)
   local key = ticketKey(id)
@@ -206,7 +226,10 @@ if op == "place" then
   unqueue(id, split(ticket[3]))
   redis.call("HSET", key, "owner", owner, "ttl", ttl, "presence", presence, "queue", queue, "lanes", table.concat(lanes, " "), "order", order)
   redis.call("PEXPIRE", key, 3 * ttl)
-  for _, lane in ipairs(lanes) do redis.call("ZADD", lane .. ":q:" .. queue, order, id) end
+  for _, lane in ipairs(lanes) do
+    redis.call("ZADD", lane .. ":q:" .. queue, order, id)
+    uses(lane, owner, presence)
+  end
   local answer = false
   for _, lane in ipairs(lanes) do answer = grant(lane, id) or answer end
   return { answer, processes }
@@ -228,9 +251,11 @@ elseif op == "release" then
 elseif op == "heartbeat" then
   -- ARGV: owner, lease ttl, presence ms, 0, or for full lists (every lease the owner holds and
   -- every ticket it waits on) the last sequence of the owner's ids they may hold, then counts and lists: leases as (lane, id) pairs,
-  -- waiting tickets, lanes in use (each as \`place\` gives it). Refreshes (or re-adds) the leases, answers each ticket's state
-  -- ("w" waiting, its grant, or "" gone: a grant whose lease lapsed too), grants on the lanes, and answers each lane's limit,
-  -- epoch, in-flight and its account's in-flight, and the processes alive. Full, it also releases
+  -- waiting tickets, lanes in use (each as \`place\` gives it), then the count of those it holds or
+  -- waits on and their indices in that list. Refreshes (or re-adds) the leases, answers each ticket's state
+  -- ("w" waiting, its grant, or "" gone: a grant whose lease lapsed too), marks the owner a user of the lanes it holds or
+  -- waits on, grants on the lanes, and answers each lane's limit, epoch, in-flight, its account's
+  -- in-flight and the other processes that use it (\`othersOn\`), and the processes alive. Full, it also releases
   -- the owner's leases on those lanes that are in neither list: their release was lost (Redis
   -- failed as it was sent), or the server came back from a snapshot taken while they were held.
   -- Each would hold a permit until it expired, a lease TTL; a lease granted to a listed ticket is
@@ -244,6 +269,8 @@ elseif op == "heartbeat" then
   used = used + tonumber(ARGV[used]) + 1
   local lanes = {}
   for j = 1, tonumber(ARGV[used]) do lanes[j] = ensureLane(used + 5 * j - 4) end
+  local busy = used + 5 * #lanes + 1
+  for j = 1, tonumber(ARGV[busy]) do uses(lanes[tonumber(ARGV[busy + j])], owner, presence) end
   local listed = {}
   local i = 8
   local leases = tonumber(ARGV[i])
@@ -275,7 +302,7 @@ elseif op == "heartbeat" then
     grant(lane)
     local state = redis.call("HMGET", lane .. ":state", "limit", "epoch", "account")
     local accountInFlight = state[3] and purge(state[3] .. ":leases") or 0
-    laneStates[j] = { tonumber(state[1]) or -1, tonumber(state[2]) or 0, purge(lane .. ":leases"), accountInFlight }
+    laneStates[j] = { tonumber(state[1]) or -1, tonumber(state[2]) or 0, purge(lane .. ":leases"), accountInFlight, othersOn(lane, owner, processes) }
   end
   return { processes, states, laneStates }
 elseif op == "read" then
