@@ -371,13 +371,14 @@ describe("weatherproof CLI", () => {
       expect(yield* fs.readFileString(input)).toBe(`${chatLine(1)}\n`)
     }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 
-  it.live("serve with an alert webhook that is not an http(s) URL, from the flag or WEATHERPROOF_ALERT_WEBHOOK, or an idle connection timeout of 0s, exits 2 before listening", () =>
+  it.live("serve with an alert webhook that is not an http(s) URL, from the flag or WEATHERPROOF_ALERT_WEBHOOK, an idle connection timeout of 0s or a body limit of 0 MiB, exits 2 before listening", () =>
     Effect.gen(function*() {
       const env = { DEEPSEEK_API_KEY: badKey }
       const cases: ReadonlyArray<readonly [ReadonlyArray<string>, Record<string, string>, string]> = [
         [["--alert-webhook", "ftp://hooks.example/T0/secret"], env, "weatherproof: --alert-webhook must be an http(s) URL"],
         [[], { ...env, WEATHERPROOF_ALERT_WEBHOOK: "hooks.example/T0/secret" }, "weatherproof: WEATHERPROOF_ALERT_WEBHOOK must be an http(s) URL"],
-        [["--idle-connection-timeout", "0s"], env, `--idle-connection-timeout: expected a duration above 0 such as 30s, 500ms, 2m or 1h, got "0s"`]
+        [["--idle-connection-timeout", "0s"], env, `--idle-connection-timeout: expected a duration above 0 such as 30s, 500ms, 2m or 1h, got "0s"`],
+        [["--max-body-mib", "0"], env, "weatherproof: --max-body-mib must be at least 1"]
       ]
       for (const [flags, environment, message] of cases) {
         const result = yield* runCli(["serve", "--port", "0", ...flags], environment)

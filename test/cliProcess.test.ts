@@ -382,6 +382,36 @@ describe("weatherproof batch as a process", () => {
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
 })
 
+describe("weatherproof serve as a process", () => {
+  it.live("serve --max-body-mib 1: a body over 1 MiB is a 400 naming the limit and reaches no upstream; one under it is answered", () =>
+    Effect.gen(function*() {
+      const simulator = yield* Simulator.make()
+      const env = { DEEPSEEK_API_KEY: Simulator.defaultKey, DEEPSEEK_BASE_URL: simulator.baseUrl }
+      const serve = start(["serve", "--port", "0", "--max-body-mib", "1"], env)
+      yield* Effect.addFinalizer(() => Effect.sync(() => serve.child.kill("SIGKILL")))
+      yield* waitFor("the gateway to listen", Effect.sync(() => /listening on (http:\/\/[\d.:]+)/.test(serve.stdout())))
+      const url = /listening on (http:\/\/[\d.:]+)/.exec(serve.stdout())![1]!
+      // The long text in the system message: the Simulator echoes the user's, a token at a time.
+      const post = (system: string) =>
+        Effect.promise(() =>
+          fetch(`${url}/v1/chat/completions`, {
+            method: "POST",
+            headers: { "content-type": "application/json" },
+            body: JSON.stringify({
+              model: "deepseek-v4-flash",
+              messages: [{ role: "system", content: system }, { role: "user", content: "hi" }]
+            })
+          }).then(async (response) => ({ status: response.status, body: await response.json() as { error?: { message: string } } }))
+        )
+      const large = yield* post("x".repeat(1024 * 1024))
+      expect(large.status).toBe(400)
+      expect(large.body.error?.message).toBe("the request body is larger than 1 MiB")
+      expect((yield* simulator.stats).requests).toBe(0)
+      const within = yield* post("x".repeat(1000 * 1000))
+      expect(within.status).toBe(200)
+    }).pipe(Effect.scoped))
+})
+
 describe.skipIf(!redisServerPresent)(skipMessage("weatherproof batch processes sharing one account through Redis"), () => {
   const processes = 3
   const linesEach = 40

@@ -792,6 +792,27 @@ describe("weatherproof serve, with the openai client", () => {
       expect((yield* sim.stats).requests).toBe(1)
     }))
 
+  it.scopedLive("a gateway given a smaller body limit refuses a body over it, naming it, and answers one within it", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make()
+      const gateway = yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])], { maxBodyBytes: 64 * 1000 })
+      // The long text in the system message: the Simulator echoes the user's, a token at a time.
+      const post = (system: string) =>
+        attempt(async () => {
+          const response = await fetch(`${gateway.url}/v1/chat/completions`, {
+            method: "POST",
+            headers: { "content-type": "application/json" },
+            body: JSON.stringify({ model, messages: [{ role: "system", content: system }, ...ask("hi")] })
+          })
+          return { status: response.status, body: await response.json() as { error?: { message: string } } }
+        })
+      const large = yield* post("x".repeat(64 * 1000))
+      expect(large.status).toBe(400)
+      expect(large.body.error?.message).toBe("the request body is larger than 64000 bytes")
+      expect((yield* sim.stats).requests).toBe(0)
+      expect((yield* post("x".repeat(60 * 1000))).status).toBe(200)
+    }))
+
   it.scopedLive("a body that is not JSON, not an object, empty, not UTF-8, compressed, larger than 10 MiB or nested too deep, is a 400 and reaches no upstream", () =>
     Effect.gen(function*() {
       const sim = yield* Simulator.make()

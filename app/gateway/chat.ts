@@ -60,6 +60,8 @@ import { eventStream, sendNow } from "./write.js"
 
 export interface Settings {
   readonly keepAliveInterval: Duration.Duration
+  /** The largest request body read; a larger one is a 400. */
+  readonly maxBodyBytes: number
   /** More clients than this waiting for their first content: a new request gets a 429. */
   readonly maxWaiting: number
   /** The models served (`GET /v1/models`): a request routed to any other is refused. */
@@ -136,8 +138,10 @@ const sseEvents = (chunks: ReadonlyArray<ChatCompletionChunk>): Uint8Array => ut
 
 // --- the request ------------------------------------------------------------------------------
 
-/** The largest request body the gateway reads (the platform's `HttpIncomingMessage.MaxBodySize` sets none by default). */
-const maxBodyBytes = 10 * 1024 * 1024
+const mebibyte = 1024 * 1024
+
+/** `bytes` in MiB when whole, else in bytes. */
+const sizeText = (bytes: number): string => bytes % mebibyte === 0 ? `${bytes / mebibyte} MiB` : `${bytes} bytes`
 
 const notJson = new BadRequest({ message: "the request body is not JSON" })
 const empty = new BadRequest({ message: "the request body is empty: expected a JSON object, a chat completion request" })
@@ -155,7 +159,7 @@ const encoded = (encoding: string) =>
  * effect and reads through a stream: a fifth of the gateway's time before its upstream call,
  * at one client.
  */
-const readJson = (request: HttpServerRequest.HttpServerRequest): Effect.Effect<unknown, BadRequest> =>
+const readJson = (request: HttpServerRequest.HttpServerRequest, maxBodyBytes: number): Effect.Effect<unknown, BadRequest> =>
   Effect.async((resume) => {
     const incoming = NodeHttpServerRequest.toIncomingMessage(request)
     const encoding = incoming.headers["content-encoding"]?.trim().toLowerCase()
@@ -169,7 +173,7 @@ const readJson = (request: HttpServerRequest.HttpServerRequest): Effect.Effect<u
       if (size <= maxBodyBytes) parts.push(part)
       else {
         detach()
-        resume(Effect.fail(new BadRequest({ message: "the request body is larger than 10 MiB" })))
+        resume(Effect.fail(new BadRequest({ message: `the request body is larger than ${sizeText(maxBodyBytes)}` })))
       }
     }
     const onEnd = () => {
@@ -566,7 +570,7 @@ export const make = (settings: Settings, traffic: Traffic) =>
     const admit = (request: HttpServerRequest.HttpServerRequest): Effect.Effect<Admitted, Refused> =>
       Effect.zipRight(
         settings.authorize(request.headers.authorization),
-        Effect.flatMap(readJson(request), (json): Effect.Effect<Admitted, Refused> => {
+        Effect.flatMap(readJson(request, settings.maxBodyBytes), (json): Effect.Effect<Admitted, Refused> => {
           const parsed = parseRequest(json, request.headers)
           if (Either.isLeft(parsed)) return Effect.fail(parsed.left)
           const { body, options, task } = parsed.right

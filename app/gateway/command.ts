@@ -35,6 +35,9 @@ export const serve = Command.make(
     maxWaiting: Flags.integer("max-waiting", "clients that may wait for their first content at once; one more gets a 429, a batch one at nine tenths of it (default 4096)").pipe(
       Options.withDefault(4096)
     ),
+    maxBodyMib: Flags.integer("max-body-mib", "the largest request body read, in MiB; a larger one is a 400 (default 10)").pipe(
+      Options.withDefault(10)
+    ),
     alertWebhook: Options.text("alert-webhook").pipe(
       Options.withPseudoName("url"),
       Options.withDescription(

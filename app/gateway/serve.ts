@@ -43,6 +43,7 @@ export interface ServeOptions extends AccountArgs, CallArgs {
   readonly idleConnectionTimeout: Option.Option<Duration.Duration>
   readonly drainTimeout: Option.Option<Duration.Duration>
   readonly maxWaiting: number
+  readonly maxBodyMib: number
   readonly alertWebhook: Option.Option<string>
 }
 
@@ -57,6 +58,8 @@ const optionProblem = (options: ServeOptions): string | undefined =>
     ? "--keep-alive-interval must be more than 0"
     : options.maxWaiting < 1
     ? "--max-waiting must be at least 1"
+    : options.maxBodyMib < 1
+    ? "--max-body-mib must be at least 1"
     : Option.exists(options.alertWebhook, (url) => !Alerts.isWebhookUrl(url))
     ? "--alert-webhook must be an http(s) URL"
     : flagsProblem(options)
@@ -117,6 +120,7 @@ export const run = (options: ServeOptions): Effect.Effect<void, ExitCode, FileSy
         drainTimeout: Option.getOrUndefined(options.drainTimeout),
         stopNow: Effect.tap(signals.again, () => Console.log("weatherproof gateway: stopping now; the requests in flight end with an error")),
         maxWaiting: options.maxWaiting,
+        maxBodyBytes: options.maxBodyMib * 1024 * 1024,
         alerts: alerts === undefined ? undefined : { ...alerts, claim: Option.getOrUndefined(claim) }
       })
       yield* Console.log(

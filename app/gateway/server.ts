@@ -82,6 +82,12 @@ export interface Options {
   readonly stopNow?: Effect.Effect<void> | undefined
   /** Clients that may wait for their first content at once; one more gets a 429 (a batch one at nine tenths of it). Default 4096. */
   readonly maxWaiting?: number | undefined
+  /**
+   * The largest request body read, in bytes; a larger one is a 400 and reaches no upstream.
+   * Default 10 MiB: a prompt filling a 1M-token context is some 4 MB of English, or up to 9 MB
+   * of Chinese sent with every character escaped as `\uXXXX` (Python's `json.dumps` default).
+   */
+  readonly maxBodyBytes?: number | undefined
   /** Between two status samples. Default 1 second. */
   readonly statusInterval?: Duration.DurationInput | undefined
   /** Samples kept for the page. Default 300. */
@@ -104,6 +110,7 @@ export const defaults = {
   idleConnectionTimeout: Duration.seconds(65),
   drainTimeout: Duration.seconds(30),
   maxWaiting: 4096,
+  maxBodyBytes: 10 * 1024 * 1024,
   statusInterval: Duration.seconds(1),
   statusSamples: 300,
   throttleWindow: Duration.seconds(10),
@@ -234,6 +241,7 @@ export const make = (
     const chat = yield* Chat.make({
       keepAliveInterval: Duration.decode(options.keepAliveInterval ?? defaults.keepAliveInterval),
       maxWaiting: options.maxWaiting ?? defaults.maxWaiting,
+      maxBodyBytes: options.maxBodyBytes ?? defaults.maxBodyBytes,
       models: served,
       authorize,
       scrub
