@@ -185,7 +185,8 @@ describe.skipIf(!redisServerPresent)(skipMessage("AccountPool on Redis"), () => 
     Effect.gen(function*() {
       const server = yield* redisServer
       const hooks: RedisLanes.Hooks = { opened: () => {}, changed: () => {}, roomMayHaveGrown: () => {} }
-      // Two processes' coordinators of one account whose lane is limited to 4.
+      // Three processes' coordinators of one account whose lane is limited to 4: `a` holds all 4,
+      // another is idle, and `b` comes.
       const coordinator = (slot: AccountSlot) =>
         Effect.gen(function*() {
           const redis = yield* Redis.make({ url: server.url })

@@ -83,8 +83,8 @@ export interface Options {
   /** Clients that may wait for their first content at once; one more gets a 429 (a batch one at nine tenths of it). Default 4096. */
   readonly maxWaiting?: number | undefined
   /**
-   * The largest request body read, in bytes; a larger one is a 400 and reaches no upstream.
-   * Default 10 MiB: a prompt filling a 1M-token context is some 4 MB of English, or up to 9 MB
+   * The largest request body read, in bytes (the platform's `HttpIncomingMessage.MaxBodySize`
+   * sets none by default); a larger one is a 400 and reaches no upstream. Default 10 MiB: a prompt filling a 1M-token context is some 4 MB of English, or up to 9 MB
    * of Chinese sent with every character escaped as `\uXXXX` (Python's `json.dumps` default).
    */
   readonly maxBodyBytes?: number | undefined
