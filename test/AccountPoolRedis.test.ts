@@ -139,13 +139,13 @@ describe.skipIf(!redisServerPresent)(skipMessage("AccountPool on Redis"), () => 
       expect(Math.max(...risen)).toBeGreaterThanOrEqual(10)
     }).pipe(Effect.provide(services)))
 
-  it.scopedLive("a batch that joins one filling the account takes its share within a round of calls, not what the first left it", () =>
+  it.scopedLive("a batch that joins one filling the account answers as fast as it from its first round of calls, not at what the first left it", () =>
     Effect.gen(function*() {
       const server = yield* redisServer
       const simulator = yield* Simulator.make({ limit: { [flash]: 24 }, queueDelay: { min: "150 millis", max: "250 millis" } })
       const fs = yield* FileSystem.FileSystem
       const dir = yield* fs.makeTempDirectoryScoped({ prefix: "fair-share-" })
-      const count = 360
+      const count = 600
       /** A batch of `count` lines in its own files, through its own pool and connection to the one Redis. */
       const batch = (name: string) =>
         Effect.gen(function*() {
@@ -166,20 +166,27 @@ describe.skipIf(!redisServerPresent)(skipMessage("AccountPool on Redis"), () => 
           return yield* Batch.run({ input: `${dir}/${name}.jsonl`, output: `${dir}/${name}.out.jsonl` }).pipe(Effect.provide(client))
         })
       const inFlight = Effect.map(simulator.stats, (stats) => stats.accounts["default"]!.byModel[flash]?.inFlight ?? 0)
+      const answered = (name: string) =>
+        Effect.map(
+          Effect.orElseSucceed(fs.readFileString(`${dir}/${name}.out.jsonl`), () => ""),
+          (text) => text.split("\n").length - 1
+        )
       const first = yield* Effect.fork(batch("first"))
       yield* until(inFlight, (n) => n >= 20)
       const second = yield* Effect.fork(batch("second"))
-      // Whichever ends first, the other has answered nearly as many lines by then: they halve the
-      // account from the second's first round on (the first's head start is a round or two: 87-91 %
-      // in 8 runs). Without shares the split drifted back slowly from what the second found, a
-      // permit or two: 48-76 % in 9 runs.
-      const other = yield* Effect.raceFirst(Effect.as(Fiber.join(first), "second"), Effect.as(Fiber.join(second), "first"))
-      const answered = (yield* fs.readFileString(`${dir}/${other}.out.jsonl`)).split("\n").length - 1
-      expect(answered).toBeGreaterThanOrEqual(count * 0.8)
+      // Once the second answers (its start, slower on a busy machine, is not what is measured),
+      // the two answer about as fast as each other: they halve the account from the second's
+      // first round on. The second's pace against the first's over 1.5 s: 1.00-1.04 (3 runs),
+      // 0.73-1.07 with three such tests at once on 2 cores; without shares 0.37-0.49.
+      yield* until(answered("second"), (lines) => lines >= 24)
+      const before = [yield* answered("first"), yield* answered("second")] as const
+      yield* Effect.sleep("1500 millis")
+      const after = [yield* answered("first"), yield* answered("second")] as const
+      expect((after[1] - before[1]) / (after[0] - before[0])).toBeGreaterThanOrEqual(0.6)
       for (const run of [first, second]) expect((yield* Fiber.join(run)).succeeded).toBe(count)
       // The adaptive limit's learning costs a few; the calls queued for shares none.
       expect((yield* simulator.stats).accounts["default"]!.byModel[flash]!.rateLimited).toBeLessThanOrEqual(2 * count * 0.02)
-    }).pipe(Effect.provide(NodeContext.layer)))
+    }).pipe(Effect.provide(NodeContext.layer)), { timeout: 60_000 })
 
   it.scopedLive("a coordinator counts what is left of its share of a lane others fill as free (shared by the processes using it), but not while its account is half-open", () =>
     Effect.gen(function*() {
