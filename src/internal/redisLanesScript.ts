@@ -78,10 +78,10 @@ local function present(owner, presence)
   return purge(base .. ":processes")
 end
 
--- Marks \`owner\` a user of \`lane\` for \`presence\` ms.
+-- Marks \`owner\` a user of \`lane\` for \`presence\` ms. The set's TTL is the lane's: the grant that
+-- follows on every lane marked touches it.
 local function uses(lane, owner, presence)
   redis.call("ZADD", lane .. ":users", now + presence, owner)
-  redis.call("PEXPIRE", lane .. ":users", idle)
 end
 
 -- The processes other than \`owner\` that may use \`lane\`, of \`processes\` alive: its users and those that do not report.
