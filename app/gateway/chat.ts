@@ -12,9 +12,7 @@
  * - A stream is retried and fails over only before its first content reaches the client. A
  *   failure after it ends the stream with a `data: {"error": …}` event and no `[DONE]`.
  */
-import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
-import * as NodeHttpServerRequest from "@effect/platform-node/NodeHttpServerRequest"
 import * as Cause from "effect/Cause"
 import * as Chunk from "effect/Chunk"
 import type * as Duration from "effect/Duration"
@@ -25,8 +23,9 @@ import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Predicate from "effect/Predicate"
 import * as Schema from "effect/Schema"
-import type * as Scope from "effect/Scope"
+import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
+import type * as Http from "node:http"
 import type { ChatCompletion, ChatCompletionChunk } from "../../src/ChatSchema.js"
 import { ChatCompletionRequest } from "../../src/ChatSchema.js"
 import type { Priority } from "../../src/ConcurrencyLimiter.js"
@@ -36,7 +35,6 @@ import * as ExactJson from "../../src/internal/exactJson.js"
 import * as SchemaFastPath from "../../src/internal/schemaFastPath.js"
 import * as SchemaIssues from "../../src/internal/schemaIssues.js"
 import { withModelLeftToRouter } from "../../src/internal/routedModel.js"
-import * as ScopeFinalizer from "../../src/internal/scopeFinalizer.js"
 import type { Scrubber } from "../../src/internal/scrubber.js"
 import * as StreamPull from "../../src/internal/streamPull.js"
 import { clipped, maxJsonDepth, nestsTooDeep } from "../../src/internal/text.js"
@@ -68,6 +66,16 @@ export interface Settings {
   readonly models: ReadonlySet<string>
   readonly authorize: (authorization: string | undefined) => Effect.Effect<void, Unauthorized>
   readonly scrub: Scrubber
+}
+
+/**
+ * A chat request as the handler reads and answers it: Node's request and response, and the scope
+ * the request's call, permit and stream live in until its answer's last byte (or its client left).
+ */
+export interface Exchange {
+  readonly incoming: Http.IncomingMessage
+  readonly response: Http.ServerResponse
+  readonly scope: Scope.Scope
 }
 
 const utf8 = new TextEncoder()
@@ -159,9 +167,8 @@ const encoded = (encoding: string) =>
  * effect and reads through a stream: a fifth of the gateway's time before its upstream call,
  * at one client.
  */
-const readJson = (request: HttpServerRequest.HttpServerRequest, maxBodyBytes: number): Effect.Effect<unknown, BadRequest> =>
+const readJson = (incoming: Http.IncomingMessage, maxBodyBytes: number): Effect.Effect<unknown, BadRequest> =>
   Effect.async((resume) => {
-    const incoming = NodeHttpServerRequest.toIncomingMessage(request)
     const encoding = incoming.headers["content-encoding"]?.trim().toLowerCase()
     if (encoding !== undefined && encoding !== "" && encoding !== "identity") {
       return resume(Effect.fail(encoded(encoding)))
@@ -261,10 +268,16 @@ interface Admitted {
 /** Why a request is refused before any call. */
 type Refused = Unauthorized | BadRequest | RoutingRefused | UnknownModel | GatewayBusy
 
+/** A request header as Node gives it: every one but `set-cookie` joined into one value. */
+const headerOf = (headers: Http.IncomingHttpHeaders, name: string): string | undefined => {
+  const value = headers[name]
+  return typeof value === "string" ? value : undefined
+}
+
 /** A request's body as a chat completion request and its headers as its call's task and options, or why not; checked in that order. */
 const parseRequest = (
   json: unknown,
-  headers: Readonly<Record<string, string | undefined>>
+  headers: Http.IncomingHttpHeaders
 ): Either.Either<
   { readonly body: ChatCompletionRequest; readonly task: Task | undefined; readonly options: RequestOptions },
   BadRequest
@@ -273,9 +286,9 @@ const parseRequest = (
     // `Either.all` gives the first `Left` in the order of the keys.
     Either.all({
       body: parseBody(json),
-      task: taskOf(headers["x-weatherproof-task"]),
-      priority: priorityOf(headers["x-weatherproof-priority"]),
-      cache: cacheModeOf(headers["x-weatherproof-cache"])
+      task: taskOf(headerOf(headers, "x-weatherproof-task")),
+      priority: priorityOf(headerOf(headers, "x-weatherproof-priority")),
+      cache: cacheModeOf(headerOf(headers, "x-weatherproof-cache"))
     }),
     ({ body, cache, priority, task }) => ({ body, task, options: { priority, cache } })
   )
@@ -319,8 +332,8 @@ const isUnaskedUsage = (wantsUsage: boolean) => (chunk: ChatCompletionChunk): bo
 // --- the handler ------------------------------------------------------------------------------
 
 /**
- * The chat completions handler. Runs in the request's scope: the call, its permit and its
- * stream live until the answer's last byte, or until the client disconnects.
+ * The chat completions handler, for a request's `Exchange`: the call, its permit and its stream
+ * live in the exchange's scope until the answer's last byte, or until the client disconnects.
  */
 export const make = (settings: Settings, traffic: Traffic) =>
   Effect.gen(function*() {
@@ -332,10 +345,10 @@ export const make = (settings: Settings, traffic: Traffic) =>
       Effect.map(replyOfCause(cause, scrub), (reply) => errorResponse(reply, scrub))
 
     /** `failed`, written at once (`sendNow`) and counted. */
-    const failedNow = (http: HttpServerRequest.HttpServerRequest, tally: Tally) => (cause: Cause.Cause<GatewayError>) =>
+    const failedNow = (http: Exchange, tally: Tally) => (cause: Cause.Cause<GatewayError>) =>
       Effect.map(failed(cause), (response) => {
         tally.answered(response.status)
-        return sendNow(http, response)
+        return sendNow(http.response, response)
       })
 
     /**
@@ -362,8 +375,8 @@ export const make = (settings: Settings, traffic: Traffic) =>
     }
 
     /** Runs `effect` in a fiber of the request's scope, tracked so the drain deadline can interrupt it. */
-    const forkTracked = <A, E>(effect: Effect.Effect<A, E>) =>
-      Effect.tap(Effect.forkScoped(effect), (fiber) => traffic.track(fiber))
+    const forkTracked = <A, E>(effect: Effect.Effect<A, E>, scope: Scope.Scope) =>
+      Effect.tap(Effect.forkIn(effect, scope), (fiber) => traffic.track(fiber))
 
     /**
      * A completion, called in the request's own fiber (tracked, so the drain deadline can cut it):
@@ -375,14 +388,14 @@ export const make = (settings: Settings, traffic: Traffic) =>
      * away gets nothing.
      */
     const completion = (
-      http: HttpServerRequest.HttpServerRequest,
+      http: Exchange,
       request: ChatCompletionRequest,
       options: CallOptions,
       tally: Tally
     ) =>
       Effect.withFiberRuntime<HttpServerResponse.HttpServerResponse>((fiber) => {
         traffic.track(fiber)
-        const keepAlive = new JsonKeepAlive(NodeHttpServerRequest.toServerResponse(http), keepAliveSettings)
+        const keepAlive = new JsonKeepAlive(http.response, keepAliveSettings)
         const exchanged = new Exchanged()
         const answer = (exit: Exit.Exit<ChatCompletion, GatewayError>) => {
           keepAlive.stop()
@@ -392,7 +405,7 @@ export const make = (settings: Settings, traffic: Traffic) =>
               onSuccess: (answer) =>
                 Effect.sync(() => {
                   tally.answered(200)
-                  return sendNow(http, HttpServerResponse.unsafeJson(answer, { headers: cacheStatus[exchanged.status] }))
+                  return sendNow(http.response, HttpServerResponse.unsafeJson(answer, { headers: cacheStatus[exchanged.status] }))
                 })
             })
           }
@@ -442,7 +455,7 @@ export const make = (settings: Settings, traffic: Traffic) =>
      * it. The events of its first read (or how it ended without any) go to `first`, counted as
      * waiting until then; those of each later read to `rest`, then how it ended.
      */
-    const pump = (upstream: Stream.Stream<ChatCompletionChunk, GatewayError>, wantsUsage: boolean) =>
+    const pump = (upstream: Stream.Stream<ChatCompletionChunk, GatewayError>, wantsUsage: boolean, scope: Scope.Scope) =>
       Effect.gen(function*() {
         const first = new Latch<Uint8Array | undefined, GatewayError>()
         const rest = new Rest()
@@ -465,7 +478,7 @@ export const make = (settings: Settings, traffic: Traffic) =>
               else arrived(Exit.succeed(bytes))
             }))
         })
-        const fiber = yield* forkTracked(run)
+        const fiber = yield* forkTracked(run, scope)
         // A fiber tells its exit even when interrupted before it ran.
         fiber.addObserver((exit) =>
           first.isDone
@@ -491,14 +504,14 @@ export const make = (settings: Settings, traffic: Traffic) =>
      * has not read yet waits in Node's response (an answer is bounded by its `max_tokens`).
      */
     const relay = (
-      http: HttpServerRequest.HttpServerRequest,
+      http: Exchange,
       rest: Rest,
       head: Uint8Array | undefined,
       tally: Tally,
       exchanged: Exchanged
     ) =>
       Effect.suspend(() => {
-        const out = eventStream(http, eventHeaders[exchanged.status])
+        const out = eventStream(http.response, eventHeaders[exchanged.status])
         if (head === undefined) {
           out.end(finished(tally))
           return Effect.succeed(out.response)
@@ -538,12 +551,13 @@ export const make = (settings: Settings, traffic: Traffic) =>
       return Stream.concat(Stream.succeed(head), following)
     }
 
-    const stream = (http: HttpServerRequest.HttpServerRequest, request: ChatCompletionRequest, options: CallOptions, tally: Tally) =>
+    const stream = (http: Exchange, request: ChatCompletionRequest, options: CallOptions, tally: Tally) =>
       Effect.gen(function*() {
         const exchanged = new Exchanged()
         const { first, rest } = yield* pump(
           resilient.stream(request, { ...options, onExchange: exchanged.told }),
-          request.stream_options?.include_usage === true
+          request.stream_options?.include_usage === true,
+          http.scope
         )
         return yield* awaitFirst(first, {
           ...keepAliveSettings,
@@ -567,11 +581,11 @@ export const make = (settings: Settings, traffic: Traffic) =>
      * Everything that can refuse a request before any call: auth, the body, headers, routing, the
      * queue. Combinators, not a generator: this runs for every request.
      */
-    const admit = (request: HttpServerRequest.HttpServerRequest): Effect.Effect<Admitted, Refused> =>
+    const admit = ({ incoming }: Exchange): Effect.Effect<Admitted, Refused> =>
       Effect.zipRight(
-        settings.authorize(request.headers.authorization),
-        Effect.flatMap(readJson(request, settings.maxBodyBytes), (json): Effect.Effect<Admitted, Refused> => {
-          const parsed = parseRequest(json, request.headers)
+        settings.authorize(incoming.headers.authorization),
+        Effect.flatMap(readJson(incoming, settings.maxBodyBytes), (json): Effect.Effect<Admitted, Refused> => {
+          const parsed = parseRequest(json, incoming.headers)
           if (Either.isLeft(parsed)) return Effect.fail(parsed.left)
           const { body, options, task } = parsed.right
           return Effect.flatMap(router.route(body, { task }), ({ request }): Effect.Effect<Admitted, Refused> =>
@@ -588,7 +602,7 @@ export const make = (settings: Settings, traffic: Traffic) =>
       Effect.tap(response, ({ status }) => Effect.sync(() => count(status)))
 
     /** The answer to `http`, counted by `tally` as it ends (a stream's at its last event). */
-    const answerTo = (http: HttpServerRequest.HttpServerRequest, tally: Tally) =>
+    const answerTo = (http: Exchange, tally: Tally) =>
       Effect.matchCauseEffect(admit(http), {
         onFailure: (cause) => counted(failed(cause), (status) => tally.answered(status)),
         onSuccess: ({ options, request }) =>
@@ -599,18 +613,18 @@ export const make = (settings: Settings, traffic: Traffic) =>
     // the two would leave it counted for good (and a drain waiting for it). Its scope closes
     // after its last byte is written, or when its client left (then unanswered, counted as such);
     // it is in flight until that byte is sent.
-    const entered = (tally: Tally, http: HttpServerRequest.HttpServerRequest) =>
+    const entered = (tally: Tally, http: Exchange) =>
       Effect.uninterruptible(
         Effect.zipRight(
-          ScopeFinalizer.addFinalizer(Effect.sync(() => {
+          Scope.addFinalizer(http.scope, Effect.sync(() => {
             tally.ended()
-            traffic.leaveWhenSent(NodeHttpServerRequest.toServerResponse(http))
+            traffic.leaveWhenSent(http.response)
           })),
           Effect.sync(() => traffic.enter())
         )
       )
 
-    const handle: Effect.Effect<HttpServerResponse.HttpServerResponse, never, HttpServerRequest.HttpServerRequest | Scope.Scope> =
+    return (http: Exchange): Effect.Effect<HttpServerResponse.HttpServerResponse> =>
       Effect.suspend(() => {
         if (traffic.draining) {
           return counted(failed(Cause.fail(new ShuttingDown())), (status) => traffic.answered(status)).pipe(
@@ -618,7 +632,6 @@ export const make = (settings: Settings, traffic: Traffic) =>
           )
         }
         const tally = new Tally(traffic)
-        return Effect.flatMap(HttpServerRequest.HttpServerRequest, (http) => Effect.zipRight(entered(tally, http), answerTo(http, tally)))
+        return Effect.zipRight(entered(tally, http), answerTo(http, tally))
       })
-    return handle
   })

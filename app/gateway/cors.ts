@@ -6,9 +6,8 @@
  * completions and models, which take the gateway key); the status page, `/status.json` and
  * `/metrics`, which need no key, stay readable by their own origin only.
  */
-import type * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
-import * as NodeHttpServerRequest from "@effect/platform-node/NodeHttpServerRequest"
+import type * as Http from "node:http"
 
 /** The API's routes: chat completions and models, with or without `/v1`. */
 export const isApiPath = (path: string): boolean => /^(?:\/v1)?\/(?:chat\/completions|models(?:\/.*)?)$/.test(path)
@@ -20,7 +19,7 @@ const answerHeaders = {
 } as const
 
 /** The answer to a page's preflight: its method and headers may be sent; browsers keep it 10 minutes. */
-export const preflight = (request: HttpServerRequest.HttpServerRequest): HttpServerResponse.HttpServerResponse =>
+export const preflight = (request: Http.IncomingMessage): HttpServerResponse.HttpServerResponse =>
   HttpServerResponse.empty({
     status: 204,
     headers: {
@@ -32,10 +31,9 @@ export const preflight = (request: HttpServerRequest.HttpServerRequest): HttpSer
   })
 
 /**
- * Lets the page read the answer to `request`: set on Node's response before anything is written,
- * so every answer carries it, a stream's too (the chat route writes those itself).
+ * Lets the page read the answer: set on Node's response before anything is written, so every
+ * answer carries it, a stream's too (the chat route writes those itself).
  */
-export const allowPageToRead = (request: HttpServerRequest.HttpServerRequest): void => {
-  const response = NodeHttpServerRequest.toServerResponse(request)
+export const allowPageToRead = (response: Http.ServerResponse): void => {
   for (const [name, value] of Object.entries(answerHeaders)) response.setHeader(name, value)
 }

@@ -7,21 +7,21 @@
  * ended (`handleResponse` checks `writableEnded`), so the handler still returns the response it
  * wrote, for the status counter and the server's span.
  */
-import type * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
-import * as NodeHttpServerRequest from "@effect/platform-node/NodeHttpServerRequest"
+import * as Effect from "effect/Effect"
+import * as Stream from "effect/Stream"
+import type * as Http from "node:http"
 
 /**
  * Writes `response` now when its body is in memory (a JSON answer or error), as the platform
  * would (status, headers, body); any other body is left to the platform. Returns `response`.
  */
 export const sendNow = (
-  request: HttpServerRequest.HttpServerRequest,
+  out: Http.ServerResponse,
   response: HttpServerResponse.HttpServerResponse
 ): HttpServerResponse.HttpServerResponse => {
   const { body } = response
   if (body._tag !== "Uint8Array") return response
-  const out = NodeHttpServerRequest.toServerResponse(request)
   if (out.writableEnded) return response
   out.writeHead(response.status, response.headers)
   out.end(body.body)
@@ -44,10 +44,9 @@ export interface EventWriter {
  * (its request's scope is closing meanwhile, which stops the stream).
  */
 export const eventStream = (
-  request: HttpServerRequest.HttpServerRequest,
+  out: Http.ServerResponse,
   headers: Readonly<Record<string, string>>
 ): EventWriter => {
-  const out = NodeHttpServerRequest.toServerResponse(request)
   out.writeHead(200, headers)
   return {
     write: (bytes) => {
@@ -59,3 +58,31 @@ export const eventStream = (
     response: HttpServerResponse.empty({ status: 200 })
   }
 }
+
+/**
+ * Writes what the platform would for `response`, unless the answer has ended already: the chat
+ * route's answers when it runs without the platform (`server.ts`). Its answers have a body in
+ * memory, none, or a stream (keep-alives, then a late answer's events), written as it comes; one
+ * that fails is cut, never ended as if whole (a client that left interrupts it).
+ */
+export const writeResponse = (out: Http.ServerResponse, response: HttpServerResponse.HttpServerResponse): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    if (out.writableEnded) return Effect.void
+    // Begun and not ended (an answer cut short): cut at the socket too, never ended as if whole.
+    if (out.headersSent) return Effect.sync(() => void out.destroy())
+    const { body } = response
+    switch (body._tag) {
+      case "Uint8Array":
+        return Effect.sync(() => void sendNow(out, response))
+      case "Stream":
+        out.writeHead(response.status, response.headers)
+        // Interruptible where it is written (after its handler, as the platform writes it): a client that leaves ends it.
+        return Effect.matchCauseEffect(Effect.interruptible(Stream.runForEach(body.stream, (bytes) => Effect.sync(() => void out.write(bytes)))), {
+          onFailure: () => Effect.sync(() => void out.destroy()),
+          onSuccess: () => Effect.sync(() => void out.end())
+        })
+      default:
+        out.writeHead(response.status, response.headers)
+        return Effect.sync(() => void out.end())
+    }
+  })
