@@ -84,11 +84,16 @@ local function uses(lane, owner, presence)
   redis.call("ZADD", lane .. ":users", now + presence, owner)
 end
 
--- The processes other than \`owner\` that may use \`lane\`, of \`processes\` alive: its users and those that do not report.
-local function othersOn(lane, owner, processes)
+-- The processes alive that do not say which lanes they use, of \`processes\` alive: each may use any.
+local function unreported(processes)
+  return math.max(0, processes - purge(base .. ":reporting"))
+end
+
+-- The processes other than \`owner\` that may use \`lane\`: its users and the \`silent\` ones that do not report.
+local function othersOn(lane, owner, silent)
   local users = purge(lane .. ":users")
   if redis.call("ZSCORE", lane .. ":users", owner) then users = users - 1 end
-  return users + math.max(0, processes - purge(base .. ":reporting"))
+  return users + silent
 end
 
 -- Takes a ticket out of every queue it waits in.
@@ -297,12 +302,13 @@ elseif op == "heartbeat" then
     else states[j] = "" end
   end
   local laneStates = {}
+  local silent = unreported(processes)
   for j, lane in ipairs(lanes) do
     if upTo > 0 then releaseUnlisted(lane, owner, listed, upTo) end
     grant(lane)
     local state = redis.call("HMGET", lane .. ":state", "limit", "epoch", "account")
     local accountInFlight = state[3] and purge(state[3] .. ":leases") or 0
-    laneStates[j] = { tonumber(state[1]) or -1, tonumber(state[2]) or 0, purge(lane .. ":leases"), accountInFlight, othersOn(lane, owner, processes) }
+    laneStates[j] = { tonumber(state[1]) or -1, tonumber(state[2]) or 0, purge(lane .. ":leases"), accountInFlight, othersOn(lane, owner, silent) }
   end
   return { processes, states, laneStates }
 elseif op == "read" then
