@@ -78,14 +78,19 @@ describe("the gateway's writer of a handler's answer (the chat route without the
       expect(seen).toEqual({ body: "cut" })
     }))
 
-  it.live("an answer its handler ended is left as it is", () =>
+  it.live("an answer its handler ended is left as it is: nothing written again, its connection kept", () =>
     Effect.gen(function*() {
+      let destroyed: boolean | undefined
       const seen = yield* served((response) =>
         Effect.zipRight(
           Effect.sync(() => response.end("written")),
-          writeResponse(response, HttpServerResponse.unsafeJson({ again: true }, { status: 500 }))
+          Effect.tap(
+            writeResponse(response, HttpServerResponse.unsafeJson({ again: true }, { status: 500 })),
+            () => Effect.sync(() => (destroyed = response.destroyed))
+          )
         )
       )
       expect(seen).toMatchObject({ status: 200, body: "written" })
+      expect(destroyed).toBe(false)
     }))
 })
