@@ -2,7 +2,7 @@ import { describe, expect, it } from "@effect/vitest"
 import * as Arbitrary from "effect/Arbitrary"
 import * as Either from "effect/Either"
 import * as FastCheck from "effect/FastCheck"
-import type * as ParseResult from "effect/ParseResult"
+import * as ParseResult from "effect/ParseResult"
 import * as Schema from "effect/Schema"
 import * as ChatSchema from "../src/ChatSchema.js"
 import * as SchemaFastPath from "../src/internal/schemaFastPath.js"
@@ -106,6 +106,22 @@ describe("SchemaFastPath", () => {
       JSON.parse(`{"model":"","messages":[{"role":{"toString":0},"content":[]}]}`)
     )
     expect(Either.isLeft(decoded) && decoded.left.message).toContain("a value the decoder cannot read")
+  })
+
+  it("compiles its decoder at its first input, once: a module that declares one pays nothing as it loads", () => {
+    let compiled = 0
+    const counted = Schema.declare([Schema.String], {
+      decode: (item) => {
+        compiled++
+        return (input, options) => ParseResult.decodeUnknown(item)(input, options)
+      },
+      encode: (item) => (input, options) => ParseResult.encodeUnknown(item)(input, options)
+    })
+    const decode = SchemaFastPath.decodeUnknownEither(counted)
+    expect(compiled).toBe(0)
+    expect(decode("a")).toStrictEqual(Either.right("a"))
+    expect(Either.isLeft(decode(1))).toBe(true)
+    expect(compiled).toBe(1)
   })
 
   it("sends a struct that drops excess properties, a transformation or a refinement's failure to Schema", () => {

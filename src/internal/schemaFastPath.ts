@@ -151,7 +151,17 @@ const indexGuard = (signatures: ReadonlyArray<AST.IndexSignature>): Guard | unde
 export const decodeUnknownEither = <A, I>(
   schema: Schema.Schema<A, I, never>,
   options?: AST.ParseOptions
-): (input: unknown) => Either.Either<A, ParseResult.ParseError> => {
+): Decoder<A> => {
+  let decoder: Decoder<A> | undefined
+  // Compiled at the first input, not where it is declared: modules declare theirs as they load,
+  // and a start-up would otherwise compile decoders it may never use (a batch of plain lines
+  // reads no stream chunk) before its first request.
+  return (input) => (decoder ??= compileDecoder(schema, options))(input)
+}
+
+type Decoder<A> = (input: unknown) => Either.Either<A, ParseResult.ParseError>
+
+const compileDecoder = <A, I>(schema: Schema.Schema<A, I, never>, options: AST.ParseOptions | undefined): Decoder<A> => {
   const decode = Schema.decodeUnknownEither(schema, options)
   const guard = guardOf(schema.ast)
   const undecodable = (defect: unknown) =>
