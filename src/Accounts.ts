@@ -57,6 +57,7 @@ import * as Schema from "effect/Schema"
 import type { AdaptiveOptions, LimiterOptions } from "./ConcurrencyLimiter.js"
 import * as KeyPool from "./KeyPool.js"
 import * as BaseUrls from "./internal/baseUrl.js"
+import { madeAtFirstCall } from "./internal/firstCall.js"
 import * as SchemaIssues from "./internal/schemaIssues.js"
 import { mayBeKey } from "./internal/text.js"
 import { defaultBaseUrl } from "./Transport.js"
@@ -227,7 +228,7 @@ type AccountJson = typeof AccountJson.Type
 // Decoding
 // ---------------------------------------------------------------------------------------------
 
-const decodeJson = Schema.decodeUnknownEither(AccountsJson, { errors: "all", onExcessProperty: "error" })
+const decodeJson = madeAtFirstCall(() => Schema.decodeUnknownEither(AccountsJson, { errors: "all", onExcessProperty: "error" }))
 
 /** Problems the schema cannot see: names used twice, no account that is not a fallback. */
 const crossChecks = (accounts: ReadonlyArray<AccountJson>): ReadonlyArray<string> => {

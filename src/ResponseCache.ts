@@ -99,6 +99,7 @@ import * as Stream from "effect/Stream"
 import { ChatCompletion, type ChatCompletionChunk, type ChatCompletionRequest } from "./ChatSchema.js"
 import * as ChatStream from "./ChatStream.js"
 import { currentMonotonicMillis } from "./internal/monotonic.js"
+import { madeAtFirstCall } from "./internal/firstCall.js"
 import * as internal from "./internal/responseCache.js"
 import { assertValid, positiveInteger } from "./internal/options.js"
 import { isSubstitute } from "./internal/substitutes.js"
@@ -361,7 +362,7 @@ export const makeMemoryStore = (capacity: number = defaults.capacity): Effect.Ef
 export const layerMemoryStore = (capacity?: number): Layer.Layer<CacheStore> =>
   Layer.effect(CacheStore, makeMemoryStore(capacity))
 
-const decodeStored = Schema.decodeUnknownOption(Schema.parseJson(ChatCompletion))
+const decodeStored = madeAtFirstCall(() => Schema.decodeUnknownOption(Schema.parseJson(ChatCompletion)))
 
 /**
  * A store on Redis, shared by every process on the same prefix: each entry is the completion's

@@ -18,6 +18,7 @@ import type { Deadlines } from "../Transport.js"
 import type { NumberedLine } from "./batchFiles.js"
 import * as DurationTexts from "./durationText.js"
 import * as ExactJson from "./exactJson.js"
+import { madeAtFirstCall } from "./firstCall.js"
 import { withModelLeftToRouter } from "./routedModel.js"
 import * as SchemaFastPath from "./schemaFastPath.js"
 import * as SchemaIssues from "./schemaIssues.js"
@@ -330,7 +331,7 @@ const ExistingLine = Schema.Struct({
   response: Schema.NullOr(Schema.Struct({ status_code: Schema.Number })),
   error: Schema.NullOr(Schema.Unknown)
 })
-const isExistingLine = Schema.is(ExistingLine)
+const isExistingLine = madeAtFirstCall(() => Schema.is(ExistingLine))
 
 /** A line of an output file written earlier: kept on resume only when it `Succeeded`. */
 export type ExistingResult =

@@ -17,6 +17,7 @@ import * as Option from "effect/Option"
 import * as ParseResult from "effect/ParseResult"
 import * as Schema from "effect/Schema"
 import * as AST from "effect/SchemaAST"
+import { madeAtFirstCall } from "./firstCall.js"
 
 /** Whether `input` decodes to itself. `false` says nothing: the full decoder decides then. */
 type Guard = (input: unknown) => boolean
@@ -151,13 +152,10 @@ const indexGuard = (signatures: ReadonlyArray<AST.IndexSignature>): Guard | unde
 export const decodeUnknownEither = <A, I>(
   schema: Schema.Schema<A, I, never>,
   options?: AST.ParseOptions
-): Decoder<A> => {
-  let decoder: Decoder<A> | undefined
-  // Compiled at the first input, not where it is declared: modules declare theirs as they load,
-  // and a start-up would otherwise compile decoders it may never use (a batch of plain lines
-  // reads no stream chunk) before its first request.
-  return (input) => (decoder ??= compileDecoder(schema, options))(input)
-}
+): Decoder<A> =>
+  // Compiled at the first input: modules declare theirs as they load, and a start-up would
+  // otherwise compile decoders it may never use (a batch of plain lines reads no stream chunk).
+  madeAtFirstCall(() => compileDecoder(schema, options))
 
 type Decoder<A> = (input: unknown) => Either.Either<A, ParseResult.ParseError>
 

@@ -35,6 +35,7 @@ import * as SchemaFastPath from "./schemaFastPath.js"
 import * as SchemaIssues from "./schemaIssues.js"
 import * as Scrubber from "./scrubber.js"
 import * as Sse from "./sse.js"
+import { madeAtFirstCall } from "./firstCall.js"
 import * as StreamPull from "./streamPull.js"
 import { causeChain, clipped, connectionFailure, parseJson, quotedBody } from "./text.js"
 import { assertValid } from "./options.js"
@@ -102,7 +103,7 @@ interface Problem {
   readonly code?: string | undefined
 }
 
-const decodeErrorBody = Schema.decodeUnknownOption(ChatSchema.ErrorBody)
+const decodeErrorBody = madeAtFirstCall(() => Schema.decodeUnknownOption(ChatSchema.ErrorBody))
 
 /**
  * What quotes a reply to a request sent with `key`: scrubbed of anything shaped like a key (shown

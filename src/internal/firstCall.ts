@@ -1,0 +1,13 @@
+/**
+ * Functions made at their first call rather than where a module declares them. A schema's
+ * decoder compiles its parser when it is made: one a module declares at its top level is compiled
+ * as the module loads, on every start, whether the run ever decodes with it or not.
+ *
+ * @internal
+ */
+
+/** `make()`'s function, made (once) at the first call; each call passes it its first argument only. */
+export const madeAtFirstCall = <F extends (input: never) => unknown>(make: () => F): F => {
+  let made: F | undefined
+  return ((input: never) => (made ??= make())(input)) as F
+}
