@@ -1184,6 +1184,26 @@ describe("Transport over loopback (undici, 127.0.0.1)", () => {
       expect(reports).toBe(1)
     }))
 
+  it.scopedLive("a JSON body read in pieces that split its characters is decoded whole", () =>
+    Effect.gen(function*() {
+      const bytes = Buffer.from(completionJson, "utf8")
+      const umbrella = bytes.indexOf(Buffer.from("☔", "utf8"))
+      // Cut inside the three bytes of "☔" and inside the first of "晴れ", each piece read apart.
+      const cuts = [umbrella + 1, bytes.indexOf(Buffer.from("晴", "utf8")) + 2]
+      const server = yield* rawServer([async (_, response) => {
+        response.writeHead(200, { "content-type": "application/json" })
+        response.socket?.setNoDelay(true)
+        await writeSlowly(response, ["\n", "\n"])
+        for (const [from, to] of [[0, cuts[0]], [cuts[0], cuts[1]], [cuts[1], bytes.length]]) {
+          response.write(bytes.subarray(from, to))
+          await new Promise((resolve) => setTimeout(resolve, 5))
+        }
+        response.end()
+      }])
+      const completion = yield* Effect.provide(create(), loopback(server))
+      expect(completion.choices[0]?.message.content).toBe(wireGeneration.content)
+    }))
+
   /** A server that answers 200 with `text`, then says nothing until the client closes. */
   const silentAfter = (contentType: string, text: string) =>
     rawServer([async (_, response) => {

@@ -99,13 +99,20 @@ const hasContent = (bytes: Uint8Array): boolean => {
   return false
 }
 
+const utf8 = new TextDecoder()
+
 /**
- * Collects a non-streaming body: the reads from the first one with content on, decoded; the
- * time of each read goes to the timeline, as content or as a keep-alive before it.
+ * A body's reads decoded at once, a character split between two reads included: one decoder for
+ * every body, where one made for each took longer than its decoding (ICU opens a converter each).
+ */
+const decodeWhole = (reads: ReadonlyArray<Uint8Array>): string => utf8.decode(reads.length === 1 ? reads[0] : Buffer.concat(reads))
+
+/**
+ * Collects a non-streaming body: the reads from the first one with content on, decoded at its
+ * end; the time of each read goes to the timeline, as content or as a keep-alive before it.
  */
 const bodyCollector = (timeline: Timeline) => {
-  const utf8 = new TextDecoder()
-  let text = ""
+  const reads: Array<Uint8Array> = []
   let started = false
   return {
     /** Takes a read; whether it held content. */
@@ -114,10 +121,10 @@ const bodyCollector = (timeline: Timeline) => {
       if (content) timeline.markContent(timeline.now())
       else timeline.keepAliveArrived(timeline.now())
       started ||= content
-      if (started) text += utf8.decode(bytes, { stream: true })
+      if (started) reads.push(bytes)
       return content
     },
-    text: (): string => text + utf8.decode()
+    text: (): string => decodeWhole(reads)
   }
 }
 
@@ -164,11 +171,10 @@ class UndiciReply implements Reply {
   get errorText(): Effect.Effect<string, DeadlineExceeded> {
     const { exchange, timeline } = this
     return Effect.suspend(() => {
-      let text = ""
-      const utf8 = new TextDecoder()
-      return exchange.readAll((bytes) => (text += utf8.decode(bytes, { stream: true }))).pipe(
+      const reads: Array<Uint8Array> = []
+      return exchange.readAll((bytes) => reads.push(bytes)).pipe(
         Effect.matchEffect({
-          onSuccess: () => Effect.succeed(text + utf8.decode()),
+          onSuccess: () => Effect.succeed(decodeWhole(reads)),
           onFailure: (cause) => {
             const expired = timeline.expiredBy(cause)
             return expired === undefined ? Effect.succeed("") : Effect.fail(expired)
