@@ -4,7 +4,7 @@ import * as Effect from "effect/Effect"
 import * as Stream from "effect/Stream"
 import * as Http from "node:http"
 import type { AddressInfo } from "node:net"
-import { writeResponse } from "../app/gateway/write.js"
+import { sendJsonNow, writeResponse } from "../app/gateway/write.js"
 
 /** What the client of one answer saw: its status, headers and whole body, or that the answer was cut (before or after its headers). */
 type Seen = { readonly status: number; readonly headers: Headers; readonly body: string } | { readonly body: "cut" }
@@ -43,6 +43,19 @@ describe("the gateway's writer of a handler's answer (the chat route without the
       expect(seen).toMatchObject({ status: 429, body: "{\"error\":\"busy\"}" })
       expect("headers" in seen && seen.headers.get("retry-after")).toBe("3")
       expect("headers" in seen && seen.headers.get("content-type")).toBe("application/json")
+    }))
+
+  it.live("a JSON answer written now: 200, its headers, its length in bytes, and nothing more from the platform's writer", () =>
+    Effect.gen(function*() {
+      const answer = { id: "chatcmpl-1", choices: [{ message: { content: "ça coûte 5 €" } }] }
+      const seen = yield* served((response) =>
+        Effect.suspend(() => writeResponse(response, sendJsonNow(response, answer, { "content-type": "application/json", "x-weatherproof-cache-status": "miss" })))
+      )
+      const body = JSON.stringify(answer)
+      expect(seen).toMatchObject({ status: 200, body })
+      expect("headers" in seen && seen.headers.get("content-type")).toBe("application/json")
+      expect("headers" in seen && seen.headers.get("x-weatherproof-cache-status")).toBe("miss")
+      expect("headers" in seen && seen.headers.get("content-length")).toBe(String(Buffer.byteLength(body)))
     }))
 
   it.live("a streamed answer: every piece in order, then its end", () =>

