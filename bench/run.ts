@@ -344,7 +344,7 @@ const gatewayVerdicts = (cells: ReadonlyArray<Gateway.Cell>): ReadonlyArray<stri
         Table.verdict(firstEvent <= gatewayTargets.addedFirstEventMs)
       } (${signedMs(firstEvent)}); throughput ≥ ${gatewayTargets.throughputRatio}× direct: ${
         Table.verdict(ratio >= gatewayTargets.throughputRatio)
-      } (${ratio.toFixed(2)}×); ahead of Portkey on every figure: ${Table.verdict(behind.length === 0)}${
+      } (${Table.ratioText(ratio, gatewayTargets.throughputRatio)}×); ahead of Portkey on every figure: ${Table.verdict(behind.length === 0)}${
         behind.length === 0 ? "" : ` (not on ${behind.join(", ")})`
       }`
     ]
@@ -449,11 +449,11 @@ const batchCost = Effect.gen(function*() {
   const rssRatio = report.weatherproof.maxRssMb / report.plain.maxRssMb
   yield* Console.log(
     `target: CPU per request ≤ ${batchTargets.cpuRatio}× the plain client's: ${Table.verdict(cpuRatio <= batchTargets.cpuRatio)} (${
-      cpuRatio.toFixed(2)
+      Table.ratioText(cpuRatio, batchTargets.cpuRatio)
     }×)`
   )
   yield* Console.log(
-    `target: peak RSS ≤ ${batchTargets.rssRatio}× the plain client's: ${Table.verdict(rssRatio <= batchTargets.rssRatio)} (${rssRatio.toFixed(2)}×)`
+    `target: peak RSS ≤ ${batchTargets.rssRatio}× the plain client's: ${Table.verdict(rssRatio <= batchTargets.rssRatio)} (${Table.ratioText(rssRatio, batchTargets.rssRatio)}×)`
   )
   for (const c of [report.weatherproof, report.plain]) {
     for (const failure of c.failures) yield* Console.log(`warning: ${c.name}: ${failure}`)
@@ -516,7 +516,7 @@ const scale = Effect.gen(function*() {
   const against = (target: string, ratio: number, bound: number) =>
     Console.log(
       plain.failure === undefined
-        ? `target: ${target}: ${Table.verdict(weatherproof.failure === undefined && ratio <= bound)} (${ratio.toFixed(2)}×)`
+        ? `target: ${target}: ${Table.verdict(weatherproof.failure === undefined && ratio <= bound)} (${Table.ratioText(ratio, bound)}×)`
         : `target: ${target}: no verdict (the plain client failed: ${plain.completed} of ${Scale.settings.requests} answered)`
     )
   yield* against(
@@ -572,7 +572,7 @@ const sharedAccount = Effect.gen(function*() {
   // A run that lost lines meets nothing, however fast it was.
   const ran = shared.failure === undefined
   yield* Console.log(
-    `target: ${processes} processes through Redis within ${makespanRatio}× the oracle: ${Table.verdict(ran && ratio <= makespanRatio)} (${ratio.toFixed(2)}×)`
+    `target: ${processes} processes through Redis within ${makespanRatio}× the oracle: ${Table.verdict(ran && ratio <= makespanRatio)} (${Table.ratioText(ratio, makespanRatio)}×)`
   )
   yield* Console.log(
     `target: at most ${100 * rateLimitedShare} % of their requests draw a 429: ${Table.verdict(ran && share(shared) <= rateLimitedShare)} (${

@@ -22,3 +22,13 @@ export const markdown = (header: Row, rows: ReadonlyArray<Row>, leftColumns = 1)
 
 /** A target's verdict, as printed. */
 export const verdict = (met: boolean): string => met ? "MET" : "MISSED"
+
+/**
+ * `ratio` to two decimals, or to as many more as tell it from `bound`: a CPU ratio of 1.504 that
+ * missed a target of 1.5× printed as "1.50×" read as met.
+ */
+export const ratioText = (ratio: number, bound: number): string => {
+  let digits = 2
+  while (digits < 6 && ratio !== bound && Number(ratio.toFixed(digits)) === bound) digits++
+  return ratio.toFixed(digits)
+}
