@@ -6,8 +6,8 @@
  * @internal
  */
 
-/** `make()`'s function, made (once) at the first call; each call passes it its first argument only. */
-export const madeAtFirstCall = <F extends (input: never) => unknown>(make: () => F): F => {
+/** `make()`'s function, made (once) at the first call, which every call reaches with all its arguments. */
+export const madeAtFirstCall = <F extends (...args: Array<never>) => unknown>(make: () => F): F => {
   let made: F | undefined
-  return ((input: never) => (made ??= make())(input)) as F
+  return ((...args: Parameters<F>) => (made ??= make())(...args)) as F
 }
