@@ -72,6 +72,15 @@ export const invalidPrefix = "a non-empty prefix without braces or whitespace"
 
 const reasonOf = (cause: unknown): string => cause instanceof Error ? cause.message : String(cause)
 
+/**
+ * Why a command of `client` failed, as an operator reads it: "the connection is down" while it is,
+ * not ioredis's words for its offline queue's refusal ("Stream isn't writeable and
+ * enableOfflineQueue options is false") or for its retries' limit. Its socket ends a few ticks
+ * before its status says so, and a command sent meanwhile is refused with the first.
+ */
+export const failureReason = (client: Pick<IORedis, "status" | "stream">, cause: unknown): string =>
+  client.status === "ready" && client.stream?.writable === true ? reasonOf(cause) : "the connection is down"
+
 /** Reconnection delays: 100 ms more each time, at most 2 seconds, forever. */
 const reconnectDelay = (attempt: number): number => Math.min(attempt * 100, 2000)
 
@@ -165,13 +174,10 @@ export const make = (options: Options): Effect.Effect<Service, RedisUnavailable,
     client.on("ready", setReady(true))
     client.on("close", setReady(false))
 
-    // While the connection is down ioredis refuses a command in its own terms ("Stream isn't
-    // writeable and enableOfflineQueue options is false"): the reason says what an operator acts on.
     const run = <A>(operation: string, send: () => Promise<A>): Effect.Effect<A, RedisError> =>
       Effect.tryPromise({
         try: send,
-        catch: (cause) =>
-          new RedisError({ operation, reason: client.status === "ready" ? reasonOf(cause) : "the connection is down" })
+        catch: (cause) => new RedisError({ operation, reason: failureReason(client, cause) })
       })
 
     const script = (lua: string) => {
@@ -240,7 +246,7 @@ const subscriberOf = (url: string, options: Options) =>
       ).pipe(Effect.flatMap((owed) =>
         owed ? Effect.tryPromise({
           try: () => connection.subscribe(channel),
-          catch: (cause) => new RedisError({ operation: "SUBSCRIBE", reason: reasonOf(cause) })
+          catch: (cause) => new RedisError({ operation: "SUBSCRIBE", reason: failureReason(connection, cause) })
         }) : Effect.void
       ), Effect.asVoid)
     return { add }
