@@ -428,6 +428,8 @@ describe("weatherproof serve, metrics and traces", () => {
       expect(bodies).toContain("weatherproof.Resilient.create")
       expect(bodies).toContain("weatherproof.Transport.create")
       expect(bodies).toContain("/v1/chat/completions")
+      // The server's span records the answer's headers, as the platform records those of any response.
+      expect(bodies).toContain("http.response.header.x-weatherproof-cache-status")
       expect(bodies).not.toContain("gw-otlp-key")
       expect(bodies).not.toContain(Simulator.defaultKey)
       for (const secret of Object.values(otherKeys)) expect(bodies).not.toContain(secret)

@@ -49,7 +49,7 @@ describe("the gateway's writer of a handler's answer (the chat route without the
     Effect.gen(function*() {
       const answer = { id: "chatcmpl-1", choices: [{ message: { content: "ça coûte 5 €" } }] }
       const seen = yield* served((response) =>
-        Effect.suspend(() => writeResponse(response, sendJsonNow(response, answer, { "content-type": "application/json", "x-weatherproof-cache-status": "miss" })))
+        Effect.suspend(() => writeResponse(response, sendJsonNow(response, answer, HttpServerResponse.empty({ status: 200, headers: { "content-type": "application/json", "x-weatherproof-cache-status": "miss" } }))))
       )
       const body = JSON.stringify(answer)
       expect(seen).toMatchObject({ status: 200, body })

@@ -109,9 +109,10 @@ class Exchanged {
   }
 }
 
-const jsonHeaders = {
-  hit: { "content-type": "application/json", ...cacheStatus.hit },
-  miss: { "content-type": "application/json", ...cacheStatus.miss }
+/** A completion's answer, its body written by `sendJsonNow`: the status and headers it is written with and returned as. */
+const jsonAnswers = {
+  hit: HttpServerResponse.empty({ status: 200, headers: { "content-type": "application/json", ...cacheStatus.hit } }),
+  miss: HttpServerResponse.empty({ status: 200, headers: { "content-type": "application/json", ...cacheStatus.miss } })
 } as const
 
 const eventHeaders = {
@@ -410,7 +411,7 @@ export const make = (settings: Settings, traffic: Traffic) =>
               onSuccess: (answer) =>
                 Effect.sync(() => {
                   tally.answered(200)
-                  return sendJsonNow(http.response, answer, jsonHeaders[exchanged.status])
+                  return sendJsonNow(http.response, answer, jsonAnswers[exchanged.status])
                 })
             })
           }
