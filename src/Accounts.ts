@@ -36,7 +36,11 @@
  *   limiter's options (`LaneOptions`: `ConcurrencyLimiter.AdaptiveOptions` without `maxQueued`,
  *   `queueDelayFloor` in milliseconds), each model's lane discovering its own cap;
  * - `accountConcurrency` (default none): a fixed cap on the calls in flight of every model
- *   together, for a provider that limits the account as a whole.
+ *   together, for a provider that limits the account as a whole;
+ * - `breaker` (default: the pool's): the account's circuit breaker options (`BreakerOptions`,
+ *   durations in milliseconds), each replacing the pool's own, e.g. `{ "failureRatio": 1 }` for a
+ *   lone account whose calls should be retried through transient failures, its breaker opening
+ *   only when every call fails.
  *
  * At least one account must not be a fallback. Unknown fields are errors (a typo would
  * otherwise be silently ignored). Every problem is reported with the path of its field, and no
@@ -54,6 +58,7 @@ import * as Either from "effect/Either"
 import * as ParseResult from "effect/ParseResult"
 import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
+import type { Options as CircuitBreakerOptions } from "./CircuitBreaker.js"
 import type { AdaptiveOptions, LimiterOptions } from "./ConcurrencyLimiter.js"
 import * as KeyPool from "./KeyPool.js"
 import * as BaseUrls from "./internal/baseUrl.js"
@@ -80,6 +85,8 @@ export interface Account {
   readonly concurrency?: number | LaneOptions | undefined
   /** A cap on the calls in flight of every model together. */
   readonly accountConcurrency?: number | undefined
+  /** Its circuit breaker's options, each replacing the pool's (`AccountPool.Options.breaker`). */
+  readonly breaker?: BreakerOptions | undefined
 }
 
 /**
@@ -92,6 +99,16 @@ export interface Account {
  * @category models
  */
 export type LaneOptions = Omit<AdaptiveOptions, keyof LimiterOptions>
+
+/**
+ * The circuit breaker options of one account: all of `CircuitBreaker.Options` but what the pool
+ * sets itself (`name`, the account's; `classify`, `ApiError.classify`; `countLoadShed`,
+ * `"overload"`, as 429s are the lanes' limiters').
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type BreakerOptions = Omit<CircuitBreakerOptions, "name" | "classify" | "countLoadShed">
 
 /**
  * Accounts that do not validate, or could not be read. `issues` are `path: message` lines, e.g.
@@ -188,6 +205,21 @@ const Adaptive = Schema.Struct({
   queueDelayFloor: optional(number("milliseconds ≥ 0", (n) => n >= 0))
 }).annotations(expecting("expected adaptive limiter options"))
 
+const milliseconds = number("milliseconds > 0", (n) => n > 0 && Number.isFinite(n))
+
+const Breaker = Schema.Struct({
+  window: optional(milliseconds),
+  buckets: optional(positiveInt),
+  failureRatio: optional(number("a number > 0 and ≤ 1", (n) => n > 0 && n <= 1)),
+  minimumThroughput: optional(positiveInt),
+  openFor: optional(milliseconds),
+  maxOpenFor: optional(milliseconds),
+  canaries: optional(positiveInt),
+  halfOpenPolicy: optional(Schema.Literal("wait", "reject").annotations({
+    message: () => ({ message: `expected "wait" or "reject"`, override: true })
+  }))
+}).annotations(expecting("expected circuit breaker options"))
+
 const concurrencyExpected = "expected an integer ≥ 1 or adaptive limiter options"
 
 /**
@@ -213,7 +245,8 @@ const AccountJson = Schema.Struct({
   fallback: optional(Flag),
   models: optional(Models),
   concurrency: optional(Concurrency),
-  accountConcurrency: optional(positiveInt)
+  accountConcurrency: optional(positiveInt),
+  breaker: optional(Breaker)
 }).annotations(expecting("expected an account object"))
 
 const AccountsJson = Schema.Struct({

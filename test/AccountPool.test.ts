@@ -942,6 +942,30 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 
+  it.effect("an account's own breaker options replace the pool's one by one: its threshold, its open period and its canaries", () => {
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"], { concurrency: 4, breaker: { minimumThroughput: 3, openFor: 2000, canaries: 2 } })],
+      handlers: { a: status(500) },
+      options: { preflight: false, breaker: { minimumThroughput: 1, failureRatio: 0.25, openFor: "30 seconds" } }
+    }
+    return Effect.gen(function*() {
+      for (const _ of [1, 2]) expect((yield* Effect.flip(create))._tag).toBe("ServerError")
+      expect(yield* states).toEqual({ a: "serving" }) // the pool's minimumThroughput of 1 would have opened it
+      expect((yield* Effect.flip(create))._tag).toBe("ServerError")
+      expect(yield* states).toEqual({ a: "open" })
+      setup.handlers.a = healthy("10 seconds")
+      yield* TestClock.adjust("2 seconds") // its own open period, not the pool's 30 s
+      const calls = yield* Effect.forEach([1, 2, 3], () => Effect.fork(create))
+      yield* settle
+      expect(countOf(yield* chatHosts, "a")).toBe(5) // three that failed, then its two canaries at once
+      yield* TestClock.adjust("10 seconds") // both answer: the breaker closes, and the third is sent
+      expect(countOf(yield* chatHosts, "a")).toBe(6)
+      yield* TestClock.adjust("10 seconds")
+      expect((yield* Effect.forEach(calls, Fiber.join)).map((completion) => completion.id)).toEqual(["cmpl-a", "cmpl-a", "cmpl-a"])
+      expect(yield* states).toEqual({ a: "serving" })
+    }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
   it.effect("a call back for its retry waits ahead of the calls that came after it, not behind them", () => {
     const contentOf = (req: MockUpstream.RecordedRequest) => String(bodyOf(req).messages[0]?.content)
     let firstSends = 0

@@ -490,11 +490,8 @@ export const makeWith = <R>(
         const keys = yield* memberState.keys(account, { cooldown: settings.keyCooldown })
         // The lanes' limits back off on 429s; a server overloaded at any level is the breaker's, so
         // calls fail over from an account whose upstream sheds them all.
-        const breaker = yield* memberState.breaker({
-          countLoadShed: "overload",
-          ...settings.breaker,
-          name: account.name
-        })
+        const breakerOptions = { countLoadShed: "overload", ...settings.breaker, ...account.breaker, name: account.name } as const
+        const breaker = yield* memberState.breaker(breakerOptions)
         // The pool opens the transport's connections itself, after its balance preflight is sent.
         const told = warnOnReject(account, keys, settings.keyCooldown)
         const transport = yield* Transport.make({ baseUrl: account.baseUrl, deadlines: settings.deadlines, warmUp: 0 }).pipe(
@@ -507,7 +504,7 @@ export const makeWith = <R>(
           (lane) => accountModels.serves(index, lane),
           (lane) => accountModels.laneKey(index, lane)
         )
-        slot.canaries = settings.breaker?.canaries ?? CircuitBreaker.defaults.canaries
+        slot.canaries = breakerOptions.canaries ?? CircuitBreaker.defaults.canaries
         const sharedBalance = yield* memberState.balance(account)
         return new Member(account, slot, told, breaker, transport, sharedBalance, (model) => accountModels.mappedName(index, model))
       }))
