@@ -322,7 +322,8 @@ export interface Options {
   /**
    * Options of every account's breaker (its `name` is the account's). Default
    * `CircuitBreaker.defaults` with `countLoadShed: "overload"`: 429s are left to the lanes'
-   * limiters, which back off on them. Options given here replace those defaults one by one.
+   * limiters, which back off on them. Options given here replace those defaults one by one, and
+   * an account's own (`Accounts.Account["breaker"]`) replace these.
    */
   readonly breaker?: Omit<CircuitBreakerModule.Options, "name"> | undefined
   /** Deadlines of every account's transport. Default `Transport.defaultDeadlines`. */
