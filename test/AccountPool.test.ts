@@ -1237,6 +1237,29 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)), capturingLogs(logs))
   })
 
+  it.effect("a lone account's breaker opening again says when its options open it: its calls have nowhere else to go", () => {
+    const logs: Array<Logged> = []
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"], { breaker: { minimumThroughput: 4, failureRatio: 0.5, openFor: 1000 } })],
+      handlers: { a: status(500) },
+      options: { preflight: false, breaker: { window: "2 minutes" } }
+    }
+    const opened = () => logs.filter((log) => log.message.includes("circuit breaker opened")).map((log) => log.message)
+    return Effect.gen(function*() {
+      for (const _ of [1, 2, 3, 4]) expect((yield* Effect.flip(create))._tag).toBe("ServerError")
+      yield* settle
+      const lastFailure = "its last failure: ServerError: HTTP 500"
+      expect(opened()).toEqual([`AccountPool: account a's circuit breaker opened: its calls wait until it half-opens in 1s; ${lastFailure}`])
+      const canary = yield* Effect.fork(Effect.flip(createWith(request, { maxWait: "1 minute" })))
+      yield* TestClock.adjust("1 second")
+      expect((yield* Fiber.join(canary))._tag).toBe("ServerError")
+      expect(opened()[1]).toBe(
+        `AccountPool: account a's circuit breaker opened (2 trips in a row): its calls wait until it half-opens in 2s; ${lastFailure}; ` +
+          "it opens at 50 % failed of 4 calls or more in 2m (the account's breaker options)"
+      )
+    }).pipe(Effect.provide(poolLayer(setup)), capturingLogs(logs))
+  })
+
   it.effect("a fixed concurrency is a ceiling: 429s lower the lane's limit, not the breaker's state, and it climbs back to it, never above", () => {
     const throttled: Handler = (req) => isChat(req) ? MockUpstream.status(429, { body: errorBody("busy") }) : status(404)(req)
     const setup: Setup = {

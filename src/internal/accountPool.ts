@@ -485,12 +485,14 @@ export const makeWith = <R>(
     const telemetry = yield* Effect.serviceOption(Telemetry.Telemetry)
     const accountModels = AccountModels.make(accounts, ledger.pricing)
     const memberState = settings.memberState ?? MemberState.inMemory
+    // The lanes' limits back off on 429s; a server overloaded at any level is the breaker's, so
+    // calls fail over from an account whose upstream sheds them all.
+    const breakerOptionsOf = (account: Account) =>
+      ({ countLoadShed: "overload", ...settings.breaker, ...account.breaker, name: account.name }) as const
     const members: ReadonlyArray<Member> = yield* Effect.forEach(accounts, (account, index) =>
       Effect.gen(function*() {
         const keys = yield* memberState.keys(account, { cooldown: settings.keyCooldown })
-        // The lanes' limits back off on 429s; a server overloaded at any level is the breaker's, so
-        // calls fail over from an account whose upstream sheds them all.
-        const breakerOptions = { countLoadShed: "overload", ...settings.breaker, ...account.breaker, name: account.name } as const
+        const breakerOptions = breakerOptionsOf(account)
         const breaker = yield* memberState.breaker(breakerOptions)
         // The pool opens the transport's connections itself, after its balance preflight is sent.
         const told = warnOnReject(account, keys, settings.keyCooldown)
@@ -1298,6 +1300,14 @@ export const makeWith = <R>(
 
     // Where an open account's calls go meanwhile: a pool of one has nowhere else.
     const elsewhere = members.length > 1 ? "go to another account or " : ""
+    const openingRule = (account: Account) => {
+      const options = breakerOptionsOf(account)
+      const ratio = options.failureRatio ?? CircuitBreaker.defaults.failureRatio
+      const calls = options.minimumThroughput ?? CircuitBreaker.defaults.minimumThroughput
+      const window = Duration.format(options.window ?? CircuitBreaker.defaults.window)
+      const share = Number((ratio * 100).toFixed(1))
+      return `it opens at ${share} % failed of ${calls} call${calls === 1 ? "" : "s"} or more in ${window} (the account's breaker options)`
+    }
     /**
      * Says when an account's breaker opens, is isolated, or closes again: its calls wait or go
      * elsewhere meanwhile, which a caller otherwise sees only as slow answers.
@@ -1310,10 +1320,12 @@ export const makeWith = <R>(
           // Another process sharing the breaker may have opened it: then no failure of ours is said.
           const lastFailure = lastFailureOf(member)
           const cause = lastFailure === undefined ? "" : `; its last failure: ${lastFailure}`
+          // A lone account's calls wait out each opening: its options may be what to change.
+          const rule = members.length === 1 && state.trips > 1 ? `; ${openingRule(member.account)}` : ""
           return Effect.logWarning(
             `${prefix} opened${trips}: its calls ${elsewhere}wait until it half-opens in ${
               Duration.format(Duration.millis(state.until - state.since))
-            }${cause}`
+            }${cause}${rule}`
           )
         }
         case "Isolated":
