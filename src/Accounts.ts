@@ -103,12 +103,13 @@ export type LaneOptions = Omit<AdaptiveOptions, keyof LimiterOptions>
 /**
  * The circuit breaker options of one account: all of `CircuitBreaker.Options` but what the pool
  * sets itself (`name`, the account's; `classify`, `ApiError.classify`; `countLoadShed`,
- * `"overload"`, as 429s are the lanes' limiters').
+ * `"overload"`, as 429s are the lanes' limiters') or has no use for (`halfOpenPolicy`: the pool
+ * sends a half-open account no more calls than its canaries).
  *
  * @since 0.1.0
  * @category models
  */
-export type BreakerOptions = Omit<CircuitBreakerOptions, "name" | "classify" | "countLoadShed">
+export type BreakerOptions = Omit<CircuitBreakerOptions, "name" | "classify" | "countLoadShed" | "halfOpenPolicy">
 
 /**
  * Accounts that do not validate, or could not be read. `issues` are `path: message` lines, e.g.
@@ -214,10 +215,7 @@ const Breaker = Schema.Struct({
   minimumThroughput: optional(positiveInt),
   openFor: optional(milliseconds),
   maxOpenFor: optional(milliseconds),
-  canaries: optional(positiveInt),
-  halfOpenPolicy: optional(Schema.Literal("wait", "reject").annotations({
-    message: () => ({ message: `expected "wait" or "reject"`, override: true })
-  }))
+  canaries: optional(positiveInt)
 }).annotations(expecting("expected circuit breaker options"))
 
 const concurrencyExpected = "expected an integer ≥ 1 or adaptive limiter options"
