@@ -11,6 +11,12 @@ import * as Schema from "effect/Schema"
 
 const preserve = { parseOptions: { onExcessProperty: "preserve" } } as const
 
+/**
+ * An optional field of a request that may also be `null`, at any depth, as OpenAI's API reads it
+ * (unset) and clients send it (Python's `None` for an unset attribute).
+ */
+const nullable = <S extends Schema.Schema.Any>(schema: S) => Schema.optional(Schema.NullOr(schema))
+
 /** A struct that keeps unknown fields; `identifier` names it in a decoding error's message. */
 const open = <Fields extends Schema.Struct.Fields>(fields: Fields, identifier?: string) =>
   Schema.Struct(fields).annotations(identifier === undefined ? preserve : { ...preserve, identifier })
@@ -66,7 +72,7 @@ const AnsweredToolCall = open({
 }, "ToolCall")
 
 /** A part of a multi-part message (`{"type": "text", "text": …}`; other kinds keep their fields). @since 0.1.0 */
-export const ContentPart = open({ type: Schema.String, text: Schema.optional(Schema.String) }, "ContentPart")
+export const ContentPart = open({ type: Schema.String, text: nullable(Schema.String) }, "ContentPart")
 
 /**
  * A message's content: a string, or parts, as OpenAI's API takes for every role (DeepSeek's
@@ -96,7 +102,7 @@ export const contentText = (content: MessageContent | null | undefined): string 
 export const SystemMessage = open({
   role: Schema.Literal("system"),
   content: MessageContent,
-  name: Schema.optional(Schema.String)
+  name: nullable(Schema.String)
 }, "SystemMessage")
 
 /**
@@ -108,14 +114,14 @@ export const SystemMessage = open({
 export const DeveloperMessage = open({
   role: Schema.Literal("developer"),
   content: MessageContent,
-  name: Schema.optional(Schema.String)
+  name: nullable(Schema.String)
 }, "DeveloperMessage")
 
 /** @since 0.1.0 */
 export const UserMessage = open({
   role: Schema.Literal("user"),
   content: MessageContent,
-  name: Schema.optional(Schema.String)
+  name: nullable(Schema.String)
 }, "UserMessage")
 
 /**
@@ -129,8 +135,8 @@ export const AssistantMessage = open({
   content: Schema.optional(Schema.NullOr(MessageContent)),
   reasoning_content: Schema.optional(Schema.NullOr(Schema.String)),
   tool_calls: Schema.optional(Schema.NullOr(Schema.Array(ToolCall))),
-  name: Schema.optional(Schema.String),
-  prefix: Schema.optional(Schema.Boolean)
+  name: nullable(Schema.String),
+  prefix: nullable(Schema.Boolean)
 }, "AssistantMessage")
 
 /** @since 0.1.0 */
@@ -152,17 +158,14 @@ export const Tool = open({
   type: Schema.Literal("function"),
   function: open({
     name: Schema.String,
-    description: Schema.optional(Schema.String),
-    parameters: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.Unknown })),
-    strict: Schema.optional(Schema.Boolean)
+    description: nullable(Schema.String),
+    parameters: nullable(Schema.Record({ key: Schema.String, value: Schema.Unknown })),
+    strict: nullable(Schema.Boolean)
   })
 }, "Tool")
 
 /** Thinking mode switch. @since 0.1.0 */
 export const Thinking = open({ type: Schema.Literal("enabled", "disabled") }, "Thinking")
-
-/** An optional request field that may also be `null`, as OpenAI's API takes it (and clients send it). */
-const nullable = <S extends Schema.Schema.Any>(schema: S) => Schema.optional(Schema.NullOr(schema))
 
 /**
  * A chat completion request. Only `model` and `messages` are required; everything else is

@@ -769,7 +769,7 @@ describe("weatherproof serve, with the openai client", () => {
       expect((yield* sim.stats).requests).toBe(1)
     }))
 
-  it.scopedLive("optional fields sent as null (as many clients send unset ones) are unset: the request is answered", () =>
+  it.scopedLive("optional fields sent as null (as many clients send unset ones), nested ones too, are unset: the request is answered", () =>
     Effect.gen(function*() {
       const sim = yield* Simulator.make()
       const gateway = yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])])
@@ -779,17 +779,33 @@ describe("weatherproof serve, with the openai client", () => {
           .map((field) => [field, null])
       )
       const messages = [...ask("x"), { role: "assistant", content: "y", tool_calls: null }, ...ask("z")]
-      const answer = yield* attempt(async () => {
-        const response = await fetch(`${gateway.url}/v1/chat/completions`, {
-          method: "POST",
-          headers: { "content-type": "application/json" },
-          body: JSON.stringify({ model, messages, ...nulls })
+      const post = (body: object) =>
+        attempt(async () => {
+          const response = await fetch(`${gateway.url}/v1/chat/completions`, {
+            method: "POST",
+            headers: { "content-type": "application/json" },
+            body: JSON.stringify(body)
+          })
+          return { status: response.status, body: await response.json() as { choices: ReadonlyArray<{ message: { content: string } }> } }
         })
-        return { status: response.status, body: await response.json() as { choices: ReadonlyArray<{ message: { content: string } }> } }
-      })
+      const answer = yield* post({ model, messages, ...nulls })
       expect(answer.status).toBe(200)
       expect(answer.body.choices[0]?.message.content).toBe("echo:z")
-      expect((yield* sim.stats).requests).toBe(1)
+      // Nested ones too (a tool built from a definition with no description, a message's name left
+      // unset, a part's text), and a null `model` is left to the router as an absent one.
+      const nested = yield* post({
+        model: null,
+        messages: [
+          { role: "system", content: "s", name: null },
+          { role: "developer", content: "d", name: null },
+          { role: "assistant", content: "y", name: null, prefix: null, reasoning_content: null },
+          { role: "user", content: [{ type: "text", text: null }, { type: "text", text: "z" }], name: null }
+        ],
+        tools: [{ type: "function", function: { name: "f", description: null, parameters: null, strict: null } }]
+      })
+      expect(nested.status).toBe(200)
+      expect(nested.body.choices[0]?.message.content).toBe("echo:z")
+      expect((yield* sim.stats).requests).toBe(2)
     }))
 
   it.scopedLive("a gateway given a smaller body limit refuses a body over it, naming it, and answers one within it", () =>

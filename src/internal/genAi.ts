@@ -210,7 +210,7 @@ const text = (content: string): Part => ({ type: "text", content })
 const contentParts = (content: MessageContent): Array<Part> =>
   typeof content === "string"
     ? [text(content)]
-    : content.map((part) => part.text === undefined ? { type: part.type } : text(part.text))
+    : content.map((part) => part.text == null ? { type: part.type } : text(part.text))
 
 const assistantParts = (message: {
   readonly content?: MessageContent | null | undefined
