@@ -611,6 +611,40 @@ describe("weatherproof serve, with the openai client", () => {
       expect((unknown as APIError).code).toBe("model_not_found")
     }))
 
+  it.scopedLive("every route is matched as the router matches a path: its case, a trailing slash and repeated slashes aside (a base URL joined to a path by hand)", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make()
+      const gateway = yield* startGateway([
+        account("a", sim.baseUrl, [Simulator.defaultKey], { models: { "House/Model-1": "deepseek-v4-pro" } })
+      ], { gatewayKeys: [Redacted.make("gw-key")] })
+      const authorization = { authorization: "Bearer gw-key" }
+      const chatPaths = ["/v1/chat/completions/", "//v1//chat/completions", "/V1/Chat/Completions", "/chat/completions/?x=1"]
+      for (const path of chatPaths) {
+        const answer = yield* attempt(() =>
+          fetch(`${gateway.url}${path}`, { method: "POST", headers: authorization, body: JSON.stringify({ model, messages: ask(path) }) })
+        )
+        expect(answer.status, path).toBe(200)
+      }
+      // A model's name keeps its case; the path's prefix does not matter.
+      for (const path of ["/V1/MODELS/House/Model-1", "//v1/models/House/Model-1/"]) {
+        const found = yield* attempt(() => fetch(`${gateway.url}${path}`, { headers: authorization }).then((r) => r.json()))
+        expect(found, path).toMatchObject({ id: "House/Model-1" })
+      }
+      // A page's preflight and its answer, at the same paths.
+      for (const path of [...chatPaths, "/V1/MODELS/"]) {
+        const preflight = yield* attempt(() =>
+          fetch(`${gateway.url}${path}`, {
+            method: "OPTIONS",
+            headers: { origin: "https://chat.example", "access-control-request-method": "POST" }
+          })
+        )
+        expect(preflight.status, path).toBe(204)
+      }
+      const listed = yield* attempt(() => fetch(`${gateway.url}/V1/MODELS`, { headers: { ...authorization, origin: "https://chat.example" } }))
+      expect(listed.headers.get("access-control-allow-origin")).toBe("*")
+      expect((yield* sim.stats).requests).toBe(chatPaths.length)
+    }))
+
   it.scopedLive("a model the gateway does not serve is a 404 NotFoundError, model_not_found, and opens no lane, no series, no call", () =>
     Effect.gen(function*() {
       const sim = yield* Simulator.make()

@@ -9,8 +9,8 @@
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import type * as Http from "node:http"
 
-/** The API's routes: chat completions and models, with or without `/v1`. */
-export const isApiPath = (path: string): boolean => /^(?:\/v1)?\/(?:chat\/completions|models(?:\/.*)?)$/.test(path)
+/** The API's routes: chat completions and models, with or without `/v1`, in any case (as the router matches them). */
+export const isApiPath = (path: string): boolean => /^(?:\/v1)?\/(?:chat\/completions|models(?:\/.*)?)$/i.test(path)
 
 /** What an answer to a page says: any origin may read it, its `Retry-After` and its cache status. */
 const answerHeaders = {

@@ -160,15 +160,25 @@ const pathOf = (url: string): string => {
   return query === -1 ? url : url.slice(0, query)
 }
 
-/** `POST /v1/chat/completions` (or `/chat/completions`), with any query. */
-const isChatPath = (url: string): boolean => {
+/**
+ * The path as the router matches its routes: without the query, repeated slashes as one and no
+ * trailing slash (its case is ignored by each match), so a base URL joined to a path by hand
+ * (`…/v1/` + `/chat/completions`) reaches the chat route as it reaches the others.
+ */
+const routePathOf = (url: string): string => {
   const path = pathOf(url)
-  return path === "/v1/chat/completions" || path === "/chat/completions"
+  const single = path.includes("//") ? path.replace(/\/{2,}/g, "/") : path
+  return single.length > 1 && single.endsWith("/") ? single.slice(0, -1) : single
 }
+
+const chatPath = /^(?:\/v1)?\/chat\/completions$/i
+
+/** `POST /v1/chat/completions` (or `/chat/completions`), with any query. */
+const isChatPath = (url: string): boolean => chatPath.test(routePathOf(url))
 
 /** The model a `GET /v1/models/{model}` names: the rest of the path, slashes included (`org/name`), decoded. */
 const modelOfPath = (url: string): string => {
-  const rest = pathOf(url).replace(/^\/(?:v1\/)?models\//, "")
+  const rest = routePathOf(url).replace(/^\/(?:v1\/)?models\//i, "")
   return Option.getOrElse(Option.liftThrowable(decodeURIComponent)(rest), () => rest)
 }
 
@@ -326,7 +336,7 @@ export const make = (
       const { host, origin } = incoming.headers
       const refused = guard(host, origin)
       if (refused !== undefined) return replyWith(refused)
-      if (origin !== undefined && Cors.isApiPath(pathOf(incoming.url ?? "/"))) {
+      if (origin !== undefined && Cors.isApiPath(routePathOf(incoming.url ?? "/"))) {
         if (incoming.method === "OPTIONS") return Cors.preflight(incoming)
         Cors.allowPageToRead(response)
       }
