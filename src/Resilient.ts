@@ -285,6 +285,8 @@ export interface DefaultOptions extends PolicyModule.Options {
   readonly baseUrl?: string | undefined
   readonly keys: ReadonlyArray<Redacted.Redacted<string>>
   readonly deadlines?: Partial<Deadlines> | undefined
+  /** The forward proxies, or `"none"`. Default: the environment's (`Transport.proxyConfig`). */
+  readonly proxy?: TransportModule.ProxyOptions | "none" | undefined
 }
 
 /**
@@ -308,21 +310,23 @@ export const layerDefault = (options: DefaultOptions): Layer.Layer<Resilient> =>
     Layer.provide([
       PolicyModule.layer(options),
       TransportModule.layer({ baseUrl: options.baseUrl, deadlines: options.deadlines }).pipe(
-        Layer.provide([TransportModule.nodeHttpClient(), KeyPool.layer(options.keys)])
+        Layer.provide([TransportModule.nodeHttpClient({ proxy: options.proxy }), KeyPool.layer(options.keys)])
       )
     ])
   )
 
 /**
- * The settings `layerConfig` reads: `DEEPSEEK_API_KEY` (one key or several separated by commas)
- * and `DEEPSEEK_BASE_URL` (default `https://api.deepseek.com`).
+ * The settings `layerConfig` reads: `DEEPSEEK_API_KEY` (one key or several separated by commas),
+ * `DEEPSEEK_BASE_URL` (default `https://api.deepseek.com`) and the forward proxies
+ * (`Transport.proxyConfig`: `HTTPS_PROXY` and the rest), so a mistyped one is a `ConfigError`.
  *
  * @since 0.1.0
  * @category config
  */
 export const config: Config.Config<DefaultOptions> = Config.all({
   keys: KeyPool.keysConfig,
-  baseUrl: BaseUrls.fromEnv(TransportModule.defaultBaseUrl)
+  baseUrl: BaseUrls.fromEnv(TransportModule.defaultBaseUrl),
+  proxy: TransportModule.proxyConfig
 })
 
 /**

@@ -307,7 +307,9 @@ export const proxyConfig: Config.Config<ProxyOptions> = ForwardProxy.proxyConfig
  * with no fiber, Node stream or timer per call; while a tracer is installed, each in the HTTP
  * client span the client would make (its name, attributes and redacted headers, the trace
  * propagated upstream). Its connections go through the environment's forward proxy
- * (`proxyConfig`: `HTTPS_PROXY` and the rest) or `options.proxy`'s. A transport over it opens
+ * (`proxyConfig`: `HTTPS_PROXY` and the rest; one that is no http(s) URL is a defect here, so read
+ * `proxyConfig` first to have its `ConfigError`, as `Resilient.layerConfig` does) or
+ * `options.proxy`'s. A transport over it opens
  * its connections ahead of its first calls (`Options.warmUp`), and about as many as it has calls
  * in flight: undici gives a socket back to its pool only at the end of the event loop's turn
  * after its answer, so a call sent meanwhile (a waiter taking the permit that answer freed) is

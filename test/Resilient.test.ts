@@ -8,6 +8,7 @@ import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
 import * as Ref from "effect/Ref"
 import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
@@ -374,5 +375,22 @@ describe("Resilient.layerConfig", () => {
         expect(String(error)).toContain("DEEPSEEK_BASE_URL")
         expect(String(error)).not.toContain("secret")
       }
+    }))
+
+  it.effect("a proxy in the environment that is no http(s) URL is a ConfigError too, not a defect; a proxy given in the options is not read from it", () =>
+    Effect.gen(function*() {
+      const environment = ConfigProvider.fromMap(
+        new Map([["DEEPSEEK_API_KEY", "sk-a"], ["HTTPS_PROXY", "socks5://user:secret@proxy.corp:1080"]])
+      )
+      const error = yield* Effect.flip(
+        Layer.build(Resilient.layerConfig).pipe(Effect.scoped, Effect.withConfigProvider(environment))
+      )
+      expect(ConfigError.isConfigError(error)).toBe(true)
+      expect(String(error)).toContain("HTTPS_PROXY")
+      expect(String(error)).not.toContain("secret")
+      yield* Layer.build(Resilient.layerDefault({ keys: [Redacted.make("sk-a")], proxy: "none" })).pipe(
+        Effect.scoped,
+        Effect.withConfigProvider(environment)
+      )
     }))
 })
