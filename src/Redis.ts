@@ -35,7 +35,7 @@ import * as Context from "effect/Context"
 import type * as Duration from "effect/Duration"
 import type * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import type * as Redacted from "effect/Redacted"
+import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
 import type * as Stream from "effect/Stream"
 import * as internal from "./internal/redis.js"
@@ -171,13 +171,15 @@ export const layer = (options: Options): Layer.Layer<Redis, RedisUnavailable> =>
 
 /**
  * `WEATHERPROOF_REDIS_URL`, redacted: it may carry a password. An empty value (an env file's blank
- * entry) is none, as unset is.
+ * entry) is none, as unset is. Read as a string, then redacted: `Config.redacted` would redact its
+ * errors too, and an unset variable would say only `"<redacted>"`.
  *
  * @since 0.1.0
  * @category config
  */
-export const urlConfig: Config.Config<Redacted.Redacted<string>> = Config.redacted(
-  Config.nonEmptyString("WEATHERPROOF_REDIS_URL")
+export const urlConfig: Config.Config<Redacted.Redacted<string>> = Config.map(
+  Config.nonEmptyString("WEATHERPROOF_REDIS_URL"),
+  Redacted.make
 )
 
 /**

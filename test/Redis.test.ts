@@ -5,6 +5,7 @@ import * as ConfigProvider from "effect/ConfigProvider"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
@@ -21,6 +22,14 @@ describe("Redis config", () => {
       expect(yield* urlOf([])).toEqual(Option.none())
       const given = yield* urlOf([["WEATHERPROOF_REDIS_URL", "redis://127.0.0.1:6379"]])
       expect(Option.map(given, Redacted.value)).toEqual(Option.some("redis://127.0.0.1:6379"))
+    }))
+
+  it.effect("WEATHERPROOF_REDIS_URL required and unset says so (Config.redacted would hide even that as <redacted>)", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(Redis.urlConfig.pipe(Effect.withConfigProvider(ConfigProvider.fromMap(new Map()))))
+      expect(String(error)).toContain("Expected WEATHERPROOF_REDIS_URL to exist")
+      const layer = Effect.flip(Layer.build(Redis.layerConfig).pipe(Effect.scoped, Effect.withConfigProvider(ConfigProvider.fromMap(new Map()))))
+      expect(String(yield* layer)).toContain("Expected WEATHERPROOF_REDIS_URL to exist")
     }))
 
   it.effect("a URL of another scheme (http://, valkey://), or no URL (a typo, empty), is refused for it, never quoted: no socket path, no localhost", () =>
