@@ -199,6 +199,28 @@ export const makeRedis = (
   })
 
 /**
+ * `makeRedis` as a layer: every process's layer with the same `account` and prefix shares the
+ * keys' cooldowns.
+ *
+ * @example
+ * ```ts
+ * import { Layer, Redacted } from "effect"
+ * import { KeyPool, Redis } from "weatherproof"
+ *
+ * const keys = KeyPool.layerRedis([Redacted.make("sk-...")], { account: "main" }).pipe(
+ *   Layer.provide(Redis.layerConfig)
+ * )
+ * ```
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerRedis = (
+  keys: ReadonlyArray<Redacted.Redacted<string>>,
+  options: RedisOptions
+): Layer.Layer<KeyPool, never, Redis.Redis> => Layer.scoped(KeyPool, makeRedis(keys, options))
+
+/**
  * @since 0.1.0
  * @category layers
  */
@@ -256,5 +278,5 @@ export const keysConfig: Config.Config<ReadonlyArray<Redacted.Redacted<string>>>
  * @since 0.1.0
  * @category layers
  */
-export const layerConfig: Layer.Layer<KeyPool, import("effect/ConfigError").ConfigError> =
+export const layerConfig: Layer.Layer<KeyPool, ConfigError.ConfigError> =
   Layer.effect(KeyPool, Effect.flatMap(keysConfig, make))

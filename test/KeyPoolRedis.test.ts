@@ -1,6 +1,8 @@
 import { describe, expect, it } from "@effect/vitest"
+import * as Context from "effect/Context"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import * as KeyPool from "../src/KeyPool.js"
 import * as Redis from "../src/Redis.js"
@@ -42,6 +44,18 @@ describe.skipIf(!redisServerPresent)(skipMessage("KeyPool on Redis"), () => {
       yield* until(b.available, (n) => n === 2)
       yield* until(a.available, (n) => n === 2)
       expect(yield* keysWithTtl(mine)).toEqual([])
+    }))
+
+  it.scopedLive("as layers (layerRedis), two pools of one account share a rejection", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const poolLayer = KeyPool.layerRedis(keys, { account: "main", cooldown: "1 minute" }).pipe(
+        Layer.provide(Redis.layer({ url: server.url }))
+      )
+      const [a, b] = [yield* Layer.build(poolLayer), yield* Layer.build(poolLayer)].map((context) => Context.get(context, KeyPool.KeyPool))
+      yield* a!.reject(yield* a!.acquire)
+      yield* until(b!.available, (n) => n === 1)
+      expect((yield* b!.acquire).id).toBe("key#2")
     }))
 
   it.scopedLive("a cooldown of a fraction of a millisecond (\"400.5 millis\") is shared, not refused by the server", () => {
