@@ -204,13 +204,20 @@ export class UpstreamError extends TaggedError("UpstreamError")<{
   readonly partial: PartialOutput
 }> {}
 
-/** Every key was rejected (401), so no call can be made. @since 0.1.0 */
+/**
+ * Every key was rejected (401), so no call can be made. `retryAfter`: the time until the first of
+ * them is back from its cooldown.
+ *
+ * @since 0.1.0
+ */
 export class NoUsableKey extends TaggedError("NoUsableKey")<{
   readonly rejected: number
+  readonly retryAfter: Option.Option<Duration.Duration>
 }> {
   /** @since 0.1.0 */
   override get message(): string {
-    return `no usable API key: ${this.rejected} rejected`
+    const back = Option.match(this.retryAfter, { onNone: () => "", onSome: (d) => `; the first is back in ${Duration.format(d)}` })
+    return `no usable API key: ${this.rejected} rejected${back}`
   }
 }
 

@@ -100,10 +100,19 @@ const inMemory = (keys: ReadonlyArray<Redacted.Redacted<string>>, options: Optio
         if ((rejectedUntil.get(id) ?? 0) < until) rejectedUntil.set(id, until)
       })
 
+    /** When the first key resting at `now` is back (monotonic epoch millis), if one rests. */
+    const firstBackAt = (now: number): Option.Option<number> => {
+      const ends = Array.from(rejectedUntil.values()).filter((until) => until > now)
+      return ends.length === 0 ? Option.none() : Option.some(Math.min(...ends))
+    }
+
     const service: Service = {
       acquire: withNow((now) => {
         const usable = usableAt(now)
-        if (usable.length === 0) return Effect.fail(new NoUsableKey({ rejected: credentials.length }))
+        if (usable.length === 0) {
+          const retryAfter = Option.map(firstBackAt(now), (at) => Duration.millis(at - now))
+          return Effect.fail(new NoUsableKey({ rejected: credentials.length, retryAfter }))
+        }
         const index = next % usable.length
         next = index + 1
         return Effect.succeed(usable[index]!)
@@ -111,10 +120,7 @@ const inMemory = (keys: ReadonlyArray<Redacted.Redacted<string>>, options: Optio
       reject: (credential) =>
         withNow((now) => isCooling(credential.id, now) ? Effect.void : restUntil(credential.id, now + cooldownMillis)),
       available: withNow((now) => Effect.succeed(usableAt(now).length)),
-      cooldownEnd: withNow((now) => {
-        const ends = Array.from(rejectedUntil.values()).filter((until) => until > now)
-        return Effect.succeed(ends.length === 0 ? Option.none() : Option.some(Math.min(...ends)))
-      })
+      cooldownEnd: withNow((now) => Effect.succeed(firstBackAt(now)))
     }
     return { service, credentials, cooldownMillis, restUntil }
   })

@@ -83,7 +83,7 @@ const table: ReadonlyArray<readonly [name: string, error: unknown, verdict: ApiE
   ["404, no chat endpoint", new ApiError.UnexpectedStatus({ status: 404, message: "page", endpointMissing: true }), ApiError.account],
   ["routing", new Router.RoutingRefused({ task: "classification", model: "m", reason: "thinking-enabled" }), ApiError.caller],
   ["401", new ApiError.KeyRejected({ message: "no", keyId: "key#1" }), ApiError.account],
-  ["no key", new ApiError.NoUsableKey({ rejected: 2 }), ApiError.account],
+  ["no key", new ApiError.NoUsableKey({ rejected: 2, retryAfter: Option.none() }), ApiError.account],
   ["402", new ApiError.InsufficientBalance({ message: "pay" }), ApiError.account],
   ["queue full", new ConcurrencyLimiter.QueueFull({ queued: 9 }), ApiError.refused(false)],
   [

@@ -243,7 +243,7 @@ describe("CircuitBreaker", () => {
       [new KeyRejected({ message: "no", keyId: "key#1" }), "success", false],
       [new InsufficientBalance({ message: "pay" }), "success", false],
       [new UnexpectedStatus({ status: 404, message: "missing" }), "success", false],
-      [new NoUsableKey({ rejected: 2 }), "success", false],
+      [new NoUsableKey({ rejected: 2, retryAfter: Option.none() }), "success", false],
       [new ConcurrencyLimiter.QueueFull({ queued: 3 }), "ignored", false]
     ]
     const countedBy = (options: CircuitBreaker.Options, error: unknown) =>

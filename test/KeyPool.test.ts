@@ -3,6 +3,7 @@ import * as Clock from "effect/Clock"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Effect from "effect/Effect"
 import * as FastCheck from "effect/FastCheck"
+import * as Duration from "effect/Duration"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as TestClock from "effect/TestClock"
@@ -29,9 +30,13 @@ describe("KeyPool", () => {
       const second = yield* pool.acquire
       expect(second.id).toBe("key#2")
       yield* pool.reject(second)
+      yield* TestClock.adjust("1 minute")
       const error = yield* Effect.flip(pool.acquire)
       expect(error._tag).toBe("NoUsableKey")
       expect(error.rejected).toBe(2)
+      // When the first key is back, for a caller to wait rather than fail.
+      expect(error.retryAfter).toEqual(Option.some(Duration.minutes(14)))
+      expect(error.message).toBe("no usable API key: 2 rejected; the first is back in 14m")
     }))
 
   it.effect("a rejected key rests for the cooldown on the Clock, then comes back", () =>
