@@ -369,7 +369,7 @@ export interface PoolOptions extends Options {
   readonly retry?: Omit<RetryPolicyModule.Options, "classify"> | undefined
   /** Default `RetryBudget.defaults`. */
   readonly retryBudget?: RetryBudgetModule.Options | undefined
-  /** How long a retry the budget refuses waits for room (`Policy.Parts.budgetWait`). Default 60 s. */
+  /** How long a retry the budget refuses waits for room (`Policy.Parts.budgetWait`). Default `retry.maxRetryAfter` (60 s). */
   readonly budgetWait?: Duration.DurationInput | undefined
   /** A client-side rate limit over all accounts. Default: none. */
   readonly rate?: TokenBucketModule.Options | undefined

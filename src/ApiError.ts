@@ -417,28 +417,46 @@ export type Verdict = LoadShed | Outage | Account | Caller | Refused
  */
 export type Classifier = (error: unknown) => Verdict
 
-/** @since 0.1.0 @category verdicts */
+/**
+ * @since 0.1.0
+ * @category verdicts
+ */
 export const loadShed = (
   retryAfter: Option.Option<Duration.Duration> = Option.none(),
   signal: LoadShed["signal"] = "cap"
 ): Verdict => ({ _tag: "LoadShed", retryAfter, signal })
 
-/** @since 0.1.0 @category verdicts */
+/**
+ * @since 0.1.0
+ * @category verdicts
+ */
 export const outage = (retryAfter: Option.Option<Duration.Duration> = Option.none()): Verdict => ({
   _tag: "Outage",
   retryAfter
 })
 
-/** @since 0.1.0 @category verdicts */
+/**
+ * @since 0.1.0
+ * @category verdicts
+ */
 export const unsentOutage: Verdict = { _tag: "Outage", retryAfter: Option.none(), unsent: true }
 
-/** @since 0.1.0 @category verdicts */
+/**
+ * @since 0.1.0
+ * @category verdicts
+ */
 export const account: Verdict = { _tag: "Account" }
 
-/** @since 0.1.0 @category verdicts */
+/**
+ * @since 0.1.0
+ * @category verdicts
+ */
 export const caller: Verdict = { _tag: "Caller" }
 
-/** @since 0.1.0 @category verdicts */
+/**
+ * @since 0.1.0
+ * @category verdicts
+ */
 export const refused = (
   retryable: boolean,
   retryAfter: Option.Option<Duration.Duration> = Option.none()

@@ -298,7 +298,7 @@ export const withPermit = (limiter: Service, options?: AcquireOptions) =>
 export interface LimiterOptions {
   /** How many callers may wait for a permit before `acquire` fails with `QueueFull`. Default: unbounded. */
   readonly maxQueued?: number | undefined
-  /** Tags the limiter's metrics with `limiter=<name>` so several limiters can be told apart. */
+  /** Tags the limiter's metrics with `limiter=<name>` so several limiters can be told apart. Default: untagged. */
   readonly name?: string | undefined
   /** What a failed call means for capacity (`outcomeOf`). Default `ApiError.classify`. */
   readonly classify?: Classifier | undefined

@@ -64,7 +64,10 @@ export const Prices = Schema.Struct({
   cacheMiss: UsdPerMillion,
   output: UsdPerMillion
 }).annotations({ identifier: "Prices" })
-/** @since 0.1.0 @category models */
+/**
+ * @since 0.1.0
+ * @category models
+ */
 export type Prices = typeof Prices.Type
 
 /**
@@ -128,7 +131,10 @@ export const PeakPricing = Schema.Struct({
   ]),
   Schema.annotations({ identifier: "PeakPricing" })
 )
-/** @since 0.1.0 @category models */
+/**
+ * @since 0.1.0
+ * @category models
+ */
 export type PeakPricing = typeof PeakPricing.Type
 
 /**
@@ -159,7 +165,10 @@ export const ModelPricing = Schema.Struct({
   ...Prices.fields,
   peak: Schema.optionalWith(Windows, { exact: true })
 }).annotations({ identifier: "ModelPricing" })
-/** @since 0.1.0 @category models */
+/**
+ * @since 0.1.0
+ * @category models
+ */
 export type ModelPricing = typeof ModelPricing.Type
 
 /**
@@ -186,7 +195,10 @@ export const PricingTable = Schema.Struct({
   ),
   Schema.annotations({ identifier: "PricingTable" })
 )
-/** @since 0.1.0 @category models */
+/**
+ * @since 0.1.0
+ * @category models
+ */
 export type PricingTable = typeof PricingTable.Type
 
 /** DeepSeek's peak hours: 01:00-04:00 and 06:00-10:00 UTC on weekdays, at twice the off-peak price. */

@@ -7,6 +7,9 @@
  * Effect's `Clock`, so a test drives the timeline with `TestClock`.
  *
  * ```ts
+ * import { MockUpstream } from "weatherproof"
+ *
+ * const usage = MockUpstream.usage({ promptTokens: 10, completionTokens: 2 })
  * const upstream = MockUpstream.layer([
  *   MockUpstream.drop(),
  *   MockUpstream.completion({ id: "1", model: "m", content: "hi", usage })

@@ -175,7 +175,7 @@ export interface Options {
   readonly retry?: Omit<RetryPolicyModule.Options, "classify"> | false | undefined
   /** Default `RetryBudget.defaults`. */
   readonly retryBudget?: RetryBudgetModule.Options | false | undefined
-  /** How long a retry the budget refuses waits for room (see `Parts.budgetWait`). */
+  /** How long a retry the budget refuses waits for room (see `Parts.budgetWait`). Default `retry.maxRetryAfter` (60 s). */
   readonly budgetWait?: Duration.DurationInput | undefined
   /** See `Parts.capRetriesPaced`. Default: whether `concurrency` is on (its limiter backs off on 429s). */
   readonly capRetriesPaced?: boolean | undefined

@@ -283,7 +283,9 @@ export const layer: Layer.Layer<Resilient, never, Transport | Policy> = Layer.ef
 export interface DefaultOptions extends PolicyModule.Options {
   /** Default `https://api.deepseek.com`. */
   readonly baseUrl?: string | undefined
+  /** The account's keys, used in turn (`KeyPool`). */
   readonly keys: ReadonlyArray<Redacted.Redacted<string>>
+  /** Each call's deadlines; a field left out keeps `Transport.defaultDeadlines`'s. */
   readonly deadlines?: Partial<Deadlines> | undefined
   /** The forward proxies, or `"none"`. Default: the environment's (`Transport.proxyConfig`). */
   readonly proxy?: TransportModule.ProxyOptions | "none" | undefined

@@ -469,7 +469,7 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Cache
     const store = yield* CacheStore
     const defaultTimeToLive = Duration.decode(options.timeToLive ?? defaults.timeToLive)
     const counts = yield* Ref.make(emptyCounts)
-    /** Calls in flight by key; each waiter learns the completion, or `None` if the call failed. */
+    /** Calls in flight by key; each waiter learns how its leader's call ended (`Led`). */
     const inFlight = new Map<string, Deferred.Deferred<Led>>()
 
     const count = (name: keyof typeof emptyCounts, metric?: Metric.Metric.Counter<number>) =>

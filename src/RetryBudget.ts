@@ -188,7 +188,6 @@ const settingsOf = (options: Options): internal.Settings => {
  *
  * @example
  * ```ts
- * import { Effect } from "effect"
  * import { RetryBudget } from "weatherproof"
  *
  * const budget = RetryBudget.make({ ratio: 0.1, window: "30 seconds" })

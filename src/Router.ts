@@ -42,7 +42,10 @@ import { TaggedError } from "./internal/sdkError.js"
  * @category schemas
  */
 export const Task = Schema.Literal("classification", "extraction", "summarisation", "chat", "reasoning")
-/** @since 0.1.0 @category models */
+/**
+ * @since 0.1.0
+ * @category models
+ */
 export type Task = typeof Task.Type
 
 /**
@@ -60,7 +63,10 @@ export const Route = Schema.Struct({
   thinking: Schema.Literal("enabled", "disabled"),
   reasoningEffort: Schema.optionalWith(Schema.NonEmptyString, { exact: true })
 }).annotations({ identifier: "Route" })
-/** @since 0.1.0 @category models */
+/**
+ * @since 0.1.0
+ * @category models
+ */
 export type Route = typeof Route.Type
 
 /**
@@ -76,7 +82,10 @@ export const Routes = Schema.Struct({
   chat: Route,
   reasoning: Route
 }).annotations({ identifier: "Routes" })
-/** @since 0.1.0 @category models */
+/**
+ * @since 0.1.0
+ * @category models
+ */
 export type Routes = typeof Routes.Type
 
 const flash: Route = { model: "deepseek-v4-flash", thinking: "disabled" }
@@ -121,7 +130,10 @@ export const Options = Schema.Struct({
   /** The task of a request that declares none and names no model. Default `"chat"`. */
   defaultTask: Schema.optionalWith(Task, { exact: true })
 }).annotations({ identifier: "RouterOptions", parseOptions: { onExcessProperty: "error" } })
-/** @since 0.1.0 @category models */
+/**
+ * @since 0.1.0
+ * @category models
+ */
 export type Options = typeof Options.Type
 
 /**

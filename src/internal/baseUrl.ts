@@ -11,7 +11,7 @@ import { scrubSecrets } from "../ApiError.js"
 import { clipped } from "./text.js"
 
 /** What a base URL that is no http(s) URL is told. */
-export const notHttpUrl = "expected an http(s) URL"
+const notHttpUrl = "expected an http(s) URL"
 
 /**
  * What is wrong with a base URL, if anything: not http(s); credentials in it (`user:pass@`: they

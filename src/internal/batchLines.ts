@@ -129,7 +129,7 @@ export const maxLineBytes = 64 * 1024 * 1024
 export type Unreadable = "invalid-utf8" | "too-long"
 
 /** The message of a line that cannot be read: it is not sent, altered or not. */
-export const unreadableMessages: Readonly<Record<Unreadable, string>> = {
+const unreadableMessages: Readonly<Record<Unreadable, string>> = {
   "invalid-utf8": "line is not valid UTF-8",
   "too-long": `line is longer than ${maxLineBytes / 1024 / 1024} MiB`
 }

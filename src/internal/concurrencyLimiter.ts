@@ -272,7 +272,7 @@ const aimdConfig = (options: AdaptiveOptions = {}): AimdConfig => {
 const clamp = (n: number, min: number, max: number): number => Math.min(max, Math.max(min, n))
 
 /** Above DeepSeek's published caps (2,500 concurrent requests per account for flash). */
-export const defaultMax = 10_000
+const defaultMax = 10_000
 
 /**
  * How far an acceptance at the top of the limit lets it grow in slow start: one request while

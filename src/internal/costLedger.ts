@@ -86,7 +86,7 @@ const tokenPrices = (prices: UsdPrices): TokenPrices => ({
 })
 
 /** `"HH:MM"` (already validated) to minutes since midnight. */
-export const minutesOfDay = (time: string): number => {
+const minutesOfDay = (time: string): number => {
   const [hours, minutes] = time.split(":").map(Number)
   return (hours ?? 0) * 60 + (minutes ?? 0)
 }

@@ -35,6 +35,8 @@ import { inSpan, inStreamSpan } from "./tracing.js"
 // Names
 // ---------------------------------------------------------------------------------------------
 
+// Each exported: a test checks every one against @opentelemetry/semantic-conventions.
+
 export const ATTR_GEN_AI_OPERATION_NAME = "gen_ai.operation.name"
 export const ATTR_GEN_AI_PROVIDER_NAME = "gen_ai.provider.name"
 export const ATTR_GEN_AI_REQUEST_MODEL = "gen_ai.request.model"

@@ -41,7 +41,7 @@ export const defaults = {
 } as const
 
 /** The URL with its user and password removed (ioredis also reads `?password=`), or a placeholder when it does not parse. */
-export const displayUrl = (url: string): string => {
+const displayUrl = (url: string): string => {
   // `redis:/:secret@host` parses, its password in the path.
   if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(url)) return "(an unparsable URL)"
   try {

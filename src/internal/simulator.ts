@@ -118,7 +118,7 @@ export const limitAt = (limit: Simulator.Limit, elapsedMs: number): number => {
 const millis = (duration: Duration.DurationInput): number => Duration.toMillis(duration)
 
 /** @internal */
-export const queueDelayMs = (delay: Simulator.QueueDelay, load: Simulator.Load): number => {
+const queueDelayMs = (delay: Simulator.QueueDelay, load: Simulator.Load): number => {
   if (typeof delay === "function") return optionMillis(`the queueDelay of ${load.model}`, delay(load))
   if (typeof delay === "object" && "min" in delay) {
     const min = millis(delay.min)
@@ -144,7 +144,7 @@ const hasText = (chunk: ChatCompletionChunk): boolean =>
   chunk.choices.some((choice) => Boolean(choice.delta.content) || Boolean(choice.delta.reasoning_content))
 
 /** How many chunks an early-ending stream sends: up to half of its text pieces, rounded up. @internal */
-export const cutPoint = (chunks: ReadonlyArray<ChatCompletionChunk>): number => {
+const cutPoint = (chunks: ReadonlyArray<ChatCompletionChunk>): number => {
   const withText = chunks.flatMap((chunk, index) => hasText(chunk) ? [index] : [])
   return (withText[Math.ceil(withText.length / 2) - 1] ?? 0) + 1
 }
