@@ -109,7 +109,7 @@ const logToStderr = Logger.replace(Logger.defaultLogger, Logger.prettyLogger({ s
  */
 export const main = (argv: ReadonlyArray<string>): Effect.Effect<number, never, CliApp.CliApp.Environment | StopSignals> =>
   Effect.suspend(() => {
-    const problem = Flags.batchDashProblem(argv) ?? Flags.repeatedFlagProblem(argv) ??
+    const problem = Flags.batchDashProblem(argv) ?? Flags.repeatedFlagProblem(argv) ?? Flags.logLevelProblem(argv) ??
       Flags.wizardProblem(argv, process.stdin.isTTY === true)
     return problem === undefined ? cli(argv) : fail(2, `weatherproof: ${problem}`)
   }).pipe(

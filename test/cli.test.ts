@@ -188,6 +188,21 @@ describe("weatherproof CLI", () => {
       }
     }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 
+  it.live("--log-level with a level @effect/cli does not know, or none, says so (exit 2), not as an unknown argument or subcommand", () =>
+    Effect.gen(function*() {
+      const levels = "all, trace, debug, info, warning, error, fatal, none"
+      const cases: ReadonlyArray<readonly [ReadonlyArray<string>, string]> = [
+        [["--log-level", "verbose", "batch", "in.jsonl", "-o", "a.jsonl"], `--log-level: expected one of ${levels}, got "verbose"`],
+        [["batch", "in.jsonl", "-o", "a.jsonl", "--log-level=WARN"], `--log-level: expected one of ${levels}, got "WARN"`],
+        [["serve", "--log-level"], `--log-level: expected one of ${levels}, got nothing`]
+      ]
+      for (const [args, message] of cases) {
+        const result = yield* runCli(args, {})
+        expect(result.code, args.join(" ")).toBe(2)
+        expect(result.stderr, args.join(" ")).toBe(`weatherproof: ${message}`)
+      }
+    }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
+
   it.live("--wizard without a terminal (cron, CI, nohup) is refused, where it would wait for answers for good", () =>
     Effect.gen(function*() {
       for (const args of [["--wizard"], ["batch", "--wizard"], ["serve", "--wizard"]]) {

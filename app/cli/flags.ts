@@ -9,6 +9,7 @@ import * as Options from "@effect/cli/Options"
 import * as ValidationError from "@effect/cli/ValidationError"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as LogLevel from "effect/LogLevel"
 import * as DurationText from "../../src/internal/durationText.js"
 import { mayBeKey } from "../../src/internal/text.js"
 import { commandIndex } from "./argv.js"
@@ -95,6 +96,26 @@ export const repeatedFlagProblem = (argv: ReadonlyArray<string>): string | undef
     const name = aliases[written] ?? written
     if (seen.has(name)) return `${name} is given twice: give each flag once`
     seen.add(name)
+  }
+  return undefined
+}
+
+/** The levels @effect/cli's own `--log-level` takes. */
+const logLevels = LogLevel.allLevels.map((level) => level._tag.toLowerCase())
+
+/**
+ * `--log-level` (@effect/cli's, before or after the command) with a level it does not take, or
+ * none, told before @effect/cli parses the command line, which reports it as an invalid
+ * subcommand or an unknown argument.
+ */
+export const logLevelProblem = (argv: ReadonlyArray<string>): string | undefined => {
+  const args = argv.slice(2)
+  for (const [i, arg] of args.entries()) {
+    if (arg === "--") break
+    const level = arg === "--log-level" ? args[i + 1] ?? "" : arg.startsWith("--log-level=") ? arg.slice("--log-level=".length) : undefined
+    if (level !== undefined && !logLevels.includes(level)) {
+      return `--log-level: expected one of ${logLevels.join(", ")}, got ${level === "" ? "nothing" : JSON.stringify(level)}`
+    }
   }
   return undefined
 }
