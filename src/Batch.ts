@@ -30,7 +30,9 @@
  *   answered. A rerun with the same output resumes: the output is first compacted to its
  *   successful lines (failed lines and a line torn by a crash go), succeeded ids are skipped and
  *   everything else is sent again, so the output keeps exactly one line per request. (Successful
- *   lines of ids no longer in the input are kept.) Only the ids seen are held in memory.
+ *   lines of ids no longer in the input are kept, and counted: `Summary.unmatched`.) A line is
+ *   matched by its `custom_id` alone: one whose body changed since its answer is not sent again.
+ *   Only the ids seen are held in memory.
  * - One run at a time per output: a run holds `<output>.lock` (created exclusively, naming its pid,
  *   host and start) from before compaction to its end, on the output's real path, so every
  *   spelling of one file shares the lock. Another run on it fails at once with `OutputLocked`,
@@ -302,6 +304,12 @@ export interface Summary {
   readonly failed: number
   /** Lines already answered by an earlier run into the same output, not sent again. */
   readonly skipped: number
+  /**
+   * Results the output already held whose `custom_id` no line of this input has (another
+   * input's, or lines since removed from this one): kept as they are. 0 when the run stopped
+   * before the end of its input.
+   */
+  readonly unmatched: number
   /**
    * Failed lines by `error.code` (an error tag such as `RateLimited` or `RoutingRefused`, or
    * `invalid_line` …).
@@ -774,13 +782,15 @@ const summarize = (
   after: Reading,
   statuses: ReadonlyArray<AccountStatus>,
   interrupted: boolean,
-  dropped = 0
+  dropped = 0,
+  unmatched = 0
 ): Summary => ({
   requests: tally.succeeded + tally.failed + tally.skipped,
   succeeded: tally.succeeded,
   fromCache: tally.fromCache,
   failed: tally.failed,
   skipped: tally.skipped,
+  unmatched,
   failures: tally.failures,
   rateLimited: after.counts.rateLimited - before.counts.rateLimited,
   retries: after.counts.retries - before.counts.retries,
@@ -966,7 +976,9 @@ export const run = (
     const dropped = yield* Effect.raceFirst(Effect.as(processing, 0), drainEnds)
 
     const interrupted = yield* Deferred.isDone(stopped)
-    const summary = summarize(tally, before, yield* readings, yield* poolStatuses, interrupted, dropped)
+    // Each answered id a line of the input has is skipped once (a later line with it is a duplicate).
+    const unmatched = interrupted ? 0 : alreadyAnswered.size - tally.skipped
+    const summary = summarize(tally, before, yield* readings, yield* poolStatuses, interrupted, dropped, unmatched)
     const failed = yield* Deferred.poll(failure)
     if (Option.isNone(failed)) return summary
     return yield* new BatchAborted({

@@ -407,6 +407,25 @@ describe("Batch.run", () => {
       expect(yield* ws.readOutput).toEqual(lines)
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
+  it.scoped("an output that holds results of custom_ids the input lacks (another input's) keeps them and counts them: unmatched", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput(["a", "b", "c"].map((id) => request(id)))
+      yield* runWith(ok, ws)
+      // Another input into the same output: one id in common.
+      yield* ws.writeInput(["c", "d"].map((id) => request(id)))
+      const { calls, summary } = yield* runWith(ok, ws)
+      expect(calls).toBe(1)
+      expect(summary).toMatchObject({ requests: 2, succeeded: 1, skipped: 1, unmatched: 2 })
+      expect(Batch.formatSummary(summary)).toContain(
+        "unmatched: 2 results already in the output have a custom_id no line of this input has (another input's?): kept"
+      )
+      expect(Batch.toJson(summary)).toMatchObject({ unmatched: 2 })
+      expect((yield* ws.readOutput).map((line) => line.custom_id).sort()).toEqual(["a", "b", "c", "d"])
+      // The same input again: nothing unmatched but what the first input left.
+      expect((yield* runWith(ok, ws)).summary).toMatchObject({ skipped: 2, unmatched: 2 })
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
   it.scoped("drops a last line torn by a crash (cut, or NULs where a machine's crash lost it) and sends its request again", () =>
     Effect.gen(function*() {
       const ws = yield* workspace

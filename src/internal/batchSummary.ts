@@ -140,6 +140,8 @@ export interface SummaryJson extends SpendJson {
   readonly from_cache: number
   readonly failed: number
   readonly skipped: number
+  /** Results already in the output whose `custom_id` no line of the input has, kept. */
+  readonly unmatched: number
   readonly failures: Readonly<Record<string, number>>
   readonly failed_attempts: number
   readonly rate_limited: number
@@ -203,6 +205,7 @@ export const toJson = (summary: Summary): SummaryJson => ({
   from_cache: summary.fromCache,
   failed: summary.failed,
   skipped: summary.skipped,
+  unmatched: summary.unmatched,
   failures: summary.failures,
   failed_attempts: summary.failedAttempts,
   rate_limited: summary.rateLimited,
@@ -273,6 +276,11 @@ export const format = (summary: Summary): string => {
     `requests:  ${summary.requests} (${summary.succeeded} succeeded${
       summary.fromCache === 0 ? "" : `, ${summary.fromCache} of them from the response cache`
     }, ${summary.failed} failed, ${summary.skipped} skipped as already answered)`,
+    ...(summary.unmatched === 0 ? [] : [
+      `unmatched: ${counted(summary.unmatched, "result", "results")} already in the output ${
+        summary.unmatched === 1 ? "has" : "have"
+      } a custom_id no line of this input has (another input's?): kept`
+    ]),
     ...(failures.length === 0 ? [] : [`failures:  ${failures}`]),
     `upstream:  ${counted(spend.attempts, "attempt", "attempts")}, ${summary.rateLimited} 429s met, ${
       counted(summary.retries, "retry", "retries")
