@@ -344,12 +344,16 @@ describe("weatherproof CLI", () => {
       expect(spawnSync("mkfifo", [fifo]).status).toBe(0)
       const device = `${dir}/null`
       const madeDevice = spawnSync("mknod", [device, "c", "1", "3"]).status === 0
+      // What Windows PowerShell 5's `>` writes: UTF-16, a byte-order mark first.
+      const utf16 = `${dir}/utf16.jsonl`
+      yield* fs.writeFile(utf16, Buffer.from(`\uFEFF${chatLine(1)}\n`, "utf16le"))
       // A directory given for a file, or an output with no directory, named with its flag (the input is the argument).
       const directories: ReadonlyArray<readonly [ReadonlyArray<string>, string]> = [
         [[dir, "--output", output], `the input ${dir} is a directory, not a file`],
         [[input, "--output", dir], `--output ${dir} is a directory, not a file`],
         [[input, "--output", output, "--summary", dir], `--summary ${dir} is a directory, not a file`],
         [[input, "--output", `${dir}/missing/out.jsonl`], `--output ${dir}/missing/out.jsonl: there is no directory ${dir}/missing`],
+        [[utf16, "--output", output], `the input ${utf16} is UTF-16 (its byte-order mark says so), not UTF-8: save it as UTF-8 (in PowerShell, Set-Content -Encoding utf8)`],
         // A pipe would hold the run; a device would be replaced by the rename (as root, /dev/null:
         // a device of its own here, made where the test may make one).
         [[input, "--output", fifo], `--output ${fifo} is a named pipe, not a file: a batch replaces its files by a rename`],

@@ -140,6 +140,20 @@ const realPathOf = (fs: FileSystem.FileSystem, target: string) =>
 const typeOf = (fs: FileSystem.FileSystem, path: string) =>
   fs.stat(path).pipe(Effect.map((info): FileSystem.File.Type | undefined => info.type), Effect.orElseSucceed(() => undefined))
 
+/**
+ * Whether the file at `path` starts with a UTF-16 byte-order mark, as Windows PowerShell 5's `>`
+ * writes: read as UTF-8, its every line would be an error line.
+ */
+const startsAsUtf16 = (fs: FileSystem.FileSystem, path: string) =>
+  Effect.scoped(Effect.flatMap(fs.open(path), (file) => file.readAlloc(FileSystem.Size(2)))).pipe(
+    Effect.map(Option.exists(isUtf16Mark)),
+    Effect.orElseSucceed(() => false)
+  )
+
+/** UTF-16's byte-order mark, little-endian (FF FE) or big-endian (FE FF). */
+const isUtf16Mark = (head: Uint8Array): boolean =>
+  head.length === 2 && ((head[0] === 0xff && head[1] === 0xfe) || (head[0] === 0xfe && head[1] === 0xff))
+
 /** A file that is not a regular one, in words. */
 const specialFiles: Partial<Record<FileSystem.File.Type, string>> = {
   BlockDevice: "a block device",
@@ -150,7 +164,7 @@ const specialFiles: Partial<Record<FileSystem.File.Type, string>> = {
 
 /**
  * The files named wrong, told before anything is sent: an input not there (or not to be looked
- * at), a directory given for a file, an output or summary that is no regular file (each is replaced
+ * at) or in UTF-16, a directory given for a file, an output or summary that is no regular file (each is replaced
  * by a rename: a device would be replaced, a pipe would hold the run), an output with no directory
  * to be made in or that is the input (whose lines compaction would drop), and a `--summary` that
  * could not be written when the run ends (no such directory, no write permission, a file the run
@@ -173,6 +187,9 @@ const pathsProblem = (args: BatchArgs): Effect.Effect<string | undefined, never,
           onSuccess: () => false
         }))
         return missing ? `${name} does not exist` : `${name} cannot be read`
+      }
+      if (index === 0 && type === "File" && (yield* startsAsUtf16(fs, path))) {
+        return `${name} is UTF-16 (its byte-order mark says so), not UTF-8: save it as UTF-8 (in PowerShell, Set-Content -Encoding utf8)`
       }
       // The input (the first) may be a pipe or a terminal: it is read once.
       if (index > 0 && type !== undefined && type !== "File") {
