@@ -353,6 +353,7 @@ describe("weatherproof CLI", () => {
         [[input, "--output", dir], `--output ${dir} is a directory, not a file`],
         [[input, "--output", output, "--summary", dir], `--summary ${dir} is a directory, not a file`],
         [[input, "--output", `${dir}/missing/out.jsonl`], `--output ${dir}/missing/out.jsonl: there is no directory ${dir}/missing`],
+        [[input, "--output", `${input}/out.jsonl`], `--output ${input}/out.jsonl: ${input} is a file, not a directory`],
         [[utf16, "--output", output], `the input ${utf16} is UTF-16 (its byte-order mark says so), not UTF-8: save it as UTF-8 (in PowerShell, Set-Content -Encoding utf8)`],
         // A pipe would hold the run; a device would be replaced by the rename (as root, /dev/null:
         // a device of its own here, made where the test may make one).

@@ -234,10 +234,14 @@ const directoryProblem = (fs: FileSystem.FileSystem, flag: string, path: string)
   Effect.matchEffect(Files.resolveOutput(fs, path), {
     onSuccess: () => Effect.succeed(undefined),
     onFailure: () =>
-      Effect.map(
-        fs.readLink(path).pipe(Effect.map((target) => resolve(dirname(path), target)), Effect.orElseSucceed(() => path)),
-        (target) => `${flag} ${path}: there is no directory ${dirname(target)}`
-      )
+      Effect.gen(function*() {
+        const target = yield* fs.readLink(path).pipe(Effect.map((target) => resolve(dirname(path), target)), Effect.orElseSucceed(() => path))
+        const directory = dirname(target)
+        const type = yield* typeOf(fs, directory)
+        return type === undefined || type === "Directory"
+          ? `${flag} ${path}: there is no directory ${directory}`
+          : `${flag} ${path}: ${directory} is ${type === "File" ? "a file" : specialFiles[type] ?? "a file of another kind"}, not a directory`
+      })
   })
 
 /**
