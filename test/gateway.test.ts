@@ -753,6 +753,10 @@ describe("weatherproof serve, with the openai client", () => {
       const bypassed = yield* askWithStatus({ "x-weatherproof-cache": "bypass", "x-weatherproof-priority": "batch" })
       expect(bypassed.status).toBe("miss")
       expect((yield* sim.stats).requests).toBe(2)
+      // A header's value in any case, as HTTP's tokens are.
+      const shouted = yield* askWithStatus({ "x-weatherproof-cache": "BYPASS", "x-weatherproof-priority": "Batch", "x-weatherproof-task": "Chat" })
+      expect(shouted.status).toBe("miss")
+      expect((yield* sim.stats).requests).toBe(3)
       const bad = yield* Effect.flip(ask0({ "x-weatherproof-cache": "sometimes" }))
       expect(bad).toBeInstanceOf(OpenAI.BadRequestError)
       expect((bad as APIError).message).toContain("x-weatherproof-cache must be one of auto, force, bypass")

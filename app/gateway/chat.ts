@@ -274,10 +274,13 @@ interface Admitted {
 /** Why a request is refused before any call. */
 type Refused = Unauthorized | BadRequest | RoutingRefused | UnknownModel | GatewayBusy
 
-/** A request header as Node gives it: every one but `set-cookie` joined into one value. */
-const headerOf = (headers: Http.IncomingHttpHeaders, name: string): string | undefined => {
+/**
+ * A request header that names one of a few values, as Node gives it (every one but `set-cookie`
+ * joined into one value), in lower case: its value is a token, in any case (`BYPASS`, `Batch`).
+ */
+const tokenOf = (headers: Http.IncomingHttpHeaders, name: string): string | undefined => {
   const value = headers[name]
-  return typeof value === "string" ? value : undefined
+  return typeof value === "string" ? value.toLowerCase() : undefined
 }
 
 /** A request's body as a chat completion request and its headers as its call's task and options, or why not; checked in that order. */
@@ -292,9 +295,9 @@ const parseRequest = (
     // `Either.all` gives the first `Left` in the order of the keys.
     Either.all({
       body: parseBody(json),
-      task: taskOf(headerOf(headers, "x-weatherproof-task")),
-      priority: priorityOf(headerOf(headers, "x-weatherproof-priority")),
-      cache: cacheModeOf(headerOf(headers, "x-weatherproof-cache"))
+      task: taskOf(tokenOf(headers, "x-weatherproof-task")),
+      priority: priorityOf(tokenOf(headers, "x-weatherproof-priority")),
+      cache: cacheModeOf(tokenOf(headers, "x-weatherproof-cache"))
     }),
     ({ body, cache, priority, task }) => ({ body, task, options: { priority, cache } })
   )
