@@ -76,7 +76,11 @@ const authorityOf = (target: buildConnector.Options): string => {
   return `${host}:${portOf(target)}`
 }
 
-/** How long a proxy may take to answer a `CONNECT`, once connected. */
+/**
+ * How long a proxy may take to answer a `CONNECT`, once connected: the socket's own idle timer, as
+ * undici's connect timeout is, not Effect's `Clock` (this runs in undici's connector, with no
+ * fiber; a call's deadlines still bound the whole call on the `Clock`).
+ */
 const tunnelTimeoutMillis = 10_000
 
 /** The largest head of a proxy's answer to a `CONNECT` that is read. */
