@@ -363,6 +363,18 @@ export interface AdaptiveOptions extends LimiterOptions {
 }
 
 /**
+ * The adaptive limiter's options when left out (see `AdaptiveOptions`): start at 8, between 1 and
+ * 10,000, back off to 0.9 of what is in flight (0.25 when the cap falls), hold six rounds and 48
+ * successes before probing above the last accepted level.
+ *
+ * @since 0.1.0
+ * @category defaults
+ */
+export const defaults: {
+  readonly [K in Exclude<keyof AdaptiveOptions, keyof LimiterOptions | "queueDelayFloor">]-?: number
+} & { readonly queueDelayFloor: Duration.Duration } = internal.adaptiveDefaults
+
+/**
  * The current limit (permits), as the limiters publish it.
  *
  * @since 0.1.0

@@ -255,6 +255,15 @@ describe("ConcurrencyLimiter", () => {
   })
 
   describe("makeAdaptive", () => {
+    it.effect("with no options starts at defaults.initial, within defaults.min and defaults.max", () =>
+      Effect.gen(function*() {
+        const { defaults } = ConcurrencyLimiter
+        expect(defaults).toMatchObject({ initial: 8, min: 1, max: 10_000, backoff: 0.9, fallBackoff: 0.25 })
+        expect(yield* limitOf(yield* ConcurrencyLimiter.makeAdaptive())).toBe(defaults.initial)
+        // A given max below the default initial limit clamps it.
+        expect(yield* limitOf(yield* ConcurrencyLimiter.makeAdaptive({ max: 5 }))).toBe(5)
+      }))
+
     it.effect("slow start doubles the limit every round", () =>
       Effect.gen(function*() {
         const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 4 })

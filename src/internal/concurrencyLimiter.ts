@@ -247,32 +247,50 @@ export interface AimdConfig {
   readonly overloadFloor: number
 }
 
+/** `ConcurrencyLimiter.defaults`: the adaptive limiter's options when left out. */
+export const adaptiveDefaults = {
+  initial: 8,
+  min: 1,
+  /** Above DeepSeek's published caps (2,500 concurrent requests per account for flash). */
+  max: 10_000,
+  backoff: 0.9,
+  fallBackoff: 0.25,
+  holdRounds: 6,
+  holdRequests: 48,
+  fallHoldShare: 0.125,
+  holdGrowth: 1.5,
+  queueDelayRise: 2,
+  queueDelayWindows: 3,
+  latencyRise: 4,
+  overloadShare: 0.5,
+  overloadFloor: 0.5,
+  queueDelayFloor: Duration.millis(250)
+} as const
+
 const aimdConfig = (options: AdaptiveOptions = {}): AimdConfig => {
-  const min = Math.max(1, Math.floor(options.min ?? 1))
-  const max = Math.max(min, Math.floor(options.max ?? defaultMax))
+  const d = adaptiveDefaults
+  const min = Math.max(1, Math.floor(options.min ?? d.min))
+  const max = Math.max(min, Math.floor(options.max ?? d.max))
   return {
     min,
     max,
-    initial: clamp(Math.floor(options.initial ?? 8), min, max),
-    backoff: options.backoff ?? 0.9,
-    fallBackoff: options.fallBackoff ?? 0.25,
-    holdRounds: options.holdRounds ?? 6,
-    holdRequests: options.holdRequests ?? 48,
-    fallHoldShare: options.fallHoldShare ?? 0.125,
-    holdGrowth: options.holdGrowth ?? 1.5,
-    queueDelayRise: options.queueDelayRise ?? 2,
-    queueDelayWindows: options.queueDelayWindows ?? 3,
-    queueDelayFloorMillis: Duration.toMillis(options.queueDelayFloor ?? "250 millis"),
-    latencyRise: options.latencyRise ?? 4,
-    overloadShare: options.overloadShare ?? 0.5,
-    overloadFloor: options.overloadFloor ?? 0.5
+    initial: clamp(Math.floor(options.initial ?? d.initial), min, max),
+    backoff: options.backoff ?? d.backoff,
+    fallBackoff: options.fallBackoff ?? d.fallBackoff,
+    holdRounds: options.holdRounds ?? d.holdRounds,
+    holdRequests: options.holdRequests ?? d.holdRequests,
+    fallHoldShare: options.fallHoldShare ?? d.fallHoldShare,
+    holdGrowth: options.holdGrowth ?? d.holdGrowth,
+    queueDelayRise: options.queueDelayRise ?? d.queueDelayRise,
+    queueDelayWindows: options.queueDelayWindows ?? d.queueDelayWindows,
+    queueDelayFloorMillis: Duration.toMillis(options.queueDelayFloor ?? d.queueDelayFloor),
+    latencyRise: options.latencyRise ?? d.latencyRise,
+    overloadShare: options.overloadShare ?? d.overloadShare,
+    overloadFloor: options.overloadFloor ?? d.overloadFloor
   }
 }
 
 const clamp = (n: number, min: number, max: number): number => Math.min(max, Math.max(min, n))
-
-/** Above DeepSeek's published caps (2,500 concurrent requests per account for flash). */
-const defaultMax = 10_000
 
 /**
  * How far an acceptance at the top of the limit lets it grow in slow start: one request while
