@@ -646,7 +646,9 @@ const compactionError = (output: string) => (error: PlatformError | Files.Foreig
     ? new BatchError({
       file: "output",
       path: output,
-      message: `line ${error.lineNumber} of ${output} is not a batch result; refusing to rewrite the file`
+      message: `line ${error.lineNumber} of ${output} is not a batch result; refusing to rewrite the file: ` +
+        "give another output, or remove that line if the file is this batch's (its results are kept, and the " +
+        "line's request, if it was one, is sent again)"
     })
     : outputError(output)(error)
 

@@ -491,7 +491,10 @@ describe("Batch.run", () => {
         yield* ws.fs.writeFileString(ws.output, foreign)
         const error = yield* Effect.flip(runWith(ok, ws))
         expect(error).toMatchObject({ _tag: "BatchError", file: "output" })
-        expect(error.message).toContain("line 1")
+        expect(error.message).toBe(
+          `line 1 of ${ws.output} is not a batch result; refusing to rewrite the file: give another output, or remove that line ` +
+            "if the file is this batch's (its results are kept, and the line's request, if it was one, is sent again)"
+        )
         expect(yield* ws.fs.readFileString(ws.output)).toBe(foreign)
       }
     }).pipe(Effect.provide(NodeFileSystem.layer)))
