@@ -344,6 +344,10 @@ describe("weatherproof CLI", () => {
       expect(spawnSync("mkfifo", [fifo]).status).toBe(0)
       const device = `${dir}/null`
       const madeDevice = spawnSync("mknod", [device, "c", "1", "3"]).status === 0
+      // An output of two names (a hard link): the rename would part them, the lock covers one.
+      const twoNames = `${dir}/two-names.jsonl`
+      yield* fs.writeFileString(twoNames, "")
+      yield* fs.link(twoNames, `${dir}/two-names-too.jsonl`)
       // What Windows PowerShell 5's `>` writes: UTF-16, a byte-order mark first.
       const utf16 = `${dir}/utf16.jsonl`
       yield* fs.writeFile(utf16, Buffer.from(`\uFEFF${chatLine(1)}\n`, "utf16le"))
@@ -354,6 +358,7 @@ describe("weatherproof CLI", () => {
         [[input, "--output", output, "--summary", dir], `--summary ${dir} is a directory, not a file`],
         [[input, "--output", `${dir}/missing/out.jsonl`], `--output ${dir}/missing/out.jsonl: there is no directory ${dir}/missing`],
         [[input, "--output", `${input}/out.jsonl`], `--output ${input}/out.jsonl: ${input} is a file, not a directory`],
+        [[input, "--output", twoNames], `--output ${twoNames} has 2 names (hard links): a batch replaces it by a rename, which would part them, and a run given another of its names would not see this run's lock; give a file of one name`],
         [[utf16, "--output", output], `the input ${utf16} is UTF-16 (its byte-order mark says so), not UTF-8: save it as UTF-8 (in PowerShell, Set-Content -Encoding utf8)`],
         // A pipe would hold the run; a device would be replaced by the rename (as root, /dev/null:
         // a device of its own here, made where the test may make one).

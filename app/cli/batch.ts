@@ -154,6 +154,10 @@ const startsAsUtf16 = (fs: FileSystem.FileSystem, path: string) =>
 const isUtf16Mark = (head: Uint8Array): boolean =>
   head.length === 2 && ((head[0] === 0xff && head[1] === 0xfe) || (head[0] === 0xfe && head[1] === 0xff))
 
+/** How many names (hard links) the file at `path` has; 1 when it cannot be told. */
+const namesOf = (fs: FileSystem.FileSystem, path: string) =>
+  fs.stat(path).pipe(Effect.map((info) => Option.getOrElse(info.nlink, () => 1)), Effect.orElseSucceed(() => 1))
+
 /** A file that is not a regular one, in words. */
 const specialFiles: Partial<Record<FileSystem.File.Type, string>> = {
   BlockDevice: "a block device",
@@ -165,7 +169,8 @@ const specialFiles: Partial<Record<FileSystem.File.Type, string>> = {
 /**
  * The files named wrong, told before anything is sent: an input not there (or not to be looked
  * at) or in UTF-16, a directory given for a file, an output or summary that is no regular file (each is replaced
- * by a rename: a device would be replaced, a pipe would hold the run), an output with no directory
+ * by a rename: a device would be replaced, a pipe would hold the run), an output of several names
+ * (hard links, which the rename would part, and whose other names the lock does not cover), an output with no directory
  * to be made in or that is the input (whose lines compaction would drop), and a `--summary` that
  * could not be written when the run ends (no such directory, no write permission, a file the run
  * reads or locks), not found after the run was paid for.
@@ -194,6 +199,11 @@ const pathsProblem = (args: BatchArgs): Effect.Effect<string | undefined, never,
       // The input (the first) may be a pipe or a terminal: it is read once.
       if (index > 0 && type !== undefined && type !== "File") {
         return `${name} is ${specialFiles[type] ?? "not a regular file"}, not a file: a batch replaces its files by a rename`
+      }
+      const names = index === 1 && type === "File" ? yield* namesOf(fs, path) : 1
+      if (names > 1) {
+        return `${name} has ${names} names (hard links): a batch replaces it by a rename, which would part them, and a run given ` +
+          "another of its names would not see this run's lock; give a file of one name"
       }
     }
     const outputDirectory = yield* directoryProblem(fs, "--output", args.output)
