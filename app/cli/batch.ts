@@ -168,12 +168,13 @@ const specialFiles: Partial<Record<FileSystem.File.Type, string>> = {
 
 /**
  * The files named wrong, told before anything is sent: an input not there (or not to be looked
- * at) or in UTF-16, a directory given for a file, an output or summary that is no regular file (each is replaced
- * by a rename: a device would be replaced, a pipe would hold the run), an output of several names
- * (hard links, which the rename would part, and whose other names the lock does not cover), an output with no directory
- * to be made in or that is the input (whose lines compaction would drop), and a `--summary` that
- * could not be written when the run ends (no such directory, no write permission, a file the run
- * reads or locks), not found after the run was paid for.
+ * at) or in UTF-16, a directory given for a file, an output or summary that is no regular file
+ * (each is replaced by a rename: a device would be replaced, a pipe would hold the run), an output
+ * of several names (hard links, which the rename would part, and whose other names the lock does
+ * not cover), an output with no directory to be made in or that is the input (whose lines
+ * compaction would drop), and a `--summary` that could not be written when the run ends (no such
+ * directory, no write permission, a file the run reads or locks), not found after the run was
+ * paid for.
  */
 const pathsProblem = (args: BatchArgs): Effect.Effect<string | undefined, never, FileSystem.FileSystem> =>
   Effect.gen(function*() {
