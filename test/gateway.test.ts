@@ -846,6 +846,45 @@ describe("weatherproof serve, with the openai client", () => {
       expect((yield* sim.stats).requests).toBe(2)
     }))
 
+  it.scopedLive("a client that asks before sending its body (Expect: 100-continue) is told to go on only past the key and the size checks", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make()
+      const gateway = yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])], {
+        gatewayKeys: [Redacted.make("gw-key")],
+        maxBodyBytes: 64 * 1000
+      })
+      const body = JSON.stringify({ model, messages: ask("asked first") })
+      // Sends the head, waits for the first answer; sends the body only on a 100, as curl does.
+      const ask100 = (key: string, length = Buffer.byteLength(body)) =>
+        Effect.async<string>((resume) => {
+          const socket = Net.connect(gateway.port, "127.0.0.1", () =>
+            socket.write(
+              `POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${key}\r\n` +
+                `Content-Type: application/json\r\nContent-Length: ${length}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n`
+            ))
+          let received = ""
+          let sent = false
+          socket.on("data", (data) => {
+            received += data.toString("latin1")
+            if (!sent && received.startsWith("HTTP/1.1 100")) {
+              sent = true
+              socket.write(body)
+            }
+          })
+          socket.on("close", () => resume(Effect.succeed(received)))
+          return Effect.sync(() => socket.destroy())
+        }).pipe(Effect.timeout("10 seconds"))
+      const refused = yield* ask100("wrong")
+      expect(refused).toMatch(/^HTTP\/1\.1 401 /)
+      const tooLarge = yield* ask100("gw-key", 1_000_000)
+      expect(tooLarge).toMatch(/^HTTP\/1\.1 400 /)
+      expect(tooLarge).toContain("the request body is larger than 64000 bytes")
+      const answered = yield* ask100("gw-key")
+      expect(answered).toMatch(/^HTTP\/1\.1 100 Continue\r\n\r\nHTTP\/1\.1 200 /)
+      expect(answered).toContain("echo:asked first")
+      expect((yield* sim.stats).requests).toBe(1)
+    }))
+
   it.scopedLive("a gateway given a smaller body limit refuses a body over it, naming it, and answers one within it", () =>
     Effect.gen(function*() {
       const sim = yield* Simulator.make()

@@ -157,6 +157,8 @@ const mebibyte = 1024 * 1024
 /** `bytes` in MiB when whole, else in bytes. */
 const sizeText = (bytes: number): string => bytes % mebibyte === 0 ? `${bytes / mebibyte} MiB` : `${bytes} bytes`
 
+const tooLarge = (maxBodyBytes: number) => new BadRequest({ message: `the request body is larger than ${sizeText(maxBodyBytes)}` })
+
 const notJson = new BadRequest({ message: "the request body is not JSON" })
 const empty = new BadRequest({ message: "the request body is empty: expected a JSON object, a chat completion request" })
 const notUtf8 = new BadRequest({ message: "the request body is not valid UTF-8" })
@@ -173,11 +175,22 @@ const encoded = (encoding: string) =>
  * effect and reads through a stream: a fifth of the gateway's time before its upstream call,
  * at one client.
  */
-const readJson = (incoming: Http.IncomingMessage, maxBodyBytes: number): Effect.Effect<unknown, BadRequest> =>
+const readJson = (
+  incoming: Http.IncomingMessage,
+  response: Http.ServerResponse,
+  maxBodyBytes: number
+): Effect.Effect<unknown, BadRequest> =>
   Effect.async((resume) => {
     const encoding = incoming.headers["content-encoding"]?.trim().toLowerCase()
     if (encoding !== undefined && encoding !== "" && encoding !== "identity") {
       return resume(Effect.fail(encoded(encoding)))
+    }
+    // A client that asks before sending its body (`Expect: 100-continue`, as curl does for a large
+    // one) is told to go on only now, its key checked: one refused, or over the limit it declares,
+    // never sends it.
+    if (incoming.headers.expect !== undefined) {
+      if (Number(incoming.headers["content-length"]) > maxBodyBytes) return resume(Effect.fail(tooLarge(maxBodyBytes)))
+      response.writeContinue()
     }
     const parts: Array<Buffer> = []
     let size = 0
@@ -186,7 +199,7 @@ const readJson = (incoming: Http.IncomingMessage, maxBodyBytes: number): Effect.
       if (size <= maxBodyBytes) parts.push(part)
       else {
         detach()
-        resume(Effect.fail(new BadRequest({ message: `the request body is larger than ${sizeText(maxBodyBytes)}` })))
+        resume(Effect.fail(tooLarge(maxBodyBytes)))
       }
     }
     const onEnd = () => {
@@ -590,10 +603,10 @@ export const make = (settings: Settings, traffic: Traffic) =>
      * Everything that can refuse a request before any call: auth, the body, headers, routing, the
      * queue. Combinators, not a generator: this runs for every request.
      */
-    const admit = ({ incoming }: Exchange): Effect.Effect<Admitted, Refused> =>
+    const admit = ({ incoming, response }: Exchange): Effect.Effect<Admitted, Refused> =>
       Effect.zipRight(
         settings.authorize(incoming.headers.authorization),
-        Effect.flatMap(readJson(incoming, settings.maxBodyBytes), (json): Effect.Effect<Admitted, Refused> => {
+        Effect.flatMap(readJson(incoming, response, settings.maxBodyBytes), (json): Effect.Effect<Admitted, Refused> => {
           const parsed = parseRequest(json, incoming.headers)
           if (Either.isLeft(parsed)) return Effect.fail(parsed.left)
           const { body, options, task } = parsed.right

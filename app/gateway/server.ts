@@ -398,8 +398,20 @@ export const make = (
         incoming.method === "POST" && isChatPath(incoming.url ?? "/") && !telemetry.traced
           ? lean(incoming, response)
           : platform(incoming, response)
+      // Node answers `Expect: 100-continue` itself before the request unless told otherwise: the
+      // chat route tells the client to go on once its key is checked (`readJson`), the others at once.
+      const onCheckContinue = (incoming: Http.IncomingMessage, response: Http.ServerResponse) => {
+        if (!(incoming.method === "POST" && isChatPath(incoming.url ?? "/"))) response.writeContinue()
+        onRequest(incoming, response)
+      }
       server.on("request", onRequest)
-      yield* Effect.addFinalizer(() => Effect.sync(() => server.off("request", onRequest)))
+      server.on("checkContinue", onCheckContinue)
+      yield* Effect.addFinalizer(() =>
+        Effect.sync(() => {
+          server.off("request", onRequest)
+          server.off("checkContinue", onCheckContinue)
+        })
+      )
     })
 
     const server = Http.createServer()
