@@ -194,7 +194,9 @@ describe("weatherproof CLI", () => {
       const cases: ReadonlyArray<readonly [ReadonlyArray<string>, string]> = [
         [["--log-level", "verbose", "batch", "in.jsonl", "-o", "a.jsonl"], `--log-level: expected one of ${levels}, got "verbose"`],
         [["batch", "in.jsonl", "-o", "a.jsonl", "--log-level=WARN"], `--log-level: expected one of ${levels}, got "WARN"`],
-        [["serve", "--log-level"], `--log-level: expected one of ${levels}, got nothing`]
+        [["serve", "--log-level"], `--log-level: expected one of ${levels}, got nothing`],
+        // A key pasted in the wrong place is not echoed.
+        [["batch", "--log-level", "sk-0123456789abcdef0123456789abcdef"], `--log-level: expected one of ${levels}, got something shaped like a key (not shown)`]
       ]
       for (const [args, message] of cases) {
         const result = yield* runCli(args, {})

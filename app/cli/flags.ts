@@ -114,7 +114,8 @@ export const logLevelProblem = (argv: ReadonlyArray<string>): string | undefined
     if (arg === "--") break
     const level = arg === "--log-level" ? args[i + 1] ?? "" : arg.startsWith("--log-level=") ? arg.slice("--log-level=".length) : undefined
     if (level !== undefined && !logLevels.includes(level)) {
-      return `--log-level: expected one of ${logLevels.join(", ")}, got ${level === "" ? "nothing" : JSON.stringify(level)}`
+      const got = level === "" ? "nothing" : mayBeKey(level) ? "something shaped like a key (not shown)" : JSON.stringify(level)
+      return `--log-level: expected one of ${logLevels.join(", ")}, got ${got}`
     }
   }
   return undefined
