@@ -23,6 +23,7 @@
  */
 import * as Args from "@effect/cli/Args"
 import * as Command from "@effect/cli/Command"
+import * as Descriptor from "@effect/cli/CommandDescriptor"
 import * as Options from "@effect/cli/Options"
 import * as ValidationError from "@effect/cli/ValidationError"
 import type * as CliApp from "@effect/cli/CliApp"
@@ -34,6 +35,7 @@ import { defaultTeardown } from "@effect/platform/Runtime"
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as HashSet from "effect/HashSet"
 import * as Logger from "effect/Logger"
 import { realpathSync } from "node:fs"
 import { fileURLToPath } from "node:url"
@@ -87,6 +89,12 @@ const subcommands = [
   serve
 ] as const
 
+/** The flags of a subcommand that take a value, read from its usage. */
+const valueFlagsOf = (name: string): ReadonlyArray<string> => {
+  const command = subcommands.find(({ descriptor }) => HashSet.has(Descriptor.getNames<unknown>(descriptor), name))
+  return command === undefined ? [] : Flags.flagsWithValue(Descriptor.getUsage<unknown>(command.descriptor))
+}
+
 const weatherproof = Command.make("weatherproof").pipe(
   Command.withDescription("Resilient batch calls to DeepSeek and other OpenAI-compatible chat APIs"),
   Command.withSubcommands(subcommands)
@@ -110,7 +118,7 @@ const logToStderr = Logger.replace(Logger.defaultLogger, Logger.prettyLogger({ s
 export const main = (argv: ReadonlyArray<string>): Effect.Effect<number, never, CliApp.CliApp.Environment | StopSignals> =>
   Effect.suspend(() => {
     const problem = Flags.batchDashProblem(argv) ?? Flags.repeatedFlagProblem(argv) ?? Flags.logLevelProblem(argv) ??
-      Flags.wizardProblem(argv, process.stdin.isTTY === true)
+      Flags.missingValueProblem(argv, valueFlagsOf) ?? Flags.wizardProblem(argv, process.stdin.isTTY === true)
     return problem === undefined ? cli(argv) : fail(2, `weatherproof: ${problem}`)
   }).pipe(
     Effect.as(0),

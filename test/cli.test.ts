@@ -205,6 +205,27 @@ describe("weatherproof CLI", () => {
       }
     }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 
+  it.live("a flag given no value says so (exit 2), not as an unknown argument", () =>
+    Effect.gen(function*() {
+      const cases: ReadonlyArray<readonly [ReadonlyArray<string>, string]> = [
+        [["batch", "in.jsonl", "-o", "a.jsonl", "--timeout"], "--timeout"],
+        [["batch", "in.jsonl", "-o", "a.jsonl", "--timeout", "--retries", "3"], "--timeout"],
+        [["batch", "in.jsonl", "--accounts", "-o", "a.jsonl"], "--accounts"],
+        [["batch", "in.jsonl", "-o"], "-o"],
+        [["batch", "in.jsonl", "-o", "a.jsonl", "--concurrency", "--help"], "--concurrency"],
+        [["--log-level", "debug", "serve", "--host"], "--host"],
+        [["serve", "--port", "--drain-timeout=5s"], "--port"]
+      ]
+      for (const [args, flag] of cases) {
+        const result = yield* runCli(args, {})
+        expect(result.code, args.join(" ")).toBe(2)
+        expect(result.stderr, args.join(" ")).toBe(`weatherproof: ${flag} takes a value, and none was given after it`)
+      }
+      // A value that merely starts with a dash is a value (`--retries -1` is refused by the command itself).
+      const negative = yield* runCli(["batch", "in.jsonl", "-o", "a.jsonl", "--retries", "-1"], {})
+      expect(negative.stderr).toBe("weatherproof: --retries must be at least 0; nothing was sent")
+    }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
+
   it.live("--wizard without a terminal (cron, CI, nohup) is refused, where it would wait for answers for good", () =>
     Effect.gen(function*() {
       for (const args of [["--wizard"], ["batch", "--wizard"], ["serve", "--wizard"]]) {

@@ -6,10 +6,12 @@
  */
 import * as HelpDoc from "@effect/cli/HelpDoc"
 import * as Options from "@effect/cli/Options"
+import type * as Usage from "@effect/cli/Usage"
 import * as ValidationError from "@effect/cli/ValidationError"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as LogLevel from "effect/LogLevel"
+import * as Option from "effect/Option"
 import * as DurationText from "../../src/internal/durationText.js"
 import { mayBeKey } from "../../src/internal/text.js"
 import { commandIndex } from "./argv.js"
@@ -117,6 +119,52 @@ export const logLevelProblem = (argv: ReadonlyArray<string>): string | undefined
       const got = level === "" ? "nothing" : mayBeKey(level) ? "something shaped like a key (not shown)" : JSON.stringify(level)
       return `--log-level: expected one of ${logLevels.join(", ")}, got ${got}`
     }
+  }
+  return undefined
+}
+
+/** The names of the flags in a command's usage that take a value (`--timeout 30s`, `-o out.jsonl`). */
+export const flagsWithValue = (usage: Usage.Usage): ReadonlyArray<string> => {
+  switch (usage._tag) {
+    case "Named":
+      return Option.isSome(usage.acceptedValues) ? usage.names.filter((name) => name.startsWith("-")) : []
+    case "Optional":
+    case "Repeated":
+      return flagsWithValue(usage.usage)
+    case "Alternation":
+    case "Concat":
+      return [...flagsWithValue(usage.left), ...flagsWithValue(usage.right)]
+    case "Empty":
+    case "Mixed":
+      return []
+  }
+}
+
+/** @effect/cli's own flags, which every command takes. */
+const builtInFlags: ReadonlySet<string> = new Set(["-h", "--help", "--version", "--wizard", "--log-level", "--completions"])
+
+/**
+ * A flag that takes a value given none (the last argument, or another flag next), told before
+ * @effect/cli parses the command line, which reports an optional one as an unknown argument.
+ * `valueFlags` names the flags of a command that take a value.
+ */
+export const missingValueProblem = (
+  argv: ReadonlyArray<string>,
+  valueFlags: (command: string) => ReadonlyArray<string>
+): string | undefined => {
+  const args = argv.slice(2)
+  const command = commandIndex(args)
+  if (command < 0) return undefined
+  const takesValue = new Set(valueFlags(args[command]!))
+  const isFlag = (arg: string) => {
+    const name = arg.split("=")[0]!
+    return takesValue.has(name) || builtInFlags.has(name)
+  }
+  for (let i = command + 1; i < args.length && args[i] !== "--"; i++) {
+    if (!takesValue.has(args[i]!)) continue
+    const value = args[i + 1]
+    if (value === undefined || isFlag(value)) return `${args[i]} takes a value, and none was given after it`
+    i++ // its value, whatever it looks like
   }
   return undefined
 }
