@@ -146,8 +146,27 @@ export const ToolMessage = open({
   tool_call_id: Schema.String
 }, "ToolMessage")
 
+/**
+ * A function's result under OpenAI's legacy functions API (a request's `functions`, an answer's
+ * `function_call`, both passed through), which older clients still send.
+ *
+ * @since 0.1.0
+ */
+export const FunctionMessage = open({
+  role: Schema.Literal("function"),
+  name: Schema.String,
+  content: Schema.NullOr(MessageContent)
+}, "FunctionMessage")
+
 /** @since 0.1.0 */
-export const Message = Schema.Union(SystemMessage, DeveloperMessage, UserMessage, AssistantMessage, ToolMessage).annotations({
+export const Message = Schema.Union(
+  SystemMessage,
+  DeveloperMessage,
+  UserMessage,
+  AssistantMessage,
+  ToolMessage,
+  FunctionMessage
+).annotations({
   identifier: "Message"
 })
 /** @since 0.1.0 */

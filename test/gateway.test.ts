@@ -172,7 +172,7 @@ describe("weatherproof serve, with the openai client", () => {
       expect(upstream.received()[0]!.authorization).toBe(`Bearer ${upstreamKey}`)
     }))
 
-  it.scopedLive("every message shape OpenAI's API takes passes through untouched: developer, content parts, json_schema", () =>
+  it.scopedLive("every message shape OpenAI's API takes passes through untouched: developer, content parts, json_schema, legacy functions", () =>
     Effect.gen(function*() {
       const upstream = yield* rawServer([reply(200, JSON.stringify(Wire.completion(generation("ok"))))])
       const gateway = yield* startGateway([account("a", upstream.url, [upstreamKey])])
@@ -182,7 +182,10 @@ describe("weatherproof serve, with the openai client", () => {
         { role: "system" as const, content: parts("answer in JSON") },
         { role: "user" as const, content: parts("look it up") },
         { role: "assistant" as const, content: parts("calling"), tool_calls: [{ id: "c1", type: "function" as const, function: { name: "f", arguments: "{}" } }] },
-        { role: "tool" as const, tool_call_id: "c1", content: parts("found") }
+        { role: "tool" as const, tool_call_id: "c1", content: parts("found") },
+        // OpenAI's legacy functions API: the call an answer made, and its result under the `function` role.
+        { role: "assistant" as const, content: null, function_call: { name: "f", arguments: "{}" } },
+        { role: "function" as const, name: "f", content: "found again" }
       ]
       const responseFormat = { type: "json_schema" as const, json_schema: { name: "answer", schema: { type: "object" }, strict: true } }
       const answer = yield* attempt(() =>

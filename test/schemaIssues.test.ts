@@ -33,7 +33,7 @@ describe("SchemaIssues", () => {
     expect(issuesOf(ChatCompletionRequest, request({ messages: "hi" })))
       .toEqual([`messages: Expected ReadonlyArray<Message>, actual "hi"`])
     expect(issuesOf(ChatCompletionRequest, request({ messages: [{ role: "robot", content: "x" }] })))
-      .toEqual([`messages[0].role: Expected "system" | "developer" | "user" | "assistant" | "tool", actual "robot"`])
+      .toEqual([`messages[0].role: Expected "system" | "developer" | "user" | "assistant" | "tool" | "function", actual "robot"`])
     expect(issuesOf(ChatCompletionRequest, request({ tools: [{ type: "function" }] })))
       .toEqual(["tools[0].function: is missing"])
   })

@@ -285,7 +285,7 @@ describe("the span tree of a retried, failed-over call", () => {
 })
 
 describe("content, when captured", () => {
-  it.effect("a tool round trip's turns as the conventions' parts: instructions, reasoning, text, tool calls, tool results", () => {
+  it.effect("a tool round trip's turns as the conventions' parts: instructions, reasoning, text, tool calls, tool and function results", () => {
     const exporter = new InMemorySpanExporter()
     const roundTrip: ChatCompletionRequest = {
       model: "deepseek-v4-flash",
@@ -298,7 +298,9 @@ describe("content, when captured", () => {
           reasoning_content: reasoning,
           tool_calls: [{ id: "call-1", type: "function", function: { name: "GetForecast", arguments: "{\"city\":\"Oslo\"}" } }]
         },
-        { role: "tool", tool_call_id: "call-1", content: [{ type: "text", text: "{\"sky\":" }, { type: "text", text: "\"rain\"}" }] }
+        { role: "tool", tool_call_id: "call-1", content: [{ type: "text", text: "{\"sky\":" }, { type: "text", text: "\"rain\"}" }] },
+        // The legacy functions API's result: no call id to name.
+        { role: "function", name: "GetForecast", content: "{\"wind\":3}" }
       ]
     }
     return Effect.gen(function*() {
@@ -316,7 +318,8 @@ describe("content, when captured", () => {
             { type: "tool_call", id: "call-1", name: "GetForecast", arguments: "{\"city\":\"Oslo\"}" }
           ]
         },
-        { role: "tool", parts: [{ type: "tool_call_response", id: "call-1", response: "{\"sky\":\"rain\"}" }] }
+        { role: "tool", parts: [{ type: "tool_call_response", id: "call-1", response: "{\"sky\":\"rain\"}" }] },
+        { role: "tool", parts: [{ type: "tool_call_response", response: "{\"wind\":3}" }] }
       ])
     }).pipe(Effect.provide(Layer.merge(stack([account("b")], MockUpstream.layer([MockUpstream.completion(generation)])), tracing(exporter))))
   })

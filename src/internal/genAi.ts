@@ -242,6 +242,8 @@ const inputMessage = (message: Message): { readonly role: string; readonly parts
         role: "tool",
         parts: [{ type: "tool_call_response", id: message.tool_call_id, response: contentText(message.content) }]
       }
+    case "function": // the legacy functions API's result, which has no call id
+      return { role: "tool", parts: [{ type: "tool_call_response", response: contentText(message.content) }] }
   }
 }
 
