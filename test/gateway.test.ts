@@ -771,6 +771,7 @@ describe("weatherproof serve, with the openai client", () => {
       ))
       expect((badBody as APIError).message)
         .toBe(`400 invalid chat completion request: messages: Expected ReadonlyArray<Message>, actual "hello"`)
+      expect((badBody as APIError).param).toBe("messages")
     }))
 
   it.scopedLive("a deterministic stream is answered from the cache too: the stored answer's chunks, its usage when asked, then [DONE]", () =>
@@ -920,7 +921,7 @@ describe("weatherproof serve, with the openai client", () => {
             headers: { "content-type": "application/json", ...headers },
             body
           })
-          return { status: response.status, body: await response.json() as { error: { code: string; message: string } } }
+          return { status: response.status, body: await response.json() as { error: { code: string; message: string; param: string | null } } }
         })
       const notJson = yield* post("{\"model\": ")
       expect(notJson.status).toBe(400)
@@ -960,6 +961,7 @@ describe("weatherproof serve, with the openai client", () => {
       const invalidMany = yield* post(JSON.stringify({ model, messages: Array.from({ length: 200_000 }, (_, i) => ({ role: "user", content: i })) }))
       expect(invalidMany.status).toBe(400)
       expect(invalidMany.body.error.message).toMatch(/^invalid chat completion request: messages\[0\]\.content: [^;]*$/)
+      expect(invalidMany.body.error.param).toBe("messages[0].content")
       expect((yield* sim.stats).requests).toBe(0)
       // A leading byte order mark is dropped, as JSON's RFC lets a parser do.
       const withBom = yield* post(`\uFEFF${JSON.stringify({ model, messages: ask("bom") })}`)

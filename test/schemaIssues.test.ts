@@ -38,6 +38,17 @@ describe("SchemaIssues", () => {
       .toEqual(["tools[0].function: is missing"])
   })
 
+  it("names the first place at fault, as an OpenAI error's param: past the null an optional field allows, none at the root", () => {
+    const placeOf = (value: unknown) =>
+      Either.match(Schema.decodeUnknownEither(ChatCompletionRequest, { errors: "all" })(value), {
+        onLeft: SchemaIssues.firstPlace,
+        onRight: () => "decoded"
+      })
+    expect(placeOf(request({ stream_options: { include_usage: "yes" } }))).toBe("stream_options.include_usage")
+    expect(placeOf(request({ messages: [{ role: "user", content: "x" }, { role: "tool", content: "y" }] }))).toBe("messages[1].tool_call_id")
+    expect(placeOf("hello")).toBeUndefined()
+  })
+
   it("reads a union's alternatives as one complaint, without the undefined or null an optional field allows", () => {
     expect(issuesOf(ChatCompletionRequest, request({ messages: [{ role: "user", content: 5 }] })))
       .toEqual(["messages[0].content: Expected string | ReadonlyArray<ContentPart>, actual 5"])

@@ -252,7 +252,8 @@ const parseBody = (body: unknown): Either.Either<ChatCompletionRequest, BadReque
   }
   return Either.mapLeft(decodeRequest(withModelLeftToRouter(body)), (error) =>
     new BadRequest({
-      message: clipped(`invalid chat completion request: ${SchemaIssues.describeIssues(error).join("; ")}`, maxMessageLength)
+      message: clipped(`invalid chat completion request: ${SchemaIssues.describeIssues(error).join("; ")}`, maxMessageLength),
+      param: SchemaIssues.firstPlace(error)
     }))
 }
 

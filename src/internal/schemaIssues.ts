@@ -98,8 +98,8 @@ const formattedIssues = (error: ParseResult.ParseError): ReadonlyArray<ParseResu
   }
 }
 
-/** The first issues of `error`, `place: message`, the places in the order the schema met them. */
-export const describeIssues = (error: ParseResult.ParseError, root?: string): ReadonlyArray<string> => {
+/** The first issues of `error` by place, the places in the order the schema met them. */
+const issuesByPlace = (error: ParseResult.ParseError, root?: string): ReadonlyMap<string, ReadonlyArray<string>> => {
   const all = formattedIssues(error).slice(0, maxIssues).map((issue) => ({
     place: formatPath(issue.path, root),
     message: issue.message
@@ -113,5 +113,18 @@ export const describeIssues = (error: ParseResult.ParseError, root?: string): Re
     if (messages === undefined) byPlace.set(issue.place, [issue.message])
     else messages.push(issue.message)
   })
-  return [...byPlace].flatMap(([place, messages]) => mergeAlternatives(messages).map((message) => `${place}: ${message}`))
+  return byPlace
+}
+
+/** The first issues of `error`, `place: message`, the places in the order the schema met them. */
+export const describeIssues = (error: ParseResult.ParseError, root?: string): ReadonlyArray<string> =>
+  [...issuesByPlace(error, root)].flatMap(([place, messages]) => mergeAlternatives(messages).map((message) => `${place}: ${message}`))
+
+/**
+ * Where `error`'s first issue is (`messages[0].content`), as an OpenAI error's `param` names the
+ * field at fault; none when it is the value itself.
+ */
+export const firstPlace = (error: ParseResult.ParseError): string | undefined => {
+  const [place] = issuesByPlace(error, "").keys()
+  return place === "" ? undefined : place
 }
