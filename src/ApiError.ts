@@ -54,6 +54,8 @@ export interface PartialOutput {
   readonly finishReason: FinishReason | undefined
   /** Content events that arrived: a stream's chunks; a non-streaming answer's body is one, once its JSON began. */
   readonly events: number
+  /** The model the answer named, once a chunk or its body arrived: it is priced by that name. */
+  readonly model?: string | undefined
 }
 
 /** A `PartialOutput` with nothing received. @since 0.1.0 */

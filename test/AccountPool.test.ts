@@ -448,18 +448,29 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)), capturingLogs(logs))
   })
 
-  it.effect("records each attempt's cost under the model the response names", () => {
+  it.effect("records each attempt's cost under the model the response names, a cut one's too", () => {
+    let calls = 0
     const setup: Setup = {
       accounts: [account("a", ["sk-a"])],
       handlers: {
-        a: (req) => isChat(req) ? MockUpstream.completion({ ...generation(req), model: "deepseek-flash" }) : status(404)(req)
+        a: (req) =>
+          isChat(req)
+            ? MockUpstream.completion({
+              ...generation(req),
+              model: "deepseek-flash",
+              ...(++calls === 1 ? { finishReason: "insufficient_system_resource" as const } : {})
+            })
+            : status(404)(req)
       },
       options: { preflight: false }
     }
     return Effect.gen(function*() {
+      // The first answer is cut (billed, failed): priced by the model it names, not the one asked for.
+      expect((yield* Effect.flip(create))._tag).toBe("InsufficientResource")
       expect((yield* create).model).toBe("deepseek-flash")
       const { byModel } = yield* Effect.flatMap(CostLedger.CostLedger, (ledger) => ledger.snapshot)
       expect(Object.keys(byModel)).toEqual(["deepseek-flash"])
+      expect(byModel["deepseek-flash"]).toMatchObject({ attempts: 2, retryTax: { attempts: 1 } })
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 

@@ -1094,12 +1094,14 @@ export const makeWith = <R>(
       const verdict = ApiError.classify(error)
       if (wasNotSent(verdict, error)) return Effect.void
       const apiError = error as ApiError.ApiError
+      const partial = ApiError.partialOf(apiError)
       return Effect.zipRight(
         countSent(placed, request, verdict, error),
         record(
           placed,
-          models,
-          ApiError.partialOf(apiError).usage,
+          // Priced by the model the answer named, when one arrived (a non-streaming answer cut short).
+          { ...models, served: partial.model ?? models.served },
+          partial.usage,
           delivered ? "truncated" : "discarded",
           ApiError.deliveredOutput(apiError)
         )

@@ -262,7 +262,8 @@ const parseCompletion = (
         reasoningContent: cut.message.reasoning_content ?? "",
         usage: completion.usage ?? undefined,
         finishReason: "insufficient_system_resource",
-        events: 1
+        events: 1,
+        model: completion.model
       }
     })
   )
@@ -309,6 +310,7 @@ const chunkReader = (
   let usage: ChatSchema.Usage | undefined
   let finishReason: ChatSchema.FinishReason | undefined
   let events = 0
+  let model: string | undefined
   /** `None` once `[DONE]` arrived, `Some` with the failure to report next. */
   let ended: Option.Option<ApiError.ApiError> | undefined
   /**
@@ -325,7 +327,7 @@ const chunkReader = (
    */
   let delivered = false
 
-  const partial = (): ApiError.PartialOutput => ({ content, reasoningContent, usage, finishReason, events })
+  const partial = (): ApiError.PartialOutput => ({ content, reasoningContent, usage, finishReason, events, model })
   timeline.partial = partial
   const cutShort = () =>
     new ApiError.InsufficientResource({ partial: { ...partial(), finishReason: "insufficient_system_resource" } })
@@ -333,6 +335,7 @@ const chunkReader = (
   /** Notes a chunk's choice 0 in the partial output; says whether any of its choices was cut. */
   const record = (chunk: ChatSchema.ChatCompletionChunk): boolean => {
     events++
+    model ??= chunk.model
     if (chunk.usage) usage = chunk.usage
     let cutHere = false
     for (const choice of chunk.choices) {
