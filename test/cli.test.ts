@@ -156,6 +156,25 @@ describe("weatherproof CLI", () => {
       expect((yield* simulator.stats).requests).toBe(0)
     }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 
+  it.live("batch whose budget ran out before a retry does not say the line was not sent: its first attempt was, and billed", () =>
+    Effect.gen(function*() {
+      const { fs, input, output } = yield* runFiles
+      const simulator = yield* Simulator.make({ queueDelay: 0, faults: { script: ["insufficientResource"] } })
+      yield* fs.writeFileString(input, chatLine(0))
+
+      const result = yield* runCli(["batch", input, "--output", output], {
+        DEEPSEEK_API_KEY: Simulator.defaultKey,
+        DEEPSEEK_BASE_URL: simulator.baseUrl,
+        WEATHERPROOF_BUDGET_USD: "0.0000001"
+      })
+
+      expect(result.code).toBe(1)
+      expect((yield* simulator.stats).requests).toBe(1)
+      expect(result.stderr).toContain(
+        "1 of 1 lines failed (their error is in the output); each was stopped before its answer: the run spent its budget (WEATHERPROOF_BUDGET_USD)"
+      )
+    }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
+
   it.live("--version is the package's version (written in the command line, where reading package.json would cost start-up)", () =>
     Effect.gen(function*() {
       const fs = yield* FileSystem.FileSystem

@@ -311,11 +311,16 @@ const failedMessage = (summary: Batch.Summary): string => {
   const failed = `weatherproof: ${summary.failed} of ${summary.requests} lines failed (their error is in the output)`
   const overBudget = summary.failures["BudgetExceeded"] ?? 0
   if (overBudget === 0) return failedAdvice(summary, failed)
-  const notSent = overBudget === summary.failed
-    ? "none of them was sent"
-    : `${overBudget} of them ${overBudget === 1 ? "was" : "were"} not sent`
-  return `${failed}; ${notSent}: the run spent its budget (WEATHERPROOF_BUDGET_USD). A run has a budget of its own: ` +
+  return `${failed}; ${heldBack(summary, overBudget)}: the run spent its budget (WEATHERPROOF_BUDGET_USD). A run has a budget of its own: ` +
     `running the same command again sends them and may spend as much again`
+}
+
+/** What the budget did to the `overBudget` failed lines: kept them from being sent, or a retry of theirs when the run sent any. */
+const heldBack = (summary: Batch.Summary, overBudget: number): string => {
+  const all = overBudget === summary.failed
+  const were = overBudget === 1 ? "was" : "were"
+  if (summary.spend.attempts === 0) return all ? "none of them was sent" : `${overBudget} of them ${were} not sent`
+  return all ? "each was stopped before its answer" : `${overBudget} of them ${were} stopped before ${overBudget === 1 ? "its" : "their"} answer`
 }
 
 const failedAdvice = (summary: Batch.Summary, failed: string): string => {
