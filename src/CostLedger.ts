@@ -700,8 +700,8 @@ export const layer = (options?: Options): Layer.Layer<CostLedger> => Layer.effec
 
 /**
  * A ledger configured from the environment:
- * - `WEATHERPROOF_PRICING_FILE`: path of a JSON pricing table (see `PricingTable`); default
- *   `defaultPricing`;
+ * - `WEATHERPROOF_PRICING_FILE`: path of a JSON pricing table (see `PricingTable`), which
+ *   replaces `defaultPricing` whole (a model it does not list is unpriced); default `defaultPricing`;
  * - `WEATHERPROOF_BUDGET_USD`: a budget in USD, a decimal number (`25`, `12.50`); default none
  *   (an empty value is none).
  *
