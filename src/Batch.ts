@@ -19,6 +19,8 @@
  *   url, a `custom_id` already used by an earlier line) gets an error result line; it never stops
  *   the run. A line without a `custom_id` is named `line-<n>`.
  * - A line that is not valid UTF-8 is an error line (`invalid_line`); it is never altered and sent.
+ *   An input file in UTF-16 (its byte-order mark says so: Windows PowerShell 5's `>`) fails the
+ *   run with a `BatchError` before anything is sent.
  *   So is a line longer than 64 MiB, which is never held whole (a file without line ends costs
  *   bounded memory).
  * - A body with `"stream": true` is sent as a stream (so the first-content and idle deadlines see
@@ -579,6 +581,9 @@ const resolvePaths = (fs: FileSystem.FileSystem, input: string, output: string) 
         path: input,
         message: `the input file ${input} is where the output ${output} is compacted, which a run replaces: rename it`
       })
+    }
+    if (inputKind === "file" && (yield* Files.startsAsUtf16(fs, input))) {
+      return yield* new BatchError({ file: "input", path: input, message: `the input file ${input} ${Files.utf16Input}` })
     }
     return { output: outputReal, inputKind }
   })

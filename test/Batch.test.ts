@@ -1405,6 +1405,22 @@ describe("Batch.run output file", () => {
       expect(yield* ws.fs.readFileString(input)).toBe(request("b"))
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
+  it.scoped("an input in UTF-16 (Windows PowerShell 5's >) is refused before anything is sent, saying how to save it", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      for (const [mark, encode] of [[[0xff, 0xfe], "utf16le"], [[0xfe, 0xff], "utf16be"]] as const) {
+        const text = Buffer.from(request("a"), "utf16le")
+        const bytes = encode === "utf16le" ? text : text.swap16()
+        yield* ws.fs.writeFile(ws.input, new Uint8Array([...mark, ...bytes]))
+        const refused = yield* Effect.flip(runWith(ok, ws))
+        expect(refused).toMatchObject({ _tag: "BatchError", file: "input" })
+        expect(refused.message).toBe(
+          `the input file ${ws.input} is UTF-16 (its byte-order mark says so), not UTF-8: save it as UTF-8 (in PowerShell, Set-Content -Encoding utf8)`
+        )
+        expect(yield* ws.fs.exists(ws.output)).toBe(false)
+      }
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
   it.scoped("drains and writes the answers on the wire when the input cannot be read any more", () =>
     Effect.gen(function*() {
       const ws = yield* workspace

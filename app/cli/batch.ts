@@ -140,20 +140,6 @@ const realPathOf = (fs: FileSystem.FileSystem, target: string) =>
 const typeOf = (fs: FileSystem.FileSystem, path: string) =>
   fs.stat(path).pipe(Effect.map((info): FileSystem.File.Type | undefined => info.type), Effect.orElseSucceed(() => undefined))
 
-/**
- * Whether the file at `path` starts with a UTF-16 byte-order mark, as Windows PowerShell 5's `>`
- * writes: read as UTF-8, its every line would be an error line.
- */
-const startsAsUtf16 = (fs: FileSystem.FileSystem, path: string) =>
-  Effect.scoped(Effect.flatMap(fs.open(path), (file) => file.readAlloc(FileSystem.Size(2)))).pipe(
-    Effect.map(Option.exists(isUtf16Mark)),
-    Effect.orElseSucceed(() => false)
-  )
-
-/** UTF-16's byte-order mark, little-endian (FF FE) or big-endian (FE FF). */
-const isUtf16Mark = (head: Uint8Array): boolean =>
-  head.length === 2 && ((head[0] === 0xff && head[1] === 0xfe) || (head[0] === 0xfe && head[1] === 0xff))
-
 /** How many names (hard links) the file at `path` has; 1 when it cannot be told. */
 const namesOf = (fs: FileSystem.FileSystem, path: string) =>
   fs.stat(path).pipe(Effect.map((info) => Option.getOrElse(info.nlink, () => 1)), Effect.orElseSucceed(() => 1))
@@ -194,9 +180,7 @@ const pathsProblem = (args: BatchArgs): Effect.Effect<string | undefined, never,
         }))
         return missing ? `${name} does not exist` : `${name} cannot be read`
       }
-      if (index === 0 && type === "File" && (yield* startsAsUtf16(fs, path))) {
-        return `${name} is UTF-16 (its byte-order mark says so), not UTF-8: save it as UTF-8 (in PowerShell, Set-Content -Encoding utf8)`
-      }
+      if (index === 0 && type === "File" && (yield* Files.startsAsUtf16(fs, path))) return `${name} ${Files.utf16Input}`
       // The input (the first) may be a pipe or a terminal: it is read once.
       if (index > 0 && type !== undefined && type !== "File") {
         return `${name} is ${specialFiles[type] ?? "not a regular file"}, not a file: a batch replaces its files by a rename`

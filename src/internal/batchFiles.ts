@@ -177,6 +177,24 @@ export const splitLines = <E, R>(
     )
   })
 
+/** UTF-16's byte-order mark, little-endian (FF FE) or big-endian (FE FF). */
+const isUtf16Mark = (head: Uint8Array): boolean =>
+  head.length === 2 && ((head[0] === 0xff && head[1] === 0xfe) || (head[0] === 0xfe && head[1] === 0xff))
+
+/**
+ * Whether the file at `path` starts with a UTF-16 byte-order mark, as Windows PowerShell 5's `>`
+ * writes: read as UTF-8, its every line would be an error line. (A pipe is not looked at: that
+ * would read it.)
+ */
+export const startsAsUtf16 = (fs: FileSystem.FileSystem, path: string): Effect.Effect<boolean> =>
+  Effect.scoped(Effect.flatMap(fs.open(path), (file) => file.readAlloc(FileSystem.Size(2)))).pipe(
+    Effect.map(Option.exists(isUtf16Mark)),
+    Effect.orElseSucceed(() => false)
+  )
+
+/** What is said of an input that `startsAsUtf16`, after its name. */
+export const utf16Input = "is UTF-16 (its byte-order mark says so), not UTF-8: save it as UTF-8 (in PowerShell, Set-Content -Encoding utf8)"
+
 /**
  * How an input is read: a regular file from any position, as often as needed (`"file"`); a pipe,
  * a FIFO or a terminal (`/dev/stdin`, a shell's `<(…)`) once, in order (`"once"`).
