@@ -706,7 +706,7 @@ const sender = (
     resilient.create(body, callOptions).pipe(
       Effect.match({
         onSuccess: (completion) => Lines.succeeded(id, customId, completion),
-        onFailure: (error) => Lines.failed(id, customId, error, scrub)
+        onFailure: (error) => Lines.failedAnswer(id, customId, error, scrub)
       })
     )
   const stream = (id: string, customId: string, body: ChatCompletionRequest, callOptions: CallOptions) =>
@@ -818,7 +818,7 @@ const summarize = (
  * Result lines: `{"id":"batch_req_…","custom_id",…,"response":{"status_code":200,"request_id",
  * "body":<completion>},"error":null}` for an answer; for a failure `error` is
  * `{"code":<error tag or invalid_line / duplicate_custom_id>,"message"}` (plus `"partial"` for a
- * stream cut after some chunks) and `response` is
+ * stream cut after some chunks, or an answer cut short on its last attempt) and `response` is
  * `{"status_code","request_id":null,"body":{"error":{"message","type","code"}}}` when the
  * failure had an HTTP status, else `null`. (A client whose keys or accounts are all out fails
  * each call at once, without the network, so a run over dead credentials ends fast.)

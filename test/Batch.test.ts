@@ -16,7 +16,16 @@ import * as TestClock from "effect/TestClock"
 import { spawnSync } from "node:child_process"
 import * as NodeFs from "node:fs"
 import { hostname } from "node:os"
-import { emptyPartial, InvalidRequest, KeyRejected, RateLimited, ServerError, StreamTruncated } from "../src/ApiError.js"
+import {
+  emptyPartial,
+  InsufficientResource,
+  InvalidRequest,
+  KeyRejected,
+  RateLimited,
+  ServerError,
+  StreamTruncated,
+  TransportError
+} from "../src/ApiError.js"
 import * as AccountPool from "../src/AccountPool.js"
 import type { ApiError } from "../src/ApiError.js"
 import * as Batch from "../src/Batch.js"
@@ -377,6 +386,28 @@ describe("Batch.run", () => {
         rateLimited: 1,
         failedAttempts: 4
       })
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it.scoped("a non-streaming answer cut short on its last attempt (billed) keeps what it held in error.partial, as a cut stream does", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput([request("cut"), request("reset")])
+      const usage = wire.usage({ promptTokens: 10, completionTokens: 5 })
+      const cutShort: Script = (r) =>
+        lastUserText(r) === "cut"
+          ? new InsufficientResource({
+            partial: { content: "half an ans", reasoningContent: "I th", usage, finishReason: "insufficient_system_resource", events: 1 }
+          })
+          // A body cut mid-JSON: no text arrived, so there is nothing to keep.
+          : new TransportError({ reason: "body", message: "closed", partial: { ...emptyPartial, events: 1 } })
+      yield* runWith(cutShort, ws)
+      const lines = byCustomId(yield* ws.readOutput)
+      expect(lines.get("cut")?.error).toEqual({
+        code: "InsufficientResource",
+        message: "the answer was cut (11 characters of content and 4 of reasoning arrived, kept in error.partial): inference was cut: insufficient_system_resource",
+        partial: { chunks: 1, content: "half an ans", reasoning_content: "I th", finish_reason: "insufficient_system_resource", usage }
+      })
+      expect(lines.get("reset")?.error).toEqual({ code: "TransportError", message: "closed" })
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
   it.scoped("resumes: skips what succeeded, retries what failed, keeps one line per custom_id", () =>

@@ -177,6 +177,7 @@ export const duplicateCode = "duplicate_custom_id"
 
 /** What a stream delivered before it was cut, as a result line's `error.partial` shows it. */
 export interface PartialJson {
+  /** A stream's chunks; a non-streaming answer's body is one. */
   readonly chunks: number
   readonly content: string | null
   readonly reasoning_content: string | null
@@ -282,6 +283,15 @@ export const failed = (id: string, customId: string, error: ResilientError, scru
 
 const charactersOf = (text: string | null | undefined): number => text?.length ?? 0
 
+/** A failure's result line with what arrived in `error.partial`, counted in the message after `how` it was cut. */
+const withPartial = (id: string, customId: string, error: ResilientError, partial: PartialJson, how: string, scrub: Scrub): ResultLine => {
+  const arrived = `${charactersOf(partial.content)} characters of content and ${charactersOf(partial.reasoning_content)} of reasoning`
+  return {
+    ...failed(id, customId, error, scrub),
+    error: { code: error._tag, message: `${how} (${arrived} arrived, kept in error.partial): ${scrub(error.message)}`, partial }
+  }
+}
+
 /**
  * The result line of a streamed request cut after some chunks arrived: the call's failure, with
  * what arrived in `error.partial` and counted in the message.
@@ -295,25 +305,31 @@ export const cut = (
 ): ResultLine => {
   const choice = folded.completion.choices[0]
   const message = choice?.message
-  const partial: PartialJson = {
+  return withPartial(id, customId, error, {
     chunks: folded.chunks,
     content: message?.content ?? null,
     reasoning_content: message?.reasoning_content ?? null,
     ...(message?.tool_calls == null ? {} : { tool_calls: message.tool_calls }),
     finish_reason: choice?.finish_reason ?? null,
     usage: folded.completion.usage ?? null
-  }
-  const arrived = `${charactersOf(partial.content)} characters of content and ${charactersOf(partial.reasoning_content)} of reasoning`
-  return {
-    ...failed(id, customId, error, scrub),
-    error: {
-      code: error._tag,
-      message: `the stream was cut after ${folded.chunks} chunks (${arrived} arrived, kept in error.partial): ${
-        scrub(error.message)
-      }`,
-      partial
-    }
-  }
+  }, `the stream was cut after ${folded.chunks} chunks`, scrub)
+}
+
+/**
+ * The result line of a failed non-streaming request: with what its answer held in
+ * `error.partial` when text arrived (one cut short, `insufficient_system_resource`, on its last
+ * attempt: billed), as a cut stream's line has; else `failed`'s.
+ */
+export const failedAnswer = (id: string, customId: string, error: ResilientError, scrub: Scrub): ResultLine => {
+  const partial = "partial" in error ? error.partial : undefined
+  if (partial === undefined || (partial.content === "" && partial.reasoningContent === "")) return failed(id, customId, error, scrub)
+  return withPartial(id, customId, error, {
+    chunks: partial.events,
+    content: partial.content,
+    reasoning_content: partial.reasoningContent,
+    finish_reason: partial.finishReason ?? null,
+    usage: partial.usage ?? null
+  }, "the answer was cut", scrub)
 }
 
 /** Serialises a result line, newline included. */
