@@ -259,7 +259,7 @@ const statusText = (status: AccountStatus): string =>
   }${lastFailureText(status)}`
 
 const accountLine = (name: string, account: AccountSummary): string =>
-  `  ${name}: ${account.status === undefined ? "" : `${statusText(account.status)}; `}${account.answered} answered, ${
+  `  ${name}: ${account.status === undefined ? "" : `${statusText(account.status)}; `}${account.answered} answered${account.truncated === 0 ? "" : ` (${account.truncated} cut short)`}, ${
     counted(account.attempts, "attempt", "attempts")
   }, ${account.tokens.prompt + account.tokens.completion} tokens, ${usd(account.costUsd)}`
 
