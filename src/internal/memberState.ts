@@ -5,6 +5,7 @@
  * @internal
  */
 import * as Effect from "effect/Effect"
+import { createHash } from "node:crypto"
 import type * as Scope from "effect/Scope"
 import type { Account } from "../Accounts.js"
 import * as CircuitBreaker from "../CircuitBreaker.js"
@@ -27,12 +28,24 @@ export const inMemory: MemberState = {
 }
 
 /**
+ * What an account's balance is shared under: its name and a fingerprint of its keys (never a
+ * key). Two accounts given one name (`default`, every `DEEPSEEK_API_KEY`'s) with other keys are
+ * two balances: one out of balance took the other out. (Processes of one account given other keys
+ * each probe its balance.)
+ */
+const balanceName = (account: Account): string => {
+  const keys = [...new Set(account.keys.map(KeyPool.fingerprintOf))].sort().join(" ")
+  return `${account.name}:${createHash("sha256").update(keys).digest("hex").slice(0, 16)}`
+}
+
+/**
  * Every member's state on `redis`, shared by account name: the breaker `CircuitBreaker.makeRedis`
- * named after the account, the key cooldowns `KeyPool.makeRedis`, the balance `SharedBalance.onRedis`.
+ * named after the account, the key cooldowns `KeyPool.makeRedis`, the balance `SharedBalance.onRedis`
+ * (under the name and the keys: `balanceName`).
  */
 export const onRedis = (redis: Redis.Service, balance: SharedBalance.Options = {}): MemberState => ({
   breaker: (options) => Effect.provideService(CircuitBreaker.makeRedis(options), Redis.Redis, redis),
   keys: (account, options) =>
     Effect.provideService(KeyPool.makeRedis(account.keys, { ...options, account: account.name }), Redis.Redis, redis),
-  balance: (account) => SharedBalance.onRedis(redis, account.name, balance)
+  balance: (account) => SharedBalance.onRedis(redis, balanceName(account), balance)
 })

@@ -2,7 +2,7 @@
  * An account's balance state as the pool shares it between processes: whether the account is
  * out of balance, and one probe of its balance at a time whose verdict every process takes.
  *
- * On Redis, under the account's name:
+ * On Redis, under the name it is given (the pool's: the account's name and a fingerprint of its keys):
  * - `{prefix}:balance:<account>`: present while the account is out, with a TTL past its next
  *   check (each unavailable verdict sets it again); `markOk` deletes it.
  * - `{prefix}:balance:<account>:lease`: the id of the process probing now, with a TTL (`leaseMillis`,
