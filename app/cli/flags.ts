@@ -186,7 +186,7 @@ export const accountFlags = {
   ),
   concurrency: integer(
     "concurrency",
-    "at most N calls in flight per account and model, backing off on 429s and climbing back to N (default: the accounts file's, else adaptive)"
+    "at most N calls in flight per account and model, backing off on 429s and climbing back to N (default: the accounts file's, else adaptive); with --redis, for every process on the account: give each the same"
   ).pipe(Options.optional),
   redis: Options.text("redis").pipe(
     Options.withPseudoName("url"),
