@@ -19,6 +19,8 @@
  *
  * A stream is retried only until its first chunk reaches the caller. After that, a retry would
  * show the caller the same content twice, so the error, with its partial output, is the answer.
+ * The transport holds back opening chunks that carry nothing yet (a role, an empty content) until
+ * one with content comes, so a cut as inference starts is retried too.
  *
  * When a tracer is installed (`Layer.setTracer`, or an OpenTelemetry layer such as
  * `@effect/opentelemetry`'s `NodeSdk`), each call runs in a span of kind client,

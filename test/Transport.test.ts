@@ -745,6 +745,29 @@ describe("Transport.stream", () => {
       })
     }).pipe(Effect.provide(setup([MockUpstream.streamed(cutGeneration)]))))
 
+  const roleChunk = chunkOf([{ index: 0, delta: { role: "assistant", content: "" }, finish_reason: null }])
+
+  it.effect("a stream cut after its opening chunk only (a role, no content) reaches the caller with no chunk, so it can be retried", () =>
+    Effect.gen(function*() {
+      const cutAfterRole = yield* drain()
+      expect(cutAfterRole.chunks).toEqual([])
+      expect(cutAfterRole.error).toMatchObject({ _tag: "InsufficientResource", partial: { content: "", usage: generation.usage } })
+      const resetAfterRole = yield* drain()
+      expect(resetAfterRole.chunks).toEqual([])
+      expect(resetAfterRole.error).toMatchObject({ _tag: "TransportError", reason: "body" })
+      // An answer that ends with nothing but its opening chunk gets it.
+      expect(yield* drain()).toEqual({ chunks: [roleChunk], error: undefined })
+    }).pipe(Effect.provide(setup([
+      MockUpstream.sse([
+        Wire.sseData(roleChunk),
+        Wire.sseData(chunkOf([{ index: 0, delta: { content: "" }, finish_reason: "insufficient_system_resource" }])),
+        Wire.sseData(chunkOf([], generation.usage)),
+        Wire.sseDone
+      ]),
+      MockUpstream.sse([Wire.sseData(roleChunk)], { cut: true }),
+      MockUpstream.sse([Wire.sseData(roleChunk), Wire.sseDone])
+    ]))))
+
   it.effect("a cut whose chunk carries content: the fold of what reached the caller agrees with the partial, usage and finish reason included", () =>
     Effect.gen(function*() {
       const transport = yield* Transport.Transport
@@ -853,10 +876,10 @@ describe("Transport.stream", () => {
   it.effect("an undecodable event is MalformedResponse schema", () =>
     Effect.gen(function*() {
       const { chunks, error } = yield* drain()
-      expect(chunks.length).toBe(1)
+      expect(chunks.length).toBe(2)
       expect(error).toMatchObject({ _tag: "MalformedResponse", reason: "schema" })
     }).pipe(Effect.provide(setup([
-      MockUpstream.sse([MockUpstream.events(generation)[0]!, Wire.sseData({ id: 1 }), Wire.sseDone])
+      MockUpstream.sse([...MockUpstream.events(generation).slice(0, 2), Wire.sseData({ id: 1 }), Wire.sseDone])
     ]))))
 
   it.effect("an error status fails the stream with the mapped error", () =>

@@ -234,7 +234,7 @@ describe("weatherproof serve, metrics and traces", () => {
       const hold = (firstContent: boolean): Handler => async (_, response) => {
         if (firstContent) {
           response.writeHead(200, { "content-type": "text/event-stream" })
-          response.write(Wire.sseData(Wire.chunks({ id: "x", model, content: "first words", usage: Wire.usage({ promptTokens: 1, completionTokens: 1 }) })[0]))
+          response.write(Wire.sseData(Wire.chunks({ id: "x", model, content: "first words", usage: Wire.usage({ promptTokens: 1, completionTokens: 1 }) })[1]))
         }
         await new Promise((resolve) => response.on("close", resolve))
       }
@@ -281,7 +281,8 @@ describe("weatherproof serve, metrics and traces", () => {
         await reply(response)
       }
       const firstWords = Wire.sseData(
-        Wire.chunks({ id: "x", model, content: "first words", usage: Wire.usage({ promptTokens: 1, completionTokens: 1 }) })[0]
+        // Its first content (the chunk before, a role alone, is held back until content comes).
+        Wire.chunks({ id: "x", model, content: "first words", usage: Wire.usage({ promptTokens: 1, completionTokens: 1 }) })[1]
       )
       const unavailable: Reply = async (response) => {
         response.writeHead(503, { "content-type": "application/json" })

@@ -291,6 +291,15 @@ const notAStream = (contentType: string, text: string, scrub: Scrubber.Scrubber)
 
 const decodeChunk = SchemaFastPath.decodeUnknownEither(ChatSchema.ChatCompletionChunk, { errors: "all" })
 
+/** A delta's field that holds nothing yet: a role, or an empty text or list. */
+const holdsNothing = ([field, value]: readonly [string, unknown]): boolean =>
+  field === "role" || value === "" || value == null || (Array.isArray(value) && value.length === 0)
+
+/** A chunk with nothing for the caller yet: no text, reasoning, tool call, finish or usage in it. */
+const carriesNothing = (chunk: ChatSchema.ChatCompletionChunk): boolean =>
+  chunk.usage == null &&
+  chunk.choices.every((choice) => choice.finish_reason == null && Object.entries(choice.delta).every(holdsNothing))
+
 /** How long a stream cut by the upstream is read on for the usage of the work it did. */
 const drainAfterCut = Duration.seconds(1)
 
@@ -326,6 +335,18 @@ const chunkReader = (
    * cut is retried as if nothing arrived.
    */
   let delivered = false
+
+  /**
+   * The opening chunks that carry nothing yet (DeepSeek's first: a role and an empty content),
+   * held until one that does arrives: a failure right after them (a cut as inference starts) is
+   * then one before any content, which the caller may retry.
+   */
+  let opening: Array<ChatSchema.ChatCompletionChunk> = []
+  const flushOpening = (): Array<ChatSchema.ChatCompletionChunk> => {
+    const held = opening
+    opening = []
+    return held
+  }
 
   const partial = (): ApiError.PartialOutput => ({ content, reasoningContent, usage, finishReason, events, model })
   timeline.partial = partial
@@ -395,6 +416,7 @@ const chunkReader = (
         arrived = true
         if (data.trim() === "[DONE]") {
           ended = cut ? Option.some(cutShort()) : Option.none()
+          if (!cut) out.push(...flushOpening())
           return arrived
         }
         const cutBefore = cut
@@ -403,10 +425,16 @@ const chunkReader = (
           ended = Option.some(cut ? cutShort() : event.left)
           return arrived
         }
-        if (reachesCaller(event.right, cutBefore)) {
-          out.push(event.right)
+        if (!reachesCaller(event.right, cutBefore)) continue
+        if (!delivered) {
+          if (carriesNothing(event.right)) {
+            opening.push(event.right)
+            continue
+          }
+          out.push(...flushOpening())
           delivered = true
         }
+        out.push(event.right)
       }
     }
     return arrived
@@ -420,7 +448,10 @@ const chunkReader = (
         if (batch === undefined) {
           if (cut) return Effect.fail(Option.some<ApiError.ApiError>(cutShort()))
           // A `[DONE]` whose line end never came (a proxy that trims the body) ended the answer all the same.
-          if (sse.unfinished() === "[DONE]") return close(Option.none())
+          if (sse.unfinished() === "[DONE]") {
+            ended = Option.none()
+            return emit(flushOpening())
+          }
           return Effect.fail(Option.some<ApiError.ApiError>(new ApiError.StreamTruncated({ partial: partial() })))
         }
         const out: Array<ChatSchema.ChatCompletionChunk> = []
