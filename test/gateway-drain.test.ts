@@ -204,7 +204,8 @@ describe("weatherproof serve, shutting down", () => {
       expect(error).toBeUndefined()
       expect(text).toBe(`echo:${longText}`)
       expect(yield* child.exitCode).toBe(0)
-      expect(child.output()).toContain("shutting down; 1 request in flight")
+      // On stderr, with the drain's other lines and their timestamps.
+      expect(child.errorOutput()).toContain("gateway: SIGTERM: shutting down; 1 request in flight")
       expect(child.output()).toMatch(/gateway: drained in [^:\n]+: every request finished; stopped/)
     }), { timeout: 60_000 })
 
@@ -262,7 +263,7 @@ describe("weatherproof serve, shutting down", () => {
       expect((error as APIError).code).toBe("shutting_down")
       expect(text.length).toBeLessThan(`echo:${longText}`.length)
       expect(yield* child.exitCode).toBe(0)
-      expect(child.output()).toContain("stopping now; the requests in flight end with an error")
+      expect(child.errorOutput()).toContain("gateway: stopping now; the requests in flight end with an error")
       expect(child.output()).toMatch(/gateway: drained in [^,\n]+, the rest cut; stopped/)
     }), { timeout: 60_000 })
 

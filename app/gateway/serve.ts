@@ -118,7 +118,7 @@ export const run = (options: ServeOptions): Effect.Effect<void, ExitCode, FileSy
         keepAliveInterval: Option.getOrUndefined(options.keepAliveInterval),
         idleConnectionTimeout: Option.getOrUndefined(options.idleConnectionTimeout),
         drainTimeout: Option.getOrUndefined(options.drainTimeout),
-        stopNow: Effect.tap(signals.again, () => Console.log("weatherproof gateway: stopping now; the requests in flight end with an error")),
+        stopNow: Effect.tap(signals.again, () => Effect.logInfo("gateway: stopping now; the requests in flight end with an error")),
         maxWaiting: options.maxWaiting,
         maxBodyBytes: options.maxBodyMib * 1024 * 1024,
         alerts: alerts === undefined ? undefined : { ...alerts, claim: Option.getOrUndefined(claim) }
@@ -129,8 +129,8 @@ export const run = (options: ServeOptions): Effect.Effect<void, ExitCode, FileSy
           `OpenAI base URL ${gateway.url}/v1, status page ${gateway.url}/, metrics ${gateway.url}/metrics`
       )
       const signal = yield* signals.first
-      // The drain is the gateway's scope closing, after this.
-      yield* Console.log(`weatherproof gateway: ${signal}: shutting down; ${Gateway.requests(gateway.traffic.active)} in flight`)
+      // The drain is the gateway's scope closing, after this; logged as its lines are (stderr, timed).
+      yield* Effect.logInfo(`gateway: ${signal}: shutting down; ${Gateway.requests(gateway.traffic.active)} in flight`)
       return signal
     })).pipe(
       Effect.provide(stack),

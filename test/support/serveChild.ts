@@ -21,6 +21,7 @@ export const serveProcess = (args: ReadonlyArray<string>, env: Record<string, st
       (child) => Effect.sync(() => child.exitCode === null && child.kill("SIGKILL"))
     )
     let output = ""
+    let errorOutput = ""
     const listening = yield* Deferred.make<string>()
     const exited = yield* Deferred.make<number | null>()
     const onData = (data: Buffer) => {
@@ -29,12 +30,17 @@ export const serveProcess = (args: ReadonlyArray<string>, env: Record<string, st
       if (match?.[1] !== undefined) Effect.runSync(Deferred.succeed(listening, match[1]))
     }
     process_.stdout?.on("data", onData)
-    process_.stderr?.on("data", onData)
+    process_.stderr?.on("data", (data: Buffer) => {
+      errorOutput += data.toString("utf8")
+      onData(data)
+    })
     process_.on("exit", (code) => Effect.runSync(Deferred.succeed(exited, code)))
     return {
       process: process_,
       url: Deferred.await(listening).pipe(Effect.timeoutFail({ duration: "30 seconds", onTimeout: () => new Error(output) })),
       exitCode: Deferred.await(exited).pipe(Effect.timeoutFail({ duration: "20 seconds", onTimeout: () => new Error(output) })),
-      output: () => output
+      output: () => output,
+      /** What it wrote on stderr, where its log goes. */
+      errorOutput: () => errorOutput
     }
   })
