@@ -225,9 +225,16 @@ interface Answer {
   readonly text: string
   /** From the send to the end of the body. */
   readonly ms: number
-  /** From the send to the first `data:` event, for a stream that had one. */
+  /**
+   * From the send to the first `data:` event with content (text or reasoning), for a stream that
+   * had one: what a client shows first. (An opening chunk with a role and an empty content is no
+   * content: weatherproof holds it until content comes, so that a cut right after it is retried.)
+   */
   readonly firstEventMs: number | undefined
 }
+
+/** A stream event's text or reasoning, not empty. */
+const contentEvent = /data: ?\{.*"(?:reasoning_)?content":"[^"]/
 
 const send = async (target: Target, body: unknown, dispatcher: Agent): Promise<Answer> => {
   const start = performance.now()
@@ -241,7 +248,7 @@ const send = async (target: Target, body: unknown, dispatcher: Agent): Promise<A
   let firstEventMs: number | undefined
   for await (const part of response.body) {
     text += (part as Buffer).toString("utf8")
-    if (firstEventMs === undefined && text.includes("data:")) firstEventMs = performance.now() - start
+    if (firstEventMs === undefined && contentEvent.test(text)) firstEventMs = performance.now() - start
   }
   return { status: response.statusCode, text, ms: performance.now() - start, firstEventMs }
 }

@@ -334,13 +334,13 @@ const gatewayVerdicts = (cells: ReadonlyArray<Gateway.Cell>): ReadonlyArray<stri
     const behind = [
       ours.p50Ms < theirs.p50Ms ? undefined : "p50",
       ours.p99Ms < theirs.p99Ms ? undefined : "p99",
-      ours.firstEventP50Ms < theirs.firstEventP50Ms || Number.isNaN(theirs.firstEventP50Ms) ? undefined : "first event",
+      ours.firstEventP50Ms < theirs.firstEventP50Ms || Number.isNaN(theirs.firstEventP50Ms) ? undefined : "first content",
       ours.perSecond > theirs.perSecond ? undefined : "throughput"
     ].filter((figure) => figure !== undefined)
     return [
       `${clients} client${clients === 1 ? "" : "s"}: p50 added ≤ ${gatewayTargets.addedP50Ms} ms: ${
         Table.verdict(added <= gatewayTargets.addedP50Ms)
-      } (${signedMs(added)}); first stream event added ≤ ${gatewayTargets.addedFirstEventMs} ms: ${
+      } (${signedMs(added)}); first stream content added ≤ ${gatewayTargets.addedFirstEventMs} ms: ${
         Table.verdict(firstEvent <= gatewayTargets.addedFirstEventMs)
       } (${signedMs(firstEvent)}); throughput ≥ ${gatewayTargets.throughputRatio}× direct: ${
         Table.verdict(ratio >= gatewayTargets.throughputRatio)
@@ -366,7 +366,7 @@ const gateway = Effect.gen(function*() {
       "added",
       "p99",
       "added",
-      "first event p50",
+      "first content p50",
       "added",
       "answers/s",
       "× direct",
