@@ -19,10 +19,9 @@
  *   url, a `custom_id` already used by an earlier line) gets an error result line; it never stops
  *   the run. A line without a `custom_id` is named `line-<n>`.
  * - A line that is not valid UTF-8 is an error line (`invalid_line`); it is never altered and sent.
- *   An input file in UTF-16 (its byte-order mark says so: Windows PowerShell 5's `>`) fails the
- *   run with a `BatchError` before anything is sent.
  *   So is a line longer than 64 MiB, which is never held whole (a file without line ends costs
- *   bounded memory).
+ *   bounded memory). An input file in UTF-16 (its byte-order mark says so: Windows PowerShell 5's
+ *   `>`) fails the run with a `BatchError` before anything is sent.
  * - A body with `"stream": true` is sent as a stream (so the first-content and idle deadlines see
  *   real content) and its result body is the completion folded from the chunks (`ChatStream`),
  *   as a non-streaming answer would look. A stream cut after some chunks gives an error line whose

@@ -175,7 +175,7 @@ export const invalidLineCode = "invalid_line"
 /** The `error.code` of a later line that reuses an earlier line's `custom_id`. */
 export const duplicateCode = "duplicate_custom_id"
 
-/** What a stream delivered before it was cut, as a result line's `error.partial` shows it. */
+/** What a stream delivered before it was cut (or an answer cut short held), as a result line's `error.partial` shows it. */
 export interface PartialJson {
   /** A stream's chunks; a non-streaming answer's body is one. */
   readonly chunks: number
