@@ -44,6 +44,9 @@ describe("Redis config", () => {
         expect(reason, typo).not.toMatch(/Hunter2|sk-abc/)
       }
       expect(yield* reasonOf("redis://")).toContain(`is unavailable: no host: ${expected}`)
+      // A port out of range is said as such, not as no URL at all.
+      const farPort = yield* reasonOf("redis://:Hunter2SecretPw@127.0.0.1:99999")
+      expect(farPort).toBe(`Redis at (an unparsable URL) is unavailable: its port 99999 is above 65535: ${expected}`)
       // A password with a malformed escape is no defect: the connection's own failure is told.
       expect(yield* reasonOf("redis://:%zzHunter2@127.0.0.1:1")).toMatch(/^Redis at redis:\/\/127\.0\.0\.1:1 is unavailable: /)
     }))

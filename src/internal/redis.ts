@@ -98,6 +98,12 @@ const escapePart = (part: string): string => encodeURIComponent(part)
 
 const expectedUrl = "expected a redis:// or rediss:// URL (redis://[user:password@]host:port)"
 
+/** The port a URL's authority writes (after its host, past any user and password), as a number. */
+const portOf = (url: string): number | undefined => {
+  const port = /^[^:]+:\/\/(?:[^@/?#]*@)?(?:\[[^\]]*\]|[^:/?#]*):(\d+)(?:[/?#]|$)/.exec(url)?.[1]
+  return port === undefined ? undefined : Number(port)
+}
+
 /**
  * Why `url` cannot name a server, before ioredis reads it: it takes a scheme it does not know
  * (`http://`, `valkey://`) or a string that is no URL (`redis:/:pw@host`, `""`) for a socket path
@@ -106,7 +112,10 @@ const expectedUrl = "expected a redis:// or rediss:// URL (redis://[user:passwor
  */
 const urlProblem = (url: string): string | undefined => {
   const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(url)?.[1]
-  if (scheme === undefined || !URL.canParse(url)) return `not a URL: ${expectedUrl}`
+  if (scheme === undefined || !URL.canParse(url)) {
+    const port = scheme === undefined ? undefined : portOf(url)
+    return port !== undefined && port > 65535 ? `its port ${port} is above 65535: ${expectedUrl}` : `not a URL: ${expectedUrl}`
+  }
   if (/^unix$/i.test(scheme)) return undefined
   if (!/^rediss?$/i.test(scheme)) return `${expectedUrl}, not ${scheme}://`
   return new URL(url).hostname === "" ? `no host: ${expectedUrl}` : undefined
