@@ -391,12 +391,18 @@ describe("Batch.run", () => {
   it.scoped("a non-streaming answer cut short on its last attempt (billed) keeps what it held in error.partial, as a cut stream does", () =>
     Effect.gen(function*() {
       const ws = yield* workspace
-      yield* ws.writeInput([request("cut"), request("reset")])
+      yield* ws.writeInput([request("cut"), request("unreasoned"), request("reset")])
       const usage = wire.usage({ promptTokens: 10, completionTokens: 5 })
       const cutShort: Script = (r) =>
-        lastUserText(r) === "cut"
+        lastUserText(r) === "cut" || lastUserText(r) === "unreasoned"
           ? new InsufficientResource({
-            partial: { content: "half an ans", reasoningContent: "I th", usage, finishReason: "insufficient_system_resource", events: 1 }
+            partial: {
+              content: "half an ans",
+              reasoningContent: lastUserText(r) === "cut" ? "I th" : "",
+              usage,
+              finishReason: "insufficient_system_resource",
+              events: 1
+            }
           })
           // A body cut mid-JSON: no text arrived, so there is nothing to keep.
           : new TransportError({ reason: "body", message: "closed", partial: { ...emptyPartial, events: 1 } })
@@ -407,6 +413,8 @@ describe("Batch.run", () => {
         message: "the answer was cut (11 characters of content and 4 of reasoning arrived, kept in error.partial): inference was cut: insufficient_system_resource",
         partial: { chunks: 1, content: "half an ans", reasoning_content: "I th", finish_reason: "insufficient_system_resource", usage }
       })
+      // No reasoning is null, as in a cut stream's partial.
+      expect((lines.get("unreasoned")?.error as any).partial.reasoning_content).toBeNull()
       expect(lines.get("reset")?.error).toEqual({ code: "TransportError", message: "closed" })
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 

@@ -325,8 +325,9 @@ export const failedAnswer = (id: string, customId: string, error: ResilientError
   if (partial === undefined || (partial.content === "" && partial.reasoningContent === "")) return failed(id, customId, error, scrub)
   return withPartial(id, customId, error, {
     chunks: partial.events,
-    content: partial.content,
-    reasoning_content: partial.reasoningContent,
+    // None is null, as a cut stream's fold gives it.
+    content: partial.content === "" ? null : partial.content,
+    reasoning_content: partial.reasoningContent === "" ? null : partial.reasoningContent,
     finish_reason: partial.finishReason ?? null,
     usage: partial.usage ?? null
   }, "the answer was cut", scrub)
