@@ -35,6 +35,37 @@ const laneScript = (name: string) =>
     return { redis, lane: redis.key("limiter", name), call }
   })
 
+/**
+ * Two limiters of one name and a limit of 1, its permit held by `a`: `queue` places a caller's
+ * ticket (on the server before it answers), `release` lets the permit go and answers the order
+ * the callers were served in.
+ */
+const heldLimiters = (name: string) =>
+  Effect.gen(function*() {
+    const server = yield* redisServer
+    const a = yield* limiterOn(server, { name, permits: 1 })
+    const b = yield* limiterOn(server, { name, permits: 1 })
+    const holding = yield* Deferred.make<void>()
+    const holder = yield* Effect.fork(a.withPermit(() => Effect.zipRight(Deferred.succeed(holding, undefined), Effect.never)))
+    yield* Deferred.await(holding)
+    const served: Array<string> = []
+    const waiters: Array<Fiber.RuntimeFiber<void, ConcurrencyLimiter.QueueFull>> = []
+    const queued = Effect.zipWith(a.snapshot, b.snapshot, (x, y) => x.queued + y.queued)
+    const queue = (limiter: ConcurrencyLimiter.Service, label: string, priority: ConcurrencyLimiter.Priority, returning = false) =>
+      Effect.gen(function*() {
+        const before = yield* queued
+        waiters.push(yield* Effect.fork(limiter.withPermit(() => Effect.sync(() => void served.push(label)), { priority, returning })))
+        // Its ticket is on the server before the next one arrives.
+        yield* until(queued, (n) => n > before)
+        yield* Effect.sleep("20 millis")
+      })
+    const release = Effect.zipRight(
+      Fiber.interrupt(holder),
+      Effect.as(Effect.forEach(waiters, Fiber.join), served)
+    )
+    return { a, b, queue, release }
+  })
+
 /** The one process the lanes know on `redis`. */
 const onlyProcess = (redis: Redis.Service) =>
   Effect.map(
@@ -86,22 +117,7 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
 
   it.scopedLive("callers are served across limiters as in one: interactive first, a returning caller ahead of those not yet sent, arrival order otherwise", () =>
     Effect.gen(function*() {
-      const server = yield* redisServer
-      const a = yield* limiterOn(server, { name: "order", permits: 1 })
-      const b = yield* limiterOn(server, { name: "order", permits: 1 })
-      const holding = yield* Deferred.make<void>()
-      const holder = yield* Effect.fork(a.withPermit(() => Effect.zipRight(Deferred.succeed(holding, undefined), Effect.never)))
-      yield* Deferred.await(holding)
-      const served: Array<string> = []
-      const waiters: Array<Fiber.RuntimeFiber<void, ConcurrencyLimiter.QueueFull>> = []
-      const queue = (limiter: ConcurrencyLimiter.Service, label: string, priority: ConcurrencyLimiter.Priority, returning = false) =>
-        Effect.gen(function*() {
-          const before = (yield* a.snapshot).queued + (yield* b.snapshot).queued
-          waiters.push(yield* Effect.fork(limiter.withPermit(() => Effect.sync(() => void served.push(label)), { priority, returning })))
-          // Its ticket is on the server before the next one arrives.
-          yield* until(Effect.zipWith(a.snapshot, b.snapshot, (x, y) => x.queued + y.queued), (n) => n > before)
-          yield* Effect.sleep("20 millis")
-        })
+      const { a, b, queue, release } = yield* heldLimiters("order")
       yield* queue(a, "a1", "batch")
       yield* queue(b, "b1", "batch")
       yield* queue(a, "a2", "interactive")
@@ -110,9 +126,17 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
       // Back for another attempt: each waits ahead of the calls of its priority not yet sent.
       yield* queue(a, "a3", "batch", true)
       yield* queue(b, "b4", "interactive", true)
-      yield* Fiber.interrupt(holder)
-      yield* Effect.forEach(waiters, Fiber.join)
-      expect(served).toEqual(["b4", "a2", "b3", "a3", "a1", "b1", "b2"])
+      expect(yield* release).toEqual(["b4", "a2", "b3", "a3", "a1", "b1", "b2"])
+    }))
+
+  it.scopedLive("processes take turns: one that queued many while the limit was held holds back another's calls by a round each, not by all of its own", () =>
+    Effect.gen(function*() {
+      const { a, b, queue, release } = yield* heldLimiters("turns")
+      for (const label of ["a1", "a2", "a3", "a4"]) yield* queue(a, label, "batch")
+      yield* queue(b, "b1", "batch")
+      yield* queue(b, "b2", "batch")
+      yield* queue(a, "a5", "interactive")
+      expect(yield* release).toEqual(["a5", "a1", "b1", "a2", "b2", "a3", "a4"])
     }))
 
   it.scopedLive("two limiters with equal demand on a small limit get shares within 20 % of each other", () =>

@@ -513,7 +513,7 @@ export const make = (
       return [spec.key, spec.account?.key ?? "", spec.account?.cap ?? -1, fixed ? shared.permits : lane.limit, fixed ? 1 : 0]
     }
 
-    /** Queues `ticket` on its lanes (keeping its arrival order if it waits already); a grant answered at once is taken. */
+    /** Queues `ticket` on its lanes (keeping its place where it waits already); a grant answered at once is taken. */
     const place = (ticket: Ticket) => {
       if (ticket.lanes.length === 0) return
       send(Effect.flatMap(
@@ -584,7 +584,7 @@ export const make = (
       Deferred.unsafeDone(ticket.waiter.wake, Exit.void)
     }
 
-    /** Moves every ticket to the lanes that may serve it now, keeping its arrival order. */
+    /** Moves every ticket to the lanes that may serve it now, keeping its place on those it waits on already. */
     const retarget = () => {
       for (const ticket of tickets.values()) {
         const now = candidates(ticket.waiter.model, ticket.waiter.excluded)

@@ -17,9 +17,12 @@
  *   acceptance committed twice counts once, one committed after its end counts nowhere, and one
  *   the server lost (restarted, or from an older snapshot) is missing only until its lease ends.
  * - `L:q:interactive:returning`, `L:q:interactive`, `L:q:batch:returning`, `L:q:batch`: sorted
- *   sets of waiting tickets scored by arrival order (`base:seq`, an `INCR` counter), served in
- *   that order, as `WaitQueues` serves a process's: a caller back for another attempt (its first
- *   met a 429, or failed over) waits ahead of the calls of its priority not yet sent.
+ *   sets of waiting tickets, served in that order, as `WaitQueues` serves a process's: a caller
+ *   back for another attempt (its first met a 429, or failed over) waits ahead of the calls of its
+ *   priority not yet sent. Within a queue, the owners take turns (see `scoreOn`): a ticket's score
+ *   is its round times `span` plus its arrival order (`base:seq`, an `INCR` counter) modulo
+ *   `span`. `L:q:<queue>:rounds` is a hash of each owner's last round on that queue, `L:state`'s
+ *   `served:q:<queue>` the round of its last grant.
  * - `base:ticket:<id>` (an id is `<owner>.<sequence>`, a lease's its ticket's): a hash, `owner`,
  *   `ttl` (the lease's, ms), `presence` (its owner's, ms), `queue` (which of a lane's queues:
  *   `interactive`, `batch:returning`…), `lanes` (space separated), `order`; once granted also
@@ -60,7 +63,27 @@ local queues = { ":q:interactive:returning", ":q:interactive", ":q:batch:returni
 
 local function touch(lane)
   for _, suffix in ipairs({ ":leases", ":accepted", ":state", ":users" }) do redis.call("PEXPIRE", lane .. suffix, idle) end
-  for _, queue in ipairs(queues) do redis.call("PEXPIRE", lane .. queue, idle) end
+  for _, queue in ipairs(queues) do
+    redis.call("PEXPIRE", lane .. queue, idle)
+    redis.call("PEXPIRE", lane .. queue .. ":rounds", idle)
+  end
+end
+
+-- Arrival order breaks ties within a round: the low part of a ticket's score.
+local span = 1048576
+
+-- A new ticket's score on a lane's queue (\`queue\` one of \`queues\`): start-time fair queuing
+-- across owners. An owner's tickets go in rounds, one per round from the round being served on, so
+-- the owners take turns: one that queued hundreds while the lane was stalled (a batch's read-ahead)
+-- holds back another's first ticket by a round, not by all of them. An owner's own tickets keep
+-- their order; within a round, arrival decides. Written as an integer: Lua's default format keeps
+-- 14 digits.
+local function scoreOn(lane, queue, owner, order)
+  local rounds = lane .. queue .. ":rounds"
+  local serving = tonumber(redis.call("HGET", lane .. ":state", "served" .. queue)) or 0
+  local round = math.max(serving, tonumber(redis.call("HGET", rounds, owner)) or 0) + 1
+  redis.call("HSET", rounds, owner, round)
+  return string.format("%.0f", round * span + order % span)
 end
 
 local function purge(key)
@@ -103,12 +126,22 @@ local function unqueue(id, lanes)
   end
 end
 
+-- The ticket first in line on a lane, the queue it waits in and its score.
 local function headOf(lane)
   for _, queue in ipairs(queues) do
-    local head = redis.call("ZRANGE", lane .. queue, 0, 0)
-    if #head > 0 then return head[1] end
+    local head = redis.call("ZRANGE", lane .. queue, 0, 0, "WITHSCORES")
+    if #head > 0 then return head[1], queue, tonumber(head[2]) end
   end
   return nil
+end
+
+-- Notes the round of a ticket granted from a lane's queue: new tickets go in rounds after it.
+local function noteServed(lane, queue, score)
+  local round = math.floor(score / span)
+  local field = "served" .. queue
+  if round > (tonumber(redis.call("HGET", lane .. ":state", field)) or 0) then
+    redis.call("HSET", lane .. ":state", field, round)
+  end
 end
 
 -- Grants the lane's free permits to the heads of its queues, in their order. Answers the
@@ -122,7 +155,7 @@ local function grant(lane, wanted)
     local inFlight = purge(lane .. ":leases")
     if inFlight >= limit then break end
     if account and cap >= 0 and purge(account .. ":leases") >= cap then break end
-    local id = headOf(lane)
+    local id, queue, score = headOf(lane)
     if id == nil then break end
     local ticket = redis.call("HMGET", ticketKey(id), "owner", "ttl", "lanes", "granted", "presence")
     if ticket[1] == false or ticket[4] ~= false or redis.call("EXISTS", base .. ":process:" .. ticket[1]) == 0 then
@@ -136,6 +169,7 @@ local function grant(lane, wanted)
       local ttl = tonumber(ticket[2])
       local expiry = now + (id == wanted and ttl or math.min(ttl, tonumber(ticket[5]) or ttl))
       unqueue(id, split(ticket[3]))
+      noteServed(lane, queue, score)
       redis.call("ZADD", lane .. ":leases", expiry, id)
       if account then redis.call("ZADD", account .. ":leases", expiry, id) end
       local message = id .. " " .. lane .. " " .. (inFlight + 1) .. " " .. epoch .. " " .. limit
@@ -216,9 +250,10 @@ if op == "place" then
   -- ARGV: owner, ticket, queue (which of \`queues\`, without ":q:"), lease ttl, the owner's
   -- presence, then per lane: lane, account (or ""), cap, limit, whether the limit is fixed (1)
   -- or a seed (0). Marks the owner alive (a server that restarted empty knows it again before its
-  -- next heartbeat), queues the ticket on exactly these lanes (keeping its arrival order if it
-  -- waits already), marks the owner a user of each, and grants what it can. Answers its grant (or
-  -- false) and the processes alive.
+  -- next heartbeat), queues the ticket on exactly these lanes (keeping its place on those it waits
+  -- on already, in the same queue; on another, it goes in its owner's next round there), marks
+  -- the owner a user of each, and grants what it can. Answers its grant (or false) and the
+  -- processes alive.
   local owner, id, queue, ttl, presence = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
   local processes = present(owner, presence)
   local key = ticketKey(id)
@@ -228,11 +263,14 @@ if op == "place" then
   redis.call("PEXPIRE", base .. ":seq", idle)
   local lanes = {}
   for i = 9, #ARGV, 5 do lanes[#lanes + 1] = ensureLane(i) end
+  local queued = ":q:" .. queue
+  local scores = {}
+  for i, lane in ipairs(lanes) do scores[i] = redis.call("ZSCORE", lane .. queued, id) end
   unqueue(id, split(ticket[3]))
   redis.call("HSET", key, "owner", owner, "ttl", ttl, "presence", presence, "queue", queue, "lanes", table.concat(lanes, " "), "order", order)
   redis.call("PEXPIRE", key, 3 * ttl)
-  for _, lane in ipairs(lanes) do
-    redis.call("ZADD", lane .. ":q:" .. queue, order, id)
+  for i, lane in ipairs(lanes) do
+    redis.call("ZADD", lane .. queued, scores[i] or scoreOn(lane, queued, owner, order), id)
     uses(lane, owner, presence)
   end
   local answer = false
