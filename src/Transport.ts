@@ -131,7 +131,9 @@ export interface Service {
    * stream ends after `data: [DONE]`; one that stops before fails with `StreamTruncated`. After
    * `[DONE]` the rest of the body (normally only its terminator) is read for at most a second
    * before the stream ends, so its connection is reused: a server (or a test's `MockUpstream`
-   * reply) that keeps the body open after `[DONE]` delays the end by that second.
+   * reply) that keeps the body open after `[DONE]` delays the end by that second. An upstream
+   * that answers with a whole JSON completion instead (one that does not stream) is read as
+   * `create` reads it, and given as the chunks that fold into it (`ChatStream.chunksOf`).
    */
   readonly stream: (
     request: ChatCompletionRequest,

@@ -1281,6 +1281,20 @@ describe("Transport over loopback (undici, 127.0.0.1)", () => {
       for (const error of [created, streamed.error]) expectNoSecret(error)
     }))
 
+  it.scopedLive("a stream request answered with a whole JSON completion (an upstream that does not stream) gives the chunks that fold into it; a blank one is closed while queued", () =>
+    Effect.gen(function*() {
+      const server = yield* rawServer([reply(200, `\n\n${completionJson}`), reply(200, "\n\n")])
+      const { chunks, error } = yield* Effect.provide(drain(), loopback(server))
+      expect(error).toBeUndefined()
+      expect(chunks.map((chunk) => chunk.object)).toEqual(["chat.completion.chunk", "chat.completion.chunk"])
+      expect(contentOf(chunks)).toBe(wireGeneration.content)
+      expect(chunks[0]?.choices[0]).toMatchObject({ delta: { reasoning_content: wireGeneration.reasoningContent }, finish_reason: "stop" })
+      expect(chunks[1]).toMatchObject({ choices: [], usage: wireGeneration.usage })
+      const blank = yield* Effect.provide(drain(), loopback(server))
+      expect(blank.error).toMatchObject({ _tag: "MalformedResponse", reason: "blank" })
+      expect(ApiError.classify(blank.error)).toMatchObject({ _tag: "LoadShed" })
+    }))
+
   it.scopedLive("a page quoted in a MalformedResponse is scrubbed before it is cut: a key the cut runs through shows no part", () =>
     Effect.gen(function*() {
       // The quote keeps 200 characters: the key starts at 195, so the cut leaves `sk-te` of it.

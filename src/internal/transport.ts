@@ -21,6 +21,7 @@ import * as Stream from "effect/Stream"
 import { Agent } from "undici"
 import * as ApiError from "../ApiError.js"
 import * as ChatSchema from "../ChatSchema.js"
+import * as ChatStream from "../ChatStream.js"
 import { type Credential, KeyPool } from "../KeyPool.js"
 import type { Permit } from "../ConcurrencyLimiter.js"
 import type { CallOptions, Deadlines, Exchange, Service } from "../Transport.js"
@@ -269,13 +270,24 @@ const parseCompletion = (
   )
 }
 
+/** A non-streaming answer's body, read and parsed: the completion, or what it failed with. */
+const completionOf = (
+  reply: Reply,
+  timeline: Timeline,
+  scrub: Scrubber.Scrubber
+): Effect.Effect<ChatSchema.ChatCompletion, ApiError.ApiError> =>
+  Effect.matchEffect(reply.completionText, {
+    onFailure: (error) => Effect.fail(error._tag === "BodyBroken" ? bodyFailed(error.cause, timeline.partialOutput()) : error),
+    onSuccess: (text) => parseCompletion(text, reply.headers["content-type"], scrub)
+  })
+
 // ---------------------------------------------------------------------------------------------
 // Streams
 // ---------------------------------------------------------------------------------------------
 
 /**
- * A 200 to a stream request with a body of another type: the server's error when it is one,
- * else a final `MalformedResponse` (retrying a web page gets the same page).
+ * A 200 to a stream request with a body of another type (not JSON): the server's error when it
+ * is one, else a final `MalformedResponse` (retrying a web page gets the same page).
  */
 const notAStream = (contentType: string, text: string, scrub: Scrubber.Scrubber): ApiError.ApiError => {
   if (text.trim() === "") return blankAnswer()
@@ -288,6 +300,25 @@ const notAStream = (contentType: string, text: string, scrub: Scrubber.Scrubber)
       message: `the 200 answer to a stream request is not an event stream (${quotedBody(contentType, text, scrub)})`
     })
 }
+
+/**
+ * A JSON answer to a stream request (an upstream that does not stream, or answers a cached
+ * completion whole): read as a non-streaming answer is, its errors included, then given as the
+ * chunks that fold into it. The answer was generated and billed: failing it would throw it away.
+ */
+const wholeAnswer = (
+  reply: Reply,
+  timeline: Timeline,
+  scrub: Scrubber.Scrubber
+): Effect.Effect<StreamPull.Pull<ChatSchema.ChatCompletionChunk, ApiError.ApiError>, ApiError.ApiError> =>
+  Effect.map(completionOf(reply, timeline, scrub), (completion) => {
+    let pending: Chunk.Chunk<ChatSchema.ChatCompletionChunk> | undefined = Chunk.unsafeFromArray(ChatStream.chunksOf(completion))
+    return Effect.suspend(() => {
+      const chunks = pending
+      pending = undefined
+      return chunks === undefined ? Effect.fail(Option.none()) : Effect.succeed(chunks)
+    })
+  })
 
 const decodeChunk = SchemaFastPath.decodeUnknownEither(ChatSchema.ChatCompletionChunk, { errors: "all" })
 
@@ -699,16 +730,11 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
       Effect.flatMap(startTimeline(options, true), (timeline) =>
         wire.within(
           timeline,
-          Effect.flatMap(send(wire, nonStreaming(request), timeline), ({ reply, scrub }) =>
-            Effect.matchEffect(reply.completionText, {
-              onFailure: (error) =>
-                Effect.fail(error._tag === "BodyBroken" ? bodyFailed(error.cause, timeline.partialOutput()) : error),
-              onSuccess: (text) => {
-                const completion = parseCompletion(text, reply.headers["content-type"], scrub)
-                const onAnswer = options?.onAnswer
-                return onAnswer === undefined ? completion : Effect.tap(completion, onAnswer)
-              }
-            }))
+          Effect.flatMap(send(wire, nonStreaming(request), timeline), ({ reply, scrub }) => {
+            const completion = completionOf(reply, timeline, scrub)
+            const onAnswer = options?.onAnswer
+            return onAnswer === undefined ? completion : Effect.tap(completion, onAnswer)
+          })
         ))
 
     const createTold = (wire: Wire, request: ChatSchema.ChatCompletionRequest, options: CallOptions | undefined) => {
@@ -740,10 +766,9 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
         const body = { ...request, stream: true, stream_options: { ...request.stream_options, include_usage: true } }
         const { reply, scrub } = yield* send(wire, body, timeline)
         const contentType = reply.headers["content-type"]
-        if (contentType !== undefined && !contentType.includes("event-stream")) {
-          return yield* Effect.flatMap(reply.errorText, (text) => Effect.fail(notAStream(contentType, text, scrub)))
-        }
-        return chunkReader(yield* reply.reads, timeline, scrub)
+        if (contentType === undefined || contentType.includes("event-stream")) return chunkReader(yield* reply.reads, timeline, scrub)
+        if (contentType.includes("json")) return yield* wholeAnswer(reply, timeline, scrub)
+        return yield* Effect.flatMap(reply.errorText, (text) => Effect.fail(notAStream(contentType, text, scrub)))
       })
       const onExchange = options?.onExchange
       return onExchange === undefined ? opening : toldStream(opening, onExchange)
