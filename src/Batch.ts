@@ -331,10 +331,16 @@ export interface Summary {
   /** From the run's start, a resumed output's compaction included; measured with Effect's `Clock`. */
   readonly elapsed: Duration.Duration
   /**
-   * The run was stopped (`Options.stop`) before the end of its input: the lines it did not answer
-   * are absent from the output, and a rerun sends them.
+   * The run was stopped (`Options.stop`): the lines it did not answer are absent from the output,
+   * and a rerun sends them. `complete` says whether there are any.
    */
   readonly interrupted: boolean
+  /**
+   * Every line of the input was read, and its result (an answer or an error) is in the output, or
+   * was there before (`skipped`): a stop that came once the last answers were on their way cost
+   * nothing. False for a run stopped with lines left, and for an aborted one.
+   */
+  readonly complete: boolean
   /**
    * Of a stopped run, the calls whose request was still on the wire when its drain ended
    * (`drainTimeout` ran out, or `stopNow`): their answers were not read and their lines not
@@ -788,6 +794,7 @@ const summarize = (
   after: Reading,
   statuses: ReadonlyArray<AccountStatus>,
   interrupted: boolean,
+  complete: boolean,
   dropped = 0,
   unmatched = 0
 ): Summary => ({
@@ -806,6 +813,7 @@ const summarize = (
   accounts: SummaryInternal.accountsBetween(before.ledger.byAccount, after.ledger.byAccount, statuses),
   elapsed: Duration.millis(after.millis - before.millis),
   interrupted,
+  complete,
   dropped
 })
 
@@ -875,7 +883,7 @@ export const run = (
       )),
       Effect.as(Deferred.await(stopped), Option.none())
     )
-    if (Option.isNone(compacted)) return summarize(emptyTally, before, yield* readings, yield* poolStatuses, true)
+    if (Option.isNone(compacted)) return summarize(emptyTally, before, yield* readings, yield* poolStatuses, true, false)
     const alreadyAnswered = compacted.value
 
     const decide = decider(alreadyAnswered)
@@ -911,6 +919,9 @@ export const run = (
 
     const file = yield* fs.open(output, { flag: "a" }).pipe(Effect.mapError(outputError(options.output)))
     let handed = 0
+    // The lines read, and whether the reader reached the input's end before any stop.
+    let read = 0
+    let readToEnd = false
     const append = Files.appender(file, encodeOutcome, (outcome: Outcome) => {
       tally = record(tally, outcome)
       return report(tally)
@@ -962,14 +973,19 @@ export const run = (
             )
         }
       }
-      let read = 0
       yield* Files.lines(fs, input, inputKind).pipe(
         Stream.interruptWhen(Deferred.await(stopped)),
         Stream.runForEach((line) => {
           read++
           return take(decide(Lines.parseInputLine(line)))
         }),
-        Effect.zipRight(Effect.unlessEffect(Effect.suspend(() => counted(read)), Deferred.isDone(stopped))),
+        Effect.zipRight(Effect.unlessEffect(
+          Effect.suspend(() => {
+            readToEnd = true
+            return counted(read)
+          }),
+          Deferred.isDone(stopped)
+        )),
         Effect.catchAll((error) => abort(inputError(input)(error), stops.stop))
       )
       yield* Effect.raceFirst(readAhead.idle, FiberSet.join(sending))
@@ -984,7 +1000,8 @@ export const run = (
     const interrupted = yield* Deferred.isDone(stopped)
     // Each answered id a line of the input has is skipped once (a later line with it is a duplicate).
     const unmatched = interrupted ? 0 : alreadyAnswered.size - tally.skipped
-    const summary = summarize(tally, before, yield* readings, yield* poolStatuses, interrupted, dropped, unmatched)
+    const complete = readToEnd && read === tally.succeeded + tally.failed + tally.skipped
+    const summary = summarize(tally, before, yield* readings, yield* poolStatuses, interrupted, complete, dropped, unmatched)
     const failed = yield* Deferred.poll(failure)
     if (Option.isNone(failed)) return summary
     return yield* new BatchAborted({

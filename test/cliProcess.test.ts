@@ -301,6 +301,25 @@ describe("weatherproof batch as a process", () => {
       expect(yield* ws.fs.exists(ws.lock)).toBe(false)
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
 
+  it.live("SIGTERM once every line is on the wire: the drain writes them all, and the run says nothing is left to resume", () =>
+    Effect.gen(function*() {
+      // Answers slow enough that the stop comes before any, however loaded the machine.
+      const ws = yield* setup(3, { queueDelay: "2 seconds" })
+      const summaryPath = `${ws.dir}/summary.json`
+      const run = start(["batch", ws.input, "--output", ws.output, "--summary", summaryPath], ws.env)
+      yield* waitFor("every line on the wire", Effect.map(ws.simulator.stats, (stats) => stats.requests >= 3))
+      run.child.kill("SIGTERM")
+      const ended = yield* run.ended(20_000)
+      expect(ended.code).toBe(143)
+      expect(ended.stderr).toContain(
+        "interrupted by SIGTERM: 3 lines written in this run, and every line of the input has its result in the output: nothing is left to resume"
+      )
+      expect(ended.stderr).not.toContain("to resume, run the same command again")
+      expect(ended.stdout).toContain("stopped:   interrupted once every line of the input was read; each one's result is in the output")
+      expect(JSON.parse(yield* ws.fs.readFileString(summaryPath))).toMatchObject({ interrupted: true, complete: true, succeeded: 3 })
+      expect(expectOnceEach(yield* ws.readOutput)).toBe(3)
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
+
   it.live("SIGTERM drains the calls in flight, exits 143 with an interrupted summary; the same command resumes", () =>
     Effect.gen(function*() {
       // More lines than the batch reads ahead (256): the requests on the wire at the stop drain,
@@ -318,7 +337,7 @@ describe("weatherproof batch as a process", () => {
       expect(ended.stdout).toContain("stopped:   interrupted before the end of the input")
       const summary = JSON.parse(yield* ws.fs.readFileString(summaryPath))
       const written = expectOnceEach(yield* ws.readOutput)
-      expect(summary).toMatchObject({ interrupted: true, succeeded: written, failed: 0 })
+      expect(summary).toMatchObject({ interrupted: true, complete: false, succeeded: written, failed: 0 })
       expect(written).toBeLessThan(count)
       // Drained: every request sent was answered and written, none billed for nothing.
       expect((yield* ws.simulator.stats).completed).toBe(written)
@@ -328,6 +347,7 @@ describe("weatherproof batch as a process", () => {
       expect(resumed.code).toBe(0)
       expect(JSON.parse(yield* ws.fs.readFileString(summaryPath))).toMatchObject({
         interrupted: false,
+        complete: true,
         skipped: written,
         succeeded: count - written
       })

@@ -275,11 +275,15 @@ export const batch = (args: BatchArgs) =>
     }
     if (summary.interrupted) {
       const written = summary.succeeded + summary.failed
+      const stopped = `weatherproof: interrupted${Option.match(signal, { onNone: () => "", onSome: (s) => ` by ${s}` })}: ${written} ${
+        written === 1 ? "line" : "lines"
+      } written in this run`
       return yield* fail(
         Option.match(signal, { onNone: () => 1, onSome: exitCodeOf }),
-        `weatherproof: interrupted${Option.match(signal, { onNone: () => "", onSome: (s) => ` by ${s}` })}: ${written} ${
-          written === 1 ? "line" : "lines"
-        } written in this run; to resume, run the same command again:\n${resumeLine(args, inputKind)}`
+        !summary.complete
+          ? `${stopped}; to resume, run the same command again:\n${resumeLine(args, inputKind)}`
+          : `${stopped}, and every line of the input has its result in the output: nothing is left to resume` +
+            (summary.failed > 0 ? `\n${failedMessage(summary)}` : "")
       )
     }
     if (summary.failed > 0) return yield* fail(1, failedMessage(summary))

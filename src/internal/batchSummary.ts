@@ -148,8 +148,10 @@ export interface SummaryJson extends SpendJson {
   readonly retries: number
   readonly routing_warnings: number
   readonly elapsed_ms: number
-  /** The run was stopped before the end of its input. */
+  /** The run was stopped. */
   readonly interrupted: boolean
+  /** Every line of the input was read and has its result in the output: nothing is left to resume. */
+  readonly complete: boolean
   /** Requests on the wire when the stopped run's drain ended, dropped unanswered. */
   readonly dropped: number
   readonly accounts: Readonly<Record<string, AccountJson>>
@@ -214,15 +216,18 @@ export const toJson = (summary: Summary): SummaryJson => ({
   routing_warnings: summary.routingWarnings,
   elapsed_ms: Duration.toMillis(summary.elapsed),
   interrupted: summary.interrupted,
+  complete: summary.complete,
   dropped: summary.dropped,
   accounts: Object.fromEntries(Object.entries(summary.accounts).map(([name, account]) => [name, accountJson(account)]))
 })
 
 /** How a stopped run ended, with the requests its drain's end dropped on the wire. */
-const stoppedLine = (dropped: number): string =>
-  "interrupted before the end of the input; lines not answered are not in the output" + (dropped === 0 ? "" : `; ${
-    counted(dropped, "request", "requests")
-  } on the wire when the drain ended dropped unanswered (the upstream may bill what it generated for them)`)
+const stoppedLine = ({ complete, dropped }: Pick<Summary, "complete" | "dropped">): string =>
+  complete
+    ? "interrupted once every line of the input was read; each one's result is in the output"
+    : "interrupted before the end of the input; lines not answered are not in the output" + (dropped === 0 ? "" : `; ${
+      counted(dropped, "request", "requests")
+    } on the wire when the drain ended dropped unanswered (the upstream may bill what it generated for them)`)
 
 const usd = (amount: number) => `$${amount.toFixed(6)}`
 
@@ -292,6 +297,6 @@ export const format = (summary: Summary): string => {
     `cost:      ${costLine(spend)}`,
     ...(accounts.length === 0 ? [] : ["accounts:", ...accounts.map(([name, account]) => accountLine(name, account))]),
     `elapsed:   ${Duration.isZero(summary.elapsed) ? "0ms" : Duration.format(summary.elapsed)}`,
-    ...(summary.interrupted ? [`stopped:   ${stoppedLine(summary.dropped)}`] : [])
+    ...(summary.interrupted ? [`stopped:   ${stoppedLine(summary)}`] : [])
   ].join("\n")
 }
