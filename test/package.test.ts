@@ -179,6 +179,19 @@ describe("the packed package, installed with only its peer dependencies", () => 
     }).toEqual({ missing: [], unwanted: [] })
   })
 
+  it("its library's source maps carry their sources, which it does not ship: a test runner reading them finds every file", async () => {
+    const maps = packed.files.filter((file) => file.startsWith("dist/src/") && file.endsWith(".js.map"))
+    expect(maps.length).toBeGreaterThan(20)
+    const missing: Array<string> = []
+    for (const file of maps) {
+      const { sources, sourcesContent } = await readJson(path.join(packed.packageDir, file))
+      sources.forEach((source: string, i: number) => {
+        if (typeof sourcesContent?.[i] !== "string") missing.push(`${file}: ${source}`)
+      })
+    }
+    expect(missing).toEqual([])
+  })
+
   it.live("runs its bin as installed: --version, and the demo (the whole batch path) verified", () =>
     Effect.gen(function*() {
       const bin = path.join(packed.projectDir, "node_modules", ".bin", "weatherproof")
