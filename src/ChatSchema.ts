@@ -91,9 +91,11 @@ export type MessageContent = typeof MessageContent.Type
  * @since 0.1.0
  * @category utils
  * @example
+ * ```ts
  * import { ChatSchema } from "weatherproof"
  *
  * ChatSchema.contentText([{ type: "text", text: "Hello, " }, { type: "text", text: "world" }]) // "Hello, world"
+ * ```
  */
 export const contentText = (content: MessageContent | null | undefined): string =>
   content == null ? "" : typeof content === "string" ? content : content.map((part) => part.text ?? "").join("")

@@ -260,7 +260,7 @@ export class PricingError extends Data.TaggedError("PricingError")<{
  * declare const body: unknown // a pricing table from an untrusted source
  *
  * const ledger = Effect.gen(function*() {
- *   // A PricingError lists every problem with its path, e.g. "models.my-model.output: expected a price ≥ 0 …"
+ *   // A PricingError lists every problem with its path, e.g. `models["my-model"].output: expected a price ≥ 0 …`
  *   const pricing = yield* CostLedger.decodePricing(body, "admin request")
  *   return yield* CostLedger.make({ pricing })
  * })
