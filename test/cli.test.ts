@@ -187,7 +187,10 @@ describe("weatherproof CLI", () => {
     Effect.gen(function*() {
       const batchHelp = yield* runCli(["batch", "--help"], {})
       expect(batchHelp.stdout).toContain("a batch line's own `deadlines` override these three")
+      // A usage line a shell can run: the program's name first (@effect/cli gave `$ batch …`).
+      expect(batchHelp.stdout).toContain("\n$ weatherproof batch (-o, --output file) [--summary file]")
       const serveHelp = yield* runCli(["serve", "--help"], {})
+      expect(serveHelp.stdout).toContain("\n$ weatherproof serve ")
       expect(serveHelp.stdout).toContain("per attempt, the whole call (default 30m)")
       expect(serveHelp.stdout).not.toContain("batch line")
     }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))

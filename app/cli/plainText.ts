@@ -6,6 +6,9 @@
  * Its help also opens every text flag's description with "A user-defined piece of text.", which
  * says nothing: our flags parse their own text (durations, whole numbers, files) and name its kind
  * in the usage line (`--max-wait duration`). That paragraph is left out.
+ *
+ * A subcommand's help gives its usage as `$ batch …`, which a shell cannot run: the program's
+ * name goes first (`$ weatherproof batch …`).
  */
 import * as Console from "effect/Console"
 import type * as Effect from "effect/Effect"
@@ -16,7 +19,11 @@ const styles = /\x1b\[[0-9;]*m/g
 /** The paragraph @effect/cli's help gives every text flag, with the blank line after it. */
 const textFlagFiller = /^ *A user-defined piece of text\.\n\n/gm
 
-const fillerless = (text: string): string => text.replace(textFlagFiller, "")
+/** A usage line that does not start with the program's name, after any styles. */
+const subcommandUsage = /^((?:\x1b\[[0-9;]*m)*)\$ (?!weatherproof\b)/gm
+
+const fillerless = (text: string): string =>
+  text.replace(textFlagFiller, "").replace(subcommandUsage, "$1$$ weatherproof ")
 
 const strings = (f: (text: string) => string) => (args: ReadonlyArray<unknown>): ReadonlyArray<unknown> =>
   args.map((arg) => (typeof arg === "string" ? f(arg) : arg))
