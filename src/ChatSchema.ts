@@ -244,11 +244,17 @@ export const Usage = open({
 /** @since 0.1.0 */
 export type Usage = typeof Usage.Type
 
-/** The assistant message of a non-streaming choice. @since 0.1.0 */
+/**
+ * The assistant message of a non-streaming choice. `refusal` is OpenAI's: the model's refusal,
+ * in place of `content`.
+ *
+ * @since 0.1.0
+ */
 export const ResponseMessage = open({
   role: Schema.Literal("assistant"),
   content: Schema.optional(Schema.NullOr(Schema.String)),
   reasoning_content: Schema.optional(Schema.NullOr(Schema.String)),
+  refusal: Schema.optional(Schema.NullOr(Schema.String)),
   tool_calls: Schema.optional(Schema.NullOr(Schema.Array(AnsweredToolCall)))
 }, "ResponseMessage")
 
@@ -299,6 +305,7 @@ export const Delta = open({
   role: Schema.optional(Schema.NullOr(Schema.String)),
   content: Schema.optional(Schema.NullOr(Schema.String)),
   reasoning_content: Schema.optional(Schema.NullOr(Schema.String)),
+  refusal: Schema.optional(Schema.NullOr(Schema.String)),
   tool_calls: Schema.optional(Schema.NullOr(Schema.Array(DeltaToolCall)))
 }, "Delta")
 

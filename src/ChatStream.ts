@@ -1,7 +1,7 @@
 /**
  * Folds a streamed chat completion back into the completion a non-streaming call returns: the
- * chunks' deltas joined per choice (`content`, `reasoning_content`, `tool_calls` whose `arguments`
- * arrive in pieces), the last `finish_reason` of each choice, and the usage, which DeepSeek sends
+ * chunks' deltas joined per choice (`content`, `reasoning_content`, OpenAI's `refusal`, `tool_calls`
+ * whose `arguments` arrive in pieces), the last `finish_reason` of each choice, and the usage, which DeepSeek sends
  * on a final `choices: []` chunk or on the last content chunk.
  *
  * `step` is the pure fold of one chunk; `fold` runs it over a stream; `foldPartial` keeps what
@@ -42,6 +42,8 @@ export interface ChoiceState {
   readonly index: number
   readonly content: string | null
   readonly reasoningContent: string | null
+  /** OpenAI's: the model's refusal, in place of content. */
+  readonly refusal: string | null
   readonly toolCalls: ReadonlyArray<ToolCallState>
   readonly finishReason: FinishReason | null
 }
@@ -95,6 +97,7 @@ const emptyChoice = (index: number): ChoiceState => ({
   index,
   content: null,
   reasoningContent: null,
+  refusal: null,
   toolCalls: [],
   finishReason: null
 })
@@ -135,6 +138,7 @@ const stepChoice = (choice: ChoiceState, chunkChoice: ChatCompletionChunk["choic
     index: choice.index,
     content: join(choice.content, delta.content),
     reasoningContent: join(choice.reasoningContent, delta.reasoning_content),
+    refusal: join(choice.refusal, delta.refusal),
     toolCalls: (delta.tool_calls ?? []).reduce(
       (calls, part) => upsert(calls, part.index, emptyToolCall, (call) => stepToolCall(call, part)),
       choice.toolCalls
@@ -190,6 +194,7 @@ export const toCompletion = (state: State): ChatCompletion => ({
       role: "assistant",
       content: choice.content,
       ...(choice.reasoningContent === null ? {} : { reasoning_content: choice.reasoningContent }),
+      ...(choice.refusal === null ? {} : { refusal: choice.refusal }),
       ...(choice.toolCalls.length === 0 ? {} : { tool_calls: choice.toolCalls.map(toolCallOf) })
     },
     finish_reason: choice.finishReason
@@ -270,6 +275,7 @@ const deltaOf = (message: ChatCompletion["choices"][number]["message"]): Delta =
   role: "assistant",
   content: message.content,
   ...(message.reasoning_content == null ? {} : { reasoning_content: message.reasoning_content }),
+  ...(message.refusal == null ? {} : { refusal: message.refusal }),
   ...(message.tool_calls == null || message.tool_calls.length === 0 ? {} : {
     tool_calls: message.tool_calls.map((call, index) => ({
       index,

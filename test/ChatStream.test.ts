@@ -78,6 +78,16 @@ describe("ChatStream.fold", () => {
       expect(completion.system_fingerprint).toBe("fp_1")
     }))
 
+  it.effect("joins OpenAI's refusal pieces into the message's refusal, content staying null", () =>
+    Effect.gen(function*() {
+      const completion = yield* ChatStream.fold(Stream.fromIterable([
+        chunk(delta({ role: "assistant", content: null, refusal: "" })),
+        chunk(delta({ refusal: "I'm sorry, " })),
+        chunk(delta({ refusal: "I can't help with that." }, "stop"))
+      ]))
+      expect(completion.choices[0]?.message).toEqual({ role: "assistant", content: null, refusal: "I'm sorry, I can't help with that." })
+    }))
+
   it.effect("a null usage on a later chunk does not erase the usage already received", () =>
     Effect.gen(function*() {
       const completion = yield* ChatStream.fold(
@@ -175,6 +185,7 @@ describe("ChatStream.chunksOf", () => {
   const message = FastCheck.record({
     content: FastCheck.option(FastCheck.string({ maxLength: 40 }), { nil: null }),
     reasoning: FastCheck.option(FastCheck.string({ maxLength: 40 }), { nil: undefined }),
+    refusal: FastCheck.option(FastCheck.string({ maxLength: 40 }), { nil: undefined }),
     toolCalls: FastCheck.option(FastCheck.array(toolCall, { minLength: 1, maxLength: 3 }), { nil: undefined }),
     finishReason: FastCheck.constantFrom("stop" as const, "length" as const, "tool_calls" as const, null)
   })
@@ -193,6 +204,7 @@ describe("ChatStream.chunksOf", () => {
         role: "assistant",
         content: m.content,
         ...(m.reasoning === undefined ? {} : { reasoning_content: m.reasoning }),
+        ...(m.refusal === undefined ? {} : { refusal: m.refusal }),
         ...(m.toolCalls === undefined ? {} : { tool_calls: m.toolCalls })
       },
       finish_reason: m.finishReason
