@@ -1295,6 +1295,35 @@ describe("Transport over loopback (undici, 127.0.0.1)", () => {
       expect(ApiError.classify(blank.error)).toMatchObject({ _tag: "LoadShed" })
     }))
 
+  it.scopedLive("an answer or chunks without `id`, `object`, `created` or `model` (servers that leave them out) are read, not thrown away", () =>
+    Effect.gen(function*() {
+      const bare = { choices: [{ index: 0, message: { role: "assistant", content: "bare" }, finish_reason: "stop" }], usage: wireGeneration.usage }
+      const chunks = [
+        { choices: [{ index: 0, delta: { role: "assistant", content: "ba" } }] },
+        { choices: [{ index: 0, delta: { content: "re" }, finish_reason: "stop" }] },
+        { choices: [], usage: wireGeneration.usage }
+      ]
+      const server = yield* rawServer([
+        reply(200, JSON.stringify(bare)),
+        reply(200, [...chunks.map((c) => `data:${JSON.stringify(c)}\n\n`), "data: [DONE]\n\n"].join(""), { "content-type": "text/event-stream" })
+      ])
+      const completion = yield* Effect.provide(create(), loopback(server))
+      expect(completion).toMatchObject({ id: "", object: "chat.completion", created: 0, model: "", usage: wireGeneration.usage })
+      expect(completion.choices[0]?.message.content).toBe("bare")
+      const streamed = yield* Effect.provide(drain(), loopback(server))
+      expect(streamed.error).toBeUndefined()
+      expect(contentOf(streamed.chunks)).toBe("bare")
+      expect(streamed.chunks[0]).toMatchObject({ id: "", object: "chat.completion.chunk", created: 0, model: "" })
+    }))
+
+  it.scopedLive("a 200 that is no completion still carries the usage and model it names, for its cost", () =>
+    Effect.gen(function*() {
+      const server = yield* rawServer([reply(200, JSON.stringify({ model: "odd-model", result: "??", usage: wireGeneration.usage }))])
+      const error = yield* Effect.flip(Effect.provide(create(), loopback(server)))
+      expect(error).toMatchObject({ _tag: "MalformedResponse", reason: "schema", partial: { usage: wireGeneration.usage, model: "odd-model" } })
+      expect(error.message).toContain("the 200 body is not a chat completion")
+    }))
+
   it.scopedLive("a page quoted in a MalformedResponse is scrubbed before it is cut: a key the cut runs through shows no part", () =>
     Effect.gen(function*() {
       // The quote keeps 200 characters: the key starts at 195, so the cut leaves `sk-te` of it.

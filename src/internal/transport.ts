@@ -229,6 +229,31 @@ const nonStreaming = (request: ChatSchema.ChatCompletionRequest): ChatSchema.Cha
 }
 
 const decodeCompletion = SchemaFastPath.decodeUnknownEither(ChatSchema.ChatCompletion, { errors: "all" })
+const decodeUsage = SchemaFastPath.decodeUnknownEither(ChatSchema.Usage)
+
+/**
+ * An answer (or chunk) with the envelope fields some OpenAI-compatible servers leave out (`id`,
+ * `object`, `created`, `model`) given as OpenAI would send them empty: the schema requires them,
+ * and an answer with its choices should not be thrown away, unpriced, for want of them. Anything
+ * else, and fields that are there, stay as they came. Cheap for the usual answer: it has them all.
+ */
+const withEnvelope = (json: unknown, object: string): unknown => {
+  if (typeof json !== "object" || json === null || !("choices" in json)) return json
+  const { created, id, model, object: kind } = json as Record<string, unknown>
+  if (id != null && kind != null && created != null && model != null) return json
+  return { ...json, id: id ?? "", object: kind ?? object, created: created ?? 0, model: model ?? "" }
+}
+
+/**
+ * What a 200 whose body is not a completion still tells of its cost: the usage and model it
+ * names, when they read as such (an answer of a shape we do not know may have been billed).
+ */
+const billedOf = (json: unknown): ApiError.PartialOutput => {
+  if (typeof json !== "object" || json === null) return ApiError.emptyPartial
+  const { model, usage } = json as Record<string, unknown>
+  const decoded = usage == null ? undefined : Either.getOrUndefined(decodeUsage(usage))
+  return { ...ApiError.emptyPartial, usage: decoded, ...(typeof model === "string" ? { model } : {}) }
+}
 
 /** A 200 of keep-alive whitespace only: the server closed a request it had queued. */
 const blankAnswer = () =>
@@ -252,8 +277,10 @@ const parseCompletion = (
   }
   const envelope = errorEnvelopeOf(json.value)
   if (envelope !== undefined) return Effect.fail(upstreamError(envelope, ApiError.emptyPartial, scrub))
-  const decoded = decodeCompletion(json.value)
-  if (Either.isLeft(decoded)) return Effect.fail(schemaMismatch("the 200 body is not a chat completion", decoded.left, scrub))
+  const decoded = decodeCompletion(withEnvelope(json.value, "chat.completion"))
+  if (Either.isLeft(decoded)) {
+    return Effect.fail(schemaMismatch("the 200 body is not a chat completion", decoded.left, scrub, billedOf(json.value)))
+  }
   const completion = decoded.right
   const cut = completion.choices.find((choice) => choice.finish_reason === "insufficient_system_resource")
   return cut === undefined ? Effect.succeed(completion) : Effect.fail(
@@ -408,7 +435,7 @@ const chunkReader = (
     }
     const envelope = errorEnvelopeOf(json.value)
     if (envelope !== undefined) return Either.left(upstreamError(envelope, partial(), scrub))
-    const decoded = decodeChunk(json.value)
+    const decoded = decodeChunk(withEnvelope(json.value, "chat.completion.chunk"))
     if (Either.isLeft(decoded)) {
       return Either.left(schemaMismatch("a stream event is not a completion chunk", decoded.left, scrub, partial()))
     }
