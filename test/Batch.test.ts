@@ -354,7 +354,7 @@ describe("Batch.run", () => {
           case "broken":
             return new ServerError({ status: 503, message: "overloaded", retryAfter: Option.none() })
           case "invalid":
-            return new InvalidRequest({ status: 422, message: "bad temperature", code: "invalid_parameter" })
+            return new InvalidRequest({ status: 422, message: "bad temperature", param: "temperature", code: "invalid_parameter" })
           case "large":
             return new InvalidRequest({ status: 413, message: "request entity too large" })
           default:
@@ -374,6 +374,7 @@ describe("Batch.run", () => {
       expect(lines.get("invalid")?.response?.body.error).toEqual({
         message: "bad temperature",
         type: "invalid_request_error",
+        param: "temperature",
         code: "invalid_parameter"
       })
       expect(lines.get("large")?.response?.status_code).toBe(413)

@@ -269,13 +269,15 @@ export const failed = (id: string, customId: string, error: ResilientError, scru
   const message = scrub(error.message)
   const status = statusOf(error)
   const code = "code" in error && error.code !== undefined ? error.code : null
+  // The field at fault, as the upstream named it (OpenAI's errors carry it).
+  const param = "param" in error && error.param !== undefined ? { param: error.param } : {}
   return {
     id,
     custom_id: customId,
     response: status === undefined ? null : {
       status_code: status,
       request_id: null,
-      body: { error: { message, type: errorTypeOf(status), code } }
+      body: { error: { message, type: errorTypeOf(status), ...param, code } }
     },
     error: { code: error._tag, message }
   }
