@@ -429,8 +429,8 @@ export interface Totals {
   /** Billed attempts (with usage) whose model has no price: their tokens are counted, their cost is not. */
   readonly unpriced: number
   /**
-   * Attempts that delivered output but no usage (a body or stream cut in transit): the server
-   * billed them, for tokens and a cost these totals do not hold. Attempts cut before any output
+   * Attempts that delivered output but no usage (a body or stream cut in transit, or a server
+   * that sends none): the server billed them, for tokens and a cost these totals do not hold. Attempts cut before any output
    * (a deadline while the server generated) may be billed too; no figure counts them.
    */
   readonly unmetered: number
@@ -569,7 +569,7 @@ export const tokensCounter: Metric.Metric.Counter<number> = internal.tokensCount
 export const costCounter: Metric.Metric.Counter<number> = internal.costCounter
 
 /**
- * Attempts billed for output whose usage never arrived (a body or stream cut in transit: see
+ * Attempts billed for output whose usage never arrived (a body or stream cut in transit, or none sent: see
  * `Totals.unmetered`), tagged `account` and `model`: their tokens and cost are missing from
  * `tokensCounter` and `costCounter`. Exported to Prometheus as
  * `weatherproof_unmetered_attempts_total`.

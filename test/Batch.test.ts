@@ -1829,7 +1829,7 @@ describe("Batch.run's cost of attempts cut in transit", () => {
       const summary = yield* Batch.run(ws).pipe(Effect.provide(Demo.clientStack([Demo.demoAccount(simulator.baseUrl)])))
       // The body's retry answers; the stream's content reached the caller, so its line fails.
       expect(summary).toMatchObject({ succeeded: 1, failed: 1, failures: { StreamTruncated: 1 }, spend: { attempts: 3, unmetered: 2 } })
-      expect(Batch.formatSummary(summary)).toContain("; 2 attempts cut in transit (usage unknown) not counted;")
+      expect(Batch.formatSummary(summary)).toContain("; 2 attempts without usage (cut in transit, or none sent) not counted;")
       // The simulator billed the cut attempts too: more tokens than the client metered.
       const billed = (yield* simulator.stats).accounts["default"]!.billed
       expect(billed.prompt + billed.completion).toBeGreaterThan(summary.spend.tokens.prompt + summary.spend.tokens.completion)

@@ -268,7 +268,7 @@ export const html = `<!doctype html>
 <section class="card">
 <h2>spend by account and model</h2>
 <table id="spend">
-<thead><tr><th>account</th><th>model</th><th>USD</th><th>cache hit</th><th>cache miss</th><th>completion</th><th>reasoning</th><th title="attempts billed for output whose usage never arrived (cut in transit): not in the USD and tokens">cut, usage unknown</th></tr></thead>
+<thead><tr><th>account</th><th>model</th><th>USD</th><th>cache hit</th><th>cache miss</th><th>completion</th><th>reasoning</th><th title="attempts billed for output whose usage never arrived (cut in transit, or none sent): not in the USD and tokens">usage unknown</th></tr></thead>
 <tbody></tbody>
 </table>
 </section>

@@ -50,7 +50,7 @@ export interface ModelSpend {
   readonly costUsd: number
   /** By kind: `prompt_cache_hit`, `prompt_cache_miss`, `completion` (reasoning included), `reasoning`. */
   readonly tokens: Readonly<Record<string, number>>
-  /** Attempts billed for output whose usage never arrived (cut in transit): not in `costUsd` and `tokens`. */
+  /** Attempts billed for output whose usage never arrived (cut in transit, or none sent): not in `costUsd` and `tokens`. */
   readonly unmetered: number
 }
 

@@ -95,7 +95,7 @@ export interface SpendJson {
   readonly reasoning_tokens: number
   readonly cost_usd: number
   readonly unpriced_attempts: number
-  /** Attempts billed for output whose usage never arrived (cut in transit): not in the tokens and cost. */
+  /** Attempts billed for output whose usage never arrived (cut in transit, or none sent): not in the tokens and cost. */
   readonly unmetered_attempts: number
   readonly retry_tax: { readonly attempts: number; readonly tokens: number; readonly cost_usd: number }
   readonly truncated: number
@@ -237,7 +237,7 @@ const costLine = (spend: Spend): string =>
   [
     usd(spend.costUsd),
     ...(spend.unpriced === 0 ? [] : [`${counted(spend.unpriced, "attempt", "attempts")} of unpriced models not counted`]),
-    ...(spend.unmetered === 0 ? [] : [`${counted(spend.unmetered, "attempt", "attempts")} cut in transit (usage unknown) not counted`]),
+    ...(spend.unmetered === 0 ? [] : [`${counted(spend.unmetered, "attempt", "attempts")} without usage (cut in transit, or none sent) not counted`]),
     `retry tax ${usd(spend.retryTax.costUsd)} (${counted(spend.retryTax.attempts, "attempt", "attempts")}, ${spend.retryTax.tokens} tokens)`,
     `${spend.truncated} truncated (${percent(spend.truncationRate)})`,
     `reasoning ${percent(spend.reasoningShare)} of output`

@@ -352,7 +352,7 @@ const costKey = MetricKey.counter("weatherproof_cost_usd", {
 })
 
 const unmeteredKey = MetricKey.counter("weatherproof_unmetered_attempts", {
-  description: "Attempts billed for output whose usage never arrived (a body or stream cut in transit), by account and model: " +
+  description: "Attempts billed for output whose usage never arrived (a body or stream cut in transit, or a server that sent none), by account and model: " +
     "their tokens and cost are not in weatherproof_tokens and weatherproof_cost_usd",
   incremental: true
 })
