@@ -246,6 +246,11 @@ export interface AccountUnavailable {
    * `CircuitBreaker.Open.since`); `Infinity` when unknown (an isolated breaker).
    */
   readonly until: number
+  /**
+   * What its last call failed with (scrubbed), when it is out for a failure: the upstream's own
+   * words (a 402's "Insufficient credits. Add more using …") for the one reading the error.
+   */
+  readonly lastFailure?: string | undefined
 }
 
 /** What each reason means to a reader of the message (the code alone, `no_keys`, says little). */
@@ -272,7 +277,9 @@ export class NoAccountAvailable extends TaggedError("NoAccountAvailable")<{
 }> {
   /** @since 0.1.0 */
   override get message(): string {
-    const reasons = this.accounts.map((a) => `${a.account}: ${a.reason}, ${unavailableMeaning[a.reason]}`).join("; ")
+    const reasons = this.accounts.map((a) =>
+      `${a.account}: ${a.reason}, ${unavailableMeaning[a.reason]}${a.lastFailure === undefined ? "" : `, last failure ${a.lastFailure}`}`
+    ).join("; ")
     const wait = Option.match(Option.filter(this.retryAfter, (d) => !Duration.isZero(d)), {
       onNone: () => "",
       onSome: (d) => `; the first may serve again in ${Duration.format(d)}`

@@ -1105,6 +1105,9 @@ describe("AccountPool", () => {
       if (error._tag !== "NoAccountAvailable") return expect.fail(`unexpected ${error._tag}`)
       expect(error.retryAfter).toEqual(Option.some(Duration.seconds(10)))
       expect(error.accounts.map((a) => [a.account, a.reason])).toEqual([["a", "out_of_balance"], ["b", "circuit_open"]])
+      // Each with its last failure, in the upstream's words: the reader learns what to do.
+      expect(error.accounts.map((a) => a.lastFailure?.split(":")[0])).toEqual(["InsufficientBalance", "ServerError"])
+      expect(error.message).toContain("a: out_of_balance, out of balance (a 402, or its balance check said so), last failure InsufficientBalance: ")
       expect(ApiError.isRetryable(ApiError.classify(error))).toBe(false)
 
       // A call with the default maxWait waits until b half-opens, then is served there.
@@ -1364,7 +1367,7 @@ describe("AccountPool", () => {
         for (const _ of [1, 2]) {
           const error = yield* Effect.flip(create)
           expect(error).toMatchObject({ _tag: "NoAccountAvailable", accounts: [{ account: "a", reason: "no_keys" }] })
-          expect(error.message).toMatch(/^no account can serve \(a: no_keys, every key rejected by the upstream \(401\)\); the first may serve again in 15m$/)
+          expect(error.message).toMatch(/^no account can serve \(a: no_keys, every key rejected by the upstream \(401\)(, last failure KeyRejected: HTTP 401)?\); the first may serve again in 15m$/)
         }
         // The balance preflight's 401 sets the key aside before any call is sent.
         expect(yield* chatHosts).toEqual(preflight ? [] : ["a"])

@@ -831,7 +831,12 @@ export const makeWith = <R>(
         !member.slot.serves(lane)
           ? { account: member.name, reason: "model_not_served", until: Infinity }
           : member.unavailable !== undefined
-          ? { account: member.name, reason: member.unavailable.reason, until: member.unavailable.until }
+          ? {
+            account: member.name,
+            reason: member.unavailable.reason,
+            until: member.unavailable.until,
+            ...(member.lastFailure === undefined ? {} : { lastFailure: lastFailureOf(member) })
+          }
           : { account: member.name, reason: "busy", until: excluded.has(member.slot.index) ? Infinity : at }
       )
       const first = Math.min(...reasons.map((reason) => reason.until))
