@@ -725,7 +725,8 @@ describe("weatherproof serve, with the openai client", () => {
       const gateway = yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])], { ledger: { pricing: flashOnly } })
         .pipe(Effect.provide(Logger.replace(Logger.defaultLogger, logger)))
       expect(logs.filter((line) => line.includes("not served"))).toEqual([
-        "gateway: the router sends reasoning requests to deepseek-v4-pro, which is not served (not in the pricing table or an account's models): they will be refused"
+        "gateway: the router sends reasoning requests to deepseek-v4-pro, which is not served (not in the pricing table or an account's models): " +
+          "a request naming that task (x-weatherproof-task) will be refused"
       ])
       const client = openai(gateway.url)
       const refused = yield* Effect.flip(attempt(() =>
@@ -736,6 +737,22 @@ describe("weatherproof serve, with the openai client", () => {
         client.chat.completions.create({ model: "", messages: ask("sort") }, { headers: { "x-weatherproof-task": "classification" } })
       )
       expect(answered.model).toBe("deepseek-v4-flash")
+    }))
+
+  it.scopedLive("the tasks the router sends to one model not served are warned of in one line (another provider's table)", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make()
+      const logs: Array<string> = []
+      const logger = Logger.make(({ message }) => logs.push(String(message)))
+      const otherProvider = { models: { "gpt-4o": { cacheHit: 1.25, cacheMiss: 2.5, output: 10 } } }
+      yield* startGateway([account("a", sim.baseUrl, [Simulator.defaultKey])], { ledger: { pricing: otherProvider } })
+        .pipe(Effect.provide(Logger.replace(Logger.defaultLogger, logger)))
+      expect(logs.filter((line) => line.includes("not served"))).toEqual([
+        "gateway: the router sends classification, extraction, summarisation, chat requests to deepseek-v4-flash, which is not served " +
+          "(not in the pricing table or an account's models): a request naming one of those tasks (x-weatherproof-task) will be refused",
+        "gateway: the router sends reasoning requests to deepseek-v4-pro, which is not served (not in the pricing table or an account's models): " +
+          "a request naming that task (x-weatherproof-task) will be refused"
+      ])
     }))
 
   it.scopedLive("identical deterministic requests are answered from the cache unless x-weatherproof-cache: bypass, as x-weatherproof-cache-status tells; a bad header is a 400", () =>

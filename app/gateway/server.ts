@@ -191,20 +191,27 @@ const asset = (path: string, contentType: string) => {
 const utf8 = new TextEncoder()
 
 /**
- * Warns of each task the router sends to a model not served: every request routed there would
- * be refused. A warning, not a refusal to start: a setup that never routes that task is valid.
+ * Warns, once per model, of the tasks the router sends to a model not served: a request naming
+ * one of them (`x-weatherproof-task`) would be refused. A warning, not a refusal to start: a
+ * setup whose clients never name those tasks is valid (one serving another provider's models).
  */
 const warnUnservedRoutes = (router: Router["Type"], served: ReadonlySet<string>) =>
-  Effect.forEach(Task.literals, (task) =>
-    router.route({ messages: [] }, { task, override: "force" }).pipe(
-      Effect.flatMap(({ request: { model } }) =>
-        served.has(model) ? Effect.void : Effect.logWarning(
-          `gateway: the router sends ${task} requests to ${model}, which is not served (not in the pricing table or an account's models): they will be refused`
-        )
-      ),
-      // Never: the table's own thinking is never refused (a task whose route thinks is not simple).
-      Effect.catchTag("RoutingRefused", () => Effect.void)
-    ), { discard: true })
+  Effect.gen(function*() {
+    const unserved = new Map<string, Array<string>>()
+    for (const task of Task.literals) {
+      const routed = yield* router.route({ messages: [] }, { task, override: "force" }).pipe(
+        Effect.map(({ request: { model } }) => model),
+        // Never: the table's own thinking is never refused (a task whose route thinks is not simple).
+        Effect.catchTag("RoutingRefused", () => Effect.succeed(undefined))
+      )
+      if (routed !== undefined && !served.has(routed)) unserved.set(routed, [...(unserved.get(routed) ?? []), task])
+    }
+    yield* Effect.forEach(unserved, ([model, tasks]) =>
+      Effect.logWarning(
+        `gateway: the router sends ${tasks.join(", ")} requests to ${model}, which is not served (not in the pricing table or an account's models): ` +
+          `a request naming ${tasks.length === 1 ? "that task" : "one of those tasks"} (x-weatherproof-task) will be refused`
+      ), { discard: true })
+  })
 
 /** A model as `GET /v1/models` lists it and `GET /v1/models/{model}` answers it. */
 const modelObject = (id: string) => ({ id, object: "model", created: 0, owned_by: "weatherproof" })
