@@ -127,7 +127,9 @@ export interface Service {
     options?: CallOptions
   ) => Effect.Effect<ChatCompletion, ApiError>
   /**
-   * A streaming completion (`stream: true` and `stream_options.include_usage` are forced). The
+   * A streaming completion (`stream: true` and `stream_options.include_usage` are forced, unless
+   * the upstream refused `stream_options` with a 400: that stream is sent again without it, and so
+   * are the later ones, their usage unreported unless the server sends it anyway). The
    * stream ends after `data: [DONE]`; one that stops before fails with `StreamTruncated`. After
    * `[DONE]` the rest of the body (normally only its terminator) is read for at most a second
    * before the stream ends, so its connection is reused: a server (or a test's `MockUpstream`

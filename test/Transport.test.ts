@@ -25,6 +25,7 @@ import * as KeyPool from "../src/KeyPool.js"
 import * as MockUpstream from "../src/MockUpstream.js"
 import * as Simulator from "../src/Simulator.js"
 import * as Transport from "../src/Transport.js"
+import { capturingLogs, type Logged } from "./support/logs.js"
 import { contentOf, settle } from "./support/streams.js"
 import { destroySocket, type Handler, type RawServer, rawServer, reply, writeByteByByte, writeSlowly } from "./support/rawServer.js"
 
@@ -1314,6 +1315,24 @@ describe("Transport over loopback (undici, 127.0.0.1)", () => {
       expect(streamed.error).toBeUndefined()
       expect(contentOf(streamed.chunks)).toBe("bare")
       expect(streamed.chunks[0]).toMatchObject({ id: "", object: "chat.completion.chunk", created: 0, model: "" })
+    }))
+
+  it.scopedLive("an upstream that refuses stream_options gets the stream again without it, and the later streams without it", () =>
+    Effect.gen(function*() {
+      const refusal = { error: { message: "Unrecognized request argument supplied: stream_options", type: "invalid_request_error", param: null, code: null } }
+      const stream = reply(200, Wire.sseBody(wireGeneration), { "content-type": "text/event-stream" })
+      const server = yield* rawServer([reply(400, JSON.stringify(refusal)), stream, stream])
+      const logs: Array<Logged> = []
+      // One after the other, on one transport: it remembers the refusal.
+      const results = yield* Effect.provide(Effect.all([drain(), drain()]), loopback(server)).pipe(capturingLogs(logs))
+      for (const { chunks, error } of results) {
+        expect(error).toBeUndefined()
+        expect(contentOf(chunks)).toBe(wireGeneration.content)
+      }
+      expect(server.received().map((r) => JSON.parse(r.body).stream_options)).toEqual([{ include_usage: true }, undefined, undefined])
+      expect(logs.filter((l) => l.level === "WARN").map((l) => l.message)).toEqual([
+        `Transport: ${server.url}/chat/completions refused stream_options: streams go without it from now on, and their usage, which the server then does not send, is not counted`
+      ])
     }))
 
   it.scopedLive("a 200 that is no completion still carries the usage and model it names, for its cost", () =>

@@ -781,6 +781,27 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
           : createTold(wire, request, options)
       })
 
+    /**
+     * Whether this upstream takes `stream_options`: asked for every stream (its usage), until one
+     * refuses the field (a server that refuses fields it does not know, as older Azure API
+     * versions do). A refusal costs nothing (nothing was generated): the stream is sent again
+     * without it, and so are the streams after it, their usage then unreported.
+     */
+    let streamOptionsTaken = true
+    const refusesStreamOptions = (request: ChatSchema.ChatCompletionRequest) => (error: ApiError.ApiError) =>
+      streamOptionsTaken && request.stream_options == null && error._tag === "InvalidRequest" &&
+      (error.param === "stream_options" || error.message.includes("stream_options"))
+    const streamBody = (request: ChatSchema.ChatCompletionRequest) =>
+      streamOptionsTaken || request.stream_options != null
+        ? { ...request, stream: true, stream_options: { ...request.stream_options, include_usage: true } }
+        : { ...request, stream: true }
+    const withoutStreamOptions = Effect.suspend(() => {
+      streamOptionsTaken = false
+      return Effect.logWarning(
+        `Transport: ${url} refused stream_options: streams go without it from now on, and their usage, which the server then does not send, is not counted`
+      )
+    })
+
     /** The scoped start of a stream on `wire`: its chunks, pulled as the consumer asks. */
     const streamOn = (
       wire: Wire,
@@ -790,8 +811,10 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
       const opening = Effect.gen(function*() {
         const timeline = yield* startTimeline(options, false)
         yield* wire.watchScoped(timeline)
-        const body = { ...request, stream: true, stream_options: { ...request.stream_options, include_usage: true } }
-        const { reply, scrub } = yield* send(wire, body, timeline)
+        const { reply, scrub } = yield* send(wire, streamBody(request), timeline).pipe(
+          Effect.catchIf(refusesStreamOptions(request), () =>
+            Effect.zipRight(withoutStreamOptions, Effect.suspend(() => send(wire, streamBody(request), timeline))))
+        )
         const contentType = reply.headers["content-type"]
         if (contentType === undefined || contentType.includes("event-stream")) return chunkReader(yield* reply.reads, timeline, scrub)
         if (contentType.includes("json")) return yield* wholeAnswer(reply, timeline, scrub)
