@@ -336,6 +336,28 @@ describe("Transport status mapping", () => {
       retryAfter: Duration.millis(1500)
     },
     {
+      name: "429 with no Retry-After and OpenAI's rate-limit headers: the reset of the spent limit (the longer when both are)",
+      reply: MockUpstream.status(429, {
+        headers: {
+          "x-ratelimit-remaining-requests": "0",
+          "x-ratelimit-reset-requests": "1m2.5s",
+          "x-ratelimit-remaining-tokens": "0",
+          "x-ratelimit-reset-tokens": "20ms"
+        }
+      }),
+      expected: { _tag: "RateLimited" },
+      verdict: "LoadShed",
+      retryAfter: Duration.millis(62_500)
+    },
+    {
+      name: "429 with OpenAI's rate-limit headers, none spent: no wait is asked",
+      reply: MockUpstream.status(429, {
+        headers: { "x-ratelimit-remaining-requests": "12", "x-ratelimit-reset-requests": "3s", "x-ratelimit-remaining-tokens": "5000" }
+      }),
+      expected: { _tag: "RateLimited" },
+      verdict: "LoadShed"
+    },
+    {
       name: "429 with Retry-After seconds",
       reply: MockUpstream.status(429, { headers: { "Retry-After": "7" } }),
       expected: { _tag: "RateLimited" },
