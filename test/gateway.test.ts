@@ -651,9 +651,11 @@ describe("weatherproof serve, with the openai client", () => {
   it.scopedLive("a model the gateway does not serve is a 404 NotFoundError, model_not_found, and opens no lane, no series, no call", () =>
     Effect.gen(function*() {
       const sim = yield* Simulator.make()
+      const logs: Array<string> = []
+      const logger = Logger.make(({ message }) => logs.push(String(message)))
       const gateway = yield* startGateway([
         account("a", sim.baseUrl, [Simulator.defaultKey], { models: { "house-model": "deepseek-v4-pro" } })
-      ])
+      ]).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, logger)))
       const client = openai(gateway.url)
       const unknown = yield* Effect.flip(attempt(() => client.chat.completions.create({ model: "made-up-model", messages: ask("x") })))
       expect(unknown).toBeInstanceOf(OpenAI.NotFoundError)
@@ -668,6 +670,12 @@ describe("weatherproof serve, with the openai client", () => {
       const long = yield* Effect.flip(attempt(() => client.chat.completions.create({ model: "m".repeat(5000), messages: ask("x") })))
       expect((long as APIError).message.length).toBeLessThan(300)
       expect((yield* sim.stats).requests).toBe(0)
+      // The operator is told once per model what would serve it.
+      expect(logs.filter((line) => line.includes("which no account serves"))).toEqual([
+        "gateway: a client asked for the model \"made-up-model\", which no account serves (a 404): " +
+          "to serve it, list it in WEATHERPROOF_PRICING_FILE (with its price) or in an account's models (--accounts)",
+        expect.stringMatching(/^gateway: a client asked for the model "m{1,100}…", which no account serves/)
+      ])
       const metrics = yield* attempt(() => fetch(`${gateway.url}/metrics`).then((r) => r.text()))
       expect(metrics).not.toContain("made-up-model")
       // The account's own name for a model is served.

@@ -98,6 +98,9 @@ export const waitingCaps = (maxWaiting: number): Readonly<Record<Priority, numbe
   batch: Math.max(1, maxWaiting - Math.ceil(maxWaiting / 10))
 })
 
+/** How many distinct models not served are logged: a client cannot flood the log with names. */
+const maxUnservedTold = 20
+
 /** Whether a call sent a request of its own: its `onExchange`. */
 class Exchanged {
   private sent = false
@@ -364,6 +367,22 @@ export const make = (settings: Settings, traffic: Traffic) =>
     const router = yield* Router
     const { scrub } = settings
 
+    // Each of the first models asked for that no account serves is logged once, with what would
+    // serve it: a gateway pointed at another provider serves the table's models until told its own.
+    const unservedTold = new Set<string>()
+    const unserved = (model: string): Effect.Effect<never, UnknownModel> => {
+      const refused = Effect.fail(new UnknownModel({ model }))
+      if (unservedTold.has(model) || unservedTold.size >= maxUnservedTold) return refused
+      unservedTold.add(model)
+      return Effect.zipRight(
+        Effect.logWarning(scrub(
+          `gateway: a client asked for the model ${JSON.stringify(clipped(model, 100))}, which no account serves (a 404): ` +
+            `to serve it, list it in WEATHERPROOF_PRICING_FILE (with its price) or in an account's models (--accounts)`
+        )),
+        refused
+      )
+    }
+
     const failed = (cause: Cause.Cause<GatewayError>) =>
       Effect.map(replyOfCause(cause, scrub), (reply) => errorResponse(reply, scrub))
 
@@ -613,7 +632,7 @@ export const make = (settings: Settings, traffic: Traffic) =>
           const { body, options, task } = parsed.right
           return Effect.flatMap(router.route(body, { task }), ({ request }): Effect.Effect<Admitted, Refused> =>
             !settings.models.has(request.model)
-              ? Effect.fail(new UnknownModel({ model: request.model }))
+              ? unserved(request.model)
               : traffic.waiting >= waitingCap[options.priority]
               ? Effect.fail(new GatewayBusy({ waiting: traffic.waiting }))
               : Effect.succeed({ request, options }))
