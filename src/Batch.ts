@@ -75,6 +75,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as FiberSet from "effect/FiberSet"
 import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
@@ -348,6 +349,12 @@ export interface Summary {
    * in no other figure: their attempts never ended.
    */
   readonly dropped: number
+  /**
+   * How many times the account pool's shared limits went on without Redis during the run (its
+   * server unreachable, or failing): each time this process counted them alone, at its share,
+   * until Redis was back (`AccountPool.redisLocalModeCounter`). 0 without Redis.
+   */
+  readonly redisLocalMode: number
 }
 
 /**
@@ -777,7 +784,8 @@ const readings = Effect.gen(function*() {
   const counts = yield* Effect.flatten(TelemetryCounts)
   const ledger = yield* Effect.flatMap(CostLedger, (ledger) => ledger.snapshot)
   const millis = yield* currentMonotonicMillis
-  return { counts, ledger, millis }
+  const redisLocalMode = (yield* Metric.value(AccountPoolModule.redisLocalModeCounter)).count
+  return { counts, ledger, millis, redisLocalMode }
 })
 
 type Reading = Effect.Effect.Success<typeof readings>
@@ -814,7 +822,8 @@ const summarize = (
   elapsed: Duration.millis(after.millis - before.millis),
   interrupted,
   complete,
-  dropped
+  dropped,
+  redisLocalMode: after.redisLocalMode - before.redisLocalMode
 })
 
 /**

@@ -292,6 +292,34 @@ describe.skipIf(!redisServerPresent)(skipMessage("AccountPool on Redis"), () => 
     }).pipe(capturingLogs(logs), Effect.provide(services))
   }, { timeout: 60_000 })
 
+  it.scopedLive("a batch whose Redis stopped mid-run answers every line and says in its summary that it went on without it", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const simulator = yield* Simulator.make({ limit: { [flash]: 8 }, queueDelay: { min: "20 millis", max: "40 millis" } })
+      const fs = yield* FileSystem.FileSystem
+      const dir = yield* fs.makeTempDirectoryScoped({ prefix: "redis-lost-" })
+      const count = 200
+      const lines = Array.from({ length: count }, (_, i) =>
+        JSON.stringify({ custom_id: `l-${i}`, method: "POST", url: "/v1/chat/completions", body: { model: flash, messages: [{ role: "user", content: `${i}` }] } }))
+      yield* fs.writeFileString(`${dir}/in.jsonl`, lines.map((l) => `${l}\n`).join(""))
+      const client = Batch.layerAccounts([account(simulator.baseUrl)], {
+        pool: { preflight: false, warmUp: 0 },
+        ledger: CostLedger.layer({ pricing: flatPricing }),
+        router: Router.layerDefault,
+        redis: Redis.layer({ url: server.url })
+      })
+      const run = yield* Effect.fork(Batch.run({ input: `${dir}/in.jsonl`, output: `${dir}/out.jsonl` }).pipe(Effect.provide(client)))
+      const answered = Effect.map(Effect.orElseSucceed(fs.readFileString(`${dir}/out.jsonl`), () => ""), (text) => text.split("\n").length - 1)
+      yield* until(answered, (n) => n >= 20)
+      yield* server.stop
+      const summary = yield* Fiber.join(run)
+      expect(summary).toMatchObject({ succeeded: count, failed: 0, redisLocalMode: 1 })
+      expect(Batch.toJson(summary).redis_local_mode).toBe(1)
+      expect(Batch.formatSummary(summary)).toContain(
+        "redis:     lost once: this process counted the shared limits alone, at its share, until Redis was back"
+      )
+    }).pipe(capturingLogs([]), Effect.provide(NodeContext.layer)), { timeout: 60_000 })
+
   it.scopedLive("a Redis restarted empty counts the calls held on a lane against their account's cap again, though no call is placed on that lane", () =>
     Effect.gen(function*() {
       const server = yield* redisServer

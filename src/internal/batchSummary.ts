@@ -154,6 +154,8 @@ export interface SummaryJson extends SpendJson {
   readonly complete: boolean
   /** Requests on the wire when the stopped run's drain ended, dropped unanswered. */
   readonly dropped: number
+  /** Times the pool's shared limits went on without Redis (counted in this process alone meanwhile). */
+  readonly redis_local_mode: number
   readonly accounts: Readonly<Record<string, AccountJson>>
 }
 
@@ -218,8 +220,13 @@ export const toJson = (summary: Summary): SummaryJson => ({
   interrupted: summary.interrupted,
   complete: summary.complete,
   dropped: summary.dropped,
+  redis_local_mode: summary.redisLocalMode,
   accounts: Object.fromEntries(Object.entries(summary.accounts).map(([name, account]) => [name, accountJson(account)]))
 })
+
+/** What a run that lost Redis did meanwhile. */
+const redisLine = (times: number): string =>
+  `${times === 1 ? "lost once" : `lost ${times} times, each time`}: this process counted the shared limits alone, at its share, until Redis was back`
 
 /** How a stopped run ended, with the requests its drain's end dropped on the wire. */
 const stoppedLine = ({ complete, dropped }: Pick<Summary, "complete" | "dropped">): string =>
@@ -297,6 +304,7 @@ export const format = (summary: Summary): string => {
     `cost:      ${costLine(spend)}`,
     ...(accounts.length === 0 ? [] : ["accounts:", ...accounts.map(([name, account]) => accountLine(name, account))]),
     `elapsed:   ${Duration.isZero(summary.elapsed) ? "0ms" : Duration.format(summary.elapsed)}`,
+    ...(summary.redisLocalMode === 0 ? [] : [`redis:     ${redisLine(summary.redisLocalMode)}`]),
     ...(summary.interrupted ? [`stopped:   ${stoppedLine(summary)}`] : [])
   ].join("\n")
 }
