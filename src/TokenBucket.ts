@@ -284,6 +284,13 @@ interface Ledger<E> {
 }
 
 /**
+ * How long until the buckets hold the cost, in whole milliseconds rounded up: the time they are
+ * read in (`monotonic.ts`). A retry at a fraction's `retryAfter` (333.33 ms for 3 a second) read
+ * the clock at 333 ms, found the bucket a thousandth short and was refused again.
+ */
+const roomIn = (wait: internal.Wait): Duration.Duration => Duration.millis(Math.ceil(wait.millis))
+
+/**
  * `take` on a ledger: waits out its debt (giving the cost back when interrupted) or fails when
  * short. A cost that is no cost dies with `IllegalArgumentException`.
  */
@@ -291,7 +298,7 @@ const taker = <E>(buckets: ReadonlyArray<internal.Bucket>, onExhausted: OnExhaus
   const waitForRoom = (cost: Cost): Effect.Effect<void, E> =>
     Effect.uninterruptibleMask((restore) =>
       Effect.flatMap(ledger.draw("wait", cost), (wait) =>
-        wait === undefined ? Effect.void : restore(Effect.sleep(Duration.millis(wait.millis))).pipe(
+        wait === undefined ? Effect.void : restore(Effect.sleep(roomIn(wait))).pipe(
           Effect.onInterrupt(() => ledger.refund(cost))
         ))
     )
@@ -299,7 +306,7 @@ const taker = <E>(buckets: ReadonlyArray<internal.Bucket>, onExhausted: OnExhaus
     const oversized = internal.oversized(buckets, cost)
     if (oversized !== undefined) return Effect.fail(exceeded(oversized, Option.none()))
     return Effect.flatMap(ledger.draw("fail", cost), (wait) =>
-      wait === undefined ? Effect.void : Effect.fail(exceeded(wait.dimension, Option.some(Duration.millis(wait.millis)))))
+      wait === undefined ? Effect.void : Effect.fail(exceeded(wait.dimension, Option.some(roomIn(wait)))))
   }
   const takeValid = onExhausted === "wait" ? waitForRoom : failWhenShort
   return (cost: Cost): Effect.Effect<void, RateLimitExceeded | E> => {

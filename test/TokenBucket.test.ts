@@ -129,6 +129,17 @@ describe("TokenBucket", () => {
       expect(millisOf(yield* failure(limiter.take()))).toEqual(Option.some(500))
     }))
 
+  it.effect("fail mode: a refill of a fraction of a millisecond (3 a second) asks for the whole millisecond that holds it", () =>
+    Effect.gen(function*() {
+      const limiter = yield* bucket({ requests: { limit: 3, interval: "1 second" }, burst: { requests: 1 }, onExhausted: "fail" })
+      yield* limiter.take()
+      const error = yield* failure(limiter.take())
+      // 333.33 ms: a retry at it read the clock's 333 ms and was refused again.
+      expect(millisOf(error)).toEqual(Option.some(334))
+      yield* TestClock.adjust("334 millis")
+      yield* limiter.take()
+    }))
+
   it.effect("fail mode: a token refusal gives back the request it drew", () =>
     Effect.gen(function*() {
       const limiter = yield* bucket({
