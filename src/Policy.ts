@@ -90,7 +90,11 @@ export interface ApplyOptions {
   readonly priority?: Priority | undefined
   /** What each attempt draws from the token bucket. Default one request. */
   readonly cost?: TokenBucketModule.Cost | undefined
-  /** While an attempt waits for a permit, completing this gives its place up (an `abandoned` `QueueFull`). */
+  /**
+   * While an attempt waits for a permit, completing this gives its place up (an `abandoned`
+   * `QueueFull`); so it does while it waits for the token bucket (a `gaveUp` `RateLimitExceeded`,
+   * its cost given back) and for a half-open breaker's verdict.
+   */
   readonly abandonWhen?: Effect.Effect<void> | undefined
 }
 

@@ -74,7 +74,8 @@ export interface CallOptions extends Pick<TransportModule.CallOptions, "deadline
   readonly priority?: Limiter.Priority | undefined
   /**
    * How long an attempt may wait for a permit (with an `AccountPool`: for an account that can
-   * take it) before it fails (an `abandoned` `QueueFull`; with an `AccountPool`, `NoAccountAvailable`).
+   * take it) before it fails (an `abandoned` `QueueFull`; with an `AccountPool`, `NoAccountAvailable`),
+   * and as long for the policy's token bucket, in `"wait"` mode (a `gaveUp` `RateLimitExceeded`).
    * Default: as long as it takes (the pool's `maxWait`, 30 minutes).
    */
   readonly maxWait?: Duration.DurationInput | undefined

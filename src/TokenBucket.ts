@@ -53,6 +53,7 @@
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
@@ -155,9 +156,14 @@ export const defaults = {
 export class RateLimitExceeded extends TaggedError("RateLimitExceeded")<{
   readonly dimension: Dimension
   readonly retryAfter: Option.Option<Duration.Duration>
+  /** A waiter that gave up (its `abandonWhen` completed: a `maxWait` that ran out), its cost given back. */
+  readonly gaveUp?: boolean | undefined
 }> {
   /** @since 0.1.0 */
   override get message(): string {
+    if (this.gaveUp === true) {
+      return `gave up waiting for the client-side ${this.dimension} rate limit (its maxWait ran out, or its abandonWhen completed)`
+    }
     return Option.match(this.retryAfter, {
       onNone: () => `the call's ${this.dimension} cost exceeds the client-side burst`,
       onSome: (wait) => `client-side ${this.dimension} rate limit reached; room in ${Duration.format(wait)}`
@@ -174,7 +180,19 @@ export interface Service {
    * Draws `cost` (default one request), waiting or failing per `onExhausted`. Dies with
    * `IllegalArgumentException` on a count that is no finite number >= 0.
    */
-  readonly take: (cost?: Cost) => Effect.Effect<void, RateLimitExceeded>
+  readonly take: (cost?: Cost, options?: TakeOptions) => Effect.Effect<void, RateLimitExceeded>
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface TakeOptions {
+  /**
+   * In `"wait"` mode, the waiter gives up once this completes (a `maxWait` that ran out): its
+   * cost goes back and it fails with `RateLimitExceeded`, `gaveUp: true`, which is not retried.
+   */
+  readonly abandonWhen?: Effect.Effect<void> | undefined
 }
 
 /**
@@ -267,7 +285,7 @@ const makeOf = (buckets: ReadonlyArray<internal.Bucket>, onExhausted: OnExhauste
       draw: (mode, cost) => modifyNow((current, now) => internal.draw(current, cost, now, mode)),
       refund: (cost) => modifyNow((current, now) => [undefined, internal.refund(current, cost, now)])
     })
-    return TokenBucket.of({ take: (cost = {}) => take(cost) })
+    return TokenBucket.of({ take: (cost = {}, options) => take(cost, options) })
   })
 
 type OnExhausted = NonNullable<Options["onExhausted"]>
@@ -295,12 +313,16 @@ const roomIn = (wait: internal.Wait): Duration.Duration => Duration.millis(Math.
  * short. A cost that is no cost dies with `IllegalArgumentException`.
  */
 const taker = <E>(buckets: ReadonlyArray<internal.Bucket>, onExhausted: OnExhausted, ledger: Ledger<E>) => {
-  const waitForRoom = (cost: Cost): Effect.Effect<void, E> =>
+  const waitForRoom = (cost: Cost, abandonWhen: Effect.Effect<void> | undefined): Effect.Effect<void, RateLimitExceeded | E> =>
     Effect.uninterruptibleMask((restore) =>
-      Effect.flatMap(ledger.draw("wait", cost), (wait) =>
-        wait === undefined ? Effect.void : restore(Effect.sleep(roomIn(wait))).pipe(
-          Effect.onInterrupt(() => ledger.refund(cost))
-        ))
+      Effect.flatMap(ledger.draw("wait", cost), (wait) => {
+        if (wait === undefined) return Effect.void
+        const slept = Effect.sleep(roomIn(wait))
+        const waited = abandonWhen === undefined
+          ? slept
+          : Effect.raceFirst(slept, Effect.zipRight(abandonWhen, Effect.fail(new RateLimitExceeded({ dimension: wait.dimension, retryAfter: Option.none(), gaveUp: true }))))
+        return restore(waited).pipe(Effect.onExit((exit) => Exit.isSuccess(exit) ? Effect.void : ledger.refund(cost)))
+      })
     )
   const failWhenShort = (cost: Cost): Effect.Effect<void, RateLimitExceeded | E> => {
     const oversized = internal.oversized(buckets, cost)
@@ -308,10 +330,10 @@ const taker = <E>(buckets: ReadonlyArray<internal.Bucket>, onExhausted: OnExhaus
     return Effect.flatMap(ledger.draw("fail", cost), (wait) =>
       wait === undefined ? Effect.void : Effect.fail(exceeded(wait.dimension, Option.some(roomIn(wait)))))
   }
-  const takeValid = onExhausted === "wait" ? waitForRoom : failWhenShort
-  return (cost: Cost): Effect.Effect<void, RateLimitExceeded | E> => {
+  return (cost: Cost, options?: TakeOptions): Effect.Effect<void, RateLimitExceeded | E> => {
     const invalid = internal.invalidCost(cost)
-    return invalid === undefined ? takeValid(cost) : Effect.die(invalid)
+    if (invalid !== undefined) return Effect.die(invalid)
+    return onExhausted === "wait" ? waitForRoom(cost, options?.abandonWhen) : failWhenShort(cost)
   }
 }
 
@@ -401,15 +423,15 @@ export const makeRedis = (options: RedisOptions): Effect.Effect<Service, never, 
       // A refund Redis did not take leaves the cost drawn: fewer calls, never more.
       refund: (cost) => Effect.ignore(run("refund", cost))
     })
-    const takeOnRedis = (cost: Cost) =>
-      Effect.catchTag(takeShared(cost), "RedisError", (error) => Effect.flatMap(toLocal(error), (bucket) => bucket.take(cost)))
+    const takeOnRedis = (cost: Cost, options: TakeOptions | undefined) =>
+      Effect.catchTag(takeShared(cost, options), "RedisError", (error) => Effect.flatMap(toLocal(error), (bucket) => bucket.take(cost, options)))
 
     return TokenBucket.of({
-      take: (cost = {}) =>
+      take: (cost = {}, options) =>
         Effect.flatMap(SynchronizedRef.get(route), (current) =>
           current._tag === "Redis"
-            ? takeOnRedis(cost)
-            : Effect.flatMap(redis.isReady, (ready) => ready ? takeOnRedis(cost) : current.bucket.take(cost)))
+            ? takeOnRedis(cost, options)
+            : Effect.flatMap(redis.isReady, (ready) => ready ? takeOnRedis(cost, options) : current.bucket.take(cost, options)))
     })
   })
 

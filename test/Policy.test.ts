@@ -291,6 +291,15 @@ describe("Policy around any effect", () => {
         expect(yield* Effect.flip(policy.apply(Effect.succeed("never")))).toMatchObject({ _tag: "CircuitOpen" })
       })))
 
+  it.scoped("a caller waits for the token bucket no longer than its abandonWhen, and is not retried", () =>
+    Effect.gen(function*() {
+      const policy = yield* Policy.make({ rate: { requests: { limit: 1, interval: "1 minute" } }, retry: fast })
+      yield* policy.apply(Effect.void)
+      const waited = yield* Effect.fork(Effect.flip(policy.apply(Effect.succeed("sent"), { abandonWhen: Effect.sleep("5 seconds") })))
+      yield* TestClock.adjust("5 seconds")
+      expect(yield* Fiber.join(waited)).toMatchObject({ _tag: "RateLimitExceeded", gaveUp: true })
+    }))
+
   it.scoped("while a canary runs in half-open, callers wait for its verdict holding no permit, and no longer than their abandonWhen", () =>
     Effect.gen(function*() {
       const breaker = yield* CircuitBreaker.make({ classify: classifyDb, minimumThroughput: 1, openFor: "1 second" })

@@ -129,6 +129,24 @@ describe("TokenBucket", () => {
       expect(millisOf(yield* failure(limiter.take()))).toEqual(Option.some(500))
     }))
 
+  it.effect("wait mode: a waiter gives up when its abandonWhen completes, with a final RateLimitExceeded, and its cost goes back", () =>
+    Effect.gen(function*() {
+      const limiter = yield* bucket({ requests: { limit: 1, interval: "1 second" } })
+      yield* limiter.take()
+      const gaveUp = yield* Effect.fork(Effect.flip(limiter.take({}, { abandonWhen: Effect.sleep("300 millis") })))
+      yield* TestClock.adjust("300 millis")
+      const error = yield* Fiber.join(gaveUp)
+      expect(error).toMatchObject({ _tag: "RateLimitExceeded", dimension: "requests", gaveUp: true })
+      expect(error.message).toBe("gave up waiting for the client-side requests rate limit (its maxWait ran out, or its abandonWhen completed)")
+      expect(ApiError.isRetryable(ApiError.classify(error))).toBe(false)
+      // Its draw was given back: the next caller waits what is left of the first's second, not two.
+      const next = yield* Effect.fork(limiter.take())
+      yield* TestClock.adjust("699 millis")
+      expect(next.unsafePoll()).toBeNull()
+      yield* TestClock.adjust("1 millis")
+      yield* Fiber.join(next)
+    }))
+
   it.effect("fail mode: a refill of a fraction of a millisecond (3 a second) asks for the whole millisecond that holds it", () =>
     Effect.gen(function*() {
       const limiter = yield* bucket({ requests: { limit: 3, interval: "1 second" }, burst: { requests: 1 }, onExhausted: "fail" })

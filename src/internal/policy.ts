@@ -259,8 +259,13 @@ export const make = (parts: Parts): Service => {
     return budget?.recordRequest ?? Effect.void
   })
 
+  // A caller's `maxWait` bounds its wait for the bucket too.
   const takeRate = (options: ApplyOptions | undefined) =>
-    bucket === undefined ? Effect.void : bucket.take(options?.cost ?? noCost)
+    bucket === undefined
+      ? Effect.void
+      : options?.abandonWhen === undefined
+      ? bucket.take(options?.cost ?? noCost)
+      : bucket.take(options.cost ?? noCost, { abandonWhen: options.abandonWhen })
 
   const acquireOptions = (options: ApplyOptions | undefined, returning: boolean): ConcurrencyLimiter.AcquireOptions => ({
     priority: options?.priority,
