@@ -93,7 +93,7 @@ export interface ApplyOptions {
   /**
    * While an attempt waits for a permit, completing this gives its place up (an `abandoned`
    * `QueueFull`); so it does while it waits for the token bucket (a `gaveUp` `RateLimitExceeded`,
-   * its cost given back) and for a half-open breaker's verdict.
+   * its cost given back when it was the last in line) and for a half-open breaker's verdict.
    */
   readonly abandonWhen?: Effect.Effect<void> | undefined
 }

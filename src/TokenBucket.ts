@@ -9,7 +9,10 @@
  *
  * Waiting callers are served in arrival order: each draws its cost at once, taking the bucket
  * into debt, and sleeps on Effect's `Clock` (so `TestClock` drives it) until the debt is repaid.
- * A refused call draws nothing; a waiter interrupted before its turn gives its cost back.
+ * A refused call draws nothing; a waiter interrupted before its turn (or giving up at its
+ * `abandonWhen`) gives its cost back when it is the last in line. With waiters after it, its turn
+ * goes unused: they sleep until the turns their draws were given, and its cost given back would
+ * let a newcomer go beside the last of them, over the burst, and ahead of the others.
  *
  * Effect's own limiters were checked first and are not used:
  * - `effect/RateLimiter` only waits (no fail-fast, no `retryAfter`), ties the burst to the limit,
@@ -156,7 +159,7 @@ export const defaults = {
 export class RateLimitExceeded extends TaggedError("RateLimitExceeded")<{
   readonly dimension: Dimension
   readonly retryAfter: Option.Option<Duration.Duration>
-  /** A waiter that gave up (its `abandonWhen` completed: a `maxWait` that ran out), its cost given back. */
+  /** A waiter that gave up (its `abandonWhen` completed: a `maxWait` that ran out). */
   readonly gaveUp?: boolean | undefined
 }> {
   /** @since 0.1.0 */
@@ -189,8 +192,8 @@ export interface Service {
  */
 export interface TakeOptions {
   /**
-   * In `"wait"` mode, the waiter gives up once this completes (a `maxWait` that ran out): its
-   * cost goes back and it fails with `RateLimitExceeded`, `gaveUp: true`, which is not retried.
+   * In `"wait"` mode, the waiter gives up once this completes (a `maxWait` that ran out), as an
+   * interrupted one does, and fails with `RateLimitExceeded`, `gaveUp: true`, which is not retried.
    */
   readonly abandonWhen?: Effect.Effect<void> | undefined
 }
@@ -281,9 +284,19 @@ const makeOf = (buckets: ReadonlyArray<internal.Bucket>, onExhausted: OnExhauste
     const modifyNow = <A>(
       f: (current: ReadonlyArray<internal.Balance>, now: number) => readonly [A, ReadonlyArray<internal.Balance>]
     ) => Effect.flatMap(currentMonotonicMillis, (now) => Ref.modify(balances, (current) => f(current, now)))
+    // The last waiting draw's ticket: only it may give its cost back (see `internal.Wait.ticket`).
+    let tickets = 0
+    let last = 0
     const take = taker(buckets, onExhausted, {
-      draw: (mode, cost) => modifyNow((current, now) => internal.draw(current, cost, now, mode)),
-      refund: (cost) => modifyNow((current, now) => [undefined, internal.refund(current, cost, now)])
+      draw: (mode, cost) =>
+        modifyNow((current, now) => {
+          const [wait, next] = internal.draw(current, cost, now, mode)
+          if (wait === undefined || mode === "fail") return [wait, next]
+          last = ++tickets
+          return [{ ...wait, ticket: last }, next]
+        }),
+      refund: (cost, wait) =>
+        wait.ticket === last ? modifyNow((current, now) => [undefined, internal.refund(current, cost, now)]) : Effect.void
     })
     return TokenBucket.of({ take: (cost = {}, options) => take(cost, options) })
   })
@@ -297,8 +310,8 @@ interface Ledger<E> {
    * draws into debt; `"fail"` draws nothing when a bucket is short.
    */
   readonly draw: (mode: OnExhausted, cost: Cost) => Effect.Effect<internal.Wait | undefined, E>
-  /** Gives back what a waiter that gave up had drawn. */
-  readonly refund: (cost: Cost) => Effect.Effect<void>
+  /** Gives back what a waiter that gave up had drawn (its draw's `wait`), when it is still the last in line. */
+  readonly refund: (cost: Cost, wait: internal.Wait) => Effect.Effect<void>
 }
 
 /**
@@ -321,7 +334,7 @@ const taker = <E>(buckets: ReadonlyArray<internal.Bucket>, onExhausted: OnExhaus
         const waited = abandonWhen === undefined
           ? slept
           : Effect.raceFirst(slept, Effect.zipRight(abandonWhen, Effect.fail(new RateLimitExceeded({ dimension: wait.dimension, retryAfter: Option.none(), gaveUp: true }))))
-        return restore(waited).pipe(Effect.onExit((exit) => Exit.isSuccess(exit) ? Effect.void : ledger.refund(cost)))
+        return restore(waited).pipe(Effect.onExit((exit) => Exit.isSuccess(exit) ? Effect.void : ledger.refund(cost, wait)))
       })
     )
   const failWhenShort = (cost: Cost): Effect.Effect<void, RateLimitExceeded | E> => {
@@ -421,7 +434,7 @@ export const makeRedis = (options: RedisOptions): Effect.Effect<Service, never, 
           Effect.map((reply) => reply.wait)
         ),
       // A refund Redis did not take leaves the cost drawn: fewer calls, never more.
-      refund: (cost) => Effect.ignore(run("refund", cost))
+      refund: (cost, wait) => Effect.ignore(run("refund", cost, wait.ticket ?? 0))
     })
     const takeOnRedis = (cost: Cost, options: TakeOptions | undefined) =>
       Effect.catchTag(takeShared(cost, options), "RedisError", (error) => Effect.flatMap(toLocal(error), (bucket) => bucket.take(cost, options)))

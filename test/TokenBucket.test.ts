@@ -194,6 +194,20 @@ describe("TokenBucket", () => {
       expect(yield* joinAll(fibers)).toEqual([1000])
     }))
 
+  it.effect("a waiter that gives up with others after it gives nothing back: they keep their turns, and a newcomer goes after them, never beside", () =>
+    Effect.gen(function*() {
+      const limiter = yield* bucket({ requests: { limit: 60, interval: "1 minute" }, burst: { requests: 1 } })
+      yield* limiter.take()
+      const [abandoned] = yield* forkTakes(limiter, [{}])
+      const [kept] = yield* forkTakes(limiter, [{}])
+      yield* TestClock.adjust("500 millis")
+      yield* Fiber.interrupt(abandoned!)
+      const [late] = yield* forkTakes(limiter, [{}])
+      yield* TestClock.adjust("5 seconds")
+      // Given back, the newcomer went at 2 s beside the waiter before it: two at once, a burst of one.
+      expect(yield* joinAll([kept!, late!])).toEqual([2000, 3000])
+    }))
+
   it.effect("caps the rates at utilization of a known limit", () =>
     Effect.gen(function*() {
       const limiter = yield* bucket({

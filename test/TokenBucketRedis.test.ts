@@ -110,6 +110,26 @@ describe.skipIf(!redisServerPresent)(skipMessage("TokenBucket on Redis"), () => 
       expect(retryAfterMillis(refused)).toBeLessThanOrEqual(10_000)
     }))
 
+  it.scopedLive("a waiter that gives up with another after it gives nothing back, in any process: the balance keeps the later one's turn", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const redis = yield* connect(server)
+      const rate = { requests: { limit: 1, interval: "10 seconds" }, name: "middle" } as const
+      const mine = yield* bucketOn(redis, rate)
+      const theirs = yield* bucketOn(yield* connect(server), rate)
+      yield* mine.take()
+      const first = yield* Effect.fork(mine.take())
+      expect(yield* until(storedUnits(redis, "middle", "requests"), (units) => units < -0.9)).toBeLessThan(-0.9)
+      const second = yield* Effect.fork(theirs.take())
+      expect(yield* until(storedUnits(redis, "middle", "requests"), (units) => units < -1.9)).toBeLessThan(-1.9)
+      yield* Fiber.interrupt(first)
+      // Still two in debt: the second waiter sleeps until its own turn, which nobody else may take.
+      expect(yield* storedUnits(redis, "middle", "requests")).toBeLessThan(-1.8)
+      yield* Fiber.interrupt(second)
+      // The last in line gives its cost back.
+      expect(yield* storedUnits(redis, "middle", "requests")).toBeGreaterThan(-1.1)
+    }))
+
   it.scopedLive("Redis lost mid-run: the process's share locally, one warning; back on Redis once it returns", () => {
     const logs: Array<Logged> = []
     return Effect.gen(function*() {
