@@ -85,7 +85,8 @@ export interface CallOptions extends Pick<TransportModule.CallOptions, "deadline
 
 /**
  * Every failure a resilient call can end in: the upstream's, and the refusals of the policy's
- * own gates.
+ * own gates. `BudgetExceeded` comes from an `AccountPool` under the client (its `CostLedger`'s
+ * budget); a client over one `Transport` reads no ledger.
  *
  * @since 0.1.0
  * @category models

@@ -151,7 +151,13 @@ export const schedule = <E = unknown>(options: Options = {}): Schedule.Schedule<
  * @category models
  */
 export interface Service {
-  /** The schedule retries follow; its input and output are the failed attempt's error. */
+  /**
+   * The schedule retries follow; its input and output are the failed attempt's error. A policy
+   * retries any error the call may fail with (its own refusals, a transport's) so the schedule
+   * takes `unknown`: a schedule of your own that reads one error type narrows inside, as
+   * `schedule({ classify })` does (`RetryPolicy.schedule<DbBusy>(…)` is a
+   * `Schedule<DbBusy, DbBusy>`, which takes no other error, and so is no `Service`'s).
+   */
   readonly schedule: Schedule.Schedule<unknown, unknown>
   /**
    * The longest wait the policy honours before a retry (`Options.maxRetryAfter`): a retry that
