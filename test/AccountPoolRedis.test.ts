@@ -66,6 +66,32 @@ const load = (pools: ReadonlyArray<AccountPool.Service>, count: number, concurre
     (results) => results.flat().filter((result) => result._tag === "Left").length
   )
 
+/**
+ * A batch of `count` lines named `name` in `dir`, through its own pool and connection to the Redis
+ * at `redisUrl`, against `baseUrl`; with a way to count the lines answered so far.
+ */
+const batchOn = (baseUrl: string, redisUrl: string, dir: string, name: string, count: number) =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const lines = Array.from({ length: count }, (_, i) =>
+      JSON.stringify({
+        custom_id: `${name}-${i}`,
+        method: "POST",
+        url: "/v1/chat/completions",
+        body: { model: flash, messages: [{ role: "user", content: `${i}` }] }
+      }))
+    yield* fs.writeFileString(`${dir}/${name}.jsonl`, lines.map((l) => `${l}\n`).join(""))
+    const client = Batch.layerAccounts([account(baseUrl)], {
+      pool: { preflight: false, warmUp: 0 },
+      ledger: CostLedger.layer({ pricing: flatPricing }),
+      router: Router.layerDefault,
+      redis: Redis.layer({ url: redisUrl })
+    })
+    const output = `${dir}/${name}.out.jsonl`
+    const answered = Effect.map(Effect.orElseSucceed(fs.readFileString(output), () => ""), (text) => text.split("\n").length - 1)
+    return { run: Batch.run({ input: `${dir}/${name}.jsonl`, output }).pipe(Effect.provide(client)), answered }
+  })
+
 describe.skipIf(!redisServerPresent)(skipMessage("AccountPool on Redis"), () => {
   it.scopedLive("three pools with a ceiling of 12 each share one account's 12: no 429", () =>
     Effect.gen(function*() {
@@ -146,34 +172,15 @@ describe.skipIf(!redisServerPresent)(skipMessage("AccountPool on Redis"), () => 
       const fs = yield* FileSystem.FileSystem
       const dir = yield* fs.makeTempDirectoryScoped({ prefix: "fair-share-" })
       const count = 600
-      /** A batch of `count` lines in its own files, through its own pool and connection to the one Redis. */
-      const batch = (name: string) =>
-        Effect.gen(function*() {
-          const lines = Array.from({ length: count }, (_, i) =>
-            JSON.stringify({
-              custom_id: `${name}-${i}`,
-              method: "POST",
-              url: "/v1/chat/completions",
-              body: { model: flash, messages: [{ role: "user", content: `${i}` }] }
-            }))
-          yield* fs.writeFileString(`${dir}/${name}.jsonl`, lines.map((l) => `${l}\n`).join(""))
-          const client = Batch.layerAccounts([account(simulator.baseUrl)], {
-            pool: { preflight: false, warmUp: 0 },
-            ledger: CostLedger.layer({ pricing: flatPricing }),
-            router: Router.layerDefault,
-            redis: Redis.layer({ url: server.url })
-          })
-          return yield* Batch.run({ input: `${dir}/${name}.jsonl`, output: `${dir}/${name}.out.jsonl` }).pipe(Effect.provide(client))
-        })
+      const batches = {
+        first: yield* batchOn(simulator.baseUrl, server.url, dir, "first", count),
+        second: yield* batchOn(simulator.baseUrl, server.url, dir, "second", count)
+      }
+      const answered = (name: keyof typeof batches) => batches[name].answered
       const inFlight = Effect.map(simulator.stats, (stats) => stats.accounts["default"]!.byModel[flash]?.inFlight ?? 0)
-      const answered = (name: string) =>
-        Effect.map(
-          Effect.orElseSucceed(fs.readFileString(`${dir}/${name}.out.jsonl`), () => ""),
-          (text) => text.split("\n").length - 1
-        )
-      const first = yield* Effect.fork(batch("first"))
+      const first = yield* Effect.fork(batches.first.run)
       yield* until(inFlight, (n) => n >= 20)
-      const second = yield* Effect.fork(batch("second"))
+      const second = yield* Effect.fork(batches.second.run)
       // Once the second answers (its start, slower on a busy machine, is not what is measured),
       // the two answer about as fast as each other: they halve the account from the second's
       // first round on. The second's pace against the first's over 1.5 s: 1.00-1.04 (3 runs),
@@ -296,21 +303,11 @@ describe.skipIf(!redisServerPresent)(skipMessage("AccountPool on Redis"), () => 
     Effect.gen(function*() {
       const server = yield* redisServer
       const simulator = yield* Simulator.make({ limit: { [flash]: 8 }, queueDelay: { min: "20 millis", max: "40 millis" } })
-      const fs = yield* FileSystem.FileSystem
-      const dir = yield* fs.makeTempDirectoryScoped({ prefix: "redis-lost-" })
+      const dir = yield* Effect.flatMap(FileSystem.FileSystem, (fs) => fs.makeTempDirectoryScoped({ prefix: "redis-lost-" }))
       const count = 200
-      const lines = Array.from({ length: count }, (_, i) =>
-        JSON.stringify({ custom_id: `l-${i}`, method: "POST", url: "/v1/chat/completions", body: { model: flash, messages: [{ role: "user", content: `${i}` }] } }))
-      yield* fs.writeFileString(`${dir}/in.jsonl`, lines.map((l) => `${l}\n`).join(""))
-      const client = Batch.layerAccounts([account(simulator.baseUrl)], {
-        pool: { preflight: false, warmUp: 0 },
-        ledger: CostLedger.layer({ pricing: flatPricing }),
-        router: Router.layerDefault,
-        redis: Redis.layer({ url: server.url })
-      })
-      const run = yield* Effect.fork(Batch.run({ input: `${dir}/in.jsonl`, output: `${dir}/out.jsonl` }).pipe(Effect.provide(client)))
-      const answered = Effect.map(Effect.orElseSucceed(fs.readFileString(`${dir}/out.jsonl`), () => ""), (text) => text.split("\n").length - 1)
-      yield* until(answered, (n) => n >= 20)
+      const batch = yield* batchOn(simulator.baseUrl, server.url, dir, "lost", count)
+      const run = yield* Effect.fork(batch.run)
+      yield* until(batch.answered, (n) => n >= 20)
       yield* server.stop
       const summary = yield* Fiber.join(run)
       expect(summary).toMatchObject({ succeeded: count, failed: 0, redisLocalMode: 1 })
