@@ -321,9 +321,14 @@ interface Ledger<E> {
  */
 const roomIn = (wait: internal.Wait): Duration.Duration => Duration.millis(Math.ceil(wait.millis))
 
+/** The failure of a waiter whose `abandonWhen` completed. */
+const gaveUp = (wait: internal.Wait) =>
+  Effect.fail(new RateLimitExceeded({ dimension: wait.dimension, retryAfter: Option.none(), gaveUp: true }))
+
 /**
- * `take` on a ledger: waits out its debt (giving the cost back when interrupted) or fails when
- * short. A cost that is no cost dies with `IllegalArgumentException`.
+ * `take` on a ledger: waits out its debt (until its `abandonWhen`, if any; interrupted or giving
+ * up, its cost goes back to the ledger, which takes it when the waiter is last in line) or fails
+ * when short. A cost that is no cost dies with `IllegalArgumentException`.
  */
 const taker = <E>(buckets: ReadonlyArray<internal.Bucket>, onExhausted: OnExhausted, ledger: Ledger<E>) => {
   const waitForRoom = (cost: Cost, abandonWhen: Effect.Effect<void> | undefined): Effect.Effect<void, RateLimitExceeded | E> =>
@@ -331,9 +336,7 @@ const taker = <E>(buckets: ReadonlyArray<internal.Bucket>, onExhausted: OnExhaus
       Effect.flatMap(ledger.draw("wait", cost), (wait) => {
         if (wait === undefined) return Effect.void
         const slept = Effect.sleep(roomIn(wait))
-        const waited = abandonWhen === undefined
-          ? slept
-          : Effect.raceFirst(slept, Effect.zipRight(abandonWhen, Effect.fail(new RateLimitExceeded({ dimension: wait.dimension, retryAfter: Option.none(), gaveUp: true }))))
+        const waited = abandonWhen === undefined ? slept : Effect.raceFirst(slept, Effect.zipRight(abandonWhen, gaveUp(wait)))
         return restore(waited).pipe(Effect.onExit((exit) => Exit.isSuccess(exit) ? Effect.void : ledger.refund(cost, wait)))
       })
     )

@@ -757,7 +757,7 @@ describe("weatherproof serve, with the openai client", () => {
         .pipe(Effect.provide(Logger.replace(Logger.defaultLogger, logger)))
       expect(logs.filter((line) => line.includes("not served"))).toEqual([
         "gateway: the router sends classification, extraction, summarisation, chat requests to deepseek-v4-flash, which is not served " +
-          "(not in the pricing table or an account's models): a request naming one of those tasks (x-weatherproof-task) will be refused",
+          "(not in the pricing table or an account's models): a request naming one of those tasks (x-weatherproof-task), or naming no model, will be refused",
         "gateway: the router sends reasoning requests to deepseek-v4-pro, which is not served (not in the pricing table or an account's models): " +
           "a request naming that task (x-weatherproof-task) will be refused"
       ])

@@ -197,19 +197,24 @@ const utf8 = new TextEncoder()
  */
 const warnUnservedRoutes = (router: Router["Type"], served: ReadonlySet<string>) =>
   Effect.gen(function*() {
-    const unserved = new Map<string, Array<string>>()
-    for (const task of Task.literals) {
-      const routed = yield* router.route({ messages: [] }, { task, override: "force" }).pipe(
-        Effect.map(({ request: { model } }) => model),
+    const routedTo = (options?: { readonly task: Task; readonly override: "force" }) =>
+      router.route({ messages: [] }, options).pipe(
+        Effect.map(({ request: { model } }): string | undefined => model),
         // Never: the table's own thinking is never refused (a task whose route thinks is not simple).
         Effect.catchTag("RoutingRefused", () => Effect.succeed(undefined))
       )
-      if (routed !== undefined && !served.has(routed)) unserved.set(routed, [...(unserved.get(routed) ?? []), task])
+    const unserved = new Map<string, Array<string>>()
+    for (const task of Task.literals) {
+      const model = yield* routedTo({ task, override: "force" })
+      if (model !== undefined && !served.has(model)) unserved.set(model, [...(unserved.get(model) ?? []), task])
     }
+    // Where a request that names no model goes (the router's default task).
+    const modelless = yield* routedTo()
     yield* Effect.forEach(unserved, ([model, tasks]) =>
       Effect.logWarning(
         `gateway: the router sends ${tasks.join(", ")} requests to ${model}, which is not served (not in the pricing table or an account's models): ` +
-          `a request naming ${tasks.length === 1 ? "that task" : "one of those tasks"} (x-weatherproof-task) will be refused`
+          `a request naming ${tasks.length === 1 ? "that task" : "one of those tasks"} (x-weatherproof-task)` +
+          `${model === modelless ? ", or naming no model," : ""} will be refused`
       ), { discard: true })
   })
 
