@@ -352,7 +352,8 @@ export interface Summary {
   /**
    * How many times the account pool's shared limits went on without Redis during the run (its
    * server unreachable, or failing): each time this process counted them alone, at its share,
-   * until Redis was back (`AccountPool.redisLocalModeCounter`). 0 without Redis.
+   * until Redis was back (`AccountPool.redisLocalModeCounter`, read for the process: a program
+   * that runs several pools at once counts all of theirs). 0 without Redis.
    */
   readonly redisLocalMode: number
 }
