@@ -337,15 +337,11 @@ const wholeAnswer = (
   reply: Reply,
   timeline: Timeline,
   scrub: Scrubber.Scrubber
-): Effect.Effect<StreamPull.Pull<ChatSchema.ChatCompletionChunk, ApiError.ApiError>, ApiError.ApiError> =>
-  Effect.map(completionOf(reply, timeline, scrub), (completion) => {
-    let pending: Chunk.Chunk<ChatSchema.ChatCompletionChunk> | undefined = Chunk.unsafeFromArray(ChatStream.chunksOf(completion))
-    return Effect.suspend(() => {
-      const chunks = pending
-      pending = undefined
-      return chunks === undefined ? Effect.fail(Option.none()) : Effect.succeed(chunks)
-    })
-  })
+): StreamPull.Opening<ChatSchema.ChatCompletionChunk, ApiError.ApiError> =>
+  Effect.flatMap(
+    completionOf(reply, timeline, scrub),
+    (completion) => StreamPull.openingOf(Stream.fromIterable(ChatStream.chunksOf(completion)))
+  )
 
 const decodeChunk = SchemaFastPath.decodeUnknownEither(ChatSchema.ChatCompletionChunk, { errors: "all" })
 
