@@ -284,19 +284,17 @@ const makeOf = (buckets: ReadonlyArray<internal.Bucket>, onExhausted: OnExhauste
     const modifyNow = <A>(
       f: (current: ReadonlyArray<internal.Balance>, now: number) => readonly [A, ReadonlyArray<internal.Balance>]
     ) => Effect.flatMap(currentMonotonicMillis, (now) => Ref.modify(balances, (current) => f(current, now)))
-    // The last waiting draw's ticket: only it may give its cost back (see `internal.Wait.ticket`).
-    let tickets = 0
-    let last = 0
+    // The last waiting draw: only it may give its cost back (see `internal.Wait.ticket`).
+    let last: internal.Wait | undefined
     const take = taker(buckets, onExhausted, {
       draw: (mode, cost) =>
         modifyNow((current, now) => {
-          const [wait, next] = internal.draw(current, cost, now, mode)
-          if (wait === undefined || mode === "fail") return [wait, next]
-          last = ++tickets
-          return [{ ...wait, ticket: last }, next]
+          const drawn = internal.draw(current, cost, now, mode)
+          if (mode === "wait" && drawn[0] !== undefined) last = drawn[0]
+          return drawn
         }),
       refund: (cost, wait) =>
-        wait.ticket === last ? modifyNow((current, now) => [undefined, internal.refund(current, cost, now)]) : Effect.void
+        wait === last ? modifyNow((current, now) => [undefined, internal.refund(current, cost, now)]) : Effect.void
     })
     return TokenBucket.of({ take: (cost = {}, options) => take(cost, options) })
   })

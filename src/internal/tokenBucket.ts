@@ -31,8 +31,9 @@ export interface Wait {
   readonly dimension: Dimension
   readonly millis: number
   /**
-   * A waiting draw's place in line, where its ledger counts them: a waiter that gives up gives its
-   * cost back only when it is still the last in line. The waiters after it sleep until the times
+   * A waiting draw's place in line, on Redis (where processes share the line; in memory the last
+   * draw's `Wait` itself marks it): a waiter that gives up gives its cost back only when it is
+   * still the last in line. The waiters after it sleep until the times
    * their draws were given; its cost given back to the balance would let a newcomer go at the last
    * one's time, beside it (twice a burst of one at once), and before waiters that came earlier.
    */
