@@ -1,16 +1,18 @@
 /**
  * Folds a streamed chat completion back into the completion a non-streaming call returns: the
  * chunks' deltas joined per choice (`content`, `reasoning_content`, OpenAI's `refusal`, `tool_calls`
- * whose `arguments` arrive in pieces), the last `finish_reason` of each choice, and the usage, which DeepSeek sends
- * on a final `choices: []` chunk or on the last content chunk.
+ * whose `arguments` arrive in pieces), each choice's `logprobs` (their token lists joined), the last
+ * `finish_reason` of each choice, and the usage, which DeepSeek sends on a final `choices: []` chunk
+ * or on the last content chunk.
  *
  * `step` is the pure fold of one chunk; `fold` runs it over a stream; `foldPartial` keeps what
  * arrived when the stream fails, so a cut stream still shows (and accounts for) its partial output.
- * `logprobs` are not folded. `chunksOf` goes the other way: the chunks that fold into a completion,
+ * `chunksOf` goes the other way: the chunks that fold into a completion,
  * which is how a stored completion is replayed as a stream.
  *
  * @since 0.1.0
  */
+import * as Chunk from "effect/Chunk"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Option from "effect/Option"
@@ -46,6 +48,11 @@ export interface ChoiceState {
   readonly refusal: string | null
   readonly toolCalls: ReadonlyArray<ToolCallState>
   readonly finishReason: FinishReason | null
+  /**
+   * The `logprobs` its chunks sent, each chunk's in order (`toCompletion` joins them); `null` when
+   * they sent only `null` (not asked for), `undefined` when none sent the field.
+   */
+  readonly logprobs: Chunk.Chunk<unknown> | null | undefined
 }
 
 /**
@@ -99,7 +106,8 @@ const emptyChoice = (index: number): ChoiceState => ({
   reasoningContent: null,
   refusal: null,
   toolCalls: [],
-  finishReason: null
+  finishReason: null,
+  logprobs: undefined
 })
 
 const join = (sofar: string | null, piece: string | null | undefined): string | null =>
@@ -143,8 +151,31 @@ const stepChoice = (choice: ChoiceState, chunkChoice: ChatCompletionChunk["choic
       (calls, part) => upsert(calls, part.index, emptyToolCall, (call) => stepToolCall(call, part)),
       choice.toolCalls
     ),
-    finishReason: chunkChoice.finish_reason ?? choice.finishReason
+    finishReason: chunkChoice.finish_reason ?? choice.finishReason,
+    logprobs: stepLogprobs(choice.logprobs, chunkChoice.logprobs)
   }
+}
+
+const stepLogprobs = (sofar: ChoiceState["logprobs"], piece: unknown): ChoiceState["logprobs"] =>
+  piece === undefined ? sofar : piece === null ? sofar ?? null : Chunk.append(sofar ?? Chunk.empty(), piece)
+
+/**
+ * A choice's logprobs from its chunks' (OpenAI's and DeepSeek's `{ content, refusal }`, each chunk's
+ * lists holding its own tokens): the lists joined in order, any other field as last sent.
+ */
+const joinedLogprobs = (pieces: Chunk.Chunk<unknown>): Record<string, unknown> => {
+  const joined: Record<string, unknown> = {}
+  for (const piece of pieces) {
+    if (typeof piece !== "object" || piece === null) continue
+    for (const [field, value] of Object.entries(piece)) {
+      const sofar = joined[field]
+      // `sofar` is a list this function made: joined in place.
+      if (Array.isArray(value) && Array.isArray(sofar)) for (const item of value) sofar.push(item)
+      else if (Array.isArray(value)) joined[field] = [...value]
+      else if (value !== null || sofar === undefined) joined[field] = value
+    }
+  }
+  return joined
 }
 
 /**
@@ -178,7 +209,8 @@ const toolCallOf = (call: ToolCallState): ToolCall => ({
 
 /**
  * The `chat.completion` the state stands for, shaped as a non-streaming answer: `reasoning_content`
- * and `tool_calls` only when some arrived, `usage` and `system_fingerprint` only when sent.
+ * and `tool_calls` only when some arrived, `usage`, `system_fingerprint` and a choice's `logprobs`
+ * only when sent.
  *
  * @since 0.1.0
  * @category folding
@@ -197,7 +229,8 @@ export const toCompletion = (state: State): ChatCompletion => ({
       ...(choice.refusal === null ? {} : { refusal: choice.refusal }),
       ...(choice.toolCalls.length === 0 ? {} : { tool_calls: choice.toolCalls.map(toolCallOf) })
     },
-    finish_reason: choice.finishReason
+    finish_reason: choice.finishReason,
+    ...(choice.logprobs === undefined ? {} : { logprobs: choice.logprobs && joinedLogprobs(choice.logprobs) })
   })),
   ...(state.usage === undefined ? {} : { usage: state.usage }),
   ...(state.systemFingerprint === undefined ? {} : { system_fingerprint: state.systemFingerprint })
@@ -288,10 +321,9 @@ const deltaOf = (message: ChatCompletion["choices"][number]["message"]): Delta =
 
 /**
  * The chunks a stream of `completion` sends, as OpenAI's API sends them: one per choice, its whole
- * message as the delta and its `finish_reason`, then the usage (when the completion has one) on a
- * last chunk with `choices: []`. Folding them (`step`, `toCompletion`) gives the completion back,
- * but for what a stream does not carry: `logprobs` and fields of the completion this SDK does not
- * model. Pure.
+ * message as the delta, its `finish_reason` and `logprobs`, then the usage (when the completion has
+ * one) on a last chunk with `choices: []`. Folding them (`step`, `toCompletion`) gives the
+ * completion back, but for fields of the completion this SDK does not model. Pure.
  *
  * @example
  * ```ts
@@ -316,7 +348,12 @@ export const chunksOf = (completion: ChatCompletion): ReadonlyArray<ChatCompleti
   }
   const choices = completion.choices.map((choice): ChatCompletionChunk => ({
     ...head,
-    choices: [{ index: choice.index, delta: deltaOf(choice.message), finish_reason: choice.finish_reason }]
+    choices: [{
+      index: choice.index,
+      delta: deltaOf(choice.message),
+      finish_reason: choice.finish_reason,
+      ...(choice.logprobs === undefined ? {} : { logprobs: choice.logprobs })
+    }]
   }))
   return completion.usage == null ? choices : [...choices, { ...head, choices: [], usage: completion.usage }]
 }

@@ -61,9 +61,8 @@
  * A miss reads its upstream at the upstream's pace, whatever its reader's: the chunks the reader
  * has not taken yet are held, so the identical calls waiting for it never wait on a slow reader.
  * A stream that finds an identical call in flight waits for it and replays its completion, so it
- * gets the whole answer at once when that call ends instead of streaming its own. A stream that
- * asks for `logprobs` is never cached: they are neither folded nor replayed, so an answer without
- * them would be stored.
+ * gets the whole answer at once when that call ends instead of streaming its own. A stream's
+ * `logprobs` are stored with its answer and replayed with it.
  *
  * ## Stores
  *
@@ -631,8 +630,7 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Cache
         return timeToLive === undefined ? call : singleFlight(key(request), call, timeToLive)
       },
       cachedStream: (request, live, callOptions) => {
-        // A stream's logprobs are not folded, nor replayed: such a stream neither reads nor writes.
-        const timeToLive = request.logprobs === true ? undefined : eligible(request, callOptions)
+        const timeToLive = eligible(request, callOptions)
         return timeToLive === undefined ? live : singleFlightStream(key(request), live, timeToLive)
       },
       stats: Effect.zipWith(Ref.get(counts), store.evictions, (c, evictions) => ({ ...c, evictions }))

@@ -88,6 +88,32 @@ describe("ChatStream.fold", () => {
       expect(completion.choices[0]?.message).toEqual({ role: "assistant", content: null, refusal: "I'm sorry, I can't help with that." })
     }))
 
+  it.effect("joins each chunk's logprobs into the choice's, their token lists in order", () =>
+    Effect.gen(function*() {
+      const token = (text: string, logprob: number) => ({ token: text, logprob, bytes: [...Buffer.from(text)], top_logprobs: [] })
+      const completion = yield* ChatStream.fold(Stream.fromIterable([
+        chunk([{ index: 0, delta: { role: "assistant", content: "" }, logprobs: null }]),
+        chunk([{ index: 0, delta: { content: "He" }, logprobs: { content: [token("He", -0.5)], refusal: null } }]),
+        chunk([{ index: 0, delta: { content: "llo!" }, logprobs: { content: [token("llo", -0.25), token("!", -1)], refusal: null } }]),
+        chunk([{ index: 0, delta: {}, finish_reason: "stop", logprobs: null }])
+      ]))
+      expect(completion.choices[0]?.logprobs).toEqual({
+        content: [token("He", -0.5), token("llo", -0.25), token("!", -1)],
+        refusal: null
+      })
+      expect(completion.choices[0]?.message.content).toBe("Hello!")
+    }))
+
+  it.effect("a choice whose chunks sent only null logprobs has null ones, as a non-streaming answer does; none sent, none", () =>
+    Effect.gen(function*() {
+      const completion = yield* ChatStream.fold(Stream.fromIterable([
+        chunk([{ index: 0, delta: { content: "a" }, logprobs: null }, { index: 1, delta: { content: "b" } }]),
+        chunk([{ index: 0, delta: {}, finish_reason: "stop", logprobs: null }, { index: 1, delta: {}, finish_reason: "stop" }])
+      ]))
+      expect(completion.choices[0]).toEqual({ index: 0, message: { role: "assistant", content: "a" }, finish_reason: "stop", logprobs: null })
+      expect(completion.choices[1]).toEqual({ index: 1, message: { role: "assistant", content: "b" }, finish_reason: "stop" })
+    }))
+
   it.effect("a null usage on a later chunk does not erase the usage already received", () =>
     Effect.gen(function*() {
       const completion = yield* ChatStream.fold(
@@ -187,7 +213,17 @@ describe("ChatStream.chunksOf", () => {
     reasoning: FastCheck.option(FastCheck.string({ maxLength: 40 }), { nil: undefined }),
     refusal: FastCheck.option(FastCheck.string({ maxLength: 40 }), { nil: undefined }),
     toolCalls: FastCheck.option(FastCheck.array(toolCall, { minLength: 1, maxLength: 3 }), { nil: undefined }),
-    finishReason: FastCheck.constantFrom("stop" as const, "length" as const, "tool_calls" as const, null)
+    finishReason: FastCheck.constantFrom("stop" as const, "length" as const, "tool_calls" as const, null),
+    logprobs: FastCheck.option(
+      FastCheck.option(
+        FastCheck.record({
+          content: FastCheck.array(FastCheck.record({ token: FastCheck.string({ maxLength: 4 }), logprob: FastCheck.double({ max: 0, noNaN: true }) }), { maxLength: 4 }),
+          refusal: FastCheck.constant(null)
+        }),
+        { nil: null }
+      ),
+      { nil: undefined }
+    )
   })
   const completion = FastCheck.record({
     messages: FastCheck.array(message, { minLength: 1, maxLength: 3 }),
@@ -207,7 +243,8 @@ describe("ChatStream.chunksOf", () => {
         ...(m.refusal === undefined ? {} : { refusal: m.refusal }),
         ...(m.toolCalls === undefined ? {} : { tool_calls: m.toolCalls })
       },
-      finish_reason: m.finishReason
+      finish_reason: m.finishReason,
+      ...(m.logprobs === undefined ? {} : { logprobs: m.logprobs })
     })),
     ...(withUsage ? { usage } : {}),
     ...(fingerprint === undefined ? {} : { system_fingerprint: fingerprint })

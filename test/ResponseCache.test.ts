@@ -536,21 +536,44 @@ describe("ResponseCache", () => {
         expect(yield* calls).toBe(2)
       }))
 
-    it.effect("passes a stream it does not cache through (not deterministic, bypassed, asking for logprobs), counted nowhere", () =>
+    it.effect("passes a stream it does not cache through (not deterministic, bypassed), counted nowhere", () =>
       Effect.gen(function*() {
         const cache = yield* memoryCache()
         const { calls, stream } = yield* streamingUpstream(withUsage("varied"))
-        const thrice = Effect.all([
+        const twice = Effect.all([
           foldOf(cache.cachedStream(ask("q", { temperature: 1 }), stream)),
-          foldOf(cache.cachedStream(ask("q"), stream, { cache: "bypass" })),
-          // Its logprobs would not be stored nor replayed.
-          foldOf(cache.cachedStream(ask("q", { logprobs: true }), stream, { cache: "force" }))
+          foldOf(cache.cachedStream(ask("q"), stream, { cache: "bypass" }))
         ])
-        const fiber = yield* Effect.fork(thrice)
-        yield* TestClock.adjust("3 seconds")
+        const fiber = yield* Effect.fork(twice)
+        yield* TestClock.adjust("2 seconds")
         yield* Fiber.join(fiber)
-        expect(yield* calls).toBe(3)
+        expect(yield* calls).toBe(2)
         expect(yield* cache.stats).toEqual({ hits: 0, misses: 0, coalesced: 0, stores: 0, evictions: 0 })
+      }))
+
+    it.effect("stores a stream's logprobs with its answer and replays them, to a stream or a call", () =>
+      Effect.gen(function*() {
+        const cache = yield* memoryCache()
+        const token = (text: string) => ({ token: text, logprob: -0.5, bytes: [...Buffer.from(text)], top_logprobs: [] })
+        const answer: ChatCompletion = {
+          ...withUsage("Hi!"),
+          choices: [{
+            index: 0,
+            message: { role: "assistant", content: "Hi!" },
+            finish_reason: "stop",
+            logprobs: { content: [token("Hi"), token("!")], refusal: null }
+          }]
+        }
+        const { calls, stream } = yield* streamingUpstream(answer)
+        const request = ask("q", { logprobs: true, stream: true })
+        const first = yield* Effect.fork(foldOf(cache.cachedStream(request, stream)))
+        yield* TestClock.adjust("1 second")
+        expect(yield* Fiber.join(first)).toEqual(answer)
+        expect(yield* foldOf(cache.cachedStream(request, stream))).toEqual(answer)
+        const { call } = yield* upstream([completion("never sent")])
+        expect(yield* cache.cached(ask("q", { logprobs: true }), call)).toEqual(answer)
+        expect(yield* calls).toBe(1)
+        expect(yield* cache.stats).toMatchObject({ hits: 2, misses: 1, stores: 1 })
       }))
   })
 
