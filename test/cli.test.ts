@@ -9,7 +9,8 @@ import * as Option from "effect/Option"
 import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
 import { spawnSync } from "node:child_process"
-import { drawsProgress, progressLines } from "../app/cli/batchProgress.js"
+import { Writable } from "node:stream"
+import { drawsProgress, progressBar, progressLines } from "../app/cli/batchProgress.js"
 import { styled } from "../app/cli/plainText.js"
 import { v8Flags } from "../app/cli/v8Tiers.js"
 import { layerNone } from "../app/cli/signals.js"
@@ -616,6 +617,43 @@ describe("weatherproof's progress bar", () => {
     expect(drawsProgress(terminal, { TERM: "dumb" })).toBe(false)
     expect(drawsProgress({ isTTY: false }, {})).toBe(false)
   })
+})
+
+describe("weatherproof's progress bar on a terminal", () => {
+  /** A terminal of 80 columns that keeps what is written to it. */
+  const terminal = () => {
+    const written: Array<string> = []
+    const stream = Object.assign(
+      new Writable({
+        write: (chunk: Buffer, _encoding, done) => {
+          written.push(chunk.toString())
+          done()
+        }
+      }),
+      { isTTY: true, columns: 80 }
+    )
+    return { stream: stream as unknown as NodeJS.WriteStream, written }
+  }
+
+  it.scoped("ends on the line below the lines written beside it: the cursor is never put back above them", () =>
+    Effect.gen(function*() {
+      const { stream, written } = terminal()
+      yield* Effect.scoped(Effect.gen(function*() {
+        const onProgress = yield* progressBar(stream, {})
+        expect(onProgress).toBeDefined()
+        yield* onProgress!({ total: 3, succeeded: 1, failed: 0, skipped: 0 })
+        // A warning written beside the bar, as the run's console writes it.
+        stream.write("\r\x1b[2KWARN: a breaker opened\n")
+        yield* onProgress!({ total: 3, succeeded: 3, failed: 0, skipped: 0 })
+      }))
+      const output = written.join("")
+      expect(output).toContain("WARN: a breaker opened\n")
+      // Each restore of the cursor (ESC 8) goes back to a save (ESC 7) made on the same line.
+      for (const restore of output.matchAll(/\x1b8/g)) {
+        const before = output.slice(0, restore.index)
+        expect(before.slice(before.lastIndexOf("\x1b7")).includes("\n")).toBe(false)
+      }
+    }))
 })
 
 describe("weatherproof's progress lines", () => {

@@ -36,12 +36,13 @@ export const drawsProgress = (stream: { readonly isTTY?: boolean | undefined }, 
 
 /**
  * A progress reporter drawing on `stream`, stopped when the scope closes; `undefined` where no
- * bar is drawn (`drawsProgress`: a redirected stderr stays quiet).
+ * bar is drawn (`drawsProgress` in `env`: a redirected stderr stays quiet).
  */
 export const progressBar = (
-  stream: NodeJS.WriteStream
+  stream: NodeJS.WriteStream,
+  env: NodeJS.ProcessEnv = process.env
 ): Effect.Effect<((progress: Progress) => Effect.Effect<void>) | undefined, never, Scope.Scope> =>
-  !drawsProgress(stream, process.env)
+  !drawsProgress(stream, env)
     ? Effect.succeed(undefined)
     : Effect.gen(function*() {
       // A CommonJS module imported from ESM is its `module.exports` under `default`; the bundle
@@ -51,7 +52,16 @@ export const progressBar = (
       // terminal's wrapping turned off for the run, which would cut every warning written beside it.
       // Made at the first report, whose total (or none) sets its format.
       let bar: InstanceType<typeof cliProgress.SingleBar> | undefined
-      yield* Effect.addFinalizer(() => Effect.sync(() => bar?.stop()))
+      yield* Effect.addFinalizer(() =>
+        Effect.sync(() => {
+          if (bar === undefined) return
+          // cli-progress ends by putting the cursor back where the bar started, above the lines
+          // written beside it since (warnings, a signal's notice), which the summary would then
+          // overwrite: saved again here, on the bar's line, that is where it stays.
+          stream.write(saveCursor)
+          bar.stop()
+        })
+      )
       return (progress: Progress) =>
         Effect.sync(() => {
           const done = progress.succeeded + progress.failed + progress.skipped
@@ -63,6 +73,9 @@ export const progressBar = (
           bar.start(progress.total ?? 0, done, payload)
         })
     })
+
+/** The terminal's cursor saved, for cli-progress's restore as its bar stops (DECSC). */
+const saveCursor = "\x1b7"
 
 /** Back to the start of the terminal's line, erased. */
 const eraseLine = "\r\x1b[2K"
