@@ -589,6 +589,10 @@ export const unmeteredCounter: Metric.Metric.Counter<number> = internal.unmetere
  */
 export const budgetRemainingGauge: Metric.Metric.Gauge<number> = internal.budgetRemainingGauge
 
+/** Said once, by the attempt that spent the budget: from then on `guard` refuses every call. */
+const budgetSpentMessage = (spentPico: bigint, budgetPico: bigint): string =>
+  `CostLedger: the budget of $${internal.usdOfPico(budgetPico)} is spent ($${internal.usdOfPico(spentPico)}); new calls are refused`
+
 /**
  * A ledger in memory. Dies with `IllegalArgumentException` on an invalid pricing table or budget
  * (use `decodePricing` to validate untrusted input with typed errors first).
@@ -643,6 +647,7 @@ export const make = (options: Options = {}): Effect.Effect<Service> =>
           tokens,
           pico: price?.pico
         }
+        const spentBefore = book.spent.value
         const firstUnpriced = book.record(
           entry.account,
           entry.model,
@@ -651,12 +656,17 @@ export const make = (options: Options = {}): Effect.Effect<Service> =>
         )
         publishRemaining()
         const cost = costOf(entry.model, tokens, price)
-        return firstUnpriced
-          ? Effect.as(
-            Effect.logWarning(`CostLedger: no price for model ${JSON.stringify(entry.model)}; its cost is not counted`),
-            cost
-          )
-          : Effect.succeed(cost)
+        const spentBudget = budgetPico !== undefined && spentBefore < budgetPico && book.spent.value >= budgetPico
+        if (!firstUnpriced && !spentBudget) return Effect.succeed(cost)
+        return Effect.as(
+          Effect.all([
+            firstUnpriced
+              ? Effect.logWarning(`CostLedger: no price for model ${JSON.stringify(entry.model)}; its cost is not counted`)
+              : Effect.void,
+            spentBudget ? Effect.logWarning(budgetSpentMessage(book.spent.value, budgetPico)) : Effect.void
+          ]),
+          cost
+        )
       })
 
     return CostLedger.of({

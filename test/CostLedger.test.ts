@@ -422,6 +422,20 @@ describe("CostLedger budget", () => {
       expect((yield* ledger.snapshot).budget).toEqual({ budgetUsd: 0.0003, remainingUsd: 0 })
     }))
 
+  it.effect("says once, as a warning, that the attempt which spent the budget spent it", () =>
+    Effect.gen(function*() {
+      const warnings: Array<unknown> = []
+      const logger = Logger.make(({ logLevel, message }) => {
+        if (logLevel._tag === "Warning") warnings.push(message)
+      })
+      const ledger = yield* CostLedger.make({ pricing: flatPricing, budgetUsd: 0.0003 })
+      const attempt = ledger.record({ account: "a", model: "deepseek-v4-flash", usage: flashUsage, disposition: "kept" })
+      yield* attempt.pipe(Effect.provide(Logger.replace(Logger.defaultLogger, logger)))
+      expect(warnings).toEqual([])
+      yield* Effect.replicateEffect(attempt, 2).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, logger)))
+      expect(warnings).toEqual([["CostLedger: the budget of $0.0003 is spent ($0.00034048); new calls are refused"]])
+    }))
+
   it.effect("reports what is left, and a zero budget allows no call", () =>
     Effect.gen(function*() {
       const ledger = yield* CostLedger.make({ pricing: flatPricing, budgetUsd: 0.001 })
