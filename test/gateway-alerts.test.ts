@@ -101,6 +101,7 @@ describe("gateway alerts", () => {
     expect(events(alertsBetween(outOfBalance, sample([accountSample("a")])))).toEqual(["balance_restored:a"])
     const [first] = alertsBetween(before, after)
     expect(first).toEqual({
+      id: expect.stringMatching(/^[0-9a-f-]{36}$/),
       event: "breaker_opened",
       account: "a",
       message: "account a: circuit breaker opened; its calls go elsewhere or wait; its last failure: ServerError: HTTP 500",
@@ -111,26 +112,46 @@ describe("gateway alerts", () => {
     })
   })
 
-  it("of a flapping account are held down: the first outage told whole, the flaps after it held back, its last state told once the hold-down passed", () => {
-    const holdDown = new HoldDown(600_000)
+  describe("of a flapping account", () => {
     const second = 1_000
     const [serving, open, unreachable] = [accountSample("a"), accountSample("a", { state: "open" }), accountSample("a", { reachable: false })]
     /** What `holdDown` passes of the alerts between `before` and `after`, `after` taken at `at`. */
-    const told = (before: AccountSample, after: AccountSample, at: number) =>
-      holdDown.pass(alertsBetween(sample([before]), sample([after])), at).map((alert) => `${alert.event}${alert.message.includes("held back") ? " (held back: " + /\d+ change/.exec(alert.message)![0] + ")" : ""}`)
-    // The first outage and its end: both told, as they come.
-    expect(told(serving, open, 0)).toEqual(["breaker_opened"])
-    expect(told(open, serving, 7 * second)).toEqual(["breaker_closed"])
-    // Another kind is held apart: a connection lost is told.
-    expect(told(serving, unreachable, 8 * second)).toEqual(["account_unreachable"])
-    // The flaps that follow within the hold-down are held back.
-    expect(told(serving, open, 11 * second)).toEqual([])
-    expect(told(open, serving, 18 * second)).toEqual([])
-    expect(told(serving, open, 22 * second)).toEqual([])
-    expect(told(open, open, 300 * second)).toEqual([])
-    // Ten minutes after the breaker's last alert, its state then (open), and that it flapped.
-    expect(told(open, open, 607 * second)).toEqual(["breaker_opened (held back: 3 change)"])
-    expect(told(open, open, 700 * second)).toEqual([])
+    const toldBy = (holdDown: HoldDown) => (before: AccountSample, after: AccountSample, at: number) =>
+      holdDown.pass(alertsBetween(sample([before]), sample([after])), at).map((alert) =>
+        `${alert.event}${alert.message.includes("held back") ? " (held back: " + /\d+ change/.exec(alert.message)![0] + ")" : ""}`
+      )
+
+    it("are held down: the first outage told whole, the flaps after it held back, the state they end in told once it held a minute", () => {
+      const told = toldBy(new HoldDown(600_000, 60_000))
+      // The first outage and its end: both told, as they come.
+      expect(told(serving, open, 0)).toEqual(["breaker_opened"])
+      expect(told(open, serving, 7 * second)).toEqual(["breaker_closed"])
+      // Another kind is held apart: a connection lost is told.
+      expect(told(serving, unreachable, 8 * second)).toEqual(["account_unreachable"])
+      // The flaps that follow within the hold-down are held back.
+      expect(told(serving, open, 11 * second)).toEqual([])
+      expect(told(open, serving, 18 * second)).toEqual([])
+      expect(told(serving, open, 22 * second)).toEqual([])
+      expect(told(open, open, 81 * second)).toEqual([])
+      // Open a minute since: an outage again, told with the flaps before it (the webhook last heard "closed").
+      expect(told(open, open, 82 * second)).toEqual(["breaker_opened (held back: 3 change)"])
+      expect(told(open, open, 700 * second)).toEqual([])
+    })
+
+    it("that never holds a state a minute are told of it once the hold-down passed, with how many changes were held back", () => {
+      const told = toldBy(new HoldDown(600_000, 60_000))
+      expect(told(serving, open, 0)).toEqual(["breaker_opened"])
+      expect(told(open, serving, 10 * second)).toEqual(["breaker_closed"])
+      // Down 20 s, up 20 s, for 15 minutes.
+      const toldWhileFlapping: Array<string> = []
+      for (let at = 30; at <= 900; at += 20) {
+        const opening = (at - 30) % 40 === 0
+        toldWhileFlapping.push(...told(opening ? serving : open, opening ? open : serving, at * second).map((alert) => `${at}s ${alert}`))
+      }
+      // The first change ten minutes after the breaker's last alert (at 10 s), with the flaps before it;
+      // then the next, whose event was last told longer ago still.
+      expect(toldWhileFlapping).toEqual(["610s breaker_closed (held back: 29 change)", "630s breaker_opened"])
+    })
   })
 
   it.scopedLive("go to the webhook as JSON, retried with backoff after a failure: an account out of balance and back", () =>

@@ -33,6 +33,7 @@ import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
+import { randomUUID } from "node:crypto"
 import type * as Redis from "../../src/Redis.js"
 import type { Scrubber } from "../../src/internal/scrubber.js"
 import { connectionFailure, counted } from "../../src/internal/text.js"
@@ -50,6 +51,11 @@ export type AlertEvent =
 
 /** The webhook's JSON body. */
 export interface Alert {
+  /**
+   * This alert's own (a UUID): a post retried after the webhook took it (its answer came too late)
+   * arrives twice with the same `id`.
+   */
+  readonly id: string
   readonly event: AlertEvent
   /** The account concerned; `null` for the budget. */
   readonly account: string | null
@@ -72,6 +78,8 @@ export interface Options {
   readonly retries?: number | undefined
   /** How long an account's breaker or reachability alert holds the next one back (`HoldDown`). Default 10 minutes. */
   readonly holdDown?: Duration.DurationInput | undefined
+  /** How long a change held back must last to be told before the hold-down passes (`HoldDown`). Default 1 minute. */
+  readonly settle?: Duration.DurationInput | undefined
   /** Whether this process tells an alert (`claimOnRedis`); by default it tells every one. */
   readonly claim?: Claim | undefined
 }
@@ -119,19 +127,20 @@ const flapping: Partial<Record<AlertEvent, string>> = {
 }
 
 /**
- * Holds down a flapping account's alerts: an alert of a kind (`flapping`) that the account was
- * told less than `holdDownMillis` ago is held back, not sent. The last held back of an account's
- * kind goes once that long has passed since the kind was last told, saying how many changes were
- * held back, so what the webhook last heard is the account's state, and that it flapped. Without
- * it, an upstream up 7 s and down 4 s sent 4 alerts per account per flap.
+ * Holds down a flapping account's alerts: an alert of a kind (`flapping`) whose event the account
+ * was told less than `holdDownMillis` ago is held back, not sent. The last held back of an
+ * account's kind goes once it has lasted `settleMillis` (a breaker open again for a minute is an
+ * outage, not a flap), or once the hold-down has passed since the kind was last told, saying how
+ * many changes were held back: what the webhook last heard is the account's state, and that it
+ * flapped. Without it, an upstream up 7 s and down 4 s sent 4 alerts per account per flap.
  */
 export class HoldDown {
   /** When each (account, event), and each (account, kind), was last told. */
   private readonly toldAt = new Map<string, number>()
-  /** The latest alert held back of each (account, kind), and how many were. */
-  private readonly held = new Map<string, { readonly alert: Alert; readonly count: number }>()
+  /** The latest alert held back of each (account, kind), since when, and how many were. */
+  private readonly held = new Map<string, { readonly alert: Alert; readonly since: number; readonly count: number }>()
 
-  constructor(private readonly holdDownMillis: number) {}
+  constructor(private readonly holdDownMillis: number, private readonly settleMillis: number) {}
 
   /** The alerts of a sample at `now` to send now. */
   pass(alerts: ReadonlyArray<Alert>, now: number): ReadonlyArray<Alert> {
@@ -144,35 +153,38 @@ export class HoldDown {
       }
       const key = `${alert.account} ${kind}`
       const told = this.toldAt.get(`${alert.account} ${alert.event}`)
+      const heldBack = this.held.get(key)?.count ?? 0
       if (told !== undefined && now - told < this.holdDownMillis) {
-        this.held.set(key, { alert, count: (this.held.get(key)?.count ?? 0) + 1 })
+        this.held.set(key, { alert, since: now, count: heldBack + 1 })
         continue
       }
       this.held.delete(key)
-      this.tell(alert, now)
-      sent.push(alert)
+      sent.push(this.tell(alert, heldBack, now))
     }
     return [...sent, ...this.due(now)]
   }
 
-  /** The alerts held back whose kind was last told at least the hold-down ago. */
+  /** The alerts held back that have lasted the settling time, or whose kind was last told at least the hold-down ago. */
   private due(now: number): ReadonlyArray<Alert> {
     const due: Array<Alert> = []
-    for (const [key, { alert, count }] of this.held) {
+    for (const [key, { alert, count, since }] of this.held) {
       const lastTold = this.toldAt.get(key) ?? 0
-      if (now - lastTold < this.holdDownMillis) continue
+      if (now - since < this.settleMillis && now - lastTold < this.holdDownMillis) continue
       this.held.delete(key)
-      const note = ` (${counted(count, "change", "changes")} held back since ${new Date(lastTold).toISOString()}: it flapped)`
-      const flapped = { ...alert, message: alert.message + note, text: alert.text + note, content: alert.content + note }
-      this.tell(flapped, now)
-      due.push(flapped)
+      due.push(this.tell(alert, count, now))
     }
     return due
   }
 
-  private tell(alert: Alert, now: number): void {
+  /** `alert` as told at `now`: saying how many changes of its kind were held back before it, if any. */
+  private tell(alert: Alert, heldBack: number, now: number): Alert {
+    const kind = `${alert.account} ${flapping[alert.event]}`
+    const lastTold = this.toldAt.get(kind) ?? 0
     this.toldAt.set(`${alert.account} ${alert.event}`, now)
-    this.toldAt.set(`${alert.account} ${flapping[alert.event]}`, now)
+    this.toldAt.set(kind, now)
+    if (heldBack === 0) return alert
+    const note = ` (${counted(heldBack, "change", "changes")} held back since ${new Date(lastTold).toISOString()}: it flapped)`
+    return { ...alert, message: alert.message + note, text: alert.text + note, content: alert.content + note }
   }
 }
 
@@ -221,6 +233,7 @@ const whyNotDelivered = (error: HttpClientError.HttpClientError | Cause.TimeoutE
     : `no answer within ${Duration.format(postTimeout)}`
 
 const alert = (sample: Sample, event: AlertEvent, account: string | null, message: string): Alert => ({
+  id: randomUUID(),
   event,
   account,
   message,
@@ -321,7 +334,10 @@ export const run = (
     const queue = yield* Queue.dropping<Alert>(256)
     /** Queued, or being posted. */
     const undelivered = new Set<Alert>()
-    const holdDown = new HoldDown(Duration.toMillis(options.holdDown ?? Duration.minutes(10)))
+    const holdDown = new HoldDown(
+      Duration.toMillis(options.holdDown ?? Duration.minutes(10)),
+      Duration.toMillis(options.settle ?? Duration.minutes(1))
+    )
     const claim = options.claim ?? tellEvery
     const retry = Schedule.exponential(options.retryBase ?? Duration.seconds(1)).pipe(
       Schedule.jittered,
