@@ -26,6 +26,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Runtime from "effect/Runtime"
+import type * as Scope from "effect/Scope"
 import * as Tracer from "effect/Tracer"
 import { currentMonotonicMillis } from "../../src/internal/monotonic.js"
 
@@ -199,6 +200,28 @@ const layerDiagnostics: Layer.Layer<never> = Layer.scopedDiscard(Effect.gen(func
 }))
 
 /**
+ * The last flush of the traces' and of the metrics' exporters at shutdown, after the drain, each:
+ * a collector that is down must not hold a stopping process long (a healthy one takes
+ * milliseconds).
+ */
+const lastFlushTimeout = Duration.seconds(2)
+
+/**
+ * `readers` read `producer`'s metrics until the scope closes, then make their last export within
+ * `lastFlushTimeout` (`Metrics.registerProducer`, whose timeout is not an option of its public face).
+ */
+const feed = (producer: MetricProducer, readers: ReadonlyArray<MetricReader>): Effect.Effect<void, never, Scope.Scope> =>
+  Effect.acquireRelease(
+    Effect.sync(() => readers.forEach((reader) => reader.setMetricProducer(producer))),
+    () =>
+      Effect.tryPromise(() => Promise.all(readers.map((reader) => reader.shutdown()))).pipe(
+        Effect.ignore,
+        Effect.interruptible,
+        Effect.timeoutOption(lastFlushTimeout)
+      )
+  )
+
+/**
  * The exporters: Prometheus always, OTLP of the signals `otlp` names (the exporters read their
  * endpoints and headers, `OTEL_EXPORTER_OTLP_*`, themselves).
  */
@@ -215,13 +238,11 @@ export const layer = (otlp: Otlp): Layer.Layer<Telemetry> => {
   }
   const sdk = NodeSdk.layer(Effect.map(resourceFromEnv, (resource) => ({
     resource,
-    // The last flush of each provider at shutdown, after the drain: a collector that is down
-    // must not hold a stopping process long (a healthy one takes milliseconds).
-    shutdownTimeout: 2_000,
+    shutdownTimeout: lastFlushTimeout,
     spanProcessor: otlp.traces ? new BatchSpanProcessor(new OTLPTraceExporter()) : undefined
   })))
   const metrics = Layer.scopedDiscard(
-    Effect.flatMap(Metrics.makeProducer, (producer) => Metrics.registerProducer(exported(producer), () => readers))
+    Effect.flatMap(Metrics.makeProducer, (producer) => feed(exported(producer), readers))
   )
   const service: Service = {
     scrape: Effect.promise(() => prometheus.collect()).pipe(
