@@ -697,6 +697,26 @@ describe("weatherproof serve, with the openai client", () => {
       expect(yield* readiness).toEqual([503, { status: "budget_spent", accounts: [{ name: "a", state: "serving", reachable: true }] }])
     }))
 
+  it.scopedLive("/readyz says what an account that cannot serve last met", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make({ accounts: { a: { keys: ["sk-ready-a"] }, b: { keys: ["sk-ready-b"] } } })
+      const gateway = yield* startGateway([account("a", sim.baseUrl, ["sk-ready-a"]), account("b", sim.baseUrl, ["sk-ready-b"])])
+      const readiness = attempt(() => fetch(`${gateway.url}/readyz`).then(async (r) => [r.status, await r.json()] as const))
+      yield* Effect.filterOrFail(readiness, ([status]) => status === 200).pipe(
+        Effect.retry({ schedule: Schedule.spaced("20 millis"), times: 100 })
+      )
+      yield* sim.setBalance("a", 0)
+      // Calls until one reaches a and draws its 402 (the other goes to b).
+      const client = openai(gateway.url)
+      yield* Effect.forEach([1, 2, 3, 4], (i) => attempt(() => client.chat.completions.create({ model, messages: ask(`q${i}`) })))
+      const [status, body] = yield* readiness
+      expect(status).toBe(200)
+      expect(body.accounts).toEqual([
+        { name: "a", state: "out_of_balance", reachable: true, lastFailure: expect.stringMatching(/^InsufficientBalance: /) },
+        { name: "b", state: "serving", reachable: true }
+      ])
+    }))
+
   it.scopedLive("/readyz is 503 while no account's base URL accepts connections, and 200 once one does, with no call made; the page's banner says so", () =>
     Effect.gen(function*() {
       const sim = yield* Simulator.make()

@@ -9,7 +9,7 @@
  * | `GET /v1/models` (and `/models`) | the models the configured accounts serve |
  * | `GET /v1/models/{model}` (and `/models/{model}`) | one of them, or a 404 `model_not_found` |
  * | `GET /healthz` | 200 while the process serves; 503 once it drains |
- * | `GET /readyz` | 200 when an account can serve and its origin can be connected to; 503 otherwise (`budget_spent` once the budget is), or while draining |
+ * | `GET /readyz` | 200 when an account can serve and its origin can be connected to; 503 otherwise (`budget_spent` once the budget is), or while draining; each account's state, and the last failure of one that cannot serve |
  * | `GET /metrics` | every metric, Prometheus text format |
  * | `GET /` | the status page; `GET /status.json` its samples; `GET /status/events` its feed (SSE) |
  * | `OPTIONS` on the chat and models routes, from a page | its CORS preflight (`cors.ts`) |
@@ -296,7 +296,13 @@ export const make = (
     const health = Effect.sync(() => traffic.draining ? draining : HttpServerResponse.unsafeJson({ status: "ok" }))
     const readiness = Effect.gen(function*() {
       if (traffic.draining) return draining
-      const accounts = (yield* pool.snapshot).map(({ name, reachable, state }) => ({ name, state, reachable }))
+      const accounts = (yield* pool.snapshot).map(({ lastFailure, name, reachable, state }) => ({
+        name,
+        state,
+        reachable,
+        // Why one cannot serve, as far as its last attempt tells (keys scrubbed).
+        ...(Status.canServe({ reachable, state }) || lastFailure === undefined ? {} : { lastFailure })
+      }))
       // A spent budget refuses every call, whatever the accounts' state.
       const funded = yield* Effect.isSuccess(ledger.guard)
       const ready = funded && accounts.some(Status.canServe)
