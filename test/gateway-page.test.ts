@@ -141,6 +141,25 @@ describe.skipIf(!present)(title, () => {
       expect(problems).toEqual([])
       yield* Fiber.interrupt(burst)
     }), { timeout: 120_000 })
+  it.scopedLive("shows under an account that cannot serve what it last met", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulator.make({ accounts: { a: { keys: ["sk-page-a"] }, b: { keys: ["sk-page-b"] } } })
+      const gateway = yield* startGateway([account("a", sim.baseUrl, ["sk-page-a"]), account("b", sim.baseUrl, ["sk-page-b"])], {
+        statusInterval: "100 millis"
+      })
+      const page = yield* Effect.flatMap(browser, (b) => Effect.promise(() => b.newPage()))
+      yield* attempt(() => page.goto(`${gateway.url}/`))
+      yield* waitFor(page, "a first update", "window.__gateway.updates > 1")
+      const note = (name: string) => attempt(() => page.locator(`.card[data-account="${name}"] .note`).textContent())
+      expect(yield* note("a")).toBe("")
+      yield* sim.setBalance("a", 0)
+      const client = openai(gateway.url)
+      yield* Effect.forEach([1, 2, 3, 4], (i) =>
+        attempt(() => client.chat.completions.create({ model: "deepseek-v4-flash", messages: [{ role: "user", content: `q${i}` }] })))
+      yield* waitFor(page, "a's last failure", `document.querySelector('.card[data-account="a"] .note').textContent.includes('InsufficientBalance')`)
+      expect(yield* note("a")).toMatch(/^last failure: InsufficientBalance: /)
+      expect(yield* note("b")).toBe("")
+    }), { timeout: 60_000 })
   it.scopedLive("says when its data is stale, and follows the gateway again after a proxy answered its reconnect with a 502", () =>
     Effect.gen(function*() {
       const sim = yield* Simulator.make({ accounts: { a: { keys: ["sk-page-a"] } } })

@@ -68,11 +68,12 @@ function draw(charts, xs, samples, of) {
 function accountCard(name, account) {
   const badge = $("span", { class: "badge" });
   const title = $("h2", {}, name + (account.fallback ? " (fallback)" : "") + " ", badge);
+  const note = $("p", { class: "note" });
   const { row, charts } = chartRow("all models: ");
   const lanes = $("div");
-  const card = $("section", { class: "card", "data-account": name }, title, row, lanes);
+  const card = $("section", { class: "card", "data-account": name }, title, note, row, lanes);
   document.getElementById("accounts").append(card);
-  return { badge, charts, lanes, laneCharts: new Map() };
+  return { badge, note, charts, lanes, laneCharts: new Map() };
 }
 
 /** A lane's row in its account's card, made when the lane opens (on its model's first call). */
@@ -163,6 +164,8 @@ function render() {
     const shown = account.reachable ? account.state : "unreachable";
     card.badge.textContent = shown.replace(/_/g, " ");
     card.badge.className = "badge " + shown;
+    // Why an account does not serve, as far as its last attempt tells.
+    card.note.textContent = shown === "serving" || !account.lastFailure ? "" : "last failure: " + account.lastFailure;
     draw(card.charts, xs, samples, of);
     for (const lane of account.models) {
       let charts = card.laneCharts.get(lane.model);
@@ -247,6 +250,7 @@ export const html = `<!doctype html>
   .badge { font-size: 12px; font-weight: 600; padding: 2px 8px; border-radius: 10px; background: #ddd; }
   .badge.serving { background: #d4edda; } .badge.half_open { background: #fff3cd; }
   .badge.open, .badge.out_of_balance, .badge.no_keys, .badge.unreachable { background: #f8d7da; }
+  .note { margin: -4px 0 8px; color: #721c24; font-size: 13px; } .note:empty { display: none; }
   table { border-collapse: collapse; background: #fff; }
   th, td { border: 1px solid #ddd; padding: 4px 10px; text-align: right; }
   th:nth-child(-n+2), td:nth-child(-n+2) { text-align: left; }
