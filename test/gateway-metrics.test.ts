@@ -210,6 +210,39 @@ describe("weatherproof serve, metrics and traces", () => {
       expect(pool.flatMap((status) => status.models)).toEqual([])
     }))
 
+  it.scopedLive("each account's state and reachability, and whether the gateway is ready, are gauges", () =>
+    Effect.gen(function*() {
+      const names = ["state-a", "state-b"]
+      const sim = yield* Simulator.make({ accounts: Object.fromEntries(names.map((name) => [name, { keys: [`sk-sim-${name}`] }])) })
+      const gateway = yield* startGateway(names.map((name) => account(name, sim.baseUrl, [`sk-sim-${name}`])), {
+        statusInterval: "50 millis"
+      })
+      const state = (name: string, value: string) => `weatherproof_gateway_account_state{account="${name}",state="${value}"}`
+      // Serving once the accounts' balance checks are in.
+      const first = yield* Effect.map(scrape(gateway.url), ({ text }) => text).pipe(
+        Effect.filterOrFail((text) => names.every((name) => valueOf(text, state(name, "serving")) === 1)),
+        Effect.retry({ schedule: Schedule.spaced("20 millis"), times: 100 })
+      )
+      for (const name of names) {
+        expect(valueOf(first, state(name, "checking_balance"))).toBe(0)
+        expect(valueOf(first, state(name, "serving"))).toBe(1)
+        expect(valueOf(first, state(name, "out_of_balance"))).toBe(0)
+        expect(valueOf(first, `weatherproof_gateway_account_reachable{account="${name}"}`)).toBe(1)
+      }
+      expect(valueOf(first, "weatherproof_gateway_ready")).toBe(1)
+      yield* sim.setBalance("state-a", 0)
+      const client = openai(gateway.url)
+      yield* Effect.forEach([1, 2, 3, 4], (i) =>
+        attempt(() => client.chat.completions.create({ model: "deepseek-v4-flash", messages: [{ role: "user", content: `q${i}` }] })))
+      const text = yield* Effect.map(scrape(gateway.url), ({ text }) => text).pipe(
+        Effect.filterOrFail((text) => valueOf(text, state("state-a", "out_of_balance")) === 1),
+        Effect.retry({ schedule: Schedule.spaced("20 millis"), times: 100 })
+      )
+      expect(valueOf(text, state("state-a", "serving"))).toBe(0)
+      expect(valueOf(text, state("state-b", "serving"))).toBe(1)
+      expect(valueOf(text, "weatherproof_gateway_ready")).toBe(1)
+    }))
+
   it.scopedLive("an attempt cut in transit before its usage arrived is counted unmetered, on /metrics and the status page's feed", () =>
     Effect.gen(function*() {
       // The first accepted request's body is cut half-way; the retry answers.

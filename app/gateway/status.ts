@@ -11,13 +11,14 @@
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Metric from "effect/Metric"
+import * as MetricLabel from "effect/MetricLabel"
 import type * as MetricPair from "effect/MetricPair"
 import * as MetricState from "effect/MetricState"
 import * as PubSub from "effect/PubSub"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
-import { AccountPool, type AccountStatus, type ModelStatus } from "../../src/AccountPool.js"
+import { AccountPool, type AccountStatus, type ModelStatus, stateText } from "../../src/AccountPool.js"
 import { CostLedger } from "../../src/CostLedger.js"
 import { currentMonotonicMillis } from "../../src/internal/monotonic.js"
 import type { Traffic } from "./traffic.js"
@@ -99,6 +100,36 @@ export interface Options {
   readonly throttleWindow: Duration.Duration
   /** The share of an account's attempts in that window that drew a 429 for it to be throttled. */
   readonly throttleShare: number
+}
+
+/** Each account's state as Prometheus writes an enumeration: 1 for the state it is in, 0 for the others. */
+export const accountStateGauge = Metric.gauge("weatherproof_gateway_account_state", {
+  description: "Each account's state (serving, open, half_open, out_of_balance, checking_balance, no_keys): 1 for the one it is in"
+})
+
+/** 1 while an account's origin can be connected to, 0 from a connection that could not open until one does. */
+export const accountReachableGauge = Metric.gauge("weatherproof_gateway_account_reachable", {
+  description: "Whether the account's base URL accepts connections (1) or not (0)"
+})
+
+/** 1 when `/readyz` would answer 200: an account can serve, the budget is not spent, no drain. */
+export const readyGauge = Metric.gauge("weatherproof_gateway_ready", {
+  description: "Whether the gateway can serve a call now (what /readyz answers 200 for)"
+})
+
+const accountStates = Object.keys(stateText) as ReadonlyArray<AccountStatus["state"]>
+
+/** `sample`'s states, on their gauges. */
+const publishStates = (sample: Sample): void => {
+  for (const account of sample.accounts) {
+    const tagged = MetricLabel.make("account", account.name)
+    for (const state of accountStates) {
+      accountStateGauge.unsafeUpdate(account.state === state ? 1 : 0, [tagged, MetricLabel.make("state", state)])
+    }
+    accountReachableGauge.unsafeUpdate(account.reachable ? 1 : 0, [tagged])
+  }
+  const { banner, draining } = sample
+  readyGauge.unsafeUpdate(draining || banner.budgetSpent || banner.noAccountServing ? 0 : 1, [])
 }
 
 /** Whether an account can serve a call now: its origin reachable, and serving or trying canaries. */
@@ -245,6 +276,7 @@ export const make = (traffic: Traffic, options: Options): Effect.Effect<Monitor,
           budgetSpent: totals.budget !== undefined && totals.budget.remainingUsd <= 0
         }
       }
+      publishStates(sample)
       history.push(sample)
       if (history.length > options.keep) history.shift()
       yield* PubSub.publish(changes, sample)
