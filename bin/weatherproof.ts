@@ -51,6 +51,7 @@ import {
 import { serve } from "../app/gateway/command.js"
 import { fail } from "../app/cli/exit.js"
 import * as Flags from "../app/cli/flags.js"
+import { commandIndex } from "../app/cli/argv.js"
 
 const batch = Command.make(
   "batch",
@@ -89,6 +90,15 @@ const subcommands = [
   serve
 ] as const
 
+/** The command that prints the usage of the subcommand `argv` names, or of the whole command line. */
+const helpOf = (argv: ReadonlyArray<string>): string => {
+  const args = argv.slice(2)
+  const named = args[commandIndex(args)]
+  return subcommands.some((command) => HashSet.has(Descriptor.getNames<unknown>(command.descriptor), named ?? ""))
+    ? `weatherproof ${named} --help`
+    : "weatherproof --help"
+}
+
 /** The flags of a subcommand that take a value, read from its usage. */
 const valueFlagsOf = (name: string): ReadonlyArray<string> => {
   const command = subcommands.find(({ descriptor }) => HashSet.has(Descriptor.getNames<unknown>(descriptor), name))
@@ -126,7 +136,7 @@ export const main = (argv: ReadonlyArray<string>): Effect.Effect<number, never, 
       error._tag === "ExitCode"
         ? Effect.succeed(error.code)
         : ValidationError.isValidationError(error)
-        ? Effect.succeed(2) // @effect/cli has printed the problem and the usage
+        ? Effect.as(Console.error(`weatherproof: see \`${helpOf(argv)}\` for its usage`), 2) // after @effect/cli's message
         : Effect.as(Console.error(`weatherproof: ${String(error)}`), 1)
     ),
     Effect.provide(logToStderr),

@@ -841,6 +841,22 @@ describe("weatherproof's styled text", () => {
   })
 })
 
+describe("weatherproof's usage errors", () => {
+  it.effect("say after @effect/cli's message where the usage is: the command's --help", () =>
+    Effect.gen(function*() {
+      const bare = yield* runCli(["batch"], {})
+      expect(bare.code).toBe(2)
+      expect(bare.stderr).toContain("Expected to find option: '--output'")
+      expect(bare.stderr.trimEnd().split("\n").at(-1)).toBe("weatherproof: see `weatherproof batch --help` for its usage")
+      const unknown = yield* runCli(["serve", "--prot", "8080"], {})
+      expect(unknown.code).toBe(2)
+      expect(unknown.stderr.trimEnd().split("\n").at(-1)).toBe("weatherproof: see `weatherproof serve --help` for its usage")
+      const noCommand = yield* runCli(["bach"], {})
+      expect(noCommand.code).toBe(2)
+      expect(noCommand.stderr.trimEnd().split("\n").at(-1)).toBe("weatherproof: see `weatherproof --help` for its usage")
+    }).pipe(Effect.provide(NodeContext.layer)))
+})
+
 describe("weatherproof batch deadlines", () => {
   it.scopedLive("--first-content-timeout cuts every attempt's wait for a stream's content, --retries bounds them; bad values are usage errors", () =>
     Effect.gen(function*() {
