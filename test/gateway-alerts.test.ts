@@ -67,8 +67,12 @@ describe("gateway alerts", () => {
       accountSample("a", { state: "open", usableKeys: 1, lastFailure: "ServerError: HTTP 500" }),
       accountSample("b", { state: "serving" }),
       accountSample("c"),
-      accountSample("d", { reachable: false })
+      accountSample("d", { reachable: false, lastFailure: "TransportError: connect ECONNREFUSED 127.0.0.1:9" })
     ], true)
+    expect(alertsBetween(before, after).find((alert) => alert.event === "account_unreachable")?.message).toBe(
+      "account d: cannot connect to its upstream; its calls fail to connect until it can be reached; " +
+        "its last failure: TransportError: connect ECONNREFUSED 127.0.0.1:9"
+    )
     expect(events(alertsBetween(before, after))).toEqual([
       "breaker_opened:a",
       "key_rejected:a",

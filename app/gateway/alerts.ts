@@ -253,9 +253,9 @@ const breakerOpen = (account: AccountSample): boolean => account.state === "open
 const accountAlerts = (sample: Sample, before: AccountSample, after: AccountSample, openTold: boolean): ReadonlyArray<Alert> => {
   const name = after.name
   const alerts: Array<Alert> = []
+  const cause = after.lastFailure === undefined ? "" : `; its last failure: ${after.lastFailure}`
   // A canary that failed (half open, then open again) is the same outage: one alert, until it closes.
   if (!openTold && after.state === "open") {
-    const cause = after.lastFailure === undefined ? "" : `; its last failure: ${after.lastFailure}`
     alerts.push(alert(sample, "breaker_opened", name, `account ${name}: circuit breaker opened; its calls go elsewhere or wait${cause}`))
   }
   if (openTold && after.state === "serving") {
@@ -269,7 +269,12 @@ const accountAlerts = (sample: Sample, before: AccountSample, after: AccountSamp
   }
   if (before.reachable && !after.reachable) {
     alerts.push(
-      alert(sample, "account_unreachable", name, `account ${name}: cannot connect to its upstream; its calls fail to connect until it can be reached`)
+      alert(
+        sample,
+        "account_unreachable",
+        name,
+        `account ${name}: cannot connect to its upstream; its calls fail to connect until it can be reached${cause}`
+      )
     )
   }
   if (!before.reachable && after.reachable) {
