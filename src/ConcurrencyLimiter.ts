@@ -97,8 +97,10 @@
  *    of the highest limit held since the cap was last measured; it grows back once overload
  *    stops dominating. So 20% random 503s leave the limit at the cap the account serves, where
  *    reading each one as a drop collapsed it to 1-2.
- * 7. **Queue-delay brake**: `Success.queueDelay` (response headers to first content: DeepSeek's
- *    own queueing) is averaged per round. A window whose mean is `queueDelayRise` (2) times the
+ * 7. **Queue-delay brake**: `Success.queueDelay` (a stream's response headers to its first event:
+ *    DeepSeek's own queueing; the pool and `Resilient` report it for streams only, since a
+ *    non-streaming answer's first content comes once it was generated whole, and that time varies
+ *    with its length) is averaged per round. A window whose mean is `queueDelayRise` (2) times the
  *    baseline (the lowest of the last 10 window means, never under `queueDelayFloor`, 250 ms)
  *    pauses growth; `queueDelayWindows` (3) such windows in a row, the practitioners' guard
  *    against "false stability", step the limit back by `backoff` and hold there. A delay that
@@ -185,8 +187,8 @@ export interface Permit {
    */
   readonly accepted: Effect.Effect<void>
   /**
-   * Records the queue delay the transport measured (headers to first content). A `Success`
-   * reported without a `queueDelay` carries this one.
+   * Records the queue delay the transport measured (a stream's headers to its first event). A
+   * `Success` reported without a `queueDelay` carries this one.
    */
   readonly recordQueueDelay: (delay: Duration.Duration) => Effect.Effect<void>
   /** Completes the permit with `outcomeOf` the call's exit, read through the limiter's classifier. */
@@ -455,10 +457,9 @@ export const layerFixed = (permits: number, options?: LimiterOptions): Layer.Lay
  * const program = Effect.gen(function*() {
  *   const transport = yield* Transport.Transport
  *   const limiter = yield* ConcurrencyLimiter.makeAdaptive({ initial: 16, max: 64 })
- *   // 429s lower the limit; acceptances and queue delays, reported through the permit, steer its growth.
- *   return yield* limiter.withPermit((permit) =>
- *     transport.create(request, { onAccepted: permit.accepted, onFirstContent: permit.recordQueueDelay })
- *   )
+ *   // 429s lower the limit; acceptances, reported through the permit, steer its growth (a stream
+ *   // reports its queue delay too: `onFirstContent: permit.recordQueueDelay`).
+ *   return yield* limiter.withPermit((permit) => transport.create(request, { onAccepted: permit.accepted }))
  * })
  * ```
  *

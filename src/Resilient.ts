@@ -172,8 +172,8 @@ export interface Upstream {
  * ```
  */
 export const transportUpstream = (transport: TransportModule.Service): Upstream => ({
-  create: (request, options, permit) => transport.create(request, permitOptions(options, permit)),
-  stream: (request, options, permit) => transport.stream(request, permitOptions(options, permit))
+  create: (request, options, permit) => transport.create(request, permitOptions(options, permit, "create")),
+  stream: (request, options, permit) => transport.stream(request, permitOptions(options, permit, "stream"))
 })
 
 /**

@@ -18,6 +18,8 @@ import * as TestClock from "effect/TestClock"
 import * as Tracer from "effect/Tracer"
 import * as ApiError from "../src/ApiError.js"
 import * as ChatStream from "../src/ChatStream.js"
+import type * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
+import { permitOptions } from "../src/internal/transport.js"
 import type * as ChatSchema from "../src/ChatSchema.js"
 import type { ChatCompletionRequest } from "../src/ChatSchema.js"
 import * as Wire from "../src/internal/wire.js"
@@ -1113,6 +1115,39 @@ describe("Transport onFirstContent", () => {
         ...MockUpstream.events(generation)
       ], { latency: "1 minute" })
     ]))))
+})
+
+describe("an attempt's options under a concurrency permit (permitOptions)", () => {
+  /** A permit whose queue delays are kept, and what it was told. */
+  const recordingPermit = Effect.map(Ref.make<ReadonlyArray<Duration.Duration>>([]), (ref) => ({
+    delays: Ref.get(ref),
+    permit: {
+      accepted: Effect.void,
+      recordQueueDelay: (delay: Duration.Duration) => Ref.update(ref, (all) => [...all, delay]),
+      complete: () => Effect.void,
+      settle: () => Effect.void
+    } satisfies ConcurrencyLimiter.Permit
+  }))
+
+  it.effect("report a stream's queueing time to the permit", () =>
+    Effect.gen(function*() {
+      const { delays, permit } = yield* recordingPermit
+      const fiber = yield* Effect.fork(drain(permitOptions(undefined, permit, "stream")))
+      yield* TestClock.adjust("5 minutes")
+      yield* Fiber.join(fiber)
+      expect(yield* delays).toEqual([Duration.seconds(90)])
+    }).pipe(Effect.provide(setup([
+      MockUpstream.sse([...keepAlivesForAnHour.slice(0, 3), ...MockUpstream.events(generation)], { latency: "1 minute" })
+    ]))))
+
+  it.effect("report no time of a non-streaming answer: its first content comes once it was generated whole", () =>
+    Effect.gen(function*() {
+      const { delays, permit } = yield* recordingPermit
+      const fiber = yield* Effect.fork(create(permitOptions(undefined, permit, "create")))
+      yield* TestClock.adjust("2 minutes")
+      yield* Fiber.join(fiber)
+      expect(yield* delays).toEqual([])
+    }).pipe(Effect.provide(setup([queuedFor45Seconds]))))
 })
 
 describe("Transport onAccepted", () => {

@@ -1132,7 +1132,7 @@ export const makeWith = <R>(
       const call = ({ member, permit }: Placed) =>
         Effect.zipRight(
           budget,
-          member.breaker.protect(member.transport.create(member.requestFor(request), permitOptions(options, permit)))
+          member.breaker.protect(member.transport.create(member.requestFor(request), permitOptions(options, permit, "create")))
         )
       // The permit told how the attempt ended, then its cost and counts.
       const settled = (placed: Placed, exit: Exit.Exit<ChatCompletion, PoolError | CircuitBreaker.CircuitOpen>) => {
@@ -1219,7 +1219,7 @@ export const makeWith = <R>(
         })
         const opening = Effect.zipRight(
           budget,
-          StreamPull.openingOf(member.transport.stream(member.requestFor(request), permitOptions(options, permit)))
+          StreamPull.openingOf(member.transport.stream(member.requestFor(request), permitOptions(options, permit, "stream")))
         )
         return Effect.zipRight(ScopeFinalizer.addFinalizer(stopped), Effect.matchEffect(opening, {
           onFailure: failed,

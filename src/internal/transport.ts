@@ -585,17 +585,22 @@ const toldStream = <A, E, R>(
 
 /**
  * A call's transport options for an attempt holding `permit`: the caller's deadlines and answer
- * hook, with acceptance and DeepSeek's queueing time reported to the permit.
+ * hook, with acceptance reported to the permit and, for a stream, DeepSeek's queueing time (its
+ * headers to its first event). Not a non-streaming answer's: its first content is its JSON,
+ * written once the whole answer was generated, so that time is the generation's too, which varies
+ * with the answer's length; on a lane carrying both, windows of streams and of answers took turns
+ * and read as queueing that came and went, and the brake took the limit down to 1.
  */
 export const permitOptions = (
   options: Pick<CallOptions, "deadlines" | "onAnswer" | "onExchange"> | undefined,
-  permit: Permit
+  permit: Permit,
+  kind: "create" | "stream"
 ): CallOptions => ({
   deadlines: options?.deadlines,
   onAnswer: options?.onAnswer,
   onExchange: options?.onExchange,
   onAccepted: permit.accepted,
-  onFirstContent: permit.recordQueueDelay
+  onFirstContent: kind === "stream" ? permit.recordQueueDelay : undefined
 })
 
 /** The keys a call saw refused before its first 401: shared, as most calls never meet one. */
