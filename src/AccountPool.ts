@@ -475,6 +475,16 @@ export const retriesCounter: Metric.Metric.Counter<number> = internal.retriesCou
 export const redisLocalModeCounter: Metric.Metric.Counter<number> = RedisLanes.localModeCounter
 
 /**
+ * The pools and limiters on Redis (`makeRedis`) of this process that count their shared limits
+ * alone now, Redis away: 0 while every one shares them. Exported to Prometheus as
+ * `weatherproof_redis_lanes_local`, for an alert while replicas run uncoordinated.
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const redisLocalGauge: Metric.Metric.Gauge<number> = RedisLanes.localGauge
+
+/**
  * Seconds from an attempt's placement to its end, tagged `account` and `model`.
  *
  * @since 0.1.0

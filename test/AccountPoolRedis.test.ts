@@ -268,6 +268,8 @@ describe.skipIf(!redisServerPresent)(skipMessage("AccountPool on Redis"), () => 
         ), { concurrency: "unbounded" })
       yield* run(0)
       const localModeBefore = (yield* Metric.value(AccountPool.redisLocalModeCounter)).count
+      const localNow = Effect.map(Metric.value(AccountPool.redisLocalGauge), (state) => state.value)
+      const localBefore = yield* localNow
       yield* server.stop
       yield* awaitReady(watcher, false)
       yield* run(100)
@@ -277,6 +279,8 @@ describe.skipIf(!redisServerPresent)(skipMessage("AccountPool on Redis"), () => 
       expect(lanesDown).toHaveLength(2)
       expect(lanesDown[0]?.message).toContain(`Redis at ${watcher.url}`)
       expect((yield* Metric.value(AccountPool.redisLocalModeCounter)).count - localModeBefore).toBe(2)
+      // Both pools count alone now.
+      expect((yield* localNow) - localBefore).toBe(2)
       // Each pool at its share of 12: 6.
       const shares = yield* Effect.forEach(pools, (pool) => Effect.map(pool.snapshot, ([only]) => only!.models[0]!.limit))
       expect(shares).toEqual([6, 6])
@@ -286,6 +290,7 @@ describe.skipIf(!redisServerPresent)(skipMessage("AccountPool on Redis"), () => 
         logs.filter((log) => log.level === "INFO" && log.message.includes("concurrency limits are shared again")).length
       )
       yield* Effect.repeat(rejoined, { until: (n) => n === 2, schedule: Schedule.spaced("20 millis") }).pipe(Effect.timeout("10 seconds"))
+      expect(yield* localNow).toBe(localBefore)
       yield* run(200)
       // The shared lane, seeded by a pool's share, climbed back to the ceiling under the load.
       const limits = yield* Effect.forEach(pools, (pool) => Effect.map(pool.snapshot, ([only]) => only!.models[0]!.limit))

@@ -89,6 +89,18 @@ export const localModeCounter = Metric.counter("weatherproof_redis_lanes_local_m
   incremental: true
 })
 
+export const localGauge = Metric.gauge("weatherproof_redis_lanes_local", {
+  description: "Pools and limiters on Redis in this process that count their shared limits alone now, Redis away (0: all shared)"
+})
+
+/** The coordinators of this process in local mode now: what `localGauge` shows. */
+let coordinatorsLocal = 0
+
+const noteLocal = (change: 1 | -1 | 0): void => {
+  coordinatorsLocal += change
+  localGauge.unsafeUpdate(coordinatorsLocal, [])
+}
+
 /** How long a lease outlives its holder's last heartbeat, unless told otherwise. */
 export const defaultLeaseTtl = Duration.seconds(30)
 
@@ -632,6 +644,7 @@ export const make = (
         for (const ticket of waiting) local.requeue(ticket.waiter, ticket.priority)
         hooks.roomMayHaveGrown()
         localModeCounter.unsafeUpdate(1, [])
+        noteLocal(1)
         return Effect.logWarning(
           `Redis at ${redis.url} failed (${error.reason}): each shared concurrency limit is counted in this process, ` +
             `at its share (1/${Math.max(1, processes)}), until Redis is back`
@@ -650,6 +663,7 @@ export const make = (
       for (const [lease, laneKey] of releasedLocally) releaseLease(laneKey, lease)
       releasedLocally.clear()
       for (const { priority, waiter } of dispatcher.takeWaiting()) open(waiter, priority)
+      noteLocal(-1)
       return Effect.logInfo(`Redis at ${redis.url} is back: concurrency limits are shared again`)
     }
 
@@ -722,6 +736,9 @@ export const make = (
     })
     const beat = Effect.catchAll(heartbeat, failed)
 
+    // The gauge's series from the start, and this coordinator off it when it ends in local mode.
+    noteLocal(0)
+    yield* Effect.addFinalizer(() => Effect.sync(() => local === undefined ? undefined : noteLocal(-1)))
     yield* beat
     yield* redis.subscribe(redis.key("lanes", "grants", owner), granted).pipe(Effect.catchAll(failed))
     yield* Effect.forkScoped(Effect.repeat(beat, Schedule.spaced(Duration.millis(Math.max(1, Math.floor(presence / 3))))))
