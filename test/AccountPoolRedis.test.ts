@@ -107,6 +107,18 @@ describe.skipIf(!redisServerPresent)(skipMessage("AccountPool on Redis"), () => 
       expect(stats.maxInFlight).toBe(12)
     }).pipe(Effect.provide(services)))
 
+  it.scopedLive("a fixed limit holds the lane while its pool runs, an adaptive pool beside it included", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const simulator = yield* Simulator.make({ limit: { [flash]: 8 }, queueDelay: { min: "20 millis", max: "40 millis" } })
+      const fixed = yield* poolOn(server, [account(simulator.baseUrl, 2)])
+      const adaptive = yield* poolOn(server, [account(simulator.baseUrl)])
+      expect(yield* load([fixed, adaptive], 40, 8)).toBe(0)
+      const stats = (yield* simulator.stats).accounts["default"]!.byModel[flash]!
+      expect(stats.completed).toBe(80)
+      expect(stats.maxInFlight).toBe(2)
+    }).pipe(Effect.provide(services)))
+
   it.scopedLive("three adaptive pools learn one limit together: near the cap, few 429s", () =>
     Effect.gen(function*() {
       const server = yield* redisServer

@@ -115,6 +115,26 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
       expect((yield* limiters[0]!.snapshot).limit).toBe(3)
     }))
 
+  it.scopedLive("a fixed limit holds its lane while its limiter runs, an adaptive limiter of the same name beside it included", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const fixed = yield* limiterOn(server, { name: "mixed", permits: 2 })
+      const adaptive = yield* limiterOn(server, { name: "mixed", initial: 6 })
+      let inFlight = 0
+      let most = 0
+      const work = Effect.acquireUseRelease(
+        Effect.sync(() => (most = Math.max(most, ++inFlight))),
+        () => Effect.sleep("10 millis"),
+        () => Effect.sync(() => inFlight--)
+      )
+      yield* Effect.forEach([fixed, adaptive], (limiter) =>
+        Effect.forEach(Array.from({ length: 40 }), () => limiter.withPermit(() => work), { concurrency: "unbounded" }), {
+        concurrency: "unbounded"
+      })
+      expect(most).toBe(2)
+      expect((yield* adaptive.snapshot).limit).toBe(2)
+    }))
+
   it.scopedLive("callers are served across limiters as in one: interactive first, a returning caller ahead of those not yet sent, arrival order otherwise", () =>
     Effect.gen(function*() {
       const { a, b, queue, release } = yield* heldLimiters("order")
@@ -282,7 +302,7 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
     Effect.gen(function*() {
       const { call, lane, redis } = yield* laneScript("unlisted")
       const place = (owner: string, id: string) =>
-        call("place", owner, id, "interactive", 30_000, 5_000, lane, "", -1, 4, 1)
+        call("place", owner, id, "interactive", 30_000, 5_000, lane, "", -1, 4, 1, -1)
       // All granted at once: o.1 while its owner waits for the answer, o.2 since released but
       // back (a lost release, an older snapshot), o.3 placed after the heartbeat's lists were
       // taken (they hold ids up to o.2), p.1 another owner's.
@@ -291,10 +311,10 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
       const leases = Effect.map(redis.command("ZRANGE", [`${lane}:leases`, 0, -1]), (ids) => [...(ids as Array<string>)].sort())
       expect(yield* leases).toEqual(["o.1", "o.2", "o.3", "p.1"])
       // Not full: nothing released.
-      yield* call("heartbeat", "o", 30_000, 5_000, 0, 0, 0, 1, lane, "", -1, 4, 1, 0)
+      yield* call("heartbeat", "o", 30_000, 5_000, 0, 0, 0, 1, lane, "", -1, 4, 1, -1, 0)
       expect(yield* leases).toEqual(["o.1", "o.2", "o.3", "p.1"])
       // Full, up to o.2: o holds nothing and waits on o.1.
-      yield* call("heartbeat", "o", 30_000, 5_000, 2, 0, 1, "o.1", 1, lane, "", -1, 4, 1, 1, 1)
+      yield* call("heartbeat", "o", 30_000, 5_000, 2, 0, 1, "o.1", 1, lane, "", -1, 4, 1, -1, 1, 1)
       expect(yield* leases).toEqual(["o.1", "o.3", "p.1"])
     }))
 
@@ -302,9 +322,9 @@ describe.skipIf(!redisServerPresent)(skipMessage("ConcurrencyLimiter on Redis"),
     Effect.gen(function*() {
       const { call, lane, redis } = yield* laneScript("lapsed")
       // A limit of 1; a ticket's lease lasts its owner's presence (200 ms) until the owner takes it.
-      const place = (owner: string, id: string) => call("place", owner, id, "interactive", 30_000, 200, lane, "", -1, 1, 1)
+      const place = (owner: string, id: string) => call("place", owner, id, "interactive", 30_000, 200, lane, "", -1, 1, 1, -1)
       const states = (owner: string, id: string) =>
-        Effect.map(call("heartbeat", owner, 30_000, 200, 0, 0, 1, id, 1, lane, "", -1, 1, 1, 1, 1), (reply) => (reply as [number, ReadonlyArray<string>])[1])
+        Effect.map(call("heartbeat", owner, 30_000, 200, 0, 0, 1, id, 1, lane, "", -1, 1, 1, -1, 1, 1), (reply) => (reply as [number, ReadonlyArray<string>])[1])
       const leases = redis.command("ZRANGE", [`${lane}:leases`, 0, -1])
 
       yield* place("p", "p.1")

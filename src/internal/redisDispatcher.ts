@@ -521,8 +521,9 @@ export const make = (
 
     const laneArgs = (lane: Lane) => {
       const { shared, spec } = entryOf.get(lane)!
-      const fixed = shared.config === undefined
-      return [spec.key, spec.account?.key ?? "", spec.account?.cap ?? -1, fixed ? shared.permits : lane.limit, fixed ? 1 : 0]
+      const { config } = shared
+      const highest = config === undefined || !Number.isFinite(config.max) ? -1 : config.max
+      return [spec.key, spec.account?.key ?? "", spec.account?.cap ?? -1, config === undefined ? shared.permits : lane.limit, config === undefined ? 1 : 0, highest]
     }
 
     /** Queues `ticket` on its lanes (keeping its place where it waits already); a grant answered at once is taken. */

@@ -232,11 +232,27 @@ local function heldGrant(id, message, ttl)
 end
 
 -- Sets up a lane's state from its spec (ARGV from \`i\`: lane, account or "", cap, limit, whether
--- the limit is fixed (1) or a seed (0)); answers the lane.
-local function ensureLane(i)
-  local lane, account, cap, limit, fixed = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+-- the limit is fixed (1) or a seed (0), the adaptive limit's highest or -1); answers the lane. A
+-- fixed limit holds the lane for a lease's \`ttl\` from each placement or heartbeat of a process
+-- that has it (\`fixedUntil\`): an adaptive process's commits and lowerings leave it be meanwhile.
+-- So does the lowest highest of the processes on the lane (\`highest\`, each asserting its own
+-- likewise): the commits keep the limit under it (an account's \`concurrency: 2\` in one process
+-- holds the others' calls too).
+local function ensureLane(i, ttl)
+  local lane, account, cap, limit, fixed, highest = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 5])
   local stateKey = lane .. ":state"
-  if fixed == "1" then redis.call("HSET", stateKey, "limit", limit) else redis.call("HSETNX", stateKey, "limit", limit) end
+  if fixed == "1" then
+    redis.call("HSET", stateKey, "limit", limit, "fixedUntil", now + ttl)
+  else
+    redis.call("HSETNX", stateKey, "limit", limit)
+  end
+  if highest and highest >= 0 then
+    local standing = redis.call("HMGET", stateKey, "highest", "highestUntil", "limit")
+    if now >= (tonumber(standing[2]) or 0) or highest <= tonumber(standing[1]) then
+      redis.call("HSET", stateKey, "highest", highest, "highestUntil", now + ttl)
+      if tonumber(standing[3]) > highest then redis.call("HSET", stateKey, "limit", highest) end
+    end
+  end
   redis.call("HSETNX", stateKey, "epoch", 0)
   redis.call("HSETNX", stateKey, "version", 0)
   if account ~= "" then
@@ -249,7 +265,7 @@ end
 if op == "place" then
   -- ARGV: owner, ticket, queue (which of \`queues\`, without ":q:"), lease ttl, the owner's
   -- presence, then per lane: lane, account (or ""), cap, limit, whether the limit is fixed (1)
-  -- or a seed (0). Marks the owner alive (a server that restarted empty knows it again before its
+  -- or a seed (0), the adaptive limit's highest (or -1). Marks the owner alive (a server that restarted empty knows it again before its
   -- next heartbeat), queues the ticket on exactly these lanes (keeping its place on those it waits
   -- on already, in the same queue; on another, it goes in its owner's next round there), marks
   -- the owner a user of each, and grants what it can. Answers its grant (or false) and the
@@ -262,7 +278,7 @@ if op == "place" then
   local order = tonumber(ticket[2]) or redis.call("INCR", base .. ":seq")
   redis.call("PEXPIRE", base .. ":seq", idle)
   local lanes = {}
-  for i = 9, #ARGV, 5 do lanes[#lanes + 1] = ensureLane(i) end
+  for i = 9, #ARGV, 6 do lanes[#lanes + 1] = ensureLane(i, ttl) end
   local queued = ":q:" .. queue
   local scores = {}
   for i, lane in ipairs(lanes) do scores[i] = redis.call("ZSCORE", lane .. queued, id) end
@@ -311,8 +327,8 @@ elseif op == "heartbeat" then
   local used = 8 + 2 * tonumber(ARGV[8]) + 1
   used = used + tonumber(ARGV[used]) + 1
   local lanes = {}
-  for j = 1, tonumber(ARGV[used]) do lanes[j] = ensureLane(used + 5 * j - 4) end
-  local busy = used + 5 * #lanes + 1
+  for j = 1, tonumber(ARGV[used]) do lanes[j] = ensureLane(used + 6 * j - 5, ttl) end
+  local busy = used + 6 * #lanes + 1
   for j = 1, tonumber(ARGV[busy]) do uses(lanes[tonumber(ARGV[busy + j])], owner, presence) end
   local listed = {}
   local i = 8
@@ -371,9 +387,9 @@ elseif op == "lower" then
   -- epoch keep the limit that low. Answers the limit and epoch.
   local lane = ARGV[4]
   local stateKey = lane .. ":state"
-  local state = redis.call("HMGET", stateKey, "limit", "epoch", "dropTo", "lowered", "loweredEpoch")
+  local state = redis.call("HMGET", stateKey, "limit", "epoch", "dropTo", "lowered", "loweredEpoch", "fixedUntil")
   local limit, epoch = tonumber(state[1]), tonumber(state[2]) or 0
-  if limit and epoch == tonumber(ARGV[5]) then
+  if limit and epoch == tonumber(ARGV[5]) and now >= (tonumber(state[6]) or 0) then
     local below = math.max(tonumber(ARGV[6]), purge(lane .. ":leases")) - 1
     below = math.max(tonumber(ARGV[7]), math.min(below, tonumber(state[3]) or below))
     if tonumber(state[5]) == epoch then below = math.min(below, tonumber(state[4])) end
@@ -391,10 +407,13 @@ elseif op == "commit" then
   -- the limit set, or -1; a limit that grew grants at once.
   local lane = ARGV[4]
   local stateKey = lane .. ":state"
-  local current = redis.call("HMGET", stateKey, "version", "limit", "lowered", "loweredEpoch", "loweredUntil")
+  local current = redis.call("HMGET", stateKey, "version", "limit", "lowered", "loweredEpoch", "loweredUntil", "fixedUntil", "highest", "highestUntil")
   if (tonumber(current[1]) or 0) ~= tonumber(ARGV[5]) then return -1 end
   local limit = tonumber(ARGV[7])
   if current[4] == ARGV[8] and now < (tonumber(current[5]) or 0) then limit = math.min(limit, tonumber(current[3])) end
+  -- A fixed limit standing (see ensureLane) is the lane's: the adaptive state is kept, not its limit.
+  if now < (tonumber(current[6]) or 0) then limit = tonumber(current[2]) end
+  if now < (tonumber(current[8]) or 0) then limit = math.min(limit, tonumber(current[7])) end
   redis.call("HSET", stateKey, "version", tonumber(ARGV[5]) + 1, "aimd", ARGV[6], "limit", limit, "epoch", ARGV[8], "dropTo", ARGV[9])
   for i = 10, #ARGV do
     local expiry = redis.call("ZSCORE", lane .. ":leases", ARGV[i])
