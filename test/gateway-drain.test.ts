@@ -70,6 +70,8 @@ describe("weatherproof serve, shutting down", () => {
       expect(refused).toBeInstanceOf(OpenAI.InternalServerError)
       expect((refused as APIError).status).toBe(503)
       expect((refused as APIError).code).toBe("shutting_down")
+      // Another replica, or this one restarted, may serve it: a client that honours Retry-After comes back.
+      expect((refused as APIError).headers?.get("retry-after")).toBe("1")
 
       const { error, text } = yield* Fiber.join(reading)
       expect(error).toBeUndefined()

@@ -169,7 +169,8 @@ export const replyOf = (error: GatewayError): ErrorReply => {
         retryAfter: Option.getOrUndefined(error.retryAfter)
       }
     case "ShuttingDown":
-      return { status: 503, type: "service_unavailable", code: "shutting_down", message: error.message }
+      // Another replica, or this one restarted, may serve it.
+      return { status: 503, type: "service_unavailable", code: "shutting_down", message: error.message, retryAfter: busyRetryAfter }
     case "DeadlineExceeded":
       return { ...upstream(error, 504), type: "timeout" }
     case "ServerError":
