@@ -1392,6 +1392,28 @@ describe("Transport over loopback (undici, 127.0.0.1)", () => {
       ])
     }))
 
+  it.scopedLive("streams sent together with stream_options and refused together are each sent again without it; the refusal is told once", () =>
+    Effect.gen(function*() {
+      const refusal = { error: { message: "Unrecognized request argument supplied: stream_options", type: "invalid_request_error", param: null, code: null } }
+      const stream = reply(200, Wire.sseBody(wireGeneration), { "content-type": "text/event-stream" })
+      const server = yield* rawServer([reply(400, JSON.stringify(refusal)), reply(400, JSON.stringify(refusal)), stream, stream])
+      const logs: Array<Logged> = []
+      const results = yield* Effect.provide(Effect.all([drain(), drain()], { concurrency: "unbounded" }), loopback(server)).pipe(
+        capturingLogs(logs)
+      )
+      for (const { chunks, error } of results) {
+        expect(error).toBeUndefined()
+        expect(contentOf(chunks)).toBe(wireGeneration.content)
+      }
+      expect(server.received().map((r) => JSON.parse(r.body).stream_options)).toEqual([
+        { include_usage: true },
+        { include_usage: true },
+        undefined,
+        undefined
+      ])
+      expect(logs.filter((l) => l.level === "WARN")).toHaveLength(1)
+    }))
+
   it.scopedLive("a 200 that is no completion still carries the usage and model it names, for its cost", () =>
     Effect.gen(function*() {
       const server = yield* rawServer([reply(200, JSON.stringify({ model: "odd-model", result: "??", usage: wireGeneration.usage }))])

@@ -789,14 +789,18 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
      * without it, and so are the streams after it, their usage then unreported.
      */
     let streamOptionsTaken = true
-    const refusesStreamOptions = (request: ChatSchema.ChatCompletionRequest) => (error: ApiError.ApiError) =>
-      streamOptionsTaken && request.stream_options == null && error._tag === "InvalidRequest" &&
-      (error.param === "stream_options" || error.message.includes("stream_options"))
     const streamBody = (request: ChatSchema.ChatCompletionRequest) =>
       streamOptionsTaken || request.stream_options != null
         ? { ...request, stream: true, stream_options: { ...request.stream_options, include_usage: true } }
         : { ...request, stream: true }
+    /** Whether `error` refuses the `stream_options` this transport added to `body` (the caller gave none). */
+    const refusesAdded = (request: ChatSchema.ChatCompletionRequest, body: { readonly stream_options?: unknown }) =>
+    (error: ApiError.ApiError) =>
+      request.stream_options == null && body.stream_options !== undefined && error._tag === "InvalidRequest" &&
+      (error.param === "stream_options" || error.message.includes("stream_options"))
+    // Said once: the streams sent beside the first refused one are refused too.
     const withoutStreamOptions = Effect.suspend(() => {
+      if (!streamOptionsTaken) return Effect.void
       streamOptionsTaken = false
       return Effect.logWarning(
         `Transport: ${url} refused stream_options: streams go without it from now on, and their usage, which the server then does not send, is not counted`
@@ -812,8 +816,9 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
       const opening = Effect.gen(function*() {
         const timeline = yield* startTimeline(options, false)
         yield* wire.watchScoped(timeline)
-        const { reply, scrub } = yield* send(wire, streamBody(request), timeline).pipe(
-          Effect.catchIf(refusesStreamOptions(request), () =>
+        const body = streamBody(request)
+        const { reply, scrub } = yield* send(wire, body, timeline).pipe(
+          Effect.catchIf(refusesAdded(request, body), () =>
             Effect.zipRight(withoutStreamOptions, Effect.suspend(() => send(wire, streamBody(request), timeline))))
         )
         const contentType = reply.headers["content-type"]
