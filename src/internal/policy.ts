@@ -261,11 +261,7 @@ export const make = (parts: Parts): Service => {
 
   // A caller's `maxWait` bounds its wait for the bucket too.
   const takeRate = (options: ApplyOptions | undefined) =>
-    bucket === undefined
-      ? Effect.void
-      : options?.abandonWhen === undefined
-      ? bucket.take(options?.cost ?? noCost)
-      : bucket.take(options.cost ?? noCost, { abandonWhen: options.abandonWhen })
+    bucket === undefined ? Effect.void : bucket.take(options?.cost ?? noCost, options)
 
   const acquireOptions = (options: ApplyOptions | undefined, returning: boolean): ConcurrencyLimiter.AcquireOptions => ({
     priority: options?.priority,
