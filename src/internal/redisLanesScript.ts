@@ -248,7 +248,10 @@ local function ensureLane(i, ttl)
   end
   if highest and highest >= 0 then
     local standing = redis.call("HMGET", stateKey, "highest", "highestUntil", "limit")
-    if now >= (tonumber(standing[2]) or 0) or highest <= tonumber(standing[1]) then
+    local lowest, lowestUntil = tonumber(standing[1]), tonumber(standing[2]) or 0
+    -- Written when it lapsed, for a lower one, or to renew one's own in the second half of its
+    -- TTL: not on every placement (a call each).
+    if now >= lowestUntil or highest < lowest or (highest == lowest and lowestUntil - now < ttl / 2) then
       redis.call("HSET", stateKey, "highest", highest, "highestUntil", now + ttl)
       if tonumber(standing[3]) > highest then redis.call("HSET", stateKey, "limit", highest) end
     end
