@@ -74,7 +74,7 @@ export type RedisError = internal.RedisError
  * @category models
  */
 export interface Options {
-  /** `redis://[user:password@]host[:port][/db]`, or `rediss://` for TLS. Credentials never leave it. */
+  /** `redis://[user:password@]host[:port][/db]`, or `rediss://` for TLS. Credentials never leave it. A database the server does not have fails the connection. */
   readonly url: string | Redacted.Redacted<string>
   /** The namespace of every key (a hash tag). Default `weatherproof`. */
   readonly prefix?: string | undefined

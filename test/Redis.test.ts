@@ -110,6 +110,19 @@ describe.skipIf(!redisServerPresent)(skipMessage("Redis"), () => {
         .toBe("connected")
     }))
 
+  it.scopedLive("a database the server does not have fails the connection, rather than working in database 0", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const admin = yield* Redis.make({ url: server.url })
+      const url = `redis://127.0.0.1:${server.port}/99`
+      expect(yield* Effect.map(Effect.flip(Redis.make({ url, connectTimeout: "1 second" })), (error) => error.message))
+        .toBe(`Redis at ${url} is unavailable: database 99: ERR DB index is out of range`)
+      const chosen = yield* Redis.make({ url: `redis://127.0.0.1:${server.port}/3` })
+      yield* chosen.command("SET", [chosen.key("where"), "3"])
+      expect(yield* admin.command("GET", [admin.key("where")])).toBe(null)
+      expect(yield* admin.command("DBSIZE", [])).toBe(0)
+    }))
+
   it.scopedLive("a script survives a restart of the server, which forgets every script", () =>
     Effect.gen(function*() {
       const server = yield* redisServer

@@ -139,6 +139,21 @@ const withoutCredentials = (reason: string, url: string): string => {
     .reduce((text, secret) => text.split(secret).join("***"), reason)
 }
 
+/**
+ * Selects the URL's database again, awaited: ioredis selects it as it connects but, where the
+ * server has no such database, tells only its error listener and goes on in database 0, where
+ * this process would share its state with whatever else uses that one.
+ */
+const selectDatabase = async (client: IORedis): Promise<void> => {
+  const database = client.options.db ?? 0
+  if (database === 0) return
+  try {
+    await client.select(database)
+  } catch (cause) {
+    throw new Error(`database ${database}: ${reasonOf(cause)}`)
+  }
+}
+
 /** Opens a connection (see `subscriberOf` for `autoResubscribe`); the scope closes it. */
 const connect = (url: string, options: Options, autoResubscribe = true): Effect.Effect<IORedis, RedisUnavailable, Scope.Scope> =>
   Effect.acquireRelease(
@@ -159,11 +174,12 @@ const connect = (url: string, options: Options, autoResubscribe = true): Effect.
           firstError ??= error
         })
         try {
-          await client.connect()
+          await client.connect().catch((cause) => Promise.reject(firstError ?? cause))
+          await selectDatabase(client)
           return client
         } catch (cause) {
           client.disconnect()
-          throw firstError ?? cause
+          throw cause
         }
       },
       catch: (cause) => new RedisUnavailable({ url: displayUrl(url), reason: withoutCredentials(reasonOf(cause), url) })
