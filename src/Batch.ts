@@ -632,7 +632,11 @@ const lockOutput = (fs: FileSystem.FileSystem, output: string, real: string) => 
     Effect.catchAll((error): Effect.Effect<never, OutputLocked | BatchError> =>
       error._tag === "Locked"
         ? new OutputLocked({ path: output, lockPath, holder: error.holder })
-        : new BatchError({ file: "output", path: output, message: `cannot take the lock ${lockPath}: ${error.message}` })
+        : new BatchError({
+          file: "output",
+          path: output,
+          message: `cannot take the lock ${lockPath}: ${Files.lockDirectoryProblem(error, lockPath) ?? describe(error)}; nothing was sent`
+        })
     ),
     Effect.tap(Option.match({
       onNone: () => Effect.void,

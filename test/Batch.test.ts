@@ -1271,6 +1271,39 @@ describe("Batch.run output file", () => {
       expect((yield* runWith(ok, ws)).calls).toBe(1)
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
+  it.scoped("a lock that cannot be created beside the output (a directory not writable, a read-only file system) says why, and sends nothing", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput([request("a")])
+      const lockPath = `${ws.output}.lock`
+      const directory = ws.output.slice(0, ws.output.lastIndexOf("/"))
+      const refusing = (code: string, reason: "PermissionDenied" | "Unknown") =>
+        Layer.effect(
+          FileSystem.FileSystem,
+          Effect.map(FileSystem.FileSystem, (fs) => ({
+            ...fs,
+            writeFileString: (path: string, text: string, options?: FileSystem.WriteFileStringOptions) =>
+              path.startsWith(lockPath)
+                ? Effect.fail(
+                  new SystemError({ reason, module: "FileSystem", method: "writeFile", pathOrDescriptor: path, description: `${code}, open '${path}'` })
+                )
+                : fs.writeFileString(path, text, options)
+          }))
+        )
+      const messageWith = (code: string, reason: "PermissionDenied" | "Unknown") =>
+        Effect.map(Effect.flip(runWith(ok, ws).pipe(Effect.provide(refusing(code, reason)))), (error) => error.message)
+      expect(yield* messageWith("EACCES: permission denied", "PermissionDenied")).toBe(
+        `cannot take the lock ${lockPath}: this user may not create files in ${directory}; nothing was sent`
+      )
+      expect(yield* messageWith("EROFS: read-only file system", "Unknown")).toBe(
+        `cannot take the lock ${lockPath}: ${directory} is on a read-only file system; nothing was sent`
+      )
+      const other = yield* messageWith("EIO: i/o error", "Unknown")
+      expect(other.startsWith(`cannot take the lock ${lockPath}: EIO: i/o error, open '${lockPath}`)).toBe(true)
+      expect(other.endsWith("'; nothing was sent")).toBe(true)
+      expect(yield* ws.fs.exists(ws.output)).toBe(false)
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
   it.scoped("compacts through a symlink: the link stays a link to the compacted file, whose mode is kept", () =>
     Effect.gen(function*() {
       const ws = yield* workspace

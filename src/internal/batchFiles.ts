@@ -496,6 +496,17 @@ const createLock = (fs: FileSystem.FileSystem, lockPath: string, text: string) =
 }
 
 /**
+ * Why the lock file `lockPath` could not be created, where its directory is the cause: the
+ * system's own words name the draft written beside it (`createLock`), a file the user never named.
+ */
+export const lockDirectoryProblem = (error: PlatformError, lockPath: string): string | undefined => {
+  if (error._tag !== "SystemError" || (error.method !== "writeFile" && error.method !== "link")) return undefined
+  const directory = NodePath.dirname(lockPath)
+  if (error.reason === "PermissionDenied") return `this user may not create files in ${directory}`
+  return error.description?.startsWith("EROFS") === true ? `${directory} is on a read-only file system` : undefined
+}
+
+/**
  * Takes the lock file `lockPath` for this process, created exclusively (`createLock`), until the
  * scope closes (then it is removed if it is still ours). A lock whose holder is a dead process of
  * this host is taken over (its holder is returned); any other lock fails with `Locked`.
