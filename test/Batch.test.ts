@@ -280,6 +280,19 @@ describe("Batch.run", () => {
       expect(summary).toMatchObject({ succeeded: 1, failed: 0 })
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
+  it.scoped("reads a file joined from files that each began with a byte order mark (`cat a.jsonl b.jsonl`): each line after a mark is its JSON", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput(["\uFEFF" + request("a"), request("b"), "\uFEFF" + request("c"), "\uFEFF", "\uFEFF\u3000"])
+      const { calls, summary } = yield* runWith(ok, ws)
+      const lines = byCustomId(yield* ws.readOutput)
+      expect(calls).toBe(3)
+      expect(["a", "b", "c"].map((id) => lines.get(id)?.error)).toEqual([null, null, null])
+      // A mark alone is a blank line; a mark before a space that is not JSON's is still no JSON.
+      expect(lines.get("line-5")?.error).toEqual({ code: "invalid_line", message: "line is not valid JSON" })
+      expect(summary).toMatchObject({ requests: 4, succeeded: 3, failed: 1 })
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
   it.scoped("turns every malformed line (nested too deep, blank only to trim() included) into an error line and sends the rest", () =>
     Effect.gen(function*() {
       const ws = yield* workspace
@@ -1148,12 +1161,12 @@ describe("Batch.run input decoding", () => {
           let text: string
           try {
             text = fatal.decode(bytes).replace(/\r$/, "")
-            if (i === 0) text = text.replace(/^\uFEFF/, "")
+            text = text.replace(/^\uFEFF/, "")
           } catch {
             // Bad only in a character cut at the end: the text before it comes along.
             try {
               const beforeCut = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(bytes, { stream: true })
-              return [{ text: undefined, lineNumber, unreadable: "invalid-utf8", beforeCut: i === 0 ? beforeCut.replace(/^\uFEFF/, "") : beforeCut }]
+              return [{ text: undefined, lineNumber, unreadable: "invalid-utf8", beforeCut: beforeCut.replace(/^\uFEFF/, "") }]
             } catch {
               return [{ text: undefined, lineNumber, unreadable: "invalid-utf8" }]
             }

@@ -51,6 +51,13 @@ const joinBytes = (pieces: ReadonlyArray<Uint8Array>): Uint8Array => {
 }
 
 /**
+ * A line without the byte order mark it starts with: the first line's where the file has one, and
+ * any line's where files that each had one were joined (`cat a.jsonl b.jsonl`). JSON has no
+ * mark, so dropping it changes no line that was JSON.
+ */
+const withoutMark = (line: string): string => line.charCodeAt(0) === 0xfeff ? line.slice(1) : line
+
+/**
  * Splits bytes into lines on `\n` and decodes each line with a fatal UTF-8 decoder. The complete
  * lines of a read are decoded in one call, and one by one only when that call finds a bad byte,
  * so valid input costs what a single decode of it does. The pieces of a line that spans reads are
@@ -70,10 +77,9 @@ const lineSplitter = (maxBytes: number) => {
       const beforeCut = bytes === undefined ? undefined : decodeBeforeCut(bytes)
       return void out.push(beforeCut === undefined ? { text, lineNumber, unreadable: "invalid-utf8" } : { text, lineNumber, unreadable: "invalid-utf8", beforeCut })
     }
-    let line = text.endsWith("\r") ? text.slice(0, -1) : text
-    if (lineNumber === 1 && line.startsWith("\uFEFF")) line = line.slice(1)
-    // Blank in JSON's sense only (space, tab, CR): a line of U+FEFF or U+3000, which trim() also
-    // strips, is no JSON, and gets its error line rather than vanishing.
+    const line = withoutMark(text.endsWith("\r") ? text.slice(0, -1) : text)
+    // Blank in JSON's sense only (space, tab, CR): a line of U+3000, which trim() also strips, is
+    // no JSON, and gets its error line rather than vanishing.
     if (!/^[ \t\r]*$/.test(line)) out.push({ text: line, lineNumber })
   }
 
@@ -94,7 +100,7 @@ const lineSplitter = (maxBytes: number) => {
   const decodeBeforeCut = (bytes: Uint8Array): string | undefined => {
     try {
       const text = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(bytes, { stream: true })
-      return lineNumber === 1 && text.startsWith("\uFEFF") ? text.slice(1) : text
+      return withoutMark(text)
     } catch {
       return undefined
     }
