@@ -170,7 +170,8 @@ export interface ModelStatus {
  *   waiting for its balance to return), `checking_balance` (its balance is being asked at start:
  *   no call until it answers), `no_keys` (every key rejected, cooling down);
  * - `limit`, `inFlight`: summed over its model lanes, each in `models`;
- * - `usableKeys`: keys not cooling down; `calls`: attempts placed on it so far.
+ * - `usableKeys`: keys not cooling down, `restingKeys` the ids of those that are (`key#2`: rejected
+ *   with a 401, set aside for their cooldown); `calls`: attempts placed on it so far.
  *
  * @since 0.1.0
  * @category models
@@ -184,6 +185,7 @@ export interface AccountStatus {
   readonly inFlight: number
   readonly models: ReadonlyArray<ModelStatus>
   readonly usableKeys: number
+  readonly restingKeys: ReadonlyArray<string>
   /** Attempts placed on the account, including those refused before sending. */
   readonly calls: number
   /** Attempts sent to the account that answered. */

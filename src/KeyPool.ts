@@ -53,6 +53,8 @@ export interface Service {
    * time (`currentTimeNanos`); none when no key is.
    */
   readonly cooldownEnd: Effect.Effect<Option.Option<number>>
+  /** The ids of the keys set aside now (rejected, cooling down), in the pool's order. */
+  readonly resting: Effect.Effect<ReadonlyArray<string>>
 }
 
 /**
@@ -120,7 +122,8 @@ const inMemory = (keys: ReadonlyArray<Redacted.Redacted<string>>, options: Optio
       reject: (credential) =>
         withNow((now) => isCooling(credential.id, now) ? Effect.void : restUntil(credential.id, now + cooldownMillis)),
       available: withNow((now) => Effect.succeed(usableAt(now).length)),
-      cooldownEnd: withNow((now) => Effect.succeed(firstBackAt(now)))
+      cooldownEnd: withNow((now) => Effect.succeed(firstBackAt(now))),
+      resting: withNow((now) => Effect.succeed(credentials.flatMap((c) => isCooling(c.id, now) ? [c.id] : [])))
     }
     return { service, credentials, cooldownMillis, restUntil }
   })

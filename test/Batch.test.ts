@@ -936,7 +936,8 @@ describe("Batch summary", () => {
             { model: "deepseek-v4-pro", limit: 3, inFlight: 0, queued: 0, rateLimited: 0, costUsd: 0.001 }
           ]
           : [{ model: "deepseek-v4-flash", limit: 8, inFlight: 0, queued: 0, rateLimited: 0, costUsd: 0 }],
-        usableKeys: 2,
+        usableKeys: name === "beta" ? 1 : 2,
+        restingKeys: name === "beta" ? ["key#2"] : [],
         calls,
         succeeded: calls,
         failed: 0,
@@ -962,7 +963,8 @@ describe("Batch summary", () => {
         state: "out_of_balance",
         limit: 8,
         in_flight: 0,
-        usable_keys: 2,
+        usable_keys: 1,
+        resting_keys: ["key#2"],
         calls: 1,
         succeeded: 1,
         failed: 0,
@@ -982,7 +984,7 @@ describe("Batch summary", () => {
       const text = Batch.formatSummary(summary)
       expect(text).toContain("  alpha: deepseek, serving, limit 8 (deepseek-v4-flash 5, deepseek-v4-pro 3), 2 usable keys; ")
       expect(text).toContain(
-        "  beta: deepseek, out of balance, limit 8, 2 usable keys, last failure: InsufficientBalance: HTTP 402; 1 answered, 1 attempt, 15 tokens"
+        "  beta: deepseek, out of balance, limit 8, 1 usable key (key#2 rejected, resting), last failure: InsufficientBalance: HTTP 402; 1 answered, 1 attempt, 15 tokens"
       )
       expect(text).not.toContain("RateLimited: HTTP 429")
       expect(text).toContain(

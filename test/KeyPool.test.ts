@@ -45,6 +45,7 @@ describe("KeyPool", () => {
       const first = yield* pool.acquire
       yield* pool.reject(first)
       expect(yield* pool.cooldownEnd).toEqual(Option.some(5 * 60_000))
+      expect(yield* pool.resting).toEqual(["key#1"])
       yield* TestClock.adjust("4 minutes")
       yield* pool.reject(first) // again while it rests: the rest is not extended
       const ids = (yield* Effect.replicateEffect(pool.acquire, 4)).map((c) => c.id)
@@ -52,6 +53,7 @@ describe("KeyPool", () => {
       yield* TestClock.adjust("1 minute")
       expect(yield* pool.available).toBe(3)
       expect(yield* pool.cooldownEnd).toEqual(Option.none())
+      expect(yield* pool.resting).toEqual([])
     }))
 
   it.effect("a step of the system clock back does not lengthen a rest", () =>

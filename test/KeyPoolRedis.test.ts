@@ -33,6 +33,7 @@ describe.skipIf(!redisServerPresent)(skipMessage("KeyPool on Redis"), () => {
       yield* until(b.available, (n) => n === 1)
       expect((yield* b.acquire).id).toBe("key#2")
       expect((yield* b.acquire).id).toBe("key#2")
+      expect(yield* b.resting).toEqual(["key#1"])
 
       const stored = yield* keysWithTtl(mine)
       expect(stored.map(({ key }) => key)).toEqual([mine.key("keys", "main", KeyPool.fingerprintOf(keys[0]!))])

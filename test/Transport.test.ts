@@ -611,7 +611,8 @@ describe("Transport key rotation with keys that come back", () => {
     acquire: Effect.succeed({ id: "key#1", key: Redacted.make(keys[0]!) }),
     reject: () => Effect.void,
     available: Effect.succeed(1),
-    cooldownEnd: Effect.succeedNone
+    cooldownEnd: Effect.succeedNone,
+    resting: Effect.succeed([])
   })
   const alwaysRejected: MockUpstream.Script = () => echoKeyBody(401, "authentication_error")
 

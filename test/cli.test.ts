@@ -758,6 +758,7 @@ describe("weatherproof's progress lines", () => {
     inFlight: 0,
     models: [],
     usableKeys: 1,
+    restingKeys: [],
     calls: 0,
     succeeded: 0,
     failed: 0,

@@ -22,6 +22,7 @@ const accountSample = (name: string, changes: Partial<AccountSample> = {}): Acco
   inFlight: 0,
   models: [],
   usableKeys: 2,
+  restingKeys: [],
   calls: 0,
   succeeded: 0,
   failed: 0,

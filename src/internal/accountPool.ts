@@ -1295,6 +1295,7 @@ export const makeWith = <R>(
           inFlight: member.slot.inFlight,
           models,
           usableKeys: yield* member.keys.available,
+          restingKeys: yield* member.keys.resting,
           calls: member.calls,
           succeeded: member.succeeded,
           failed: member.failed,

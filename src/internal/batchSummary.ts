@@ -111,6 +111,8 @@ export interface AccountJson extends SpendJson {
   readonly limit?: number
   readonly in_flight?: number
   readonly usable_keys?: number
+  /** The keys set aside at the end, rejected by the upstream (401): their ids (`key#2`), never the keys. */
+  readonly resting_keys?: ReadonlyArray<string>
   readonly calls?: number
   /** Attempts sent to the account that answered, that failed, that drew a 429, that were retries. */
   readonly succeeded?: number
@@ -187,6 +189,7 @@ const accountJson = (account: AccountSummary): AccountJson => {
       limit: status.limit,
       in_flight: status.inFlight,
       usable_keys: status.usableKeys,
+      resting_keys: status.restingKeys,
       calls: status.calls,
       succeeded: status.succeeded,
       failed: status.failed,
@@ -265,10 +268,15 @@ const limitText = (status: AccountStatus): string =>
 const lastFailureText = (status: AccountStatus): string =>
   status.state === "serving" || status.lastFailure === undefined ? "" : `, last failure: ${status.lastFailure}`
 
+/** Its usable keys, and those the upstream rejected, which a user fixes in the accounts file or the environment. */
+const keysText = (status: AccountStatus): string =>
+  counted(status.usableKeys, "usable key", "usable keys") +
+  (status.restingKeys.length === 0 ? "" : ` (${status.restingKeys.join(", ")} rejected, resting)`)
+
 const statusText = (status: AccountStatus): string =>
-  `${status.provider}${status.fallback ? " fallback" : ""}, ${describeState(status)}, ${limitText(status)}, ${
-    counted(status.usableKeys, "usable key", "usable keys")
-  }${lastFailureText(status)}`
+  `${status.provider}${status.fallback ? " fallback" : ""}, ${describeState(status)}, ${limitText(status)}, ${keysText(status)}${
+    lastFailureText(status)
+  }`
 
 const accountLine = (name: string, account: AccountSummary): string =>
   `  ${name}: ${account.status === undefined ? "" : `${statusText(account.status)}; `}${account.answered} answered${account.truncated === 0 ? "" : ` (${account.truncated} cut short)`}, ${
