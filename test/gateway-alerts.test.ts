@@ -5,12 +5,14 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
-import { type Alert, alertsBetween, HoldDown } from "../app/gateway/alerts.js"
+import { type Alert, alertsBetween, claimOnRedis, HoldDown, KeyRejections } from "../app/gateway/alerts.js"
 import type { AccountSample, Sample } from "../app/gateway/status.js"
+import * as Redis from "../src/Redis.js"
 import * as Simulator from "../src/Simulator.js"
 import { account, attempt, openai, startGateway } from "./support/gateway.js"
 import { capturingLogs, type Logged } from "./support/logs.js"
 import { freePort } from "./support/ports.js"
+import { redisServer, redisServerPresent, skipMessage } from "./support/redisServer.js"
 import { rawServer, reply } from "./support/rawServer.js"
 
 const accountSample = (name: string, changes: Partial<AccountSample> = {}): AccountSample => ({
@@ -65,7 +67,7 @@ describe("gateway alerts", () => {
       accountSample("d")
     ])
     const after = sample([
-      accountSample("a", { state: "open", usableKeys: 1, lastFailure: "ServerError: HTTP 500" }),
+      accountSample("a", { state: "open", usableKeys: 1, restingKeys: ["key#2"], lastFailure: "ServerError: HTTP 500" }),
       accountSample("b", { state: "serving" }),
       accountSample("c"),
       accountSample("d", { reachable: false, lastFailure: "TransportError: connect ECONNREFUSED 127.0.0.1:9" })
@@ -74,6 +76,11 @@ describe("gateway alerts", () => {
       "account d: cannot connect to its upstream; its calls fail to connect until it can be reached; " +
         "its last failure: TransportError: connect ECONNREFUSED 127.0.0.1:9"
     )
+    expect(alertsBetween(before, after).find((alert) => alert.event === "key_rejected")).toMatchObject({
+      account: "a",
+      key: "key#2",
+      message: "account a: the upstream rejected its key#2 (401); 1 usable key left"
+    })
     expect(events(alertsBetween(before, after))).toEqual([
       "breaker_opened:a",
       "key_rejected:a",
@@ -110,6 +117,7 @@ describe("gateway alerts", () => {
       event: "breaker_opened",
       account: "a",
       message: "account a: circuit breaker opened; its calls go elsewhere or wait; its last failure: ServerError: HTTP 500",
+      key: null,
       at: "2026-01-01T00:00:00.000Z",
       source: "weatherproof-gateway",
       text: "account a: circuit breaker opened; its calls go elsewhere or wait; its last failure: ServerError: HTTP 500",
@@ -157,6 +165,31 @@ describe("gateway alerts", () => {
       // then the next, whose event was last told longer ago still.
       expect(toldWhileFlapping).toEqual(["610s breaker_closed (held back: 29 change)", "630s breaker_opened"])
     })
+  })
+
+  it("of a key rejected again after each cooldown are told once, then at most every few hours, with how many came between", () => {
+    const minute = 60_000
+    const repeats = new KeyRejections(240 * minute)
+    const resting = (...keys: ReadonlyArray<string>) => sample([accountSample("a", { usableKeys: 3 - keys.length, restingKeys: keys })])
+    const start = Date.UTC(2026, 0, 1)
+    const told = (before: Sample, after: Sample, at: number) =>
+      repeats.pass(alertsBetween(before, after), start + at).map((alert) => `${alert.key}: ${alert.message}`)
+    expect(told(resting(), resting("key#2"), 0)).toEqual(["key#2: account a: the upstream rejected its key#2 (401); 2 usable keys left"])
+    // Back after its 15-minute cooldown, rejected again at its next call: not told again for hours.
+    expect(told(resting("key#2"), resting(), 15 * minute)).toEqual([])
+    expect(told(resting(), resting("key#2"), 16 * minute)).toEqual([])
+    // Another key of the account is told at once.
+    expect(told(resting("key#2"), resting("key#2", "key#3"), 20 * minute)).toEqual([
+      "key#3: account a: the upstream rejected its key#3 (401); 1 usable key left"
+    ])
+    for (let at = 31; at + 1 < 240; at += 16) {
+      expect(told(resting("key#2"), resting(), at * minute)).toEqual([])
+      expect(told(resting(), resting("key#2"), (at + 1) * minute)).toEqual([])
+    }
+    expect(told(resting(), resting("key#2"), 241 * minute)).toEqual([
+      "key#2: account a: the upstream rejected its key#2 (401); 2 usable keys left (rejected 14 more times since 2026-01-01T00:00:00.000Z, each time after its rest)"
+    ])
+    expect(told(resting(), resting("key#2"), 260 * minute)).toEqual([])
   })
 
   it.scopedLive("go to the webhook as JSON, retried with backoff after a failure: an account out of balance and back", () =>
@@ -235,5 +268,22 @@ describe("gateway alerts", () => {
       expect(logs.filter((logged) => logged.message.includes("stopping with")).map((logged) => logged.message)).toEqual([
         `gateway: stopping with 1 alert not delivered to the webhook at ${hanging.url}: balance_exhausted`
       ])
+    }))
+})
+
+describe.skipIf(!redisServerPresent)(skipMessage("gateway alerts claimed on Redis"), () => {
+  it.scopedLive("replicas claim a key's rejection per key: two keys of one account are each told, one key once", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const redis = yield* Redis.make({ url: server.url })
+      const [first, second] = [claimOnRedis(redis, "replica-1"), claimOnRedis(redis, "replica-2")]
+      const rejected = (key: string) => {
+        const before = sample([accountSample("a")])
+        const after = sample([accountSample("a", { usableKeys: 1, restingKeys: [key] })])
+        return alertsBetween(before, after)[0]!
+      }
+      expect(yield* first(rejected("key#1"))).toBe(true)
+      expect(yield* second(rejected("key#1"))).toBe(false)
+      expect(yield* second(rejected("key#2"))).toBe(true)
     }))
 })

@@ -3,7 +3,9 @@
  * page for. Found by comparing consecutive status samples, so they cost a request nothing:
  * - `breaker_opened` / `breaker_closed`: an account's circuit breaker opened, or closed again;
  * - `balance_exhausted` / `balance_restored`: an account answered 402, or its balance is back;
- * - `key_rejected`: an account has fewer usable keys (the upstream rejected one);
+ * - `key_rejected`: the upstream rejected one of an account's keys (named by its id, `key#2`);
+ *   told once, then at most every few hours while it is rejected again after each rest
+ *   (`KeyRejections`);
  * - `account_unreachable` / `account_reachable`: a connection to an account's origin could not
  *   open, or one opened again;
  * - `budget_spent`: the cost budget is spent; new calls are refused.
@@ -59,6 +61,8 @@ export interface Alert {
   readonly event: AlertEvent
   /** The account concerned; `null` for the budget. */
   readonly account: string | null
+  /** The key concerned, by its id (`key#2`, never the key): `key_rejected`'s; `null` for the others. */
+  readonly key: string | null
   readonly message: string
   /** ISO 8601, when the sample that showed it was taken. */
   readonly at: string
@@ -80,6 +84,8 @@ export interface Options {
   readonly holdDown?: Duration.DurationInput | undefined
   /** How long a change held back must last to be told before the hold-down passes (`HoldDown`). Default 1 minute. */
   readonly settle?: Duration.DurationInput | undefined
+  /** How long a key's rejection told holds back the same key's next (`KeyRejections`). Default 4 hours. */
+  readonly keyRepeat?: Duration.DurationInput | undefined
   /** Whether this process tells an alert (`claimOnRedis`); by default it tells every one. */
   readonly claim?: Claim | undefined
 }
@@ -102,14 +108,14 @@ const claimWindow = Duration.minutes(1)
 
 /**
  * The first replica to claim an account's alert on `redis` tells it (`SET {prefix}:alert:<event>:<account> NX`,
- * for `claimWindow`); claiming it drops the claim of the event that undoes it, so the next
+ * and `:<key>` after it for a key's, for `claimWindow`); claiming it drops the claim of the event that undoes it, so the next
  * such change is told again. The budget is each process's own: its alert is always told. With
  * Redis away, each replica tells its alerts: twice rather than never.
  */
 export const claimOnRedis = (redis: Redis.Service, owner: string): Claim => (alert) => {
   const account = alert.account
   if (account === null) return Effect.succeed(true)
-  const keyOf = (event: AlertEvent) => redis.key("alert", event, account)
+  const keyOf = (event: AlertEvent) => redis.key("alert", event, account, ...(alert.key === null ? [] : [alert.key]))
   const undone = opposite[alert.event]
   return redis.command("SET", [keyOf(alert.event), owner, "NX", "PX", Duration.toMillis(claimWindow)]).pipe(
     Effect.map((reply) => reply === "OK"),
@@ -183,10 +189,45 @@ export class HoldDown {
     this.toldAt.set(`${alert.account} ${alert.event}`, now)
     this.toldAt.set(kind, now)
     if (heldBack === 0) return alert
-    const note = ` (${counted(heldBack, "change", "changes")} held back since ${new Date(lastTold).toISOString()}: it flapped)`
-    return { ...alert, message: alert.message + note, text: alert.text + note, content: alert.content + note }
+    return withNote(alert, ` (${counted(heldBack, "change", "changes")} held back since ${new Date(lastTold).toISOString()}: it flapped)`)
   }
 }
+
+/**
+ * Tells a key's rejection once, then at most every `repeatMillis`: a key revoked for good is
+ * rejected again each time its rest ends (15 minutes by default), 96 alerts a day. The one told
+ * after says how many rejections came between.
+ */
+export class KeyRejections {
+  /** When each (account, key) was last told, and how many of its rejections were held back since. */
+  private readonly told = new Map<string, { readonly at: number; readonly heldBack: number }>()
+
+  constructor(private readonly repeatMillis: number) {}
+
+  /** The alerts of a sample at `now` to send now. */
+  pass(alerts: ReadonlyArray<Alert>, now: number): ReadonlyArray<Alert> {
+    return alerts.flatMap((alert) => {
+      if (alert.event !== "key_rejected") return [alert]
+      const id = `${alert.account} ${alert.key}`
+      const last = this.told.get(id)
+      if (last !== undefined && now - last.at < this.repeatMillis) {
+        this.told.set(id, { at: last.at, heldBack: last.heldBack + 1 })
+        return []
+      }
+      this.told.set(id, { at: now, heldBack: 0 })
+      if (last === undefined || last.heldBack === 0) return [alert]
+      return [withNote(alert, ` (rejected ${last.heldBack} more times since ${new Date(last.at).toISOString()}, each time after its rest)`)]
+    })
+  }
+}
+
+/** `alert` with `note` after its message, where each chat webhook reads it. */
+const withNote = (alert: Alert, note: string): Alert => ({
+  ...alert,
+  message: alert.message + note,
+  text: alert.text + note,
+  content: alert.content + note
+})
 
 /** The webhook from the environment, where no other user of the host can read it (a command line is in `ps`). */
 export const webhookConfig: Config.Config<Redacted.Redacted<string>> = Config.redacted("WEATHERPROOF_ALERT_WEBHOOK")
@@ -232,10 +273,11 @@ const whyNotDelivered = (error: HttpClientError.HttpClientError | Cause.TimeoutE
     ? `cannot reach it (${connectionFailure(error.cause)})`
     : `no answer within ${Duration.format(postTimeout)}`
 
-const alert = (sample: Sample, event: AlertEvent, account: string | null, message: string): Alert => ({
+const alert = (sample: Sample, event: AlertEvent, account: string | null, message: string, key: string | null = null): Alert => ({
   id: randomUUID(),
   event,
   account,
+  key,
   message,
   at: new Date(sample.t).toISOString(),
   source: "weatherproof-gateway",
@@ -280,10 +322,10 @@ const accountAlerts = (sample: Sample, before: AccountSample, after: AccountSamp
   if (!before.reachable && after.reachable) {
     alerts.push(alert(sample, "account_reachable", name, `account ${name}: connected to its upstream again`))
   }
-  if (after.usableKeys < before.usableKeys) {
-    alerts.push(
-      alert(sample, "key_rejected", name, `account ${name}: the upstream rejected a key (${after.usableKeys} usable left)`)
-    )
+  for (const key of after.restingKeys) {
+    if (before.restingKeys.includes(key)) continue
+    const left = counted(after.usableKeys, "usable key", "usable keys")
+    alerts.push(alert(sample, "key_rejected", name, `account ${name}: the upstream rejected its ${key} (401); ${left} left`, key))
   }
   return alerts
 }
@@ -343,6 +385,7 @@ export const run = (
       Duration.toMillis(options.holdDown ?? Duration.minutes(10)),
       Duration.toMillis(options.settle ?? Duration.minutes(1))
     )
+    const keyRejections = new KeyRejections(Duration.toMillis(options.keyRepeat ?? Duration.hours(4)))
     const claim = options.claim ?? tellEvery
     const retry = Schedule.exponential(options.retryBase ?? Duration.seconds(1)).pipe(
       Schedule.jittered,
@@ -363,7 +406,8 @@ export const run = (
     yield* samples.pipe(
       Stream.mapAccum({ before: first, openTold: breakersOpenIn(first) }, ({ before, openTold }, after) => {
         const alerts = alertsBetween(before, after, openTold)
-        return [{ before: after, openTold: openToldAfter(openTold, alerts) }, holdDown.pass(alerts, after.t)] as const
+        const told = keyRejections.pass(holdDown.pass(alerts, after.t), after.t)
+        return [{ before: after, openTold: openToldAfter(openTold, alerts) }, told] as const
       }),
       Stream.runForEach((alerts) =>
         Effect.forEach(alerts, (alert) =>
