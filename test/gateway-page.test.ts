@@ -141,10 +141,11 @@ describe.skipIf(!present)(title, () => {
       expect(problems).toEqual([])
       yield* Fiber.interrupt(burst)
     }), { timeout: 120_000 })
-  it.scopedLive("shows under an account that cannot serve what it last met", () =>
+  it.scopedLive("shows under an account that cannot serve what it last met, and under any account the keys the upstream rejected", () =>
     Effect.gen(function*() {
       const sim = yield* Simulator.make({ accounts: { a: { keys: ["sk-page-a"] }, b: { keys: ["sk-page-b"] } } })
-      const gateway = yield* startGateway([account("a", sim.baseUrl, ["sk-page-a"]), account("b", sim.baseUrl, ["sk-page-b"])], {
+      const bKeys = ["sk-page-b", "sk-page-revoked"]
+      const gateway = yield* startGateway([account("a", sim.baseUrl, ["sk-page-a"]), account("b", sim.baseUrl, bKeys)], {
         statusInterval: "100 millis"
       })
       const page = yield* Effect.flatMap(browser, (b) => Effect.promise(() => b.newPage()))
@@ -158,7 +159,8 @@ describe.skipIf(!present)(title, () => {
         attempt(() => client.chat.completions.create({ model: "deepseek-v4-flash", messages: [{ role: "user", content: `q${i}` }] })))
       yield* waitFor(page, "a's last failure", `document.querySelector('.card[data-account="a"] .note').textContent.includes('InsufficientBalance')`)
       expect(yield* note("a")).toMatch(/^last failure: InsufficientBalance: /)
-      expect(yield* note("b")).toBe("")
+      // Serving on its first key: the second, refused at start, is named (never shown itself).
+      expect(yield* note("b")).toBe("key#2 rejected (401), resting")
     }), { timeout: 60_000 })
   it.scopedLive("says when its data is stale, and follows the gateway again after a proxy answered its reconnect with a 502", () =>
     Effect.gen(function*() {

@@ -164,8 +164,10 @@ function render() {
     const shown = account.reachable ? account.state : "unreachable";
     card.badge.textContent = shown.replace(/_/g, " ");
     card.badge.className = "badge " + shown;
-    // Why an account does not serve, as far as its last attempt tells.
-    card.note.textContent = shown === "serving" || !account.lastFailure ? "" : "last failure: " + account.lastFailure;
+    // Why an account does not serve, as far as its last attempt tells, and the keys to fix.
+    const failure = shown === "serving" || !account.lastFailure ? [] : ["last failure: " + account.lastFailure];
+    const resting = account.restingKeys.length === 0 ? [] : [account.restingKeys.join(", ") + " rejected (401), resting"];
+    card.note.textContent = failure.concat(resting).join("; ");
     draw(card.charts, xs, samples, of);
     for (const lane of account.models) {
       let charts = card.laneCharts.get(lane.model);
