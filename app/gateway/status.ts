@@ -112,6 +112,15 @@ export const accountReachableGauge = Metric.gauge("weatherproof_gateway_account_
   description: "Whether the account's base URL accepts connections (1) or not (0)"
 })
 
+/** An account's keys not set aside, and those set aside (rejected with a 401, resting): the second is the one to alert on. */
+export const accountKeysUsableGauge = Metric.gauge("weatherproof_gateway_account_keys_usable", {
+  description: "The account's keys usable now"
+})
+
+export const accountKeysRestingGauge = Metric.gauge("weatherproof_gateway_account_keys_resting", {
+  description: "The account's keys the upstream rejected (401), set aside for their rest"
+})
+
 /** 1 when `/readyz` would answer 200: an account can serve, the budget is not spent, no drain. */
 export const readyGauge = Metric.gauge("weatherproof_gateway_ready", {
   description: "Whether the gateway can serve a call now (what /readyz answers 200 for)"
@@ -127,6 +136,8 @@ const publishStates = (sample: Sample): void => {
       accountStateGauge.unsafeUpdate(account.state === state ? 1 : 0, [tagged, MetricLabel.make("state", state)])
     }
     accountReachableGauge.unsafeUpdate(account.reachable ? 1 : 0, [tagged])
+    accountKeysUsableGauge.unsafeUpdate(account.usableKeys, [tagged])
+    accountKeysRestingGauge.unsafeUpdate(account.restingKeys.length, [tagged])
   }
   const { banner, draining } = sample
   readyGauge.unsafeUpdate(draining || banner.budgetSpent || banner.noAccountServing ? 0 : 1, [])
