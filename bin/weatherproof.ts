@@ -117,8 +117,15 @@ const weatherproof = Command.make("weatherproof").pipe(
  */
 export const cli = Command.run(weatherproof, { name: "weatherproof", version: "0.1.0" })
 
-/** Logs (the library's warnings) go to stderr: stdout is the summary's. */
-const logToStderr = Logger.replace(Logger.defaultLogger, Logger.prettyLogger({ stderr: true }))
+/**
+ * Logs (the library's warnings) go to stderr: stdout is the summary's. Each line carries its date
+ * and time in UTC (ISO 8601), not only the time of day: a gateway's log, or a long batch's, is read
+ * days later.
+ */
+const logToStderr = Logger.replace(
+  Logger.defaultLogger,
+  Logger.prettyLogger({ stderr: true, formatDate: (date) => date.toISOString() })
+)
 
 /**
  * Runs the command line and returns its exit code; every failure is reported on stderr first.

@@ -288,7 +288,7 @@ describe("weatherproof batch as a process", () => {
       expect(ended.stderr).toContain("interrupted by SIGTERM: 0 lines written in this run")
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)))
 
-  it.live("takes over a stale lock of a process that is gone, saying so on stderr", () =>
+  it.live("takes over a stale lock of a process that is gone, saying so on stderr in a line that carries its date", () =>
     Effect.gen(function*() {
       const ws = yield* setup(3, { queueDelay: "1 millis" })
       const dead = spawnSync(process.execPath, ["-e", ""]).pid!
@@ -296,6 +296,8 @@ describe("weatherproof batch as a process", () => {
       const ended = yield* start(["batch", ws.input, "-o", ws.output], ws.env).ended(20_000)
       expect(ended.code).toBe(0)
       expect(ended.stderr).toContain(`took over the lock ${ws.lock} left by pid ${dead}`)
+      // A log kept for days (a service's, a file's) says when, not only at what time of day.
+      expect(ended.stderr).toMatch(/^\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\] WARN \(#\d+\): Batch: took over the lock /m)
       expect(ended.stdout).not.toContain("took over")
       expect(expectOnceEach(yield* ws.readOutput)).toBe(3)
       expect(yield* ws.fs.exists(ws.lock)).toBe(false)
@@ -612,7 +614,7 @@ describe.skipIf(!scriptPresent)(inTerminalTitle, () => {
       const ended = yield* run.ended
       expect(ended.code).toBe(130)
       // The bar's line is erased first (the bar draws itself again below what was written).
-      expect(ended.screen).toMatch(/lines \|[^\n]*\r\x1b\[2K\[\d\d:\d\d:\d\d\.\d{3}\] WARN \(#\d+\): AccountPool: account default's circuit breaker opened/)
+      expect(ended.screen).toMatch(/lines \|[^\n]*\r\x1b\[2K\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\] WARN \(#\d+\): AccountPool: account default's circuit breaker opened/)
       expect(ended.screen).toContain("\r\x1b[2Kweatherproof: SIGINT: stopping; nothing more is sent")
       // The terminal's wrapping is left on (cli-progress cuts the bar to the width), so a long
       // warning beside the bar is wrapped, not cut.
