@@ -190,6 +190,9 @@ describe("gateway alerts", () => {
       "key#2: account a: the upstream rejected its key#2 (401); 2 usable keys left (rejected 14 more times since 2026-01-01T00:00:00.000Z, each time after its rest)"
     ])
     expect(told(resting(), resting("key#2"), 260 * minute)).toEqual([])
+    expect(told(resting(), resting("key#2"), 481 * minute)).toEqual([
+      "key#2: account a: the upstream rejected its key#2 (401); 2 usable keys left (rejected 1 more time since 2026-01-01T04:01:00.000Z, each time after its rest)"
+    ])
   })
 
   it.scopedLive("go to the webhook as JSON, retried with backoff after a failure: an account out of balance and back", () =>

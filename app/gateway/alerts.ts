@@ -216,7 +216,8 @@ export class KeyRejections {
       }
       this.told.set(id, { at: now, heldBack: 0 })
       if (last === undefined || last.heldBack === 0) return [alert]
-      return [withNote(alert, ` (rejected ${last.heldBack} more times since ${new Date(last.at).toISOString()}, each time after its rest)`)]
+      const since = new Date(last.at).toISOString()
+      return [withNote(alert, ` (rejected ${counted(last.heldBack, "more time", "more times")} since ${since}, each time after its rest)`)]
     })
   }
 }
