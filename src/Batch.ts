@@ -672,7 +672,22 @@ const compactionError = (output: string) => (error: PlatformError | Files.Foreig
         "give another output, or remove that line if the file is this batch's (its results are kept, and the " +
         "line's request, if it was one, is sent again)"
     })
-    : outputError(output)(error)
+    : new BatchError({
+      file: "output",
+      path: output,
+      message: `cannot compact output ${output}: ${describe(error)}${compactionHint(error)}; nothing was sent`
+    })
+
+/** What the system's words about a compaction that failed leave out, where the cause is a common one. */
+const compactionHint = (error: PlatformError): string => {
+  const words = describe(error)
+  if (words.startsWith("ENOSPC")) {
+    return " (its compacted copy is written beside it, then renamed over it: that needs about as much free space as the output takes)"
+  }
+  return error._tag === "SystemError" && error.method === "rename" && words.startsWith("EPERM")
+    ? " (in a directory with the sticky bit, only the output's owner may replace it: run as its owner, or give another output)"
+    : ""
+}
 
 /**
  * Decides, in input order, what each line asks for. The first line with a `custom_id` owns it:

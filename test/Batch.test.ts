@@ -1432,6 +1432,46 @@ describe("Batch.run output file", () => {
       expect(calls).toBe(1)
     }))
 
+  it.scoped("an output that cannot be compacted (no room for its copy, a rename refused) says why and that nothing was sent, and is left as it was", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput(["a", "b"].map((id) => request(id)))
+      yield* runWith(ok, ws)
+      yield* ws.writeInput(["a", "b", "c"].map((id) => request(id)))
+      const before = yield* ws.fs.readFileString(ws.output)
+      const copy = `${ws.output}.compacting`
+      const full = yield* Effect.flip(runWith(ok, ws).pipe(Effect.provide(layerFullDisk([copy], 10))))
+      expect(full.message).toBe(
+        `cannot compact output ${ws.output}: ENOSPC: no space left on device, write (its compacted copy is written beside it, ` +
+          "then renamed over it: that needs about as much free space as the output takes); nothing was sent"
+      )
+      const renameRefused = Layer.effect(
+        FileSystem.FileSystem,
+        Effect.map(FileSystem.FileSystem, (fs) => ({
+          ...fs,
+          rename: (from: string, to: string) =>
+            from === copy
+              ? Effect.fail(
+                new SystemError({
+                  reason: "Unknown",
+                  module: "FileSystem",
+                  method: "rename",
+                  pathOrDescriptor: from,
+                  description: `EPERM: operation not permitted, rename '${from}' -> '${to}'`
+                })
+              )
+              : fs.rename(from, to)
+        }))
+      )
+      const sticky = yield* Effect.flip(runWith(ok, ws).pipe(Effect.provide(renameRefused)))
+      expect(sticky.message).toBe(
+        `cannot compact output ${ws.output}: EPERM: operation not permitted, rename '${copy}' -> '${ws.output}' (in a directory ` +
+          "with the sticky bit, only the output's owner may replace it: run as its owner, or give another output); nothing was sent"
+      )
+      expect(yield* ws.fs.readFileString(ws.output)).toBe(before)
+      expect(yield* ws.fs.exists(copy)).toBe(false)
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
   it.scoped("a stop while the output is compacted ends the run at once, the output as it was and no temporary file", () =>
     Effect.gen(function*() {
       const ws = yield* workspace
