@@ -1,3 +1,4 @@
+import { SystemError } from "@effect/platform/Error"
 import * as FileSystem from "@effect/platform/FileSystem"
 import * as NodeContext from "@effect/platform-node/NodeContext"
 import { describe, expect, it } from "@effect/vitest"
@@ -5,6 +6,7 @@ import * as ConfigProvider from "effect/ConfigProvider"
 import * as Console from "effect/Console"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
@@ -306,6 +308,30 @@ describe("weatherproof CLI", () => {
       })
       expect(result.code).toBe(2)
       expect(result.stderr).toBe("weatherproof: the input /no/such/input.jsonl does not exist; nothing was sent")
+      expect((yield* simulator.stats).requests).toBe(0)
+    }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
+
+  it.live("batch with an input this user may not read exits 2 before anything is sent, as one that is not there does", () =>
+    Effect.gen(function*() {
+      const { input, output, simulator } = yield* runFiles
+      const fs = yield* FileSystem.FileSystem
+      yield* fs.writeFileString(input, `${chatLine(1)}\n`)
+      // Another user's file of mode 0600 (root reads every file: the refusal is the file system's).
+      const denied = Layer.succeed(FileSystem.FileSystem, {
+        ...fs,
+        access: (path, options) =>
+          path === input
+            ? Effect.fail(
+              new SystemError({ reason: "PermissionDenied", module: "FileSystem", method: "access", pathOrDescriptor: path, description: `EACCES: permission denied, access '${path}'` })
+            )
+            : fs.access(path, options)
+      })
+      const result = yield* runCli(["batch", input, "--output", output], {
+        DEEPSEEK_API_KEY: badKey,
+        DEEPSEEK_BASE_URL: simulator.baseUrl
+      }).pipe(Effect.provide(denied))
+      expect(result.code).toBe(2)
+      expect(result.stderr).toBe(`weatherproof: the input ${input} cannot be read by this user (permission denied); nothing was sent`)
       expect((yield* simulator.stats).requests).toBe(0)
     }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 

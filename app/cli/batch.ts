@@ -162,6 +162,13 @@ const specialFiles: Partial<Record<FileSystem.File.Type, string>> = {
  * directory, no write permission, a file the run reads or locks), not found after the run was
  * paid for.
  */
+/** Whether the file system refuses this user the reading of `path` (another user's file of mode 0600). */
+const deniedReading = (fs: FileSystem.FileSystem, path: string) =>
+  fs.access(path, { readable: true }).pipe(Effect.match({
+    onFailure: (error) => error._tag === "SystemError" && error.reason === "PermissionDenied",
+    onSuccess: () => false
+  }))
+
 const pathsProblem = (args: BatchArgs): Effect.Effect<string | undefined, never, FileSystem.FileSystem> =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
@@ -180,6 +187,7 @@ const pathsProblem = (args: BatchArgs): Effect.Effect<string | undefined, never,
         }))
         return missing ? `${name} does not exist` : `${name} cannot be read`
       }
+      if (index === 0 && (yield* deniedReading(fs, path))) return `${name} cannot be read by this user (permission denied)`
       if (index === 0 && type === "File" && (yield* Files.startsAsUtf16(fs, path))) return `${name} ${Files.utf16Input}`
       // The input (the first) may be a pipe or a terminal: it is read once.
       if (index > 0 && type !== undefined && type !== "File") {
