@@ -293,6 +293,18 @@ describe("Batch.run", () => {
       expect(summary).toMatchObject({ requests: 4, succeeded: 3, failed: 1 })
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
+  it.scoped("a file whose lines end in CR alone (classic Mac OS) is one line that is no JSON, and its error says why", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.fs.writeFileString(ws.input, `${request("a")}\r${request("b")}\r`)
+      const { calls } = yield* runWith(ok, ws)
+      expect(calls).toBe(0)
+      expect(byCustomId(yield* ws.readOutput).get("line-1")?.error).toEqual({
+        code: "invalid_line",
+        message: "line is not valid JSON: it holds carriage returns (CR) where lines end, as a file with CR line ends does; convert them to LF"
+      })
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
   it.scoped("turns every malformed line (nested too deep, blank only to trim() included) into an error line and sends the rest", () =>
     Effect.gen(function*() {
       const ws = yield* workspace

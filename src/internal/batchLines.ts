@@ -144,12 +144,21 @@ const withBodyModelLeftToRouter = (line: unknown): unknown => {
 /** A line's JSON, its integers kept exactly (sent as written), or none when it is not JSON. */
 const parseLine = Option.liftThrowable(ExactJson.parse)
 
+/**
+ * Why a line is not JSON, where the cause is plain: a file whose lines end in CR alone (classic
+ * Mac OS) is one line, its requests joined by the CRs (a CR in a JSON string is escaped).
+ */
+const notJson = (text: string): string =>
+  /\r[ \t]*\{/.test(text)
+    ? "line is not valid JSON: it holds carriage returns (CR) where lines end, as a file with CR line ends does; convert them to LF"
+    : "line is not valid JSON"
+
 /** Parses one non-blank input line. Never fails: a bad line is `Invalid`. */
 export const parseInputLine = (line: NumberedLine): InputItem => {
   const { lineNumber, text } = line
   if (text === undefined) return invalidWithoutId(lineNumber, unreadableMessages[line.unreadable])
   const parsed = parseLine(text)
-  if (Option.isNone(parsed)) return invalidWithoutId(lineNumber, "line is not valid JSON")
+  if (Option.isNone(parsed)) return invalidWithoutId(lineNumber, notJson(text))
   const json = parsed.value
   const notAnObject = notARequestObject(json)
   if (notAnObject !== undefined) return invalidWithoutId(lineNumber, notAnObject)
