@@ -35,7 +35,7 @@ describe("Redis config", () => {
   it.effect("a URL of another scheme (http://, valkey://), or no URL (a typo, empty), is refused for it, never quoted: no socket path, no localhost", () =>
     Effect.gen(function*() {
       const reasonOf = (url: string) => Effect.map(Effect.flip(Effect.scoped(Redis.make({ url }))), (error) => error.message)
-      const expected = "expected a redis:// or rediss:// URL (redis://[user:password@]host:port)"
+      const expected = "expected a redis:// or rediss:// URL (redis://[user:password@]host:port[/db])"
       expect(yield* reasonOf("http://127.0.0.1:6379")).toBe(`Redis at http://127.0.0.1:6379/ is unavailable: ${expected}, not http://`)
       expect(yield* reasonOf("valkey://:pw@cache:6379")).toBe(`Redis at valkey://cache:6379 is unavailable: ${expected}, not valkey://`)
       for (const typo of ["redis:/:Hunter2SecretPw@127.0.0.1:6379", "redis//:Hunter2SecretPw@127.0.0.1:6379", "sk-abcdefghijklmnop0123456789", ""]) {
@@ -47,6 +47,12 @@ describe("Redis config", () => {
       // A port out of range is said as such, not as no URL at all.
       const farPort = yield* reasonOf("redis://:Hunter2SecretPw@127.0.0.1:99999")
       expect(farPort).toBe(`Redis at (an unparsable URL) is unavailable: its port 99999 is above 65535: ${expected}`)
+      // A path that is no database number (ioredis selected NaN, or 3 for `/3/x`), never quoted: it may be a misplaced password.
+      for (const path of ["/Hunter2pw", "/3/x", "/-1", "/?db=Hunter2pw", "?db="]) {
+        const reason = yield* reasonOf(`redis://127.0.0.1:6379${path}`)
+        expect(reason.endsWith(`is unavailable: its path or \`db\` is not a database number: ${expected}`), reason).toBe(true)
+        expect(reason).not.toContain("Hunter2")
+      }
       // A password with a malformed escape is no defect: the connection's own failure is told.
       expect(yield* reasonOf("redis://:%zzHunter2@127.0.0.1:1")).toMatch(/^Redis at redis:\/\/127\.0\.0\.1:1 is unavailable: /)
     }))
@@ -116,7 +122,7 @@ describe.skipIf(!redisServerPresent)(skipMessage("Redis"), () => {
       const admin = yield* Redis.make({ url: server.url })
       const url = `redis://127.0.0.1:${server.port}/99`
       expect(yield* Effect.map(Effect.flip(Redis.make({ url, connectTimeout: "1 second" })), (error) => error.message))
-        .toBe(`Redis at ${url} is unavailable: database 99: ERR DB index is out of range`)
+        .toBe(`Redis at ${url} is unavailable: it has no database 99 (ERR DB index is out of range)`)
       const chosen = yield* Redis.make({ url: `redis://127.0.0.1:${server.port}/3` })
       yield* chosen.command("SET", [chosen.key("where"), "3"])
       expect(yield* admin.command("GET", [admin.key("where")])).toBe(null)

@@ -40,6 +40,10 @@ export const defaults = {
   commandTimeout: Duration.seconds(2)
 } as const
 
+/** Whether a URL's path names a database (digits after its `/`) or none (database 0), and its `db`, if any, one. */
+const namesDatabase = ({ pathname, searchParams }: URL): boolean =>
+  /^\/?\d*$/.test(pathname) && /^\d+$/.test(searchParams.get("db") ?? "0")
+
 /** The URL with its user and password removed (ioredis also reads `?password=`), or a placeholder when it does not parse. */
 const displayUrl = (url: string): string => {
   // `redis:/:secret@host` parses, its password in the path.
@@ -49,6 +53,11 @@ const displayUrl = (url: string): string => {
     parsed.username = ""
     parsed.password = ""
     parsed.searchParams.delete("password")
+    // A path or `db` that is no database number may be a password put in the wrong place.
+    if (/^rediss?:$/i.test(parsed.protocol) && !namesDatabase(parsed)) {
+      parsed.pathname = ""
+      parsed.searchParams.delete("db")
+    }
     return parsed.toString()
   } catch {
     return "(an unparsable URL)"
@@ -96,7 +105,7 @@ const clientOptions = (options: Options, autoResubscribe: boolean) => ({
 
 const escapePart = (part: string): string => encodeURIComponent(part)
 
-const expectedUrl = "expected a redis:// or rediss:// URL (redis://[user:password@]host:port)"
+const expectedUrl = "expected a redis:// or rediss:// URL (redis://[user:password@]host:port[/db])"
 
 /** The port a URL's authority writes (after its host, past any user and password), as a number. */
 const portOf = (url: string): number | undefined => {
@@ -118,7 +127,11 @@ const urlProblem = (url: string): string | undefined => {
   }
   if (/^unix$/i.test(scheme)) return undefined
   if (!/^rediss?$/i.test(scheme)) return `${expectedUrl}, not ${scheme}://`
-  return new URL(url).hostname === "" ? `no host: ${expectedUrl}` : undefined
+  const parsed = new URL(url)
+  if (parsed.hostname === "") return `no host: ${expectedUrl}`
+  return namesDatabase(parsed)
+    ? undefined
+    : `its path or \`db\` is not a database number: ${expectedUrl}`
 }
 
 /** A URL's part as written and decoded (a malformed `%` escape as written only). */
@@ -150,7 +163,8 @@ const selectDatabase = async (client: IORedis): Promise<void> => {
   try {
     await client.select(database)
   } catch (cause) {
-    throw new Error(`database ${database}: ${reasonOf(cause)}`)
+    const reason = reasonOf(cause)
+    throw new Error(/out of range/i.test(reason) ? `it has no database ${database} (${reason})` : `selecting database ${database}: ${reason}`)
   }
 }
 
