@@ -252,6 +252,8 @@ describe("weatherproof serve, metrics and traces", () => {
       )
       expect(keys(rejected, "state-a")).toEqual([1, 0])
       expect(keys(rejected, "state-b")).toEqual([1, 1])
+      // Counted as it happens: a key back from its rest counts as usable until its next call.
+      expect(valueOf(rejected, `weatherproof_account_keys_rejected_total{account="state-b"}`)).toBe(1)
     }))
 
   it.scopedLive("an attempt cut in transit before its usage arrived is counted unmetered, on /metrics and the status page's feed", () =>

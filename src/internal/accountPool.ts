@@ -79,6 +79,11 @@ export const failoversCounter = Metric.counter("weatherproof_account_failovers",
   incremental: true
 })
 
+export const keysRejectedCounter = Metric.counter("weatherproof_account_keys_rejected", {
+  description: "Keys the upstream rejected (401) and the account set aside, by account: again after each rest for a key revoked for good",
+  incremental: true
+})
+
 export const queuedGauge = Metric.gauge("weatherproof_account_pool_queued", {
   description: "Calls waiting at the account pool for a permit, by model"
 })
@@ -352,6 +357,7 @@ const warnOnReject = (account: Account, keys: KeyPool.Service, cooldown: Duratio
       yield* keys.reject(credential)
       const after = yield* keys.available
       if (after >= before) return
+      yield* Metric.increment(Metric.tagged(keysRejectedCounter, "account", account.name))
       yield* Effect.logWarning(
         `AccountPool: account ${account.name}: the upstream rejected its ${credential.id} (401); it rests ${
           Duration.format(cooldown)
