@@ -282,7 +282,7 @@ export class NoAccountAvailable extends TaggedError("NoAccountAvailable")<{
     ).join("; ")
     const wait = Option.match(Option.filter(this.retryAfter, (d) => !Duration.isZero(d)), {
       onNone: () => "",
-      onSome: (d) => `; the first may serve again in ${Duration.format(d)}`
+      onSome: (d) => `; one of them may serve again in ${Duration.format(Duration.seconds(Math.ceil(Duration.toSeconds(d))))}`
     })
     return `no account can serve (${reasons})${wait}`
   }
