@@ -145,7 +145,9 @@ describe.skipIf(!present)(title, () => {
     Effect.gen(function*() {
       const sim = yield* Simulator.make({ accounts: { a: { keys: ["sk-page-a"] }, b: { keys: ["sk-page-b"] } } })
       const bKeys = ["sk-page-b", "sk-page-revoked"]
-      const gateway = yield* startGateway([account("a", sim.baseUrl, ["sk-page-a"]), account("b", sim.baseUrl, bKeys)], {
+      // c's only key is one the upstream does not know: rejected by its balance check at start.
+      const accounts = [account("a", sim.baseUrl, ["sk-page-a"]), account("b", sim.baseUrl, bKeys), account("c", sim.baseUrl, ["sk-page-gone"])]
+      const gateway = yield* startGateway(accounts, {
         statusInterval: "100 millis"
       })
       const page = yield* Effect.flatMap(browser, (b) => Effect.promise(() => b.newPage()))
@@ -161,6 +163,10 @@ describe.skipIf(!present)(title, () => {
       expect(yield* note("a")).toMatch(/^last failure: InsufficientBalance: /)
       // Serving on its first key: the second, refused at start, is named (never shown itself).
       expect(yield* note("b")).toBe("key#2 rejected (401), resting")
+      expect(yield* note("c")).toBe("key#1 rejected (401), resting")
+      expect(yield* attempt(() => page.locator("#banner").textContent())).toContain(
+        "Account c: the upstream rejected every key (401): replace them; its calls go to the other accounts meanwhile."
+      )
     }), { timeout: 60_000 })
   it.scopedLive("says when its data is stale, and follows the gateway again after a proxy answered its reconnect with a 502", () =>
     Effect.gen(function*() {

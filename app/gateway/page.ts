@@ -121,6 +121,9 @@ function banner(latest) {
   for (const name of latest.banner.unreachable) {
     messages.push("Account " + name + " cannot be connected to: check its base URL and the network; it is tried again every few seconds.");
   }
+  for (const name of latest.banner.noKeys) {
+    messages.push("Account " + name + ": the upstream rejected every key (401): replace them; its calls go to the other accounts meanwhile.");
+  }
   if (latest.banner.noAccountServing) {
     messages.push("No account can serve: requests wait for one up to --max-wait, then fail with a 503.");
   }

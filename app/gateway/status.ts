@@ -78,6 +78,8 @@ export interface Sample {
     readonly outOfBalance: ReadonlyArray<string>
     /** Accounts whose origin cannot be connected to (`AccountStatus.reachable`). */
     readonly unreachable: ReadonlyArray<string>
+    /** Accounts whose every key the upstream rejected (401), resting. */
+    readonly noKeys: ReadonlyArray<string>
     /** No account can serve now (`canServe`): every call waits, then fails; `/readyz` answers 503. */
     readonly noAccountServing: boolean
     readonly budgetSpent: boolean
@@ -283,6 +285,7 @@ export const make = (traffic: Traffic, options: Options): Effect.Effect<Monitor,
           throttling: throttled(windowStart(history, t, throttleWindowMs)?.accounts ?? [], statuses, options.throttleShare),
           outOfBalance: statuses.filter((s) => s.state === "out_of_balance").map((s) => s.name),
           unreachable: statuses.filter((s) => !s.reachable).map((s) => s.name),
+          noKeys: statuses.filter((s) => s.state === "no_keys").map((s) => s.name),
           noAccountServing: !statuses.some(canServe),
           budgetSpent: totals.budget !== undefined && totals.budget.remainingUsd <= 0
         }
