@@ -88,6 +88,20 @@ describe("weatherproof CLI", () => {
       for (const text of [result.stdout, result.stderr]) expect(text).not.toContain(badKey)
     }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 
+  it.live("batch over an input with no request in it (empty, or blank lines only) says so, and exits 0", () =>
+    Effect.gen(function*() {
+      const { input, output, simulator } = yield* runFiles
+      const fs = yield* FileSystem.FileSystem
+      yield* fs.writeFileString(input, "\n  \n")
+      const result = yield* runCli(["batch", input, "--output", output], {
+        DEEPSEEK_API_KEY: Simulator.defaultKey,
+        DEEPSEEK_BASE_URL: simulator.baseUrl
+      })
+      expect(result.code).toBe(0)
+      expect(result.stdout).toContain("requests:  0 (0 succeeded, 0 failed")
+      expect(result.stderr).toBe(`weatherproof: the input ${input} holds no request line: nothing was sent`)
+    }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
+
   it.live("batch whose failed lines are all invalid input says to fix them before a rerun", () =>
     Effect.gen(function*() {
       const fs = yield* FileSystem.FileSystem

@@ -295,6 +295,8 @@ export const batch = (args: BatchArgs) =>
       )
     }
     if (summary.failed > 0) return yield* fail(1, failedMessage(summary))
+    // Not a failure, but seldom what was meant: an input a script left empty, say.
+    if (summary.requests === 0) yield* Console.error(`weatherproof: the input ${args.input} holds no request line: nothing was sent`)
     if (!summaryWritten) return yield* new ExitCode({ code: 1 })
   })
 
