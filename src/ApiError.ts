@@ -282,7 +282,10 @@ export class NoAccountAvailable extends TaggedError("NoAccountAvailable")<{
     ).join("; ")
     const wait = Option.match(Option.filter(this.retryAfter, (d) => !Duration.isZero(d)), {
       onNone: () => "",
-      onSome: (d) => `; one of them may serve again in ${Duration.format(Duration.seconds(Math.ceil(Duration.toSeconds(d))))}`
+      onSome: (d) =>
+        `; ${this.accounts.length === 1 ? "it" : "one of them"} may serve again in ${
+          Duration.format(Duration.seconds(Math.ceil(Duration.toSeconds(d))))
+        }`
     })
     return `no account can serve (${reasons})${wait}`
   }

@@ -157,17 +157,19 @@ describe("NoAccountAvailable", () => {
   it("tells when the first account may serve again, unless it may already (one busy: `--max-wait 0s`)", () => {
     const busy = { account: "a", reason: "busy", until: 0 } as const
     const reason = "no account can serve (a: busy, at its limit, or failed already for this call)"
-    // Before: "…; one of them may serve again in 0".
+    // Before: "…; the first may serve again in 0".
     expect(new ApiError.NoAccountAvailable({ retryAfter: Option.some(Duration.zero), accounts: [busy] }).message).toBe(reason)
     expect(new ApiError.NoAccountAvailable({ retryAfter: Option.some(Duration.seconds(90)), accounts: [busy] }).message).toBe(
-      `${reason}; one of them may serve again in 1m 30s`
+      `${reason}; it may serve again in 1m 30s`
     )
     // In whole seconds, rounded up: a rest's end read a few milliseconds into it.
     expect(new ApiError.NoAccountAvailable({ retryAfter: Option.some(Duration.millis(899_997)), accounts: [busy] }).message).toBe(
-      `${reason}; one of them may serve again in 15m`
+      `${reason}; it may serve again in 15m`
     )
-    expect(new ApiError.NoAccountAvailable({ retryAfter: Option.some(Duration.millis(12)), accounts: [busy] }).message).toBe(
-      `${reason}; one of them may serve again in 1s`
+    const other = { account: "b", reason: "no_keys", until: 0 } as const
+    expect(new ApiError.NoAccountAvailable({ retryAfter: Option.some(Duration.millis(12)), accounts: [busy, other] }).message).toBe(
+      "no account can serve (a: busy, at its limit, or failed already for this call; b: no_keys, every key rejected by the upstream (401)); " +
+        "one of them may serve again in 1s"
     )
   })
 })
