@@ -78,6 +78,12 @@ export interface Account {
   readonly provider: "deepseek" | "openai-compatible"
   readonly baseUrl: string
   readonly keys: ReadonlyArray<Redacted.Redacted<string>>
+  /**
+   * Where each of `keys` came from, in order: the environment variable an `env:NAME` reference
+   * (or `DEEPSEEK_API_KEY`) read, none for a key written in the file. A message that names a key
+   * says it (`key#2 from DEEPSEEK_KEY_B`); a variable's name is no secret.
+   */
+  readonly keySources?: ReadonlyArray<string | undefined> | undefined
   readonly fallback: boolean
   /** Requested model name → the name this account's provider knows it by. */
   readonly models: Readonly<Record<string, string>>
@@ -307,15 +313,18 @@ const sharedKeys = (accounts: ReadonlyArray<Account>): ReadonlyArray<string> => 
   return issues
 }
 
+/** A key and the environment variable it was read from, if any. */
+interface SourcedKey {
+  readonly key: Redacted.Redacted<string>
+  readonly source: string | undefined
+}
+
 /** The keys a reference stands for: itself, or what its environment variable holds. */
-const resolveKey = (
-  ref: string,
-  path: string
-): Effect.Effect<ReadonlyArray<Redacted.Redacted<string>>, string> => {
+const resolveKey = (ref: string, path: string): Effect.Effect<ReadonlyArray<SourcedKey>, string> => {
   if (!ref.startsWith(envPrefix)) {
-    const keys = [Redacted.make(ref.trim())]
-    return KeyPool.keysProblem(keys) === undefined
-      ? Effect.succeed(keys)
+    const key = Redacted.make(ref.trim())
+    return KeyPool.keysProblem([key]) === undefined
+      ? Effect.succeed([{ key, source: undefined }])
       : Effect.fail(`${path}: holds a space, a line break or another character a request header cannot carry`)
   }
   const name = ref.slice(envPrefix.length)
@@ -329,7 +338,9 @@ const resolveKey = (
     Effect.filterOrFail((keys) => keys.length > 0, () => `${path}: environment variable ${name} is empty`),
     Effect.flatMap((keys) => {
       const problem = KeyPool.keysProblem(keys)
-      return problem === undefined ? Effect.succeed(keys) : Effect.fail(`${path}: environment variable ${name}: ${problem}`)
+      return problem === undefined
+        ? Effect.succeed(keys.map((key) => ({ key, source: name })))
+        : Effect.fail(`${path}: environment variable ${name}: ${problem}`)
     })
   )
 }
@@ -341,7 +352,8 @@ const resolveAccount = (account: AccountJson, index: number): Effect.Effect<Acco
         ? Effect.fail(failures)
         : Effect.succeed({
           ...account,
-          keys: keys.flat(),
+          keys: keys.flat().map(({ key }) => key),
+          keySources: keys.flat().map(({ source }) => source),
           fallback: account.fallback ?? false,
           models: account.models ?? {}
         })
@@ -460,6 +472,6 @@ export const fromEnv: Effect.Effect<ReadonlyArray<Account>, ConfigError.ConfigEr
     baseUrl: BaseUrls.fromEnv(defaultBaseUrl)
   }),
   ({ baseUrl, keys }): ReadonlyArray<Account> => [
-    { name: "default", provider: "deepseek", baseUrl, keys, fallback: false, models: {} }
+    { name: "default", provider: "deepseek", baseUrl, keys, keySources: keys.map(() => "DEEPSEEK_API_KEY"), fallback: false, models: {} }
   ]
 )

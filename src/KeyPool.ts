@@ -73,6 +73,11 @@ export interface Options {
    * duration: within one call the transport rotates through the usable keys on 401s.
    */
   readonly cooldown?: Duration.DurationInput | undefined
+  /**
+   * Where each key came from, in order (`Accounts.Account.keySources`): a key's id then says it,
+   * `key#2 from DEEPSEEK_KEY_B`. None (or an `undefined` entry) names a key by its place alone.
+   */
+  readonly sources?: ReadonlyArray<string | undefined> | undefined
 }
 
 /** @since 0.1.0 */
@@ -89,7 +94,10 @@ const inMemory = (keys: ReadonlyArray<Redacted.Redacted<string>>, options: Optio
   Effect.gen(function*() {
     const cooldownMillis = Duration.toMillis(options?.cooldown ?? defaultCooldown)
     yield* Effect.sync(() => assertValid("KeyPool", [positive("cooldown", cooldownMillis)]))
-    const credentials: ReadonlyArray<Credential> = keys.map((key, i) => ({ id: `key#${i + 1}`, key }))
+    const credentials: ReadonlyArray<Credential> = keys.map((key, i) => {
+      const source = options?.sources?.[i]
+      return { id: `key#${i + 1}${source === undefined ? "" : ` from ${source}`}`, key }
+    })
     /** Until when (monotonic epoch millis) each rejected key is set aside, by id. */
     const rejectedUntil = new Map<string, number>()
     let next = 0
@@ -129,8 +137,9 @@ const inMemory = (keys: ReadonlyArray<Redacted.Redacted<string>>, options: Optio
   })
 
 /**
- * A pool over the given keys, labelled `key#1`, `key#2` … in order. Dies with
- * `IllegalArgumentException` on a cooldown that is not positive.
+ * A pool over the given keys, labelled `key#1`, `key#2` … in order (`key#2 from NAME` where
+ * `sources` names where one came from). Dies with `IllegalArgumentException` on a cooldown that
+ * is not positive.
  *
  * @example
  * ```ts

@@ -67,6 +67,12 @@ describe("Accounts", () => {
         ["sk-env-cccc", "sk-env-dddd"],
         ["sk-env-cccc", "sk-env-dddd"]
       ])
+      // What names a key in messages (its variable is no secret); a key written in the file has none.
+      expect(accounts.map((a) => a.keySources)).toEqual([
+        [undefined, "DEEPSEEK_KEY_A"],
+        ["ALT_KEYS", "ALT_KEYS"],
+        ["ALT_KEYS", "ALT_KEYS"]
+      ])
       expect(accounts[0]?.models).toEqual({})
       expect(accounts[2]?.models).toEqual({ "deepseek-v4-flash": "other-model" })
       expect(accounts.map((a) => a.concurrency)).toEqual([undefined, 4, { initial: 16, max: 64, backoff: 0.8 }])

@@ -20,6 +20,13 @@ describe("KeyPool", () => {
       expect(ids.map((c) => c.id)).toEqual(["key#1", "key#2", "key#3", "key#1"])
     }))
 
+  it.effect("names a key by where it came from, when told: the environment variable it was read from", () =>
+    Effect.gen(function*() {
+      const pool = yield* KeyPool.make(keys, { sources: [undefined, "DEEPSEEK_KEYS", "DEEPSEEK_KEYS"] })
+      const ids = yield* Effect.replicateEffect(pool.acquire, 3)
+      expect(ids.map((c) => c.id)).toEqual(["key#1", "key#2 from DEEPSEEK_KEYS", "key#3 from DEEPSEEK_KEYS"])
+    }))
+
   it.effect("drops a rejected key and fails fast once none is left", () =>
     Effect.gen(function*() {
       const pool = yield* KeyPool.make(keys.slice(0, 2))

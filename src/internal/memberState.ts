@@ -23,7 +23,7 @@ export interface MemberState {
 /** Every member's state in this process. */
 export const inMemory: MemberState = {
   breaker: CircuitBreaker.make,
-  keys: (account, options) => KeyPool.make(account.keys, options),
+  keys: (account, options) => KeyPool.make(account.keys, { ...options, sources: account.keySources }),
   balance: () => Effect.succeed(SharedBalance.inMemory)
 }
 
@@ -46,6 +46,10 @@ const balanceName = (account: Account): string => {
 export const onRedis = (redis: Redis.Service, balance: SharedBalance.Options = {}): MemberState => ({
   breaker: (options) => Effect.provideService(CircuitBreaker.makeRedis(options), Redis.Redis, redis),
   keys: (account, options) =>
-    Effect.provideService(KeyPool.makeRedis(account.keys, { ...options, account: account.name }), Redis.Redis, redis),
+    Effect.provideService(
+      KeyPool.makeRedis(account.keys, { ...options, sources: account.keySources, account: account.name }),
+      Redis.Redis,
+      redis
+    ),
   balance: (account) => SharedBalance.onRedis(redis, balanceName(account), balance)
 })
