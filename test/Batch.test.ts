@@ -1444,13 +1444,18 @@ describe("Batch.run output file", () => {
       expect(calls).toBe(1)
     }))
 
+  /** A workspace whose output answers a and b, and whose input asks for c too: a resume compacts the output. */
+  const toResume = Effect.gen(function*() {
+    const ws = yield* workspace
+    yield* ws.writeInput(["a", "b"].map((id) => request(id)))
+    yield* runWith(ok, ws)
+    yield* ws.writeInput(["a", "b", "c"].map((id) => request(id)))
+    return { ws, before: yield* ws.fs.readFileString(ws.output) }
+  })
+
   it.scoped("an output that cannot be compacted (no room for its copy, a rename refused) says why and that nothing was sent, and is left as it was", () =>
     Effect.gen(function*() {
-      const ws = yield* workspace
-      yield* ws.writeInput(["a", "b"].map((id) => request(id)))
-      yield* runWith(ok, ws)
-      yield* ws.writeInput(["a", "b", "c"].map((id) => request(id)))
-      const before = yield* ws.fs.readFileString(ws.output)
+      const { before, ws } = yield* toResume
       const copy = `${ws.output}.compacting`
       const full = yield* Effect.flip(runWith(ok, ws).pipe(Effect.provide(layerFullDisk([copy], 10))))
       expect(full.message).toBe(
@@ -1486,11 +1491,7 @@ describe("Batch.run output file", () => {
 
   it.scoped("a stop while the output is compacted ends the run at once, the output as it was and no temporary file", () =>
     Effect.gen(function*() {
-      const ws = yield* workspace
-      yield* ws.writeInput(["a", "b"].map((id) => request(id)))
-      yield* runWith(ok, ws)
-      yield* ws.writeInput(["a", "b", "c"].map((id) => request(id)))
-      const before = yield* ws.fs.readFileString(ws.output)
+      const { before, ws } = yield* toResume
       const reading = yield* Deferred.make<void>()
       const stop = yield* Deferred.make<void>()
       const run = yield* Effect.fork(

@@ -203,6 +203,8 @@ describe("weatherproof CLI", () => {
   it.live("each command's help speaks of what it has: batch lines' deadlines in batch's only", () =>
     Effect.gen(function*() {
       const batchHelp = yield* runCli(["batch", "--help"], {})
+      // The name once, with the version (@effect/cli wrote a title of the name alone above it).
+      expect(batchHelp.stdout.startsWith("weatherproof 0.1.0\n\nUSAGE\n")).toBe(true)
       expect(batchHelp.stdout).toContain("a batch line's own `deadlines` override these three")
       // A usage line a shell can run: the program's name first (@effect/cli gave `$ batch …`).
       expect(batchHelp.stdout).toContain("\n$ weatherproof batch (-o, --output file) [--summary file]")

@@ -9,6 +9,9 @@
  *
  * A subcommand's help gives its usage as `$ batch …`, which a shell cannot run: the program's
  * name goes first (`$ weatherproof batch …`).
+ *
+ * Its help opens with a title of the program's name above a line of its name and version: the
+ * title is left out, so the name is said once.
  */
 import * as Console from "effect/Console"
 import type * as Effect from "effect/Effect"
@@ -22,8 +25,11 @@ const textFlagFiller = /^ *A user-defined piece of text\.\n\n/gm
 /** A usage line that does not start with the program's name, after any styles. */
 const subcommandUsage = /^((?:\x1b\[[0-9;]*m)*)\$ (?!weatherproof\b)/gm
 
+/** The help's title, the name alone in its styles, where the line of its name and version follows. */
+const doubledTitle = /^(?:\x1b\[[0-9;]*m)*weatherproof(?:\x1b\[[0-9;]*m)*\n\n(?=(?:\x1b\[[0-9;]*m)*weatherproof \d)/
+
 const fillerless = (text: string): string =>
-  text.replace(textFlagFiller, "").replace(subcommandUsage, "$1$$ weatherproof ")
+  text.replace(doubledTitle, "").replace(textFlagFiller, "").replace(subcommandUsage, "$1$$ weatherproof ")
 
 const strings = (f: (text: string) => string) => (args: ReadonlyArray<unknown>): ReadonlyArray<unknown> =>
   args.map((arg) => (typeof arg === "string" ? f(arg) : arg))
