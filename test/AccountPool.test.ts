@@ -1395,7 +1395,7 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup).pipe(Layer.provide(Layer.succeed(Telemetry.Telemetry, telemetry)))))
   })
 
-  it.effect("a rejected key among good ones is told, and its calls go on with the others", () => {
+  it.effect("a rejected key among good ones is told, and its calls go on with the others; rejected again after its rest, it is told so", () => {
     const rejecting: Handler = (request) =>
       !isChat(request)
         ? balance(true)
@@ -1406,8 +1406,11 @@ describe("AccountPool", () => {
     const logs: Array<Logged> = []
     return Effect.gen(function*() {
       for (const _ of [1, 2, 3]) yield* create
+      yield* TestClock.adjust("15 minutes")
+      for (const _ of [1, 2, 3]) yield* create
       expect(logs.filter(({ level }) => level === "WARN").map(({ message }) => message)).toEqual([
-        "AccountPool: account a: the upstream rejected its key#1 (401); it rests 15m, 1 of 2 keys usable"
+        "AccountPool: account a: the upstream rejected its key#1 (401); it rests 15m, 1 of 2 keys usable",
+        "AccountPool: account a: the upstream rejected its key#1 again (401; 2 times in all); it rests 15m, 1 of 2 keys usable"
       ])
     }).pipe(Effect.provide(poolLayer(setup)), capturingLogs(logs))
   })

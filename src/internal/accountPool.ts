@@ -347,24 +347,30 @@ const probeBalance = (client: HttpClient.HttpClient, member: Member, scrub: Scru
 
 /**
  * `keys`, saying when the upstream sets one aside: a key pasted wrong or revoked otherwise shows
- * only as calls that go elsewhere, or, the account's last key gone, fail with `no_keys`.
+ * only as calls that go elsewhere, or, the account's last key gone, fail with `no_keys`. A key
+ * revoked for good is rejected again after each rest: said as such, with how many times.
  */
-const warnOnReject = (account: Account, keys: KeyPool.Service, cooldown: Duration.Duration): KeyPool.Service => ({
-  ...keys,
-  reject: (credential) =>
-    Effect.gen(function*() {
-      const before = yield* keys.available
-      yield* keys.reject(credential)
-      const after = yield* keys.available
-      if (after >= before) return
-      yield* Metric.increment(Metric.tagged(keysRejectedCounter, "account", account.name))
-      yield* Effect.logWarning(
-        `AccountPool: account ${account.name}: the upstream rejected its ${credential.id} (401); it rests ${
-          Duration.format(cooldown)
-        }, ${after} of ${account.keys.length} ${account.keys.length === 1 ? "key" : "keys"} usable`
-      )
-    })
-})
+const warnOnReject = (account: Account, keys: KeyPool.Service, cooldown: Duration.Duration): KeyPool.Service => {
+  const rejections = new Map<string, number>()
+  return {
+    ...keys,
+    reject: (credential) =>
+      Effect.gen(function*() {
+        const before = yield* keys.available
+        yield* keys.reject(credential)
+        const after = yield* keys.available
+        if (after >= before) return
+        const times = (rejections.get(credential.id) ?? 0) + 1
+        rejections.set(credential.id, times)
+        yield* Metric.increment(Metric.tagged(keysRejectedCounter, "account", account.name))
+        yield* Effect.logWarning(
+          `AccountPool: account ${account.name}: the upstream rejected its ${credential.id}${
+            times === 1 ? " (401)" : ` again (401; ${times} times in all)`
+          }; it rests ${Duration.format(cooldown)}, ${after} of ${account.keys.length} ${account.keys.length === 1 ? "key" : "keys"} usable`
+        )
+      })
+  }
+}
 
 /**
  * A reading of the pool's capacity. Its wait is made only when asked for: a batch takes a reading
