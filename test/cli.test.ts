@@ -471,13 +471,20 @@ describe("weatherproof CLI", () => {
         ["batch", input, "-o", "-"],
         ["--log-level", "debug", "batch", input, "-o", "-"],
         ["--log-level", "debug", "batch", "-", "-o", output],
-        ["batch", input, "--output=-"],
-        ["batch", input, "-o", output, "--summary=-"]
+        ["batch", input, "--output=-"]
       ]
       for (const args of dashes) {
         const result = yield* runCli(args, env)
         expect(result.code).toBe(2)
         expect(result.stderr).toContain("weatherproof: batch takes its input and its output by path, not `-`")
+      }
+      // The summary's own: its text is on stdout already.
+      for (const summaryDash of [["--summary", "-"], ["--summary=-"]]) {
+        const result = yield* runCli(["batch", input, "-o", output, ...summaryDash], env)
+        expect(result.code).toBe(2)
+        expect(result.stderr).toBe(
+          "weatherproof: --summary takes a path for the summary's JSON, not `-`: its text goes to stdout already; nothing was sent"
+        )
       }
       expect((yield* simulator.stats).requests).toBe(0)
       expect(yield* fs.exists(output)).toBe(false)

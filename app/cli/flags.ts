@@ -76,9 +76,13 @@ export const file = (name: string) =>
 export const batchDashProblem = (argv: ReadonlyArray<string>): string | undefined => {
   const args = argv.slice(2)
   const command = commandIndex(args)
-  return args[command] === "batch" && args.slice(command + 1).some((arg) => arg === "-" || /^--?[A-Za-z-]+=-$/.test(arg))
-    ? "batch takes its input and its output by path, not `-` (standard input or output): a stopped batch resumes by reading its input again and skipping the lines its output holds; give a file, or a pipe by its path (/dev/stdin, <(…)), which a resume must give again"
-    : undefined
+  if (args[command] !== "batch") return undefined
+  const rest = args.slice(command + 1)
+  const dash = rest.findIndex((arg) => arg === "-" || /^--?[A-Za-z-]+=-$/.test(arg))
+  if (dash < 0) return undefined
+  return rest[dash] === "--summary=-" || rest[dash - 1] === "--summary"
+    ? "--summary takes a path for the summary's JSON, not `-`: its text goes to stdout already; nothing was sent"
+    : "batch takes its input and its output by path, not `-` (standard input or output): a stopped batch resumes by reading its input again and skipping the lines its output holds; give a file, or a pipe by its path (/dev/stdin, <(…)), which a resume must give again; nothing was sent"
 }
 
 /** The short names of flags, read as their long ones. */
