@@ -5,6 +5,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
+import { hostname } from "node:os"
 import { type Alert, alertsBetween, claimOnRedis, HoldDown, KeyRejections } from "../app/gateway/alerts.js"
 import type { AccountSample, Sample } from "../app/gateway/status.js"
 import * as Redis from "../src/Redis.js"
@@ -120,6 +121,7 @@ describe("gateway alerts", () => {
       key: null,
       at: "2026-01-01T00:00:00.000Z",
       source: "weatherproof-gateway",
+      host: hostname(),
       text: "account a: circuit breaker opened; its calls go elsewhere or wait; its last failure: ServerError: HTTP 500",
       content: "account a: circuit breaker opened; its calls go elsewhere or wait; its last failure: ServerError: HTTP 500"
     })

@@ -36,6 +36,7 @@ import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import { randomUUID } from "node:crypto"
+import { hostname } from "node:os"
 import type * as Redis from "../../src/Redis.js"
 import type { Scrubber } from "../../src/internal/scrubber.js"
 import { connectionFailure, counted } from "../../src/internal/text.js"
@@ -67,6 +68,8 @@ export interface Alert {
   /** ISO 8601, when the sample that showed it was taken. */
   readonly at: string
   readonly source: "weatherproof-gateway"
+  /** The host name of the gateway that sent it: of replicas, the one that claimed it (`claimOnRedis`). */
+  readonly host: string
   /** `message` again, where chat webhooks read it: Slack, Mattermost and Teams refuse a body without `text`. */
   readonly text: string
   /** `message` again: Discord refuses a body without `content`. */
@@ -282,6 +285,7 @@ const alert = (sample: Sample, event: AlertEvent, account: string | null, messag
   message,
   at: new Date(sample.t).toISOString(),
   source: "weatherproof-gateway",
+  host: hostname(),
   text: message,
   content: message
 })
