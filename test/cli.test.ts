@@ -102,6 +102,20 @@ describe("weatherproof CLI", () => {
       expect(result.stderr).toBe(`weatherproof: the input ${input} holds no request line: nothing was sent`)
     }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 
+  it.live("batch with a rejected key among good ones in DEEPSEEK_API_KEY answers every line, and its summary names the key by its place and variable, never itself", () =>
+    Effect.gen(function*() {
+      const { input, output, simulator } = yield* runFiles
+      const fs = yield* FileSystem.FileSystem
+      yield* fs.writeFileString(input, Array.from({ length: 4 }, (_, i) => `${chatLine(i)}\n`).join(""))
+      const result = yield* runCli(["batch", input, "--output", output], {
+        DEEPSEEK_API_KEY: `${Simulator.defaultKey},${badKey}`,
+        DEEPSEEK_BASE_URL: simulator.baseUrl
+      })
+      expect(result.code).toBe(0)
+      expect(result.stdout).toContain("  default: deepseek, serving, limit 8, 1 usable key (key#2 from DEEPSEEK_API_KEY rejected, resting); 4 answered")
+      for (const text of [result.stdout, result.stderr, yield* fs.readFileString(output)]) expect(text).not.toContain(badKey)
+    }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
+
   it.live("batch whose failed lines are all invalid input says to fix them before a rerun", () =>
     Effect.gen(function*() {
       const fs = yield* FileSystem.FileSystem
