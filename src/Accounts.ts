@@ -64,7 +64,7 @@ import * as KeyPool from "./KeyPool.js"
 import * as BaseUrls from "./internal/baseUrl.js"
 import { madeAtFirstCall } from "./internal/firstCall.js"
 import * as SchemaIssues from "./internal/schemaIssues.js"
-import { mayBeKey } from "./internal/text.js"
+import { mayBeKey, notJsonSaying } from "./internal/text.js"
 import { defaultBaseUrl } from "./Transport.js"
 
 /**
@@ -397,24 +397,6 @@ export const decode = (input: unknown, source = "input"): Effect.Effect<Readonly
   })
 
 /**
- * What a JSON syntax error says and where, as a line and column of `text` (a file edited by hand),
- * without the excerpt of the text V8 may quote (it may hold a key): its reason only when it quotes
- * none (`Expected ',' or '}' after property value`).
- */
-const jsonErrorPosition = (error: unknown, text: string): string => {
-  const message = error instanceof Error ? error.message : ""
-  // "… in JSON at position 8", "Unexpected non-whitespace character after JSON at position 12".
-  const at = /^(.*?)(?: in JSON)? at position (\d+)/s.exec(message)
-  if (at === null) return ""
-  const offset = Number(at[2])
-  const before = text.slice(0, offset)
-  const line = before.split("\n").length
-  const column = offset - before.lastIndexOf("\n")
-  const reason = at[1]!.includes("\"") ? "" : `: ${at[1]}`
-  return ` (line ${line}, column ${column}${reason})`
-}
-
-/**
  * Reads accounts from a JSON file. An unreadable file or invalid JSON is an `AccountsError` too.
  *
  * @example
@@ -439,7 +421,7 @@ export const load = (path: string): Effect.Effect<ReadonlyArray<Account>, Accoun
     Effect.flatMap((text) =>
       Effect.try({
         try: () => JSON.parse(text) as unknown,
-        catch: (error) => new AccountsError({ source: path, issues: [`not valid JSON${jsonErrorPosition(error, text)}`] })
+        catch: (error) => new AccountsError({ source: path, issues: [notJsonSaying("not valid JSON", error, text)] })
       })
     ),
     Effect.flatMap((json) => decode(json, path))

@@ -32,6 +32,7 @@ import * as internal from "./internal/costLedger.js"
 import { assertValid, finiteAtLeast } from "./internal/options.js"
 import * as SchemaIssues from "./internal/schemaIssues.js"
 import { TaggedError } from "./internal/sdkError.js"
+import { notJsonSaying } from "./internal/text.js"
 
 // ---------------------------------------------------------------------------------------------
 // Pricing table
@@ -299,7 +300,7 @@ export const loadPricing = (path: string): Effect.Effect<PricingTable, PricingEr
     Effect.flatMap((text) =>
       Either.try({
         try: () => JSON.parse(text) as unknown,
-        catch: (error) => new PricingError({ source: path, issues: [`not JSON: ${String(error)}`] })
+        catch: (error) => new PricingError({ source: path, issues: [notJsonSaying("not JSON", error, text)] })
       })
     ),
     Effect.flatMap((json) => decodePricing(json, path))

@@ -25,6 +25,7 @@ import * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
+import { identity } from "effect/Function"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Record from "effect/Record"
@@ -32,7 +33,7 @@ import * as Schema from "effect/Schema"
 import type { ChatCompletionRequest } from "./ChatSchema.js"
 import { assertValid, withoutUndefined } from "./internal/options.js"
 import * as SchemaIssues from "./internal/schemaIssues.js"
-import { parseJson } from "./internal/text.js"
+import { notJsonSaying } from "./internal/text.js"
 import { TaggedError } from "./internal/sdkError.js"
 
 /**
@@ -368,11 +369,12 @@ export const layerDefault: Layer.Layer<Router> = layer()
 
 /** Options written as JSON, or what is wrong with them, one line per problem (never a schema's tree). */
 const optionsFromText = (text: string): Either.Either<Options, ConfigError.ConfigError> =>
-  Option.match(parseJson(text), {
-    onNone: () => Either.left(ConfigError.InvalidData([], "expected a JSON object of Router options, not valid JSON")),
-    onSome: (json) =>
+  Either.try({ try: (): unknown => JSON.parse(text), catch: identity }).pipe(Either.match({
+    onLeft: (error) =>
+      Either.left(ConfigError.InvalidData([], notJsonSaying("expected a JSON object of Router options, not valid JSON", error, text))),
+    onRight: (json) =>
       Either.mapLeft(decodeOptions(json), (error) => ConfigError.InvalidData([], SchemaIssues.describeIssues(error).join("; ")))
-  })
+  }))
 
 /**
  * Options from `WEATHERPROOF_ROUTER`, a JSON object of `Options` (e.g.

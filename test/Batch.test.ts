@@ -289,7 +289,7 @@ describe("Batch.run", () => {
       expect(calls).toBe(3)
       expect(["a", "b", "c"].map((id) => lines.get(id)?.error)).toEqual([null, null, null])
       // A mark alone is a blank line; a mark before a space that is not JSON's is still no JSON.
-      expect(lines.get("line-5")?.error).toEqual({ code: "invalid_line", message: "line is not valid JSON" })
+      expect(lines.get("line-5")?.error).toEqual({ code: "invalid_line", message: "line is not valid JSON (column 1: Unexpected token '\u3000')" })
       expect(summary).toMatchObject({ requests: 4, succeeded: 3, failed: 1 })
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
@@ -332,7 +332,7 @@ describe("Batch.run", () => {
       expect(calls).toBe(2)
       expect(lines.size).toBe(11)
       // Blank to trim(), not to JSON: an error line, never a line that vanished.
-      expect(lines.get("line-13")?.error).toEqual({ code: "invalid_line", message: "line is not valid JSON" })
+      expect(lines.get("line-13")?.error).toEqual({ code: "invalid_line", message: "line is not valid JSON (column 1: Unexpected token '\u3000')" })
       expect(lines.get("deep")?.error).toEqual({ code: "invalid_line", message: "line nests arrays and objects deeper than 256 levels" })
       expect(lines.get("good")?.error).toBeNull()
       expect(lines.get("short-url")?.error).toBeNull()
@@ -342,7 +342,8 @@ describe("Batch.run", () => {
         expect(line?.error?.code, id).toBe("invalid_line")
         expect(line?.response, id).toBeNull()
       }
-      expect(lines.get("line-2")?.error?.message).toBe("line is not valid JSON")
+      // Where the line stops being JSON: a request line is long, and its column the way to the fault.
+      expect(lines.get("line-2")?.error?.message).toBe("line is not valid JSON (column 2: Expected property name or '}')")
       expect(lines.get("line-7")?.error?.message).toBe("line is an array, not a JSON object (one request per line)")
       expect(lines.get("bad-body")?.error?.message).toContain("body.messages")
       expect(lines.get("bad-method")?.error?.message).toBe(`invalid batch request: method: Expected "POST", actual "GET"`)

@@ -571,7 +571,7 @@ describe("CostLedger.layerConfig", () => {
       const notJson = yield* Effect.flip(
         Layer.build(withEnv({ WEATHERPROOF_PRICING_FILE: tempFile("{models:") })).pipe(Effect.scoped)
       )
-      expect(notJson).toMatchObject({ _tag: "PricingError", issues: [expect.stringContaining("not JSON")] })
+      expect(notJson).toMatchObject({ _tag: "PricingError", issues: ["not JSON (column 2: Expected property name or '}')"] })
       const missing = yield* Effect.flip(
         Layer.build(withEnv({ WEATHERPROOF_PRICING_FILE: "/nonexistent/pricing.json" })).pipe(Effect.scoped)
       )

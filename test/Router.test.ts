@@ -250,6 +250,6 @@ describe("Router configuration", () => {
       )
       expect(String(wrongType)).not.toContain("└─")
       const notJson = yield* Effect.flip(Layer.build(withEnv({ WEATHERPROOF_ROUTER: "{routes" })).pipe(Effect.scoped))
-      expect(String(notJson)).toContain("expected a JSON object of Router options, not valid JSON")
+      expect(String(notJson)).toContain("expected a JSON object of Router options, not valid JSON (column 2: Expected property name or '}')")
     }))
 })

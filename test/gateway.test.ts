@@ -970,7 +970,7 @@ describe("weatherproof serve, with the openai client", () => {
         })
       const notJson = yield* post("{\"model\": ")
       expect(notJson.status).toBe(400)
-      expect(notJson.body.error).toMatchObject({ code: "invalid_request", message: "the request body is not JSON" })
+      expect(notJson.body.error).toMatchObject({ code: "invalid_request", message: "the request body is not JSON (column 11: Unexpected end of JSON input)" })
       const array = yield* post("[]")
       expect(array.status).toBe(400)
       expect(array.body.error.message).toBe("the request body is an array, not a JSON object")

@@ -37,7 +37,7 @@ import * as SchemaIssues from "../../src/internal/schemaIssues.js"
 import { withModelLeftToRouter } from "../../src/internal/routedModel.js"
 import type { Scrubber } from "../../src/internal/scrubber.js"
 import * as StreamPull from "../../src/internal/streamPull.js"
-import { clipped, maxJsonDepth, nestsTooDeep } from "../../src/internal/text.js"
+import { clipped, maxJsonDepth, nestsTooDeep, notJsonSaying } from "../../src/internal/text.js"
 import { Router, type RoutingRefused, Task } from "../../src/Router.js"
 import {
   BadRequest,
@@ -162,7 +162,8 @@ const sizeText = (bytes: number): string => bytes % mebibyte === 0 ? `${bytes / 
 
 const tooLarge = (maxBodyBytes: number) => new BadRequest({ message: `the request body is larger than ${sizeText(maxBodyBytes)}` })
 
-const notJson = new BadRequest({ message: "the request body is not JSON" })
+const notJson = (error: unknown, text: string) => new BadRequest({ message: notJsonSaying("the request body is not JSON", error, text) })
+const cutShort = new BadRequest({ message: "the request body was cut short: the client's connection failed while sending it" })
 const empty = new BadRequest({ message: "the request body is empty: expected a JSON object, a chat completion request" })
 const notUtf8 = new BadRequest({ message: "the request body is not valid UTF-8" })
 
@@ -216,13 +217,13 @@ const readJson = (
       if (text === "") return resume(Effect.fail(empty))
       try {
         resume(Effect.succeed(ExactJson.parse(text)))
-      } catch {
-        resume(Effect.fail(notJson))
+      } catch (error) {
+        resume(Effect.fail(notJson(error, text)))
       }
     }
     const onError = () => {
       detach()
-      resume(Effect.fail(notJson))
+      resume(Effect.fail(cutShort))
     }
     const detach = () => {
       incoming.off("data", onData)

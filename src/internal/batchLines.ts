@@ -5,6 +5,7 @@
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
+import { identity } from "effect/Function"
 import * as Option from "effect/Option"
 import * as ParseResult from "effect/ParseResult"
 import * as Predicate from "effect/Predicate"
@@ -22,7 +23,7 @@ import { madeAtFirstCall } from "./firstCall.js"
 import { withModelLeftToRouter } from "./routedModel.js"
 import * as SchemaFastPath from "./schemaFastPath.js"
 import * as SchemaIssues from "./schemaIssues.js"
-import { clipped, hideKeyShapes, maxJsonDepth, nestsTooDeep, parseJson } from "./text.js"
+import { clipped, hideKeyShapes, maxJsonDepth, nestsTooDeep, notJsonSaying, parseJson } from "./text.js"
 
 /** The longest deadline text quoted back: the text is the line's own. */
 const maxQuotedDeadline = 50
@@ -141,25 +142,25 @@ const withBodyModelLeftToRouter = (line: unknown): unknown => {
   return body === line.body ? line : { ...line, body }
 }
 
-/** A line's JSON, its integers kept exactly (sent as written), or none when it is not JSON. */
-const parseLine = Option.liftThrowable(ExactJson.parse)
+/** A line's JSON, its integers kept exactly (sent as written), or why it is not JSON. */
+const parseLine = (text: string): Either.Either<unknown, unknown> => Either.try({ try: () => ExactJson.parse(text), catch: identity })
 
 /**
- * Why a line is not JSON, where the cause is plain: a file whose lines end in CR alone (classic
- * Mac OS) is one line, its requests joined by the CRs (a CR in a JSON string is escaped).
+ * Why a line is not JSON: where it stops being JSON, or the plain cause of a file whose lines end
+ * in CR alone (classic Mac OS), one line of requests joined by the CRs (a CR in a JSON string is escaped).
  */
-const notJson = (text: string): string =>
+const notJson = (text: string, error: unknown): string =>
   /\r[ \t]*\{/.test(text)
     ? "line is not valid JSON: it holds carriage returns (CR) where lines end, as a file with CR line ends does; convert them to LF"
-    : "line is not valid JSON"
+    : notJsonSaying("line is not valid JSON", error, text)
 
 /** Parses one non-blank input line. Never fails: a bad line is `Invalid`. */
 export const parseInputLine = (line: NumberedLine): InputItem => {
   const { lineNumber, text } = line
   if (text === undefined) return invalidWithoutId(lineNumber, unreadableMessages[line.unreadable])
   const parsed = parseLine(text)
-  if (Option.isNone(parsed)) return invalidWithoutId(lineNumber, notJson(text))
-  const json = parsed.value
+  if (Either.isLeft(parsed)) return invalidWithoutId(lineNumber, notJson(text, parsed.left))
+  const json = parsed.right
   const notAnObject = notARequestObject(json)
   if (notAnObject !== undefined) return invalidWithoutId(lineNumber, notAnObject)
   const ownId = ownCustomId(json)

@@ -10,6 +10,69 @@ import * as Option from "effect/Option"
 /** `text` parsed, or none when it is not JSON. */
 export const parseJson: (text: string) => Option.Option<unknown> = Option.liftThrowable(JSON.parse)
 
+/** V8's words for JSON that stops at a place it names: `Expected ',' or '}' after property value in JSON at position 12`. */
+const placedError = /^(.*?)(?: in JSON)? at position (\d+)/s
+
+/** V8's words for JSON that stops at a character it names but not where: `Unexpected token 'N', "{"a":None}" is not valid JSON`. */
+const unplacedError = /^(Unexpected token '.*?'), |^(Unexpected end of JSON input)$/s
+
+/** The words of `error` when it is one `JSON.parse` throws. */
+const syntaxErrorWords = (error: unknown): string | undefined => error instanceof SyntaxError ? error.message : undefined
+
+/** Whether JSON could go on from `prefix`: it is JSON already, or it stops only where it ends. */
+const mayGoOn = (prefix: string): boolean => {
+  try {
+    JSON.parse(prefix)
+    return true
+  } catch (error) {
+    const words = syntaxErrorWords(error) ?? ""
+    const placed = placedError.exec(words)
+    return placed === null ? words === "Unexpected end of JSON input" : Number(placed[2]) >= prefix.length
+  }
+}
+
+/**
+ * Where `text` stops being JSON: the length of its longest prefix JSON could go on from (found by
+ * halving, `JSON.parse` on each prefix: a prefix JSON cannot go on from has no longer one that can).
+ */
+const endOfJson = (text: string): number => {
+  if (mayGoOn(text)) return text.length
+  let from = 0
+  let to = text.length
+  while (to - from > 1) {
+    const middle = (from + to) >>> 1
+    if (mayGoOn(text.slice(0, middle))) from = middle
+    else to = middle
+  }
+  return from
+}
+
+/**
+ * Where `text`, which `JSON.parse` refused with `error`, stops being JSON, and what V8 says it met
+ * there: `line 3, column 18: Expected double-quoted property name`, with no line when `text` is
+ * one. V8's words are left out when they quote the text (it may hold a key); undefined when
+ * `error` does not say (another engine's words).
+ */
+export const jsonErrorPlace = (error: unknown, text: string): string | undefined => {
+  const words = syntaxErrorWords(error)
+  if (words === undefined) return undefined
+  const placed = placedError.exec(words)
+  const unplaced = placed === null ? unplacedError.exec(words) : null
+  if (placed === null && unplaced === null) return undefined
+  const offset = placed === null ? endOfJson(text) : Number(placed[2])
+  const said = placed === null ? unplaced![1] ?? unplaced![2]! : placed[1]!
+  const before = text.slice(0, offset)
+  const column = offset - before.lastIndexOf("\n")
+  const where = text.includes("\n") ? `line ${before.split("\n").length}, column ${column}` : `column ${column}`
+  return said.includes("\"") ? where : `${where}: ${said}`
+}
+
+/** `words` saying `text` is not JSON, followed by where (`jsonErrorPlace`) when it can be told. */
+export const notJsonSaying = (words: string, error: unknown, text: string): string => {
+  const place = jsonErrorPlace(error, text)
+  return place === undefined ? words : `${words} (${place})`
+}
+
 /**
  * How deep read JSON may nest arrays and objects. Far deeper than any request (a tool's JSON
  * schema nests a few levels), far shallower than what makes `JSON.stringify` (sending it, pricing
