@@ -332,10 +332,15 @@ export interface Summary {
   /** From the run's start, a resumed output's compaction included; measured with Effect's `Clock`. */
   readonly elapsed: Duration.Duration
   /**
-   * The run was stopped (`Options.stop`): the lines it did not answer are absent from the output,
-   * and a rerun sends them. `complete` says whether there are any.
+   * The run was stopped (`Options.stop`, or a file failing it: `abortedBy`): the lines it did not
+   * answer are absent from the output, and a rerun sends them. `complete` says whether there are any.
    */
   readonly interrupted: boolean
+  /**
+   * The file whose failure stopped the run (`BatchAborted`): the output that could not be written
+   * (the run stopped at once, no drain), or the input that could no longer be read (drained).
+   */
+  readonly abortedBy: "input" | "output" | undefined
   /**
    * Every line of the input was read, and its result (an answer or an error) is in the output, or
    * was there before (`skipped`): a stop that came once the last answers were on their way cost
@@ -824,7 +829,8 @@ const summarize = (
   interrupted: boolean,
   complete: boolean,
   dropped = 0,
-  unmatched = 0
+  unmatched = 0,
+  abortedBy?: "input" | "output"
 ): Summary => ({
   requests: tally.succeeded + tally.failed + tally.skipped,
   succeeded: tally.succeeded,
@@ -841,6 +847,7 @@ const summarize = (
   accounts: SummaryInternal.accountsBetween(before.ledger.byAccount, after.ledger.byAccount, statuses),
   elapsed: Duration.millis(after.millis - before.millis),
   interrupted,
+  abortedBy,
   complete,
   dropped,
   redisLocalMode: after.redisLocalMode - before.redisLocalMode
@@ -956,13 +963,14 @@ export const run = (
       return report(tally)
     })
 
-    // The first failure of the run's files; it stops the run (see `BatchAborted`).
-    const failure = yield* Deferred.make<BatchError>()
-    const abort = (error: BatchError, stop: Effect.Effect<void>) =>
-      Effect.zipRight(Deferred.succeed(failure, error), stop)
+    // The first failure of the run's files; it stops the run (see `BatchAborted`): at once for the
+    // output (the answers on the wire could not be written), after a drain for the input.
+    const failure = yield* Deferred.make<{ readonly file: "input" | "output"; readonly error: BatchError }>()
+    const abort = (file: "input" | "output", error: BatchError) =>
+      Effect.zipRight(Deferred.succeed(failure, { file, error }), file === "output" ? stops.stopNow : stops.stop)
     const settle = (outcome: Outcome): Effect.Effect<void> => {
       handed++
-      return Effect.catchAll(append(outcome), (error) => abort(outputError(options.output)(error), stops.stopNow))
+      return Effect.catchAll(append(outcome), (error) => abort("output", outputError(options.output)(error)))
     }
     const readAhead = yield* readAheadOf(options.concurrency)
     // A line starts only while the run is not stopped; once its answer is in, it is written
@@ -1015,7 +1023,7 @@ export const run = (
           }),
           Deferred.isDone(stopped)
         )),
-        Effect.catchAll((error) => abort(inputError(input)(error), stops.stop))
+        Effect.catchAll((error) => abort("input", inputError(input)(error)))
       )
       yield* Effect.raceFirst(readAhead.idle, FiberSet.join(sending))
     }))
@@ -1030,11 +1038,12 @@ export const run = (
     // Each answered id a line of the input has is skipped once (a later line with it is a duplicate).
     const unmatched = interrupted ? 0 : alreadyAnswered.size - tally.skipped
     const complete = readToEnd && read === tally.succeeded + tally.failed + tally.skipped
-    const summary = summarize(tally, before, yield* readings, yield* poolStatuses, interrupted, complete, dropped, unmatched)
-    const failed = yield* Deferred.poll(failure)
-    if (Option.isNone(failed)) return summary
+    const polled = yield* Deferred.poll(failure)
+    const failed = Option.isSome(polled) ? yield* polled.value : undefined
+    const summary = summarize(tally, before, yield* readings, yield* poolStatuses, interrupted, complete, dropped, unmatched, failed?.file)
+    if (failed === undefined) return summary
     return yield* new BatchAborted({
-      error: yield* failed.value,
+      error: failed.error,
       summary,
       unwritten: handed - tally.succeeded - tally.failed
     })

@@ -1382,7 +1382,12 @@ describe("Batch.run output file", () => {
       expect(aborted._tag).toBe("BatchAborted")
       expect(aborted.error).toMatchObject({ _tag: "BatchError", file: "output" })
       expect(aborted.message).toContain(`cannot write output ${ws.output}: ENOSPC: no space left on device, write`)
-      expect(aborted.summary.interrupted).toBe(true)
+      expect(aborted.summary).toMatchObject({ interrupted: true, abortedBy: "output", complete: false })
+      // The summary says why it stopped, and that no drain ran: a full disk stops the run at once.
+      const stopped = Batch.formatSummary(aborted.summary).split("\n").find((line) => line.startsWith("stopped:"))
+      expect(stopped).toMatch(/^stopped: {3}the output could not be written: the run stopped before the end of the input; lines not answered are not in the output/)
+      expect(stopped).not.toContain("drain")
+      expect(Batch.toJson(aborted.summary)).toMatchObject({ interrupted: true, aborted_by: "output" })
       expect(aborted.unwritten).toBeGreaterThan(0)
       expect(aborted.message).toContain(`; ${aborted.unwritten} result`)
       // Nothing is sent once a write failed: what was in flight then, no more.
@@ -1582,7 +1587,10 @@ describe("Batch.run output file", () => {
       // The ten lines read before the failure were on the wire: each was answered and written.
       const lines = yield* ws.readOutput
       expect(lines.map((l) => l.custom_id).sort()).toEqual(ids.slice(0, 10).sort())
-      expect(aborted.summary).toMatchObject({ succeeded: 10, interrupted: true })
+      expect(aborted.summary).toMatchObject({ succeeded: 10, interrupted: true, abortedBy: "input" })
+      expect(Batch.formatSummary(aborted.summary)).toContain(
+        "stopped:   the input could no longer be read: the run stopped before the end of the input; lines not answered are not in the output"
+      )
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 })
 

@@ -152,6 +152,8 @@ export interface SummaryJson extends SpendJson {
   readonly elapsed_ms: number
   /** The run was stopped. */
   readonly interrupted: boolean
+  /** The file whose failure stopped the run ("input" or "output"), else null. */
+  readonly aborted_by: "input" | "output" | null
   /** Every line of the input was read and has its result in the output: nothing is left to resume. */
   readonly complete: boolean
   /** Requests on the wire when the stopped run's drain ended, dropped unanswered. */
@@ -221,6 +223,7 @@ export const toJson = (summary: Summary): SummaryJson => ({
   routing_warnings: summary.routingWarnings,
   elapsed_ms: Duration.toMillis(summary.elapsed),
   interrupted: summary.interrupted,
+  aborted_by: summary.abortedBy ?? null,
   complete: summary.complete,
   dropped: summary.dropped,
   redis_local_mode: summary.redisLocalMode,
@@ -231,13 +234,20 @@ export const toJson = (summary: Summary): SummaryJson => ({
 const redisLine = (times: number): string =>
   `${times === 1 ? "lost once" : `lost ${times} times, each time`}: this process counted the shared limits alone, at its share, until Redis was back`
 
-/** How a stopped run ended, with the requests its drain's end dropped on the wire. */
-const stoppedLine = ({ complete, dropped }: Pick<Summary, "complete" | "dropped">): string =>
+/** What stopped a run a file failed: the output stops it at once, the input after a drain. */
+const abortedBecause = {
+  input: "the input could no longer be read: the run stopped",
+  output: "the output could not be written: the run stopped"
+} as const
+
+/** How a stopped run ended, with the requests dropped on the wire when its drain ended (or when a failed output stopped it). */
+const stoppedLine = ({ abortedBy, complete, dropped }: Pick<Summary, "abortedBy" | "complete" | "dropped">): string =>
   complete
     ? "interrupted once every line of the input was read; each one's result is in the output"
-    : "interrupted before the end of the input; lines not answered are not in the output" + (dropped === 0 ? "" : `; ${
-      counted(dropped, "request", "requests")
-    } on the wire when the drain ended dropped unanswered (the upstream may bill what it generated for them)`)
+    : `${abortedBy === undefined ? "interrupted" : abortedBecause[abortedBy]} before the end of the input; lines not answered are not in the output` +
+      (dropped === 0 ? "" : `; ${counted(dropped, "request", "requests")} on the wire when ${
+        abortedBy === "output" ? "it stopped" : "the drain ended"
+      } dropped unanswered (the upstream may bill what it generated for them)`)
 
 const usd = (amount: number) => `$${amount.toFixed(6)}`
 
