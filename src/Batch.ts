@@ -45,8 +45,9 @@
  *   `AccountPool` reach none of its accounts' origins (a base URL with a typo, a host down, no
  *   network), the run fails with `UpstreamUnreachable` before it locks, reads or sends anything;
  *   when the accounts it reached had every key rejected by the start's balance preflight (a wrong
- *   `DEEPSEEK_API_KEY`), with `KeysRejected`. An upstream lost later is waited for (each call up
- *   to its `maxWait`).
+ *   `DEEPSEEK_API_KEY`), with `KeysRejected`; when they were out of balance (or had no key
+ *   accepted), with `OutOfBalance`. An upstream lost later, or a balance spent later, is waited
+ *   for (each call up to its `maxWait`).
  * - Compaction keeps the output's identity: it rewrites the real file behind a symlink (which
  *   stays a symlink), beside it, with its mode. A read-only output is refused before anything is
  *   sent (`BatchError`).
@@ -215,10 +216,51 @@ export class KeysRejected extends Data.TaggedError("KeysRejected")<{
 }> {
   /** @since 0.1.0 */
   override get message(): string {
-    const rejected = `the upstream rejected every key (401) of ${this.accounts.map((name) => `account ${name}`).join(", ")}`
-    return this.unreachable.length === 0 ? rejected : `${rejected}, and ${new UpstreamUnreachable({ accounts: this.unreachable }).message}`
+    return withUnreachable(everyKeyRejected(this.accounts), this.unreachable)
   }
 }
+
+/**
+ * The start's balance preflight found the accounts the warm-up reached out of balance (their
+ * balance unavailable, `AccountStatus.state` `out_of_balance`), or with every key rejected:
+ * nothing was read, written or sent. Without this the lines would wait for a balance someone
+ * tops up, each up to its `maxWait` (30 minutes). Top one up, then run again.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class OutOfBalance extends Data.TaggedError("OutOfBalance")<{
+  /** The accounts out of balance. */
+  readonly accounts: ReadonlyArray<string>
+  /** The accounts whose every key was rejected. */
+  readonly rejected: ReadonlyArray<string>
+  /** The others: none of them could be reached. */
+  readonly unreachable: ReadonlyArray<AccountPoolModule.Unreachable>
+}> {
+  /** @since 0.1.0 */
+  override get message(): string {
+    const [one] = this.accounts
+    const out = this.accounts.length === 1
+      ? `account ${one} is out of balance (its balance is unavailable)`
+      : `accounts ${this.accounts.join(", ")} are out of balance (their balance is unavailable)`
+    return withUnreachable(this.rejected.length === 0 ? out : `${out}; ${everyKeyRejected(this.rejected)}`, this.unreachable)
+  }
+}
+
+/**
+ * How a run fails: before it sends anything (its files, its lock, an upstream that serves no call),
+ * or aborted by its files once started.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export type RunError = BatchError | OutputLocked | UpstreamUnreachable | KeysRejected | OutOfBalance | BatchAborted
+
+const everyKeyRejected = (accounts: ReadonlyArray<string>): string =>
+  `the upstream rejected every key (401) of ${accounts.map((name) => `account ${name}`).join(", ")}`
+
+const withUnreachable = (said: string, unreachable: ReadonlyArray<AccountPoolModule.Unreachable>): string =>
+  unreachable.length === 0 ? said : `${said}, and ${new UpstreamUnreachable({ accounts: unreachable }).message}`
 
 /**
  * Token totals.
@@ -608,9 +650,9 @@ const resolvePaths = (fs: FileSystem.FileSystem, input: string, output: string) 
 
 /**
  * Fails when the pool in context, if any, can serve no call without a change at start: it reached
- * none of its accounts, or the ones it reached have no key the upstream accepts.
+ * none of its accounts, or the ones it reached have no key the upstream accepts or no balance.
  */
-const refuseUnservable: Effect.Effect<void, UpstreamUnreachable | KeysRejected> = Effect.flatMap(
+const refuseUnservable: Effect.Effect<void, UpstreamUnreachable | KeysRejected | OutOfBalance> = Effect.flatMap(
   Effect.serviceOption(AccountPool),
   Option.match({
     onNone: () => Effect.void,
@@ -622,12 +664,17 @@ const refuseUnservable: Effect.Effect<void, UpstreamUnreachable | KeysRejected> 
 const unservable = (
   unreachable: ReadonlyArray<AccountPoolModule.Unreachable>,
   accounts: ReadonlyArray<AccountPoolModule.AccountStatus>
-): Effect.Effect<void, UpstreamUnreachable | KeysRejected> => {
+): Effect.Effect<void, UpstreamUnreachable | KeysRejected | OutOfBalance> => {
   if (unreachable.length > 0 && unreachable.length === accounts.length) return new UpstreamUnreachable({ accounts: unreachable })
   const unreached = new Set(unreachable.map(({ account }) => account))
-  const rejected = accounts.filter(({ name, state }) => state === "no_keys" && !unreached.has(name)).map(({ name }) => name)
-  const noneServes = rejected.length > 0 && rejected.length + unreached.size === accounts.length
-  return noneServes ? new KeysRejected({ accounts: rejected, unreachable }) : Effect.void
+  const reached = accounts.filter(({ name }) => !unreached.has(name))
+  const inState = (state: AccountPoolModule.AccountStatus["state"]) => reached.filter((account) => account.state === state).map(({ name }) => name)
+  const rejected = inState("no_keys")
+  const outOfBalance = inState("out_of_balance")
+  if (reached.length === 0 || rejected.length + outOfBalance.length < reached.length) return Effect.void
+  return outOfBalance.length === 0
+    ? new KeysRejected({ accounts: rejected, unreachable })
+    : new OutOfBalance({ accounts: outOfBalance, rejected, unreachable })
 }
 
 /** Takes `<real output>.lock` for the run's scope; another run's lock fails with `OutputLocked`. */
@@ -869,8 +916,9 @@ const summarize = (
  * Before anything is read or sent, the run takes the output's lock (another run holding it fails
  * the run at once with `OutputLocked`) and refuses a read-only output (`BatchError`); then, while
  * it compacts the output, it fails with `UpstreamUnreachable` when its `AccountPool` could reach
- * none of its accounts, and with `KeysRejected` when the accounts it reached had every key
- * rejected by the start's preflight.
+ * none of its accounts, with `KeysRejected` when the accounts it reached had every key rejected by
+ * the start's preflight, and with `OutOfBalance` when they had no balance (or no key accepted)
+ * but one at least was out of balance.
  * When `options.stop` completes, the run drains (see `Options.stop`) and its summary is
  * `interrupted`.
  *
@@ -892,9 +940,7 @@ const summarize = (
  * @since 0.1.0
  * @category constructors
  */
-export const run = (
-  options: Options
-): Effect.Effect<Summary, BatchError | OutputLocked | UpstreamUnreachable | KeysRejected | BatchAborted, Requirements> =>
+export const run = (options: Options): Effect.Effect<Summary, RunError, Requirements> =>
   Effect.scoped(Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const { input } = options

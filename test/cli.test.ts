@@ -885,11 +885,16 @@ describe("weatherproof's progress lines", () => {
       expect(result.stderr).toMatch(/in \d+m?s(; [12] requests? in flight)?; over the last \d+m?s, 1 attempt failed, answered 5xx$/m)
     }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 
-  it.live("batch says no account can serve while its only one is out of balance", () =>
+  it.live("batch whose only account is out of balance at start exits 2 at once, saying so: nothing was sent", () =>
     Effect.gen(function*() {
       const outOfBalance = { accounts: { default: { keys: [Simulator.defaultKey], balance: 0 } } }
-      const result = yield* batchAgainst([chatLine(1)], outOfBalance, ["--max-wait", "1s"])
-      expect(result.stderr).toMatch(/^weatherproof: 0 of 1 lines done \(0 ok, 0 failed, 0 skipped\) in \d+m?s; no account can serve: default out of balance$/m)
+      // Before, the line waited for a balance someone would top up: up to --max-wait, 30 minutes.
+      const result = yield* batchAgainst([chatLine(1)], outOfBalance)
+      expect(result.code).toBe(2)
+      expect(result.stderr).toContain(
+        "weatherproof: account default is out of balance (its balance is unavailable); nothing was sent. Top up its balance, then run the same command again"
+      )
+      expect(result.stdout).toBe("")
     }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 })
 

@@ -121,6 +121,8 @@ const runCaught = (
         UpstreamUnreachable: (error) =>
           fail(2, `weatherproof: ${error.message}; nothing was sent. ${unreachableHint(args)}`),
         KeysRejected: (error) => fail(2, `weatherproof: ${error.message}; nothing was sent. ${keysHint(args)}`),
+        OutOfBalance: (error) =>
+          fail(2, `weatherproof: ${error.message}; nothing was sent. Top up ${error.accounts.length === 1 ? "its" : "one's"} balance, then run the same command again`),
         RedisUnavailable: (error) => fail(2, `weatherproof: ${error.message}; nothing was sent`),
         PricingError: (error) => fail(2, `weatherproof: invalid pricing table ${error.source}:\n${listIssues(error.issues)}`),
         ConfigError: invalidConfig
@@ -251,7 +253,7 @@ const directoryProblem = (fs: FileSystem.FileSystem, flag: string, path: string)
  * The `batch` command. Exit codes: 0 every line succeeded, 1 a line failed or the run could not go
  * on (the input or output could not be read or written, a read-only output; the summary is printed
  * when the run had started), 2 usage or configuration (an output that is the input, an output
- * locked by another run, no account's upstream reachable or key accepted at start), 130 / 143
+ * locked by another run, no account's upstream reachable, key accepted or balance available at start), 130 / 143
  * stopped by SIGINT / SIGTERM, 129 by SIGHUP (the process then ends by the signal: `endWith`).
  */
 export const batch = (args: BatchArgs) =>

@@ -184,7 +184,7 @@ export const run = (options: {
   readonly onProgress?: ((progress: Batch.Progress) => Effect.Effect<void>) | undefined
 }): Effect.Effect<
   DemoReport,
-  Batch.BatchError | Batch.OutputLocked | Batch.UpstreamUnreachable | Batch.KeysRejected | Batch.BatchAborted,
+  Batch.RunError,
   FileSystem.FileSystem | Scope.Scope
 > =>
   Effect.gen(function*() {
