@@ -23,6 +23,7 @@ import * as Schedule from "effect/Schedule"
 import * as ScheduleDecision from "effect/ScheduleDecision"
 import * as ScheduleInterval from "effect/ScheduleInterval"
 import * as ApiError from "./ApiError.js"
+import { assertValid, positive } from "./internal/options.js"
 
 /**
  * @since 0.1.0
@@ -39,6 +40,13 @@ export interface Options {
   readonly maxRetryAfter?: Duration.DurationInput | undefined
   /** `exponentialFullJitter` or `decorrelatedJitter`. Default "full". */
   readonly jitter?: "full" | "decorrelated" | undefined
+  /**
+   * A schedule of your own whose delays replace the jittered backoff (`base`, `cap` and `jitter`
+   * then go unused); its input is the failed attempt's error. The policy's rules still hold: only
+   * retryable verdicts, at most `maxRetries`, never sooner than `Retry-After`. (A schedule given
+   * as a `Service` by hand is followed as it is, without them.)
+   */
+  readonly backoff?: Schedule.Schedule<unknown, unknown> | undefined
   /** What each failure means: only retryable verdicts are retried. Default `ApiError.classify`. */
   readonly classify?: ApiError.Classifier | undefined
 }
@@ -134,11 +142,17 @@ export const honoringRetryAfter = (max: Duration.DurationInput, classify: ApiErr
  */
 export const schedule = <E = unknown>(options: Options = {}): Schedule.Schedule<E, E> => {
   const classify = options.classify ?? ApiError.classify
-  return (options.jitter === "decorrelated" ? decorrelatedJitter : exponentialFullJitter)(
-    options.base ?? defaults.base,
-    options.cap ?? defaults.cap
-  ).pipe(
-    Schedule.intersect(Schedule.recurs(options.maxRetries ?? defaults.maxRetries)),
+  const maxRetries = options.maxRetries ?? defaults.maxRetries
+  const base = Duration.decode(options.base ?? defaults.base)
+  const cap = Duration.decode(options.cap ?? defaults.cap)
+  assertValid("RetryPolicy", [
+    Number.isInteger(maxRetries) && maxRetries >= 0 ? undefined : `maxRetries must be an integer ≥ 0, got ${maxRetries}`,
+    positive("base", Duration.toMillis(base)),
+    positive("cap", Duration.toMillis(cap))
+  ])
+  const backoff = options.backoff ?? (options.jitter === "decorrelated" ? decorrelatedJitter : exponentialFullJitter)(base, cap)
+  return backoff.pipe(
+    Schedule.intersect(Schedule.recurs(maxRetries)),
     Schedule.intersect(Schedule.identity<E>()),
     Schedule.whileInput((error: E) => ApiError.isRetryable(classify(error))),
     honoringRetryAfter(options.maxRetryAfter ?? defaults.maxRetryAfter, classify),
@@ -152,7 +166,9 @@ export const schedule = <E = unknown>(options: Options = {}): Schedule.Schedule<
  */
 export interface Service {
   /**
-   * The schedule retries follow; its input and output are the failed attempt's error. A policy
+   * The schedule retries follow, as it is; its input and output are the failed attempt's error.
+   * `make` builds one that keeps the policy's rules (only retryable verdicts, `Retry-After`), a
+   * backoff of your own too (`Options.backoff`); one written here by hand keeps only its own. A policy
    * retries any error the call may fail with (its own refusals, a transport's) so the schedule
    * takes `unknown`: a schedule of your own that reads one error type narrows inside, as
    * `schedule({ classify })` does (`RetryPolicy.schedule<DbBusy>(…)` is a

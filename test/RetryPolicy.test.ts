@@ -88,6 +88,37 @@ describe("RetryPolicy", () => {
       expect(yield* Ref.get(attempts)).toBe(1)
     }))
 
+  it.effect("a backoff of your own keeps the policy's rules: its delays, never sooner than Retry-After, only retryable errors, at most maxRetries", () =>
+    Effect.gen(function*() {
+      const backoff = Schedule.spaced("45 seconds")
+      const busy = yield* flaky([rateLimited("50 seconds"), rateLimited()], RetryPolicy.schedule({ backoff }))
+      yield* TestClock.adjust("49999 millis")
+      expect(yield* Ref.get(busy.attempts)).toBe(1)
+      yield* TestClock.adjust("1 millis")
+      expect(yield* Ref.get(busy.attempts)).toBe(2)
+      yield* TestClock.adjust("44999 millis")
+      expect(yield* Ref.get(busy.attempts)).toBe(2)
+      yield* TestClock.adjust("1 millis")
+      expect((yield* Fiber.join(busy.fiber))._tag).toBe("Right")
+
+      const refused = yield* flaky([new InvalidRequest({ status: 400, message: "bad" })], RetryPolicy.schedule({ backoff }))
+      yield* TestClock.adjust("1 minute")
+      expect(yield* Ref.get(refused.attempts)).toBe(1)
+
+      const always = yield* flaky(Array.from({ length: 10 }, () => rateLimited()), RetryPolicy.schedule({ backoff, maxRetries: 2 }))
+      yield* TestClock.adjust("10 minutes")
+      expect(yield* Ref.get(always.attempts)).toBe(3)
+    }))
+
+  it("refuses options no policy can follow, naming each", () => {
+    expect(() => RetryPolicy.make({ maxRetries: -1 })).toThrow("RetryPolicy: maxRetries must be an integer ≥ 0, got -1")
+    expect(() => RetryPolicy.make({ maxRetries: 1.5, base: "0 millis" })).toThrow(
+      "RetryPolicy: maxRetries must be an integer ≥ 0, got 1.5; base must be positive, got 0"
+    )
+    expect(() => RetryPolicy.schedule({ cap: "0 millis" })).toThrow("RetryPolicy: cap must be positive, got 0")
+    expect(RetryPolicy.make({ maxRetries: 0 }).maxRetryAfter).toEqual(Duration.minutes(1))
+  })
+
   it.effect("full jitter keeps each delay within [0, min(cap, base·2^n)] and spreads them", () =>
     Effect.gen(function*() {
       const delays = yield* RetryPolicy.exponentialFullJitter("100 millis", "2 seconds").pipe(
