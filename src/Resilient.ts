@@ -69,7 +69,12 @@ import { streamWhenTraced, whenTraced } from "./internal/tracing.js"
  * @since 0.1.0
  * @category models
  */
-export interface CallOptions extends Pick<TransportModule.CallOptions, "deadlines" | "onAnswer" | "onExchange"> {
+export interface CallOptions extends Pick<TransportModule.CallOptions, "onAnswer" | "onExchange"> {
+  /**
+   * Each attempt's deadlines, overriding the transport's: a retry starts them again, so `total`
+   * bounds one attempt. Bound the call with its retries by timing it out (`Effect.timeout`).
+   */
+  readonly deadlines?: Partial<Deadlines> | undefined
   /** Interactive calls get permits before batch calls. Default `"interactive"`. */
   readonly priority?: Limiter.Priority | undefined
   /**

@@ -5,8 +5,10 @@
  * client against.
  *
  * It is a real `node:http` server on 127.0.0.1 and runs on real time (Effect's live `Clock`,
- * whatever clock the caller uses), so it behaves the same under `TestClock`. Closing its scope
- * (or `stop`) destroys every open socket: a test never hangs on it.
+ * whatever clock the caller uses): its own delays pass under `TestClock` too. A client's do not:
+ * run a test of a client against it live (`it.scopedLive`), or a retry's backoff waits on a
+ * `TestClock` no one moves and the test times out. Closing its scope (or `stop`) destroys every
+ * open socket: a test never hangs on it.
  *
  * **Caps**, as DeepSeek's: an account's keys share its caps, and a request over any cap that
  * applies to it is refused at once with 429 (it never queues for a slot). A request holds its slot

@@ -46,7 +46,11 @@ export interface Deadlines {
    * answer past its 200) alone.
    */
   readonly idle: Duration.DurationInput
-  /** The whole call. Default 30 minutes. */
+  /**
+   * The whole call: through `Resilient`, each attempt's (a retry starts every deadline again).
+   * Default 30 minutes. To bound a call and its retries together, time it out
+   * (`Effect.timeout(client.create(request), "2 minutes")`), which cancels the attempt on the wire.
+   */
   readonly total: Duration.DurationInput
 }
 
