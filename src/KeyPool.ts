@@ -93,7 +93,13 @@ export const defaultCooldown: Duration.Duration = Duration.minutes(15)
 const inMemory = (keys: ReadonlyArray<Redacted.Redacted<string>>, options: Options | undefined) =>
   Effect.gen(function*() {
     const cooldownMillis = Duration.toMillis(options?.cooldown ?? defaultCooldown)
-    yield* Effect.sync(() => assertValid("KeyPool", [positive("cooldown", cooldownMillis)]))
+    yield* Effect.sync(() =>
+      assertValid("KeyPool", [
+        // With none, every call would fail `NoUsableKey` ("0 rejected"): a key list left empty.
+        keys.length === 0 ? "keys must hold at least one key" : undefined,
+        positive("cooldown", cooldownMillis)
+      ])
+    )
     const credentials: ReadonlyArray<Credential> = keys.map((key, i) => {
       const source = options?.sources?.[i]
       return { id: `key#${i + 1}${source === undefined ? "" : ` from ${source}`}`, key }
@@ -138,8 +144,8 @@ const inMemory = (keys: ReadonlyArray<Redacted.Redacted<string>>, options: Optio
 
 /**
  * A pool over the given keys, labelled `key#1`, `key#2` … in order (`key#2 from NAME` where
- * `sources` names where one came from). Dies with `IllegalArgumentException` on a cooldown that
- * is not positive.
+ * `sources` names where one came from). Dies with `IllegalArgumentException` on no keys or a
+ * cooldown that is not positive.
  *
  * @example
  * ```ts

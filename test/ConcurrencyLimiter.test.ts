@@ -802,6 +802,10 @@ describe("ConcurrencyLimiter", () => {
           const exit = yield* Effect.exit(ConcurrencyLimiter.makeFixed(permits))
           expect(Exit.isFailure(exit) && Cause.isDie(exit.cause), String(permits)).toBe(true)
         }
+        // A ceiling of 0 was raised to 1: every call one at a time, where no limit (`false`) was meant.
+        for (const permits of [0, -5, Number.NaN]) {
+          expect(() => ConcurrencyLimiter.ceiling(permits)).toThrow(`ConcurrencyLimiter: ceiling must be at least 1, got ${permits}`)
+        }
       }))
 
     it.effect("a permit released unsettled (a stream its consumer stopped) no longer counts as accepted", () =>

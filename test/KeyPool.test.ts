@@ -1,4 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
+import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Effect from "effect/Effect"
@@ -25,6 +26,12 @@ describe("KeyPool", () => {
       const pool = yield* KeyPool.make(keys, { sources: [undefined, "DEEPSEEK_KEYS", "DEEPSEEK_KEYS"] })
       const ids = yield* Effect.replicateEffect(pool.acquire, 3)
       expect(ids.map((c) => c.id)).toEqual(["key#1", "key#2 from DEEPSEEK_KEYS", "key#3 from DEEPSEEK_KEYS"])
+    }))
+
+  it.effect("dies, saying so, on a list of no keys: every call would fail NoUsableKey", () =>
+    Effect.gen(function*() {
+      const defect = yield* Effect.exit(KeyPool.make([])).pipe(Effect.map((exit) => exit._tag === "Failure" && Cause.squash(exit.cause)))
+      expect(defect).toMatchObject({ _tag: "IllegalArgumentException", message: "KeyPool: keys must hold at least one key" })
     }))
 
   it.effect("drops a rejected key and fails fast once none is left", () =>

@@ -525,6 +525,26 @@ describe("Transport layers and spans", () => {
       )
     )))
 
+  it.effect("a deadline of zero is refused, the layer's as it is made and a call's as it starts: it would cut every call at once", () =>
+    Effect.gen(function*() {
+      const squashed = (exit: Exit.Exit<unknown, unknown>) => Exit.isFailure(exit) && Cause.squash(exit.cause)
+      const made = yield* Effect.exit(Transport.make({ baseUrl: "https://api.example.com", deadlines: { idle: "0 seconds" } }).pipe(
+        Effect.provide(MockUpstream.layer([])),
+        Effect.provide(KeyPool.layer([Redacted.make("sk-a")]))
+      ))
+      expect(squashed(made)).toMatchObject({ _tag: "IllegalArgumentException", message: "Transport: deadlines.idle must be positive, got 0" })
+      const call = yield* Effect.exit(Effect.flatMap(Transport.Transport, (transport) =>
+        transport.create(request, { deadlines: { total: "0 millis", firstContent: "-1 seconds" } })).pipe(
+          Effect.provide(Transport.layer({ baseUrl: "https://api.example.com" })),
+          Effect.provide(MockUpstream.layer([])),
+          Effect.provide(KeyPool.layer([Redacted.make("sk-a")]))
+        ))
+      expect(squashed(call)).toMatchObject({
+        _tag: "IllegalArgumentException",
+        message: "Transport call: deadlines.firstContent must be positive, got 0; deadlines.total must be positive, got 0"
+      })
+    }))
+
   it.effect("a base URL with credentials, a query or no http(s) is refused, from options or the environment, never quoted", () =>
     Effect.gen(function*() {
       const secret = "https://user:sk-secret@api.example.com"

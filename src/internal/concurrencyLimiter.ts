@@ -1083,12 +1083,11 @@ const validateAdaptive = (config: AimdConfig): void =>
   ])
 
 /** See `ConcurrencyLimiter.ceiling`: no latency or queue-delay brake, so only refusals move it. */
-export const ceilingOptions = (permits: number): AdaptiveOptions => ({
-  initial: permits,
-  max: permits,
-  latencyRise: Infinity,
-  queueDelayRise: Infinity
-})
+export const ceilingOptions = (permits: number): AdaptiveOptions => {
+  // A ceiling below one would be raised to one: every call one at a time, where `false` (no limit) was likely meant.
+  assertValid("ConcurrencyLimiter", [atLeast("ceiling", permits, 1)])
+  return { initial: permits, max: permits, latencyRise: Infinity, queueDelayRise: Infinity }
+}
 
 /** `options` with every default filled in; throws `IllegalArgumentException` on options that cannot work. */
 export const adaptiveConfig = (options: AdaptiveOptions): AimdConfig => {

@@ -23,6 +23,7 @@ import { DeadlineExceeded, emptyPartial, type PartialOutput } from "../ApiError.
 import type { Deadlines } from "../Transport.js"
 import { monotonicMillis } from "./monotonic.js"
 import { type Entry, Registry } from "./registry.js"
+import { positive, type Problem } from "./options.js"
 
 /** A timer this late woke a process that did not run meanwhile: stopped (Ctrl-Z, a paused container) or blocked. */
 const stoppedAfterMillis = 1_000
@@ -74,6 +75,10 @@ export const resolveLimits = (
     Duration.toMillis(overrides.reduce((value, override) => override?.[key] ?? value, defaults[key]))
   return { firstContent: millis("firstContent"), idle: millis("idle"), total: millis("total") }
 }
+
+/** What is wrong with deadlines: each must be above zero (zero would cut every call at once). */
+export const limitsProblems = (limits: Limits): ReadonlyArray<Problem> =>
+  (["firstContent", "idle", "total"] as const).map((name) => positive(`deadlines.${name}`, limits[name]))
 
 /** Who is told when the headers and the first content of a success arrive. */
 export interface Observers {
