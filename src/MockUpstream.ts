@@ -193,8 +193,10 @@ export const parts = (
 })
 
 /**
- * A JSON body, after `leadingBlankLines` keep-alive lines (sent at once) and a `delay` (the
- * queueing time before the JSON); the status and headers after `latency`.
+ * A JSON body after a `delay` (the queueing time before the JSON), with `leadingBlankLines`
+ * keep-alive lines spread evenly over it, as DeepSeek sends them while a request waits: each
+ * after a share of the delay, the JSON after the last share (with no delay, all at once). The
+ * status and headers come after `latency`.
  *
  * @example
  * ```ts
@@ -218,12 +220,15 @@ export const json = (
   }
 ): Reply =>
   parts(
-    [
-      ...Array.from({ length: options?.leadingBlankLines ?? 0 }, () => "\n"),
-      { delay: options?.delay, text: JSON.stringify(body) }
-    ],
+    queuedFor(options?.delay, options?.leadingBlankLines ?? 0, JSON.stringify(body)),
     { status: options?.status, headers: { "content-type": "application/json", ...options?.headers }, latency: options?.latency }
   )
+
+/** `blankLines` keep-alive lines, then `text`, each after an equal share of `delay`. */
+const queuedFor = (delay: Duration.DurationInput | undefined, blankLines: number, text: string): ReadonlyArray<Part> => {
+  const share = delay === undefined ? undefined : Duration.unsafeDivide(Duration.decode(delay), blankLines + 1)
+  return [...Array.from({ length: blankLines }, () => ({ delay: share, text: "\n" })), { delay: share, text }]
+}
 
 /**
  * A successful non-streaming completion of `generation`.

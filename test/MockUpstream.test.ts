@@ -82,6 +82,16 @@ describe("MockUpstream", () => {
       MockUpstream.parts(["a", "b", { delay: "1 second", text: "c" }, { delay: "2 seconds", text: "d" }])
     ]))))
 
+  it.effect("a queued answer's keep-alive lines are spread over its delay, as DeepSeek sends them: no gap as long as the delay", () =>
+    Effect.gen(function*() {
+      const fiber = yield* Effect.fork(timedReads)
+      yield* TestClock.adjust("30 seconds")
+      const reads = yield* Fiber.join(fiber)
+      expect(reads.map(([at]) => at)).toEqual([5000, 10000, 15000, 20000, 25000, 30000])
+      expect(reads.slice(0, 5).map(([, text]) => text)).toEqual(["\n", "\n", "\n", "\n", "\n"])
+      expect(JSON.parse(reads[5]![1])).toMatchObject({ choices: [{ message: { content: "a forecast" } }] })
+    }).pipe(Effect.provide(MockUpstream.layer([MockUpstream.completion(generation, { leadingBlankLines: 5, delay: "30 seconds" })]))))
+
   it.effect("waits `latency` before the status", () =>
     Effect.gen(function*() {
       const fiber = yield* Effect.fork(post())
