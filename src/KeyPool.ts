@@ -22,6 +22,7 @@ import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
 import { NoUsableKey } from "./ApiError.js"
+import * as DurationTexts from "./internal/durationText.js"
 import * as internalRedis from "./internal/keyPoolRedis.js"
 import { monotonicMillis } from "./internal/monotonic.js"
 import { assertValid, positive } from "./internal/options.js"
@@ -78,6 +79,11 @@ export interface Options {
    * `key#2 from DEEPSEEK_KEY_B`. None (or an `undefined` entry) names a key by its place alone.
    */
   readonly sources?: ReadonlyArray<string | undefined> | undefined
+  /**
+   * Whose keys these are, as the warning logged when the upstream rejects one names them
+   * (`account main: the upstream rejected its key#2 (401); …`). Default `KeyPool`.
+   */
+  readonly label?: string | undefined
 }
 
 /** @since 0.1.0 */
@@ -143,6 +149,33 @@ const inMemory = (keys: ReadonlyArray<Redacted.Redacted<string>>, options: Optio
   })
 
 /**
+ * `keys`, warning when the upstream sets one aside: a key pasted wrong or revoked otherwise shows
+ * only as calls that rotate past it, or, the last key gone, fail with `NoUsableKey`. A key revoked
+ * for good is rejected again after each rest: said as such, with how many times.
+ */
+const warningOnReject = (keys: Service, total: number, options: Options | undefined): Service => {
+  const cooldown = Duration.decode(options?.cooldown ?? defaultCooldown)
+  const rejections = new Map<string, number>()
+  return {
+    ...keys,
+    reject: (credential) =>
+      Effect.gen(function*() {
+        const before = yield* keys.available
+        yield* keys.reject(credential)
+        const after = yield* keys.available
+        if (after >= before) return
+        const times = (rejections.get(credential.id) ?? 0) + 1
+        rejections.set(credential.id, times)
+        yield* Effect.logWarning(
+          `${options?.label ?? "KeyPool"}: the upstream rejected its ${credential.id}${
+            times === 1 ? " (401)" : ` again (401; ${times} times in all)`
+          }; it rests ${DurationTexts.format(cooldown)}, ${after} of ${total} ${total === 1 ? "key" : "keys"} usable`
+        )
+      })
+  }
+}
+
+/**
  * A pool over the given keys, labelled `key#1`, `key#2` … in order (`key#2 from NAME` where
  * `sources` names where one came from). Dies with `IllegalArgumentException` on no keys or a
  * cooldown that is not positive.
@@ -167,7 +200,7 @@ const inMemory = (keys: ReadonlyArray<Redacted.Redacted<string>>, options: Optio
 export const make = (
   keys: ReadonlyArray<Redacted.Redacted<string>>,
   options?: Options
-): Effect.Effect<Service> => Effect.map(inMemory(keys, options), (pool) => pool.service)
+): Effect.Effect<Service> => Effect.map(inMemory(keys, options), (pool) => warningOnReject(pool.service, keys.length, options))
 
 /**
  * The fingerprint that stands for `key` on Redis (see `makeRedis`): 16 hex digits, never the key.
@@ -219,7 +252,7 @@ export const makeRedis = (
 ): Effect.Effect<Service, never, Redis.Redis | Scope.Scope> =>
   Effect.gen(function*() {
     const pool = yield* inMemory(keys, options)
-    return yield* internalRedis.shared(yield* Redis.Redis, options.account, pool)
+    return warningOnReject(yield* internalRedis.shared(yield* Redis.Redis, options.account, pool), keys.length, options)
   })
 
 /**

@@ -9,6 +9,7 @@ import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as TestClock from "effect/TestClock"
 import * as KeyPool from "../src/KeyPool.js"
+import { capturingLogs, type Logged } from "./support/logs.js"
 import { processClock } from "./support/processClock.js"
 
 const keys = ["sk-aaaa1111", "sk-bbbb2222", "sk-cccc3333"].map(Redacted.make)
@@ -34,8 +35,9 @@ describe("KeyPool", () => {
       expect(defect).toMatchObject({ _tag: "IllegalArgumentException", message: "KeyPool: keys must hold at least one key" })
     }))
 
-  it.effect("drops a rejected key and fails fast once none is left", () =>
-    Effect.gen(function*() {
+  it.effect("drops a rejected key and fails fast once none is left", () => {
+    const logs: Array<Logged> = []
+    return Effect.gen(function*() {
       const pool = yield* KeyPool.make(keys.slice(0, 2))
       const first = yield* pool.acquire
       yield* pool.reject(first)
@@ -51,7 +53,13 @@ describe("KeyPool", () => {
       // When the first key is back, for a caller to wait rather than fail.
       expect(error.retryAfter).toEqual(Option.some(Duration.minutes(14)))
       expect(error.message).toBe("no usable API key: 2 rejected; the first is back in 14m")
-    }))
+      // Each key set aside is told once, never the key: a revoked key did not go unnoticed.
+      expect(logs.map(({ level, message }) => `${level} ${message}`)).toEqual([
+        "WARN KeyPool: the upstream rejected its key#1 (401); it rests 15m, 1 of 2 keys usable",
+        "WARN KeyPool: the upstream rejected its key#2 (401); it rests 15m, 0 of 2 keys usable"
+      ])
+    }).pipe(capturingLogs(logs))
+  })
 
   it.effect("a rejected key rests for the cooldown on the Clock, then comes back", () =>
     Effect.gen(function*() {

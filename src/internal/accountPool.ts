@@ -345,32 +345,16 @@ const probeBalance = (client: HttpClient.HttpClient, member: Member, scrub: Scru
   return askWithNextKey(new Set()).pipe(Effect.scoped, Effect.timeout(probeTimeout), Effect.orElseSucceed((): ProbeResult => "failed"))
 }
 
-/**
- * `keys`, saying when the upstream sets one aside: a key pasted wrong or revoked otherwise shows
- * only as calls that go elsewhere, or, the account's last key gone, fail with `no_keys`. A key
- * revoked for good is rejected again after each rest: said as such, with how many times.
- */
-const warnOnReject = (account: Account, keys: KeyPool.Service, cooldown: Duration.Duration): KeyPool.Service => {
-  const rejections = new Map<string, number>()
-  return {
-    ...keys,
-    reject: (credential) =>
-      Effect.gen(function*() {
-        const before = yield* keys.available
-        yield* keys.reject(credential)
-        const after = yield* keys.available
-        if (after >= before) return
-        const times = (rejections.get(credential.id) ?? 0) + 1
-        rejections.set(credential.id, times)
-        yield* Metric.increment(Metric.tagged(keysRejectedCounter, "account", account.name))
-        yield* Effect.logWarning(
-          `AccountPool: account ${account.name}: the upstream rejected its ${credential.id}${
-            times === 1 ? " (401)" : ` again (401; ${times} times in all)`
-          }; it rests ${Duration.format(cooldown)}, ${after} of ${account.keys.length} ${account.keys.length === 1 ? "key" : "keys"} usable`
-        )
-      })
-  }
-}
+/** `keys`, counting each key the upstream sets aside (`keysRejectedCounter`); the pool warns of it (`KeyPool.Options.label`). */
+const countingRejections = (account: Account, keys: KeyPool.Service): KeyPool.Service => ({
+  ...keys,
+  reject: (credential) =>
+    Effect.gen(function*() {
+      const before = yield* keys.available
+      yield* keys.reject(credential)
+      if ((yield* keys.available) < before) yield* Metric.increment(Metric.tagged(keysRejectedCounter, "account", account.name))
+    })
+})
 
 /**
  * A reading of the pool's capacity. Its wait is made only when asked for: a batch takes a reading
@@ -503,11 +487,11 @@ export const makeWith = <R>(
       ({ countLoadShed: "overload", ...settings.breaker, ...account.breaker, name: account.name }) as const
     const members: ReadonlyArray<Member> = yield* Effect.forEach(accounts, (account, index) =>
       Effect.gen(function*() {
-        const keys = yield* memberState.keys(account, { cooldown: settings.keyCooldown })
+        const keys = yield* memberState.keys(account, { cooldown: settings.keyCooldown, label: `AccountPool: account ${account.name}` })
         const breakerOptions = breakerOptionsOf(account)
         const breaker = yield* memberState.breaker(breakerOptions)
         // The pool opens the transport's connections itself, after its balance preflight is sent.
-        const told = warnOnReject(account, keys, settings.keyCooldown)
+        const told = countingRejections(account, keys)
         const transport = yield* Transport.make({ baseUrl: account.baseUrl, deadlines: settings.deadlines, warmUp: 0 }).pipe(
           Effect.provideService(KeyPool.KeyPool, told)
         )
