@@ -23,6 +23,7 @@ import * as Schedule from "effect/Schedule"
 import * as ScheduleDecision from "effect/ScheduleDecision"
 import * as ScheduleInterval from "effect/ScheduleInterval"
 import * as ApiError from "./ApiError.js"
+import * as DurationTexts from "./internal/durationText.js"
 import { assertValid, positive } from "./internal/options.js"
 
 /**
@@ -117,6 +118,14 @@ export const decorrelatedJitter = (
 export const honoringRetryAfter = (max: Duration.DurationInput, classify: ApiError.Classifier = ApiError.classify) =>
 <Out, E, R>(self: Schedule.Schedule<Out, E, R>): Schedule.Schedule<Out, E, R> =>
   Schedule.recurWhile(([wait]: readonly [Duration.Duration, E]) => Duration.lessThanOrEqualTo(wait, max)).pipe(
+    // The error is the upstream's own (a 429's "Rate Limit Reached"): this says why no retry follows.
+    Schedule.tapInput(([wait, error]: readonly [Duration.Duration, E]) =>
+      Duration.lessThanOrEqualTo(wait, max) || !ApiError.isRetryable(classify(error)) ? Effect.void : Effect.logWarning(
+        `RetryPolicy: not retried: the upstream asked to wait ${DurationTexts.format(wait)} (Retry-After), longer than maxRetryAfter (${
+          DurationTexts.format(Duration.decode(max))
+        })`
+      )
+    ),
     Schedule.intersect(Schedule.mapInput(self, ([, error]: readonly [Duration.Duration, E]) => error)),
     Schedule.modifyDelay(([[wait]], delay) => Duration.max(delay, wait)),
     Schedule.map(([, out]) => out),

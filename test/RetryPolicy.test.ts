@@ -11,6 +11,7 @@ import * as TestClock from "effect/TestClock"
 import { InvalidRequest, RateLimited, ServerError } from "../src/ApiError.js"
 import type { ApiError } from "../src/ApiError.js"
 import * as RetryPolicy from "../src/RetryPolicy.js"
+import { capturingLogs, type Logged } from "./support/logs.js"
 
 const rateLimited = (retryAfter?: Duration.DurationInput) =>
   new RateLimited({
@@ -77,8 +78,9 @@ describe("RetryPolicy", () => {
       expect(yield* Ref.get(attempts)).toBe(2)
     }))
 
-  it.effect("stops instead of retrying early when Retry-After exceeds maxRetryAfter", () =>
-    Effect.gen(function*() {
+  it.effect("stops instead of retrying early when Retry-After exceeds maxRetryAfter, saying why", () => {
+    const logs: Array<Logged> = []
+    return Effect.gen(function*() {
       const { attempts, fiber } = yield* flaky(
         [rateLimited("10 minutes")],
         RetryPolicy.schedule({ maxRetryAfter: "1 minute" })
@@ -86,7 +88,12 @@ describe("RetryPolicy", () => {
       const result = yield* Fiber.join(fiber)
       expect(result._tag).toBe("Left")
       expect(yield* Ref.get(attempts)).toBe(1)
-    }))
+      // The error is the upstream's own ("busy"): without this, nothing said why no retry came.
+      expect(logs.map(({ level, message }) => `${level} ${message}`)).toEqual([
+        "WARN RetryPolicy: not retried: the upstream asked to wait 10m (Retry-After), longer than maxRetryAfter (1m)"
+      ])
+    }).pipe(capturingLogs(logs))
+  })
 
   it.effect("a backoff of your own keeps the policy's rules: its delays, never sooner than Retry-After, only retryable errors, at most maxRetries", () =>
     Effect.gen(function*() {
