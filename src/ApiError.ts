@@ -36,7 +36,7 @@ import type { QueueFull } from "./ConcurrencyLimiter.js"
 import type { BudgetExceeded } from "./CostLedger.js"
 import { retryAfterFromHeaders } from "./internal/retryAfter.js"
 import { isSdkError, TaggedError } from "./internal/sdkError.js"
-import { isUntrustedCertificate } from "./internal/text.js"
+import { counted, isUntrustedCertificate } from "./internal/text.js"
 import type { RoutingRefused } from "./Router.js"
 import type { RateLimitExceeded } from "./TokenBucket.js"
 
@@ -184,7 +184,7 @@ export class StreamTruncated extends TaggedError("StreamTruncated")<{
 }> {
   /** @since 0.1.0 */
   override get message(): string {
-    return `stream ended without [DONE] after ${this.partial.events} events`
+    return `stream ended without [DONE] after ${counted(this.partial.events, "event", "events")}`
   }
 }
 

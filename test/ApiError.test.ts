@@ -153,6 +153,13 @@ describe("ApiError.classify", () => {
   })
 })
 
+describe("StreamTruncated", () => {
+  it("says how many events came before the cut, one as one", () => {
+    const after = (events: number) => new ApiError.StreamTruncated({ partial: { ...ApiError.emptyPartial, events } }).message
+    expect([after(1), after(2)]).toEqual(["stream ended without [DONE] after 1 event", "stream ended without [DONE] after 2 events"])
+  })
+})
+
 describe("NoAccountAvailable", () => {
   it("tells when the first account may serve again, unless it may already (one busy: `--max-wait 0s`)", () => {
     const busy = { account: "a", reason: "busy", until: 0 } as const

@@ -560,7 +560,9 @@ describe("Transport layers and spans", () => {
       for (const [baseUrl, message] of [
         [secret, "expected an http(s) URL without credentials (user:password@): keys are given apart from it"],
         ["https://api.example.com/?key=sk-secret", "expected an http(s) URL without a ?query or #fragment: /chat/completions is appended to it"],
-        ["api.example.com", `expected an http(s) URL such as https://api.deepseek.com, got "api.example.com"`]
+        ["api.example.com", `expected an http(s) URL such as https://api.deepseek.com, got "api.example.com"`],
+        // The endpoint pasted whole: every call went to /chat/completions/chat/completions, a 404.
+        ["https://api.example.com/v1/chat/completions", "expected the API's base URL, not its chat endpoint: /chat/completions is appended to it; leave it out"]
       ] as const) {
         const error = yield* Effect.flip(Layer.build(Transport.layerConfig).pipe(
           Effect.provide(MockUpstream.layer([])),

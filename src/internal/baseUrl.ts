@@ -23,6 +23,9 @@ export const problemOf = (text: string): string | undefined => {
   if (url === undefined || (url.protocol !== "http:" && url.protocol !== "https:")) return notHttpUrl
   if (url.username !== "" || url.password !== "") return "expected an http(s) URL without credentials (user:password@): keys are given apart from it"
   if (url.search !== "" || url.hash !== "") return "expected an http(s) URL without a ?query or #fragment: /chat/completions is appended to it"
+  if (/\/chat\/completions\/*$/.test(url.pathname)) {
+    return "expected the API's base URL, not its chat endpoint: /chat/completions is appended to it; leave it out"
+  }
   return undefined
 }
 
