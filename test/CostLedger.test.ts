@@ -278,16 +278,18 @@ describe("CostLedger ledger", () => {
       })
       const ledger = yield* CostLedger.make({ pricing: flatPricing })
       const mystery = ledger.record({ account: "a", model: "mystery", usage: flashUsage, disposition: "kept" })
-      const costs = yield* Effect.replicateEffect(mystery, 2).pipe(
+      // An attempt refused without usage (a 400 naming a model that does not exist) costs nothing to price: not told.
+      const refused = ledger.record({ account: "a", model: "no-such-model", usage: undefined, disposition: "discarded" })
+      const costs = yield* Effect.all([refused, mystery, mystery]).pipe(
         Effect.provide(Logger.replace(Logger.defaultLogger, logger))
       )
-      expect(costs.map((cost) => cost._tag)).toEqual(["Unpriced", "Unpriced"])
+      expect(costs.map((cost) => cost._tag)).toEqual(["Unpriced", "Unpriced", "Unpriced"])
       expect(warnings).toEqual([["CostLedger: no price for model \"mystery\"; its cost is not counted"]])
       yield* ledger.record({ account: "a", model: "deepseek-v4-flash", usage: flashUsage, disposition: "kept" })
       // An attempt with no usage (a 429) billed nothing: no cost is left uncounted.
       yield* ledger.record({ account: "a", model: "mystery", usage: undefined, disposition: "discarded" })
       const { total, byModel } = yield* ledger.snapshot
-      expect(total).toMatchObject({ attempts: 4, requests: 3, unpriced: 2, promptTokens: 3000, costUsd: flashUsd })
+      expect(total).toMatchObject({ attempts: 5, requests: 3, unpriced: 2, promptTokens: 3000, costUsd: flashUsd })
       expect(byModel["mystery"]).toMatchObject({ unpriced: 2, costUsd: 0 })
     }))
 

@@ -458,7 +458,8 @@ export class Book {
 
   /**
    * Adds one attempt of `model` on `account`, counting its spend with the fiber's metric
-   * `labels`. Answers whether it is the first attempt of a model without a price.
+   * `labels`. Answers whether it is the first billed attempt of a model without a price (one
+   * without usage, a 400 naming a model that does not exist, has nothing to price).
    */
   record(account: string, model: string, attempt: AttemptCost, labels: ReadonlyArray<MetricLabel.MetricLabel>): boolean {
     const cell = this.cellOf(account, model)
@@ -468,7 +469,7 @@ export class Book {
       this.spent.add(attempt.pico)
       return false
     }
-    if (this.unpricedModels.has(model)) return false
+    if (!attempt.billed || this.unpricedModels.has(model)) return false
     this.unpricedModels.add(model)
     return true
   }
