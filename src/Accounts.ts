@@ -397,6 +397,28 @@ export const decode = (input: unknown, source = "input"): Effect.Effect<Readonly
   })
 
 /**
+ * An account written in code, the file's defaults filled in: DeepSeek's provider and base URL
+ * (`Transport.defaultBaseUrl`), not a fallback, no model names of its own.
+ *
+ * @example
+ * ```ts
+ * import { Redacted } from "effect"
+ * import { AccountPool, Accounts } from "weatherproof"
+ *
+ * const client = AccountPool.layerResilient([
+ *   Accounts.make({ name: "main", keys: [Redacted.make("sk-...")] }),
+ *   Accounts.make({ name: "alt", provider: "openai-compatible", baseUrl: "https://llm.example.com/v1", keys: [Redacted.make("sk-alt")], fallback: true })
+ * ])
+ * ```
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = (
+  account: Pick<Account, "name" | "keys"> & Partial<Omit<Account, "name" | "keys">>
+): Account => ({ provider: "deepseek", baseUrl: defaultBaseUrl, fallback: false, models: {}, ...account })
+
+/**
  * Reads accounts from a JSON file. An unreadable file or invalid JSON is an `AccountsError` too.
  *
  * @example

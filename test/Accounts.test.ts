@@ -53,6 +53,22 @@ const issuesOf = (input: unknown) =>
     return error.issues
   }).pipe(Effect.withConfigProvider(environment))
 
+describe("Accounts.make", () => {
+  it("fills in what the file defaults: DeepSeek's provider and base URL, not a fallback, no model names of its own", () => {
+    const keys = [Redacted.make("sk-made")]
+    expect(Accounts.make({ name: "main", keys })).toEqual({
+      name: "main",
+      keys,
+      provider: "deepseek",
+      baseUrl: "https://api.deepseek.com",
+      fallback: false,
+      models: {}
+    })
+    expect(Accounts.make({ name: "alt", keys, provider: "openai-compatible", baseUrl: "https://llm.example.com/v1", fallback: true }))
+      .toMatchObject({ provider: "openai-compatible", baseUrl: "https://llm.example.com/v1", fallback: true, models: {} })
+  })
+})
+
 describe("Accounts", () => {
   it.effect("decodes a valid file, reading env: keys as redacted values", () =>
     Effect.gen(function*() {
