@@ -42,6 +42,8 @@ export * as RetryPolicy from "./RetryPolicy.js"
 /** @since 0.1.0 */
 export * as Router from "./Router.js"
 /** @since 0.1.0 */
+export * as ServerSentEvents from "./ServerSentEvents.js"
+/** @since 0.1.0 */
 export * as Simulator from "./Simulator.js"
 /** @since 0.1.0 */
 export * as Telemetry from "./Telemetry.js"

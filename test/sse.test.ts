@@ -1,6 +1,10 @@
 import { describe, expect, it } from "@effect/vitest"
+import * as Chunk from "effect/Chunk"
+import * as Effect from "effect/Effect"
 import * as FastCheck from "effect/FastCheck"
+import * as Stream from "effect/Stream"
 import * as Sse from "../src/internal/sse.js"
+import * as ServerSentEvents from "../src/ServerSentEvents.js"
 
 const utf8 = new TextEncoder()
 
@@ -214,4 +218,25 @@ describe("Sse.makeDecoder", () => {
     expect(decode([view])).toEqual(["深"])
     expect(decode([Buffer.from(view)])).toEqual(["深"])
   })
+})
+
+describe("ServerSentEvents.decode", () => {
+  const body = utf8.encode(": keep-alive\n\n: keep-alive\r\ndata: {\"a\":1}\r\n\r\ndata: one\ndata: two\n\nevent: x\ndata: [DONE]\n\ndata: cut")
+
+  it.prop(
+    "gives the data of each event however the body's reads are cut, keep-alives skipped, the unfinished last event not dispatched",
+    [FastCheck.array(FastCheck.nat(), { maxLength: 8 })],
+    ([offsets]) =>
+      Effect.gen(function*() {
+        const decoded = yield* ServerSentEvents.decode(Stream.fromIterable(splitAt(body, offsets))).pipe(Stream.runCollect)
+        expect(Chunk.toReadonlyArray(decoded)).toEqual(["{\"a\":1}", "one\ntwo", "[DONE]"])
+      }).pipe(Effect.runSync)
+  )
+
+  it.effect("each run of the stream decodes afresh: a run after a cut one does not inherit its half line", () =>
+    Effect.gen(function*() {
+      const events = ServerSentEvents.decode(Stream.make(utf8.encode("data: a\n\ndata: half")))
+      expect(Chunk.toReadonlyArray(yield* Stream.runCollect(events))).toEqual(["a"])
+      expect(Chunk.toReadonlyArray(yield* Stream.runCollect(events))).toEqual(["a"])
+    }))
 })
