@@ -804,7 +804,9 @@ describe("ConcurrencyLimiter", () => {
         }
         // A ceiling of 0 was raised to 1: every call one at a time, where no limit (`false`) was meant.
         for (const permits of [0, -5, Number.NaN]) {
-          expect(() => ConcurrencyLimiter.ceiling(permits)).toThrow(`ConcurrencyLimiter: ceiling must be at least 1, got ${permits}`)
+          expect(() => ConcurrencyLimiter.ceiling(permits)).toThrow(
+            `ConcurrencyLimiter: ceiling must be at least 1, got ${permits} (for no limit, leave the limiter out: Policy's concurrency: false)`
+          )
         }
       }))
 

@@ -1085,7 +1085,9 @@ const validateAdaptive = (config: AimdConfig): void =>
 /** See `ConcurrencyLimiter.ceiling`: no latency or queue-delay brake, so only refusals move it. */
 export const ceilingOptions = (permits: number): AdaptiveOptions => {
   // A ceiling below one would be raised to one: every call one at a time, where `false` (no limit) was likely meant.
-  assertValid("ConcurrencyLimiter", [atLeast("ceiling", permits, 1)])
+  assertValid("ConcurrencyLimiter", [
+    permits >= 1 ? undefined : `ceiling must be at least 1, got ${permits} (for no limit, leave the limiter out: Policy's concurrency: false)`
+  ])
   return { initial: permits, max: permits, latencyRise: Infinity, queueDelayRise: Infinity }
 }
 
