@@ -314,12 +314,13 @@ describe("weatherproof serve, with the openai client", () => {
       expect(stats.requests).toBe(1)
     }))
 
-  it.scopedLive("upstream failures surface as the client's classes: a 400 as BadRequestError, a 413 as a 413, a 500 as InternalServerError", () =>
+  it.scopedLive("upstream failures surface as the client's classes: a 400 as BadRequestError, a 413 as a 413, a 500 as InternalServerError, a 503 with its Retry-After", () =>
     Effect.gen(function*() {
       const upstream = yield* rawServer([
         reply(400, Wire.errorBody("messages: content must not be empty", "invalid_request_error", "invalid_messages")),
         reply(413, Wire.errorBody("request entity too large", "invalid_request_error")),
-        reply(500, Wire.errorBody("internal failure", "server_error"))
+        reply(500, Wire.errorBody("internal failure", "server_error")),
+        reply(503, Wire.errorBody("overloaded", "server_error"), { "retry-after": "7" })
       ])
       const gateway = yield* startGateway([account("a", upstream.url, [upstreamKey])], { pool: noRetries })
       const client = openai(gateway.url)
@@ -335,6 +336,10 @@ describe("weatherproof serve, with the openai client", () => {
       expect(failed).toBeInstanceOf(OpenAI.InternalServerError)
       expect((failed as APIError).status).toBe(502)
       expect((failed as APIError).code).toBe("server_error")
+      // The upstream's wait reaches the client, as a 429's does: it was dropped.
+      const overloaded = yield* Effect.flip(attempt(() => client.chat.completions.create({ model, messages: ask("y") }, { maxRetries: 0 })))
+      expect((overloaded as APIError).status).toBe(503)
+      expect((overloaded as APIError).headers?.get("retry-after")).toBe("7")
     }))
 
   it.scopedLive("when more clients wait than the queue holds, the next gets a 429 with Retry-After: RateLimitError", () =>

@@ -174,7 +174,10 @@ export const replyOf = (error: GatewayError): ErrorReply => {
     case "DeadlineExceeded":
       return { ...upstream(error, 504), type: "timeout" }
     case "ServerError":
-      return upstream(error, error.status === 503 ? 503 : 502)
+      // An overloaded upstream's wait (its Retry-After) is the client's too.
+      return error.status === 503
+        ? { ...upstream(error, 503), retryAfter: Option.getOrUndefined(error.retryAfter) }
+        : upstream(error, 502)
     case "UpstreamError":
       // An `{"error": …}` event or body: the upstream's own type and code reach the client.
       return { status: 502, type: error.type ?? "upstream_error", code: error.code ?? "upstream_error", message: error.message }
