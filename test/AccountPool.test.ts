@@ -403,7 +403,7 @@ describe("AccountPool", () => {
   it.effect("preflight: a DeepSeek account whose balance check answers 404 is told at start (a base URL with a path too many), and serves", () => {
     const logs: Array<Logged> = []
     const setup: Setup = {
-      accounts: [account("a", ["sk-a"], { baseUrl: "https://a.test/chat/completions" })],
+      accounts: [account("a", ["sk-a"], { baseUrl: "https://a.test/api/chat" })],
       handlers: { a: healthy() }
     }
     return Effect.gen(function*() {
@@ -411,7 +411,7 @@ describe("AccountPool", () => {
       expect(yield* states).toEqual({ a: "serving" })
       expect(logs.filter((log) => log.message.includes("balance check")).map((log) => [log.level, log.message])).toEqual([[
         "WARN",
-        "AccountPool: account a: its balance check (GET https://a.test/chat/completions/user/balance) answered 404; DeepSeek answers it at its API root, so if calls fail with 404 too, its base URL has a path too many (it must not end in /chat/completions)"
+        "AccountPool: account a: its balance check (GET https://a.test/api/chat/user/balance) answered 404; DeepSeek answers it at its API root, so if calls fail with 404 too, its base URL has a path too many"
       ]])
     }).pipe(Effect.provide(poolLayer(setup)), capturingLogs(logs))
   })
@@ -1269,7 +1269,36 @@ describe("AccountPool", () => {
       expect((yield* Fiber.join(canary))._tag).toBe("ServerError")
       expect(opened()[1]).toBe(
         `AccountPool: account a's circuit breaker opened (2 trips in a row): its calls wait until it half-opens in 2s; ${lastFailure}; ` +
-          "it opens at 50 % failed of 4 calls or more in 2m (the account's breaker options)"
+          "it opens at 50 % failed of 4 calls or more in 2m (the account's breaker options; failureRatio 1 opens it only when every call fails)"
+      )
+    }).pipe(Effect.provide(poolLayer(setup)), capturingLogs(logs))
+  })
+
+  it.effect("a lone account's breaker that opens again soon after it closed (flapping) says when its options open it, and what opens it only when every call fails", () => {
+    const logs: Array<Logged> = []
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"], { breaker: { minimumThroughput: 4, failureRatio: 0.5, openFor: 1000 } })],
+      handlers: { a: status(500) },
+      options: { preflight: false, breaker: { window: "2 minutes" } }
+    }
+    const opened = () => logs.filter((log) => log.message.includes("circuit breaker opened")).map((log) => log.message)
+    return Effect.gen(function*() {
+      for (const _ of [1, 2, 3, 4]) expect((yield* Effect.flip(create))._tag).toBe("ServerError")
+      yield* settle
+      // The canary answers: closed. Then the upstream fails again within minutes: not "in a row", but a flap.
+      setup.handlers.a = healthy()
+      const canary = yield* Effect.fork(createWith(request, { maxWait: "1 minute" }))
+      yield* TestClock.adjust("1 second")
+      yield* Fiber.join(canary)
+      setup.handlers.a = status(500)
+      yield* TestClock.adjust("30 seconds")
+      for (const _ of [1, 2, 3, 4]) yield* Effect.flip(create)
+      yield* settle
+      expect(opened()).toHaveLength(2)
+      expect(opened()[1]).toBe(
+        "AccountPool: account a's circuit breaker opened (the 2nd time in 10m): its calls wait until it half-opens in 1s; " +
+          "its last failure: ServerError: HTTP 500; it opens at 50 % failed of 4 calls or more in 2m (the account's breaker options; " +
+          "failureRatio 1 opens it only when every call fails)"
       )
     }).pipe(Effect.provide(poolLayer(setup)), capturingLogs(logs))
   })

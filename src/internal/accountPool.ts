@@ -129,6 +129,16 @@ type Unavailable = {
 }
 
 /** One account: its parts, the dispatcher's view of it, and the pool's own counts. */
+/** Openings of a breaker this close together are a flap, not one outage after another: told as such. */
+const flapWindowMillis = 10 * 60_000
+
+/** `2nd`, `3rd`, `11th`, `21st`. */
+const ordinal = (n: number): string => {
+  const tens = n % 100
+  const suffix = tens >= 11 && tens <= 13 ? "th" : ["th", "st", "nd", "rd"][n % 10] ?? "th"
+  return `${n}${suffix}`
+}
+
 class Member {
   /** Why it cannot serve, when it cannot: kept in step with `slot.available`. */
   unavailable: Unavailable | undefined
@@ -323,7 +333,7 @@ const probeBalance = (client: HttpClient.HttpClient, member: Member, scrub: Scru
       if (response.status === 404) {
         yield* Effect.logWarning(scrub(
           `AccountPool: account ${member.name}: its balance check (GET ${url}) answered 404; DeepSeek answers it at its ` +
-            "API root, so if calls fail with 404 too, its base URL has a path too many (it must not end in /chat/completions)"
+            "API root, so if calls fail with 404 too, its base URL has a path too many"
         ))
         return "no_endpoint"
       }
@@ -1310,7 +1320,16 @@ export const makeWith = <R>(
       const calls = options.minimumThroughput ?? CircuitBreaker.defaults.minimumThroughput
       const window = Duration.format(options.window ?? CircuitBreaker.defaults.window)
       const share = Number((ratio * 100).toFixed(1))
-      return `it opens at ${share} % failed of ${calls} call${calls === 1 ? "" : "s"} or more in ${window} (the account's breaker options)`
+      return `it opens at ${share} % failed of ${calls} call${calls === 1 ? "" : "s"} or more in ${window} ` +
+        `(the account's breaker options; failureRatio 1 opens it only when every call fails)`
+    }
+    /** When each account's breaker opened within `flapWindowMillis`: openings after a close that soon are a flap. */
+    const recentOpenings = new Map<Member, Array<number>>()
+    const openingsLately = (member: Member, since: number): number => {
+      const kept = (recentOpenings.get(member) ?? []).filter((at) => since - at < flapWindowMillis)
+      kept.push(since)
+      recentOpenings.set(member, kept)
+      return kept.length
     }
     /**
      * Says when an account's breaker opens, is isolated, or closes again: its calls wait or go
@@ -1320,14 +1339,19 @@ export const makeWith = <R>(
       const prefix = `AccountPool: account ${member.name}'s circuit breaker`
       switch (state._tag) {
         case "Open": {
-          const trips = state.trips > 1 ? ` (${state.trips} trips in a row)` : ""
+          const openings = openingsLately(member, state.since)
+          const again = state.trips > 1
+            ? ` (${state.trips} trips in a row)`
+            : openings > 1
+            ? ` (the ${ordinal(openings)} time in ${Duration.format(Duration.millis(flapWindowMillis))})`
+            : ""
           // Another process sharing the breaker may have opened it: then no failure of ours is said.
           const lastFailure = lastFailureOf(member)
           const cause = lastFailure === undefined ? "" : `; its last failure: ${lastFailure}`
-          // A lone account's calls wait out each opening: its options may be what to change.
-          const rule = members.length === 1 && state.trips > 1 ? `; ${openingRule(member.account)}` : ""
+          // A lone account's calls wait out each opening: when it opens again, its options may be what to change.
+          const rule = members.length === 1 && again !== "" ? `; ${openingRule(member.account)}` : ""
           return Effect.logWarning(
-            `${prefix} opened${trips}: its calls ${elsewhere}wait until it half-opens in ${
+            `${prefix} opened${again}: its calls ${elsewhere}wait until it half-opens in ${
               Duration.format(Duration.millis(state.until - state.since))
             }${cause}${rule}`
           )
