@@ -51,7 +51,7 @@ import {
 import { serve } from "../app/gateway/command.js"
 import { fail } from "../app/cli/exit.js"
 import * as Flags from "../app/cli/flags.js"
-import { commandIndex } from "../app/cli/argv.js"
+import { commandIndex, logLevelFirst } from "../app/cli/argv.js"
 
 const batch = Command.make(
   "batch",
@@ -136,7 +136,7 @@ export const main = (argv: ReadonlyArray<string>): Effect.Effect<number, never, 
   Effect.suspend(() => {
     const problem = Flags.batchDashProblem(argv) ?? Flags.repeatedFlagProblem(argv) ?? Flags.logLevelProblem(argv) ??
       Flags.missingValueProblem(argv, valueFlagsOf) ?? Flags.wizardProblem(argv, process.stdin.isTTY === true)
-    return problem === undefined ? cli(argv) : fail(2, `weatherproof: ${problem}`)
+    return problem === undefined ? cli(logLevelFirst(argv)) : fail(2, `weatherproof: ${problem}`)
   }).pipe(
     Effect.as(0),
     Effect.catchAll((error) =>

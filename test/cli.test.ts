@@ -12,6 +12,7 @@ import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
 import { spawnSync } from "node:child_process"
 import { Writable } from "node:stream"
+import { logLevelFirst } from "../app/cli/argv.js"
 import { drawsProgress, progressBar, progressLines } from "../app/cli/batchProgress.js"
 import { styled } from "../app/cli/plainText.js"
 import { v8Flags } from "../app/cli/v8Tiers.js"
@@ -258,6 +259,22 @@ describe("weatherproof CLI", () => {
         expect(result.code, args.join(" ")).toBe(2)
         expect(result.stderr, args.join(" ")).toBe(`weatherproof: ${message}`)
       }
+    }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
+
+  it("moves --log-level before the command, where @effect/cli takes it, leaving what follows -- alone", () => {
+    const node = ["node", "weatherproof"]
+    expect(logLevelFirst([...node, "serve", "--port", "0", "--log-level", "debug"])).toEqual([...node, "--log-level", "debug", "serve", "--port", "0"])
+    expect(logLevelFirst([...node, "serve", "--log-level=debug", "--port", "0"])).toEqual([...node, "--log-level=debug", "serve", "--port", "0"])
+    const untouched = [...node, "batch", "in.jsonl", "--", "--log-level", "debug"]
+    expect(logLevelFirst(untouched)).toBe(untouched)
+  })
+
+  it.live("serve takes --log-level after its own flags, as its help lists it (it was an unknown argument there)", () =>
+    Effect.gen(function*() {
+      const result = yield* runCli(["serve", "--port", "0", "--accounts", "/nonexistent/accounts.json", "--log-level", "debug"], {})
+      expect(result.stderr).not.toContain("unknown argument")
+      expect(result.stderr).toContain("/nonexistent/accounts.json")
+      expect(result.code).toBe(2)
     }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 
   it.live("a flag given no value says so (exit 2), not as an unknown argument", () =>
