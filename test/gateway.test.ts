@@ -5,12 +5,14 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as Logger from "effect/Logger"
+import * as LogLevel from "effect/LogLevel"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import OpenAI, { APIError, AuthenticationError, RateLimitError } from "openai"
 import * as CostLedger from "../src/CostLedger.js"
 import * as Simulator from "../src/Simulator.js"
 import * as Wire from "../src/internal/wire.js"
+import { capturingLogs, type Logged } from "./support/logs.js"
 import { account, attempt, collect, openai, rawText, startGateway } from "./support/gateway.js"
 import { destroySocket, rawServer, reply, writeByteByByte, writeSlowly } from "./support/rawServer.js"
 import { freePort, relay } from "./support/ports.js"
@@ -238,8 +240,9 @@ describe("weatherproof serve, with the openai client", () => {
       }
     }))
 
-  it.scopedLive("a stream cut upstream after its first bytes ends in an error the client raises, never in [DONE]", () =>
-    Effect.gen(function*() {
+  it.scopedLive("a stream cut upstream after its first bytes ends in an error the client raises, never in [DONE], and in no unhandled error", () => {
+    const logs: Array<Logged> = []
+    return Effect.gen(function*() {
       const g = generation("this answer will be cut in the middle of its text")
       const cut: Handler = async (request, response) => {
         sseHead(response)
@@ -268,7 +271,10 @@ describe("weatherproof serve, with the openai client", () => {
       const events = text.split("\n\n").filter((event) => event.length > 0)
       expect(events.at(-1)).toMatch(/^data: \{"error":\{"message":"[^"]+","type":"upstream_error","param":null,"code":"transport_error"\}\}$/)
       expect(text).not.toContain("[DONE]")
-    }))
+      // The pump's failure is answered to the client: the runtime logged it too, with a stack, at debug level.
+      expect(logs.filter((log) => log.message.includes("unhandled error"))).toEqual([])
+    }).pipe(capturingLogs(logs), Logger.withMinimumLogLevel(LogLevel.Debug))
+  })
 
   it.scopedLive("an upstream {\"error\": …} event is forwarded as an error the client raises, not dropped", () =>
     Effect.gen(function*() {

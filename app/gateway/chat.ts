@@ -417,9 +417,13 @@ export const make = (settings: Settings, traffic: Traffic) =>
       onKeepAlive: () => traffic.keptAlive()
     }
 
-    /** Runs `effect` in a fiber of the request's scope, tracked so the drain deadline can interrupt it. */
+    /**
+     * Runs `effect` in a fiber of the request's scope, tracked so the drain deadline can interrupt
+     * it. Its failure is the caller's to observe (and answer): not logged by the runtime as an
+     * unhandled error (at debug level, one stack trace per failed stream).
+     */
     const forkTracked = <A, E>(effect: Effect.Effect<A, E>, scope: Scope.Scope) =>
-      Effect.tap(Effect.forkIn(effect, scope), (fiber) => traffic.track(fiber))
+      Effect.tap(Effect.withUnhandledErrorLogLevel(Effect.forkIn(effect, scope), Option.none()), (fiber) => traffic.track(fiber))
 
     /**
      * A completion, called in the request's own fiber (tracked, so the drain deadline can cut it):
