@@ -22,6 +22,7 @@ import * as Net from "node:net"
 import * as NodeZlib from "node:zlib"
 import { isLoopback } from "../app/gateway/auth.js"
 import { waitingCaps } from "../app/gateway/chat.js"
+import { Traffic } from "../app/gateway/traffic.js"
 
 /** Whether this machine can listen on ::1 (a container may have no IPv6). */
 const ipv6Loopback = await new Promise<boolean>((resolve) => {
@@ -347,6 +348,50 @@ describe("weatherproof serve, with the openai client", () => {
       expect((overloaded as APIError).status).toBe(503)
       expect((overloaded as APIError).headers?.get("retry-after")).toBe("7")
     }))
+
+  it("a report names the five most frequent failures, sums the rest, tells an error after a 200 apart, and the clients that left", () => {
+    const traffic = new Traffic()
+    for (const [n, code, status] of [[6, "a", 503], [5, "b", 502], [4, "c", 504], [3, "d", 429], [2, "e", 400], [1, "f", 401], [1, "g", 404]] as const) {
+      for (let i = 0; i < n; i++) traffic.answered(status, status, code)
+    }
+    traffic.answered(200, 502, "transport_error")
+    traffic.answered(200)
+    traffic.clientClosed()
+    expect(traffic.takeReport("1m")).toEqual({
+      failed: true,
+      line: "gateway: over the last 1m, 23 of 25 requests failed: 6 a (503), 5 b (502), 4 c (504), 3 d (429), 2 e (400), 3 other; 1 client left before its answer"
+    })
+    // The next report starts afresh: nothing failed, nothing to say; clients that left alone are told, as information.
+    expect(traffic.takeReport("1m")).toBeUndefined()
+    traffic.clientClosed()
+    traffic.clientClosed()
+    traffic.answered(200)
+    expect(traffic.takeReport("1m")).toEqual({ failed: false, line: "gateway: over the last 1m, 2 clients left before their answer, of 3 requests" })
+  })
+
+  it.scopedLive("says in its log, once a report interval, how many requests failed and with what, and how many clients left: none told per request", () => {
+    const logs: Array<Logged> = []
+    return Effect.gen(function*() {
+      const upstream = yield* rawServer([
+        reply(503, Wire.errorBody("overloaded", "server_error")),
+        reply(503, Wire.errorBody("overloaded", "server_error")),
+        reply(400, Wire.errorBody("messages: content must not be empty", "invalid_request_error", "invalid_messages")),
+        reply(200, JSON.stringify(Wire.completion(generation("fine"))), { "content-type": "application/json" })
+      ])
+      const gateway = yield* startGateway([account("a", upstream.url, [upstreamKey])], { pool: noRetries, failureReportInterval: "1 second" })
+      const client = openai(gateway.url)
+      for (const text of ["a", "b", "c"]) yield* Effect.flip(attempt(() => client.chat.completions.create({ model, messages: ask(text) })))
+      yield* attempt(() => client.chat.completions.create({ model, messages: ask("d") }))
+      const reported = () => logs.filter((log) => log.message.includes("requests failed"))
+      yield* Effect.sleep("1500 millis")
+      expect(reported().map(({ level, message }) => `${level} ${message}`)).toEqual([
+        "WARN gateway: over the last 1s, 3 of 4 requests failed: 2 server_error (503), 1 invalid_messages (400)"
+      ])
+      // A quiet interval says nothing.
+      yield* Effect.sleep("1 second")
+      expect(reported()).toHaveLength(1)
+    }).pipe(capturingLogs(logs))
+  })
 
   it.scopedLive("when more clients wait than the queue holds, the next gets a 429 with Retry-After: RateLimitError", () =>
     Effect.gen(function*() {

@@ -384,15 +384,16 @@ export const make = (settings: Settings, traffic: Traffic) =>
       )
     }
 
-    const failed = (cause: Cause.Cause<GatewayError>) =>
-      Effect.map(replyOfCause(cause, scrub), (reply) => errorResponse(reply, scrub))
+    /** The error answer of `cause`, counted (with its code) by `count`. */
+    const failed = (cause: Cause.Cause<GatewayError>, count: Pick<Tally, "answered">) =>
+      Effect.map(replyOfCause(cause, scrub), (reply) => {
+        count.answered(reply.status, reply.status, reply.code)
+        return errorResponse(reply, scrub)
+      })
 
     /** `failed`, written at once (`sendNow`) and counted. */
     const failedNow = (http: Exchange, tally: Tally) => (cause: Cause.Cause<GatewayError>) =>
-      Effect.map(failed(cause), (response) => {
-        tally.answered(response.status)
-        return sendNow(http.response, response)
-      })
+      Effect.map(failed(cause, tally), (response) => sendNow(http.response, response))
 
     /**
      * The error body that ends a committed answer (a JSON body, or a stream's error event),
@@ -400,7 +401,7 @@ export const make = (settings: Settings, traffic: Traffic) =>
      */
     const lateError = (cause: Cause.Cause<GatewayError>, encode: (body: unknown) => Uint8Array, tally: Tally) =>
       Effect.map(replyOfCause(cause, scrub), (reply) => {
-        tally.answered(200, reply.status)
+        tally.answered(200, reply.status, reply.code)
         return encode(errorBody(reply, scrub))
       })
 
@@ -644,14 +645,10 @@ export const make = (settings: Settings, traffic: Traffic) =>
         })
       )
 
-    /** `response`, counted by its status. */
-    const counted = <E, R>(response: Effect.Effect<HttpServerResponse.HttpServerResponse, E, R>, count: (status: number) => void) =>
-      Effect.tap(response, ({ status }) => Effect.sync(() => count(status)))
-
     /** The answer to `http`, counted by `tally` as it ends (a stream's at its last event). */
     const answerTo = (http: Exchange, tally: Tally) =>
       Effect.matchCauseEffect(admit(http), {
-        onFailure: (cause) => counted(failed(cause), (status) => tally.answered(status)),
+        onFailure: (cause) => failed(cause, tally),
         onSuccess: ({ options, request }) =>
           request.stream === true ? stream(http, request, options, tally) : completion(http, request, options, tally)
       })
@@ -674,7 +671,7 @@ export const make = (settings: Settings, traffic: Traffic) =>
     return (http: Exchange): Effect.Effect<HttpServerResponse.HttpServerResponse> =>
       Effect.suspend(() => {
         if (traffic.draining) {
-          return counted(failed(Cause.fail(new ShuttingDown())), (status) => traffic.answered(status)).pipe(
+          return failed(Cause.fail(new ShuttingDown()), traffic).pipe(
             Effect.map(HttpServerResponse.setHeader("connection", "close"))
           )
         }

@@ -39,6 +39,7 @@ import * as Option from "effect/Option"
 import type * as Redacted from "effect/Redacted"
 import * as Runtime from "effect/Runtime"
 import * as Scope from "effect/Scope"
+import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
 import { readFileSync } from "node:fs"
 import * as Http from "node:http"
@@ -47,6 +48,7 @@ import { createRequire } from "node:module"
 import { AccountPool, servedModels } from "../../src/AccountPool.js"
 import type { Account } from "../../src/Accounts.js"
 import { CostLedger } from "../../src/CostLedger.js"
+import * as DurationTexts from "../../src/internal/durationText.js"
 import { currentMonotonicMillis } from "../../src/internal/monotonic.js"
 import * as Scrubber from "../../src/internal/scrubber.js"
 import { counted } from "../../src/internal/text.js"
@@ -106,6 +108,11 @@ export interface Options {
   readonly throttleShare?: number | undefined
   /** Where to POST alerts; none by default. */
   readonly alerts?: Alerts.Options | undefined
+  /**
+   * How often the log says how many requests failed since, and with what (`Traffic.takeReport`);
+   * nothing for an interval in which none did and no client left. Default 1 minute.
+   */
+  readonly failureReportInterval?: Duration.DurationInput | undefined
 }
 
 export const defaults = {
@@ -119,8 +126,20 @@ export const defaults = {
   statusInterval: Duration.seconds(1),
   statusSamples: 300,
   throttleWindow: Duration.seconds(10),
-  throttleShare: 0.05
+  throttleShare: 0.05,
+  failureReportInterval: Duration.minutes(1)
 } as const
+
+/** Logs `traffic`'s report every `interval`, for the gateway's scope: a warning when requests failed. */
+const reportFailures = (traffic: Traffic, interval: Duration.Duration) => {
+  const over = DurationTexts.format(interval)
+  const report = Effect.suspend(() => {
+    const told = traffic.takeReport(over)
+    return told === undefined ? Effect.void : told.failed ? Effect.logWarning(told.line) : Effect.logInfo(told.line)
+  })
+  // The first run, at once, finds nothing yet.
+  return Effect.forkScoped(Effect.repeat(report, Schedule.spaced(interval)))
+}
 
 /** "1 request", "2 requests". */
 export const requests = (n: number): string => counted(n, "request", "requests")
@@ -254,6 +273,7 @@ export const make = (
     const drainTimeout = Duration.decode(options.drainTimeout ?? defaults.drainTimeout)
     const stopNow = options.stopNow ?? Effect.never
 
+    yield* reportFailures(traffic, Duration.decode(options.failureReportInterval ?? defaults.failureReportInterval))
     const monitor = yield* Status.make(traffic, {
       interval: Duration.decode(options.statusInterval ?? defaults.statusInterval),
       keep: options.statusSamples ?? defaults.statusSamples,

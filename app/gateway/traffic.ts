@@ -13,6 +13,7 @@ import * as MetricKey from "effect/MetricKey"
 import * as MetricLabel from "effect/MetricLabel"
 import type { ServerResponse } from "node:http"
 import { Registry } from "../../src/internal/registry.js"
+import { counted } from "../../src/internal/text.js"
 
 /** Requests waiting for their first content: in the gateway's queue, a retry backoff, or the upstream's queue. */
 export const clientsWaitingGauge = Metric.gauge("weatherproof_gateway_clients_waiting", {
@@ -71,6 +72,11 @@ const clientClosedCounter = requestsTagged(clientClosedStatus, "client_closed")
 
 const noLabels: ReadonlyArray<never> = []
 
+/** The failures a report names one by one, the most frequent first; the rest are summed. */
+const maxCodesShown = 5
+
+const emptyReport = () => ({ ended: 0, clientsLeft: 0, failures: new Map<string, number>() })
+
 export class Traffic {
   /** Chat requests being answered (until their last byte). */
   active = 0
@@ -84,6 +90,8 @@ export class Traffic {
   private idle: Deferred.Deferred<void> | undefined
   /** The calls still running (a stream's pump, a call waiting for its first content), interrupted at the drain deadline. */
   private readonly calls = new Registry<Fiber.RuntimeFiber<unknown, unknown>>()
+  /** Requests ended since the last report, its clients that left first, its failures by code and status. */
+  private lately = emptyReport()
   /** Requests by status and outcome, each with its own counter: tagging at every update would build its key again. */
   private readonly byStatus = new Map<number, Metric.Metric.Counter<number>>()
 
@@ -140,14 +148,47 @@ export class Traffic {
     clientsWaitingGauge.unsafeUpdate(this.waiting, noLabels)
   }
 
-  /** Counts an answer sent with `status`, its outcome that of `told` (the status of the error a committed 200 ended in). */
-  answered(status: number, told = status): void {
+  /**
+   * Counts an answer sent with `status`, its outcome that of `told` (the status of the error a
+   * committed 200 ended in), and a failure's `code` for the next report (`takeReport`).
+   */
+  answered(status: number, told = status, code?: string): void {
     this.counterOf(status, outcomeOf(told)).unsafeUpdate(1, noLabels)
+    this.lately.ended++
+    if (told < 400 || code === undefined) return
+    const key = status === told ? `${code} (${told})` : `${code} (after its 200)`
+    this.lately.failures.set(key, (this.lately.failures.get(key) ?? 0) + 1)
   }
 
   /** Counts a request whose client disconnected before its answer. */
   clientClosed(): void {
     clientClosedCounter.unsafeUpdate(1, noLabels)
+    this.lately.ended++
+    this.lately.clientsLeft++
+  }
+
+  /**
+   * What the requests ended since the last report did, as a log line, and starts the next; none
+   * when none failed and no client left. One line an interval rather than one a failure: an
+   * outage fails thousands a minute.
+   */
+  takeReport(over: string): { readonly failed: boolean; readonly line: string } | undefined {
+    const { clientsLeft, ended, failures } = this.lately
+    this.lately = emptyReport()
+    const failed = Array.from(failures.values()).reduce((sum, n) => sum + n, 0)
+    if (failed === 0 && clientsLeft === 0) return undefined
+    const byCount = Array.from(failures).sort(([, a], [, b]) => b - a)
+    const shown = byCount.slice(0, maxCodesShown).map(([key, n]) => `${n} ${key}`)
+    const others = byCount.slice(maxCodesShown).reduce((sum, [, n]) => sum + n, 0)
+    const what = failed === 0 ? "" : `: ${[...shown, ...(others === 0 ? [] : [`${others} other`])].join(", ")}`
+    const left = clientsLeft === 0 ? "" : `${failed === 0 ? "" : "; "}${counted(clientsLeft, "client", "clients")} left before ${
+      clientsLeft === 1 ? "its" : "their"
+    } answer`
+    const head = `gateway: over the last ${over}, `
+    return {
+      failed: failed > 0,
+      line: failed === 0 ? `${head}${left}, of ${counted(ended, "request", "requests")}` : `${head}${failed} of ${counted(ended, "request", "requests")} failed${what}${left}`
+    }
   }
 
   private counterOf(status: number, outcome: number): Metric.Metric.Counter<number> {
@@ -199,10 +240,10 @@ export class Tally {
   constructor(private readonly traffic: Traffic) {}
 
   /** Counts the answer: see `Traffic.answered`. */
-  answered(status: number, told = status): void {
+  answered(status: number, told = status, code?: string): void {
     if (this.counted) return
     this.counted = true
-    this.traffic.answered(status, told)
+    this.traffic.answered(status, told, code)
   }
 
   /** The request ended: unless its answer was counted, its client left. */
