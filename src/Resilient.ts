@@ -11,7 +11,8 @@
  *
  * When the context the client is built in holds a `ResponseCache`, `create` and `stream` ask it
  * first, outside the policy. It is read as the client is built: provide it to the client's layer
- * (`Layer.provide(ResponseCache.layerMemory())`); merged beside it, the client never sees it. A
+ * (`Layer.provide(ResponseCache.layerMemory())`); merged beside it, the client never sees it (its
+ * first call then says so in a warning). A
  * hit costs no permit, no token and no retry budget. Only deterministic requests are cached
  * (temperature 0, or `cache: "force"`). A stream answered from the cache replays the stored
  * completion's chunks at once (`ResponseCache.Service.cachedStream`); a stream that ends whole is
@@ -202,6 +203,14 @@ export const transportUpstream = (transport: TransportModule.Service): Upstream 
 export const makeWith = (policy: PolicyModule.Service, upstream: Upstream): Effect.Effect<Service> =>
   Effect.map(Effect.serviceOption(ResponseCacheModule.ResponseCache), (cacheOption) => {
     const cache = Option.getOrElse(cacheOption, () => ResponseCacheModule.disabled)
+    // A client built without a cache looks, at its first call, for one its calls were given instead.
+    let lookedBeside = Option.isSome(cacheOption)
+    const cacheBeside = Effect.suspend(() => {
+      if (lookedBeside) return Effect.void
+      lookedBeside = true
+      return Effect.flatMap(Effect.serviceOption(ResponseCacheModule.ResponseCache), (beside) =>
+        Option.isNone(beside) ? Effect.void : Effect.logWarning(cacheBesideWarning))
+    })
     const applyOptions = (request: ChatCompletionRequest, options: CallOptions | undefined): PolicyModule.ApplyOptions => ({
       priority: options?.priority,
       cost: TokenBucket.costOf(request),
@@ -217,19 +226,21 @@ export const makeWith = (policy: PolicyModule.Service, upstream: Upstream): Effe
     const create = (request: ChatCompletionRequest, options: CallOptions | undefined, trace: GenAi.Trace) =>
       Effect.suspend(() => {
         const sent = { ...request }
-        return cache.cached(
+        const call = cache.cached(
           request,
           policy.apply((permit) => trace.attempt(upstream.create(sent, options, permit)), applyOptions(request, options)),
           { cache: options?.cache }
         )
+        return lookedBeside ? call : Effect.zipRight(cacheBeside, call)
       })
     const stream = (request: ChatCompletionRequest, options: CallOptions | undefined, trace: GenAi.Trace) => {
       const sent = { ...request }
-      return cache.cachedStream(
+      const call = cache.cachedStream(
         request,
         policy.applyStream((permit) => trace.attemptStream(upstream.stream(sent, options, permit)), applyOptions(request, options)),
         { cache: options?.cache }
       )
+      return lookedBeside ? call : Stream.unwrap(Effect.as(cacheBeside, call))
     }
 
     return Resilient.of({
@@ -253,6 +264,9 @@ export const makeWith = (policy: PolicyModule.Service, upstream: Upstream): Effe
             ))))
     })
   })
+
+const cacheBesideWarning = "Resilient: a ResponseCache is in the context of its calls but not in the client's own, so it is not used: " +
+  "provide it to the client's layer (Layer.provide(ResponseCache.layerMemory())), not beside it"
 
 /**
  * Builds the client from the `Policy` and the `Transport` in the context.

@@ -13,6 +13,7 @@ import * as Ref from "effect/Ref"
 import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
 import * as Tracer from "effect/Tracer"
+import { capturingLogs, type Logged } from "./support/logs.js"
 import { emptyPartial, InvalidRequest, RateLimited, ServerError, StreamTruncated } from "../src/ApiError.js"
 import type { ApiError } from "../src/ApiError.js"
 import type { ChatCompletionChunk, ChatCompletionRequest } from "../src/ChatSchema.js"
@@ -264,6 +265,23 @@ describe("Resilient", () => {
       yield* client.create({ ...request, temperature: 0.7 })
       expect(yield* calls).toBe(4)
     }).pipe(Effect.provide(layer))
+  })
+
+  it.effect("a ResponseCache merged beside the client, which it never sees, is said once at its first call, not each", () => {
+    const { layer, calls } = pipeline([])
+    const logs: Array<Logged> = []
+    return Effect.gen(function*() {
+      const client = yield* Resilient.Resilient
+      const deterministic = { ...request, temperature: 0 }
+      yield* client.create(deterministic)
+      yield* client.create(deterministic)
+      yield* Stream.runDrain(client.stream(deterministic))
+      expect(yield* calls).toBe(3)
+      expect(logs.filter((log) => log.level === "WARN").map((log) => log.message)).toEqual([
+        "Resilient: a ResponseCache is in the context of its calls but not in the client's own, so it is not used: " +
+          "provide it to the client's layer (Layer.provide(ResponseCache.layerMemory())), not beside it"
+      ])
+    }).pipe(Effect.provide(Layer.merge(layer, ResponseCache.layerMemory())), capturingLogs(logs))
   })
 
   it.effect("with a ResponseCache in the context, a deterministic stream is answered from it: replayed without a call, and stored only whole", () => {
