@@ -44,6 +44,12 @@ describe("package.json", () => {
       )
     }).toEqual({ missing: [], unexpected: [], wrongTargets: [] })
   })
+
+  it("maps each public module to its types for a resolution that reads no exports (node10), and nothing else", async () => {
+    const { typesVersions } = await readJson(path.join(repoRoot, "package.json"))
+    const modules = await publicModules()
+    expect(typesVersions).toEqual({ "*": Object.fromEntries(modules.map((name) => [name, [`./dist/src/${name}.d.ts`]])) })
+  })
 })
 
 // -----------------------------------------------------------------------------
@@ -292,6 +298,24 @@ describe("the packed package, installed with only its peer dependencies", () => 
         Object.fromEntries(attempts.map((specifier) => [specifier, "ERR_PACKAGE_PATH_NOT_EXPORTED"]))
       )
     }))
+
+  it("types every public entry point under each module resolution TypeScript has, node10 included, and no internal one", async () => {
+    const { exports } = await readJson(path.join(packed.packageDir, "package.json"))
+    const file = path.join(packed.projectDir, "entries.ts")
+    const entries = Object.keys(exports).map(specifierOf)
+    await fs.writeFile(file, [...entries, `${packageName}/internal/text`].map((entry, i) => `import * as M${i} from "${entry}"\nvoid M${i}\n`).join(""))
+    const unresolved = (moduleResolution: ts.ModuleResolutionKind, module: ts.ModuleKind) =>
+      ts.getPreEmitDiagnostics(ts.createProgram([file], { moduleResolution, module, target: ts.ScriptTarget.ES2022, noEmit: true, skipLibCheck: true }))
+        .map((diagnostic) => ts.flattenDiagnosticMessageText(diagnostic.messageText, "\n").match(/Cannot find module '([^']+)'/)?.[1] ?? "other")
+    // node10 reads no `exports`: `typesVersions` takes its place for the types.
+    for (const [resolution, module] of [
+      [ts.ModuleResolutionKind.Node10, ts.ModuleKind.CommonJS],
+      [ts.ModuleResolutionKind.NodeNext, ts.ModuleKind.NodeNext],
+      [ts.ModuleResolutionKind.Bundler, ts.ModuleKind.ESNext]
+    ] as const) {
+      expect(unresolved(resolution, module), ts.ModuleResolutionKind[resolution]).toEqual([`${packageName}/internal/text`])
+    }
+  }, 60_000)
 
   it("keeps each module's leading doc comment in its .d.ts", async () => {
     const problems: Array<string> = []
