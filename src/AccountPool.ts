@@ -324,8 +324,11 @@ export interface Options {
   /**
    * Options of every account's breaker (its `name` is the account's). Default
    * `CircuitBreaker.defaults` with `countLoadShed: "overload"`: 429s are left to the lanes'
-   * limiters, which back off on them. Options given here replace those defaults one by one, and
-   * an account's own (`Accounts.Account["breaker"]`) replace these.
+   * limiters, which back off on them; for a pool of one account, also `failureRatio: 1`: with
+   * nowhere to fail over to, its breaker opens only when every call fails (an upstream shedding a
+   * third of the calls kept a quarter's breaker opening, every call waiting out its open period).
+   * Options given here replace those defaults one by one, and an account's own
+   * (`Accounts.Account["breaker"]`) replace these.
    */
   readonly breaker?: Omit<CircuitBreakerModule.Options, "name"> | undefined
   /** Deadlines of every account's transport. Default `Transport.defaultDeadlines`. */

@@ -38,9 +38,9 @@
  * - `accountConcurrency` (default none): a fixed cap on the calls in flight of every model
  *   together, for a provider that limits the account as a whole;
  * - `breaker` (default: the pool's): the account's circuit breaker options (`BreakerOptions`,
- *   durations in milliseconds), each replacing the pool's own, e.g. `{ "failureRatio": 1 }` for a
- *   lone account whose calls should be retried through transient failures, its breaker opening
- *   only when every call fails.
+ *   durations in milliseconds), each replacing the pool's own, e.g. `{ "failureRatio": 0.5 }`. (The
+ *   pool's only account opens its breaker only when every call fails, `failureRatio` 1, unless
+ *   told otherwise: it has nowhere to fail over to.)
  *
  * At least one account must not be a fallback. Unknown fields are errors (a typo would
  * otherwise be silently ignored). Every problem is reported with the path of its field, and no

@@ -1274,6 +1274,35 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)), capturingLogs(logs))
   })
 
+  it.effect("a lone account's breaker opens, by default, only when every call fails: it has nowhere to fail over to; beside another account it opens at a quarter", () => {
+    let chats = 0
+    const halfFailing: Handler = (request) => isChat(request) ? (chats++ % 2 === 0 ? status(503) : healthy())(request) : status(404)(request)
+    const opened = (logs: ReadonlyArray<Logged>) => logs.filter((log) => log.message.includes("circuit breaker opened")).length
+    const halfOf = (setup: Setup) => {
+      const logs: Array<Logged> = []
+      return Effect.gen(function*() {
+        // One after another; a call an open breaker holds waits on (the clock stands still), and the next starts.
+        for (let i = 0; i < 24; i++) {
+          yield* Effect.fork(create)
+          yield* settle
+        }
+        return opened(logs)
+      }).pipe(Effect.provide(poolLayer(setup)), capturingLogs(logs))
+    }
+    return Effect.gen(function*() {
+      // Half of the calls fail (the upstream sheds them): retried, they all get through, where an
+      // open breaker made every call wait out its open period (a batch of 400 lines: 18 s against over 5 minutes).
+      expect(yield* halfOf({ accounts: [account("a", ["sk-a"])], handlers: { a: halfFailing }, options: { preflight: false } })).toBe(0)
+      chats = 0
+      const withFallback: Setup = {
+        accounts: [account("a", ["sk-a"]), account("b", ["sk-b"], { fallback: true })],
+        handlers: { a: halfFailing, b: healthy() },
+        options: { preflight: false }
+      }
+      expect(yield* halfOf(withFallback)).toBe(1)
+    })
+  })
+
   it.effect("a lone account's breaker that opens again soon after it closed (flapping) says when its options open it, and what opens it only when every call fails", () => {
     const logs: Array<Logged> = []
     const setup: Setup = {

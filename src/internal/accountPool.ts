@@ -492,9 +492,12 @@ export const makeWith = <R>(
     const accountModels = AccountModels.make(accounts, ledger.pricing)
     const memberState = settings.memberState ?? MemberState.inMemory
     // The lanes' limits back off on 429s; a server overloaded at any level is the breaker's, so
-    // calls fail over from an account whose upstream sheds them all.
+    // calls fail over from an account whose upstream sheds them all. A lone account has nowhere to
+    // fail over to: its breaker opens only when every call fails, where an upstream shedding a
+    // third of them kept it opening and each call waited out the open period its retry would not.
+    const loneFailureRatio = accounts.length === 1 ? { failureRatio: 1 } : {}
     const breakerOptionsOf = (account: Account) =>
-      ({ countLoadShed: "overload", ...settings.breaker, ...account.breaker, name: account.name }) as const
+      ({ countLoadShed: "overload", ...loneFailureRatio, ...settings.breaker, ...account.breaker, name: account.name }) as const
     const members: ReadonlyArray<Member> = yield* Effect.forEach(accounts, (account, index) =>
       Effect.gen(function*() {
         const keys = yield* memberState.keys(account, { cooldown: settings.keyCooldown, label: `AccountPool: account ${account.name}` })
@@ -1321,7 +1324,7 @@ export const makeWith = <R>(
       const window = Duration.format(options.window ?? CircuitBreaker.defaults.window)
       const share = Number((ratio * 100).toFixed(1))
       return `it opens at ${share} % failed of ${calls} call${calls === 1 ? "" : "s"} or more in ${window} ` +
-        `(the account's breaker options; failureRatio 1 opens it only when every call fails)`
+        `(the account's breaker options${ratio < 1 ? "; failureRatio 1 opens it only when every call fails" : ""})`
     }
     /** When each account's breaker opened within `flapWindowMillis`: openings after a close that soon are a flap. */
     const recentOpenings = new Map<Member, Array<number>>()
