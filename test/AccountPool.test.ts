@@ -1251,7 +1251,8 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)), capturingLogs(logs))
   })
 
-  it.effect("a lone account's breaker opening again says when its options open it: its calls have nowhere else to go", () => {
+  /** A lone account whose breaker opens at half of 4 calls failed, for a second, and its warnings of opening. */
+  const loneBreaker = () => {
     const logs: Array<Logged> = []
     const setup: Setup = {
       accounts: [account("a", ["sk-a"], { breaker: { minimumThroughput: 4, failureRatio: 0.5, openFor: 1000 } })],
@@ -1259,9 +1260,19 @@ describe("AccountPool", () => {
       options: { preflight: false, breaker: { window: "2 minutes" } }
     }
     const opened = () => logs.filter((log) => log.message.includes("circuit breaker opened")).map((log) => log.message)
+    return { logs, opened, setup }
+  }
+
+  /** Four calls that fail: `loneBreaker`'s breaker opens. */
+  const openLoneBreaker = Effect.gen(function*() {
+    for (const _ of [1, 2, 3, 4]) expect((yield* Effect.flip(create))._tag).toBe("ServerError")
+    yield* settle
+  })
+
+  it.effect("a lone account's breaker opening again says when its options open it: its calls have nowhere else to go", () => {
+    const { logs, opened, setup } = loneBreaker()
     return Effect.gen(function*() {
-      for (const _ of [1, 2, 3, 4]) expect((yield* Effect.flip(create))._tag).toBe("ServerError")
-      yield* settle
+      yield* openLoneBreaker
       const lastFailure = "its last failure: ServerError: HTTP 500"
       expect(opened()).toEqual([`AccountPool: account a's circuit breaker opened: its calls wait until it half-opens in 1s; ${lastFailure}`])
       const canary = yield* Effect.fork(Effect.flip(createWith(request, { maxWait: "1 minute" })))
@@ -1304,16 +1315,9 @@ describe("AccountPool", () => {
   })
 
   it.effect("a lone account's breaker that opens again soon after it closed (flapping) says when its options open it, and what opens it only when every call fails", () => {
-    const logs: Array<Logged> = []
-    const setup: Setup = {
-      accounts: [account("a", ["sk-a"], { breaker: { minimumThroughput: 4, failureRatio: 0.5, openFor: 1000 } })],
-      handlers: { a: status(500) },
-      options: { preflight: false, breaker: { window: "2 minutes" } }
-    }
-    const opened = () => logs.filter((log) => log.message.includes("circuit breaker opened")).map((log) => log.message)
+    const { logs, opened, setup } = loneBreaker()
     return Effect.gen(function*() {
-      for (const _ of [1, 2, 3, 4]) expect((yield* Effect.flip(create))._tag).toBe("ServerError")
-      yield* settle
+      yield* openLoneBreaker
       // The canary answers: closed. Then the upstream fails again within minutes: not "in a row", but a flap.
       setup.handlers.a = healthy()
       const canary = yield* Effect.fork(createWith(request, { maxWait: "1 minute" }))
