@@ -5,7 +5,7 @@
  */
 import * as FileSystem from "@effect/platform/FileSystem"
 import * as NodeFileSystem from "@effect/platform-node/NodeFileSystem"
-import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import { type ChildProcess, spawn, spawnSync } from "node:child_process"
 import * as NodeFs from "node:fs"
@@ -551,11 +551,16 @@ const inTerminalTitle = scriptPresent
   : "weatherproof in a terminal: SKIPPED, script is absent (install the package bsdutils)"
 
 /** The CLI run with `args` in a pseudo-terminal of its own (`script`), what it shows there collected. */
+/** The runs in a terminal not ended yet: a test that fails before its run ends leaves none behind. */
+const inTerminal = new Set<ChildProcess>()
+
 const startInTerminal = (args: ReadonlyArray<string>, env: Record<string, string>) => {
   const child = spawn("script", ["-qefc", `exec ${shellLine([process.execPath, entry, ...args])}`, "/dev/null"], {
     env: { PATH: process.env["PATH"] ?? "", ...env },
     stdio: ["pipe", "pipe", "pipe"]
   })
+  inTerminal.add(child)
+  child.on("close", () => inTerminal.delete(child))
   let screen = ""
   child.stdout.on("data", (data: Buffer) => (screen += data.toString()))
   child.stderr.on("data", (data: Buffer) => (screen += data.toString()))
@@ -572,6 +577,11 @@ const startInTerminal = (args: ReadonlyArray<string>, env: Record<string, string
 }
 
 describe.skipIf(!scriptPresent)(inTerminalTitle, () => {
+  // Its terminal gone, the run is hung up on (SIGHUP): it stops as a closed terminal stops it.
+  afterEach(() => {
+    for (const child of inTerminal) child.kill("SIGKILL")
+  })
+
   // The progress bar is drawn only on a TTY, so the pipes of every other test never load it.
   it.live("batch and demo draw their progress bar and end as they do in a pipe", () =>
     Effect.gen(function*() {
