@@ -154,6 +154,13 @@ const specialFiles: Partial<Record<FileSystem.File.Type, string>> = {
   Socket: "a socket"
 }
 
+/** Whether the file system refuses this user the reading of `path` (another user's file of mode 0600). */
+const deniedReading = (fs: FileSystem.FileSystem, path: string) =>
+  fs.access(path, { readable: true }).pipe(Effect.match({
+    onFailure: (error) => error._tag === "SystemError" && error.reason === "PermissionDenied",
+    onSuccess: () => false
+  }))
+
 /**
  * The files named wrong, told before anything is sent: an input not there (or not to be looked
  * at) or in UTF-16, a directory given for a file, an output or summary that is no regular file
@@ -164,13 +171,6 @@ const specialFiles: Partial<Record<FileSystem.File.Type, string>> = {
  * directory, no write permission, a file the run reads or locks), not found after the run was
  * paid for.
  */
-/** Whether the file system refuses this user the reading of `path` (another user's file of mode 0600). */
-const deniedReading = (fs: FileSystem.FileSystem, path: string) =>
-  fs.access(path, { readable: true }).pipe(Effect.match({
-    onFailure: (error) => error._tag === "SystemError" && error.reason === "PermissionDenied",
-    onSuccess: () => false
-  }))
-
 const pathsProblem = (args: BatchArgs): Effect.Effect<string | undefined, never, FileSystem.FileSystem> =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem

@@ -128,7 +128,6 @@ type Unavailable = {
   readonly until: number
 }
 
-/** One account: its parts, the dispatcher's view of it, and the pool's own counts. */
 /** Openings of a breaker this close together are a flap, not one outage after another: told as such. */
 const flapWindowMillis = 10 * 60_000
 
@@ -139,6 +138,7 @@ const ordinal = (n: number): string => {
   return `${n}${suffix}`
 }
 
+/** One account: its parts, the dispatcher's view of it, and the pool's own counts. */
 class Member {
   /** Why it cannot serve, when it cannot: kept in step with `slot.available`. */
   unavailable: Unavailable | undefined
