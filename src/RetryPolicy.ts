@@ -14,6 +14,7 @@
  * @since 0.1.0
  */
 
+import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -116,21 +117,47 @@ export const decorrelatedJitter = (
  * @category combinators
  */
 export const honoringRetryAfter = (max: Duration.DurationInput, classify: ApiError.Classifier = ApiError.classify) =>
-<Out, E, R>(self: Schedule.Schedule<Out, E, R>): Schedule.Schedule<Out, E, R> =>
-  Schedule.recurWhile(([wait]: readonly [Duration.Duration, E]) => Duration.lessThanOrEqualTo(wait, max)).pipe(
+<Out, E, R>(self: Schedule.Schedule<Out, E, R>): Schedule.Schedule<Out, E, R> => {
+  const notRetried = notRetriedWarning(Duration.decode(max))
+  return Schedule.recurWhile(([wait]: readonly [Duration.Duration, E]) => Duration.lessThanOrEqualTo(wait, max)).pipe(
     // The error is the upstream's own (a 429's "Rate Limit Reached"): this says why no retry follows.
     Schedule.tapInput(([wait, error]: readonly [Duration.Duration, E]) =>
-      Duration.lessThanOrEqualTo(wait, max) || !ApiError.isRetryable(classify(error)) ? Effect.void : Effect.logWarning(
-        `RetryPolicy: not retried: the upstream asked to wait ${DurationTexts.format(wait)} (Retry-After), longer than maxRetryAfter (${
-          DurationTexts.format(Duration.decode(max))
-        })`
-      )
+      Duration.lessThanOrEqualTo(wait, max) || !ApiError.isRetryable(classify(error)) ? Effect.void : notRetried(wait)
     ),
     Schedule.intersect(Schedule.mapInput(self, ([, error]: readonly [Duration.Duration, E]) => error)),
     Schedule.modifyDelay(([[wait]], delay) => Duration.max(delay, wait)),
     Schedule.map(([, out]) => out),
     Schedule.mapInput((error: E) => [ApiError.retryAfterOf(classify(error)), error] as const)
   )
+}
+
+/** How often a schedule says it gave up calls for a wait longer than its maximum. */
+const notRetriedWarningInterval = 60_000
+
+/**
+ * Says that a call is not retried for a `Retry-After` longer than `max`: at most once a minute for
+ * a schedule (a 429 storm that asks to wait gives up thousands of calls a minute), with how many
+ * calls it gave up since it last said so. Timed on the `Clock`.
+ */
+const notRetriedWarning = (max: Duration.Duration) => {
+  let toldAt: number | undefined
+  let since = 0
+  return (wait: Duration.Duration): Effect.Effect<void> =>
+    Effect.flatMap(Clock.currentTimeMillis, (now) => {
+      if (toldAt !== undefined && now - toldAt < notRetriedWarningInterval) {
+        since++
+        return Effect.void
+      }
+      const more = since === 0 ? "" : ` (${since} more ${since === 1 ? "call" : "calls"} given up since it last said so)`
+      toldAt = now
+      since = 0
+      return Effect.logWarning(
+        `RetryPolicy: not retried: the upstream asked to wait ${DurationTexts.format(wait)} (Retry-After), longer than maxRetryAfter (${
+          DurationTexts.format(max)
+        })${more}`
+      )
+    })
+}
 
 /**
  * The full policy as a schedule whose input and output are the error being retried: only errors

@@ -95,6 +95,24 @@ describe("RetryPolicy", () => {
     }).pipe(capturingLogs(logs))
   })
 
+  it.effect("says so at most once a minute for a policy, with how many calls it gave up meanwhile: a 429 storm gives up thousands", () => {
+    const logs: Array<Logged> = []
+    return Effect.gen(function*() {
+      const schedule = RetryPolicy.schedule({ maxRetryAfter: "1 minute" })
+      const givenUp = Effect.flatMap(flaky([rateLimited("10 minutes")], schedule), ({ fiber }) => Fiber.join(fiber))
+      yield* Effect.replicateEffect(givenUp, 3)
+      yield* TestClock.adjust("59 seconds")
+      yield* givenUp
+      expect(logs).toHaveLength(1)
+      yield* TestClock.adjust("1 second")
+      yield* givenUp
+      expect(logs.map(({ message }) => message)).toEqual([
+        "RetryPolicy: not retried: the upstream asked to wait 10m (Retry-After), longer than maxRetryAfter (1m)",
+        "RetryPolicy: not retried: the upstream asked to wait 10m (Retry-After), longer than maxRetryAfter (1m) (3 more calls given up since it last said so)"
+      ])
+    }).pipe(capturingLogs(logs))
+  })
+
   it.effect("a backoff of your own keeps the policy's rules: its delays, never sooner than Retry-After, only retryable errors, at most maxRetries", () =>
     Effect.gen(function*() {
       const backoff = Schedule.spaced("45 seconds")
