@@ -210,7 +210,12 @@ const Adaptive = Schema.Struct({
   overloadShare: optional(ratio),
   overloadFloor: optional(ratio),
   queueDelayFloor: optional(number("milliseconds ≥ 0", (n) => n >= 0))
-}).annotations(expecting("expected adaptive limiter options"))
+}).annotations(expecting("expected adaptive limiter options")).pipe(
+  Schema.filter(({ max, min }) =>
+    max === undefined || min === undefined || max >= min ||
+    { path: ["max"], message: `expected at least min (${min}), got ${max}` }
+  )
+)
 
 const milliseconds = number("milliseconds > 0", (n) => n > 0 && Number.isFinite(n))
 

@@ -313,11 +313,14 @@ export interface LimiterOptions {
  * @category models
  */
 export interface AdaptiveOptions extends LimiterOptions {
-  /** The limit before anything is learned. Default 8. */
+  /** The limit before anything is learned, brought within [`min`, `max`]. Default 8. */
   readonly initial?: number | undefined
-  /** The limit never goes below this. Default 1. */
+  /** The limit never goes below this (at least 1). Default 1. */
   readonly min?: number | undefined
-  /** The limit never goes above this. Default 10,000 (above DeepSeek's published caps). */
+  /**
+   * The limit never goes above this (at least 1 and `min`). Default 10,000 (above DeepSeek's
+   * published caps), or `min` when that is higher.
+   */
   readonly max?: number | undefined
   /** On an ordinary drop the limit becomes in-flight × `backoff`. Default 0.9. */
   readonly backoff?: number | undefined
@@ -445,7 +448,8 @@ export const layerFixed = (permits: number, options?: LimiterOptions): Layer.Lay
 /**
  * A limit that follows the upstream's moving cap; see the module doc for the algorithm. Dies on
  * options that cannot work (a backoff outside (0, 1), a queue-delay rise not above 1, fewer than
- * one queue-delay window); `initial`, `min` and `max` are brought into order instead.
+ * one queue-delay window, a `min` or `max` under 1, a `max` under `min`); `initial` is brought
+ * within [`min`, `max`] instead.
  *
  * @example
  * ```ts

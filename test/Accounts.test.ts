@@ -248,6 +248,9 @@ describe("Accounts", () => {
       ])
       expect(yield* issuesOf("sk-misplaced-dddd")).toEqual([`(root): expected an object with an "accounts" list`])
       expect(yield* issuesOf({ accounts: [] })).toEqual(["accounts: expected at least one account"])
+      expect(yield* issuesOf({ accounts: [{ ...valid.accounts[0], concurrency: { min: 8, max: 4 } }] })).toEqual([
+        "accounts[0].concurrency.max: expected at least min (8), got 4"
+      ])
     }))
 
   it.scoped("loads a file, and reports an unreadable file or invalid JSON without quoting it", () =>

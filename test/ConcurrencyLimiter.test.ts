@@ -758,6 +758,18 @@ describe("ConcurrencyLimiter", () => {
         expect(yield* holdsAfterFall(4, 2)).toEqual([2, 4, 8, 16])
       }))
 
+    it.effect("refuses a `min` or `max` under one, and a `max` under `min`, rather than raising them", () =>
+      Effect.gen(function*() {
+        const refusal = (options: ConcurrencyLimiter.AdaptiveOptions) =>
+          Effect.map(Effect.exit(ConcurrencyLimiter.makeAdaptive(options)), (exit) => Exit.isFailure(exit) && Cause.pretty(exit.cause))
+        expect(yield* refusal({ min: 0 })).toContain("ConcurrencyLimiter: min must be at least 1, got 0")
+        expect(yield* refusal({ max: 0.5 })).toContain("ConcurrencyLimiter: max must be at least 1, got 0.5")
+        expect(yield* refusal({ min: 8, max: 4 })).toContain("ConcurrencyLimiter: max must be at least min (8), got 4")
+        // A `min` above the default `max` raises it: only a `max` given is held to `min`.
+        const high = yield* ConcurrencyLimiter.makeAdaptive({ min: 20_000, initial: 20_000 })
+        expect(yield* limitOf(high)).toBe(20_000)
+      }))
+
     it.effect("refuses a hold growth that would not grow", () =>
       Effect.gen(function*() {
         const exit = yield* Effect.exit(ConcurrencyLimiter.makeAdaptive({ holdGrowth: 1 }))

@@ -269,8 +269,8 @@ export const adaptiveDefaults = {
 
 const aimdConfig = (options: AdaptiveOptions = {}): AimdConfig => {
   const d = adaptiveDefaults
-  const min = Math.max(1, Math.floor(options.min ?? d.min))
-  const max = Math.max(min, Math.floor(options.max ?? d.max))
+  const min = Math.floor(options.min ?? d.min)
+  const max = options.max === undefined ? Math.max(min, d.max) : Math.floor(options.max)
   return {
     min,
     max,
@@ -1063,13 +1063,17 @@ export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effec
   }))
 
 /**
- * Ratios that would not move the limit sensibly are refused; `initial`, `min` and `max` are brought
- * into order, and refused when they are no number (NaN: a limit of NaN grants nothing).
+ * Ratios that would not move the limit sensibly are refused, and so are a `min` or `max` under one
+ * or a `max` under `min` (which of the two was meant?), as given; `initial` is brought within them,
+ * and refused when it is no number (NaN: a limit of NaN grants nothing).
  */
-const validateAdaptive = (config: AimdConfig): void =>
+const validateAdaptive = (options: AdaptiveOptions, config: AimdConfig): void =>
   assertValid("ConcurrencyLimiter", [
-    atLeast("min", config.min, 1),
-    atLeast("max", config.max, config.min),
+    atLeast("min", options.min ?? config.min, 1),
+    atLeast("max", options.max ?? config.max, 1),
+    options.max === undefined || options.max < 1 || options.max >= config.min
+      ? undefined
+      : `max must be at least min (${config.min}), got ${options.max}`,
     atLeast("initial", config.initial, config.min),
     ratio("backoff", config.backoff, true),
     ratio("fallBackoff", config.fallBackoff, true),
@@ -1094,7 +1098,7 @@ export const ceilingOptions = (permits: number): AdaptiveOptions => {
 /** `options` with every default filled in; throws `IllegalArgumentException` on options that cannot work. */
 export const adaptiveConfig = (options: AdaptiveOptions): AimdConfig => {
   const config = aimdConfig(options)
-  validateAdaptive(config)
+  validateAdaptive(options, config)
   return config
 }
 
