@@ -64,7 +64,7 @@ import * as KeyPool from "./KeyPool.js"
 import * as BaseUrls from "./internal/baseUrl.js"
 import { madeAtFirstCall } from "./internal/firstCall.js"
 import * as SchemaIssues from "./internal/schemaIssues.js"
-import { mayBeKey, notJsonSaying } from "./internal/text.js"
+import { mayBeKey, parseJsonSaying } from "./internal/text.js"
 import { defaultBaseUrl } from "./Transport.js"
 
 /**
@@ -446,10 +446,7 @@ export const load = (path: string): Effect.Effect<ReadonlyArray<Account>, Accoun
   Effect.flatMap(FileSystem.FileSystem, (fs) => fs.readFileString(path)).pipe(
     Effect.mapError((error) => new AccountsError({ source: path, issues: [`cannot read the file: ${error.message}`] })),
     Effect.flatMap((text) =>
-      Effect.try({
-        try: () => JSON.parse(text) as unknown,
-        catch: (error) => new AccountsError({ source: path, issues: [notJsonSaying("not valid JSON", error, text)] })
-      })
+      Either.mapLeft(parseJsonSaying("not valid JSON", text), (issue) => new AccountsError({ source: path, issues: [issue] }))
     ),
     Effect.flatMap((json) => decode(json, path))
   )

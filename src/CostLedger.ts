@@ -32,7 +32,7 @@ import * as internal from "./internal/costLedger.js"
 import { assertValid, finiteAtLeast } from "./internal/options.js"
 import * as SchemaIssues from "./internal/schemaIssues.js"
 import { TaggedError } from "./internal/sdkError.js"
-import { notJsonSaying } from "./internal/text.js"
+import { parseJsonSaying } from "./internal/text.js"
 
 // ---------------------------------------------------------------------------------------------
 // Pricing table
@@ -298,10 +298,7 @@ export const loadPricing = (path: string): Effect.Effect<PricingTable, PricingEr
   Effect.flatMap(FileSystem.FileSystem, (fs) => fs.readFileString(path)).pipe(
     Effect.mapError((error) => new PricingError({ source: path, issues: [`cannot read the file: ${error.message}`] })),
     Effect.flatMap((text) =>
-      Either.try({
-        try: () => JSON.parse(text) as unknown,
-        catch: (error) => new PricingError({ source: path, issues: [notJsonSaying("not JSON", error, text)] })
-      })
+      Either.mapLeft(parseJsonSaying("not JSON", text), (issue) => new PricingError({ source: path, issues: [issue] }))
     ),
     Effect.flatMap((json) => decodePricing(json, path))
   )

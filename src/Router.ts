@@ -25,7 +25,6 @@ import * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
-import { identity } from "effect/Function"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Record from "effect/Record"
@@ -33,7 +32,7 @@ import * as Schema from "effect/Schema"
 import type { ChatCompletionRequest } from "./ChatSchema.js"
 import { assertValid, withoutUndefined } from "./internal/options.js"
 import * as SchemaIssues from "./internal/schemaIssues.js"
-import { notJsonSaying } from "./internal/text.js"
+import { parseJsonSaying } from "./internal/text.js"
 import { TaggedError } from "./internal/sdkError.js"
 
 /**
@@ -369,9 +368,8 @@ export const layerDefault: Layer.Layer<Router> = layer()
 
 /** Options written as JSON, or what is wrong with them, one line per problem (never a schema's tree). */
 const optionsFromText = (text: string): Either.Either<Options, ConfigError.ConfigError> =>
-  Either.try({ try: (): unknown => JSON.parse(text), catch: identity }).pipe(Either.match({
-    onLeft: (error) =>
-      Either.left(ConfigError.InvalidData([], notJsonSaying("expected a JSON object of Router options, not valid JSON", error, text))),
+  parseJsonSaying("expected a JSON object of Router options, not valid JSON", text).pipe(Either.match({
+    onLeft: (issue) => Either.left(ConfigError.InvalidData([], issue)),
     onRight: (json) =>
       Either.mapLeft(decodeOptions(json), (error) => ConfigError.InvalidData([], SchemaIssues.describeIssues(error).join("; ")))
   }))

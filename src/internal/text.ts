@@ -5,6 +5,7 @@
  *
  * @internal
  */
+import * as Either from "effect/Either"
 import * as Option from "effect/Option"
 
 /** `text` parsed, or none when it is not JSON. */
@@ -72,6 +73,10 @@ export const notJsonSaying = (words: string, error: unknown, text: string): stri
   const place = jsonErrorPlace(error, text)
   return place === undefined ? words : `${words} (${place})`
 }
+
+/** `text` parsed, or `words` and where it stops being JSON (as `notJsonSaying` puts them). */
+export const parseJsonSaying = (words: string, text: string): Either.Either<unknown, string> =>
+  Either.try({ try: (): unknown => JSON.parse(text), catch: (error) => notJsonSaying(words, error, text) })
 
 /**
  * How deep read JSON may nest arrays and objects. Far deeper than any request (a tool's JSON
