@@ -47,7 +47,7 @@ const sample = (accounts: ReadonlyArray<AccountSample>, budgetSpent = false): Sa
   accounts,
   models: [],
   spend: { costUsd: 1, budgetUsd: 1, remainingUsd: budgetSpent ? 0 : 1 },
-  banner: { throttling: [], outOfBalance: [], unreachable: [], noKeys: [], noAccountServing: false, budgetSpent }
+  banner: { throttling: [], outOfBalance: [], unreachable: [], noKeys: [], checkingBalance: [], noAccountServing: false, budgetSpent }
 })
 
 /** A few calls: the two accounts serve in turn, so some reach a (and draw its 402 when it is out). */

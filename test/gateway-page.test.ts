@@ -13,6 +13,7 @@ import type { AddressInfo } from "node:net"
 import { chromium, type Page } from "playwright-core"
 import * as Simulator from "../src/Simulator.js"
 import { account, attempt, collect, openai, startGateway } from "./support/gateway.js"
+import { rawServer } from "./support/rawServer.js"
 
 const executablePath = "/usr/bin/chromium"
 const present = existsSync(executablePath)
@@ -166,6 +167,17 @@ describe.skipIf(!present)(title, () => {
       expect(yield* note("c")).toBe("key#1 rejected (401), resting")
       expect(yield* attempt(() => page.locator("#banner").textContent())).toContain(
         "Account c: the upstream rejected every key (401): replace them; its calls go to the other accounts meanwhile."
+      )
+    }), { timeout: 60_000 })
+  it.scopedLive("says the balance check is under way while it is, not only that no account can serve", () =>
+    Effect.gen(function*() {
+      const upstream = yield* rawServer([], { balance: () => {} })
+      const gateway = yield* startGateway([account("a", upstream.url, ["sk-page-a"])], { statusInterval: "100 millis" })
+      const page = yield* Effect.flatMap(browser, (b) => Effect.promise(() => b.newPage()))
+      yield* attempt(() => page.goto(`${gateway.url}/`))
+      yield* waitFor(page, "a first update", "window.__gateway.updates > 1")
+      expect(yield* attempt(() => page.locator("#banner").textContent())).toBe(
+        "No account can serve yet: the balance of account a is being checked (once, at start); requests wait for the answer."
       )
     }), { timeout: 60_000 })
   it.scopedLive("says when its data is stale, and follows the gateway again after a proxy answered its reconnect with a 502", () =>

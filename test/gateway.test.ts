@@ -773,6 +773,17 @@ describe("weatherproof serve, with the openai client", () => {
       ])
     }))
 
+  it.scopedLive("while the start's balance check is unanswered, the banner says so rather than that no account can serve", () =>
+    Effect.gen(function*() {
+      const upstream = yield* rawServer([], { balance: () => {} })
+      const gateway = yield* startGateway([account("a", upstream.url, [Simulator.defaultKey])], { statusInterval: "50 millis" })
+      const banner = yield* attempt(async () => (await (await fetch(`${gateway.url}/status.json`)).json()).samples.at(-1)?.banner).pipe(
+        Effect.filterOrFail((banner) => banner !== undefined),
+        Effect.retry({ schedule: Schedule.spaced("20 millis"), times: 100 })
+      )
+      expect(banner).toMatchObject({ checkingBalance: ["a"], noAccountServing: true })
+    }))
+
   it.scopedLive("/readyz is 503 while no account's base URL accepts connections, and 200 once one does, with no call made; the page's banner says so", () =>
     Effect.gen(function*() {
       const sim = yield* Simulator.make()

@@ -124,8 +124,12 @@ function banner(latest) {
   for (const name of latest.banner.noKeys) {
     messages.push("Account " + name + ": the upstream rejected every key (401): replace them; its calls go to the other accounts meanwhile.");
   }
+  const checking = latest.banner.checkingBalance;
   if (latest.banner.noAccountServing) {
-    messages.push("No account can serve: requests wait for one up to --max-wait, then fail with a 503.");
+    messages.push(checking.length > 0
+      ? "No account can serve yet: the balance of account" + (checking.length > 1 ? "s " : " ") + checking.join(", ") +
+        " is being checked (once, at start); requests wait for the answer."
+      : "No account can serve: requests wait for one up to --max-wait, then fail with a 503.");
   }
   if (latest.banner.budgetSpent) messages.push("The budget is spent: new calls are refused.");
   const el = document.getElementById("banner");

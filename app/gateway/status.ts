@@ -80,6 +80,8 @@ export interface Sample {
     readonly unreachable: ReadonlyArray<string>
     /** Accounts whose every key the upstream rejected (401), resting. */
     readonly noKeys: ReadonlyArray<string>
+    /** Accounts whose balance the start's check is still asking: their calls wait for its answer. */
+    readonly checkingBalance: ReadonlyArray<string>
     /** No account can serve now (`canServe`): every call waits, then fails; `/readyz` answers 503. */
     readonly noAccountServing: boolean
     readonly budgetSpent: boolean
@@ -286,6 +288,7 @@ export const make = (traffic: Traffic, options: Options): Effect.Effect<Monitor,
           outOfBalance: statuses.filter((s) => s.state === "out_of_balance").map((s) => s.name),
           unreachable: statuses.filter((s) => !s.reachable).map((s) => s.name),
           noKeys: statuses.filter((s) => s.state === "no_keys").map((s) => s.name),
+          checkingBalance: statuses.filter((s) => s.state === "checking_balance").map((s) => s.name),
           noAccountServing: !statuses.some(canServe),
           budgetSpent: totals.budget !== undefined && totals.budget.remainingUsd <= 0
         }
