@@ -1335,6 +1335,22 @@ describe("Transport over loopback (undici, 127.0.0.1)", () => {
       expect(ApiError.deliveredOutput(error)).toBe(false)
     }))
 
+  it.scopedLive("a deadline is a DeadlineExceeded under a span too (Effect fails an error with the span attached: a copy of it)", () =>
+    Effect.gen(function*() {
+      const server = yield* silentAfter("application/json", "\n")
+      const error = yield* Effect.flip(Effect.provide(create(stalling), loopback(server))).pipe(
+        Effect.withSpan("caller"),
+        Effect.timeout("10 seconds")
+      )
+      expect(error).toMatchObject({ _tag: "DeadlineExceeded", reason: "idle" })
+      const streaming = yield* silentAfter("text/event-stream", Wire.sseKeepAlive)
+      const { error: streamed } = yield* Effect.provide(drain(stalling), loopback(streaming)).pipe(
+        Effect.withSpan("caller"),
+        Effect.timeout("10 seconds")
+      )
+      expect(streamed).toMatchObject({ _tag: "DeadlineExceeded", reason: "idle" })
+    }))
+
   it.scopedLive("a stream whose keep-alive comments stop before its first content fails at the idle deadline", () =>
     Effect.gen(function*() {
       const server = yield* silentAfter("text/event-stream", Wire.sseKeepAlive)

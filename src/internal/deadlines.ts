@@ -14,6 +14,7 @@
  *
  * Both judge a deadline only once the process has read what arrived in time (see `sleepCaughtUp`).
  */
+import * as Cause from "effect/Cause"
 import type * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -267,9 +268,12 @@ export class Timeline {
     })
   }
 
-  /** The deadline's error, when `cause` (an exchange's failure) is it: the exchange was aborted by it. */
+  /**
+   * The deadline's error, when `cause` (an exchange's failure) is it: the exchange was aborted by
+   * it. Failed under a span, an error is a copy that carries the span (`Cause.originalError`).
+   */
   expiredBy(cause: unknown): DeadlineExceeded | undefined {
-    return cause === this.expired ? this.expired : undefined
+    return this.expired !== undefined && Cause.originalError(cause) === this.expired ? this.expired : undefined
   }
 
   /** The deadline passed: the exchange under way ends with its error. */
