@@ -365,11 +365,15 @@ const costOf = (model: string, tokens: TokenSplit, price: internal.Price | undef
 /**
  * What became of an attempt's result:
  * - `kept`: returned to the caller;
- * - `discarded`: thrown away because the call was retried (billed usage here is retry tax);
+ * - `discarded`: thrown away because the call was retried, or moved to another account (billed
+ *   usage here is retry tax);
  * - `truncated`: a generation cut short whose partial output was returned or failed to the
- *   caller (still billed).
+ *   caller (still billed);
+ * - `failed`: the last attempt of a call that failed with no output: its error is the answer.
  *
- * `kept` and `truncated` close a request; `discarded` does not.
+ * `kept` and `truncated` close a request (an answer); `discarded` and `failed` do not. An account
+ * pool records a failed attempt as the last of its call (`truncated` or `failed`) and counts it
+ * as `discarded` once the call is retried or fails over.
  *
  * @since 0.1.0
  * @category models
@@ -432,10 +436,10 @@ export interface Totals {
    * (a deadline while the server generated) may be billed too; no figure counts them.
    */
   readonly unmetered: number
-  /** What `discarded` attempts cost: how many, their prompt + completion tokens, their USD. */
+  /** What `discarded` attempts cost: how many (the retries and failovers), their prompt + completion tokens, their USD. */
   readonly retryTax: { readonly attempts: number; readonly tokens: number; readonly costUsd: number }
   readonly truncated: number
-  /** `truncated` / attempts that produced output (kept, truncated, or discarded with usage). */
+  /** `truncated` / attempts that produced output (kept, truncated, or discarded or failed with usage). */
   readonly truncationRate: number
   /** `reasoningTokens` / `completionTokens`. */
   readonly reasoningShare: number
@@ -652,6 +656,13 @@ export const make = (options: Options = {}): Effect.Effect<Service> =>
           attempt,
           fiber.getFiberRef(FiberRef.currentMetricLabels)
         )
+        if (entry.disposition !== "kept") {
+          let counted: Disposition = entry.disposition
+          internal.reclassifiers.set(entry, (to) => {
+            book.reclassify(entry.account, entry.model, attempt, counted, to)
+            counted = to
+          })
+        }
         publishRemaining()
         const cost = costOf(entry.model, tokens, price)
         const spentBudget = budgetPico !== undefined && spentBefore < budgetPico && book.spent.value >= budgetPico

@@ -27,6 +27,7 @@ import * as Telemetry from "../src/Telemetry.js"
 import { contentOf, settle as settleStream } from "./support/streams.js"
 import * as ApiError from "../src/ApiError.js"
 import * as Policy from "../src/Policy.js"
+import type * as RetryPolicy from "../src/RetryPolicy.js"
 import { selfSignedServer } from "./support/selfSigned.js"
 import { capturingLogs, type Logged } from "./support/logs.js"
 import { freePort, relay } from "./support/ports.js"
@@ -104,12 +105,17 @@ const poolLayer = (setup: Setup) =>
   )
 
 /** The client around the pool, as `layerResilient` builds it, with counting telemetry. */
-const stackLayer = (setup: Setup) => {
+const stackLayer = (setup: Setup, retry: RetryPolicy.Options = {}) => {
   const { counts, telemetry } = Effect.runSync(Telemetry.makeCounters)
   const layer = Layer.scoped(
     Resilient.Resilient,
     Effect.gen(function*() {
-      const policy = yield* Policy.make({ retry: { base: "100 millis", cap: "1 second" }, retryBudget: false, concurrency: false, breaker: false })
+      const policy = yield* Policy.make({
+        retry: { base: "100 millis", cap: "1 second", ...retry },
+        retryBudget: false,
+        concurrency: false,
+        breaker: false
+      })
       return yield* Resilient.makeWith(policy, AccountPool.upstream(yield* AccountPool.AccountPool))
     }).pipe(Effect.provideService(Telemetry.Telemetry, telemetry))
   ).pipe(Layer.provideMerge(poolLayer(setup)))
@@ -465,12 +471,12 @@ describe("AccountPool", () => {
       options: { preflight: false }
     }
     return Effect.gen(function*() {
-      // The first answer is cut (billed, failed): priced by the model it names, not the one asked for.
+      // The first answer is cut (billed, the call's answer): priced by the model it names, not the one asked for.
       expect((yield* Effect.flip(create))._tag).toBe("InsufficientResource")
       expect((yield* create).model).toBe("deepseek-flash")
       const { byModel } = yield* Effect.flatMap(CostLedger.CostLedger, (ledger) => ledger.snapshot)
       expect(Object.keys(byModel)).toEqual(["deepseek-flash"])
-      expect(byModel["deepseek-flash"]).toMatchObject({ attempts: 2, retryTax: { attempts: 1 } })
+      expect(byModel["deepseek-flash"]).toMatchObject({ attempts: 2, requests: 2, truncated: 1, retryTax: { attempts: 0 } })
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 
@@ -635,6 +641,12 @@ describe("AccountPool", () => {
       const before = yield* count
       expect(yield* Effect.flip(resilientCreate)).toMatchObject({ _tag: "UnexpectedStatus", status: 403 })
       expect((yield* count) - before).toBe(1)
+      // Failed over from, then the call's answer after all: not retry tax.
+      const { total } = yield* Effect.flatMap(CostLedger.CostLedger, (ledger) => ledger.snapshot)
+      expect(total).toMatchObject({ attempts: 1, requests: 0, retryTax: { attempts: 0 } })
+      // Under a span too, where Effect fails the error as a copy that carries the span.
+      expect(yield* Effect.flip(Effect.withSpan(resilientCreate, "caller"))).toMatchObject({ _tag: "UnexpectedStatus" })
+      expect((yield* count) - before).toBe(2)
     }).pipe(Effect.provide(layer))
   })
 
@@ -1500,6 +1512,31 @@ describe("AccountPool", () => {
       const ledger = yield* CostLedger.CostLedger
       expect((yield* ledger.snapshot).byAccount["b"]).toMatchObject({ attempts: 2, requests: 2, truncated: 1 })
     }).pipe(Effect.provide(poolLayer(setup)))
+  })
+
+  it.effect("records a call's last failed attempt as its answer (truncated with output, else failed), and only the attempts retried as retry tax", () => {
+    let calls = 0
+    const cutShort: Handler = (req) => MockUpstream.completion({ ...generation(req), finishReason: "insufficient_system_resource" })
+    // A 503, then the work cut short: the 503 was retried, the cut is the answer.
+    const setup: Setup = {
+      accounts: [account("a", ["sk-a"])],
+      handlers: { a: (req) => isChat(req) ? (++calls === 1 ? status(503)(req) : cutShort(req)) : status(404)(req) },
+      options: { preflight: false }
+    }
+    const { layer } = stackLayer(setup, { maxRetries: 1 })
+    const totals = Effect.flatMap(CostLedger.CostLedger, (ledger) => Effect.map(ledger.snapshot, (snapshot) => snapshot.total))
+    return Effect.gen(function*() {
+      const cut = yield* Effect.fork(Effect.flip(resilientCreate))
+      yield* TestClock.adjust("1 second")
+      expect(yield* Fiber.join(cut)).toMatchObject({ _tag: "InsufficientResource" })
+      expect(yield* totals).toMatchObject({ attempts: 2, requests: 1, truncated: 1, retryTax: { attempts: 1, tokens: 0 } })
+      // Two 503s: the first retried, the second the call's answer, failed.
+      setup.handlers.a = status(503)
+      const shed = yield* Effect.fork(Effect.flip(resilientCreate))
+      yield* TestClock.adjust("1 second")
+      expect(yield* Fiber.join(shed)).toMatchObject({ _tag: "ServerError" })
+      expect(yield* totals).toMatchObject({ attempts: 4, requests: 1, truncated: 1, retryTax: { attempts: 2 } })
+    }).pipe(Effect.provide(layer))
   })
 
   it.effect("records every attempt in the ledger per account: kept, and the retry tax of discarded ones", () => {

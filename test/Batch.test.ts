@@ -137,12 +137,12 @@ const double = (script: Script, hooks: Hooks = {}) =>
               yield* retried(request)
               const step = script(request)
               const answer = answerOf(request)
-              // As the pool does: a success is kept, a failed last attempt discarded.
+              // As the pool does: a success is kept, a failed last attempt (with no output) failed.
               yield* ledger.record({
                 account: accountOf(request),
                 model: request.model,
                 usage: step === "ok" ? answer.usage ?? undefined : undefined,
-                disposition: step === "ok" ? "kept" : "discarded"
+                disposition: step === "ok" ? "kept" : "failed"
               })
               options?.onExchange?.(step === "ok" ? "answered" : "failed")
               if (step === "ok") return answer
@@ -840,8 +840,8 @@ describe("Batch summary", () => {
           answered: 3,
           tokens: { prompt: 40, completion: 18, cacheHit: 12, cacheMiss: 28, reasoning: 6 },
           costUsd: 8.9936e-6,
-          // The attempt thrown away before "a-2 retried" was answered, and b-2's 429 (billed nothing).
-          retryTax: { attempts: 2, tokens: 13, costUsd: 2.24e-6 },
+          // The attempt thrown away before "a-2 retried" was answered (b-2's 429 was its answer).
+          retryTax: { attempts: 1, tokens: 13, costUsd: 2.24e-6 },
           truncated: 0,
           truncationRate: 0,
           reasoningShare: 6 / 18
@@ -861,7 +861,8 @@ describe("Batch summary", () => {
         attempts: 2,
         answered: 1,
         tokens: { prompt: 10, completion: 5, cacheHit: 4, reasoning: 2 },
-        costUsd: 2.2512e-6
+        costUsd: 2.2512e-6,
+        retryTax: { attempts: 0 }
       })
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
@@ -891,7 +892,7 @@ describe("Batch summary", () => {
         reasoning_tokens: 6,
         cost_usd: 8.9936e-6,
         unpriced_attempts: 0,
-        retry_tax: { attempts: 2, tokens: 13, cost_usd: 2.24e-6 },
+        retry_tax: { attempts: 1, tokens: 13, cost_usd: 2.24e-6 },
         truncated: 0,
         truncation_rate: 0,
         reasoning_share: 6 / 18,
@@ -1013,7 +1014,7 @@ describe("Batch summary", () => {
       expect(text).toContain("failures:  RateLimited 1")
       expect(text).toContain("upstream:  5 attempts, 1 429s met, 1 retry, 2 failed attempts")
       expect(text).toContain("tokens:    40 prompt (12 cache hit), 18 completion (6 reasoning)")
-      expect(text).toContain("cost:      $0.000009; retry tax $0.000002 (2 attempts, 13 tokens); 0 truncated (0.0%); reasoning 33.3% of output")
+      expect(text).toContain("cost:      $0.000009; retry tax $0.000002 (1 attempt, 13 tokens); 0 truncated (0.0%); reasoning 33.3% of output")
       expect(text).toContain("  alpha: 2 answered, 3 attempts, 43 tokens, $0.000007")
       expect(text).toContain("  beta: 1 answered, 2 attempts, 15 tokens, $0.000002")
       expect(text).not.toContain("routing:")

@@ -19,6 +19,8 @@ import * as ApiError from "../src/ApiError.js"
 import * as internal from "../src/internal/costLedger.js"
 import { flatPricing } from "./support/pricing.js"
 
+const dispositions: ReadonlyArray<CostLedger.Disposition> = ["kept", "discarded", "truncated", "failed"]
+
 /** DeepSeek-style usage with the cache split and reasoning tokens. */
 const usage = (hit: number, miss: number, completion: number, reasoning = 0): Usage => ({
   prompt_tokens: hit + miss,
@@ -334,7 +336,7 @@ describe("CostLedger ledger", () => {
         FastCheck.nat(50_000),
         FastCheck.nat(50_000)
       ).map(([hit, miss, completion, reasoning]) => usage(hit, miss, completion + reasoning, reasoning)),
-      disposition: FastCheck.constantFrom("kept" as const, "discarded" as const, "truncated" as const)
+      disposition: FastCheck.constantFrom(...dispositions)
     })
     const entriesAndShuffle = FastCheck.array(entry, { minLength: 1, maxLength: 30 }).chain((entries) =>
       FastCheck.tuple(
@@ -353,7 +355,7 @@ describe("CostLedger ledger", () => {
         const inOrder = snapshotOf(entries)
         expect(snapshotOf(shuffled)).toEqual(inOrder)
         expect(inOrder.total.attempts).toBe(entries.length)
-        expect(inOrder.total.requests).toBe(entries.filter((e) => e.disposition !== "discarded").length)
+        expect(inOrder.total.requests).toBe(entries.filter((e) => e.disposition === "kept" || e.disposition === "truncated").length)
         // Nothing lost or counted twice: the groups add up to the run.
         for (const groups of [inOrder.byAccount, inOrder.byModel]) {
           const sum = (field: "attempts" | "requests" | "promptTokens" | "unpriced") =>
@@ -367,6 +369,38 @@ describe("CostLedger ledger", () => {
         }
       }),
       { numRuns: 50 }
+    )
+  })
+
+  it("an attempt recorded as one disposition, then counted as another, totals as if recorded as that one", () => {
+    const change = FastCheck.record({
+      account: FastCheck.constantFrom("a", "b"),
+      model: FastCheck.constantFrom("deepseek-v4-flash", "unknown"),
+      usage: FastCheck.option(
+        FastCheck.tuple(FastCheck.nat(200_000), FastCheck.nat(200_000), FastCheck.nat(50_000))
+          .map(([hit, miss, completion]) => usage(hit, miss, completion, 0)),
+        { nil: undefined }
+      ),
+      delivered: FastCheck.boolean(),
+      from: FastCheck.constantFrom<CostLedger.Disposition>("discarded", "truncated", "failed"),
+      to: FastCheck.array(FastCheck.constantFrom(...dispositions), { maxLength: 3 })
+    })
+    const snapshotOf = (changes: ReadonlyArray<typeof change extends FastCheck.Arbitrary<infer A> ? A : never>, reclassified: boolean) =>
+      Effect.runSync(Effect.gen(function*() {
+        const ledger = yield* CostLedger.make({ pricing: flatPricing })
+        for (const { from, to, ...rest } of changes) {
+          const last = to.at(-1) ?? from
+          const entry: CostLedger.Entry = { ...rest, disposition: reclassified ? from : last }
+          yield* ledger.record(entry)
+          if (reclassified) for (const next of to) internal.reclassifiers.get(entry)?.(next)
+        }
+        return yield* ledger.snapshot
+      }))
+    FastCheck.assert(
+      FastCheck.property(FastCheck.array(change, { maxLength: 20 }), (changes) => {
+        expect(snapshotOf(changes, true)).toEqual(snapshotOf(changes, false))
+      }),
+      { numRuns: 100 }
     )
   })
 

@@ -31,7 +31,7 @@ import * as ApiError from "../ApiError.js"
 import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Usage } from "../ChatSchema.js"
 import * as CircuitBreaker from "../CircuitBreaker.js"
 import type * as Limiter from "../ConcurrencyLimiter.js"
-import { CostLedger, type Disposition, type PricingTable } from "../CostLedger.js"
+import { CostLedger, type Disposition, type Entry as CostLedgerEntry, type PricingTable } from "../CostLedger.js"
 import * as KeyPool from "../KeyPool.js"
 import * as Telemetry from "../Telemetry.js"
 import * as Transport from "../Transport.js"
@@ -39,6 +39,7 @@ import * as Redis from "../Redis.js"
 import * as AccountModels from "./accountModels.js"
 import * as BaseUrl from "./baseUrl.js"
 import * as LimiterInternal from "./concurrencyLimiter.js"
+import * as AttemptRecords from "./attemptRecords.js"
 import { picoOfUsd, usdOfPico } from "./costLedger.js"
 import { AccountSlot, Dispatcher, Lane, type LaneGrant, type Lanes, queuedOn, type Waiter } from "./dispatcher.js"
 import * as GenAi from "./genAi.js"
@@ -1016,6 +1017,7 @@ export const makeWith = <R>(
         }
         if (tag === "InsufficientBalance") yield* takeOutOfBalance(member, "402")
         yield* refresh(member)
+        AttemptRecords.discard(error)
         return yield* Effect.fail(new FailedOver({ member, cause: error }))
       })
 
@@ -1030,8 +1032,11 @@ export const makeWith = <R>(
      * out by its state (no usable key, out of balance, its breaker open) keeps the pool's answer,
      * which says so and when it may serve again.
      */
-    const explained = ({ cause, member }: FailedOver) => (error: PoolError): PoolError =>
-      error._tag === "NoAccountAvailable" && cause._tag !== "CircuitOpen" && member.slot.available ? cause : error
+    const explained = ({ cause, member }: FailedOver) => (error: PoolError): PoolError => {
+      if (error._tag !== "NoAccountAvailable" || cause._tag === "CircuitOpen" || !member.slot.available) return error
+      AttemptRecords.keep(cause)
+      return cause
+    }
 
     /**
      * What moves an attempt to another account (as does the refusal of its breaker): an account
@@ -1046,21 +1051,25 @@ export const makeWith = <R>(
 
     // -- cost ---------------------------------------------------------------------------------
 
-    /** `delivered`: output reached this client (with no usage, it was billed for what is not known). */
+    /**
+     * `delivered`: output reached this client (with no usage, it was billed for what is not
+     * known). `failure`: the error of a failed attempt, which keeps its entry (`AttemptRecords`).
+     */
     const record = (
       placed: Placed,
       models: Models,
       usage: Usage | undefined,
       disposition: Disposition,
-      delivered: boolean
-    ) =>
-      Effect.flatMap(
-        ledger.record({ account: placed.member.name, model: models.served, sentModel: models.sent, usage, disposition, delivered }),
-        (cost) => {
-          if (cost._tag === "Priced") figuresOf(placed.grant.lane).costPico += picoOfUsd(cost.usd)
-          return GenAi.noteCost(placed, cost)
-        }
-      )
+      delivered: boolean,
+      failure?: unknown
+    ) => {
+      const entry: CostLedgerEntry = { account: placed.member.name, model: models.served, sentModel: models.sent, usage, disposition, delivered }
+      return Effect.flatMap(ledger.record(entry), (cost) => {
+        if (failure !== undefined) AttemptRecords.remember(failure, entry, disposition)
+        if (cost._tag === "Priced") figuresOf(placed.grant.lane).costPico += picoOfUsd(cost.usd)
+        return GenAi.noteCost(placed, cost)
+      })
+    }
 
     /**
      * Counts an attempt that reached its account's upstream, in the account's figures and the
@@ -1095,8 +1104,9 @@ export const makeWith = <R>(
 
     /**
      * Records an attempt that failed after it reached the upstream, priced by the model the
-     * response named when one arrived: `discarded` with what it carried (the retry tax), or
-     * `truncated` for a stream whose content had reached the caller.
+     * response named when one arrived, as the last of its call: `truncated` when output had
+     * reached the caller (a stream's content, a body cut short), else `failed`. Retried or failed
+     * over from, it counts as `discarded` (`AttemptRecords`): what it carried is retry tax.
      */
     const recordFailure = (
       placed: Placed,
@@ -1109,6 +1119,7 @@ export const makeWith = <R>(
       if (wasNotSent(verdict, error)) return Effect.void
       const apiError = error as ApiError.ApiError
       const partial = ApiError.partialOf(apiError)
+      const output = ApiError.deliveredOutput(apiError)
       return Effect.zipRight(
         countSent(placed, request, verdict, error),
         record(
@@ -1116,8 +1127,9 @@ export const makeWith = <R>(
           // Priced by the model the answer named, when one arrived (a non-streaming answer cut short).
           { ...models, served: partial.model ?? models.served },
           partial.usage,
-          delivered ? "truncated" : "discarded",
-          ApiError.deliveredOutput(apiError)
+          delivered || output ? "truncated" : "failed",
+          output,
+          error
         )
       )
     }

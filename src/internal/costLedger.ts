@@ -226,7 +226,7 @@ export const usdOfPico = (pico: bigint | number): number => Number(pico) / picoP
 export const picoOfUsd = (usd: number): bigint => BigInt(Math.round(usd * picoPerUsd))
 
 /** What happened to an attempt's result. */
-export type Disposition = "kept" | "discarded" | "truncated"
+export type Disposition = "kept" | "discarded" | "truncated" | "failed"
 
 /** One recorded attempt, priced. */
 export interface AttemptCost {
@@ -287,24 +287,11 @@ export class Tally {
   retryTaxTokens = 0
   readonly retryTaxPico = new PicoSum()
 
-  /**
-   * Adds one attempt. A kept or truncated attempt is the one whose outcome reached the caller, so
-   * it closes a request; a discarded one is retry tax. An attempt produced output when it was
-   * kept or truncated, or was billed.
-   */
+  /** Adds one attempt, as its `disposition`. */
   add(attempt: AttemptCost): void {
     const { tokens, pico } = attempt
-    const discarded = attempt.disposition === "discarded"
     this.attempts++
-    if (discarded) {
-      this.retryTaxAttempts++
-      this.retryTaxTokens += tokens.prompt + tokens.completion
-      if (pico !== undefined) this.retryTaxPico.add(pico)
-    } else {
-      this.requests++
-    }
-    if (!discarded || attempt.billed) this.withOutput++
-    if (attempt.disposition === "truncated") this.truncated++
+    this.dispose(attempt, attempt.disposition, 1)
     // An attempt billed nothing (no usage: a 429, a refusal) has no cost left uncounted.
     if (pico === undefined) this.unpriced += attempt.billed ? 1 : 0
     else this.pico.add(pico)
@@ -314,6 +301,29 @@ export class Tally {
     this.cacheMiss += tokens.cacheMiss
     this.completion += tokens.completion
     this.reasoning += tokens.reasoning
+  }
+
+  /** Counts `attempt`, added as `from`, as `to` instead. */
+  reclassify(attempt: AttemptCost, from: Disposition, to: Disposition): void {
+    this.dispose(attempt, from, -1)
+    this.dispose(attempt, to, 1)
+  }
+
+  /**
+   * Counts (`sign` 1) or uncounts (-1) what `disposition` makes of `attempt`. A kept or truncated
+   * attempt is an answer: it closes a request; a discarded one is retry tax; a failed one is
+   * neither. An attempt produced output when it was kept or truncated, or was billed.
+   */
+  private dispose(attempt: AttemptCost, disposition: Disposition, sign: 1 | -1): void {
+    if (disposition === "discarded") {
+      this.retryTaxAttempts += sign
+      this.retryTaxTokens += sign * (attempt.tokens.prompt + attempt.tokens.completion)
+      if (attempt.pico !== undefined) this.retryTaxPico.add(sign * attempt.pico)
+    } else if (disposition !== "failed") {
+      this.requests += sign
+    }
+    if (disposition === "kept" || disposition === "truncated" || attempt.billed) this.withOutput += sign
+    if (disposition === "truncated") this.truncated += sign
   }
 
   /** Adds the totals of another group. */
@@ -474,6 +484,11 @@ export class Book {
     return true
   }
 
+  /** Counts an attempt of `model` on `account`, recorded as `from`, as `to` instead. */
+  reclassify(account: string, model: string, attempt: AttemptCost, from: Disposition, to: Disposition): void {
+    this.cellOf(account, model).tally.reclassify(attempt, from, to)
+  }
+
   totals(): Totals {
     const total = new Tally()
     const byAccount = new Map<string, Tally>()
@@ -507,3 +522,10 @@ export class Book {
 export const ratio = (numerator: number, denominator: number): number =>
   denominator === 0 ? 0 : numerator / denominator
 
+
+/**
+ * How to count a recorded attempt as another disposition, by the entry it was recorded with: a
+ * failed attempt recorded as its call's last becomes `discarded` when the call is retried or
+ * fails over instead (the pool records an attempt as it ends, before anyone decides).
+ */
+export const reclassifiers = new WeakMap<object, (to: Disposition) => void>()

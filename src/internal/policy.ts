@@ -36,6 +36,7 @@ import type * as Telemetry from "../Telemetry.js"
 import type * as TokenBucket from "../TokenBucket.js"
 import * as ScopeFinalizer from "./scopeFinalizer.js"
 import * as StreamPull from "./streamPull.js"
+import * as AttemptRecords from "./attemptRecords.js"
 import * as ToldAttempts from "./toldAttempts.js"
 import * as Unpaced from "./unpaced.js"
 
@@ -124,7 +125,10 @@ const retryAfterFailure = <A, E, R, R2>(
         const retryFrom = (error: E): Effect.Effect<A, E, R | R2> =>
           Effect.matchEffect(driver.next(error), {
             onFailure: () => Effect.fail(error),
-            onSuccess: () => Effect.catchAll(retried, (next) => Effect.zipRight(onFailure(next), retryFrom(next)))
+            onSuccess: () => {
+              AttemptRecords.discard(error)
+              return Effect.catchAll(retried, (next) => Effect.zipRight(onFailure(next), retryFrom(next)))
+            }
           })
         return retryFrom(first)
       })
@@ -156,7 +160,14 @@ const retryStreamAfterFailure = <A, E, R, R2>(
     const after = (error: E, delivered: boolean): Effect.Effect<StreamPull.Opening<A, E, R>, E, R2> =>
       schedule === undefined || delivered
         ? Effect.fail(error)
-        : Effect.flatMap(driverOf(schedule), (made) => Effect.zipRight(Effect.mapError(made.next(error), () => error), retried))
+        : Effect.flatMap(driverOf(schedule), (made) =>
+          Effect.zipRight(
+            Effect.mapError(made.next(error), () => error),
+            Effect.suspend(() => {
+              AttemptRecords.discard(error)
+              return retried
+            })
+          ))
     return StreamPull.recovering(attemptOf(false), (error, delivered) => Effect.zipRight(onFailure(error), after(error, delivered)))
   })
 
