@@ -313,12 +313,14 @@ export type ApiError =
   | NoAccountAvailable
 
 /**
- * What the caller already received when the call failed (empty for errors before any content).
+ * What the caller already received when the call failed (empty for errors before any content),
+ * for any error a call fails with: an `ApiError`, or a refusal (`Resilient.ResilientError`), which
+ * carries none.
  *
  * @since 0.1.0
  */
-export const partialOf = (error: ApiError): PartialOutput =>
-  ("partial" in error ? error.partial : undefined) ?? emptyPartial
+export const partialOf = (error: ApiError | { readonly _tag: string }): PartialOutput =>
+  ("partial" in error ? (error as { readonly partial?: PartialOutput | undefined }).partial : undefined) ?? emptyPartial
 
 /**
  * Whether output had reached the caller when the call failed: content events, or a 200 body cut
@@ -326,8 +328,8 @@ export const partialOf = (error: ApiError): PartialOutput =>
  *
  * @since 0.1.0
  */
-export const deliveredOutput = (error: ApiError): boolean =>
-  partialOf(error).events > 0 || (error._tag === "MalformedResponse" && error.reason === "cut")
+export const deliveredOutput = (error: ApiError | { readonly _tag: string }): boolean =>
+  partialOf(error).events > 0 || (error._tag === "MalformedResponse" && "reason" in error && error.reason === "cut")
 
 const secretPattern = /\b(sk|pk|key)-[A-Za-z0-9_\-*]{4,}/g
 

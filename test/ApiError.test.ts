@@ -16,6 +16,7 @@ import * as CircuitBreaker from "../src/CircuitBreaker.js"
 import * as ConcurrencyLimiter from "../src/ConcurrencyLimiter.js"
 import * as CostLedger from "../src/CostLedger.js"
 import * as Policy from "../src/Policy.js"
+import type * as Resilient from "../src/Resilient.js"
 import * as RetryBudget from "../src/RetryBudget.js"
 import * as RetryPolicy from "../src/RetryPolicy.js"
 import * as Router from "../src/Router.js"
@@ -264,4 +265,17 @@ describe("one classification, every policy", () => {
       }),
     { fastCheck: { numRuns: 120 } }
   )
+})
+
+describe("partialOf and deliveredOutput", () => {
+  it("read any error a resilient call fails with: a refusal carries no output", () => {
+    const partial = { ...ApiError.emptyPartial, content: "Hel", events: 2 }
+    const errors: ReadonlyArray<Resilient.ResilientError> = [
+      new ApiError.StreamTruncated({ partial }),
+      new ConcurrencyLimiter.QueueFull({ queued: 3 }),
+      new CostLedger.BudgetExceeded({ spentUsd: 2, budgetUsd: 1 })
+    ]
+    expect(errors.map(ApiError.partialOf)).toEqual([partial, ApiError.emptyPartial, ApiError.emptyPartial])
+    expect(errors.map(ApiError.deliveredOutput)).toEqual([true, false, false])
+  })
 })
