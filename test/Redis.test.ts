@@ -10,6 +10,8 @@ import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import * as Redis from "../src/Redis.js"
+import * as Http from "node:http"
+import type { AddressInfo } from "node:net"
 import { failureReason } from "../src/internal/redis.js"
 import { awaitReady, redisServer, redisServerPresent, skipMessage } from "./support/redisServer.js"
 
@@ -55,6 +57,25 @@ describe("Redis config", () => {
       }
       // A password with a malformed escape is no defect: the connection's own failure is told.
       expect(yield* reasonOf("redis://:%zzHunter2@127.0.0.1:1")).toMatch(/^Redis at redis:\/\/127\.0\.0\.1:1 is unavailable: /)
+    }))
+
+  it.scopedLive("a server that is not Redis (an HTTP server at the port) is said to be one, not as a protocol error to report", () =>
+    Effect.gen(function*() {
+      const server = yield* Effect.acquireRelease(
+        Effect.async<Http.Server>((resume) => {
+          const http = Http.createServer((_, response) => response.end("not redis"))
+          http.listen(0, "127.0.0.1", () => void resume(Effect.succeed(http)))
+        }),
+        (http) =>
+          Effect.async<void>((resume) => {
+            http.close(() => resume(Effect.void))
+          })
+      )
+      const { port } = server.address() as AddressInfo
+      const error = yield* Effect.flip(Redis.make({ url: `redis://127.0.0.1:${port}`, connectTimeout: "2 seconds" }))
+      expect(error.message).toBe(
+        `Redis at redis://127.0.0.1:${port} is unavailable: the server does not speak Redis's protocol (its reply began with "H": an HTTP server?)`
+      )
     }))
 })
 

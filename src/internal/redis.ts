@@ -81,6 +81,17 @@ export const invalidPrefix = "a non-empty prefix without braces or whitespace"
 
 const reasonOf = (cause: unknown): string => cause instanceof Error ? cause.message : String(cause)
 
+/** ioredis's words for a reply that is not Redis's protocol, which ask to report it as its bug. */
+const notRedis = /^Protocol error, got "(.)" as reply type byte/
+
+/** Why a connection could not be opened: a server at the port that is not Redis is said to be one. */
+const connectReason = (cause: unknown): string => {
+  const reason = reasonOf(cause)
+  const first = notRedis.exec(reason)?.[1]
+  if (first === undefined) return reason
+  return `the server does not speak Redis's protocol (its reply began with ${JSON.stringify(first)}${first === "H" ? ": an HTTP server?" : ""})`
+}
+
 /**
  * Why a command of `client` failed, as an operator reads it: "the connection is down" while it is,
  * not ioredis's words for its offline queue's refusal ("Stream isn't writeable and
@@ -196,7 +207,7 @@ const connect = (url: string, options: Options, autoResubscribe = true): Effect.
           throw cause
         }
       },
-      catch: (cause) => new RedisUnavailable({ url: displayUrl(url), reason: withoutCredentials(reasonOf(cause), url) })
+      catch: (cause) => new RedisUnavailable({ url: displayUrl(url), reason: withoutCredentials(connectReason(cause), url) })
     }),
     (client) => Effect.sync(() => client.disconnect())
   )
