@@ -10,6 +10,7 @@ import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import * as Redis from "../src/Redis.js"
+import { capturingLogs, type Logged } from "./support/logs.js"
 import * as Http from "node:http"
 import type { AddressInfo } from "node:net"
 import { failureReason } from "../src/internal/redis.js"
@@ -135,6 +136,28 @@ describe.skipIf(!redisServerPresent)(skipMessage("Redis"), () => {
         .toBe(`Redis at ${shown} is unavailable: WRONGPASS invalid username-password pair or user is disabled.`)
       expect(yield* Effect.map(Redis.make({ url: `redis://:right-password@127.0.0.1:${server.port}` }), () => "connected"))
         .toBe("connected")
+    }))
+
+  it.scopedLive("credentials refused as it reconnects (a password rotated) are said, once until it is back, not only that the connection is down", () =>
+    Effect.gen(function*() {
+      const server = yield* redisServer
+      const admin = yield* Redis.make({ url: server.url })
+      const logs: Array<Logged> = []
+      const client = yield* capturingLogs(logs)(Redis.make({ url: server.url, prefix: "rotated" }))
+      yield* admin.command("CONFIG", ["SET", "requirepass", "rotated-password"])
+      yield* admin.command("CLIENT", ["KILL", "TYPE", "normal", "SKIPME", "yes"])
+      const warnings = () => logs.filter((log) => log.level === "WARN").map((log) => log.message)
+      yield* Effect.sync(warnings).pipe(
+        Effect.filterOrFail((found) => found.length > 0),
+        Effect.retry({ schedule: Schedule.spaced("50 millis"), times: 100 })
+      )
+      // Several reconnections fail meanwhile: one warning.
+      yield* Effect.sleep("500 millis")
+      expect(warnings()).toEqual([
+        `Redis at ${server.url} refuses this process's credentials as it reconnects (NOAUTH Authentication required.): ` +
+        "is its password or user changed? Calls go on without Redis meanwhile"
+      ])
+      expect(yield* client.isReady).toBe(false)
     }))
 
   it.scopedLive("a database the server does not have fails the connection, rather than working in database 0", () =>

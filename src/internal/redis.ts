@@ -10,6 +10,7 @@ import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
+import * as Runtime from "effect/Runtime"
 import type * as Scope from "effect/Scope"
 import * as SubscriptionRef from "effect/SubscriptionRef"
 import type { Redis as IORedis } from "ioredis"
@@ -223,6 +224,7 @@ export const make = (options: Options): Effect.Effect<Service, RedisUnavailable,
     const setReady = (value: boolean) => () => Effect.runSync(SubscriptionRef.set(ready, value))
     client.on("ready", setReady(true))
     client.on("close", setReady(false))
+    yield* warnOfRefusedCredentials(client, url)
 
     const run = <A>(operation: string, send: () => Promise<A>): Effect.Effect<A, RedisError> =>
       Effect.tryPromise({
@@ -253,6 +255,31 @@ export const make = (options: Options): Effect.Effect<Service, RedisUnavailable,
       isReady: SubscriptionRef.get(ready),
       readiness: ready.changes
     } satisfies Service
+  })
+
+/** ioredis's words for credentials a server refuses. */
+const refusedCredentials = /^(?:NOAUTH|WRONGPASS|NOPERM)\b/
+
+/**
+ * Warns, once until the connection is back, when the server refuses the credentials `client`
+ * reconnects with: a password rotated under a running process. Its commands would only say the
+ * connection is down.
+ */
+const warnOfRefusedCredentials = (client: IORedis, url: string): Effect.Effect<void> =>
+  Effect.map(Effect.runtime<never>(), (runtime) => {
+    let warned = false
+    client.on("ready", () => {
+      warned = false
+    })
+    client.on("error", (error: unknown) => {
+      const reason = reasonOf(error)
+      if (warned || !refusedCredentials.test(reason)) return
+      warned = true
+      Runtime.runFork(runtime)(Effect.logWarning(
+        `Redis at ${displayUrl(url)} refuses this process's credentials as it reconnects (${withoutCredentials(reason, url)}): ` +
+          "is its password or user changed? Calls go on without Redis meanwhile"
+      ))
+    })
   })
 
 /**
