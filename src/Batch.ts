@@ -403,6 +403,8 @@ export interface Summary {
    * that runs several pools at once counts all of theirs). 0 without Redis.
    */
   readonly redisLocalMode: number
+  /** Whether the shared limits were still counted without Redis at the end (it never came back). */
+  readonly redisAwayAtEnd: boolean
 }
 
 /**
@@ -857,7 +859,8 @@ const readings = Effect.gen(function*() {
   const ledger = yield* Effect.flatMap(CostLedger, (ledger) => ledger.snapshot)
   const millis = yield* currentMonotonicMillis
   const redisLocalMode = (yield* Metric.value(AccountPoolModule.redisLocalModeCounter)).count
-  return { counts, ledger, millis, redisLocalMode }
+  const redisAway = (yield* Metric.value(AccountPoolModule.redisLocalGauge)).value > 0
+  return { counts, ledger, millis, redisLocalMode, redisAway }
 })
 
 type Reading = Effect.Effect.Success<typeof readings>
@@ -897,7 +900,8 @@ const summarize = (
   abortedBy,
   complete,
   dropped,
-  redisLocalMode: after.redisLocalMode - before.redisLocalMode
+  redisLocalMode: after.redisLocalMode - before.redisLocalMode,
+  redisAwayAtEnd: after.redisAway
 })
 
 /**

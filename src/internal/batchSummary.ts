@@ -160,6 +160,8 @@ export interface SummaryJson extends SpendJson {
   readonly dropped: number
   /** Times the pool's shared limits went on without Redis (counted in this process alone meanwhile). */
   readonly redis_local_mode: number
+  /** Whether they were still counted without Redis at the end. */
+  readonly redis_away_at_end: boolean
   readonly accounts: Readonly<Record<string, AccountJson>>
 }
 
@@ -227,12 +229,15 @@ export const toJson = (summary: Summary): SummaryJson => ({
   complete: summary.complete,
   dropped: summary.dropped,
   redis_local_mode: summary.redisLocalMode,
+  redis_away_at_end: summary.redisAwayAtEnd,
   accounts: Object.fromEntries(Object.entries(summary.accounts).map(([name, account]) => [name, accountJson(account)]))
 })
 
 /** What a run that lost Redis did meanwhile. */
-const redisLine = (times: number): string =>
-  `${times === 1 ? "lost once" : `lost ${times} times, each time`}: this process counted the shared limits alone, at its share, until Redis was back`
+const redisLine = (times: number, awayAtEnd: boolean): string =>
+  `${times === 1 ? "lost once" : `lost ${times} times, each time`}: this process counted the shared limits alone, at its share, ${
+    awayAtEnd ? (times === 1 ? "to the end: Redis did not come back" : "the last time to the end: Redis did not come back") : "until Redis was back"
+  }`
 
 /** What stopped a run a file failed: the output stops it at once, the input after a drain. */
 const abortedBecause = {
@@ -322,7 +327,7 @@ export const format = (summary: Summary): string => {
     `cost:      ${costLine(spend)}`,
     ...(accounts.length === 0 ? [] : ["accounts:", ...accounts.map(([name, account]) => accountLine(name, account))]),
     `elapsed:   ${Duration.isZero(summary.elapsed) ? "0ms" : Duration.format(summary.elapsed)}`,
-    ...(summary.redisLocalMode === 0 ? [] : [`redis:     ${redisLine(summary.redisLocalMode)}`]),
+    ...(summary.redisLocalMode === 0 ? [] : [`redis:     ${redisLine(summary.redisLocalMode, summary.redisAwayAtEnd)}`]),
     ...(summary.interrupted ? [`stopped:   ${stoppedLine(summary)}`] : [])
   ].join("\n")
 }
