@@ -366,6 +366,24 @@ describe("AiLanguageModel", () => {
       MockUpstream.sse(MockUpstream.events(generation, { done: false }).slice(0, 3))
     ]))))
 
+  it.scopedLive("a stream that stalls after content, over loopback, fails at the idle deadline: an UnknownError whose cause is the DeadlineExceeded", () =>
+    Effect.gen(function*() {
+      const simulator = yield* Simulator.make({ faults: { script: ["stall"] } })
+      const client = Resilient.layerDefault({
+        baseUrl: simulator.baseUrl,
+        keys: [Redacted.make(Simulator.defaultKey)],
+        retry: { maxRetries: 0 },
+        deadlines: { idle: "300 millis" }
+      })
+      // Every call of @effect/ai runs in a span of its own.
+      const { error } = yield* settle(LanguageModel.streamText({ prompt: "Forecast?" })).pipe(
+        Effect.provide(AiLanguageModel.layer({ model }).pipe(Layer.provide(client))),
+        Effect.timeout("10 seconds")
+      )
+      expect(error?._tag).toBe("UnknownError")
+      expect(error && AiLanguageModel.resilientError(error)).toMatchObject({ _tag: "DeadlineExceeded", reason: "idle" })
+    }))
+
   it.effect("a request the server refuses as invalid is a MalformedInput with the InvalidRequest as cause", () =>
     Effect.gen(function*() {
       const error = yield* Effect.flip(LanguageModel.generateText({ prompt: "Forecast?" }))
