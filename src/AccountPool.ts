@@ -239,6 +239,12 @@ export interface Capacity {
    */
   readonly stalled: boolean
   /**
+   * Calls of this process waiting for a model no account may serve now, nor is about to (the
+   * accounts that serve it out, those that may serve serving other models): each waits up to its
+   * `maxWait`, holding no permit.
+   */
+  readonly unserved: number
+  /**
    * Completes when the pool may have more room than at this reading (a lane's limit rose, a lane
    * opened, an account came back, a permit was released with no call waiting for it); at once if
    * it already has.

@@ -826,7 +826,8 @@ const sender = (
  * pool may have more room (a fiber of the scope watches it): lines wait for permits only when the
  * pool's limits drop, never as a standing queue, whose every call would pay the pool's wait. While
  * no account may serve (`Capacity.stalled`), up to `defaultConcurrency` lines wait for one side by
- * side, each up to its `maxWait`, rather than each after the one before.
+ * side, each up to its `maxWait`, rather than each after the one before; so do lines of a model no
+ * account may serve (`Capacity.unserved`), and the lines after them start as if they were not there.
  */
 const readAheadOf = (concurrency: number | undefined): Effect.Effect<ReadAhead.ReadAhead, never, Scope.Scope> =>
   Effect.flatMap(Effect.serviceOption(AccountPool), (pool) => {
@@ -836,10 +837,12 @@ const readAheadOf = (concurrency: number | undefined): Effect.Effect<ReadAhead.R
     }
     const { capacity } = pool.value
     const readAhead = ReadAhead.make((running) =>
-      Effect.map(
-        capacity,
-        ({ free, permits, stalled }) => running === 0 || ((free > 0 || stalled) && running < permits + defaultConcurrency)
-      )
+      Effect.map(capacity, ({ free, permits, stalled, unserved }) => {
+        const bound = running < permits + defaultConcurrency
+        // Lines waiting for a model no account may serve hold no permit: the others go on.
+        const holding = running - Math.min(unserved, defaultConcurrency)
+        return holding <= 0 ? running === 0 || bound : (free > 0 || stalled) && bound
+      })
     )
     // The next reading is taken before the signal, so a change in between is never missed.
     const watch = (changed: Effect.Effect<void>): Effect.Effect<never> =>

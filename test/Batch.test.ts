@@ -33,6 +33,7 @@ import type { ChatCompletionRequest } from "../src/ChatSchema.js"
 import * as CostLedger from "../src/CostLedger.js"
 import * as Files from "../src/internal/batchFiles.js"
 import * as Demo from "../app/cli/batchDemo.js"
+import type { Account } from "../src/Accounts.js"
 import * as wire from "../src/internal/wire.js"
 import { type CallOptions, Resilient } from "../src/Resilient.js"
 import * as Router from "../src/Router.js"
@@ -101,7 +102,7 @@ const withPoolDouble = <ROut, E, RIn>(
       ...pool,
       create: () => Effect.die("unused"),
       stream: () => Stream.die("unused"),
-      capacity: Effect.succeed({ permits: 24, free: 24, stalled: false, changed: Effect.never }),
+      capacity: Effect.succeed({ permits: 24, free: 24, stalled: false, unserved: 0, changed: Effect.never }),
       scrub: (text) => text
     }))
   )
@@ -1992,6 +1993,41 @@ describe("Batch.run while no account can serve", () => {
       )
       expect(summary).toMatchObject({ requests: lines, failed: lines, failures: { NoAccountAvailable: lines } })
       expect((yield* simulator.stats).requests).toBeLessThan(lines / 10)
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)), 15_000)
+})
+
+describe("Batch.run with a model no account can serve", () => {
+  it.live("its lines wait side by side, and hold back none of the lines another account serves", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      const pro = (id: string) =>
+        JSON.stringify({
+          custom_id: id,
+          method: "POST",
+          url: "/v1/chat/completions",
+          body: { model: "deepseek-v4-pro", messages: [{ role: "user", content: id }] }
+        })
+      // The pro lines first: only a serves pro, and a is out of balance; b serves flash.
+      yield* ws.writeInput([...Array.from({ length: 10 }, (_, i) => pro(`p-${i}`)), ...Array.from({ length: 10 }, (_, i) => request(`f-${i}`))])
+      const simulator = yield* Simulator.make({ accounts: { a: { keys: ["sk-test-a"], balance: 0 }, b: { keys: ["sk-test-b"] } } })
+      const accounts: ReadonlyArray<Account> = [
+        { ...Demo.demoAccount(simulator.baseUrl), name: "a", keys: [Redacted.make("sk-test-a")] },
+        {
+          name: "b",
+          provider: "openai-compatible",
+          baseUrl: simulator.baseUrl,
+          keys: [Redacted.make("sk-test-b")],
+          fallback: false,
+          models: { "deepseek-v4-flash": "deepseek-v4-flash" }
+        }
+      ]
+      const stack = Batch.layerAccounts(accounts, { ledger: CostLedger.layer(), router: Router.layerDefault })
+      const summary = yield* Effect.timeoutFail(
+        Batch.run({ ...ws, callOptions: { maxWait: "1 second" } }).pipe(Effect.provide(stack)),
+        // One wait, with room for a busy machine; the pro lines one after another are 10 × 1 s.
+        { duration: "4 seconds", onTimeout: () => new Error("the lines no account can serve waited one after another") }
+      )
+      expect(summary).toMatchObject({ succeeded: 10, failed: 10, failures: { NoAccountAvailable: 10 } })
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)), 15_000)
 })
 

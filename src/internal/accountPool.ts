@@ -376,6 +376,7 @@ class CapacityReading implements Capacity {
     readonly permits: number,
     readonly free: number,
     readonly stalled: boolean,
+    readonly unserved: number,
     private readonly changes: Signal,
     private readonly seen: number
   ) {}
@@ -912,9 +913,10 @@ export const makeWith = <R>(
       }
       const entry = dispatcher.enter(lane, options?.priority ?? "interactive", excluded, isReturning(request, lane, excluded))
       publishQueued(lane)
-      return entry._tag === "Granted"
-        ? Effect.sync(() => placedOn(entry.grant))
-        : Effect.map(awaitGrant(entry.waiter, restore, options, excluded), placedOn)
+      if (entry._tag === "Granted") return Effect.sync(() => placedOn(entry.grant))
+      // A call no account may serve waits without a permit: a batch reading ahead may start others.
+      if (!members.some(({ slot }) => slot.serves(lane) && (slot.available || slot.pending))) roomMayHaveGrown()
+      return Effect.map(awaitGrant(entry.waiter, restore, options, excluded), placedOn)
     }
 
     const placedOn = (grant: LaneGrant): Placed => {
@@ -1423,8 +1425,8 @@ export const makeWith = <R>(
     // Told once the start's checks are done: a key the preflight found rejected is in the snapshot then.
     const unreachable = Effect.zipLeft(Fiber.join(warmedUp), Fiber.awaitAll(preflights))
     const capacity = Effect.sync((): Capacity => {
-      const { free, permits, stalled } = dispatcher.capacity()
-      return new CapacityReading(permits, free, stalled, roomChanges, roomChanges.notified)
+      const { free, permits, stalled, unserved } = dispatcher.capacity()
+      return new CapacityReading(permits, free, stalled, unserved, roomChanges, roomChanges.notified)
     })
 
     return { create, stream, snapshot, capacity, unreachable, scrub }

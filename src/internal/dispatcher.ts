@@ -235,18 +235,22 @@ export interface Room {
   readonly permits: number
   readonly free: number
   readonly stalled: boolean
+  readonly unserved: number
 }
 
 /**
  * Permits the accounts that may serve could hold at once (the limits of their lanes, each
  * account's within its cap), how many a new call could take now (per model, the free permits
  * less the calls waiting for one: a model whose calls wait takes none from another's), and
- * whether no account may serve nor is about to (its balance being checked). A lane's free permits
- * are at least `share(lane)`: what is left of this process's share when others hold the lane.
+ * whether no account may serve nor is about to (its balance being checked), and the calls of
+ * `waiting` (the models calls wait for) that wait for a model no account may serve nor is about
+ * to. A lane's free permits are at least `share(lane)`: what is left of this process's share when
+ * others hold the lane.
  */
 export const capacityOf = (
   accounts: ReadonlyArray<AccountSlot>,
   queued: (model: string) => number,
+  waiting: Iterable<string>,
   share: (lane: Lane) => number = noShare
 ): Room => {
   let permits = 0
@@ -281,8 +285,14 @@ export const capacityOf = (
   }
   let free = 0
   for (let at = 0; at < models.length; at++) free += Math.max(0, rooms[at]! - queuedOn(lanesOf[at]!, queued))
-  return { permits, free, stalled }
+  let unserved = 0
+  for (const model of waiting) if (!maySoonServe(accounts, model)) unserved += queued(model)
+  return { permits, free, stalled, unserved }
 }
+
+/** Whether an account may serve a call to `model` now, or is about to (its balance being checked). */
+const maySoonServe = (accounts: ReadonlyArray<AccountSlot>, model: string): boolean =>
+  accounts.some((account) => mayServe(accounts, account, model, noneExcluded) || (account.pending && account.serves(model)))
 
 /** Whether its account may serve a call of any model `lane` serves. */
 const servesAny = (accounts: ReadonlyArray<AccountSlot>, lane: Lane): boolean => {
@@ -321,7 +331,7 @@ export class Dispatcher implements Lanes {
   }
 
   capacity(): Room {
-    return capacityOf(this.accounts, (model) => this.queued(model))
+    return capacityOf(this.accounts, (model) => this.queued(model), this.waiting.keys())
   }
 
   /**

@@ -755,7 +755,7 @@ export const make = (
         if (local !== undefined) return local.queued(model)
         return model === undefined ? tickets.size : queuedByModel.get(model) ?? 0
       },
-      capacity: () => local?.capacity() ?? capacityOf(slots, (model) => queuedByModel.get(model) ?? 0, shareLeft),
+      capacity: () => local?.capacity() ?? capacityOf(slots, (model) => queuedByModel.get(model) ?? 0, queuedByModel.keys(), shareLeft),
       enter: (model, priority, excluded, returning = false): Entry => {
         if (local !== undefined) return local.enter(model, priority, excluded, returning)
         const waiter: Waiter = { model, excluded, returning, wake: Deferred.unsafeMake<void>(FiberId.none), grant: undefined }
