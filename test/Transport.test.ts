@@ -562,7 +562,10 @@ describe("Transport layers and spans", () => {
         ["https://api.example.com/?key=sk-secret", "expected an http(s) URL without a ?query or #fragment: /chat/completions is appended to it"],
         ["api.example.com", `expected an http(s) URL such as https://api.deepseek.com, got "api.example.com"`],
         // The endpoint pasted whole: every call went to /chat/completions/chat/completions, a 404.
-        ["https://api.example.com/v1/chat/completions", "expected the API's base URL, not its chat endpoint: /chat/completions is appended to it; leave it out"]
+        ["https://api.example.com/v1/chat/completions", "expected the API's base URL, not its chat endpoint: /chat/completions is appended to it; leave it out"],
+        // An env file's line that ends in a space: the host became "api.example.com " in every call's URL.
+        ["https://api.example.com/v1 ", "expected an http(s) URL with no space in or around it (a line of an env file may end in one)"],
+        ["http://127.0.0.1:8080 ", "expected an http(s) URL with no space in or around it (a line of an env file may end in one)"]
       ] as const) {
         const error = yield* Effect.flip(Layer.build(Transport.layerConfig).pipe(
           Effect.provide(MockUpstream.layer([])),

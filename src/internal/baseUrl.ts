@@ -14,11 +14,15 @@ import { clipped } from "./text.js"
 const notHttpUrl = "expected an http(s) URL"
 
 /**
- * What is wrong with a base URL, if anything: not http(s); credentials in it (`user:pass@`: they
- * would reach traces as `url.full`, and keys go in `keys`); a query or fragment (the path
- * `/chat/completions` is appended to it).
+ * What is wrong with a base URL, if anything: a space in or around it; not http(s); credentials in
+ * it (`user:pass@`: they would reach traces as `url.full`, and keys go in `keys`); a query or
+ * fragment (the path `/chat/completions` is appended to it).
  */
 export const problemOf = (text: string): string | undefined => {
+  // URL's parser drops the spaces around a URL, but the path is appended to the text as it is.
+  if (/\s/.test(text) && URL.canParse(text.trim())) {
+    return "expected an http(s) URL with no space in or around it (a line of an env file may end in one)"
+  }
   const url = URL.canParse(text) ? new URL(text) : undefined
   if (url === undefined || (url.protocol !== "http:" && url.protocol !== "https:")) return notHttpUrl
   if (url.username !== "" || url.password !== "") return "expected an http(s) URL without credentials (user:password@): keys are given apart from it"
