@@ -592,6 +592,12 @@ export const unmeteredCounter: Metric.Metric.Counter<number> = internal.unmetere
 export const budgetRemainingGauge: Metric.Metric.Gauge<number> = internal.budgetRemainingGauge
 
 /** Said once, by the attempt that spent the budget: from then on `guard` refuses every call. */
+/** The first billed attempt of a model without a price: with a budget, its calls are not held to it. */
+const unpricedMessage = (model: string, budgetPico: bigint | undefined): string =>
+  `CostLedger: no price for model ${JSON.stringify(model)}; its cost is not counted${
+    budgetPico === undefined ? "" : `, nor held to the budget ($${internal.usdOfPico(budgetPico)}): its calls go on past it`
+  }`
+
 const budgetSpentMessage = (spentPico: bigint, budgetPico: bigint): string =>
   `CostLedger: the budget of $${internal.usdOfPico(budgetPico)} is spent ($${internal.usdOfPico(spentPico)}); new calls are refused`
 
@@ -670,7 +676,7 @@ export const make = (options: Options = {}): Effect.Effect<Service> =>
         return Effect.as(
           Effect.all([
             firstUnpriced
-              ? Effect.logWarning(`CostLedger: no price for model ${JSON.stringify(entry.model)}; its cost is not counted`)
+              ? Effect.logWarning(unpricedMessage(entry.model, budgetPico))
               : Effect.void,
             spentBudget ? Effect.logWarning(budgetSpentMessage(book.spent.value, budgetPico)) : Effect.void
           ]),

@@ -287,6 +287,14 @@ describe("CostLedger ledger", () => {
       )
       expect(costs.map((cost) => cost._tag)).toEqual(["Unpriced", "Unpriced", "Unpriced"])
       expect(warnings).toEqual([["CostLedger: no price for model \"mystery\"; its cost is not counted"]])
+      // With a budget, which that cost can then not count against: said so.
+      const budgeted = yield* CostLedger.make({ pricing: flatPricing, budgetUsd: 5 })
+      yield* budgeted.record({ account: "a", model: "mystery", usage: flashUsage, disposition: "kept" }).pipe(
+        Effect.provide(Logger.replace(Logger.defaultLogger, logger))
+      )
+      expect(warnings[1]).toEqual([
+        "CostLedger: no price for model \"mystery\"; its cost is not counted, nor held to the budget ($5): its calls go on past it"
+      ])
       yield* ledger.record({ account: "a", model: "deepseek-v4-flash", usage: flashUsage, disposition: "kept" })
       // An attempt with no usage (a 429) billed nothing: no cost is left uncounted.
       yield* ledger.record({ account: "a", model: "mystery", usage: undefined, disposition: "discarded" })
