@@ -314,7 +314,8 @@ export const keysProblem = (keys: ReadonlyArray<Redacted.Redacted<string>>): str
 
 /**
  * Keys from `DEEPSEEK_API_KEY`: one key, or several separated by commas. None (unset, empty or
- * only commas) is missing data; a key that no request header can carry (`keysProblem`) is invalid.
+ * only commas) is missing data; a key that no request header can carry (`keysProblem`), or one
+ * listed twice, is invalid.
  *
  * @since 0.1.0
  * @category config
@@ -325,9 +326,16 @@ export const keysConfig: Config.Config<ReadonlyArray<Redacted.Redacted<string>>>
   // Read as the string it is (so that its problems name the variable), redacted at once.
   const keys = parseKeyList(Redacted.make(value))
   if (keys.length === 0) return Either.left(ConfigError.MissingData([], "expected at least one key"))
-  const problem = keysProblem(keys)
+  const problem = keysProblem(keys) ?? repeatedKey(keys)
   return problem === undefined ? Either.right(keys) : Either.left(ConfigError.InvalidData([], problem))
 }))
+
+/** A key listed twice, by its places: a key the upstream rejects would be sent again under its second label. */
+const repeatedKey = (keys: ReadonlyArray<Redacted.Redacted<string>>): string | undefined => {
+  const values = keys.map(Redacted.value)
+  const again = values.findIndex((key, index) => values.indexOf(key) < index)
+  return again < 0 ? undefined : `key#${again + 1} is key#${values.indexOf(values[again]!) + 1} again: list each key once`
+}
 
 /**
  * A pool over the keys in `DEEPSEEK_API_KEY`.

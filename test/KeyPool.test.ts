@@ -134,4 +134,13 @@ describe("KeyPool", () => {
     }).pipe(
       Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["DEEPSEEK_API_KEY", " sk-one , ,sk-two "]])))
     ))
+
+  it.effect("refuses a key DEEPSEEK_API_KEY lists twice, naming it by its place, as the accounts file does", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(KeyPool.keysConfig)
+      expect(String(error)).toContain("key#3 is key#1 again: list each key once")
+      expect(String(error)).not.toContain("sk-one")
+    }).pipe(
+      Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["DEEPSEEK_API_KEY", "sk-one,sk-two,sk-one"]])))
+    ))
 })
