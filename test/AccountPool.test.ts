@@ -422,6 +422,20 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)), capturingLogs(logs))
   })
 
+  it.effect("preflight: a base URL that redirects (http:// to https://, say) is told at start, with where to: no call follows a redirect", () => {
+    const logs: Array<Logged> = []
+    const moved: Handler = () => MockUpstream.status(301, { headers: { location: "https://a.test/user/balance" }, body: "<html>moved</html>" })
+    const setup: Setup = { accounts: [account("a", ["sk-a"], { baseUrl: "http://a.test" })], handlers: { a: moved } }
+    return Effect.gen(function*() {
+      yield* settle
+      expect(logs.filter((log) => log.message.includes("balance check")).map((log) => [log.level, log.message])).toEqual([[
+        "WARN",
+        "AccountPool: account a: its balance check (GET http://a.test/user/balance) answered 301, a redirect to https://a.test/user/balance: " +
+        "calls follow no redirect (their key would go along), so they will fail as well; give the base URL it points to"
+      ]])
+    }).pipe(Effect.provide(poolLayer(setup)), capturingLogs(logs))
+  })
+
   it.effect("preflight: a DeepSeek base URL ending in /v1 (its OpenAI-compatible alias) has its balance asked at the API root", () => {
     const logs: Array<Logged> = []
     const setup: Setup = {

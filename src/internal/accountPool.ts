@@ -342,6 +342,14 @@ const probeBalance = (client: HttpClient.HttpClient, member: Member, scrub: Scru
         yield* member.keys.reject(credential)
         return yield* askWithNextKey(new Set(tried).add(credential.id))
       }
+      if (response.status >= 300 && response.status < 400) {
+        yield* Effect.logWarning(scrub(
+          `AccountPool: account ${member.name}: its balance check (GET ${url}) answered ${response.status}, a redirect to ${
+            clipped(response.headers["location"] ?? "(no location)", 200)
+          }: calls follow no redirect (their key would go along), so they will fail as well; give the base URL it points to`
+        ))
+        return "failed"
+      }
       if (response.status < 200 || response.status >= 300) return "failed"
       const text = yield* response.text
       const balance = parseBalance(text)
