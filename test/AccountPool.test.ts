@@ -422,6 +422,26 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)), capturingLogs(logs))
   })
 
+  it.effect("an account reached over plain http:// on another machine is told at start: its keys cross the network in the clear", () => {
+    const logs: Array<Logged> = []
+    const setup: Setup = {
+      accounts: [
+        account("a", ["sk-a"], { baseUrl: "http://a.test/v1" }),
+        account("b", ["sk-b"], { baseUrl: "http://127.0.0.1:9/" }),
+        account("c", ["sk-c"], { baseUrl: "http://[::1]:9/" })
+      ],
+      handlers: { a: healthy(), b: healthy(), c: healthy() },
+      options: { preflight: false }
+    }
+    return Effect.gen(function*() {
+      yield* settle
+      expect(logs.filter((log) => log.message.includes("http://")).map((log) => [log.level, log.message])).toEqual([[
+        "WARN",
+        "AccountPool: account a: its base URL is plain http:// to a.test, another machine: its keys cross the network unencrypted (https:// would keep them private)"
+      ]])
+    }).pipe(Effect.provide(poolLayer(setup)), capturingLogs(logs))
+  })
+
   it.effect("preflight: a base URL that redirects (http:// to https://, say) is told at start, with where to: no call follows a redirect", () => {
     const logs: Array<Logged> = []
     const moved: Handler = () => MockUpstream.status(301, { headers: { location: "https://a.test/user/balance" }, body: "<html>moved</html>" })

@@ -20,7 +20,7 @@ import type { Handler } from "./support/rawServer.js"
 import * as Http from "node:http"
 import * as Net from "node:net"
 import * as NodeZlib from "node:zlib"
-import { isLoopback } from "../app/gateway/auth.js"
+import { isLoopback } from "../src/internal/loopback.js"
 import { waitingCaps } from "../app/gateway/chat.js"
 import { Traffic } from "../app/gateway/traffic.js"
 

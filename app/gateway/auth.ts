@@ -8,8 +8,8 @@ import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import { createHash, timingSafeEqual } from "node:crypto"
-import { BlockList, isIP } from "node:net"
 import { parseKeyList } from "../../src/KeyPool.js"
+import { isLoopback } from "../../src/internal/loopback.js"
 import { RefusedBrowser, Unauthorized } from "./errors.js"
 
 /**
@@ -21,27 +21,6 @@ export const gatewayKeysConfig: Config.Config<ReadonlyArray<Redacted.Redacted<st
 ).pipe(Config.option, Config.map(Option.match({ onNone: () => [], onSome: parseKeyList })))
 
 const digest = (text: string): Buffer => createHash("sha256").update(text).digest()
-
-/** 127.0.0.0/8 and ::1; an IPv4-mapped address (`::ffff:127.0.0.1`) is checked as the IPv4 one. */
-const loopbackAddresses = new BlockList()
-loopbackAddresses.addSubnet("127.0.0.0", 8, "ipv4")
-loopbackAddresses.addAddress("::1", "ipv6")
-
-/** An IPv6 address without the brackets a URL or a `Host` header puts around it (`[::1]` is `::1`). */
-export const unbracketed = (host: string): string => host.startsWith("[") && host.endsWith("]") ? host.slice(1, -1) : host
-
-/**
- * Hosts that only this machine can reach: serving on them without gateway keys is allowed.
- * `localhost`, or a loopback address however it is written (`0:0:0:0:0:0:0:1` is `::1`), an
- * IPv6 one also in brackets as a `Host` header gives it.
- */
-export const isLoopback = (host: string): boolean => {
-  const address = unbracketed(host)
-  // The usual spellings first: `BlockList.check` builds a `SocketAddress`, some 7 µs a request.
-  if (address === "127.0.0.1" || address === "::1") return true
-  const family = isIP(address)
-  return host === "localhost" || (family !== 0 && loopbackAddresses.check(address, family === 6 ? "ipv6" : "ipv4"))
-}
 
 /** The host name of a `Host` header (`127.0.0.1:8787`, `[::1]:8787`), lower case. */
 const hostOfHeader = (header: string): string => /^(\[[^\]]*\]|[^:]*)/.exec(header.trim())![1]!.toLowerCase()

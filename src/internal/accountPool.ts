@@ -39,6 +39,7 @@ import * as Redis from "../Redis.js"
 import * as AccountModels from "./accountModels.js"
 import * as BaseUrl from "./baseUrl.js"
 import * as LimiterInternal from "./concurrencyLimiter.js"
+import { isLoopback } from "./loopback.js"
 import * as AttemptRecords from "./attemptRecords.js"
 import { picoOfUsd, usdOfPico } from "./costLedger.js"
 import { AccountSlot, Dispatcher, Lane, type LaneGrant, type Lanes, queuedOn, type Waiter } from "./dispatcher.js"
@@ -392,6 +393,15 @@ class CapacityReading implements Capacity {
   get changed(): Effect.Effect<void> {
     return this.changes.since(this.seen)
   }
+}
+
+/** Warns of an account reached over plain `http://` on another machine: its keys would cross a network unencrypted. */
+const warnIfInTheClear = (member: Member): Effect.Effect<void> => {
+  const { hostname, protocol } = new URL(member.account.baseUrl)
+  return protocol !== "http:" || isLoopback(hostname) ? Effect.void : Effect.logWarning(
+    `AccountPool: account ${member.name}: its base URL is plain http:// to ${hostname}, another machine: ` +
+      "its keys cross the network unencrypted (https:// would keep them private)"
+  )
 }
 
 /** Opens connections to an origin ahead of need: an undici client's (`Connector.preconnect`). */
@@ -1409,6 +1419,7 @@ export const makeWith = <R>(
         ),
         Effect.forkScoped
       ), { discard: true })
+    yield* Effect.forEach(members, warnIfInTheClear, { discard: true })
     const markedOut = yield* Effect.filter(members, (member) => member.sharedBalance.isOut)
     yield* Effect.forEach(markedOut, (member) => takeOutOfBalance(member, "another process found it out"), { discard: true })
     const toProbe = members.filter((member) => probesKeys(member) && !markedOut.includes(member))

@@ -16,6 +16,7 @@ import type { Socket } from "node:net"
 import type { buildConnector } from "undici"
 import type { ProxyOptions } from "../Transport.js"
 import { assertValid } from "./options.js"
+import { unbracketed } from "./loopback.js"
 
 /** The proxies of each kind of upstream, and the hosts reached directly. */
 export interface Proxies {
@@ -49,9 +50,6 @@ const matches = (entry: string, hostname: string, port: string): boolean => {
   const name = rule.host.replace(/^\*?\./, "")
   return name !== "" && (hostname === name || hostname.endsWith(`.${name}`))
 }
-
-/** An IPv6 address as a URL's `hostname` has it, in brackets, without them. */
-const unbracketed = (hostname: string): string => hostname.replace(/^\[(.*)\]$/, "$1")
 
 /** The port a connection to `target` is made on. */
 const portOf = (target: buildConnector.Options): string =>
