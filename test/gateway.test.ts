@@ -21,6 +21,8 @@ import * as Http from "node:http"
 import * as Net from "node:net"
 import * as NodeZlib from "node:zlib"
 import { isLoopback } from "../src/internal/loopback.js"
+import { gatewayKeysConfig } from "../app/gateway/auth.js"
+import * as ConfigProvider from "effect/ConfigProvider"
 import { waitingCaps } from "../app/gateway/chat.js"
 import { Traffic } from "../app/gateway/traffic.js"
 
@@ -537,6 +539,13 @@ describe("weatherproof serve, with the openai client", () => {
       expect(undecodable.status).toBe(404)
       expect(yield* attempt(() => undecodable.json())).toMatchObject({ error: { code: "not_found" } })
     }))
+
+  it.effect("WEATHERPROOF_GATEWAY_KEYS with keys separated by spaces is refused, never quoted: it was taken as one key", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(gatewayKeysConfig)
+      expect(String(error)).toContain("key#1 holds a space, a line break or another character a request header cannot carry (keys are separated by commas)")
+      expect(String(error)).not.toContain("gw-key-1")
+    }).pipe(Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["WEATHERPROOF_GATEWAY_KEYS", "gw-key-1 gw-key-2"]])))))
 
   it("a loopback host is one however it is written; every other address or name is not", () => {
     const loopback = ["localhost", "127.0.0.1", "127.1.2.3", "::1", "[::1]", "0:0:0:0:0:0:0:1", "[0::1]", "::ffff:127.0.0.1", "::ffff:7f00:1"]

@@ -4,21 +4,31 @@
  * time, so neither a key's content nor its length leaks through timing.
  */
 import * as Config from "effect/Config"
+import * as ConfigError from "effect/ConfigError"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import { createHash, timingSafeEqual } from "node:crypto"
-import { parseKeyList } from "../../src/KeyPool.js"
+import { keysProblem, parseKeyList } from "../../src/KeyPool.js"
 import { isLoopback } from "../../src/internal/loopback.js"
 import { RefusedBrowser, Unauthorized } from "./errors.js"
 
 /**
  * `WEATHERPROOF_GATEWAY_KEYS`: the keys clients must present, separated by commas; none when
- * unset or empty.
+ * unset or empty. A key no request header can carry (`KeyPool.keysProblem`: keys separated by
+ * spaces, say) is refused: no client could present it.
  */
 export const gatewayKeysConfig: Config.Config<ReadonlyArray<Redacted.Redacted<string>>> = Config.redacted(
   "WEATHERPROOF_GATEWAY_KEYS"
-).pipe(Config.option, Config.map(Option.match({ onNone: () => [], onSome: parseKeyList })))
+).pipe(
+  Config.option,
+  Config.map(Option.match({ onNone: () => [], onSome: parseKeyList })),
+  Config.mapOrFail((keys) => {
+    const problem = keysProblem(keys)
+    return problem === undefined ? Either.right(keys) : Either.left(ConfigError.InvalidData(["WEATHERPROOF_GATEWAY_KEYS"], problem))
+  })
+)
 
 const digest = (text: string): Buffer => createHash("sha256").update(text).digest()
 
