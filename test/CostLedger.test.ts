@@ -10,6 +10,7 @@ import * as Exit from "effect/Exit"
 import * as FastCheck from "effect/FastCheck"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
+import * as LogLevel from "effect/LogLevel"
 import * as Metric from "effect/Metric"
 import * as Ref from "effect/Ref"
 import * as TestClock from "effect/TestClock"
@@ -20,6 +21,9 @@ import * as internal from "../src/internal/costLedger.js"
 import { flatPricing } from "./support/pricing.js"
 
 const dispositions: ReadonlyArray<CostLedger.Disposition> = ["kept", "discarded", "truncated", "failed"]
+
+/** Without the warnings of the models a property draws that have no price. */
+const quiet = Logger.withMinimumLogLevel(LogLevel.None)
 
 /** DeepSeek-style usage with the cache split and reasoning tokens. */
 const usage = (hit: number, miss: number, completion: number, reasoning = 0): Usage => ({
@@ -357,7 +361,7 @@ describe("CostLedger ledger", () => {
         const ledger = yield* CostLedger.make({ pricing: flatPricing })
         yield* Effect.forEach(entries, ledger.record, { discard: true })
         return yield* ledger.snapshot
-      }))
+      }).pipe(quiet))
     FastCheck.assert(
       FastCheck.property(entriesAndShuffle, ([entries, shuffled]) => {
         const inOrder = snapshotOf(entries)
@@ -403,7 +407,7 @@ describe("CostLedger ledger", () => {
           if (reclassified) for (const next of to) internal.reclassifiers.get(entry)?.(next)
         }
         return yield* ledger.snapshot
-      }))
+      }).pipe(quiet))
     FastCheck.assert(
       FastCheck.property(FastCheck.array(change, { maxLength: 20 }), (changes) => {
         expect(snapshotOf(changes, true)).toEqual(snapshotOf(changes, false))
