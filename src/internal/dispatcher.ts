@@ -286,7 +286,10 @@ export const capacityOf = (
   let free = 0
   for (let at = 0; at < models.length; at++) free += Math.max(0, rooms[at]! - queuedOn(lanesOf[at]!, queued))
   let unserved = 0
-  for (const model of waiting) if (!maySoonServe(accounts, model)) unserved += queued(model)
+  for (const model of waiting) {
+    const calls = queued(model)
+    if (calls > 0 && !maySoonServe(accounts, model)) unserved += calls
+  }
   return { permits, free, stalled, unserved }
 }
 
