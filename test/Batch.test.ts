@@ -2031,6 +2031,41 @@ describe("Batch.run with a model no account can serve", () => {
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)), 15_000)
 })
 
+describe("Batch.run with more lines of a model no account can serve than wait side by side", () => {
+  it.live("once one waited out its maxWait, the rest of that model fail at once, not one wait per wave", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      const lines = 600
+      yield* ws.writeInput(Array.from({ length: lines }, (_, i) =>
+        JSON.stringify({
+          custom_id: `p-${i}`,
+          method: "POST",
+          url: "/v1/chat/completions",
+          body: { model: "deepseek-v4-pro", messages: [{ role: "user", content: `p-${i}` }] }
+        })))
+      // Only a serves pro, and a is out of balance; b serves flash, and is never asked.
+      const simulator = yield* Simulator.make({ accounts: { a: { keys: ["sk-test-a"], balance: 0 }, b: { keys: ["sk-test-b"] } } })
+      const accounts: ReadonlyArray<Account> = [
+        { ...Demo.demoAccount(simulator.baseUrl), name: "a", keys: [Redacted.make("sk-test-a")] },
+        {
+          name: "b",
+          provider: "openai-compatible",
+          baseUrl: simulator.baseUrl,
+          keys: [Redacted.make("sk-test-b")],
+          fallback: false,
+          models: { "deepseek-v4-flash": "deepseek-v4-flash" }
+        }
+      ]
+      const stack = Batch.layerAccounts(accounts, { ledger: CostLedger.layer(), router: Router.layerDefault })
+      const summary = yield* Effect.timeoutFail(
+        Batch.run({ ...ws, callOptions: { maxWait: "2 seconds" } }).pipe(Effect.provide(stack)),
+        // One wait, with room for a busy machine; a wave of 256 lines per wait is 3 × 2 s.
+        { duration: "4500 millis", onTimeout: () => new Error("the lines waited a wave after another (3 × 2 s)") }
+      )
+      expect(summary).toMatchObject({ requests: lines, failed: lines, failures: { NoAccountAvailable: lines } })
+    }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)), 15_000)
+})
+
 describe("Batch.run over an upstream that cannot be reached", () => {
   it.live("fails at once with UpstreamUnreachable when no account's origin can be connected to: nothing locked, written or sent", () =>
     Effect.gen(function*() {

@@ -639,6 +639,17 @@ export const makeWith = <R>(
     let outageSince: number | undefined
     let waitedOutMillis = 0
 
+    /**
+     * The same for a model no account may serve while others serve other models (the accounts
+     * that serve it out of balance, say), by lane: since when, and the longest wait that ran out.
+     * Cleared when an account that serves the model serves again.
+     */
+    const modelOutages = new Map<string, { readonly since: number; waitedOut: number }>()
+
+    /** Whether an account that serves `lane` may serve now, or is about to. */
+    const laneMayBeServedSoon = (lane: string): boolean =>
+      members.some(({ slot }) => slot.serves(lane) && (slot.available || slot.pending))
+
     /** Whether an account `excluded` leaves may serve now, or is about to (its balance being checked). */
     const someMayServeSoon = (excluded: ReadonlySet<number>): boolean =>
       members.some(({ slot }) => !excluded.has(slot.index) && (slot.available || slot.pending))
@@ -684,6 +695,7 @@ export const makeWith = <R>(
         if (unavailable === undefined && breaker._tag !== "HalfOpen") {
           outageSince = undefined
           waitedOutMillis = 0
+          for (const lane of modelOutages.keys()) if (member.slot.serves(lane)) modelOutages.delete(lane)
         } else if (unavailable !== undefined && outageSince === undefined && !members.some(({ slot }) => slot.available)) {
           outageSince = now()
         }
@@ -926,14 +938,22 @@ export const makeWith = <R>(
       restore: Restore
     ): Effect.Effect<Placed, ApiError.NoAccountAvailable> => {
       const lane = laneModel(request.model)
-      if (!mayBePlaced(excluded) || (waitedOutMillis > 0 && maxWaitOf(options) <= waitedOutMillis && !someMayServeSoon(excluded))) {
+      const maxWait = maxWaitOf(options)
+      if (!mayBePlaced(excluded) || (waitedOutMillis > 0 && maxWait <= waitedOutMillis && !someMayServeSoon(excluded))) {
+        return Effect.fail(noAccount(lane, excluded))
+      }
+      const modelOutage = modelOutages.get(lane)
+      if (modelOutage !== undefined && modelOutage.waitedOut > 0 && maxWait <= modelOutage.waitedOut && !laneMayBeServedSoon(lane)) {
         return Effect.fail(noAccount(lane, excluded))
       }
       const entry = dispatcher.enter(lane, options?.priority ?? "interactive", excluded, isReturning(request, lane, excluded))
       publishQueued(lane)
       if (entry._tag === "Granted") return Effect.sync(() => placedOn(entry.grant))
-      // A call no account may serve waits without a permit: a batch reading ahead may start others.
-      if (!members.some(({ slot }) => slot.serves(lane) && (slot.available || slot.pending))) roomMayHaveGrown()
+      if (!laneMayBeServedSoon(lane)) {
+        if (modelOutage === undefined) modelOutages.set(lane, { since: now(), waitedOut: 0 })
+        // A call no account may serve waits without a permit: a batch reading ahead may start others.
+        roomMayHaveGrown()
+      }
       return Effect.map(awaitGrant(entry.waiter, restore, options, excluded), placedOn)
     }
 
@@ -995,6 +1015,10 @@ export const makeWith = <R>(
         Effect.sleep(Duration.millis(maxWait)),
         Effect.suspend(() => {
           if (outageSince !== undefined && outageSince <= enteredAt) waitedOutMillis = Math.max(waitedOutMillis, maxWait)
+          const modelOutage = modelOutages.get(waiter.model)
+          if (modelOutage !== undefined && modelOutage.since <= enteredAt && !laneMayBeServedSoon(waiter.model)) {
+            modelOutage.waitedOut = Math.max(modelOutage.waitedOut, maxWait)
+          }
           return Effect.fail(noAccount(waiter.model, excluded))
         })
       )
