@@ -1997,19 +1997,18 @@ describe("Batch.run while no account can serve", () => {
 })
 
 describe("Batch.run with a model no account can serve", () => {
-  it.live("its lines wait side by side, and hold back none of the lines another account serves", () =>
-    Effect.gen(function*() {
-      const ws = yield* workspace
-      const pro = (id: string) =>
-        JSON.stringify({
-          custom_id: id,
-          method: "POST",
-          url: "/v1/chat/completions",
-          body: { model: "deepseek-v4-pro", messages: [{ role: "user", content: id }] }
-        })
-      // The pro lines first: only a serves pro, and a is out of balance; b serves flash.
-      yield* ws.writeInput([...Array.from({ length: 10 }, (_, i) => pro(`p-${i}`)), ...Array.from({ length: 10 }, (_, i) => request(`f-${i}`))])
-      const simulator = yield* Simulator.make({ accounts: { a: { keys: ["sk-test-a"], balance: 0 }, b: { keys: ["sk-test-b"] } } })
+  const pro = (id: string) =>
+    JSON.stringify({
+      custom_id: id,
+      method: "POST",
+      url: "/v1/chat/completions",
+      body: { model: "deepseek-v4-pro", messages: [{ role: "user", content: id }] }
+    })
+
+  /** Only a serves pro, and a is out of balance; b serves flash. */
+  const accountsStack = Effect.map(
+    Simulator.make({ accounts: { a: { keys: ["sk-test-a"], balance: 0 }, b: { keys: ["sk-test-b"] } } }),
+    (simulator) => {
       const accounts: ReadonlyArray<Account> = [
         { ...Demo.demoAccount(simulator.baseUrl), name: "a", keys: [Redacted.make("sk-test-a")] },
         {
@@ -2021,7 +2020,16 @@ describe("Batch.run with a model no account can serve", () => {
           models: { "deepseek-v4-flash": "deepseek-v4-flash" }
         }
       ]
-      const stack = Batch.layerAccounts(accounts, { ledger: CostLedger.layer(), router: Router.layerDefault })
+      return Batch.layerAccounts(accounts, { ledger: CostLedger.layer(), router: Router.layerDefault })
+    }
+  )
+
+  it.live("its lines wait side by side, and hold back none of the lines another account serves", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      // The pro lines first.
+      yield* ws.writeInput([...Array.from({ length: 10 }, (_, i) => pro(`p-${i}`)), ...Array.from({ length: 10 }, (_, i) => request(`f-${i}`))])
+      const stack = yield* accountsStack
       const summary = yield* Effect.timeoutFail(
         Batch.run({ ...ws, callOptions: { maxWait: "1 second" } }).pipe(Effect.provide(stack)),
         // One wait, with room for a busy machine; the pro lines one after another are 10 × 1 s.
@@ -2029,34 +2037,13 @@ describe("Batch.run with a model no account can serve", () => {
       )
       expect(summary).toMatchObject({ succeeded: 10, failed: 10, failures: { NoAccountAvailable: 10 } })
     }).pipe(Effect.scoped, Effect.provide(NodeFileSystem.layer)), 15_000)
-})
 
-describe("Batch.run with more lines of a model no account can serve than wait side by side", () => {
-  it.live("once one waited out its maxWait, the rest of that model fail at once, not one wait per wave", () =>
+  it.live("more of them than wait side by side: once one waited out its maxWait, the rest fail at once, not one wait per wave", () =>
     Effect.gen(function*() {
       const ws = yield* workspace
       const lines = 600
-      yield* ws.writeInput(Array.from({ length: lines }, (_, i) =>
-        JSON.stringify({
-          custom_id: `p-${i}`,
-          method: "POST",
-          url: "/v1/chat/completions",
-          body: { model: "deepseek-v4-pro", messages: [{ role: "user", content: `p-${i}` }] }
-        })))
-      // Only a serves pro, and a is out of balance; b serves flash, and is never asked.
-      const simulator = yield* Simulator.make({ accounts: { a: { keys: ["sk-test-a"], balance: 0 }, b: { keys: ["sk-test-b"] } } })
-      const accounts: ReadonlyArray<Account> = [
-        { ...Demo.demoAccount(simulator.baseUrl), name: "a", keys: [Redacted.make("sk-test-a")] },
-        {
-          name: "b",
-          provider: "openai-compatible",
-          baseUrl: simulator.baseUrl,
-          keys: [Redacted.make("sk-test-b")],
-          fallback: false,
-          models: { "deepseek-v4-flash": "deepseek-v4-flash" }
-        }
-      ]
-      const stack = Batch.layerAccounts(accounts, { ledger: CostLedger.layer(), router: Router.layerDefault })
+      yield* ws.writeInput(Array.from({ length: lines }, (_, i) => pro(`p-${i}`)))
+      const stack = yield* accountsStack
       const summary = yield* Effect.timeoutFail(
         Batch.run({ ...ws, callOptions: { maxWait: "2 seconds" } }).pipe(Effect.provide(stack)),
         // One wait, with room for a busy machine; a wave of 256 lines per wait is 3 × 2 s.
