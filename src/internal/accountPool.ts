@@ -938,12 +938,14 @@ export const makeWith = <R>(
       restore: Restore
     ): Effect.Effect<Placed, ApiError.NoAccountAvailable> => {
       const lane = laneModel(request.model)
-      const maxWait = maxWaitOf(options)
-      if (!mayBePlaced(excluded) || (waitedOutMillis > 0 && maxWait <= waitedOutMillis && !someMayServeSoon(excluded))) {
+      if (!mayBePlaced(excluded) || (waitedOutMillis > 0 && maxWaitOf(options) <= waitedOutMillis && !someMayServeSoon(excluded))) {
         return Effect.fail(noAccount(lane, excluded))
       }
-      const modelOutage = modelOutages.get(lane)
-      if (modelOutage !== undefined && modelOutage.waitedOut > 0 && maxWait <= modelOutage.waitedOut && !laneMayBeServedSoon(lane)) {
+      const modelOutage = modelOutages.size === 0 ? undefined : modelOutages.get(lane)
+      if (
+        modelOutage !== undefined && modelOutage.waitedOut > 0 && maxWaitOf(options) <= modelOutage.waitedOut &&
+        !laneMayBeServedSoon(lane)
+      ) {
         return Effect.fail(noAccount(lane, excluded))
       }
       const entry = dispatcher.enter(lane, options?.priority ?? "interactive", excluded, isReturning(request, lane, excluded))
