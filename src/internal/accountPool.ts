@@ -42,7 +42,7 @@ import * as LimiterInternal from "./concurrencyLimiter.js"
 import { isLoopback } from "./loopback.js"
 import * as AttemptRecords from "./attemptRecords.js"
 import { picoOfUsd, usdOfPico } from "./costLedger.js"
-import { AccountSlot, Dispatcher, Lane, type LaneGrant, type Lanes, queuedOn, type Waiter } from "./dispatcher.js"
+import { AccountSlot, Dispatcher, Lane, type LaneGrant, type Lanes, maySoonServe, queuedOn, type Waiter } from "./dispatcher.js"
 import * as GenAi from "./genAi.js"
 import * as MemberState from "./memberState.js"
 import { monotonicMillis } from "./monotonic.js"
@@ -612,7 +612,8 @@ export const makeWith = <R>(
       for (const result of resultsFromStart) attemptsCounter.unsafeUpdate(0, attemptTags(account, key, result))
     }
     const laneModel = accountModels.laneOf
-    const dispatcher: Lanes = yield* coordinate(accounts, members.map((member) => member.slot), {
+    const slots = members.map((member) => member.slot)
+    const dispatcher: Lanes = yield* coordinate(accounts, slots, {
       opened: (lane) => startSeries(members[lane.account.index]!.account, lane.model, lane.limit),
       changed: publishLane,
       roomMayHaveGrown
@@ -646,9 +647,8 @@ export const makeWith = <R>(
      */
     const modelOutages = new Map<string, { readonly since: number; waitedOut: number }>()
 
-    /** Whether an account that serves `lane` may serve now, or is about to. */
-    const laneMayBeServedSoon = (lane: string): boolean =>
-      members.some(({ slot }) => slot.serves(lane) && (slot.available || slot.pending))
+    /** Whether an account may serve `lane` now, or is about to (the dispatcher's reading of it). */
+    const laneMayBeServedSoon = (lane: string): boolean => maySoonServe(slots, lane)
 
     /** Whether an account `excluded` leaves may serve now, or is about to (its balance being checked). */
     const someMayServeSoon = (excluded: ReadonlySet<number>): boolean =>

@@ -294,7 +294,7 @@ export const capacityOf = (
 }
 
 /** Whether an account may serve a call to `model` now, or is about to (its balance being checked). */
-const maySoonServe = (accounts: ReadonlyArray<AccountSlot>, model: string): boolean =>
+export const maySoonServe = (accounts: ReadonlyArray<AccountSlot>, model: string): boolean =>
   accounts.some((account) => mayServe(accounts, account, model, noneExcluded) || (account.pending && account.serves(model)))
 
 /** Whether its account may serve a call of any model `lane` serves. */
