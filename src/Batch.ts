@@ -405,6 +405,11 @@ export interface Summary {
   readonly redisLocalMode: number
   /** Whether the shared limits were still counted without Redis at the end (it never came back). */
   readonly redisAwayAtEnd: boolean
+  /**
+   * The `CostLedger`'s budget at the end, when it has one (the ledger's: what it spent before the
+   * run counts too). Its `overUsd` is what the calls under way when it was spent cost past it.
+   */
+  readonly budget: CostLedgerModule.Budget | undefined
 }
 
 /**
@@ -904,7 +909,8 @@ const summarize = (
   complete,
   dropped,
   redisLocalMode: after.redisLocalMode - before.redisLocalMode,
-  redisAwayAtEnd: after.redisAway
+  redisAwayAtEnd: after.redisAway,
+  budget: after.ledger.budget
 })
 
 /**

@@ -455,8 +455,21 @@ export interface LedgerSnapshot {
   readonly total: Totals
   readonly byAccount: Readonly<Record<string, Totals>>
   readonly byModel: Readonly<Record<string, Totals>>
-  /** The budget, if any, and what is left of it (never below 0). */
-  readonly budget: { readonly budgetUsd: number; readonly remainingUsd: number } | undefined
+  /** The budget, if any: what is left of it, and what was spent past it (each never below 0). */
+  readonly budget: Budget | undefined
+}
+
+/**
+ * A ledger's budget as it stands. `overUsd` is what the calls under way when it was spent cost
+ * past it: `guard` stops new calls, and those already sent are answered and billed.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Budget {
+  readonly budgetUsd: number
+  readonly remainingUsd: number
+  readonly overUsd: number
 }
 
 /**
@@ -708,7 +721,8 @@ export const make = (options: Options = {}): Effect.Effect<Service> =>
           byModel: groupTotals(byModel),
           budget: budgetPico === undefined ? undefined : {
             budgetUsd: internal.usdOfPico(budgetPico),
-            remainingUsd: internal.usdOfPico(remainingPico(spent))
+            remainingUsd: internal.usdOfPico(remainingPico(spent)),
+            overUsd: internal.usdOfPico(spent > budgetPico ? spent - budgetPico : 0n)
           }
         }
       })

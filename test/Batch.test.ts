@@ -1007,6 +1007,31 @@ describe("Batch summary", () => {
       )
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
+  it.scoped("says the ledger's budget: what is left, or what the calls under way when it was spent cost past it", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput([request("a-1"), request("a-2"), request("b-1"), request("b-2")])
+      // Each answer costs 2.2512e-6 USD: the four cost 9.0048e-6, 4.0048e-6 past a budget of 5e-6.
+      const run = (budgetUsd: number) =>
+        runWith(ok, { input: ws.input, output: `${ws.output}.${budgetUsd}` }, { ledger: CostLedger.layer({ pricing: flatPricing, budgetUsd }) })
+
+      const { summary: over } = yield* run(5e-6)
+      expect(over.budget).toEqual({ budgetUsd: 5e-6, remainingUsd: 0, overUsd: 4.0048e-6 })
+      expect(Batch.toJson(over).budget).toEqual({ budget_usd: 5e-6, remaining_usd: 0, over_usd: 4.0048e-6 })
+      expect(Batch.formatSummary(over)).toContain(
+        "budget:    $0.000005, spent: new calls were refused; the calls under way then went $0.000004 past it (answered, and billed)"
+      )
+
+      const { summary: within } = yield* run(1)
+      expect(Batch.formatSummary(within)).toContain("budget:    $1.000000, $0.999991 left")
+      expect(Batch.toJson(within).budget).toEqual({ budget_usd: 1, remaining_usd: 0.9999909952, over_usd: 0 })
+
+      const { summary: none } = yield* runWith(ok, { input: ws.input, output: `${ws.output}.none` })
+      expect(none.budget).toBeUndefined()
+      expect(Batch.toJson(none).budget).toBeNull()
+      expect(Batch.formatSummary(none)).not.toContain("budget:")
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
   it.scoped("formats a summary for people, with cost and a line per account", () =>
     Effect.gen(function*() {
       const { summary } = yield* ledgerRun

@@ -467,7 +467,7 @@ describe("CostLedger budget", () => {
       expect(ApiError.isRetryable(ApiError.classify(error))).toBe(false)
       expect(error.message).toBe("budget exceeded: spent $0.00034048 of $0.0003")
       expect(yield* Ref.get(calls)).toBe(2)
-      expect((yield* ledger.snapshot).budget).toEqual({ budgetUsd: 0.0003, remainingUsd: 0 })
+      expect((yield* ledger.snapshot).budget).toEqual({ budgetUsd: 0.0003, remainingUsd: 0, overUsd: 0.00004048 })
     }))
 
   it.effect("says once, as a warning, that the attempt which spent the budget spent it", () =>
@@ -488,7 +488,7 @@ describe("CostLedger budget", () => {
     Effect.gen(function*() {
       const ledger = yield* CostLedger.make({ pricing: flatPricing, budgetUsd: 0.001 })
       yield* ledger.record({ account: "a", model: "deepseek-v4-flash", usage: flashUsage, disposition: "kept" })
-      expect((yield* ledger.snapshot).budget).toEqual({ budgetUsd: 0.001, remainingUsd: 0.00082976 })
+      expect((yield* ledger.snapshot).budget).toEqual({ budgetUsd: 0.001, remainingUsd: 0.00082976, overUsd: 0 })
       const broke = yield* CostLedger.make({ pricing: flatPricing, budgetUsd: 0 })
       expect((yield* Effect.flip(broke.guard))._tag).toBe("BudgetExceeded")
       const unlimited = yield* CostLedger.make({ pricing: flatPricing })
@@ -600,7 +600,7 @@ describe("CostLedger.layerConfig", () => {
       // 1000 × 1 + 500 × 2 per 1M = 0.002 USD
       expect(yield* ledger.cost("m", usage(0, 1000, 500))).toMatchObject({ usd: 0.002 })
       expect(ledger.pricing.models["deepseek-v4-flash"]).toBeUndefined()
-      expect((yield* ledger.snapshot).budget).toEqual({ budgetUsd: 5, remainingUsd: 5 })
+      expect((yield* ledger.snapshot).budget).toEqual({ budgetUsd: 5, remainingUsd: 5, overUsd: 0 })
     }).pipe(Effect.provide(withEnv({ WEATHERPROOF_PRICING_FILE: file, WEATHERPROOF_BUDGET_USD: "5" })))
   })
 

@@ -5,7 +5,7 @@
 import * as Duration from "effect/Duration"
 import { type AccountStatus, describeState } from "../AccountPool.js"
 import type { AccountSummary, Spend, Summary } from "../Batch.js"
-import type { Totals } from "../CostLedger.js"
+import type { Budget, Totals } from "../CostLedger.js"
 import { counted } from "./text.js"
 
 const picoPerUsd = 1e12
@@ -162,6 +162,8 @@ export interface SummaryJson extends SpendJson {
   readonly redis_local_mode: number
   /** Whether they were still counted without Redis at the end. */
   readonly redis_away_at_end: boolean
+  /** The ledger's budget at the end, else null; `over_usd`: what the calls under way when it was spent cost past it. */
+  readonly budget: { readonly budget_usd: number; readonly remaining_usd: number; readonly over_usd: number } | null
   readonly accounts: Readonly<Record<string, AccountJson>>
 }
 
@@ -230,6 +232,9 @@ export const toJson = (summary: Summary): SummaryJson => ({
   dropped: summary.dropped,
   redis_local_mode: summary.redisLocalMode,
   redis_away_at_end: summary.redisAwayAtEnd,
+  budget: summary.budget === undefined
+    ? null
+    : { budget_usd: summary.budget.budgetUsd, remaining_usd: summary.budget.remainingUsd, over_usd: summary.budget.overUsd },
   accounts: Object.fromEntries(Object.entries(summary.accounts).map(([name, account]) => [name, accountJson(account)]))
 })
 
@@ -267,6 +272,14 @@ const costLine = (spend: Spend): string =>
     `${spend.truncated} truncated (${percent(spend.truncationRate)})`,
     `reasoning ${percent(spend.reasoningShare)} of output`
   ].join("; ")
+
+/** The budget: what is left of it, or that it was spent, and what the calls under way then cost past it. */
+const budgetLine = ({ budgetUsd, overUsd, remainingUsd }: Budget): string =>
+  remainingUsd > 0
+    ? `${usd(budgetUsd)}, ${usd(remainingUsd)} left`
+    : `${usd(budgetUsd)}, spent: new calls were refused${
+      overUsd === 0 ? "" : `; the calls under way then went ${usd(overUsd)} past it (answered, and billed)`
+    }`
 
 /**
  * An account's limit, and each model's where it has several (each model is capped apart); an
@@ -325,6 +338,7 @@ export const format = (summary: Summary): string => {
       : [`routing:   ${counted(summary.routingWarnings, "warning", "warnings")} (thinking on a simple task)`]),
     `tokens:    ${tokens.prompt} prompt (${tokens.cacheHit} cache hit), ${tokens.completion} completion (${tokens.reasoning} reasoning)`,
     `cost:      ${costLine(spend)}`,
+    ...(summary.budget === undefined ? [] : [`budget:    ${budgetLine(summary.budget)}`]),
     ...(accounts.length === 0 ? [] : ["accounts:", ...accounts.map(([name, account]) => accountLine(name, account))]),
     `elapsed:   ${Duration.isZero(summary.elapsed) ? "0ms" : Duration.format(summary.elapsed)}`,
     ...(summary.redisLocalMode === 0 ? [] : [`redis:     ${redisLine(summary.redisLocalMode, summary.redisAwayAtEnd)}`]),
