@@ -11,6 +11,7 @@ import * as Option from "effect/Option"
 import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
 import { spawnSync } from "node:child_process"
+import * as Net from "node:net"
 import { Writable } from "node:stream"
 import { logLevelFirst } from "../app/cli/argv.js"
 import { drawsProgress, progressBar, progressLines } from "../app/cli/batchProgress.js"
@@ -204,6 +205,29 @@ describe("weatherproof CLI", () => {
       expect((yield* simulator.stats).requests).toBe(1)
       expect(result.stderr).toContain(
         "1 of 1 lines failed (their error is in the output); each was stopped before its answer: the run spent its budget (WEATHERPROOF_BUDGET_USD)"
+      )
+    }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
+
+  it.live("serve on a port another process listens on says so and how to go on (exit 1), not node's EADDRINUSE", () =>
+    Effect.gen(function*() {
+      const { simulator } = yield* runFiles
+      const taken = yield* Effect.acquireRelease(
+        Effect.async<Net.Server>((resume) => {
+          const server = Net.createServer()
+          server.listen(0, "127.0.0.1", () => resume(Effect.succeed(server)))
+        }),
+        (server) => Effect.async<void>((resume) => void server.close(() => resume(Effect.void)))
+      )
+      const port = (taken.address() as Net.AddressInfo).port
+
+      const result = yield* runCli(["serve", "--port", String(port)], {
+        DEEPSEEK_API_KEY: Simulator.defaultKey,
+        DEEPSEEK_BASE_URL: simulator.baseUrl
+      })
+
+      expect(result.code).toBe(1)
+      expect(result.stderr).toBe(
+        `weatherproof: cannot listen on 127.0.0.1:${port}: another process listens on it; stop it, or give another --port`
       )
     }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 

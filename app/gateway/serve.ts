@@ -81,6 +81,20 @@ const alertsOf = (options: ServeOptions): Effect.Effect<Alerts.Options | undefin
     }))
   )
 
+/** Why the server could not listen, and what to do, for the errors a user meets; else the error itself. */
+const listenProblem = (cause: unknown): string => {
+  switch ((cause as { readonly code?: unknown } | undefined)?.code) {
+    case "EADDRINUSE":
+      return "another process listens on it; stop it, or give another --port"
+    case "EACCES":
+      return "this user may not listen on it (a port below 1024 takes privileges); give another --port"
+    case "EADDRNOTAVAIL":
+      return "the address is none of this machine's; give --host one of them (0.0.0.0: all)"
+    default:
+      return String(cause)
+  }
+}
+
 /**
  * Serves until SIGTERM or SIGINT, then drains (the gateway's scope closing) and returns: exit 0;
  * the same after SIGHUP (its terminal hung up), which then ends the process.
@@ -139,7 +153,7 @@ export const run = (options: ServeOptions): Effect.Effect<void, ExitCode, FileSy
       Effect.withRuntimeFlagsPatch(RuntimeFlagsPatch.disable(RuntimeFlags.RuntimeMetrics)),
       Effect.catchTags({
         InsecureHost: (error) => fail(2, `weatherproof: ${error.message}`),
-        ServeError: (error) => fail(1, `weatherproof: cannot listen on ${options.host}:${options.port}: ${String(error.cause)}`),
+        ServeError: (error) => fail(1, `weatherproof: cannot listen on ${options.host}:${options.port}: ${listenProblem(error.cause)}`),
         RedisUnavailable: (error) => fail(2, `weatherproof: ${error.message}`),
         PricingError: (error) => fail(2, `weatherproof: invalid pricing table ${error.source}:\n${listIssues(error.issues)}`),
         ConfigError: invalidConfig
