@@ -38,9 +38,9 @@
  * - `accountConcurrency` (default none): a fixed cap on the calls in flight of every model
  *   together, for a provider that limits the account as a whole;
  * - `breaker` (default: the pool's): the account's circuit breaker options (`BreakerOptions`,
- *   durations in milliseconds), each replacing the pool's own, e.g. `{ "failureRatio": 0.5 }`. (The
- *   pool's only account opens its breaker only when every call fails, `failureRatio` 1, unless
- *   told otherwise: it has nowhere to fail over to.)
+ *   durations in milliseconds or as text, `"30s"`), each replacing the pool's own, e.g.
+ *   `{ "failureRatio": 0.5, "openFor": "1m" }`. (The pool's only account opens its breaker only
+ *   when every call fails, `failureRatio` 1, unless told otherwise: it has nowhere to fail over to.)
  *
  * At least one account must not be a fallback. Unknown fields are errors (a typo would
  * otherwise be silently ignored). Every problem is reported with the path of its field, and no
@@ -53,6 +53,7 @@ import * as FileSystem from "@effect/platform/FileSystem"
 import * as Config from "effect/Config"
 import * as ConfigError from "effect/ConfigError"
 import * as Data from "effect/Data"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as ParseResult from "effect/ParseResult"
@@ -62,6 +63,7 @@ import type { Options as CircuitBreakerOptions } from "./CircuitBreaker.js"
 import type { AdaptiveOptions, LimiterOptions } from "./ConcurrencyLimiter.js"
 import * as KeyPool from "./KeyPool.js"
 import * as BaseUrls from "./internal/baseUrl.js"
+import * as DurationText from "./internal/durationText.js"
 import { madeAtFirstCall } from "./internal/firstCall.js"
 import * as SchemaIssues from "./internal/schemaIssues.js"
 import { mayBeKey, parseJsonSaying } from "./internal/text.js"
@@ -217,7 +219,24 @@ const Adaptive = Schema.Struct({
   )
 )
 
-const milliseconds = number("milliseconds > 0", (n) => n > 0 && Number.isFinite(n))
+const durationExpected = `expected milliseconds > 0 or ${DurationText.expected}`
+
+/** A duration above 0: milliseconds, or text as the command line's flags take it (`30s`, `5m`), so that 30 meant as seconds can be written as such. */
+const milliseconds = Schema.transformOrFail(
+  Schema.Union(Schema.Number, Schema.String).annotations(expecting(durationExpected)),
+  Schema.Number,
+  {
+    strict: true,
+    decode: (written, _, ast) => {
+      const text = typeof written === "string" ? DurationText.parse(written) : undefined
+      const millis = typeof written === "number" ? written : text === undefined ? undefined : Duration.toMillis(text)
+      return millis !== undefined && millis > 0 && Number.isFinite(millis)
+        ? ParseResult.succeed(millis)
+        : ParseResult.fail(new ParseResult.Type(ast, written, durationExpected))
+    },
+    encode: ParseResult.succeed
+  }
+).annotations(expecting(durationExpected))
 
 const Breaker = Schema.Struct({
   window: optional(milliseconds),

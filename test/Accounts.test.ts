@@ -149,7 +149,7 @@ describe("Accounts", () => {
       ])
     }).pipe(Effect.withConfigProvider(environment)))
 
-  it.effect("takes an account's breaker options, durations in milliseconds, and refuses what the pool sets itself", () =>
+  it.effect("takes an account's breaker options, durations in milliseconds or as text, and refuses what the pool sets itself", () =>
     Effect.gen(function*() {
       const breaker = {
         window: 30000, buckets: 6, failureRatio: 1, minimumThroughput: 10, openFor: 5000, maxOpenFor: 60000, canaries: 2
@@ -158,10 +158,15 @@ describe("Accounts", () => {
       const [account] = yield* Accounts.decode(withBreaker(breaker))
       expect(account?.breaker).toEqual(breaker)
       expect((yield* Accounts.decode(valid))[0]?.breaker).toBeUndefined()
-      expect(yield* issuesOf(withBreaker({ failureRatio: 0, openFor: -1, window: "1 minute", canaries: 1.5 }))).toEqual([
-        "accounts[0].breaker.window: expected milliseconds > 0",
+      // "openFor": 30 is 30 ms; "30s" says what was meant, as the command line's flags do.
+      const [written] = yield* Accounts.decode(withBreaker({ window: "1m30s", openFor: "30s", maxOpenFor: "5m" }))
+      expect(written?.breaker).toEqual({ window: 90000, openFor: 30000, maxOpenFor: 300000 })
+      const duration = "expected milliseconds > 0 or a duration such as 30s, 500ms, 2m or 1h"
+      expect(yield* issuesOf(withBreaker({ failureRatio: 0, openFor: -1, window: "1 minute", maxOpenFor: "0s", canaries: 1.5 }))).toEqual([
+        `accounts[0].breaker.window: ${duration}`,
         "accounts[0].breaker.failureRatio: expected a number > 0 and ≤ 1",
-        "accounts[0].breaker.openFor: expected milliseconds > 0",
+        `accounts[0].breaker.openFor: ${duration}`,
+        `accounts[0].breaker.maxOpenFor: ${duration}`,
         "accounts[0].breaker.canaries: expected an integer ≥ 1"
       ])
       // 429s are the lanes' limiters', and the pool sends a half-open account no more than its canaries.
