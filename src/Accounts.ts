@@ -221,16 +221,24 @@ const Adaptive = Schema.Struct({
 
 const durationExpected = `expected milliseconds > 0 or ${DurationText.expected}`
 
-/** A duration above 0: milliseconds, or text as the command line's flags take it (`30s`, `5m`), so that 30 meant as seconds can be written as such. */
+/** The milliseconds a duration's text says (`30s`, `5m`), NaN when it says none. */
+const millisOfText = (text: string): number => {
+  const duration = DurationText.parse(text)
+  return duration === undefined ? Number.NaN : Duration.toMillis(duration)
+}
+
+/**
+ * A duration above 0 in milliseconds, or as text the way the flags take it (`"30s"`): 30 meant as
+ * seconds can be written as such.
+ */
 const milliseconds = Schema.transformOrFail(
   Schema.Union(Schema.Number, Schema.String).annotations(expecting(durationExpected)),
   Schema.Number,
   {
     strict: true,
     decode: (written, _, ast) => {
-      const text = typeof written === "string" ? DurationText.parse(written) : undefined
-      const millis = typeof written === "number" ? written : text === undefined ? undefined : Duration.toMillis(text)
-      return millis !== undefined && millis > 0 && Number.isFinite(millis)
+      const millis = typeof written === "number" ? written : millisOfText(written)
+      return millis > 0 && Number.isFinite(millis)
         ? ParseResult.succeed(millis)
         : ParseResult.fail(new ParseResult.Type(ast, written, durationExpected))
     },
