@@ -278,6 +278,11 @@ describe("Accounts", () => {
       expect((yield* Effect.flip(Accounts.load(`${dir}/twice.json`))).issues).toEqual([
         "not valid JSON (line 2, column 1: Unexpected non-whitespace character after JSON)"
       ])
+      // A field given twice (two "keys" lists merged by hand): JSON would keep the last list only.
+      yield* fs.writeFileString(`${dir}/repeated.json`, `{"accounts": [{"name": "a", "keys": ["sk-first-1"],\n  "keys": ["sk-second-2"]}]}`)
+      expect((yield* Effect.flip(Accounts.load(`${dir}/repeated.json`))).issues).toEqual([
+        `line 2, column 3: "keys" is given twice in one object (JSON keeps only the last)`
+      ])
       const missing = yield* Effect.flip(Accounts.load(`${dir}/missing.json`))
       expect(missing.issues[0]).toMatch(/^cannot read the file/)
     }).pipe(Effect.provide(NodeFileSystem.layer), Effect.withConfigProvider(environment)))

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as FastCheck from "effect/FastCheck"
-import { jsonErrorPlace } from "../src/internal/text.js"
+import { jsonErrorPlace, repeatedKeyPlace } from "../src/internal/text.js"
 
 /** Where `JSON.parse` refuses `text`, as `jsonErrorPlace` says it. */
 const placeOf = (text: string): string | undefined => {
@@ -73,4 +73,38 @@ describe("jsonErrorPlace", () => {
     }
     if (refused) expect(columnOf(placeOf(cut))).toBe(cut.length + 1)
   })
+})
+
+describe("repeatedKeyPlace", () => {
+  it("says where an object gives a key a second time, which JSON.parse would drop silently for the last", () => {
+    expect(repeatedKeyPlace(`{"a":1,"b":2,"a":3}`)).toBe(`column 14: "a" is given twice in one object (JSON keeps only the last)`)
+    expect(repeatedKeyPlace(`{\n  "x": {"keys": [1],\n    "keys": [2]}\n}`)).toBe(
+      `line 3, column 5: "keys" is given twice in one object (JSON keeps only the last)`
+    )
+    // The same key however it is escaped; one in each of two objects is no repeat.
+    expect(repeatedKeyPlace(`{"a":1,"\\u0061":2}`)).toBe(`column 8: "a" is given twice in one object (JSON keeps only the last)`)
+    expect(repeatedKeyPlace(`[{"a":1},{"a":2}]`)).toBeUndefined()
+    expect(repeatedKeyPlace(`{"a":{"a":{"a":1}}}`)).toBeUndefined()
+    // Braces, quotes and commas inside strings are text.
+    expect(repeatedKeyPlace(`{"s":"{\\"a\\":1,\\"a\\":2}","t":["a","a"]}`)).toBeUndefined()
+    // A key shaped like an API key is not quoted: messages may be logged.
+    expect(repeatedKeyPlace(`{"sk-0123456789abcdef0123456789":1,"sk-0123456789abcdef0123456789":2}`)).toBe(
+      "column 36: a key shaped like an API key (not shown) is given twice in one object (JSON keeps only the last)"
+    )
+  })
+
+  it("finds none in any JSON that JSON.stringify writes, and the one added to an object of it", () =>
+    FastCheck.assert(
+      FastCheck.property(
+        FastCheck.dictionary(FastCheck.string(), FastCheck.jsonValue({ maxDepth: 3 }), { minKeys: 1 }),
+        FastCheck.boolean(),
+        (object, indented) => {
+          const text = JSON.stringify(object, null, indented ? 2 : undefined)
+          expect(repeatedKeyPlace(text)).toBeUndefined()
+          const [key] = Object.keys(object)
+          const repeated = `${text.slice(0, -1)},${JSON.stringify(key)}:null}`
+          expect(repeatedKeyPlace(repeated)).toMatch(/is given twice in one object/)
+        }
+      )
+    ))
 })

@@ -62,10 +62,58 @@ export const jsonErrorPlace = (error: unknown, text: string): string | undefined
   if (placed === null && unplaced === null) return undefined
   const offset = placed === null ? endOfJson(text) : Number(placed[2])
   const said = placed === null ? unplaced![1] ?? unplaced![2]! : placed[1]!
+  const where = placeIn(text, offset)
+  return said.includes("\"") ? where : `${where}: ${said}`
+}
+
+/** Where `offset` falls in `text`: `line 3, column 18`, or `column 18` when `text` is one line. */
+const placeIn = (text: string, offset: number): string => {
   const before = text.slice(0, offset)
   const column = offset - before.lastIndexOf("\n")
-  const where = text.includes("\n") ? `line ${before.split("\n").length}, column ${column}` : `column ${column}`
-  return said.includes("\"") ? where : `${where}: ${said}`
+  return text.includes("\n") ? `line ${before.split("\n").length}, column ${column}` : `column ${column}`
+}
+
+/** The offset of the quote that ends the JSON string whose opening quote is at `start`. */
+const endOfString = (text: string, start: number): number => {
+  let at = start + 1
+  while (text[at] !== "\"") at += text[at] === "\\" ? 2 : 1
+  return at
+}
+
+/**
+ * Where `text`, which `JSON.parse` reads, gives a key a second time in one object (`JSON.parse`
+ * keeps the last, silently: a setting merged by hand loses its first half), and which key:
+ * `line 4, column 3: "keys" is given twice in one object (…)`; undefined when no object does.
+ */
+export const repeatedKeyPlace = (text: string): string | undefined => {
+  // The keys met so far of each object enclosing the offset (undefined: an array).
+  const open: Array<Set<string> | undefined> = []
+  let atKey = false
+  for (let at = 0; at < text.length; at++) {
+    const char = text[at]
+    if (char === "\"") {
+      const end = endOfString(text, at)
+      const keys = open[open.length - 1]
+      if (atKey && keys !== undefined) {
+        const key = JSON.parse(text.slice(at, end + 1)) as string
+        if (keys.has(key)) {
+          const named = mayBeKey(key) ? "a key shaped like an API key (not shown)" : JSON.stringify(key)
+          return `${placeIn(text, at)}: ${named} is given twice in one object (JSON keeps only the last)`
+        }
+        keys.add(key)
+      }
+      atKey = false
+      at = end
+    } else if (char === "{" || char === "[") {
+      open.push(char === "{" ? new Set() : undefined)
+      atKey = char === "{"
+    } else if (char === "}" || char === "]") {
+      open.pop()
+    } else if (char === ",") {
+      atKey = open[open.length - 1] !== undefined
+    }
+  }
+  return undefined
 }
 
 /** `words` saying `text` is not JSON, followed by where (`jsonErrorPlace`) when it can be told. */
@@ -74,9 +122,18 @@ export const notJsonSaying = (words: string, error: unknown, text: string): stri
   return place === undefined ? words : `${words} (${place})`
 }
 
-/** `text` parsed, or `words` and where it stops being JSON (as `notJsonSaying` puts them). */
+/**
+ * `text` parsed, or `words` and where it stops being JSON (as `notJsonSaying` puts them), or
+ * where it gives a key twice in one object (`repeatedKeyPlace`): a file or setting of the user's.
+ */
 export const parseJsonSaying = (words: string, text: string): Either.Either<unknown, string> =>
-  Either.try({ try: (): unknown => JSON.parse(text), catch: (error) => notJsonSaying(words, error, text) })
+  Either.flatMap(
+    Either.try({ try: (): unknown => JSON.parse(text), catch: (error) => notJsonSaying(words, error, text) }),
+    (json) => {
+      const repeated = repeatedKeyPlace(text)
+      return repeated === undefined ? Either.right(json) : Either.left(repeated)
+    }
+  )
 
 /**
  * How deep read JSON may nest arrays and objects. Far deeper than any request (a tool's JSON
