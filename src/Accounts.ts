@@ -43,8 +43,9 @@
  *   when every call fails, `failureRatio` 1, unless told otherwise: it has nowhere to fail over to.)
  *
  * At least one account must not be a fallback. Unknown fields are errors (a typo would
- * otherwise be silently ignored). Every problem is reported with the path of its field, and no
- * error ever quotes a value that might be a key (a key written in the wrong field included).
+ * otherwise be silently ignored), and so is a field given twice in one object (JSON keeps the
+ * last). Every problem is reported with the path of its field, and no error ever quotes a value
+ * that might be a key (a key written in the wrong field included).
  *
  * @since 0.1.0
  */
