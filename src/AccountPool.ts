@@ -89,9 +89,10 @@
  *   same origin until its breaker opened. The account stays in the pool, its breaker counting the
  *   failure; with no other account the error goes back to the client's retry.
  *
- * **Balance preflight**: at start each DeepSeek account's balance is asked once, in the
- * background; until it answers the account takes no call, and an account whose balance is
- * unavailable gets no call until a probe says otherwise.
+ * **Balance preflight**: at start each DeepSeek account's balance is asked, in the background,
+ * with each of its keys at once, so that a wrong key among good ones is set aside (and told)
+ * before a call meets it; until it answers the account takes no call, and an account whose
+ * balance is unavailable gets no call until a probe says otherwise.
  *
  * Other errors (429, 5xx, transport errors, deadlines …) go back to the client's retry, whose
  * next attempt is placed again: the lane's limit has shrunk and the breaker may have opened, so
@@ -342,8 +343,8 @@ export interface Options {
   /** How long an attempt waits for an account that may take it. Default 30 minutes. */
   readonly maxWait?: Duration.DurationInput | undefined
   /**
-   * Ask each DeepSeek account's balance once at start, in the background; until it answers (30 s
-   * at most) the account takes no call. Default true.
+   * Ask each DeepSeek account's balance at start, with each of its keys, in the background; until
+   * it answers (30 s at most) the account takes no call. Default true.
    */
   readonly preflight?: boolean | undefined
   /**

@@ -389,6 +389,25 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 
+  it.effect("preflight: every key of a DeepSeek account is asked the balance, so a wrong one among good ones is told at start, before a call meets it", () => {
+    const keyed: Handler = (req) =>
+      bearerOf(req) === "sk-a-wrong" ? status(401)(req) : isChat(req) ? healthy()(req) : balance(true)
+    const setup: Setup = { accounts: [account("a", ["sk-a", "sk-a-wrong", "sk-a-too"])], handlers: { a: keyed } }
+    const logs: Array<Logged> = []
+    return Effect.gen(function*() {
+      yield* settle
+      const [a] = yield* Effect.flatMap(AccountPool.AccountPool, (pool) => pool.snapshot)
+      expect(a).toMatchObject({ state: "serving", usableKeys: 2, restingKeys: ["key#2"] })
+      expect(logs.map((l) => l.message).filter((m) => m.includes("rejected"))).toEqual([
+        expect.stringMatching(/^AccountPool: account a: the upstream rejected its key#2 \(401\)/)
+      ])
+      yield* Effect.replicateEffect(create, 4)
+      const asked = yield* Effect.flatMap(MockUpstream.MockUpstream, (upstream) => upstream.requests)
+      expect(asked.filter((r) => !isChat(r)).map(bearerOf).sort()).toEqual(["sk-a", "sk-a-too", "sk-a-wrong"])
+      expect(asked.filter(isChat).map(bearerOf)).not.toContain("sk-a-wrong")
+    }).pipe(Effect.provide(poolLayer(setup)), capturingLogs(logs))
+  })
+
   it.effect("keys back from their cooldown are asked the balance before the account serves again: still rejected, it stays out without a call", () => {
     const setup: Setup = {
       accounts: [account("a", ["sk-a-revoked"])],

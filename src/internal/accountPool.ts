@@ -317,53 +317,115 @@ const parseBalance = (text: string) => Option.flatMap(parseJson(text), decodeBal
 
 type ProbeResult = Verdict
 
+/** What one key's balance check said (`rejected`: a 401, the key set aside), and what to tell of it. */
+interface KeyAnswer {
+  readonly verdict: ProbeResult | "rejected"
+  readonly warning?: string
+}
+
 /**
- * `GET {baseUrl}/user/balance` (less a last `/v1`) with one of the account's keys. DeepSeek's 401 is its key's (only
- * DeepSeek accounts are probed): the key is set aside, and told, at start, and the next key asks,
- * until one is answered or every key was rejected. A 2xx that is not a balance is told (a base URL
- * that reaches a web server answers every path with a page), and proves nothing.
+ * `GET {baseUrl}/user/balance` (less a last `/v1`) with `credential`. DeepSeek's 401 is its key's
+ * (only DeepSeek accounts are probed): the key is set aside, and told. A 2xx that is not a balance
+ * is to be told (a base URL that reaches a web server answers every path with a page), and proves
+ * nothing.
+ */
+const askBalance = (
+  client: HttpClient.HttpClient,
+  member: Member,
+  scrub: Scrubber.Scrubber,
+  credential: KeyPool.Credential
+): Effect.Effect<KeyAnswer, unknown, Scope.Scope> =>
+  Effect.gen(function*() {
+    const url = BaseUrl.balanceUrl(member.account.baseUrl)
+    const response = yield* client.execute(
+      HttpClientRequest.get(url).pipe(HttpClientRequest.setHeader("authorization", `Bearer ${Redacted.value(credential.key)}`))
+    )
+    if (response.status === 404) {
+      return {
+        verdict: "no_endpoint",
+        warning: scrub(
+          `AccountPool: account ${member.name}: its balance check (GET ${url}) answered 404; DeepSeek answers it at its ` +
+            "API root, so if calls fail with 404 too, its base URL has a path too many"
+        )
+      }
+    }
+    if (response.status === 401) {
+      yield* member.keys.reject(credential)
+      return { verdict: "rejected" }
+    }
+    if (response.status >= 300 && response.status < 400) {
+      return {
+        verdict: "failed",
+        warning: scrub(
+          `AccountPool: account ${member.name}: its balance check (GET ${url}) answered ${response.status}, a redirect to ${
+            clipped(response.headers["location"] ?? "(no location)", 200)
+          }: calls follow no redirect (their key would go along), so they will fail as well; give the base URL it points to`
+        )
+      }
+    }
+    if (response.status < 200 || response.status >= 300) return { verdict: "failed" }
+    const text = yield* response.text
+    const balance = parseBalance(text)
+    if (Option.isSome(balance)) return { verdict: balance.value.is_available ? "available" : "unavailable" }
+    return {
+      verdict: "failed",
+      warning: scrub(
+        `AccountPool: account ${member.name}: its balance check (GET ${url}) answered ${response.status} ${
+          quotedBody(response.headers["content-type"], text, scrub)
+        }, not a balance; if its calls fail as well, its base URL reaches something other than the API`
+      )
+    }
+  })
+
+/** A verdict, its warning told. */
+const toldVerdict = (verdict: ProbeResult, warning: string | undefined): Effect.Effect<ProbeResult> =>
+  warning === undefined ? Effect.succeed(verdict) : Effect.as(Effect.logWarning(warning), verdict)
+
+/**
+ * The account's balance asked with one key at a time (a recovery's probe): a rejected key passes
+ * the question to the next, until one is answered or every key was rejected.
  */
 const probeBalance = (client: HttpClient.HttpClient, member: Member, scrub: Scrubber.Scrubber): Effect.Effect<ProbeResult> => {
-  const url = BaseUrl.balanceUrl(member.account.baseUrl)
   const askWithNextKey = (tried: ReadonlySet<string>) =>
     Effect.gen(function*(): Effect.fn.Return<ProbeResult, unknown, Scope.Scope> {
       const credential = yield* member.keys.acquire
       if (tried.has(credential.id)) return "failed"
-      const response = yield* client.execute(
-        HttpClientRequest.get(url).pipe(HttpClientRequest.setHeader("authorization", `Bearer ${Redacted.value(credential.key)}`))
-      )
-      if (response.status === 404) {
-        yield* Effect.logWarning(scrub(
-          `AccountPool: account ${member.name}: its balance check (GET ${url}) answered 404; DeepSeek answers it at its ` +
-            "API root, so if calls fail with 404 too, its base URL has a path too many"
-        ))
-        return "no_endpoint"
-      }
-      if (response.status === 401) {
-        yield* member.keys.reject(credential)
-        return yield* askWithNextKey(new Set(tried).add(credential.id))
-      }
-      if (response.status >= 300 && response.status < 400) {
-        yield* Effect.logWarning(scrub(
-          `AccountPool: account ${member.name}: its balance check (GET ${url}) answered ${response.status}, a redirect to ${
-            clipped(response.headers["location"] ?? "(no location)", 200)
-          }: calls follow no redirect (their key would go along), so they will fail as well; give the base URL it points to`
-        ))
-        return "failed"
-      }
-      if (response.status < 200 || response.status >= 300) return "failed"
-      const text = yield* response.text
-      const balance = parseBalance(text)
-      if (Option.isSome(balance)) return balance.value.is_available ? "available" : "unavailable"
-      yield* Effect.logWarning(scrub(
-        `AccountPool: account ${member.name}: its balance check (GET ${url}) answered ${response.status} ${
-          quotedBody(response.headers["content-type"], text, scrub)
-        }, not a balance; if its calls fail as well, its base URL reaches something other than the API`
-      ))
-      return "failed"
+      const answer = yield* askBalance(client, member, scrub, credential)
+      return answer.verdict === "rejected"
+        ? yield* askWithNextKey(new Set(tried).add(credential.id))
+        : yield* toldVerdict(answer.verdict, answer.warning)
     })
   return askWithNextKey(new Set()).pipe(Effect.scoped, Effect.timeout(probeTimeout), Effect.orElseSucceed((): ProbeResult => "failed"))
 }
+
+/** The verdicts of an account's keys, most telling first: they share one balance. */
+const verdictOrder: ReadonlyArray<ProbeResult> = ["unavailable", "available", "no_endpoint", "failed"]
+
+/**
+ * The start's preflight: the balance asked with every usable key at once, so that a wrong key
+ * among good ones is set aside and told before a call meets it. The account's verdict is the
+ * most telling of its accepted keys' (a key that timed out proves nothing), its warning told once;
+ * `failed` when every key was rejected.
+ */
+const probeBalanceWithEveryKey = (
+  client: HttpClient.HttpClient,
+  member: Member,
+  scrub: Scrubber.Scrubber
+): Effect.Effect<ProbeResult> =>
+  Effect.gen(function*() {
+    const credentials = yield* Effect.replicateEffect(member.keys.acquire, yield* member.keys.available)
+    const answers = yield* Effect.forEach(credentials, (credential) =>
+      askBalance(client, member, scrub, credential).pipe(
+        Effect.scoped,
+        Effect.timeout(probeTimeout),
+        Effect.orElseSucceed((): KeyAnswer => ({ verdict: "failed" }))
+      ), { concurrency: "unbounded" })
+    for (const verdict of verdictOrder) {
+      const answer = answers.find((answer) => answer.verdict === verdict)
+      if (answer !== undefined) return yield* toldVerdict(verdict, answer.warning)
+    }
+    return "failed"
+  }).pipe(Effect.orElseSucceed((): ProbeResult => "failed"))
 
 /** `keys`, counting each key the upstream sets aside (`keysRejectedCounter`); the pool warns of it (`KeyPool.Options.label`). */
 const countingRejections = (account: Account, keys: KeyPool.Service): KeyPool.Service => ({
@@ -848,7 +910,7 @@ export const makeWith = <R>(
       Effect.gen(function*() {
         member.balance = { _tag: "Checking", until: now() + Duration.toMillis(probeTimeout) }
         return yield* Effect.forkIn(
-          Effect.flatMap(member.sharedBalance.check(probeBalance(client, member, scrub)), (result) => {
+          Effect.flatMap(member.sharedBalance.check(probeBalanceWithEveryKey(client, member, scrub)), (result) => {
             // Another process marked it out meanwhile: its recovery decides.
             if (member.balance._tag !== "Checking") return Effect.void
             if (result === "unavailable") {
