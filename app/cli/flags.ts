@@ -216,7 +216,7 @@ export const callFlags = (retriesDefault: number, deadlinesNote = "") => ({
   ),
   firstContentTimeout: duration(
     "first-content-timeout",
-    "per attempt, from sending to the first content (keep-alives do not count; default 10m, DeepSeek's); a non-streaming call's until it is accepted: its content comes whole once generated",
+    "per attempt, from sending to the first content (keep-alives do not count; default 10m, DeepSeek's); a non-streaming call's only until its 200, which DeepSeek sends before queueing it: its content comes whole once generated, so --timeout bounds the rest",
     "deadline"
   ),
   idleTimeout: duration("idle-timeout", "per attempt, the longest gap between two content events (default 2m); keep-alives count until the first content", "deadline"),
