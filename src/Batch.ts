@@ -699,13 +699,19 @@ const lockOutput = (fs: FileSystem.FileSystem, output: string, real: string) => 
     ),
     Effect.tap(Option.match({
       onNone: () => Effect.void,
-      onSome: (stale) =>
-        Effect.logWarning(
-          `Batch: took over the lock ${lockPath} left by pid ${stale.pid} on ${stale.host} (since ${stale.since}), which is no longer running`
-        )
+      onSome: (stale) => Effect.logWarning(`Batch: took over the lock ${lockPath} left by ${staleHolder(stale)}`)
     }))
   )
 }
+
+/**
+ * Who left a stale lock: a process no longer running, or a former one with this process's pid (a
+ * container restarted after a crash runs with the pid it had: 1, under Docker).
+ */
+const staleHolder = (stale: LockHolder): string =>
+  stale.pid === process.pid
+    ? `a former process with this one's pid ${stale.pid} on ${stale.host} (since ${stale.since})`
+    : `pid ${stale.pid} on ${stale.host} (since ${stale.since}), which is no longer running`
 
 /** Refuses an output that compaction would have to replace against its mode. */
 const refuseReadOnly = (fs: FileSystem.FileSystem, output: string, real: string) =>
@@ -717,7 +723,7 @@ const refuseReadOnly = (fs: FileSystem.FileSystem, output: string, real: string)
         new BatchError({
           file: "output",
           path: output,
-          message: `refusing to write the output file ${output}: ${reason}; make it writable or choose another output`
+          message: `refusing to write the output file ${output}: ${reason}; make it writable or choose another output; nothing was sent`
         })
     }))
   )

@@ -43,6 +43,7 @@ import { layerFullDisk, noSpace } from "./support/fullDisk.js"
 import { flatPricing } from "./support/pricing.js"
 import { freePort } from "./support/ports.js"
 import { type Handler, rawServer } from "./support/rawServer.js"
+import { capturingLogs, type Logged } from "./support/logs.js"
 
 const secret = "sk-batch-test-SECRET-0123456789"
 
@@ -1296,8 +1297,12 @@ describe("Batch.run output file", () => {
       // container restarted after a crash runs with the pid it had (1, under Docker).
       yield* ws.fs.remove(ws.output)
       yield* lock(process.pid, hostname())
-      expect((yield* runWith(ok, ws)).calls).toBe(1)
+      const logs: Array<Logged> = []
+      expect((yield* capturingLogs(logs)(runWith(ok, ws))).calls).toBe(1)
       expect(yield* ws.fs.exists(lockPath)).toBe(false)
+      expect(logs.map((log) => log.message)).toContain(
+        `Batch: took over the lock ${lockPath} left by a former process with this one's pid ${process.pid} on ${hostname()} (since 2020-01-01T00:00:00.000Z)`
+      )
 
       yield* lock(process.pid, "another-host")
       const refused = yield* Effect.flip(runWith(ok, ws))
@@ -1390,7 +1395,7 @@ describe("Batch.run output file", () => {
       const error = (result as any).left
       expect(error).toMatchObject({ _tag: "BatchError", file: "output" })
       expect(error.message).toBe(
-        `refusing to write the output file ${ws.output}: it is read-only (mode 0444); make it writable or choose another output`
+        `refusing to write the output file ${ws.output}: it is read-only (mode 0444); make it writable or choose another output; nothing was sent`
       )
       expect(Number((yield* ws.fs.stat(ws.output)).mode) & 0o777).toBe(0o444)
       expect(yield* ws.fs.exists(`${ws.output}.lock`)).toBe(false)
