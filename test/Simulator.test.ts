@@ -10,6 +10,7 @@ import type { ChatCompletion, ChatCompletionChunk } from "../src/ChatSchema.js"
 import * as internal from "../src/internal/simulator.js"
 import * as Simulator from "../src/Simulator.js"
 import { capturingLogs, type Logged } from "./support/logs.js"
+import { takenPort } from "./support/ports.js"
 
 const model = "deepseek-v4-flash"
 
@@ -237,14 +238,7 @@ describe("Simulator", () => {
 
   it.scoped("a port in use is a defect that names it, not a bare system error", () =>
     Effect.gen(function*() {
-      const taken = yield* Effect.acquireRelease(
-        Effect.async<Net.Server>((resume) => {
-          const server = Net.createServer()
-          server.listen(0, "127.0.0.1", () => resume(Effect.succeed(server)))
-        }),
-        (server) => Effect.async<void>((resume) => void server.close(() => resume(Effect.void)))
-      )
-      const port = (taken.address() as Net.AddressInfo).port
+      const port = yield* takenPort
       const exit = yield* Effect.exit(Simulator.make({ port }))
       expect(Exit.isFailure(exit) && exit.cause._tag === "Die" ? String(exit.cause.defect) : "made").toBe(
         `Error: Simulator: cannot listen on 127.0.0.1:${port}: listen EADDRINUSE: address already in use 127.0.0.1:${port}`

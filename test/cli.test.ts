@@ -11,7 +11,6 @@ import * as Option from "effect/Option"
 import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
 import { spawnSync } from "node:child_process"
-import * as Net from "node:net"
 import { Writable } from "node:stream"
 import { logLevelFirst } from "../app/cli/argv.js"
 import { drawsProgress, progressBar, progressLines } from "../app/cli/batchProgress.js"
@@ -27,6 +26,7 @@ import * as Telemetry from "../src/Telemetry.js"
 import { chatLine } from "./support/chatLine.js"
 import { layerFullDisk } from "./support/fullDisk.js"
 import { rawServer, reply } from "./support/rawServer.js"
+import { takenPort } from "./support/ports.js"
 import { processClock } from "./support/processClock.js"
 
 const badKey = "sk-cli-test-WRONG-7f3a9c1d2e"
@@ -211,14 +211,7 @@ describe("weatherproof CLI", () => {
   it.live("serve on a port another process listens on says so and how to go on (exit 1), not node's EADDRINUSE", () =>
     Effect.gen(function*() {
       const { simulator } = yield* runFiles
-      const taken = yield* Effect.acquireRelease(
-        Effect.async<Net.Server>((resume) => {
-          const server = Net.createServer()
-          server.listen(0, "127.0.0.1", () => resume(Effect.succeed(server)))
-        }),
-        (server) => Effect.async<void>((resume) => void server.close(() => resume(Effect.void)))
-      )
-      const port = (taken.address() as Net.AddressInfo).port
+      const port = yield* takenPort
 
       const result = yield* runCli(["serve", "--port", String(port)], {
         DEEPSEEK_API_KEY: Simulator.defaultKey,

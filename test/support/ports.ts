@@ -16,6 +16,18 @@ export const freePort = (): Promise<number> =>
     })
   })
 
+/** A loopback port a server of this process listens on for the scope: one a server of the test's cannot take. */
+export const takenPort: Effect.Effect<number, never, Scope.Scope> = Effect.map(
+  Effect.acquireRelease(
+    Effect.async<Net.Server>((resume) => {
+      const server = Net.createServer()
+      server.listen(0, "127.0.0.1", () => resume(Effect.succeed(server)))
+    }),
+    (server) => Effect.async<void>((resume) => void server.close(() => resume(Effect.void)))
+  ),
+  (server) => (server.address() as Net.AddressInfo).port
+)
+
 /** A TCP relay listening on a loopback port: `close` stops it and drops its connections. */
 export interface Relay {
   readonly close: Effect.Effect<void>
