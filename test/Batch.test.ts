@@ -1020,7 +1020,7 @@ describe("Batch summary", () => {
       expect(over.budget).toEqual({ budgetUsd: 5e-6, remainingUsd: 0, overUsd: 4.0048e-6 })
       expect(Batch.toJson(over).budget).toEqual({ budget_usd: 5e-6, remaining_usd: 0, over_usd: 4.0048e-6 })
       expect(Batch.formatSummary(over)).toContain(
-        "budget:    $0.000005, spent: new calls were refused; the calls under way then went $0.000004 past it (answered, and billed)"
+        "budget:    $0.000005, spent: it refuses new calls; the calls under way when it was spent went $0.000004 past it (answered, and billed)"
       )
 
       const { summary: within } = yield* run(1)

@@ -277,8 +277,8 @@ const costLine = (spend: Spend): string =>
 const budgetLine = ({ budgetUsd, overUsd, remainingUsd }: Budget): string =>
   remainingUsd > 0
     ? `${usd(budgetUsd)}, ${usd(remainingUsd)} left`
-    : `${usd(budgetUsd)}, spent: new calls were refused${
-      overUsd === 0 ? "" : `; the calls under way then went ${usd(overUsd)} past it (answered, and billed)`
+    : `${usd(budgetUsd)}, spent: it refuses new calls${
+      overUsd === 0 ? "" : `; the calls under way when it was spent went ${usd(overUsd)} past it (answered, and billed)`
     }`
 
 /**
