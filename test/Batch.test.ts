@@ -1417,7 +1417,7 @@ describe("Batch.run output file", () => {
       expect(aborted.summary).toMatchObject({ interrupted: true, abortedBy: "output", complete: false })
       // The summary says why it stopped, and that no drain ran: a full disk stops the run at once.
       const stopped = Batch.formatSummary(aborted.summary).split("\n").find((line) => line.startsWith("stopped:"))
-      expect(stopped).toMatch(/^stopped: {3}the output could not be written: the run stopped before the end of the input; lines not answered are not in the output/)
+      expect(stopped).toMatch(/^stopped: {3}the output could not be written: the run stopped; the lines not answered are not in the output \(a rerun sends them\)/)
       expect(stopped).not.toContain("drain")
       expect(Batch.toJson(aborted.summary)).toMatchObject({ interrupted: true, aborted_by: "output" })
       expect(aborted.unwritten).toBeGreaterThan(0)
@@ -1621,7 +1621,7 @@ describe("Batch.run output file", () => {
       expect(lines.map((l) => l.custom_id).sort()).toEqual(ids.slice(0, 10).sort())
       expect(aborted.summary).toMatchObject({ succeeded: 10, interrupted: true, abortedBy: "input" })
       expect(Batch.formatSummary(aborted.summary)).toContain(
-        "stopped:   the input could no longer be read: the run stopped before the end of the input; lines not answered are not in the output"
+        "stopped:   the input could no longer be read: the run stopped; the lines not answered are not in the output (a rerun sends them)"
       )
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 })
@@ -1750,7 +1750,7 @@ describe("Batch.run stop and drain", () => {
       expect(calls).toBe(3)
       expect(summary).toMatchObject({ requests: 3, succeeded: 3, failed: 0, interrupted: true, dropped: 0 })
       expect(Batch.toJson(summary).interrupted).toBe(true)
-      expect(Batch.formatSummary(summary)).toContain("stopped:   interrupted before the end of the input")
+      expect(Batch.formatSummary(summary)).toContain("stopped:   interrupted; the lines not answered are not in the output (a rerun sends them)")
       expect((yield* ws.readOutput).map((l) => l.custom_id).sort()).toEqual(["l-0", "l-1", "l-2"])
       expect(yield* ws.fs.exists(`${ws.output}.lock`)).toBe(false)
     }).pipe(Effect.provide(NodeFileSystem.layer)))
@@ -1771,7 +1771,7 @@ describe("Batch.run stop and drain", () => {
       expect(summary).toMatchObject({ requests: 1, succeeded: 1, interrupted: true, dropped: 2 })
       expect(Batch.toJson(summary).dropped).toBe(2)
       expect(Batch.formatSummary(summary)).toContain(
-        "stopped:   interrupted before the end of the input; lines not answered are not in the output; " +
+        "stopped:   interrupted; the lines not answered are not in the output (a rerun sends them); " +
           "2 requests on the wire when the drain ended dropped unanswered (the upstream may bill what it generated for them)"
       )
       expect((yield* ws.readOutput).map((l) => l.custom_id)).toEqual(["fast"])

@@ -411,7 +411,7 @@ describe("weatherproof CLI", () => {
       )
 
       expect(result.code).toBe(1)
-      expect(result.stdout).toContain("stopped:   the output could not be written: the run stopped before the end of the input")
+      expect(result.stdout).toContain("stopped:   the output could not be written: the run stopped; the lines not answered are not in the output (a rerun sends them)")
       expect(result.stderr).toContain(`cannot write output ${output}: ENOSPC: no space left on device, write`)
       // The summary counts the answers in the output, a torn last line not among them.
       const whole = (yield* fs.readFileString(output)).split("\n").slice(0, -1).length

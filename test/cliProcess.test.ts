@@ -336,7 +336,7 @@ describe("weatherproof batch as a process", () => {
       expect(ended.code).toBe(143)
       expect(ended.stderr).toContain("SIGTERM: stopping; nothing more is sent")
       expect(ended.stderr).toContain(`to resume, run the same command again:\n  weatherproof batch ${ws.input} --output ${ws.output}`)
-      expect(ended.stdout).toContain("stopped:   interrupted before the end of the input")
+      expect(ended.stdout).toContain("stopped:   interrupted; the lines not answered are not in the output (a rerun sends them)")
       const summary = JSON.parse(yield* ws.fs.readFileString(summaryPath))
       const written = expectOnceEach(yield* ws.readOutput)
       expect(summary).toMatchObject({ interrupted: true, complete: false, succeeded: written, failed: 0 })

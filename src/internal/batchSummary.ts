@@ -254,7 +254,7 @@ const abortedBecause = {
 const stoppedLine = ({ abortedBy, complete, dropped }: Pick<Summary, "abortedBy" | "complete" | "dropped">): string =>
   complete
     ? "interrupted once every line of the input was read; each one's result is in the output"
-    : `${abortedBy === undefined ? "interrupted" : abortedBecause[abortedBy]} before the end of the input; lines not answered are not in the output` +
+    : `${abortedBy === undefined ? "interrupted" : abortedBecause[abortedBy]}; the lines not answered are not in the output (a rerun sends them)` +
       (dropped === 0 ? "" : `; ${counted(dropped, "request", "requests")} on the wire when ${
         abortedBy === "output" ? "it stopped" : "the drain ended"
       } dropped unanswered (the upstream may bill what it generated for them)`)
