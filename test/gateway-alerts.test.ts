@@ -46,7 +46,7 @@ const sample = (accounts: ReadonlyArray<AccountSample>, budgetSpent = false): Sa
   gateway: { active: 0, waiting: 0, keepAlives: 0, streamsCut: 0, requests: 0 },
   accounts,
   models: [],
-  spend: { costUsd: 1, budgetUsd: 1, remainingUsd: budgetSpent ? 0 : 1 },
+  spend: { costUsd: 1, budgetUsd: 1, remainingUsd: budgetSpent ? 0 : 1, overUsd: 0 },
   banner: { throttling: [], outOfBalance: [], unreachable: [], noKeys: [], checkingBalance: [], noAccountServing: false, budgetSpent }
 })
 

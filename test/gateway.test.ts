@@ -760,6 +760,14 @@ describe("weatherproof serve, with the openai client", () => {
       expect(ready).toEqual([200, { status: "ready", accounts: [{ name: "a", state: "serving", reachable: true }] }])
       yield* attempt(() => openai(gateway.url).chat.completions.create({ model, messages: ask("spend it") }))
       expect(yield* readiness).toEqual([503, { status: "budget_spent", accounts: [{ name: "a", state: "serving", reachable: true }] }])
+      // The status says by how much the call under way when it was spent went past it.
+      const spend = yield* attempt(async () => (await (await fetch(`${gateway.url}/status.json`)).json()).samples.at(-1).spend).pipe(
+        Effect.filterOrFail((spend) => spend.remainingUsd === 0),
+        Effect.retry({ schedule: Schedule.spaced("20 millis"), times: 100 })
+      )
+      expect(spend).toMatchObject({ budgetUsd: 0.000001, remainingUsd: 0 })
+      expect(spend.overUsd).toBeGreaterThan(0)
+      expect(spend.overUsd).toBeCloseTo(spend.costUsd - 0.000001, 12)
     }))
 
   it.scopedLive("/readyz says what an account that cannot serve last met", () =>

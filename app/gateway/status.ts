@@ -71,7 +71,13 @@ export interface Sample {
   }
   readonly accounts: ReadonlyArray<AccountSample>
   readonly models: ReadonlyArray<ModelSpend>
-  readonly spend: { readonly costUsd: number; readonly budgetUsd: number | null; readonly remainingUsd: number | null }
+  /** `overUsd`: what the calls under way when the budget was spent cost past it. */
+  readonly spend: {
+    readonly costUsd: number
+    readonly budgetUsd: number | null
+    readonly remainingUsd: number | null
+    readonly overUsd: number | null
+  }
   readonly banner: {
     /** The accounts throttled: see `throttled`. */
     readonly throttling: ReadonlyArray<string>
@@ -281,7 +287,8 @@ export const make = (traffic: Traffic, options: Options): Effect.Effect<Monitor,
         spend: {
           costUsd: totals.total.costUsd,
           budgetUsd: totals.budget?.budgetUsd ?? null,
-          remainingUsd: totals.budget?.remainingUsd ?? null
+          remainingUsd: totals.budget?.remainingUsd ?? null,
+          overUsd: totals.budget?.overUsd ?? null
         },
         banner: {
           throttling: throttled(windowStart(history, t, throttleWindowMs)?.accounts ?? [], statuses, options.throttleShare),
