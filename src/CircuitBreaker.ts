@@ -158,7 +158,10 @@ export interface Options {
   readonly minimumThroughput?: number | undefined
   /** Open period after the first trip; doubles on each consecutive trip. Default 30 seconds. */
   readonly openFor?: Duration.DurationInput | undefined
-  /** Cap of the open period (set it to `openFor` for a fixed period). Default 120 seconds. */
+  /**
+   * Cap of the open period (set it to `openFor`, or below, for a fixed period of `openFor`).
+   * Default 120 seconds.
+   */
   readonly maxOpenFor?: Duration.DurationInput | undefined
   /** Calls admitted in half-open; all must succeed to close. Default 1. */
   readonly canaries?: number | undefined
