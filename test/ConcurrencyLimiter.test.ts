@@ -765,6 +765,9 @@ describe("ConcurrencyLimiter", () => {
         expect(yield* refusal({ min: 0 })).toContain("ConcurrencyLimiter: min must be at least 1, got 0")
         expect(yield* refusal({ max: 0.5 })).toContain("ConcurrencyLimiter: max must be at least 1, got 0.5")
         expect(yield* refusal({ min: 8, max: 4 })).toContain("ConcurrencyLimiter: max must be at least min (8), got 4")
+        // Only what was given is told: `initial`, brought within them, is no problem of its own.
+        for (const options of [{ max: 0 }, { min: 8, max: 4 }]) expect(yield* refusal(options)).not.toContain("initial")
+        expect(yield* refusal({ initial: Number.NaN })).toContain("ConcurrencyLimiter: initial must be a number, got NaN")
         // A `min` above the default `max` raises it: only a `max` given is held to `min`.
         const high = yield* ConcurrencyLimiter.makeAdaptive({ min: 20_000, initial: 20_000 })
         expect(yield* limitOf(high)).toBe(20_000)

@@ -1074,7 +1074,7 @@ const validateAdaptive = (options: AdaptiveOptions, config: AimdConfig): void =>
     options.max === undefined || options.max < 1 || options.max >= config.min
       ? undefined
       : `max must be at least min (${config.min}), got ${options.max}`,
-    atLeast("initial", config.initial, config.min),
+    Number.isNaN(config.initial) ? "initial must be a number, got NaN" : undefined,
     ratio("backoff", config.backoff, true),
     ratio("fallBackoff", config.fallBackoff, true),
     ratio("fallHoldShare", config.fallHoldShare),
