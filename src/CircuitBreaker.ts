@@ -64,7 +64,7 @@ import type { Classifier } from "./ApiError.js"
 import * as internal from "./internal/circuitBreaker.js"
 import * as internalRedis from "./internal/circuitBreakerRedis.js"
 import { monotonicMillis } from "./internal/monotonic.js"
-import { assertValid, atLeast, positive, positiveInteger, ratio } from "./internal/options.js"
+import { assertValid, atLeast, oneOf, positive, positiveInteger, ratio } from "./internal/options.js"
 import * as ScopeFinalizer from "./internal/scopeFinalizer.js"
 import { TaggedError } from "./internal/sdkError.js"
 import * as Redis from "./Redis.js"
@@ -355,7 +355,9 @@ const settingsOf = (options: Options): internal.Settings => {
     ratio("failureRatio", failureRatio),
     atLeast("minimumThroughput", minimumThroughput, 1),
     positive("openFor", openForMillis),
-    positiveInteger("canaries", canaries)
+    positiveInteger("canaries", canaries),
+    oneOf("halfOpenPolicy", options.halfOpenPolicy ?? defaults.halfOpenPolicy, ["wait", "reject"]),
+    oneOf("countLoadShed", options.countLoadShed ?? defaults.countLoadShed, [true, false, "overload"])
   ])
   return {
     windowMillis,

@@ -619,7 +619,10 @@ describe("CircuitBreaker", () => {
           { buckets: 0 },
           { window: 0 },
           { openFor: 0 },
-          { minimumThroughput: 0 }
+          { minimumThroughput: 0 },
+          // What TypeScript refuses, from JavaScript or JSON: a typo must not change what trips it.
+          { halfOpenPolicy: "nope" as never },
+          { countLoadShed: "x" as never }
         ]
         for (const options of invalid) {
           const exit = yield* Effect.exit(CircuitBreaker.make(options))

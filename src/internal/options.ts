@@ -27,6 +27,10 @@ export const above = (name: string, value: number, min: number): Problem =>
 export const finiteAtLeast = (name: string, value: number, min: number): Problem =>
   Number.isFinite(value) && value >= min ? undefined : `${name} must be a finite number ≥ ${min}, got ${value}`
 
+/** One of `allowed` (what TypeScript checks; JavaScript and JSON do not). */
+export const oneOf = (name: string, value: unknown, allowed: ReadonlyArray<unknown>): Problem =>
+  allowed.includes(value) ? undefined : `${name} must be one of ${allowed.map((a) => JSON.stringify(a)).join(", ")}, got ${JSON.stringify(value)}`
+
 /** A ratio in (0, 1], or in (0, 1) when `below1`. */
 export const ratio = (name: string, value: number, below1 = false): Problem =>
   value > 0 && (below1 ? value < 1 : value <= 1) ? undefined : `${name} must be in (0, 1${below1 ? ")" : "]"}, got ${value}`
