@@ -298,7 +298,10 @@ export const withPermit = (limiter: Service, options?: AcquireOptions) =>
  * @category models
  */
 export interface LimiterOptions {
-  /** How many callers may wait for a permit before `acquire` fails with `QueueFull`. Default: unbounded. */
+  /**
+   * How many callers may wait for a permit before `acquire` fails with `QueueFull` (0: none waits):
+   * a whole number ≥ 0, or Infinity. Default: unbounded.
+   */
   readonly maxQueued?: number | undefined
   /** Tags the limiter's metrics with `limiter=<name>` so several limiters can be told apart. Default: untagged. */
   readonly name?: string | undefined
@@ -413,7 +416,7 @@ export const droppedCounter: Metric.Metric.Counter<number> = internal.droppedCou
 
 /**
  * A fixed bound of `permits` calls in flight. Dies with `IllegalArgumentException` unless `permits`
- * is at least 1.
+ * is a whole number, at least 1, and `maxQueued` (when given) a whole number ≥ 0 or Infinity.
  *
  * @example
  * ```ts

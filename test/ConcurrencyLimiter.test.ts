@@ -813,10 +813,20 @@ describe("ConcurrencyLimiter", () => {
           expect(Exit.isFailure(exit) && Cause.isDie(exit.cause), String(Object.values(options))).toBe(true)
         }
         // A limit of NaN (a concurrency read from an unset variable) would grant nothing, silently.
-        for (const permits of [Number.NaN, 0]) {
+        for (const permits of [Number.NaN, 0, 1.5]) {
           const exit = yield* Effect.exit(ConcurrencyLimiter.makeFixed(permits))
           expect(Exit.isFailure(exit) && Cause.isDie(exit.cause), String(permits)).toBe(true)
         }
+        // A queue of -1 refused every waiter with QueueFull, as one of 0 does on purpose.
+        for (const maxQueued of [-1, 1.5, Number.NaN]) {
+          const exits = [
+            yield* Effect.exit(ConcurrencyLimiter.makeFixed(1, { maxQueued })),
+            yield* Effect.exit(ConcurrencyLimiter.makeAdaptive({ maxQueued }))
+          ]
+          for (const exit of exits) expect(Exit.isFailure(exit) && Cause.isDie(exit.cause), String(maxQueued)).toBe(true)
+        }
+        yield* ConcurrencyLimiter.makeFixed(1, { maxQueued: 0 })
+        yield* ConcurrencyLimiter.makeFixed(1, { maxQueued: Infinity })
         // A ceiling of 0 was raised to 1: every call one at a time, where no limit (`false`) was meant.
         for (const permits of [0, -5, Number.NaN]) {
           expect(() => ConcurrencyLimiter.ceiling(permits)).toThrow(

@@ -11,7 +11,7 @@ import type * as Scope from "effect/Scope"
 import * as ApiError from "../ApiError.js"
 import type { Classifier } from "../ApiError.js"
 import { monotonicMillis } from "./monotonic.js"
-import { above, assertValid, atLeast, ratio } from "./options.js"
+import { above, assertValid, atLeast, positiveInteger, ratio } from "./options.js"
 import * as ScopeFinalizer from "./scopeFinalizer.js"
 import * as Unpaced from "./unpaced.js"
 import { TaggedError } from "./sdkError.js"
@@ -973,8 +973,15 @@ export const effectOf = <P, A, E, R>(use: (permit: P) => Effect.Effect<A, E, R>,
   }
 }
 
+/** A queue's bound: a whole number ≥ 0 (0: none waits), or Infinity. */
+const maxQueuedProblem = (maxQueued: number | undefined) =>
+  maxQueued === undefined || maxQueued === Infinity || (Number.isInteger(maxQueued) && maxQueued >= 0)
+    ? undefined
+    : `maxQueued must be a whole number ≥ 0 (0: none waits) or Infinity, got ${maxQueued}`
+
 export const make = (policy: Policy, options: LimiterOptions = {}): Effect.Effect<Service> =>
   Effect.clockWith((clock) => Effect.sync(() => {
+    assertValid("ConcurrencyLimiter", [maxQueuedProblem(options.maxQueued)])
     const gate = new Gate(policy.limit, options.maxQueued ?? Infinity, () => policy.stamp)
     const tag = <Type, In, Out>(metric: Metric.Metric<Type, In, Out>) =>
       options.name === undefined ? metric : Metric.tagged(metric, "limiter", options.name)
@@ -1105,10 +1112,10 @@ export const adaptiveConfig = (options: AdaptiveOptions): AimdConfig => {
 /** The adaptive policy of `options`; throws `IllegalArgumentException` on options that cannot work. */
 export const adaptivePolicy = (options: AdaptiveOptions): Policy => new Aimd(adaptiveConfig(options))
 
-/** A fixed limit of `permits`; dies with `IllegalArgumentException` unless it is at least 1. */
+/** A fixed limit of `permits`; dies with `IllegalArgumentException` unless it is a whole number, at least 1. */
 export const makeFixed = (permits: number, options?: LimiterOptions): Effect.Effect<Service> =>
   Effect.flatMap(Effect.sync(() => {
-    assertValid("ConcurrencyLimiter", [atLeast("permits", permits, 1)])
+    assertValid("ConcurrencyLimiter", [positiveInteger("permits", permits)])
     return fixedPolicy(permits)
   }), (policy) => make(policy, options))
 
