@@ -126,6 +126,7 @@ import type { BudgetExceeded, CostLedger, PricingTable } from "./CostLedger.js"
 import { Redis } from "./Redis.js"
 import * as internal from "./internal/accountPool.js"
 import * as MemberState from "./internal/memberState.js"
+import { assertValid, positiveDuration } from "./internal/options.js"
 import * as RedisLanes from "./internal/redisDispatcher.js"
 import * as KeyPool from "./KeyPool.js"
 import * as PolicyModule from "./Policy.js"
@@ -528,19 +529,30 @@ export const attemptDuration: Metric.Metric.Histogram<number> = internal.attempt
 export const make = (
   accounts: ReadonlyArray<Account>,
   options: Options = {}
-): Effect.Effect<Service, never, HttpClient.HttpClient | CostLedger | Scope.Scope> => internal.make(accounts, settingsOf(options))
+): Effect.Effect<Service, never, HttpClient.HttpClient | CostLedger | Scope.Scope> =>
+  Effect.suspend(() => internal.make(accounts, settingsOf(options)))
 
-const settingsOf = (options: Options): internal.Settings => ({
-  breaker: options.breaker,
-  deadlines: options.deadlines,
-  maxWait: Duration.decode(options.maxWait ?? defaults.maxWait),
-  preflight: options.preflight ?? true,
-  warmUp: options.warmUp ?? TransportModule.defaultWarmUp,
-  balanceProbeInterval: Duration.decode(options.balanceProbeInterval ?? defaults.balanceProbeInterval),
-  reachProbeInterval: Duration.decode(options.reachProbeInterval ?? defaults.reachProbeInterval),
-  keyCooldown: Duration.decode(options.keyCooldown ?? defaults.keyCooldown),
-  fallbackCooldown: Duration.decode(options.fallbackCooldown ?? defaults.fallbackCooldown)
-})
+/** The options with their defaults; throws (a defect where it runs in an effect) on a period or cooldown not above zero. */
+const settingsOf = (options: Options): internal.Settings => {
+  const periods = {
+    balanceProbeInterval: options.balanceProbeInterval ?? defaults.balanceProbeInterval,
+    reachProbeInterval: options.reachProbeInterval ?? defaults.reachProbeInterval,
+    keyCooldown: options.keyCooldown ?? defaults.keyCooldown,
+    fallbackCooldown: options.fallbackCooldown ?? defaults.fallbackCooldown
+  }
+  assertValid("AccountPool", Object.entries(periods).map(([name, input]) => positiveDuration(name, input)))
+  return {
+    breaker: options.breaker,
+    deadlines: options.deadlines,
+    maxWait: Duration.decode(options.maxWait ?? defaults.maxWait),
+    preflight: options.preflight ?? true,
+    warmUp: options.warmUp ?? TransportModule.defaultWarmUp,
+    balanceProbeInterval: Duration.decode(periods.balanceProbeInterval),
+    reachProbeInterval: Duration.decode(periods.reachProbeInterval),
+    keyCooldown: Duration.decode(periods.keyCooldown),
+    fallbackCooldown: Duration.decode(periods.fallbackCooldown)
+  }
+}
 
 /**
  * @since 0.1.0

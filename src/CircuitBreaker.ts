@@ -64,7 +64,7 @@ import type { Classifier } from "./ApiError.js"
 import * as internal from "./internal/circuitBreaker.js"
 import * as internalRedis from "./internal/circuitBreakerRedis.js"
 import { monotonicMillis } from "./internal/monotonic.js"
-import { assertValid, atLeast, oneOf, positive, positiveInteger, ratio } from "./internal/options.js"
+import { assertValid, atLeast, oneOf, positiveDuration, positiveInteger, ratio } from "./internal/options.js"
 import * as ScopeFinalizer from "./internal/scopeFinalizer.js"
 import { TaggedError } from "./internal/sdkError.js"
 import * as Redis from "./Redis.js"
@@ -343,28 +343,28 @@ const gaugeValue = (state: State): number => {
 }
 
 const settingsOf = (options: Options): internal.Settings => {
-  const windowMillis = Duration.toMillis(options.window ?? defaults.window)
+  const window = options.window ?? defaults.window
   const buckets = options.buckets ?? defaults.buckets
   const failureRatio = options.failureRatio ?? defaults.failureRatio
   const minimumThroughput = options.minimumThroughput ?? defaults.minimumThroughput
-  const openForMillis = Duration.toMillis(options.openFor ?? defaults.openFor)
+  const openFor = options.openFor ?? defaults.openFor
   const canaries = options.canaries ?? defaults.canaries
   assertValid("CircuitBreaker", [
-    positive("window", windowMillis),
+    positiveDuration("window", window),
     positiveInteger("buckets", buckets),
     ratio("failureRatio", failureRatio),
     atLeast("minimumThroughput", minimumThroughput, 1),
-    positive("openFor", openForMillis),
+    positiveDuration("openFor", openFor),
     positiveInteger("canaries", canaries),
     oneOf("halfOpenPolicy", options.halfOpenPolicy ?? defaults.halfOpenPolicy, ["wait", "reject"]),
     oneOf("countLoadShed", options.countLoadShed ?? defaults.countLoadShed, [true, false, "overload"])
   ])
   return {
-    windowMillis,
+    windowMillis: Duration.toMillis(window),
     buckets,
     failureRatio,
     minimumThroughput,
-    openForMillis,
+    openForMillis: Duration.toMillis(openFor),
     maxOpenForMillis: Duration.toMillis(options.maxOpenFor ?? defaults.maxOpenFor),
     canaries,
     halfOpenPolicy: options.halfOpenPolicy ?? defaults.halfOpenPolicy

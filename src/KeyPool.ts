@@ -25,7 +25,7 @@ import { NoUsableKey } from "./ApiError.js"
 import * as DurationTexts from "./internal/durationText.js"
 import * as internalRedis from "./internal/keyPoolRedis.js"
 import { monotonicMillis } from "./internal/monotonic.js"
-import { assertValid, positive } from "./internal/options.js"
+import { assertValid, positiveDuration } from "./internal/options.js"
 import * as Redis from "./Redis.js"
 
 /**
@@ -98,14 +98,15 @@ export const defaultCooldown: Duration.Duration = Duration.minutes(15)
  */
 const inMemory = (keys: ReadonlyArray<Redacted.Redacted<string>>, options: Options | undefined) =>
   Effect.gen(function*() {
-    const cooldownMillis = Duration.toMillis(options?.cooldown ?? defaultCooldown)
+    const cooldown = options?.cooldown ?? defaultCooldown
     yield* Effect.sync(() =>
       assertValid("KeyPool", [
         // With none, every call would fail `NoUsableKey` ("0 rejected"): a key list left empty.
         keys.length === 0 ? "keys must hold at least one key" : undefined,
-        positive("cooldown", cooldownMillis)
+        positiveDuration("cooldown", cooldown)
       ])
     )
+    const cooldownMillis = Duration.toMillis(cooldown)
     const credentials: ReadonlyArray<Credential> = keys.map((key, i) => {
       const source = options?.sources?.[i]
       return { id: `key#${i + 1}${source === undefined ? "" : ` from ${source}`}`, key }

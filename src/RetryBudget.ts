@@ -39,7 +39,7 @@ import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Schedule from "effect/Schedule"
 import { currentMonotonicMillis } from "./internal/monotonic.js"
-import { assertValid, atLeast, positive, positiveInteger } from "./internal/options.js"
+import { assertValid, atLeast, positiveDuration, positiveInteger } from "./internal/options.js"
 import * as internal from "./internal/retryBudget.js"
 
 /**
@@ -165,16 +165,17 @@ const counters: Record<internal.Event, Metric.Metric.Counter<number>> = {
 const count = (event: internal.Event): void => counters[event].unsafeUpdate(1, [])
 
 const settingsOf = (options: Options): internal.Settings => {
-  const windowMillis = Duration.toMillis(options.window ?? defaults.window)
+  const window = options.window ?? defaults.window
   const buckets = options.buckets ?? defaults.buckets
   const ratio = options.ratio ?? defaults.ratio
   const minRetriesPerSecond = options.minRetriesPerSecond ?? defaults.minRetriesPerSecond
   assertValid("RetryBudget", [
-    positive("window", windowMillis),
+    positiveDuration("window", window),
     positiveInteger("buckets", buckets),
     atLeast("ratio", ratio, 0),
     atLeast("minRetriesPerSecond", minRetriesPerSecond, 0)
   ])
+  const windowMillis = Duration.toMillis(window)
   return {
     bucketMillis: windowMillis / buckets,
     buckets,

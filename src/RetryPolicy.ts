@@ -25,7 +25,7 @@ import * as ScheduleDecision from "effect/ScheduleDecision"
 import * as ScheduleInterval from "effect/ScheduleInterval"
 import * as ApiError from "./ApiError.js"
 import * as DurationTexts from "./internal/durationText.js"
-import { assertValid, positive } from "./internal/options.js"
+import { assertValid, oneOf, positiveDuration } from "./internal/options.js"
 
 /**
  * @since 0.1.0
@@ -179,13 +179,14 @@ const notRetriedWarning = (max: Duration.Duration) => {
 export const schedule = <E = unknown>(options: Options = {}): Schedule.Schedule<E, E> => {
   const classify = options.classify ?? ApiError.classify
   const maxRetries = options.maxRetries ?? defaults.maxRetries
-  const base = Duration.decode(options.base ?? defaults.base)
-  const cap = Duration.decode(options.cap ?? defaults.cap)
   assertValid("RetryPolicy", [
     Number.isInteger(maxRetries) && maxRetries >= 0 ? undefined : `maxRetries must be an integer ≥ 0, got ${maxRetries}`,
-    positive("base", Duration.toMillis(base)),
-    positive("cap", Duration.toMillis(cap))
+    positiveDuration("base", options.base ?? defaults.base),
+    positiveDuration("cap", options.cap ?? defaults.cap),
+    oneOf("jitter", options.jitter ?? "full", ["full", "decorrelated"])
   ])
+  const base = Duration.decode(options.base ?? defaults.base)
+  const cap = Duration.decode(options.cap ?? defaults.cap)
   const backoff = options.backoff ?? (options.jitter === "decorrelated" ? decorrelatedJitter : exponentialFullJitter)(base, cap)
   return backoff.pipe(
     Schedule.intersect(Schedule.recurs(maxRetries)),

@@ -1690,6 +1690,20 @@ describe("AccountPool", () => {
     }).pipe(Effect.provide(layer))
   })
 
+  it.effect("dies on a period or cooldown not above zero, each said as written: a negative one decodes to 0", () =>
+    Effect.gen(function*() {
+      const exit = yield* Effect.exit(Effect.scoped(AccountPool.make([account("a", ["sk-a"])], {
+        keyCooldown: "-5 minutes",
+        balanceProbeInterval: 0,
+        reachProbeInterval: "30 seconds"
+      })))
+      expect(Exit.isFailure(exit) && Cause.squash(exit.cause)).toMatchObject({
+        _tag: "IllegalArgumentException",
+        message: "AccountPool: balanceProbeInterval must be a positive duration, got 0; " +
+          'keyCooldown must be a positive duration, got "-5 minutes"'
+      })
+    }).pipe(Effect.provide(Layer.merge(MockUpstream.layer([]), CostLedger.layer()))))
+
   it.effect("stops at a spent budget with a typed, non-retryable error, sending nothing", () => {
     const setup: Setup = { accounts: [account("a", ["sk-a"])], handlers: { a: healthy() }, ledger: { budgetUsd: 0 } }
     const { counts, layer } = stackLayer(setup)

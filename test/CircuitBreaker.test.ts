@@ -619,6 +619,7 @@ describe("CircuitBreaker", () => {
           { buckets: 0 },
           { window: 0 },
           { openFor: 0 },
+          { openFor: "-30 seconds" },
           { minimumThroughput: 0 },
           // What TypeScript refuses, from JavaScript or JSON: a typo must not change what trips it.
           { halfOpenPolicy: "nope" as never },
@@ -628,6 +629,10 @@ describe("CircuitBreaker", () => {
           const exit = yield* Effect.exit(CircuitBreaker.make(options))
           expect(Exit.isFailure(exit) && Cause.isDie(exit.cause), JSON.stringify(options)).toBe(true)
         }
+        const negative = yield* Effect.exit(CircuitBreaker.make({ window: "-1 minutes", openFor: "5 sec" as never }))
+        expect(Exit.isFailure(negative) && Cause.squash(negative.cause)).toMatchObject({
+          message: 'CircuitBreaker: window must be a positive duration, got "-1 minutes"; openFor must be a positive duration, got "5 sec"'
+        })
       }))
   })
 

@@ -35,6 +35,17 @@ describe("KeyPool", () => {
       expect(defect).toMatchObject({ _tag: "IllegalArgumentException", message: "KeyPool: keys must hold at least one key" })
     }))
 
+  it.effect("dies on a cooldown not above zero, said as written: a negative one decodes to 0", () =>
+    Effect.gen(function*() {
+      const defectOf = (cooldown: Duration.DurationInput) =>
+        Effect.exit(KeyPool.make(keys, { cooldown })).pipe(Effect.map((exit) => exit._tag === "Failure" && Cause.squash(exit.cause)))
+      expect(yield* defectOf("-1 seconds")).toMatchObject({
+        _tag: "IllegalArgumentException",
+        message: 'KeyPool: cooldown must be a positive duration, got "-1 seconds"'
+      })
+      expect(yield* defectOf(Duration.zero)).toMatchObject({ message: "KeyPool: cooldown must be a positive duration, got 0" })
+    }))
+
   it.effect("drops a rejected key and fails fast once none is left", () => {
     const logs: Array<Logged> = []
     return Effect.gen(function*() {

@@ -138,9 +138,17 @@ describe("RetryPolicy", () => {
   it("refuses options no policy can follow, naming each", () => {
     expect(() => RetryPolicy.make({ maxRetries: -1 })).toThrow("RetryPolicy: maxRetries must be an integer ≥ 0, got -1")
     expect(() => RetryPolicy.make({ maxRetries: 1.5, base: "0 millis" })).toThrow(
-      "RetryPolicy: maxRetries must be an integer ≥ 0, got 1.5; base must be positive, got 0"
+      'RetryPolicy: maxRetries must be an integer ≥ 0, got 1.5; base must be a positive duration, got "0 millis"'
     )
-    expect(() => RetryPolicy.schedule({ cap: "0 millis" })).toThrow("RetryPolicy: cap must be positive, got 0")
+    expect(() => RetryPolicy.schedule({ cap: "0 millis" })).toThrow('RetryPolicy: cap must be a positive duration, got "0 millis"')
+    // What TypeScript refuses, from JavaScript or JSON: said as written, not as what it decodes to.
+    expect(() => RetryPolicy.schedule({ base: "-1 seconds", cap: -5 })).toThrow(
+      'RetryPolicy: base must be a positive duration, got "-1 seconds"; cap must be a positive duration, got -5'
+    )
+    expect(() => RetryPolicy.schedule({ base: "5 secs" as never })).toThrow('RetryPolicy: base must be a positive duration, got "5 secs"')
+    expect(() => RetryPolicy.schedule({ jitter: "decorelated" as never })).toThrow(
+      'RetryPolicy: jitter must be one of "full", "decorrelated", got "decorelated"'
+    )
     expect(RetryPolicy.make({ maxRetries: 0 }).maxRetryAfter).toEqual(Duration.minutes(1))
   })
 

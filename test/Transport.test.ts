@@ -532,7 +532,7 @@ describe("Transport layers and spans", () => {
         Effect.provide(MockUpstream.layer([])),
         Effect.provide(KeyPool.layer([Redacted.make("sk-a")]))
       ))
-      expect(squashed(made)).toMatchObject({ _tag: "IllegalArgumentException", message: "Transport: deadlines.idle must be positive, got 0" })
+      expect(squashed(made)).toMatchObject({ _tag: "IllegalArgumentException", message: 'Transport: deadlines.idle must be a positive duration, got "0 seconds"' })
       const call = yield* Effect.exit(Effect.flatMap(Transport.Transport, (transport) =>
         transport.create(request, { deadlines: { total: "0 millis", firstContent: "-1 seconds" } })).pipe(
           Effect.provide(Transport.layer({ baseUrl: "https://api.example.com" })),
@@ -541,7 +541,9 @@ describe("Transport layers and spans", () => {
         ))
       expect(squashed(call)).toMatchObject({
         _tag: "IllegalArgumentException",
-        message: "Transport call: deadlines.firstContent must be positive, got 0; deadlines.total must be positive, got 0"
+        // As given: a negative duration decodes to 0, which the caller did not write.
+        message: 'Transport call: deadlines.firstContent must be a positive duration, got "-1 seconds"; ' +
+          'deadlines.total must be a positive duration, got "0 millis"'
       })
     }))
 

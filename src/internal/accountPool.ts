@@ -46,7 +46,7 @@ import { AccountSlot, Dispatcher, Lane, type LaneGrant, type Lanes, maySoonServe
 import * as GenAi from "./genAi.js"
 import * as MemberState from "./memberState.js"
 import { monotonicMillis } from "./monotonic.js"
-import { assertValid, positive } from "./options.js"
+import { assertValid } from "./options.js"
 import * as RedisLanes from "./redisDispatcher.js"
 import { attemptFailuresCounter, secondsBoundaries } from "./policy.js"
 import { Signal } from "./signal.js"
@@ -514,13 +514,9 @@ const reachedBy = (error: unknown): boolean | undefined => {
 // The pool
 // ---------------------------------------------------------------------------------------------
 
-const validate = (accounts: ReadonlyArray<Account>, settings: Settings): void =>
+const validate = (accounts: ReadonlyArray<Account>): void =>
   assertValid("AccountPool", [
-    new Set(accounts.map((account) => account.name)).size === accounts.length ? undefined : "account names must be unique",
-    positive("balanceProbeInterval", Duration.toMillis(settings.balanceProbeInterval)),
-    positive("reachProbeInterval", Duration.toMillis(settings.reachProbeInterval)),
-    positive("keyCooldown", Duration.toMillis(settings.keyCooldown)),
-    positive("fallbackCooldown", Duration.toMillis(settings.fallbackCooldown))
+    new Set(accounts.map((account) => account.name)).size === accounts.length ? undefined : "account names must be unique"
   ])
 
 const stateOf = (member: Member, breakerState: CircuitBreaker.State): AccountStatus["state"] =>
@@ -542,7 +538,7 @@ export const makeWith = <R>(
   coordinate: Coordinate<R>
 ): Effect.Effect<Service, never, HttpClient.HttpClient | CostLedger | Scope.Scope | R> =>
   Effect.gen(function*() {
-    yield* Effect.sync(() => validate(accounts, settings))
+    yield* Effect.sync(() => validate(accounts))
     const client = yield* HttpClient.HttpClient
     const ledger = yield* CostLedger
     const scope = yield* Effect.scope

@@ -24,7 +24,7 @@ import { DeadlineExceeded, emptyPartial, type PartialOutput } from "../ApiError.
 import type { Deadlines } from "../Transport.js"
 import { monotonicMillis } from "./monotonic.js"
 import { type Entry, Registry } from "./registry.js"
-import { positive, type Problem } from "./options.js"
+import { assertValid, durationMillis, positiveDuration } from "./options.js"
 
 /** A timer this late woke a process that did not run meanwhile: stopped (Ctrl-Z, a paused container) or blocked. */
 const stoppedAfterMillis = 1_000
@@ -67,19 +67,26 @@ export interface Limits {
   readonly total: number
 }
 
-/** Merges deadline overrides, later ones winning, onto complete defaults. */
+/**
+ * Merges deadline overrides, later ones winning, onto complete defaults. Throws naming `owner`
+ * and each deadline not above zero (zero would cut every call at once), as it was given.
+ */
 export const resolveLimits = (
+  owner: string,
   defaults: Deadlines,
   ...overrides: ReadonlyArray<Partial<Deadlines> | undefined>
 ): Limits => {
-  const millis = (key: keyof Deadlines): number =>
-    Duration.toMillis(overrides.reduce((value, override) => override?.[key] ?? value, defaults[key]))
-  return { firstContent: millis("firstContent"), idle: millis("idle"), total: millis("total") }
+  const given = (key: keyof Deadlines) => overrides.reduce((value, override) => override?.[key] ?? value, defaults[key])
+  const limits = {
+    firstContent: durationMillis(given("firstContent")),
+    idle: durationMillis(given("idle")),
+    total: durationMillis(given("total"))
+  }
+  if (!(limits.firstContent > 0 && limits.idle > 0 && limits.total > 0)) {
+    assertValid(owner, (["firstContent", "idle", "total"] as const).map((name) => positiveDuration(`deadlines.${name}`, given(name))))
+  }
+  return limits
 }
-
-/** What is wrong with deadlines: each must be above zero (zero would cut every call at once). */
-export const limitsProblems = (limits: Limits): ReadonlyArray<Problem> =>
-  (["firstContent", "idle", "total"] as const).map((name) => positive(`deadlines.${name}`, limits[name]))
 
 /** Who is told when the headers and the first content of a success arrive. */
 export interface Observers {

@@ -7,13 +7,12 @@
  * @internal
  */
 import * as Cause from "effect/Cause"
+import * as Duration from "effect/Duration"
+import * as Option from "effect/Option"
 import * as Predicate from "effect/Predicate"
 
 /** What is wrong with one option; `undefined` when nothing is. */
 export type Problem = string | undefined
-
-export const positive = (name: string, value: number): Problem =>
-  value > 0 ? undefined : `${name} must be positive, got ${value}`
 
 export const positiveInteger = (name: string, value: number): Problem =>
   Number.isInteger(value) && value >= 1 ? undefined : `${name} must be a positive integer, got ${value}`
@@ -26,6 +25,24 @@ export const above = (name: string, value: number, min: number): Problem =>
 
 export const finiteAtLeast = (name: string, value: number, min: number): Problem =>
   Number.isFinite(value) && value >= min ? undefined : `${name} must be a finite number ≥ ${min}, got ${value}`
+
+/** `input` in milliseconds, `NaN` when it is no duration (from JavaScript: "5 secs"), 0 when negative (as `Duration.decode` reads one). */
+export const durationMillis = (input: unknown): number =>
+  Option.match(Duration.decodeUnknown(input), { onNone: () => NaN, onSome: Duration.toMillis })
+
+/** A duration as its caller wrote it: "-1 seconds" is said so, not as the 0 it decodes to. */
+const shownDuration = (input: unknown): string =>
+  typeof input === "string" || Array.isArray(input)
+    ? JSON.stringify(input)
+    : Duration.isDuration(input)
+    ? Duration.format(input)
+    : typeof input === "bigint"
+    ? `${input}n`
+    : String(input)
+
+/** A duration above zero, said as given when it is not. */
+export const positiveDuration = (name: string, input: unknown): Problem =>
+  durationMillis(input) > 0 ? undefined : `${name} must be a positive duration, got ${shownDuration(input)}`
 
 /** One of `allowed` (what TypeScript checks; JavaScript and JSON do not). */
 export const oneOf = (name: string, value: unknown, allowed: ReadonlyArray<unknown>): Problem =>

@@ -27,7 +27,7 @@ import type { Permit } from "../ConcurrencyLimiter.js"
 import type { CallOptions, Deadlines, Exchange, Service } from "../Transport.js"
 import * as BaseUrls from "./baseUrl.js"
 import * as Connector from "./connector.js"
-import { limitsProblems, resolveLimits, Timeline, Watchdog } from "./deadlines.js"
+import { resolveLimits, Timeline, Watchdog } from "./deadlines.js"
 import * as ExactJson from "./exactJson.js"
 import { Exchanges } from "./exchange.js"
 import { madeAtFirstCall } from "./firstCall.js"
@@ -661,8 +661,7 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
     const client = yield* HttpClient.HttpClient
     const keyPool = yield* KeyPool
     const url = `${settings.baseUrl.replace(/\/+$/, "")}/chat/completions`
-    const layerLimits = resolveLimits(settings.defaultDeadlines, settings.deadlines)
-    yield* Effect.sync(() => assertValid("Transport", limitsProblems(layerLimits)))
+    const layerLimits = yield* Effect.sync(() => resolveLimits("Transport", settings.defaultDeadlines, settings.deadlines))
     const overClient = clientWire(client, url)
     const undici = undiciOf(client)
     const overUndici = Option.map(undici, ({ exchanges }) => undiciWire(exchanges, url, new Watchdog()))
@@ -682,11 +681,13 @@ export const make = (settings: Settings): Effect.Effect<Service, never, HttpClie
 
     /** A call's timeline; deadlines of its own that are no deadlines (zero) are a defect of the call. */
     const startTimeline = (options: CallOptions | undefined, wholeBody: boolean) =>
-      options?.deadlines === undefined ? Timeline.start(layerLimits, options, wholeBody) : Effect.suspend(() => {
-        const limits = resolveLimits(settings.defaultDeadlines, settings.deadlines, options.deadlines)
-        assertValid("Transport call", limitsProblems(limits))
-        return Timeline.start(limits, options, wholeBody)
-      })
+      options?.deadlines === undefined ? Timeline.start(layerLimits, options, wholeBody) : Effect.suspend(() =>
+        Timeline.start(
+          resolveLimits("Transport call", settings.defaultDeadlines, settings.deadlines, options.deadlines),
+          options,
+          wholeBody
+        )
+      )
 
     /**
      * Sends with `credential`, retrying a stale connection and rotating keys on 401. `rejected`
