@@ -360,7 +360,7 @@ describe("weatherproof serve, with the openai client", () => {
     traffic.answered(200)
     traffic.clientClosed()
     expect(traffic.takeReport("1m")).toEqual({
-      failed: true,
+      warning: true,
       line: "gateway: over the last 1m, 23 of 25 requests failed: 6 a (503), 5 b (502), 4 c (504), 3 d (429), 2 e (400), 3 other; 1 client left before its answer"
     })
     // The next report starts afresh: nothing failed, nothing to say; clients that left alone are told, as information.
@@ -368,7 +368,23 @@ describe("weatherproof serve, with the openai client", () => {
     traffic.clientClosed()
     traffic.clientClosed()
     traffic.answered(200)
-    expect(traffic.takeReport("1m")).toEqual({ failed: false, line: "gateway: over the last 1m, 2 clients left before their answer, of 3 requests" })
+    expect(traffic.takeReport("1m")).toEqual({ warning: false, line: "gateway: over the last 1m, 2 clients left before their answer, of 3 requests" })
+    // Refusals of what clients sent are theirs to fix: told, but no warning.
+    traffic.answered(401, 401, "invalid_api_key")
+    traffic.answered(400, 400, "invalid_request")
+    traffic.answered(404, 404, "model_not_found")
+    traffic.answered(413, 413, "invalid_request_error")
+    expect(traffic.takeReport("1m")).toEqual({
+      warning: false,
+      line: "gateway: over the last 1m, 4 of 4 requests failed, each on a client's error: " +
+        "1 invalid_api_key (401), 1 invalid_request (400), 1 model_not_found (404), 1 invalid_request_error (413)"
+    })
+    // A 429 (full) and a 402 (the budget spent) are the operator's to see.
+    for (const [status, code] of [[429, "rate_limited"], [402, "budget_exceeded"]] as const) {
+      traffic.answered(400, 400, "invalid_request")
+      traffic.answered(status, status, code)
+      expect(traffic.takeReport("1m")?.warning).toBe(true)
+    }
   })
 
   it.scopedLive("says in its log, once a report interval, how many requests failed and with what, and how many clients left: none told per request", () => {

@@ -131,12 +131,12 @@ export const defaults = {
   failureReportInterval: Duration.minutes(1)
 } as const
 
-/** Logs `traffic`'s report every `interval`, for the gateway's scope: a warning when requests failed. */
+/** Logs `traffic`'s report every `interval`, for the gateway's scope: a warning when requests failed other than on their clients' errors. */
 const reportFailures = (traffic: Traffic, interval: Duration.Duration) => {
   const over = DurationTexts.format(interval)
   const report = Effect.suspend(() => {
     const told = traffic.takeReport(over)
-    return told === undefined ? Effect.void : told.failed ? Effect.logWarning(told.line) : Effect.logInfo(told.line)
+    return told === undefined ? Effect.void : told.warning ? Effect.logWarning(told.line) : Effect.logInfo(told.line)
   })
   // The first run, at once, finds nothing yet.
   return Effect.forkScoped(Effect.repeat(report, Schedule.spaced(interval)))

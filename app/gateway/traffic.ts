@@ -75,7 +75,14 @@ const noLabels: ReadonlyArray<never> = []
 /** The failures a report names one by one, the most frequent first; the rest are summed. */
 const maxCodesShown = 5
 
-const emptyReport = () => ({ ended: 0, clientsLeft: 0, failures: new Map<string, number>() })
+const emptyReport = () => ({ ended: 0, clientsLeft: 0, notClients: 0, failures: new Map<string, number>() })
+
+/**
+ * A refusal of what the client sent (a bad request, a wrong gateway key, an unknown model or a
+ * request too large): its to fix, nothing the operator need watch. Not a 429 (the upstream or
+ * the gateway is full) nor a 402 (the gateway's budget is spent).
+ */
+const isClientsOwn = (status: number): boolean => status >= 400 && status < 500 && status !== 429 && status !== 402
 
 export class Traffic {
   /** Chat requests being answered (until their last byte). */
@@ -158,6 +165,7 @@ export class Traffic {
     if (told < 400 || code === undefined) return
     const key = status === told ? `${code} (${told})` : `${code} (after its 200)`
     this.lately.failures.set(key, (this.lately.failures.get(key) ?? 0) + 1)
+    if (status !== told || !isClientsOwn(told)) this.lately.notClients++
   }
 
   /** Counts a request whose client disconnected before its answer. */
@@ -170,10 +178,10 @@ export class Traffic {
   /**
    * What the requests ended since the last report did, as a log line, and starts the next; none
    * when none failed and no client left. One line an interval rather than one a failure: an
-   * outage fails thousands a minute.
+   * outage fails thousands a minute. A `warning` when a failure was not the client's own.
    */
-  takeReport(over: string): { readonly failed: boolean; readonly line: string } | undefined {
-    const { clientsLeft, ended, failures } = this.lately
+  takeReport(over: string): { readonly warning: boolean; readonly line: string } | undefined {
+    const { clientsLeft, ended, failures, notClients } = this.lately
     this.lately = emptyReport()
     const failed = Array.from(failures.values()).reduce((sum, n) => sum + n, 0)
     if (failed === 0 && clientsLeft === 0) return undefined
@@ -185,9 +193,12 @@ export class Traffic {
       clientsLeft === 1 ? "its" : "their"
     } answer`
     const head = `gateway: over the last ${over}, `
+    const whose = notClients === 0 ? ", each on a client's error" : ""
     return {
-      failed: failed > 0,
-      line: failed === 0 ? `${head}${left}, of ${counted(ended, "request", "requests")}` : `${head}${failed} of ${counted(ended, "request", "requests")} failed${what}${left}`
+      warning: notClients > 0,
+      line: failed === 0
+        ? `${head}${left}, of ${counted(ended, "request", "requests")}`
+        : `${head}${failed} of ${counted(ended, "request", "requests")} failed${whose}${what}${left}`
     }
   }
 
