@@ -467,6 +467,10 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Cache
   Effect.gen(function*() {
     const store = yield* CacheStore
     const defaultTimeToLive = Duration.decode(options.timeToLive ?? defaults.timeToLive)
+    // From the start, at 0: a series shows only from its first update.
+    yield* Effect.sync(() => {
+      for (const counter of [hitsCounter, missesCounter, coalescedCounter]) counter.unsafeUpdate(0, [])
+    })
     const counts = yield* Ref.make(emptyCounts)
     /** Calls in flight by key; each waiter learns how its leader's call ended (`Led`). */
     const inFlight = new Map<string, Deferred.Deferred<Led>>()

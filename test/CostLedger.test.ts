@@ -327,6 +327,14 @@ describe("CostLedger ledger", () => {
       expect(total).toMatchObject({ attempts: 5, unmetered: 2, costUsd: flashUsd })
       expect(byAccount["a"]?.unmetered).toBe(2)
       expect((yield* unmetered) - before).toBe(2)
+      // A metered attempt starts the series, at 0, with its tokens': `rate()` needs it before the first cut.
+      yield* ledger.record({ account: "metered-only", model: flash, usage: flashUsage, disposition: "kept", delivered: true })
+      const series = yield* Effect.map(Metric.snapshot, (pairs) =>
+        pairs.filter((pair) =>
+          pair.metricKey.name === "weatherproof_unmetered_attempts" &&
+          pair.metricKey.tags.some((tag) => tag.key === "account" && tag.value === "metered-only")
+        ))
+      expect(series.map((pair) => pair.metricState)).toMatchObject([{ count: 0 }])
     }))
 
   it.effect("totals are exact: three 0.1 USD attempts make 0.3, not 0.30000000000000004", () =>

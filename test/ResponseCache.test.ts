@@ -176,6 +176,15 @@ describe("ResponseCache.isDeterministic", () => {
 })
 
 describe("ResponseCache", () => {
+  it.effect("its counters are there from the start, at 0: a series shows only from its first update", () =>
+    Effect.gen(function*() {
+      const names = ["hits", "misses", "coalesced"].map((name) => `weatherproof_response_cache_${name}`)
+      const series = Effect.map(Metric.snapshot, (pairs) => pairs.map((pair) => pair.metricKey.name).filter((name) => names.includes(name)))
+      expect(yield* series).toEqual([])
+      yield* memoryCache()
+      expect((yield* series).sort()).toEqual([...names].sort())
+    }))
+
   it.effect("answers a repeated deterministic request from the cache", () =>
     Effect.gen(function*() {
       const cache = yield* memoryCache()

@@ -423,7 +423,8 @@ const countSpend = (counters: SpendCounters, attempt: AttemptCost, labels: Reado
   counters.completion.unsafeUpdate(tokens.completion, labels)
   counters.reasoning.unsafeUpdate(tokens.reasoning, labels)
   if (pico !== undefined) counters.cost.unsafeUpdate(usdOfPico(pico), labels)
-  if (attempt.unmetered) counters.unmetered.unsafeUpdate(1, labels)
+  // At 0 too: the series is there with the tokens', for `rate()`, before the first cut.
+  counters.unmetered.unsafeUpdate(attempt.unmetered ? 1 : 0, labels)
 }
 
 // ---------------------------------------------------------------------------------------------
