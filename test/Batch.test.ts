@@ -1932,8 +1932,8 @@ describe("Batch.run stream lines against the simulator", () => {
       expect(partial.reasoning_content).toBe("think:tell me about first")
       expect("echo:tell me about first".startsWith(partial.content ?? "")).toBe(true)
       expect(cut.error?.message).toMatch(/^the stream was cut after \d+ chunks \(\d+ characters of content and 25 of reasoning arrived/)
-      // The account's line says its answer was cut short, not only "answered".
-      expect(Batch.formatSummary(first)).toMatch(/\n {2}\S+: .*1 answered \(1 cut short\), 1 attempt,/)
+      // The account's line says its answer was cut short, not "answered": the line failed.
+      expect(Batch.formatSummary(first)).toMatch(/\n {2}\S+: .*; 0 answered, 1 cut short, 1 attempt,/)
 
       yield* ws.writeInput([line("cut-first", true), line("s-two", true), line("n-two", false)])
       const second = yield* Batch.run(ws).pipe(Effect.provide(stack))

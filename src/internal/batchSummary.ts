@@ -306,10 +306,14 @@ const statusText = (status: AccountStatus): string =>
     lastFailureText(status)
   }`
 
+/**
+ * An account's line. Its answers cut short are said apart from those answered whole: a stream cut
+ * mid-way is its line's failure, not an answer, whatever the ledger counts it as.
+ */
 const accountLine = (name: string, account: AccountSummary): string =>
-  `  ${name}: ${account.status === undefined ? "" : `${statusText(account.status)}; `}${account.answered} answered${account.truncated === 0 ? "" : ` (${account.truncated} cut short)`}, ${
-    counted(account.attempts, "attempt", "attempts")
-  }, ${account.tokens.prompt + account.tokens.completion} tokens, ${usd(account.costUsd)}`
+  `  ${name}: ${account.status === undefined ? "" : `${statusText(account.status)}; `}${account.answered - account.truncated} answered${
+    account.truncated === 0 ? "" : `, ${account.truncated} cut short`
+  }, ${counted(account.attempts, "attempt", "attempts")}, ${account.tokens.prompt + account.tokens.completion} tokens, ${usd(account.costUsd)}`
 
 /** The summary for people. */
 export const format = (summary: Summary): string => {
