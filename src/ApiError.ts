@@ -132,7 +132,10 @@ export class UnexpectedStatus extends TaggedError("UnexpectedStatus")<{
 
 /**
  * The connection failed: refused, reset, closed while the request was in flight or while the
- * body was read. A stale pooled connection is retried silently by the transport first.
+ * body was read. A stale pooled connection is retried silently by the transport first. Closed
+ * while the body was read before any content arrived (`reason: "body"`, `partial.events` 0) is
+ * load shed, not an outage: DeepSeek closes a request it could not schedule in time, after its
+ * 200 and keep-alives.
  *
  * @since 0.1.0
  */
@@ -178,7 +181,12 @@ export class DeadlineExceeded extends TaggedError("DeadlineExceeded")<{
   }
 }
 
-/** A stream that ended without `data: [DONE]`. Carries what arrived. @since 0.1.0 */
+/**
+ * A stream that ended without `data: [DONE]`. Carries what arrived. One that ended before any
+ * event (only keep-alives: closed while queued) is load shed; after content, an outage.
+ *
+ * @since 0.1.0
+ */
 export class StreamTruncated extends TaggedError("StreamTruncated")<{
   readonly partial: PartialOutput
 }> {
