@@ -17,7 +17,8 @@
  *   line (`RoutingRefused`); the router's warnings are counted in the summary.
  * - A line that cannot be sent (bad JSON, no `custom_id`, a bad body or `task`, another method or
  *   url, a `custom_id` already used by an earlier line) gets an error result line; it never stops
- *   the run. A line without a `custom_id` is named `line-<n>`.
+ *   the run. Its `error.line` says which input line it is; its `custom_id` is `null` when it has
+ *   none that can be read (no name made up for it could be told from a real line's).
  * - A line that is not valid UTF-8 is an error line (`invalid_line`); it is never altered and sent.
  *   So is a line longer than 64 MiB, which is never held whole (a file without line ends costs
  *   bounded memory). An input file in UTF-16 (its byte-order mark says so: Windows PowerShell 5's
@@ -571,7 +572,7 @@ interface Send {
 /** What one input line asks the run to do, decided in input order. */
 type Work =
   | { readonly _tag: "Skip" }
-  | { readonly _tag: "Reject"; readonly customId: string; readonly error: Lines.LineError }
+  | { readonly _tag: "Reject"; readonly customId: string | null; readonly error: Lines.LineError }
   | Send
 
 /**
@@ -761,20 +762,24 @@ const compactionHint = (error: PlatformError): string => {
 const decider = (alreadyAnswered: ReadonlySet<string>) => {
   const owners = new Map<string, number>()
   return (item: Lines.InputItem): Work => {
-    if (item._tag === "Request" || item.hasOwnId) {
+    if (item.customId !== undefined) {
       const owner = owners.get(item.customId)
       if (owner !== undefined) {
         return {
           _tag: "Reject",
           customId: item.customId,
-          error: { code: Lines.duplicateCode, message: `custom_id ${JSON.stringify(item.customId)} is already used by line ${owner}` }
+          error: {
+            code: Lines.duplicateCode,
+            message: `custom_id ${JSON.stringify(item.customId)} is already used by line ${owner}`,
+            line: item.lineNumber
+          }
         }
       }
       owners.set(item.customId, item.lineNumber)
       if (alreadyAnswered.has(item.customId)) return { _tag: "Skip" }
     }
     return item._tag === "Invalid"
-      ? { _tag: "Reject", customId: item.customId, error: { code: Lines.invalidLineCode, message: item.message } }
+      ? { _tag: "Reject", customId: item.customId ?? null, error: { code: Lines.invalidLineCode, message: item.message, line: item.lineNumber } }
       : { _tag: "Send", customId: item.customId, task: item.task, deadlines: item.deadlines, body: item.body }
   }
 }
@@ -926,7 +931,8 @@ const summarize = (
  *
  * Result lines: `{"id":"batch_req_…","custom_id",…,"response":{"status_code":200,"request_id",
  * "body":<completion>},"error":null}` for an answer; for a failure `error` is
- * `{"code":<error tag or invalid_line / duplicate_custom_id>,"message"}` (plus `"partial"` for a
+ * `{"code":<error tag or invalid_line / duplicate_custom_id>,"message"}` (plus `"line"`, its line
+ * in the input, for a line not sent: invalid or a duplicate; plus `"partial"` for a
  * stream cut after some chunks, or an answer cut short on its last attempt) and `response` is
  * `{"status_code","request_id":null,"body":{"error":{"message","type","code"}}}` when the
  * failure had an HTTP status, else `null`. (A client whose keys or accounts are all out fails

@@ -181,13 +181,13 @@ const request = (customId: string, text = customId) =>
 
 interface Parsed {
   readonly id: string
-  readonly custom_id: string
+  readonly custom_id: string | null
   readonly response: {
     readonly status_code: number
     readonly request_id: string | null
     readonly body: any
   } | null
-  readonly error: { readonly code: string; readonly message: string } | null
+  readonly error: { readonly code: string; readonly message: string; readonly line?: number } | null
 }
 
 const workspace = Effect.gen(function*() {
@@ -228,9 +228,10 @@ const runWith = (
   })
 
 const ok: Script = () => "ok"
-const byCustomId = (lines: ReadonlyArray<Parsed>) => new Map(lines.map((l) => [l.custom_id, l]))
+/** Result lines by `custom_id`, a line without one (`null`) as "line <n>", its `error.line`. */
+const byCustomId = (lines: ReadonlyArray<Parsed>) => new Map(lines.map((l) => [l.custom_id ?? `line ${l.error?.line}`, l]))
 const countBy = (lines: ReadonlyArray<Parsed>) => {
-  const counts = new Map<string, number>()
+  const counts = new Map<string | null, number>()
   for (const l of lines) counts.set(l.custom_id, (counts.get(l.custom_id) ?? 0) + 1)
   return counts
 }
@@ -291,7 +292,7 @@ describe("Batch.run", () => {
       expect(calls).toBe(3)
       expect(["a", "b", "c"].map((id) => lines.get(id)?.error)).toEqual([null, null, null])
       // A mark alone is a blank line; a mark before a space that is not JSON's is still no JSON.
-      expect(lines.get("line-5")?.error).toEqual({ code: "invalid_line", message: "line is not valid JSON (column 1: Unexpected token '\u3000')" })
+      expect(lines.get("line 5")?.error).toEqual({ code: "invalid_line", message: "line is not valid JSON (column 1: Unexpected token '\u3000')", line: 5 })
       expect(summary).toMatchObject({ requests: 4, succeeded: 3, failed: 1 })
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
@@ -301,9 +302,10 @@ describe("Batch.run", () => {
       yield* ws.fs.writeFileString(ws.input, `${request("a")}\r${request("b")}\r`)
       const { calls } = yield* runWith(ok, ws)
       expect(calls).toBe(0)
-      expect(byCustomId(yield* ws.readOutput).get("line-1")?.error).toEqual({
+      expect(byCustomId(yield* ws.readOutput).get("line 1")?.error).toEqual({
         code: "invalid_line",
-        message: "line is not valid JSON: it holds carriage returns (CR) where lines end, as a file with CR line ends does; convert them to LF"
+        message: "line is not valid JSON: it holds carriage returns (CR) where lines end, as a file with CR line ends does; convert them to LF",
+        line: 1
       })
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
@@ -334,23 +336,24 @@ describe("Batch.run", () => {
       expect(calls).toBe(2)
       expect(lines.size).toBe(11)
       // Blank to trim(), not to JSON: an error line, never a line that vanished.
-      expect(lines.get("line-13")?.error).toEqual({ code: "invalid_line", message: "line is not valid JSON (column 1: Unexpected token '\u3000')" })
-      expect(lines.get("deep")?.error).toEqual({ code: "invalid_line", message: "line nests arrays and objects deeper than 256 levels" })
+      expect(lines.get("line 13")?.error).toEqual({ code: "invalid_line", message: "line is not valid JSON (column 1: Unexpected token '\u3000')", line: 13 })
+      // A line with its own id is told by its line too: a duplicate's id is another line's.
+      expect(lines.get("deep")?.error).toEqual({ code: "invalid_line", message: "line nests arrays and objects deeper than 256 levels", line: 12 })
       expect(lines.get("good")?.error).toBeNull()
       expect(lines.get("short-url")?.error).toBeNull()
       // Line numbers are the file's: the good line is line 1, so malformed lines are 2-8.
-      for (const id of ["line-2", "line-3", "bad-body", "bad-method", "bad-url", "line-7", "line-8"]) {
+      for (const id of ["line 2", "line 3", "bad-body", "bad-method", "bad-url", "line 7", "line 8"]) {
         const line = lines.get(id)
         expect(line?.error?.code, id).toBe("invalid_line")
         expect(line?.response, id).toBeNull()
       }
       // Where the line stops being JSON: a request line is long, and its column the way to the fault.
-      expect(lines.get("line-2")?.error?.message).toBe("line is not valid JSON (column 2: Expected property name or '}')")
-      expect(lines.get("line-7")?.error?.message).toBe("line is an array, not a JSON object (one request per line)")
+      expect(lines.get("line 2")?.error?.message).toBe("line is not valid JSON (column 2: Expected property name or '}')")
+      expect(lines.get("line 7")?.error?.message).toBe("line is an array, not a JSON object (one request per line)")
       expect(lines.get("bad-body")?.error?.message).toContain("body.messages")
       expect(lines.get("bad-method")?.error?.message).toBe(`invalid batch request: method: Expected "POST", actual "GET"`)
       expect(lines.get("bad-url")?.error?.message).toContain("url")
-      expect(lines.get("line-8")?.error?.message).toBe("invalid batch request: custom_id: Expected string, actual 42")
+      expect(lines.get("line 8")?.error?.message).toBe("invalid batch request: custom_id: Expected string, actual 42")
       expect(summary).toMatchObject({ requests: 11, succeeded: 2, failed: 9, failures: { invalid_line: 9 } })
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
@@ -368,7 +371,26 @@ describe("Batch.run", () => {
       const duplicate = xs.find((l) => l.error !== null)
       expect(duplicate?.error?.code).toBe("duplicate_custom_id")
       expect(duplicate?.error?.message).toBe(`custom_id "x" is already used by line 1`)
+      // Its id is another line's: its own line tells it apart.
+      expect(duplicate?.error?.line).toBe(3)
       expect(summary).toMatchObject({ requests: 3, succeeded: 2, failed: 1, failures: { duplicate_custom_id: 1 } })
+    }).pipe(Effect.provide(NodeFileSystem.layer)))
+
+  it.scoped("a line without a custom_id is told by its line, with no id made up for it that a real line could have", () =>
+    Effect.gen(function*() {
+      const ws = yield* workspace
+      yield* ws.writeInput([request("a"), "not json", request("line-2"), JSON.stringify({ method: "POST" })])
+      const { calls, summary } = yield* runWith(ok, ws)
+      const lines = yield* ws.readOutput
+      expect(calls).toBe(2)
+      expect(lines.filter((l) => l.custom_id === "line-2").map((l) => l.error)).toEqual([null])
+      expect(lines.filter((l) => l.custom_id === null).map((l) => [l.error?.line, l.error?.code])).toEqual([[2, "invalid_line"], [4, "invalid_line"]])
+      expect(summary).toMatchObject({ requests: 4, succeeded: 2, failed: 2 })
+      // A rerun keeps the answers and sends the id-less lines' fixes: none of them was taken for an answer.
+      yield* ws.writeInput([request("a"), request("b"), request("line-2"), request("c")])
+      const rerun = yield* runWith(ok, ws)
+      expect(rerun).toMatchObject({ calls: 2, summary: { succeeded: 2, skipped: 2, failed: 0 } })
+      expect([...countBy(yield* ws.readOutput).keys()].sort()).toEqual(["a", "b", "c", "line-2"])
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 
   it.scoped("writes a failed call's typed error and, when it had a status, its HTTP response", () =>
@@ -661,7 +683,7 @@ describe("Batch.run", () => {
       expect(calls).toBe(50)
       expect(summary).toMatchObject({ requests: 51, succeeded: 50, failed: 1, failures: { invalid_line: 1 } })
       const lines = yield* ws.readOutput
-      expect(new Set(lines.map((l) => l.custom_id))).toEqual(new Set([...requests.map((_, i) => `r${i}`), "line-51"]))
+      expect(new Set(byCustomId(lines).keys())).toEqual(new Set([...requests.map((_, i) => `r${i}`), "line 51"]))
       // Reported from the start (while the first calls wait), then after every line.
       expect(seen).toHaveLength(52)
       expect(seen[0]).toEqual({ total: undefined, succeeded: 0, failed: 0, skipped: 0 })
@@ -696,10 +718,10 @@ describe("Batch.run", () => {
         expect(lines).toHaveLength(input.length)
         expect(summary.requests).toBe(input.length)
         expect(summary.succeeded + summary.failed + summary.skipped).toBe(input.length)
-        const expected = new Map<string, number>()
-        input.forEach((line, i) => {
-          // A malformed line is not JSON, so its result is named after its line number.
-          const id = line.startsWith(`{"custom_id":"m-`) ? `line-${i + 1}` : JSON.parse(line).custom_id
+        const expected = new Map<string | null, number>()
+        input.forEach((line) => {
+          // A malformed line is not JSON: its result has no custom_id.
+          const id = line.startsWith(`{"custom_id":"m-`) ? null : JSON.parse(line).custom_id
           expected.set(id, (expected.get(id) ?? 0) + 1)
         })
         expect(countBy(lines)).toEqual(expected)
@@ -799,7 +821,7 @@ describe("Batch.run routing", () => {
       const { calls, summary } = yield* runWith(ok, ws)
       expect(calls).toBe(1)
       const lines = byCustomId(yield* ws.readOutput)
-      expect(lines.get("Task")?.error).toEqual({ code: "invalid_line", message: `invalid batch request: Task: is unexpected, expected: "custom_id" | "task" | "deadlines" | "method" | "url" | "body"` })
+      expect(lines.get("Task")?.error).toMatchObject({ code: "invalid_line", message: `invalid batch request: Task: is unexpected, expected: "custom_id" | "task" | "deadlines" | "method" | "url" | "body"` })
       for (const [id, field] of [["tasks", "tasks"], ["deadline", "deadline"]]) expect(lines.get(id!)?.error?.message, id).toMatch(new RegExp(`^invalid batch request: ${field}: is unexpected`))
       expect(lines.get("in-body")?.error?.message).toBe("invalid batch request: body.task: belongs beside body, at the line's top level")
       expect(lines.get("deadlines-in-body")?.error?.message).toBe("invalid batch request: body.deadlines: belongs beside body, at the line's top level")
@@ -1154,7 +1176,7 @@ describe("Batch.run input decoding", () => {
       expect(calls).toBe(2)
       expect(sent.map(lastUserText).sort()).toEqual(["before", "naïve café ✓"])
       const lines = byCustomId(yield* ws.readOutput)
-      expect(lines.get("line-2")?.error).toEqual({ code: "invalid_line", message: "line is not valid UTF-8" })
+      expect(lines.get("line 2")?.error).toEqual({ code: "invalid_line", message: "line is not valid UTF-8", line: 2 })
       expect(lines.get("after")?.response?.body.choices[0].message.content).toBe("echo:naïve café ✓")
       expect(summary).toMatchObject({ requests: 3, succeeded: 2, failed: 1, failures: { invalid_line: 1 } })
     }).pipe(Effect.provide(NodeFileSystem.layer)))
@@ -1167,7 +1189,7 @@ describe("Batch.run input decoding", () => {
       const { calls, summary } = yield* runWith(ok, ws)
       expect(calls).toBe(2)
       const lines = byCustomId(yield* ws.readOutput)
-      expect(lines.get("line-2")?.error).toEqual({ code: "invalid_line", message: "line is longer than 64 MiB" })
+      expect(lines.get("line 2")?.error).toEqual({ code: "invalid_line", message: "line is longer than 64 MiB", line: 2 })
       expect(lines.get("after")?.error).toBeNull()
       expect(summary).toMatchObject({ requests: 3, succeeded: 2, failed: 1, failures: { invalid_line: 1 } })
     }).pipe(Effect.provide(NodeFileSystem.layer)))
@@ -1892,7 +1914,7 @@ describe("Batch.run stop and drain", () => {
         const first = yield* Fiber.join(run)
         // A run stopped before it began (while compacting) leaves no output behind.
         const firstOutput = (yield* ws.fs.exists(ws.output)) ? yield* ws.fs.readFileString(ws.output) : ""
-        const firstIds = firstOutput.split("\n").filter((l) => l !== "").map((l) => (JSON.parse(l) as Parsed).custom_id)
+        const firstIds = firstOutput.split("\n").filter((l) => l !== "").map((l) => (JSON.parse(l) as Parsed).custom_id!)
         expect(first.summary.succeeded).toBe(firstIds.length)
         expect(first.summary.succeeded).toBeGreaterThanOrEqual(answered)
         for (const id of firstIds) expect(queued.has(id)).toBe(false)

@@ -76,7 +76,7 @@ export const InputLine = Schema.Struct({
 
 /**
  * What an input line asks for: a request to send, or a line that cannot be sent (its
- * `customId` is `line-<n>` when the line has none).
+ * `customId` undefined when none can be read from it).
  */
 export type InputItem =
   | {
@@ -90,9 +90,8 @@ export type InputItem =
   | {
     readonly _tag: "Invalid"
     readonly lineNumber: number
-    readonly customId: string
-    /** Whether `customId` came from the line itself, so it claims that id. */
-    readonly hasOwnId: boolean
+    /** The line's own, which it claims; none when the line has none that can be read. */
+    readonly customId: string | undefined
     readonly message: string
   }
 
@@ -111,12 +110,11 @@ const maxMessageLength = 500
 const notARequestObject = (value: unknown): string | undefined =>
   Predicate.isRecord(value) ? undefined : `line is ${SchemaIssues.jsonKind(value)}, not a JSON object (one request per line)`
 
-/** A bad line whose own `custom_id` cannot be read: it is named after its line number. */
+/** A bad line whose own `custom_id` cannot be read. */
 const invalidWithoutId = (lineNumber: number, message: string): InputItem => ({
   _tag: "Invalid",
   lineNumber,
-  customId: `line-${lineNumber}`,
-  hasOwnId: false,
+  customId: undefined,
   message
 })
 
@@ -164,13 +162,7 @@ export const parseInputLine = (line: NumberedLine): InputItem => {
   const notAnObject = notARequestObject(json)
   if (notAnObject !== undefined) return invalidWithoutId(lineNumber, notAnObject)
   const ownId = ownCustomId(json)
-  const invalid = (message: string): InputItem => ({
-    _tag: "Invalid",
-    lineNumber,
-    customId: ownId ?? `line-${lineNumber}`,
-    hasOwnId: ownId !== undefined,
-    message
-  })
+  const invalid = (message: string): InputItem => ({ _tag: "Invalid", lineNumber, customId: ownId, message })
   if (nestsTooDeep(json)) return invalid(`line nests arrays and objects deeper than ${maxJsonDepth} levels`)
   const decoded = decodeInputLine(withBodyModelLeftToRouter(json))
   if (Either.isRight(decoded)) {
@@ -200,6 +192,11 @@ export interface PartialJson {
 export interface LineError {
   readonly code: string
   readonly message: string
+  /**
+   * The input line (from 1) of a line that was not sent (`invalid_line`, `duplicate_custom_id`):
+   * its `custom_id` is `null` when it had none to read, and a duplicate's is another line's.
+   */
+  readonly line?: number
   /** A stream cut after some chunks arrived: what they held. */
   readonly partial?: PartialJson
 }
@@ -207,7 +204,8 @@ export interface LineError {
 /** A result line, as written. */
 export interface ResultLine {
   readonly id: string
-  readonly custom_id: string
+  /** `null` for an input line without one that could be read (its `error.line` says which). */
+  readonly custom_id: string | null
   readonly response: {
     readonly status_code: number
     readonly request_id: string | null
@@ -239,13 +237,17 @@ export const succeeded = (id: string, customId: string, completion: ChatCompleti
   error: null
 })
 
-/** The result line of a line that was not sent (invalid or duplicate). */
-export const rejected = (id: string, customId: string, error: LineError): ResultLine => ({
+/** The result line of a line that was not sent (invalid, duplicate or refused by the router). */
+export const rejected = (id: string, customId: string | null, error: LineError): ResultLine => ({
   id,
   custom_id: customId,
   response: null,
   // The line's own text may hold a key of any provider's shape (quoted where a field was expected).
-  error: { code: error.code, message: hideKeyShapes(scrubSecrets(error.message)) }
+  error: {
+    code: error.code,
+    message: hideKeyShapes(scrubSecrets(error.message)),
+    ...(error.line === undefined ? {} : { line: error.line })
+  }
 })
 
 const statusOf = (error: ResilientError): number | undefined =>
@@ -356,7 +358,7 @@ export const mayBeTornResult = (text: string): boolean =>
   text.startsWith(resultLineStart) || resultLineStart.startsWith(text)
 
 const ExistingLine = Schema.Struct({
-  custom_id: Schema.String,
+  custom_id: Schema.NullOr(Schema.String),
   response: Schema.NullOr(Schema.Struct({ status_code: Schema.Number })),
   error: Schema.NullOr(Schema.Unknown)
 })
@@ -372,7 +374,7 @@ export type ExistingResult =
 export const classifyExisting = (text: string): ExistingResult => {
   const line = Option.getOrUndefined(parseJson(text))
   if (!isExistingLine(line)) return { _tag: "Unrecognized" }
-  return line.error === null && line.response?.status_code === 200
+  return line.error === null && line.response?.status_code === 200 && line.custom_id !== null
     ? { _tag: "Succeeded", customId: line.custom_id }
     : { _tag: "Failed" }
 }
