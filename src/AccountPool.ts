@@ -419,13 +419,19 @@ export const stateText: Readonly<Record<AccountStatus["state"], string>> = {
 /**
  * An account's state as a person reads it (`stateText`), and, when its base URL refuses
  * connections (`AccountStatus.reachable`), that too: `breaker open after failures, cannot connect
- * to its base URL`.
+ * to its base URL`; or that alone, for one that would serve: it cannot.
  *
  * @since 0.1.0
  * @category models
  */
 export const describeState = (status: Pick<AccountStatus, "state" | "reachable">): string =>
-  status.reachable ? stateText[status.state] : `${stateText[status.state]}, cannot connect to its base URL`
+  status.reachable
+    ? stateText[status.state]
+    : status.state === "serving"
+    ? unreachableText
+    : `${stateText[status.state]}, ${unreachableText}`
+
+const unreachableText = "cannot connect to its base URL"
 
 /**
  * The models a pool over `accounts` is known to serve: the pricing table's models and aliases,

@@ -1026,7 +1026,7 @@ describe("Batch summary", () => {
       )
       expect(text).not.toContain("RateLimited: HTTP 429")
       expect(text).toContain(
-        "  gamma: openai-compatible fallback, serving, cannot connect to its base URL, not called, 2 usable keys; 0 answered, 0 attempts, 0 tokens, $0.000000"
+        "  gamma: openai-compatible fallback, cannot connect to its base URL, not called, 2 usable keys; 0 answered, 0 attempts, 0 tokens, $0.000000"
       )
     }).pipe(Effect.provide(NodeFileSystem.layer)))
 

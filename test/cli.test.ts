@@ -869,11 +869,12 @@ describe("weatherproof's progress lines", () => {
     Effect.gen(function*() {
       const lines: Array<string> = []
       const states = new Map<string, AccountPool.AccountStatus["state"]>([["main", "out_of_balance"], ["backup", "no_keys"]])
+      let unreachable = false
       const pool: AccountPool.Service = {
         create: () => Effect.die("unused"),
         stream: () => Stream.die("unused"),
         snapshot: Effect.sync(() =>
-          Array.from(states, ([name, state]) => ({ ...idleAccount(name, state), reachable: name !== "backup" || state !== "open" }))
+          Array.from(states, ([name, state]) => ({ ...idleAccount(name, state), reachable: name !== "backup" || (state !== "open" && !unreachable) }))
         ),
         capacity: Effect.die("unused"),
         unreachable: Effect.die("unused"),
@@ -888,11 +889,15 @@ describe("weatherproof's progress lines", () => {
       yield* TestClock.adjust("1 minute")
       states.set("backup", "serving")
       yield* TestClock.adjust("1 minute")
+      // Its breaker closed, its base URL still refusing connections: its calls fail to connect.
+      unreachable = true
+      yield* TestClock.adjust("1 minute")
       expect(lines).toEqual([
         "weatherproof: 0 of 300 lines done (0 ok, 0 failed, 0 skipped) in 1m; no account can serve: main out of balance, backup every key rejected (401)",
         "weatherproof: 0 of 300 lines done (0 ok, 0 failed, 0 skipped) in 2m; no account can serve: main out of balance, backup breaker open after failures, cannot connect to its base URL",
         "weatherproof: 0 of 300 lines done (0 ok, 0 failed, 0 skipped) in 3m",
-        "weatherproof: 0 of 300 lines done (0 ok, 0 failed, 0 skipped) in 4m"
+        "weatherproof: 0 of 300 lines done (0 ok, 0 failed, 0 skipped) in 4m",
+        "weatherproof: 0 of 300 lines done (0 ok, 0 failed, 0 skipped) in 5m; no account can serve: main out of balance, backup cannot connect to its base URL"
       ])
     }))
 
