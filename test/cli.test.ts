@@ -151,9 +151,10 @@ describe("weatherproof CLI", () => {
       })
 
       expect(result.code).toBe(1)
+      // Every failure is one to fix: a rerun before that meets them all again.
       expect(result.stderr).toContain(
-        "3 of 3 lines failed (their error is in the output); 1 of them has invalid input, to fix first; " +
-          "2 of them were refused as invalid requests, which a rerun meets again until they are fixed; run the same command again"
+        "3 of 3 lines failed (their error is in the output); 1 of them has invalid input and 2 of them were refused as invalid requests: " +
+          "fix those lines, then run the same command again"
       )
       expect(server.received()).toHaveLength(2)
 
@@ -166,6 +167,18 @@ describe("weatherproof CLI", () => {
       })
       expect(again.stderr).toContain(
         "1 of 1 lines failed (their error is in the output); they were refused as invalid requests: fix those lines, then run the same command again"
+      )
+
+      // One refused, one failing on the upstream's side: a rerun is worth it for the other.
+      yield* fs.writeFileString(input, [chatLine(0), chatLine(1)].join("\n"))
+      const mixed = yield* rawServer([notExist, reply(500, JSON.stringify({ error: { message: "boom", type: "server_error" } }))])
+      const third = yield* runCli(["batch", input, "--output", `${dir}/third.jsonl`, "--retries", "0"], {
+        DEEPSEEK_API_KEY: "sk-cli-test-refused",
+        DEEPSEEK_BASE_URL: mixed.url
+      })
+      expect(third.stderr).toContain(
+        "2 of 2 lines failed (their error is in the output); 1 of them was refused as an invalid request, which a rerun meets again until it is fixed; " +
+          "run the same command again"
       )
     }).pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
 

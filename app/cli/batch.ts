@@ -329,9 +329,11 @@ const failedAdvice = (summary: Batch.Summary, failed: string): string => {
   if (toFix === summary.failed) return `${failed}; their input is invalid: fix those lines, then ${rerun}`
   const refused = Batch.refusedFailures(summary)
   if (refused === summary.failed) return `${failed}; they were refused as invalid requests: fix those lines, then ${rerun}`
-  const fixFirst = toFix === 0 ? "" : `; ${toFix} of them ${toFix === 1 ? "has" : "have"} invalid input, to fix first`
-  const refusedAgain = refused === 0
-    ? ""
-    : `; ${refused} of them ${refused === 1 ? "was" : "were"} refused as invalid requests, which a rerun meets again until they are fixed`
+  const invalidInput = `${toFix} of them ${toFix === 1 ? "has" : "have"} invalid input`
+  const refusedAsInvalid = `${refused} of them ${refused === 1 ? "was refused as an invalid request" : "were refused as invalid requests"}`
+  // Every one to fix: a rerun before that meets the same failures.
+  if (toFix + refused === summary.failed) return `${failed}; ${invalidInput} and ${refusedAsInvalid}: fix those lines, then ${rerun}`
+  const fixFirst = toFix === 0 ? "" : `; ${invalidInput}, to fix first`
+  const refusedAgain = refused === 0 ? "" : `; ${refusedAsInvalid}, which a rerun meets again until ${refused === 1 ? "it is" : "they are"} fixed`
   return `${failed}${fixFirst}${refusedAgain}; ${rerun}`
 }
