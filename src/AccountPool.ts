@@ -170,7 +170,8 @@ export interface ModelStatus {
  * - `state`: `serving` (breaker closed), `half_open` (serving its breaker's canaries), `open`
  *   (breaker open or isolated), `out_of_balance` (402, or an unavailable balance at preflight,
  *   waiting for its balance to return), `checking_balance` (its balance is being asked at start:
- *   no call until it answers), `no_keys` (every key rejected, cooling down);
+ *   no call until it answers), `no_keys` (every key rejected, cooling down), `unreachable` (its
+ *   base URL refuses connections: its calls wait, or go to another account, until one opens);
  * - `limit`, `inFlight`: summed over its model lanes, each in `models`;
  * - `usableKeys`: keys not cooling down, `restingKeys` the ids of those that are (`key#2`: rejected
  *   with a 401, set aside for their cooldown); `calls`: attempts placed on it so far.
@@ -182,7 +183,7 @@ export interface AccountStatus {
   readonly name: string
   readonly provider: Account["provider"]
   readonly fallback: boolean
-  readonly state: "serving" | "open" | "half_open" | "out_of_balance" | "checking_balance" | "no_keys"
+  readonly state: "serving" | "open" | "half_open" | "out_of_balance" | "checking_balance" | "no_keys" | "unreachable"
   readonly limit: number
   readonly inFlight: number
   readonly models: ReadonlyArray<ModelStatus>
@@ -400,6 +401,8 @@ export const defaults = {
   leaseTtl: RedisLanes.defaultLeaseTtl
 } as const
 
+const unreachableText = "cannot connect to its base URL"
+
 /**
  * Each `AccountStatus` state as a person reads it, in a summary or a progress line (the codes are
  * for programs).
@@ -413,25 +416,20 @@ export const stateText: Readonly<Record<AccountStatus["state"], string>> = {
   half_open: "breaker half-open, trying a call",
   out_of_balance: "out of balance",
   checking_balance: "checking its balance",
-  no_keys: "every key rejected (401)"
+  no_keys: "every key rejected (401)",
+  unreachable: unreachableText
 }
 
 /**
  * An account's state as a person reads it (`stateText`), and, when its base URL refuses
- * connections (`AccountStatus.reachable`), that too: `breaker open after failures, cannot connect
- * to its base URL`; or that alone, for one that would serve: it cannot.
+ * connections (`AccountStatus.reachable`) while it is out for another reason, that too: `breaker
+ * open after failures, cannot connect to its base URL`.
  *
  * @since 0.1.0
  * @category models
  */
 export const describeState = (status: Pick<AccountStatus, "state" | "reachable">): string =>
-  status.reachable
-    ? stateText[status.state]
-    : status.state === "serving"
-    ? unreachableText
-    : `${stateText[status.state]}, ${unreachableText}`
-
-const unreachableText = "cannot connect to its base URL"
+  status.reachable || status.state === "unreachable" ? stateText[status.state] : `${stateText[status.state]}, ${unreachableText}`
 
 /**
  * The models a pool over `accounts` is known to serve: the pricing table's models and aliases,

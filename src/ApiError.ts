@@ -239,6 +239,8 @@ export class NoUsableKey extends TaggedError("NoUsableKey")<{
  * - `checking_balance`: its balance is being asked, once at start (`until` is when the probe
  *   gives up, after which it serves);
  * - `no_keys`: every key of it was rejected (401); keys are usable again after their cooldown;
+ * - `unreachable`: its base URL refuses connections (a host down); it serves again once a
+ *   connection opens (`until`: the next try);
  * - `busy`: it serves, but had no free permit for the call in time (or refused this call);
  * - `model_not_served`: it does not serve the call's model (another account's `models` map
  *   names it, this one's does not).
@@ -248,7 +250,7 @@ export class NoUsableKey extends TaggedError("NoUsableKey")<{
  */
 export interface AccountUnavailable {
   readonly account: string
-  readonly reason: "circuit_open" | "out_of_balance" | "checking_balance" | "no_keys" | "busy" | "model_not_served"
+  readonly reason: "circuit_open" | "out_of_balance" | "checking_balance" | "no_keys" | "unreachable" | "busy" | "model_not_served"
   /**
    * When it may serve again, in epoch millis on the `Clock`'s monotonic time (as
    * `CircuitBreaker.Open.since`); `Infinity` when unknown (an isolated breaker).
@@ -267,6 +269,7 @@ const unavailableMeaning: Record<AccountUnavailable["reason"], string> = {
   out_of_balance: "out of balance (a 402, or its balance check said so)",
   checking_balance: "its balance is being checked",
   no_keys: "every key rejected by the upstream (401)",
+  unreachable: "cannot connect to its base URL",
   busy: "at its limit, or failed already for this call",
   model_not_served: "it does not serve this model"
 }

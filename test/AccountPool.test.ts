@@ -1778,7 +1778,7 @@ describe("AccountPool", () => {
       const warnings = () => logs.filter(({ level }) => level === "WARN").map(({ message }) => message)
       yield* Effect.sleep("100 millis")
       expect(warnings()).toEqual([
-        `AccountPool: account backup: cannot connect to http://127.0.0.1:${closed} (${reason}); its calls fail to connect until it can be reached`
+        `AccountPool: account backup: cannot connect to http://127.0.0.1:${closed} (${reason}); its calls wait for it, or go to another account, until it can be reached`
       ])
     }))
 
@@ -1806,13 +1806,18 @@ describe("AccountPool", () => {
       yield* pool.create(request)
 
       yield* opened.close
-      const error = yield* Effect.flip(pool.create(request)).pipe(capturingLogs(logs))
-      expect(error).toMatchObject({ _tag: "TransportError", reason: "connect" })
-      expect(yield* reachable).toBe(false)
+      // The call that meets the refused connection waits for the origin, as for a breaker, rather
+      // than failing one retry after another: answered once a connection opens.
+      const waiting = yield* Effect.fork(pool.create(request).pipe(capturingLogs(logs)))
+      yield* Effect.timeout(Effect.repeat(reachable, { until: (ok) => !ok, schedule: Schedule.spaced("20 millis") }), "5 seconds")
+      expect(yield* pool.snapshot).toMatchObject([{ state: "unreachable", failed: 1 }])
       yield* relay(port, upstreamPort)
       yield* reachableAgain
+      expect((yield* Effect.timeout(Fiber.join(waiting), "5 seconds")).choices[0]?.message.content).toBeTruthy()
+      expect(yield* pool.snapshot).toMatchObject([{ state: "serving", reachable: true }])
 
-      const refused = `cannot connect to http://127.0.0.1:${port} (connect ECONNREFUSED 127.0.0.1:${port}); its calls fail to connect until it can be reached`
+      const refused = `cannot connect to http://127.0.0.1:${port} (connect ECONNREFUSED 127.0.0.1:${port}); ` +
+        "its calls wait for it, or go to another account, until it can be reached"
       const again = `connected to http://127.0.0.1:${port} again`
       expect(logs.filter(({ message }) => message.startsWith("AccountPool: account relayed:")).map(({ level, message }) => `${level} ${message}`))
         .toEqual([refused, again, refused, again].map((said, i) => `${i % 2 === 0 ? "WARN" : "INFO"} AccountPool: account relayed: ${said}`))
@@ -1831,9 +1836,12 @@ describe("AccountPool", () => {
         AccountPool.layerResilient([gone], options).pipe(Layer.provide(CostLedger.layer())),
         scope
       )
-      const error = yield* Effect.flip(Effect.flatMap(AccountPool.AccountPool, (pool) => pool.create(request)).pipe(Effect.provide(context)))
-      expect(error).toMatchObject({ _tag: "TransportError", reason: "connect" })
+      const pool = yield* Effect.provide(AccountPool.AccountPool, context)
+      // The call finds it gone, and waits for it while the probe runs.
+      const waiting = yield* Effect.fork(pool.create(request))
+      yield* Effect.timeout(Effect.repeat(pool.snapshot, { until: ([s]) => s?.state === "unreachable", schedule: Schedule.spaced("20 millis") }), "5 seconds")
       const closed = yield* Effect.timeout(Effect.disconnect(Scope.close(scope, Exit.void)), "5 seconds").pipe(Effect.option)
+      yield* Fiber.interrupt(waiting)
       expect(Option.isSome(closed)).toBe(true)
     }), 15_000)
 
@@ -1842,23 +1850,22 @@ describe("AccountPool", () => {
       const upstream = yield* Simulator.make()
       const port = yield* Effect.promise(() => freePort())
       const accounts = [account("relayed", [Simulator.defaultKey], { baseUrl: `http://127.0.0.1:${port}/v1` })]
-      const options = { preflight: false, reachProbeInterval: "50 millis", breaker: { minimumThroughput: 2, openFor: "10 minutes" } } as const
+      // No warm-up: the calls find the origin gone, not the start.
+      const options = { preflight: false, warmUp: 0, reachProbeInterval: "50 millis", breaker: { minimumThroughput: 2, openFor: "10 minutes" } } as const
       const context = yield* Layer.build(AccountPool.layerResilient(accounts, options).pipe(Layer.provide(CostLedger.layer())))
       const pool = yield* Effect.provide(AccountPool.AccountPool, context)
       const status = Effect.map(pool.snapshot, ([status]) => status!)
       const waitFor = (done: (status: AccountPool.AccountStatus) => boolean) =>
         Effect.timeout(Effect.repeat(status, { until: done, schedule: Schedule.spaced("20 millis") }), "5 seconds")
-      yield* pool.unreachable
-      // The second failure trips the breaker: that call waits for the account to serve again.
-      const calls = yield* Effect.fork(Effect.all([Effect.either(pool.create(request)), Effect.either(pool.create(request))]))
+      // Sent together, both fail to connect: the breaker trips, and both wait for the account.
+      const calls = yield* Effect.fork(Effect.all([pool.create({ ...request }), pool.create({ ...request })], { concurrency: "unbounded" }))
       yield* waitFor((status) => status.state === "open")
       expect(yield* status).toMatchObject({ reachable: false, failed: 2 })
 
       yield* relay(port, Number(new URL(upstream.baseUrl).port))
-      const [first, second] = yield* Effect.timeout(Fiber.join(calls), "5 seconds")
-      expect(first).toMatchObject({ _tag: "Left", left: { _tag: "TransportError", reason: "connect" } })
-      expect(second._tag).toBe("Right")
-      expect(yield* status).toMatchObject({ state: "serving", reachable: true, succeeded: 1 })
+      const answers = yield* Effect.timeout(Fiber.join(calls), "5 seconds")
+      expect(answers).toHaveLength(2)
+      expect(yield* status).toMatchObject({ state: "serving", reachable: true, succeeded: 2 })
     }))
 
   it.scopedLive("a primary whose connections are refused moves each call to the fallback at once, streams too: none fails, none is retried", () =>
@@ -1912,7 +1919,7 @@ describe("AccountPool", () => {
       const hint = "self-signed certificate; to trust a private CA (a TLS-inspecting proxy's, say), give its certificate file in NODE_EXTRA_CA_CERTS"
       const warnings = () => logs.filter(({ level }) => level === "WARN").map(({ message }) => message)
       for (let i = 0; i < 100 && warnings().length === 0; i++) yield* Effect.sleep("20 millis")
-      expect(warnings()).toEqual([`AccountPool: account proxied: cannot connect to ${untrusted} (${hint}); its calls fail to connect until it can be reached`])
+      expect(warnings()).toEqual([`AccountPool: account proxied: cannot connect to ${untrusted} (${hint}); its calls fail at once until the certificate is trusted`])
       const error = yield* Effect.flip(Effect.flatMap(Resilient.Resilient, (client) => client.create(request)).pipe(Effect.provide(context)))
       expect(error).toMatchObject({ _tag: "TransportError", message: `request failed before a response arrived: ${hint}` })
       expect(ApiError.classify(error)._tag).toBe("Account")

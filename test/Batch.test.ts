@@ -985,7 +985,7 @@ describe("Batch summary", () => {
         lastFailure: calls === 0 ? undefined : name === "beta" ? "InsufficientBalance: HTTP 402" : "RateLimited: HTTP 429",
         reachable: true
       })
-      const statuses = [status("alpha", false, 1), status("beta", false, 1), { ...status("gamma", true, 0), reachable: false }]
+      const statuses = [status("alpha", false, 1), status("beta", false, 1), { ...status("gamma", true, 0), state: "unreachable" as const, reachable: false }]
       const { calls, layer } = yield* double(ok)
       const stack = withPoolDouble(layer, { snapshot: Effect.succeed(statuses), unreachable: Effect.succeed([]) })
       const summary = yield* Batch.run(ws).pipe(Effect.provide(stack))

@@ -882,12 +882,11 @@ describe("weatherproof's progress lines", () => {
     Effect.gen(function*() {
       const lines: Array<string> = []
       const states = new Map<string, AccountPool.AccountStatus["state"]>([["main", "out_of_balance"], ["backup", "no_keys"]])
-      let unreachable = false
       const pool: AccountPool.Service = {
         create: () => Effect.die("unused"),
         stream: () => Stream.die("unused"),
         snapshot: Effect.sync(() =>
-          Array.from(states, ([name, state]) => ({ ...idleAccount(name, state), reachable: name !== "backup" || (state !== "open" && !unreachable) }))
+          Array.from(states, ([name, state]) => ({ ...idleAccount(name, state), reachable: name !== "backup" || (state !== "open" && state !== "unreachable") }))
         ),
         capacity: Effect.die("unused"),
         unreachable: Effect.die("unused"),
@@ -902,8 +901,8 @@ describe("weatherproof's progress lines", () => {
       yield* TestClock.adjust("1 minute")
       states.set("backup", "serving")
       yield* TestClock.adjust("1 minute")
-      // Its breaker closed, its base URL still refusing connections: its calls fail to connect.
-      unreachable = true
+      // Its breaker closed, its base URL still refusing connections.
+      states.set("backup", "unreachable")
       yield* TestClock.adjust("1 minute")
       expect(lines).toEqual([
         "weatherproof: 0 of 300 lines done (0 ok, 0 failed, 0 skipped) in 1m; no account can serve: main out of balance, backup every key rejected (401)",

@@ -832,7 +832,7 @@ describe("weatherproof serve, with the openai client", () => {
           Effect.retry({ schedule: Schedule.spaced("20 millis"), times: 100 })
         )
       yield* gateway.pool.unreachable
-      expect(yield* readiness).toEqual([503, { status: "unavailable", accounts: [{ name: "a", state: "serving", reachable: false }] }])
+      expect(yield* readiness).toEqual([503, { status: "unavailable", accounts: [{ name: "a", state: "unreachable", reachable: false }] }])
       expect(yield* noAccountServing(true)).toBe(true)
       yield* relay(port, Number(new URL(sim.baseUrl).port))
       const ready = yield* Effect.filterOrFail(readiness, ([status]) => status === 200).pipe(

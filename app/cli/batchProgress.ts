@@ -153,10 +153,8 @@ const failedAttemptsNote = (before: Telemetry.Counts, after: Telemetry.Counts, o
   return `; ${attempts}: ${parts.join(", ")}`
 }
 
-/** The states in which an account cannot serve; in another it serves, or is about to, unless its base URL refuses connections. */
-const outOfService: ReadonlySet<AccountStatus["state"]> = new Set(["open", "out_of_balance", "no_keys"])
-
-const cannotServe = (account: AccountStatus): boolean => outOfService.has(account.state) || !account.reachable
+/** The states in which an account cannot serve; in another it serves, or is about to. */
+const outOfService: ReadonlySet<AccountStatus["state"]> = new Set(["open", "out_of_balance", "no_keys", "unreachable"])
 
 /** What a progress line says of the pool: `; 40 requests in flight`, and `; no account can serve: …`. */
 interface PoolNotes {
@@ -175,7 +173,7 @@ const noPoolNotes: PoolNotes = { inFlight: "", stalled: "" }
 const poolNotes = (pool: Pool): Effect.Effect<PoolNotes> =>
   Effect.map(pool.snapshot, (accounts) => {
     const inFlight = accounts.reduce((sum, account) => sum + account.inFlight, 0)
-    const stalled = accounts.length > 0 && accounts.every(cannotServe)
+    const stalled = accounts.length > 0 && accounts.every((account) => outOfService.has(account.state))
     return {
       inFlight: inFlight === 0 ? "" : `; ${counted(inFlight, "request", "requests")} in flight`,
       stalled: stalled ? `; no account can serve: ${accounts.map((account) => `${account.name} ${describeState(account)}`).join(", ")}` : ""

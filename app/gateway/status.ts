@@ -114,7 +114,7 @@ export interface Options {
 
 /** Each account's state as Prometheus writes an enumeration: 1 for the state it is in, 0 for the others. */
 export const accountStateGauge = Metric.gauge("weatherproof_gateway_account_state", {
-  description: "Each account's state (serving, open, half_open, out_of_balance, checking_balance, no_keys): 1 for the one it is in"
+  description: "Each account's state (serving, open, half_open, out_of_balance, checking_balance, no_keys, unreachable): 1 for the one it is in"
 })
 
 /** 1 while an account's origin can be connected to, 0 from a connection that could not open until one does. */

@@ -54,7 +54,7 @@ import * as Scrubber from "./scrubber.js"
 import * as StreamPull from "./streamPull.js"
 import * as Substitutes from "./substitutes.js"
 import * as ToldAttempts from "./toldAttempts.js"
-import { clipped, connectionFailure, parseJson, quotedBody } from "./text.js"
+import { clipped, connectionFailure, isUntrustedCertificate, parseJson, quotedBody } from "./text.js"
 import type { SharedBalance, Verdict } from "./sharedBalance.js"
 import * as ScopeFinalizer from "./scopeFinalizer.js"
 import { whenTraced } from "./tracing.js"
@@ -157,6 +157,9 @@ class Member {
   lastFailure: unknown = undefined
   /** Whether its origin can be connected to (`AccountStatus.reachable`). */
   reachable = true
+  /** While it cannot be: why, and when a connection is tried next (epoch millis on the monotonic clock). */
+  unreachableCause: unknown = undefined
+  nextReachTry = 0
   /** Whether a fiber is trying to connect to its origin again: one at a time, as for `recovering`. */
   probingReach = false
   /** When a fiber wakes to read its state again as its first resting key returns, while one will. */
@@ -473,16 +476,8 @@ type Preconnect = Undici["preconnect"]
  * Opens `connections` to `member`'s origin (see `Transport.Options.warmUp`): none when the first
  * opened, or why the origin cannot be reached once every one failed.
  */
-const connectTo = (
-  preconnect: Preconnect,
-  member: Member,
-  connections: number,
-  scrub: Scrubber.Scrubber
-): Effect.Effect<Option.Option<Unreachable>> =>
-  Effect.async((resume) =>
-    preconnect(member.origin, connections, (error) =>
-      resume(Effect.succeed(error === undefined ? Option.none() : Option.some(unreachableOf(member, error, scrub)))))
-  )
+const connectTo = (preconnect: Preconnect, member: Member, connections: number): Effect.Effect<Option.Option<unknown>> =>
+  Effect.async((resume) => preconnect(member.origin, connections, (error) => resume(Effect.succeed(Option.fromNullable(error)))))
 
 const unreachableOf = (member: Member, error: unknown, scrub: Scrubber.Scrubber): Unreachable => ({
   account: member.name,
@@ -725,6 +720,12 @@ export const makeWith = <R>(
         }
         if (state._tag === "Open") return { reason: "circuit_open", until: state.until }
         if (state._tag === "Isolated") return { reason: "circuit_open", until: Infinity }
+        // Its calls would only fail to connect, one retry after another: they wait for it, as for a
+        // breaker. Not for a certificate this machine does not trust, which no wait mends: each
+        // call fails at once, saying how to trust it.
+        if (!member.reachable && !isUntrustedCertificate(member.unreachableCause)) {
+          return { reason: "unreachable", until: member.nextReachTry }
+        }
         return undefined
       })
 
@@ -783,13 +784,21 @@ export const makeWith = <R>(
     // Only over undici's client can the pool open a connection without sending a request.
     const preconnect = Option.map(undiciOf(client), (undici) => undici.preconnect)
 
+    /** `member` out of service until its next connection try, a `reachProbeInterval` from now. */
+    const outUntilNextReachTry = (member: Member) =>
+      Effect.suspend(() => {
+        member.nextReachTry = now() + Duration.toMillis(settings.reachProbeInterval)
+        return refresh(member)
+      })
+
     /** Tries a connection to `member`'s origin every `reachProbeInterval` until it is reached (by one, or by a call). */
     const probeReach = (member: Member, preconnect: Preconnect) =>
       Effect.gen(function*() {
         while (!member.reachable) {
           yield* Effect.sleep(settings.reachProbeInterval)
           if (member.reachable) break
-          if (Option.isNone(yield* connectTo(preconnect, member, 1, scrub))) yield* regainedReach(member)
+          if (Option.isNone(yield* connectTo(preconnect, member, 1))) yield* regainedReach(member)
+          else yield* outUntilNextReachTry(member)
         }
       }).pipe(Effect.ensuring(Effect.sync(() => {
         member.probingReach = false
@@ -797,24 +806,30 @@ export const makeWith = <R>(
 
     /**
      * Marks `member`'s origin unreachable (a readiness check then says so, `AccountStatus.reachable`),
-     * says so once, and probes it until a connection opens. Over another client than undici's
-     * nothing could probe it, so nothing is marked.
+     * says so once, and probes it until a connection opens: until then it serves no call (its calls
+     * wait, or go to another account). Over another client than undici's nothing could probe it,
+     * so nothing is marked.
      */
-    const lostReach = (member: Member, unreachable: Unreachable): Effect.Effect<void> =>
+    const lostReach = (member: Member, cause: unknown): Effect.Effect<void> =>
       Option.match(preconnect, {
         onNone: () => Effect.void,
         onSome: (preconnect) =>
           Effect.suspend(() => {
             if (!member.reachable) return Effect.void
             member.reachable = false
-            const { account, origin, reason } = unreachable
-            return Effect.logWarning(
-              `AccountPool: account ${account}: cannot connect to ${origin} (${reason}); its calls fail to connect until it can be reached`
-            ).pipe(Effect.zipRight(Effect.suspend(() => {
-              if (member.probingReach) return Effect.void
-              member.probingReach = true
-              return forkInPool(probeReach(member, preconnect))
-            })))
+            member.unreachableCause = cause
+            const { account, origin, reason } = unreachableOf(member, cause, scrub)
+            const meanwhile = isUntrustedCertificate(cause)
+              ? "its calls fail at once until the certificate is trusted"
+              : "its calls wait for it, or go to another account, until it can be reached"
+            return Effect.logWarning(`AccountPool: account ${account}: cannot connect to ${origin} (${reason}); ${meanwhile}`).pipe(
+              Effect.zipRight(outUntilNextReachTry(member)),
+              Effect.zipRight(Effect.suspend(() => {
+                if (member.probingReach) return Effect.void
+                member.probingReach = true
+                return forkInPool(probeReach(member, preconnect))
+              }))
+            )
           })
       })
 
@@ -827,9 +842,9 @@ export const makeWith = <R>(
       Effect.suspend(() => {
         if (member.reachable) return Effect.void
         member.reachable = true
-        return Effect.zipRight(
-          Effect.logInfo(`AccountPool: account ${member.name}: connected to ${scrub(member.origin)} again`),
-          member.breaker.halfOpen
+        return Effect.logInfo(`AccountPool: account ${member.name}: connected to ${scrub(member.origin)} again`).pipe(
+          Effect.zipRight(member.breaker.halfOpen),
+          Effect.zipRight(refresh(member))
         )
       })
 
@@ -837,7 +852,7 @@ export const makeWith = <R>(
     const noteReach = (member: Member, error: unknown): Effect.Effect<void> => {
       const reached = reachedBy(error)
       if (reached === undefined || reached === member.reachable) return Effect.void
-      return reached ? regainedReach(member) : lostReach(member, unreachableOf(member, (error as ApiError.TransportError).cause, scrub))
+      return reached ? regainedReach(member) : lostReach(member, (error as ApiError.TransportError).cause)
     }
 
     // -- balance: preflight and recovery ------------------------------------------------------
@@ -1517,10 +1532,13 @@ export const makeWith = <R>(
       onSome: (preconnect) =>
         Effect.map(
           Effect.forEach(members, (member) =>
-            Effect.tap(connectTo(preconnect, member, settings.warmUp, scrub), (found) =>
-              Option.match(found, { onNone: () => Effect.void, onSome: (unreachable) => lostReach(member, unreachable) })), {
-            concurrency: "unbounded"
-          }),
+            Effect.flatMap(
+              connectTo(preconnect, member, settings.warmUp),
+              Option.match({
+                onNone: () => Effect.succeedNone,
+                onSome: (cause) => Effect.as(lostReach(member, cause), Option.some(unreachableOf(member, cause, scrub)))
+              })
+            ), { concurrency: "unbounded" }),
           Arr.getSomes
         )
     })
