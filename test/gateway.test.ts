@@ -411,6 +411,19 @@ describe("weatherproof serve, with the openai client", () => {
     }).pipe(capturingLogs(logs))
   })
 
+  it.scopedLive("a gateway stopped before its next report says then what failed since the last one", () => {
+    const logs: Array<Logged> = []
+    return Effect.gen(function*() {
+      const upstream = yield* rawServer([reply(503, Wire.errorBody("overloaded", "server_error"))])
+      yield* Effect.scoped(Effect.gen(function*() {
+        const gateway = yield* startGateway([account("a", upstream.url, [upstreamKey])], { pool: noRetries, failureReportInterval: "1 hour" })
+        yield* Effect.flip(attempt(() => openai(gateway.url).chat.completions.create({ model, messages: ask("a") }, { maxRetries: 0 })))
+      }))
+      expect(logs.filter((log) => log.message.includes("requests failed") || log.message.includes("request failed")).map(({ level, message }) => `${level} ${message}`))
+        .toEqual(["WARN gateway: over the last 1s, 1 of 1 request failed: 1 server_error (503)"])
+    }).pipe(capturingLogs(logs))
+  })
+
   it.scopedLive("when more clients wait than the queue holds, the next gets a 429 with Retry-After: RateLimitError", () =>
     Effect.gen(function*() {
       const sim = yield* Simulator.make({ queueDelay: 600 })

@@ -131,16 +131,25 @@ export const defaults = {
   failureReportInterval: Duration.minutes(1)
 } as const
 
-/** Logs `traffic`'s report every `interval`, for the gateway's scope: a warning when requests failed other than on their clients' errors. */
-const reportFailures = (traffic: Traffic, interval: Duration.Duration) => {
-  const over = DurationTexts.format(interval)
-  const report = Effect.suspend(() => {
-    const told = traffic.takeReport(over)
-    return told === undefined ? Effect.void : told.warning ? Effect.logWarning(told.line) : Effect.logInfo(told.line)
+/**
+ * Logs `traffic`'s report every `interval`, for the gateway's scope, and once more as it closes:
+ * a shutdown soon after an incident would lose its failures. A warning when requests failed other
+ * than on their clients' errors.
+ */
+const reportFailures = (traffic: Traffic, interval: Duration.Duration) =>
+  Effect.gen(function*() {
+    let since = yield* currentMonotonicMillis
+    const report = (over: (now: number) => string) =>
+      Effect.flatMap(currentMonotonicMillis, (now) => {
+        const told = traffic.takeReport(over(now))
+        since = now
+        return told === undefined ? Effect.void : told.warning ? Effect.logWarning(told.line) : Effect.logInfo(told.line)
+      })
+    const every = DurationTexts.format(interval)
+    // The first run, at once, finds nothing yet.
+    yield* Effect.forkScoped(Effect.repeat(report(() => every), Schedule.spaced(interval)))
+    yield* Effect.addFinalizer(() => report((now) => DurationTexts.format(Duration.seconds(Math.max(1, Math.round((now - since) / 1000))))))
   })
-  // The first run, at once, finds nothing yet.
-  return Effect.forkScoped(Effect.repeat(report, Schedule.spaced(interval)))
-}
 
 /** "1 request", "2 requests". */
 export const requests = (n: number): string => counted(n, "request", "requests")
