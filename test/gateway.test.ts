@@ -321,6 +321,14 @@ describe("weatherproof serve, with the openai client", () => {
       expect(answer.choices[0]?.message.content).toBe("echo:right key")
       const stats = yield* sim.stats
       expect(stats.requests).toBe(1)
+
+      // The key without its scheme: said as such, not as missing.
+      const unread = yield* attempt(() =>
+        fetch(`${gateway.url}/v1/models`, { headers: { authorization: "gw-key-two" } }).then(async (r) => [r.status, (await r.json()).error.message])
+      )
+      expect(unread).toEqual([401, "no gateway key read from the Authorization header: send it as `Authorization: Bearer <key>`"])
+      const missing = yield* attempt(() => fetch(`${gateway.url}/v1/models`).then(async (r) => (await r.json()).error.message))
+      expect(missing).toBe("missing gateway key: send it as `Authorization: Bearer <key>`")
     }))
 
   it.scopedLive("upstream failures surface as the client's classes: a 400 as BadRequestError, a 413 as a 413, a 500 as InternalServerError, a 503 with its Retry-After", () =>

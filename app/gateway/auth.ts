@@ -72,7 +72,9 @@ export const makeAuthorizer = (keys: ReadonlyArray<Redacted.Redacted<string>>) =
     if (digests.length === 0) return Effect.void
     const presented = /^Bearer\s+(.+)$/i.exec(authorization?.trim() ?? "")?.[1]
     if (presented === undefined) {
-      return Effect.fail(new Unauthorized({ message: "missing gateway key: send it as `Authorization: Bearer <key>`" }))
+      // A header without the scheme (`Authorization: <key>`) holds a key, in a form not read.
+      const what = authorization === undefined || authorization.trim() === "" ? "missing gateway key" : "no gateway key read from the Authorization header"
+      return Effect.fail(new Unauthorized({ message: `${what}: send it as \`Authorization: Bearer <key>\`` }))
     }
     const candidate = digest(presented)
     // Every key is compared, so the time does not tell which one matched.
