@@ -116,6 +116,8 @@ describe("weatherproof serve, shutting down", () => {
       expect(text.length).toBeLessThan(longText.length)
       const refused = yield* Fiber.join(waiting)
       expect((refused as APIError).status).toBe(503)
+      // Cut while it waited, as one refused while draining: its client's next request goes elsewhere.
+      expect((refused as APIError).headers?.get("connection")).toBe("close")
       expect(gateway.traffic.active).toBe(0)
       expect(gateway.traffic.streamsCut).toBe(1)
     }))

@@ -670,11 +670,7 @@ export const make = (settings: Settings, traffic: Traffic) =>
 
     return (http: Exchange): Effect.Effect<HttpServerResponse.HttpServerResponse> =>
       Effect.suspend(() => {
-        if (traffic.draining) {
-          return failed(Cause.fail(new ShuttingDown()), traffic).pipe(
-            Effect.map(HttpServerResponse.setHeader("connection", "close"))
-          )
-        }
+        if (traffic.draining) return failed(Cause.fail(new ShuttingDown()), traffic)
         const tally = new Tally(traffic)
         return Effect.zipRight(entered(tally, http), answerTo(http, tally))
       })

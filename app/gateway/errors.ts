@@ -211,8 +211,11 @@ export const errorBody = (reply: ErrorReply, scrub: Scrubber) => ({
   }
 })
 
-/** Headers of an error answer: `Retry-After` in whole seconds when a wait is known. */
-export const errorHeaders = (reply: ErrorReply): Record<string, string> =>
-  reply.retryAfter === undefined
-    ? {}
-    : { "retry-after": String(Math.max(1, Math.ceil(Duration.toSeconds(reply.retryAfter)))) }
+/**
+ * Headers of an error answer: `Retry-After` in whole seconds when a wait is known, and
+ * `Connection: close` from a gateway shutting down (its client's next request goes elsewhere).
+ */
+export const errorHeaders = (reply: ErrorReply): Record<string, string> => ({
+  ...(reply.retryAfter === undefined ? {} : { "retry-after": String(Math.max(1, Math.ceil(Duration.toSeconds(reply.retryAfter)))) }),
+  ...(reply.code === "shutting_down" ? { connection: "close" } : {})
+})
