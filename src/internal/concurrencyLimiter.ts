@@ -55,7 +55,7 @@ export const queuedGauge = Metric.gauge("weatherproof_concurrency_queued", {
 })
 
 export const droppedCounter = Metric.counter("weatherproof_concurrency_dropped", {
-  description: "Calls the upstream refused for load (429/503)",
+  description: "Calls the upstream shed for load (429, 503, a blank 200, work cut by insufficient_system_resource)",
   incremental: true
 })
 
