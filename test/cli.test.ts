@@ -1017,6 +1017,11 @@ describe("weatherproof batch deadlines", () => {
       expect(cut.code).toBe(1)
       const [line] = (yield* fs.readFileString(`${dir}/out.jsonl`)).trim().split("\n").map((l) => JSON.parse(l))
       expect(line.error).toEqual({ code: "DeadlineExceeded", message: "deadline first_content exceeded after 50ms" })
+      // The error names the deadline; the advice, the flags.
+      expect(cut.stderr).toContain(
+        "1 of 1 lines failed (their error is in the output); 1 of them timed out (DeadlineExceeded): " +
+          "if they need longer, raise --first-content-timeout, --idle-timeout or --timeout; run the same command again"
+      )
       // Three attempts, each given up by the client before the simulator's 400 ms queue let it answer.
       const stats = yield* simulator.stats
       expect(stats.requests).toBe(3)

@@ -323,6 +323,14 @@ const heldBack = (summary: Batch.Summary, overBudget: number): string => {
   return all ? "each was stopped before its answer" : `${overBudget} of them ${were} stopped before ${overBudget === 1 ? "its" : "their"} answer`
 }
 
+/** Lines that ran out of a deadline: which flags give them longer (their error names the deadline, not the flag). */
+const timedOutAdvice = (summary: Batch.Summary): string => {
+  const timedOut = summary.failures["DeadlineExceeded"] ?? 0
+  return timedOut === 0
+    ? ""
+    : `; ${timedOut} of them timed out (DeadlineExceeded): if they need longer, raise --first-content-timeout, --idle-timeout or --timeout`
+}
+
 const failedAdvice = (summary: Batch.Summary, failed: string): string => {
   const rerun = "run the same command again: it sends them and skips the lines already answered"
   const toFix = Batch.inputFailures(summary)
@@ -335,5 +343,5 @@ const failedAdvice = (summary: Batch.Summary, failed: string): string => {
   if (toFix + refused === summary.failed) return `${failed}; ${invalidInput} and ${refusedAsInvalid}: fix those lines, then ${rerun}`
   const fixFirst = toFix === 0 ? "" : `; ${invalidInput}, to fix first`
   const refusedAgain = refused === 0 ? "" : `; ${refusedAsInvalid}, which a rerun meets again until ${refused === 1 ? "it is" : "they are"} fixed`
-  return `${failed}${fixFirst}${refusedAgain}; ${rerun}`
+  return `${failed}${fixFirst}${refusedAgain}${timedOutAdvice(summary)}; ${rerun}`
 }
