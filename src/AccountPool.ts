@@ -191,7 +191,7 @@ export interface AccountStatus {
   readonly restingKeys: ReadonlyArray<string>
   /** Attempts placed on the account, including those refused before sending. */
   readonly calls: number
-  /** Attempts sent to the account that answered. */
+  /** Attempts sent to the account that answered (a stream its caller stopped is neither this nor `failed`). */
   readonly succeeded: number
   /** Attempts sent to the account that failed. */
   readonly failed: number
@@ -465,7 +465,8 @@ export const queuedGauge: Metric.Metric.Gauge<number> = internal.queuedGauge
 
 /**
  * Attempts sent, tagged `account`, `model` (the lane's: the model requested) and `result`
- * (`ok`, or the error's `_tag`): the 429s of an (account, model) are `result="RateLimited"`.
+ * (`ok`, `stopped` for a stream its caller stopped after its content began, or the error's
+ * `_tag`): the 429s of an (account, model) are `result="RateLimited"`.
  *
  * @since 0.1.0
  * @category metrics

@@ -1636,7 +1636,15 @@ describe("AccountPool", () => {
       yield* Stream.runDrain(Stream.take(stream, 1))
       expect((yield* ledger.snapshot).total).toMatchObject({ attempts: 2, requests: 2, truncated: 1, unmetered: 1, costUsd: whole.costUsd })
       const [a] = yield* pool.snapshot
-      expect(a).toMatchObject({ inFlight: 0 })
+      // Stopped by its caller, neither answered nor failed by the account: counted as such.
+      expect(a).toMatchObject({ inFlight: 0, succeeded: 0, failed: 0 })
+      const stopped = yield* Metric.value(AccountPool.attemptsCounter.pipe(
+        Metric.tagged("account", "a"),
+        // The lane's model: the one the alias names.
+        Metric.tagged("model", a!.models[0]!.model),
+        Metric.tagged("result", "stopped")
+      ))
+      expect(stopped.count).toBe(2)
     }).pipe(Effect.provide(poolLayer(setup)))
   })
 

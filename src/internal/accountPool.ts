@@ -130,6 +130,16 @@ type Unavailable = {
   readonly until: number
 }
 
+/** How an attempt that reached its upstream ended, as the account's figures count it. */
+type SentEnd =
+  | { readonly _tag: "Answered" }
+  | { readonly _tag: "Stopped" }
+  | { readonly _tag: "Failed"; readonly verdict: ApiError.Verdict; readonly error: unknown }
+
+const answered: SentEnd = { _tag: "Answered" }
+/** A stream its caller stopped after content reached it: neither answered nor failed. */
+const stoppedByCaller: SentEnd = { _tag: "Stopped" }
+
 /** Openings of a breaker this close together are a flap, not one outage after another: told as such. */
 const flapWindowMillis = 10 * 60_000
 
@@ -1192,12 +1202,13 @@ export const makeWith = <R>(
 
     /**
      * Counts an attempt that reached its account's upstream, in the account's figures and the
-     * metrics of its (account, model). The outer client hands every attempt of a call the same
+     * metrics of its (account, model): answered, failed, or a stream its caller stopped (a client
+     * that left, a batch's drain), which is neither. The outer client hands every attempt of a call the same
      * request object (`Resilient` a copy made for the call), so one sent before makes this a retry; a failure that moves the attempt on
      * (`movesOn`) fails over within the attempt, so the next account's send is not a retry.
      */
     const sent = new WeakSet<ChatCompletionRequest>()
-    const countSent = (placed: Placed, request: ChatCompletionRequest, verdict?: ApiError.Verdict, error?: unknown) =>
+    const countSent = (placed: Placed, request: ChatCompletionRequest, end: SentEnd) =>
       Effect.suspend(() => {
         const { member } = placed
         const figures = figuresOf(placed.grant.lane)
@@ -1206,19 +1217,19 @@ export const makeWith = <R>(
         if (retry) {
           member.retries++
           retriesCounter.unsafeUpdate(1, tags)
-        } else if (verdict === undefined || !movesOn(verdict)) sent.add(request)
-        const result = verdict === undefined ? "ok" : ApiError.tagOf(error) ?? "unknown"
-        if (verdict === undefined) {
+        } else if (end._tag !== "Failed" || !movesOn(end.verdict)) sent.add(request)
+        const result = end._tag === "Answered" ? "ok" : end._tag === "Stopped" ? "stopped" : ApiError.tagOf(end.error) ?? "unknown"
+        if (end._tag === "Answered") {
           member.succeeded++
           member.lastFailure = undefined
-        } else {
+        } else if (end._tag === "Failed") {
           member.failed++
-          member.lastFailure = error
+          member.lastFailure = end.error
           if (result === "RateLimited") figures.rateLimited++
         }
         attemptsCounter.unsafeUpdate(1, figures.resultTags(result))
         attemptDuration.unsafeUpdate((now() - placed.placedAt) / 1000, tags)
-        return noteReach(member, error)
+        return noteReach(member, end._tag === "Failed" ? end.error : undefined)
       })
 
     /**
@@ -1240,7 +1251,7 @@ export const makeWith = <R>(
       const partial = ApiError.partialOf(apiError)
       const output = ApiError.deliveredOutput(apiError)
       return Effect.zipRight(
-        countSent(placed, request, verdict, error),
+        countSent(placed, request, { _tag: "Failed", verdict, error }),
         record(
           placed,
           // Priced by the model the answer named, when one arrived (a non-streaming answer cut short).
@@ -1282,7 +1293,7 @@ export const makeWith = <R>(
           placed.permit.settle(exit),
           Exit.isSuccess(exit)
             ? Effect.zipRight(
-              countSent(placed, request),
+              countSent(placed, request, answered),
               record(placed, { served: exit.value.model, sent }, exit.value.usage ?? undefined, "kept", true)
             )
             : Option.match(Cause.failureOption(exit.cause), {
@@ -1343,9 +1354,9 @@ export const makeWith = <R>(
           settled = true
           return Effect.zipRight(permit.settle(exit), settleBreaker(exit))
         }
-        const counted = (disposition: Disposition) =>
-          Effect.zipRight(countSent(placed, request), record(placed, { served: servedModel, sent: model }, usage, disposition, true))
-        const ended = () => Effect.zipRight(settle(Exit.void), counted("kept"))
+        const counted = (end: SentEnd, disposition: Disposition) =>
+          Effect.zipRight(countSent(placed, request, end), record(placed, { served: servedModel, sent: model }, usage, disposition, true))
+        const ended = () => Effect.zipRight(settle(Exit.void), counted(answered, "kept"))
         const failed = (error: PoolError) =>
           settle(Exit.fail(error)).pipe(
             Effect.zipRight(recordFailure(placed, request, { served: servedModel, sent: model }, error, delivered)),
@@ -1355,7 +1366,7 @@ export const makeWith = <R>(
         const stopped = Effect.suspend(() => {
           if (settled) return Effect.void
           const told = settle(LimiterInternal.interrupted)
-          return delivered ? Effect.zipRight(told, counted(usage === undefined ? "truncated" : "kept")) : told
+          return delivered ? Effect.zipRight(told, counted(stoppedByCaller, usage === undefined ? "truncated" : "kept")) : told
         })
         const opening = Effect.zipRight(
           budget,
