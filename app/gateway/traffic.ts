@@ -79,7 +79,7 @@ const emptyReport = () => ({ ended: 0, clientsLeft: 0, notClients: 0, failures: 
 
 /**
  * A refusal of what the client sent (a bad request, a wrong gateway key, an unknown model or a
- * request too large): its to fix, nothing the operator need watch. Not a 429 (the upstream or
+ * request too large): the client's to fix, nothing the operator need watch. Not a 429 (the upstream or
  * the gateway is full) nor a 402 (the gateway's budget is spent).
  */
 const isClientsOwn = (status: number): boolean => status >= 400 && status < 500 && status !== 429 && status !== 402
