@@ -423,8 +423,7 @@ const countSpend = (counters: SpendCounters, attempt: AttemptCost, labels: Reado
   counters.completion.unsafeUpdate(tokens.completion, labels)
   counters.reasoning.unsafeUpdate(tokens.reasoning, labels)
   if (pico !== undefined) counters.cost.unsafeUpdate(usdOfPico(pico), labels)
-  // At 0 too: the series is there with the tokens', for `rate()`, before the first cut.
-  counters.unmetered.unsafeUpdate(attempt.unmetered ? 1 : 0, labels)
+  if (attempt.unmetered) counters.unmetered.unsafeUpdate(1, labels)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -474,6 +473,8 @@ export class Book {
    */
   record(account: string, model: string, attempt: AttemptCost, labels: ReadonlyArray<MetricLabel.MetricLabel>): boolean {
     const cell = this.cellOf(account, model)
+    // Its unmetered series starts with its tokens', at 0: `rate()` needs it before the first cut.
+    if (cell.tally.attempts === 0) cell.counters.unmetered.unsafeUpdate(0, labels)
     cell.tally.add(attempt)
     countSpend(cell.counters, attempt, labels)
     if (attempt.pico !== undefined) {
