@@ -427,8 +427,10 @@ describe("weatherproof serve, with the openai client", () => {
         const gateway = yield* startGateway([account("a", upstream.url, [upstreamKey])], { pool: noRetries, failureReportInterval: "1 hour" })
         yield* Effect.flip(attempt(() => openai(gateway.url).chat.completions.create({ model, messages: ask("a") }, { maxRetries: 0 })))
       }))
-      expect(logs.filter((log) => log.message.includes("requests failed") || log.message.includes("request failed")).map(({ level, message }) => `${level} ${message}`))
-        .toEqual(["WARN gateway: over the last 1s, 1 of 1 request failed: 1 server_error (503)"])
+      const reported = logs.filter((log) => log.message.includes("requests failed") || log.message.includes("request failed"))
+      expect(reported.map(({ level }) => level)).toEqual(["WARN"])
+      // Over the time since the gateway's start, in whole seconds: at least one, more on a slow machine.
+      expect(reported[0]?.message).toMatch(/^gateway: over the last \d+s, 1 of 1 request failed: 1 server_error \(503\)$/)
     }).pipe(capturingLogs(logs))
   })
 
